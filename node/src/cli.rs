@@ -1,0 +1,848 @@
+//! The `outpost` command line: argument parsing, output (text or `--json`) and exit codes.
+//!
+//! Exit codes (also in `docs/cli.md`):
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | an unexpected failure (storage damaged, I/O error) |
+//! | 2 | bad input: an invalid argument or value; nothing was written |
+//! | 3 | the directory is not a usable node (not initialised, wrong or exposed key) |
+//! | 4 | no such session or photo on this node |
+//! | 5 | the disk is full; nothing was written |
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use sync_protocol::NhsNumber;
+use sync_protocol::session::{Patient, Requester, Service, SessionView};
+use sync_protocol::vocab::{
+    CareSetting, Channel, ConsentKind, ConsentScope, NhsVerification, Outcome, PhotoView, Priority, Role, ServiceLine,
+    Side, Status,
+};
+
+use crate::config::{ConfigError, NodeDir};
+use crate::crypto::CryptoError;
+use crate::node::{InitParams, Node, NodeError, PhotoRequest, SessionRequest, now_ms};
+use crate::photo;
+use crate::store::{ListFilter, SessionCard, StoreError};
+
+/// outpost: an offline-first sync node for clinical advice sessions.
+#[derive(Debug, Parser)]
+#[command(name = "outpost", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct DirArg {
+    /// The node's directory (or set OUTPOST_DIR).
+    #[arg(long, env = "OUTPOST_DIR", value_name = "DIR")]
+    dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct JsonArg {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a node directory: configuration, private key, empty encrypted store.
+    Init {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Node name, unique in the fleet (a-z, 0-9, '-', '.').
+        #[arg(long)]
+        name: String,
+        /// edge (ambulance, surgery), hub (one per ICB) or desk (consultant).
+        #[arg(long, value_parser = Role::parse)]
+        role: Role,
+        /// ODS code of the organisation running the node.
+        #[arg(long)]
+        org: Option<String>,
+        /// ICB code.
+        #[arg(long)]
+        icb: Option<String>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Create, list, show, export and move sessions.
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// Messages in a session.
+    #[command(subcommand)]
+    Message(MessageCommand),
+    /// Photos in a session.
+    #[command(subcommand)]
+    Photo(PhotoCommand),
+    /// Outcomes of a session.
+    #[command(subcommand)]
+    Outcome(OutcomeCommand),
+    /// What the node holds: sessions, sizes, audit chain.
+    Status {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// The audit chain: who did what, when, from which device.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Show a day's offline work on one edge node, in a temporary directory.
+    Demo {
+        /// Keep the node directory here instead of a temporary one.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+    /// Tools for tests (not for clinical use).
+    #[command(subcommand, hide = true)]
+    Debug(DebugCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionCommand {
+    /// Create a session; prints its id.
+    New(Box<NewSessionArgs>),
+    /// List sessions, newest first.
+    List {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Only sessions with this status.
+        #[arg(long, value_parser = Status::parse)]
+        status: Option<Status>,
+        /// Only sessions of this service line.
+        #[arg(long, value_parser = ServiceLine::parse)]
+        service_line: Option<ServiceLine>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Show one session with its messages, photos and receipts.
+    Show {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Session id (or a unique prefix of it).
+        id: String,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Export a session as raw Automerge bytes or as its JSON view.
+    Export {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Session id (or a unique prefix of it).
+        id: String,
+        /// automerge (binary, for other Automerge implementations) or json.
+        #[arg(long, value_parser = ["automerge", "json"])]
+        format: String,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Submit a draft, or mark a session closed or cancelled.
+    SetStatus {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Session id (or a unique prefix of it).
+        id: String,
+        /// queued, closed, cancelled, ...
+        #[arg(value_parser = Status::parse)]
+        status: Status,
+    },
+    /// Reopen a closed or cancelled session.
+    Reopen {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Session id (or a unique prefix of it).
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct NewSessionArgs {
+    #[command(flatten)]
+    dir: DirArg,
+    /// Specialty: dermatology, cardiology, gastroenterology, emergency_medicine, paediatrics, haematology, gynaecology.
+    #[arg(long, value_parser = ServiceLine::parse)]
+    service_line: ServiceLine,
+    /// routine, urgent or two-week-wait.
+    #[arg(long, value_parser = Priority::parse, default_value = "routine")]
+    priority: Priority,
+    /// gp_elective, gp_urgent, ambulance_on_scene, 111 or care_home.
+    #[arg(long, value_parser = CareSetting::parse)]
+    care_setting: CareSetting,
+    /// call, photo or message (default: photo for dermatology, message otherwise).
+    #[arg(long, value_parser = Channel::parse)]
+    channel: Option<Channel>,
+    /// The patient's NHS number (checked with modulus 11).
+    #[arg(long, value_parser = NhsNumber::parse)]
+    nhs_number: Option<NhsNumber>,
+    /// Trace status of the NHS number, 01 to 08 (default 02, not traced; 07 without a number).
+    #[arg(long, value_parser = NhsVerification::parse)]
+    nhs_verification: Option<NhsVerification>,
+    /// Patient name, when there is no verified NHS number.
+    #[arg(long)]
+    patient_name: Option<String>,
+    /// Patient date of birth (YYYY-MM-DD).
+    #[arg(long)]
+    birth_date: Option<String>,
+    /// The question, in a few lines.
+    #[arg(long)]
+    summary: String,
+    /// Requester's professional registration number (GMC, NMC or HCPC).
+    #[arg(long)]
+    registration: Option<String>,
+    /// Requester's role (paramedic, GP, ...).
+    #[arg(long)]
+    requester_role: Option<String>,
+    /// Vehicle call-sign.
+    #[arg(long)]
+    call_sign: Option<String>,
+    /// Incident number.
+    #[arg(long)]
+    incident: Option<String>,
+    /// Number to call back.
+    #[arg(long)]
+    callback: Option<String>,
+    /// Keep as a draft instead of queueing it.
+    #[arg(long)]
+    draft: bool,
+    #[command(flatten)]
+    json: JsonArg,
+}
+
+#[derive(Debug, Subcommand)]
+enum MessageCommand {
+    /// Send a message; prints its id once it is stored durably on this device.
+    Send {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Session id (or a unique prefix of it).
+        id: String,
+        /// The message.
+        text: String,
+        /// Id of the message this answers.
+        #[arg(long)]
+        reply_to: Option<String>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PhotoCommand {
+    /// Attach a JPEG or PNG photo (checked, sealed and stored in chunks).
+    Attach {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Session id (or a unique prefix of it).
+        id: String,
+        /// The photo file.
+        file: PathBuf,
+        /// site, close-up or dermoscopic.
+        #[arg(long, value_parser = PhotoView::parse)]
+        view: PhotoView,
+        /// Where on the body.
+        #[arg(long)]
+        body_site: String,
+        /// How consent was given: verbal, implied or written.
+        #[arg(long, value_parser = ConsentKind::parse)]
+        consent: ConsentKind,
+        /// What the consent covers: record-only or teaching.
+        #[arg(long, value_parser = ConsentScope::parse, default_value = "record_only")]
+        consent_scope: ConsentScope,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Write a stored photo's bytes to a file (checked against its hash).
+    Get {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The photo's BLAKE3 hash.
+        hash: String,
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OutcomeCommand {
+    /// Record the requester's or the responder's outcome.
+    Set {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Session id (or a unique prefix of it).
+        id: String,
+        /// requester (edge) or responder (desk).
+        #[arg(long, value_parser = Side::parse)]
+        side: Side,
+        /// referral_avoided, referral_made, conveyance_avoided, conveyed_ed, conveyed_sdec,
+        /// admission_avoided, ambulatory, admitted, advice_only or not_reported.
+        #[arg(value_parser = Outcome::parse)]
+        outcome: Outcome,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain from its first entry to its last.
+    Verify {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// The latest entries.
+    Show {
+        #[command(flatten)]
+        dir: DirArg,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DebugCommand {
+    /// Write messages (and every fifth time a photo) in a loop, printing `ack <id>` after each
+    /// durable write. Used by the crash test.
+    WriteLoop {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Session id.
+        id: String,
+        /// Stop after this many writes (default: never).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Cap the database size in pages, to make the disk "full" for a test.
+    LimitPages {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Pages of 4 KiB.
+        pages: u64,
+        /// Then send this message in the session given.
+        #[arg(long, num_args = 2, value_names = ["ID", "TEXT"])]
+        send: Vec<String>,
+    },
+}
+
+/// Runs the command line and returns the process's exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+/// The environment variable naming a file where the process writes its peak resident memory
+/// (VmHWM, in KiB) as it exits: how the benchmarks measure a real `outpost` process.
+pub const PEAK_MEMORY_ENV: &str = "OUTPOST_PEAK_MEMORY_FILE";
+
+/// Writes this process's peak resident memory to the file named by [`PEAK_MEMORY_ENV`], if set.
+pub fn report_peak_memory() {
+    let Some(path) = std::env::var_os(PEAK_MEMORY_ENV) else { return };
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    if let Some(kib) = kib
+        && let Err(e) = std::fs::write(&path, format!("{kib}\n"))
+    {
+        eprintln!("warning: cannot write peak memory to {}: {e}", std::path::Path::new(&path).display());
+    }
+}
+
+/// The documented exit code for an error.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<NodeError>() {
+            return match e {
+                NodeError::Config(ConfigError::NotANode { .. } | ConfigError::Invalid { .. }) => 3,
+                NodeError::Config(ConfigError::Io { .. }) => 1,
+                NodeError::Config(_) => 2,
+                NodeError::Crypto(CryptoError::Random(_)) => 1,
+                NodeError::Crypto(CryptoError::Open { .. }) => 3,
+                NodeError::Crypto(_) => 3,
+                NodeError::Store(s) => store_code(s),
+                NodeError::Photo(_) | NodeError::Role { .. } => 2,
+            };
+        }
+        if let Some(s) = cause.downcast_ref::<StoreError>() {
+            return store_code(s);
+        }
+        if cause.downcast_ref::<InputError>().is_some() {
+            return 2;
+        }
+    }
+    1
+}
+
+fn store_code(e: &StoreError) -> u8 {
+    match e {
+        StoreError::NoSuchSession(_) | StoreError::Ambiguous(_) | StoreError::NoSuchBlob(_) => 4,
+        StoreError::DiskFull { .. } => 5,
+        StoreError::Model { .. } => 2,
+        StoreError::Crypto(_) => 3,
+        _ => 1,
+    }
+}
+
+/// Bad input found by the CLI itself.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InputError(pub String);
+
+fn open(dir: &DirArg) -> Result<Node, NodeError> {
+    Node::open(&NodeDir::new(&dir.dir))
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Runs one parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init { dir, name, role, org, icb, json } => {
+            let params = InitParams { name, role, org, icb };
+            let cfg = Node::init(&NodeDir::new(&dir.dir), &params, now_ms())?;
+            if json.json {
+                print_json(&cfg)?;
+            } else {
+                println!(
+                    "initialised {} node {} in {} (key {} from {})",
+                    cfg.role,
+                    cfg.name,
+                    dir.dir.display(),
+                    cfg.key_id,
+                    if cfg.key_source == "env" { crate::crypto::KEY_ENV } else { "node.key, mode 600" }
+                );
+            }
+        }
+        Command::Session(cmd) => session(cmd)?,
+        Command::Message(MessageCommand::Send { dir, id, text, reply_to, json }) => {
+            let mut node = open(&dir)?;
+            let sid = node.store.resolve(&id)?;
+            let msg = node.send_message(sid, &text, reply_to, now_ms())?;
+            if json.json {
+                print_json(&serde_json::json!({ "session": sid, "message": msg, "receipt": "device" }))?;
+            } else {
+                println!("{msg}");
+            }
+        }
+        Command::Photo(PhotoCommand::Attach { dir, id, file, view, body_site, consent, consent_scope, json }) => {
+            // Check the photo before opening the node, so a bad file writes nothing.
+            let photo = photo::load_photo(&file).map_err(NodeError::from)?;
+            let mut node = open(&dir)?;
+            let sid = node.store.resolve(&id)?;
+            let req = PhotoRequest { view, body_site, consent, scope: consent_scope };
+            let info = node.attach_photo(sid, &photo, &req, now_ms())?;
+            if json.json {
+                print_json(&serde_json::json!({
+                    "session": sid, "hash": info.hash, "size": info.size, "mime": info.mime,
+                    "chunks": info.chunks, "width": photo.dimensions.0, "height": photo.dimensions.1,
+                }))?;
+            } else {
+                println!("{}", info.hash);
+            }
+        }
+        Command::Photo(PhotoCommand::Get { dir, hash, out }) => {
+            let node = open(&dir)?;
+            let bytes = node.store.read_blob(&hash)?;
+            write_file(&out, &bytes)?;
+        }
+        Command::Outcome(OutcomeCommand::Set { dir, id, side, outcome }) => {
+            let mut node = open(&dir)?;
+            let sid = node.store.resolve(&id)?;
+            node.set_outcome(sid, side, outcome, now_ms())?;
+            println!("{side} outcome of {sid}: {outcome}");
+        }
+        Command::Status { dir, json } => {
+            let node = open(&dir)?;
+            let stats = node.store.stats()?;
+            let audit = node.store.verify_audit()?;
+            if json.json {
+                print_json(&serde_json::json!({ "node": node.config, "store": stats, "audit": audit }))?;
+            } else {
+                let c = &node.config;
+                println!(
+                    "{} ({} node{}{})",
+                    c.name,
+                    c.role,
+                    c.org.as_deref().map(|o| format!(", organisation {o}")).unwrap_or_default(),
+                    c.icb.as_deref().map(|i| format!(", ICB {i}")).unwrap_or_default()
+                );
+                print!("sessions: {}", stats.sessions);
+                for (status, n) in &stats.by_status {
+                    print!("  {status} {n}");
+                }
+                println!();
+                println!(
+                    "documents: {} snapshots ({}), {} logged changes ({})",
+                    stats.snapshots,
+                    bytes(stats.snapshot_bytes),
+                    stats.log_changes,
+                    bytes(stats.log_bytes)
+                );
+                println!("photos: {} ({})", stats.blobs, bytes(stats.blob_bytes));
+                println!(
+                    "files: database {}, write-ahead log {}",
+                    bytes(stats.db_file_bytes),
+                    bytes(stats.wal_file_bytes)
+                );
+                match audit.broken_at {
+                    None => println!("audit chain: {} entries, intact", audit.entries),
+                    Some(seq) => println!("audit chain: BROKEN at entry {seq} of {}", audit.entries),
+                }
+            }
+        }
+        Command::Audit(AuditCommand::Verify { dir, json }) => {
+            let node = open(&dir)?;
+            let check = node.store.verify_audit()?;
+            if json.json {
+                print_json(&check)?;
+            } else {
+                match check.broken_at {
+                    None => println!("audit chain intact: {} entries", check.entries),
+                    Some(seq) => println!("audit chain broken at entry {seq}"),
+                }
+            }
+            if let Some(seq) = check.broken_at {
+                return Err(StoreError::Damaged(format!("the audit chain is broken at entry {seq}")).into());
+            }
+        }
+        Command::Audit(AuditCommand::Show { dir, limit, json }) => {
+            let node = open(&dir)?;
+            let entries = node.store.audit_tail(limit)?;
+            if json.json {
+                print_json(&entries)?;
+            } else {
+                for e in entries {
+                    println!(
+                        "{:>6}  {}  {:<14} {:<16} {}",
+                        e.seq,
+                        time(e.at_ms),
+                        e.node,
+                        e.action,
+                        e.session.unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Command::Demo { keep } => crate::demo::run(keep.as_deref())?,
+        Command::Debug(cmd) => debug(cmd)?,
+    }
+    Ok(())
+}
+
+fn session(cmd: SessionCommand) -> anyhow::Result<()> {
+    match cmd {
+        SessionCommand::New(args) => {
+            let a = *args;
+            let verification = a.nhs_verification.unwrap_or(if a.nhs_number.is_some() {
+                NhsVerification::NotTraced
+            } else {
+                NhsVerification::NotPresent
+            });
+            if a.nhs_number.is_none() && verification != NhsVerification::NotPresent {
+                return Err(InputError(format!(
+                    "--nhs-verification {verification} needs --nhs-number; without a number the status is 07"
+                ))
+                .into());
+            }
+            let req = SessionRequest {
+                care_setting: a.care_setting,
+                requester: Requester {
+                    registration: a.registration,
+                    role: a.requester_role,
+                    org_ods: None,
+                    call_sign: a.call_sign,
+                    incident: a.incident,
+                    callback: a.callback,
+                },
+                patient: Patient {
+                    nhs_number: a.nhs_number,
+                    verification,
+                    name: a.patient_name,
+                    birth_date: a.birth_date,
+                    sex: None,
+                    postcode: None,
+                },
+                service: Service {
+                    line: a.service_line,
+                    channel: a.channel.unwrap_or(if a.service_line == ServiceLine::Dermatology {
+                        Channel::Photo
+                    } else {
+                        Channel::Message
+                    }),
+                    priority: a.priority,
+                },
+                summary: a.summary,
+                draft: a.draft,
+            };
+            let mut node = open(&a.dir)?;
+            let view = node.new_session(req, now_ms())?;
+            if a.json.json {
+                print_json(&serde_json::json!({ "id": view.id, "status": view.status }))?;
+            } else {
+                println!("{}", view.id);
+            }
+        }
+        SessionCommand::List { dir, status, service_line, limit, json } => {
+            let node = open(&dir)?;
+            let cards = node.store.list(&ListFilter { status, service_line, limit })?;
+            if json.json {
+                print_json(&cards)?;
+            } else {
+                print_cards(&cards)?;
+            }
+        }
+        SessionCommand::Show { dir, id, json } => {
+            let mut node = open(&dir)?;
+            let sid = node.store.resolve(&id)?;
+            let view = node.show(sid, now_ms())?;
+            if json.json {
+                print_json(&view)?;
+            } else {
+                print!("{}", render_session(&view, &node.config.name));
+            }
+        }
+        SessionCommand::Export { dir, id, format, out } => {
+            let mut node = open(&dir)?;
+            let sid = node.store.resolve(&id)?;
+            let bytes = if format == "automerge" {
+                node.store.export_automerge(sid)?
+            } else {
+                let mut v = serde_json::to_vec_pretty(&node.store.view(sid)?)?;
+                v.push(b'\n');
+                v
+            };
+            node.store.audit_access(sid, "session.export", now_ms())?;
+            match out {
+                Some(path) => write_file(&path, &bytes)?,
+                None => {
+                    use std::io::IsTerminal;
+                    if format == "automerge" && std::io::stdout().is_terminal() {
+                        return Err(InputError(
+                            "refusing to write binary Automerge bytes to a terminal; use --out FILE or a pipe".into(),
+                        )
+                        .into());
+                    }
+                    std::io::stdout().lock().write_all(&bytes)?;
+                }
+            }
+        }
+        SessionCommand::SetStatus { dir, id, status } => {
+            let mut node = open(&dir)?;
+            let sid = node.store.resolve(&id)?;
+            let changed = node.set_status(sid, status, now_ms())?;
+            println!("{sid}: {}", if changed { format!("now {status}") } else { format!("already {status}") });
+        }
+        SessionCommand::Reopen { dir, id } => {
+            let mut node = open(&dir)?;
+            let sid = node.store.resolve(&id)?;
+            let epoch = node.reopen(sid, now_ms())?;
+            println!("{sid}: reopened (time {epoch}), awaiting reply");
+        }
+    }
+    Ok(())
+}
+
+fn debug(cmd: DebugCommand) -> anyhow::Result<()> {
+    match cmd {
+        DebugCommand::WriteLoop { dir, id, count } => {
+            let mut node = open(&dir)?;
+            let sid = node.store.resolve(&id)?;
+            let mut out = std::io::stdout().lock();
+            let mut n = 0u64;
+            while count.is_none_or(|c| n < c) {
+                let now = now_ms();
+                let acked = if n % 5 == 4 {
+                    let photo = photo::synthetic_png(n as u32 % 64 + 16, 24, n).map_err(NodeError::from)?;
+                    let req = PhotoRequest {
+                        view: PhotoView::Site,
+                        body_site: "test".into(),
+                        consent: ConsentKind::Verbal,
+                        scope: ConsentScope::RecordOnly,
+                    };
+                    node.attach_photo(sid, &photo, &req, now)?.hash
+                } else {
+                    node.send_message(sid, &format!("crash-test write {n}"), None, now)?
+                };
+                writeln!(out, "ack {acked}")?;
+                out.flush()?;
+                n += 1;
+            }
+        }
+        DebugCommand::LimitPages { dir, pages, send } => {
+            let mut node = open(&dir)?;
+            node.store.limit_pages(pages)?;
+            if let [id, text] = send.as_slice() {
+                let sid = node.store.resolve(id)?;
+                let msg = node.send_message(sid, text, None, now_ms())?;
+                println!("{msg}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut f =
+        std::fs::File::create(path).map_err(|e| InputError(format!("cannot create {}: {e}", path.display())))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// A byte count for people.
+pub fn bytes(n: u64) -> String {
+    const K: f64 = 1024.0;
+    let f = n as f64;
+    if f < K {
+        format!("{n} B")
+    } else if f < K * K {
+        format!("{:.1} KiB", f / K)
+    } else if f < K * K * K {
+        format!("{:.1} MiB", f / K / K)
+    } else {
+        format!("{:.2} GiB", f / K / K / K)
+    }
+}
+
+/// A time for people: `YYYY-MM-DD HH:MM:SS` in UTC.
+pub fn time(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string().replace('T', " ").trim_end_matches('Z').to_string()
+}
+
+fn print_cards(cards: &[SessionCard]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if cards.is_empty() {
+        writeln!(out, "no sessions")?;
+    }
+    for c in cards {
+        let pending =
+            if c.on_device_only > 0 { format!(", {} on this device only", c.on_device_only) } else { String::new() };
+        writeln!(
+            out,
+            "{}  {}  {:<16} {:<13} {:<15} {} msg, {} photo{}  {}",
+            c.id,
+            time(c.updated_ms),
+            c.status.as_str(),
+            c.priority.as_str(),
+            c.service_line.as_str(),
+            c.messages,
+            c.photos,
+            pending,
+            ellipsis(&c.summary, 48)
+        )?;
+    }
+    Ok(())
+}
+
+fn ellipsis(s: &str, max: usize) -> String {
+    let line = s.lines().next().unwrap_or("");
+    if line.chars().count() <= max {
+        line.to_string()
+    } else {
+        format!("{}…", line.chars().take(max - 1).collect::<String>())
+    }
+}
+
+/// The text form of `outpost session show`.
+pub fn render_session(v: &SessionView, this_node: &str) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "session {}  [{}]", v.id, v.status);
+    let _ = writeln!(
+        s,
+        "  {} ({}), {}, {} · created {} by {} ({}), ICB {}",
+        v.service.line,
+        v.service.snomed,
+        v.service.priority,
+        v.service.channel,
+        time(v.identity.created_ms),
+        v.identity.origin,
+        v.identity.care_setting,
+        v.identity.icb
+    );
+    let patient = match &v.patient.nhs_number {
+        Some(n) => {
+            let grouped = NhsNumber::parse(n).map(|n| n.grouped()).unwrap_or_else(|_| n.clone());
+            format!("NHS {grouped} (verification {}: {})", v.patient.verification, v.patient.verification.describe())
+        }
+        None => format!("no NHS number ({})", v.patient.verification.describe()),
+    };
+    let _ =
+        writeln!(s, "  patient: {patient}{}", v.patient.name.as_deref().map(|n| format!(", {n}")).unwrap_or_default());
+    let r = &v.requester;
+    let who: Vec<String> = [
+        r.role.clone(),
+        r.registration.clone().map(|x| format!("reg {x}")),
+        r.org_ods.clone().map(|x| format!("org {x}")),
+        r.call_sign.clone().map(|x| format!("call-sign {x}")),
+        r.incident.clone().map(|x| format!("incident {x}")),
+        r.callback.clone().map(|x| format!("callback {x}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !who.is_empty() {
+        let _ = writeln!(s, "  requester: {}", who.join(", "));
+    }
+    let _ = writeln!(s, "  summary: {}", v.summary);
+    if v.reopened > 0 {
+        let _ = writeln!(s, "  reopened {} time(s)", v.reopened);
+    }
+    let _ = writeln!(s, "  messages ({}):", v.messages.len());
+    for m in &v.messages {
+        let receipt = if m.author == this_node { m.receipt.describe() } else { "received" };
+        let _ = writeln!(s, "    {}  {} ({}): {}", time(m.at_ms), m.author, m.side, m.text);
+        let _ = writeln!(s, "        {}  [{}]", m.id, receipt);
+    }
+    let _ = writeln!(s, "  photos ({}):", v.media.len());
+    for m in &v.media {
+        let consent = v.consents.iter().find(|c| c.id == m.consent);
+        let consent = match consent {
+            Some(c) if c.withdrawn.is_some() => format!("consent {} WITHDRAWN", c.kind),
+            Some(c) => format!("consent {} ({})", c.kind, c.scope),
+            None => "consent unknown".to_string(),
+        };
+        let dims = match (m.width, m.height) {
+            (Some(w), Some(h)) => format!(", {w}x{h}"),
+            _ => String::new(),
+        };
+        let receipt = if m.added_by == this_node { m.receipt.describe() } else { "received" };
+        let _ =
+            writeln!(s, "    {}  {}, {}: {}{}, {}", time(m.at_ms), m.view, m.body_site, bytes(m.size), dims, consent);
+        let _ = writeln!(s, "        {}  [{}]", m.hash, receipt);
+    }
+    let side = |o: &Option<sync_protocol::session::OutcomeView>| match o {
+        Some(o) => format!("{} (by {} at {})", o.value, o.by, time(o.at_ms)),
+        None => "not recorded".to_string(),
+    };
+    let _ =
+        writeln!(s, "  outcome: requester {}; responder {}", side(&v.outcome.requester), side(&v.outcome.responder));
+    s
+}

@@ -1,0 +1,20 @@
+//! # outpost-node
+//!
+//! The outpost node: everything that touches the disk, the clock and (from issue 3) the
+//! network, around the sans-IO core in `sync-protocol`. The `outpost` binary is a thin shell
+//! over [`cli`].
+//!
+//! - [`config`]: the node directory and `node.toml`.
+//! - [`crypto`]: the node key and sealing (encryption at rest).
+//! - [`store`]: the durable SQLite store of documents, blobs and the audit chain.
+//! - [`photo`]: checking photos before they are stored.
+//! - [`node`]: the clinical operations (create a session, send a message, attach a photo, ...).
+//! - [`cli`]: the command line; [`demo`]: `outpost demo`.
+
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod demo;
+pub mod node;
+pub mod photo;
+pub mod store;

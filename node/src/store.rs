@@ -1,0 +1,1049 @@
+//! The durable store: session documents, blobs and the audit chain in one SQLite file.
+//!
+//! - Every write is one `BEGIN IMMEDIATE` transaction committed with `synchronous=FULL` in WAL
+//!   mode: when a write method returns `Ok`, its bytes are in the WAL on disk. Nothing is
+//!   acknowledged earlier. Two processes writing one node (the daemon and the CLI) are
+//!   serialised by SQLite's write lock, and each refreshes its cached document from the log
+//!   inside the transaction before editing it, so their changes never conflict.
+//! - A session is a snapshot (`doc_snapshots`) plus the changes appended since (`doc_changes`).
+//!   When the log outgrows half the snapshot (or holds [`StoreOptions::compact_after`] changes),
+//!   the write that grew it also folds it into a new snapshot, in the same transaction: the log
+//!   never costs more than the document, and compaction work is amortised over the writes.
+//! - Patient data never reaches the file in the clear: changes, snapshots, list cards, blob
+//!   chunks and audit details are sealed (see [`crate::crypto`]). Index columns hold only
+//!   what the node must query and no patient data: session id, origin node, ICB, status,
+//!   service line, priority, times.
+//! - Documents are loaded lazily into a bounded LRU cache; listing reads the small sealed
+//!   cards, never the documents.
+//! - Blobs (photos) live outside the documents, content-addressed by BLAKE3, in fixed-size
+//!   sealed chunks, so a transfer can resume at any chunk.
+
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+use automerge::ActorId;
+use lru::LruCache;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+use sync_protocol::session::{ModelError, NewSession, SessionDoc, SessionId, SessionView};
+use sync_protocol::vocab::{Channel, Priority, ReceiptLevel, ServiceLine, Status};
+
+use crate::crypto::{CryptoError, Sealer};
+
+/// Database schema version this build writes (`PRAGMA user_version`).
+pub const DB_SCHEMA_VERSION: i64 = 1;
+
+/// Tunables of the store.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// How many documents stay decoded in memory.
+    pub cache_docs: usize,
+    /// A session's log is folded into a snapshot once it holds this many changes, even if small.
+    pub compact_after: u32,
+    /// ... or once it holds this many bytes and at least half as many as the snapshot.
+    pub compact_min_bytes: u64,
+    /// Size of a blob chunk in bytes.
+    pub chunk_size: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { cache_docs: 128, compact_after: 32, compact_min_bytes: 512, chunk_size: 32 * 1024 }
+    }
+}
+
+/// Why a store operation failed. Nothing is acknowledged when one of these is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("storage failed while {context}: {source}")]
+    Sqlite {
+        /// What the store was doing.
+        context: &'static str,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// The disk (or the database's size limit) is full.
+    #[error("the disk is full while {context}; nothing was written: free some space and try again")]
+    DiskFull {
+        /// What the store was doing.
+        context: &'static str,
+    },
+    /// No such session.
+    #[error("no session {0} on this node; `outpost session list` shows the sessions it holds")]
+    NoSuchSession(String),
+    /// A prefix that matches several sessions.
+    #[error("{0:?} matches more than one session; give more characters of the id")]
+    Ambiguous(String),
+    /// No such blob.
+    #[error("no photo {0} on this node")]
+    NoSuchBlob(String),
+    /// A blob that is not whole yet.
+    #[error("photo {hash} is incomplete on this node: {have} of {total} chunks")]
+    BlobIncomplete {
+        /// The blob.
+        hash: String,
+        /// Chunks present.
+        have: u64,
+        /// Chunks needed.
+        total: u64,
+    },
+    /// Stored bytes that do not match their hash.
+    #[error("photo {0} is damaged: its stored bytes do not match its hash")]
+    BlobCorrupt(String),
+    /// Sealing or opening failed.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// The session model refused an edit, or a stored document is not a session.
+    #[error("session {id}: {source}")]
+    Model {
+        /// The session.
+        id: String,
+        /// What the model said.
+        source: ModelError,
+    },
+    /// The database was written by a newer outpost.
+    #[error(
+        "{path} has database schema {found}, newer than this outpost understands ({DB_SCHEMA_VERSION}); upgrade outpost"
+    )]
+    NewerSchema {
+        /// The database file.
+        path: PathBuf,
+        /// Its schema version.
+        found: i64,
+    },
+    /// The database does not hold what the store wrote.
+    #[error("the store is damaged: {0}")]
+    Damaged(String),
+}
+
+fn sql(context: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |source| match source.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => StoreError::DiskFull { context },
+        _ => StoreError::Sqlite { context, source },
+    }
+}
+
+fn model(id: SessionId) -> impl Fn(ModelError) -> StoreError {
+    move |source| StoreError::Model { id: id.to_string(), source }
+}
+
+/// The migrations, in order; entry `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE sessions (
+    sid            INTEGER PRIMARY KEY,
+    id             TEXT NOT NULL UNIQUE,
+    origin         TEXT NOT NULL,
+    icb            TEXT NOT NULL,
+    status         TEXT NOT NULL,
+    service_line   TEXT NOT NULL,
+    priority       TEXT NOT NULL,
+    created_ms     INTEGER NOT NULL,
+    updated_ms     INTEGER NOT NULL,
+    head_seq       INTEGER NOT NULL,
+    snapshot_upto  INTEGER NOT NULL DEFAULT 0,
+    snapshot_bytes INTEGER NOT NULL DEFAULT 0,
+    log_count      INTEGER NOT NULL DEFAULT 0,
+    log_bytes      INTEGER NOT NULL DEFAULT 0,
+    card           BLOB NOT NULL
+);
+CREATE INDEX sessions_by_updated ON sessions (updated_ms);
+CREATE INDEX sessions_by_status ON sessions (status, service_line);
+CREATE TABLE doc_changes (
+    seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+    sid    INTEGER NOT NULL REFERENCES sessions (sid),
+    sealed BLOB NOT NULL
+);
+CREATE INDEX doc_changes_by_session ON doc_changes (sid, seq);
+CREATE TABLE doc_snapshots (
+    sid    INTEGER PRIMARY KEY REFERENCES sessions (sid),
+    upto   INTEGER NOT NULL,
+    sealed BLOB NOT NULL
+);
+CREATE TABLE blobs (
+    hash       TEXT PRIMARY KEY,
+    size       INTEGER NOT NULL,
+    mime       TEXT NOT NULL,
+    chunk_size INTEGER NOT NULL,
+    chunks     INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE blob_chunks (
+    hash   TEXT NOT NULL,
+    idx    INTEGER NOT NULL,
+    sealed BLOB NOT NULL,
+    PRIMARY KEY (hash, idx)
+);
+CREATE TABLE audit (
+    seq    INTEGER PRIMARY KEY,
+    at_ms  INTEGER NOT NULL,
+    node   TEXT NOT NULL,
+    action TEXT NOT NULL,
+    sid    INTEGER REFERENCES sessions (sid),
+    detail BLOB,
+    hash   BLOB NOT NULL
+);
+"#];
+
+const KEY_CHECK: &[u8] = b"outpost key check";
+
+/// What a session list shows without loading the document. The index columns give the id,
+/// status, service line, priority, origin and times; the rest is sealed in the row's card.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionCard {
+    /// Session id.
+    pub id: SessionId,
+    /// Current status.
+    pub status: Status,
+    /// Specialty.
+    pub service_line: ServiceLine,
+    /// Priority.
+    pub priority: Priority,
+    /// Channel.
+    pub channel: Channel,
+    /// The question.
+    pub summary: String,
+    /// NHS number, when known.
+    pub nhs_number: Option<String>,
+    /// Node that created it.
+    pub origin: String,
+    /// Creation time.
+    pub created_ms: i64,
+    /// Latest event.
+    pub updated_ms: i64,
+    /// Number of messages.
+    pub messages: usize,
+    /// Number of photos.
+    pub photos: usize,
+    /// Messages and photos that have not yet reached the hub.
+    pub on_device_only: usize,
+}
+
+/// The sealed part of a card: what the index columns must not hold.
+#[derive(Debug, Serialize, Deserialize)]
+struct CardSecret {
+    #[serde(rename = "s")]
+    summary: String,
+    #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
+    nhs_number: Option<String>,
+    #[serde(rename = "c")]
+    channel: Channel,
+    #[serde(rename = "m")]
+    messages: usize,
+    #[serde(rename = "p")]
+    photos: usize,
+    #[serde(rename = "d")]
+    on_device_only: usize,
+}
+
+impl CardSecret {
+    fn from_view(v: &SessionView) -> Self {
+        CardSecret {
+            summary: v.summary.clone(),
+            nhs_number: v.patient.nhs_number.clone(),
+            channel: v.service.channel,
+            messages: v.messages.len(),
+            photos: v.media.len(),
+            on_device_only: v.messages.iter().filter(|m| m.receipt == ReceiptLevel::Device).count()
+                + v.media.iter().filter(|m| m.receipt == ReceiptLevel::Device).count(),
+        }
+    }
+}
+
+/// A stored blob's description.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobInfo {
+    /// BLAKE3 hash (hex).
+    pub hash: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// MIME type.
+    pub mime: String,
+    /// Chunks it is cut into.
+    pub chunks: u64,
+    /// Chunks present here.
+    pub chunks_present: u64,
+}
+
+/// Filters for [`Store::list`].
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only this status.
+    pub status: Option<Status>,
+    /// Only this service line.
+    pub service_line: Option<ServiceLine>,
+    /// At most this many, newest first.
+    pub limit: Option<usize>,
+}
+
+/// Counts and sizes for `outpost status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStats {
+    /// Sessions stored.
+    pub sessions: u64,
+    /// Sessions per status.
+    pub by_status: Vec<(String, u64)>,
+    /// Document changes not yet folded into snapshots.
+    pub log_changes: u64,
+    /// Bytes of those changes (sealed).
+    pub log_bytes: u64,
+    /// Snapshots.
+    pub snapshots: u64,
+    /// Bytes of snapshots (sealed).
+    pub snapshot_bytes: u64,
+    /// Blobs (photos).
+    pub blobs: u64,
+    /// Bytes of blob content.
+    pub blob_bytes: u64,
+    /// Audit entries.
+    pub audit_entries: u64,
+    /// Size of the database file.
+    pub db_file_bytes: u64,
+    /// Size of its write-ahead log.
+    pub wal_file_bytes: u64,
+    /// Schema version.
+    pub schema_version: i64,
+}
+
+/// The result of checking the audit chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditCheck {
+    /// Entries checked.
+    pub entries: u64,
+    /// The first entry whose hash does not follow from its predecessor, if any.
+    pub broken_at: Option<u64>,
+}
+
+/// One audit entry, opened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Position in the chain.
+    pub seq: u64,
+    /// When.
+    pub at_ms: i64,
+    /// Which node (device).
+    pub node: String,
+    /// What was done.
+    pub action: String,
+    /// To which session.
+    pub session: Option<String>,
+    /// Details (ids and codes, never patient data), when the action has any.
+    pub detail: Option<serde_json::Value>,
+}
+
+struct Cached {
+    doc: SessionDoc,
+    sid: i64,
+    upto: i64,
+}
+
+/// The index row of a session.
+struct Row {
+    sid: i64,
+    head: i64,
+    snapshot_upto: i64,
+}
+
+/// The store of one node.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    sealer: Sealer,
+    actor: ActorId,
+    node: String,
+    opts: StoreOptions,
+    cache: LruCache<SessionId, Cached>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
+/// Access to the write transaction for work that must commit together with a document edit.
+pub struct WriteCtx<'a> {
+    tx: &'a Transaction<'a>,
+    sealer: &'a Sealer,
+    opts: StoreOptions,
+    now: i64,
+}
+
+impl std::fmt::Debug for WriteCtx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteCtx").field("now", &self.now).finish_non_exhaustive()
+    }
+}
+
+impl WriteCtx<'_> {
+    /// Stores a blob (if not already stored) in the same transaction as the edit.
+    pub fn put_blob(&self, bytes: &[u8], mime: &str) -> Result<BlobInfo, StoreError> {
+        put_blob(self.tx, self.sealer, self.opts.chunk_size, bytes, mime, self.now)
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path`, migrating it to the current schema and
+    /// checking that `sealer` holds this node's key.
+    pub fn open(
+        path: &Path,
+        sealer: Sealer,
+        actor: ActorId,
+        node: &str,
+        opts: StoreOptions,
+    ) -> Result<Store, StoreError> {
+        let mut conn = Connection::open(path).map_err(sql("opening the database"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sql("setting the busy timeout"))?;
+        // Takes effect only on a new, empty database; freed pages (folded logs, photos deleted
+        // once the hub holds them) can then be returned to the file system.
+        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL").map_err(sql("configuring the database"))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(sql("enabling WAL"))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Damaged(format!("journal mode is {mode}, WAL is required")));
+        }
+        // FULL: the WAL is fsynced at every commit, so a returned write survives power loss.
+        // The WAL file is cut back to 8 MiB after each checkpoint, so it does not keep the
+        // high-water size of a burst of photos.
+        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA journal_size_limit=8388608;")
+            .map_err(sql("setting durability"))?;
+        migrate(&mut conn, path)?;
+        check_key(&conn, &sealer)?;
+        let cap = NonZeroUsize::new(opts.cache_docs.max(1)).unwrap_or(NonZeroUsize::MIN);
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+            sealer,
+            actor,
+            node: node.to_string(),
+            opts,
+            cache: LruCache::new(cap),
+        })
+    }
+
+    /// Caps the database at `pages` pages (of 4 KiB), so a test can make the disk "full".
+    pub fn limit_pages(&self, pages: u64) -> Result<(), StoreError> {
+        self.conn
+            .query_row(&format!("PRAGMA max_page_count={pages}"), [], |_| Ok(()))
+            .map_err(sql("limiting the database size"))
+    }
+
+    /// Creates a session; returns once it is durable.
+    pub fn create_session(&mut self, new: &NewSession, now: i64) -> Result<SessionView, StoreError> {
+        let mut doc = SessionDoc::create(new, self.actor.clone(), now).map_err(model(new.id))?;
+        let view = doc.view().map_err(model(new.id))?;
+        let id = new.id.to_string();
+        let card = seal_card(&self.sealer, &id, &view)?;
+        let bytes = doc.save_after(&[]);
+        let tx =
+            self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+        tx.execute(
+            "INSERT INTO sessions (id, origin, icb, status, service_line, priority, created_ms, updated_ms, head_seq, card)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9)",
+            params![
+                id,
+                view.identity.origin,
+                view.identity.icb,
+                view.status.as_str(),
+                view.service.line.as_str(),
+                view.service.priority.as_str(),
+                view.identity.created_ms,
+                view.updated_ms(),
+                card
+            ],
+        )
+        .map_err(sql("recording the session"))?;
+        let sid = tx.last_insert_rowid();
+        let seq = append_change(&tx, &self.sealer, sid, &id, &bytes)?;
+        append_audit(&tx, &self.sealer, &self.node, now, "session.create", Some(sid), None)?;
+        tx.commit().map_err(sql("committing"))?;
+        self.cache.put(new.id, Cached { doc, sid, upto: seq });
+        Ok(view)
+    }
+
+    /// Finds the session whose id is `text` or starts with it.
+    pub fn resolve(&self, text: &str) -> Result<SessionId, StoreError> {
+        let prefix = text.trim().to_ascii_uppercase();
+        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(StoreError::NoSuchSession(text.to_string()));
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id FROM sessions WHERE id >= ?1 AND id < ?1 || '~' ORDER BY id LIMIT 2")
+            .map_err(sql("finding a session"))?;
+        let ids: Vec<String> = stmt
+            .query_map([&prefix], |r| r.get(0))
+            .map_err(sql("finding a session"))?
+            .collect::<Result<_, _>>()
+            .map_err(sql("finding a session"))?;
+        match ids.as_slice() {
+            [one] => one.parse().map_err(|_| StoreError::Damaged(format!("stored session id {one:?} is not a ULID"))),
+            [] => Err(StoreError::NoSuchSession(text.to_string())),
+            _ => Err(StoreError::Ambiguous(text.to_string())),
+        }
+    }
+
+    /// Edits a session: `f` runs on the current document inside a write transaction, and the
+    /// change it makes is durable when this returns `Ok`. On any error nothing is written.
+    /// `detail` goes into the audit entry: ids and codes only, never patient data.
+    pub fn edit<T>(
+        &mut self,
+        id: SessionId,
+        action: &'static str,
+        detail: Option<serde_json::Value>,
+        now: i64,
+        f: impl FnOnce(&mut WriteCtx<'_>, &mut SessionDoc) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let key = id.to_string();
+        let tx =
+            self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+        let mut cached = checkout(&mut self.cache, &tx, &self.sealer, &self.actor, id)?;
+        let before = cached.doc.heads();
+        let mut ctx = WriteCtx { tx: &tx, sealer: &self.sealer, opts: self.opts, now };
+        // On any error the checked-out copy is dropped (it may hold the failed edit), and the
+        // transaction rolls back when `tx` is dropped.
+        let out = f(&mut ctx, &mut cached.doc)?;
+        if cached.doc.heads() != before {
+            let bytes = cached.doc.save_after(&before);
+            let view = cached.doc.view().map_err(model(id))?;
+            let seq = append_change(&tx, &self.sealer, cached.sid, &key, &bytes)?;
+            let card = seal_card(&self.sealer, &key, &view)?;
+            let (log_count, log_bytes, snapshot_bytes): (i64, i64, i64) = tx
+                .query_row(
+                    "UPDATE sessions SET status = ?2, service_line = ?3, priority = ?4, updated_ms = ?5, card = ?6
+                     WHERE sid = ?1 RETURNING log_count, log_bytes, snapshot_bytes",
+                    params![
+                        cached.sid,
+                        view.status.as_str(),
+                        view.service.line.as_str(),
+                        view.service.priority.as_str(),
+                        view.updated_ms(),
+                        card
+                    ],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .map_err(sql("updating the session index"))?;
+            cached.upto = seq;
+            let log_bytes = log_bytes as u64;
+            if log_count >= i64::from(self.opts.compact_after)
+                || (log_bytes >= self.opts.compact_min_bytes && log_bytes >= snapshot_bytes as u64 / 2)
+            {
+                compact(&tx, &self.sealer, &key, &mut cached)?;
+            }
+            append_audit(&tx, &self.sealer, &self.node, now, action, Some(cached.sid), detail)?;
+        }
+        tx.commit().map_err(sql("committing"))?;
+        self.cache.put(id, cached);
+        Ok(out)
+    }
+
+    /// Records in the audit chain that a session was viewed or exported.
+    pub fn audit_access(&mut self, id: SessionId, action: &'static str, now: i64) -> Result<(), StoreError> {
+        let tx =
+            self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+        let row = session_row(&tx, &id.to_string())?;
+        append_audit(&tx, &self.sealer, &self.node, now, action, Some(row.sid), None)?;
+        tx.commit().map_err(sql("committing"))
+    }
+
+    fn with_doc<T>(&mut self, id: SessionId, f: impl FnOnce(&mut SessionDoc) -> T) -> Result<T, StoreError> {
+        let tx = self.conn.transaction().map_err(sql("starting a read"))?;
+        let mut cached = checkout(&mut self.cache, &tx, &self.sealer, &self.actor, id)?;
+        drop(tx);
+        let out = f(&mut cached.doc);
+        self.cache.put(id, cached);
+        Ok(out)
+    }
+
+    /// The current view of a session.
+    pub fn view(&mut self, id: SessionId) -> Result<SessionView, StoreError> {
+        self.with_doc(id, |d| d.view())?.map_err(model(id))
+    }
+
+    /// The whole document as Automerge bytes.
+    pub fn export_automerge(&mut self, id: SessionId) -> Result<Vec<u8>, StoreError> {
+        self.with_doc(id, |d| d.save())
+    }
+
+    /// Lists sessions newest first, from their index rows and cards (no document is loaded).
+    pub fn list(&self, filter: &ListFilter) -> Result<Vec<SessionCard>, StoreError> {
+        let ctx = "listing sessions";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, status, service_line, priority, origin, created_ms, updated_ms, card FROM sessions
+                 WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR service_line = ?2)
+                 ORDER BY updated_ms DESC, id DESC LIMIT ?3",
+            )
+            .map_err(sql(ctx))?;
+        let limit = filter.limit.map_or(-1, |l| l as i64);
+        let mut rows = stmt
+            .query(params![filter.status.map(|s| s.as_str()), filter.service_line.map(|s| s.as_str()), limit])
+            .map_err(sql(ctx))?;
+        let damaged = |what: &str, value: String| StoreError::Damaged(format!("a session's {what} reads {value:?}"));
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(sql(ctx))? {
+            let id: String = row.get(0).map_err(sql(ctx))?;
+            let text = |i: usize| row.get::<_, String>(i).map_err(sql(ctx));
+            let sealed: Vec<u8> = row.get(7).map_err(sql(ctx))?;
+            let secret: CardSecret =
+                serde_json::from_slice(&self.sealer.open("session card", &card_aad(&id), &sealed)?).map_err(json)?;
+            out.push(SessionCard {
+                id: id.parse().map_err(|_| damaged("id", id.clone()))?,
+                status: Status::parse(&text(1)?).map_err(|e| damaged("status", e.value))?,
+                service_line: ServiceLine::parse(&text(2)?).map_err(|e| damaged("service line", e.value))?,
+                priority: Priority::parse(&text(3)?).map_err(|e| damaged("priority", e.value))?,
+                channel: secret.channel,
+                summary: secret.summary,
+                nhs_number: secret.nhs_number,
+                origin: text(4)?,
+                created_ms: row.get(5).map_err(sql(ctx))?,
+                updated_ms: row.get(6).map_err(sql(ctx))?,
+                messages: secret.messages,
+                photos: secret.photos,
+                on_device_only: secret.on_device_only,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Number of sessions stored.
+    pub fn session_count(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row("SELECT count(*) FROM sessions", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(sql("counting sessions"))
+    }
+
+    /// Describes a stored blob.
+    pub fn blob_info(&self, hash: &str) -> Result<BlobInfo, StoreError> {
+        blob_info(&self.conn, hash)
+    }
+
+    /// Reads a whole blob, checking it against its hash.
+    pub fn read_blob(&self, hash: &str) -> Result<Vec<u8>, StoreError> {
+        let info = self.blob_info(hash)?;
+        if info.chunks_present < info.chunks {
+            return Err(StoreError::BlobIncomplete {
+                hash: hash.to_string(),
+                have: info.chunks_present,
+                total: info.chunks,
+            });
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT idx, sealed FROM blob_chunks WHERE hash = ?1 ORDER BY idx")
+            .map_err(sql("reading a photo"))?;
+        let mut rows = stmt.query([hash]).map_err(sql("reading a photo"))?;
+        let mut out = Vec::with_capacity(info.size as usize);
+        while let Some(row) = rows.next().map_err(sql("reading a photo"))? {
+            let idx = row.get::<_, i64>(0).map_err(sql("reading a photo"))? as u64;
+            let sealed: Vec<u8> = row.get(1).map_err(sql("reading a photo"))?;
+            out.extend_from_slice(&self.sealer.open("photo chunk", &chunk_aad(hash, idx), &sealed)?);
+        }
+        if blake3::hash(&out).to_hex().as_str() != hash {
+            return Err(StoreError::BlobCorrupt(hash.to_string()));
+        }
+        Ok(out)
+    }
+
+    /// Counts and sizes.
+    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+        let q = |sql_text: &str| -> Result<(u64, u64), StoreError> {
+            self.conn
+                .query_row(sql_text, [], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?.unwrap_or(0) as u64))
+                })
+                .map_err(sql("measuring the store"))
+        };
+        let (sessions, _) = q("SELECT count(*), 0 FROM sessions")?;
+        let (log_changes, log_bytes) = q("SELECT count(*), sum(length(sealed)) FROM doc_changes")?;
+        let (snapshots, snapshot_bytes) = q("SELECT count(*), sum(length(sealed)) FROM doc_snapshots")?;
+        let (blobs, blob_bytes) = q("SELECT count(*), sum(size) FROM blobs")?;
+        let (audit_entries, _) = q("SELECT count(*), 0 FROM audit")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT status, count(*) FROM sessions GROUP BY status ORDER BY status")
+            .map_err(sql("measuring the store"))?;
+        let by_status = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
+            .map_err(sql("measuring the store"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sql("measuring the store"))?;
+        let size = |p: PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        Ok(StoreStats {
+            sessions,
+            by_status,
+            log_changes,
+            log_bytes,
+            snapshots,
+            snapshot_bytes,
+            blobs,
+            blob_bytes,
+            audit_entries,
+            db_file_bytes: size(self.path.clone()),
+            wal_file_bytes: size(wal_path(&self.path)),
+            schema_version: DB_SCHEMA_VERSION,
+        })
+    }
+
+    /// Walks the audit chain and reports the first broken link.
+    pub fn verify_audit(&self) -> Result<AuditCheck, StoreError> {
+        let ctx = "reading the audit chain";
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, at_ms, node, action, sid, detail, hash FROM audit ORDER BY seq")
+            .map_err(sql(ctx))?;
+        let mut rows = stmt.query([]).map_err(sql(ctx))?;
+        let mut prev = [0u8; 32].to_vec();
+        let mut entries = 0;
+        while let Some(r) = rows.next().map_err(sql(ctx))? {
+            let row = AuditRow {
+                seq: r.get::<_, i64>(0).map_err(sql(ctx))? as u64,
+                at_ms: r.get(1).map_err(sql(ctx))?,
+                node: r.get(2).map_err(sql(ctx))?,
+                action: r.get(3).map_err(sql(ctx))?,
+                sid: r.get(4).map_err(sql(ctx))?,
+                detail: r.get(5).map_err(sql(ctx))?,
+            };
+            let hash: Vec<u8> = r.get(6).map_err(sql(ctx))?;
+            entries += 1;
+            if row.seq != entries || hash != row.hash(&prev) {
+                return Ok(AuditCheck { entries, broken_at: Some(row.seq) });
+            }
+            prev = hash;
+        }
+        Ok(AuditCheck { entries, broken_at: None })
+    }
+
+    /// The latest `limit` audit entries, opened, oldest first.
+    pub fn audit_tail(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let ctx = "reading the audit chain";
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT a.seq, a.at_ms, a.node, a.action, s.id, a.detail FROM audit a
+                 LEFT JOIN sessions s ON s.sid = a.sid ORDER BY a.seq DESC LIMIT ?1",
+            )
+            .map_err(sql(ctx))?;
+        let mut rows = stmt.query([limit as i64]).map_err(sql(ctx))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(sql(ctx))? {
+            let seq = r.get::<_, i64>(0).map_err(sql(ctx))? as u64;
+            let sealed: Option<Vec<u8>> = r.get(5).map_err(sql(ctx))?;
+            let detail = match sealed {
+                Some(s) => Some(
+                    serde_json::from_slice(&self.sealer.open("audit detail", &audit_aad(seq), &s)?).map_err(json)?,
+                ),
+                None => None,
+            };
+            out.push(AuditEntry {
+                seq,
+                at_ms: r.get(1).map_err(sql(ctx))?,
+                node: r.get(2).map_err(sql(ctx))?,
+                action: r.get(3).map_err(sql(ctx))?,
+                session: r.get(4).map_err(sql(ctx))?,
+                detail,
+            });
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Folds every session's log into a snapshot, checkpoints the WAL into the database file
+    /// and returns free pages to the file system. Returns the number of sessions folded.
+    pub fn compact_all(&mut self) -> Result<u64, StoreError> {
+        let ids: Vec<String> = {
+            let mut stmt =
+                self.conn.prepare("SELECT id FROM sessions WHERE log_count > 0").map_err(sql("listing logs"))?;
+            stmt.query_map([], |r| r.get(0))
+                .map_err(sql("listing logs"))?
+                .collect::<Result<_, _>>()
+                .map_err(sql("listing logs"))?
+        };
+        let mut n = 0;
+        for key in ids {
+            let id: SessionId = key.parse().map_err(|_| StoreError::Damaged(format!("session id {key:?}")))?;
+            let tx =
+                self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+            let mut cached = checkout(&mut self.cache, &tx, &self.sealer, &self.actor, id)?;
+            compact(&tx, &self.sealer, &key, &mut cached)?;
+            tx.commit().map_err(sql("committing"))?;
+            self.cache.put(id, cached);
+            n += 1;
+        }
+        self.conn.execute_batch("PRAGMA incremental_vacuum").map_err(sql("returning free pages"))?;
+        self.checkpoint()?;
+        Ok(n)
+    }
+
+    /// Copies the WAL into the database file and truncates it.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(sql("checkpointing the WAL"))
+    }
+
+    /// Runs SQLite's integrity check; `Ok(())` when it reports "ok".
+    pub fn integrity_check(&self) -> Result<(), StoreError> {
+        let result: String =
+            self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(sql("checking integrity"))?;
+        if result == "ok" { Ok(()) } else { Err(StoreError::Damaged(result)) }
+    }
+}
+
+fn json(e: serde_json::Error) -> StoreError {
+    StoreError::Damaged(format!("a stored record is not valid JSON: {e}"))
+}
+
+/// The WAL beside a database file.
+pub fn wal_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push("-wal");
+    PathBuf::from(p)
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a migration"))?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sql("reading the schema"))?;
+    if version > DB_SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema { path: path.to_path_buf(), found: version });
+    }
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(step).map_err(sql("migrating the schema"))?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1)).map_err(sql("migrating the schema"))?;
+    }
+    tx.commit().map_err(sql("migrating the schema"))
+}
+
+fn check_key(conn: &Connection, sealer: &Sealer) -> Result<(), StoreError> {
+    let stored: Option<Vec<u8>> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| r.get(0))
+        .optional()
+        .map_err(sql("checking the node key"))?;
+    match stored {
+        Some(sealed) => {
+            sealer.open("key check", b"meta", &sealed)?;
+        }
+        None => {
+            let sealed = sealer.seal(b"meta", KEY_CHECK)?;
+            conn.execute("INSERT INTO meta (key, value) VALUES ('key_check', ?1)", [sealed])
+                .map_err(sql("recording the key check"))?;
+        }
+    }
+    Ok(())
+}
+
+fn change_aad(id: &str) -> Vec<u8> {
+    [b"outpost/change/v1/".as_slice(), id.as_bytes()].concat()
+}
+fn snapshot_aad(id: &str) -> Vec<u8> {
+    [b"outpost/snapshot/v1/".as_slice(), id.as_bytes()].concat()
+}
+fn card_aad(id: &str) -> Vec<u8> {
+    [b"outpost/card/v1/".as_slice(), id.as_bytes()].concat()
+}
+fn chunk_aad(hash: &str, idx: u64) -> Vec<u8> {
+    [b"outpost/chunk/v1/".as_slice(), hash.as_bytes(), b"/", &idx.to_be_bytes()].concat()
+}
+fn audit_aad(seq: u64) -> Vec<u8> {
+    [b"outpost/audit/v1/".as_slice(), &seq.to_be_bytes()].concat()
+}
+
+fn seal_card(sealer: &Sealer, id: &str, view: &SessionView) -> Result<Vec<u8>, StoreError> {
+    let plain = serde_json::to_vec(&CardSecret::from_view(view)).map_err(json)?;
+    Ok(sealer.seal(&card_aad(id), &plain)?)
+}
+
+fn session_row(tx: &Transaction<'_>, id: &str) -> Result<Row, StoreError> {
+    tx.query_row("SELECT sid, head_seq, snapshot_upto FROM sessions WHERE id = ?1", [id], |r| {
+        Ok(Row { sid: r.get(0)?, head: r.get(1)?, snapshot_upto: r.get(2)? })
+    })
+    .optional()
+    .map_err(sql("loading a session"))?
+    .ok_or_else(|| StoreError::NoSuchSession(id.to_string()))
+}
+
+/// Takes a session's document out of the cache (or loads it) and brings it up to date with
+/// what other processes have committed: their new changes, or the snapshot that folded them.
+fn checkout(
+    cache: &mut LruCache<SessionId, Cached>,
+    tx: &Transaction<'_>,
+    sealer: &Sealer,
+    actor: &ActorId,
+    id: SessionId,
+) -> Result<Cached, StoreError> {
+    let key = id.to_string();
+    let row = session_row(tx, &key)?;
+    let mut bytes = Vec::new();
+    let mut cached = cache.pop(&id);
+    let upto = cached.as_ref().map_or(0, |c| c.upto);
+    if row.head <= upto
+        && let Some(c) = cached
+    {
+        return Ok(c);
+    }
+    if row.snapshot_upto > upto {
+        let sealed: Vec<u8> = tx
+            .query_row("SELECT sealed FROM doc_snapshots WHERE sid = ?1", [row.sid], |r| r.get(0))
+            .map_err(sql("loading a snapshot"))?;
+        bytes.extend(sealer.open("snapshot", &snapshot_aad(&key), &sealed)?);
+    }
+    let mut stmt = tx
+        .prepare_cached("SELECT sealed FROM doc_changes WHERE sid = ?1 AND seq > ?2 ORDER BY seq")
+        .map_err(sql("loading changes"))?;
+    let mut rows = stmt.query(params![row.sid, upto]).map_err(sql("loading changes"))?;
+    while let Some(r) = rows.next().map_err(sql("loading changes"))? {
+        let sealed: Vec<u8> = r.get(0).map_err(sql("loading changes"))?;
+        bytes.extend(sealer.open("document change", &change_aad(&key), &sealed)?);
+    }
+    match cached.as_mut() {
+        Some(c) => c.doc.apply_bytes(&bytes).map_err(model(id))?,
+        None => {
+            cached =
+                Some(Cached { doc: SessionDoc::load(&bytes, actor.clone()).map_err(model(id))?, sid: row.sid, upto: 0 })
+        }
+    }
+    let mut c = cached.ok_or_else(|| StoreError::Damaged(format!("session {key} has no document")))?;
+    c.upto = row.head;
+    Ok(c)
+}
+
+fn append_change(tx: &Transaction<'_>, sealer: &Sealer, sid: i64, key: &str, bytes: &[u8]) -> Result<i64, StoreError> {
+    let sealed = sealer.seal(&change_aad(key), bytes)?;
+    tx.execute("INSERT INTO doc_changes (sid, sealed) VALUES (?1, ?2)", params![sid, sealed])
+        .map_err(sql("appending a change"))?;
+    let seq = tx.last_insert_rowid();
+    tx.execute(
+        "UPDATE sessions SET head_seq = ?2, log_count = log_count + 1, log_bytes = log_bytes + ?3 WHERE sid = ?1",
+        params![sid, seq, sealed.len() as i64],
+    )
+    .map_err(sql("appending a change"))?;
+    Ok(seq)
+}
+
+/// Replaces a session's log with a snapshot of the whole document.
+fn compact(tx: &Transaction<'_>, sealer: &Sealer, key: &str, cached: &mut Cached) -> Result<(), StoreError> {
+    let snapshot = sealer.seal(&snapshot_aad(key), &cached.doc.save())?;
+    tx.execute(
+        "INSERT INTO doc_snapshots (sid, upto, sealed) VALUES (?1, ?2, ?3)
+         ON CONFLICT (sid) DO UPDATE SET upto = excluded.upto, sealed = excluded.sealed",
+        params![cached.sid, cached.upto, snapshot],
+    )
+    .map_err(sql("writing a snapshot"))?;
+    tx.execute("DELETE FROM doc_changes WHERE sid = ?1 AND seq <= ?2", params![cached.sid, cached.upto])
+        .map_err(sql("folding the log"))?;
+    tx.execute(
+        "UPDATE sessions SET snapshot_upto = ?2, snapshot_bytes = ?3, log_count = 0, log_bytes = 0 WHERE sid = ?1",
+        params![cached.sid, cached.upto, snapshot.len() as i64],
+    )
+    .map_err(sql("folding the log"))?;
+    Ok(())
+}
+
+fn blob_info(conn: &Connection, hash: &str) -> Result<BlobInfo, StoreError> {
+    conn.query_row(
+        "SELECT size, mime, chunks, (SELECT count(*) FROM blob_chunks c WHERE c.hash = b.hash) FROM blobs b WHERE hash = ?1",
+        [hash],
+        |r| {
+            Ok(BlobInfo {
+                hash: hash.to_string(),
+                size: r.get::<_, i64>(0)? as u64,
+                mime: r.get(1)?,
+                chunks: r.get::<_, i64>(2)? as u64,
+                chunks_present: r.get::<_, i64>(3)? as u64,
+            })
+        },
+    )
+    .optional()
+    .map_err(sql("reading a photo"))?
+    .ok_or_else(|| StoreError::NoSuchBlob(hash.to_string()))
+}
+
+fn put_blob(
+    tx: &Transaction<'_>,
+    sealer: &Sealer,
+    chunk_size: usize,
+    bytes: &[u8],
+    mime: &str,
+    now: i64,
+) -> Result<BlobInfo, StoreError> {
+    let hash = blake3::hash(bytes).to_hex().to_string();
+    let chunks = bytes.len().div_ceil(chunk_size).max(1) as u64;
+    tx.execute(
+        "INSERT INTO blobs (hash, size, mime, chunk_size, chunks, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (hash) DO NOTHING",
+        params![hash, bytes.len() as i64, mime, chunk_size as i64, chunks as i64, now],
+    )
+    .map_err(sql("recording a photo"))?;
+    let mut insert = tx
+        .prepare_cached("INSERT INTO blob_chunks (hash, idx, sealed) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")
+        .map_err(sql("storing a photo"))?;
+    for (idx, chunk) in bytes.chunks(chunk_size).enumerate() {
+        let idx = idx as u64;
+        insert
+            .execute(params![hash, idx as i64, sealer.seal(&chunk_aad(&hash, idx), chunk)?])
+            .map_err(sql("storing a photo"))?;
+    }
+    Ok(BlobInfo { hash, size: bytes.len() as u64, mime: mime.to_string(), chunks, chunks_present: chunks })
+}
+
+/// The fields of an audit entry that its hash covers.
+struct AuditRow {
+    seq: u64,
+    at_ms: i64,
+    node: String,
+    action: String,
+    sid: Option<i64>,
+    detail: Option<Vec<u8>>,
+}
+
+impl AuditRow {
+    /// `hash = BLAKE3(domain || prev || seq || at || len-prefixed node, action || sid || sealed detail)`.
+    fn hash(&self, prev: &[u8]) -> Vec<u8> {
+        let mut h = blake3::Hasher::new();
+        h.update(b"outpost audit v1");
+        h.update(prev);
+        h.update(&self.seq.to_be_bytes());
+        h.update(&self.at_ms.to_be_bytes());
+        for field in [self.node.as_bytes(), self.action.as_bytes()] {
+            h.update(&(field.len() as u64).to_be_bytes());
+            h.update(field);
+        }
+        h.update(&self.sid.unwrap_or(-1).to_be_bytes());
+        h.update(self.detail.as_deref().unwrap_or(&[]));
+        h.finalize().as_bytes().to_vec()
+    }
+}
+
+fn append_audit(
+    tx: &Transaction<'_>,
+    sealer: &Sealer,
+    node: &str,
+    now: i64,
+    action: &str,
+    sid: Option<i64>,
+    detail: Option<serde_json::Value>,
+) -> Result<(), StoreError> {
+    let last: Option<(i64, Vec<u8>)> = tx
+        .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(sql("reading the audit chain"))?;
+    let (seq, prev) = match last {
+        Some((s, h)) => (s as u64 + 1, h),
+        None => (1, [0u8; 32].to_vec()),
+    };
+    let detail = match detail {
+        Some(d) => Some(sealer.seal(&audit_aad(seq), &serde_json::to_vec(&d).map_err(json)?)?),
+        None => None,
+    };
+    let row = AuditRow { seq, at_ms: now, node: node.to_string(), action: action.to_string(), sid, detail };
+    let hash = row.hash(&prev);
+    tx.execute(
+        "INSERT INTO audit (seq, at_ms, node, action, sid, detail, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![row.seq as i64, row.at_ms, row.node, row.action, row.sid, row.detail, hash],
+    )
+    .map_err(sql("appending to the audit chain"))?;
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! Encryption at rest: the SQLite file and its WAL hold no patient data in the clear.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use outpost_node::config::NodeDir;
+use outpost_node::demo::scan_files;
+use outpost_node::node::{InitParams, Node, PhotoRequest, SessionRequest};
+use outpost_node::photo::synthetic_jpeg;
+use outpost_node::store::wal_path;
+use sync_protocol::NhsNumber;
+use sync_protocol::session::{Patient, Requester, Service};
+use sync_protocol::vocab::{
+    CareSetting, Channel, ConsentKind, ConsentScope, NhsVerification, PhotoView, Priority, Role, ServiceLine,
+};
+
+const NHS: &str = "9434765919";
+const SUMMARY: &str = "Mrs Evelyn Hartley-Smythe, pigmented lesion";
+const MESSAGE: &str = "Bleeds on contact, irregular margin, grew 4 mm";
+const NAME: &str = "Evelyn Hartley-Smythe";
+
+#[test]
+fn neither_the_database_nor_its_wal_holds_an_nhs_number_or_message_text_in_the_clear() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = NodeDir::new(tmp.path().join("node"));
+    let params = InitParams { name: "amb-07".into(), role: Role::Edge, org: None, icb: Some("QHM".into()) };
+    Node::init(&dir, &params, 1_790_000_000_000).unwrap();
+    let mut node = Node::open(&dir).unwrap();
+    let photo = synthetic_jpeg(800, 600, 11).unwrap();
+    let mut ids = Vec::new();
+    // Enough sessions and edits that logs are compacted into snapshots too.
+    for i in 0..12 {
+        let view = node
+            .new_session(
+                SessionRequest {
+                    care_setting: CareSetting::AmbulanceOnScene,
+                    requester: Requester { callback: Some("07700 900123".into()), ..Requester::default() },
+                    patient: Patient {
+                        nhs_number: Some(NhsNumber::parse(NHS).unwrap()),
+                        verification: NhsVerification::Verified,
+                        name: Some(NAME.into()),
+                        ..Patient::default()
+                    },
+                    service: Service {
+                        line: ServiceLine::Dermatology,
+                        channel: Channel::Photo,
+                        priority: Priority::Urgent,
+                    },
+                    summary: SUMMARY.into(),
+                    draft: false,
+                },
+                1_790_000_000_000 + i,
+            )
+            .unwrap();
+        for j in 0..10 {
+            node.send_message(view.id, &format!("{MESSAGE} ({j})"), None, 1_790_000_001_000 + j).unwrap();
+        }
+        ids.push(view.id);
+    }
+    let req = PhotoRequest {
+        view: PhotoView::CloseUp,
+        body_site: "left forearm".into(),
+        consent: ConsentKind::Verbal,
+        scope: ConsentScope::RecordOnly,
+    };
+    node.attach_photo(ids[0], &photo, &req, 1_790_000_002_000).unwrap();
+    let stats = node.store.stats().unwrap();
+    assert!(stats.snapshots > 0, "compaction ran, so snapshots are checked too");
+    assert!(stats.wal_file_bytes > 0, "the WAL is checked while it holds the writes");
+
+    let files = [dir.db_path(), wal_path(&dir.db_path())];
+    let photo_window = &photo.bytes[photo.bytes.len() / 2..photo.bytes.len() / 2 + 32];
+    let needles: [&[u8]; 6] =
+        [NHS.as_bytes(), SUMMARY.as_bytes(), MESSAGE.as_bytes(), NAME.as_bytes(), b"07700 900123", photo_window];
+    assert_eq!(scan_files(&files, &needles).unwrap(), vec![0; needles.len()], "open store, WAL present");
+
+    // And once everything is checkpointed into the main file.
+    node.store.checkpoint().unwrap();
+    drop(node);
+    assert_eq!(scan_files(&files, &needles).unwrap(), vec![0; needles.len()], "after checkpoint and close");
+
+    // The check itself works: the same needles are found in a file that holds them.
+    let plain = tmp.path().join("plain.txt");
+    std::fs::write(&plain, format!("{NHS} {SUMMARY}")).unwrap();
+    assert_eq!(scan_files(&[plain], &needles[..2]).unwrap(), vec![1, 1]);
+}

@@ -1,0 +1,340 @@
+//! The `outpost` command line, driven as a user (or a later issue's test) drives it.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use common::{fails, init_edge, json, new_session, ok, run};
+use std::path::Path;
+
+fn d(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn session_count(dir: &Path) -> u64 {
+    json(&ok(&["status", "--dir", d(dir), "--json"]))["store"]["sessions"].as_u64().unwrap()
+}
+
+fn audit_entries(dir: &Path) -> u64 {
+    json(&ok(&["status", "--dir", d(dir), "--json"]))["audit"]["entries"].as_u64().unwrap()
+}
+
+fn write_photo(path: &Path, seed: u64) -> Vec<u8> {
+    let photo = outpost_node::photo::synthetic_jpeg(640, 480, seed).unwrap();
+    std::fs::write(path, &photo.bytes).unwrap();
+    photo.bytes
+}
+
+#[test]
+fn a_session_is_created_worked_on_and_shown_with_receipts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    init_edge(&dir);
+    let id = new_session(&dir);
+    assert_eq!(id.len(), 26, "prints the new id: {id}");
+
+    let msg = ok(&["message", "send", "--dir", d(&dir), &id, "Lesion 14 mm, irregular border"]);
+    assert_eq!(msg.trim().len(), 26);
+    let photo = tmp.path().join("close.jpg");
+    let bytes = write_photo(&photo, 7);
+    let attached = json(&ok(&[
+        "photo",
+        "attach",
+        "--dir",
+        d(&dir),
+        &id,
+        d(&photo),
+        "--view",
+        "close-up",
+        "--body-site",
+        "left forearm",
+        "--consent",
+        "verbal",
+        "--json",
+    ]));
+    let hash = attached["hash"].as_str().unwrap().to_string();
+    assert_eq!(hash, blake3::hash(&bytes).to_hex().as_str());
+    ok(&["outcome", "set", "--dir", d(&dir), &id, "--side", "requester", "referral_avoided"]);
+
+    let view = json(&ok(&["session", "show", "--dir", d(&dir), &id, "--json"]));
+    assert_eq!(view["id"], id);
+    assert_eq!(view["patient"]["nhs_number"], "9434765919");
+    assert_eq!(view["service"]["snomed"], "394582007");
+    assert_eq!(view["messages"][0]["text"], "Lesion 14 mm, irregular border");
+    assert_eq!(view["messages"][0]["receipt"], "device");
+    assert_eq!(view["media"][0]["view"], "close_up");
+    assert_eq!(view["media"][0]["width"], 640);
+    assert_eq!(view["outcome"]["requester"]["value"], "referral_avoided");
+    assert_eq!(view["status"], "outcome_recorded");
+
+    let text = ok(&["session", "show", "--dir", d(&dir), &id[..8]]);
+    assert!(text.contains("on this device only"), "{text}");
+    assert!(text.contains("NHS 943 476 5919"), "{text}");
+
+    let list = json(&ok(&["session", "list", "--dir", d(&dir), "--json"]));
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["photos"], 1);
+    assert_eq!(list[0]["on_device_only"], 2);
+
+    let out = tmp.path().join("back.jpg");
+    ok(&["photo", "get", "--dir", d(&dir), &hash, "--out", d(&out)]);
+    assert_eq!(std::fs::read(&out).unwrap(), bytes, "the photo comes back byte for byte");
+}
+
+#[test]
+fn an_export_is_a_plain_automerge_document_and_a_json_view() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    init_edge(&dir);
+    let id = new_session(&dir);
+    ok(&["message", "send", "--dir", d(&dir), &id, "hello consultant"]);
+    let am = tmp.path().join("s.automerge");
+    ok(&["session", "export", "--dir", d(&dir), &id, "--format", "automerge", "--out", d(&am)]);
+    // Any Automerge implementation can load it: read it with the plain automerge crate, no outpost types.
+    use automerge::ReadDoc;
+    let doc = automerge::AutoCommit::load(&std::fs::read(&am).unwrap()).unwrap();
+    let (_, messages) = doc.get(automerge::ROOT, "messages").unwrap().unwrap();
+    let (_, first) = doc.get(&messages, 0).unwrap().unwrap();
+    let (text, _) = doc.get(&first, "text").unwrap().unwrap();
+    assert_eq!(text.as_str(), Some("hello consultant"));
+
+    let view = json(&ok(&["session", "export", "--dir", d(&dir), &id, "--format", "json"]));
+    assert_eq!(view["messages"][0]["text"], "hello consultant");
+}
+
+#[test]
+fn an_invalid_nhs_number_is_refused_by_name_and_nothing_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    init_edge(&dir);
+    let before = audit_entries(&dir);
+    let err = fails(
+        &[
+            "session",
+            "new",
+            "--dir",
+            d(&dir),
+            "--service-line",
+            "dermatology",
+            "--care-setting",
+            "ambulance_on_scene",
+            "--nhs-number",
+            "9434765918",
+            "--summary",
+            "x",
+        ],
+        2,
+    );
+    assert!(err.contains("--nhs-number"), "names the field: {err}");
+    assert!(err.contains("check digit"), "says why: {err}");
+    assert_eq!(session_count(&dir), 0);
+    assert_eq!(audit_entries(&dir), before);
+}
+
+#[test]
+fn unknown_vocabulary_is_refused_with_the_accepted_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    init_edge(&dir);
+    let err = fails(
+        &[
+            "session",
+            "new",
+            "--dir",
+            d(&dir),
+            "--service-line",
+            "podiatry",
+            "--care-setting",
+            "gp_urgent",
+            "--summary",
+            "x",
+        ],
+        2,
+    );
+    assert!(err.contains("--service-line") && err.contains("dermatology"), "{err}");
+    let id = new_session(&dir);
+    let err = fails(&["outcome", "set", "--dir", d(&dir), &id, "--side", "requester", "sent_home"], 2);
+    assert!(err.contains("outcome") && err.contains("referral_avoided"), "{err}");
+    let view = json(&ok(&["session", "show", "--dir", d(&dir), &id, "--json"]));
+    assert!(view["outcome"]["requester"].is_null(), "nothing was written");
+}
+
+#[test]
+fn missing_non_image_and_truncated_photos_are_refused_and_nothing_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    init_edge(&dir);
+    let id = new_session(&dir);
+    let attach = |file: &Path| {
+        vec![
+            "photo".to_string(),
+            "attach".into(),
+            "--dir".into(),
+            d(&dir).into(),
+            id.clone(),
+            d(file).into(),
+            "--view".into(),
+            "site".into(),
+            "--body-site".into(),
+            "back".into(),
+            "--consent".into(),
+            "verbal".into(),
+        ]
+    };
+    let missing = tmp.path().join("nope.jpg");
+    let err = fails(&attach(&missing).iter().map(String::as_str).collect::<Vec<_>>(), 2);
+    assert!(err.contains("does not exist") && err.contains("nope.jpg"), "{err}");
+
+    let text = tmp.path().join("notes.jpg");
+    std::fs::write(&text, "not a photo at all").unwrap();
+    let err = fails(&attach(&text).iter().map(String::as_str).collect::<Vec<_>>(), 2);
+    assert!(err.contains("not a photo"), "{err}");
+
+    let cut = tmp.path().join("cut.jpg");
+    let bytes = write_photo(&cut, 3);
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let err = fails(&attach(&cut).iter().map(String::as_str).collect::<Vec<_>>(), 2);
+    assert!(err.contains("truncated"), "{err}");
+
+    let view = json(&ok(&["session", "show", "--dir", d(&dir), &id, "--json"]));
+    assert_eq!(view["media"].as_array().unwrap().len(), 0);
+    let status = json(&ok(&["status", "--dir", d(&dir), "--json"]));
+    assert_eq!(status["store"]["blobs"], 0);
+}
+
+#[test]
+fn a_directory_that_is_not_a_node_is_named_with_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = fails(&["session", "list", "--dir", d(tmp.path())], 3);
+    assert!(err.contains("not an outpost node directory") && err.contains("outpost init"), "{err}");
+}
+
+#[test]
+fn an_unknown_session_exits_4() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    init_edge(&dir);
+    let err = fails(&["message", "send", "--dir", d(&dir), "01ZZZZZZZZZZZZZZZZZZZZZZZZ", "hi"], 4);
+    assert!(err.contains("no session"), "{err}");
+}
+
+#[test]
+fn only_an_edge_creates_sessions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("desk");
+    ok(&["init", "--dir", d(&dir), "--name", "desk-derm-1", "--role", "desk"]);
+    let err = fails(
+        &[
+            "session",
+            "new",
+            "--dir",
+            d(&dir),
+            "--service-line",
+            "dermatology",
+            "--care-setting",
+            "gp_urgent",
+            "--summary",
+            "x",
+        ],
+        2,
+    );
+    assert!(err.contains("edge nodes") && err.contains("desk"), "{err}");
+}
+
+#[test]
+fn a_full_disk_refuses_the_write_and_loses_nothing_acknowledged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    init_edge(&dir);
+    let id = new_session(&dir);
+    ok(&["message", "send", "--dir", d(&dir), &id, "acknowledged before the disk filled"]);
+    let pages: u64 = {
+        let conn = rusqlite::Connection::open(dir.join("outpost.db")).unwrap();
+        conn.query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0)).unwrap() as u64
+    };
+    // The database may not grow at all: the next write cannot fit.
+    let big = "x".repeat(12_000);
+    let err = fails(&["debug", "limit-pages", "--dir", d(&dir), &pages.to_string(), "--send", &id, &big], 5);
+    assert!(err.contains("disk is full") && err.contains("nothing was written"), "{err}");
+    let view = json(&ok(&["session", "show", "--dir", d(&dir), &id, "--json"]));
+    let texts: Vec<_> = view["messages"].as_array().unwrap().iter().map(|m| m["text"].clone()).collect();
+    assert_eq!(texts, vec![serde_json::json!("acknowledged before the disk filled")]);
+}
+
+#[test]
+fn a_closed_session_refuses_messages_until_reopened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    init_edge(&dir);
+    let id = new_session(&dir);
+    ok(&["session", "set-status", "--dir", d(&dir), &id, "closed"]);
+    let err = fails(&["message", "send", "--dir", d(&dir), &id, "late"], 2);
+    assert!(err.contains("reopen"), "{err}");
+    let err = fails(&["session", "set-status", "--dir", d(&dir), &id, "queued"], 2);
+    assert!(err.contains("closed"), "{err}");
+    ok(&["session", "reopen", "--dir", d(&dir), &id]);
+    ok(&["message", "send", "--dir", d(&dir), &id, "after reopening"]);
+    let view = json(&ok(&["session", "show", "--dir", d(&dir), &id, "--json"]));
+    assert_eq!(view["reopened"], 1);
+    assert_eq!(view["status"], "awaiting_reply");
+}
+
+#[test]
+fn a_key_from_the_environment_is_used_and_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    let key = "11".repeat(32);
+    let with_key = |k: &str, args: &[&str]| {
+        std::process::Command::new(common::BIN).args(args).env("OUTPOST_NODE_KEY", k).output().unwrap()
+    };
+    let out = with_key(&key, &["init", "--dir", d(&dir), "--name", "surgery-1", "--role", "edge"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!dir.join("node.key").exists(), "no key file when the key comes from the environment");
+    let out = with_key(&key, &["status", "--dir", d(&dir)]);
+    assert!(out.status.success());
+    let out = with_key(&"22".repeat(32), &["status", "--dir", d(&dir)]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not this node's key"));
+    let out = run(&["status", "--dir", d(&dir)]);
+    assert_eq!(out.status.code(), Some(3), "without the key the node does not open");
+}
+
+#[test]
+fn an_exposed_key_file_stops_the_node() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    init_edge(&dir);
+    std::fs::set_permissions(dir.join("node.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = fails(&["status", "--dir", d(&dir)], 3);
+    assert!(err.contains("chmod 600"), "{err}");
+}
+
+#[test]
+fn the_audit_chain_records_changes_and_views_and_detects_tampering() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    init_edge(&dir);
+    let id = new_session(&dir);
+    ok(&["message", "send", "--dir", d(&dir), &id, "one"]);
+    ok(&["session", "show", "--dir", d(&dir), &id]);
+    let entries = json(&ok(&["audit", "show", "--dir", d(&dir), "--json"]));
+    let actions: Vec<_> =
+        entries.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap().to_string()).collect();
+    assert_eq!(actions, ["session.create", "message.send", "session.view"]);
+    ok(&["audit", "verify", "--dir", d(&dir)]);
+    let conn = rusqlite::Connection::open(dir.join("outpost.db")).unwrap();
+    conn.execute("UPDATE audit SET action = 'nothing' WHERE seq = 2", []).unwrap();
+    drop(conn);
+    let out = run(&["audit", "verify", "--dir", d(&dir)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("broken at entry 2"));
+}
+
+#[test]
+fn demo_runs_an_offline_day_and_finds_no_plaintext() {
+    let out = ok(&["demo"]);
+    assert!(out.contains("plaintext check") && out.contains(": 0 found"), "{out}");
+    assert!(out.contains("audit chain") && out.contains("intact"), "{out}");
+    assert!(out.contains("on this device only"), "{out}");
+}

@@ -1,0 +1,160 @@
+//! The store: compaction, lazy loading, two writers on one node, migrations, tampering.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use outpost_node::config::NodeDir;
+use outpost_node::node::{InitParams, Node, NodeError, SessionRequest};
+use outpost_node::store::{ListFilter, StoreError, StoreOptions};
+use sync_protocol::session::{Patient, Requester, Service};
+use sync_protocol::vocab::{CareSetting, Channel, Priority, Role, ServiceLine, Status};
+
+const T: i64 = 1_790_000_000_000;
+
+fn node_dir() -> (tempfile::TempDir, NodeDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = NodeDir::new(tmp.path().join("node"));
+    let params =
+        InitParams { name: "surgery-12".into(), role: Role::Edge, org: Some("B82005".into()), icb: Some("QOQ".into()) };
+    Node::init(&dir, &params, T).unwrap();
+    (tmp, dir)
+}
+
+fn request(summary: &str) -> SessionRequest {
+    SessionRequest {
+        care_setting: CareSetting::GpElective,
+        requester: Requester::default(),
+        patient: Patient::default(),
+        service: Service {
+            line: ServiceLine::Gastroenterology,
+            channel: Channel::Message,
+            priority: Priority::Routine,
+        },
+        summary: summary.into(),
+        draft: false,
+    }
+}
+
+#[test]
+fn compaction_folds_the_log_into_a_snapshot_without_losing_anything() {
+    let (_tmp, dir) = node_dir();
+    let opts = StoreOptions { compact_after: 4, ..StoreOptions::default() };
+    let mut node = Node::open_with(&dir, opts).unwrap();
+    let id = node.new_session(request("compaction"), T).unwrap().id;
+    for i in 0..10 {
+        node.send_message(id, &format!("message {i}"), None, T + i).unwrap();
+    }
+    let stats = node.store.stats().unwrap();
+    assert_eq!(stats.snapshots, 1);
+    assert!(stats.log_changes < 4, "log folded: {} changes left", stats.log_changes);
+    drop(node);
+    // A fresh process reads snapshot + log and sees every message in order.
+    let mut node = Node::open(&dir).unwrap();
+    let texts: Vec<String> = node.store.view(id).unwrap().messages.into_iter().map(|m| m.text).collect();
+    assert_eq!(texts, (0..10).map(|i| format!("message {i}")).collect::<Vec<_>>());
+}
+
+#[test]
+fn two_writers_on_one_node_see_each_others_changes() {
+    // The daemon and the CLI are two processes on one store; here, two handles.
+    let (_tmp, dir) = node_dir();
+    let opts = StoreOptions { compact_after: 3, ..StoreOptions::default() };
+    let mut a = Node::open_with(&dir, opts).unwrap();
+    let mut b = Node::open_with(&dir, opts).unwrap();
+    let id = a.new_session(request("two writers"), T).unwrap().id;
+    for i in 0..9 {
+        // Alternate, so each writer's cached document is stale at every turn, and the other
+        // writer's compaction deletes log rows it has not read yet.
+        let (w, name) = if i % 2 == 0 { (&mut a, "a") } else { (&mut b, "b") };
+        w.send_message(id, &format!("{name}{i}"), None, T + i).unwrap();
+    }
+    for n in [&mut a, &mut b] {
+        let texts: Vec<String> = n.store.view(id).unwrap().messages.into_iter().map(|m| m.text).collect();
+        assert_eq!(texts, ["a0", "b1", "a2", "b3", "a4", "b5", "a6", "b7", "a8"]);
+    }
+}
+
+#[test]
+fn listing_reads_cards_not_documents_and_filters_by_index_columns() {
+    let (_tmp, dir) = node_dir();
+    let opts = StoreOptions { cache_docs: 4, ..StoreOptions::default() };
+    let mut node = Node::open_with(&dir, opts).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let mut req = request(&format!("session {i}"));
+        if i % 3 == 0 {
+            req.service.line = ServiceLine::Cardiology;
+        }
+        ids.push(node.new_session(req, T + i).unwrap().id);
+    }
+    node.set_status(ids[4], Status::Closed, T + 100).unwrap();
+    let all = node.store.list(&ListFilter::default()).unwrap();
+    assert_eq!(all.len(), 30);
+    assert_eq!(all[0].id, ids[4], "newest activity first");
+    let cardio =
+        node.store.list(&ListFilter { service_line: Some(ServiceLine::Cardiology), ..ListFilter::default() }).unwrap();
+    assert_eq!(cardio.len(), 10);
+    let closed = node.store.list(&ListFilter { status: Some(Status::Closed), ..ListFilter::default() }).unwrap();
+    assert_eq!(closed.len(), 1);
+    // Every document can still be read, through a cache of four.
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(node.store.view(*id).unwrap().summary, format!("session {i}"));
+    }
+}
+
+#[test]
+fn a_tampered_change_is_refused_not_silently_read() {
+    let (_tmp, dir) = node_dir();
+    let mut node = Node::open(&dir).unwrap();
+    let id = node.new_session(request("tamper"), T).unwrap().id;
+    node.send_message(id, "original", None, T + 1).unwrap();
+    drop(node);
+    let conn = rusqlite::Connection::open(dir.db_path()).unwrap();
+    // Flip one byte of every stored form of the document (snapshot and log alike).
+    let flip = "CAST(substr(sealed, 1, 30) || CASE WHEN substr(sealed, 31, 1) = x'00' THEN x'01' ELSE x'00' END
+                || substr(sealed, 32) AS BLOB)";
+    let changed = conn.execute(&format!("UPDATE doc_snapshots SET sealed = {flip}"), []).unwrap()
+        + conn.execute(&format!("UPDATE doc_changes SET sealed = {flip}"), []).unwrap();
+    assert!(changed > 0);
+    drop(conn);
+    let mut node = Node::open(&dir).unwrap();
+    let err = node.store.view(id).unwrap_err();
+    assert!(matches!(err, StoreError::Crypto(_)), "{err}");
+    assert!(err.to_string().contains("failed to decrypt"), "{err}");
+}
+
+#[test]
+fn a_database_from_a_newer_outpost_is_refused() {
+    let (_tmp, dir) = node_dir();
+    let conn = rusqlite::Connection::open(dir.db_path()).unwrap();
+    conn.execute_batch("PRAGMA user_version = 99").unwrap();
+    drop(conn);
+    let err = Node::open(&dir).unwrap_err();
+    assert!(matches!(err, NodeError::Store(StoreError::NewerSchema { found: 99, .. })), "{err}");
+    assert!(err.to_string().contains("upgrade outpost"), "{err}");
+}
+
+#[test]
+fn the_schema_is_migrated_to_its_version_on_creation() {
+    let (_tmp, dir) = node_dir();
+    let conn = rusqlite::Connection::open(dir.db_path()).unwrap();
+    let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(v, outpost_node::store::DB_SCHEMA_VERSION);
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[test]
+fn a_failed_edit_leaves_the_document_as_it_was() {
+    let (_tmp, dir) = node_dir();
+    let mut node = Node::open(&dir).unwrap();
+    let id = node.new_session(request("refusals"), T).unwrap().id;
+    node.set_status(id, Status::Responded, T + 1).unwrap();
+    assert!(node.set_status(id, Status::Queued, T + 2).is_err());
+    let err = node.send_message(id, "   ", None, T + 3).unwrap_err();
+    assert!(err.to_string().contains("must not be empty"), "{err}");
+    node.send_message(id, "fine", None, T + 4).unwrap();
+    let v = node.store.view(id).unwrap();
+    assert_eq!(v.status, Status::Responded);
+    assert_eq!(v.messages.len(), 1);
+    assert_eq!(node.store.verify_audit().unwrap().broken_at, None);
+}

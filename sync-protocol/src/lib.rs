@@ -1,0 +1,28 @@
+//! # sync-protocol
+//!
+//! The part of outpost that every node role and the simulator share, written without I/O:
+//! no sockets, no files, no threads, no wall clock. Time arrives as an argument (milliseconds
+//! since the Unix epoch), identifiers are chosen by the caller, and bytes go in and out as
+//! plain slices and vectors.
+//!
+//! What lives here:
+//! - [`vocab`]: the closed vocabularies of the domain (service lines with their SNOMED CT codes,
+//!   care settings, priorities, statuses, outcomes, photo views, consent kinds, node roles).
+//! - [`nhs`]: the NHS number and its modulus 11 check.
+//! - [`session`]: one advice session as an Automerge document, its typed read view, and the
+//!   operations that edit it so that every merge obeys the rules in `docs/schema.md`
+//!   (status and receipts only move forward, a consent withdrawal always wins, logs only grow).
+//!
+//! What will live here (issue 3): the framing, the Hello/version negotiation and the
+//! multi-document reconciliation state machine, driven by the node over QUIC and by the
+//! simulator over virtual links.
+
+pub mod nhs;
+pub mod session;
+pub mod vocab;
+
+pub use nhs::{NhsNumber, NhsNumberError};
+pub use session::{ModelError, SessionDoc, SessionId, SessionView};
+
+/// Milliseconds since the Unix epoch. The only notion of time in this crate: callers pass it in.
+pub type TimeMs = i64;

@@ -1,0 +1,1290 @@
+//! One advice session as an Automerge document.
+//!
+//! The layout and the merge rule of every field are written down in `docs/schema.md`; this
+//! module is the only code that writes a session, so the rules hold by construction:
+//!
+//! - Every container is created together with the session (or with the message, photo or consent
+//!   it belongs to), never lazily: two replicas never create competing objects under one key.
+//! - Status is a grow-only map of `"<epoch>/<status>"` keys. The current status is the greatest
+//!   `(epoch, status)` present, so a merge can only move it forward. A reopen starts a new epoch.
+//! - Receipts are grow-only maps of `"<level>/<node>"` keys; the level shown is the greatest present.
+//! - A consent is withdrawn once any replica has written `withdrawn_at`; nothing ever unsets it,
+//!   and every conflicting value is inspected, so a concurrent edit cannot hide a withdrawal.
+//! - Messages, media, consents, routing and calls only grow. A sent message body is a plain
+//!   string, not collaborative `Text`: it never changes, and a string costs one op, not one per character.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{ActorId, AutoCommit, AutomergeError, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::TimeMs;
+use crate::nhs::NhsNumber;
+use crate::vocab::{
+    CareSetting, Channel, ConsentKind, ConsentScope, NhsVerification, Outcome, PhotoView, Priority, ReceiptLevel, Role,
+    ServiceLine, Side, Status, VocabError,
+};
+
+/// The schema version written into every session (`/schema`).
+pub const SCHEMA_VERSION: i64 = 1;
+/// Longest message body accepted, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
+/// Longest summary accepted, in bytes.
+pub const MAX_SUMMARY_BYTES: usize = 4 * 1024;
+/// Longest short field (names, codes, body sites), in bytes.
+pub const MAX_FIELD_BYTES: usize = 256;
+
+/// Why a session could not be read or edited.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The document does not have the shape of a session.
+    #[error("session document is malformed at {path}: {problem}")]
+    Malformed {
+        /// Where in the document.
+        path: String,
+        /// What is wrong there.
+        problem: String,
+    },
+    /// The document was written by a newer outpost.
+    #[error("session schema version {0} is newer than this outpost understands ({SCHEMA_VERSION}); upgrade outpost")]
+    SchemaVersion(i64),
+    /// Automerge refused an operation or could not decode bytes.
+    #[error("automerge: {0}")]
+    Automerge(#[from] AutomergeError),
+    /// An explicit status change that would move the session backwards.
+    #[error("status cannot move back from {from} to {to}")]
+    StatusBackwards {
+        /// The current status.
+        from: Status,
+        /// The status asked for.
+        to: Status,
+    },
+    /// An edit on a closed or cancelled session.
+    #[error("the session is {0}; reopen it before changing it")]
+    Terminal(Status),
+    /// A reopen of a session that is still open.
+    #[error("only a closed or cancelled session can be reopened; this one is {0}")]
+    NotTerminal(Status),
+    /// A receipt or reply for an item the session does not hold.
+    #[error("this session has no message or photo {0}")]
+    NoSuchItem(String),
+    /// A reference to a consent the session does not hold.
+    #[error("this session has no consent {0}")]
+    NoSuchConsent(String),
+    /// A field that must not be empty.
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+    /// A field longer than its limit.
+    #[error("{field} is too long: {len} bytes, at most {max}")]
+    TooLong {
+        /// Which field.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A value outside its vocabulary.
+    #[error(transparent)]
+    Vocab(#[from] VocabError),
+}
+
+/// A session identifier: a ULID, so ids sort by creation time and never collide across nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(ulid::Ulid);
+
+/// A string that is not a session id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a session id (26 characters of Crockford base32, as printed by `outpost session new`)")]
+pub struct SessionIdError(pub String);
+
+impl SessionId {
+    /// Builds an id from a creation time and 80 random bits chosen by the caller.
+    pub fn from_parts(at: TimeMs, random: u128) -> Self {
+        SessionId(ulid::Ulid::from_parts(at.max(0) as u64, random))
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl FromStr for SessionId {
+    type Err = SessionIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ulid::Ulid::from_string(s.trim()).map(SessionId).map_err(|_| SessionIdError(s.to_string()))
+    }
+}
+
+impl Serialize for SessionId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for SessionId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Who asks for advice. Every field is last-writer-wins.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requester {
+    /// Professional registration number (GMC, NMC or HCPC).
+    pub registration: Option<String>,
+    /// Role, for example "paramedic" or "GP".
+    pub role: Option<String>,
+    /// ODS code of the requesting organisation.
+    pub org_ods: Option<String>,
+    /// Vehicle call-sign, for an ambulance crew.
+    pub call_sign: Option<String>,
+    /// Incident number, for an ambulance crew.
+    pub incident: Option<String>,
+    /// Number to call back.
+    pub callback: Option<String>,
+}
+
+/// The patient. Every field is last-writer-wins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Patient {
+    /// The NHS number, checked (modulus 11) before it is ever written.
+    pub nhs_number: Option<NhsNumber>,
+    /// The trace status of the number; only `01` is trusted.
+    pub verification: NhsVerification,
+    /// Fallback demographics, for when there is no verified number.
+    pub name: Option<String>,
+    /// Date of birth as written (ISO 8601 preferred).
+    pub birth_date: Option<String>,
+    /// Sex as recorded.
+    pub sex: Option<String>,
+    /// Postcode.
+    pub postcode: Option<String>,
+}
+
+impl Default for Patient {
+    fn default() -> Self {
+        Patient {
+            nhs_number: None,
+            verification: NhsVerification::NotPresent,
+            name: None,
+            birth_date: None,
+            sex: None,
+            postcode: None,
+        }
+    }
+}
+
+/// What is asked of whom. Every field is last-writer-wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    /// The specialty.
+    pub line: ServiceLine,
+    /// Call, photo or message.
+    pub channel: Channel,
+    /// Clinical priority.
+    pub priority: Priority,
+}
+
+/// Everything needed to create a session.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    /// The new id.
+    pub id: SessionId,
+    /// Name of the node creating it.
+    pub origin: String,
+    /// ICB code the session belongs to.
+    pub icb: String,
+    /// Where the requester works.
+    pub care_setting: CareSetting,
+    /// Who asks.
+    pub requester: Requester,
+    /// About whom.
+    pub patient: Patient,
+    /// Of which service.
+    pub service: Service,
+    /// The question, in a few lines.
+    pub summary: String,
+    /// Keep it as a draft (not yet submitted).
+    pub draft: bool,
+}
+
+/// A new message.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Message id (a ULID chosen by the caller).
+    pub id: String,
+    /// Node that writes it.
+    pub author: String,
+    /// Which side of the conversation the author is on.
+    pub side: Side,
+    /// The body; it never changes once sent.
+    pub text: String,
+    /// The message it answers, if any.
+    pub reply_to: Option<String>,
+}
+
+/// A new photo or other media reference (the bytes live outside the document).
+#[derive(Debug, Clone)]
+pub struct NewMedia {
+    /// BLAKE3 hash of the bytes, lowercase hex.
+    pub hash: String,
+    /// MIME type, for example `image/jpeg`.
+    pub mime: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Width and height in pixels, when known.
+    pub dimensions: Option<(u32, u32)>,
+    /// Kind of photograph.
+    pub view: PhotoView,
+    /// Where on the body.
+    pub body_site: String,
+    /// The consent this photo was taken under.
+    pub consent_id: String,
+    /// Node that attached it.
+    pub added_by: String,
+}
+
+/// A new consent record.
+#[derive(Debug, Clone)]
+pub struct NewConsent {
+    /// Consent id (a ULID chosen by the caller).
+    pub id: String,
+    /// How it was given.
+    pub kind: ConsentKind,
+    /// What it covers.
+    pub scope: ConsentScope,
+    /// Who recorded it.
+    pub by: String,
+}
+
+/// A value in a routing or call log entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LogValue {
+    /// A number (times in ms, durations, counts).
+    Int(i64),
+    /// A measured figure (RTT, jitter, MOS).
+    Float(f64),
+    /// Text (node names, results).
+    Str(String),
+}
+
+/// A session document with its typed operations.
+#[derive(Debug)]
+pub struct SessionDoc {
+    doc: AutoCommit,
+}
+
+impl SessionDoc {
+    /// Creates a session: one change holding every container and the initial fields.
+    pub fn create(new: &NewSession, actor: ActorId, now: TimeMs) -> Result<Self, ModelError> {
+        check_text("summary", &new.summary, MAX_SUMMARY_BYTES)?;
+        check_short("origin", &new.origin)?;
+        check_short("ICB code", &new.icb)?;
+        let mut doc = AutoCommit::new().with_actor(actor);
+        doc.put(ROOT, "schema", SCHEMA_VERSION)?;
+
+        let identity = doc.put_object(ROOT, "identity", ObjType::Map)?;
+        doc.put(&identity, "id", new.id.to_string())?;
+        doc.put(&identity, "origin", new.origin.as_str())?;
+        doc.put(&identity, "icb", new.icb.as_str())?;
+        doc.put(&identity, "created_ms", now)?;
+        doc.put(&identity, "care_setting", new.care_setting.as_str())?;
+
+        let requester = doc.put_object(ROOT, "requester", ObjType::Map)?;
+        write_requester(&mut doc, &requester, &new.requester)?;
+        let patient = doc.put_object(ROOT, "patient", ObjType::Map)?;
+        write_patient(&mut doc, &patient, &new.patient)?;
+        let service = doc.put_object(ROOT, "service", ObjType::Map)?;
+        write_service(&mut doc, &service, new.service)?;
+        let request = doc.put_object(ROOT, "request", ObjType::Map)?;
+        doc.put(&request, "summary", new.summary.as_str())?;
+
+        let status = doc.put_object(ROOT, "status", ObjType::Map)?;
+        let first = if new.draft { Status::Draft } else { Status::Queued };
+        doc.put(&status, status_key(0, first), now)?;
+        doc.put_object(ROOT, "shares", ObjType::Map)?;
+        doc.put_object(ROOT, "messages", ObjType::List)?;
+        doc.put_object(ROOT, "media", ObjType::Map)?;
+        doc.put_object(ROOT, "consents", ObjType::Map)?;
+        let outcome = doc.put_object(ROOT, "outcome", ObjType::Map)?;
+        doc.put_object(&outcome, Side::Requester.as_str(), ObjType::Map)?;
+        doc.put_object(&outcome, Side::Responder.as_str(), ObjType::Map)?;
+        doc.put_object(ROOT, "routing", ObjType::List)?;
+        doc.put_object(ROOT, "calls", ObjType::List)?;
+
+        let mut session = SessionDoc { doc };
+        session.commit("create", now);
+        Ok(session)
+    }
+
+    /// Loads a session from saved bytes (a snapshot, possibly followed by changes) and checks
+    /// that it has the shape of a session this version understands.
+    pub fn load(bytes: &[u8], actor: ActorId) -> Result<Self, ModelError> {
+        let doc = AutoCommit::load(bytes)?.with_actor(actor);
+        let session = SessionDoc { doc };
+        session.check_shape()?;
+        Ok(session)
+    }
+
+    /// Applies more saved bytes (changes or a snapshot) to this document. Idempotent.
+    pub fn apply_bytes(&mut self, bytes: &[u8]) -> Result<(), ModelError> {
+        self.doc.load_incremental(bytes)?;
+        Ok(())
+    }
+
+    fn check_shape(&self) -> Result<(), ModelError> {
+        let r = Reader(&self.doc);
+        match r.int(&ROOT, "schema", "/schema")? {
+            Some(v) if v > SCHEMA_VERSION => return Err(ModelError::SchemaVersion(v)),
+            Some(_) => {}
+            None => return Err(malformed("/schema", "missing")),
+        }
+        let identity = r.obj(&ROOT, "identity", ObjType::Map)?;
+        r.req_str(&identity, "id", "/identity/id")?;
+        Ok(())
+    }
+
+    /// The underlying Automerge document, for saving and (later) syncing.
+    pub fn automerge(&mut self) -> &mut AutoCommit {
+        &mut self.doc
+    }
+
+    /// The current heads.
+    pub fn heads(&mut self) -> Vec<ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    /// The whole document, compacted.
+    pub fn save(&mut self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    /// The changes made since `heads`, as bytes that [`SessionDoc::apply_bytes`] accepts.
+    pub fn save_after(&mut self, heads: &[ChangeHash]) -> Vec<u8> {
+        self.doc.save_after(heads)
+    }
+
+    /// A copy with another actor: a second replica for tests and the simulator.
+    pub fn fork_as(&mut self, actor: ActorId) -> SessionDoc {
+        SessionDoc { doc: self.doc.fork().with_actor(actor) }
+    }
+
+    /// Merges another replica of the same session into this one.
+    pub fn merge(&mut self, other: &mut SessionDoc) -> Result<(), ModelError> {
+        self.doc.merge(&mut other.doc)?;
+        Ok(())
+    }
+
+    fn commit(&mut self, what: &str, now: TimeMs) {
+        // Automerge change times are in seconds.
+        self.doc.commit_with(CommitOptions::default().with_message(what).with_time(now / 1000));
+    }
+
+    fn root_obj(&self, key: &str, kind: ObjType) -> Result<ObjId, ModelError> {
+        Reader(&self.doc).obj(&ROOT, key, kind)
+    }
+
+    /// The session id.
+    pub fn id(&self) -> Result<SessionId, ModelError> {
+        let r = Reader(&self.doc);
+        let identity = r.obj(&ROOT, "identity", ObjType::Map)?;
+        let id = r.req_str(&identity, "id", "/identity/id")?;
+        id.parse().map_err(|e: SessionIdError| malformed("/identity/id", e.to_string()))
+    }
+
+    /// The current status (greatest epoch, then greatest status in it) and the epoch.
+    pub fn status(&self) -> Result<(Status, u32), ModelError> {
+        let steps = self.status_steps()?;
+        let last = steps.last().ok_or_else(|| malformed("/status", "no status recorded"))?;
+        Ok((last.status, last.epoch))
+    }
+
+    fn status_steps(&self) -> Result<Vec<StatusStep>, ModelError> {
+        let r = Reader(&self.doc);
+        let obj = r.obj(&ROOT, "status", ObjType::Map)?;
+        let mut steps = Vec::new();
+        for key in self.doc.keys(&obj) {
+            let (epoch, status) = parse_status_key(&key)?;
+            let at_ms = r.earliest(&obj, &key, "/status")?;
+            steps.push(StatusStep { epoch, status, at_ms });
+        }
+        steps.sort_by_key(|s| (s.epoch, s.status));
+        Ok(steps)
+    }
+
+    /// Moves the status forward to `to`. Moving to the current status is a no-op (returns false);
+    /// moving backwards, or changing a closed or cancelled session, is an error.
+    pub fn set_status(&mut self, to: Status, now: TimeMs) -> Result<bool, ModelError> {
+        let (current, epoch) = self.status()?;
+        if to == current {
+            return Ok(false);
+        }
+        if current.is_terminal() && !(current == Status::Closed && to == Status::Cancelled) {
+            return Err(ModelError::Terminal(current));
+        }
+        if to < current {
+            return Err(ModelError::StatusBackwards { from: current, to });
+        }
+        let obj = self.root_obj("status", ObjType::Map)?;
+        self.doc.put(&obj, status_key(epoch, to), now)?;
+        self.commit("status", now);
+        Ok(true)
+    }
+
+    /// Moves the status to at least `to`, leaving it where it is if it is already there or beyond.
+    /// Used for the implied moves of ordinary work (a reply makes a session `responded`).
+    fn raise_status(&mut self, to: Status, now: TimeMs) -> Result<(), ModelError> {
+        let (current, epoch) = self.status()?;
+        if current < to && !current.is_terminal() {
+            let obj = self.root_obj("status", ObjType::Map)?;
+            self.doc.put(&obj, status_key(epoch, to), now)?;
+        }
+        Ok(())
+    }
+
+    /// Reopens a closed or cancelled session: a new epoch starts at `awaiting_reply`.
+    pub fn reopen(&mut self, now: TimeMs) -> Result<u32, ModelError> {
+        let (current, epoch) = self.status()?;
+        if !current.is_terminal() {
+            return Err(ModelError::NotTerminal(current));
+        }
+        let obj = self.root_obj("status", ObjType::Map)?;
+        self.doc.put(&obj, status_key(epoch + 1, Status::AwaitingReply), now)?;
+        self.commit("reopen", now);
+        Ok(epoch + 1)
+    }
+
+    fn ensure_open(&self) -> Result<(), ModelError> {
+        let (current, _) = self.status()?;
+        if current.is_terminal() {
+            return Err(ModelError::Terminal(current));
+        }
+        Ok(())
+    }
+
+    /// Appends a message. A requester's message submits a draft; a responder's marks the
+    /// session `responded`.
+    pub fn add_message(&mut self, msg: &NewMessage, now: TimeMs) -> Result<(), ModelError> {
+        check_text("message text", &msg.text, MAX_MESSAGE_BYTES)?;
+        check_short("author", &msg.author)?;
+        self.ensure_open()?;
+        if let Some(reply_to) = &msg.reply_to
+            && self.find_message(reply_to)?.is_none()
+        {
+            return Err(ModelError::NoSuchItem(reply_to.clone()));
+        }
+        let list = self.root_obj("messages", ObjType::List)?;
+        let at = self.doc.length(&list);
+        let m = self.doc.insert_object(&list, at, ObjType::Map)?;
+        self.doc.put(&m, "id", msg.id.as_str())?;
+        self.doc.put(&m, "author", msg.author.as_str())?;
+        self.doc.put(&m, "side", msg.side.as_str())?;
+        self.doc.put(&m, "at_ms", now)?;
+        self.doc.put(&m, "text", msg.text.as_str())?;
+        match &msg.reply_to {
+            Some(r) => self.doc.put(&m, "reply_to", r.as_str())?,
+            None => self.doc.put(&m, "reply_to", ())?,
+        }
+        self.doc.put_object(&m, "receipts", ObjType::Map)?;
+        match msg.side {
+            Side::Requester => self.raise_status(Status::Queued, now)?,
+            Side::Responder => self.raise_status(Status::Responded, now)?,
+        }
+        self.commit("message", now);
+        Ok(())
+    }
+
+    fn find_message(&self, id: &str) -> Result<Option<ObjId>, ModelError> {
+        let r = Reader(&self.doc);
+        let list = r.obj(&ROOT, "messages", ObjType::List)?;
+        for i in 0..self.doc.length(&list) {
+            if let Some((Value::Object(ObjType::Map), m)) = self.doc.get(&list, i)?
+                && r.str(&m, "id", "/messages/*/id")?.as_deref() == Some(id)
+            {
+                return Ok(Some(m));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Records a consent and returns nothing; reference it by its id from media.
+    pub fn add_consent(&mut self, consent: &NewConsent, now: TimeMs) -> Result<(), ModelError> {
+        check_short("consent id", &consent.id)?;
+        check_short("consent by", &consent.by)?;
+        let map = self.root_obj("consents", ObjType::Map)?;
+        let c = self.doc.put_object(&map, consent.id.as_str(), ObjType::Map)?;
+        self.doc.put(&c, "kind", consent.kind.as_str())?;
+        self.doc.put(&c, "scope", consent.scope.as_str())?;
+        self.doc.put(&c, "by", consent.by.as_str())?;
+        self.doc.put(&c, "at_ms", now)?;
+        self.commit("consent", now);
+        Ok(())
+    }
+
+    /// Withdraws a consent. Permanent: no later or concurrent edit brings it back.
+    pub fn withdraw_consent(&mut self, id: &str, by: &str, now: TimeMs) -> Result<(), ModelError> {
+        let r = Reader(&self.doc);
+        let map = r.obj(&ROOT, "consents", ObjType::Map)?;
+        let c = match self.doc.get(&map, id)? {
+            Some((Value::Object(ObjType::Map), c)) => c,
+            _ => return Err(ModelError::NoSuchConsent(id.to_string())),
+        };
+        self.doc.put(&c, "withdrawn_at", now)?;
+        self.doc.put(&c, "withdrawn_by", by)?;
+        self.commit("consent withdrawn", now);
+        Ok(())
+    }
+
+    /// Records a photo (or other media) by hash. Recording the same hash twice is a no-op.
+    pub fn add_media(&mut self, media: &NewMedia, now: TimeMs) -> Result<bool, ModelError> {
+        check_short("body site", &media.body_site)?;
+        check_short("media type", &media.mime)?;
+        if media.hash.len() != 64 || !media.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(malformed("/media", format!("{:?} is not a BLAKE3 hex hash", media.hash)));
+        }
+        self.ensure_open()?;
+        let r = Reader(&self.doc);
+        let consents = r.obj(&ROOT, "consents", ObjType::Map)?;
+        if self.doc.get(&consents, media.consent_id.as_str())?.is_none() {
+            return Err(ModelError::NoSuchConsent(media.consent_id.clone()));
+        }
+        let map = r.obj(&ROOT, "media", ObjType::Map)?;
+        if self.doc.get(&map, media.hash.as_str())?.is_some() {
+            return Ok(false);
+        }
+        let m = self.doc.put_object(&map, media.hash.as_str(), ObjType::Map)?;
+        self.doc.put(&m, "hash", media.hash.as_str())?;
+        self.doc.put(&m, "mime", media.mime.as_str())?;
+        self.doc.put(&m, "size", media.size)?;
+        if let Some((w, h)) = media.dimensions {
+            self.doc.put(&m, "width", u64::from(w))?;
+            self.doc.put(&m, "height", u64::from(h))?;
+        }
+        self.doc.put(&m, "view", media.view.as_str())?;
+        self.doc.put(&m, "body_site", media.body_site.as_str())?;
+        self.doc.put(&m, "consent", media.consent_id.as_str())?;
+        self.doc.put(&m, "added_by", media.added_by.as_str())?;
+        self.doc.put(&m, "at_ms", now)?;
+        self.doc.put_object(&m, "receipts", ObjType::Map)?;
+        self.raise_status(Status::Queued, now)?;
+        self.commit("media", now);
+        Ok(true)
+    }
+
+    /// Records that `node` holds (or has read) a message or photo. Receipts only move forward:
+    /// recording a level already recorded by that node is a no-op (returns false).
+    pub fn add_receipt(
+        &mut self,
+        item: &str,
+        level: ReceiptLevel,
+        node: &str,
+        now: TimeMs,
+    ) -> Result<bool, ModelError> {
+        if level == ReceiptLevel::Device {
+            return Ok(false);
+        }
+        let item_obj = match self.find_message(item)? {
+            Some(m) => m,
+            None => {
+                let map = self.root_obj("media", ObjType::Map)?;
+                match self.doc.get(&map, item)? {
+                    Some((Value::Object(ObjType::Map), m)) => m,
+                    _ => return Err(ModelError::NoSuchItem(item.to_string())),
+                }
+            }
+        };
+        let receipts = Reader(&self.doc).obj(&item_obj, "receipts", ObjType::Map)?;
+        let key = format!("{}/{}", level.as_str(), node);
+        if self.doc.get(&receipts, key.as_str())?.is_some() {
+            return Ok(false);
+        }
+        self.doc.put(&receipts, key, now)?;
+        self.commit("receipt", now);
+        Ok(true)
+    }
+
+    /// Records one side's outcome (last writer wins per side) and moves the session to
+    /// `outcome_recorded` unless it is already beyond.
+    pub fn set_outcome(&mut self, side: Side, outcome: Outcome, by: &str, now: TimeMs) -> Result<(), ModelError> {
+        self.ensure_open()?;
+        let r = Reader(&self.doc);
+        let all = r.obj(&ROOT, "outcome", ObjType::Map)?;
+        let obj = r.obj(&all, side.as_str(), ObjType::Map)?;
+        // Always the same three keys in the same order: concurrent writers then win or lose
+        // all three together (Automerge orders conflicting ops by counter, then actor).
+        self.doc.put(&obj, "value", outcome.as_str())?;
+        self.doc.put(&obj, "by", by)?;
+        self.doc.put(&obj, "at_ms", now)?;
+        if outcome != Outcome::NotReported {
+            self.raise_status(Status::OutcomeRecorded, now)?;
+        }
+        self.commit("outcome", now);
+        Ok(())
+    }
+
+    /// Replaces the requester fields (last writer wins per field).
+    pub fn set_requester(&mut self, requester: &Requester, now: TimeMs) -> Result<(), ModelError> {
+        let obj = self.root_obj("requester", ObjType::Map)?;
+        write_requester(&mut self.doc, &obj, requester)?;
+        self.commit("requester", now);
+        Ok(())
+    }
+
+    /// Replaces the patient fields (last writer wins per field).
+    pub fn set_patient(&mut self, patient: &Patient, now: TimeMs) -> Result<(), ModelError> {
+        self.ensure_open()?;
+        let obj = self.root_obj("patient", ObjType::Map)?;
+        write_patient(&mut self.doc, &obj, patient)?;
+        self.commit("patient", now);
+        Ok(())
+    }
+
+    /// Shares the session with a node outside its default scope (grow-only).
+    pub fn share_with(&mut self, node: &str, now: TimeMs) -> Result<(), ModelError> {
+        check_short("node", node)?;
+        let obj = self.root_obj("shares", ObjType::Map)?;
+        if self.doc.get(&obj, node)?.is_none() {
+            self.doc.put(&obj, node, now)?;
+            self.commit("share", now);
+        }
+        Ok(())
+    }
+
+    /// Appends an entry to the routing log (`routing`) or the call log (`calls`).
+    pub fn append_log(
+        &mut self,
+        log: LogName,
+        kind: &str,
+        fields: &[(&str, LogValue)],
+        now: TimeMs,
+    ) -> Result<(), ModelError> {
+        check_short("log kind", kind)?;
+        let list = self.root_obj(log.key(), ObjType::List)?;
+        let at = self.doc.length(&list);
+        let e = self.doc.insert_object(&list, at, ObjType::Map)?;
+        self.doc.put(&e, "kind", kind)?;
+        self.doc.put(&e, "at_ms", now)?;
+        for (k, v) in fields {
+            match v {
+                LogValue::Int(i) => self.doc.put(&e, *k, *i)?,
+                LogValue::Float(f) => self.doc.put(&e, *k, *f)?,
+                LogValue::Str(s) => self.doc.put(&e, *k, s.as_str())?,
+            }
+        }
+        self.commit(log.key(), now);
+        Ok(())
+    }
+
+    /// The typed view of the whole session, with every merge rule applied.
+    pub fn view(&self) -> Result<SessionView, ModelError> {
+        build_view(&self.doc)
+    }
+}
+
+/// The two grow-only logs of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogName {
+    /// Ring attempts and fallbacks (`/routing`).
+    Routing,
+    /// Call legs with their quality figures (`/calls`).
+    Calls,
+}
+
+impl LogName {
+    fn key(self) -> &'static str {
+        match self {
+            LogName::Routing => "routing",
+            LogName::Calls => "calls",
+        }
+    }
+}
+
+fn status_key(epoch: u32, status: Status) -> String {
+    format!("{epoch}/{}", status.as_str())
+}
+
+fn parse_status_key(key: &str) -> Result<(u32, Status), ModelError> {
+    let (epoch, status) =
+        key.split_once('/').ok_or_else(|| malformed("/status", format!("key {key:?} is not <epoch>/<status>")))?;
+    let epoch = epoch.parse::<u32>().map_err(|_| malformed("/status", format!("key {key:?} has no epoch number")))?;
+    Ok((epoch, Status::parse(status)?))
+}
+
+fn write_opt(doc: &mut AutoCommit, obj: &ObjId, key: &str, value: &Option<String>) -> Result<(), ModelError> {
+    match value {
+        Some(v) => {
+            check_short(field_name(key), v)?;
+            doc.put(obj, key, v.as_str())?;
+        }
+        None => {
+            if doc.get(obj, key)?.is_some() {
+                doc.delete(obj, key)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn field_name(key: &str) -> &'static str {
+    match key {
+        "registration" => "registration number",
+        "role" => "requester role",
+        "org_ods" => "organisation code",
+        "call_sign" => "call-sign",
+        "incident" => "incident number",
+        "callback" => "callback number",
+        "name" => "patient name",
+        "birth_date" => "birth date",
+        "sex" => "sex",
+        "postcode" => "postcode",
+        _ => "field",
+    }
+}
+
+fn write_requester(doc: &mut AutoCommit, obj: &ObjId, r: &Requester) -> Result<(), ModelError> {
+    write_opt(doc, obj, "registration", &r.registration)?;
+    write_opt(doc, obj, "role", &r.role)?;
+    write_opt(doc, obj, "org_ods", &r.org_ods)?;
+    write_opt(doc, obj, "call_sign", &r.call_sign)?;
+    write_opt(doc, obj, "incident", &r.incident)?;
+    write_opt(doc, obj, "callback", &r.callback)?;
+    Ok(())
+}
+
+fn write_patient(doc: &mut AutoCommit, obj: &ObjId, p: &Patient) -> Result<(), ModelError> {
+    write_opt(doc, obj, "nhs_number", &p.nhs_number.map(|n| n.digits()))?;
+    doc.put(obj, "verification", p.verification.as_str())?;
+    write_opt(doc, obj, "name", &p.name)?;
+    write_opt(doc, obj, "birth_date", &p.birth_date)?;
+    write_opt(doc, obj, "sex", &p.sex)?;
+    write_opt(doc, obj, "postcode", &p.postcode)?;
+    Ok(())
+}
+
+fn write_service(doc: &mut AutoCommit, obj: &ObjId, s: Service) -> Result<(), ModelError> {
+    doc.put(obj, "line", s.line.as_str())?;
+    doc.put(obj, "snomed", s.line.snomed())?;
+    doc.put(obj, "channel", s.channel.as_str())?;
+    doc.put(obj, "priority", s.priority.as_str())?;
+    Ok(())
+}
+
+fn check_text(field: &'static str, text: &str, max: usize) -> Result<(), ModelError> {
+    if text.trim().is_empty() {
+        return Err(ModelError::Empty(field));
+    }
+    if text.len() > max {
+        return Err(ModelError::TooLong { field, len: text.len(), max });
+    }
+    Ok(())
+}
+
+fn check_short(field: &'static str, text: &str) -> Result<(), ModelError> {
+    check_text(field, text, MAX_FIELD_BYTES)
+}
+
+fn malformed(path: &str, problem: impl Into<String>) -> ModelError {
+    ModelError::Malformed { path: path.to_string(), problem: problem.into() }
+}
+
+/// Read helpers that turn a missing or mistyped field into [`ModelError::Malformed`].
+struct Reader<'a>(&'a AutoCommit);
+
+impl Reader<'_> {
+    fn obj(&self, parent: &ObjId, key: &str, kind: ObjType) -> Result<ObjId, ModelError> {
+        match self.0.get(parent, key)? {
+            Some((Value::Object(k), id)) if k == kind => Ok(id),
+            Some(_) => Err(malformed(key, format!("expected a {kind:?}"))),
+            None => Err(malformed(key, "missing")),
+        }
+    }
+
+    fn str(&self, obj: &ObjId, key: &str, path: &str) -> Result<Option<String>, ModelError> {
+        match self.0.get(obj, key)? {
+            None => Ok(None),
+            Some((Value::Scalar(s), _)) => match s.as_ref() {
+                automerge::ScalarValue::Str(v) => Ok(Some(v.to_string())),
+                automerge::ScalarValue::Null => Ok(None),
+                other => Err(malformed(path, format!("expected text, found {other}"))),
+            },
+            Some(_) => Err(malformed(path, "expected text, found an object")),
+        }
+    }
+
+    fn req_str(&self, obj: &ObjId, key: &str, path: &str) -> Result<String, ModelError> {
+        self.str(obj, key, path)?.ok_or_else(|| malformed(path, "missing"))
+    }
+
+    fn int(&self, obj: &ObjId, key: &str, path: &str) -> Result<Option<i64>, ModelError> {
+        match self.0.get(obj, key)? {
+            None => Ok(None),
+            Some((v @ Value::Scalar(_), _)) => v.as_i64().map(Some).ok_or_else(|| malformed(path, "expected a number")),
+            Some(_) => Err(malformed(path, "expected a number, found an object")),
+        }
+    }
+
+    /// The earliest of the times written concurrently under one key of a grow-only map
+    /// (two replicas that reach the same step both write it; the first time wins).
+    fn earliest(&self, obj: &ObjId, key: &str, path: &str) -> Result<TimeMs, ModelError> {
+        let mut at: Option<TimeMs> = None;
+        for (v, _) in self.0.get_all(obj, key)? {
+            let t = v.as_i64().ok_or_else(|| malformed(path, "expected a time in ms"))?;
+            at = Some(at.map_or(t, |a| a.min(t)));
+        }
+        Ok(at.unwrap_or(0))
+    }
+
+    fn vocab<T: FromStr<Err = VocabError>>(&self, obj: &ObjId, key: &str, path: &str) -> Result<T, ModelError> {
+        let text = self.req_str(obj, key, path)?;
+        T::from_str(&text).map_err(|e| malformed(path, e.to_string()))
+    }
+
+    /// Every receipt recorded on an item, and the level they add up to.
+    fn receipts(&self, item: &ObjId, path: &str) -> Result<(ReceiptLevel, Vec<Receipt>), ModelError> {
+        let obj = self.obj(item, "receipts", ObjType::Map)?;
+        let mut level = ReceiptLevel::Device;
+        let mut all = Vec::new();
+        for key in self.0.keys(&obj) {
+            let Some((lvl, node)) = key.split_once('/') else {
+                return Err(malformed(path, format!("receipt key {key:?} is not <level>/<node>")));
+            };
+            let lvl = ReceiptLevel::parse(lvl).map_err(|e| malformed(path, e.to_string()))?;
+            level = level.max(lvl);
+            all.push(Receipt { level: lvl, node: node.to_string(), at_ms: self.earliest(&obj, &key, path)? });
+        }
+        all.sort_by(|a, b| (a.level, a.at_ms, &a.node).cmp(&(b.level, b.at_ms, &b.node)));
+        Ok((level, all))
+    }
+
+    fn log(&self, key: &str) -> Result<Vec<BTreeMap<String, LogValue>>, ModelError> {
+        let list = self.obj(&ROOT, key, ObjType::List)?;
+        let mut out = Vec::new();
+        for i in 0..self.0.length(&list) {
+            let Some((Value::Object(ObjType::Map), e)) = self.0.get(&list, i)? else {
+                return Err(malformed(key, "log entries must be maps"));
+            };
+            let mut entry = BTreeMap::new();
+            for k in self.0.keys(&e) {
+                if let Some((Value::Scalar(s), _)) = self.0.get(&e, &k)? {
+                    let v = match s.as_ref() {
+                        automerge::ScalarValue::Str(t) => LogValue::Str(t.to_string()),
+                        automerge::ScalarValue::F64(f) => LogValue::Float(*f),
+                        other => match other.as_i64() {
+                            Some(i) => LogValue::Int(i),
+                            None => continue,
+                        },
+                    };
+                    entry.insert(k, v);
+                }
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+}
+
+/// One step of the status history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusStep {
+    /// 0 for the first life of the session, +1 for every reopen.
+    pub epoch: u32,
+    /// The status reached.
+    pub status: Status,
+    /// When the writer reached it (its own clock).
+    pub at_ms: TimeMs,
+}
+
+/// One node's receipt for a message or photo.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// What the node confirmed.
+    pub level: ReceiptLevel,
+    /// Which node.
+    pub node: String,
+    /// When, by that node's clock.
+    pub at_ms: TimeMs,
+}
+
+/// Identity of a session: written once, at creation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityView {
+    /// Node that created the session.
+    pub origin: String,
+    /// ICB code.
+    pub icb: String,
+    /// Creation time, by the origin's clock.
+    pub created_ms: TimeMs,
+    /// Where the requester works.
+    pub care_setting: CareSetting,
+}
+
+/// The patient as the session holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatientView {
+    /// NHS number (ten digits), when known.
+    pub nhs_number: Option<String>,
+    /// Trace status.
+    pub verification: NhsVerification,
+    /// True only for status 01.
+    pub verified: bool,
+    /// Fallback demographics.
+    pub name: Option<String>,
+    /// Date of birth.
+    pub birth_date: Option<String>,
+    /// Sex.
+    pub sex: Option<String>,
+    /// Postcode.
+    pub postcode: Option<String>,
+}
+
+/// The service asked, with the specialty's SNOMED CT code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    /// Specialty.
+    pub line: ServiceLine,
+    /// SNOMED CT code of the specialty.
+    pub snomed: String,
+    /// Channel.
+    pub channel: Channel,
+    /// Priority.
+    pub priority: Priority,
+}
+
+/// A message with its receipts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageView {
+    /// Message id.
+    pub id: String,
+    /// Node that wrote it.
+    pub author: String,
+    /// Requester or responder.
+    pub side: Side,
+    /// When it was written, by the author's clock.
+    pub at_ms: TimeMs,
+    /// The body.
+    pub text: String,
+    /// The message it answers.
+    pub reply_to: Option<String>,
+    /// How far it has travelled.
+    pub receipt: ReceiptLevel,
+    /// Every receipt.
+    pub receipts: Vec<Receipt>,
+}
+
+/// A photo or other media reference with its receipts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaView {
+    /// BLAKE3 hash of the bytes (hex).
+    pub hash: String,
+    /// MIME type.
+    pub mime: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Width in pixels, when known.
+    pub width: Option<u32>,
+    /// Height in pixels, when known.
+    pub height: Option<u32>,
+    /// Kind of photograph.
+    pub view: PhotoView,
+    /// Where on the body.
+    pub body_site: String,
+    /// The consent it was taken under.
+    pub consent: String,
+    /// Whether that consent has been withdrawn.
+    pub consent_withdrawn: bool,
+    /// Node that attached it.
+    pub added_by: String,
+    /// When.
+    pub at_ms: TimeMs,
+    /// How far its bytes have travelled.
+    pub receipt: ReceiptLevel,
+    /// Every receipt.
+    pub receipts: Vec<Receipt>,
+}
+
+/// A withdrawal of consent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Withdrawal {
+    /// When (the earliest, if several replicas withdrew).
+    pub at_ms: TimeMs,
+    /// By whom.
+    pub by: Option<String>,
+}
+
+/// A consent record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentView {
+    /// Consent id.
+    pub id: String,
+    /// How it was given.
+    pub kind: ConsentKind,
+    /// What it covers.
+    pub scope: ConsentScope,
+    /// Who recorded it.
+    pub by: String,
+    /// When.
+    pub at_ms: TimeMs,
+    /// Set once withdrawn; never unset.
+    pub withdrawn: Option<Withdrawal>,
+}
+
+/// One side's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomeView {
+    /// The outcome.
+    pub value: Outcome,
+    /// Who recorded it.
+    pub by: String,
+    /// When.
+    pub at_ms: TimeMs,
+}
+
+/// Both sides' outcomes, kept apart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomesView {
+    /// The requester's (GP, paramedic).
+    pub requester: Option<OutcomeView>,
+    /// The responder's (consultant).
+    pub responder: Option<OutcomeView>,
+}
+
+/// A whole session, read with every merge rule applied. This is also the JSON export format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionView {
+    /// Session id.
+    pub id: SessionId,
+    /// Schema version of the document.
+    pub schema: i64,
+    /// Identity group.
+    pub identity: IdentityView,
+    /// Requester group.
+    pub requester: Requester,
+    /// Patient group.
+    pub patient: PatientView,
+    /// Service line group.
+    pub service: ServiceView,
+    /// The question.
+    pub summary: String,
+    /// Current status.
+    pub status: Status,
+    /// How many times the session was reopened.
+    pub reopened: u32,
+    /// Every status reached, in order.
+    pub status_history: Vec<StatusStep>,
+    /// Nodes the session was shared with beyond its default scope.
+    pub shared_with: Vec<String>,
+    /// Messages in conversation order (causal order, not clock order).
+    pub messages: Vec<MessageView>,
+    /// Photos and other media, by time attached.
+    pub media: Vec<MediaView>,
+    /// Consent records.
+    pub consents: Vec<ConsentView>,
+    /// Outcomes per side.
+    pub outcome: OutcomesView,
+    /// Routing log.
+    pub routing: Vec<BTreeMap<String, LogValue>>,
+    /// Call log.
+    pub calls: Vec<BTreeMap<String, LogValue>>,
+}
+
+impl SessionView {
+    /// The time of the latest event in the session, by the writers' clocks.
+    pub fn updated_ms(&self) -> TimeMs {
+        let mut t = self.identity.created_ms;
+        t = t.max(self.status_history.iter().map(|s| s.at_ms).max().unwrap_or(0));
+        t = t.max(self.messages.iter().map(|m| m.at_ms).max().unwrap_or(0));
+        t = t.max(self.media.iter().map(|m| m.at_ms).max().unwrap_or(0));
+        t
+    }
+}
+
+fn build_view(doc: &AutoCommit) -> Result<SessionView, ModelError> {
+    let r = Reader(doc);
+    let schema = r.int(&ROOT, "schema", "/schema")?.ok_or_else(|| malformed("/schema", "missing"))?;
+    if schema > SCHEMA_VERSION {
+        return Err(ModelError::SchemaVersion(schema));
+    }
+
+    let identity_obj = r.obj(&ROOT, "identity", ObjType::Map)?;
+    let id: SessionId = r
+        .req_str(&identity_obj, "id", "/identity/id")?
+        .parse()
+        .map_err(|e: SessionIdError| malformed("/identity/id", e.to_string()))?;
+    let identity = IdentityView {
+        origin: r.req_str(&identity_obj, "origin", "/identity/origin")?,
+        icb: r.req_str(&identity_obj, "icb", "/identity/icb")?,
+        created_ms: r.int(&identity_obj, "created_ms", "/identity/created_ms")?.unwrap_or(0),
+        care_setting: r.vocab(&identity_obj, "care_setting", "/identity/care_setting")?,
+    };
+
+    let req = r.obj(&ROOT, "requester", ObjType::Map)?;
+    let requester = Requester {
+        registration: r.str(&req, "registration", "/requester/registration")?,
+        role: r.str(&req, "role", "/requester/role")?,
+        org_ods: r.str(&req, "org_ods", "/requester/org_ods")?,
+        call_sign: r.str(&req, "call_sign", "/requester/call_sign")?,
+        incident: r.str(&req, "incident", "/requester/incident")?,
+        callback: r.str(&req, "callback", "/requester/callback")?,
+    };
+
+    let pat = r.obj(&ROOT, "patient", ObjType::Map)?;
+    let verification: NhsVerification = r.vocab(&pat, "verification", "/patient/verification")?;
+    let patient = PatientView {
+        nhs_number: r.str(&pat, "nhs_number", "/patient/nhs_number")?,
+        verification,
+        verified: verification.is_trusted(),
+        name: r.str(&pat, "name", "/patient/name")?,
+        birth_date: r.str(&pat, "birth_date", "/patient/birth_date")?,
+        sex: r.str(&pat, "sex", "/patient/sex")?,
+        postcode: r.str(&pat, "postcode", "/patient/postcode")?,
+    };
+
+    let svc = r.obj(&ROOT, "service", ObjType::Map)?;
+    let line: ServiceLine = r.vocab(&svc, "line", "/service/line")?;
+    let service = ServiceView {
+        line,
+        snomed: r.str(&svc, "snomed", "/service/snomed")?.unwrap_or_else(|| line.snomed().to_string()),
+        channel: r.vocab(&svc, "channel", "/service/channel")?,
+        priority: r.vocab(&svc, "priority", "/service/priority")?,
+    };
+
+    let request = r.obj(&ROOT, "request", ObjType::Map)?;
+    let summary = r.str(&request, "summary", "/request/summary")?.unwrap_or_default();
+
+    let status_obj = r.obj(&ROOT, "status", ObjType::Map)?;
+    let mut status_history = Vec::new();
+    for key in doc.keys(&status_obj) {
+        let (epoch, status) = parse_status_key(&key)?;
+        status_history.push(StatusStep { epoch, status, at_ms: r.earliest(&status_obj, &key, "/status")? });
+    }
+    status_history.sort_by_key(|s| (s.epoch, s.status));
+    let last = *status_history.last().ok_or_else(|| malformed("/status", "no status recorded"))?;
+
+    let shares = r.obj(&ROOT, "shares", ObjType::Map)?;
+    let shared_with: Vec<String> = doc.keys(&shares).collect();
+
+    let consents_obj = r.obj(&ROOT, "consents", ObjType::Map)?;
+    let mut consents = Vec::new();
+    for cid in doc.keys(&consents_obj) {
+        let c = r.obj(&consents_obj, &cid, ObjType::Map)?;
+        // A withdrawal wins over every concurrent write to the same key: look at all of them.
+        let mut withdrawn_at: Option<TimeMs> = None;
+        for (v, _) in doc.get_all(&c, "withdrawn_at")? {
+            if let Some(t) = v.as_i64() {
+                withdrawn_at = Some(withdrawn_at.map_or(t, |w| w.min(t)));
+            }
+        }
+        consents.push(ConsentView {
+            kind: r.vocab(&c, "kind", "/consents/*/kind")?,
+            scope: r.vocab(&c, "scope", "/consents/*/scope")?,
+            by: r.req_str(&c, "by", "/consents/*/by")?,
+            at_ms: r.int(&c, "at_ms", "/consents/*/at_ms")?.unwrap_or(0),
+            withdrawn: withdrawn_at
+                .map(|at_ms| {
+                    Ok::<_, ModelError>(Withdrawal {
+                        at_ms,
+                        by: r.str(&c, "withdrawn_by", "/consents/*/withdrawn_by")?,
+                    })
+                })
+                .transpose()?,
+            id: cid,
+        });
+    }
+    consents.sort_by(|a, b| (a.at_ms, &a.id).cmp(&(b.at_ms, &b.id)));
+
+    let msgs = r.obj(&ROOT, "messages", ObjType::List)?;
+    let mut messages = Vec::new();
+    for i in 0..doc.length(&msgs) {
+        let Some((Value::Object(ObjType::Map), m)) = doc.get(&msgs, i)? else {
+            return Err(malformed("/messages", "entries must be maps"));
+        };
+        let (receipt, receipts) = r.receipts(&m, "/messages/*/receipts")?;
+        messages.push(MessageView {
+            id: r.req_str(&m, "id", "/messages/*/id")?,
+            author: r.req_str(&m, "author", "/messages/*/author")?,
+            side: r.vocab(&m, "side", "/messages/*/side")?,
+            at_ms: r.int(&m, "at_ms", "/messages/*/at_ms")?.unwrap_or(0),
+            text: r.req_str(&m, "text", "/messages/*/text")?,
+            reply_to: r.str(&m, "reply_to", "/messages/*/reply_to")?,
+            receipt,
+            receipts,
+        });
+    }
+
+    let media_obj = r.obj(&ROOT, "media", ObjType::Map)?;
+    let mut media = Vec::new();
+    for hash in doc.keys(&media_obj) {
+        let m = r.obj(&media_obj, &hash, ObjType::Map)?;
+        let (receipt, receipts) = r.receipts(&m, "/media/*/receipts")?;
+        let consent = r.req_str(&m, "consent", "/media/*/consent")?;
+        let consent_withdrawn = consents.iter().any(|c| c.id == consent && c.withdrawn.is_some());
+        let dim = |k: &str| -> Result<Option<u32>, ModelError> {
+            Ok(r.int(&m, k, "/media/*/dimensions")?.and_then(|v| u32::try_from(v).ok()))
+        };
+        media.push(MediaView {
+            mime: r.req_str(&m, "mime", "/media/*/mime")?,
+            size: r.int(&m, "size", "/media/*/size")?.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+            width: dim("width")?,
+            height: dim("height")?,
+            view: r.vocab(&m, "view", "/media/*/view")?,
+            body_site: r.req_str(&m, "body_site", "/media/*/body_site")?,
+            consent,
+            consent_withdrawn,
+            added_by: r.req_str(&m, "added_by", "/media/*/added_by")?,
+            at_ms: r.int(&m, "at_ms", "/media/*/at_ms")?.unwrap_or(0),
+            receipt,
+            receipts,
+            hash,
+        });
+    }
+    media.sort_by(|a, b| (a.at_ms, &a.hash).cmp(&(b.at_ms, &b.hash)));
+
+    let out = r.obj(&ROOT, "outcome", ObjType::Map)?;
+    let side = |s: Side| -> Result<Option<OutcomeView>, ModelError> {
+        let o = r.obj(&out, s.as_str(), ObjType::Map)?;
+        let path = format!("/outcome/{s}/value");
+        let Some(value) = r.str(&o, "value", &path)? else { return Ok(None) };
+        Ok(Some(OutcomeView {
+            value: Outcome::parse(&value).map_err(|e| malformed(&path, e.to_string()))?,
+            by: r.str(&o, "by", &path)?.unwrap_or_default(),
+            at_ms: r.int(&o, "at_ms", &path)?.unwrap_or(0),
+        }))
+    };
+    let outcome = OutcomesView { requester: side(Side::Requester)?, responder: side(Side::Responder)? };
+
+    Ok(SessionView {
+        id,
+        schema,
+        identity,
+        requester,
+        patient,
+        service,
+        summary,
+        status: last.status,
+        reopened: last.epoch,
+        status_history,
+        shared_with,
+        messages,
+        media,
+        consents,
+        outcome,
+        routing: r.log("routing")?,
+        calls: r.log("calls")?,
+    })
+}
+
+/// The role a node's messages speak for.
+pub fn side_of(role: Role) -> Side {
+    match role {
+        Role::Desk => Side::Responder,
+        Role::Edge | Role::Hub => Side::Requester,
+    }
+}

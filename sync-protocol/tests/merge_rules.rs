@@ -1,0 +1,318 @@
+//! Concurrent edits of two replicas of one session merge by the rules of `docs/schema.md`:
+//! status only moves forward, receipts only move forward, a consent withdrawal always wins,
+//! and the message, media and consent collections only grow.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use automerge::ActorId;
+use proptest::prelude::*;
+use sync_protocol::session::{NewConsent, NewMedia, NewMessage, NewSession, Patient, Requester, Service, SessionDoc};
+use sync_protocol::vocab::{
+    CareSetting, Channel, ConsentKind, ConsentScope, NhsVerification, Outcome, PhotoView, Priority, ReceiptLevel,
+    ServiceLine, Side, Status,
+};
+use sync_protocol::{NhsNumber, SessionId, SessionView};
+
+const T0: i64 = 1_790_000_000_000;
+
+fn actor(n: u8) -> ActorId {
+    ActorId::from([n; 16])
+}
+
+fn new_session() -> SessionDoc {
+    let new = NewSession {
+        id: SessionId::from_parts(T0, 42),
+        origin: "amb-07".into(),
+        icb: "QOX".into(),
+        care_setting: CareSetting::AmbulanceOnScene,
+        requester: Requester { role: Some("paramedic".into()), ..Requester::default() },
+        patient: Patient {
+            nhs_number: Some(NhsNumber::parse("9434765919").unwrap()),
+            verification: NhsVerification::NotTraced,
+            ..Patient::default()
+        },
+        service: Service { line: ServiceLine::Dermatology, channel: Channel::Photo, priority: Priority::Urgent },
+        summary: "Spreading rash on left forearm, 2 days".into(),
+        draft: false,
+    };
+    let mut doc = SessionDoc::create(&new, actor(1), T0).unwrap();
+    doc.add_consent(
+        &NewConsent {
+            id: "c0".into(),
+            kind: ConsentKind::Verbal,
+            scope: ConsentScope::RecordOnly,
+            by: "amb-07".into(),
+        },
+        T0,
+    )
+    .unwrap();
+    doc.add_message(&msg("m0", Side::Requester, "first"), T0).unwrap();
+    doc
+}
+
+fn msg(id: &str, side: Side, text: &str) -> NewMessage {
+    NewMessage { id: id.into(), author: "amb-07".into(), side, text: text.into(), reply_to: None }
+}
+
+fn merged(a: &mut SessionDoc, b: &mut SessionDoc) -> (SessionView, SessionView) {
+    let mut ab = a.fork_as(actor(9));
+    ab.merge(b).unwrap();
+    let mut ba = b.fork_as(actor(10));
+    ba.merge(a).unwrap();
+    (ab.view().unwrap(), ba.view().unwrap())
+}
+
+#[test]
+fn concurrent_status_moves_keep_the_furthest() {
+    let mut base = new_session();
+    let mut a = base.fork_as(actor(2));
+    let mut b = base.fork_as(actor(3));
+    a.set_status(Status::Responded, T0 + 10).unwrap();
+    b.set_status(Status::Routing, T0 + 20).unwrap();
+    let (ab, ba) = merged(&mut a, &mut b);
+    assert_eq!(ab.status, Status::Responded);
+    assert_eq!(ab, ba);
+}
+
+#[test]
+fn an_explicit_backward_move_is_refused() {
+    let mut doc = new_session();
+    doc.set_status(Status::Responded, T0 + 1).unwrap();
+    let err = doc.set_status(Status::Queued, T0 + 2).unwrap_err();
+    assert!(err.to_string().contains("cannot move back from responded to queued"), "{err}");
+    assert_eq!(doc.view().unwrap().status, Status::Responded);
+}
+
+#[test]
+fn a_reopen_starts_a_new_epoch_that_outranks_a_concurrent_close() {
+    let mut base = new_session();
+    base.set_status(Status::Closed, T0 + 1).unwrap();
+    let mut a = base.fork_as(actor(2));
+    let mut b = base.fork_as(actor(3));
+    a.reopen(T0 + 5).unwrap();
+    b.set_status(Status::Cancelled, T0 + 6).unwrap();
+    let (ab, ba) = merged(&mut a, &mut b);
+    assert_eq!(ab.status, Status::AwaitingReply);
+    assert_eq!(ab.reopened, 1);
+    assert_eq!(ab, ba);
+}
+
+#[test]
+fn receipts_from_both_replicas_survive_and_the_level_is_the_highest() {
+    let mut base = new_session();
+    let mut hub = base.fork_as(actor(2));
+    let mut desk = base.fork_as(actor(3));
+    hub.add_receipt("m0", ReceiptLevel::Hub, "hub-qox", T0 + 5).unwrap();
+    desk.add_receipt("m0", ReceiptLevel::Read, "desk-derm-1", T0 + 6).unwrap();
+    let (ab, ba) = merged(&mut hub, &mut desk);
+    assert_eq!(ab.messages[0].receipt, ReceiptLevel::Read);
+    assert_eq!(ab.messages[0].receipts.len(), 2);
+    assert_eq!(ab, ba);
+}
+
+#[test]
+fn a_withdrawal_wins_over_concurrent_edits_of_the_same_consent() {
+    let mut base = new_session();
+    let mut a = base.fork_as(actor(2));
+    let mut b = base.fork_as(actor(3));
+    a.withdraw_consent("c0", "amb-07", T0 + 5).unwrap();
+    // The other replica attaches a photo under the same consent meanwhile.
+    b.add_media(&media("ab"), T0 + 6).unwrap();
+    let (ab, ba) = merged(&mut a, &mut b);
+    assert!(ab.consents[0].withdrawn.is_some());
+    assert!(ab.media[0].consent_withdrawn, "the photo must show its consent as withdrawn");
+    assert_eq!(ab, ba);
+}
+
+#[test]
+fn concurrent_messages_both_appear_in_one_agreed_order() {
+    let mut base = new_session();
+    let mut a = base.fork_as(actor(2));
+    let mut b = base.fork_as(actor(3));
+    a.add_message(&msg("ma", Side::Requester, "from the ambulance"), T0 + 5).unwrap();
+    b.add_message(&msg("mb", Side::Responder, "from the consultant"), T0 + 5).unwrap();
+    let (ab, ba) = merged(&mut a, &mut b);
+    let ids: Vec<_> = ab.messages.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.contains(&"ma") && ids.contains(&"mb"));
+    assert_eq!(ab, ba);
+    assert_eq!(ab.status, Status::Responded);
+}
+
+#[test]
+fn outcomes_are_kept_apart_per_side() {
+    let mut base = new_session();
+    let mut a = base.fork_as(actor(2));
+    let mut b = base.fork_as(actor(3));
+    a.set_outcome(Side::Requester, Outcome::ConveyanceAvoided, "amb-07", T0 + 5).unwrap();
+    b.set_outcome(Side::Responder, Outcome::AdviceOnly, "desk-1", T0 + 5).unwrap();
+    let (ab, _) = merged(&mut a, &mut b);
+    assert_eq!(ab.outcome.requester.unwrap().value, Outcome::ConveyanceAvoided);
+    assert_eq!(ab.outcome.responder.unwrap().value, Outcome::AdviceOnly);
+    assert_eq!(ab.status, Status::OutcomeRecorded);
+}
+
+#[test]
+fn a_closed_session_refuses_new_messages() {
+    let mut doc = new_session();
+    doc.set_status(Status::Closed, T0 + 1).unwrap();
+    let err = doc.add_message(&msg("m1", Side::Requester, "late"), T0 + 2).unwrap_err();
+    assert!(err.to_string().contains("reopen"), "{err}");
+}
+
+#[test]
+fn a_message_body_is_a_plain_string_not_text() {
+    let mut doc = new_session();
+    let bytes = doc.save();
+    // One op per message body: the saved document stays small for a long body.
+    let long = "x".repeat(4000);
+    doc.add_message(&msg("m1", Side::Requester, &long), T0 + 1).unwrap();
+    let grown = doc.save().len() - bytes.len();
+    assert!(grown < 1500, "a 4000-byte body grew the document by {grown} bytes");
+}
+
+fn media(hash_byte: &str) -> NewMedia {
+    NewMedia {
+        hash: hash_byte.repeat(32),
+        mime: "image/jpeg".into(),
+        size: 2_000_000,
+        dimensions: Some((1920, 1440)),
+        view: PhotoView::CloseUp,
+        body_site: "left forearm".into(),
+        consent_id: "c0".into(),
+        added_by: "amb-07".into(),
+    }
+}
+
+/// One edit a replica may make.
+#[derive(Debug, Clone)]
+enum Edit {
+    Message(bool),
+    Receipt(usize, ReceiptLevel),
+    Status(Status),
+    Reopen,
+    AddConsent,
+    Withdraw(usize),
+    Outcome(bool, Outcome),
+    Media(u8),
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        any::<bool>().prop_map(Edit::Message),
+        (0usize..8, prop::sample::select(ReceiptLevel::ALL.to_vec())).prop_map(|(i, l)| Edit::Receipt(i, l)),
+        prop::sample::select(Status::ALL.to_vec()).prop_map(Edit::Status),
+        Just(Edit::Reopen),
+        Just(Edit::AddConsent),
+        (0usize..4).prop_map(Edit::Withdraw),
+        (any::<bool>(), prop::sample::select(Outcome::ALL.to_vec())).prop_map(|(s, o)| Edit::Outcome(s, o)),
+        (0u8..6).prop_map(Edit::Media),
+    ]
+}
+
+/// Applies an edit; refusals (a backwards status, an edit of a closed session) are part of the model.
+fn apply(doc: &mut SessionDoc, who: &str, n: usize, e: &Edit, now: i64) {
+    let view = doc.view().unwrap();
+    let _ = match e {
+        Edit::Message(responder) => {
+            let side = if *responder { Side::Responder } else { Side::Requester };
+            doc.add_message(&msg(&format!("{who}-m{n}"), side, "text"), now).map(|_| ())
+        }
+        Edit::Receipt(i, level) => match view.messages.get(i % view.messages.len().max(1)) {
+            Some(m) => doc.add_receipt(&m.id, *level, who, now).map(|_| ()),
+            None => Ok(()),
+        },
+        Edit::Status(s) => doc.set_status(*s, now).map(|_| ()),
+        Edit::Reopen => doc.reopen(now).map(|_| ()),
+        Edit::AddConsent => doc.add_consent(
+            &NewConsent {
+                id: format!("{who}-c{n}"),
+                kind: ConsentKind::Written,
+                scope: ConsentScope::Teaching,
+                by: who.into(),
+            },
+            now,
+        ),
+        Edit::Withdraw(i) => match view.consents.get(i % view.consents.len().max(1)) {
+            Some(c) => doc.withdraw_consent(&c.id, who, now),
+            None => Ok(()),
+        },
+        Edit::Outcome(responder, o) => {
+            let side = if *responder { Side::Responder } else { Side::Requester };
+            doc.set_outcome(side, *o, who, now)
+        }
+        Edit::Media(h) => doc.add_media(&media(&format!("{h:02x}")), now).map(|_| ()),
+    };
+}
+
+fn check_dominates(merged: &SessionView, fork: &SessionView) -> Result<(), TestCaseError> {
+    prop_assert!((merged.reopened, merged.status) >= (fork.reopened, fork.status), "status went back");
+    for m in &fork.messages {
+        let Some(mm) = merged.messages.iter().find(|x| x.id == m.id) else {
+            return Err(TestCaseError::fail(format!("message {} lost", m.id)));
+        };
+        prop_assert!(mm.receipt >= m.receipt, "receipt of {} went back", m.id);
+        for r in &m.receipts {
+            let found = mm.receipts.iter().find(|x| (x.level, &x.node) == (r.level, &r.node));
+            prop_assert!(found.is_some_and(|x| x.at_ms <= r.at_ms), "receipt {r:?} lost");
+        }
+    }
+    for c in &fork.consents {
+        let Some(mc) = merged.consents.iter().find(|x| x.id == c.id) else {
+            return Err(TestCaseError::fail(format!("consent {} lost", c.id)));
+        };
+        if c.withdrawn.is_some() {
+            prop_assert!(mc.withdrawn.is_some(), "withdrawal of {} lost", c.id);
+        }
+    }
+    for m in &fork.media {
+        prop_assert!(merged.media.iter().any(|x| x.hash == m.hash), "media lost");
+    }
+    for step in fork.status_history.iter() {
+        let found = merged.status_history.iter().find(|m| (m.epoch, m.status) == (step.epoch, step.status));
+        prop_assert!(found.is_some_and(|m| m.at_ms <= step.at_ms), "status step {step:?} lost");
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn merging_random_concurrent_edits_obeys_every_rule(
+        shared in prop::collection::vec(edit(), 0..6),
+        left in prop::collection::vec(edit(), 0..12),
+        right in prop::collection::vec(edit(), 0..12),
+    ) {
+        let mut base = new_session();
+        for (n, e) in shared.iter().enumerate() {
+            apply(&mut base, "base", n, e, T0 + n as i64);
+        }
+        let mut a = base.fork_as(actor(2));
+        let mut b = base.fork_as(actor(3));
+        for (n, e) in left.iter().enumerate() {
+            apply(&mut a, "a", n, e, T0 + 100 + n as i64);
+        }
+        for (n, e) in right.iter().enumerate() {
+            apply(&mut b, "b", n, e, T0 + 100 + n as i64);
+        }
+        let va = a.view().unwrap();
+        let vb = b.view().unwrap();
+        let (ab, ba) = merged(&mut a, &mut b);
+        prop_assert_eq!(&ab, &ba, "replicas did not converge");
+        check_dominates(&ab, &va)?;
+        check_dominates(&ab, &vb)?;
+        prop_assert_eq!(ab.messages.len(), {
+            let mut ids: Vec<_> = va.messages.iter().chain(vb.messages.iter()).map(|m| m.id.clone()).collect();
+            ids.sort();
+            ids.dedup();
+            ids.len()
+        });
+        // A saved and reloaded merge reads the same.
+        let mut reloaded = a.fork_as(actor(11));
+        reloaded.merge(&mut b).unwrap();
+        let bytes = reloaded.save();
+        let again = SessionDoc::load(&bytes, actor(12)).unwrap().view().unwrap();
+        prop_assert_eq!(&again, &ab);
+    }
+}
