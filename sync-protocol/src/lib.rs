@@ -13,13 +13,22 @@
 //!   operations that edit it so that every merge obeys the rules in `docs/schema.md`
 //!   (status and receipts only move forward, a consent withdrawal always wins, logs only grow).
 //!
-//! What will live here (issue 3): the framing, the Hello/version negotiation and the
-//! multi-document reconciliation state machine, driven by the node over QUIC and by the
-//! simulator over virtual links.
+//! - [`wire`]: the framing (type byte, length, payload), every frame, and a decoder that never panics.
+//! - [`recon`]: fingerprints of document sets and range-based set reconciliation.
+//! - [`blob`]: verified chunked blob transfer over BLAKE3's tree.
+//! - [`scope`]: which node may hold which session.
+//! - [`engine`]: one peer-to-peer conversation as a state machine over a [`engine::Replica`].
+//! - [`mem`]: an in-memory replica, for tests and the simulator.
 
+pub mod blob;
+pub mod engine;
+pub mod mem;
 pub mod nhs;
+pub mod recon;
+pub mod scope;
 pub mod session;
 pub mod vocab;
+pub mod wire;
 
 pub use nhs::{NhsNumber, NhsNumberError};
 pub use session::{ModelError, SessionDoc, SessionId, SessionView};

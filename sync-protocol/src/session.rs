@@ -106,6 +106,16 @@ impl SessionId {
     pub fn from_parts(at: TimeMs, random: u128) -> Self {
         SessionId(ulid::Ulid::from_parts(at.max(0) as u64, random))
     }
+
+    /// The 16 bytes of the id, as it travels on the wire (sorts like the text form).
+    pub fn to_bytes(&self) -> [u8; 16] {
+        self.0.to_bytes()
+    }
+
+    /// From the 16 wire bytes.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        SessionId(ulid::Ulid::from_bytes(bytes))
+    }
 }
 
 impl fmt::Display for SessionId {
@@ -332,6 +342,12 @@ impl SessionDoc {
         let session = SessionDoc { doc };
         session.check_shape()?;
         Ok(session)
+    }
+
+    /// An empty document (no session yet) to receive a session into from a peer. It becomes a
+    /// session only once received bytes give it the shape [`SessionDoc::view`] checks.
+    pub fn empty(actor: ActorId) -> Self {
+        SessionDoc { doc: AutoCommit::new().with_actor(actor) }
     }
 
     /// Applies more saved bytes (changes or a snapshot) to this document. Idempotent.
@@ -609,6 +625,52 @@ impl SessionDoc {
         self.doc.put(&receipts, key, now)?;
         self.commit("receipt", now);
         Ok(true)
+    }
+
+    /// Records that `node` now holds (at `level`) every message written by another node and
+    /// every photo written by another node whose bytes `holds_blob` says are here. One change
+    /// for all of them; returns whether anything was added. Called by a hub or desk after it
+    /// has stored what it received, so a receipt never claims more than is true.
+    pub fn acknowledge(
+        &mut self,
+        level: ReceiptLevel,
+        node: &str,
+        now: TimeMs,
+        holds_blob: impl Fn(&str) -> bool,
+    ) -> Result<bool, ModelError> {
+        if level == ReceiptLevel::Device {
+            return Ok(false);
+        }
+        let key = format!("{}/{}", level.as_str(), node);
+        let r = Reader(&self.doc);
+        let mut targets = Vec::new();
+        let msgs = r.obj(&ROOT, "messages", ObjType::List)?;
+        for i in 0..self.doc.length(&msgs) {
+            if let Some((Value::Object(ObjType::Map), m)) = self.doc.get(&msgs, i)?
+                && r.str(&m, "author", "/messages/*/author")?.as_deref() != Some(node)
+            {
+                targets.push(m);
+            }
+        }
+        let media = r.obj(&ROOT, "media", ObjType::Map)?;
+        for hash in self.doc.keys(&media) {
+            let m = r.obj(&media, &hash, ObjType::Map)?;
+            if r.str(&m, "added_by", "/media/*/added_by")?.as_deref() != Some(node) && holds_blob(&hash) {
+                targets.push(m);
+            }
+        }
+        let mut added = false;
+        for item in targets {
+            let receipts = Reader(&self.doc).obj(&item, "receipts", ObjType::Map)?;
+            if self.doc.get(&receipts, key.as_str())?.is_none() {
+                self.doc.put(&receipts, key.as_str(), now)?;
+                added = true;
+            }
+        }
+        if added {
+            self.commit("receipts", now);
+        }
+        Ok(added)
     }
 
     /// Records one side's outcome (last writer wins per side) and moves the session to
@@ -1279,6 +1341,38 @@ fn build_view(doc: &AutoCommit) -> Result<SessionView, ModelError> {
         routing: r.log("routing")?,
         calls: r.log("calls")?,
     })
+}
+
+impl SessionView {
+    /// What scope decisions need to know of this session.
+    pub fn meta(&self) -> crate::scope::DocMeta {
+        crate::scope::DocMeta {
+            origin: self.identity.origin.clone(),
+            icb: self.identity.icb.clone(),
+            line: self.service.line,
+            shares: self.shared_with.clone(),
+        }
+    }
+
+    /// Photos this node attached whose bytes a hub has confirmed holding: the edge may delete
+    /// its copy (the record lives at the hub).
+    pub fn offloadable_media(&self, me: &str) -> Vec<String> {
+        self.media
+            .iter()
+            .filter(|m| m.added_by == me && m.receipts.iter().any(|r| r.level == ReceiptLevel::Hub))
+            .map(|m| m.hash.clone())
+            .collect()
+    }
+}
+
+/// The receipt a node of this role gives for what it stores: a hub says "at hub", a desk
+/// "at consultant"; an edge gives none.
+pub fn receipt_level(role: Role) -> Option<ReceiptLevel> {
+    match role {
+        Role::Hub => Some(ReceiptLevel::Hub),
+        Role::Desk => Some(ReceiptLevel::Desk),
+        Role::Edge => None,
+    }
 }
 
 /// The role a node's messages speak for.

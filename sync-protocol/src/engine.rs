@@ -1,0 +1,1044 @@
+//! The sync engine: one peer-to-peer conversation as a sans-IO state machine.
+//!
+//! The caller owns the connection and the storage. It feeds received frames in with
+//! [`Engine::handle`], pulls frames out with [`Engine::poll_frame`] (each tagged with its lane:
+//! document traffic before blob traffic), tells the engine about local writes with
+//! [`Engine::notify`], and gives it access to the replica through the [`Replica`] trait. Time is
+//! an argument. The same engine runs between real processes over QUIC (`outpost-node`) and
+//! between simulated nodes on virtual links (`outpost-sim`).
+//!
+//! ## How two peers converge
+//!
+//! 1. **Hello**, both ways: the protocol version range (the highest common version is used) and
+//!    the number of the newest revocation list each holds (the older side is sent the newer list).
+//! 2. **Summary** (initiator): the fingerprint of every document the peer may see, and the
+//!    *delta*: the documents whose heads differ from what the peer last confirmed holding
+//!    (per-peer knowledge persisted by the replica). In the same flight the initiator pushes the
+//!    new changes of those documents, computed from the heads both sides are known to share.
+//! 3. **SummaryReply** (responder): its own delta, and whether the two deltas explain every
+//!    difference between the two sets. The check is exact: the responder subtracts the deltas
+//!    from both fingerprints, using its knowledge of the initiator for documents only it listed.
+//!    It pushes its own new changes in the same flight.
+//! 4. When either side has no knowledge of the other, or the check fails, **range-based
+//!    reconciliation** ([`crate::recon`]) finds exactly the documents that differ.
+//! 5. Per document, **Changes** carry exactly the changes the other side lacks when its heads
+//!    are known, and **Ack** confirms what the receiver now holds durably (and is the knowledge
+//!    persisted for the next reconnect). A receiver that cannot integrate changes (missing
+//!    dependencies) asks for **Automerge's own sync protocol** on that document.
+//! 6. **Blobs** are pulled by the receiver, a few chunks at a time, each verified against the
+//!    blob's hash before it is stored, on the low-priority lane.
+//!
+//! When nothing changed, the conversation is one round trip of a few hundred bytes whatever the
+//! number of documents. When k documents changed, it costs their new changes plus about 100
+//! bytes each.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+
+use automerge::sync;
+
+use crate::TimeMs;
+use crate::blob::{self, BlobError};
+use crate::recon::{self, Fingerprint, Item, RangeRecon};
+use crate::scope::PeerInfo;
+use crate::wire::{
+    BlobManifest, Changes, CloseCode, DocId, Frame, Hash, Hello, Lane, MAX_VERSION, MIN_VERSION, RangeMode, Summary,
+    SummaryReply,
+};
+
+/// What the peer is known to hold of one document.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Knowledge {
+    /// The peer's heads when it last told us.
+    pub heads: Vec<Hash>,
+    /// Heads both sides are known to hold: the base for computing what to send.
+    pub shared: Vec<Hash>,
+}
+
+/// The result of integrating received bytes into one document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Stored durably; these are the document's heads now.
+    Stored {
+        /// Heads after the change.
+        heads: Vec<Hash>,
+    },
+    /// The bytes depend on changes this replica lacks; nothing was stored.
+    MissingDeps,
+    /// The document may not come from this peer or be held here, or is not a valid session.
+    Refused {
+        /// Why, for the log.
+        reason: String,
+    },
+}
+
+/// A blob this replica should fetch from the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobNeed {
+    /// The blob's hash.
+    pub hash: Hash,
+    /// Its size, from the session document.
+    pub size: u64,
+    /// The manifest, if already received.
+    pub manifest: Option<BlobManifest>,
+    /// Chunk indices not yet held.
+    pub missing: Vec<u32>,
+}
+
+/// Storage as the engine sees it. Every method that writes must be durable when it returns.
+pub trait Replica {
+    /// The replica's error.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// This node.
+    fn me(&self) -> &PeerInfo;
+    /// Every document the peer may see, with the digest of our heads, sorted by id.
+    fn items(&mut self, peer: &PeerInfo) -> Result<Vec<Item>, Self::Error>;
+    /// Documents the peer may see whose heads differ from what it last confirmed, with our heads.
+    fn delta(&mut self, peer: &PeerInfo) -> Result<Vec<(DocId, Vec<Hash>)>, Self::Error>;
+    /// Whether anything is known of this peer (it has confirmed at least one document).
+    fn knows_peer(&mut self, peer: &PeerInfo) -> Result<bool, Self::Error>;
+    /// Our heads of a document, if we hold it and the peer may see it.
+    fn heads_for(&mut self, peer: &PeerInfo, id: &DocId) -> Result<Option<Vec<Hash>>, Self::Error>;
+    /// Which of `hashes` are changes we hold.
+    fn known_hashes(&mut self, id: &DocId, hashes: &[Hash]) -> Result<Vec<Hash>, Self::Error>;
+    /// What the peer is known to hold of a document.
+    fn knowledge(&mut self, peer: &PeerInfo, id: &DocId) -> Result<Option<Knowledge>, Self::Error>;
+    /// Records what the peer holds (durably, so that a reconnect resumes).
+    fn set_knowledge(&mut self, peer: &PeerInfo, updates: &[(DocId, Knowledge)]) -> Result<(), Self::Error>;
+    /// Our changes that are not ancestors of `base`; the whole saved document if `base` is empty.
+    fn changes_since(&mut self, id: &DocId, base: &[Hash]) -> Result<Vec<u8>, Self::Error>;
+    /// Integrates received Automerge bytes, all in one durable transaction.
+    fn apply(&mut self, peer: &PeerInfo, batch: &[(DocId, Vec<u8>)], now: TimeMs) -> Result<Vec<Applied>, Self::Error>;
+    /// Produces the next Automerge sync message for a document.
+    fn am_generate(&mut self, id: &DocId, state: &mut sync::State) -> Result<Option<Vec<u8>>, Self::Error>;
+    /// Receives an Automerge sync message for a document (durably).
+    fn am_receive(
+        &mut self,
+        peer: &PeerInfo,
+        id: &DocId,
+        state: &mut sync::State,
+        message: &[u8],
+        now: TimeMs,
+    ) -> Result<Applied, Self::Error>;
+    /// Blobs of documents shared with this peer that we should fetch from it.
+    fn blobs_wanted(&mut self, peer: &PeerInfo) -> Result<Vec<BlobNeed>, Self::Error>;
+    /// The manifest of a blob we hold whole, if the peer may have it.
+    fn blob_manifest(&mut self, peer: &PeerInfo, hash: &Hash) -> Result<Option<BlobManifest>, Self::Error>;
+    /// One chunk of a blob we hold.
+    fn blob_chunk(&mut self, hash: &Hash, index: u32) -> Result<Option<Vec<u8>>, Self::Error>;
+    /// Stores a verified manifest.
+    fn store_manifest(&mut self, manifest: &BlobManifest) -> Result<(), Self::Error>;
+    /// Stores a verified chunk durably. When the blob becomes whole, returns the documents the
+    /// replica changed in consequence (receipts), so that they can be pushed.
+    fn store_chunk(&mut self, hash: &Hash, index: u32, data: &[u8], now: TimeMs) -> Result<Vec<DocId>, Self::Error>;
+    /// The newest revocation list held: its number and DER bytes.
+    fn revocations(&mut self) -> Result<Option<(u64, Vec<u8>)>, Self::Error>;
+    /// Offers a revocation list received from a peer; returns whether it was newer and valid.
+    fn offer_revocations(&mut self, der: &[u8]) -> Result<bool, Self::Error>;
+}
+
+/// How a conversation ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError<E: std::error::Error + 'static> {
+    /// The replica failed.
+    #[error("replica: {0}")]
+    Replica(#[source] E),
+    /// The peer broke the protocol.
+    #[error("protocol error from {peer}: {detail}")]
+    Protocol {
+        /// The peer.
+        peer: String,
+        /// What it did.
+        detail: String,
+    },
+    /// The peer closed the conversation with an error.
+    #[error("{peer} closed the conversation: {reason} (code {code})")]
+    Closed {
+        /// The peer.
+        peer: String,
+        /// Its code.
+        code: u16,
+        /// Its reason.
+        reason: String,
+    },
+}
+
+/// Tunables.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Whether this side opens the conversation.
+    pub initiator: bool,
+    /// Chunks requested at once per connection: bounds what a dropped link makes us fetch twice.
+    pub blob_window: usize,
+    /// Range reconciliation parameters.
+    pub recon: RangeRecon,
+}
+
+impl EngineConfig {
+    /// Defaults for one side.
+    pub fn new(initiator: bool) -> Self {
+        EngineConfig { initiator, blob_window: 3, recon: RangeRecon::default() }
+    }
+}
+
+/// What a conversation cost and carried.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Flights the initiator sent (a flight follows the receipt of the peer's previous one).
+    pub round_trips: u64,
+    /// Frame bytes sent.
+    pub bytes_sent: u64,
+    /// Frame bytes received.
+    pub bytes_received: u64,
+    /// Frames sent.
+    pub frames_sent: u64,
+    /// Frames received.
+    pub frames_received: u64,
+    /// Documents whose changes were sent.
+    pub docs_sent: u64,
+    /// Documents whose received changes were stored.
+    pub docs_received: u64,
+    /// Bytes of Automerge changes sent.
+    pub change_bytes_sent: u64,
+    /// Bytes of Automerge changes received.
+    pub change_bytes_received: u64,
+    /// Blobs received whole.
+    pub blobs_received: u64,
+    /// Blob chunks sent.
+    pub chunks_sent: u64,
+    /// Blob chunks received and stored.
+    pub chunks_received: u64,
+    /// Chunks received that were already held (sent twice).
+    pub chunks_duplicate: u64,
+    /// Documents found by range reconciliation.
+    pub range_differences: u64,
+    /// Documents that fell back to Automerge's sync protocol.
+    pub automerge_fallbacks: u64,
+    /// Documents or blobs refused (scope, validity).
+    pub refused: u64,
+}
+
+#[derive(Debug, Default)]
+struct DocConn {
+    /// The peer's heads, as learnt in this conversation.
+    theirs: Option<Vec<Hash>>,
+    /// Our heads when we last pushed changes.
+    pushed: Option<Vec<Hash>>,
+    /// Our heads when we last announced them.
+    announced: Option<Vec<Hash>>,
+    /// Waiting for an Ack of pushed changes.
+    awaiting_ack: bool,
+    /// Automerge sync state, once this document fell back to Automerge's protocol.
+    am: Option<sync::State>,
+    /// Whether that protocol still has messages to exchange.
+    am_active: bool,
+    /// The peer refused this document: nothing more is pushed in this conversation.
+    refused: bool,
+}
+
+#[derive(Debug)]
+struct Transfer {
+    size: u64,
+    manifest: Option<BlobManifest>,
+    missing: VecDeque<u32>,
+    requested: BTreeSet<u32>,
+    manifest_requested: bool,
+}
+
+/// One side of one conversation.
+#[derive(Debug)]
+pub struct Engine {
+    cfg: EngineConfig,
+    peer: PeerInfo,
+    version: Option<u16>,
+    out: VecDeque<Frame>,
+    docs: HashMap<DocId, DocConn>,
+    summary_pending: bool,
+    /// A summary waiting for the changes that complete its delta.
+    summary_waiting: Option<(Summary, u32)>,
+    /// Whether a SummaryReply queued in this call still lists documents we then pushed.
+    reply_queued: bool,
+    /// Documents whose changes were queued during the current call.
+    pushed_now: HashSet<DocId>,
+    /// Stored changes to acknowledge at the end of the current call: (doc, our heads, theirs).
+    pending_acks: Vec<(DocId, Vec<Hash>, Vec<Hash>)>,
+    recon_waiting: bool,
+    transfers: BTreeMap<Hash, Transfer>,
+    missing_at_peer: HashSet<Hash>,
+    knowledge_updates: Vec<(DocId, Knowledge)>,
+    peer_idle_at: Option<u64>,
+    idle_sent_at: Option<u64>,
+    received_since_send: bool,
+    closed: bool,
+    stats: Stats,
+    log: Vec<String>,
+}
+
+type Res<T, R> = Result<T, EngineError<<R as Replica>::Error>>;
+
+fn sorted(mut heads: Vec<Hash>) -> Vec<Hash> {
+    heads.sort();
+    heads
+}
+
+impl Engine {
+    /// A conversation with `peer` (whose identity comes from its certificate).
+    pub fn new(peer: PeerInfo, cfg: EngineConfig) -> Self {
+        Engine {
+            cfg,
+            peer,
+            version: None,
+            out: VecDeque::new(),
+            docs: HashMap::new(),
+            summary_pending: false,
+            summary_waiting: None,
+            reply_queued: false,
+            pushed_now: HashSet::new(),
+            pending_acks: Vec::new(),
+            recon_waiting: false,
+            transfers: BTreeMap::new(),
+            missing_at_peer: HashSet::new(),
+            knowledge_updates: Vec::new(),
+            peer_idle_at: None,
+            idle_sent_at: None,
+            received_since_send: false,
+            closed: false,
+            stats: Stats::default(),
+            log: Vec::new(),
+        }
+    }
+
+    /// The peer.
+    pub fn peer(&self) -> &PeerInfo {
+        &self.peer
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The protocol version agreed, once both Hellos are in.
+    pub fn version(&self) -> Option<u16> {
+        self.version
+    }
+
+    /// Notable events since the last call (refusals, fallbacks), for the caller's log.
+    pub fn take_log(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.log)
+    }
+
+    /// Whether the conversation has ended (a Close was sent or received).
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    fn send(&mut self, frame: Frame) {
+        self.out.push_back(frame);
+    }
+
+    /// The next frame to send, with its lane. Document traffic always comes before blob traffic.
+    pub fn poll_frame(&mut self) -> Option<(Lane, Frame)> {
+        let pos = self.out.iter().position(|f| f.lane() == Lane::Sync).or(if self.out.is_empty() {
+            None
+        } else {
+            Some(0)
+        })?;
+        let frame = self.out.remove(pos)?;
+        let len = frame.to_bytes().len() as u64;
+        self.stats.bytes_sent += len;
+        self.stats.frames_sent += 1;
+        match &frame {
+            Frame::Changes(c) => {
+                self.stats.docs_sent += 1;
+                self.stats.change_bytes_sent += c.bytes.len() as u64;
+            }
+            Frame::BlobChunk { .. } => self.stats.chunks_sent += 1,
+            _ => {}
+        }
+        if self.cfg.initiator && self.received_since_send && !matches!(frame, Frame::Idle { .. } | Frame::Close { .. })
+        {
+            self.stats.round_trips += 1;
+            self.received_since_send = false;
+        }
+        Some((frame.lane(), frame))
+    }
+
+    /// Whether frames are waiting to be sent.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Opens the conversation. The initiator sends its Hello, Summary and first pushes in one
+    /// flight; the responder sends its Hello.
+    pub fn start<R: Replica>(&mut self, replica: &mut R, _now: TimeMs) -> Res<(), R> {
+        let crl_number = replica.revocations().map_err(EngineError::Replica)?.map_or(0, |(n, _)| n);
+        self.send(Frame::Hello(Hello {
+            min_version: MIN_VERSION,
+            max_version: MAX_VERSION,
+            node: replica.me().name.clone(),
+            crl_number,
+        }));
+        if self.cfg.initiator {
+            self.stats.round_trips = 1;
+            let items = replica.items(&self.peer).map_err(EngineError::Replica)?;
+            let delta = replica.knows_peer(&self.peer).map_err(EngineError::Replica)?;
+            let delta_docs = if delta { replica.delta(&self.peer).map_err(EngineError::Replica)? } else { Vec::new() };
+            // The pushes of the delta follow the Summary in the same flight; documents pushed are
+            // not listed again (the Changes frames carry their heads).
+            let mark = self.out.len();
+            let mut entries = Vec::new();
+            let mut pushed = 0u32;
+            for (id, heads) in delta_docs {
+                self.docs.entry(id).or_default().announced = Some(sorted(heads.clone()));
+                if self.poke(replica, &id)? {
+                    pushed += 1;
+                } else {
+                    entries.push((id, heads));
+                }
+            }
+            let summary = Frame::Summary(Summary {
+                delta,
+                count: items.len() as u64,
+                fingerprint: Fingerprint::of_all(&items).to_bytes(),
+                entries,
+                pushed,
+            });
+            self.out.insert(mark, summary);
+            self.summary_pending = true;
+            if !delta {
+                self.send(Frame::Ranges(self.cfg.recon.initiate(&items)));
+                self.recon_waiting = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Local writes (or writes received from another peer) to these documents: push them to
+    /// this peer if it may see them, and fetch any new blobs.
+    pub fn notify<R: Replica>(&mut self, replica: &mut R, docs: &[DocId], _now: TimeMs) -> Res<(), R> {
+        if self.version.is_none() || self.closed {
+            return Ok(());
+        }
+        self.pushed_now.clear();
+        for id in docs {
+            self.poke(replica, id)?;
+        }
+        self.refresh_blobs(replica)?;
+        self.flush_knowledge(replica)?;
+        self.maybe_idle();
+        Ok(())
+    }
+
+    /// Processes a batch of received frames. Changes in the batch are stored in one transaction
+    /// before they are acknowledged.
+    pub fn handle<R: Replica>(&mut self, replica: &mut R, frames: Vec<Frame>, now: TimeMs) -> Res<(), R> {
+        let mut incoming: Vec<(DocId, Vec<u8>, Vec<Hash>)> = Vec::new();
+        let mut touched: Vec<DocId> = Vec::new();
+        // Documents the peer holds and we do not: asked for unless this batch brings them.
+        let mut wanted: Vec<DocId> = Vec::new();
+        self.pushed_now.clear();
+        self.reply_queued = false;
+        for frame in frames {
+            self.stats.frames_received += 1;
+            self.stats.bytes_received += frame.to_bytes().len() as u64;
+            self.received_since_send = true;
+            if self.closed {
+                continue;
+            }
+            if self.version.is_none() && !matches!(frame, Frame::Hello(_) | Frame::Close { .. }) {
+                return Err(self.protocol(format!("{} before hello", frame.name())));
+            }
+            match frame {
+                Frame::Hello(h) => self.on_hello(replica, h)?,
+                Frame::Summary(s) => {
+                    if s.pushed > 0 {
+                        let n = s.pushed;
+                        self.summary_waiting = Some((s, n));
+                    } else {
+                        touched.extend(self.on_summary(replica, s)?);
+                    }
+                }
+                Frame::SummaryReply(r) => {
+                    self.summary_pending = false;
+                    for (id, heads) in r.entries {
+                        self.docs.entry(id).or_default().theirs = Some(sorted(heads));
+                        touched.push(id);
+                    }
+                    // When `complete` is false the responder starts range reconciliation in the
+                    // same flight; its Ranges frame follows.
+                }
+                Frame::Ranges(ranges) => {
+                    self.recon_waiting = false;
+                    let items = replica.items(&self.peer).map_err(EngineError::Replica)?;
+                    let (reply, diffs) =
+                        self.cfg.recon.respond(&items, &ranges).map_err(|e| self.protocol(e.to_string()))?;
+                    if !reply.is_empty() {
+                        // Only fingerprints and unanswered item lists call for an answer.
+                        self.recon_waiting = reply.iter().any(|r| {
+                            matches!(r.mode, RangeMode::Fingerprint { .. } | RangeMode::Items { reply: false, .. })
+                        });
+                        self.send(Frame::Ranges(reply));
+                    }
+                    for d in diffs {
+                        self.stats.range_differences += 1;
+                        let conn = self.docs.entry(d.id).or_default();
+                        if d.theirs.is_none() {
+                            conn.theirs = Some(Vec::new());
+                        }
+                        if d.ours.is_none() {
+                            wanted.push(d.id);
+                        } else {
+                            touched.push(d.id);
+                        }
+                    }
+                }
+                Frame::Heads { doc, heads } => {
+                    self.docs.entry(doc).or_default().theirs = Some(sorted(heads));
+                    touched.push(doc);
+                }
+                Frame::Changes(Changes { doc, ack, heads, bytes }) => {
+                    self.stats.change_bytes_received += bytes.len() as u64;
+                    if ack {
+                        self.docs.entry(doc).or_default().awaiting_ack = false;
+                    }
+                    let heads = sorted(heads);
+                    if let Some((mut s, left)) = self.summary_waiting.take() {
+                        s.entries.push((doc, heads.clone()));
+                        if left > 1 {
+                            self.summary_waiting = Some((s, left - 1));
+                        } else {
+                            touched.extend(self.on_summary(replica, s)?);
+                        }
+                    }
+                    incoming.push((doc, bytes, heads));
+                }
+                Frame::Ack { doc, heads } => {
+                    let conn = self.docs.entry(doc).or_default();
+                    let pushed = conn.pushed.clone();
+                    let heads = if heads.is_empty() { pushed.clone().unwrap_or_default() } else { sorted(heads) };
+                    conn.awaiting_ack = false;
+                    conn.theirs = Some(heads.clone());
+                    let known = replica.known_hashes(&doc, &heads).map_err(EngineError::Replica)?;
+                    let shared = if known.len() == heads.len() { heads.clone() } else { pushed.unwrap_or_default() };
+                    self.knowledge_updates.push((doc, Knowledge { heads, shared }));
+                    touched.push(doc);
+                }
+                Frame::Refused { doc } => {
+                    let conn = self.docs.entry(doc).or_default();
+                    conn.refused = true;
+                    conn.awaiting_ack = false;
+                    conn.am_active = false;
+                    self.log.push(format!("{} refused a document we sent", self.peer.name));
+                }
+                Frame::Need { doc } => {
+                    self.fall_back(&doc);
+                    self.am_step(replica, &doc)?;
+                }
+                Frame::AmSync { doc, message } => {
+                    let conn = self.docs.entry(doc).or_default();
+                    conn.awaiting_ack = false;
+                    let mut state = conn.am.take().unwrap_or_default();
+                    let outcome = replica
+                        .am_receive(&self.peer, &doc, &mut state, &message, now)
+                        .map_err(EngineError::Replica)?;
+                    match outcome {
+                        Applied::Refused { reason } => {
+                            self.stats.refused += 1;
+                            self.log.push(format!("{}: refused a document: {reason}", self.peer.name));
+                            self.send(Frame::Refused { doc });
+                            continue;
+                        }
+                        Applied::Stored { .. } => self.stats.docs_received += 1,
+                        Applied::MissingDeps => {}
+                    }
+                    if let Some(their) = &state.their_heads {
+                        let heads = sorted(their.iter().map(|h| h.0).collect());
+                        let shared = sorted(state.shared_heads.iter().map(|h| h.0).collect());
+                        self.knowledge_updates.push((doc, Knowledge { shared, heads }));
+                    }
+                    self.docs.entry(doc).or_default().am = Some(state);
+                    self.am_step(replica, &doc)?;
+                }
+                Frame::BlobWant { hash, manifest, chunks } => self.serve_blob(replica, hash, manifest, chunks)?,
+                Frame::BlobManifest(m) => self.on_manifest(replica, m)?,
+                Frame::BlobChunk { hash, index, data } => {
+                    touched.extend(self.on_chunk(replica, hash, index, data, now)?);
+                }
+                Frame::BlobMissing { hash } => {
+                    self.transfers.remove(&hash);
+                    self.missing_at_peer.insert(hash);
+                }
+                Frame::Revocations { der } => {
+                    if replica.offer_revocations(&der).map_err(EngineError::Replica)? {
+                        self.log.push(format!("{}: installed a newer revocation list", self.peer.name));
+                    }
+                }
+                Frame::Idle { received } => self.peer_idle_at = Some(received),
+                Frame::Close { code, reason } => {
+                    self.closed = true;
+                    if code != CloseCode::Done as u16 {
+                        return Err(EngineError::Closed { peer: self.peer.name.clone(), code, reason });
+                    }
+                }
+            }
+        }
+        if !incoming.is_empty() {
+            // New documents may reference blobs the peer did not hold when we last asked.
+            self.missing_at_peer.clear();
+            touched.extend(self.apply_incoming(replica, incoming, now)?);
+        }
+        for id in wanted {
+            if replica.heads_for(&self.peer, &id).map_err(EngineError::Replica)?.is_none() {
+                self.announce(replica, &id, Vec::new());
+            } else {
+                touched.push(id);
+            }
+        }
+        let mut seen = HashSet::new();
+        for id in touched {
+            if seen.insert(id) {
+                self.poke(replica, &id)?;
+            }
+        }
+        self.send_acks();
+        self.refresh_blobs(replica)?;
+        self.flush_knowledge(replica)?;
+        self.maybe_idle();
+        Ok(())
+    }
+
+    /// Acknowledges stored changes: by the Changes frame we push back for the same document if
+    /// there is one, else by an Ack (without heads when ours equal the sender's).
+    fn send_acks(&mut self) {
+        if self.reply_queued {
+            let pushed = &self.pushed_now;
+            for f in self.out.iter_mut() {
+                if let Frame::SummaryReply(r) = f {
+                    r.entries.retain(|(id, _)| !pushed.contains(id));
+                }
+            }
+        }
+        for (id, mine, theirs) in std::mem::take(&mut self.pending_acks) {
+            let mut folded = false;
+            if self.pushed_now.contains(&id) {
+                for f in self.out.iter_mut() {
+                    if let Frame::Changes(c) = f
+                        && c.doc == id
+                    {
+                        c.ack = true;
+                        folded = true;
+                    }
+                }
+            }
+            if !folded {
+                let heads = if mine == theirs { Vec::new() } else { mine };
+                self.send(Frame::Ack { doc: id, heads });
+            }
+        }
+    }
+
+    fn protocol<E: std::error::Error>(&mut self, detail: String) -> EngineError<E> {
+        self.closed = true;
+        self.out.clear();
+        self.out.push_back(Frame::Close { code: CloseCode::ProtocolError as u16, reason: detail.clone() });
+        EngineError::Protocol { peer: self.peer.name.clone(), detail }
+    }
+
+    fn on_hello<R: Replica>(&mut self, replica: &mut R, h: Hello) -> Res<(), R> {
+        let high = MAX_VERSION.min(h.max_version);
+        let low = MIN_VERSION.max(h.min_version);
+        if high < low {
+            let reason = format!(
+                "no protocol version in common: we speak {MIN_VERSION}..={MAX_VERSION}, {} speaks {}..={}",
+                self.peer.name, h.min_version, h.max_version
+            );
+            self.closed = true;
+            self.out.clear();
+            self.out.push_back(Frame::Close { code: CloseCode::NoCommonVersion as u16, reason: reason.clone() });
+            return Err(EngineError::Protocol { peer: self.peer.name.clone(), detail: reason });
+        }
+        self.version = Some(high);
+        if let Some((number, der)) = replica.revocations().map_err(EngineError::Replica)?
+            && number > h.crl_number
+        {
+            self.send(Frame::Revocations { der });
+        }
+        Ok(())
+    }
+
+    /// Answers a summary: our delta, whether the deltas explain every difference, and (by the
+    /// caller, after this batch's changes are stored) the pushes. Returns the documents to poke.
+    fn on_summary<R: Replica>(&mut self, replica: &mut R, s: Summary) -> Res<Vec<DocId>, R> {
+        if self.cfg.initiator {
+            return Err(self.protocol("a summary sent to the initiator".into()));
+        }
+        let items = replica.items(&self.peer).map_err(EngineError::Replica)?;
+        let mine = if s.delta && replica.knows_peer(&self.peer).map_err(EngineError::Replica)? {
+            replica.delta(&self.peer).map_err(EngineError::Replica)?
+        } else {
+            Vec::new()
+        };
+        let complete = s.delta && self.deltas_explain_everything(replica, &s, &items, &mine)?;
+        for (id, heads) in &s.entries {
+            self.docs.entry(*id).or_default().theirs = Some(sorted(heads.clone()));
+        }
+        for (id, heads) in &mine {
+            self.docs.entry(*id).or_default().announced = Some(sorted(heads.clone()));
+        }
+        self.send(Frame::SummaryReply(SummaryReply { complete, entries: mine.clone() }));
+        self.reply_queued = true;
+        if s.delta && !complete {
+            self.log.push(format!("{}: deltas do not explain every difference; reconciling by ranges", self.peer.name));
+            self.send(Frame::Ranges(self.cfg.recon.initiate(&items)));
+            self.recon_waiting = true;
+        }
+        let mut ids: Vec<DocId> = s.entries.iter().map(|e| e.0).collect();
+        ids.extend(mine.iter().map(|e| e.0));
+        Ok(ids)
+    }
+
+    /// Whether both sets, once the documents listed in either delta are taken out, are equal.
+    fn deltas_explain_everything<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        s: &Summary,
+        items: &[Item],
+        mine: &[(DocId, Vec<Hash>)],
+    ) -> Res<bool, R> {
+        let theirs: HashMap<DocId, &Vec<Hash>> = s.entries.iter().map(|(id, h)| (*id, h)).collect();
+        let mut listed: BTreeSet<DocId> = theirs.keys().copied().collect();
+        listed.extend(mine.iter().map(|(id, _)| *id));
+        let by_id: HashMap<DocId, [u8; 16]> = items.iter().map(|i| (i.id, i.digest)).collect();
+        let mut fp_mine = Fingerprint::of_all(items);
+        let mut count_mine = items.len() as u64;
+        let mut fp_theirs = Fingerprint::from_bytes(&s.fingerprint);
+        let mut count_theirs = s.count;
+        for id in &listed {
+            if let Some(d) = by_id.get(id) {
+                fp_mine = fp_mine.sub(&Fingerprint::of(&Item { id: *id, digest: *d }));
+                count_mine -= 1;
+            }
+            let their_heads = match theirs.get(id) {
+                Some(h) if !h.is_empty() => Some((*h).clone()),
+                Some(_) => None,
+                None => replica.knowledge(&self.peer, id).map_err(EngineError::Replica)?.map(|k| k.heads),
+            };
+            if let Some(h) = their_heads {
+                fp_theirs = fp_theirs.sub(&Fingerprint::of(&Item { id: *id, digest: recon::digest(&h) }));
+                count_theirs = count_theirs.wrapping_sub(1);
+            }
+        }
+        Ok(fp_mine == fp_theirs && count_mine == count_theirs)
+    }
+
+    /// Tells the peer our heads of a document (so that it pushes what we lack).
+    fn announce<R: Replica>(&mut self, _replica: &mut R, id: &DocId, heads: Vec<Hash>) {
+        let heads = sorted(heads);
+        let conn = self.docs.entry(*id).or_default();
+        if conn.announced.as_ref() != Some(&heads) {
+            conn.announced = Some(heads.clone());
+            self.send(Frame::Heads { doc: *id, heads });
+        }
+    }
+
+    /// Decides what to do for one document: push what the peer lacks, or announce our heads so
+    /// that the peer pushes what we lack.
+    fn poke<R: Replica>(&mut self, replica: &mut R, id: &DocId) -> Res<bool, R> {
+        let Some(mine) = replica.heads_for(&self.peer, id).map_err(EngineError::Replica)? else {
+            return Ok(false);
+        };
+        let mine = sorted(mine);
+        let conn = self.docs.entry(*id).or_default();
+        if conn.refused {
+            return Ok(false);
+        }
+        if conn.am.is_some() {
+            self.am_step(replica, id)?;
+            return Ok(false);
+        }
+        let theirs = conn.theirs.clone();
+        if theirs.as_ref() == Some(&mine) || conn.pushed.as_ref() == Some(&mine) {
+            return Ok(false);
+        }
+        let knowledge = replica.knowledge(&self.peer, id).map_err(EngineError::Replica)?;
+        let shared = knowledge.map(|k| k.shared).unwrap_or_default();
+        let (base, they_have_more) = match &theirs {
+            Some(t) => {
+                let known = replica.known_hashes(id, t).map_err(EngineError::Replica)?;
+                if known.len() == t.len() {
+                    (t.clone(), false)
+                } else {
+                    let mut base = shared.clone();
+                    base.extend(known);
+                    base.sort();
+                    base.dedup();
+                    (base, true)
+                }
+            }
+            None => (shared, false),
+        };
+        if base.is_empty() && theirs.as_ref().is_some_and(|t| !t.is_empty()) {
+            // They hold a version we share nothing known with: let Automerge's protocol work it out.
+            self.fall_back(id);
+            self.am_step(replica, id)?;
+            return Ok(false);
+        }
+        let bytes = replica.changes_since(id, &base).map_err(EngineError::Replica)?;
+        if !bytes.is_empty() {
+            let conn = self.docs.entry(*id).or_default();
+            conn.pushed = Some(mine.clone());
+            conn.announced = Some(mine.clone());
+            conn.awaiting_ack = true;
+            self.pushed_now.insert(*id);
+            self.send(Frame::Changes(Changes { doc: *id, ack: false, heads: mine, bytes }));
+            return Ok(true);
+        } else if they_have_more {
+            self.announce(replica, id, mine);
+        }
+        Ok(false)
+    }
+
+    fn fall_back(&mut self, id: &DocId) {
+        let conn = self.docs.entry(*id).or_default();
+        if conn.am.is_none() {
+            conn.am = Some(sync::State::new());
+            self.stats.automerge_fallbacks += 1;
+            self.log.push(format!("{}: a document fell back to Automerge's sync protocol", self.peer.name));
+        }
+    }
+
+    fn am_step<R: Replica>(&mut self, replica: &mut R, id: &DocId) -> Res<(), R> {
+        let Some(mut state) = self.docs.get_mut(id).and_then(|c| c.am.take()) else { return Ok(()) };
+        let msg = replica.am_generate(id, &mut state).map_err(EngineError::Replica)?;
+        // Settled once the peer has told us it holds exactly our heads.
+        let mine = replica.heads_for(&self.peer, id).map_err(EngineError::Replica)?.map(sorted);
+        let theirs = state.their_heads.as_ref().map(|h| sorted(h.iter().map(|x| x.0).collect()));
+        let conn = self.docs.entry(*id).or_default();
+        conn.am_active = mine.is_none() || theirs != mine;
+        conn.am = Some(state);
+        if let Some(message) = msg {
+            self.send(Frame::AmSync { doc: *id, message });
+        }
+        Ok(())
+    }
+
+    fn apply_incoming<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        incoming: Vec<(DocId, Vec<u8>, Vec<Hash>)>,
+        now: TimeMs,
+    ) -> Res<Vec<DocId>, R> {
+        let batch: Vec<(DocId, Vec<u8>)> = incoming.iter().map(|(id, b, _)| (*id, b.clone())).collect();
+        let outcomes = replica.apply(&self.peer, &batch, now).map_err(EngineError::Replica)?;
+        let mut touched = Vec::new();
+        for ((id, _, sender_heads), outcome) in incoming.into_iter().zip(outcomes) {
+            match outcome {
+                Applied::Stored { heads } => {
+                    self.stats.docs_received += 1;
+                    let heads = sorted(heads);
+                    self.knowledge_updates
+                        .push((id, Knowledge { heads: sender_heads.clone(), shared: sender_heads.clone() }));
+                    let conn = self.docs.entry(id).or_default();
+                    conn.theirs = Some(sender_heads.clone());
+                    conn.announced = Some(heads.clone());
+                    self.pending_acks.push((id, heads, sender_heads));
+                    touched.push(id);
+                }
+                Applied::MissingDeps => {
+                    self.docs.entry(id).or_default().theirs = Some(sender_heads);
+                    self.send(Frame::Need { doc: id });
+                    self.fall_back(&id);
+                    touched.push(id);
+                }
+                Applied::Refused { reason } => {
+                    self.stats.refused += 1;
+                    self.log.push(format!("{}: refused a document: {reason}", self.peer.name));
+                    self.send(Frame::Refused { doc: id });
+                }
+            }
+        }
+        Ok(touched)
+    }
+
+    fn refresh_blobs<R: Replica>(&mut self, replica: &mut R) -> Res<(), R> {
+        for need in replica.blobs_wanted(&self.peer).map_err(EngineError::Replica)? {
+            if self.transfers.contains_key(&need.hash) || self.missing_at_peer.contains(&need.hash) {
+                continue;
+            }
+            self.transfers.insert(
+                need.hash,
+                Transfer {
+                    size: need.size,
+                    manifest_requested: false,
+                    manifest: need.manifest,
+                    missing: need.missing.into_iter().collect(),
+                    requested: BTreeSet::new(),
+                },
+            );
+        }
+        self.fill_window();
+        Ok(())
+    }
+
+    fn fill_window(&mut self) {
+        let mut in_flight: usize = self.transfers.values().map(|t| t.requested.len()).sum();
+        let window = self.cfg.blob_window.max(1);
+        let mut wants = Vec::new();
+        for (hash, t) in self.transfers.iter_mut() {
+            if in_flight >= window {
+                break;
+            }
+            let want_manifest = t.manifest.is_none() && !t.manifest_requested;
+            if t.manifest.is_none() && t.manifest_requested {
+                continue;
+            }
+            let mut chunks = Vec::new();
+            while in_flight < window {
+                let Some(c) = t.missing.pop_front() else { break };
+                t.requested.insert(c);
+                chunks.push(c);
+                in_flight += 1;
+            }
+            if want_manifest || !chunks.is_empty() {
+                t.manifest_requested |= want_manifest;
+                wants.push(Frame::BlobWant { hash: *hash, manifest: want_manifest, chunks });
+            }
+        }
+        for w in wants {
+            self.send(w);
+        }
+    }
+
+    fn serve_blob<R: Replica>(&mut self, replica: &mut R, hash: Hash, manifest: bool, chunks: Vec<u32>) -> Res<(), R> {
+        let Some(m) = replica.blob_manifest(&self.peer, &hash).map_err(EngineError::Replica)? else {
+            self.send(Frame::BlobMissing { hash });
+            return Ok(());
+        };
+        let count = blob::chunk_count(m.size, m.chunk_size);
+        if manifest {
+            self.send(Frame::BlobManifest(m));
+        }
+        for index in chunks {
+            if u64::from(index) >= count {
+                return Err(self.protocol(format!("chunk {index} requested of a blob of {count} chunks")));
+            }
+            match replica.blob_chunk(&hash, index).map_err(EngineError::Replica)? {
+                Some(data) => self.send(Frame::BlobChunk { hash, index, data }),
+                None => {
+                    self.send(Frame::BlobMissing { hash });
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_manifest<R: Replica>(&mut self, replica: &mut R, m: BlobManifest) -> Res<(), R> {
+        let Some(t) = self.transfers.get(&m.hash) else { return Ok(()) };
+        let check = blob::verify_manifest(&m, &m.hash).and_then(|_| {
+            if m.chunk_size != blob::CHUNK_SIZE {
+                Err(BlobError::ChunkSize(m.chunk_size))
+            } else if m.size == t.size {
+                Ok(())
+            } else {
+                Err(BlobError::ChunkCount {
+                    size: t.size,
+                    found: m.cvs.len(),
+                    expected: blob::chunk_count(t.size, m.chunk_size),
+                })
+            }
+        });
+        if let Err(e) = check {
+            self.stats.refused += 1;
+            self.log.push(format!("{}: refused a blob manifest: {e}", self.peer.name));
+            self.transfers.remove(&m.hash);
+            self.missing_at_peer.insert(m.hash);
+            return Ok(());
+        }
+        replica.store_manifest(&m).map_err(EngineError::Replica)?;
+        if let Some(t) = self.transfers.get_mut(&m.hash) {
+            t.manifest = Some(m);
+        }
+        self.fill_window();
+        Ok(())
+    }
+
+    fn on_chunk<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        hash: Hash,
+        index: u32,
+        data: Vec<u8>,
+        now: TimeMs,
+    ) -> Res<Vec<DocId>, R> {
+        let Some(t) = self.transfers.get_mut(&hash) else {
+            self.stats.chunks_duplicate += 1;
+            return Ok(Vec::new());
+        };
+        if !t.requested.remove(&index) {
+            self.stats.chunks_duplicate += 1;
+            return Ok(Vec::new());
+        }
+        let Some(m) = &t.manifest else {
+            return Err(self.protocol("a blob chunk before its manifest".into()));
+        };
+        if let Err(e) = blob::verify_chunk(m, index, &data) {
+            self.stats.refused += 1;
+            self.log.push(format!("{}: refused a blob chunk: {e}", self.peer.name));
+            t.missing.push_back(index);
+            self.fill_window();
+            return Ok(Vec::new());
+        }
+        let changed = replica.store_chunk(&hash, index, &data, now).map_err(EngineError::Replica)?;
+        self.stats.chunks_received += 1;
+        let done = self.transfers.get(&hash).is_some_and(|t| t.missing.is_empty() && t.requested.is_empty());
+        if done {
+            self.transfers.remove(&hash);
+            self.stats.blobs_received += 1;
+        }
+        self.fill_window();
+        Ok(changed)
+    }
+
+    fn flush_knowledge<R: Replica>(&mut self, replica: &mut R) -> Res<(), R> {
+        if !self.knowledge_updates.is_empty() {
+            let updates = std::mem::take(&mut self.knowledge_updates);
+            replica.set_knowledge(&self.peer, &updates).map_err(EngineError::Replica)?;
+        }
+        Ok(())
+    }
+
+    /// Whether this side is waiting for nothing.
+    pub fn is_quiescent(&self) -> bool {
+        !self.summary_pending
+            && !self.recon_waiting
+            && self.transfers.is_empty()
+            && self.docs.values().all(|d| !d.awaiting_ack && !d.am_active)
+    }
+
+    fn maybe_idle(&mut self) {
+        // Idle goes after whatever is queued: "once you have these, I wait for nothing".
+        if self.closed || self.version.is_none() || !self.is_quiescent() {
+            return;
+        }
+        let received = self.stats.frames_received;
+        if self.idle_sent_at != Some(received) && !self.cfg.initiator {
+            self.idle_sent_at = Some(received);
+            self.send(Frame::Idle { received });
+        }
+    }
+
+    /// For a one-shot sync: both sides have converged and the peer has processed everything we sent.
+    pub fn is_done(&self) -> bool {
+        self.is_quiescent() && self.out.is_empty() && self.peer_idle_at == Some(self.stats.frames_sent)
+    }
+
+    /// Ends the conversation normally.
+    pub fn close(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            self.send(Frame::Close { code: CloseCode::Done as u16, reason: "done".into() });
+        }
+    }
+}

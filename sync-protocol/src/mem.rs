@@ -1,0 +1,434 @@
+//! An in-memory [`Replica`]: the engine's storage for tests and for the simulator.
+//!
+//! It follows the same rules as the node's SQLite store: a write is "durable" the moment a
+//! method returns (the simulator models a crash by keeping a `MemReplica` and dropping the
+//! engines around it), scope is checked on every read and write, receipts are written by hubs
+//! and desks only after what they acknowledge is stored, and an edge drops its copy of a photo
+//! once a hub confirms holding it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use automerge::sync::{self, SyncDoc};
+use automerge::{ActorId, ChangeHash};
+
+use crate::TimeMs;
+use crate::blob::{self, CHUNK_SIZE};
+use crate::engine::{Applied, BlobNeed, Knowledge, Replica};
+use crate::recon::{Item, digest};
+use crate::scope::{DocMeta, PeerInfo, may_accept, may_hold};
+use crate::session::{SessionDoc, SessionId, SessionView, receipt_level};
+use crate::wire::{BlobManifest, DocId, Hash};
+
+/// Errors of the in-memory replica (only documents that are not sessions).
+#[derive(Debug, thiserror::Error)]
+#[error("in-memory replica: {0}")]
+pub struct MemError(pub String);
+
+#[derive(Debug)]
+struct Doc {
+    doc: SessionDoc,
+    meta: DocMeta,
+}
+
+/// A blob held in memory.
+#[derive(Debug, Default, Clone)]
+pub struct MemBlob {
+    /// Size from the manifest or the bytes.
+    pub size: u64,
+    /// Verified manifest, once known.
+    pub manifest: Option<BlobManifest>,
+    /// Chunks held.
+    pub chunks: BTreeMap<u32, Vec<u8>>,
+    /// Deleted here after a hub confirmed holding it.
+    pub offloaded: bool,
+}
+
+impl MemBlob {
+    fn whole(&self) -> bool {
+        !self.offloaded && self.chunks.len() as u64 == blob::chunk_count(self.size, CHUNK_SIZE)
+    }
+}
+
+/// A replica held entirely in memory.
+#[derive(Debug)]
+pub struct MemReplica {
+    me: PeerInfo,
+    actor: ActorId,
+    docs: BTreeMap<DocId, Doc>,
+    knowledge: HashMap<String, BTreeMap<DocId, Knowledge>>,
+    /// Blobs by hash.
+    pub blobs: HashMap<Hash, MemBlob>,
+    revocations: Option<(u64, Vec<u8>)>,
+    /// Every document written by `apply`, `am_receive`, `store_chunk` or a local edit, in order,
+    /// since the last [`MemReplica::take_changed`]: what a node pushes to its other peers.
+    changed: Vec<DocId>,
+}
+
+fn ids(heads: Vec<ChangeHash>) -> Vec<Hash> {
+    let mut v: Vec<Hash> = heads.into_iter().map(|h| h.0).collect();
+    v.sort();
+    v
+}
+
+fn hashes(h: &[Hash]) -> Vec<ChangeHash> {
+    h.iter().map(|x| ChangeHash(*x)).collect()
+}
+
+fn hex32(h: &Hash) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex32(s: &str) -> Option<Hash> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl MemReplica {
+    /// An empty replica for node `me`, writing with `actor`.
+    pub fn new(me: PeerInfo, actor: ActorId) -> Self {
+        MemReplica {
+            me,
+            actor,
+            docs: BTreeMap::new(),
+            knowledge: HashMap::new(),
+            blobs: HashMap::new(),
+            revocations: None,
+            changed: Vec::new(),
+        }
+    }
+
+    /// The actor id this replica writes with.
+    pub fn actor(&self) -> &ActorId {
+        &self.actor
+    }
+
+    /// Adds a session created (or edited) locally.
+    pub fn put(&mut self, doc: SessionDoc) -> Result<DocId, MemError> {
+        let view = doc.view().map_err(|e| MemError(e.to_string()))?;
+        let id = view.id.to_bytes();
+        self.docs.insert(id, Doc { meta: view.meta(), doc });
+        self.changed.push(id);
+        Ok(id)
+    }
+
+    /// Edits a held session in place (a local write).
+    pub fn edit<T>(
+        &mut self,
+        id: &DocId,
+        f: impl FnOnce(&mut SessionDoc) -> Result<T, crate::ModelError>,
+    ) -> Result<T, MemError> {
+        let d = self.docs.get_mut(id).ok_or_else(|| MemError("no such document".into()))?;
+        let out = f(&mut d.doc).map_err(|e| MemError(e.to_string()))?;
+        d.meta = d.doc.view().map_err(|e| MemError(e.to_string()))?.meta();
+        self.changed.push(*id);
+        Ok(out)
+    }
+
+    /// Stores the bytes of a photo attached locally.
+    pub fn put_blob(&mut self, data: &[u8]) -> Hash {
+        let hash = *blake3::hash(data).as_bytes();
+        let mut b = MemBlob { size: data.len() as u64, ..MemBlob::default() };
+        for (i, c) in data.chunks(CHUNK_SIZE as usize).enumerate() {
+            b.chunks.insert(i as u32, c.to_vec());
+        }
+        if data.is_empty() {
+            b.chunks.insert(0, Vec::new());
+        }
+        b.manifest = blob::manifest(data, CHUNK_SIZE).ok();
+        self.blobs.insert(hash, b);
+        hash
+    }
+
+    /// The view of a held session.
+    pub fn view(&self, id: &DocId) -> Option<SessionView> {
+        self.docs.get(id).and_then(|d| d.doc.view().ok())
+    }
+
+    /// Ids of every held session.
+    pub fn ids(&self) -> Vec<DocId> {
+        self.docs.keys().copied().collect()
+    }
+
+    /// Heads of a held session.
+    pub fn heads(&mut self, id: &DocId) -> Option<Vec<Hash>> {
+        self.docs.get_mut(id).map(|d| ids(d.doc.heads()))
+    }
+
+    /// Documents written since the last call.
+    pub fn take_changed(&mut self) -> Vec<DocId> {
+        let mut v = std::mem::take(&mut self.changed);
+        v.dedup();
+        v
+    }
+
+    /// Whether the blob is held whole.
+    pub fn holds_blob(&self, hash: &Hash) -> bool {
+        self.blobs.get(hash).is_some_and(MemBlob::whole)
+    }
+
+    fn visible(&self, peer: &PeerInfo, id: &DocId) -> bool {
+        self.docs.get(id).is_some_and(|d| may_hold(peer, &d.meta))
+    }
+
+    /// Writes this node's receipts and, on an edge, drops photos the hub holds.
+    fn after_store(&mut self, id: &DocId, now: TimeMs) -> Result<(), MemError> {
+        let me = self.me.clone();
+        let blobs = &self.blobs;
+        let Some(d) = self.docs.get_mut(id) else { return Ok(()) };
+        if let Some(level) = receipt_level(me.role) {
+            d.doc
+                .acknowledge(level, &me.name, now, |h| {
+                    unhex32(h).is_some_and(|h| blobs.get(&h).is_some_and(MemBlob::whole))
+                })
+                .map_err(|e| MemError(e.to_string()))?;
+        }
+        let view = d.doc.view().map_err(|e| MemError(e.to_string()))?;
+        d.meta = view.meta();
+        for h in view.offloadable_media(&me.name) {
+            if let Some(b) = unhex32(&h).and_then(|h| self.blobs.get_mut(&h))
+                && !b.offloaded
+            {
+                b.chunks.clear();
+                b.offloaded = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn integrate(
+        &mut self,
+        peer: &PeerInfo,
+        id: &DocId,
+        mut candidate: SessionDoc,
+        now: TimeMs,
+    ) -> Result<Applied, MemError> {
+        if !candidate.automerge().get_missing_deps(&[]).is_empty() {
+            return Ok(Applied::MissingDeps);
+        }
+        let view = match candidate.view() {
+            Ok(v) => v,
+            Err(e) => return Ok(Applied::Refused { reason: e.to_string() }),
+        };
+        if view.id.to_bytes() != *id {
+            return Ok(Applied::Refused { reason: "the document's id does not match".into() });
+        }
+        let meta = view.meta();
+        if !may_accept(&self.me, peer, &meta) {
+            return Ok(Applied::Refused { reason: format!("outside the scope of {} or {}", self.me.name, peer.name) });
+        }
+        self.docs.insert(*id, Doc { doc: candidate, meta });
+        self.after_store(id, now)?;
+        self.changed.push(*id);
+        let heads = self.heads(id).unwrap_or_default();
+        Ok(Applied::Stored { heads })
+    }
+
+    fn candidate(&mut self, id: &DocId) -> SessionDoc {
+        match self.docs.get_mut(id) {
+            Some(d) => d.doc.fork_as(self.actor.clone()),
+            None => SessionDoc::empty(self.actor.clone()),
+        }
+    }
+}
+
+impl Replica for MemReplica {
+    type Error = MemError;
+
+    fn me(&self) -> &PeerInfo {
+        &self.me
+    }
+
+    fn items(&mut self, peer: &PeerInfo) -> Result<Vec<Item>, MemError> {
+        let mut out = Vec::new();
+        for (id, d) in self.docs.iter_mut() {
+            if may_hold(peer, &d.meta) {
+                out.push(Item { id: *id, digest: digest(&ids(d.doc.heads())) });
+            }
+        }
+        Ok(out)
+    }
+
+    fn delta(&mut self, peer: &PeerInfo) -> Result<Vec<(DocId, Vec<Hash>)>, MemError> {
+        let known = self.knowledge.get(&peer.name);
+        let mut out = Vec::new();
+        for (id, d) in self.docs.iter_mut() {
+            if !may_hold(peer, &d.meta) {
+                continue;
+            }
+            let heads = ids(d.doc.heads());
+            if known.and_then(|k| k.get(id)).map(|k| &k.heads) != Some(&heads) {
+                out.push((*id, heads));
+            }
+        }
+        Ok(out)
+    }
+
+    fn knows_peer(&mut self, peer: &PeerInfo) -> Result<bool, MemError> {
+        Ok(self.knowledge.get(&peer.name).is_some_and(|k| !k.is_empty()))
+    }
+
+    fn heads_for(&mut self, peer: &PeerInfo, id: &DocId) -> Result<Option<Vec<Hash>>, MemError> {
+        if !self.visible(peer, id) {
+            return Ok(None);
+        }
+        Ok(self.heads(id))
+    }
+
+    fn known_hashes(&mut self, id: &DocId, hashes_in: &[Hash]) -> Result<Vec<Hash>, MemError> {
+        let Some(d) = self.docs.get_mut(id) else { return Ok(Vec::new()) };
+        let doc = d.doc.automerge();
+        Ok(hashes_in.iter().filter(|h| doc.get_change_meta_by_hash(&ChangeHash(**h)).is_some()).copied().collect())
+    }
+
+    fn knowledge(&mut self, peer: &PeerInfo, id: &DocId) -> Result<Option<Knowledge>, MemError> {
+        Ok(self.knowledge.get(&peer.name).and_then(|k| k.get(id)).cloned())
+    }
+
+    fn set_knowledge(&mut self, peer: &PeerInfo, updates: &[(DocId, Knowledge)]) -> Result<(), MemError> {
+        let k = self.knowledge.entry(peer.name.clone()).or_default();
+        for (id, kn) in updates {
+            k.insert(*id, kn.clone());
+        }
+        Ok(())
+    }
+
+    fn changes_since(&mut self, id: &DocId, base: &[Hash]) -> Result<Vec<u8>, MemError> {
+        let Some(d) = self.docs.get_mut(id) else { return Ok(Vec::new()) };
+        Ok(if base.is_empty() { d.doc.save() } else { d.doc.save_after(&hashes(base)) })
+    }
+
+    fn apply(&mut self, peer: &PeerInfo, batch: &[(DocId, Vec<u8>)], now: TimeMs) -> Result<Vec<Applied>, MemError> {
+        let mut out = Vec::new();
+        for (id, bytes) in batch {
+            let mut candidate = self.candidate(id);
+            if let Err(e) = candidate.apply_bytes(bytes) {
+                out.push(Applied::Refused { reason: e.to_string() });
+                continue;
+            }
+            out.push(self.integrate(peer, id, candidate, now)?);
+        }
+        Ok(out)
+    }
+
+    fn am_generate(&mut self, id: &DocId, state: &mut sync::State) -> Result<Option<Vec<u8>>, MemError> {
+        let mut doc = self.candidate(id);
+        Ok(doc.automerge().sync().generate_sync_message(state).map(|m| m.encode()))
+    }
+
+    fn am_receive(
+        &mut self,
+        peer: &PeerInfo,
+        id: &DocId,
+        state: &mut sync::State,
+        message: &[u8],
+        now: TimeMs,
+    ) -> Result<Applied, MemError> {
+        let msg = match sync::Message::decode(message) {
+            Ok(m) => m,
+            Err(e) => return Ok(Applied::Refused { reason: format!("undecodable Automerge message: {e}") }),
+        };
+        let mut candidate = self.candidate(id);
+        let before = candidate.heads();
+        if let Err(e) = candidate.automerge().sync().receive_sync_message(state, msg) {
+            return Ok(Applied::Refused { reason: e.to_string() });
+        }
+        if candidate.heads() == before {
+            return Ok(Applied::MissingDeps);
+        }
+        if candidate.heads().is_empty() {
+            return Ok(Applied::MissingDeps);
+        }
+        self.integrate(peer, id, candidate, now)
+    }
+
+    fn blobs_wanted(&mut self, peer: &PeerInfo) -> Result<Vec<BlobNeed>, MemError> {
+        let mut out = Vec::new();
+        for d in self.docs.values() {
+            if !may_hold(peer, &d.meta) {
+                continue;
+            }
+            let Ok(view) = d.doc.view() else { continue };
+            for m in &view.media {
+                let Some(hash) = unhex32(&m.hash) else { continue };
+                if m.added_by == self.me.name || m.consent_withdrawn {
+                    continue;
+                }
+                let peer_has = m.added_by == peer.name || m.receipts.iter().any(|r| r.node == peer.name);
+                let b = self.blobs.get(&hash);
+                if !peer_has || b.is_some_and(|b| b.whole() || b.offloaded) {
+                    continue;
+                }
+                let missing = (0..blob::chunk_count(m.size, CHUNK_SIZE) as u32)
+                    .filter(|i| !b.is_some_and(|b| b.chunks.contains_key(i)))
+                    .collect();
+                out.push(BlobNeed { hash, size: m.size, manifest: b.and_then(|b| b.manifest.clone()), missing });
+            }
+        }
+        out.sort_by_key(|n| n.hash);
+        out.dedup_by_key(|n| n.hash);
+        Ok(out)
+    }
+
+    fn blob_manifest(&mut self, peer: &PeerInfo, hash: &Hash) -> Result<Option<BlobManifest>, MemError> {
+        let hex = hex32(hash);
+        let referenced = self
+            .docs
+            .values()
+            .any(|d| may_hold(peer, &d.meta) && d.doc.view().is_ok_and(|v| v.media.iter().any(|m| m.hash == hex)));
+        Ok(match self.blobs.get(hash) {
+            Some(b) if referenced && b.whole() => b.manifest.clone(),
+            _ => None,
+        })
+    }
+
+    fn blob_chunk(&mut self, hash: &Hash, index: u32) -> Result<Option<Vec<u8>>, MemError> {
+        Ok(self.blobs.get(hash).and_then(|b| b.chunks.get(&index).cloned()))
+    }
+
+    fn store_manifest(&mut self, manifest: &BlobManifest) -> Result<(), MemError> {
+        let b = self.blobs.entry(manifest.hash).or_default();
+        b.size = manifest.size;
+        b.manifest = Some(manifest.clone());
+        Ok(())
+    }
+
+    fn store_chunk(&mut self, hash: &Hash, index: u32, data: &[u8], now: TimeMs) -> Result<Vec<DocId>, MemError> {
+        let b = self.blobs.entry(*hash).or_default();
+        b.chunks.insert(index, data.to_vec());
+        if !b.whole() {
+            return Ok(Vec::new());
+        }
+        let hex = hex32(hash);
+        let referencing: Vec<DocId> = self
+            .docs
+            .iter()
+            .filter(|(_, d)| d.doc.view().is_ok_and(|v| v.media.iter().any(|m| m.hash == hex)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &referencing {
+            self.after_store(id, now)?;
+            self.changed.push(*id);
+        }
+        Ok(referencing)
+    }
+
+    fn revocations(&mut self) -> Result<Option<(u64, Vec<u8>)>, MemError> {
+        Ok(self.revocations.clone())
+    }
+
+    fn offer_revocations(&mut self, _der: &[u8]) -> Result<bool, MemError> {
+        // The in-memory replica has no certificate authority to check a list against.
+        Ok(false)
+    }
+}
+
+/// A session id as a wire id.
+pub fn doc_id(id: SessionId) -> DocId {
+    id.to_bytes()
+}

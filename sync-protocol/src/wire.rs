@@ -1,0 +1,837 @@
+//! The wire format: frames with a type byte and a length, and their payloads.
+//!
+//! ```text
+//! frame   = type:u8  length:varint  payload:[u8; length]
+//! varint  = unsigned LEB128, at most 10 bytes
+//! bytes   = length:varint  [u8; length]
+//! heads   = count:varint  [change hash: 32 bytes; count]
+//! doc id  = 16 bytes (the ULID of the session)
+//! ```
+//!
+//! A frame longer than [`MAX_FRAME`] is refused before its payload is read. Decoding never
+//! panics: every read is bounds-checked and every count is checked against the bytes left, so a
+//! hostile length cannot make the decoder allocate more than the frame it was given.
+//! The protocol version is negotiated in [`Hello`]; version 1 is described here.
+
+use std::fmt;
+
+/// The ALPN protocol id, named after the major protocol version it starts with.
+pub const ALPN: &[u8] = b"outpost/1";
+/// Oldest protocol version this build speaks.
+pub const MIN_VERSION: u16 = 1;
+/// Newest protocol version this build speaks.
+pub const MAX_VERSION: u16 = 1;
+/// Largest frame accepted, header excluded.
+pub const MAX_FRAME: usize = 8 * 1024 * 1024;
+
+/// A session id on the wire.
+pub type DocId = [u8; 16];
+/// An Automerge change hash.
+pub type Hash = [u8; 32];
+
+/// Why bytes could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The input ended inside a value.
+    #[error("frame truncated while reading {0}")]
+    Truncated(&'static str),
+    /// A frame announced a length over the limit.
+    #[error("frame of {len} bytes exceeds the limit of {MAX_FRAME}")]
+    TooLong {
+        /// The announced length.
+        len: u64,
+    },
+    /// A varint longer than 10 bytes or overflowing 64 bits.
+    #[error("malformed varint in {0}")]
+    BadVarint(&'static str),
+    /// A frame type this version does not know.
+    #[error("unknown frame type 0x{0:02x}")]
+    UnknownType(u8),
+    /// A value outside its range.
+    #[error("invalid {0}")]
+    Invalid(&'static str),
+    /// Bytes left over after a frame's payload was read.
+    #[error("{0} bytes of trailing garbage in a frame")]
+    Trailing(usize),
+}
+
+/// The first frame each side sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// Oldest protocol version the sender speaks.
+    pub min_version: u16,
+    /// Newest protocol version the sender speaks.
+    pub max_version: u16,
+    /// The sender's node name (also in its certificate; informational here).
+    pub node: String,
+    /// Number of the newest revocation list the sender holds (0: none).
+    pub crl_number: u64,
+}
+
+/// How the initiator opens reconciliation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Whether the initiator has state for this peer (`false`: reconcile by ranges from scratch).
+    pub delta: bool,
+    /// Number of documents in the initiator's set for this peer.
+    pub count: u64,
+    /// Fingerprint of that set.
+    pub fingerprint: [u8; 32],
+    /// The documents that changed since the peer last confirmed them, with their heads, except
+    /// those whose changes follow in the same flight.
+    pub entries: Vec<(DocId, Vec<Hash>)>,
+    /// How many [`Frame::Changes`] follow in the same flight for the rest of the delta (their
+    /// document and heads complete the delta).
+    pub pushed: u32,
+}
+
+/// The responder's answer to a [`Summary`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SummaryReply {
+    /// Whether the two deltas explain every difference between the two sets.
+    pub complete: bool,
+    /// The responder's changed documents, with their heads.
+    pub entries: Vec<(DocId, Vec<Hash>)>,
+}
+
+/// One range of a range-based reconciliation round. Ranges in a frame are contiguous: each
+/// starts where the previous one ended (the first at the lowest id) and ends before `upper`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Range {
+    /// Exclusive upper bound; `None` is the end of the id space.
+    pub upper: Option<DocId>,
+    /// What the sender says about its items in the range.
+    pub mode: RangeMode,
+}
+
+/// What a range carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RangeMode {
+    /// Nothing left to do in this range.
+    Skip,
+    /// The sender's count and fingerprint of its items in the range.
+    Fingerprint {
+        /// Items in the range.
+        count: u64,
+        /// Their fingerprint.
+        fingerprint: [u8; 32],
+    },
+    /// The sender's items in the range, each with the digest of its heads.
+    Items {
+        /// Whether this answers an item list (no further answer wanted).
+        reply: bool,
+        /// The items.
+        items: Vec<(DocId, [u8; 16])>,
+    },
+}
+
+/// New changes of one document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// The document.
+    pub doc: DocId,
+    /// Whether these heads include everything the receiver pushed of this document: the frame
+    /// then also acknowledges that push (saving an [`Frame::Ack`]).
+    pub ack: bool,
+    /// The sender's heads, which the sender holds durably.
+    pub heads: Vec<Hash>,
+    /// Automerge bytes: changes, or a whole saved document.
+    pub bytes: Vec<u8>,
+}
+
+/// A blob's manifest: the BLAKE3 chaining values of its chunks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobManifest {
+    /// The blob's BLAKE3 hash.
+    pub hash: Hash,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Chunk size (a power of two, at least 1 KiB).
+    pub chunk_size: u32,
+    /// One chaining value per chunk.
+    pub cvs: Vec<[u8; 32]>,
+}
+
+/// A frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Version negotiation and revocation-list number.
+    Hello(Hello),
+    /// The initiator's opening of reconciliation.
+    Summary(Summary),
+    /// The responder's answer.
+    SummaryReply(SummaryReply),
+    /// A round of range-based reconciliation.
+    Ranges(Vec<Range>),
+    /// "This is my version of the document": the receiver pushes what the sender lacks.
+    Heads {
+        /// The document.
+        doc: DocId,
+        /// The sender's heads (empty: the sender does not hold it).
+        heads: Vec<Hash>,
+    },
+    /// New changes of a document.
+    Changes(Changes),
+    /// The sender now holds these heads of the document durably.
+    Ack {
+        /// The document.
+        doc: DocId,
+        /// Its heads at the sender; empty when they are exactly the heads the receiver pushed.
+        heads: Vec<Hash>,
+    },
+    /// The sender could not integrate changes (missing dependencies): fall back to Automerge sync.
+    Need {
+        /// The document.
+        doc: DocId,
+    },
+    /// The sender will not store this document from us (outside its scope, or not a valid
+    /// session): stop pushing it in this conversation.
+    Refused {
+        /// The document.
+        doc: DocId,
+    },
+    /// An Automerge sync protocol message for one document.
+    AmSync {
+        /// The document.
+        doc: DocId,
+        /// The encoded Automerge message.
+        message: Vec<u8>,
+    },
+    /// Please send these chunks of a blob (and its manifest first, if asked).
+    BlobWant {
+        /// The blob.
+        hash: Hash,
+        /// Whether the manifest is wanted.
+        manifest: bool,
+        /// The chunk indices wanted.
+        chunks: Vec<u32>,
+    },
+    /// A blob's manifest.
+    BlobManifest(BlobManifest),
+    /// One chunk of a blob.
+    BlobChunk {
+        /// The blob.
+        hash: Hash,
+        /// Chunk index.
+        index: u32,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// The sender does not hold that blob (whole).
+    BlobMissing {
+        /// The blob.
+        hash: Hash,
+    },
+    /// The fleet revocation list (an X.509 CRL signed by the fleet CA).
+    Revocations {
+        /// DER bytes.
+        der: Vec<u8>,
+    },
+    /// The sender has processed `received` frames and has nothing outstanding.
+    Idle {
+        /// Frames received from the peer so far.
+        received: u64,
+    },
+    /// The sender ends the conversation.
+    Close {
+        /// A code (see [`CloseCode`]).
+        code: u16,
+        /// Why, for logs.
+        reason: String,
+    },
+}
+
+/// Codes carried by [`Frame::Close`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum CloseCode {
+    /// Normal end of a one-shot sync.
+    Done = 0,
+    /// No protocol version in common.
+    NoCommonVersion = 1,
+    /// The peer sent something that could not be decoded or was out of order.
+    ProtocolError = 2,
+    /// The peer's certificate has been revoked.
+    Revoked = 3,
+}
+
+/// The lane a frame travels on: documents first, blobs in the background.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Reconciliation and document changes (high priority).
+    Sync,
+    /// Blob manifests and chunks (low priority).
+    Blob,
+}
+
+impl Frame {
+    /// The lane this frame belongs on.
+    pub fn lane(&self) -> Lane {
+        match self {
+            Frame::BlobWant { .. } | Frame::BlobManifest(_) | Frame::BlobChunk { .. } | Frame::BlobMissing { .. } => {
+                Lane::Blob
+            }
+            _ => Lane::Sync,
+        }
+    }
+
+    fn type_byte(&self) -> u8 {
+        match self {
+            Frame::Hello(_) => 0x01,
+            Frame::Summary(_) => 0x02,
+            Frame::SummaryReply(_) => 0x03,
+            Frame::Ranges(_) => 0x04,
+            Frame::Heads { .. } => 0x05,
+            Frame::Changes(_) => 0x06,
+            Frame::Ack { .. } => 0x07,
+            Frame::Need { .. } => 0x08,
+            Frame::Refused { .. } => 0x0A,
+            Frame::AmSync { .. } => 0x09,
+            Frame::BlobWant { .. } => 0x10,
+            Frame::BlobManifest(_) => 0x11,
+            Frame::BlobChunk { .. } => 0x12,
+            Frame::BlobMissing { .. } => 0x13,
+            Frame::Revocations { .. } => 0x20,
+            Frame::Idle { .. } => 0x30,
+            Frame::Close { .. } => 0x3F,
+        }
+    }
+
+    /// A short name for statistics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "hello",
+            Frame::Summary(_) => "summary",
+            Frame::SummaryReply(_) => "summary-reply",
+            Frame::Ranges(_) => "ranges",
+            Frame::Heads { .. } => "heads",
+            Frame::Changes(_) => "changes",
+            Frame::Ack { .. } => "ack",
+            Frame::Need { .. } => "need",
+            Frame::Refused { .. } => "refused",
+            Frame::AmSync { .. } => "automerge-sync",
+            Frame::BlobWant { .. } => "blob-want",
+            Frame::BlobManifest(_) => "blob-manifest",
+            Frame::BlobChunk { .. } => "blob-chunk",
+            Frame::BlobMissing { .. } => "blob-missing",
+            Frame::Revocations { .. } => "revocations",
+            Frame::Idle { .. } => "idle",
+            Frame::Close { .. } => "close",
+        }
+    }
+
+    /// Appends the encoded frame (header and payload) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut p = Vec::new();
+        match self {
+            Frame::Hello(h) => {
+                p.extend_from_slice(&h.min_version.to_be_bytes());
+                p.extend_from_slice(&h.max_version.to_be_bytes());
+                put_bytes(&mut p, h.node.as_bytes());
+                put_varint(&mut p, h.crl_number);
+            }
+            Frame::Summary(s) => {
+                p.push(u8::from(s.delta));
+                put_varint(&mut p, s.count);
+                p.extend_from_slice(&s.fingerprint);
+                put_entries(&mut p, &s.entries);
+                put_varint(&mut p, u64::from(s.pushed));
+            }
+            Frame::SummaryReply(r) => {
+                p.push(u8::from(r.complete));
+                put_entries(&mut p, &r.entries);
+            }
+            Frame::Ranges(ranges) => {
+                put_varint(&mut p, ranges.len() as u64);
+                for r in ranges {
+                    match &r.upper {
+                        Some(id) => {
+                            p.push(1);
+                            p.extend_from_slice(id);
+                        }
+                        None => p.push(0),
+                    }
+                    match &r.mode {
+                        RangeMode::Skip => p.push(0),
+                        RangeMode::Fingerprint { count, fingerprint } => {
+                            p.push(1);
+                            put_varint(&mut p, *count);
+                            p.extend_from_slice(fingerprint);
+                        }
+                        RangeMode::Items { reply, items } => {
+                            p.push(if *reply { 3 } else { 2 });
+                            put_varint(&mut p, items.len() as u64);
+                            for (id, digest) in items {
+                                p.extend_from_slice(id);
+                                p.extend_from_slice(digest);
+                            }
+                        }
+                    }
+                }
+            }
+            Frame::Heads { doc, heads } | Frame::Ack { doc, heads } => {
+                p.extend_from_slice(doc);
+                put_heads(&mut p, heads);
+            }
+            Frame::Changes(c) => {
+                p.extend_from_slice(&c.doc);
+                p.push(u8::from(c.ack));
+                put_heads(&mut p, &c.heads);
+                put_bytes(&mut p, &c.bytes);
+            }
+            Frame::Need { doc } | Frame::Refused { doc } => p.extend_from_slice(doc),
+            Frame::AmSync { doc, message } => {
+                p.extend_from_slice(doc);
+                put_bytes(&mut p, message);
+            }
+            Frame::BlobWant { hash, manifest, chunks } => {
+                p.extend_from_slice(hash);
+                p.push(u8::from(*manifest));
+                put_varint(&mut p, chunks.len() as u64);
+                for c in chunks {
+                    put_varint(&mut p, u64::from(*c));
+                }
+            }
+            Frame::BlobManifest(m) => {
+                p.extend_from_slice(&m.hash);
+                put_varint(&mut p, m.size);
+                put_varint(&mut p, u64::from(m.chunk_size));
+                put_varint(&mut p, m.cvs.len() as u64);
+                for cv in &m.cvs {
+                    p.extend_from_slice(cv);
+                }
+            }
+            Frame::BlobChunk { hash, index, data } => {
+                p.extend_from_slice(hash);
+                put_varint(&mut p, u64::from(*index));
+                put_bytes(&mut p, data);
+            }
+            Frame::BlobMissing { hash } => p.extend_from_slice(hash),
+            Frame::Revocations { der } => put_bytes(&mut p, der),
+            Frame::Idle { received } => put_varint(&mut p, *received),
+            Frame::Close { code, reason } => {
+                p.extend_from_slice(&code.to_be_bytes());
+                put_bytes(&mut p, reason.as_bytes());
+            }
+        }
+        out.push(self.type_byte());
+        put_varint(out, p.len() as u64);
+        out.extend_from_slice(&p);
+    }
+
+    /// The encoded frame as a new vector.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.encode(&mut v);
+        v
+    }
+
+    /// Decodes one frame's payload of the given type.
+    pub fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame, DecodeError> {
+        let mut r = Reader { buf: payload };
+        let frame = match kind {
+            0x01 => Frame::Hello(Hello {
+                min_version: r.u16("hello version")?,
+                max_version: r.u16("hello version")?,
+                node: r.string("hello node name")?,
+                crl_number: r.varint("hello revocation number")?,
+            }),
+            0x02 => Frame::Summary(Summary {
+                delta: r.bool("summary mode")?,
+                count: r.varint("summary count")?,
+                fingerprint: r.array("summary fingerprint")?,
+                entries: r.entries()?,
+                pushed: r.u32_varint("summary push count")?,
+            }),
+            0x03 => Frame::SummaryReply(SummaryReply { complete: r.bool("summary verdict")?, entries: r.entries()? }),
+            0x04 => {
+                let n = r.count("range count", 2)?;
+                let mut ranges = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let upper = match r.u8("range bound")? {
+                        0 => None,
+                        1 => Some(r.array("range bound")?),
+                        _ => return Err(DecodeError::Invalid("range bound flag")),
+                    };
+                    let mode = match r.u8("range mode")? {
+                        0 => RangeMode::Skip,
+                        1 => RangeMode::Fingerprint {
+                            count: r.varint("range count")?,
+                            fingerprint: r.array("range fingerprint")?,
+                        },
+                        m @ (2 | 3) => {
+                            let k = r.count("range items", 32)?;
+                            let mut items = Vec::with_capacity(k);
+                            for _ in 0..k {
+                                items.push((r.array("range item id")?, r.array("range item digest")?));
+                            }
+                            RangeMode::Items { reply: m == 3, items }
+                        }
+                        _ => return Err(DecodeError::Invalid("range mode")),
+                    };
+                    ranges.push(Range { upper, mode });
+                }
+                Frame::Ranges(ranges)
+            }
+            0x05 => Frame::Heads { doc: r.array("doc id")?, heads: r.heads()? },
+            0x06 => Frame::Changes(Changes {
+                doc: r.array("doc id")?,
+                ack: r.bool("changes ack flag")?,
+                heads: r.heads()?,
+                bytes: r.bytes("changes")?,
+            }),
+            0x07 => Frame::Ack { doc: r.array("doc id")?, heads: r.heads()? },
+            0x08 => Frame::Need { doc: r.array("doc id")? },
+            0x0A => Frame::Refused { doc: r.array("doc id")? },
+            0x09 => Frame::AmSync { doc: r.array("doc id")?, message: r.bytes("automerge message")? },
+            0x10 => {
+                let hash = r.array("blob hash")?;
+                let manifest = r.bool("blob manifest flag")?;
+                let n = r.count("chunk list", 1)?;
+                let mut chunks = Vec::with_capacity(n);
+                for _ in 0..n {
+                    chunks.push(r.u32_varint("chunk index")?);
+                }
+                Frame::BlobWant { hash, manifest, chunks }
+            }
+            0x11 => {
+                let hash = r.array("blob hash")?;
+                let size = r.varint("blob size")?;
+                let chunk_size = r.u32_varint("chunk size")?;
+                let n = r.count("manifest", 32)?;
+                let mut cvs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    cvs.push(r.array("chaining value")?);
+                }
+                Frame::BlobManifest(BlobManifest { hash, size, chunk_size, cvs })
+            }
+            0x12 => Frame::BlobChunk {
+                hash: r.array("blob hash")?,
+                index: r.u32_varint("chunk index")?,
+                data: r.bytes("chunk data")?,
+            },
+            0x13 => Frame::BlobMissing { hash: r.array("blob hash")? },
+            0x20 => Frame::Revocations { der: r.bytes("revocation list")? },
+            0x30 => Frame::Idle { received: r.varint("idle count")? },
+            0x3F => Frame::Close { code: r.u16("close code")?, reason: r.string("close reason")? },
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        if !r.buf.is_empty() {
+            return Err(DecodeError::Trailing(r.buf.len()));
+        }
+        Ok(frame)
+    }
+}
+
+impl fmt::Display for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Reassembles frames from a byte stream fed in pieces.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    failed: bool,
+}
+
+impl FrameDecoder {
+    /// A new decoder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds received bytes.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes received but not yet part of a whole frame.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next whole frame, `Ok(None)` if more bytes are needed. After an error the stream is
+    /// unusable (framing is lost) and every later call returns the same kind of error.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
+        if self.failed {
+            return Err(DecodeError::Invalid("stream after a decoding error"));
+        }
+        let Some(&kind) = self.buf.first() else { return Ok(None) };
+        let mut r = Reader { buf: &self.buf[1..] };
+        let len = match r.varint("frame length") {
+            Ok(l) => l,
+            Err(DecodeError::Truncated(_)) => return Ok(None),
+            Err(e) => {
+                self.failed = true;
+                return Err(e);
+            }
+        };
+        if len > MAX_FRAME as u64 {
+            self.failed = true;
+            return Err(DecodeError::TooLong { len });
+        }
+        let header = self.buf.len() - r.buf.len();
+        let total = header + len as usize;
+        if self.buf.len() < total {
+            return Ok(None);
+        }
+        let result = Frame::decode_payload(kind, &self.buf[header..total]);
+        self.buf.drain(..total);
+        if result.is_err() {
+            self.failed = true;
+        }
+        result.map(Some)
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let byte = (v & 0x7F) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_varint(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+fn put_heads(out: &mut Vec<u8>, heads: &[Hash]) {
+    put_varint(out, heads.len() as u64);
+    for h in heads {
+        out.extend_from_slice(h);
+    }
+}
+
+fn put_entries(out: &mut Vec<u8>, entries: &[(DocId, Vec<Hash>)]) {
+    put_varint(out, entries.len() as u64);
+    for (id, heads) in entries {
+        out.extend_from_slice(id);
+        put_heads(out, heads);
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&[u8], DecodeError> {
+        if self.buf.len() < n {
+            return Err(DecodeError::Truncated(what));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
+        Ok(self.take(1, what)?[0])
+    }
+
+    fn bool(&mut self, what: &'static str) -> Result<bool, DecodeError> {
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError::Invalid(what)),
+        }
+    }
+
+    fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DecodeError> {
+        let b = self.take(N, what)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(b);
+        Ok(a)
+    }
+
+    fn varint(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+        let mut v: u64 = 0;
+        for i in 0..10 {
+            let b = self.u8(what)?;
+            let bits = u64::from(b & 0x7F);
+            if i == 9 && bits > 1 {
+                return Err(DecodeError::BadVarint(what));
+            }
+            v |= bits << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(DecodeError::BadVarint(what))
+    }
+
+    fn u32_varint(&mut self, what: &'static str) -> Result<u32, DecodeError> {
+        u32::try_from(self.varint(what)?).map_err(|_| DecodeError::Invalid(what))
+    }
+
+    /// A count of items each at least `min_size` bytes long, checked against what is left.
+    fn count(&mut self, what: &'static str, min_size: usize) -> Result<usize, DecodeError> {
+        let n = self.varint(what)?;
+        if n.saturating_mul(min_size as u64) > self.buf.len() as u64 {
+            return Err(DecodeError::Truncated(what));
+        }
+        Ok(n as usize)
+    }
+
+    fn bytes(&mut self, what: &'static str) -> Result<Vec<u8>, DecodeError> {
+        let n = self.count(what, 1)?;
+        Ok(self.take(n, what)?.to_vec())
+    }
+
+    fn string(&mut self, what: &'static str) -> Result<String, DecodeError> {
+        String::from_utf8(self.bytes(what)?).map_err(|_| DecodeError::Invalid(what))
+    }
+
+    fn heads(&mut self) -> Result<Vec<Hash>, DecodeError> {
+        let n = self.count("heads", 32)?;
+        (0..n).map(|_| self.array("change hash")).collect()
+    }
+
+    fn entries(&mut self) -> Result<Vec<(DocId, Vec<Hash>)>, DecodeError> {
+        let n = self.count("entries", 17)?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push((self.array("doc id")?, self.heads()?));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn samples() -> Vec<Frame> {
+        vec![
+            Frame::Hello(Hello { min_version: 1, max_version: 3, node: "hub-qhm".into(), crl_number: 7 }),
+            Frame::Summary(Summary {
+                delta: true,
+                count: 10_000,
+                fingerprint: [9; 32],
+                entries: vec![([1; 16], vec![[2; 32]]), ([3; 16], vec![])],
+                pushed: 4,
+            }),
+            Frame::SummaryReply(SummaryReply { complete: false, entries: vec![([4; 16], vec![[5; 32], [6; 32]])] }),
+            Frame::Ranges(vec![
+                Range { upper: Some([7; 16]), mode: RangeMode::Skip },
+                Range { upper: Some([8; 16]), mode: RangeMode::Fingerprint { count: 3, fingerprint: [1; 32] } },
+                Range { upper: None, mode: RangeMode::Items { reply: true, items: vec![([9; 16], [1; 16])] } },
+            ]),
+            Frame::Heads { doc: [1; 16], heads: vec![[2; 32]] },
+            Frame::Changes(Changes { doc: [1; 16], ack: true, heads: vec![[3; 32]], bytes: vec![0x85, 0x6f, 1, 2, 3] }),
+            Frame::Ack { doc: [1; 16], heads: vec![] },
+            Frame::Need { doc: [2; 16] },
+            Frame::Refused { doc: [3; 16] },
+            Frame::AmSync { doc: [2; 16], message: vec![0x42, 0] },
+            Frame::BlobWant { hash: [1; 32], manifest: true, chunks: vec![0, 1, 300] },
+            Frame::BlobManifest(BlobManifest { hash: [1; 32], size: 70_000, chunk_size: 16384, cvs: vec![[2; 32]; 5] }),
+            Frame::BlobChunk { hash: [1; 32], index: 4, data: vec![7; 100] },
+            Frame::BlobMissing { hash: [1; 32] },
+            Frame::Revocations { der: vec![0x30, 0x82] },
+            Frame::Idle { received: 12 },
+            Frame::Close { code: 1, reason: "no common version".into() },
+        ]
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        for f in samples() {
+            let bytes = f.to_bytes();
+            let mut d = FrameDecoder::new();
+            d.feed(&bytes);
+            assert_eq!(d.next_frame().unwrap(), Some(f.clone()), "{f}");
+            assert_eq!(d.buffered(), 0);
+        }
+    }
+
+    #[test]
+    fn frames_split_at_every_byte_reassemble() {
+        let mut stream = Vec::new();
+        for f in samples() {
+            f.encode(&mut stream);
+        }
+        let mut d = FrameDecoder::new();
+        let mut out = Vec::new();
+        for b in &stream {
+            d.feed(std::slice::from_ref(b));
+            while let Some(f) = d.next_frame().unwrap() {
+                out.push(f);
+            }
+        }
+        assert_eq!(out, samples());
+    }
+
+    #[test]
+    fn an_oversized_length_is_refused_before_reading_the_payload() {
+        let mut bytes = vec![0x06];
+        put_varint(&mut bytes, MAX_FRAME as u64 + 1);
+        let mut d = FrameDecoder::new();
+        d.feed(&bytes);
+        assert_eq!(d.next_frame(), Err(DecodeError::TooLong { len: MAX_FRAME as u64 + 1 }));
+    }
+
+    #[test]
+    fn a_hostile_count_does_not_allocate() {
+        // A Summary claiming 2^60 entries in a 20-byte payload.
+        let mut p = vec![1u8];
+        put_varint(&mut p, 1);
+        p.extend_from_slice(&[0; 32]);
+        put_varint(&mut p, 1 << 60);
+        assert!(matches!(Frame::decode_payload(0x02, &p), Err(DecodeError::Truncated(_))));
+    }
+
+    #[test]
+    fn unknown_types_and_trailing_bytes_are_errors() {
+        assert_eq!(Frame::decode_payload(0x7E, &[]), Err(DecodeError::UnknownType(0x7E)));
+        let mut bytes = Frame::Need { doc: [1; 16] }.to_bytes();
+        bytes.push(0);
+        bytes[1] += 1; // length covers the extra byte
+        let mut d = FrameDecoder::new();
+        d.feed(&bytes);
+        assert_eq!(d.next_frame(), Err(DecodeError::Trailing(1)));
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let mut d = FrameDecoder::new();
+            d.feed(&bytes);
+            for _ in 0..64 {
+                match d.next_frame() {
+                    Ok(Some(_)) => continue,
+                    _ => break,
+                }
+            }
+        }
+
+        #[test]
+        fn decoding_mutated_frames_never_panics(index in 0usize..17, flips in prop::collection::vec((any::<usize>(), any::<u8>()), 1..6)) {
+            let mut bytes = samples()[index].to_bytes();
+            for (at, value) in flips {
+                let n = bytes.len();
+                bytes[at % n] = value;
+            }
+            let mut d = FrameDecoder::new();
+            d.feed(&bytes);
+            let _ = d.next_frame();
+        }
+
+        #[test]
+        fn every_payload_type_survives_arbitrary_payloads(kind in any::<u8>(), payload in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Frame::decode_payload(kind, &payload);
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The sync engine between in-memory replicas: convergence, cost, scope, blobs, fallbacks.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use automerge::ActorId;
+use sync_protocol::engine::{Engine, EngineConfig, Replica};
+use sync_protocol::mem::MemReplica;
+use sync_protocol::scope::PeerInfo;
+use sync_protocol::session::{NewConsent, NewMedia, NewMessage, NewSession, Patient, Requester, Service, SessionDoc};
+use sync_protocol::vocab::{
+    CareSetting, Channel, ConsentKind, ConsentScope, PhotoView, Priority, ReceiptLevel, Role, ServiceLine, Side,
+};
+use sync_protocol::wire::{DocId, Frame, Hello};
+use sync_protocol::{SessionId, TimeMs};
+
+const T: TimeMs = 1_790_000_000_000;
+
+fn info(name: &str, role: Role, lines: &[ServiceLine]) -> PeerInfo {
+    PeerInfo { name: name.into(), role, org: None, icb: Some("QHM".into()), lines: lines.to_vec() }
+}
+
+fn replica(p: &PeerInfo, n: u8) -> MemReplica {
+    MemReplica::new(p.clone(), ActorId::from([n; 16]))
+}
+
+fn new_session(r: &mut MemReplica, seq: u64, line: ServiceLine) -> DocId {
+    let me = r.me().clone();
+    let new = NewSession {
+        id: SessionId::from_parts(T + seq as i64, u128::from(seq) * 7919 + 1),
+        origin: me.name.clone(),
+        icb: "QHM".into(),
+        care_setting: CareSetting::GpUrgent,
+        requester: Requester::default(),
+        patient: Patient::default(),
+        service: Service { line, channel: Channel::Message, priority: Priority::Routine },
+        summary: format!("session {seq}"),
+        draft: false,
+    };
+    let doc = SessionDoc::create(&new, r.actor().clone(), T).unwrap();
+    r.put(doc).unwrap()
+}
+
+fn message(r: &mut MemReplica, id: &DocId, text: &str, now: TimeMs) {
+    let me = r.me().clone();
+    let side = if me.role == Role::Desk { Side::Responder } else { Side::Requester };
+    let mid = SessionId::from_parts(now, now as u128).to_string();
+    r.edit(id, |d| {
+        d.add_message(&NewMessage { id: mid, author: me.name.clone(), side, text: text.into(), reply_to: None }, now)
+    })
+    .unwrap();
+}
+
+struct Link {
+    a_to_b: Vec<Vec<u8>>,
+    b_to_a: Vec<Vec<u8>>,
+}
+
+/// Runs a conversation to its end; returns the frames each way (encoded), for inspection.
+fn converse(a: &mut MemReplica, b: &mut MemReplica, now: TimeMs) -> (Engine, Engine, Link) {
+    let mut ea = Engine::new(b.me().clone(), EngineConfig::new(true));
+    let mut eb = Engine::new(a.me().clone(), EngineConfig::new(false));
+    ea.start(a, now).unwrap();
+    eb.start(b, now).unwrap();
+    let mut link = Link { a_to_b: Vec::new(), b_to_a: Vec::new() };
+    for round in 0.. {
+        assert!(round < 200, "no convergence after 200 exchanges");
+        let mut to_b = Vec::new();
+        while let Some((_, f)) = ea.poll_frame() {
+            link.a_to_b.push(f.to_bytes());
+            to_b.push(f);
+        }
+        if !to_b.is_empty() {
+            eb.handle(b, to_b, now).unwrap();
+        }
+        let mut to_a = Vec::new();
+        while let Some((_, f)) = eb.poll_frame() {
+            link.b_to_a.push(f.to_bytes());
+            to_a.push(f);
+        }
+        if !to_a.is_empty() {
+            ea.handle(a, to_a, now).unwrap();
+        }
+        if ea.is_done() && !ea.has_output() {
+            break;
+        }
+    }
+    (ea, eb, link)
+}
+
+fn same_heads(a: &mut MemReplica, b: &mut MemReplica, ids: &[DocId]) {
+    for id in ids {
+        assert_eq!(a.heads(id), b.heads(id), "document {:?} differs", &id[..4]);
+    }
+}
+
+#[test]
+fn an_edge_and_a_hub_converge_and_the_hub_acknowledges_what_it_stored() {
+    let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+    let (mut edge, mut hub) = (replica(&edge_i, 1), replica(&hub_i, 2));
+    let ids: Vec<DocId> = (0..3).map(|i| new_session(&mut edge, i, ServiceLine::Dermatology)).collect();
+    message(&mut edge, &ids[0], "first words", T + 5);
+    let (ea, _, _) = converse(&mut edge, &mut hub, T + 10);
+    same_heads(&mut edge, &mut hub, &ids);
+    let v = edge.view(&ids[0]).unwrap();
+    assert_eq!(v.messages[0].receipt, ReceiptLevel::Hub, "the hub's receipt came back in the same conversation");
+    assert!(ea.stats().round_trips <= 3, "first contact: {:?}", ea.stats());
+}
+
+#[test]
+fn a_reconnect_with_nothing_changed_is_one_round_trip_of_a_few_hundred_bytes() {
+    let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+    let (mut edge, mut hub) = (replica(&edge_i, 1), replica(&hub_i, 2));
+    for i in 0..1000 {
+        new_session(&mut edge, i, ServiceLine::Cardiology);
+    }
+    converse(&mut edge, &mut hub, T + 10);
+    let (ea, _, link) = converse(&mut edge, &mut hub, T + 20);
+    let bytes: usize = link.a_to_b.iter().chain(&link.b_to_a).map(Vec::len).sum();
+    assert_eq!(ea.stats().round_trips, 1, "{:?}", ea.stats());
+    assert!(bytes < 300, "{bytes} bytes");
+}
+
+#[test]
+fn k_changed_documents_cost_their_changes_and_a_little_more() {
+    let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+    let (mut edge, mut hub) = (replica(&edge_i, 1), replica(&hub_i, 2));
+    let ids: Vec<DocId> = (0..2000).map(|i| new_session(&mut edge, i, ServiceLine::Cardiology)).collect();
+    converse(&mut edge, &mut hub, T + 10);
+    for (k, id) in ids.iter().step_by(200).enumerate() {
+        message(&mut edge, id, &format!("an update to session {k}, written offline"), T + 100 + k as i64);
+    }
+    let (ea, eb, link) = converse(&mut edge, &mut hub, T + 200);
+    same_heads(&mut edge, &mut hub, &ids);
+    let bytes: usize = link.a_to_b.iter().chain(&link.b_to_a).map(Vec::len).sum();
+    let changes = ea.stats().change_bytes_sent + eb.stats().change_bytes_sent;
+    assert_eq!(ea.stats().docs_sent, 10);
+    assert!((bytes as u64) < changes * 12 / 10 + 2048, "{bytes} bytes on the wire for {changes} bytes of changes");
+    assert_eq!(ea.stats().range_differences + eb.stats().range_differences, 0, "no range reconciliation needed");
+}
+
+#[test]
+fn concurrent_edits_on_both_sides_merge() {
+    let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+    let (mut edge, mut hub) = (replica(&edge_i, 1), replica(&hub_i, 2));
+    let id = new_session(&mut edge, 1, ServiceLine::Dermatology);
+    converse(&mut edge, &mut hub, T + 10);
+    message(&mut edge, &id, "from the ambulance", T + 20);
+    hub.edit(&id, |d| d.share_with("desk-derm-1", T + 21)).unwrap();
+    converse(&mut edge, &mut hub, T + 30);
+    same_heads(&mut edge, &mut hub, &[id]);
+    let v = hub.view(&id).unwrap();
+    assert_eq!(v.messages.len(), 1);
+    assert_eq!(v.shared_with, vec!["desk-derm-1".to_string()]);
+}
+
+#[test]
+fn lost_peer_state_falls_back_to_range_reconciliation_and_still_converges() {
+    let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+    let (mut edge, mut hub) = (replica(&edge_i, 1), replica(&hub_i, 2));
+    let ids: Vec<DocId> = (0..500).map(|i| new_session(&mut edge, i, ServiceLine::Cardiology)).collect();
+    converse(&mut edge, &mut hub, T + 10);
+    // The edge is restored from an old backup: its knowledge of the hub is gone, and it
+    // meanwhile made new changes.
+    let mut restored = replica(&edge_i, 1);
+    for id in &ids {
+        let bytes = edge.changes_since(id, &[]).unwrap();
+        restored.apply(&hub_i, &[(*id, bytes)], T + 11).unwrap();
+    }
+    message(&mut restored, &ids[7], "after the restore", T + 40);
+    let (ea, eb, _) = converse(&mut restored, &mut hub, T + 50);
+    same_heads(&mut restored, &mut hub, &ids);
+    assert!(ea.stats().range_differences + eb.stats().range_differences >= 1);
+}
+
+#[test]
+fn the_hub_gives_a_desk_only_its_service_lines_and_an_edge_only_its_own_sessions() {
+    let hub_i = info("hub-qhm", Role::Hub, &[]);
+    let (a_i, b_i) = (info("surgery-a", Role::Edge, &[]), info("surgery-b", Role::Edge, &[]));
+    let desk_i = info("desk-derm-1", Role::Desk, &[ServiceLine::Dermatology]);
+    let mut hub = replica(&hub_i, 1);
+    let mut a = replica(&a_i, 2);
+    let mut b = replica(&b_i, 3);
+    let mut desk = replica(&desk_i, 4);
+    let a_derm = new_session(&mut a, 1, ServiceLine::Dermatology);
+    let a_cardio = new_session(&mut a, 2, ServiceLine::Cardiology);
+    let b_own = new_session(&mut b, 3, ServiceLine::Dermatology);
+    converse(&mut a, &mut hub, T + 10);
+    converse(&mut b, &mut hub, T + 11);
+    let (_, _, link_b) = converse(&mut b, &mut hub, T + 12);
+    let (_, _, link_desk) = converse(&mut desk, &mut hub, T + 13);
+    assert_eq!(desk.ids().len(), 2, "the dermatology desk holds both dermatology sessions");
+    assert!(desk.view(&a_derm).is_some() && desk.view(&b_own).is_some() && desk.view(&a_cardio).is_none());
+    assert_eq!(b.ids(), vec![b_own]);
+    for frame in link_b.b_to_a.iter().chain(&link_b.a_to_b) {
+        for other in [a_derm, a_cardio] {
+            assert!(!frame.windows(16).any(|w| w == other), "surgery B was sent the id of surgery A's session");
+        }
+    }
+    for frame in &link_desk.b_to_a {
+        assert!(!frame.windows(16).any(|w| w == a_cardio), "the desk was sent a cardiology session id");
+    }
+}
+
+#[test]
+fn a_forged_session_from_an_edge_is_refused() {
+    let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+    let mut edge = replica(&edge_i, 1);
+    let mut hub = replica(&hub_i, 2);
+    // A session that claims to come from another ambulance.
+    let mut other = replica(&info("amb-99", Role::Edge, &[]), 3);
+    let forged = new_session(&mut other, 5, ServiceLine::Dermatology);
+    let bytes = other.changes_since(&forged, &[]).unwrap();
+    let outcome = hub.apply(&edge_i, &[(forged, bytes)], T).unwrap();
+    assert!(matches!(outcome[0], sync_protocol::engine::Applied::Refused { .. }), "{outcome:?}");
+    assert!(hub.ids().is_empty());
+    let _ = &mut edge;
+}
+
+#[test]
+fn photos_reach_the_hub_verified_and_the_edge_then_drops_its_copy() {
+    let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+    let (mut edge, mut hub) = (replica(&edge_i, 1), replica(&hub_i, 2));
+    let id = new_session(&mut edge, 1, ServiceLine::Dermatology);
+    let photo: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let hash = edge.put_blob(&photo);
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    edge.edit(&id, |d| {
+        d.add_consent(
+            &NewConsent {
+                id: "c1".into(),
+                kind: ConsentKind::Verbal,
+                scope: ConsentScope::RecordOnly,
+                by: "amb-07".into(),
+            },
+            T,
+        )?;
+        d.add_media(
+            &NewMedia {
+                hash: hex.clone(),
+                mime: "image/jpeg".into(),
+                size: photo.len() as u64,
+                dimensions: None,
+                view: PhotoView::CloseUp,
+                body_site: "arm".into(),
+                consent_id: "c1".into(),
+                added_by: "amb-07".into(),
+            },
+            T,
+        )
+        .map(|_| ())
+    })
+    .unwrap();
+    let (_, eb, _) = converse(&mut edge, &mut hub, T + 10);
+    assert!(hub.holds_blob(&hash), "{:?}", eb.stats());
+    assert_eq!(eb.stats().chunks_received, 13);
+    assert_eq!(edge.view(&id).unwrap().media[0].receipt, ReceiptLevel::Hub);
+    assert!(edge.blobs[&hash].offloaded, "the edge deleted its copy once the hub held it");
+}
+
+#[test]
+fn an_interrupted_photo_resumes_without_fetching_stored_chunks_again() {
+    let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+    let (mut edge, mut hub) = (replica(&edge_i, 1), replica(&hub_i, 2));
+    let id = new_session(&mut edge, 1, ServiceLine::Dermatology);
+    let photo: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(40503) >> 7) as u8).collect();
+    let hash = edge.put_blob(&photo);
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    edge.edit(&id, |d| {
+        d.add_consent(
+            &NewConsent {
+                id: "c1".into(),
+                kind: ConsentKind::Verbal,
+                scope: ConsentScope::RecordOnly,
+                by: "amb-07".into(),
+            },
+            T,
+        )?;
+        d.add_media(
+            &NewMedia {
+                hash: hex.clone(),
+                mime: "image/jpeg".into(),
+                size: photo.len() as u64,
+                dimensions: None,
+                view: PhotoView::Site,
+                body_site: "leg".into(),
+                consent_id: "c1".into(),
+                added_by: "amb-07".into(),
+            },
+            T,
+        )
+        .map(|_| ())
+    })
+    .unwrap();
+    // First conversation: cut after the hub stored a few chunks.
+    let mut ea = Engine::new(hub_i.clone(), EngineConfig::new(true));
+    let mut eb = Engine::new(edge_i.clone(), EngineConfig::new(false));
+    ea.start(&mut edge, T).unwrap();
+    eb.start(&mut hub, T).unwrap();
+    for _ in 0..6 {
+        let f: Vec<Frame> = std::iter::from_fn(|| ea.poll_frame().map(|x| x.1)).collect();
+        if !f.is_empty() {
+            eb.handle(&mut hub, f, T).unwrap();
+        }
+        let f: Vec<Frame> = std::iter::from_fn(|| eb.poll_frame().map(|x| x.1)).collect();
+        if !f.is_empty() {
+            ea.handle(&mut edge, f, T).unwrap();
+        }
+    }
+    let stored_before = hub.blobs.get(&hash).map_or(0, |b| b.chunks.len());
+    assert!(stored_before > 0 && stored_before < 19, "cut mid-transfer: {stored_before} chunks");
+    // The link drops: both engines are gone. A new conversation resumes.
+    let (_, eb2, _) = converse(&mut edge, &mut hub, T + 60);
+    assert!(hub.holds_blob(&hash));
+    assert_eq!(eb2.stats().chunks_received as usize, 19 - stored_before, "only the missing chunks were fetched");
+}
+
+#[test]
+fn peers_without_a_common_version_part_with_a_clear_reason() {
+    let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+    let mut hub = replica(&hub_i, 2);
+    let mut eb = Engine::new(edge_i, EngineConfig::new(false));
+    eb.start(&mut hub, T).unwrap();
+    let future = Frame::Hello(Hello { min_version: 7, max_version: 9, node: "amb-07".into(), crl_number: 0 });
+    let err = eb.handle(&mut hub, vec![future], T).unwrap_err();
+    assert!(err.to_string().contains("no protocol version in common"), "{err}");
+    let frames: Vec<Frame> = std::iter::from_fn(|| eb.poll_frame().map(|x| x.1)).collect();
+    assert!(matches!(frames.last(), Some(Frame::Close { code: 1, .. })), "{frames:?}");
+}
+
+#[test]
+fn a_peer_speaking_a_range_of_versions_is_met_at_the_highest_common_one() {
+    let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+    let mut hub = replica(&hub_i, 2);
+    let mut eb = Engine::new(edge_i, EngineConfig::new(false));
+    eb.start(&mut hub, T).unwrap();
+    let newer = Frame::Hello(Hello { min_version: 1, max_version: 4, node: "amb-07".into(), crl_number: 0 });
+    eb.handle(&mut hub, vec![newer], T).unwrap();
+    assert_eq!(eb.version(), Some(1));
+}
+
+#[test]
+fn changes_with_missing_dependencies_fall_back_to_automerge_sync() {
+    let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+    let (mut edge, mut hub) = (replica(&edge_i, 1), replica(&hub_i, 2));
+    let id = new_session(&mut edge, 1, ServiceLine::Dermatology);
+    converse(&mut edge, &mut hub, T + 10);
+    message(&mut edge, &id, "one", T + 20);
+    let after_one = edge.heads(&id).unwrap();
+    message(&mut edge, &id, "two", T + 21);
+    // A wrong belief (as after the hub was restored from a backup): the edge thinks the hub
+    // holds "one", so it pushes only "two", which the hub cannot integrate.
+    let wrong = sync_protocol::engine::Knowledge { heads: after_one.clone(), shared: after_one };
+    edge.set_knowledge(&hub_i, &[(id, wrong)]).unwrap();
+    let (ea, eb, _) = converse(&mut edge, &mut hub, T + 30);
+    assert!(ea.stats().automerge_fallbacks + eb.stats().automerge_fallbacks >= 1);
+    let texts: Vec<String> = hub.view(&id).unwrap().messages.into_iter().map(|m| m.text).collect();
+    assert_eq!(texts, ["one", "two"]);
+    assert_eq!(edge.view(&id).unwrap().messages[1].receipt, ReceiptLevel::Hub);
+}
