@@ -96,8 +96,13 @@ fn main() {
     const MSGS: usize = 5;
     let tmp = tempfile::Builder::new().prefix("outpost-bench-").tempdir().expect("tempdir");
     let dir = NodeDir::new(tmp.path().join("node"));
-    let params =
-        InitParams { name: "bench-edge".into(), role: Role::Edge, org: Some("RX6".into()), icb: Some("QHM".into()) };
+    let params = InitParams {
+        name: "bench-edge".into(),
+        role: Role::Edge,
+        org: Some("RX6".into()),
+        icb: Some("QHM".into()),
+        lines: vec![],
+    };
     Node::init(&dir, &params, 1_790_000_000_000).expect("init");
     let mut node = Node::open(&dir).expect("open");
 

@@ -10,6 +10,7 @@
 //! | 3 | the directory is not a usable node (not initialised, wrong or exposed key) |
 //! | 4 | no such session or photo on this node |
 //! | 5 | the disk is full; nothing was written |
+//! | 6 | the peer could not be reached, refused us, or the sync failed |
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -69,6 +70,36 @@ enum Command {
         /// ICB code.
         #[arg(long)]
         icb: Option<String>,
+        /// For a desk: a service line it answers (repeat for several).
+        #[arg(long = "service-line", value_parser = ServiceLine::parse)]
+        lines: Vec<ServiceLine>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// The fleet certificate authority: create it, issue node certificates, revoke them.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Run the node: serve QUIC, dial peers, keep every replica in sync.
+    Run {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Address to listen on (for example 0.0.0.0:4433); hubs listen, edges usually do not.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// A peer to dial and keep dialling (repeat for several).
+        #[arg(long = "peer")]
+        peers: Vec<std::net::SocketAddr>,
+    },
+    /// Reconcile once with a peer and report what it cost.
+    Sync {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The peer's address.
+        #[arg(long)]
+        peer: std::net::SocketAddr,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
         #[command(flatten)]
         json: JsonArg,
     },
@@ -103,6 +134,54 @@ enum Command {
     /// Tools for tests (not for clinical use).
     #[command(subcommand, hide = true)]
     Debug(DebugCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Create a fleet certificate authority in a new directory.
+    Init {
+        /// The CA's directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The fleet's name.
+        #[arg(long, default_value = "outpost")]
+        fleet: String,
+    },
+    /// Issue a node its certificate (naming its name, role, organisation, ICB and lines).
+    Issue {
+        /// The CA's directory.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The node's directory.
+        #[arg(long)]
+        node: PathBuf,
+        /// Days of validity.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        /// Issue a certificate that has already expired (to test refusal).
+        #[arg(long, hide = true)]
+        expired: bool,
+    },
+    /// Revoke every certificate of a node and sign a new revocation list.
+    Revoke {
+        /// The CA's directory.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The node's name.
+        name: String,
+        /// Install the new list in these node directories too (it then spreads by sync).
+        #[arg(long = "publish")]
+        publish: Vec<PathBuf>,
+    },
+    /// Install the CA's current revocation list in a node (it then spreads by sync).
+    Publish {
+        /// The CA's directory.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The node's directory.
+        #[arg(long)]
+        node: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +242,15 @@ enum SessionCommand {
         dir: DirArg,
         /// Session id (or a unique prefix of it).
         id: String,
+    },
+    /// Share a session with a node outside its default scope (another surgery, a named desk).
+    Share {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Session id (or a unique prefix of it).
+        id: String,
+        /// The node's name.
+        node: String,
     },
 }
 
@@ -390,13 +478,32 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         if cause.downcast_ref::<InputError>().is_some() {
             return 2;
         }
+        if let Some(e) = cause.downcast_ref::<crate::net::NetError>() {
+            return match e {
+                crate::net::NetError::Store(s) => store_code(s),
+                crate::net::NetError::Tls(crate::tls::TlsError::NoCertificate(_)) => 3,
+                crate::net::NetError::Tls(_) => 3,
+                _ => 6,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<crate::tls::TlsError>() {
+            return match e {
+                crate::tls::TlsError::NotACa(_) | crate::tls::TlsError::AlreadyACa(_) => 3,
+                crate::tls::TlsError::UnknownNode(_) => 4,
+                _ => 1,
+            };
+        }
     }
     1
 }
 
 fn store_code(e: &StoreError) -> u8 {
     match e {
-        StoreError::NoSuchSession(_) | StoreError::Ambiguous(_) | StoreError::NoSuchBlob(_) => 4,
+        StoreError::NoSuchSession(_)
+        | StoreError::Ambiguous(_)
+        | StoreError::NoSuchBlob(_)
+        | StoreError::BlobOffloaded(_)
+        | StoreError::BlobIncomplete { .. } => 4,
         StoreError::DiskFull { .. } => 5,
         StoreError::Model { .. } => 2,
         StoreError::Crypto(_) => 3,
@@ -423,8 +530,11 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 /// Runs one parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Init { dir, name, role, org, icb, json } => {
-            let params = InitParams { name, role, org, icb };
+        Command::Init { dir, name, role, org, icb, lines, json } => {
+            if role != Role::Desk && !lines.is_empty() {
+                return Err(InputError("--service-line is for desk nodes".into()).into());
+            }
+            let params = InitParams { name, role, org, icb, lines };
             let cfg = Node::init(&NodeDir::new(&dir.dir), &params, now_ms())?;
             if json.json {
                 print_json(&cfg)?;
@@ -550,6 +660,47 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Demo { keep } => crate::demo::run(keep.as_deref())?,
+        Command::Ca(cmd) => ca(cmd)?,
+        Command::Run { dir, listen, peers } => {
+            init_logging("info");
+            let node = open(&dir)?;
+            let rt = runtime()?;
+            rt.block_on(async move {
+                let daemon = crate::net::Daemon::start(node, crate::net::RunOptions { listen, peers }).await?;
+                if let Some(addr) = daemon.local_addr {
+                    println!("listening on {addr}");
+                }
+                tokio::signal::ctrl_c().await?;
+                daemon.stop().await;
+                anyhow::Ok(())
+            })?;
+        }
+        Command::Sync { dir, peer, timeout, json } => {
+            init_logging("warn");
+            let node = open(&dir)?;
+            let rt = runtime()?;
+            let report = rt.block_on(crate::net::sync_once(node, peer, std::time::Duration::from_secs(timeout)))?;
+            if json.json {
+                print_json(&report)?;
+            } else {
+                let s = &report.stats;
+                println!(
+                    "synced with {} ({}): {} round trip(s), {} sent, {} received ({} / {} on the wire), {} documents sent, {} received, {} photos received, {:.0} ms after a {:.0} ms handshake",
+                    report.peer,
+                    report.peer_role,
+                    s.round_trips,
+                    bytes(s.bytes_sent),
+                    bytes(s.bytes_received),
+                    bytes(report.udp_bytes_sent),
+                    bytes(report.udp_bytes_received),
+                    s.docs_sent,
+                    s.docs_received,
+                    s.blobs_received,
+                    report.sync_ms,
+                    report.handshake_ms
+                );
+            }
+        }
         Command::Debug(cmd) => debug(cmd)?,
     }
     Ok(())
@@ -658,6 +809,16 @@ fn session(cmd: SessionCommand) -> anyhow::Result<()> {
             let changed = node.set_status(sid, status, now_ms())?;
             println!("{sid}: {}", if changed { format!("now {status}") } else { format!("already {status}") });
         }
+        SessionCommand::Share { dir, id, node: target } => {
+            crate::config::check_name(&target).map_err(NodeError::from)?;
+            let mut node = open(&dir)?;
+            let sid = node.store.resolve(&id)?;
+            let detail = Some(serde_json::json!({ "node": target }));
+            node.store.edit(sid, "session.share", detail, now_ms(), |_, doc| {
+                doc.share_with(&target, now_ms()).map_err(|source| StoreError::Model { id: sid.to_string(), source })
+            })?;
+            println!("{sid}: shared with {target}");
+        }
         SessionCommand::Reopen { dir, id } => {
             let mut node = open(&dir)?;
             let sid = node.store.resolve(&id)?;
@@ -665,6 +826,71 @@ fn session(cmd: SessionCommand) -> anyhow::Result<()> {
             println!("{sid}: reopened (time {epoch}), awaiting reply");
         }
     }
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+fn ca(cmd: CaCommand) -> anyhow::Result<()> {
+    use crate::tls::CaDir;
+    match cmd {
+        CaCommand::Init { dir, fleet } => {
+            CaDir::new(&dir).init(&fleet)?;
+            println!("fleet CA {fleet} created in {} (keep ca.key offline)", dir.display());
+        }
+        CaCommand::Issue { ca, node, days, expired } => {
+            let n = Node::open(&NodeDir::new(&node))?;
+            let info = n.config.peer_info();
+            let issued = CaDir::new(&ca).issue(&info, days, expired)?;
+            n.store.set_tls_identity(&issued.cert_pem, &issued.key_pem, &issued.ca_pem)?;
+            let tls_dir = node.join("tls");
+            std::fs::create_dir_all(&tls_dir)?;
+            std::fs::write(tls_dir.join("node.crt"), &issued.cert_pem)?;
+            std::fs::write(tls_dir.join("ca.crt"), &issued.ca_pem)?;
+            // A node always starts with the fleet's current revocation list.
+            let (number, der) = CaDir::new(&ca).crl()?;
+            n.store.put_revocations(number, &der)?;
+            println!(
+                "issued {} ({} {}) a certificate valid {}; private key sealed in its store",
+                info.name,
+                info.role,
+                crate::tls::identity_urn(&info),
+                if expired { "never (expired)".to_string() } else { format!("{days} days") }
+            );
+        }
+        CaCommand::Revoke { ca, name, publish } => {
+            let (number, der) = CaDir::new(&ca).revoke(&name)?;
+            println!("revoked {name}: revocation list {number}");
+            for node in publish {
+                install_crl(&ca, &node, number, &der)?;
+            }
+        }
+        CaCommand::Publish { ca, node } => {
+            let (number, der) = CaDir::new(&ca).crl()?;
+            install_crl(&ca, &node, number, &der)?;
+        }
+    }
+    Ok(())
+}
+
+fn install_crl(ca: &Path, node: &Path, number: u64, der: &[u8]) -> anyhow::Result<()> {
+    let n = Node::open(&NodeDir::new(node))?;
+    crate::tls::verify_crl(&crate::tls::CaDir::new(ca).cert()?, der)?;
+    n.store.put_revocations(number, der)?;
+    println!("installed revocation list {number} in {}", n.config.name);
     Ok(())
 }
 

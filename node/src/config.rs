@@ -10,7 +10,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sync_protocol::vocab::Role;
+use sync_protocol::scope::PeerInfo;
+use sync_protocol::vocab::{Role, ServiceLine};
 
 /// Version of the `node.toml` format.
 pub const CONFIG_FORMAT: u32 = 1;
@@ -77,6 +78,9 @@ pub struct NodeConfig {
     pub org: Option<String>,
     /// ICB the node belongs to.
     pub icb: Option<String>,
+    /// For a desk: the service lines it answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<ServiceLine>,
     /// The node's Automerge actor id (hex): one writer identity for every document it edits.
     pub actor: String,
     /// Id of the data key (not the key): detects a wrong key before anything is written.
@@ -85,6 +89,19 @@ pub struct NodeConfig {
     pub key_source: String,
     /// When the node was initialised (ms since the epoch).
     pub created_ms: i64,
+}
+
+impl NodeConfig {
+    /// The identity a certificate for this node states.
+    pub fn peer_info(&self) -> PeerInfo {
+        PeerInfo {
+            name: self.name.clone(),
+            role: self.role,
+            org: self.org.clone(),
+            icb: self.icb.clone(),
+            lines: self.lines.clone(),
+        }
+    }
 }
 
 /// Paths of a node directory.

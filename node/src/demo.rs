@@ -156,8 +156,13 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<()> {
         }
     };
     let dir = NodeDir::new(&root);
-    let params =
-        InitParams { name: "amb-07".into(), role: Role::Edge, org: Some("RX6".into()), icb: Some("QHM".into()) };
+    let params = InitParams {
+        name: "amb-07".into(),
+        role: Role::Edge,
+        org: Some("RX6".into()),
+        icb: Some("QHM".into()),
+        lines: vec![],
+    };
     let cfg = Node::init(&dir, &params, now_ms())?;
     println!("outpost demo: a day's offline work on one ambulance tablet (no network all day)\n");
     println!("node {} ({} node, organisation RX6, ICB QHM) in {}", cfg.name, cfg.role, root.display());

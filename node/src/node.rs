@@ -79,6 +79,8 @@ pub struct InitParams {
     pub org: Option<String>,
     /// ICB code.
     pub icb: Option<String>,
+    /// Service lines (desks).
+    pub lines: Vec<sync_protocol::vocab::ServiceLine>,
 }
 
 /// What a new session needs from the clinician.
@@ -153,6 +155,7 @@ impl Node {
             role: params.role,
             org: params.org.clone(),
             icb: params.icb.clone(),
+            lines: params.lines.clone(),
             actor: hex::encode(actor),
             key_id: key.id(),
             key_source: key_source.to_string(),

@@ -25,13 +25,23 @@ use automerge::ActorId;
 use lru::LruCache;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
+use sync_protocol::blob;
+use sync_protocol::recon;
 use sync_protocol::session::{ModelError, NewSession, SessionDoc, SessionId, SessionView};
 use sync_protocol::vocab::{Channel, Priority, ReceiptLevel, ServiceLine, Status};
+use sync_protocol::wire::Hash;
 
 use crate::crypto::{CryptoError, Sealer};
 
+mod sync;
+pub use sync::ScopeRow;
+
+/// The environment variable that caps the database at a number of 4 KiB pages: what a full
+/// disk looks like, for tests and for deployments that must bound the store.
+pub const MAX_PAGES_ENV: &str = "OUTPOST_MAX_DB_PAGES";
+
 /// Database schema version this build writes (`PRAGMA user_version`).
-pub const DB_SCHEMA_VERSION: i64 = 1;
+pub const DB_SCHEMA_VERSION: i64 = 2;
 
 /// Tunables of the store.
 #[derive(Debug, Clone, Copy)]
@@ -42,13 +52,11 @@ pub struct StoreOptions {
     pub compact_after: u32,
     /// ... or once it holds this many bytes and at least half as many as the snapshot.
     pub compact_min_bytes: u64,
-    /// Size of a blob chunk in bytes.
-    pub chunk_size: usize,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { cache_docs: 128, compact_after: 32, compact_min_bytes: 512, chunk_size: 32 * 1024 }
+        StoreOptions { cache_docs: 128, compact_after: 32, compact_min_bytes: 512 }
     }
 }
 
@@ -78,6 +86,11 @@ pub enum StoreError {
     /// No such blob.
     #[error("no photo {0} on this node")]
     NoSuchBlob(String),
+    /// A photo this edge deleted once the hub confirmed holding it.
+    #[error(
+        "photo {0} is held at the hub; this device deleted its copy once the hub confirmed it (a thumbnail may remain: --thumbnail)"
+    )]
+    BlobOffloaded(String),
     /// A blob that is not whole yet.
     #[error("photo {hash} is incomplete on this node: {have} of {total} chunks")]
     BlobIncomplete {
@@ -129,7 +142,8 @@ fn model(id: SessionId) -> impl Fn(ModelError) -> StoreError {
 }
 
 /// The migrations, in order; entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -187,7 +201,40 @@ CREATE TABLE audit (
     detail BLOB,
     hash   BLOB NOT NULL
 );
-"#];
+"#,
+    r#"
+ALTER TABLE sessions ADD COLUMN heads BLOB NOT NULL DEFAULT x'';
+ALTER TABLE sessions ADD COLUMN digest BLOB NOT NULL DEFAULT x'';
+CREATE INDEX sessions_by_head ON sessions (head_seq);
+CREATE TABLE session_shares (
+    sid  INTEGER NOT NULL REFERENCES sessions (sid),
+    node TEXT NOT NULL,
+    PRIMARY KEY (sid, node)
+) WITHOUT ROWID;
+CREATE TABLE session_media (
+    sid       INTEGER NOT NULL REFERENCES sessions (sid),
+    hash      TEXT NOT NULL,
+    size      INTEGER NOT NULL,
+    mime      TEXT NOT NULL,
+    added_by  TEXT NOT NULL,
+    holders   TEXT NOT NULL,
+    withdrawn INTEGER NOT NULL,
+    PRIMARY KEY (sid, hash)
+) WITHOUT ROWID;
+CREATE INDEX session_media_by_hash ON session_media (hash);
+CREATE TABLE peer_docs (
+    peer   TEXT NOT NULL,
+    sid    INTEGER NOT NULL REFERENCES sessions (sid),
+    digest BLOB NOT NULL,
+    heads  BLOB NOT NULL,
+    shared BLOB NOT NULL,
+    PRIMARY KEY (peer, sid)
+) WITHOUT ROWID;
+ALTER TABLE blobs ADD COLUMN manifest BLOB;
+ALTER TABLE blobs ADD COLUMN state TEXT NOT NULL DEFAULT 'complete';
+ALTER TABLE blobs ADD COLUMN thumbnail BLOB;
+"#,
+];
 
 const KEY_CHECK: &[u8] = b"outpost key check";
 
@@ -267,6 +314,8 @@ pub struct BlobInfo {
     pub chunks: u64,
     /// Chunks present here.
     pub chunks_present: u64,
+    /// `complete`, `partial` (being received) or `offloaded` (deleted here once a hub held it).
+    pub state: String,
 }
 
 /// Filters for [`Store::list`].
@@ -369,7 +418,6 @@ impl std::fmt::Debug for Store {
 pub struct WriteCtx<'a> {
     tx: &'a Transaction<'a>,
     sealer: &'a Sealer,
-    opts: StoreOptions,
     now: i64,
 }
 
@@ -382,7 +430,7 @@ impl std::fmt::Debug for WriteCtx<'_> {
 impl WriteCtx<'_> {
     /// Stores a blob (if not already stored) in the same transaction as the edit.
     pub fn put_blob(&self, bytes: &[u8], mime: &str) -> Result<BlobInfo, StoreError> {
-        put_blob(self.tx, self.sealer, self.opts.chunk_size, bytes, mime, self.now)
+        put_blob(self.tx, self.sealer, bytes, mime, self.now)
     }
 }
 
@@ -413,7 +461,7 @@ impl Store {
         migrate(&mut conn, path)?;
         check_key(&conn, &sealer)?;
         let cap = NonZeroUsize::new(opts.cache_docs.max(1)).unwrap_or(NonZeroUsize::MIN);
-        Ok(Store {
+        let mut store = Store {
             conn,
             path: path.to_path_buf(),
             sealer,
@@ -421,7 +469,38 @@ impl Store {
             node: node.to_string(),
             opts,
             cache: LruCache::new(cap),
-        })
+        };
+        store.backfill_index()?;
+        if let Some(pages) = std::env::var(MAX_PAGES_ENV).ok().and_then(|v| v.parse::<u64>().ok()) {
+            store.limit_pages(pages)?;
+        }
+        Ok(store)
+    }
+
+    /// Fills the index columns added by schema 2 (heads, digest, shares, photos) for sessions
+    /// written by schema 1. Runs once: afterwards no row has an empty digest.
+    fn backfill_index(&mut self) -> Result<(), StoreError> {
+        let ids: Vec<String> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT id FROM sessions WHERE length(digest) = 0")
+                .map_err(sql("finding sessions to index"))?;
+            stmt.query_map([], |r| r.get(0))
+                .map_err(sql("finding sessions to index"))?
+                .collect::<Result<_, _>>()
+                .map_err(sql("finding sessions to index"))?
+        };
+        for key in ids {
+            let id: SessionId = key.parse().map_err(|_| StoreError::Damaged(format!("session id {key:?}")))?;
+            let tx =
+                self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+            let mut cached = checkout(&mut self.cache, &tx, &self.sealer, &self.actor, id)?;
+            let view = cached.doc.view().map_err(model(id))?;
+            index_doc(&tx, &self.sealer, &key, cached.sid, &mut cached.doc, &view)?;
+            tx.commit().map_err(sql("committing"))?;
+            self.cache.put(id, cached);
+        }
+        Ok(())
     }
 
     /// Caps the database at `pages` pages (of 4 KiB), so a test can make the disk "full".
@@ -458,6 +537,7 @@ impl Store {
         .map_err(sql("recording the session"))?;
         let sid = tx.last_insert_rowid();
         let seq = append_change(&tx, &self.sealer, sid, &id, &bytes)?;
+        index_doc(&tx, &self.sealer, &id, sid, &mut doc, &view)?;
         append_audit(&tx, &self.sealer, &self.node, now, "session.create", Some(sid), None)?;
         tx.commit().map_err(sql("committing"))?;
         self.cache.put(new.id, Cached { doc, sid, upto: seq });
@@ -502,7 +582,7 @@ impl Store {
             self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
         let mut cached = checkout(&mut self.cache, &tx, &self.sealer, &self.actor, id)?;
         let before = cached.doc.heads();
-        let mut ctx = WriteCtx { tx: &tx, sealer: &self.sealer, opts: self.opts, now };
+        let mut ctx = WriteCtx { tx: &tx, sealer: &self.sealer, now };
         // On any error the checked-out copy is dropped (it may hold the failed edit), and the
         // transaction rolls back when `tx` is dropped.
         let out = f(&mut ctx, &mut cached.doc)?;
@@ -510,29 +590,10 @@ impl Store {
             let bytes = cached.doc.save_after(&before);
             let view = cached.doc.view().map_err(model(id))?;
             let seq = append_change(&tx, &self.sealer, cached.sid, &key, &bytes)?;
-            let card = seal_card(&self.sealer, &key, &view)?;
-            let (log_count, log_bytes, snapshot_bytes): (i64, i64, i64) = tx
-                .query_row(
-                    "UPDATE sessions SET status = ?2, service_line = ?3, priority = ?4, updated_ms = ?5, card = ?6
-                     WHERE sid = ?1 RETURNING log_count, log_bytes, snapshot_bytes",
-                    params![
-                        cached.sid,
-                        view.status.as_str(),
-                        view.service.line.as_str(),
-                        view.service.priority.as_str(),
-                        view.updated_ms(),
-                        card
-                    ],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .map_err(sql("updating the session index"))?;
+            index_doc(&tx, &self.sealer, &key, cached.sid, &mut cached.doc, &view)?;
+            let counts = log_counts(&tx, cached.sid)?;
             cached.upto = seq;
-            let log_bytes = log_bytes as u64;
-            if log_count >= i64::from(self.opts.compact_after)
-                || (log_bytes >= self.opts.compact_min_bytes && log_bytes >= snapshot_bytes as u64 / 2)
-            {
-                compact(&tx, &self.sealer, &key, &mut cached)?;
-            }
+            maybe_compact(&tx, &self.sealer, &self.opts, &key, &mut cached, counts)?;
             append_audit(&tx, &self.sealer, &self.node, now, action, Some(cached.sid), detail)?;
         }
         tx.commit().map_err(sql("committing"))?;
@@ -626,6 +687,9 @@ impl Store {
     /// Reads a whole blob, checking it against its hash.
     pub fn read_blob(&self, hash: &str) -> Result<Vec<u8>, StoreError> {
         let info = self.blob_info(hash)?;
+        if info.state == "offloaded" {
+            return Err(StoreError::BlobOffloaded(hash.to_string()));
+        }
         if info.chunks_present < info.chunks {
             return Err(StoreError::BlobIncomplete {
                 hash: hash.to_string(),
@@ -856,6 +920,99 @@ fn seal_card(sealer: &Sealer, id: &str, view: &SessionView) -> Result<Vec<u8>, S
     Ok(sealer.seal(&card_aad(id), &plain)?)
 }
 
+/// Heads as stored: sorted 32-byte hashes, concatenated.
+fn heads_blob(heads: &[Hash]) -> Vec<u8> {
+    let mut sorted = heads.to_vec();
+    sorted.sort();
+    sorted.concat()
+}
+
+/// Heads from their stored form.
+fn heads_from_blob(b: &[u8]) -> Vec<Hash> {
+    b.chunks_exact(32)
+        .map(|c| {
+            let mut h = [0u8; 32];
+            h.copy_from_slice(c);
+            h
+        })
+        .collect()
+}
+
+fn doc_heads(doc: &mut SessionDoc) -> Vec<Hash> {
+    let mut h: Vec<Hash> = doc.heads().into_iter().map(|c| c.0).collect();
+    h.sort();
+    h
+}
+
+/// Brings a session's clear index columns and side tables up to date with its document:
+/// status, line, priority, times, the sealed card, heads and their digest, shares, media.
+fn index_doc(
+    tx: &Transaction<'_>,
+    sealer: &Sealer,
+    key: &str,
+    sid: i64,
+    doc: &mut SessionDoc,
+    view: &SessionView,
+) -> Result<(), StoreError> {
+    let heads = doc_heads(doc);
+    let card = seal_card(sealer, key, view)?;
+    tx.execute(
+        "UPDATE sessions SET status = ?2, service_line = ?3, priority = ?4, updated_ms = ?5, card = ?6,
+         heads = ?7, digest = ?8 WHERE sid = ?1",
+        params![
+            sid,
+            view.status.as_str(),
+            view.service.line.as_str(),
+            view.service.priority.as_str(),
+            view.updated_ms(),
+            card,
+            heads_blob(&heads),
+            recon::digest(&heads).to_vec()
+        ],
+    )
+    .map_err(sql("updating the session index"))?;
+    for node in &view.shared_with {
+        tx.execute("INSERT OR IGNORE INTO session_shares (sid, node) VALUES (?1, ?2)", params![sid, node])
+            .map_err(sql("indexing shares"))?;
+    }
+    for m in &view.media {
+        let holders: Vec<&str> =
+            m.receipts.iter().filter(|r| r.level >= ReceiptLevel::Hub).map(|r| r.node.as_str()).collect();
+        tx.execute(
+            "INSERT INTO session_media (sid, hash, size, mime, added_by, holders, withdrawn) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (sid, hash) DO UPDATE SET holders = excluded.holders, withdrawn = excluded.withdrawn",
+            params![sid, m.hash, m.size as i64, m.mime, m.added_by, holders.join(","), m.consent_withdrawn],
+        )
+        .map_err(sql("indexing photos"))?;
+    }
+    Ok(())
+}
+
+fn log_counts(tx: &Transaction<'_>, sid: i64) -> Result<(i64, i64, i64), StoreError> {
+    tx.query_row("SELECT log_count, log_bytes, snapshot_bytes FROM sessions WHERE sid = ?1", [sid], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
+    .map_err(sql("reading the session log size"))
+}
+
+/// Folds the log into a snapshot when it outgrows half the snapshot or holds too many changes.
+fn maybe_compact(
+    tx: &Transaction<'_>,
+    sealer: &Sealer,
+    opts: &StoreOptions,
+    key: &str,
+    cached: &mut Cached,
+    (log_count, log_bytes, snapshot_bytes): (i64, i64, i64),
+) -> Result<(), StoreError> {
+    let log_bytes = log_bytes as u64;
+    if log_count >= i64::from(opts.compact_after)
+        || (log_bytes >= opts.compact_min_bytes && log_bytes >= snapshot_bytes as u64 / 2)
+    {
+        compact(tx, sealer, key, cached)?;
+    }
+    Ok(())
+}
+
 fn session_row(tx: &Transaction<'_>, id: &str) -> Result<Row, StoreError> {
     tx.query_row("SELECT sid, head_seq, snapshot_upto FROM sessions WHERE id = ?1", [id], |r| {
         Ok(Row { sid: r.get(0)?, head: r.get(1)?, snapshot_upto: r.get(2)? })
@@ -944,7 +1101,7 @@ fn compact(tx: &Transaction<'_>, sealer: &Sealer, key: &str, cached: &mut Cached
 
 fn blob_info(conn: &Connection, hash: &str) -> Result<BlobInfo, StoreError> {
     conn.query_row(
-        "SELECT size, mime, chunks, (SELECT count(*) FROM blob_chunks c WHERE c.hash = b.hash) FROM blobs b WHERE hash = ?1",
+        "SELECT size, mime, chunks, (SELECT count(*) FROM blob_chunks c WHERE c.hash = b.hash), state FROM blobs b WHERE hash = ?1",
         [hash],
         |r| {
             Ok(BlobInfo {
@@ -953,6 +1110,7 @@ fn blob_info(conn: &Connection, hash: &str) -> Result<BlobInfo, StoreError> {
                 mime: r.get(1)?,
                 chunks: r.get::<_, i64>(2)? as u64,
                 chunks_present: r.get::<_, i64>(3)? as u64,
+                state: r.get(4)?,
             })
         },
     )
@@ -961,20 +1119,17 @@ fn blob_info(conn: &Connection, hash: &str) -> Result<BlobInfo, StoreError> {
     .ok_or_else(|| StoreError::NoSuchBlob(hash.to_string()))
 }
 
-fn put_blob(
-    tx: &Transaction<'_>,
-    sealer: &Sealer,
-    chunk_size: usize,
-    bytes: &[u8],
-    mime: &str,
-    now: i64,
-) -> Result<BlobInfo, StoreError> {
+fn put_blob(tx: &Transaction<'_>, sealer: &Sealer, bytes: &[u8], mime: &str, now: i64) -> Result<BlobInfo, StoreError> {
     let hash = blake3::hash(bytes).to_hex().to_string();
-    let chunks = bytes.len().div_ceil(chunk_size).max(1) as u64;
+    let chunk_size = blob::CHUNK_SIZE as usize;
+    let chunks = blob::chunk_count(bytes.len() as u64, blob::CHUNK_SIZE);
+    let manifest = blob::manifest(bytes, blob::CHUNK_SIZE)
+        .map_err(|e| StoreError::Damaged(format!("cannot describe a photo: {e}")))?;
     tx.execute(
-        "INSERT INTO blobs (hash, size, mime, chunk_size, chunks, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (hash) DO NOTHING",
-        params![hash, bytes.len() as i64, mime, chunk_size as i64, chunks as i64, now],
+        "INSERT INTO blobs (hash, size, mime, chunk_size, chunks, created_ms, manifest, state)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'complete')
+         ON CONFLICT (hash) DO UPDATE SET manifest = excluded.manifest, state = 'complete'",
+        params![hash, bytes.len() as i64, mime, chunk_size as i64, chunks as i64, now, manifest.cvs.concat()],
     )
     .map_err(sql("recording a photo"))?;
     let mut insert = tx
@@ -986,7 +1141,14 @@ fn put_blob(
             .execute(params![hash, idx as i64, sealer.seal(&chunk_aad(&hash, idx), chunk)?])
             .map_err(sql("storing a photo"))?;
     }
-    Ok(BlobInfo { hash, size: bytes.len() as u64, mime: mime.to_string(), chunks, chunks_present: chunks })
+    Ok(BlobInfo {
+        hash,
+        size: bytes.len() as u64,
+        mime: mime.to_string(),
+        chunks,
+        chunks_present: chunks,
+        state: "complete".into(),
+    })
 }
 
 /// The fields of an audit entry that its hash covers.

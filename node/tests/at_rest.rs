@@ -22,7 +22,8 @@ const NAME: &str = "Evelyn Hartley-Smythe";
 fn neither_the_database_nor_its_wal_holds_an_nhs_number_or_message_text_in_the_clear() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = NodeDir::new(tmp.path().join("node"));
-    let params = InitParams { name: "amb-07".into(), role: Role::Edge, org: None, icb: Some("QHM".into()) };
+    let params =
+        InitParams { name: "amb-07".into(), role: Role::Edge, org: None, icb: Some("QHM".into()), lines: vec![] };
     Node::init(&dir, &params, 1_790_000_000_000).unwrap();
     let mut node = Node::open(&dir).unwrap();
     let photo = synthetic_jpeg(800, 600, 11).unwrap();

@@ -13,8 +13,13 @@ const T: i64 = 1_790_000_000_000;
 fn node_dir() -> (tempfile::TempDir, NodeDir) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = NodeDir::new(tmp.path().join("node"));
-    let params =
-        InitParams { name: "surgery-12".into(), role: Role::Edge, org: Some("B82005".into()), icb: Some("QOQ".into()) };
+    let params = InitParams {
+        name: "surgery-12".into(),
+        role: Role::Edge,
+        org: Some("B82005".into()),
+        icb: Some("QOQ".into()),
+        lines: vec![],
+    };
     Node::init(&dir, &params, T).unwrap();
     (tmp, dir)
 }

@@ -41,8 +41,8 @@ use crate::blob::{self, BlobError};
 use crate::recon::{self, Fingerprint, Item, RangeRecon};
 use crate::scope::PeerInfo;
 use crate::wire::{
-    BlobManifest, Changes, CloseCode, DocId, Frame, Hash, Hello, Lane, MAX_VERSION, MIN_VERSION, RangeMode, Summary,
-    SummaryReply,
+    BlobManifest, Changes, CloseCode, DocId, Frame, Hash, Hello, Lane, MAX_VERSION, MIN_VERSION, Range, RangeMode,
+    Summary, SummaryReply,
 };
 
 /// What the peer is known to hold of one document.
@@ -473,11 +473,15 @@ impl Engine {
                     let items = replica.items(&self.peer).map_err(EngineError::Replica)?;
                     let (reply, diffs) =
                         self.cfg.recon.respond(&items, &ranges).map_err(|e| self.protocol(e.to_string()))?;
-                    if !reply.is_empty() {
-                        // Only fingerprints and unanswered item lists call for an answer.
-                        self.recon_waiting = reply.iter().any(|r| {
+                    // Fingerprints and unanswered item lists call for an answer, even an empty
+                    // one ("everything matched"); an answer calls for none.
+                    let wants_answer = |rs: &[Range]| {
+                        rs.iter().any(|r| {
                             matches!(r.mode, RangeMode::Fingerprint { .. } | RangeMode::Items { reply: false, .. })
-                        });
+                        })
+                    };
+                    if wants_answer(&ranges) || !reply.is_empty() {
+                        self.recon_waiting = wants_answer(&reply);
                         self.send(Frame::Ranges(reply));
                     }
                     for d in diffs {

@@ -253,6 +253,8 @@ pub enum CloseCode {
     ProtocolError = 2,
     /// The peer's certificate has been revoked.
     Revoked = 3,
+    /// The sender could not store what it received (full disk, damaged store): nothing was acknowledged.
+    Unavailable = 4,
 }
 
 /// The lane a frame travels on: documents first, blobs in the background.

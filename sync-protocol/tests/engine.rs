@@ -357,3 +357,32 @@ fn changes_with_missing_dependencies_fall_back_to_automerge_sync() {
     assert_eq!(texts, ["one", "two"]);
     assert_eq!(edge.view(&id).unwrap().messages[1].receipt, ReceiptLevel::Hub);
 }
+
+#[test]
+fn two_empty_nodes_meeting_for_the_first_time_finish_at_once() {
+    let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+    let (mut edge, mut hub) = (replica(&edge_i, 1), replica(&hub_i, 2));
+    let (ea, _, _) = converse(&mut edge, &mut hub, T);
+    assert_eq!(ea.stats().round_trips, 1);
+}
+
+#[test]
+fn equal_sets_without_peer_state_finish_in_one_round_trip() {
+    let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+    let (mut edge, mut hub) = (replica(&edge_i, 1), replica(&hub_i, 2));
+    for i in 0..50 {
+        new_session(&mut edge, i, ServiceLine::Cardiology);
+    }
+    converse(&mut edge, &mut hub, T + 1);
+    // Both forget what they know of each other (as after restoring both from backups).
+    let mut edge2 = replica(&edge_i, 1);
+    let mut hub2 = replica(&hub_i, 2);
+    for id in edge.ids() {
+        let b = edge.changes_since(&id, &[]).unwrap();
+        edge2.apply(&hub_i, &[(id, b)], T).unwrap();
+        let b = hub.changes_since(&id, &[]).unwrap();
+        hub2.apply(&edge_i, &[(id, b)], T).unwrap();
+    }
+    let (ea, _, _) = converse(&mut edge2, &mut hub2, T + 2);
+    assert_eq!(ea.stats().round_trips, 1, "{:?}", ea.stats());
+}

@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+pub mod fleet;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_outpost");
 
 /// Runs `outpost` with `args` (without the key from the environment of the test runner).

@@ -1,0 +1,716 @@
+//! The network: QUIC with mutual TLS, and the sync engine driven over it.
+//!
+//! - One **store thread** owns the node's store. Connection tasks send it closures; every
+//!   engine step (which reads and writes the store) runs there, so the store needs no locks and
+//!   SQLite sees one writer per process.
+//! - Each **connection** carries two streams opened by the dialer: the sync lane (priority 1:
+//!   reconciliation and document changes) and the blob lane (priority 0: photo chunks). A
+//!   message typed while a photo is halfway up goes out ahead of the photo's remaining chunks.
+//! - A **daemon** (`outpost run`) listens, dials its peers with exponential backoff and jitter,
+//!   notices writes made by other processes on the same node (the CLI) within 50 ms by polling
+//!   SQLite's data version, and pushes every change to every connected peer that may see it.
+//! - A **one-shot sync** (`outpost sync`) runs one conversation to its end and reports its cost.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::pki_types::CertificateDer;
+use serde::Serialize;
+use sync_protocol::engine::{Engine, EngineConfig, Stats};
+use sync_protocol::scope::PeerInfo;
+use sync_protocol::wire::{CloseCode, DocId, Frame, FrameDecoder, Lane};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::node::{Node, now_ms};
+use crate::replica::NodeReplica;
+use crate::store::StoreError;
+use crate::tls::{self, Identity, SERVER_NAME, TlsError};
+
+const LANE_SYNC: u8 = 1;
+const LANE_BLOB: u8 = 2;
+
+/// Why networking failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The node's certificate or the TLS configuration.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A connection could not be made.
+    #[error("cannot connect to {addr}: {detail}")]
+    Connect {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// Why.
+        detail: String,
+    },
+    /// The connection failed or the peer refused us.
+    #[error("connection with {peer} failed: {detail}")]
+    Connection {
+        /// The peer (address or name).
+        peer: String,
+        /// Why.
+        detail: String,
+    },
+    /// The sync conversation failed.
+    #[error("sync with {peer} failed: {detail}")]
+    Sync {
+        /// The peer.
+        peer: String,
+        /// Why.
+        detail: String,
+    },
+    /// The store thread is gone.
+    #[error("the store thread stopped")]
+    StoreGone,
+    /// The sync did not finish in time.
+    #[error("sync with {0} did not finish within the time limit")]
+    Timeout(String),
+}
+
+type Job = Box<dyn FnOnce(&mut Node) + Send>;
+
+/// A handle to the thread that owns the node's store.
+#[derive(Clone, Debug)]
+pub struct StoreHandle {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl StoreHandle {
+    /// Moves `node` onto its own thread.
+    pub fn spawn(node: Node) -> StoreHandle {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let mut node = node;
+        std::thread::Builder::new()
+            .name("outpost-store".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job(&mut node);
+                }
+            })
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!("cannot start the store thread: {e}"));
+        StoreHandle { jobs: tx }
+    }
+
+    /// Runs `f` on the store thread and returns its result.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Node) -> T + Send + 'static,
+    ) -> Result<T, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Box::new(move |node| {
+                let _ = tx.send(f(node));
+            }))
+            .map_err(|_| NetError::StoreGone)?;
+        rx.await.map_err(|_| NetError::StoreGone)
+    }
+}
+
+/// What a daemon shares between its connections.
+#[derive(Debug)]
+struct Shared {
+    store: StoreHandle,
+    me: PeerInfo,
+    identity: Identity,
+    crl: std::sync::RwLock<Option<Vec<u8>>>,
+    changes: broadcast::Sender<Notice>,
+    next_conn: std::sync::atomic::AtomicU64,
+    endpoint: std::sync::OnceLock<quinn::Endpoint>,
+}
+
+/// News for connection tasks.
+#[derive(Debug, Clone)]
+enum Notice {
+    /// These documents changed (by connection `from`, 0 for local writes).
+    Docs { from: u64, docs: Arc<Vec<DocId>> },
+    /// A newer revocation list was installed.
+    Revocations,
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(30_000))));
+    t.stream_receive_window(quinn::VarInt::from_u32(1 << 20));
+    t.receive_window(quinn::VarInt::from_u32(4 << 20));
+    t.send_window(4 << 20);
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(8));
+    Arc::new(t)
+}
+
+fn server_config(identity: &Identity, crl: Option<&[u8]>) -> Result<quinn::ServerConfig, NetError> {
+    let tls = identity.server_config(crl)?;
+    let quic = QuicServerConfig::try_from(tls)
+        .map_err(|e| TlsError::Invalid { what: "QUIC server configuration", detail: e.to_string() })?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+fn client_config(identity: &Identity, crl: Option<&[u8]>) -> Result<quinn::ClientConfig, NetError> {
+    let tls = identity.client_config(crl)?;
+    let quic = QuicClientConfig::try_from(tls)
+        .map_err(|e| TlsError::Invalid { what: "QUIC client configuration", detail: e.to_string() })?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+/// Loads the node's TLS identity, with a clear error if it has none.
+pub fn load_identity(node: &Node) -> Result<Identity, NetError> {
+    let (cert, key, ca) =
+        node.store.tls_identity()?.ok_or_else(|| TlsError::NoCertificate(node.config.name.clone()))?;
+    let id = Identity::from_pem(&cert, &key, &ca)?;
+    if id.info.name != node.config.name {
+        return Err(TlsError::Invalid {
+            what: "node certificate",
+            detail: format!("it names {}, but this node is {}", id.info.name, node.config.name),
+        }
+        .into());
+    }
+    Ok(id)
+}
+
+fn peer_identity(conn: &quinn::Connection) -> Result<(PeerInfo, Vec<u8>), NetError> {
+    let certs =
+        conn.peer_identity().and_then(|a| a.downcast::<Vec<CertificateDer<'static>>>().ok()).ok_or_else(|| {
+            NetError::Connection { peer: conn.remote_address().to_string(), detail: "no certificate".into() }
+        })?;
+    let first = certs.first().ok_or_else(|| NetError::Connection {
+        peer: conn.remote_address().to_string(),
+        detail: "no certificate".into(),
+    })?;
+    let serial =
+        x509_parser::parse_x509_certificate(first.as_ref()).map(|(_, c)| c.raw_serial().to_vec()).unwrap_or_default();
+    Ok((tls::peer_info(first)?, serial))
+}
+
+/// Whether the serial number appears in the revocation list.
+fn is_revoked(crl: Option<&[u8]>, serial: &[u8]) -> bool {
+    let Some(der) = crl else { return false };
+    let Ok((_, list)) = x509_parser::parse_x509_crl(der) else { return false };
+    list.iter_revoked_certificates().any(|r| r.raw_serial() == serial)
+}
+
+/// What a finished conversation cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncReport {
+    /// The peer.
+    pub peer: String,
+    /// Its role.
+    pub peer_role: String,
+    /// The engine's counters (round trips, frame bytes, documents, blobs).
+    #[serde(flatten)]
+    pub stats: Stats,
+    /// UDP bytes sent after the handshake.
+    pub udp_bytes_sent: u64,
+    /// UDP bytes received after the handshake.
+    pub udp_bytes_received: u64,
+    /// Time of the QUIC and TLS handshake, in milliseconds.
+    pub handshake_ms: f64,
+    /// Time from the end of the handshake to the end of the conversation, in milliseconds.
+    pub sync_ms: f64,
+    /// Round-trip time measured by QUIC, in milliseconds.
+    pub rtt_ms: f64,
+}
+
+/// Runs one conversation with `peer` to its end and returns its report.
+pub async fn sync_once(node: Node, peer: SocketAddr, limit: Duration) -> Result<SyncReport, NetError> {
+    let identity = load_identity(&node)?;
+    let crl = node.store.revocations()?.map(|(_, d)| d);
+    let store = StoreHandle::spawn(node);
+    let shared = Arc::new(Shared {
+        store,
+        me: identity.info.clone(),
+        crl: std::sync::RwLock::new(crl.clone()),
+        identity,
+        changes: broadcast::channel(64).0,
+        next_conn: std::sync::atomic::AtomicU64::new(1),
+        endpoint: std::sync::OnceLock::new(),
+    });
+    let bind: SocketAddr = if peer.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+        .parse()
+        .map_err(|_| NetError::Bind { addr: peer, source: std::io::Error::other("bad bind address") })?;
+    let endpoint = quinn::Endpoint::client(bind).map_err(|source| NetError::Bind { addr: bind, source })?;
+    let started = Instant::now();
+    let cfg = client_config(&shared.identity, crl.as_deref())?;
+    let connecting = endpoint
+        .connect_with(cfg, peer, SERVER_NAME)
+        .map_err(|e| NetError::Connect { addr: peer, detail: e.to_string() })?;
+    let conn = tokio::time::timeout(limit, connecting)
+        .await
+        .map_err(|_| NetError::Timeout(peer.to_string()))?
+        .map_err(|e| NetError::Connect { addr: peer, detail: e.to_string() })?;
+    let handshake = started.elapsed();
+    let report = tokio::time::timeout(limit, converse(shared, conn.clone(), true, true))
+        .await
+        .map_err(|_| NetError::Timeout(peer.to_string()))?;
+    let mut report = report?;
+    report.handshake_ms = handshake.as_secs_f64() * 1e3;
+    endpoint.wait_idle().await;
+    Ok(report)
+}
+
+/// Options of the daemon.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Address to listen on.
+    pub listen: Option<SocketAddr>,
+    /// Peers to dial and keep dialling.
+    pub peers: Vec<SocketAddr>,
+}
+
+/// A running daemon (in this process).
+#[derive(Debug)]
+pub struct Daemon {
+    /// The address it listens on, if any.
+    pub local_addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Starts serving and dialling. Returns once the socket is bound.
+    pub async fn start(node: Node, opts: RunOptions) -> Result<Daemon, NetError> {
+        let identity = load_identity(&node)?;
+        let crl = node.store.revocations()?.map(|(_, d)| d);
+        let store = StoreHandle::spawn(node);
+        let shared = Arc::new(Shared {
+            store,
+            me: identity.info.clone(),
+            crl: std::sync::RwLock::new(crl.clone()),
+            identity,
+            changes: broadcast::channel(1024).0,
+            next_conn: std::sync::atomic::AtomicU64::new(1),
+            endpoint: std::sync::OnceLock::new(),
+        });
+        let endpoint = match opts.listen {
+            Some(addr) => {
+                let cfg = server_config(&shared.identity, crl.as_deref())?;
+                quinn::Endpoint::server(cfg, addr).map_err(|source| NetError::Bind { addr, source })?
+            }
+            None => {
+                let addr: SocketAddr = ([0, 0, 0, 0], 0).into();
+                quinn::Endpoint::client(addr).map_err(|source| NetError::Bind { addr, source })?
+            }
+        };
+        let local_addr = if opts.listen.is_some() { endpoint.local_addr().ok() } else { None };
+        let _ = shared.endpoint.set(endpoint.clone());
+        let mut tasks = Vec::new();
+        if opts.listen.is_some() {
+            tasks.push(tokio::spawn(accept_loop(shared.clone(), endpoint.clone())));
+        }
+        for peer in opts.peers {
+            tasks.push(tokio::spawn(dial_loop(shared.clone(), endpoint.clone(), peer)));
+        }
+        tasks.push(tokio::spawn(watch_local_writes(shared.clone())));
+        tracing::info!(node = %shared.me.name, role = %shared.me.role, listen = ?local_addr, "outpost daemon started");
+        Ok(Daemon { local_addr, shared, tasks })
+    }
+
+    /// Runs `f` on this daemon's store thread.
+    pub async fn with_node<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Node) -> T + Send + 'static,
+    ) -> Result<T, NetError> {
+        self.shared.store.call(f).await
+    }
+
+    /// Tells connected peers that these documents changed (for writes made through [`Daemon::with_node`]).
+    pub fn announce(&self, docs: Vec<DocId>) {
+        let _ = self.shared.changes.send(Notice::Docs { from: 0, docs: Arc::new(docs) });
+    }
+
+    /// Stops every task and closes every connection.
+    pub async fn stop(self) {
+        if let Some(ep) = self.shared.endpoint.get() {
+            ep.close(quinn::VarInt::from_u32(0), b"shutting down");
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Some(ep) = self.shared.endpoint.get() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
+        }
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let addr = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => {
+                    if let Err(e) = converse(shared, conn, false, false).await {
+                        tracing::info!(%addr, "conversation ended: {e}");
+                    }
+                }
+                // Refused during the handshake: foreign CA, expired, revoked, no certificate.
+                // Nothing was kept of it.
+                Err(e) => tracing::warn!(%addr, "refused a connection: {e}"),
+            }
+        });
+    }
+}
+
+async fn dial_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, peer: SocketAddr) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let crl = shared.crl.read().map(|c| c.clone()).unwrap_or_default();
+        let attempt = async {
+            let cfg = client_config(&shared.identity, crl.as_deref())?;
+            let conn = endpoint
+                .connect_with(cfg, peer, SERVER_NAME)
+                .map_err(|e| NetError::Connect { addr: peer, detail: e.to_string() })?
+                .await
+                .map_err(|e| NetError::Connect { addr: peer, detail: e.to_string() })?;
+            converse(shared.clone(), conn, true, false).await
+        };
+        match attempt.await {
+            Ok(_) => backoff = Duration::from_millis(250),
+            Err(e) => {
+                tracing::info!(%peer, "link down: {e}; retrying in {:?}", backoff);
+            }
+        }
+        // Jitter: 50% to 100% of the backoff, so that a mast's worth of edges do not return in step.
+        let mut r = [0u8; 2];
+        let _ = crate::crypto::random_bytes(&mut r);
+        let frac = 0.5 + f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX) / 2.0;
+        tokio::time::sleep(backoff.mul_f64(frac)).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn watch_local_writes(shared: Arc<Shared>) {
+    let start = shared
+        .store
+        .call(|n| -> Result<(i64, i64), StoreError> { Ok((n.store.data_version()?, n.store.changed_since(0)?.1)) })
+        .await;
+    let Ok(Ok((mut version, mut seq))) = start else { return };
+    let mut crl_number =
+        shared.store.call(|n| n.store.revocations().ok().flatten().map_or(0, |(n, _)| n)).await.unwrap_or(0);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tick.tick().await;
+        let polled = shared
+            .store
+            .call(move |n| -> Result<Option<(i64, Vec<DocId>, i64)>, StoreError> {
+                let v = n.store.data_version()?;
+                if v == version {
+                    return Ok(None);
+                }
+                let (docs, top) = n.store.changed_since(seq)?;
+                Ok(Some((v, docs, top)))
+            })
+            .await;
+        match polled {
+            Ok(Ok(Some((v, docs, top)))) => {
+                version = v;
+                seq = top;
+                if !docs.is_empty() {
+                    let _ = shared.changes.send(Notice::Docs { from: 0, docs: Arc::new(docs) });
+                }
+                // A revocation list installed by another process (`outpost ca publish`).
+                let n = shared
+                    .store
+                    .call(|n| n.store.revocations().ok().flatten().map_or(0, |(n, _)| n))
+                    .await
+                    .unwrap_or(0);
+                if n > crl_number {
+                    crl_number = n;
+                    install_revocations(&shared).await;
+                }
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!("cannot poll for local writes: {e}"),
+            Err(_) => return,
+        }
+    }
+}
+
+/// The environment variable naming a file where every byte received from peers is appended,
+/// as decoded from QUIC (diagnostics, and the scope tests' evidence).
+pub const FRAME_LOG_ENV: &str = "OUTPOST_FRAME_LOG";
+
+/// Reads one lane's frames and forwards them.
+async fn read_lane(mut recv: quinn::RecvStream, out: mpsc::Sender<Frame>) -> Result<(), String> {
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut log = std::env::var_os(FRAME_LOG_ENV)
+        .and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
+    loop {
+        match recv.read(&mut buf).await {
+            Ok(Some(n)) => {
+                if let Some(f) = log.as_mut() {
+                    use std::io::Write as _;
+                    let _ = f.write_all(&buf[..n]);
+                }
+                decoder.feed(&buf[..n]);
+                loop {
+                    match decoder.next_frame() {
+                        Ok(Some(f)) => {
+                            if out.send(f).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+            }
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Writes one lane's frames.
+async fn write_lane(mut send: quinn::SendStream, mut frames: mpsc::UnboundedReceiver<Vec<u8>>) {
+    while let Some(bytes) = frames.recv().await {
+        if send.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+/// Runs the sync engine over one connection.
+async fn converse(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    initiator: bool,
+    one_shot: bool,
+) -> Result<SyncReport, NetError> {
+    let addr = conn.remote_address().to_string();
+    let conn_err = |detail: String| NetError::Connection { peer: addr.clone(), detail };
+    let (peer, serial) = peer_identity(&conn)?;
+    if peer.name == shared.me.name {
+        conn.close(quinn::VarInt::from_u32(2), b"a node cannot sync with itself");
+        return Err(conn_err("the peer presented this node's own identity".into()));
+    }
+    let id = shared.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let base_stats = conn.stats();
+    let started = Instant::now();
+
+    // Two lanes, opened by the dialer; the first byte of each says which it is.
+    let ((sync_send, sync_recv), (blob_send, blob_recv)) = if initiator {
+        let (mut s1, r1) = conn.open_bi().await.map_err(|e| conn_err(refusal(&conn, e.to_string())))?;
+        let (mut s2, r2) = conn.open_bi().await.map_err(|e| conn_err(refusal(&conn, e.to_string())))?;
+        s1.write_all(&[LANE_SYNC]).await.map_err(|e| conn_err(refusal(&conn, e.to_string())))?;
+        s2.write_all(&[LANE_BLOB]).await.map_err(|e| conn_err(refusal(&conn, e.to_string())))?;
+        ((s1, r1), (s2, r2))
+    } else {
+        let mut lanes: [Option<(quinn::SendStream, quinn::RecvStream)>; 2] = [None, None];
+        for _ in 0..2 {
+            let (s, mut r) = conn.accept_bi().await.map_err(|e| conn_err(e.to_string()))?;
+            let mut tag = [0u8; 1];
+            r.read_exact(&mut tag).await.map_err(|e| conn_err(e.to_string()))?;
+            match tag[0] {
+                LANE_SYNC => lanes[0] = Some((s, r)),
+                LANE_BLOB => lanes[1] = Some((s, r)),
+                other => return Err(conn_err(format!("unknown lane {other}"))),
+            }
+        }
+        let [Some(a), Some(b)] = lanes else { return Err(conn_err("a lane is missing".into())) };
+        (a, b)
+    };
+    let _ = sync_send.set_priority(1);
+    let _ = blob_send.set_priority(0);
+
+    let (frames_tx, mut frames_rx) = mpsc::channel::<Frame>(256);
+    let readers =
+        [tokio::spawn(read_lane(sync_recv, frames_tx.clone())), tokio::spawn(read_lane(blob_recv, frames_tx))];
+    let (sync_out, sync_out_rx) = mpsc::unbounded_channel();
+    let (blob_out, blob_out_rx) = mpsc::unbounded_channel();
+    let writers = [tokio::spawn(write_lane(sync_send, sync_out_rx)), tokio::spawn(write_lane(blob_send, blob_out_rx))];
+
+    let mut changes = shared.changes.subscribe();
+    let me = shared.me.clone();
+    let ca = shared.identity.ca.clone();
+    let peer_for_engine = peer.clone();
+    let engine = Engine::new(peer_for_engine, EngineConfig::new(initiator));
+    let step = |mut engine: Engine, work: Work| {
+        let me = me.clone();
+        let ca = ca.clone();
+        shared.store.call(move |node| {
+            let mut replica = NodeReplica::new(&mut node.store, &me, Some(&ca));
+            let now = now_ms();
+            let result = match work {
+                Work::Start => engine.start(&mut replica, now),
+                Work::Frames(frames) => engine.handle(&mut replica, frames, now),
+                Work::Notify(docs) => engine.notify(&mut replica, &docs, now),
+            };
+            let mut out = Vec::new();
+            while let Some(f) = engine.poll_frame() {
+                out.push(f);
+            }
+            let log = engine.take_log();
+            (engine, result.map_err(|e| e.to_string()), out, replica.changed, replica.revocations_updated, log)
+        })
+    };
+    tracing::info!(peer = %peer.name, role = %peer.role, %addr, "connected");
+
+    let mut engine = Some(engine);
+    let mut work = Some(Work::Start);
+    let mut failure: Option<String> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        if let Some(w) = work.take() {
+            let Some(e) = engine.take() else { break };
+            let (e, result, out, changed, crl_updated, log) = step(e, w).await?;
+            for line in log {
+                tracing::info!(peer = %peer.name, "{line}");
+            }
+            for (lane, f) in out {
+                let bytes = f.to_bytes();
+                let _ = if lane == Lane::Sync { sync_out.send(bytes) } else { blob_out.send(bytes) };
+            }
+            if !changed.is_empty() {
+                let _ = shared.changes.send(Notice::Docs { from: id, docs: Arc::new(changed) });
+            }
+            if crl_updated {
+                install_revocations(&shared).await;
+            }
+            let done = one_shot && e.is_done();
+            let closed = e.is_closed();
+            tracing::debug!(peer = %peer.name, done, closed, quiescent = e.is_quiescent(), stats = ?e.stats(), "step");
+            engine = Some(e);
+            if let Err(msg) = result {
+                // Tell the peer why, so that it does not wait (and shows nothing as delivered).
+                let close = Frame::Close { code: CloseCode::Unavailable as u16, reason: msg.clone() };
+                let _ = sync_out.send(close.to_bytes());
+                failure = Some(msg);
+                break;
+            }
+            if done || closed {
+                break;
+            }
+        }
+        tokio::select! {
+            frame = frames_rx.recv() => match frame {
+                Some(f) => {
+                    let mut batch = vec![f];
+                    while let Ok(more) = frames_rx.try_recv() {
+                        batch.push(more);
+                    }
+                    work = Some(Work::Frames(batch));
+                }
+                None => {
+                    if one_shot && !engine.as_ref().is_some_and(Engine::is_done) {
+                        failure = Some("the peer ended the conversation before the sync completed".into());
+                    }
+                    break;
+                }
+            },
+            notice = changes.recv() => match notice {
+                Ok(Notice::Docs { from, docs }) if from != id => work = Some(Work::Notify(docs.to_vec())),
+                Ok(Notice::Revocations) => {
+                    let crl = shared.crl.read().map(|c| c.clone()).unwrap_or_default();
+                    if is_revoked(crl.as_deref(), &serial) {
+                        failure = Some(format!("{} has been revoked", peer.name));
+                        conn.close(quinn::VarInt::from_u32(3), b"revoked");
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Too many notices missed: ask the engine to look at everything it was told of.
+                    work = Some(Work::Notify(Vec::new()));
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            _ = tick.tick() => work = Some(Work::Notify(Vec::new())),
+            reason = conn.closed() => {
+                let normal = matches!(&reason, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == quinn::VarInt::from_u32(0));
+                let finished = one_shot && engine.as_ref().is_some_and(Engine::is_done);
+                if !(normal || finished) {
+                    failure = Some(reason.to_string());
+                }
+                break;
+            }
+        }
+    }
+
+    // A one-shot initiator says goodbye once both sides are done.
+    if let Some(e) = engine.as_mut()
+        && one_shot
+        && e.is_done()
+    {
+        e.close();
+        while let Some((_, f)) = e.poll_frame() {
+            let _ = sync_out.send(f.to_bytes());
+        }
+    }
+    drop(sync_out);
+    drop(blob_out);
+    for w in writers {
+        let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
+    }
+    if one_shot {
+        conn.close(quinn::VarInt::from_u32(0), b"done");
+    }
+    for r in readers {
+        r.abort();
+    }
+    let end_stats = conn.stats();
+    let stats = engine.map(|e| e.stats().clone()).unwrap_or_default();
+    if let Some(f) = failure {
+        tracing::info!(peer = %peer.name, "conversation ended: {f}");
+        return Err(NetError::Sync { peer: peer.name.clone(), detail: f });
+    }
+    Ok(SyncReport {
+        peer: peer.name.clone(),
+        peer_role: peer.role.to_string(),
+        stats,
+        udp_bytes_sent: end_stats.udp_tx.bytes - base_stats.udp_tx.bytes,
+        udp_bytes_received: end_stats.udp_rx.bytes - base_stats.udp_rx.bytes,
+        handshake_ms: 0.0,
+        sync_ms: started.elapsed().as_secs_f64() * 1e3,
+        rtt_ms: conn.rtt().as_secs_f64() * 1e3,
+    })
+}
+
+enum Work {
+    Start,
+    Frames(Vec<Frame>),
+    Notify(Vec<DocId>),
+}
+
+/// The reason a peer refused us, when the first stream operation fails.
+fn refusal(conn: &quinn::Connection, fallback: String) -> String {
+    match conn.close_reason() {
+        Some(r) => format!("refused by the peer: {r}"),
+        None => fallback,
+    }
+}
+
+/// After a newer revocation list arrived: new handshakes use it, and connections with
+/// revoked peers are closed.
+async fn install_revocations(shared: &Arc<Shared>) {
+    let Ok(Ok(Some((number, der)))) = shared.store.call(|n| n.store.revocations()).await else { return };
+    if let Ok(mut c) = shared.crl.write() {
+        *c = Some(der.clone());
+    }
+    if let Some(ep) = shared.endpoint.get()
+        && let Ok(cfg) = server_config(&shared.identity, Some(&der))
+    {
+        ep.set_server_config(Some(cfg));
+    }
+    tracing::info!("revocation list {number} installed");
+    let _ = shared.changes.send(Notice::Revocations);
+}

@@ -1,0 +1,138 @@
+//! The node's store as the sync engine's [`Replica`].
+
+use automerge::sync;
+use rustls::pki_types::CertificateDer;
+use sync_protocol::TimeMs;
+use sync_protocol::engine::{Applied, BlobNeed, Knowledge, Replica};
+use sync_protocol::recon::Item;
+use sync_protocol::scope::{PeerInfo, may_hold};
+use sync_protocol::wire::{BlobManifest, DocId, Hash};
+
+use crate::store::{Store, StoreError};
+use crate::tls;
+
+/// A borrowed store seen through the engine's eyes, collecting the documents it changes.
+#[derive(Debug)]
+pub struct NodeReplica<'a> {
+    store: &'a mut Store,
+    me: &'a PeerInfo,
+    ca: Option<&'a CertificateDer<'static>>,
+    /// Documents written during this borrow (to be pushed to other peers).
+    pub changed: Vec<DocId>,
+    /// Set when a newer revocation list was installed during this borrow.
+    pub revocations_updated: bool,
+}
+
+impl<'a> NodeReplica<'a> {
+    /// Wraps `store` for node `me`; `ca` checks revocation lists offered by peers.
+    pub fn new(store: &'a mut Store, me: &'a PeerInfo, ca: Option<&'a CertificateDer<'static>>) -> Self {
+        NodeReplica { store, me, ca, changed: Vec::new(), revocations_updated: false }
+    }
+}
+
+impl Replica for NodeReplica<'_> {
+    type Error = StoreError;
+
+    fn me(&self) -> &PeerInfo {
+        self.me
+    }
+
+    fn items(&mut self, peer: &PeerInfo) -> Result<Vec<Item>, StoreError> {
+        self.store.items_for(peer)
+    }
+
+    fn delta(&mut self, peer: &PeerInfo) -> Result<Vec<(DocId, Vec<Hash>)>, StoreError> {
+        self.store.delta_for(peer)
+    }
+
+    fn knows_peer(&mut self, peer: &PeerInfo) -> Result<bool, StoreError> {
+        self.store.knows_peer(peer)
+    }
+
+    fn heads_for(&mut self, peer: &PeerInfo, id: &DocId) -> Result<Option<Vec<Hash>>, StoreError> {
+        Ok(self.store.scope_row(id)?.filter(|r| may_hold(peer, &r.meta)).map(|r| r.heads))
+    }
+
+    fn known_hashes(&mut self, id: &DocId, hashes: &[Hash]) -> Result<Vec<Hash>, StoreError> {
+        self.store.known_hashes(id, hashes)
+    }
+
+    fn knowledge(&mut self, peer: &PeerInfo, id: &DocId) -> Result<Option<Knowledge>, StoreError> {
+        self.store.knowledge(peer, id)
+    }
+
+    fn set_knowledge(&mut self, peer: &PeerInfo, updates: &[(DocId, Knowledge)]) -> Result<(), StoreError> {
+        self.store.set_knowledge(peer, updates)
+    }
+
+    fn changes_since(&mut self, id: &DocId, base: &[Hash]) -> Result<Vec<u8>, StoreError> {
+        self.store.changes_since(id, base)
+    }
+
+    fn apply(&mut self, peer: &PeerInfo, batch: &[(DocId, Vec<u8>)], now: TimeMs) -> Result<Vec<Applied>, StoreError> {
+        let (out, changed) = self.store.apply_remote(self.me, peer, batch, now)?;
+        self.changed.extend(changed);
+        Ok(out)
+    }
+
+    fn am_generate(&mut self, id: &DocId, state: &mut sync::State) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store.am_generate(id, state)
+    }
+
+    fn am_receive(
+        &mut self,
+        peer: &PeerInfo,
+        id: &DocId,
+        state: &mut sync::State,
+        message: &[u8],
+        now: TimeMs,
+    ) -> Result<Applied, StoreError> {
+        let (out, changed) = self.store.am_receive(self.me, peer, id, state, message, now)?;
+        self.changed.extend(changed);
+        Ok(out)
+    }
+
+    fn blobs_wanted(&mut self, peer: &PeerInfo) -> Result<Vec<BlobNeed>, StoreError> {
+        self.store.blobs_wanted(self.me, peer)
+    }
+
+    fn blob_manifest(&mut self, peer: &PeerInfo, hash: &Hash) -> Result<Option<BlobManifest>, StoreError> {
+        self.store.blob_manifest_for(peer, hash)
+    }
+
+    fn blob_chunk(&mut self, hash: &Hash, index: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store.blob_chunk(hash, index)
+    }
+
+    fn store_manifest(&mut self, manifest: &BlobManifest) -> Result<(), StoreError> {
+        self.store.store_manifest(manifest, crate::node::now_ms())
+    }
+
+    fn store_chunk(&mut self, hash: &Hash, index: u32, data: &[u8], now: TimeMs) -> Result<Vec<DocId>, StoreError> {
+        if !self.store.store_chunk(hash, index, data)? {
+            return Ok(Vec::new());
+        }
+        let changed = self.store.acknowledge_blob(self.me, hash, now)?;
+        self.changed.extend(changed.iter().copied());
+        Ok(changed)
+    }
+
+    fn revocations(&mut self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.store.revocations()
+    }
+
+    fn offer_revocations(&mut self, der: &[u8]) -> Result<bool, StoreError> {
+        let Some(ca) = self.ca else { return Ok(false) };
+        let Ok(number) = tls::verify_crl(ca, der) else {
+            tracing::warn!("refused a revocation list not signed by this fleet's CA");
+            return Ok(false);
+        };
+        let current = self.store.revocations()?.map_or(0, |(n, _)| n);
+        if number <= current {
+            return Ok(false);
+        }
+        self.store.put_revocations(number, der)?;
+        self.revocations_updated = true;
+        Ok(true)
+    }
+}

@@ -1,0 +1,746 @@
+//! What the sync engine needs from the store: scoped views of the sessions, per-peer
+//! knowledge, integration of received changes (validated, scoped, receipted, durable), blob
+//! chunks, the TLS identity and the revocation list.
+
+use automerge::ChangeHash;
+use automerge::sync::{self, SyncDoc};
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
+use sync_protocol::blob;
+use sync_protocol::engine::{Applied, BlobNeed, Knowledge};
+use sync_protocol::recon::{self, Item};
+use sync_protocol::scope::{DocMeta, PeerInfo, may_accept, may_hold};
+use sync_protocol::session::{SessionDoc, SessionId, receipt_level};
+use sync_protocol::vocab::ServiceLine;
+use sync_protocol::wire::{BlobManifest, DocId, Hash};
+
+use super::{
+    Cached, Store, StoreError, append_audit, append_change, checkout, chunk_aad, doc_heads, heads_blob,
+    heads_from_blob, index_doc, log_counts, maybe_compact, session_row, sql,
+};
+
+/// A session as scope decisions and reconciliation see it (clear index columns only).
+#[derive(Debug, Clone)]
+pub struct ScopeRow {
+    /// Row id.
+    pub sid: i64,
+    /// Session id.
+    pub id: SessionId,
+    /// Scope facts.
+    pub meta: DocMeta,
+    /// Sorted heads.
+    pub heads: Vec<Hash>,
+    /// Digest of the heads.
+    pub digest: [u8; 16],
+}
+
+fn to_hashes(h: &[Hash]) -> Vec<ChangeHash> {
+    h.iter().map(|x| ChangeHash(*x)).collect()
+}
+
+fn hex32(h: &Hash) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Store {
+    /// Reads a value of the meta table.
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(sql("reading node metadata"))
+    }
+
+    /// Writes a value of the meta table (durably).
+    pub fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map_err(sql("writing node metadata"))?;
+        Ok(())
+    }
+
+    /// Stores the node's TLS identity; the private key is sealed under the node key.
+    pub fn set_tls_identity(&self, cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<(), StoreError> {
+        let tx = self.conn.unchecked_transaction().map_err(sql("starting a write"))?;
+        for (k, v) in [("tls_cert", cert_pem.as_bytes().to_vec()), ("tls_ca", ca_pem.as_bytes().to_vec())] {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![k, v],
+            )
+            .map_err(sql("storing the certificate"))?;
+        }
+        let sealed = self.sealer.seal(b"outpost/tls-key/v1", key_pem.as_bytes())?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('tls_key', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [sealed],
+        )
+        .map_err(sql("storing the private key"))?;
+        tx.commit().map_err(sql("committing"))
+    }
+
+    /// The node's TLS identity as PEM texts (certificate, private key, CA), if issued.
+    pub fn tls_identity(&self) -> Result<Option<(String, String, String)>, StoreError> {
+        let (Some(cert), Some(key), Some(ca)) =
+            (self.meta_get("tls_cert")?, self.meta_get("tls_key")?, self.meta_get("tls_ca")?)
+        else {
+            return Ok(None);
+        };
+        let key = self.sealer.open("TLS private key", b"outpost/tls-key/v1", &key)?;
+        let text =
+            |b: Vec<u8>| String::from_utf8(b).map_err(|_| StoreError::Damaged("a stored PEM is not text".into()));
+        Ok(Some((text(cert)?, text(key)?, text(ca)?)))
+    }
+
+    /// The revocation list held, with its number.
+    pub fn revocations(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let (Some(n), Some(der)) = (self.meta_get("crl_number")?, self.meta_get("crl_der")?) else { return Ok(None) };
+        let n = u64::from_be_bytes(n.try_into().map_err(|_| StoreError::Damaged("crl_number".into()))?);
+        Ok(Some((n, der)))
+    }
+
+    /// Stores a revocation list (the caller has verified it).
+    pub fn put_revocations(&self, number: u64, der: &[u8]) -> Result<(), StoreError> {
+        let tx = self.conn.unchecked_transaction().map_err(sql("starting a write"))?;
+        tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('crl_der', ?1)", [der])
+            .map_err(sql("storing revocations"))?;
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('crl_number', ?1)",
+            [number.to_be_bytes().to_vec()],
+        )
+        .map_err(sql("storing revocations"))?;
+        tx.commit().map_err(sql("committing"))
+    }
+
+    /// Every session with its scope facts and heads.
+    pub fn scope_rows(&self) -> Result<Vec<ScopeRow>, StoreError> {
+        let ctx = "reading the session index";
+        let mut shares: std::collections::HashMap<i64, Vec<String>> = std::collections::HashMap::new();
+        {
+            let mut stmt = self.conn.prepare_cached("SELECT sid, node FROM session_shares").map_err(sql(ctx))?;
+            let mut rows = stmt.query([]).map_err(sql(ctx))?;
+            while let Some(r) = rows.next().map_err(sql(ctx))? {
+                shares.entry(r.get(0).map_err(sql(ctx))?).or_default().push(r.get(1).map_err(sql(ctx))?);
+            }
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT sid, id, origin, icb, service_line, heads, digest FROM sessions ORDER BY id")
+            .map_err(sql(ctx))?;
+        let mut rows = stmt.query([]).map_err(sql(ctx))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(sql(ctx))? {
+            let sid: i64 = r.get(0).map_err(sql(ctx))?;
+            let id: String = r.get(1).map_err(sql(ctx))?;
+            let line: String = r.get(4).map_err(sql(ctx))?;
+            let heads: Vec<u8> = r.get(5).map_err(sql(ctx))?;
+            let digest: Vec<u8> = r.get(6).map_err(sql(ctx))?;
+            let damaged = || StoreError::Damaged(format!("session {id} has a damaged index row"));
+            out.push(ScopeRow {
+                sid,
+                id: id.parse().map_err(|_| damaged())?,
+                meta: DocMeta {
+                    origin: r.get(2).map_err(sql(ctx))?,
+                    icb: r.get(3).map_err(sql(ctx))?,
+                    line: ServiceLine::parse(&line).map_err(|_| damaged())?,
+                    shares: shares.remove(&sid).unwrap_or_default(),
+                },
+                heads: heads_from_blob(&heads),
+                digest: digest.try_into().map_err(|_| damaged())?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The scope row of one session.
+    pub fn scope_row(&self, id: &DocId) -> Result<Option<ScopeRow>, StoreError> {
+        let key = SessionId::from_bytes(*id).to_string();
+        let ctx = "reading the session index";
+        let row = self
+            .conn
+            .query_row(
+                "SELECT sid, origin, icb, service_line, heads, digest FROM sessions WHERE id = ?1",
+                [&key],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, Vec<u8>>(4)?,
+                        r.get::<_, Vec<u8>>(5)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(sql(ctx))?;
+        let Some((sid, origin, icb, line, heads, digest)) = row else { return Ok(None) };
+        let damaged = || StoreError::Damaged(format!("session {key} has a damaged index row"));
+        let mut stmt = self.conn.prepare_cached("SELECT node FROM session_shares WHERE sid = ?1").map_err(sql(ctx))?;
+        let shares = stmt
+            .query_map([sid], |r| r.get(0))
+            .map_err(sql(ctx))?
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(sql(ctx))?;
+        Ok(Some(ScopeRow {
+            sid,
+            id: SessionId::from_bytes(*id),
+            meta: DocMeta { origin, icb, line: ServiceLine::parse(&line).map_err(|_| damaged())?, shares },
+            heads: heads_from_blob(&heads),
+            digest: digest.try_into().map_err(|_| damaged())?,
+        }))
+    }
+
+    /// Items the peer may see, sorted by id.
+    pub fn items_for(&self, peer: &PeerInfo) -> Result<Vec<Item>, StoreError> {
+        Ok(self
+            .scope_rows()?
+            .into_iter()
+            .filter(|r| may_hold(peer, &r.meta))
+            .map(|r| Item { id: r.id.to_bytes(), digest: r.digest })
+            .collect())
+    }
+
+    /// Documents the peer may see whose heads differ from what it last confirmed.
+    pub fn delta_for(&self, peer: &PeerInfo) -> Result<Vec<(DocId, Vec<Hash>)>, StoreError> {
+        let known = self.peer_digests(peer)?;
+        Ok(self
+            .scope_rows()?
+            .into_iter()
+            .filter(|r| may_hold(peer, &r.meta) && known.get(&r.sid) != Some(&r.digest))
+            .map(|r| (r.id.to_bytes(), r.heads))
+            .collect())
+    }
+
+    fn peer_digests(&self, peer: &PeerInfo) -> Result<std::collections::HashMap<i64, [u8; 16]>, StoreError> {
+        let ctx = "reading peer state";
+        let mut stmt =
+            self.conn.prepare_cached("SELECT sid, digest FROM peer_docs WHERE peer = ?1").map_err(sql(ctx))?;
+        let mut rows = stmt.query([&peer.name]).map_err(sql(ctx))?;
+        let mut out = std::collections::HashMap::new();
+        while let Some(r) = rows.next().map_err(sql(ctx))? {
+            let d: Vec<u8> = r.get(1).map_err(sql(ctx))?;
+            if let Ok(d) = d.try_into() {
+                out.insert(r.get(0).map_err(sql(ctx))?, d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether this node has stored knowledge of the peer.
+    pub fn knows_peer(&self, peer: &PeerInfo) -> Result<bool, StoreError> {
+        self.conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM peer_docs WHERE peer = ?1)", [&peer.name], |r| r.get(0))
+            .map_err(sql("reading peer state"))
+    }
+
+    /// What the peer is known to hold of a document.
+    pub fn knowledge(&self, peer: &PeerInfo, id: &DocId) -> Result<Option<Knowledge>, StoreError> {
+        let key = SessionId::from_bytes(*id).to_string();
+        self.conn
+            .query_row(
+                "SELECT p.heads, p.shared FROM peer_docs p JOIN sessions s ON s.sid = p.sid WHERE p.peer = ?1 AND s.id = ?2",
+                params![peer.name, key],
+                |r| {
+                    Ok(Knowledge {
+                        heads: heads_from_blob(&r.get::<_, Vec<u8>>(0)?),
+                        shared: heads_from_blob(&r.get::<_, Vec<u8>>(1)?),
+                    })
+                },
+            )
+            .optional()
+            .map_err(sql("reading peer state"))
+    }
+
+    /// Records what a peer holds (one transaction for the batch).
+    pub fn set_knowledge(&mut self, peer: &PeerInfo, updates: &[(DocId, Knowledge)]) -> Result<(), StoreError> {
+        let tx =
+            self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+        for (id, k) in updates {
+            let key = SessionId::from_bytes(*id).to_string();
+            let Some(sid) = tx
+                .query_row("SELECT sid FROM sessions WHERE id = ?1", [&key], |r| r.get::<_, i64>(0))
+                .optional()
+                .map_err(sql("recording peer state"))?
+            else {
+                continue;
+            };
+            tx.execute(
+                "INSERT INTO peer_docs (peer, sid, digest, heads, shared) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (peer, sid) DO UPDATE SET digest = excluded.digest, heads = excluded.heads, shared = excluded.shared",
+                params![peer.name, sid, recon::digest(&k.heads).to_vec(), heads_blob(&k.heads), heads_blob(&k.shared)],
+            )
+            .map_err(sql("recording peer state"))?;
+        }
+        tx.commit().map_err(sql("committing"))
+    }
+
+    /// Our heads of a document, if we hold it.
+    pub fn heads_of(&self, id: &DocId) -> Result<Option<Vec<Hash>>, StoreError> {
+        Ok(self.scope_row(id)?.map(|r| r.heads))
+    }
+
+    /// Which of `hashes` are changes of the document that we hold.
+    pub fn known_hashes(&mut self, id: &DocId, hashes: &[Hash]) -> Result<Vec<Hash>, StoreError> {
+        let sid = SessionId::from_bytes(*id);
+        if self.scope_row(id)?.is_none() {
+            return Ok(Vec::new());
+        }
+        self.with_doc(sid, |d| {
+            let am = d.automerge();
+            hashes.iter().filter(|h| am.get_change_meta_by_hash(&ChangeHash(**h)).is_some()).copied().collect()
+        })
+    }
+
+    /// Our changes that are not ancestors of `base` (the whole document when `base` is empty).
+    pub fn changes_since(&mut self, id: &DocId, base: &[Hash]) -> Result<Vec<u8>, StoreError> {
+        if self.scope_row(id)?.is_none() {
+            return Ok(Vec::new());
+        }
+        let base = to_hashes(base);
+        self.with_doc(SessionId::from_bytes(*id), |d| if base.is_empty() { d.save() } else { d.save_after(&base) })
+    }
+
+    /// Integrates received Automerge bytes from `from`, in one durable transaction: each
+    /// document is checked (a session, its own id, complete dependencies, in the scope of both
+    /// sides), then stored with this node's receipts.
+    pub fn apply_remote(
+        &mut self,
+        me: &PeerInfo,
+        from: &PeerInfo,
+        batch: &[(DocId, Vec<u8>)],
+        now: i64,
+    ) -> Result<(Vec<Applied>, Vec<DocId>), StoreError> {
+        let tx =
+            self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+        let mut out = Vec::new();
+        let mut changed = Vec::new();
+        for (id, bytes) in batch {
+            let sid = SessionId::from_bytes(*id);
+            let mut existing = match session_row(&tx, &sid.to_string()) {
+                Ok(_) => Some(checkout(&mut self.cache, &tx, &self.sealer, &self.actor, sid)?),
+                Err(StoreError::NoSuchSession(_)) => None,
+                Err(e) => return Err(e),
+            };
+            let before = existing.as_mut().map(|c| (c.sid, doc_heads(&mut c.doc)));
+            let mut candidate = match existing.as_mut() {
+                Some(c) => c.doc.fork_as(self.actor.clone()),
+                None => SessionDoc::empty(self.actor.clone()),
+            };
+            let outcome = match candidate.apply_bytes(bytes) {
+                Err(e) => Applied::Refused { reason: e.to_string() },
+                Ok(()) => {
+                    let (applied, cached) =
+                        integrate(&tx, &self.sealer, &self.opts, &self.node, me, from, sid, candidate, before, now)?;
+                    if let Some(c) = cached {
+                        self.cache.put(sid, c);
+                        changed.push(*id);
+                    } else if let Some(c) = existing {
+                        self.cache.put(sid, c);
+                    }
+                    applied
+                }
+            };
+            out.push(outcome);
+        }
+        tx.commit().map_err(sql("committing"))?;
+        Ok((out, changed))
+    }
+
+    /// The next Automerge sync message for a document (from an empty document if we lack it).
+    pub fn am_generate(&mut self, id: &DocId, state: &mut sync::State) -> Result<Option<Vec<u8>>, StoreError> {
+        let sid = SessionId::from_bytes(*id);
+        if self.scope_row(id)?.is_none() {
+            let mut empty = SessionDoc::empty(self.actor.clone());
+            return Ok(empty.automerge().sync().generate_sync_message(state).map(|m| m.encode()));
+        }
+        self.with_doc(sid, |d| d.automerge().sync().generate_sync_message(state).map(|m| m.encode()))
+    }
+
+    /// Receives an Automerge sync message for a document, durably and with the same checks as
+    /// [`Store::apply_remote`].
+    pub fn am_receive(
+        &mut self,
+        me: &PeerInfo,
+        from: &PeerInfo,
+        id: &DocId,
+        state: &mut sync::State,
+        message: &[u8],
+        now: i64,
+    ) -> Result<(Applied, Vec<DocId>), StoreError> {
+        let msg = match sync::Message::decode(message) {
+            Ok(m) => m,
+            Err(e) => return Ok((Applied::Refused { reason: format!("undecodable Automerge message: {e}") }, vec![])),
+        };
+        let sid = SessionId::from_bytes(*id);
+        let tx =
+            self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+        let mut existing = match session_row(&tx, &sid.to_string()) {
+            Ok(_) => Some(checkout(&mut self.cache, &tx, &self.sealer, &self.actor, sid)?),
+            Err(StoreError::NoSuchSession(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let prior = existing.as_mut().map(|c| (c.sid, doc_heads(&mut c.doc)));
+        let mut candidate = match existing.as_mut() {
+            Some(c) => c.doc.fork_as(self.actor.clone()),
+            None => SessionDoc::empty(self.actor.clone()),
+        };
+        let before = candidate.heads();
+        if let Err(e) = candidate.automerge().sync().receive_sync_message(state, msg) {
+            return Ok((Applied::Refused { reason: e.to_string() }, vec![]));
+        }
+        if candidate.heads() == before || candidate.heads().is_empty() {
+            if let Some(c) = existing {
+                self.cache.put(sid, c);
+            }
+            return Ok((Applied::MissingDeps, vec![]));
+        }
+        let (applied, cached) =
+            integrate(&tx, &self.sealer, &self.opts, &self.node, me, from, sid, candidate, prior, now)?;
+        tx.commit().map_err(sql("committing"))?;
+        let mut changed = vec![];
+        if let Some(c) = cached {
+            self.cache.put(sid, c);
+            changed.push(*id);
+        } else if let Some(c) = existing {
+            self.cache.put(sid, c);
+        }
+        Ok((applied, changed))
+    }
+
+    /// Blobs of sessions shared with `peer` that this node should fetch from it: photos
+    /// attached by others, not yet held whole here, that the peer attached or has confirmed holding.
+    pub fn blobs_wanted(&self, me: &PeerInfo, peer: &PeerInfo) -> Result<Vec<BlobNeed>, StoreError> {
+        let rows = self.scope_rows()?;
+        let visible: std::collections::HashSet<i64> =
+            rows.iter().filter(|r| may_hold(peer, &r.meta)).map(|r| r.sid).collect();
+        let ctx = "listing photos to fetch";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT m.sid, m.hash, m.size, m.added_by, m.holders, b.state, b.manifest FROM session_media m
+                 LEFT JOIN blobs b ON b.hash = m.hash
+                 WHERE m.withdrawn = 0 AND m.added_by != ?1 AND (b.state IS NULL OR b.state = 'partial')",
+            )
+            .map_err(sql(ctx))?;
+        let mut rows = stmt.query([&me.name]).map_err(sql(ctx))?;
+        let mut out: Vec<BlobNeed> = Vec::new();
+        while let Some(r) = rows.next().map_err(sql(ctx))? {
+            let sid: i64 = r.get(0).map_err(sql(ctx))?;
+            let hash_hex: String = r.get(1).map_err(sql(ctx))?;
+            let size = r.get::<_, i64>(2).map_err(sql(ctx))? as u64;
+            let added_by: String = r.get(3).map_err(sql(ctx))?;
+            let holders: String = r.get(4).map_err(sql(ctx))?;
+            let manifest: Option<Vec<u8>> = r.get(6).map_err(sql(ctx))?;
+            let peer_has = added_by == peer.name || holders.split(',').any(|h| h == peer.name);
+            let Ok(bytes) = hex::decode(&hash_hex) else { continue };
+            let Ok(hash) = <[u8; 32]>::try_from(bytes) else { continue };
+            if !visible.contains(&sid) || !peer_has || out.iter().any(|n| n.hash == hash) {
+                continue;
+            }
+            let manifest = manifest.map(|cvs| BlobManifest {
+                hash,
+                size,
+                chunk_size: blob::CHUNK_SIZE,
+                cvs: cvs
+                    .chunks_exact(32)
+                    .map(|c| {
+                        let mut a = [0u8; 32];
+                        a.copy_from_slice(c);
+                        a
+                    })
+                    .collect(),
+            });
+            let present = self.chunks_present(&hash_hex)?;
+            let missing =
+                (0..blob::chunk_count(size, blob::CHUNK_SIZE) as u32).filter(|i| !present.contains(i)).collect();
+            out.push(BlobNeed { hash, size, manifest, missing });
+        }
+        Ok(out)
+    }
+
+    fn chunks_present(&self, hash: &str) -> Result<std::collections::HashSet<u32>, StoreError> {
+        let mut stmt =
+            self.conn.prepare_cached("SELECT idx FROM blob_chunks WHERE hash = ?1").map_err(sql("reading a photo"))?;
+        stmt.query_map([hash], |r| r.get::<_, i64>(0).map(|i| i as u32))
+            .map_err(sql("reading a photo"))?
+            .collect::<Result<_, _>>()
+            .map_err(sql("reading a photo"))
+    }
+
+    /// The manifest of a blob held whole, if a session the peer may see references it.
+    pub fn blob_manifest_for(&self, peer: &PeerInfo, hash: &Hash) -> Result<Option<BlobManifest>, StoreError> {
+        let hex = hex32(hash);
+        let row: Option<(i64, Option<Vec<u8>>)> = self
+            .conn
+            .query_row("SELECT size, manifest FROM blobs WHERE hash = ?1 AND state = 'complete'", [&hex], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(sql("reading a photo"))?;
+        let Some((size, Some(cvs))) = row else { return Ok(None) };
+        let sids: Vec<i64> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT sid FROM session_media WHERE hash = ?1")
+                .map_err(sql("reading a photo"))?;
+            stmt.query_map([&hex], |r| r.get(0))
+                .map_err(sql("reading a photo"))?
+                .collect::<Result<_, _>>()
+                .map_err(sql("reading a photo"))?
+        };
+        let visible = self.scope_rows()?.iter().any(|r| sids.contains(&r.sid) && may_hold(peer, &r.meta));
+        if !visible {
+            return Ok(None);
+        }
+        Ok(Some(BlobManifest {
+            hash: *hash,
+            size: size as u64,
+            chunk_size: blob::CHUNK_SIZE,
+            cvs: cvs
+                .chunks_exact(32)
+                .map(|c| {
+                    let mut a = [0u8; 32];
+                    a.copy_from_slice(c);
+                    a
+                })
+                .collect(),
+        }))
+    }
+
+    /// One chunk of a blob, opened.
+    pub fn blob_chunk(&self, hash: &Hash, index: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        let hex = hex32(hash);
+        let sealed: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT sealed FROM blob_chunks WHERE hash = ?1 AND idx = ?2",
+                params![hex, i64::from(index)],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql("reading a photo"))?;
+        match sealed {
+            Some(s) => Ok(Some(self.sealer.open("photo chunk", &chunk_aad(&hex, u64::from(index)), &s)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records a verified manifest for a blob being received.
+    pub fn store_manifest(&self, m: &BlobManifest, now: i64) -> Result<(), StoreError> {
+        let hex = hex32(&m.hash);
+        let mime: String = self
+            .conn
+            .query_row("SELECT mime FROM session_media WHERE hash = ?1 LIMIT 1", [&hex], |r| r.get(0))
+            .optional()
+            .map_err(sql("recording a photo"))?
+            .unwrap_or_else(|| "application/octet-stream".into());
+        self.conn
+            .execute(
+                "INSERT INTO blobs (hash, size, mime, chunk_size, chunks, created_ms, manifest, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'partial')
+                 ON CONFLICT (hash) DO UPDATE SET manifest = excluded.manifest",
+                params![
+                    hex,
+                    m.size as i64,
+                    mime,
+                    i64::from(m.chunk_size),
+                    blob::chunk_count(m.size, m.chunk_size) as i64,
+                    now,
+                    m.cvs.concat()
+                ],
+            )
+            .map_err(sql("recording a photo"))?;
+        Ok(())
+    }
+
+    /// Stores a verified chunk durably; returns whether the blob is now whole.
+    pub fn store_chunk(&self, hash: &Hash, index: u32, data: &[u8]) -> Result<bool, StoreError> {
+        let hex = hex32(hash);
+        let tx = self.conn.unchecked_transaction().map_err(sql("starting a write"))?;
+        let sealed = self.sealer.seal(&chunk_aad(&hex, u64::from(index)), data)?;
+        tx.execute(
+            "INSERT INTO blob_chunks (hash, idx, sealed) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            params![hex, i64::from(index), sealed],
+        )
+        .map_err(sql("storing a photo"))?;
+        let (present, total): (i64, i64) = tx
+            .query_row(
+                "SELECT (SELECT count(*) FROM blob_chunks WHERE hash = ?1), chunks FROM blobs WHERE hash = ?1",
+                [&hex],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(sql("storing a photo"))?;
+        let whole = present >= total;
+        if whole {
+            tx.execute("UPDATE blobs SET state = 'complete' WHERE hash = ?1", [&hex])
+                .map_err(sql("storing a photo"))?;
+        }
+        tx.commit().map_err(sql("committing"))?;
+        Ok(whole)
+    }
+
+    /// After a blob became whole here: this node's receipts in every session that references it.
+    pub fn acknowledge_blob(&mut self, me: &PeerInfo, hash: &Hash, now: i64) -> Result<Vec<DocId>, StoreError> {
+        let Some(level) = receipt_level(me.role) else { return Ok(Vec::new()) };
+        let hex = hex32(hash);
+        let ids: Vec<String> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT s.id FROM session_media m JOIN sessions s ON s.sid = m.sid WHERE m.hash = ?1")
+                .map_err(sql("reading a photo"))?;
+            stmt.query_map([&hex], |r| r.get(0))
+                .map_err(sql("reading a photo"))?
+                .collect::<Result<_, _>>()
+                .map_err(sql("reading a photo"))?
+        };
+        let mut changed = Vec::new();
+        for key in ids {
+            let sid: SessionId = key.parse().map_err(|_| StoreError::Damaged(format!("session id {key:?}")))?;
+            let holds = self.complete_blobs()?;
+            let name = me.name.clone();
+            let detail = Some(serde_json::json!({ "photo": hex }));
+            let added = self.edit(sid, "photo.receive", detail, now, |_, doc| {
+                doc.acknowledge(level, &name, now, |h| holds.contains(h))
+                    .map_err(|source| StoreError::Model { id: sid.to_string(), source })
+            })?;
+            if added {
+                changed.push(sid.to_bytes());
+            }
+        }
+        Ok(changed)
+    }
+
+    fn complete_blobs(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT hash FROM blobs WHERE state = 'complete'")
+            .map_err(sql("reading photos"))?;
+        stmt.query_map([], |r| r.get(0))
+            .map_err(sql("reading photos"))?
+            .collect::<Result<_, _>>()
+            .map_err(sql("reading photos"))
+    }
+
+    /// Sessions whose documents changed after log position `seq`, and the newest position.
+    pub fn changed_since(&self, seq: i64) -> Result<(Vec<DocId>, i64), StoreError> {
+        let ctx = "reading recent changes";
+        let mut stmt =
+            self.conn.prepare_cached("SELECT id, head_seq FROM sessions WHERE head_seq > ?1").map_err(sql(ctx))?;
+        let mut rows = stmt.query([seq]).map_err(sql(ctx))?;
+        let mut ids = Vec::new();
+        let mut top = seq;
+        while let Some(r) = rows.next().map_err(sql(ctx))? {
+            let id: String = r.get(0).map_err(sql(ctx))?;
+            top = top.max(r.get(1).map_err(sql(ctx))?);
+            if let Ok(s) = id.parse::<SessionId>() {
+                ids.push(s.to_bytes());
+            }
+        }
+        Ok((ids, top))
+    }
+
+    /// SQLite's data version: changes when another connection commits.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        self.conn.query_row("PRAGMA data_version", [], |r| r.get(0)).map_err(sql("polling for writes"))
+    }
+}
+
+/// Checks a received version of a session and stores it (inside the caller's transaction).
+/// Returns the outcome and, when stored, the new cached document.
+#[allow(clippy::too_many_arguments)]
+fn integrate(
+    tx: &Transaction<'_>,
+    sealer: &crate::crypto::Sealer,
+    opts: &super::StoreOptions,
+    node: &str,
+    me: &PeerInfo,
+    from: &PeerInfo,
+    sid: SessionId,
+    mut candidate: SessionDoc,
+    existing: Option<(i64, Vec<Hash>)>,
+    now: i64,
+) -> Result<(Applied, Option<Cached>), StoreError> {
+    if !candidate.automerge().get_missing_deps(&[]).is_empty() {
+        return Ok((Applied::MissingDeps, None));
+    }
+    let view = match candidate.view() {
+        Ok(v) => v,
+        Err(e) => return Ok((Applied::Refused { reason: e.to_string() }, None)),
+    };
+    if view.id != sid {
+        return Ok((Applied::Refused { reason: "the document's id does not match".into() }, None));
+    }
+    let meta = view.meta();
+    if !may_accept(me, from, &meta) {
+        return Ok((Applied::Refused { reason: format!("outside the scope of {} or {}", me.name, from.name) }, None));
+    }
+    // This node's receipts, in the same transaction as what they acknowledge.
+    if let Some(level) = receipt_level(me.role) {
+        let complete = |h: &str| {
+            tx.query_row("SELECT 1 FROM blobs WHERE hash = ?1 AND state = 'complete'", [h], |_| Ok(()))
+                .optional()
+                .ok()
+                .flatten()
+                .is_some()
+        };
+        candidate
+            .acknowledge(level, &me.name, now, complete)
+            .map_err(|source| StoreError::Model { id: sid.to_string(), source })?;
+    }
+    let view = candidate.view().map_err(|source| StoreError::Model { id: sid.to_string(), source })?;
+    let key = sid.to_string();
+    let (row_sid, seq) = match existing {
+        Some((row_sid, before)) => {
+            let bytes = candidate.save_after(&to_hashes(&before));
+            let seq = append_change(tx, sealer, row_sid, &key, &bytes)?;
+            (row_sid, seq)
+        }
+        None => {
+            tx.execute(
+                "INSERT INTO sessions (id, origin, icb, status, service_line, priority, created_ms, updated_ms, head_seq, card)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, x'')",
+                params![
+                    key,
+                    view.identity.origin,
+                    view.identity.icb,
+                    view.status.as_str(),
+                    view.service.line.as_str(),
+                    view.service.priority.as_str(),
+                    view.identity.created_ms,
+                    view.updated_ms()
+                ],
+            )
+            .map_err(sql("recording a received session"))?;
+            let row_sid = tx.last_insert_rowid();
+            let seq = append_change(tx, sealer, row_sid, &key, &candidate.save())?;
+            (row_sid, seq)
+        }
+    };
+    index_doc(tx, sealer, &key, row_sid, &mut candidate, &view)?;
+    // An edge keeps no copy of a photo a hub has confirmed holding (a thumbnail stays).
+    for hash in view.offloadable_media(&me.name) {
+        let n = tx
+            .execute("UPDATE blobs SET state = 'offloaded' WHERE hash = ?1 AND state = 'complete'", [&hash])
+            .map_err(sql("offloading a photo"))?;
+        if n > 0 {
+            tx.execute("DELETE FROM blob_chunks WHERE hash = ?1", [&hash]).map_err(sql("offloading a photo"))?;
+            append_audit(
+                tx,
+                sealer,
+                node,
+                now,
+                "photo.offload",
+                Some(row_sid),
+                Some(serde_json::json!({ "photo": hash })),
+            )?;
+        }
+    }
+    append_audit(tx, sealer, node, now, "sync.receive", Some(row_sid), Some(serde_json::json!({ "from": from.name })))?;
+    let heads = doc_heads(&mut candidate);
+    let mut cached = Cached { doc: candidate, sid: row_sid, upto: seq };
+    let counts = log_counts(tx, row_sid)?;
+    maybe_compact(tx, sealer, opts, &key, &mut cached, counts)?;
+    Ok((Applied::Stored { heads }, Some(cached)))
+}

@@ -1,0 +1,268 @@
+//! Sync between real `outpost` processes over QUIC with mutual TLS on loopback.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::time::Duration;
+
+use common::fleet::{Fleet, daemon, free_port, sync, texts, view, wait_until};
+use common::{fails, ok, run};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn d(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn new_session(dir: &std::path::Path, line: &str, summary: &str) -> String {
+    ok(&[
+        "session",
+        "new",
+        "--dir",
+        d(dir),
+        "--service-line",
+        line,
+        "--care-setting",
+        "gp_urgent",
+        "--nhs-number",
+        "9434765919",
+        "--summary",
+        summary,
+    ])
+    .trim()
+    .to_string()
+}
+
+#[test]
+fn daemons_converge_after_concurrent_offline_edits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let amb = fleet.node("amb-07", "edge", &[]);
+    let desk = fleet.node("desk-derm-1", "desk", &["--service-line", "dermatology"]);
+    let port = free_port().to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let id = new_session(&amb, "dermatology", "Pigmented lesion, left forearm");
+    {
+        let _hub = daemon(&hub, &["--listen", &addr], &[]);
+        wait_until(LIMIT, "the hub to listen", || run(&["sync", "--dir", d(&amb), "--peer", &addr]).status.success());
+        sync(&desk, &addr);
+    }
+    // Offline on both sides: the ambulance adds a message, the consultant replies.
+    ok(&["message", "send", "--dir", d(&amb), &id, "written in a not-spot"]);
+    ok(&["message", "send", "--dir", d(&desk), &id, "consultant, also offline"]);
+    let _hub = daemon(&hub, &["--listen", &addr], &[]);
+    let _amb = daemon(&amb, &["--peer", &addr], &[]);
+    let _desk = daemon(&desk, &["--peer", &addr], &[]);
+    let everyone_has_both = || {
+        [&amb, &desk, &hub].iter().all(|n| {
+            texts(n, &id).is_some_and(|t| {
+                t.len() == 2
+                    && t.contains(&"written in a not-spot".to_string())
+                    && t.contains(&"consultant, also offline".to_string())
+            })
+        })
+    };
+    wait_until(LIMIT, "all three replicas to hold both messages", everyone_has_both);
+    // And they agree on everything, including receipts: the ambulance's message reached the consultant.
+    wait_until(LIMIT, "identical replicas", || {
+        let (a, b, h) = (view(&amb, &id), view(&desk, &id), view(&hub, &id));
+        a == b && b == h
+    });
+    let v = view(&amb, &id);
+    let mine = v["messages"].as_array().unwrap().iter().find(|m| m["author"] == "amb-07").unwrap();
+    assert_eq!(mine["receipt"], "desk", "{mine}");
+    assert_eq!(v["status"], "responded");
+}
+
+#[test]
+fn a_local_write_reaches_connected_peers_without_a_new_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let amb = fleet.node("amb-07", "edge", &[]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let id = new_session(&amb, "cardiology", "Palpitations");
+    let _hub = daemon(&hub, &["--listen", &addr], &[]);
+    let _amb = daemon(&amb, &["--peer", &addr], &[]);
+    wait_until(LIMIT, "the session to reach the hub", || texts(&hub, &id).is_some());
+    // The CLI writes while the daemon runs: the daemon notices and pushes.
+    ok(&["message", "send", "--dir", d(&amb), &id, "pushed by the running daemon"]);
+    wait_until(LIMIT, "the message at the hub", || {
+        texts(&hub, &id).is_some_and(|t| t == ["pushed by the running daemon"])
+    });
+    wait_until(LIMIT, "the hub's receipt back at the ambulance", || view(&amb, &id)["messages"][0]["receipt"] == "hub");
+}
+
+#[test]
+fn a_node_of_another_fleet_is_refused_during_the_handshake() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let other = Fleet::new(&tmp.path().join("elsewhere"));
+    let _ = std::fs::create_dir_all(tmp.path().join("elsewhere"));
+    let intruder = other.node("amb-66", "edge", &[]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let hubd = daemon(&hub, &["--listen", &addr], &[]);
+    new_session(&intruder, "dermatology", "should never arrive");
+    wait_until(LIMIT, "the hub to listen", || hubd.log_text().contains("outpost daemon started"));
+    let err = fails(&["sync", "--dir", d(&intruder), "--peer", &addr, "--timeout", "10"], 6);
+    assert!(err.contains("hub-qhm") || err.contains("certificate") || err.contains("refused"), "{err}");
+    wait_until(LIMIT, "the hub to log the refusal", || hubd.log_text().contains("refused a connection"));
+    let log = hubd.log_text();
+    assert!(
+        log.contains("UnknownIssuer") || log.contains("unknown issuer") || log.contains("invalid peer certificate"),
+        "{log}"
+    );
+    let hub_list = ok(&["session", "list", "--dir", d(&hub), "--json"]);
+    assert_eq!(hub_list.trim(), "[]", "the hub stored nothing");
+}
+
+#[test]
+fn an_expired_certificate_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let amb = fleet.node("amb-07", "edge", &[]);
+    ok(&["ca", "issue", "--ca", d(&fleet.ca), "--node", d(&amb), "--expired"]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let hubd = daemon(&hub, &["--listen", &addr], &[]);
+    wait_until(LIMIT, "the hub to listen", || hubd.log_text().contains("outpost daemon started"));
+    fails(&["sync", "--dir", d(&amb), "--peer", &addr, "--timeout", "10"], 6);
+    wait_until(LIMIT, "the hub to log the refusal", || hubd.log_text().contains("refused a connection"));
+    assert!(hubd.log_text().to_lowercase().contains("expired"), "{}", hubd.log_text());
+}
+
+#[test]
+fn a_revoked_node_is_refused_and_dropped_if_connected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let amb = fleet.node("amb-07", "edge", &[]);
+    let stolen = fleet.node("amb-13", "edge", &[]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let hubd = daemon(&hub, &["--listen", &addr], &[]);
+    let id = new_session(&stolen, "dermatology", "before the tablet was stolen");
+    wait_until(LIMIT, "a first sync", || run(&["sync", "--dir", d(&stolen), "--peer", &addr]).status.success());
+    let _stolen_daemon = daemon(&stolen, &["--peer", &addr], &[]);
+    wait_until(LIMIT, "the stolen tablet's daemon to connect", || {
+        hubd.log_text().matches("connected peer=amb-13").count() >= 2
+    });
+    // The tablet is reported stolen: revoke it and publish the list to the running hub.
+    ok(&["ca", "revoke", "--ca", d(&fleet.ca), "amb-13", "--publish", d(&hub)]);
+    wait_until(LIMIT, "the hub to drop the revoked tablet", || hubd.log_text().contains("amb-13 has been revoked"));
+    let err = fails(&["sync", "--dir", d(&stolen), "--peer", &addr, "--timeout", "10"], 6);
+    assert!(!err.is_empty());
+    ok(&["message", "send", "--dir", d(&stolen), &id, "after revocation"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(texts(&hub, &id).unwrap(), Vec::<String>::new(), "nothing from a revoked node");
+    // Other nodes are unaffected, and learn the list from the hub.
+    sync(&amb, &addr);
+    let status = common::json(&ok(&["status", "--dir", d(&amb), "--json"]));
+    assert_eq!(status["node"]["name"], "amb-07");
+    let crl = rusqlite::Connection::open(amb.join("outpost.db"))
+        .unwrap()
+        .query_row("SELECT count(*) FROM meta WHERE key = 'crl_der'", [], |r| r.get::<_, i64>(0))
+        .unwrap();
+    assert_eq!(crl, 1);
+}
+
+#[test]
+fn a_surgery_never_receives_a_byte_of_another_surgerys_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let a = fleet.node("surgery-a", "edge", &[]);
+    let b = fleet.node("surgery-b", "edge", &[]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _hub = daemon(&hub, &["--listen", &addr], &[]);
+    let a_id = new_session(&a, "dermatology", "SURGERY-A-SECRET summary");
+    ok(&["message", "send", "--dir", d(&a), &a_id, "SURGERY-A-SECRET message"]);
+    let b_id = new_session(&b, "dermatology", "surgery B's own case");
+    wait_until(LIMIT, "the hub to listen", || run(&["sync", "--dir", d(&a), "--peer", &addr]).status.success());
+    let log = tmp.path().join("b-frames.bin");
+    let out = std::process::Command::new(common::BIN)
+        .args(["sync", "--dir", d(&b), "--peer", &addr, "--json"])
+        .env("OUTPOST_FRAME_LOG", &log)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A second sync, now that B has state for the hub.
+    ok(&["message", "send", "--dir", d(&b), &b_id, "follow-up"]);
+    let out = std::process::Command::new(common::BIN)
+        .args(["sync", "--dir", d(&b), "--peer", &addr])
+        .env("OUTPOST_FRAME_LOG", &log)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let received = std::fs::read(&log).unwrap();
+    assert!(received.len() > 100, "the frame log holds what B received");
+    let a_bytes: [u8; 16] = *ulid_bytes(&a_id);
+    assert!(!received.windows(16).any(|w| w == a_bytes), "surgery B received surgery A's session id");
+    assert!(!received.windows(16).any(|w| w == b"SURGERY-A-SECRET"), "surgery B received surgery A's text");
+    assert!(texts(&b, &a_id).is_none());
+    assert_eq!(common::json(&ok(&["session", "list", "--dir", d(&b), "--json"])).as_array().unwrap().len(), 1);
+}
+
+fn ulid_bytes(id: &str) -> Box<[u8; 16]> {
+    let sid: sync_protocol::SessionId = id.parse().unwrap();
+    Box::new(sid.to_bytes())
+}
+
+#[test]
+fn a_message_shows_at_hub_only_once_the_hub_has_stored_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let amb = fleet.node("amb-07", "edge", &[]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let id = new_session(&amb, "emergency_medicine", "Chest pain");
+    // Long enough to need new database pages at the hub (a full ECG description).
+    let noise: String = (0..200u32).map(|i| blake3::hash(&i.to_le_bytes()).to_hex().to_string()).collect();
+    let text = format!("must be durable at the hub. {noise}");
+    ok(&["message", "send", "--dir", d(&amb), &id, &text]);
+    let receipt = || view(&amb, &id)["messages"][0]["receipt"].as_str().unwrap().to_string();
+    assert_eq!(receipt(), "device");
+    {
+        // The hub's disk is full: it cannot store the session, so it must not acknowledge it.
+        let pages = rusqlite::Connection::open(hub.join("outpost.db"))
+            .unwrap()
+            .query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+            .to_string();
+        let full = daemon(&hub, &["--listen", &addr], &[("OUTPOST_MAX_DB_PAGES", &pages)]);
+        wait_until(LIMIT, "the hub to listen", || full.log_text().contains("outpost daemon started"));
+        fails(&["sync", "--dir", d(&amb), "--peer", &addr, "--timeout", "10"], 6);
+        assert_eq!(receipt(), "device", "the hub could not store it, so it is not 'at hub'");
+    }
+    let mut hubd = daemon(&hub, &["--listen", &addr], &[]);
+    wait_until(LIMIT, "a sync", || run(&["sync", "--dir", d(&amb), "--peer", &addr]).status.success());
+    assert_eq!(receipt(), "hub");
+    // Kill the hub without warning: what it acknowledged is on its disk.
+    hubd.child.kill().unwrap();
+    hubd.child.wait().unwrap();
+    assert_eq!(texts(&hub, &id).unwrap(), [text]);
+}
+
+#[test]
+fn a_one_shot_sync_reports_its_cost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let amb = fleet.node("amb-07", "edge", &[]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _hub = daemon(&hub, &["--listen", &addr], &[]);
+    for i in 0..20 {
+        new_session(&amb, "paediatrics", &format!("child {i}"));
+    }
+    wait_until(LIMIT, "a first sync", || run(&["sync", "--dir", d(&amb), "--peer", &addr]).status.success());
+    let again = sync(&amb, &addr);
+    assert_eq!(again["round_trips"], 1, "{again}");
+    assert_eq!(again["docs_sent"], 0);
+    let app_bytes = again["bytes_sent"].as_u64().unwrap() + again["bytes_received"].as_u64().unwrap();
+    assert!(app_bytes < 1024, "{again}");
+    for key in ["udp_bytes_sent", "udp_bytes_received", "sync_ms", "handshake_ms", "docs_received", "blobs_received"] {
+        assert!(again.get(key).is_some(), "missing {key}: {again}");
+    }
+}
