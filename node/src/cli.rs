@@ -103,6 +103,25 @@ enum Command {
         #[command(flatten)]
         json: JsonArg,
     },
+    /// Relay UDP through an emulated link (delay, loss, bandwidth, blackouts), to try outpost
+    /// over a bad link by hand. Type `down`, `up` or `down SECONDS` on its input.
+    Linkem {
+        /// Address to listen on (what the client dials).
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Address to relay to (the real peer).
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        /// urban-4g, rural-a-road, cell-edge, 3g-fallback, remote-moor, rural-surgery or satellite.
+        #[arg(long, default_value = "rural-a-road")]
+        profile: String,
+        /// Also black out at random, following the profile's availability.
+        #[arg(long)]
+        outages: bool,
+        /// Seed of the random generator (0: random).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Create, list, show, export and move sessions.
     #[command(subcommand)]
     Session(SessionCommand),
@@ -359,6 +378,9 @@ enum PhotoCommand {
         /// Where to write it.
         #[arg(long)]
         out: PathBuf,
+        /// Write the small preview kept on the device instead (after the photo went to the hub).
+        #[arg(long)]
+        thumbnail: bool,
     },
 }
 
@@ -576,9 +598,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", info.hash);
             }
         }
-        Command::Photo(PhotoCommand::Get { dir, hash, out }) => {
-            let node = open(&dir)?;
-            let bytes = node.store.read_blob(&hash)?;
+        Command::Photo(PhotoCommand::Get { dir, hash, out, thumbnail }) => {
+            let mut node = open(&dir)?;
+            let bytes = if thumbnail { node.store.read_thumbnail(&hash)? } else { node.open_photo(&hash, now_ms())? };
             write_file(&out, &bytes)?;
         }
         Command::Outcome(OutcomeCommand::Set { dir, id, side, outcome }) => {
@@ -661,6 +683,61 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo { keep } => crate::demo::run(keep.as_deref())?,
         Command::Ca(cmd) => ca(cmd)?,
+        Command::Linkem { listen, to, profile, outages, seed } => {
+            init_logging("info");
+            let p = sync_protocol::links::profile(&profile).ok_or_else(|| {
+                InputError(format!(
+                    "unknown link profile {profile:?}; expected one of: {}",
+                    sync_protocol::links::PROFILE_NAMES.join(", ")
+                ))
+            })?;
+            let rt = runtime()?;
+            rt.block_on(async move {
+                let opts = crate::linkem::EmulatorOptions { outages, duplicate: 0.0, seed };
+                let em = crate::linkem::LinkEmulator::start(listen, to, p.clone(), opts).await?;
+                println!(
+                    "relaying {} -> {to} as {} ({} kbit/s up, {:.0}-{:.0} ms RTT, {:.1}% loss{})",
+                    em.local_addr,
+                    p.name,
+                    p.uplink_bps / 1000,
+                    p.rtt_ms.0,
+                    p.rtt_ms.1,
+                    p.loss.mean_loss() * 100.0,
+                    if outages { ", random outages" } else { "" }
+                );
+                let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
+                loop {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => break,
+                        line = lines.next_line() => match line {
+                            Ok(Some(l)) => {
+                                let mut words = l.split_whitespace();
+                                match (words.next(), words.next().and_then(|s| s.parse::<f64>().ok())) {
+                                    (Some("down"), secs) => {
+                                        em.set_up(false);
+                                        println!("link down");
+                                        if let Some(s) = secs {
+                                            tokio::time::sleep(std::time::Duration::from_secs_f64(s)).await;
+                                            em.set_up(true);
+                                            println!("link up");
+                                        }
+                                    }
+                                    (Some("up"), _) => {
+                                        em.set_up(true);
+                                        println!("link up");
+                                    }
+                                    (Some("stats"), _) => println!("{}", serde_json::to_string(&em.stats())?),
+                                    _ => println!("commands: down [SECONDS] | up | stats"),
+                                }
+                            }
+                            // Input closed: keep relaying until interrupted.
+                            _ => { tokio::signal::ctrl_c().await?; break; }
+                        }
+                    }
+                }
+                anyhow::Ok(())
+            })?;
+        }
         Command::Run { dir, listen, peers } => {
             init_logging("info");
             let node = open(&dir)?;

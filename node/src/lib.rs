@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod demo;
+pub mod linkem;
 pub mod net;
 pub mod node;
 pub mod photo;

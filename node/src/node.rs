@@ -10,7 +10,9 @@ use sync_protocol::session::{
     ModelError, NewConsent, NewMedia, NewMessage, NewSession, Patient, Requester, Service, SessionId, SessionView,
     side_of,
 };
-use sync_protocol::vocab::{CareSetting, ConsentKind, ConsentScope, Outcome, PhotoView, Role, Side, Status};
+use sync_protocol::vocab::{
+    CareSetting, ConsentKind, ConsentScope, Outcome, PhotoView, ReceiptLevel, Role, Side, Status,
+};
 
 use crate::config::{self, CONFIG_FORMAT, ConfigError, NodeConfig, NodeDir};
 use crate::crypto::{self, CryptoError, KEY_ENV, NodeKey, Sealer};
@@ -248,6 +250,8 @@ impl Node {
         now: i64,
     ) -> Result<BlobInfo, NodeError> {
         self.require("attaching a photo", "edge", &[Role::Edge])?;
+        // A small preview stays on the device after the photo itself is handed to the hub.
+        let thumbnail = crate::photo::thumbnail(photo);
         let consent_id = new_id(now)?;
         let by = self.config.name.clone();
         let hash = blake3::hash(&photo.bytes).to_hex().to_string();
@@ -279,7 +283,11 @@ impl Node {
                 added_by: by,
             };
             doc.add_media(&media, now).map_err(model)?;
-            ctx.put_blob(&photo.bytes, photo.mime)
+            let info = ctx.put_blob(&photo.bytes, photo.mime)?;
+            if let Some(t) = &thumbnail {
+                ctx.put_thumbnail(&info.hash, t)?;
+            }
+            Ok(info)
         })?;
         Ok(info)
     }
@@ -319,8 +327,32 @@ impl Node {
 
     /// The session's view, recording the access in the audit chain.
     pub fn show(&mut self, id: SessionId, now: i64) -> Result<SessionView, NodeError> {
+        if self.config.role == Role::Desk {
+            // The consultant has now seen the messages: say so, truthfully (photos are marked
+            // read when their bytes are opened, not when they are listed).
+            let name = self.config.name.clone();
+            self.store.edit(id, "session.read", None, now, |_, doc| {
+                doc.acknowledge(ReceiptLevel::Read, &name, now, |_| false)
+                    .map_err(|source| StoreError::Model { id: id.to_string(), source })
+            })?;
+        }
         let view = self.store.view(id)?;
         self.store.audit_access(id, "session.view", now)?;
         Ok(view)
+    }
+
+    /// A photo's bytes; on a desk, the photo is then marked read in every session that holds it.
+    pub fn open_photo(&mut self, hash: &str, now: i64) -> Result<Vec<u8>, NodeError> {
+        let bytes = self.store.read_blob(hash)?;
+        if self.config.role == Role::Desk {
+            let name = self.config.name.clone();
+            for id in self.store.sessions_with_photo(hash)? {
+                self.store.edit(id, "photo.read", Some(serde_json::json!({ "photo": hash })), now, |_, doc| {
+                    doc.add_receipt(hash, ReceiptLevel::Read, &name, now)
+                        .map_err(|source| StoreError::Model { id: id.to_string(), source })
+                })?;
+            }
+        }
+        Ok(bytes)
     }
 }

@@ -113,6 +113,18 @@ pub fn check_photo(path: &Path, bytes: Vec<u8>) -> Result<Photo, PhotoError> {
     Ok(Photo { bytes, mime, dimensions })
 }
 
+/// Largest side of a thumbnail, in pixels.
+pub const THUMBNAIL_PX: u32 = 256;
+
+/// A small JPEG preview of a photo (about 10 KB), or `None` if it cannot be decoded.
+pub fn thumbnail(photo: &Photo) -> Option<Vec<u8>> {
+    let img = image::load_from_memory(&photo.bytes).ok()?;
+    let small = img.thumbnail(THUMBNAIL_PX, THUMBNAIL_PX).to_rgb8();
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80).encode_image(&small).ok()?;
+    Some(out)
+}
+
 /// A synthetic photograph for demos, tests and benchmarks: a skin-toned gradient with a
 /// darker "lesion" and sensor-like noise, so that it compresses like a real photo.
 /// Deterministic for a given `seed`. At 1920x1440 a JPEG is about 2 MB.

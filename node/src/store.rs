@@ -432,6 +432,15 @@ impl WriteCtx<'_> {
     pub fn put_blob(&self, bytes: &[u8], mime: &str) -> Result<BlobInfo, StoreError> {
         put_blob(self.tx, self.sealer, bytes, mime, self.now)
     }
+
+    /// Stores a photo's thumbnail (sealed), kept after the photo itself is offloaded.
+    pub fn put_thumbnail(&self, hash: &str, jpeg: &[u8]) -> Result<(), StoreError> {
+        let sealed = self.sealer.seal(&thumb_aad(hash), jpeg)?;
+        self.tx
+            .execute("UPDATE blobs SET thumbnail = ?2 WHERE hash = ?1", params![hash, sealed])
+            .map_err(sql("storing a thumbnail"))?;
+        Ok(())
+    }
 }
 
 impl Store {
@@ -714,6 +723,32 @@ impl Store {
         Ok(out)
     }
 
+    /// A photo's thumbnail, if one was kept.
+    pub fn read_thumbnail(&self, hash: &str) -> Result<Vec<u8>, StoreError> {
+        let sealed: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT thumbnail FROM blobs WHERE hash = ?1", [hash], |r| r.get(0))
+            .optional()
+            .map_err(sql("reading a thumbnail"))?
+            .flatten();
+        let sealed = sealed.ok_or_else(|| StoreError::NoSuchBlob(format!("{hash} (thumbnail)")))?;
+        Ok(self.sealer.open("thumbnail", &thumb_aad(hash), &sealed)?)
+    }
+
+    /// Sessions that reference a photo.
+    pub fn sessions_with_photo(&self, hash: &str) -> Result<Vec<SessionId>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT s.id FROM session_media m JOIN sessions s ON s.sid = m.sid WHERE m.hash = ?1")
+            .map_err(sql("finding a photo's sessions"))?;
+        let ids: Vec<String> = stmt
+            .query_map([hash], |r| r.get(0))
+            .map_err(sql("finding a photo's sessions"))?
+            .collect::<Result<_, _>>()
+            .map_err(sql("finding a photo's sessions"))?;
+        Ok(ids.iter().filter_map(|i| i.parse().ok()).collect())
+    }
+
     /// Counts and sizes.
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
         let q = |sql_text: &str| -> Result<(u64, u64), StoreError> {
@@ -910,6 +945,9 @@ fn card_aad(id: &str) -> Vec<u8> {
 }
 fn chunk_aad(hash: &str, idx: u64) -> Vec<u8> {
     [b"outpost/chunk/v1/".as_slice(), hash.as_bytes(), b"/", &idx.to_be_bytes()].concat()
+}
+fn thumb_aad(hash: &str) -> Vec<u8> {
+    [b"outpost/thumbnail/v1/".as_slice(), hash.as_bytes()].concat()
 }
 fn audit_aad(seq: u64) -> Vec<u8> {
     [b"outpost/audit/v1/".as_slice(), &seq.to_be_bytes()].concat()

@@ -1,0 +1,420 @@
+//! A user-space link emulator: a UDP relay that makes a loopback path behave like a rural link.
+//!
+//! The kernel here has no netem, so delay, jitter, burst loss (Gilbert-Elliott), a bandwidth
+//! cap with a bounded queue, duplication, reordering and blackouts are applied in this relay,
+//! from the named profiles of [`sync_protocol::links`] (the same the simulator uses). Clients
+//! send to the relay's address; it forwards each client's datagrams to the target from a
+//! socket of its own, so replies find their way back through the same impairments.
+//!
+//! Blackouts come from the profile's availability process (`outages`), or on command
+//! ([`LinkEmulator::set_up`], or `down`/`up` lines on the `outpost linkem` command's input).
+
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use sync_protocol::links::{self, LinkProfile, LinkState, Uniform};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// How the emulator behaves beyond its profile.
+#[derive(Debug, Clone)]
+pub struct EmulatorOptions {
+    /// Follow the profile's availability process (random blackouts).
+    pub outages: bool,
+    /// Probability that a datagram is delivered twice.
+    pub duplicate: f64,
+    /// Seed of the random generator (0: from the system).
+    pub seed: u64,
+}
+
+impl Default for EmulatorOptions {
+    fn default() -> Self {
+        EmulatorOptions { outages: false, duplicate: 0.0, seed: 0 }
+    }
+}
+
+/// Counters of one emulator.
+#[derive(Debug, Default, Serialize, Clone, Copy)]
+pub struct LinkStats {
+    /// Bytes received from clients.
+    pub up_bytes_in: u64,
+    /// Bytes delivered to the target.
+    pub up_bytes_out: u64,
+    /// Bytes received from the target.
+    pub down_bytes_in: u64,
+    /// Bytes delivered to clients.
+    pub down_bytes_out: u64,
+    /// Datagrams dropped by loss.
+    pub lost: u64,
+    /// Datagrams dropped because the link was down.
+    pub blacked_out: u64,
+    /// Datagrams dropped at a full queue.
+    pub queue_drops: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    up_in: AtomicU64,
+    up_out: AtomicU64,
+    down_in: AtomicU64,
+    down_out: AtomicU64,
+    lost: AtomicU64,
+    blacked_out: AtomicU64,
+    queue_drops: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Control {
+    manual_up: AtomicBool,
+    scheduled_up: AtomicBool,
+    counters: Counters,
+}
+
+impl Control {
+    fn up(&self) -> bool {
+        self.manual_up.load(Ordering::Relaxed) && self.scheduled_up.load(Ordering::Relaxed)
+    }
+}
+
+/// A running emulator.
+#[derive(Debug)]
+pub struct LinkEmulator {
+    /// The address clients send to.
+    pub local_addr: SocketAddr,
+    control: Arc<Control>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for LinkEmulator {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// xorshift64*: the emulator's randomness (seeded for reproducible runs).
+#[derive(Debug, Clone)]
+struct Rng(u64);
+
+impl Uniform for Rng {
+    fn next_f64(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn seed(s: u64) -> u64 {
+    if s != 0 {
+        return s;
+    }
+    let mut b = [0u8; 8];
+    let _ = crate::crypto::random_bytes(&mut b);
+    u64::from_le_bytes(b) | 1
+}
+
+impl LinkEmulator {
+    /// Starts relaying from `listen` to `target` through `profile`.
+    pub async fn start(
+        listen: SocketAddr,
+        target: SocketAddr,
+        profile: LinkProfile,
+        opts: EmulatorOptions,
+    ) -> std::io::Result<LinkEmulator> {
+        let front = Arc::new(UdpSocket::bind(listen).await?);
+        let local_addr = front.local_addr()?;
+        let control = Arc::new(Control {
+            manual_up: AtomicBool::new(true),
+            scheduled_up: AtomicBool::new(true),
+            counters: Counters::default(),
+        });
+        let base = seed(opts.seed);
+        let mut tasks = Vec::new();
+        if opts.outages && profile.availability < 1.0 {
+            tasks.push(tokio::spawn(outage_schedule(control.clone(), profile.clone(), Rng(base ^ 0x5A5A))));
+        }
+        let (up_tx, up_rx) = mpsc::channel::<Packet>(4096);
+        let (down_tx, down_rx) = mpsc::channel::<Packet>(4096);
+        tasks.push(tokio::spawn(pipe(
+            up_rx,
+            Direction::Up,
+            profile.clone(),
+            opts.clone(),
+            control.clone(),
+            Rng(base ^ 1),
+        )));
+        tasks.push(tokio::spawn(pipe(down_rx, Direction::Down, profile, opts, control.clone(), Rng(base ^ 2))));
+        tasks.push(tokio::spawn(front_loop(front, target, up_tx, down_tx, control.clone())));
+        Ok(LinkEmulator { local_addr, control, tasks })
+    }
+
+    /// Brings the link down (`false`) or up (`true`) by hand.
+    pub fn set_up(&self, up: bool) {
+        self.control.manual_up.store(up, Ordering::Relaxed);
+    }
+
+    /// Whether the link is up now.
+    pub fn is_up(&self) -> bool {
+        self.control.up()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> LinkStats {
+        let c = &self.control.counters;
+        LinkStats {
+            up_bytes_in: c.up_in.load(Ordering::Relaxed),
+            up_bytes_out: c.up_out.load(Ordering::Relaxed),
+            down_bytes_in: c.down_in.load(Ordering::Relaxed),
+            down_bytes_out: c.down_out.load(Ordering::Relaxed),
+            lost: c.lost.load(Ordering::Relaxed),
+            blacked_out: c.blacked_out.load(Ordering::Relaxed),
+            queue_drops: c.queue_drops.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Packet {
+    data: Vec<u8>,
+    socket: Arc<UdpSocket>,
+    to: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Up,
+    Down,
+}
+
+async fn front_loop(
+    front: Arc<UdpSocket>,
+    target: SocketAddr,
+    up: mpsc::Sender<Packet>,
+    down: mpsc::Sender<Packet>,
+    control: Arc<Control>,
+) {
+    let mut backs: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let Ok((n, client)) = front.recv_from(&mut buf).await else { return };
+        control.counters.up_in.fetch_add(n as u64, Ordering::Relaxed);
+        let back = match backs.get(&client) {
+            Some(b) => b.clone(),
+            None => {
+                let bind: SocketAddr = if target.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" }
+                    .parse()
+                    .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+                let Ok(sock) = UdpSocket::bind(bind).await else { continue };
+                let sock = Arc::new(sock);
+                backs.insert(client, sock.clone());
+                tokio::spawn(back_loop(sock.clone(), front.clone(), client, down.clone(), control.clone()));
+                sock
+            }
+        };
+        if up.try_send(Packet { data: buf[..n].to_vec(), socket: back, to: target }).is_err() {
+            control.counters.queue_drops.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn back_loop(
+    back: Arc<UdpSocket>,
+    front: Arc<UdpSocket>,
+    client: SocketAddr,
+    down: mpsc::Sender<Packet>,
+    control: Arc<Control>,
+) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let Ok((n, _)) = back.recv_from(&mut buf).await else { return };
+        control.counters.down_in.fetch_add(n as u64, Ordering::Relaxed);
+        if down.try_send(Packet { data: buf[..n].to_vec(), socket: front.clone(), to: client }).is_err() {
+            control.counters.queue_drops.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+struct Scheduled {
+    at: Instant,
+    seq: u64,
+    packet: Packet,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        // A min-heap by delivery time.
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// One direction: loss, a serialising bottleneck with a bounded queue, propagation delay with
+/// jitter (which reorders), duplication; packets are delivered at their computed times.
+async fn pipe(
+    mut rx: mpsc::Receiver<Packet>,
+    dir: Direction,
+    profile: LinkProfile,
+    opts: EmulatorOptions,
+    control: Arc<Control>,
+    mut rng: Rng,
+) {
+    let bps = match dir {
+        Direction::Up => profile.uplink_bps,
+        Direction::Down => profile.downlink_bps,
+    }
+    .max(1_000) as f64;
+    let mut ge = LinkState::default();
+    let mut heap: BinaryHeap<Scheduled> = BinaryHeap::new();
+    let mut bottleneck_free = Instant::now();
+    let mut seq = 0u64;
+    loop {
+        let next = heap.peek().map(|s| s.at);
+        tokio::select! {
+            incoming = rx.recv() => {
+                let Some(packet) = incoming else { return };
+                let now = Instant::now();
+                if !control.up() {
+                    control.counters.blacked_out.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                if ge.lose(&profile.loss, &mut rng) {
+                    control.counters.lost.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let queued = bottleneck_free.saturating_duration_since(now);
+                let queued_bytes = queued.as_secs_f64() * bps / 8.0;
+                if queued_bytes > profile.queue_bytes as f64 {
+                    control.counters.queue_drops.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let serialise = Duration::from_secs_f64(packet.data.len() as f64 * 8.0 / bps);
+                bottleneck_free = bottleneck_free.max(now) + serialise;
+                let delay = Duration::from_secs_f64(links::one_way_delay_ms(&profile, &mut rng) / 1000.0);
+                let at = bottleneck_free + delay;
+                if opts.duplicate > 0.0 && rng.next_f64() < opts.duplicate {
+                    seq += 1;
+                    let copy = Packet { data: packet.data.clone(), socket: packet.socket.clone(), to: packet.to };
+                    heap.push(Scheduled { at: at + Duration::from_millis(1), seq, packet: copy });
+                }
+                seq += 1;
+                heap.push(Scheduled { at, seq, packet });
+            }
+            _ = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending::<()>().await,
+                }
+            } => {
+                let now = Instant::now();
+                while heap.peek().is_some_and(|s| s.at <= now) {
+                    let Some(s) = heap.pop() else { break };
+                    // A packet in flight when the link goes down is lost too.
+                    if !control.up() {
+                        control.counters.blacked_out.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    if s.packet.socket.send_to(&s.packet.data, s.packet.to).await.is_ok() {
+                        let n = s.packet.data.len() as u64;
+                        match dir {
+                            Direction::Up => control.counters.up_out.fetch_add(n, Ordering::Relaxed),
+                            Direction::Down => control.counters.down_out.fetch_add(n, Ordering::Relaxed),
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn outage_schedule(control: Arc<Control>, profile: LinkProfile, mut rng: Rng) {
+    loop {
+        let up = links::up_s(&profile, &mut rng);
+        tokio::time::sleep(Duration::from_secs_f64(up.min(86_400.0))).await;
+        control.scheduled_up.store(false, Ordering::Relaxed);
+        let down = links::outage_s(&profile, &mut rng);
+        tracing::info!(profile = %profile.name, "link down for {down:.0} s");
+        tokio::time::sleep(Duration::from_secs_f64(down.min(86_400.0))).await;
+        control.scheduled_up.store(true, Ordering::Relaxed);
+        tracing::info!(profile = %profile.name, "link up");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fast() -> LinkProfile {
+        let mut p = links::profile("urban-4g").unwrap_or_else(|| unreachable!());
+        p.loss = links::GilbertElliott::NONE;
+        p.rtt_ms = (20.0, 20.0);
+        p.uplink_bps = 8_000_000;
+        p
+    }
+
+    #[tokio::test]
+    async fn datagrams_cross_with_delay_and_replies_come_back() {
+        let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut b = [0u8; 1500];
+            while let Ok((n, from)) = echo.recv_from(&mut b).await {
+                let _ = echo.send_to(&b[..n], from).await;
+            }
+        });
+        let em = LinkEmulator::start("127.0.0.1:0".parse().unwrap(), echo_addr, fast(), EmulatorOptions::default())
+            .await
+            .unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let start = Instant::now();
+        client.send_to(b"ping", em.local_addr).await.unwrap();
+        let mut b = [0u8; 16];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut b)).await.unwrap().unwrap();
+        assert_eq!(&b[..n], b"ping");
+        assert!(start.elapsed() >= Duration::from_millis(19), "a round trip takes the profile's RTT");
+        em.set_up(false);
+        client.send_to(b"lost", em.local_addr).await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(200), client.recv_from(&mut b)).await.is_err());
+        assert!(em.stats().blacked_out >= 1);
+    }
+
+    #[tokio::test]
+    async fn the_bandwidth_cap_paces_a_burst() {
+        let sink = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let sink_addr = sink.local_addr().unwrap();
+        let mut p = fast();
+        p.uplink_bps = 1_000_000; // 125 kB/s
+        let em = LinkEmulator::start("127.0.0.1:0".parse().unwrap(), sink_addr, p, EmulatorOptions::default())
+            .await
+            .unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for _ in 0..50 {
+            client.send_to(&[7u8; 1000], em.local_addr).await.unwrap();
+        }
+        let start = Instant::now();
+        let mut got = 0;
+        let mut b = [0u8; 2000];
+        while got < 50 {
+            tokio::time::timeout(Duration::from_secs(3), sink.recv_from(&mut b)).await.unwrap().unwrap();
+            got += 1;
+        }
+        // 50 kB at 125 kB/s: about 400 ms. The pacing, not the exact figure, is what is checked.
+        assert!(start.elapsed() >= Duration::from_millis(250), "{:?}", start.elapsed());
+    }
+}
