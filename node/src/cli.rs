@@ -693,7 +693,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             let rt = runtime()?;
             rt.block_on(async move {
-                let opts = crate::linkem::EmulatorOptions { outages, duplicate: 0.0, seed };
+                let opts = crate::linkem::EmulatorOptions { outages, seed, ..Default::default() };
                 let em = crate::linkem::LinkEmulator::start(listen, to, p.clone(), opts).await?;
                 println!(
                     "relaying {} -> {to} as {} ({} kbit/s up, {:.0}-{:.0} ms RTT, {:.1}% loss{})",

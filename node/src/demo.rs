@@ -20,6 +20,8 @@ use crate::node::{InitParams, Node, NodeError, PhotoRequest, SessionRequest, now
 use crate::photo;
 use crate::store::{ListFilter, wal_path};
 
+mod fleet;
+
 /// Counts where each needle occurs in the given files (the plaintext check).
 pub fn scan_files(paths: &[PathBuf], needles: &[&[u8]]) -> std::io::Result<Vec<usize>> {
     let mut counts = vec![0; needles.len()];
@@ -148,14 +150,21 @@ fn crew() -> Requester {
 /// Runs the demo; with `keep`, the node directory is left there for inspection.
 pub fn run(keep: Option<&Path>) -> anyhow::Result<()> {
     let temp;
-    let root = match keep {
+    let base = match keep {
         Some(p) => p.to_path_buf(),
         None => {
             temp = tempfile::Builder::new().prefix("outpost-demo-").tempdir()?;
-            temp.path().join("amb-07")
+            temp.path().to_path_buf()
         }
     };
-    let dir = NodeDir::new(&root);
+    offline_day(&base.join("offline").join("amb-07"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(fleet::run(&base.join("fleet")))
+}
+
+/// Part one: a day's work on one tablet with no network at all.
+fn offline_day(root: &Path) -> anyhow::Result<()> {
+    let dir = NodeDir::new(root);
     let params = InitParams {
         name: "amb-07".into(),
         role: Role::Edge,
@@ -164,7 +173,7 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<()> {
         lines: vec![],
     };
     let cfg = Node::init(&dir, &params, now_ms())?;
-    println!("outpost demo: a day's offline work on one ambulance tablet (no network all day)\n");
+    println!("outpost demo\n\npart 1: a day's offline work on one ambulance tablet (no network all day)\n");
     println!("node {} ({} node, organisation RX6, ICB QHM) in {}", cfg.name, cfg.role, root.display());
     println!("key id {} in node.key (mode 600); store outpost.db: SQLite, WAL, synchronous=FULL\n", cfg.key_id);
 

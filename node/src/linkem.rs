@@ -28,13 +28,15 @@ pub struct EmulatorOptions {
     pub outages: bool,
     /// Probability that a datagram is delivered twice.
     pub duplicate: f64,
+    /// Probability that a datagram is held back behind later ones (reordering).
+    pub reorder: f64,
     /// Seed of the random generator (0: from the system).
     pub seed: u64,
 }
 
 impl Default for EmulatorOptions {
     fn default() -> Self {
-        EmulatorOptions { outages: false, duplicate: 0.0, seed: 0 }
+        EmulatorOptions { outages: false, duplicate: 0.0, reorder: 0.0, seed: 0 }
     }
 }
 
@@ -265,8 +267,10 @@ impl Ord for Scheduled {
     }
 }
 
-/// One direction: loss, a serialising bottleneck with a bounded queue, propagation delay with
-/// jitter (which reorders), duplication; packets are delivered at their computed times.
+/// One direction: loss, a serialising bottleneck with a bounded queue, a propagation delay that
+/// wanders within the profile's range (a new target every half second, as cells and load
+/// change) with a little per-packet jitter, delivery in order unless reordering is asked for,
+/// duplication; packets are delivered at their computed times.
 async fn pipe(
     mut rx: mpsc::Receiver<Packet>,
     dir: Direction,
@@ -284,6 +288,10 @@ async fn pipe(
     let mut heap: BinaryHeap<Scheduled> = BinaryHeap::new();
     let mut bottleneck_free = Instant::now();
     let mut seq = 0u64;
+    let mut base_delay = links::one_way_delay_ms(&profile, &mut rng);
+    let mut next_wander = Instant::now() + Duration::from_millis(500);
+    let mut last_at = Instant::now();
+    let spread = (profile.rtt_ms.1 - profile.rtt_ms.0) / 2.0;
     loop {
         let next = heap.peek().map(|s| s.at);
         tokio::select! {
@@ -306,8 +314,20 @@ async fn pipe(
                 }
                 let serialise = Duration::from_secs_f64(packet.data.len() as f64 * 8.0 / bps);
                 bottleneck_free = bottleneck_free.max(now) + serialise;
-                let delay = Duration::from_secs_f64(links::one_way_delay_ms(&profile, &mut rng) / 1000.0);
-                let at = bottleneck_free + delay;
+                if now >= next_wander {
+                    base_delay = links::one_way_delay_ms(&profile, &mut rng);
+                    next_wander = now + Duration::from_millis(500);
+                }
+                let jitter = spread * 0.05 * rng.next_f64();
+                let delay = Duration::from_secs_f64((base_delay + jitter) / 1000.0);
+                let mut at = bottleneck_free + delay;
+                if opts.reorder > 0.0 && rng.next_f64() < opts.reorder {
+                    // Held back: later datagrams overtake this one.
+                    at += Duration::from_millis(5 + (rng.next_f64() * 20.0) as u64);
+                } else {
+                    at = at.max(last_at);
+                    last_at = at;
+                }
                 if opts.duplicate > 0.0 && rng.next_f64() < opts.duplicate {
                     seq += 1;
                     let copy = Packet { data: packet.data.clone(), socket: packet.socket.clone(), to: packet.to };

@@ -71,6 +71,8 @@ pub enum NetError {
         peer: String,
         /// Why.
         detail: String,
+        /// What the conversation had done until then.
+        partial: Option<Box<Stats>>,
     },
     /// The store thread is gone.
     #[error("the store thread stopped")]
@@ -149,10 +151,12 @@ fn transport() -> Arc<quinn::TransportConfig> {
     t.receive_window(quinn::VarInt::from_u32(4 << 20));
     t.send_window(4 << 20);
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(8));
+    t.mtu_discovery_config(None);
     Arc::new(t)
 }
 
-fn server_config(identity: &Identity, crl: Option<&[u8]>) -> Result<quinn::ServerConfig, NetError> {
+/// QUIC server configuration for this identity (and revocation list).
+pub fn server_config(identity: &Identity, crl: Option<&[u8]>) -> Result<quinn::ServerConfig, NetError> {
     let tls = identity.server_config(crl)?;
     let quic = QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::Invalid { what: "QUIC server configuration", detail: e.to_string() })?;
@@ -161,7 +165,8 @@ fn server_config(identity: &Identity, crl: Option<&[u8]>) -> Result<quinn::Serve
     Ok(cfg)
 }
 
-fn client_config(identity: &Identity, crl: Option<&[u8]>) -> Result<quinn::ClientConfig, NetError> {
+/// QUIC client configuration for this identity (and revocation list).
+pub fn client_config(identity: &Identity, crl: Option<&[u8]>) -> Result<quinn::ClientConfig, NetError> {
     let tls = identity.client_config(crl)?;
     let quic = QuicClientConfig::try_from(tls)
         .map_err(|e| TlsError::Invalid { what: "QUIC client configuration", detail: e.to_string() })?;
@@ -230,6 +235,16 @@ pub struct SyncReport {
 
 /// Runs one conversation with `peer` to its end and returns its report.
 pub async fn sync_once(node: Node, peer: SocketAddr, limit: Duration) -> Result<SyncReport, NetError> {
+    sync_once_with(node, peer, limit, Arc::new(tokio::sync::Notify::new())).await
+}
+
+/// [`sync_once`], abandoned (as a link that dies) when `stop` is notified.
+pub async fn sync_once_with(
+    node: Node,
+    peer: SocketAddr,
+    limit: Duration,
+    stop: Arc<tokio::sync::Notify>,
+) -> Result<SyncReport, NetError> {
     let identity = load_identity(&node)?;
     let crl = node.store.revocations()?.map(|(_, d)| d);
     let store = StoreHandle::spawn(node);
@@ -256,10 +271,8 @@ pub async fn sync_once(node: Node, peer: SocketAddr, limit: Duration) -> Result<
         .map_err(|_| NetError::Timeout(peer.to_string()))?
         .map_err(|e| NetError::Connect { addr: peer, detail: e.to_string() })?;
     let handshake = started.elapsed();
-    let report = tokio::time::timeout(limit, converse(shared, conn.clone(), true, true))
-        .await
-        .map_err(|_| NetError::Timeout(peer.to_string()))?;
-    let mut report = report?;
+    let deadline = tokio::time::Instant::now() + limit.saturating_sub(handshake);
+    let mut report = converse(shared, conn.clone(), true, true, Some((deadline, stop))).await?;
     report.handshake_ms = handshake.as_secs_f64() * 1e3;
     endpoint.wait_idle().await;
     Ok(report)
@@ -356,7 +369,7 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
             let addr = incoming.remote_address();
             match incoming.await {
                 Ok(conn) => {
-                    if let Err(e) = converse(shared, conn, false, false).await {
+                    if let Err(e) = converse(shared, conn, false, false, None).await {
                         tracing::info!(%addr, "conversation ended: {e}");
                     }
                 }
@@ -379,7 +392,7 @@ async fn dial_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, peer: SocketA
                 .map_err(|e| NetError::Connect { addr: peer, detail: e.to_string() })?
                 .await
                 .map_err(|e| NetError::Connect { addr: peer, detail: e.to_string() })?;
-            converse(shared.clone(), conn, true, false).await
+            converse(shared.clone(), conn, true, false, None).await
         };
         match attempt.await {
             Ok(_) => backoff = Duration::from_millis(250),
@@ -495,6 +508,7 @@ async fn converse(
     conn: quinn::Connection,
     initiator: bool,
     one_shot: bool,
+    deadline: Option<(tokio::time::Instant, Arc<tokio::sync::Notify>)>,
 ) -> Result<SyncReport, NetError> {
     let addr = conn.remote_address().to_string();
     let conn_err = |detail: String| NetError::Connection { peer: addr.clone(), detail };
@@ -635,10 +649,26 @@ async fn converse(
                 Err(broadcast::error::RecvError::Closed) => break,
             },
             _ = tick.tick() => work = Some(Work::Notify(Vec::new())),
+            _ = async {
+                match &deadline {
+                    Some((d, stop)) => tokio::select! {
+                        _ = tokio::time::sleep_until(*d) => {}
+                        _ = stop.notified() => {}
+                    },
+                    None => std::future::pending::<()>().await,
+                }
+            } => {
+                failure = Some("stopped before it finished (time limit)".into());
+                conn.close(quinn::VarInt::from_u32(5), b"time limit");
+                break;
+            }
             reason = conn.closed() => {
                 let normal = matches!(&reason, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == quinn::VarInt::from_u32(0));
-                let finished = one_shot && engine.as_ref().is_some_and(Engine::is_done);
-                if !(normal || finished) {
+                let finished = engine.as_ref().is_some_and(Engine::is_done);
+                // A one-shot sync succeeds only once it is done, however politely the peer left.
+                if one_shot && !finished {
+                    failure = Some(format!("the peer closed the connection before the sync completed: {reason}"));
+                } else if !normal && !finished {
                     failure = Some(reason.to_string());
                 }
                 break;
@@ -670,8 +700,11 @@ async fn converse(
     let end_stats = conn.stats();
     let stats = engine.map(|e| e.stats().clone()).unwrap_or_default();
     if let Some(f) = failure {
+        // Close with the reason, so the peer does not take our going for a normal end.
+        let reason: Vec<u8> = f.bytes().take(200).collect();
+        conn.close(quinn::VarInt::from_u32(CloseCode::Unavailable as u32), &reason);
         tracing::info!(peer = %peer.name, "conversation ended: {f}");
-        return Err(NetError::Sync { peer: peer.name.clone(), detail: f });
+        return Err(NetError::Sync { peer: peer.name.clone(), detail: f, partial: Some(Box::new(stats)) });
     }
     Ok(SyncReport {
         peer: peer.name.clone(),

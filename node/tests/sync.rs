@@ -226,11 +226,13 @@ fn a_message_shows_at_hub_only_once_the_hub_has_stored_it() {
     assert_eq!(receipt(), "device");
     {
         // The hub's disk is full: it cannot store the session, so it must not acknowledge it.
-        let pages = rusqlite::Connection::open(hub.join("outpost.db"))
-            .unwrap()
-            .query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
-            .unwrap()
-            .to_string();
+        // No free pages left inside the file, and no room to grow it.
+        let conn = rusqlite::Connection::open(hub.join("outpost.db")).unwrap();
+        conn.execute_batch("PRAGMA incremental_vacuum; PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+        let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0)).unwrap();
+        assert_eq!(free, 0);
+        let pages = conn.query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0)).unwrap().to_string();
+        drop(conn);
         let full = daemon(&hub, &["--listen", &addr], &[("OUTPOST_MAX_DB_PAGES", &pages)]);
         wait_until(LIMIT, "the hub to listen", || full.log_text().contains("outpost daemon started"));
         fails(&["sync", "--dir", d(&amb), "--peer", &addr, "--timeout", "10"], 6);

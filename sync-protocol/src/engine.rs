@@ -266,13 +266,29 @@ pub struct Engine {
     transfers: BTreeMap<Hash, Transfer>,
     missing_at_peer: HashSet<Hash>,
     knowledge_updates: Vec<(DocId, Knowledge)>,
-    peer_idle_at: Option<u64>,
+    /// The peer's latest mark: frames of ours it had processed, and whether it was idle.
+    last_mark: Option<(u64, bool)>,
     idle_sent_at: Option<u64>,
-    received_since_send: bool,
+    /// Causal depth of every frame we sent (initiator): how many round trips it waited on.
+    sent_depths: Vec<u32>,
+    /// Depth of the frames we send next.
+    next_depth: u32,
+    /// Frames sent in answer to peer frames whose mark had not arrived yet: their depth is
+    /// settled when it does.
+    unresolved: Vec<usize>,
+    /// Whether `next_depth` awaits the peer's mark.
+    next_depth_provisional: bool,
+    /// Depth of the peer's latest mark.
+    last_mark_depth: u32,
     closed: bool,
     stats: Stats,
     log: Vec<String>,
+    /// Blob-lane frames that arrived before the peer's Hello.
+    early: Vec<Frame>,
 }
+
+/// Blob-lane frames held while waiting for the Hello on the other lane.
+const MAX_EARLY: usize = 64;
 
 type Res<T, R> = Result<T, EngineError<<R as Replica>::Error>>;
 
@@ -299,12 +315,17 @@ impl Engine {
             transfers: BTreeMap::new(),
             missing_at_peer: HashSet::new(),
             knowledge_updates: Vec::new(),
-            peer_idle_at: None,
+            last_mark: None,
             idle_sent_at: None,
-            received_since_send: false,
+            sent_depths: Vec::new(),
+            next_depth: 1,
+            unresolved: Vec::new(),
+            next_depth_provisional: false,
+            last_mark_depth: 0,
             closed: false,
             stats: Stats::default(),
             log: Vec::new(),
+            early: Vec::new(),
         }
     }
 
@@ -356,10 +377,14 @@ impl Engine {
             Frame::BlobChunk { .. } => self.stats.chunks_sent += 1,
             _ => {}
         }
-        if self.cfg.initiator && self.received_since_send && !matches!(frame, Frame::Idle { .. } | Frame::Close { .. })
-        {
-            self.stats.round_trips += 1;
-            self.received_since_send = false;
+        if self.cfg.initiator {
+            self.sent_depths.push(self.next_depth);
+            if self.next_depth_provisional {
+                self.unresolved.push(self.sent_depths.len() - 1);
+            }
+            if !matches!(frame, Frame::Mark { .. } | Frame::Close { .. }) {
+                self.stats.round_trips = self.stats.round_trips.max(u64::from(self.next_depth));
+            }
         }
         Some((frame.lane(), frame))
     }
@@ -380,7 +405,6 @@ impl Engine {
             crl_number,
         }));
         if self.cfg.initiator {
-            self.stats.round_trips = 1;
             let items = replica.items(&self.peer).map_err(EngineError::Replica)?;
             let delta = replica.knows_peer(&self.peer).map_err(EngineError::Replica)?;
             let delta_docs = if delta { replica.delta(&self.peer).map_err(EngineError::Replica)? } else { Vec::new() };
@@ -421,12 +445,13 @@ impl Engine {
             return Ok(());
         }
         self.pushed_now.clear();
+        let out_before = self.out.len();
         for id in docs {
             self.poke(replica, id)?;
         }
         self.refresh_blobs(replica)?;
         self.flush_knowledge(replica)?;
-        self.maybe_idle();
+        self.end_of_batch(out_before);
         Ok(())
     }
 
@@ -439,18 +464,34 @@ impl Engine {
         let mut wanted: Vec<DocId> = Vec::new();
         self.pushed_now.clear();
         self.reply_queued = false;
-        for frame in frames {
+        let out_before = self.out.len();
+        // Causal depth of the peer's frames in this batch, from its marks.
+        let mut batch_depth: Option<u32> = None;
+        let mut queue: VecDeque<Frame> = frames.into();
+        while let Some(frame) = queue.pop_front() {
             self.stats.frames_received += 1;
             self.stats.bytes_received += frame.to_bytes().len() as u64;
-            self.received_since_send = true;
             if self.closed {
                 continue;
             }
             if self.version.is_none() && !matches!(frame, Frame::Hello(_) | Frame::Close { .. }) {
+                // The two lanes are separate streams: a blob frame may overtake the Hello.
+                if frame.lane() == Lane::Blob && self.early.len() < MAX_EARLY {
+                    self.stats.frames_received -= 1;
+                    self.stats.bytes_received -= frame.to_bytes().len() as u64;
+                    self.early.push(frame);
+                    continue;
+                }
                 return Err(self.protocol(format!("{} before hello", frame.name())));
             }
             match frame {
-                Frame::Hello(h) => self.on_hello(replica, h)?,
+                Frame::Hello(h) => {
+                    self.on_hello(replica, h)?;
+                    // Frames that overtook the Hello on the other lane come next.
+                    for f in std::mem::take(&mut self.early).into_iter().rev() {
+                        queue.push_front(f);
+                    }
+                }
                 Frame::Summary(s) => {
                     if s.pushed > 0 {
                         let n = s.pushed;
@@ -578,7 +619,13 @@ impl Engine {
                         self.log.push(format!("{}: installed a newer revocation list", self.peer.name));
                     }
                 }
-                Frame::Idle { received } => self.peer_idle_at = Some(received),
+                Frame::Mark { received, idle } => {
+                    self.last_mark = Some((received, idle));
+                    let d =
+                        received.checked_sub(1).and_then(|i| self.sent_depths.get(i as usize)).copied().unwrap_or(0);
+                    batch_depth = Some(batch_depth.unwrap_or(0).max(d));
+                    self.resolve_depths(d);
+                }
                 Frame::Close { code, reason } => {
                     self.closed = true;
                     if code != CloseCode::Done as u16 {
@@ -608,7 +655,22 @@ impl Engine {
         self.send_acks();
         self.refresh_blobs(replica)?;
         self.flush_knowledge(replica)?;
-        self.maybe_idle();
+        if self.cfg.initiator {
+            // Frames we send now answer the peer's batch: one round trip deeper than the frames
+            // of ours that batch answered. Without a mark yet (the batch was cut by the network),
+            // the depth is settled when the mark comes.
+            match batch_depth {
+                Some(d) => {
+                    self.next_depth = self.next_depth.max(d + 1);
+                    self.next_depth_provisional = false;
+                }
+                None => {
+                    self.next_depth = self.next_depth.max(self.last_mark_depth + 1);
+                    self.next_depth_provisional = true;
+                }
+            }
+        }
+        self.end_of_batch(out_before);
         Ok(())
     }
 
@@ -1021,21 +1083,39 @@ impl Engine {
             && self.docs.values().all(|d| !d.awaiting_ack && !d.am_active)
     }
 
-    fn maybe_idle(&mut self) {
-        // Idle goes after whatever is queued: "once you have these, I wait for nothing".
-        if self.closed || self.version.is_none() || !self.is_quiescent() {
+    /// A mark arrived answering frames of depth `d`: frames we sent in answer to the unmarked
+    /// part of that batch are `d + 1` deep.
+    fn resolve_depths(&mut self, d: u32) {
+        self.last_mark_depth = self.last_mark_depth.max(d);
+        for i in std::mem::take(&mut self.unresolved) {
+            if let Some(depth) = self.sent_depths.get_mut(i) {
+                *depth = (*depth).max(d + 1);
+                self.stats.round_trips = self.stats.round_trips.max(u64::from(*depth));
+            }
+        }
+        self.next_depth_provisional = false;
+    }
+
+    /// The responder closes each batch of output with a mark (and sends one, once, when it
+    /// becomes idle): the initiator learns what the batch answers and when all is settled.
+    fn end_of_batch(&mut self, out_before: usize) {
+        if self.cfg.initiator || self.closed || self.version.is_none() {
             return;
         }
         let received = self.stats.frames_received;
-        if self.idle_sent_at != Some(received) && !self.cfg.initiator {
-            self.idle_sent_at = Some(received);
-            self.send(Frame::Idle { received });
+        let idle = self.is_quiescent();
+        let produced = self.out.len() > out_before;
+        if produced || (idle && self.idle_sent_at != Some(received)) {
+            if idle {
+                self.idle_sent_at = Some(received);
+            }
+            self.send(Frame::Mark { received, idle });
         }
     }
 
     /// For a one-shot sync: both sides have converged and the peer has processed everything we sent.
     pub fn is_done(&self) -> bool {
-        self.is_quiescent() && self.out.is_empty() && self.peer_idle_at == Some(self.stats.frames_sent)
+        self.is_quiescent() && self.out.is_empty() && self.last_mark == Some((self.stats.frames_sent, true))
     }
 
     /// Ends the conversation normally.

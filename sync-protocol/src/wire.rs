@@ -227,10 +227,14 @@ pub enum Frame {
         /// DER bytes.
         der: Vec<u8>,
     },
-    /// The sender has processed `received` frames and has nothing outstanding.
-    Idle {
+    /// Ends each batch of the responder's frames: they answer the first `received` frames of the
+    /// peer (which lets the initiator count round trips exactly), and `idle` says whether the
+    /// sender then waits for nothing.
+    Mark {
         /// Frames received from the peer so far.
         received: u64,
+        /// Whether the sender has nothing outstanding.
+        idle: bool,
     },
     /// The sender ends the conversation.
     Close {
@@ -294,7 +298,7 @@ impl Frame {
             Frame::BlobChunk { .. } => 0x12,
             Frame::BlobMissing { .. } => 0x13,
             Frame::Revocations { .. } => 0x20,
-            Frame::Idle { .. } => 0x30,
+            Frame::Mark { .. } => 0x30,
             Frame::Close { .. } => 0x3F,
         }
     }
@@ -317,7 +321,7 @@ impl Frame {
             Frame::BlobChunk { .. } => "blob-chunk",
             Frame::BlobMissing { .. } => "blob-missing",
             Frame::Revocations { .. } => "revocations",
-            Frame::Idle { .. } => "idle",
+            Frame::Mark { .. } => "mark",
             Frame::Close { .. } => "close",
         }
     }
@@ -410,7 +414,10 @@ impl Frame {
             }
             Frame::BlobMissing { hash } => p.extend_from_slice(hash),
             Frame::Revocations { der } => put_bytes(&mut p, der),
-            Frame::Idle { received } => put_varint(&mut p, *received),
+            Frame::Mark { received, idle } => {
+                put_varint(&mut p, *received);
+                p.push(u8::from(*idle));
+            }
             Frame::Close { code, reason } => {
                 p.extend_from_slice(&code.to_be_bytes());
                 put_bytes(&mut p, reason.as_bytes());
@@ -514,7 +521,7 @@ impl Frame {
             },
             0x13 => Frame::BlobMissing { hash: r.array("blob hash")? },
             0x20 => Frame::Revocations { der: r.bytes("revocation list")? },
-            0x30 => Frame::Idle { received: r.varint("idle count")? },
+            0x30 => Frame::Mark { received: r.varint("mark count")?, idle: r.bool("mark idle flag")? },
             0x3F => Frame::Close { code: r.u16("close code")?, reason: r.string("close reason")? },
             other => return Err(DecodeError::UnknownType(other)),
         };
@@ -743,7 +750,7 @@ mod tests {
             Frame::BlobChunk { hash: [1; 32], index: 4, data: vec![7; 100] },
             Frame::BlobMissing { hash: [1; 32] },
             Frame::Revocations { der: vec![0x30, 0x82] },
-            Frame::Idle { received: 12 },
+            Frame::Mark { received: 12, idle: true },
             Frame::Close { code: 1, reason: "no common version".into() },
         ]
     }

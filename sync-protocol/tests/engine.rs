@@ -386,3 +386,17 @@ fn equal_sets_without_peer_state_finish_in_one_round_trip() {
     let (ea, _, _) = converse(&mut edge2, &mut hub2, T + 2);
     assert_eq!(ea.stats().round_trips, 1, "{:?}", ea.stats());
 }
+
+#[test]
+fn a_blob_frame_that_overtakes_the_hello_on_the_other_lane_waits_for_it() {
+    let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+    let mut edge = replica(&edge_i, 1);
+    let mut ea = Engine::new(hub_i, EngineConfig::new(true));
+    ea.start(&mut edge, T).unwrap();
+    let want = Frame::BlobWant { hash: [9; 32], manifest: true, chunks: vec![0] };
+    let hello = Frame::Hello(Hello { min_version: 1, max_version: 1, node: "hub-qhm".into(), crl_number: 0 });
+    ea.handle(&mut edge, vec![want], T).unwrap();
+    ea.handle(&mut edge, vec![hello], T).unwrap();
+    let out: Vec<Frame> = std::iter::from_fn(|| ea.poll_frame().map(|x| x.1)).collect();
+    assert!(out.iter().any(|f| matches!(f, Frame::BlobMissing { .. })), "the early want was answered: {out:?}");
+}

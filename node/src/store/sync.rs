@@ -228,6 +228,14 @@ impl Store {
         Ok(out)
     }
 
+    /// Forgets what this node knew of a peer: the next conversation reconciles from scratch.
+    pub fn forget_peer(&self, peer: &str) -> Result<u64, StoreError> {
+        self.conn
+            .execute("DELETE FROM peer_docs WHERE peer = ?1", [peer])
+            .map(|n| n as u64)
+            .map_err(sql("forgetting a peer"))
+    }
+
     /// Whether this node has stored knowledge of the peer.
     pub fn knows_peer(&self, peer: &PeerInfo) -> Result<bool, StoreError> {
         self.conn

@@ -39,7 +39,7 @@ pub fn daemon(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
     cmd.args(["run", "--dir", dir.to_str().unwrap()])
         .args(args)
         .env_remove("OUTPOST_NODE_KEY")
-        .env("OUTPOST_LOG", "info")
+        .env("OUTPOST_LOG", std::env::var("OUTPOST_LOG").unwrap_or_else(|_| "info".into()))
         .stdout(Stdio::null())
         .stderr(file);
     for (k, v) in env {

@@ -1,0 +1,297 @@
+//! Part two of the demo: a hub, an ambulance, a surgery and a consultant's desk on loopback,
+//! each a real node (its own SQLite store, its own key, its own certificate from a fleet CA)
+//! served by the same daemon code as `outpost run`, talking QUIC with mutual TLS. The
+//! ambulance reaches the hub through the link emulator with the rural A-road 4G profile.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use sync_protocol::NhsNumber;
+use sync_protocol::session::{Patient, Requester, Service, SessionId, SessionView};
+use sync_protocol::vocab::{
+    CareSetting, Channel, ConsentKind, ConsentScope, NhsVerification, Outcome, PhotoView, Priority, ReceiptLevel, Role,
+    ServiceLine, Side,
+};
+
+use crate::cli::bytes;
+use crate::config::NodeDir;
+use crate::linkem::{EmulatorOptions, LinkEmulator};
+use crate::net::{Daemon, RunOptions};
+use crate::node::{InitParams, Node, PhotoRequest, SessionRequest, now_ms};
+use crate::photo;
+use crate::tls::CaDir;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Clock(Instant);
+
+impl Clock {
+    fn say(&self, who: &str, what: impl AsRef<str>) {
+        println!("  t={:>6.2}s  {:<12} {}", self.0.elapsed().as_secs_f64(), who, what.as_ref());
+    }
+}
+
+fn make_node(
+    root: &Path,
+    ca: &CaDir,
+    name: &str,
+    role: Role,
+    org: &str,
+    lines: Vec<ServiceLine>,
+) -> anyhow::Result<Node> {
+    let dir = NodeDir::new(root.join(name));
+    let params = InitParams { name: name.into(), role, org: Some(org.into()), icb: Some("QHM".into()), lines };
+    Node::init(&dir, &params, now_ms())?;
+    let node = Node::open(&dir)?;
+    let issued = ca.issue(&node.config.peer_info(), 30, false)?;
+    node.store.set_tls_identity(&issued.cert_pem, &issued.key_pem, &issued.ca_pem)?;
+    let (n, der) = ca.crl()?;
+    node.store.put_revocations(n, &der)?;
+    Ok(node)
+}
+
+async fn view(d: &Daemon, id: SessionId) -> Option<SessionView> {
+    d.with_node(move |n| n.store.view(id).ok()).await.ok().flatten()
+}
+
+/// Polls until `check` holds on the daemon's view of the session.
+async fn until(
+    d: &Daemon,
+    id: SessionId,
+    what: &str,
+    check: impl Fn(&SessionView) -> bool,
+) -> anyhow::Result<SessionView> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = view(d, id).await
+            && check(&v)
+        {
+            return Ok(v);
+        }
+        if start.elapsed() > WAIT {
+            anyhow::bail!("the demo waited {WAIT:?} for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs part two in `root`.
+pub async fn run(root: &Path) -> anyhow::Result<()> {
+    println!("\npart 2: a hub, an ambulance, a surgery and a consultant's desk (real QUIC, mutual TLS, loopback)\n");
+    let ca = CaDir::new(root.join("ca"));
+    ca.init("demo")?;
+    let hub = make_node(root, &ca, "hub-qhm", Role::Hub, "QHM", vec![])?;
+    let amb = make_node(root, &ca, "amb-07", Role::Edge, "RX6", vec![])?;
+    let surgery = make_node(root, &ca, "surgery-12", Role::Edge, "B82005", vec![])?;
+    let desk = make_node(root, &ca, "desk-derm-1", Role::Desk, "RTH", vec![ServiceLine::Dermatology])?;
+
+    let hub = Daemon::start(hub, RunOptions { listen: Some("127.0.0.1:0".parse()?), peers: vec![] }).await?;
+    let hub_addr = hub.local_addr.ok_or_else(|| anyhow::anyhow!("the hub is not listening"))?;
+    let profile = sync_protocol::links::profile("rural-a-road").ok_or_else(|| anyhow::anyhow!("no profile"))?;
+    let link =
+        LinkEmulator::start("127.0.0.1:0".parse()?, hub_addr, profile.clone(), EmulatorOptions::default()).await?;
+    println!(
+        "  fleet CA in {}; hub-qhm on {hub_addr}; amb-07 reaches it through an emulated {} link",
+        ca_dir_name(root),
+        profile.name
+    );
+    println!(
+        "  ({} kbit/s up, {:.0}-{:.0} ms RTT, {:.1}% burst loss); surgery-12 and desk-derm-1 (dermatology) on fixed lines\n",
+        profile.uplink_bps / 1000,
+        profile.rtt_ms.0,
+        profile.rtt_ms.1,
+        profile.loss.mean_loss() * 100.0
+    );
+
+    let clock = Clock(Instant::now());
+    link.set_up(false);
+    clock.say("amb-07", "on the moor road, in a not-spot: no link");
+    let amb = Daemon::start(amb, RunOptions { listen: None, peers: vec![link.local_addr] }).await?;
+    let desk = Daemon::start(desk, RunOptions { listen: None, peers: vec![hub_addr] }).await?;
+    let surgery = Daemon::start(surgery, RunOptions { listen: None, peers: vec![hub_addr] }).await?;
+
+    // The surgery's cardiology question: the dermatology desk must never see it.
+    let cardio = surgery
+        .with_node(|n| {
+            n.new_session(
+                SessionRequest {
+                    care_setting: CareSetting::GpElective,
+                    requester: Requester { role: Some("GP".into()), ..Requester::default() },
+                    patient: Patient {
+                        nhs_number: NhsNumber::parse("4010232137").ok(),
+                        verification: NhsVerification::Verified,
+                        ..Patient::default()
+                    },
+                    service: Service {
+                        line: ServiceLine::Cardiology,
+                        channel: Channel::Message,
+                        priority: Priority::Routine,
+                    },
+                    summary: "Intermittent palpitations, Holter arranged; is a cardiology referral needed?".into(),
+                    draft: false,
+                },
+                now_ms(),
+            )
+        })
+        .await??
+        .id;
+    surgery.announce(vec![cardio.to_bytes()]);
+    clock.say("surgery-12", format!("cardiology session {} (a GP's question)", short(cardio)));
+
+    // The paramedic writes up the case and takes three photos, offline.
+    let id = amb
+        .with_node(|n| {
+            n.new_session(
+                SessionRequest {
+                    care_setting: CareSetting::AmbulanceOnScene,
+                    requester: Requester {
+                        role: Some("paramedic".into()),
+                        call_sign: Some("NY-RRV-07".into()),
+                        ..Requester::default()
+                    },
+                    patient: Patient {
+                        nhs_number: NhsNumber::parse("9000000009").ok(),
+                        verification: NhsVerification::Verified,
+                        ..Patient::default()
+                    },
+                    service: Service {
+                        line: ServiceLine::Dermatology,
+                        channel: Channel::Photo,
+                        priority: Priority::TwoWeekWait,
+                    },
+                    summary: "81F, enlarging pigmented lesion left forearm, bleeds on contact".into(),
+                    draft: false,
+                },
+                now_ms(),
+            )
+        })
+        .await??
+        .id;
+    clock.say("amb-07", format!("dermatology session {} created", short(id)));
+    let text = "Lesion 14 mm, irregular border, two colours; noticed by carers 6 weeks ago.";
+    amb.with_node(move |n| n.send_message(id, text, None, now_ms())).await??;
+    clock.say("amb-07", "message written: on this device only");
+    let mut photo_bytes = 0u64;
+    for (seed, view) in [(11, PhotoView::Site), (12, PhotoView::CloseUp), (13, PhotoView::Dermoscopic)] {
+        // Photos resized before sending, as the brief says clinical apps do (200-500 KB).
+        let p = photo::synthetic_jpeg(800, 600, seed)?;
+        photo_bytes += p.bytes.len() as u64;
+        let req = PhotoRequest {
+            view,
+            body_site: "left forearm".into(),
+            consent: ConsentKind::Verbal,
+            scope: ConsentScope::RecordOnly,
+        };
+        let info = amb.with_node(move |n| n.attach_photo(id, &p, &req, now_ms())).await??;
+        clock.say("amb-07", format!("photo {view} ({}) taken: on this device only", bytes(info.size)));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let v = view(&amb, id).await.ok_or_else(|| anyhow::anyhow!("session missing"))?;
+    let local: Vec<&str> =
+        v.messages.iter().map(|m| m.receipt.describe()).chain(v.media.iter().map(|m| m.receipt.describe())).collect();
+    clock.say("amb-07", format!("still no link; the app shows: {}", local.join(", ")));
+
+    link.set_up(true);
+    clock.say("amb-07", "back in coverage: link up, daemon reconnects");
+    until(&amb, id, "the message at the hub", |v| v.messages[0].receipt >= ReceiptLevel::Hub).await?;
+    clock.say("amb-07", "message → at hub (stored durably there before it said so)");
+    until(&desk, id, "the session at the desk", |_| true).await?;
+    clock.say("desk-derm-1", "holds the session (pushed by the hub: dermatology, ICB QHM)");
+    until(&amb, id, "the message at the consultant", |v| v.messages[0].receipt >= ReceiptLevel::Desk).await?;
+    clock.say("amb-07", "message → at consultant");
+    for i in 0..3 {
+        let v = until(&amb, id, "a photo at the hub", move |v| {
+            v.media.len() == 3 && v.media[i].receipt >= ReceiptLevel::Hub
+        })
+        .await?;
+        clock.say(
+            "amb-07",
+            format!("photo {} → at hub (every 16 KiB chunk verified against its BLAKE3 hash)", v.media[i].view),
+        );
+    }
+    let offloaded = amb
+        .with_node(move |n| -> Result<Vec<String>, crate::store::StoreError> {
+            let v = n.store.view(id)?;
+            v.media.iter().map(|m| n.store.blob_info(&m.hash).map(|b| b.state)).collect()
+        })
+        .await??;
+    clock.say(
+        "amb-07",
+        format!("photos deleted from the tablet once the hub held them: {} (thumbnails kept)", offloaded.join(", ")),
+    );
+    until(&amb, id, "the photos at the consultant", |v| v.media.iter().all(|m| m.receipt >= ReceiptLevel::Desk))
+        .await?;
+    clock.say("amb-07", "all three photos → at consultant");
+
+    // The consultant reads, looks at the photos, replies and records an outcome.
+    desk.with_node(move |n| n.show(id, now_ms())).await??;
+    let hashes: Vec<String> =
+        view(&desk, id).await.map(|v| v.media.iter().map(|m| m.hash.clone()).collect()).unwrap_or_default();
+    for h in hashes {
+        desk.with_node(move |n| n.open_photo(&h, now_ms())).await??;
+    }
+    desk.announce(vec![id.to_bytes()]);
+    until(&amb, id, "the read receipts", |v| {
+        v.messages[0].receipt == ReceiptLevel::Read && v.media.iter().all(|m| m.receipt == ReceiptLevel::Read)
+    })
+    .await?;
+    clock.say("amb-07", "message and photos → read by the consultant");
+    let reply = "Likely nodular melanoma: refer on the two-week-wait pathway today; no need to convey.";
+    desk.with_node(move |n| -> Result<(), crate::node::NodeError> {
+        n.send_message(id, reply, None, now_ms())?;
+        n.set_outcome(id, Side::Responder, Outcome::ReferralMade, now_ms())
+    })
+    .await??;
+    desk.announce(vec![id.to_bytes()]);
+    clock.say("desk-derm-1", format!("replies: \"{reply}\""));
+    let v = until(&amb, id, "the reply at the ambulance", |v| v.messages.len() == 2).await?;
+    clock.say("amb-07", format!("reply received; session now {}", v.status));
+    amb.with_node(move |n| n.set_outcome(id, Side::Requester, Outcome::ConveyanceAvoided, now_ms())).await??;
+    amb.announce(vec![id.to_bytes()]);
+    until(&desk, id, "both outcomes at the desk", |v| v.outcome.requester.is_some() && v.outcome.responder.is_some())
+        .await?;
+    clock.say("desk-derm-1", "both outcomes recorded: requester conveyance_avoided, responder referral_made");
+
+    // Scope: the cardiology question reached the hub, never the dermatology desk.
+    let hub_has = view(&hub, cardio).await.is_some();
+    let desk_has = view(&desk, cardio).await.is_some();
+    let amb_has = view(&amb, cardio).await.is_some();
+    clock.say(
+        "scope",
+        format!(
+            "surgery-12's cardiology session: at hub {}, at desk-derm-1 {}, at amb-07 {}",
+            yes(hub_has),
+            yes(desk_has),
+            yes(amb_has)
+        ),
+    );
+    if !hub_has || desk_has || amb_has {
+        anyhow::bail!("scope was not respected");
+    }
+
+    let s = link.stats();
+    println!(
+        "\n  the ambulance's emulated link carried {} up and {} down for {} of photos and a few hundred bytes of text",
+        bytes(s.up_bytes_out),
+        bytes(s.down_bytes_out),
+        bytes(photo_bytes)
+    );
+    println!("  ({} datagrams lost to the profile's burst loss, recovered by QUIC)", s.lost);
+    for (name, d) in [("amb-07", amb), ("surgery-12", surgery), ("desk-derm-1", desk), ("hub-qhm", hub)] {
+        d.stop().await;
+        let _ = name;
+    }
+    Ok(())
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+fn short(id: SessionId) -> String {
+    id.to_string()[..10].to_string()
+}
+
+fn ca_dir_name(root: &Path) -> String {
+    root.join("ca").display().to_string()
+}
