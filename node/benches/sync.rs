@@ -340,7 +340,7 @@ fn main() {
 
     // The photo over a link that drops halfway.
     eprintln!("3 MB photo over an emulated 8 Mbit/s link that drops halfway...");
-    let photo = outpost_node::photo::synthetic_jpeg(2560, 1920, 77).expect("photo");
+    let photo = outpost_node::photo::synthetic_jpeg(2048, 1536, 77).expect("photo");
     let size = photo.bytes.len() as u64;
     let hash = {
         let mut node = Node::open(&edge).expect("open");

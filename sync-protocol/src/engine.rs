@@ -265,6 +265,8 @@ pub struct Engine {
     recon_waiting: bool,
     transfers: BTreeMap<Hash, Transfer>,
     missing_at_peer: HashSet<Hash>,
+    /// Whether the blobs to fetch must be looked up again (documents arrived or changed).
+    blobs_dirty: bool,
     knowledge_updates: Vec<(DocId, Knowledge)>,
     /// The peer's latest mark: frames of ours it had processed, and whether it was idle.
     last_mark: Option<(u64, bool)>,
@@ -314,6 +316,7 @@ impl Engine {
             recon_waiting: false,
             transfers: BTreeMap::new(),
             missing_at_peer: HashSet::new(),
+            blobs_dirty: true,
             knowledge_updates: Vec::new(),
             last_mark: None,
             idle_sent_at: None,
@@ -449,6 +452,7 @@ impl Engine {
         for id in docs {
             self.poke(replica, id)?;
         }
+        self.blobs_dirty = true;
         self.refresh_blobs(replica)?;
         self.flush_knowledge(replica)?;
         self.end_of_batch(out_before);
@@ -637,6 +641,7 @@ impl Engine {
         if !incoming.is_empty() {
             // New documents may reference blobs the peer did not hold when we last asked.
             self.missing_at_peer.clear();
+            self.blobs_dirty = true;
             touched.extend(self.apply_incoming(replica, incoming, now)?);
         }
         for id in wanted {
@@ -928,6 +933,10 @@ impl Engine {
     }
 
     fn refresh_blobs<R: Replica>(&mut self, replica: &mut R) -> Res<(), R> {
+        if !std::mem::take(&mut self.blobs_dirty) {
+            self.fill_window();
+            return Ok(());
+        }
         for need in replica.blobs_wanted(&self.peer).map_err(EngineError::Replica)? {
             if self.transfers.contains_key(&need.hash) || self.missing_at_peer.contains(&need.hash) {
                 continue;

@@ -192,6 +192,17 @@ impl Store {
         }))
     }
 
+    /// Whether the peer may hold the session with row id `sid`.
+    fn sid_visible(&self, sid: i64, peer: &PeerInfo) -> Result<bool, StoreError> {
+        let id: Option<String> = self
+            .conn
+            .query_row("SELECT id FROM sessions WHERE sid = ?1", [sid], |r| r.get(0))
+            .optional()
+            .map_err(sql("reading the session index"))?;
+        let Some(id) = id.and_then(|i| i.parse::<SessionId>().ok()) else { return Ok(false) };
+        Ok(self.scope_row(&id.to_bytes())?.is_some_and(|r| may_hold(peer, &r.meta)))
+    }
+
     /// Items the peer may see, sorted by id.
     pub fn items_for(&self, peer: &PeerInfo) -> Result<Vec<Item>, StoreError> {
         Ok(self
@@ -420,9 +431,6 @@ impl Store {
     /// Blobs of sessions shared with `peer` that this node should fetch from it: photos
     /// attached by others, not yet held whole here, that the peer attached or has confirmed holding.
     pub fn blobs_wanted(&self, me: &PeerInfo, peer: &PeerInfo) -> Result<Vec<BlobNeed>, StoreError> {
-        let rows = self.scope_rows()?;
-        let visible: std::collections::HashSet<i64> =
-            rows.iter().filter(|r| may_hold(peer, &r.meta)).map(|r| r.sid).collect();
         let ctx = "listing photos to fetch";
         let mut stmt = self
             .conn
@@ -444,7 +452,7 @@ impl Store {
             let peer_has = added_by == peer.name || holders.split(',').any(|h| h == peer.name);
             let Ok(bytes) = hex::decode(&hash_hex) else { continue };
             let Ok(hash) = <[u8; 32]>::try_from(bytes) else { continue };
-            if !visible.contains(&sid) || !peer_has || out.iter().any(|n| n.hash == hash) {
+            if !peer_has || out.iter().any(|n| n.hash == hash) || !self.sid_visible(sid, peer)? {
                 continue;
             }
             let manifest = manifest.map(|cvs| BlobManifest {
@@ -498,7 +506,10 @@ impl Store {
                 .collect::<Result<_, _>>()
                 .map_err(sql("reading a photo"))?
         };
-        let visible = self.scope_rows()?.iter().any(|r| sids.contains(&r.sid) && may_hold(peer, &r.meta));
+        let mut visible = false;
+        for sid in sids {
+            visible |= self.sid_visible(sid, peer)?;
+        }
         if !visible {
             return Ok(None);
         }
