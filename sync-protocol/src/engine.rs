@@ -267,6 +267,8 @@ pub struct Engine {
     missing_at_peer: HashSet<Hash>,
     /// Whether the blobs to fetch must be looked up again (documents arrived or changed).
     blobs_dirty: bool,
+    /// Documents range reconciliation found to differ.
+    range_diffs: HashSet<DocId>,
     knowledge_updates: Vec<(DocId, Knowledge)>,
     /// The peer's latest mark: frames of ours it had processed, and whether it was idle.
     last_mark: Option<(u64, bool)>,
@@ -317,6 +319,7 @@ impl Engine {
             transfers: BTreeMap::new(),
             missing_at_peer: HashSet::new(),
             blobs_dirty: true,
+            range_diffs: HashSet::new(),
             knowledge_updates: Vec::new(),
             last_mark: None,
             idle_sent_at: None,
@@ -525,9 +528,22 @@ impl Engine {
                             matches!(r.mode, RangeMode::Fingerprint { .. } | RangeMode::Items { reply: false, .. })
                         })
                     };
+                    let finished = !wants_answer(&reply);
                     if wants_answer(&ranges) || !reply.is_empty() {
                         self.recon_waiting = wants_answer(&reply);
                         self.send(Frame::Ranges(reply));
+                    }
+                    for d in &diffs {
+                        self.range_diffs.insert(d.id);
+                    }
+                    if finished {
+                        // Every document the exchange did not single out is the same on both
+                        // sides: remember that, so that the next conversation starts from it.
+                        for (id, heads) in replica.delta(&self.peer).map_err(EngineError::Replica)? {
+                            if !self.range_diffs.contains(&id) {
+                                self.knowledge_updates.push((id, Knowledge { shared: heads.clone(), heads }));
+                            }
+                        }
                     }
                     for d in diffs {
                         self.stats.range_differences += 1;

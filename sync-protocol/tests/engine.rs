@@ -400,3 +400,30 @@ fn a_blob_frame_that_overtakes_the_hello_on_the_other_lane_waits_for_it() {
     let out: Vec<Frame> = std::iter::from_fn(|| ea.poll_frame().map(|x| x.1)).collect();
     assert!(out.iter().any(|f| matches!(f, Frame::BlobMissing { .. })), "the early want was answered: {out:?}");
 }
+
+#[test]
+fn after_range_reconciliation_a_reconnect_needs_no_new_reconciliation() {
+    let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+    let (mut edge, mut hub) = (replica(&edge_i, 1), replica(&hub_i, 2));
+    let ids: Vec<DocId> = (0..300).map(|i| new_session(&mut edge, i, ServiceLine::Cardiology)).collect();
+    converse(&mut edge, &mut hub, T + 1);
+    // Knowledge lost on both sides: reconciled by ranges, which finds nothing to send...
+    let mut edge2 = replica(&edge_i, 1);
+    let mut hub2 = replica(&hub_i, 2);
+    for id in &ids {
+        let b = edge.changes_since(id, &[]).unwrap();
+        edge2.apply(&hub_i, &[(*id, b)], T).unwrap();
+        let b = hub.changes_since(id, &[]).unwrap();
+        hub2.apply(&edge_i, &[(*id, b)], T).unwrap();
+    }
+    let (ea, _, _) = converse(&mut edge2, &mut hub2, T + 2);
+    assert_eq!(ea.stats().docs_sent, 0);
+    // ... and leaves both knowing it: one new session later, only that one crosses.
+    let fresh = new_session(&mut edge2, 999, ServiceLine::Cardiology);
+    let (ea, eb, link) = converse(&mut edge2, &mut hub2, T + 3);
+    assert_eq!(ea.stats().docs_sent, 1, "{:?}", ea.stats());
+    assert_eq!(ea.stats().range_differences + eb.stats().range_differences, 0);
+    let bytes: usize = link.a_to_b.iter().chain(&link.b_to_a).map(Vec::len).sum();
+    assert!(bytes < 4096, "{bytes} bytes for one new session");
+    assert!(hub2.view(&fresh).is_some());
+}
