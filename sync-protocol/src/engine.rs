@@ -453,9 +453,16 @@ impl Engine {
         self.pushed_now.clear();
         let out_before = self.out.len();
         for id in docs {
-            self.poke(replica, id)?;
+            // Only documents the peer may see can bring new photos to fetch from it.
+            if self.poke(replica, id)? || replica.heads_for(&self.peer, id).map_err(EngineError::Replica)?.is_some() {
+                self.blobs_dirty = true;
+            }
         }
-        self.blobs_dirty = true;
+        if docs.is_empty() && !self.missing_at_peer.is_empty() {
+            // A periodic nudge: ask again for photos the peer did not hold last time.
+            self.missing_at_peer.clear();
+            self.blobs_dirty = true;
+        }
         self.refresh_blobs(replica)?;
         self.flush_knowledge(replica)?;
         self.end_of_batch(out_before);

@@ -91,7 +91,7 @@ impl LinkProfile {
 
 /// The names of the built-in profiles, from best to worst.
 pub const PROFILE_NAMES: &[&str] =
-    &["urban-4g", "rural-a-road", "cell-edge", "3g-fallback", "remote-moor", "rural-surgery", "satellite"];
+    &["urban-4g", "rural-a-road", "cell-edge", "3g-fallback", "remote-moor", "rural-surgery", "satellite", "hospital"];
 
 /// A built-in profile by name.
 pub fn profile(name: &str) -> Option<LinkProfile> {
@@ -174,6 +174,18 @@ pub fn profile(name: &str) -> Option<LinkProfile> {
             (25.0, 50.0),
             GilbertElliott { p_good_bad: 0.001, p_bad_good: 0.3, loss_good: 0.001, loss_bad: 0.03 },
             0.01,
+        ),
+        // A hospital's wired network (where hubs and consultants' desks sit). Not in the brief:
+        // an assumption of a well-run LAN/WAN, so that desks are not the weak link.
+        "hospital" => p(
+            name,
+            0.9999,
+            (30.0, 120.0),
+            50_000_000,
+            50_000_000,
+            (5.0, 15.0),
+            GilbertElliott { p_good_bad: 0.0001, p_bad_good: 0.5, loss_good: 0.0001, loss_bad: 0.01 },
+            0.001,
         ),
         _ => return None,
     })

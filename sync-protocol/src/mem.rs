@@ -7,6 +7,7 @@
 //! once a hub confirms holding it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use automerge::sync::{self, SyncDoc};
 use automerge::{ActorId, ChangeHash};
@@ -24,10 +25,28 @@ use crate::wire::{BlobManifest, DocId, Hash};
 #[error("in-memory replica: {0}")]
 pub struct MemError(pub String);
 
+/// A held session with what is read of it often, recomputed once per write.
 #[derive(Debug)]
 struct Doc {
     doc: SessionDoc,
     meta: DocMeta,
+    view: SessionView,
+    heads: Vec<Hash>,
+}
+
+impl Doc {
+    fn new(mut doc: SessionDoc) -> Result<Doc, crate::ModelError> {
+        let view = doc.view()?;
+        let heads = ids(doc.heads());
+        Ok(Doc { meta: view.meta(), view, heads, doc })
+    }
+
+    fn refresh(&mut self) -> Result<(), crate::ModelError> {
+        self.view = self.doc.view()?;
+        self.meta = self.view.meta();
+        self.heads = ids(self.doc.heads());
+        Ok(())
+    }
 }
 
 /// A blob held in memory.
@@ -38,7 +57,7 @@ pub struct MemBlob {
     /// Verified manifest, once known.
     pub manifest: Option<BlobManifest>,
     /// Chunks held.
-    pub chunks: BTreeMap<u32, Vec<u8>>,
+    pub chunks: BTreeMap<u32, Arc<[u8]>>,
     /// Deleted here after a hub confirmed holding it.
     pub offloaded: bool,
 }
@@ -46,6 +65,25 @@ pub struct MemBlob {
 impl MemBlob {
     fn whole(&self) -> bool {
         !self.offloaded && self.chunks.len() as u64 == blob::chunk_count(self.size, CHUNK_SIZE)
+    }
+}
+
+/// Chunk bytes shared between replicas of one process, so that a simulated region holding the
+/// same photo at the edge, the hub and several desks keeps it in memory once.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkPool(Arc<Mutex<SharedChunks>>);
+
+type SharedChunks = HashMap<[u8; 32], Arc<[u8]>>;
+
+impl ChunkPool {
+    /// The shared copy of these bytes.
+    pub fn intern(&self, data: &[u8]) -> Arc<[u8]> {
+        let key = *blake3::hash(data).as_bytes();
+        let mut map = match self.0.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.entry(key).or_insert_with(|| Arc::from(data)).clone()
     }
 }
 
@@ -62,6 +100,7 @@ pub struct MemReplica {
     /// Every document written by `apply`, `am_receive`, `store_chunk` or a local edit, in order,
     /// since the last [`MemReplica::take_changed`]: what a node pushes to its other peers.
     changed: Vec<DocId>,
+    pool: Option<ChunkPool>,
 }
 
 fn ids(heads: Vec<ChangeHash>) -> Vec<Hash> {
@@ -100,6 +139,20 @@ impl MemReplica {
             blobs: HashMap::new(),
             revocations: None,
             changed: Vec::new(),
+            pool: None,
+        }
+    }
+
+    /// Shares chunk bytes through `pool`.
+    pub fn with_pool(mut self, pool: ChunkPool) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    fn chunk(&self, data: &[u8]) -> Arc<[u8]> {
+        match &self.pool {
+            Some(p) => p.intern(data),
+            None => Arc::from(data),
         }
     }
 
@@ -110,9 +163,9 @@ impl MemReplica {
 
     /// Adds a session created (or edited) locally.
     pub fn put(&mut self, doc: SessionDoc) -> Result<DocId, MemError> {
-        let view = doc.view().map_err(|e| MemError(e.to_string()))?;
-        let id = view.id.to_bytes();
-        self.docs.insert(id, Doc { meta: view.meta(), doc });
+        let d = Doc::new(doc).map_err(|e| MemError(e.to_string()))?;
+        let id = d.view.id.to_bytes();
+        self.docs.insert(id, d);
         self.changed.push(id);
         Ok(id)
     }
@@ -125,7 +178,7 @@ impl MemReplica {
     ) -> Result<T, MemError> {
         let d = self.docs.get_mut(id).ok_or_else(|| MemError("no such document".into()))?;
         let out = f(&mut d.doc).map_err(|e| MemError(e.to_string()))?;
-        d.meta = d.doc.view().map_err(|e| MemError(e.to_string()))?.meta();
+        d.refresh().map_err(|e| MemError(e.to_string()))?;
         self.changed.push(*id);
         Ok(out)
     }
@@ -135,10 +188,10 @@ impl MemReplica {
         let hash = *blake3::hash(data).as_bytes();
         let mut b = MemBlob { size: data.len() as u64, ..MemBlob::default() };
         for (i, c) in data.chunks(CHUNK_SIZE as usize).enumerate() {
-            b.chunks.insert(i as u32, c.to_vec());
+            b.chunks.insert(i as u32, self.chunk(c));
         }
         if data.is_empty() {
-            b.chunks.insert(0, Vec::new());
+            b.chunks.insert(0, Arc::from(Vec::new()));
         }
         b.manifest = blob::manifest(data, CHUNK_SIZE).ok();
         self.blobs.insert(hash, b);
@@ -147,7 +200,7 @@ impl MemReplica {
 
     /// The view of a held session.
     pub fn view(&self, id: &DocId) -> Option<SessionView> {
-        self.docs.get(id).and_then(|d| d.doc.view().ok())
+        self.docs.get(id).map(|d| d.view.clone())
     }
 
     /// Ids of every held session.
@@ -157,7 +210,39 @@ impl MemReplica {
 
     /// Heads of a held session.
     pub fn heads(&mut self, id: &DocId) -> Option<Vec<Hash>> {
-        self.docs.get_mut(id).map(|d| ids(d.doc.heads()))
+        self.docs.get(id).map(|d| d.heads.clone())
+    }
+
+    /// The view of a held session, without copying it.
+    pub fn view_ref(&self, id: &DocId) -> Option<&SessionView> {
+        self.docs.get(id).map(|d| &d.view)
+    }
+
+    /// A copy of a held session (for the simulator's model of a store that loses writes).
+    pub fn copy_doc(&mut self, id: &DocId) -> Option<SessionDoc> {
+        let actor = self.actor.clone();
+        self.docs.get_mut(id).map(|d| d.doc.fork_as(actor))
+    }
+
+    /// Puts back an earlier copy of a session, or removes it (`None`): what a store that
+    /// acknowledged a write before making it durable shows after a crash. Only the simulator's
+    /// planted-bug tests use this.
+    pub fn restore_doc(&mut self, id: &DocId, doc: Option<SessionDoc>) {
+        match doc {
+            Some(d) => {
+                if let Ok(d) = Doc::new(d) {
+                    self.docs.insert(*id, d);
+                }
+            }
+            None => {
+                self.docs.remove(id);
+            }
+        }
+    }
+
+    /// Forgets everything known of every peer (as after restoring a backup).
+    pub fn forget_peers(&mut self) {
+        self.knowledge.clear();
     }
 
     /// Documents written since the last call.
@@ -182,15 +267,17 @@ impl MemReplica {
         let blobs = &self.blobs;
         let Some(d) = self.docs.get_mut(id) else { return Ok(()) };
         if let Some(level) = receipt_level(me.role) {
-            d.doc
+            let added = d
+                .doc
                 .acknowledge(level, &me.name, now, |h| {
                     unhex32(h).is_some_and(|h| blobs.get(&h).is_some_and(MemBlob::whole))
                 })
                 .map_err(|e| MemError(e.to_string()))?;
+            if added {
+                d.refresh().map_err(|e| MemError(e.to_string()))?;
+            }
         }
-        let view = d.doc.view().map_err(|e| MemError(e.to_string()))?;
-        d.meta = view.meta();
-        for h in view.offloadable_media(&me.name) {
+        for h in d.view.offloadable_media(&me.name) {
             if let Some(b) = unhex32(&h).and_then(|h| self.blobs.get_mut(&h))
                 && !b.offloaded
             {
@@ -222,7 +309,9 @@ impl MemReplica {
         if !may_accept(&self.me, peer, &meta) {
             return Ok(Applied::Refused { reason: format!("outside the scope of {} or {}", self.me.name, peer.name) });
         }
-        self.docs.insert(*id, Doc { doc: candidate, meta });
+        let _ = meta;
+        let d = Doc::new(candidate).map_err(|e| MemError(e.to_string()))?;
+        self.docs.insert(*id, d);
         self.after_store(id, now)?;
         self.changed.push(*id);
         let heads = self.heads(id).unwrap_or_default();
@@ -248,7 +337,7 @@ impl Replica for MemReplica {
         let mut out = Vec::new();
         for (id, d) in self.docs.iter_mut() {
             if may_hold(peer, &d.meta) {
-                out.push(Item { id: *id, digest: digest(&ids(d.doc.heads())) });
+                out.push(Item { id: *id, digest: digest(&d.heads) });
             }
         }
         Ok(out)
@@ -261,7 +350,7 @@ impl Replica for MemReplica {
             if !may_hold(peer, &d.meta) {
                 continue;
             }
-            let heads = ids(d.doc.heads());
+            let heads = d.heads.clone();
             if known.and_then(|k| k.get(id)).map(|k| &k.heads) != Some(&heads) {
                 out.push((*id, heads));
             }
@@ -353,7 +442,7 @@ impl Replica for MemReplica {
             if !may_hold(peer, &d.meta) {
                 continue;
             }
-            let Ok(view) = d.doc.view() else { continue };
+            let view = &d.view;
             for m in &view.media {
                 let Some(hash) = unhex32(&m.hash) else { continue };
                 if m.added_by == self.me.name || m.consent_withdrawn {
@@ -377,10 +466,8 @@ impl Replica for MemReplica {
 
     fn blob_manifest(&mut self, peer: &PeerInfo, hash: &Hash) -> Result<Option<BlobManifest>, MemError> {
         let hex = hex32(hash);
-        let referenced = self
-            .docs
-            .values()
-            .any(|d| may_hold(peer, &d.meta) && d.doc.view().is_ok_and(|v| v.media.iter().any(|m| m.hash == hex)));
+        let referenced =
+            self.docs.values().any(|d| may_hold(peer, &d.meta) && d.view.media.iter().any(|m| m.hash == hex));
         Ok(match self.blobs.get(hash) {
             Some(b) if referenced && b.whole() => b.manifest.clone(),
             _ => None,
@@ -388,7 +475,7 @@ impl Replica for MemReplica {
     }
 
     fn blob_chunk(&mut self, hash: &Hash, index: u32) -> Result<Option<Vec<u8>>, MemError> {
-        Ok(self.blobs.get(hash).and_then(|b| b.chunks.get(&index).cloned()))
+        Ok(self.blobs.get(hash).and_then(|b| b.chunks.get(&index).map(|c| c.to_vec())))
     }
 
     fn store_manifest(&mut self, manifest: &BlobManifest) -> Result<(), MemError> {
@@ -399,18 +486,15 @@ impl Replica for MemReplica {
     }
 
     fn store_chunk(&mut self, hash: &Hash, index: u32, data: &[u8], now: TimeMs) -> Result<Vec<DocId>, MemError> {
+        let shared = self.chunk(data);
         let b = self.blobs.entry(*hash).or_default();
-        b.chunks.insert(index, data.to_vec());
+        b.chunks.insert(index, shared);
         if !b.whole() {
             return Ok(Vec::new());
         }
         let hex = hex32(hash);
-        let referencing: Vec<DocId> = self
-            .docs
-            .iter()
-            .filter(|(_, d)| d.doc.view().is_ok_and(|v| v.media.iter().any(|m| m.hash == hex)))
-            .map(|(id, _)| *id)
-            .collect();
+        let referencing: Vec<DocId> =
+            self.docs.iter().filter(|(_, d)| d.view.media.iter().any(|m| m.hash == hex)).map(|(id, _)| *id).collect();
         for id in &referencing {
             self.after_store(id, now)?;
             self.changed.push(*id);

@@ -1,0 +1,352 @@
+//! Scenario files (TOML): the region, its nodes and links, the workload, and faults.
+//!
+//! ```toml
+//! name = "rural-day"
+//! hours = 24                       # simulated time
+//! start_hour = 6                   # wall-clock hour at which the run starts (working hours)
+//! icb = "QHM"
+//!
+//! [[group]]                        # nodes come in groups
+//! kind = "surgery"                 # surgery | ambulance | desk
+//! count = 100
+//! link = "rural-surgery"           # a profile of sync_protocol::links, or:
+//! # drive = ["urban-4g:20", "rural-a-road:40", "remote-moor:15"]   # profile:minutes, cycled (ambulances)
+//! sessions_per_hour = 0.2          # each node, while open
+//! open_hours = [8, 18]             # surgeries; absent: always open
+//! # lines = ["dermatology", "dermatology", "cardiology"]             # desks, one line each, cycled
+//!
+//! [workload]                       # see `Workload`
+//!
+//! [[fault]]                        # see `Fault`
+//! kind = "outage"
+//! targets = "ambulance:1/3"
+//! at_hour = 10.0
+//! minutes = 120
+//! ```
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sync_protocol::links::{self, LinkProfile};
+use sync_protocol::vocab::ServiceLine;
+
+/// Why a scenario cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file cannot be read.
+    #[error("cannot read scenario {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid TOML of the scenario schema.
+    #[error("scenario {path} is not valid: {detail}")]
+    Invalid {
+        /// The file or name.
+        path: String,
+        /// Why.
+        detail: String,
+    },
+    /// No scenario of that name.
+    #[error("no scenario named {0:?}; built in: {names}", names = BUILT_IN.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "))]
+    Unknown(String),
+}
+
+/// The scenarios shipped in `simulator/scenarios/`.
+pub const BUILT_IN: &[(&str, &str)] = &[
+    ("rural-day", include_str!("../scenarios/rural-day.toml")),
+    ("mast-failure", include_str!("../scenarios/mast-failure.toml")),
+    ("storm-week", include_str!("../scenarios/storm-week.toml")),
+    ("smoke", include_str!("../scenarios/smoke.toml")),
+];
+
+/// A whole scenario.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Its name.
+    pub name: String,
+    /// Simulated hours.
+    pub hours: f64,
+    /// Wall-clock hour (0-24) at which the run starts.
+    #[serde(default)]
+    pub start_hour: f64,
+    /// The ICB.
+    #[serde(default = "default_icb")]
+    pub icb: String,
+    /// Node groups.
+    #[serde(rename = "group")]
+    pub groups: Vec<Group>,
+    /// What the clinicians do.
+    #[serde(default)]
+    pub workload: Workload,
+    /// What goes wrong.
+    #[serde(default, rename = "fault")]
+    pub faults: Vec<Fault>,
+    /// After `hours`, links are healed and the run continues until every replica converges,
+    /// for at most this many minutes.
+    #[serde(default = "default_settle")]
+    pub settle_minutes: f64,
+}
+
+fn default_icb() -> String {
+    "QHM".into()
+}
+fn default_settle() -> f64 {
+    120.0
+}
+
+/// The kinds of node a group can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A GP surgery (an edge on a fixed line).
+    Surgery,
+    /// An ambulance (an edge on the move).
+    Ambulance,
+    /// A consultant's desk.
+    Desk,
+    /// The ICB's hub (one, implicit).
+    Hub,
+}
+
+impl Kind {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Surgery => "surgery",
+            Kind::Ambulance => "ambulance",
+            Kind::Desk => "desk",
+            Kind::Hub => "hub",
+        }
+    }
+}
+
+/// A group of similar nodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    /// Surgery, ambulance or desk.
+    pub kind: Kind,
+    /// How many.
+    pub count: usize,
+    /// Their link profile (fixed).
+    #[serde(default)]
+    pub link: Option<String>,
+    /// Or a drive: `profile:minutes` legs, cycled.
+    #[serde(default)]
+    pub drive: Vec<String>,
+    /// New sessions per node per open hour.
+    #[serde(default)]
+    pub sessions_per_hour: f64,
+    /// Opening hours `[from, to)`; absent: always open.
+    #[serde(default)]
+    pub open_hours: Option<(f64, f64)>,
+    /// Desks: service lines, one per desk, cycled.
+    #[serde(default)]
+    pub lines: Vec<ServiceLine>,
+}
+
+/// The clinical workload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Workload {
+    /// Weights of the service lines of new sessions (surgeries).
+    pub surgery_lines: Vec<(ServiceLine, f64)>,
+    /// Weights of the service lines of new sessions (ambulances).
+    pub ambulance_lines: Vec<(ServiceLine, f64)>,
+    /// Lesions photographed in a dermatology session.
+    pub lesions: (u32, u32),
+    /// Photos per lesion.
+    pub photos_per_lesion: u32,
+    /// Photo size range in KB (log-uniform).
+    pub photo_kb: (f64, f64),
+    /// Follow-up messages from the requester per session.
+    pub follow_ups: (u32, u32),
+    /// Minutes between the requester's writes.
+    pub write_gap_minutes: (f64, f64),
+    /// Share of ambulance sessions escalated to a call.
+    pub ambulance_escalations: f64,
+    /// Share of urgent surgery sessions escalated to a call.
+    pub surgery_escalations: f64,
+    /// Minutes after the desk holds a session before it replies: calls and urgent.
+    pub reply_urgent_minutes: (f64, f64),
+    /// ... routine sessions (log-uniform; the brief says one to two working days).
+    pub reply_routine_minutes: (f64, f64),
+    /// Share of sessions whose requester records an outcome after the reply.
+    pub outcome_share: f64,
+    /// Longest a call router waits for the desk to hold the whole session before ringing anyway.
+    pub ring_wait_max_s: f64,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        use ServiceLine::*;
+        Workload {
+            surgery_lines: vec![
+                (Dermatology, 0.45),
+                (Cardiology, 0.15),
+                (Gastroenterology, 0.15),
+                (Paediatrics, 0.1),
+                (Haematology, 0.08),
+                (Gynaecology, 0.07),
+            ],
+            ambulance_lines: vec![(EmergencyMedicine, 0.5), (Cardiology, 0.3), (Paediatrics, 0.1), (Dermatology, 0.1)],
+            lesions: (1, 2),
+            photos_per_lesion: 3,
+            photo_kb: (200.0, 4000.0),
+            follow_ups: (0, 2),
+            write_gap_minutes: (0.5, 10.0),
+            ambulance_escalations: 0.4,
+            surgery_escalations: 0.1,
+            reply_urgent_minutes: (1.0, 30.0),
+            reply_routine_minutes: (60.0, 2880.0),
+            outcome_share: 0.9,
+            ring_wait_max_s: 300.0,
+        }
+    }
+}
+
+/// A fault, composable with others.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    /// outage (links down), crash (node down, restarted after), partition (links of the targets
+    /// down, the same as outage but named for hubs and desks), clog (bandwidth divided by
+    /// `factor`), clock-skew (`hours` added to the targets' clocks), corrupt and duplicate
+    /// (frames, with `probability`), forget (targets lose what they know of their peers).
+    pub kind: FaultKind,
+    /// Which nodes: `all`, `hub`, `KIND:all`, `KIND:1/3` (the first third), `KIND:N`
+    /// (the first N), or a node name.
+    pub targets: String,
+    /// When, in hours from the start.
+    pub at_hour: f64,
+    /// For how long, in minutes (outage, crash, partition, clog, corrupt, duplicate).
+    #[serde(default)]
+    pub minutes: f64,
+    /// Repeat every so many hours (0: once).
+    #[serde(default)]
+    pub every_hours: f64,
+    /// clog: bandwidth divisor.
+    #[serde(default = "one")]
+    pub factor: f64,
+    /// clock-skew: hours.
+    #[serde(default)]
+    pub hours: f64,
+    /// corrupt, duplicate: per frame.
+    #[serde(default)]
+    pub probability: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Kinds of fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// Links of the targets down.
+    Outage,
+    /// Targets crash; restarted after `minutes`.
+    Crash,
+    /// Links of the targets down (hub or desks cut off).
+    Partition,
+    /// Bandwidth divided.
+    Clog,
+    /// Clocks off by hours.
+    ClockSkew,
+    /// Frames corrupted.
+    Corrupt,
+    /// Frames delivered twice.
+    Duplicate,
+    /// Per-peer knowledge lost (as after restoring a backup).
+    Forget,
+}
+
+impl Scenario {
+    /// Parses TOML text.
+    pub fn parse(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
+        let s: Scenario =
+            toml::from_str(text).map_err(|e| ScenarioError::Invalid { path: origin.into(), detail: e.to_string() })?;
+        s.check(origin)?;
+        Ok(s)
+    }
+
+    /// The name the region's hub goes by.
+    pub fn hub_name(&self) -> String {
+        format!("hub-{}", self.icb.to_lowercase())
+    }
+
+    /// A built-in scenario by name, or a TOML file by path.
+    pub fn load(name_or_path: &str) -> Result<Scenario, ScenarioError> {
+        if let Some((_, text)) = BUILT_IN.iter().find(|(n, _)| *n == name_or_path) {
+            return Scenario::parse(text, name_or_path);
+        }
+        let path = Path::new(name_or_path);
+        if path.exists() {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ScenarioError::Io { path: name_or_path.into(), source })?;
+            return Scenario::parse(&text, name_or_path);
+        }
+        Err(ScenarioError::Unknown(name_or_path.into()))
+    }
+
+    fn check(&self, origin: &str) -> Result<(), ScenarioError> {
+        let bad = |detail: String| ScenarioError::Invalid { path: origin.into(), detail };
+        if self.hours <= 0.0 {
+            return Err(bad("hours must be positive".into()));
+        }
+        for g in &self.groups {
+            if g.kind == Kind::Hub {
+                return Err(bad("the hub is implicit; groups are surgeries, ambulances and desks".into()));
+            }
+            if g.link.is_none() && g.drive.is_empty() {
+                return Err(bad(format!("a {} group needs a link or a drive", g.kind.as_str())));
+            }
+            if let Some(l) = &g.link
+                && links::profile(l).is_none()
+            {
+                return Err(bad(format!("unknown link profile {l:?}")));
+            }
+            for leg in &g.drive {
+                parse_leg(leg).map_err(bad)?;
+            }
+            if g.kind == Kind::Desk && g.lines.is_empty() {
+                return Err(bad("a desk group needs lines".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A leg of a drive: `profile:minutes`.
+pub fn parse_leg(leg: &str) -> Result<(LinkProfile, f64), String> {
+    let (name, minutes) = leg.split_once(':').ok_or_else(|| format!("drive leg {leg:?} is not profile:minutes"))?;
+    let p = links::profile(name).ok_or_else(|| format!("unknown link profile {name:?} in drive leg {leg:?}"))?;
+    let m: f64 = minutes.parse().map_err(|_| format!("drive leg {leg:?} has no number of minutes"))?;
+    Ok((p, m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_built_in_scenario_parses() {
+        for (name, _) in BUILT_IN {
+            let s = Scenario::load(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(s.name, *name);
+        }
+    }
+
+    #[test]
+    fn a_mistake_is_named() {
+        let err = Scenario::parse("name='x'\nhours=1\n[[group]]\nkind='surgery'\ncount=1\nlink='dial-up'\n", "t")
+            .unwrap_err();
+        assert!(err.to_string().contains("dial-up"), "{err}");
+        assert!(matches!(Scenario::load("no-such"), Err(ScenarioError::Unknown(_))));
+    }
+}
