@@ -274,7 +274,7 @@ fn main() {
     let hub = rt
         .block_on(Daemon::start(
             Node::open(&hub_dir).expect("hub"),
-            RunOptions { listen: Some("127.0.0.1:0".parse().expect("addr")), peers: vec![] },
+            RunOptions { listen: Some("127.0.0.1:0".parse().expect("addr")), ..RunOptions::default() },
         ))
         .expect("hub daemon");
     let hub_addr = hub.local_addr.expect("listening");

@@ -18,7 +18,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use sync_protocol::NhsNumber;
-use sync_protocol::session::{Patient, Requester, Service, SessionView};
+use sync_protocol::call::{RotaDesk, calls_of};
+use sync_protocol::session::{LogValue, Patient, Requester, Service, SessionView};
 use sync_protocol::vocab::{
     CareSetting, Channel, ConsentKind, ConsentScope, NhsVerification, Outcome, PhotoView, Priority, Role, ServiceLine,
     Side, Status,
@@ -89,6 +90,9 @@ enum Command {
         /// A peer to dial and keep dialling (repeat for several).
         #[arg(long = "peer")]
         peers: Vec<std::net::SocketAddr>,
+        /// On a desk: answer every call that rings here (for unattended test and demo desks).
+        #[arg(long)]
+        auto_answer: bool,
     },
     /// Reconcile once with a peer and report what it cost.
     Sync {
@@ -134,6 +138,12 @@ enum Command {
     /// Outcomes of a session.
     #[command(subcommand)]
     Outcome(OutcomeCommand),
+    /// Escalate a session to a live call, answer one, see how a call went.
+    #[command(subcommand)]
+    Call(CallCommand),
+    /// A hub's rotas: which desks are rung, in which order, for how long.
+    #[command(subcommand)]
+    Rota(RotaCommand),
     /// What the node holds: sessions, sizes, audit chain.
     Status {
         #[command(flatten)]
@@ -385,6 +395,66 @@ enum PhotoCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum CallCommand {
+    /// Ask for a live call with a consultant about a session (on the requester's edge). The
+    /// hub rings a desk of the line's rota once that desk holds the whole case, or arranges a
+    /// callback when the link cannot carry a call or no one answers.
+    Escalate {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Session id (or a unique prefix of it).
+        id: String,
+        /// Wait up to this many seconds for the outcome (connected or callback), printing each
+        /// step as it reaches this device.
+        #[arg(long)]
+        wait: Option<u64>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Answer the call ringing at this desk in a session.
+    Answer {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Session id (or a unique prefix of it).
+        id: String,
+    },
+    /// The escalations of a session, step by step.
+    Status {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Session id (or a unique prefix of it).
+        id: String,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RotaCommand {
+    /// Set a line's rota on a hub: its desks in the order they are rung (no desk: remove it).
+    Set {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The service line.
+        #[arg(long, value_parser = ServiceLine::parse)]
+        line: ServiceLine,
+        /// A desk's node name (repeat, in ringing order).
+        #[arg(long = "desk")]
+        desks: Vec<String>,
+        /// How long each desk rings before the next is tried, seconds.
+        #[arg(long, default_value_t = sync_protocol::call::DEFAULT_RING_S)]
+        ring_secs: u32,
+    },
+    /// Show a hub's rotas.
+    Show {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum OutcomeCommand {
     /// Record the requester's or the responder's outcome.
     Set {
@@ -491,7 +561,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 NodeError::Crypto(CryptoError::Open { .. }) => 3,
                 NodeError::Crypto(_) => 3,
                 NodeError::Store(s) => store_code(s),
-                NodeError::Photo(_) | NodeError::Role { .. } => 2,
+                NodeError::Photo(_) | NodeError::Role { .. } | NodeError::Invalid(_) => 2,
             };
         }
         if let Some(s) = cause.downcast_ref::<StoreError>() {
@@ -738,12 +808,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::Ok(())
             })?;
         }
-        Command::Run { dir, listen, peers } => {
+        Command::Call(cmd) => run_call(cmd)?,
+        Command::Rota(cmd) => run_rota(cmd)?,
+        Command::Run { dir, listen, peers, auto_answer } => {
             init_logging("info");
             let node = open(&dir)?;
             let rt = runtime()?;
             rt.block_on(async move {
-                let daemon = crate::net::Daemon::start(node, crate::net::RunOptions { listen, peers }).await?;
+                let opts = crate::net::RunOptions { listen, peers, auto_answer };
+                let daemon = crate::net::Daemon::start(node, opts).await?;
                 if let Some(addr) = daemon.local_addr {
                     println!("listening on {addr}");
                 }
@@ -1148,4 +1221,152 @@ pub fn render_session(v: &SessionView, this_node: &str) -> String {
     let _ =
         writeln!(s, "  outcome: requester {}; responder {}", side(&v.outcome.requester), side(&v.outcome.responder));
     s
+}
+
+fn run_call(cmd: CallCommand) -> anyhow::Result<()> {
+    match cmd {
+        CallCommand::Escalate { dir, id, wait, json } => {
+            let mut node = open(&dir)?;
+            let sid = node.store.resolve(&id)?;
+            let call = node.escalate(sid, now_ms())?;
+            let Some(limit) = wait else {
+                if json.json {
+                    print_json(&serde_json::json!({ "session": sid, "call": call, "state": "asked" }))?;
+                } else {
+                    println!("{call}");
+                    eprintln!("escalation recorded; the hub rings a consultant once their desk holds the whole case");
+                }
+                return Ok(());
+            };
+            // Follow the routing log as it reaches this device: never more than it says.
+            let start = std::time::Instant::now();
+            let mut shown = 0usize;
+            loop {
+                let view = node.store.view(sid)?;
+                let steps: Vec<_> = view
+                    .routing
+                    .iter()
+                    .filter(|e| matches!(e.get("call"), Some(LogValue::Str(c)) if *c == call))
+                    .cloned()
+                    .collect();
+                if !json.json {
+                    for e in steps.iter().skip(shown) {
+                        println!("{}", describe_step(e));
+                    }
+                }
+                shown = steps.len();
+                let state = calls_of(&view).into_iter().find(|c| c.call == call);
+                if let Some(c) = state.filter(|c| !c.is_open()) {
+                    if json.json {
+                        print_json(&serde_json::json!({
+                            "session": sid, "call": call,
+                            "state": if c.connected.is_some() { "connected" } else { "callback" },
+                            "desk": c.connected.as_ref().map(|d| d.0.clone()),
+                            "reason": c.callback.as_ref().map(|r| r.0.clone()),
+                            "steps": steps,
+                        }))?;
+                    }
+                    return Ok(());
+                }
+                if start.elapsed().as_secs() >= limit {
+                    return Err(anyhow::Error::new(crate::net::NetError::Connection {
+                        peer: "hub".into(),
+                        detail: format!(
+                            "no answer or callback reached this device within {limit} s; the escalation stands, \
+                             and `outpost call status` shows it as it moves"
+                        ),
+                    }));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+        CallCommand::Answer { dir, id } => {
+            let mut node = open(&dir)?;
+            let sid = node.store.resolve(&id)?;
+            match node.answer_call(sid, now_ms())? {
+                Some((call, attempt)) => println!("answered call {call} (attempt {attempt})"),
+                None => return Err(InputError(format!("no call is ringing at this desk in session {sid}")).into()),
+            }
+        }
+        CallCommand::Status { dir, id, json } => {
+            let mut node = open(&dir)?;
+            let sid = node.store.resolve(&id)?;
+            let view = node.store.view(sid)?;
+            if json.json {
+                print_json(&view.routing)?;
+            } else if view.routing.is_empty() {
+                println!("no escalation in session {sid}");
+            } else {
+                for e in &view.routing {
+                    println!("{}", describe_step(e));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One routing-log entry as a line for a clinician.
+fn describe_step(e: &std::collections::BTreeMap<String, LogValue>) -> String {
+    let s = |k: &str| match e.get(k) {
+        Some(LogValue::Str(v)) => v.clone(),
+        Some(LogValue::Int(i)) => i.to_string(),
+        Some(LogValue::Float(f)) => format!("{f:.2}"),
+        None => String::new(),
+    };
+    let at = match e.get("at_ms") {
+        Some(LogValue::Int(t)) => time(*t),
+        _ => String::new(),
+    };
+    let what = match s("kind").as_str() {
+        "escalate" => format!("{} asked for a call", s("by")),
+        "gate" if s("verdict") == "call" => format!(
+            "link checked: estimated MOS {} (round trip {} ms, jitter {} ms, loss {}): a call is possible",
+            s("mos"),
+            s("rtt_ms"),
+            s("jitter_ms"),
+            s("loss")
+        ),
+        "gate" => format!("link checked: {}", s("reason")),
+        "ring" => format!("ringing {} (attempt {}, {} s)", s("desk"), s("attempt"), s("ring_s")),
+        "answer" => format!("{} answered", s("desk")),
+        "no_answer" => format!("{} did not answer", s("desk")),
+        "connected" => {
+            format!("connected to {} ({} ms after the request reached the hub)", s("desk"), s("ms_from_escalate"))
+        }
+        "callback" => format!("callback arranged: {}", s("reason")),
+        other => other.to_string(),
+    };
+    format!("{at}  {what}")
+}
+
+fn run_rota(cmd: RotaCommand) -> anyhow::Result<()> {
+    match cmd {
+        RotaCommand::Set { dir, line, desks, ring_secs } => {
+            let mut node = open(&dir)?;
+            let desks = desks.into_iter().map(|desk| RotaDesk { desk, ring_s: ring_secs }).collect();
+            let rotas = node.set_rota(line, desks)?;
+            print_rotas(&rotas);
+        }
+        RotaCommand::Show { dir, json } => {
+            let node = open(&dir)?;
+            let rotas = node.rotas()?;
+            if json.json {
+                print_json(&rotas)?;
+            } else {
+                print_rotas(&rotas);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_rotas(rotas: &crate::node::Rotas) {
+    if rotas.is_empty() {
+        println!("no rotas: escalations on this hub end in a callback");
+    }
+    for (line, desks) in rotas {
+        let list: Vec<String> = desks.iter().map(|d| format!("{} ({} s)", d.desk, d.ring_s)).collect();
+        println!("{line:<20} {}", list.join(" -> "));
+    }
 }

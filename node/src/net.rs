@@ -18,14 +18,17 @@ use std::time::{Duration, Instant};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::CertificateDer;
 use serde::Serialize;
+use sync_protocol::call::{Action, PathQuality, quality_from_probes};
 use sync_protocol::engine::{Engine, EngineConfig, Stats};
 use sync_protocol::scope::PeerInfo;
+use sync_protocol::session::SessionId;
+use sync_protocol::vocab::{Role, Status};
 use sync_protocol::wire::{CloseCode, DocId, Frame, FrameDecoder, Lane};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::node::{Node, now_ms};
 use crate::replica::NodeReplica;
-use crate::store::StoreError;
+use crate::store::{ListFilter, StoreError};
 use crate::tls::{self, Identity, SERVER_NAME, TlsError};
 
 const LANE_SYNC: u8 = 1;
@@ -132,6 +135,38 @@ struct Shared {
     changes: broadcast::Sender<Notice>,
     next_conn: std::sync::atomic::AtomicU64,
     endpoint: std::sync::OnceLock<quinn::Endpoint>,
+    /// Live connections by peer name, for the call router's path measurements.
+    links: std::sync::Mutex<std::collections::HashMap<String, PeerLink>>,
+}
+
+/// Where a path probe's echoes go while a measurement runs.
+type EchoSlot = Arc<std::sync::Mutex<Option<mpsc::UnboundedSender<(u32, Instant)>>>>;
+
+/// A live connection to a named peer.
+#[derive(Debug, Clone)]
+struct PeerLink {
+    id: u64,
+    conn: quinn::Connection,
+    echoes: EchoSlot,
+}
+
+/// Removes a connection from the registry (and stops its datagram task) when it ends.
+struct Registered {
+    shared: Arc<Shared>,
+    name: String,
+    id: u64,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Ok(mut links) = self.shared.links.lock()
+            && links.get(&self.name).is_some_and(|l| l.id == self.id)
+        {
+            links.remove(&self.name);
+        }
+    }
 }
 
 /// News for connection tasks.
@@ -152,8 +187,16 @@ fn transport() -> Arc<quinn::TransportConfig> {
     t.send_window(4 << 20);
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(8));
     t.mtu_discovery_config(None);
+    // Congestion control: Cubic (quinn's default) unless OUTPOST_CONGESTION=bbr asks for
+    // quinn's experimental BBR, which does not read random radio loss as congestion.
+    if std::env::var(CONGESTION_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("bbr")) {
+        t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    }
     Arc::new(t)
 }
+
+/// The environment variable choosing the congestion controller (`cubic` or `bbr`).
+pub const CONGESTION_ENV: &str = "OUTPOST_CONGESTION";
 
 /// QUIC server configuration for this identity (and revocation list).
 pub fn server_config(identity: &Identity, crl: Option<&[u8]>) -> Result<quinn::ServerConfig, NetError> {
@@ -256,6 +299,7 @@ pub async fn sync_once_with(
         changes: broadcast::channel(64).0,
         next_conn: std::sync::atomic::AtomicU64::new(1),
         endpoint: std::sync::OnceLock::new(),
+        links: std::sync::Mutex::new(std::collections::HashMap::new()),
     });
     let bind: SocketAddr = if peer.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
         .parse()
@@ -285,6 +329,8 @@ pub struct RunOptions {
     pub listen: Option<SocketAddr>,
     /// Peers to dial and keep dialling.
     pub peers: Vec<SocketAddr>,
+    /// On a desk: answer every call that rings here.
+    pub auto_answer: bool,
 }
 
 /// A running daemon (in this process).
@@ -308,6 +354,7 @@ impl Daemon {
             crl: std::sync::RwLock::new(crl.clone()),
             identity,
             changes: broadcast::channel(1024).0,
+            links: std::sync::Mutex::new(std::collections::HashMap::new()),
             next_conn: std::sync::atomic::AtomicU64::new(1),
             endpoint: std::sync::OnceLock::new(),
         });
@@ -331,6 +378,12 @@ impl Daemon {
             tasks.push(tokio::spawn(dial_loop(shared.clone(), endpoint.clone(), peer)));
         }
         tasks.push(tokio::spawn(watch_local_writes(shared.clone())));
+        if shared.me.role == Role::Hub {
+            tasks.push(tokio::spawn(router_loop(shared.clone())));
+        }
+        if shared.me.role == Role::Desk && opts.auto_answer {
+            tasks.push(tokio::spawn(answer_loop(shared.clone())));
+        }
         tracing::info!(node = %shared.me.name, role = %shared.me.role, listen = ?local_addr, "outpost daemon started");
         Ok(Daemon { local_addr, shared, tasks })
     }
@@ -578,6 +631,16 @@ async fn converse(
         })
     };
     tracing::info!(peer = %peer.name, role = %peer.role, %addr, "connected");
+    let echoes: EchoSlot = Arc::new(std::sync::Mutex::new(None));
+    if let Ok(mut links) = shared.links.lock() {
+        links.insert(peer.name.clone(), PeerLink { id, conn: conn.clone(), echoes: echoes.clone() });
+    }
+    let _registered = Registered {
+        shared: shared.clone(),
+        name: peer.name.clone(),
+        id,
+        task: tokio::spawn(datagram_loop(conn.clone(), echoes)),
+    };
 
     let mut engine = Some(engine);
     let mut work = Some(Work::Start);
@@ -746,4 +809,186 @@ async fn install_revocations(shared: &Arc<Shared>) {
     }
     tracing::info!("revocation list {number} installed");
     let _ = shared.changes.send(Notice::Revocations);
+}
+
+/// Datagram types: a path probe, and its echo.
+const DG_PROBE: u8 = 1;
+const DG_ECHO: u8 = 2;
+/// A probe is the size of a 20 ms voice frame at 32 kbit/s (80 bytes) with its header.
+const PROBE_BYTES: usize = 88;
+/// Probes per measurement, 20 ms apart: one second of voice-like traffic.
+const PROBES: usize = 50;
+
+/// Answers path probes and hands echoes to a running measurement.
+async fn datagram_loop(conn: quinn::Connection, echoes: EchoSlot) {
+    while let Ok(d) = conn.read_datagram().await {
+        match d.first() {
+            Some(&DG_PROBE) => {
+                let mut echo = d.to_vec();
+                echo[0] = DG_ECHO;
+                let _ = conn.send_datagram(echo.into());
+            }
+            Some(&DG_ECHO) if d.len() >= 5 => {
+                let seq = u32::from_le_bytes([d[1], d[2], d[3], d[4]]);
+                if let Ok(slot) = echoes.lock()
+                    && let Some(tx) = slot.as_ref()
+                {
+                    let _ = tx.send((seq, Instant::now()));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Measures the path to a connected peer with voice-like probes: round trips, jitter, loss.
+/// A peer not connected now yields a measurement with no probes (no call is possible).
+async fn measure_path(shared: &Shared, peer: &str) -> PathQuality {
+    let link = shared.links.lock().ok().and_then(|l| l.get(peer).cloned());
+    let Some(link) = link else {
+        return PathQuality { rtt_ms: f64::INFINITY, jitter_ms: 0.0, loss: 1.0, burst_ratio: 1.0, probes: 0 };
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    if let Ok(mut slot) = link.echoes.lock() {
+        *slot = Some(tx);
+    }
+    let mut sent: Vec<Option<Instant>> = vec![None; PROBES];
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for (seq, at) in sent.iter_mut().enumerate() {
+        tick.tick().await;
+        let mut probe = vec![0u8; PROBE_BYTES];
+        probe[0] = DG_PROBE;
+        probe[1..5].copy_from_slice(&(seq as u32).to_le_bytes());
+        *at = Some(Instant::now());
+        if link.conn.send_datagram(probe.into()).is_err() {
+            *at = None;
+        }
+    }
+    let mut rtts: Vec<Option<f64>> = vec![None; PROBES];
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    loop {
+        tokio::select! {
+            echo = rx.recv() => match echo {
+                Some((seq, at)) => {
+                    if let Some(Some(t)) = sent.get(seq as usize) {
+                        rtts[seq as usize] = Some(at.duration_since(*t).as_secs_f64() * 1e3);
+                    }
+                    if rtts.iter().all(Option::is_some) {
+                        break;
+                    }
+                }
+                None => break,
+            },
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    if let Ok(mut slot) = link.echoes.lock() {
+        *slot = None;
+    }
+    quality_from_probes(&rtts)
+}
+
+fn announce(shared: &Shared, docs: Vec<DocId>) {
+    let _ = shared.changes.send(Notice::Docs { from: 0, docs: Arc::new(docs) });
+}
+
+/// The hub's call router: follows every open escalation, measures the requester's path,
+/// rings the rota's desks once they hold the whole case, and records each step.
+async fn router_loop(shared: Arc<Shared>) {
+    let mut changes = shared.changes.subscribe();
+    // Open escalations: session -> when this hub first saw it (its clock).
+    let mut open: std::collections::BTreeMap<SessionId, i64> = std::collections::BTreeMap::new();
+    let mut measured: std::collections::HashMap<SessionId, PathQuality> = std::collections::HashMap::new();
+    let filter = ListFilter { status: Some(Status::Routing), ..ListFilter::default() };
+    let start = shared
+        .store
+        .call(move |n| -> Result<Vec<SessionId>, crate::node::NodeError> {
+            let ids: Vec<SessionId> = n.store.list(&filter)?.into_iter().map(|c| c.id).collect();
+            n.open_escalations(&ids)
+        })
+        .await;
+    if let Ok(Ok(ids)) = start {
+        for id in ids {
+            open.insert(id, now_ms());
+        }
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            notice = changes.recv() => match notice {
+                Ok(Notice::Docs { docs, .. }) => {
+                    let ids: Vec<SessionId> = docs.iter().map(|d| SessionId::from_bytes(*d)).filter(|id| !open.contains_key(id)).collect();
+                    if !ids.is_empty()
+                        && let Ok(Ok(found)) = shared.store.call(move |n| n.open_escalations(&ids)).await
+                    {
+                        for id in found {
+                            open.entry(id).or_insert_with(now_ms);
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = tick.tick() => {}
+        }
+        let pending: Vec<(SessionId, i64)> = open.iter().map(|(k, v)| (*k, *v)).collect();
+        for (sid, seen) in pending {
+            let q = measured.get(&sid).copied();
+            let step = shared.store.call(move |n| n.route_call(sid, q.as_ref(), seen, now_ms())).await;
+            match step {
+                Ok(Ok(Some(routed))) => match &routed.action {
+                    Action::Wait => {}
+                    Action::Measure => {
+                        let q = measure_path(&shared, &routed.requester).await;
+                        tracing::info!(session = %sid, requester = %routed.requester, rtt_ms = q.rtt_ms, jitter_ms = q.jitter_ms, loss = q.loss, "measured the requester's path");
+                        measured.insert(sid, q);
+                    }
+                    Action::Connected { .. } | Action::Callback { .. } => {
+                        tracing::info!(session = %sid, call = %routed.call, "call routed: {:?}", routed.action);
+                        open.remove(&sid);
+                        measured.remove(&sid);
+                        announce(&shared, vec![sid.to_bytes()]);
+                    }
+                    other => {
+                        tracing::info!(session = %sid, call = %routed.call, "call routing: {other:?}");
+                        announce(&shared, vec![sid.to_bytes()]);
+                    }
+                },
+                Ok(Ok(None)) => {
+                    open.remove(&sid);
+                    measured.remove(&sid);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(session = %sid, "cannot route the call: {e}");
+                    open.remove(&sid);
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// A desk's automatic answer: every call that rings here is answered.
+async fn answer_loop(shared: Arc<Shared>) {
+    let mut changes = shared.changes.subscribe();
+    loop {
+        let docs = match changes.recv().await {
+            Ok(Notice::Docs { docs, .. }) => docs,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        for d in docs.iter() {
+            let sid = SessionId::from_bytes(*d);
+            match shared.store.call(move |n| n.answer_call(sid, now_ms())).await {
+                Ok(Ok(Some((call, attempt)))) => {
+                    tracing::info!(session = %sid, %call, attempt, "answered the call");
+                    announce(&shared, vec![*d]);
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::debug!(session = %sid, "not answering: {e}"),
+                Err(_) => return,
+            }
+        }
+    }
 }

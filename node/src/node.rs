@@ -6,12 +6,13 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use automerge::ActorId;
+use sync_protocol::call::{Action, CallState, PathQuality, Rating, RotaDesk, calls_of, next_action};
 use sync_protocol::session::{
-    ModelError, NewConsent, NewMedia, NewMessage, NewSession, Patient, Requester, Service, SessionId, SessionView,
-    side_of,
+    LogName, LogValue, ModelError, NewConsent, NewMedia, NewMessage, NewSession, Patient, Requester, Service,
+    SessionId, SessionView, side_of,
 };
 use sync_protocol::vocab::{
-    CareSetting, ConsentKind, ConsentScope, Outcome, PhotoView, ReceiptLevel, Role, Side, Status,
+    CareSetting, ConsentKind, ConsentScope, Outcome, PhotoView, ReceiptLevel, Role, ServiceLine, Side, Status,
 };
 
 use crate::config::{self, CONFIG_FORMAT, ConfigError, NodeConfig, NodeDir};
@@ -34,6 +35,9 @@ pub enum NodeError {
     /// A photo that cannot be stored.
     #[error(transparent)]
     Photo(#[from] PhotoError),
+    /// Input that cannot be used (named in the message); nothing was written.
+    #[error("{0}")]
+    Invalid(String),
     /// An operation this node's role does not perform.
     #[error("{action} is done on {allowed} nodes; this node ({name}) is a {role} node")]
     Role {
@@ -355,4 +359,219 @@ impl Node {
         }
         Ok(bytes)
     }
+}
+
+/// The meta key under which a hub keeps its rotas.
+const ROTA_KEY: &str = "rota";
+
+/// A hub's rotas: for each service line, its desks in the order they are rung.
+pub type Rotas = std::collections::BTreeMap<ServiceLine, Vec<RotaDesk>>;
+
+/// What the hub's router did in one step for one session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routed {
+    /// The escalation.
+    pub call: String,
+    /// The node that asked (whose path is measured).
+    pub requester: String,
+    /// The step taken.
+    pub action: Action,
+}
+
+impl Node {
+    /// Escalates a session to a live call: records the request in the session's routing log
+    /// (the hub's router takes it from there). Returns the call's id once it is durable.
+    pub fn escalate(&mut self, id: SessionId, now: i64) -> Result<String, NodeError> {
+        self.require("escalating a session to a call", "edge", &[Role::Edge])?;
+        let call = new_id(now)?;
+        let by = self.config.name.clone();
+        let detail = Some(serde_json::json!({ "call": call }));
+        self.store.edit(id, "call.escalate", detail, now, |_, doc| {
+            let model = |source| StoreError::Model { id: id.to_string(), source };
+            let fields = [("call", LogValue::Str(call.clone())), ("by", LogValue::Str(by.clone()))];
+            doc.append_log(LogName::Routing, "escalate", &fields, now).map_err(model)?;
+            if doc.view().map_err(model)?.status < Status::Routing {
+                doc.set_status(Status::Routing, now).map_err(model)?;
+            }
+            Ok(())
+        })?;
+        Ok(call)
+    }
+
+    /// Answers the call ringing at this desk in a session, if one is. Returns the call's id and
+    /// the attempt answered.
+    pub fn answer_call(&mut self, id: SessionId, now: i64) -> Result<Option<(String, u32)>, NodeError> {
+        self.require("answering a call", "desk", &[Role::Desk])?;
+        let me = self.config.name.clone();
+        let view = self.store.view(id)?;
+        let Some((call, attempt)) = calls_of(&view).into_iter().find_map(|c| {
+            let (desk, attempt, _, _) = c.ringing()?.clone();
+            let answered = c.answers.iter().any(|a| a.0 == attempt && a.1 == me);
+            (c.is_open() && desk == me && !answered).then_some((c.call.clone(), attempt))
+        }) else {
+            return Ok(None);
+        };
+        let detail = Some(serde_json::json!({ "call": call, "attempt": attempt }));
+        self.store.edit(id, "call.answer", detail, now, |_, doc| {
+            let fields = [
+                ("call", LogValue::Str(call.clone())),
+                ("desk", LogValue::Str(me.clone())),
+                ("attempt", LogValue::Int(i64::from(attempt))),
+            ];
+            doc.append_log(LogName::Routing, "answer", &fields, now)
+                .map_err(|source| StoreError::Model { id: id.to_string(), source })
+        })?;
+        Ok(Some((call, attempt)))
+    }
+
+    /// This hub's rotas.
+    pub fn rotas(&self) -> Result<Rotas, NodeError> {
+        match self.store.meta_get(ROTA_KEY)? {
+            None => Ok(Rotas::new()),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| NodeError::Store(StoreError::Damaged(format!("the rota record: {e}")))),
+        }
+    }
+
+    /// Sets the rota of one line (durably). A desk named twice is refused.
+    pub fn set_rota(&mut self, line: ServiceLine, desks: Vec<RotaDesk>) -> Result<Rotas, NodeError> {
+        self.require("setting a rota", "hub", &[Role::Hub])?;
+        let mut seen = std::collections::BTreeSet::new();
+        for d in &desks {
+            if !seen.insert(d.desk.clone()) {
+                return Err(NodeError::Invalid(format!("desk {} is named twice in the rota", d.desk)));
+            }
+            if d.ring_s == 0 || d.ring_s > 600 {
+                return Err(NodeError::Invalid(format!("ring time of {} must be 1 to 600 seconds", d.desk)));
+            }
+        }
+        let mut rotas = self.rotas()?;
+        if desks.is_empty() {
+            rotas.remove(&line);
+        } else {
+            rotas.insert(line, desks);
+        }
+        let bytes = serde_json::to_vec(&rotas).map_err(|e| NodeError::Invalid(e.to_string()))?;
+        self.store.meta_put(ROTA_KEY, &bytes)?;
+        Ok(rotas)
+    }
+
+    /// Sessions whose routing log holds an escalation still open.
+    pub fn open_escalations(&mut self, candidates: &[SessionId]) -> Result<Vec<SessionId>, NodeError> {
+        let mut out = Vec::new();
+        for id in candidates {
+            let Ok(view) = self.store.view(*id) else { continue };
+            if calls_of(&view).iter().any(CallState::is_open) {
+                out.push(*id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One step of the hub's router for a session's first open escalation: decides with
+    /// [`next_action`] and records what it decided in the routing log (durably) before
+    /// returning it. `quality` is the requester's path as just measured, `seen_ms` when this
+    /// hub first saw the escalation.
+    pub fn route_call(
+        &mut self,
+        id: SessionId,
+        quality: Option<&PathQuality>,
+        seen_ms: i64,
+        now: i64,
+    ) -> Result<Option<Routed>, NodeError> {
+        self.require("routing calls", "hub", &[Role::Hub])?;
+        let view = self.store.view(id)?;
+        let Some(call) = calls_of(&view).into_iter().find(CallState::is_open) else { return Ok(None) };
+        let rotas = self.rotas()?;
+        let rota = rotas.get(&view.service.line).cloned().unwrap_or_default();
+        let action = next_action(&call, &rota, &view, quality, seen_ms, now);
+        let c = LogValue::Str(call.call.clone());
+        let entry: Option<LogEntry> = match &action {
+            Action::Wait | Action::Measure => None,
+            Action::GatePassed(r, q) => Some(("gate", gate_fields(c, "call", r, q, ""), None)),
+            Action::Ring { desk, attempt, ring_s } => Some((
+                "ring",
+                vec![
+                    ("call", c),
+                    ("desk", LogValue::Str(desk.clone())),
+                    ("attempt", LogValue::Int(i64::from(*attempt))),
+                    ("ring_s", LogValue::Int(i64::from(*ring_s))),
+                ],
+                None,
+            )),
+            Action::NoAnswer { desk, attempt } => Some((
+                "no_answer",
+                vec![
+                    ("call", c),
+                    ("desk", LogValue::Str(desk.clone())),
+                    ("attempt", LogValue::Int(i64::from(*attempt))),
+                ],
+                None,
+            )),
+            Action::Connected { desk, attempt, rung_ms } => Some((
+                "connected",
+                vec![
+                    ("call", c),
+                    ("desk", LogValue::Str(desk.clone())),
+                    ("attempt", LogValue::Int(i64::from(*attempt))),
+                    ("ms_from_escalate", LogValue::Int(now - seen_ms)),
+                    ("ms_from_ring", LogValue::Int(now - rung_ms)),
+                ],
+                Some(Status::Connected),
+            )),
+            Action::Callback { reason, rating } => {
+                let mut fields = vec![("call", c.clone()), ("reason", LogValue::Str(reason.clone()))];
+                if let Some((r, q)) = rating {
+                    // The gate's figures, so that the clinician sees why.
+                    let gate = gate_fields(c, "callback", r, q, reason);
+                    self.store.edit(id, "call.gate", None, now, |_, doc| {
+                        doc.append_log(LogName::Routing, "gate", &gate, now)
+                            .map_err(|source| StoreError::Model { id: id.to_string(), source })
+                    })?;
+                    fields.push(("mos", LogValue::Float(r.mos)));
+                }
+                Some(("callback", fields, Some(Status::AwaitingReply)))
+            }
+        };
+        if let Some((kind, fields, status)) = entry {
+            let detail = Some(serde_json::json!({ "call": call.call, "step": kind }));
+            self.store.edit(id, "call.route", detail, now, |_, doc| {
+                let model = |source| StoreError::Model { id: id.to_string(), source };
+                doc.append_log(LogName::Routing, kind, &fields, now).map_err(model)?;
+                if let Some(st) = status
+                    && doc.view().map_err(model)?.status < st
+                {
+                    doc.set_status(st, now).map_err(model)?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(Some(Routed { call: call.call, requester: call.by, action }))
+    }
+}
+
+/// A routing-log entry to write: its kind, its fields, and the status it raises the session to.
+type LogEntry = (&'static str, Vec<(&'static str, LogValue)>, Option<Status>);
+
+fn gate_fields(
+    call: LogValue,
+    verdict: &str,
+    r: &Rating,
+    q: &PathQuality,
+    reason: &str,
+) -> Vec<(&'static str, LogValue)> {
+    let mut v = vec![
+        ("call", call),
+        ("verdict", LogValue::Str(verdict.into())),
+        ("mos", LogValue::Float((r.mos * 100.0).round() / 100.0)),
+        ("r", LogValue::Float((r.r * 10.0).round() / 10.0)),
+        ("rtt_ms", LogValue::Float((q.rtt_ms * 10.0).round() / 10.0)),
+        ("jitter_ms", LogValue::Float((q.jitter_ms * 10.0).round() / 10.0)),
+        ("loss", LogValue::Float((q.loss * 1000.0).round() / 1000.0)),
+        ("probes", LogValue::Int(i64::from(q.probes))),
+    ];
+    if !reason.is_empty() {
+        v.push(("reason", LogValue::Str(reason.into())));
+    }
+    v
 }

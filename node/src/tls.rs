@@ -159,12 +159,23 @@ impl CaDir {
     }
 
     fn write_record(&self, r: &CaRecord) -> Result<(), TlsError> {
-        let path = self.record_path();
-        let tmp = self.root.join(".ca.json.tmp");
         let text = serde_json::to_string_pretty(r)
             .map_err(|e| TlsError::Invalid { what: "ca.json", detail: e.to_string() })?;
-        fs::write(&tmp, text).map_err(io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io(&path))
+        write_atomic(&self.record_path(), text.as_bytes())
+    }
+
+    /// Runs `f` holding the CA's lock, so that concurrent `ca issue` and `ca revoke` commands
+    /// (a fleet being provisioned by a script) neither lose each other's records nor clash.
+    fn locked<T>(&self, f: impl FnOnce() -> Result<T, TlsError>) -> Result<T, TlsError> {
+        if !self.record_path().exists() {
+            return Err(TlsError::NotACa(self.root.clone()));
+        }
+        let path = self.root.join("ca.lock");
+        let lock = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
+        lock.lock().map_err(io(&path))?;
+        let out = f();
+        let _ = lock.unlock();
+        out
     }
 
     /// The CA certificate (DER).
@@ -212,6 +223,10 @@ impl CaDir {
     /// Issues a certificate for a node. `days` of validity from now; `expired` makes one that
     /// expired yesterday (for tests of refusal).
     pub fn issue(&self, info: &PeerInfo, days: i64, expired: bool) -> Result<NodeCertificate, TlsError> {
+        self.locked(|| self.issue_locked(info, days, expired))
+    }
+
+    fn issue_locked(&self, info: &PeerInfo, days: i64, expired: bool) -> Result<NodeCertificate, TlsError> {
         let mut record = self.record()?;
         let issuer = self.issuer()?;
         let key = KeyPair::generate()?;
@@ -249,6 +264,10 @@ impl CaDir {
 
     /// Revokes every certificate issued to `name` and signs a new revocation list.
     pub fn revoke(&self, name: &str) -> Result<(u64, Vec<u8>), TlsError> {
+        self.locked(|| self.revoke_locked(name))
+    }
+
+    fn revoke_locked(&self, name: &str) -> Result<(u64, Vec<u8>), TlsError> {
         let mut record = self.record()?;
         let serials: Vec<String> = record.issued.iter().filter(|i| i.name == name).map(|i| i.serial.clone()).collect();
         if serials.is_empty() {
@@ -262,13 +281,17 @@ impl CaDir {
         }
         record.crl_number += 1;
         let der = self.sign_crl(&record)?;
-        fs::write(self.crl_path(), &der).map_err(io(&self.crl_path()))?;
+        write_atomic(&self.crl_path(), &der)?;
         self.write_record(&record)?;
         Ok((record.crl_number, der))
     }
 
     /// The current revocation list, signing a first (empty) one if there is none.
     pub fn crl(&self) -> Result<(u64, Vec<u8>), TlsError> {
+        self.locked(|| self.crl_locked())
+    }
+
+    fn crl_locked(&self) -> Result<(u64, Vec<u8>), TlsError> {
         let record = self.record()?;
         match fs::read(self.crl_path()) {
             Ok(der) => Ok((record.crl_number, der)),
@@ -276,7 +299,7 @@ impl CaDir {
                 let mut record = record;
                 record.crl_number = record.crl_number.max(1);
                 let der = self.sign_crl(&record)?;
-                fs::write(self.crl_path(), &der).map_err(io(&self.crl_path()))?;
+                write_atomic(&self.crl_path(), &der)?;
                 self.write_record(&record)?;
                 Ok((record.crl_number, der))
             }
@@ -470,6 +493,15 @@ impl Identity {
         cfg.alpn_protocols = vec![sync_protocol::wire::ALPN.to_vec()];
         Ok(cfg)
     }
+}
+
+/// Writes a file whole or not at all: a temporary file beside it, synced, then renamed over it.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(io(&tmp))?;
+    fs::rename(&tmp, path).map_err(io(path))
 }
 
 #[cfg(test)]

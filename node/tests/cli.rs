@@ -338,3 +338,26 @@ fn demo_runs_an_offline_day_and_finds_no_plaintext() {
     assert!(out.contains("audit chain") && out.contains("intact"), "{out}");
     assert!(out.contains("on this device only"), "{out}");
 }
+
+#[test]
+fn certificates_issued_concurrently_are_all_recorded_and_revocable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    ok(&["ca", "init", "--dir", ca.to_str().unwrap()]);
+    let dirs: Vec<_> = (0..12).map(|i| tmp.path().join(format!("edge-{i}"))).collect();
+    for (i, d) in dirs.iter().enumerate() {
+        ok(&["init", "--dir", d.to_str().unwrap(), "--name", &format!("edge-{i}"), "--role", "edge", "--icb", "QHM"]);
+    }
+    // A provisioning script issuing in parallel must not lose a record or see a half-written one.
+    std::thread::scope(|s| {
+        for d in &dirs {
+            let ca = &ca;
+            s.spawn(move || ok(&["ca", "issue", "--ca", ca.to_str().unwrap(), "--node", d.to_str().unwrap()]));
+        }
+    });
+    let record = json(&std::fs::read_to_string(ca.join("ca.json")).unwrap());
+    assert_eq!(record["issued"].as_array().unwrap().len(), dirs.len());
+    for i in 0..dirs.len() {
+        ok(&["ca", "revoke", "--ca", ca.to_str().unwrap(), &format!("edge-{i}")]);
+    }
+}

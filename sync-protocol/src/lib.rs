@@ -19,10 +19,12 @@
 //! - [`scope`]: which node may hold which session.
 //! - [`engine`]: one peer-to-peer conversation as a state machine over a [`engine::Replica`].
 //! - [`mem`]: an in-memory replica, for tests and the simulator.
+//! - [`call`]: call escalation: the routing log, the hub's router policy, the E-model gate.
 //! - [`links`]: the named link profiles of the domain brief, shared by the simulator and the
 //!   node's link emulator.
 
 pub mod blob;
+pub mod call;
 pub mod engine;
 pub mod links;
 pub mod mem;

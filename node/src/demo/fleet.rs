@@ -1,13 +1,15 @@
 //! Part two of the demo: a hub, an ambulance, a surgery and a consultant's desk on loopback,
 //! each a real node (its own SQLite store, its own key, its own certificate from a fleet CA)
-//! served by the same daemon code as `outpost run`, talking QUIC with mutual TLS. The
-//! ambulance reaches the hub through the link emulator with the rural A-road 4G profile.
+//! served by the same daemon code as `outpost run`, talking QUIC with mutual TLS. Every node
+//! reaches the hub through the link emulator: the ambulance over rural A-road 4G, the surgery
+//! over its rural fixed line, the desk over the hospital network.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sync_protocol::NhsNumber;
-use sync_protocol::session::{Patient, Requester, Service, SessionId, SessionView};
+use sync_protocol::call::{RotaDesk, calls_of};
+use sync_protocol::session::{LogValue, Patient, Requester, Service, SessionId, SessionView};
 use sync_protocol::vocab::{
     CareSetting, Channel, ConsentKind, ConsentScope, NhsVerification, Outcome, PhotoView, Priority, ReceiptLevel, Role,
     ServiceLine, Side,
@@ -23,11 +25,16 @@ use crate::tls::CaDir;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-struct Clock(Instant);
+struct Clock(Instant, i64);
 
 impl Clock {
     fn say(&self, who: &str, what: impl AsRef<str>) {
         println!("  t={:>6.2}s  {:<12} {}", self.0.elapsed().as_secs_f64(), who, what.as_ref());
+    }
+
+    /// Seconds since the start of the timeline at a wall-clock time (ms) written in a document.
+    fn at(&self, ms: i64) -> f64 {
+        (ms - self.1) as f64 / 1000.0
     }
 }
 
@@ -80,35 +87,54 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
     println!("\npart 2: a hub, an ambulance, a surgery and a consultant's desk (real QUIC, mutual TLS, loopback)\n");
     let ca = CaDir::new(root.join("ca"));
     ca.init("demo")?;
-    let hub = make_node(root, &ca, "hub-qhm", Role::Hub, "QHM", vec![])?;
+    let mut hub = make_node(root, &ca, "hub-qhm", Role::Hub, "QHM", vec![])?;
+    // The hub's dermatology rota: the desk is rung for 20 s.
+    hub.set_rota(ServiceLine::Dermatology, vec![RotaDesk { desk: "desk-derm-1".into(), ring_s: 20 }])?;
     let amb = make_node(root, &ca, "amb-07", Role::Edge, "RX6", vec![])?;
     let surgery = make_node(root, &ca, "surgery-12", Role::Edge, "B82005", vec![])?;
     let desk = make_node(root, &ca, "desk-derm-1", Role::Desk, "RTH", vec![ServiceLine::Dermatology])?;
 
-    let hub = Daemon::start(hub, RunOptions { listen: Some("127.0.0.1:0".parse()?), peers: vec![] }).await?;
+    let hub = Daemon::start(hub, RunOptions { listen: Some("127.0.0.1:0".parse()?), ..RunOptions::default() }).await?;
     let hub_addr = hub.local_addr.ok_or_else(|| anyhow::anyhow!("the hub is not listening"))?;
     let profile = sync_protocol::links::profile("rural-a-road").ok_or_else(|| anyhow::anyhow!("no profile"))?;
     let link =
         LinkEmulator::start("127.0.0.1:0".parse()?, hub_addr, profile.clone(), EmulatorOptions::default()).await?;
+    // The surgery and the desk reach the hub through emulated links of their own.
+    let emulate = |name: &str| sync_protocol::links::profile(name).ok_or_else(|| anyhow::anyhow!("no profile {name}"));
+    let surgery_link =
+        LinkEmulator::start("127.0.0.1:0".parse()?, hub_addr, emulate("rural-surgery")?, EmulatorOptions::default())
+            .await?;
+    let desk_link =
+        LinkEmulator::start("127.0.0.1:0".parse()?, hub_addr, emulate("hospital")?, EmulatorOptions::default()).await?;
     println!(
-        "  fleet CA in {}; hub-qhm on {hub_addr}; amb-07 reaches it through an emulated {} link",
-        ca_dir_name(root),
-        profile.name
+        "  fleet CA in {}; hub-qhm on {hub_addr}; every node reaches it through the link emulator:",
+        ca_dir_name(root)
     );
-    println!(
-        "  ({} kbit/s up, {:.0}-{:.0} ms RTT, {:.1}% burst loss); surgery-12 and desk-derm-1 (dermatology) on fixed lines\n",
-        profile.uplink_bps / 1000,
-        profile.rtt_ms.0,
-        profile.rtt_ms.1,
-        profile.loss.mean_loss() * 100.0
-    );
+    for (who, p) in [
+        ("amb-07", &profile),
+        ("surgery-12", &emulate("rural-surgery")?),
+        ("desk-derm-1 (dermatology)", &emulate("hospital")?),
+    ] {
+        println!(
+            "    {who:<26} {:<14} {:>6} kbit/s up, {:.0}-{:.0} ms RTT, {:.2}% burst loss",
+            p.name,
+            p.uplink_bps / 1000,
+            p.rtt_ms.0,
+            p.rtt_ms.1,
+            p.loss.mean_loss() * 100.0
+        );
+    }
+    println!();
 
-    let clock = Clock(Instant::now());
+    let clock = Clock(Instant::now(), now_ms());
     link.set_up(false);
     clock.say("amb-07", "on the moor road, in a not-spot: no link");
-    let amb = Daemon::start(amb, RunOptions { listen: None, peers: vec![link.local_addr] }).await?;
-    let desk = Daemon::start(desk, RunOptions { listen: None, peers: vec![hub_addr] }).await?;
-    let surgery = Daemon::start(surgery, RunOptions { listen: None, peers: vec![hub_addr] }).await?;
+    let amb = Daemon::start(amb, RunOptions { peers: vec![link.local_addr], ..RunOptions::default() }).await?;
+    // The consultant's desk answers calls by itself in the demo (`outpost run --auto-answer`).
+    let desk_opts = RunOptions { peers: vec![desk_link.local_addr], auto_answer: true, ..RunOptions::default() };
+    let desk = Daemon::start(desk, desk_opts).await?;
+    let surgery =
+        Daemon::start(surgery, RunOptions { peers: vec![surgery_link.local_addr], ..RunOptions::default() }).await?;
 
     // The surgery's cardiology question: the dermatology desk must never see it.
     let cardio = surgery
@@ -193,6 +219,10 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
 
     link.set_up(true);
     clock.say("amb-07", "back in coverage: link up, daemon reconnects");
+    // The paramedic wants a consultant's voice: escalate now, while the photos are still uploading.
+    let call = amb.with_node(move |n| n.escalate(id, now_ms())).await??;
+    amb.announce(vec![id.to_bytes()]);
+    clock.say("amb-07", "asks for a call with a dermatology consultant (escalation recorded in the session)");
     until(&amb, id, "the message at the hub", |v| v.messages[0].receipt >= ReceiptLevel::Hub).await?;
     clock.say("amb-07", "message → at hub (stored durably there before it said so)");
     until(&desk, id, "the session at the desk", |_| true).await?;
@@ -222,6 +252,54 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
     until(&amb, id, "the photos at the consultant", |v| v.media.iter().all(|m| m.receipt >= ReceiptLevel::Desk))
         .await?;
     clock.say("amb-07", "all three photos → at consultant");
+
+    // The call: the hub rang only once the desk held the whole case, after checking the link.
+    let call_id = call.clone();
+    let v =
+        until(&amb, id, "the call connected", move |v| calls_of(v).iter().any(|c| c.call == call_id && !c.is_open()))
+            .await?;
+    let steps: Vec<_> = v.routing.iter().filter(|e| e.get("call") == Some(&LogValue::Str(call.clone()))).collect();
+    let field = |e: &std::collections::BTreeMap<String, LogValue>, k: &str| match e.get(k) {
+        Some(LogValue::Str(s)) => s.clone(),
+        Some(LogValue::Int(i)) => i.to_string(),
+        Some(LogValue::Float(f)) => format!("{f:.2}"),
+        None => String::new(),
+    };
+    println!();
+    for e in &steps {
+        let at = match e.get("at_ms") {
+            Some(LogValue::Int(t)) => clock.at(*t),
+            _ => 0.0,
+        };
+        let (who, what) = match field(e, "kind").as_str() {
+            "escalate" => ("amb-07", "escalation asked".to_string()),
+            "gate" => (
+                "hub-qhm",
+                format!(
+                    "link to amb-07 measured with voice-like probes: round trip {} ms, jitter {} ms, loss {}: E-model MOS {} -> {}",
+                    field(e, "rtt_ms"),
+                    field(e, "jitter_ms"),
+                    field(e, "loss"),
+                    field(e, "mos"),
+                    if field(e, "verdict") == "call" { "a call is possible" } else { "callback" }
+                ),
+            ),
+            "ring" => ("hub-qhm", format!("rings {} (it holds every message and photo)", field(e, "desk"))),
+            "answer" => ("desk-derm-1", "answers".to_string()),
+            "connected" => (
+                "hub-qhm",
+                format!(
+                    "call connected: {} ms from the request reaching the hub, {} ms from the ring",
+                    field(e, "ms_from_escalate"),
+                    field(e, "ms_from_ring")
+                ),
+            ),
+            "callback" => ("hub-qhm", format!("callback arranged: {}", field(e, "reason"))),
+            other => ("hub-qhm", other.to_string()),
+        };
+        println!("  t={at:>6.2}s  {who:<12} {what}");
+    }
+    println!("  (audio over the call is the next step of issue 6; this demo stops at the connection)\n");
 
     // The consultant reads, looks at the photos, replies and records an outcome.
     desk.with_node(move |n| n.show(id, now_ms())).await??;

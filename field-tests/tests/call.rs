@@ -1,0 +1,182 @@
+//! Call escalation through the link emulator: the hub measures the ambulance's path, judges it
+//! with the E-model, rings the first desk of the rota that holds the whole case (never before it
+//! holds every photo), moves to the next desk after the ring time, and arranges a callback when
+//! the link cannot carry a call. Audio is not part of these tests yet.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use field_tests::{Daemon, Field, Link, free_addr, json, photo_file, s};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_outpost-field-node");
+const LIMIT: Duration = Duration::from_secs(120);
+const POLL: Duration = Duration::from_millis(200);
+
+struct CallFleet {
+    f: Field,
+    hub: PathBuf,
+    amb: PathBuf,
+    _daemons: Vec<Daemon>,
+    _link: Link,
+}
+
+/// A hub with a dermatology rota of desk-a then desk-b (`ring_s` each), the desks on the
+/// hospital network (`answering`: which of them answer by themselves), the ambulance behind
+/// `profile`.
+fn fleet(name: &str, profile: &str, ring_s: u32, answering: [bool; 2]) -> CallFleet {
+    let mut f = Field::new(BIN, name);
+    let hub = f.node("hub-qhm", "hub", &[]);
+    let desks = [
+        f.node("desk-a", "desk", &["--org", "RTH", "--service-line", "dermatology"]),
+        f.node("desk-b", "desk", &["--org", "RTH", "--service-line", "dermatology"]),
+    ];
+    let amb = f.node("amb-07", "edge", &["--org", "RX6"]);
+    f.ok(&[
+        "rota",
+        "set",
+        "--dir",
+        s(&hub),
+        "--line",
+        "dermatology",
+        "--desk",
+        "desk-a",
+        "--desk",
+        "desk-b",
+        "--ring-secs",
+        &ring_s.to_string(),
+    ]);
+    let hub_addr = free_addr();
+    let hubd = f.daemon(&hub, &["--listen", &hub_addr]);
+    f.wait(LIMIT, POLL, "the hub to listen", || hubd.log_text().contains("outpost daemon started"));
+    let mut daemons = vec![hubd];
+    for (d, auto) in desks.iter().zip(answering) {
+        let mut args = vec!["--peer", hub_addr.as_str()];
+        if auto {
+            args.push("--auto-answer");
+        }
+        daemons.push(f.daemon(d, &args));
+    }
+    let link = Link::start(profile, &hub_addr, f.seed);
+    daemons.push(f.daemon(&amb, &["--peer", &link.addr]));
+    CallFleet { f, hub, amb, _daemons: daemons, _link: link }
+}
+
+/// The routing log entries of a session at a node, by kind.
+fn steps(f: &Field, node: &Path, id: &str) -> Vec<Value> {
+    let out = f.ok(&["call", "status", "--dir", s(node), id, "--json"]);
+    json(&out).as_array().cloned().unwrap_or_default()
+}
+
+fn of_kind<'a>(steps: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    steps.iter().filter(|e| e["kind"] == kind).collect()
+}
+
+fn escalate(f: &Field, amb: &Path, id: &str) -> Value {
+    json(&f.ok(&["call", "escalate", "--dir", s(amb), id, "--wait", "120", "--json"]))
+}
+
+#[test]
+fn over_urban_4g_the_first_desk_is_rung_once_it_holds_every_photo_and_answers() {
+    let c = fleet("call-urban-4g", "urban-4g", 20, [true, true]);
+    let f = &c.f;
+    let id = f.new_session(&c.amb, "dermatology", "ambulance_on_scene", "Spreading rash with fever");
+    f.message(&c.amb, &id, "Rash spreading fast; please call");
+    let mut hashes = Vec::new();
+    for (i, view) in ["site", "close-up", "dermoscopic"].iter().enumerate() {
+        let p = f.dir.join(format!("photo-{i}.jpg"));
+        photo_file(&p, f.seed + i as u64, 1_000_000);
+        hashes.push(f.photo(&c.amb, &id, &p, view));
+    }
+    // Escalate at once: the photos are still on their way to the desks.
+    let result = escalate(f, &c.amb, &id);
+    assert_eq!(result["state"], "connected", "{result}");
+    assert_eq!(result["desk"], "desk-a", "{result}");
+
+    let log = steps(f, &c.hub, &id);
+    let gate = of_kind(&log, "gate");
+    assert_eq!(gate.len(), 1, "{log:?}");
+    assert_eq!(gate[0]["verdict"], "call");
+    assert!(gate[0]["mos"].as_f64().unwrap() >= 3.6, "{}", gate[0]);
+    // The gate measured once the case had reached the desk, just before the ring.
+    assert!(gate[0]["at_ms"].as_i64() <= of_kind(&log, "ring")[0]["at_ms"].as_i64());
+    let rings = of_kind(&log, "ring");
+    assert_eq!(rings.len(), 1, "{log:?}");
+    assert_eq!(rings[0]["desk"], "desk-a");
+    let rung_at = rings[0]["at_ms"].as_i64().unwrap();
+    // Never rung before it held every photo: desk-a's receipt on each photo (written once every
+    // chunk was stored) is no later than the ring.
+    let hub_view = f.export(&c.hub, &id).unwrap();
+    for h in &hashes {
+        let m = hub_view["media"].as_array().unwrap().iter().find(|m| m["hash"] == h.as_str()).unwrap();
+        let held_at = m["receipts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["node"] == "desk-a" && r["level"] != "hub")
+            .map(|r| r["at_ms"].as_i64().unwrap())
+            .unwrap_or_else(|| panic!("desk-a has no receipt for photo {h}: {m}"));
+        assert!(held_at <= rung_at, "desk-a was rung at {rung_at} before it held photo {h} (at {held_at})");
+    }
+    let connected = of_kind(&log, "connected");
+    assert_eq!(connected.len(), 1);
+    assert!(of_kind(&log, "callback").is_empty());
+    // The ambulance's own copy tells the same story, and the session is connected.
+    let amb_view = f.export(&c.amb, &id).unwrap();
+    assert_eq!(amb_view["status"], "connected", "{}", amb_view["status"]);
+    eprintln!(
+        "urban-4g: MOS {} (rtt {} ms, jitter {} ms, loss {}); connected {} ms after the escalation reached the hub, {} ms after the ring",
+        gate[0]["mos"],
+        gate[0]["rtt_ms"],
+        gate[0]["jitter_ms"],
+        gate[0]["loss"],
+        connected[0]["ms_from_escalate"],
+        connected[0]["ms_from_ring"]
+    );
+}
+
+#[test]
+fn over_a_cell_edge_link_the_gate_refuses_and_a_callback_is_recorded() {
+    let c = fleet("call-cell-edge", "cell-edge", 20, [true, true]);
+    let f = &c.f;
+    let id = f.new_session(&c.amb, "dermatology", "ambulance_on_scene", "Rash; weak signal");
+    f.message(&c.amb, &id, "Can a consultant call?");
+    let result = escalate(f, &c.amb, &id);
+    assert_eq!(result["state"], "callback", "{result}");
+    let reason = result["reason"].as_str().unwrap();
+    assert!(reason.contains("cannot carry a call") && reason.contains("MOS"), "the clinician sees why: {reason}");
+    let log = steps(f, &c.hub, &id);
+    assert!(of_kind(&log, "ring").is_empty(), "no desk is rung over a link that cannot carry the call: {log:?}");
+    let gate = of_kind(&log, "gate");
+    assert_eq!(gate.len(), 1, "{log:?}");
+    assert_eq!(gate[0]["verdict"], "callback");
+    assert!(gate[0]["mos"].as_f64().unwrap() < 3.6, "{}", gate[0]);
+    let amb_view = f.export(&c.amb, &id).unwrap();
+    assert_eq!(amb_view["status"], "awaiting_reply");
+    eprintln!("cell-edge: {reason}");
+}
+
+#[test]
+fn a_first_desk_that_never_answers_falls_to_the_second_after_its_ring_time() {
+    let c = fleet("call-rota-fallback", "urban-4g", 3, [false, true]);
+    let f = &c.f;
+    let id = f.new_session(&c.amb, "dermatology", "ambulance_on_scene", "Rash; first consultant away");
+    f.message(&c.amb, &id, "Please call");
+    let result = escalate(f, &c.amb, &id);
+    assert_eq!(result["state"], "connected", "{result}");
+    assert_eq!(result["desk"], "desk-b", "{result}");
+    let log = steps(f, &c.hub, &id);
+    let rings = of_kind(&log, "ring");
+    assert_eq!(rings.iter().map(|r| r["desk"].as_str().unwrap()).collect::<Vec<_>>(), ["desk-a", "desk-b"], "{log:?}");
+    let no_answer = of_kind(&log, "no_answer");
+    assert_eq!(no_answer.len(), 1);
+    assert_eq!(no_answer[0]["desk"], "desk-a");
+    let waited = no_answer[0]["at_ms"].as_i64().unwrap() - rings[0]["at_ms"].as_i64().unwrap();
+    assert!(waited >= 3_000, "desk-a rang for its full 3 s ring time, not {waited} ms");
+    assert!(rings[1]["at_ms"].as_i64().unwrap() >= no_answer[0]["at_ms"].as_i64().unwrap());
+    let answers = of_kind(&log, "answer");
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0]["desk"], "desk-b");
+}

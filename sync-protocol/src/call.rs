@@ -1,0 +1,433 @@
+//! Call escalation, without I/O: the state of a session's escalations read from its routing
+//! log, the hub's routing policy as a pure function of that state, the rota, what each desk
+//! holds, the measured path and the time, and the ITU-T G.107 E-model that judges whether the
+//! requester's path can carry a call.
+//!
+//! The routing log (`/routing`, grow-only) records every step, so that every replica can tell
+//! what happened and the decisions sync like any other change:
+//!
+//! | `kind` | written by | fields |
+//! |---|---|---|
+//! | `escalate` | the requester's edge | `call`, `by` |
+//! | `gate` | the hub | `call`, `verdict` (`call`/`callback`), `mos`, `r`, `rtt_ms`, `jitter_ms`, `loss`, `reason` |
+//! | `ring` | the hub | `call`, `desk`, `attempt`, `ring_s` |
+//! | `answer` | the desk | `call`, `desk`, `attempt` |
+//! | `no_answer` | the hub | `call`, `desk`, `attempt` |
+//! | `connected` | the hub | `call`, `desk`, `attempt`, `ms_from_escalate`, `ms_from_ring` |
+//! | `callback` | the hub | `call`, `reason` |
+//!
+//! A call is *open* from its `escalate` until a `connected` or `callback` entry for it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::TimeMs;
+use crate::session::{LogValue, SessionView};
+use crate::vocab::ReceiptLevel;
+
+/// Default ring time per desk, seconds (the brief: consultants answer within 20 s or it moves on).
+pub const DEFAULT_RING_S: u32 = 20;
+
+/// One desk of a line's rota.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotaDesk {
+    /// The desk's node name.
+    pub desk: String,
+    /// How long it rings before the router moves on, seconds.
+    pub ring_s: u32,
+}
+
+/// What was measured of the requester's path just before ringing.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PathQuality {
+    /// Mean round-trip time, ms.
+    pub rtt_ms: f64,
+    /// Mean variation between consecutive one-way delays, ms (RFC 3550 style).
+    pub jitter_ms: f64,
+    /// Share of probes lost, 0..1.
+    pub loss: f64,
+    /// Burst ratio (1: random loss; above 1: losses come in bursts).
+    pub burst_ratio: f64,
+    /// Probes sent.
+    pub probes: u32,
+}
+
+/// A voice codec's parameters for the E-model (ITU-T G.113 style impairment factors).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CodecModel {
+    /// Name.
+    pub name: &'static str,
+    /// Bit rate, bits per second.
+    pub bitrate: u32,
+    /// Equipment impairment factor without loss.
+    pub ie: f64,
+    /// Packet-loss robustness factor.
+    pub bpl: f64,
+    /// Frame length plus look-ahead, ms.
+    pub codec_delay_ms: f64,
+}
+
+/// IMA ADPCM at 8 kHz, 4 bits a sample: 32 kbit/s, G.726-32-like (Ie 7), with simple
+/// concealment (a conservative Bpl).
+pub const ADPCM_32K: CodecModel =
+    CodecModel { name: "ima-adpcm-32k", bitrate: 32_000, ie: 7.0, bpl: 10.0, codec_delay_ms: 20.0 };
+
+/// The E-model's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Rating {
+    /// Transmission rating factor R (0..100).
+    pub r: f64,
+    /// Estimated mean opinion score (1..4.5).
+    pub mos: f64,
+}
+
+/// The smallest estimated MOS at which the router rings rather than offering a callback
+/// (3.6: "fair"; below it many users are dissatisfied, G.107 Annex B).
+pub const MIN_CALL_MOS: f64 = 3.6;
+
+/// G.107 simplified: default send/receive loudness and noise (Ro - Is = 93.2), delay
+/// impairment Id from the one-way mouth-to-ear delay (network, jitter buffer of twice the
+/// jitter, codec), effective equipment impairment Ie,eff from loss and burstiness.
+pub fn rate(q: &PathQuality, codec: &CodecModel) -> Rating {
+    let ta = q.rtt_ms / 2.0 + 2.0 * q.jitter_ms + codec.codec_delay_ms + 10.0;
+    let idd = if ta <= 100.0 {
+        0.0
+    } else {
+        let x = (ta / 100.0).log2();
+        25.0 * ((1.0 + x.powi(6)).powf(1.0 / 6.0) - 3.0 * (1.0 + (x / 3.0).powi(6)).powf(1.0 / 6.0) + 2.0)
+    };
+    let ppl = (q.loss * 100.0).clamp(0.0, 100.0);
+    let burst = q.burst_ratio.max(1.0);
+    let ie_eff = codec.ie + (95.0 - codec.ie) * ppl / (ppl / burst + codec.bpl);
+    let r = (93.2 - idd - ie_eff).clamp(0.0, 100.0);
+    Rating { r, mos: mos_of(r) }
+}
+
+/// MOS from R (G.107 Annex B).
+pub fn mos_of(r: f64) -> f64 {
+    if r <= 0.0 {
+        1.0
+    } else if r >= 100.0 {
+        4.5
+    } else {
+        1.0 + 0.035 * r + r * (r - 60.0) * (100.0 - r) * 7e-6
+    }
+}
+
+/// The measurement behind a decision, from probe round trips (`None`: lost), in send order.
+pub fn quality_from_probes(rtts_ms: &[Option<f64>]) -> PathQuality {
+    let got: Vec<f64> = rtts_ms.iter().flatten().copied().collect();
+    let n = rtts_ms.len().max(1) as f64;
+    let loss = 1.0 - got.len() as f64 / n;
+    let rtt = if got.is_empty() { f64::INFINITY } else { got.iter().sum::<f64>() / got.len() as f64 };
+    let jitter = if got.len() < 2 {
+        0.0
+    } else {
+        // One-way variation is about half the variation of round trips.
+        got.windows(2).map(|w| (w[1] - w[0]).abs()).sum::<f64>() / (got.len() - 1) as f64 / 2.0
+    };
+    // Burst ratio: mean run of losses observed over the mean run expected for random loss.
+    let mut runs = Vec::new();
+    let mut run = 0u32;
+    for r in rtts_ms {
+        if r.is_none() {
+            run += 1;
+        } else if run > 0 {
+            runs.push(run);
+            run = 0;
+        }
+    }
+    if run > 0 {
+        runs.push(run);
+    }
+    let burst_ratio = if runs.is_empty() || loss >= 1.0 {
+        1.0
+    } else {
+        let observed = runs.iter().sum::<u32>() as f64 / runs.len() as f64;
+        (observed * (1.0 - loss)).max(1.0)
+    };
+    PathQuality { rtt_ms: rtt, jitter_ms: jitter, loss, burst_ratio, probes: rtts_ms.len() as u32 }
+}
+
+/// Whether the path can carry a call: `Ok(rating)` or `Err(reason)` for the clinician.
+pub fn gate(q: &PathQuality, codec: &CodecModel) -> Result<Rating, (Rating, String)> {
+    let rating = rate(q, codec);
+    if q.probes == 0 {
+        return Err((rating, "the requester has no live link to the hub".into()));
+    }
+    if q.loss >= 1.0 {
+        return Err((rating, "the requester's link carried none of the test packets".into()));
+    }
+    if rating.mos < MIN_CALL_MOS {
+        return Err((
+            rating,
+            format!(
+                "the link cannot carry a call: estimated MOS {:.1} (round trip {:.0} ms, jitter {:.0} ms, loss {:.1}%)",
+                rating.mos,
+                q.rtt_ms,
+                q.jitter_ms,
+                q.loss * 100.0
+            ),
+        ));
+    }
+    Ok(rating)
+}
+
+/// One escalation, as the routing log tells it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CallState {
+    /// Its id.
+    pub call: String,
+    /// When it was asked for (the requester's clock).
+    pub asked_ms: TimeMs,
+    /// Who asked.
+    pub by: String,
+    /// The gate's verdict, if it judged: (`call` or `callback`, MOS).
+    pub gate: Option<(String, f64)>,
+    /// Ring attempts in order: (desk, attempt, rung at, ring seconds).
+    pub rings: Vec<(String, u32, TimeMs, u32)>,
+    /// Attempts that ended without an answer.
+    pub no_answer: Vec<u32>,
+    /// Attempts answered: (attempt, desk, at).
+    pub answers: Vec<(u32, String, TimeMs)>,
+    /// Connected: (desk, at).
+    pub connected: Option<(String, TimeMs)>,
+    /// Callback requested: (reason, at).
+    pub callback: Option<(String, TimeMs)>,
+}
+
+impl CallState {
+    /// Whether the escalation still waits for a connection or a callback.
+    pub fn is_open(&self) -> bool {
+        self.connected.is_none() && self.callback.is_none()
+    }
+
+    /// The attempt ringing now, if any: (desk, attempt, rung at, ring seconds).
+    pub fn ringing(&self) -> Option<&(String, u32, TimeMs, u32)> {
+        self.rings.last().filter(|r| !self.no_answer.contains(&r.1))
+    }
+}
+
+fn s(e: &BTreeMap<String, LogValue>, k: &str) -> Option<String> {
+    match e.get(k) {
+        Some(LogValue::Str(v)) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+fn i(e: &BTreeMap<String, LogValue>, k: &str) -> Option<i64> {
+    match e.get(k) {
+        Some(LogValue::Int(v)) => Some(*v),
+        Some(LogValue::Float(f)) => Some(*f as i64),
+        _ => None,
+    }
+}
+
+fn f(e: &BTreeMap<String, LogValue>, k: &str) -> Option<f64> {
+    match e.get(k) {
+        Some(LogValue::Float(v)) => Some(*v),
+        Some(LogValue::Int(v)) => Some(*v as f64),
+        _ => None,
+    }
+}
+
+/// Every escalation of a session, in the order asked. Entries of unknown kinds or calls are
+/// ignored (a newer version may log more).
+pub fn calls_of(view: &SessionView) -> Vec<CallState> {
+    let mut calls: Vec<CallState> = Vec::new();
+    for e in &view.routing {
+        let (Some(kind), Some(call)) = (s(e, "kind"), s(e, "call")) else { continue };
+        let at = i(e, "at_ms").unwrap_or(0);
+        if kind == "escalate" {
+            if !calls.iter().any(|c| c.call == call) {
+                calls.push(CallState {
+                    call,
+                    asked_ms: at,
+                    by: s(e, "by").unwrap_or_default(),
+                    ..CallState::default()
+                });
+            }
+            continue;
+        }
+        let Some(c) = calls.iter_mut().find(|c| c.call == call) else { continue };
+        let attempt = i(e, "attempt").unwrap_or(0).max(0) as u32;
+        let desk = s(e, "desk").unwrap_or_default();
+        match kind.as_str() {
+            "gate" => c.gate = Some((s(e, "verdict").unwrap_or_default(), f(e, "mos").unwrap_or(0.0))),
+            "ring" if !c.rings.iter().any(|r| r.1 == attempt) => {
+                c.rings.push((desk, attempt, at, i(e, "ring_s").unwrap_or(i64::from(DEFAULT_RING_S)) as u32));
+            }
+            "no_answer" => c.no_answer.push(attempt),
+            "answer" => c.answers.push((attempt, desk, at)),
+            "connected" => c.connected = Some((desk, at)),
+            "callback" => c.callback = Some((s(e, "reason").unwrap_or_default(), at)),
+            _ => {}
+        }
+    }
+    calls
+}
+
+/// Whether `desk` holds every message and every photo of the session, by the receipts in
+/// this (the hub's) copy: an item it wrote, or one carrying its `desk` or `read` receipt.
+/// Photo receipts are written only once every chunk is stored, so this never says more than
+/// the desk's own store.
+pub fn desk_holds_whole(view: &SessionView, desk: &str) -> bool {
+    let covered = |author: &str, receipts: &[crate::session::Receipt]| {
+        author == desk || receipts.iter().any(|r| r.node == desk && r.level >= ReceiptLevel::Desk)
+    };
+    view.messages.iter().all(|m| covered(&m.author, &m.receipts))
+        && view.media.iter().filter(|m| !m.consent_withdrawn).all(|m| covered(&m.added_by, &m.receipts))
+}
+
+/// What the hub's router does next for one open escalation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Nothing yet (a desk is ringing, or no desk holds the whole session yet).
+    Wait,
+    /// Measure the requester's path before deciding (no measurement given).
+    Measure,
+    /// Record the gate's verdict that a call is possible.
+    GatePassed(Rating, PathQuality),
+    /// Ring this desk for this long.
+    Ring {
+        /// The desk.
+        desk: String,
+        /// Attempt number (1, 2, ...).
+        attempt: u32,
+        /// Ring time, seconds.
+        ring_s: u32,
+    },
+    /// The desk ringing did not answer in time.
+    NoAnswer {
+        /// The desk.
+        desk: String,
+        /// The attempt.
+        attempt: u32,
+    },
+    /// The desk answered: the call is connected.
+    Connected {
+        /// The desk.
+        desk: String,
+        /// The attempt.
+        attempt: u32,
+        /// When it was rung.
+        rung_ms: TimeMs,
+    },
+    /// No call: ask for a callback, for this reason.
+    Callback {
+        /// Why (shown to the clinician).
+        reason: String,
+        /// The gate's figures, when the link was the reason.
+        rating: Option<(Rating, PathQuality)>,
+    },
+}
+
+/// How long the router waits for some desk of the rota to hold the whole session before it
+/// offers a callback instead, ms.
+pub const HOLD_WAIT_MS: i64 = 10 * 60 * 1000;
+
+/// The router's next step for `call` (open), given the line's rota, the hub's copy of the
+/// session, the requester's measured path (if measured) and the hub's clock.
+pub fn next_action(
+    call: &CallState,
+    rota: &[RotaDesk],
+    view: &SessionView,
+    quality: Option<&PathQuality>,
+    seen_ms: TimeMs,
+    now: TimeMs,
+) -> Action {
+    if !call.is_open() {
+        return Action::Wait;
+    }
+    if let Some((desk, attempt, rung, _)) = call.ringing() {
+        if call.answers.iter().any(|a| a.0 == *attempt && &a.1 == desk) {
+            return Action::Connected { desk: desk.clone(), attempt: *attempt, rung_ms: *rung };
+        }
+        let ring_s = call.ringing().map_or(DEFAULT_RING_S, |r| r.3);
+        if now - rung >= i64::from(ring_s) * 1000 {
+            return Action::NoAnswer { desk: desk.clone(), attempt: *attempt };
+        }
+        return Action::Wait;
+    }
+    if rota.is_empty() {
+        return Action::Callback { reason: format!("no rota for {} at this hub", view.service.line), rating: None };
+    }
+    let tried: Vec<&str> = call.rings.iter().map(|r| r.0.as_str()).collect();
+    let left: Vec<&RotaDesk> = rota.iter().filter(|d| !tried.contains(&d.desk.as_str())).collect();
+    if left.is_empty() {
+        return Action::Callback { reason: "no consultant on the rota answered".into(), rating: None };
+    }
+    let Some(next) = left.iter().find(|d| desk_holds_whole(view, &d.desk)) else {
+        if now - seen_ms >= HOLD_WAIT_MS {
+            return Action::Callback {
+                reason: "no consultant's desk received the whole case in time for a call".into(),
+                rating: None,
+            };
+        }
+        return Action::Wait;
+    };
+    // Just before the first ring, with the case delivered (no photo of it still competing for
+    // the link): can the requester's path carry a call? If not, a callback, whoever would answer.
+    if call.gate.is_none() {
+        let Some(q) = quality else { return Action::Measure };
+        return match gate(q, &ADPCM_32K) {
+            Ok(rating) => Action::GatePassed(rating, *q),
+            Err((rating, reason)) => Action::Callback { reason, rating: Some((rating, *q)) },
+        };
+    }
+    Action::Ring { desk: next.desk.clone(), attempt: call.rings.len() as u32 + 1, ring_s: next.ring_s }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(rtt: f64, jitter: f64, loss: f64) -> PathQuality {
+        PathQuality { rtt_ms: rtt, jitter_ms: jitter, loss, burst_ratio: 1.0, probes: 50 }
+    }
+
+    #[test]
+    fn a_clean_short_path_rates_above_four() {
+        let r = rate(&q(35.0, 3.0, 0.002), &ADPCM_32K);
+        assert!(r.mos > 4.0, "{r:?}");
+        assert!(gate(&q(35.0, 3.0, 0.002), &ADPCM_32K).is_ok());
+    }
+
+    #[test]
+    fn a_cell_edge_path_is_refused_with_its_figures() {
+        let e = gate(&q(420.0, 40.0, 0.12), &ADPCM_32K).unwrap_err();
+        assert!(e.0.mos < MIN_CALL_MOS, "{e:?}");
+        assert!(e.1.contains("MOS"), "{}", e.1);
+    }
+
+    #[test]
+    fn delay_alone_degrades_the_rating_smoothly() {
+        let mut last = 5.0;
+        for rtt in [50.0, 150.0, 300.0, 500.0, 800.0] {
+            let m = rate(&q(rtt, 0.0, 0.0), &ADPCM_32K).mos;
+            assert!(m <= last, "MOS rises with delay at {rtt} ms");
+            last = m;
+        }
+        assert!(last < 3.6);
+    }
+
+    #[test]
+    fn bursty_loss_hurts_more_than_random_loss_of_the_same_rate() {
+        // G.107: for one loss rate, a higher burst ratio gives a higher effective impairment.
+        let random = rate(&q(40.0, 2.0, 0.05), &ADPCM_32K);
+        let bursty = rate(&PathQuality { burst_ratio: 3.0, ..q(40.0, 2.0, 0.05) }, &ADPCM_32K);
+        assert!(bursty.r < random.r, "{random:?} {bursty:?}");
+    }
+
+    #[test]
+    fn probes_give_loss_jitter_and_bursts() {
+        let probes = [Some(40.0), Some(44.0), None, None, Some(40.0), Some(48.0), None, Some(40.0)];
+        let p = quality_from_probes(&probes);
+        assert!((p.loss - 3.0 / 8.0).abs() < 1e-9);
+        assert!((p.rtt_ms - 42.4).abs() < 1e-9);
+        assert!(p.jitter_ms > 0.0);
+        assert!(p.burst_ratio > 0.9);
+        assert_eq!(quality_from_probes(&[None, None]).loss, 1.0);
+    }
+}
