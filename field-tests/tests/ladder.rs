@@ -75,8 +75,11 @@ fn rung(profile: &str, blackouts: Option<Blackouts>, limit: Duration) {
                         std::thread::sleep(Duration::from_millis(50));
                     }
                 };
+                // The first blackout comes a few seconds in, while the photos are on their way.
+                let mut up = rng.random_range(2.0..6.0);
                 while !stop.load(Ordering::Relaxed) {
-                    sleep(rng.random_range(b.up_s.0..b.up_s.1));
+                    sleep(up);
+                    up = rng.random_range(b.up_s.0..b.up_s.1);
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }

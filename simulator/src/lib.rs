@@ -76,8 +76,10 @@ pub struct Report {
     pub escalations_desk_held_whole: f64,
     /// Median seconds from the call being asked for to the desk ringing.
     pub escalation_to_ring: Percentiles,
-    /// Escalations rung after the router's longest wait.
-    pub escalations_rung_on_timeout: usize,
+    /// Escalations connected to a desk.
+    pub escalations_connected: usize,
+    /// Escalations that ended in a callback, by reason (`link`, `no answer`, `case not delivered`).
+    pub escalation_callbacks: std::collections::BTreeMap<String, usize>,
     /// Invariant violations (none, for a pass).
     pub violations: Vec<Violation>,
     /// Samples over time.
@@ -150,13 +152,16 @@ impl Report {
                 let _ = writeln!(s, "convergence after the last link healed: NOT REACHED");
             }
         }
+        let callbacks: Vec<String> = self.escalation_callbacks.iter().map(|(k, v)| format!("{v} {k}")).collect();
         let _ = writeln!(
             s,
-            "call escalations: {}; the desk held the whole session (text and photos) when it rang in {:.1}%; \
-             {} rang after the longest wait; ask to ring p50 {:.0} s, p95 {:.0} s",
+            "call escalations: {}; connected {}; callbacks {} ({}); the desk held the whole session (text and \
+             photos) when it rang in {:.1}%; ask to first ring p50 {:.0} s, p95 {:.0} s",
             self.escalations,
+            self.escalations_connected,
+            self.escalation_callbacks.values().sum::<usize>(),
+            if callbacks.is_empty() { "none".to_string() } else { callbacks.join(", ") },
             self.escalations_desk_held_whole * 100.0,
-            self.escalations_rung_on_timeout,
             self.escalation_to_ring.p50,
             self.escalation_to_ring.p95
         );
@@ -273,7 +278,11 @@ fn report(w: &mut World, name: &str, seed: u64, rerun: String, wall: f64) -> Rep
         escalations: esc.len(),
         escalations_desk_held_whole: if rung.is_empty() { 0.0 } else { held as f64 / rung.len() as f64 },
         escalation_to_ring: Percentiles::of(rung.iter().filter_map(|e| Some(e.rung_s? - e.asked_s)).collect()),
-        escalations_rung_on_timeout: rung.iter().filter(|e| e.rang_on_timeout).count(),
+        escalations_connected: esc.iter().filter(|e| e.connected_s.is_some()).count(),
+        escalation_callbacks: esc.iter().filter_map(|e| e.callback.clone()).fold(Default::default(), |mut m, r| {
+            *m.entry(r).or_insert(0) += 1;
+            m
+        }),
         violations: w.violations.clone(),
         samples: w.samples.clone(),
         deliveries,

@@ -75,7 +75,7 @@ impl Ledger {
 }
 
 /// A call escalation and what happened to it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Escalation {
     /// Node that asked.
     pub node: String,
@@ -89,8 +89,12 @@ pub struct Escalation {
     pub desk: Option<String>,
     /// Whether that desk held the whole session (its text and every photo) when it rang.
     pub desk_held_whole: bool,
-    /// Whether the router rang after its longest wait rather than on the desk holding it.
-    pub rang_on_timeout: bool,
+    /// The E-model's estimate for the requester's path when the router judged it.
+    pub gate_mos: Option<f64>,
+    /// When the call was connected (s).
+    pub connected_s: Option<f64>,
+    /// Why a callback was arranged instead: `link`, `no answer`, `case not delivered`.
+    pub callback: Option<String>,
 }
 
 /// Totals of one sampling interval.

@@ -177,8 +177,10 @@ pub struct Workload {
     pub reply_routine_minutes: (f64, f64),
     /// Share of sessions whose requester records an outcome after the reply.
     pub outcome_share: f64,
-    /// Longest a call router waits for the desk to hold the whole session before ringing anyway.
-    pub ring_wait_max_s: f64,
+    /// Share of rings a desk does not answer (the consultant is away or busy).
+    pub desk_away: f64,
+    /// Seconds a consultant takes to answer a ringing desk (uniform).
+    pub answer_s: (f64, f64),
 }
 
 impl Default for Workload {
@@ -204,7 +206,8 @@ impl Default for Workload {
             reply_urgent_minutes: (1.0, 30.0),
             reply_routine_minutes: (60.0, 2880.0),
             outcome_share: 0.9,
-            ring_wait_max_s: 300.0,
+            desk_away: 0.15,
+            answer_s: (3.0, 15.0),
         }
     }
 }

@@ -9,12 +9,15 @@ use automerge::ActorId;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sync_protocol::TimeMs;
+use sync_protocol::call::{
+    Action, DEFAULT_RING_S, HOLD_WAIT_MS, PathQuality, RotaDesk, calls_of, next_action, quality_from_probes,
+};
 use sync_protocol::engine::{Engine, EngineConfig, Replica};
 use sync_protocol::links::{self, LinkProfile, LinkState, Uniform};
 use sync_protocol::mem::{ChunkPool, MemReplica};
 use sync_protocol::scope::{DocMeta, PeerInfo, may_hold};
 use sync_protocol::session::{
-    LogName, LogValue, NewConsent, NewMedia, NewMessage, NewSession, Patient, Receipt, Requester, Service, SessionDoc,
+    LogName, LogValue, NewConsent, NewMedia, NewMessage, NewSession, Patient, Requester, Service, SessionDoc,
     SessionId, SessionView,
 };
 use sync_protocol::vocab::{
@@ -152,6 +155,7 @@ enum Work {
     Escalate { node: usize, doc: DocId },
     Reply { desk: usize, doc: DocId },
     Outcome { node: usize, doc: DocId },
+    Answer { desk: usize, doc: DocId, call: String, attempt: u32 },
 }
 
 #[derive(Debug, Clone)]
@@ -196,12 +200,19 @@ impl Ev {
 }
 
 #[derive(Debug)]
-struct Ring {
+struct SimCall {
     doc: DocId,
-    seen_at_hub: Option<Micros>,
+    /// The escalation's id in the routing log.
+    call: String,
+    /// The requester.
+    node: usize,
+    /// When the hub first saw it: simulated time, and the hub's clock (ms).
+    seen_at_hub: Option<(Micros, TimeMs)>,
     done: bool,
     /// Messages and photos of the session when the call was asked for.
     items: (Vec<String>, Vec<String>),
+    /// The requester's path as the hub measured it.
+    quality: Option<PathQuality>,
     esc_index: usize,
 }
 
@@ -226,7 +237,9 @@ pub struct World {
     replied: BTreeSet<DocId>,
     /// Status last seen per (node, doc).
     statuses: BTreeMap<(usize, DocId), (u32, Status)>,
-    rings: Vec<Ring>,
+    calls: Vec<SimCall>,
+    /// Rings each desk has heard: (desk, call, attempt).
+    heard: BTreeSet<(usize, String, u32)>,
     /// Results.
     pub ledger: Ledger,
     /// Call escalations.
@@ -383,7 +396,8 @@ impl World {
             rota,
             replied: BTreeSet::new(),
             statuses: BTreeMap::new(),
-            rings: Vec::new(),
+            calls: Vec::new(),
+            heard: BTreeSet::new(),
             ledger: Ledger::default(),
             escalations: Vec::new(),
             samples: Vec::new(),
@@ -533,7 +547,8 @@ impl World {
         match ev {
             Ev::Work(w) => self.work(w),
             Ev::Flip(l) => {
-                if self.settling.is_some() && !self.links[l].natural_up {
+                // Once the scenario ends, links stay healed.
+                if self.settling.is_some() {
                     return;
                 }
                 let was = self.links[l].up();
@@ -589,7 +604,7 @@ impl World {
                     self.after(SECOND, Ev::Converge);
                 }
             }
-            Ev::Ring(i) => self.ring(i, true),
+            Ev::Ring(i) => self.route(i),
             Ev::Settle => self.settle(),
             Ev::End => {
                 self.sample();
@@ -843,14 +858,19 @@ impl World {
                     self.notify_conn(l, &changed);
                 }
             }
-            for i in 0..self.rings.len() {
-                if !self.rings[i].done && changed.contains(&self.rings[i].doc) {
-                    self.ring(i, false);
+            for i in 0..self.calls.len() {
+                if !self.calls[i].done && self.calls[i].seen_at_hub.is_some() && changed.contains(&self.calls[i].doc) {
+                    self.route(i);
                 }
             }
             self.route_new_escalations(&changed);
-        } else if let Some(l) = self.nodes[owner].link {
-            self.notify_node_side(l, &changed);
+        } else {
+            if self.nodes[owner].kind == Kind::Desk {
+                self.desk_hears_rings(owner, &changed);
+            }
+            if let Some(l) = self.nodes[owner].link {
+                self.notify_node_side(l, &changed);
+            }
         }
     }
 
@@ -1027,26 +1047,39 @@ impl World {
                     view.messages.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
                     view.media.iter().map(|m| m.hash.clone()).collect::<Vec<_>>(),
                 );
-                let ok = self.local_write(node, &doc, |d| {
-                    d.append_log(LogName::Routing, "escalate", &[("by", LogValue::Str(name.clone()))], now)
-                });
+                let call = format!("call-{}", self.calls.len() + 1);
+                let fields = [("call", LogValue::Str(call.clone())), ("by", LogValue::Str(name.clone()))];
+                let ok = self.local_write(node, &doc, |d| d.append_log(LogName::Routing, "escalate", &fields, now));
                 if ok.is_some() {
-                    self.escalations.push(Escalation {
-                        node: self.nodes[node].name.clone(),
-                        asked_s: secs(self.now),
-                        seen_at_hub_s: None,
-                        rung_s: None,
-                        desk: None,
-                        desk_held_whole: false,
-                        rang_on_timeout: false,
-                    });
-                    self.rings.push(Ring {
+                    self.escalations.push(Escalation { node: name, asked_s: secs(self.now), ..Escalation::default() });
+                    self.calls.push(SimCall {
                         doc,
+                        call,
+                        node,
                         seen_at_hub: None,
                         done: false,
                         items,
+                        quality: None,
                         esc_index: self.escalations.len() - 1,
                     });
+                }
+            }
+            Work::Answer { desk, doc, call, attempt } => {
+                // Still ringing here? (The hub may have moved on after the ring time.)
+                let name = self.nodes[desk].name.clone();
+                let ringing = self.nodes[desk].replica.view_ref(&doc).is_some_and(|v| {
+                    calls_of(v).iter().any(|c| {
+                        c.call == call && c.is_open() && c.ringing().is_some_and(|r| r.0 == name && r.1 == attempt)
+                    })
+                });
+                if ringing {
+                    let now = self.node_now(desk);
+                    let fields = [
+                        ("call", LogValue::Str(call)),
+                        ("desk", LogValue::Str(name)),
+                        ("attempt", LogValue::Int(i64::from(attempt))),
+                    ];
+                    self.local_write(desk, &doc, |d| d.append_log(LogName::Routing, "answer", &fields, now));
                 }
             }
             Work::Reply { desk, doc } => {
@@ -1194,82 +1227,180 @@ impl World {
     // ------------------------------------------------------------------ the hub's call router
 
     fn route_new_escalations(&mut self, changed: &[DocId]) {
-        for i in 0..self.rings.len() {
-            if self.rings[i].seen_at_hub.is_some() || !changed.contains(&self.rings[i].doc) {
+        for i in 0..self.calls.len() {
+            if self.calls[i].seen_at_hub.is_some() || !changed.contains(&self.calls[i].doc) {
                 continue;
             }
-            let doc = self.rings[i].doc;
-            let seen = self.nodes[self.hub].replica.view(&doc).is_some_and(|v| {
-                v.routing.iter().any(|e| matches!(e.get("kind"), Some(LogValue::Str(k)) if k == "escalate"))
-            });
+            let doc = self.calls[i].doc;
+            let call = self.calls[i].call.clone();
+            let seen =
+                self.nodes[self.hub].replica.view_ref(&doc).is_some_and(|v| calls_of(v).iter().any(|c| c.call == call));
             if seen {
-                self.rings[i].seen_at_hub = Some(self.now);
-                let e = self.rings[i].esc_index;
+                let hub_now = self.node_now(self.hub);
+                self.calls[i].seen_at_hub = Some((self.now, hub_now));
+                let e = self.calls[i].esc_index;
                 self.escalations[e].seen_at_hub_s = Some(secs(self.now));
-                let wait = (self.scenario.workload.ring_wait_max_s * SECOND as f64) as Micros;
-                self.after(wait, Ev::Ring(i));
-                self.ring(i, false);
+                // The router's longest wait for a desk to hold the case.
+                self.after((HOLD_WAIT_MS as Micros) * 1000 + SECOND, Ev::Ring(i));
+                self.route(i);
             }
         }
     }
 
-    /// Rings the first desk of the line's rota that the hub's copy shows holding every message
-    /// and photo of the session (its receipts, or its own authorship), or after the longest wait.
-    fn ring(&mut self, i: usize, timeout: bool) {
-        if self.rings[i].done || self.rings[i].seen_at_hub.is_none() {
-            return;
+    /// The requester's path as the hub's probes would find it: 50 voice-like probes 20 ms
+    /// apart through the link's loss process and delay; none if it is not connected.
+    fn measure(&mut self, node: usize) -> PathQuality {
+        let Some(l) = self.nodes[node].link else { return quality_from_probes(&[]) };
+        if self.links[l].conn.is_none() || !self.links[l].up() || !self.nodes[node].up {
+            return PathQuality { rtt_ms: f64::INFINITY, jitter_ms: 0.0, loss: 1.0, burst_ratio: 1.0, probes: 0 };
         }
-        let doc = self.rings[i].doc;
-        let Some(meta) = self.metas.get(&doc).cloned() else { return };
-        let rota = self.rota.get(&meta.line).cloned().unwrap_or_default();
-        let Some(&first) = rota.first() else {
-            self.rings[i].done = true;
-            return;
-        };
-        let (msgs, media) = self.rings[i].items.clone();
-        // What the hub knows: a desk holds an item it wrote, or one its receipt covers.
-        let holds = |desk: usize| {
-            let name = &self.nodes[desk].name;
-            let covered = |author: &str, receipts: &[Receipt]| {
-                author == name || receipts.iter().any(|r| r.level >= ReceiptLevel::Desk && &r.node == name)
+        let p = self.links[l].profile.clone();
+        let rtt = 2.0 * self.links[l].delay_us as f64 / 1000.0;
+        let spread = (p.rtt_ms.1 - p.rtt_ms.0) / 2.0;
+        let mut ge = LinkState::default();
+        let mut probes = Vec::with_capacity(50);
+        for _ in 0..50 {
+            let lost_up = ge.lose(&p.loss, &mut U(&mut self.rng));
+            let lost_down = ge.lose(&p.loss, &mut U(&mut self.rng));
+            let jitter = spread * 0.05 * self.rng.random::<f64>();
+            probes.push((!lost_up && !lost_down).then_some(rtt + jitter));
+        }
+        quality_from_probes(&probes)
+    }
+
+    /// One or more steps of the hub's router for an escalation: the shared policy of
+    /// `sync_protocol::call::next_action`, its decisions written into the hub's copy.
+    fn route(&mut self, i: usize) {
+        for _ in 0..8 {
+            if self.calls[i].done || !self.nodes[self.hub].up {
+                return;
+            }
+            let Some((_, seen_ms)) = self.calls[i].seen_at_hub else { return };
+            let doc = self.calls[i].doc;
+            let Some(view) = self.nodes[self.hub].replica.view(&doc) else { return };
+            let Some(call) = calls_of(&view).into_iter().find(|c| c.call == self.calls[i].call) else { return };
+            let rota: Vec<RotaDesk> = self
+                .rota
+                .get(&view.service.line)
+                .map(|r| {
+                    r.iter().map(|d| RotaDesk { desk: self.nodes[*d].name.clone(), ring_s: DEFAULT_RING_S }).collect()
+                })
+                .unwrap_or_default();
+            let now = self.node_now(self.hub);
+            let action = next_action(&call, &rota, &view, self.calls[i].quality.as_ref(), seen_ms, now);
+            let c = LogValue::Str(call.call.clone());
+            let e = self.calls[i].esc_index;
+            let entry: (&str, Vec<(&str, LogValue)>) = match action {
+                Action::Wait => return,
+                Action::Measure => {
+                    let node = self.calls[i].node;
+                    self.calls[i].quality = Some(self.measure(node));
+                    continue;
+                }
+                Action::GatePassed(r, _) => {
+                    self.escalations[e].gate_mos = Some(r.mos);
+                    (
+                        "gate",
+                        vec![("call", c), ("verdict", LogValue::Str("call".into())), ("mos", LogValue::Float(r.mos))],
+                    )
+                }
+                Action::Ring { desk, attempt, ring_s } => {
+                    let Some(d) = self.nodes.iter().position(|n| n.name == desk) else { return };
+                    if attempt == 1 {
+                        self.first_ring(i, d);
+                    }
+                    self.after(i64::from(ring_s) as Micros * SECOND + SECOND / 10, Ev::Ring(i));
+                    (
+                        "ring",
+                        vec![
+                            ("call", c),
+                            ("desk", LogValue::Str(desk)),
+                            ("attempt", LogValue::Int(i64::from(attempt))),
+                            ("ring_s", LogValue::Int(i64::from(ring_s))),
+                        ],
+                    )
+                }
+                Action::NoAnswer { desk, attempt } => (
+                    "no_answer",
+                    vec![("call", c), ("desk", LogValue::Str(desk)), ("attempt", LogValue::Int(i64::from(attempt)))],
+                ),
+                Action::Connected { desk, attempt, .. } => {
+                    self.calls[i].done = true;
+                    self.escalations[e].connected_s = Some(secs(self.now));
+                    (
+                        "connected",
+                        vec![
+                            ("call", c),
+                            ("desk", LogValue::Str(desk)),
+                            ("attempt", LogValue::Int(i64::from(attempt))),
+                        ],
+                    )
+                }
+                Action::Callback { reason, rating } => {
+                    self.calls[i].done = true;
+                    if let Some((r, _)) = rating {
+                        self.escalations[e].gate_mos = Some(r.mos);
+                        self.escalations[e].callback = Some("link".into());
+                    } else if reason.contains("answered") {
+                        self.escalations[e].callback = Some("no answer".into());
+                    } else {
+                        self.escalations[e].callback = Some("case not delivered".into());
+                    }
+                    ("callback", vec![("call", c), ("reason", LogValue::Str(reason))])
+                }
             };
-            self.nodes[self.hub].replica.view_ref(&doc).is_some_and(|v| {
-                msgs.iter().all(|m| v.messages.iter().any(|x| &x.id == m && covered(&x.author, &x.receipts)))
-                    && media.iter().all(|h| v.media.iter().any(|x| &x.hash == h && covered(&x.added_by, &x.receipts)))
-            })
-        };
-        // The first desk of the rota that holds the whole session; at the longest wait, the first.
-        let ready = rota.iter().copied().find(|&d| holds(d));
-        let held_by_receipts = ready.is_some();
-        let desk = ready.unwrap_or(first);
-        let desk_name = self.nodes[desk].name.clone();
-        if !held_by_receipts && !timeout {
-            return;
+            let _ = self.nodes[self.hub].replica.edit(&doc, |d| d.append_log(LogName::Routing, entry.0, &entry.1, now));
+            self.after_changes(self.hub, None);
         }
-        // The truth at ringing time, from the desk's own store.
-        let truly_held = self.nodes[desk].replica.view(&doc).is_some_and(|v| {
+    }
+
+    /// Records the first ring of an escalation, and checks it against the desk's own store.
+    fn first_ring(&mut self, i: usize, desk: usize) {
+        let doc = self.calls[i].doc;
+        let (msgs, media) = self.calls[i].items.clone();
+        let desk_name = self.nodes[desk].name.clone();
+        let truly_held = self.nodes[desk].replica.view_ref(&doc).is_some_and(|v| {
             msgs.iter().all(|m| v.messages.iter().any(|x| &x.id == m))
                 && media.iter().all(|h| {
                     v.media.iter().any(|x| &x.hash == h)
                         && unhex(h).is_some_and(|hh| self.nodes[desk].replica.holds_blob(&hh))
                 })
         });
-        self.rings[i].done = true;
-        let e = self.rings[i].esc_index;
+        let e = self.calls[i].esc_index;
         self.escalations[e].rung_s = Some(secs(self.now));
         self.escalations[e].desk = Some(desk_name.clone());
         self.escalations[e].desk_held_whole = truly_held;
-        self.escalations[e].rang_on_timeout = !held_by_receipts;
-        if held_by_receipts && !truly_held {
-            self.violate(
-                "receipts",
-                format!("the router saw {desk_name} holding a session its store did not hold whole"),
-            );
+        if !truly_held {
+            self.violate("receipts", format!("the router rang {desk_name} for a session its store did not hold whole"));
         }
-        let now = self.node_now(self.hub);
-        let attempt = [("desk", LogValue::Str(desk_name)), ("result", LogValue::Str("rung".into()))];
-        let _ = self.nodes[self.hub].replica.edit(&doc, |d| d.append_log(LogName::Routing, "ring", &attempt, now));
-        self.after_changes(self.hub, None);
+    }
+
+    /// A desk that holds a session ringing for it answers after a while, unless it is away.
+    fn desk_hears_rings(&mut self, desk: usize, changed: &[DocId]) {
+        let name = self.nodes[desk].name.clone();
+        for doc in changed {
+            let Some(v) = self.nodes[desk].replica.view_ref(doc) else { continue };
+            let ringing: Vec<(String, u32)> = calls_of(v)
+                .into_iter()
+                .filter(|c| c.is_open())
+                .filter_map(|c| {
+                    let r = c.ringing()?;
+                    (r.0 == name && !c.answers.iter().any(|a| a.0 == r.1)).then(|| (c.call.clone(), r.1))
+                })
+                .collect();
+            for (call, attempt) in ringing {
+                if !self.heard.insert((desk, call.clone(), attempt)) {
+                    continue;
+                }
+                let wl = &self.scenario.workload;
+                if self.rng.random::<f64>() < wl.desk_away {
+                    continue;
+                }
+                let (lo, hi) = wl.answer_s;
+                let delay = (lo + (hi - lo) * self.rng.random::<f64>()) * SECOND as f64;
+                self.after(delay as Micros, Ev::Work(Work::Answer { desk, doc: *doc, call, attempt }));
+            }
+        }
     }
 
     // ------------------------------------------------------------------ observation, checks
@@ -1502,6 +1633,10 @@ impl World {
     }
 
     fn fault(&mut self, index: usize, start: bool, rep: u32) {
+        // Once the scenario ends, no fault starts again.
+        if start && self.settling.is_some() {
+            return;
+        }
         let f: Fault = self.scenario.faults[index].clone();
         let targets = self.targets(&f.targets);
         self.log(30, index as u64, u64::from(start));
@@ -1748,6 +1883,39 @@ impl World {
                         "{} and the hub still differ on session {}",
                         self.nodes[n].name,
                         SessionId::from_bytes(*id)
+                    );
+                }
+            }
+        }
+        for e in self.ledger.entries.iter().filter(|e| e.what == What::Photo) {
+            let Some(h) = unhex(&e.key) else { continue };
+            let Some(meta) = self.metas.get(&e.doc) else { continue };
+            let short = &e.key[..12];
+            let describe = |n: &Node| {
+                let b = n.replica.blobs.get(&h);
+                format!(
+                    "{} holds {} chunks{}{}",
+                    n.name,
+                    b.map_or(0, |b| b.chunks.len()),
+                    if b.is_some_and(|b| b.manifest.is_some()) { " and the manifest" } else { "" },
+                    if b.is_some_and(|b| b.offloaded) { " (offloaded)" } else { "" }
+                )
+            };
+            if !self.nodes[hub].replica.holds_blob(&h) {
+                let origin = self.nodes.iter().find(|n| n.name == meta.origin).map(describe).unwrap_or_default();
+                return format!(
+                    "photo {short} of {} never reached the hub whole: {}; {origin}",
+                    SessionId::from_bytes(e.doc),
+                    describe(&self.nodes[hub])
+                );
+            }
+            for n in &self.nodes {
+                if n.kind == Kind::Desk && may_hold(&n.info, meta) && !n.replica.holds_blob(&h) {
+                    return format!(
+                        "photo {short} of {} never reached {} whole: {}",
+                        SessionId::from_bytes(e.doc),
+                        n.name,
+                        describe(n)
                     );
                 }
             }

@@ -41,7 +41,16 @@ fn every_built_in_scenario_loads() {
 
 #[test]
 fn the_smoke_region_holds_every_invariant_through_every_fault() {
-    let seed = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
+    let seeds: Vec<u64> = match std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+        Some(s) => vec![s],
+        None => vec![7, 1, 2, 3, 4],
+    };
+    for seed in seeds {
+        smoke_holds(seed);
+    }
+}
+
+fn smoke_holds(seed: u64) {
     let r = smoke(seed, None, Bugs::default());
     assert!(r.passed(), "{}", r.summary());
     // The run did real work: writes reached the hub and the desks, and photos moved.

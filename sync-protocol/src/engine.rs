@@ -243,6 +243,10 @@ struct Transfer {
     missing: VecDeque<u32>,
     requested: BTreeSet<u32>,
     manifest_requested: bool,
+    /// Whether a chunk or the manifest arrived since the last periodic nudge.
+    progressed: bool,
+    /// Periodic nudges in a row without progress.
+    stalls: u8,
 }
 
 /// One side of one conversation.
@@ -462,6 +466,29 @@ impl Engine {
             // A periodic nudge: ask again for photos the peer did not hold last time.
             self.missing_at_peer.clear();
             self.blobs_dirty = true;
+        }
+        if docs.is_empty() {
+            // A transfer that made no progress since the last nudge asks again for what it
+            // is owed: a request or an answer damaged on the way (and refused) must not
+            // hold a photo back for the rest of the connection.
+            for t in self.transfers.values_mut() {
+                if std::mem::take(&mut t.progressed) {
+                    t.stalls = 0;
+                    continue;
+                }
+                // Two nudges without progress (a slow link delivers something in between).
+                t.stalls += 1;
+                if t.stalls >= 2 {
+                    t.stalls = 0;
+                    let owed: Vec<u32> = std::mem::take(&mut t.requested).into_iter().collect();
+                    for c in owed.into_iter().rev() {
+                        t.missing.push_front(c);
+                    }
+                    if t.manifest.is_none() {
+                        t.manifest_requested = false;
+                    }
+                }
+            }
         }
         self.refresh_blobs(replica)?;
         self.flush_knowledge(replica)?;
@@ -972,6 +999,8 @@ impl Engine {
                     manifest: need.manifest,
                     missing: need.missing.into_iter().collect(),
                     requested: BTreeSet::new(),
+                    progressed: false,
+                    stalls: 0,
                 },
             );
         }
@@ -1057,6 +1086,7 @@ impl Engine {
         replica.store_manifest(&m).map_err(EngineError::Replica)?;
         if let Some(t) = self.transfers.get_mut(&m.hash) {
             t.manifest = Some(m);
+            t.progressed = true;
         }
         self.fill_window();
         Ok(())
@@ -1088,6 +1118,7 @@ impl Engine {
             self.fill_window();
             return Ok(Vec::new());
         }
+        t.progressed = true;
         let changed = replica.store_chunk(&hash, index, &data, now).map_err(EngineError::Replica)?;
         self.stats.chunks_received += 1;
         let done = self.transfers.get(&hash).is_some_and(|t| t.missing.is_empty() && t.requested.is_empty());

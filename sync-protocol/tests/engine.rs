@@ -257,12 +257,10 @@ fn photos_reach_the_hub_verified_and_the_edge_then_drops_its_copy() {
     assert!(edge.blobs[&hash].offloaded, "the edge deleted its copy once the hub held it");
 }
 
-#[test]
-fn an_interrupted_photo_resumes_without_fetching_stored_chunks_again() {
-    let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
-    let (mut edge, mut hub) = (replica(&edge_i, 1), replica(&hub_i, 2));
-    let id = new_session(&mut edge, 1, ServiceLine::Dermatology);
-    let photo: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(40503) >> 7) as u8).collect();
+/// A dermatology session on `edge` with one photo of `size` bytes; returns the photo's hash.
+fn session_with_photo(edge: &mut MemReplica, size: u32) -> sync_protocol::wire::Hash {
+    let id = new_session(edge, 1, ServiceLine::Dermatology);
+    let photo: Vec<u8> = (0..size).map(|i| (i.wrapping_mul(40503) >> 7) as u8).collect();
     let hash = edge.put_blob(&photo);
     let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
     edge.edit(&id, |d| {
@@ -291,6 +289,54 @@ fn an_interrupted_photo_resumes_without_fetching_stored_chunks_again() {
         .map(|_| ())
     })
     .unwrap();
+    hash
+}
+
+#[test]
+fn a_photo_request_lost_on_the_way_is_asked_again_once_the_transfer_stalls() {
+    let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+    let (mut edge, mut hub) = (replica(&edge_i, 1), replica(&hub_i, 2));
+    let hash = session_with_photo(&mut edge, 100_000);
+    let mut ea = Engine::new(hub_i.clone(), EngineConfig::new(true));
+    let mut eb = Engine::new(edge_i.clone(), EngineConfig::new(false));
+    ea.start(&mut edge, T).unwrap();
+    eb.start(&mut hub, T).unwrap();
+    // The hub's requests for chunks are lost on the way, once (a damaged frame the edge refused).
+    let dropped = std::cell::Cell::new(0usize);
+    let pump = |ea: &mut Engine, eb: &mut Engine, edge: &mut MemReplica, hub: &mut MemReplica, drop_wants: bool| {
+        for _ in 0..50 {
+            let f: Vec<Frame> = std::iter::from_fn(|| ea.poll_frame().map(|x| x.1)).collect();
+            if !f.is_empty() {
+                eb.handle(hub, f, T).unwrap();
+            }
+            let f: Vec<Frame> = std::iter::from_fn(|| eb.poll_frame().map(|x| x.1))
+                .filter(|f| {
+                    let lose = drop_wants && matches!(f, Frame::BlobWant { chunks, .. } if !chunks.is_empty());
+                    dropped.set(dropped.get() + usize::from(lose));
+                    !lose
+                })
+                .collect();
+            if !f.is_empty() {
+                ea.handle(edge, f, T).unwrap();
+            }
+        }
+    };
+    pump(&mut ea, &mut eb, &mut edge, &mut hub, true);
+    assert!(dropped.get() > 0, "the test lost a request");
+    assert!(!hub.holds_blob(&hash), "the transfer stalled");
+    // One periodic nudge may just be a slow link; the second asks again.
+    eb.notify(&mut hub, &[], T + 5_000).unwrap();
+    pump(&mut ea, &mut eb, &mut edge, &mut hub, false);
+    eb.notify(&mut hub, &[], T + 10_000).unwrap();
+    pump(&mut ea, &mut eb, &mut edge, &mut hub, false);
+    assert!(hub.holds_blob(&hash), "the photo completed once its requests were repeated");
+}
+
+#[test]
+fn an_interrupted_photo_resumes_without_fetching_stored_chunks_again() {
+    let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+    let (mut edge, mut hub) = (replica(&edge_i, 1), replica(&hub_i, 2));
+    let hash = session_with_photo(&mut edge, 300_000);
     // First conversation: cut after the hub stored a few chunks.
     let mut ea = Engine::new(hub_i.clone(), EngineConfig::new(true));
     let mut eb = Engine::new(edge_i.clone(), EngineConfig::new(false));
