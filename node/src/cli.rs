@@ -93,6 +93,12 @@ enum Command {
         /// On a desk: answer every call that rings here (for unattended test and demo desks).
         #[arg(long)]
         auto_answer: bool,
+        /// On a desk: a WAV file to play into every call it takes (default: silence).
+        #[arg(long)]
+        play: Option<PathBuf>,
+        /// On a desk: record every call it takes into this WAV file (8 kHz mono).
+        #[arg(long)]
+        record: Option<PathBuf>,
     },
     /// Reconcile once with a peer and report what it cost.
     Sync {
@@ -405,9 +411,15 @@ enum CallCommand {
         /// Session id (or a unique prefix of it).
         id: String,
         /// Wait up to this many seconds for the outcome (connected or callback), printing each
-        /// step as it reaches this device.
+        /// step as it reaches this device; with --play, until the call has ended.
         #[arg(long)]
         wait: Option<u64>,
+        /// A WAV file to speak into the call (the node's daemon sends it; the call ends with it).
+        #[arg(long)]
+        play: Option<PathBuf>,
+        /// Record what the consultant says into this WAV file (8 kHz mono).
+        #[arg(long)]
+        record: Option<PathBuf>,
         #[command(flatten)]
         json: JsonArg,
     },
@@ -569,6 +581,12 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         }
         if cause.downcast_ref::<InputError>().is_some() {
             return 2;
+        }
+        if let Some(e) = cause.downcast_ref::<crate::media::MediaError>() {
+            return match e {
+                crate::media::MediaError::Read { .. } => 2,
+                crate::media::MediaError::Write { .. } => 1,
+            };
         }
         if let Some(e) = cause.downcast_ref::<crate::net::NetError>() {
             return match e {
@@ -810,12 +828,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Call(cmd) => run_call(cmd)?,
         Command::Rota(cmd) => run_rota(cmd)?,
-        Command::Run { dir, listen, peers, auto_answer } => {
+        Command::Run { dir, listen, peers, auto_answer, play, record } => {
             init_logging("info");
             let node = open(&dir)?;
             let rt = runtime()?;
             rt.block_on(async move {
-                let opts = crate::net::RunOptions { listen, peers, auto_answer };
+                if let Some(p) = &play {
+                    crate::media::read_wav(p)?;
+                }
+                let opts = crate::net::RunOptions { listen, peers, auto_answer, play, record };
                 let daemon = crate::net::Daemon::start(node, opts).await?;
                 if let Some(addr) = daemon.local_addr {
                     println!("listening on {addr}");
@@ -1225,10 +1246,17 @@ pub fn render_session(v: &SessionView, this_node: &str) -> String {
 
 fn run_call(cmd: CallCommand) -> anyhow::Result<()> {
     match cmd {
-        CallCommand::Escalate { dir, id, wait, json } => {
+        CallCommand::Escalate { dir, id, wait, play, record, json } => {
             let mut node = open(&dir)?;
             let sid = node.store.resolve(&id)?;
+            if let Some(p) = &play {
+                crate::media::read_wav(p)?;
+            }
+            let with_audio = play.is_some() || record.is_some();
             let call = node.escalate(sid, now_ms())?;
+            if with_audio {
+                node.set_media_plan(&call, &crate::media::MediaPlan { play, record })?;
+            }
             let Some(limit) = wait else {
                 if json.json {
                     print_json(&serde_json::json!({ "session": sid, "call": call, "state": "asked" }))?;
@@ -1256,7 +1284,18 @@ fn run_call(cmd: CallCommand) -> anyhow::Result<()> {
                 }
                 shown = steps.len();
                 let state = calls_of(&view).into_iter().find(|c| c.call == call);
-                if let Some(c) = state.filter(|c| !c.is_open()) {
+                // With audio, the call is over once this device has recorded its leg.
+                let leg = view
+                    .calls
+                    .iter()
+                    .find(|e| {
+                        matches!(e.get("call"), Some(LogValue::Str(c)) if *c == call)
+                            && matches!(e.get("node"), Some(LogValue::Str(n)) if *n == node.config.name)
+                    })
+                    .cloned();
+                if let Some(c) =
+                    state.filter(|c| !c.is_open() && (!with_audio || c.callback.is_some() || leg.is_some()))
+                {
                     if json.json {
                         print_json(&serde_json::json!({
                             "session": sid, "call": call,
@@ -1264,7 +1303,10 @@ fn run_call(cmd: CallCommand) -> anyhow::Result<()> {
                             "desk": c.connected.as_ref().map(|d| d.0.clone()),
                             "reason": c.callback.as_ref().map(|r| r.0.clone()),
                             "steps": steps,
+                            "leg": leg,
                         }))?;
+                    } else if let Some(l) = &leg {
+                        println!("{}", describe_leg(l));
                     }
                     return Ok(());
                 }
@@ -1293,17 +1335,49 @@ fn run_call(cmd: CallCommand) -> anyhow::Result<()> {
             let sid = node.store.resolve(&id)?;
             let view = node.store.view(sid)?;
             if json.json {
-                print_json(&view.routing)?;
+                print_json(&serde_json::json!({ "routing": view.routing, "calls": view.calls }))?;
             } else if view.routing.is_empty() {
                 println!("no escalation in session {sid}");
             } else {
                 for e in &view.routing {
                     println!("{}", describe_step(e));
                 }
+                for e in &view.calls {
+                    println!(
+                        "{}: {}",
+                        match e.get("node") {
+                            Some(LogValue::Str(n)) => n.as_str(),
+                            _ => "?",
+                        },
+                        describe_leg(e)
+                    );
+                }
             }
         }
     }
     Ok(())
+}
+
+/// A call leg's record as a line.
+fn describe_leg(e: &std::collections::BTreeMap<String, LogValue>) -> String {
+    let s = |k: &str| match e.get(k) {
+        Some(LogValue::Str(v)) => v.clone(),
+        Some(LogValue::Int(i)) => i.to_string(),
+        Some(LogValue::Float(f)) => format!("{f:.3}"),
+        None => String::new(),
+    };
+    format!(
+        "call ended ({}): {} ms; frames sent {}, received {}, concealed {}; loss {}, jitter {} ms, round trip {} ms; estimated MOS {}",
+        s("end"),
+        s("duration_ms"),
+        s("frames_sent"),
+        s("frames_received"),
+        s("frames_concealed"),
+        s("loss"),
+        s("jitter_ms"),
+        s("rtt_ms"),
+        s("mos")
+    )
 }
 
 /// One routing-log entry as a line for a clinician.

@@ -16,6 +16,7 @@ pub mod config;
 pub mod crypto;
 pub mod demo;
 pub mod linkem;
+pub mod media;
 pub mod net;
 pub mod node;
 pub mod photo;

@@ -18,11 +18,15 @@ use std::time::{Duration, Instant};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::CertificateDer;
 use serde::Serialize;
-use sync_protocol::call::{Action, PathQuality, quality_from_probes};
+use sync_protocol::call::{ADPCM_32K, Action, PathQuality, quality_from_probes, rate};
 use sync_protocol::engine::{Engine, EngineConfig, Stats};
 use sync_protocol::scope::PeerInfo;
-use sync_protocol::session::SessionId;
+use sync_protocol::session::{LogValue, SessionId};
 use sync_protocol::vocab::{Role, Status};
+use sync_protocol::voice::{
+    AdpcmState, CODEC_ADPCM, DG_BYE, DG_VOICE, FRAME_MS, FRAME_SAMPLES, JitterBuffer, VoiceFrame, bye, call_tag,
+    decode, encode,
+};
 use sync_protocol::wire::{CloseCode, DocId, Frame, FrameDecoder, Lane};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -137,6 +141,10 @@ struct Shared {
     endpoint: std::sync::OnceLock<quinn::Endpoint>,
     /// Live connections by peer name, for the call router's path measurements.
     links: std::sync::Mutex<std::collections::HashMap<String, PeerLink>>,
+    /// On a hub: calls whose voice it relays, by call tag: (requester, desk).
+    relay: std::sync::Mutex<std::collections::HashMap<u32, (String, String)>>,
+    /// On a party of a call: where the call's voice datagrams go (call tag, receiver).
+    voice_in: std::sync::Mutex<Option<(u32, mpsc::UnboundedSender<VoiceIn>)>>,
 }
 
 /// Where a path probe's echoes go while a measurement runs.
@@ -146,8 +154,16 @@ type EchoSlot = Arc<std::sync::Mutex<Option<mpsc::UnboundedSender<(u32, Instant)
 #[derive(Debug, Clone)]
 struct PeerLink {
     id: u64,
+    role: Role,
     conn: quinn::Connection,
     echoes: EchoSlot,
+}
+
+/// What reaches a party of a call: a voice frame (with its arrival time) or the other side's hang-up.
+#[derive(Debug)]
+enum VoiceIn {
+    Frame(VoiceFrame, Instant),
+    Bye,
 }
 
 /// Removes a connection from the registry (and stops its datagram task) when it ends.
@@ -187,6 +203,9 @@ fn transport() -> Arc<quinn::TransportConfig> {
     t.send_window(4 << 20);
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(8));
     t.mtu_discovery_config(None);
+    // Voice goes in datagrams: better lost than late. A small send buffer drops stale frames
+    // (quinn drops the oldest) instead of queueing seconds of them behind a stall.
+    t.datagram_send_buffer_size(2 * 1024);
     // Congestion control: Cubic (quinn's default) unless OUTPOST_CONGESTION=bbr asks for
     // quinn's experimental BBR, which does not read random radio loss as congestion.
     if std::env::var(CONGESTION_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("bbr")) {
@@ -300,6 +319,8 @@ pub async fn sync_once_with(
         next_conn: std::sync::atomic::AtomicU64::new(1),
         endpoint: std::sync::OnceLock::new(),
         links: std::sync::Mutex::new(std::collections::HashMap::new()),
+        relay: std::sync::Mutex::new(std::collections::HashMap::new()),
+        voice_in: std::sync::Mutex::new(None),
     });
     let bind: SocketAddr = if peer.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
         .parse()
@@ -331,6 +352,10 @@ pub struct RunOptions {
     pub peers: Vec<SocketAddr>,
     /// On a desk: answer every call that rings here.
     pub auto_answer: bool,
+    /// On a desk: what it plays into every call it takes (default: silence).
+    pub play: Option<std::path::PathBuf>,
+    /// On a desk: where it records every call it takes (overwritten by the next).
+    pub record: Option<std::path::PathBuf>,
 }
 
 /// A running daemon (in this process).
@@ -355,6 +380,8 @@ impl Daemon {
             identity,
             changes: broadcast::channel(1024).0,
             links: std::sync::Mutex::new(std::collections::HashMap::new()),
+            relay: std::sync::Mutex::new(std::collections::HashMap::new()),
+            voice_in: std::sync::Mutex::new(None),
             next_conn: std::sync::atomic::AtomicU64::new(1),
             endpoint: std::sync::OnceLock::new(),
         });
@@ -383,6 +410,10 @@ impl Daemon {
         }
         if shared.me.role == Role::Desk && opts.auto_answer {
             tasks.push(tokio::spawn(answer_loop(shared.clone())));
+        }
+        if matches!(shared.me.role, Role::Edge | Role::Desk) {
+            let default_plan = crate::media::MediaPlan { play: opts.play.clone(), record: opts.record.clone() };
+            tasks.push(tokio::spawn(media_loop(shared.clone(), default_plan)));
         }
         tracing::info!(node = %shared.me.name, role = %shared.me.role, listen = ?local_addr, "outpost daemon started");
         Ok(Daemon { local_addr, shared, tasks })
@@ -633,13 +664,13 @@ async fn converse(
     tracing::info!(peer = %peer.name, role = %peer.role, %addr, "connected");
     let echoes: EchoSlot = Arc::new(std::sync::Mutex::new(None));
     if let Ok(mut links) = shared.links.lock() {
-        links.insert(peer.name.clone(), PeerLink { id, conn: conn.clone(), echoes: echoes.clone() });
+        links.insert(peer.name.clone(), PeerLink { id, role: peer.role, conn: conn.clone(), echoes: echoes.clone() });
     }
     let _registered = Registered {
         shared: shared.clone(),
         name: peer.name.clone(),
         id,
-        task: tokio::spawn(datagram_loop(conn.clone(), echoes)),
+        task: tokio::spawn(datagram_loop(conn.clone(), echoes, shared.clone(), peer.name.clone())),
     };
 
     let mut engine = Some(engine);
@@ -819,10 +850,37 @@ const PROBE_BYTES: usize = 88;
 /// Probes per measurement, 20 ms apart: one second of voice-like traffic.
 const PROBES: usize = 50;
 
-/// Answers path probes and hands echoes to a running measurement.
-async fn datagram_loop(conn: quinn::Connection, echoes: EchoSlot) {
+/// Answers path probes, hands echoes to a running measurement, relays voice (on a hub) or
+/// hands it to the call in progress (on a party).
+async fn datagram_loop(conn: quinn::Connection, echoes: EchoSlot, shared: Arc<Shared>, peer: String) {
     while let Ok(d) = conn.read_datagram().await {
         match d.first() {
+            Some(&(DG_VOICE | DG_BYE)) if d.len() >= 5 => {
+                let tag = u32::from_le_bytes([d[1], d[2], d[3], d[4]]);
+                if shared.me.role == Role::Hub {
+                    let other = shared
+                        .relay
+                        .lock()
+                        .ok()
+                        .and_then(|r| r.get(&tag).map(|(a, b)| if *a == peer { b.clone() } else { a.clone() }));
+                    let link = other.and_then(|o| shared.links.lock().ok().and_then(|l| l.get(&o).cloned()));
+                    if let Some(link) = link {
+                        let _ = link.conn.send_datagram(d);
+                    }
+                    continue;
+                }
+                let msg = if d[0] == DG_BYE {
+                    Some(VoiceIn::Bye)
+                } else {
+                    VoiceFrame::parse(&d).map(|f| VoiceIn::Frame(f, Instant::now()))
+                };
+                if let (Some(msg), Ok(slot)) = (msg, shared.voice_in.lock())
+                    && let Some((t, tx)) = slot.as_ref()
+                    && *t == tag
+                {
+                    let _ = tx.send(msg);
+                }
+            }
             Some(&DG_PROBE) => {
                 let mut echo = d.to_vec();
                 echo[0] = DG_ECHO;
@@ -885,6 +943,8 @@ async fn measure_path(shared: &Shared, peer: &str) -> PathQuality {
     if let Ok(mut slot) = link.echoes.lock() {
         *slot = None;
     }
+    let lost: Vec<usize> = rtts.iter().enumerate().filter(|(_, r)| r.is_none()).map(|(i, _)| i).collect();
+    tracing::debug!(peer, ?lost, unsent = sent.iter().filter(|s| s.is_none()).count(), "path probes");
     quality_from_probes(&rtts)
 }
 
@@ -940,11 +1000,29 @@ async fn router_loop(shared: Arc<Shared>) {
                 Ok(Ok(Some(routed))) => match &routed.action {
                     Action::Wait => {}
                     Action::Measure => {
-                        let q = measure_path(&shared, &routed.requester).await;
+                        let mut q = measure_path(&shared, &routed.requester).await;
+                        // A burst of loss is not a bad link: before refusing, measure once more
+                        // and judge by the better second of listening.
+                        if q.probes > 0 && sync_protocol::call::gate(&q, &ADPCM_32K).is_err() {
+                            let again = measure_path(&shared, &routed.requester).await;
+                            if rate(&again, &ADPCM_32K).mos > rate(&q, &ADPCM_32K).mos {
+                                q = again;
+                            }
+                        }
                         tracing::info!(session = %sid, requester = %routed.requester, rtt_ms = q.rtt_ms, jitter_ms = q.jitter_ms, loss = q.loss, "measured the requester's path");
                         measured.insert(sid, q);
                     }
-                    Action::Connected { .. } | Action::Callback { .. } => {
+                    Action::Connected { desk, .. } => {
+                        // From now on the hub relays the call's voice between the two.
+                        if let Ok(mut relay) = shared.relay.lock() {
+                            relay.insert(call_tag(&routed.call), (routed.requester.clone(), desk.clone()));
+                        }
+                        tracing::info!(session = %sid, call = %routed.call, %desk, "call connected; relaying its voice");
+                        open.remove(&sid);
+                        measured.remove(&sid);
+                        announce(&shared, vec![sid.to_bytes()]);
+                    }
+                    Action::Callback { .. } => {
                         tracing::info!(session = %sid, call = %routed.call, "call routed: {:?}", routed.action);
                         open.remove(&sid);
                         measured.remove(&sid);
@@ -990,5 +1068,185 @@ async fn answer_loop(shared: Arc<Shared>) {
                 Err(_) => return,
             }
         }
+    }
+}
+
+/// A party's side of call audio: joins every connected call this node is part of (once), with
+/// the media plan of the call (the requester's, from `call escalate --play/--record`) or the
+/// desk's own, and runs it to its end.
+async fn media_loop(shared: Arc<Shared>, default_plan: crate::media::MediaPlan) {
+    let mut changes = shared.changes.subscribe();
+    let mut joined: std::collections::HashSet<String> = std::collections::HashSet::new();
+    loop {
+        let docs = match changes.recv().await {
+            Ok(Notice::Docs { docs, .. }) => docs,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let ids: Vec<SessionId> = docs.iter().map(|d| SessionId::from_bytes(*d)).collect();
+        let plan = default_plan.clone();
+        let Ok(Ok(found)) = shared.store.call(move |n| n.calls_to_join(&ids, &plan)).await else { continue };
+        for (sid, call, side, plan) in found {
+            if !joined.insert(call.clone()) {
+                continue;
+            }
+            tracing::info!(session = %sid, %call, ?side, "joining the call's audio");
+            if let Err(e) = run_call_audio(&shared, sid, &call, side, &plan).await {
+                tracing::warn!(session = %sid, %call, "call audio failed: {e}");
+            }
+        }
+    }
+}
+
+/// The longest silence from the other side before a leg counts as dropped.
+const DROP_AFTER: Duration = Duration::from_secs(10);
+/// Playout delay of the jitter buffer.
+const JITTER_DELAY_MS: u32 = 60;
+
+/// Sends this party's audio every 20 ms, plays what arrives through the jitter buffer, and
+/// writes the leg's record (figures and estimated MOS) into the session when the call ends.
+async fn run_call_audio(
+    shared: &Arc<Shared>,
+    sid: SessionId,
+    call: &str,
+    side: sync_protocol::vocab::Side,
+    plan: &crate::media::MediaPlan,
+) -> Result<(), String> {
+    let tag = call_tag(call);
+    let play = match &plan.play {
+        Some(p) => Some(crate::media::read_wav(p).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let requester = side == sync_protocol::vocab::Side::Requester;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    if let Ok(mut slot) = shared.voice_in.lock() {
+        *slot = Some((tag, tx));
+    }
+    let hub_conn =
+        || shared.links.lock().ok().and_then(|l| l.values().find(|p| p.role == Role::Hub).map(|p| p.conn.clone()));
+    let started_ms = now_ms();
+    let started = Instant::now();
+    let mut enc = AdpcmState::default();
+    let mut jb = JitterBuffer::new(JITTER_DELAY_MS);
+    let mut recorded: Vec<i16> = Vec::new();
+    let mut last_heard = Instant::now();
+    let mut sent = 0u64;
+    let mut rtt_samples: Vec<f64> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(u64::from(FRAME_MS)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut seq: u32 = 0;
+    let end = loop {
+        tick.tick().await;
+        // Send: the requester's file ends the call; a desk sends until the other side hangs up.
+        let from = seq as usize * FRAME_SAMPLES;
+        let pcm: Vec<i16> = match &play {
+            Some(p) if from < p.len() => p[from..(from + FRAME_SAMPLES).min(p.len())].to_vec(),
+            Some(_) if requester => break "hangup",
+            _ => vec![0; FRAME_SAMPLES],
+        };
+        let frame = VoiceFrame {
+            call: tag,
+            seq,
+            ts_ms: seq.wrapping_mul(FRAME_MS),
+            codec: CODEC_ADPCM,
+            payload: encode(&mut enc, &pcm),
+        };
+        if let Some(conn) = hub_conn() {
+            if conn.send_datagram(frame.to_bytes().into()).is_ok() {
+                sent += 1;
+            }
+            if seq.is_multiple_of(50) {
+                rtt_samples.push(conn.rtt().as_secs_f64() * 1e3);
+            }
+        }
+        seq = seq.wrapping_add(1);
+        // Receive and play.
+        let mut hung_up = false;
+        while let Ok(msg) = rx.try_recv() {
+            match msg {
+                VoiceIn::Frame(f, at) if f.codec == CODEC_ADPCM => {
+                    if let Some(pcm) = decode(&f.payload) {
+                        last_heard = at;
+                        jb.push(f.seq, pcm, at.duration_since(started).as_secs_f64() * 1e3);
+                    }
+                }
+                VoiceIn::Frame(..) => {}
+                VoiceIn::Bye => hung_up = true,
+            }
+        }
+        if let Some(pcm) = jb.pop() {
+            recorded.extend(pcm);
+        }
+        if hung_up {
+            break "other side hung up";
+        }
+        if last_heard.elapsed() > DROP_AFTER {
+            break "dropped";
+        }
+        if started.elapsed() > Duration::from_secs(3600) {
+            break "longest call reached";
+        }
+    };
+    if end == "hangup"
+        && let Some(conn) = hub_conn()
+    {
+        for _ in 0..3 {
+            let _ = conn.send_datagram(bye(tag).into());
+        }
+    }
+    if let Ok(mut slot) = shared.voice_in.lock() {
+        *slot = None;
+    }
+    // Play out what is still buffered.
+    while let Some(pcm) = jb.pop() {
+        if jb.buffered() == 0 && pcm.iter().all(|s| *s == 0) {
+            break;
+        }
+        recorded.extend(pcm);
+        if jb.buffered() == 0 {
+            break;
+        }
+    }
+    if let Some(path) = &plan.record {
+        crate::media::write_wav(path, &recorded).map_err(|e| e.to_string())?;
+    }
+    let st = jb.stats;
+    let rtt = if rtt_samples.is_empty() { 0.0 } else { rtt_samples.iter().sum::<f64>() / rtt_samples.len() as f64 };
+    let q = PathQuality {
+        rtt_ms: rtt,
+        jitter_ms: st.jitter_ms,
+        loss: st.loss(),
+        burst_ratio: 1.0,
+        probes: (st.received + st.concealed) as u32,
+    };
+    let rating = rate(&q, &ADPCM_32K);
+    let duration_ms = started.elapsed().as_millis() as i64;
+    let fields: Vec<(&'static str, LogValue)> = vec![
+        ("call", LogValue::Str(call.to_string())),
+        ("node", LogValue::Str(shared.me.name.clone())),
+        ("side", LogValue::Str(side.as_str().to_string())),
+        ("started_ms", LogValue::Int(started_ms)),
+        ("duration_ms", LogValue::Int(duration_ms)),
+        ("codec", LogValue::Str(ADPCM_32K.name.to_string())),
+        ("frames_sent", LogValue::Int(sent as i64)),
+        ("frames_received", LogValue::Int(st.received as i64)),
+        ("frames_concealed", LogValue::Int(st.concealed as i64)),
+        ("frames_late", LogValue::Int(st.late as i64)),
+        ("loss", LogValue::Float((st.loss() * 10_000.0).round() / 10_000.0)),
+        ("jitter_ms", LogValue::Float((st.jitter_ms * 10.0).round() / 10.0)),
+        ("longest_gap_ms", LogValue::Int(st.longest_gap_ms as i64)),
+        ("rtt_ms", LogValue::Float((rtt * 10.0).round() / 10.0)),
+        ("mos", LogValue::Float((rating.mos * 100.0).round() / 100.0)),
+        ("end", LogValue::Str(end.to_string())),
+    ];
+    let done = shared.store.call(move |n| n.record_call_leg(sid, &fields, now_ms())).await;
+    match done {
+        Ok(Ok(())) => {
+            tracing::info!(session = %sid, %call, end, loss = st.loss(), mos = rating.mos, "call leg ended");
+            announce(shared, vec![sid.to_bytes()]);
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
     }
 }

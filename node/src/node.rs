@@ -575,3 +575,63 @@ fn gate_fields(
     }
     v
 }
+
+impl Node {
+    /// Connected calls among `ids` that this node is a party of and has not yet recorded a leg
+    /// for, with the media plan of each: the requester's from its meta table (a requester
+    /// without one has no audio here), a desk's `default`.
+    pub fn calls_to_join(
+        &mut self,
+        ids: &[SessionId],
+        default: &crate::media::MediaPlan,
+    ) -> Result<Vec<(SessionId, String, Side, crate::media::MediaPlan)>, NodeError> {
+        let me = self.config.name.clone();
+        let mut out = Vec::new();
+        for id in ids {
+            let Ok(view) = self.store.view(*id) else { continue };
+            for c in calls_of(&view) {
+                let Some((desk, _)) = &c.connected else { continue };
+                let side = if c.by == me {
+                    Side::Requester
+                } else if *desk == me {
+                    Side::Responder
+                } else {
+                    continue;
+                };
+                let recorded = view.calls.iter().any(|e| {
+                    matches!(e.get("call"), Some(LogValue::Str(x)) if *x == c.call)
+                        && matches!(e.get("node"), Some(LogValue::Str(x)) if *x == me)
+                });
+                if recorded {
+                    continue;
+                }
+                let plan = match side {
+                    Side::Requester => match self.store.meta_get(&crate::media::plan_key(&c.call))? {
+                        Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+                        None => continue,
+                    },
+                    Side::Responder => default.clone(),
+                };
+                out.push((*id, c.call.clone(), side, plan));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keeps what a requester plays into and records from a call (local, never synced).
+    pub fn set_media_plan(&mut self, call: &str, plan: &crate::media::MediaPlan) -> Result<(), NodeError> {
+        let bytes = serde_json::to_vec(plan).map_err(|e| NodeError::Invalid(e.to_string()))?;
+        self.store.meta_put(&crate::media::plan_key(call), &bytes)?;
+        Ok(())
+    }
+
+    /// Writes this party's record of a call leg into the session's call log (durably).
+    pub fn record_call_leg(&mut self, id: SessionId, fields: &[(&str, LogValue)], now: i64) -> Result<(), NodeError> {
+        self.require("recording a call", "edge or desk", &[Role::Edge, Role::Desk])?;
+        self.store.edit(id, "call.leg", None, now, |_, doc| {
+            doc.append_log(LogName::Calls, "leg", fields, now)
+                .map_err(|source| StoreError::Model { id: id.to_string(), source })
+        })?;
+        Ok(())
+    }
+}

@@ -20,6 +20,7 @@
 //! - [`engine`]: one peer-to-peer conversation as a state machine over a [`engine::Replica`].
 //! - [`mem`]: an in-memory replica, for tests and the simulator.
 //! - [`call`]: call escalation: the routing log, the hub's router policy, the E-model gate.
+//! - [`voice`]: the call codec (IMA ADPCM, 32 kbit/s), voice datagrams, the jitter buffer.
 //! - [`links`]: the named link profiles of the domain brief, shared by the simulator and the
 //!   node's link emulator.
 
@@ -33,6 +34,7 @@ pub mod recon;
 pub mod scope;
 pub mod session;
 pub mod vocab;
+pub mod voice;
 pub mod wire;
 
 pub use nhs::{NhsNumber, NhsNumberError};

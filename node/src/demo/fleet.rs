@@ -131,7 +131,16 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
     clock.say("amb-07", "on the moor road, in a not-spot: no link");
     let amb = Daemon::start(amb, RunOptions { peers: vec![link.local_addr], ..RunOptions::default() }).await?;
     // The consultant's desk answers calls by itself in the demo (`outpost run --auto-answer`).
-    let desk_opts = RunOptions { peers: vec![desk_link.local_addr], auto_answer: true, ..RunOptions::default() };
+    // It says a few words into the call and records what it hears.
+    let desk_voice = root.join("consultant.wav");
+    crate::media::write_wav(&desk_voice, &crate::media::synthetic_speech(4.0))?;
+    let desk_opts = RunOptions {
+        peers: vec![desk_link.local_addr],
+        auto_answer: true,
+        play: Some(desk_voice),
+        record: Some(root.join("heard-at-desk.wav")),
+        ..RunOptions::default()
+    };
     let desk = Daemon::start(desk, desk_opts).await?;
     let surgery =
         Daemon::start(surgery, RunOptions { peers: vec![surgery_link.local_addr], ..RunOptions::default() }).await?;
@@ -220,7 +229,16 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
     link.set_up(true);
     clock.say("amb-07", "back in coverage: link up, daemon reconnects");
     // The paramedic wants a consultant's voice: escalate now, while the photos are still uploading.
-    let call = amb.with_node(move |n| n.escalate(id, now_ms())).await??;
+    let amb_voice = root.join("paramedic.wav");
+    crate::media::write_wav(&amb_voice, &crate::media::synthetic_speech(4.0))?;
+    let plan = crate::media::MediaPlan { play: Some(amb_voice), record: Some(root.join("heard-at-ambulance.wav")) };
+    let call = amb
+        .with_node(move |n| -> Result<String, crate::node::NodeError> {
+            let call = n.escalate(id, now_ms())?;
+            n.set_media_plan(&call, &plan)?;
+            Ok(call)
+        })
+        .await??;
     amb.announce(vec![id.to_bytes()]);
     clock.say("amb-07", "asks for a call with a dermatology consultant (escalation recorded in the session)");
     until(&amb, id, "the message at the hub", |v| v.messages[0].receipt >= ReceiptLevel::Hub).await?;
@@ -299,7 +317,39 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
         };
         println!("  t={at:>6.2}s  {who:<12} {what}");
     }
-    println!("  (audio over the call is the next step of issue 6; this demo stops at the connection)\n");
+    // Four seconds of (synthetic) speech each way, relayed by the hub in QUIC datagrams; or,
+    // if the link measured too poor at that moment, the callback the paramedic was told of.
+    let connected = calls_of(&v).iter().any(|c| c.call == call && c.connected.is_some());
+    if !connected {
+        println!("  (no call over this link just now: the paramedic's app shows the reason above)\n");
+    }
+    let call_id = call.clone();
+    let both = move |v: &SessionView| {
+        !connected || v.calls.iter().filter(|e| e.get("call") == Some(&LogValue::Str(call_id.clone()))).count() >= 2
+    };
+    let v = until(&amb, id, "both legs' call records", both).await?;
+    for e in v.calls.iter().filter(|e| e.get("call") == Some(&LogValue::Str(call.clone()))) {
+        let at = match e.get("at_ms") {
+            Some(LogValue::Int(t)) => clock.at(*t),
+            _ => 0.0,
+        };
+        println!(
+            "  t={at:>6.2}s  {:<12} call ended ({}): {} s of audio, {} of {} frames heard (loss {:.1}%), jitter {} ms, round trip {} ms, \
+             estimated MOS {} [{}]",
+            field(e, "node"),
+            field(e, "end"),
+            field(e, "duration_ms").parse::<f64>().map(|ms| format!("{:.1}", ms / 1000.0)).unwrap_or_default(),
+            field(e, "frames_received"),
+            field(e, "frames_received").parse::<i64>().unwrap_or(0)
+                + field(e, "frames_concealed").parse::<i64>().unwrap_or(0),
+            field(e, "loss").parse::<f64>().unwrap_or(0.0) * 100.0,
+            field(e, "jitter_ms"),
+            field(e, "rtt_ms"),
+            field(e, "mos"),
+            field(e, "codec"),
+        );
+    }
+    println!();
 
     // The consultant reads, looks at the photos, replies and records an outcome.
     desk.with_node(move |n| n.show(id, now_ms())).await??;
