@@ -51,7 +51,8 @@ fn fleet(name: &str, profile: &str, ring_s: u32, answering: [bool; 2]) -> CallFl
         &ring_s.to_string(),
     ]);
     let hub_addr = free_addr();
-    let hubd = f.daemon(&hub, &["--listen", &hub_addr]);
+    // Outcomes are due 8 s after a call connects here (a day in service).
+    let hubd = f.daemon_env(&hub, &["--listen", &hub_addr], &[("OUTPOST_OUTCOME_WAIT_S", "8")]);
     f.wait(LIMIT, POLL, "the hub to listen", || hubd.log_text().contains("outpost daemon started"));
     let mut daemons = vec![hubd];
     for (d, auto) in desks.iter().zip(answering) {
@@ -316,4 +317,59 @@ fn a_three_second_blackout_mid_call_is_survived() {
     let heard = read(&c.desks[0].join("heard.wav"));
     let sim = similarity(&sent, &heard, 104_000..124_000);
     assert!(sim > 0.8, "the end of the call came through after the blackout: correlation {sim:.3}");
+}
+
+#[test]
+fn a_drop_longer_than_ten_seconds_ends_the_call_and_requests_a_callback() {
+    let c = fleet("call-audio-drop", "urban-4g", 20, [true, true]);
+    let f = &c.f;
+    let said = f.dir.join("paramedic.wav");
+    speech(&said, 20.0);
+    let id = f.new_session(&c.amb, "dermatology", "ambulance_on_scene", "Rash; into the hills");
+    f.message(&c.amb, &id, "Calling now");
+    std::thread::scope(|scope| {
+        let call = scope.spawn(|| {
+            f.outpost(&["call", "escalate", "--dir", s(&c.amb), &id, "--wait", "120", "--json", "--play", s(&said)])
+        });
+        f.wait(LIMIT, Duration::from_millis(100), "the call to connect", || {
+            let out = f.outpost(&["call", "status", "--dir", s(&c.hub), &id, "--json"]);
+            out.status.success()
+                && json(&String::from_utf8_lossy(&out.stdout))["routing"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|e| e["kind"] == "connected"))
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        c.link.set_up(false);
+        // The desk gives up on the silence after 10 s; the link returns only after that.
+        let desk_leg = wait_for_leg(f, &c.desks[0], &id, "desk-a");
+        c.link.set_up(true);
+        assert_eq!(desk_leg["end"], "dropped", "{desk_leg}");
+        let _ = call.join();
+    });
+    f.wait(LIMIT, POLL, "the callback request at the hub", || {
+        steps(f, &c.hub, &id)
+            .iter()
+            .any(|e| e["kind"] == "callback" && e["reason"].as_str().is_some_and(|r| r.contains("dropped")))
+    });
+}
+
+#[test]
+fn an_outcome_not_recorded_after_a_call_is_flagged_not_reported() {
+    let c = fleet("call-outcome-due", "urban-4g", 20, [true, true]);
+    let f = &c.f;
+    let said = f.dir.join("paramedic.wav");
+    speech(&said, 2.0);
+    let id = f.new_session(&c.amb, "dermatology", "ambulance_on_scene", "Rash; quick question");
+    f.message(&c.amb, &id, "Calling now");
+    let result =
+        json(&f.ok(&["call", "escalate", "--dir", s(&c.amb), &id, "--wait", "120", "--json", "--play", s(&said)]));
+    assert_eq!(result["state"], "connected", "{result}");
+    // The paramedic records an outcome; the consultant does not.
+    f.ok(&["outcome", "set", "--dir", s(&c.amb), &id, "--side", "requester", "conveyance_avoided"]);
+    f.wait(LIMIT, POLL, "the hub to flag the consultant's missing outcome", || {
+        f.export(&c.hub, &id).is_some_and(|v| {
+            v["outcome"]["responder"]["value"] == "not_reported"
+                && v["outcome"]["requester"]["value"] == "conveyance_avoided"
+        })
+    });
 }

@@ -89,9 +89,11 @@ fn foreign_expired_and_revoked_certificates_are_refused_and_learn_nothing() {
     assert_eq!(v["messages"].as_array().unwrap().len(), 0, "the revoked tablet received the reply");
     assert_eq!(f.session_ids(&stolen), vec![own.clone()]);
 
-    // The refusals are logged with their reason at the hub, and cost it nothing.
+    // The hub's own refusals are logged with their reason, and cost it nothing. (The foreign
+    // node gives up on the hub's certificate first; its farewell may be lost on this link.)
     let log = hubd.log_text();
-    assert!(log.matches("refused a connection").count() >= 3, "the hub logs each refusal:\n{log}");
+    assert!(log.contains("certificate expired"), "the hub logs the expired certificate:\n{log}");
+    assert!(log.contains("Revoked"), "the hub logs the revoked certificate:\n{log}");
     assert_eq!(f.session_ids(&hub).len(), 2);
     f.ok(&["sync", "--dir", s(&surgery), "--peer", &link.addr]);
 }

@@ -1307,6 +1307,10 @@ fn run_call(cmd: CallCommand) -> anyhow::Result<()> {
                         }))?;
                     } else if let Some(l) = &leg {
                         println!("{}", describe_leg(l));
+                        println!(
+                            "record the outcome: outpost outcome set --dir {} {sid} --side requester OUTCOME",
+                            dir.dir.display()
+                        );
                     }
                     return Ok(());
                 }

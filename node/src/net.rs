@@ -972,8 +972,35 @@ async fn router_loop(shared: Arc<Shared>) {
             open.insert(id, now_ms());
         }
     }
+    // Calls connected here whose outcomes are due: session -> when.
+    let mut outcomes_due: std::collections::BTreeMap<SessionId, Instant> = std::collections::BTreeMap::new();
+    let wait = outcome_wait();
+    let connected = ListFilter { status: Some(Status::Connected), ..ListFilter::default() };
+    if let Ok(Ok(ids)) = shared
+        .store
+        .call(move |n| n.store.list(&connected).map(|c| c.into_iter().map(|c| c.id).collect::<Vec<_>>()))
+        .await
+    {
+        for id in ids {
+            outcomes_due.insert(id, Instant::now() + wait);
+        }
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last_rescan = Instant::now();
     loop {
+        let due: Vec<SessionId> = outcomes_due.iter().filter(|(_, t)| **t <= Instant::now()).map(|(k, _)| *k).collect();
+        for sid in due {
+            outcomes_due.remove(&sid);
+            match shared.store.call(move |n| n.flag_unreported(sid, now_ms())).await {
+                Ok(Ok(sides)) if !sides.is_empty() => {
+                    tracing::info!(session = %sid, ?sides, "no outcome recorded after the call: flagged not_reported");
+                    announce(&shared, vec![sid.to_bytes()]);
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(session = %sid, "cannot flag unreported outcomes: {e}"),
+                Err(_) => return,
+            }
+        }
         tokio::select! {
             notice = changes.recv() => match notice {
                 Ok(Notice::Docs { docs, .. }) => {
@@ -990,7 +1017,25 @@ async fn router_loop(shared: Arc<Shared>) {
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
             },
-            _ = tick.tick() => {}
+            _ = tick.tick() => {
+                // Now and then, every escalation in progress, in case a notice was missed.
+                if last_rescan.elapsed() >= RESCAN {
+                    last_rescan = Instant::now();
+                    let filter = ListFilter { status: Some(Status::Routing), ..ListFilter::default() };
+                    let found = shared
+                        .store
+                        .call(move |n| -> Result<Vec<SessionId>, crate::node::NodeError> {
+                            let ids: Vec<SessionId> = n.store.list(&filter)?.into_iter().map(|c| c.id).collect();
+                            n.open_escalations(&ids)
+                        })
+                        .await;
+                    if let Ok(Ok(found)) = found {
+                        for id in found {
+                            open.entry(id).or_insert_with(now_ms);
+                        }
+                    }
+                }
+            }
         }
         let pending: Vec<(SessionId, i64)> = open.iter().map(|(k, v)| (*k, *v)).collect();
         for (sid, seen) in pending {
@@ -1018,6 +1063,7 @@ async fn router_loop(shared: Arc<Shared>) {
                             relay.insert(call_tag(&routed.call), (routed.requester.clone(), desk.clone()));
                         }
                         tracing::info!(session = %sid, call = %routed.call, %desk, "call connected; relaying its voice");
+                        outcomes_due.insert(sid, Instant::now() + wait);
                         open.remove(&sid);
                         measured.remove(&sid);
                         announce(&shared, vec![sid.to_bytes()]);
@@ -1047,21 +1093,63 @@ async fn router_loop(shared: Arc<Shared>) {
     }
 }
 
+/// How long after a call connects the hub waits for both outcomes before flagging a missing
+/// one `not_reported` (`OUTPOST_OUTCOME_WAIT_S`, default a day).
+fn outcome_wait() -> Duration {
+    let secs = std::env::var(OUTCOME_WAIT_ENV).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(24 * 3600);
+    Duration::from_secs(secs)
+}
+
+/// The environment variable setting how long the hub waits for outcomes after a call.
+pub const OUTCOME_WAIT_ENV: &str = "OUTPOST_OUTCOME_WAIT_S";
+
+/// How often the call loops look at every session in the status they follow, in case a
+/// notice of a change was missed.
+const RESCAN: Duration = Duration::from_secs(2);
+
+/// The sessions to look at next: those a change notice names; or, at each `tick` and after
+/// missed notices, every session in `status`. `None` once the daemon is stopping.
+async fn next_candidates(
+    shared: &Shared,
+    changes: &mut broadcast::Receiver<Notice>,
+    tick: &mut tokio::time::Interval,
+    status: Status,
+) -> Option<Vec<SessionId>> {
+    tokio::select! {
+        n = changes.recv() => match n {
+            Ok(Notice::Docs { docs, .. }) => return Some(docs.iter().map(|d| SessionId::from_bytes(*d)).collect()),
+            Ok(_) => return Some(Vec::new()),
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return None,
+        },
+        _ = tick.tick() => {}
+    }
+    let filter = ListFilter { status: Some(status), ..ListFilter::default() };
+    match shared
+        .store
+        .call(move |n| n.store.list(&filter).map(|c| c.into_iter().map(|c| c.id).collect::<Vec<_>>()))
+        .await
+    {
+        Ok(Ok(ids)) => Some(ids),
+        Ok(Err(e)) => {
+            tracing::warn!("cannot list sessions: {e}");
+            Some(Vec::new())
+        }
+        Err(_) => None,
+    }
+}
+
 /// A desk's automatic answer: every call that rings here is answered.
 async fn answer_loop(shared: Arc<Shared>) {
     let mut changes = shared.changes.subscribe();
+    let mut tick = tokio::time::interval(RESCAN);
     loop {
-        let docs = match changes.recv().await {
-            Ok(Notice::Docs { docs, .. }) => docs,
-            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        for d in docs.iter() {
-            let sid = SessionId::from_bytes(*d);
+        let Some(ids) = next_candidates(&shared, &mut changes, &mut tick, Status::Routing).await else { return };
+        for sid in ids {
             match shared.store.call(move |n| n.answer_call(sid, now_ms())).await {
                 Ok(Ok(Some((call, attempt)))) => {
                     tracing::info!(session = %sid, %call, attempt, "answered the call");
-                    announce(&shared, vec![*d]);
+                    announce(&shared, vec![sid.to_bytes()]);
                 }
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => tracing::debug!(session = %sid, "not answering: {e}"),
@@ -1077,13 +1165,12 @@ async fn answer_loop(shared: Arc<Shared>) {
 async fn media_loop(shared: Arc<Shared>, default_plan: crate::media::MediaPlan) {
     let mut changes = shared.changes.subscribe();
     let mut joined: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut tick = tokio::time::interval(RESCAN);
     loop {
-        let docs = match changes.recv().await {
-            Ok(Notice::Docs { docs, .. }) => docs,
-            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        let ids: Vec<SessionId> = docs.iter().map(|d| SessionId::from_bytes(*d)).collect();
+        let Some(ids) = next_candidates(&shared, &mut changes, &mut tick, Status::Connected).await else { return };
+        if ids.is_empty() {
+            continue;
+        }
         let plan = default_plan.clone();
         let Ok(Ok(found)) = shared.store.call(move |n| n.calls_to_join(&ids, &plan)).await else { continue };
         for (sid, call, side, plan) in found {
@@ -1239,7 +1326,18 @@ async fn run_call_audio(
         ("mos", LogValue::Float((rating.mos * 100.0).round() / 100.0)),
         ("end", LogValue::Str(end.to_string())),
     ];
-    let done = shared.store.call(move |n| n.record_call_leg(sid, &fields, now_ms())).await;
+    let dropped = end == "dropped";
+    let call_id = call.to_string();
+    let done = shared
+        .store
+        .call(move |n| -> Result<(), crate::node::NodeError> {
+            n.record_call_leg(sid, &fields, now_ms())?;
+            if dropped {
+                n.request_callback_after_drop(sid, &call_id, now_ms())?;
+            }
+            Ok(())
+        })
+        .await;
     match done {
         Ok(Ok(())) => {
             tracing::info!(session = %sid, %call, end, loss = st.loss(), mos = rating.mos, "call leg ended");

@@ -635,3 +635,48 @@ impl Node {
         Ok(())
     }
 }
+
+impl Node {
+    /// After a call, a side that has recorded no outcome in time is flagged `not_reported`
+    /// (by the hub). Returns the sides flagged.
+    pub fn flag_unreported(&mut self, id: SessionId, now: i64) -> Result<Vec<Side>, NodeError> {
+        self.require("flagging unreported outcomes", "hub", &[Role::Hub])?;
+        let view = self.store.view(id)?;
+        let mut missing = Vec::new();
+        if view.outcome.requester.is_none() {
+            missing.push(Side::Requester);
+        }
+        if view.outcome.responder.is_none() {
+            missing.push(Side::Responder);
+        }
+        if missing.is_empty() {
+            return Ok(missing);
+        }
+        let by = self.config.name.clone();
+        let sides = missing.clone();
+        self.store.edit(id, "outcome.not_reported", None, now, |_, doc| {
+            for side in &sides {
+                doc.set_outcome(*side, Outcome::NotReported, &by, now)
+                    .map_err(|source| StoreError::Model { id: id.to_string(), source })?;
+            }
+            Ok(())
+        })?;
+        Ok(missing)
+    }
+
+    /// A party's leg ended because the other side fell silent: the call is over, and a
+    /// callback is requested in the routing log so that the consultant calls back.
+    pub fn request_callback_after_drop(&mut self, id: SessionId, call: &str, now: i64) -> Result<(), NodeError> {
+        self.require("requesting a callback", "edge or desk", &[Role::Edge, Role::Desk])?;
+        let fields = [
+            ("call", LogValue::Str(call.to_string())),
+            ("reason", LogValue::Str("the call dropped (no audio for 10 s); a callback is requested".into())),
+            ("by", LogValue::Str(self.config.name.clone())),
+        ];
+        self.store.edit(id, "call.callback", None, now, |_, doc| {
+            doc.append_log(LogName::Routing, "callback", &fields, now)
+                .map_err(|source| StoreError::Model { id: id.to_string(), source })
+        })?;
+        Ok(())
+    }
+}
