@@ -217,6 +217,17 @@ fn similarity(sent: &[i16], heard: &[i16], range: std::ops::Range<usize>) -> f64
     best
 }
 
+/// Waits until the hub has connected the session's call.
+fn wait_connected(f: &Field, hub: &Path, id: &str) {
+    f.wait(LIMIT, Duration::from_millis(100), "the call to connect", || {
+        let out = f.outpost(&["call", "status", "--dir", s(hub), id, "--json"]);
+        out.status.success()
+            && json(&String::from_utf8_lossy(&out.stdout))["routing"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|e| e["kind"] == "connected"))
+    });
+}
+
 /// Waits for `name`'s record of the call to reach `node`.
 fn wait_for_leg(f: &Field, node: &Path, id: &str, name: &str) -> Value {
     let mut l = None;
@@ -291,13 +302,7 @@ fn a_three_second_blackout_mid_call_is_survived() {
             f.ok(&["call", "escalate", "--dir", s(&c.amb), &id, "--wait", "120", "--json", "--play", s(&said)])
         });
         // Once the call is up, the ambulance goes under a bridge for 3 s.
-        f.wait(LIMIT, Duration::from_millis(100), "the call to connect", || {
-            let out = f.outpost(&["call", "status", "--dir", s(&c.hub), &id, "--json"]);
-            out.status.success()
-                && json(&String::from_utf8_lossy(&out.stdout))["routing"]
-                    .as_array()
-                    .is_some_and(|r| r.iter().any(|e| e["kind"] == "connected"))
-        });
+        wait_connected(f, &c.hub, &id);
         std::thread::sleep(Duration::from_secs(3));
         c.link.set_up(false);
         std::thread::sleep(Duration::from_secs(3));
@@ -331,13 +336,7 @@ fn a_drop_longer_than_ten_seconds_ends_the_call_and_requests_a_callback() {
         let call = scope.spawn(|| {
             f.outpost(&["call", "escalate", "--dir", s(&c.amb), &id, "--wait", "120", "--json", "--play", s(&said)])
         });
-        f.wait(LIMIT, Duration::from_millis(100), "the call to connect", || {
-            let out = f.outpost(&["call", "status", "--dir", s(&c.hub), &id, "--json"]);
-            out.status.success()
-                && json(&String::from_utf8_lossy(&out.stdout))["routing"]
-                    .as_array()
-                    .is_some_and(|r| r.iter().any(|e| e["kind"] == "connected"))
-        });
+        wait_connected(f, &c.hub, &id);
         std::thread::sleep(Duration::from_secs(2));
         c.link.set_up(false);
         // The desk gives up on the silence after 10 s; the link returns only after that.
