@@ -19,6 +19,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use sync_protocol::NhsNumber;
 use sync_protocol::call::{RotaDesk, calls_of};
+use sync_protocol::directory::{DirectoryView, Hours, LineEntry, LineJson};
 use sync_protocol::session::{LogValue, Patient, Requester, Service, SessionView};
 use sync_protocol::vocab::{
     CareSetting, Channel, ConsentKind, ConsentScope, NhsVerification, Outcome, PhotoView, Priority, Role, ServiceLine,
@@ -147,7 +148,7 @@ enum Command {
     /// Escalate a session to a live call, answer one, see how a call went.
     #[command(subcommand)]
     Call(CallCommand),
-    /// A hub's rotas: which desks are rung, in which order, for how long.
+    /// The ICB's directory: service lines, their hours and channels, and each line's rota.
     #[command(subcommand)]
     Rota(RotaCommand),
     /// What the node holds: sessions, sizes, audit chain.
@@ -443,21 +444,36 @@ enum CallCommand {
 
 #[derive(Debug, Subcommand)]
 enum RotaCommand {
-    /// Set a line's rota on a hub: its desks in the order they are rung (no desk: remove it).
+    /// On a hub: set a service line of the ICB's directory: its rota (desks in ringing order),
+    /// hours and channels. What is not given keeps its current value. Edges and desks receive
+    /// the directory at their next sync.
     Set {
         #[command(flatten)]
         dir: DirArg,
         /// The service line.
         #[arg(long, value_parser = ServiceLine::parse)]
         line: ServiceLine,
-        /// A desk's node name (repeat, in ringing order).
+        /// A desk's node name, optionally with its own ring time (`desk-a:30`); repeat, in
+        /// ringing order. Given at all, the list replaces the line's rota.
         #[arg(long = "desk")]
         desks: Vec<String>,
-        /// How long each desk rings before the next is tried, seconds.
+        /// Ring time of the desks given without one, seconds.
         #[arg(long, default_value_t = sync_protocol::call::DEFAULT_RING_S)]
         ring_secs: u32,
+        /// Opening hours, UK time: `24/7` or windows like `mon-fri 08:00-18:30; sat 09:00-12:00`
+        /// (default for a new line: 24/7).
+        #[arg(long)]
+        hours: Option<String>,
+        /// Channels the line takes, comma-separated: call, photo, message (default for a new
+        /// line: all three).
+        #[arg(long, value_delimiter = ',', value_parser = Channel::parse)]
+        channels: Option<Vec<Channel>>,
+        /// Remove the line from the directory instead.
+        #[arg(long, conflicts_with_all = ["desks", "hours", "channels"])]
+        remove: bool,
     },
-    /// Show a hub's rotas.
+    /// Show the ICB's directory as this node holds it (at an edge or desk: the copy last
+    /// received from the hub, which informs but never decides who is rung).
     Show {
         #[command(flatten)]
         dir: DirArg,
@@ -1254,6 +1270,9 @@ fn run_call(cmd: CallCommand) -> anyhow::Result<()> {
             }
             let with_audio = play.is_some() || record.is_some();
             let call = node.escalate(sid, now_ms())?;
+            if let Some(note) = line_note(&mut node, sid, now_ms())? {
+                eprintln!("{note}");
+            }
             if with_audio {
                 node.set_media_plan(&call, &crate::media::MediaPlan { play, record })?;
             }
@@ -1418,33 +1437,114 @@ fn describe_step(e: &std::collections::BTreeMap<String, LogValue>) -> String {
     format!("{at}  {what}")
 }
 
+/// What this device's copy of the directory says of a session's line, for the clinician
+/// (the hub decides; this only prepares them for a callback).
+fn line_note(node: &mut Node, sid: sync_protocol::SessionId, now: i64) -> anyhow::Result<Option<String>> {
+    let view = node.store.view(sid)?;
+    let line = view.service.line;
+    let Some(dir) = node.directory()? else { return Ok(None) };
+    let as_of = time(dir.updated_ms);
+    Ok(Some(match dir.lines.get(&line) {
+        None => format!("this device's directory (as of {as_of}) lists no {line} line: expect a callback"),
+        Some(e) => match e.call_refusal(now) {
+            Some(why) => format!("this device's directory (as of {as_of}) says {why}: expect a callback"),
+            None => format!(
+                "this device's directory (as of {as_of}): the {line} line is open, {} desk(s) on its rota",
+                e.rota.len()
+            ),
+        },
+    }))
+}
+
+fn parse_desk(text: &str, default_ring_s: u32) -> anyhow::Result<RotaDesk> {
+    match text.rsplit_once(':') {
+        Some((desk, secs)) => {
+            let ring_s = secs.parse().map_err(|_| {
+                anyhow::anyhow!("--desk {text:?}: the ring time after ':' must be whole seconds, like desk-a:30")
+            })?;
+            Ok(RotaDesk { desk: desk.to_string(), ring_s })
+        }
+        None => Ok(RotaDesk { desk: text.to_string(), ring_s: default_ring_s }),
+    }
+}
+
 fn run_rota(cmd: RotaCommand) -> anyhow::Result<()> {
     match cmd {
-        RotaCommand::Set { dir, line, desks, ring_secs } => {
+        RotaCommand::Set { dir, line, remove: true, .. } => {
             let mut node = open(&dir)?;
-            let desks = desks.into_iter().map(|desk| RotaDesk { desk, ring_s: ring_secs }).collect();
-            let rotas = node.set_rota(line, desks)?;
-            print_rotas(&rotas);
+            let (was, view) = node.remove_line(line, now_ms())?;
+            if !was {
+                eprintln!("the directory had no {line} line");
+            }
+            print_directory(&view, true, now_ms());
+        }
+        RotaCommand::Set { dir, line, desks, ring_secs, hours, channels, remove: false } => {
+            let mut node = open(&dir)?;
+            let current = node.directory()?.and_then(|d| d.lines.get(&line).cloned());
+            let rota = if desks.is_empty() {
+                current.as_ref().map(|c| c.rota.clone()).unwrap_or_default()
+            } else {
+                desks.iter().map(|d| parse_desk(d, ring_secs)).collect::<anyhow::Result<_>>()?
+            };
+            let hours = match hours {
+                Some(h) => Hours::parse(&h).map_err(|e| anyhow::anyhow!("--hours: {e}"))?,
+                None => current.as_ref().map_or(Hours::Always, |c| c.hours.clone()),
+            };
+            let channels = channels
+                .or_else(|| current.as_ref().map(|c| c.channels.clone()))
+                .unwrap_or_else(|| vec![Channel::Call, Channel::Photo, Channel::Message]);
+            let now = now_ms();
+            let entry = LineEntry { line, hours, channels, rota, updated_ms: now };
+            let view = node.set_line(entry, now)?;
+            print_directory(&view, true, now);
         }
         RotaCommand::Show { dir, json } => {
             let node = open(&dir)?;
-            let rotas = node.rotas()?;
-            if json.json {
-                print_json(&rotas)?;
-            } else {
-                print_rotas(&rotas);
+            let own = node.config.role == Role::Hub;
+            match node.directory()? {
+                None if json.json => print_json(&serde_json::Value::Null)?,
+                None if own => println!(
+                    "no directory yet: `outpost rota set` adds a line; until then every escalation ends in a callback"
+                ),
+                None => println!("no directory from the hub yet: it arrives at the next sync with the hub"),
+                Some(view) if json.json => print_json(&serde_json::json!({
+                    "icb": view.icb,
+                    "updated_ms": view.updated_ms,
+                    "source": if own { "own" } else { "hub" },
+                    "lines": view.lines.values().map(LineJson::from).collect::<Vec<_>>(),
+                }))?,
+                Some(view) => print_directory(&view, own, now_ms()),
             }
         }
     }
     Ok(())
 }
 
-fn print_rotas(rotas: &crate::node::Rotas) {
-    if rotas.is_empty() {
-        println!("no rotas: escalations on this hub end in a callback");
+fn print_directory(view: &DirectoryView, own: bool, now: i64) {
+    let whose = if own { "kept here" } else { "copy received from the hub" };
+    println!("directory of ICB {} ({whose}; last set {})", view.icb, time(view.updated_ms));
+    if view.lines.is_empty() {
+        println!("no service lines: escalations end in a callback");
     }
-    for (line, desks) in rotas {
-        let list: Vec<String> = desks.iter().map(|d| format!("{} ({} s)", d.desk, d.ring_s)).collect();
-        println!("{line:<20} {}", list.join(" -> "));
+    for e in view.lines.values() {
+        let channels: Vec<&str> = e.channels.iter().map(|c| c.as_str()).collect();
+        let state = match e.call_refusal(now) {
+            None => "calls now".to_string(),
+            Some(_) if !e.channels.contains(&Channel::Call) => "no calls".to_string(),
+            Some(_) => "closed now".to_string(),
+        };
+        println!(
+            "{:<20} SNOMED CT {:<10} hours {}  channels {}  ({state})",
+            e.line.as_str(),
+            e.line.snomed(),
+            e.hours,
+            channels.join(",")
+        );
+        if e.rota.is_empty() {
+            println!("{:<20} rota: none", "");
+        } else {
+            let list: Vec<String> = e.rota.iter().map(|d| format!("{} ({} s)", d.desk, d.ring_s)).collect();
+            println!("{:<20} rota: {}", "", list.join(" -> "));
+        }
     }
 }

@@ -19,6 +19,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::CertificateDer;
 use serde::Serialize;
 use sync_protocol::call::{ADPCM_32K, Action, PathQuality, quality_from_probes, rate};
+use sync_protocol::directory::is_directory_id;
 use sync_protocol::engine::{Engine, EngineConfig, Stats};
 use sync_protocol::scope::PeerInfo;
 use sync_protocol::session::{LogValue, SessionId};
@@ -1004,7 +1005,12 @@ async fn router_loop(shared: Arc<Shared>) {
         tokio::select! {
             notice = changes.recv() => match notice {
                 Ok(Notice::Docs { docs, .. }) => {
-                    let ids: Vec<SessionId> = docs.iter().map(|d| SessionId::from_bytes(*d)).filter(|id| !open.contains_key(id)).collect();
+                    let ids: Vec<SessionId> = docs
+                        .iter()
+                        .filter(|d| !is_directory_id(d))
+                        .map(|d| SessionId::from_bytes(*d))
+                        .filter(|id| !open.contains_key(id))
+                        .collect();
                     if !ids.is_empty()
                         && let Ok(Ok(found)) = shared.store.call(move |n| n.open_escalations(&ids)).await
                     {
@@ -1117,7 +1123,9 @@ async fn next_candidates(
 ) -> Option<Vec<SessionId>> {
     tokio::select! {
         n = changes.recv() => match n {
-            Ok(Notice::Docs { docs, .. }) => return Some(docs.iter().map(|d| SessionId::from_bytes(*d)).collect()),
+            Ok(Notice::Docs { docs, .. }) => {
+                return Some(docs.iter().filter(|d| !is_directory_id(d)).map(|d| SessionId::from_bytes(*d)).collect());
+            }
             Ok(_) => return Some(Vec::new()),
             Err(broadcast::error::RecvError::Lagged(_)) => {}
             Err(broadcast::error::RecvError::Closed) => return None,

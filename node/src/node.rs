@@ -6,7 +6,8 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use automerge::ActorId;
-use sync_protocol::call::{Action, CallState, PathQuality, Rating, RotaDesk, calls_of, next_action};
+use sync_protocol::call::{Action, CallState, PathQuality, Rating, calls_of, next_action};
+use sync_protocol::directory::{DirectoryView, LineEntry};
 use sync_protocol::session::{
     LogName, LogValue, ModelError, NewConsent, NewMedia, NewMessage, NewSession, Patient, Requester, Service,
     SessionId, SessionView, side_of,
@@ -361,12 +362,6 @@ impl Node {
     }
 }
 
-/// The meta key under which a hub keeps its rotas.
-const ROTA_KEY: &str = "rota";
-
-/// A hub's rotas: for each service line, its desks in the order they are rung.
-pub type Rotas = std::collections::BTreeMap<ServiceLine, Vec<RotaDesk>>;
-
 /// What the hub's router did in one step for one session.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Routed {
@@ -424,36 +419,34 @@ impl Node {
         Ok(Some((call, attempt)))
     }
 
-    /// This hub's rotas.
-    pub fn rotas(&self) -> Result<Rotas, NodeError> {
-        match self.store.meta_get(ROTA_KEY)? {
-            None => Ok(Rotas::new()),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| NodeError::Store(StoreError::Damaged(format!("the rota record: {e}")))),
-        }
+    /// This node's copy of its ICB's directory (service lines, hours, rotas): the hub's own, or
+    /// at an edge or desk what last arrived from the hub. `None` if it holds none yet.
+    pub fn directory(&self) -> Result<Option<DirectoryView>, NodeError> {
+        let Some(icb) = self.config.icb.as_deref() else { return Ok(None) };
+        Ok(self.store.directory(icb)?)
     }
 
-    /// Sets the rota of one line (durably). A desk named twice is refused.
-    pub fn set_rota(&mut self, line: ServiceLine, desks: Vec<RotaDesk>) -> Result<Rotas, NodeError> {
-        self.require("setting a rota", "hub", &[Role::Hub])?;
-        let mut seen = std::collections::BTreeSet::new();
-        for d in &desks {
-            if !seen.insert(d.desk.clone()) {
-                return Err(NodeError::Invalid(format!("desk {} is named twice in the rota", d.desk)));
-            }
-            if d.ring_s == 0 || d.ring_s > 600 {
-                return Err(NodeError::Invalid(format!("ring time of {} must be 1 to 600 seconds", d.desk)));
-            }
-        }
-        let mut rotas = self.rotas()?;
-        if desks.is_empty() {
-            rotas.remove(&line);
-        } else {
-            rotas.insert(line, desks);
-        }
-        let bytes = serde_json::to_vec(&rotas).map_err(|e| NodeError::Invalid(e.to_string()))?;
-        self.store.meta_put(ROTA_KEY, &bytes)?;
-        Ok(rotas)
+    /// Sets one service line of the ICB's directory (its hours, channels and rota), durably;
+    /// it reaches the ICB's edges and desks at their next sync. Only the hub keeps the directory.
+    pub fn set_line(&mut self, entry: LineEntry, now: i64) -> Result<DirectoryView, NodeError> {
+        self.require("setting a service line or rota", "hub", &[Role::Hub])?;
+        let icb = self.icb()?;
+        entry.check().map_err(|e| NodeError::Invalid(e.to_string()))?;
+        let (_, view) = self.store.edit_directory(&icb, "directory.set", now, |d| d.set_line(&entry, now))?;
+        Ok(view)
+    }
+
+    /// Removes a service line from the ICB's directory; escalations on it then end in a callback.
+    pub fn remove_line(&mut self, line: ServiceLine, now: i64) -> Result<(bool, DirectoryView), NodeError> {
+        self.require("removing a service line", "hub", &[Role::Hub])?;
+        let icb = self.icb()?;
+        Ok(self.store.edit_directory(&icb, "directory.remove", now, |d| d.remove_line(line, now))?)
+    }
+
+    fn icb(&self) -> Result<String, NodeError> {
+        self.config.icb.clone().ok_or_else(|| {
+            NodeError::Invalid(format!("node {} belongs to no ICB: it keeps no directory", self.config.name))
+        })
     }
 
     /// Sessions whose routing log holds an escalation still open.
@@ -482,9 +475,17 @@ impl Node {
         self.require("routing calls", "hub", &[Role::Hub])?;
         let view = self.store.view(id)?;
         let Some(call) = calls_of(&view).into_iter().find(CallState::is_open) else { return Ok(None) };
-        let rotas = self.rotas()?;
-        let rota = rotas.get(&view.service.line).cloned().unwrap_or_default();
-        let action = next_action(&call, &rota, &view, quality, seen_ms, now);
+        // Only this hub's directory decides who is rung.
+        let line = self.directory()?.and_then(|d| d.lines.get(&view.service.line).cloned());
+        let refusal = line.as_ref().filter(|_| call.rings.is_empty()).and_then(|l| l.call_refusal(now));
+        let action = match refusal {
+            Some(reason) if call.is_open() => Action::Callback { reason, rating: None },
+            _ => {
+                let rota = line.map(|l| l.rota).unwrap_or_default();
+                let holders = self.store.holders_of(&id.to_bytes())?;
+                next_action(&call, &rota, &view, &holders, quality, seen_ms, now)
+            }
+        };
         let c = LogValue::Str(call.call.clone());
         let entry: Option<LogEntry> = match &action {
             Action::Wait | Action::Measure => None,

@@ -3,6 +3,7 @@
 use automerge::sync;
 use rustls::pki_types::CertificateDer;
 use sync_protocol::TimeMs;
+use sync_protocol::directory::is_directory_id;
 use sync_protocol::engine::{Applied, BlobNeed, Knowledge, Replica};
 use sync_protocol::recon::Item;
 use sync_protocol::scope::{PeerInfo, may_hold};
@@ -38,11 +39,18 @@ impl Replica for NodeReplica<'_> {
     }
 
     fn items(&mut self, peer: &PeerInfo) -> Result<Vec<Item>, StoreError> {
-        self.store.items_for(peer)
+        let mut items = self.store.items_for(peer)?;
+        if let Some(dir) = self.store.directory_item(self.me, peer)? {
+            items.push(dir);
+            items.sort_by_key(|i| i.id);
+        }
+        Ok(items)
     }
 
     fn delta(&mut self, peer: &PeerInfo) -> Result<Vec<(DocId, Vec<Hash>)>, StoreError> {
-        self.store.delta_for(peer)
+        let mut delta = self.store.delta_for(peer)?;
+        delta.extend(self.store.directory_delta(self.me, peer)?);
+        Ok(delta)
     }
 
     fn knows_peer(&mut self, peer: &PeerInfo) -> Result<bool, StoreError> {
@@ -50,32 +58,73 @@ impl Replica for NodeReplica<'_> {
     }
 
     fn heads_for(&mut self, peer: &PeerInfo, id: &DocId) -> Result<Option<Vec<Hash>>, StoreError> {
+        if is_directory_id(id) {
+            return self.store.directory_heads_for(self.me, peer, id);
+        }
         Ok(self.store.scope_row(id)?.filter(|r| may_hold(peer, &r.meta)).map(|r| r.heads))
     }
 
     fn known_hashes(&mut self, id: &DocId, hashes: &[Hash]) -> Result<Vec<Hash>, StoreError> {
+        if is_directory_id(id) {
+            return self.store.directory_known_hashes(self.me, id, hashes);
+        }
         self.store.known_hashes(id, hashes)
     }
 
     fn knowledge(&mut self, peer: &PeerInfo, id: &DocId) -> Result<Option<Knowledge>, StoreError> {
+        if is_directory_id(id) {
+            return self.store.directory_knowledge(self.me, peer, id);
+        }
         self.store.knowledge(peer, id)
     }
 
     fn set_knowledge(&mut self, peer: &PeerInfo, updates: &[(DocId, Knowledge)]) -> Result<(), StoreError> {
+        for (id, k) in updates.iter().filter(|(id, _)| is_directory_id(id)) {
+            self.store.set_directory_knowledge(self.me, peer, id, k)?;
+        }
         self.store.set_knowledge(peer, updates)
     }
 
     fn changes_since(&mut self, id: &DocId, base: &[Hash]) -> Result<Vec<u8>, StoreError> {
+        if is_directory_id(id) {
+            return self.store.directory_changes_since(self.me, id, base);
+        }
         self.store.changes_since(id, base)
     }
 
     fn apply(&mut self, peer: &PeerInfo, batch: &[(DocId, Vec<u8>)], now: TimeMs) -> Result<Vec<Applied>, StoreError> {
-        let (out, changed) = self.store.apply_remote(self.me, peer, batch, now)?;
+        if !batch.iter().any(|(id, _)| is_directory_id(id)) {
+            let (out, changed) = self.store.apply_remote(self.me, peer, batch, now)?;
+            self.changed.extend(changed);
+            return Ok(out);
+        }
+        // The directory goes its own way; the sessions of the batch still share one transaction.
+        let mut out: Vec<Option<Applied>> = vec![None; batch.len()];
+        let mut sessions = Vec::new();
+        for (i, (id, bytes)) in batch.iter().enumerate() {
+            if is_directory_id(id) {
+                let (applied, changed) = self.store.apply_directory(self.me, peer, id, bytes, now)?;
+                if changed {
+                    self.changed.push(*id);
+                }
+                out[i] = Some(applied);
+            } else {
+                sessions.push((i, (*id, bytes.clone())));
+            }
+        }
+        let session_batch: Vec<(DocId, Vec<u8>)> = sessions.iter().map(|(_, d)| d.clone()).collect();
+        let (applied, changed) = self.store.apply_remote(self.me, peer, &session_batch, now)?;
         self.changed.extend(changed);
-        Ok(out)
+        for ((i, _), a) in sessions.iter().zip(applied) {
+            out[*i] = Some(a);
+        }
+        Ok(out.into_iter().map(|a| a.unwrap_or(Applied::MissingDeps)).collect())
     }
 
     fn am_generate(&mut self, id: &DocId, state: &mut sync::State) -> Result<Option<Vec<u8>>, StoreError> {
+        if is_directory_id(id) {
+            return self.store.directory_am_generate(self.me, id, state);
+        }
         self.store.am_generate(id, state)
     }
 
@@ -87,6 +136,13 @@ impl Replica for NodeReplica<'_> {
         message: &[u8],
         now: TimeMs,
     ) -> Result<Applied, StoreError> {
+        if is_directory_id(id) {
+            let (out, changed) = self.store.directory_am_receive(self.me, peer, id, state, message, now)?;
+            if changed {
+                self.changed.push(*id);
+            }
+            return Ok(out);
+        }
         let (out, changed) = self.store.am_receive(self.me, peer, id, state, message, now)?;
         self.changed.extend(changed);
         Ok(out)

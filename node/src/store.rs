@@ -33,6 +33,7 @@ use sync_protocol::wire::Hash;
 
 use crate::crypto::{CryptoError, Sealer};
 
+mod directory;
 mod sync;
 pub use sync::ScopeRow;
 
@@ -41,7 +42,7 @@ pub use sync::ScopeRow;
 pub const MAX_PAGES_ENV: &str = "OUTPOST_MAX_DB_PAGES";
 
 /// Database schema version this build writes (`PRAGMA user_version`).
-pub const DB_SCHEMA_VERSION: i64 = 2;
+pub const DB_SCHEMA_VERSION: i64 = 3;
 
 /// Tunables of the store.
 #[derive(Debug, Clone, Copy)]
@@ -125,6 +126,9 @@ pub enum StoreError {
         /// Its schema version.
         found: i64,
     },
+    /// The ICB directory refused an edit, or a stored directory is damaged.
+    #[error("the ICB directory: {0}")]
+    Directory(#[from] sync_protocol::directory::DirectoryError),
     /// The database does not hold what the store wrote.
     #[error("the store is damaged: {0}")]
     Damaged(String),
@@ -233,6 +237,24 @@ CREATE TABLE peer_docs (
 ALTER TABLE blobs ADD COLUMN manifest BLOB;
 ALTER TABLE blobs ADD COLUMN state TEXT NOT NULL DEFAULT 'complete';
 ALTER TABLE blobs ADD COLUMN thumbnail BLOB;
+"#,
+    r#"
+CREATE TABLE directory (
+    icb        TEXT PRIMARY KEY,
+    sealed     BLOB NOT NULL,
+    heads      BLOB NOT NULL,
+    digest     BLOB NOT NULL,
+    seq        INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE peer_directory (
+    peer   TEXT NOT NULL,
+    icb    TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    heads  BLOB NOT NULL,
+    shared BLOB NOT NULL,
+    PRIMARY KEY (peer, icb)
+) WITHOUT ROWID;
 "#,
 ];
 

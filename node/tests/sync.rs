@@ -268,3 +268,64 @@ fn a_one_shot_sync_reports_its_cost() {
         assert!(again.get(key).is_some(), "missing {key}: {again}");
     }
 }
+
+#[test]
+fn the_icb_directory_reaches_edges_and_desks_and_stays_readable_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let amb = fleet.node("amb-07", "edge", &[]);
+    let desk = fleet.node("desk-derm-1", "desk", &["--service-line", "dermatology"]);
+    let show = |n: &std::path::Path| common::json(&ok(&["rota", "show", "--dir", d(n), "--json"]));
+    assert!(show(&amb).is_null(), "nothing before the first sync");
+    ok(&[
+        "rota",
+        "set",
+        "--dir",
+        d(&hub),
+        "--line",
+        "dermatology",
+        "--desk",
+        "desk-derm-1:30",
+        "--desk",
+        "desk-derm-2",
+        "--hours",
+        "mon-fri 08:00-18:30",
+        "--channels",
+        "call,photo",
+    ]);
+    // Only the hub keeps the directory: an edge is told where to set it (usage error, exit 2).
+    let err = fails(&["rota", "set", "--dir", d(&amb), "--line", "dermatology", "--desk", "desk-x"], 2);
+    assert!(err.contains("hub"), "{err}");
+    let addr = format!("127.0.0.1:{}", free_port());
+    {
+        let _hub = daemon(&hub, &["--listen", &addr], &[]);
+        wait_until(LIMIT, "the hub to listen", || run(&["sync", "--dir", d(&amb), "--peer", &addr]).status.success());
+        sync(&desk, &addr);
+    }
+    // The hub is gone: both still know the line, its hours and its rota.
+    for n in [&amb, &desk] {
+        let v = show(n);
+        assert_eq!(v["source"], "hub", "{v}");
+        let line = &v["lines"][0];
+        assert_eq!(line["line"], "dermatology");
+        assert_eq!(line["snomed"], "394582007");
+        assert_eq!(line["hours"], "mon-fri 08:00-18:30");
+        assert_eq!(line["channels"], serde_json::json!(["call", "photo"]));
+        assert_eq!(
+            line["rota"],
+            serde_json::json!([{"desk": "desk-derm-1", "ring_s": 30}, {"desk": "desk-derm-2", "ring_s": 20}])
+        );
+    }
+    // A change at the hub reaches a connected edge without a new sync.
+    let _hub = daemon(&hub, &["--listen", &addr], &[]);
+    let _amb = daemon(&amb, &["--peer", &addr], &[]);
+    wait_until(LIMIT, "the ambulance to connect", || show(&amb)["lines"][0]["line"] == "dermatology");
+    ok(&["rota", "set", "--dir", d(&hub), "--line", "cardiology", "--desk", "desk-card-1"]);
+    wait_until(LIMIT, "the cardiology line at the ambulance", || show(&amb)["lines"].as_array().unwrap().len() == 2);
+    let v = show(&amb);
+    let line = |name: &str| v["lines"].as_array().unwrap().iter().find(|l| l["line"] == name).unwrap().clone();
+    assert_eq!(line("cardiology")["hours"], "24/7");
+    assert_eq!(line("cardiology")["rota"][0]["desk"], "desk-card-1");
+    assert_eq!(line("dermatology")["rota"][0]["desk"], "desk-derm-1", "the dermatology line unchanged");
+}

@@ -1287,7 +1287,8 @@ impl World {
                 })
                 .unwrap_or_default();
             let now = self.node_now(self.hub);
-            let action = next_action(&call, &rota, &view, self.calls[i].quality.as_ref(), seen_ms, now);
+            let holders = self.nodes[self.hub].replica.holders(&doc);
+            let action = next_action(&call, &rota, &view, &holders, self.calls[i].quality.as_ref(), seen_ms, now);
             let c = LogValue::Str(call.call.clone());
             let e = self.calls[i].esc_index;
             let entry: (&str, Vec<(&str, LogValue)>) = match action {

@@ -328,11 +328,15 @@ pub enum Action {
 pub const HOLD_WAIT_MS: i64 = 10 * 60 * 1000;
 
 /// The router's next step for `call` (open), given the line's rota, the hub's copy of the
-/// session, the requester's measured path (if measured) and the hub's clock.
+/// session, the desks known (from what they confirmed in sync) to hold the session document
+/// at all, the requester's measured path (if measured) and the hub's clock. A desk is rung
+/// only if it is among `holders` and its receipts cover every message and photo: a session
+/// with no message or photo yet is still never rung to a desk that lacks it.
 pub fn next_action(
     call: &CallState,
     rota: &[RotaDesk],
     view: &SessionView,
+    holders: &[String],
     quality: Option<&PathQuality>,
     seen_ms: TimeMs,
     now: TimeMs,
@@ -358,7 +362,7 @@ pub fn next_action(
     if left.is_empty() {
         return Action::Callback { reason: "no consultant on the rota answered".into(), rating: None };
     }
-    let Some(next) = left.iter().find(|d| desk_holds_whole(view, &d.desk)) else {
+    let Some(next) = left.iter().find(|d| holders.contains(&d.desk) && desk_holds_whole(view, &d.desk)) else {
         if now - seen_ms >= HOLD_WAIT_MS {
             return Action::Callback {
                 reason: "no consultant's desk received the whole case in time for a call".into(),

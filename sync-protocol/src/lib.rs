@@ -20,12 +20,14 @@
 //! - [`engine`]: one peer-to-peer conversation as a state machine over a [`engine::Replica`].
 //! - [`mem`]: an in-memory replica, for tests and the simulator.
 //! - [`call`]: call escalation: the routing log, the hub's router policy, the E-model gate.
+//! - [`directory`]: an ICB's directory of service lines, their hours and rotas, as a document.
 //! - [`voice`]: the call codec (IMA ADPCM, 32 kbit/s), voice datagrams, the jitter buffer.
 //! - [`links`]: the named link profiles of the domain brief, shared by the simulator and the
 //!   node's link emulator.
 
 pub mod blob;
 pub mod call;
+pub mod directory;
 pub mod engine;
 pub mod links;
 pub mod mem;

@@ -240,6 +240,18 @@ impl MemReplica {
         }
     }
 
+    /// Peers that have confirmed holding some version of a document.
+    pub fn holders(&self, id: &DocId) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .knowledge
+            .iter()
+            .filter(|(_, docs)| docs.get(id).is_some_and(|k| !k.heads.is_empty()))
+            .map(|(peer, _)| peer.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Forgets everything known of every peer (as after restoring a backup).
     pub fn forget_peers(&mut self) {
         self.knowledge.clear();

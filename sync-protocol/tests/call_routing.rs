@@ -22,19 +22,24 @@ fn rota() -> Vec<RotaDesk> {
     vec![RotaDesk { desk: "desk-a".into(), ring_s: 20 }, RotaDesk { desk: "desk-b".into(), ring_s: 20 }]
 }
 
-fn session_with_photo() -> SessionDoc {
+/// An ambulance's urgent dermatology session with nothing but its summary.
+fn bare_session(random: u128, summary: &str) -> SessionDoc {
     let new = NewSession {
-        id: SessionId::from_parts(T0, 7),
+        id: SessionId::from_parts(T0, random),
         origin: "amb-07".into(),
         icb: "QHM".into(),
         care_setting: CareSetting::AmbulanceOnScene,
         requester: Requester::default(),
         patient: Patient::default(),
         service: Service { line: ServiceLine::Dermatology, channel: Channel::Call, priority: Priority::Urgent },
-        summary: "rash".into(),
+        summary: summary.into(),
         draft: false,
     };
-    let mut doc = SessionDoc::create(&new, ActorId::from([1u8; 16]), T0).unwrap();
+    SessionDoc::create(&new, ActorId::from([1u8; 16]), T0).unwrap()
+}
+
+fn session_with_photo() -> SessionDoc {
+    let mut doc = bare_session(7, "rash");
     doc.add_message(
         &NewMessage {
             id: "m1".into(),
@@ -104,7 +109,12 @@ fn step(doc: &SessionDoc, q: Option<&PathQuality>, now: i64) -> Action {
     let view: SessionView = doc.view().unwrap();
     let calls = calls_of(&view);
     assert_eq!(calls.len(), 1);
-    next_action(&calls[0], &rota(), &view, q, T0, now)
+    next_action(&calls[0], &rota(), &view, &holders(), q, T0, now)
+}
+
+/// Both desks of the rota hold some version of the session (as their sync confirmed).
+fn holders() -> Vec<String> {
+    vec!["desk-a".into(), "desk-b".into()]
 }
 
 /// Desk `desk` acknowledges what it holds: the message always, the photo if `photo`.
@@ -188,4 +198,23 @@ fn an_answer_from_a_desk_that_was_not_rung_connects_nothing() {
     ring(&mut doc, "desk-a", 1, T0 + 3);
     desk_step(&mut doc, "answer", "desk-b", 1, T0 + 4_000);
     assert_eq!(step(&doc, Some(&GOOD), T0 + 4_100), Action::Wait);
+}
+
+#[test]
+fn a_desk_that_lacks_a_session_without_messages_or_photos_is_never_rung() {
+    // Nothing but the summary: receipts cannot show who holds it, the hub's sync knowledge must.
+    let mut doc = bare_session(8, "chest pain, ST elevation on the 12-lead");
+    log(&mut doc, "escalate", &[("by", LogValue::Str("amb-07".into()))], T0);
+    gate_passed(&mut doc, T0 + 1);
+    let view = doc.view().unwrap();
+    let call = calls_of(&view).remove(0);
+    assert!(desk_holds_whole(&view, "desk-a"), "no item to be missing");
+    let now = T0 + 2;
+    assert_eq!(next_action(&call, &rota(), &view, &[], Some(&GOOD), T0, now), Action::Wait);
+    // desk-b confirmed holding the session: it is rung, desk-a (no confirmation) is passed over for now.
+    let held = vec!["desk-b".to_string()];
+    assert_eq!(
+        next_action(&call, &rota(), &view, &held, Some(&GOOD), T0, now),
+        Action::Ring { desk: "desk-b".into(), attempt: 1, ring_s: 20 }
+    );
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use sync_protocol::NhsNumber;
 use sync_protocol::call::{RotaDesk, calls_of};
+use sync_protocol::directory::{Hours, LineEntry};
 use sync_protocol::session::{LogValue, Patient, Requester, Service, SessionId, SessionView};
 use sync_protocol::vocab::{
     CareSetting, Channel, ConsentKind, ConsentScope, NhsVerification, Outcome, PhotoView, Priority, ReceiptLevel, Role,
@@ -89,7 +90,16 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
     ca.init("demo")?;
     let mut hub = make_node(root, &ca, "hub-qhm", Role::Hub, "QHM", vec![])?;
     // The hub's dermatology rota: the desk is rung for 20 s.
-    hub.set_rota(ServiceLine::Dermatology, vec![RotaDesk { desk: "desk-derm-1".into(), ring_s: 20 }])?;
+    hub.set_line(
+        LineEntry {
+            line: ServiceLine::Dermatology,
+            hours: Hours::Always,
+            channels: vec![Channel::Call, Channel::Photo, Channel::Message],
+            rota: vec![RotaDesk { desk: "desk-derm-1".into(), ring_s: 20 }],
+            updated_ms: now_ms(),
+        },
+        now_ms(),
+    )?;
     let amb = make_node(root, &ca, "amb-07", Role::Edge, "RX6", vec![])?;
     let surgery = make_node(root, &ca, "surgery-12", Role::Edge, "B82005", vec![])?;
     let desk = make_node(root, &ca, "desk-derm-1", Role::Desk, "RTH", vec![ServiceLine::Dermatology])?;
@@ -241,6 +251,29 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
         .await??;
     amb.announce(vec![id.to_bytes()]);
     clock.say("amb-07", "asks for a call with a dermatology consultant (escalation recorded in the session)");
+    let start = Instant::now();
+    let directory = loop {
+        if let Some(d) = amb.with_node(|n| n.directory()).await?? {
+            break d;
+        }
+        if start.elapsed() > WAIT {
+            anyhow::bail!("the demo waited {WAIT:?} for the ICB directory to reach the ambulance");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let rota: Vec<String> = directory
+        .lines
+        .get(&ServiceLine::Dermatology)
+        .map(|l| l.rota.iter().map(|d| format!("{} ({} s)", d.desk, d.ring_s)).collect())
+        .unwrap_or_default();
+    clock.say(
+        "amb-07",
+        format!(
+            "ICB directory received from the hub: {} line(s); dermatology rota {} (the hub's copy decides)",
+            directory.lines.len(),
+            rota.join(" -> ")
+        ),
+    );
     until(&amb, id, "the message at the hub", |v| v.messages[0].receipt >= ReceiptLevel::Hub).await?;
     clock.say("amb-07", "message → at hub (stored durably there before it said so)");
     until(&desk, id, "the session at the desk", |_| true).await?;

@@ -272,6 +272,19 @@ impl Store {
             .map_err(sql("reading peer state"))
     }
 
+    /// Peers that have confirmed holding some version of a session (their heads as last told).
+    pub fn holders_of(&self, id: &DocId) -> Result<Vec<String>, StoreError> {
+        let key = SessionId::from_bytes(*id).to_string();
+        let ctx = "reading peer state";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT p.peer FROM peer_docs p JOIN sessions s ON s.sid = p.sid WHERE s.id = ?1 AND length(p.heads) > 0",
+            )
+            .map_err(sql(ctx))?;
+        stmt.query_map([&key], |r| r.get(0)).map_err(sql(ctx))?.collect::<Result<_, _>>().map_err(sql(ctx))
+    }
+
     /// Records what a peer holds (one transaction for the batch).
     pub fn set_knowledge(&mut self, peer: &PeerInfo, updates: &[(DocId, Knowledge)]) -> Result<(), StoreError> {
         let tx =
@@ -656,6 +669,14 @@ impl Store {
             if let Ok(s) = id.parse::<SessionId>() {
                 ids.push(s.to_bytes());
             }
+        }
+        // The ICB directory draws its positions from the same sequence.
+        let mut stmt = self.conn.prepare_cached("SELECT icb, seq FROM directory WHERE seq > ?1").map_err(sql(ctx))?;
+        let mut rows = stmt.query([seq]).map_err(sql(ctx))?;
+        while let Some(r) = rows.next().map_err(sql(ctx))? {
+            let icb: String = r.get(0).map_err(sql(ctx))?;
+            top = top.max(r.get(1).map_err(sql(ctx))?);
+            ids.push(sync_protocol::directory::directory_id(&icb));
         }
         Ok((ids, top))
     }

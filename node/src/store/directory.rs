@@ -1,0 +1,342 @@
+//! The ICB directory in the store: one sealed Automerge document per ICB (this node holds at
+//! most its own ICB's), what each peer is known to hold of it, and its integration when it
+//! arrives from the hub. The document is small (a few KiB), so it is kept whole, never as a log.
+
+use automerge::sync::{self, SyncDoc};
+use automerge::{ActorId, ChangeHash};
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
+use sync_protocol::directory::{self, DirectoryDoc, DirectoryError, DirectoryView};
+use sync_protocol::engine::{Applied, Knowledge};
+use sync_protocol::recon::{self, Item};
+use sync_protocol::scope::PeerInfo;
+use sync_protocol::wire::{DocId, Hash};
+
+use crate::crypto::Sealer;
+
+use super::{Store, StoreError, append_audit, heads_blob, heads_from_blob, sql};
+
+fn aad(icb: &str) -> Vec<u8> {
+    format!("outpost/directory/v1/{icb}").into_bytes()
+}
+
+fn sorted_heads(doc: &mut DirectoryDoc) -> Vec<Hash> {
+    let mut h: Vec<Hash> = doc.heads().into_iter().map(|c| c.0).collect();
+    h.sort();
+    h
+}
+
+/// The directory row of this node's ICB, as reconciliation sees it.
+struct DirRow {
+    id: DocId,
+    icb: String,
+    heads: Vec<Hash>,
+    digest: [u8; 16],
+}
+
+impl Store {
+    fn dir_row(&self, icb: &str) -> Result<Option<DirRow>, StoreError> {
+        let ctx = "reading the ICB directory";
+        let row: Option<(Vec<u8>, Vec<u8>)> = self
+            .conn
+            .query_row("SELECT heads, digest FROM directory WHERE icb = ?1", [icb], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(sql(ctx))?;
+        let Some((heads, digest)) = row else { return Ok(None) };
+        Ok(Some(DirRow {
+            id: directory::directory_id(icb),
+            icb: icb.to_string(),
+            heads: heads_from_blob(&heads),
+            digest: digest.try_into().map_err(|_| StoreError::Damaged("the directory's digest".into()))?,
+        }))
+    }
+
+    /// The directory this node exchanges with `peer`, if it holds one and they exchange it.
+    fn dir_row_for(&self, me: &PeerInfo, peer: &PeerInfo) -> Result<Option<DirRow>, StoreError> {
+        let Some(icb) = me.icb.as_deref() else { return Ok(None) };
+        if !directory::may_exchange(me, peer, icb) {
+            return Ok(None);
+        }
+        self.dir_row(icb)
+    }
+
+    fn load_directory(
+        conn: &rusqlite::Connection,
+        sealer: &Sealer,
+        actor: &ActorId,
+        icb: &str,
+    ) -> Result<Option<DirectoryDoc>, StoreError> {
+        let sealed: Option<Vec<u8>> = conn
+            .query_row("SELECT sealed FROM directory WHERE icb = ?1", [icb], |r| r.get(0))
+            .optional()
+            .map_err(sql("reading the ICB directory"))?;
+        let Some(sealed) = sealed else { return Ok(None) };
+        let bytes = sealer.open("ICB directory", &aad(icb), &sealed)?;
+        Ok(Some(DirectoryDoc::load(&bytes, actor.clone())?))
+    }
+
+    /// The directory of `icb`, if this node holds it.
+    pub fn directory(&self, icb: &str) -> Result<Option<DirectoryView>, StoreError> {
+        match Self::load_directory(&self.conn, &self.sealer, &self.actor, icb)? {
+            Some(d) => Ok(Some(d.view()?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Edits the directory of `icb` (creating it if this node has none) in one durable
+    /// transaction; returns what `edit` returned and the directory after it.
+    pub fn edit_directory<T>(
+        &mut self,
+        icb: &str,
+        action: &str,
+        now: i64,
+        edit: impl FnOnce(&mut DirectoryDoc) -> Result<T, DirectoryError>,
+    ) -> Result<(T, DirectoryView), StoreError> {
+        let tx =
+            self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+        let mut doc = match Self::load_directory(&tx, &self.sealer, &self.actor, icb)? {
+            Some(d) => d,
+            None => DirectoryDoc::create(icb, self.actor.clone(), now)?,
+        };
+        let out = edit(&mut doc)?;
+        let view = doc.view()?;
+        write_directory(&tx, &self.sealer, icb, &mut doc, now)?;
+        append_audit(&tx, &self.sealer, &self.node, now, action, None, Some(serde_json::json!({ "icb": icb })))?;
+        tx.commit().map_err(sql("committing"))?;
+        Ok((out, view))
+    }
+
+    /// The directory item for a peer's reconciliation, if any.
+    pub fn directory_item(&self, me: &PeerInfo, peer: &PeerInfo) -> Result<Option<Item>, StoreError> {
+        Ok(self.dir_row_for(me, peer)?.map(|r| Item { id: r.id, digest: r.digest }))
+    }
+
+    /// The directory, if the peer has not confirmed our heads of it.
+    pub fn directory_delta(&self, me: &PeerInfo, peer: &PeerInfo) -> Result<Option<(DocId, Vec<Hash>)>, StoreError> {
+        let Some(row) = self.dir_row_for(me, peer)? else { return Ok(None) };
+        let known: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT digest FROM peer_directory WHERE peer = ?1 AND icb = ?2", [&peer.name, &row.icb], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(sql("reading peer state"))?;
+        Ok((known.as_deref() != Some(&row.digest[..])).then_some((row.id, row.heads)))
+    }
+
+    /// Our heads of the directory `id`, if we hold it and exchange it with the peer.
+    pub fn directory_heads_for(
+        &self,
+        me: &PeerInfo,
+        peer: &PeerInfo,
+        id: &DocId,
+    ) -> Result<Option<Vec<Hash>>, StoreError> {
+        Ok(self.dir_row_for(me, peer)?.filter(|r| &r.id == id).map(|r| r.heads))
+    }
+
+    fn own_icb_of(me: &PeerInfo, id: &DocId) -> Option<String> {
+        me.icb.clone().filter(|icb| &directory::directory_id(icb) == id)
+    }
+
+    /// Which of `hashes` are changes of the directory that we hold.
+    pub fn directory_known_hashes(&self, me: &PeerInfo, id: &DocId, hashes: &[Hash]) -> Result<Vec<Hash>, StoreError> {
+        let Some(icb) = Self::own_icb_of(me, id) else { return Ok(Vec::new()) };
+        let Some(mut doc) = Self::load_directory(&self.conn, &self.sealer, &self.actor, &icb)? else {
+            return Ok(Vec::new());
+        };
+        let am = doc.automerge();
+        Ok(hashes.iter().filter(|h| am.get_change_meta_by_hash(&ChangeHash(**h)).is_some()).copied().collect())
+    }
+
+    /// Our directory changes that are not ancestors of `base` (all of it when `base` is empty).
+    pub fn directory_changes_since(&self, me: &PeerInfo, id: &DocId, base: &[Hash]) -> Result<Vec<u8>, StoreError> {
+        let Some(icb) = Self::own_icb_of(me, id) else { return Ok(Vec::new()) };
+        let Some(mut doc) = Self::load_directory(&self.conn, &self.sealer, &self.actor, &icb)? else {
+            return Ok(Vec::new());
+        };
+        if base.is_empty() {
+            return Ok(doc.save());
+        }
+        let base: Vec<ChangeHash> = base.iter().map(|h| ChangeHash(*h)).collect();
+        Ok(doc.save_after(&base))
+    }
+
+    /// What the peer is known to hold of the directory.
+    pub fn directory_knowledge(
+        &self,
+        me: &PeerInfo,
+        peer: &PeerInfo,
+        id: &DocId,
+    ) -> Result<Option<Knowledge>, StoreError> {
+        let Some(icb) = Self::own_icb_of(me, id) else { return Ok(None) };
+        self.conn
+            .query_row(
+                "SELECT heads, shared FROM peer_directory WHERE peer = ?1 AND icb = ?2",
+                [&peer.name, &icb],
+                |r| {
+                    Ok(Knowledge {
+                        heads: heads_from_blob(&r.get::<_, Vec<u8>>(0)?),
+                        shared: heads_from_blob(&r.get::<_, Vec<u8>>(1)?),
+                    })
+                },
+            )
+            .optional()
+            .map_err(sql("reading peer state"))
+    }
+
+    /// Records what the peer holds of the directory.
+    pub fn set_directory_knowledge(
+        &self,
+        me: &PeerInfo,
+        peer: &PeerInfo,
+        id: &DocId,
+        k: &Knowledge,
+    ) -> Result<(), StoreError> {
+        let Some(icb) = Self::own_icb_of(me, id) else { return Ok(()) };
+        self.conn
+            .execute(
+                "INSERT INTO peer_directory (peer, icb, digest, heads, shared) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (peer, icb) DO UPDATE SET digest = excluded.digest, heads = excluded.heads, shared = excluded.shared",
+                params![peer.name, icb, recon::digest(&k.heads).to_vec(), heads_blob(&k.heads), heads_blob(&k.shared)],
+            )
+            .map_err(sql("recording peer state"))?;
+        Ok(())
+    }
+
+    /// Integrates directory bytes received from `from`: only this node's ICB's directory, only
+    /// from its hub, only a well-formed directory of that ICB. Returns the outcome and whether
+    /// the stored directory changed.
+    pub fn apply_directory(
+        &mut self,
+        me: &PeerInfo,
+        from: &PeerInfo,
+        id: &DocId,
+        bytes: &[u8],
+        now: i64,
+    ) -> Result<(Applied, bool), StoreError> {
+        self.receive_directory(me, from, id, now, |doc| doc.apply_bytes(bytes).map_err(|e| e.to_string()))
+    }
+
+    /// The next Automerge sync message for the directory (from an empty one if we lack it).
+    pub fn directory_am_generate(
+        &self,
+        me: &PeerInfo,
+        id: &DocId,
+        state: &mut sync::State,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let held = match Self::own_icb_of(me, id) {
+            Some(icb) => Self::load_directory(&self.conn, &self.sealer, &self.actor, &icb)?,
+            None => None,
+        };
+        let mut doc = held.unwrap_or_else(|| DirectoryDoc::empty(self.actor.clone()));
+        Ok(doc.automerge().sync().generate_sync_message(state).map(|m| m.encode()))
+    }
+
+    /// Receives an Automerge sync message for the directory, with the checks of
+    /// [`Store::apply_directory`].
+    pub fn directory_am_receive(
+        &mut self,
+        me: &PeerInfo,
+        from: &PeerInfo,
+        id: &DocId,
+        state: &mut sync::State,
+        message: &[u8],
+        now: i64,
+    ) -> Result<(Applied, bool), StoreError> {
+        let msg = match sync::Message::decode(message) {
+            Ok(m) => m,
+            Err(e) => return Ok((Applied::Refused { reason: format!("undecodable Automerge message: {e}") }, false)),
+        };
+        self.receive_directory(me, from, id, now, |doc| {
+            doc.automerge().sync().receive_sync_message(state, msg).map_err(|e| e.to_string())
+        })
+    }
+
+    fn receive_directory(
+        &mut self,
+        me: &PeerInfo,
+        from: &PeerInfo,
+        id: &DocId,
+        now: i64,
+        receive: impl FnOnce(&mut DirectoryDoc) -> Result<(), String>,
+    ) -> Result<(Applied, bool), StoreError> {
+        let refused = |reason: String| Ok((Applied::Refused { reason }, false));
+        let Some(icb) = Self::own_icb_of(me, id) else {
+            return refused("a directory of another ICB".into());
+        };
+        if !directory::may_accept(me, from, &icb) {
+            return refused(format!("only {icb}'s hub may send its directory, and only to its edges and desks"));
+        }
+        let tx =
+            self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+        let existing = Self::load_directory(&tx, &self.sealer, &self.actor, &icb)?;
+        let mut doc = match existing {
+            Some(mut d) => d.fork_as(self.actor.clone()),
+            None => DirectoryDoc::empty(self.actor.clone()),
+        };
+        let before = sorted_heads(&mut doc);
+        if let Err(e) = receive(&mut doc) {
+            return refused(e);
+        }
+        if !doc.automerge().get_missing_deps(&[]).is_empty() {
+            return Ok((Applied::MissingDeps, false));
+        }
+        let after = sorted_heads(&mut doc);
+        if after.is_empty() {
+            return Ok((Applied::MissingDeps, false));
+        }
+        if after == before {
+            return Ok((Applied::Stored { heads: after }, false));
+        }
+        match doc.view() {
+            Ok(v) if v.icb == icb => {}
+            Ok(v) => return refused(format!("a directory claiming ICB {} under {icb}'s id", v.icb)),
+            Err(e) => return refused(e.to_string()),
+        }
+        write_directory(&tx, &self.sealer, &icb, &mut doc, now)?;
+        append_audit(
+            &tx,
+            &self.sealer,
+            &self.node,
+            now,
+            "directory.receive",
+            None,
+            Some(serde_json::json!({ "icb": icb, "from": from.name })),
+        )?;
+        tx.commit().map_err(sql("committing"))?;
+        Ok((Applied::Stored { heads: after }, true))
+    }
+}
+
+/// Writes the whole directory, sealed, and gives it the next position of the change sequence
+/// (shared with session changes, so that a watcher of `changed_since` sees it).
+fn write_directory(
+    tx: &Transaction<'_>,
+    sealer: &Sealer,
+    icb: &str,
+    doc: &mut DirectoryDoc,
+    now: i64,
+) -> Result<(), StoreError> {
+    let ctx = "writing the ICB directory";
+    let heads = sorted_heads(doc);
+    let sealed = sealer.seal(&aad(icb), &doc.save())?;
+    let current: Option<i64> = tx
+        .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'doc_changes'", [], |r| r.get(0))
+        .optional()
+        .map_err(sql(ctx))?;
+    let floor: i64 =
+        tx.query_row("SELECT coalesce(max(seq), 0) FROM doc_changes", [], |r| r.get(0)).map_err(sql(ctx))?;
+    let seq = current.unwrap_or(0).max(floor) + 1;
+    match current {
+        Some(_) => tx.execute("UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'doc_changes'", [seq]),
+        None => tx.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('doc_changes', ?1)", [seq]),
+    }
+    .map_err(sql(ctx))?;
+    tx.execute(
+        "INSERT INTO directory (icb, sealed, heads, digest, seq, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (icb) DO UPDATE SET sealed = excluded.sealed, heads = excluded.heads,
+             digest = excluded.digest, seq = excluded.seq, updated_ms = excluded.updated_ms",
+        params![icb, sealed, heads_blob(&heads), recon::digest(&heads).to_vec(), seq, now],
+    )
+    .map_err(sql(ctx))?;
+    Ok(())
+}

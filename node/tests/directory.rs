@@ -1,0 +1,178 @@
+//! The ICB directory in the store: who may send it, who may hold it, and that only the hub's
+//! copy decides who is rung.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use outpost_node::config::NodeDir;
+use outpost_node::node::{InitParams, Node, NodeError, SessionRequest};
+use sync_protocol::call::{Action, RotaDesk};
+use sync_protocol::directory::{DirectoryDoc, Hours, LineEntry, directory_id};
+use sync_protocol::engine::Applied;
+use sync_protocol::session::{LogValue, Patient, Requester, Service};
+use sync_protocol::vocab::{CareSetting, Channel, Priority, Role, ServiceLine};
+
+/// Wednesday 2026-07-15 12:00 UTC (13:00 BST).
+const T: i64 = 1_784_116_800_000;
+
+fn node(tmp: &tempfile::TempDir, name: &str, role: Role, icb: &str, lines: Vec<ServiceLine>) -> Node {
+    let dir = NodeDir::new(tmp.path().join(name));
+    let params = InitParams { name: name.into(), role, org: Some("RX6".into()), icb: Some(icb.into()), lines };
+    Node::init(&dir, &params, T).unwrap();
+    Node::open(&dir).unwrap()
+}
+
+fn dermatology(hours: &str, desks: &[&str]) -> LineEntry {
+    LineEntry {
+        line: ServiceLine::Dermatology,
+        hours: Hours::parse(hours).unwrap(),
+        channels: vec![Channel::Call, Channel::Photo, Channel::Message],
+        rota: desks.iter().map(|d| RotaDesk { desk: (*d).into(), ring_s: 20 }).collect(),
+        updated_ms: T,
+    }
+}
+
+fn whole_directory(hub: &mut Node) -> Vec<u8> {
+    let me = hub.config.peer_info();
+    hub.store.directory_changes_since(&me, &directory_id("QHM"), &[]).unwrap()
+}
+
+#[test]
+fn an_edge_and_a_desk_take_the_directory_from_their_hub_and_keep_it_across_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut hub = node(&tmp, "hub-qhm", Role::Hub, "QHM", vec![]);
+    let mut amb = node(&tmp, "amb-07", Role::Edge, "QHM", vec![]);
+    let mut desk = node(&tmp, "desk-derm-1", Role::Desk, "QHM", vec![ServiceLine::Dermatology]);
+    hub.set_line(dermatology("mon-fri 08:00-18:30", &["desk-derm-1", "desk-derm-2"]), T).unwrap();
+    let bytes = whole_directory(&mut hub);
+    let id = directory_id("QHM");
+    let from = hub.config.peer_info();
+    for n in [&mut amb, &mut desk] {
+        let me = n.config.peer_info();
+        let (applied, changed) = n.store.apply_directory(&me, &from, &id, &bytes, T).unwrap();
+        assert!(matches!(applied, Applied::Stored { .. }) && changed, "{applied:?}");
+        // The same bytes again change nothing.
+        let (_, changed) = n.store.apply_directory(&me, &from, &id, &bytes, T).unwrap();
+        assert!(!changed);
+    }
+    drop(amb);
+    let amb = Node::open(&NodeDir::new(tmp.path().join("amb-07"))).unwrap();
+    let line = amb.directory().unwrap().unwrap().lines[&ServiceLine::Dermatology].clone();
+    assert_eq!(line.rota.iter().map(|d| d.desk.as_str()).collect::<Vec<_>>(), ["desk-derm-1", "desk-derm-2"]);
+    assert_eq!(line.hours.to_string(), "mon-fri 08:00-18:30");
+}
+
+#[test]
+fn a_directory_from_anyone_but_the_icbs_hub_is_refused_and_nothing_is_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut hub = node(&tmp, "hub-qhm", Role::Hub, "QHM", vec![]);
+    let mut amb = node(&tmp, "amb-07", Role::Edge, "QHM", vec![]);
+    let mut desk = node(&tmp, "desk-derm-1", Role::Desk, "QHM", vec![ServiceLine::Dermatology]);
+    let mut far_edge = node(&tmp, "amb-99", Role::Edge, "QOX", vec![]);
+    let far_hub = node(&tmp, "hub-qox", Role::Hub, "QOX", vec![]);
+    hub.set_line(dermatology("24/7", &["desk-derm-1"]), T).unwrap();
+    let bytes = whole_directory(&mut hub);
+    let id = directory_id("QHM");
+    let refused = |a: &Applied| matches!(a, Applied::Refused { .. });
+
+    // An edge relaying (or forging) the directory to a desk.
+    let (a, _) = desk.store.apply_directory(&desk.config.peer_info(), &amb.config.peer_info(), &id, &bytes, T).unwrap();
+    assert!(refused(&a), "{a:?}");
+    // Anyone sending it to the hub: the hub is its only author.
+    let hub_me = hub.config.peer_info();
+    let (a, _) = hub.store.apply_directory(&hub_me, &amb.config.peer_info(), &id, &bytes, T).unwrap();
+    assert!(refused(&a), "{a:?}");
+    // Another ICB's hub, or QHM's directory at an edge of another ICB.
+    let (a, _) =
+        amb.store.apply_directory(&amb.config.peer_info(), &far_hub.config.peer_info(), &id, &bytes, T).unwrap();
+    assert!(refused(&a), "{a:?}");
+    let (a, _) = far_edge.store.apply_directory(&far_edge.config.peer_info(), &hub_me, &id, &bytes, T).unwrap();
+    assert!(refused(&a), "{a:?}");
+    // A directory claiming another ICB under QHM's id.
+    let mut forged = DirectoryDoc::create("QOX", automerge::ActorId::from(vec![9u8; 16]), T).unwrap();
+    forged.set_line(&dermatology("24/7", &["desk-evil"]), T).unwrap();
+    let (a, _) = amb.store.apply_directory(&amb.config.peer_info(), &hub_me, &id, &forged.save(), T).unwrap();
+    assert!(refused(&a), "{a:?}");
+    // Garbage.
+    let (a, _) =
+        amb.store.apply_directory(&amb.config.peer_info(), &hub_me, &id, b"\x85o\x4a\x83 not automerge", T).unwrap();
+    assert!(refused(&a), "{a:?}");
+    assert!(desk.directory().unwrap().is_none());
+    assert!(amb.directory().unwrap().is_none());
+    assert!(far_edge.directory().unwrap().is_none());
+    assert_eq!(hub.directory().unwrap().unwrap().lines[&ServiceLine::Dermatology].rota[0].desk, "desk-derm-1");
+}
+
+#[test]
+fn only_the_hub_edits_the_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut amb = node(&tmp, "amb-07", Role::Edge, "QHM", vec![]);
+    let err = amb.set_line(dermatology("24/7", &["desk-derm-1"]), T).unwrap_err();
+    assert!(matches!(err, NodeError::Role { .. }), "{err}");
+    let mut hub = node(&tmp, "hub-qhm", Role::Hub, "QHM", vec![]);
+    let mut twice = dermatology("24/7", &["desk-a", "desk-a"]);
+    let err = hub.set_line(twice.clone(), T).unwrap_err();
+    assert!(err.to_string().contains("named twice"), "{err}");
+    twice.rota.pop();
+    hub.set_line(twice, T).unwrap();
+    let (removed, view) = hub.remove_line(ServiceLine::Dermatology, T + 1).unwrap();
+    assert!(removed && view.lines.is_empty());
+}
+
+/// An ambulance's escalated dermatology session, as the hub receives it.
+fn escalated_at_hub(amb: &mut Node, hub: &mut Node) -> sync_protocol::SessionId {
+    let req = SessionRequest {
+        care_setting: CareSetting::AmbulanceOnScene,
+        requester: Requester::default(),
+        patient: Patient::default(),
+        service: Service { line: ServiceLine::Dermatology, channel: Channel::Call, priority: Priority::Urgent },
+        summary: "Spreading rash with fever".into(),
+        draft: false,
+    };
+    let id = amb.new_session(req, T).unwrap().id;
+    amb.escalate(id, T + 1).unwrap();
+    let bytes = amb.store.changes_since(&id.to_bytes(), &[]).unwrap();
+    let (me, from) = (hub.config.peer_info(), amb.config.peer_info());
+    let (applied, _) = hub.store.apply_remote(&me, &from, &[(id.to_bytes(), bytes)], T + 2).unwrap();
+    assert!(matches!(applied[0], Applied::Stored { .. }), "{applied:?}");
+    id
+}
+
+#[test]
+fn the_router_offers_a_callback_when_the_hubs_directory_says_the_line_is_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut hub = node(&tmp, "hub-qhm", Role::Hub, "QHM", vec![]);
+    let mut amb = node(&tmp, "amb-07", Role::Edge, "QHM", vec![]);
+    // The ambulance's copy says the line is open around the clock (stale): it does not count.
+    hub.set_line(dermatology("24/7", &["desk-derm-1"]), T - 10_000).unwrap();
+    let bytes = whole_directory(&mut hub);
+    let me = amb.config.peer_info();
+    amb.store.apply_directory(&me, &hub.config.peer_info(), &directory_id("QHM"), &bytes, T).unwrap();
+    // Since then the hub has closed the line at weekends and evenings; now is 13:00 BST Wednesday.
+    hub.set_line(dermatology("sat,sun 09:00-17:00", &["desk-derm-1"]), T - 5_000).unwrap();
+    let id = escalated_at_hub(&mut amb, &mut hub);
+    let routed = hub.route_call(id, None, T + 2, T + 3).unwrap().unwrap();
+    match routed.action {
+        Action::Callback { reason, rating: None } => {
+            assert!(reason.contains("closed") && reason.contains("sat-sun 09:00-17:00"), "{reason}")
+        }
+        other => panic!("expected a callback, got {other:?}"),
+    }
+    let log = hub.store.view(id).unwrap().routing;
+    assert!(log.iter().any(|e| e.get("kind") == Some(&LogValue::Str("callback".into()))), "{log:?}");
+}
+
+#[test]
+fn the_router_waits_for_a_desk_when_the_hubs_directory_has_the_line_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut hub = node(&tmp, "hub-qhm", Role::Hub, "QHM", vec![]);
+    let mut amb = node(&tmp, "amb-07", Role::Edge, "QHM", vec![]);
+    hub.set_line(dermatology("mon-fri 08:00-18:30", &["desk-derm-1"]), T).unwrap();
+    let id = escalated_at_hub(&mut amb, &mut hub);
+    // No desk holds the session yet: the router waits rather than refusing.
+    let routed = hub.route_call(id, None, T + 2, T + 3).unwrap().unwrap();
+    assert_eq!(routed.action, Action::Wait);
+    // With no line in the directory at all, a callback that says so.
+    hub.remove_line(ServiceLine::Dermatology, T + 4).unwrap();
+    let routed = hub.route_call(id, None, T + 2, T + 5).unwrap().unwrap();
+    assert!(matches!(&routed.action, Action::Callback { reason, .. } if reason.contains("no rota")), "{routed:?}");
+}
