@@ -138,9 +138,14 @@ impl Field {
 
     /// Initialises a node of ICB QHM with a certificate of the run's CA. `extra` goes to `init`.
     pub fn node(&mut self, name: &str, role: &str, extra: &[&str]) -> PathBuf {
+        self.node_in(name, role, "QHM", extra)
+    }
+
+    /// Initialises a node of ICB `icb` (same fleet CA) and issues its certificate.
+    pub fn node_in(&mut self, name: &str, role: &str, icb: &str, extra: &[&str]) -> PathBuf {
         let ca = self.ca();
         let dir = self.dir.join(name);
-        let mut args = vec!["init", "--dir", s(&dir), "--name", name, "--role", role, "--icb", "QHM"];
+        let mut args = vec!["init", "--dir", s(&dir), "--name", name, "--role", role, "--icb", icb];
         args.extend_from_slice(extra);
         self.ok(&args);
         self.ok(&["ca", "issue", "--ca", s(&ca), "--node", s(&dir)]);

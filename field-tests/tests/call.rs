@@ -1,7 +1,8 @@
 //! Call escalation through the link emulator: the hub measures the ambulance's path, judges it
 //! with the E-model, rings the first desk of the rota that holds the whole case (never before it
 //! holds every photo), moves to the next desk after the ring time, and arranges a callback when
-//! the link cannot carry a call. Audio is not part of these tests yet.
+//! the link cannot carry a call; speech crosses (also through two hubs, when the call is
+//! handed to a federated ICB's line), with its quality measured.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
@@ -371,4 +372,83 @@ fn an_outcome_not_recorded_after_a_call_is_flagged_not_reported() {
                 && v["outcome"]["requester"]["value"] == "conveyance_avoided"
         })
     });
+}
+
+#[test]
+fn when_no_desk_in_area_answers_the_federated_hubs_line_takes_the_call_and_speech_crosses_both_hubs() {
+    let mut f = Field::new(BIN, "call-out-of-area");
+    let hub = f.node("hub-qhm", "hub", &[]);
+    let desk_a = f.node("desk-a", "desk", &["--org", "RTH", "--service-line", "dermatology"]);
+    let amb = f.node("amb-07", "edge", &["--org", "RX6"]);
+    // A neighbouring ICB, same fleet: its hub and its dermatology consultant.
+    let far_hub = f.node_in("hub-qox", "hub", "QOX", &[]);
+    let desk_x = f.node_in("desk-x", "desk", "QOX", &["--org", "RTH", "--service-line", "dermatology"]);
+    f.ok(&[
+        "rota",
+        "set",
+        "--dir",
+        s(&hub),
+        "--line",
+        "dermatology",
+        "--desk",
+        "desk-a:3",
+        "--fallback-hub",
+        "hub-qox",
+    ]);
+    f.ok(&["rota", "set", "--dir", s(&far_hub), "--line", "dermatology", "--desk", "desk-x"]);
+    let (hub_addr, far_addr) = (free_addr(), free_addr());
+    let far = f.daemon(&far_hub, &["--listen", &far_addr]);
+    f.wait(LIMIT, POLL, "hub-qox to listen", || far.log_text().contains("outpost daemon started"));
+    let home = f.daemon(&hub, &["--listen", &hub_addr, "--peer", &far_addr]);
+    f.wait(LIMIT, POLL, "hub-qhm to listen", || home.log_text().contains("outpost daemon started"));
+    // desk-a is away (never answers); desk-x answers and records what it hears.
+    let _desk_a = f.daemon(&desk_a, &["--peer", &hub_addr]);
+    let heard = desk_x.join("heard.wav");
+    let _desk_x = f.daemon(&desk_x, &["--peer", &far_addr, "--auto-answer", "--record", s(&heard)]);
+    let link = Link::start("urban-4g", &hub_addr, f.seed);
+    let _amb = f.daemon(&amb, &["--peer", &link.addr]);
+
+    let id =
+        f.new_session(&amb, "dermatology", "ambulance_on_scene", "Necrotic wound, spreading; local consultant away");
+    f.message(&amb, &id, "Please call");
+    let p = f.dir.join("wound.jpg");
+    photo_file(&p, f.seed, 600_000);
+    let hash = f.photo(&amb, &id, &p, "close-up");
+    let said = f.dir.join("paramedic.wav");
+    let sent = speech(&said, 12.0);
+    let out = f.ok(&["call", "escalate", "--dir", s(&amb), &id, "--wait", "120", "--json", "--play", s(&said)]);
+    let result = json(&out);
+    assert_eq!(result["state"], "connected", "{result}");
+    assert_eq!(result["desk"], "desk-x", "{result}");
+
+    // The session's hub tells the whole story: its own desk first, then the hand-over.
+    let log = steps(&f, &hub, &id);
+    let rings = of_kind(&log, "ring");
+    assert_eq!(rings.iter().map(|r| r["desk"].as_str().unwrap()).collect::<Vec<_>>(), ["desk-a", "desk-x"], "{log:?}");
+    assert_eq!(of_kind(&log, "no_answer")[0]["desk"], "desk-a");
+    let federate = of_kind(&log, "federate");
+    assert_eq!(federate.len(), 1, "{log:?}");
+    assert_eq!(federate[0]["hub"], "hub-qox");
+    assert!(federate[0]["at_ms"].as_i64() <= rings[1]["at_ms"].as_i64());
+    let connected = of_kind(&log, "connected");
+    assert_eq!(connected[0]["desk"], "desk-x");
+    assert!(connected[0]["ms_from_handover"].as_i64().is_some(), "timed from the hand-over: {}", connected[0]);
+    // desk-x held the photo before it was rung, as in area.
+    let v = f.export(&far_hub, &id).unwrap();
+    let m = v["media"].as_array().unwrap().iter().find(|m| m["hash"] == hash.as_str()).unwrap();
+    let held_at = m["receipts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["node"] == "desk-x" && r["level"] != "hub")
+        .map(|r| r["at_ms"].as_i64().unwrap())
+        .unwrap_or_else(|| panic!("desk-x has no receipt for the photo: {m}"));
+    assert!(held_at <= rings[1]["at_ms"].as_i64().unwrap(), "desk-x rung before it held the photo");
+    // The voice went ambulance -> hub-qhm -> hub-qox -> desk-x.
+    let desk_leg = wait_for_leg(&f, &desk_x, &id, "desk-x");
+    eprintln!("out-of-area call: desk leg {desk_leg}\nrouting {log:?}");
+    assert!(desk_leg["frames_received"].as_i64().unwrap() > 200, "{desk_leg}");
+    let recorded = read(&heard);
+    let sim = similarity(&sent, &recorded, 4_000..40_000);
+    assert!(sim > 0.8, "the far consultant heard the paramedic: correlation {sim:.3}");
 }

@@ -468,8 +468,13 @@ enum RotaCommand {
         /// line: all three).
         #[arg(long, value_delimiter = ',', value_parser = Channel::parse)]
         channels: Option<Vec<Channel>>,
+        /// Another ICB's hub whose same line takes the call when no desk of this rota answers
+        /// (out-of-area fallback; this hub must be able to reach it: `outpost run --peer`).
+        /// `none` removes it.
+        #[arg(long)]
+        fallback_hub: Option<String>,
         /// Remove the line from the directory instead.
-        #[arg(long, conflicts_with_all = ["desks", "hours", "channels"])]
+        #[arg(long, conflicts_with_all = ["desks", "hours", "channels", "fallback_hub"])]
         remove: bool,
     },
     /// Show the ICB's directory as this node holds it (at an edge or desk: the copy last
@@ -1428,10 +1433,14 @@ fn describe_step(e: &std::collections::BTreeMap<String, LogValue>) -> String {
         "ring" => format!("ringing {} (attempt {}, {} s)", s("desk"), s("attempt"), s("ring_s")),
         "answer" => format!("{} answered", s("desk")),
         "no_answer" => format!("{} did not answer", s("desk")),
+        "connected" if e.contains_key("ms_from_handover") => {
+            format!("connected to {} ({} ms after the hand-over reached its hub)", s("desk"), s("ms_from_handover"))
+        }
         "connected" => {
             format!("connected to {} ({} ms after the request reached the hub)", s("desk"), s("ms_from_escalate"))
         }
         "callback" => format!("callback arranged: {}", s("reason")),
+        "federate" => format!("no answer in area: handed to {}'s line (out of area)", s("hub")),
         other => other.to_string(),
     };
     format!("{at}  {what}")
@@ -1478,7 +1487,7 @@ fn run_rota(cmd: RotaCommand) -> anyhow::Result<()> {
             }
             print_directory(&view, true, now_ms());
         }
-        RotaCommand::Set { dir, line, desks, ring_secs, hours, channels, remove: false } => {
+        RotaCommand::Set { dir, line, desks, ring_secs, hours, channels, fallback_hub, remove: false } => {
             let mut node = open(&dir)?;
             let current = node.directory()?.and_then(|d| d.lines.get(&line).cloned());
             let rota = if desks.is_empty() {
@@ -1493,8 +1502,13 @@ fn run_rota(cmd: RotaCommand) -> anyhow::Result<()> {
             let channels = channels
                 .or_else(|| current.as_ref().map(|c| c.channels.clone()))
                 .unwrap_or_else(|| vec![Channel::Call, Channel::Photo, Channel::Message]);
+            let fallback_hub = match fallback_hub.as_deref() {
+                Some("none") => None,
+                Some(hub) => Some(hub.to_string()),
+                None => current.as_ref().and_then(|c| c.fallback_hub.clone()),
+            };
             let now = now_ms();
-            let entry = LineEntry { line, hours, channels, rota, updated_ms: now };
+            let entry = LineEntry { line, hours, channels, rota, fallback_hub, updated_ms: now };
             let view = node.set_line(entry, now)?;
             print_directory(&view, true, now);
         }
@@ -1540,11 +1554,13 @@ fn print_directory(view: &DirectoryView, own: bool, now: i64) {
             e.hours,
             channels.join(",")
         );
-        if e.rota.is_empty() {
-            println!("{:<20} rota: none", "");
-        } else {
-            let list: Vec<String> = e.rota.iter().map(|d| format!("{} ({} s)", d.desk, d.ring_s)).collect();
-            println!("{:<20} rota: {}", "", list.join(" -> "));
+        let mut list: Vec<String> = e.rota.iter().map(|d| format!("{} ({} s)", d.desk, d.ring_s)).collect();
+        if let Some(hub) = &e.fallback_hub {
+            list.push(format!("out of area: {hub}"));
         }
+        if list.is_empty() {
+            list.push("none".into());
+        }
+        println!("{:<20} rota: {}", "", list.join(" -> "));
     }
 }

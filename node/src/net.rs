@@ -1049,7 +1049,11 @@ async fn router_loop(shared: Arc<Shared>) {
             let step = shared.store.call(move |n| n.route_call(sid, q.as_ref(), seen, now_ms())).await;
             match step {
                 Ok(Ok(Some(routed))) => match &routed.action {
-                    Action::Wait => {}
+                    Action::Wait => {
+                        if routed.wrote {
+                            announce(&shared, vec![sid.to_bytes()]);
+                        }
+                    }
                     Action::Measure => {
                         let mut q = measure_path(&shared, &routed.requester).await;
                         // A burst of loss is not a bad link: before refusing, measure once more
@@ -1088,6 +1092,17 @@ async fn router_loop(shared: Arc<Shared>) {
                 Ok(Ok(None)) => {
                     open.remove(&sid);
                     measured.remove(&sid);
+                    // A call this hub handed to another ICB's hub, now connected there: relay
+                    // the requester's voice to that hub, which relays it to its desk.
+                    if let Ok(Ok(Some((call, requester, hub)))) =
+                        shared.store.call(move |n| n.federated_connection(sid)).await
+                    {
+                        if let Ok(mut relay) = shared.relay.lock() {
+                            relay.insert(call_tag(&call), (requester, hub.clone()));
+                        }
+                        tracing::info!(session = %sid, %call, %hub, "call connected out of area; relaying its voice");
+                        outcomes_due.insert(sid, Instant::now() + wait);
+                    }
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(session = %sid, "cannot route the call: {e}");

@@ -367,10 +367,13 @@ impl Node {
 pub struct Routed {
     /// The escalation.
     pub call: String,
-    /// The node that asked (whose path is measured).
+    /// The node whose voice this hub relays to the desk: the requester (whose path is
+    /// measured), or for a call handed over from another ICB, the hub that handed it.
     pub requester: String,
     /// The step taken.
     pub action: Action,
+    /// Whether this step wrote to the session (so that it is pushed to peers).
+    pub wrote: bool,
 }
 
 impl Node {
@@ -475,20 +478,67 @@ impl Node {
         self.require("routing calls", "hub", &[Role::Hub])?;
         let view = self.store.view(id)?;
         let Some(call) = calls_of(&view).into_iter().find(CallState::is_open) else { return Ok(None) };
+        let me = self.config.name.clone();
         // Only this hub's directory decides who is rung.
         let line = self.directory()?.and_then(|d| d.lines.get(&view.service.line).cloned());
-        let refusal = line.as_ref().filter(|_| call.rings.is_empty()).and_then(|l| l.call_refusal(now));
-        let action = match refusal {
-            Some(reason) if call.is_open() => Action::Callback { reason, rating: None },
-            _ => {
+        let home = self.config.icb.as_deref() == Some(view.identity.icb.as_str());
+        let mut here = call.clone();
+        // Whose voice this hub relays to the desk: the requester's, or the handing hub's.
+        let mut requester = call.by.clone();
+        let mut wrote = false;
+        let first_ring_here = if home {
+            call.rings.is_empty()
+        } else {
+            // Another ICB's session: this hub routes it only if the call was handed to it.
+            let Some(fed) = call.federated.clone().filter(|f| f.hub == me) else { return Ok(None) };
+            here.federated = None;
+            requester = fed.from.clone();
+            // Its desks are outside the session's ICB: share it with them so that they may hold it.
+            let missing: Vec<String> = line
+                .iter()
+                .flat_map(|l| l.rota.iter().map(|d| d.desk.clone()))
+                .filter(|d| !view.shared_with.contains(d))
+                .collect();
+            if !missing.is_empty() {
+                let detail = Some(serde_json::json!({ "call": call.call, "shared_with": missing }));
+                self.store.edit(id, "call.share", detail, now, |_, doc| {
+                    for desk in &missing {
+                        doc.share_with(desk, now).map_err(|source| StoreError::Model { id: id.to_string(), source })?;
+                    }
+                    Ok(())
+                })?;
+                wrote = true;
+            }
+            !call.rings.iter().any(|r| r.2 >= fed.at)
+        };
+        let refusal = line.as_ref().filter(|_| first_ring_here).and_then(|l| l.call_refusal(now));
+        let fallback = line.as_ref().filter(|_| home).and_then(|l| l.fallback_hub.clone());
+        let holders = self.store.holders_of(&id.to_bytes())?;
+        let action = match (refusal, &fallback) {
+            // Closed here (or no calls here), and no other ICB's line to try.
+            (Some(reason), None) => Action::Callback { reason, rating: None },
+            // Closed here: straight to the federated hub's line, the link gate first.
+            (Some(_), Some(hub)) => next_action(&here, &[], &view, &holders, Some(hub), quality, seen_ms, now),
+            (None, _) => {
                 let rota = line.map(|l| l.rota).unwrap_or_default();
-                let holders = self.store.holders_of(&id.to_bytes())?;
-                next_action(&call, &rota, &view, &holders, quality, seen_ms, now)
+                next_action(&here, &rota, &view, &holders, fallback.as_deref(), quality, seen_ms, now)
             }
         };
         let c = LogValue::Str(call.call.clone());
         let entry: Option<LogEntry> = match &action {
             Action::Wait | Action::Measure => None,
+            Action::Federate { hub } => {
+                // Handed over with the share that lets the other hub hold the session, in one write.
+                let fields = [("call", c), ("hub", LogValue::Str(hub.clone())), ("from", LogValue::Str(me.clone()))];
+                let detail = Some(serde_json::json!({ "call": call.call, "federated_to": hub }));
+                self.store.edit(id, "call.federate", detail, now, |_, doc| {
+                    let model = |source| StoreError::Model { id: id.to_string(), source };
+                    doc.share_with(hub, now).map_err(model)?;
+                    doc.append_log(LogName::Routing, "federate", &fields, now).map_err(model)
+                })?;
+                wrote = true;
+                None
+            }
             Action::GatePassed(r, q) => Some(("gate", gate_fields(c, "call", r, q, ""), None)),
             Action::Ring { desk, attempt, ring_s } => Some((
                 "ring",
@@ -515,7 +565,9 @@ impl Node {
                     ("call", c),
                     ("desk", LogValue::Str(desk.clone())),
                     ("attempt", LogValue::Int(i64::from(*attempt))),
-                    ("ms_from_escalate", LogValue::Int(now - seen_ms)),
+                    // Measured on this hub's clock from when it first saw the call: the request
+                    // (at the session's hub) or the hand-over (at a federated hub).
+                    (if home { "ms_from_escalate" } else { "ms_from_handover" }, LogValue::Int(now - seen_ms)),
                     ("ms_from_ring", LogValue::Int(now - rung_ms)),
                 ],
                 Some(Status::Connected),
@@ -535,6 +587,7 @@ impl Node {
             }
         };
         if let Some((kind, fields, status)) = entry {
+            wrote = true;
             let detail = Some(serde_json::json!({ "call": call.call, "step": kind }));
             self.store.edit(id, "call.route", detail, now, |_, doc| {
                 let model = |source| StoreError::Model { id: id.to_string(), source };
@@ -547,7 +600,19 @@ impl Node {
                 Ok(())
             })?;
         }
-        Ok(Some(Routed { call: call.call, requester: call.by, action }))
+        Ok(Some(Routed { call: call.call, requester, action, wrote }))
+    }
+
+    /// For a session whose latest escalation this hub handed to a federated hub, and which
+    /// that hub has since connected: (call, requester, federated hub), so that this hub relays
+    /// the requester's voice to the federated hub.
+    pub fn federated_connection(&mut self, id: SessionId) -> Result<Option<(String, String, String)>, NodeError> {
+        let view = self.store.view(id)?;
+        let me = self.config.name.as_str();
+        Ok(calls_of(&view).into_iter().rev().find_map(|c| {
+            let fed = c.federated.as_ref().filter(|f| f.from == me)?;
+            c.connected.as_ref().map(|_| (c.call.clone(), c.by.clone(), fed.hub.clone()))
+        }))
     }
 }
 

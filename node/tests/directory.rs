@@ -5,7 +5,7 @@
 
 use outpost_node::config::NodeDir;
 use outpost_node::node::{InitParams, Node, NodeError, SessionRequest};
-use sync_protocol::call::{Action, RotaDesk};
+use sync_protocol::call::{Action, PathQuality, RotaDesk};
 use sync_protocol::directory::{DirectoryDoc, Hours, LineEntry, directory_id};
 use sync_protocol::engine::Applied;
 use sync_protocol::session::{LogValue, Patient, Requester, Service};
@@ -27,6 +27,7 @@ fn dermatology(hours: &str, desks: &[&str]) -> LineEntry {
         hours: Hours::parse(hours).unwrap(),
         channels: vec![Channel::Call, Channel::Photo, Channel::Message],
         rota: desks.iter().map(|d| RotaDesk { desk: (*d).into(), ring_s: 20 }).collect(),
+        fallback_hub: None,
         updated_ms: T,
     }
 }
@@ -175,4 +176,30 @@ fn the_router_waits_for_a_desk_when_the_hubs_directory_has_the_line_open() {
     hub.remove_line(ServiceLine::Dermatology, T + 4).unwrap();
     let routed = hub.route_call(id, None, T + 2, T + 5).unwrap().unwrap();
     assert!(matches!(&routed.action, Action::Callback { reason, .. } if reason.contains("no rota")), "{routed:?}");
+}
+
+#[test]
+fn a_line_closed_here_hands_the_call_to_its_federated_hub_after_the_link_gate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut hub = node(&tmp, "hub-qhm", Role::Hub, "QHM", vec![]);
+    let mut amb = node(&tmp, "amb-07", Role::Edge, "QHM", vec![]);
+    let mut closed = dermatology("sat,sun 09:00-17:00", &["desk-derm-1"]);
+    closed.fallback_hub = Some("hub-qox".into());
+    hub.set_line(closed, T).unwrap();
+    let id = escalated_at_hub(&mut amb, &mut hub);
+    let routed = hub.route_call(id, None, T + 2, T + 3).unwrap().unwrap();
+    assert_eq!(routed.action, Action::Measure, "the link is judged before any hand-over");
+    let good = PathQuality { rtt_ms: 40.0, jitter_ms: 3.0, loss: 0.0, burst_ratio: 1.0, probes: 50 };
+    let routed = hub.route_call(id, Some(&good), T + 2, T + 4).unwrap().unwrap();
+    assert!(matches!(routed.action, Action::GatePassed(..)), "{routed:?}");
+    let routed = hub.route_call(id, Some(&good), T + 2, T + 5).unwrap().unwrap();
+    assert_eq!(routed.action, Action::Federate { hub: "hub-qox".into() });
+    assert!(routed.wrote);
+    let view = hub.store.view(id).unwrap();
+    assert!(view.shared_with.contains(&"hub-qox".to_string()), "shared with the federated hub in the same write");
+    assert!(view.routing.iter().any(|e| e.get("kind") == Some(&LogValue::Str("federate".into()))));
+    // From now on the other hub routes it; this one waits.
+    let routed = hub.route_call(id, Some(&good), T + 2, T + 6).unwrap().unwrap();
+    assert_eq!(routed.action, Action::Wait);
+    assert!(!routed.wrote);
 }

@@ -1288,11 +1288,12 @@ impl World {
                 .unwrap_or_default();
             let now = self.node_now(self.hub);
             let holders = self.nodes[self.hub].replica.holders(&doc);
-            let action = next_action(&call, &rota, &view, &holders, self.calls[i].quality.as_ref(), seen_ms, now);
+            let action = next_action(&call, &rota, &view, &holders, None, self.calls[i].quality.as_ref(), seen_ms, now);
             let c = LogValue::Str(call.call.clone());
             let e = self.calls[i].esc_index;
             let entry: (&str, Vec<(&str, LogValue)>) = match action {
-                Action::Wait => return,
+                // The simulated region configures no federated hub, so nothing is handed over.
+                Action::Wait | Action::Federate { .. } => return,
                 Action::Measure => {
                     let node = self.calls[i].node;
                     self.calls[i].quality = Some(self.measure(node));

@@ -13,7 +13,8 @@
 //! | `ring` | the hub | `call`, `desk`, `attempt`, `ring_s` |
 //! | `answer` | the desk | `call`, `desk`, `attempt` |
 //! | `no_answer` | the hub | `call`, `desk`, `attempt` |
-//! | `connected` | the hub | `call`, `desk`, `attempt`, `ms_from_escalate`, `ms_from_ring` |
+//! | `connected` | the hub | `call`, `desk`, `attempt`, `ms_from_escalate` (or at a federated hub `ms_from_handover`), `ms_from_ring` |
+//! | `federate` | the session's hub | `call`, `hub` (the other ICB's hub taking over), `from` |
 //! | `callback` | the hub | `call`, `reason` |
 //!
 //! A call is *open* from its `escalate` until a `connected` or `callback` entry for it.
@@ -195,6 +196,19 @@ pub struct CallState {
     pub connected: Option<(String, TimeMs)>,
     /// Callback requested: (reason, at).
     pub callback: Option<(String, TimeMs)>,
+    /// Handed to another ICB's hub (out-of-area fallback), if it was.
+    pub federated: Option<Federation>,
+}
+
+/// An escalation handed by the session's hub to a federated hub of another ICB.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Federation {
+    /// The hub that takes it over.
+    pub hub: String,
+    /// The hub that handed it over.
+    pub from: String,
+    /// When.
+    pub at: TimeMs,
 }
 
 impl CallState {
@@ -262,6 +276,13 @@ pub fn calls_of(view: &SessionView) -> Vec<CallState> {
             "answer" => c.answers.push((attempt, desk, at)),
             "connected" => c.connected = Some((desk, at)),
             "callback" => c.callback = Some((s(e, "reason").unwrap_or_default(), at)),
+            "federate" if c.federated.is_none() => {
+                c.federated = Some(Federation {
+                    hub: s(e, "hub").unwrap_or_default(),
+                    from: s(e, "from").unwrap_or_default(),
+                    at,
+                });
+            }
             _ => {}
         }
     }
@@ -314,6 +335,11 @@ pub enum Action {
         /// When it was rung.
         rung_ms: TimeMs,
     },
+    /// Every desk of the rota was tried: hand the call to this federated hub's line.
+    Federate {
+        /// The other ICB's hub.
+        hub: String,
+    },
     /// No call: ask for a callback, for this reason.
     Callback {
         /// Why (shown to the clinician).
@@ -327,21 +353,43 @@ pub enum Action {
 /// offers a callback instead, ms.
 pub const HOLD_WAIT_MS: i64 = 10 * 60 * 1000;
 
+/// How long the session's hub waits for a federated hub to connect a call or arrange a
+/// callback before it arranges the callback itself, ms.
+pub const FEDERATE_WAIT_MS: i64 = HOLD_WAIT_MS + 2 * 60 * 1000;
+
 /// The router's next step for `call` (open), given the line's rota, the hub's copy of the
 /// session, the desks known (from what they confirmed in sync) to hold the session document
-/// at all, the requester's measured path (if measured) and the hub's clock. A desk is rung
-/// only if it is among `holders` and its receipts cover every message and photo: a session
-/// with no message or photo yet is still never rung to a desk that lacks it.
+/// at all, the line's federated hub for out-of-area fallback (if any), the requester's
+/// measured path (if measured) and the hub's clock. A desk is rung only if it is among
+/// `holders` and its receipts cover every message and photo: a session with no message or
+/// photo yet is still never rung to a desk that lacks it.
+///
+/// The order: the link gate before the first ring; each desk of the rota that holds the whole
+/// case, for its ring time; then the federated hub's line; then a callback. Once handed over,
+/// the call is the federated hub's to route (it calls this with `federated` cleared and its
+/// own rota); the session's hub only waits, and arranges a callback after
+/// [`FEDERATE_WAIT_MS`] if the other hub never settles it.
+#[allow(clippy::too_many_arguments)]
 pub fn next_action(
     call: &CallState,
     rota: &[RotaDesk],
     view: &SessionView,
     holders: &[String],
+    fallback_hub: Option<&str>,
     quality: Option<&PathQuality>,
     seen_ms: TimeMs,
     now: TimeMs,
 ) -> Action {
     if !call.is_open() {
+        return Action::Wait;
+    }
+    if let Some(fed) = &call.federated {
+        if now - fed.at >= FEDERATE_WAIT_MS {
+            return Action::Callback {
+                reason: format!("the out-of-area hub {} did not put the call through in time", fed.hub),
+                rating: None,
+            };
+        }
         return Action::Wait;
     }
     if let Some((desk, attempt, rung, _)) = call.ringing() {
@@ -354,13 +402,23 @@ pub fn next_action(
         }
         return Action::Wait;
     }
-    if rota.is_empty() {
-        return Action::Callback { reason: format!("no rota for {} at this hub", view.service.line), rating: None };
-    }
     let tried: Vec<&str> = call.rings.iter().map(|r| r.0.as_str()).collect();
     let left: Vec<&RotaDesk> = rota.iter().filter(|d| !tried.contains(&d.desk.as_str())).collect();
     if left.is_empty() {
-        return Action::Callback { reason: "no consultant on the rota answered".into(), rating: None };
+        if let Some(hub) = fallback_hub {
+            // Out of area: judge the link first, as for a ring (a call the link cannot carry is
+            // a callback wherever it would be answered).
+            if let Some(verdict) = judge(call, quality) {
+                return verdict;
+            }
+            return Action::Federate { hub: hub.to_string() };
+        }
+        let reason = if rota.is_empty() {
+            format!("no rota for {} at this hub", view.service.line)
+        } else {
+            "no consultant on the rota answered".into()
+        };
+        return Action::Callback { reason, rating: None };
     }
     let Some(next) = left.iter().find(|d| holders.contains(&d.desk) && desk_holds_whole(view, &d.desk)) else {
         if now - seen_ms >= HOLD_WAIT_MS {
@@ -373,14 +431,22 @@ pub fn next_action(
     };
     // Just before the first ring, with the case delivered (no photo of it still competing for
     // the link): can the requester's path carry a call? If not, a callback, whoever would answer.
-    if call.gate.is_none() {
-        let Some(q) = quality else { return Action::Measure };
-        return match gate(q, &ADPCM_32K) {
-            Ok(rating) => Action::GatePassed(rating, *q),
-            Err((rating, reason)) => Action::Callback { reason, rating: Some((rating, *q)) },
-        };
+    if let Some(verdict) = judge(call, quality) {
+        return verdict;
     }
     Action::Ring { desk: next.desk.clone(), attempt: call.rings.len() as u32 + 1, ring_s: next.ring_s }
+}
+
+/// The link gate's step, if it has not judged yet: measure, or its verdict.
+fn judge(call: &CallState, quality: Option<&PathQuality>) -> Option<Action> {
+    if call.gate.is_some() {
+        return None;
+    }
+    let Some(q) = quality else { return Some(Action::Measure) };
+    Some(match gate(q, &ADPCM_32K) {
+        Ok(rating) => Action::GatePassed(rating, *q),
+        Err((rating, reason)) => Action::Callback { reason, rating: Some((rating, *q)) },
+    })
 }
 
 #[cfg(test)]

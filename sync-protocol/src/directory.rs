@@ -18,6 +18,7 @@
 //!     hours    str   canonical hours (see [`Hours`])
 //!     channels list of str (call, photo, message)
 //!     rota     list of { desk: str, ring_s: int }
+//!     fallback_hub str (optional) another ICB's hub taking the line's calls out of area
 //!     updated_ms int
 //! ```
 //!
@@ -313,6 +314,9 @@ pub struct LineEntry {
     pub channels: Vec<Channel>,
     /// Desks rung for a call, in order.
     pub rota: Vec<RotaDesk>,
+    /// Another ICB's hub whose same line takes the call when no desk of the rota answers
+    /// (out-of-area fallback), if one is agreed.
+    pub fallback_hub: Option<String>,
     /// When this entry was last set.
     pub updated_ms: TimeMs,
 }
@@ -326,6 +330,11 @@ impl LineEntry {
         }
         if self.rota.len() > MAX_ROTA {
             return Err(DirectoryError::Invalid(format!("a rota holds at most {MAX_ROTA} desks")));
+        }
+        if let Some(hub) = &self.fallback_hub
+            && (hub.trim().is_empty() || hub.len() > 64)
+        {
+            return Err(DirectoryError::Invalid(format!("fallback hub name {hub:?} must be 1 to 64 characters")));
         }
         let mut seen = std::collections::BTreeSet::new();
         for d in &self.rota {
@@ -466,6 +475,9 @@ impl DirectoryDoc {
             self.doc.put(&m, "desk", d.desk.as_str())?;
             self.doc.put(&m, "ring_s", i64::from(d.ring_s))?;
         }
+        if let Some(hub) = &entry.fallback_hub {
+            self.doc.put(&obj, "fallback_hub", hub.as_str())?;
+        }
         self.doc.put(&obj, "updated_ms", now)?;
         self.doc.put(ROOT, "updated_ms", now)?;
         self.commit(&format!("set {}", entry.line), now);
@@ -538,6 +550,7 @@ impl DirectoryDoc {
                 hours,
                 channels,
                 rota,
+                fallback_hub: self.str(&obj, "fallback_hub", &path)?,
                 updated_ms: self.int(&obj, "updated_ms", &path)?.unwrap_or(0),
             };
             entry.check().map_err(|e| malformed(&path, e.to_string()))?;
@@ -591,6 +604,8 @@ pub struct LineJson {
     pub channels: Vec<Channel>,
     /// The rota.
     pub rota: Vec<RotaDesk>,
+    /// The federated hub for out-of-area fallback.
+    pub fallback_hub: Option<String>,
     /// Last set.
     pub updated_ms: TimeMs,
 }
@@ -603,6 +618,7 @@ impl From<&LineEntry> for LineJson {
             hours: e.hours.to_string(),
             channels: e.channels.clone(),
             rota: e.rota.clone(),
+            fallback_hub: e.fallback_hub.clone(),
             updated_ms: e.updated_ms,
         }
     }
@@ -622,6 +638,7 @@ mod tests {
             hours: Hours::Always,
             channels: vec![Channel::Call, Channel::Photo, Channel::Message],
             rota: desks.iter().map(|(d, s)| RotaDesk { desk: (*d).into(), ring_s: *s }).collect(),
+            fallback_hub: None,
             updated_ms: 0,
         }
     }
@@ -642,7 +659,9 @@ mod tests {
         // A later edit reaches the edge as changes only.
         let before = hub.heads();
         hub.set_line(&entry(ServiceLine::Dermatology, &[("desk-derm-2", 15)]), 3_000).unwrap();
-        hub.set_line(&entry(ServiceLine::Cardiology, &[("desk-card-1", 20)]), 3_000).unwrap();
+        let mut cardiology = entry(ServiceLine::Cardiology, &[("desk-card-1", 20)]);
+        cardiology.fallback_hub = Some("hub-qox".into());
+        hub.set_line(&cardiology, 3_000).unwrap();
         edge.apply_bytes(&hub.save_after(&before)).unwrap();
         let view = edge.view().unwrap();
         assert_eq!(
@@ -650,6 +669,8 @@ mod tests {
             vec![RotaDesk { desk: "desk-derm-2".into(), ring_s: 15 }]
         );
         assert_eq!(view.lines.len(), 2);
+        assert_eq!(view.lines[&ServiceLine::Cardiology].fallback_hub.as_deref(), Some("hub-qox"));
+        assert_eq!(view.lines[&ServiceLine::Dermatology].fallback_hub, None);
         assert!(hub.remove_line(ServiceLine::Cardiology, 4_000).unwrap());
         assert!(!hub.remove_line(ServiceLine::Cardiology, 4_000).unwrap());
         assert_eq!(hub.view().unwrap().lines.len(), 1);

@@ -109,7 +109,7 @@ fn step(doc: &SessionDoc, q: Option<&PathQuality>, now: i64) -> Action {
     let view: SessionView = doc.view().unwrap();
     let calls = calls_of(&view);
     assert_eq!(calls.len(), 1);
-    next_action(&calls[0], &rota(), &view, &holders(), q, T0, now)
+    next_action(&calls[0], &rota(), &view, &holders(), None, q, T0, now)
 }
 
 /// Both desks of the rota hold some version of the session (as their sync confirmed).
@@ -210,11 +210,78 @@ fn a_desk_that_lacks_a_session_without_messages_or_photos_is_never_rung() {
     let call = calls_of(&view).remove(0);
     assert!(desk_holds_whole(&view, "desk-a"), "no item to be missing");
     let now = T0 + 2;
-    assert_eq!(next_action(&call, &rota(), &view, &[], Some(&GOOD), T0, now), Action::Wait);
+    assert_eq!(next_action(&call, &rota(), &view, &[], None, Some(&GOOD), T0, now), Action::Wait);
     // desk-b confirmed holding the session: it is rung, desk-a (no confirmation) is passed over for now.
     let held = vec!["desk-b".to_string()];
     assert_eq!(
-        next_action(&call, &rota(), &view, &held, Some(&GOOD), T0, now),
+        next_action(&call, &rota(), &view, &held, None, Some(&GOOD), T0, now),
         Action::Ring { desk: "desk-b".into(), attempt: 1, ring_s: 20 }
+    );
+}
+
+#[test]
+fn when_every_desk_of_the_rota_was_tried_the_call_goes_to_the_federated_hubs_line() {
+    let mut doc = session_with_photo();
+    gate_passed(&mut doc, T0 + 1);
+    for (i, desk) in ["desk-a", "desk-b"].into_iter().enumerate() {
+        desk_receives(&mut doc, desk, true, T0 + 1);
+        ring(&mut doc, desk, i as i64 + 1, T0 + 2 + i as i64 * 20_000);
+        desk_step(&mut doc, "no_answer", desk, i as i64 + 1, T0 + 22_000 + i as i64 * 20_000);
+    }
+    let view = doc.view().unwrap();
+    let call = calls_of(&view).remove(0);
+    let now = T0 + 60_000;
+    // Without a federated hub: a callback. With one: handed over.
+    assert!(matches!(next_action(&call, &rota(), &view, &holders(), None, None, T0, now), Action::Callback { .. }));
+    let fed = next_action(&call, &rota(), &view, &holders(), Some("hub-qox"), None, T0, now);
+    assert_eq!(fed, Action::Federate { hub: "hub-qox".into() });
+
+    log(
+        &mut doc,
+        "federate",
+        &[("hub", LogValue::Str("hub-qox".into())), ("from", LogValue::Str("hub-qhm".into()))],
+        now,
+    );
+    let view = doc.view().unwrap();
+    let call = calls_of(&view).remove(0);
+    assert_eq!(call.federated.as_ref().map(|f| f.hub.as_str()), Some("hub-qox"));
+    // The session's hub waits for the other hub, and gives up only after FEDERATE_WAIT_MS.
+    assert_eq!(next_action(&call, &rota(), &view, &holders(), Some("hub-qox"), None, T0, now + 1), Action::Wait);
+    let late = now + sync_protocol::call::FEDERATE_WAIT_MS;
+    assert!(matches!(
+        next_action(&call, &rota(), &view, &holders(), Some("hub-qox"), None, T0, late),
+        Action::Callback { reason, .. } if reason.contains("hub-qox")
+    ));
+    // The federated hub routes it on its own rota once its desk holds the whole case.
+    let mut theirs = call.clone();
+    theirs.federated = None;
+    let their_rota = vec![RotaDesk { desk: "desk-x".into(), ring_s: 20 }];
+    let held = vec!["desk-x".to_string()];
+    assert_eq!(next_action(&theirs, &their_rota, &view, &held, None, None, now, now + 2), Action::Wait);
+    desk_receives(&mut doc, "desk-x", true, now + 3);
+    let view = doc.view().unwrap();
+    assert_eq!(
+        next_action(&theirs, &their_rota, &view, &held, None, None, now, now + 4),
+        Action::Ring { desk: "desk-x".into(), attempt: 3, ring_s: 20 }
+    );
+}
+
+#[test]
+fn an_out_of_area_handover_is_still_judged_by_the_link_gate_first() {
+    let mut doc = session_with_photo();
+    let view = doc.view().unwrap();
+    let call = calls_of(&view).remove(0);
+    // No rota at all, a federated hub configured: measure, then refuse a bad link.
+    assert_eq!(next_action(&call, &[], &view, &[], Some("hub-qox"), None, T0, T0 + 1), Action::Measure);
+    assert!(matches!(
+        next_action(&call, &[], &view, &[], Some("hub-qox"), Some(&BAD), T0, T0 + 1),
+        Action::Callback { rating: Some(_), .. }
+    ));
+    gate_passed(&mut doc, T0 + 2);
+    let view = doc.view().unwrap();
+    let call = calls_of(&view).remove(0);
+    assert_eq!(
+        next_action(&call, &[], &view, &[], Some("hub-qox"), Some(&GOOD), T0, T0 + 3),
+        Action::Federate { hub: "hub-qox".into() }
     );
 }

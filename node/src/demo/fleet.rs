@@ -96,6 +96,7 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
             hours: Hours::Always,
             channels: vec![Channel::Call, Channel::Photo, Channel::Message],
             rota: vec![RotaDesk { desk: "desk-derm-1".into(), ring_s: 20 }],
+            fallback_hub: None,
             updated_ms: now_ms(),
         },
         now_ms(),

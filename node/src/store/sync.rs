@@ -241,10 +241,11 @@ impl Store {
 
     /// Forgets what this node knew of a peer: the next conversation reconciles from scratch.
     pub fn forget_peer(&self, peer: &str) -> Result<u64, StoreError> {
-        self.conn
-            .execute("DELETE FROM peer_docs WHERE peer = ?1", [peer])
-            .map(|n| n as u64)
-            .map_err(sql("forgetting a peer"))
+        let tx = self.conn.unchecked_transaction().map_err(sql("starting a write"))?;
+        let n = tx.execute("DELETE FROM peer_docs WHERE peer = ?1", [peer]).map_err(sql("forgetting a peer"))?;
+        let d = tx.execute("DELETE FROM peer_directory WHERE peer = ?1", [peer]).map_err(sql("forgetting a peer"))?;
+        tx.commit().map_err(sql("committing"))?;
+        Ok((n + d) as u64)
     }
 
     /// Whether this node has stored knowledge of the peer.
