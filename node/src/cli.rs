@@ -1465,11 +1465,13 @@ fn line_note(node: &mut Node, sid: sync_protocol::SessionId, now: i64) -> anyhow
     }))
 }
 
-fn parse_desk(text: &str, default_ring_s: u32) -> anyhow::Result<RotaDesk> {
+fn parse_desk(text: &str, default_ring_s: u32) -> Result<RotaDesk, NodeError> {
     match text.rsplit_once(':') {
         Some((desk, secs)) => {
             let ring_s = secs.parse().map_err(|_| {
-                anyhow::anyhow!("--desk {text:?}: the ring time after ':' must be whole seconds, like desk-a:30")
+                NodeError::Invalid(format!(
+                    "--desk {text:?}: the ring time after ':' must be whole seconds, like desk-a:30"
+                ))
             })?;
             Ok(RotaDesk { desk: desk.to_string(), ring_s })
         }
@@ -1493,10 +1495,10 @@ fn run_rota(cmd: RotaCommand) -> anyhow::Result<()> {
             let rota = if desks.is_empty() {
                 current.as_ref().map(|c| c.rota.clone()).unwrap_or_default()
             } else {
-                desks.iter().map(|d| parse_desk(d, ring_secs)).collect::<anyhow::Result<_>>()?
+                desks.iter().map(|d| parse_desk(d, ring_secs)).collect::<Result<_, _>>()?
             };
             let hours = match hours {
-                Some(h) => Hours::parse(&h).map_err(|e| anyhow::anyhow!("--hours: {e}"))?,
+                Some(h) => Hours::parse(&h).map_err(|e| NodeError::Invalid(format!("--hours: {e}")))?,
                 None => current.as_ref().map_or(Hours::Always, |c| c.hours.clone()),
             };
             let channels = channels

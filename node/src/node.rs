@@ -40,7 +40,7 @@ pub enum NodeError {
     #[error("{0}")]
     Invalid(String),
     /// An operation this node's role does not perform.
-    #[error("{action} is done on {allowed} nodes; this node ({name}) is a {role} node")]
+    #[error("{action} is done on {allowed} nodes; this node ({name}) is {} {role} node", if *role == Role::Edge { "an" } else { "a" })]
     Role {
         /// What was attempted.
         action: &'static str,

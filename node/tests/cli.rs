@@ -361,3 +361,35 @@ fn certificates_issued_concurrently_are_all_recorded_and_revocable() {
         ok(&["ca", "revoke", "--ca", ca.to_str().unwrap(), &format!("edge-{i}")]);
     }
 }
+
+#[test]
+fn a_rota_with_bad_hours_a_bad_ring_time_or_a_desk_twice_is_refused_and_nothing_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = tmp.path().join("hub");
+    ok(&["init", "--dir", d(&hub), "--name", "hub-qhm", "--role", "hub", "--icb", "QHM"]);
+    ok(&[
+        "rota",
+        "set",
+        "--dir",
+        d(&hub),
+        "--line",
+        "dermatology",
+        "--desk",
+        "desk-1",
+        "--hours",
+        "mon-fri 08:00-18:00",
+    ]);
+    let before = ok(&["rota", "show", "--dir", d(&hub), "--json"]);
+    for (args, says) in [
+        (vec!["--hours", "08:00-25:00"], "--hours"),
+        (vec!["--desk", "desk-1:soon"], "whole seconds"),
+        (vec!["--desk", "desk-1", "--desk", "desk-1"], "named twice"),
+        (vec!["--desk", "desk-1:900"], "ring time"),
+    ] {
+        let mut all = vec!["rota", "set", "--dir", d(&hub), "--line", "dermatology"];
+        all.extend(args);
+        let err = fails(&all, 2);
+        assert!(err.contains(says), "{err}");
+    }
+    assert_eq!(ok(&["rota", "show", "--dir", d(&hub), "--json"]), before, "nothing was written");
+}

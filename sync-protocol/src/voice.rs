@@ -3,10 +3,14 @@
 //!
 //! **Codec: IMA ADPCM at 8 kHz, 4 bits a sample: 32 kbit/s.** Chosen because it fits a
 //! 3G-class uplink with room to spare, costs almost nothing on a tablet, needs no C library
-//! (this machine and the fleet's build hosts have no libopus or cmake, and no pure-Rust Opus
-//! encoder is maintained), and every 20 ms frame carries the decoder's state in a 3-byte header,
-//! so a lost datagram costs that frame only. Opus at 16-24 kbit/s would sound better and
-//! conceal loss better; the frame format has a codec byte for the day it arrives.
+//! (this machine and the fleet's build hosts have no libopus or cmake, so the `opus` and
+//! `audiopus` bindings are out), and every 20 ms frame carries the decoder's state in a 3-byte
+//! header, so a lost datagram costs that frame only and frames decode in any order. Opus at
+//! 16-24 kbit/s would sound better and conceal loss better; a pure-Rust port exists
+//! (`opus-rs`, a young one-maintainer port of libopus), not adopted yet: its decoder keeps
+//! state across frames, so the jitter buffer would have to decode in sequence at play-out with
+//! Opus's own concealment, the port has not been validated against libopus here, and G.107 has
+//! no published impairment factors for Opus. The frame format has a codec byte for that day.
 //!
 //! **Datagram** (QUIC, relayed by the hub): type byte [`DG_VOICE`], call tag (u32), sequence
 //! number (u32), media timestamp in ms (u32), codec (u8), codec payload. [`DG_BYE`]: type,
