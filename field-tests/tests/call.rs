@@ -452,3 +452,35 @@ fn when_no_desk_in_area_answers_the_federated_hubs_line_takes_the_call_and_speec
     let sim = similarity(&sent, &recorded, 4_000..40_000);
     assert!(sim > 0.8, "the far consultant heard the paramedic: correlation {sim:.3}");
 }
+
+#[test]
+fn a_hang_up_lost_on_the_link_is_read_from_the_call_record_not_taken_for_a_drop() {
+    let c = fleet("call-lost-bye", "urban-4g", 20, [true, true]);
+    let f = &c.f;
+    let said = f.dir.join("paramedic.wav");
+    speech(&said, 3.0);
+    let id = f.new_session(&c.amb, "dermatology", "ambulance_on_scene", "Rash; short question");
+    f.message(&c.amb, &id, "Calling now");
+    std::thread::scope(|scope| {
+        let call = scope.spawn(|| {
+            f.outpost(&["call", "escalate", "--dir", s(&c.amb), &id, "--wait", "120", "--json", "--play", s(&said)])
+        });
+        wait_connected(f, &c.hub, &id);
+        // The link fails just before the paramedic's 3 s of speech end: every copy of the
+        // hang-up datagram is lost. It returns a second after the ambulance recorded its leg.
+        std::thread::sleep(Duration::from_millis(2_500));
+        c.link.set_up(false);
+        let amb_leg = wait_for_leg(f, &c.amb, &id, "amb-07");
+        assert_eq!(amb_leg["end"], "hangup", "{amb_leg}");
+        std::thread::sleep(Duration::from_secs(2));
+        c.link.set_up(true);
+        let _ = call.join();
+    });
+    let desk_leg = wait_for_leg(f, &c.desks[0], &id, "desk-a");
+    eprintln!("lost hang-up: desk leg {desk_leg}");
+    assert_eq!(desk_leg["end"], "other side hung up", "{desk_leg}");
+    assert!(
+        !steps(f, &c.hub, &id).iter().any(|e| e["kind"] == "callback"),
+        "no callback is requested for a call that ended normally"
+    );
+}

@@ -1240,6 +1240,7 @@ async fn run_call_audio(
     let mut jb = JitterBuffer::new(JITTER_DELAY_MS);
     let mut recorded: Vec<i16> = Vec::new();
     let mut last_heard = Instant::now();
+    let mut checked = Instant::now();
     let mut sent = 0u64;
     let mut rtt_samples: Vec<f64> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(u64::from(FRAME_MS)));
@@ -1290,6 +1291,17 @@ async fn run_call_audio(
         if hung_up {
             break "other side hung up";
         }
+        // Silence: the hang-up datagram may have been lost. The other side's leg record, synced
+        // like any change, says for sure whether it hung up.
+        if last_heard.elapsed() > Duration::from_secs(1) && checked.elapsed() > Duration::from_millis(500) {
+            checked = Instant::now();
+            let c = call.to_string();
+            if let Ok(Ok(Some(other))) = shared.store.call(move |n| n.other_leg_end(sid, &c)).await
+                && other == "hangup"
+            {
+                break "other side hung up";
+            }
+        }
         if last_heard.elapsed() > DROP_AFTER {
             break "dropped";
         }
@@ -1300,9 +1312,14 @@ async fn run_call_audio(
     if end == "hangup"
         && let Some(conn) = hub_conn()
     {
-        for _ in 0..3 {
-            let _ = conn.send_datagram(bye(tag).into());
-        }
+        // Spread over about a second so that one burst of loss does not take every copy; the
+        // leg record written below is the reliable word if all are lost.
+        tokio::spawn(async move {
+            for wait_ms in [0u64, 40, 120, 300, 700] {
+                tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                let _ = conn.send_datagram(bye(tag).into());
+            }
+        });
     }
     if let Ok(mut slot) = shared.voice_in.lock() {
         *slot = None;

@@ -691,6 +691,24 @@ impl Node {
         Ok(())
     }
 
+    /// How the other party's leg of `call` ended, if its record has reached this node: the
+    /// reliable word that it hung up, for when its hang-up datagram was lost.
+    pub fn other_leg_end(&mut self, id: SessionId, call: &str) -> Result<Option<String>, NodeError> {
+        let me = self.config.name.as_str();
+        let view = self.store.view(id)?;
+        let s = |e: &std::collections::BTreeMap<String, LogValue>, k: &str| match e.get(k) {
+            Some(LogValue::Str(v)) => Some(v.clone()),
+            _ => None,
+        };
+        Ok(view.calls.iter().find_map(|e| {
+            (s(e, "kind").as_deref() == Some("leg")
+                && s(e, "call").as_deref() == Some(call)
+                && s(e, "node").is_some_and(|n| n != me))
+            .then(|| s(e, "end"))
+            .flatten()
+        }))
+    }
+
     /// Writes this party's record of a call leg into the session's call log (durably).
     pub fn record_call_leg(&mut self, id: SessionId, fields: &[(&str, LogValue)], now: i64) -> Result<(), NodeError> {
         self.require("recording a call", "edge or desk", &[Role::Edge, Role::Desk])?;
