@@ -193,6 +193,21 @@ fn speech(path: &Path, seconds: f64) -> Vec<i16> {
     samples
 }
 
+/// A session on the ambulance ready to escalate, and `seconds` of speech for the paramedic
+/// to say: (the WAV file, its samples, the session id).
+fn ready_to_call(c: &CallFleet, seconds: f64, summary: &str) -> (PathBuf, Vec<i16>, String) {
+    let said = c.f.dir.join("paramedic.wav");
+    let sent = speech(&said, seconds);
+    let id = c.f.new_session(&c.amb, "dermatology", "ambulance_on_scene", summary);
+    c.f.message(&c.amb, &id, "Calling now");
+    (said, sent, id)
+}
+
+/// `outpost call escalate --wait --json --play SAID` on the ambulance, to run in the background.
+fn escalate_speaking(c: &CallFleet, id: &str, said: &Path) -> std::process::Output {
+    c.f.outpost(&["call", "escalate", "--dir", s(&c.amb), id, "--wait", "120", "--json", "--play", s(said)])
+}
+
 fn read(path: &Path) -> Vec<i16> {
     hound::WavReader::open(path).unwrap().samples::<i16>().map(Result::unwrap).collect()
 }
@@ -248,11 +263,8 @@ fn leg_of(f: &Field, node: &Path, id: &str, name: &str) -> Option<Value> {
 fn over_urban_4g_speech_crosses_with_an_estimated_mos_of_four_and_under_one_percent_loss() {
     let c = fleet("call-audio-urban-4g", "urban-4g", 20, [true, true]);
     let f = &c.f;
-    let said = f.dir.join("paramedic.wav");
-    let sent = speech(&said, 12.0);
+    let (said, sent, id) = ready_to_call(&c, 12.0, "Rash; need to talk it through");
     let heard_back = f.dir.join("heard-at-ambulance.wav");
-    let id = f.new_session(&c.amb, "dermatology", "ambulance_on_scene", "Rash; need to talk it through");
-    f.message(&c.amb, &id, "Calling now");
     let started = Instant::now();
     let out = f.ok(&[
         "call",
@@ -294,14 +306,9 @@ fn over_urban_4g_speech_crosses_with_an_estimated_mos_of_four_and_under_one_perc
 fn a_three_second_blackout_mid_call_is_survived() {
     let c = fleet("call-audio-blackout", "urban-4g", 20, [true, true]);
     let f = &c.f;
-    let said = f.dir.join("paramedic.wav");
-    let sent = speech(&said, 16.0);
-    let id = f.new_session(&c.amb, "dermatology", "ambulance_on_scene", "Rash; tunnel ahead");
-    f.message(&c.amb, &id, "Calling now");
+    let (said, sent, id) = ready_to_call(&c, 16.0, "Rash; tunnel ahead");
     let out = std::thread::scope(|scope| {
-        let call = scope.spawn(|| {
-            f.ok(&["call", "escalate", "--dir", s(&c.amb), &id, "--wait", "120", "--json", "--play", s(&said)])
-        });
+        let call = scope.spawn(|| escalate_speaking(&c, &id, &said));
         // Once the call is up, the ambulance goes under a bridge for 3 s.
         wait_connected(f, &c.hub, &id);
         std::thread::sleep(Duration::from_secs(3));
@@ -310,7 +317,8 @@ fn a_three_second_blackout_mid_call_is_survived() {
         c.link.set_up(true);
         call.join().unwrap()
     });
-    let result = json(&out);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let result = json(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(result["state"], "connected", "{result}");
     let desk_leg = wait_for_leg(f, &c.desks[0], &id, "desk-a");
     eprintln!("blackout call: desk leg {desk_leg}\nlink {:?}", c.link.stats());
@@ -329,14 +337,9 @@ fn a_three_second_blackout_mid_call_is_survived() {
 fn a_drop_longer_than_ten_seconds_ends_the_call_and_requests_a_callback() {
     let c = fleet("call-audio-drop", "urban-4g", 20, [true, true]);
     let f = &c.f;
-    let said = f.dir.join("paramedic.wav");
-    speech(&said, 20.0);
-    let id = f.new_session(&c.amb, "dermatology", "ambulance_on_scene", "Rash; into the hills");
-    f.message(&c.amb, &id, "Calling now");
+    let (said, _, id) = ready_to_call(&c, 20.0, "Rash; into the hills");
     std::thread::scope(|scope| {
-        let call = scope.spawn(|| {
-            f.outpost(&["call", "escalate", "--dir", s(&c.amb), &id, "--wait", "120", "--json", "--play", s(&said)])
-        });
+        let call = scope.spawn(|| escalate_speaking(&c, &id, &said));
         wait_connected(f, &c.hub, &id);
         std::thread::sleep(Duration::from_secs(2));
         c.link.set_up(false);
@@ -357,12 +360,10 @@ fn a_drop_longer_than_ten_seconds_ends_the_call_and_requests_a_callback() {
 fn an_outcome_not_recorded_after_a_call_is_flagged_not_reported() {
     let c = fleet("call-outcome-due", "urban-4g", 20, [true, true]);
     let f = &c.f;
-    let said = f.dir.join("paramedic.wav");
-    speech(&said, 2.0);
-    let id = f.new_session(&c.amb, "dermatology", "ambulance_on_scene", "Rash; quick question");
-    f.message(&c.amb, &id, "Calling now");
-    let result =
-        json(&f.ok(&["call", "escalate", "--dir", s(&c.amb), &id, "--wait", "120", "--json", "--play", s(&said)]));
+    let (said, _, id) = ready_to_call(&c, 2.0, "Rash; quick question");
+    let out = escalate_speaking(&c, &id, &said);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let result = json(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(result["state"], "connected", "{result}");
     // The paramedic records an outcome; the consultant does not.
     f.ok(&["outcome", "set", "--dir", s(&c.amb), &id, "--side", "requester", "conveyance_avoided"]);
@@ -457,14 +458,9 @@ fn when_no_desk_in_area_answers_the_federated_hubs_line_takes_the_call_and_speec
 fn a_hang_up_lost_on_the_link_is_read_from_the_call_record_not_taken_for_a_drop() {
     let c = fleet("call-lost-bye", "urban-4g", 20, [true, true]);
     let f = &c.f;
-    let said = f.dir.join("paramedic.wav");
-    speech(&said, 3.0);
-    let id = f.new_session(&c.amb, "dermatology", "ambulance_on_scene", "Rash; short question");
-    f.message(&c.amb, &id, "Calling now");
+    let (said, _, id) = ready_to_call(&c, 3.0, "Rash; short question");
     std::thread::scope(|scope| {
-        let call = scope.spawn(|| {
-            f.outpost(&["call", "escalate", "--dir", s(&c.amb), &id, "--wait", "120", "--json", "--play", s(&said)])
-        });
+        let call = scope.spawn(|| escalate_speaking(&c, &id, &said));
         wait_connected(f, &c.hub, &id);
         // The link fails just before the paramedic's 3 s of speech end: every copy of the
         // hang-up datagram is lost. It returns a second after the ambulance recorded its leg.

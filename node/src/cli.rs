@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use sync_protocol::NhsNumber;
 use sync_protocol::call::{RotaDesk, calls_of};
-use sync_protocol::directory::{DirectoryView, Hours, LineEntry, LineJson};
+use sync_protocol::directory::{DirectoryError, DirectoryView, Hours, LineEntry, LineJson};
 use sync_protocol::session::{LogValue, Patient, Requester, Service, SessionView};
 use sync_protocol::vocab::{
     CareSetting, Channel, ConsentKind, ConsentScope, NhsVerification, Outcome, PhotoView, Priority, Role, ServiceLine,
@@ -636,7 +636,7 @@ fn store_code(e: &StoreError) -> u8 {
         | StoreError::BlobOffloaded(_)
         | StoreError::BlobIncomplete { .. } => 4,
         StoreError::DiskFull { .. } => 5,
-        StoreError::Model { .. } => 2,
+        StoreError::Model { .. } | StoreError::Directory(DirectoryError::Invalid(_)) => 2,
         StoreError::Crypto(_) => 3,
         _ => 1,
     }
@@ -1455,9 +1455,12 @@ fn line_note(node: &mut Node, sid: sync_protocol::SessionId, now: i64) -> anyhow
     let as_of = time(dir.updated_ms);
     Ok(Some(match dir.lines.get(&line) {
         None => format!("this device's directory (as of {as_of}) lists no {line} line: expect a callback"),
-        Some(e) => match e.call_refusal(now) {
-            Some(why) => format!("this device's directory (as of {as_of}) says {why}: expect a callback"),
-            None => format!(
+        Some(e) => match (e.call_refusal(now), &e.fallback_hub) {
+            (Some(why), Some(hub)) => format!(
+                "this device's directory (as of {as_of}) says {why}: the hub may hand the call to {hub}'s line, or arrange a callback"
+            ),
+            (Some(why), None) => format!("this device's directory (as of {as_of}) says {why}: expect a callback"),
+            (None, _) => format!(
                 "this device's directory (as of {as_of}): the {line} line is open, {} desk(s) on its rota",
                 e.rota.len()
             ),

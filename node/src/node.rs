@@ -434,7 +434,6 @@ impl Node {
     pub fn set_line(&mut self, entry: LineEntry, now: i64) -> Result<DirectoryView, NodeError> {
         self.require("setting a service line or rota", "hub", &[Role::Hub])?;
         let icb = self.icb()?;
-        entry.check().map_err(|e| NodeError::Invalid(e.to_string()))?;
         let (_, view) = self.store.edit_directory(&icb, "directory.set", now, |d| d.set_line(&entry, now))?;
         Ok(view)
     }
@@ -696,16 +695,10 @@ impl Node {
     pub fn other_leg_end(&mut self, id: SessionId, call: &str) -> Result<Option<String>, NodeError> {
         let me = self.config.name.as_str();
         let view = self.store.view(id)?;
-        let s = |e: &std::collections::BTreeMap<String, LogValue>, k: &str| match e.get(k) {
-            Some(LogValue::Str(v)) => Some(v.clone()),
-            _ => None,
-        };
         Ok(view.calls.iter().find_map(|e| {
-            (s(e, "kind").as_deref() == Some("leg")
-                && s(e, "call").as_deref() == Some(call)
-                && s(e, "node").is_some_and(|n| n != me))
-            .then(|| s(e, "end"))
-            .flatten()
+            let s = |k: &str| e.get(k).and_then(LogValue::as_str);
+            let theirs = s("kind") == Some("leg") && s("call") == Some(call) && s("node").is_some_and(|n| n != me);
+            if theirs { s("end").map(str::to_string) } else { None }
         }))
     }
 

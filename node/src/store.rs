@@ -987,6 +987,14 @@ fn heads_blob(heads: &[Hash]) -> Vec<u8> {
     sorted.concat()
 }
 
+/// What a peer holds, from a row of `heads, shared` (per-peer knowledge of a document).
+fn knowledge_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<sync_protocol::engine::Knowledge> {
+    Ok(sync_protocol::engine::Knowledge {
+        heads: heads_from_blob(&r.get::<_, Vec<u8>>(0)?),
+        shared: heads_from_blob(&r.get::<_, Vec<u8>>(1)?),
+    })
+}
+
 /// Heads from their stored form.
 fn heads_from_blob(b: &[u8]) -> Vec<Hash> {
     b.chunks_exact(32)

@@ -224,10 +224,7 @@ impl CallState {
 }
 
 fn s(e: &BTreeMap<String, LogValue>, k: &str) -> Option<String> {
-    match e.get(k) {
-        Some(LogValue::Str(v)) => Some(v.clone()),
-        _ => None,
-    }
+    e.get(k).and_then(LogValue::as_str).map(str::to_string)
 }
 
 fn i(e: &BTreeMap<String, LogValue>, k: &str) -> Option<i64> {

@@ -441,11 +441,6 @@ impl DirectoryDoc {
         self.doc.save_after(heads)
     }
 
-    /// A copy under another actor.
-    pub fn fork_as(&mut self, actor: ActorId) -> DirectoryDoc {
-        DirectoryDoc { doc: self.doc.fork().with_actor(actor) }
-    }
-
     fn commit(&mut self, what: &str, now: TimeMs) {
         self.doc.commit_with(CommitOptions::default().with_message(what).with_time(now / 1000));
     }

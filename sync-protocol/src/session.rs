@@ -286,6 +286,16 @@ pub enum LogValue {
     Str(String),
 }
 
+impl LogValue {
+    /// The text, if this is text.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            LogValue::Str(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
 /// A session document with its typed operations.
 #[derive(Debug)]
 pub struct SessionDoc {

@@ -13,7 +13,7 @@ use sync_protocol::wire::{DocId, Hash};
 
 use crate::crypto::Sealer;
 
-use super::{Store, StoreError, append_audit, heads_blob, heads_from_blob, sql};
+use super::{Store, StoreError, append_audit, heads_blob, heads_from_blob, knowledge_row, sql};
 
 fn aad(icb: &str) -> Vec<u8> {
     format!("outpost/directory/v1/{icb}").into_bytes()
@@ -137,22 +137,24 @@ impl Store {
         me.icb.clone().filter(|icb| &directory::directory_id(icb) == id)
     }
 
+    /// The directory document `id`, if it is this node's ICB's and this node holds it.
+    fn own_directory(&self, me: &PeerInfo, id: &DocId) -> Result<Option<DirectoryDoc>, StoreError> {
+        match Self::own_icb_of(me, id) {
+            Some(icb) => Self::load_directory(&self.conn, &self.sealer, &self.actor, &icb),
+            None => Ok(None),
+        }
+    }
+
     /// Which of `hashes` are changes of the directory that we hold.
     pub fn directory_known_hashes(&self, me: &PeerInfo, id: &DocId, hashes: &[Hash]) -> Result<Vec<Hash>, StoreError> {
-        let Some(icb) = Self::own_icb_of(me, id) else { return Ok(Vec::new()) };
-        let Some(mut doc) = Self::load_directory(&self.conn, &self.sealer, &self.actor, &icb)? else {
-            return Ok(Vec::new());
-        };
+        let Some(mut doc) = self.own_directory(me, id)? else { return Ok(Vec::new()) };
         let am = doc.automerge();
         Ok(hashes.iter().filter(|h| am.get_change_meta_by_hash(&ChangeHash(**h)).is_some()).copied().collect())
     }
 
     /// Our directory changes that are not ancestors of `base` (all of it when `base` is empty).
     pub fn directory_changes_since(&self, me: &PeerInfo, id: &DocId, base: &[Hash]) -> Result<Vec<u8>, StoreError> {
-        let Some(icb) = Self::own_icb_of(me, id) else { return Ok(Vec::new()) };
-        let Some(mut doc) = Self::load_directory(&self.conn, &self.sealer, &self.actor, &icb)? else {
-            return Ok(Vec::new());
-        };
+        let Some(mut doc) = self.own_directory(me, id)? else { return Ok(Vec::new()) };
         if base.is_empty() {
             return Ok(doc.save());
         }
@@ -172,12 +174,7 @@ impl Store {
             .query_row(
                 "SELECT heads, shared FROM peer_directory WHERE peer = ?1 AND icb = ?2",
                 [&peer.name, &icb],
-                |r| {
-                    Ok(Knowledge {
-                        heads: heads_from_blob(&r.get::<_, Vec<u8>>(0)?),
-                        shared: heads_from_blob(&r.get::<_, Vec<u8>>(1)?),
-                    })
-                },
+                knowledge_row,
             )
             .optional()
             .map_err(sql("reading peer state"))
@@ -223,11 +220,7 @@ impl Store {
         id: &DocId,
         state: &mut sync::State,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        let held = match Self::own_icb_of(me, id) {
-            Some(icb) => Self::load_directory(&self.conn, &self.sealer, &self.actor, &icb)?,
-            None => None,
-        };
-        let mut doc = held.unwrap_or_else(|| DirectoryDoc::empty(self.actor.clone()));
+        let mut doc = self.own_directory(me, id)?.unwrap_or_else(|| DirectoryDoc::empty(self.actor.clone()));
         Ok(doc.automerge().sync().generate_sync_message(state).map(|m| m.encode()))
     }
 
@@ -268,11 +261,9 @@ impl Store {
         }
         let tx =
             self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
-        let existing = Self::load_directory(&tx, &self.sealer, &self.actor, &icb)?;
-        let mut doc = match existing {
-            Some(mut d) => d.fork_as(self.actor.clone()),
-            None => DirectoryDoc::empty(self.actor.clone()),
-        };
+        // Loaded fresh inside the transaction: a refused candidate is simply dropped.
+        let mut doc = Self::load_directory(&tx, &self.sealer, &self.actor, &icb)?
+            .unwrap_or_else(|| DirectoryDoc::empty(self.actor.clone()));
         let before = sorted_heads(&mut doc);
         if let Err(e) = receive(&mut doc) {
             return refused(e);

@@ -262,12 +262,7 @@ impl Store {
             .query_row(
                 "SELECT p.heads, p.shared FROM peer_docs p JOIN sessions s ON s.sid = p.sid WHERE p.peer = ?1 AND s.id = ?2",
                 params![peer.name, key],
-                |r| {
-                    Ok(Knowledge {
-                        heads: heads_from_blob(&r.get::<_, Vec<u8>>(0)?),
-                        shared: heads_from_blob(&r.get::<_, Vec<u8>>(1)?),
-                    })
-                },
+                super::knowledge_row,
             )
             .optional()
             .map_err(sql("reading peer state"))
