@@ -439,3 +439,133 @@ impl Drop for Link {
         self.emu = None;
     }
 }
+
+/// A fleet member with a valid certificate that speaks the sync protocol by hand: the
+/// adversarial tests' stolen tablet (or rogue desk). It sends whatever frames or bytes a test
+/// scripts, and keeps every frame and byte the other side sends back.
+pub struct Intruder {
+    rt: tokio::runtime::Runtime,
+    conn: quinn::Connection,
+    sync: quinn::SendStream,
+    _blob: quinn::SendStream,
+    frames: std::sync::Arc<std::sync::Mutex<Vec<sync_protocol::wire::Frame>>>,
+    raw: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// The intruder's own node (its store signs what it forges).
+    pub node: outpost_node::node::Node,
+}
+
+impl std::fmt::Debug for Intruder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intruder").field("node", &self.node.config.name).finish_non_exhaustive()
+    }
+}
+
+impl Intruder {
+    /// Connects as the node in `dir` (its real certificate) to `addr`, opens both lanes and says
+    /// Hello.
+    pub fn connect(dir: &Path, addr: &str) -> Intruder {
+        use outpost_node::{config::NodeDir, net, node::Node};
+        let node = Node::open(&NodeDir::new(dir)).unwrap_or_else(|e| panic!("intruder node: {e}"));
+        let identity = net::load_identity(&node).unwrap_or_else(|e| panic!("intruder identity: {e}"));
+        let crl = node.store.revocations().ok().flatten().map(|(_, der)| der);
+        let cfg = net::client_config(&identity, crl.as_deref()).unwrap_or_else(|e| panic!("client config: {e}"));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("runtime: {e}"));
+        let frames = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let raw = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let addr: std::net::SocketAddr = addr.parse().unwrap_or_else(|e| panic!("{addr}: {e}"));
+        let (conn, sync, blob) = rt.block_on(async {
+            let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")))
+                .unwrap_or_else(|e| panic!("endpoint: {e}"));
+            ep.set_default_client_config(cfg);
+            let conn = ep
+                .connect(addr, outpost_node::tls::SERVER_NAME)
+                .unwrap_or_else(|e| panic!("connect: {e}"))
+                .await
+                .unwrap_or_else(|e| panic!("handshake: {e}"));
+            let mut lanes = Vec::new();
+            for lane in [1u8, 2u8] {
+                let (mut send, recv) = conn.open_bi().await.unwrap_or_else(|e| panic!("open lane: {e}"));
+                send.write_all(&[lane]).await.unwrap_or_else(|e| panic!("lane tag: {e}"));
+                let (frames, raw) = (frames.clone(), raw.clone());
+                tokio::spawn(async move {
+                    let mut recv = recv;
+                    let mut dec = sync_protocol::wire::FrameDecoder::new();
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(Some(n)) = recv.read(&mut buf).await {
+                        if let Ok(mut r) = raw.lock() {
+                            r.extend_from_slice(&buf[..n]);
+                        }
+                        dec.feed(&buf[..n]);
+                        while let Ok(Some(f)) = dec.next_frame() {
+                            if let Ok(mut v) = frames.lock() {
+                                v.push(f);
+                            }
+                        }
+                    }
+                });
+                lanes.push(send);
+            }
+            let blob = lanes.pop().unwrap_or_else(|| panic!("no blob lane"));
+            let sync = lanes.pop().unwrap_or_else(|| panic!("no sync lane"));
+            (conn, sync, blob)
+        });
+        let mut me = Intruder { rt, conn, sync, _blob: blob, frames, raw, node };
+        let hello = sync_protocol::wire::Frame::Hello(sync_protocol::wire::Hello {
+            min_version: sync_protocol::wire::MIN_VERSION,
+            max_version: sync_protocol::wire::MAX_VERSION,
+            node: me.node.config.name.clone(),
+            crl_number: 0,
+        });
+        me.send(&[hello]);
+        me
+    }
+
+    /// Sends frames on the sync lane.
+    pub fn send(&mut self, frames: &[sync_protocol::wire::Frame]) {
+        let mut bytes = Vec::new();
+        for f in frames {
+            f.encode(&mut bytes);
+        }
+        self.send_raw(&bytes);
+    }
+
+    /// Sends raw bytes on the sync lane (garbage, oversized headers).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        let sync = &mut self.sync;
+        // A send into a connection the other side closed fails: that is an outcome, not an error.
+        let _ = self.rt.block_on(sync.write_all(bytes));
+    }
+
+    /// Waits `d`, then returns every frame received so far.
+    pub fn settle(&self, d: Duration) -> Vec<sync_protocol::wire::Frame> {
+        std::thread::sleep(d);
+        self.frames.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Every byte received so far, on both lanes.
+    pub fn received(&self) -> Vec<u8> {
+        self.raw.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Why the connection closed, if it has.
+    pub fn closed(&self) -> Option<String> {
+        self.conn.close_reason().map(|r| r.to_string())
+    }
+
+    /// The changes of `doc` since `before`, with this node's signatures (as a stolen tablet
+    /// would sign what it forges).
+    pub fn signed(
+        &self,
+        doc: &mut sync_protocol::SessionDoc,
+        before: &[automerge::ChangeHash],
+    ) -> (Vec<u8>, Vec<[u8; 64]>) {
+        let changes = doc.automerge().get_changes(before);
+        let bytes = changes.iter().flat_map(|c| c.raw_bytes().to_vec()).collect();
+        let sigs = changes.iter().map(|c| self.node.store.sign(&c.hash())).collect();
+        (bytes, sigs)
+    }
+}

@@ -1044,9 +1044,9 @@ fn ca(cmd: CaCommand) -> anyhow::Result<()> {
             println!("fleet CA {fleet} created in {} (keep ca.key offline)", dir.display());
         }
         CaCommand::Issue { ca, node, days, expired } => {
-            let n = Node::open(&NodeDir::new(&node))?;
+            let mut n = Node::open(&NodeDir::new(&node))?;
             let info = n.config.peer_info();
-            let issued = CaDir::new(&ca).issue(&info, days, expired)?;
+            let issued = CaDir::new(&ca).issue(&info, &n.store.author_public(), days, expired)?;
             n.store.set_tls_identity(&issued.cert_pem, &issued.key_pem, &issued.ca_pem)?;
             let tls_dir = node.join("tls");
             std::fs::create_dir_all(&tls_dir)?;

@@ -146,6 +146,88 @@ struct Shared {
     relay: std::sync::Mutex<std::collections::HashMap<u32, (String, String)>>,
     /// On a party of a call: where the call's voice datagrams go (call tag, receiver).
     voice_in: std::sync::Mutex<Option<(u32, mpsc::UnboundedSender<VoiceIn>)>>,
+    /// Conversations open, by peer name: bounded per certificate and in all.
+    open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// Conversations one certificate may hold open at once (a daemon and a CLI sync, with room for
+/// a reconnect that overlaps the old connection's idle timeout).
+pub const MAX_CONNECTIONS_PER_PEER: usize = 4;
+/// Conversations a node holds open at once, every peer together.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Frames handed to the store in one step: bounds the store thread's work per request, so one
+/// peer's burst cannot hold the others' syncs back.
+const MAX_FRAMES_PER_STEP: usize = 256;
+/// Operations one peer may have the store check and apply in a minute (a first contact of
+/// 10,000 sessions is about 600,000).
+pub const MAX_OPS_PER_PEER_MINUTE: u64 = 4_000_000;
+/// Frame bytes one peer may send in a minute (photos included).
+pub const MAX_BYTES_PER_PEER_MINUTE: u64 = 512 * 1024 * 1024;
+
+/// A slot among the open conversations, given back when the conversation ends.
+struct Slot {
+    shared: Arc<Shared>,
+    name: String,
+}
+
+impl Slot {
+    /// Takes a slot for `name`, or says why there is none.
+    fn take(shared: &Arc<Shared>, name: &str) -> Result<Slot, String> {
+        let mut open = shared.open.lock().map_err(|_| "the connection table is poisoned".to_string())?;
+        let total: usize = open.values().sum();
+        let mine = open.get(name).copied().unwrap_or(0);
+        if mine >= MAX_CONNECTIONS_PER_PEER {
+            return Err(format!("{name} already holds {mine} connections (at most {MAX_CONNECTIONS_PER_PEER})"));
+        }
+        if total >= MAX_CONNECTIONS {
+            return Err(format!("this node is at its limit of {MAX_CONNECTIONS} connections"));
+        }
+        *open.entry(name.to_string()).or_default() += 1;
+        Ok(Slot { shared: shared.clone(), name: name.to_string() })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.shared.open.lock()
+            && let Some(n) = open.get_mut(&self.name)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.name);
+            }
+        }
+    }
+}
+
+/// What one peer made this node do in the current minute.
+#[derive(Debug)]
+struct Budget {
+    since: Instant,
+    ops: u64,
+    bytes: u64,
+}
+
+impl Budget {
+    fn new() -> Budget {
+        Budget { since: Instant::now(), ops: 0, bytes: 0 }
+    }
+
+    /// Adds work; returns why the peer is over its budget, if it is.
+    fn spend(&mut self, ops: u64, bytes: u64) -> Option<String> {
+        if self.since.elapsed() >= Duration::from_secs(60) {
+            *self = Budget::new();
+        }
+        self.ops += ops;
+        self.bytes += bytes;
+        if self.ops > MAX_OPS_PER_PEER_MINUTE {
+            return Some(format!("over the budget of {MAX_OPS_PER_PEER_MINUTE} operations a minute"));
+        }
+        if self.bytes > MAX_BYTES_PER_PEER_MINUTE {
+            return Some(format!("over the budget of {} MiB a minute", MAX_BYTES_PER_PEER_MINUTE >> 20));
+        }
+        None
+    }
 }
 
 /// Where a path probe's echoes go while a measurement runs.
@@ -253,7 +335,7 @@ pub fn load_identity(node: &Node) -> Result<Identity, NetError> {
     Ok(id)
 }
 
-fn peer_identity(conn: &quinn::Connection) -> Result<(PeerInfo, Vec<u8>), NetError> {
+fn peer_identity(conn: &quinn::Connection) -> Result<(PeerInfo, Vec<u8>, CertificateDer<'static>), NetError> {
     let certs =
         conn.peer_identity().and_then(|a| a.downcast::<Vec<CertificateDer<'static>>>().ok()).ok_or_else(|| {
             NetError::Connection { peer: conn.remote_address().to_string(), detail: "no certificate".into() }
@@ -264,7 +346,7 @@ fn peer_identity(conn: &quinn::Connection) -> Result<(PeerInfo, Vec<u8>), NetErr
     })?;
     let serial =
         x509_parser::parse_x509_certificate(first.as_ref()).map(|(_, c)| c.raw_serial().to_vec()).unwrap_or_default();
-    Ok((tls::peer_info(first)?, serial))
+    Ok((tls::peer_info(first)?, serial, first.clone()))
 }
 
 /// Whether the serial number appears in the revocation list.
@@ -322,6 +404,7 @@ pub async fn sync_once_with(
         links: std::sync::Mutex::new(std::collections::HashMap::new()),
         relay: std::sync::Mutex::new(std::collections::HashMap::new()),
         voice_in: std::sync::Mutex::new(None),
+        open: std::sync::Mutex::new(std::collections::HashMap::new()),
     });
     let bind: SocketAddr = if peer.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
         .parse()
@@ -383,6 +466,7 @@ impl Daemon {
             links: std::sync::Mutex::new(std::collections::HashMap::new()),
             relay: std::sync::Mutex::new(std::collections::HashMap::new()),
             voice_in: std::sync::Mutex::new(None),
+            open: std::sync::Mutex::new(std::collections::HashMap::new()),
             next_conn: std::sync::atomic::AtomicU64::new(1),
             endpoint: std::sync::OnceLock::new(),
         });
@@ -545,8 +629,15 @@ async fn watch_local_writes(shared: Arc<Shared>) {
 /// as decoded from QUIC (diagnostics, and the scope tests' evidence).
 pub const FRAME_LOG_ENV: &str = "OUTPOST_FRAME_LOG";
 
-/// Reads one lane's frames and forwards them.
-async fn read_lane(mut recv: quinn::RecvStream, out: mpsc::Sender<Frame>) -> Result<(), String> {
+/// Reads one lane's frames and forwards them; a frame that cannot be decoded is reported on
+/// `bad` (the conversation then closes with the reason).
+async fn read_lane(recv: quinn::RecvStream, out: mpsc::Sender<Frame>, bad: mpsc::Sender<String>) {
+    if let Err(e) = read_frames(recv, out).await {
+        let _ = bad.send(e).await;
+    }
+}
+
+async fn read_frames(mut recv: quinn::RecvStream, out: mpsc::Sender<Frame>) -> Result<(), String> {
     let mut decoder = FrameDecoder::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut log = std::env::var_os(FRAME_LOG_ENV)
@@ -567,12 +658,11 @@ async fn read_lane(mut recv: quinn::RecvStream, out: mpsc::Sender<Frame>) -> Res
                             }
                         }
                         Ok(None) => break,
-                        Err(e) => return Err(e.to_string()),
+                        Err(e) => return Err(format!("an undecodable frame: {e}")),
                     }
                 }
             }
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(e.to_string()),
+            Ok(None) | Err(_) => return Ok(()),
         }
     }
 }
@@ -597,11 +687,19 @@ async fn converse(
 ) -> Result<SyncReport, NetError> {
     let addr = conn.remote_address().to_string();
     let conn_err = |detail: String| NetError::Connection { peer: addr.clone(), detail };
-    let (peer, serial) = peer_identity(&conn)?;
+    let (peer, serial, peer_cert) = peer_identity(&conn)?;
     if peer.name == shared.me.name {
         conn.close(quinn::VarInt::from_u32(2), b"a node cannot sync with itself");
         return Err(conn_err("the peer presented this node's own identity".into()));
     }
+    let _slot = match Slot::take(&shared, &peer.name) {
+        Ok(slot) => slot,
+        Err(why) => {
+            tracing::warn!(peer = %peer.name, %addr, "refused a connection: {why}");
+            conn.close(quinn::VarInt::from_u32(CloseCode::Unavailable as u32), why.as_bytes());
+            return Err(conn_err(why));
+        }
+    };
     let id = shared.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let base_stats = conn.stats();
     let started = Instant::now();
@@ -631,9 +729,23 @@ async fn converse(
     let _ = sync_send.set_priority(1);
     let _ = blob_send.set_priority(0);
 
+    // The peer's certificate came through the TLS handshake: it is a fleet member whose
+    // signatures this node can check from now on.
+    if let Ok(member) = tls::member_of(&peer_cert) {
+        let der = peer_cert.as_ref().to_vec();
+        let added = shared.store.call(move |node| node.store.add_member(member, &der)).await?;
+        if let Err(e) = added {
+            tracing::warn!(peer = %peer.name, "cannot record the peer's certificate: {e}");
+        }
+    } else {
+        tracing::warn!(peer = %peer.name, "the peer's certificate names no author key: its changes will be refused");
+    }
     let (frames_tx, mut frames_rx) = mpsc::channel::<Frame>(256);
-    let readers =
-        [tokio::spawn(read_lane(sync_recv, frames_tx.clone())), tokio::spawn(read_lane(blob_recv, frames_tx))];
+    let (bad_tx, mut bad_rx) = mpsc::channel::<String>(2);
+    let readers = [
+        tokio::spawn(read_lane(sync_recv, frames_tx.clone(), bad_tx.clone())),
+        tokio::spawn(read_lane(blob_recv, frames_tx, bad_tx)),
+    ];
     let (sync_out, sync_out_rx) = mpsc::unbounded_channel();
     let (blob_out, blob_out_rx) = mpsc::unbounded_channel();
     let writers = [tokio::spawn(write_lane(sync_send, sync_out_rx)), tokio::spawn(write_lane(blob_send, blob_out_rx))];
@@ -647,6 +759,8 @@ async fn converse(
         let me = me.clone();
         let ca = ca.clone();
         shared.store.call(move |node| {
+            let ops_before = node.store.ops_admitted();
+            let bytes_before = engine.stats().bytes_received;
             let mut replica = NodeReplica::new(&mut node.store, &me, Some(&ca));
             let now = now_ms();
             let result = match work {
@@ -659,7 +773,9 @@ async fn converse(
                 out.push(f);
             }
             let log = engine.take_log();
-            (engine, result.map_err(|e| e.to_string()), out, replica.changed, replica.revocations_updated, log)
+            let (changed, crl_updated) = (replica.changed, replica.revocations_updated);
+            let cost = (node.store.ops_admitted() - ops_before, engine.stats().bytes_received - bytes_before);
+            (engine, result.map_err(|e| e.to_string()), out, changed, crl_updated, log, cost)
         })
     };
     tracing::info!(peer = %peer.name, role = %peer.role, %addr, "connected");
@@ -675,13 +791,22 @@ async fn converse(
     };
 
     let mut engine = Some(engine);
+    let mut budget = Budget::new();
     let mut work = Some(Work::Start);
     let mut failure: Option<String> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         if let Some(w) = work.take() {
             let Some(e) = engine.take() else { break };
-            let (e, result, out, changed, crl_updated, log) = step(e, w).await?;
+            let (e, result, out, changed, crl_updated, log, (ops, bytes)) = step(e, w).await?;
+            if let Some(why) = budget.spend(ops, bytes) {
+                tracing::warn!(peer = %peer.name, %addr, "closing: {why}");
+                let close = Frame::Close { code: CloseCode::Unavailable as u16, reason: why.clone() };
+                let _ = sync_out.send(close.to_bytes());
+                engine = Some(e);
+                failure = Some(why);
+                break;
+            }
             for line in log {
                 tracing::info!(peer = %peer.name, "{line}");
             }
@@ -711,10 +836,19 @@ async fn converse(
             }
         }
         tokio::select! {
+            Some(detail) = bad_rx.recv() => {
+                tracing::warn!(peer = %peer.name, %addr, "closing: {detail}");
+                let close = Frame::Close { code: CloseCode::ProtocolError as u16, reason: detail.clone() };
+                let _ = sync_out.send(close.to_bytes());
+                failure = Some(detail);
+                break;
+            }
             frame = frames_rx.recv() => match frame {
                 Some(f) => {
                     let mut batch = vec![f];
-                    while let Ok(more) = frames_rx.try_recv() {
+                    while batch.len() < MAX_FRAMES_PER_STEP
+                        && let Ok(more) = frames_rx.try_recv()
+                    {
                         batch.push(more);
                     }
                     work = Some(Work::Frames(batch));

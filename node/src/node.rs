@@ -5,7 +5,6 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use automerge::ActorId;
 use sync_protocol::call::{Action, CallState, PathQuality, Rating, calls_of, next_action};
 use sync_protocol::directory::{DirectoryView, LineEntry};
 use sync_protocol::session::{
@@ -169,7 +168,7 @@ impl Node {
             created_ms: now,
         };
         // The store first, so that a node.toml never points at a store that was not created.
-        Store::open(&dir.db_path(), Sealer::new(&key), ActorId::from(actor), &cfg.name, StoreOptions::default())?;
+        Store::open(&dir.db_path(), Sealer::new(&key), &cfg.name, StoreOptions::default())?;
         dir.write_config(&cfg)?;
         Ok(cfg)
     }
@@ -186,11 +185,7 @@ impl Node {
         if key.id() != config.key_id {
             return Err(CryptoError::WrongKey { origin, found: key.id(), expected: config.key_id.clone() }.into());
         }
-        let actor_bytes = hex::decode(&config.actor).map_err(|_| ConfigError::Invalid {
-            path: dir.config_path(),
-            problem: "actor is not hexadecimal".into(),
-        })?;
-        let store = Store::open(&dir.db_path(), Sealer::new(&key), ActorId::from(actor_bytes), &config.name, opts)?;
+        let store = Store::open(&dir.db_path(), Sealer::new(&key), &config.name, opts)?;
         Ok(Node { dir: dir.clone(), config, store })
     }
 

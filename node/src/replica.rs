@@ -1,10 +1,10 @@
 //! The node's store as the sync engine's [`Replica`].
 
-use automerge::sync;
 use rustls::pki_types::CertificateDer;
 use sync_protocol::TimeMs;
+use sync_protocol::authorship::ActorPrefix;
 use sync_protocol::directory::is_directory_id;
-use sync_protocol::engine::{Applied, BlobNeed, Knowledge, Replica};
+use sync_protocol::engine::{Applied, BlobNeed, Incoming, Knowledge, Outgoing, Replica};
 use sync_protocol::recon::Item;
 use sync_protocol::scope::{PeerInfo, may_hold};
 use sync_protocol::wire::{BlobManifest, DocId, Hash};
@@ -64,11 +64,14 @@ impl Replica for NodeReplica<'_> {
         Ok(self.store.scope_row(id)?.filter(|r| may_hold(peer, &r.meta)).map(|r| r.heads))
     }
 
-    fn known_hashes(&mut self, id: &DocId, hashes: &[Hash]) -> Result<Vec<Hash>, StoreError> {
+    fn known_hashes(&mut self, peer: &PeerInfo, id: &DocId, hashes: &[Hash]) -> Result<Vec<Hash>, StoreError> {
         if is_directory_id(id) {
+            if self.store.directory_heads_for(self.me, peer, id)?.is_none() {
+                return Ok(Vec::new());
+            }
             return self.store.directory_known_hashes(self.me, id, hashes);
         }
-        self.store.known_hashes(id, hashes)
+        self.store.known_hashes(peer, id, hashes)
     }
 
     fn knowledge(&mut self, peer: &PeerInfo, id: &DocId) -> Result<Option<Knowledge>, StoreError> {
@@ -85,15 +88,21 @@ impl Replica for NodeReplica<'_> {
         self.store.set_knowledge(peer, updates)
     }
 
-    fn changes_since(&mut self, id: &DocId, base: &[Hash]) -> Result<Vec<u8>, StoreError> {
+    fn changes_since(&mut self, peer: &PeerInfo, id: &DocId, base: &[Hash]) -> Result<Option<Outgoing>, StoreError> {
         if is_directory_id(id) {
-            return self.store.directory_changes_since(self.me, id, base);
+            // The directory goes only to the ICB's own edges and desks, from its hub, over the
+            // authenticated connection: it carries no signatures.
+            if self.store.directory_heads_for(self.me, peer, id)?.is_none() {
+                return Ok(None);
+            }
+            let bytes = self.store.directory_changes_since(self.me, id, base)?;
+            return Ok(Some(Outgoing { bytes, sigs: Vec::new(), authors: Vec::new() }));
         }
-        self.store.changes_since(id, base)
+        self.store.changes_since(peer, id, base)
     }
 
-    fn apply(&mut self, peer: &PeerInfo, batch: &[(DocId, Vec<u8>)], now: TimeMs) -> Result<Vec<Applied>, StoreError> {
-        if !batch.iter().any(|(id, _)| is_directory_id(id)) {
+    fn apply(&mut self, peer: &PeerInfo, batch: &[Incoming], now: TimeMs) -> Result<Vec<Applied>, StoreError> {
+        if !batch.iter().any(|inc| is_directory_id(&inc.doc)) {
             let (out, changed) = self.store.apply_remote(self.me, peer, batch, now)?;
             self.changed.extend(changed);
             return Ok(out);
@@ -101,18 +110,18 @@ impl Replica for NodeReplica<'_> {
         // The directory goes its own way; the sessions of the batch still share one transaction.
         let mut out: Vec<Option<Applied>> = vec![None; batch.len()];
         let mut sessions = Vec::new();
-        for (i, (id, bytes)) in batch.iter().enumerate() {
-            if is_directory_id(id) {
-                let (applied, changed) = self.store.apply_directory(self.me, peer, id, bytes, now)?;
+        for (i, inc) in batch.iter().enumerate() {
+            if is_directory_id(&inc.doc) {
+                let (applied, changed) = self.store.apply_directory(self.me, peer, &inc.doc, &inc.bytes, now)?;
                 if changed {
-                    self.changed.push(*id);
+                    self.changed.push(inc.doc);
                 }
                 out[i] = Some(applied);
             } else {
-                sessions.push((i, (*id, bytes.clone())));
+                sessions.push((i, inc.clone()));
             }
         }
-        let session_batch: Vec<(DocId, Vec<u8>)> = sessions.iter().map(|(_, d)| d.clone()).collect();
+        let session_batch: Vec<Incoming> = sessions.iter().map(|(_, d)| d.clone()).collect();
         let (applied, changed) = self.store.apply_remote(self.me, peer, &session_batch, now)?;
         self.changed.extend(changed);
         for ((i, _), a) in sessions.iter().zip(applied) {
@@ -121,31 +130,23 @@ impl Replica for NodeReplica<'_> {
         Ok(out.into_iter().map(|a| a.unwrap_or(Applied::MissingDeps)).collect())
     }
 
-    fn am_generate(&mut self, id: &DocId, state: &mut sync::State) -> Result<Option<Vec<u8>>, StoreError> {
-        if is_directory_id(id) {
-            return self.store.directory_am_generate(self.me, id, state);
-        }
-        self.store.am_generate(id, state)
+    fn credential(&mut self, author: &ActorPrefix) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store.credential(author)
     }
 
-    fn am_receive(
-        &mut self,
-        peer: &PeerInfo,
-        id: &DocId,
-        state: &mut sync::State,
-        message: &[u8],
-        now: TimeMs,
-    ) -> Result<Applied, StoreError> {
-        if is_directory_id(id) {
-            let (out, changed) = self.store.directory_am_receive(self.me, peer, id, state, message, now)?;
-            if changed {
-                self.changed.push(*id);
+    fn offer_credential(&mut self, credential: &[u8]) -> Result<bool, StoreError> {
+        let Some(ca) = self.ca else { return Ok(false) };
+        let crl = self.store.revocations()?.map(|(_, der)| der);
+        match tls::verify_member(ca, crl.as_deref(), credential) {
+            Ok(member) => {
+                self.store.add_member(member, credential)?;
+                Ok(true)
             }
-            return Ok(out);
+            Err(e) => {
+                tracing::warn!("refused a member credential: {e}");
+                Ok(false)
+            }
         }
-        let (out, changed) = self.store.am_receive(self.me, peer, id, state, message, now)?;
-        self.changed.extend(changed);
-        Ok(out)
     }
 
     fn blobs_wanted(&mut self, peer: &PeerInfo) -> Result<Vec<BlobNeed>, StoreError> {

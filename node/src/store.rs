@@ -21,12 +21,14 @@
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
-use automerge::ActorId;
+use automerge::{ActorId, ChangeHash};
 use lru::LruCache;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
+use sync_protocol::authorship::{self, AuthorKey, Member, PublicKey, Roster, Signature};
 use sync_protocol::blob;
 use sync_protocol::recon;
+use sync_protocol::rules::Limits;
 use sync_protocol::session::{ModelError, NewSession, SessionDoc, SessionId, SessionView};
 use sync_protocol::vocab::{Channel, Priority, ReceiptLevel, ServiceLine, Status};
 use sync_protocol::wire::Hash;
@@ -42,7 +44,7 @@ pub use sync::ScopeRow;
 pub const MAX_PAGES_ENV: &str = "OUTPOST_MAX_DB_PAGES";
 
 /// Database schema version this build writes (`PRAGMA user_version`).
-pub const DB_SCHEMA_VERSION: i64 = 3;
+pub const DB_SCHEMA_VERSION: i64 = 4;
 
 /// Tunables of the store.
 #[derive(Debug, Clone, Copy)]
@@ -256,6 +258,17 @@ CREATE TABLE peer_directory (
     PRIMARY KEY (peer, icb)
 ) WITHOUT ROWID;
 "#,
+    r#"
+CREATE TABLE change_sigs (
+    hash BLOB PRIMARY KEY,
+    sig  BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE members (
+    prefix     BLOB PRIMARY KEY,
+    name       TEXT NOT NULL,
+    credential BLOB NOT NULL
+) WITHOUT ROWID;
+"#,
 ];
 
 const KEY_CHECK: &[u8] = b"outpost key check";
@@ -424,10 +437,16 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
     sealer: Sealer,
+    author: AuthorKey,
     actor: ActorId,
     node: String,
     opts: StoreOptions,
     cache: LruCache<SessionId, Cached>,
+    /// The fleet members this node knows (from certificates), by actor prefix.
+    roster: Roster,
+    limits: Limits,
+    /// Operations of received changes checked and stored, since the store was opened.
+    ops_admitted: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -468,13 +487,7 @@ impl WriteCtx<'_> {
 impl Store {
     /// Opens (creating if needed) the store at `path`, migrating it to the current schema and
     /// checking that `sealer` holds this node's key.
-    pub fn open(
-        path: &Path,
-        sealer: Sealer,
-        actor: ActorId,
-        node: &str,
-        opts: StoreOptions,
-    ) -> Result<Store, StoreError> {
+    pub fn open(path: &Path, sealer: Sealer, node: &str, opts: StoreOptions) -> Result<Store, StoreError> {
         let mut conn = Connection::open(path).map_err(sql("opening the database"))?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sql("setting the busy timeout"))?;
         // Takes effect only on a new, empty database; freed pages (folded logs, photos deleted
@@ -491,15 +504,21 @@ impl Store {
             .map_err(sql("setting durability"))?;
         migrate(&mut conn, path)?;
         check_key(&conn, &sealer)?;
+        let author = author_key(&conn, &sealer)?;
+        let roster = load_roster(&conn)?;
         let cap = NonZeroUsize::new(opts.cache_docs.max(1)).unwrap_or(NonZeroUsize::MIN);
         let mut store = Store {
             conn,
             path: path.to_path_buf(),
             sealer,
-            actor,
+            actor: author.actor().clone(),
+            author,
             node: node.to_string(),
             opts,
             cache: LruCache::new(cap),
+            roster,
+            limits: Limits::default(),
+            ops_admitted: 0,
         };
         store.backfill_index()?;
         if let Some(pages) = std::env::var(MAX_PAGES_ENV).ok().and_then(|v| v.parse::<u64>().ok()) {
@@ -532,6 +551,62 @@ impl Store {
             self.cache.put(id, cached);
         }
         Ok(())
+    }
+
+    /// The public half of this node's author key, for the fleet CA to certify.
+    pub fn author_public(&self) -> PublicKey {
+        self.author.public()
+    }
+
+    /// The actor id this node writes under.
+    pub fn actor(&self) -> &ActorId {
+        &self.actor
+    }
+
+    /// Signs a change hash with this node's author key (what every local write does; exposed for
+    /// tools and for the adversarial tests, which play a stolen tablet).
+    pub fn sign(&self, hash: &ChangeHash) -> Signature {
+        self.author.sign(hash)
+    }
+
+    /// Records a fleet member whose credential was checked (its certificate came over TLS, or
+    /// was verified against the fleet CA).
+    pub fn add_member(&mut self, member: Member, credential: &[u8]) -> Result<(), StoreError> {
+        if self.roster.get(&member.prefix()).is_some_and(|m| *m == member) {
+            return Ok(());
+        }
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO members (prefix, name, credential) VALUES (?1, ?2, ?3)",
+                params![member.prefix().to_vec(), member.info.name, credential],
+            )
+            .map_err(sql("recording a fleet member"))?;
+        self.roster.insert(member);
+        Ok(())
+    }
+
+    /// The credential of the member whose changes carry this actor prefix.
+    pub fn credential(&self, prefix: &authorship::ActorPrefix) -> Result<Option<Vec<u8>>, StoreError> {
+        self.conn
+            .query_row("SELECT credential FROM members WHERE prefix = ?1", [prefix.to_vec()], |r| r.get(0))
+            .optional()
+            .map_err(sql("reading fleet members"))
+    }
+
+    /// Operations of received changes checked and stored since the store was opened: what peers
+    /// made this node work for (the daemon budgets it per peer).
+    pub fn ops_admitted(&self) -> u64 {
+        self.ops_admitted
+    }
+
+    /// The signature held for a change.
+    pub fn signature(&self, hash: &ChangeHash) -> Result<Option<Signature>, StoreError> {
+        let sig: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT sig FROM change_sigs WHERE hash = ?1")
+            .and_then(|mut s| s.query_row([hash.0.to_vec()], |r| r.get(0)).optional())
+            .map_err(sql("reading signatures"))?;
+        Ok(sig.and_then(|s| s.try_into().ok()))
     }
 
     /// Caps the database at `pages` pages (of 4 KiB), so a test can make the disk "full".
@@ -568,6 +643,7 @@ impl Store {
         .map_err(sql("recording the session"))?;
         let sid = tx.last_insert_rowid();
         let seq = append_change(&tx, &self.sealer, sid, &id, &bytes)?;
+        put_sigs(&tx, authorship::sign_new(&self.author, doc.automerge(), &[]))?;
         index_doc(&tx, &self.sealer, &id, sid, &mut doc, &view)?;
         append_audit(&tx, &self.sealer, &self.node, now, "session.create", Some(sid), None)?;
         tx.commit().map_err(sql("committing"))?;
@@ -621,6 +697,7 @@ impl Store {
             let bytes = cached.doc.save_after(&before);
             let view = cached.doc.view().map_err(model(id))?;
             let seq = append_change(&tx, &self.sealer, cached.sid, &key, &bytes)?;
+            put_sigs(&tx, authorship::sign_new(&self.author, cached.doc.automerge(), &before))?;
             index_doc(&tx, &self.sealer, &key, cached.sid, &mut cached.doc, &view)?;
             let counts = log_counts(&tx, cached.sid)?;
             cached.upto = seq;
@@ -952,6 +1029,71 @@ fn check_key(conn: &Connection, sealer: &Sealer) -> Result<(), StoreError> {
             conn.execute("INSERT INTO meta (key, value) VALUES ('key_check', ?1)", [sealed])
                 .map_err(sql("recording the key check"))?;
         }
+    }
+    Ok(())
+}
+
+const AUTHOR_AAD: &[u8] = b"outpost/author-key/v1";
+
+/// The node's author key: made on first open (a seed sealed under the node key, and a random
+/// writer instance for its actor id).
+fn author_key(conn: &Connection, sealer: &Sealer) -> Result<AuthorKey, StoreError> {
+    let get = |k: &str| -> Result<Option<Vec<u8>>, StoreError> {
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
+            .optional()
+            .map_err(sql("reading the author key"))
+    };
+    let (seed, instance) = match (get("author_seed")?, get("actor_instance")?) {
+        (Some(sealed), Some(instance)) => {
+            let seed = sealer.open("author key", AUTHOR_AAD, &sealed)?;
+            let seed: [u8; 32] =
+                seed.try_into().map_err(|_| StoreError::Damaged("the author key has the wrong length".into()))?;
+            let instance: [u8; 8] = instance
+                .try_into()
+                .map_err(|_| StoreError::Damaged("the actor instance has the wrong length".into()))?;
+            (seed, instance)
+        }
+        _ => {
+            let mut seed = [0u8; 32];
+            let mut instance = [0u8; 8];
+            crate::crypto::random_bytes(&mut seed)?;
+            crate::crypto::random_bytes(&mut instance)?;
+            let sealed = sealer.seal(AUTHOR_AAD, &seed)?;
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('author_seed', ?1), ('actor_instance', ?2)",
+                params![sealed, instance.to_vec()],
+            )
+            .map_err(sql("recording the author key"))?;
+            (seed, instance)
+        }
+    };
+    Ok(AuthorKey::from_seed(&seed, instance))
+}
+
+fn load_roster(conn: &Connection) -> Result<Roster, StoreError> {
+    let mut roster = Roster::new();
+    let mut stmt = conn.prepare("SELECT credential FROM members").map_err(sql("reading fleet members"))?;
+    let creds: Vec<Vec<u8>> = stmt
+        .query_map([], |r| r.get(0))
+        .map_err(sql("reading fleet members"))?
+        .collect::<Result<_, _>>()
+        .map_err(sql("reading fleet members"))?;
+    for der in creds {
+        // Stored only after it was checked; a damaged row is skipped, not trusted.
+        if let Ok(m) = crate::tls::member_of(&rustls::pki_types::CertificateDer::from(der)) {
+            roster.insert(m);
+        }
+    }
+    Ok(roster)
+}
+
+/// Records signatures of changes (this node's own, or received and checked).
+fn put_sigs(tx: &Transaction<'_>, sigs: impl IntoIterator<Item = (ChangeHash, Signature)>) -> Result<(), StoreError> {
+    let mut stmt = tx
+        .prepare_cached("INSERT OR IGNORE INTO change_sigs (hash, sig) VALUES (?1, ?2)")
+        .map_err(sql("recording signatures"))?;
+    for (h, sig) in sigs {
+        stmt.execute(params![h.0.to_vec(), sig.to_vec()]).map_err(sql("recording signatures"))?;
     }
     Ok(())
 }

@@ -26,6 +26,7 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
+use sync_protocol::authorship::{Member, PublicKey};
 use sync_protocol::scope::PeerInfo;
 use sync_protocol::vocab::{Role, ServiceLine};
 use time::OffsetDateTime;
@@ -222,16 +223,31 @@ impl CaDir {
 
     /// Issues a certificate for a node. `days` of validity from now; `expired` makes one that
     /// expired yesterday (for tests of refusal).
-    pub fn issue(&self, info: &PeerInfo, days: i64, expired: bool) -> Result<NodeCertificate, TlsError> {
-        self.locked(|| self.issue_locked(info, days, expired))
+    /// Issues a certificate stating `info` and certifying `author`, the key the node signs its
+    /// changes with.
+    pub fn issue(
+        &self,
+        info: &PeerInfo,
+        author: &PublicKey,
+        days: i64,
+        expired: bool,
+    ) -> Result<NodeCertificate, TlsError> {
+        self.locked(|| self.issue_locked(info, author, days, expired))
     }
 
-    fn issue_locked(&self, info: &PeerInfo, days: i64, expired: bool) -> Result<NodeCertificate, TlsError> {
+    fn issue_locked(
+        &self,
+        info: &PeerInfo,
+        author: &PublicKey,
+        days: i64,
+        expired: bool,
+    ) -> Result<NodeCertificate, TlsError> {
         let mut record = self.record()?;
         let issuer = self.issuer()?;
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(vec![SERVER_NAME.to_string()])?;
-        params.subject_alt_names.push(SanType::URI(identity_urn(info).try_into()?));
+        let urn = format!("{};author={}", identity_urn(info), hex::encode(author));
+        params.subject_alt_names.push(SanType::URI(urn.try_into()?));
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, info.name.clone());
         params.distinguished_name.push(DnType::OrganizationalUnitName, info.role.as_str());
@@ -391,8 +407,8 @@ fn parse_urn(urn: &str) -> Option<PeerInfo> {
     Some(info)
 }
 
-/// The identity a certificate states, from its URI subject alternative name.
-pub fn peer_info(cert: &CertificateDer<'_>) -> Result<PeerInfo, TlsError> {
+/// The `urn:outpost:node:` URI a certificate carries, with the identity it states.
+fn identity_uri(cert: &CertificateDer<'_>) -> Result<(String, PeerInfo), TlsError> {
     let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref())
         .map_err(|e| TlsError::Invalid { what: "peer certificate", detail: e.to_string() })?;
     let san = x509
@@ -403,10 +419,47 @@ pub fn peer_info(cert: &CertificateDer<'_>) -> Result<PeerInfo, TlsError> {
         if let x509_parser::extensions::GeneralName::URI(uri) = name
             && let Some(info) = parse_urn(uri)
         {
-            return Ok(info);
+            return Ok((uri.to_string(), info));
         }
     }
     Err(TlsError::NoIdentity("no urn:outpost:node URI".into()))
+}
+
+/// The identity a certificate states, from its URI subject alternative name.
+pub fn peer_info(cert: &CertificateDer<'_>) -> Result<PeerInfo, TlsError> {
+    identity_uri(cert).map(|(_, info)| info)
+}
+
+/// The fleet member a certificate states: its identity and the author key it certifies.
+pub fn member_of(cert: &CertificateDer<'_>) -> Result<Member, TlsError> {
+    let (uri, info) = identity_uri(cert)?;
+    let key = uri
+        .split(';')
+        .find_map(|p| p.strip_prefix("author="))
+        .and_then(|h| hex::decode(h).ok())
+        .and_then(|b| <PublicKey>::try_from(b.as_slice()).ok())
+        .ok_or_else(|| TlsError::NoIdentity(format!("{} has no author key: issue it a new certificate", info.name)))?;
+    Ok(Member { info, key })
+}
+
+/// Checks a member's certificate offered by a peer: signed by the fleet CA `ca` and not in the
+/// revocation list `crl`. Its validity period is not checked: a change signed while the
+/// certificate was valid stays verifiable after it expires.
+pub fn verify_member(ca: &CertificateDer<'_>, crl: Option<&[u8]>, der: &[u8]) -> Result<Member, TlsError> {
+    let (_, ca_cert) = x509_parser::parse_x509_certificate(ca.as_ref())
+        .map_err(|e| TlsError::Invalid { what: "CA certificate", detail: e.to_string() })?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| TlsError::Invalid { what: "member certificate", detail: e.to_string() })?;
+    if cert.issuer() != ca_cert.subject() || cert.verify_signature(Some(ca_cert.public_key())).is_err() {
+        return Err(TlsError::Invalid { what: "member certificate", detail: "not issued by this fleet's CA".into() });
+    }
+    if let Some(crl) = crl
+        && let Ok((_, list)) = x509_parser::parse_x509_crl(crl)
+        && list.iter_revoked_certificates().any(|r| r.raw_serial() == cert.raw_serial())
+    {
+        return Err(TlsError::Invalid { what: "member certificate", detail: "revoked".into() });
+    }
+    member_of(&CertificateDer::from(der.to_vec()))
 }
 
 /// Checks that `der` is a revocation list signed by the CA `ca`, and returns its number.
@@ -530,17 +583,21 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let ca = CaDir::new(tmp.path().join("ca"));
         ca.init("test").unwrap();
-        let issued = ca.issue(&desk(), 30, false).unwrap();
+        let issued = ca.issue(&desk(), &[5; 32], 30, false).unwrap();
         let id = Identity::from_pem(&issued.cert_pem, &issued.key_pem, &issued.ca_pem).unwrap();
         assert_eq!(id.info, desk());
+        let member = verify_member(&ca.cert().unwrap(), None, id.certs[0].as_ref()).unwrap();
+        assert_eq!(member, Member { info: desk(), key: [5; 32] });
         id.server_config(None).unwrap();
         id.client_config(None).unwrap();
         let (n, der) = ca.revoke("desk-derm-1").unwrap();
         assert_eq!(n, 1);
         assert_eq!(verify_crl(&ca.cert().unwrap(), &der).unwrap(), 1);
+        assert!(verify_member(&ca.cert().unwrap(), Some(&der), id.certs[0].as_ref()).is_err(), "revoked");
         let other = CaDir::new(tmp.path().join("other"));
         other.init("other").unwrap();
         assert!(matches!(verify_crl(&other.cert().unwrap(), &der), Err(TlsError::ForeignRevocations)));
+        assert!(verify_member(&other.cert().unwrap(), None, id.certs[0].as_ref()).is_err(), "another fleet");
         assert!(matches!(ca.revoke("nobody"), Err(TlsError::UnknownNode(_))));
     }
 }

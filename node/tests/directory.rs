@@ -5,9 +5,10 @@
 
 use outpost_node::config::NodeDir;
 use outpost_node::node::{InitParams, Node, NodeError, SessionRequest};
+use sync_protocol::authorship::Member;
 use sync_protocol::call::{Action, PathQuality, RotaDesk};
 use sync_protocol::directory::{DirectoryDoc, Hours, LineEntry, directory_id};
-use sync_protocol::engine::Applied;
+use sync_protocol::engine::{Applied, Incoming};
 use sync_protocol::session::{LogValue, Patient, Requester, Service};
 use sync_protocol::vocab::{CareSetting, Channel, Priority, Role, ServiceLine};
 
@@ -131,9 +132,13 @@ fn escalated_at_hub(amb: &mut Node, hub: &mut Node) -> sync_protocol::SessionId 
     };
     let id = amb.new_session(req, T).unwrap().id;
     amb.escalate(id, T + 1).unwrap();
-    let bytes = amb.store.changes_since(&id.to_bytes(), &[]).unwrap();
     let (me, from) = (hub.config.peer_info(), amb.config.peer_info());
-    let (applied, _) = hub.store.apply_remote(&me, &from, &[(id.to_bytes(), bytes)], T + 2).unwrap();
+    let out = amb.store.changes_since(&me, &id.to_bytes(), &[]).unwrap().unwrap();
+    // The hub knows the ambulance as a fleet member (here without a certificate).
+    let member = Member { info: from.clone(), key: amb.store.author_public() };
+    hub.store.add_member(member, b"test member").unwrap();
+    let inc = Incoming { doc: id.to_bytes(), bytes: out.bytes, sigs: out.sigs };
+    let (applied, _) = hub.store.apply_remote(&me, &from, &[inc], T + 2).unwrap();
     assert!(matches!(applied[0], Applied::Stored { .. }), "{applied:?}");
     id
 }

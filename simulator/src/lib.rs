@@ -60,6 +60,8 @@ pub struct Report {
     pub photo_to_hub: Percentiles,
     /// Writes that never reached the hub during the scenario (before settling).
     pub undelivered_at_end: usize,
+    /// Writes that had not reached the hub even after every link healed and the region settled.
+    pub never_delivered: usize,
     /// Payload bytes (Automerge changes, photo chunks) over bytes on the wire.
     pub wire_efficiency: f64,
     /// Bytes on the wire.
@@ -68,6 +70,8 @@ pub struct Report {
     pub payload_bytes: u64,
     /// Connections made and lost.
     pub connections: (u64, u64),
+    /// Attacks by hostile nodes (`byzantine` faults): made, and refused by the hub.
+    pub attacks: (u64, u64),
     /// Seconds from the last link healing to every replica converging.
     pub convergence_seconds: Option<f64>,
     /// Call escalations.
@@ -144,6 +148,13 @@ impl Report {
             self.wire_bytes as f64 / 1e6
         );
         let _ = writeln!(s, "connections: {} made, {} lost", self.connections.0, self.connections.1);
+        if self.attacks.0 > 0 {
+            let _ = writeln!(
+                s,
+                "attacks by hostile nodes (byzantine faults): {} made, {} refused",
+                self.attacks.0, self.attacks.1
+            );
+        }
         match self.convergence_seconds {
             Some(c) => {
                 let _ = writeln!(s, "convergence after the last link healed: {c:.0} s");
@@ -223,6 +234,7 @@ fn report(w: &mut World, name: &str, seed: u64, rerun: String, wall: f64) -> Rep
     let mut deliveries = Vec::new();
     let mut writes: std::collections::BTreeMap<String, usize> = Default::default();
     let mut undelivered = 0;
+    let mut lost = 0;
     for e in &w.ledger.entries {
         let kind = e.kind.as_str().to_string();
         *writes.entry(format!("{:?}", e.what).to_lowercase()).or_default() += 1;
@@ -238,7 +250,10 @@ fn report(w: &mut World, name: &str, seed: u64, rerun: String, wall: f64) -> Rep
                     undelivered += 1;
                 }
             }
-            None => undelivered += 1,
+            None => {
+                undelivered += 1;
+                lost += 1;
+            }
         }
         if let Some(t) = e.at_desk {
             let d = (t - e.written) as f64 / 1e6;
@@ -270,10 +285,12 @@ fn report(w: &mut World, name: &str, seed: u64, rerun: String, wall: f64) -> Rep
         to_desk: to_desk.into_iter().map(|(k, v)| (k, Percentiles::of(v))).collect(),
         photo_to_hub: Percentiles::of(photo_to_hub),
         undelivered_at_end: undelivered,
+        never_delivered: lost,
         wire_efficiency: w.payload_total as f64 / w.wire_total.max(1) as f64,
         wire_bytes: w.wire_total,
         payload_bytes: w.payload_total,
         connections: (w.connections, w.connections_lost),
+        attacks: w.attacks,
         convergence_seconds: w.convergence_seconds(),
         escalations: esc.len(),
         escalations_desk_held_whole: if rung.is_empty() { 0.0 } else { held as f64 / rung.len() as f64 },

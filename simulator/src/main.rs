@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use outpost_sim::scenario::{BUILT_IN, Scenario};
+use outpost_sim::scenario::{BUILT_IN, Fault, FaultKind, Scenario};
 use outpost_sim::world::{Bugs, Options};
 
 /// Deterministic simulation of an ICB running outpost.
@@ -42,6 +42,11 @@ enum Command {
         /// its peers whatever it holds).
         #[arg(long, value_name = "BUG")]
         plant: Vec<String>,
+        /// Add a fault for the whole run: `byzantine=NODE` turns NODE hostile (with its valid
+        /// identity it tries to read and forge what is not its own; every attempt must be
+        /// refused).
+        #[arg(long, value_name = "FAULT")]
+        fault: Vec<String>,
     },
     /// Run a scenario twice with one seed and compare the event-log hashes.
     Determinism {
@@ -69,14 +74,32 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Run { scenario, seed, out, hours, quiet, plant } => {
-            let sc = match Scenario::load(&scenario) {
+        Command::Run { scenario, seed, out, hours, quiet, plant, fault } => {
+            let mut sc = match Scenario::load(&scenario) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return ExitCode::from(2);
                 }
             };
+            for f in &fault {
+                match f.split_once('=') {
+                    Some(("byzantine", node)) if !node.is_empty() => sc.faults.push(Fault {
+                        kind: FaultKind::Byzantine,
+                        targets: node.to_string(),
+                        at_hour: 0.0,
+                        minutes: hours.unwrap_or(sc.hours) * 60.0,
+                        every_hours: 0.0,
+                        factor: 1.0,
+                        hours: 0.0,
+                        probability: 0.0,
+                    }),
+                    _ => {
+                        eprintln!("error: unknown --fault {f:?}; use byzantine=NODE");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
             let mut bugs = Bugs::default();
             for p in &plant {
                 match p.split_once('=') {

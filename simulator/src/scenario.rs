@@ -267,6 +267,9 @@ pub enum FaultKind {
     Duplicate,
     /// Per-peer knowledge lost (as after restoring a backup).
     Forget,
+    /// The targets turn hostile for `minutes`: with their valid identities they try, every
+    /// tick of their connection, to read and forge what is not theirs (a stolen tablet).
+    Byzantine,
 }
 
 impl Scenario {

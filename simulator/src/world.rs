@@ -5,10 +5,10 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
-use automerge::ActorId;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sync_protocol::TimeMs;
+use sync_protocol::authorship::{AuthorKey, Member, SharedRoster};
 use sync_protocol::call::{
     Action, DEFAULT_RING_S, HOLD_WAIT_MS, PathQuality, RotaDesk, calls_of, next_action, quality_from_probes,
 };
@@ -84,6 +84,8 @@ struct Node {
     info: PeerInfo,
     replica: MemReplica,
     up: bool,
+    /// Under a `byzantine` fault: attacking the hub with its valid identity.
+    hostile: bool,
     skew_ms: i64,
     link: Option<usize>,
     rate: f64,
@@ -268,6 +270,10 @@ pub struct World {
     ended: bool,
     /// Frames delivered, and frames delivered that referenced a session outside the receiver's scope.
     pub frames_delivered: u64,
+    /// Attacks made by hostile nodes (`byzantine` faults), and how many the hub refused.
+    pub attacks: (u64, u64),
+    /// Sessions a hostile node named in its attacks (node, session).
+    named: BTreeSet<(usize, DocId)>,
     pool: ChunkPool,
     /// Photo bytes by hash, generated once.
     photos: BTreeMap<Hash, Vec<u8>>,
@@ -298,14 +304,28 @@ impl World {
         let pool = ChunkPool::default();
         let icb = scenario.icb.clone();
         let mut nodes = Vec::new();
+        // The fleet: every node's author key, certified (here: simply known) to every other.
+        let roster = SharedRoster::default();
+        let enrol = |rng: &mut ChaCha8Rng, info: &PeerInfo| {
+            // One 16-byte draw per node, as before keys existed, so that a seed's run is unchanged.
+            let draw = rng.random::<[u8; 16]>();
+            let mut instance = [0u8; 8];
+            instance.copy_from_slice(&draw[8..]);
+            let key = AuthorKey::from_seed(blake3::hash(&draw).as_bytes(), instance);
+            if let Ok(mut r) = roster.write() {
+                r.insert(Member { info: info.clone(), key: key.public() });
+            }
+            MemReplica::new(info.clone(), key, roster.clone())
+        };
         let hub_info =
             PeerInfo { name: scenario.hub_name(), role: Role::Hub, org: None, icb: Some(icb.clone()), lines: vec![] };
         nodes.push(Node {
             name: hub_info.name.clone(),
             kind: Kind::Hub,
-            replica: MemReplica::new(hub_info.clone(), ActorId::from(rng.random::<[u8; 16]>())).with_pool(pool.clone()),
+            replica: enrol(&mut rng, &hub_info).with_pool(pool.clone()),
             info: hub_info,
             up: true,
+            hostile: false,
             skew_ms: 0,
             link: None,
             rate: 0.0,
@@ -367,10 +387,10 @@ impl World {
                 nodes.push(Node {
                     name,
                     kind: g.kind,
-                    replica: MemReplica::new(info.clone(), ActorId::from(rng.random::<[u8; 16]>()))
-                        .with_pool(pool.clone()),
+                    replica: enrol(&mut rng, &info).with_pool(pool.clone()),
                     info,
                     up: true,
+                    hostile: false,
                     skew_ms: 0,
                     link: Some(links.len() - 1),
                     rate: g.sessions_per_hour,
@@ -415,6 +435,8 @@ impl World {
             converged_at: None,
             ended: false,
             frames_delivered: 0,
+            attacks: (0, 0),
+            named: BTreeSet::new(),
             pool,
             photos: BTreeMap::new(),
         };
@@ -579,6 +601,9 @@ impl World {
             }
             Ev::Tick { link, conn } => {
                 if self.links[link].conn.as_ref().is_some_and(|c| c.id == conn) {
+                    if self.nodes[self.links[link].node].hostile {
+                        self.attack(link);
+                    }
                     self.notify_conn(link, &[]);
                     self.after(TICK, Ev::Tick { link, conn });
                 }
@@ -774,7 +799,6 @@ impl World {
         let acks = packets.div_ceil(2) * 50;
         let payload = match &frame {
             Frame::Changes(c) => c.bytes.len() as u64,
-            Frame::AmSync { message, .. } => message.len() as u64,
             Frame::BlobChunk { data, .. } => data.len() as u64,
             _ => 0,
         };
@@ -1540,16 +1564,20 @@ impl World {
                     _ => Vec::new(),
                 })
                 .collect(),
-            Frame::Heads { doc, .. }
-            | Frame::Ack { doc, .. }
-            | Frame::Need { doc }
-            | Frame::Refused { doc }
-            | Frame::AmSync { doc, .. } => vec![*doc],
+            Frame::Heads { doc, .. } | Frame::Ack { doc, .. } | Frame::Need { doc } | Frame::Refused { doc } => {
+                vec![*doc]
+            }
             Frame::Changes(c) => vec![c.doc],
             _ => Vec::new(),
         };
         let info = self.nodes[receiver].info.clone();
+        // "I hold nothing of it" and "I will not store it" about an id the receiver itself named
+        // (a hostile node probing) say what they would say of a session that does not exist.
+        let nothing = matches!(f, Frame::Refused { .. }) || matches!(f, Frame::Heads { heads, .. } if heads.is_empty());
         for id in ids {
+            if nothing && self.named.contains(&(receiver, id)) {
+                continue;
+            }
             // A receiver may be told of documents it asked about; what matters is that nothing
             // outside its scope is sent to it unasked: documents it cannot hold.
             if let Some(meta) = self.metas.get(&id)
@@ -1563,6 +1591,96 @@ impl World {
                 );
             }
         }
+    }
+
+    /// One round of attacks by the hostile node of link `l` on the hub, with the node's own valid
+    /// identity and key, on a session of someone else (a leaked copy): a self-share, a reply
+    /// forged in a consultant's name, a forged hub receipt, a change under another member's
+    /// actor, an operation bomb, and reads by id. Every forged change must be refused (the
+    /// hub must not hold it afterwards); what the hub sends back is checked for scope on
+    /// arrival like every frame.
+    fn attack(&mut self, l: usize) {
+        let (n, hub) = (self.links[l].node, self.hub);
+        if !self.nodes[hub].up || !self.nodes[n].up {
+            return;
+        }
+        let me = self.nodes[n].info.clone();
+        let victim = self.nodes[hub].replica.ids().into_iter().find(|id| {
+            self.nodes[hub].replica.view_ref(id).is_some_and(|v| !may_hold(&me, &v.meta()) && !v.messages.is_empty())
+        });
+        let Some(victim) = victim else { return };
+        self.named.insert((n, victim));
+        let Some(mut leaked) = self.nodes[hub].replica.copy_doc(&victim) else { return };
+        let key = self.nodes[n].replica.author().clone();
+        let other = self.nodes.iter().find(|x| x.kind == Kind::Desk).map(|x| x.replica.actor().clone());
+        let round = self.attacks.0;
+        let mut doc = leaked.fork_as(match (round % 6, other) {
+            (3, Some(a)) => a,
+            _ => key.actor().clone(),
+        });
+        let before = doc.heads();
+        let am = doc.automerge();
+        let obj = |am: &automerge::AutoCommit, parent: &automerge::ObjId, k: &str| match am.get(parent, k) {
+            Ok(Some((automerge::Value::Object(_), o))) => Some(o),
+            _ => None,
+        };
+        use automerge::ReadDoc;
+        use automerge::transaction::Transactable;
+        let forged = match round % 6 {
+            0 => obj(am, &automerge::ROOT, "shares").map(|sh| am.put(&sh, me.name.as_str(), 1).is_ok()),
+            1 => obj(am, &automerge::ROOT, "messages").map(|m| {
+                let at = am.length(&m);
+                am.insert_object(&m, at, automerge::ObjType::Map)
+                    .and_then(|e| {
+                        am.put(&e, "author", "desk-001")?;
+                        am.put(&e, "side", "responder")?;
+                        am.put(&e, "text", "benign, discharge")
+                    })
+                    .is_ok()
+            }),
+            2 | 3 => obj(am, &automerge::ROOT, "messages").and_then(|m| match am.get(&m, 0) {
+                Ok(Some((automerge::Value::Object(_), first))) => {
+                    obj(am, &first, "receipts").map(|r| am.put(&r, format!("hub/{}", self.nodes[hub].name), 1).is_ok())
+                }
+                _ => None,
+            }),
+            4 => obj(am, &automerge::ROOT, "messages")
+                .map(|m| am.splice(&m, 0, 0, std::iter::repeat_n(automerge::ScalarValue::Null, 100_000)).is_ok()),
+            _ => None,
+        };
+        let frames = if forged == Some(true) {
+            am.commit();
+            let changes = am.get_changes(&before);
+            let bytes: Vec<u8> = changes.iter().flat_map(|c| c.raw_bytes().to_vec()).collect();
+            let sigs = changes.iter().map(|c| key.sign(&c.hash())).collect();
+            let hashes: Vec<Hash> = changes.iter().map(|c| c.hash().0).collect();
+            let heads = doc.heads().iter().map(|h| h.0).collect();
+            vec![(hashes, Frame::Changes(sync_protocol::wire::Changes { doc: victim, ack: false, heads, bytes, sigs }))]
+        } else {
+            vec![
+                (Vec::new(), Frame::Need { doc: victim }),
+                (Vec::new(), Frame::Heads { doc: victim, heads: vec![[7; 32]] }),
+            ]
+        };
+        let now = self.node_now(hub);
+        let hub_info = self.nodes[hub].info.clone();
+        for (hashes, frame) in frames {
+            self.attacks.0 += 1;
+            let Some(c) = self.links[l].conn.as_mut() else { return };
+            let result = c.engines[1].handle(&mut self.nodes[hub].replica, vec![frame], now);
+            self.flush(l, 1, 0);
+            if let Err(e) = result {
+                self.drop_conn(l, &e.to_string());
+                return;
+            }
+            let held = self.nodes[hub].replica.known_hashes(&hub_info, &victim, &hashes).unwrap_or_default();
+            if held.is_empty() {
+                self.attacks.1 += 1;
+            } else {
+                self.violate("byzantine", format!("the hub stored a change {} forged in {}'s name", me.name, me.name));
+            }
+        }
+        self.after_changes(hub, None);
     }
 
     fn violate(&mut self, check: &str, detail: String) {
@@ -1702,6 +1820,11 @@ impl World {
                     for n in &targets {
                         self.nodes[*n].replica.forget_peers();
                     }
+                }
+            }
+            FaultKind::Byzantine => {
+                for n in &targets {
+                    self.nodes[*n].hostile = start;
                 }
             }
         }
@@ -2010,8 +2133,8 @@ impl Replica for Blind<'_> {
     fn heads_for(&mut self, peer: &PeerInfo, id: &DocId) -> Result<Option<Vec<Hash>>, Self::Error> {
         self.0.heads_for(&everyone(peer), id)
     }
-    fn known_hashes(&mut self, id: &DocId, hashes: &[Hash]) -> Result<Vec<Hash>, Self::Error> {
-        self.0.known_hashes(id, hashes)
+    fn known_hashes(&mut self, peer: &PeerInfo, id: &DocId, hashes: &[Hash]) -> Result<Vec<Hash>, Self::Error> {
+        self.0.known_hashes(&everyone(peer), id, hashes)
     }
     fn knowledge(
         &mut self,
@@ -2027,29 +2150,27 @@ impl Replica for Blind<'_> {
     ) -> Result<(), Self::Error> {
         self.0.set_knowledge(peer, updates)
     }
-    fn changes_since(&mut self, id: &DocId, base: &[Hash]) -> Result<Vec<u8>, Self::Error> {
-        self.0.changes_since(id, base)
+    fn changes_since(
+        &mut self,
+        peer: &PeerInfo,
+        id: &DocId,
+        base: &[Hash],
+    ) -> Result<Option<sync_protocol::engine::Outgoing>, Self::Error> {
+        self.0.changes_since(&everyone(peer), id, base)
     }
     fn apply(
         &mut self,
         peer: &PeerInfo,
-        batch: &[(DocId, Vec<u8>)],
+        batch: &[sync_protocol::engine::Incoming],
         now: TimeMs,
     ) -> Result<Vec<sync_protocol::engine::Applied>, Self::Error> {
         self.0.apply(peer, batch, now)
     }
-    fn am_generate(&mut self, id: &DocId, state: &mut automerge::sync::State) -> Result<Option<Vec<u8>>, Self::Error> {
-        self.0.am_generate(id, state)
+    fn credential(&mut self, author: &sync_protocol::authorship::ActorPrefix) -> Result<Option<Vec<u8>>, Self::Error> {
+        self.0.credential(author)
     }
-    fn am_receive(
-        &mut self,
-        peer: &PeerInfo,
-        id: &DocId,
-        state: &mut automerge::sync::State,
-        message: &[u8],
-        now: TimeMs,
-    ) -> Result<sync_protocol::engine::Applied, Self::Error> {
-        self.0.am_receive(peer, id, state, message, now)
+    fn offer_credential(&mut self, credential: &[u8]) -> Result<bool, Self::Error> {
+        self.0.offer_credential(credential)
     }
     fn blobs_wanted(&mut self, peer: &PeerInfo) -> Result<Vec<sync_protocol::engine::BlobNeed>, Self::Error> {
         self.0.blobs_wanted(peer)

@@ -24,7 +24,10 @@
 //! 5. Per document, **Changes** carry exactly the changes the other side lacks when its heads
 //!    are known, and **Ack** confirms what the receiver now holds durably (and is the knowledge
 //!    persisted for the next reconnect). A receiver that cannot integrate changes (missing
-//!    dependencies) asks for **Automerge's own sync protocol** on that document.
+//!    dependencies) sends **Need** and is sent every change of that document. Every change
+//!    travels with its author's signature, and a **Member** frame carries the certificate of an
+//!    author the receiver may not know; the receiver checks both, and the write rules
+//!    ([`crate::rules`]), before it stores anything.
 //! 6. **Blobs** are pulled by the receiver, a few chunks at a time, each verified against the
 //!    blob's hash before it is stored, on the low-priority lane.
 //!
@@ -34,9 +37,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
-use automerge::sync;
-
 use crate::TimeMs;
+use crate::authorship::ActorPrefix;
 use crate::blob::{self, BlobError};
 use crate::recon::{self, Fingerprint, Item, RangeRecon};
 use crate::scope::PeerInfo;
@@ -71,6 +73,28 @@ pub enum Applied {
     },
 }
 
+/// Changes of one document to send, with what the receiver needs to check them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Outgoing {
+    /// Change chunks, uncompressed, in causal order.
+    pub bytes: Vec<u8>,
+    /// One signature per change.
+    pub sigs: Vec<[u8; 64]>,
+    /// The authors of those changes (by actor prefix), whose credentials the peer may need.
+    pub authors: Vec<ActorPrefix>,
+}
+
+/// Received changes of one document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    /// The document.
+    pub doc: DocId,
+    /// Change chunks.
+    pub bytes: Vec<u8>,
+    /// Their signatures.
+    pub sigs: Vec<[u8; 64]>,
+}
+
 /// A blob this replica should fetch from the peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobNeed {
@@ -99,27 +123,23 @@ pub trait Replica {
     fn knows_peer(&mut self, peer: &PeerInfo) -> Result<bool, Self::Error>;
     /// Our heads of a document, if we hold it and the peer may see it.
     fn heads_for(&mut self, peer: &PeerInfo, id: &DocId) -> Result<Option<Vec<Hash>>, Self::Error>;
-    /// Which of `hashes` are changes we hold.
-    fn known_hashes(&mut self, id: &DocId, hashes: &[Hash]) -> Result<Vec<Hash>, Self::Error>;
+    /// Which of `hashes` are changes we hold of a document the peer may see.
+    fn known_hashes(&mut self, peer: &PeerInfo, id: &DocId, hashes: &[Hash]) -> Result<Vec<Hash>, Self::Error>;
     /// What the peer is known to hold of a document.
     fn knowledge(&mut self, peer: &PeerInfo, id: &DocId) -> Result<Option<Knowledge>, Self::Error>;
     /// Records what the peer holds (durably, so that a reconnect resumes).
     fn set_knowledge(&mut self, peer: &PeerInfo, updates: &[(DocId, Knowledge)]) -> Result<(), Self::Error>;
-    /// Our changes that are not ancestors of `base`; the whole saved document if `base` is empty.
-    fn changes_since(&mut self, id: &DocId, base: &[Hash]) -> Result<Vec<u8>, Self::Error>;
-    /// Integrates received Automerge bytes, all in one durable transaction.
-    fn apply(&mut self, peer: &PeerInfo, batch: &[(DocId, Vec<u8>)], now: TimeMs) -> Result<Vec<Applied>, Self::Error>;
-    /// Produces the next Automerge sync message for a document.
-    fn am_generate(&mut self, id: &DocId, state: &mut sync::State) -> Result<Option<Vec<u8>>, Self::Error>;
-    /// Receives an Automerge sync message for a document (durably).
-    fn am_receive(
-        &mut self,
-        peer: &PeerInfo,
-        id: &DocId,
-        state: &mut sync::State,
-        message: &[u8],
-        now: TimeMs,
-    ) -> Result<Applied, Self::Error>;
+    /// Our changes that are not ancestors of `base` (every change if `base` is empty), with
+    /// their signatures; `None` if we do not hold the document or the peer may not see it.
+    fn changes_since(&mut self, peer: &PeerInfo, id: &DocId, base: &[Hash]) -> Result<Option<Outgoing>, Self::Error>;
+    /// Checks received changes (bounds, signatures, write rules, scope) and stores those that
+    /// pass, all in one durable transaction.
+    fn apply(&mut self, peer: &PeerInfo, batch: &[Incoming], now: TimeMs) -> Result<Vec<Applied>, Self::Error>;
+    /// The credential (certificate) of a fleet member, by the actor prefix of its changes.
+    fn credential(&mut self, author: &ActorPrefix) -> Result<Option<Vec<u8>>, Self::Error>;
+    /// Offers a member's credential received from the peer; returns whether it is valid
+    /// (issued by this fleet's CA, not revoked), known before or not.
+    fn offer_credential(&mut self, credential: &[u8]) -> Result<bool, Self::Error>;
     /// Blobs of documents shared with this peer that we should fetch from it.
     fn blobs_wanted(&mut self, peer: &PeerInfo) -> Result<Vec<BlobNeed>, Self::Error>;
     /// The manifest of a blob we hold whole, if the peer may have it.
@@ -212,8 +232,10 @@ pub struct Stats {
     pub chunks_duplicate: u64,
     /// Documents found by range reconciliation.
     pub range_differences: u64,
-    /// Documents that fell back to Automerge's sync protocol.
-    pub automerge_fallbacks: u64,
+    /// Documents sent whole because the peer lacked dependencies of what it was sent.
+    pub full_resends: u64,
+    /// Member credentials sent.
+    pub credentials_sent: u64,
     /// Documents or blobs refused (scope, validity).
     pub refused: u64,
 }
@@ -228,12 +250,11 @@ struct DocConn {
     announced: Option<Vec<Hash>>,
     /// Waiting for an Ack of pushed changes.
     awaiting_ack: bool,
-    /// Automerge sync state, once this document fell back to Automerge's protocol.
-    am: Option<sync::State>,
-    /// Whether that protocol still has messages to exchange.
-    am_active: bool,
-    /// The peer refused this document: nothing more is pushed in this conversation.
+    /// The peer refused this document: nothing more is pushed until the next periodic nudge.
     refused: bool,
+    /// How many times the peer refused it in this conversation: after [`MAX_RETRIES`] it is
+    /// not offered again until the next conversation.
+    refusals: u8,
 }
 
 #[derive(Debug)]
@@ -274,6 +295,8 @@ pub struct Engine {
     /// Documents range reconciliation found to differ.
     range_diffs: HashSet<DocId>,
     knowledge_updates: Vec<(DocId, Knowledge)>,
+    /// Authors whose credentials were sent (or found unavailable) in this conversation.
+    credentials_sent: HashSet<ActorPrefix>,
     /// The peer's latest mark: frames of ours it had processed, and whether it was idle.
     last_mark: Option<(u64, bool)>,
     idle_sent_at: Option<u64>,
@@ -294,6 +317,10 @@ pub struct Engine {
     /// Blob-lane frames that arrived before the peer's Hello.
     early: Vec<Frame>,
 }
+
+/// Times a refused document is offered again in one conversation (a refusal caused by damage
+/// on the way heals; one caused by the rules does not, and stops costing after this).
+const MAX_RETRIES: u8 = 3;
 
 /// Blob-lane frames held while waiting for the Hello on the other lane.
 const MAX_EARLY: usize = 64;
@@ -325,6 +352,7 @@ impl Engine {
             blobs_dirty: true,
             range_diffs: HashSet::new(),
             knowledge_updates: Vec::new(),
+            credentials_sent: HashSet::new(),
             last_mark: None,
             idle_sent_at: None,
             sent_depths: Vec::new(),
@@ -468,6 +496,20 @@ impl Engine {
             self.blobs_dirty = true;
         }
         if docs.is_empty() {
+            // Documents the peer refused are offered again, a few times.
+            let retry: Vec<DocId> = self
+                .docs
+                .iter_mut()
+                .filter(|(_, c)| c.refused && c.refusals <= MAX_RETRIES)
+                .map(|(id, c)| {
+                    c.refused = false;
+                    c.pushed = None;
+                    *id
+                })
+                .collect();
+            for id in retry {
+                self.poke(replica, &id)?;
+            }
             // A transfer that made no progress since the last nudge asks again for what it
             // is owed: a request or an answer damaged on the way (and refused) must not
             // hold a photo back for the rest of the connection.
@@ -499,7 +541,7 @@ impl Engine {
     /// Processes a batch of received frames. Changes in the batch are stored in one transaction
     /// before they are acknowledged.
     pub fn handle<R: Replica>(&mut self, replica: &mut R, frames: Vec<Frame>, now: TimeMs) -> Res<(), R> {
-        let mut incoming: Vec<(DocId, Vec<u8>, Vec<Hash>)> = Vec::new();
+        let mut incoming: Vec<(Incoming, Vec<Hash>)> = Vec::new();
         let mut touched: Vec<DocId> = Vec::new();
         // Documents the peer holds and we do not: asked for unless this batch brings them.
         let mut wanted: Vec<DocId> = Vec::new();
@@ -596,7 +638,7 @@ impl Engine {
                     self.docs.entry(doc).or_default().theirs = Some(sorted(heads));
                     touched.push(doc);
                 }
-                Frame::Changes(Changes { doc, ack, heads, bytes }) => {
+                Frame::Changes(Changes { doc, ack, heads, bytes, sigs }) => {
                     self.stats.change_bytes_received += bytes.len() as u64;
                     if ack {
                         self.docs.entry(doc).or_default().awaiting_ack = false;
@@ -610,7 +652,7 @@ impl Engine {
                             touched.extend(self.on_summary(replica, s)?);
                         }
                     }
-                    incoming.push((doc, bytes, heads));
+                    incoming.push((Incoming { doc, bytes, sigs }, heads));
                 }
                 Frame::Ack { doc, heads } => {
                     let conn = self.docs.entry(doc).or_default();
@@ -618,7 +660,7 @@ impl Engine {
                     let heads = if heads.is_empty() { pushed.clone().unwrap_or_default() } else { sorted(heads) };
                     conn.awaiting_ack = false;
                     conn.theirs = Some(heads.clone());
-                    let known = replica.known_hashes(&doc, &heads).map_err(EngineError::Replica)?;
+                    let known = replica.known_hashes(&self.peer, &doc, &heads).map_err(EngineError::Replica)?;
                     let shared = if known.len() == heads.len() { heads.clone() } else { pushed.unwrap_or_default() };
                     self.knowledge_updates.push((doc, Knowledge { heads, shared }));
                     touched.push(doc);
@@ -626,38 +668,18 @@ impl Engine {
                 Frame::Refused { doc } => {
                     let conn = self.docs.entry(doc).or_default();
                     conn.refused = true;
+                    conn.refusals = conn.refusals.saturating_add(1);
                     conn.awaiting_ack = false;
-                    conn.am_active = false;
                     self.log.push(format!("{} refused a document we sent", self.peer.name));
                 }
-                Frame::Need { doc } => {
-                    self.fall_back(&doc);
-                    self.am_step(replica, &doc)?;
-                }
-                Frame::AmSync { doc, message } => {
-                    let conn = self.docs.entry(doc).or_default();
-                    conn.awaiting_ack = false;
-                    let mut state = conn.am.take().unwrap_or_default();
-                    let outcome = replica
-                        .am_receive(&self.peer, &doc, &mut state, &message, now)
-                        .map_err(EngineError::Replica)?;
-                    match outcome {
-                        Applied::Refused { reason } => {
-                            self.stats.refused += 1;
-                            self.log.push(format!("{}: refused a document: {reason}", self.peer.name));
-                            self.send(Frame::Refused { doc });
-                            continue;
-                        }
-                        Applied::Stored { .. } => self.stats.docs_received += 1,
-                        Applied::MissingDeps => {}
+                Frame::Need { doc } => self.resend_whole(replica, &doc)?,
+                Frame::Member { credential } => {
+                    if !replica.offer_credential(&credential).map_err(EngineError::Replica)? {
+                        self.log.push(format!(
+                            "{}: refused a member credential not issued by this fleet's CA",
+                            self.peer.name
+                        ));
                     }
-                    if let Some(their) = &state.their_heads {
-                        let heads = sorted(their.iter().map(|h| h.0).collect());
-                        let shared = sorted(state.shared_heads.iter().map(|h| h.0).collect());
-                        self.knowledge_updates.push((doc, Knowledge { shared, heads }));
-                    }
-                    self.docs.entry(doc).or_default().am = Some(state);
-                    self.am_step(replica, &doc)?;
                 }
                 Frame::BlobWant { hash, manifest, chunks } => self.serve_blob(replica, hash, manifest, chunks)?,
                 Frame::BlobManifest(m) => self.on_manifest(replica, m)?,
@@ -874,10 +896,6 @@ impl Engine {
         if conn.refused {
             return Ok(false);
         }
-        if conn.am.is_some() {
-            self.am_step(replica, id)?;
-            return Ok(false);
-        }
         let theirs = conn.theirs.clone();
         if theirs.as_ref() == Some(&mine) || conn.pushed.as_ref() == Some(&mine) {
             return Ok(false);
@@ -886,7 +904,7 @@ impl Engine {
         let shared = knowledge.map(|k| k.shared).unwrap_or_default();
         let (base, they_have_more) = match &theirs {
             Some(t) => {
-                let known = replica.known_hashes(id, t).map_err(EngineError::Replica)?;
+                let known = replica.known_hashes(&self.peer, id, t).map_err(EngineError::Replica)?;
                 if known.len() == t.len() {
                     (t.clone(), false)
                 } else {
@@ -899,20 +917,11 @@ impl Engine {
             }
             None => (shared, false),
         };
-        if base.is_empty() && theirs.as_ref().is_some_and(|t| !t.is_empty()) {
-            // They hold a version we share nothing known with: let Automerge's protocol work it out.
-            self.fall_back(id);
-            self.am_step(replica, id)?;
-            return Ok(false);
-        }
-        let bytes = replica.changes_since(id, &base).map_err(EngineError::Replica)?;
-        if !bytes.is_empty() {
-            let conn = self.docs.entry(*id).or_default();
-            conn.pushed = Some(mine.clone());
-            conn.announced = Some(mine.clone());
-            conn.awaiting_ack = true;
-            self.pushed_now.insert(*id);
-            self.send(Frame::Changes(Changes { doc: *id, ack: false, heads: mine, bytes }));
+        // With no known common base (a peer holding a version we share nothing known with)
+        // every change goes: the peer skips what it already holds.
+        let out = replica.changes_since(&self.peer, id, &base).map_err(EngineError::Replica)?.unwrap_or_default();
+        if !out.bytes.is_empty() {
+            self.push(replica, id, mine, out)?;
             return Ok(true);
         } else if they_have_more {
             self.announce(replica, id, mine);
@@ -920,40 +929,55 @@ impl Engine {
         Ok(false)
     }
 
-    fn fall_back(&mut self, id: &DocId) {
-        let conn = self.docs.entry(*id).or_default();
-        if conn.am.is_none() {
-            conn.am = Some(sync::State::new());
-            self.stats.automerge_fallbacks += 1;
-            self.log.push(format!("{}: a document fell back to Automerge's sync protocol", self.peer.name));
+    /// Sends changes of a document, preceded by the credentials of authors the peer may not know.
+    fn push<R: Replica>(&mut self, replica: &mut R, id: &DocId, mine: Vec<Hash>, out: Outgoing) -> Res<(), R> {
+        for author in &out.authors {
+            if self.credentials_sent.insert(*author)
+                && let Some(credential) = replica.credential(author).map_err(EngineError::Replica)?
+            {
+                self.stats.credentials_sent += 1;
+                self.send(Frame::Member { credential });
+            }
         }
+        let conn = self.docs.entry(*id).or_default();
+        conn.pushed = Some(mine.clone());
+        conn.announced = Some(mine.clone());
+        conn.awaiting_ack = true;
+        self.pushed_now.insert(*id);
+        self.send(Frame::Changes(Changes { doc: *id, ack: false, heads: mine, bytes: out.bytes, sigs: out.sigs }));
+        Ok(())
     }
 
-    fn am_step<R: Replica>(&mut self, replica: &mut R, id: &DocId) -> Res<(), R> {
-        let Some(mut state) = self.docs.get_mut(id).and_then(|c| c.am.take()) else { return Ok(()) };
-        let msg = replica.am_generate(id, &mut state).map_err(EngineError::Replica)?;
-        // Settled once the peer has told us it holds exactly our heads.
-        let mine = replica.heads_for(&self.peer, id).map_err(EngineError::Replica)?.map(sorted);
-        let theirs = state.their_heads.as_ref().map(|h| sorted(h.iter().map(|x| x.0).collect()));
-        let conn = self.docs.entry(*id).or_default();
-        conn.am_active = mine.is_none() || theirs != mine;
-        conn.am = Some(state);
-        if let Some(message) = msg {
-            self.send(Frame::AmSync { doc: *id, message });
+    /// Answers a Need: every change of the document, or, for a document we do not hold or the
+    /// peer may not see, the same answer either way ("I hold nothing of it").
+    fn resend_whole<R: Replica>(&mut self, replica: &mut R, id: &DocId) -> Res<(), R> {
+        let mine = replica.heads_for(&self.peer, id).map_err(EngineError::Replica)?;
+        let out = match &mine {
+            Some(_) => replica.changes_since(&self.peer, id, &[]).map_err(EngineError::Replica)?,
+            None => None,
+        };
+        match (mine, out) {
+            (Some(mine), Some(out)) if !out.bytes.is_empty() => {
+                self.stats.full_resends += 1;
+                self.push(replica, id, sorted(mine), out)
+            }
+            _ => {
+                self.send(Frame::Heads { doc: *id, heads: Vec::new() });
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     fn apply_incoming<R: Replica>(
         &mut self,
         replica: &mut R,
-        incoming: Vec<(DocId, Vec<u8>, Vec<Hash>)>,
+        incoming: Vec<(Incoming, Vec<Hash>)>,
         now: TimeMs,
     ) -> Res<Vec<DocId>, R> {
-        let batch: Vec<(DocId, Vec<u8>)> = incoming.iter().map(|(id, b, _)| (*id, b.clone())).collect();
+        let (batch, heads): (Vec<Incoming>, Vec<Vec<Hash>>) = incoming.into_iter().unzip();
         let outcomes = replica.apply(&self.peer, &batch, now).map_err(EngineError::Replica)?;
         let mut touched = Vec::new();
-        for ((id, _, sender_heads), outcome) in incoming.into_iter().zip(outcomes) {
+        for ((id, sender_heads), outcome) in batch.iter().map(|b| b.doc).zip(heads).zip(outcomes) {
             match outcome {
                 Applied::Stored { heads } => {
                     self.stats.docs_received += 1;
@@ -969,8 +993,6 @@ impl Engine {
                 Applied::MissingDeps => {
                     self.docs.entry(id).or_default().theirs = Some(sender_heads);
                     self.send(Frame::Need { doc: id });
-                    self.fall_back(&id);
-                    touched.push(id);
                 }
                 Applied::Refused { reason } => {
                     self.stats.refused += 1;
@@ -1143,7 +1165,7 @@ impl Engine {
         !self.summary_pending
             && !self.recon_waiting
             && self.transfers.is_empty()
-            && self.docs.values().all(|d| !d.awaiting_ack && !d.am_active)
+            && self.docs.values().all(|d| !d.awaiting_ack)
     }
 
     /// A mark arrived answering frames of depth `d`: frames we sent in answer to the unmarked

@@ -25,6 +25,7 @@
 //! - [`links`]: the named link profiles of the domain brief, shared by the simulator and the
 //!   node's link emulator.
 
+pub mod authorship;
 pub mod blob;
 pub mod call;
 pub mod directory;
@@ -33,6 +34,7 @@ pub mod links;
 pub mod mem;
 pub mod nhs;
 pub mod recon;
+pub mod rules;
 pub mod scope;
 pub mod session;
 pub mod vocab;

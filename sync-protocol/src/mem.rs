@@ -9,13 +9,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use automerge::sync::{self, SyncDoc};
 use automerge::{ActorId, ChangeHash};
 
 use crate::TimeMs;
+use crate::authorship::{self, ActorPrefix, AuthorKey, SharedRoster, Signature};
 use crate::blob::{self, CHUNK_SIZE};
-use crate::engine::{Applied, BlobNeed, Knowledge, Replica};
+use crate::engine::{Applied, BlobNeed, Incoming, Knowledge, Outgoing, Replica};
 use crate::recon::{Item, digest};
+use crate::rules::{self, Admission, Limits};
 use crate::scope::{DocMeta, PeerInfo, may_accept, may_hold};
 use crate::session::{SessionDoc, SessionId, SessionView, receipt_level};
 use crate::wire::{BlobManifest, DocId, Hash};
@@ -91,7 +92,12 @@ impl ChunkPool {
 #[derive(Debug)]
 pub struct MemReplica {
     me: PeerInfo,
+    author: AuthorKey,
     actor: ActorId,
+    roster: SharedRoster,
+    limits: Limits,
+    /// The signature of every change held, by hash.
+    sigs: HashMap<Hash, Signature>,
     docs: BTreeMap<DocId, Doc>,
     knowledge: HashMap<String, BTreeMap<DocId, Knowledge>>,
     /// Blobs by hash.
@@ -129,11 +135,16 @@ fn unhex32(s: &str) -> Option<Hash> {
 }
 
 impl MemReplica {
-    /// An empty replica for node `me`, writing with `actor`.
-    pub fn new(me: PeerInfo, actor: ActorId) -> Self {
+    /// An empty replica for node `me`, signing with `author`; `roster` holds the fleet's
+    /// members (the simulator's stand-in for certificates).
+    pub fn new(me: PeerInfo, author: AuthorKey, roster: SharedRoster) -> Self {
         MemReplica {
             me,
-            actor,
+            actor: author.actor().clone(),
+            author,
+            roster,
+            limits: Limits::default(),
+            sigs: HashMap::new(),
             docs: BTreeMap::new(),
             knowledge: HashMap::new(),
             blobs: HashMap::new(),
@@ -161,8 +172,26 @@ impl MemReplica {
         &self.actor
     }
 
+    /// Signs this node's changes in `doc` not ancestors of `before`.
+    fn sign(&mut self, doc: &mut SessionDoc, before: &[ChangeHash]) {
+        for (h, sig) in authorship::sign_new(&self.author, doc.automerge(), before) {
+            self.sigs.insert(h.0, sig);
+        }
+    }
+
+    /// The signature held for a change.
+    pub fn signature(&self, hash: &Hash) -> Option<Signature> {
+        self.sigs.get(hash).copied()
+    }
+
+    /// The signing key (the simulator's model of a stolen tablet uses it).
+    pub fn author(&self) -> &AuthorKey {
+        &self.author
+    }
+
     /// Adds a session created (or edited) locally.
-    pub fn put(&mut self, doc: SessionDoc) -> Result<DocId, MemError> {
+    pub fn put(&mut self, mut doc: SessionDoc) -> Result<DocId, MemError> {
+        self.sign(&mut doc, &[]);
         let d = Doc::new(doc).map_err(|e| MemError(e.to_string()))?;
         let id = d.view.id.to_bytes();
         self.docs.insert(id, d);
@@ -177,8 +206,12 @@ impl MemReplica {
         f: impl FnOnce(&mut SessionDoc) -> Result<T, crate::ModelError>,
     ) -> Result<T, MemError> {
         let d = self.docs.get_mut(id).ok_or_else(|| MemError("no such document".into()))?;
+        let before = d.doc.heads();
         let out = f(&mut d.doc).map_err(|e| MemError(e.to_string()))?;
         d.refresh().map_err(|e| MemError(e.to_string()))?;
+        for (h, sig) in authorship::sign_new(&self.author, d.doc.automerge(), &before) {
+            self.sigs.insert(h.0, sig);
+        }
         self.changed.push(*id);
         Ok(out)
     }
@@ -279,6 +312,7 @@ impl MemReplica {
         let blobs = &self.blobs;
         let Some(d) = self.docs.get_mut(id) else { return Ok(()) };
         if let Some(level) = receipt_level(me.role) {
+            let before = d.doc.heads();
             let added = d
                 .doc
                 .acknowledge(level, &me.name, now, |h| {
@@ -287,6 +321,9 @@ impl MemReplica {
                 .map_err(|e| MemError(e.to_string()))?;
             if added {
                 d.refresh().map_err(|e| MemError(e.to_string()))?;
+                for (h, sig) in authorship::sign_new(&self.author, d.doc.automerge(), &before) {
+                    self.sigs.insert(h.0, sig);
+                }
             }
         }
         for h in d.view.offloadable_media(&me.name) {
@@ -300,15 +337,26 @@ impl MemReplica {
         Ok(())
     }
 
-    fn integrate(
-        &mut self,
-        peer: &PeerInfo,
-        id: &DocId,
-        mut candidate: SessionDoc,
-        now: TimeMs,
-    ) -> Result<Applied, MemError> {
-        if !candidate.automerge().get_missing_deps(&[]).is_empty() {
-            return Ok(Applied::MissingDeps);
+    /// Checks and stores received changes of one document (the same checks as the node's store:
+    /// [`rules::admit`], then the session's shape, id and scope).
+    fn receive(&mut self, peer: &PeerInfo, inc: &Incoming, now: TimeMs) -> Result<Applied, MemError> {
+        let id = &inc.doc;
+        let mut candidate = match self.docs.get_mut(id) {
+            Some(d) => d.doc.fork_as(self.actor.clone()),
+            None => SessionDoc::empty(self.actor.clone()),
+        };
+        let admitted = match self.roster.read() {
+            Ok(roster) => rules::admit(candidate.automerge(), &inc.bytes, &inc.sigs, &roster, &self.limits),
+            Err(_) => return Err(MemError("the shared roster is poisoned".into())),
+        };
+        let changes = match admitted {
+            Ok(Admission::Ready(c)) => c,
+            Ok(Admission::MissingDeps) => return Ok(Applied::MissingDeps),
+            Err(e) => return Ok(Applied::Refused { reason: e.to_string() }),
+        };
+        let accepted: Vec<Hash> = changes.iter().map(|c| c.hash().0).collect();
+        if let Err(e) = candidate.apply_changes(changes) {
+            return Ok(Applied::Refused { reason: e.to_string() });
         }
         let view = match candidate.view() {
             Ok(v) => v,
@@ -317,24 +365,28 @@ impl MemReplica {
         if view.id.to_bytes() != *id {
             return Ok(Applied::Refused { reason: "the document's id does not match".into() });
         }
-        let meta = view.meta();
-        if !may_accept(&self.me, peer, &meta) {
+        if !may_accept(&self.me, peer, &view.meta()) {
             return Ok(Applied::Refused { reason: format!("outside the scope of {} or {}", self.me.name, peer.name) });
         }
-        let _ = meta;
+        if accepted.is_empty() && self.docs.contains_key(id) {
+            let heads = self.heads(id).unwrap_or_default();
+            return Ok(Applied::Stored { heads });
+        }
+        // Keep the signatures: this node may relay the changes.
+        let chunks = authorship::split_changes(&inc.bytes, self.limits.max_changes).unwrap_or_default();
+        for (chunk, sig) in chunks.into_iter().zip(&inc.sigs) {
+            if let Ok(c) = automerge::Change::try_from(chunk)
+                && accepted.contains(&c.hash().0)
+            {
+                self.sigs.insert(c.hash().0, *sig);
+            }
+        }
         let d = Doc::new(candidate).map_err(|e| MemError(e.to_string()))?;
         self.docs.insert(*id, d);
         self.after_store(id, now)?;
         self.changed.push(*id);
         let heads = self.heads(id).unwrap_or_default();
         Ok(Applied::Stored { heads })
-    }
-
-    fn candidate(&mut self, id: &DocId) -> SessionDoc {
-        match self.docs.get_mut(id) {
-            Some(d) => d.doc.fork_as(self.actor.clone()),
-            None => SessionDoc::empty(self.actor.clone()),
-        }
     }
 }
 
@@ -381,7 +433,10 @@ impl Replica for MemReplica {
         Ok(self.heads(id))
     }
 
-    fn known_hashes(&mut self, id: &DocId, hashes_in: &[Hash]) -> Result<Vec<Hash>, MemError> {
+    fn known_hashes(&mut self, peer: &PeerInfo, id: &DocId, hashes_in: &[Hash]) -> Result<Vec<Hash>, MemError> {
+        if !self.visible(peer, id) {
+            return Ok(Vec::new());
+        }
         let Some(d) = self.docs.get_mut(id) else { return Ok(Vec::new()) };
         let doc = d.doc.automerge();
         Ok(hashes_in.iter().filter(|h| doc.get_change_meta_by_hash(&ChangeHash(**h)).is_some()).copied().collect())
@@ -392,60 +447,37 @@ impl Replica for MemReplica {
     }
 
     fn set_knowledge(&mut self, peer: &PeerInfo, updates: &[(DocId, Knowledge)]) -> Result<(), MemError> {
+        // What a peer says of a session it may not see is not recorded.
+        let visible: Vec<bool> = updates.iter().map(|(id, _)| self.visible(peer, id)).collect();
         let k = self.knowledge.entry(peer.name.clone()).or_default();
-        for (id, kn) in updates {
-            k.insert(*id, kn.clone());
+        for ((id, kn), ok) in updates.iter().zip(visible) {
+            if ok {
+                k.insert(*id, kn.clone());
+            }
         }
         Ok(())
     }
 
-    fn changes_since(&mut self, id: &DocId, base: &[Hash]) -> Result<Vec<u8>, MemError> {
-        let Some(d) = self.docs.get_mut(id) else { return Ok(Vec::new()) };
-        Ok(if base.is_empty() { d.doc.save() } else { d.doc.save_after(&hashes(base)) })
+    fn changes_since(&mut self, peer: &PeerInfo, id: &DocId, base: &[Hash]) -> Result<Option<Outgoing>, MemError> {
+        if !self.visible(peer, id) {
+            return Ok(None);
+        }
+        let Some(d) = self.docs.get_mut(id) else { return Ok(None) };
+        let sigs = &self.sigs;
+        Ok(Some(authorship::outgoing(d.doc.automerge(), &hashes(base), |h| sigs.get(&h.0).copied())))
     }
 
-    fn apply(&mut self, peer: &PeerInfo, batch: &[(DocId, Vec<u8>)], now: TimeMs) -> Result<Vec<Applied>, MemError> {
-        let mut out = Vec::new();
-        for (id, bytes) in batch {
-            let mut candidate = self.candidate(id);
-            if let Err(e) = candidate.apply_bytes(bytes) {
-                out.push(Applied::Refused { reason: e.to_string() });
-                continue;
-            }
-            out.push(self.integrate(peer, id, candidate, now)?);
-        }
-        Ok(out)
+    fn apply(&mut self, peer: &PeerInfo, batch: &[Incoming], now: TimeMs) -> Result<Vec<Applied>, MemError> {
+        batch.iter().map(|inc| self.receive(peer, inc, now)).collect()
     }
 
-    fn am_generate(&mut self, id: &DocId, state: &mut sync::State) -> Result<Option<Vec<u8>>, MemError> {
-        let mut doc = self.candidate(id);
-        Ok(doc.automerge().sync().generate_sync_message(state).map(|m| m.encode()))
+    fn credential(&mut self, _author: &ActorPrefix) -> Result<Option<Vec<u8>>, MemError> {
+        // Every simulated node's roster already holds the whole fleet.
+        Ok(None)
     }
 
-    fn am_receive(
-        &mut self,
-        peer: &PeerInfo,
-        id: &DocId,
-        state: &mut sync::State,
-        message: &[u8],
-        now: TimeMs,
-    ) -> Result<Applied, MemError> {
-        let msg = match sync::Message::decode(message) {
-            Ok(m) => m,
-            Err(e) => return Ok(Applied::Refused { reason: format!("undecodable Automerge message: {e}") }),
-        };
-        let mut candidate = self.candidate(id);
-        let before = candidate.heads();
-        if let Err(e) = candidate.automerge().sync().receive_sync_message(state, msg) {
-            return Ok(Applied::Refused { reason: e.to_string() });
-        }
-        if candidate.heads() == before {
-            return Ok(Applied::MissingDeps);
-        }
-        if candidate.heads().is_empty() {
-            return Ok(Applied::MissingDeps);
-        }
-        self.integrate(peer, id, candidate, now)
+    fn offer_credential(&mut self, _credential: &[u8]) -> Result<bool, MemError> {
+        Ok(false)
     }
 
     fn blobs_wanted(&mut self, peer: &PeerInfo) -> Result<Vec<BlobNeed>, MemError> {

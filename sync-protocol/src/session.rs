@@ -398,6 +398,12 @@ impl SessionDoc {
         self.doc.save_after(heads)
     }
 
+    /// Applies changes that [`crate::rules::admit`] has checked, in the order it gave.
+    pub fn apply_changes(&mut self, changes: Vec<automerge::Change>) -> Result<(), ModelError> {
+        self.doc.apply_changes(changes)?;
+        Ok(())
+    }
+
     /// A copy with another actor: a second replica for tests and the simulator.
     pub fn fork_as(&mut self, actor: ActorId) -> SessionDoc {
         SessionDoc { doc: self.doc.fork().with_actor(actor) }

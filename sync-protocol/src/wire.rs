@@ -11,16 +11,17 @@
 //! A frame longer than [`MAX_FRAME`] is refused before its payload is read. Decoding never
 //! panics: every read is bounds-checked and every count is checked against the bytes left, so a
 //! hostile length cannot make the decoder allocate more than the frame it was given.
-//! The protocol version is negotiated in [`Hello`]; version 1 is described here.
+//! The protocol version is negotiated in [`Hello`]; version 2 is described here (version 1
+//! carried unsigned changes and Automerge sync messages; it is no longer spoken).
 
 use std::fmt;
 
 /// The ALPN protocol id, named after the major protocol version it starts with.
 pub const ALPN: &[u8] = b"outpost/1";
 /// Oldest protocol version this build speaks.
-pub const MIN_VERSION: u16 = 1;
+pub const MIN_VERSION: u16 = 2;
 /// Newest protocol version this build speaks.
-pub const MAX_VERSION: u16 = 1;
+pub const MAX_VERSION: u16 = 2;
 /// Largest frame accepted, header excluded.
 pub const MAX_FRAME: usize = 8 * 1024 * 1024;
 
@@ -135,8 +136,12 @@ pub struct Changes {
     pub ack: bool,
     /// The sender's heads, which the sender holds durably.
     pub heads: Vec<Hash>,
-    /// Automerge bytes: changes, or a whole saved document.
+    /// Automerge change chunks, uncompressed, one after another.
     pub bytes: Vec<u8>,
+    /// One signature per change in `bytes`, in the same order: its author's Ed25519 signature
+    /// of the change hash ([`crate::authorship`]). Empty for the ICB directory, which is taken
+    /// only from the ICB's hub over its authenticated connection.
+    pub sigs: Vec<[u8; 64]>,
 }
 
 /// A blob's manifest: the BLAKE3 chaining values of its chunks.
@@ -179,7 +184,8 @@ pub enum Frame {
         /// Its heads at the sender; empty when they are exactly the heads the receiver pushed.
         heads: Vec<Hash>,
     },
-    /// The sender could not integrate changes (missing dependencies): fall back to Automerge sync.
+    /// The sender could not integrate changes (missing dependencies): please send every change
+    /// of the document.
     Need {
         /// The document.
         doc: DocId,
@@ -190,12 +196,11 @@ pub enum Frame {
         /// The document.
         doc: DocId,
     },
-    /// An Automerge sync protocol message for one document.
-    AmSync {
-        /// The document.
-        doc: DocId,
-        /// The encoded Automerge message.
-        message: Vec<u8>,
+    /// A fleet member's credential (its certificate), sent before the first changes written by
+    /// a member the receiver may not know yet. The receiver checks it against the fleet CA.
+    Member {
+        /// The credential's bytes (DER of an X.509 certificate in the node).
+        credential: Vec<u8>,
     },
     /// Please send these chunks of a blob (and its manifest first, if asked).
     BlobWant {
@@ -292,7 +297,7 @@ impl Frame {
             Frame::Ack { .. } => 0x07,
             Frame::Need { .. } => 0x08,
             Frame::Refused { .. } => 0x0A,
-            Frame::AmSync { .. } => 0x09,
+            Frame::Member { .. } => 0x21,
             Frame::BlobWant { .. } => 0x10,
             Frame::BlobManifest(_) => 0x11,
             Frame::BlobChunk { .. } => 0x12,
@@ -315,7 +320,7 @@ impl Frame {
             Frame::Ack { .. } => "ack",
             Frame::Need { .. } => "need",
             Frame::Refused { .. } => "refused",
-            Frame::AmSync { .. } => "automerge-sync",
+            Frame::Member { .. } => "member",
             Frame::BlobWant { .. } => "blob-want",
             Frame::BlobManifest(_) => "blob-manifest",
             Frame::BlobChunk { .. } => "blob-chunk",
@@ -384,12 +389,13 @@ impl Frame {
                 p.push(u8::from(c.ack));
                 put_heads(&mut p, &c.heads);
                 put_bytes(&mut p, &c.bytes);
+                put_varint(&mut p, c.sigs.len() as u64);
+                for sig in &c.sigs {
+                    p.extend_from_slice(sig);
+                }
             }
             Frame::Need { doc } | Frame::Refused { doc } => p.extend_from_slice(doc),
-            Frame::AmSync { doc, message } => {
-                p.extend_from_slice(doc);
-                put_bytes(&mut p, message);
-            }
+            Frame::Member { credential } => put_bytes(&mut p, credential),
             Frame::BlobWant { hash, manifest, chunks } => {
                 p.extend_from_slice(hash);
                 p.push(u8::from(*manifest));
@@ -488,11 +494,19 @@ impl Frame {
                 ack: r.bool("changes ack flag")?,
                 heads: r.heads()?,
                 bytes: r.bytes("changes")?,
+                sigs: {
+                    let n = r.count("signatures", 64)?;
+                    let mut sigs = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        sigs.push(r.array("signature")?);
+                    }
+                    sigs
+                },
             }),
             0x07 => Frame::Ack { doc: r.array("doc id")?, heads: r.heads()? },
             0x08 => Frame::Need { doc: r.array("doc id")? },
             0x0A => Frame::Refused { doc: r.array("doc id")? },
-            0x09 => Frame::AmSync { doc: r.array("doc id")?, message: r.bytes("automerge message")? },
+            0x21 => Frame::Member { credential: r.bytes("member credential")? },
             0x10 => {
                 let hash = r.array("blob hash")?;
                 let manifest = r.bool("blob manifest flag")?;
@@ -740,11 +754,17 @@ mod tests {
                 Range { upper: None, mode: RangeMode::Items { reply: true, items: vec![([9; 16], [1; 16])] } },
             ]),
             Frame::Heads { doc: [1; 16], heads: vec![[2; 32]] },
-            Frame::Changes(Changes { doc: [1; 16], ack: true, heads: vec![[3; 32]], bytes: vec![0x85, 0x6f, 1, 2, 3] }),
+            Frame::Changes(Changes {
+                doc: [1; 16],
+                ack: true,
+                heads: vec![[3; 32]],
+                bytes: vec![0x85, 0x6f, 1, 2, 3],
+                sigs: vec![[9; 64]],
+            }),
             Frame::Ack { doc: [1; 16], heads: vec![] },
             Frame::Need { doc: [2; 16] },
             Frame::Refused { doc: [3; 16] },
-            Frame::AmSync { doc: [2; 16], message: vec![0x42, 0] },
+            Frame::Member { credential: vec![0x30, 0x82, 1] },
             Frame::BlobWant { hash: [1; 32], manifest: true, chunks: vec![0, 1, 300] },
             Frame::BlobManifest(BlobManifest { hash: [1; 32], size: 70_000, chunk_size: 16384, cvs: vec![[2; 32]; 5] }),
             Frame::BlobChunk { hash: [1; 32], index: 4, data: vec![7; 100] },

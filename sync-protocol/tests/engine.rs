@@ -2,8 +2,8 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-use automerge::ActorId;
-use sync_protocol::engine::{Engine, EngineConfig, Replica};
+use sync_protocol::authorship::{AuthorKey, Member, SharedRoster};
+use sync_protocol::engine::{Engine, EngineConfig, Incoming, Replica};
 use sync_protocol::mem::MemReplica;
 use sync_protocol::scope::PeerInfo;
 use sync_protocol::session::{NewConsent, NewMedia, NewMessage, NewSession, Patient, Requester, Service, SessionDoc};
@@ -19,8 +19,17 @@ fn info(name: &str, role: Role, lines: &[ServiceLine]) -> PeerInfo {
     PeerInfo { name: name.into(), role, org: None, icb: Some("QHM".into()), lines: lines.to_vec() }
 }
 
+thread_local! {
+    /// The fleet of each test: every replica created is a member the others can verify.
+    static FLEET: SharedRoster = SharedRoster::default();
+}
+
 fn replica(p: &PeerInfo, n: u8) -> MemReplica {
-    MemReplica::new(p.clone(), ActorId::from([n; 16]))
+    let key = AuthorKey::from_seed(&[n; 32], [n; 8]);
+    FLEET.with(|f| {
+        f.write().unwrap().insert(Member { info: p.clone(), key: key.public() });
+        MemReplica::new(p.clone(), key, f.clone())
+    })
 }
 
 fn new_session(r: &mut MemReplica, seq: u64, line: ServiceLine) -> DocId {
@@ -48,6 +57,14 @@ fn message(r: &mut MemReplica, id: &DocId, text: &str, now: TimeMs) {
         d.add_message(&NewMessage { id: mid, author: me.name.clone(), side, text: text.into(), reply_to: None }, now)
     })
     .unwrap();
+}
+
+/// Copies a whole session from one replica to another, as restoring a backup would.
+fn copy_doc(src: &mut MemReplica, dst: &mut MemReplica, id: &DocId) {
+    let (from, to) = (src.me().clone(), dst.me().clone());
+    let out = src.changes_since(&to, id, &[]).unwrap().unwrap();
+    let applied = dst.apply(&from, &[Incoming { doc: *id, bytes: out.bytes, sigs: out.sigs }], T).unwrap();
+    assert!(matches!(applied[0], sync_protocol::engine::Applied::Stored { .. }), "{applied:?}");
 }
 
 struct Link {
@@ -163,8 +180,7 @@ fn lost_peer_state_falls_back_to_range_reconciliation_and_still_converges() {
     // meanwhile made new changes.
     let mut restored = replica(&edge_i, 1);
     for id in &ids {
-        let bytes = edge.changes_since(id, &[]).unwrap();
-        restored.apply(&hub_i, &[(*id, bytes)], T + 11).unwrap();
+        copy_doc(&mut edge, &mut restored, id);
     }
     message(&mut restored, &ids[7], "after the restore", T + 40);
     let (ea, eb, _) = converse(&mut restored, &mut hub, T + 50);
@@ -209,8 +225,8 @@ fn a_forged_session_from_an_edge_is_refused() {
     // A session that claims to come from another ambulance.
     let mut other = replica(&info("amb-99", Role::Edge, &[]), 3);
     let forged = new_session(&mut other, 5, ServiceLine::Dermatology);
-    let bytes = other.changes_since(&forged, &[]).unwrap();
-    let outcome = hub.apply(&edge_i, &[(forged, bytes)], T).unwrap();
+    let out = other.changes_since(&hub_i, &forged, &[]).unwrap().unwrap();
+    let outcome = hub.apply(&edge_i, &[Incoming { doc: forged, bytes: out.bytes, sigs: out.sigs }], T).unwrap();
     assert!(matches!(outcome[0], sync_protocol::engine::Applied::Refused { .. }), "{outcome:?}");
     assert!(hub.ids().is_empty());
     let _ = &mut edge;
@@ -381,11 +397,11 @@ fn a_peer_speaking_a_range_of_versions_is_met_at_the_highest_common_one() {
     eb.start(&mut hub, T).unwrap();
     let newer = Frame::Hello(Hello { min_version: 1, max_version: 4, node: "amb-07".into(), crl_number: 0 });
     eb.handle(&mut hub, vec![newer], T).unwrap();
-    assert_eq!(eb.version(), Some(1));
+    assert_eq!(eb.version(), Some(sync_protocol::wire::MAX_VERSION));
 }
 
 #[test]
-fn changes_with_missing_dependencies_fall_back_to_automerge_sync() {
+fn changes_with_missing_dependencies_are_answered_with_the_whole_document() {
     let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
     let (mut edge, mut hub) = (replica(&edge_i, 1), replica(&hub_i, 2));
     let id = new_session(&mut edge, 1, ServiceLine::Dermatology);
@@ -398,7 +414,7 @@ fn changes_with_missing_dependencies_fall_back_to_automerge_sync() {
     let wrong = sync_protocol::engine::Knowledge { heads: after_one.clone(), shared: after_one };
     edge.set_knowledge(&hub_i, &[(id, wrong)]).unwrap();
     let (ea, eb, _) = converse(&mut edge, &mut hub, T + 30);
-    assert!(ea.stats().automerge_fallbacks + eb.stats().automerge_fallbacks >= 1);
+    assert!(ea.stats().full_resends + eb.stats().full_resends >= 1);
     let texts: Vec<String> = hub.view(&id).unwrap().messages.into_iter().map(|m| m.text).collect();
     assert_eq!(texts, ["one", "two"]);
     assert_eq!(edge.view(&id).unwrap().messages[1].receipt, ReceiptLevel::Hub);
@@ -424,10 +440,8 @@ fn equal_sets_without_peer_state_finish_in_one_round_trip() {
     let mut edge2 = replica(&edge_i, 1);
     let mut hub2 = replica(&hub_i, 2);
     for id in edge.ids() {
-        let b = edge.changes_since(&id, &[]).unwrap();
-        edge2.apply(&hub_i, &[(id, b)], T).unwrap();
-        let b = hub.changes_since(&id, &[]).unwrap();
-        hub2.apply(&edge_i, &[(id, b)], T).unwrap();
+        copy_doc(&mut edge, &mut edge2, &id);
+        copy_doc(&mut hub, &mut hub2, &id);
     }
     let (ea, _, _) = converse(&mut edge2, &mut hub2, T + 2);
     assert_eq!(ea.stats().round_trips, 1, "{:?}", ea.stats());
@@ -440,7 +454,7 @@ fn a_blob_frame_that_overtakes_the_hello_on_the_other_lane_waits_for_it() {
     let mut ea = Engine::new(hub_i, EngineConfig::new(true));
     ea.start(&mut edge, T).unwrap();
     let want = Frame::BlobWant { hash: [9; 32], manifest: true, chunks: vec![0] };
-    let hello = Frame::Hello(Hello { min_version: 1, max_version: 1, node: "hub-qhm".into(), crl_number: 0 });
+    let hello = Frame::Hello(Hello { min_version: 2, max_version: 2, node: "hub-qhm".into(), crl_number: 0 });
     ea.handle(&mut edge, vec![want], T).unwrap();
     ea.handle(&mut edge, vec![hello], T).unwrap();
     let out: Vec<Frame> = std::iter::from_fn(|| ea.poll_frame().map(|x| x.1)).collect();
@@ -457,10 +471,8 @@ fn after_range_reconciliation_a_reconnect_needs_no_new_reconciliation() {
     let mut edge2 = replica(&edge_i, 1);
     let mut hub2 = replica(&hub_i, 2);
     for id in &ids {
-        let b = edge.changes_since(id, &[]).unwrap();
-        edge2.apply(&hub_i, &[(*id, b)], T).unwrap();
-        let b = hub.changes_since(id, &[]).unwrap();
-        hub2.apply(&edge_i, &[(*id, b)], T).unwrap();
+        copy_doc(&mut edge, &mut edge2, id);
+        copy_doc(&mut hub, &mut hub2, id);
     }
     let (ea, _, _) = converse(&mut edge2, &mut hub2, T + 2);
     assert_eq!(ea.stats().docs_sent, 0);

@@ -2,7 +2,6 @@
 //! most its own ICB's), what each peer is known to hold of it, and its integration when it
 //! arrives from the hub. The document is small (a few KiB), so it is kept whole, never as a log.
 
-use automerge::sync::{self, SyncDoc};
 use automerge::{ActorId, ChangeHash};
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 use sync_protocol::directory::{self, DirectoryDoc, DirectoryError, DirectoryView};
@@ -211,37 +210,6 @@ impl Store {
         now: i64,
     ) -> Result<(Applied, bool), StoreError> {
         self.receive_directory(me, from, id, now, |doc| doc.apply_bytes(bytes).map_err(|e| e.to_string()))
-    }
-
-    /// The next Automerge sync message for the directory (from an empty one if we lack it).
-    pub fn directory_am_generate(
-        &self,
-        me: &PeerInfo,
-        id: &DocId,
-        state: &mut sync::State,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut doc = self.own_directory(me, id)?.unwrap_or_else(|| DirectoryDoc::empty(self.actor.clone()));
-        Ok(doc.automerge().sync().generate_sync_message(state).map(|m| m.encode()))
-    }
-
-    /// Receives an Automerge sync message for the directory, with the checks of
-    /// [`Store::apply_directory`].
-    pub fn directory_am_receive(
-        &mut self,
-        me: &PeerInfo,
-        from: &PeerInfo,
-        id: &DocId,
-        state: &mut sync::State,
-        message: &[u8],
-        now: i64,
-    ) -> Result<(Applied, bool), StoreError> {
-        let msg = match sync::Message::decode(message) {
-            Ok(m) => m,
-            Err(e) => return Ok((Applied::Refused { reason: format!("undecodable Automerge message: {e}") }, false)),
-        };
-        self.receive_directory(me, from, id, now, |doc| {
-            doc.automerge().sync().receive_sync_message(state, msg).map_err(|e| e.to_string())
-        })
     }
 
     fn receive_directory(

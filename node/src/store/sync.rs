@@ -3,11 +3,13 @@
 //! chunks, the TLS identity and the revocation list.
 
 use automerge::ChangeHash;
-use automerge::sync::{self, SyncDoc};
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
+use rustls::pki_types::pem::PemObject;
+use sync_protocol::authorship::{self, Signature};
 use sync_protocol::blob;
-use sync_protocol::engine::{Applied, BlobNeed, Knowledge};
+use sync_protocol::engine::{Applied, BlobNeed, Incoming, Knowledge, Outgoing};
 use sync_protocol::recon::{self, Item};
+use sync_protocol::rules::{self, Admission};
 use sync_protocol::scope::{DocMeta, PeerInfo, may_accept, may_hold};
 use sync_protocol::session::{SessionDoc, SessionId, receipt_level};
 use sync_protocol::vocab::ServiceLine;
@@ -15,7 +17,7 @@ use sync_protocol::wire::{BlobManifest, DocId, Hash};
 
 use super::{
     Cached, Store, StoreError, append_audit, append_change, checkout, chunk_aad, doc_heads, heads_blob,
-    heads_from_blob, index_doc, log_counts, maybe_compact, session_row, sql,
+    heads_from_blob, index_doc, log_counts, maybe_compact, put_sigs, session_row, sql,
 };
 
 /// A session as scope decisions and reconciliation see it (clear index columns only).
@@ -62,7 +64,7 @@ impl Store {
     }
 
     /// Stores the node's TLS identity; the private key is sealed under the node key.
-    pub fn set_tls_identity(&self, cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<(), StoreError> {
+    pub fn set_tls_identity(&mut self, cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<(), StoreError> {
         let tx = self.conn.unchecked_transaction().map_err(sql("starting a write"))?;
         for (k, v) in [("tls_cert", cert_pem.as_bytes().to_vec()), ("tls_ca", ca_pem.as_bytes().to_vec())] {
             tx.execute(
@@ -77,7 +79,14 @@ impl Store {
             [sealed],
         )
         .map_err(sql("storing the private key"))?;
-        tx.commit().map_err(sql("committing"))
+        tx.commit().map_err(sql("committing"))?;
+        // This node is a member of its own roster: its changes may come back to it (a restore).
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| StoreError::Damaged(format!("the node certificate does not parse: {e}")))?;
+        if let Ok(member) = crate::tls::member_of(&der) {
+            self.add_member(member, der.as_ref())?;
+        }
+        Ok(())
     }
 
     /// The node's TLS identity as PEM texts (certificate, private key, CA), if issued.
@@ -283,17 +292,17 @@ impl Store {
 
     /// Records what a peer holds (one transaction for the batch).
     pub fn set_knowledge(&mut self, peer: &PeerInfo, updates: &[(DocId, Knowledge)]) -> Result<(), StoreError> {
+        // What a peer says of a session it may not see is not recorded: it would make it look
+        // like a holder.
+        let mut rows = Vec::with_capacity(updates.len());
+        for (id, k) in updates {
+            if let Some(r) = self.scope_row(id)?.filter(|r| may_hold(peer, &r.meta)) {
+                rows.push((r.sid, k));
+            }
+        }
         let tx =
             self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
-        for (id, k) in updates {
-            let key = SessionId::from_bytes(*id).to_string();
-            let Some(sid) = tx
-                .query_row("SELECT sid FROM sessions WHERE id = ?1", [&key], |r| r.get::<_, i64>(0))
-                .optional()
-                .map_err(sql("recording peer state"))?
-            else {
-                continue;
-            };
+        for (sid, k) in rows {
             tx.execute(
                 "INSERT INTO peer_docs (peer, sid, digest, heads, shared) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (peer, sid) DO UPDATE SET digest = excluded.digest, heads = excluded.heads, shared = excluded.shared",
@@ -309,10 +318,10 @@ impl Store {
         Ok(self.scope_row(id)?.map(|r| r.heads))
     }
 
-    /// Which of `hashes` are changes of the document that we hold.
-    pub fn known_hashes(&mut self, id: &DocId, hashes: &[Hash]) -> Result<Vec<Hash>, StoreError> {
+    /// Which of `hashes` are changes we hold of a document `peer` may see.
+    pub fn known_hashes(&mut self, peer: &PeerInfo, id: &DocId, hashes: &[Hash]) -> Result<Vec<Hash>, StoreError> {
         let sid = SessionId::from_bytes(*id);
-        if self.scope_row(id)?.is_none() {
+        if !self.scope_row(id)?.is_some_and(|r| may_hold(peer, &r.meta)) {
             return Ok(Vec::new());
         }
         self.with_doc(sid, |d| {
@@ -321,30 +330,54 @@ impl Store {
         })
     }
 
-    /// Our changes that are not ancestors of `base` (the whole document when `base` is empty).
-    pub fn changes_since(&mut self, id: &DocId, base: &[Hash]) -> Result<Vec<u8>, StoreError> {
-        if self.scope_row(id)?.is_none() {
-            return Ok(Vec::new());
+    /// Our changes of a document `peer` may see that are not ancestors of `base` (every change
+    /// when `base` is empty), with their signatures; `None` if the peer may not see it.
+    pub fn changes_since(
+        &mut self,
+        peer: &PeerInfo,
+        id: &DocId,
+        base: &[Hash],
+    ) -> Result<Option<Outgoing>, StoreError> {
+        if !self.scope_row(id)?.is_some_and(|r| may_hold(peer, &r.meta)) {
+            return Ok(None);
         }
         let base = to_hashes(base);
-        self.with_doc(SessionId::from_bytes(*id), |d| if base.is_empty() { d.save() } else { d.save_after(&base) })
+        let changes = self.with_doc(SessionId::from_bytes(*id), |d| d.automerge().get_changes(&base))?;
+        let mut out = Outgoing::default();
+        for c in changes {
+            // A change without a signature (none should exist) ends what can be sent.
+            let Some(sig) = self.signature(&c.hash())? else {
+                tracing::warn!(session = %SessionId::from_bytes(*id), "a change without a signature is held back");
+                break;
+            };
+            out.bytes.extend_from_slice(c.raw_bytes());
+            out.sigs.push(sig);
+            if let Some(p) = authorship::prefix_of(c.actor_id())
+                && !out.authors.contains(&p)
+            {
+                out.authors.push(p);
+            }
+        }
+        Ok(Some(out))
     }
 
-    /// Integrates received Automerge bytes from `from`, in one durable transaction: each
-    /// document is checked (a session, its own id, complete dependencies, in the scope of both
-    /// sides), then stored with this node's receipts.
+    /// Integrates received changes from `from`, in one durable transaction: each document's
+    /// changes are checked ([`rules::admit`]: bounds, signatures, write rules), then the result
+    /// (a session, its own id, in the scope of both sides) is stored with this node's receipts
+    /// and the signatures, so that it can be relayed.
     pub fn apply_remote(
         &mut self,
         me: &PeerInfo,
         from: &PeerInfo,
-        batch: &[(DocId, Vec<u8>)],
+        batch: &[Incoming],
         now: i64,
     ) -> Result<(Vec<Applied>, Vec<DocId>), StoreError> {
         let tx =
             self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
         let mut out = Vec::new();
         let mut changed = Vec::new();
-        for (id, bytes) in batch {
+        for inc in batch {
+            let id = &inc.doc;
             let sid = SessionId::from_bytes(*id);
             let mut existing = match session_row(&tx, &sid.to_string()) {
                 Ok(_) => Some(checkout(&mut self.cache, &tx, &self.sealer, &self.actor, sid)?),
@@ -352,89 +385,51 @@ impl Store {
                 Err(e) => return Err(e),
             };
             let before = existing.as_mut().map(|c| (c.sid, doc_heads(&mut c.doc)));
-            let mut candidate = match existing.as_mut() {
-                Some(c) => c.doc.fork_as(self.actor.clone()),
-                None => SessionDoc::empty(self.actor.clone()),
+            let mut empty = automerge::AutoCommit::new();
+            let admitted = {
+                let held = match existing.as_mut() {
+                    Some(c) => c.doc.automerge(),
+                    None => &mut empty,
+                };
+                rules::admit(held, &inc.bytes, &inc.sigs, &self.roster, &self.limits)
             };
-            let outcome = match candidate.apply_bytes(bytes) {
+            let outcome = match admitted {
                 Err(e) => Applied::Refused { reason: e.to_string() },
-                Ok(()) => {
-                    let (applied, cached) =
-                        integrate(&tx, &self.sealer, &self.opts, &self.node, me, from, sid, candidate, before, now)?;
-                    if let Some(c) = cached {
-                        self.cache.put(sid, c);
-                        changed.push(*id);
-                    } else if let Some(c) = existing {
-                        self.cache.put(sid, c);
+                Ok(Admission::MissingDeps) => Applied::MissingDeps,
+                Ok(Admission::Ready(changes)) if changes.is_empty() && before.is_some() => {
+                    Applied::Stored { heads: before.as_ref().map(|b| b.1.clone()).unwrap_or_default() }
+                }
+                Ok(Admission::Ready(changes)) => {
+                    self.ops_admitted += changes.iter().map(|c| c.len() as u64).sum::<u64>();
+                    let sigs = received_sigs(inc, &changes, self.limits.max_changes);
+                    let mut candidate = match existing.as_mut() {
+                        Some(c) => c.doc.fork_as(self.actor.clone()),
+                        None => SessionDoc::empty(self.actor.clone()),
+                    };
+                    match candidate.apply_changes(changes) {
+                        Err(e) => Applied::Refused { reason: e.to_string() },
+                        Ok(()) => {
+                            let ctx = Integration { me, from, sid, existing: before.clone(), sigs, now };
+                            let env =
+                                Env { sealer: &self.sealer, opts: &self.opts, node: &self.node, author: &self.author };
+                            let (applied, cached) = integrate(&tx, &env, candidate, ctx)?;
+                            if let Some(c) = cached {
+                                self.cache.put(sid, c);
+                                changed.push(*id);
+                                existing = None;
+                            }
+                            applied
+                        }
                     }
-                    applied
                 }
             };
+            if let Some(c) = existing {
+                self.cache.put(sid, c);
+            }
             out.push(outcome);
         }
         tx.commit().map_err(sql("committing"))?;
         Ok((out, changed))
-    }
-
-    /// The next Automerge sync message for a document (from an empty document if we lack it).
-    pub fn am_generate(&mut self, id: &DocId, state: &mut sync::State) -> Result<Option<Vec<u8>>, StoreError> {
-        let sid = SessionId::from_bytes(*id);
-        if self.scope_row(id)?.is_none() {
-            let mut empty = SessionDoc::empty(self.actor.clone());
-            return Ok(empty.automerge().sync().generate_sync_message(state).map(|m| m.encode()));
-        }
-        self.with_doc(sid, |d| d.automerge().sync().generate_sync_message(state).map(|m| m.encode()))
-    }
-
-    /// Receives an Automerge sync message for a document, durably and with the same checks as
-    /// [`Store::apply_remote`].
-    pub fn am_receive(
-        &mut self,
-        me: &PeerInfo,
-        from: &PeerInfo,
-        id: &DocId,
-        state: &mut sync::State,
-        message: &[u8],
-        now: i64,
-    ) -> Result<(Applied, Vec<DocId>), StoreError> {
-        let msg = match sync::Message::decode(message) {
-            Ok(m) => m,
-            Err(e) => return Ok((Applied::Refused { reason: format!("undecodable Automerge message: {e}") }, vec![])),
-        };
-        let sid = SessionId::from_bytes(*id);
-        let tx =
-            self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
-        let mut existing = match session_row(&tx, &sid.to_string()) {
-            Ok(_) => Some(checkout(&mut self.cache, &tx, &self.sealer, &self.actor, sid)?),
-            Err(StoreError::NoSuchSession(_)) => None,
-            Err(e) => return Err(e),
-        };
-        let prior = existing.as_mut().map(|c| (c.sid, doc_heads(&mut c.doc)));
-        let mut candidate = match existing.as_mut() {
-            Some(c) => c.doc.fork_as(self.actor.clone()),
-            None => SessionDoc::empty(self.actor.clone()),
-        };
-        let before = candidate.heads();
-        if let Err(e) = candidate.automerge().sync().receive_sync_message(state, msg) {
-            return Ok((Applied::Refused { reason: e.to_string() }, vec![]));
-        }
-        if candidate.heads() == before || candidate.heads().is_empty() {
-            if let Some(c) = existing {
-                self.cache.put(sid, c);
-            }
-            return Ok((Applied::MissingDeps, vec![]));
-        }
-        let (applied, cached) =
-            integrate(&tx, &self.sealer, &self.opts, &self.node, me, from, sid, candidate, prior, now)?;
-        tx.commit().map_err(sql("committing"))?;
-        let mut changed = vec![];
-        if let Some(c) = cached {
-            self.cache.put(sid, c);
-            changed.push(*id);
-        } else if let Some(c) = existing {
-            self.cache.put(sid, c);
-        }
-        Ok((applied, changed))
     }
 
     /// Blobs of sessions shared with `peer` that this node should fetch from it: photos
@@ -683,21 +678,51 @@ impl Store {
     }
 }
 
-/// Checks a received version of a session and stores it (inside the caller's transaction).
-/// Returns the outcome and, when stored, the new cached document.
-#[allow(clippy::too_many_arguments)]
+/// The signatures received for the changes admitted, by hash.
+fn received_sigs(inc: &Incoming, changes: &[automerge::Change], max: usize) -> Vec<(ChangeHash, Signature)> {
+    let wanted: std::collections::HashSet<ChangeHash> = changes.iter().map(|c| c.hash()).collect();
+    authorship::split_changes(&inc.bytes, max)
+        .unwrap_or_default()
+        .into_iter()
+        .zip(&inc.sigs)
+        .filter_map(|(chunk, sig)| {
+            let h = automerge::Change::try_from(chunk).ok()?.hash();
+            wanted.contains(&h).then_some((h, *sig))
+        })
+        .collect()
+}
+
+/// The parts of the store [`integrate`] uses beside the transaction.
+struct Env<'a> {
+    sealer: &'a crate::crypto::Sealer,
+    opts: &'a super::StoreOptions,
+    node: &'a str,
+    author: &'a authorship::AuthorKey,
+}
+
+/// What [`integrate`] needs to know of one received document.
+struct Integration<'a> {
+    me: &'a PeerInfo,
+    from: &'a PeerInfo,
+    sid: SessionId,
+    /// The row id and heads of the version held before, if any.
+    existing: Option<(i64, Vec<Hash>)>,
+    /// Signatures of the received changes.
+    sigs: Vec<(ChangeHash, Signature)>,
+    now: i64,
+}
+
+/// Checks a received version of a session (whose changes passed the write rules) and stores it
+/// (inside the caller's transaction). Returns the outcome and, when stored, the new cached
+/// document.
 fn integrate(
     tx: &Transaction<'_>,
-    sealer: &crate::crypto::Sealer,
-    opts: &super::StoreOptions,
-    node: &str,
-    me: &PeerInfo,
-    from: &PeerInfo,
-    sid: SessionId,
+    env: &Env<'_>,
     mut candidate: SessionDoc,
-    existing: Option<(i64, Vec<Hash>)>,
-    now: i64,
+    ctx: Integration<'_>,
 ) -> Result<(Applied, Option<Cached>), StoreError> {
+    let Integration { me, from, sid, existing, sigs, now } = ctx;
+    let (sealer, opts, node) = (env.sealer, env.opts, env.node);
     if !candidate.automerge().get_missing_deps(&[]).is_empty() {
         return Ok((Applied::MissingDeps, None));
     }
@@ -712,7 +737,8 @@ fn integrate(
     if !may_accept(me, from, &meta) {
         return Ok((Applied::Refused { reason: format!("outside the scope of {} or {}", me.name, from.name) }, None));
     }
-    // This node's receipts, in the same transaction as what they acknowledge.
+    put_sigs(tx, sigs)?;
+    // This node's receipts, in the same transaction as what they acknowledge, signed by it.
     if let Some(level) = receipt_level(me.role) {
         let complete = |h: &str| {
             tx.query_row("SELECT 1 FROM blobs WHERE hash = ?1 AND state = 'complete'", [h], |_| Ok(()))
@@ -721,9 +747,11 @@ fn integrate(
                 .flatten()
                 .is_some()
         };
+        let received = candidate.heads();
         candidate
             .acknowledge(level, &me.name, now, complete)
             .map_err(|source| StoreError::Model { id: sid.to_string(), source })?;
+        put_sigs(tx, authorship::sign_new(env.author, candidate.automerge(), &received))?;
     }
     let view = candidate.view().map_err(|source| StoreError::Model { id: sid.to_string(), source })?;
     let key = sid.to_string();

@@ -1,0 +1,327 @@
+//! A stolen tablet against a real hub: a fleet member with a valid certificate scripts the
+//! sync protocol by hand and tries to read, forge and stall. Every attempt is refused and
+//! logged, nothing it sends is stored, and an honest edge keeps syncing throughout.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use automerge::transaction::Transactable;
+use automerge::{ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use field_tests::{Field, Intruder, free_addr, photo_file, s};
+use sync_protocol::SessionDoc;
+use sync_protocol::wire::{Changes, Frame, Range, RangeMode};
+
+const BIN: &str = env!("CARGO_BIN_EXE_outpost-field-node");
+const LIMIT: Duration = Duration::from_secs(120);
+const POLL: Duration = Duration::from_millis(200);
+const SETTLE: Duration = Duration::from_millis(1500);
+
+fn doc_id(id: &str) -> [u8; 16] {
+    id.parse::<sync_protocol::SessionId>().unwrap().to_bytes()
+}
+
+fn obj(d: &automerge::AutoCommit, parent: &automerge::ObjId, key: &str) -> automerge::ObjId {
+    match d.get(parent, key).unwrap() {
+        Some((Value::Object(_), o)) => o,
+        other => panic!("{key}: {other:?}"),
+    }
+}
+
+/// The victim's session as Automerge bytes (what a leaked copy would be).
+fn leaked_copy(f: &Field, dir: &Path, id: &str) -> Vec<u8> {
+    let out = f.dir.join(format!("leak-{id}.automerge"));
+    f.ok(&["session", "export", "--dir", s(dir), id, "--format", "automerge", "--out", s(&out)]);
+    std::fs::read(out).unwrap()
+}
+
+/// Sends one forged edit of the leaked session and returns what the hub answered about it.
+fn forge(
+    intruder: &mut Intruder,
+    leaked: &[u8],
+    id: &str,
+    edit: impl FnOnce(&mut automerge::AutoCommit),
+) -> Vec<Frame> {
+    let mut doc = SessionDoc::load(leaked, intruder.node.store.actor().clone()).unwrap();
+    let before = doc.heads();
+    edit(doc.automerge());
+    doc.automerge().commit();
+    let (bytes, sigs) = intruder.signed(&mut doc, &before);
+    let heads = doc.heads().iter().map(|h| h.0).collect();
+    send_changes(intruder, id, bytes, sigs, heads)
+}
+
+fn send_changes(
+    intruder: &mut Intruder,
+    id: &str,
+    bytes: Vec<u8>,
+    sigs: Vec<[u8; 64]>,
+    heads: Vec<[u8; 32]>,
+) -> Vec<Frame> {
+    let doc = doc_id(id);
+    let before = intruder.settle(Duration::ZERO).len();
+    intruder.send(&[Frame::Changes(Changes { doc, ack: false, heads, bytes, sigs })]);
+    intruder.settle(SETTLE).split_off(before)
+}
+
+fn refused(answer: &[Frame], id: &str, what: &str, f: &Field) {
+    let doc = doc_id(id);
+    if !answer.iter().any(|fr| matches!(fr, Frame::Refused { doc: d } if *d == doc)) {
+        f.fail(format!("{what}: the hub did not refuse it: {answer:?}"));
+    }
+    if answer.iter().any(|fr| matches!(fr, Frame::Ack { doc: d, .. } if *d == doc)) {
+        f.fail(format!("{what}: the hub acknowledged it"));
+    }
+}
+
+/// One raw edit the intruder makes to its leaked copy.
+type Forgery = dyn FnOnce(&mut automerge::AutoCommit);
+
+/// What the hub's copy of the session says now.
+fn hub_view(f: &Field, hub: &Path, id: &str) -> serde_json::Value {
+    f.export(hub, id).unwrap_or_else(|| f.fail("the hub lost the session"))
+}
+
+#[test]
+fn a_stolen_tablet_can_neither_read_nor_forge_nor_stall_the_hub() {
+    let mut f = Field::new(BIN, "attack");
+    let hub = f.node("hub-qhm", "hub", &[]);
+    let victim = f.node("amb-07", "edge", &[]);
+    let thief = f.node("amb-66", "edge", &[]);
+    let desk = f.node("desk-derm-1", "desk", &["--org", "RTH", "--service-line", "dermatology"]);
+    let cardio = f.node("desk-cardio-1", "desk", &["--org", "RTH", "--service-line", "cardiology"]);
+    let foreign = f.node_in("amb-99", "edge", "QOX", &[]);
+    let honest = f.node("surgery-12", "edge", &["--org", "B82005"]);
+    let addr = free_addr();
+    let hubd = f.daemon(&hub, &["--listen", &addr]);
+    f.wait(LIMIT, POLL, "the hub to listen", || hubd.log_text().contains("outpost daemon started"));
+
+    // The victim's case, with a photo, at the hub; the dermatology desk holds it too.
+    let id = f.new_session(&victim, "dermatology", "ambulance_on_scene", "SECRET-CASE spreading rash");
+    f.message(&victim, &id, "SECRET-CASE history: fever since this morning");
+    let jpeg = f.dir.join("rash.jpg");
+    photo_file(&jpeg, f.seed, 300_000);
+    let photo = f.photo(&victim, &id, &jpeg, "close-up");
+    f.ok(&["sync", "--dir", s(&victim), "--peer", &addr]);
+    f.ok(&["sync", "--dir", s(&desk), "--peer", &addr]);
+    let honest_id = f.new_session(&honest, "cardiology", "gp_urgent", "honest question");
+    f.ok(&["sync", "--dir", s(&honest), "--peer", &addr]);
+    let baseline = hub_view(&f, &hub, &id);
+    let mut summary = serde_json::json!({ "seed": f.seed });
+
+    // Reads: by id (Need, Heads, Ack), by range and by photo hash, from a stolen tablet, a desk
+    // of another line and an edge of another ICB. Each gets exactly what a session that does
+    // not exist gets.
+    let nowhere = sync_protocol::SessionId::from_parts(1_790_000_000_000, 12345).to_string();
+    let photo_hash: [u8; 32] = {
+        let v: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&photo[i * 2..i * 2 + 2], 16).unwrap()).collect();
+        v.try_into().unwrap()
+    };
+    let probes = |target: &str| {
+        let doc = doc_id(target);
+        vec![
+            Frame::Need { doc },
+            Frame::Heads { doc, heads: Vec::new() },
+            Frame::Heads { doc, heads: vec![[7; 32]] },
+            Frame::Ack { doc, heads: Vec::new() },
+            Frame::Ranges(vec![Range {
+                upper: None,
+                mode: RangeMode::Items { reply: false, items: vec![(doc, [1; 16])] },
+            }]),
+        ]
+    };
+    for who in [&thief, &cardio, &foreign] {
+        let mut answers = Vec::new();
+        for target in [&id, &nowhere] {
+            let mut intruder = Intruder::connect(who, &addr);
+            let start = intruder.settle(SETTLE).len();
+            intruder.send(&probes(target));
+            intruder.send(&[Frame::BlobWant { hash: photo_hash, manifest: true, chunks: vec![0, 1] }]);
+            let got = intruder.settle(SETTLE);
+            let bytes = intruder.received();
+            if bytes.windows(11).any(|w| w == b"SECRET-CASE") {
+                f.fail(format!("{} read the victim's text from the hub", who.display()));
+            }
+            let victim = doc_id(&id);
+            let leaked = got.iter().any(|fr| match fr {
+                Frame::Changes(c) => c.doc == victim,
+                Frame::BlobManifest(m) => m.hash == photo_hash,
+                Frame::BlobChunk { hash, .. } => *hash == photo_hash,
+                _ => false,
+            });
+            if leaked {
+                f.fail(format!("{} was sent the victim's session or photo: {got:?}", who.display()));
+            }
+            // Two lanes (two streams) interleave freely: compare what was answered, not the order.
+            let mut names: Vec<&str> = got[start..].iter().map(Frame::name).filter(|n| *n != "mark").collect();
+            names.sort_unstable();
+            answers.push(names.join(" "));
+        }
+        if answers[0] != answers[1] {
+            f.fail(format!(
+                "{}: the answers for the victim's session and for no session differ:\n{}\n{}",
+                who.display(),
+                answers[0],
+                answers[1]
+            ));
+        }
+    }
+
+    // Forged writes by the stolen tablet, on a leaked copy of the victim's session, each signed
+    // with the tablet's own key: refused, logged, not stored.
+    let leaked = leaked_copy(&f, &victim, &id);
+    let mut intruder = Intruder::connect(&thief, &addr);
+    intruder.settle(SETTLE);
+    let attempts: Vec<(&str, Box<Forgery>)> = vec![
+        (
+            "self-share",
+            Box::new(|d: &mut automerge::AutoCommit| {
+                let shares = obj(d, &ROOT, "shares");
+                d.put(&shares, "amb-66", 1).unwrap();
+            }),
+        ),
+        (
+            "consultant's reply",
+            Box::new(|d: &mut automerge::AutoCommit| {
+                let msgs = obj(d, &ROOT, "messages");
+                let at = d.length(&msgs);
+                let m = d.insert_object(&msgs, at, ObjType::Map).unwrap();
+                for (k, v) in
+                    [("id", "forged"), ("author", "desk-derm-1"), ("side", "responder"), ("text", "benign, discharge")]
+                {
+                    d.put(&m, k, v).unwrap();
+                }
+                d.put_object(&m, "receipts", ObjType::Map).unwrap();
+            }),
+        ),
+        (
+            "hub receipt",
+            Box::new(|d: &mut automerge::AutoCommit| {
+                let media = obj(d, &ROOT, "media");
+                let key = d.keys(&media).next().unwrap();
+                let m = obj(d, &media, &key);
+                let receipts = obj(d, &m, "receipts");
+                d.put(&receipts, "hub/hub-qhm", 1).unwrap();
+            }),
+        ),
+        (
+            "status connected",
+            Box::new(|d: &mut automerge::AutoCommit| {
+                let status = obj(d, &ROOT, "status");
+                d.put(&status, "0/connected", 1).unwrap();
+            }),
+        ),
+        (
+            "identity",
+            Box::new(|d: &mut automerge::AutoCommit| {
+                let identity = obj(d, &ROOT, "identity");
+                d.put(&identity, "origin", "amb-66").unwrap();
+            }),
+        ),
+    ];
+    let mut refusals = Vec::new();
+    for (what, edit) in attempts {
+        let answer = forge(&mut intruder, &leaked, &id, edit);
+        refused(&answer, &id, what, &f);
+        refusals.push(what);
+    }
+    // Unsigned, and signed by the thief under the desk's actor id.
+    {
+        let mut doc = SessionDoc::load(&leaked, intruder.node.store.actor().clone()).unwrap();
+        let before = doc.heads();
+        let status = obj(doc.automerge(), &ROOT, "status");
+        doc.automerge().put(&status, "0/closed", 1).unwrap();
+        doc.automerge().commit();
+        let (bytes, _) = intruder.signed(&mut doc, &before);
+        let answer = send_changes(&mut intruder, &id, bytes, Vec::new(), Vec::new());
+        refused(&answer, &id, "unsigned", &f);
+    }
+    // A replay: the thief's own, validly signed session sent as the victim's.
+    let own = f.new_session(&thief, "dermatology", "ambulance_on_scene", "the thief's own case");
+    f.ok(&["sync", "--dir", s(&thief), "--peer", &addr]);
+    {
+        let mut doc = SessionDoc::load(&leaked_copy(&f, &thief, &own), intruder.node.store.actor().clone()).unwrap();
+        let (bytes, sigs) = intruder.signed(&mut doc, &[]);
+        let answer = send_changes(&mut intruder, &id, bytes, sigs, Vec::new());
+        refused(&answer, &id, "replayed changes of another session", &f);
+    }
+    // The desk that holds the session cannot forge a hub's receipt either.
+    let mut rogue_desk = Intruder::connect(&desk, &addr);
+    rogue_desk.settle(SETTLE);
+    let desk_copy = leaked_copy(&f, &desk, &id);
+    let answer = forge(&mut rogue_desk, &desk_copy, &id, |d| {
+        let media = obj(d, &ROOT, "media");
+        let key = d.keys(&media).next().unwrap();
+        let m = obj(d, &media, &key);
+        let receipts = obj(d, &m, "receipts");
+        d.put(&receipts, "hub/hub-qhm", 1).unwrap();
+    });
+    refused(&answer, &id, "a desk's forged hub receipt", &f);
+
+    let after = hub_view(&f, &hub, &id);
+    for field in ["identity", "shared_with", "status", "messages", "status_history"] {
+        if after[field] != baseline[field] {
+            f.fail(format!("the hub's copy changed at {field}: {} -> {}", baseline[field], after[field]));
+        }
+    }
+    let log = hubd.log_text();
+    let logged = log.lines().filter(|l| l.contains("amb-66") && l.contains("refused a document")).count();
+    if logged < refusals.len() {
+        f.fail(format!("only {logged} refusals of amb-66 in the hub's log:\n{log}"));
+    }
+
+    // The op bomb: one small change holding three million list inserts. It is refused before it
+    // is expanded, while an honest edge syncs.
+    let bomb_answer = {
+        let mut doc = SessionDoc::load(&leaked, intruder.node.store.actor().clone()).unwrap();
+        let before = doc.heads();
+        let msgs = obj(doc.automerge(), &ROOT, "messages");
+        doc.automerge().splice(&msgs, 0, 0, std::iter::repeat_n(ScalarValue::Null, 3_000_000)).unwrap();
+        doc.automerge().commit();
+        let (bytes, sigs) = intruder.signed(&mut doc, &before);
+        summary["op_bomb_bytes"] = bytes.len().into();
+        let doc = doc_id(&id);
+        let start = intruder.settle(Duration::ZERO).len();
+        intruder.send(&[Frame::Changes(Changes { doc, ack: false, heads: Vec::new(), bytes, sigs })]);
+        f.message(&honest, &honest_id, "written while the bomb lands");
+        let t = Instant::now();
+        f.ok(&["sync", "--dir", s(&honest), "--peer", &addr]);
+        summary["honest_sync_during_bomb_ms"] = (t.elapsed().as_millis() as u64).into();
+        intruder.settle(SETTLE).split_off(start)
+    };
+    refused(&bomb_answer, &id, "op bomb", &f);
+
+    // Garbage and an oversized frame: the hub closes that connection with a reason and says so.
+    let mut garbage = Intruder::connect(&thief, &addr);
+    garbage.settle(SETTLE);
+    garbage.send_raw(&[0x06, 0x05, 0xde, 0xad, 0xbe, 0xef, 0x00]);
+    let closed = garbage.settle(SETTLE);
+    if !closed.iter().any(|fr| matches!(fr, Frame::Close { code: 2, .. })) {
+        f.fail(format!("garbage was not answered with a Close: {closed:?}"));
+    }
+    let mut huge = Intruder::connect(&thief, &addr);
+    huge.settle(SETTLE);
+    huge.send_raw(&[0x06, 0x80, 0x80, 0x80, 0x40]);
+    let closed = huge.settle(SETTLE);
+    if !closed.iter().any(|fr| matches!(fr, Frame::Close { code: 2, .. })) {
+        f.fail(format!("an oversized frame was not answered with a Close: {closed:?}"));
+    }
+    let log = hubd.log_text();
+    if log.lines().filter(|l| l.contains("amb-66") && l.contains("undecodable frame")).count() < 2 {
+        f.fail(format!("the hub did not log the undecodable frames:\n{log}"));
+    }
+
+    // And the honest edge still syncs afterwards; the victim's session is as it was.
+    f.message(&honest, &honest_id, "after the attack");
+    let t = Instant::now();
+    f.ok(&["sync", "--dir", s(&honest), "--peer", &addr]);
+    summary["honest_sync_after_ms"] = (t.elapsed().as_millis() as u64).into();
+    let after = hub_view(&f, &hub, &id);
+    if after["messages"] != baseline["messages"] || after["shared_with"] != baseline["shared_with"] {
+        f.fail("the victim's session changed at the hub");
+    }
+    summary["refused"] = serde_json::json!(refusals);
+    eprintln!("{summary}");
+    f.record(&summary);
+}

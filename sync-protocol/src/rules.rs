@@ -1,0 +1,688 @@
+//! Who may write what in a session: the write rules, checked per change before it is stored.
+//!
+//! A valid fleet certificate proves who is talking, not that what it sends is allowed. So a
+//! node stores received changes only after [`admit`] has checked, for every change it does not
+//! hold yet:
+//!
+//! 1. **Bounds**: at most [`Limits::max_changes`] changes per frame and
+//!    [`Limits::max_ops_per_change`] operations per change, counted before Automerge expands
+//!    them ([`crate::authorship`]).
+//! 2. **Authorship**: the change's actor names a known fleet member ([`Roster`]) and the
+//!    signature beside it is that member's signature of the change's hash.
+//! 3. **Write rules**: every operation of the change is allowed to that member (its role, its
+//!    name, its relation to the session), at the document state it applies to. The rules are the
+//!    table in `docs/schema.md`; each row is one arm of `check_op` below.
+//!
+//! A change that breaks any of them refuses the whole batch: nothing of it is stored. The rules
+//! only look at facts that never shrink (object paths, the session's identity, its shares, the
+//! highest status epoch), so a change allowed when it was written stays allowed however much
+//! else a receiver holds: replicas that check the same changes agree on the verdict.
+//!
+//! This is the only place that decides what a change may do. The node's SQLite store and the
+//! in-memory replica of tests and the simulator both call [`admit`].
+
+use std::collections::{HashMap, HashSet};
+
+use automerge::legacy::{Key, ObjectId, OpId, OpType};
+use automerge::{ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+
+use crate::authorship::{self, ChunkError, Member, Roster, Signature};
+use crate::scope::{DocMeta, may_hold};
+use crate::vocab::{Role, ServiceLine, Side, Status};
+
+/// Bounds on what one peer may make a node parse and apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Changes in one `Changes` frame.
+    pub max_changes: usize,
+    /// Operations in one change (a session's creation is about 40; a message about 10).
+    pub max_ops_per_change: u64,
+    /// Operations in one session document, all changes together.
+    pub max_doc_ops: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_changes: 4096, max_ops_per_change: 2048, max_doc_ops: 200_000 }
+    }
+}
+
+/// Why received changes were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Over a bound, or not change chunks at all.
+    #[error("{0}")]
+    Chunk(#[from] ChunkError),
+    /// Automerge could not parse a change.
+    #[error("an undecodable change: {0}")]
+    Undecodable(String),
+    /// Signatures do not match the changes one for one.
+    #[error("{changes} changes came with {signatures} signatures")]
+    SignatureCount {
+        /// Changes in the frame.
+        changes: usize,
+        /// Signatures beside them.
+        signatures: usize,
+    },
+    /// The actor names no fleet member this node knows.
+    #[error("change {change} is by an unknown author (actor {actor})")]
+    UnknownAuthor {
+        /// Short hash of the change.
+        change: String,
+        /// Its actor id.
+        actor: String,
+    },
+    /// The signature is not the named member's.
+    #[error("change {change} does not carry {author}'s signature")]
+    BadSignature {
+        /// Short hash of the change.
+        change: String,
+        /// The member its actor names.
+        author: String,
+    },
+    /// A write rule refused an operation.
+    #[error("change {change} by {author} breaks a write rule: {rule}")]
+    Rule {
+        /// Short hash of the change.
+        change: String,
+        /// Its verified author.
+        author: String,
+        /// Which rule, in words.
+        rule: String,
+    },
+    /// The session would grow past [`Limits::max_doc_ops`].
+    #[error("the session would hold {found} operations (at most {max})")]
+    TooLarge {
+        /// Operations after the batch.
+        found: u64,
+        /// The limit.
+        max: u64,
+    },
+}
+
+/// What [`admit`] found.
+#[derive(Debug)]
+pub enum Admission {
+    /// Every new change checked out: apply these, in this order.
+    Ready(Vec<Change>),
+    /// Some changes depend on changes neither held nor in the batch: nothing can be checked yet.
+    MissingDeps,
+}
+
+fn short(h: &ChangeHash) -> String {
+    h.0[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks received change bytes and their signatures against `doc` (the session as held, or an
+/// empty document) and returns the changes to apply. Nothing is changed here.
+pub fn admit(
+    doc: &mut AutoCommit,
+    bytes: &[u8],
+    sigs: &[Signature],
+    roster: &Roster,
+    limits: &Limits,
+) -> Result<Admission, Refusal> {
+    let chunks = authorship::split_changes(bytes, limits.max_changes)?;
+    if chunks.len() != sigs.len() {
+        return Err(Refusal::SignatureCount { changes: chunks.len(), signatures: sigs.len() });
+    }
+    let mut fresh: Vec<(Change, Member)> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut new_ops = 0u64;
+    for (chunk, sig) in chunks.into_iter().zip(sigs) {
+        let ops = authorship::count_ops(chunk, limits.max_ops_per_change)?;
+        let change = Change::try_from(chunk).map_err(|e| Refusal::Undecodable(e.to_string()))?;
+        let hash = change.hash();
+        if doc.get_change_meta_by_hash(&hash).is_some() || !seen.insert(hash) {
+            continue;
+        }
+        let member = roster
+            .author_of(change.actor_id())
+            .ok_or_else(|| Refusal::UnknownAuthor { change: short(&hash), actor: change.actor_id().to_hex_string() })?;
+        if !authorship::verify(member, &hash, sig) {
+            return Err(Refusal::BadSignature { change: short(&hash), author: member.info.name.clone() });
+        }
+        new_ops += ops;
+        fresh.push((change, member.clone()));
+    }
+    if fresh.is_empty() {
+        return Ok(Admission::Ready(Vec::new()));
+    }
+    let held_ops = doc_ops(doc);
+    if held_ops.saturating_add(new_ops) > limits.max_doc_ops {
+        return Err(Refusal::TooLarge { found: held_ops + new_ops, max: limits.max_doc_ops });
+    }
+    let Some(ordered) = causal_order(doc, fresh) else { return Ok(Admission::MissingDeps) };
+    let mut state = State::of(doc);
+    for (change, member) in &ordered {
+        state.check_change(change, member)?;
+    }
+    Ok(Admission::Ready(ordered.into_iter().map(|(c, _)| c).collect()))
+}
+
+/// Operations held in a document (each change's count, summed).
+fn doc_ops(doc: &AutoCommit) -> u64 {
+    doc.stats().num_ops
+}
+
+/// Orders the batch so that every change follows its dependencies; `None` when a dependency is
+/// neither held nor in the batch.
+fn causal_order(doc: &mut AutoCommit, batch: Vec<(Change, Member)>) -> Option<Vec<(Change, Member)>> {
+    let in_batch: HashSet<ChangeHash> = batch.iter().map(|(c, _)| c.hash()).collect();
+    for (c, _) in &batch {
+        for d in c.deps() {
+            if !in_batch.contains(d) && doc.get_change_meta_by_hash(d).is_none() {
+                return None;
+            }
+        }
+    }
+    let mut pending = batch;
+    let mut placed: HashSet<ChangeHash> = HashSet::new();
+    let mut out = Vec::with_capacity(pending.len());
+    while !pending.is_empty() {
+        let before = pending.len();
+        let mut rest = Vec::new();
+        for (c, m) in pending {
+            if c.deps().iter().all(|d| !in_batch.contains(d) || placed.contains(d)) {
+                placed.insert(c.hash());
+                out.push((c, m));
+            } else {
+                rest.push((c, m));
+            }
+        }
+        if rest.len() == before {
+            return None; // a cycle: not a valid history
+        }
+        pending = rest;
+    }
+    Some(out)
+}
+
+/// What an object of a session is, by where it sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Obj {
+    Root,
+    Identity,
+    /// `requester`, `patient`, `service`, `request`: the origin's (and its hub's) fields.
+    Fields(&'static str),
+    Status,
+    Shares,
+    Messages,
+    Message,
+    Receipts,
+    Media,
+    MediaItem,
+    Consents,
+    Consent,
+    Outcome,
+    OutcomeSide(Side),
+    Routing,
+    RoutingEntry,
+    Calls,
+    CallEntry,
+}
+
+type ObjKey = (u64, ActorId);
+
+/// The facts the rules read, kept up to date as changes are checked. They only ever grow.
+#[derive(Debug, Default)]
+struct State {
+    objects: HashMap<ObjKey, Obj>,
+    origin: Option<String>,
+    icb: Option<String>,
+    line: Option<ServiceLine>,
+    shares: Vec<String>,
+    max_epoch: u32,
+    created: bool,
+}
+
+fn root_kind(key: &str) -> Option<Obj> {
+    Some(match key {
+        "identity" => Obj::Identity,
+        "requester" => Obj::Fields("requester"),
+        "patient" => Obj::Fields("patient"),
+        "service" => Obj::Fields("service"),
+        "request" => Obj::Fields("request"),
+        "status" => Obj::Status,
+        "shares" => Obj::Shares,
+        "messages" => Obj::Messages,
+        "media" => Obj::Media,
+        "consents" => Obj::Consents,
+        "outcome" => Obj::Outcome,
+        "routing" => Obj::Routing,
+        "calls" => Obj::Calls,
+        _ => return None,
+    })
+}
+
+fn objs_at(doc: &AutoCommit, obj: &ObjId, prop: impl Into<automerge::Prop>) -> Vec<ObjId> {
+    doc.get_all(obj, prop)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(v, _)| matches!(v, Value::Object(_)))
+        .map(|(_, id)| id)
+        .collect()
+}
+
+fn str_at(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<String> {
+    match doc.get(obj, key).ok().flatten() {
+        Some((Value::Scalar(s), _)) => match s.as_ref() {
+            ScalarValue::Str(v) => Some(v.to_string()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+impl State {
+    /// The facts of a held document.
+    fn of(doc: &AutoCommit) -> State {
+        let mut s = State::default();
+        let put = |s: &mut State, id: &ObjId, kind: Obj| {
+            if let ObjId::Id(counter, actor, _) = id {
+                s.objects.insert((*counter, actor.clone()), kind);
+            }
+        };
+        for key in doc.keys(ROOT).collect::<Vec<_>>() {
+            let Some(kind) = root_kind(&key) else { continue };
+            for id in objs_at(doc, &ROOT, key.as_str()) {
+                put(&mut s, &id, kind);
+                match kind {
+                    Obj::Identity => {
+                        s.created = true;
+                        s.origin = s.origin.take().or_else(|| str_at(doc, &id, "origin"));
+                        s.icb = s.icb.take().or_else(|| str_at(doc, &id, "icb"));
+                    }
+                    Obj::Fields("service") => {
+                        s.line = str_at(doc, &id, "line").and_then(|l| ServiceLine::parse(&l).ok());
+                    }
+                    Obj::Status => {
+                        for k in doc.keys(&id) {
+                            if let Some((epoch, _)) = parse_status_key(&k) {
+                                s.max_epoch = s.max_epoch.max(epoch);
+                            }
+                        }
+                    }
+                    Obj::Shares => s.shares.extend(doc.keys(&id)),
+                    Obj::Messages | Obj::Routing | Obj::Calls => {
+                        let item = match kind {
+                            Obj::Messages => Obj::Message,
+                            Obj::Routing => Obj::RoutingEntry,
+                            _ => Obj::CallEntry,
+                        };
+                        for i in 0..doc.length(&id) {
+                            for e in objs_at(doc, &id, i) {
+                                put(&mut s, &e, item);
+                                if item == Obj::Message {
+                                    for r in objs_at(doc, &e, "receipts") {
+                                        put(&mut s, &r, Obj::Receipts);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Obj::Media | Obj::Consents | Obj::Outcome => {
+                        for k in doc.keys(&id).collect::<Vec<_>>() {
+                            for e in objs_at(doc, &id, k.as_str()) {
+                                match kind {
+                                    Obj::Media => {
+                                        put(&mut s, &e, Obj::MediaItem);
+                                        for r in objs_at(doc, &e, "receipts") {
+                                            put(&mut s, &r, Obj::Receipts);
+                                        }
+                                    }
+                                    Obj::Consents => put(&mut s, &e, Obj::Consent),
+                                    _ => {
+                                        if let Ok(side) = Side::parse(&k) {
+                                            put(&mut s, &e, Obj::OutcomeSide(side));
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        s
+    }
+
+    fn meta(&self) -> Option<DocMeta> {
+        Some(DocMeta {
+            origin: self.origin.clone()?,
+            icb: self.icb.clone()?,
+            line: self.line?,
+            shares: self.shares.clone(),
+        })
+    }
+
+    fn check_change(&mut self, change: &Change, member: &Member) -> Result<(), Refusal> {
+        let refuse =
+            |rule: String| Refusal::Rule { change: short(&change.hash()), author: member.info.name.clone(), rule };
+        let creating = !self.created;
+        if creating && !change.deps().is_empty() {
+            return Err(refuse("the first change of a session must be its creation".into()));
+        }
+        if !creating {
+            let meta = self.meta().ok_or_else(|| refuse("the session has no identity".into()))?;
+            if !may_hold(&member.info, &meta) {
+                return Err(refuse("the author may not hold this session".into()));
+            }
+        }
+        let expanded = change.decode();
+        let actor = change.actor_id().clone();
+        let start = change.start_op().get();
+        let mut made: HashSet<ObjKey> = HashSet::new();
+        for (i, op) in expanded.operations.iter().enumerate() {
+            let id: ObjKey = (start + i as u64, actor.clone());
+            let target = match &op.obj {
+                ObjectId::Root => Obj::Root,
+                ObjectId::Id(OpId(c, a)) => *self
+                    .objects
+                    .get(&(*c, a.clone()))
+                    .ok_or_else(|| refuse("an operation on an unknown object".into()))?,
+            };
+            let fresh = match &op.obj {
+                ObjectId::Root => creating,
+                ObjectId::Id(OpId(c, a)) => made.contains(&(*c, a.clone())),
+            };
+            let key = match &op.key {
+                Key::Map(k) => Some(k.as_str()),
+                Key::Seq(_) => None,
+            };
+            let made_kind = self.check_op(member, target, fresh, creating, key, op).map_err(refuse)?;
+            if let Some(kind) = made_kind {
+                made.insert(id.clone());
+                self.objects.insert(id, kind);
+            }
+        }
+        if creating {
+            let by_origin = member.info.role == Role::Edge
+                && self.origin.as_deref() == Some(member.info.name.as_str())
+                && member.info.icb == self.icb;
+            let by_hub = member.info.role == Role::Hub && member.info.icb == self.icb;
+            if !(by_origin || by_hub) {
+                return Err(refuse("a session is created only by its origin edge (or its ICB's hub)".into()));
+            }
+            if self.meta().is_none() {
+                return Err(refuse("a creation without origin, ICB and service line".into()));
+            }
+            self.created = true;
+        }
+        Ok(())
+    }
+
+    /// Checks one operation; returns the kind of the object it creates, if it creates one.
+    fn check_op(
+        &mut self,
+        member: &Member,
+        target: Obj,
+        fresh: bool,
+        creating: bool,
+        key: Option<&str>,
+        op: &automerge::legacy::Op,
+    ) -> Result<Option<Obj>, String> {
+        let who = &member.info;
+        let is_origin = self.origin.as_deref() == Some(who.name.as_str()) && who.role == Role::Edge;
+        let is_home_hub = who.role == Role::Hub && who.icb.is_some() && who.icb == self.icb;
+        let value = match &op.action {
+            OpType::Put(v) => Some(v),
+            _ => None,
+        };
+        let text = |v: Option<&ScalarValue>| match v {
+            Some(ScalarValue::Str(s)) => Some(s.to_string()),
+            _ => None,
+        };
+        let make = |kind: ObjType| matches!(op.action, OpType::Make(k) if k == kind);
+        let map_key = || key.ok_or_else(|| "a list operation on a map".to_string());
+        match op.action {
+            OpType::Increment(_) | OpType::MarkBegin(_) | OpType::MarkEnd(_) => {
+                return Err("counters and marks are not part of a session".into());
+            }
+            OpType::Make(ObjType::Text | ObjType::Table) => return Err("text and table objects are not used".into()),
+            _ => {}
+        }
+        match target {
+            Obj::Root => {
+                if !creating {
+                    return Err("the top level is written only at creation".into());
+                }
+                let k = map_key()?;
+                if k == "schema" && value.is_some() {
+                    return Ok(None);
+                }
+                let kind = root_kind(k).ok_or_else(|| format!("unknown top-level key {k:?}"))?;
+                let shape = match kind {
+                    Obj::Messages | Obj::Routing | Obj::Calls => ObjType::List,
+                    _ => ObjType::Map,
+                };
+                if !make(shape) {
+                    return Err(format!("/{k} must be created as a container"));
+                }
+                Ok(Some(kind))
+            }
+            Obj::Identity => {
+                if !fresh {
+                    return Err("the identity never changes".into());
+                }
+                let k = map_key()?;
+                match k {
+                    "origin" => self.origin = text(value),
+                    "icb" => self.icb = text(value),
+                    "id" | "created_ms" | "care_setting" => {}
+                    _ => return Err(format!("unknown identity field {k:?}")),
+                }
+                value.map(|_| None).ok_or_else(|| "identity fields are values".into())
+            }
+            Obj::Fields(group) => {
+                if !(creating || is_origin || is_home_hub) {
+                    return Err(format!("only the origin or its hub writes /{group}"));
+                }
+                let k = map_key()?;
+                if group == "service" && k == "line" {
+                    self.line = text(value).and_then(|l| ServiceLine::parse(&l).ok());
+                }
+                match op.action {
+                    OpType::Put(_) | OpType::Delete => Ok(None),
+                    _ => Err(format!("/{group} holds values only")),
+                }
+            }
+            Obj::Status => {
+                let k = map_key()?;
+                let (epoch, status) = parse_status_key(k).ok_or_else(|| format!("status key {k:?}"))?;
+                if value.is_none() {
+                    return Err("statuses are only added".into());
+                }
+                if epoch > self.max_epoch.saturating_add(1) {
+                    return Err(format!("status epoch {epoch} skips ahead of {}", self.max_epoch));
+                }
+                if !(creating || status_allowed(who.role, is_origin, is_home_hub, status)) {
+                    return Err(format!("a {} may not set the status {}", who.role, status.as_str()));
+                }
+                self.max_epoch = self.max_epoch.max(epoch);
+                Ok(None)
+            }
+            Obj::Shares => {
+                let k = map_key()?;
+                if value.is_none() {
+                    return Err("shares are only added".into());
+                }
+                let hub_holding = who.role == Role::Hub && self.meta().is_some_and(|m| may_hold(who, &m));
+                if !(creating || is_origin || hub_holding) {
+                    return Err("a session is shared only by its origin or a hub holding it".into());
+                }
+                self.shares.push(k.to_string());
+                Ok(None)
+            }
+            Obj::Messages | Obj::Routing | Obj::Calls => {
+                if !op.insert || !make(ObjType::Map) {
+                    return Err("logs and messages are append-only".into());
+                }
+                if target == Obj::Calls && who.role == Role::Hub {
+                    return Err("call records are written by the parties".into());
+                }
+                Ok(Some(match target {
+                    Obj::Messages => Obj::Message,
+                    Obj::Routing => Obj::RoutingEntry,
+                    _ => Obj::CallEntry,
+                }))
+            }
+            Obj::Message => {
+                if !fresh {
+                    return Err("a sent message never changes".into());
+                }
+                let k = map_key()?;
+                match k {
+                    "receipts" if make(ObjType::Map) => return Ok(Some(Obj::Receipts)),
+                    "author" if text(value).as_deref() != Some(who.name.as_str()) => {
+                        return Err("a message's author is its writer".into());
+                    }
+                    "side" if text(value).as_deref() != Some(crate::session::side_of(who.role).as_str()) => {
+                        return Err(format!(
+                            "a {}'s message speaks for the {} side",
+                            who.role,
+                            crate::session::side_of(who.role).as_str()
+                        ));
+                    }
+                    "id" | "author" | "side" | "at_ms" | "text" | "reply_to" => {}
+                    _ => return Err(format!("unknown message field {k:?}")),
+                }
+                value.map(|_| None).ok_or_else(|| "message fields are values".into())
+            }
+            Obj::Receipts => {
+                let k = map_key()?;
+                let (level, node) = k.split_once('/').ok_or_else(|| format!("receipt key {k:?}"))?;
+                if value.is_none() {
+                    return Err("receipts are only added".into());
+                }
+                if node != who.name {
+                    return Err(format!("a receipt for {node} written by {}", who.name));
+                }
+                let fits = match level {
+                    "hub" => who.role == Role::Hub,
+                    "desk" => who.role == Role::Desk,
+                    "read" => true,
+                    _ => false,
+                };
+                if !fits {
+                    return Err(format!("a {} gives no {level:?} receipt", who.role));
+                }
+                Ok(None)
+            }
+            Obj::Media => {
+                if who.role != Role::Edge || !make(ObjType::Map) {
+                    return Err("photos are attached by an edge, each once".into());
+                }
+                Ok(Some(Obj::MediaItem))
+            }
+            Obj::MediaItem => {
+                if !fresh {
+                    return Err("a photo's record never changes".into());
+                }
+                let k = map_key()?;
+                match k {
+                    "receipts" if make(ObjType::Map) => return Ok(Some(Obj::Receipts)),
+                    "added_by" if text(value).as_deref() != Some(who.name.as_str()) => {
+                        return Err("a photo's added_by is its writer".into());
+                    }
+                    "hash" | "mime" | "size" | "width" | "height" | "view" | "body_site" | "consent" | "added_by"
+                    | "at_ms" => {}
+                    _ => return Err(format!("unknown photo field {k:?}")),
+                }
+                value.map(|_| None).ok_or_else(|| "photo fields are values".into())
+            }
+            Obj::Consents => {
+                if !(who.role == Role::Edge || is_home_hub) || !make(ObjType::Map) {
+                    return Err("consent is recorded by an edge, each once".into());
+                }
+                Ok(Some(Obj::Consent))
+            }
+            Obj::Consent => {
+                let k = map_key()?;
+                let allowed = match k {
+                    "kind" | "scope" | "by" | "at_ms" => fresh,
+                    "withdrawn_at" | "withdrawn_by" => who.role == Role::Edge || is_home_hub,
+                    _ => false,
+                };
+                if !allowed || value.is_none() {
+                    return Err(format!("consent field {k:?} may not be written here"));
+                }
+                Ok(None)
+            }
+            Obj::Outcome => {
+                if !creating {
+                    return Err("the outcome sides are created with the session".into());
+                }
+                let k = map_key()?;
+                let side = Side::parse(k).map_err(|_| format!("unknown outcome side {k:?}"))?;
+                if !make(ObjType::Map) {
+                    return Err("outcome sides are maps".into());
+                }
+                Ok(Some(Obj::OutcomeSide(side)))
+            }
+            Obj::OutcomeSide(side) => {
+                let k = map_key()?;
+                let allowed_writer = match side {
+                    Side::Requester => is_origin || is_home_hub,
+                    Side::Responder => who.role == Role::Desk || is_home_hub,
+                };
+                if !allowed_writer {
+                    return Err(format!("a {} does not record the {} outcome", who.role, side.as_str()));
+                }
+                match k {
+                    "by" if text(value).as_deref() != Some(who.name.as_str()) => {
+                        Err("an outcome's by is its writer".into())
+                    }
+                    "value" | "by" | "at_ms" if value.is_some() => Ok(None),
+                    _ => Err(format!("outcome field {k:?} may not be written")),
+                }
+            }
+            Obj::RoutingEntry | Obj::CallEntry => {
+                if !fresh {
+                    return Err("log entries never change".into());
+                }
+                let k = map_key()?;
+                if value.is_none() {
+                    return Err("log entries hold values only".into());
+                }
+                if target == Obj::RoutingEntry && k == "kind" {
+                    let kind = text(value).unwrap_or_default();
+                    let ok = match who.role {
+                        Role::Hub => true,
+                        Role::Edge => matches!(kind.as_str(), "escalate" | "callback"),
+                        Role::Desk => matches!(kind.as_str(), "answer" | "callback"),
+                    };
+                    if !ok {
+                        return Err(format!("a {} does not write {kind:?} routing entries", who.role));
+                    }
+                }
+                if target == Obj::CallEntry && k == "node" && text(value).as_deref() != Some(who.name.as_str()) {
+                    return Err("a call record's node is its writer".into());
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn parse_status_key(key: &str) -> Option<(u32, Status)> {
+    let (e, s) = key.split_once('/')?;
+    Some((e.parse().ok()?, Status::parse(s).ok()?))
+}
+
+/// Which statuses a writer of this role may add (the rule table in `docs/schema.md`).
+fn status_allowed(role: Role, is_origin: bool, is_home_hub: bool, status: Status) -> bool {
+    if is_home_hub || role == Role::Hub {
+        return true;
+    }
+    match status {
+        Status::Draft | Status::Routing => is_origin,
+        Status::Queued => role == Role::Edge,
+        Status::Connected => false,
+        Status::Responded => role == Role::Desk,
+        Status::AwaitingReply | Status::OutcomeRecorded | Status::Closed | Status::Cancelled => {
+            is_origin || role == Role::Desk
+        }
+    }
+}

@@ -1,0 +1,570 @@
+//! The write rules and authorship checks, attacked the way a stolen tablet with a valid fleet
+//! certificate would: every forged change is refused whole and the receiver keeps what it held.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use automerge::transaction::Transactable;
+use automerge::{ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use proptest::prelude::*;
+use sync_protocol::authorship::{AuthorKey, Member, SharedRoster, sign_new};
+use sync_protocol::engine::{Applied, Engine, EngineConfig, Incoming, Replica};
+use sync_protocol::mem::MemReplica;
+use sync_protocol::scope::PeerInfo;
+use sync_protocol::session::{NewMedia, NewMessage, NewSession, Patient, Requester, Service, SessionDoc};
+use sync_protocol::vocab::{CareSetting, Channel, PhotoView, Priority, ReceiptLevel, Role, ServiceLine, Side};
+use sync_protocol::wire::{DocId, Frame, Hello, MAX_VERSION, MIN_VERSION, Range, RangeMode};
+use sync_protocol::{SessionId, TimeMs};
+
+const T: TimeMs = 1_790_000_000_000;
+
+fn info(name: &str, role: Role, icb: &str, lines: &[ServiceLine]) -> PeerInfo {
+    PeerInfo { name: name.into(), role, org: None, icb: Some(icb.into()), lines: lines.to_vec() }
+}
+
+/// A small fleet: the victim's ambulance, a stolen tablet of the same ICB, a dermatology desk,
+/// the ICB's hub and another ICB's hub.
+struct Fleet {
+    roster: SharedRoster,
+    keys: Vec<(PeerInfo, AuthorKey)>,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        let members = [
+            info("amb-07", Role::Edge, "QHM", &[]),
+            info("amb-66", Role::Edge, "QHM", &[]),
+            info("desk-derm-1", Role::Desk, "QHM", &[ServiceLine::Dermatology]),
+            info("hub-qhm", Role::Hub, "QHM", &[]),
+            info("hub-qox", Role::Hub, "QOX", &[]),
+        ];
+        let roster = SharedRoster::default();
+        let mut keys = Vec::new();
+        for (i, p) in members.into_iter().enumerate() {
+            let key = AuthorKey::from_seed(&[i as u8 + 1; 32], [i as u8; 8]);
+            roster.write().unwrap().insert(Member { info: p.clone(), key: key.public() });
+            keys.push((p, key));
+        }
+        Fleet { roster, keys }
+    }
+
+    fn who(&self, name: &str) -> (PeerInfo, AuthorKey) {
+        self.keys.iter().find(|(p, _)| p.name == name).cloned().unwrap()
+    }
+
+    fn replica(&self, name: &str) -> MemReplica {
+        let (p, k) = self.who(name);
+        MemReplica::new(p, k, self.roster.clone())
+    }
+}
+
+/// The victim's dermatology session with a message and a photo, held by the hub.
+fn victim_session(fleet: &Fleet, hub: &mut MemReplica) -> (DocId, SessionDoc) {
+    let mut amb = fleet.replica("amb-07");
+    let new = NewSession {
+        id: SessionId::from_parts(T, 77),
+        origin: "amb-07".into(),
+        icb: "QHM".into(),
+        care_setting: CareSetting::AmbulanceOnScene,
+        requester: Requester::default(),
+        patient: Patient { nhs_number: Some("9434765919".parse().unwrap()), ..Patient::default() },
+        service: Service { line: ServiceLine::Dermatology, channel: Channel::Photo, priority: Priority::Urgent },
+        summary: "spreading rash".into(),
+        draft: false,
+    };
+    let doc = SessionDoc::create(&new, amb.actor().clone(), T).unwrap();
+    let id = amb.put(doc).unwrap();
+    amb.edit(&id, |d| {
+        d.add_consent(
+            &sync_protocol::session::NewConsent {
+                id: "c1".into(),
+                kind: sync_protocol::vocab::ConsentKind::Verbal,
+                scope: sync_protocol::vocab::ConsentScope::RecordOnly,
+                by: "amb-07".into(),
+            },
+            T + 1,
+        )?;
+        d.add_media(
+            &NewMedia {
+                hash: "ab".repeat(32),
+                mime: "image/jpeg".into(),
+                size: 3_000_000,
+                dimensions: None,
+                view: PhotoView::CloseUp,
+                body_site: "left forearm".into(),
+                consent_id: "c1".into(),
+                added_by: "amb-07".into(),
+            },
+            T + 1,
+        )?;
+        d.add_message(
+            &NewMessage {
+                id: "m1".into(),
+                author: "amb-07".into(),
+                side: Side::Requester,
+                text: "rash since this morning".into(),
+                reply_to: None,
+            },
+            T + 2,
+        )
+    })
+    .unwrap();
+    let hub_info = hub.me().clone();
+    let out = amb.changes_since(&hub_info, &id, &[]).unwrap().unwrap();
+    let applied =
+        hub.apply(&amb.me().clone(), &[Incoming { doc: id, bytes: out.bytes, sigs: out.sigs }], T + 3).unwrap();
+    assert!(matches!(applied[0], Applied::Stored { .. }), "{applied:?}");
+    let copy = amb.copy_doc(&id).unwrap();
+    (id, copy)
+}
+
+/// `who` edits its copy of the session with `f` and signs the result with `signer`'s key.
+fn forged(
+    doc: &mut SessionDoc,
+    writer: &AuthorKey,
+    signer: &AuthorKey,
+    f: impl FnOnce(&mut automerge::AutoCommit),
+) -> (Vec<u8>, Vec<[u8; 64]>) {
+    let mut mine = doc.fork_as(writer.actor().clone());
+    let before = mine.heads();
+    f(mine.automerge());
+    mine.automerge().commit();
+    let am = mine.automerge();
+    let bytes: Vec<u8> = am.get_changes(&before).iter().flat_map(|c| c.raw_bytes().to_vec()).collect();
+    let sigs: Vec<[u8; 64]> = am.get_changes(&before).iter().map(|c| signer.sign(&c.hash())).collect();
+    (bytes, sigs)
+}
+
+fn obj(doc: &automerge::AutoCommit, parent: &automerge::ObjId, key: &str) -> automerge::ObjId {
+    match doc.get(parent, key).unwrap() {
+        Some((Value::Object(_), id)) => id,
+        other => panic!("{key}: {other:?}"),
+    }
+}
+
+/// Sends forged bytes to the hub as `sender`; asserts the hub refused them and kept its copy.
+fn refused_at_hub(hub: &mut MemReplica, sender: &PeerInfo, id: DocId, bytes: Vec<u8>, sigs: Vec<[u8; 64]>) -> String {
+    let before = hub.heads(&id);
+    let out = hub.apply(sender, &[Incoming { doc: id, bytes, sigs }], T + 10).unwrap();
+    assert_eq!(hub.heads(&id), before, "the hub's copy changed");
+    match &out[0] {
+        Applied::Refused { reason } => reason.clone(),
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
+#[test]
+fn a_change_that_shares_a_session_with_its_own_sender_is_refused() {
+    let fleet = Fleet::new();
+    let mut hub = fleet.replica("hub-qhm");
+    let (id, mut doc) = victim_session(&fleet, &mut hub);
+    let (thief, key) = fleet.who("amb-66");
+    let (bytes, sigs) = forged(&mut doc, &key, &key, |d| {
+        let shares = obj(d, &ROOT, "shares");
+        d.put(&shares, "amb-66", T).unwrap();
+    });
+    let reason = refused_at_hub(&mut hub, &thief, id, bytes, sigs);
+    assert!(reason.contains("may not hold") || reason.contains("shared only"), "{reason}");
+    assert!(!hub.view(&id).unwrap().shared_with.contains(&"amb-66".to_string()));
+}
+
+#[test]
+fn a_message_forged_in_a_consultants_name_is_refused() {
+    let fleet = Fleet::new();
+    let mut hub = fleet.replica("hub-qhm");
+    let (id, mut doc) = victim_session(&fleet, &mut hub);
+    // The origin's own tablet, stolen: it may write the session, but not as the consultant.
+    let (amb, key) = fleet.who("amb-07");
+    let mut reply = doc.fork_as(key.actor().clone());
+    let before = reply.heads();
+    reply
+        .add_message(
+            &NewMessage {
+                id: "m2".into(),
+                author: "desk-derm-1".into(),
+                side: Side::Responder,
+                text: "benign, discharge".into(),
+                reply_to: Some("m1".into()),
+            },
+            T + 5,
+        )
+        .unwrap();
+    let sigs = sign_new(&key, reply.automerge(), &before).into_iter().map(|(_, s)| s).collect();
+    let bytes = reply.save_after(&before);
+    let reason = refused_at_hub(&mut hub, &amb, id, bytes, sigs);
+    assert!(reason.contains("author"), "{reason}");
+    assert_eq!(hub.view(&id).unwrap().status, sync_protocol::vocab::Status::Queued);
+}
+
+#[test]
+fn a_change_under_another_members_actor_without_its_signature_is_refused() {
+    let fleet = Fleet::new();
+    let mut hub = fleet.replica("hub-qhm");
+    let (id, mut doc) = victim_session(&fleet, &mut hub);
+    let (thief, thief_key) = fleet.who("amb-66");
+    let (_, desk_key) = fleet.who("desk-derm-1");
+    // Written under the desk's actor id, signed with the thief's own key.
+    let (bytes, sigs) = forged(&mut doc, &desk_key, &thief_key, |d| {
+        let msgs = obj(d, &ROOT, "messages");
+        let m = d.insert_object(&msgs, 1, ObjType::Map).unwrap();
+        d.put(&m, "author", "desk-derm-1").unwrap();
+    });
+    let reason = refused_at_hub(&mut hub, &thief, id, bytes.clone(), sigs);
+    assert!(reason.contains("signature"), "{reason}");
+    // With no signatures at all.
+    let reason = refused_at_hub(&mut hub, &thief, id, bytes, Vec::new());
+    assert!(reason.contains("signatures"), "{reason}");
+    // By a key the fleet CA never certified.
+    let stranger = AuthorKey::from_seed(&[99; 32], [0; 8]);
+    let (bytes, sigs) = forged(&mut doc, &stranger, &stranger, |d| {
+        let status = obj(d, &ROOT, "status");
+        d.put(&status, "0/closed", T).unwrap();
+    });
+    let reason = refused_at_hub(&mut hub, &thief, id, bytes, sigs);
+    assert!(reason.contains("unknown author"), "{reason}");
+}
+
+#[test]
+fn a_forged_hub_receipt_is_refused_and_the_edge_keeps_its_photo() {
+    let fleet = Fleet::new();
+    let mut hub = fleet.replica("hub-qhm");
+    let (id, mut doc) = victim_session(&fleet, &mut hub);
+    let (desk, desk_key) = fleet.who("desk-derm-1");
+    let hash = "ab".repeat(32);
+    let (bytes, sigs) = forged(&mut doc, &desk_key, &desk_key, |d| {
+        let media = obj(d, &ROOT, "media");
+        let photo = obj(d, &media, &hash);
+        let receipts = obj(d, &photo, "receipts");
+        d.put(&receipts, "hub/hub-qhm", T).unwrap();
+    });
+    // The victim's tablet receives it (relayed as if by its hub).
+    let mut amb = fleet.replica("amb-07");
+    let amb_info = amb.me().clone();
+    let hub_info = hub.me().clone();
+    let out = hub.changes_since(&amb_info, &id, &[]).unwrap().unwrap();
+    amb.apply(&hub_info, &[Incoming { doc: id, bytes: out.bytes, sigs: out.sigs }], T).unwrap();
+    let photo: Vec<u8> = vec![7; 40_000];
+    let blob = amb.put_blob(&photo);
+    let before = amb.heads(&id);
+    let got = amb.apply(&hub_info, &[Incoming { doc: id, bytes, sigs }], T + 20).unwrap();
+    assert!(matches!(&got[0], Applied::Refused { reason } if reason.contains("receipt")), "{got:?}");
+    assert_eq!(amb.heads(&id), before);
+    assert!(amb.holds_blob(&blob), "the photo was deleted on a forged receipt");
+    let _ = desk;
+}
+
+/// One raw edit an attacker makes to its copy.
+type Forgery = dyn FnOnce(&mut automerge::AutoCommit);
+
+#[test]
+fn an_edge_cannot_rewrite_identity_claim_a_connected_call_or_write_the_consultants_outcome() {
+    let fleet = Fleet::new();
+    let mut hub = fleet.replica("hub-qhm");
+    let (id, mut doc) = victim_session(&fleet, &mut hub);
+    let (amb, key) = fleet.who("amb-07");
+    let attempts: Vec<(&str, Box<Forgery>)> = vec![
+        (
+            "identity",
+            Box::new(|d: &mut automerge::AutoCommit| {
+                let identity = obj(d, &ROOT, "identity");
+                d.put(&identity, "icb", "QOX").unwrap();
+            }),
+        ),
+        (
+            "status",
+            Box::new(|d: &mut automerge::AutoCommit| {
+                let status = obj(d, &ROOT, "status");
+                d.put(&status, "0/connected", T).unwrap();
+            }),
+        ),
+        (
+            "outcome",
+            Box::new(|d: &mut automerge::AutoCommit| {
+                let outcome = obj(d, &ROOT, "outcome");
+                let responder = obj(d, &outcome, "responder");
+                d.put(&responder, "value", "referral_avoided").unwrap();
+                d.put(&responder, "by", "amb-07").unwrap();
+            }),
+        ),
+        (
+            "top level",
+            Box::new(|d: &mut automerge::AutoCommit| {
+                d.put(ROOT, "extra", 1).unwrap();
+            }),
+        ),
+        (
+            "counter",
+            Box::new(|d: &mut automerge::AutoCommit| {
+                let request = obj(d, &ROOT, "request");
+                d.put(&request, "n", ScalarValue::counter(1)).unwrap();
+                d.increment(&request, "n", 5).unwrap();
+            }),
+        ),
+    ];
+    for (what, f) in attempts {
+        let (bytes, sigs) = forged(&mut doc, &key, &key, f);
+        let reason = refused_at_hub(&mut hub, &amb, id, bytes, sigs);
+        assert!(reason.contains("write rule"), "{what}: {reason}");
+    }
+}
+
+#[test]
+fn an_op_bomb_is_refused_before_it_is_expanded() {
+    let fleet = Fleet::new();
+    let mut hub = fleet.replica("hub-qhm");
+    let (id, mut doc) = victim_session(&fleet, &mut hub);
+    let (amb, key) = fleet.who("amb-07");
+    let (bytes, sigs) = forged(&mut doc, &key, &key, |d| {
+        let msgs = obj(d, &ROOT, "messages");
+        d.splice(&msgs, 1, 0, std::iter::repeat_n(ScalarValue::Null, 3_000_000)).unwrap();
+    });
+    assert!(bytes.len() < 2_000, "a small change: {} bytes", bytes.len());
+    let reason = refused_at_hub(&mut hub, &amb, id, bytes, sigs);
+    assert!(reason.contains("operations"), "{reason}");
+}
+
+#[test]
+fn a_consultants_real_reply_and_the_hubs_receipts_are_accepted() {
+    let fleet = Fleet::new();
+    let mut hub = fleet.replica("hub-qhm");
+    let (id, _) = victim_session(&fleet, &mut hub);
+    let mut desk = fleet.replica("desk-derm-1");
+    let (desk_info, hub_info) = (desk.me().clone(), hub.me().clone());
+    let out = hub.changes_since(&desk_info, &id, &[]).unwrap().unwrap();
+    desk.apply(&hub_info, &[Incoming { doc: id, bytes: out.bytes, sigs: out.sigs }], T + 20).unwrap();
+    let before = hub.heads(&id).unwrap();
+    desk.edit(&id, |d| {
+        d.add_message(
+            &NewMessage {
+                id: "m2".into(),
+                author: "desk-derm-1".into(),
+                side: Side::Responder,
+                text: "benign; safety-net advice".into(),
+                reply_to: Some("m1".into()),
+            },
+            T + 30,
+        )
+    })
+    .unwrap();
+    let out = desk.changes_since(&hub_info, &id, &before).unwrap().unwrap();
+    let got = hub.apply(&desk_info, &[Incoming { doc: id, bytes: out.bytes, sigs: out.sigs }], T + 31).unwrap();
+    assert!(matches!(got[0], Applied::Stored { .. }), "{got:?}");
+    let view = hub.view(&id).unwrap();
+    assert_eq!(view.messages.len(), 2);
+    assert!(view.messages[1].receipts.iter().any(|r| r.level == ReceiptLevel::Hub && r.node == "hub-qhm"));
+    // Relayed to the ambulance by the hub, the desk's reply still checks out.
+    let mut amb = fleet.replica("amb-07");
+    let amb_info = amb.me().clone();
+    let out = hub.changes_since(&amb_info, &id, &[]).unwrap().unwrap();
+    let got = amb.apply(&hub_info, &[Incoming { doc: id, bytes: out.bytes, sigs: out.sigs }], T + 40).unwrap();
+    assert!(matches!(got[0], Applied::Stored { .. }), "{got:?}");
+    assert_eq!(amb.view(&id).unwrap().messages[1].author, "desk-derm-1");
+}
+
+/// A peer speaks to the hub's engine directly, asking by id, by range and by `Need` for a
+/// session outside its scope; returns every frame the hub sent.
+fn probe(hub: &mut MemReplica, attacker: &PeerInfo, frames: Vec<Frame>) -> Vec<Frame> {
+    let mut e = Engine::new(attacker.clone(), EngineConfig::new(false));
+    e.start(hub, T).unwrap();
+    let hello = Frame::Hello(Hello {
+        min_version: MIN_VERSION,
+        max_version: MAX_VERSION,
+        node: attacker.name.clone(),
+        crl_number: 0,
+    });
+    let mut all = vec![hello];
+    all.extend(frames);
+    let _ = e.handle(hub, all, T);
+    std::iter::from_fn(|| e.poll_frame().map(|x| x.1)).collect()
+}
+
+#[test]
+fn a_desk_of_another_line_and_an_edge_of_another_icb_are_sent_nothing_of_a_session() {
+    let fleet = Fleet::new();
+    let mut hub = fleet.replica("hub-qhm");
+    let (id, _) = victim_session(&fleet, &mut hub);
+    let heads = hub.heads(&id).unwrap();
+    let outsiders = [
+        info("amb-66", Role::Edge, "QHM", &[]),
+        info("desk-cardio-1", Role::Desk, "QHM", &[ServiceLine::Cardiology]),
+        info("amb-99", Role::Edge, "QOX", &[]),
+    ];
+    for who in outsiders {
+        let asks = vec![
+            Frame::Need { doc: id },
+            Frame::Heads { doc: id, heads: Vec::new() },
+            Frame::Heads { doc: id, heads: vec![[1; 32]] },
+            Frame::Ack { doc: id, heads: Vec::new() },
+            Frame::Ranges(vec![Range {
+                upper: None,
+                mode: RangeMode::Items { reply: false, items: vec![(id, [0; 16])] },
+            }]),
+            Frame::BlobWant { hash: [0xab; 32], manifest: true, chunks: vec![0] },
+        ];
+        for f in probe(&mut hub, &who, asks) {
+            let bytes = f.to_bytes();
+            assert!(
+                !matches!(f, Frame::Changes(_) | Frame::BlobManifest(_) | Frame::BlobChunk { .. }),
+                "{who:?} got {f}"
+            );
+            for h in &heads {
+                assert!(!bytes.windows(32).any(|w| w == h), "{} was told the session's heads in {f}", who.name);
+            }
+            if let Frame::Ranges(r) = &f {
+                // The id the prober named may come back only as "not held" (a zero digest), the
+                // answer for a session that does not exist.
+                let told = r.iter().any(|r| {
+                    matches!(&r.mode, RangeMode::Items { items, .. } if items.iter().any(|i| i.0 == id && i.1 != [0; 16]))
+                });
+                assert!(!told, "{} was sent the session's digest in a range", who.name);
+            }
+        }
+    }
+}
+
+/// What a random writer may try: one raw edit of the session.
+#[derive(Debug, Clone)]
+enum Edit {
+    Share(String),
+    Status(String),
+    Message { author: String, side: String },
+    Receipt { level: String, node: String },
+    Identity(String),
+    Outcome { side: String, by: String },
+    Routing(String),
+}
+
+fn edit_strategy() -> impl Strategy<Value = Edit> {
+    let name = prop::sample::select(vec!["amb-07", "amb-66", "desk-derm-1", "hub-qhm", "hub-qox"]);
+    prop_oneof![
+        name.clone().prop_map(|n| Edit::Share(n.to_string())),
+        prop::sample::select(vec![
+            "0/queued",
+            "0/routing",
+            "0/connected",
+            "0/responded",
+            "0/closed",
+            "1/awaiting_reply",
+            "5/closed"
+        ])
+        .prop_map(|s| Edit::Status(s.to_string())),
+        (name.clone(), prop::sample::select(vec!["requester", "responder"]))
+            .prop_map(|(a, s)| Edit::Message { author: a.to_string(), side: s.to_string() }),
+        (prop::sample::select(vec!["hub", "desk", "read"]), name.clone())
+            .prop_map(|(l, n)| Edit::Receipt { level: l.to_string(), node: n.to_string() }),
+        prop::sample::select(vec!["amb-66", "QOX"]).prop_map(|v| Edit::Identity(v.to_string())),
+        (prop::sample::select(vec!["requester", "responder"]), name)
+            .prop_map(|(s, b)| Edit::Outcome { side: s.to_string(), by: b.to_string() }),
+        prop::sample::select(vec!["escalate", "ring", "answer", "connected", "callback"])
+            .prop_map(|k| Edit::Routing(k.to_string())),
+    ]
+}
+
+fn apply_edit(d: &mut automerge::AutoCommit, e: &Edit) {
+    match e {
+        Edit::Share(n) => {
+            let shares = obj(d, &ROOT, "shares");
+            d.put(&shares, n.as_str(), T).unwrap();
+        }
+        Edit::Status(k) => {
+            let status = obj(d, &ROOT, "status");
+            d.put(&status, k.as_str(), T).unwrap();
+        }
+        Edit::Message { author, side } => {
+            let msgs = obj(d, &ROOT, "messages");
+            let at = d.length(&msgs);
+            let m = d.insert_object(&msgs, at, ObjType::Map).unwrap();
+            for (k, v) in [("id", "mx"), ("author", author.as_str()), ("side", side.as_str()), ("text", "x")] {
+                d.put(&m, k, v).unwrap();
+            }
+            d.put(&m, "at_ms", T).unwrap();
+            d.put(&m, "reply_to", ()).unwrap();
+            d.put_object(&m, "receipts", ObjType::Map).unwrap();
+        }
+        Edit::Receipt { level, node } => {
+            let msgs = obj(d, &ROOT, "messages");
+            let Some((Value::Object(_), m)) = d.get(&msgs, 0).unwrap() else { panic!("no message") };
+            let receipts = obj(d, &m, "receipts");
+            d.put(&receipts, format!("{level}/{node}"), T).unwrap();
+        }
+        Edit::Identity(v) => {
+            let identity = obj(d, &ROOT, "identity");
+            d.put(&identity, if v == "QOX" { "icb" } else { "origin" }, v.as_str()).unwrap();
+        }
+        Edit::Outcome { side, by } => {
+            let outcome = obj(d, &ROOT, "outcome");
+            let s = obj(d, &outcome, side);
+            d.put(&s, "value", "advice_only").unwrap();
+            d.put(&s, "by", by.as_str()).unwrap();
+            d.put(&s, "at_ms", T).unwrap();
+        }
+        Edit::Routing(kind) => {
+            let routing = obj(d, &ROOT, "routing");
+            let at = d.length(&routing);
+            let e = d.insert_object(&routing, at, ObjType::Map).unwrap();
+            d.put(&e, "kind", kind.as_str()).unwrap();
+            d.put(&e, "call", "c1").unwrap();
+            d.put(&e, "at_ms", T).unwrap();
+        }
+    }
+}
+
+fn role_of(fleet: &Fleet, name: &str) -> Option<Role> {
+    fleet.keys.iter().find(|(p, _)| p.name == name).map(|(p, _)| p.role)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, .. ProptestConfig::default() })]
+
+    /// Random edits by random fleet members: each change is either refused, leaving the hub's
+    /// copy as it was, or accepted, and then the session still satisfies every rule.
+    #[test]
+    fn random_changes_by_random_authors_are_refused_whole_or_keep_every_rule(
+        writer in 0usize..5,
+        edits in prop::collection::vec(edit_strategy(), 1..4),
+    ) {
+        let fleet = Fleet::new();
+        let mut hub = fleet.replica("hub-qhm");
+        let (id, mut doc) = victim_session(&fleet, &mut hub);
+        let (who, key) = fleet.keys[writer].clone();
+        let base = hub.view(&id).unwrap();
+        let (bytes, sigs) = forged(&mut doc, &key, &key, |d| {
+            for e in &edits {
+                apply_edit(d, e);
+            }
+        });
+        let before = hub.heads(&id);
+        let out = hub.apply(&who, &[Incoming { doc: id, bytes, sigs }], T + 10).unwrap();
+        match &out[0] {
+            Applied::Refused { .. } | Applied::MissingDeps => prop_assert_eq!(hub.heads(&id), before),
+            Applied::Stored { .. } => {
+                let v = hub.view(&id).unwrap();
+                prop_assert_eq!(&v.identity, &base.identity);
+                for m in &v.messages {
+                    let role = role_of(&fleet, &m.author);
+                    prop_assert!(role.is_some(), "a message by a stranger {}", m.author);
+                    prop_assert_eq!(m.side, sync_protocol::session::side_of(role.unwrap()));
+                    for r in &m.receipts {
+                        match r.level {
+                            ReceiptLevel::Hub => prop_assert_eq!(role_of(&fleet, &r.node), Some(Role::Hub)),
+                            ReceiptLevel::Desk => prop_assert_eq!(role_of(&fleet, &r.node), Some(Role::Desk)),
+                            _ => {}
+                        }
+                    }
+                }
+                if who.role == Role::Edge && who.name != "amb-07" {
+                    prop_assert!(false, "a stranger edge changed the session: {:?}", edits);
+                }
+                if who.role != Role::Hub && who.name != "amb-07" {
+                    prop_assert_eq!(&v.shared_with, &base.shared_with);
+                }
+                if who.role != Role::Hub {
+                    let connected = v.status_history.iter().any(|s| s.status == sync_protocol::vocab::Status::Connected);
+                    prop_assert!(!connected, "a {} set the status connected", who.role);
+                }
+                if who.role == Role::Desk {
+                    prop_assert_eq!(&v.outcome.requester, &base.outcome.requester);
+                }
+            }
+        }
+    }
+}
