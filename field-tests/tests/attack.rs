@@ -292,6 +292,32 @@ fn a_stolen_tablet_can_neither_read_nor_forge_nor_stall_the_hub() {
     };
     refused(&bomb_answer, &id, "op bomb", &f);
 
+    // Frames of the largest size, full of garbage, one after another: each is refused, and the
+    // hub holds at most one connection's queue of them at a time.
+    let rss_before = hubd.rss_kib().unwrap_or(0);
+    let mut flood = Intruder::connect(&thief, &addr);
+    flood.settle(SETTLE);
+    let garbage: Vec<u8> = (0..8 * 1024 * 1024 - 200).map(|i| (i * 7 + 13) as u8).collect();
+    let start = flood.settle(Duration::ZERO).len();
+    for _ in 0..12 {
+        let frame = Frame::Changes(Changes {
+            doc: doc_id(&id),
+            ack: false,
+            heads: Vec::new(),
+            bytes: garbage.clone(),
+            sigs: Vec::new(),
+        });
+        flood.send(&[frame]);
+    }
+    let answers = flood.settle(Duration::from_secs(3)).split_off(start);
+    let flood_refused = answers.iter().filter(|fr| matches!(fr, Frame::Refused { .. })).count();
+    if flood_refused != 12 {
+        f.fail(format!("{flood_refused} of 12 garbage frames were refused: {answers:?}"));
+    }
+    summary["hub_rss_kib_before_flood"] = rss_before.into();
+    summary["hub_peak_rss_kib_after_flood"] = hubd.peak_rss_kib().unwrap_or(0).into();
+    drop(flood);
+
     // Garbage and an oversized frame: the hub closes that connection with a reason and says so.
     let mut garbage = Intruder::connect(&thief, &addr);
     garbage.settle(SETTLE);

@@ -629,15 +629,31 @@ async fn watch_local_writes(shared: Arc<Shared>) {
 /// as decoded from QUIC (diagnostics, and the scope tests' evidence).
 pub const FRAME_LOG_ENV: &str = "OUTPOST_FRAME_LOG";
 
+/// Bytes of received frames one connection may have waiting for the store (both lanes): what a
+/// peer can make this node hold in memory beyond the frame being read.
+const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
+
+/// A received frame with its share of the connection's queue.
+type Queued = (Frame, tokio::sync::OwnedSemaphorePermit);
+
 /// Reads one lane's frames and forwards them; a frame that cannot be decoded is reported on
 /// `bad` (the conversation then closes with the reason).
-async fn read_lane(recv: quinn::RecvStream, out: mpsc::Sender<Frame>, bad: mpsc::Sender<String>) {
-    if let Err(e) = read_frames(recv, out).await {
+async fn read_lane(
+    recv: quinn::RecvStream,
+    out: mpsc::Sender<Queued>,
+    queue: Arc<tokio::sync::Semaphore>,
+    bad: mpsc::Sender<String>,
+) {
+    if let Err(e) = read_frames(recv, out, queue).await {
         let _ = bad.send(e).await;
     }
 }
 
-async fn read_frames(mut recv: quinn::RecvStream, out: mpsc::Sender<Frame>) -> Result<(), String> {
+async fn read_frames(
+    mut recv: quinn::RecvStream,
+    out: mpsc::Sender<Queued>,
+    queue: Arc<tokio::sync::Semaphore>,
+) -> Result<(), String> {
     let mut decoder = FrameDecoder::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut log = std::env::var_os(FRAME_LOG_ENV)
@@ -651,9 +667,14 @@ async fn read_frames(mut recv: quinn::RecvStream, out: mpsc::Sender<Frame>) -> R
                 }
                 decoder.feed(&buf[..n]);
                 loop {
+                    let before = decoder.buffered();
                     match decoder.next_frame() {
                         Ok(Some(f)) => {
-                            if out.send(f).await.is_err() {
+                            // Wait for room in the queue: a peer that sends faster than the store
+                            // takes its frames is slowed down, not buffered without bound.
+                            let size = (before - decoder.buffered()).clamp(1, MAX_QUEUED_BYTES) as u32;
+                            let Ok(permit) = queue.clone().acquire_many_owned(size).await else { return Ok(()) };
+                            if out.send((f, permit)).await.is_err() {
                                 return Ok(());
                             }
                         }
@@ -675,6 +696,10 @@ async fn write_lane(mut send: quinn::SendStream, mut frames: mpsc::UnboundedRece
         }
     }
     let _ = send.finish();
+    // Until the peer has read everything (its last frame may be the Close that says why): the
+    // connection is closed after this, which would drop data still in flight. The caller bounds
+    // the wait.
+    let _ = send.stopped().await;
 }
 
 /// Runs the sync engine over one connection.
@@ -740,12 +765,15 @@ async fn converse(
     } else {
         tracing::warn!(peer = %peer.name, "the peer's certificate names no author key: its changes will be refused");
     }
-    let (frames_tx, mut frames_rx) = mpsc::channel::<Frame>(256);
+    let (frames_tx, mut frames_rx) = mpsc::channel::<Queued>(256);
     let (bad_tx, mut bad_rx) = mpsc::channel::<String>(2);
+    let queue = Arc::new(tokio::sync::Semaphore::new(MAX_QUEUED_BYTES));
     let readers = [
-        tokio::spawn(read_lane(sync_recv, frames_tx.clone(), bad_tx.clone())),
-        tokio::spawn(read_lane(blob_recv, frames_tx, bad_tx)),
+        tokio::spawn(read_lane(sync_recv, frames_tx.clone(), queue.clone(), bad_tx.clone())),
+        tokio::spawn(read_lane(blob_recv, frames_tx, queue, bad_tx)),
     ];
+    // The queue's share of the frames being processed, given back once the step is done.
+    let mut in_step: Vec<tokio::sync::OwnedSemaphorePermit> = Vec::new();
     let (sync_out, sync_out_rx) = mpsc::unbounded_channel();
     let (blob_out, blob_out_rx) = mpsc::unbounded_channel();
     let writers = [tokio::spawn(write_lane(sync_send, sync_out_rx)), tokio::spawn(write_lane(blob_send, blob_out_rx))];
@@ -799,6 +827,7 @@ async fn converse(
         if let Some(w) = work.take() {
             let Some(e) = engine.take() else { break };
             let (e, result, out, changed, crl_updated, log, (ops, bytes)) = step(e, w).await?;
+            in_step.clear();
             if let Some(why) = budget.spend(ops, bytes) {
                 tracing::warn!(peer = %peer.name, %addr, "closing: {why}");
                 let close = Frame::Close { code: CloseCode::Unavailable as u16, reason: why.clone() };
@@ -844,12 +873,14 @@ async fn converse(
                 break;
             }
             frame = frames_rx.recv() => match frame {
-                Some(f) => {
+                Some((f, permit)) => {
                     let mut batch = vec![f];
+                    in_step.push(permit);
                     while batch.len() < MAX_FRAMES_PER_STEP
-                        && let Ok(more) = frames_rx.try_recv()
+                        && let Ok((more, permit)) = frames_rx.try_recv()
                     {
                         batch.push(more);
+                        in_step.push(permit);
                     }
                     work = Some(Work::Frames(batch));
                 }

@@ -130,8 +130,12 @@ impl Replica for NodeReplica<'_> {
         Ok(out.into_iter().map(|a| a.unwrap_or(Applied::MissingDeps)).collect())
     }
 
-    fn credential(&mut self, author: &ActorPrefix) -> Result<Option<Vec<u8>>, StoreError> {
-        self.store.credential(author)
+    fn credential(&mut self, peer: &PeerInfo, author: &ActorPrefix) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .store
+            .credential(author)?
+            .filter(|(name, _)| *name != peer.name && *name != self.me.name)
+            .map(|(_, c)| c))
     }
 
     fn offer_credential(&mut self, credential: &[u8]) -> Result<bool, StoreError> {

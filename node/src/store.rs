@@ -585,10 +585,12 @@ impl Store {
         Ok(())
     }
 
-    /// The credential of the member whose changes carry this actor prefix.
-    pub fn credential(&self, prefix: &authorship::ActorPrefix) -> Result<Option<Vec<u8>>, StoreError> {
+    /// The name and credential of the member whose changes carry this actor prefix.
+    pub fn credential(&self, prefix: &authorship::ActorPrefix) -> Result<Option<(String, Vec<u8>)>, StoreError> {
         self.conn
-            .query_row("SELECT credential FROM members WHERE prefix = ?1", [prefix.to_vec()], |r| r.get(0))
+            .query_row("SELECT name, credential FROM members WHERE prefix = ?1", [prefix.to_vec()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()
             .map_err(sql("reading fleet members"))
     }

@@ -2166,8 +2166,12 @@ impl Replica for Blind<'_> {
     ) -> Result<Vec<sync_protocol::engine::Applied>, Self::Error> {
         self.0.apply(peer, batch, now)
     }
-    fn credential(&mut self, author: &sync_protocol::authorship::ActorPrefix) -> Result<Option<Vec<u8>>, Self::Error> {
-        self.0.credential(author)
+    fn credential(
+        &mut self,
+        peer: &PeerInfo,
+        author: &sync_protocol::authorship::ActorPrefix,
+    ) -> Result<Option<Vec<u8>>, Self::Error> {
+        self.0.credential(peer, author)
     }
     fn offer_credential(&mut self, credential: &[u8]) -> Result<bool, Self::Error> {
         self.0.offer_credential(credential)

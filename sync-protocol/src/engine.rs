@@ -135,8 +135,10 @@ pub trait Replica {
     /// Checks received changes (bounds, signatures, write rules, scope) and stores those that
     /// pass, all in one durable transaction.
     fn apply(&mut self, peer: &PeerInfo, batch: &[Incoming], now: TimeMs) -> Result<Vec<Applied>, Self::Error>;
-    /// The credential (certificate) of a fleet member, by the actor prefix of its changes.
-    fn credential(&mut self, author: &ActorPrefix) -> Result<Option<Vec<u8>>, Self::Error>;
+    /// The credential (certificate) of a fleet member the peer may not know, by the actor prefix
+    /// of its changes: `None` for the peer itself and for this node, whose certificates the two
+    /// exchanged in the handshake.
+    fn credential(&mut self, peer: &PeerInfo, author: &ActorPrefix) -> Result<Option<Vec<u8>>, Self::Error>;
     /// Offers a member's credential received from the peer; returns whether it is valid
     /// (issued by this fleet's CA, not revoked), known before or not.
     fn offer_credential(&mut self, credential: &[u8]) -> Result<bool, Self::Error>;
@@ -933,7 +935,7 @@ impl Engine {
     fn push<R: Replica>(&mut self, replica: &mut R, id: &DocId, mine: Vec<Hash>, out: Outgoing) -> Res<(), R> {
         for author in &out.authors {
             if self.credentials_sent.insert(*author)
-                && let Some(credential) = replica.credential(author).map_err(EngineError::Replica)?
+                && let Some(credential) = replica.credential(&self.peer, author).map_err(EngineError::Replica)?
             {
                 self.stats.credentials_sent += 1;
                 self.send(Frame::Member { credential });

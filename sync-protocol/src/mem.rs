@@ -471,7 +471,7 @@ impl Replica for MemReplica {
         batch.iter().map(|inc| self.receive(peer, inc, now)).collect()
     }
 
-    fn credential(&mut self, _author: &ActorPrefix) -> Result<Option<Vec<u8>>, MemError> {
+    fn credential(&mut self, _peer: &PeerInfo, _author: &ActorPrefix) -> Result<Option<Vec<u8>>, MemError> {
         // Every simulated node's roster already holds the whole fleet.
         Ok(None)
     }
