@@ -55,11 +55,13 @@ pub struct StoreOptions {
     pub compact_after: u32,
     /// ... or once it holds this many bytes and at least half as many as the snapshot.
     pub compact_min_bytes: u64,
+    /// Bounds on what a peer may make this store check and apply.
+    pub limits: Limits,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { cache_docs: 128, compact_after: 32, compact_min_bytes: 512 }
+        StoreOptions { cache_docs: 128, compact_after: 32, compact_min_bytes: 512, limits: Limits::default() }
     }
 }
 
@@ -517,7 +519,7 @@ impl Store {
             opts,
             cache: LruCache::new(cap),
             roster,
-            limits: Limits::default(),
+            limits: opts.limits,
             ops_admitted: 0,
         };
         store.backfill_index()?;

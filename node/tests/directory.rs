@@ -208,3 +208,45 @@ fn a_line_closed_here_hands_the_call_to_its_federated_hub_after_the_link_gate() 
     assert_eq!(routed.action, Action::Wait);
     assert!(!routed.wrote);
 }
+
+#[test]
+fn one_step_of_a_peers_frames_is_bounded_and_what_is_left_is_taken_in_the_next() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut amb = node(&tmp, "amb-07", Role::Edge, "QHM", vec![]);
+    let dir = NodeDir::new(tmp.path().join("hub-qhm"));
+    let params =
+        InitParams { name: "hub-qhm".into(), role: Role::Hub, org: None, icb: Some("QHM".into()), lines: vec![] };
+    Node::init(&dir, &params, T).unwrap();
+    let limits = sync_protocol::rules::Limits { max_batch_ops: 100, ..Default::default() };
+    let opts = outpost_node::store::StoreOptions { limits, ..Default::default() };
+    let mut hub = Node::open_with(&dir, opts).unwrap();
+    let (me, from) = (hub.config.peer_info(), amb.config.peer_info());
+    hub.store.add_member(Member { info: from.clone(), key: amb.store.author_public() }, b"test member").unwrap();
+    let mut batch = Vec::new();
+    for i in 0..6 {
+        let req = SessionRequest {
+            care_setting: CareSetting::AmbulanceOnScene,
+            requester: Requester::default(),
+            patient: Patient::default(),
+            service: Service { line: ServiceLine::Dermatology, channel: Channel::Message, priority: Priority::Urgent },
+            summary: format!("session {i}"),
+            draft: false,
+        };
+        let id = amb.new_session(req, T + i).unwrap().id;
+        let out = amb.store.changes_since(&me, &id.to_bytes(), &[]).unwrap().unwrap();
+        batch.push(Incoming { doc: id.to_bytes(), bytes: out.bytes, sigs: out.sigs });
+    }
+    let (applied, _) = hub.store.apply_remote(&me, &from, &batch, T + 10).unwrap();
+    let stored = applied.iter().filter(|a| matches!(a, Applied::Stored { .. })).count();
+    let busy: Vec<&Incoming> = batch
+        .iter()
+        .zip(&applied)
+        .filter(|(_, a)| matches!(a, Applied::Refused { reason } if reason.contains("budget")))
+        .map(|(b, _)| b)
+        .collect();
+    assert!(stored >= 1 && !busy.is_empty() && stored + busy.len() == 6, "{applied:?}");
+    // The next step takes the rest.
+    let rest: Vec<Incoming> = busy.into_iter().cloned().collect();
+    let (again, _) = hub.store.apply_remote(&me, &from, &rest, T + 20).unwrap();
+    assert!(again.iter().any(|a| matches!(a, Applied::Stored { .. })), "{again:?}");
+}

@@ -39,11 +39,15 @@ pub struct Limits {
     pub max_ops_per_change: u64,
     /// Operations in one session document, all changes together.
     pub max_doc_ops: u64,
+    /// Operations a replica admits in one batch of frames (one step of one peer's conversation):
+    /// documents past it are refused for now and offered again by the sender, so that one peer's
+    /// burst cannot hold the store for long.
+    pub max_batch_ops: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_changes: 4096, max_ops_per_change: 2048, max_doc_ops: 200_000 }
+        Limits { max_changes: 4096, max_ops_per_change: 2048, max_doc_ops: 200_000, max_batch_ops: 400_000 }
     }
 }
 
@@ -89,6 +93,12 @@ pub enum Refusal {
         author: String,
         /// Which rule, in words.
         rule: String,
+    },
+    /// The batch of frames already made this replica admit [`Limits::max_batch_ops`].
+    #[error("this step's work budget is spent ({spent} operations); offer it again")]
+    Busy {
+        /// Operations admitted in the batch so far.
+        spent: u64,
     },
     /// The session would grow past [`Limits::max_doc_ops`].
     #[error("the session would hold {found} operations (at most {max})")]

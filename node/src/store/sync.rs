@@ -295,9 +295,20 @@ impl Store {
         // What a peer says of a session it may not see is not recorded: it would make it look
         // like a holder.
         let mut rows = Vec::with_capacity(updates.len());
-        for (id, k) in updates {
-            if let Some(r) = self.scope_row(id)?.filter(|r| may_hold(peer, &r.meta)) {
-                rows.push((r.sid, k));
+        if updates.len() > 64 {
+            // Many at once (after range reconciliation): one pass over the index.
+            let visible: std::collections::HashMap<DocId, i64> = self
+                .scope_rows()?
+                .into_iter()
+                .filter(|r| may_hold(peer, &r.meta))
+                .map(|r| (r.id.to_bytes(), r.sid))
+                .collect();
+            rows.extend(updates.iter().filter_map(|(id, k)| visible.get(id).map(|sid| (*sid, k))));
+        } else {
+            for (id, k) in updates {
+                if let Some(r) = self.scope_row(id)?.filter(|r| may_hold(peer, &r.meta)) {
+                    rows.push((r.sid, k));
+                }
             }
         }
         let tx =
@@ -376,8 +387,13 @@ impl Store {
             self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
         let mut out = Vec::new();
         let mut changed = Vec::new();
+        let mut spent = 0u64;
         for inc in batch {
             let id = &inc.doc;
+            if spent >= self.limits.max_batch_ops {
+                out.push(Applied::Refused { reason: rules::Refusal::Busy { spent }.to_string() });
+                continue;
+            }
             let sid = SessionId::from_bytes(*id);
             let mut existing = match session_row(&tx, &sid.to_string()) {
                 Ok(_) => Some(checkout(&mut self.cache, &tx, &self.sealer, &self.actor, sid)?),
@@ -400,7 +416,9 @@ impl Store {
                     Applied::Stored { heads: before.as_ref().map(|b| b.1.clone()).unwrap_or_default() }
                 }
                 Ok(Admission::Ready(changes)) => {
-                    self.ops_admitted += changes.iter().map(|c| c.len() as u64).sum::<u64>();
+                    let ops = changes.iter().map(|c| c.len() as u64).sum::<u64>();
+                    self.ops_admitted += ops;
+                    spent += ops;
                     let sigs = received_sigs(inc, &changes, self.limits.max_changes);
                     let mut candidate = match existing.as_mut() {
                         Some(c) => c.doc.fork_as(self.actor.clone()),
