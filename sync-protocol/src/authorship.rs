@@ -236,6 +236,10 @@ const CHANGE_CHUNK: u8 = 1;
 const ACTION_COLUMN: u64 = (4 << 4) | 2;
 /// Column specification of a change's value-metadata column: id 5, type 6.
 const VALUE_META_COLUMN: u64 = (5 << 4) | 6;
+/// Column specification of a change's predecessor counts: id 7, a group column.
+const PRED_GROUP_COLUMN: u64 = 7 << 4;
+/// Dependencies and other actors one change may list.
+const MAX_LISTED: u64 = 256;
 
 struct Cursor<'a> {
     bytes: &'a [u8],
@@ -324,6 +328,9 @@ pub fn count_ops(chunk: &[u8], max: u64) -> Result<u64, ChunkError> {
     let body = c.take(usize::try_from(len).map_err(|_| ChunkError::Malformed("length overflows"))?)?;
     let mut c = Cursor { bytes: body, at: 0 };
     let deps = c.uleb()?;
+    if deps > MAX_LISTED {
+        return Err(ChunkError::Malformed("too many dependencies"));
+    }
     c.take(usize::try_from(deps.saturating_mul(32)).map_err(|_| ChunkError::Malformed("length overflows"))?)?;
     c.len_prefixed()?; // actor
     c.uleb()?; // seq
@@ -331,6 +338,9 @@ pub fn count_ops(chunk: &[u8], max: u64) -> Result<u64, ChunkError> {
     c.sleb()?; // time
     c.len_prefixed()?; // message
     let others = c.uleb()?;
+    if others > MAX_LISTED {
+        return Err(ChunkError::Malformed("too many actors"));
+    }
     for _ in 0..others {
         c.len_prefixed()?;
     }
@@ -351,11 +361,43 @@ pub fn count_ops(chunk: &[u8], max: u64) -> Result<u64, ChunkError> {
         if spec == ACTION_COLUMN || spec == VALUE_META_COLUMN {
             rows = rows.max(rle_rows(data, max)?);
         }
+        if spec == PRED_GROUP_COLUMN {
+            // Every predecessor is expanded too: as many as operations at most.
+            rle_sum(data, max)?;
+        }
     }
     if rows > max {
         return Err(ChunkError::TooManyOps { found: rows, max });
     }
     Ok(rows)
+}
+
+/// The sum of the values in a run-length-encoded column of unsigned integers, refused over `max`.
+fn rle_sum(data: &[u8], max: u64) -> Result<u64, ChunkError> {
+    let mut c = Cursor { bytes: data, at: 0 };
+    let mut sum = 0u64;
+    let over = |found| ChunkError::TooManyOps { found, max };
+    while !c.done() {
+        let count = c.sleb()?;
+        if count > 0 {
+            let v = c.uleb()?;
+            sum = sum.saturating_add(v.saturating_mul(count.unsigned_abs()));
+        } else if count < 0 {
+            let n = count.unsigned_abs();
+            if n > max {
+                return Err(over(n));
+            }
+            for _ in 0..n {
+                sum = sum.saturating_add(c.uleb()?);
+            }
+        } else {
+            c.uleb()?;
+        }
+        if sum > max {
+            return Err(over(sum));
+        }
+    }
+    Ok(sum)
 }
 
 /// The number of values in a run-length-encoded column of unsigned integers.

@@ -119,6 +119,10 @@ pub enum Admission {
     MissingDeps,
 }
 
+/// Dependencies one change may name (a merge of this many concurrent branches is already far
+/// beyond what a session sees).
+const MAX_DEPS: usize = 256;
+
 fn short(h: &ChangeHash) -> String {
     h.0[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -143,6 +147,14 @@ pub fn admit(
         let ops = authorship::count_ops(chunk, limits.max_ops_per_change)?;
         let change = Change::try_from(chunk).map_err(|e| Refusal::Undecodable(e.to_string()))?;
         let hash = change.hash();
+        let deps: HashSet<&ChangeHash> = change.deps().iter().collect();
+        if deps.len() != change.deps().len() || deps.len() > MAX_DEPS {
+            return Err(Refusal::Undecodable(format!(
+                "change {} names {} dependencies",
+                short(&hash),
+                change.deps().len()
+            )));
+        }
         if doc.get_change_meta_by_hash(&hash).is_some() || !seen.insert(hash) {
             continue;
         }
@@ -175,41 +187,45 @@ fn doc_ops(doc: &AutoCommit) -> u64 {
     doc.stats().num_ops
 }
 
-/// Orders the batch so that every change follows its dependencies; `None` when a dependency is
-/// neither held nor in the batch.
+/// Orders the batch so that every change follows its dependencies (Kahn's algorithm, linear in
+/// the batch); `None` when a dependency is neither held nor in the batch, or the dependencies
+/// form a cycle.
 fn causal_order(doc: &mut AutoCommit, batch: Vec<(Change, Member)>) -> Option<Vec<(Change, Member)>> {
-    let in_batch: HashSet<ChangeHash> = batch.iter().map(|(c, _)| c.hash()).collect();
-    for (c, _) in &batch {
+    let index: HashMap<ChangeHash, usize> = batch.iter().enumerate().map(|(i, (c, _))| (c.hash(), i)).collect();
+    let mut waiting = vec![0usize; batch.len()];
+    let mut unlocks: Vec<Vec<usize>> = vec![Vec::new(); batch.len()];
+    for (i, (c, _)) in batch.iter().enumerate() {
         for d in c.deps() {
-            if !in_batch.contains(d) && doc.get_change_meta_by_hash(d).is_none() {
-                return None;
+            match index.get(d) {
+                Some(&j) => {
+                    waiting[i] += 1;
+                    unlocks[j].push(i);
+                }
+                None if doc.get_change_meta_by_hash(d).is_some() => {}
+                None => return None,
             }
         }
     }
-    let mut pending = batch;
-    let mut placed: HashSet<ChangeHash> = HashSet::new();
-    let mut out = Vec::with_capacity(pending.len());
-    while !pending.is_empty() {
-        let before = pending.len();
-        let mut rest = Vec::new();
-        for (c, m) in pending {
-            if c.deps().iter().all(|d| !in_batch.contains(d) || placed.contains(d)) {
-                placed.insert(c.hash());
-                out.push((c, m));
-            } else {
-                rest.push((c, m));
+    let mut ready: Vec<usize> = (0..batch.len()).filter(|i| waiting[*i] == 0).collect();
+    let mut order = Vec::with_capacity(batch.len());
+    while let Some(i) = ready.pop() {
+        order.push(i);
+        for &k in &unlocks[i] {
+            waiting[k] -= 1;
+            if waiting[k] == 0 {
+                ready.push(k);
             }
         }
-        if rest.len() == before {
-            return None; // a cycle: not a valid history
-        }
-        pending = rest;
     }
-    Some(out)
+    if order.len() != batch.len() {
+        return None;
+    }
+    let mut slots: Vec<Option<(Change, Member)>> = batch.into_iter().map(Some).collect();
+    Some(order.into_iter().filter_map(|i| slots[i].take()).collect())
 }
 
 /// What an object of a session is, by where it sits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Obj {
     Root,
     Identity,
@@ -298,14 +314,7 @@ impl State {
             for id in objs_at(doc, &ROOT, key.as_str()) {
                 put(&mut s, &id, kind);
                 match kind {
-                    Obj::Identity => {
-                        s.created = true;
-                        s.origin = s.origin.take().or_else(|| str_at(doc, &id, "origin"));
-                        s.icb = s.icb.take().or_else(|| str_at(doc, &id, "icb"));
-                    }
-                    Obj::Fields("service") => {
-                        s.line = str_at(doc, &id, "line").and_then(|l| ServiceLine::parse(&l).ok());
-                    }
+                    Obj::Identity => s.created = true,
                     Obj::Status => {
                         for k in doc.keys(&id) {
                             if let Some((epoch, _)) = parse_status_key(&k) {
@@ -355,6 +364,14 @@ impl State {
                 }
             }
         }
+        // The facts come from the values every reader sees (the winners), like the view's.
+        if let Some((Value::Object(_), identity)) = doc.get(ROOT, "identity").ok().flatten() {
+            s.origin = str_at(doc, &identity, "origin");
+            s.icb = str_at(doc, &identity, "icb");
+        }
+        if let Some((Value::Object(_), service)) = doc.get(ROOT, "service").ok().flatten() {
+            s.line = str_at(doc, &service, "line").and_then(|l| ServiceLine::parse(&l).ok());
+        }
         s
     }
 
@@ -380,10 +397,15 @@ impl State {
                 return Err(refuse("the author may not hold this session".into()));
             }
         }
-        let expanded = change.decode();
+        // A change whose operations name actors it does not list would make Automerge's decoder
+        // panic: refuse it instead.
+        let expanded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| change.decode()))
+            .map_err(|_| refuse("operations name actors the change does not list".into()))?;
         let actor = change.actor_id().clone();
         let start = change.start_op().get();
         let mut made: HashSet<ObjKey> = HashSet::new();
+        // (object, key) pairs this change wrote: a creation writes each once.
+        let mut written: HashSet<(Obj, String)> = HashSet::new();
         for (i, op) in expanded.operations.iter().enumerate() {
             let id: ObjKey = (start + i as u64, actor.clone());
             let target = match &op.obj {
@@ -401,6 +423,12 @@ impl State {
                 Key::Map(k) => Some(k.as_str()),
                 Key::Seq(_) => None,
             };
+            if let Some(k) = key
+                && matches!(target, Obj::Root | Obj::Identity)
+                && !written.insert((target, k.to_string()))
+            {
+                return Err(refuse(format!("{k:?} written twice in a creation")));
+            }
             let made_kind = self.check_op(member, target, fresh, creating, key, op).map_err(refuse)?;
             if let Some(kind) = made_kind {
                 made.insert(id.clone());
@@ -445,6 +473,11 @@ impl State {
             _ => None,
         };
         let make = |kind: ObjType| matches!(op.action, OpType::Make(k) if k == kind);
+        // Only last-writer-wins fields may overwrite what another write put there; everything
+        // else is written once (grow-only maps, records made whole in one change).
+        if !op.pred.is_empty() && !matches!(target, Obj::Fields(_) | Obj::OutcomeSide(_)) {
+            return Err("only requester, patient, service, request and outcome fields are overwritten".into());
+        }
         let map_key = || key.ok_or_else(|| "a list operation on a map".to_string());
         match op.action {
             OpType::Increment(_) | OpType::MarkBegin(_) | OpType::MarkEnd(_) => {
@@ -610,6 +643,9 @@ impl State {
             }
             Obj::Consent => {
                 let k = map_key()?;
+                if matches!(k, "by" | "withdrawn_by") && text(value).as_deref() != Some(who.name.as_str()) {
+                    return Err(format!("a consent's {k} is its writer"));
+                }
                 let allowed = match k {
                     "kind" | "scope" | "by" | "at_ms" => fresh,
                     "withdrawn_at" | "withdrawn_by" => who.role == Role::Edge || is_home_hub,
@@ -666,6 +702,12 @@ impl State {
                     if !ok {
                         return Err(format!("a {} does not write {kind:?} routing entries", who.role));
                     }
+                }
+                if who.role != Role::Hub
+                    && matches!(k, "by" | "desk" | "node")
+                    && text(value).as_deref() != Some(who.name.as_str())
+                {
+                    return Err(format!("a log entry's {k} is its writer"));
                 }
                 if target == Obj::CallEntry && k == "node" && text(value).as_deref() != Some(who.name.as_str()) {
                     return Err("a call record's node is its writer".into());

@@ -292,6 +292,24 @@ fn an_edge_cannot_rewrite_identity_claim_a_connected_call_or_write_the_consultan
             }),
         ),
         (
+            "photo record replaced",
+            Box::new(|d: &mut automerge::AutoCommit| {
+                let media = obj(d, &ROOT, "media");
+                let hash = "ab".repeat(32);
+                let m = d.put_object(&media, hash.as_str(), ObjType::Map).unwrap();
+                d.put(&m, "added_by", "amb-07").unwrap();
+            }),
+        ),
+        (
+            "consent withdrawn in another's name",
+            Box::new(|d: &mut automerge::AutoCommit| {
+                let consents = obj(d, &ROOT, "consents");
+                let c = obj(d, &consents, "c1");
+                d.put(&c, "withdrawn_at", T).unwrap();
+                d.put(&c, "withdrawn_by", "desk-derm-1").unwrap();
+            }),
+        ),
+        (
             "counter",
             Box::new(|d: &mut automerge::AutoCommit| {
                 let request = obj(d, &ROOT, "request");
@@ -567,4 +585,29 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_creation_that_writes_its_identity_twice_is_refused() {
+    let fleet = Fleet::new();
+    let mut hub = fleet.replica("hub-qhm");
+    let (thief, key) = fleet.who("amb-66");
+    let mut d = automerge::AutoCommit::new().with_actor(key.actor().clone());
+    let id = SessionId::from_parts(T, 99);
+    d.put(ROOT, "schema", 1).unwrap();
+    for (origin, icb) in [("amb-07", "QOX"), ("amb-66", "QHM")] {
+        let identity = d.put_object(ROOT, "identity", ObjType::Map).unwrap();
+        d.put(&identity, "id", id.to_string()).unwrap();
+        d.put(&identity, "origin", origin).unwrap();
+        d.put(&identity, "icb", icb).unwrap();
+    }
+    let service = d.put_object(ROOT, "service", ObjType::Map).unwrap();
+    d.put(&service, "line", "dermatology").unwrap();
+    d.commit();
+    let changes = d.get_changes(&[]);
+    let bytes = changes.iter().flat_map(|c| c.raw_bytes().to_vec()).collect();
+    let sigs = changes.iter().map(|c| key.sign(&c.hash())).collect();
+    let out = hub.apply(&thief, &[Incoming { doc: id.to_bytes(), bytes, sigs }], T).unwrap();
+    assert!(matches!(&out[0], Applied::Refused { reason } if reason.contains("twice")), "{out:?}");
+    assert!(hub.view(&id.to_bytes()).is_none());
 }
