@@ -337,6 +337,11 @@ fn demo_runs_an_offline_day_and_finds_no_plaintext() {
     assert!(out.contains("plaintext check") && out.contains(": 0 found"), "{out}");
     assert!(out.contains("audit chain") && out.contains("intact"), "{out}");
     assert!(out.contains("on this device only"), "{out}");
+    // The fleet part: the hub refuses a reply forged on the ambulance's tablet.
+    assert!(
+        out.contains("refused a reply forged on amb-07") && out.contains("a message's author is its writer"),
+        "{out}"
+    );
 }
 
 #[test]

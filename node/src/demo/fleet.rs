@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use sync_protocol::NhsNumber;
 use sync_protocol::call::{RotaDesk, calls_of};
 use sync_protocol::directory::{Hours, LineEntry};
+use sync_protocol::engine::{Applied, Incoming};
 use sync_protocol::session::{LogValue, Patient, Requester, Service, SessionId, SessionView};
 use sync_protocol::vocab::{
     CareSetting, Channel, ConsentKind, ConsentScope, NhsVerification, Outcome, PhotoView, Priority, ReceiptLevel, Role,
@@ -429,6 +430,43 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
     );
     if !hub_has || desk_has || amb_has {
         anyhow::bail!("scope was not respected");
+    }
+
+    // A stolen tablet: the ambulance's own key signs a reply written in the consultant's name.
+    // The hub checks what the change does against its signer before storing it.
+    let forged = amb
+        .with_node(move |n| -> anyhow::Result<(Incoming, sync_protocol::scope::PeerInfo)> {
+            let bytes = n.store.export_automerge(id)?;
+            let mut doc = sync_protocol::SessionDoc::load(&bytes, n.store.actor().clone())?;
+            let before = doc.heads();
+            let reply = sync_protocol::session::NewMessage {
+                id: "forged".into(),
+                author: "desk-derm-1".into(),
+                side: Side::Responder,
+                text: "benign, discharge".into(),
+                reply_to: None,
+            };
+            doc.add_message(&reply, now_ms())?;
+            let changes = doc.automerge().get_changes(&before);
+            let inc = Incoming {
+                doc: id.to_bytes(),
+                bytes: changes.iter().flat_map(|c| c.raw_bytes().to_vec()).collect(),
+                sigs: changes.iter().map(|c| n.store.sign(&c.hash())).collect(),
+            };
+            Ok((inc, n.config.peer_info()))
+        })
+        .await??;
+    let answer = hub
+        .with_node(move |n| {
+            let me = n.config.peer_info();
+            n.store.apply_remote(&me, &forged.1, &[forged.0], now_ms()).map(|(a, _)| a)
+        })
+        .await??;
+    match answer.first() {
+        Some(Applied::Refused { reason }) => {
+            clock.say("hub-qhm", format!("refused a reply forged on amb-07: {reason}"))
+        }
+        other => anyhow::bail!("the hub did not refuse a forged reply: {other:?}"),
     }
 
     let s = link.stats();
