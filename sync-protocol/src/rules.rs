@@ -14,9 +14,11 @@
 //!    table in `docs/schema.md`; each row is one arm of `check_op` below.
 //!
 //! A change that breaks any of them refuses the whole batch: nothing of it is stored. The rules
-//! only look at facts that never shrink (object paths, the session's identity, its shares, the
-//! highest status epoch), so a change allowed when it was written stays allowed however much
-//! else a receiver holds: replicas that check the same changes agree on the verdict.
+//! look at facts that only grow (object paths, the session's identity, its shares, the highest
+//! status epoch), so a change allowed when it was written stays allowed however much else a
+//! receiver holds, with one exception: the service line, which decides whether a desk may hold
+//! the session, can be changed by the origin or its hub, and a desk's change checked after such
+//! a change is judged by the new line.
 //!
 //! This is the only place that decides what a change may do. The node's SQLite store and the
 //! in-memory replica of tests and the simulator both call [`admit`].
