@@ -450,6 +450,8 @@ pub struct Intruder {
     _blob: quinn::SendStream,
     frames: std::sync::Arc<std::sync::Mutex<Vec<sync_protocol::wire::Frame>>>,
     raw: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// Frames sent so far (the other side's Marks count them).
+    sent: u64,
     /// The intruder's own node (its store signs what it forges).
     pub node: outpost_node::node::Node,
 }
@@ -513,7 +515,7 @@ impl Intruder {
             let sync = lanes.pop().unwrap_or_else(|| panic!("no sync lane"));
             (conn, sync, blob)
         });
-        let mut me = Intruder { rt, conn, sync, _blob: blob, frames, raw, node };
+        let mut me = Intruder { rt, conn, sync, _blob: blob, frames, raw, sent: 0, node };
         let hello = sync_protocol::wire::Frame::Hello(sync_protocol::wire::Hello {
             min_version: sync_protocol::wire::MIN_VERSION,
             max_version: sync_protocol::wire::MAX_VERSION,
@@ -526,6 +528,7 @@ impl Intruder {
 
     /// Sends frames on the sync lane.
     pub fn send(&mut self, frames: &[sync_protocol::wire::Frame]) {
+        self.sent += frames.len() as u64;
         let mut bytes = Vec::new();
         for f in frames {
             f.encode(&mut bytes);
@@ -544,6 +547,42 @@ impl Intruder {
     pub fn settle(&self, d: Duration) -> Vec<sync_protocol::wire::Frame> {
         std::thread::sleep(d);
         self.frames.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Sends frames and waits (at most `limit`) until the other side's Mark says it has
+    /// processed every frame sent so far; returns the frames received meanwhile.
+    pub fn exchange(
+        &mut self,
+        frames: &[sync_protocol::wire::Frame],
+        limit: Duration,
+    ) -> Vec<sync_protocol::wire::Frame> {
+        let start = self.settle(Duration::ZERO).len();
+        self.send(frames);
+        let want = self.sent;
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let got = self.settle(Duration::from_millis(50)).split_off(start);
+            let done =
+                got.iter().any(|f| matches!(f, sync_protocol::wire::Frame::Mark { received, .. } if *received >= want));
+            if done || std::time::Instant::now() > deadline {
+                return got;
+            }
+        }
+    }
+
+    /// Waits (at most `limit`) until a received frame satisfies `pred`; returns every frame.
+    pub fn wait_for(
+        &self,
+        limit: Duration,
+        pred: impl Fn(&sync_protocol::wire::Frame) -> bool,
+    ) -> Vec<sync_protocol::wire::Frame> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let got = self.settle(Duration::from_millis(50));
+            if got.iter().any(&pred) || std::time::Instant::now() > deadline {
+                return got;
+            }
+        }
     }
 
     /// Every byte received so far, on both lanes.

@@ -16,7 +16,6 @@ use sync_protocol::wire::{Changes, Frame, Range, RangeMode};
 const BIN: &str = env!("CARGO_BIN_EXE_outpost-field-node");
 const LIMIT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(200);
-const SETTLE: Duration = Duration::from_millis(1500);
 
 fn doc_id(id: &str) -> [u8; 16] {
     id.parse::<sync_protocol::SessionId>().unwrap().to_bytes()
@@ -60,9 +59,14 @@ fn send_changes(
     heads: Vec<[u8; 32]>,
 ) -> Vec<Frame> {
     let doc = doc_id(id);
-    let before = intruder.settle(Duration::ZERO).len();
-    intruder.send(&[Frame::Changes(Changes { doc, ack: false, heads, bytes, sigs })]);
-    intruder.settle(SETTLE).split_off(before)
+    intruder.exchange(&[Frame::Changes(Changes { doc, ack: false, heads, bytes, sigs })], LIMIT)
+}
+
+/// Connects as the node in `dir` and waits for the hub's first answer.
+fn join(dir: &Path, addr: &str) -> Intruder {
+    let i = Intruder::connect(dir, addr);
+    i.wait_for(LIMIT, |f| matches!(f, Frame::Mark { .. }));
+    i
 }
 
 fn refused(answer: &[Frame], id: &str, what: &str, f: &Field) {
@@ -134,11 +138,13 @@ fn a_stolen_tablet_can_neither_read_nor_forge_nor_stall_the_hub() {
     for who in [&thief, &cardio, &foreign] {
         let mut answers = Vec::new();
         for target in [&id, &nowhere] {
-            let mut intruder = Intruder::connect(who, &addr);
-            let start = intruder.settle(SETTLE).len();
-            intruder.send(&probes(target));
-            intruder.send(&[Frame::BlobWant { hash: photo_hash, manifest: true, chunks: vec![0, 1] }]);
-            let got = intruder.settle(SETTLE);
+            let mut intruder = join(who, &addr);
+            let mut asks = probes(target);
+            asks.push(Frame::BlobWant { hash: photo_hash, manifest: true, chunks: vec![0, 1] });
+            let start = intruder.settle(Duration::ZERO).len();
+            intruder.exchange(&asks, LIMIT);
+            // Blob answers travel on the other lane and may trail the last Mark a little.
+            let got = intruder.wait_for(LIMIT, |fr| matches!(fr, Frame::BlobMissing { .. })).split_off(start);
             let bytes = intruder.received();
             if bytes.windows(11).any(|w| w == b"SECRET-CASE") {
                 f.fail(format!("{} read the victim's text from the hub", who.display()));
@@ -154,7 +160,7 @@ fn a_stolen_tablet_can_neither_read_nor_forge_nor_stall_the_hub() {
                 f.fail(format!("{} was sent the victim's session or photo: {got:?}", who.display()));
             }
             // Two lanes (two streams) interleave freely: compare what was answered, not the order.
-            let mut names: Vec<&str> = got[start..].iter().map(Frame::name).filter(|n| *n != "mark").collect();
+            let mut names: Vec<&str> = got.iter().map(Frame::name).filter(|n| *n != "mark").collect();
             names.sort_unstable();
             answers.push(names.join(" "));
         }
@@ -171,8 +177,7 @@ fn a_stolen_tablet_can_neither_read_nor_forge_nor_stall_the_hub() {
     // Forged writes by the stolen tablet, on a leaked copy of the victim's session, each signed
     // with the tablet's own key: refused, logged, not stored.
     let leaked = leaked_copy(&f, &victim, &id);
-    let mut intruder = Intruder::connect(&thief, &addr);
-    intruder.settle(SETTLE);
+    let mut intruder = join(&thief, &addr);
     let attempts: Vec<(&str, Box<Forgery>)> = vec![
         (
             "self-share",
@@ -247,8 +252,7 @@ fn a_stolen_tablet_can_neither_read_nor_forge_nor_stall_the_hub() {
         refused(&answer, &id, "replayed changes of another session", &f);
     }
     // The desk that holds the session cannot forge a hub's receipt either.
-    let mut rogue_desk = Intruder::connect(&desk, &addr);
-    rogue_desk.settle(SETTLE);
+    let mut rogue_desk = join(&desk, &addr);
     let desk_copy = leaked_copy(&f, &desk, &id);
     let answer = forge(&mut rogue_desk, &desk_copy, &id, |d| {
         let media = obj(d, &ROOT, "media");
@@ -288,28 +292,28 @@ fn a_stolen_tablet_can_neither_read_nor_forge_nor_stall_the_hub() {
         let t = Instant::now();
         f.ok(&["sync", "--dir", s(&honest), "--peer", &addr]);
         summary["honest_sync_during_bomb_ms"] = (t.elapsed().as_millis() as u64).into();
-        intruder.settle(SETTLE).split_off(start)
+        intruder.exchange(&[], LIMIT);
+        intruder.settle(Duration::ZERO).split_off(start)
     };
     refused(&bomb_answer, &id, "op bomb", &f);
 
     // Frames of the largest size, full of garbage, one after another: each is refused, and the
     // hub holds at most one connection's queue of them at a time.
     let rss_before = hubd.rss_kib().unwrap_or(0);
-    let mut flood = Intruder::connect(&thief, &addr);
-    flood.settle(SETTLE);
+    let mut flood = join(&thief, &addr);
     let garbage: Vec<u8> = (0..8 * 1024 * 1024 - 200).map(|i| (i * 7 + 13) as u8).collect();
-    let start = flood.settle(Duration::ZERO).len();
-    for _ in 0..12 {
-        let frame = Frame::Changes(Changes {
-            doc: doc_id(&id),
-            ack: false,
-            heads: Vec::new(),
-            bytes: garbage.clone(),
-            sigs: Vec::new(),
-        });
-        flood.send(&[frame]);
-    }
-    let answers = flood.settle(Duration::from_secs(3)).split_off(start);
+    let frames: Vec<Frame> = (0..12)
+        .map(|_| {
+            Frame::Changes(Changes {
+                doc: doc_id(&id),
+                ack: false,
+                heads: Vec::new(),
+                bytes: garbage.clone(),
+                sigs: Vec::new(),
+            })
+        })
+        .collect();
+    let answers = flood.exchange(&frames, LIMIT);
     let flood_refused = answers.iter().filter(|fr| matches!(fr, Frame::Refused { .. })).count();
     if flood_refused != 12 {
         f.fail(format!("{flood_refused} of 12 garbage frames were refused: {answers:?}"));
@@ -319,17 +323,16 @@ fn a_stolen_tablet_can_neither_read_nor_forge_nor_stall_the_hub() {
     drop(flood);
 
     // Garbage and an oversized frame: the hub closes that connection with a reason and says so.
-    let mut garbage = Intruder::connect(&thief, &addr);
-    garbage.settle(SETTLE);
+    let is_close = |fr: &Frame| matches!(fr, Frame::Close { code: 2, .. });
+    let mut garbage = join(&thief, &addr);
     garbage.send_raw(&[0x06, 0x05, 0xde, 0xad, 0xbe, 0xef, 0x00]);
-    let closed = garbage.settle(SETTLE);
+    let closed = garbage.wait_for(LIMIT, is_close);
     if !closed.iter().any(|fr| matches!(fr, Frame::Close { code: 2, .. })) {
         f.fail(format!("garbage was not answered with a Close: {closed:?}"));
     }
-    let mut huge = Intruder::connect(&thief, &addr);
-    huge.settle(SETTLE);
+    let mut huge = join(&thief, &addr);
     huge.send_raw(&[0x06, 0x80, 0x80, 0x80, 0x40]);
-    let closed = huge.settle(SETTLE);
+    let closed = huge.wait_for(LIMIT, is_close);
     if !closed.iter().any(|fr| matches!(fr, Frame::Close { code: 2, .. })) {
         f.fail(format!("an oversized frame was not answered with a Close: {closed:?}"));
     }
