@@ -177,17 +177,16 @@ pub fn sign_new(key: &AuthorKey, doc: &mut AutoCommit, before: &[ChangeHash]) ->
         .collect()
 }
 
-/// The changes of `doc` that are not ancestors of `base` (all if `base` is empty), in causal
-/// order, with the signatures `sig_of` holds for them. A change without a signature is left
-/// out, with everything after it (a receiver could not check it).
-pub fn outgoing(
-    doc: &mut AutoCommit,
-    base: &[ChangeHash],
-    mut sig_of: impl FnMut(&ChangeHash) -> Option<Signature>,
-) -> crate::engine::Outgoing {
+/// `changes` (in causal order, as `get_changes` gives them) ready to send, with the signatures
+/// `sig_of` holds for them. A change without a signature is left out, with everything after it
+/// (a receiver could not check it); `sig_of` fails only as its store does.
+pub fn outgoing<E>(
+    changes: Vec<automerge::Change>,
+    mut sig_of: impl FnMut(&ChangeHash) -> Result<Option<Signature>, E>,
+) -> Result<crate::engine::Outgoing, E> {
     let mut out = crate::engine::Outgoing::default();
-    for c in doc.get_changes(base) {
-        let Some(sig) = sig_of(&c.hash()) else { break };
+    for c in changes {
+        let Some(sig) = sig_of(&c.hash())? else { break };
         out.bytes.extend_from_slice(c.raw_bytes());
         out.sigs.push(sig);
         if let Some(p) = prefix_of(c.actor_id())
@@ -196,7 +195,7 @@ pub fn outgoing(
             out.authors.push(p);
         }
     }
-    out
+    Ok(out)
 }
 
 /// A roster shared by the replicas of one process (tests, the simulator), which learn members

@@ -349,13 +349,13 @@ impl MemReplica {
             Ok(roster) => rules::admit(candidate.automerge(), &inc.bytes, &inc.sigs, &roster, &self.limits),
             Err(_) => return Err(MemError("the shared roster is poisoned".into())),
         };
-        let changes = match admitted {
+        let admitted = match admitted {
             Ok(Admission::Ready(c)) => c,
             Ok(Admission::MissingDeps) => return Ok(Applied::MissingDeps),
             Err(e) => return Ok(Applied::Refused { reason: e.to_string() }),
         };
-        let accepted: Vec<Hash> = changes.iter().map(|c| c.hash().0).collect();
-        if let Err(e) = candidate.apply_changes(changes) {
+        let sigs: Vec<(Hash, Signature)> = admitted.iter().map(|(c, sig)| (c.hash().0, *sig)).collect();
+        if let Err(e) = candidate.apply_changes(admitted.into_iter().map(|(c, _)| c).collect()) {
             return Ok(Applied::Refused { reason: e.to_string() });
         }
         let view = match candidate.view() {
@@ -368,19 +368,12 @@ impl MemReplica {
         if !may_accept(&self.me, peer, &view.meta()) {
             return Ok(Applied::Refused { reason: format!("outside the scope of {} or {}", self.me.name, peer.name) });
         }
-        if accepted.is_empty() && self.docs.contains_key(id) {
+        if sigs.is_empty() && self.docs.contains_key(id) {
             let heads = self.heads(id).unwrap_or_default();
             return Ok(Applied::Stored { heads });
         }
         // Keep the signatures: this node may relay the changes.
-        let chunks = authorship::split_changes(&inc.bytes, self.limits.max_changes).unwrap_or_default();
-        for (chunk, sig) in chunks.into_iter().zip(&inc.sigs) {
-            if let Ok(c) = automerge::Change::try_from(chunk)
-                && accepted.contains(&c.hash().0)
-            {
-                self.sigs.insert(c.hash().0, *sig);
-            }
-        }
+        self.sigs.extend(sigs);
         let d = Doc::new(candidate).map_err(|e| MemError(e.to_string()))?;
         self.docs.insert(*id, d);
         self.after_store(id, now)?;
@@ -464,7 +457,8 @@ impl Replica for MemReplica {
         }
         let Some(d) = self.docs.get_mut(id) else { return Ok(None) };
         let sigs = &self.sigs;
-        Ok(Some(authorship::outgoing(d.doc.automerge(), &hashes(base), |h| sigs.get(&h.0).copied())))
+        let changes = d.doc.automerge().get_changes(&hashes(base));
+        authorship::outgoing(changes, |h| Ok(sigs.get(&h.0).copied())).map(Some)
     }
 
     fn apply(&mut self, peer: &PeerInfo, batch: &[Incoming], now: TimeMs) -> Result<Vec<Applied>, MemError> {

@@ -115,8 +115,9 @@ pub enum Refusal {
 /// What [`admit`] found.
 #[derive(Debug)]
 pub enum Admission {
-    /// Every new change checked out: apply these, in this order.
-    Ready(Vec<Change>),
+    /// Every new change checked out: apply these, in this order; each comes with its author's
+    /// signature, for the receiver to keep (it may relay the change).
+    Ready(Vec<(Change, Signature)>),
     /// Some changes depend on changes neither held nor in the batch: nothing can be checked yet.
     MissingDeps,
 }
@@ -142,7 +143,7 @@ pub fn admit(
     if chunks.len() != sigs.len() {
         return Err(Refusal::SignatureCount { changes: chunks.len(), signatures: sigs.len() });
     }
-    let mut fresh: Vec<(Change, Member)> = Vec::new();
+    let mut fresh: Vec<(Change, Member, Signature)> = Vec::new();
     let mut seen = HashSet::new();
     let mut new_ops = 0u64;
     for (chunk, sig) in chunks.into_iter().zip(sigs) {
@@ -167,7 +168,7 @@ pub fn admit(
             return Err(Refusal::BadSignature { change: short(&hash), author: member.info.name.clone() });
         }
         new_ops += ops;
-        fresh.push((change, member.clone()));
+        fresh.push((change, member.clone(), *sig));
     }
     if fresh.is_empty() {
         return Ok(Admission::Ready(Vec::new()));
@@ -178,10 +179,10 @@ pub fn admit(
     }
     let Some(ordered) = causal_order(doc, fresh) else { return Ok(Admission::MissingDeps) };
     let mut state = State::of(doc);
-    for (change, member) in &ordered {
+    for (change, member, _) in &ordered {
         state.check_change(change, member)?;
     }
-    Ok(Admission::Ready(ordered.into_iter().map(|(c, _)| c).collect()))
+    Ok(Admission::Ready(ordered.into_iter().map(|(c, _, sig)| (c, sig)).collect()))
 }
 
 /// Operations held in a document (each change's count, summed).
@@ -192,11 +193,11 @@ fn doc_ops(doc: &AutoCommit) -> u64 {
 /// Orders the batch so that every change follows its dependencies (Kahn's algorithm, linear in
 /// the batch); `None` when a dependency is neither held nor in the batch, or the dependencies
 /// form a cycle.
-fn causal_order(doc: &mut AutoCommit, batch: Vec<(Change, Member)>) -> Option<Vec<(Change, Member)>> {
-    let index: HashMap<ChangeHash, usize> = batch.iter().enumerate().map(|(i, (c, _))| (c.hash(), i)).collect();
+fn causal_order<T>(doc: &mut AutoCommit, batch: Vec<(Change, T, Signature)>) -> Option<Vec<(Change, T, Signature)>> {
+    let index: HashMap<ChangeHash, usize> = batch.iter().enumerate().map(|(i, (c, _, _))| (c.hash(), i)).collect();
     let mut waiting = vec![0usize; batch.len()];
     let mut unlocks: Vec<Vec<usize>> = vec![Vec::new(); batch.len()];
-    for (i, (c, _)) in batch.iter().enumerate() {
+    for (i, (c, _, _)) in batch.iter().enumerate() {
         for d in c.deps() {
             match index.get(d) {
                 Some(&j) => {
@@ -222,7 +223,7 @@ fn causal_order(doc: &mut AutoCommit, batch: Vec<(Change, Member)>) -> Option<Ve
     if order.len() != batch.len() {
         return None;
     }
-    let mut slots: Vec<Option<(Change, Member)>> = batch.into_iter().map(Some).collect();
+    let mut slots: Vec<Option<(Change, T, Signature)>> = batch.into_iter().map(Some).collect();
     Some(order.into_iter().filter_map(|i| slots[i].take()).collect())
 }
 

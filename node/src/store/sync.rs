@@ -354,20 +354,11 @@ impl Store {
         }
         let base = to_hashes(base);
         let changes = self.with_doc(SessionId::from_bytes(*id), |d| d.automerge().get_changes(&base))?;
-        let mut out = Outgoing::default();
-        for c in changes {
-            // A change without a signature (none should exist) ends what can be sent.
-            let Some(sig) = self.signature(&c.hash())? else {
-                tracing::warn!(session = %SessionId::from_bytes(*id), "a change without a signature is held back");
-                break;
-            };
-            out.bytes.extend_from_slice(c.raw_bytes());
-            out.sigs.push(sig);
-            if let Some(p) = authorship::prefix_of(c.actor_id())
-                && !out.authors.contains(&p)
-            {
-                out.authors.push(p);
-            }
+        let total = changes.len();
+        let out = authorship::outgoing(changes, |h| self.signature(h))?;
+        if out.sigs.len() < total {
+            // None should exist: every write signs its changes in its own transaction.
+            tracing::warn!(session = %SessionId::from_bytes(*id), "changes without a signature are held back");
         }
         Ok(Some(out))
     }
@@ -415,11 +406,12 @@ impl Store {
                 Ok(Admission::Ready(changes)) if changes.is_empty() && before.is_some() => {
                     Applied::Stored { heads: before.as_ref().map(|b| b.1.clone()).unwrap_or_default() }
                 }
-                Ok(Admission::Ready(changes)) => {
-                    let ops = changes.iter().map(|c| c.len() as u64).sum::<u64>();
+                Ok(Admission::Ready(admitted)) => {
+                    let ops = admitted.iter().map(|(c, _)| c.len() as u64).sum::<u64>();
                     self.ops_admitted += ops;
                     spent += ops;
-                    let sigs = received_sigs(inc, &changes, self.limits.max_changes);
+                    let sigs: Vec<(ChangeHash, Signature)> = admitted.iter().map(|(c, sig)| (c.hash(), *sig)).collect();
+                    let changes: Vec<automerge::Change> = admitted.into_iter().map(|(c, _)| c).collect();
                     let mut candidate = match existing.as_mut() {
                         Some(c) => c.doc.fork_as(self.actor.clone()),
                         None => SessionDoc::empty(self.actor.clone()),
@@ -694,20 +686,6 @@ impl Store {
     pub fn data_version(&self) -> Result<i64, StoreError> {
         self.conn.query_row("PRAGMA data_version", [], |r| r.get(0)).map_err(sql("polling for writes"))
     }
-}
-
-/// The signatures received for the changes admitted, by hash.
-fn received_sigs(inc: &Incoming, changes: &[automerge::Change], max: usize) -> Vec<(ChangeHash, Signature)> {
-    let wanted: std::collections::HashSet<ChangeHash> = changes.iter().map(|c| c.hash()).collect();
-    authorship::split_changes(&inc.bytes, max)
-        .unwrap_or_default()
-        .into_iter()
-        .zip(&inc.sigs)
-        .filter_map(|(chunk, sig)| {
-            let h = automerge::Change::try_from(chunk).ok()?.hash();
-            wanted.contains(&h).then_some((h, *sig))
-        })
-        .collect()
 }
 
 /// The parts of the store [`integrate`] uses beside the transaction.
