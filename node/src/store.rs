@@ -1039,38 +1039,32 @@ fn check_key(conn: &Connection, sealer: &Sealer) -> Result<(), StoreError> {
 
 const AUTHOR_AAD: &[u8] = b"outpost/author-key/v1";
 
-/// The node's author key: made on first open (a seed sealed under the node key, and a random
-/// writer instance for its actor id).
+/// The node's author key: made on first open (a seed sealed under the node key). The actor id
+/// it writes under takes a fresh random instance at every open: a store restored from an older
+/// copy (a backup, a re-imaged desk) must never reuse a sequence number of the changes it lost,
+/// which its peers still hold and would refuse to merge with a different change of the same
+/// number.
 fn author_key(conn: &Connection, sealer: &Sealer) -> Result<AuthorKey, StoreError> {
-    let get = |k: &str| -> Result<Option<Vec<u8>>, StoreError> {
-        conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
-            .optional()
-            .map_err(sql("reading the author key"))
-    };
-    let (seed, instance) = match (get("author_seed")?, get("actor_instance")?) {
-        (Some(sealed), Some(instance)) => {
+    let sealed: Option<Vec<u8>> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'author_seed'", [], |r| r.get(0))
+        .optional()
+        .map_err(sql("reading the author key"))?;
+    let seed = match sealed {
+        Some(sealed) => {
             let seed = sealer.open("author key", AUTHOR_AAD, &sealed)?;
-            let seed: [u8; 32] =
-                seed.try_into().map_err(|_| StoreError::Damaged("the author key has the wrong length".into()))?;
-            let instance: [u8; 8] = instance
-                .try_into()
-                .map_err(|_| StoreError::Damaged("the actor instance has the wrong length".into()))?;
-            (seed, instance)
+            seed.try_into().map_err(|_| StoreError::Damaged("the author key has the wrong length".into()))?
         }
-        _ => {
+        None => {
             let mut seed = [0u8; 32];
-            let mut instance = [0u8; 8];
             crate::crypto::random_bytes(&mut seed)?;
-            crate::crypto::random_bytes(&mut instance)?;
             let sealed = sealer.seal(AUTHOR_AAD, &seed)?;
-            conn.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('author_seed', ?1), ('actor_instance', ?2)",
-                params![sealed, instance.to_vec()],
-            )
-            .map_err(sql("recording the author key"))?;
-            (seed, instance)
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('author_seed', ?1)", params![sealed])
+                .map_err(sql("recording the author key"))?;
+            seed
         }
     };
+    let mut instance = [0u8; 8];
+    crate::crypto::random_bytes(&mut instance)?;
     Ok(AuthorKey::from_seed(&seed, instance))
 }
 

@@ -329,3 +329,77 @@ fn the_icb_directory_reaches_edges_and_desks_and_stays_readable_offline() {
     assert_eq!(line("cardiology")["rota"][0]["desk"], "desk-card-1");
     assert_eq!(line("dermatology")["rota"][0]["desk"], "desk-derm-1", "the dermatology line unchanged");
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_hub_restored_from_an_older_backup_gets_back_what_it_lost_in_one_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let amb = fleet.node("amb-07", "edge", &[]);
+    let desk = fleet.node("desk-paed-1", "desk", &["--service-line", "paediatrics"]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let ids: Vec<String> = (0..20).map(|i| new_session(&amb, "paediatrics", &format!("child {i}"))).collect();
+    {
+        let _hub = daemon(&hub, &["--listen", &addr], &[]);
+        wait_until(LIMIT, "a first sync", || run(&["sync", "--dir", d(&amb), "--peer", &addr]).status.success());
+        sync(&desk, &addr);
+    }
+    // The hub's nightly backup.
+    let backup = tmp.path().join("hub-backup");
+    copy_dir(&hub, &backup);
+    let receipt = |id: &str| view(&amb, id)["messages"][0]["receipt"].as_str().unwrap().to_string();
+    {
+        let _hub = daemon(&hub, &["--listen", &addr], &[]);
+        for (k, id) in ids.iter().take(5).enumerate() {
+            ok(&["message", "send", "--dir", d(&amb), id, &format!("observation {k} after the backup")]);
+        }
+        wait_until(LIMIT, "a sync", || run(&["sync", "--dir", d(&amb), "--peer", &addr]).status.success());
+    }
+    for id in ids.iter().take(5) {
+        assert_eq!(receipt(id), "hub");
+    }
+    // The hub's disk is replaced by the backup, which lacks the five messages and the hub's own
+    // receipts for them.
+    std::fs::remove_dir_all(&hub).unwrap();
+    copy_dir(&backup, &hub);
+    for id in ids.iter().take(5) {
+        assert_eq!(texts(&hub, id).unwrap(), Vec::<String>::new(), "the restored hub lacks the message");
+    }
+    let _hub = daemon(&hub, &["--listen", &addr], &[]);
+    wait_until(LIMIT, "the restored hub to listen", || _hub.log_text().contains("outpost daemon started"));
+    // The consultant, who had not seen the messages, replies first: the restored hub stores the
+    // reply and writes its receipt, concurrently with the receipts it lost.
+    ok(&["message", "send", "--dir", d(&desk), &ids[0], "consultant: please send a photo"]);
+    sync(&desk, &addr);
+    let report = sync(&amb, &addr);
+    assert_eq!(report["docs_sent"], 5, "exactly the five sessions the hub lost: {report}");
+    assert_eq!(report["refused"], 0, "{report}");
+    assert_eq!(report["docs_received"], 1, "the consultant's reply: {report}");
+    let again = sync(&amb, &addr);
+    assert_eq!(again["docs_sent"], 0, "{again}");
+    drop(_hub);
+    let mut want = vec!["observation 0 after the backup".to_string(), "consultant: please send a photo".to_string()];
+    want.sort();
+    let mut got = texts(&hub, &ids[0]).unwrap();
+    got.sort();
+    assert_eq!(got, want);
+    for (k, id) in ids.iter().enumerate().take(5).skip(1) {
+        assert_eq!(texts(&hub, id).unwrap(), [format!("observation {k} after the backup")]);
+    }
+    for id in ids.iter().take(5) {
+        assert_eq!(receipt(id), "hub", "true again: the hub holds it");
+    }
+    assert_eq!(texts(&amb, &ids[0]).unwrap().len(), 2);
+}

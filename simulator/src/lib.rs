@@ -72,6 +72,10 @@ pub struct Report {
     pub connections: (u64, u64),
     /// Attacks by hostile nodes (`byzantine` faults): made, and refused by the hub.
     pub attacks: (u64, u64),
+    /// Restores from backups (`restore` faults), the items they lost that a peer still held
+    /// (which must come back by sync), and the writes they lost for good because no other node
+    /// held them (not counted as undelivered).
+    pub restores: (u64, u64, u64),
     /// Seconds from the last link healing to every replica converging.
     pub convergence_seconds: Option<f64>,
     /// Call escalations.
@@ -153,6 +157,13 @@ impl Report {
                 s,
                 "attacks by hostile nodes (byzantine faults): {} made, {} refused",
                 self.attacks.0, self.attacks.1
+            );
+        }
+        if self.restores.0 > 0 {
+            let _ = writeln!(
+                s,
+                "restores from backups: {}; items they lost and got back from peers: {}; writes lost for good (no other node held them): {}",
+                self.restores.0, self.restores.1, self.restores.2
             );
         }
         match self.convergence_seconds {
@@ -250,6 +261,7 @@ fn report(w: &mut World, name: &str, seed: u64, rerun: String, wall: f64) -> Rep
                     undelivered += 1;
                 }
             }
+            None if w.lost_in_restore.contains(&e.key) => {}
             None => {
                 undelivered += 1;
                 lost += 1;
@@ -291,6 +303,7 @@ fn report(w: &mut World, name: &str, seed: u64, rerun: String, wall: f64) -> Rep
         payload_bytes: w.payload_total,
         connections: (w.connections, w.connections_lost),
         attacks: w.attacks,
+        restores: w.restores,
         convergence_seconds: w.convergence_seconds(),
         escalations: esc.len(),
         escalations_desk_held_whole: if rung.is_empty() { 0.0 } else { held as f64 / rung.len() as f64 },

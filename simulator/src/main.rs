@@ -42,9 +42,10 @@ enum Command {
         /// its peers whatever it holds).
         #[arg(long, value_name = "BUG")]
         plant: Vec<String>,
-        /// Add a fault for the whole run: `byzantine=NODE` turns NODE hostile (with its valid
+        /// Add a fault: `byzantine=NODE` turns NODE hostile for the whole run (with its valid
         /// identity it tries to read and forge what is not its own; every attempt must be
-        /// refused).
+        /// refused); `restore=NODE@HOURS[:AGE]` restores NODE at that hour from a backup taken
+        /// AGE hours before (1 by default), as a hub restored from its backup.
         #[arg(long, value_name = "FAULT")]
         fault: Vec<String>,
     },
@@ -62,6 +63,17 @@ enum Command {
     },
     /// List the built-in scenarios.
     List,
+}
+
+/// `NODE@HOURS[:AGE]`.
+fn parse_restore(spec: &str) -> Option<(String, f64, f64)> {
+    let (node, when) = spec.split_once('@')?;
+    let (at, age) = match when.split_once(':') {
+        Some((at, age)) => (at.parse().ok()?, age.parse().ok()?),
+        None => (when.parse().ok()?, 1.0),
+    };
+    let ok = |x: f64| x.is_finite() && x >= 0.0;
+    (!node.is_empty() && ok(at) && ok(age) && age > 0.0).then(|| (node.to_string(), at, age))
 }
 
 fn main() -> ExitCode {
@@ -94,8 +106,18 @@ fn main() -> ExitCode {
                         hours: 0.0,
                         probability: 0.0,
                     }),
+                    Some(("restore", spec)) => match parse_restore(spec) {
+                        Some((node, at_hour, age)) => sc.faults.push(Fault::restore(&node, at_hour, age)),
+                        None => {
+                            eprintln!(
+                                "error: --fault {f:?} is not restore=NODE@HOURS or restore=NODE@HOURS:AGE_HOURS \
+                                 (for example restore=hub@6:2: at hour 6, from a backup taken 2 hours before)"
+                            );
+                            return ExitCode::from(2);
+                        }
+                    },
                     _ => {
-                        eprintln!("error: unknown --fault {f:?}; use byzantine=NODE");
+                        eprintln!("error: unknown --fault {f:?}; use byzantine=NODE or restore=NODE@HOURS[:AGE_HOURS]");
                         return ExitCode::from(2);
                     }
                 }

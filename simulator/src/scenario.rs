@@ -219,7 +219,9 @@ pub struct Fault {
     /// outage (links down), crash (node down, restarted after), partition (links of the targets
     /// down, the same as outage but named for hubs and desks), clog (bandwidth divided by
     /// `factor`), clock-skew (`hours` added to the targets' clocks), corrupt and duplicate
-    /// (frames, with `probability`), forget (targets lose what they know of their peers).
+    /// (frames, with `probability`), forget (targets lose what they know of their peers),
+    /// byzantine (targets attack with their valid identities), restore (targets restored from a
+    /// backup `hours` old).
     pub kind: FaultKind,
     /// Which nodes: `all`, `hub`, `KIND:all`, `KIND:1/3` (the first third), `KIND:N`
     /// (the first N), or a node name.
@@ -235,7 +237,7 @@ pub struct Fault {
     /// clog: bandwidth divisor.
     #[serde(default = "one")]
     pub factor: f64,
-    /// clock-skew: hours.
+    /// clock-skew: hours added; restore: age of the backup, hours.
     #[serde(default)]
     pub hours: f64,
     /// corrupt, duplicate: per frame.
@@ -245,6 +247,22 @@ pub struct Fault {
 
 fn one() -> f64 {
     1.0
+}
+
+impl Fault {
+    /// `targets` restored at `at_hour` from a backup taken `age_hours` before.
+    pub fn restore(targets: &str, at_hour: f64, age_hours: f64) -> Fault {
+        Fault {
+            kind: FaultKind::Restore,
+            targets: targets.into(),
+            at_hour,
+            minutes: 0.0,
+            every_hours: 0.0,
+            factor: 1.0,
+            hours: age_hours,
+            probability: 0.0,
+        }
+    }
 }
 
 /// Kinds of fault.
@@ -270,6 +288,10 @@ pub enum FaultKind {
     /// The targets turn hostile for `minutes`: with their valid identities they try, every
     /// tick of their connection, to read and forge what is not theirs (a stolen tablet).
     Byzantine,
+    /// The targets are restored from a backup taken `hours` earlier (1 if unset) and restarted
+    /// under a fresh actor instance: they lose what they wrote or received since, and must get
+    /// back from their peers whatever a peer still holds.
+    Restore,
 }
 
 impl Scenario {

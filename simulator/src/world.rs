@@ -171,6 +171,7 @@ enum Ev {
     Idle { link: usize, epoch: u64 },
     Tick { link: usize, conn: u64 },
     Fault { index: usize, start: bool, rep: u32 },
+    Backup { index: usize },
     Sample,
     Sweep,
     Converge,
@@ -191,6 +192,7 @@ impl Ev {
             Ev::Idle { .. } => 7,
             Ev::Tick { .. } => 8,
             Ev::Fault { .. } => 9,
+            Ev::Backup { .. } => 16,
             Ev::Sample => 10,
             Ev::Sweep => 11,
             Ev::Converge => 15,
@@ -274,6 +276,17 @@ pub struct World {
     pub attacks: (u64, u64),
     /// Sessions a hostile node named in its attacks (node, session).
     named: BTreeSet<(usize, DocId)>,
+    /// Backups waiting for their `restore` fault: (fault, node).
+    backups: BTreeMap<(usize, usize), MemReplica>,
+    /// Restores made, items they lost that a peer still held (to come back by sync), and
+    /// writes they lost for good (held by no other node).
+    pub restores: (u64, u64, u64),
+    /// Items a restored node lost: (node, message id or photo hash), and whether for good.
+    /// Receipts naming the node for them are not checked until it holds them again (those
+    /// lost for good never are, and the run reports them).
+    unvouched: BTreeMap<(usize, String), bool>,
+    /// Writes lost for good by a restore (message ids, photo hashes, session ids).
+    pub lost_in_restore: BTreeSet<String>,
     pool: ChunkPool,
     /// Photo bytes by hash, generated once.
     photos: BTreeMap<Hash, Vec<u8>>,
@@ -437,6 +450,10 @@ impl World {
             frames_delivered: 0,
             attacks: (0, 0),
             named: BTreeSet::new(),
+            backups: BTreeMap::new(),
+            restores: (0, 0, 0),
+            unvouched: BTreeMap::new(),
+            lost_in_restore: BTreeSet::new(),
             pool,
             photos: BTreeMap::new(),
         };
@@ -491,6 +508,7 @@ impl World {
             let t = (self.scenario.faults[i].at_hour * HOUR as f64) as Micros;
             if t < end {
                 self.at(t, Ev::Fault { index: i, start: true, rep: 0 });
+                self.schedule_backup(i, t);
             }
         }
         self.at(SAMPLE, Ev::Sample);
@@ -609,6 +627,7 @@ impl World {
                 }
             }
             Ev::Fault { index, start, rep } => self.fault(index, start, rep),
+            Ev::Backup { index } => self.backup(index),
             Ev::Sample => {
                 self.sample();
                 if !self.ended {
@@ -1510,6 +1529,9 @@ impl World {
             for r in &m.receipts {
                 if r.level == ReceiptLevel::Hub || r.level == ReceiptLevel::Desk {
                     let Some(holder) = self.nodes.iter().position(|n| n.name == r.node) else { continue };
+                    if self.unvouched.contains_key(&(holder, m.id.clone())) {
+                        continue;
+                    }
                     let held = self.nodes[holder]
                         .replica
                         .view(&view.id.to_bytes())
@@ -1530,6 +1552,9 @@ impl World {
             for r in &m.receipts {
                 if r.level == ReceiptLevel::Hub || r.level == ReceiptLevel::Desk {
                     let Some(holder) = self.nodes.iter().position(|n| n.name == r.node) else { continue };
+                    if self.unvouched.contains_key(&(holder, m.hash.clone())) {
+                        continue;
+                    }
                     let held = unhex(&m.hash).is_some_and(|h| {
                         let rep = &self.nodes[holder].replica;
                         rep.holds_blob(&h) || rep.blobs.get(&h).is_some_and(|b| b.offloaded)
@@ -1709,7 +1734,7 @@ impl World {
     /// Every write a node acknowledged is still in its store.
     fn check_durability(&mut self, n: usize) {
         let mut bad = Vec::new();
-        for e in self.ledger.entries.iter().filter(|e| e.node == n) {
+        for e in self.ledger.entries.iter().filter(|e| e.node == n && !self.lost_in_restore.contains(&e.key)) {
             let present = match self.nodes[n].replica.view(&e.doc) {
                 None => false,
                 Some(v) => match e.what {
@@ -1827,8 +1852,15 @@ impl World {
                     self.nodes[*n].hostile = start;
                 }
             }
+            FaultKind::Restore => {
+                if start {
+                    for n in &targets {
+                        self.restore(index, *n);
+                    }
+                }
+            }
         }
-        let lasting = !matches!(f.kind, FaultKind::ClockSkew | FaultKind::Forget);
+        let lasting = !matches!(f.kind, FaultKind::ClockSkew | FaultKind::Forget | FaultKind::Restore);
         if start && lasting {
             self.after(dur, Ev::Fault { index, start: false, rep });
         }
@@ -1838,11 +1870,92 @@ impl World {
             let end = (self.opts.hours.unwrap_or(self.scenario.hours) * HOUR as f64) as Micros;
             if next < end {
                 self.at(next, Ev::Fault { index, start: true, rep: rep + 1 });
+                self.schedule_backup(index, next);
             }
         }
         if !start {
             self.last_heal = self.now;
         }
+    }
+
+    /// A `restore` fault at `t` restores from a backup taken its `hours` before.
+    fn schedule_backup(&mut self, index: usize, t: Micros) {
+        let f = &self.scenario.faults[index];
+        if f.kind == FaultKind::Restore {
+            let age = if f.hours > 0.0 { f.hours } else { 1.0 };
+            let at = t.saturating_sub((age * HOUR as f64) as Micros).max(self.now);
+            self.at(at, Ev::Backup { index });
+        }
+    }
+
+    fn backup(&mut self, index: usize) {
+        let targets = self.targets(&self.scenario.faults[index].targets.clone());
+        for n in targets {
+            let copy = self.nodes[n].replica.backup();
+            self.backups.insert((index, n), copy);
+        }
+    }
+
+    /// Node `n` is stopped, its store replaced by the backup, and restarted under a fresh actor
+    /// instance. What it lost that another node still holds must come back by sync; the rest
+    /// is lost for good and reported.
+    fn restore(&mut self, index: usize, n: usize) {
+        let Some(mut backup) = self.backups.remove(&(index, n)) else { return };
+        self.crash(n);
+        self.nodes[n].undo = None;
+        let before = self.holdings(n);
+        let instance: [u8; 8] = self.rng.random();
+        self.nodes[n].replica.restore(&mut backup, instance);
+        let after = self.holdings(n);
+        self.restores.0 += 1;
+        self.log(33, n as u64, index as u64);
+        for (doc, key, photo) in before.difference(&after) {
+            let elsewhere = (0..self.nodes.len()).filter(|o| *o != n).any(|o| {
+                let r = &self.nodes[o].replica;
+                if *photo {
+                    unhex(key).is_some_and(|h| r.holds_blob(&h))
+                } else if key == &SessionId::from_bytes(*doc).to_string() {
+                    r.view_ref(doc).is_some()
+                } else {
+                    r.view_ref(doc).is_some_and(|v| v.messages.iter().any(|m| &m.id == key))
+                }
+            });
+            self.unvouched.insert((n, key.clone()), !elsewhere);
+            if elsewhere {
+                self.restores.1 += 1;
+            }
+            if !elsewhere && self.ledger.get_mut(doc, key).is_some() {
+                self.restores.2 += 1;
+                self.lost_in_restore.insert(key.clone());
+                if key == &SessionId::from_bytes(*doc).to_string() {
+                    self.metas.remove(doc);
+                }
+            }
+        }
+        // What the node showed before the restore is no longer what it holds.
+        self.statuses.retain(|(o, _), _| *o != n);
+        self.nodes[n].up = true;
+        self.log(32, n as u64, 0);
+        self.reconnect(n);
+    }
+
+    /// Sessions, messages and whole photos a node holds: (session, id or hash, is a photo).
+    fn holdings(&self, n: usize) -> BTreeSet<(DocId, String, bool)> {
+        let r = &self.nodes[n].replica;
+        let mut out = BTreeSet::new();
+        for id in r.ids() {
+            let Some(v) = r.view_ref(&id) else { continue };
+            out.insert((id, v.id.to_string(), false));
+            for m in &v.messages {
+                out.insert((id, m.id.clone(), false));
+            }
+            for m in &v.media {
+                if unhex(&m.hash).is_some_and(|h| r.holds_blob(&h)) {
+                    out.insert((id, m.hash.clone(), true));
+                }
+            }
+        }
+        out
     }
 
     fn crash(&mut self, n: usize) {
@@ -1871,6 +1984,10 @@ impl World {
         self.nodes[n].up = true;
         self.log(32, n as u64, 0);
         self.check_durability(n);
+        self.reconnect(n);
+    }
+
+    fn reconnect(&mut self, n: usize) {
         let links: Vec<usize> =
             if n == self.hub { (0..self.links.len()).collect() } else { self.nodes[n].link.into_iter().collect() };
         for l in links {
@@ -1957,7 +2074,8 @@ impl World {
                 }
             }
         }
-        for e in self.ledger.entries.iter().filter(|e| e.what == What::Photo) {
+        for e in self.ledger.entries.iter().filter(|e| e.what == What::Photo && !self.lost_in_restore.contains(&e.key))
+        {
             let Some(h) = unhex(&e.key) else { continue };
             if !self.nodes[hub].replica.holds_blob(&h) {
                 return false;
@@ -1978,6 +2096,16 @@ impl World {
             self.check_durability(n);
         }
         self.sweep();
+        // What a restored node lost and a peer still held is back by now: every receipt is
+        // checked again, but for items lost for good (reported, not hidden).
+        self.unvouched.retain(|_, for_good| *for_good);
+        for n in 0..self.nodes.len() {
+            for id in self.nodes[n].replica.ids() {
+                if let Some(view) = self.nodes[n].replica.view(&id) {
+                    self.check_receipts(n, &view);
+                }
+            }
+        }
         if self.converged_at.is_none() {
             if self.converged() {
                 self.converged_at = Some(self.now);
@@ -2012,7 +2140,8 @@ impl World {
                 }
             }
         }
-        for e in self.ledger.entries.iter().filter(|e| e.what == What::Photo) {
+        for e in self.ledger.entries.iter().filter(|e| e.what == What::Photo && !self.lost_in_restore.contains(&e.key))
+        {
             let Some(h) = unhex(&e.key) else { continue };
             let Some(meta) = self.metas.get(&e.doc) else { continue };
             let short = &e.key[..12];

@@ -117,3 +117,27 @@ fn a_hostile_fleet_member_is_refused_every_time_and_the_region_still_holds() {
     assert!(r.passed(), "seed {seed}: {summary}");
     assert_eq!(r.never_delivered, 0, "{summary}");
 }
+
+#[test]
+fn a_hub_and_desks_restored_from_older_backups_get_back_everything_a_peer_holds() {
+    use outpost_sim::scenario::Fault;
+    let seeds: Vec<u64> = match std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+        Some(s) => vec![s],
+        None => vec![7, 1, 2],
+    };
+    for seed in seeds {
+        let mut sc = Scenario::load("smoke").expect("built in");
+        // Rerun one case with `--fault restore=hub@3.5:2 --fault restore=desk:all@2.5:1`.
+        sc.faults.push(Fault::restore("hub", 3.5, 2.0));
+        sc.faults.push(Fault::restore("desk:all", 2.5, 1.0));
+        let r = run(sc, Options { seed, hours: None, bugs: Bugs::default() }, |_, _| {});
+        let summary = r.summary();
+        assert_eq!(r.restores.0, 5, "seed {seed}: {summary}");
+        assert!(r.restores.1 > 0, "seed {seed}: the restores lost nothing to get back\n{summary}");
+        // Every session, message and photo written reached the hub, although the hub and the
+        // desks lost some: the ambulances, surgeries and desks still held them.
+        assert_eq!(r.restores.2, 0, "seed {seed}: {summary}");
+        assert!(r.passed(), "seed {seed}: {summary}");
+        assert_eq!(r.never_delivered, 0, "seed {seed}: {summary}");
+    }
+}

@@ -73,12 +73,18 @@ impl Clone for AuthorKey {
 
 impl AuthorKey {
     /// The key from its 32-byte secret seed; `instance` picks this writer's actor id among the
-    /// node's (one per store, so that a store restored from a copy can take a fresh one).
+    /// node's (a fresh one each time a store is opened, so that a store restored from a copy
+    /// never reuses a sequence number of the changes it lost).
     pub fn from_seed(seed: &[u8; 32], instance: [u8; 8]) -> Self {
         let signing = SigningKey::from_bytes(seed);
         let mut actor = actor_prefix(&signing.verifying_key().to_bytes()).to_vec();
         actor.extend_from_slice(&instance);
         AuthorKey { signing, actor: ActorId::from(actor) }
+    }
+
+    /// The same key writing under another actor instance (a restarted or restored replica).
+    pub fn with_instance(&self, instance: [u8; 8]) -> Self {
+        AuthorKey::from_seed(&self.signing.to_bytes(), instance)
     }
 
     /// The public key, as the fleet CA certifies it.

@@ -257,6 +257,10 @@ struct DocConn {
     /// How many times the peer refused it in this conversation: after [`MAX_RETRIES`] it is
     /// not offered again until the next conversation.
     refusals: u8,
+    /// Range reconciliation found that the peer holds a version other than the one we remember
+    /// (one side was restored from an older copy, or forgot): until its heads are known, we
+    /// announce ours, so that whichever side holds more pushes what the other lacks.
+    stale: bool,
 }
 
 #[derive(Debug)]
@@ -628,6 +632,12 @@ impl Engine {
                         let conn = self.docs.entry(d.id).or_default();
                         if d.theirs.is_none() {
                             conn.theirs = Some(Vec::new());
+                        } else if d.ours.is_some() && conn.theirs.is_none() {
+                            // Both hold a version, and the deltas did not explain the difference:
+                            // our memory of the peer's version is wrong. Learn its heads.
+                            conn.stale = true;
+                            conn.pushed = None;
+                            conn.announced = None;
                         }
                         if d.ours.is_none() {
                             wanted.push(d.id);
@@ -900,6 +910,12 @@ impl Engine {
         }
         let theirs = conn.theirs.clone();
         if theirs.as_ref() == Some(&mine) || conn.pushed.as_ref() == Some(&mine) {
+            return Ok(false);
+        }
+        if conn.stale && theirs.is_none() {
+            // What we remember of the peer's version is wrong: tell it ours, and compute from
+            // its heads once they come.
+            self.announce(replica, id, mine);
             return Ok(false);
         }
         let knowledge = replica.knowledge(&self.peer, id).map_err(EngineError::Replica)?;

@@ -273,6 +273,44 @@ impl MemReplica {
         }
     }
 
+    /// A copy of everything this replica holds, as a backup of its store would be.
+    pub fn backup(&mut self) -> MemReplica {
+        let actor = self.actor.clone();
+        let mut docs = BTreeMap::new();
+        for (id, d) in self.docs.iter_mut() {
+            if let Ok(copy) = Doc::new(d.doc.fork_as(actor.clone())) {
+                docs.insert(*id, copy);
+            }
+        }
+        MemReplica {
+            me: self.me.clone(),
+            author: self.author.clone(),
+            actor,
+            roster: self.roster.clone(),
+            limits: self.limits,
+            sigs: self.sigs.clone(),
+            docs,
+            knowledge: self.knowledge.clone(),
+            blobs: self.blobs.clone(),
+            revocations: self.revocations.clone(),
+            changed: Vec::new(),
+            pool: self.pool.clone(),
+        }
+    }
+
+    /// Replaces everything held by a backup, as a node restored from it and restarted. The
+    /// restarted node writes under a fresh actor `instance` (as the node's store does on every
+    /// open), so that its new changes never reuse a sequence number of the changes it lost.
+    pub fn restore(&mut self, backup: &mut MemReplica, instance: [u8; 8]) {
+        let mut restored = backup.backup();
+        restored.author = self.author.with_instance(instance);
+        restored.actor = restored.author.actor().clone();
+        for d in restored.docs.values_mut() {
+            d.doc = d.doc.fork_as(restored.actor.clone());
+        }
+        *self = restored;
+    }
+
     /// Peers that have confirmed holding some version of a document.
     pub fn holders(&self, id: &DocId) -> Vec<String> {
         let mut out: Vec<String> = self
