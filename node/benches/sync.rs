@@ -6,7 +6,10 @@
 //! own Automerge sync state over one QUIC stream of the same kind of connection, as
 //! automerge-repo and samod do (its states are kept between runs, encoded and decoded as a
 //! restart would, which is the baseline's best case):
-//!   (a) nothing changed, (b) 10 sessions changed, (c) 1,000 sessions changed.
+//!   (a) nothing changed, (b) 10 sessions changed, (c) 1,000 sessions changed, and the hub
+//!   restored from a backup taken before 10, then 1,000, sessions changed.
+//! CPU time is the process's (both sides run in it: the hub daemon and the edge's sync), over
+//! the sync alone, beside wall time.
 //! Then a 3 MB photo goes up a link (emulated, 8 Mbit/s) that drops halfway; the chunks sent
 //! twice are counted.
 //!
@@ -135,6 +138,12 @@ struct BaselineRun {
     bytes: u64,
     change_bytes: u64,
     ms: f64,
+    cpu_ms: f64,
+}
+
+/// CPU time of this process (every thread, both sides), in ms.
+fn cpu_now() -> f64 {
+    cpu_time::ProcessTime::now().as_duration().as_secs_f64() * 1e3
 }
 
 async fn baseline(client: &mut Side, server: Side, client_id: &Identity, server_id: &Identity) -> (BaselineRun, Side) {
@@ -169,6 +178,7 @@ async fn baseline(client: &mut Side, server: Side, client_id: &Identity, server_
         .await
         .expect("handshake");
     let start = Instant::now();
+    let cpu = cpu_now();
     let (mut send, mut recv) = conn.open_bi().await.expect("stream");
     let mut dec = FrameDecoder::new();
     let mut run = BaselineRun::default();
@@ -196,6 +206,7 @@ async fn baseline(client: &mut Side, server: Side, client_id: &Identity, server_
     }
     run.ms = start.elapsed().as_secs_f64() * 1e3;
     let (side, server_bytes, server_change_bytes) = server_task.await.expect("server task");
+    run.cpu_ms = cpu_now() - cpu;
     let _ = (server_bytes, server_change_bytes);
     run.change_bytes += server_change_bytes;
     client.persist_states();
@@ -227,13 +238,50 @@ fn reload(side: &mut Side, dir: &NodeDir, ids: &[SessionId]) {
 struct Row {
     case: String,
     ours: SyncReport,
+    cpu_ms: f64,
     base: Option<BaselineRun>,
     new_change_bytes: u64,
 }
 
-async fn ours(edge: &NodeDir, hub: SocketAddr) -> SyncReport {
+/// One sync of the edge with the hub, with the CPU time it took (both sides).
+async fn ours(edge: &NodeDir, hub: SocketAddr) -> (SyncReport, f64) {
     let node = Node::open(edge).expect("open edge");
-    net::sync_once(node, hub, Duration::from_secs(900)).await.expect("sync")
+    let cpu = cpu_now();
+    let report = net::sync_once(node, hub, Duration::from_secs(900)).await.expect("sync");
+    (report, cpu_now() - cpu)
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let e = e.expect("entry");
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+        }
+    }
+}
+
+fn start_hub(rt: &tokio::runtime::Runtime, dir: &NodeDir) -> (Daemon, SocketAddr) {
+    let hub = rt
+        .block_on(Daemon::start(
+            Node::open(dir).expect("hub"),
+            RunOptions { listen: Some("127.0.0.1:0".parse().expect("addr")), ..RunOptions::default() },
+        ))
+        .expect("hub daemon");
+    let addr = hub.local_addr.expect("listening");
+    (hub, addr)
+}
+
+fn hub_docs(rt: &tokio::runtime::Runtime, hub: &Daemon) -> HashMap<DocId, AutoCommit> {
+    rt.block_on(hub.with_node(|n| {
+        let ids: Vec<SessionId> = n.store.list(&Default::default()).expect("list").into_iter().map(|c| c.id).collect();
+        ids.into_iter()
+            .map(|id| (id.to_bytes(), AutoCommit::load(&n.store.export_automerge(id).expect("export")).expect("load")))
+            .collect::<HashMap<_, _>>()
+    }))
+    .expect("hub docs")
 }
 
 fn change(edge: &NodeDir, ids: &[SessionId], round: usize) {
@@ -279,41 +327,25 @@ fn main() {
 
     let edge_id = net::load_identity(&Node::open(&edge).expect("open")).expect("identity");
     let hub_id = net::load_identity(&Node::open(&hub_dir).expect("open")).expect("identity");
-    let hub = rt
-        .block_on(Daemon::start(
-            Node::open(&hub_dir).expect("hub"),
-            RunOptions { listen: Some("127.0.0.1:0".parse().expect("addr")), ..RunOptions::default() },
-        ))
-        .expect("hub daemon");
-    let hub_addr = hub.local_addr.expect("listening");
+    let (mut hub, mut hub_addr) = start_hub(&rt, &hub_dir);
 
     let mut rows = Vec::new();
     eprintln!("first sync (no state on either side: range reconciliation, every document sent)...");
-    let first = rt.block_on(ours(&edge, hub_addr));
+    let (first, first_cpu) = rt.block_on(ours(&edge, hub_addr));
     // The hub's receipts come back in the first sync; a second settles the last acknowledgements.
     rt.block_on(ours(&edge, hub_addr));
     let new_bytes = first.stats.change_bytes_sent + first.stats.change_bytes_received;
     rows.push(Row {
         case: format!("first contact, {n} sessions new at the hub"),
         ours: first,
+        cpu_ms: first_cpu,
         base: None,
         new_change_bytes: new_bytes,
     });
 
     eprintln!("loading the baseline's documents...");
     let mut b_edge = Side { docs: load_all(&edge), states: HashMap::new() };
-    let hub_docs = rt
-        .block_on(hub.with_node(|n| {
-            let ids: Vec<SessionId> =
-                n.store.list(&Default::default()).expect("list").into_iter().map(|c| c.id).collect();
-            ids.into_iter()
-                .map(|id| {
-                    (id.to_bytes(), AutoCommit::load(&n.store.export_automerge(id).expect("export")).expect("load"))
-                })
-                .collect::<HashMap<_, _>>()
-        }))
-        .expect("hub docs");
-    let mut b_hub = Side { docs: hub_docs, states: HashMap::new() };
+    let mut b_hub = Side { docs: hub_docs(&rt, &hub), states: HashMap::new() };
     eprintln!("baseline first sync (fresh states)...");
     let (bfirst, side) = rt.block_on(baseline(&mut b_edge, b_hub, &edge_id, &hub_id));
     b_hub = side;
@@ -323,13 +355,64 @@ fn main() {
         eprintln!("{label}...");
         let changed: Vec<SessionId> = ids.iter().step_by((n / k.max(1)).max(1)).take(k).copied().collect();
         change(&edge, &changed, k);
-        let report = rt.block_on(ours(&edge, hub_addr));
+        eprintln!("  outpost sync {label}");
+        let (report, cpu_ms) = rt.block_on(ours(&edge, hub_addr));
+        eprintln!("  baseline sync {label}");
         reload(&mut b_edge, &edge, &changed);
         let (b, side) = rt.block_on(baseline(&mut b_edge, b_hub, &edge_id, &hub_id));
         b_hub = side;
         let new_bytes = report.stats.change_bytes_sent + report.stats.change_bytes_received;
-        rows.push(Row { case: format!("{label} of {n}"), ours: report, base: Some(b), new_change_bytes: new_bytes });
+        rows.push(Row {
+            case: format!("{label} of {n}"),
+            ours: report,
+            cpu_ms,
+            base: Some(b),
+            new_change_bytes: new_bytes,
+        });
         // Settle the hub's last receipts so the next case starts from converged replicas.
+        rt.block_on(ours(&edge, hub_addr));
+    }
+
+    // The hub is restored from a backup taken before k sessions changed (and reached it): the
+    // first sync after the restore must bring them back. The baseline's hub side is put back
+    // the same way (its documents and sync states as they were at the backup).
+    for (label, k) in [
+        ("(d) hub restored, 10 changed since its backup", 10usize),
+        ("(e) hub restored, 1,000 changed since its backup", 1000.min(n)),
+    ] {
+        eprintln!("{label}...");
+        rt.block_on(hub.stop());
+        let backup = NodeDir::new(tmp.path().join(format!("hub-backup-{k}")));
+        copy_dir(hub_dir.root(), backup.root());
+        (hub, hub_addr) = start_hub(&rt, &hub_dir);
+        let b_backup = Side { docs: b_hub.docs.clone(), states: b_hub.states.clone() };
+        let changed: Vec<SessionId> = ids.iter().skip(1).step_by((n / k.max(1)).max(1)).take(k).copied().collect();
+        change(&edge, &changed, 7 + k);
+        rt.block_on(ours(&edge, hub_addr));
+        rt.block_on(ours(&edge, hub_addr));
+        reload(&mut b_edge, &edge, &changed);
+        let (_, side) = rt.block_on(baseline(&mut b_edge, b_hub, &edge_id, &hub_id));
+        drop(side);
+        rt.block_on(hub.stop());
+        std::fs::remove_dir_all(hub_dir.root()).expect("remove");
+        copy_dir(backup.root(), hub_dir.root());
+        (hub, hub_addr) = start_hub(&rt, &hub_dir);
+        let (report, cpu_ms) = rt.block_on(ours(&edge, hub_addr));
+        assert_eq!(
+            report.stats.docs_sent,
+            changed.len() as u64,
+            "{label}: the restored hub got back exactly what it lost"
+        );
+        let (b, side) = rt.block_on(baseline(&mut b_edge, b_backup, &edge_id, &hub_id));
+        b_hub = side;
+        let new_bytes = report.stats.change_bytes_sent + report.stats.change_bytes_received;
+        rows.push(Row {
+            case: format!("{label} of {n}"),
+            ours: report,
+            cpu_ms,
+            base: Some(b),
+            new_change_bytes: new_bytes,
+        });
         rt.block_on(ours(&edge, hub_addr));
     }
 
@@ -338,10 +421,11 @@ fn main() {
     eprintln!("no peer state on either side, documents equal...");
     Node::open(&edge).expect("open").store.forget_peer("hub-qhm").expect("forget");
     rt.block_on(hub.with_node(|n| n.store.forget_peer("amb-07"))).expect("hub").expect("forget");
-    let lost = rt.block_on(ours(&edge, hub_addr));
+    let (lost, lost_cpu) = rt.block_on(ours(&edge, hub_addr));
     rows.push(Row {
         case: format!("no peer state, {n} equal sessions"),
         ours: lost,
+        cpu_ms: lost_cpu,
         base: Some(bfirst),
         new_change_bytes: 0,
     });
@@ -419,9 +503,9 @@ fn main() {
     );
     println!();
     println!(
-        "| case | protocol | round trips | bytes (frames) | UDP bytes after handshake | new change bytes | time | ratio to baseline (bytes) | target |"
+        "| case | protocol | round trips | bytes (frames) | UDP bytes after handshake | new change bytes | time | CPU (both sides) | ratio to baseline (bytes) | ratio to baseline (CPU) | target |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let s = &r.ours.stats;
         let bytes = s.bytes_sent + s.bytes_received;
@@ -439,25 +523,29 @@ fn main() {
             String::new()
         };
         let ratio = r.base.map(|b| format!("{:.3}", bytes as f64 / b.bytes as f64)).unwrap_or_default();
+        let cpu_ratio = r.base.map(|b| format!("{:.2}", r.cpu_ms / b.cpu_ms.max(1e-3))).unwrap_or_default();
         println!(
-            "| {} | outpost | {} | {:.1} KiB | {:.1} KiB | {:.1} KiB | {:.0} ms | {} | {} |",
+            "| {} | outpost | {} | {:.1} KiB | {:.1} KiB | {:.1} KiB | {:.0} ms | {:.1} ms | {} | {} | {} |",
             r.case,
             s.round_trips,
             kib(bytes),
             kib(udp),
             kib(r.new_change_bytes),
             r.ours.sync_ms,
+            r.cpu_ms,
             ratio,
+            cpu_ratio,
             target
         );
         if let Some(b) = r.base {
             println!(
-                "| {} | baseline | {} | {:.1} KiB | | {:.1} KiB | {:.0} ms | 1 | |",
+                "| {} | baseline | {} | {:.1} KiB | | {:.1} KiB | {:.0} ms | {:.1} ms | 1 | 1 | |",
                 r.case,
                 b.round_trips,
                 kib(b.bytes),
                 kib(b.change_bytes),
-                b.ms
+                b.ms,
+                b.cpu_ms
             );
         }
     }

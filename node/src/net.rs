@@ -92,22 +92,41 @@ pub enum NetError {
 
 type Job = Box<dyn FnOnce(&mut Node) + Send>;
 
+enum StoreMsg {
+    Job(Job),
+    /// Close the store (drop the node) and end the thread; then answer.
+    Stop(oneshot::Sender<()>),
+}
+
 /// A handle to the thread that owns the node's store.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct StoreHandle {
-    jobs: std::sync::mpsc::Sender<Job>,
+    jobs: std::sync::mpsc::Sender<StoreMsg>,
+}
+
+impl std::fmt::Debug for StoreHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreHandle").finish_non_exhaustive()
+    }
 }
 
 impl StoreHandle {
     /// Moves `node` onto its own thread.
     pub fn spawn(node: Node) -> StoreHandle {
-        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let (tx, rx) = std::sync::mpsc::channel::<StoreMsg>();
         let mut node = node;
         std::thread::Builder::new()
             .name("outpost-store".into())
             .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    job(&mut node);
+                while let Ok(msg) = rx.recv() {
+                    match msg {
+                        StoreMsg::Job(job) => job(&mut node),
+                        StoreMsg::Stop(done) => {
+                            drop(node);
+                            let _ = done.send(());
+                            return;
+                        }
+                    }
                 }
             })
             .map(|_| ())
@@ -122,11 +141,20 @@ impl StoreHandle {
     ) -> Result<T, NetError> {
         let (tx, rx) = oneshot::channel();
         self.jobs
-            .send(Box::new(move |node| {
+            .send(StoreMsg::Job(Box::new(move |node| {
                 let _ = tx.send(f(node));
-            }))
+            })))
             .map_err(|_| NetError::StoreGone)?;
         rx.await.map_err(|_| NetError::StoreGone)
+    }
+
+    /// Finishes the jobs already sent, closes the store and ends its thread: when this
+    /// returns, the database is closed. Later calls fail with [`NetError::StoreGone`].
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.jobs.send(StoreMsg::Stop(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 }
 
@@ -528,6 +556,7 @@ impl Daemon {
         if let Some(ep) = self.shared.endpoint.get() {
             let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
         }
+        self.shared.store.stop().await;
     }
 }
 

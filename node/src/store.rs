@@ -39,6 +39,34 @@ mod directory;
 mod sync;
 pub use sync::ScopeRow;
 
+/// `execute` and `query_row` through the connection's prepared-statement cache: the store runs
+/// the same few dozen statements for every document it writes, and parsing them again each
+/// time cost more than running them.
+trait CachedSql {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+    fn row<T, P: rusqlite::Params, F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>>(
+        &self,
+        sql: &str,
+        params: P,
+        f: F,
+    ) -> rusqlite::Result<T>;
+}
+
+impl CachedSql for Connection {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn row<T, P: rusqlite::Params, F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>>(
+        &self,
+        sql: &str,
+        params: P,
+        f: F,
+    ) -> rusqlite::Result<T> {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
 /// The environment variable that caps the database at a number of 4 KiB pages: what a full
 /// disk looks like, for tests and for deployments that must bound the store.
 pub const MAX_PAGES_ENV: &str = "OUTPOST_MAX_DB_PAGES";
@@ -61,7 +89,12 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { cache_docs: 128, compact_after: 32, compact_min_bytes: 512, limits: Limits::default() }
+        // 2,048 documents: a reconnect that brings a thousand changed sessions, with the
+        // receipts that follow, finds each one still decoded (a session with its messages is a
+        // few tens of KiB decoded). A log is folded once it holds 64 changes or 8 KiB and half the
+        // snapshot: folding re-encodes and compresses the whole document, so it must not follow
+        // every message.
+        StoreOptions { cache_docs: 2048, compact_after: 64, compact_min_bytes: 8192, limits: Limits::default() }
     }
 }
 
@@ -480,7 +513,7 @@ impl WriteCtx<'_> {
     pub fn put_thumbnail(&self, hash: &str, jpeg: &[u8]) -> Result<(), StoreError> {
         let sealed = self.sealer.seal(&thumb_aad(hash), jpeg)?;
         self.tx
-            .execute("UPDATE blobs SET thumbnail = ?2 WHERE hash = ?1", params![hash, sealed])
+            .exec("UPDATE blobs SET thumbnail = ?2 WHERE hash = ?1", params![hash, sealed])
             .map_err(sql("storing a thumbnail"))?;
         Ok(())
     }
@@ -491,11 +524,12 @@ impl Store {
     /// checking that `sealer` holds this node's key.
     pub fn open(path: &Path, sealer: Sealer, node: &str, opts: StoreOptions) -> Result<Store, StoreError> {
         let mut conn = Connection::open(path).map_err(sql("opening the database"))?;
+        conn.set_prepared_statement_cache_capacity(256);
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sql("setting the busy timeout"))?;
         // Takes effect only on a new, empty database; freed pages (folded logs, photos deleted
         // once the hub holds them) can then be returned to the file system.
         conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL").map_err(sql("configuring the database"))?;
-        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(sql("enabling WAL"))?;
+        let mode: String = conn.row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(sql("enabling WAL"))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Damaged(format!("journal mode is {mode}, WAL is required")));
         }
@@ -578,7 +612,7 @@ impl Store {
             return Ok(());
         }
         self.conn
-            .execute(
+            .exec(
                 "INSERT OR REPLACE INTO members (prefix, name, credential) VALUES (?1, ?2, ?3)",
                 params![member.prefix().to_vec(), member.info.name, credential],
             )
@@ -590,7 +624,7 @@ impl Store {
     /// The name and credential of the member whose changes carry this actor prefix.
     pub fn credential(&self, prefix: &authorship::ActorPrefix) -> Result<Option<(String, Vec<u8>)>, StoreError> {
         self.conn
-            .query_row("SELECT name, credential FROM members WHERE prefix = ?1", [prefix.to_vec()], |r| {
+            .row("SELECT name, credential FROM members WHERE prefix = ?1", [prefix.to_vec()], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .optional()
@@ -616,7 +650,7 @@ impl Store {
     /// Caps the database at `pages` pages (of 4 KiB), so a test can make the disk "full".
     pub fn limit_pages(&self, pages: u64) -> Result<(), StoreError> {
         self.conn
-            .query_row(&format!("PRAGMA max_page_count={pages}"), [], |_| Ok(()))
+            .row(&format!("PRAGMA max_page_count={pages}"), [], |_| Ok(()))
             .map_err(sql("limiting the database size"))
     }
 
@@ -629,7 +663,7 @@ impl Store {
         let bytes = doc.save_after(&[]);
         let tx =
             self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
-        tx.execute(
+        tx.exec(
             "INSERT INTO sessions (id, origin, icb, status, service_line, priority, created_ms, updated_ms, head_seq, card)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9)",
             params![
@@ -786,7 +820,7 @@ impl Store {
     /// Number of sessions stored.
     pub fn session_count(&self) -> Result<u64, StoreError> {
         self.conn
-            .query_row("SELECT count(*) FROM sessions", [], |r| r.get::<_, i64>(0))
+            .row("SELECT count(*) FROM sessions", [], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
             .map_err(sql("counting sessions"))
     }
@@ -830,7 +864,7 @@ impl Store {
     pub fn read_thumbnail(&self, hash: &str) -> Result<Vec<u8>, StoreError> {
         let sealed: Option<Vec<u8>> = self
             .conn
-            .query_row("SELECT thumbnail FROM blobs WHERE hash = ?1", [hash], |r| r.get(0))
+            .row("SELECT thumbnail FROM blobs WHERE hash = ?1", [hash], |r| r.get(0))
             .optional()
             .map_err(sql("reading a thumbnail"))?
             .flatten();
@@ -856,7 +890,7 @@ impl Store {
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
         let q = |sql_text: &str| -> Result<(u64, u64), StoreError> {
             self.conn
-                .query_row(sql_text, [], |r| {
+                .row(sql_text, [], |r| {
                     Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?.unwrap_or(0) as u64))
                 })
                 .map_err(sql("measuring the store"))
@@ -984,13 +1018,13 @@ impl Store {
 
     /// Copies the WAL into the database file and truncates it.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
-        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(sql("checkpointing the WAL"))
+        self.conn.row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(sql("checkpointing the WAL"))
     }
 
     /// Runs SQLite's integrity check; `Ok(())` when it reports "ok".
     pub fn integrity_check(&self) -> Result<(), StoreError> {
         let result: String =
-            self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(sql("checking integrity"))?;
+            self.conn.row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(sql("checking integrity"))?;
         if result == "ok" { Ok(()) } else { Err(StoreError::Damaged(result)) }
     }
 }
@@ -1008,7 +1042,7 @@ pub fn wal_path(db: &Path) -> PathBuf {
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a migration"))?;
-    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sql("reading the schema"))?;
+    let version: i64 = tx.row("PRAGMA user_version", [], |r| r.get(0)).map_err(sql("reading the schema"))?;
     if version > DB_SCHEMA_VERSION {
         return Err(StoreError::NewerSchema { path: path.to_path_buf(), found: version });
     }
@@ -1021,7 +1055,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
 
 fn check_key(conn: &Connection, sealer: &Sealer) -> Result<(), StoreError> {
     let stored: Option<Vec<u8>> = conn
-        .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| r.get(0))
+        .row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| r.get(0))
         .optional()
         .map_err(sql("checking the node key"))?;
     match stored {
@@ -1030,7 +1064,7 @@ fn check_key(conn: &Connection, sealer: &Sealer) -> Result<(), StoreError> {
         }
         None => {
             let sealed = sealer.seal(b"meta", KEY_CHECK)?;
-            conn.execute("INSERT INTO meta (key, value) VALUES ('key_check', ?1)", [sealed])
+            conn.exec("INSERT INTO meta (key, value) VALUES ('key_check', ?1)", [sealed])
                 .map_err(sql("recording the key check"))?;
         }
     }
@@ -1046,7 +1080,7 @@ const AUTHOR_AAD: &[u8] = b"outpost/author-key/v1";
 /// number.
 fn author_key(conn: &Connection, sealer: &Sealer) -> Result<AuthorKey, StoreError> {
     let sealed: Option<Vec<u8>> = conn
-        .query_row("SELECT value FROM meta WHERE key = 'author_seed'", [], |r| r.get(0))
+        .row("SELECT value FROM meta WHERE key = 'author_seed'", [], |r| r.get(0))
         .optional()
         .map_err(sql("reading the author key"))?;
     let seed = match sealed {
@@ -1058,7 +1092,7 @@ fn author_key(conn: &Connection, sealer: &Sealer) -> Result<AuthorKey, StoreErro
             let mut seed = [0u8; 32];
             crate::crypto::random_bytes(&mut seed)?;
             let sealed = sealer.seal(AUTHOR_AAD, &seed)?;
-            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('author_seed', ?1)", params![sealed])
+            conn.exec("INSERT OR REPLACE INTO meta (key, value) VALUES ('author_seed', ?1)", params![sealed])
                 .map_err(sql("recording the author key"))?;
             seed
         }
@@ -1164,7 +1198,7 @@ fn index_doc(
 ) -> Result<(), StoreError> {
     let heads = doc_heads(doc);
     let card = seal_card(sealer, key, view)?;
-    tx.execute(
+    tx.exec(
         "UPDATE sessions SET status = ?2, service_line = ?3, priority = ?4, updated_ms = ?5, card = ?6,
          heads = ?7, digest = ?8 WHERE sid = ?1",
         params![
@@ -1180,13 +1214,13 @@ fn index_doc(
     )
     .map_err(sql("updating the session index"))?;
     for node in &view.shared_with {
-        tx.execute("INSERT OR IGNORE INTO session_shares (sid, node) VALUES (?1, ?2)", params![sid, node])
+        tx.exec("INSERT OR IGNORE INTO session_shares (sid, node) VALUES (?1, ?2)", params![sid, node])
             .map_err(sql("indexing shares"))?;
     }
     for m in &view.media {
         let holders: Vec<&str> =
             m.receipts.iter().filter(|r| r.level >= ReceiptLevel::Hub).map(|r| r.node.as_str()).collect();
-        tx.execute(
+        tx.exec(
             "INSERT INTO session_media (sid, hash, size, mime, added_by, holders, withdrawn) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (sid, hash) DO UPDATE SET holders = excluded.holders, withdrawn = excluded.withdrawn",
             params![sid, m.hash, m.size as i64, m.mime, m.added_by, holders.join(","), m.consent_withdrawn],
@@ -1197,7 +1231,7 @@ fn index_doc(
 }
 
 fn log_counts(tx: &Transaction<'_>, sid: i64) -> Result<(i64, i64, i64), StoreError> {
-    tx.query_row("SELECT log_count, log_bytes, snapshot_bytes FROM sessions WHERE sid = ?1", [sid], |r| {
+    tx.row("SELECT log_count, log_bytes, snapshot_bytes FROM sessions WHERE sid = ?1", [sid], |r| {
         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
     })
     .map_err(sql("reading the session log size"))
@@ -1222,7 +1256,7 @@ fn maybe_compact(
 }
 
 fn session_row(tx: &Transaction<'_>, id: &str) -> Result<Row, StoreError> {
-    tx.query_row("SELECT sid, head_seq, snapshot_upto FROM sessions WHERE id = ?1", [id], |r| {
+    tx.row("SELECT sid, head_seq, snapshot_upto FROM sessions WHERE id = ?1", [id], |r| {
         Ok(Row { sid: r.get(0)?, head: r.get(1)?, snapshot_upto: r.get(2)? })
     })
     .optional()
@@ -1251,7 +1285,7 @@ fn checkout(
     }
     if row.snapshot_upto > upto {
         let sealed: Vec<u8> = tx
-            .query_row("SELECT sealed FROM doc_snapshots WHERE sid = ?1", [row.sid], |r| r.get(0))
+            .row("SELECT sealed FROM doc_snapshots WHERE sid = ?1", [row.sid], |r| r.get(0))
             .map_err(sql("loading a snapshot"))?;
         bytes.extend(sealer.open("snapshot", &snapshot_aad(&key), &sealed)?);
     }
@@ -1277,10 +1311,10 @@ fn checkout(
 
 fn append_change(tx: &Transaction<'_>, sealer: &Sealer, sid: i64, key: &str, bytes: &[u8]) -> Result<i64, StoreError> {
     let sealed = sealer.seal(&change_aad(key), bytes)?;
-    tx.execute("INSERT INTO doc_changes (sid, sealed) VALUES (?1, ?2)", params![sid, sealed])
+    tx.exec("INSERT INTO doc_changes (sid, sealed) VALUES (?1, ?2)", params![sid, sealed])
         .map_err(sql("appending a change"))?;
     let seq = tx.last_insert_rowid();
-    tx.execute(
+    tx.exec(
         "UPDATE sessions SET head_seq = ?2, log_count = log_count + 1, log_bytes = log_bytes + ?3 WHERE sid = ?1",
         params![sid, seq, sealed.len() as i64],
     )
@@ -1291,15 +1325,15 @@ fn append_change(tx: &Transaction<'_>, sealer: &Sealer, sid: i64, key: &str, byt
 /// Replaces a session's log with a snapshot of the whole document.
 fn compact(tx: &Transaction<'_>, sealer: &Sealer, key: &str, cached: &mut Cached) -> Result<(), StoreError> {
     let snapshot = sealer.seal(&snapshot_aad(key), &cached.doc.save())?;
-    tx.execute(
+    tx.exec(
         "INSERT INTO doc_snapshots (sid, upto, sealed) VALUES (?1, ?2, ?3)
          ON CONFLICT (sid) DO UPDATE SET upto = excluded.upto, sealed = excluded.sealed",
         params![cached.sid, cached.upto, snapshot],
     )
     .map_err(sql("writing a snapshot"))?;
-    tx.execute("DELETE FROM doc_changes WHERE sid = ?1 AND seq <= ?2", params![cached.sid, cached.upto])
+    tx.exec("DELETE FROM doc_changes WHERE sid = ?1 AND seq <= ?2", params![cached.sid, cached.upto])
         .map_err(sql("folding the log"))?;
-    tx.execute(
+    tx.exec(
         "UPDATE sessions SET snapshot_upto = ?2, snapshot_bytes = ?3, log_count = 0, log_bytes = 0 WHERE sid = ?1",
         params![cached.sid, cached.upto, snapshot.len() as i64],
     )
@@ -1308,7 +1342,7 @@ fn compact(tx: &Transaction<'_>, sealer: &Sealer, key: &str, cached: &mut Cached
 }
 
 fn blob_info(conn: &Connection, hash: &str) -> Result<BlobInfo, StoreError> {
-    conn.query_row(
+    conn.row(
         "SELECT size, mime, chunks, (SELECT count(*) FROM blob_chunks c WHERE c.hash = b.hash), state FROM blobs b WHERE hash = ?1",
         [hash],
         |r| {
@@ -1333,7 +1367,7 @@ fn put_blob(tx: &Transaction<'_>, sealer: &Sealer, bytes: &[u8], mime: &str, now
     let chunks = blob::chunk_count(bytes.len() as u64, blob::CHUNK_SIZE);
     let manifest = blob::manifest(bytes, blob::CHUNK_SIZE)
         .map_err(|e| StoreError::Damaged(format!("cannot describe a photo: {e}")))?;
-    tx.execute(
+    tx.exec(
         "INSERT INTO blobs (hash, size, mime, chunk_size, chunks, created_ms, manifest, state)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'complete')
          ON CONFLICT (hash) DO UPDATE SET manifest = excluded.manifest, state = 'complete'",
@@ -1397,7 +1431,7 @@ fn append_audit(
     detail: Option<serde_json::Value>,
 ) -> Result<(), StoreError> {
     let last: Option<(i64, Vec<u8>)> = tx
-        .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
         .map_err(sql("reading the audit chain"))?;
     let (seq, prev) = match last {
@@ -1410,7 +1444,7 @@ fn append_audit(
     };
     let row = AuditRow { seq, at_ms: now, node: node.to_string(), action: action.to_string(), sid, detail };
     let hash = row.hash(&prev);
-    tx.execute(
+    tx.exec(
         "INSERT INTO audit (seq, at_ms, node, action, sid, detail, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![row.seq as i64, row.at_ms, row.node, row.action, row.sid, row.detail, hash],
     )

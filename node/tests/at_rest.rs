@@ -25,7 +25,9 @@ fn neither_the_database_nor_its_wal_holds_an_nhs_number_or_message_text_in_the_c
     let params =
         InitParams { name: "amb-07".into(), role: Role::Edge, org: None, icb: Some("QHM".into()), lines: vec![] };
     Node::init(&dir, &params, 1_790_000_000_000).unwrap();
-    let mut node = Node::open(&dir).unwrap();
+    // Fold logs often, so that snapshots hold the sessions too and are checked.
+    let opts = outpost_node::store::StoreOptions { compact_after: 4, ..Default::default() };
+    let mut node = Node::open_with(&dir, opts).unwrap();
     let photo = synthetic_jpeg(800, 600, 11).unwrap();
     let mut ids = Vec::new();
     // Enough sessions and edits that logs are compacted into snapshots too.

@@ -12,7 +12,7 @@ use sync_protocol::wire::{DocId, Hash};
 
 use crate::crypto::Sealer;
 
-use super::{Store, StoreError, append_audit, heads_blob, heads_from_blob, knowledge_row, sql};
+use super::{CachedSql, Store, StoreError, append_audit, heads_blob, heads_from_blob, knowledge_row, sql};
 
 fn aad(icb: &str) -> Vec<u8> {
     format!("outpost/directory/v1/{icb}").into_bytes()
@@ -37,7 +37,7 @@ impl Store {
         let ctx = "reading the ICB directory";
         let row: Option<(Vec<u8>, Vec<u8>)> = self
             .conn
-            .query_row("SELECT heads, digest FROM directory WHERE icb = ?1", [icb], |r| Ok((r.get(0)?, r.get(1)?)))
+            .row("SELECT heads, digest FROM directory WHERE icb = ?1", [icb], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()
             .map_err(sql(ctx))?;
         let Some((heads, digest)) = row else { return Ok(None) };
@@ -65,7 +65,7 @@ impl Store {
         icb: &str,
     ) -> Result<Option<DirectoryDoc>, StoreError> {
         let sealed: Option<Vec<u8>> = conn
-            .query_row("SELECT sealed FROM directory WHERE icb = ?1", [icb], |r| r.get(0))
+            .row("SELECT sealed FROM directory WHERE icb = ?1", [icb], |r| r.get(0))
             .optional()
             .map_err(sql("reading the ICB directory"))?;
         let Some(sealed) = sealed else { return Ok(None) };
@@ -114,9 +114,7 @@ impl Store {
         let Some(row) = self.dir_row_for(me, peer)? else { return Ok(None) };
         let known: Option<Vec<u8>> = self
             .conn
-            .query_row("SELECT digest FROM peer_directory WHERE peer = ?1 AND icb = ?2", [&peer.name, &row.icb], |r| {
-                r.get(0)
-            })
+            .row("SELECT digest FROM peer_directory WHERE peer = ?1 AND icb = ?2", [&peer.name, &row.icb], |r| r.get(0))
             .optional()
             .map_err(sql("reading peer state"))?;
         Ok((known.as_deref() != Some(&row.digest[..])).then_some((row.id, row.heads)))
@@ -170,7 +168,7 @@ impl Store {
     ) -> Result<Option<Knowledge>, StoreError> {
         let Some(icb) = Self::own_icb_of(me, id) else { return Ok(None) };
         self.conn
-            .query_row(
+            .row(
                 "SELECT heads, shared FROM peer_directory WHERE peer = ?1 AND icb = ?2",
                 [&peer.name, &icb],
                 knowledge_row,
@@ -189,7 +187,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let Some(icb) = Self::own_icb_of(me, id) else { return Ok(()) };
         self.conn
-            .execute(
+            .exec(
                 "INSERT INTO peer_directory (peer, icb, digest, heads, shared) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (peer, icb) DO UPDATE SET digest = excluded.digest, heads = excluded.heads, shared = excluded.shared",
                 params![peer.name, icb, recon::digest(&k.heads).to_vec(), heads_blob(&k.heads), heads_blob(&k.shared)],
@@ -279,18 +277,17 @@ fn write_directory(
     let heads = sorted_heads(doc);
     let sealed = sealer.seal(&aad(icb), &doc.save())?;
     let current: Option<i64> = tx
-        .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'doc_changes'", [], |r| r.get(0))
+        .row("SELECT seq FROM sqlite_sequence WHERE name = 'doc_changes'", [], |r| r.get(0))
         .optional()
         .map_err(sql(ctx))?;
-    let floor: i64 =
-        tx.query_row("SELECT coalesce(max(seq), 0) FROM doc_changes", [], |r| r.get(0)).map_err(sql(ctx))?;
+    let floor: i64 = tx.row("SELECT coalesce(max(seq), 0) FROM doc_changes", [], |r| r.get(0)).map_err(sql(ctx))?;
     let seq = current.unwrap_or(0).max(floor) + 1;
     match current {
-        Some(_) => tx.execute("UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'doc_changes'", [seq]),
-        None => tx.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('doc_changes', ?1)", [seq]),
+        Some(_) => tx.exec("UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'doc_changes'", [seq]),
+        None => tx.exec("INSERT INTO sqlite_sequence (name, seq) VALUES ('doc_changes', ?1)", [seq]),
     }
     .map_err(sql(ctx))?;
-    tx.execute(
+    tx.exec(
         "INSERT INTO directory (icb, sealed, heads, digest, seq, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (icb) DO UPDATE SET sealed = excluded.sealed, heads = excluded.heads,
              digest = excluded.digest, seq = excluded.seq, updated_ms = excluded.updated_ms",

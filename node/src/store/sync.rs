@@ -16,7 +16,7 @@ use sync_protocol::vocab::ServiceLine;
 use sync_protocol::wire::{BlobManifest, DocId, Hash};
 
 use super::{
-    Cached, Store, StoreError, append_audit, append_change, checkout, chunk_aad, doc_heads, heads_blob,
+    Cached, CachedSql, Store, StoreError, append_audit, append_change, checkout, chunk_aad, doc_heads, heads_blob,
     heads_from_blob, index_doc, log_counts, maybe_compact, put_sigs, session_row, sql,
 };
 
@@ -47,7 +47,7 @@ impl Store {
     /// Reads a value of the meta table.
     pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
             .optional()
             .map_err(sql("reading node metadata"))
     }
@@ -55,7 +55,7 @@ impl Store {
     /// Writes a value of the meta table (durably).
     pub fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.conn
-            .execute(
+            .exec(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 params![key, value],
             )
@@ -67,14 +67,14 @@ impl Store {
     pub fn set_tls_identity(&mut self, cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<(), StoreError> {
         let tx = self.conn.unchecked_transaction().map_err(sql("starting a write"))?;
         for (k, v) in [("tls_cert", cert_pem.as_bytes().to_vec()), ("tls_ca", ca_pem.as_bytes().to_vec())] {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 params![k, v],
             )
             .map_err(sql("storing the certificate"))?;
         }
         let sealed = self.sealer.seal(b"outpost/tls-key/v1", key_pem.as_bytes())?;
-        tx.execute(
+        tx.exec(
             "INSERT INTO meta (key, value) VALUES ('tls_key', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             [sealed],
         )
@@ -112,13 +112,10 @@ impl Store {
     /// Stores a revocation list (the caller has verified it).
     pub fn put_revocations(&self, number: u64, der: &[u8]) -> Result<(), StoreError> {
         let tx = self.conn.unchecked_transaction().map_err(sql("starting a write"))?;
-        tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('crl_der', ?1)", [der])
+        tx.exec("INSERT OR REPLACE INTO meta (key, value) VALUES ('crl_der', ?1)", [der])
             .map_err(sql("storing revocations"))?;
-        tx.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('crl_number', ?1)",
-            [number.to_be_bytes().to_vec()],
-        )
-        .map_err(sql("storing revocations"))?;
+        tx.exec("INSERT OR REPLACE INTO meta (key, value) VALUES ('crl_number', ?1)", [number.to_be_bytes().to_vec()])
+            .map_err(sql("storing revocations"))?;
         tx.commit().map_err(sql("committing"))
     }
 
@@ -168,20 +165,16 @@ impl Store {
         let ctx = "reading the session index";
         let row = self
             .conn
-            .query_row(
-                "SELECT sid, origin, icb, service_line, heads, digest FROM sessions WHERE id = ?1",
-                [&key],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, Vec<u8>>(4)?,
-                        r.get::<_, Vec<u8>>(5)?,
-                    ))
-                },
-            )
+            .row("SELECT sid, origin, icb, service_line, heads, digest FROM sessions WHERE id = ?1", [&key], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                    r.get::<_, Vec<u8>>(5)?,
+                ))
+            })
             .optional()
             .map_err(sql(ctx))?;
         let Some((sid, origin, icb, line, heads, digest)) = row else { return Ok(None) };
@@ -205,7 +198,7 @@ impl Store {
     fn sid_visible(&self, sid: i64, peer: &PeerInfo) -> Result<bool, StoreError> {
         let id: Option<String> = self
             .conn
-            .query_row("SELECT id FROM sessions WHERE sid = ?1", [sid], |r| r.get(0))
+            .row("SELECT id FROM sessions WHERE sid = ?1", [sid], |r| r.get(0))
             .optional()
             .map_err(sql("reading the session index"))?;
         let Some(id) = id.and_then(|i| i.parse::<SessionId>().ok()) else { return Ok(false) };
@@ -251,8 +244,8 @@ impl Store {
     /// Forgets what this node knew of a peer: the next conversation reconciles from scratch.
     pub fn forget_peer(&self, peer: &str) -> Result<u64, StoreError> {
         let tx = self.conn.unchecked_transaction().map_err(sql("starting a write"))?;
-        let n = tx.execute("DELETE FROM peer_docs WHERE peer = ?1", [peer]).map_err(sql("forgetting a peer"))?;
-        let d = tx.execute("DELETE FROM peer_directory WHERE peer = ?1", [peer]).map_err(sql("forgetting a peer"))?;
+        let n = tx.exec("DELETE FROM peer_docs WHERE peer = ?1", [peer]).map_err(sql("forgetting a peer"))?;
+        let d = tx.exec("DELETE FROM peer_directory WHERE peer = ?1", [peer]).map_err(sql("forgetting a peer"))?;
         tx.commit().map_err(sql("committing"))?;
         Ok((n + d) as u64)
     }
@@ -260,7 +253,7 @@ impl Store {
     /// Whether this node has stored knowledge of the peer.
     pub fn knows_peer(&self, peer: &PeerInfo) -> Result<bool, StoreError> {
         self.conn
-            .query_row("SELECT EXISTS (SELECT 1 FROM peer_docs WHERE peer = ?1)", [&peer.name], |r| r.get(0))
+            .row("SELECT EXISTS (SELECT 1 FROM peer_docs WHERE peer = ?1)", [&peer.name], |r| r.get(0))
             .map_err(sql("reading peer state"))
     }
 
@@ -268,7 +261,7 @@ impl Store {
     pub fn knowledge(&self, peer: &PeerInfo, id: &DocId) -> Result<Option<Knowledge>, StoreError> {
         let key = SessionId::from_bytes(*id).to_string();
         self.conn
-            .query_row(
+            .row(
                 "SELECT p.heads, p.shared FROM peer_docs p JOIN sessions s ON s.sid = p.sid WHERE p.peer = ?1 AND s.id = ?2",
                 params![peer.name, key],
                 super::knowledge_row,
@@ -314,7 +307,7 @@ impl Store {
         let tx =
             self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
         for (sid, k) in rows {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO peer_docs (peer, sid, digest, heads, shared) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (peer, sid) DO UPDATE SET digest = excluded.digest, heads = excluded.heads, shared = excluded.shared",
                 params![peer.name, sid, recon::digest(&k.heads).to_vec(), heads_blob(&k.heads), heads_blob(&k.shared)],
@@ -504,7 +497,7 @@ impl Store {
         let hex = hex32(hash);
         let row: Option<(i64, Option<Vec<u8>>)> = self
             .conn
-            .query_row("SELECT size, manifest FROM blobs WHERE hash = ?1 AND state = 'complete'", [&hex], |r| {
+            .row("SELECT size, manifest FROM blobs WHERE hash = ?1 AND state = 'complete'", [&hex], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .optional()
@@ -547,11 +540,9 @@ impl Store {
         let hex = hex32(hash);
         let sealed: Option<Vec<u8>> = self
             .conn
-            .query_row(
-                "SELECT sealed FROM blob_chunks WHERE hash = ?1 AND idx = ?2",
-                params![hex, i64::from(index)],
-                |r| r.get(0),
-            )
+            .row("SELECT sealed FROM blob_chunks WHERE hash = ?1 AND idx = ?2", params![hex, i64::from(index)], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(sql("reading a photo"))?;
         match sealed {
@@ -565,12 +556,12 @@ impl Store {
         let hex = hex32(&m.hash);
         let mime: String = self
             .conn
-            .query_row("SELECT mime FROM session_media WHERE hash = ?1 LIMIT 1", [&hex], |r| r.get(0))
+            .row("SELECT mime FROM session_media WHERE hash = ?1 LIMIT 1", [&hex], |r| r.get(0))
             .optional()
             .map_err(sql("recording a photo"))?
             .unwrap_or_else(|| "application/octet-stream".into());
         self.conn
-            .execute(
+            .exec(
                 "INSERT INTO blobs (hash, size, mime, chunk_size, chunks, created_ms, manifest, state)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'partial')
                  ON CONFLICT (hash) DO UPDATE SET manifest = excluded.manifest",
@@ -593,13 +584,13 @@ impl Store {
         let hex = hex32(hash);
         let tx = self.conn.unchecked_transaction().map_err(sql("starting a write"))?;
         let sealed = self.sealer.seal(&chunk_aad(&hex, u64::from(index)), data)?;
-        tx.execute(
+        tx.exec(
             "INSERT INTO blob_chunks (hash, idx, sealed) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
             params![hex, i64::from(index), sealed],
         )
         .map_err(sql("storing a photo"))?;
         let (present, total): (i64, i64) = tx
-            .query_row(
+            .row(
                 "SELECT (SELECT count(*) FROM blob_chunks WHERE hash = ?1), chunks FROM blobs WHERE hash = ?1",
                 [&hex],
                 |r| Ok((r.get(0)?, r.get(1)?)),
@@ -607,8 +598,7 @@ impl Store {
             .map_err(sql("storing a photo"))?;
         let whole = present >= total;
         if whole {
-            tx.execute("UPDATE blobs SET state = 'complete' WHERE hash = ?1", [&hex])
-                .map_err(sql("storing a photo"))?;
+            tx.exec("UPDATE blobs SET state = 'complete' WHERE hash = ?1", [&hex]).map_err(sql("storing a photo"))?;
         }
         tx.commit().map_err(sql("committing"))?;
         Ok(whole)
@@ -684,7 +674,7 @@ impl Store {
 
     /// SQLite's data version: changes when another connection commits.
     pub fn data_version(&self) -> Result<i64, StoreError> {
-        self.conn.query_row("PRAGMA data_version", [], |r| r.get(0)).map_err(sql("polling for writes"))
+        self.conn.row("PRAGMA data_version", [], |r| r.get(0)).map_err(sql("polling for writes"))
     }
 }
 
@@ -722,6 +712,23 @@ fn integrate(
     if !candidate.automerge().get_missing_deps(&[]).is_empty() {
         return Ok((Applied::MissingDeps, None));
     }
+    // This node's receipts first, so that the document is read into a view once: if the
+    // result is not a valid session of this id in both scopes, nothing of it is kept.
+    let mut own_sigs = Vec::new();
+    if let Some(level) = receipt_level(me.role) {
+        let complete = |h: &str| {
+            tx.row("SELECT 1 FROM blobs WHERE hash = ?1 AND state = 'complete'", [h], |_| Ok(()))
+                .optional()
+                .ok()
+                .flatten()
+                .is_some()
+        };
+        let received = candidate.heads();
+        if let Err(e) = candidate.acknowledge(level, &me.name, now, complete) {
+            return Ok((Applied::Refused { reason: e.to_string() }, None));
+        }
+        own_sigs = authorship::sign_new(env.author, candidate.automerge(), &received);
+    }
     let view = match candidate.view() {
         Ok(v) => v,
         Err(e) => return Ok((Applied::Refused { reason: e.to_string() }, None)),
@@ -733,23 +740,9 @@ fn integrate(
     if !may_accept(me, from, &meta) {
         return Ok((Applied::Refused { reason: format!("outside the scope of {} or {}", me.name, from.name) }, None));
     }
+    // The receipts are written in the same transaction as what they acknowledge, signed.
     put_sigs(tx, sigs)?;
-    // This node's receipts, in the same transaction as what they acknowledge, signed by it.
-    if let Some(level) = receipt_level(me.role) {
-        let complete = |h: &str| {
-            tx.query_row("SELECT 1 FROM blobs WHERE hash = ?1 AND state = 'complete'", [h], |_| Ok(()))
-                .optional()
-                .ok()
-                .flatten()
-                .is_some()
-        };
-        let received = candidate.heads();
-        candidate
-            .acknowledge(level, &me.name, now, complete)
-            .map_err(|source| StoreError::Model { id: sid.to_string(), source })?;
-        put_sigs(tx, authorship::sign_new(env.author, candidate.automerge(), &received))?;
-    }
-    let view = candidate.view().map_err(|source| StoreError::Model { id: sid.to_string(), source })?;
+    put_sigs(tx, own_sigs)?;
     let key = sid.to_string();
     let (row_sid, seq) = match existing {
         Some((row_sid, before)) => {
@@ -758,7 +751,7 @@ fn integrate(
             (row_sid, seq)
         }
         None => {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO sessions (id, origin, icb, status, service_line, priority, created_ms, updated_ms, head_seq, card)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, x'')",
                 params![
@@ -782,10 +775,10 @@ fn integrate(
     // An edge keeps no copy of a photo a hub has confirmed holding (a thumbnail stays).
     for hash in view.offloadable_media(&me.name) {
         let n = tx
-            .execute("UPDATE blobs SET state = 'offloaded' WHERE hash = ?1 AND state = 'complete'", [&hash])
+            .exec("UPDATE blobs SET state = 'offloaded' WHERE hash = ?1 AND state = 'complete'", [&hash])
             .map_err(sql("offloading a photo"))?;
         if n > 0 {
-            tx.execute("DELETE FROM blob_chunks WHERE hash = ?1", [&hash]).map_err(sql("offloading a photo"))?;
+            tx.exec("DELETE FROM blob_chunks WHERE hash = ?1", [&hash]).map_err(sql("offloading a photo"))?;
             append_audit(
                 tx,
                 sealer,
