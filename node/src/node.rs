@@ -5,7 +5,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sync_protocol::call::{Action, CallState, PathQuality, Rating, calls_of, next_action};
+use sync_protocol::call::{Action, CallState, PathQuality, Rating, calls_in, calls_of, next_action};
 use sync_protocol::directory::{DirectoryView, LineEntry};
 use sync_protocol::session::{
     LogName, LogValue, ModelError, NewConsent, NewMedia, NewMessage, NewSession, Patient, Requester, Service,
@@ -450,8 +450,8 @@ impl Node {
     pub fn open_escalations(&mut self, candidates: &[SessionId]) -> Result<Vec<SessionId>, NodeError> {
         let mut out = Vec::new();
         for id in candidates {
-            let Ok(view) = self.store.view(*id) else { continue };
-            if calls_of(&view).iter().any(CallState::is_open) {
+            let Ok(routing) = self.store.routing_log(*id) else { continue };
+            if calls_in(&routing).iter().any(CallState::is_open) {
                 out.push(*id);
             }
         }

@@ -5,7 +5,7 @@ use sync_protocol::TimeMs;
 use sync_protocol::authorship::ActorPrefix;
 use sync_protocol::directory::is_directory_id;
 use sync_protocol::engine::{Applied, BlobNeed, Incoming, Knowledge, Outgoing, Replica};
-use sync_protocol::recon::Item;
+use sync_protocol::recon::{Fingerprint, Item};
 use sync_protocol::scope::{PeerInfo, may_hold};
 use sync_protocol::wire::{BlobManifest, DocId, Hash};
 
@@ -45,6 +45,15 @@ impl Replica for NodeReplica<'_> {
             items.sort_by_key(|i| i.id);
         }
         Ok(items)
+    }
+
+    fn summary(&mut self, peer: &PeerInfo) -> Result<(u64, Fingerprint), StoreError> {
+        let (mut count, mut fp) = self.store.summary_for(peer)?;
+        if let Some(dir) = self.store.directory_item(self.me, peer)? {
+            count += 1;
+            fp = fp.add(&Fingerprint::of(&dir));
+        }
+        Ok((count, fp))
     }
 
     fn delta(&mut self, peer: &PeerInfo) -> Result<Vec<(DocId, Vec<Hash>)>, StoreError> {
@@ -169,13 +178,14 @@ impl Replica for NodeReplica<'_> {
         self.store.store_manifest(manifest, crate::node::now_ms())
     }
 
-    fn store_chunk(&mut self, hash: &Hash, index: u32, data: &[u8], now: TimeMs) -> Result<Vec<DocId>, StoreError> {
-        if !self.store.store_chunk(hash, index, data)? {
-            return Ok(Vec::new());
+    fn store_chunks(&mut self, chunks: &[(Hash, u32, Vec<u8>)], now: TimeMs) -> Result<Vec<DocId>, StoreError> {
+        let mut out = Vec::new();
+        for hash in self.store.store_chunks(chunks)? {
+            let changed = self.store.acknowledge_blob(self.me, &hash, now)?;
+            self.changed.extend(changed.iter().copied());
+            out.extend(changed);
         }
-        let changed = self.store.acknowledge_blob(self.me, hash, now)?;
-        self.changed.extend(changed.iter().copied());
-        Ok(changed)
+        Ok(out)
     }
 
     fn revocations(&mut self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {

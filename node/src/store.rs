@@ -18,6 +18,7 @@
 //! - Blobs (photos) live outside the documents, content-addressed by BLAKE3, in fixed-size
 //!   sealed chunks, so a transfer can resume at any chunk.
 
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
@@ -27,11 +28,11 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, Transactio
 use serde::{Deserialize, Serialize};
 use sync_protocol::authorship::{self, AuthorKey, Member, PublicKey, Roster, Signature};
 use sync_protocol::blob;
-use sync_protocol::recon;
+use sync_protocol::recon::{self, Fingerprint, Item};
 use sync_protocol::rules::Limits;
 use sync_protocol::session::{ModelError, NewSession, SessionDoc, SessionId, SessionView};
 use sync_protocol::vocab::{Channel, Priority, ReceiptLevel, ServiceLine, Status};
-use sync_protocol::wire::Hash;
+use sync_protocol::wire::{DocId, Hash};
 
 use crate::crypto::{CryptoError, Sealer};
 
@@ -72,7 +73,7 @@ impl CachedSql for Connection {
 pub const MAX_PAGES_ENV: &str = "OUTPOST_MAX_DB_PAGES";
 
 /// Database schema version this build writes (`PRAGMA user_version`).
-pub const DB_SCHEMA_VERSION: i64 = 4;
+pub const DB_SCHEMA_VERSION: i64 = 5;
 
 /// Tunables of the store.
 #[derive(Debug, Clone, Copy)]
@@ -303,6 +304,23 @@ CREATE TABLE members (
     name       TEXT NOT NULL,
     credential BLOB NOT NULL
 ) WITHOUT ROWID;
+"#,
+    r#"
+CREATE TABLE fp_groups (
+    origin TEXT NOT NULL,
+    icb    TEXT NOT NULL,
+    line   TEXT NOT NULL,
+    n      INTEGER NOT NULL,
+    fp     BLOB NOT NULL,
+    PRIMARY KEY (origin, icb, line)
+) WITHOUT ROWID;
+CREATE TABLE peer_marks (
+    peer  TEXT PRIMARY KEY,
+    scope TEXT NOT NULL,
+    mark  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX session_shares_by_node ON session_shares (node);
+CREATE INDEX peer_docs_by_sid ON peer_docs (sid);
 "#,
 ];
 
@@ -539,6 +557,7 @@ impl Store {
         conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA journal_size_limit=8388608;")
             .map_err(sql("setting durability"))?;
         migrate(&mut conn, path)?;
+        rebuild_fp_groups(&mut conn)?;
         check_key(&conn, &sealer)?;
         let author = author_key(&conn, &sealer)?;
         let roster = load_roster(&conn)?;
@@ -754,6 +773,14 @@ impl Store {
         let row = session_row(&tx, &id.to_string())?;
         append_audit(&tx, &self.sealer, &self.node, now, action, Some(row.sid), None)?;
         tx.commit().map_err(sql("committing"))
+    }
+
+    /// A session's routing log, read without building its whole view.
+    pub fn routing_log(
+        &mut self,
+        id: SessionId,
+    ) -> Result<Vec<std::collections::BTreeMap<String, sync_protocol::session::LogValue>>, StoreError> {
+        self.with_doc(id, |d| d.routing_log())?.map_err(model(id))
     }
 
     fn with_doc<T>(&mut self, id: SessionId, f: impl FnOnce(&mut SessionDoc) -> T) -> Result<T, StoreError> {
@@ -1197,7 +1224,26 @@ fn index_doc(
     view: &SessionView,
 ) -> Result<(), StoreError> {
     let heads = doc_heads(doc);
+    let digest = recon::digest(&heads);
     let card = seal_card(sealer, key, view)?;
+    let (origin, icb, old_line, old_digest): (String, String, String, Vec<u8>) = tx
+        .row("SELECT origin, icb, service_line, digest FROM sessions WHERE sid = ?1", [sid], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .map_err(sql("reading the session index"))?;
+    let line = view.service.line.as_str();
+    if old_line != line || old_digest[..] != digest[..] {
+        let id = SessionId::from_bytes(sid_bytes(key)?);
+        if let Ok(old) = <[u8; 16]>::try_from(&old_digest[..]) {
+            fp_group_change(
+                tx,
+                (&origin, &icb, &old_line),
+                -1,
+                &Fingerprint::of(&Item { id: id.to_bytes(), digest: old }),
+            )?;
+        }
+        fp_group_change(tx, (&origin, &icb, line), 1, &Fingerprint::of(&Item { id: id.to_bytes(), digest }))?;
+    }
     tx.exec(
         "UPDATE sessions SET status = ?2, service_line = ?3, priority = ?4, updated_ms = ?5, card = ?6,
          heads = ?7, digest = ?8 WHERE sid = ?1",
@@ -1209,7 +1255,7 @@ fn index_doc(
             view.updated_ms(),
             card,
             heads_blob(&heads),
-            recon::digest(&heads).to_vec()
+            digest.to_vec()
         ],
     )
     .map_err(sql("updating the session index"))?;
@@ -1228,6 +1274,81 @@ fn index_doc(
         .map_err(sql("indexing photos"))?;
     }
     Ok(())
+}
+
+fn sid_bytes(key: &str) -> Result<DocId, StoreError> {
+    key.parse::<SessionId>().map(|s| s.to_bytes()).map_err(|_| StoreError::Damaged(format!("session id {key:?}")))
+}
+
+/// Adds (`n` = 1) or takes away (`n` = -1) one session's item in the fingerprint of its scope
+/// group (origin, ICB, service line): the sums a Summary needs, kept up to date per write.
+fn fp_group_change(
+    tx: &Transaction<'_>,
+    (origin, icb, line): (&str, &str, &str),
+    n: i64,
+    item: &Fingerprint,
+) -> Result<(), StoreError> {
+    let ctx = "updating the reconciliation sums";
+    let old: Option<(i64, Vec<u8>)> = tx
+        .row("SELECT n, fp FROM fp_groups WHERE origin = ?1 AND icb = ?2 AND line = ?3", [origin, icb, line], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()
+        .map_err(sql(ctx))?;
+    let (count, fp) = match old {
+        Some((count, fp)) => {
+            let fp: [u8; 32] =
+                fp.try_into().map_err(|_| StoreError::Damaged("a reconciliation sum is damaged".into()))?;
+            (count, Fingerprint::from_bytes(&fp))
+        }
+        None => (0, Fingerprint::default()),
+    };
+    let fp = if n > 0 { fp.add(item) } else { fp.sub(item) };
+    tx.exec(
+        "INSERT INTO fp_groups (origin, icb, line, n, fp) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (origin, icb, line) DO UPDATE SET n = excluded.n, fp = excluded.fp",
+        params![origin, icb, line, count + n, fp.to_bytes().to_vec()],
+    )
+    .map_err(sql(ctx))?;
+    Ok(())
+}
+
+/// Rebuilds the per-group fingerprints from the index (once, when the table is new).
+fn rebuild_fp_groups(conn: &mut Connection) -> Result<(), StoreError> {
+    let ctx = "building the reconciliation sums";
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql(ctx))?;
+    let built: bool =
+        tx.row("SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'fp_groups')", [], |r| r.get(0)).map_err(sql(ctx))?;
+    if built {
+        return Ok(());
+    }
+    let mut groups: HashMap<(String, String, String), (i64, Fingerprint)> = HashMap::new();
+    {
+        let mut stmt = tx
+            .prepare("SELECT id, origin, icb, service_line, digest FROM sessions WHERE length(digest) = 16")
+            .map_err(sql(ctx))?;
+        let mut rows = stmt.query([]).map_err(sql(ctx))?;
+        while let Some(r) = rows.next().map_err(sql(ctx))? {
+            let key: String = r.get(0).map_err(sql(ctx))?;
+            let digest: Vec<u8> = r.get(4).map_err(sql(ctx))?;
+            let Ok(digest) = <[u8; 16]>::try_from(&digest[..]) else { continue };
+            let g = groups
+                .entry((r.get(1).map_err(sql(ctx))?, r.get(2).map_err(sql(ctx))?, r.get(3).map_err(sql(ctx))?))
+                .or_default();
+            g.0 += 1;
+            g.1 = g.1.add(&Fingerprint::of(&Item { id: sid_bytes(&key)?, digest }));
+        }
+    }
+    tx.exec("DELETE FROM fp_groups", []).map_err(sql(ctx))?;
+    for ((origin, icb, line), (n, fp)) in groups {
+        tx.exec(
+            "INSERT INTO fp_groups (origin, icb, line, n, fp) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![origin, icb, line, n, fp.to_bytes().to_vec()],
+        )
+        .map_err(sql(ctx))?;
+    }
+    tx.exec("INSERT INTO meta (key, value) VALUES ('fp_groups', x'01')", []).map_err(sql(ctx))?;
+    tx.commit().map_err(sql(ctx))
 }
 
 fn log_counts(tx: &Transaction<'_>, sid: i64) -> Result<(i64, i64, i64), StoreError> {

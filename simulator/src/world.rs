@@ -2321,8 +2321,8 @@ impl Replica for Blind<'_> {
     fn store_manifest(&mut self, manifest: &sync_protocol::wire::BlobManifest) -> Result<(), Self::Error> {
         self.0.store_manifest(manifest)
     }
-    fn store_chunk(&mut self, hash: &Hash, index: u32, data: &[u8], now: TimeMs) -> Result<Vec<DocId>, Self::Error> {
-        self.0.store_chunk(hash, index, data, now)
+    fn store_chunks(&mut self, chunks: &[(Hash, u32, Vec<u8>)], now: TimeMs) -> Result<Vec<DocId>, Self::Error> {
+        self.0.store_chunks(chunks, now)
     }
     fn revocations(&mut self) -> Result<Option<(u64, Vec<u8>)>, Self::Error> {
         self.0.revocations()

@@ -246,8 +246,13 @@ fn f(e: &BTreeMap<String, LogValue>, k: &str) -> Option<f64> {
 /// Every escalation of a session, in the order asked. Entries of unknown kinds or calls are
 /// ignored (a newer version may log more).
 pub fn calls_of(view: &SessionView) -> Vec<CallState> {
+    calls_in(&view.routing)
+}
+
+/// The calls of a session, from its routing log alone.
+pub fn calls_in(routing: &[BTreeMap<String, LogValue>]) -> Vec<CallState> {
     let mut calls: Vec<CallState> = Vec::new();
-    for e in &view.routing {
+    for e in routing {
         let (Some(kind), Some(call)) = (s(e, "kind"), s(e, "call")) else { continue };
         let at = i(e, "at_ms").unwrap_or(0);
         if kind == "escalate" {

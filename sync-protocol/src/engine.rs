@@ -117,6 +117,13 @@ pub trait Replica {
     fn me(&self) -> &PeerInfo;
     /// Every document the peer may see, with the digest of our heads, sorted by id.
     fn items(&mut self, peer: &PeerInfo) -> Result<Vec<Item>, Self::Error>;
+    /// How many documents the peer may see and the fingerprint of their items (what `items`
+    /// would give, summed). A replica that keeps the sums up to date answers without reading
+    /// every document.
+    fn summary(&mut self, peer: &PeerInfo) -> Result<(u64, Fingerprint), Self::Error> {
+        let items = self.items(peer)?;
+        Ok((items.len() as u64, Fingerprint::of_all(&items)))
+    }
     /// Documents the peer may see whose heads differ from what it last confirmed, with our heads.
     fn delta(&mut self, peer: &PeerInfo) -> Result<Vec<(DocId, Vec<Hash>)>, Self::Error>;
     /// Whether anything is known of this peer (it has confirmed at least one document).
@@ -150,9 +157,10 @@ pub trait Replica {
     fn blob_chunk(&mut self, hash: &Hash, index: u32) -> Result<Option<Vec<u8>>, Self::Error>;
     /// Stores a verified manifest.
     fn store_manifest(&mut self, manifest: &BlobManifest) -> Result<(), Self::Error>;
-    /// Stores a verified chunk durably. When the blob becomes whole, returns the documents the
-    /// replica changed in consequence (receipts), so that they can be pushed.
-    fn store_chunk(&mut self, hash: &Hash, index: u32, data: &[u8], now: TimeMs) -> Result<Vec<DocId>, Self::Error>;
+    /// Stores verified chunks (`(blob, index, bytes)`, those of one received batch) durably,
+    /// in one write. For the blobs that became whole, returns the documents the replica changed
+    /// in consequence (receipts), so that they can be pushed.
+    fn store_chunks(&mut self, chunks: &[(Hash, u32, Vec<u8>)], now: TimeMs) -> Result<Vec<DocId>, Self::Error>;
     /// The newest revocation list held: its number and DER bytes.
     fn revocations(&mut self) -> Result<Option<(u64, Vec<u8>)>, Self::Error>;
     /// Offers a revocation list received from a peer; returns whether it was newer and valid.
@@ -295,6 +303,8 @@ pub struct Engine {
     pending_acks: Vec<(DocId, Vec<Hash>, Vec<Hash>)>,
     recon_waiting: bool,
     transfers: BTreeMap<Hash, Transfer>,
+    /// Verified chunks of the batch being handled, stored together at its end.
+    chunks_in: Vec<(Hash, u32, Vec<u8>)>,
     missing_at_peer: HashSet<Hash>,
     /// Whether the blobs to fetch must be looked up again (documents arrived or changed).
     blobs_dirty: bool,
@@ -354,6 +364,7 @@ impl Engine {
             pending_acks: Vec::new(),
             recon_waiting: false,
             transfers: BTreeMap::new(),
+            chunks_in: Vec::new(),
             missing_at_peer: HashSet::new(),
             blobs_dirty: true,
             range_diffs: HashSet::new(),
@@ -449,7 +460,7 @@ impl Engine {
             crl_number,
         }));
         if self.cfg.initiator {
-            let items = replica.items(&self.peer).map_err(EngineError::Replica)?;
+            let (count, fingerprint) = replica.summary(&self.peer).map_err(EngineError::Replica)?;
             let delta = replica.knows_peer(&self.peer).map_err(EngineError::Replica)?;
             let delta_docs = if delta { replica.delta(&self.peer).map_err(EngineError::Replica)? } else { Vec::new() };
             // The pushes of the delta follow the Summary in the same flight; documents pushed are
@@ -465,16 +476,12 @@ impl Engine {
                     entries.push((id, heads));
                 }
             }
-            let summary = Frame::Summary(Summary {
-                delta,
-                count: items.len() as u64,
-                fingerprint: Fingerprint::of_all(&items).to_bytes(),
-                entries,
-                pushed,
-            });
+            let summary =
+                Frame::Summary(Summary { delta, count, fingerprint: fingerprint.to_bytes(), entries, pushed });
             self.out.insert(mark, summary);
             self.summary_pending = true;
             if !delta {
+                let items = replica.items(&self.peer).map_err(EngineError::Replica)?;
                 self.send(Frame::Ranges(self.cfg.recon.initiate(&items)));
                 self.recon_waiting = true;
             }
@@ -695,9 +702,7 @@ impl Engine {
                 }
                 Frame::BlobWant { hash, manifest, chunks } => self.serve_blob(replica, hash, manifest, chunks)?,
                 Frame::BlobManifest(m) => self.on_manifest(replica, m)?,
-                Frame::BlobChunk { hash, index, data } => {
-                    touched.extend(self.on_chunk(replica, hash, index, data, now)?);
-                }
+                Frame::BlobChunk { hash, index, data } => self.on_chunk::<R>(hash, index, data)?,
                 Frame::BlobMissing { hash } => {
                     self.transfers.remove(&hash);
                     self.missing_at_peer.insert(hash);
@@ -721,6 +726,11 @@ impl Engine {
                     }
                 }
             }
+        }
+        if !self.chunks_in.is_empty() {
+            // The batch's chunks in one durable write, before anything reads what is held.
+            let chunks = std::mem::take(&mut self.chunks_in);
+            touched.extend(replica.store_chunks(&chunks, now).map_err(EngineError::Replica)?);
         }
         if !incoming.is_empty() {
             // New documents may reference blobs the peer did not hold when we last asked.
@@ -828,13 +838,12 @@ impl Engine {
         if self.cfg.initiator {
             return Err(self.protocol("a summary sent to the initiator".into()));
         }
-        let items = replica.items(&self.peer).map_err(EngineError::Replica)?;
         let mine = if s.delta && replica.knows_peer(&self.peer).map_err(EngineError::Replica)? {
             replica.delta(&self.peer).map_err(EngineError::Replica)?
         } else {
             Vec::new()
         };
-        let complete = s.delta && self.deltas_explain_everything(replica, &s, &items, &mine)?;
+        let complete = s.delta && self.deltas_explain_everything(replica, &s, &mine)?;
         for (id, heads) in &s.entries {
             self.docs.entry(*id).or_default().theirs = Some(sorted(heads.clone()));
         }
@@ -845,6 +854,7 @@ impl Engine {
         self.reply_queued = true;
         if s.delta && !complete {
             self.log.push(format!("{}: deltas do not explain every difference; reconciling by ranges", self.peer.name));
+            let items = replica.items(&self.peer).map_err(EngineError::Replica)?;
             self.send(Frame::Ranges(self.cfg.recon.initiate(&items)));
             self.recon_waiting = true;
         }
@@ -858,21 +868,23 @@ impl Engine {
         &mut self,
         replica: &mut R,
         s: &Summary,
-        items: &[Item],
         mine: &[(DocId, Vec<Hash>)],
     ) -> Res<bool, R> {
         let theirs: HashMap<DocId, &Vec<Hash>> = s.entries.iter().map(|(id, h)| (*id, h)).collect();
         let mut listed: BTreeSet<DocId> = theirs.keys().copied().collect();
         listed.extend(mine.iter().map(|(id, _)| *id));
-        let by_id: HashMap<DocId, [u8; 16]> = items.iter().map(|i| (i.id, i.digest)).collect();
-        let mut fp_mine = Fingerprint::of_all(items);
-        let mut count_mine = items.len() as u64;
+        let ours: HashMap<DocId, &Vec<Hash>> = mine.iter().map(|(id, h)| (*id, h)).collect();
+        let (mut count_mine, mut fp_mine) = replica.summary(&self.peer).map_err(EngineError::Replica)?;
         let mut fp_theirs = Fingerprint::from_bytes(&s.fingerprint);
         let mut count_theirs = s.count;
         for id in &listed {
-            if let Some(d) = by_id.get(id) {
-                fp_mine = fp_mine.sub(&Fingerprint::of(&Item { id: *id, digest: *d }));
-                count_mine -= 1;
+            let my_heads = match ours.get(id) {
+                Some(h) => Some((*h).clone()),
+                None => replica.heads_for(&self.peer, id).map_err(EngineError::Replica)?,
+            };
+            if let Some(h) = my_heads {
+                fp_mine = fp_mine.sub(&Fingerprint::of(&Item { id: *id, digest: recon::digest(&h) }));
+                count_mine = count_mine.wrapping_sub(1);
             }
             let their_heads = match theirs.get(id) {
                 Some(h) if !h.is_empty() => Some((*h).clone()),
@@ -1132,21 +1144,15 @@ impl Engine {
         Ok(())
     }
 
-    fn on_chunk<R: Replica>(
-        &mut self,
-        replica: &mut R,
-        hash: Hash,
-        index: u32,
-        data: Vec<u8>,
-        now: TimeMs,
-    ) -> Res<Vec<DocId>, R> {
+    /// A received chunk: verified against its manifest and kept for the batch's write.
+    fn on_chunk<R: Replica>(&mut self, hash: Hash, index: u32, data: Vec<u8>) -> Res<(), R> {
         let Some(t) = self.transfers.get_mut(&hash) else {
             self.stats.chunks_duplicate += 1;
-            return Ok(Vec::new());
+            return Ok(());
         };
         if !t.requested.remove(&index) {
             self.stats.chunks_duplicate += 1;
-            return Ok(Vec::new());
+            return Ok(());
         }
         let Some(m) = &t.manifest else {
             return Err(self.protocol("a blob chunk before its manifest".into()));
@@ -1156,10 +1162,10 @@ impl Engine {
             self.log.push(format!("{}: refused a blob chunk: {e}", self.peer.name));
             t.missing.push_back(index);
             self.fill_window();
-            return Ok(Vec::new());
+            return Ok(());
         }
         t.progressed = true;
-        let changed = replica.store_chunk(&hash, index, &data, now).map_err(EngineError::Replica)?;
+        self.chunks_in.push((hash, index, data));
         self.stats.chunks_received += 1;
         let done = self.transfers.get(&hash).is_some_and(|t| t.missing.is_empty() && t.requested.is_empty());
         if done {
@@ -1167,7 +1173,7 @@ impl Engine {
             self.stats.blobs_received += 1;
         }
         self.fill_window();
-        Ok(changed)
+        Ok(())
     }
 
     fn flush_knowledge<R: Replica>(&mut self, replica: &mut R) -> Res<(), R> {

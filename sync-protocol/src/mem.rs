@@ -561,21 +561,30 @@ impl Replica for MemReplica {
         Ok(())
     }
 
-    fn store_chunk(&mut self, hash: &Hash, index: u32, data: &[u8], now: TimeMs) -> Result<Vec<DocId>, MemError> {
-        let shared = self.chunk(data);
-        let b = self.blobs.entry(*hash).or_default();
-        b.chunks.insert(index, shared);
-        if !b.whole() {
-            return Ok(Vec::new());
+    fn store_chunks(&mut self, chunks: &[(Hash, u32, Vec<u8>)], now: TimeMs) -> Result<Vec<DocId>, MemError> {
+        let mut out = Vec::new();
+        for (hash, index, data) in chunks {
+            let shared = self.chunk(data);
+            let b = self.blobs.entry(*hash).or_default();
+            let was_whole = b.whole();
+            b.chunks.insert(*index, shared);
+            if was_whole || !b.whole() {
+                continue;
+            }
+            let hex = hex32(hash);
+            let referencing: Vec<DocId> = self
+                .docs
+                .iter()
+                .filter(|(_, d)| d.view.media.iter().any(|m| m.hash == hex))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in &referencing {
+                self.after_store(id, now)?;
+                self.changed.push(*id);
+            }
+            out.extend(referencing);
         }
-        let hex = hex32(hash);
-        let referencing: Vec<DocId> =
-            self.docs.iter().filter(|(_, d)| d.view.media.iter().any(|m| m.hash == hex)).map(|(id, _)| *id).collect();
-        for id in &referencing {
-            self.after_store(id, now)?;
-            self.changed.push(*id);
-        }
-        Ok(referencing)
+        Ok(out)
     }
 
     fn revocations(&mut self) -> Result<Option<(u64, Vec<u8>)>, MemError> {

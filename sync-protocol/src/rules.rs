@@ -254,9 +254,15 @@ enum Obj {
 type ObjKey = (u64, ActorId);
 
 /// The facts the rules read, kept up to date as changes are checked. They only ever grow.
-#[derive(Debug, Default)]
-struct State {
-    objects: HashMap<ObjKey, Obj>,
+///
+/// What an object is (`objects`) is found only for the objects the checked changes touch: by
+/// its path from the root (`parents`), each step confirmed to be a value readers see (winner
+/// or conflict) at a place the schema names. An object that is not so reachable (deleted, or
+/// at a place the schema does not name) is unknown, and an operation on it is refused.
+#[derive(Debug)]
+struct State<'a> {
+    doc: &'a AutoCommit,
+    objects: HashMap<ObjKey, Option<Obj>>,
     origin: Option<String>,
     icb: Option<String>,
     line: Option<ServiceLine>,
@@ -284,6 +290,22 @@ fn root_kind(key: &str) -> Option<Obj> {
     })
 }
 
+/// What an object found at `prop` of an object of kind `parent` is, by the schema.
+fn child_kind(parent: Obj, prop: &automerge::Prop) -> Option<Obj> {
+    use automerge::Prop;
+    match (parent, prop) {
+        (Obj::Root, Prop::Map(k)) => root_kind(k),
+        (Obj::Messages, Prop::Seq(_)) => Some(Obj::Message),
+        (Obj::Routing, Prop::Seq(_)) => Some(Obj::RoutingEntry),
+        (Obj::Calls, Prop::Seq(_)) => Some(Obj::CallEntry),
+        (Obj::Message | Obj::MediaItem, Prop::Map(k)) if k == "receipts" => Some(Obj::Receipts),
+        (Obj::Media, Prop::Map(_)) => Some(Obj::MediaItem),
+        (Obj::Consents, Prop::Map(_)) => Some(Obj::Consent),
+        (Obj::Outcome, Prop::Map(k)) => Side::parse(k).ok().map(Obj::OutcomeSide),
+        _ => None,
+    }
+}
+
 fn objs_at(doc: &AutoCommit, obj: &ObjId, prop: impl Into<automerge::Prop>) -> Vec<ObjId> {
     doc.get_all(obj, prop)
         .unwrap_or_default()
@@ -303,69 +325,30 @@ fn str_at(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<String> {
     }
 }
 
-impl State {
-    /// The facts of a held document.
-    fn of(doc: &AutoCommit) -> State {
-        let mut s = State::default();
-        let put = |s: &mut State, id: &ObjId, kind: Obj| {
-            if let ObjId::Id(counter, actor, _) = id {
-                s.objects.insert((*counter, actor.clone()), kind);
-            }
+impl<'a> State<'a> {
+    /// The facts of a held document (its identity, service line, shares and status epochs;
+    /// objects are looked up as changes name them).
+    fn of(doc: &'a AutoCommit) -> State<'a> {
+        let mut s = State {
+            doc,
+            objects: HashMap::new(),
+            origin: None,
+            icb: None,
+            line: None,
+            shares: Vec::new(),
+            max_epoch: 0,
+            created: false,
         };
-        for key in doc.keys(ROOT).collect::<Vec<_>>() {
-            let Some(kind) = root_kind(&key) else { continue };
-            for id in objs_at(doc, &ROOT, key.as_str()) {
-                put(&mut s, &id, kind);
-                match kind {
-                    Obj::Identity => s.created = true,
-                    Obj::Status => {
-                        for k in doc.keys(&id) {
-                            if let Some((epoch, _)) = parse_status_key(&k) {
-                                s.max_epoch = s.max_epoch.max(epoch);
-                            }
-                        }
-                    }
-                    Obj::Shares => s.shares.extend(doc.keys(&id)),
-                    Obj::Messages | Obj::Routing | Obj::Calls => {
-                        let item = match kind {
-                            Obj::Messages => Obj::Message,
-                            Obj::Routing => Obj::RoutingEntry,
-                            _ => Obj::CallEntry,
-                        };
-                        for i in 0..doc.length(&id) {
-                            for e in objs_at(doc, &id, i) {
-                                put(&mut s, &e, item);
-                                if item == Obj::Message {
-                                    for r in objs_at(doc, &e, "receipts") {
-                                        put(&mut s, &r, Obj::Receipts);
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    Obj::Media | Obj::Consents | Obj::Outcome => {
-                        for k in doc.keys(&id).collect::<Vec<_>>() {
-                            for e in objs_at(doc, &id, k.as_str()) {
-                                match kind {
-                                    Obj::Media => {
-                                        put(&mut s, &e, Obj::MediaItem);
-                                        for r in objs_at(doc, &e, "receipts") {
-                                            put(&mut s, &r, Obj::Receipts);
-                                        }
-                                    }
-                                    Obj::Consents => put(&mut s, &e, Obj::Consent),
-                                    _ => {
-                                        if let Ok(side) = Side::parse(&k) {
-                                            put(&mut s, &e, Obj::OutcomeSide(side));
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    _ => {}
+        s.created = !objs_at(doc, &ROOT, "identity").is_empty();
+        for id in objs_at(doc, &ROOT, "status") {
+            for k in doc.keys(&id) {
+                if let Some((epoch, _)) = parse_status_key(&k) {
+                    s.max_epoch = s.max_epoch.max(epoch);
                 }
             }
+        }
+        for id in objs_at(doc, &ROOT, "shares") {
+            s.shares.extend(doc.keys(&id));
         }
         // The facts come from the values every reader sees (the winners), like the view's.
         if let Some((Value::Object(_), identity)) = doc.get(ROOT, "identity").ok().flatten() {
@@ -376,6 +359,32 @@ impl State {
             s.line = str_at(doc, &service, "line").and_then(|l| ServiceLine::parse(&l).ok());
         }
         s
+    }
+
+    /// What a held object is (see [`State`]), remembered once found.
+    fn kind_of(&mut self, key: &ObjKey) -> Option<Obj> {
+        if let Some(k) = self.objects.get(key) {
+            return *k;
+        }
+        let kind = self.resolve(key);
+        self.objects.insert(key.clone(), kind);
+        kind
+    }
+
+    fn resolve(&self, (counter, actor): &ObjKey) -> Option<Obj> {
+        // The actor's index in the document is looked up from the actor itself.
+        let target = ObjId::Id(*counter, actor.clone(), usize::MAX);
+        let mut path: Vec<automerge::Parent> = self.doc.parents(&target).ok()?.collect();
+        path.reverse();
+        let mut kind = Obj::Root;
+        for (i, step) in path.iter().enumerate() {
+            let child = path.get(i + 1).map_or(&target, |next| &next.obj);
+            if !objs_at(self.doc, &step.obj, step.prop.clone()).contains(child) {
+                return None;
+            }
+            kind = child_kind(kind, &step.prop)?;
+        }
+        (kind != Obj::Root).then_some(kind)
     }
 
     fn meta(&self) -> Option<DocMeta> {
@@ -413,10 +422,9 @@ impl State {
             let id: ObjKey = (start + i as u64, actor.clone());
             let target = match &op.obj {
                 ObjectId::Root => Obj::Root,
-                ObjectId::Id(OpId(c, a)) => *self
-                    .objects
-                    .get(&(*c, a.clone()))
-                    .ok_or_else(|| refuse("an operation on an unknown object".into()))?,
+                ObjectId::Id(OpId(c, a)) => {
+                    self.kind_of(&(*c, a.clone())).ok_or_else(|| refuse("an operation on an unknown object".into()))?
+                }
             };
             let fresh = match &op.obj {
                 ObjectId::Root => creating,
@@ -435,7 +443,7 @@ impl State {
             let made_kind = self.check_op(member, target, fresh, creating, key, op).map_err(refuse)?;
             if let Some(kind) = made_kind {
                 made.insert(id.clone());
-                self.objects.insert(id, kind);
+                self.objects.insert(id, Some(kind));
             }
         }
         if creating {
@@ -738,6 +746,160 @@ fn status_allowed(role: Role, is_origin: bool, is_home_hub: bool, status: Status
         Status::Responded => role == Role::Desk,
         Status::AwaitingReply | Status::OutcomeRecorded | Status::Closed | Status::Cancelled => {
             is_origin || role == Role::Desk
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+    use automerge::transaction::Transactable;
+
+    use super::*;
+    use crate::SessionId;
+    use crate::session::{LogName, LogValue, NewConsent, NewMedia, NewMessage, NewSession, SessionDoc};
+    use crate::session::{Patient, Requester, Service};
+    use crate::vocab::{CareSetting, Channel, ConsentKind, ConsentScope, PhotoView, Priority, ReceiptLevel};
+
+    const T: i64 = 1_790_000_000_000;
+
+    /// Every object the schema names, found by walking the whole document (what the rules
+    /// looked up before objects were found by their path).
+    fn walk(doc: &AutoCommit) -> HashMap<ObjKey, Obj> {
+        let mut out = HashMap::new();
+        let mut put = |id: &ObjId, kind: Obj| {
+            if let ObjId::Id(counter, actor, _) = id {
+                out.insert((*counter, actor.clone()), kind);
+            }
+        };
+        for key in doc.keys(ROOT).collect::<Vec<_>>() {
+            let Some(kind) = root_kind(&key) else { continue };
+            for id in objs_at(doc, &ROOT, key.as_str()) {
+                put(&id, kind);
+                match kind {
+                    Obj::Messages | Obj::Routing | Obj::Calls => {
+                        for i in 0..doc.length(&id) {
+                            for e in objs_at(doc, &id, i) {
+                                let item = child_kind(kind, &automerge::Prop::Seq(i)).unwrap();
+                                put(&e, item);
+                                for r in objs_at(doc, &e, "receipts") {
+                                    if item == Obj::Message {
+                                        put(&r, Obj::Receipts);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Obj::Media | Obj::Consents | Obj::Outcome => {
+                        for k in doc.keys(&id).collect::<Vec<_>>() {
+                            for e in objs_at(doc, &id, k.as_str()) {
+                                let Some(item) = child_kind(kind, &automerge::Prop::Map(k.clone())) else { continue };
+                                put(&e, item);
+                                if item == Obj::MediaItem {
+                                    for r in objs_at(doc, &e, "receipts") {
+                                        put(&r, Obj::Receipts);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+
+    fn session() -> SessionDoc {
+        let new = NewSession {
+            id: SessionId::from_parts(T, 9),
+            origin: "amb-07".into(),
+            icb: "QHM".into(),
+            care_setting: CareSetting::AmbulanceOnScene,
+            requester: Requester::default(),
+            patient: Patient::default(),
+            service: Service { line: ServiceLine::Dermatology, channel: Channel::Photo, priority: Priority::Urgent },
+            summary: "rash".into(),
+            draft: false,
+        };
+        let mut d = SessionDoc::create(&new, ActorId::from(vec![1u8; 16]), T).unwrap();
+        let consent = NewConsent {
+            id: "c1".into(),
+            kind: ConsentKind::Verbal,
+            scope: ConsentScope::RecordOnly,
+            by: "amb-07".into(),
+        };
+        d.add_consent(&consent, T).unwrap();
+        for i in 0..3 {
+            let msg = NewMessage {
+                id: format!("m{i}"),
+                author: "amb-07".into(),
+                side: Side::Requester,
+                text: format!("message {i}"),
+                reply_to: None,
+            };
+            d.add_message(&msg, T + i).unwrap();
+        }
+        d.add_media(&media("ab"), T).unwrap();
+        d.add_receipt("m1", ReceiptLevel::Hub, "hub-qhm", T).unwrap();
+        d.add_receipt(&"ab".repeat(32), ReceiptLevel::Hub, "hub-qhm", T).unwrap();
+        d.append_log(LogName::Routing, "escalate", &[("call", LogValue::Str("c-1".into()))], T).unwrap();
+        d.append_log(LogName::Calls, "connected", &[("call", LogValue::Str("c-1".into()))], T).unwrap();
+        d
+    }
+
+    fn media(h: &str) -> NewMedia {
+        NewMedia {
+            hash: h.repeat(32),
+            mime: "image/jpeg".into(),
+            size: 10,
+            dimensions: None,
+            view: PhotoView::CloseUp,
+            body_site: "arm".into(),
+            consent_id: "c1".into(),
+            added_by: "amb-07".into(),
+        }
+    }
+
+    #[test]
+    fn objects_found_by_path_are_the_objects_the_whole_walk_finds() {
+        let mut a = session();
+        // Two writers add the same photo at once: a conflict, both objects readable.
+        let mut b = a.fork_as(ActorId::from(vec![2u8; 16]));
+        a.add_media(&media("cd"), T + 5).unwrap();
+        b.add_media(&media("cd"), T + 6).unwrap();
+        a.merge(&mut b).unwrap();
+        // A message deleted, and an object at a place the schema does not name.
+        let doc = a.automerge();
+        let msgs = match doc.get(ROOT, "messages").unwrap() {
+            Some((Value::Object(_), id)) => id,
+            _ => panic!("no messages"),
+        };
+        let deleted = match doc.get(&msgs, 0).unwrap() {
+            Some((Value::Object(_), id)) => id,
+            _ => panic!("no message"),
+        };
+        let stray = doc.put_object(&deleted, "stray", ObjType::Map).unwrap();
+        let under_message = {
+            let m1 = match doc.get(&msgs, 1).unwrap() {
+                Some((Value::Object(_), id)) => id,
+                _ => panic!("no message"),
+            };
+            doc.put_object(&m1, "stray", ObjType::Map).unwrap()
+        };
+        doc.delete(&msgs, 0).unwrap();
+        doc.commit();
+        let doc = &*a.automerge();
+        let all = walk(doc);
+        assert!(all.values().filter(|k| **k == Obj::MediaItem).count() >= 3, "the conflict is readable: {all:?}");
+        let mut state = State::of(doc);
+        for (key, kind) in &all {
+            assert_eq!(state.kind_of(key), Some(*kind), "object {key:?}");
+        }
+        for unknown in [deleted, stray, under_message] {
+            let ObjId::Id(c, actor, _) = unknown else { panic!("root") };
+            assert_eq!(state.kind_of(&(c, actor)), None, "an object the schema does not name is unknown");
         }
     }
 }

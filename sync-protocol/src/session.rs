@@ -13,8 +13,10 @@
 //! - Messages, media, consents, routing and calls only grow. A sent message body is a plain
 //!   string, not collaborative `Text`: it never changes, and a string costs one op, not one per character.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::rc::Rc;
 use std::str::FromStr;
 
 use automerge::transaction::{CommitOptions, Transactable};
@@ -765,6 +767,12 @@ impl SessionDoc {
     pub fn view(&self) -> Result<SessionView, ModelError> {
         build_view(&self.doc)
     }
+
+    /// The routing log alone (what [`SessionView::routing`] holds), read without building the
+    /// rest of the view: what a call router needs of every session that changes.
+    pub fn routing_log(&self) -> Result<Vec<BTreeMap<String, LogValue>>, ModelError> {
+        Reader(&self.doc).log("routing")
+    }
 }
 
 /// The two grow-only logs of a session.
@@ -874,11 +882,54 @@ fn malformed(path: &str, problem: impl Into<String>) -> ModelError {
 }
 
 /// Read helpers that turn a missing or mistyped field into [`ModelError::Malformed`].
-struct Reader<'a>(&'a AutoCommit);
+///
+/// A map's entries are read in one pass the first time one of its keys is asked for, and kept:
+/// a session's view asks for dozens of keys of each map, and one sequential pass over a map
+/// costs about what a single keyed lookup does in Automerge's columnar op set.
+struct Reader<'a> {
+    doc: &'a AutoCommit,
+    maps: RefCell<HashMap<ObjId, Rc<MapEntries>>>,
+}
+
+/// A map's keys with their winning values (and the value's id).
+type MapEntries = HashMap<String, (Value<'static>, ObjId)>;
+
+#[allow(non_snake_case)] // reads like the tuple struct it was: `Reader(doc)`
+fn Reader(doc: &AutoCommit) -> Reader<'_> {
+    Reader { doc, maps: RefCell::new(HashMap::new()) }
+}
 
 impl Reader<'_> {
+    /// The winning value of every key of a map (none for a list or a missing object).
+    fn entries(&self, obj: &ObjId) -> Rc<MapEntries> {
+        if let Some(m) = self.maps.borrow().get(obj) {
+            return m.clone();
+        }
+        let m: MapEntries = self
+            .doc
+            .map_range(obj, ..)
+            .map(|item| {
+                let id = item.id();
+                (item.key.into_owned(), (item.value.into_value(), id))
+            })
+            .collect();
+        let m = Rc::new(m);
+        self.maps.borrow_mut().insert(obj.clone(), m.clone());
+        m
+    }
+
+    /// The winning value at a key of a map.
+    fn get(&self, obj: &ObjId, key: &str) -> Result<Option<(Value<'static>, ObjId)>, ModelError> {
+        Ok(self.entries(obj).get(key).cloned())
+    }
+
+    /// The winning values of a list, in order.
+    fn items(&self, list: &ObjId) -> Vec<(Value<'static>, ObjId)> {
+        self.doc.list_range(list, ..).map(|item| (item.value.clone().into_value(), item.id())).collect()
+    }
+
     fn obj(&self, parent: &ObjId, key: &str, kind: ObjType) -> Result<ObjId, ModelError> {
-        match self.0.get(parent, key)? {
+        match self.get(parent, key)? {
             Some((Value::Object(k), id)) if k == kind => Ok(id),
             Some(_) => Err(malformed(key, format!("expected a {kind:?}"))),
             None => Err(malformed(key, "missing")),
@@ -886,7 +937,7 @@ impl Reader<'_> {
     }
 
     fn str(&self, obj: &ObjId, key: &str, path: &str) -> Result<Option<String>, ModelError> {
-        match self.0.get(obj, key)? {
+        match self.get(obj, key)? {
             None => Ok(None),
             Some((Value::Scalar(s), _)) => match s.as_ref() {
                 automerge::ScalarValue::Str(v) => Ok(Some(v.to_string())),
@@ -902,7 +953,7 @@ impl Reader<'_> {
     }
 
     fn int(&self, obj: &ObjId, key: &str, path: &str) -> Result<Option<i64>, ModelError> {
-        match self.0.get(obj, key)? {
+        match self.get(obj, key)? {
             None => Ok(None),
             Some((v @ Value::Scalar(_), _)) => v.as_i64().map(Some).ok_or_else(|| malformed(path, "expected a number")),
             Some(_) => Err(malformed(path, "expected a number, found an object")),
@@ -913,7 +964,7 @@ impl Reader<'_> {
     /// (two replicas that reach the same step both write it; the first time wins).
     fn earliest(&self, obj: &ObjId, key: &str, path: &str) -> Result<TimeMs, ModelError> {
         let mut at: Option<TimeMs> = None;
-        for (v, _) in self.0.get_all(obj, key)? {
+        for (v, _) in self.doc.get_all(obj, key)? {
             let t = v.as_i64().ok_or_else(|| malformed(path, "expected a time in ms"))?;
             at = Some(at.map_or(t, |a| a.min(t)));
         }
@@ -930,7 +981,7 @@ impl Reader<'_> {
         let obj = self.obj(item, "receipts", ObjType::Map)?;
         let mut level = ReceiptLevel::Device;
         let mut all = Vec::new();
-        for key in self.0.keys(&obj) {
+        for key in self.doc.keys(&obj) {
             let Some((lvl, node)) = key.split_once('/') else {
                 return Err(malformed(path, format!("receipt key {key:?} is not <level>/<node>")));
             };
@@ -945,13 +996,13 @@ impl Reader<'_> {
     fn log(&self, key: &str) -> Result<Vec<BTreeMap<String, LogValue>>, ModelError> {
         let list = self.obj(&ROOT, key, ObjType::List)?;
         let mut out = Vec::new();
-        for i in 0..self.0.length(&list) {
-            let Some((Value::Object(ObjType::Map), e)) = self.0.get(&list, i)? else {
+        for (v, e) in self.items(&list) {
+            let Value::Object(ObjType::Map) = v else {
                 return Err(malformed(key, "log entries must be maps"));
             };
             let mut entry = BTreeMap::new();
-            for k in self.0.keys(&e) {
-                if let Some((Value::Scalar(s), _)) = self.0.get(&e, &k)? {
+            for (k, (v, _)) in self.entries(&e).iter() {
+                if let Value::Scalar(s) = v {
                     let v = match s.as_ref() {
                         automerge::ScalarValue::Str(t) => LogValue::Str(t.to_string()),
                         automerge::ScalarValue::F64(f) => LogValue::Float(*f),
@@ -960,7 +1011,7 @@ impl Reader<'_> {
                             None => continue,
                         },
                     };
-                    entry.insert(k, v);
+                    entry.insert(k.clone(), v);
                 }
             }
             out.push(entry);
@@ -1280,8 +1331,8 @@ fn build_view(doc: &AutoCommit) -> Result<SessionView, ModelError> {
 
     let msgs = r.obj(&ROOT, "messages", ObjType::List)?;
     let mut messages = Vec::new();
-    for i in 0..doc.length(&msgs) {
-        let Some((Value::Object(ObjType::Map), m)) = doc.get(&msgs, i)? else {
+    for (v, m) in r.items(&msgs) {
+        let Value::Object(ObjType::Map) = v else {
             return Err(malformed("/messages", "entries must be maps"));
         };
         let (receipt, receipts) = r.receipts(&m, "/messages/*/receipts")?;

@@ -8,7 +8,7 @@ use rustls::pki_types::pem::PemObject;
 use sync_protocol::authorship::{self, Signature};
 use sync_protocol::blob;
 use sync_protocol::engine::{Applied, BlobNeed, Incoming, Knowledge, Outgoing};
-use sync_protocol::recon::{self, Item};
+use sync_protocol::recon::{self, Fingerprint, Item};
 use sync_protocol::rules::{self, Admission};
 use sync_protocol::scope::{DocMeta, PeerInfo, may_accept, may_hold};
 use sync_protocol::session::{SessionDoc, SessionId, receipt_level};
@@ -37,6 +37,22 @@ pub struct ScopeRow {
 
 fn to_hashes(h: &[Hash]) -> Vec<ChangeHash> {
     h.iter().map(|x| ChangeHash(*x)).collect()
+}
+
+/// The scope facts of a row's (origin, ICB, service line) columns from `at` on, without shares.
+fn group_meta(r: &rusqlite::Row<'_>, at: usize) -> Result<DocMeta, ()> {
+    let line: String = r.get(at + 2).map_err(|_| ())?;
+    Ok(DocMeta {
+        origin: r.get(at).map_err(|_| ())?,
+        icb: r.get(at + 1).map_err(|_| ())?,
+        line: ServiceLine::parse(&line).map_err(|_| ())?,
+        shares: Vec::new(),
+    })
+}
+
+/// What decides which sessions a peer may see, as recorded beside its delta mark.
+fn scope_key(peer: &PeerInfo) -> String {
+    format!("{:?}|{:?}|{:?}", peer.role, peer.icb, peer.lines)
 }
 
 fn hex32(h: &Hash) -> String {
@@ -215,30 +231,135 @@ impl Store {
             .collect())
     }
 
-    /// Documents the peer may see whose heads differ from what it last confirmed.
-    pub fn delta_for(&self, peer: &PeerInfo) -> Result<Vec<(DocId, Vec<Hash>)>, StoreError> {
-        let known = self.peer_digests(peer)?;
-        Ok(self
-            .scope_rows()?
-            .into_iter()
-            .filter(|r| may_hold(peer, &r.meta) && known.get(&r.sid) != Some(&r.digest))
-            .map(|r| (r.id.to_bytes(), r.heads))
-            .collect())
-    }
-
-    fn peer_digests(&self, peer: &PeerInfo) -> Result<std::collections::HashMap<i64, [u8; 16]>, StoreError> {
-        let ctx = "reading peer state";
-        let mut stmt =
-            self.conn.prepare_cached("SELECT sid, digest FROM peer_docs WHERE peer = ?1").map_err(sql(ctx))?;
-        let mut rows = stmt.query([&peer.name]).map_err(sql(ctx))?;
-        let mut out = std::collections::HashMap::new();
-        while let Some(r) = rows.next().map_err(sql(ctx))? {
-            let d: Vec<u8> = r.get(1).map_err(sql(ctx))?;
-            if let Ok(d) = d.try_into() {
-                out.insert(r.get(0).map_err(sql(ctx))?, d);
+    /// The number and fingerprint of the sessions the peer may see, from the per-group sums
+    /// (origin, ICB, service line) the index keeps up to date, plus the sessions shared with the
+    /// peer outside its groups: no session is read that is not shared.
+    pub fn summary_for(&self, peer: &PeerInfo) -> Result<(u64, Fingerprint), StoreError> {
+        let ctx = "reading the reconciliation sums";
+        let damaged = || StoreError::Damaged("a reconciliation sum is damaged".into());
+        let mut count = 0u64;
+        let mut fp = Fingerprint::default();
+        {
+            let mut stmt =
+                self.conn.prepare_cached("SELECT origin, icb, line, n, fp FROM fp_groups").map_err(sql(ctx))?;
+            let mut rows = stmt.query([]).map_err(sql(ctx))?;
+            while let Some(r) = rows.next().map_err(sql(ctx))? {
+                if may_hold(peer, &group_meta(r, 0).map_err(|_| damaged())?) {
+                    let n: i64 = r.get(3).map_err(sql(ctx))?;
+                    let sum: Vec<u8> = r.get(4).map_err(sql(ctx))?;
+                    count = count.wrapping_add(n as u64);
+                    fp = fp.add(&Fingerprint::from_bytes(&sum.try_into().map_err(|_| damaged())?));
+                }
             }
         }
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT s.id, s.origin, s.icb, s.service_line, s.digest FROM session_shares h
+                 JOIN sessions s ON s.sid = h.sid WHERE h.node = ?1 AND length(s.digest) = 16",
+            )
+            .map_err(sql(ctx))?;
+        let mut rows = stmt.query([&peer.name]).map_err(sql(ctx))?;
+        while let Some(r) = rows.next().map_err(sql(ctx))? {
+            let id: String = r.get(0).map_err(sql(ctx))?;
+            if may_hold(peer, &group_meta(r, 1).map_err(|_| damaged())?) {
+                continue; // counted with its group
+            }
+            let digest: Vec<u8> = r.get(4).map_err(sql(ctx))?;
+            let id: SessionId = id.parse().map_err(|_| damaged())?;
+            count += 1;
+            fp = fp
+                .add(&Fingerprint::of(&Item { id: id.to_bytes(), digest: digest.try_into().map_err(|_| damaged())? }));
+        }
+        Ok((count, fp))
+    }
+
+    /// Documents the peer may see whose heads differ from what it last confirmed.
+    ///
+    /// Only sessions written after the peer's mark are read: every session the peer may see
+    /// and last written at or before the mark was confirmed by the peer at our current heads.
+    /// The mark moves up to just before the oldest session still differing; confirmations of
+    /// other heads than ours move it back (`set_knowledge`), and a change of the peer's scope
+    /// (a desk given another service line) starts it again from zero.
+    pub fn delta_for(&self, peer: &PeerInfo) -> Result<Vec<(DocId, Vec<Hash>)>, StoreError> {
+        let ctx = "reading peer state";
+        let scope = scope_key(peer);
+        let mark: i64 = self
+            .conn
+            .row("SELECT mark FROM peer_marks WHERE peer = ?1 AND scope = ?2", [&peer.name, &scope], |r| r.get(0))
+            .optional()
+            .map_err(sql(ctx))?
+            .unwrap_or(0);
+        let mut out = Vec::new();
+        let mut lowest_differing: Option<i64> = None;
+        let mut top = mark;
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT s.sid, s.id, s.origin, s.icb, s.service_line, s.heads, s.digest, s.head_seq, p.digest
+                     FROM sessions s LEFT JOIN peer_docs p ON p.peer = ?1 AND p.sid = s.sid
+                     WHERE s.head_seq > ?2",
+                )
+                .map_err(sql(ctx))?;
+            let mut rows = stmt.query(params![peer.name, mark]).map_err(sql(ctx))?;
+            while let Some(r) = rows.next().map_err(sql(ctx))? {
+                let sid: i64 = r.get(0).map_err(sql(ctx))?;
+                let id: String = r.get(1).map_err(sql(ctx))?;
+                let line: String = r.get(4).map_err(sql(ctx))?;
+                let digest: Vec<u8> = r.get(6).map_err(sql(ctx))?;
+                let seq: i64 = r.get(7).map_err(sql(ctx))?;
+                let known: Option<Vec<u8>> = r.get(8).map_err(sql(ctx))?;
+                top = top.max(seq);
+                let damaged = || StoreError::Damaged(format!("session {id} has a damaged index row"));
+                let mut meta = DocMeta {
+                    origin: r.get(2).map_err(sql(ctx))?,
+                    icb: r.get(3).map_err(sql(ctx))?,
+                    line: ServiceLine::parse(&line).map_err(|_| damaged())?,
+                    shares: Vec::new(),
+                };
+                if !may_hold(peer, &meta) {
+                    if !self.shared_with(sid, &peer.name)? {
+                        continue;
+                    }
+                    meta.shares.push(peer.name.clone());
+                }
+                if known.as_deref() == Some(&digest[..]) {
+                    continue;
+                }
+                lowest_differing = Some(lowest_differing.map_or(seq, |l| l.min(seq)));
+                let heads: Vec<u8> = r.get(5).map_err(sql(ctx))?;
+                out.push((id.parse::<SessionId>().map_err(|_| damaged())?.to_bytes(), heads_from_blob(&heads)));
+            }
+        }
+        let new_mark = lowest_differing.map_or(top, |l| l - 1).max(mark);
+        if new_mark != mark || !self.has_mark(peer, &scope)? {
+            self.conn
+                .exec(
+                    "INSERT INTO peer_marks (peer, scope, mark) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (peer) DO UPDATE SET scope = excluded.scope, mark = excluded.mark",
+                    params![peer.name, scope, new_mark],
+                )
+                .map_err(sql("recording peer state"))?;
+        }
+        out.sort_by_key(|e| e.0);
         Ok(out)
+    }
+
+    fn has_mark(&self, peer: &PeerInfo, scope: &str) -> Result<bool, StoreError> {
+        self.conn
+            .row("SELECT EXISTS (SELECT 1 FROM peer_marks WHERE peer = ?1 AND scope = ?2)", [&peer.name, scope], |r| {
+                r.get(0)
+            })
+            .map_err(sql("reading peer state"))
+    }
+
+    fn shared_with(&self, sid: i64, node: &str) -> Result<bool, StoreError> {
+        self.conn
+            .row("SELECT EXISTS (SELECT 1 FROM session_shares WHERE sid = ?1 AND node = ?2)", params![sid, node], |r| {
+                r.get(0)
+            })
+            .map_err(sql("reading the session index"))
     }
 
     /// Forgets what this node knew of a peer: the next conversation reconciles from scratch.
@@ -246,6 +367,7 @@ impl Store {
         let tx = self.conn.unchecked_transaction().map_err(sql("starting a write"))?;
         let n = tx.exec("DELETE FROM peer_docs WHERE peer = ?1", [peer]).map_err(sql("forgetting a peer"))?;
         let d = tx.exec("DELETE FROM peer_directory WHERE peer = ?1", [peer]).map_err(sql("forgetting a peer"))?;
+        tx.exec("DELETE FROM peer_marks WHERE peer = ?1", [peer]).map_err(sql("forgetting a peer"))?;
         tx.commit().map_err(sql("committing"))?;
         Ok((n + d) as u64)
     }
@@ -262,7 +384,7 @@ impl Store {
         let key = SessionId::from_bytes(*id).to_string();
         self.conn
             .row(
-                "SELECT p.heads, p.shared FROM peer_docs p JOIN sessions s ON s.sid = p.sid WHERE p.peer = ?1 AND s.id = ?2",
+                "SELECT heads, shared FROM peer_docs WHERE peer = ?1 AND sid = (SELECT sid FROM sessions WHERE id = ?2)",
                 params![peer.name, key],
                 super::knowledge_row,
             )
@@ -277,7 +399,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT p.peer FROM peer_docs p JOIN sessions s ON s.sid = p.sid WHERE s.id = ?1 AND length(p.heads) > 0",
+                "SELECT peer FROM peer_docs WHERE sid = (SELECT sid FROM sessions WHERE id = ?1) AND length(heads) > 0",
             )
             .map_err(sql(ctx))?;
         stmt.query_map([&key], |r| r.get(0)).map_err(sql(ctx))?.collect::<Result<_, _>>().map_err(sql(ctx))
@@ -311,6 +433,13 @@ impl Store {
                 "INSERT INTO peer_docs (peer, sid, digest, heads, shared) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (peer, sid) DO UPDATE SET digest = excluded.digest, heads = excluded.heads, shared = excluded.shared",
                 params![peer.name, sid, recon::digest(&k.heads).to_vec(), heads_blob(&k.heads), heads_blob(&k.shared)],
+            )
+            .map_err(sql("recording peer state"))?;
+            // A confirmation of other heads than ours: the delta must look at this session again.
+            tx.exec(
+                "UPDATE peer_marks SET mark = min(mark, (SELECT head_seq - 1 FROM sessions WHERE sid = ?2))
+                 WHERE peer = ?1 AND (SELECT digest FROM sessions WHERE sid = ?2) IS NOT ?3",
+                params![peer.name, sid, recon::digest(&k.heads).to_vec()],
             )
             .map_err(sql("recording peer state"))?;
         }
@@ -579,26 +708,40 @@ impl Store {
         Ok(())
     }
 
-    /// Stores a verified chunk durably; returns whether the blob is now whole.
-    pub fn store_chunk(&self, hash: &Hash, index: u32, data: &[u8]) -> Result<bool, StoreError> {
-        let hex = hex32(hash);
+    /// Stores verified chunks durably, in one transaction (one fsync for a batch of chunks, not
+    /// one per 16 KiB); returns the blobs that became whole.
+    pub fn store_chunks(&self, chunks: &[(Hash, u32, Vec<u8>)]) -> Result<Vec<Hash>, StoreError> {
         let tx = self.conn.unchecked_transaction().map_err(sql("starting a write"))?;
-        let sealed = self.sealer.seal(&chunk_aad(&hex, u64::from(index)), data)?;
-        tx.exec(
-            "INSERT INTO blob_chunks (hash, idx, sealed) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-            params![hex, i64::from(index), sealed],
-        )
-        .map_err(sql("storing a photo"))?;
-        let (present, total): (i64, i64) = tx
-            .row(
-                "SELECT (SELECT count(*) FROM blob_chunks WHERE hash = ?1), chunks FROM blobs WHERE hash = ?1",
-                [&hex],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+        let mut blobs: Vec<Hash> = Vec::new();
+        for (hash, index, data) in chunks {
+            let hex = hex32(hash);
+            let sealed = self.sealer.seal(&chunk_aad(&hex, u64::from(*index)), data)?;
+            tx.exec(
+                "INSERT INTO blob_chunks (hash, idx, sealed) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                params![hex, i64::from(*index), sealed],
             )
             .map_err(sql("storing a photo"))?;
-        let whole = present >= total;
-        if whole {
-            tx.exec("UPDATE blobs SET state = 'complete' WHERE hash = ?1", [&hex]).map_err(sql("storing a photo"))?;
+            if !blobs.contains(hash) {
+                blobs.push(*hash);
+            }
+        }
+        let mut whole = Vec::new();
+        for hash in blobs {
+            let hex = hex32(&hash);
+            let (present, total, state): (i64, i64, String) = tx
+                .row(
+                    "SELECT (SELECT count(*) FROM blob_chunks WHERE hash = ?1), chunks, state FROM blobs WHERE hash = ?1",
+                    [&hex],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .map_err(sql("storing a photo"))?;
+            if present >= total {
+                if state != "complete" {
+                    tx.exec("UPDATE blobs SET state = 'complete' WHERE hash = ?1", [&hex])
+                        .map_err(sql("storing a photo"))?;
+                }
+                whole.push(hash);
+            }
         }
         tx.commit().map_err(sql("committing"))?;
         Ok(whole)
