@@ -578,6 +578,7 @@ impl Store {
             .map_err(sql(ctx))?;
         let mut rows = stmt.query([&me.name]).map_err(sql(ctx))?;
         let mut out: Vec<BlobNeed> = Vec::new();
+        let mut listed: std::collections::HashSet<Hash> = std::collections::HashSet::new();
         while let Some(r) = rows.next().map_err(sql(ctx))? {
             let sid: i64 = r.get(0).map_err(sql(ctx))?;
             let hash_hex: String = r.get(1).map_err(sql(ctx))?;
@@ -588,9 +589,10 @@ impl Store {
             let peer_has = added_by == peer.name || holders.split(',').any(|h| h == peer.name);
             let Ok(bytes) = hex::decode(&hash_hex) else { continue };
             let Ok(hash) = <[u8; 32]>::try_from(bytes) else { continue };
-            if !peer_has || out.iter().any(|n| n.hash == hash) || !self.sid_visible(sid, peer)? {
+            if !peer_has || listed.contains(&hash) || !self.sid_visible(sid, peer)? {
                 continue;
             }
+            listed.insert(hash);
             let manifest = manifest.map(|cvs| BlobManifest {
                 hash,
                 size,
