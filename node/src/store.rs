@@ -585,6 +585,10 @@ impl Store {
     /// Fills the index columns added by schema 2 (heads, digest, shares, photos) for sessions
     /// written by schema 1. Runs once: afterwards no row has an empty digest.
     fn backfill_index(&mut self) -> Result<(), StoreError> {
+        // Once done, never again: the scan reads every session row, at every open.
+        if self.meta_get("index_filled")?.is_some() {
+            return Ok(());
+        }
         let ids: Vec<String> = {
             let mut stmt = self
                 .conn
@@ -605,7 +609,7 @@ impl Store {
             tx.commit().map_err(sql("committing"))?;
             self.cache.put(id, cached);
         }
-        Ok(())
+        self.meta_put("index_filled", b"1")
     }
 
     /// The public half of this node's author key, for the fleet CA to certify.

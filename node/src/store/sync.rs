@@ -534,8 +534,11 @@ impl Store {
                     spent += ops;
                     let sigs: Vec<(ChangeHash, Signature)> = admitted.iter().map(|(c, sig)| (c.hash(), *sig)).collect();
                     let changes: Vec<automerge::Change> = admitted.into_iter().map(|(c, _)| c).collect();
-                    let mut candidate = match existing.as_mut() {
-                        Some(c) => c.doc.fork_as(self.actor.clone()),
+                    // Applied in place, not to a fork of the whole document: a document that
+                    // is refused after this point is dropped from the cache, and read again
+                    // from disk (where nothing of this batch is) when next needed.
+                    let mut candidate = match existing.take() {
+                        Some(c) => c.doc,
                         None => SessionDoc::empty(self.actor.clone()),
                     };
                     match candidate.apply_changes(changes) {
@@ -548,7 +551,6 @@ impl Store {
                             if let Some(c) = cached {
                                 self.cache.put(sid, c);
                                 changed.push(*id);
-                                existing = None;
                             }
                             applied
                         }
