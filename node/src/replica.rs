@@ -6,7 +6,7 @@ use sync_protocol::authorship::ActorPrefix;
 use sync_protocol::directory::is_directory_id;
 use sync_protocol::engine::{Applied, BlobNeed, Incoming, Knowledge, Outgoing, Replica};
 use sync_protocol::recon::{Fingerprint, Item};
-use sync_protocol::scope::{PeerInfo, may_hold};
+use sync_protocol::scope::PeerInfo;
 use sync_protocol::wire::{BlobManifest, DocId, Hash};
 
 use crate::store::{Store, StoreError};
@@ -70,7 +70,7 @@ impl Replica for NodeReplica<'_> {
         if is_directory_id(id) {
             return self.store.directory_heads_for(self.me, peer, id);
         }
-        Ok(self.store.scope_row(id)?.filter(|r| may_hold(peer, &r.meta)).map(|r| r.heads))
+        Ok(self.store.visible_row(peer, id)?.map(|(_, heads)| heads))
     }
 
     fn known_hashes(&mut self, peer: &PeerInfo, id: &DocId, hashes: &[Hash]) -> Result<Vec<Hash>, StoreError> {

@@ -210,6 +210,27 @@ impl Store {
         }))
     }
 
+    /// The row id and heads of a session, if held and the peer may see it: one indexed read,
+    /// and a look at the shares only when the peer's role does not already give it the session.
+    pub fn visible_row(&self, peer: &PeerInfo, id: &DocId) -> Result<Option<(i64, Vec<Hash>)>, StoreError> {
+        let key = SessionId::from_bytes(*id).to_string();
+        let ctx = "reading the session index";
+        let row = self
+            .conn
+            .row("SELECT sid, origin, icb, service_line, heads FROM sessions WHERE id = ?1", [&key], |r| {
+                Ok((r.get::<_, i64>(0)?, group_meta(r, 1), r.get::<_, Vec<u8>>(4)?))
+            })
+            .optional()
+            .map_err(sql(ctx))?;
+        let Some((sid, meta, heads)) = row else { return Ok(None) };
+        let meta = meta.map_err(|_| StoreError::Damaged(format!("session {key} has a damaged index row")))?;
+        if may_hold(peer, &meta) || self.shared_with(sid, &peer.name)? {
+            Ok(Some((sid, heads_from_blob(&heads))))
+        } else {
+            Ok(None)
+        }
+    }
+
     /// Whether the peer may hold the session with row id `sid`.
     fn sid_visible(&self, sid: i64, peer: &PeerInfo) -> Result<bool, StoreError> {
         let id: Option<String> = self
@@ -218,7 +239,7 @@ impl Store {
             .optional()
             .map_err(sql("reading the session index"))?;
         let Some(id) = id.and_then(|i| i.parse::<SessionId>().ok()) else { return Ok(false) };
-        Ok(self.scope_row(&id.to_bytes())?.is_some_and(|r| may_hold(peer, &r.meta)))
+        Ok(self.visible_row(peer, &id.to_bytes())?.is_some())
     }
 
     /// Items the peer may see, sorted by id.
@@ -410,20 +431,9 @@ impl Store {
         // What a peer says of a session it may not see is not recorded: it would make it look
         // like a holder.
         let mut rows = Vec::with_capacity(updates.len());
-        if updates.len() > 64 {
-            // Many at once (after range reconciliation): one pass over the index.
-            let visible: std::collections::HashMap<DocId, i64> = self
-                .scope_rows()?
-                .into_iter()
-                .filter(|r| may_hold(peer, &r.meta))
-                .map(|r| (r.id.to_bytes(), r.sid))
-                .collect();
-            rows.extend(updates.iter().filter_map(|(id, k)| visible.get(id).map(|sid| (*sid, k))));
-        } else {
-            for (id, k) in updates {
-                if let Some(r) = self.scope_row(id)?.filter(|r| may_hold(peer, &r.meta)) {
-                    rows.push((r.sid, k));
-                }
+        for (id, k) in updates {
+            if let Some((sid, _)) = self.visible_row(peer, id)? {
+                rows.push((sid, k));
             }
         }
         let tx =
@@ -454,7 +464,7 @@ impl Store {
     /// Which of `hashes` are changes we hold of a document `peer` may see.
     pub fn known_hashes(&mut self, peer: &PeerInfo, id: &DocId, hashes: &[Hash]) -> Result<Vec<Hash>, StoreError> {
         let sid = SessionId::from_bytes(*id);
-        if !self.scope_row(id)?.is_some_and(|r| may_hold(peer, &r.meta)) {
+        if self.visible_row(peer, id)?.is_none() {
             return Ok(Vec::new());
         }
         self.with_doc(sid, |d| {
@@ -471,7 +481,7 @@ impl Store {
         id: &DocId,
         base: &[Hash],
     ) -> Result<Option<Outgoing>, StoreError> {
-        if !self.scope_row(id)?.is_some_and(|r| may_hold(peer, &r.meta)) {
+        if self.visible_row(peer, id)?.is_none() {
             return Ok(None);
         }
         let base = to_hashes(base);
