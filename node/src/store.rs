@@ -809,18 +809,27 @@ impl Store {
     /// Lists sessions newest first, from their index rows and cards (no document is loaded).
     pub fn list(&self, filter: &ListFilter) -> Result<Vec<SessionCard>, StoreError> {
         let ctx = "listing sessions";
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT id, status, service_line, priority, origin, created_ms, updated_ms, card FROM sessions
-                 WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR service_line = ?2)
-                 ORDER BY updated_ms DESC, id DESC LIMIT ?3",
-            )
-            .map_err(sql(ctx))?;
+        // Only the filters given appear in the statement, so that SQLite can use the status
+        // index (a router asking for the sessions in routing reads those, not every session).
+        let mut wheres = Vec::new();
+        let mut args: Vec<&str> = Vec::new();
+        if let Some(st) = filter.status {
+            args.push(st.as_str());
+            wheres.push(format!("status = ?{}", args.len()));
+        }
+        if let Some(line) = filter.service_line {
+            args.push(line.as_str());
+            wheres.push(format!("service_line = ?{}", args.len()));
+        }
         let limit = filter.limit.map_or(-1, |l| l as i64);
-        let mut rows = stmt
-            .query(params![filter.status.map(|s| s.as_str()), filter.service_line.map(|s| s.as_str()), limit])
-            .map_err(sql(ctx))?;
+        let query = format!(
+            "SELECT id, status, service_line, priority, origin, created_ms, updated_ms, card FROM sessions {} {}
+             ORDER BY updated_ms DESC, id DESC LIMIT {limit}",
+            if wheres.is_empty() { "" } else { "WHERE" },
+            wheres.join(" AND "),
+        );
+        let mut stmt = self.conn.prepare_cached(&query).map_err(sql(ctx))?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(args)).map_err(sql(ctx))?;
         let damaged = |what: &str, value: String| StoreError::Damaged(format!("a session's {what} reads {value:?}"));
         let mut out = Vec::new();
         while let Some(row) = rows.next().map_err(sql(ctx))? {
