@@ -243,6 +243,14 @@ struct Row {
     new_change_bytes: u64,
 }
 
+impl Row {
+    /// A case measured against the baseline; new change bytes counted both ways.
+    fn against(case: String, ours: SyncReport, cpu_ms: f64, base: BaselineRun) -> Row {
+        let new_change_bytes = ours.stats.change_bytes_sent + ours.stats.change_bytes_received;
+        Row { case, ours, cpu_ms, base: Some(base), new_change_bytes }
+    }
+}
+
 /// One sync of the edge with the hub, with the CPU time it took (both sides).
 async fn ours(edge: &NodeDir, hub: SocketAddr) -> (SyncReport, f64) {
     let node = Node::open(edge).expect("open edge");
@@ -361,14 +369,7 @@ fn main() {
         reload(&mut b_edge, &edge, &changed);
         let (b, side) = rt.block_on(baseline(&mut b_edge, b_hub, &edge_id, &hub_id));
         b_hub = side;
-        let new_bytes = report.stats.change_bytes_sent + report.stats.change_bytes_received;
-        rows.push(Row {
-            case: format!("{label} of {n}"),
-            ours: report,
-            cpu_ms,
-            base: Some(b),
-            new_change_bytes: new_bytes,
-        });
+        rows.push(Row::against(format!("{label} of {n}"), report, cpu_ms, b));
         // Settle the hub's last receipts so the next case starts from converged replicas.
         rt.block_on(ours(&edge, hub_addr));
     }
@@ -405,14 +406,7 @@ fn main() {
         );
         let (b, side) = rt.block_on(baseline(&mut b_edge, b_backup, &edge_id, &hub_id));
         b_hub = side;
-        let new_bytes = report.stats.change_bytes_sent + report.stats.change_bytes_received;
-        rows.push(Row {
-            case: format!("{label} of {n}"),
-            ours: report,
-            cpu_ms,
-            base: Some(b),
-            new_change_bytes: new_bytes,
-        });
+        rows.push(Row::against(format!("{label} of {n}"), report, cpu_ms, b));
         rt.block_on(ours(&edge, hub_addr));
     }
 
