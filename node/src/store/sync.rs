@@ -233,13 +233,19 @@ impl Store {
 
     /// Whether the peer may hold the session with row id `sid`.
     fn sid_visible(&self, sid: i64, peer: &PeerInfo) -> Result<bool, StoreError> {
-        let id: Option<String> = self
+        let meta = self
             .conn
-            .row("SELECT id FROM sessions WHERE sid = ?1", [sid], |r| r.get(0))
+            .row("SELECT origin, icb, service_line FROM sessions WHERE sid = ?1", [sid], |r| Ok(group_meta(r, 0)))
             .optional()
             .map_err(sql("reading the session index"))?;
-        let Some(id) = id.and_then(|i| i.parse::<SessionId>().ok()) else { return Ok(false) };
-        Ok(self.visible_row(peer, &id.to_bytes())?.is_some())
+        match meta {
+            None => Ok(false),
+            Some(meta) => {
+                let meta =
+                    meta.map_err(|_| StoreError::Damaged(format!("session row {sid} has a damaged index row")))?;
+                Ok(may_hold(peer, &meta) || self.shared_with(sid, &peer.name)?)
+            }
+        }
     }
 
     /// Items the peer may see, sorted by id.
