@@ -369,7 +369,7 @@ impl SessionDoc {
     }
 
     fn check_shape(&self) -> Result<(), ModelError> {
-        let r = Reader(&self.doc);
+        let r = Reader::new(&self.doc);
         match r.int(&ROOT, "schema", "/schema")? {
             Some(v) if v > SCHEMA_VERSION => return Err(ModelError::SchemaVersion(v)),
             Some(_) => {}
@@ -423,12 +423,12 @@ impl SessionDoc {
     }
 
     fn root_obj(&self, key: &str, kind: ObjType) -> Result<ObjId, ModelError> {
-        Reader(&self.doc).obj(&ROOT, key, kind)
+        Reader::new(&self.doc).obj(&ROOT, key, kind)
     }
 
     /// The session id.
     pub fn id(&self) -> Result<SessionId, ModelError> {
-        let r = Reader(&self.doc);
+        let r = Reader::new(&self.doc);
         let identity = r.obj(&ROOT, "identity", ObjType::Map)?;
         let id = r.req_str(&identity, "id", "/identity/id")?;
         id.parse().map_err(|e: SessionIdError| malformed("/identity/id", e.to_string()))
@@ -442,7 +442,7 @@ impl SessionDoc {
     }
 
     fn status_steps(&self) -> Result<Vec<StatusStep>, ModelError> {
-        let r = Reader(&self.doc);
+        let r = Reader::new(&self.doc);
         let obj = r.obj(&ROOT, "status", ObjType::Map)?;
         let mut steps = Vec::new();
         for key in self.doc.keys(&obj) {
@@ -537,7 +537,7 @@ impl SessionDoc {
     }
 
     fn find_message(&self, id: &str) -> Result<Option<ObjId>, ModelError> {
-        let r = Reader(&self.doc);
+        let r = Reader::new(&self.doc);
         let list = r.obj(&ROOT, "messages", ObjType::List)?;
         for i in 0..self.doc.length(&list) {
             if let Some((Value::Object(ObjType::Map), m)) = self.doc.get(&list, i)?
@@ -565,7 +565,7 @@ impl SessionDoc {
 
     /// Withdraws a consent. Permanent: no later or concurrent edit brings it back.
     pub fn withdraw_consent(&mut self, id: &str, by: &str, now: TimeMs) -> Result<(), ModelError> {
-        let r = Reader(&self.doc);
+        let r = Reader::new(&self.doc);
         let map = r.obj(&ROOT, "consents", ObjType::Map)?;
         let c = match self.doc.get(&map, id)? {
             Some((Value::Object(ObjType::Map), c)) => c,
@@ -585,7 +585,7 @@ impl SessionDoc {
             return Err(malformed("/media", format!("{:?} is not a BLAKE3 hex hash", media.hash)));
         }
         self.ensure_open()?;
-        let r = Reader(&self.doc);
+        let r = Reader::new(&self.doc);
         let consents = r.obj(&ROOT, "consents", ObjType::Map)?;
         if self.doc.get(&consents, media.consent_id.as_str())?.is_none() {
             return Err(ModelError::NoSuchConsent(media.consent_id.clone()));
@@ -635,7 +635,7 @@ impl SessionDoc {
                 }
             }
         };
-        let receipts = Reader(&self.doc).obj(&item_obj, "receipts", ObjType::Map)?;
+        let receipts = Reader::new(&self.doc).obj(&item_obj, "receipts", ObjType::Map)?;
         let key = format!("{}/{}", level.as_str(), node);
         if self.doc.get(&receipts, key.as_str())?.is_some() {
             return Ok(false);
@@ -660,7 +660,7 @@ impl SessionDoc {
             return Ok(false);
         }
         let key = format!("{}/{}", level.as_str(), node);
-        let r = Reader(&self.doc);
+        let r = Reader::new(&self.doc);
         let mut targets = Vec::new();
         let msgs = r.obj(&ROOT, "messages", ObjType::List)?;
         for i in 0..self.doc.length(&msgs) {
@@ -679,7 +679,7 @@ impl SessionDoc {
         }
         let mut added = false;
         for item in targets {
-            let receipts = Reader(&self.doc).obj(&item, "receipts", ObjType::Map)?;
+            let receipts = Reader::new(&self.doc).obj(&item, "receipts", ObjType::Map)?;
             if self.doc.get(&receipts, key.as_str())?.is_none() {
                 self.doc.put(&receipts, key.as_str(), now)?;
                 added = true;
@@ -695,7 +695,7 @@ impl SessionDoc {
     /// `outcome_recorded` unless it is already beyond.
     pub fn set_outcome(&mut self, side: Side, outcome: Outcome, by: &str, now: TimeMs) -> Result<(), ModelError> {
         self.ensure_open()?;
-        let r = Reader(&self.doc);
+        let r = Reader::new(&self.doc);
         let all = r.obj(&ROOT, "outcome", ObjType::Map)?;
         let obj = r.obj(&all, side.as_str(), ObjType::Map)?;
         // Always the same three keys in the same order: concurrent writers then win or lose
@@ -771,7 +771,7 @@ impl SessionDoc {
     /// The routing log alone (what [`SessionView::routing`] holds), read without building the
     /// rest of the view: what a call router needs of every session that changes.
     pub fn routing_log(&self) -> Result<Vec<BTreeMap<String, LogValue>>, ModelError> {
-        Reader(&self.doc).log("routing")
+        Reader::new(&self.doc).log("routing")
     }
 }
 
@@ -894,12 +894,11 @@ struct Reader<'a> {
 /// A map's keys with their winning values (and the value's id).
 type MapEntries = HashMap<String, (Value<'static>, ObjId)>;
 
-#[allow(non_snake_case)] // reads like the tuple struct it was: `Reader(doc)`
-fn Reader(doc: &AutoCommit) -> Reader<'_> {
-    Reader { doc, maps: RefCell::new(HashMap::new()) }
-}
+impl<'a> Reader<'a> {
+    fn new(doc: &'a AutoCommit) -> Reader<'a> {
+        Reader { doc, maps: RefCell::new(HashMap::new()) }
+    }
 
-impl Reader<'_> {
     /// The winning value of every key of a map (none for a list or a missing object).
     fn entries(&self, obj: &ObjId) -> Rc<MapEntries> {
         if let Some(m) = self.maps.borrow().get(obj) {
@@ -919,8 +918,8 @@ impl Reader<'_> {
     }
 
     /// The winning value at a key of a map.
-    fn get(&self, obj: &ObjId, key: &str) -> Result<Option<(Value<'static>, ObjId)>, ModelError> {
-        Ok(self.entries(obj).get(key).cloned())
+    fn get(&self, obj: &ObjId, key: &str) -> Option<(Value<'static>, ObjId)> {
+        self.entries(obj).get(key).cloned()
     }
 
     /// The winning values of a list, in order.
@@ -929,7 +928,7 @@ impl Reader<'_> {
     }
 
     fn obj(&self, parent: &ObjId, key: &str, kind: ObjType) -> Result<ObjId, ModelError> {
-        match self.get(parent, key)? {
+        match self.get(parent, key) {
             Some((Value::Object(k), id)) if k == kind => Ok(id),
             Some(_) => Err(malformed(key, format!("expected a {kind:?}"))),
             None => Err(malformed(key, "missing")),
@@ -937,7 +936,7 @@ impl Reader<'_> {
     }
 
     fn str(&self, obj: &ObjId, key: &str, path: &str) -> Result<Option<String>, ModelError> {
-        match self.get(obj, key)? {
+        match self.get(obj, key) {
             None => Ok(None),
             Some((Value::Scalar(s), _)) => match s.as_ref() {
                 automerge::ScalarValue::Str(v) => Ok(Some(v.to_string())),
@@ -953,7 +952,7 @@ impl Reader<'_> {
     }
 
     fn int(&self, obj: &ObjId, key: &str, path: &str) -> Result<Option<i64>, ModelError> {
-        match self.get(obj, key)? {
+        match self.get(obj, key) {
             None => Ok(None),
             Some((v @ Value::Scalar(_), _)) => v.as_i64().map(Some).ok_or_else(|| malformed(path, "expected a number")),
             Some(_) => Err(malformed(path, "expected a number, found an object")),
@@ -1236,7 +1235,7 @@ impl SessionView {
 }
 
 fn build_view(doc: &AutoCommit) -> Result<SessionView, ModelError> {
-    let r = Reader(doc);
+    let r = Reader::new(doc);
     let schema = r.int(&ROOT, "schema", "/schema")?.ok_or_else(|| malformed("/schema", "missing"))?;
     if schema > SCHEMA_VERSION {
         return Err(ModelError::SchemaVersion(schema));

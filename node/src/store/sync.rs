@@ -311,12 +311,12 @@ impl Store {
     pub fn delta_for(&self, peer: &PeerInfo) -> Result<Vec<(DocId, Vec<Hash>)>, StoreError> {
         let ctx = "reading peer state";
         let scope = scope_key(peer);
-        let mark: i64 = self
+        let stored: Option<i64> = self
             .conn
             .row("SELECT mark FROM peer_marks WHERE peer = ?1 AND scope = ?2", [&peer.name, &scope], |r| r.get(0))
             .optional()
-            .map_err(sql(ctx))?
-            .unwrap_or(0);
+            .map_err(sql(ctx))?;
+        let mark = stored.unwrap_or(0);
         let mut out = Vec::new();
         let mut lowest_differing: Option<i64> = None;
         let mut top = mark;
@@ -333,23 +333,14 @@ impl Store {
             while let Some(r) = rows.next().map_err(sql(ctx))? {
                 let sid: i64 = r.get(0).map_err(sql(ctx))?;
                 let id: String = r.get(1).map_err(sql(ctx))?;
-                let line: String = r.get(4).map_err(sql(ctx))?;
                 let digest: Vec<u8> = r.get(6).map_err(sql(ctx))?;
                 let seq: i64 = r.get(7).map_err(sql(ctx))?;
                 let known: Option<Vec<u8>> = r.get(8).map_err(sql(ctx))?;
                 top = top.max(seq);
                 let damaged = || StoreError::Damaged(format!("session {id} has a damaged index row"));
-                let mut meta = DocMeta {
-                    origin: r.get(2).map_err(sql(ctx))?,
-                    icb: r.get(3).map_err(sql(ctx))?,
-                    line: ServiceLine::parse(&line).map_err(|_| damaged())?,
-                    shares: Vec::new(),
-                };
-                if !may_hold(peer, &meta) {
-                    if !self.shared_with(sid, &peer.name)? {
-                        continue;
-                    }
-                    meta.shares.push(peer.name.clone());
+                let meta = group_meta(r, 2).map_err(|_| damaged())?;
+                if !may_hold(peer, &meta) && !self.shared_with(sid, &peer.name)? {
+                    continue;
                 }
                 if known.as_deref() == Some(&digest[..]) {
                     continue;
@@ -360,7 +351,7 @@ impl Store {
             }
         }
         let new_mark = lowest_differing.map_or(top, |l| l - 1).max(mark);
-        if new_mark != mark || !self.has_mark(peer, &scope)? {
+        if stored != Some(new_mark) {
             self.conn
                 .exec(
                     "INSERT INTO peer_marks (peer, scope, mark) VALUES (?1, ?2, ?3)
@@ -371,14 +362,6 @@ impl Store {
         }
         out.sort_by_key(|e| e.0);
         Ok(out)
-    }
-
-    fn has_mark(&self, peer: &PeerInfo, scope: &str) -> Result<bool, StoreError> {
-        self.conn
-            .row("SELECT EXISTS (SELECT 1 FROM peer_marks WHERE peer = ?1 AND scope = ?2)", [&peer.name, scope], |r| {
-                r.get(0)
-            })
-            .map_err(sql("reading peer state"))
     }
 
     fn shared_with(&self, sid: i64, node: &str) -> Result<bool, StoreError> {
