@@ -13,13 +13,12 @@
 //!   chunks and audit details are sealed (see [`crate::crypto`]). Index columns hold only
 //!   what the node must query and no patient data: session id, origin node, ICB, status,
 //!   service line, priority, times.
-//! - Documents are loaded lazily into a bounded LRU cache; listing reads the small sealed
-//!   cards, never the documents.
+//! - Documents are loaded lazily into a cache bounded in bytes (`DocCache`); listing reads the
+//!   small sealed cards, never the documents.
 //! - Blobs (photos) live outside the documents, content-addressed by BLAKE3, in fixed-size
 //!   sealed chunks, so a transfer can resume at any chunk.
 
 use std::collections::HashMap;
-use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
 use automerge::{ActorId, ChangeHash};
@@ -78,8 +77,9 @@ pub const DB_SCHEMA_VERSION: i64 = 5;
 /// Tunables of the store.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreOptions {
-    /// How many documents stay decoded in memory.
-    pub cache_docs: usize,
+    /// How much memory the documents kept decoded may take, in bytes (estimated per document
+    /// from its operations: see [`DocCache`]).
+    pub cache_bytes: usize,
     /// A session's log is folded into a snapshot once it holds this many changes, even if small.
     pub compact_after: u32,
     /// ... or once it holds this many bytes and at least half as many as the snapshot.
@@ -90,12 +90,12 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        // 2,048 documents: a reconnect that brings a thousand changed sessions, with the
-        // receipts that follow, finds each one still decoded (a session with its messages is a
-        // few tens of KiB decoded). A log is folded once it holds 64 changes or 8 KiB and half the
-        // snapshot: folding re-encodes and compresses the whole document, so it must not follow
-        // every message.
-        StoreOptions { cache_docs: 2048, compact_after: 64, compact_min_bytes: 8192, limits: Limits::default() }
+        // 256 MiB of decoded documents: every session of a hub holding ten thousand short ones
+        // (about 16 KiB each decoded, measured), so a reconnect finds what it touches decoded; a
+        // session with many messages takes more and leaves room for fewer. A log is folded once
+        // it holds 64 changes or 8 KiB and half the snapshot: folding re-encodes and compresses
+        // the whole document, so it must not follow every message.
+        StoreOptions { cache_bytes: 256 << 20, compact_after: 64, compact_min_bytes: 8192, limits: Limits::default() }
     }
 }
 
@@ -478,6 +478,53 @@ struct Cached {
     upto: i64,
 }
 
+/// Decoded documents kept in memory, least recently used dropped first, within a byte budget.
+///
+/// A document's memory is estimated from its operations: about 16 KiB for the columns and
+/// indexes of even the smallest session, and 64 bytes per operation (both measured on
+/// sessions of 1 to 40 messages with glibc's allocator statistics).
+pub(crate) struct DocCache {
+    docs: LruCache<SessionId, (Cached, usize)>,
+    bytes: usize,
+    budget: usize,
+}
+
+impl DocCache {
+    const BASE: usize = 16 << 10;
+    const PER_OP: usize = 64;
+
+    fn new(budget: usize) -> Self {
+        DocCache { docs: LruCache::unbounded(), bytes: 0, budget }
+    }
+
+    fn estimate(c: &Cached) -> usize {
+        let ops = usize::try_from(c.doc.ops()).unwrap_or(usize::MAX);
+        Self::BASE.saturating_add(ops.saturating_mul(Self::PER_OP))
+    }
+
+    /// Takes a document out (to change it; [`DocCache::put`] it back).
+    fn pop(&mut self, id: &SessionId) -> Option<Cached> {
+        let (c, size) = self.docs.pop(id)?;
+        self.bytes -= size;
+        Some(c)
+    }
+
+    /// Keeps a document, dropping the least recently used beyond the budget (the newest stays).
+    fn put(&mut self, id: SessionId, c: Cached) {
+        let size = Self::estimate(&c);
+        if let Some((_, old)) = self.docs.put(id, (c, size)) {
+            self.bytes -= old;
+        }
+        self.bytes += size;
+        while self.bytes > self.budget && self.docs.len() > 1 {
+            match self.docs.pop_lru() {
+                Some((_, (_, s))) => self.bytes -= s,
+                None => break,
+            }
+        }
+    }
+}
+
 /// The index row of a session.
 struct Row {
     sid: i64,
@@ -494,7 +541,7 @@ pub struct Store {
     actor: ActorId,
     node: String,
     opts: StoreOptions,
-    cache: LruCache<SessionId, Cached>,
+    cache: DocCache,
     /// The fleet members this node knows (from certificates), by actor prefix.
     roster: Roster,
     limits: Limits,
@@ -561,7 +608,6 @@ impl Store {
         check_key(&conn, &sealer)?;
         let author = author_key(&conn, &sealer)?;
         let roster = load_roster(&conn)?;
-        let cap = NonZeroUsize::new(opts.cache_docs.max(1)).unwrap_or(NonZeroUsize::MIN);
         let mut store = Store {
             conn,
             path: path.to_path_buf(),
@@ -570,7 +616,7 @@ impl Store {
             author,
             node: node.to_string(),
             opts,
-            cache: LruCache::new(cap),
+            cache: DocCache::new(opts.cache_bytes),
             roster,
             limits: opts.limits,
             ops_admitted: 0,
@@ -1401,7 +1447,7 @@ fn session_row(tx: &Transaction<'_>, id: &str) -> Result<Row, StoreError> {
 /// Takes a session's document out of the cache (or loads it) and brings it up to date with
 /// what other processes have committed: their new changes, or the snapshot that folded them.
 fn checkout(
-    cache: &mut LruCache<SessionId, Cached>,
+    cache: &mut DocCache,
     tx: &Transaction<'_>,
     sealer: &Sealer,
     actor: &ActorId,

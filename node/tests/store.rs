@@ -81,7 +81,7 @@ fn two_writers_on_one_node_see_each_others_changes() {
 #[test]
 fn listing_reads_cards_not_documents_and_filters_by_index_columns() {
     let (_tmp, dir) = node_dir();
-    let opts = StoreOptions { cache_docs: 4, ..StoreOptions::default() };
+    let opts = StoreOptions { cache_bytes: 64 << 10, ..StoreOptions::default() };
     let mut node = Node::open_with(&dir, opts).unwrap();
     let mut ids = Vec::new();
     for i in 0..30 {
@@ -287,5 +287,64 @@ fn kept_reconciliation_sums_and_deltas_equal_a_full_scan_after_every_write() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn known_changes_are_answered_from_the_index_and_the_document_alike() {
+    use sync_protocol::scope::PeerInfo;
+    let (_tmp, dir) = node_dir();
+    let hub = PeerInfo { name: "hub-qoq".into(), role: Role::Hub, org: None, icb: Some("QOQ".into()), lines: vec![] };
+    // A budget of one small document: every question below finds the session evicted.
+    let opts = StoreOptions { cache_bytes: 1, ..StoreOptions::default() };
+    let mut node = Node::open_with(&dir, opts).unwrap();
+    let id = node.new_session(request("known changes"), T).unwrap().id;
+    let other = node.new_session(request("another"), T).unwrap().id;
+    node.send_message(id, "first", None, T + 1).unwrap();
+    node.send_message(id, "second", None, T + 2).unwrap();
+    let doc = automerge::AutoCommit::load(&node.store.export_automerge(id).unwrap()).unwrap();
+    let mut doc = doc;
+    let heads: Vec<[u8; 32]> = doc.get_heads().iter().map(|h| h.0).collect();
+    let all: Vec<[u8; 32]> = doc.get_changes(&[]).iter().map(|c| c.hash().0).collect();
+    let older: Vec<[u8; 32]> = all.iter().filter(|h| !heads.contains(h)).copied().collect();
+    assert!(!older.is_empty() && !heads.is_empty());
+    let stranger = [7u8; 32];
+    let key = id.to_bytes();
+    let ask = |node: &mut Node, hashes: &[[u8; 32]]| node.store.known_hashes(&hub, &key, hashes).unwrap();
+    // Our heads (index), an older change (only the document knows it is held here), a change
+    // held by no session (no signature recorded), and a change held by another session.
+    assert_eq!(ask(&mut node, &heads), heads);
+    assert_eq!(ask(&mut node, &older), older);
+    assert_eq!(ask(&mut node, &[stranger]), Vec::<[u8; 32]>::new());
+    let mut mixed = heads.clone();
+    mixed.push(stranger);
+    mixed.push(older[0]);
+    assert_eq!(ask(&mut node, &mixed), [heads.clone(), vec![older[0]]].concat());
+    let theirs: Vec<[u8; 32]> = automerge::AutoCommit::load(&node.store.export_automerge(other).unwrap())
+        .unwrap()
+        .get_heads()
+        .iter()
+        .map(|h| h.0)
+        .collect();
+    assert_eq!(ask(&mut node, &theirs), Vec::<[u8; 32]>::new(), "another session's change is not this one's");
+    // A peer that may not see the session learns nothing of it.
+    let far = PeerInfo { name: "hub-far".into(), role: Role::Hub, org: None, icb: Some("QWE".into()), lines: vec![] };
+    assert!(node.store.known_hashes(&far, &key, &heads).unwrap().is_empty());
+}
+
+#[test]
+fn a_document_cache_smaller_than_one_session_still_reads_and_writes_everything() {
+    let (_tmp, dir) = node_dir();
+    let opts = StoreOptions { cache_bytes: 1, ..StoreOptions::default() };
+    let mut node = Node::open_with(&dir, opts).unwrap();
+    let ids: Vec<_> = (0..5).map(|i| node.new_session(request(&format!("s{i}")), T).unwrap().id).collect();
+    for round in 0..3 {
+        for (i, id) in ids.iter().enumerate() {
+            node.send_message(*id, &format!("m{round}-{i}"), None, T + round).unwrap();
+        }
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let texts: Vec<String> = node.store.view(*id).unwrap().messages.into_iter().map(|m| m.text).collect();
+        assert_eq!(texts, (0..3).map(|r| format!("m{r}-{i}")).collect::<Vec<_>>());
     }
 }

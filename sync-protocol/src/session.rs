@@ -380,6 +380,11 @@ impl SessionDoc {
         Ok(())
     }
 
+    /// Operations the document holds (every change's, summed).
+    pub fn ops(&self) -> u64 {
+        self.doc.stats().num_ops
+    }
+
     /// The underlying Automerge document, for saving and (later) syncing.
     pub fn automerge(&mut self) -> &mut AutoCommit {
         &mut self.doc
