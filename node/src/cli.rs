@@ -88,9 +88,10 @@ enum Command {
         /// Address to listen on (for example 0.0.0.0:4433); hubs listen, edges usually do not.
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
-        /// A peer to dial and keep dialling (repeat for several).
+        /// A peer to dial and keep dialling, host:port (repeat for several); a name is
+        /// resolved again at every dial.
         #[arg(long = "peer")]
-        peers: Vec<std::net::SocketAddr>,
+        peers: Vec<crate::net::PeerAddr>,
         /// On a desk: answer every call that rings here (for unattended test and demo desks).
         #[arg(long)]
         auto_answer: bool,
@@ -105,9 +106,9 @@ enum Command {
     Sync {
         #[command(flatten)]
         dir: DirArg,
-        /// The peer's address.
+        /// The peer's address, host:port (a name, an IPv4 address or a bracketed IPv6 one).
         #[arg(long)]
-        peer: std::net::SocketAddr,
+        peer: crate::net::PeerAddr,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
@@ -120,9 +121,9 @@ enum Command {
         /// Address to listen on (what the client dials).
         #[arg(long)]
         listen: std::net::SocketAddr,
-        /// Address to relay to (the real peer).
+        /// Where to relay to (the real peer), host:port.
         #[arg(long)]
-        to: std::net::SocketAddr,
+        to: crate::net::PeerAddr,
         /// urban-4g, rural-a-road, cell-edge, 3g-fallback, remote-moor, rural-surgery or satellite.
         #[arg(long, default_value = "rural-a-road")]
         profile: String,
@@ -240,12 +241,17 @@ enum SessionCommand {
         #[command(flatten)]
         json: JsonArg,
     },
-    /// Show one session with its messages, photos and receipts.
+    /// Show one session with its messages, photos and receipts. Writes no receipt unless
+    /// `--read` says a person has read it.
     Show {
         #[command(flatten)]
         dir: DirArg,
         /// Session id (or a unique prefix of it).
         id: String,
+        /// A person has now read it: record this node's "read" receipt on every message
+        /// written elsewhere (the sender sees it once the receipt reaches them).
+        #[arg(long)]
+        read: bool,
         #[command(flatten)]
         json: JsonArg,
     },
@@ -339,6 +345,10 @@ struct NewSessionArgs {
     /// Keep as a draft instead of queueing it.
     #[arg(long)]
     draft: bool,
+    /// A key of the caller's for this request (a UUID will do): sent again with the same
+    /// request, it returns the first session and creates nothing.
+    #[arg(long)]
+    client_key: Option<String>,
     #[command(flatten)]
     json: JsonArg,
 }
@@ -356,6 +366,10 @@ enum MessageCommand {
         /// Id of the message this answers.
         #[arg(long)]
         reply_to: Option<String>,
+        /// A key of the caller's for this message: sent again with the same message, it
+        /// returns the first message's id and sends nothing.
+        #[arg(long)]
+        client_key: Option<String>,
         #[command(flatten)]
         json: JsonArg,
     },
@@ -398,6 +412,9 @@ enum PhotoCommand {
         /// Write the small preview kept on the device instead (after the photo went to the hub).
         #[arg(long)]
         thumbnail: bool,
+        /// A person is opening it: record this node's "read" receipt on the photo.
+        #[arg(long, conflicts_with = "thumbnail")]
+        read: bool,
     },
 }
 
@@ -636,7 +653,9 @@ fn store_code(e: &StoreError) -> u8 {
         | StoreError::BlobOffloaded(_)
         | StoreError::BlobIncomplete { .. } => 4,
         StoreError::DiskFull { .. } => 5,
-        StoreError::Model { .. } | StoreError::Directory(DirectoryError::Invalid(_)) => 2,
+        StoreError::Model { .. }
+        | StoreError::Directory(DirectoryError::Invalid(_))
+        | StoreError::ClientKeyReused { .. } => 2,
         StoreError::Crypto(_) => 3,
         _ => 1,
     }
@@ -681,12 +700,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Session(cmd) => session(cmd)?,
-        Command::Message(MessageCommand::Send { dir, id, text, reply_to, json }) => {
+        Command::Message(MessageCommand::Send { dir, id, text, reply_to, client_key, json }) => {
             let mut node = open(&dir)?;
             let sid = node.store.resolve(&id)?;
-            let msg = node.send_message(sid, &text, reply_to, now_ms())?;
+            let msg = node.send_message_once(sid, &text, reply_to, client_key.as_deref(), now_ms())?;
             if json.json {
-                print_json(&serde_json::json!({ "session": sid, "message": msg, "receipt": "device" }))?;
+                // A repeat answers with the first message, which may have travelled since.
+                let receipt = node.store.view(sid)?.messages.into_iter().find(|m| m.id == msg).map(|m| m.receipt);
+                print_json(&serde_json::json!({ "session": sid, "message": msg, "receipt": receipt }))?;
             } else {
                 println!("{msg}");
             }
@@ -707,9 +728,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", info.hash);
             }
         }
-        Command::Photo(PhotoCommand::Get { dir, hash, out, thumbnail }) => {
+        Command::Photo(PhotoCommand::Get { dir, hash, out, thumbnail, read }) => {
             let mut node = open(&dir)?;
-            let bytes = if thumbnail { node.store.read_thumbnail(&hash)? } else { node.open_photo(&hash, now_ms())? };
+            let bytes =
+                if thumbnail { node.store.read_thumbnail(&hash)? } else { node.open_photo(&hash, read, now_ms())? };
             write_file(&out, &bytes)?;
         }
         Command::Outcome(OutcomeCommand::Set { dir, id, side, outcome }) => {
@@ -722,8 +744,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let node = open(&dir)?;
             let stats = node.store.stats()?;
             let audit = node.store.verify_audit()?;
+            let photos = node.store.photo_holdings()?;
+            let backlog = node.store.backlog(&node.config.name)?;
+            let peers = node.store.peer_syncs()?;
+            let cert_until = match node.store.tls_identity()? {
+                Some((cert, _, _)) => Some(crate::tls::not_after_ms(&cert)?),
+                None => None,
+            };
+            let now = now_ms();
             if json.json {
-                print_json(&serde_json::json!({ "node": node.config, "store": stats, "audit": audit }))?;
+                print_json(&serde_json::json!({
+                    "node": node.config,
+                    "store": stats,
+                    "photos": photos,
+                    "not_yet_left_this_device": backlog,
+                    "peers": peers,
+                    "certificate_valid_until_ms": cert_until,
+                    "audit": audit,
+                }))?;
             } else {
                 let c = &node.config;
                 println!(
@@ -745,7 +783,41 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     stats.log_changes,
                     bytes(stats.log_bytes)
                 );
-                println!("photos: {} ({})", stats.blobs, bytes(stats.blob_bytes));
+                println!(
+                    "photos: {} held here ({}), {} handed to the hub (thumbnail kept, {}), {} being received",
+                    photos.held.0,
+                    bytes(photos.held.1),
+                    photos.offloaded.0,
+                    bytes(photos.offloaded.1),
+                    photos.partial.0
+                );
+                if node.config.role == Role::Edge {
+                    println!(
+                        "not yet left this device: {} messages and photos in {} sessions, {} of photos",
+                        backlog.items,
+                        backlog.sessions,
+                        bytes(backlog.photo_bytes)
+                    );
+                }
+                if peers.is_empty() {
+                    println!("peers: never synced");
+                }
+                for p in &peers {
+                    let ok =
+                        p.last_ok_ms.map_or("never".to_string(), |t| format!("{} ({} ago)", time(t), ago(now - t)));
+                    print!("peer {}: last complete sync {ok}", p.peer);
+                    match &p.last_error {
+                        Some((t, why)) if p.last_ok_ms.is_none_or(|ok| *t > ok) => {
+                            println!("; since then failed {} ago: {why}", ago(now - t))
+                        }
+                        _ => println!(),
+                    }
+                }
+                match cert_until {
+                    Some(t) if t > now => println!("certificate: valid until {} ({} left)", time(t), ago(t - now)),
+                    Some(t) => println!("certificate: EXPIRED at {}; ask for a new one (`outpost ca issue`)", time(t)),
+                    None => println!("certificate: none; this node cannot sync (`outpost ca issue`)"),
+                }
                 println!(
                     "files: database {}, write-ahead log {}",
                     bytes(stats.db_file_bytes),
@@ -803,6 +875,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let rt = runtime()?;
             rt.block_on(async move {
                 let opts = crate::linkem::EmulatorOptions { outages, seed, ..Default::default() };
+                let to = to.resolve().await?;
                 let em = crate::linkem::LinkEmulator::start(listen, to, p.clone(), opts).await?;
                 println!(
                     "relaying {} -> {to} as {} ({} kbit/s up, {:.0}-{:.0} ms RTT, {:.1}% loss{})",
@@ -871,7 +944,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging("warn");
             let node = open(&dir)?;
             let rt = runtime()?;
-            let report = rt.block_on(crate::net::sync_once(node, peer, std::time::Duration::from_secs(timeout)))?;
+            let report = rt.block_on(async {
+                let addr = peer.resolve().await?;
+                crate::net::sync_once(node, addr, std::time::Duration::from_secs(timeout)).await
+            })?;
             if json.json {
                 print_json(&report)?;
             } else {
@@ -944,7 +1020,7 @@ fn session(cmd: SessionCommand) -> anyhow::Result<()> {
                 draft: a.draft,
             };
             let mut node = open(&a.dir)?;
-            let view = node.new_session(req, now_ms())?;
+            let view = node.new_session_once(req, a.client_key.as_deref(), now_ms())?;
             if a.json.json {
                 print_json(&serde_json::json!({ "id": view.id, "status": view.status }))?;
             } else {
@@ -960,9 +1036,12 @@ fn session(cmd: SessionCommand) -> anyhow::Result<()> {
                 print_cards(&cards)?;
             }
         }
-        SessionCommand::Show { dir, id, json } => {
+        SessionCommand::Show { dir, id, read, json } => {
             let mut node = open(&dir)?;
             let sid = node.store.resolve(&id)?;
+            if read {
+                node.mark_read(sid, now_ms())?;
+            }
             let view = node.show(sid, now_ms())?;
             if json.json {
                 print_json(&view)?;
@@ -1145,6 +1224,17 @@ pub fn bytes(n: u64) -> String {
         format!("{:.1} MiB", f / K / K)
     } else {
         format!("{:.2} GiB", f / K / K / K)
+    }
+}
+
+/// A duration for people, to the largest whole unit: `40 s`, `12 min`, `5 h`, `29 days`.
+fn ago(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0..120 => format!("{s} s"),
+        120..7200 => format!("{} min", s / 60),
+        7200..172_800 => format!("{} h", s / 3600),
+        _ => format!("{} days", s / 86_400),
     }
 }
 

@@ -64,6 +64,14 @@ pub enum NetError {
         /// Why.
         detail: String,
     },
+    /// A peer's host name did not resolve.
+    #[error("cannot resolve {name}: {detail}; check the name (and the DNS of this network), or give an IP address")]
+    Resolve {
+        /// The name as given (`host:port`).
+        name: String,
+        /// Why.
+        detail: String,
+    },
     /// The connection failed or the peer refused us.
     #[error("connection with {peer} failed: {detail}")]
     Connection {
@@ -455,13 +463,85 @@ pub async fn sync_once_with(
     Ok(report)
 }
 
+/// A peer's address as given: `host:port`, where the host is a name (resolved again at every
+/// dial, so a hub that moves is found), an IPv4 address or a bracketed IPv6 address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddr {
+    host: String,
+    port: u16,
+}
+
+impl std::str::FromStr for PeerAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(PeerAddr::from(addr));
+        }
+        let bad = || format!("{s:?} is not host:port (for example hub.qhm.example:4433, 10.0.0.2:4433 or [::1]:4433)");
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let name_ok = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            });
+        if !name_ok || port == 0 {
+            return Err(bad());
+        }
+        Ok(PeerAddr { host: host.to_ascii_lowercase(), port })
+    }
+}
+
+impl From<SocketAddr> for PeerAddr {
+    fn from(addr: SocketAddr) -> Self {
+        PeerAddr { host: addr.ip().to_string(), port: addr.port() }
+    }
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl PeerAddr {
+    /// The address to dial now: the resolver's first IPv4 address, else its first (a daemon's
+    /// endpoint is bound to IPv4 unless it listens on IPv6, and `localhost` often gives `::1`
+    /// first while the hub listens on 127.0.0.1).
+    pub async fn resolve(&self) -> Result<SocketAddr, NetError> {
+        if let Ok(ip) = self.host.parse::<std::net::IpAddr>() {
+            return Ok(SocketAddr::new(ip, self.port));
+        }
+        let name = self.to_string();
+        let found: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| NetError::Resolve { name: name.clone(), detail: e.to_string() })?
+            .collect();
+        found
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(found.first())
+            .copied()
+            .ok_or_else(|| NetError::Resolve { name, detail: "the name has no address".into() })
+    }
+}
+
 /// Options of the daemon.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Address to listen on.
     pub listen: Option<SocketAddr>,
-    /// Peers to dial and keep dialling.
-    pub peers: Vec<SocketAddr>,
+    /// Peers to dial and keep dialling (names resolved again at every dial).
+    pub peers: Vec<PeerAddr>,
     /// On a desk: answer every call that rings here.
     pub auto_answer: bool,
     /// On a desk: what it plays into every call it takes (default: silence).
@@ -579,11 +659,12 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     }
 }
 
-async fn dial_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, peer: SocketAddr) {
+async fn dial_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, peer: PeerAddr) {
     let mut backoff = Duration::from_millis(250);
     loop {
         let crl = shared.crl.read().map(|c| c.clone()).unwrap_or_default();
         let attempt = async {
+            let peer = peer.resolve().await?;
             let cfg = client_config(&shared.identity, crl.as_deref())?;
             let conn = endpoint
                 .connect_with(cfg, peer, SERVER_NAME)
@@ -852,6 +933,11 @@ async fn converse(
     let mut work = Some(Work::Start);
     let mut failure: Option<String> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(5));
+    // When this conversation last became quiescent (everything either side may send, sent
+    // and acknowledged), recorded for `status`: on each arrival at quiescence, at most every
+    // 10 s while it stays there.
+    let mut was_quiescent = false;
+    let mut recorded: Option<Instant> = None;
     loop {
         if let Some(w) = work.take() {
             let Some(e) = engine.take() else { break };
@@ -878,6 +964,13 @@ async fn converse(
             if crl_updated {
                 install_revocations(&shared).await;
             }
+            let quiescent = e.is_quiescent();
+            if quiescent && (!was_quiescent || recorded.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))) {
+                let name = peer.name.clone();
+                let _ = shared.store.call(move |n| n.store.record_sync(&name, Ok(()), now_ms())).await;
+                recorded = Some(Instant::now());
+            }
+            was_quiescent = quiescent;
             let done = one_shot && e.is_done();
             let closed = e.is_closed();
             tracing::debug!(peer = %peer.name, done, closed, quiescent = e.is_quiescent(), stats = ?e.stats(), "step");
@@ -993,6 +1086,8 @@ async fn converse(
         let reason: Vec<u8> = f.bytes().take(200).collect();
         conn.close(quinn::VarInt::from_u32(CloseCode::Unavailable as u32), &reason);
         tracing::info!(peer = %peer.name, "conversation ended: {f}");
+        let (name, why) = (peer.name.clone(), f.clone());
+        let _ = shared.store.call(move |n| n.store.record_sync(&name, Err(&why), now_ms())).await;
         return Err(NetError::Sync { peer: peer.name.clone(), detail: f, partial: Some(Box::new(stats)) });
     }
     Ok(SyncReport {
@@ -1580,5 +1675,34 @@ async fn run_call_audio(
         }
         Ok(Err(e)) => Err(e.to_string()),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PeerAddr;
+
+    #[test]
+    fn peer_addresses_take_names_and_both_ip_families_and_refuse_the_rest() {
+        let ok = |s: &str| s.parse::<PeerAddr>().map(|p| p.to_string());
+        assert_eq!(ok("hub.QHM.example:4433"), Ok("hub.qhm.example:4433".into()));
+        assert_eq!(ok("localhost:4433"), Ok("localhost:4433".into()));
+        assert_eq!(ok("10.0.0.2:4433"), Ok("10.0.0.2:4433".into()));
+        assert_eq!(ok("[::1]:4433"), Ok("[::1]:4433".into()));
+        for bad in
+            ["hub", "hub:", ":4433", "hub:0", "hub:70000", "hub_1:4433", "-hub:4433", "hub..x:4433", "::1:4433", ""]
+        {
+            let err = bad.parse::<PeerAddr>().unwrap_err();
+            assert!(err.contains("host:port"), "{bad}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_resolves_to_ipv4_first_and_an_unknown_name_says_so() {
+        let local: PeerAddr = "localhost:4433".parse().unwrap();
+        assert_eq!(local.resolve().await.unwrap(), "127.0.0.1:4433".parse().unwrap());
+        let nowhere: PeerAddr = "no-such-hub.invalid:4433".parse().unwrap();
+        let err = nowhere.resolve().await.unwrap_err().to_string();
+        assert!(err.starts_with("cannot resolve no-such-hub.invalid:4433"), "{err}");
     }
 }

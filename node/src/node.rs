@@ -18,7 +18,7 @@ use sync_protocol::vocab::{
 use crate::config::{self, CONFIG_FORMAT, ConfigError, NodeConfig, NodeDir};
 use crate::crypto::{self, CryptoError, KEY_ENV, NodeKey, Sealer};
 use crate::photo::{Photo, PhotoError};
-use crate::store::{BlobInfo, Store, StoreError, StoreOptions};
+use crate::store::{BlobInfo, ClientKey, Store, StoreError, StoreOptions};
 
 /// Why a node operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +90,7 @@ pub struct InitParams {
 }
 
 /// What a new session needs from the clinician.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct SessionRequest {
     /// Where the requester works.
     pub care_setting: CareSetting,
@@ -199,7 +199,19 @@ impl Node {
 
     /// Creates a session on this edge node.
     pub fn new_session(&mut self, req: SessionRequest, now: i64) -> Result<SessionView, NodeError> {
+        self.new_session_once(req, None, now)
+    }
+
+    /// [`Node::new_session`] under a client key: a repeat with the same key and request
+    /// returns the first session and writes nothing (a double tap makes one session).
+    pub fn new_session_once(
+        &mut self,
+        req: SessionRequest,
+        client_key: Option<&str>,
+        now: i64,
+    ) -> Result<SessionView, NodeError> {
         self.require("creating a session", "edge", &[Role::Edge])?;
+        let once = client_key.map(|k| client_key_of("session", k, &req)).transpose()?;
         let mut r = [0u8; 16];
         crypto::random_bytes(&mut r)?;
         let mut requester = req.requester;
@@ -217,7 +229,7 @@ impl Node {
             summary: req.summary,
             draft: req.draft,
         };
-        Ok(self.store.create_session(&new, now)?)
+        Ok(self.store.create_session(&new, once.as_ref(), now)?)
     }
 
     /// Sends a message in a session; returns its id once it is durable on this device.
@@ -228,6 +240,22 @@ impl Node {
         reply_to: Option<String>,
         now: i64,
     ) -> Result<String, NodeError> {
+        self.send_message_once(id, text, reply_to, None, now)
+    }
+
+    /// [`Node::send_message`] under a client key: a repeat with the same key and message
+    /// returns the first message's id and writes nothing.
+    pub fn send_message_once(
+        &mut self,
+        id: SessionId,
+        text: &str,
+        reply_to: Option<String>,
+        client_key: Option<&str>,
+        now: i64,
+    ) -> Result<String, NodeError> {
+        let once = client_key
+            .map(|k| client_key_of("message", k, &(id.to_string(), text, reply_to.as_deref())))
+            .transpose()?;
         let msg = NewMessage {
             id: new_id(now)?,
             author: self.config.name.clone(),
@@ -235,10 +263,16 @@ impl Node {
             text: text.to_string(),
             reply_to,
         };
-        self.store.edit(id, "message.send", None, now, |_, doc| {
-            doc.add_message(&msg, now).map_err(|source| StoreError::Model { id: id.to_string(), source })
-        })?;
-        Ok(msg.id)
+        Ok(self.store.edit(id, "message.send", None, now, |ctx, doc| {
+            if let Some(key) = &once {
+                if let Some(first) = ctx.recall(key)? {
+                    return Ok(first);
+                }
+                ctx.remember(key, &msg.id)?;
+            }
+            doc.add_message(&msg, now).map_err(|source| StoreError::Model { id: id.to_string(), source })?;
+            Ok(msg.id.clone())
+        })?)
     }
 
     /// Attaches a checked photo: its bytes (sealed, chunked) and its record commit together.
@@ -325,26 +359,31 @@ impl Node {
         })?)
     }
 
-    /// The session's view, recording the access in the audit chain.
+    /// The session's view, recording the access in the audit chain. Writes no receipt: a
+    /// query is not a person reading (see [`Node::mark_read`]).
     pub fn show(&mut self, id: SessionId, now: i64) -> Result<SessionView, NodeError> {
-        if self.config.role == Role::Desk {
-            // The consultant has now seen the messages: say so, truthfully (photos are marked
-            // read when their bytes are opened, not when they are listed).
-            let name = self.config.name.clone();
-            self.store.edit(id, "session.read", None, now, |_, doc| {
-                doc.acknowledge(ReceiptLevel::Read, &name, now, |_| false)
-                    .map_err(|source| StoreError::Model { id: id.to_string(), source })
-            })?;
-        }
         let view = self.store.view(id)?;
         self.store.audit_access(id, "session.view", now)?;
         Ok(view)
     }
 
-    /// A photo's bytes; on a desk, the photo is then marked read in every session that holds it.
-    pub fn open_photo(&mut self, hash: &str, now: i64) -> Result<Vec<u8>, NodeError> {
+    /// A person on this node has read the session: every message written on another node gets
+    /// this node's "read" receipt (a consultant reading a request, a crew reading the advice).
+    /// Photos are marked read when a person opens them ([`Node::open_photo`] with `read`).
+    /// Returns whether any receipt was new.
+    pub fn mark_read(&mut self, id: SessionId, now: i64) -> Result<bool, NodeError> {
+        let name = self.config.name.clone();
+        Ok(self.store.edit(id, "session.read", None, now, |_, doc| {
+            doc.acknowledge(ReceiptLevel::Read, &name, now, |_| false)
+                .map_err(|source| StoreError::Model { id: id.to_string(), source })
+        })?)
+    }
+
+    /// A photo's bytes. With `read` (a person opens it, not a download by a script), the photo
+    /// is then marked read by this node in every session that holds it.
+    pub fn open_photo(&mut self, hash: &str, read: bool, now: i64) -> Result<Vec<u8>, NodeError> {
         let bytes = self.store.read_blob(hash)?;
-        if self.config.role == Role::Desk {
+        if read {
             let name = self.config.name.clone();
             for id in self.store.sessions_with_photo(hash)? {
                 self.store.edit(id, "photo.read", Some(serde_json::json!({ "photo": hash })), now, |_, doc| {
@@ -751,4 +790,22 @@ impl Node {
         })?;
         Ok(())
     }
+}
+
+/// The longest client key taken.
+const MAX_CLIENT_KEY: usize = 128;
+
+/// A client key for `kind`, with the digest of the request it names.
+fn client_key_of<'k>(
+    kind: &'static str,
+    key: &'k str,
+    request: &impl serde::Serialize,
+) -> Result<ClientKey<'k>, NodeError> {
+    if key.is_empty() || key.len() > MAX_CLIENT_KEY || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(NodeError::Invalid(format!(
+            "client key {key:?}: 1 to {MAX_CLIENT_KEY} printable ASCII characters, no spaces (a UUID will do)"
+        )));
+    }
+    let bytes = serde_json::to_vec(request).map_err(|e| NodeError::Invalid(format!("client key {key:?}: {e}")))?;
+    Ok(ClientKey { kind, key, request: *blake3::hash(&bytes).as_bytes() })
 }

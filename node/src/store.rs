@@ -72,7 +72,7 @@ impl CachedSql for Connection {
 pub const MAX_PAGES_ENV: &str = "OUTPOST_MAX_DB_PAGES";
 
 /// Database schema version this build writes (`PRAGMA user_version`).
-pub const DB_SCHEMA_VERSION: i64 = 5;
+pub const DB_SCHEMA_VERSION: i64 = 6;
 
 /// Tunables of the store.
 #[derive(Debug, Clone, Copy)]
@@ -167,7 +167,18 @@ pub enum StoreError {
     /// The ICB directory refused an edit, or a stored directory is damaged.
     #[error("the ICB directory: {0}")]
     Directory(#[from] sync_protocol::directory::DirectoryError),
-    /// The database does not hold what the store wrote.
+    /// Something that must be unique already exists.
+    #[error("{0} already exists")]
+    Duplicate(String),
+    /// A client key sent again with another request.
+    #[error("client key {key:?} was already used for a different {kind}; a new request needs a new key")]
+    ClientKeyReused {
+        /// What was being created.
+        kind: &'static str,
+        /// The key.
+        key: String,
+    },
+    /// The database or its contents are not what this build wrote.
     #[error("the store is damaged: {0}")]
     Damaged(String),
 }
@@ -322,6 +333,37 @@ CREATE TABLE peer_marks (
 CREATE INDEX session_shares_by_node ON session_shares (node);
 CREATE INDEX peer_docs_by_sid ON peer_docs (sid);
 "#,
+    r#"
+CREATE TABLE peer_syncs (
+    peer          TEXT PRIMARY KEY,
+    last_ok_ms    INTEGER,
+    last_error    TEXT,
+    last_error_ms INTEGER
+) WITHOUT ROWID;
+CREATE TABLE users (
+    id           INTEGER PRIMARY KEY,
+    name         TEXT NOT NULL UNIQUE,
+    role         TEXT NOT NULL,
+    registration TEXT,
+    secret       TEXT,
+    token_hash   BLOB UNIQUE,
+    created_ms   INTEGER NOT NULL,
+    disabled     INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE api_sessions (
+    token_hash BLOB PRIMARY KEY,
+    user_id    INTEGER NOT NULL REFERENCES users (id),
+    expires_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE client_keys (
+    kind    TEXT NOT NULL,
+    key     TEXT NOT NULL,
+    request BLOB NOT NULL,
+    result  TEXT NOT NULL,
+    at_ms   INTEGER NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+"#,
 ];
 
 const KEY_CHECK: &[u8] = b"outpost key check";
@@ -446,6 +488,40 @@ pub struct StoreStats {
     pub schema_version: i64,
 }
 
+/// Photos by what this node holds of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhotoHoldings {
+    /// Held whole here: count and bytes.
+    pub held: (u64, u64),
+    /// Being received: count, and bytes of the whole photos.
+    pub partial: (u64, u64),
+    /// Handed to the hub and deleted here (a thumbnail kept): count and bytes.
+    pub offloaded: (u64, u64),
+}
+
+/// What has not yet left this device: the crew's main question.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backlog {
+    /// Messages and photos that no other node has confirmed holding.
+    pub items: u64,
+    /// Sessions holding them.
+    pub sessions: u64,
+    /// Bytes of this node's photos that no hub has confirmed holding yet.
+    pub photo_bytes: u64,
+}
+
+/// What this node last knew of its syncs with a peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSync {
+    /// The peer's name.
+    pub peer: String,
+    /// When a conversation last reached the point where everything either side may send had
+    /// been sent and acknowledged (ms since the epoch).
+    pub last_ok_ms: Option<i64>,
+    /// The last failure, and when.
+    pub last_error: Option<(i64, String)>,
+}
+
 /// The result of checking the audit chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditCheck {
@@ -568,7 +644,61 @@ impl std::fmt::Debug for WriteCtx<'_> {
     }
 }
 
+/// A caller's key for one create operation (a session, a message), so that a repeat of the
+/// request (a retry after a lost response, a double tap on a slow tablet) returns the first
+/// result and writes nothing. `request` is a digest of what was asked: the same key with
+/// another request is refused, not silently answered with the first result.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientKey<'a> {
+    /// What is created (`session`, `message`).
+    pub kind: &'static str,
+    /// The caller's key.
+    pub key: &'a str,
+    /// Digest of the request.
+    pub request: [u8; 32],
+}
+
+impl ClientKey<'_> {
+    /// The result of the first request with this key, if there was one.
+    fn recall(&self, tx: &Transaction<'_>) -> Result<Option<String>, StoreError> {
+        let row: Option<(Vec<u8>, String)> = tx
+            .row(
+                "SELECT request, result FROM client_keys WHERE kind = ?1 AND key = ?2",
+                params![self.kind, self.key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(sql("reading a client key"))?;
+        match row {
+            Some((request, result)) if request == self.request => Ok(Some(result)),
+            Some(_) => Err(StoreError::ClientKeyReused { kind: self.kind, key: self.key.to_string() }),
+            None => Ok(None),
+        }
+    }
+
+    /// Records the result, in the transaction of the write it names.
+    fn remember(&self, tx: &Transaction<'_>, result: &str, now: i64) -> Result<(), StoreError> {
+        tx.exec(
+            "INSERT INTO client_keys (kind, key, request, result, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![self.kind, self.key, self.request.to_vec(), result, now],
+        )
+        .map_err(sql("recording a client key"))?;
+        Ok(())
+    }
+}
+
 impl WriteCtx<'_> {
+    /// The result of an earlier request with this client key (see [`ClientKey`]); the edit
+    /// then changes nothing and returns it.
+    pub fn recall(&self, key: &ClientKey<'_>) -> Result<Option<String>, StoreError> {
+        key.recall(self.tx)
+    }
+
+    /// Records what this edit created under the client key, durable with the edit.
+    pub fn remember(&self, key: &ClientKey<'_>, result: &str) -> Result<(), StoreError> {
+        key.remember(self.tx, result, self.now)
+    }
+
     /// Stores a blob (if not already stored) in the same transaction as the edit.
     pub fn put_blob(&self, bytes: &[u8], mime: &str) -> Result<BlobInfo, StoreError> {
         put_blob(self.tx, self.sealer, bytes, mime, self.now)
@@ -724,7 +854,12 @@ impl Store {
     }
 
     /// Creates a session; returns once it is durable.
-    pub fn create_session(&mut self, new: &NewSession, now: i64) -> Result<SessionView, StoreError> {
+    pub fn create_session(
+        &mut self,
+        new: &NewSession,
+        once: Option<&ClientKey<'_>>,
+        now: i64,
+    ) -> Result<SessionView, StoreError> {
         let mut doc = SessionDoc::create(new, self.actor.clone(), now).map_err(model(new.id))?;
         let view = doc.view().map_err(model(new.id))?;
         let id = new.id.to_string();
@@ -732,6 +867,16 @@ impl Store {
         let bytes = doc.save_after(&[]);
         let tx =
             self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+        if let Some(key) = once {
+            if let Some(first) = key.recall(&tx)? {
+                drop(tx);
+                let first: SessionId = first
+                    .parse()
+                    .map_err(|_| StoreError::Damaged(format!("client key {:?} names no session", key.key)))?;
+                return self.view(first);
+            }
+            key.remember(&tx, &id, now)?;
+        }
         tx.exec(
             "INSERT INTO sessions (id, origin, icb, status, service_line, priority, created_ms, updated_ms, head_seq, card)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9)",
@@ -1010,6 +1155,89 @@ impl Store {
             wal_file_bytes: size(wal_path(&self.path)),
             schema_version: DB_SCHEMA_VERSION,
         })
+    }
+
+    /// Photos by what this node holds of them.
+    pub fn photo_holdings(&self) -> Result<PhotoHoldings, StoreError> {
+        let mut out = PhotoHoldings::default();
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT state, count(*), coalesce(sum(size), 0) FROM blobs GROUP BY state")
+            .map_err(sql("counting photos"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)))
+            .map_err(sql("counting photos"))?;
+        for row in rows {
+            let (state, n, bytes) = row.map_err(sql("counting photos"))?;
+            match state.as_str() {
+                "complete" => out.held = (n, bytes),
+                "partial" => out.partial = (n, bytes),
+                "offloaded" => out.offloaded = (n, bytes),
+                other => return Err(StoreError::Damaged(format!("a photo in an unknown state {other:?}"))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// What has not yet left this device (`me` is this node's name): items counted from the
+    /// sessions' cards, bytes from this node's photos still held whole (an edge deletes a
+    /// photo once a hub confirms holding it).
+    pub fn backlog(&self, me: &str) -> Result<Backlog, StoreError> {
+        let mut out = Backlog::default();
+        for card in self.list(&ListFilter::default())? {
+            if card.on_device_only > 0 {
+                out.items += card.on_device_only as u64;
+                out.sessions += 1;
+            }
+        }
+        out.photo_bytes = self
+            .conn
+            .row(
+                "SELECT coalesce(sum(b.size), 0) FROM blobs b WHERE b.state = 'complete' AND EXISTS
+                 (SELECT 1 FROM session_media m WHERE m.hash = b.hash AND m.added_by = ?1 AND m.withdrawn = 0
+                  AND m.holders = '')",
+                [me],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(sql("measuring the backlog"))? as u64;
+        Ok(out)
+    }
+
+    /// Records how a conversation with `peer` went: `Ok` once everything either side may send
+    /// has been sent and acknowledged, `Err` with why it failed.
+    pub fn record_sync(&self, peer: &str, outcome: Result<(), &str>, now: i64) -> Result<(), StoreError> {
+        let ctx = "recording a sync";
+        match outcome {
+            Ok(()) => self.conn.exec(
+                "INSERT INTO peer_syncs (peer, last_ok_ms) VALUES (?1, ?2)
+                 ON CONFLICT (peer) DO UPDATE SET last_ok_ms = excluded.last_ok_ms",
+                params![peer, now],
+            ),
+            Err(why) => self.conn.exec(
+                "INSERT INTO peer_syncs (peer, last_error, last_error_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (peer) DO UPDATE SET last_error = excluded.last_error, last_error_ms = excluded.last_error_ms",
+                params![peer, why, now],
+            ),
+        }
+        .map_err(sql(ctx))?;
+        Ok(())
+    }
+
+    /// What this node last knew of its syncs with each peer, by name.
+    pub fn peer_syncs(&self) -> Result<Vec<PeerSync>, StoreError> {
+        let ctx = "reading sync history";
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT peer, last_ok_ms, last_error, last_error_ms FROM peer_syncs ORDER BY peer")
+            .map_err(sql(ctx))?;
+        stmt.query_map([], |r| {
+            let error: Option<String> = r.get(2)?;
+            let error_ms: Option<i64> = r.get(3)?;
+            Ok(PeerSync { peer: r.get(0)?, last_ok_ms: r.get(1)?, last_error: error_ms.zip(error) })
+        })
+        .map_err(sql(ctx))?
+        .collect::<Result<_, _>>()
+        .map_err(sql(ctx))
     }
 
     /// Walks the audit chain and reports the first broken link.

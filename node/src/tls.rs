@@ -425,6 +425,14 @@ fn identity_uri(cert: &CertificateDer<'_>) -> Result<(String, PeerInfo), TlsErro
     Err(TlsError::NoIdentity("no urn:outpost:node URI".into()))
 }
 
+/// When a PEM certificate stops being valid (ms since the epoch).
+pub fn not_after_ms(cert_pem: &str) -> Result<i64, TlsError> {
+    let invalid = |detail: String| TlsError::Invalid { what: "node certificate", detail };
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| invalid(e.to_string()))?;
+    let (_, x509) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| invalid(e.to_string()))?;
+    Ok(x509.validity().not_after.timestamp().saturating_mul(1000))
+}
+
 /// The identity a certificate states, from its URI subject alternative name.
 pub fn peer_info(cert: &CertificateDer<'_>) -> Result<PeerInfo, TlsError> {
     identity_uri(cert).map(|(_, info)| info)

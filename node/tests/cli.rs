@@ -398,3 +398,58 @@ fn a_rota_with_bad_hours_a_bad_ring_time_or_a_desk_twice_is_refused_and_nothing_
     }
     assert_eq!(ok(&["rota", "show", "--dir", d(&hub), "--json"]), before, "nothing was written");
 }
+
+#[test]
+fn a_repeated_create_with_the_same_client_key_makes_one_session_and_one_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    init_edge(&dir);
+    let new = |key: &str, summary: &str, code: Option<i32>| {
+        let args = [
+            "session",
+            "new",
+            "--dir",
+            d(&dir),
+            "--service-line",
+            "cardiology",
+            "--care-setting",
+            "gp_urgent",
+            "--summary",
+            summary,
+            "--client-key",
+            key,
+        ];
+        match code {
+            None => ok(&args).trim().to_string(),
+            Some(c) => fails(&args, c),
+        }
+    };
+    // A double tap on a slow tablet: the same request twice.
+    let first = new("6f1c2a9e-tap", "Chest pain, ECG attached", None);
+    let second = new("6f1c2a9e-tap", "Chest pain, ECG attached", None);
+    assert_eq!(first, second);
+    let listed = json(&ok(&["session", "list", "--dir", d(&dir), "--json"]));
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    // The same key for another request is a mistake, not a repeat: refused, nothing written.
+    let err = new("6f1c2a9e-tap", "Another patient", Some(2));
+    assert!(err.contains("already used for a different session"), "{err}");
+    let err = new("has space", "Chest pain, ECG attached", Some(2));
+    assert!(err.contains("client key"), "{err}");
+    assert_eq!(json(&ok(&["session", "list", "--dir", d(&dir), "--json"])).as_array().unwrap().len(), 1);
+    // A different key is a different session.
+    assert_ne!(new("second-patient", "Chest pain, ECG attached", None), first);
+
+    let send = |key: &str, text: &str| {
+        json(&ok(&["message", "send", "--dir", d(&dir), &first, text, "--client-key", key, "--json"]))
+    };
+    let m1 = send("msg-1", "BP 150/90, pain 6/10");
+    let m2 = send("msg-1", "BP 150/90, pain 6/10");
+    assert_eq!(m1["message"], m2["message"]);
+    assert_eq!(m2["receipt"], "device");
+    let err = fails(&["message", "send", "--dir", d(&dir), &first, "pain 8/10", "--client-key", "msg-1"], 2);
+    assert!(err.contains("already used for a different message"), "{err}");
+    send("msg-2", "BP 150/90, pain 6/10");
+    let view = json(&ok(&["session", "show", "--dir", d(&dir), &first, "--json"]));
+    let texts: Vec<&str> = view["messages"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["BP 150/90, pain 6/10", "BP 150/90, pain 6/10"], "one per key");
+}

@@ -108,6 +108,11 @@ fn photos_reach_hub_and_desk_verified_and_the_edge_keeps_only_a_thumbnail() {
     let at_desk = tmp.path().join("at-desk.jpg");
     ok(&["photo", "get", "--dir", d(&desk), &hash, "--out", d(&at_desk)]);
     assert_eq!(std::fs::read(&at_desk).unwrap(), bytes);
+    // A download is not a person looking: only `--read` says the consultant opened it.
+    sync(&desk, &addr);
+    sync(&amb, &addr);
+    assert_eq!(view(&amb, &id)["media"][0]["receipt"], "desk");
+    ok(&["photo", "get", "--dir", d(&desk), &hash, "--out", d(&at_desk), "--read"]);
     sync(&desk, &addr);
     sync(&amb, &addr);
     assert_eq!(view(&amb, &id)["media"][0]["receipt"], "read");
@@ -213,4 +218,46 @@ fn a_message_typed_during_a_photo_upload_arrives_before_the_photo() {
         chunks_when_message_arrived < total,
         "the message waited for the whole photo ({chunks_when_message_arrived}/{total} chunks)"
     );
+}
+
+#[test]
+fn status_tells_the_crew_what_has_not_left_the_device_and_when_it_last_synced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let amb = fleet.node("amb-07", "edge", &[]);
+    let status = |dir: &Path| json(&ok(&["status", "--dir", d(dir), "--json"]));
+    let id = new_session(&amb);
+    ok(&["message", "send", "--dir", d(&amb), &id, "Lesion 14 mm"]);
+    let (_, bytes) = attach(&amb, &id, &tmp.path().join("p.jpg"), 800, 600, 9);
+    let before = status(&amb);
+    let left = &before["not_yet_left_this_device"];
+    assert_eq!(left["items"], 2, "a message and a photo: {before}");
+    assert_eq!(left["sessions"], 1);
+    assert_eq!(left["photo_bytes"], bytes.len() as u64);
+    assert_eq!(before["photos"]["held"][0], 1);
+    assert_eq!(before["peers"].as_array().unwrap().len(), 0, "never synced");
+    let until = before["certificate_valid_until_ms"].as_i64().unwrap();
+    assert!(until > outpost_node::node::now_ms() + 20 * 86_400_000, "{before}");
+    let text = ok(&["status", "--dir", d(&amb)]);
+    assert!(text.contains("not yet left this device: 2 messages and photos in 1 sessions"), "{text}");
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _hub = daemon(&hub, &["--listen", &addr], &[]);
+    let t0 = outpost_node::node::now_ms();
+    wait_until(LIMIT, "a sync", || run(&["sync", "--dir", d(&amb), "--peer", &addr]).status.success());
+    sync(&amb, &addr);
+    let after = status(&amb);
+    let left = &after["not_yet_left_this_device"];
+    assert_eq!((left["items"].as_u64(), left["photo_bytes"].as_u64()), (Some(0), Some(0)), "{after}");
+    // The photo itself went to the hub: the tablet no longer counts it as held.
+    assert_eq!(after["photos"]["held"][0], 0, "{after}");
+    assert_eq!(after["photos"]["offloaded"][0], 1, "{after}");
+    let peers = after["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0]["peer"], "hub-qhm");
+    assert!(peers[0]["last_ok_ms"].as_i64().unwrap() >= t0, "{after}");
+    let text = ok(&["status", "--dir", d(&amb)]);
+    assert!(text.contains("peer hub-qhm: last complete sync"), "{text}");
+    assert!(text.contains("0 held here") && text.contains("1 handed to the hub"), "{text}");
 }

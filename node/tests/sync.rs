@@ -403,3 +403,73 @@ fn a_hub_restored_from_an_older_backup_gets_back_what_it_lost_in_one_sync() {
     }
     assert_eq!(texts(&amb, &ids[0]).unwrap().len(), 2);
 }
+
+#[test]
+fn reading_is_an_explicit_act_on_both_sides_never_a_side_effect_of_showing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let amb = fleet.node("amb-07", "edge", &[]);
+    let desk = fleet.node("desk-derm-1", "desk", &["--service-line", "dermatology"]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _hub = daemon(&hub, &["--listen", &addr], &[]);
+    let id = new_session(&amb, "dermatology", "Rash after a new antibiotic");
+    ok(&["message", "send", "--dir", d(&amb), &id, "Widespread rash, no mucosal involvement"]);
+    wait_until(LIMIT, "a sync", || run(&["sync", "--dir", d(&amb), "--peer", &addr]).status.success());
+    let round = || {
+        sync(&desk, &addr);
+        sync(&amb, &addr);
+        sync(&desk, &addr);
+    };
+    round();
+    let receipt =
+        |dir: &std::path::Path, i: usize| view(dir, &id)["messages"][i]["receipt"].as_str().unwrap().to_string();
+    assert_eq!(receipt(&amb, 0), "desk");
+
+    // A script polling the desk (text and JSON) tells the ambulance nothing it has not earned.
+    for _ in 0..2 {
+        ok(&["session", "show", "--dir", d(&desk), &id, "--json"]);
+        ok(&["session", "show", "--dir", d(&desk), &id]);
+    }
+    round();
+    assert_eq!(receipt(&amb, 0), "desk", "showing is not reading");
+
+    // The consultant opens it: read. The reply goes back; the crew's device shows it.
+    ok(&["session", "show", "--dir", d(&desk), &id, "--read"]);
+    ok(&["message", "send", "--dir", d(&desk), &id, "Stop the antibiotic; photos please"]);
+    round();
+    assert_eq!(receipt(&amb, 0), "read");
+    assert_eq!(receipt(&desk, 1), "hub", "the reply is at the hub; the crew has not read it");
+    ok(&["session", "show", "--dir", d(&amb), &id, "--json"]);
+    round();
+    assert_eq!(receipt(&desk, 1), "hub", "showing on the tablet is not reading either");
+    ok(&["session", "show", "--dir", d(&amb), &id, "--read", "--json"]);
+    round();
+    assert_eq!(receipt(&desk, 1), "read", "the consultant sees the crew read the advice");
+    let reply = &view(&desk, &id)["messages"][1]["receipts"];
+    assert!(reply.as_array().unwrap().iter().any(|r| r["level"] == "read" && r["node"] == "amb-07"), "{reply}");
+}
+
+#[test]
+fn peers_are_dialled_by_host_name_and_an_unknown_name_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let amb = fleet.node("amb-07", "edge", &[]);
+    let surgery = fleet.node("surgery-12", "edge", &[]);
+    let port = free_port();
+    let _hub = daemon(&hub, &["--listen", &format!("127.0.0.1:{port}")], &[]);
+    let by_name = format!("localhost:{port}");
+    let id = new_session(&amb, "cardiology", "Palpitations, self-terminating");
+    wait_until(LIMIT, "a sync by name", || run(&["sync", "--dir", d(&amb), "--peer", &by_name]).status.success());
+    assert!(texts(&hub, &id).is_some(), "the hub holds the session");
+    // The daemon dials by name too.
+    let other = new_session(&surgery, "cardiology", "Syncope on exertion");
+    let _surgery = daemon(&surgery, &["--peer", &by_name], &[]);
+    wait_until(LIMIT, "the daemon's session at the hub", || texts(&hub, &other).is_some());
+
+    let err = fails(&["sync", "--dir", d(&amb), "--peer", "no-such-hub.invalid:4433"], 6);
+    assert!(err.contains("cannot resolve no-such-hub.invalid:4433"), "{err}");
+    let err = fails(&["sync", "--dir", d(&amb), "--peer", "hub_qhm:4433"], 2);
+    assert!(err.contains("host:port"), "{err}");
+}

@@ -141,13 +141,13 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
     let clock = Clock(Instant::now(), now_ms());
     link.set_up(false);
     clock.say("amb-07", "on the moor road, in a not-spot: no link");
-    let amb = Daemon::start(amb, RunOptions { peers: vec![link.local_addr], ..RunOptions::default() }).await?;
+    let amb = Daemon::start(amb, RunOptions { peers: vec![link.local_addr.into()], ..RunOptions::default() }).await?;
     // The consultant's desk answers calls by itself in the demo (`outpost run --auto-answer`).
     // It says a few words into the call and records what it hears.
     let desk_voice = root.join("consultant.wav");
     crate::media::write_wav(&desk_voice, &crate::media::synthetic_speech(4.0))?;
     let desk_opts = RunOptions {
-        peers: vec![desk_link.local_addr],
+        peers: vec![desk_link.local_addr.into()],
         auto_answer: true,
         play: Some(desk_voice),
         record: Some(root.join("heard-at-desk.wav")),
@@ -155,7 +155,8 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
     };
     let desk = Daemon::start(desk, desk_opts).await?;
     let surgery =
-        Daemon::start(surgery, RunOptions { peers: vec![surgery_link.local_addr], ..RunOptions::default() }).await?;
+        Daemon::start(surgery, RunOptions { peers: vec![surgery_link.local_addr.into()], ..RunOptions::default() })
+            .await?;
 
     // The surgery's cardiology question: the dermatology desk must never see it.
     let cardio = surgery
@@ -387,11 +388,11 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
     println!();
 
     // The consultant reads, looks at the photos, replies and records an outcome.
-    desk.with_node(move |n| n.show(id, now_ms())).await??;
+    desk.with_node(move |n| n.mark_read(id, now_ms())).await??;
     let hashes: Vec<String> =
         view(&desk, id).await.map(|v| v.media.iter().map(|m| m.hash.clone()).collect()).unwrap_or_default();
     for h in hashes {
-        desk.with_node(move |n| n.open_photo(&h, now_ms())).await??;
+        desk.with_node(move |n| n.open_photo(&h, true, now_ms())).await??;
     }
     desk.announce(vec![id.to_bytes()]);
     until(&amb, id, "the read receipts", |v| {
