@@ -30,6 +30,7 @@ use crate::config::{ConfigError, NodeDir};
 use crate::crypto::CryptoError;
 use crate::node::{InitParams, Node, NodeError, PhotoRequest, SessionRequest, now_ms};
 use crate::photo;
+use crate::store::people::{Credential, NewPerson, PersonRole};
 use crate::store::{ListFilter, SessionCard, StoreError};
 
 /// outpost: an offline-first sync node for clinical advice sessions.
@@ -101,6 +102,10 @@ enum Command {
         /// On a desk: record every call it takes into this WAV file (8 kHz mono).
         #[arg(long)]
         record: Option<PathBuf>,
+        /// Serve the local HTTP API for the clinicians' apps on this address (for example
+        /// 127.0.0.1:8080; keep it on loopback). Users come from `outpost user add`.
+        #[arg(long)]
+        api: Option<std::net::SocketAddr>,
     },
     /// Reconcile once with a peer and report what it cost.
     Sync {
@@ -152,6 +157,9 @@ enum Command {
     /// The ICB's directory: service lines, their hours and channels, and each line's rota.
     #[command(subcommand)]
     Rota(RotaCommand),
+    /// The people who use this node through its local API (`outpost run --api`).
+    #[command(subcommand)]
+    User(UserCommand),
     /// What the node holds: sessions, sizes, audit chain.
     Status {
         #[command(flatten)]
@@ -505,6 +513,38 @@ enum RotaCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add a user. A person signs in with a PIN or passphrase, read from the first line of
+    /// standard input (so it appears in no process list or shell history); an integrating
+    /// system gets a token instead (`--token`), printed once.
+    Add {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Name as others see it (unique on this node).
+        #[arg(long)]
+        name: String,
+        /// paramedic, gp, nurse, consultant or system.
+        #[arg(long, value_parser = PersonRole::parse)]
+        role: PersonRole,
+        /// Professional registration (for example HCPC-PA123456, GMC-7012345).
+        #[arg(long)]
+        registration: Option<String>,
+        /// Make a token for an integrating system instead of reading a secret.
+        #[arg(long)]
+        token: bool,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// List the users.
+    List {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum OutcomeCommand {
     /// Record the requester's or the responder's outcome.
     Set {
@@ -612,6 +652,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 NodeError::Crypto(_) => 3,
                 NodeError::Store(s) => store_code(s),
                 NodeError::Photo(_) | NodeError::Role { .. } | NodeError::Invalid(_) => 2,
+                NodeError::Tls(_) => 3,
             };
         }
         if let Some(s) = cause.downcast_ref::<StoreError>() {
@@ -655,7 +696,8 @@ fn store_code(e: &StoreError) -> u8 {
         StoreError::DiskFull { .. } => 5,
         StoreError::Model { .. }
         | StoreError::Directory(DirectoryError::Invalid(_))
-        | StoreError::ClientKeyReused { .. } => 2,
+        | StoreError::ClientKeyReused { .. }
+        | StoreError::Duplicate(_) => 2,
         StoreError::Crypto(_) => 3,
         _ => 1,
     }
@@ -742,26 +784,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status { dir, json } => {
             let node = open(&dir)?;
-            let stats = node.store.stats()?;
-            let audit = node.store.verify_audit()?;
-            let photos = node.store.photo_holdings()?;
-            let backlog = node.store.backlog(&node.config.name)?;
-            let peers = node.store.peer_syncs()?;
-            let cert_until = match node.store.tls_identity()? {
-                Some((cert, _, _)) => Some(crate::tls::not_after_ms(&cert)?),
-                None => None,
-            };
+            let st = node.status()?;
+            let (stats, audit, photos, backlog, peers, cert_until) = (
+                &st.store,
+                &st.audit,
+                &st.photos,
+                &st.not_yet_left_this_device,
+                &st.peers,
+                st.certificate_valid_until_ms,
+            );
             let now = now_ms();
             if json.json {
-                print_json(&serde_json::json!({
-                    "node": node.config,
-                    "store": stats,
-                    "photos": photos,
-                    "not_yet_left_this_device": backlog,
-                    "peers": peers,
-                    "certificate_valid_until_ms": cert_until,
-                    "audit": audit,
-                }))?;
+                print_json(&st)?;
             } else {
                 let c = &node.config;
                 println!(
@@ -802,7 +836,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 if peers.is_empty() {
                     println!("peers: never synced");
                 }
-                for p in &peers {
+                for p in peers {
                     let ok =
                         p.last_ok_ms.map_or("never".to_string(), |t| format!("{} ({} ago)", time(t), ago(now - t)));
                     print!("peer {}: last complete sync {ok}", p.peer);
@@ -922,7 +956,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Call(cmd) => run_call(cmd)?,
         Command::Rota(cmd) => run_rota(cmd)?,
-        Command::Run { dir, listen, peers, auto_answer, play, record } => {
+        Command::User(cmd) => run_user(cmd)?,
+        Command::Run { dir, listen, peers, auto_answer, play, record, api } => {
             init_logging("info");
             let node = open(&dir)?;
             let rt = runtime()?;
@@ -930,10 +965,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 if let Some(p) = &play {
                     crate::media::read_wav(p)?;
                 }
-                let opts = crate::net::RunOptions { listen, peers, auto_answer, play, record };
+                let opts = crate::net::RunOptions { listen, peers, auto_answer, play, record, api };
                 let daemon = crate::net::Daemon::start(node, opts).await?;
                 if let Some(addr) = daemon.local_addr {
                     println!("listening on {addr}");
+                }
+                if let Some(addr) = daemon.api_addr {
+                    println!("local API on http://{addr}/api");
                 }
                 tokio::signal::ctrl_c().await?;
                 daemon.stop().await;
@@ -978,17 +1016,8 @@ fn session(cmd: SessionCommand) -> anyhow::Result<()> {
     match cmd {
         SessionCommand::New(args) => {
             let a = *args;
-            let verification = a.nhs_verification.unwrap_or(if a.nhs_number.is_some() {
-                NhsVerification::NotTraced
-            } else {
-                NhsVerification::NotPresent
-            });
-            if a.nhs_number.is_none() && verification != NhsVerification::NotPresent {
-                return Err(InputError(format!(
-                    "--nhs-verification {verification} needs --nhs-number; without a number the status is 07"
-                ))
-                .into());
-            }
+            let verification = SessionRequest::verification(a.nhs_number.is_some(), a.nhs_verification)
+                .map_err(|e| InputError(format!("--nhs-verification: {e} (--nhs-number)")))?;
             let req = SessionRequest {
                 care_setting: a.care_setting,
                 requester: Requester {
@@ -1009,11 +1038,7 @@ fn session(cmd: SessionCommand) -> anyhow::Result<()> {
                 },
                 service: Service {
                     line: a.service_line,
-                    channel: a.channel.unwrap_or(if a.service_line == ServiceLine::Dermatology {
-                        Channel::Photo
-                    } else {
-                        Channel::Message
-                    }),
+                    channel: a.channel.unwrap_or(SessionRequest::default_channel(a.service_line)),
                     priority: a.priority,
                 },
                 summary: a.summary,
@@ -1225,6 +1250,69 @@ pub fn bytes(n: u64) -> String {
     } else {
         format!("{:.2} GiB", f / K / K / K)
     }
+}
+
+fn run_user(cmd: UserCommand) -> anyhow::Result<()> {
+    match cmd {
+        UserCommand::Add { dir, name, role, registration, token, json } => {
+            let node = open(&dir)?;
+            if !role.works_on(node.config.role) {
+                return Err(InputError(format!(
+                    "a {role} does not work on a {} node; people on this node are {}",
+                    node.config.role,
+                    crate::store::people::PersonRole::NAMES
+                        .iter()
+                        .filter(|r| PersonRole::parse(r).is_ok_and(|r| r.works_on(node.config.role)))
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+                .into());
+            }
+            if name.trim().is_empty() || name.len() > 100 {
+                return Err(InputError("--name: 1 to 100 characters".into()).into());
+            }
+            let cred = if token {
+                Credential::Token
+            } else {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                let secret = line.trim_end_matches(['\r', '\n']).to_string();
+                if secret.chars().count() < crate::store::people::MIN_SECRET {
+                    return Err(InputError(format!(
+                        "the PIN or passphrase (first line of standard input) needs at least {} characters; nothing was written",
+                        crate::store::people::MIN_SECRET
+                    ))
+                    .into());
+                }
+                Credential::Secret(secret)
+            };
+            let new = NewPerson { name, role, registration };
+            let (person, token) = node.store.add_person(&new, &cred, now_ms())?;
+            if json.json {
+                print_json(&serde_json::json!({ "user": person, "token": token }))?;
+            } else {
+                println!("added {} ({})", person.name, person.role);
+                if let Some(t) = token {
+                    println!("token (shown once; keep it in the integrating system's secret store): {t}");
+                }
+            }
+        }
+        UserCommand::List { dir, json } => {
+            let node = open(&dir)?;
+            let people = node.store.people()?;
+            if json.json {
+                print_json(&people)?;
+            } else if people.is_empty() {
+                println!("no users");
+            } else {
+                for p in people {
+                    println!("{:<30} {:<11} {}", p.name, p.role.as_str(), p.registration.as_deref().unwrap_or("-"));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A duration for people, to the largest whole unit: `40 s`, `12 min`, `5 h`, `29 days`.
@@ -1616,17 +1704,22 @@ fn run_rota(cmd: RotaCommand) -> anyhow::Result<()> {
                     "no directory yet: `outpost rota set` adds a line; until then every escalation ends in a callback"
                 ),
                 None => println!("no directory from the hub yet: it arrives at the next sync with the hub"),
-                Some(view) if json.json => print_json(&serde_json::json!({
-                    "icb": view.icb,
-                    "updated_ms": view.updated_ms,
-                    "source": if own { "own" } else { "hub" },
-                    "lines": view.lines.values().map(LineJson::from).collect::<Vec<_>>(),
-                }))?,
+                Some(view) if json.json => print_json(&directory_json(&view, own))?,
                 Some(view) => print_directory(&view, own, now_ms()),
             }
         }
     }
     Ok(())
+}
+
+/// A directory as JSON (`rota show --json`, `GET /api/directory`).
+pub(crate) fn directory_json(view: &DirectoryView, own: bool) -> serde_json::Value {
+    serde_json::json!({
+        "icb": view.icb,
+        "updated_ms": view.updated_ms,
+        "source": if own { "own" } else { "hub" },
+        "lines": view.lines.values().map(LineJson::from).collect::<Vec<_>>(),
+    })
 }
 
 fn print_directory(view: &DirectoryView, own: bool, now: i64) {

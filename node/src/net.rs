@@ -311,6 +311,8 @@ enum Notice {
     Docs { from: u64, docs: Arc<Vec<DocId>> },
     /// A newer revocation list was installed.
     Revocations,
+    /// A conversation with a peer began or ended (for the local API's event stream).
+    Link { peer: String, up: bool },
 }
 
 fn transport() -> Arc<quinn::TransportConfig> {
@@ -535,6 +537,20 @@ impl PeerAddr {
     }
 }
 
+mod api;
+
+/// Says "link down" on the event channel when a conversation ends, however it ends.
+struct LinkNotice {
+    shared: Arc<Shared>,
+    peer: String,
+}
+
+impl Drop for LinkNotice {
+    fn drop(&mut self) {
+        let _ = self.shared.changes.send(Notice::Link { peer: std::mem::take(&mut self.peer), up: false });
+    }
+}
+
 /// Options of the daemon.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -548,6 +564,9 @@ pub struct RunOptions {
     pub play: Option<std::path::PathBuf>,
     /// On a desk: where it records every call it takes (overwritten by the next).
     pub record: Option<std::path::PathBuf>,
+    /// Address to serve the local HTTP API on (the `api` module): loopback unless this node
+    /// serves its LAN.
+    pub api: Option<SocketAddr>,
 }
 
 /// A running daemon (in this process).
@@ -555,6 +574,8 @@ pub struct RunOptions {
 pub struct Daemon {
     /// The address it listens on, if any.
     pub local_addr: Option<SocketAddr>,
+    /// The address its local API listens on, if any.
+    pub api_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -608,8 +629,16 @@ impl Daemon {
             let default_plan = crate::media::MediaPlan { play: opts.play.clone(), record: opts.record.clone() };
             tasks.push(tokio::spawn(media_loop(shared.clone(), default_plan)));
         }
-        tracing::info!(node = %shared.me.name, role = %shared.me.role, listen = ?local_addr, "outpost daemon started");
-        Ok(Daemon { local_addr, shared, tasks })
+        let api_addr = match opts.api {
+            Some(addr) => {
+                let (bound, task) = api::serve(shared.clone(), addr).await?;
+                tasks.push(task);
+                Some(bound)
+            }
+            None => None,
+        };
+        tracing::info!(node = %shared.me.name, role = %shared.me.role, listen = ?local_addr, api = ?api_addr, "outpost daemon started");
+        Ok(Daemon { local_addr, api_addr, shared, tasks })
     }
 
     /// Runs `f` on this daemon's store thread.
@@ -836,6 +865,8 @@ async fn converse(
         }
     };
     let id = shared.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _ = shared.changes.send(Notice::Link { peer: peer.name.clone(), up: true });
+    let _link = LinkNotice { shared: shared.clone(), peer: peer.name.clone() };
     let base_stats = conn.stats();
     let started = Instant::now();
 

@@ -12,7 +12,8 @@ use sync_protocol::session::{
     SessionId, SessionView, side_of,
 };
 use sync_protocol::vocab::{
-    CareSetting, ConsentKind, ConsentScope, Outcome, PhotoView, ReceiptLevel, Role, ServiceLine, Side, Status,
+    CareSetting, Channel, ConsentKind, ConsentScope, NhsVerification, Outcome, PhotoView, ReceiptLevel, Role,
+    ServiceLine, Side, Status,
 };
 
 use crate::config::{self, CONFIG_FORMAT, ConfigError, NodeConfig, NodeDir};
@@ -38,6 +39,9 @@ pub enum NodeError {
     /// Input that cannot be used (named in the message); nothing was written.
     #[error("{0}")]
     Invalid(String),
+    /// The node's certificate.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// An operation this node's role does not perform.
     #[error("{action} is done on {allowed} nodes; this node ({name}) is {} {role} node", if *role == Role::Edge { "an" } else { "a" })]
     Role {
@@ -89,6 +93,44 @@ pub struct InitParams {
     pub lines: Vec<sync_protocol::vocab::ServiceLine>,
 }
 
+/// What `outpost status` and `GET /api/status` report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeStatus {
+    /// The node's identity.
+    pub node: NodeConfig,
+    /// Counts and sizes.
+    pub store: crate::store::StoreStats,
+    /// Photos held here, handed on, being received.
+    pub photos: crate::store::PhotoHoldings,
+    /// What has not yet left this device.
+    pub not_yet_left_this_device: crate::store::Backlog,
+    /// The last complete sync with each peer, and any failure since.
+    pub peers: Vec<crate::store::PeerSync>,
+    /// When the node's certificate expires (ms since the epoch), if it has one.
+    pub certificate_valid_until_ms: Option<i64>,
+    /// The audit chain checked end to end.
+    pub audit: crate::store::AuditCheck,
+}
+
+/// Where a session's latest call stands, for an app (`call` events of the local API).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CallNow {
+    /// The session.
+    pub session: SessionId,
+    /// The call's id.
+    pub call: String,
+    /// `waiting` (asked, not yet rung), `ringing`, `connected` or `callback`.
+    pub state: &'static str,
+    /// The desk rung or connected, if any.
+    pub desk: Option<String>,
+    /// Whether it rings at this node now (a desk's app must not miss it).
+    pub ringing_here: bool,
+    /// When the current ring began, and how long it lasts (seconds).
+    pub rung: Option<(i64, u32)>,
+    /// Why a callback was arranged instead.
+    pub callback_reason: Option<String>,
+}
+
 /// What a new session needs from the clinician.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SessionRequest {
@@ -104,6 +146,23 @@ pub struct SessionRequest {
     pub summary: String,
     /// Keep as a draft.
     pub draft: bool,
+}
+
+impl SessionRequest {
+    /// The channel a service line uses unless told: photos for dermatology, messages otherwise.
+    pub fn default_channel(line: ServiceLine) -> Channel {
+        if line == ServiceLine::Dermatology { Channel::Photo } else { Channel::Message }
+    }
+
+    /// The NHS number's verification status as given, or by default 02 (not traced) with a
+    /// number and 07 without; a status other than 07 needs a number (the error names the rule).
+    pub fn verification(has_number: bool, given: Option<NhsVerification>) -> Result<NhsVerification, String> {
+        let v = given.unwrap_or(if has_number { NhsVerification::NotTraced } else { NhsVerification::NotPresent });
+        if !has_number && v != NhsVerification::NotPresent {
+            return Err(format!("verification status {v} needs an NHS number; without a number the status is 07"));
+        }
+        Ok(v)
+    }
 }
 
 /// What a photo attachment needs besides the photo.
@@ -359,6 +418,23 @@ impl Node {
         })?)
     }
 
+    /// The node's state: what it holds, what has not left it, its peers and certificate.
+    pub fn status(&self) -> Result<NodeStatus, NodeError> {
+        let certificate_valid_until_ms = match self.store.tls_identity()? {
+            Some((cert, _, _)) => Some(crate::tls::not_after_ms(&cert)?),
+            None => None,
+        };
+        Ok(NodeStatus {
+            node: self.config.clone(),
+            store: self.store.stats()?,
+            photos: self.store.photo_holdings()?,
+            not_yet_left_this_device: self.store.backlog(&self.config.name)?,
+            peers: self.store.peer_syncs()?,
+            certificate_valid_until_ms,
+            audit: self.store.verify_audit()?,
+        })
+    }
+
     /// The session's view, recording the access in the audit chain. Writes no receipt: a
     /// query is not a person reading (see [`Node::mark_read`]).
     pub fn show(&mut self, id: SessionId, now: i64) -> Result<SessionView, NodeError> {
@@ -454,6 +530,34 @@ impl Node {
                 .map_err(|source| StoreError::Model { id: id.to_string(), source })
         })?;
         Ok(Some((call, attempt)))
+    }
+
+    /// Where the latest call of each of these sessions stands (sessions with no call are left
+    /// out). Reads only the routing logs.
+    pub fn calls_now(&mut self, ids: &[SessionId]) -> Result<Vec<CallNow>, NodeError> {
+        let me = self.config.name.clone();
+        let mut out = Vec::new();
+        for id in ids {
+            let Ok(routing) = self.store.routing_log(*id) else { continue };
+            let Some(c) = calls_in(&routing).pop() else { continue };
+            let ringing = c.ringing().filter(|r| c.is_open() && !c.answers.iter().any(|a| a.0 == r.1)).cloned();
+            let (state, desk) = match (&c.connected, &c.callback, &ringing) {
+                (Some((desk, _)), _, _) => ("connected", Some(desk.clone())),
+                (None, Some(_), _) => ("callback", None),
+                (None, None, Some((desk, ..))) => ("ringing", Some(desk.clone())),
+                (None, None, None) => ("waiting", None),
+            };
+            out.push(CallNow {
+                session: *id,
+                call: c.call.clone(),
+                state,
+                ringing_here: state == "ringing" && desk.as_deref() == Some(me.as_str()),
+                desk,
+                rung: ringing.map(|(_, _, at, secs)| (at, secs)),
+                callback_reason: c.callback.map(|(why, _)| why),
+            });
+        }
+        Ok(out)
     }
 
     /// This node's copy of its ICB's directory (service lines, hours, rotas): the hub's own, or

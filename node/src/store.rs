@@ -36,6 +36,7 @@ use sync_protocol::wire::{DocId, Hash};
 use crate::crypto::{CryptoError, Sealer};
 
 mod directory;
+pub mod people;
 mod sync;
 pub use sync::ScopeRow;
 
@@ -398,6 +399,8 @@ pub struct SessionCard {
     pub photos: usize,
     /// Messages and photos that have not yet reached the hub.
     pub on_device_only: usize,
+    /// How far the latest message has gone (a reply read by the crew shows `read`).
+    pub last_message_receipt: Option<ReceiptLevel>,
 }
 
 /// The sealed part of a card: what the index columns must not hold.
@@ -415,6 +418,9 @@ struct CardSecret {
     photos: usize,
     #[serde(rename = "d")]
     on_device_only: usize,
+    /// Cards written before schema 6 lack it; it is filled at the session's next write.
+    #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
+    last_message_receipt: Option<ReceiptLevel>,
 }
 
 impl CardSecret {
@@ -427,6 +433,7 @@ impl CardSecret {
             photos: v.media.len(),
             on_device_only: v.messages.iter().filter(|m| m.receipt == ReceiptLevel::Device).count()
                 + v.media.iter().filter(|m| m.receipt == ReceiptLevel::Device).count(),
+            last_message_receipt: v.messages.last().map(|m| m.receipt),
         }
     }
 }
@@ -618,6 +625,8 @@ pub struct Store {
     node: String,
     opts: StoreOptions,
     cache: DocCache,
+    /// The person acting through the local API, for the audit chain.
+    acting: Option<serde_json::Value>,
     /// The fleet members this node knows (from certificates), by actor prefix.
     roster: Roster,
     limits: Limits,
@@ -747,6 +756,7 @@ impl Store {
             node: node.to_string(),
             opts,
             cache: DocCache::new(opts.cache_bytes),
+            acting: None,
             roster,
             limits: opts.limits,
             ops_admitted: 0,
@@ -897,7 +907,7 @@ impl Store {
         let seq = append_change(&tx, &self.sealer, sid, &id, &bytes)?;
         put_sigs(&tx, authorship::sign_new(&self.author, doc.automerge(), &[]))?;
         index_doc(&tx, &self.sealer, &id, sid, &mut doc, &view)?;
-        append_audit(&tx, &self.sealer, &self.node, now, "session.create", Some(sid), None)?;
+        append_audit(&tx, &self.sealer, &self.node, now, "session.create", Some(sid), by(&self.acting, None))?;
         tx.commit().map_err(sql("committing"))?;
         self.cache.put(new.id, Cached { doc, sid, upto: seq });
         Ok(view)
@@ -954,11 +964,18 @@ impl Store {
             let counts = log_counts(&tx, cached.sid)?;
             cached.upto = seq;
             maybe_compact(&tx, &self.sealer, &self.opts, &key, &mut cached, counts)?;
-            append_audit(&tx, &self.sealer, &self.node, now, action, Some(cached.sid), detail)?;
+            append_audit(&tx, &self.sealer, &self.node, now, action, Some(cached.sid), by(&self.acting, detail))?;
         }
         tx.commit().map_err(sql("committing"))?;
         self.cache.put(id, cached);
         Ok(out)
+    }
+
+    /// The person acting through this store until cleared (the local API sets it around each
+    /// request): named, with role and registration, in every audit entry written meanwhile.
+    pub fn set_acting(&mut self, who: Option<&people::Person>) {
+        self.acting = who
+            .map(|p| serde_json::json!({ "id": p.id, "name": p.name, "role": p.role, "registration": p.registration }));
     }
 
     /// Records in the audit chain that a session was viewed or exported.
@@ -966,7 +983,7 @@ impl Store {
         let tx =
             self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
         let row = session_row(&tx, &id.to_string())?;
-        append_audit(&tx, &self.sealer, &self.node, now, action, Some(row.sid), None)?;
+        append_audit(&tx, &self.sealer, &self.node, now, action, Some(row.sid), by(&self.acting, None))?;
         tx.commit().map_err(sql("committing"))
     }
 
@@ -999,7 +1016,6 @@ impl Store {
 
     /// Lists sessions newest first, from their index rows and cards (no document is loaded).
     pub fn list(&self, filter: &ListFilter) -> Result<Vec<SessionCard>, StoreError> {
-        let ctx = "listing sessions";
         // Only the filters given appear in the statement, so that SQLite can use the status
         // index (a router asking for the sessions in routing reads those, not every session).
         let mut wheres = Vec::new();
@@ -1012,7 +1028,17 @@ impl Store {
             args.push(line.as_str());
             wheres.push(format!("service_line = ?{}", args.len()));
         }
-        let limit = filter.limit.map_or(-1, |l| l as i64);
+        self.cards_where(&wheres, &args, filter.limit.map_or(-1, |l| l as i64))
+    }
+
+    /// One session's card (`None` if this node does not hold it).
+    pub fn card(&self, id: SessionId) -> Result<Option<SessionCard>, StoreError> {
+        let key = id.to_string();
+        Ok(self.cards_where(&["id = ?1".to_string()], &[key.as_str()], 1)?.pop())
+    }
+
+    fn cards_where(&self, wheres: &[String], args: &[&str], limit: i64) -> Result<Vec<SessionCard>, StoreError> {
+        let ctx = "listing sessions";
         let query = format!(
             "SELECT id, status, service_line, priority, origin, created_ms, updated_ms, card FROM sessions {} {}
              ORDER BY updated_ms DESC, id DESC LIMIT {limit}",
@@ -1020,7 +1046,7 @@ impl Store {
             wheres.join(" AND "),
         );
         let mut stmt = self.conn.prepare_cached(&query).map_err(sql(ctx))?;
-        let mut rows = stmt.query(rusqlite::params_from_iter(args)).map_err(sql(ctx))?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(args.iter())).map_err(sql(ctx))?;
         let damaged = |what: &str, value: String| StoreError::Damaged(format!("a session's {what} reads {value:?}"));
         let mut out = Vec::new();
         while let Some(row) = rows.next().map_err(sql(ctx))? {
@@ -1043,6 +1069,7 @@ impl Store {
                 messages: secret.messages,
                 photos: secret.photos,
                 on_device_only: secret.on_device_only,
+                last_message_receipt: secret.last_message_receipt,
             });
         }
         Ok(out)
@@ -1826,6 +1853,19 @@ impl AuditRow {
         h.update(&self.sid.unwrap_or(-1).to_be_bytes());
         h.update(self.detail.as_deref().unwrap_or(&[]));
         h.finalize().as_bytes().to_vec()
+    }
+}
+
+/// An audit entry's detail with the acting person, if any, as `by`.
+fn by(acting: &Option<serde_json::Value>, detail: Option<serde_json::Value>) -> Option<serde_json::Value> {
+    let Some(who) = acting else { return detail };
+    match detail {
+        Some(serde_json::Value::Object(mut m)) => {
+            m.insert("by".into(), who.clone());
+            Some(serde_json::Value::Object(m))
+        }
+        Some(other) => Some(serde_json::json!({ "by": who, "detail": other })),
+        None => Some(serde_json::json!({ "by": who })),
     }
 }
 

@@ -1,0 +1,249 @@
+//! The people who use a node: clinicians signing in to its local API, and the systems that
+//! integrate with it.
+//!
+//! A person has a role (paramedic, GP, nurse, consultant), a professional registration and a
+//! secret (a PIN or passphrase) kept only as an argon2id hash. Signing in with it gives a
+//! short-lived API token. An integrating system (a GP record system, an ePR) gets a long-lived
+//! token instead, shown once when it is made. Only BLAKE3 hashes of tokens are stored, so a
+//! copied database gives no way in.
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use rusqlite::{OptionalExtension, params};
+
+use super::sql;
+use serde::{Deserialize, Serialize};
+
+use super::{Store, StoreError};
+use sync_protocol::vocab::Role;
+
+/// How long a signed-in person's API token lasts (a shift).
+pub const SESSION_MS: i64 = 12 * 3600 * 1000;
+
+/// What a person does; decides what they may do on which kind of node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PersonRole {
+    /// Ambulance paramedic (on an edge).
+    Paramedic,
+    /// General practitioner (on an edge in a surgery).
+    Gp,
+    /// Nurse (on an edge).
+    Nurse,
+    /// Hospital consultant (on a desk).
+    Consultant,
+    /// An integrating system (GP record system, ambulance ePR), acting for the node.
+    System,
+}
+
+impl PersonRole {
+    /// Every role, as written.
+    pub const NAMES: [&'static str; 5] = ["paramedic", "gp", "nurse", "consultant", "system"];
+
+    /// Parses a role name.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "paramedic" => PersonRole::Paramedic,
+            "gp" => PersonRole::Gp,
+            "nurse" => PersonRole::Nurse,
+            "consultant" => PersonRole::Consultant,
+            "system" => PersonRole::System,
+            _ => return Err(format!("unknown role {s:?}; expected one of: {}", Self::NAMES.join(", "))),
+        })
+    }
+
+    /// The name as written.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PersonRole::Paramedic => "paramedic",
+            PersonRole::Gp => "gp",
+            PersonRole::Nurse => "nurse",
+            PersonRole::Consultant => "consultant",
+            PersonRole::System => "system",
+        }
+    }
+
+    /// Whether a person of this role works on a node of `role` (an integrating system works
+    /// on any).
+    pub fn works_on(self, role: Role) -> bool {
+        match self {
+            PersonRole::Paramedic | PersonRole::Gp | PersonRole::Nurse => role == Role::Edge,
+            PersonRole::Consultant => role == Role::Desk,
+            PersonRole::System => true,
+        }
+    }
+}
+
+impl std::fmt::Display for PersonRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A user of this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Person {
+    /// Row id.
+    pub id: i64,
+    /// Name as shown to others.
+    pub name: String,
+    /// Role.
+    pub role: PersonRole,
+    /// Professional registration (GMC, NMC, HCPC), if any.
+    pub registration: Option<String>,
+}
+
+/// What a new user needs.
+#[derive(Debug, Clone)]
+pub struct NewPerson {
+    /// Name as shown to others (unique on this node).
+    pub name: String,
+    /// Role.
+    pub role: PersonRole,
+    /// Professional registration number.
+    pub registration: Option<String>,
+}
+
+/// How a user proves who they are.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// A PIN or passphrase (at least 6 characters), kept as an argon2id hash.
+    Secret(String),
+    /// A long-lived token, made here and shown once (for integrating systems).
+    Token,
+}
+
+/// The shortest secret taken.
+pub const MIN_SECRET: usize = 6;
+
+fn hash_token(token: &str) -> Vec<u8> {
+    blake3::hash(token.as_bytes()).as_bytes().to_vec()
+}
+
+fn new_token() -> Result<String, StoreError> {
+    let mut b = [0u8; 32];
+    crate::crypto::random_bytes(&mut b).map_err(|e| StoreError::Damaged(format!("no randomness: {e}")))?;
+    Ok(format!("opt_{}", hex::encode(b)))
+}
+
+fn hash_secret(secret: &str) -> Result<String, StoreError> {
+    let mut salt = [0u8; 16];
+    crate::crypto::random_bytes(&mut salt).map_err(|e| StoreError::Damaged(format!("no randomness: {e}")))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| StoreError::Damaged(format!("salt: {e}")))?;
+    Argon2::default()
+        .hash_password(secret.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| StoreError::Damaged(format!("hashing a secret: {e}")))
+}
+
+/// A fixed hash checked when the name is unknown, so that a wrong name takes as long as a
+/// wrong secret.
+fn decoy() -> &'static str {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| hash_secret("decoy secret").unwrap_or_default())
+}
+
+fn person_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Person> {
+    let role: String = r.get(2)?;
+    Ok(Person {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        role: PersonRole::parse(&role)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into()))?,
+        registration: r.get(3)?,
+    })
+}
+
+impl Store {
+    /// Adds a user; with [`Credential::Token`], returns the token (shown once, stored hashed).
+    pub fn add_person(
+        &self,
+        new: &NewPerson,
+        cred: &Credential,
+        now: i64,
+    ) -> Result<(Person, Option<String>), StoreError> {
+        let (secret, token) = match cred {
+            Credential::Secret(s) => (Some(hash_secret(s)?), None),
+            Credential::Token => (None, Some(new_token()?)),
+        };
+        let conn = &self.conn;
+        conn.execute(
+            "INSERT INTO users (name, role, registration, secret, token_hash, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![new.name, new.role.as_str(), new.registration, secret, token.as_deref().map(hash_token), now],
+        )
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                StoreError::Duplicate(format!("a user named {:?}", new.name))
+            }
+            e => StoreError::Sqlite { context: "adding a user", source: e },
+        })?;
+        let person = Person {
+            id: conn.last_insert_rowid(),
+            name: new.name.clone(),
+            role: new.role,
+            registration: new.registration.clone(),
+        };
+        Ok((person, token))
+    }
+
+    /// The users of this node.
+    pub fn people(&self) -> Result<Vec<Person>, StoreError> {
+        let conn = &self.conn;
+        let mut stmt = conn
+            .prepare_cached("SELECT id, name, role, registration FROM users WHERE disabled = 0 ORDER BY name")
+            .map_err(sql("listing users"))?;
+        stmt.query_map([], person_of)
+            .map_err(sql("listing users"))?
+            .collect::<Result<_, _>>()
+            .map_err(sql("listing users"))
+    }
+
+    /// Checks a person's secret; on success, a new API token valid for [`SESSION_MS`].
+    /// `None` for an unknown name or a wrong secret alike.
+    pub fn sign_in(&self, name: &str, secret: &str, now: i64) -> Result<Option<(Person, String, i64)>, StoreError> {
+        let conn = &self.conn;
+        let row: Option<(Person, Option<String>)> = conn
+            .query_row(
+                "SELECT id, name, role, registration, secret FROM users WHERE name = ?1 AND disabled = 0",
+                [name],
+                |r| Ok((person_of(r)?, r.get(4)?)),
+            )
+            .optional()
+            .map_err(sql("signing in"))?;
+        let phc = row.as_ref().and_then(|(_, s)| s.clone()).unwrap_or_else(|| decoy().to_string());
+        let parsed = PasswordHash::new(&phc).map_err(|e| StoreError::Damaged(format!("a stored secret: {e}")))?;
+        let good = Argon2::default().verify_password(secret.as_bytes(), &parsed).is_ok();
+        let Some((person, Some(_))) = row.filter(|_| good) else { return Ok(None) };
+        let token = new_token()?;
+        let expires = now.saturating_add(SESSION_MS);
+        conn.execute(
+            "INSERT INTO api_sessions (token_hash, user_id, expires_ms) VALUES (?1, ?2, ?3)",
+            params![hash_token(&token), person.id, expires],
+        )
+        .map_err(sql("signing in"))?;
+        conn.execute("DELETE FROM api_sessions WHERE expires_ms < ?1", [now]).map_err(sql("signing in"))?;
+        Ok(Some((person, token, expires)))
+    }
+
+    /// The person a bearer token stands for, if it is valid now.
+    pub fn person_by_token(&self, token: &str, now: i64) -> Result<Option<Person>, StoreError> {
+        let conn = &self.conn;
+        let h = hash_token(token);
+        conn.query_row(
+            "SELECT u.id, u.name, u.role, u.registration FROM users u WHERE u.disabled = 0 AND (u.token_hash = ?1
+               OR u.id = (SELECT user_id FROM api_sessions WHERE token_hash = ?1 AND expires_ms > ?2))",
+            params![h, now],
+            person_of,
+        )
+        .optional()
+        .map_err(sql("checking a token"))
+    }
+
+    /// Ends an API session (signing out).
+    pub fn sign_out(&self, token: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM api_sessions WHERE token_hash = ?1", [hash_token(token)])
+            .map_err(sql("signing out"))?;
+        Ok(())
+    }
+}

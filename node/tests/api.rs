@@ -1,0 +1,432 @@
+//! The local HTTP API over real HTTP against real `outpost run` daemons: a hub, an ambulance
+//! and a consultant's desk, each with its own API and users.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::fleet::{Fleet, daemon, free_port, wait_until};
+use common::{BIN, fails, json, ok};
+use serde_json::{Value, json};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn d(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `outpost user add`, the secret on standard input.
+fn add_user(dir: &Path, name: &str, role: &str, registration: &str, secret: &str) {
+    let mut child = Command::new(BIN)
+        .args(["user", "add", "--dir", d(dir), "--name", name, "--role", role, "--registration", registration])
+        .env_remove("OUTPOST_NODE_KEY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{secret}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "user add: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+struct Api {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    fn new(port: u16) -> Api {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(20)))
+            .build()
+            .into();
+        Api { base: format!("http://127.0.0.1:{port}"), agent }
+    }
+
+    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let resp = match (method, body) {
+            ("GET", _) => {
+                let mut r = self.agent.get(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.call()
+            }
+            (_, body) => {
+                let mut r = self.agent.post(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                match body {
+                    Some(b) => r.send_json(b),
+                    None => r.send_empty(),
+                }
+            }
+        };
+        let mut resp = resp.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// POSTs raw bytes (a photo) and returns the status and JSON answer.
+    fn post_bytes(&self, path: &str, token: &str, bytes: &[u8]) -> (u16, Value) {
+        let mut resp = self
+            .agent
+            .post(&format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {token}"))
+            .header("Content-Type", "image/jpeg")
+            .send(bytes)
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, serde_json::from_str(&resp.body_mut().read_to_string().unwrap_or_default()).unwrap_or(Value::Null))
+    }
+
+    /// GETs raw bytes.
+    fn get_bytes(&self, path: &str, token: &str) -> (u16, Vec<u8>) {
+        let mut resp = self
+            .agent
+            .get(&format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {token}"))
+            .call()
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.body_mut().with_config().limit(64 << 20).read_to_vec().unwrap_or_default())
+    }
+
+    fn login(&self, name: &str, secret: &str) -> String {
+        let (status, body) = self.call("POST", "/api/login", None, Some(json!({ "name": name, "secret": secret })));
+        assert_eq!(status, 200, "{body}");
+        body["token"].as_str().unwrap().to_string()
+    }
+
+    fn wait_up(&self) {
+        wait_until(LIMIT, "the API", || self.agent.get(&format!("{}/api/me", self.base)).call().is_ok());
+    }
+
+    /// Opens the event stream; events arrive on the receiver as (name, data).
+    fn events(&self, token: &str) -> mpsc::Receiver<(String, Value)> {
+        let (tx, rx) = mpsc::channel();
+        let resp = self
+            .agent
+            .get(&format!("{}/api/events", self.base))
+            .header("Authorization", format!("Bearer {token}"))
+            .config()
+            .timeout_global(None)
+            .build()
+            .call()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let reader = BufReader::new(resp.into_body().into_reader());
+        std::thread::spawn(move || {
+            let mut name = String::new();
+            for line in reader.lines() {
+                let Ok(line) = line else { return };
+                if let Some(n) = line.strip_prefix("event: ") {
+                    name = n.to_string();
+                } else if let Some(data) = line.strip_prefix("data: ")
+                    && tx.send((name.clone(), serde_json::from_str(data).unwrap_or(Value::Null))).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+}
+
+/// Waits for an event that satisfies `check`, skipping others.
+fn expect_event(rx: &mpsc::Receiver<(String, Value)>, what: &str, check: impl Fn(&str, &Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let left = LIMIT.checked_sub(start.elapsed()).unwrap_or_else(|| panic!("no event: {what}"));
+        let (name, data) = rx.recv_timeout(left).unwrap_or_else(|_| panic!("no event: {what}"));
+        if check(&name, &data) {
+            return data;
+        }
+    }
+}
+
+#[test]
+fn a_session_goes_from_the_ambulance_app_to_the_desk_app_and_the_reply_and_receipts_come_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let amb = fleet.node("amb-07", "edge", &[]);
+    let desk = fleet.node("desk-cardio-1", "desk", &["--service-line", "cardiology"]);
+    add_user(&amb, "Sam Patel", "paramedic", "HCPC-PA123456", "amb-pin-4821");
+    add_user(&desk, "Dr Ada Okafor", "consultant", "GMC-7012345", "desk-pass-9930");
+    // A consultant does not work on an ambulance's tablet.
+    let err = fails(&["user", "add", "--dir", d(&amb), "--name", "X", "--role", "consultant", "--token"], 2);
+    assert!(err.contains("does not work on a edge node") || err.contains("does not work on an edge node"), "{err}");
+
+    let quic = format!("127.0.0.1:{}", free_port());
+    let (amb_port, desk_port) = (tcp_port(), tcp_port());
+    let _hub = daemon(&hub, &["--listen", &quic], &[]);
+    let _amb = daemon(&amb, &["--peer", &quic, "--api", &format!("127.0.0.1:{amb_port}")], &[]);
+    let _desk = daemon(&desk, &["--peer", &quic, "--api", &format!("127.0.0.1:{desk_port}")], &[]);
+    let (amb_api, desk_api) = (Api::new(amb_port), Api::new(desk_port));
+    amb_api.wait_up();
+    desk_api.wait_up();
+
+    // No token, a wrong token, a wrong PIN: 401, and nothing is written.
+    let new_session = json!({
+        "service_line": "cardiology", "care_setting": "ambulance_on_scene", "priority": "urgent",
+        "summary": "Chest pain 40 min, ST elevation V2-V4?", "nhs_number": "9434765919",
+        "call_sign": "AMB-07", "client_key": "b7e0c1d2-first-tap"
+    });
+    assert_eq!(amb_api.call("POST", "/api/sessions", None, Some(new_session.clone())).0, 401);
+    assert_eq!(amb_api.call("POST", "/api/sessions", Some("opt_nonsense"), Some(new_session.clone())).0, 401);
+    assert_eq!(amb_api.call("GET", "/api/sessions", None, None).0, 401);
+    let (status, _) = amb_api.call("POST", "/api/login", None, Some(json!({ "name": "Sam Patel", "secret": "wrong" })));
+    assert_eq!(status, 401);
+    let listed = json(&ok(&["session", "list", "--dir", d(&amb), "--json"]));
+    assert_eq!(listed.as_array().unwrap().len(), 0, "nothing written: {listed}");
+
+    let sam = amb_api.login("Sam Patel", "amb-pin-4821");
+    let ada = desk_api.login("Dr Ada Okafor", "desk-pass-9930");
+    // A consultant may not open a session (403), on the desk's own API; nothing is written.
+    let (status, body) = desk_api.call("POST", "/api/sessions", Some(&ada), Some(new_session.clone()));
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(desk_api.call("GET", "/api/sessions", Some(&ada), None).1.as_array().unwrap().len(), 0);
+
+    let desk_events = desk_api.events(&ada);
+    expect_event(&desk_events, "hello", |n, _| n == "hello");
+    let amb_events = amb_api.events(&sam);
+
+    // The paramedic opens the session; a double tap makes one.
+    let (status, first) = amb_api.call("POST", "/api/sessions", Some(&sam), Some(new_session.clone()));
+    assert_eq!(status, 201, "{first}");
+    let id = first["id"].as_str().unwrap().to_string();
+    let (_, again) = amb_api.call("POST", "/api/sessions", Some(&sam), Some(new_session.clone()));
+    assert_eq!(again["id"], id.as_str());
+    assert_eq!(amb_api.call("GET", "/api/sessions", Some(&sam), None).1.as_array().unwrap().len(), 1);
+    let (status, sent) = amb_api.call(
+        "POST",
+        &format!("/api/sessions/{id}/messages"),
+        Some(&sam),
+        Some(json!({ "text": "BP 150/90, SpO2 97%, pain 7/10", "client_key": "m-1" })),
+    );
+    assert_eq!((status, sent["receipt"].as_str()), (201, Some("device")), "{sent}");
+
+    // A photo from the tablet's camera, with what it shows and the consent.
+    let photo = outpost_node::photo::synthetic_jpeg(640, 480, 3).unwrap().bytes;
+    let (status, attached) = amb_api.post_bytes(
+        &format!("/api/sessions/{id}/photos?view=close-up&body_site=left%20forearm&consent=verbal"),
+        &sam,
+        &photo,
+    );
+    assert_eq!(status, 201, "{attached}");
+    let hash = attached["hash"].as_str().unwrap().to_string();
+    assert_eq!(hash, blake3::hash(&photo).to_hex().as_str());
+    let (status, err) = amb_api.post_bytes(
+        &format!("/api/sessions/{id}/photos?view=close-up&body_site=x&consent=verbal"),
+        &sam,
+        b"not a photo",
+    );
+    assert_eq!(status, 400, "{err}");
+
+    // The desk's app hears of it without polling, message, photo and all.
+    expect_event(&desk_events, "the session at the desk", |n, v| {
+        n == "session" && v["card"]["id"] == id.as_str() && v["card"]["messages"] == 1 && v["card"]["photos"] == 1
+    });
+    wait_until(LIMIT, "the photo at the desk", || {
+        desk_api.get_bytes(&format!("/api/photos/{hash}"), &ada) == (200, photo.clone())
+    });
+    assert_eq!(desk_api.call("POST", &format!("/api/photos/{hash}/read"), Some(&ada), None).0, 204);
+    let (status, view) = desk_api.call("GET", &format!("/api/sessions/{id}"), Some(&ada), None);
+    assert_eq!(status, 200);
+    assert_eq!(view["messages"][0]["text"], "BP 150/90, SpO2 97%, pain 7/10");
+    assert_eq!(view["requester"]["registration"], "HCPC-PA123456", "the paramedic's registration travels: {view}");
+    let (status, _) = desk_api.call("POST", &format!("/api/sessions/{id}/read"), Some(&ada), None);
+    assert_eq!(status, 200);
+    let msg_id = view["messages"][0]["id"].as_str().unwrap().to_string();
+    let (status, reply) = desk_api.call(
+        "POST",
+        &format!("/api/sessions/{id}/messages"),
+        Some(&ada),
+        Some(json!({ "text": "Activate the PPCI pathway; convey to the heart attack centre", "reply_to": msg_id })),
+    );
+    assert_eq!(status, 201, "{reply}");
+
+    // The ambulance's app sees the reply arrive, and the consultant's read receipt.
+    expect_event(&amb_events, "the reply on the tablet", |n, v| {
+        n == "session" && v["card"]["id"] == id.as_str() && v["card"]["messages"] == 2
+    });
+    wait_until(LIMIT, "the consultant's read receipt at the ambulance", || {
+        amb_api.call("GET", &format!("/api/sessions/{id}"), Some(&sam), None).1["messages"][0]["receipt"] == "read"
+    });
+    // The crew reads the advice; the desk's stream tells it, and the reply shows read.
+    let (status, _) = amb_api.call("POST", &format!("/api/sessions/{id}/read"), Some(&sam), None);
+    assert_eq!(status, 200);
+    expect_event(&desk_events, "the crew's read receipt at the desk", |n, v| {
+        let card = &v["card"];
+        n == "session" && card["id"] == id.as_str() && card["messages"] == 2 && card["last_message_receipt"] == "read"
+    });
+    let (_, view) = desk_api.call("GET", &format!("/api/sessions/{id}"), Some(&ada), None);
+    assert_eq!(view["messages"][1]["receipt"], "read", "{view}");
+
+    // The consultant's read of the photo reached the tablet; the crew records its outcome.
+    wait_until(LIMIT, "the photo read at the ambulance", || {
+        amb_api.call("GET", &format!("/api/sessions/{id}"), Some(&sam), None).1["media"][0]["receipt"] == "read"
+    });
+    let outcome = json!({ "side": "requester", "outcome": "conveyed_ed" });
+    let (status, body) = amb_api.call("POST", &format!("/api/sessions/{id}/outcome"), Some(&sam), Some(outcome));
+    assert_eq!(status, 204, "{body}");
+
+    // The audit chain names the person, not only the node, and is intact.
+    let audit = ok(&["audit", "show", "--dir", d(&amb), "--json"]);
+    assert!(audit.contains("Sam Patel") && audit.contains("HCPC-PA123456"), "{audit}");
+    let verify = json(&ok(&["audit", "verify", "--dir", d(&amb), "--json"]));
+    assert!(verify["broken_at"].is_null(), "{verify}");
+
+    // Signing out ends the token.
+    assert_eq!(amb_api.call("POST", "/api/logout", Some(&sam), None).0, 204);
+    assert_eq!(amb_api.call("GET", "/api/me", Some(&sam), None).0, 401);
+}
+
+#[test]
+fn a_create_whose_response_was_lost_and_is_sent_again_makes_one_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let surgery = fleet.node("surgery-12", "edge", &[]);
+    let out = json(&ok(&[
+        "user",
+        "add",
+        "--dir",
+        d(&surgery),
+        "--name",
+        "EMIS bridge",
+        "--role",
+        "system",
+        "--token",
+        "--json",
+    ]));
+    let token = out["token"].as_str().unwrap().to_string();
+    let port = tcp_port();
+    let _node = daemon(&surgery, &["--api", &format!("127.0.0.1:{port}")], &[]);
+    let api = Api::new(port);
+    api.wait_up();
+    assert_eq!(api.call("GET", "/api/events", None, None).0, 401, "the event stream needs a token too");
+
+    let body = json!({
+        "service_line": "gastroenterology", "care_setting": "gp_elective",
+        "summary": "Iron deficiency anaemia, 2WW?", "client_key": "emis-7781-a"
+    })
+    .to_string();
+    // The request goes out whole and is done; the link drops before the answer is read.
+    let mut first = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        first,
+        "POST /api/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    first.flush().unwrap();
+    let list = || api.call("GET", "/api/sessions", Some(&token), None).1.as_array().unwrap().len();
+    wait_until(LIMIT, "the first request written", || list() == 1);
+    drop(first);
+    // The app, having heard nothing, sends it again with the same key.
+    let (status, again) = api.call("POST", "/api/sessions", Some(&token), Some(serde_json::from_str(&body).unwrap()));
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(list(), 1, "one session, however many times it was sent");
+    let cards = api.call("GET", "/api/sessions", Some(&token), None).1;
+    assert_eq!(cards[0]["id"], again["id"]);
+    // An NHS number that fails its check digit, or a trace status without a number: 400, nothing written.
+    let bad_nhs = json!({ "service_line": "cardiology", "care_setting": "gp_elective", "summary": "x", "nhs_number": "9434765918" });
+    let (status, err) = api.call("POST", "/api/sessions", Some(&token), Some(bad_nhs));
+    assert_eq!(status, 400, "{err}");
+    assert!(err["error"].as_str().unwrap().contains("nhs_number"), "{err}");
+    let no_number = json!({ "service_line": "cardiology", "care_setting": "gp_elective", "summary": "x", "nhs_verification": "01" });
+    assert_eq!(api.call("POST", "/api/sessions", Some(&token), Some(no_number)).0, 400);
+    assert_eq!(list(), 1);
+    // The same key for another request is a conflict, and writes nothing.
+    let other = json!({ "service_line": "cardiology", "care_setting": "gp_elective", "summary": "Palpitations", "client_key": "emis-7781-a" });
+    let (status, err) = api.call("POST", "/api/sessions", Some(&token), Some(other));
+    assert_eq!(status, 409, "{err}");
+    assert_eq!(list(), 1);
+}
+
+#[test]
+fn a_desk_app_hears_its_call_ring_from_the_event_stream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let amb = fleet.node("amb-07", "edge", &[]);
+    let desk = fleet.node("desk-cardio-1", "desk", &["--service-line", "cardiology"]);
+    ok(&["rota", "set", "--dir", d(&hub), "--line", "cardiology", "--desk", "desk-cardio-1", "--ring-secs", "30"]);
+    add_user(&desk, "Dr Ada Okafor", "consultant", "GMC-7012345", "desk-pass-9930");
+    let quic = format!("127.0.0.1:{}", free_port());
+    let port = tcp_port();
+    let _hub = daemon(&hub, &["--listen", &quic], &[]);
+    add_user(&amb, "Sam Patel", "paramedic", "HCPC-PA123456", "amb-pin-4821");
+    let amb_port = tcp_port();
+    let _amb = daemon(&amb, &["--peer", &quic, "--api", &format!("127.0.0.1:{amb_port}")], &[]);
+    let _desk = daemon(&desk, &["--peer", &quic, "--api", &format!("127.0.0.1:{port}")], &[]);
+    let api = Api::new(port);
+    api.wait_up();
+    let ada = api.login("Dr Ada Okafor", "desk-pass-9930");
+    let events = api.events(&ada);
+
+    let id = ok(&[
+        "session",
+        "new",
+        "--dir",
+        d(&amb),
+        "--service-line",
+        "cardiology",
+        "--care-setting",
+        "ambulance_on_scene",
+        "--priority",
+        "urgent",
+        "--summary",
+        "Broad complex tachycardia, BP 85/50",
+    ])
+    .trim()
+    .to_string();
+    ok(&["message", "send", "--dir", d(&amb), &id, "Rate 180, conscious, clammy"]);
+    let amb_api = Api::new(amb_port);
+    amb_api.wait_up();
+    let sam = amb_api.login("Sam Patel", "amb-pin-4821");
+    // The desk cannot answer what does not ring; a consultant's token is no use on the tablet.
+    assert_eq!(amb_api.call("POST", &format!("/api/sessions/{id}/escalate"), Some(&ada), None).0, 401);
+    assert_eq!(api.call("POST", &format!("/api/sessions/{id}/answer"), Some(&ada), None).0, 409);
+    let (status, asked) = amb_api.call("POST", &format!("/api/sessions/{id}/escalate"), Some(&sam), None);
+    assert_eq!(status, 202, "{asked}");
+
+    let ring = expect_event(&events, "the call ringing at this desk", |n, v| {
+        n == "call" && v["call"]["session"] == id.as_str() && v["call"]["ringing_here"] == true
+    });
+    assert_eq!(ring["call"]["state"], "ringing");
+    assert_eq!(ring["call"]["desk"], "desk-cardio-1");
+    let rung_at = ring["call"]["rung"][0].as_i64().unwrap();
+    eprintln!("ring to event: {} ms", outpost_node::node::now_ms() - rung_at);
+    assert_eq!(ring["call"]["call"], asked["call"]);
+    // The case is already on the desk when it rings.
+    let (status, view) = api.call("GET", &format!("/api/sessions/{id}"), Some(&ada), None);
+    assert_eq!(status, 200);
+    assert_eq!(view["messages"][0]["text"], "Rate 180, conscious, clammy");
+    // The consultant answers from the app; both apps hear the call connect.
+    let (status, answered) = api.call("POST", &format!("/api/sessions/{id}/answer"), Some(&ada), None);
+    assert_eq!(status, 200, "{answered}");
+    expect_event(&events, "the call connected at the desk", |n, v| {
+        n == "call" && v["call"]["session"] == id.as_str() && v["call"]["state"] == "connected"
+    });
+    wait_until(LIMIT, "the call connected at the ambulance", || {
+        amb_api.call("GET", &format!("/api/sessions/{id}/calls"), Some(&sam), None).1[0]["state"] == "connected"
+    });
+}
