@@ -535,6 +535,15 @@ enum UserCommand {
         #[command(flatten)]
         json: JsonArg,
     },
+    /// Disable a user: their token and every API session end at once (a lost tablet PIN, a
+    /// leaked integration token, someone who left).
+    Disable {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The user's name.
+        #[arg(long)]
+        name: String,
+    },
     /// List the users.
     List {
         #[command(flatten)]
@@ -689,6 +698,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
 fn store_code(e: &StoreError) -> u8 {
     match e {
         StoreError::NoSuchSession(_)
+        | StoreError::NoSuchUser(_)
         | StoreError::Ambiguous(_)
         | StoreError::NoSuchBlob(_)
         | StoreError::BlobOffloaded(_)
@@ -1297,6 +1307,13 @@ fn run_user(cmd: UserCommand) -> anyhow::Result<()> {
                     println!("token (shown once; keep it in the integrating system's secret store): {t}");
                 }
             }
+        }
+        UserCommand::Disable { dir, name } => {
+            let node = open(&dir)?;
+            if !node.store.disable_person(&name)? {
+                return Err(crate::store::StoreError::NoSuchUser(name).into());
+            }
+            println!("disabled {name}: their token and sessions no longer work");
         }
         UserCommand::List { dir, json } => {
             let node = open(&dir)?;

@@ -187,9 +187,27 @@ pub struct Node {
     pub config: NodeConfig,
     /// Its store.
     pub store: Store,
+    /// The person acting through this node now (the local API sets it around each request).
+    acting: Option<crate::store::people::Person>,
 }
 
 impl Node {
+    /// A client key in the acting person's own namespace (a key of one user is no key of
+    /// another's); as given when no one is signed in (the CLI).
+    fn scoped_key(&self, key: &str) -> String {
+        match &self.acting {
+            Some(p) => format!("{key}@user{}", p.id),
+            None => key.to_string(),
+        }
+    }
+
+    /// Sets (or clears) the person acting: named in the audit chain, and in the document as
+    /// the clinician of each message written meanwhile.
+    pub fn set_acting(&mut self, who: Option<&crate::store::people::Person>) {
+        self.store.set_acting(who);
+        self.acting = who.cloned();
+    }
+
     /// Creates a node directory: configuration, key (unless supplied by `OUTPOST_NODE_KEY`), empty store.
     pub fn init(dir: &NodeDir, params: &InitParams, now: i64) -> Result<NodeConfig, NodeError> {
         config::check_name(&params.name)?;
@@ -245,7 +263,7 @@ impl Node {
             return Err(CryptoError::WrongKey { origin, found: key.id(), expected: config.key_id.clone() }.into());
         }
         let store = Store::open(&dir.db_path(), Sealer::new(&key), &config.name, opts)?;
-        Ok(Node { dir: dir.clone(), config, store })
+        Ok(Node { dir: dir.clone(), config, store, acting: None })
     }
 
     fn require(&self, action: &'static str, allowed: &'static str, roles: &[Role]) -> Result<(), NodeError> {
@@ -270,7 +288,8 @@ impl Node {
         now: i64,
     ) -> Result<SessionView, NodeError> {
         self.require("creating a session", "edge", &[Role::Edge])?;
-        let once = client_key.map(|k| client_key_of("session", k, &req)).transpose()?;
+        let scoped = client_key.map(|k| self.scoped_key(k));
+        let once = scoped.as_deref().map(|k| client_key_of("session", k, &req)).transpose()?;
         let mut r = [0u8; 16];
         crypto::random_bytes(&mut r)?;
         let mut requester = req.requester;
@@ -312,10 +331,19 @@ impl Node {
         client_key: Option<&str>,
         now: i64,
     ) -> Result<String, NodeError> {
-        let once = client_key
+        let scoped = client_key.map(|k| self.scoped_key(k));
+        let once = scoped
+            .as_deref()
             .map(|k| client_key_of("message", k, &(id.to_string(), text, reply_to.as_deref())))
             .transpose()?;
         let msg = NewMessage {
+            clinician: self.acting.as_ref().filter(|p| p.role != crate::store::people::PersonRole::System).map(|p| {
+                sync_protocol::session::Clinician {
+                    name: p.name.clone(),
+                    role: p.role.as_str().to_string(),
+                    registration: p.registration.clone(),
+                }
+            }),
             id: new_id(now)?,
             author: self.config.name.clone(),
             side: side_of(self.config.role),
@@ -460,15 +488,27 @@ impl Node {
     pub fn open_photo(&mut self, hash: &str, read: bool, now: i64) -> Result<Vec<u8>, NodeError> {
         let bytes = self.store.read_blob(hash)?;
         if read {
-            let name = self.config.name.clone();
-            for id in self.store.sessions_with_photo(hash)? {
-                self.store.edit(id, "photo.read", Some(serde_json::json!({ "photo": hash })), now, |_, doc| {
-                    doc.add_receipt(hash, ReceiptLevel::Read, &name, now)
-                        .map_err(|source| StoreError::Model { id: id.to_string(), source })
-                })?;
-            }
+            self.mark_photo_read(hash, now)?;
         }
         Ok(bytes)
+    }
+
+    /// A person has opened a photo (held here or not: a thumbnail is enough to look at): this
+    /// node's read receipt on it in every session that references it. Returns those sessions.
+    pub fn mark_photo_read(&mut self, hash: &str, now: i64) -> Result<Vec<SessionId>, NodeError> {
+        let name = self.config.name.clone();
+        let ids = self.store.sessions_with_photo(hash)?;
+        if ids.is_empty() {
+            return Err(StoreError::NoSuchBlob(hash.to_string()).into());
+        }
+        for id in &ids {
+            let id = *id;
+            self.store.edit(id, "photo.read", Some(serde_json::json!({ "photo": hash })), now, |_, doc| {
+                doc.add_receipt(hash, ReceiptLevel::Read, &name, now)
+                    .map_err(|source| StoreError::Model { id: id.to_string(), source })
+            })?;
+        }
+        Ok(ids)
     }
 }
 
@@ -491,6 +531,11 @@ impl Node {
     /// (the hub's router takes it from there). Returns the call's id once it is durable.
     pub fn escalate(&mut self, id: SessionId, now: i64) -> Result<String, NodeError> {
         self.require("escalating a session to a call", "edge", &[Role::Edge])?;
+        // Asking again while a call is still open (waiting, ringing) is the same request: a
+        // double tap, or an app that did not hear the answer, makes one call.
+        if let Some(open) = calls_in(&self.store.routing_log(id)?).into_iter().rev().find(CallState::is_open) {
+            return Ok(open.call);
+        }
         let call = new_id(now)?;
         let by = self.config.name.clone();
         let detail = Some(serde_json::json!({ "call": call }));

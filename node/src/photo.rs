@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 /// Largest photo accepted (a phone JPEG is 2 to 4 MB).
 pub const MAX_PHOTO_BYTES: usize = 25 * 1024 * 1024;
 
+/// Most pixels accepted (a 48-megapixel phone camera's full frame): a small file claiming more
+/// would take seconds and gigabytes to decode for its thumbnail.
+pub const MAX_PIXELS: u64 = 50_000_000;
+
 /// Why a file is not an acceptable photo.
 #[derive(Debug, thiserror::Error)]
 pub enum PhotoError {
@@ -35,6 +39,16 @@ pub enum PhotoError {
         path: PathBuf,
         /// Its size.
         size: u64,
+    },
+    /// More than [`MAX_PIXELS`].
+    #[error("photo {path} is {width}x{height} pixels; the limit is {MAX_PIXELS} pixels (resize it first)")]
+    TooManyPixels {
+        /// The file.
+        path: PathBuf,
+        /// Width.
+        width: u32,
+        /// Height.
+        height: u32,
     },
     /// Neither JPEG nor PNG.
     #[error("{0} is not a photo: outpost accepts JPEG and PNG images")]
@@ -107,6 +121,9 @@ pub fn check_photo(path: &Path, bytes: Vec<u8>) -> Result<Photo, PhotoError> {
         .map_err(|e| PhotoError::Corrupt { path: path.to_path_buf(), detail: e.to_string() })?
         .into_dimensions()
         .map_err(|e| PhotoError::Corrupt { path: path.to_path_buf(), detail: e.to_string() })?;
+    if u64::from(dimensions.0) * u64::from(dimensions.1) > MAX_PIXELS {
+        return Err(PhotoError::TooManyPixels { path: path.to_path_buf(), width: dimensions.0, height: dimensions.1 });
+    }
     if dimensions.0 == 0 || dimensions.1 == 0 {
         return Err(PhotoError::Corrupt { path: path.to_path_buf(), detail: "the image has no pixels".into() });
     }
@@ -282,6 +299,18 @@ mod tests {
 
     fn png(w: u32, h: u32) -> Vec<u8> {
         synthetic_png(w, h, 2).unwrap().bytes
+    }
+
+    #[test]
+    fn a_small_file_claiming_too_many_pixels_is_refused_before_it_is_decoded() {
+        // 10,000 x 6,000 of one grey: a few hundred KB of PNG, 60 megapixels to decode.
+        let img = image::GrayImage::from_pixel(10_000, 6_000, image::Luma([128]));
+        let mut bytes = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
+        assert!(bytes.len() < 1 << 20, "{} bytes", bytes.len());
+        let err = check_photo(Path::new("bomb.png"), bytes).unwrap_err();
+        assert!(matches!(err, PhotoError::TooManyPixels { width: 10_000, height: 6_000, .. }), "{err}");
+        assert!(err.to_string().contains("resize it first"));
     }
 
     #[test]

@@ -168,6 +168,9 @@ pub enum StoreError {
     /// The ICB directory refused an edit, or a stored directory is damaged.
     #[error("the ICB directory: {0}")]
     Directory(#[from] sync_protocol::directory::DirectoryError),
+    /// No user of that name.
+    #[error("no user {0:?} on this node; `outpost user list` shows them")]
+    NoSuchUser(String),
     /// Something that must be unique already exists.
     #[error("{0} already exists")]
     Duplicate(String),

@@ -252,6 +252,8 @@ fn a_session_goes_from_the_ambulance_app_to_the_desk_app_and_the_reply_and_recei
     assert_eq!(status, 200);
     assert_eq!(view["messages"][0]["text"], "BP 150/90, SpO2 97%, pain 7/10");
     assert_eq!(view["requester"]["registration"], "HCPC-PA123456", "the paramedic's registration travels: {view}");
+    let by = &view["messages"][0]["clinician"];
+    assert_eq!((by["name"].as_str(), by["role"].as_str()), (Some("Sam Patel"), Some("paramedic")), "{view}");
     let (status, _) = desk_api.call("POST", &format!("/api/sessions/{id}/read"), Some(&ada), None);
     assert_eq!(status, 200);
     let msg_id = view["messages"][0]["id"].as_str().unwrap().to_string();
@@ -270,6 +272,15 @@ fn a_session_goes_from_the_ambulance_app_to_the_desk_app_and_the_reply_and_recei
     wait_until(LIMIT, "the consultant's read receipt at the ambulance", || {
         amb_api.call("GET", &format!("/api/sessions/{id}"), Some(&sam), None).1["messages"][0]["receipt"] == "read"
     });
+    // The advice names the consultant who gave it, in the session itself (checked by the hub's
+    // and the ambulance's write rules on the way).
+    let view = amb_api.call("GET", &format!("/api/sessions/{id}"), Some(&sam), None).1;
+    let by = &view["messages"][1]["clinician"];
+    assert_eq!(
+        (by["name"].as_str(), by["registration"].as_str()),
+        (Some("Dr Ada Okafor"), Some("GMC-7012345")),
+        "{view}"
+    );
     // The crew reads the advice; the desk's stream tells it, and the reply shows read.
     let (status, _) = amb_api.call("POST", &format!("/api/sessions/{id}/read"), Some(&sam), None);
     assert_eq!(status, 200);
@@ -332,7 +343,7 @@ fn a_create_whose_response_was_lost_and_is_sent_again_makes_one_session() {
     let mut first = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
         first,
-        "POST /api/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /api/sessions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -404,6 +415,9 @@ fn a_desk_app_hears_its_call_ring_from_the_event_stream() {
     let sam = amb_api.login("Sam Patel", "amb-pin-4821");
     // The desk cannot answer what does not ring; a consultant's token is no use on the tablet.
     assert_eq!(amb_api.call("POST", &format!("/api/sessions/{id}/escalate"), Some(&ada), None).0, 401);
+    wait_until(LIMIT, "the case at the desk", || {
+        api.call("GET", &format!("/api/sessions/{id}"), Some(&ada), None).0 == 200
+    });
     assert_eq!(api.call("POST", &format!("/api/sessions/{id}/answer"), Some(&ada), None).0, 409);
     let (status, asked) = amb_api.call("POST", &format!("/api/sessions/{id}/escalate"), Some(&sam), None);
     assert_eq!(status, 202, "{asked}");
@@ -429,4 +443,89 @@ fn a_desk_app_hears_its_call_ring_from_the_event_stream() {
     wait_until(LIMIT, "the call connected at the ambulance", || {
         amb_api.call("GET", &format!("/api/sessions/{id}/calls"), Some(&sam), None).1[0]["state"] == "connected"
     });
+}
+
+#[test]
+fn the_api_refuses_what_it_must_and_ends_what_was_revoked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let amb = fleet.node("amb-07", "edge", &[]);
+    add_user(&amb, "Sam Patel", "paramedic", "HCPC-PA123456", "amb-pin-4821");
+    add_user(&amb, "Jo Reyes", "paramedic", "HCPC-PA654321", "jo-pin-7733");
+    let out =
+        json(&ok(&["user", "add", "--dir", d(&amb), "--name", "ePR bridge", "--role", "system", "--token", "--json"]));
+    let system = out["token"].as_str().unwrap().to_string();
+
+    // Plain HTTP with bearer tokens is for loopback only.
+    let out = common::run(&["run", "--dir", d(&amb), "--api", &format!("0.0.0.0:{}", tcp_port())]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback only"), "{out:?}");
+
+    let port = tcp_port();
+    let _node = daemon(&amb, &["--api", &format!("127.0.0.1:{port}")], &[]);
+    let api = Api::new(port);
+    api.wait_up();
+    let sam = api.login("Sam Patel", "amb-pin-4821");
+
+    // A page elsewhere that rebinds its own name to 127.0.0.1 is refused by name.
+    let resp =
+        api.agent.get(&format!("{}/api/me", api.base)).header("Host", format!("evil.example:{port}")).call().unwrap();
+    assert_eq!(resp.status().as_u16(), 421);
+    // The token in the query string is for the event stream alone.
+    assert_eq!(api.call("GET", &format!("/api/me?token={sam}"), None, None).0, 401);
+    // Malformed JSON gets the API's own error form.
+    let mut resp = api
+        .agent
+        .post(&format!("{}/api/sessions", api.base))
+        .header("Authorization", format!("Bearer {sam}"))
+        .header("Content-Type", "application/json")
+        .send("{\"service_line\": 7}")
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+    assert!((400..500).contains(&status) && body["error"].is_string(), "{status} {body}");
+
+    // An integrating system cannot say a person read something.
+    let new = json!({ "service_line": "cardiology", "care_setting": "ambulance_on_scene", "summary": "Syncope" });
+    let id = api.call("POST", "/api/sessions", Some(&system), Some(new.clone())).1["id"].as_str().unwrap().to_string();
+    assert_eq!(api.call("POST", &format!("/api/sessions/{id}/read"), Some(&system), None).0, 403);
+    // Asking twice for a call while the first is open makes one call.
+    let first = api.call("POST", &format!("/api/sessions/{id}/escalate"), Some(&sam), None).1;
+    let again = api.call("POST", &format!("/api/sessions/{id}/escalate"), Some(&sam), None).1;
+    assert_eq!(first["call"], again["call"]);
+    // One person's client key is not another's.
+    let keyed = |token: &str| {
+        let body = json!({ "text": "Obs stable", "client_key": "shared-key-1" });
+        api.call("POST", &format!("/api/sessions/{id}/messages"), Some(token), Some(body)).1["message"].clone()
+    };
+    let jo = api.login("Jo Reyes", "jo-pin-7733");
+    assert_ne!(keyed(&sam), keyed(&jo));
+
+    // Signing out ends the event stream too, at the next change it would have told.
+    let events = api.events(&sam);
+    expect_event(&events, "hello", |n, _| n == "hello");
+    assert_eq!(api.call("POST", "/api/logout", Some(&sam), None).0, 204);
+    api.call("POST", "/api/sessions", Some(&jo), Some(new.clone()));
+    let start = Instant::now();
+    loop {
+        match events.recv_timeout(LIMIT) {
+            Ok((name, data)) => assert!(name != "session", "a signed-out stream still told: {data}"),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("the stream stayed open after sign-out"),
+        }
+        assert!(start.elapsed() < LIMIT);
+    }
+    // A system token has no session to end; disabling its user ends it.
+    assert_eq!(api.call("POST", "/api/logout", Some(&system), None).0, 400);
+    ok(&["user", "disable", "--dir", d(&amb), "--name", "ePR bridge"]);
+    assert_eq!(api.call("GET", "/api/me", Some(&system), None).0, 401);
+
+    // Guessing a PIN: after five wrong tries the name waits, even for the right PIN.
+    for _ in 0..5 {
+        let (status, _) = api.call("POST", "/api/login", None, Some(json!({ "name": "Jo Reyes", "secret": "000000" })));
+        assert_eq!(status, 401);
+    }
+    let (status, body) =
+        api.call("POST", "/api/login", None, Some(json!({ "name": "Jo Reyes", "secret": "jo-pin-7733" })));
+    assert_eq!(status, 429, "{body}");
 }

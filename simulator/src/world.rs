@@ -1027,6 +1027,7 @@ impl World {
                 let id = self.next_id(node, now);
                 let name = self.nodes[node].name.clone();
                 let msg = NewMessage {
+                    clinician: None,
                     id: id.clone(),
                     author: name,
                     side: Side::Requester,
@@ -1130,6 +1131,7 @@ impl World {
                 let id = self.next_id(desk, now);
                 let name = self.nodes[desk].name.clone();
                 let msg = NewMessage {
+                    clinician: None,
                     id,
                     author: name.clone(),
                     side: Side::Responder,

@@ -599,7 +599,8 @@ impl<'a> State<'a> {
                             crate::session::side_of(who.role).as_str()
                         ));
                     }
-                    "id" | "author" | "side" | "at_ms" | "text" | "reply_to" => {}
+                    "id" | "author" | "side" | "at_ms" | "text" | "reply_to" | "by_name" | "by_role"
+                    | "by_registration" => {}
                     _ => return Err(format!("unknown message field {k:?}")),
                 }
                 value.map(|_| None).ok_or_else(|| "message fields are values".into())
@@ -833,6 +834,7 @@ mod tests {
         d.add_consent(&consent, T).unwrap();
         for i in 0..3 {
             let msg = NewMessage {
+                clinician: None,
                 id: format!("m{i}"),
                 author: "amb-07".into(),
                 side: Side::Requester,

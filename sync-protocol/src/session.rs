@@ -240,6 +240,19 @@ pub struct NewMessage {
     pub text: String,
     /// The message it answers, if any.
     pub reply_to: Option<String>,
+    /// The person who wrote it, when the node knows (a signed-in clinician).
+    pub clinician: Option<Clinician>,
+}
+
+/// The person behind a message: who gave the advice or asked for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clinician {
+    /// Name as shown to others.
+    pub name: String,
+    /// Role (paramedic, gp, nurse, consultant).
+    pub role: String,
+    /// Professional registration (GMC, NMC, HCPC), if any.
+    pub registration: Option<String>,
 }
 
 /// A new photo or other media reference (the bytes live outside the document).
@@ -531,6 +544,16 @@ impl SessionDoc {
         match &msg.reply_to {
             Some(r) => self.doc.put(&m, "reply_to", r.as_str())?,
             None => self.doc.put(&m, "reply_to", ())?,
+        }
+        if let Some(c) = &msg.clinician {
+            check_short("clinician name", &c.name)?;
+            check_short("clinician role", &c.role)?;
+            self.doc.put(&m, "by_name", c.name.as_str())?;
+            self.doc.put(&m, "by_role", c.role.as_str())?;
+            if let Some(reg) = &c.registration {
+                check_short("registration", reg)?;
+                self.doc.put(&m, "by_registration", reg.as_str())?;
+            }
         }
         self.doc.put_object(&m, "receipts", ObjType::Map)?;
         match msg.side {
@@ -1110,6 +1133,9 @@ pub struct MessageView {
     pub receipt: ReceiptLevel,
     /// Every receipt.
     pub receipts: Vec<Receipt>,
+    /// The person who wrote it, when the writing node knew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clinician: Option<Clinician>,
 }
 
 /// A photo or other media reference with its receipts.
@@ -1349,6 +1375,14 @@ fn build_view(doc: &AutoCommit) -> Result<SessionView, ModelError> {
             reply_to: r.str(&m, "reply_to", "/messages/*/reply_to")?,
             receipt,
             receipts,
+            clinician: match r.str(&m, "by_name", "/messages/*/by_name")? {
+                Some(name) => Some(Clinician {
+                    name,
+                    role: r.str(&m, "by_role", "/messages/*/by_role")?.unwrap_or_default(),
+                    registration: r.str(&m, "by_registration", "/messages/*/by_registration")?,
+                }),
+                None => None,
+            },
         });
     }
 

@@ -42,6 +42,7 @@ fn session_with_photo() -> SessionDoc {
     let mut doc = bare_session(7, "rash");
     doc.add_message(
         &NewMessage {
+            clinician: None,
             id: "m1".into(),
             author: "amb-07".into(),
             side: Side::Requester,

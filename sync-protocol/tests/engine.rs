@@ -54,7 +54,10 @@ fn message(r: &mut MemReplica, id: &DocId, text: &str, now: TimeMs) {
     let side = if me.role == Role::Desk { Side::Responder } else { Side::Requester };
     let mid = SessionId::from_parts(now, now as u128).to_string();
     r.edit(id, |d| {
-        d.add_message(&NewMessage { id: mid, author: me.name.clone(), side, text: text.into(), reply_to: None }, now)
+        d.add_message(
+            &NewMessage { clinician: None, id: mid, author: me.name.clone(), side, text: text.into(), reply_to: None },
+            now,
+        )
     })
     .unwrap();
 }

@@ -51,7 +51,7 @@ fn new_session() -> SessionDoc {
 }
 
 fn msg(id: &str, side: Side, text: &str) -> NewMessage {
-    NewMessage { id: id.into(), author: "amb-07".into(), side, text: text.into(), reply_to: None }
+    NewMessage { clinician: None, id: id.into(), author: "amb-07".into(), side, text: text.into(), reply_to: None }
 }
 
 fn merged(a: &mut SessionDoc, b: &mut SessionDoc) -> (SessionView, SessionView) {

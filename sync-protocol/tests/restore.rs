@@ -128,6 +128,7 @@ impl Fleet {
         let me = r.me().clone();
         let side = if me.role == Role::Desk { Side::Responder } else { Side::Requester };
         let msg = NewMessage {
+            clinician: None,
             id: SessionId::from_parts(now, u128::from(self.seq)).to_string(),
             author: me.name.clone(),
             side,

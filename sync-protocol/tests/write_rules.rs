@@ -98,6 +98,7 @@ fn victim_session(fleet: &Fleet, hub: &mut MemReplica) -> (DocId, SessionDoc) {
         )?;
         d.add_message(
             &NewMessage {
+                clinician: None,
                 id: "m1".into(),
                 author: "amb-07".into(),
                 side: Side::Requester,
@@ -179,6 +180,7 @@ fn a_message_forged_in_a_consultants_name_is_refused() {
     reply
         .add_message(
             &NewMessage {
+                clinician: None,
                 id: "m2".into(),
                 author: "desk-derm-1".into(),
                 side: Side::Responder,
@@ -353,6 +355,7 @@ fn a_consultants_real_reply_and_the_hubs_receipts_are_accepted() {
     desk.edit(&id, |d| {
         d.add_message(
             &NewMessage {
+                clinician: None,
                 id: "m2".into(),
                 author: "desk-derm-1".into(),
                 side: Side::Responder,

@@ -441,6 +441,7 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
             let mut doc = sync_protocol::SessionDoc::load(&bytes, n.store.actor().clone())?;
             let before = doc.heads();
             let reply = sync_protocol::session::NewMessage {
+                clinician: None,
                 id: "forged".into(),
                 author: "desk-derm-1".into(),
                 side: Side::Responder,

@@ -56,8 +56,15 @@ pub(super) async fn serve(
     shared: Arc<Shared>,
     addr: SocketAddr,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), NetError> {
+    if !addr.ip().is_loopback() {
+        // Plain HTTP with bearer tokens: loopback only until the API has TLS.
+        let why = "the local API serves loopback only (127.0.0.1 or ::1) until it has TLS";
+        return Err(NetError::Bind { addr, source: std::io::Error::other(why) });
+    }
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| NetError::Bind { addr, source })?;
     let local = listener.local_addr().map_err(|source| NetError::Bind { addr, source })?;
+    // The decoy hash that answers unknown names is made now, not by the first stranger.
+    tokio::task::spawn_blocking(crate::store::people::warm_decoy);
     let app = router(shared);
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -68,7 +75,13 @@ pub(super) async fn serve(
     Ok((local, task))
 }
 
+/// Largest JSON body taken (a photo upload has its own limit).
+const MAX_JSON_BODY: usize = 64 * 1024;
+/// Event streams open at once, every user together.
+const MAX_STREAMS: usize = 64;
+
 fn router(shared: Arc<Shared>) -> Router {
+    let photo_limit = axum::extract::DefaultBodyLimit::max(crate::photo::MAX_PHOTO_BYTES + 4096);
     Router::new()
         .route("/api/login", post(login))
         .route("/api/logout", post(logout))
@@ -78,7 +91,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/sessions/{id}", get(show_session))
         .route("/api/sessions/{id}/read", post(read_session))
         .route("/api/sessions/{id}/messages", post(send_message))
-        .route("/api/sessions/{id}/photos", post(attach_photo))
+        .route("/api/sessions/{id}/photos", post(attach_photo).layer(photo_limit))
         .route("/api/sessions/{id}/outcome", post(set_outcome))
         .route("/api/sessions/{id}/escalate", post(escalate))
         .route("/api/sessions/{id}/answer", post(answer))
@@ -87,8 +100,25 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/photos/{hash}/read", post(read_photo))
         .route("/api/directory", get(directory))
         .route("/api/events", get(events))
-        .layer(axum::extract::DefaultBodyLimit::max(crate::photo::MAX_PHOTO_BYTES + 4096))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(axum::middleware::from_fn(loopback_host))
         .with_state(shared)
+}
+
+/// Refuses requests whose `Host` is not this loopback API (a web page that rebinds a name of
+/// its own to 127.0.0.1 sends its own name): 421.
+async fn loopback_host(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let name = match host.rsplit_once(':') {
+        Some((n, port)) if port.bytes().all(|b| b.is_ascii_digit()) => n,
+        _ => host,
+    };
+    if matches!(name, "127.0.0.1" | "localhost" | "[::1]") {
+        next.run(req).await
+    } else {
+        ApiError(StatusCode::MISDIRECTED_REQUEST, format!("this API answers on loopback only, not as {host:?}"))
+            .into_response()
+    }
 }
 
 // ------------------------------------------------------------------------------------ errors
@@ -123,12 +153,15 @@ impl From<NodeError> for ApiError {
 impl From<&StoreError> for ApiError {
     fn from(e: &StoreError) -> Self {
         let status = match e {
-            StoreError::NoSuchSession(_) | StoreError::Ambiguous(_) | StoreError::NoSuchBlob(_) => {
-                StatusCode::NOT_FOUND
-            }
+            StoreError::NoSuchSession(_)
+            | StoreError::Ambiguous(_)
+            | StoreError::NoSuchBlob(_)
+            | StoreError::NoSuchUser(_) => StatusCode::NOT_FOUND,
             StoreError::Model { .. } => StatusCode::BAD_REQUEST,
             StoreError::ClientKeyReused { .. } | StoreError::Duplicate(_) => StatusCode::CONFLICT,
             StoreError::DiskFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            StoreError::BlobOffloaded(_) => StatusCode::GONE,
+            StoreError::BlobIncomplete { .. } => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())
@@ -147,6 +180,34 @@ impl From<NetError> for ApiError {
     }
 }
 
+/// A JSON body, its rejections (415, 422, 413, 400) in the API's own error form.
+struct JsonBody<T>(T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(e) => Err(ApiError(e.status(), e.body_text())),
+        }
+    }
+}
+
+/// Query parameters, their rejection in the API's own error form.
+struct QueryArgs<T>(T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryArgs<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(QueryArgs(v)),
+            Err(e) => Err(ApiError(e.status(), e.body_text())),
+        }
+    }
+}
+
 fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
@@ -161,10 +222,11 @@ async fn as_person<T: Send + 'static>(
     shared
         .store
         .call(move |n| {
-            n.store.set_acting(Some(&who));
-            let out = f(n);
-            n.store.set_acting(None);
-            out
+            n.set_acting(Some(&who));
+            // The person is cleared however the operation ends, a panic included.
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(n)));
+            n.set_acting(None);
+            out.unwrap_or_else(|_| Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, "the operation failed".into())))
         })
         .await?
 }
@@ -185,7 +247,7 @@ impl FromRequestParts<Arc<Shared>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or_else(|| {
+        let token = bearer(&parts.headers, &parts.uri).ok_or_else(|| {
             ApiError(StatusCode::UNAUTHORIZED, "sign in first: Authorization: Bearer TOKEN (POST /api/login)".into())
         })?;
         let person =
@@ -202,13 +264,16 @@ impl FromRequestParts<Arc<Shared>> for Caller {
     }
 }
 
-/// The bearer token of a request: the `Authorization` header, or (for `EventSource`, which
-/// cannot set headers) a `token` query parameter.
-fn bearer(parts: &Parts) -> Option<String> {
-    if let Some(h) = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+/// The bearer token of a request: the `Authorization` header, or, on the event stream alone
+/// (a browser's `EventSource` cannot set headers), a `token` query parameter.
+fn bearer(headers: &axum::http::HeaderMap, uri: &axum::http::Uri) -> Option<String> {
+    if let Some(h) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         return h.strip_prefix("Bearer ").map(|t| t.trim().to_string());
     }
-    parts.uri.query()?.split('&').find_map(|kv| kv.strip_prefix("token=").map(str::to_string))
+    if uri.path() != "/api/events" {
+        return None;
+    }
+    uri.query()?.split('&').find_map(|kv| kv.strip_prefix("token=").map(str::to_string))
 }
 
 // -------------------------------------------------------------------------------- handlers
@@ -226,9 +291,58 @@ struct LoggedIn {
     user: Person,
 }
 
-async fn login(State(shared): State<Arc<Shared>>, Json(body): Json<Login>) -> Result<Json<LoggedIn>, ApiError> {
-    let signed = shared.store.call(move |n| n.store.sign_in(&body.name, &body.secret, now_ms())).await??;
-    let Some((user, token, expires_ms)) = signed else {
+/// Logins checked at once (each costs tens of milliseconds of one core, off the store thread).
+static LOGINS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Failed sign-ins by name: after 5 in a row, that name waits, 30 s doubling up to 15 min.
+fn lockouts() -> &'static std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>> {
+    static L: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>>> =
+        std::sync::OnceLock::new();
+    L.get_or_init(Default::default)
+}
+
+const FREE_TRIES: u32 = 5;
+
+fn lockout_left(name: &str) -> Option<std::time::Duration> {
+    let map = lockouts().lock().ok()?;
+    let (fails, until) = map.get(name)?;
+    (*fails >= FREE_TRIES).then(|| until.saturating_duration_since(std::time::Instant::now())).filter(|d| !d.is_zero())
+}
+
+fn record_attempt(name: &str, ok: bool) {
+    let Ok(mut map) = lockouts().lock() else { return };
+    if ok {
+        map.remove(name);
+        return;
+    }
+    if map.len() > 10_000 {
+        map.retain(|_, (_, until)| *until > std::time::Instant::now());
+    }
+    let e = map.entry(name.to_string()).or_insert((0, std::time::Instant::now()));
+    e.0 = e.0.saturating_add(1);
+    if e.0 >= FREE_TRIES {
+        let secs = (30u64 << (e.0 - FREE_TRIES).min(5)).min(900);
+        e.1 = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    }
+}
+
+async fn login(State(shared): State<Arc<Shared>>, JsonBody(body): JsonBody<Login>) -> Result<Json<LoggedIn>, ApiError> {
+    if let Some(left) = lockout_left(&body.name) {
+        return Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many wrong attempts for this name; try again in {} s", left.as_secs().max(1)),
+        ));
+    }
+    let name = body.name.clone();
+    let (person, phc) = shared.store.call(move |n| n.store.secret_of(&name)).await??;
+    let good = {
+        let _permit =
+            LOGINS.acquire().await.map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))?;
+        let secret = body.secret;
+        tokio::task::spawn_blocking(move || crate::store::people::verify_secret(&secret, &phc)).await.unwrap_or(false)
+    };
+    record_attempt(&body.name, good && person.is_some());
+    let Some(user) = person.filter(|_| good) else {
         return Err(ApiError(StatusCode::UNAUTHORIZED, "unknown name or wrong PIN".into()));
     };
     if !user.role.works_on(shared.me.role) {
@@ -237,6 +351,8 @@ async fn login(State(shared): State<Arc<Shared>>, Json(body): Json<Login>) -> Re
             format!("a {} does not work on a {} node", user.role, shared.me.role),
         ));
     }
+    let who = user.clone();
+    let (token, expires_ms) = shared.store.call(move |n| n.store.open_api_session(&who, now_ms())).await??;
     Ok(Json(LoggedIn { token, expires_ms, user }))
 }
 
@@ -247,8 +363,13 @@ async fn logout(State(shared): State<Arc<Shared>>, parts: axum::http::HeaderMap)
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(|t| t.trim().to_string())
         .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "no token to end".into()))?;
-    shared.store.call(move |n| n.store.sign_out(&token)).await??;
-    Ok(StatusCode::NO_CONTENT)
+    if shared.store.call(move |n| n.store.sign_out(&token)).await?? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(bad(
+            "this token is not a signed-in session (a system token ends when its user is disabled: `outpost user disable`)",
+        ))
+    }
 }
 
 async fn me(Caller(who): Caller) -> Json<Person> {
@@ -270,7 +391,7 @@ struct ListQuery {
 async fn list_sessions(
     State(shared): State<Arc<Shared>>,
     Caller(_): Caller,
-    Query(q): Query<ListQuery>,
+    QueryArgs(q): QueryArgs<ListQuery>,
 ) -> Result<Response, ApiError> {
     let filter = ListFilter { status: q.status, service_line: q.service_line, limit: q.limit };
     let cards = shared.store.call(move |n| n.store.list(&filter)).await??;
@@ -310,7 +431,7 @@ struct NewSessionBody {
 async fn create_session(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
-    Json(b): Json<NewSessionBody>,
+    JsonBody(b): JsonBody<NewSessionBody>,
 ) -> Result<Response, ApiError> {
     if who.role == PersonRole::Consultant {
         return Err(ApiError(StatusCode::FORBIDDEN, "sessions are opened by the requesting clinician".into()));
@@ -351,6 +472,15 @@ async fn create_session(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
+/// Acts that only a person does (reading is a person's act: an integrating system's token
+/// may not say that someone read something).
+fn person_only(who: &Person, act: &str) -> Result<(), ApiError> {
+    if who.role == PersonRole::System {
+        return Err(ApiError(StatusCode::FORBIDDEN, format!("{act} is done by a person, not an integrating system")));
+    }
+    Ok(())
+}
+
 fn session_id(id: &str) -> Result<SessionId, ApiError> {
     id.parse().map_err(|_| ApiError(StatusCode::NOT_FOUND, format!("no session {id} on this node")))
 }
@@ -376,6 +506,7 @@ async fn read_session(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
+    person_only(&who, "reading")?;
     let new_receipts = as_person(&shared, &who, move |n| Ok(n.mark_read(id, now_ms())?)).await?;
     if new_receipts {
         announce(&shared, id);
@@ -403,7 +534,7 @@ async fn send_message(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
     Path(id): Path<String>,
-    Json(b): Json<MessageBody>,
+    JsonBody(b): JsonBody<MessageBody>,
 ) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
     if b.text.trim().is_empty() {
@@ -412,7 +543,9 @@ async fn send_message(
     let sent = as_person(&shared, &who, move |n| {
         let msg = n.send_message_once(id, &b.text, b.reply_to, b.client_key.as_deref(), now_ms())?;
         // A repeat answers with the first message, which may have travelled since.
-        let receipt = n.store.view(id)?.messages.into_iter().find(|m| m.id == msg).map(|m| m.receipt);
+        // (Stored whatever happens here: a failure to read it back is not the write's.)
+        let receipt =
+            n.store.view(id).ok().and_then(|v| v.messages.into_iter().find(|m| m.id == msg)).map(|m| m.receipt);
         Ok(Sent { session: id, message: msg, receipt })
     })
     .await?;
@@ -435,7 +568,7 @@ async fn attach_photo(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
     Path(id): Path<String>,
-    Query(q): Query<PhotoQuery>,
+    QueryArgs(q): QueryArgs<PhotoQuery>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
@@ -468,7 +601,7 @@ async fn get_photo(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
     Path(hash): Path<String>,
-    Query(q): Query<PhotoGet>,
+    QueryArgs(q): QueryArgs<PhotoGet>,
 ) -> Result<Response, ApiError> {
     let (bytes, mime) = as_person(&shared, &who, move |n| {
         if q.thumbnail {
@@ -488,11 +621,8 @@ async fn read_photo(
     Caller(who): Caller,
     Path(hash): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let ids = as_person(&shared, &who, move |n| {
-        n.open_photo(&hash, true, now_ms())?;
-        Ok(n.store.sessions_with_photo(&hash)?)
-    })
-    .await?;
+    person_only(&who, "opening a photo")?;
+    let ids = as_person(&shared, &who, move |n| Ok(n.mark_photo_read(&hash, now_ms())?)).await?;
     for id in ids {
         announce(&shared, id);
     }
@@ -509,7 +639,7 @@ async fn set_outcome(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
     Path(id): Path<String>,
-    Json(b): Json<OutcomeBody>,
+    JsonBody(b): JsonBody<OutcomeBody>,
 ) -> Result<StatusCode, ApiError> {
     let id = session_id(&id)?;
     as_person(&shared, &who, move |n| Ok(n.set_outcome(id, b.side, b.outcome, now_ms())?)).await?;
@@ -536,7 +666,7 @@ async fn answer(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
-    if who.role != PersonRole::Consultant && who.role != PersonRole::System {
+    if who.role != PersonRole::Consultant {
         return Err(ApiError(StatusCode::FORBIDDEN, format!("a {} does not answer a desk's calls", who.role)));
     }
     match as_person(&shared, &who, move |n| Ok(n.answer_call(id, now_ms())?)).await? {
@@ -581,6 +711,8 @@ enum ApiEvent {
     /// A session's latest call moved: asked, ringing (here or elsewhere), connected, or a
     /// callback arranged instead.
     Call { call: crate::node::CallNow },
+    /// The stream fell behind and missed some changes: reload sessions and calls.
+    Resync { missed: u64 },
 }
 
 impl ApiEvent {
@@ -590,6 +722,7 @@ impl ApiEvent {
             ApiEvent::Session { .. } => "session",
             ApiEvent::Link { .. } => "link",
             ApiEvent::Call { .. } => "call",
+            ApiEvent::Resync { .. } => "resync",
         }
     }
 
@@ -601,48 +734,99 @@ impl ApiEvent {
 /// A call's id, state and current ring: what the event stream has said of it.
 type CallMark = (String, &'static str, Option<(i64, u32)>);
 
+/// Open event streams; a stream's slot is given back when it ends.
+static STREAMS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+struct StreamSlot;
+
+impl StreamSlot {
+    fn take() -> Option<StreamSlot> {
+        use std::sync::atomic::Ordering;
+        let taken = STREAMS.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_STREAMS).then_some(n + 1));
+        taken.is_ok().then_some(StreamSlot)
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        STREAMS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// How often a quiet stream checks that its token still holds (signed out, expired, disabled).
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
 async fn events(
     State(shared): State<Arc<Shared>>,
     Caller(_): Caller,
-) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    parts: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let slot = StreamSlot::take()
+        .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "too many event streams are open".into()))?;
+    let token = bearer(&parts, &uri).unwrap_or_default();
     let rx = shared.changes.subscribe();
     let hello = ApiEvent::Hello { node: shared.me.name.clone(), role: shared.me.role };
     // What the stream has said of each call: it speaks again only when the call moves.
     let seen: std::collections::HashSet<CallMark> = Default::default();
-    let state = (shared, rx, vec![hello], seen);
-    let stream = futures_util::stream::unfold(state, |(shared, mut rx, mut pending, mut seen_calls)| async move {
-        loop {
-            if let Some(e) = pending.pop() {
-                return Some((Ok(e.to_sse()), (shared, rx, pending, seen_calls)));
-            }
-            match rx.recv().await {
-                Ok(Notice::Docs { docs, .. }) => {
-                    let ids: Vec<SessionId> = docs.iter().map(|d| SessionId::from_bytes(*d)).collect();
-                    let (cards, calls) = shared
-                        .store
-                        .call(move |n| {
-                            let cards: Vec<_> = ids.iter().filter_map(|id| n.store.card(*id).ok().flatten()).collect();
-                            (cards, n.calls_now(&ids).unwrap_or_default())
-                        })
-                        .await
-                        .unwrap_or_default();
-                    // A call that moved, then the sessions' cards; `pending` is popped from
-                    // its end, so it holds them in reverse.
-                    let news = calls.into_iter().filter(|c| seen_calls.insert((c.call.clone(), c.state, c.rung)));
-                    let events: Vec<ApiEvent> = news
-                        .map(|call| ApiEvent::Call { call })
-                        .chain(cards.into_iter().map(|card| ApiEvent::Session { card }))
-                        .collect();
-                    pending = events.into_iter().rev().collect();
+    let state = (shared, rx, vec![hello], seen, (slot, token));
+    let stream =
+        futures_util::stream::unfold(state, |(shared, mut rx, mut pending, mut seen_calls, held)| async move {
+            loop {
+                if let Some(e) = pending.pop() {
+                    return Some((Ok(e.to_sse()), (shared, rx, pending, seen_calls, held)));
                 }
-                Ok(Notice::Link { peer, up }) => pending.push(ApiEvent::Link { peer, up }),
-                Ok(Notice::Revocations) => {}
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!("an API event stream fell {n} notices behind; its app should reload");
+                let notice = tokio::select! {
+                    n = rx.recv() => Some(n),
+                    _ = tokio::time::sleep(RECHECK) => None,
+                };
+                let still_valid =
+                    |n: &mut Node, token: &str| n.store.person_by_token(token, now_ms()).ok().flatten().is_some();
+                match notice {
+                    None => {
+                        let token = held.1.clone();
+                        if !shared.store.call(move |n| still_valid(n, &token)).await.unwrap_or(false) {
+                            return None;
+                        }
+                    }
+                    Some(Ok(Notice::Docs { docs, .. })) => {
+                        let ids: Vec<SessionId> = docs.iter().map(|d| SessionId::from_bytes(*d)).collect();
+                        let token = held.1.clone();
+                        // The token is checked again with every change it would be told of.
+                        let found = shared
+                            .store
+                            .call(move |n| {
+                                if !still_valid(n, &token) {
+                                    return None;
+                                }
+                                let cards: Vec<_> =
+                                    ids.iter().filter_map(|id| n.store.card(*id).ok().flatten()).collect();
+                                Some((cards, n.calls_now(&ids).unwrap_or_default()))
+                            })
+                            .await
+                            .unwrap_or_default();
+                        let (cards, calls) = found?;
+                        // A call that moved, then the sessions' cards; `pending` is popped from
+                        // its end, so it holds them in reverse.
+                        let news = calls.into_iter().filter(|c| seen_calls.insert((c.call.clone(), c.state, c.rung)));
+                        let events: Vec<ApiEvent> = news
+                            .map(|call| ApiEvent::Call { call })
+                            .chain(cards.into_iter().map(|card| ApiEvent::Session { card }))
+                            .collect();
+                        pending = events.into_iter().rev().collect();
+                    }
+                    Some(Ok(Notice::Link { peer, up })) => pending.push(ApiEvent::Link { peer, up }),
+                    Some(Ok(Notice::Revocations)) => {}
+                    Some(Err(broadcast::error::RecvError::Lagged(missed))) => {
+                        tracing::warn!("an API event stream fell {missed} notices behind; told it to reload");
+                        // What it missed may include a call ringing here: forget what was said of
+                        // calls, so that the next change of each is told again in full.
+                        seen_calls.clear();
+                        pending.push(ApiEvent::Resync { missed });
+                    }
+                    Some(Err(broadcast::error::RecvError::Closed)) => return None,
                 }
-                Err(broadcast::error::RecvError::Closed) => return None,
             }
-        }
-    });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+        });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

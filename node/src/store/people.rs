@@ -198,11 +198,12 @@ impl Store {
             .map_err(sql("listing users"))
     }
 
-    /// Checks a person's secret; on success, a new API token valid for [`SESSION_MS`].
-    /// `None` for an unknown name or a wrong secret alike.
-    pub fn sign_in(&self, name: &str, secret: &str, now: i64) -> Result<Option<(Person, String, i64)>, StoreError> {
-        let conn = &self.conn;
-        let row: Option<(Person, Option<String>)> = conn
+    /// A person's stored secret hash, to check off the store thread ([`verify_secret`]); for
+    /// an unknown name, a disabled user or one with no secret, a decoy hash that never matches
+    /// anything sent, so that every answer takes as long.
+    pub fn secret_of(&self, name: &str) -> Result<(Option<Person>, String), StoreError> {
+        let row: Option<(Person, Option<String>)> = self
+            .conn
             .query_row(
                 "SELECT id, name, role, registration, secret FROM users WHERE name = ?1 AND disabled = 0",
                 [name],
@@ -210,19 +211,42 @@ impl Store {
             )
             .optional()
             .map_err(sql("signing in"))?;
-        let phc = row.as_ref().and_then(|(_, s)| s.clone()).unwrap_or_else(|| decoy().to_string());
-        let parsed = PasswordHash::new(&phc).map_err(|e| StoreError::Damaged(format!("a stored secret: {e}")))?;
-        let good = Argon2::default().verify_password(secret.as_bytes(), &parsed).is_ok();
-        let Some((person, Some(_))) = row.filter(|_| good) else { return Ok(None) };
+        Ok(match row {
+            Some((p, Some(phc))) => (Some(p), phc),
+            _ => (None, decoy().to_string()),
+        })
+    }
+
+    /// Opens an API session for a person whose secret was checked: a token valid for
+    /// [`SESSION_MS`]; expired sessions are cleared.
+    pub fn open_api_session(&self, person: &Person, now: i64) -> Result<(String, i64), StoreError> {
         let token = new_token()?;
         let expires = now.saturating_add(SESSION_MS);
-        conn.execute(
-            "INSERT INTO api_sessions (token_hash, user_id, expires_ms) VALUES (?1, ?2, ?3)",
-            params![hash_token(&token), person.id, expires],
-        )
-        .map_err(sql("signing in"))?;
-        conn.execute("DELETE FROM api_sessions WHERE expires_ms < ?1", [now]).map_err(sql("signing in"))?;
-        Ok(Some((person, token, expires)))
+        self.conn
+            .execute(
+                "INSERT INTO api_sessions (token_hash, user_id, expires_ms) VALUES (?1, ?2, ?3)",
+                params![hash_token(&token), person.id, expires],
+            )
+            .map_err(sql("signing in"))?;
+        self.conn.execute("DELETE FROM api_sessions WHERE expires_ms < ?1", [now]).map_err(sql("signing in"))?;
+        Ok((token, expires))
+    }
+
+    /// Disables a user: their token and every API session end now. Returns whether the user
+    /// existed.
+    pub fn disable_person(&self, name: &str) -> Result<bool, StoreError> {
+        let ctx = "disabling a user";
+        let id: Option<i64> = self
+            .conn
+            .query_row("SELECT id FROM users WHERE name = ?1", [name], |r| r.get(0))
+            .optional()
+            .map_err(sql(ctx))?;
+        let Some(id) = id else { return Ok(false) };
+        self.conn
+            .execute("UPDATE users SET disabled = 1, token_hash = NULL, secret = NULL WHERE id = ?1", [id])
+            .map_err(sql(ctx))?;
+        self.conn.execute("DELETE FROM api_sessions WHERE user_id = ?1", [id]).map_err(sql(ctx))?;
+        Ok(true)
     }
 
     /// The person a bearer token stands for, if it is valid now.
@@ -239,11 +263,24 @@ impl Store {
         .map_err(sql("checking a token"))
     }
 
-    /// Ends an API session (signing out).
-    pub fn sign_out(&self, token: &str) -> Result<(), StoreError> {
-        self.conn
+    /// Ends an API session (signing out). Returns whether there was one (a system token is
+    /// not a session: it ends only when its user is disabled).
+    pub fn sign_out(&self, token: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn
             .execute("DELETE FROM api_sessions WHERE token_hash = ?1", [hash_token(token)])
             .map_err(sql("signing out"))?;
-        Ok(())
+        Ok(n > 0)
     }
+}
+
+/// Checks a secret against a stored argon2id hash (tens of milliseconds of CPU: run it off the
+/// store thread).
+pub fn verify_secret(secret: &str, phc: &str) -> bool {
+    PasswordHash::new(phc).is_ok_and(|h| Argon2::default().verify_password(secret.as_bytes(), &h).is_ok())
+}
+
+/// Warms the decoy hash (at startup), so the first unknown name takes no longer than others.
+pub fn warm_decoy() {
+    let _ = decoy();
 }
