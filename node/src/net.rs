@@ -184,6 +184,8 @@ struct Shared {
     voice_in: std::sync::Mutex<Option<(u32, mpsc::UnboundedSender<VoiceIn>)>>,
     /// Conversations open, by peer name: bounded per certificate and in all.
     open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// What the local API bounds (logins, lockouts, event streams).
+    api: api::Guards,
 }
 
 /// Conversations one certificate may hold open at once (a daemon and a CLI sync, with room for
@@ -443,6 +445,7 @@ pub async fn sync_once_with(
         relay: std::sync::Mutex::new(std::collections::HashMap::new()),
         voice_in: std::sync::Mutex::new(None),
         open: std::sync::Mutex::new(std::collections::HashMap::new()),
+        api: api::Guards::default(),
     });
     let bind: SocketAddr = if peer.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
         .parse()
@@ -596,6 +599,7 @@ impl Daemon {
             relay: std::sync::Mutex::new(std::collections::HashMap::new()),
             voice_in: std::sync::Mutex::new(None),
             open: std::sync::Mutex::new(std::collections::HashMap::new()),
+            api: api::Guards::default(),
             next_conn: std::sync::atomic::AtomicU64::new(1),
             endpoint: std::sync::OnceLock::new(),
         });

@@ -291,26 +291,34 @@ struct LoggedIn {
     user: Person,
 }
 
-/// Logins checked at once (each costs tens of milliseconds of one core, off the store thread).
-static LOGINS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+/// What one daemon's API bounds: logins checked at once, failed sign-ins by name, and event
+/// streams open (kept per daemon, in its shared state).
+#[derive(Debug)]
+pub(super) struct Guards {
+    /// Logins checked at once (each costs tens of milliseconds of one core, off the store thread).
+    logins: tokio::sync::Semaphore,
+    /// Failed sign-ins by name: after 5 in a row, that name waits, 30 s doubling up to 15 min.
+    lockouts: std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>>,
+    /// Event streams open.
+    streams: Arc<std::sync::atomic::AtomicUsize>,
+}
 
-/// Failed sign-ins by name: after 5 in a row, that name waits, 30 s doubling up to 15 min.
-fn lockouts() -> &'static std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>> {
-    static L: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>>> =
-        std::sync::OnceLock::new();
-    L.get_or_init(Default::default)
+impl Default for Guards {
+    fn default() -> Self {
+        Guards { logins: tokio::sync::Semaphore::new(2), lockouts: Default::default(), streams: Default::default() }
+    }
 }
 
 const FREE_TRIES: u32 = 5;
 
-fn lockout_left(name: &str) -> Option<std::time::Duration> {
-    let map = lockouts().lock().ok()?;
+fn lockout_left(guards: &Guards, name: &str) -> Option<std::time::Duration> {
+    let map = guards.lockouts.lock().ok()?;
     let (fails, until) = map.get(name)?;
     (*fails >= FREE_TRIES).then(|| until.saturating_duration_since(std::time::Instant::now())).filter(|d| !d.is_zero())
 }
 
-fn record_attempt(name: &str, ok: bool) {
-    let Ok(mut map) = lockouts().lock() else { return };
+fn record_attempt(guards: &Guards, name: &str, ok: bool) {
+    let Ok(mut map) = guards.lockouts.lock() else { return };
     if ok {
         map.remove(name);
         return;
@@ -327,7 +335,7 @@ fn record_attempt(name: &str, ok: bool) {
 }
 
 async fn login(State(shared): State<Arc<Shared>>, JsonBody(body): JsonBody<Login>) -> Result<Json<LoggedIn>, ApiError> {
-    if let Some(left) = lockout_left(&body.name) {
+    if let Some(left) = lockout_left(&shared.api, &body.name) {
         return Err(ApiError(
             StatusCode::TOO_MANY_REQUESTS,
             format!("too many wrong attempts for this name; try again in {} s", left.as_secs().max(1)),
@@ -336,12 +344,16 @@ async fn login(State(shared): State<Arc<Shared>>, JsonBody(body): JsonBody<Login
     let name = body.name.clone();
     let (person, phc) = shared.store.call(move |n| n.store.secret_of(&name)).await??;
     let good = {
-        let _permit =
-            LOGINS.acquire().await.map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))?;
+        let _permit = shared
+            .api
+            .logins
+            .acquire()
+            .await
+            .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))?;
         let secret = body.secret;
         tokio::task::spawn_blocking(move || crate::store::people::verify_secret(&secret, &phc)).await.unwrap_or(false)
     };
-    record_attempt(&body.name, good && person.is_some());
+    record_attempt(&shared.api, &body.name, good && person.is_some());
     let Some(user) = person.filter(|_| good) else {
         return Err(ApiError(StatusCode::UNAUTHORIZED, "unknown name or wrong PIN".into()));
     };
@@ -356,13 +368,12 @@ async fn login(State(shared): State<Arc<Shared>>, JsonBody(body): JsonBody<Login
     Ok(Json(LoggedIn { token, expires_ms, user }))
 }
 
-async fn logout(State(shared): State<Arc<Shared>>, parts: axum::http::HeaderMap) -> Result<StatusCode, ApiError> {
-    let token = parts
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string())
-        .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "no token to end".into()))?;
+async fn logout(
+    State(shared): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+) -> Result<StatusCode, ApiError> {
+    let token = bearer(&headers, &uri).ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "no token to end".into()))?;
     if shared.store.call(move |n| n.store.sign_out(&token)).await?? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -734,22 +745,20 @@ impl ApiEvent {
 /// A call's id, state and current ring: what the event stream has said of it.
 type CallMark = (String, &'static str, Option<(i64, u32)>);
 
-/// Open event streams; a stream's slot is given back when it ends.
-static STREAMS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-struct StreamSlot;
+/// An open event stream's place among [`MAX_STREAMS`], given back when the stream ends.
+struct StreamSlot(Arc<std::sync::atomic::AtomicUsize>);
 
 impl StreamSlot {
-    fn take() -> Option<StreamSlot> {
+    fn take(open: &Arc<std::sync::atomic::AtomicUsize>) -> Option<StreamSlot> {
         use std::sync::atomic::Ordering;
-        let taken = STREAMS.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_STREAMS).then_some(n + 1));
-        taken.is_ok().then_some(StreamSlot)
+        let taken = open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_STREAMS).then_some(n + 1));
+        taken.is_ok().then(|| StreamSlot(open.clone()))
     }
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        STREAMS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -762,7 +771,7 @@ async fn events(
     parts: axum::http::HeaderMap,
     uri: axum::http::Uri,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let slot = StreamSlot::take()
+    let slot = StreamSlot::take(&shared.api.streams)
         .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "too many event streams are open".into()))?;
     let token = bearer(&parts, &uri).unwrap_or_default();
     let rx = shared.changes.subscribe();
