@@ -103,9 +103,17 @@ enum Command {
         #[arg(long)]
         record: Option<PathBuf>,
         /// Serve the local HTTP API for the clinicians' apps on this address (for example
-        /// 127.0.0.1:8080; keep it on loopback). Users come from `outpost user add`.
+        /// 127.0.0.1:8080). Users come from `outpost user add`. Beyond loopback (a surgery box
+        /// serving its LAN) it needs --api-cert and --api-key, and serves HTTPS.
         #[arg(long)]
         api: Option<std::net::SocketAddr>,
+        /// Serve the API over TLS with this certificate (PEM; the certificate, then any
+        /// intermediates), from a PKI the clients trust.
+        #[arg(long, requires = "api_key", requires = "api")]
+        api_cert: Option<PathBuf>,
+        /// The private key of --api-cert (PEM).
+        #[arg(long, requires = "api_cert")]
+        api_key: Option<PathBuf>,
     },
     /// Reconcile once with a peer and report what it cost.
     Sync {
@@ -176,6 +184,9 @@ enum Command {
         #[arg(long)]
         keep: Option<PathBuf>,
     },
+    /// Print the local API's OpenAPI document (what `run --api` serves at /api/openapi.json;
+    /// checked in as docs/api.json).
+    Openapi,
     /// Tools for tests (not for clinical use).
     #[command(subcommand, hide = true)]
     Debug(DebugCommand),
@@ -907,6 +918,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Demo { keep } => crate::demo::run(keep.as_deref())?,
+        Command::Openapi => print!("{}", crate::net::openapi_json()),
         Command::Ca(cmd) => ca(cmd)?,
         Command::Linkem { listen, to, profile, outages, seed } => {
             init_logging("info");
@@ -967,7 +979,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Call(cmd) => run_call(cmd)?,
         Command::Rota(cmd) => run_rota(cmd)?,
         Command::User(cmd) => run_user(cmd)?,
-        Command::Run { dir, listen, peers, auto_answer, play, record, api } => {
+        Command::Run { dir, listen, peers, auto_answer, play, record, api, api_cert, api_key } => {
             init_logging("info");
             let node = open(&dir)?;
             let rt = runtime()?;
@@ -975,13 +987,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 if let Some(p) = &play {
                     crate::media::read_wav(p)?;
                 }
-                let opts = crate::net::RunOptions { listen, peers, auto_answer, play, record, api };
+                let api_tls = match (api_cert, api_key) {
+                    (Some(cert), Some(key)) => Some(crate::net::ApiTls { cert, key }),
+                    _ => None,
+                };
+                let scheme = if api_tls.is_some() { "https" } else { "http" };
+                let opts = crate::net::RunOptions { listen, peers, auto_answer, play, record, api, api_tls };
                 let daemon = crate::net::Daemon::start(node, opts).await?;
                 if let Some(addr) = daemon.local_addr {
                     println!("listening on {addr}");
                 }
                 if let Some(addr) = daemon.api_addr {
-                    println!("local API on http://{addr}/api");
+                    println!("local API on {scheme}://{addr}/api");
                 }
                 tokio::signal::ctrl_c().await?;
                 daemon.stop().await;
@@ -1721,7 +1738,7 @@ fn run_rota(cmd: RotaCommand) -> anyhow::Result<()> {
                     "no directory yet: `outpost rota set` adds a line; until then every escalation ends in a callback"
                 ),
                 None => println!("no directory from the hub yet: it arrives at the next sync with the hub"),
-                Some(view) if json.json => print_json(&directory_json(&view, own))?,
+                Some(view) if json.json => print_json(&DirectoryJson::of(&view, own))?,
                 Some(view) => print_directory(&view, own, now_ms()),
             }
         }
@@ -1730,13 +1747,29 @@ fn run_rota(cmd: RotaCommand) -> anyhow::Result<()> {
 }
 
 /// A directory as JSON (`rota show --json`, `GET /api/directory`).
-pub(crate) fn directory_json(view: &DirectoryView, own: bool) -> serde_json::Value {
-    serde_json::json!({
-        "icb": view.icb,
-        "updated_ms": view.updated_ms,
-        "source": if own { "own" } else { "hub" },
-        "lines": view.lines.values().map(LineJson::from).collect::<Vec<_>>(),
-    })
+/// An ICB's directory as `rota show --json` and `GET /api/directory` give it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DirectoryJson {
+    /// The ICB.
+    pub icb: String,
+    /// The last edit (ms since the epoch).
+    pub updated_ms: i64,
+    /// `own` on the hub that keeps it; `hub` for a copy received from the hub.
+    pub source: &'static str,
+    /// The service lines.
+    pub lines: Vec<LineJson>,
+}
+
+impl DirectoryJson {
+    /// The directory as shown.
+    pub fn of(view: &DirectoryView, own: bool) -> Self {
+        DirectoryJson {
+            icb: view.icb.clone(),
+            updated_ms: view.updated_ms,
+            source: if own { "own" } else { "hub" },
+            lines: view.lines.values().map(LineJson::from).collect(),
+        }
+    }
 }
 
 fn print_directory(view: &DirectoryView, own: bool, now: i64) {

@@ -66,7 +66,7 @@ pub enum ConfigError {
 }
 
 /// What `node.toml` holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeConfig {
     /// Format version of this file.
     pub format: u32,

@@ -182,10 +182,21 @@ struct Shared {
     relay: std::sync::Mutex<std::collections::HashMap<u32, (String, String)>>,
     /// On a party of a call: where the call's voice datagrams go (call tag, receiver).
     voice_in: std::sync::Mutex<Option<(u32, mpsc::UnboundedSender<VoiceIn>)>>,
+    /// The call whose audio this party carries now, if any, and its hang-up switch (set by the
+    /// local API's hang-up; the audio loop ends the call at its next frame).
+    live_call: std::sync::Mutex<Option<LiveCall>>,
     /// Conversations open, by peer name: bounded per certificate and in all.
     open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// What the local API bounds (logins, lockouts, event streams).
     api: api::Guards,
+}
+
+/// A call this party is in: its session, id, and whether a person asked to hang up.
+#[derive(Debug, Clone)]
+struct LiveCall {
+    session: SessionId,
+    call: String,
+    hang_up: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Conversations one certificate may hold open at once (a daemon and a CLI sync, with room for
@@ -444,6 +455,7 @@ pub async fn sync_once_with(
         links: std::sync::Mutex::new(std::collections::HashMap::new()),
         relay: std::sync::Mutex::new(std::collections::HashMap::new()),
         voice_in: std::sync::Mutex::new(None),
+        live_call: std::sync::Mutex::new(None),
         open: std::sync::Mutex::new(std::collections::HashMap::new()),
         api: api::Guards::default(),
     });
@@ -541,6 +553,7 @@ impl PeerAddr {
 }
 
 mod api;
+pub use api::{ApiTls, openapi_json};
 
 /// Says "link down" on the event channel when a conversation ends, however it ends.
 struct LinkNotice {
@@ -568,8 +581,10 @@ pub struct RunOptions {
     /// On a desk: where it records every call it takes (overwritten by the next).
     pub record: Option<std::path::PathBuf>,
     /// Address to serve the local HTTP API on (the `api` module): loopback unless this node
-    /// serves its LAN.
+    /// serves its LAN, which it does over TLS only.
     pub api: Option<SocketAddr>,
+    /// The API's certificate and key: serve HTTPS (required beyond loopback).
+    pub api_tls: Option<ApiTls>,
 }
 
 /// A running daemon (in this process).
@@ -598,6 +613,7 @@ impl Daemon {
             links: std::sync::Mutex::new(std::collections::HashMap::new()),
             relay: std::sync::Mutex::new(std::collections::HashMap::new()),
             voice_in: std::sync::Mutex::new(None),
+            live_call: std::sync::Mutex::new(None),
             open: std::sync::Mutex::new(std::collections::HashMap::new()),
             api: api::Guards::default(),
             next_conn: std::sync::atomic::AtomicU64::new(1),
@@ -635,7 +651,7 @@ impl Daemon {
         }
         let api_addr = match opts.api {
             Some(addr) => {
-                let (bound, task) = api::serve(shared.clone(), addr).await?;
+                let (bound, task) = api::serve(shared.clone(), addr, opts.api_tls.as_ref()).await?;
                 tasks.push(task);
                 Some(bound)
             }
@@ -1556,6 +1572,10 @@ async fn run_call_audio(
     if let Ok(mut slot) = shared.voice_in.lock() {
         *slot = Some((tag, tx));
     }
+    let hang_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Ok(mut live) = shared.live_call.lock() {
+        *live = Some(LiveCall { session: sid, call: call.to_string(), hang_up: hang_up.clone() });
+    }
     let hub_conn =
         || shared.links.lock().ok().and_then(|l| l.values().find(|p| p.role == Role::Hub).map(|p| p.conn.clone()));
     let started_ms = now_ms();
@@ -1574,6 +1594,9 @@ async fn run_call_audio(
         tick.tick().await;
         // Send: the requester's file ends the call; a desk sends until the other side hangs up.
         let from = seq as usize * FRAME_SAMPLES;
+        if hang_up.load(std::sync::atomic::Ordering::Acquire) {
+            break "hangup";
+        }
         let pcm: Vec<i16> = match &play {
             Some(p) if from < p.len() => p[from..(from + FRAME_SAMPLES).min(p.len())].to_vec(),
             Some(_) if requester => break "hangup",
@@ -1647,6 +1670,9 @@ async fn run_call_audio(
     }
     if let Ok(mut slot) = shared.voice_in.lock() {
         *slot = None;
+    }
+    if let Ok(mut live) = shared.live_call.lock() {
+        *live = None;
     }
     // Play out what is still buffered.
     while let Some(pcm) = jb.pop() {

@@ -19,7 +19,7 @@ use sync_protocol::vocab::{
 use crate::config::{self, CONFIG_FORMAT, ConfigError, NodeConfig, NodeDir};
 use crate::crypto::{self, CryptoError, KEY_ENV, NodeKey, Sealer};
 use crate::photo::{Photo, PhotoError};
-use crate::store::{BlobInfo, ClientKey, Store, StoreError, StoreOptions};
+use crate::store::{BlobInfo, ClientKey, ListFilter, Store, StoreError, StoreOptions};
 
 /// Why a node operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +94,7 @@ pub struct InitParams {
 }
 
 /// What `outpost status` and `GET /api/status` report.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, serde::Serialize)]
 pub struct NodeStatus {
     /// The node's identity.
     pub node: NodeConfig,
@@ -113,13 +113,14 @@ pub struct NodeStatus {
 }
 
 /// Where a session's latest call stands, for an app (`call` events of the local API).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, serde::Serialize)]
 pub struct CallNow {
     /// The session.
     pub session: SessionId,
     /// The call's id.
     pub call: String,
-    /// `waiting` (asked, not yet rung), `ringing`, `connected` or `callback`.
+    /// `waiting` (asked, not yet rung), `ringing`, `connected`, `ended` (a party hung up or
+    /// its leg was recorded) or `callback` (arranged instead, or after the call dropped).
     pub state: &'static str,
     /// The desk rung or connected, if any.
     pub desk: Option<String>,
@@ -129,6 +130,29 @@ pub struct CallNow {
     pub rung: Option<(i64, u32)>,
     /// Why a callback was arranged instead.
     pub callback_reason: Option<String>,
+}
+
+/// A callback owed (`GET /api/callbacks`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct CallbackOwed {
+    /// The session.
+    pub session: SessionId,
+    /// The escalation that ended in the callback.
+    pub call: String,
+    /// Specialty.
+    pub service_line: sync_protocol::vocab::ServiceLine,
+    /// Priority.
+    pub priority: sync_protocol::vocab::Priority,
+    /// The question.
+    pub summary: String,
+    /// The number to call back on, as the requester gave it.
+    pub callback_number: Option<String>,
+    /// The vehicle's call-sign, for an ambulance crew.
+    pub call_sign: Option<String>,
+    /// Why a callback rather than a call.
+    pub reason: String,
+    /// When the callback was arranged (ms since the epoch).
+    pub since_ms: i64,
 }
 
 /// What a new session needs from the clinician.
@@ -586,7 +610,18 @@ impl Node {
             let Ok(routing) = self.store.routing_log(*id) else { continue };
             let Some(c) = calls_in(&routing).pop() else { continue };
             let ringing = c.ringing().filter(|r| c.is_open() && !c.answers.iter().any(|a| a.0 == r.1)).cloned();
+            // A connected call has ended once either party has written the record of its leg.
+            let ended = c.connected.is_some()
+                && self.store.call_log(*id).is_ok_and(|log| {
+                    log.iter().any(|e| {
+                        let s = |k: &str| e.get(k).and_then(LogValue::as_str);
+                        s("kind") == Some("leg") && s("call") == Some(c.call.as_str()) && s("end").is_some()
+                    })
+                });
             let (state, desk) = match (&c.connected, &c.callback, &ringing) {
+                // A call that dropped is called back: the callback is the news.
+                (Some(_), Some(_), _) if ended => ("callback", None),
+                (Some((desk, _)), _, _) if ended => ("ended", Some(desk.clone())),
                 (Some((desk, _)), _, _) => ("connected", Some(desk.clone())),
                 (None, Some(_), _) => ("callback", None),
                 (None, None, Some((desk, ..))) => ("ringing", Some(desk.clone())),
@@ -602,6 +637,37 @@ impl Node {
                 callback_reason: c.callback.map(|(why, _)| why),
             });
         }
+        Ok(out)
+    }
+
+    /// The callbacks owed: sessions whose latest escalation ended in a callback (no desk could
+    /// take the call, the link could not carry it, or it dropped) and that no later call, no
+    /// consultant's outcome and no closing has settled. On a desk, the consultant owes them; on
+    /// an edge, the crew waits for them. Oldest first: the longest wait is called back first.
+    pub fn callbacks_owed(&mut self) -> Result<Vec<CallbackOwed>, NodeError> {
+        let filter = ListFilter { status: Some(Status::AwaitingReply), ..Default::default() };
+        let mut out = Vec::new();
+        for card in self.store.list(&filter)? {
+            let Ok(routing) = self.store.routing_log(card.id) else { continue };
+            let Some(c) = calls_in(&routing).pop() else { continue };
+            let Some((reason, since_ms)) = c.callback.clone() else { continue };
+            let view = self.store.view(card.id)?;
+            if view.outcome.responder.is_some() {
+                continue;
+            }
+            out.push(CallbackOwed {
+                session: card.id,
+                call: c.call,
+                service_line: card.service_line,
+                priority: card.priority,
+                summary: card.summary,
+                callback_number: view.requester.callback,
+                call_sign: view.requester.call_sign,
+                reason,
+                since_ms,
+            });
+        }
+        out.sort_by_key(|c| c.since_ms);
         Ok(out)
     }
 

@@ -374,7 +374,7 @@ const KEY_CHECK: &[u8] = b"outpost key check";
 
 /// What a session list shows without loading the document. The index columns give the id,
 /// status, service line, priority, origin and times; the rest is sealed in the row's card.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionCard {
     /// Session id.
     pub id: SessionId,
@@ -470,7 +470,7 @@ pub struct ListFilter {
 }
 
 /// Counts and sizes for `outpost status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreStats {
     /// Sessions stored.
     pub sessions: u64,
@@ -499,7 +499,7 @@ pub struct StoreStats {
 }
 
 /// Photos by what this node holds of them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PhotoHoldings {
     /// Held whole here: count and bytes.
     pub held: (u64, u64),
@@ -510,7 +510,7 @@ pub struct PhotoHoldings {
 }
 
 /// What has not yet left this device: the crew's main question.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Backlog {
     /// Messages and photos that no other node has confirmed holding.
     pub items: u64,
@@ -521,7 +521,7 @@ pub struct Backlog {
 }
 
 /// What this node last knew of its syncs with a peer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerSync {
     /// The peer's name.
     pub peer: String,
@@ -533,7 +533,7 @@ pub struct PeerSync {
 }
 
 /// The result of checking the audit chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditCheck {
     /// Entries checked.
     pub entries: u64,
@@ -996,6 +996,14 @@ impl Store {
         id: SessionId,
     ) -> Result<Vec<std::collections::BTreeMap<String, sync_protocol::session::LogValue>>, StoreError> {
         self.with_doc(id, |d| d.routing_log())?.map_err(model(id))
+    }
+
+    /// The session's call log (each party's record of its legs).
+    pub fn call_log(
+        &mut self,
+        id: SessionId,
+    ) -> Result<Vec<std::collections::BTreeMap<String, sync_protocol::session::LogValue>>, StoreError> {
+        self.with_doc(id, |d| d.call_log())?.map_err(model(id))
     }
 
     fn with_doc<T>(&mut self, id: SessionId, f: impl FnOnce(&mut SessionDoc) -> T) -> Result<T, StoreError> {

@@ -443,6 +443,118 @@ fn a_desk_app_hears_its_call_ring_from_the_event_stream() {
     wait_until(LIMIT, "the call connected at the ambulance", || {
         amb_api.call("GET", &format!("/api/sessions/{id}/calls"), Some(&sam), None).1[0]["state"] == "connected"
     });
+    // The consultant hangs up from the app: the desk's stream and the ambulance both see it end.
+    wait_until(LIMIT, "the desk's audio joined", || {
+        api.call("POST", &format!("/api/sessions/{id}/hangup"), Some(&ada), None).0 == 202
+    });
+    let ended = expect_event(&events, "the call ended at the desk", |n, v| {
+        n == "call" && v["call"]["session"] == id.as_str() && v["call"]["state"] == "ended"
+    });
+    assert_eq!(ended["call"]["desk"], "desk-cardio-1");
+    wait_until(LIMIT, "the call ended at the ambulance", || {
+        amb_api.call("GET", &format!("/api/sessions/{id}/calls"), Some(&sam), None).1[0]["state"] == "ended"
+    });
+    // Nothing is live any more: a second hang-up has nothing to end.
+    assert_eq!(api.call("POST", &format!("/api/sessions/{id}/hangup"), Some(&ada), None).0, 409);
+    // Both parties' leg records, with their figures, are in the session.
+    wait_until(LIMIT, "both legs recorded at the ambulance", || {
+        let view = amb_api.call("GET", &format!("/api/sessions/{id}"), Some(&sam), None).1;
+        view["calls"]
+            .as_array()
+            .is_some_and(|c| c.iter().filter(|e| e["kind"] == "leg" && e["end"].is_string()).count() == 2)
+    });
+
+    // A session on a line the ICB's directory does not list ends in a callback: the crew's
+    // app lists it among the callbacks owed, with the number to ring, until it is settled.
+    let new = json!({
+        "service_line": "haematology", "care_setting": "ambulance_on_scene", "priority": "urgent",
+        "summary": "Known sickle cell, chest pain", "callback": "07700 900123", "call_sign": "RRV-12",
+        "client_key": "haem-1",
+    });
+    let (status, created) = amb_api.call("POST", "/api/sessions", Some(&sam), Some(new));
+    assert_eq!(status, 201, "{created}");
+    let haem = created["id"].as_str().unwrap().to_string();
+    assert_eq!(amb_api.call("GET", "/api/callbacks", Some(&sam), None).1, json!([]));
+    assert_eq!(amb_api.call("POST", &format!("/api/sessions/{haem}/escalate"), Some(&sam), None).0, 202);
+    wait_until(LIMIT, "the callback arranged", || {
+        amb_api.call("GET", &format!("/api/sessions/{haem}/calls"), Some(&sam), None).1[0]["state"] == "callback"
+    });
+    let owed = amb_api.call("GET", "/api/callbacks", Some(&sam), None).1;
+    assert_eq!(owed.as_array().unwrap().len(), 1, "{owed}");
+    assert_eq!(owed[0]["session"], haem.as_str());
+    assert_eq!(owed[0]["callback_number"], "07700 900123");
+    assert_eq!(owed[0]["call_sign"], "RRV-12");
+    assert!(!owed[0]["reason"].as_str().unwrap().is_empty(), "{owed}");
+    // The cardiology desk holds no haematology session, and owes no call back.
+    assert_eq!(api.call("GET", "/api/callbacks", Some(&ada), None).1, json!([]));
+    // Closed, it is owed no more.
+    ok(&["session", "set-status", "--dir", d(&amb), &haem, "closed"]);
+    assert_eq!(amb_api.call("GET", "/api/callbacks", Some(&sam), None).1, json!([]));
+}
+
+/// Every path and method with its parameters replaced by something real.
+fn concrete(path: &str, id: &str) -> String {
+    path.replace("{id}", id).replace("{hash}", &"0".repeat(64))
+}
+
+#[test]
+fn the_served_api_document_is_the_checked_in_one_and_every_operation_in_it_is_guarded() {
+    let served = outpost_node::net::openapi_json();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/api.json");
+    let checked_in = std::fs::read_to_string(&root).unwrap_or_default();
+    assert!(
+        served == checked_in,
+        "docs/api.json differs from the API the code serves: run `cargo run --bin outpost -- openapi > docs/api.json` and review the change"
+    );
+
+    // An independent OpenAPI 3.1 reader takes it, and every reference in it resolves.
+    let spec = oas3::from_json(&checked_in).unwrap();
+    assert_eq!(spec.openapi, "3.1.0");
+    let mut operations = 0;
+    for (path, method, op) in spec.operations() {
+        operations += 1;
+        let what = format!("{method} {path}");
+        op.parameters(&spec).unwrap_or_else(|e| panic!("{what}: parameters: {e}"));
+        if let Some(body) = op.request_body(&spec).unwrap_or_else(|e| panic!("{what}: request body: {e}")) {
+            for media in body.content.values() {
+                media.schema(&spec).unwrap_or_else(|e| panic!("{what}: request schema: {e}"));
+            }
+        }
+        let responses = op.responses(&spec);
+        assert!(!responses.is_empty(), "{what} documents no response");
+        for (status, resp) in responses {
+            for media in resp.content.values() {
+                media.schema(&spec).unwrap_or_else(|e| panic!("{what} {status}: schema: {e}"));
+            }
+        }
+    }
+    assert!(operations >= 20, "{operations} operations");
+
+    // The running daemon serves the same document, and every operation it lists but signing in
+    // and the document itself answers 401 without a token.
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let amb = fleet.node("amb-07", "edge", &[]);
+    let port = tcp_port();
+    let _node = daemon(&amb, &["--api", &format!("127.0.0.1:{port}")], &[]);
+    let api = Api::new(port);
+    api.wait_up();
+    let mut resp = api.agent.get(&format!("{}/api/openapi.json", api.base)).call().unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.body_mut().read_to_string().unwrap(), checked_in);
+    let id = "01JDZQ6G8M4N2B5V7C9X1Y3Z5A";
+    for (path, method, _) in spec.operations() {
+        let open = ["/api/login", "/api/openapi.json"].contains(&path.as_str());
+        let (status, body) = api.call(method.as_str(), &concrete(&path, id), None, None);
+        if open {
+            assert_ne!(status, 401, "{method} {path} must not need a token: {body}");
+        } else {
+            assert_eq!(status, 401, "{method} {path} answered {status} without a token: {body}");
+            assert!(body["error"].is_string(), "{method} {path}: {body}");
+        }
+    }
+    // And a path it does not document is not served.
+    assert_eq!(api.call("GET", "/api/sessions/{id}/secrets", None, None).0, 404);
 }
 
 #[test]
@@ -528,4 +640,102 @@ fn the_api_refuses_what_it_must_and_ends_what_was_revoked() {
     let (status, body) =
         api.call("POST", "/api/login", None, Some(json!({ "name": "Jo Reyes", "secret": "jo-pin-7733" })));
     assert_eq!(status, 429, "{body}");
+}
+
+/// One HTTP/1.1 request over TLS to 127.0.0.1:`port`, the server named `host`, trusting only
+/// the certificate `trust` (DER). The status and the JSON body, or why it failed.
+fn https(
+    port: u16,
+    trust: &[u8],
+    host: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Result<(u16, Value), String> {
+    use std::io::Read;
+    use std::sync::Arc;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(trust.to_vec())).map_err(|e| e.to_string())?;
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(|e| e.to_string())?;
+    let sock = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        match tls.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            // A server that closes without close_notify: what arrived is the answer.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !answer.is_empty() => break,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no HTTP answer: {text:?}"))?;
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("no status")?;
+    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+}
+
+#[test]
+fn a_surgery_box_serves_its_api_over_tls_with_the_deployers_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let gp = fleet.node("surgery-4", "edge", &[]);
+    add_user(&gp, "Dr Lee Hart", "gp", "GMC-7654321", "gp-pass-2291");
+    // The deployer's certificate, for the name the practice's desktops use.
+    let issued = rcgen::generate_simple_self_signed(vec!["surgery-box.local".to_string()]).unwrap();
+    let (cert, key) = (tmp.path().join("api.crt"), tmp.path().join("api.key"));
+    std::fs::write(&cert, issued.cert.pem()).unwrap();
+    std::fs::write(&key, issued.signing_key.serialize_pem()).unwrap();
+    let trusted = issued.cert.der().to_vec();
+
+    // A certificate without its key is refused before anything starts; so is a key given as
+    // the certificate.
+    let out = common::run(&["run", "--dir", d(&gp), "--api", "127.0.0.1:0", "--api-cert", d(&cert)]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out =
+        common::run(&["run", "--dir", d(&gp), "--api", "127.0.0.1:0", "--api-cert", d(&key), "--api-key", d(&key)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--api-cert"), "{out:?}");
+
+    let port = tcp_port();
+    let _node =
+        daemon(&gp, &["--api", &format!("127.0.0.1:{port}"), "--api-cert", d(&cert), "--api-key", d(&key)], &[]);
+    let call = |method: &str, path: &str, token: Option<&str>, body: Option<Value>| {
+        https(port, &trusted, "surgery-box.local", method, path, token, body)
+    };
+    wait_until(LIMIT, "the API over TLS", || call("GET", "/api/me", None, None).is_ok());
+    // Over TLS the name is the certificate's, not loopback's.
+    assert_eq!(call("GET", "/api/me", None, None).unwrap().0, 401);
+    let (status, login) =
+        call("POST", "/api/login", None, Some(json!({ "name": "Dr Lee Hart", "secret": "gp-pass-2291" }))).unwrap();
+    assert_eq!(status, 200, "{login}");
+    let token = login["token"].as_str().unwrap().to_string();
+    let (status, me) = call("GET", "/api/me", Some(&token), None).unwrap();
+    assert_eq!((status, me["name"].as_str()), (200, Some("Dr Lee Hart")));
+    let new = json!({ "service_line": "dermatology", "care_setting": "gp_elective", "summary": "Changing naevus, left shoulder" });
+    let (status, created) = call("POST", "/api/sessions", Some(&token), Some(new)).unwrap();
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["requester"]["registration"], "GMC-7654321");
+
+    // A client that does not trust the certificate gets no answer; nor does plain HTTP.
+    let stranger = rcgen::generate_simple_self_signed(vec!["surgery-box.local".to_string()]).unwrap();
+    let refused = https(port, stranger.cert.der(), "surgery-box.local", "GET", "/api/me", None, None);
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(Api::new(port).agent.get(&format!("http://127.0.0.1:{port}/api/me")).call().is_err());
 }

@@ -31,6 +31,7 @@ use crate::vocab::ReceiptLevel;
 pub const DEFAULT_RING_S: u32 = 20;
 
 /// One desk of a line's rota.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RotaDesk {
     /// The desk's node name.

@@ -587,6 +587,7 @@ impl DirectoryDoc {
 }
 
 /// What a directory line looks like in JSON output (`outpost rota show --json`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LineJson {
     /// The line.

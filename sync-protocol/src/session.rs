@@ -139,6 +139,21 @@ impl Serialize for SessionId {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for SessionId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("A session id: a ULID, 26 characters of Crockford base32."))
+            .pattern(Some("^[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}$"))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for SessionId {}
+
 impl<'de> Deserialize<'de> for SessionId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -147,6 +162,7 @@ impl<'de> Deserialize<'de> for SessionId {
 }
 
 /// Who asks for advice. Every field is last-writer-wins.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Requester {
     /// Professional registration number (GMC, NMC or HCPC).
@@ -194,6 +210,7 @@ impl Default for Patient {
 }
 
 /// What is asked of whom. Every field is last-writer-wins.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Service {
     /// The specialty.
@@ -245,6 +262,7 @@ pub struct NewMessage {
 }
 
 /// The person behind a message: who gave the advice or asked for it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Clinician {
     /// Name as shown to others.
@@ -290,6 +308,7 @@ pub struct NewConsent {
 }
 
 /// A value in a routing or call log entry.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum LogValue {
@@ -801,6 +820,11 @@ impl SessionDoc {
     pub fn routing_log(&self) -> Result<Vec<BTreeMap<String, LogValue>>, ModelError> {
         Reader::new(&self.doc).log("routing")
     }
+
+    /// The call log alone (each party's record of its legs), without building the whole view.
+    pub fn call_log(&self) -> Result<Vec<BTreeMap<String, LogValue>>, ModelError> {
+        Reader::new(&self.doc).log("calls")
+    }
 }
 
 /// The two grow-only logs of a session.
@@ -1048,6 +1072,7 @@ impl<'a> Reader<'a> {
 }
 
 /// One step of the status history.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusStep {
     /// 0 for the first life of the session, +1 for every reopen.
@@ -1059,6 +1084,7 @@ pub struct StatusStep {
 }
 
 /// One node's receipt for a message or photo.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
     /// What the node confirmed.
@@ -1070,6 +1096,7 @@ pub struct Receipt {
 }
 
 /// Identity of a session: written once, at creation.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityView {
     /// Node that created the session.
@@ -1083,6 +1110,7 @@ pub struct IdentityView {
 }
 
 /// The patient as the session holds it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PatientView {
     /// NHS number (ten digits), when known.
@@ -1102,6 +1130,7 @@ pub struct PatientView {
 }
 
 /// The service asked, with the specialty's SNOMED CT code.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceView {
     /// Specialty.
@@ -1115,6 +1144,7 @@ pub struct ServiceView {
 }
 
 /// A message with its receipts.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageView {
     /// Message id.
@@ -1139,6 +1169,7 @@ pub struct MessageView {
 }
 
 /// A photo or other media reference with its receipts.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MediaView {
     /// BLAKE3 hash of the bytes (hex).
@@ -1170,6 +1201,7 @@ pub struct MediaView {
 }
 
 /// A withdrawal of consent.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Withdrawal {
     /// When (the earliest, if several replicas withdrew).
@@ -1179,6 +1211,7 @@ pub struct Withdrawal {
 }
 
 /// A consent record.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsentView {
     /// Consent id.
@@ -1196,6 +1229,7 @@ pub struct ConsentView {
 }
 
 /// One side's outcome.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutcomeView {
     /// The outcome.
@@ -1207,6 +1241,7 @@ pub struct OutcomeView {
 }
 
 /// Both sides' outcomes, kept apart.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutcomesView {
     /// The requester's (GP, paramedic).
@@ -1216,6 +1251,7 @@ pub struct OutcomesView {
 }
 
 /// A whole session, read with every merge rule applied. This is also the JSON export format.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionView {
     /// Session id.

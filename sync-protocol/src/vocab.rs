@@ -20,6 +20,20 @@ pub struct VocabError {
     pub expected: String,
 }
 
+/// The JSON schema of a closed vocabulary: one of its stored names.
+#[cfg(feature = "openapi")]
+pub(crate) fn string_enum<'a>(
+    field: &str,
+    values: impl Iterator<Item = &'a str>,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(format!("A {field} (also accepted with `-` for `_`, in any case).")))
+        .enum_values(Some(values.map(str::to_string)))
+        .into()
+}
+
 macro_rules! vocabulary {
     (
         $(#[$meta:meta])*
@@ -84,6 +98,16 @@ macro_rules! vocabulary {
                 $name::parse(&s).map_err(serde::de::Error::custom)
             }
         }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                crate::vocab::string_enum($field, $name::ALL.iter().map(|v| v.as_str()))
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {}
     };
 }
 

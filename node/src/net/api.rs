@@ -21,10 +21,12 @@
 //! | `POST /api/sessions/{id}/messages` `{text, reply_to?, client_key?}` | a message, once durable |
 //! | `POST /api/sessions/{id}/photos?view=&body_site=&consent=` (body: the image) | a photo |
 //! | `POST /api/sessions/{id}/outcome` `{side, outcome}` | this side's outcome |
-//! | `POST /api/sessions/{id}/escalate`, `.../answer`, `GET .../calls` | calls |
+//! | `POST /api/sessions/{id}/escalate`, `.../answer`, `.../hangup`, `GET .../calls` | calls |
+//! | `GET /api/callbacks` | callbacks owed |
 //! | `GET /api/photos/{hash}[?thumbnail=true]`, `POST /api/photos/{hash}/read` | photos |
 //! | `GET /api/directory` | the ICB's service lines, hours and rotas |
-//! | `GET /api/events` | Server-Sent Events: `hello`, `session` (a card), `link` (a peer up or down) |
+//! | `GET /api/events` | Server-Sent Events: `hello`, `session` (a card), `call`, `link`, `resync` |
+//! | `GET /api/openapi.json` | the OpenAPI document ([`openapi_json`]), generated from these routes |
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -35,43 +37,66 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{NetError, Notice, Shared};
-use crate::node::{Node, NodeError, PhotoRequest, SessionRequest, now_ms};
+use crate::cli::DirectoryJson;
+use crate::node::{CallNow, CallbackOwed, Node, NodeError, NodeStatus, PhotoRequest, SessionRequest, now_ms};
+use crate::store::SessionCard;
 use crate::store::people::{Person, PersonRole};
 use crate::store::{ListFilter, StoreError};
 use sync_protocol::nhs::NhsNumber;
+use sync_protocol::session::SessionView;
 use sync_protocol::session::{Patient, Requester, Service, SessionId};
 use sync_protocol::vocab::{
     CareSetting, Channel, ConsentKind, ConsentScope, NhsVerification, Outcome, PhotoView, Priority, Role, ServiceLine,
     Side, Status,
 };
 
-/// Starts serving the API on `addr`; returns the bound address and the server's task.
+mod tls;
+pub use tls::ApiTls;
+
+/// Starts serving the API on `addr` (over TLS with `tls`); returns the bound address and the
+/// server's task.
 pub(super) async fn serve(
     shared: Arc<Shared>,
     addr: SocketAddr,
+    tls: Option<&ApiTls>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), NetError> {
-    if !addr.ip().is_loopback() {
-        // Plain HTTP with bearer tokens: loopback only until the API has TLS.
-        let why = "the local API serves loopback only (127.0.0.1 or ::1) until it has TLS";
+    let tls = tls.map(tls::server_config).transpose().map_err(NetError::Tls)?;
+    if tls.is_none() && !addr.ip().is_loopback() {
+        // Bearer tokens in plain HTTP may cross nothing but loopback.
+        let why = "the local API serves plain HTTP on loopback only (127.0.0.1 or ::1); to serve a LAN, give it \
+                   a certificate: --api-cert FILE --api-key FILE";
         return Err(NetError::Bind { addr, source: std::io::Error::other(why) });
     }
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| NetError::Bind { addr, source })?;
     let local = listener.local_addr().map_err(|source| NetError::Bind { addr, source })?;
     // The decoy hash that answers unknown names is made now, not by the first stranger.
     tokio::task::spawn_blocking(crate::store::people::warm_decoy);
-    let app = router(shared);
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("the local API stopped: {e}");
+    let app = router(shared, tls.is_some());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let task = match tls {
+        Some(cfg) => {
+            let listener = tls::TlsListener::new(listener, cfg).map_err(|source| NetError::Bind { addr, source })?;
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!("the local API stopped: {e}");
+                }
+            })
         }
-    });
-    tracing::info!(api = %local, "local API listening");
+        None => tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!("the local API stopped: {e}");
+            }
+        }),
+    };
+    tracing::info!(api = %format!("{scheme}://{local}"), "local API listening");
     Ok((local, task))
 }
 
@@ -80,29 +105,108 @@ const MAX_JSON_BODY: usize = 64 * 1024;
 /// Event streams open at once, every user together.
 const MAX_STREAMS: usize = 64;
 
-fn router(shared: Arc<Shared>) -> Router {
+/// The API's description: every route below is registered with its OpenAPI path, so the
+/// document and the router cannot disagree.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "outpost local API",
+        description = "The API a node serves to the apps on its own device (`outpost run --api`). \
+            Every call but `POST /api/login` and this document needs `Authorization: Bearer TOKEN`. \
+            See docs/api.md.",
+        license(name = "Proprietary")
+    ),
+    modifiers(&BearerToken),
+    security(("token" = [])),
+    tags(
+        (name = "people", description = "Signing in and out"),
+        (name = "sessions", description = "Advice sessions, their messages, receipts and outcomes"),
+        (name = "photos", description = "Photos: upload with consent and body site, download, read receipts"),
+        (name = "calls", description = "Escalation to a live call, answering, hanging up, callbacks owed"),
+        (name = "node", description = "This node: status and the ICB's directory"),
+        (name = "events", description = "One stream of everything that changes"),
+    )
+)]
+struct ApiDoc;
+
+/// Adds the bearer token scheme.
+struct BearerToken;
+
+impl utoipa::Modify for BearerToken {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let comps = api.components.get_or_insert_with(Default::default);
+        let scheme = Http::builder()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "A person's token from POST /api/login, or a system token from `outpost user add --token`",
+            ))
+            .build();
+        comps.add_security_scheme("token", SecurityScheme::Http(scheme));
+    }
+}
+
+fn routes() -> OpenApiRouter<Arc<Shared>> {
     let photo_limit = axum::extract::DefaultBodyLimit::max(crate::photo::MAX_PHOTO_BYTES + 4096);
-    Router::new()
-        .route("/api/login", post(login))
-        .route("/api/logout", post(logout))
-        .route("/api/me", get(me))
-        .route("/api/status", get(status))
-        .route("/api/sessions", get(list_sessions).post(create_session))
-        .route("/api/sessions/{id}", get(show_session))
-        .route("/api/sessions/{id}/read", post(read_session))
-        .route("/api/sessions/{id}/messages", post(send_message))
-        .route("/api/sessions/{id}/photos", post(attach_photo).layer(photo_limit))
-        .route("/api/sessions/{id}/outcome", post(set_outcome))
-        .route("/api/sessions/{id}/escalate", post(escalate))
-        .route("/api/sessions/{id}/answer", post(answer))
-        .route("/api/sessions/{id}/calls", get(session_calls))
-        .route("/api/photos/{hash}", get(get_photo))
-        .route("/api/photos/{hash}/read", post(read_photo))
-        .route("/api/directory", get(directory))
-        .route("/api/events", get(events))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))
-        .layer(axum::middleware::from_fn(loopback_host))
-        .with_state(shared)
+    let (photo_schemas, photo_paths, photo_route) = routes!(attach_photo);
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(login))
+        .routes(routes!(logout))
+        .routes(routes!(me))
+        .routes(routes!(status))
+        .routes(routes!(list_sessions, create_session))
+        .routes(routes!(show_session))
+        .routes(routes!(read_session))
+        .routes(routes!(send_message))
+        .routes((photo_schemas, photo_paths, photo_route.layer(photo_limit)))
+        .routes(routes!(set_outcome))
+        .routes(routes!(escalate))
+        .routes(routes!(answer))
+        .routes(routes!(hang_up))
+        .routes(routes!(session_calls))
+        .routes(routes!(callbacks))
+        .routes(routes!(get_photo))
+        .routes(routes!(read_photo))
+        .routes(routes!(directory))
+        .routes(routes!(events))
+}
+
+/// The OpenAPI document of this API, as served at `/api/openapi.json` and checked in as
+/// `docs/api.json` (`outpost openapi` prints it).
+pub fn openapi_json() -> String {
+    let mut doc = routes().into_openapi();
+    doc.paths.paths.insert(
+        "/api/openapi.json".into(),
+        utoipa::openapi::path::PathItem::new(
+            utoipa::openapi::HttpMethod::Get,
+            utoipa::openapi::path::OperationBuilder::new()
+                .summary(Some("This document"))
+                .tag("node")
+                .security(utoipa::openapi::security::SecurityRequirement::default())
+                .response("200", utoipa::openapi::Response::new("The OpenAPI document")),
+        ),
+    );
+    let mut text = doc.to_pretty_json().unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// The server's routes. Over plain HTTP (loopback), requests must name a loopback host; over
+/// TLS, the certificate's name check does that work (a rebinding page cannot pass it).
+fn router(shared: Arc<Shared>, tls: bool) -> Router {
+    let spec: Arc<str> = openapi_json().into();
+    let (router, _) = routes().split_for_parts();
+    let router = router
+        .route(
+            "/api/openapi.json",
+            get(move || {
+                let spec = spec.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], spec.to_string()) }
+            }),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY));
+    let router = if tls { router } else { router.layer(axum::middleware::from_fn(loopback_host)) };
+    router.with_state(shared)
 }
 
 /// Refuses requests whose `Host` is not this loopback API (a web page that rebinds a name of
@@ -127,14 +231,15 @@ async fn loopback_host(req: axum::extract::Request, next: axum::middleware::Next
 #[derive(Debug)]
 pub struct ApiError(StatusCode, String);
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
+/// Every error's body: what went wrong and what to do next, for people.
+#[derive(Serialize, utoipa::ToSchema)]
+struct ErrorBody {
+    error: String,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(ErrorBody { error: &self.1 })).into_response()
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
     }
 }
 
@@ -278,16 +383,21 @@ fn bearer(headers: &axum::http::HeaderMap, uri: &axum::http::Uri) -> Option<Stri
 
 // -------------------------------------------------------------------------------- handlers
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct Login {
+    /// The user's name, as `outpost user add` set it.
     name: String,
+    /// Their PIN or passphrase (or an integrating system's token).
     secret: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct LoggedIn {
+    /// The bearer token for every further call.
     token: String,
+    /// When it stops working (12 hours: a shift).
     expires_ms: i64,
+    /// Who signed in.
     user: Person,
 }
 
@@ -334,6 +444,16 @@ fn record_attempt(guards: &Guards, name: &str, ok: bool) {
     }
 }
 
+#[utoipa::path(
+    post, path = "/api/login", tag = "people", security(()),
+    request_body = Login,
+    responses(
+        (status = 200, description = "Signed in for a shift", body = LoggedIn),
+        (status = 401, description = "Unknown name or wrong secret", body = ErrorBody),
+        (status = 403, description = "The person's role does not work on this kind of node", body = ErrorBody),
+        (status = 429, description = "Too many wrong attempts for this name", body = ErrorBody),
+    )
+)]
 async fn login(State(shared): State<Arc<Shared>>, JsonBody(body): JsonBody<Login>) -> Result<Json<LoggedIn>, ApiError> {
     if let Some(left) = lockout_left(&shared.api, &body.name) {
         return Err(ApiError(
@@ -368,6 +488,14 @@ async fn login(State(shared): State<Arc<Shared>>, JsonBody(body): JsonBody<Login
     Ok(Json(LoggedIn { token, expires_ms, user }))
 }
 
+#[utoipa::path(
+    post, path = "/api/logout", tag = "people",
+    responses(
+        (status = 204, description = "The token is ended"),
+        (status = 400, description = "Not a signed-in session (a system token)", body = ErrorBody),
+        (status = 401, description = "No token", body = ErrorBody),
+    )
+)]
 async fn logout(
     State(shared): State<Arc<Shared>>,
     headers: axum::http::HeaderMap,
@@ -383,62 +511,115 @@ async fn logout(
     }
 }
 
+#[utoipa::path(
+    get, path = "/api/me", tag = "people",
+    responses((status = 200, description = "Who the token is", body = Person), (status = 401, body = ErrorBody))
+)]
 async fn me(Caller(who): Caller) -> Json<Person> {
     Json(who)
 }
 
+#[utoipa::path(
+    get, path = "/api/status", tag = "node",
+    responses((status = 200, description = "The node's honest status", body = NodeStatus), (status = 401, body = ErrorBody))
+)]
 async fn status(State(shared): State<Arc<Shared>>, Caller(_): Caller) -> Result<Response, ApiError> {
     let st = shared.store.call(|n| n.status()).await??;
     Ok(Json(st).into_response())
 }
 
-#[derive(Deserialize)]
+/// Which sessions to list.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only sessions in this status.
     status: Option<Status>,
+    /// Only sessions of this service line.
     service_line: Option<ServiceLine>,
+    /// At most this many, newest first (default 500, at most 10,000).
     limit: Option<usize>,
 }
 
+/// Sessions listed when the app does not say how many.
+const DEFAULT_LIST: usize = 500;
+/// The most sessions one list call returns.
+const MAX_LIST: usize = 10_000;
+
+#[utoipa::path(
+    get, path = "/api/sessions", tag = "sessions", params(ListQuery),
+    responses(
+        (status = 200, description = "Session cards, newest first (at most `limit`, 500 by default)", body = Vec<SessionCard>),
+        (status = 400, description = "An unknown status or service line", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+    )
+)]
 async fn list_sessions(
     State(shared): State<Arc<Shared>>,
     Caller(_): Caller,
     QueryArgs(q): QueryArgs<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let filter = ListFilter { status: q.status, service_line: q.service_line, limit: q.limit };
+    let limit = Some(q.limit.unwrap_or(DEFAULT_LIST).min(MAX_LIST));
+    let filter = ListFilter { status: q.status, service_line: q.service_line, limit };
     let cards = shared.store.call(move |n| n.store.list(&filter)).await??;
     Ok(Json(cards).into_response())
 }
 
 /// A new session, as an app sends it.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct NewSessionBody {
+    /// The specialty asked.
     service_line: ServiceLine,
+    /// Where the requester works.
     care_setting: CareSetting,
+    /// Default: routine.
     #[serde(default)]
     priority: Option<Priority>,
+    /// Default: photo for dermatology, call for emergency medicine, else message.
     #[serde(default)]
     channel: Option<Channel>,
+    /// The question, in the clinician's words.
     summary: String,
+    /// Ten digits (spaces allowed); the check digit is checked.
     #[serde(default)]
     nhs_number: Option<String>,
+    /// The number's trace status (PDS); required with a number.
     #[serde(default)]
     nhs_verification: Option<NhsVerification>,
+    /// Fallback demographics when there is no verified number.
     #[serde(default)]
     patient_name: Option<String>,
+    /// Date of birth (YYYY-MM-DD).
     #[serde(default)]
     birth_date: Option<String>,
+    /// The vehicle's call-sign, for an ambulance crew.
     #[serde(default)]
     call_sign: Option<String>,
+    /// The incident number, for an ambulance crew.
     #[serde(default)]
     incident: Option<String>,
+    /// A number to call back on.
     #[serde(default)]
     callback: Option<String>,
+    /// Keep it on this device until it is queued.
     #[serde(default)]
     draft: bool,
+    /// Any string unique to this create on the app (a double tap, or a retry after a lost
+    /// response, returns the first session and writes nothing).
     #[serde(default)]
     client_key: Option<String>,
 }
 
+#[utoipa::path(
+    post, path = "/api/sessions", tag = "sessions",
+    request_body = NewSessionBody,
+    responses(
+        (status = 201, description = "The new session (or, for a repeated client key, the first)", body = SessionView),
+        (status = 400, description = "An invalid field (the NHS number's check digit, for one)", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "A consultant, or a node that does not open sessions", body = ErrorBody),
+        (status = 409, description = "The client key was used for a different request", body = ErrorBody),
+    )
+)]
 async fn create_session(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
@@ -496,6 +677,14 @@ fn session_id(id: &str) -> Result<SessionId, ApiError> {
     id.parse().map_err(|_| ApiError(StatusCode::NOT_FOUND, format!("no session {id} on this node")))
 }
 
+#[utoipa::path(
+    get, path = "/api/sessions/{id}", tag = "sessions", params(("id" = String, Path, description = "Session id")),
+    responses(
+        (status = 200, description = "The session; showing it writes no receipt", body = SessionView),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "No such session on this node", body = ErrorBody),
+    )
+)]
 async fn show_session(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
@@ -506,11 +695,21 @@ async fn show_session(
     Ok(Json(view).into_response())
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ReadBody {
+    /// Whether anything was newly marked read (false when it had all been read already).
     new_receipts: bool,
 }
 
+#[utoipa::path(
+    post, path = "/api/sessions/{id}/read", tag = "sessions", params(("id" = String, Path, description = "Session id")),
+    responses(
+        (status = 200, description = "This node's read receipts are written", body = ReadBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "An integrating system does not read", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
+)]
 async fn read_session(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
@@ -525,22 +724,38 @@ async fn read_session(
     Ok(Json(ReadBody { new_receipts }).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct MessageBody {
+    /// The message.
     text: String,
+    /// The id of the message it answers.
     #[serde(default)]
     reply_to: Option<String>,
+    /// Any string unique to this send on the app: a retry with it returns the first message.
     #[serde(default)]
     client_key: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Sent {
     session: SessionId,
+    /// The message's id.
     message: String,
+    /// How far it has travelled (`device` for a new message).
     receipt: Option<sync_protocol::vocab::ReceiptLevel>,
 }
 
+#[utoipa::path(
+    post, path = "/api/sessions/{id}/messages", tag = "sessions", params(("id" = String, Path, description = "Session id")),
+    request_body = MessageBody,
+    responses(
+        (status = 201, description = "The message is on this node's disk", body = Sent),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The client key was used for a different message", body = ErrorBody),
+    )
+)]
 async fn send_message(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
@@ -564,17 +779,47 @@ async fn send_message(
     Ok((StatusCode::CREATED, Json(sent)).into_response())
 }
 
-#[derive(Deserialize)]
+/// What a photo shows and the consent it was taken under.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PhotoQuery {
+    /// What kind of photograph (close-up, regional, dermoscopic, ...).
     view: PhotoView,
+    /// Where on the body ("left forearm").
     body_site: String,
+    /// How the patient consented.
     consent: ConsentKind,
+    /// What the consent covers (default: the record only).
     #[serde(default)]
     consent_scope: Option<ConsentScope>,
 }
 
+/// A photo stored and attached.
+#[derive(Serialize, utoipa::ToSchema)]
+struct PhotoStored {
+    session: SessionId,
+    /// BLAKE3 hash of the bytes (hex): the photo's name from now on.
+    hash: String,
+    size: u64,
+    mime: String,
+    width: u32,
+    height: u32,
+}
+
 /// A photo: its bytes (JPEG or PNG) as the body, what it shows and the consent in the query.
 /// Attaching the same photo again writes nothing (photos are known by their hash).
+#[utoipa::path(
+    post, path = "/api/sessions/{id}/photos", tag = "photos",
+    params(("id" = String, Path, description = "Session id"), PhotoQuery),
+    request_body(description = "The photo: JPEG or PNG, at most 25 MB and 50 megapixels", content(("image/jpeg"), ("image/png"))),
+    responses(
+        (status = 201, description = "The photo is stored and attached", body = PhotoStored),
+        (status = 400, description = "Not a readable JPEG or PNG, or too many pixels", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 413, description = "Larger than 25 MB", body = ErrorBody),
+    )
+)]
 async fn attach_photo(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
@@ -591,23 +836,34 @@ async fn attach_photo(
         consent: q.consent,
         scope: q.consent_scope.unwrap_or(ConsentScope::RecordOnly),
     };
-    let dims = photo.dimensions;
+    let (width, height) = photo.dimensions;
     let info = as_person(&shared, &who, move |n| Ok(n.attach_photo(id, &photo, &req, now_ms())?)).await?;
     announce(&shared, id);
-    let body = serde_json::json!({
-        "session": id, "hash": info.hash, "size": info.size, "mime": info.mime,
-        "width": dims.0, "height": dims.1,
-    });
+    let body = PhotoStored { session: id, hash: info.hash, size: info.size, mime: info.mime, width, height };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-#[derive(Deserialize)]
+/// Which form of the photo.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PhotoGet {
+    /// The JPEG thumbnail instead of the photo (kept after the photo is handed on).
     #[serde(default)]
     thumbnail: bool,
 }
 
 /// A photo's bytes as this node holds them (or its thumbnail). Writes no receipt.
+#[utoipa::path(
+    get, path = "/api/photos/{hash}", tag = "photos",
+    params(("hash" = String, Path, description = "The photo's BLAKE3 hash (hex)"), PhotoGet),
+    responses(
+        (status = 200, description = "The photo's bytes (or its JPEG thumbnail); writes no receipt", content(("image/jpeg"), ("image/png"))),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Still being received", body = ErrorBody),
+        (status = 410, description = "Handed to the hub and deleted here (the thumbnail remains)", body = ErrorBody),
+    )
+)]
 async fn get_photo(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
@@ -627,6 +883,16 @@ async fn get_photo(
 }
 
 /// A person has opened the photo: this node's read receipt on it.
+#[utoipa::path(
+    post, path = "/api/photos/{hash}/read", tag = "photos",
+    params(("hash" = String, Path, description = "The photo's BLAKE3 hash (hex)")),
+    responses(
+        (status = 204, description = "A person opened the photo: this node's read receipt is written"),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
+)]
 async fn read_photo(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
@@ -640,12 +906,25 @@ async fn read_photo(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct OutcomeBody {
+    /// Whose outcome: the requester's on an edge, the responder's on a desk.
     side: Side,
+    /// The outcome.
     outcome: Outcome,
 }
 
+#[utoipa::path(
+    post, path = "/api/sessions/{id}/outcome", tag = "sessions", params(("id" = String, Path, description = "Session id")),
+    request_body = OutcomeBody,
+    responses(
+        (status = 204, description = "Recorded"),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "This side's outcome is not recorded on this node", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
+)]
 async fn set_outcome(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
@@ -658,19 +937,64 @@ async fn set_outcome(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// An escalation asked for.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Escalated {
+    session: SessionId,
+    /// The escalation's id (the open one, if it was already asked).
+    call: String,
+}
+
+/// A ring answered.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Answered {
+    session: SessionId,
+    call: String,
+    /// Which ring attempt was answered.
+    attempt: u32,
+}
+
 /// Asks for a live call (the requester's edge); the hub decides (`call` events follow).
+#[utoipa::path(
+    post, path = "/api/sessions/{id}/escalate", tag = "calls", params(("id" = String, Path, description = "Session id")),
+    responses(
+        (status = 202, description = "Asked (or already asked: the open escalation); the hub decides and `call` events follow", body = Escalated),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
+)]
 async fn escalate(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
-    let call = as_person(&shared, &who, move |n| Ok(n.escalate(id, now_ms())?)).await?;
+    let call = as_person(&shared, &who, move |n| {
+        let call = n.escalate(id, now_ms())?;
+        // The app's person is on the call: this node joins its audio once it connects (a
+        // plan set by `call escalate --play/--record` is kept).
+        if n.store.meta_get(&crate::media::plan_key(&call))?.is_none() {
+            n.set_media_plan(&call, &crate::media::MediaPlan::default())?;
+        }
+        Ok(call)
+    })
+    .await?;
     announce(&shared, id);
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "session": id, "call": call }))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(Escalated { session: id, call })).into_response())
 }
 
 /// Answers the call ringing at this desk in the session (409 when none rings here).
+#[utoipa::path(
+    post, path = "/api/sessions/{id}/answer", tag = "calls", params(("id" = String, Path, description = "Session id")),
+    responses(
+        (status = 200, description = "Answered; the hub connects the call", body = Answered),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "Only a consultant answers", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "No call rings at this desk in this session", body = ErrorBody),
+    )
+)]
 async fn answer(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
@@ -683,13 +1007,20 @@ async fn answer(
     match as_person(&shared, &who, move |n| Ok(n.answer_call(id, now_ms())?)).await? {
         Some((call, attempt)) => {
             announce(&shared, id);
-            Ok(Json(serde_json::json!({ "session": id, "call": call, "attempt": attempt })).into_response())
+            Ok(Json(Answered { session: id, call, attempt }).into_response())
         }
         None => Err(ApiError(StatusCode::CONFLICT, "no call rings at this desk in this session".into())),
     }
 }
 
 /// Where the session's latest call stands.
+#[utoipa::path(
+    get, path = "/api/sessions/{id}/calls", tag = "calls", params(("id" = String, Path, description = "Session id")),
+    responses(
+        (status = 200, description = "Where the session's latest call stands (empty if it has none)", body = Vec<CallNow>),
+        (status = 401, body = ErrorBody),
+    )
+)]
 async fn session_calls(
     State(shared): State<Arc<Shared>>,
     Caller(_): Caller,
@@ -700,17 +1031,65 @@ async fn session_calls(
     Ok(Json(now).into_response())
 }
 
+/// Hangs up the call of this session that this node is a party of now: the audio stops at the
+/// next frame, the other side is told, and this party's leg record is written (a `call` event
+/// with state `ended` follows).
+#[utoipa::path(
+    post, path = "/api/sessions/{id}/hangup", tag = "calls", params(("id" = String, Path, description = "Session id")),
+    responses(
+        (status = 202, description = "Hanging up", body = Escalated),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "No call of this session is live on this node", body = ErrorBody),
+    )
+)]
+async fn hang_up(
+    State(shared): State<Arc<Shared>>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = session_id(&id)?;
+    let live = shared.live_call.lock().ok().and_then(|l| l.clone()).filter(|l| l.session == id);
+    let Some(live) = live else {
+        return Err(ApiError(StatusCode::CONFLICT, "no call of this session is live on this node".into()));
+    };
+    live.hang_up.store(true, std::sync::atomic::Ordering::Release);
+    tracing::info!(session = %id, call = %live.call, by = %who.name, "hanging up");
+    Ok((StatusCode::ACCEPTED, Json(Escalated { session: id, call: live.call })).into_response())
+}
+
+/// The callbacks owed: on a desk, what its consultants must call back; on an edge, what the
+/// crew waits for. Oldest first.
+#[utoipa::path(
+    get, path = "/api/callbacks", tag = "calls",
+    responses(
+        (status = 200, description = "Callbacks arranged and not yet settled (by a later call, the consultant's outcome or closing)", body = Vec<CallbackOwed>),
+        (status = 401, body = ErrorBody),
+    )
+)]
+async fn callbacks(State(shared): State<Arc<Shared>>, Caller(_): Caller) -> Result<Response, ApiError> {
+    let owed = shared.store.call(|n| n.callbacks_owed()).await??;
+    Ok(Json(owed).into_response())
+}
+
 /// This node's copy of its ICB's directory (service lines, hours, rotas).
+#[utoipa::path(
+    get, path = "/api/directory", tag = "node",
+    responses(
+        (status = 200, description = "The ICB's service lines, hours and rotas, or null before the first copy arrives", body = Option<DirectoryJson>),
+        (status = 401, body = ErrorBody),
+    )
+)]
 async fn directory(State(shared): State<Arc<Shared>>, Caller(_): Caller) -> Result<Response, ApiError> {
     let own = shared.me.role == Role::Hub;
     let dir = shared.store.call(|n| n.directory()).await??;
-    Ok(Json(dir.map(|v| crate::cli::directory_json(&v, own))).into_response())
+    Ok(Json(dir.map(|v| DirectoryJson::of(&v, own))).into_response())
 }
 
 // -------------------------------------------------------------------------------- events
 
 /// What the event stream says.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ApiEvent {
     /// The stream is open; `node` and its role.
@@ -719,8 +1098,8 @@ enum ApiEvent {
     Session { card: crate::store::SessionCard },
     /// A peer connected or its connection ended.
     Link { peer: String, up: bool },
-    /// A session's latest call moved: asked, ringing (here or elsewhere), connected, or a
-    /// callback arranged instead.
+    /// A session's latest call moved: asked, ringing (here or elsewhere), connected, ended,
+    /// or a callback arranged instead.
     Call { call: crate::node::CallNow },
     /// The stream fell behind and missed some changes: reload sessions and calls.
     Resync { missed: u64 },
@@ -765,6 +1144,15 @@ impl Drop for StreamSlot {
 /// How often a quiet stream checks that its token still holds (signed out, expired, disabled).
 const RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
+#[utoipa::path(
+    get, path = "/api/events", tag = "events",
+    params(("token" = Option<String>, Query, description = "The bearer token, for a browser's EventSource (which cannot set headers)")),
+    responses(
+        (status = 200, description = "Server-Sent Events; each event's name is its `type`", content_type = "text/event-stream", body = ApiEvent),
+        (status = 401, body = ErrorBody),
+        (status = 503, description = "Too many streams are open", body = ErrorBody),
+    )
+)]
 async fn events(
     State(shared): State<Arc<Shared>>,
     Caller(_): Caller,

@@ -21,7 +21,7 @@ use sync_protocol::vocab::Role;
 pub const SESSION_MS: i64 = 12 * 3600 * 1000;
 
 /// What a person does; decides what they may do on which kind of node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PersonRole {
     /// Ambulance paramedic (on an edge).
@@ -81,7 +81,7 @@ impl std::fmt::Display for PersonRole {
 }
 
 /// A user of this node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Person {
     /// Row id.
     pub id: i64,

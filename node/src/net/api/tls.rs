@@ -1,0 +1,129 @@
+//! TLS for a local API that serves more than its own device: a surgery box whose desktops use
+//! it over the practice LAN. The certificate is the deployer's (from the ICB's or practice's
+//! own PKI, which those desktops trust), given as PEM files: `run --api-cert --api-key`.
+//!
+//! Handshakes run beside the server, each bounded in time, and at most [`MAX_HANDSHAKES`] at
+//! once: a client that opens a connection and says nothing holds one slot for at most
+//! [`HANDSHAKE_LIMIT`], never the API.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::tls::TlsError;
+
+/// Where the API's certificate chain and private key are (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTls {
+    /// The certificate, then any intermediates.
+    pub cert: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// TLS handshakes in progress at once.
+const MAX_HANDSHAKES: usize = 64;
+/// The longest a handshake may take.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Io { path: path.to_path_buf(), source })
+}
+
+/// The server's TLS configuration: TLS 1.3 or 1.2, HTTP/1.1, the deployer's certificate.
+pub(super) fn server_config(tls: &ApiTls) -> Result<rustls::ServerConfig, TlsError> {
+    let cert_pem = read(&tls.cert)?;
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Invalid { what: "the API certificate (--api-cert)", detail: e.to_string() })?;
+    if certs.is_empty() {
+        let detail = format!("{} holds no PEM certificate", tls.cert.display());
+        return Err(TlsError::Invalid { what: "the API certificate (--api-cert)", detail });
+    }
+    let key = PrivateKeyDer::from_pem_slice(&read(&tls.key)?)
+        .map_err(|e| TlsError::Invalid { what: "the API key (--api-key)", detail: e.to_string() })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// A listener that hands the server only connections whose TLS handshake completed.
+#[derive(Debug)]
+pub(super) struct TlsListener {
+    local: SocketAddr,
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    acceptor: tokio::task::JoinHandle<()>,
+}
+
+impl TlsListener {
+    pub(super) fn new(tcp: TcpListener, cfg: rustls::ServerConfig) -> std::io::Result<TlsListener> {
+        let local = tcp.local_addr()?;
+        let tls = TlsAcceptor::from(Arc::new(cfg));
+        let (tx, ready) = mpsc::channel(16);
+        let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let acceptor = tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match tcp.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of descriptors, for one: wait rather than spin.
+                        tracing::warn!("the local API could not accept a connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "too many TLS handshakes in progress; connection dropped");
+                    continue;
+                };
+                let (tls, tx) = (tls.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    match tokio::time::timeout(HANDSHAKE_LIMIT, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send((stream, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, "API TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%peer, "API TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener { local, ready, acceptor })
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(conn) => conn,
+            // The acceptor is gone only when this listener is dropped.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
