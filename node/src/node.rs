@@ -225,8 +225,19 @@ impl Node {
         }
     }
 
+    /// The person acting, as the session records them (an integrating system is no person:
+    /// its writes name the node alone).
+    fn clinician(&self) -> Option<sync_protocol::session::Clinician> {
+        let who = self.acting.as_ref().filter(|p| p.role != crate::store::people::PersonRole::System)?;
+        Some(sync_protocol::session::Clinician {
+            name: who.name.clone(),
+            role: who.role.as_str().to_string(),
+            registration: who.registration.clone(),
+        })
+    }
+
     /// Sets (or clears) the person acting: named in the audit chain, and in the document as
-    /// the clinician of each message written meanwhile.
+    /// the writer of each message, photo and outcome written meanwhile.
     pub fn set_acting(&mut self, who: Option<&crate::store::people::Person>) {
         self.store.set_acting(who);
         self.acting = who.cloned();
@@ -361,13 +372,7 @@ impl Node {
             .map(|k| client_key_of("message", k, &(id.to_string(), text, reply_to.as_deref())))
             .transpose()?;
         let msg = NewMessage {
-            clinician: self.acting.as_ref().filter(|p| p.role != crate::store::people::PersonRole::System).map(|p| {
-                sync_protocol::session::Clinician {
-                    name: p.name.clone(),
-                    role: p.role.as_str().to_string(),
-                    registration: p.registration.clone(),
-                }
-            }),
+            clinician: self.clinician(),
             id: new_id(now)?,
             author: self.config.name.clone(),
             side: side_of(self.config.role),
@@ -399,6 +404,7 @@ impl Node {
         let thumbnail = crate::photo::thumbnail(photo);
         let consent_id = new_id(now)?;
         let by = self.config.name.clone();
+        let clinician = self.clinician();
         let hash = blake3::hash(&photo.bytes).to_hex().to_string();
         let detail = Some(serde_json::json!({ "photo": hash }));
         let info = self.store.edit(id, "photo.attach", detail, now, |ctx, doc| {
@@ -426,6 +432,7 @@ impl Node {
                 body_site: req.body_site.clone(),
                 consent_id: consent,
                 added_by: by,
+                clinician: clinician.clone(),
             };
             doc.add_media(&media, now).map_err(model)?;
             let info = ctx.put_blob(&photo.bytes, photo.mime)?;
@@ -448,9 +455,11 @@ impl Node {
             }
         }
         let by = self.config.name.clone();
+        let clinician = self.clinician();
         let detail = Some(serde_json::json!({ "side": side, "outcome": outcome }));
         self.store.edit(id, "outcome.set", detail, now, |_, doc| {
-            doc.set_outcome(side, outcome, &by, now).map_err(|source| StoreError::Model { id: id.to_string(), source })
+            doc.set_outcome_as(side, outcome, &by, clinician.as_ref(), now)
+                .map_err(|source| StoreError::Model { id: id.to_string(), source })
         })?;
         Ok(())
     }

@@ -254,6 +254,10 @@ fn a_session_goes_from_the_ambulance_app_to_the_desk_app_and_the_reply_and_recei
     assert_eq!(view["requester"]["registration"], "HCPC-PA123456", "the paramedic's registration travels: {view}");
     let by = &view["messages"][0]["clinician"];
     assert_eq!((by["name"].as_str(), by["role"].as_str()), (Some("Sam Patel"), Some("paramedic")), "{view}");
+    // The photo names who took it, as well as the tablet.
+    let by = &view["media"][0]["clinician"];
+    assert_eq!((by["name"].as_str(), by["registration"].as_str()), (Some("Sam Patel"), Some("HCPC-PA123456")));
+    assert_eq!(view["media"][0]["added_by"], "amb-07");
     let (status, _) = desk_api.call("POST", &format!("/api/sessions/{id}/read"), Some(&ada), None);
     assert_eq!(status, 200);
     let msg_id = view["messages"][0]["id"].as_str().unwrap().to_string();
@@ -298,6 +302,18 @@ fn a_session_goes_from_the_ambulance_app_to_the_desk_app_and_the_reply_and_recei
     let outcome = json!({ "side": "requester", "outcome": "conveyed_ed" });
     let (status, body) = amb_api.call("POST", &format!("/api/sessions/{id}/outcome"), Some(&sam), Some(outcome));
     assert_eq!(status, 204, "{body}");
+    // The consultant records theirs; each side's outcome names its clinician on the other side.
+    let outcome = json!({ "side": "responder", "outcome": "advice_only" });
+    let (status, body) = desk_api.call("POST", &format!("/api/sessions/{id}/outcome"), Some(&ada), Some(outcome));
+    assert_eq!(status, 204, "{body}");
+    wait_until(LIMIT, "the consultant's outcome at the ambulance", || {
+        let view = amb_api.call("GET", &format!("/api/sessions/{id}"), Some(&sam), None).1;
+        view["outcome"]["responder"]["clinician"]["name"] == "Dr Ada Okafor"
+    });
+    wait_until(LIMIT, "the crew's outcome at the desk", || {
+        let view = desk_api.call("GET", &format!("/api/sessions/{id}"), Some(&ada), None).1;
+        view["outcome"]["requester"]["clinician"]["registration"] == "HCPC-PA123456"
+    });
 
     // The audit chain names the person, not only the node, and is intact.
     let audit = ok(&["audit", "show", "--dir", d(&amb), "--json"]);

@@ -1064,6 +1064,7 @@ impl World {
                     body_site: "left forearm".into(),
                     consent_id: consent.clone(),
                     added_by: name.clone(),
+                    clinician: None,
                 };
                 let done = self.local_write(node, &doc, |d| {
                     if !d.view()?.consents.iter().any(|c| c.id == consent) {

@@ -642,7 +642,7 @@ impl<'a> State<'a> {
                         return Err("a photo's added_by is its writer".into());
                     }
                     "hash" | "mime" | "size" | "width" | "height" | "view" | "body_site" | "consent" | "added_by"
-                    | "at_ms" => {}
+                    | "at_ms" | "by_name" | "by_role" | "by_registration" => {}
                     _ => return Err(format!("unknown photo field {k:?}")),
                 }
                 value.map(|_| None).ok_or_else(|| "photo fields are values".into())
@@ -692,7 +692,7 @@ impl<'a> State<'a> {
                     "by" if text(value).as_deref() != Some(who.name.as_str()) => {
                         Err("an outcome's by is its writer".into())
                     }
-                    "value" | "by" | "at_ms" if value.is_some() => Ok(None),
+                    "value" | "by" | "at_ms" | "by_name" | "by_role" | "by_registration" if value.is_some() => Ok(None),
                     _ => Err(format!("outcome field {k:?} may not be written")),
                 }
             }
@@ -861,6 +861,7 @@ mod tests {
             body_site: "arm".into(),
             consent_id: "c1".into(),
             added_by: "amb-07".into(),
+            clinician: None,
         }
     }
 

@@ -290,6 +290,8 @@ pub struct NewMedia {
     pub body_site: String,
     /// The consent this photo was taken under.
     pub consent_id: String,
+    /// The person who took it, when the node knows (a signed-in clinician).
+    pub clinician: Option<Clinician>,
     /// Node that attached it.
     pub added_by: String,
 }
@@ -565,14 +567,7 @@ impl SessionDoc {
             None => self.doc.put(&m, "reply_to", ())?,
         }
         if let Some(c) = &msg.clinician {
-            check_short("clinician name", &c.name)?;
-            check_short("clinician role", &c.role)?;
-            self.doc.put(&m, "by_name", c.name.as_str())?;
-            self.doc.put(&m, "by_role", c.role.as_str())?;
-            if let Some(reg) = &c.registration {
-                check_short("registration", reg)?;
-                self.doc.put(&m, "by_registration", reg.as_str())?;
-            }
+            put_clinician(&mut self.doc, &m, c)?;
         }
         self.doc.put_object(&m, "receipts", ObjType::Map)?;
         match msg.side {
@@ -654,6 +649,9 @@ impl SessionDoc {
         self.doc.put(&m, "consent", media.consent_id.as_str())?;
         self.doc.put(&m, "added_by", media.added_by.as_str())?;
         self.doc.put(&m, "at_ms", now)?;
+        if let Some(c) = &media.clinician {
+            put_clinician(&mut self.doc, &m, c)?;
+        }
         self.doc.put_object(&m, "receipts", ObjType::Map)?;
         self.raise_status(Status::Queued, now)?;
         self.commit("media", now);
@@ -741,14 +739,41 @@ impl SessionDoc {
     /// Records one side's outcome (last writer wins per side) and moves the session to
     /// `outcome_recorded` unless it is already beyond.
     pub fn set_outcome(&mut self, side: Side, outcome: Outcome, by: &str, now: TimeMs) -> Result<(), ModelError> {
+        self.set_outcome_as(side, outcome, by, None, now)
+    }
+
+    /// Records one side's outcome with the person who recorded it (see [`Self::set_outcome`]).
+    pub fn set_outcome_as(
+        &mut self,
+        side: Side,
+        outcome: Outcome,
+        by: &str,
+        clinician: Option<&Clinician>,
+        now: TimeMs,
+    ) -> Result<(), ModelError> {
         self.ensure_open()?;
+        if let Some(c) = clinician {
+            check_clinician(c)?;
+        }
         let r = Reader::new(&self.doc);
         let all = r.obj(&ROOT, "outcome", ObjType::Map)?;
         let obj = r.obj(&all, side.as_str(), ObjType::Map)?;
-        // Always the same three keys in the same order: concurrent writers then win or lose
-        // all three together (Automerge orders conflicting ops by counter, then actor).
+        // Always the same six keys in the same order (null for a person not known): concurrent
+        // writers then win or lose all of them together (Automerge orders conflicting ops by
+        // counter, then actor), so an outcome never shows another writer's person.
         self.doc.put(&obj, "value", outcome.as_str())?;
         self.doc.put(&obj, "by", by)?;
+        let field = |f: fn(&Clinician) -> Option<&str>| clinician.and_then(f).map(str::to_string);
+        for (key, v) in [
+            ("by_name", field(|c| Some(c.name.as_str()))),
+            ("by_role", field(|c| Some(c.role.as_str()))),
+            ("by_registration", field(|c| c.registration.as_deref())),
+        ] {
+            match v {
+                Some(v) => self.doc.put(&obj, key, v)?,
+                None => self.doc.put(&obj, key, ())?,
+            }
+        }
         self.doc.put(&obj, "at_ms", now)?;
         if outcome != Outcome::NotReported {
             self.raise_status(Status::OutcomeRecorded, now)?;
@@ -925,6 +950,27 @@ fn check_text(field: &'static str, text: &str, max: usize) -> Result<(), ModelEr
     Ok(())
 }
 
+/// Checks a person's fields before they are written.
+fn check_clinician(c: &Clinician) -> Result<(), ModelError> {
+    check_short("clinician name", &c.name)?;
+    check_short("clinician role", &c.role)?;
+    if let Some(reg) = &c.registration {
+        check_short("registration", reg)?;
+    }
+    Ok(())
+}
+
+/// Writes the person who wrote a record into it (`by_name`, `by_role`, `by_registration`).
+fn put_clinician(doc: &mut AutoCommit, obj: &ObjId, c: &Clinician) -> Result<(), ModelError> {
+    check_clinician(c)?;
+    doc.put(obj, "by_name", c.name.as_str())?;
+    doc.put(obj, "by_role", c.role.as_str())?;
+    if let Some(reg) = &c.registration {
+        doc.put(obj, "by_registration", reg.as_str())?;
+    }
+    Ok(())
+}
+
 fn check_short(field: &'static str, text: &str) -> Result<(), ModelError> {
     check_text(field, text, MAX_FIELD_BYTES)
 }
@@ -997,6 +1043,16 @@ impl<'a> Reader<'a> {
             },
             Some(_) => Err(malformed(path, "expected text, found an object")),
         }
+    }
+
+    /// The person who wrote a record (`by_name`, `by_role`, `by_registration`), if it names one.
+    fn clinician(&self, obj: &ObjId, path: &str) -> Result<Option<Clinician>, ModelError> {
+        let Some(name) = self.str(obj, "by_name", &format!("{path}/by_name"))? else { return Ok(None) };
+        Ok(Some(Clinician {
+            name,
+            role: self.str(obj, "by_role", &format!("{path}/by_role"))?.unwrap_or_default(),
+            registration: self.str(obj, "by_registration", &format!("{path}/by_registration"))?,
+        }))
     }
 
     fn req_str(&self, obj: &ObjId, key: &str, path: &str) -> Result<String, ModelError> {
@@ -1198,6 +1254,9 @@ pub struct MediaView {
     pub receipt: ReceiptLevel,
     /// Every receipt.
     pub receipts: Vec<Receipt>,
+    /// The person who took it, when the attaching node knew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clinician: Option<Clinician>,
 }
 
 /// A withdrawal of consent.
@@ -1234,10 +1293,13 @@ pub struct ConsentView {
 pub struct OutcomeView {
     /// The outcome.
     pub value: Outcome,
-    /// Who recorded it.
+    /// Who recorded it (the node).
     pub by: String,
     /// When.
     pub at_ms: TimeMs,
+    /// The person who recorded it, when the node knew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clinician: Option<Clinician>,
 }
 
 /// Both sides' outcomes, kept apart.
@@ -1411,14 +1473,7 @@ fn build_view(doc: &AutoCommit) -> Result<SessionView, ModelError> {
             reply_to: r.str(&m, "reply_to", "/messages/*/reply_to")?,
             receipt,
             receipts,
-            clinician: match r.str(&m, "by_name", "/messages/*/by_name")? {
-                Some(name) => Some(Clinician {
-                    name,
-                    role: r.str(&m, "by_role", "/messages/*/by_role")?.unwrap_or_default(),
-                    registration: r.str(&m, "by_registration", "/messages/*/by_registration")?,
-                }),
-                None => None,
-            },
+            clinician: r.clinician(&m, "/messages/*")?,
         });
     }
 
@@ -1445,6 +1500,7 @@ fn build_view(doc: &AutoCommit) -> Result<SessionView, ModelError> {
             at_ms: r.int(&m, "at_ms", "/media/*/at_ms")?.unwrap_or(0),
             receipt,
             receipts,
+            clinician: r.clinician(&m, "/media/*")?,
             hash,
         });
     }
@@ -1459,6 +1515,7 @@ fn build_view(doc: &AutoCommit) -> Result<SessionView, ModelError> {
             value: Outcome::parse(&value).map_err(|e| malformed(&path, e.to_string()))?,
             by: r.str(&o, "by", &path)?.unwrap_or_default(),
             at_ms: r.int(&o, "at_ms", &path)?.unwrap_or(0),
+            clinician: r.clinician(&o, &format!("/outcome/{s}"))?,
         }))
     };
     let outcome = OutcomesView { requester: side(Side::Requester)?, responder: side(Side::Responder)? };

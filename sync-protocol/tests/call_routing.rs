@@ -71,6 +71,7 @@ fn session_with_photo() -> SessionDoc {
         body_site: "arm".into(),
         consent_id: "c1".into(),
         added_by: "amb-07".into(),
+        clinician: None,
     };
     doc.add_media(&media, T0).unwrap();
     doc.append_log(

@@ -263,6 +263,7 @@ fn photos_reach_the_hub_verified_and_the_edge_then_drops_its_copy() {
                 body_site: "arm".into(),
                 consent_id: "c1".into(),
                 added_by: "amb-07".into(),
+                clinician: None,
             },
             T,
         )
@@ -302,6 +303,7 @@ fn session_with_photo(edge: &mut MemReplica, size: u32) -> sync_protocol::wire::
                 body_site: "leg".into(),
                 consent_id: "c1".into(),
                 added_by: "amb-07".into(),
+                clinician: None,
             },
             T,
         )

@@ -153,6 +153,31 @@ fn outcomes_are_kept_apart_per_side() {
 }
 
 #[test]
+fn concurrent_outcomes_of_one_side_keep_the_winners_person_with_its_value() {
+    use sync_protocol::session::Clinician;
+    let ada =
+        Clinician { name: "Dr Ada Okafor".into(), role: "consultant".into(), registration: Some("GMC-7012345".into()) };
+    let ben = Clinician { name: "Dr Ben Ito".into(), role: "consultant".into(), registration: None };
+    // Every order of actors, and a writer who names no person against one who does.
+    for (x, y) in [(2, 3), (3, 2), (4, 7), (7, 4)] {
+        for b_person in [Some(&ben), None] {
+            let mut base = new_session();
+            let mut a = base.fork_as(actor(x));
+            let mut b = base.fork_as(actor(y));
+            a.set_outcome_as(Side::Responder, Outcome::AdviceOnly, "desk-1", Some(&ada), T0 + 5).unwrap();
+            b.set_outcome_as(Side::Responder, Outcome::ReferralMade, "desk-2", b_person, T0 + 5).unwrap();
+            let (ab, ba) = merged(&mut a, &mut b);
+            assert_eq!(ab, ba);
+            let won = ab.outcome.responder.unwrap();
+            match won.value {
+                Outcome::AdviceOnly => assert_eq!((won.by.as_str(), won.clinician.as_ref()), ("desk-1", Some(&ada))),
+                _ => assert_eq!((won.by.as_str(), won.clinician.as_ref()), ("desk-2", b_person)),
+            }
+        }
+    }
+}
+
+#[test]
 fn a_closed_session_refuses_new_messages() {
     let mut doc = new_session();
     doc.set_status(Status::Closed, T0 + 1).unwrap();
@@ -181,6 +206,7 @@ fn media(hash_byte: &str) -> NewMedia {
         body_site: "left forearm".into(),
         consent_id: "c0".into(),
         added_by: "amb-07".into(),
+        clinician: None,
     }
 }
 

@@ -93,6 +93,12 @@ fn victim_session(fleet: &Fleet, hub: &mut MemReplica) -> (DocId, SessionDoc) {
                 body_site: "left forearm".into(),
                 consent_id: "c1".into(),
                 added_by: "amb-07".into(),
+                // The paramedic who took it is named in the record, and the hub takes it.
+                clinician: Some(sync_protocol::session::Clinician {
+                    name: "Sam Patel".into(),
+                    role: "paramedic".into(),
+                    registration: Some("HCPC-PA123456".into()),
+                }),
             },
             T + 1,
         )?;
