@@ -18,7 +18,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use sync_protocol::NhsNumber;
-use sync_protocol::call::{RotaDesk, calls_of};
+use sync_protocol::call::{RotaDesk, calls_in};
 use sync_protocol::directory::{DirectoryError, DirectoryView, Hours, LineEntry, LineJson};
 use sync_protocol::session::{LogValue, Patient, Requester, Service, SessionView};
 use sync_protocol::vocab::{
@@ -765,11 +765,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Session(cmd) => session(cmd)?,
         Command::Message(MessageCommand::Send { dir, id, text, reply_to, client_key, json }) => {
             let mut node = open(&dir)?;
-            let sid = node.store.resolve(&id)?;
+            let sid = node.resolve(&id)?;
             let msg = node.send_message_once(sid, &text, reply_to, client_key.as_deref(), now_ms())?;
             if json.json {
                 // A repeat answers with the first message, which may have travelled since.
-                let receipt = node.store.view(sid)?.messages.into_iter().find(|m| m.id == msg).map(|m| m.receipt);
+                let receipt = node.message_receipt(sid, &msg)?;
                 print_json(&serde_json::json!({ "session": sid, "message": msg, "receipt": receipt }))?;
             } else {
                 println!("{msg}");
@@ -779,7 +779,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             // Check the photo before opening the node, so a bad file writes nothing.
             let photo = photo::load_photo(&file).map_err(NodeError::from)?;
             let mut node = open(&dir)?;
-            let sid = node.store.resolve(&id)?;
+            let sid = node.resolve(&id)?;
             let req = PhotoRequest { view, body_site, consent, scope: consent_scope };
             let info = node.attach_photo(sid, &photo, &req, now_ms())?;
             if json.json {
@@ -793,13 +793,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Photo(PhotoCommand::Get { dir, hash, out, thumbnail, read }) => {
             let mut node = open(&dir)?;
-            let bytes =
-                if thumbnail { node.store.read_thumbnail(&hash)? } else { node.open_photo(&hash, read, now_ms())? };
+            let bytes = if thumbnail { node.thumbnail(&hash)? } else { node.open_photo(&hash, read, now_ms())? };
             write_file(&out, &bytes)?;
         }
         Command::Outcome(OutcomeCommand::Set { dir, id, side, outcome }) => {
             let mut node = open(&dir)?;
-            let sid = node.store.resolve(&id)?;
+            let sid = node.resolve(&id)?;
             node.set_outcome(sid, side, outcome, now_ms())?;
             println!("{side} outcome of {sid}: {outcome}");
         }
@@ -886,7 +885,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Audit(AuditCommand::Verify { dir, json }) => {
             let node = open(&dir)?;
-            let check = node.store.verify_audit()?;
+            let check = node.verify_audit()?;
             if json.json {
                 print_json(&check)?;
             } else {
@@ -901,7 +900,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Audit(AuditCommand::Show { dir, limit, json }) => {
             let node = open(&dir)?;
-            let entries = node.store.audit_tail(limit)?;
+            let entries = node.audit_tail(limit)?;
             if json.json {
                 print_json(&entries)?;
             } else {
@@ -1081,7 +1080,7 @@ fn session(cmd: SessionCommand) -> anyhow::Result<()> {
         }
         SessionCommand::List { dir, status, service_line, limit, json } => {
             let node = open(&dir)?;
-            let cards = node.store.list(&ListFilter { status, service_line, limit })?;
+            let cards = node.list(&ListFilter { status, service_line, limit })?;
             if json.json {
                 print_json(&cards)?;
             } else {
@@ -1090,7 +1089,7 @@ fn session(cmd: SessionCommand) -> anyhow::Result<()> {
         }
         SessionCommand::Show { dir, id, read, json } => {
             let mut node = open(&dir)?;
-            let sid = node.store.resolve(&id)?;
+            let sid = node.resolve(&id)?;
             if read {
                 node.mark_read(sid, now_ms())?;
             }
@@ -1103,15 +1102,13 @@ fn session(cmd: SessionCommand) -> anyhow::Result<()> {
         }
         SessionCommand::Export { dir, id, format, out } => {
             let mut node = open(&dir)?;
-            let sid = node.store.resolve(&id)?;
-            let bytes = if format == "automerge" {
-                node.store.export_automerge(sid)?
+            let sid = node.resolve(&id)?;
+            let as_format = if format == "automerge" {
+                crate::node::ExportFormat::Automerge
             } else {
-                let mut v = serde_json::to_vec_pretty(&node.store.view(sid)?)?;
-                v.push(b'\n');
-                v
+                crate::node::ExportFormat::Json
             };
-            node.store.audit_access(sid, "session.export", now_ms())?;
+            let bytes = node.export(sid, as_format, now_ms())?;
             match out {
                 Some(path) => write_file(&path, &bytes)?,
                 None => {
@@ -1128,23 +1125,20 @@ fn session(cmd: SessionCommand) -> anyhow::Result<()> {
         }
         SessionCommand::SetStatus { dir, id, status } => {
             let mut node = open(&dir)?;
-            let sid = node.store.resolve(&id)?;
+            let sid = node.resolve(&id)?;
             let changed = node.set_status(sid, status, now_ms())?;
             println!("{sid}: {}", if changed { format!("now {status}") } else { format!("already {status}") });
         }
         SessionCommand::Share { dir, id, node: target } => {
             crate::config::check_name(&target).map_err(NodeError::from)?;
             let mut node = open(&dir)?;
-            let sid = node.store.resolve(&id)?;
-            let detail = Some(serde_json::json!({ "node": target }));
-            node.store.edit(sid, "session.share", detail, now_ms(), |_, doc| {
-                doc.share_with(&target, now_ms()).map_err(|source| StoreError::Model { id: sid.to_string(), source })
-            })?;
+            let sid = node.resolve(&id)?;
+            node.share(sid, &target, now_ms())?;
             println!("{sid}: shared with {target}");
         }
         SessionCommand::Reopen { dir, id } => {
             let mut node = open(&dir)?;
-            let sid = node.store.resolve(&id)?;
+            let sid = node.resolve(&id)?;
             let epoch = node.reopen(sid, now_ms())?;
             println!("{sid}: reopened (time {epoch}), awaiting reply");
         }
@@ -1177,15 +1171,15 @@ fn ca(cmd: CaCommand) -> anyhow::Result<()> {
         CaCommand::Issue { ca, node, days, expired } => {
             let mut n = Node::open(&NodeDir::new(&node))?;
             let info = n.config.peer_info();
-            let issued = CaDir::new(&ca).issue(&info, &n.store.author_public(), days, expired)?;
-            n.store.set_tls_identity(&issued.cert_pem, &issued.key_pem, &issued.ca_pem)?;
+            let issued = CaDir::new(&ca).issue(&info, &n.author_public(), days, expired)?;
+            n.install_certificate(&issued.cert_pem, &issued.key_pem, &issued.ca_pem)?;
             let tls_dir = node.join("tls");
             std::fs::create_dir_all(&tls_dir)?;
             std::fs::write(tls_dir.join("node.crt"), &issued.cert_pem)?;
             std::fs::write(tls_dir.join("ca.crt"), &issued.ca_pem)?;
             // A node always starts with the fleet's current revocation list.
             let (number, der) = CaDir::new(&ca).crl()?;
-            n.store.put_revocations(number, &der)?;
+            n.install_revocations(number, &der)?;
             println!(
                 "issued {} ({} {}) a certificate valid {}; private key sealed in its store",
                 info.name,
@@ -1212,7 +1206,7 @@ fn ca(cmd: CaCommand) -> anyhow::Result<()> {
 fn install_crl(ca: &Path, node: &Path, number: u64, der: &[u8]) -> anyhow::Result<()> {
     let n = Node::open(&NodeDir::new(node))?;
     crate::tls::verify_crl(&crate::tls::CaDir::new(ca).cert()?, der)?;
-    n.store.put_revocations(number, der)?;
+    n.install_revocations(number, der)?;
     println!("installed revocation list {number} in {}", n.config.name);
     Ok(())
 }
@@ -1221,7 +1215,7 @@ fn debug(cmd: DebugCommand) -> anyhow::Result<()> {
     match cmd {
         DebugCommand::WriteLoop { dir, id, count } => {
             let mut node = open(&dir)?;
-            let sid = node.store.resolve(&id)?;
+            let sid = node.resolve(&id)?;
             let mut out = std::io::stdout().lock();
             let mut n = 0u64;
             while count.is_none_or(|c| n < c) {
@@ -1245,9 +1239,9 @@ fn debug(cmd: DebugCommand) -> anyhow::Result<()> {
         }
         DebugCommand::LimitPages { dir, pages, send } => {
             let mut node = open(&dir)?;
-            node.store.limit_pages(pages)?;
+            node.debug_limit_pages(pages)?;
             if let [id, text] = send.as_slice() {
-                let sid = node.store.resolve(id)?;
+                let sid = node.resolve(id)?;
                 let msg = node.send_message(sid, text, None, now_ms())?;
                 println!("{msg}");
             }
@@ -1315,7 +1309,7 @@ fn run_user(cmd: UserCommand) -> anyhow::Result<()> {
                 Credential::Secret(secret)
             };
             let new = NewPerson { name, role, registration };
-            let (person, token) = node.store.add_person(&new, &cred, now_ms())?;
+            let (person, token) = node.add_person(&new, &cred, now_ms())?;
             if json.json {
                 print_json(&serde_json::json!({ "user": person, "token": token }))?;
             } else {
@@ -1327,14 +1321,12 @@ fn run_user(cmd: UserCommand) -> anyhow::Result<()> {
         }
         UserCommand::Disable { dir, name } => {
             let node = open(&dir)?;
-            if !node.store.disable_person(&name)? {
-                return Err(crate::store::StoreError::NoSuchUser(name).into());
-            }
+            node.disable_person(&name)?;
             println!("disabled {name}: their token and sessions no longer work");
         }
         UserCommand::List { dir, json } => {
             let node = open(&dir)?;
-            let people = node.store.people()?;
+            let people = node.people()?;
             if json.json {
                 print_json(&people)?;
             } else if people.is_empty() {
@@ -1481,7 +1473,7 @@ fn run_call(cmd: CallCommand) -> anyhow::Result<()> {
     match cmd {
         CallCommand::Escalate { dir, id, wait, play, record, json } => {
             let mut node = open(&dir)?;
-            let sid = node.store.resolve(&id)?;
+            let sid = node.resolve(&id)?;
             if let Some(p) = &play {
                 crate::media::read_wav(p)?;
             }
@@ -1506,9 +1498,8 @@ fn run_call(cmd: CallCommand) -> anyhow::Result<()> {
             let start = std::time::Instant::now();
             let mut shown = 0usize;
             loop {
-                let view = node.store.view(sid)?;
-                let steps: Vec<_> = view
-                    .routing
+                let (routing, legs) = node.call_logs(sid)?;
+                let steps: Vec<_> = routing
                     .iter()
                     .filter(|e| matches!(e.get("call"), Some(LogValue::Str(c)) if *c == call))
                     .cloned()
@@ -1519,10 +1510,9 @@ fn run_call(cmd: CallCommand) -> anyhow::Result<()> {
                     }
                 }
                 shown = steps.len();
-                let state = calls_of(&view).into_iter().find(|c| c.call == call);
+                let state = calls_in(&routing).into_iter().find(|c| c.call == call);
                 // With audio, the call is over once this device has recorded its leg.
-                let leg = view
-                    .calls
+                let leg = legs
                     .iter()
                     .find(|e| {
                         matches!(e.get("call"), Some(LogValue::Str(c)) if *c == call)
@@ -1564,7 +1554,7 @@ fn run_call(cmd: CallCommand) -> anyhow::Result<()> {
         }
         CallCommand::Answer { dir, id } => {
             let mut node = open(&dir)?;
-            let sid = node.store.resolve(&id)?;
+            let sid = node.resolve(&id)?;
             match node.answer_call(sid, now_ms())? {
                 Some((call, attempt)) => println!("answered call {call} (attempt {attempt})"),
                 None => return Err(InputError(format!("no call is ringing at this desk in session {sid}")).into()),
@@ -1572,17 +1562,17 @@ fn run_call(cmd: CallCommand) -> anyhow::Result<()> {
         }
         CallCommand::Status { dir, id, json } => {
             let mut node = open(&dir)?;
-            let sid = node.store.resolve(&id)?;
-            let view = node.store.view(sid)?;
+            let sid = node.resolve(&id)?;
+            let (routing, calls) = node.call_logs(sid)?;
             if json.json {
-                print_json(&serde_json::json!({ "routing": view.routing, "calls": view.calls }))?;
-            } else if view.routing.is_empty() {
+                print_json(&serde_json::json!({ "routing": routing, "calls": calls }))?;
+            } else if routing.is_empty() {
                 println!("no escalation in session {sid}");
             } else {
-                for e in &view.routing {
+                for e in &routing {
                     println!("{}", describe_step(e));
                 }
-                for e in &view.calls {
+                for e in &calls {
                     println!(
                         "{}: {}",
                         match e.get("node") {
@@ -1661,8 +1651,7 @@ fn describe_step(e: &std::collections::BTreeMap<String, LogValue>) -> String {
 /// What this device's copy of the directory says of a session's line, for the clinician
 /// (the hub decides; this only prepares them for a callback).
 fn line_note(node: &mut Node, sid: sync_protocol::SessionId, now: i64) -> anyhow::Result<Option<String>> {
-    let view = node.store.view(sid)?;
-    let line = view.service.line;
+    let line = node.service_line_of(sid)?;
     let Some(dir) = node.directory()? else { return Ok(None) };
     let as_of = time(dir.updated_ms);
     Ok(Some(match dir.lines.get(&line) {

@@ -280,7 +280,7 @@ fn offline_day(root: &Path) -> anyhow::Result<()> {
     println!("{}    cancelled (patient's own GP took over)", clock(day.clock));
 
     println!("\nsessions on this tablet (outpost session list):");
-    for c in day.node.store.list(&ListFilter::default())? {
+    for c in day.node.list(&ListFilter::default())? {
         println!(
             "  {}  {:<16} {:<19} {} msg, {} photo, {} on this device only",
             short(c.id),
@@ -304,7 +304,7 @@ fn offline_day(root: &Path) -> anyhow::Result<()> {
     needles.extend(day.texts.iter().map(|t| t.as_bytes()[..t.len().min(24)].to_vec()));
     let refs: Vec<&[u8]> = needles.iter().map(Vec::as_slice).collect();
     let found: usize = scan_files(&files, &refs)?.iter().sum();
-    let audit = day.node.store.verify_audit()?;
+    let audit = day.node.verify_audit()?;
     let automerge = day.node.store.export_automerge(skin.id)?;
     let json = serde_json::to_vec(&day.node.store.view(skin.id)?)?;
 

@@ -21,6 +21,9 @@ use crate::crypto::{self, CryptoError, KEY_ENV, NodeKey, Sealer};
 use crate::photo::{Photo, PhotoError};
 use crate::store::{BlobInfo, ClientKey, ListFilter, Store, StoreError, StoreOptions};
 
+mod facade;
+pub use facade::{CallLogs, ExportFormat};
+
 /// Why a node operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {

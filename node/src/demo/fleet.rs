@@ -52,10 +52,10 @@ fn make_node(
     let params = InitParams { name: name.into(), role, org: Some(org.into()), icb: Some("QHM".into()), lines };
     Node::init(&dir, &params, now_ms())?;
     let mut node = Node::open(&dir)?;
-    let issued = ca.issue(&node.config.peer_info(), &node.store.author_public(), 30, false)?;
-    node.store.set_tls_identity(&issued.cert_pem, &issued.key_pem, &issued.ca_pem)?;
+    let issued = ca.issue(&node.config.peer_info(), &node.author_public(), 30, false)?;
+    node.install_certificate(&issued.cert_pem, &issued.key_pem, &issued.ca_pem)?;
     let (n, der) = ca.crl()?;
-    node.store.put_revocations(n, &der)?;
+    node.install_revocations(n, &der)?;
     Ok(node)
 }
 

@@ -355,10 +355,9 @@ impl FromRequestParts<Arc<Shared>> for Caller {
         let token = bearer(&parts.headers, &parts.uri).ok_or_else(|| {
             ApiError(StatusCode::UNAUTHORIZED, "sign in first: Authorization: Bearer TOKEN (POST /api/login)".into())
         })?;
-        let person =
-            shared.store.call(move |n| n.store.person_by_token(&token, now_ms())).await??.ok_or_else(|| {
-                ApiError(StatusCode::UNAUTHORIZED, "this token is unknown or has expired; sign in again".into())
-            })?;
+        let person = shared.store.call(move |n| n.person_by_token(&token, now_ms())).await??.ok_or_else(|| {
+            ApiError(StatusCode::UNAUTHORIZED, "this token is unknown or has expired; sign in again".into())
+        })?;
         if !person.role.works_on(shared.me.role) {
             return Err(ApiError(
                 StatusCode::FORBIDDEN,
@@ -462,7 +461,7 @@ async fn login(State(shared): State<Arc<Shared>>, JsonBody(body): JsonBody<Login
         ));
     }
     let name = body.name.clone();
-    let (person, phc) = shared.store.call(move |n| n.store.secret_of(&name)).await??;
+    let (person, phc) = shared.store.call(move |n| n.sign_in_material(&name)).await??;
     let good = {
         let _permit = shared
             .api
@@ -484,7 +483,7 @@ async fn login(State(shared): State<Arc<Shared>>, JsonBody(body): JsonBody<Login
         ));
     }
     let who = user.clone();
-    let (token, expires_ms) = shared.store.call(move |n| n.store.open_api_session(&who, now_ms())).await??;
+    let (token, expires_ms) = shared.store.call(move |n| n.open_api_session(&who, now_ms())).await??;
     Ok(Json(LoggedIn { token, expires_ms, user }))
 }
 
@@ -502,7 +501,7 @@ async fn logout(
     uri: axum::http::Uri,
 ) -> Result<StatusCode, ApiError> {
     let token = bearer(&headers, &uri).ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "no token to end".into()))?;
-    if shared.store.call(move |n| n.store.sign_out(&token)).await?? {
+    if shared.store.call(move |n| n.sign_out(&token)).await?? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(bad(
@@ -560,7 +559,7 @@ async fn list_sessions(
 ) -> Result<Response, ApiError> {
     let limit = Some(q.limit.unwrap_or(DEFAULT_LIST).min(MAX_LIST));
     let filter = ListFilter { status: q.status, service_line: q.service_line, limit };
-    let cards = shared.store.call(move |n| n.store.list(&filter)).await??;
+    let cards = shared.store.call(move |n| n.list(&filter)).await??;
     Ok(Json(cards).into_response())
 }
 
@@ -770,8 +769,7 @@ async fn send_message(
         let msg = n.send_message_once(id, &b.text, b.reply_to, b.client_key.as_deref(), now_ms())?;
         // A repeat answers with the first message, which may have travelled since.
         // (Stored whatever happens here: a failure to read it back is not the write's.)
-        let receipt =
-            n.store.view(id).ok().and_then(|v| v.messages.into_iter().find(|m| m.id == msg)).map(|m| m.receipt);
+        let receipt = n.message_receipt(id, &msg).ok().flatten();
         Ok(Sent { session: id, message: msg, receipt })
     })
     .await?;
@@ -872,9 +870,9 @@ async fn get_photo(
 ) -> Result<Response, ApiError> {
     let (bytes, mime) = as_person(&shared, &who, move |n| {
         if q.thumbnail {
-            Ok((n.store.read_thumbnail(&hash)?, "image/jpeg".to_string()))
+            Ok((n.thumbnail(&hash)?, "image/jpeg".to_string()))
         } else {
-            let mime = n.store.blob_info(&hash)?.mime;
+            let mime = n.photo_info(&hash)?.mime;
             Ok((n.open_photo(&hash, false, now_ms())?, mime))
         }
     })
@@ -974,7 +972,7 @@ async fn escalate(
         let call = n.escalate(id, now_ms())?;
         // The app's person is on the call: this node joins its audio once it connects (a
         // plan set by `call escalate --play/--record` is kept).
-        if n.store.meta_get(&crate::media::plan_key(&call))?.is_none() {
+        if !n.has_media_plan(&call)? {
             n.set_media_plan(&call, &crate::media::MediaPlan::default())?;
         }
         Ok(call)
@@ -1178,7 +1176,7 @@ async fn events(
                     _ = tokio::time::sleep(RECHECK) => None,
                 };
                 let still_valid =
-                    |n: &mut Node, token: &str| n.store.person_by_token(token, now_ms()).ok().flatten().is_some();
+                    |n: &mut Node, token: &str| n.person_by_token(token, now_ms()).ok().flatten().is_some();
                 match notice {
                     None => {
                         let token = held.1.clone();
@@ -1196,8 +1194,7 @@ async fn events(
                                 if !still_valid(n, &token) {
                                     return None;
                                 }
-                                let cards: Vec<_> =
-                                    ids.iter().filter_map(|id| n.store.card(*id).ok().flatten()).collect();
+                                let cards: Vec<_> = ids.iter().filter_map(|id| n.card(*id).ok().flatten()).collect();
                                 Some((cards, n.calls_now(&ids).unwrap_or_default()))
                             })
                             .await

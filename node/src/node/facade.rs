@@ -1,0 +1,185 @@
+//! The reads and administrative acts of a node that the CLI and the local API share: one door
+//! to the store for both, so that what one may do the other may too, audited alike.
+//!
+//! The writes of the clinical record (sessions, messages, photos, outcomes, calls) are in
+//! `node.rs`; this is the rest: finding and reading sessions, photos and the audit chain,
+//! exporting, sharing, users and their API sessions, certificates and revocation lists.
+
+use std::collections::BTreeMap;
+
+use sync_protocol::session::{LogValue, SessionId, SessionView};
+use sync_protocol::vocab::{ReceiptLevel, Role};
+
+use super::{Node, NodeError};
+use crate::store::people::{Credential, NewPerson, Person};
+use crate::store::{AuditCheck, AuditEntry, BlobInfo, ListFilter, SessionCard, StoreError};
+
+/// A session's two logs: escalations (routing) and call legs.
+pub type CallLogs = (Vec<BTreeMap<String, LogValue>>, Vec<BTreeMap<String, LogValue>>);
+
+/// How a session is exported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// The whole Automerge document, for other Automerge implementations.
+    Automerge,
+    /// The session as read, every merge rule applied (the API's session view).
+    Json,
+}
+
+impl Node {
+    /// The session named by an id or a unique prefix of one.
+    pub fn resolve(&self, id_or_prefix: &str) -> Result<SessionId, NodeError> {
+        Ok(self.store.resolve(id_or_prefix)?)
+    }
+
+    /// Session cards, newest first, read from the index (no document is opened).
+    pub fn list(&self, filter: &ListFilter) -> Result<Vec<SessionCard>, NodeError> {
+        Ok(self.store.list(filter)?)
+    }
+
+    /// One session's card, if this node holds the session.
+    pub fn card(&self, id: SessionId) -> Result<Option<SessionCard>, NodeError> {
+        Ok(self.store.card(id)?)
+    }
+
+    /// How far one message of a session has travelled (after sending it, or a repeat of it).
+    pub fn message_receipt(&mut self, id: SessionId, message: &str) -> Result<Option<ReceiptLevel>, NodeError> {
+        Ok(self.store.view(id)?.messages.into_iter().find(|m| m.id == message).map(|m| m.receipt))
+    }
+
+    /// The escalations and call legs of a session (no patient data).
+    pub fn call_logs(&mut self, id: SessionId) -> Result<CallLogs, NodeError> {
+        Ok((self.store.routing_log(id)?, self.store.call_log(id)?))
+    }
+
+    /// The session's service line.
+    pub fn service_line_of(&mut self, id: SessionId) -> Result<sync_protocol::vocab::ServiceLine, NodeError> {
+        Ok(self.store.view(id)?.service.line)
+    }
+
+    /// The session exported whole, with an audit entry of the export.
+    pub fn export(&mut self, id: SessionId, format: ExportFormat, now: i64) -> Result<Vec<u8>, NodeError> {
+        let bytes = match format {
+            ExportFormat::Automerge => self.store.export_automerge(id)?,
+            ExportFormat::Json => {
+                let view: SessionView = self.store.view(id)?;
+                let mut v = serde_json::to_vec_pretty(&view).map_err(|e| NodeError::Invalid(e.to_string()))?;
+                v.push(b'\n');
+                v
+            }
+        };
+        self.store.audit_access(id, "session.export", now)?;
+        Ok(bytes)
+    }
+
+    /// Shares a session with a node beyond its default scope (grow-only).
+    pub fn share(&mut self, id: SessionId, with: &str, now: i64) -> Result<(), NodeError> {
+        crate::config::check_name(with)?;
+        let detail = Some(serde_json::json!({ "node": with }));
+        self.store.edit(id, "session.share", detail, now, |_, doc| {
+            doc.share_with(with, now).map_err(|source| StoreError::Model { id: id.to_string(), source })
+        })?;
+        Ok(())
+    }
+
+    /// A photo's description as held here (complete, partial or offloaded).
+    pub fn photo_info(&self, hash: &str) -> Result<BlobInfo, NodeError> {
+        Ok(self.store.blob_info(hash)?)
+    }
+
+    /// A photo's JPEG thumbnail (an edge keeps it after handing the photo to the hub).
+    pub fn thumbnail(&self, hash: &str) -> Result<Vec<u8>, NodeError> {
+        Ok(self.store.read_thumbnail(hash)?)
+    }
+
+    /// Whether a call already has a media plan here (what this party plays and records).
+    pub fn has_media_plan(&self, call: &str) -> Result<bool, NodeError> {
+        Ok(self.store.meta_get(&crate::media::plan_key(call))?.is_some())
+    }
+
+    /// The audit chain checked end to end.
+    pub fn verify_audit(&self) -> Result<AuditCheck, NodeError> {
+        Ok(self.store.verify_audit()?)
+    }
+
+    /// The latest audit entries, opened.
+    pub fn audit_tail(&self, limit: usize) -> Result<Vec<AuditEntry>, NodeError> {
+        Ok(self.store.audit_tail(limit)?)
+    }
+
+    // ------------------------------------------------------------------------------ people
+
+    /// Adds a user; for an integrating system, returns its token (shown once, kept hashed).
+    pub fn add_person(
+        &self,
+        new: &NewPerson,
+        cred: &Credential,
+        now: i64,
+    ) -> Result<(Person, Option<String>), NodeError> {
+        if !new.role.works_on(self.config.role) {
+            return Err(NodeError::Invalid(format!(
+                "a {} does not work on a {} node; add them where they work",
+                new.role, self.config.role
+            )));
+        }
+        Ok(self.store.add_person(new, cred, now)?)
+    }
+
+    /// Disables a user: their token and API sessions stop working at once.
+    pub fn disable_person(&self, name: &str) -> Result<(), NodeError> {
+        if self.store.disable_person(name)? { Ok(()) } else { Err(StoreError::NoSuchUser(name.to_string()).into()) }
+    }
+
+    /// The node's users.
+    pub fn people(&self) -> Result<Vec<Person>, NodeError> {
+        Ok(self.store.people()?)
+    }
+
+    /// A user by name and their credential's hash, for signing in (checked off the store
+    /// thread by [`crate::store::people::verify_secret`]). An unknown name gives a decoy hash.
+    pub fn sign_in_material(&self, name: &str) -> Result<(Option<Person>, String), NodeError> {
+        Ok(self.store.secret_of(name)?)
+    }
+
+    /// Opens an API session for a person signed in: a token and when it expires.
+    pub fn open_api_session(&self, who: &Person, now: i64) -> Result<(String, i64), NodeError> {
+        Ok(self.store.open_api_session(who, now)?)
+    }
+
+    /// The person a token belongs to, if it is valid now.
+    pub fn person_by_token(&self, token: &str, now: i64) -> Result<Option<Person>, NodeError> {
+        Ok(self.store.person_by_token(token, now)?)
+    }
+
+    /// Ends a signed-in person's token; false if it was not one.
+    pub fn sign_out(&self, token: &str) -> Result<bool, NodeError> {
+        Ok(self.store.sign_out(token)?)
+    }
+
+    // ------------------------------------------------------------------------- certificates
+
+    /// The public half of this node's author key (certified by the fleet CA).
+    pub fn author_public(&self) -> sync_protocol::authorship::PublicKey {
+        self.store.author_public()
+    }
+
+    /// Installs this node's certificate and key (sealed in the store) with its fleet's CA.
+    pub fn install_certificate(&mut self, cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<(), NodeError> {
+        Ok(self.store.set_tls_identity(cert_pem, key_pem, ca_pem)?)
+    }
+
+    /// Installs a revocation list (already checked against the fleet CA by the caller).
+    pub fn install_revocations(&self, number: u64, der: &[u8]) -> Result<(), NodeError> {
+        Ok(self.store.put_revocations(number, der)?)
+    }
+
+    /// Caps the database's size in pages (tests of a full disk).
+    pub fn debug_limit_pages(&self, pages: u64) -> Result<(), NodeError> {
+        Ok(self.store.limit_pages(pages)?)
+    }
+
+    /// Whether this node is of one of `roles`.
+    pub fn is(&self, roles: &[Role]) -> bool {
+        roles.contains(&self.config.role)
+    }
+}
