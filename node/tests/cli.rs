@@ -337,6 +337,11 @@ fn demo_runs_an_offline_day_and_finds_no_plaintext() {
     assert!(out.contains("plaintext check") && out.contains(": 0 found"), "{out}");
     assert!(out.contains("audit chain") && out.contains("intact"), "{out}");
     assert!(out.contains("on this device only"), "{out}");
+    // The apps: the consultant's app hears the case over its event stream, replies over HTTP,
+    // and hears that the crew read the advice; the reply is signed with her name.
+    assert!(out.contains("app: the case is on the consultant's screen"), "{out}");
+    assert!(out.contains("signed Dr Ada Okafor (consultant, GMC-7012345)"), "{out}");
+    assert!(out.contains("read by the crew"), "{out}");
     // The fleet part: the hub refuses a reply forged on the ambulance's tablet.
     assert!(
         out.contains("refused a reply forged on amb-07") && out.contains("a message's author is its writer"),

@@ -23,9 +23,13 @@ use crate::linkem::{EmulatorOptions, LinkEmulator};
 use crate::net::{Daemon, RunOptions};
 use crate::node::{InitParams, Node, PhotoRequest, SessionRequest, now_ms};
 use crate::photo;
+use crate::store::people::{Credential, NewPerson, PersonRole};
 use crate::tls::CaDir;
 
 const WAIT: Duration = Duration::from_secs(60);
+/// The demo consultant's and paramedic's PINs (users of their own nodes' local APIs).
+const DESK_PIN: &str = "derm-desk-4471";
+const AMB_PIN: &str = "amb-pin-8302";
 
 struct Clock(Instant, i64);
 
@@ -105,6 +109,12 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
     let amb = make_node(root, &ca, "amb-07", Role::Edge, "RX6", vec![])?;
     let surgery = make_node(root, &ca, "surgery-12", Role::Edge, "B82005", vec![])?;
     let desk = make_node(root, &ca, "desk-derm-1", Role::Desk, "RTH", vec![ServiceLine::Dermatology])?;
+    // Each app's user, as `outpost user add` makes them (the PIN kept only as an argon2id hash).
+    let person = |name: &str, role, reg: &str| NewPerson { name: name.into(), role, registration: Some(reg.into()) };
+    let ada = person("Dr Ada Okafor", PersonRole::Consultant, "GMC-7012345");
+    desk.add_person(&ada, &Credential::Secret(DESK_PIN.into()), now_ms())?;
+    let sam = person("Sam Patel", PersonRole::Paramedic, "HCPC-PA123456");
+    amb.add_person(&sam, &Credential::Secret(AMB_PIN.into()), now_ms())?;
 
     let hub = Daemon::start(hub, RunOptions { listen: Some("127.0.0.1:0".parse()?), ..RunOptions::default() }).await?;
     let hub_addr = hub.local_addr.ok_or_else(|| anyhow::anyhow!("the hub is not listening"))?;
@@ -141,7 +151,9 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
     let clock = Clock(Instant::now(), now_ms());
     link.set_up(false);
     clock.say("amb-07", "on the moor road, in a not-spot: no link");
-    let amb = Daemon::start(amb, RunOptions { peers: vec![link.local_addr.into()], ..RunOptions::default() }).await?;
+    let loopback = Some("127.0.0.1:0".parse()?);
+    let amb_opts = RunOptions { peers: vec![link.local_addr.into()], api: loopback, ..RunOptions::default() };
+    let amb = Daemon::start(amb, amb_opts).await?;
     // The consultant's desk answers calls by itself in the demo (`outpost run --auto-answer`).
     // It says a few words into the call and records what it hears.
     let desk_voice = root.join("consultant.wav");
@@ -151,9 +163,17 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
         auto_answer: true,
         play: Some(desk_voice),
         record: Some(root.join("heard-at-desk.wav")),
+        api: loopback,
         ..RunOptions::default()
     };
     let desk = Daemon::start(desk, desk_opts).await?;
+    let desk_api = desk.api_addr.ok_or_else(|| anyhow::anyhow!("the desk serves no API"))?;
+    let ada = App::sign_in("desk-derm-1", desk_api, "Dr Ada Okafor", DESK_PIN).await?;
+    let desk_events = ada.events().await?;
+    clock.say(
+        ada.who,
+        format!("Dr Ada Okafor signs in to the desk app (local API http://{desk_api}/api; its event stream open)"),
+    );
     let surgery =
         Daemon::start(surgery, RunOptions { peers: vec![surgery_link.local_addr.into()], ..RunOptions::default() })
             .await?;
@@ -281,6 +301,15 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
     clock.say("amb-07", "message → at hub (stored durably there before it said so)");
     until(&desk, id, "the session at the desk", |_| true).await?;
     clock.say("desk-derm-1", "holds the session (pushed by the hub: dermatology, ICB QHM)");
+    let sid = id.to_string();
+    let (card, _) = event(&desk_events, "the case", |n, v| n == "session" && v["card"]["id"] == sid.as_str()).await?;
+    clock.say(
+        ada.who,
+        format!(
+            "app: the case is on the consultant's screen, no polling (a `session` event): {}",
+            card["card"]["summary"]
+        ),
+    );
     until(&amb, id, "the message at the consultant", |v| v.messages[0].receipt >= ReceiptLevel::Desk).await?;
     clock.say("amb-07", "message → at consultant");
     for i in 0..3 {
@@ -358,6 +387,26 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
     let connected = calls_of(&v).iter().any(|c| c.call == call && c.connected.is_some());
     if !connected {
         println!("  (no call over this link just now: the paramedic's app shows the reason above)\n");
+    } else {
+        // The demo desk answers by itself (`--auto-answer`), often before its app hears the
+        // ring: the stream tells the call as it is when it looks, ringing or already connected.
+        let (news, heard) = event(&desk_events, "the call", |n, v| {
+            let c = &v["call"];
+            n == "call" && c["session"] == sid.as_str() && (c["ringing_here"] == true || c["state"] == "connected")
+        })
+        .await?;
+        let heard_ms = now_ms() - heard.elapsed().as_millis() as i64;
+        let rung = v.routing.iter().rev().find_map(|e| match (e.get("kind"), e.get("at_ms")) {
+            (Some(LogValue::Str(k)), Some(LogValue::Int(t))) if k == "ring" => Some(*t),
+            _ => None,
+        });
+        println!(
+            "  t={:>6.2}s  {:<12} app: `call` event, {}: {} ms after the hub rang (the case already on screen)",
+            clock.at(heard_ms),
+            ada.who,
+            if news["call"]["ringing_here"] == true { "ringing here" } else { "connected here" },
+            rung.map(|r| heard_ms - r).unwrap_or(0)
+        );
     }
     let call_id = call.clone();
     let both = move |v: &SessionView| {
@@ -387,31 +436,48 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
     }
     println!();
 
-    // The consultant reads, looks at the photos, replies and records an outcome.
-    desk.with_node(move |n| n.mark_read(id, now_ms())).await??;
-    let hashes: Vec<String> =
-        view(&desk, id).await.map(|v| v.media.iter().map(|m| m.hash.clone()).collect()).unwrap_or_default();
-    for h in hashes {
-        desk.with_node(move |n| n.open_photo(&h, true, now_ms())).await??;
+    // The consultant reads, looks at the photos, replies and records an outcome, in the desk
+    // app: every act a call to the desk's own API, named in its audit chain.
+    let (_, shown) = ada.call("GET", &format!("/api/sessions/{id}"), None).await?;
+    ok(ada.call("POST", &format!("/api/sessions/{id}/read"), None).await?, 200, "reading the case")?;
+    for m in shown["media"].as_array().into_iter().flatten() {
+        let hash = m["hash"].as_str().unwrap_or_default();
+        ok(ada.call("GET", &format!("/api/photos/{hash}"), None).await?, 200, "opening a photo").ok();
+        ok(ada.call("POST", &format!("/api/photos/{hash}/read"), None).await?, 204, "a photo read")?;
     }
-    desk.announce(vec![id.to_bytes()]);
+    clock.say(ada.who, "app: reads the case and opens the three photos (explicit reads: receipts written only now)");
     until(&amb, id, "the read receipts", |v| {
         v.messages[0].receipt == ReceiptLevel::Read && v.media.iter().all(|m| m.receipt == ReceiptLevel::Read)
     })
     .await?;
     clock.say("amb-07", "message and photos → read by the consultant");
     let reply = "Likely nodular melanoma: refer on the two-week-wait pathway today; no need to convey.";
-    desk.with_node(move |n| -> Result<(), crate::node::NodeError> {
-        n.send_message(id, reply, None, now_ms())?;
-        n.set_outcome(id, Side::Responder, Outcome::ReferralMade, now_ms())
-    })
-    .await??;
-    desk.announce(vec![id.to_bytes()]);
-    clock.say("desk-derm-1", format!("replies: \"{reply}\""));
+    let body = serde_json::json!({ "text": reply, "client_key": "demo-reply-1" });
+    ok(ada.call("POST", &format!("/api/sessions/{id}/messages"), Some(body)).await?, 201, "the reply")?;
+    let outcome = serde_json::json!({ "side": Side::Responder, "outcome": Outcome::ReferralMade });
+    ok(ada.call("POST", &format!("/api/sessions/{id}/outcome"), Some(outcome)).await?, 204, "the outcome")?;
+    clock.say(ada.who, format!("app: replies \"{reply}\""));
     let v = until(&amb, id, "the reply at the ambulance", |v| v.messages.len() == 2).await?;
-    clock.say("amb-07", format!("reply received; session now {}", v.status));
-    amb.with_node(move |n| n.set_outcome(id, Side::Requester, Outcome::ConveyanceAvoided, now_ms())).await??;
-    amb.announce(vec![id.to_bytes()]);
+    let signed = v.messages[1]
+        .clinician
+        .as_ref()
+        .map(|c| format!("{} ({}, {})", c.name, c.role, c.registration.as_deref().unwrap_or("no registration")));
+    clock.say(
+        "amb-07",
+        format!("reply received, signed {}; session now {}", signed.unwrap_or_else(|| "by the desk".into()), v.status),
+    );
+    // The crew's app: Sam Patel opens the advice and records the crew's outcome.
+    let amb_api = amb.api_addr.ok_or_else(|| anyhow::anyhow!("the ambulance serves no API"))?;
+    let sam = App::sign_in("amb-07", amb_api, "Sam Patel", AMB_PIN).await?;
+    ok(sam.call("POST", &format!("/api/sessions/{id}/read"), None).await?, 200, "the crew reading the advice")?;
+    let outcome = serde_json::json!({ "side": Side::Requester, "outcome": Outcome::ConveyanceAvoided });
+    ok(sam.call("POST", &format!("/api/sessions/{id}/outcome"), Some(outcome)).await?, 204, "the crew's outcome")?;
+    clock.say(sam.who, "app: Sam Patel opens the advice and records the crew's outcome");
+    event(&desk_events, "the crew's read receipt", |n, v| {
+        n == "session" && v["card"]["id"] == sid.as_str() && v["card"]["last_message_receipt"] == "read"
+    })
+    .await?;
+    clock.say(ada.who, "app: the advice → read by the crew (a `session` event: the consultant knows it landed)");
     until(&desk, id, "both outcomes at the desk", |v| v.outcome.requester.is_some() && v.outcome.responder.is_some())
         .await?;
     clock.say("desk-derm-1", "both outcomes recorded: requester conveyance_avoided, responder referral_made");
@@ -496,4 +562,109 @@ fn short(id: SessionId) -> String {
 
 fn ca_dir_name(root: &Path) -> String {
     root.join("ca").display().to_string()
+}
+
+/// A clinician's app as the demo plays it: signed in to its own node's local API over HTTP,
+/// its event stream read on a thread of its own.
+struct App {
+    who: &'static str,
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl App {
+    async fn sign_in(who: &'static str, addr: std::net::SocketAddr, name: &str, secret: &str) -> anyhow::Result<App> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        let mut app = App { who, base: format!("http://{addr}"), token: String::new(), agent };
+        let body = serde_json::json!({ "name": name, "secret": secret });
+        let (status, out) = app.call("POST", "/api/login", Some(body)).await?;
+        if status != 200 {
+            anyhow::bail!("{who}: signing in failed ({status}): {out}");
+        }
+        app.token = out["token"].as_str().unwrap_or_default().to_string();
+        Ok(app)
+    }
+
+    /// One API call, off the runtime's threads (the node it talks to is served by them).
+    async fn call(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let (agent, url, auth) = (self.agent.clone(), format!("{}{path}", self.base), format!("Bearer {}", self.token));
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(u16, serde_json::Value)> {
+            let mut resp = match method {
+                "GET" => agent.get(&url).header("Authorization", &auth).call()?,
+                _ => {
+                    let req = agent.post(&url).header("Authorization", &auth);
+                    match body {
+                        Some(b) => req.send_json(b)?,
+                        None => req.send_empty()?,
+                    }
+                }
+            };
+            let status = resp.status().as_u16();
+            let text = resp.body_mut().read_to_string().unwrap_or_default();
+            Ok((status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)))
+        })
+        .await?
+    }
+
+    /// Opens the event stream: (event name, data, when it arrived) on the receiver.
+    async fn events(&self) -> anyhow::Result<std::sync::mpsc::Receiver<(String, serde_json::Value, Instant)>> {
+        let (agent, url, auth) =
+            (self.agent.clone(), format!("{}/api/events", self.base), format!("Bearer {}", self.token));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let resp = tokio::task::spawn_blocking(move || {
+            agent.get(&url).header("Authorization", &auth).config().timeout_global(None).build().call()
+        })
+        .await??;
+        let reader = std::io::BufReader::new(resp.into_body().into_reader());
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut name = String::new();
+            for line in reader.lines() {
+                let Ok(line) = line else { return };
+                if let Some(n) = line.strip_prefix("event: ") {
+                    name = n.to_string();
+                } else if let Some(data) = line.strip_prefix("data: ") {
+                    let data = serde_json::from_str(data).unwrap_or(serde_json::Value::Null);
+                    if tx.send((name.clone(), data, Instant::now())).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+/// Waits for an event that satisfies `check`, skipping the others.
+async fn event(
+    events: &std::sync::mpsc::Receiver<(String, serde_json::Value, Instant)>,
+    what: &str,
+    check: impl Fn(&str, &serde_json::Value) -> bool,
+) -> anyhow::Result<(serde_json::Value, Instant)> {
+    let start = Instant::now();
+    loop {
+        match events.try_recv() {
+            Ok((name, data, at)) if check(&name, &data) => return Ok((data, at)),
+            Ok(_) => continue,
+            Err(std::sync::mpsc::TryRecvError::Empty) if start.elapsed() < WAIT => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(_) => anyhow::bail!("the demo waited {WAIT:?} for {what} on an app's event stream"),
+        }
+    }
+}
+
+/// An app's call answered as expected, or the demo stops saying what failed.
+fn ok((status, body): (u16, serde_json::Value), want: u16, what: &str) -> anyhow::Result<serde_json::Value> {
+    if status == want { Ok(body) } else { anyhow::bail!("{what}: the API answered {status}: {body}") }
 }
