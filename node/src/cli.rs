@@ -1276,7 +1276,7 @@ pub fn bytes(n: u64) -> String {
 fn run_user(cmd: UserCommand) -> anyhow::Result<()> {
     match cmd {
         UserCommand::Add { dir, name, role, registration, token, json } => {
-            let node = open(&dir)?;
+            let mut node = open(&dir)?;
             if !role.works_on(node.config.role) {
                 return Err(InputError(format!(
                     "a {role} does not work on a {} node; people on this node are {}",
@@ -1320,8 +1320,8 @@ fn run_user(cmd: UserCommand) -> anyhow::Result<()> {
             }
         }
         UserCommand::Disable { dir, name } => {
-            let node = open(&dir)?;
-            node.disable_person(&name)?;
+            let mut node = open(&dir)?;
+            node.disable_person(&name, now_ms())?;
             println!("disabled {name}: their token and sessions no longer work");
         }
         UserCommand::List { dir, json } => {

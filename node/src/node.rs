@@ -113,6 +113,8 @@ pub struct NodeStatus {
     pub certificate_valid_until_ms: Option<i64>,
     /// The audit chain checked end to end.
     pub audit: crate::store::AuditCheck,
+    /// When that check was made (ms since the epoch).
+    pub audit_checked_ms: i64,
 }
 
 /// Where a session's latest call stands, for an app (`call` events of the local API).
@@ -484,6 +486,17 @@ impl Node {
 
     /// The node's state: what it holds, what has not left it, its peers and certificate.
     pub fn status(&self) -> Result<NodeStatus, NodeError> {
+        self.status_with(None)
+    }
+
+    /// The node's status, the audit chain's check taken from `audit` (a check made at the
+    /// time given) instead of made again: a whole-chain check reads every entry, and an app
+    /// that asks often must not make the node do that each time.
+    pub fn status_with(&self, audit: Option<(crate::store::AuditCheck, i64)>) -> Result<NodeStatus, NodeError> {
+        let (audit, audit_checked_ms) = match audit {
+            Some(done) => done,
+            None => (self.store.verify_audit()?, now_ms()),
+        };
         let certificate_valid_until_ms = match self.store.tls_identity()? {
             Some((cert, _, _)) => Some(crate::tls::not_after_ms(&cert)?),
             None => None,
@@ -495,7 +508,8 @@ impl Node {
             not_yet_left_this_device: self.store.backlog(&self.config.name)?,
             peers: self.store.peer_syncs()?,
             certificate_valid_until_ms,
-            audit: self.store.verify_audit()?,
+            audit,
+            audit_checked_ms,
         })
     }
 

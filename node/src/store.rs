@@ -977,8 +977,7 @@ impl Store {
     /// The person acting through this store until cleared (the local API sets it around each
     /// request): named, with role and registration, in every audit entry written meanwhile.
     pub fn set_acting(&mut self, who: Option<&people::Person>) {
-        self.acting = who
-            .map(|p| serde_json::json!({ "id": p.id, "name": p.name, "role": p.role, "registration": p.registration }));
+        self.acting = who.map(people::person_json);
     }
 
     /// Records in the audit chain that a session was viewed or exported.
@@ -1868,7 +1867,7 @@ impl AuditRow {
 }
 
 /// An audit entry's detail with the acting person, if any, as `by`.
-fn by(acting: &Option<serde_json::Value>, detail: Option<serde_json::Value>) -> Option<serde_json::Value> {
+pub(crate) fn by(acting: &Option<serde_json::Value>, detail: Option<serde_json::Value>) -> Option<serde_json::Value> {
     let Some(who) = acting else { return detail };
     match detail {
         Some(serde_json::Value::Object(mut m)) => {
@@ -1880,7 +1879,7 @@ fn by(acting: &Option<serde_json::Value>, detail: Option<serde_json::Value>) -> 
     }
 }
 
-fn append_audit(
+pub(crate) fn append_audit(
     tx: &Transaction<'_>,
     sealer: &Sealer,
     node: &str,

@@ -324,6 +324,27 @@ fn a_session_goes_from_the_ambulance_app_to_the_desk_app_and_the_reply_and_recei
     // Signing out ends the token.
     assert_eq!(amb_api.call("POST", "/api/logout", Some(&sam), None).0, 204);
     assert_eq!(amb_api.call("GET", "/api/me", Some(&sam), None).0, 401);
+    // Adding the user, each sign-in and the sign-out are in the chain, naming the person; a
+    // wrong PIN is not (a stranger must not be able to grow the chain at will).
+    let (status, _) =
+        amb_api.call("POST", "/api/login", None, Some(json!({ "name": "Sam Patel", "secret": "nope-0000" })));
+    assert_eq!(status, 401);
+    let entries = json(&ok(&["audit", "show", "--dir", d(&amb), "--limit", "1000", "--json"]));
+    let acts: Vec<(String, String)> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"].as_str().is_some_and(|a| a.starts_with("user.") || a.starts_with("api.")))
+        .map(|e| {
+            let who = e["detail"]["by"]["name"].as_str().or(e["detail"]["user"]["name"].as_str()).unwrap_or("");
+            (e["action"].as_str().unwrap().to_string(), who.to_string())
+        })
+        .collect();
+    let act = |a: &str| (a.to_string(), "Sam Patel".to_string());
+    assert_eq!(acts.first(), Some(&act("user.add")), "{acts:?}");
+    assert!(acts.contains(&act("api.sign_in")), "{acts:?}");
+    assert_eq!(acts.last(), Some(&act("api.sign_out")), "{acts:?}");
+    assert!(json(&ok(&["audit", "verify", "--dir", d(&amb), "--json"]))["broken_at"].is_null());
 }
 
 #[test]

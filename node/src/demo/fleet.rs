@@ -106,9 +106,9 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
         },
         now_ms(),
     )?;
-    let amb = make_node(root, &ca, "amb-07", Role::Edge, "RX6", vec![])?;
+    let mut amb = make_node(root, &ca, "amb-07", Role::Edge, "RX6", vec![])?;
     let surgery = make_node(root, &ca, "surgery-12", Role::Edge, "B82005", vec![])?;
-    let desk = make_node(root, &ca, "desk-derm-1", Role::Desk, "RTH", vec![ServiceLine::Dermatology])?;
+    let mut desk = make_node(root, &ca, "desk-derm-1", Role::Desk, "RTH", vec![ServiceLine::Dermatology])?;
     // Each app's user, as `outpost user add` makes them (the PIN kept only as an argon2id hash).
     let person = |name: &str, role, reg: &str| NewPerson { name: name.into(), role, registration: Some(reg.into()) };
     let ada = person("Dr Ada Okafor", PersonRole::Consultant, "GMC-7012345");

@@ -111,7 +111,7 @@ impl Node {
 
     /// Adds a user; for an integrating system, returns its token (shown once, kept hashed).
     pub fn add_person(
-        &self,
+        &mut self,
         new: &NewPerson,
         cred: &Credential,
         now: i64,
@@ -126,8 +126,12 @@ impl Node {
     }
 
     /// Disables a user: their token and API sessions stop working at once.
-    pub fn disable_person(&self, name: &str) -> Result<(), NodeError> {
-        if self.store.disable_person(name)? { Ok(()) } else { Err(StoreError::NoSuchUser(name.to_string()).into()) }
+    pub fn disable_person(&mut self, name: &str, now: i64) -> Result<(), NodeError> {
+        if self.store.disable_person(name, now)? {
+            Ok(())
+        } else {
+            Err(StoreError::NoSuchUser(name.to_string()).into())
+        }
     }
 
     /// The node's users.
@@ -142,7 +146,7 @@ impl Node {
     }
 
     /// Opens an API session for a person signed in: a token and when it expires.
-    pub fn open_api_session(&self, who: &Person, now: i64) -> Result<(String, i64), NodeError> {
+    pub fn open_api_session(&mut self, who: &Person, now: i64) -> Result<(String, i64), NodeError> {
         Ok(self.store.open_api_session(who, now)?)
     }
 
@@ -152,8 +156,8 @@ impl Node {
     }
 
     /// Ends a signed-in person's token; false if it was not one.
-    pub fn sign_out(&self, token: &str) -> Result<bool, NodeError> {
-        Ok(self.store.sign_out(token)?)
+    pub fn sign_out(&mut self, token: &str, now: i64) -> Result<bool, NodeError> {
+        Ok(self.store.sign_out(token, now)?)
     }
 
     // ------------------------------------------------------------------------- certificates

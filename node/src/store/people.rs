@@ -14,7 +14,13 @@ use rusqlite::{OptionalExtension, params};
 use super::sql;
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, append_audit, by};
+use rusqlite::TransactionBehavior;
+
+/// A person as the audit chain names them.
+pub(crate) fn person_json(p: &Person) -> serde_json::Value {
+    serde_json::json!({ "id": p.id, "name": p.name, "role": p.role, "registration": p.registration })
+}
 use sync_protocol::vocab::Role;
 
 /// How long a signed-in person's API token lasts (a shift).
@@ -156,8 +162,9 @@ fn person_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Person> {
 
 impl Store {
     /// Adds a user; with [`Credential::Token`], returns the token (shown once, stored hashed).
+    /// Audited (`user.add`, naming the user and who added them).
     pub fn add_person(
-        &self,
+        &mut self,
         new: &NewPerson,
         cred: &Credential,
         now: i64,
@@ -166,8 +173,8 @@ impl Store {
             Credential::Secret(s) => (Some(hash_secret(s)?), None),
             Credential::Token => (None, Some(new_token()?)),
         };
-        let conn = &self.conn;
-        conn.execute(
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("adding a user"))?;
+        tx.execute(
             "INSERT INTO users (name, role, registration, secret, token_hash, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![new.name, new.role.as_str(), new.registration, secret, token.as_deref().map(hash_token), now],
         )
@@ -178,11 +185,14 @@ impl Store {
             e => StoreError::Sqlite { context: "adding a user", source: e },
         })?;
         let person = Person {
-            id: conn.last_insert_rowid(),
+            id: tx.last_insert_rowid(),
             name: new.name.clone(),
             role: new.role,
             registration: new.registration.clone(),
         };
+        let detail = serde_json::json!({ "user": person_json(&person), "credential": if token.is_some() { "token" } else { "secret" } });
+        append_audit(&tx, &self.sealer, &self.node, now, "user.add", None, by(&self.acting, Some(detail)))?;
+        tx.commit().map_err(sql("adding a user"))?;
         Ok((person, token))
     }
 
@@ -219,33 +229,37 @@ impl Store {
 
     /// Opens an API session for a person whose secret was checked: a token valid for
     /// [`SESSION_MS`]; expired sessions are cleared.
-    pub fn open_api_session(&self, person: &Person, now: i64) -> Result<(String, i64), StoreError> {
+    /// Audited (`api.sign_in`, by the person).
+    pub fn open_api_session(&mut self, person: &Person, now: i64) -> Result<(String, i64), StoreError> {
         let token = new_token()?;
         let expires = now.saturating_add(SESSION_MS);
-        self.conn
-            .execute(
-                "INSERT INTO api_sessions (token_hash, user_id, expires_ms) VALUES (?1, ?2, ?3)",
-                params![hash_token(&token), person.id, expires],
-            )
-            .map_err(sql("signing in"))?;
-        self.conn.execute("DELETE FROM api_sessions WHERE expires_ms < ?1", [now]).map_err(sql("signing in"))?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("signing in"))?;
+        tx.execute(
+            "INSERT INTO api_sessions (token_hash, user_id, expires_ms) VALUES (?1, ?2, ?3)",
+            params![hash_token(&token), person.id, expires],
+        )
+        .map_err(sql("signing in"))?;
+        tx.execute("DELETE FROM api_sessions WHERE expires_ms < ?1", [now]).map_err(sql("signing in"))?;
+        let detail = serde_json::json!({ "by": person_json(person), "expires_ms": expires });
+        append_audit(&tx, &self.sealer, &self.node, now, "api.sign_in", None, Some(detail))?;
+        tx.commit().map_err(sql("signing in"))?;
         Ok((token, expires))
     }
 
     /// Disables a user: their token and every API session end now. Returns whether the user
-    /// existed.
-    pub fn disable_person(&self, name: &str) -> Result<bool, StoreError> {
+    /// existed. Audited (`user.disable`).
+    pub fn disable_person(&mut self, name: &str, now: i64) -> Result<bool, StoreError> {
         let ctx = "disabling a user";
-        let id: Option<i64> = self
-            .conn
-            .query_row("SELECT id FROM users WHERE name = ?1", [name], |r| r.get(0))
-            .optional()
-            .map_err(sql(ctx))?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql(ctx))?;
+        let id: Option<i64> =
+            tx.query_row("SELECT id FROM users WHERE name = ?1", [name], |r| r.get(0)).optional().map_err(sql(ctx))?;
         let Some(id) = id else { return Ok(false) };
-        self.conn
-            .execute("UPDATE users SET disabled = 1, token_hash = NULL, secret = NULL WHERE id = ?1", [id])
+        tx.execute("UPDATE users SET disabled = 1, token_hash = NULL, secret = NULL WHERE id = ?1", [id])
             .map_err(sql(ctx))?;
-        self.conn.execute("DELETE FROM api_sessions WHERE user_id = ?1", [id]).map_err(sql(ctx))?;
+        tx.execute("DELETE FROM api_sessions WHERE user_id = ?1", [id]).map_err(sql(ctx))?;
+        let detail = serde_json::json!({ "user": { "id": id, "name": name } });
+        append_audit(&tx, &self.sealer, &self.node, now, "user.disable", None, by(&self.acting, Some(detail)))?;
+        tx.commit().map_err(sql(ctx))?;
         Ok(true)
     }
 
@@ -265,12 +279,26 @@ impl Store {
 
     /// Ends an API session (signing out). Returns whether there was one (a system token is
     /// not a session: it ends only when its user is disabled).
-    pub fn sign_out(&self, token: &str) -> Result<bool, StoreError> {
-        let n = self
-            .conn
-            .execute("DELETE FROM api_sessions WHERE token_hash = ?1", [hash_token(token)])
-            .map_err(sql("signing out"))?;
-        Ok(n > 0)
+    /// Audited (`api.sign_out`, by the person).
+    pub fn sign_out(&mut self, token: &str, now: i64) -> Result<bool, StoreError> {
+        let ctx = "signing out";
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql(ctx))?;
+        let h = hash_token(token);
+        let who: Option<Person> = tx
+            .query_row(
+                "SELECT u.id, u.name, u.role, u.registration FROM users u
+                   JOIN api_sessions s ON s.user_id = u.id WHERE s.token_hash = ?1",
+                [&h],
+                person_of,
+            )
+            .optional()
+            .map_err(sql(ctx))?;
+        let Some(who) = who else { return Ok(false) };
+        tx.execute("DELETE FROM api_sessions WHERE token_hash = ?1", [&h]).map_err(sql(ctx))?;
+        let detail = serde_json::json!({ "by": person_json(&who) });
+        append_audit(&tx, &self.sealer, &self.node, now, "api.sign_out", None, Some(detail))?;
+        tx.commit().map_err(sql(ctx))?;
+        Ok(true)
     }
 }
 
