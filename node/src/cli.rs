@@ -579,6 +579,10 @@ enum OutcomeCommand {
         /// admission_avoided, ambulatory, admitted, advice_only or not_reported.
         #[arg(value_parser = Outcome::parse)]
         outcome: Outcome,
+        /// A key of the caller's for this act: sent again, it records nothing (even if another
+        /// outcome was recorded meanwhile).
+        #[arg(long)]
+        client_key: Option<String>,
     },
 }
 
@@ -796,10 +800,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let bytes = if thumbnail { node.thumbnail(&hash)? } else { node.open_photo(&hash, read, now_ms())? };
             write_file(&out, &bytes)?;
         }
-        Command::Outcome(OutcomeCommand::Set { dir, id, side, outcome }) => {
+        Command::Outcome(OutcomeCommand::Set { dir, id, side, outcome, client_key }) => {
             let mut node = open(&dir)?;
             let sid = node.resolve(&id)?;
-            node.set_outcome(sid, side, outcome, now_ms())?;
+            node.set_outcome_once(sid, side, outcome, client_key.as_deref(), now_ms())?;
             println!("{side} outcome of {sid}: {outcome}");
         }
         Command::Status { dir, json } => {

@@ -115,6 +115,9 @@ pub struct NodeStatus {
     pub audit: crate::store::AuditCheck,
     /// When that check was made (ms since the epoch).
     pub audit_checked_ms: i64,
+    /// The peers connected now (only a running daemon knows: `GET /api/status`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connected_peers: Option<Vec<String>>,
 }
 
 /// Where a session's latest call stands, for an app (`call` events of the local API).
@@ -451,6 +454,20 @@ impl Node {
 
     /// Records this side's outcome.
     pub fn set_outcome(&mut self, id: SessionId, side: Side, outcome: Outcome, now: i64) -> Result<(), NodeError> {
+        self.set_outcome_once(id, side, outcome, None, now)
+    }
+
+    /// Records this side's outcome once: a repeat with the same client key (a retry after a
+    /// lost response) writes nothing, even if another outcome was recorded meanwhile; and an
+    /// outcome that is already the one recorded, by this node and person, is not written again.
+    pub fn set_outcome_once(
+        &mut self,
+        id: SessionId,
+        side: Side,
+        outcome: Outcome,
+        client_key: Option<&str>,
+        now: i64,
+    ) -> Result<(), NodeError> {
         match side {
             Side::Requester => {
                 self.require("recording the requester's outcome", "edge or hub", &[Role::Edge, Role::Hub])?
@@ -461,10 +478,27 @@ impl Node {
         }
         let by = self.config.name.clone();
         let clinician = self.clinician();
+        let scoped = client_key.map(|k| self.scoped_key(k));
+        let once =
+            scoped.as_deref().map(|k| client_key_of("outcome", k, &(id.to_string(), side, outcome))).transpose()?;
         let detail = Some(serde_json::json!({ "side": side, "outcome": outcome }));
-        self.store.edit(id, "outcome.set", detail, now, |_, doc| {
-            doc.set_outcome_as(side, outcome, &by, clinician.as_ref(), now)
-                .map_err(|source| StoreError::Model { id: id.to_string(), source })
+        self.store.edit(id, "outcome.set", detail, now, |ctx, doc| {
+            let model = |source| StoreError::Model { id: id.to_string(), source };
+            if let Some(key) = &once {
+                if ctx.recall(key)?.is_some() {
+                    return Ok(());
+                }
+                ctx.remember(key, outcome.as_str())?;
+            }
+            let outcomes = doc.view().map_err(model)?.outcome;
+            let current = match side {
+                Side::Requester => outcomes.requester,
+                Side::Responder => outcomes.responder,
+            };
+            if current.is_some_and(|c| c.value == outcome && c.by == by && c.clinician == clinician) {
+                return Ok(());
+            }
+            doc.set_outcome_as(side, outcome, &by, clinician.as_ref(), now).map_err(model)
         })?;
         Ok(())
     }
@@ -510,6 +544,7 @@ impl Node {
             certificate_valid_until_ms,
             audit,
             audit_checked_ms,
+            connected_peers: None,
         })
     }
 

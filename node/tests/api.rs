@@ -254,6 +254,9 @@ fn a_session_goes_from_the_ambulance_app_to_the_desk_app_and_the_reply_and_recei
     assert_eq!(view["requester"]["registration"], "HCPC-PA123456", "the paramedic's registration travels: {view}");
     let by = &view["messages"][0]["clinician"];
     assert_eq!((by["name"].as_str(), by["role"].as_str()), (Some("Sam Patel"), Some("paramedic")), "{view}");
+    // The tablet's status says it is connected to its hub now.
+    let st = amb_api.call("GET", "/api/status", Some(&sam), None).1;
+    assert_eq!(st["connected_peers"], json!(["hub-qhm"]), "{st}");
     // The photo names who took it, as well as the tablet.
     let by = &view["media"][0]["clinician"];
     assert_eq!((by["name"].as_str(), by["registration"].as_str()), (Some("Sam Patel"), Some("HCPC-PA123456")));
@@ -407,6 +410,25 @@ fn a_create_whose_response_was_lost_and_is_sent_again_makes_one_session() {
     let (status, err) = api.call("POST", "/api/sessions", Some(&token), Some(other));
     assert_eq!(status, 409, "{err}");
     assert_eq!(list(), 1);
+
+    // An outcome sent twice with its key is recorded once: a late retry of the first does not
+    // undo a second recorded since; the same outcome again writes nothing new.
+    let id = again["id"].as_str().unwrap();
+    let outcome = |value: &str, key: &str| {
+        let body = json!({ "side": "requester", "outcome": value, "client_key": key });
+        api.call("POST", &format!("/api/sessions/{id}/outcome"), Some(&token), Some(body)).0
+    };
+    let outcomes_written = || {
+        let entries = json(&ok(&["audit", "show", "--dir", d(&surgery), "--limit", "1000", "--json"]));
+        entries.as_array().unwrap().iter().filter(|e| e["action"] == "outcome.set").count()
+    };
+    assert_eq!(outcome("referral_avoided", "outcome-1"), 204);
+    assert_eq!(outcome("referral_made", "outcome-2"), 204);
+    assert_eq!(outcome("referral_avoided", "outcome-1"), 204);
+    let view = api.call("GET", &format!("/api/sessions/{id}"), Some(&token), None).1;
+    assert_eq!(view["outcome"]["requester"]["value"], "referral_made", "{view}");
+    assert_eq!(outcome("referral_made", "outcome-3"), 204);
+    assert_eq!(outcomes_written(), 2, "two outcomes recorded, the repeats wrote nothing");
 }
 
 #[test]

@@ -533,7 +533,10 @@ async fn status(State(shared): State<Arc<Shared>>, Caller(_): Caller) -> Result<
     // The chain is checked whole at most once a minute; in between the last check is given,
     // with its time (`audit_checked_ms`).
     let recent = shared.api.audit.lock().ok().and_then(|c| c.clone()).filter(|(at, ..)| at.elapsed() < AUDIT_RECHECK);
-    let st = shared.store.call(move |n| n.status_with(recent.map(|(_, check, ms)| (check, ms)))).await??;
+    let mut st = shared.store.call(move |n| n.status_with(recent.map(|(_, check, ms)| (check, ms)))).await??;
+    let mut connected: Vec<String> = shared.links.lock().map(|l| l.keys().cloned().collect()).unwrap_or_default();
+    connected.sort();
+    st.connected_peers = Some(connected);
     if let Ok(mut c) = shared.api.audit.lock()
         && c.as_ref().is_none_or(|(at, ..)| at.elapsed() >= AUDIT_RECHECK)
     {
@@ -928,6 +931,10 @@ struct OutcomeBody {
     side: Side,
     /// The outcome.
     outcome: Outcome,
+    /// Any string unique to this act on the app: a retry with it writes nothing, even after
+    /// another outcome was recorded.
+    #[serde(default)]
+    client_key: Option<String>,
 }
 
 #[utoipa::path(
@@ -948,7 +955,10 @@ async fn set_outcome(
     JsonBody(b): JsonBody<OutcomeBody>,
 ) -> Result<StatusCode, ApiError> {
     let id = session_id(&id)?;
-    as_person(&shared, &who, move |n| Ok(n.set_outcome(id, b.side, b.outcome, now_ms())?)).await?;
+    as_person(&shared, &who, move |n| {
+        Ok(n.set_outcome_once(id, b.side, b.outcome, b.client_key.as_deref(), now_ms())?)
+    })
+    .await?;
     announce(&shared, id);
     Ok(StatusCode::NO_CONTENT)
 }
