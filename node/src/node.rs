@@ -140,6 +140,9 @@ pub struct CallNow {
     pub callback_reason: Option<String>,
 }
 
+/// Sessions looked at per status by [`Node::callbacks_owed`].
+pub const CALLBACK_CANDIDATES: usize = 1_000;
+
 /// A callback owed (`GET /api/callbacks`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct CallbackOwed {
@@ -671,14 +674,17 @@ impl Node {
             let Ok(routing) = self.store.routing_log(*id) else { continue };
             let Some(c) = calls_in(&routing).pop() else { continue };
             let ringing = c.ringing().filter(|r| c.is_open() && !c.answers.iter().any(|a| a.0 == r.1)).cloned();
-            // A connected call has ended once either party has written the record of its leg.
-            let ended = c.connected.is_some()
-                && self.store.call_log(*id).is_ok_and(|log| {
+            // A connected call has ended once either party (the requester's node or the desk
+            // connected) has written the record of its leg; no other node's record counts.
+            let ended = c.connected.as_ref().is_some_and(|(desk, _)| {
+                self.store.call_log(*id).is_ok_and(|log| {
                     log.iter().any(|e| {
                         let s = |k: &str| e.get(k).and_then(LogValue::as_str);
-                        s("kind") == Some("leg") && s("call") == Some(c.call.as_str()) && s("end").is_some()
+                        let party = s("node").is_some_and(|n| n == c.by || n == desk.as_str());
+                        s("kind") == Some("leg") && s("call") == Some(c.call.as_str()) && s("end").is_some() && party
                     })
-                });
+                })
+            });
             let (state, desk) = match (&c.connected, &c.callback, &ringing) {
                 // A call that dropped is called back: the callback is the news.
                 (Some(_), Some(_), _) if ended => ("callback", None),
@@ -705,10 +711,20 @@ impl Node {
     /// take the call, the link could not carry it, or it dropped) and that no later call, no
     /// consultant's outcome and no closing has settled. On a desk, the consultant owes them; on
     /// an edge, the crew waits for them. Oldest first: the longest wait is called back first.
+    ///
+    /// Bounded: it looks at the [`CALLBACK_CANDIDATES`] most recently changed sessions in each
+    /// status a callback can leave a session in (arranging one changes the session, so a
+    /// callback still owed is among the recent ones unless that many sessions changed since).
     pub fn callbacks_owed(&mut self) -> Result<Vec<CallbackOwed>, NodeError> {
-        let filter = ListFilter { status: Some(Status::AwaitingReply), ..Default::default() };
+        let mut candidates = Vec::new();
+        // A callback moves a session to awaiting_reply unless it is already beyond; a dropped
+        // call leaves it connected.
+        for status in [Status::Routing, Status::Connected, Status::AwaitingReply, Status::Responded] {
+            let filter = ListFilter { status: Some(status), limit: Some(CALLBACK_CANDIDATES), ..Default::default() };
+            candidates.extend(self.store.list(&filter)?);
+        }
         let mut out = Vec::new();
-        for card in self.store.list(&filter)? {
+        for card in candidates {
             let Ok(routing) = self.store.routing_log(card.id) else { continue };
             let Some(c) = calls_in(&routing).pop() else { continue };
             let Some((reason, since_ms)) = c.callback.clone() else { continue };

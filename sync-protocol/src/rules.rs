@@ -599,6 +599,9 @@ impl<'a> State<'a> {
                             crate::session::side_of(who.role).as_str()
                         ));
                     }
+                    "by_role" if !person_fits(text(value).as_deref(), who.role) => {
+                        return Err(format!("a {} node's writer is no {:?}", who.role, text(value)));
+                    }
                     "id" | "author" | "side" | "at_ms" | "text" | "reply_to" | "by_name" | "by_role"
                     | "by_registration" => {}
                     _ => return Err(format!("unknown message field {k:?}")),
@@ -640,6 +643,9 @@ impl<'a> State<'a> {
                     "receipts" if make(ObjType::Map) => return Ok(Some(Obj::Receipts)),
                     "added_by" if text(value).as_deref() != Some(who.name.as_str()) => {
                         return Err("a photo's added_by is its writer".into());
+                    }
+                    "by_role" if !person_fits(text(value).as_deref(), who.role) => {
+                        return Err(format!("a {} node's writer is no {:?}", who.role, text(value)));
                     }
                     "hash" | "mime" | "size" | "width" | "height" | "view" | "body_site" | "consent" | "added_by"
                     | "at_ms" | "by_name" | "by_role" | "by_registration" => {}
@@ -691,6 +697,9 @@ impl<'a> State<'a> {
                 match k {
                     "by" if text(value).as_deref() != Some(who.name.as_str()) => {
                         Err("an outcome's by is its writer".into())
+                    }
+                    "by_role" if !person_fits(text(value).as_deref(), who.role) => {
+                        Err(format!("a {} node's writer is no {:?}", who.role, text(value)))
                     }
                     "value" | "by" | "at_ms" | "by_name" | "by_role" | "by_registration" if value.is_some() => Ok(None),
                     _ => Err(format!("outcome field {k:?} may not be written")),
@@ -748,6 +757,20 @@ fn status_allowed(role: Role, is_origin: bool, is_home_hub: bool, status: Status
         Status::AwaitingReply | Status::OutcomeRecorded | Status::Closed | Status::Cancelled => {
             is_origin || role == Role::Desk
         }
+    }
+}
+
+/// Whether a record's `by_role` (the person who wrote it, as the node states it) is a role
+/// that works on a node of `role`: a paramedic, GP or nurse on an edge, a consultant on a desk,
+/// no person on a hub. No person (absent or null) always fits.
+fn person_fits(by_role: Option<&str>, role: Role) -> bool {
+    match by_role {
+        None => true,
+        Some(r) => match role {
+            Role::Edge => matches!(r, "paramedic" | "gp" | "nurse"),
+            Role::Desk => r == "consultant",
+            Role::Hub => false,
+        },
     }
 }
 

@@ -204,6 +204,51 @@ fn a_message_forged_in_a_consultants_name_is_refused() {
 }
 
 #[test]
+fn a_tablet_cannot_sign_its_own_message_or_outcome_as_a_consultant() {
+    let fleet = Fleet::new();
+    let mut hub = fleet.replica("hub-qhm");
+    let (id, mut doc) = victim_session(&fleet, &mut hub);
+    let (amb, key) = fleet.who("amb-07");
+    let consultant = sync_protocol::session::Clinician {
+        name: "Dr Ada Okafor".into(),
+        role: "consultant".into(),
+        registration: Some("GMC-7012345".into()),
+    };
+    // Its own message, in its own name, but claiming a consultant wrote it.
+    let mut edit = doc.fork_as(key.actor().clone());
+    let before = edit.heads();
+    let msg = NewMessage {
+        clinician: Some(consultant.clone()),
+        id: "m2".into(),
+        author: "amb-07".into(),
+        side: Side::Requester,
+        text: "consultant says: discharge".into(),
+        reply_to: None,
+    };
+    edit.add_message(&msg, T + 5).unwrap();
+    let sigs = sign_new(&key, edit.automerge(), &before).into_iter().map(|(_, s)| s).collect();
+    let reason = refused_at_hub(&mut hub, &amb, id, edit.save_after(&before), sigs);
+    assert!(reason.contains("writer is no"), "{reason}");
+    // Its own side's outcome, recorded "by a consultant".
+    let mut edit = doc.fork_as(key.actor().clone());
+    let before = edit.heads();
+    edit.set_outcome_as(Side::Requester, sync_protocol::vocab::Outcome::AdviceOnly, "amb-07", Some(&consultant), T + 6)
+        .unwrap();
+    let sigs = sign_new(&key, edit.automerge(), &before).into_iter().map(|(_, s)| s).collect();
+    let reason = refused_at_hub(&mut hub, &amb, id, edit.save_after(&before), sigs);
+    assert!(reason.contains("writer is no"), "{reason}");
+    // A paramedic's name on the same outcome is the tablet's to state.
+    let paramedic = sync_protocol::session::Clinician { role: "paramedic".into(), ..consultant };
+    let mut edit = doc.fork_as(key.actor().clone());
+    let before = edit.heads();
+    edit.set_outcome_as(Side::Requester, sync_protocol::vocab::Outcome::AdviceOnly, "amb-07", Some(&paramedic), T + 6)
+        .unwrap();
+    let sigs = sign_new(&key, edit.automerge(), &before).into_iter().map(|(_, s)| s).collect();
+    let out = hub.apply(&amb, &[Incoming { doc: id, bytes: edit.save_after(&before), sigs }], T + 10).unwrap();
+    assert!(matches!(out[0], Applied::Stored { .. }), "{out:?}");
+}
+
+#[test]
 fn a_change_under_another_members_actor_without_its_signature_is_refused() {
     let fleet = Fleet::new();
     let mut hub = fleet.replica("hub-qhm");

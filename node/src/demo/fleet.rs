@@ -473,8 +473,10 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
     let outcome = serde_json::json!({ "side": Side::Requester, "outcome": Outcome::ConveyanceAvoided });
     ok(sam.call("POST", &format!("/api/sessions/{id}/outcome"), Some(outcome)).await?, 204, "the crew's outcome")?;
     clock.say(sam.who, "app: Sam Patel opens the advice and records the crew's outcome");
+    // The reply is the session's second message: only its receipt says the crew read it.
     event(&desk_events, "the crew's read receipt", |n, v| {
-        n == "session" && v["card"]["id"] == sid.as_str() && v["card"]["last_message_receipt"] == "read"
+        let card = &v["card"];
+        n == "session" && card["id"] == sid.as_str() && card["messages"] == 2 && card["last_message_receipt"] == "read"
     })
     .await?;
     clock.say(ada.who, "app: the advice → read by the crew (a `session` event: the consultant knows it landed)");

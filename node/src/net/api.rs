@@ -194,14 +194,14 @@ pub fn openapi_json() -> String {
 /// The server's routes. Over plain HTTP (loopback), requests must name a loopback host; over
 /// TLS, the certificate's name check does that work (a rebinding page cannot pass it).
 fn router(shared: Arc<Shared>, tls: bool) -> Router {
-    let spec: Arc<str> = openapi_json().into();
+    let spec = axum::body::Bytes::from(openapi_json());
     let (router, _) = routes().split_for_parts();
     let router = router
         .route(
             "/api/openapi.json",
             get(move || {
                 let spec = spec.clone();
-                async move { ([(header::CONTENT_TYPE, "application/json")], spec.to_string()) }
+                async move { ([(header::CONTENT_TYPE, "application/json")], spec) }
             }),
         )
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY));
@@ -1065,6 +1065,7 @@ async fn session_calls(
     responses(
         (status = 202, description = "Hanging up", body = Escalated),
         (status = 401, body = ErrorBody),
+        (status = 403, description = "An integrating system does not hang up a person's call", body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, description = "No call of this session is live on this node", body = ErrorBody),
     )
@@ -1075,10 +1076,19 @@ async fn hang_up(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
+    person_only(&who, "hanging up")?;
     let live = shared.live_call.lock().ok().and_then(|l| l.clone()).filter(|l| l.session == id);
     let Some(live) = live else {
+        // 404 for a session this node does not hold; 409 for one with no call live here.
+        shared
+            .store
+            .call(move |n| n.card(id))
+            .await??
+            .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no session {id} on this node")))?;
         return Err(ApiError(StatusCode::CONFLICT, "no call of this session is live on this node".into()));
     };
+    // Named in the audit chain before the call ends (the leg record follows).
+    as_person(&shared, &who, move |n| Ok(n.record_hang_up(id, now_ms())?)).await?;
     live.hang_up.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(session = %id, call = %live.call, by = %who.name, "hanging up");
     Ok((StatusCode::ACCEPTED, Json(Escalated { session: id, call: live.call })).into_response())

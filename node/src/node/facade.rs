@@ -97,6 +97,11 @@ impl Node {
         Ok(self.store.meta_get(&crate::media::plan_key(call))?.is_some())
     }
 
+    /// Records in the audit chain that the person acting hung up the session's call.
+    pub fn record_hang_up(&mut self, id: SessionId, now: i64) -> Result<(), NodeError> {
+        Ok(self.store.audit_access(id, "call.hangup", now)?)
+    }
+
     /// The audit chain checked end to end.
     pub fn verify_audit(&self) -> Result<AuditCheck, NodeError> {
         Ok(self.store.verify_audit()?)

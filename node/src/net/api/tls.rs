@@ -2,9 +2,11 @@
 //! it over the practice LAN. The certificate is the deployer's (from the ICB's or practice's
 //! own PKI, which those desktops trust), given as PEM files: `run --api-cert --api-key`.
 //!
-//! Handshakes run beside the server, each bounded in time, and at most [`MAX_HANDSHAKES`] at
-//! once: a client that opens a connection and says nothing holds one slot for at most
-//! [`HANDSHAKE_LIMIT`], never the API.
+//! Handshakes run beside the server, each bounded in time ([`HANDSHAKE_LIMIT`]). At most
+//! [`MAX_CONNECTIONS`] connections are held at once, handshakes included; more wait in the
+//! kernel's queue, never dropped. A connection on which nothing moves either way for
+//! [`IDLE_LIMIT`] is closed (an open event stream sends a keep-alive every 15 s), so a client
+//! that opens connections and says nothing holds slots for seconds, not for ever.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,8 +15,13 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
@@ -29,10 +36,12 @@ pub struct ApiTls {
     pub key: PathBuf,
 }
 
-/// TLS handshakes in progress at once.
-const MAX_HANDSHAKES: usize = 64;
+/// Connections held at once, handshakes included.
+const MAX_CONNECTIONS: usize = 256;
 /// The longest a handshake may take.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+/// The longest a connection may sit with nothing read or written.
+const IDLE_LIMIT: Duration = Duration::from_secs(120);
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Io { path: path.to_path_buf(), source })
@@ -63,7 +72,7 @@ pub(super) fn server_config(tls: &ApiTls) -> Result<rustls::ServerConfig, TlsErr
 #[derive(Debug)]
 pub(super) struct TlsListener {
     local: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Receiver<(Held, SocketAddr)>,
     acceptor: tokio::task::JoinHandle<()>,
 }
 
@@ -72,9 +81,11 @@ impl TlsListener {
         let local = tcp.local_addr()?;
         let tls = TlsAcceptor::from(Arc::new(cfg));
         let (tx, ready) = mpsc::channel(16);
-        let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let acceptor = tokio::spawn(async move {
             loop {
+                // A free slot first: while none is, connections wait in the kernel's queue.
+                let Ok(slot) = slots.clone().acquire_owned().await else { return };
                 let (stream, peer) = match tcp.accept().await {
                     Ok(accepted) => accepted,
                     Err(e) => {
@@ -84,16 +95,12 @@ impl TlsListener {
                         continue;
                     }
                 };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    tracing::debug!(%peer, "too many TLS handshakes in progress; connection dropped");
-                    continue;
-                };
                 let (tls, tx) = (tls.clone(), tx.clone());
                 tokio::spawn(async move {
-                    let _slot = slot;
                     match tokio::time::timeout(HANDSHAKE_LIMIT, tls.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = tx.send((stream, peer)).await;
+                        Ok(Ok(io)) => {
+                            let idle = Box::pin(tokio::time::sleep(IDLE_LIMIT));
+                            let _ = tx.send((Held { io, idle, _slot: slot }, peer)).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, "API TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%peer, "API TLS handshake timed out"),
@@ -111,8 +118,61 @@ impl Drop for TlsListener {
     }
 }
 
+/// An established connection: its slot among [`MAX_CONNECTIONS`], given back when it closes,
+/// and its idle deadline, pushed back whenever anything is read or written.
+#[derive(Debug)]
+pub(super) struct Held {
+    io: TlsStream<TcpStream>,
+    idle: Pin<Box<tokio::time::Sleep>>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Held {
+    /// After progress: the deadline moves on. While waiting: an error once it has passed.
+    fn idle<T>(&mut self, cx: &mut Context<'_>, polled: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        match polled {
+            Poll::Ready(r) => {
+                self.idle.as_mut().reset(tokio::time::Instant::now() + IDLE_LIMIT);
+                Poll::Ready(r)
+            }
+            Poll::Pending => match self.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle API connection closed")))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncRead for Held {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        this.idle(cx, polled)
+    }
+}
+
+impl AsyncWrite for Held {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.idle(cx, polled)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.io).poll_flush(cx);
+        this.idle(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Held;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
