@@ -288,6 +288,14 @@ fn a_session_goes_from_the_ambulance_app_to_the_desk_app_and_the_reply_and_recei
         (Some("Dr Ada Okafor"), Some("GMC-7012345")),
         "{view}"
     );
+    // The reply has reached the crew's tablet: the desk's stream says so before anyone reads it.
+    expect_event(&desk_events, "the reply at the requester, seen at the desk", |n, v| {
+        let card = &v["card"];
+        n == "session"
+            && card["id"] == id.as_str()
+            && card["messages"] == 2
+            && card["last_message_receipt"] == "requester"
+    });
     // The crew reads the advice; the desk's stream tells it, and the reply shows read.
     let (status, _) = amb_api.call("POST", &format!("/api/sessions/{id}/read"), Some(&sam), None);
     assert_eq!(status, 200);

@@ -439,10 +439,10 @@ fn reading_is_an_explicit_act_on_both_sides_never_a_side_effect_of_showing() {
     ok(&["message", "send", "--dir", d(&desk), &id, "Stop the antibiotic; photos please"]);
     round();
     assert_eq!(receipt(&amb, 0), "read");
-    assert_eq!(receipt(&desk, 1), "hub", "the reply is at the hub; the crew has not read it");
+    assert_eq!(receipt(&desk, 1), "requester", "the reply is on the crew's tablet; the crew has not read it");
     ok(&["session", "show", "--dir", d(&amb), &id, "--json"]);
     round();
-    assert_eq!(receipt(&desk, 1), "hub", "showing on the tablet is not reading either");
+    assert_eq!(receipt(&desk, 1), "requester", "showing on the tablet is not reading either");
     ok(&["session", "show", "--dir", d(&amb), &id, "--read", "--json"]);
     round();
     assert_eq!(receipt(&desk, 1), "read", "the consultant sees the crew read the advice");

@@ -1530,7 +1530,7 @@ impl World {
         let mut bad = Vec::new();
         for m in &view.messages {
             for r in &m.receipts {
-                if r.level == ReceiptLevel::Hub || r.level == ReceiptLevel::Desk {
+                if matches!(r.level, ReceiptLevel::Hub | ReceiptLevel::Desk | ReceiptLevel::Requester) {
                     let Some(holder) = self.nodes.iter().position(|n| n.name == r.node) else { continue };
                     if self.unvouched.contains_key(&(holder, m.id.clone())) {
                         continue;
@@ -1553,7 +1553,7 @@ impl World {
         }
         for m in &view.media {
             for r in &m.receipts {
-                if r.level == ReceiptLevel::Hub || r.level == ReceiptLevel::Desk {
+                if matches!(r.level, ReceiptLevel::Hub | ReceiptLevel::Desk | ReceiptLevel::Requester) {
                     let Some(holder) = self.nodes.iter().position(|n| n.name == r.node) else { continue };
                     if self.unvouched.contains_key(&(holder, m.hash.clone())) {
                         continue;

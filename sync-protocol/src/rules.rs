@@ -620,6 +620,8 @@ impl<'a> State<'a> {
                 let fits = match level {
                     "hub" => who.role == Role::Hub,
                     "desk" => who.role == Role::Desk,
+                    // Only the edge that asked receives the replies.
+                    "requester" => who.role == Role::Edge && is_origin,
                     "read" => true,
                     _ => false,
                 };

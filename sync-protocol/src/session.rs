@@ -1563,13 +1563,14 @@ impl SessionView {
     }
 }
 
-/// The receipt a node of this role gives for what it stores: a hub says "at hub", a desk
-/// "at consultant"; an edge gives none.
+/// The receipt a node of this role gives for what others wrote once it stores it: a hub says
+/// "at hub", a desk "at consultant", the requester's edge "at requester" (for the replies it
+/// receives: the consultant sees the advice has reached the crew).
 pub fn receipt_level(role: Role) -> Option<ReceiptLevel> {
     match role {
         Role::Hub => Some(ReceiptLevel::Hub),
         Role::Desk => Some(ReceiptLevel::Desk),
-        Role::Edge => None,
+        Role::Edge => Some(ReceiptLevel::Requester),
     }
 }
 

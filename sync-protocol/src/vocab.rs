@@ -309,7 +309,10 @@ vocabulary! {
         Hub => "hub",
         /// Stored durably by a consultant's desk.
         Desk => "desk",
-        /// Opened by the consultant.
+        /// A reply stored durably on the requester's device (the crew's tablet, the surgery's
+        /// box): the consultant's advice has reached them.
+        Requester => "requester",
+        /// Opened by a person at the other end (the consultant, or for a reply the requester).
         Read => "read",
     }
 }
@@ -321,6 +324,7 @@ impl ReceiptLevel {
             ReceiptLevel::Device => "on this device only",
             ReceiptLevel::Hub => "at hub",
             ReceiptLevel::Desk => "at consultant",
+            ReceiptLevel::Requester => "at requester",
             ReceiptLevel::Read => "read",
         }
     }
