@@ -8,7 +8,7 @@
 //!   - creating messages, one after another, each durable before it is answered;
 //!   - the latency from a message's POST to its `session` event on the event stream, p50/p99.
 
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -131,16 +131,10 @@ fn main() {
             .expect("events");
         let reader = BufReader::new(resp.into_body().into_reader());
         std::thread::spawn(move || {
-            for line in reader.lines() {
-                let Ok(line) = line else { return };
-                if let Some(data) = line.strip_prefix("data: ")
-                    && let Ok(v) = serde_json::from_str::<serde_json::Value>(data)
-                    && let Some(id) = v["card"]["id"].as_str()
-                    && tx.send((id.to_string(), Instant::now())).is_err()
-                {
-                    return;
-                }
-            }
+            outpost_node::net::read_events(reader, |_, v| match v["card"]["id"].as_str() {
+                Some(id) => tx.send((id.to_string(), Instant::now())).is_ok(),
+                None => true,
+            })
         });
     }
     std::thread::sleep(Duration::from_millis(200));

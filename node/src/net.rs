@@ -555,6 +555,23 @@ impl PeerAddr {
 mod api;
 pub use api::{ApiTls, openapi_json};
 
+/// Reads a Server-Sent Events stream of the local API (`GET /api/events`) as a client does:
+/// calls `f` with each event's name and JSON data (null if the data is not JSON) until the
+/// stream ends or `f` returns false. For the demo's apps, the tests and the benchmarks.
+pub fn read_events(reader: impl std::io::BufRead, mut f: impl FnMut(String, serde_json::Value) -> bool) {
+    let mut name = String::new();
+    for line in reader.lines() {
+        let Ok(line) = line else { return };
+        if let Some(n) = line.strip_prefix("event: ") {
+            name = n.to_string();
+        } else if let Some(data) = line.strip_prefix("data: ")
+            && !f(name.clone(), serde_json::from_str(data).unwrap_or(serde_json::Value::Null))
+        {
+            return;
+        }
+    }
+}
+
 /// Says "link down" on the event channel when a conversation ends, however it ends.
 struct LinkNotice {
     shared: Arc<Shared>,

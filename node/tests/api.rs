@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -132,19 +132,7 @@ impl Api {
             .unwrap();
         assert_eq!(resp.status().as_u16(), 200);
         let reader = BufReader::new(resp.into_body().into_reader());
-        std::thread::spawn(move || {
-            let mut name = String::new();
-            for line in reader.lines() {
-                let Ok(line) = line else { return };
-                if let Some(n) = line.strip_prefix("event: ") {
-                    name = n.to_string();
-                } else if let Some(data) = line.strip_prefix("data: ")
-                    && tx.send((name.clone(), serde_json::from_str(data).unwrap_or(Value::Null))).is_err()
-                {
-                    return;
-                }
-            }
-        });
+        std::thread::spawn(move || outpost_node::net::read_events(reader, |name, data| tx.send((name, data)).is_ok()));
         rx
     }
 }

@@ -629,19 +629,7 @@ impl App {
         .await??;
         let reader = std::io::BufReader::new(resp.into_body().into_reader());
         std::thread::spawn(move || {
-            use std::io::BufRead;
-            let mut name = String::new();
-            for line in reader.lines() {
-                let Ok(line) = line else { return };
-                if let Some(n) = line.strip_prefix("event: ") {
-                    name = n.to_string();
-                } else if let Some(data) = line.strip_prefix("data: ") {
-                    let data = serde_json::from_str(data).unwrap_or(serde_json::Value::Null);
-                    if tx.send((name.clone(), data, Instant::now())).is_err() {
-                        return;
-                    }
-                }
-            }
+            crate::net::read_events(reader, |name, data| tx.send((name, data, Instant::now())).is_ok());
         });
         Ok(rx)
     }
