@@ -176,6 +176,13 @@ struct Shared {
     changes: broadcast::Sender<Notice>,
     next_conn: std::sync::atomic::AtomicU64,
     endpoint: std::sync::OnceLock<quinn::Endpoint>,
+    /// The dialling configuration, kept while the revocation list is unchanged: reconnects to a
+    /// peer resume their TLS session (no certificate chain sent or checked again, on either
+    /// side). A resumed session is checked against the current revocation list in `converse`.
+    dial: std::sync::Mutex<Option<(Option<Vec<u8>>, quinn::ClientConfig)>>,
+    /// Peers' certificate chains this node checked as a dialler (full handshakes; a resumed
+    /// session checks none).
+    chains_checked: Arc<std::sync::atomic::AtomicU64>,
     /// Live connections by peer name, for the call router's path measurements.
     links: std::sync::Mutex<std::collections::HashMap<String, PeerLink>>,
     /// On a hub: calls whose voice it relays, by call tag: (requester, desk).
@@ -452,6 +459,8 @@ pub async fn sync_once_with(
         changes: broadcast::channel(64).0,
         next_conn: std::sync::atomic::AtomicU64::new(1),
         endpoint: std::sync::OnceLock::new(),
+        dial: std::sync::Mutex::new(None),
+        chains_checked: Arc::default(),
         links: std::sync::Mutex::new(std::collections::HashMap::new()),
         relay: std::sync::Mutex::new(std::collections::HashMap::new()),
         voice_in: std::sync::Mutex::new(None),
@@ -463,8 +472,23 @@ pub async fn sync_once_with(
         .parse()
         .map_err(|_| NetError::Bind { addr: peer, source: std::io::Error::other("bad bind address") })?;
     let endpoint = quinn::Endpoint::client(bind).map_err(|source| NetError::Bind { addr: bind, source })?;
-    let started = Instant::now();
     let cfg = client_config(&shared.identity, crl.as_deref())?;
+    let report = dial_and_converse(shared, &endpoint, cfg, peer, limit, stop).await?;
+    endpoint.wait_idle().await;
+    Ok(report)
+}
+
+/// Dials `peer` (the handshake within `limit`) and runs one conversation to its end within
+/// what is left of `limit`.
+async fn dial_and_converse(
+    shared: Arc<Shared>,
+    endpoint: &quinn::Endpoint,
+    cfg: quinn::ClientConfig,
+    peer: SocketAddr,
+    limit: Duration,
+    stop: Arc<tokio::sync::Notify>,
+) -> Result<SyncReport, NetError> {
+    let started = Instant::now();
     let connecting = endpoint
         .connect_with(cfg, peer, SERVER_NAME)
         .map_err(|e| NetError::Connect { addr: peer, detail: e.to_string() })?;
@@ -474,9 +498,8 @@ pub async fn sync_once_with(
         .map_err(|e| NetError::Connect { addr: peer, detail: e.to_string() })?;
     let handshake = started.elapsed();
     let deadline = tokio::time::Instant::now() + limit.saturating_sub(handshake);
-    let mut report = converse(shared, conn.clone(), true, true, Some((deadline, stop))).await?;
+    let mut report = converse(shared, conn, true, true, Some((deadline, stop))).await?;
     report.handshake_ms = handshake.as_secs_f64() * 1e3;
-    endpoint.wait_idle().await;
     Ok(report)
 }
 
@@ -635,6 +658,8 @@ impl Daemon {
             api: api::Guards::default(),
             next_conn: std::sync::atomic::AtomicU64::new(1),
             endpoint: std::sync::OnceLock::new(),
+            dial: std::sync::Mutex::new(None),
+            chains_checked: Arc::default(),
         });
         let endpoint = match opts.listen {
             Some(addr) => {
@@ -686,6 +711,26 @@ impl Daemon {
         self.shared.store.call(f).await
     }
 
+    /// One conversation with `peer` to its end, from this daemon (its endpoint, its store with
+    /// its documents decoded, its kept TLS sessions), as `outpost sync` has in a fresh process.
+    pub async fn sync_with(&self, peer: SocketAddr, limit: Duration) -> Result<SyncReport, NetError> {
+        let endpoint = self
+            .shared
+            .endpoint
+            .get()
+            .ok_or_else(|| NetError::Connect { addr: peer, detail: "the daemon has no endpoint".into() })?;
+        let crl = self.shared.crl.read().map(|c| c.clone()).unwrap_or_default();
+        let cfg = dial_config(&self.shared, crl)?;
+        let stop = Arc::new(tokio::sync::Notify::new());
+        dial_and_converse(self.shared.clone(), endpoint, cfg, peer, limit, stop).await
+    }
+
+    /// How many peers' certificate chains this daemon has checked when dialling: one per full
+    /// handshake; a reconnect that resumes its TLS session adds none.
+    pub fn chains_checked(&self) -> u64 {
+        self.shared.chains_checked.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Tells connected peers that these documents changed (for writes made through [`Daemon::with_node`]).
     pub fn announce(&self, docs: Vec<DocId>) {
         let _ = self.shared.changes.send(Notice::Docs { from: 0, docs: Arc::new(docs) });
@@ -725,13 +770,33 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     }
 }
 
+/// The configuration to dial with: the kept one while the revocation list is the same.
+fn dial_config(shared: &Shared, crl: Option<Vec<u8>>) -> Result<quinn::ClientConfig, NetError> {
+    let mut kept = shared.dial.lock().map_err(|_| NetError::Connection {
+        peer: String::new(),
+        detail: "the dialling configuration's lock was poisoned".into(),
+    })?;
+    if let Some((for_crl, cfg)) = kept.as_ref()
+        && *for_crl == crl
+    {
+        return Ok(cfg.clone());
+    }
+    let tls = shared.identity.client_config_counted(crl.as_deref(), shared.chains_checked.clone())?;
+    let quic = QuicClientConfig::try_from(tls)
+        .map_err(|e| TlsError::Invalid { what: "QUIC client configuration", detail: e.to_string() })?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(transport());
+    *kept = Some((crl, cfg.clone()));
+    Ok(cfg)
+}
+
 async fn dial_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, peer: PeerAddr) {
     let mut backoff = Duration::from_millis(250);
     loop {
         let crl = shared.crl.read().map(|c| c.clone()).unwrap_or_default();
         let attempt = async {
             let peer = peer.resolve().await?;
-            let cfg = client_config(&shared.identity, crl.as_deref())?;
+            let cfg = dial_config(&shared, crl)?;
             let conn = endpoint
                 .connect_with(cfg, peer, SERVER_NAME)
                 .map_err(|e| NetError::Connect { addr: peer, detail: e.to_string() })?
@@ -889,6 +954,20 @@ async fn converse(
     let addr = conn.remote_address().to_string();
     let conn_err = |detail: String| NetError::Connection { peer: addr.clone(), detail };
     let (peer, serial, peer_cert) = peer_identity(&conn)?;
+    // A resumed TLS session skips the certificate checks of a full handshake: revocation and
+    // expiry are checked again here, for every conversation.
+    let crl = shared.crl.read().map(|c| c.clone()).unwrap_or_default();
+    if is_revoked(crl.as_deref(), &serial) {
+        conn.close(quinn::VarInt::from_u32(3), b"revoked");
+        return Err(conn_err(format!("{} has been revoked", peer.name)));
+    }
+    let expired = x509_parser::parse_x509_certificate(peer_cert.as_ref())
+        .map(|(_, c)| c.validity().not_after.timestamp().saturating_mul(1000) < now_ms())
+        .unwrap_or(true);
+    if expired {
+        conn.close(quinn::VarInt::from_u32(3), b"certificate expired");
+        return Err(conn_err(format!("{}'s certificate has expired", peer.name)));
+    }
     if peer.name == shared.me.name {
         conn.close(quinn::VarInt::from_u32(2), b"a node cannot sync with itself");
         return Err(conn_err("the peer presented this node's own identity".into()));

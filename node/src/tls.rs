@@ -538,21 +538,75 @@ impl Identity {
     /// The client side: TLS 1.3 only, ALPN `outpost/1`, our certificate presented, the
     /// server's checked against the fleet CA and the revocation list.
     pub fn client_config(&self, crl: Option<&[u8]>) -> Result<rustls::ClientConfig, TlsError> {
+        self.client_config_counted(crl, Arc::default())
+    }
+
+    /// [`Identity::client_config`], counting in `checked` each server certificate chain it
+    /// checks: a full handshake checks one, a resumed session none.
+    pub fn client_config_counted(
+        &self,
+        crl: Option<&[u8]>,
+        checked: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Result<rustls::ClientConfig, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(self.roots()?, provider.clone())
             .allow_unknown_revocation_status();
         if let Some(der) = crl {
             verifier = verifier.with_crls([CertificateRevocationListDer::from(der.to_vec())]);
         }
-        let verifier =
+        let inner =
             verifier.build().map_err(|e| TlsError::Invalid { what: "server verifier", detail: e.to_string() })?;
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .dangerous()
-            .with_custom_certificate_verifier(verifier)
+            .with_custom_certificate_verifier(Arc::new(CountedVerifier { inner, checked }))
             .with_client_auth_cert(self.certs.clone(), self.key.clone_key())?;
         cfg.alpn_protocols = vec![sync_protocol::wire::ALPN.to_vec()];
         Ok(cfg)
+    }
+}
+
+/// The fleet's server verifier, counting the chains it checks (so a daemon can tell a full
+/// handshake from a resumed one).
+#[derive(Debug)]
+struct CountedVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    checked: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for CountedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.checked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 

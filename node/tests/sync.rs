@@ -168,6 +168,46 @@ fn a_revoked_node_is_refused_and_dropped_if_connected() {
     assert_eq!(crl, 1);
 }
 
+/// A daemon keeps its dialling configuration, so a reconnect resumes the TLS session of the
+/// dial before: no certificate chain is sent or checked again (less CPU on both sides). A revocation published to the hub still ends such a tablet's syncs.
+#[test]
+fn a_daemons_reconnect_resumes_its_tls_session_and_a_revoked_tablet_is_still_refused() {
+    use outpost_node::config::NodeDir;
+    use outpost_node::net::{Daemon, RunOptions};
+    use outpost_node::node::Node;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let amb = fleet.node("amb-13", "edge", &[]);
+    new_session(&amb, "dermatology", "before the tablet was stolen");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let open = |p: &std::path::Path| Node::open(&NodeDir::new(p.to_path_buf())).unwrap();
+    let listen = RunOptions { listen: Some("127.0.0.1:0".parse().unwrap()), ..RunOptions::default() };
+    let hubd = rt.block_on(Daemon::start(open(&hub), listen)).unwrap();
+    let addr = hubd.local_addr.unwrap();
+    let ambd = rt.block_on(Daemon::start(open(&amb), RunOptions::default())).unwrap();
+
+    let first = rt.block_on(ambd.sync_with(addr, LIMIT)).unwrap();
+    assert_eq!(first.stats.docs_sent, 1, "{first:?}");
+    assert_eq!(ambd.chains_checked(), 1, "the first dial is a full handshake");
+    for _ in 0..3 {
+        rt.block_on(ambd.sync_with(addr, LIMIT)).unwrap();
+    }
+    assert_eq!(ambd.chains_checked(), 1, "reconnects resume the TLS session: no certificate chain checked again");
+
+    ok(&["ca", "revoke", "--ca", d(&fleet.ca), "amb-13", "--publish", d(&hub)]);
+    wait_until(LIMIT, "the hub to refuse the revoked tablet", || {
+        rt.block_on(ambd.sync_with(addr, Duration::from_secs(5))).is_err()
+    });
+    for _ in 0..3 {
+        let err = rt.block_on(ambd.sync_with(addr, Duration::from_secs(5))).unwrap_err();
+        assert!(!err.to_string().is_empty());
+    }
+    rt.block_on(ambd.stop());
+    rt.block_on(hubd.stop());
+}
+
 #[test]
 fn a_surgery_never_receives_a_byte_of_another_surgerys_session() {
     let tmp = tempfile::tempdir().unwrap();
