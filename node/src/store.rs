@@ -30,7 +30,7 @@ use sync_protocol::blob;
 use sync_protocol::recon::{self, Fingerprint, Item};
 use sync_protocol::rules::Limits;
 use sync_protocol::session::{ModelError, NewSession, SessionDoc, SessionId, SessionView};
-use sync_protocol::vocab::{Channel, Priority, ReceiptLevel, ServiceLine, Status};
+use sync_protocol::vocab::{Channel, Priority, ReceiptLevel, ServiceLine, Side, Status};
 use sync_protocol::wire::{DocId, Hash};
 
 use crate::crypto::{CryptoError, Sealer};
@@ -404,6 +404,9 @@ pub struct SessionCard {
     pub on_device_only: usize,
     /// How far the latest message has gone (a reply read by the crew shows `read`).
     pub last_message_receipt: Option<ReceiptLevel>,
+    /// Which side wrote the latest message (so an app words its receipt: "at consultant" for
+    /// the crew's own message, "reply received" for the consultant's).
+    pub last_message_side: Option<Side>,
 }
 
 /// The sealed part of a card: what the index columns must not hold.
@@ -424,6 +427,9 @@ struct CardSecret {
     /// Cards written before schema 6 lack it; it is filled at the session's next write.
     #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
     last_message_receipt: Option<ReceiptLevel>,
+    /// Cards written before it was kept lack it; it is filled at the session's next write.
+    #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
+    last_message_side: Option<Side>,
 }
 
 impl CardSecret {
@@ -437,6 +443,7 @@ impl CardSecret {
             on_device_only: v.messages.iter().filter(|m| m.receipt == ReceiptLevel::Device).count()
                 + v.media.iter().filter(|m| m.receipt == ReceiptLevel::Device).count(),
             last_message_receipt: v.messages.last().map(|m| m.receipt),
+            last_message_side: v.messages.last().map(|m| m.side),
         }
     }
 }
@@ -1080,6 +1087,7 @@ impl Store {
                 photos: secret.photos,
                 on_device_only: secret.on_device_only,
                 last_message_receipt: secret.last_message_receipt,
+                last_message_side: secret.last_message_side,
             });
         }
         Ok(out)

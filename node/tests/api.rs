@@ -7,12 +7,11 @@ mod common;
 
 use std::io::{BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::fleet::{Fleet, daemon, free_port, wait_until};
-use common::{BIN, fails, json, ok};
+use common::fleet::{Fleet, add_user, daemon, free_port, wait_until};
+use common::{fails, json, ok};
 use serde_json::{Value, json};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -23,21 +22,6 @@ fn d(p: &Path) -> &str {
 
 fn tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// `outpost user add`, the secret on standard input.
-fn add_user(dir: &Path, name: &str, role: &str, registration: &str, secret: &str) {
-    let mut child = Command::new(BIN)
-        .args(["user", "add", "--dir", d(dir), "--name", name, "--role", role, "--registration", registration])
-        .env_remove("OUTPOST_NODE_KEY")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{secret}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "user add: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 struct Api {

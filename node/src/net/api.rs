@@ -58,6 +58,7 @@ use sync_protocol::vocab::{
     Side, Status,
 };
 
+mod app;
 mod tls;
 pub use tls::ApiTls;
 
@@ -204,7 +205,8 @@ fn router(shared: Arc<Shared>, tls: bool) -> Router {
                 async move { ([(header::CONTENT_TYPE, "application/json")], spec) }
             }),
         )
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY));
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))
+        .merge(app::routes());
     let router = if tls { router } else { router.layer(axum::middleware::from_fn(loopback_host)) };
     router.with_state(shared)
 }

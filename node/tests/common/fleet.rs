@@ -48,6 +48,23 @@ pub fn daemon(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
     Daemon { child: cmd.spawn().unwrap(), log }
 }
 
+/// `outpost user add`, the secret on standard input.
+pub fn add_user(dir: &Path, name: &str, role: &str, registration: &str, secret: &str) {
+    use std::io::Write as _;
+    let mut child = Command::new(BIN)
+        .args(["user", "add", "--dir", dir.to_str().unwrap(), "--name", name, "--role", role])
+        .args(["--registration", registration])
+        .env_remove("OUTPOST_NODE_KEY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{secret}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "user add: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Polls `check` every 50 ms until it holds, or panics after `limit` with `what`.
 pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let start = Instant::now();

@@ -1,0 +1,723 @@
+// outpost: the clinician's app, served by the clinician's own node (`outpost run --api`).
+// It talks to that node only, so it works with every network link gone. No build step, no
+// framework: the DOM is built with textContent (never innerHTML), so no session's text can
+// become markup.
+'use strict';
+
+const S = {
+  token: sessionStorage.getItem('outpost.token'),
+  me: JSON.parse(sessionStorage.getItem('outpost.me') || 'null'),
+  node: null, // { name, role }
+  cards: new Map(), // session id -> card
+  calls: new Map(), // session id -> latest call (CallNow)
+  peers: new Map(), // peer name -> up
+  view: null, // the session on screen
+  events: null,
+  ringTimer: null,
+  audio: null,
+  keySeq: 0,
+};
+
+// ------------------------------------------------------------------ words for people
+
+const LINES = {
+  dermatology: 'Dermatology', cardiology: 'Cardiology', gastroenterology: 'Gastroenterology',
+  emergency_medicine: 'Emergency medicine', paediatrics: 'Paediatrics', haematology: 'Haematology',
+  gynaecology: 'Gynaecology',
+};
+const PRIORITIES = { urgent: 'Urgent', two_week_wait: 'Two-week wait', routine: 'Routine' };
+const SETTINGS = {
+  ambulance_on_scene: 'Ambulance, on scene', gp_urgent: 'GP, urgent', gp_elective: 'GP, routine',
+  111: 'NHS 111', care_home: 'Care home',
+};
+const STATUSES = {
+  draft: 'Draft', queued: 'Waiting', routing: 'Finding a consultant', connected: 'On a call',
+  awaiting_reply: 'Awaiting reply', responded: 'Answered', outcome_recorded: 'Outcome recorded',
+  closed: 'Closed', cancelled: 'Cancelled',
+};
+const OUTCOMES = {
+  advice_only: 'Advice only', referral_avoided: 'Referral avoided', referral_made: 'Referral made',
+  conveyance_avoided: 'Conveyance avoided', conveyed_ed: 'Conveyed to ED', conveyed_sdec: 'Conveyed to SDEC',
+  admission_avoided: 'Admission avoided', ambulatory: 'Ambulatory care', admitted: 'Admitted',
+  not_reported: 'Not reported',
+};
+const VIEWS = { close_up: 'Close-up', site: 'Site (wider view)', dermoscopic: 'Dermoscopic' };
+const CONSENTS = { verbal: 'Verbal consent', implied: 'Implied consent', written: 'Written consent' };
+const TRACE = {
+  '01': 'Verified (traced on the Spine)', '02': 'Present, not traced', '03': 'Trace required',
+};
+
+const isDesk = () => S.node && S.node.role === 'desk';
+const mySide = () => (isDesk() ? 'responder' : 'requester');
+
+// How far an item has gone, in the words of the person looking at it. `side` is the side that
+// wrote it; the ladder is device, hub, desk, requester, read.
+function ladder(level, side) {
+  if (!level) return null;
+  const mine = side === mySide();
+  if (side === 'requester') {
+    return {
+      device: mine ? 'On this device only' : 'Sent',
+      hub: 'At hub',
+      desk: isDesk() ? 'Received' : 'At consultant',
+      requester: isDesk() ? 'Received' : 'At consultant',
+      read: 'Read by consultant',
+    }[level];
+  }
+  return {
+    device: mine ? 'On this desk only' : 'Sent',
+    hub: 'At hub',
+    desk: isDesk() ? 'At hub' : 'Reply received',
+    requester: isDesk() ? 'At requester' : 'Reply received',
+    read: isDesk() ? 'Read by requester' : 'Reply read',
+  }[level];
+}
+
+function chip(level, side) {
+  const text = ladder(level, side);
+  return text ? h('span', { class: `chip ${level}` }, text) : h('span', { class: 'chip' }, 'No message yet');
+}
+
+const when = (ms) => new Date(ms).toLocaleString('en-GB', { dateStyle: 'short', timeStyle: 'short' });
+const nhsFormat = (n) => (n && n.length === 10 ? `${n.slice(0, 3)} ${n.slice(3, 6)} ${n.slice(6)}` : n || '');
+
+// The NHS number's modulus 11 check digit (NHS Data Dictionary).
+function nhsCheck(raw) {
+  const n = raw.replace(/\s+/g, '');
+  if (n === '') return { ok: null, text: '' };
+  if (!/^\d{10}$/.test(n)) return { ok: false, text: `${n.length} of 10 digits` };
+  let sum = 0;
+  for (let i = 0; i < 9; i++) sum += Number(n[i]) * (10 - i);
+  let check = 11 - (sum % 11);
+  if (check === 11) check = 0;
+  if (check === 10 || check !== Number(n[9])) return { ok: false, text: 'Not a valid NHS number: check the digits' };
+  return { ok: true, text: 'Valid NHS number' };
+}
+
+// ------------------------------------------------------------------ DOM and API helpers
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else if (k === 'value') el.value = v;
+    else el.setAttribute(k, v === true ? '' : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+let fieldSeq = 0;
+function field(label, control, hint) {
+  const id = control.id || `f${++fieldSeq}`;
+  control.id = id;
+  return h('div', {}, h('label', { for: id }, label, hint ? h('span', { class: 'hint' }, hint) : null), control);
+}
+
+function select(name, options, value) {
+  return h('select', { name }, Object.entries(options).map(([v, t]) => h('option', { value: v, selected: v === value }, t)));
+}
+
+function toast(text) {
+  const t = document.getElementById('toast');
+  t.textContent = text;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { t.textContent = ''; }, 5000);
+}
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+async function api(method, path, body) {
+  const headers = {};
+  if (S.token) headers.Authorization = `Bearer ${S.token}`;
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  if (res.status === 401 && path !== '/api/login') {
+    signedOut('Your sign-in has ended. Sign in again.');
+    throw new ApiError(401, 'signed out');
+  }
+  const text = await res.text();
+  const data = text ? JSON.parse(text) : null;
+  if (!res.ok) throw new ApiError(res.status, (data && data.error) || `${res.status} ${res.statusText}`);
+  return data;
+}
+
+const clientKey = () => `app-${Date.now().toString(36)}-${(++S.keySeq).toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
+
+async function imageUrl(hash, thumbnail) {
+  const res = await fetch(`/api/photos/${hash}${thumbnail ? '?thumbnail=true' : ''}`, {
+    headers: { Authorization: `Bearer ${S.token}` },
+  });
+  if (!res.ok) return null;
+  return URL.createObjectURL(await res.blob());
+}
+
+function show(...children) {
+  const main = document.getElementById('main');
+  main.replaceChildren(...children.filter((c) => c !== null && c !== undefined && c !== false));
+}
+
+// ------------------------------------------------------------------ signing in and out
+
+function signedOut(message) {
+  S.token = null;
+  S.me = null;
+  sessionStorage.removeItem('outpost.token');
+  sessionStorage.removeItem('outpost.me');
+  if (S.events) S.events.close();
+  S.events = null;
+  stopRinging();
+  document.getElementById('bar').hidden = true;
+  document.getElementById('ring').hidden = true;
+  renderLogin(message);
+}
+
+function renderLogin(message) {
+  const name = h('input', { name: 'name', autocomplete: 'username', required: true, autocapitalize: 'words' });
+  const secret = h('input', { name: 'secret', type: 'password', inputmode: 'numeric', autocomplete: 'current-password', required: true });
+  const error = h('p', { class: 'error', role: 'alert' }, message || '');
+  const form = h('form', { class: 'login panel', id: 'login' },
+    h('h1', {}, 'Sign in to outpost'),
+    field('Your name', name),
+    field('PIN or passphrase', secret),
+    error,
+    h('div', { class: 'actions' }, h('button', { type: 'submit' }, 'Sign in')));
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    error.textContent = '';
+    try {
+      const r = await api('POST', '/api/login', { name: name.value.trim(), secret: secret.value });
+      S.token = r.token;
+      S.me = r.user;
+      sessionStorage.setItem('outpost.token', r.token);
+      sessionStorage.setItem('outpost.me', JSON.stringify(r.user));
+      await start();
+    } catch (err) {
+      error.textContent = err.status === 401 ? 'That name and PIN do not match.' : err.message;
+      secret.value = '';
+      secret.focus();
+    }
+  });
+  show(form);
+  name.focus();
+}
+
+async function start() {
+  const status = await api('GET', '/api/status');
+  S.node = { name: status.node.name, role: status.node.role };
+  for (const p of status.connected_peers || []) S.peers.set(p, true);
+  document.getElementById('bar').hidden = false;
+  document.getElementById('who').textContent = `${S.me.name} · ${S.me.role} · ${S.node.name}`;
+  renderNav();
+  renderLink();
+  await loadCards();
+  connectEvents();
+  route();
+}
+
+function renderNav() {
+  const links = isDesk()
+    ? [['#/', 'Queue'], ['#/callbacks', 'Callbacks owed']]
+    : [['#/', 'Sessions'], ['#/new', 'New session'], ['#/callbacks', 'Callbacks']];
+  const here = location.hash || '#/';
+  document.getElementById('nav').replaceChildren(
+    ...links.map(([href, text]) => h('a', { href, 'aria-current': here === href ? 'page' : null }, text)));
+}
+
+function renderLink() {
+  const up = [...S.peers.values()].some(Boolean);
+  const el = document.getElementById('link');
+  el.replaceChildren(up
+    ? h('span', { class: 'online' }, 'Connected')
+    : h('span', { class: 'offline' }, 'No connection: working on this device'));
+}
+
+// ------------------------------------------------------------------ live events
+
+function connectEvents() {
+  if (S.events) S.events.close();
+  const es = new EventSource(`/api/events?token=${encodeURIComponent(S.token)}`);
+  S.events = es;
+  es.addEventListener('session', (e) => {
+    const { card } = JSON.parse(e.data);
+    S.cards.set(card.id, card);
+    if (S.view && S.view.id === card.id) refreshSession(card.id);
+    else if (isListScreen()) renderList();
+  });
+  es.addEventListener('call', (e) => {
+    const { call } = JSON.parse(e.data);
+    S.calls.set(call.session, call);
+    onCall(call);
+  });
+  es.addEventListener('link', (e) => {
+    const { peer, up } = JSON.parse(e.data);
+    S.peers.set(peer, up);
+    renderLink();
+  });
+  es.addEventListener('resync', async () => {
+    await loadCards();
+    route();
+  });
+  es.onerror = async () => {
+    // The stream reconnects by itself; a token that has ended is found here.
+    try { await api('GET', '/api/me'); } catch (_) { /* signedOut already ran on 401 */ }
+  };
+}
+
+function isListScreen() {
+  const hsh = location.hash || '#/';
+  return hsh === '#/';
+}
+
+async function loadCards() {
+  const cards = await api('GET', '/api/sessions?limit=500');
+  S.cards = new Map(cards.map((c) => [c.id, c]));
+}
+
+// ------------------------------------------------------------------ routes
+
+async function route() {
+  if (!S.token) return;
+  renderNav();
+  const hsh = location.hash || '#/';
+  S.view = null;
+  try {
+    if (hsh === '#/new' && !isDesk()) renderNew();
+    else if (hsh === '#/callbacks') await renderCallbacks();
+    else if (hsh.startsWith('#/s/')) await renderSession(decodeURIComponent(hsh.slice(4)));
+    else renderList();
+  } catch (err) {
+    if (err.status !== 401) show(h('p', { class: 'error', role: 'alert' }, err.message));
+  }
+  document.getElementById('main').focus({ preventScroll: true });
+}
+
+window.addEventListener('hashchange', route);
+
+// ------------------------------------------------------------------ session list / queue
+
+const RANK = { urgent: 0, two_week_wait: 1, routine: 2 };
+const OPEN = new Set(['draft', 'queued', 'routing', 'connected', 'awaiting_reply', 'responded']);
+
+function renderList() {
+  let cards = [...S.cards.values()];
+  if (isDesk()) {
+    cards.sort((a, b) => (RANK[a.priority] - RANK[b.priority]) || (b.created_ms - a.created_ms));
+  } else {
+    cards.sort((a, b) => b.updated_ms - a.updated_ms);
+  }
+  const open = cards.filter((c) => OPEN.has(c.status));
+  const done = cards.filter((c) => !OPEN.has(c.status));
+  const list = (cs) => h('ul', { class: 'cards' }, cs.map((c) => h('li', {}, h('a', {
+    href: `#/s/${c.id}`, class: c.priority === 'urgent' ? 'urgent' : null, 'data-session': c.id,
+  },
+  h('span', { class: 'card-title' }, c.summary),
+  chip(c.last_message_receipt, c.last_message_side),
+  h('span', { class: 'meta' }, `${LINES[c.service_line]} · ${PRIORITIES[c.priority]} · ${STATUSES[c.status]}`,
+    c.nhs_number ? ` · NHS ${nhsFormat(c.nhs_number)}` : '', ` · ${when(c.updated_ms)}`),
+  h('span', { class: 'meta' }, `${c.messages} message${c.messages === 1 ? '' : 's'}, ${c.photos} photo${c.photos === 1 ? '' : 's'}`,
+    !isDesk() && c.on_device_only ? ` · ${c.on_device_only} not yet sent` : '')))));
+  show(
+    h('h1', {}, isDesk() ? 'Queue: newest urgent first' : 'Advice sessions'),
+    open.length ? list(open) : h('p', {}, isDesk() ? 'Nothing waiting for your service lines.' : 'No open sessions. Start one with “New session”.'),
+    done.length ? h('h2', {}, 'Finished') : null,
+    done.length ? list(done) : null,
+  );
+}
+
+// ------------------------------------------------------------------ new session (edge)
+
+function renderNew() {
+  const form = h('form', { id: 'new-session', class: 'panel' });
+  const nhs = h('input', { name: 'nhs_number', inputmode: 'numeric', autocomplete: 'off', 'aria-describedby': 'nhs-check', maxlength: 12 });
+  const nhsOut = h('p', { class: 'check', id: 'nhs-check', 'aria-live': 'polite' });
+  nhs.addEventListener('input', () => {
+    const r = nhsCheck(nhs.value);
+    nhsOut.textContent = r.text;
+    nhsOut.className = `check ${r.ok === true ? 'ok' : r.ok === false ? 'bad' : ''}`;
+    nhs.setAttribute('aria-invalid', r.ok === false ? 'true' : 'false');
+  });
+  const line = select('service_line', LINES, 'dermatology');
+  const setting = select('care_setting', SETTINGS, S.me.role === 'paramedic' ? 'ambulance_on_scene' : 'gp_urgent');
+  const priority = select('priority', PRIORITIES, 'urgent');
+  const trace = select('nhs_verification', TRACE, '02');
+  const summary = h('input', { name: 'summary', required: true, maxlength: 200 });
+  const details = h('textarea', { name: 'details', required: true, maxlength: 4000 });
+  const callSign = h('input', { name: 'call_sign', autocomplete: 'off' });
+  const callback = h('input', { name: 'callback', type: 'tel', autocomplete: 'off' });
+  const error = h('p', { class: 'error', role: 'alert' });
+  const submit = h('button', { type: 'submit' }, 'Create session');
+  form.append(
+    h('h1', {}, 'New advice session'),
+    h('div', { class: 'row' }, field('Service line', line), field('Priority', priority), field('Care setting', setting)),
+    h('div', { class: 'row' }, field('NHS number', nhs, 'Checked as you type'), field('NHS number status', trace)),
+    nhsOut,
+    field('Question in one line', summary, 'What you need from the consultant'),
+    field('Details for the consultant', details, 'History, observations, what you have done'),
+    h('div', { class: 'row' }, field('Call sign', callSign, 'Ambulance crews'), field('Callback number', callback)),
+    error,
+    h('div', { class: 'actions' }, submit));
+  const key = clientKey();
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    error.textContent = '';
+    const n = nhs.value.replace(/\s+/g, '');
+    if (n && !nhsCheck(n).ok) {
+      error.textContent = 'The NHS number is not valid. Correct it or leave it empty.';
+      nhs.focus();
+      return;
+    }
+    submit.disabled = true;
+    try {
+      const body = {
+        service_line: line.value, care_setting: setting.value, priority: priority.value,
+        summary: summary.value.trim(), client_key: key,
+      };
+      if (n) { body.nhs_number = n; body.nhs_verification = trace.value; }
+      if (callSign.value.trim()) body.call_sign = callSign.value.trim();
+      if (callback.value.trim()) body.callback = callback.value.trim();
+      const view = await api('POST', '/api/sessions', body);
+      await api('POST', `/api/sessions/${view.id}/messages`, { text: details.value.trim(), client_key: `${key}-m` });
+      location.hash = `#/s/${view.id}`;
+    } catch (err) {
+      if (err.status !== 401) error.textContent = err.message;
+      submit.disabled = false;
+    }
+  });
+  show(form);
+}
+
+// ------------------------------------------------------------------ one session
+
+async function renderSession(id) {
+  const view = await api('GET', `/api/sessions/${id}`);
+  S.view = view;
+  try {
+    const [call] = await api('GET', `/api/sessions/${view.id}/calls`);
+    if (call) S.calls.set(view.id, call);
+  } catch (_) { /* shown when it changes */ }
+  paintSession(view);
+  markRead(view);
+}
+
+async function refreshSession(id) {
+  if (!S.view || S.view.id !== id) return;
+  const view = await api('GET', `/api/sessions/${id}`);
+  if (!S.view || S.view.id !== id) return;
+  S.view = view;
+  // Keep what is being typed.
+  const typing = document.getElementById('reply');
+  const draft = typing ? typing.value : '';
+  const focused = document.activeElement && document.activeElement.id;
+  paintSession(view);
+  const again = document.getElementById('reply');
+  if (again) again.value = draft;
+  if (focused && document.getElementById(focused)) document.getElementById(focused).focus({ preventScroll: true });
+  markRead(view);
+}
+
+// A person has the session on screen: this node's read receipts for what the other side wrote.
+async function markRead(view) {
+  if (document.visibilityState !== 'visible') return;
+  const other = view.messages.some((m) => m.side !== mySide() && m.receipt !== 'read');
+  if (!other) return;
+  try { await api('POST', `/api/sessions/${view.id}/read`); } catch (_) { /* shown on the next change */ }
+}
+
+function paintSession(v) {
+  const p = v.patient;
+  const messages = h('ul', { class: 'messages', id: 'messages' }, v.messages.map((m) => h('li', {
+    class: m.side === mySide() ? 'mine' : 'theirs', 'data-message': m.id,
+  },
+  h('div', { class: 'who' }, m.clinician ? `${m.clinician.name} (${m.clinician.role})` : m.author, ' · ', when(m.at_ms), ' · ', chip(m.receipt, m.side)),
+  h('div', {}, m.text))));
+  const photos = h('div', { class: 'photos' }, v.media.map((m) => {
+    const img = h('img', { alt: `${VIEWS[m.view] || m.view} photo of ${m.body_site}`, hidden: true });
+    const waiting = h('p', { class: 'meta' }, 'Photo on its way to this device');
+    imageUrl(m.hash, true).then((u) => {
+      if (u) { img.src = u; img.hidden = false; waiting.remove(); }
+    });
+    return h('figure', {}, img, waiting, h('figcaption', {}, `${VIEWS[m.view] || m.view} · ${m.body_site} · `,
+      m.consent_withdrawn ? 'consent withdrawn' : consentWords(v, m.consent), ' · ', chip(m.receipt, 'requester'),
+      isDesk() ? h('button', { type: 'button', class: 'secondary', onclick: () => openPhoto(m) }, 'Open full size') : null));
+  }));
+  show(
+    h('h1', {}, v.summary),
+    h('p', { class: 'meta' }, `${LINES[v.service.line]} · ${PRIORITIES[v.service.priority]} · ${STATUSES[v.status]} · from ${v.identity.origin} · ${when(v.identity.created_ms)}`),
+    h('div', { class: 'split' },
+      h('section', { class: 'panel', 'aria-labelledby': 'h-patient' }, h('h2', { id: 'h-patient' }, 'Patient'),
+        h('p', {}, p.nhs_number ? `NHS ${nhsFormat(p.nhs_number)} (${p.verified ? 'verified' : 'not verified'})` : 'No NHS number given',
+          p.name ? ` · ${p.name}` : '', p.birth_date ? ` · born ${p.birth_date}` : ''),
+        v.requester.call_sign ? h('p', {}, `Call sign ${v.requester.call_sign}`) : null,
+        v.requester.callback ? h('p', {}, `Callback ${v.requester.callback}`) : null),
+      callPanel(v)),
+    h('section', { class: 'panel', 'aria-labelledby': 'h-messages' }, h('h2', { id: 'h-messages' }, 'Messages'),
+      v.messages.length ? messages : h('p', {}, 'No messages yet.'), replyForm(v)),
+    h('section', { class: 'panel', 'aria-labelledby': 'h-photos' }, h('h2', { id: 'h-photos' }, 'Photos'),
+      v.media.length ? photos : h('p', {}, 'No photos.'), isDesk() ? null : photoForm(v)),
+    outcomePanel(v));
+}
+
+function consentWords(v, id) {
+  const c = v.consents.find((k) => k.id === id);
+  if (!c) return 'consent recorded';
+  return `${CONSENTS[c.kind] || c.kind}${c.scope === 'teaching' ? ', teaching too' : ''}`;
+}
+
+async function openPhoto(m) {
+  const u = await imageUrl(m.hash, false);
+  if (!u) { toast('The full photo is not held here yet.'); return; }
+  window.open(u, '_blank', 'noopener');
+  try { await api('POST', `/api/photos/${m.hash}/read`); } catch (_) { /* shown later */ }
+}
+
+function replyForm(v) {
+  const text = h('textarea', { id: 'reply', name: 'text', required: true, maxlength: 4000 });
+  const error = h('p', { class: 'error', role: 'alert' });
+  const send = h('button', { type: 'submit' }, isDesk() ? 'Send reply' : 'Send message');
+  const form = h('form', { id: 'message-form' }, field(isDesk() ? 'Your advice' : 'Message', text), error, h('div', { class: 'actions' }, send));
+  let key = clientKey();
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    send.disabled = true;
+    error.textContent = '';
+    try {
+      const last = [...v.messages].reverse().find((m) => m.side !== mySide());
+      await api('POST', `/api/sessions/${v.id}/messages`, { text: text.value.trim(), reply_to: last ? last.id : null, client_key: key });
+      key = clientKey();
+      text.value = '';
+      await refreshSession(v.id);
+    } catch (err) {
+      if (err.status !== 401) error.textContent = err.message;
+    } finally {
+      send.disabled = false;
+    }
+  });
+  return form;
+}
+
+function photoForm(v) {
+  const file = h('input', { type: 'file', name: 'photo', accept: 'image/*', capture: 'environment', required: true });
+  const view = select('view', VIEWS, 'close_up');
+  const site = h('input', { name: 'body_site', required: true, maxlength: 100 });
+  const consent = select('consent', { '': 'Choose…', ...CONSENTS }, '');
+  consent.required = true;
+  const scope = select('consent_scope', { record_only: 'For the record only', teaching: 'Also for teaching' }, 'record_only');
+  const bar = h('progress', { max: 100, value: 0, hidden: true, 'aria-label': 'Upload progress' });
+  const state = h('p', { class: 'meta', 'aria-live': 'polite' });
+  const send = h('button', { type: 'submit' }, 'Add photo');
+  const form = h('form', { id: 'photo-form' },
+    field('Photo', file, 'Opens the camera on a tablet'),
+    h('div', { class: 'row' }, field('View', view), field('Body site', site, 'For example: left forearm')),
+    h('div', { class: 'row' }, field('Consent', consent), field('Use', scope)),
+    bar, state, h('div', { class: 'actions' }, send));
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    if (!file.files[0]) return;
+    const q = new URLSearchParams({ view: view.value, body_site: site.value.trim(), consent: consent.value, consent_scope: scope.value });
+    const xhr = new XMLHttpRequest();
+    xhr.open('POST', `/api/sessions/${v.id}/photos?${q}`);
+    xhr.setRequestHeader('Authorization', `Bearer ${S.token}`);
+    xhr.setRequestHeader('Content-Type', file.files[0].type || 'application/octet-stream');
+    bar.hidden = false;
+    send.disabled = true;
+    xhr.upload.onprogress = (p) => {
+      if (p.lengthComputable) {
+        bar.value = Math.round((100 * p.loaded) / p.total);
+        state.textContent = `Saving on this device: ${bar.value}%`;
+      }
+    };
+    xhr.onload = async () => {
+      send.disabled = false;
+      if (xhr.status === 201) {
+        state.textContent = 'Saved on this device. It goes to the hub with the next sync.';
+        await refreshSession(v.id);
+      } else if (xhr.status === 401) {
+        signedOut('Your sign-in has ended. Sign in again.');
+      } else {
+        let msg = `${xhr.status}`;
+        try { msg = JSON.parse(xhr.responseText).error; } catch (_) { /* keep the status */ }
+        state.textContent = `Not saved: ${msg}`;
+      }
+    };
+    xhr.onerror = () => { send.disabled = false; state.textContent = 'Not saved: the node did not answer.'; };
+    xhr.send(file.files[0]);
+  });
+  return form;
+}
+
+// The routing story, in plain words.
+function storyLine(e) {
+  const s = (ms) => `${(ms / 1000).toFixed(1)} s`;
+  switch (e.kind) {
+    case 'escalate': return 'A call was asked for.';
+    case 'gate': return `Link check: ${e.verdict === 'call' ? 'good enough for voice' : 'too poor for voice'}` +
+      (e.mos !== undefined ? ` (estimated quality ${Number(e.mos).toFixed(1)} of 5` : '') +
+      (e.rtt_ms !== undefined ? `, round trip ${Math.round(e.rtt_ms)} ms` : '') +
+      (e.loss !== undefined ? `, ${(100 * e.loss).toFixed(1)}% lost` : '') +
+      (e.jitter_ms !== undefined ? `, jitter ${Math.round(e.jitter_ms)} ms` : '') +
+      (e.mos !== undefined ? ')' : '') + '.';
+    case 'ring': return `Rang ${e.desk} (attempt ${e.attempt}, for up to ${e.ring_s} s).`;
+    case 'no_answer': return `${e.desk} did not answer.`;
+    case 'connected': return `Connected to ${e.desk}` + (e.ms_from_ring !== undefined ? ` after ${s(e.ms_from_ring)} of ringing.` : '.');
+    case 'answer': return `Answered at ${e.desk || 'the desk'}.`;
+    case 'callback': return `Callback arranged instead: ${e.reason}.`;
+    case 'federate': return `Handed to hub ${e.hub}.`;
+    default: return `${e.kind}`;
+  }
+}
+
+const CALL_WORDS = {
+  waiting: 'Asking the hub for a consultant…', ringing: 'Ringing', connected: 'Connected', ended: 'Call ended',
+  callback: 'Callback arranged',
+};
+
+function callPanel(v) {
+  const call = S.calls.get(v.id);
+  const open = call && ['waiting', 'ringing', 'connected'].includes(call.state);
+  let now = null;
+  if (call) {
+    const words = CALL_WORDS[call.state] || call.state;
+    if (call.state === 'connected') now = h('p', { class: 'call-live', id: 'call-state' }, `${words} to ${call.desk}`);
+    else if (call.state === 'callback') now = h('p', { class: 'callback', id: 'call-state' }, `${words}: ${call.callback_reason || 'no reason given'}`);
+    else now = h('p', { id: 'call-state' }, words, call.desk && call.state === 'ringing' ? ` ${call.desk}` : '');
+  }
+  const buttons = [];
+  if (!isDesk() && !open) buttons.push(h('button', { type: 'button', id: 'escalate', onclick: () => escalate(v) }, 'Ask for a call'));
+  if (isDesk() && call && call.ringing_here) buttons.push(h('button', { type: 'button', onclick: () => answer(v.id) }, 'Answer'));
+  if (call && call.state === 'connected') buttons.push(h('button', { type: 'button', class: 'danger', id: 'hangup', onclick: () => hangUp(v.id) }, 'Hang up'));
+  return h('section', { class: 'panel', 'aria-labelledby': 'h-call' }, h('h2', { id: 'h-call' }, 'Call'),
+    now || h('p', {}, 'No call yet.'),
+    v.routing.length ? h('ol', { class: 'story', 'aria-label': 'What the hub decided' }, v.routing.map((e) => h('li', {}, storyLine(e)))) : null,
+    v.calls.length ? h('ul', { class: 'story', 'aria-label': 'Call records' }, v.calls.filter((c) => c.mos !== undefined).map((c) =>
+      h('li', {}, `${c.node}: ${Math.round((c.duration_ms || 0) / 1000)} s, quality ${Number(c.mos).toFixed(2)} of 5, ${(100 * (c.loss || 0)).toFixed(1)}% lost, ended: ${c.end}`))) : null,
+    buttons.length ? h('div', { class: 'actions' }, buttons) : null);
+}
+
+async function escalate(v) {
+  try {
+    const r = await api('POST', `/api/sessions/${v.id}/escalate`);
+    S.calls.set(v.id, { session: v.id, call: r.call, state: 'waiting', ringing_here: false });
+    await refreshSession(v.id);
+  } catch (err) {
+    if (err.status !== 401) toast(err.message);
+  }
+}
+
+async function answer(id) {
+  try {
+    await api('POST', `/api/sessions/${id}/answer`);
+    stopRinging();
+  } catch (err) {
+    if (err.status !== 401) toast(err.message);
+  }
+}
+
+async function hangUp(id) {
+  try { await api('POST', `/api/sessions/${id}/hangup`); } catch (err) { if (err.status !== 401) toast(err.message); }
+}
+
+function outcomePanel(v) {
+  const side = mySide();
+  const had = v.outcome[side];
+  const pick = select('outcome', { '': 'Choose…', ...OUTCOMES }, had ? had.value : '');
+  const save = h('button', { type: 'submit' }, 'Record outcome');
+  const form = h('form', { id: 'outcome-form' }, field(isDesk() ? 'Your outcome' : 'Outcome for the patient', pick), h('div', { class: 'actions' }, save));
+  const key = clientKey();
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    if (!pick.value) return;
+    try {
+      await api('POST', `/api/sessions/${v.id}/outcome`, { side, outcome: pick.value, client_key: `${key}-${pick.value}` });
+      toast('Outcome recorded.');
+      await refreshSession(v.id);
+    } catch (err) {
+      if (err.status !== 401) toast(err.message);
+    }
+  });
+  const both = ['requester', 'responder'].filter((s) => v.outcome[s]).map((s) =>
+    h('li', {}, `${s === 'requester' ? 'Requester' : 'Consultant'}: ${OUTCOMES[v.outcome[s].value]}`,
+      v.outcome[s].clinician ? ` (${v.outcome[s].clinician.name})` : ''));
+  return h('section', { class: 'panel', 'aria-labelledby': 'h-outcome' }, h('h2', { id: 'h-outcome' }, 'Outcome'),
+    both.length ? h('ul', {}, both) : null, form);
+}
+
+// ------------------------------------------------------------------ calls: ringing, state
+
+function onCall(call) {
+  const ring = document.getElementById('ring');
+  if (call.ringing_here && call.state === 'ringing') {
+    const card = S.cards.get(call.session);
+    ring.replaceChildren(
+      h('h2', { id: 'ring-title' }, 'Incoming call: ', card ? `${LINES[card.service_line]} · ${PRIORITIES[card.priority]} · ${card.summary}` : call.session),
+      h('button', { type: 'button', id: 'answer', onclick: () => answer(call.session) }, 'Answer'));
+    ring.hidden = false;
+    startRinging();
+    // The case on screen before the consultant speaks.
+    if (!S.view || S.view.id !== call.session) location.hash = `#/s/${call.session}`;
+  } else if (!ring.hidden && (!call.ringing_here || call.state !== 'ringing')) {
+    ring.hidden = true;
+    stopRinging();
+  }
+  if (S.view && S.view.id === call.session) refreshSession(call.session);
+}
+
+function startRinging() {
+  if (S.ringTimer) return;
+  const beep = () => {
+    try {
+      S.audio = S.audio || new AudioContext();
+      const o = S.audio.createOscillator();
+      const g = S.audio.createGain();
+      o.frequency.value = 880;
+      g.gain.setValueAtTime(0.2, S.audio.currentTime);
+      g.gain.exponentialRampToValueAtTime(0.001, S.audio.currentTime + 0.6);
+      o.connect(g).connect(S.audio.destination);
+      o.start();
+      o.stop(S.audio.currentTime + 0.6);
+    } catch (_) { /* no audio device: the banner still shows */ }
+  };
+  beep();
+  S.ringTimer = setInterval(beep, 1500);
+}
+
+function stopRinging() {
+  clearInterval(S.ringTimer);
+  S.ringTimer = null;
+}
+
+// ------------------------------------------------------------------ callbacks owed
+
+async function renderCallbacks() {
+  const owed = await api('GET', '/api/callbacks');
+  show(h('h1', {}, isDesk() ? 'Callbacks owed' : 'Callbacks you are waiting for'),
+    owed.length ? h('ul', { class: 'cards' }, owed.map((c) => h('li', {}, h('a', { href: `#/s/${c.session}` },
+      h('span', { class: 'card-title' }, c.summary),
+      h('span', { class: 'chip device' }, PRIORITIES[c.priority]),
+      h('span', { class: 'meta' }, `${LINES[c.service_line]} · ${c.reason} · since ${when(c.since_ms)}`,
+        c.callback_number ? ` · ring ${c.callback_number}` : '', c.call_sign ? ` · ${c.call_sign}` : '')))))
+      : h('p', {}, 'None owed.'));
+}
+
+// ------------------------------------------------------------------ start
+
+document.getElementById('signout').addEventListener('click', async () => {
+  try { await api('POST', '/api/logout'); } catch (_) { /* signed out either way */ }
+  signedOut('Signed out.');
+});
+
+(async () => {
+  if (!S.token) { renderLogin(); return; }
+  try {
+    S.me = await api('GET', '/api/me');
+    await start();
+  } catch (err) {
+    if (err.status !== 401) renderLogin(err.message);
+  }
+})();

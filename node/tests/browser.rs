@@ -1,0 +1,446 @@
+//! The clinician's web app in a real browser: Debian's Chromium, headless, driven over
+//! WebDriver (chromedriver, with `fantoccini`), against real `outpost run` daemons (a hub, an
+//! ambulance tablet and a consultant's desk, each serving its own app).
+//!
+//! Chromium and chromedriver come from Debian's packages. When they are missing, the first test
+//! installs them (`apt-get install chromium chromium-driver`, as root) or fails saying how: these
+//! tests never skip. Screenshots of each screen go to `target/browser/`.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::fleet::{Fleet, add_user, daemon, free_port};
+use common::ok;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+
+const LIMIT: Duration = Duration::from_secs(45);
+
+fn d(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Chromium and chromedriver from Debian's packages, installed once if missing.
+fn ensure_chromium() {
+    static READY: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut ready = READY.lock().unwrap_or_else(|p| p.into_inner());
+    if *ready {
+        return;
+    }
+    let have = |p: &str| Path::new(p).exists();
+    if !(have("/usr/bin/chromium") && have("/usr/bin/chromedriver")) {
+        let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        assert_eq!(
+            uid.as_deref().unwrap_or(""),
+            "0",
+            "the browser tests need Debian's chromium and chromium-driver: run `apt-get install -y chromium \
+             chromium-driver` as root (these tests install them themselves when run as root)"
+        );
+        eprintln!("installing chromium and chromium-driver (apt-get)...");
+        for args in [
+            &["update", "-qq"][..],
+            &["install", "-y", "-qq", "--no-install-recommends", "chromium", "chromium-driver"][..],
+        ] {
+            let out = Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").output().unwrap();
+            assert!(out.status.success(), "apt-get {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        assert!(have("/usr/bin/chromium") && have("/usr/bin/chromedriver"), "apt-get installed no chromium");
+    }
+    *ready = true;
+}
+
+fn screens_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/browser");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// One headless Chromium with its own chromedriver, profile and fake microphone.
+struct Browser {
+    client: Client,
+    driver: Child,
+    name: &'static str,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start(name: &'static str, width: u32, height: u32, microphone: Option<&Path>) -> Browser {
+        ensure_chromium();
+        let port = tcp_port();
+        let driver = Command::new("/usr/bin/chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < LIMIT, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let profile = tempfile::tempdir().unwrap();
+        let mut args = vec![
+            "--headless=new".to_string(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-dev-shm-usage".into(),
+            "--no-first-run".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            "--disable-quic".into(),
+            "--autoplay-policy=no-user-gesture-required".into(),
+            "--use-fake-ui-for-media-stream".into(),
+            "--use-fake-device-for-media-stream".into(),
+            format!("--window-size={width},{height}"),
+            format!("--user-data-dir={}", profile.path().display()),
+        ];
+        if let Some(mic) = microphone {
+            args.push(format!("--use-file-for-fake-audio-capture={}", mic.display()));
+        }
+        let mut caps = serde_json::Map::new();
+        caps.insert("browserName".into(), json!("chrome"));
+        caps.insert("goog:chromeOptions".into(), json!({ "binary": "/usr/bin/chromium", "args": args }));
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = ClientBuilder::new(connector)
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: cannot start Chromium over WebDriver: {e}"));
+        Browser { client, driver, name, _profile: profile }
+    }
+
+    /// A screenshot of the page from its top (`at`: scrolled to that element instead).
+    async fn screenshot_at(&self, file: &str, at: Option<&str>) {
+        let script = match at {
+            Some(css) => format!("document.querySelector({css:?})?.scrollIntoView({{block: 'center'}}); return true;"),
+            None => "window.scrollTo(0, 0); return true;".to_string(),
+        };
+        self.eval(&script).await;
+        let png = self.client.screenshot().await.unwrap();
+        let path = screens_dir().join(format!("{file}.png"));
+        std::fs::write(&path, png).unwrap();
+        eprintln!("{}: screenshot {}", self.name, path.display());
+    }
+
+    async fn screenshot(&self, file: &str) {
+        self.screenshot_at(file, None).await;
+    }
+
+    async fn sign_in(&self, base: &str, name: &str, secret: &str) {
+        self.client.goto(&format!("{base}/app/")).await.unwrap();
+        self.type_into("#login input[name=name]", name).await;
+        self.type_into("#login input[name=secret]", secret).await;
+        self.click("#login button[type=submit]").await;
+        self.wait_for("header#bar:not([hidden]) #who", name).await;
+    }
+
+    async fn element(&self, css: &str) -> fantoccini::elements::Element {
+        self.client
+            .wait()
+            .at_most(LIMIT)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{}: no {css}: {e}", self.name))
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let el = self.element(css).await;
+        el.clear().await.unwrap();
+        el.send_keys(text).await.unwrap();
+    }
+
+    async fn choose(&self, css: &str, value: &str) {
+        self.element(css).await.select_by_value(value).await.unwrap();
+    }
+
+    /// Clicks `css`, finding it again if a live update replaced it in the meantime.
+    async fn click(&self, css: &str) {
+        let mut tries = 0;
+        loop {
+            match self.element(css).await.click().await {
+                Ok(()) => return,
+                Err(e) if tries < 20 && e.to_string().contains("stale element") => tries += 1,
+                Err(e) => panic!("{}: click {css}: {e}", self.name),
+            }
+        }
+    }
+
+    /// Text of every element matching `css`.
+    async fn texts(&self, css: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for el in self.client.find_all(Locator::Css(css)).await.unwrap_or_default() {
+            if let Ok(t) = el.text().await {
+                out.push(t);
+            }
+        }
+        out
+    }
+
+    /// Waits until an element matching `css` shows `text`; returns its text.
+    async fn wait_for(&self, css: &str, text: &str) -> String {
+        let started = Instant::now();
+        loop {
+            if let Some(t) = self.texts(css).await.into_iter().find(|t| t.contains(text)) {
+                return t;
+            }
+            if started.elapsed() > LIMIT {
+                let shot = format!("failed-{}", self.name);
+                self.screenshot(&shot).await;
+                panic!("{}: {css} never showed {text:?}; it shows {:?}", self.name, self.texts(css).await);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn eval(&self, script: &str) -> Value {
+        self.client.execute(script, vec![]).await.unwrap_or_else(|e| panic!("{}: script failed: {e}", self.name))
+    }
+
+    /// The accessibility basics of the screen shown: every control has a name, no positive
+    /// tabindex reorders focus, and text contrast meets WCAG 2 AA. Returns what fails.
+    async fn accessibility_problems(&self) -> Vec<String> {
+        let v = self.eval(A11Y_CHECK).await;
+        v.as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect()
+    }
+
+    async fn assert_accessible(&self, screen: &str) {
+        let problems = self.accessibility_problems().await;
+        assert!(problems.is_empty(), "{}: {screen}: {problems:#?}", self.name);
+    }
+
+    async fn close(mut self) {
+        let _ = self.client.close().await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// Checks, in the page, what a screen reader and a low-vision reader need at least.
+const A11Y_CHECK: &str = r#"
+const problems = [];
+const visible = (el) => !el.closest('[hidden]') && el.getClientRects().length > 0;
+for (const el of document.querySelectorAll('input, select, textarea, button, a[href]')) {
+  if (!visible(el)) continue;
+  const labelled = (el.labels && [...el.labels].map((l) => l.textContent).join(' ')) || el.getAttribute('aria-label')
+    || (el.getAttribute('aria-labelledby') && document.getElementById(el.getAttribute('aria-labelledby'))?.textContent)
+    || (el.tagName === 'BUTTON' || el.tagName === 'A' ? el.textContent : '');
+  if (!labelled || !labelled.trim()) problems.push(`no accessible name: ${el.outerHTML.slice(0, 100)}`);
+  if (el.tabIndex > 0) problems.push(`tabindex > 0 reorders focus: ${el.outerHTML.slice(0, 100)}`);
+}
+const rgb = (s) => (s.match(/[\d.]+/g) || []).map(Number);
+const lum = (c) => {
+  const [r, g, b] = c.slice(0, 3).map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+};
+const background = (el) => {
+  for (let e = el; e; e = e.parentElement) {
+    const c = rgb(getComputedStyle(e).backgroundColor);
+    if (c.length === 3 || (c.length === 4 && c[3] > 0.5)) return c;
+  }
+  return [255, 255, 255];
+};
+const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+const seen = new Set();
+while (walker.nextNode()) {
+  const el = walker.currentNode.parentElement;
+  if (!walker.currentNode.textContent.trim() || !el || seen.has(el) || !visible(el) || el.closest(':disabled')) continue;
+  seen.add(el);
+  const st = getComputedStyle(el);
+  const fg = lum(rgb(st.color));
+  const bg = lum(background(el));
+  const ratio = (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05);
+  const px = parseFloat(st.fontSize);
+  const large = px >= 24 || (px >= 18.66 && Number(st.fontWeight) >= 700);
+  if (ratio < (large ? 3 : 4.5)) problems.push(`contrast ${ratio.toFixed(2)} for "${el.textContent.trim().slice(0, 40)}"`);
+}
+return problems;
+"#;
+
+/// A hub, an ambulance tablet (paramedic) and a dermatology desk (consultant), each with its
+/// daemon and, for the two people, its app.
+struct Fleetwide {
+    _tmp: tempfile::TempDir,
+    hub_quic: String,
+    amb: PathBuf,
+    amb_api: String,
+    desk_api: String,
+    _daemons: Vec<common::fleet::Daemon>,
+    hub: PathBuf,
+}
+
+fn fleetwide(start_hub: bool) -> Fleetwide {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let amb = fleet.node("amb-07", "edge", &[]);
+    let desk = fleet.node("desk-derm-1", "desk", &["--service-line", "dermatology"]);
+    ok(&["rota", "set", "--dir", d(&hub), "--line", "dermatology", "--desk", "desk-derm-1", "--ring-secs", "60"]);
+    add_user(&amb, "Sam Patel", "paramedic", "HCPC-PA123456", "482193");
+    add_user(&desk, "Dr Ada Okafor", "consultant", "GMC-7012345", "447126");
+    let quic = format!("127.0.0.1:{}", free_port());
+    let (amb_port, desk_port) = (tcp_port(), tcp_port());
+    let mut daemons = Vec::new();
+    if start_hub {
+        daemons.push(daemon(&hub, &["--listen", &quic], &[]));
+    }
+    daemons.push(daemon(&amb, &["--peer", &quic, "--api", &format!("127.0.0.1:{amb_port}")], &[]));
+    daemons.push(daemon(&desk, &["--peer", &quic, "--api", &format!("127.0.0.1:{desk_port}")], &[]));
+    for port in [amb_port, desk_port] {
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < LIMIT, "the API on {port} did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Fleetwide {
+        _tmp: tmp,
+        hub_quic: quic,
+        amb,
+        amb_api: format!("http://127.0.0.1:{amb_port}"),
+        desk_api: format!("http://127.0.0.1:{desk_port}"),
+        _daemons: daemons,
+        hub,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paramedic_and_a_consultant_work_a_case_through_their_browsers() {
+    let f = fleetwide(true);
+    let tablet = Browser::start("tablet", 1280, 800, None).await;
+    let desk = Browser::start("desk", 1600, 1000, None).await;
+
+    tablet.sign_in(&f.amb_api, "Sam Patel", "482193").await;
+    tablet.wait_for("main h1", "Advice sessions").await;
+    tablet.assert_accessible("session list").await;
+    tablet.screenshot("01-tablet-sessions").await;
+
+    // A new session, the NHS number checked as it is typed.
+    tablet.click("a[href='#/new']").await;
+    tablet.choose("#new-session select[name=service_line]", "dermatology").await;
+    tablet.type_into("#new-session input[name=nhs_number]", "943 476 5910").await;
+    tablet.wait_for("#nhs-check", "Not a valid NHS number").await;
+    tablet.type_into("#new-session input[name=nhs_number]", "943 476 5919").await;
+    tablet.wait_for("#nhs-check", "Valid NHS number").await;
+    let summary = "Spreading rash left forearm after antibiotics";
+    tablet.type_into("#new-session input[name=summary]", summary).await;
+    tablet
+        .type_into(
+            "#new-session textarea[name=details]",
+            "Started amoxicillin 3 days ago; target lesions, no mucosal involvement",
+        )
+        .await;
+    tablet.type_into("#new-session input[name=call_sign]", "Alpha 7").await;
+    tablet.type_into("#new-session input[name=callback]", "07700 900123").await;
+    tablet.assert_accessible("new session").await;
+    tablet.screenshot("02-tablet-new-session").await;
+    tablet.click("#new-session button[type=submit]").await;
+    tablet.wait_for("main h1", summary).await;
+
+    // A photo from the camera input, with its view, body site and consent.
+    let photo = outpost_node::photo::synthetic_jpeg(1600, 1200, 11).unwrap();
+    let photo_path = f._tmp.path().join("forearm.jpg");
+    std::fs::write(&photo_path, &photo.bytes).unwrap();
+    tablet.element("#photo-form input[type=file]").await.send_keys(d(&photo_path)).await.unwrap();
+    tablet.choose("#photo-form select[name=view]", "close_up").await;
+    tablet.type_into("#photo-form input[name=body_site]", "left forearm").await;
+    tablet.choose("#photo-form select[name=consent]", "verbal").await;
+    tablet.click("#photo-form button[type=submit]").await;
+    tablet.wait_for(".photos figcaption", "left forearm").await;
+    // The hub takes the message and the photo; the desk gets the case.
+    tablet.wait_for("#messages li", "At consultant").await;
+    tablet.assert_accessible("session").await;
+    tablet.screenshot_at("03-tablet-session-with-photo", Some(".photos")).await;
+
+    desk.sign_in(&f.desk_api, "Dr Ada Okafor", "447126").await;
+    desk.wait_for("ul.cards a", summary).await;
+    desk.assert_accessible("queue").await;
+    desk.screenshot("04-desk-queue").await;
+
+    // The crew asks for a call: the desk rings with the case on screen.
+    tablet.click("#escalate").await;
+    desk.wait_for("#ring h2", summary).await;
+    desk.wait_for("main h1", summary).await;
+    desk.assert_accessible("ringing").await;
+    desk.screenshot("05-desk-ringing").await;
+    desk.click("#ring #answer").await;
+    desk.wait_for("#call-state", "Connected to desk-derm-1").await;
+    tablet.wait_for("#call-state", "Connected to desk-derm-1").await;
+    tablet.wait_for("ol.story li", "Rang desk-derm-1").await;
+    tablet.screenshot("06-tablet-call-connected").await;
+    tablet.click("#hangup").await;
+    tablet.wait_for("#call-state", "Call ended").await;
+    desk.wait_for("#call-state", "Call ended").await;
+
+    // The consultant replies; the reply reaches the tablet, whose page (the session on screen)
+    // marks it read, and the desk sees that.
+    let advice = "Likely erythema multiforme. Stop amoxicillin, no conveyance needed; GP review in 48 h.";
+    desk.type_into("#reply", advice).await;
+    desk.click("#message-form button[type=submit]").await;
+    tablet.wait_for("#messages li.theirs", "Reply").await;
+    tablet.wait_for("#messages li.theirs", advice).await;
+    desk.wait_for("#messages li.mine", "Read by requester").await;
+    tablet.screenshot_at("07-tablet-reply-received", Some("#messages")).await;
+    desk.screenshot_at("08-desk-reply-read", Some("#messages")).await;
+
+    // Outcomes from both sides.
+    tablet.choose("#outcome-form select[name=outcome]", "conveyance_avoided").await;
+    tablet.click("#outcome-form button[type=submit]").await;
+    desk.wait_for("#h-outcome + ul li", "Requester: Conveyance avoided").await;
+    desk.choose("#outcome-form select[name=outcome]", "advice_only").await;
+    desk.click("#outcome-form button[type=submit]").await;
+    tablet.wait_for("#h-outcome + ul li", "Consultant: Advice only").await;
+
+    // Page weight and first render of the tablet's app (figures printed, weight bounded).
+    let perf = tablet
+        .eval(
+            "const n = performance.getEntriesByType('navigation')[0]; \
+             const r = performance.getEntriesByType('resource').filter((e) => e.name.includes('/app/')); \
+             const p = performance.getEntriesByType('paint').find((e) => e.name === 'first-contentful-paint'); \
+             return { bytes: n.encodedBodySize + r.reduce((s, e) => s + e.encodedBodySize, 0), fcp: p ? p.startTime : null };",
+        )
+        .await;
+    eprintln!("tablet app: {} bytes, first contentful paint {} ms", perf["bytes"], perf["fcp"]);
+    assert!(perf["bytes"].as_u64().unwrap() < 300 * 1024, "page weight {perf}");
+    tablet.close().await;
+    desk.close().await;
+}
+
+/// The tablet with its links cut: a session made offline says so, then climbs the ladder live
+/// when the hub appears, without a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tablet_page_keeps_working_offline_and_moves_up_the_ladder_live_when_the_link_returns() {
+    let f = fleetwide(false);
+    let tablet = Browser::start("tablet-offline", 1280, 800, None).await;
+    tablet.sign_in(&f.amb_api, "Sam Patel", "482193").await;
+    tablet.wait_for("#link", "No connection").await;
+    tablet.click("a[href='#/new']").await;
+    let summary = "Chest pain settled, ECG attached to follow";
+    tablet.choose("#new-session select[name=service_line]", "cardiology").await;
+    tablet.type_into("#new-session input[name=summary]", summary).await;
+    tablet.type_into("#new-session textarea[name=details]", "No network on the moor; crew waiting").await;
+    tablet.click("#new-session button[type=submit]").await;
+    tablet.wait_for("#messages li", "On this device only").await;
+    tablet.click("a[href='#/']").await;
+    tablet.wait_for("ul.cards a", "On this device only").await;
+    tablet.screenshot("09-tablet-offline").await;
+    // Mark the page: a reload would lose it.
+    tablet.eval("window.stillTheSamePage = true; return true;").await;
+
+    let _hub = daemon(&f.hub, &["--listen", &f.hub_quic], &[]);
+    tablet.wait_for("#link", "Connected").await;
+    tablet.wait_for("ul.cards a", "At hub").await;
+    assert_eq!(tablet.eval("return window.stillTheSamePage === true;").await, json!(true), "no reload");
+    tablet.screenshot("10-tablet-back-online").await;
+    let _ = &f.amb;
+    tablet.close().await;
+}
