@@ -400,7 +400,7 @@ async function renderSession(id) {
   S.view = view;
   try {
     const [call] = await api('GET', `/api/sessions/${view.id}/calls`);
-    if (call) S.calls.set(view.id, call);
+    if (call) { S.calls.set(view.id, call); voiceFor(call); }
   } catch (_) { /* shown when it changes */ }
   paintSession(view);
   markRead(view);
@@ -594,6 +594,7 @@ function callPanel(v) {
   if (call && call.state === 'connected') buttons.push(h('button', { type: 'button', class: 'danger', id: 'hangup', onclick: () => hangUp(v.id) }, 'Hang up'));
   return h('section', { class: 'panel', 'aria-labelledby': 'h-call' }, h('h2', { id: 'h-call' }, 'Call'),
     now || h('p', {}, 'No call yet.'),
+    h('p', { id: 'voice', class: 'meta', 'aria-live': 'polite' }, S.voiceText || ''),
     v.routing.length ? h('ol', { class: 'story', 'aria-label': 'What the hub decided' }, v.routing.map((e) => h('li', {}, storyLine(e)))) : null,
     v.calls.length ? h('ul', { class: 'story', 'aria-label': 'Call records' }, v.calls.filter((c) => c.mos !== undefined).map((c) =>
       h('li', {}, `${c.node}: ${Math.round((c.duration_ms || 0) / 1000)} s, quality ${Number(c.mos).toFixed(2)} of 5, ${(100 * (c.loss || 0)).toFixed(1)}% lost, ended: ${c.end}`))) : null,
@@ -651,6 +652,7 @@ function outcomePanel(v) {
 // ------------------------------------------------------------------ calls: ringing, state
 
 function onCall(call) {
+  voiceFor(call);
   const ring = document.getElementById('ring');
   if (call.ringing_here && call.state === 'ringing') {
     const card = S.cards.get(call.session);
@@ -666,6 +668,76 @@ function onCall(call) {
     stopRinging();
   }
   if (S.view && S.view.id === call.session) refreshSession(call.session);
+}
+
+// ------------------------------------------------------------------ the call's voice
+
+// Whether this node is a party of the call: the desk it connected to, or the edge whose
+// session it is.
+function isParty(call) {
+  if (isDesk()) return call.desk === S.node.name;
+  const card = S.cards.get(call.session);
+  return !!card && card.origin === S.node.name;
+}
+
+function voiceFor(call) {
+  if (call.state === 'connected' && isParty(call)) startVoice(call.session);
+  else if (S.voice && S.voice.session === call.session) stopVoice();
+}
+
+// The microphone and speaker carry the call: 20 ms frames of 8 kHz audio over a WebSocket to
+// this node, which carries them over the call's QUIC voice path, and back.
+async function startVoice(session) {
+  if (S.voice) return;
+  const v = { session, sent: 0, played: 0, heard: [], stop: () => {} };
+  S.voice = v;
+  window.outpostVoice = v;
+  try {
+    const stream = await navigator.mediaDevices.getUserMedia({
+      audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+    });
+    const ctx = new AudioContext({ sampleRate: 8000, latencyHint: 'interactive' });
+    await ctx.audioWorklet.addModule('/app/voice-worklet.js');
+    const node = new AudioWorkletNode(ctx, 'outpost-voice', { numberOfInputs: 1, numberOfOutputs: 1, outputChannelCount: [1] });
+    ctx.createMediaStreamSource(stream).connect(node);
+    node.connect(ctx.destination);
+    const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+    const ws = new WebSocket(`${scheme}://${location.host}/api/calls/audio?token=${encodeURIComponent(S.token)}`);
+    ws.binaryType = 'arraybuffer';
+    node.port.onmessage = (e) => {
+      if (ws.readyState === WebSocket.OPEN) { ws.send(e.data); v.sent++; }
+    };
+    ws.onmessage = (e) => {
+      v.played++;
+      v.heard.push(new Int16Array(e.data.slice(0)));
+      if (v.heard.length > 3000) v.heard.shift(); // the last minute, for the call's own checks
+      node.port.postMessage(e.data, [e.data]);
+    };
+    ws.onclose = () => { if (S.voice === v) stopVoice(); };
+    v.stop = () => {
+      ws.close();
+      stream.getTracks().forEach((t) => t.stop());
+      ctx.close();
+    };
+    if (S.voice !== v) { v.stop(); return; }
+    await ctx.resume();
+    voiceStatus('Microphone and speaker on');
+  } catch (err) {
+    voiceStatus(`No microphone or speaker here (${err.message}): the call carries no voice from this device.`);
+  }
+}
+
+function stopVoice() {
+  const v = S.voice;
+  S.voice = null;
+  if (v) v.stop();
+  voiceStatus('');
+}
+
+function voiceStatus(text) {
+  const el = document.getElementById('voice');
+  if (el) el.textContent = text;
+  S.voiceText = text;
 }
 
 function startRinging() {

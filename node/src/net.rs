@@ -192,10 +192,36 @@ struct Shared {
     /// The call whose audio this party carries now, if any, and its hang-up switch (set by the
     /// local API's hang-up; the audio loop ends the call at its next frame).
     live_call: std::sync::Mutex<Option<LiveCall>>,
+    /// A person's microphone and speaker, from the app's page (`/api/calls/audio`): when
+    /// present, a call this node carries speaks from it and plays into it.
+    voice_io: std::sync::Mutex<Option<Arc<VoiceIo>>>,
     /// Conversations open, by peer name: bounded per certificate and in all.
     open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// What the local API bounds (logins, lockouts, event streams).
     api: api::Guards,
+}
+
+/// The app page's audio, 8 kHz mono in 20 ms frames: what its microphone sent (a short queue;
+/// the oldest frames go first when the page runs ahead) and where the call's audio goes.
+#[derive(Debug)]
+pub(crate) struct VoiceIo {
+    /// Which page (the newest one wins).
+    pub(crate) id: u64,
+    /// Frames from the microphone, not yet sent.
+    pub(crate) mic: std::sync::Mutex<std::collections::VecDeque<Vec<i16>>>,
+    /// Frames for the speaker.
+    pub(crate) speaker: mpsc::Sender<Vec<i16>>,
+}
+
+/// Microphone frames held before the oldest is dropped (200 ms: latency stays bounded when the
+/// page's clock runs ahead of the node's).
+pub(crate) const MIC_QUEUE_FRAMES: usize = 10;
+
+impl VoiceIo {
+    /// The next 20 ms from the microphone, if any.
+    fn next_mic_frame(&self) -> Option<Vec<i16>> {
+        self.mic.lock().ok()?.pop_front()
+    }
 }
 
 /// A call this party is in: its session, id, and whether a person asked to hang up.
@@ -465,6 +491,7 @@ pub async fn sync_once_with(
         relay: std::sync::Mutex::new(std::collections::HashMap::new()),
         voice_in: std::sync::Mutex::new(None),
         live_call: std::sync::Mutex::new(None),
+        voice_io: std::sync::Mutex::new(None),
         open: std::sync::Mutex::new(std::collections::HashMap::new()),
         api: api::Guards::default(),
     });
@@ -654,6 +681,7 @@ impl Daemon {
             relay: std::sync::Mutex::new(std::collections::HashMap::new()),
             voice_in: std::sync::Mutex::new(None),
             live_call: std::sync::Mutex::new(None),
+            voice_io: std::sync::Mutex::new(None),
             open: std::sync::Mutex::new(std::collections::HashMap::new()),
             api: api::Guards::default(),
             next_conn: std::sync::atomic::AtomicU64::new(1),
@@ -1693,9 +1721,12 @@ async fn run_call_audio(
         if hang_up.load(std::sync::atomic::Ordering::Acquire) {
             break "hangup";
         }
-        let pcm: Vec<i16> = match &play {
-            Some(p) if from < p.len() => p[from..(from + FRAME_SAMPLES).min(p.len())].to_vec(),
-            Some(_) if requester => break "hangup",
+        // A person's page, when one is open, is the microphone and the speaker.
+        let page = shared.voice_io.lock().ok().and_then(|v| v.clone());
+        let pcm: Vec<i16> = match (&page, &play) {
+            (Some(io), _) => io.next_mic_frame().unwrap_or_else(|| vec![0; FRAME_SAMPLES]),
+            (None, Some(p)) if from < p.len() => p[from..(from + FRAME_SAMPLES).min(p.len())].to_vec(),
+            (None, Some(_)) if requester => break "hangup",
             _ => vec![0; FRAME_SAMPLES],
         };
         let frame = VoiceFrame {
@@ -1729,6 +1760,10 @@ async fn run_call_audio(
             }
         }
         if let Some(pcm) = jb.pop() {
+            if let Some(io) = &page {
+                // A page that cannot keep up loses audio, never holds the call back.
+                let _ = io.speaker.try_send(pcm.clone());
+            }
             recorded.extend(pcm);
         }
         if hung_up {

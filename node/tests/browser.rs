@@ -37,25 +37,65 @@ fn ensure_chromium() {
         return;
     }
     let have = |p: &str| Path::new(p).exists();
-    if !(have("/usr/bin/chromium") && have("/usr/bin/chromedriver")) {
+    if !(have("/usr/bin/chromium") && have("/usr/bin/chromedriver") && have("/usr/bin/espeak-ng")) {
         let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
         assert_eq!(
             uid.as_deref().unwrap_or(""),
             "0",
-            "the browser tests need Debian's chromium and chromium-driver: run `apt-get install -y chromium \
-             chromium-driver` as root (these tests install them themselves when run as root)"
+            "the browser tests need Debian's chromium, chromium-driver and espeak-ng: run `apt-get install -y \
+             chromium chromium-driver espeak-ng` as root (these tests install them themselves when run as root)"
         );
-        eprintln!("installing chromium and chromium-driver (apt-get)...");
+        eprintln!("installing chromium, chromium-driver and espeak-ng (apt-get)...");
         for args in [
             &["update", "-qq"][..],
-            &["install", "-y", "-qq", "--no-install-recommends", "chromium", "chromium-driver"][..],
+            &["install", "-y", "-qq", "--no-install-recommends", "chromium", "chromium-driver", "espeak-ng"][..],
         ] {
             let out = Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").output().unwrap();
             assert!(out.status.success(), "apt-get {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
         }
         assert!(have("/usr/bin/chromium") && have("/usr/bin/chromedriver"), "apt-get installed no chromium");
+        assert!(have("/usr/bin/espeak-ng"), "apt-get installed no espeak-ng");
     }
     *ready = true;
+}
+
+/// A sentence spoken by espeak-ng into a WAV file (22.05 kHz mono), a fake microphone's input.
+fn speak(path: &Path, words: &str) {
+    ensure_chromium();
+    let out = Command::new("/usr/bin/espeak-ng").args(["-s", "150", "-w", d(path), words]).output().unwrap();
+    assert!(out.status.success(), "espeak-ng: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Loudness of each 20 ms of 8 kHz audio.
+fn envelope(samples: &[i16]) -> Vec<f64> {
+    samples
+        .chunks(160)
+        .map(|c| (c.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>() / c.len() as f64).sqrt())
+        .collect()
+}
+
+/// How well what was heard follows what was said: the best Pearson correlation of their
+/// loudness envelopes over every offset into the source (which the fake microphone loops).
+fn correlation(heard: &[i16], said: &[i16]) -> f64 {
+    let h = envelope(heard);
+    let s = envelope(said);
+    // Leave out the first half second (the microphone opening) and take up to 4 s.
+    let h: Vec<f64> = h.iter().skip(25).take(200).copied().collect();
+    assert!(h.len() >= 100, "too little audio heard: {} frames", h.len());
+    let n = h.len();
+    let norm = |v: &[f64]| {
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let centred: Vec<f64> = v.iter().map(|x| x - mean).collect();
+        let len = centred.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-9);
+        centred.into_iter().map(|x| x / len).collect::<Vec<f64>>()
+    };
+    let hn = norm(&h);
+    (0..s.len())
+        .map(|lag| {
+            let window: Vec<f64> = (0..n).map(|i| s[(lag + i) % s.len()]).collect();
+            norm(&window).iter().zip(&hn).map(|(a, b)| a * b).sum::<f64>()
+        })
+        .fold(f64::MIN, f64::max)
 }
 
 fn screens_dir() -> PathBuf {
@@ -278,7 +318,7 @@ struct Fleetwide {
     hub: PathBuf,
 }
 
-fn fleetwide(start_hub: bool) -> Fleetwide {
+fn fleetwide(start_hub: bool, desk_record: Option<&Path>) -> Fleetwide {
     let tmp = tempfile::tempdir().unwrap();
     let fleet = Fleet::new(tmp.path());
     let hub = fleet.node("hub-qhm", "hub", &[]);
@@ -294,7 +334,12 @@ fn fleetwide(start_hub: bool) -> Fleetwide {
         daemons.push(daemon(&hub, &["--listen", &quic], &[]));
     }
     daemons.push(daemon(&amb, &["--peer", &quic, "--api", &format!("127.0.0.1:{amb_port}")], &[]));
-    daemons.push(daemon(&desk, &["--peer", &quic, "--api", &format!("127.0.0.1:{desk_port}")], &[]));
+    let desk_api_addr = format!("127.0.0.1:{desk_port}");
+    let mut desk_args = vec!["--peer", &quic, "--api", &desk_api_addr];
+    if let Some(rec) = desk_record {
+        desk_args.extend(["--record", d(rec)]);
+    }
+    daemons.push(daemon(&desk, &desk_args, &[]));
     for port in [amb_port, desk_port] {
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -315,9 +360,22 @@ fn fleetwide(start_hub: bool) -> Fleetwide {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paramedic_and_a_consultant_work_a_case_through_their_browsers() {
-    let f = fleetwide(true);
-    let tablet = Browser::start("tablet", 1280, 800, None).await;
-    let desk = Browser::start("desk", 1600, 1000, None).await;
+    // What each person says into their page's (fake) microphone.
+    let voices = tempfile::tempdir().unwrap();
+    let crew_says = voices.path().join("crew.wav");
+    let consultant_says = voices.path().join("consultant.wav");
+    speak(
+        &crew_says,
+        "Forty two year old man. Spreading target rash on the left forearm, three days after starting amoxicillin. No mouth ulcers. Observations normal.",
+    );
+    speak(
+        &consultant_says,
+        "Thank you. This sounds like erythema multiforme. Stop the amoxicillin today, give an antihistamine, and ask the GP to review him in two days.",
+    );
+    let desk_heard = voices.path().join("desk-heard.wav");
+    let f = fleetwide(true, Some(&desk_heard));
+    let tablet = Browser::start("tablet", 1280, 800, Some(&crew_says)).await;
+    let desk = Browser::start("desk", 1600, 1000, Some(&consultant_says)).await;
 
     tablet.sign_in(&f.amb_api, "Sam Patel", "482193").await;
     tablet.wait_for("main h1", "Advice sessions").await;
@@ -376,10 +434,49 @@ async fn a_paramedic_and_a_consultant_work_a_case_through_their_browsers() {
     desk.wait_for("#call-state", "Connected to desk-derm-1").await;
     tablet.wait_for("#call-state", "Connected to desk-derm-1").await;
     tablet.wait_for("ol.story li", "Rang desk-derm-1").await;
+    tablet.wait_for("#voice", "Microphone and speaker on").await;
+    desk.wait_for("#voice", "Microphone and speaker on").await;
     tablet.screenshot("06-tablet-call-connected").await;
+    // Five seconds of speech each way, then the crew hangs up from the page.
+    let played = "return window.outpostVoice ? window.outpostVoice.played : 0;";
+    let started = Instant::now();
+    while tablet.eval(played).await.as_u64().unwrap_or(0) < 300 || desk.eval(played).await.as_u64().unwrap_or(0) < 300 {
+        assert!(
+            started.elapsed() < LIMIT,
+            "the call's audio did not flow: tablet {} desk {}",
+            tablet.eval(played).await,
+            desk.eval(played).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let heard_js = "return window.outpostVoice.heard.flatMap((f) => Array.from(f));";
+    let tablet_heard: Vec<i16> = serde_json::from_value(tablet.eval(heard_js).await).unwrap();
     tablet.click("#hangup").await;
     tablet.wait_for("#call-state", "Call ended").await;
     desk.wait_for("#call-state", "Call ended").await;
+
+    // Each side heard the other's voice: the tablet's page played the consultant's words; the
+    // desk (its node's recording of the call) heard the crew's.
+    let crew = outpost_node::media::read_wav(&crew_says).unwrap();
+    let consultant = outpost_node::media::read_wav(&consultant_says).unwrap();
+    let started = Instant::now();
+    while !desk_heard.exists() {
+        assert!(started.elapsed() < LIMIT, "the desk wrote no recording of the call");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let desk_recording = outpost_node::media::read_wav(&desk_heard).unwrap();
+    let (t_right, t_wrong) = (correlation(&tablet_heard, &consultant), correlation(&tablet_heard, &crew));
+    let (d_right, d_wrong) = (correlation(&desk_recording, &crew), correlation(&desk_recording, &consultant));
+    eprintln!(
+        "voice: the tablet's page heard the consultant r = {t_right:.2} (the crew's own words: {t_wrong:.2}); \
+         the desk heard the crew r = {d_right:.2} (the consultant's own words: {d_wrong:.2})"
+    );
+    assert!(
+        t_right > 0.6 && t_right > t_wrong + 0.1,
+        "the tablet did not hear the consultant: {t_right:.2} vs {t_wrong:.2}"
+    );
+    assert!(d_right > 0.6 && d_right > d_wrong + 0.1, "the desk did not hear the crew: {d_right:.2} vs {d_wrong:.2}");
 
     // The consultant replies; the reply reaches the tablet, whose page (the session on screen)
     // marks it read, and the desk sees that.
@@ -419,7 +516,7 @@ async fn a_paramedic_and_a_consultant_work_a_case_through_their_browsers() {
 /// when the hub appears, without a reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tablet_page_keeps_working_offline_and_moves_up_the_ladder_live_when_the_link_returns() {
-    let f = fleetwide(false);
+    let f = fleetwide(false, None);
     let tablet = Browser::start("tablet-offline", 1280, 800, None).await;
     tablet.sign_in(&f.amb_api, "Sam Patel", "482193").await;
     tablet.wait_for("#link", "No connection").await;

@@ -164,6 +164,7 @@ fn routes() -> OpenApiRouter<Arc<Shared>> {
         .routes(routes!(escalate))
         .routes(routes!(answer))
         .routes(routes!(hang_up))
+        .routes(routes!(call_audio))
         .routes(routes!(session_calls))
         .routes(routes!(callbacks))
         .routes(routes!(get_photo))
@@ -370,13 +371,14 @@ impl FromRequestParts<Arc<Shared>> for Caller {
     }
 }
 
-/// The bearer token of a request: the `Authorization` header, or, on the event stream alone
-/// (a browser's `EventSource` cannot set headers), a `token` query parameter.
+/// The bearer token of a request: the `Authorization` header, or, on the event stream and the
+/// call audio socket alone (a browser's `EventSource` and `WebSocket` cannot set headers), a
+/// `token` query parameter.
 fn bearer(headers: &axum::http::HeaderMap, uri: &axum::http::Uri) -> Option<String> {
     if let Some(h) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         return h.strip_prefix("Bearer ").map(|t| t.trim().to_string());
     }
-    if uri.path() != "/api/events" {
+    if !matches!(uri.path(), "/api/events" | "/api/calls/audio") {
         return None;
     }
     uri.query()?.split('&').find_map(|kv| kv.strip_prefix("token=").map(str::to_string))
@@ -1094,6 +1096,91 @@ async fn hang_up(
     live.hang_up.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(session = %id, call = %live.call, by = %who.name, "hanging up");
     Ok((StatusCode::ACCEPTED, Json(Escalated { session: id, call: live.call })).into_response())
+}
+
+/// The page's microphone and speaker for the call this node carries (`/api/calls/audio`): a
+/// WebSocket of binary messages, each 20 ms of 8 kHz mono audio (160 samples, 16-bit little
+/// endian), both ways. The newest page open is the one that speaks and hears.
+#[utoipa::path(
+    get, path = "/api/calls/audio", tag = "calls",
+    params(("token" = Option<String>, Query, description = "The bearer token, for a browser's WebSocket (which cannot set headers)")),
+    responses(
+        (status = 101, description = "A WebSocket: binary messages of 320 bytes (20 ms of 8 kHz mono, 16-bit little endian) from the microphone; the same from the call for the speaker"),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "An integrating system does not speak in calls", body = ErrorBody),
+    )
+)]
+async fn call_audio(
+    State(shared): State<Arc<Shared>>,
+    Caller(who): Caller,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    person_only(&who, "speaking in a call")?;
+    let token = bearer(&headers, &uri).unwrap_or_default();
+    Ok(ws.max_message_size(64 * 1024).on_upgrade(move |socket| voice_socket(shared, socket, token)))
+}
+
+/// Carries one page's audio until it closes, its token ends, or a newer page takes over.
+async fn voice_socket(shared: Arc<Shared>, socket: axum::extract::ws::WebSocket, token: String) {
+    use axum::extract::ws::{CloseFrame, Message};
+    use futures_util::{SinkExt, StreamExt};
+    let frame_bytes = 2 * sync_protocol::voice::FRAME_SAMPLES;
+    let (speaker, mut to_page) = tokio::sync::mpsc::channel::<Vec<i16>>(50);
+    let id = shared.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let io = Arc::new(super::VoiceIo { id, mic: Default::default(), speaker });
+    if let Ok(mut slot) = shared.voice_io.lock() {
+        *slot = Some(io.clone());
+    }
+    let (mut sink, mut from_page) = socket.split();
+    let mut recheck = tokio::time::interval(RECHECK);
+    recheck.tick().await;
+    loop {
+        tokio::select! {
+            msg = from_page.next() => match msg {
+                Some(Ok(Message::Binary(b))) if b.len() == frame_bytes => {
+                    let pcm: Vec<i16> = b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
+                    if let Ok(mut q) = io.mic.lock() {
+                        if q.len() >= super::MIC_QUEUE_FRAMES {
+                            q.pop_front();
+                        }
+                        q.push_back(pcm);
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    let reason = format!("each message is {frame_bytes} bytes: 20 ms of 8 kHz 16-bit mono");
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code: 1003, reason: reason.into() }))).await;
+                    break;
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
+            out = to_page.recv() => {
+                let Some(pcm) = out else { break };
+                let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
+                if sink.send(Message::Binary(bytes.into())).await.is_err() {
+                    break;
+                }
+            }
+            _ = recheck.tick() => {
+                let token = token.clone();
+                let valid = shared.store.call(move |n| n.person_by_token(&token, now_ms()).ok().flatten().is_some()).await;
+                if !valid.unwrap_or(false) {
+                    break;
+                }
+            }
+        }
+        let replaced = shared.voice_io.lock().map(|v| v.as_ref().is_none_or(|x| x.id != id)).unwrap_or(true);
+        if replaced {
+            break;
+        }
+    }
+    if let Ok(mut slot) = shared.voice_io.lock()
+        && slot.as_ref().is_some_and(|x| x.id == id)
+    {
+        *slot = None;
+    }
 }
 
 /// The callbacks owed: on a desk, what its consultants must call back; on an edge, what the

@@ -18,6 +18,7 @@ use super::Shared;
 const INDEX: &str = include_str!("../../../app/index.html");
 const APP_JS: &str = include_str!("../../../app/app.js");
 const APP_CSS: &str = include_str!("../../../app/app.css");
+const VOICE_WORKLET: &str = include_str!("../../../app/voice-worklet.js");
 
 /// The app's policy: its own files and its own node, nothing else.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; \
@@ -32,6 +33,7 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         .route("/app/", get(|| async { file("text/html; charset=utf-8", INDEX) }))
         .route("/app/app.js", get(|| async { file("text/javascript; charset=utf-8", APP_JS) }))
         .route("/app/app.css", get(|| async { file("text/css; charset=utf-8", APP_CSS) }))
+        .route("/app/voice-worklet.js", get(|| async { file("text/javascript; charset=utf-8", VOICE_WORKLET) }))
 }
 
 fn file(content_type: &'static str, body: &'static str) -> Response {
