@@ -183,6 +183,9 @@ enum Command {
         /// Keep the node directory here instead of a temporary one.
         #[arg(long)]
         keep: Option<PathBuf>,
+        /// At the end, keep the fleet running and the apps' addresses open until Ctrl-C.
+        #[arg(long)]
+        serve: bool,
     },
     /// Print the local API's OpenAPI document (what `run --api` serves at /api/openapi.json;
     /// checked in as docs/api.json).
@@ -920,7 +923,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Demo { keep } => crate::demo::run(keep.as_deref())?,
+        Command::Demo { keep, serve } => crate::demo::run(keep.as_deref(), serve)?,
         Command::Openapi => print!("{}", crate::net::openapi_json()),
         Command::Ca(cmd) => ca(cmd)?,
         Command::Linkem { listen, to, profile, outages, seed } => {

@@ -147,8 +147,9 @@ fn crew() -> Requester {
     }
 }
 
-/// Runs the demo; with `keep`, the node directory is left there for inspection.
-pub fn run(keep: Option<&Path>) -> anyhow::Result<()> {
+/// Runs the demo; with `keep`, the node directory is left there for inspection; with `serve`,
+/// the fleet and its apps stay up until Ctrl-C.
+pub fn run(keep: Option<&Path>, serve: bool) -> anyhow::Result<()> {
     let temp;
     let base = match keep {
         Some(p) => p.to_path_buf(),
@@ -159,7 +160,7 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<()> {
     };
     offline_day(&base.join("offline").join("amb-07"))?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(fleet::run(&base.join("fleet")))
+    rt.block_on(fleet::run(&base.join("fleet"), serve))
 }
 
 /// Part one: a day's work on one tablet with no network at all.

@@ -332,8 +332,44 @@ fn the_audit_chain_records_changes_and_views_and_detects_tampering() {
 }
 
 #[test]
-fn demo_runs_an_offline_day_and_finds_no_plaintext() {
-    let out = ok(&["demo"]);
+fn demo_runs_an_offline_day_and_finds_no_plaintext_then_serves_the_apps_until_interrupted() {
+    use std::io::{BufRead, Read};
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["demo", "--serve"])
+        .env_remove("OUTPOST_NODE_KEY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut out = String::new();
+    let mut apps = Vec::new();
+    loop {
+        let mut line = String::new();
+        assert!(lines.read_line(&mut line).unwrap() > 0, "the demo ended before serving its apps:\n{out}");
+        out.push_str(&line);
+        if let Some(at) = line.find("http://").filter(|_| line.contains("/app/")) {
+            apps.push(line[at..].split_whitespace().next().unwrap().to_string());
+        }
+        if line.contains("Ctrl-C ends it") {
+            break;
+        }
+    }
+    // Both apps are up, and the demo's users sign in to them.
+    assert_eq!(apps.len(), 2, "{out}");
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    for (url, name, pin) in [(&apps[0], "Sam Patel", "amb-pin-8302"), (&apps[1], "Dr Ada Okafor", "derm-desk-4471")] {
+        let page = agent.get(url).call().unwrap().body_mut().read_to_string().unwrap();
+        assert!(page.contains("/app/app.js"), "{url}: {page}");
+        let login = url.replace("/app/", "/api/login");
+        let status = agent.post(&login).send_json(serde_json::json!({ "name": name, "secret": pin })).unwrap().status();
+        assert_eq!(status, 200, "{name} signs in at {login}");
+    }
+    // Ctrl-C ends it cleanly.
+    let interrupted = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(interrupted.success());
+    lines.read_to_string(&mut out).unwrap();
+    assert!(child.wait().unwrap().success(), "{out}");
     assert!(out.contains("plaintext check") && out.contains(": 0 found"), "{out}");
     assert!(out.contains("audit chain") && out.contains("intact"), "{out}");
     assert!(out.contains("on this device only"), "{out}");

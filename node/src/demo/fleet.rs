@@ -88,8 +88,8 @@ async fn until(
     }
 }
 
-/// Runs part two in `root`.
-pub async fn run(root: &Path) -> anyhow::Result<()> {
+/// Runs part two in `root`; with `serve`, leaves the fleet and its apps up until Ctrl-C.
+pub async fn run(root: &Path, serve: bool) -> anyhow::Result<()> {
     println!("\npart 2: a hub, an ambulance, a surgery and a consultant's desk (real QUIC, mutual TLS, loopback)\n");
     let ca = CaDir::new(root.join("ca"));
     ca.init("demo")?;
@@ -547,6 +547,21 @@ pub async fn run(root: &Path) -> anyhow::Result<()> {
         bytes(photo_bytes)
     );
     println!("  ({} datagrams lost to the profile's burst loss, recovered by QUIC)", s.lost);
+    // The apps the two people used, in a browser.
+    println!("\n  the clinicians' apps (open in a browser on this machine):");
+    for (who, d, name, pin) in
+        [("ambulance tablet", &amb, "Sam Patel", AMB_PIN), ("consultant's desk", &desk, "Dr Ada Okafor", DESK_PIN)]
+    {
+        if let Some(api) = d.api_addr {
+            println!("    {who:<18} http://{api}/app/   sign in as {name:?}, PIN {pin}");
+        }
+    }
+    if serve {
+        println!("  (the fleet stays up; the desk answers calls by itself, or from its app; Ctrl-C ends it)");
+        tokio::signal::ctrl_c().await?;
+    } else {
+        println!("  (`outpost demo --serve` keeps them up until Ctrl-C)");
+    }
     for (name, d) in [("amb-07", amb), ("surgery-12", surgery), ("desk-derm-1", desk), ("hub-qhm", hub)] {
         d.stop().await;
         let _ = name;
