@@ -510,7 +510,10 @@ function photoForm(v) {
   consent.required = true;
   const scope = select('consent_scope', { record_only: 'For the record only', teaching: 'Also for teaching' }, 'record_only');
   const bar = h('progress', { max: 100, value: 0, hidden: true, 'aria-label': 'Upload progress' });
-  const state = h('p', { class: 'meta', 'aria-live': 'polite' });
+  // What the last upload came to survives the live redraws of the page.
+  const state = h('p', { class: 'meta', id: 'photo-state', 'aria-live': 'polite' },
+    S.photoNote && S.photoNote.session === v.id ? S.photoNote.text : '');
+  const note = (text) => { S.photoNote = { session: v.id, text }; state.textContent = text; };
   const send = h('button', { type: 'submit' }, 'Add photo');
   const form = h('form', { id: 'photo-form' },
     field('Photo', file, 'Opens the camera on a tablet'),
@@ -530,23 +533,23 @@ function photoForm(v) {
     xhr.upload.onprogress = (p) => {
       if (p.lengthComputable) {
         bar.value = Math.round((100 * p.loaded) / p.total);
-        state.textContent = `Saving on this device: ${bar.value}%`;
+        note(`Saving on this device: ${bar.value}%`);
       }
     };
     xhr.onload = async () => {
       send.disabled = false;
       if (xhr.status === 201) {
-        state.textContent = 'Saved on this device. It goes to the hub with the next sync.';
+        note(`Saved on this device (${Math.round(file.files[0].size / 1024)} KB). It goes to the hub with the next sync.`);
         await refreshSession(v.id);
       } else if (xhr.status === 401) {
         signedOut('Your sign-in has ended. Sign in again.');
       } else {
         let msg = `${xhr.status}`;
         try { msg = JSON.parse(xhr.responseText).error; } catch (_) { /* keep the status */ }
-        state.textContent = `Not saved: ${msg}`;
+        note(`Not saved: ${msg}`);
       }
     };
-    xhr.onerror = () => { send.disabled = false; state.textContent = 'Not saved: the node did not answer.'; };
+    xhr.onerror = () => { send.disabled = false; note('Not saved: the node did not answer.'); };
     xhr.send(file.files[0]);
   });
   return form;

@@ -276,6 +276,8 @@ for (const el of document.querySelectorAll('input, select, textarea, button, a[h
     || (el.tagName === 'BUTTON' || el.tagName === 'A' ? el.textContent : '');
   if (!labelled || !labelled.trim()) problems.push(`no accessible name: ${el.outerHTML.slice(0, 100)}`);
   if (el.tabIndex > 0) problems.push(`tabindex > 0 reorders focus: ${el.outerHTML.slice(0, 100)}`);
+  const box = el.getBoundingClientRect();
+  if (el.tagName !== 'A' && (box.height < 44 || box.width < 44)) problems.push(`target smaller than 44 px (gloves): ${el.outerHTML.slice(0, 100)}`);
 }
 const rgb = (s) => (s.match(/[\d.]+/g) || []).map(Number);
 const lum = (c) => {
@@ -318,13 +320,13 @@ struct Fleetwide {
     hub: PathBuf,
 }
 
-fn fleetwide(start_hub: bool, desk_record: Option<&Path>) -> Fleetwide {
+fn fleetwide(start_hub: bool, desk_record: Option<&Path>, ring_secs: &str) -> Fleetwide {
     let tmp = tempfile::tempdir().unwrap();
     let fleet = Fleet::new(tmp.path());
     let hub = fleet.node("hub-qhm", "hub", &[]);
     let amb = fleet.node("amb-07", "edge", &[]);
     let desk = fleet.node("desk-derm-1", "desk", &["--service-line", "dermatology"]);
-    ok(&["rota", "set", "--dir", d(&hub), "--line", "dermatology", "--desk", "desk-derm-1", "--ring-secs", "60"]);
+    ok(&["rota", "set", "--dir", d(&hub), "--line", "dermatology", "--desk", "desk-derm-1", "--ring-secs", ring_secs]);
     add_user(&amb, "Sam Patel", "paramedic", "HCPC-PA123456", "482193");
     add_user(&desk, "Dr Ada Okafor", "consultant", "GMC-7012345", "447126");
     let quic = format!("127.0.0.1:{}", free_port());
@@ -373,7 +375,7 @@ async fn a_paramedic_and_a_consultant_work_a_case_through_their_browsers() {
         "Thank you. This sounds like erythema multiforme. Stop the amoxicillin today, give an antihistamine, and ask the GP to review him in two days.",
     );
     let desk_heard = voices.path().join("desk-heard.wav");
-    let f = fleetwide(true, Some(&desk_heard));
+    let f = fleetwide(true, Some(&desk_heard), "60");
     let tablet = Browser::start("tablet", 1280, 800, Some(&crew_says)).await;
     let desk = Browser::start("desk", 1600, 1000, Some(&consultant_says)).await;
 
@@ -414,6 +416,7 @@ async fn a_paramedic_and_a_consultant_work_a_case_through_their_browsers() {
     tablet.choose("#photo-form select[name=consent]", "verbal").await;
     tablet.click("#photo-form button[type=submit]").await;
     tablet.wait_for(".photos figcaption", "left forearm").await;
+    tablet.wait_for("#photo-state", "Saved on this device").await;
     // The hub takes the message and the photo; the desk gets the case.
     tablet.wait_for("#messages li", "At consultant").await;
     tablet.assert_accessible("session").await;
@@ -516,7 +519,7 @@ async fn a_paramedic_and_a_consultant_work_a_case_through_their_browsers() {
 /// when the hub appears, without a reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tablet_page_keeps_working_offline_and_moves_up_the_ladder_live_when_the_link_returns() {
-    let f = fleetwide(false, None);
+    let f = fleetwide(false, None, "60");
     let tablet = Browser::start("tablet-offline", 1280, 800, None).await;
     tablet.sign_in(&f.amb_api, "Sam Patel", "482193").await;
     tablet.wait_for("#link", "No connection").await;
@@ -540,4 +543,40 @@ async fn the_tablet_page_keeps_working_offline_and_moves_up_the_ladder_live_when
     tablet.screenshot("10-tablet-back-online").await;
     let _ = &f.amb;
     tablet.close().await;
+}
+
+/// A call the desk does not answer: the hub arranges a callback, and says why, on the crew's
+/// page; the consultant's page lists the callback owed with the number to ring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_no_one_answers_becomes_a_callback_that_both_pages_show_with_its_reason() {
+    let f = fleetwide(true, None, "3");
+    let tablet = Browser::start("tablet-callback", 1280, 800, None).await;
+    let desk = Browser::start("desk-callback", 1600, 1000, None).await;
+    tablet.sign_in(&f.amb_api, "Sam Patel", "482193").await;
+    desk.sign_in(&f.desk_api, "Dr Ada Okafor", "447126").await;
+    tablet.click("a[href='#/new']").await;
+    let summary = "Blistering rash both shins, febrile";
+    tablet.choose("#new-session select[name=service_line]", "dermatology").await;
+    tablet.type_into("#new-session input[name=summary]", summary).await;
+    tablet
+        .type_into("#new-session textarea[name=details]", "Temp 38.4, HR 104; blisters tense, Nikolsky negative")
+        .await;
+    tablet.type_into("#new-session input[name=callback]", "07700 900456").await;
+    tablet.click("#new-session button[type=submit]").await;
+    tablet.wait_for("#messages li", "At consultant").await;
+    // The desk's page rings; nobody answers it.
+    tablet.click("#escalate").await;
+    desk.wait_for("#ring h2", summary).await;
+    tablet.wait_for("#call-state", "Callback arranged").await;
+    let story = tablet.texts("ol.story li").await.join("\n");
+    assert!(story.contains("did not answer"), "{story}");
+    tablet.screenshot("11-tablet-callback-arranged").await;
+    assert!(desk.eval("return document.getElementById('ring').hidden;").await == json!(true), "the ringing stopped");
+    desk.click("a[href='#/callbacks']").await;
+    desk.wait_for("ul.cards a", summary).await;
+    desk.wait_for("ul.cards a", "ring 07700 900456").await;
+    desk.assert_accessible("callbacks owed").await;
+    desk.screenshot("12-desk-callbacks-owed").await;
+    tablet.close().await;
+    desk.close().await;
 }
