@@ -16,7 +16,16 @@ const S = {
   ringTimer: null,
   audio: null,
   keySeq: 0,
+  myCalls: new Set(), // sessions whose call this person asked for or answered in this tab
+  thumbs: new Map(), // photo hash -> object URL (fetched once)
+  lastInput: 0, // when the person last touched or typed on this page
+  autoOpened: null, // a session the page opened by itself (a ringing call), not yet looked at
 };
+
+// Reading is a person's act: the page counts it only after they touched or typed recently.
+for (const ev of ['pointerdown', 'keydown']) {
+  window.addEventListener(ev, () => { S.lastInput = Date.now(); S.autoOpened = null; }, true);
+}
 
 // ------------------------------------------------------------------ words for people
 
@@ -155,7 +164,10 @@ async function imageUrl(hash, thumbnail) {
     headers: { Authorization: `Bearer ${S.token}` },
   });
   if (!res.ok) return null;
-  return URL.createObjectURL(await res.blob());
+  const blob = await res.blob();
+  // Only a photo is shown as one (the type comes from another node's record).
+  if (blob.type !== 'image/jpeg' && blob.type !== 'image/png') return null;
+  return URL.createObjectURL(blob);
 }
 
 function show(...children) {
@@ -422,9 +434,12 @@ async function refreshSession(id) {
   markRead(view);
 }
 
-// A person has the session on screen: this node's read receipts for what the other side wrote.
+// A person has the session on screen and is at the device: this node's read receipts for what
+// the other side wrote. A session the page opened by itself (a call ringing) or an idle screen
+// (nothing touched or typed for two minutes) reads nothing.
 async function markRead(view) {
-  if (document.visibilityState !== 'visible') return;
+  if (document.visibilityState !== 'visible' || !document.hasFocus()) return;
+  if (S.autoOpened === view.id || Date.now() - S.lastInput > 120000) return;
   const other = view.messages.some((m) => m.side !== mySide() && m.receipt !== 'read');
   if (!other) return;
   try { await api('POST', `/api/sessions/${view.id}/read`); } catch (_) { /* shown on the next change */ }
@@ -440,9 +455,9 @@ function paintSession(v) {
   const photos = h('div', { class: 'photos' }, v.media.map((m) => {
     const img = h('img', { alt: `${VIEWS[m.view] || m.view} photo of ${m.body_site}`, hidden: true });
     const waiting = h('p', { class: 'meta' }, 'Photo on its way to this device');
-    imageUrl(m.hash, true).then((u) => {
-      if (u) { img.src = u; img.hidden = false; waiting.remove(); }
-    });
+    const shown = (u) => { img.src = u; img.hidden = false; waiting.remove(); };
+    if (S.thumbs.has(m.hash)) shown(S.thumbs.get(m.hash));
+    else imageUrl(m.hash, true).then((u) => { if (u) { S.thumbs.set(m.hash, u); shown(u); } });
     return h('figure', {}, img, waiting, h('figcaption', {}, `${VIEWS[m.view] || m.view} · ${m.body_site} · `,
       m.consent_withdrawn ? 'consent withdrawn' : consentWords(v, m.consent), ' · ', chip(m.receipt, 'requester'),
       isDesk() ? h('button', { type: 'button', class: 'secondary', onclick: () => openPhoto(m) }, 'Open full size') : null));
@@ -474,6 +489,7 @@ async function openPhoto(m) {
   const u = await imageUrl(m.hash, false);
   if (!u) { toast('The full photo is not held here yet.'); return; }
   window.open(u, '_blank', 'noopener');
+  setTimeout(() => URL.revokeObjectURL(u), 60000);
   try { await api('POST', `/api/photos/${m.hash}/read`); } catch (_) { /* shown later */ }
 }
 
@@ -589,7 +605,9 @@ function callPanel(v) {
     const words = CALL_WORDS[call.state] || call.state;
     if (call.state === 'connected') now = h('p', { class: 'call-live', id: 'call-state' }, `${words} to ${call.desk}`);
     else if (call.state === 'callback') now = h('p', { class: 'callback', id: 'call-state' }, `${words}: ${call.callback_reason || 'no reason given'}`);
-    else now = h('p', { id: 'call-state' }, words, call.desk && call.state === 'ringing' ? ` ${call.desk}` : '');
+    else if (call.state === 'waiting' && ![...S.peers.values()].some(Boolean)) {
+      now = h('p', { id: 'call-state' }, 'Waiting for a connection to ask the hub');
+    } else now = h('p', { id: 'call-state' }, words, call.desk && call.state === 'ringing' ? ` ${call.desk}` : '');
   }
   const buttons = [];
   if (!isDesk() && !open) buttons.push(h('button', { type: 'button', id: 'escalate', onclick: () => escalate(v) }, 'Ask for a call'));
@@ -607,6 +625,7 @@ function callPanel(v) {
 async function escalate(v) {
   try {
     const r = await api('POST', `/api/sessions/${v.id}/escalate`);
+    S.myCalls.add(v.id);
     S.calls.set(v.id, { session: v.id, call: r.call, state: 'waiting', ringing_here: false });
     await refreshSession(v.id);
   } catch (err) {
@@ -617,7 +636,10 @@ async function escalate(v) {
 async function answer(id) {
   try {
     await api('POST', `/api/sessions/${id}/answer`);
+    S.myCalls.add(id);
+    S.autoOpened = null;
     stopRinging();
+    if (!S.view || S.view.id !== id) location.hash = `#/s/${id}`;
   } catch (err) {
     if (err.status !== 401) toast(err.message);
   }
@@ -664,8 +686,14 @@ function onCall(call) {
       h('button', { type: 'button', id: 'answer', onclick: () => answer(call.session) }, 'Answer'));
     ring.hidden = false;
     startRinging();
-    // The case on screen before the consultant speaks.
-    if (!S.view || S.view.id !== call.session) location.hash = `#/s/${call.session}`;
+    // The case on screen before the consultant speaks, unless a reply is being typed elsewhere
+    // (the banner's Answer opens it).
+    const typing = document.getElementById('reply');
+    const drafting = typing && typing.value.trim() !== '' && (!S.view || S.view.id !== call.session);
+    if (!drafting && (!S.view || S.view.id !== call.session)) {
+      S.autoOpened = call.session;
+      location.hash = `#/s/${call.session}`;
+    }
   } else if (!ring.hidden && (!call.ringing_here || call.state !== 'ringing')) {
     ring.hidden = true;
     stopRinging();
@@ -684,7 +712,7 @@ function isParty(call) {
 }
 
 function voiceFor(call) {
-  if (call.state === 'connected' && isParty(call)) startVoice(call.session);
+  if (call.state === 'connected' && isParty(call) && S.myCalls.has(call.session)) startVoice(call.session);
   else if (S.voice && S.voice.session === call.session) stopVoice();
 }
 
@@ -705,26 +733,47 @@ async function startVoice(session) {
     ctx.createMediaStreamSource(stream).connect(node);
     node.connect(ctx.destination);
     const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-    const ws = new WebSocket(`${scheme}://${location.host}/api/calls/audio?token=${encodeURIComponent(S.token)}`);
-    ws.binaryType = 'arraybuffer';
+    const url = `${scheme}://${location.host}/api/calls/audio?session=${encodeURIComponent(session)}&token=${encodeURIComponent(S.token)}`;
+    let ws = null;
+    let tries = 0;
+    const connect = () => {
+      ws = new WebSocket(url);
+      ws.binaryType = 'arraybuffer';
+      let opened = false;
+      ws.onopen = () => { opened = true; tries = 0; voiceStatus('Microphone and speaker on'); };
+      ws.onmessage = (e) => {
+        v.played++;
+        v.heard.push(new Int16Array(e.data.slice(0)));
+        if (v.heard.length > 3000) v.heard.shift(); // the last minute, for the call's own checks
+        node.port.postMessage(e.data, [e.data]);
+      };
+      ws.onclose = (e) => {
+        if (S.voice !== v) return;
+        const call = S.calls.get(session);
+        // The node may not carry the call's audio yet (just connected), or the socket dropped:
+        // try again while the call lasts, and say so.
+        if (call && call.state === 'connected' && tries < 40) {
+          tries += 1;
+          if (opened) voiceStatus(`Voice lost (${e.reason || 'connection closed'}): reconnecting…`);
+          setTimeout(() => { if (S.voice === v) connect(); }, 500);
+        } else {
+          stopVoice();
+          if (call && call.state === 'connected') voiceStatus(`No voice from this device: ${e.reason || 'the node refused it'}`);
+        }
+      };
+    };
     node.port.onmessage = (e) => {
-      if (ws.readyState === WebSocket.OPEN) { ws.send(e.data); v.sent++; }
+      if (ws && ws.readyState === WebSocket.OPEN) { ws.send(e.data); v.sent++; }
     };
-    ws.onmessage = (e) => {
-      v.played++;
-      v.heard.push(new Int16Array(e.data.slice(0)));
-      if (v.heard.length > 3000) v.heard.shift(); // the last minute, for the call's own checks
-      node.port.postMessage(e.data, [e.data]);
-    };
-    ws.onclose = () => { if (S.voice === v) stopVoice(); };
     v.stop = () => {
-      ws.close();
+      if (ws) { ws.onclose = null; ws.close(); }
       stream.getTracks().forEach((t) => t.stop());
       ctx.close();
     };
     if (S.voice !== v) { v.stop(); return; }
     await ctx.resume();
-    voiceStatus('Microphone and speaker on');
+    voiceStatus('Connecting the microphone and speaker…');
+    connect();
   } catch (err) {
     voiceStatus(`No microphone or speaker here (${err.message}): the call carries no voice from this device.`);
   }

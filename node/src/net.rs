@@ -195,6 +195,9 @@ struct Shared {
     /// A person's microphone and speaker, from the app's page (`/api/calls/audio`): when
     /// present, a call this node carries speaks from it and plays into it.
     voice_io: std::sync::Mutex<Option<Arc<VoiceIo>>>,
+    /// Who speaks in each session's call from this node: the person who asked for it (edge) or
+    /// answered it (desk) through the API. Only their page may carry its voice.
+    call_people: std::sync::Mutex<std::collections::HashMap<SessionId, i64>>,
     /// Conversations open, by peer name: bounded per certificate and in all.
     open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// What the local API bounds (logins, lockouts, event streams).
@@ -205,7 +208,7 @@ struct Shared {
 /// the oldest frames go first when the page runs ahead) and where the call's audio goes.
 #[derive(Debug)]
 pub(crate) struct VoiceIo {
-    /// Which page (the newest one wins).
+    /// Which socket it is (one page at a time carries a call's voice).
     pub(crate) id: u64,
     /// Frames from the microphone, not yet sent.
     pub(crate) mic: std::sync::Mutex<std::collections::VecDeque<Vec<i16>>>,
@@ -492,6 +495,7 @@ pub async fn sync_once_with(
         voice_in: std::sync::Mutex::new(None),
         live_call: std::sync::Mutex::new(None),
         voice_io: std::sync::Mutex::new(None),
+        call_people: std::sync::Mutex::new(std::collections::HashMap::new()),
         open: std::sync::Mutex::new(std::collections::HashMap::new()),
         api: api::Guards::default(),
     });
@@ -682,6 +686,7 @@ impl Daemon {
             voice_in: std::sync::Mutex::new(None),
             live_call: std::sync::Mutex::new(None),
             voice_io: std::sync::Mutex::new(None),
+            call_people: std::sync::Mutex::new(std::collections::HashMap::new()),
             open: std::sync::Mutex::new(std::collections::HashMap::new()),
             api: api::Guards::default(),
             next_conn: std::sync::atomic::AtomicU64::new(1),
@@ -1804,6 +1809,9 @@ async fn run_call_audio(
     }
     if let Ok(mut live) = shared.live_call.lock() {
         *live = None;
+    }
+    if let Ok(mut people) = shared.call_people.lock() {
+        people.remove(&sid);
     }
     // Play out what is still buffered.
     while let Some(pcm) = jb.pop() {

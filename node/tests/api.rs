@@ -24,6 +24,24 @@ fn tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Asks to open the call audio WebSocket; returns the HTTP status and, when it opened, the
+/// connection (held open as long as it is kept).
+fn audio_upgrade(port: u16, session: &str, token: &str) -> (u16, Option<std::net::TcpStream>) {
+    use std::io::BufRead;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET /api/calls/audio?session={session} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n\
+         Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .unwrap();
+    let mut line = String::new();
+    BufReader::new(s.try_clone().unwrap()).read_line(&mut line).unwrap();
+    let status = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, (status == 101).then_some(s))
+}
+
 struct Api {
     base: String,
     agent: ureq::Agent,
@@ -458,6 +476,8 @@ fn a_desk_app_hears_its_call_ring_from_the_event_stream() {
         api.call("GET", &format!("/api/sessions/{id}"), Some(&ada), None).0 == 200
     });
     assert_eq!(api.call("POST", &format!("/api/sessions/{id}/answer"), Some(&ada), None).0, 409);
+    // No call is live here yet: the page's voice socket has nothing to carry.
+    assert_eq!(audio_upgrade(port, &id, &ada).0, 409);
     let (status, asked) = amb_api.call("POST", &format!("/api/sessions/{id}/escalate"), Some(&sam), None);
     assert_eq!(status, 202, "{asked}");
 
@@ -487,6 +507,20 @@ fn a_desk_app_hears_its_call_ring_from_the_event_stream() {
         json(&ok(&["user", "add", "--dir", d(&desk), "--name", "EPR link", "--role", "system", "--token", "--json"]));
     let system = out["token"].as_str().unwrap().to_string();
     assert_eq!(api.call("POST", &format!("/api/sessions/{id}/hangup"), Some(&system), None).0, 403);
+    // The call's voice is the answering consultant's, one page at a time: another consultant
+    // of the same desk is refused, and so is a second page.
+    let mut page = None;
+    wait_until(LIMIT, "the desk's audio to take a page", || {
+        let (status, stream) = audio_upgrade(port, &id, &ada);
+        page = stream;
+        status == 101
+    });
+    add_user(&desk, "Dr Ben Shah", "consultant", "GMC-7000001", "desk-pass-5512");
+    let ben = api.login("Dr Ben Shah", "desk-pass-5512");
+    assert_eq!(audio_upgrade(port, &id, &ben).0, 403);
+    assert_eq!(audio_upgrade(port, &id, &ada).0, 409, "a second page");
+    assert_eq!(audio_upgrade(port, &id, &system).0, 403, "an integrating system");
+    drop(page);
     // The consultant hangs up from the app: the desk's stream and the ambulance both see it end.
     wait_until(LIMIT, "the desk's audio joined", || {
         api.call("POST", &format!("/api/sessions/{id}/hangup"), Some(&ada), None).0 == 202

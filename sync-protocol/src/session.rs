@@ -1083,8 +1083,19 @@ impl<'a> Reader<'a> {
         T::from_str(&text).map_err(|e| malformed(path, e.to_string()))
     }
 
-    /// Every receipt recorded on an item, and the level they add up to.
-    fn receipts(&self, item: &ObjId, path: &str) -> Result<(ReceiptLevel, Vec<Receipt>), ModelError> {
+    /// Every receipt recorded on an item, and the level they add up to for the item's writer:
+    /// `hub` and `desk` from any node (only hubs and desks may write them); for an item of the
+    /// requester's side, `read` only from a node other than the session's origin (the
+    /// consultant's side) and no `requester` level; for the responder's side, `requester` and
+    /// `read` only from the origin (the crew's device). Another desk opening a reply does not
+    /// make it "read by the requester".
+    fn receipts(
+        &self,
+        item: &ObjId,
+        path: &str,
+        side: Side,
+        origin: &str,
+    ) -> Result<(ReceiptLevel, Vec<Receipt>), ModelError> {
         let obj = self.obj(item, "receipts", ObjType::Map)?;
         let mut level = ReceiptLevel::Device;
         let mut all = Vec::new();
@@ -1093,7 +1104,15 @@ impl<'a> Reader<'a> {
                 return Err(malformed(path, format!("receipt key {key:?} is not <level>/<node>")));
             };
             let lvl = ReceiptLevel::parse(lvl).map_err(|e| malformed(path, e.to_string()))?;
-            level = level.max(lvl);
+            let counts = match (lvl, side) {
+                (ReceiptLevel::Device | ReceiptLevel::Hub | ReceiptLevel::Desk, _) => true,
+                (ReceiptLevel::Requester, Side::Requester) => false,
+                (ReceiptLevel::Read, Side::Requester) => node != origin,
+                (ReceiptLevel::Requester | ReceiptLevel::Read, Side::Responder) => node == origin,
+            };
+            if counts {
+                level = level.max(lvl);
+            }
             all.push(Receipt { level: lvl, node: node.to_string(), at_ms: self.earliest(&obj, &key, path)? });
         }
         all.sort_by(|a, b| (a.level, a.at_ms, &a.node).cmp(&(b.level, b.at_ms, &b.node)));
@@ -1463,11 +1482,12 @@ fn build_view(doc: &AutoCommit) -> Result<SessionView, ModelError> {
         let Value::Object(ObjType::Map) = v else {
             return Err(malformed("/messages", "entries must be maps"));
         };
-        let (receipt, receipts) = r.receipts(&m, "/messages/*/receipts")?;
+        let side: Side = r.vocab(&m, "side", "/messages/*/side")?;
+        let (receipt, receipts) = r.receipts(&m, "/messages/*/receipts", side, &identity.origin)?;
         messages.push(MessageView {
             id: r.req_str(&m, "id", "/messages/*/id")?,
             author: r.req_str(&m, "author", "/messages/*/author")?,
-            side: r.vocab(&m, "side", "/messages/*/side")?,
+            side,
             at_ms: r.int(&m, "at_ms", "/messages/*/at_ms")?.unwrap_or(0),
             text: r.req_str(&m, "text", "/messages/*/text")?,
             reply_to: r.str(&m, "reply_to", "/messages/*/reply_to")?,
@@ -1481,7 +1501,10 @@ fn build_view(doc: &AutoCommit) -> Result<SessionView, ModelError> {
     let mut media = Vec::new();
     for hash in doc.keys(&media_obj) {
         let m = r.obj(&media_obj, &hash, ObjType::Map)?;
-        let (receipt, receipts) = r.receipts(&m, "/media/*/receipts")?;
+        let added_by = r.req_str(&m, "added_by", "/media/*/added_by")?;
+        // A photo is the requester's unless a node other than the origin added it.
+        let side = if added_by == identity.origin { Side::Requester } else { Side::Responder };
+        let (receipt, receipts) = r.receipts(&m, "/media/*/receipts", side, &identity.origin)?;
         let consent = r.req_str(&m, "consent", "/media/*/consent")?;
         let consent_withdrawn = consents.iter().any(|c| c.id == consent && c.withdrawn.is_some());
         let dim = |k: &str| -> Result<Option<u32>, ModelError> {
@@ -1496,7 +1519,7 @@ fn build_view(doc: &AutoCommit) -> Result<SessionView, ModelError> {
             body_site: r.req_str(&m, "body_site", "/media/*/body_site")?,
             consent,
             consent_withdrawn,
-            added_by: r.req_str(&m, "added_by", "/media/*/added_by")?,
+            added_by,
             at_ms: r.int(&m, "at_ms", "/media/*/at_ms")?.unwrap_or(0),
             receipt,
             receipts,

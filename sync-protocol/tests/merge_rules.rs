@@ -342,3 +342,30 @@ proptest! {
         prop_assert_eq!(&again, &ab);
     }
 }
+
+/// A receipt counts for the side it speaks for: a second desk opening a reply does not make it
+/// "read by the requester", and the crew's own read of their message is not the consultant's.
+#[test]
+fn a_receipt_counts_only_from_the_side_it_speaks_for() {
+    let mut doc = new_session();
+    let mut reply = msg("r1", Side::Responder, "stop the amoxicillin");
+    reply.author = "desk-derm-1".into();
+    doc.add_message(&reply, T0 + 10).unwrap();
+    let level = |doc: &SessionDoc, id: &str| doc.view().unwrap().messages.iter().find(|m| m.id == id).unwrap().receipt;
+
+    doc.add_receipt("r1", ReceiptLevel::Hub, "hub-qox", T0 + 11).unwrap();
+    doc.add_receipt("r1", ReceiptLevel::Read, "desk-derm-2", T0 + 12).unwrap();
+    assert_eq!(level(&doc, "r1"), ReceiptLevel::Hub, "another desk's read is not the crew's");
+    doc.add_receipt("r1", ReceiptLevel::Requester, "amb-07", T0 + 13).unwrap();
+    assert_eq!(level(&doc, "r1"), ReceiptLevel::Requester);
+    doc.add_receipt("r1", ReceiptLevel::Read, "amb-07", T0 + 14).unwrap();
+    assert_eq!(level(&doc, "r1"), ReceiptLevel::Read);
+
+    doc.add_receipt("m0", ReceiptLevel::Read, "amb-07", T0 + 15).unwrap();
+    assert_eq!(level(&doc, "m0"), ReceiptLevel::Device, "the crew reading their own message is no receipt");
+    doc.add_receipt("m0", ReceiptLevel::Desk, "desk-derm-1", T0 + 16).unwrap();
+    doc.add_receipt("m0", ReceiptLevel::Read, "desk-derm-1", T0 + 17).unwrap();
+    assert_eq!(level(&doc, "m0"), ReceiptLevel::Read);
+    // Every receipt is still listed, counted or not.
+    assert_eq!(doc.view().unwrap().messages[1].receipts.len(), 4);
+}

@@ -902,7 +902,13 @@ async fn get_photo(
         }
     })
     .await?;
-    Ok(([(header::CONTENT_TYPE, mime)], bytes).into_response())
+    // The type comes from the session, which another node wrote: only the two image types a
+    // photo may be go out as such, and nothing is sniffed.
+    let mime = match mime.as_str() {
+        "image/jpeg" | "image/png" => mime,
+        _ => "application/octet-stream".to_string(),
+    };
+    Ok(([(header::CONTENT_TYPE, mime), (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string())], bytes).into_response())
 }
 
 /// A person has opened the photo: this node's read receipt on it.
@@ -1010,6 +1016,9 @@ async fn escalate(
         Ok(call)
     })
     .await?;
+    if let Ok(mut people) = shared.call_people.lock() {
+        people.insert(id, who.id);
+    }
     announce(&shared, id);
     Ok((StatusCode::ACCEPTED, Json(Escalated { session: id, call })).into_response())
 }
@@ -1036,6 +1045,9 @@ async fn answer(
     }
     match as_person(&shared, &who, move |n| Ok(n.answer_call(id, now_ms())?)).await? {
         Some((call, attempt)) => {
+            if let Ok(mut people) = shared.call_people.lock() {
+                people.insert(id, who.id);
+            }
             announce(&shared, id);
             Ok(Json(Answered { session: id, call, attempt }).into_response())
         }
@@ -1100,42 +1112,80 @@ async fn hang_up(
 
 /// The page's microphone and speaker for the call this node carries (`/api/calls/audio`): a
 /// WebSocket of binary messages, each 20 ms of 8 kHz mono audio (160 samples, 16-bit little
-/// endian), both ways. The newest page open is the one that speaks and hears.
+/// endian), both ways. Only for the session's call that is live on this node now, only for the
+/// person who asked for it (edge) or answered it (desk) here, and one page at a time; it
+/// closes when the call ends.
 #[utoipa::path(
     get, path = "/api/calls/audio", tag = "calls",
-    params(("token" = Option<String>, Query, description = "The bearer token, for a browser's WebSocket (which cannot set headers)")),
+    params(
+        ("session" = String, Query, description = "The session whose call this page speaks in"),
+        ("token" = Option<String>, Query, description = "The bearer token, for a browser's WebSocket (which cannot set headers)"),
+    ),
     responses(
         (status = 101, description = "A WebSocket: binary messages of 320 bytes (20 ms of 8 kHz mono, 16-bit little endian) from the microphone; the same from the call for the speaker"),
         (status = 401, body = ErrorBody),
-        (status = 403, description = "An integrating system does not speak in calls", body = ErrorBody),
+        (status = 403, description = "Not the person who asked for or answered this call, or an integrating system", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "No call of this session is live here, or another page already carries its voice", body = ErrorBody),
     )
 )]
 async fn call_audio(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
+    QueryArgs(q): QueryArgs<AudioQuery>,
     headers: axum::http::HeaderMap,
     uri: axum::http::Uri,
     ws: axum::extract::ws::WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     person_only(&who, "speaking in a call")?;
+    let id = session_id(&q.session)?;
+    let live = shared.live_call.lock().ok().and_then(|l| l.clone()).filter(|l| l.session == id);
+    if live.is_none() {
+        return Err(ApiError(StatusCode::CONFLICT, "no call of this session is live on this node".into()));
+    }
+    let speaker = shared.call_people.lock().ok().and_then(|p| p.get(&id).copied());
+    if speaker != Some(who.id) {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "this call's voice is for the person who asked for it or answered it here".into(),
+        ));
+    }
+    if shared.voice_io.lock().map(|v| v.is_some()).unwrap_or(true) {
+        return Err(ApiError(StatusCode::CONFLICT, "another page already carries this call's voice".into()));
+    }
     let token = bearer(&headers, &uri).unwrap_or_default();
-    Ok(ws.max_message_size(64 * 1024).on_upgrade(move |socket| voice_socket(shared, socket, token)))
+    let frame = 2 * sync_protocol::voice::FRAME_SAMPLES;
+    Ok(ws
+        .max_message_size(frame)
+        .max_frame_size(frame)
+        .on_upgrade(move |socket| voice_socket(shared, socket, token, id)))
 }
 
-/// Carries one page's audio until it closes, its token ends, or a newer page takes over.
-async fn voice_socket(shared: Arc<Shared>, socket: axum::extract::ws::WebSocket, token: String) {
+#[derive(Deserialize)]
+struct AudioQuery {
+    session: String,
+}
+
+/// Carries one page's audio until it closes, the call ends, or the person's token ends.
+async fn voice_socket(shared: Arc<Shared>, socket: axum::extract::ws::WebSocket, token: String, session: SessionId) {
     use axum::extract::ws::{CloseFrame, Message};
     use futures_util::{SinkExt, StreamExt};
     let frame_bytes = 2 * sync_protocol::voice::FRAME_SAMPLES;
     let (speaker, mut to_page) = tokio::sync::mpsc::channel::<Vec<i16>>(50);
     let id = shared.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let io = Arc::new(super::VoiceIo { id, mic: Default::default(), speaker });
-    if let Ok(mut slot) = shared.voice_io.lock() {
+    {
+        let Ok(mut slot) = shared.voice_io.lock() else { return };
+        if slot.is_some() {
+            return; // another page got there between the check and the upgrade
+        }
         *slot = Some(io.clone());
     }
     let (mut sink, mut from_page) = socket.split();
-    let mut recheck = tokio::time::interval(RECHECK);
-    recheck.tick().await;
+    let mut watch = tokio::time::interval(std::time::Duration::from_millis(200));
+    let mut checked = std::time::Instant::now();
+    let send_limit = std::time::Duration::from_secs(1);
+    let close = |reason: &str| Message::Close(Some(CloseFrame { code: 1000, reason: reason.to_string().into() }));
     loop {
         tokio::select! {
             msg = from_page.next() => match msg {
@@ -1150,7 +1200,8 @@ async fn voice_socket(shared: Arc<Shared>, socket: axum::extract::ws::WebSocket,
                 }
                 Some(Ok(Message::Binary(_))) => {
                     let reason = format!("each message is {frame_bytes} bytes: 20 ms of 8 kHz 16-bit mono");
-                    let _ = sink.send(Message::Close(Some(CloseFrame { code: 1003, reason: reason.into() }))).await;
+                    let frame = Message::Close(Some(CloseFrame { code: 1003, reason: reason.into() }));
+                    let _ = tokio::time::timeout(send_limit, sink.send(frame)).await;
                     break;
                 }
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
@@ -1159,21 +1210,29 @@ async fn voice_socket(shared: Arc<Shared>, socket: axum::extract::ws::WebSocket,
             out = to_page.recv() => {
                 let Some(pcm) = out else { break };
                 let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
-                if sink.send(Message::Binary(bytes.into())).await.is_err() {
-                    break;
+                // A page that stops reading is closed, never waited for.
+                match tokio::time::timeout(send_limit, sink.send(Message::Binary(bytes.into()))).await {
+                    Ok(Ok(())) => {}
+                    _ => break,
                 }
             }
-            _ = recheck.tick() => {
-                let token = token.clone();
-                let valid = shared.store.call(move |n| n.person_by_token(&token, now_ms()).ok().flatten().is_some()).await;
-                if !valid.unwrap_or(false) {
+            _ = watch.tick() => {
+                let live = shared.live_call.lock().map(|l| l.as_ref().is_some_and(|l| l.session == session)).unwrap_or(false);
+                if !live {
+                    let _ = tokio::time::timeout(send_limit, sink.send(close("the call ended"))).await;
                     break;
                 }
+                if checked.elapsed() >= RECHECK {
+                    checked = std::time::Instant::now();
+                    let token = token.clone();
+                    let valid =
+                        shared.store.call(move |n| n.person_by_token(&token, now_ms()).ok().flatten().is_some()).await;
+                    if !valid.unwrap_or(false) {
+                        let _ = tokio::time::timeout(send_limit, sink.send(close("signed out"))).await;
+                        break;
+                    }
+                }
             }
-        }
-        let replaced = shared.voice_io.lock().map(|v| v.as_ref().is_none_or(|x| x.id != id)).unwrap_or(true);
-        if replaced {
-            break;
         }
     }
     if let Ok(mut slot) = shared.voice_io.lock()
