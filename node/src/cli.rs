@@ -702,6 +702,12 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 _ => 6,
             };
         }
+        if let Some(e) = cause.downcast_ref::<crate::service::ServiceError>() {
+            return match e {
+                crate::service::ServiceError::AlreadyRunning { .. } => 7,
+                _ => 1,
+            };
+        }
         if let Some(e) = cause.downcast_ref::<crate::tls::TlsError>() {
             return match e {
                 crate::tls::TlsError::NotACa(_) | crate::tls::TlsError::AlreadyACa(_) => 3,
@@ -988,6 +994,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { dir, listen, peers, auto_answer, play, record, api, api_cert, api_key } => {
             init_logging("info");
             let node = open(&dir)?;
+            // One directory, one daemon (held until the process ends, however it ends).
+            let _lock = crate::service::DaemonLock::acquire(&dir.dir)?;
             let rt = runtime()?;
             rt.block_on(async move {
                 if let Some(p) = &play {
@@ -1006,8 +1014,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 if let Some(addr) = daemon.api_addr {
                     println!("local API on {scheme}://{addr}/api");
                 }
-                tokio::signal::ctrl_c().await?;
+                let why = crate::service::stop_signal().await?;
+                tracing::info!(
+                    "{why}: stopping: no new connections, closing each with its reason, finishing the store's work"
+                );
                 daemon.stop().await;
+                tracing::info!("stopped cleanly");
                 anyhow::Ok(())
             })?;
         }

@@ -21,5 +21,6 @@ pub mod net;
 pub mod node;
 pub mod photo;
 pub mod replica;
+pub mod service;
 pub mod store;
 pub mod tls;

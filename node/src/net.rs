@@ -198,6 +198,8 @@ struct Shared {
     /// Who speaks in each session's call from this node: the person who asked for it (edge) or
     /// answered it (desk) through the API. Only their page may carry its voice.
     call_people: std::sync::Mutex<std::collections::HashMap<SessionId, i64>>,
+    /// Set when the daemon begins to stop (`/readyz` says so).
+    stopping: std::sync::atomic::AtomicBool,
     /// Conversations open, by peer name: bounded per certificate and in all.
     open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// What the local API bounds (logins, lockouts, event streams).
@@ -496,6 +498,7 @@ pub async fn sync_once_with(
         live_call: std::sync::Mutex::new(None),
         voice_io: std::sync::Mutex::new(None),
         call_people: std::sync::Mutex::new(std::collections::HashMap::new()),
+        stopping: std::sync::atomic::AtomicBool::new(false),
         open: std::sync::Mutex::new(std::collections::HashMap::new()),
         api: api::Guards::default(),
     });
@@ -687,6 +690,7 @@ impl Daemon {
             live_call: std::sync::Mutex::new(None),
             voice_io: std::sync::Mutex::new(None),
             call_people: std::sync::Mutex::new(std::collections::HashMap::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             open: std::sync::Mutex::new(std::collections::HashMap::new()),
             api: api::Guards::default(),
             next_conn: std::sync::atomic::AtomicU64::new(1),
@@ -771,6 +775,7 @@ impl Daemon {
 
     /// Stops every task and closes every connection.
     pub async fn stop(self) {
+        self.shared.stopping.store(true, std::sync::atomic::Ordering::Release);
         if let Some(ep) = self.shared.endpoint.get() {
             ep.close(quinn::VarInt::from_u32(0), b"shutting down");
         }

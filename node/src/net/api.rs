@@ -206,10 +206,38 @@ fn router(shared: Arc<Shared>, tls: bool) -> Router {
                 async move { ([(header::CONTENT_TYPE, "application/json")], spec) }
             }),
         )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))
         .merge(app::routes());
     let router = if tls { router } else { router.layer(axum::middleware::from_fn(loopback_host)) };
     router.with_state(shared)
+}
+
+/// Liveness, for a supervisor: the store thread answers within 2 s. No token; says nothing
+/// about sessions.
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(2), shared.store.call(|_| ())).await;
+    match answered {
+        Ok(Ok(())) => Json(serde_json::json!({ "status": "ok" })).into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "the store is not answering" })))
+            .into_response(),
+    }
+}
+
+/// Readiness: serving, and not stopping (503 once SIGTERM has come). No token; the node's
+/// name, role and how many peers are connected now.
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    let peers = shared.links.lock().map(|l| l.len()).unwrap_or(0);
+    let body = |status: &str| {
+        Json(serde_json::json!({
+            "status": status, "node": shared.me.name, "role": shared.me.role, "peers_connected": peers,
+        }))
+    };
+    if shared.stopping.load(std::sync::atomic::Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, body("stopping")).into_response();
+    }
+    body("ready").into_response()
 }
 
 /// Refuses requests whose `Host` is not this loopback API (a web page that rebinds a name of
