@@ -1193,7 +1193,15 @@ async fn converse(
                 }
                 None => {
                     if one_shot && !engine.as_ref().is_some_and(Engine::is_done) {
-                        failure = Some("the peer ended the conversation before the sync completed".into());
+                        // The readers end when the connection does: say why, if the peer said.
+                        let why = match conn.close_reason() {
+                            Some(quinn::ConnectionError::ApplicationClosed(c)) => {
+                                format!(": {}", String::from_utf8_lossy(&c.reason))
+                            }
+                            Some(other) => format!(": {other}"),
+                            None => String::new(),
+                        };
+                        failure = Some(format!("the peer ended the conversation before the sync completed{why}"));
                     }
                     break;
                 }
