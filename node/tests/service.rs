@@ -58,20 +58,7 @@ fn sigterm_during_a_photo_transfer_exits_cleanly_loses_nothing_and_one_directory
     assert!(refused.contains("already runs") && refused.contains(&hubd.child.id().to_string()), "{refused}");
 
     // The crew's session: a message, then a 3 MB photo over a 384 kbit/s link (about a minute).
-    let id = ok(&[
-        "session",
-        "new",
-        "--dir",
-        d(&amb),
-        "--service-line",
-        "dermatology",
-        "--care-setting",
-        "ambulance_on_scene",
-        "--summary",
-        "Rash, photo to follow",
-    ])
-    .trim()
-    .to_string();
+    let id = common::new_session(&amb);
     ok(&["message", "send", "--dir", d(&amb), &id, "Photo of the left forearm coming"]);
     let photo = outpost_node::photo::synthetic_jpeg(2048, 1536, 5).unwrap();
     let photo_path = tmp.path().join("forearm.jpg");

@@ -1254,7 +1254,7 @@ async fn voice_socket(shared: Arc<Shared>, socket: axum::extract::ws::WebSocket,
                     checked = std::time::Instant::now();
                     let token = token.clone();
                     let valid =
-                        shared.store.call(move |n| n.person_by_token(&token, now_ms()).ok().flatten().is_some()).await;
+                        shared.store.call(move |n| token_holds(n, &token)).await;
                     if !valid.unwrap_or(false) {
                         let _ = tokio::time::timeout(send_limit, sink.send(close("signed out"))).await;
                         break;
@@ -1353,6 +1353,11 @@ impl Drop for StreamSlot {
     }
 }
 
+/// Whether a token still names a person who may act (not signed out, expired or disabled).
+fn token_holds(n: &mut Node, token: &str) -> bool {
+    n.person_by_token(token, now_ms()).ok().flatten().is_some()
+}
+
 /// How often a quiet stream checks that its token still holds (signed out, expired, disabled).
 const RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -1389,12 +1394,10 @@ async fn events(
                     n = rx.recv() => Some(n),
                     _ = tokio::time::sleep(RECHECK) => None,
                 };
-                let still_valid =
-                    |n: &mut Node, token: &str| n.person_by_token(token, now_ms()).ok().flatten().is_some();
                 match notice {
                     None => {
                         let token = held.1.clone();
-                        if !shared.store.call(move |n| still_valid(n, &token)).await.unwrap_or(false) {
+                        if !shared.store.call(move |n| token_holds(n, &token)).await.unwrap_or(false) {
                             return None;
                         }
                     }
@@ -1405,7 +1408,7 @@ async fn events(
                         let found = shared
                             .store
                             .call(move |n| {
-                                if !still_valid(n, &token) {
+                                if !token_holds(n, &token) {
                                     return None;
                                 }
                                 let cards: Vec<_> = ids.iter().filter_map(|id| n.card(*id).ok().flatten()).collect();
