@@ -82,39 +82,58 @@ enum Command {
     /// The fleet certificate authority: create it, issue node certificates, revoke them.
     #[command(subcommand)]
     Ca(CaCommand),
-    /// Run the node: serve QUIC, dial peers, keep every replica in sync.
+    /// This node's fleet certificate, the right way round: request (the key stays here),
+    /// install what the CA signed.
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// Run the node: serve QUIC, dial peers, keep every replica in sync. Settings come from
+    /// D/outpost.toml, then OUTPOST_* variables, then these flags (`outpost config show`).
     Run {
         #[command(flatten)]
         dir: DirArg,
         /// Address to listen on (for example 0.0.0.0:4433); hubs listen, edges usually do not.
+        /// [setting listen]
         #[arg(long)]
-        listen: Option<std::net::SocketAddr>,
+        listen: Option<String>,
         /// A peer to dial and keep dialling, host:port (repeat for several); a name is
-        /// resolved again at every dial.
+        /// resolved again at every dial. [setting peers]
         #[arg(long = "peer")]
-        peers: Vec<crate::net::PeerAddr>,
+        peers: Vec<String>,
         /// On a desk: answer every call that rings here (for unattended test and demo desks).
         #[arg(long)]
         auto_answer: bool,
         /// On a desk: a WAV file to play into every call it takes (default: silence).
         #[arg(long)]
-        play: Option<PathBuf>,
+        play: Option<String>,
         /// On a desk: record every call it takes into this WAV file (8 kHz mono).
         #[arg(long)]
-        record: Option<PathBuf>,
+        record: Option<String>,
         /// Serve the local HTTP API for the clinicians' apps on this address (for example
         /// 127.0.0.1:8080). Users come from `outpost user add`. Beyond loopback (a surgery box
-        /// serving its LAN) it needs --api-cert and --api-key, and serves HTTPS.
+        /// serving its LAN) it needs --api-cert and --api-key, and serves HTTPS. [setting api.listen]
         #[arg(long)]
-        api: Option<std::net::SocketAddr>,
+        api: Option<String>,
         /// Serve the API over TLS with this certificate (PEM; the certificate, then any
-        /// intermediates), from a PKI the clients trust.
-        #[arg(long, requires = "api_key", requires = "api")]
-        api_cert: Option<PathBuf>,
-        /// The private key of --api-cert (PEM).
-        #[arg(long, requires = "api_cert")]
-        api_key: Option<PathBuf>,
+        /// intermediates), from a PKI the clients trust. [setting api.cert]
+        #[arg(long)]
+        api_cert: Option<String>,
+        /// The private key of --api-cert (PEM). [setting api.key]
+        #[arg(long)]
+        api_key: Option<String>,
+        /// Serve Prometheus /metrics, /healthz and /readyz on this address, no token (keep it on
+        /// loopback or the management network). [setting metrics.listen]
+        #[arg(long)]
+        metrics: Option<String>,
+        /// Log lines as text (for people) or json (for a log collector). [setting log.format]
+        #[arg(long)]
+        log_format: Option<String>,
+        /// error, warn, info, debug or trace (or a tracing filter). [setting log.level]
+        #[arg(long)]
+        log_level: Option<String>,
     },
+    /// How this node runs: the settings in effect and where each came from.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Reconcile once with a peer and report what it cost.
     Sync {
         #[command(flatten)]
@@ -196,6 +215,40 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Make a new key for this node (kept, sealed, in its store) and a certificate request
+    /// for the fleet CA. The current certificate, if any, stays in use until the new one is
+    /// installed (renewal).
+    Request {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Where to write the request (PEM); default D/NAME.csr.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Install the certificate the CA signed for this node's request (the file `outpost ca
+    /// sign` wrote: the node's certificate, then the CA's).
+    Install {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The signed certificate file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print every setting of `outpost run` in effect for this directory and where it came from
+    /// (default, D/outpost.toml, an OUTPOST_* variable). Exit 2 if a setting is invalid.
+    Show {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum CaCommand {
     /// Create a fleet certificate authority in a new directory.
     Init {
@@ -220,6 +273,22 @@ enum CaCommand {
         /// Issue a certificate that has already expired (to test refusal).
         #[arg(long, hide = true)]
         expired: bool,
+    },
+    /// Sign a node's certificate request (`outpost cert request`) on the CA's machine, which
+    /// never sees the node's key. Prints the identity it certifies; check it before carrying
+    /// the certificate back.
+    Sign {
+        /// The CA's directory.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The request file (PEM).
+        request: PathBuf,
+        /// Days of validity.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        /// Where to write the certificate chain; default NAME.pem beside the request.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Revoke every certificate of a node and sign a new revocation list.
     Revoke {
@@ -647,6 +716,9 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// How long before its certificate expires a node says to renew it (30 days).
+pub const RENEW_AHEAD_MS: i64 = 30 * 86_400_000;
+
 /// The environment variable naming a file where the process writes its peak resident memory
 /// (VmHWM, in KiB) as it exits: how the benchmarks measure a real `outpost` process.
 pub const PEAK_MEMORY_ENV: &str = "OUTPOST_PEAK_MEMORY_FILE";
@@ -679,6 +751,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 NodeError::Crypto(_) => 3,
                 NodeError::Store(s) => store_code(s),
                 NodeError::Photo(_) | NodeError::Role { .. } | NodeError::Invalid(_) => 2,
+                NodeError::Tls(crate::tls::TlsError::Invalid { what: "signed certificate", .. }) => 2,
                 NodeError::Tls(_) => 3,
             };
         }
@@ -702,6 +775,12 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 _ => 6,
             };
         }
+        if let Some(e) = cause.downcast_ref::<crate::settings::SettingsError>() {
+            return match e {
+                crate::settings::SettingsError::Io { .. } => 1,
+                _ => 2,
+            };
+        }
         if let Some(e) = cause.downcast_ref::<crate::service::ServiceError>() {
             return match e {
                 crate::service::ServiceError::AlreadyRunning { .. } => 7,
@@ -712,6 +791,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             return match e {
                 crate::tls::TlsError::NotACa(_) | crate::tls::TlsError::AlreadyACa(_) => 3,
                 crate::tls::TlsError::UnknownNode(_) => 4,
+                crate::tls::TlsError::Invalid { what: "certificate request", .. } => 2,
                 _ => 1,
             };
         }
@@ -881,9 +961,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
                 match cert_until {
+                    Some(t) if t - now < RENEW_AHEAD_MS => println!(
+                        "certificate: RENEW SOON: valid until {} (only {} left); run `outpost cert request --dir {}` and take the request to the fleet CA",
+                        time(t),
+                        ago(t - now),
+                        dir.dir.display()
+                    ),
                     Some(t) if t > now => println!("certificate: valid until {} ({} left)", time(t), ago(t - now)),
-                    Some(t) => println!("certificate: EXPIRED at {}; ask for a new one (`outpost ca issue`)", time(t)),
-                    None => println!("certificate: none; this node cannot sync (`outpost ca issue`)"),
+                    Some(t) => {
+                        println!("certificate: EXPIRED at {}; ask for a new one (`outpost cert request`)", time(t))
+                    }
+                    None => println!("certificate: none; this node cannot sync (`outpost cert request`)"),
                 }
                 println!(
                     "files: database {}, write-ahead log {}",
@@ -932,6 +1020,38 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo { keep, serve } => crate::demo::run(keep.as_deref(), serve)?,
         Command::Openapi => print!("{}", crate::net::openapi_json()),
         Command::Ca(cmd) => ca(cmd)?,
+        Command::Cert(CertCommand::Request { dir, out }) => {
+            let mut node = open(&dir)?;
+            let csr = node.request_certificate()?;
+            let out = out.unwrap_or_else(|| dir.dir.join(format!("{}.csr", node.config.name)));
+            write_file(&out, csr.as_bytes())?;
+            println!(
+                "certificate request for {} written to {}; its key stays in this node's store.\n\
+                 On the CA's machine: outpost ca sign --ca CA_DIR {}\n\
+                 Then here: outpost cert install --dir {} SIGNED.pem",
+                node.config.name,
+                out.display(),
+                out.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+                dir.dir.display()
+            );
+        }
+        Command::Cert(CertCommand::Install { dir, file }) => {
+            let mut node = open(&dir)?;
+            let chain = std::fs::read_to_string(&file)
+                .map_err(|e| InputError(format!("cannot read the signed certificate {}: {e}", file.display())))?;
+            let until = node.install_signed(&chain)?;
+            if let Some((cert, _, ca)) = node.store.tls_identity()? {
+                let tls_dir = dir.dir.join("tls");
+                std::fs::create_dir_all(&tls_dir)?;
+                std::fs::write(tls_dir.join("node.crt"), cert)?;
+                std::fs::write(tls_dir.join("ca.crt"), ca)?;
+            }
+            println!(
+                "certificate installed for {}: valid until {} (restart a running daemon to use it)",
+                node.config.name,
+                time(until)
+            );
+        }
         Command::Linkem { listen, to, profile, outages, seed } => {
             init_logging("info");
             let p = sync_protocol::links::profile(&profile).ok_or_else(|| {
@@ -991,28 +1111,78 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Call(cmd) => run_call(cmd)?,
         Command::Rota(cmd) => run_rota(cmd)?,
         Command::User(cmd) => run_user(cmd)?,
-        Command::Run { dir, listen, peers, auto_answer, play, record, api, api_cert, api_key } => {
-            init_logging("info");
+        Command::Run {
+            dir,
+            listen,
+            peers,
+            auto_answer,
+            play,
+            record,
+            api,
+            api_cert,
+            api_key,
+            metrics,
+            log_format,
+            log_level,
+        } => {
+            let mut flags = crate::settings::Flags::default();
+            let one = |v: Option<String>| v.into_iter().collect::<Vec<_>>();
+            flags.set("listen", one(listen));
+            flags.set("peers", peers);
+            flags.set("desk.auto_answer", if auto_answer { vec!["true".into()] } else { vec![] });
+            flags.set("desk.play", one(play));
+            flags.set("desk.record", one(record));
+            flags.set("api.listen", one(api));
+            flags.set("api.cert", one(api_cert));
+            flags.set("api.key", one(api_key));
+            flags.set("metrics.listen", one(metrics));
+            flags.set("log.format", one(log_format));
+            flags.set("log.level", one(log_level));
+            let settings = crate::settings::Settings::load(&dir.dir, &flags)?;
+            init_daemon_logging(&settings);
             let node = open(&dir)?;
+            if let Some((cert, _, _)) = node.store.tls_identity()? {
+                let left = crate::tls::not_after_ms(&cert)? - now_ms();
+                if left < RENEW_AHEAD_MS {
+                    tracing::warn!(
+                        days_left = left / 86_400_000,
+                        "this node's certificate expires in {} days: renew it (`outpost cert request`, then `outpost cert install`)",
+                        left / 86_400_000
+                    );
+                }
+            }
             // One directory, one daemon (held until the process ends, however it ends).
             let _lock = crate::service::DaemonLock::acquire(&dir.dir)?;
             let rt = runtime()?;
             rt.block_on(async move {
-                if let Some(p) = &play {
+                if let Some(p) = &settings.play {
                     crate::media::read_wav(p)?;
                 }
-                let api_tls = match (api_cert, api_key) {
+                let api_tls = match (settings.api_cert.clone(), settings.api_key.clone()) {
                     (Some(cert), Some(key)) => Some(crate::net::ApiTls { cert, key }),
                     _ => None,
                 };
                 let scheme = if api_tls.is_some() { "https" } else { "http" };
-                let opts = crate::net::RunOptions { listen, peers, auto_answer, play, record, api, api_tls };
+                let opts = crate::net::RunOptions {
+                    listen: settings.listen,
+                    peers: settings.peers.clone(),
+                    auto_answer: settings.auto_answer,
+                    play: settings.play.clone(),
+                    record: settings.record.clone(),
+                    api: settings.api,
+                    api_tls,
+                    metrics: settings.metrics,
+                    limits: settings.limits,
+                };
                 let daemon = crate::net::Daemon::start(node, opts).await?;
                 if let Some(addr) = daemon.local_addr {
                     println!("listening on {addr}");
                 }
                 if let Some(addr) = daemon.api_addr {
                     println!("local API on {scheme}://{addr}/api");
+                }
+                if let Some(addr) = daemon.metrics_addr {
+                    println!("metrics on http://{addr}/metrics");
                 }
                 let why = crate::service::stop_signal().await?;
                 tracing::info!(
@@ -1022,6 +1192,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::info!("stopped cleanly");
                 anyhow::Ok(())
             })?;
+        }
+        Command::Config(ConfigCommand::Show { dir, json }) => {
+            NodeDir::new(&dir.dir).read_config().map_err(NodeError::from)?;
+            let settings = crate::settings::Settings::load(&dir.dir, &crate::settings::Flags::default())?;
+            if json.json {
+                print_json(&settings.origins)?;
+            } else {
+                let width = settings.origins.iter().map(|o| o.key.len()).max().unwrap_or(0);
+                for o in &settings.origins {
+                    let value = if o.value.is_empty() { "(unset)" } else { &o.value };
+                    println!("{:<width$}  {:<28}  {}", o.key, value, o.source);
+                }
+            }
         }
         Command::Sync { dir, peer, timeout, json } => {
             init_logging("warn");
@@ -1180,12 +1363,57 @@ fn init_logging(default: &str) {
         .try_init();
 }
 
+/// Logging for `outpost run`: the format and level from its settings (`OUTPOST_LOG`, the older
+/// name, still sets the filter when `log.level` is left at its default).
+fn init_daemon_logging(settings: &crate::settings::Settings) {
+    let level_set =
+        settings.origins.iter().any(|o| o.key == "log.level" && o.source != crate::settings::Source::Default);
+    let filter = match std::env::var("OUTPOST_LOG") {
+        Ok(v) if !level_set && !v.trim().is_empty() => tracing_subscriber::EnvFilter::try_new(v),
+        _ => tracing_subscriber::EnvFilter::try_new(&settings.log_level),
+    }
+    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let _ = match settings.log_format {
+        crate::settings::LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init(),
+        crate::settings::LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
+}
+
 fn ca(cmd: CaCommand) -> anyhow::Result<()> {
     use crate::tls::CaDir;
     match cmd {
         CaCommand::Init { dir, fleet } => {
             CaDir::new(&dir).init(&fleet)?;
             println!("fleet CA {fleet} created in {} (keep ca.key offline)", dir.display());
+        }
+        CaCommand::Sign { ca, request, days, out } => {
+            let csr = std::fs::read_to_string(&request)
+                .map_err(|e| InputError(format!("cannot read the request {}: {e}", request.display())))?;
+            let (chain, info) = CaDir::new(&ca).sign_request(&csr, days)?;
+            let out = out.unwrap_or_else(|| request.with_file_name(format!("{}.pem", info.name)));
+            write_file(&out, chain.as_bytes())?;
+            let lines: Vec<&str> = info.lines.iter().map(|l| l.as_str()).collect();
+            println!(
+                "signed for {} ({}, organisation {}, ICB {}{}) for {days} days: {}",
+                info.name,
+                info.role,
+                info.org.as_deref().unwrap_or("none"),
+                info.icb.as_deref().unwrap_or("none"),
+                if lines.is_empty() { String::new() } else { format!(", lines {}", lines.join(", ")) },
+                out.display()
+            );
         }
         CaCommand::Issue { ca, node, days, expired } => {
             let mut n = Node::open(&NodeDir::new(&node))?;

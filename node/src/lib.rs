@@ -4,7 +4,9 @@
 //! network, around the sans-IO core in `sync-protocol`. The `outpost` binary is a thin shell
 //! over [`cli`].
 //!
-//! - [`config`]: the node directory and `node.toml`.
+//! - [`config`]: the node directory and `node.toml`; [`settings`]: how a daemon runs (`outpost.toml`,
+//!   `OUTPOST_*`, flags).
+//! - [`service`]: running as a service (the directory lock, stop signals).
 //! - [`crypto`]: the node key and sealing (encryption at rest).
 //! - [`store`]: the durable SQLite store of documents, blobs and the audit chain.
 //! - [`photo`]: checking photos before they are stored.
@@ -22,5 +24,6 @@ pub mod node;
 pub mod photo;
 pub mod replica;
 pub mod service;
+pub mod settings;
 pub mod store;
 pub mod tls;

@@ -204,6 +204,10 @@ struct Shared {
     open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// What the local API bounds (logins, lockouts, event streams).
     api: api::Guards,
+    /// Prometheus metrics (`metrics.listen`).
+    metrics: metrics::Metrics,
+    /// Bounds on connections and per-peer work.
+    limits: crate::settings::Limits,
 }
 
 /// The app page's audio, 8 kHz mono in 20 ms frames: what its microphone sent (a short queue;
@@ -237,19 +241,12 @@ struct LiveCall {
     hang_up: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Conversations one certificate may hold open at once (a daemon and a CLI sync, with room for
-/// a reconnect that overlaps the old connection's idle timeout).
-pub const MAX_CONNECTIONS_PER_PEER: usize = 4;
-/// Conversations a node holds open at once, every peer together.
-pub const MAX_CONNECTIONS: usize = 4096;
+// Conversations one certificate may hold open at once (by default 4: a daemon and a CLI sync,
+// with room for a reconnect that overlaps the old connection's idle timeout), and in all: the
+// `limits.*` settings (`crate::settings::Limits`), like the per-peer budgets below.
 /// Frames handed to the store in one step: bounds the store thread's work per request, so one
 /// peer's burst cannot hold the others' syncs back.
 const MAX_FRAMES_PER_STEP: usize = 256;
-/// Operations one peer may have the store check and apply in a minute (a first contact of
-/// 10,000 sessions is about 600,000).
-pub const MAX_OPS_PER_PEER_MINUTE: u64 = 4_000_000;
-/// Frame bytes one peer may send in a minute (photos included).
-pub const MAX_BYTES_PER_PEER_MINUTE: u64 = 512 * 1024 * 1024;
 
 /// A slot among the open conversations, given back when the conversation ends.
 struct Slot {
@@ -263,11 +260,12 @@ impl Slot {
         let mut open = shared.open.lock().map_err(|_| "the connection table is poisoned".to_string())?;
         let total: usize = open.values().sum();
         let mine = open.get(name).copied().unwrap_or(0);
-        if mine >= MAX_CONNECTIONS_PER_PEER {
-            return Err(format!("{name} already holds {mine} connections (at most {MAX_CONNECTIONS_PER_PEER})"));
+        let limits = shared.limits;
+        if mine >= limits.connections_per_peer {
+            return Err(format!("{name} already holds {mine} connections (at most {})", limits.connections_per_peer));
         }
-        if total >= MAX_CONNECTIONS {
-            return Err(format!("this node is at its limit of {MAX_CONNECTIONS} connections"));
+        if total >= limits.connections {
+            return Err(format!("this node is at its limit of {} connections", limits.connections));
         }
         *open.entry(name.to_string()).or_default() += 1;
         Ok(Slot { shared: shared.clone(), name: name.to_string() })
@@ -301,17 +299,18 @@ impl Budget {
     }
 
     /// Adds work; returns why the peer is over its budget, if it is.
-    fn spend(&mut self, ops: u64, bytes: u64) -> Option<String> {
+    /// (A first contact of 10,000 sessions is about 600,000 operations.)
+    fn spend(&mut self, ops: u64, bytes: u64, limits: &crate::settings::Limits) -> Option<String> {
         if self.since.elapsed() >= Duration::from_secs(60) {
             *self = Budget::new();
         }
         self.ops += ops;
         self.bytes += bytes;
-        if self.ops > MAX_OPS_PER_PEER_MINUTE {
-            return Some(format!("over the budget of {MAX_OPS_PER_PEER_MINUTE} operations a minute"));
+        if self.ops > limits.ops_per_peer_minute {
+            return Some(format!("over the budget of {} operations a minute", limits.ops_per_peer_minute));
         }
-        if self.bytes > MAX_BYTES_PER_PEER_MINUTE {
-            return Some(format!("over the budget of {} MiB a minute", MAX_BYTES_PER_PEER_MINUTE >> 20));
+        if self.bytes > limits.bytes_per_peer_minute {
+            return Some(format!("over the budget of {} MiB a minute", limits.bytes_per_peer_minute >> 20));
         }
         None
     }
@@ -501,6 +500,8 @@ pub async fn sync_once_with(
         stopping: std::sync::atomic::AtomicBool::new(false),
         open: std::sync::Mutex::new(std::collections::HashMap::new()),
         api: api::Guards::default(),
+        metrics: metrics::Metrics::new(),
+        limits: crate::settings::Limits::default(),
     });
     let bind: SocketAddr = if peer.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
         .parse()
@@ -610,6 +611,7 @@ impl PeerAddr {
 }
 
 mod api;
+mod metrics;
 pub use api::{ApiTls, openapi_json};
 
 /// Reads a Server-Sent Events stream of the local API (`GET /api/events`) as a client does:
@@ -659,6 +661,10 @@ pub struct RunOptions {
     pub api: Option<SocketAddr>,
     /// The API's certificate and key: serve HTTPS (required beyond loopback).
     pub api_tls: Option<ApiTls>,
+    /// Address to serve `/metrics`, `/healthz` and `/readyz` on (no token).
+    pub metrics: Option<SocketAddr>,
+    /// Bounds on connections and per-peer work.
+    pub limits: crate::settings::Limits,
 }
 
 /// A running daemon (in this process).
@@ -668,6 +674,8 @@ pub struct Daemon {
     pub local_addr: Option<SocketAddr>,
     /// The address its local API listens on, if any.
     pub api_addr: Option<SocketAddr>,
+    /// The address its metrics listen on, if any.
+    pub metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -697,6 +705,8 @@ impl Daemon {
             endpoint: std::sync::OnceLock::new(),
             dial: std::sync::Mutex::new(None),
             chains_checked: Arc::default(),
+            metrics: metrics::Metrics::new(),
+            limits: opts.limits,
         });
         let endpoint = match opts.listen {
             Some(addr) => {
@@ -736,8 +746,24 @@ impl Daemon {
             }
             None => None,
         };
-        tracing::info!(node = %shared.me.name, role = %shared.me.role, listen = ?local_addr, api = ?api_addr, "outpost daemon started");
-        Ok(Daemon { local_addr, api_addr, shared, tasks })
+        let metrics_addr = match opts.metrics {
+            Some(addr) => {
+                let (bound, task) = metrics::serve(shared.clone(), addr).await?;
+                tasks.push(task);
+                Some(bound)
+            }
+            None => None,
+        };
+        let shown = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "none".into());
+        tracing::info!(
+            node = %shared.me.name,
+            role = %shared.me.role,
+            listen = %shown(local_addr),
+            api = %shown(api_addr),
+            metrics = %shown(metrics_addr),
+            "outpost daemon started"
+        );
+        Ok(Daemon { local_addr, api_addr, metrics_addr, shared, tasks })
     }
 
     /// Runs `f` on this daemon's store thread.
@@ -845,7 +871,7 @@ async fn dial_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, peer: PeerAdd
         match attempt.await {
             Ok(_) => backoff = Duration::from_millis(250),
             Err(e) => {
-                tracing::info!(%peer, "link down: {e}; retrying in {:?}", backoff);
+                tracing::info!(%peer, "link down: {e}; retrying in {:.1} s", backoff.as_secs_f64());
             }
         }
         // Jitter: 50% to 100% of the backoff, so that a mast's worth of edges do not return in step.
@@ -996,6 +1022,7 @@ async fn converse(
     // expiry are checked again here, for every conversation.
     let crl = shared.crl.read().map(|c| c.clone()).unwrap_or_default();
     if is_revoked(crl.as_deref(), &serial) {
+        shared.metrics.refused("revoked");
         conn.close(quinn::VarInt::from_u32(3), b"revoked");
         return Err(conn_err(format!("{} has been revoked", peer.name)));
     }
@@ -1003,16 +1030,19 @@ async fn converse(
         .map(|(_, c)| c.validity().not_after.timestamp().saturating_mul(1000) < now_ms())
         .unwrap_or(true);
     if expired {
+        shared.metrics.refused("expired");
         conn.close(quinn::VarInt::from_u32(3), b"certificate expired");
         return Err(conn_err(format!("{}'s certificate has expired", peer.name)));
     }
     if peer.name == shared.me.name {
+        shared.metrics.refused("self");
         conn.close(quinn::VarInt::from_u32(2), b"a node cannot sync with itself");
         return Err(conn_err("the peer presented this node's own identity".into()));
     }
     let _slot = match Slot::take(&shared, &peer.name) {
         Ok(slot) => slot,
         Err(why) => {
+            shared.metrics.refused("connection_limit");
             tracing::warn!(peer = %peer.name, %addr, "refused a connection: {why}");
             conn.close(quinn::VarInt::from_u32(CloseCode::Unavailable as u32), why.as_bytes());
             return Err(conn_err(why));
@@ -1123,12 +1153,16 @@ async fn converse(
     // 10 s while it stays there.
     let mut was_quiescent = false;
     let mut recorded: Option<Instant> = None;
+    // Since when this conversation has had work outstanding (for the sync-round metric).
+    let mut busy_since = Instant::now();
+    let _wire = WireAccount { shared: shared.clone(), conn: conn.clone() };
     loop {
         if let Some(w) = work.take() {
             let Some(e) = engine.take() else { break };
             let (e, result, out, changed, crl_updated, log, (ops, bytes)) = step(e, w).await?;
             in_step.clear();
-            if let Some(why) = budget.spend(ops, bytes) {
+            if let Some(why) = budget.spend(ops, bytes, &shared.limits) {
+                shared.metrics.refused("budget");
                 tracing::warn!(peer = %peer.name, %addr, "closing: {why}");
                 let close = Frame::Close { code: CloseCode::Unavailable as u16, reason: why.clone() };
                 let _ = sync_out.send(close.to_bytes());
@@ -1150,6 +1184,11 @@ async fn converse(
                 install_revocations(&shared).await;
             }
             let quiescent = e.is_quiescent();
+            if quiescent && !was_quiescent {
+                shared.metrics.sync_round(&peer.name, busy_since.elapsed().as_secs_f64());
+            } else if !quiescent && was_quiescent {
+                busy_since = Instant::now();
+            }
             if quiescent && (!was_quiescent || recorded.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))) {
                 let name = peer.name.clone();
                 let _ = shared.store.call(move |n| n.store.record_sync(&name, Ok(()), now_ms())).await;
@@ -1161,6 +1200,7 @@ async fn converse(
             tracing::debug!(peer = %peer.name, done, closed, quiescent = e.is_quiescent(), stats = ?e.stats(), "step");
             engine = Some(e);
             if let Err(msg) = result {
+                shared.metrics.refused("sync_error");
                 // Tell the peer why, so that it does not wait (and shows nothing as delivered).
                 let close = Frame::Close { code: CloseCode::Unavailable as u16, reason: msg.clone() };
                 let _ = sync_out.send(close.to_bytes());
@@ -1173,6 +1213,7 @@ async fn converse(
         }
         tokio::select! {
             Some(detail) = bad_rx.recv() => {
+                shared.metrics.refused("protocol");
                 tracing::warn!(peer = %peer.name, %addr, "closing: {detail}");
                 let close = Frame::Close { code: CloseCode::ProtocolError as u16, reason: detail.clone() };
                 let _ = sync_out.send(close.to_bytes());
@@ -1293,6 +1334,18 @@ async fn converse(
         sync_ms: started.elapsed().as_secs_f64() * 1e3,
         rtt_ms: conn.rtt().as_secs_f64() * 1e3,
     })
+}
+
+/// Adds a connection's bytes on the wire to the metrics' closed total when its conversation ends.
+struct WireAccount {
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+}
+
+impl Drop for WireAccount {
+    fn drop(&mut self) {
+        self.shared.metrics.connection_closed(&self.conn.stats());
+    }
 }
 
 enum Work {
@@ -1476,7 +1529,8 @@ async fn router_loop(shared: Arc<Shared>) {
             outcomes_due.remove(&sid);
             match shared.store.call(move |n| n.flag_unreported(sid, now_ms())).await {
                 Ok(Ok(sides)) if !sides.is_empty() => {
-                    tracing::info!(session = %sid, ?sides, "no outcome recorded after the call: flagged not_reported");
+                    let sides: Vec<&str> = sides.iter().map(|s| s.as_str()).collect();
+                    tracing::info!(session = %sid, sides = %sides.join(", "), "no outcome recorded after the call: flagged not reported");
                     announce(&shared, vec![sid.to_bytes()]);
                 }
                 Ok(Ok(_)) => {}
@@ -1561,13 +1615,13 @@ async fn router_loop(shared: Arc<Shared>) {
                         announce(&shared, vec![sid.to_bytes()]);
                     }
                     Action::Callback { .. } => {
-                        tracing::info!(session = %sid, call = %routed.call, "call routed: {:?}", routed.action);
+                        tracing::info!(session = %sid, call = %routed.call, "call routed: {}", routed.action);
                         open.remove(&sid);
                         measured.remove(&sid);
                         announce(&shared, vec![sid.to_bytes()]);
                     }
                     other => {
-                        tracing::info!(session = %sid, call = %routed.call, "call routing: {other:?}");
+                        tracing::info!(session = %sid, call = %routed.call, "call routing: {other}");
                         announce(&shared, vec![sid.to_bytes()]);
                     }
                 },
@@ -1682,7 +1736,7 @@ async fn media_loop(shared: Arc<Shared>, default_plan: crate::media::MediaPlan) 
             if !joined.insert(call.clone()) {
                 continue;
             }
-            tracing::info!(session = %sid, %call, ?side, "joining the call's audio");
+            tracing::info!(session = %sid, %call, side = side.as_str(), "joining the call's audio");
             if let Err(e) = run_call_audio(&shared, sid, &call, side, &plan).await {
                 tracing::warn!(session = %sid, %call, "call audio failed: {e}");
             }
@@ -1882,6 +1936,7 @@ async fn run_call_audio(
         .await;
     match done {
         Ok(Ok(())) => {
+            shared.metrics.call_leg(end, rating.mos);
             tracing::info!(session = %sid, %call, end, loss = st.loss(), mos = rating.mos, "call leg ended");
             announce(shared, vec![sid.to_bytes()]);
             Ok(())

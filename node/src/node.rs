@@ -292,6 +292,12 @@ impl Node {
         };
         // The store first, so that a node.toml never points at a store that was not created.
         Store::open(&dir.db_path(), Sealer::new(&key), &cfg.name, StoreOptions::default())?;
+        // The deployer's settings, every line a comment: what can be set, and how.
+        let settings = dir.root().join(crate::settings::SETTINGS_FILE);
+        if !settings.exists() {
+            std::fs::write(&settings, crate::settings::Settings::template())
+                .map_err(|source| ConfigError::Io { path: settings.clone(), source })?;
+        }
         dir.write_config(&cfg)?;
         Ok(cfg)
     }

@@ -1380,6 +1380,14 @@ impl Store {
         self.conn.row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(sql("checkpointing the WAL"))
     }
 
+    /// Bytes of the database file and its write-ahead log on disk.
+    pub fn file_bytes(&self) -> u64 {
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        size(&self.path) + size(Path::new(&wal))
+    }
+
     /// Runs SQLite's integrity check; `Ok(())` when it reports "ok".
     pub fn integrity_check(&self) -> Result<(), StoreError> {
         let result: String =

@@ -242,20 +242,52 @@ impl CaDir {
         days: i64,
         expired: bool,
     ) -> Result<NodeCertificate, TlsError> {
+        let key = KeyPair::generate()?;
+        let cert_pem = self.sign_locked(info, author, &key, days, expired)?;
+        Ok(NodeCertificate { cert_pem, key_pem: key.serialize_pem(), ca_pem: self.cert_pem()? })
+    }
+
+    /// Signs a node's certificate request (`outpost cert request`): the node keeps its private
+    /// key. The identity certified is the one the request states in its outpost URI (name,
+    /// role, organisation, ICB, lines, author key); nothing else of the request is copied.
+    /// Returns the certificate followed by the CA's (PEM) and the identity, for the operator
+    /// to check.
+    pub fn sign_request(&self, csr_pem: &str, days: i64) -> Result<(String, PeerInfo), TlsError> {
+        let bad = |detail: String| TlsError::Invalid { what: "certificate request", detail };
+        // Parsing checks the request's signature: it was made with the key it asks to certify.
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| bad(e.to_string()))?;
+        let uri = csr
+            .params
+            .subject_alt_names
+            .iter()
+            .find_map(|san| match san {
+                SanType::URI(u) if u.as_str().starts_with(URN_PREFIX) => Some(u.as_str().to_string()),
+                _ => None,
+            })
+            .ok_or_else(|| bad("it states no outpost identity (make it with `outpost cert request`)".into()))?;
+        let info = parse_urn(&uri).ok_or_else(|| bad(format!("its identity {uri:?} does not parse")))?;
+        crate::config::check_name(&info.name).map_err(|e| bad(e.to_string()))?;
+        let author = uri
+            .split(';')
+            .find_map(|p| p.strip_prefix("author="))
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|b| <PublicKey>::try_from(b.as_slice()).ok())
+            .ok_or_else(|| bad("it names no author key".into()))?;
+        let cert_pem = self.locked(|| self.sign_locked(&info, &author, &csr.public_key, days, false))?;
+        Ok((format!("{cert_pem}{}", self.cert_pem()?), info))
+    }
+
+    fn sign_locked(
+        &self,
+        info: &PeerInfo,
+        author: &PublicKey,
+        public_key: &impl rcgen::PublicKeyData,
+        days: i64,
+        expired: bool,
+    ) -> Result<String, TlsError> {
         let mut record = self.record()?;
         let issuer = self.issuer()?;
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec![SERVER_NAME.to_string()])?;
-        let urn = format!("{};author={}", identity_urn(info), hex::encode(author));
-        params.subject_alt_names.push(SanType::URI(urn.try_into()?));
-        params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, info.name.clone());
-        params.distinguished_name.push(DnType::OrganizationalUnitName, info.role.as_str());
-        if let Some(org) = &info.org {
-            params.distinguished_name.push(DnType::OrganizationName, org.clone());
-        }
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let mut params = request_params(info, author)?;
         params.use_authority_key_identifier_extension = true;
         let now = OffsetDateTime::now_utc();
         if expired {
@@ -267,7 +299,7 @@ impl CaDir {
         }
         let serial = random_serial()?;
         params.serial_number = Some(serial.clone());
-        let cert = params.signed_by(&key, &issuer)?;
+        let cert = params.signed_by(public_key, &issuer)?;
         record.issued.push(Issued {
             name: info.name.clone(),
             serial: hex::encode(serial.to_bytes()),
@@ -275,7 +307,7 @@ impl CaDir {
             not_after: params.not_after.unix_timestamp(),
         });
         self.write_record(&record)?;
-        Ok(NodeCertificate { cert_pem: cert.pem(), key_pem: key.serialize_pem(), ca_pem: self.cert_pem()? })
+        Ok(cert.pem())
     }
 
     /// Revokes every certificate issued to `name` and signs a new revocation list.
@@ -356,6 +388,66 @@ pub struct NodeCertificate {
     pub key_pem: String,
     /// The fleet CA's certificate (PEM).
     pub ca_pem: String,
+}
+
+/// What a node certificate states: the TLS name, the outpost identity URI with the author key,
+/// and the name, role and organisation in the subject.
+fn request_params(info: &PeerInfo, author: &PublicKey) -> Result<CertificateParams, TlsError> {
+    let mut params = CertificateParams::new(vec![SERVER_NAME.to_string()])?;
+    let urn = format!("{};author={}", identity_urn(info), hex::encode(author));
+    params.subject_alt_names.push(SanType::URI(urn.try_into()?));
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, info.name.clone());
+    params.distinguished_name.push(DnType::OrganizationalUnitName, info.role.as_str());
+    if let Some(org) = &info.org {
+        params.distinguished_name.push(DnType::OrganizationName, org.clone());
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    Ok(params)
+}
+
+/// A certificate request for a node (`outpost cert request`): a fresh key pair, and the
+/// request stating the node's identity and author key, signed with that key. Returns the
+/// request and the private key (PEM), which the caller seals in the node's store.
+pub fn certificate_request(info: &PeerInfo, author: &PublicKey) -> Result<(String, String), TlsError> {
+    let key = KeyPair::generate()?;
+    let csr = request_params(info, author)?.serialize_request(&key)?;
+    Ok((csr.pem()?, key.serialize_pem()))
+}
+
+/// Checks a certificate signed for a pending request before it is installed: it certifies
+/// the pending key, states exactly this node's identity and author key, and is signed by `ca`
+/// (a certificate chain from `ca sign`: the node's, then the CA's).
+pub fn check_signed(
+    cert_pem: &str,
+    key_pem: &str,
+    ca_pem: &str,
+    info: &PeerInfo,
+    author: &PublicKey,
+) -> Result<(), TlsError> {
+    let bad = |detail: String| TlsError::Invalid { what: "signed certificate", detail };
+    let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| bad(e.to_string()))?;
+    let (_, ca_x509) = x509_parser::parse_x509_certificate(ca.as_ref()).map_err(|e| bad(e.to_string()))?;
+    let key = KeyPair::from_pem(key_pem).map_err(|e| bad(format!("the pending key: {e}")))?;
+    if x509.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(&key).as_slice() {
+        return Err(bad(
+            "it certifies another key than this node's pending request (was it made for another request?)".into(),
+        ));
+    }
+    if x509.issuer() != ca_x509.subject() || x509.verify_signature(Some(ca_x509.public_key())).is_err() {
+        return Err(bad("it is not signed by the fleet CA given with it".into()));
+    }
+    let member = member_of(&cert)?;
+    if member.info != *info || member.key != *author {
+        return Err(bad(format!(
+            "it names {} ({}), not this node's identity and author key",
+            member.info.name, member.info.role
+        )));
+    }
+    Ok(())
 }
 
 fn random_serial() -> Result<SerialNumber, TlsError> {

@@ -352,6 +352,43 @@ pub enum Action {
     },
 }
 
+impl std::fmt::Display for Action {
+    /// The step in words, for logs and people (figures rounded as a person reads them).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Wait => f.write_str("waiting (a desk is ringing, or no desk holds the whole case yet)"),
+            Action::Measure => f.write_str("measuring the requester's link"),
+            Action::GatePassed(rating, q) => write!(
+                f,
+                "link good enough for voice: estimated quality {:.1} of 5 (round trip {:.0} ms, jitter {:.0} ms, loss {:.1}%)",
+                rating.mos,
+                q.rtt_ms,
+                q.jitter_ms,
+                q.loss * 100.0
+            ),
+            Action::Ring { desk, attempt, ring_s } => {
+                write!(f, "ringing {desk} (attempt {attempt}, for up to {ring_s} s)")
+            }
+            Action::NoAnswer { desk, attempt } => write!(f, "{desk} did not answer (attempt {attempt})"),
+            Action::Connected { desk, attempt, .. } => write!(f, "connected to {desk} (attempt {attempt})"),
+            Action::Federate { hub } => write!(f, "handed to {hub}, the next ICB's hub for this line"),
+            Action::Callback { reason, rating } => {
+                write!(f, "callback arranged instead: {reason}")?;
+                if let Some((r, q)) = rating {
+                    write!(
+                        f,
+                        " (estimated quality {:.1} of 5; round trip {:.0} ms, loss {:.1}%)",
+                        r.mos,
+                        q.rtt_ms,
+                        q.loss * 100.0
+                    )?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// How long the router waits for some desk of the rota to hold the whole session before it
 /// offers a callback instead, ms.
 pub const HOLD_WAIT_MS: i64 = 10 * 60 * 1000;

@@ -216,7 +216,7 @@ fn router(shared: Arc<Shared>, tls: bool) -> Router {
 
 /// Liveness, for a supervisor: the store thread answers within 2 s. No token; says nothing
 /// about sessions.
-async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+pub(super) async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
     let answered = tokio::time::timeout(std::time::Duration::from_secs(2), shared.store.call(|_| ())).await;
     match answered {
         Ok(Ok(())) => Json(serde_json::json!({ "status": "ok" })).into_response(),
@@ -227,7 +227,7 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
 
 /// Readiness: serving, and not stopping (503 once SIGTERM has come). No token; the node's
 /// name, role and how many peers are connected now.
-async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+pub(super) async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     let peers = shared.links.lock().map(|l| l.len()).unwrap_or(0);
     let body = |status: &str| {
         Json(serde_json::json!({

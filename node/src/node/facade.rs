@@ -177,6 +177,65 @@ impl Node {
         Ok(self.store.set_tls_identity(cert_pem, key_pem, ca_pem)?)
     }
 
+    /// Makes a certificate request for this node (`outpost cert request`): a fresh TLS key,
+    /// sealed in the store until its certificate comes back, and the request (PEM) for the
+    /// fleet CA. The key never leaves the store. The node keeps its current certificate, if
+    /// any, until the new one is installed (renewal).
+    pub fn request_certificate(&mut self) -> Result<String, NodeError> {
+        let (csr, key) = crate::tls::certificate_request(&self.config.peer_info(), &self.author_public())?;
+        self.store.set_pending_tls_key(&key)?;
+        Ok(csr)
+    }
+
+    /// Installs the certificate the fleet CA signed for this node's pending request
+    /// (`outpost cert install`): `chain_pem` is the node's certificate then the CA's, as
+    /// `outpost ca sign` writes it. Checked first: it certifies the pending key, states this
+    /// node's identity and author key, and chains to the CA (which must be the one this node
+    /// already trusts, if it has one). Returns the certificate's expiry (ms since the epoch).
+    pub fn install_signed(&mut self, chain_pem: &str) -> Result<i64, NodeError> {
+        let key = self.store.pending_tls_key()?.ok_or_else(|| {
+            NodeError::Invalid(format!(
+                "node {} has no pending certificate request; make one with `outpost cert request --dir DIR`",
+                self.config.name
+            ))
+        })?;
+        let end = "-----END CERTIFICATE-----";
+        let certs: Vec<String> = chain_pem
+            .split_inclusive(end)
+            .filter(|c| c.contains("-----BEGIN CERTIFICATE-----"))
+            .map(|c| format!("{}\n", c.trim()))
+            .collect();
+        let current_ca = self.store.tls_identity()?.map(|(_, _, ca)| ca);
+        let (cert, ca) = match (certs.first(), certs.get(1), current_ca.as_ref()) {
+            (Some(cert), Some(ca), Some(current)) => {
+                let same = |a: &str, b: &str| {
+                    use rustls::pki_types::pem::PemObject;
+                    let der = |p: &str| rustls::pki_types::CertificateDer::from_pem_slice(p.as_bytes()).ok();
+                    der(a).is_some_and(|x| Some(x) == der(b))
+                };
+                if !same(ca, current) {
+                    return Err(NodeError::Invalid(
+                        "the certificate comes with another CA than the fleet CA this node trusts; a node \
+                         changes fleets only by a new `outpost init`"
+                            .into(),
+                    ));
+                }
+                (cert.clone(), ca.clone())
+            }
+            (Some(cert), Some(ca), None) => (cert.clone(), ca.clone()),
+            (Some(cert), None, Some(current)) => (cert.clone(), current.clone()),
+            _ => {
+                return Err(NodeError::Invalid(
+                    "the file holds no certificate and CA: give the file `outpost ca sign` wrote".into(),
+                ));
+            }
+        };
+        crate::tls::check_signed(&cert, &key, &ca, &self.config.peer_info(), &self.author_public())?;
+        let until = crate::tls::not_after_ms(&cert)?;
+        self.store.install_pending(&cert, &ca)?;
+        Ok(until)
+    }
+
     /// Installs a revocation list (already checked against the fleet CA by the caller).
     pub fn install_revocations(&self, number: u64, der: &[u8]) -> Result<(), NodeError> {
         Ok(self.store.put_revocations(number, der)?)

@@ -20,6 +20,11 @@ use super::{
     heads_from_blob, index_doc, log_counts, maybe_compact, put_sigs, session_row, sql,
 };
 
+/// Associated data of a pending certificate request's sealed private key.
+pub(crate) const PENDING_KEY_AAD: &[u8] = b"outpost/tls-key-pending/v1";
+/// Associated data of the node's sealed TLS private key.
+pub(crate) const TLS_KEY_AAD: &[u8] = b"outpost/tls-key/v1";
+
 /// A session as scope decisions and reconciliation see it (clear index columns only).
 #[derive(Debug, Clone)]
 pub struct ScopeRow {
@@ -89,7 +94,7 @@ impl Store {
             )
             .map_err(sql("storing the certificate"))?;
         }
-        let sealed = self.sealer.seal(b"outpost/tls-key/v1", key_pem.as_bytes())?;
+        let sealed = self.sealer.seal(TLS_KEY_AAD, key_pem.as_bytes())?;
         tx.exec(
             "INSERT INTO meta (key, value) VALUES ('tls_key', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             [sealed],
@@ -105,6 +110,36 @@ impl Store {
         Ok(())
     }
 
+    /// Keeps the private key of a certificate request (`outpost cert request`), sealed, until
+    /// its certificate is installed; a newer request replaces it.
+    pub fn set_pending_tls_key(&mut self, key_pem: &str) -> Result<(), StoreError> {
+        let sealed = self.sealer.seal(PENDING_KEY_AAD, key_pem.as_bytes())?;
+        self.conn
+            .exec(
+                "INSERT INTO meta (key, value) VALUES ('tls_key_pending', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [sealed],
+            )
+            .map_err(sql("storing the request's private key"))?;
+        Ok(())
+    }
+
+    /// The private key of the pending certificate request, if any.
+    pub fn pending_tls_key(&self) -> Result<Option<String>, StoreError> {
+        let Some(sealed) = self.meta_get("tls_key_pending")? else { return Ok(None) };
+        let key = self.sealer.open("pending TLS private key", PENDING_KEY_AAD, &sealed)?;
+        String::from_utf8(key).map(Some).map_err(|_| StoreError::Damaged("the pending key is not text".into()))
+    }
+
+    /// Installs the certificate signed for the pending request, with its key, and forgets the
+    /// request, in one transaction.
+    pub fn install_pending(&mut self, cert_pem: &str, ca_pem: &str) -> Result<(), StoreError> {
+        let key = self.pending_tls_key()?.ok_or_else(|| StoreError::Damaged("no pending request".into()))?;
+        self.set_tls_identity(cert_pem, &key, ca_pem)?;
+        self.conn.exec("DELETE FROM meta WHERE key = 'tls_key_pending'", []).map_err(sql("forgetting the request"))?;
+        Ok(())
+    }
+
     /// The node's TLS identity as PEM texts (certificate, private key, CA), if issued.
     pub fn tls_identity(&self) -> Result<Option<(String, String, String)>, StoreError> {
         let (Some(cert), Some(key), Some(ca)) =
@@ -112,7 +147,7 @@ impl Store {
         else {
             return Ok(None);
         };
-        let key = self.sealer.open("TLS private key", b"outpost/tls-key/v1", &key)?;
+        let key = self.sealer.open("TLS private key", TLS_KEY_AAD, &key)?;
         let text =
             |b: Vec<u8>| String::from_utf8(b).map_err(|_| StoreError::Damaged("a stored PEM is not text".into()));
         Ok(Some((text(cert)?, text(key)?, text(ca)?)))
