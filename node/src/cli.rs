@@ -82,6 +82,9 @@ enum Command {
     /// The fleet certificate authority: create it, issue node certificates, revoke them.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// The node's data key (what seals its store at rest).
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// This node's fleet certificate, the right way round: request (the key stays here),
     /// install what the CA signed.
     #[command(subcommand)]
@@ -212,6 +215,19 @@ enum Command {
     /// Tools for tests (not for clinical use).
     #[command(subcommand, hide = true)]
     Debug(DebugCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Re-seal the whole store under a new data key, then retire the old key. Stop the daemon
+    /// first. Killed at any moment, the next command finishes or rolls it back: no value is
+    /// ever left under a key the node does not have.
+    Rotate {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -1020,6 +1036,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo { keep, serve } => crate::demo::run(keep.as_deref(), serve)?,
         Command::Openapi => print!("{}", crate::net::openapi_json()),
         Command::Ca(cmd) => ca(cmd)?,
+        Command::Key(KeyCommand::Rotate { dir, json }) => {
+            let nd = NodeDir::new(&dir.dir);
+            nd.read_config().map_err(NodeError::from)?;
+            let _lock = crate::service::DaemonLock::acquire(&dir.dir)?;
+            let (done, old, new) = Node::rotate_key(&nd, now_ms())?;
+            if json.json {
+                print_json(&serde_json::json!({ "old_key_id": old, "new_key_id": new, "resealed": done }))?;
+            } else {
+                println!(
+                    "data key rotated: {} values ({}) re-sealed under key {new} (was {old}); audit chain re-hashed \
+                     over {} entries, the rotation recorded in it. Back up the new {} now: old backups need the old key.",
+                    done.values,
+                    bytes(done.bytes),
+                    done.audit_entries,
+                    nd.key_path().display()
+                );
+            }
+        }
         Command::Cert(CertCommand::Request { dir, out }) => {
             let mut node = open(&dir)?;
             let csr = node.request_certificate()?;

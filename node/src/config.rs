@@ -4,6 +4,8 @@
 //! D/node.toml    name, role, organisation, ICB, Automerge actor id, key id (no secrets)
 //! D/node.key     the data key, mode 0600 (absent when the key comes from OUTPOST_NODE_KEY)
 //! D/outpost.db   the SQLite store (with outpost.db-wal and outpost.db-shm beside it)
+//! D/outpost.toml how the daemon runs (the deployer's; see `settings`)
+//! D/node.key.new the next key, only while `outpost key rotate` runs or after it was killed
 //! ```
 
 use std::fs;
@@ -18,6 +20,7 @@ pub const CONFIG_FORMAT: u32 = 1;
 const CONFIG_FILE: &str = "node.toml";
 const KEY_FILE: &str = "node.key";
 const DB_FILE: &str = "outpost.db";
+const NEW_KEY_FILE: &str = "node.key.new";
 
 /// Why a node directory could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +129,10 @@ impl NodeDir {
     /// `node.key`.
     pub fn key_path(&self) -> PathBuf {
         self.root.join(KEY_FILE)
+    }
+    /// `node.key.new`: the next key while `outpost key rotate` runs (or after it was killed).
+    pub fn new_key_path(&self) -> PathBuf {
+        self.root.join(NEW_KEY_FILE)
     }
     /// `outpost.db`.
     pub fn db_path(&self) -> PathBuf {

@@ -116,6 +116,11 @@ impl NodeKey {
         if let Ok(text) = std::env::var(KEY_ENV) {
             return Ok((NodeKey::from_hex(&text, KEY_ENV)?, KEY_ENV.to_string()));
         }
+        NodeKey::load_file(path)
+    }
+
+    /// Loads a key file (never the environment), refusing one that others can read.
+    pub fn load_file(path: &Path) -> Result<(Self, String), CryptoError> {
         let meta = fs::metadata(path).map_err(|source| CryptoError::KeyFile { path: path.to_path_buf(), source })?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {

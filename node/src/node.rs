@@ -120,6 +120,13 @@ pub struct NodeStatus {
     pub connected_peers: Option<Vec<String>>,
 }
 
+/// Makes a directory's entries (created, renamed, removed files) durable.
+fn sync_dir(dir: &NodeDir) -> Result<(), NodeError> {
+    std::fs::File::open(dir.root())
+        .and_then(|d| d.sync_all())
+        .map_err(|source| ConfigError::Io { path: dir.root().to_path_buf(), source }.into())
+}
+
 /// Where a session's latest call stands, for an app (`call` events of the local API).
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, serde::Serialize)]
 pub struct CallNow {
@@ -309,6 +316,16 @@ impl Node {
 
     /// Opens with explicit store options.
     pub fn open_with(dir: &NodeDir, opts: StoreOptions) -> Result<Node, NodeError> {
+        dir.read_config()?;
+        // A key rotation killed part way is finished or rolled back before anything else, unless
+        // another process holds the directory (a daemon, which did this when it started, or the
+        // rotation itself, still running).
+        if dir.new_key_path().exists()
+            && let Ok(_lock) = crate::service::DaemonLock::acquire(dir.root())
+            && let Some(how) = Node::recover_rotation(dir)?
+        {
+            tracing::warn!("an interrupted key rotation was found and {how}");
+        }
         let config = dir.read_config()?;
         let (key, origin) = NodeKey::load(&dir.key_path())?;
         if key.id() != config.key_id {
@@ -316,6 +333,71 @@ impl Node {
         }
         let store = Store::open(&dir.db_path(), Sealer::new(&key), &config.name, opts)?;
         Ok(Node { dir: dir.clone(), config, store, acting: None })
+    }
+
+    /// Re-seals the whole store under a new data key (`outpost key rotate`). Safe against a
+    /// kill at any instant: the new key is written (and synced) to `node.key.new` first; the
+    /// store is re-sealed in one transaction; then `node.toml` names the new key and the new
+    /// file replaces `node.key`. Whatever step a kill interrupts, the next open finds which
+    /// key the store is under and finishes or rolls back ([`Node::recover_rotation`]).
+    /// The caller holds the directory's lock.
+    pub fn rotate_key(dir: &NodeDir, now: i64) -> Result<(crate::store::Resealed, String, String), NodeError> {
+        let mut cfg = dir.read_config()?;
+        if cfg.key_source == "env" || std::env::var(KEY_ENV).is_ok() {
+            return Err(NodeError::Invalid(format!(
+                "this node's key comes from {KEY_ENV}: rotate it in the key store that supplies it (outpost key \
+                 rotate works on a key file)"
+            )));
+        }
+        Node::recover_rotation(dir)?;
+        let mut node = Node::open(dir)?;
+        let (old, _) = NodeKey::load_file(&dir.key_path())?;
+        let new = NodeKey::generate()?;
+        let pending = dir.new_key_path();
+        new.write_new(&pending)?;
+        sync_dir(dir)?;
+        let done = node.store.reseal(Sealer::new(&new), &old.id(), &new.id(), now)?;
+        cfg.key_id = new.id();
+        dir.write_config(&cfg)?;
+        std::fs::rename(&pending, dir.key_path())
+            .map_err(|source| ConfigError::Io { path: pending.clone(), source })?;
+        sync_dir(dir)?;
+        Ok((done, old.id(), new.id()))
+    }
+
+    /// After a rotation was killed: finishes it if the store is already under the new key,
+    /// else removes the new key (the store never used it). Returns what it did, if anything.
+    /// The caller holds the directory's lock.
+    pub fn recover_rotation(dir: &NodeDir) -> Result<Option<&'static str>, NodeError> {
+        let pending = dir.new_key_path();
+        if !pending.exists() {
+            return Ok(None);
+        }
+        let io = |path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| ConfigError::Io { path, source }
+        };
+        // A key file cut short by the kill: the store was not touched (the key is synced
+        // before the store's transaction begins).
+        let Ok((new, _)) = NodeKey::load_file(&pending) else {
+            std::fs::remove_file(&pending).map_err(io(&pending))?;
+            sync_dir(dir)?;
+            return Ok(Some("rolled back (the new key was never used)"));
+        };
+        if crate::store::sealed_under(&dir.db_path(), &Sealer::new(&new))? {
+            let mut cfg = dir.read_config()?;
+            if cfg.key_id != new.id() {
+                cfg.key_id = new.id();
+                dir.write_config(&cfg)?;
+            }
+            std::fs::rename(&pending, dir.key_path()).map_err(io(&pending))?;
+            sync_dir(dir)?;
+            Ok(Some("completed (the store was already under the new key)"))
+        } else {
+            std::fs::remove_file(&pending).map_err(io(&pending))?;
+            sync_dir(dir)?;
+            Ok(Some("rolled back (the store is still under the old key)"))
+        }
     }
 
     fn require(&self, action: &'static str, allowed: &'static str, roles: &[Role]) -> Result<(), NodeError> {

@@ -37,7 +37,10 @@ use crate::crypto::{CryptoError, Sealer};
 
 mod directory;
 pub mod people;
+mod rekey;
 mod sync;
+
+pub use rekey::{Resealed, sealed_under};
 pub use sync::ScopeRow;
 
 /// `execute` and `query_row` through the connection's prepared-statement cache: the store runs

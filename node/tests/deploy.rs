@@ -111,3 +111,155 @@ fn a_node_keeps_its_key_while_an_offline_ca_signs_its_request_and_renewal_is_war
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
+
+/// The texts of every session's messages, by session (what the node must never lose).
+fn all_texts(dir: &Path) -> Vec<(String, Vec<String>)> {
+    let list = json(&ok(&["session", "list", "--dir", d(dir), "--json"]));
+    let mut out: Vec<(String, Vec<String>)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let id = c["id"].as_str().unwrap().to_string();
+            let texts = common::fleet::texts(dir, &id).unwrap();
+            (id, texts)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_key_rotation_killed_at_random_moments_twenty_times_loses_nothing_acknowledged() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("ROTATE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(now_ms_u64);
+    eprintln!("key rotation kill test: seed {seed} (rerun with ROTATE_SEED={seed})");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let tmp = tempfile::tempdir().unwrap();
+    let amb = tmp.path().join("amb-07");
+    common::init_edge(&amb);
+    // Sessions, messages and 4 photos of ~1.5 MB: enough rows that a rotation takes a while.
+    let mut ids = Vec::new();
+    for i in 0..4u64 {
+        let id = new_session(&amb);
+        let photo = outpost_node::photo::synthetic_jpeg(1400, 1050, seed + i).unwrap();
+        let file = tmp.path().join(format!("p{i}.jpg"));
+        std::fs::write(&file, &photo.bytes).unwrap();
+        let out = ok(&[
+            "photo",
+            "attach",
+            "--dir",
+            d(&amb),
+            &id,
+            d(&file),
+            "--view",
+            "close-up",
+            "--body-site",
+            "forearm",
+            "--consent",
+            "verbal",
+            "--json",
+        ]);
+        let hash = json(&out)["hash"].as_str().unwrap().to_string();
+        ids.push((id, hash, photo.bytes));
+    }
+    // How long one rotation takes here, to aim the kills inside it.
+    let t = std::time::Instant::now();
+    ok(&["key", "rotate", "--dir", d(&amb)]);
+    let span = t.elapsed();
+    eprintln!("one rotation: {span:?}");
+
+    let (mut finished, mut completed, mut rolled_back) = (0, 0, 0);
+    for round in 0..20 {
+        let (id, _, _) = &ids[round % ids.len()];
+        ok(&["message", "send", "--dir", d(&amb), id, &format!("round {round}")]);
+        let before = all_texts(&amb);
+        let key_before = std::fs::read_to_string(amb.join("node.key")).unwrap();
+        let delay = span.mul_f64(rng.random_range(0.0..1.2));
+        let mut child = std::process::Command::new(common::BIN)
+            .args(["key", "rotate", "--dir", d(&amb)])
+            .env_remove("OUTPOST_NODE_KEY")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let exited = child.try_wait().unwrap().is_some();
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        // The next command finds the store whole, under one key it has.
+        let after = all_texts(&amb);
+        assert_eq!(after, before, "round {round} (seed {seed}, killed after {delay:?}): messages differ");
+        let (_, hash, bytes) = &ids[round % ids.len()];
+        let out = tmp.path().join("back.jpg");
+        ok(&["photo", "get", "--dir", d(&amb), hash, "--out", d(&out)]);
+        assert_eq!(&std::fs::read(&out).unwrap(), bytes, "round {round} (seed {seed}): the photo differs");
+        let audit = ok(&["audit", "verify", "--dir", d(&amb)]);
+        assert!(audit.contains("intact"), "round {round} (seed {seed}): {audit}");
+        assert!(!amb.join("node.key.new").exists(), "round {round}: the next command settled the rotation");
+        let key_after = std::fs::read_to_string(amb.join("node.key")).unwrap();
+        match (exited || status.success(), key_after != key_before) {
+            (true, _) => finished += 1,
+            (false, true) => completed += 1,
+            (false, false) => rolled_back += 1,
+        }
+    }
+    eprintln!(
+        "20 rotations killed at random: {finished} had finished, {completed} were completed by the next command, \
+         {rolled_back} rolled back"
+    );
+    assert!(completed + rolled_back >= 5, "most kills landed inside a rotation (seed {seed})");
+    let log = ok(&["audit", "show", "--dir", d(&amb), "--limit", "1000"]);
+    assert!(log.matches("key.rotate").count() > finished, "each rotation that took effect is in the audit chain");
+}
+
+fn now_ms_u64() -> u64 {
+    now_ms() as u64
+}
+
+#[test]
+fn a_rotation_stopped_at_each_step_is_finished_or_rolled_back_by_the_next_open() {
+    use outpost_node::config::NodeDir;
+    use outpost_node::crypto::{NodeKey, Sealer};
+    use outpost_node::node::Node;
+    // Each step of `key rotate` stopped just after it: which key the next open must end with.
+    for stop_after in ["key file torn", "key file written", "store re-sealed", "node.toml written"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let amb = tmp.path().join("amb-07");
+        common::init_edge(&amb);
+        let id = new_session(&amb);
+        ok(&["message", "send", "--dir", d(&amb), &id, "kept whatever happens"]);
+        let dir = NodeDir::new(&amb);
+        let (old, _) = NodeKey::load_file(&dir.key_path()).unwrap();
+        let new = NodeKey::generate().unwrap();
+        // Opened before the new key exists, as `key rotate` does (an open finding a new key
+        // file settles it first).
+        let mut node = Node::open(&dir).unwrap();
+        match stop_after {
+            "key file torn" => std::fs::write(dir.new_key_path(), &new.to_hex()[..20]).unwrap(),
+            _ => new.write_new(&dir.new_key_path()).unwrap(),
+        }
+        if stop_after == "key file torn" {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.new_key_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        if matches!(stop_after, "store re-sealed" | "node.toml written") {
+            node.store.reseal(Sealer::new(&new), &old.id(), &new.id(), now_ms()).unwrap();
+        }
+        if stop_after == "node.toml written" {
+            let mut cfg = dir.read_config().unwrap();
+            cfg.key_id = new.id();
+            dir.write_config(&cfg).unwrap();
+        }
+        drop(node);
+        // The next command, whatever it is.
+        let texts = common::fleet::texts(&amb, &id);
+        assert_eq!(texts, Some(vec!["kept whatever happens".to_string()]), "stopped after {stop_after}");
+        assert!(!dir.new_key_path().exists(), "stopped after {stop_after}: settled");
+        let (now_key, _) = NodeKey::load_file(&dir.key_path()).unwrap();
+        let expect = if matches!(stop_after, "store re-sealed" | "node.toml written") { new.id() } else { old.id() };
+        assert_eq!(now_key.id(), expect, "stopped after {stop_after}: the key the store is under");
+        assert_eq!(dir.read_config().unwrap().key_id, expect, "stopped after {stop_after}: node.toml names it");
+        assert!(ok(&["audit", "verify", "--dir", d(&amb)]).contains("intact"), "stopped after {stop_after}");
+    }
+}

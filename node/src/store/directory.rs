@@ -14,7 +14,7 @@ use crate::crypto::Sealer;
 
 use super::{CachedSql, Store, StoreError, append_audit, heads_blob, heads_from_blob, knowledge_row, sql};
 
-fn aad(icb: &str) -> Vec<u8> {
+pub(super) fn aad(icb: &str) -> Vec<u8> {
     format!("outpost/directory/v1/{icb}").into_bytes()
 }
 
