@@ -82,6 +82,32 @@ enum Command {
     /// The fleet certificate authority: create it, issue node certificates, revoke them.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Copy the node's store, still sealed, into one file, while the daemon runs.
+    Backup {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The backup file to write (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Restore a node from a backup: into a new directory (a replaced tablet), or into the
+    /// node's own directory when its store is missing. Then run it: peers send back what the
+    /// backup lacks.
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+        #[command(flatten)]
+        dir: DirArg,
+        /// The node's data key (a copy of its node.key; or set OUTPOST_NODE_KEY). Not needed
+        /// when restoring into the node's own directory.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
     /// The node's data key (what seals its store at rest).
     #[command(subcommand)]
     Key(KeyCommand),
@@ -759,7 +785,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<NodeError>() {
             return match e {
-                NodeError::Config(ConfigError::NotANode { .. } | ConfigError::Invalid { .. }) => 3,
+                NodeError::Config(
+                    ConfigError::NotANode { .. } | ConfigError::Invalid { .. } | ConfigError::StoreMissing { .. },
+                ) => 3,
                 NodeError::Config(ConfigError::Io { .. }) => 1,
                 NodeError::Config(_) => 2,
                 NodeError::Crypto(CryptoError::Random(_)) => 1,
@@ -999,9 +1027,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     Some(seq) => println!("audit chain: BROKEN at entry {seq} of {}", audit.entries),
                 }
             }
+            // The whole file, page by page: a damaged store is said, and the exit is non-zero.
+            match node.store.integrity_check() {
+                Ok(()) if !json.json => println!("store: SQLite integrity check passed"),
+                Ok(()) => {}
+                Err(e) => {
+                    if !json.json {
+                        println!("store: DAMAGED");
+                    }
+                    return Err(e.into());
+                }
+            }
         }
         Command::Audit(AuditCommand::Verify { dir, json }) => {
             let node = open(&dir)?;
+            node.store.integrity_check()?;
             let check = node.verify_audit()?;
             if json.json {
                 print_json(&check)?;
@@ -1036,6 +1076,37 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo { keep, serve } => crate::demo::run(keep.as_deref(), serve)?,
         Command::Openapi => print!("{}", crate::net::openapi_json()),
         Command::Ca(cmd) => ca(cmd)?,
+        Command::Backup { dir, out, json } => {
+            let report = crate::backup::backup(&NodeDir::new(&dir.dir), &out, now_ms())?;
+            if json.json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "backup of {} written to {} ({}, {} sessions), sealed under key {}: keep the key apart from it",
+                    report.node,
+                    report.file.display(),
+                    bytes(report.bytes),
+                    report.sessions,
+                    report.key_id
+                );
+            }
+        }
+        Command::Restore { from, dir, key_file, json } => {
+            let _lock = if dir.dir.exists() { Some(crate::service::DaemonLock::acquire(&dir.dir)?) } else { None };
+            let report = crate::backup::restore(&from, &NodeDir::new(&dir.dir), key_file.as_deref())?;
+            if json.json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "{} restored into {}: {} sessions as of {}. Run it (outpost run): its peers send back what \
+                     the backup lacks.",
+                    report.node,
+                    report.dir.display(),
+                    report.sessions,
+                    time(report.taken_ms)
+                );
+            }
+        }
         Command::Key(KeyCommand::Rotate { dir, json }) => {
             let nd = NodeDir::new(&dir.dir);
             nd.read_config().map_err(NodeError::from)?;

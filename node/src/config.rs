@@ -55,6 +55,22 @@ pub enum ConfigError {
         /// What is wrong.
         problem: String,
     },
+    /// `node.toml` is there but the store is not: a disk restored without it, a file deleted.
+    /// The node refuses to start an empty store in its place (it would take new sessions into
+    /// it while its real data is missing).
+    #[error(
+        "the store {db} of node {name} is missing: this node's sessions are not on this disk. Restore them from \
+         the latest backup: `outpost restore --from BACKUP --dir {dir}` (the node's key and identity are kept), \
+         then run the node and it syncs back what the backup lacks"
+    )]
+    StoreMissing {
+        /// The node's name.
+        name: String,
+        /// The directory.
+        dir: PathBuf,
+        /// The missing database file.
+        db: PathBuf,
+    },
     /// A node name with characters that cannot appear in receipts, certificates and file names.
     #[error("node name {0:?} must be 1 to 64 characters of a-z, 0-9, '-' and '.', starting with a letter or digit")]
     BadName(String),

@@ -11,8 +11,10 @@
 //! - [`store`]: the durable SQLite store of documents, blobs and the audit chain.
 //! - [`photo`]: checking photos before they are stored.
 //! - [`node`]: the clinical operations (create a session, send a message, attach a photo, ...).
+//! - [`backup`]: backup and restore of a node directory.
 //! - [`cli`]: the command line; [`demo`]: `outpost demo`.
 
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod crypto;

@@ -316,7 +316,15 @@ impl Node {
 
     /// Opens with explicit store options.
     pub fn open_with(dir: &NodeDir, opts: StoreOptions) -> Result<Node, NodeError> {
-        dir.read_config()?;
+        let config = dir.read_config()?;
+        if !dir.db_path().exists() {
+            return Err(ConfigError::StoreMissing {
+                name: config.name,
+                dir: dir.root().to_path_buf(),
+                db: dir.db_path(),
+            }
+            .into());
+        }
         // A key rotation killed part way is finished or rolled back before anything else, unless
         // another process holds the directory (a daemon, which did this when it started, or the
         // rotation itself, still running).

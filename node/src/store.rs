@@ -38,6 +38,7 @@ use crate::crypto::{CryptoError, Sealer};
 mod directory;
 pub mod people;
 mod rekey;
+pub mod space;
 mod sync;
 
 pub use rekey::{Resealed, sealed_under};
@@ -188,11 +189,22 @@ pub enum StoreError {
     /// The database or its contents are not what this build wrote.
     #[error("the store is damaged: {0}")]
     Damaged(String),
+    /// SQLite found a corrupt page (a disk fault, a torn copy).
+    #[error(
+        "the store is damaged: SQLite found a corrupt page while {context}. Keep this directory as it is (it \
+         is evidence), and restore the node from its latest backup into a new directory: `outpost restore --from \
+         BACKUP --dir NEW_DIR --key-file KEY`; then sync, and the hub sends back what the backup lacks"
+    )]
+    Corrupt {
+        /// What the store was doing.
+        context: &'static str,
+    },
 }
 
 fn sql(context: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
     move |source| match source.sqlite_error_code() {
         Some(ErrorCode::DiskFull) => StoreError::DiskFull { context },
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => StoreError::Corrupt { context },
         _ => StoreError::Sqlite { context, source },
     }
 }
@@ -740,21 +752,18 @@ impl Store {
     /// Opens (creating if needed) the store at `path`, migrating it to the current schema and
     /// checking that `sealer` holds this node's key.
     pub fn open(path: &Path, sealer: Sealer, node: &str, opts: StoreOptions) -> Result<Store, StoreError> {
-        let mut conn = Connection::open(path).map_err(sql("opening the database"))?;
-        conn.set_prepared_statement_cache_capacity(256);
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sql("setting the busy timeout"))?;
-        // Takes effect only on a new, empty database; freed pages (folded logs, photos deleted
-        // once the hub holds them) can then be returned to the file system.
-        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL").map_err(sql("configuring the database"))?;
-        let mode: String = conn.row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(sql("enabling WAL"))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Damaged(format!("journal mode is {mode}, WAL is required")));
-        }
-        // FULL: the WAL is fsynced at every commit, so a returned write survives power loss.
-        // The WAL file is cut back to 8 MiB after each checkpoint, so it does not keep the
-        // high-water size of a burst of photos.
-        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA journal_size_limit=8388608;")
-            .map_err(sql("setting durability"))?;
+        let low_space = path.exists() && space::release_if_low(path);
+        let mut conn = match configure(path, false) {
+            Ok(conn) => conn,
+            // A full disk: the shared-memory index beside the database cannot be made, so this
+            // process keeps it in its own memory instead and holds the database alone while it
+            // runs. Reads (and a sync's sending) keep working; a write says the disk is full.
+            Err(e) if path.exists() && is_full_disk(&e) => {
+                tracing::warn!("the disk is full: opening the store for this process alone ({e})");
+                configure(path, true)?
+            }
+            Err(e) => return Err(e),
+        };
         migrate(&mut conn, path)?;
         rebuild_fp_groups(&mut conn)?;
         check_key(&conn, &sealer)?;
@@ -777,6 +786,9 @@ impl Store {
         store.backfill_index()?;
         if let Some(pages) = std::env::var(MAX_PAGES_ENV).ok().and_then(|v| v.parse::<u64>().ok()) {
             store.limit_pages(pages)?;
+        }
+        if !low_space {
+            space::keep_reserve(path);
         }
         Ok(store)
     }
@@ -883,6 +895,7 @@ impl Store {
         once: Option<&ClientKey<'_>>,
         now: i64,
     ) -> Result<SessionView, StoreError> {
+        self.check_space()?;
         let mut doc = SessionDoc::create(new, self.actor.clone(), now).map_err(model(new.id))?;
         let view = doc.view().map_err(model(new.id))?;
         let id = new.id.to_string();
@@ -959,6 +972,11 @@ impl Store {
         now: i64,
         f: impl FnOnce(&mut WriteCtx<'_>, &mut SessionDoc) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        // New content waits for space; small control writes (receipts, call steps, outcomes)
+        // go on within the space kept for reading and syncing.
+        if space::GROWING_ACTIONS.contains(&action) {
+            self.check_space()?;
+        }
         let key = id.to_string();
         let tx =
             self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
@@ -1393,9 +1411,28 @@ impl Store {
 
     /// Runs SQLite's integrity check; `Ok(())` when it reports "ok".
     pub fn integrity_check(&self) -> Result<(), StoreError> {
-        let result: String =
-            self.conn.row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(sql("checking integrity"))?;
-        if result == "ok" { Ok(()) } else { Err(StoreError::Damaged(result)) }
+        let ctx = "checking integrity";
+        let mut stmt = self.conn.prepare("PRAGMA integrity_check(20)").map_err(sql(ctx))?;
+        let lines: Vec<String> =
+            stmt.query_map([], |r| r.get(0)).map_err(sql(ctx))?.collect::<Result<_, _>>().map_err(sql(ctx))?;
+        if lines.len() == 1 && lines[0] == "ok" {
+            return Ok(());
+        }
+        Err(StoreError::Damaged(format!(
+            "SQLite's integrity check found {}{}: {}. Keep this directory as it is, and restore the node from its \
+             latest backup into a new directory: `outpost restore --from BACKUP --dir NEW_DIR --key-file KEY`",
+            lines.len(),
+            if lines.len() >= 20 { " or more problems" } else { " problem(s)" },
+            lines.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+        )))
+    }
+
+    /// A consistent, still-sealed copy of the store in a new file (`VACUUM INTO`): one read
+    /// transaction, so a daemon writing meanwhile neither waits long nor tears the copy.
+    pub fn backup_into(&self, path: &Path) -> Result<(), StoreError> {
+        let target = path.to_str().ok_or_else(|| StoreError::Damaged(format!("{} is not UTF-8", path.display())))?;
+        self.conn.execute("VACUUM INTO ?1", [target]).map_err(sql("copying the store"))?;
+        Ok(())
     }
 }
 
@@ -1408,6 +1445,47 @@ pub fn wal_path(db: &Path) -> PathBuf {
     let mut p = db.as_os_str().to_owned();
     p.push("-wal");
     PathBuf::from(p)
+}
+
+/// Opens and configures the database connection; `alone`: exclusive locking, so that SQLite
+/// keeps the WAL index in this process's memory rather than in the `-shm` file beside the
+/// database (which a full disk cannot hold).
+fn configure(path: &Path, alone: bool) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(sql("opening the database"))?;
+    conn.set_prepared_statement_cache_capacity(256);
+    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sql("setting the busy timeout"))?;
+    if alone {
+        conn.execute_batch("PRAGMA locking_mode = EXCLUSIVE").map_err(sql("opening the store alone"))?;
+    }
+    // Takes effect only on a new, empty database; freed pages (folded logs, photos deleted
+    // once the hub holds them) can then be returned to the file system.
+    if !alone {
+        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL").map_err(sql("configuring the database"))?;
+    }
+    let mode: String = conn.row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(sql("enabling WAL"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Damaged(format!("journal mode is {mode}, WAL is required")));
+    }
+    // FULL: the WAL is fsynced at every commit, so a returned write survives power loss.
+    // The WAL file is cut back to 8 MiB after each checkpoint, so it does not keep the
+    // high-water size of a burst of photos.
+    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA journal_size_limit=8388608;")
+        .map_err(sql("setting durability"))?;
+    Ok(conn)
+}
+
+/// Whether an error is the file system refusing space (directly, or as SQLite's failure to
+/// size its shared-memory index or write its log).
+fn is_full_disk(e: &StoreError) -> bool {
+    match e {
+        StoreError::DiskFull { .. } => true,
+        StoreError::Sqlite { source, .. } => matches!(
+            source,
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.code == ErrorCode::SystemIoFailure || f.code == ErrorCode::CannotOpen
+        ),
+        _ => false,
+    }
 }
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {

@@ -263,3 +263,302 @@ fn a_rotation_stopped_at_each_step_is_finished_or_rolled_back_by_the_next_open()
         assert!(ok(&["audit", "verify", "--dir", d(&amb)]).contains("intact"), "stopped after {stop_after}");
     }
 }
+
+/// A message text a backup must never show in the clear.
+fn obs(i: usize) -> String {
+    format!("Observation {i}: BP 1{i:02}/80, SpO2 97% on air")
+}
+
+#[test]
+fn a_backup_taken_while_the_daemon_writes_restores_on_a_new_tablet_and_resyncs_without_duplicates_or_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let amb = fleet.node("amb-07", "edge", &[]);
+    let quic = format!("127.0.0.1:{}", free_port());
+    let hubd = daemon(&hub, &["--listen", &quic], &[]);
+    wait_until(Duration::from_secs(60), "the hub to listen", || hubd.log_text().contains("outpost daemon started"));
+    let ambd = daemon(&amb, &["--peer", &quic], &[]);
+    let id = new_session(&amb);
+
+    // The crew keeps writing while the backup is taken.
+    let bak = tmp.path().join("amb-07.backup");
+    let writer = {
+        let (amb, id) = (amb.clone(), id.clone());
+        std::thread::spawn(move || {
+            for i in 0..30 {
+                ok(&["message", "send", "--dir", d(&amb), &id, &obs(i)]);
+            }
+        })
+    };
+    wait_until(Duration::from_secs(60), "some messages before the backup", || {
+        common::fleet::texts(&amb, &id).is_some_and(|t| t.len() >= 8)
+    });
+    let said = json(&ok(&["backup", "--dir", d(&amb), "--out", d(&bak), "--json"]));
+    assert_eq!(said["node"], "amb-07");
+    writer.join().unwrap();
+    let all: Vec<String> = (0..30).map(obs).collect();
+    wait_until(Duration::from_secs(60), "every message at the hub", || {
+        common::fleet::texts(&hub, &id).is_some_and(|t| t == all)
+    });
+    let sealed = std::fs::read(&bak).unwrap();
+    for clear in [b"Observation".as_slice(), b"9434765919", b"Rash on left forearm"] {
+        assert!(
+            !sealed.windows(clear.len()).any(|w| w == clear),
+            "the backup shows {:?}",
+            String::from_utf8_lossy(clear)
+        );
+    }
+
+    // The tablet is lost. A new one gets the backup and the key (from the trust's key store).
+    drop(ambd);
+    let new_tablet = tmp.path().join("amb-07-replacement");
+    let restored = json(&ok(&[
+        "restore",
+        "--from",
+        d(&bak),
+        "--dir",
+        d(&new_tablet),
+        "--key-file",
+        d(&amb.join("node.key")),
+        "--json",
+    ]));
+    assert_eq!(restored["sessions"], 1);
+    let at_backup = common::fleet::texts(&new_tablet, &id).unwrap();
+    assert!(
+        at_backup.len() >= 8 && at_backup.len() < 30,
+        "the backup holds what was written by then: {}",
+        at_backup.len()
+    );
+    assert_eq!(at_backup[..], all[..at_backup.len()], "in order, nothing invented");
+    eprintln!("the backup held {} of the 30 messages; the hub holds the rest", at_backup.len());
+
+    let _newd = daemon(&new_tablet, &["--peer", &quic], &[]);
+    wait_until(Duration::from_secs(60), "the restored tablet to hold every message again", || {
+        common::fleet::texts(&new_tablet, &id).is_some_and(|t| t.len() >= 30)
+    });
+    assert_eq!(common::fleet::texts(&new_tablet, &id).unwrap(), all, "no duplicates, no loss");
+    // It writes on: a fresh actor, so nothing it writes collides with what it lost.
+    ok(&["message", "send", "--dir", d(&new_tablet), &id, "Handed over at ED"]);
+    wait_until(Duration::from_secs(60), "the new message at the hub", || {
+        common::fleet::texts(&hub, &id).is_some_and(|t| t.len() == 31)
+    });
+    let at_hub = common::fleet::texts(&hub, &id).unwrap();
+    assert_eq!(at_hub[..30], all[..]);
+    assert_eq!(at_hub[30], "Handed over at ED");
+    assert!(ok(&["audit", "verify", "--dir", d(&new_tablet)]).contains("intact"));
+}
+
+#[test]
+fn a_missing_store_refuses_to_start_and_a_corrupt_one_is_reported_each_with_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let amb = tmp.path().join("amb-07");
+    common::init_edge(&amb);
+    let id = new_session(&amb);
+    let photo = outpost_node::photo::synthetic_jpeg(1200, 900, 7).unwrap();
+    let file = tmp.path().join("p.jpg");
+    std::fs::write(&file, &photo.bytes).unwrap();
+    ok(&[
+        "photo",
+        "attach",
+        "--dir",
+        d(&amb),
+        &id,
+        d(&file),
+        "--view",
+        "close-up",
+        "--body-site",
+        "forearm",
+        "--consent",
+        "verbal",
+    ]);
+    ok(&["message", "send", "--dir", d(&amb), &id, "before the fault"]);
+    let bak = tmp.path().join("amb.backup");
+    ok(&["backup", "--dir", d(&amb), "--out", d(&bak)]);
+    assert!(ok(&["status", "--dir", d(&amb)]).contains("integrity check passed"));
+
+    // Missing: every command refuses (exit 3), names the fix, and creates nothing.
+    for f in ["outpost.db", "outpost.db-wal", "outpost.db-shm"] {
+        let _ = std::fs::remove_file(amb.join(f));
+    }
+    let err = fails(&["status", "--dir", d(&amb)], 3);
+    assert!(err.contains("is missing") && err.contains("outpost restore --from BACKUP"), "{err}");
+    let err = fails(&["run", "--dir", d(&amb)], 3);
+    assert!(err.contains("is missing"), "{err}");
+    fails(
+        &[
+            "session",
+            "new",
+            "--dir",
+            d(&amb),
+            "--service-line",
+            "dermatology",
+            "--priority",
+            "urgent",
+            "--care-setting",
+            "ambulance_on_scene",
+            "--nhs-number",
+            "9434765919",
+            "--summary",
+            "x",
+        ],
+        3,
+    );
+    assert!(!amb.join("outpost.db").exists(), "no empty store was made in its place");
+    // Restored into its own directory (its key and identity kept).
+    ok(&["restore", "--from", d(&bak), "--dir", d(&amb)]);
+    assert_eq!(common::fleet::texts(&amb, &id).unwrap(), vec!["before the fault".to_string()]);
+
+    // Corrupt: a page in the middle of the file overwritten, as a failing disk might.
+    let db = amb.join("outpost.db");
+    let len = std::fs::metadata(&db).unwrap().len();
+    assert!(!amb.join("outpost.db-wal").exists() || std::fs::metadata(amb.join("outpost.db-wal")).unwrap().len() == 0);
+    let page = (len / 4096) / 2;
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+        f.seek(SeekFrom::Start(page * 4096)).unwrap();
+        f.write_all(&[0xA5; 4096]).unwrap();
+    }
+    let out = common::run(&["status", "--dir", d(&amb)]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "status says so and fails:\n{stdout}\n{stderr}");
+    assert!(stderr.contains("damaged") && stderr.contains("outpost restore"), "{stdout}\n{stderr}");
+    let err = fails(&["audit", "verify", "--dir", d(&amb)], 1);
+    assert!(err.contains("damaged") && err.contains("outpost restore"), "{err}");
+    // What was acknowledged is in the backup (and at the hub, in a fleet): restored elsewhere.
+    let fresh = tmp.path().join("amb-07-restored");
+    ok(&["restore", "--from", d(&bak), "--dir", d(&fresh), "--key-file", d(&amb.join("node.key"))]);
+    assert_eq!(common::fleet::texts(&fresh, &id).unwrap(), vec!["before the fault".to_string()]);
+    let back = tmp.path().join("back.jpg");
+    let hash = blake3::hash(&photo.bytes).to_hex().to_string();
+    ok(&["photo", "get", "--dir", d(&fresh), &hash, "--out", d(&back)]);
+    assert_eq!(std::fs::read(&back).unwrap(), photo.bytes);
+}
+
+/// A small file system of its own (tmpfs), unmounted when dropped: a disk that can really fill.
+struct SmallDisk {
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: &Path, mib: u32) -> SmallDisk {
+        std::fs::create_dir_all(path).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs", d(path)])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "this test fills a real file system: it mounts a {mib} MiB tmpfs, which needs root (run the tests as \
+             root, as CI does): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { path: path.to_path_buf() }
+    }
+
+    /// Writes a filler file until the file system refuses another byte.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        loop {
+            match f.write(&block) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
+                Err(e) => panic!("filling the disk: {e}"),
+            }
+        }
+        let mut one = [0u8; 1];
+        while f.write(&one).is_ok_and(|n| n == 1) {
+            one[0] = 1;
+        }
+        let _ = f.sync_all();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").args(["-l", d(&self.path)]).status();
+    }
+}
+
+#[test]
+fn on_a_full_disk_reads_and_sync_keep_working_and_a_write_is_refused_losing_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let disk = SmallDisk::mount(&tmp.path().join("tablet-disk"), 96);
+    let amb = disk.path.join("amb-07");
+    common::init_edge(&amb);
+    ok(&["ca", "issue", "--ca", d(&fleet.ca), "--node", d(&amb)]);
+    let id = new_session(&amb);
+    ok(&["message", "send", "--dir", d(&amb), &id, "Rash spreading, photos attached"]);
+    let mut photos = Vec::new();
+    for i in 0..2u64 {
+        let photo = outpost_node::photo::synthetic_jpeg(1400, 1050, 40 + i).unwrap();
+        let file = tmp.path().join(format!("p{i}.jpg"));
+        std::fs::write(&file, &photo.bytes).unwrap();
+        let out = ok(&[
+            "photo",
+            "attach",
+            "--dir",
+            d(&amb),
+            &id,
+            d(&file),
+            "--view",
+            "close-up",
+            "--body-site",
+            "forearm",
+            "--consent",
+            "verbal",
+            "--json",
+        ]);
+        photos.push((json(&out)["hash"].as_str().unwrap().to_string(), photo.bytes));
+    }
+    assert!(amb.join("outpost.reserve").exists(), "a reserve is kept while there is room");
+    let filler = disk.fill();
+
+    // Reads work: the list, the session, a photo, the status.
+    assert!(ok(&["session", "list", "--dir", d(&amb)]).contains(&id));
+    assert_eq!(common::fleet::texts(&amb, &id).unwrap(), vec!["Rash spreading, photos attached".to_string()]);
+    let back = tmp.path().join("back.jpg");
+    ok(&["photo", "get", "--dir", d(&amb), &photos[0].0, "--out", d(&back)]);
+    assert_eq!(std::fs::read(&back).unwrap(), photos[0].1);
+    let status = ok(&["status", "--dir", d(&amb)]);
+    assert!(status.contains("not yet left this device: 3"), "{status}");
+    // A write is refused, clearly, and leaves nothing half written.
+    let err = fails(&["message", "send", "--dir", d(&amb), &id, "one more"], 5);
+    assert!(err.contains("disk is full"), "{err}");
+    assert_eq!(common::fleet::texts(&amb, &id).unwrap().len(), 1);
+
+    // Sync works: the tablet's message and photos reach the hub, so the crew can hand over.
+    let quic = format!("127.0.0.1:{}", free_port());
+    let hubd = daemon(&hub, &["--listen", &quic], &[]);
+    wait_until(Duration::from_secs(60), "the hub to listen", || hubd.log_text().contains("outpost daemon started"));
+    let out = common::run(&["sync", "--dir", d(&amb), "--peer", &quic, "--json"]);
+    eprintln!(
+        "sync on a full disk: exit {:?}\n{}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "sync on a full disk");
+    assert_eq!(common::fleet::texts(&hub, &id).unwrap(), vec!["Rash spreading, photos attached".to_string()]);
+    for (hash, bytes) in &photos {
+        let copy = tmp.path().join("hub-copy.jpg");
+        ok(&["photo", "get", "--dir", d(&hub), hash, "--out", d(&copy)]);
+        assert_eq!(&std::fs::read(&copy).unwrap(), bytes, "the hub holds the photo whole");
+    }
+
+    // Space again: the next sync records the hub's receipts and frees the photos' space.
+    std::fs::remove_file(&filler).unwrap();
+    ok(&["sync", "--dir", d(&amb), "--peer", &quic]);
+    let st = json(&ok(&["status", "--dir", d(&amb), "--json"]));
+    assert_eq!(st["not_yet_left_this_device"]["items"], 0, "{st}");
+    ok(&["message", "send", "--dir", d(&amb), &id, "one more"]);
+    assert_eq!(common::fleet::texts(&amb, &id).unwrap().len(), 2);
+}

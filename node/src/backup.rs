@@ -1,0 +1,254 @@
+//! Backup and restore of a node directory.
+//!
+//! A backup is one SQLite file: a consistent copy of the store (`VACUUM INTO`, safe while the
+//! daemon writes), still sealed under the node's data key, with the directory's identity files
+//! beside the tables (`node.toml`, `outpost.toml`, the certificates). The data key is not in
+//! it: a backup without its key is ciphertext, which is the point. Keep the key apart (a key
+//! store, a sealed envelope), and give it to `outpost restore`.
+//!
+//! A restored node has the sessions the backup had; its peers send back whatever they hold
+//! that it lacks. It writes under a fresh Automerge actor (every open does), so it never
+//! reuses a sequence number of a change it lost, and it forgets what it knew of its peers, so
+//! its first conversation with each compares everything.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::config::{ConfigError, NodeConfig, NodeDir};
+use crate::crypto::{CryptoError, KEY_ENV, NodeKey};
+use crate::node::{Node, NodeError};
+
+/// Format of a backup file.
+pub const BACKUP_FORMAT: i64 = 1;
+
+/// Files of a node directory a backup carries (never the key).
+const CARRIED: &[&str] = &["node.toml", "outpost.toml", "tls/node.crt", "tls/ca.crt"];
+
+/// What a backup holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    /// The node.
+    pub node: String,
+    /// The file written.
+    pub file: PathBuf,
+    /// Its size.
+    pub bytes: u64,
+    /// Sessions in it.
+    pub sessions: u64,
+    /// When it was taken (ms since the epoch).
+    pub taken_ms: i64,
+    /// The id of the key it is sealed under (not the key).
+    pub key_id: String,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    /// The node.
+    pub node: String,
+    /// The directory restored into.
+    pub dir: PathBuf,
+    /// Sessions restored.
+    pub sessions: u64,
+    /// When the backup was taken.
+    pub taken_ms: i64,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> NodeError + '_ {
+    move |source| ConfigError::Io { path: path.to_path_buf(), source }.into()
+}
+
+fn db(path: &Path) -> impl Fn(rusqlite::Error) -> NodeError + '_ {
+    move |e| NodeError::Invalid(format!("{} is not a usable outpost backup: {e}", path.display()))
+}
+
+fn sync_parent(path: &Path) -> Result<(), NodeError> {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::File::open(parent).and_then(|d| d.sync_all()).map_err(io(parent))
+}
+
+/// Takes a backup of the node in `dir` into `out` (which must not exist).
+pub fn backup(dir: &NodeDir, out: &Path, now: i64) -> Result<BackupReport, NodeError> {
+    let node = Node::open(dir)?;
+    if out.exists() {
+        return Err(NodeError::Invalid(format!("{} exists; give a new file name", out.display())));
+    }
+    let mut partial = out.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let _ = fs::remove_file(&partial);
+    node.store.backup_into(&partial)?;
+    let sessions = node.store.stats()?.sessions;
+    let key_id = node.config.key_id.clone();
+    drop(node);
+    let result = (|| {
+        let conn = Connection::open(&partial).map_err(db(&partial))?;
+        conn.execute_batch(
+            "CREATE TABLE backup_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE backup_files (name TEXT PRIMARY KEY, bytes BLOB NOT NULL);",
+        )
+        .map_err(db(&partial))?;
+        let cfg = dir.read_config()?;
+        for (k, v) in [
+            ("format", BACKUP_FORMAT.to_string()),
+            ("node", cfg.name.clone()),
+            ("taken_ms", now.to_string()),
+            ("key_id", key_id.clone()),
+        ] {
+            conn.execute("INSERT INTO backup_info (key, value) VALUES (?1, ?2)", params![k, v])
+                .map_err(db(&partial))?;
+        }
+        for name in CARRIED {
+            let path = dir.root().join(name);
+            if let Ok(bytes) = fs::read(&path) {
+                conn.execute("INSERT INTO backup_files (name, bytes) VALUES (?1, ?2)", params![name, bytes])
+                    .map_err(db(&partial))?;
+            }
+        }
+        let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(db(&partial))?;
+        if check != "ok" {
+            return Err(NodeError::Invalid(format!("the copy failed its integrity check: {check}")));
+        }
+        drop(conn);
+        fs::File::open(&partial).and_then(|f| f.sync_all()).map_err(io(&partial))?;
+        fs::rename(&partial, out).map_err(io(out))?;
+        sync_parent(out)?;
+        Ok(cfg)
+    })();
+    let cfg = match result {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            let _ = fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    let bytes = fs::metadata(out).map_err(io(out))?.len();
+    Ok(BackupReport { node: cfg.name, file: out.to_path_buf(), bytes, sessions, taken_ms: now, key_id })
+}
+
+/// Restores the backup `from` into `dir`: a new directory (identity files from the backup,
+/// the key from `key_file` or `OUTPOST_NODE_KEY`), or the directory of the same node whose
+/// store is missing (its own files and key kept).
+pub fn restore(from: &Path, dir: &NodeDir, key_file: Option<&Path>) -> Result<RestoreReport, NodeError> {
+    let src = Connection::open_with_flags(from, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(db(from))?;
+    let info = |k: &str| -> Result<String, NodeError> {
+        src.query_row("SELECT value FROM backup_info WHERE key = ?1", [k], |r| r.get::<_, String>(0))
+            .optional()
+            .map_err(db(from))?
+            .ok_or_else(|| NodeError::Invalid(format!("{} is not an outpost backup (no {k})", from.display())))
+    };
+    let format: i64 = info("format")?.parse().unwrap_or(i64::MAX);
+    if format > BACKUP_FORMAT {
+        return Err(NodeError::Invalid(format!(
+            "{} is a newer backup format ({format}); upgrade outpost",
+            from.display()
+        )));
+    }
+    let taken_ms: i64 = info("taken_ms")?.parse().unwrap_or(0);
+    let files: Vec<(String, Vec<u8>)> = {
+        let mut stmt = src.prepare("SELECT name, bytes FROM backup_files").map_err(db(from))?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db(from))?
+            .collect::<Result<_, _>>()
+            .map_err(db(from))?
+    };
+    let file = |name: &str| files.iter().find(|(n, _)| n == name).map(|(_, b)| b.clone());
+    let cfg_text = file("node.toml").ok_or_else(|| NodeError::Invalid("the backup holds no node.toml".into()))?;
+    let cfg: NodeConfig = toml::from_str(&String::from_utf8_lossy(&cfg_text))
+        .map_err(|e| NodeError::Invalid(format!("the backup's node.toml does not parse: {e}")))?;
+    drop(src);
+
+    let existing = dir.config_path().exists();
+    let mut created: Vec<PathBuf> = Vec::new();
+    let result = (|| -> Result<(), NodeError> {
+        if existing {
+            let here = dir.read_config()?;
+            if here.name != cfg.name {
+                return Err(NodeError::Invalid(format!(
+                    "{} holds node {}, the backup is of {}; restore into a new directory",
+                    dir.root().display(),
+                    here.name,
+                    cfg.name
+                )));
+            }
+            if dir.db_path().exists() {
+                return Err(NodeError::Invalid(format!(
+                    "{} already has a store; restore into a new directory (a restore never overwrites a store)",
+                    dir.root().display()
+                )));
+            }
+            let (key, origin) = NodeKey::load(&dir.key_path())?;
+            if key.id() != cfg.key_id {
+                return Err(CryptoError::WrongKey { origin, found: key.id(), expected: cfg.key_id.clone() }.into());
+            }
+        } else {
+            fs::create_dir_all(dir.root()).map_err(io(dir.root()))?;
+            let key = match (key_file, std::env::var(KEY_ENV)) {
+                (Some(path), _) => NodeKey::load_file(path)?.0,
+                (None, Ok(text)) => NodeKey::from_hex(&text, KEY_ENV)?,
+                (None, Err(_)) => {
+                    return Err(NodeError::Invalid(format!(
+                        "give the node's data key: --key-file FILE (a copy of its node.key) or {KEY_ENV}; the \\
+                         backup is sealed under key {}",
+                        cfg.key_id
+                    )));
+                }
+            };
+            if key.id() != cfg.key_id {
+                return Err(CryptoError::WrongKey {
+                    origin: key_file.map_or(KEY_ENV.to_string(), |p| p.display().to_string()),
+                    found: key.id(),
+                    expected: cfg.key_id.clone(),
+                }
+                .into());
+            }
+            if key_file.is_some() {
+                key.write_new(&dir.key_path())?;
+                created.push(dir.key_path());
+            }
+            for (name, bytes) in &files {
+                let path = dir.root().join(name);
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent).map_err(io(parent))?;
+                }
+                fs::write(&path, bytes).map_err(io(&path))?;
+                created.push(path);
+            }
+        }
+        // The store: copied beside, its backup tables and per-peer memory dropped, then moved in.
+        let mut staging = dir.db_path().into_os_string();
+        staging.push(".restoring");
+        let staging = PathBuf::from(staging);
+        fs::copy(from, &staging).map_err(io(&staging))?;
+        created.push(staging.clone());
+        {
+            let conn = Connection::open(&staging).map_err(db(from))?;
+            conn.execute_batch(
+                "DROP TABLE backup_info; DROP TABLE backup_files;
+                 DELETE FROM peer_docs; DELETE FROM peer_marks; DELETE FROM peer_directory;",
+            )
+            .map_err(db(from))?;
+        }
+        fs::File::open(&staging).and_then(|f| f.sync_all()).map_err(io(&staging))?;
+        fs::rename(&staging, dir.db_path()).map_err(io(&staging))?;
+        created.retain(|p| p != &staging);
+        created.push(dir.db_path());
+        sync_parent(&dir.db_path())?;
+        let node = Node::open(dir)?;
+        node.store.integrity_check()?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        // Leave nothing half made: a directory is either restored whole or left as it was.
+        for p in created.iter().rev() {
+            let _ = fs::remove_file(p);
+        }
+        return Err(e);
+    }
+    let node = Node::open(dir)?;
+    let sessions = node.store.stats()?.sessions;
+    Ok(RestoreReport { node: cfg.name, dir: dir.root().to_path_buf(), sessions, taken_ms })
+}
