@@ -562,3 +562,68 @@ fn on_a_full_disk_reads_and_sync_keep_working_and_a_write_is_refused_losing_noth
     ok(&["message", "send", "--dir", d(&amb), &id, "one more"]);
     assert_eq!(common::fleet::texts(&amb, &id).unwrap().len(), 2);
 }
+
+/// `systemd-analyze`, installed with Debian's `systemd` package when missing (as root).
+fn systemd_analyze() -> &'static str {
+    let bin = "/usr/bin/systemd-analyze";
+    if !Path::new(bin).exists() {
+        let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&uid.stdout).trim(),
+            "0",
+            "this test checks the unit with systemd-analyze: run `apt-get install -y systemd` as root (the test \
+             installs it itself when run as root)"
+        );
+        for args in [&["update", "-qq"][..], &["install", "-y", "-qq", "--no-install-recommends", "systemd"][..]] {
+            let out = std::process::Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "apt-get {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    bin
+}
+
+#[test]
+fn the_systemd_unit_is_accepted_by_systemd_analyze_and_hardened() {
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/outpost.service")).unwrap();
+    for line in [
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/outpost",
+        "NoNewPrivileges=yes",
+        "User=outpost",
+        "KillSignal=SIGTERM",
+        "RestartPreventExitStatus=2 3 7",
+    ] {
+        assert!(unit.lines().any(|l| l.trim() == line), "the unit sets {line}");
+    }
+    // Verified as installed, with the binary where the unit says (here: the one just built).
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("outpost.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/outpost", common::BIN)).unwrap();
+    let analyze = systemd_analyze();
+    let out = std::process::Command::new(analyze).args(["verify", d(&path)]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
+    // Its exposure as systemd scores it (0 best, 10 worst): "OK" is below 2.
+    let out = std::process::Command::new(analyze).args(["security", "--offline=true", d(&path)]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for outpost.service:").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure score in: {text}{}", String::from_utf8_lossy(&out.stderr)));
+    eprintln!("systemd-analyze security: exposure {score}");
+    assert!(score < 2.0, "exposure {score}:\n{text}");
+    // The check can fail: a misspelt directive is reported.
+    std::fs::write(
+        &path,
+        unit.replace("ProtectSystem=strict", "ProtectSytem=strict").replace("/usr/local/bin/outpost", common::BIN),
+    )
+    .unwrap();
+    let out = std::process::Command::new(analyze).args(["verify", d(&path)]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Unknown key"), "a misspelt key is caught");
+}
