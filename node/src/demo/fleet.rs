@@ -56,7 +56,7 @@ fn make_node(
     let params = InitParams { name: name.into(), role, org: Some(org.into()), icb: Some("QHM".into()), lines };
     Node::init(&dir, &params, now_ms())?;
     let mut node = Node::open(&dir)?;
-    let issued = ca.issue(&node.config.peer_info(), &node.author_public(), 30, false)?;
+    let issued = ca.issue(&node.config.peer_info(), &node.author_public(), 365, false)?;
     node.install_certificate(&issued.cert_pem, &issued.key_pem, &issued.ca_pem)?;
     let (n, der) = ca.crl()?;
     node.install_revocations(n, &der)?;
@@ -116,7 +116,15 @@ pub async fn run(root: &Path, serve: bool) -> anyhow::Result<()> {
     let sam = person("Sam Patel", PersonRole::Paramedic, "HCPC-PA123456");
     amb.add_person(&sam, &Credential::Secret(AMB_PIN.into()), now_ms())?;
 
-    let hub = Daemon::start(hub, RunOptions { listen: Some("127.0.0.1:0".parse()?), ..RunOptions::default() }).await?;
+    let hub = Daemon::start(
+        hub,
+        RunOptions {
+            listen: Some("127.0.0.1:0".parse()?),
+            metrics: Some("127.0.0.1:0".parse()?),
+            ..RunOptions::default()
+        },
+    )
+    .await?;
     let hub_addr = hub.local_addr.ok_or_else(|| anyhow::anyhow!("the hub is not listening"))?;
     let profile = sync_protocol::links::profile("rural-a-road").ok_or_else(|| anyhow::anyhow!("no profile"))?;
     let link =
@@ -547,6 +555,40 @@ pub async fn run(root: &Path, serve: bool) -> anyhow::Result<()> {
         bytes(photo_bytes)
     );
     println!("  ({} datagrams lost to the profile's burst loss, recovered by QUIC)", s.lost);
+    // What the ICB's IT team sees of the hub, and the ambulance's nightly backup.
+    if let Some(addr) = hub.metrics_addr {
+        let text = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+            Ok(ureq::get(&format!("http://{addr}/metrics")).call()?.body_mut().read_to_string()?)
+        })
+        .await??;
+        println!("\n  the hub's monitoring (http://{addr}/metrics, Prometheus):");
+        for name in [
+            "outpost_peers_connected ",
+            "outpost_refusals_total",
+            "outpost_certificate_days_left",
+            "outpost_store_bytes",
+        ] {
+            for line in text.lines().filter(|l| l.starts_with(name)) {
+                println!("    {line}");
+            }
+        }
+    }
+    let amb_dir = root.join("amb-07");
+    let backup_file = root.join("amb-07.backup");
+    let backed = crate::backup::backup(&NodeDir::new(&amb_dir), &backup_file, now_ms())?;
+    let sealed = std::fs::read(&backup_file)?;
+    let clear = b"enlarging pigmented lesion";
+    let shows = sealed.windows(clear.len()).any(|w| w == clear);
+    println!(
+        "  amb-07 backed up while running: {} session{} in {} (sealed: the case text {} in it; restore with `outpost restore`)",
+        backed.sessions,
+        if backed.sessions == 1 { "" } else { "s" },
+        bytes(backed.bytes),
+        if shows { "APPEARS" } else { "does not appear" }
+    );
+    if shows {
+        anyhow::bail!("the backup holds a case's text in the clear");
+    }
     // The apps the two people used, in a browser.
     println!("\n  the clinicians' apps (open in a browser on this machine):");
     for (who, d, name, pin) in
