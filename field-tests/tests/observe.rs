@@ -135,6 +135,12 @@ fn metrics_follow_an_ambulances_backlog_down_to_zero_as_it_drains_over_a_rural_l
         assert!(!line.contains("Rating {") && !line.contains("Some("), "values written for people: {line}");
     }
     assert!(about_amb >= 1, "the hub's lines about the ambulance carry peer=amb-07:\n{log}");
+    // Names and fixed words only: no case text in a scrape or a log line.
+    for text in [&log, &after, &hub_text] {
+        for clear in ["Rash, patient", "Photos follow", "9434765919"] {
+            assert!(!text.contains(clear), "{clear:?} leaked into metrics or logs");
+        }
+    }
 
     let summary = json!({
         "profile": "rural-a-road",

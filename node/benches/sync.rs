@@ -264,6 +264,17 @@ async fn ours_with(node: Node, hub: SocketAddr) -> (SyncReport, f64) {
     (report, cpu_now() - cpu)
 }
 
+const PERF_CASE_ON: &str = "enable";
+const PERF_CASE_OFF: &str = "disable";
+
+/// Profiling one case: with `perf record -D -1 --control fifo:CTL`, `PERF_CTL_FIFO=CTL` and
+/// `PERF_CASE=TEXT`, perf samples only the cases whose label contains TEXT.
+fn perf_control(cmd: &str) {
+    if let Some(fifo) = std::env::var_os("PERF_CTL_FIFO") {
+        let _ = std::fs::write(fifo, format!("{cmd}\n"));
+    }
+}
+
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for e in std::fs::read_dir(from).expect("read dir") {
@@ -381,12 +392,19 @@ fn main() {
         let changed: Vec<SessionId> = ids.iter().skip(offset).step_by((n / k.max(1)).max(1)).take(k).copied().collect();
         let node = change(&edge, &changed, k + offset);
         eprintln!("  outpost sync {label}");
+        let profiled = std::env::var("PERF_CASE").is_ok_and(|c| label.contains(c.as_str()) && (warm || !c.is_empty()));
+        if profiled {
+            perf_control(PERF_CASE_ON);
+        }
         let (report, cpu_ms) = if warm {
             rt.block_on(ours_with(node, hub_addr))
         } else {
             drop(node);
             rt.block_on(ours(&edge, hub_addr))
         };
+        if profiled {
+            perf_control(PERF_CASE_OFF);
+        }
         eprintln!("  baseline sync {label}");
         reload(&mut b_edge, &edge, &changed);
         let (b, side) = rt.block_on(baseline(&mut b_edge, b_hub, &edge_id, &hub_id));

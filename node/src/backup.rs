@@ -83,7 +83,8 @@ pub fn backup(dir: &NodeDir, out: &Path, now: i64) -> Result<BackupReport, NodeE
     node.store.backup_into(&partial)?;
     let sessions = node.store.stats()?.sessions;
     let key_id = node.config.key_id.clone();
-    drop(node);
+    // The node stays open (its store lock shared) until the copy is whole: no key rotation can
+    // run meanwhile, so the copy, its key id and the carried node.toml agree.
     let result = (|| {
         let conn = Connection::open(&partial).map_err(db(&partial))?;
         conn.execute_batch(
@@ -118,6 +119,7 @@ pub fn backup(dir: &NodeDir, out: &Path, now: i64) -> Result<BackupReport, NodeE
         sync_parent(out)?;
         Ok(cfg)
     })();
+    drop(node);
     let cfg = match result {
         Ok(cfg) => cfg,
         Err(e) => {
@@ -162,6 +164,12 @@ pub fn restore(from: &Path, dir: &NodeDir, key_file: Option<&Path>) -> Result<Re
     drop(src);
 
     let existing = dir.config_path().exists();
+    if !existing && dir.db_path().exists() {
+        return Err(NodeError::Invalid(format!(
+            "{} holds a store but no node.toml; restore into a new directory (a restore never overwrites a store)",
+            dir.root().display()
+        )));
+    }
     let mut created: Vec<PathBuf> = Vec::new();
     let result = (|| -> Result<(), NodeError> {
         if existing {
@@ -180,9 +188,14 @@ pub fn restore(from: &Path, dir: &NodeDir, key_file: Option<&Path>) -> Result<Re
                     dir.root().display()
                 )));
             }
-            let (key, origin) = NodeKey::load(&dir.key_path())?;
+            let (key, _) = NodeKey::load(&dir.key_path())?;
             if key.id() != cfg.key_id {
-                return Err(CryptoError::WrongKey { origin, found: key.id(), expected: cfg.key_id.clone() }.into());
+                return Err(NodeError::Invalid(format!(
+                    "the backup is sealed under key {}, and this node's key is now {} (rotated since the backup?): \
+                     restore into a new directory with --key-file and the key of that time",
+                    cfg.key_id,
+                    key.id()
+                )));
             }
         } else {
             fs::create_dir_all(dir.root()).map_err(io(dir.root()))?;
@@ -226,13 +239,34 @@ pub fn restore(from: &Path, dir: &NodeDir, key_file: Option<&Path>) -> Result<Re
         created.push(staging.clone());
         {
             let conn = Connection::open(&staging).map_err(db(from))?;
+            // Per-peer knowledge is what the restored node can no longer vouch for; API
+            // sessions signed out since the backup must not come back.
             conn.execute_batch(
                 "DROP TABLE backup_info; DROP TABLE backup_files;
-                 DELETE FROM peer_docs; DELETE FROM peer_marks; DELETE FROM peer_directory;",
+                 DELETE FROM peer_docs; DELETE FROM peer_marks; DELETE FROM peer_directory;
+                 DELETE FROM peer_syncs; DELETE FROM api_sessions;",
             )
             .map_err(db(from))?;
         }
         fs::File::open(&staging).and_then(|f| f.sync_all()).map_err(io(&staging))?;
+        let (key, _) = NodeKey::load(&dir.key_path())?;
+        if !crate::store::sealed_under(&staging, &crate::crypto::Sealer::new(&key))? {
+            return Err(NodeError::Invalid(format!(
+                "the backup's store does not open under key {}: it was sealed under another key",
+                key.id()
+            )));
+        }
+        // A log left by the lost store must not be replayed onto the restored one.
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut stale = dir.db_path().into_os_string();
+            stale.push(suffix);
+            let stale = PathBuf::from(stale);
+            if stale.exists() {
+                let mut aside = stale.clone().into_os_string();
+                aside.push(format!(".stale-{}", crate::node::now_ms()));
+                fs::rename(&stale, &aside).map_err(io(&stale))?;
+            }
+        }
         fs::rename(&staging, dir.db_path()).map_err(io(&staging))?;
         created.retain(|p| p != &staging);
         created.push(dir.db_path());

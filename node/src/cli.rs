@@ -1005,16 +1005,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
                 match cert_until {
+                    Some(t) if t <= now => {
+                        println!("certificate: EXPIRED at {}; ask for a new one (`outpost cert request`)", time(t))
+                    }
                     Some(t) if t - now < RENEW_AHEAD_MS => println!(
                         "certificate: RENEW SOON: valid until {} (only {} left); run `outpost cert request --dir {}` and take the request to the fleet CA",
                         time(t),
                         ago(t - now),
                         dir.dir.display()
                     ),
-                    Some(t) if t > now => println!("certificate: valid until {} ({} left)", time(t), ago(t - now)),
-                    Some(t) => {
-                        println!("certificate: EXPIRED at {}; ask for a new one (`outpost cert request`)", time(t))
-                    }
+                    Some(t) => println!("certificate: valid until {} ({} left)", time(t), ago(t - now)),
                     None => println!("certificate: none; this node cannot sync (`outpost cert request`)"),
                 }
                 println!(
@@ -1127,15 +1127,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Cert(CertCommand::Request { dir, out }) => {
             let mut node = open(&dir)?;
-            let csr = node.request_certificate()?;
+            let (csr, fingerprint) = node.request_certificate()?;
             let out = out.unwrap_or_else(|| dir.dir.join(format!("{}.csr", node.config.name)));
             write_file(&out, csr.as_bytes())?;
             println!(
                 "certificate request for {} written to {}; its key stays in this node's store.\n\
+                 key fingerprint {fingerprint}, author key {}: the CA must print the same before you \
+                 install what it signs.\n\
                  On the CA's machine: outpost ca sign --ca CA_DIR {}\n\
                  Then here: outpost cert install --dir {} SIGNED.pem",
                 node.config.name,
                 out.display(),
+                hex::encode(node.author_public()),
                 out.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
                 dir.dir.display()
             );
@@ -1506,18 +1509,23 @@ fn ca(cmd: CaCommand) -> anyhow::Result<()> {
         CaCommand::Sign { ca, request, days, out } => {
             let csr = std::fs::read_to_string(&request)
                 .map_err(|e| InputError(format!("cannot read the request {}: {e}", request.display())))?;
-            let (chain, info) = CaDir::new(&ca).sign_request(&csr, days)?;
+            let signed = CaDir::new(&ca).sign_request(&csr, days)?;
+            let info = &signed.info;
             let out = out.unwrap_or_else(|| request.with_file_name(format!("{}.pem", info.name)));
-            write_file(&out, chain.as_bytes())?;
+            write_file(&out, signed.chain_pem.as_bytes())?;
             let lines: Vec<&str> = info.lines.iter().map(|l| l.as_str()).collect();
             println!(
-                "signed for {} ({}, organisation {}, ICB {}{}) for {days} days: {}",
+                "signed for {} ({}, organisation {}, ICB {}{}) for {days} days: {}\n\
+                 key fingerprint {}, author key {}: check both against what `outpost cert request` printed on \
+                 the node; if they differ, do not carry the certificate back (`outpost ca revoke`)",
                 info.name,
                 info.role,
                 info.org.as_deref().unwrap_or("none"),
                 info.icb.as_deref().unwrap_or("none"),
                 if lines.is_empty() { String::new() } else { format!(", lines {}", lines.join(", ")) },
-                out.display()
+                out.display(),
+                signed.key_fingerprint,
+                signed.author
             );
         }
         CaCommand::Issue { ca, node, days, expired } => {

@@ -527,7 +527,7 @@ async fn dial_and_converse(
     let connecting = endpoint
         .connect_with(cfg, peer, SERVER_NAME)
         .map_err(|e| NetError::Connect { addr: peer, detail: e.to_string() })?;
-    let conn = tokio::time::timeout(limit, connecting)
+    let conn = tokio::time::timeout(limit, connect_noting_silence(connecting, peer))
         .await
         .map_err(|_| NetError::Timeout(peer.to_string()))?
         .map_err(|e| NetError::Connect { addr: peer, detail: e.to_string() })?;
@@ -536,6 +536,31 @@ async fn dial_and_converse(
     let mut report = converse(shared, conn, true, true, Some((deadline, stop))).await?;
     report.handshake_ms = handshake.as_secs_f64() * 1e3;
     Ok(report)
+}
+
+/// How long a dial waits in silence before saying so (it goes on trying: a handshake over a
+/// slow or lossy link may still complete).
+pub const NO_ANSWER_NOTICE: Duration = Duration::from_secs(5);
+
+/// Waits for a handshake; if the peer has not answered within [`NO_ANSWER_NOTICE`], says so
+/// (a crew must not stare at a silent screen for the 30 s a handshake may take to give up),
+/// and keeps waiting.
+async fn connect_noting_silence(
+    connecting: quinn::Connecting,
+    peer: SocketAddr,
+) -> Result<quinn::Connection, quinn::ConnectionError> {
+    tokio::pin!(connecting);
+    tokio::select! {
+        done = &mut connecting => return done,
+        _ = tokio::time::sleep(NO_ANSWER_NOTICE) => {
+            tracing::warn!(
+                %peer,
+                "no answer from {peer} within {} s: the link may be down or the address wrong; still trying",
+                NO_ANSWER_NOTICE.as_secs()
+            );
+        }
+    }
+    connecting.await
 }
 
 /// A peer's address as given: `host:port`, where the host is a name (resolved again at every
@@ -861,9 +886,10 @@ async fn dial_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, peer: PeerAdd
         let attempt = async {
             let peer = peer.resolve().await?;
             let cfg = dial_config(&shared, crl)?;
-            let conn = endpoint
+            let connecting = endpoint
                 .connect_with(cfg, peer, SERVER_NAME)
-                .map_err(|e| NetError::Connect { addr: peer, detail: e.to_string() })?
+                .map_err(|e| NetError::Connect { addr: peer, detail: e.to_string() })?;
+            let conn = connect_noting_silence(connecting, peer)
                 .await
                 .map_err(|e| NetError::Connect { addr: peer, detail: e.to_string() })?;
             converse(shared.clone(), conn, true, false, None).await

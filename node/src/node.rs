@@ -120,6 +120,21 @@ pub struct NodeStatus {
     pub connected_peers: Option<Vec<String>>,
 }
 
+/// The store lock in a node directory.
+const STORE_LOCK: &str = "store.lock";
+
+/// Opens (making if needed) the store lock file of `dir`, unlocked.
+fn store_lock(dir: &NodeDir) -> Result<std::fs::File, NodeError> {
+    let path = dir.root().join(STORE_LOCK);
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|source| ConfigError::Io { path, source }.into())
+}
+
 /// Makes a directory's entries (created, renamed, removed files) durable.
 fn sync_dir(dir: &NodeDir) -> Result<(), NodeError> {
     std::fs::File::open(dir.root())
@@ -231,6 +246,8 @@ pub struct Node {
     pub store: Store,
     /// The person acting through this node now (the local API sets it around each request).
     acting: Option<crate::store::people::Person>,
+    /// The store lock (`store.lock`), held while the node is open.
+    _store_lock: std::fs::File,
 }
 
 impl Node {
@@ -316,6 +333,16 @@ impl Node {
 
     /// Opens with explicit store options.
     pub fn open_with(dir: &NodeDir, opts: StoreOptions) -> Result<Node, NodeError> {
+        dir.read_config()?;
+        // Shared with every other process that has the store open; waits while a key rotation
+        // (which holds it alone) runs, so this process reads the key the store is under.
+        let lock = store_lock(dir)?;
+        lock.lock_shared().map_err(|source| ConfigError::Io { path: dir.root().join(STORE_LOCK), source })?;
+        Node::open_locked(dir, opts, lock)
+    }
+
+    /// Opens holding `lock` (the store lock, shared or exclusive).
+    fn open_locked(dir: &NodeDir, opts: StoreOptions, lock: std::fs::File) -> Result<Node, NodeError> {
         let config = dir.read_config()?;
         if !dir.db_path().exists() {
             return Err(ConfigError::StoreMissing {
@@ -327,7 +354,7 @@ impl Node {
         }
         // A key rotation killed part way is finished or rolled back before anything else, unless
         // another process holds the directory (a daemon, which did this when it started, or the
-        // rotation itself, still running).
+        // rotation itself).
         if dir.new_key_path().exists()
             && let Ok(_lock) = crate::service::DaemonLock::acquire(dir.root())
             && let Some(how) = Node::recover_rotation(dir)?
@@ -340,7 +367,7 @@ impl Node {
             return Err(CryptoError::WrongKey { origin, found: key.id(), expected: config.key_id.clone() }.into());
         }
         let store = Store::open(&dir.db_path(), Sealer::new(&key), &config.name, opts)?;
-        Ok(Node { dir: dir.clone(), config, store, acting: None })
+        Ok(Node { dir: dir.clone(), config, store, acting: None, _store_lock: lock })
     }
 
     /// Re-seals the whole store under a new data key (`outpost key rotate`). Safe against a
@@ -357,8 +384,17 @@ impl Node {
                  rotate works on a key file)"
             )));
         }
+        // Alone: no other process may have the store open (it would go on writing under the
+        // old key after the rotation committed).
+        let lock = store_lock(dir)?;
+        if let Err(e) = lock.try_lock() {
+            return Err(NodeError::Invalid(format!(
+                "another outpost process has {} open ({e}); let it finish or stop it, then rotate",
+                dir.root().display()
+            )));
+        }
         Node::recover_rotation(dir)?;
-        let mut node = Node::open(dir)?;
+        let mut node = Node::open_locked(dir, StoreOptions::default(), lock)?;
         let (old, _) = NodeKey::load_file(&dir.key_path())?;
         let new = NodeKey::generate()?;
         let pending = dir.new_key_path();
@@ -385,14 +421,26 @@ impl Node {
             let path = path.to_path_buf();
             move |source| ConfigError::Io { path, source }
         };
-        // A key file cut short by the kill: the store was not touched (the key is synced
-        // before the store's transaction begins).
-        let Ok((new, _)) = NodeKey::load_file(&pending) else {
-            std::fs::remove_file(&pending).map_err(io(&pending))?;
-            sync_dir(dir)?;
-            return Ok(Some("rolled back (the new key was never used)"));
+        let damaged = |why: String| {
+            NodeError::Invalid(format!(
+                "an interrupted key rotation cannot be settled: {why}. Keep {} and {} as they are, and restore from a \
+                 backup if they cannot be made readable",
+                dir.key_path().display(),
+                pending.display()
+            ))
         };
-        if crate::store::sealed_under(&dir.db_path(), &Sealer::new(&new))? {
+        let old = NodeKey::load_file(&dir.key_path()).ok().map(|(k, _)| k);
+        let under = |k: &NodeKey| crate::store::sealed_under(&dir.db_path(), &Sealer::new(k));
+        let new = match NodeKey::load_file(&pending) {
+            Ok((k, _)) => Some(k),
+            // Cut short by the kill (the key is synced before the store's transaction begins,
+            // so such a key was never used); anything else (permissions, I/O) is not ours to judge.
+            Err(CryptoError::KeyFormat { .. }) => None,
+            Err(e) => return Err(damaged(format!("{} cannot be read ({e})", pending.display()))),
+        };
+        if let Some(new) = &new
+            && under(new)?
+        {
             let mut cfg = dir.read_config()?;
             if cfg.key_id != new.id() {
                 cfg.key_id = new.id();
@@ -400,11 +448,16 @@ impl Node {
             }
             std::fs::rename(&pending, dir.key_path()).map_err(io(&pending))?;
             sync_dir(dir)?;
-            Ok(Some("completed (the store was already under the new key)"))
-        } else {
-            std::fs::remove_file(&pending).map_err(io(&pending))?;
-            sync_dir(dir)?;
-            Ok(Some("rolled back (the store is still under the old key)"))
+            return Ok(Some("completed (the store was already under the new key)"));
+        }
+        // Rolled back only once the store is proven to open under the old key.
+        match &old {
+            Some(old) if under(old)? => {
+                std::fs::remove_file(&pending).map_err(io(&pending))?;
+                sync_dir(dir)?;
+                Ok(Some("rolled back (the store is still under the old key)"))
+            }
+            _ => Err(damaged("the store opens under neither the old key nor the new one".into())),
         }
     }
 

@@ -758,7 +758,11 @@ impl Store {
             // A full disk: the shared-memory index beside the database cannot be made, so this
             // process keeps it in its own memory instead and holds the database alone while it
             // runs. Reads (and a sync's sending) keep working; a write says the disk is full.
-            Err(e) if path.exists() && is_full_disk(&e) => {
+            Err(e)
+                if path.exists()
+                    && is_full_disk(&e)
+                    && space::free_bytes(path).is_some_and(|f| f < space::LOW_SPACE_BYTES) =>
+            {
                 tracing::warn!("the disk is full: opening the store for this process alone ({e})");
                 configure(path, true)?
             }

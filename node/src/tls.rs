@@ -252,8 +252,11 @@ impl CaDir {
     /// role, organisation, ICB, lines, author key); nothing else of the request is copied.
     /// Returns the certificate followed by the CA's (PEM) and the identity, for the operator
     /// to check.
-    pub fn sign_request(&self, csr_pem: &str, days: i64) -> Result<(String, PeerInfo), TlsError> {
+    pub fn sign_request(&self, csr_pem: &str, days: i64) -> Result<SignedRequest, TlsError> {
         let bad = |detail: String| TlsError::Invalid { what: "certificate request", detail };
+        if !(1..=3650).contains(&days) {
+            return Err(bad(format!("{days} days: a certificate lasts 1 to 3650 days")));
+        }
         // Parsing checks the request's signature: it was made with the key it asks to certify.
         let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| bad(e.to_string()))?;
         let uri = csr
@@ -267,6 +270,11 @@ impl CaDir {
             .ok_or_else(|| bad("it states no outpost identity (make it with `outpost cert request`)".into()))?;
         let info = parse_urn(&uri).ok_or_else(|| bad(format!("its identity {uri:?} does not parse")))?;
         crate::config::check_name(&info.name).map_err(|e| bad(e.to_string()))?;
+        for (field, code) in [("organisation (ODS) code", &info.org), ("ICB code", &info.icb)] {
+            if let Some(code) = code {
+                crate::config::check_code(field, code).map_err(|e| bad(e.to_string()))?;
+            }
+        }
         let author = uri
             .split(';')
             .find_map(|p| p.strip_prefix("author="))
@@ -274,7 +282,12 @@ impl CaDir {
             .and_then(|b| <PublicKey>::try_from(b.as_slice()).ok())
             .ok_or_else(|| bad("it names no author key".into()))?;
         let cert_pem = self.locked(|| self.sign_locked(&info, &author, &csr.public_key, days, false))?;
-        Ok((format!("{cert_pem}{}", self.cert_pem()?), info))
+        Ok(SignedRequest {
+            chain_pem: format!("{cert_pem}{}", self.cert_pem()?),
+            key_fingerprint: key_fingerprint(&csr.public_key),
+            author: hex::encode(author),
+            info,
+        })
     }
 
     fn sign_locked(
@@ -407,13 +420,37 @@ fn request_params(info: &PeerInfo, author: &PublicKey) -> Result<CertificatePara
     Ok(params)
 }
 
+/// What `ca sign` certified, for the operator to check against what `cert request` printed on
+/// the node.
+#[derive(Debug, Clone)]
+pub struct SignedRequest {
+    /// The node's certificate, then the CA's (PEM).
+    pub chain_pem: String,
+    /// The identity certified.
+    pub info: PeerInfo,
+    /// The fingerprint of the certified TLS key ([`key_fingerprint`]).
+    pub key_fingerprint: String,
+    /// The author key certified (hex).
+    pub author: String,
+}
+
+/// A short fingerprint of a public key (BLAKE3 of its SubjectPublicKeyInfo, 16 bytes in
+/// groups of four hex digits), printed by `cert request` and `ca sign` alike so that the
+/// operator can see that the CA signs the request the node made.
+pub fn key_fingerprint(key: &impl rcgen::PublicKeyData) -> String {
+    let h = blake3::hash(&key.subject_public_key_info());
+    let hexed = hex::encode(&h.as_bytes()[..16]);
+    hexed.as_bytes().chunks(4).map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>().join(":")
+}
+
 /// A certificate request for a node (`outpost cert request`): a fresh key pair, and the
 /// request stating the node's identity and author key, signed with that key. Returns the
-/// request and the private key (PEM), which the caller seals in the node's store.
-pub fn certificate_request(info: &PeerInfo, author: &PublicKey) -> Result<(String, String), TlsError> {
+/// request, the private key (PEM), which the caller seals in the node's store, and the key's
+/// fingerprint.
+pub fn certificate_request(info: &PeerInfo, author: &PublicKey) -> Result<(String, String, String), TlsError> {
     let key = KeyPair::generate()?;
     let csr = request_params(info, author)?.serialize_request(&key)?;
-    Ok((csr.pem()?, key.serialize_pem()))
+    Ok((csr.pem()?, key.serialize_pem(), key_fingerprint(&key)))
 }
 
 /// Checks a certificate signed for a pending request before it is installed: it certifies

@@ -283,10 +283,15 @@ fn a_backup_taken_while_the_daemon_writes_restores_on_a_new_tablet_and_resyncs_w
 
     // The crew keeps writing while the backup is taken.
     let bak = tmp.path().join("amb-07.backup");
+    let backed_up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
-        let (amb, id) = (amb.clone(), id.clone());
+        let (amb, id, backed_up) = (amb.clone(), id.clone(), backed_up.clone());
         std::thread::spawn(move || {
             for i in 0..30 {
+                // The last ten only once the backup is taken: it cannot hold them all.
+                while i >= 20 && !backed_up.load(std::sync::atomic::Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 ok(&["message", "send", "--dir", d(&amb), &id, &obs(i)]);
             }
         })
@@ -295,6 +300,7 @@ fn a_backup_taken_while_the_daemon_writes_restores_on_a_new_tablet_and_resyncs_w
         common::fleet::texts(&amb, &id).is_some_and(|t| t.len() >= 8)
     });
     let said = json(&ok(&["backup", "--dir", d(&amb), "--out", d(&bak), "--json"]));
+    backed_up.store(true, std::sync::atomic::Ordering::Release);
     assert_eq!(said["node"], "amb-07");
     writer.join().unwrap();
     let all: Vec<String> = (0..30).map(obs).collect();
@@ -352,8 +358,8 @@ fn a_backup_taken_while_the_daemon_writes_restores_on_a_new_tablet_and_resyncs_w
 #[test]
 fn a_missing_store_refuses_to_start_and_a_corrupt_one_is_reported_each_with_what_to_do() {
     let tmp = tempfile::tempdir().unwrap();
-    let amb = tmp.path().join("amb-07");
-    common::init_edge(&amb);
+    let fleet = Fleet::new(tmp.path());
+    let amb = fleet.node("amb-07", "edge", &[]);
     let id = new_session(&amb);
     let photo = outpost_node::photo::synthetic_jpeg(1200, 900, 7).unwrap();
     let file = tmp.path().join("p.jpg");
@@ -378,9 +384,22 @@ fn a_missing_store_refuses_to_start_and_a_corrupt_one_is_reported_each_with_what
     assert!(ok(&["status", "--dir", d(&amb)]).contains("integrity check passed"));
 
     // Missing: every command refuses (exit 3), names the fix, and creates nothing.
+    // The store is lost, but a log of it is left behind (a disk restored without the database):
+    // the restore must not replay it onto the backup.
+    // (A daemon keeps the store open, so the write after the backup stays in the log.)
+    let stale_log = {
+        let ambd = daemon(&amb, &[], &[]);
+        wait_until(Duration::from_secs(60), "the daemon", || ambd.log_text().contains("outpost daemon started"));
+        ok(&["message", "send", "--dir", d(&amb), &id, "after the backup"]);
+        let log = std::fs::read(amb.join("outpost.db-wal")).unwrap();
+        drop(ambd);
+        log
+    };
+    assert!(stale_log.len() > 4096, "the write is in the log");
     for f in ["outpost.db", "outpost.db-wal", "outpost.db-shm"] {
         let _ = std::fs::remove_file(amb.join(f));
     }
+    std::fs::write(amb.join("outpost.db-wal"), &stale_log).unwrap();
     let err = fails(&["status", "--dir", d(&amb)], 3);
     assert!(err.contains("is missing") && err.contains("outpost restore --from BACKUP"), "{err}");
     let err = fails(&["run", "--dir", d(&amb)], 3);
@@ -626,4 +645,81 @@ fn the_systemd_unit_is_accepted_by_systemd_analyze_and_hardened() {
     .unwrap();
     let out = std::process::Command::new(analyze).args(["verify", d(&path)]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("Unknown key"), "a misspelt key is caught");
+}
+
+#[test]
+fn a_key_rotation_never_lets_another_process_write_under_the_old_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let amb = tmp.path().join("amb-07");
+    common::init_edge(&amb);
+    let id = new_session(&amb);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The crew writes on while rotations are attempted.
+    let writer = {
+        let (amb, id, stop) = (amb.clone(), id.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut sent = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let text = format!("note {i}");
+                ok(&["message", "send", "--dir", d(&amb), &id, &text]);
+                sent.push(text);
+                i += 1;
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            sent
+        })
+    };
+    let (mut rotated, mut refused) = (0, 0);
+    for _ in 0..12 {
+        let out = common::run(&["key", "rotate", "--dir", d(&amb)]);
+        match out.status.code() {
+            Some(0) => rotated += 1,
+            Some(2) => {
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert!(err.contains("another outpost process"), "{err}");
+                refused += 1;
+            }
+            other => panic!("key rotate exited {other:?}: {}", String::from_utf8_lossy(&out.stderr)),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let sent = writer.join().unwrap();
+    eprintln!(
+        "{rotated} rotations done, {refused} refused while another process had the store open; {} messages",
+        sent.len()
+    );
+    assert!(rotated >= 1, "some rotation found the store free");
+    // Every acknowledged message readable under the final key; the list, status and chain whole.
+    assert_eq!(common::fleet::texts(&amb, &id).unwrap(), sent);
+    assert!(ok(&["status", "--dir", d(&amb)]).contains("integrity check passed"));
+    assert!(ok(&["audit", "verify", "--dir", d(&amb)]).contains("intact"));
+}
+
+#[test]
+fn a_sync_to_a_hub_that_does_not_answer_says_so_within_five_seconds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let amb = fleet.node("amb-07", "edge", &[]);
+    // Nothing listens there: the datagrams go unanswered, as over a dead link.
+    let silent = format!("127.0.0.1:{}", free_port());
+    let started = std::time::Instant::now();
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["sync", "--dir", d(&amb), "--peer", &silent, "--timeout", "9"])
+        .env_remove("OUTPOST_NODE_KEY")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The notice comes while the dial goes on (read as it arrives, not at the end).
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    let noticed = started.elapsed();
+    assert!(line.contains(&format!("no answer from {silent} within 5 s")) && line.contains("still trying"), "{line}");
+    assert!(child.try_wait().unwrap().is_none(), "it keeps trying after saying so");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(6), "it gives up at its time limit");
+    eprintln!("said after {noticed:?}, gave up after {:?}", started.elapsed());
 }

@@ -73,7 +73,14 @@ pub(crate) struct Metrics {
     call_mos: Histogram,
     cert_days: FloatGauge,
     store_bytes: Gauge,
+    /// The last scrape's text and when it was made: scrapes (tokenless) come one at a time and
+    /// at most one every [`SCRAPE_EVERY`] reaches the store, so that no one who can reach the
+    /// port can keep the store thread from syncing.
+    last: tokio::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
+
+/// How long a scrape's figures are served again before the store is read anew.
+const SCRAPE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -108,6 +115,7 @@ impl Metrics {
             call_mos: Histogram::new([1.5, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4]),
             cert_days: FloatGauge::default(),
             store_bytes: Gauge::default(),
+            last: tokio::sync::Mutex::new(None),
             registry: Registry::default(),
         };
         registry.register("node", "This node's name and role (always 1)", m.info.clone());
@@ -217,6 +225,12 @@ struct StoreFacts {
 }
 
 async fn scrape(axum::extract::State(shared): axum::extract::State<Arc<Shared>>) -> Response {
+    let mut last = shared.metrics.last.lock().await;
+    if let Some((at, text)) = last.as_ref()
+        && at.elapsed() < SCRAPE_EVERY
+    {
+        return openmetrics(text.clone());
+    }
     let facts = shared
         .store
         .call(|node| -> Result<StoreFacts, crate::node::NodeError> {
@@ -287,5 +301,10 @@ async fn scrape(axum::extract::State(shared): axum::extract::State<Arc<Shared>>)
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &m.registry) {
         return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the metrics: {e}\n")).into_response();
     }
+    *last = Some((std::time::Instant::now(), text.clone()));
+    openmetrics(text)
+}
+
+fn openmetrics(text: String) -> Response {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }

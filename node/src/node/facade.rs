@@ -181,10 +181,11 @@ impl Node {
     /// sealed in the store until its certificate comes back, and the request (PEM) for the
     /// fleet CA. The key never leaves the store. The node keeps its current certificate, if
     /// any, until the new one is installed (renewal).
-    pub fn request_certificate(&mut self) -> Result<String, NodeError> {
-        let (csr, key) = crate::tls::certificate_request(&self.config.peer_info(), &self.author_public())?;
+    /// Returns the request and its key's fingerprint (what `ca sign` prints too).
+    pub fn request_certificate(&mut self) -> Result<(String, String), NodeError> {
+        let (csr, key, fingerprint) = crate::tls::certificate_request(&self.config.peer_info(), &self.author_public())?;
         self.store.set_pending_tls_key(&key)?;
-        Ok(csr)
+        Ok((csr, fingerprint))
     }
 
     /// Installs the certificate the fleet CA signed for this node's pending request

@@ -16,7 +16,9 @@ pub const LOW_SPACE_BYTES: u64 = 2 * RESERVE_BYTES;
 const REMAKE_BYTES: u64 = 8 * RESERVE_BYTES;
 
 /// Edits that add content (and so are refused on a nearly full disk), besides new sessions.
-pub const GROWING_ACTIONS: &[&str] = &["message.send", "photo.attach", "photo.receive"];
+/// (A received photo's receipt is not one: its chunks are already stored, and refusing the
+/// receipt would only stall the sender.)
+pub const GROWING_ACTIONS: &[&str] = &["message.send", "photo.attach"];
 
 /// The reserve file of the database at `db`.
 pub fn reserve_path(db: &Path) -> PathBuf {
@@ -82,6 +84,8 @@ impl Store {
                           (sync with the hub to hand it the photos and free their space)",
             });
         }
+        // Space came back (a long-running daemon never reopens): keep the reserve again.
+        keep_reserve(&self.path);
         Ok(())
     }
 }

@@ -131,8 +131,9 @@ impl Store {
         String::from_utf8(key).map(Some).map_err(|_| StoreError::Damaged("the pending key is not text".into()))
     }
 
-    /// Installs the certificate signed for the pending request, with its key, and forgets the
-    /// request, in one transaction.
+    /// Installs the certificate signed for the pending request, with its key, then forgets the
+    /// request (a crash between the two leaves the same key pending, which is harmless: a new
+    /// request replaces it).
     pub fn install_pending(&mut self, cert_pem: &str, ca_pem: &str) -> Result<(), StoreError> {
         let key = self.pending_tls_key()?.ok_or_else(|| StoreError::Damaged("no pending request".into()))?;
         self.set_tls_identity(cert_pem, &key, ca_pem)?;
