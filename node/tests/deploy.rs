@@ -37,6 +37,30 @@ fn holds(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         .collect()
 }
 
+/// A synthetic photo of about `w` x `h` attached to session `id` with `outpost photo attach`;
+/// returns its hash and bytes.
+fn attach_photo(dir: &Path, id: &str, (w, h): (u32, u32), seed: u64) -> (String, Vec<u8>) {
+    let photo = outpost_node::photo::synthetic_jpeg(w, h, seed).unwrap();
+    let file = dir.with_file_name(format!("photo-{seed}.jpg"));
+    std::fs::write(&file, &photo.bytes).unwrap();
+    let out = ok(&[
+        "photo",
+        "attach",
+        "--dir",
+        d(dir),
+        id,
+        d(&file),
+        "--view",
+        "close-up",
+        "--body-site",
+        "forearm",
+        "--consent",
+        "verbal",
+        "--json",
+    ]);
+    (json(&out)["hash"].as_str().unwrap().to_string(), photo.bytes)
+}
+
 #[test]
 fn a_node_keeps_its_key_while_an_offline_ca_signs_its_request_and_renewal_is_warned_ahead() {
     let tmp = tempfile::tempdir().unwrap();
@@ -142,26 +166,8 @@ fn a_key_rotation_killed_at_random_moments_twenty_times_loses_nothing_acknowledg
     let mut ids = Vec::new();
     for i in 0..4u64 {
         let id = new_session(&amb);
-        let photo = outpost_node::photo::synthetic_jpeg(1400, 1050, seed + i).unwrap();
-        let file = tmp.path().join(format!("p{i}.jpg"));
-        std::fs::write(&file, &photo.bytes).unwrap();
-        let out = ok(&[
-            "photo",
-            "attach",
-            "--dir",
-            d(&amb),
-            &id,
-            d(&file),
-            "--view",
-            "close-up",
-            "--body-site",
-            "forearm",
-            "--consent",
-            "verbal",
-            "--json",
-        ]);
-        let hash = json(&out)["hash"].as_str().unwrap().to_string();
-        ids.push((id, hash, photo.bytes));
+        let (hash, bytes) = attach_photo(&amb, &id, (1400, 1050), seed + i);
+        ids.push((id, hash, bytes));
     }
     // How long one rotation takes here, to aim the kills inside it.
     let t = std::time::Instant::now();
@@ -361,23 +367,7 @@ fn a_missing_store_refuses_to_start_and_a_corrupt_one_is_reported_each_with_what
     let fleet = Fleet::new(tmp.path());
     let amb = fleet.node("amb-07", "edge", &[]);
     let id = new_session(&amb);
-    let photo = outpost_node::photo::synthetic_jpeg(1200, 900, 7).unwrap();
-    let file = tmp.path().join("p.jpg");
-    std::fs::write(&file, &photo.bytes).unwrap();
-    ok(&[
-        "photo",
-        "attach",
-        "--dir",
-        d(&amb),
-        &id,
-        d(&file),
-        "--view",
-        "close-up",
-        "--body-site",
-        "forearm",
-        "--consent",
-        "verbal",
-    ]);
+    let (hash, photo) = attach_photo(&amb, &id, (1200, 900), 7);
     ok(&["message", "send", "--dir", d(&amb), &id, "before the fault"]);
     let bak = tmp.path().join("amb.backup");
     ok(&["backup", "--dir", d(&amb), "--out", d(&bak)]);
@@ -450,9 +440,9 @@ fn a_missing_store_refuses_to_start_and_a_corrupt_one_is_reported_each_with_what
     ok(&["restore", "--from", d(&bak), "--dir", d(&fresh), "--key-file", d(&amb.join("node.key"))]);
     assert_eq!(common::fleet::texts(&fresh, &id).unwrap(), vec!["before the fault".to_string()]);
     let back = tmp.path().join("back.jpg");
-    let hash = blake3::hash(&photo.bytes).to_hex().to_string();
+    assert_eq!(hash, blake3::hash(&photo).to_hex().to_string(), "a photo is named by its BLAKE3 hash");
     ok(&["photo", "get", "--dir", d(&fresh), &hash, "--out", d(&back)]);
-    assert_eq!(std::fs::read(&back).unwrap(), photo.bytes);
+    assert_eq!(std::fs::read(&back).unwrap(), photo);
 }
 
 /// A small file system of its own (tmpfs), unmounted when dropped: a disk that can really fill.
@@ -518,25 +508,7 @@ fn on_a_full_disk_reads_and_sync_keep_working_and_a_write_is_refused_losing_noth
     ok(&["message", "send", "--dir", d(&amb), &id, "Rash spreading, photos attached"]);
     let mut photos = Vec::new();
     for i in 0..2u64 {
-        let photo = outpost_node::photo::synthetic_jpeg(1400, 1050, 40 + i).unwrap();
-        let file = tmp.path().join(format!("p{i}.jpg"));
-        std::fs::write(&file, &photo.bytes).unwrap();
-        let out = ok(&[
-            "photo",
-            "attach",
-            "--dir",
-            d(&amb),
-            &id,
-            d(&file),
-            "--view",
-            "close-up",
-            "--body-site",
-            "forearm",
-            "--consent",
-            "verbal",
-            "--json",
-        ]);
-        photos.push((json(&out)["hash"].as_str().unwrap().to_string(), photo.bytes));
+        photos.push(attach_photo(&amb, &id, (1400, 1050), 40 + i));
     }
     assert!(amb.join("outpost.reserve").exists(), "a reserve is kept while there is room");
     let filler = disk.fill();
