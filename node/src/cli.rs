@@ -1463,12 +1463,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+    install_logging(filter, crate::settings::LogFormat::Text);
 }
 
 /// Logging for `outpost run`: the format and level from its settings (`OUTPOST_LOG`, the older
@@ -1481,8 +1476,13 @@ fn init_daemon_logging(settings: &crate::settings::Settings) {
         _ => tracing_subscriber::EnvFilter::try_new(&settings.log_level),
     }
     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    install_logging(filter, settings.log_format);
+}
+
+/// Log lines to standard error: for people (coloured on a terminal), or one JSON object each.
+fn install_logging(filter: tracing_subscriber::EnvFilter, format: crate::settings::LogFormat) {
     use std::io::IsTerminal;
-    let _ = match settings.log_format {
+    let _ = match format {
         crate::settings::LogFormat::Json => tracing_subscriber::fmt()
             .json()
             .flatten_event(true)

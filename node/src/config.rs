@@ -6,6 +6,10 @@
 //! D/outpost.db   the SQLite store (with outpost.db-wal and outpost.db-shm beside it)
 //! D/outpost.toml how the daemon runs (the deployer's; see `settings`)
 //! D/node.key.new the next key, only while `outpost key rotate` runs or after it was killed
+//! D/outpost.reserve  8 MiB kept back for reading and syncing on a full disk (`store::space`)
+//! D/daemon.lock  held by the daemon (and key rotation, restore): one per directory (`service`)
+//! D/store.lock   held shared by every process with the store open, alone by a key rotation
+//! D/tls/         copies of the node's and the CA's certificates (public)
 //! ```
 
 use std::fs;

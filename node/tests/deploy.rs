@@ -394,25 +394,7 @@ fn a_missing_store_refuses_to_start_and_a_corrupt_one_is_reported_each_with_what
     assert!(err.contains("is missing") && err.contains("outpost restore --from BACKUP"), "{err}");
     let err = fails(&["run", "--dir", d(&amb)], 3);
     assert!(err.contains("is missing"), "{err}");
-    fails(
-        &[
-            "session",
-            "new",
-            "--dir",
-            d(&amb),
-            "--service-line",
-            "dermatology",
-            "--priority",
-            "urgent",
-            "--care-setting",
-            "ambulance_on_scene",
-            "--nhs-number",
-            "9434765919",
-            "--summary",
-            "x",
-        ],
-        3,
-    );
+    fails(&common::session_new_args(&amb), 3);
     assert!(!amb.join("outpost.db").exists(), "no empty store was made in its place");
     // Restored into its own directory (its key and identity kept).
     ok(&["restore", "--from", d(&bak), "--dir", d(&amb)]);

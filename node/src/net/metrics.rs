@@ -96,8 +96,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub(crate) fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("outpost");
-        let m = Metrics {
+        let mut m = Metrics {
             info: Family::default(),
             peers_connected: Gauge::default(),
             peer_connected: Family::default(),
@@ -116,57 +115,61 @@ impl Metrics {
             cert_days: FloatGauge::default(),
             store_bytes: Gauge::default(),
             last: tokio::sync::Mutex::new(None),
-            registry: Registry::default(),
+            registry: Registry::with_prefix("outpost"),
         };
-        registry.register("node", "This node's name and role (always 1)", m.info.clone());
-        registry.register("peers_connected", "Peers with a live connection now", m.peers_connected.clone());
-        registry.register("peer_connected", "1 while this peer has a live connection", m.peer_connected.clone());
-        registry.register_with_unit(
+        m.registry.register("node", "This node's name and role (always 1)", m.info.clone());
+        m.registry.register("peers_connected", "Peers with a live connection now", m.peers_connected.clone());
+        m.registry.register("peer_connected", "1 while this peer has a live connection", m.peer_connected.clone());
+        m.registry.register_with_unit(
             "peer_last_sync_timestamp",
             "When a conversation with this peer last had everything sent and acknowledged (Unix time)",
             Unit::Seconds,
             m.last_sync.clone(),
         );
-        registry.register_with_unit(
+        m.registry.register_with_unit(
             "peer_last_failure_timestamp",
             "When a conversation with this peer last failed (Unix time)",
             Unit::Seconds,
             m.last_failure.clone(),
         );
-        registry.register(
+        m.registry.register(
             "backlog_items",
             "Messages and photos written here that no other node has confirmed holding",
             m.backlog_items.clone(),
         );
-        registry.register("backlog_sessions", "Sessions holding backlog items", m.backlog_sessions.clone());
-        registry.register_with_unit(
+        m.registry.register("backlog_sessions", "Sessions holding backlog items", m.backlog_sessions.clone());
+        m.registry.register_with_unit(
             "backlog_photo",
             "Bytes of photos taken here that no hub has confirmed holding",
             Unit::Bytes,
             m.backlog_bytes.clone(),
         );
-        registry.register_with_unit("wire", "UDP bytes of sync and call connections", Unit::Bytes, m.wire.clone());
-        registry.register_with_unit(
+        m.registry.register_with_unit("wire", "UDP bytes of sync and call connections", Unit::Bytes, m.wire.clone());
+        m.registry.register_with_unit(
             "sync_round",
             "Time from a change to everything sent and acknowledged, per peer",
             Unit::Seconds,
             m.sync_seconds.clone(),
         );
-        registry.register("refusals", "Connections, conversations and changes refused, by reason", m.refusals.clone());
-        registry.register("call_legs", "Call legs carried by this node, by how they ended", m.calls.clone());
-        registry.register("call_mos", "Estimated quality of each call leg (MOS, 1 to 4.5)", m.call_mos.clone());
-        registry.register(
+        m.registry.register(
+            "refusals",
+            "Connections, conversations and changes refused, by reason",
+            m.refusals.clone(),
+        );
+        m.registry.register("call_legs", "Call legs carried by this node, by how they ended", m.calls.clone());
+        m.registry.register("call_mos", "Estimated quality of each call leg (MOS, 1 to 4.5)", m.call_mos.clone());
+        m.registry.register(
             "certificate_days_left",
             "Days until this node's fleet certificate expires (renew below 30)",
             m.cert_days.clone(),
         );
-        registry.register_with_unit(
+        m.registry.register_with_unit(
             "store",
             "Size of the SQLite store with its write-ahead log",
             Unit::Bytes,
             m.store_bytes.clone(),
         );
-        Metrics { registry, ..m }
+        m
     }
 
     /// A refusal, by a short fixed reason (`revoked`, `expired`, `connection_limit`, `budget`,

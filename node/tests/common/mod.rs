@@ -44,9 +44,9 @@ pub fn init_edge(dir: &Path) {
     ok(&["init", "--dir", dir.to_str().unwrap(), "--name", "amb-07", "--role", "edge", "--org", "RX6", "--icb", "QHM"]);
 }
 
-/// Creates a session and returns its id.
-pub fn new_session(dir: &Path) -> String {
-    ok(&[
+/// The arguments of `outpost session new` for a valid urgent dermatology session on `dir`.
+pub fn session_new_args(dir: &Path) -> Vec<&str> {
+    vec![
         "session",
         "new",
         "--dir",
@@ -61,9 +61,12 @@ pub fn new_session(dir: &Path) -> String {
         "9434765919",
         "--summary",
         "Rash on left forearm",
-    ])
-    .trim()
-    .to_string()
+    ]
+}
+
+/// Creates a session and returns its id.
+pub fn new_session(dir: &Path) -> String {
+    ok(&session_new_args(dir)).trim().to_string()
 }
 
 /// Parses JSON output.
