@@ -302,18 +302,20 @@ fn over_urban_4g_speech_crosses_with_an_estimated_mos_of_four_and_under_one_perc
     assert!(read(&heard_back).len() > 8_000 * 4, "the ambulance recorded the desk's side too");
 }
 
-#[test]
-fn a_three_second_blackout_mid_call_is_survived() {
-    let c = fleet("call-audio-blackout", "urban-4g", 20, [true, true]);
+/// A call with the ambulance's link blacked out for `blackout` once the call is up; returns
+/// the longest gap in what the consultant heard, in ms. The speech lasts `speech_s` and its
+/// last 2.5 s must come through after the blackout.
+fn blackout_call(name: &str, blackout: Duration, speech_s: f64) -> i64 {
+    let c = fleet(name, "urban-4g", 20, [true, true]);
     let f = &c.f;
-    let (said, sent, id) = ready_to_call(&c, 16.0, "Rash; tunnel ahead");
+    let (said, sent, id) = ready_to_call(&c, speech_s, "Rash; tunnel ahead");
     let out = std::thread::scope(|scope| {
         let call = scope.spawn(|| escalate_speaking(&c, &id, &said));
-        // Once the call is up, the ambulance goes under a bridge for 3 s.
+        // Once the call is up, the ambulance goes under a bridge or through a tunnel.
         wait_connected(f, &c.hub, &id);
         std::thread::sleep(Duration::from_secs(3));
         c.link.set_up(false);
-        std::thread::sleep(Duration::from_secs(3));
+        std::thread::sleep(blackout);
         c.link.set_up(true);
         call.join().unwrap()
     });
@@ -323,14 +325,40 @@ fn a_three_second_blackout_mid_call_is_survived() {
     let desk_leg = wait_for_leg(f, &c.desks[0], &id, "desk-a");
     eprintln!("blackout call: desk leg {desk_leg}\nlink {:?}", c.link.stats());
     assert_eq!(desk_leg["end"], "other side hung up", "the call was not dropped: {desk_leg}");
-    // The blackout shows as one gap of at least its length (QUIC's retransmission timer, backed
-    // off during the blackout, adds to it); the call carried on after it.
     let gap = desk_leg["longest_gap_ms"].as_i64().unwrap();
-    assert!(gap >= 2_500, "the blackout is in the record: longest gap {gap} ms");
+    f.record(&serde_json::json!({
+        "blackout_ms": blackout.as_millis() as u64,
+        "longest_gap_ms": gap,
+        "beyond_the_blackout_ms": gap - blackout.as_millis() as i64,
+        "desk_leg": desk_leg,
+        "seed": f.seed,
+    }));
+    // The blackout shows as one gap of about its length; the call carried on after it.
+    assert!(gap >= blackout.as_millis() as i64 * 8 / 10, "the blackout is in the record: longest gap {gap} ms");
+    // The audio came back soon after the link did (the goal, in the closing figures, is
+    // under 0.5 s beyond the blackout; QUIC's backed-off probe timer alone made it 4 s for a
+    // 3 s blackout). A generous bound here: a loaded 2-core machine delays processes.
+    assert!(
+        gap <= blackout.as_millis() as i64 + 1_500,
+        "the audio resumed within 1.5 s of the link's return: longest gap {gap} ms for a {} ms blackout",
+        blackout.as_millis()
+    );
     // Speech after the blackout reached the consultant.
     let heard = read(&c.desks[0].join("heard.wav"));
-    let sim = similarity(&sent, &heard, 104_000..124_000);
+    let end = (speech_s * 8_000.0) as usize - 4_000;
+    let sim = similarity(&sent, &heard, end - 20_000..end);
     assert!(sim > 0.8, "the end of the call came through after the blackout: correlation {sim:.3}");
+    gap
+}
+
+#[test]
+fn a_three_second_blackout_mid_call_costs_little_more_than_its_length() {
+    blackout_call("call-audio-blackout", Duration::from_secs(3), 16.0);
+}
+
+#[test]
+fn a_ten_second_blackout_mid_call_is_survived_and_the_audio_returns_with_the_link() {
+    blackout_call("call-audio-blackout-10s", Duration::from_secs(10), 24.0);
 }
 
 #[test]
@@ -343,7 +371,7 @@ fn a_drop_longer_than_ten_seconds_ends_the_call_and_requests_a_callback() {
         wait_connected(f, &c.hub, &id);
         std::thread::sleep(Duration::from_secs(2));
         c.link.set_up(false);
-        // The desk gives up on the silence after 10 s; the link returns only after that.
+        // The desk gives up on the silence after 12 s; the link returns only after that.
         let desk_leg = wait_for_leg(f, &c.desks[0], &id, "desk-a");
         c.link.set_up(true);
         assert_eq!(desk_leg["end"], "dropped", "{desk_leg}");

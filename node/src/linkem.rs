@@ -57,6 +57,8 @@ pub struct LinkStats {
     pub blacked_out: u64,
     /// Datagrams dropped at a full queue.
     pub queue_drops: u64,
+    /// Outside addresses given to clients (one per client, and one more per rebinding).
+    pub mappings: u64,
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +70,7 @@ struct Counters {
     lost: AtomicU64,
     blacked_out: AtomicU64,
     queue_drops: AtomicU64,
+    mappings: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -75,6 +78,8 @@ struct Control {
     manual_up: AtomicBool,
     scheduled_up: AtomicBool,
     counters: Counters,
+    /// Bumped by [`LinkEmulator::rebind`]: every client gets a new outside address.
+    rebinds: AtomicU64,
 }
 
 impl Control {
@@ -90,6 +95,8 @@ pub struct LinkEmulator {
     pub local_addr: SocketAddr,
     control: Arc<Control>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    up: mpsc::Sender<Packet>,
+    down: mpsc::Sender<Packet>,
 }
 
 impl Drop for LinkEmulator {
@@ -136,6 +143,7 @@ impl LinkEmulator {
             manual_up: AtomicBool::new(true),
             scheduled_up: AtomicBool::new(true),
             counters: Counters::default(),
+            rebinds: AtomicU64::new(0),
         });
         let base = seed(opts.seed);
         let mut tasks = Vec::new();
@@ -153,13 +161,37 @@ impl LinkEmulator {
             Rng(base ^ 1),
         )));
         tasks.push(tokio::spawn(pipe(down_rx, Direction::Down, profile, opts, control.clone(), Rng(base ^ 2))));
-        tasks.push(tokio::spawn(front_loop(front, target, up_tx, down_tx, control.clone())));
-        Ok(LinkEmulator { local_addr, control, tasks })
+        tasks.push(tokio::spawn(front_loop(front, target, up_tx.clone(), down_tx.clone(), control.clone())));
+        Ok(LinkEmulator { local_addr, control, tasks, up: up_tx, down: down_tx })
+    }
+
+    /// Another entrance to the same link, relaying to `target`: its traffic shares the
+    /// bottleneck, queue, loss and blackouts with every other (two applications on one
+    /// tablet's radio). Returns the address its clients send to.
+    pub async fn add_entrance(&mut self, listen: SocketAddr, target: SocketAddr) -> std::io::Result<SocketAddr> {
+        let front = Arc::new(UdpSocket::bind(listen).await?);
+        let addr = front.local_addr()?;
+        self.tasks.push(tokio::spawn(front_loop(
+            front,
+            target,
+            self.up.clone(),
+            self.down.clone(),
+            self.control.clone(),
+        )));
+        Ok(addr)
     }
 
     /// Brings the link down (`false`) or up (`true`) by hand.
     pub fn set_up(&self, up: bool) {
         self.control.manual_up.store(up, Ordering::Relaxed);
+    }
+
+    /// A NAT rebinding: from now on every client's datagrams reach the target from a new
+    /// address (a new port), and replies to the old one are dropped, as a carrier-grade NAT
+    /// does when its mapping times out or the tablet moves to another cell. QUIC's connection
+    /// migration must carry the connection over.
+    pub fn rebind(&self) {
+        self.control.rebinds.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether the link is up now.
@@ -178,6 +210,7 @@ impl LinkEmulator {
             lost: c.lost.load(Ordering::Relaxed),
             blacked_out: c.blacked_out.load(Ordering::Relaxed),
             queue_drops: c.queue_drops.load(Ordering::Relaxed),
+            mappings: c.mappings.load(Ordering::Relaxed),
         }
     }
 }
@@ -202,21 +235,31 @@ async fn front_loop(
     down: mpsc::Sender<Packet>,
     control: Arc<Control>,
 ) {
-    let mut backs: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    let mut backs: HashMap<SocketAddr, (Arc<UdpSocket>, tokio::task::JoinHandle<()>)> = HashMap::new();
+    let mut generation = 0u64;
     let mut buf = vec![0u8; 65_536];
     loop {
         let Ok((n, client)) = front.recv_from(&mut buf).await else { return };
         control.counters.up_in.fetch_add(n as u64, Ordering::Relaxed);
+        let now = control.rebinds.load(Ordering::Relaxed);
+        if now != generation {
+            // The old mappings are gone: replies to them go nowhere.
+            for (_, (_, task)) in backs.drain() {
+                task.abort();
+            }
+            generation = now;
+        }
         let back = match backs.get(&client) {
-            Some(b) => b.clone(),
+            Some((b, _)) => b.clone(),
             None => {
                 let bind: SocketAddr = if target.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" }
                     .parse()
                     .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
                 let Ok(sock) = UdpSocket::bind(bind).await else { continue };
                 let sock = Arc::new(sock);
-                backs.insert(client, sock.clone());
-                tokio::spawn(back_loop(sock.clone(), front.clone(), client, down.clone(), control.clone()));
+                control.counters.mappings.fetch_add(1, Ordering::Relaxed);
+                let task = tokio::spawn(back_loop(sock.clone(), front.clone(), client, down.clone(), control.clone()));
+                backs.insert(client, (sock.clone(), task));
                 sock
             }
         };

@@ -35,6 +35,7 @@ use crate::node::{Node, now_ms};
 use crate::replica::NodeReplica;
 use crate::store::{ListFilter, StoreError};
 use crate::tls::{self, Identity, SERVER_NAME, TlsError};
+pub use congestion::{CONGESTION_ENV, Congestion, set_congestion};
 
 const LANE_SYNC: u8 = 1;
 const LANE_BLOB: u8 = 2;
@@ -377,16 +378,11 @@ fn transport() -> Arc<quinn::TransportConfig> {
     // Voice goes in datagrams: better lost than late. A small send buffer drops stale frames
     // (quinn drops the oldest) instead of queueing seconds of them behind a stall.
     t.datagram_send_buffer_size(2 * 1024);
-    // Congestion control: Cubic (quinn's default) unless OUTPOST_CONGESTION=bbr asks for
-    // quinn's experimental BBR, which does not read random radio loss as congestion.
-    if std::env::var(CONGESTION_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("bbr")) {
-        t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
-    }
+    // Congestion control for radio links (congestion.rs) unless OUTPOST_CONGESTION says
+    // otherwise.
+    t.congestion_controller_factory(congestion::congestion().factory());
     Arc::new(t)
 }
-
-/// The environment variable choosing the congestion controller (`cubic` or `bbr`).
-pub const CONGESTION_ENV: &str = "OUTPOST_CONGESTION";
 
 /// QUIC server configuration for this identity (and revocation list).
 pub fn server_config(identity: &Identity, crl: Option<&[u8]>) -> Result<quinn::ServerConfig, NetError> {
@@ -636,6 +632,7 @@ impl PeerAddr {
 }
 
 mod api;
+pub mod congestion;
 mod metrics;
 pub use api::{ApiTls, openapi_json};
 
@@ -1134,9 +1131,13 @@ async fn converse(
     let ca = shared.identity.ca.clone();
     let peer_for_engine = peer.clone();
     let engine = Engine::new(peer_for_engine, EngineConfig::new(initiator));
-    let step = |mut engine: Engine, work: Work| {
+    // The photo chunk window follows the link: its rate times its round trip.
+    let mut chunk_window = congestion::ChunkWindow::new();
+    let mut step = |mut engine: Engine, work: Work| {
         let me = me.clone();
         let ca = ca.clone();
+        let window = chunk_window.update(Instant::now(), conn.stats().udp_rx.bytes, conn.rtt());
+        engine.set_blob_window(window);
         shared.store.call(move |node| {
             let ops_before = node.store.ops_admitted();
             let bytes_before = engine.stats().bytes_received;
@@ -1770,8 +1771,9 @@ async fn media_loop(shared: Arc<Shared>, default_plan: crate::media::MediaPlan) 
     }
 }
 
-/// The longest silence from the other side before a leg counts as dropped.
-const DROP_AFTER: Duration = Duration::from_secs(10);
+/// The longest silence from the other side before a leg counts as dropped: a blackout of up
+/// to 10 s (a tunnel, a cutting) is survived.
+const DROP_AFTER: Duration = Duration::from_secs(12);
 /// Playout delay of the jitter buffer.
 const JITTER_DELAY_MS: u32 = 60;
 

@@ -75,6 +75,39 @@ fn slow_link(rt: &tokio::runtime::Runtime, to: &str, bps: u64) -> LinkEmulator {
         .unwrap()
 }
 
+/// A hub daemon, an ambulance with one photo of `w`x`h` attached, and a 4 Mbit/s link between.
+struct SlowUpload {
+    tmp: tempfile::TempDir,
+    hub: std::path::PathBuf,
+    amb: std::path::PathBuf,
+    hub_addr: String,
+    hubd: common::fleet::Daemon,
+    link: LinkEmulator,
+    /// Runs the link: keep it bound for the whole test.
+    _rt: tokio::runtime::Runtime,
+    hash: String,
+    bytes: Vec<u8>,
+    /// The photo's chunks.
+    total: i64,
+}
+
+fn slow_upload(w: u32, h: u32, seed: u64) -> SlowUpload {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let amb = fleet.node("amb-07", "edge", &[]);
+    let hub_addr = format!("127.0.0.1:{}", free_port());
+    let hubd = daemon(&hub, &["--listen", &hub_addr], &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let link = slow_link(&rt, &hub_addr, 4_000_000);
+    let id = new_session(&amb);
+    let (hash, bytes) = attach(&amb, &id, &tmp.path().join("p.jpg"), w, h, seed);
+    let total = i64::try_from(view(&amb, &id)["media"][0]["size"].as_u64().unwrap().div_ceil(16 * 1024)).unwrap();
+    assert!(total > 30, "a photo of {total} chunks");
+    wait_until(LIMIT, "the hub to listen", || hubd.log_text().contains("outpost daemon started"));
+    SlowUpload { tmp, hub, amb, hub_addr, hubd, link, _rt: rt, hash, bytes, total }
+}
+
 #[test]
 fn photos_reach_hub_and_desk_verified_and_the_edge_keeps_only_a_thumbnail() {
     let tmp = tempfile::tempdir().unwrap();
@@ -120,20 +153,8 @@ fn photos_reach_hub_and_desk_verified_and_the_edge_keeps_only_a_thumbnail() {
 
 #[test]
 fn a_photo_resumes_after_the_sender_or_the_receiver_restarts_mid_transfer() {
-    let tmp = tempfile::tempdir().unwrap();
-    let fleet = Fleet::new(tmp.path());
-    let hub = fleet.node("hub-qhm", "hub", &[]);
-    let amb = fleet.node("amb-07", "edge", &[]);
-    let hub_addr = format!("127.0.0.1:{}", free_port());
-    let mut hubd = daemon(&hub, &["--listen", &hub_addr], &[]);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let link = slow_link(&rt, &hub_addr, 4_000_000);
+    let SlowUpload { tmp, hub, amb, hub_addr, mut hubd, link, _rt, hash, total, .. } = slow_upload(1280, 960, 9);
     let relay = link.local_addr.to_string();
-    let id = new_session(&amb);
-    let (hash, _) = attach(&amb, &id, &tmp.path().join("p.jpg"), 1280, 960, 9);
-    let total = i64::try_from(view(&amb, &id)["media"][0]["size"].as_u64().unwrap().div_ceil(16 * 1024)).unwrap();
-    assert!(total > 30, "a photo of {total} chunks");
-    wait_until(LIMIT, "the hub to listen", || hubd.log_text().contains("outpost daemon started"));
 
     // 1. The sender is killed a third of the way.
     let mut sender = Command::new(common::BIN)
@@ -184,6 +205,34 @@ fn a_photo_resumes_after_the_sender_or_the_receiver_restarts_mid_transfer() {
     let got = tmp.path().join("got.jpg");
     ok(&["photo", "get", "--dir", d(&hub), &hash, "--out", d(&got)]);
     let _ = link.stats();
+}
+
+#[test]
+fn a_nat_rebinding_mid_photo_moves_the_connection_and_sends_no_chunk_twice() {
+    let SlowUpload { tmp, hub, amb, hubd, link, _rt, hash, bytes, total, .. } = slow_upload(1280, 960, 11);
+    let relay = link.local_addr.to_string();
+
+    let sender = Command::new(common::BIN)
+        .args(["sync", "--dir", d(&amb), "--peer", &relay, "--json", "--timeout", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(LIMIT, "a third of the photo at the hub", || chunks_at(&hub, &hash) >= total / 3);
+    // The carrier's NAT gives the tablet a new outside port mid-transfer.
+    link.rebind();
+    let out = sender.wait_with_output().unwrap();
+    assert!(out.status.success(), "the one sync carried on: {}", String::from_utf8_lossy(&out.stderr));
+    let report = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(chunks_at(&hub, &hash), total, "the whole photo at the hub");
+    let sent = report["chunks_sent"].as_i64().unwrap();
+    assert!(sent <= total + 1, "at most one chunk sent twice: {sent} sent for {total}");
+    let got = tmp.path().join("got.jpg");
+    ok(&["photo", "get", "--dir", d(&hub), &hash, "--out", d(&got)]);
+    assert_eq!(std::fs::read(&got).unwrap(), bytes);
+    assert_eq!(link.stats().mappings, 2, "the tablet was seen from a second outside address");
+    // The hub saw the same connection from a second address: one conversation, not two.
+    assert_eq!(hubd.log_text().matches("connected peer=amb-07").count(), 1, "{}", hubd.log_text());
 }
 
 #[test]

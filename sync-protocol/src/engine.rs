@@ -389,6 +389,13 @@ impl Engine {
         &self.peer
     }
 
+    /// Sets how many chunks this side keeps requested (at least one). The driver sizes it to
+    /// the link (its rate times its round trip); a larger window takes effect at the next
+    /// request, a smaller one as chunks arrive.
+    pub fn set_blob_window(&mut self, chunks: usize) {
+        self.cfg.blob_window = chunks.max(1);
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> &Stats {
         &self.stats

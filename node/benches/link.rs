@@ -1,0 +1,350 @@
+//! Photos over the field ladder's links: `cargo bench -p outpost-node --bench link`
+//!
+//! For each profile, an ambulance (a real node on disk) attaches three 2 MB photos to a session
+//! and syncs once with a hub daemon through the user-space link emulator (`linkem`, the same
+//! the field tests use, outages off): the QUIC connection with mutual TLS, the engine, the
+//! stores, all as shipped. Each row is one congestion controller; the time is from the end of
+//! the handshake to the end of the sync (all three photos stored whole at the hub), against
+//! the ideal: the bytes of the photos over the uplink's rate, less its mean loss.
+//!
+//! `LINK_PROFILES=rural-a-road,cell-edge` picks profiles (default: all six),
+//! `LINK_CONTROLLERS=radio,cubic` picks controllers (default: all), `LINK_SEED=N` the
+//! emulator's seed (default 7), `LINK_PHOTOS=N` the number of photos (default 3).
+//! Goal (issue 17): >= 90% of the ideal on every profile with the default controller.
+//!
+//! Then the fairness run: on the rural link, a photo upload with the default controller and a
+//! bulk QUIC upload with Cubic (quinn's default, as any other application would use) share the
+//! emulator's bottleneck; each flow's rate while both run is printed, with each flow's rate
+//! alone.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::make_node;
+use outpost_node::config::NodeDir;
+use outpost_node::linkem::{EmulatorOptions, LinkEmulator};
+use outpost_node::net::{self, Congestion, Daemon, RunOptions};
+use outpost_node::node::{Node, PhotoRequest, SessionRequest, now_ms};
+use outpost_node::tls::CaDir;
+use sync_protocol::links::{self, LinkProfile};
+use sync_protocol::session::{Patient, Requester, Service};
+use sync_protocol::vocab::{CareSetting, Channel, ConsentKind, ConsentScope, PhotoView, Priority, Role, ServiceLine};
+
+const PROFILES: [&str; 6] = ["urban-4g", "rural-a-road", "remote-moor", "cell-edge", "3g-fallback", "satellite"];
+const PHOTO_BYTES: usize = 2_000_000;
+
+/// A JPEG of about `bytes` bytes (the field tests' recipe: 1920x1440 at quality 90 is ~2.7 MB).
+fn photo(seed: u64, bytes: usize) -> outpost_node::photo::Photo {
+    let scale = (bytes as f64 / 2_700_000.0).sqrt();
+    let (w, h) = (((1920.0 * scale) as u32).max(64), ((1440.0 * scale) as u32).max(48));
+    outpost_node::photo::synthetic_jpeg(w, h, seed).expect("photo")
+}
+
+struct Run {
+    secs: f64,
+    payload: u64,
+    wire_up: u64,
+    lost: u64,
+    queue_drops: u64,
+    chunks: u64,
+}
+
+/// An ambulance with `photos` photos attached, a hub daemon, and the emulated link between.
+struct Rig {
+    _tmp: tempfile::TempDir,
+    edge: NodeDir,
+    hub: Daemon,
+    link: LinkEmulator,
+    payload: u64,
+}
+
+fn rig(rt: &tokio::runtime::Runtime, profile: &LinkProfile, photos: usize, seed: u64) -> Rig {
+    let tmp = tempfile::Builder::new().prefix("outpost-link-bench-").tempdir().expect("tempdir");
+    let ca = CaDir::new(tmp.path().join("ca"));
+    ca.init("bench").expect("ca");
+    let edge = make_node(tmp.path(), &ca, "amb-07", Role::Edge);
+    let hub_dir = make_node(tmp.path(), &ca, "hub-qhm", Role::Hub);
+    let payload = attach(&edge, photos, seed);
+    let hub = rt
+        .block_on(Daemon::start(
+            Node::open(&hub_dir).expect("hub"),
+            RunOptions { listen: Some("127.0.0.1:0".parse().expect("addr")), ..RunOptions::default() },
+        ))
+        .expect("hub daemon");
+    let hub_addr: SocketAddr = hub.local_addr.expect("listening");
+    let link = rt
+        .block_on(LinkEmulator::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            hub_addr,
+            profile.clone(),
+            EmulatorOptions { seed, ..EmulatorOptions::default() },
+        ))
+        .expect("link");
+    Rig { _tmp: tmp, edge, hub, link, payload }
+}
+
+/// One upload of `photos` photos over `profile` with controller `cc`.
+fn upload(rt: &tokio::runtime::Runtime, profile: &LinkProfile, cc: Congestion, photos: usize, seed: u64) -> Run {
+    net::set_congestion(cc);
+    let Rig { _tmp, edge, hub, link, payload } = rig(rt, profile, photos, seed);
+    let report = rt
+        .block_on(net::sync_once(Node::open(&edge).expect("open"), link.local_addr, Duration::from_secs(1800)))
+        .expect("sync");
+    assert!(
+        report.stats.chunks_sent >= payload / sync_protocol::blob::CHUNK_SIZE as u64,
+        "every chunk of the photos went up ({} sent)",
+        report.stats.chunks_sent
+    );
+    let st = link.stats();
+    rt.block_on(hub.stop());
+    Run {
+        secs: report.sync_ms / 1e3,
+        payload,
+        wire_up: st.up_bytes_out,
+        lost: st.lost,
+        queue_drops: st.queue_drops,
+        chunks: report.stats.chunks_sent,
+    }
+}
+
+/// A self-signed pair for the competing flow (an unrelated application, Cubic).
+fn competing_configs() -> (quinn::ClientConfig, quinn::ServerConfig) {
+    let cert = rcgen::generate_simple_self_signed(vec!["sink".into()]).expect("cert");
+    let der = rustls::pki_types::CertificateDer::from(cert.cert.der().to_vec());
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der.clone()).expect("root");
+    let mut transport = quinn::TransportConfig::default();
+    transport.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()));
+    let transport = Arc::new(transport);
+    let mut client = quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client config");
+    client.transport_config(transport.clone());
+    let mut server = quinn::ServerConfig::with_single_cert(vec![der], key).expect("server config");
+    server.transport_config(transport);
+    (client, server)
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let list =
+        |var: &str| std::env::var(var).ok().map(|v| v.split(',').map(|s| s.trim().to_string()).collect::<Vec<_>>());
+    let profiles = list("LINK_PROFILES").unwrap_or_else(|| PROFILES.iter().map(|s| s.to_string()).collect());
+    let controllers: Vec<Congestion> = match list("LINK_CONTROLLERS") {
+        Some(names) => {
+            names.iter().map(|n| Congestion::parse(n).unwrap_or_else(|| panic!("unknown controller {n}"))).collect()
+        }
+        None => Congestion::ALL.to_vec(),
+    };
+    let seed: u64 = std::env::var("LINK_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
+    let photos: usize = std::env::var("LINK_PHOTOS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+
+    let mut rows = Vec::new();
+    for name in &profiles {
+        let profile = links::profile(name).unwrap_or_else(|| panic!("unknown profile {name}"));
+        for &cc in &controllers {
+            eprintln!("{name}, {}...", cc.as_str());
+            let run = upload(&rt, &profile, cc, photos, seed);
+            eprintln!("  {:.1} s", run.secs);
+            rows.push((profile.clone(), cc, run));
+        }
+    }
+    println!();
+    println!(
+        "photos over emulated links: {photos} JPEGs of ~2 MB, one sync edge -> hub, QUIC + mutual TLS, seed {seed}"
+    );
+    println!();
+    println!(
+        "| profile | uplink | mean loss | controller | ideal | time | share of the link | wire / payload | datagrams lost | queue drops | chunks sent | goal (>= 90%) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (p, cc, r) in &rows {
+        let loss = p.loss.mean_loss();
+        let ideal = r.payload as f64 * 8.0 / p.uplink_bps as f64 / (1.0 - loss);
+        let share = ideal / r.secs;
+        println!(
+            "| {} | {:.2} Mbit/s | {:.1}% | {} | {:.1} s | {:.1} s | {:.0}% | {:.2} | {} | {} | {} | {} |",
+            p.name,
+            p.uplink_bps as f64 / 1e6,
+            loss * 100.0,
+            cc.as_str(),
+            ideal,
+            r.secs,
+            share * 100.0,
+            r.wire_up as f64 / r.payload as f64,
+            r.lost,
+            r.queue_drops,
+            r.chunks,
+            if *cc != net::congestion::Congestion::Radio {
+                ""
+            } else if share >= 0.9 {
+                "met"
+            } else {
+                "MISSED"
+            }
+        );
+    }
+
+    if std::env::var("LINK_FAIRNESS").map_or(true, |v| v != "0") {
+        fairness(&rt, seed);
+    }
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+}
+
+/// The photo upload (default controller) and a Cubic bulk flow share the rural link.
+fn fairness(rt: &tokio::runtime::Runtime, seed: u64) {
+    let profile = links::profile("rural-a-road").expect("profile");
+    eprintln!("fairness: a Cubic bulk flow alone on {}...", profile.name);
+    let cubic_alone = rt.block_on(async {
+        let (_, server_cfg) = competing_configs();
+        let sink = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().expect("addr")).expect("sink");
+        let link = LinkEmulator::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            sink.local_addr().expect("addr"),
+            profile.clone(),
+            EmulatorOptions { seed, ..EmulatorOptions::default() },
+        )
+        .await
+        .expect("link");
+        // Measured from 5 s (past its slow start) to 25 s.
+        let window = Arc::new(std::sync::Mutex::new((5.0, 25.0)));
+        let arrivals = competing_flow_timed(link.local_addr, sink, 60.0, Instant::now(), window).await;
+        arrivals.iter().filter(|(t, _)| (5.0..=25.0).contains(t)).map(|(_, n)| n).sum::<u64>() as f64 / 20.0
+    });
+    eprintln!("fairness: photos alone...");
+    let alone = upload(rt, &profile, Congestion::Radio, 3, seed);
+    let photos_alone = alone.payload as f64 / alone.secs;
+    eprintln!("fairness: both at once...");
+    let (cubic_shared, photos_shared) = shared_link(rt, &profile, seed);
+    println!();
+    println!(
+        "fairness on {} ({:.1} Mbit/s up, one bottleneck queue): rates in kbit/s",
+        profile.name,
+        profile.uplink_bps as f64 / 1e6
+    );
+    println!();
+    println!("| flow | alone | sharing the link | share of the link while sharing |");
+    println!("|---|---|---|---|");
+    let kbit = |b: f64| b * 8.0 / 1e3;
+    let link = profile.uplink_bps as f64 / 8.0;
+    println!(
+        "| another application's bulk upload (QUIC, Cubic) | {:.0} | {:.0} | {:.0}% |",
+        kbit(cubic_alone),
+        kbit(cubic_shared),
+        cubic_shared / link * 100.0
+    );
+    println!(
+        "| outpost photos ({}) | {:.0} | {:.0} | {:.0}% |",
+        Congestion::Radio.as_str(),
+        kbit(photos_alone),
+        kbit(photos_shared),
+        photos_shared / link * 100.0
+    );
+}
+
+/// Both flows through one emulator (two entrances, one bottleneck): the photo upload starts
+/// once the Cubic flow has run for 5 s, and the Cubic flow is measured while the photos go up.
+/// Returns (Cubic's rate, the photos' rate) in bytes per second.
+fn shared_link(rt: &tokio::runtime::Runtime, profile: &LinkProfile, seed: u64) -> (f64, f64) {
+    net::set_congestion(Congestion::Radio);
+    let Rig { _tmp, edge, hub, mut link, payload } = rig(rt, profile, 3, seed);
+    let (_, server_cfg) = competing_configs();
+    let sink =
+        rt.block_on(async { quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().expect("addr")) }).expect("sink");
+    let sink_addr = sink.local_addr().expect("addr");
+    let cubic_entrance =
+        rt.block_on(link.add_entrance("127.0.0.1:0".parse().expect("addr"), sink_addr)).expect("entrance");
+    // The photos take about 15-30 s on this link; the Cubic flow runs 5 s before and past it.
+    let start = Instant::now();
+    let window = Arc::new(std::sync::Mutex::new((f64::MAX, 0.0f64)));
+    let cubic = rt.spawn({
+        let window = window.clone();
+        async move {
+            // Measured afterwards over the photos' window: bytes counted per arrival time.
+            competing_flow_timed(cubic_entrance, sink, 90.0, start, window).await
+        }
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let t0 = start.elapsed().as_secs_f64();
+    let report = rt
+        .block_on(net::sync_once(Node::open(&edge).expect("open"), link.local_addr, Duration::from_secs(1800)))
+        .expect("sync");
+    let t1 = start.elapsed().as_secs_f64();
+    if let Ok(mut w) = window.lock() {
+        *w = (t0, t1);
+    }
+    let arrivals = rt.block_on(cubic).expect("cubic flow");
+    rt.block_on(hub.stop());
+    let inside: u64 = arrivals.iter().filter(|(t, _)| *t >= t0 && *t <= t1).map(|(_, n)| n).sum();
+    let _ = report;
+    (inside as f64 / (t1 - t0), payload as f64 / (t1 - t0))
+}
+
+/// A Cubic bulk upload through `relay` until `stop` (set once the photos are up, with the
+/// window to measure) says so, or `limit` seconds; returns every arrival (seconds since
+/// `start`, bytes).
+async fn competing_flow_timed(
+    relay: SocketAddr,
+    sink: quinn::Endpoint,
+    limit: f64,
+    start: Instant,
+    stop: Arc<std::sync::Mutex<(f64, f64)>>,
+) -> Vec<(f64, u64)> {
+    let server = tokio::spawn(async move {
+        let conn = sink.accept().await.expect("incoming").await.expect("accept");
+        let mut recv = conn.accept_uni().await.expect("stream");
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut arrivals = Vec::new();
+        while let Ok(Some(n)) = recv.read(&mut buf).await {
+            arrivals.push((start.elapsed().as_secs_f64(), n as u64));
+        }
+        arrivals
+    });
+    let (client_cfg, _) = competing_configs();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+    ep.set_default_client_config(client_cfg);
+    let conn = ep.connect(relay, "sink").expect("connect").await.expect("handshake");
+    let mut send = conn.open_uni().await.expect("stream");
+    let chunk = vec![0x5au8; 16 * 1024];
+    loop {
+        let elapsed = start.elapsed().as_secs_f64();
+        let done = stop.lock().map(|w| w.1 > 0.0 && elapsed > w.1 + 1.0).unwrap_or(true);
+        if done || elapsed > limit || send.write_all(&chunk).await.is_err() {
+            break;
+        }
+    }
+    let _ = send.reset(0u32.into());
+    conn.close(0u32.into(), b"done");
+    tokio::time::timeout(Duration::from_secs(10), server).await.ok().and_then(Result::ok).unwrap_or_default()
+}
+
+/// Attaches `photos` photos to a new session on `edge`; returns their bytes.
+fn attach(edge: &NodeDir, photos: usize, seed: u64) -> u64 {
+    let mut payload = 0u64;
+    let mut node = Node::open(edge).expect("open");
+    let req = SessionRequest {
+        care_setting: CareSetting::AmbulanceOnScene,
+        requester: Requester::default(),
+        patient: Patient::default(),
+        service: Service { line: ServiceLine::Dermatology, channel: Channel::Photo, priority: Priority::Urgent },
+        summary: "Spreading rash, left forearm".into(),
+        draft: false,
+    };
+    let id = node.new_session(req, now_ms()).expect("session").id;
+    let views = [PhotoView::Site, PhotoView::CloseUp, PhotoView::Dermoscopic];
+    for i in 0..photos {
+        let p = photo(seed * 10 + i as u64, PHOTO_BYTES);
+        payload += p.bytes.len() as u64;
+        let req = PhotoRequest {
+            view: views[i % views.len()],
+            body_site: "left forearm".into(),
+            consent: ConsentKind::Verbal,
+            scope: ConsentScope::RecordOnly,
+        };
+        node.attach_photo(id, &p, &req, now_ms()).expect("attach");
+    }
+    payload
+}

@@ -1,0 +1,584 @@
+//! Congestion control for radio links, and the photo chunk window.
+//!
+//! The links outpost runs over lose packets at random (a moving ambulance, a cell edge: 1-9%
+//! on average, in bursts) and queue deeply before they drop (cellular buffers hold hundreds of
+//! milliseconds). A loss-based controller (Cubic, NewReno) reads every random loss as
+//! congestion and halves its window: on the field ladder it used 12-26% of the rural and
+//! cell-edge links. quinn's BBR sizes its window from the smallest round trip seen, and on a
+//! link whose round trip wanders (40-150 ms on an A-road) is held to half the link.
+//!
+//! [`Radio`] keeps NewReno's shape (slow start, additive increase, multiplicative decrease)
+//! but decides from the queue whether a loss means congestion:
+//! - the **queueing delay** is the smallest round trip of the last round less the smallest of
+//!   the last ten seconds;
+//! - a loss while the queue is short is the radio's: the window stays;
+//! - a loss while the queue is long (over [`Radio::queue_limit`]), or more than a fifth of a
+//!   round's bytes lost, is congestion: the window shrinks to 0.7 of itself, as Cubic's does, so
+//!   that a competing loss-based flow keeps its share;
+//! - while the queue is long the window does not grow, and slow start ends;
+//! - persistent congestion (a blackout) restarts from the minimum window, with the slow-start
+//!   threshold kept at 0.7 of the window before, so the link is refilled in a few round trips
+//!   once it returns;
+//! - while nothing is acknowledged for longer than twice the round trip (and 200 ms), one
+//!   packet may go out every 100 ms beyond the window: QUIC's own probe timer backs off
+//!   exponentially in a blackout (a 3 s blackout cost 7 s of a call's audio), whereas these
+//!   find the link within 100 ms of its return. A call's audio (a frame every 20 ms) or a
+//!   transfer's data is what they carry; they cost at most 12 kB/s of a dead link.
+//!
+//! Pacing stays quinn's (the window over the smoothed round trip, times 1.25).
+
+use std::any::Any;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use quinn::congestion::{Controller, ControllerFactory, ControllerMetrics};
+
+/// The environment variable choosing the congestion controller (`radio`, `cubic` or `bbr`).
+pub const CONGESTION_ENV: &str = "OUTPOST_CONGESTION";
+
+/// The congestion controllers a node can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Congestion {
+    /// [`Radio`], the default.
+    Radio,
+    /// quinn's Cubic.
+    Cubic,
+    /// quinn's experimental BBR.
+    Bbr,
+}
+
+impl Congestion {
+    /// Every controller, in the order benchmarks print them.
+    pub const ALL: [Congestion; 3] = [Congestion::Radio, Congestion::Cubic, Congestion::Bbr];
+
+    /// Its name, as `OUTPOST_CONGESTION` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Congestion::Radio => "radio",
+            Congestion::Cubic => "cubic",
+            Congestion::Bbr => "bbr",
+        }
+    }
+
+    /// Parses a name (case-insensitive).
+    pub fn parse(s: &str) -> Option<Congestion> {
+        Congestion::ALL.into_iter().find(|c| c.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+
+    fn code(self) -> u8 {
+        self as u8 + 1
+    }
+
+    fn from_code(c: u8) -> Option<Congestion> {
+        Congestion::ALL.into_iter().find(|x| x.code() == c)
+    }
+
+    /// The controller factory for quinn's transport configuration.
+    pub fn factory(self) -> Arc<dyn ControllerFactory + Send + Sync> {
+        match self {
+            Congestion::Radio => Arc::new(RadioConfig),
+            Congestion::Cubic => Arc::new(quinn::congestion::CubicConfig::default()),
+            Congestion::Bbr => Arc::new(quinn::congestion::BbrConfig::default()),
+        }
+    }
+}
+
+static CHOSEN: AtomicU8 = AtomicU8::new(0);
+
+/// Chooses the controller of every connection made from now on in this process (benchmarks
+/// compare them in one run); without it, `OUTPOST_CONGESTION` decides, and [`Congestion::Radio`]
+/// when that is unset or unknown.
+pub fn set_congestion(c: Congestion) {
+    CHOSEN.store(c.code(), Ordering::Relaxed);
+}
+
+/// The controller new connections use.
+pub fn congestion() -> Congestion {
+    if let Some(c) = Congestion::from_code(CHOSEN.load(Ordering::Relaxed)) {
+        return c;
+    }
+    match std::env::var(CONGESTION_ENV) {
+        Ok(v) => Congestion::parse(&v).unwrap_or_else(|| {
+            tracing::warn!("{CONGESTION_ENV}={v:?} is not one of radio, cubic, bbr: using radio");
+            Congestion::Radio
+        }),
+        Err(_) => Congestion::Radio,
+    }
+}
+
+/// Builds [`Radio`] controllers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RadioConfig;
+
+impl ControllerFactory for RadioConfig {
+    fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
+        Box::new(Radio::new(now, current_mtu))
+    }
+}
+
+/// The smallest round trip over a sliding window, kept in two halves.
+#[derive(Debug, Clone, Copy)]
+struct WindowedMin {
+    span: Duration,
+    current: Option<(Instant, Duration)>,
+    previous: Option<Duration>,
+}
+
+impl WindowedMin {
+    fn new(span: Duration) -> Self {
+        WindowedMin { span, current: None, previous: None }
+    }
+
+    fn update(&mut self, now: Instant, sample: Duration) {
+        match self.current {
+            Some((start, min)) if now.saturating_duration_since(start) < self.span / 2 => {
+                self.current = Some((start, min.min(sample)));
+            }
+            Some((_, min)) => {
+                self.previous = Some(min);
+                self.current = Some((now, sample));
+            }
+            None => self.current = Some((now, sample)),
+        }
+    }
+
+    fn get(&self) -> Option<Duration> {
+        match (self.current, self.previous) {
+            (Some((_, a)), Some(b)) => Some(a.min(b)),
+            (Some((_, a)), None) => Some(a),
+            (None, b) => b,
+        }
+    }
+}
+
+/// A loss-tolerant NewReno for radio links: see the module documentation.
+#[derive(Debug, Clone)]
+pub struct Radio {
+    mtu: u64,
+    window: u64,
+    ssthresh: u64,
+    /// Packets sent before this belong to the loss episode already answered.
+    recovery_start: Option<Instant>,
+    base_rtt: WindowedMin,
+    /// The smallest sample of the round under way, and when the round ends.
+    round_min: Option<Duration>,
+    round_end: Option<Instant>,
+    /// The smallest sample of the last complete round.
+    standing_rtt: Option<Duration>,
+    round_acked: u64,
+    round_lost: u64,
+    last_round_loss: f64,
+    congested_episodes: u64,
+    radio_episodes: u64,
+    /// When an acknowledgement last came (or the controller was made).
+    last_ack: Instant,
+    /// When a packet last went out.
+    last_sent: Option<Instant>,
+    /// Bytes in flight at the last acknowledgement plus every packet sent since (an upper
+    /// bound of quinn's count, which ack-only packets do not enter).
+    in_flight: u64,
+    srtt: Duration,
+}
+
+/// How often a packet may go out beyond the window while the link is silent.
+const PROBE_EVERY: Duration = Duration::from_millis(100);
+/// The shortest silence taken for a blackout.
+const MIN_SILENCE: Duration = Duration::from_millis(200);
+
+const INITIAL_PACKETS: u64 = 10;
+const MIN_PACKETS: u64 = 2;
+/// The window after congestion, as a share of the window before (Cubic's beta).
+const BETA: f64 = 0.7;
+/// A round that lost more than this share of its bytes is congested, whatever the queue (a
+/// shallow buffer that drops before it delays). A cell edge's bad spells lose 20%.
+const HEAVY_LOSS: f64 = 0.3;
+
+impl Radio {
+    /// A controller for a path of this MTU.
+    pub fn new(now: Instant, mtu: u16) -> Self {
+        let mtu = u64::from(mtu);
+        Radio {
+            mtu,
+            window: INITIAL_PACKETS * mtu,
+            ssthresh: u64::MAX,
+            recovery_start: None,
+            base_rtt: WindowedMin::new(Duration::from_secs(10)),
+            round_min: None,
+            round_end: None,
+            standing_rtt: None,
+            round_acked: 0,
+            round_lost: 0,
+            last_round_loss: 0.0,
+            congested_episodes: 0,
+            radio_episodes: 0,
+            last_ack: now,
+            last_sent: None,
+            in_flight: 0,
+            srtt: Duration::from_millis(333),
+        }
+    }
+
+    /// The window at `now`: [`Controller::window`] reads the clock.
+    fn window_at(&self, now: Instant) -> u64 {
+        let silence = now.saturating_duration_since(self.last_ack);
+        let probe_due = self.last_sent.is_none_or(|t| now.saturating_duration_since(t) >= PROBE_EVERY);
+        if silence > (self.srtt * 2).max(MIN_SILENCE) && probe_due {
+            // quinn sends while in flight + packet < window: room for one more full packet.
+            self.window.max(self.in_flight + 2 * self.mtu + 1)
+        } else {
+            self.window
+        }
+    }
+
+    fn min_window(&self) -> u64 {
+        MIN_PACKETS * self.mtu
+    }
+
+    /// The queueing delay beyond which a loss is taken for congestion: twice the base round
+    /// trip, and at least 100 ms (a radio link's round trip wanders by that much unloaded: 40 to
+    /// 150 ms on an A-road, 150 to 500 ms at a cell's edge).
+    pub fn queue_limit(base: Duration) -> Duration {
+        (base * 2).max(Duration::from_millis(100))
+    }
+
+    /// The queueing delay now, if known.
+    fn queue_delay(&self) -> Option<Duration> {
+        let base = self.base_rtt.get()?;
+        let standing = self.standing_rtt.or(self.round_min)?;
+        Some(standing.saturating_sub(base))
+    }
+
+    fn queue_long(&self) -> bool {
+        match (self.queue_delay(), self.base_rtt.get()) {
+            (Some(q), Some(base)) => q > Radio::queue_limit(base),
+            _ => false,
+        }
+    }
+
+    /// Loss episodes answered as congestion, and as radio loss (the window kept).
+    pub fn episodes(&self) -> (u64, u64) {
+        (self.congested_episodes, self.radio_episodes)
+    }
+}
+
+impl Radio {
+    /// An acknowledgement of `bytes` sent at `sent`, with the smoothed round trip `srtt`.
+    fn acked(&mut self, now: Instant, sent: Instant, bytes: u64, app_limited: bool, srtt: Duration) {
+        self.srtt = srtt;
+        self.last_ack = now;
+        let sample = now.saturating_duration_since(sent);
+        if !sample.is_zero() {
+            self.base_rtt.update(now, sample);
+            self.round_min = Some(self.round_min.map_or(sample, |m| m.min(sample)));
+        }
+        self.round_acked += bytes;
+        match self.round_end {
+            Some(end) if now < end => {}
+            _ => {
+                if self.round_end.is_some() {
+                    self.standing_rtt = self.round_min.take();
+                    let total = self.round_acked + self.round_lost;
+                    self.last_round_loss = if total == 0 { 0.0 } else { self.round_lost as f64 / total as f64 };
+                    self.round_acked = 0;
+                    self.round_lost = 0;
+                }
+                self.round_end = Some(now + srtt.max(Duration::from_millis(1)));
+            }
+        }
+        if app_limited || self.recovery_start.is_some_and(|r| sent <= r) {
+            return;
+        }
+        let long = self.queue_long();
+        if self.window < self.ssthresh {
+            if long {
+                // The queue is building: slow start is over.
+                self.ssthresh = self.window;
+            } else {
+                self.window += bytes;
+            }
+        } else if !long {
+            // Two packets per round trip: a radio link's window is refilled twice as fast as
+            // NewReno's after a decrease (the decreases here are the rarer, congestion ones).
+            self.window += (2 * self.mtu * bytes / self.window.max(1)).max(1);
+        }
+    }
+}
+
+impl Controller for Radio {
+    fn on_sent(&mut self, now: Instant, bytes: u64, _last_packet_number: u64) {
+        self.last_sent = Some(now);
+        self.in_flight += bytes;
+    }
+
+    fn on_end_acks(&mut self, now: Instant, in_flight: u64, _app_limited: bool, _largest: Option<u64>) {
+        self.in_flight = in_flight;
+        self.last_ack = now;
+    }
+
+    fn on_ack(&mut self, now: Instant, sent: Instant, bytes: u64, app_limited: bool, rtt: &quinn_proto::RttEstimator) {
+        self.acked(now, sent, bytes, app_limited, rtt.get());
+    }
+
+    fn on_congestion_event(&mut self, now: Instant, sent: Instant, is_persistent_congestion: bool, lost_bytes: u64) {
+        self.round_lost += lost_bytes;
+        if is_persistent_congestion {
+            // A blackout: start again from the minimum, but aim for most of where we were.
+            self.ssthresh = ((self.window as f64 * BETA) as u64).max(self.min_window());
+            self.window = self.min_window();
+            self.recovery_start = Some(now);
+            self.congested_episodes += 1;
+            return;
+        }
+        if self.recovery_start.is_some_and(|r| sent <= r) {
+            return;
+        }
+        self.recovery_start = Some(now);
+        if self.queue_long() || self.last_round_loss > HEAVY_LOSS {
+            self.window = ((self.window as f64 * BETA) as u64).max(self.min_window());
+            self.ssthresh = self.window;
+            self.congested_episodes += 1;
+        } else {
+            self.radio_episodes += 1;
+        }
+    }
+
+    fn on_mtu_update(&mut self, new_mtu: u16) {
+        self.mtu = u64::from(new_mtu);
+        self.window = self.window.max(self.min_window());
+    }
+
+    fn window(&self) -> u64 {
+        self.window_at(Instant::now())
+    }
+
+    fn metrics(&self) -> ControllerMetrics {
+        let mut m = ControllerMetrics::default();
+        m.congestion_window = self.window;
+        m.ssthresh = (self.ssthresh != u64::MAX).then_some(self.ssthresh);
+        m
+    }
+
+    fn clone_box(&self) -> Box<dyn Controller> {
+        Box::new(self.clone())
+    }
+
+    fn initial_window(&self) -> u64 {
+        INITIAL_PACKETS * self.mtu
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+/// How many photo chunks a receiving side keeps requested: enough to keep the link busy for
+/// [`WINDOW_GAIN`] round trips at the rate chunks have been arriving, and at least three (the
+/// engine's default). The rate is the highest seen over the last two seconds, measured over
+/// intervals of at least 100 ms; the round trip is QUIC's smoothed one, which on the uplink
+/// includes the queue.
+#[derive(Debug, Clone)]
+pub struct ChunkWindow {
+    since: Option<(Instant, u64)>,
+    best: f64,
+    best_at: Option<Instant>,
+}
+
+/// Bytes per chunk request.
+const CHUNK: f64 = sync_protocol::blob::CHUNK_SIZE as f64;
+/// Round trips' worth of chunks kept requested: one for the link, the rest for the chunks
+/// held up behind a lost packet while it is sent again (one stream carries them in order).
+const WINDOW_GAIN: f64 = 4.0;
+/// The smallest window, in chunks.
+pub const MIN_CHUNKS: usize = 3;
+/// The largest window, in chunks (2 MiB).
+pub const MAX_CHUNKS: usize = 128;
+
+impl Default for ChunkWindow {
+    fn default() -> Self {
+        ChunkWindow::new()
+    }
+}
+
+impl ChunkWindow {
+    /// A window for a new connection.
+    pub fn new() -> Self {
+        ChunkWindow { since: None, best: 0.0, best_at: None }
+    }
+
+    /// The window, given the bytes received on the connection so far and its round trip.
+    pub fn update(&mut self, now: Instant, received: u64, rtt: Duration) -> usize {
+        match self.since {
+            None => self.since = Some((now, received)),
+            Some((t0, b0)) => {
+                let dt = now.saturating_duration_since(t0);
+                if dt >= Duration::from_millis(100) {
+                    let rate = received.saturating_sub(b0) as f64 / dt.as_secs_f64();
+                    let stale = self.best_at.is_none_or(|t| now.saturating_duration_since(t) > Duration::from_secs(2));
+                    if rate >= self.best || stale {
+                        self.best = rate;
+                        self.best_at = Some(now);
+                    }
+                    self.since = Some((now, received));
+                }
+            }
+        }
+        let want = (self.best * rtt.as_secs_f64() * WINDOW_GAIN / CHUNK).ceil() as usize + 2;
+        want.clamp(MIN_CHUNKS, MAX_CHUNKS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MTU: u16 = 1200;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Acknowledges `packets` packets spread over one round trip of `rtt` starting at `t`,
+    /// each sent `rtt` before it is acknowledged; returns the time after the round.
+    fn round(c: &mut Radio, t: Instant, packets: u64, rtt: Duration) -> Instant {
+        for i in 0..packets {
+            let now = t + rtt + rtt * (i as u32) / (packets as u32);
+            c.acked(now, now - rtt, u64::from(MTU), false, rtt);
+        }
+        t + rtt * 2
+    }
+
+    #[test]
+    fn names_parse_back() {
+        for c in Congestion::ALL {
+            assert_eq!(Congestion::parse(c.as_str()), Some(c));
+        }
+        assert_eq!(Congestion::parse("BBR"), Some(Congestion::Bbr));
+        assert_eq!(Congestion::parse("reno"), None);
+    }
+
+    #[test]
+    fn a_loss_with_a_short_queue_keeps_the_window() {
+        let t0 = Instant::now();
+        let mut c = Radio::new(t0, MTU);
+        let mut t = t0;
+        for _ in 0..4 {
+            t = round(&mut c, t, 20, ms(60));
+        }
+        let before = c.window();
+        c.on_congestion_event(t, t - ms(30), false, u64::from(MTU));
+        assert_eq!(c.window(), before, "random radio loss is not congestion");
+        assert_eq!(c.episodes(), (0, 1));
+        let t = round(&mut c, t, 20, ms(60));
+        assert!(c.window() > before, "and the window keeps growing");
+        let _ = t;
+    }
+
+    #[test]
+    fn a_loss_with_a_long_queue_shrinks_the_window_as_cubic_would() {
+        let t0 = Instant::now();
+        let mut c = Radio::new(t0, MTU);
+        let mut t = t0;
+        for _ in 0..4 {
+            t = round(&mut c, t, 20, ms(60));
+        }
+        // The queue grows: round trips of 60 + 300 ms.
+        for _ in 0..3 {
+            t = round(&mut c, t, 20, ms(360));
+        }
+        let before = c.window();
+        c.on_congestion_event(t, t - ms(10), false, u64::from(MTU));
+        assert_eq!(c.window(), (before as f64 * BETA) as u64);
+        assert_eq!(c.episodes(), (1, 0));
+        // A second loss of the same episode (sent before the decrease) changes nothing more.
+        c.on_congestion_event(t + ms(5), t - ms(20), false, u64::from(MTU));
+        assert_eq!(c.episodes(), (1, 0));
+    }
+
+    #[test]
+    fn a_long_queue_stops_growth_and_slow_start() {
+        let t0 = Instant::now();
+        let mut c = Radio::new(t0, MTU);
+        let mut t = round(&mut c, t0, 10, ms(50));
+        assert!(c.window() > c.initial_window(), "slow start grows while the queue is short");
+        for _ in 0..3 {
+            t = round(&mut c, t, 10, ms(400));
+        }
+        let held = c.window();
+        t = round(&mut c, t, 10, ms(400));
+        assert_eq!(c.window(), held, "no growth while the queue is long");
+        assert_eq!(c.metrics().ssthresh, Some(c.ssthresh));
+        let _ = t;
+    }
+
+    #[test]
+    fn heavy_loss_is_congestion_even_without_a_queue() {
+        let t0 = Instant::now();
+        let mut c = Radio::new(t0, MTU);
+        let mut t = t0;
+        for _ in 0..3 {
+            t = round(&mut c, t, 20, ms(60));
+        }
+        // Half of a round's packets lost, no queue: the first loss is taken for the radio's...
+        c.on_congestion_event(t, t - ms(1), false, 20 * u64::from(MTU));
+        assert_eq!(c.episodes(), (0, 1));
+        let t = round(&mut c, t, 20, ms(60));
+        // ...but once the round is seen whole, a loss is congestion.
+        let before = c.window();
+        c.on_congestion_event(t, t - ms(1), false, u64::from(MTU));
+        assert!(c.window() < before, "{} -> {} ({:?})", before, c.window(), c.episodes());
+    }
+
+    #[test]
+    fn a_blackout_restarts_from_the_minimum_aiming_at_most_of_the_old_window() {
+        let t0 = Instant::now();
+        let mut c = Radio::new(t0, MTU);
+        let mut t = t0;
+        for _ in 0..5 {
+            t = round(&mut c, t, 30, ms(60));
+        }
+        let before = c.window();
+        c.on_congestion_event(t, t - ms(1), true, 0);
+        assert_eq!(c.window(), 2 * u64::from(MTU));
+        assert_eq!(c.ssthresh, (before as f64 * BETA) as u64);
+    }
+
+    #[test]
+    fn a_silent_link_gets_one_packet_every_100_ms_beyond_the_window() {
+        let t0 = Instant::now();
+        let mut c = Radio::new(t0, MTU);
+        let mut t = t0;
+        for _ in 0..3 {
+            t = round(&mut c, t, 10, ms(50));
+        }
+        c.on_end_acks(t, 40_000, false, None);
+        let cwnd = c.window;
+        // The window is full and the link goes silent.
+        c.on_sent(t, 1200, 1);
+        assert_eq!(c.window_at(t + ms(50)), cwnd, "a short silence is not a blackout");
+        let later = t + ms(300);
+        let w = c.window_at(later);
+        assert!(w > c.in_flight + u64::from(MTU), "one packet beyond the window: {w} for {} in flight", c.in_flight);
+        c.on_sent(later, 1200, 2);
+        assert_eq!(c.window_at(later + ms(20)), cwnd, "then nothing for 100 ms");
+        assert!(c.window_at(later + ms(100)) > c.in_flight + u64::from(MTU), "and another after");
+        // An acknowledgement ends the silence.
+        c.on_end_acks(later + ms(150), 0, false, None);
+        assert_eq!(c.window_at(later + ms(160)), c.window);
+    }
+
+    #[test]
+    fn the_chunk_window_follows_the_bandwidth_delay_product() {
+        let t0 = Instant::now();
+        let mut w = ChunkWindow::new();
+        assert_eq!(w.update(t0, 0, ms(100)), MIN_CHUNKS, "nothing measured yet");
+        // 500 kB/s for a second, 100 ms round trip: 50 kB in flight, 75 kB with the margin.
+        let mut got = 0;
+        for i in 1..=10u32 {
+            got = w.update(t0 + ms(100) * i, 50_000 * u64::from(i), ms(100));
+        }
+        assert_eq!(got, (500_000.0 * 0.1 * WINDOW_GAIN / CHUNK).ceil() as usize + 2);
+        // A long round trip on a fast link is capped.
+        assert_eq!(w.update(t0 + ms(1100), 550_000, Duration::from_secs(60)), MAX_CHUNKS);
+    }
+}
