@@ -110,11 +110,16 @@ fn upload(rt: &tokio::runtime::Runtime, profile: &LinkProfile, cc: Congestion, p
     }
 }
 
-/// A self-signed pair for the competing flow (an unrelated application, Cubic).
+/// A self-signed pair for the competing flow (an unrelated application, Cubic): one
+/// certificate for the whole run, so that every client trusts every sink.
 fn competing_configs() -> (quinn::ClientConfig, quinn::ServerConfig) {
-    let cert = rcgen::generate_simple_self_signed(vec!["sink".into()]).expect("cert");
-    let der = rustls::pki_types::CertificateDer::from(cert.cert.der().to_vec());
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    static CERT: std::sync::OnceLock<(Vec<u8>, Vec<u8>)> = std::sync::OnceLock::new();
+    let (cert_der, key_der) = CERT.get_or_init(|| {
+        let cert = rcgen::generate_simple_self_signed(vec!["sink".into()]).expect("cert");
+        (cert.cert.der().to_vec(), cert.signing_key.serialize_der())
+    });
+    let der = rustls::pki_types::CertificateDer::from(cert_der.clone());
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key_der.clone().into());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(der.clone()).expect("root");
     let mut transport = quinn::TransportConfig::default();
@@ -131,7 +136,12 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let list =
         |var: &str| std::env::var(var).ok().map(|v| v.split(',').map(|s| s.trim().to_string()).collect::<Vec<_>>());
-    let profiles = list("LINK_PROFILES").unwrap_or_else(|| PROFILES.iter().map(|s| s.to_string()).collect());
+    // `LINK_PROFILES=none`: the fairness run alone.
+    let profiles: Vec<String> = list("LINK_PROFILES")
+        .unwrap_or_else(|| PROFILES.iter().map(|s| s.to_string()).collect())
+        .into_iter()
+        .filter(|p| p != "none")
+        .collect();
     let controllers: Vec<Congestion> = match list("LINK_CONTROLLERS") {
         Some(names) => {
             names.iter().map(|n| Congestion::parse(n).unwrap_or_else(|| panic!("unknown controller {n}"))).collect()
@@ -212,6 +222,7 @@ fn fairness(rt: &tokio::runtime::Runtime, seed: u64) {
         // Measured from 5 s (past its slow start) to 25 s.
         let window = Arc::new(std::sync::Mutex::new((5.0, 25.0)));
         let arrivals = competing_flow_timed(link.local_addr, sink, 60.0, Instant::now(), window).await;
+        eprintln!("  {} arrivals, last at {:?} s", arrivals.len(), arrivals.last().map(|a| a.0));
         arrivals.iter().filter(|(t, _)| (5.0..=25.0).contains(t)).map(|(_, n)| n).sum::<u64>() as f64 / 20.0
     });
     eprintln!("fairness: photos alone...");
@@ -293,15 +304,20 @@ async fn competing_flow_timed(
     start: Instant,
     stop: Arc<std::sync::Mutex<(f64, f64)>>,
 ) -> Vec<(f64, u64)> {
-    let server = tokio::spawn(async move {
-        let conn = sink.accept().await.expect("incoming").await.expect("accept");
-        let mut recv = conn.accept_uni().await.expect("stream");
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut arrivals = Vec::new();
-        while let Ok(Some(n)) = recv.read(&mut buf).await {
-            arrivals.push((start.elapsed().as_secs_f64(), n as u64));
+    let arrivals: Arc<std::sync::Mutex<Vec<(f64, u64)>>> = Arc::default();
+    let server = tokio::spawn({
+        let arrivals = arrivals.clone();
+        async move {
+            let Some(incoming) = sink.accept().await else { return };
+            let Ok(conn) = incoming.await else { return };
+            let Ok(mut recv) = conn.accept_uni().await else { return };
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(Some(n)) = recv.read(&mut buf).await {
+                if let Ok(mut a) = arrivals.lock() {
+                    a.push((start.elapsed().as_secs_f64(), n as u64));
+                }
+            }
         }
-        arrivals
     });
     let (client_cfg, _) = competing_configs();
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
@@ -318,7 +334,10 @@ async fn competing_flow_timed(
     }
     let _ = send.reset(0u32.into());
     conn.close(0u32.into(), b"done");
-    tokio::time::timeout(Duration::from_secs(10), server).await.ok().and_then(Result::ok).unwrap_or_default()
+    // The sink keeps what arrived; a close lost on the lossy link would keep it waiting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.abort();
+    arrivals.lock().map(|a| a.clone()).unwrap_or_default()
 }
 
 /// Attaches `photos` photos to a new session on `edge`; returns their bytes.

@@ -532,9 +532,12 @@ impl Engine {
             }
             // A transfer that made no progress since the last nudge asks again for what it
             // is owed: a request or an answer damaged on the way (and refused) must not
-            // hold a photo back for the rest of the connection.
+            // hold a photo back for the rest of the connection. While any transfer moves,
+            // none is stalled: the chunks of one photo wait behind another's on the one blob
+            // lane, for longer than two nudges on a slow link with a full window.
+            let moving = self.transfers.values().any(|t| t.progressed);
             for t in self.transfers.values_mut() {
-                if std::mem::take(&mut t.progressed) {
+                if std::mem::take(&mut t.progressed) || moving {
                     t.stalls = 0;
                     continue;
                 }

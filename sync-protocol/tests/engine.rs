@@ -279,7 +279,12 @@ fn photos_reach_the_hub_verified_and_the_edge_then_drops_its_copy() {
 
 /// A dermatology session on `edge` with one photo of `size` bytes; returns the photo's hash.
 fn session_with_photo(edge: &mut MemReplica, size: u32) -> sync_protocol::wire::Hash {
-    let id = new_session(edge, 1, ServiceLine::Dermatology);
+    session_with_photo_in(edge, 1, size)
+}
+
+/// [`session_with_photo`] as the session numbered `seq`.
+fn session_with_photo_in(edge: &mut MemReplica, seq: u64, size: u32) -> sync_protocol::wire::Hash {
+    let id = new_session(edge, seq, ServiceLine::Dermatology);
     let photo: Vec<u8> = (0..size).map(|i| (i.wrapping_mul(40503) >> 7) as u8).collect();
     let hash = edge.put_blob(&photo);
     let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
@@ -351,6 +356,50 @@ fn a_photo_request_lost_on_the_way_is_asked_again_once_the_transfer_stalls() {
     eb.notify(&mut hub, &[], T + 10_000).unwrap();
     pump(&mut ea, &mut eb, &mut edge, &mut hub, false);
     assert!(hub.holds_blob(&hash), "the photo completed once its requests were repeated");
+}
+
+#[test]
+fn a_photo_waiting_behind_another_on_a_slow_link_is_not_asked_for_again() {
+    let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+    let (mut edge, mut hub) = (replica(&edge_i, 1), replica(&hub_i, 2));
+    let hashes = [session_with_photo_in(&mut edge, 1, 300_000), session_with_photo_in(&mut edge, 2, 300_001)];
+    let mut ea = Engine::new(hub_i.clone(), EngineConfig::new(true));
+    let mut eb = Engine::new(edge_i.clone(), EngineConfig::new(false));
+    // A window sized to a long, slow link: both photos requested at once.
+    eb.set_blob_window(64);
+    ea.start(&mut edge, T).unwrap();
+    eb.start(&mut hub, T).unwrap();
+    // The one blob lane delivers three frames per 5 s nudge: the second photo's chunks wait
+    // behind the first's for several nudges.
+    let mut lane: std::collections::VecDeque<Frame> = std::collections::VecDeque::new();
+    let mut requested: std::collections::HashMap<(sync_protocol::wire::Hash, u32), u32> = Default::default();
+    for step in 0..200u32 {
+        let now = T + i64::from(step) * 5_000;
+        let wants: Vec<Frame> = std::iter::from_fn(|| eb.poll_frame().map(|x| x.1)).collect();
+        for f in &wants {
+            if let Frame::BlobWant { hash, chunks, .. } = f {
+                for c in chunks {
+                    *requested.entry((*hash, *c)).or_default() += 1;
+                }
+            }
+        }
+        if !wants.is_empty() {
+            ea.handle(&mut edge, wants, now).unwrap();
+        }
+        lane.extend(std::iter::from_fn(|| ea.poll_frame().map(|x| x.1)));
+        let arriving: Vec<Frame> = (0..3).filter_map(|_| lane.pop_front()).collect();
+        if !arriving.is_empty() {
+            eb.handle(&mut hub, arriving, now).unwrap();
+        }
+        eb.notify(&mut hub, &[], now).unwrap();
+        if hashes.iter().all(|h| hub.holds_blob(h)) {
+            break;
+        }
+    }
+    assert!(hashes.iter().all(|h| hub.holds_blob(h)), "both photos arrived: {:?}", eb.stats());
+    let twice: Vec<_> = requested.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "chunks asked for again while the lane was moving: {twice:?}");
+    assert_eq!(ea.stats().chunks_sent, requested.len() as u64, "no chunk served twice");
 }
 
 #[test]

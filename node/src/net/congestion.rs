@@ -236,10 +236,11 @@ impl Radio {
     }
 
     /// The queueing delay beyond which a loss is taken for congestion: twice the base round
-    /// trip, and at least 100 ms (a radio link's round trip wanders by that much unloaded: 40 to
-    /// 150 ms on an A-road, 150 to 500 ms at a cell's edge).
+    /// trip, and at least 150 ms (a radio link's round trip wanders by that much unloaded: 40 to
+    /// 150 ms on an A-road, 150 to 500 ms at a cell's edge). A competing loss-based flow fills
+    /// the bottleneck's buffer (half a second on these links) far beyond it.
     pub fn queue_limit(base: Duration) -> Duration {
-        (base * 2).max(Duration::from_millis(100))
+        (base * 2).max(Duration::from_millis(150))
     }
 
     /// The queueing delay now, if known.
@@ -572,7 +573,7 @@ mod tests {
         let t0 = Instant::now();
         let mut w = ChunkWindow::new();
         assert_eq!(w.update(t0, 0, ms(100)), MIN_CHUNKS, "nothing measured yet");
-        // 500 kB/s for a second, 100 ms round trip: 50 kB in flight, 75 kB with the margin.
+        // 500 kB/s for a second, 100 ms round trip: 50 kB in flight, four times that requested.
         let mut got = 0;
         for i in 1..=10u32 {
             got = w.update(t0 + ms(100) * i, 50_000 * u64::from(i), ms(100));
