@@ -1131,7 +1131,8 @@ async fn converse(
     let ca = shared.identity.ca.clone();
     let peer_for_engine = peer.clone();
     let engine = Engine::new(peer_for_engine, EngineConfig::new(initiator));
-    // The photo chunk window follows the link: its rate times its round trip.
+    // The photo chunk window follows the link (congestion::ChunkWindow: its rate times four
+    // round trips), updated before every step.
     let mut chunk_window = congestion::ChunkWindow::new();
     let mut step = |mut engine: Engine, work: Work| {
         let me = me.clone();
