@@ -12,6 +12,10 @@
 //! emulator's seed (default 7), `LINK_PHOTOS=N` the number of photos (default 3).
 //! Goal (issue 17): >= 90% of the ideal on every profile with the default controller.
 //!
+//! Each row also shows the simulator's time for the same upload (`outpost_sim`'s
+//! `World::photo_upload`: the same engine and chunk window over its link model) and its ratio
+//! to the real one (issue 17: within 20%).
+//!
 //! Then the fairness run: on the rural link, a photo upload with the default controller and a
 //! bulk QUIC upload with Cubic (quinn's default, as any other application would use) share the
 //! emulator's bottleneck; each flow's rate while both run is printed, with each flow's rate
@@ -167,15 +171,17 @@ fn main() {
     );
     println!();
     println!(
-        "| profile | uplink | mean loss | controller | ideal | time | share of the link | wire / payload | datagrams lost | queue drops | chunks sent | goal (>= 90%) |"
+        "| profile | uplink | mean loss | controller | ideal | time | share of the link | wire / payload | datagrams lost | queue drops | chunks sent | goal (>= 90%) | simulator | simulator / real |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (p, cc, r) in &rows {
         let loss = p.loss.mean_loss();
         let ideal = r.payload as f64 * 8.0 / p.uplink_bps as f64 / (1.0 - loss);
         let share = ideal / r.secs;
+        let sizes = vec![(r.payload / photos.max(1) as u64) as usize; photos];
+        let sim = outpost_sim::world::World::photo_upload(&p.name, &sizes, seed).ok().and_then(|u| u.seconds);
         println!(
-            "| {} | {:.2} Mbit/s | {:.1}% | {} | {:.1} s | {:.1} s | {:.0}% | {:.2} | {} | {} | {} | {} |",
+            "| {} | {:.2} Mbit/s | {:.1}% | {} | {:.1} s | {:.1} s | {:.0}% | {:.2} | {} | {} | {} | {} | {} | {} |",
             p.name,
             p.uplink_bps as f64 / 1e6,
             loss * 100.0,
@@ -193,7 +199,9 @@ fn main() {
                 "met"
             } else {
                 "MISSED"
-            }
+            },
+            sim.map_or("did not finish".into(), |t| format!("{t:.1} s")),
+            sim.map_or("-".into(), |t| format!("{:.2}", t / r.secs)),
         );
     }
 

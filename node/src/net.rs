@@ -1131,13 +1131,18 @@ async fn converse(
     let ca = shared.identity.ca.clone();
     let peer_for_engine = peer.clone();
     let engine = Engine::new(peer_for_engine, EngineConfig::new(initiator));
-    // The photo chunk window follows the link (congestion::ChunkWindow: its rate times four
-    // round trips), updated before every step.
-    let mut chunk_window = congestion::ChunkWindow::new();
+    // The photo chunk window follows the link (sync_protocol::blob::ChunkWindow: its rate
+    // times four round trips), updated before every step.
+    let mut chunk_window = sync_protocol::blob::ChunkWindow::new();
+    let opened = Instant::now();
     let mut step = |mut engine: Engine, work: Work| {
         let me = me.clone();
         let ca = ca.clone();
-        let window = chunk_window.update(Instant::now(), conn.stats().udp_rx.bytes, conn.rtt());
+        let window = chunk_window.update(
+            opened.elapsed().as_millis() as u64,
+            conn.stats().udp_rx.bytes,
+            conn.rtt().as_secs_f64() * 1e3,
+        );
         engine.set_blob_window(window);
         shared.store.call(move |node| {
             let ops_before = node.store.ops_admitted();

@@ -15,6 +15,7 @@
 //! event-log hash.
 
 pub mod metrics;
+pub mod photos;
 pub mod plot;
 pub mod scenario;
 pub mod world;

@@ -61,6 +61,19 @@ enum Command {
         #[arg(long)]
         hours: Option<f64>,
     },
+    /// The simulator's photo times on each link of the field ladder beside the real
+    /// transport's (three ~2 MB photos, one ambulance, the link's outages off).
+    Photos {
+        /// Profiles, comma-separated (default: the ladder's six).
+        #[arg(long, value_delimiter = ',')]
+        profiles: Vec<String>,
+        /// Photos per upload.
+        #[arg(long, default_value_t = 3)]
+        photos: usize,
+        /// The seed.
+        #[arg(long, env = "SIM_SEED", default_value_t = 1)]
+        seed: u64,
+    },
     /// List the built-in scenarios.
     List,
 }
@@ -163,6 +176,26 @@ fn main() -> ExitCode {
             print!("{summary}");
             println!("report, summary and plots in {}", out.display());
             if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+        }
+        Command::Photos { profiles, photos, seed } => {
+            let names: Vec<&str> = if profiles.is_empty() {
+                outpost_sim::photos::LADDER.to_vec()
+            } else {
+                profiles.iter().map(String::as_str).collect()
+            };
+            match outpost_sim::photos::uploads(&names, photos, seed) {
+                Ok(rows) => {
+                    println!(
+                        "photos over the simulated links: {photos} of 2 MB, one ambulance to the hub, seed {seed}\n"
+                    );
+                    print!("{}", outpost_sim::photos::table(&rows));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Command::Determinism { scenario, seed, hours } => {
             let sc = match Scenario::load(&scenario) {

@@ -138,6 +138,9 @@ pub struct Group {
     /// Or a drive: `profile:minutes` legs, cycled.
     #[serde(default)]
     pub drive: Vec<String>,
+    /// The link never goes down (the profile's outages off), as the field benchmarks run it.
+    #[serde(default)]
+    pub steady: bool,
     /// New sessions per node per open hour.
     #[serde(default)]
     pub sessions_per_hour: f64,

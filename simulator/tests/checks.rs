@@ -141,3 +141,22 @@ fn a_hub_and_desks_restored_from_older_backups_get_back_everything_a_peer_holds(
         assert_eq!(r.never_delivered, 0, "seed {seed}: {summary}");
     }
 }
+
+#[test]
+fn simulated_photo_times_come_within_a_fifth_of_the_real_transport_on_every_ladder_profile() {
+    let seed: u64 = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let rows =
+        outpost_sim::photos::uploads(&outpost_sim::photos::LADDER, 3, seed).expect("the ladder's profiles exist");
+    for r in &rows {
+        let (field, _) = outpost_sim::photos::field_seconds(&r.profile).expect("a field figure for every rung");
+        let sim = r.seconds.unwrap_or_else(|| panic!("seed {seed}: the photos never reached the hub on {}", r.profile));
+        assert!(sim >= r.ideal_seconds, "seed {seed}: {} faster than its link allows: {sim:.1} s", r.profile);
+        let ratio = sim / field;
+        assert!(
+            (0.8..=1.2).contains(&ratio),
+            "seed {seed}: {} simulated {sim:.1} s against the field's {field:.1} s (ratio {ratio:.2})\n{}",
+            r.profile,
+            outpost_sim::photos::table(&rows)
+        );
+    }
+}

@@ -138,6 +138,63 @@ pub fn verify_chunk(m: &BlobManifest, index: u32, data: &[u8]) -> Result<(), Blo
     }
 }
 
+/// How many photo chunks a receiving side keeps requested: enough to keep the link busy for
+/// [`WINDOW_GAIN`] round trips at the rate chunks have been arriving, and at least
+/// [`MIN_CHUNKS`] (the engine's default). The rate is the highest seen over the last two
+/// seconds, measured over intervals of at least 100 ms; the round trip is the transport's
+/// smoothed one, which on a loaded uplink includes the queue. The node feeds it QUIC's figures
+/// and the simulator its link model's, so both size the window by this one rule.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkWindow {
+    /// Start of the current measuring interval, and the bytes received by then.
+    since: Option<(u64, u64)>,
+    /// The best rate (bytes per second) and when it was seen.
+    best: f64,
+    best_at: Option<u64>,
+}
+
+/// Round trips' worth of chunks kept requested: one for the link, the rest for the chunks
+/// held up behind a lost packet while it is sent again (one stream carries them in order).
+pub const WINDOW_GAIN: f64 = 4.0;
+/// The smallest window, in chunks.
+pub const MIN_CHUNKS: usize = 3;
+/// The largest window, in chunks (2 MiB).
+pub const MAX_CHUNKS: usize = 128;
+/// The shortest interval over which a rate is measured, milliseconds.
+const RATE_INTERVAL_MS: u64 = 100;
+/// How long the best rate is kept, milliseconds.
+const RATE_MEMORY_MS: u64 = 2_000;
+
+impl ChunkWindow {
+    /// A window for a new connection.
+    pub fn new() -> Self {
+        ChunkWindow::default()
+    }
+
+    /// The window in chunks, given a monotonic time in milliseconds, the bytes received on the
+    /// connection so far and its round trip in milliseconds.
+    pub fn update(&mut self, now_ms: u64, received: u64, rtt_ms: f64) -> usize {
+        match self.since {
+            None => self.since = Some((now_ms, received)),
+            Some((t0, b0)) => {
+                let dt = now_ms.saturating_sub(t0);
+                if dt >= RATE_INTERVAL_MS {
+                    let rate = received.saturating_sub(b0) as f64 * 1000.0 / dt as f64;
+                    let stale = self.best_at.is_none_or(|t| now_ms.saturating_sub(t) > RATE_MEMORY_MS);
+                    if rate >= self.best || stale {
+                        self.best = rate;
+                        self.best_at = Some(now_ms);
+                    }
+                    self.since = Some((now_ms, received));
+                }
+            }
+        }
+        let in_flight = self.best * rtt_ms.max(0.0) / 1000.0 * WINDOW_GAIN / f64::from(CHUNK_SIZE);
+        let want = (in_flight.ceil().min(MAX_CHUNKS as f64) as usize).saturating_add(2);
+        want.clamp(MIN_CHUNKS, MAX_CHUNKS)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +245,22 @@ mod tests {
                 prop_assert!(verify_chunk(&m, last as u32, &d[start..]).is_ok());
             }
         }
+    }
+
+    #[test]
+    fn the_chunk_window_follows_the_bandwidth_delay_product() {
+        let mut w = ChunkWindow::new();
+        assert_eq!(w.update(0, 0, 100.0), MIN_CHUNKS, "nothing measured yet");
+        // 500 kB/s for a second, 100 ms round trip: 50 kB in flight, four times that requested.
+        let mut got = 0;
+        for i in 1..=10u64 {
+            got = w.update(100 * i, 50_000 * i, 100.0);
+        }
+        assert_eq!(got, (500_000.0 * 0.1 * WINDOW_GAIN / f64::from(CHUNK_SIZE)).ceil() as usize + 2);
+        // A long round trip on a fast link is capped.
+        assert_eq!(w.update(1_100, 550_000, 60_000.0), MAX_CHUNKS);
+        // A rate falls only once the best one is two seconds old.
+        assert_eq!(w.update(1_200, 550_000, 100.0), got, "a still moment keeps the best rate");
+        assert_eq!(w.update(3_300, 551_000, 100.0), MIN_CHUNKS, "a stopped link shrinks it");
     }
 }

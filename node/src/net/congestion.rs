@@ -373,62 +373,6 @@ impl Controller for Radio {
     }
 }
 
-/// How many photo chunks a receiving side keeps requested: enough to keep the link busy for
-/// [`WINDOW_GAIN`] round trips at the rate chunks have been arriving, and at least three (the
-/// engine's default). The rate is the highest seen over the last two seconds, measured over
-/// intervals of at least 100 ms; the round trip is QUIC's smoothed one, which on the uplink
-/// includes the queue.
-#[derive(Debug, Clone)]
-pub struct ChunkWindow {
-    since: Option<(Instant, u64)>,
-    best: f64,
-    best_at: Option<Instant>,
-}
-
-/// Bytes per chunk request.
-const CHUNK: f64 = sync_protocol::blob::CHUNK_SIZE as f64;
-/// Round trips' worth of chunks kept requested: one for the link, the rest for the chunks
-/// held up behind a lost packet while it is sent again (one stream carries them in order).
-const WINDOW_GAIN: f64 = 4.0;
-/// The smallest window, in chunks.
-pub const MIN_CHUNKS: usize = 3;
-/// The largest window, in chunks (2 MiB).
-pub const MAX_CHUNKS: usize = 128;
-
-impl Default for ChunkWindow {
-    fn default() -> Self {
-        ChunkWindow::new()
-    }
-}
-
-impl ChunkWindow {
-    /// A window for a new connection.
-    pub fn new() -> Self {
-        ChunkWindow { since: None, best: 0.0, best_at: None }
-    }
-
-    /// The window, given the bytes received on the connection so far and its round trip.
-    pub fn update(&mut self, now: Instant, received: u64, rtt: Duration) -> usize {
-        match self.since {
-            None => self.since = Some((now, received)),
-            Some((t0, b0)) => {
-                let dt = now.saturating_duration_since(t0);
-                if dt >= Duration::from_millis(100) {
-                    let rate = received.saturating_sub(b0) as f64 / dt.as_secs_f64();
-                    let stale = self.best_at.is_none_or(|t| now.saturating_duration_since(t) > Duration::from_secs(2));
-                    if rate >= self.best || stale {
-                        self.best = rate;
-                        self.best_at = Some(now);
-                    }
-                    self.since = Some((now, received));
-                }
-            }
-        }
-        let want = (self.best * rtt.as_secs_f64() * WINDOW_GAIN / CHUNK).ceil() as usize + 2;
-        want.clamp(MIN_CHUNKS, MAX_CHUNKS)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -566,20 +510,5 @@ mod tests {
         // An acknowledgement ends the silence.
         c.on_end_acks(later + ms(150), 0, false, None);
         assert_eq!(c.window_at(later + ms(160)), c.window);
-    }
-
-    #[test]
-    fn the_chunk_window_follows_the_bandwidth_delay_product() {
-        let t0 = Instant::now();
-        let mut w = ChunkWindow::new();
-        assert_eq!(w.update(t0, 0, ms(100)), MIN_CHUNKS, "nothing measured yet");
-        // 500 kB/s for a second, 100 ms round trip: 50 kB in flight, four times that requested.
-        let mut got = 0;
-        for i in 1..=10u32 {
-            got = w.update(t0 + ms(100) * i, 50_000 * u64::from(i), ms(100));
-        }
-        assert_eq!(got, (500_000.0 * 0.1 * WINDOW_GAIN / CHUNK).ceil() as usize + 2);
-        // A long round trip on a fast link is capped.
-        assert_eq!(w.update(t0 + ms(1100), 550_000, Duration::from_secs(60)), MAX_CHUNKS);
     }
 }

@@ -1,0 +1,184 @@
+//! The hub's call router: the node's policy (`sync_protocol::call::next_action`) driven on virtual time.
+
+use super::*;
+
+impl World {
+    pub(super) fn route_new_escalations(&mut self, changed: &[DocId]) {
+        for i in 0..self.calls.len() {
+            if self.calls[i].seen_at_hub.is_some() || !changed.contains(&self.calls[i].doc) {
+                continue;
+            }
+            let doc = self.calls[i].doc;
+            let call = self.calls[i].call.clone();
+            let seen =
+                self.nodes[self.hub].replica.view_ref(&doc).is_some_and(|v| calls_of(v).iter().any(|c| c.call == call));
+            if seen {
+                let hub_now = self.node_now(self.hub);
+                self.calls[i].seen_at_hub = Some((self.now, hub_now));
+                let e = self.calls[i].esc_index;
+                self.escalations[e].seen_at_hub_s = Some(secs(self.now));
+                // The router's longest wait for a desk to hold the case.
+                self.after((HOLD_WAIT_MS as Micros) * 1000 + SECOND, Ev::Ring(i));
+                self.route(i);
+            }
+        }
+    }
+
+    /// The requester's path as the hub's probes would find it: 50 voice-like probes 20 ms
+    /// apart through the link's loss process and delay; none if it is not connected.
+    pub(super) fn measure(&mut self, node: usize) -> PathQuality {
+        let Some(l) = self.nodes[node].link else { return quality_from_probes(&[]) };
+        if self.links[l].conn.is_none() || !self.links[l].up() || !self.nodes[node].up {
+            return PathQuality { rtt_ms: f64::INFINITY, jitter_ms: 0.0, loss: 1.0, burst_ratio: 1.0, probes: 0 };
+        }
+        let p = self.links[l].profile.clone();
+        let rtt = 2.0 * self.links[l].delay_us as f64 / 1000.0;
+        let spread = (p.rtt_ms.1 - p.rtt_ms.0) / 2.0;
+        let mut ge = LinkState::default();
+        let mut probes = Vec::with_capacity(50);
+        for _ in 0..50 {
+            let lost_up = ge.lose(&p.loss, &mut U(&mut self.rng));
+            let lost_down = ge.lose(&p.loss, &mut U(&mut self.rng));
+            let jitter = spread * 0.05 * self.rng.random::<f64>();
+            probes.push((!lost_up && !lost_down).then_some(rtt + jitter));
+        }
+        quality_from_probes(&probes)
+    }
+
+    /// One or more steps of the hub's router for an escalation: the shared policy of
+    /// `sync_protocol::call::next_action`, its decisions written into the hub's copy.
+    pub(super) fn route(&mut self, i: usize) {
+        for _ in 0..8 {
+            if self.calls[i].done || !self.nodes[self.hub].up {
+                return;
+            }
+            let Some((_, seen_ms)) = self.calls[i].seen_at_hub else { return };
+            let doc = self.calls[i].doc;
+            let Some(view) = self.nodes[self.hub].replica.view(&doc) else { return };
+            let Some(call) = calls_of(&view).into_iter().find(|c| c.call == self.calls[i].call) else { return };
+            let rota: Vec<RotaDesk> = self
+                .rota
+                .get(&view.service.line)
+                .map(|r| {
+                    r.iter().map(|d| RotaDesk { desk: self.nodes[*d].name.clone(), ring_s: DEFAULT_RING_S }).collect()
+                })
+                .unwrap_or_default();
+            let now = self.node_now(self.hub);
+            let holders = self.nodes[self.hub].replica.holders(&doc);
+            let action = next_action(&call, &rota, &view, &holders, None, self.calls[i].quality.as_ref(), seen_ms, now);
+            let c = LogValue::Str(call.call.clone());
+            let e = self.calls[i].esc_index;
+            let entry: (&str, Vec<(&str, LogValue)>) = match action {
+                // The simulated region configures no federated hub, so nothing is handed over.
+                Action::Wait | Action::Federate { .. } => return,
+                Action::Measure => {
+                    let node = self.calls[i].node;
+                    self.calls[i].quality = Some(self.measure(node));
+                    continue;
+                }
+                Action::GatePassed(r, _) => {
+                    self.escalations[e].gate_mos = Some(r.mos);
+                    (
+                        "gate",
+                        vec![("call", c), ("verdict", LogValue::Str("call".into())), ("mos", LogValue::Float(r.mos))],
+                    )
+                }
+                Action::Ring { desk, attempt, ring_s } => {
+                    let Some(d) = self.nodes.iter().position(|n| n.name == desk) else { return };
+                    if attempt == 1 {
+                        self.first_ring(i, d);
+                    }
+                    self.after(i64::from(ring_s) as Micros * SECOND + SECOND / 10, Ev::Ring(i));
+                    (
+                        "ring",
+                        vec![
+                            ("call", c),
+                            ("desk", LogValue::Str(desk)),
+                            ("attempt", LogValue::Int(i64::from(attempt))),
+                            ("ring_s", LogValue::Int(i64::from(ring_s))),
+                        ],
+                    )
+                }
+                Action::NoAnswer { desk, attempt } => (
+                    "no_answer",
+                    vec![("call", c), ("desk", LogValue::Str(desk)), ("attempt", LogValue::Int(i64::from(attempt)))],
+                ),
+                Action::Connected { desk, attempt, .. } => {
+                    self.calls[i].done = true;
+                    self.escalations[e].connected_s = Some(secs(self.now));
+                    (
+                        "connected",
+                        vec![
+                            ("call", c),
+                            ("desk", LogValue::Str(desk)),
+                            ("attempt", LogValue::Int(i64::from(attempt))),
+                        ],
+                    )
+                }
+                Action::Callback { reason, rating } => {
+                    self.calls[i].done = true;
+                    if let Some((r, _)) = rating {
+                        self.escalations[e].gate_mos = Some(r.mos);
+                        self.escalations[e].callback = Some("link".into());
+                    } else if reason.contains("answered") {
+                        self.escalations[e].callback = Some("no answer".into());
+                    } else {
+                        self.escalations[e].callback = Some("case not delivered".into());
+                    }
+                    ("callback", vec![("call", c), ("reason", LogValue::Str(reason))])
+                }
+            };
+            let _ = self.nodes[self.hub].replica.edit(&doc, |d| d.append_log(LogName::Routing, entry.0, &entry.1, now));
+            self.after_changes(self.hub, None);
+        }
+    }
+
+    /// Records the first ring of an escalation, and checks it against the desk's own store.
+    pub(super) fn first_ring(&mut self, i: usize, desk: usize) {
+        let doc = self.calls[i].doc;
+        let (msgs, media) = self.calls[i].items.clone();
+        let desk_name = self.nodes[desk].name.clone();
+        let truly_held = self.nodes[desk].replica.view_ref(&doc).is_some_and(|v| {
+            msgs.iter().all(|m| v.messages.iter().any(|x| &x.id == m))
+                && media.iter().all(|h| {
+                    v.media.iter().any(|x| &x.hash == h)
+                        && unhex(h).is_some_and(|hh| self.nodes[desk].replica.holds_blob(&hh))
+                })
+        });
+        let e = self.calls[i].esc_index;
+        self.escalations[e].rung_s = Some(secs(self.now));
+        self.escalations[e].desk = Some(desk_name.clone());
+        self.escalations[e].desk_held_whole = truly_held;
+        if !truly_held {
+            self.violate("receipts", format!("the router rang {desk_name} for a session its store did not hold whole"));
+        }
+    }
+
+    /// A desk that holds a session ringing for it answers after a while, unless it is away.
+    pub(super) fn desk_hears_rings(&mut self, desk: usize, changed: &[DocId]) {
+        let name = self.nodes[desk].name.clone();
+        for doc in changed {
+            let Some(v) = self.nodes[desk].replica.view_ref(doc) else { continue };
+            let ringing: Vec<(String, u32)> = calls_of(v)
+                .into_iter()
+                .filter(|c| c.is_open())
+                .filter_map(|c| {
+                    let r = c.ringing()?;
+                    (r.0 == name && !c.answers.iter().any(|a| a.0 == r.1)).then(|| (c.call.clone(), r.1))
+                })
+                .collect();
+            for (call, attempt) in ringing {
+                if !self.heard.insert((desk, call.clone(), attempt)) {
+                    continue;
+                }
+                let wl = &self.scenario.workload;
+                if self.rng.random::<f64>() < wl.desk_away {
+                    continue;
+                }
+                let (lo, hi) = wl.answer_s;
+                let delay = (lo + (hi - lo) * self.rng.random::<f64>()) * SECOND as f64;
+                self.after(delay as Micros, Ev::Work(Work::Answer { desk, doc: *doc, call, attempt }));
+            }
+        }
+    }
+}
