@@ -25,7 +25,7 @@ use sync_protocol::vocab::{
     CareSetting, Channel, ConsentKind, ConsentScope, NhsVerification, Outcome, PhotoView, Priority, ReceiptLevel, Role,
     ServiceLine, Side, Status,
 };
-use sync_protocol::wire::{DocId, Frame, FrameDecoder, Hash, Lane};
+use sync_protocol::wire::{DocId, Frame, FrameDecoder, Hash, Lane, hash_from_hex, hash_hex};
 
 use crate::metrics::{Entry, Escalation, Ledger, Micros, Sample, Violation, What};
 use crate::scenario::{Fault, FaultKind, Kind, Scenario, parse_leg};
@@ -320,10 +320,6 @@ fn hours_of(t: Micros) -> f64 {
 
 fn secs(t: Micros) -> f64 {
     t as f64 / SECOND as f64
-}
-
-fn hex(h: &Hash) -> String {
-    h.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl World {
@@ -684,15 +680,4 @@ impl World {
             }
         }
     }
-}
-
-fn unhex(s: &str) -> Option<Hash> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(out)
 }

@@ -19,7 +19,7 @@ use crate::recon::{Item, digest};
 use crate::rules::{self, Admission, Limits};
 use crate::scope::{DocMeta, PeerInfo, may_accept, may_hold};
 use crate::session::{SessionDoc, SessionId, SessionView, receipt_level};
-use crate::wire::{BlobManifest, DocId, Hash};
+use crate::wire::{BlobManifest, DocId, Hash, hash_from_hex, hash_hex};
 
 /// Errors of the in-memory replica (only documents that are not sessions).
 #[derive(Debug, thiserror::Error)]
@@ -117,21 +117,6 @@ fn ids(heads: Vec<ChangeHash>) -> Vec<Hash> {
 
 fn hashes(h: &[Hash]) -> Vec<ChangeHash> {
     h.iter().map(|x| ChangeHash(*x)).collect()
-}
-
-fn hex32(h: &Hash) -> String {
-    h.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex32(s: &str) -> Option<Hash> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 impl MemReplica {
@@ -354,7 +339,7 @@ impl MemReplica {
             let added = d
                 .doc
                 .acknowledge(level, &me.name, now, |h| {
-                    unhex32(h).is_some_and(|h| blobs.get(&h).is_some_and(MemBlob::whole))
+                    hash_from_hex(h).is_some_and(|h| blobs.get(&h).is_some_and(MemBlob::whole))
                 })
                 .map_err(|e| MemError(e.to_string()))?;
             if added {
@@ -365,7 +350,7 @@ impl MemReplica {
             }
         }
         for h in d.view.offloadable_media(&me.name) {
-            if let Some(b) = unhex32(&h).and_then(|h| self.blobs.get_mut(&h))
+            if let Some(b) = hash_from_hex(&h).and_then(|h| self.blobs.get_mut(&h))
                 && !b.offloaded
             {
                 b.chunks.clear();
@@ -520,7 +505,7 @@ impl Replica for MemReplica {
             }
             let view = &d.view;
             for m in &view.media {
-                let Some(hash) = unhex32(&m.hash) else { continue };
+                let Some(hash) = hash_from_hex(&m.hash) else { continue };
                 if m.added_by == self.me.name || m.consent_withdrawn {
                     continue;
                 }
@@ -541,7 +526,7 @@ impl Replica for MemReplica {
     }
 
     fn blob_manifest(&mut self, peer: &PeerInfo, hash: &Hash) -> Result<Option<BlobManifest>, MemError> {
-        let hex = hex32(hash);
+        let hex = hash_hex(hash);
         let referenced =
             self.docs.values().any(|d| may_hold(peer, &d.meta) && d.view.media.iter().any(|m| m.hash == hex));
         Ok(match self.blobs.get(hash) {
@@ -571,7 +556,7 @@ impl Replica for MemReplica {
             if was_whole || !b.whole() {
                 continue;
             }
-            let hex = hex32(hash);
+            let hex = hash_hex(hash);
             let referencing: Vec<DocId> = self
                 .docs
                 .iter()

@@ -127,7 +127,7 @@ pub enum Admission {
 const MAX_DEPS: usize = 256;
 
 fn short(h: &ChangeHash) -> String {
-    h.0[..6].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&h.0[..6])
 }
 
 /// Checks received change bytes and their signatures against `doc` (the session as held, or an

@@ -30,6 +30,18 @@ pub type DocId = [u8; 16];
 /// An Automerge change hash.
 pub type Hash = [u8; 32];
 
+/// A hash as 64 lower-case hex characters, as documents, the store and the API name blobs.
+pub fn hash_hex(h: &Hash) -> String {
+    hex::encode(h)
+}
+
+/// A hash back from its 64 hex characters; none if it is not one.
+pub fn hash_from_hex(s: &str) -> Option<Hash> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out).ok()?;
+    Some(out)
+}
+
 /// Why bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {

@@ -13,7 +13,7 @@ use sync_protocol::rules::{self, Admission};
 use sync_protocol::scope::{DocMeta, PeerInfo, may_accept, may_hold};
 use sync_protocol::session::{SessionDoc, SessionId, receipt_level};
 use sync_protocol::vocab::ServiceLine;
-use sync_protocol::wire::{BlobManifest, DocId, Hash};
+use sync_protocol::wire::{BlobManifest, DocId, Hash, hash_hex};
 
 use super::{
     Cached, CachedSql, Store, StoreError, append_audit, append_change, checkout, chunk_aad, doc_heads, heads_blob,
@@ -60,10 +60,6 @@ fn scope_key(peer: &PeerInfo) -> String {
     format!("{:?}|{:?}|{:?}", peer.role, peer.icb, peer.lines)
 }
 
-fn hex32(h: &Hash) -> String {
-    h.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl Store {
     /// Reads a value of the meta table.
     pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -86,7 +82,8 @@ impl Store {
 
     /// Stores the node's TLS identity; the private key is sealed under the node key.
     pub fn set_tls_identity(&mut self, cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<(), StoreError> {
-        let tx = self.conn.unchecked_transaction().map_err(sql("starting a write"))?;
+        let tx =
+            Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
         for (k, v) in [("tls_cert", cert_pem.as_bytes().to_vec()), ("tls_ca", ca_pem.as_bytes().to_vec())] {
             tx.exec(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -163,7 +160,8 @@ impl Store {
 
     /// Stores a revocation list (the caller has verified it).
     pub fn put_revocations(&self, number: u64, der: &[u8]) -> Result<(), StoreError> {
-        let tx = self.conn.unchecked_transaction().map_err(sql("starting a write"))?;
+        let tx =
+            Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
         tx.exec("INSERT OR REPLACE INTO meta (key, value) VALUES ('crl_der', ?1)", [der])
             .map_err(sql("storing revocations"))?;
         tx.exec("INSERT OR REPLACE INTO meta (key, value) VALUES ('crl_number', ?1)", [number.to_be_bytes().to_vec()])
@@ -410,7 +408,8 @@ impl Store {
 
     /// Forgets what this node knew of a peer: the next conversation reconciles from scratch.
     pub fn forget_peer(&self, peer: &str) -> Result<u64, StoreError> {
-        let tx = self.conn.unchecked_transaction().map_err(sql("starting a write"))?;
+        let tx =
+            Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
         let n = tx.exec("DELETE FROM peer_docs WHERE peer = ?1", [peer]).map_err(sql("forgetting a peer"))?;
         let d = tx.exec("DELETE FROM peer_directory WHERE peer = ?1", [peer]).map_err(sql("forgetting a peer"))?;
         tx.exec("DELETE FROM peer_marks WHERE peer = ?1", [peer]).map_err(sql("forgetting a peer"))?;
@@ -677,7 +676,7 @@ impl Store {
 
     /// The manifest of a blob held whole, if a session the peer may see references it.
     pub fn blob_manifest_for(&self, peer: &PeerInfo, hash: &Hash) -> Result<Option<BlobManifest>, StoreError> {
-        let hex = hex32(hash);
+        let hex = hash_hex(hash);
         let row: Option<(i64, Option<Vec<u8>>)> = self
             .conn
             .row("SELECT size, manifest FROM blobs WHERE hash = ?1 AND state = 'complete'", [&hex], |r| {
@@ -720,7 +719,7 @@ impl Store {
 
     /// One chunk of a blob, opened.
     pub fn blob_chunk(&self, hash: &Hash, index: u32) -> Result<Option<Vec<u8>>, StoreError> {
-        let hex = hex32(hash);
+        let hex = hash_hex(hash);
         let sealed: Option<Vec<u8>> = self
             .conn
             .row("SELECT sealed FROM blob_chunks WHERE hash = ?1 AND idx = ?2", params![hex, i64::from(index)], |r| {
@@ -736,7 +735,7 @@ impl Store {
 
     /// Records a verified manifest for a blob being received.
     pub fn store_manifest(&self, m: &BlobManifest, now: i64) -> Result<(), StoreError> {
-        let hex = hex32(&m.hash);
+        let hex = hash_hex(&m.hash);
         let mime: String = self
             .conn
             .row("SELECT mime FROM session_media WHERE hash = ?1 LIMIT 1", [&hex], |r| r.get(0))
@@ -765,10 +764,11 @@ impl Store {
     /// Stores verified chunks durably, in one transaction (one fsync for a batch of chunks, not
     /// one per 16 KiB); returns the blobs that became whole.
     pub fn store_chunks(&self, chunks: &[(Hash, u32, Vec<u8>)]) -> Result<Vec<Hash>, StoreError> {
-        let tx = self.conn.unchecked_transaction().map_err(sql("starting a write"))?;
+        let tx =
+            Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
         let mut blobs: Vec<Hash> = Vec::new();
         for (hash, index, data) in chunks {
-            let hex = hex32(hash);
+            let hex = hash_hex(hash);
             let sealed = self.sealer.seal(&chunk_aad(&hex, u64::from(*index)), data)?;
             tx.exec(
                 "INSERT INTO blob_chunks (hash, idx, sealed) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
@@ -781,7 +781,7 @@ impl Store {
         }
         let mut whole = Vec::new();
         for hash in blobs {
-            let hex = hex32(&hash);
+            let hex = hash_hex(&hash);
             let (present, total, state): (i64, i64, String) = tx
                 .row(
                     "SELECT (SELECT count(*) FROM blob_chunks WHERE hash = ?1), chunks, state FROM blobs WHERE hash = ?1",
@@ -804,7 +804,7 @@ impl Store {
     /// After a blob became whole here: this node's receipts in every session that references it.
     pub fn acknowledge_blob(&mut self, me: &PeerInfo, hash: &Hash, now: i64) -> Result<Vec<DocId>, StoreError> {
         let Some(level) = receipt_level(me.role) else { return Ok(Vec::new()) };
-        let hex = hex32(hash);
+        let hex = hash_hex(hash);
         let ids: Vec<String> = {
             let mut stmt = self
                 .conn

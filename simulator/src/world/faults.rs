@@ -162,7 +162,7 @@ impl World {
             let elsewhere = (0..self.nodes.len()).filter(|o| *o != n).any(|o| {
                 let r = &self.nodes[o].replica;
                 if *photo {
-                    unhex(key).is_some_and(|h| r.holds_blob(&h))
+                    hash_from_hex(key).is_some_and(|h| r.holds_blob(&h))
                 } else if key == &SessionId::from_bytes(*doc).to_string() {
                     r.view_ref(doc).is_some()
                 } else {
@@ -199,7 +199,7 @@ impl World {
                 out.insert((id, m.id.clone(), false));
             }
             for m in &v.media {
-                if unhex(&m.hash).is_some_and(|h| r.holds_blob(&h)) {
+                if hash_from_hex(&m.hash).is_some_and(|h| r.holds_blob(&h)) {
                     out.insert((id, m.hash.clone(), true));
                 }
             }

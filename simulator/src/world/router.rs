@@ -142,7 +142,7 @@ impl World {
             msgs.iter().all(|m| v.messages.iter().any(|x| &x.id == m))
                 && media.iter().all(|h| {
                     v.media.iter().any(|x| &x.hash == h)
-                        && unhex(h).is_some_and(|hh| self.nodes[desk].replica.holds_blob(&hh))
+                        && hash_from_hex(h).is_some_and(|hh| self.nodes[desk].replica.holds_blob(&hh))
                 })
         });
         let e = self.calls[i].esc_index;

@@ -78,7 +78,7 @@ impl World {
         }
         for e in self.ledger.entries.iter().filter(|e| e.what == What::Photo && !self.lost_in_restore.contains(&e.key))
         {
-            let Some(h) = unhex(&e.key) else { continue };
+            let Some(h) = hash_from_hex(&e.key) else { continue };
             if !self.nodes[hub].replica.holds_blob(&h) {
                 return false;
             }
@@ -144,7 +144,7 @@ impl World {
         }
         for e in self.ledger.entries.iter().filter(|e| e.what == What::Photo && !self.lost_in_restore.contains(&e.key))
         {
-            let Some(h) = unhex(&e.key) else { continue };
+            let Some(h) = hash_from_hex(&e.key) else { continue };
             let Some(meta) = self.metas.get(&e.doc) else { continue };
             let short = &e.key[..12];
             let describe = |n: &Node| {

@@ -82,7 +82,7 @@ impl World {
                 let seed: u64 = self.rng.random();
                 let bytes = photo_bytes(size, seed);
                 let hash = *blake3::hash(&bytes).as_bytes();
-                let hex_hash = hex(&hash);
+                let hex_hash = hash_hex(&hash);
                 if !self.nodes[node].up {
                     return;
                 }

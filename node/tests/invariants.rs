@@ -1,0 +1,47 @@
+//! ARCHITECTURE.md's store invariant, held by a check of the source: every store write takes
+//! SQLite's write lock up front (`BEGIN IMMEDIATE`), so a write never fails half-way because
+//! another process (the daemon and the CLI share a node) wrote between its read and its write.
+//! Deferred transactions are for reads only; single-statement writes are their own
+//! (autocommit) transaction.
+
+use std::path::Path;
+
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("readable source directory") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_multi_statement_store_write_begins_immediate() {
+    let mut files = Vec::new();
+    rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+    assert!(files.len() > 20, "the source was read ({} files)", files.len());
+    let mut immediate = 0;
+    let mut offences = Vec::new();
+    for path in &files {
+        let text = std::fs::read_to_string(path).expect("readable");
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            immediate += code.matches("TransactionBehavior::Immediate").count();
+            let deferred_write = code.contains("unchecked_transaction(")
+                || code.contains("TransactionBehavior::Deferred")
+                || (code.contains(".transaction()") && !code.contains("\"starting a read\""));
+            if deferred_write {
+                offences.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(immediate > 10, "the store's writes were found ({immediate} immediate transactions)");
+    assert!(
+        offences.is_empty(),
+        "a store transaction that does not take the write lock up front (use \
+         TransactionBehavior::Immediate, or label a read-only one \"starting a read\"):\n{}",
+        offences.join("\n")
+    );
+}
