@@ -1,0 +1,573 @@
+//! Calls: path probes and their echoes, the hub's router loop, a desk's answer, media, and a
+//! party's audio over QUIC datagrams.
+
+use super::*;
+
+/// Datagram types: a path probe, and its echo.
+pub(super) const DG_PROBE: u8 = 1;
+pub(super) const DG_ECHO: u8 = 2;
+/// A probe is the size of a 20 ms voice frame at 32 kbit/s (80 bytes) with its header.
+pub(super) const PROBE_BYTES: usize = 88;
+/// Probes per measurement, 20 ms apart: one second of voice-like traffic.
+pub(super) const PROBES: usize = 50;
+
+/// Answers path probes, hands echoes to a running measurement, relays voice (on a hub) or
+/// hands it to the call in progress (on a party).
+pub(super) async fn datagram_loop(conn: quinn::Connection, echoes: EchoSlot, shared: Arc<Shared>, peer: String) {
+    while let Ok(d) = conn.read_datagram().await {
+        match d.first() {
+            Some(&(DG_VOICE | DG_BYE)) if d.len() >= 5 => {
+                let tag = u32::from_le_bytes([d[1], d[2], d[3], d[4]]);
+                if shared.me.role == Role::Hub {
+                    let other = shared
+                        .relay
+                        .lock()
+                        .ok()
+                        .and_then(|r| r.get(&tag).map(|(a, b)| if *a == peer { b.clone() } else { a.clone() }));
+                    let link = other.and_then(|o| shared.links.lock().ok().and_then(|l| l.get(&o).cloned()));
+                    if let Some(link) = link {
+                        let _ = link.conn.send_datagram(d);
+                    }
+                    continue;
+                }
+                let msg = if d[0] == DG_BYE {
+                    Some(VoiceIn::Bye)
+                } else {
+                    VoiceFrame::parse(&d).map(|f| VoiceIn::Frame(f, Instant::now()))
+                };
+                if let (Some(msg), Ok(slot)) = (msg, shared.voice_in.lock())
+                    && let Some((t, tx)) = slot.as_ref()
+                    && *t == tag
+                {
+                    let _ = tx.send(msg);
+                }
+            }
+            Some(&DG_PROBE) => {
+                let mut echo = d.to_vec();
+                echo[0] = DG_ECHO;
+                let _ = conn.send_datagram(echo.into());
+            }
+            Some(&DG_ECHO) if d.len() >= 5 => {
+                let seq = u32::from_le_bytes([d[1], d[2], d[3], d[4]]);
+                if let Ok(slot) = echoes.lock()
+                    && let Some(tx) = slot.as_ref()
+                {
+                    let _ = tx.send((seq, Instant::now()));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Measures the path to a connected peer with voice-like probes: round trips, jitter, loss.
+/// A peer not connected now yields a measurement with no probes (no call is possible).
+pub(super) async fn measure_path(shared: &Shared, peer: &str) -> PathQuality {
+    let link = shared.links.lock().ok().and_then(|l| l.get(peer).cloned());
+    let Some(link) = link else {
+        return PathQuality { rtt_ms: f64::INFINITY, jitter_ms: 0.0, loss: 1.0, burst_ratio: 1.0, probes: 0 };
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    if let Ok(mut slot) = link.echoes.lock() {
+        *slot = Some(tx);
+    }
+    let mut sent: Vec<Option<Instant>> = vec![None; PROBES];
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for (seq, at) in sent.iter_mut().enumerate() {
+        tick.tick().await;
+        let mut probe = vec![0u8; PROBE_BYTES];
+        probe[0] = DG_PROBE;
+        probe[1..5].copy_from_slice(&(seq as u32).to_le_bytes());
+        *at = Some(Instant::now());
+        if link.conn.send_datagram(probe.into()).is_err() {
+            *at = None;
+        }
+    }
+    let mut rtts: Vec<Option<f64>> = vec![None; PROBES];
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    loop {
+        tokio::select! {
+            echo = rx.recv() => match echo {
+                Some((seq, at)) => {
+                    if let Some(Some(t)) = sent.get(seq as usize) {
+                        rtts[seq as usize] = Some(at.duration_since(*t).as_secs_f64() * 1e3);
+                    }
+                    if rtts.iter().all(Option::is_some) {
+                        break;
+                    }
+                }
+                None => break,
+            },
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    if let Ok(mut slot) = link.echoes.lock() {
+        *slot = None;
+    }
+    let lost: Vec<usize> = rtts.iter().enumerate().filter(|(_, r)| r.is_none()).map(|(i, _)| i).collect();
+    tracing::debug!(peer, ?lost, unsent = sent.iter().filter(|s| s.is_none()).count(), "path probes");
+    quality_from_probes(&rtts)
+}
+
+pub(super) fn announce(shared: &Shared, docs: Vec<DocId>) {
+    let _ = shared.changes.send(Notice::Docs { from: 0, docs: Arc::new(docs) });
+}
+
+/// The hub's call router: follows every open escalation, measures the requester's path,
+/// rings the rota's desks once they hold the whole case, and records each step.
+pub(super) async fn router_loop(shared: Arc<Shared>) {
+    let mut changes = shared.changes.subscribe();
+    // Open escalations: session -> when this hub first saw it (its clock).
+    let mut open: std::collections::BTreeMap<SessionId, i64> = std::collections::BTreeMap::new();
+    let mut measured: std::collections::HashMap<SessionId, PathQuality> = std::collections::HashMap::new();
+    let filter = ListFilter { status: Some(Status::Routing), ..ListFilter::default() };
+    let start = shared
+        .store
+        .call(move |n| -> Result<Vec<SessionId>, crate::node::NodeError> {
+            let ids: Vec<SessionId> = n.store.list(&filter)?.into_iter().map(|c| c.id).collect();
+            n.open_escalations(&ids)
+        })
+        .await;
+    if let Ok(Ok(ids)) = start {
+        for id in ids {
+            open.insert(id, now_ms());
+        }
+    }
+    // Calls connected here whose outcomes are due: session -> when.
+    let mut outcomes_due: std::collections::BTreeMap<SessionId, Instant> = std::collections::BTreeMap::new();
+    let wait = outcome_wait();
+    let connected = ListFilter { status: Some(Status::Connected), ..ListFilter::default() };
+    if let Ok(Ok(ids)) = shared
+        .store
+        .call(move |n| n.store.list(&connected).map(|c| c.into_iter().map(|c| c.id).collect::<Vec<_>>()))
+        .await
+    {
+        for id in ids {
+            outcomes_due.insert(id, Instant::now() + wait);
+        }
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last_rescan = Instant::now();
+    loop {
+        let due: Vec<SessionId> = outcomes_due.iter().filter(|(_, t)| **t <= Instant::now()).map(|(k, _)| *k).collect();
+        for sid in due {
+            outcomes_due.remove(&sid);
+            match shared.store.call(move |n| n.flag_unreported(sid, now_ms())).await {
+                Ok(Ok(sides)) if !sides.is_empty() => {
+                    let sides: Vec<&str> = sides.iter().map(|s| s.as_str()).collect();
+                    tracing::info!(session = %sid, sides = %sides.join(", "), "no outcome recorded after the call: flagged not reported");
+                    announce(&shared, vec![sid.to_bytes()]);
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(session = %sid, "cannot flag unreported outcomes: {e}"),
+                Err(_) => return,
+            }
+        }
+        tokio::select! {
+            notice = changes.recv() => match notice {
+                Ok(Notice::Docs { docs, .. }) => {
+                    let ids: Vec<SessionId> = docs
+                        .iter()
+                        .filter(|d| !is_directory_id(d))
+                        .map(|d| SessionId::from_bytes(*d))
+                        .filter(|id| !open.contains_key(id))
+                        .collect();
+                    if !ids.is_empty()
+                        && let Ok(Ok(found)) = shared.store.call(move |n| n.open_escalations(&ids)).await
+                    {
+                        for id in found {
+                            open.entry(id).or_insert_with(now_ms);
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = tick.tick() => {
+                // Now and then, every escalation in progress, in case a notice was missed.
+                if last_rescan.elapsed() >= RESCAN {
+                    last_rescan = Instant::now();
+                    let filter = ListFilter { status: Some(Status::Routing), ..ListFilter::default() };
+                    let found = shared
+                        .store
+                        .call(move |n| -> Result<Vec<SessionId>, crate::node::NodeError> {
+                            let ids: Vec<SessionId> = n.store.list(&filter)?.into_iter().map(|c| c.id).collect();
+                            n.open_escalations(&ids)
+                        })
+                        .await;
+                    if let Ok(Ok(found)) = found {
+                        for id in found {
+                            open.entry(id).or_insert_with(now_ms);
+                        }
+                    }
+                }
+            }
+        }
+        let pending: Vec<(SessionId, i64)> = open.iter().map(|(k, v)| (*k, *v)).collect();
+        for (sid, seen) in pending {
+            let q = measured.get(&sid).copied();
+            let step = shared.store.call(move |n| n.route_call(sid, q.as_ref(), seen, now_ms())).await;
+            match step {
+                Ok(Ok(Some(routed))) => match &routed.action {
+                    Action::Wait => {
+                        if routed.wrote {
+                            announce(&shared, vec![sid.to_bytes()]);
+                        }
+                    }
+                    Action::Measure => {
+                        let mut q = measure_path(&shared, &routed.requester).await;
+                        // A burst of loss is not a bad link: before refusing, measure once more
+                        // and judge by the better second of listening.
+                        if q.probes > 0 && sync_protocol::call::gate(&q, &ADPCM_32K).is_err() {
+                            let again = measure_path(&shared, &routed.requester).await;
+                            if rate(&again, &ADPCM_32K).mos > rate(&q, &ADPCM_32K).mos {
+                                q = again;
+                            }
+                        }
+                        tracing::info!(session = %sid, requester = %routed.requester, rtt_ms = q.rtt_ms, jitter_ms = q.jitter_ms, loss = q.loss, "measured the requester's path");
+                        measured.insert(sid, q);
+                    }
+                    Action::Connected { desk, .. } => {
+                        // From now on the hub relays the call's voice between the two.
+                        if let Ok(mut relay) = shared.relay.lock() {
+                            relay.insert(call_tag(&routed.call), (routed.requester.clone(), desk.clone()));
+                        }
+                        tracing::info!(session = %sid, call = %routed.call, %desk, "call connected; relaying its voice");
+                        outcomes_due.insert(sid, Instant::now() + wait);
+                        open.remove(&sid);
+                        measured.remove(&sid);
+                        announce(&shared, vec![sid.to_bytes()]);
+                    }
+                    Action::Callback { .. } => {
+                        tracing::info!(session = %sid, call = %routed.call, "call routed: {}", routed.action);
+                        open.remove(&sid);
+                        measured.remove(&sid);
+                        announce(&shared, vec![sid.to_bytes()]);
+                    }
+                    other => {
+                        tracing::info!(session = %sid, call = %routed.call, "call routing: {other}");
+                        announce(&shared, vec![sid.to_bytes()]);
+                    }
+                },
+                Ok(Ok(None)) => {
+                    open.remove(&sid);
+                    measured.remove(&sid);
+                    // A call this hub handed to another ICB's hub, now connected there: relay
+                    // the requester's voice to that hub, which relays it to its desk.
+                    if let Ok(Ok(Some((call, requester, hub)))) =
+                        shared.store.call(move |n| n.federated_connection(sid)).await
+                    {
+                        if let Ok(mut relay) = shared.relay.lock() {
+                            relay.insert(call_tag(&call), (requester, hub.clone()));
+                        }
+                        tracing::info!(session = %sid, %call, %hub, "call connected out of area; relaying its voice");
+                        outcomes_due.insert(sid, Instant::now() + wait);
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(session = %sid, "cannot route the call: {e}");
+                    open.remove(&sid);
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// How long after a call connects the hub waits for both outcomes before flagging a missing
+/// one `not_reported` (`OUTPOST_OUTCOME_WAIT_S`, default a day).
+pub(super) fn outcome_wait() -> Duration {
+    let secs = std::env::var(OUTCOME_WAIT_ENV).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(24 * 3600);
+    Duration::from_secs(secs)
+}
+
+/// The environment variable setting how long the hub waits for outcomes after a call.
+pub const OUTCOME_WAIT_ENV: &str = "OUTPOST_OUTCOME_WAIT_S";
+
+/// How often the call loops look at every session in the status they follow, in case a
+/// notice of a change was missed.
+pub(super) const RESCAN: Duration = Duration::from_secs(2);
+
+/// The sessions to look at next: those a change notice names; or, at each `tick` and after
+/// missed notices, every session in `status`. `None` once the daemon is stopping.
+pub(super) async fn next_candidates(
+    shared: &Shared,
+    changes: &mut broadcast::Receiver<Notice>,
+    tick: &mut tokio::time::Interval,
+    status: Status,
+) -> Option<Vec<SessionId>> {
+    tokio::select! {
+        n = changes.recv() => match n {
+            Ok(Notice::Docs { docs, .. }) => {
+                return Some(docs.iter().filter(|d| !is_directory_id(d)).map(|d| SessionId::from_bytes(*d)).collect());
+            }
+            Ok(_) => return Some(Vec::new()),
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return None,
+        },
+        _ = tick.tick() => {}
+    }
+    let filter = ListFilter { status: Some(status), ..ListFilter::default() };
+    match shared
+        .store
+        .call(move |n| n.store.list(&filter).map(|c| c.into_iter().map(|c| c.id).collect::<Vec<_>>()))
+        .await
+    {
+        Ok(Ok(ids)) => Some(ids),
+        Ok(Err(e)) => {
+            tracing::warn!("cannot list sessions: {e}");
+            Some(Vec::new())
+        }
+        Err(_) => None,
+    }
+}
+
+/// A desk's automatic answer: every call that rings here is answered.
+pub(super) async fn answer_loop(shared: Arc<Shared>) {
+    let mut changes = shared.changes.subscribe();
+    let mut tick = tokio::time::interval(RESCAN);
+    loop {
+        let Some(ids) = next_candidates(&shared, &mut changes, &mut tick, Status::Routing).await else { return };
+        for sid in ids {
+            match shared.store.call(move |n| n.answer_call(sid, now_ms())).await {
+                Ok(Ok(Some((call, attempt)))) => {
+                    tracing::info!(session = %sid, %call, attempt, "answered the call");
+                    announce(&shared, vec![sid.to_bytes()]);
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::debug!(session = %sid, "not answering: {e}"),
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// A party's side of call audio: joins every connected call this node is part of (once), with
+/// the media plan of the call (the requester's, from `call escalate --play/--record`) or the
+/// desk's own, and runs it to its end.
+pub(super) async fn media_loop(shared: Arc<Shared>, default_plan: crate::media::MediaPlan) {
+    let mut changes = shared.changes.subscribe();
+    let mut joined: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut tick = tokio::time::interval(RESCAN);
+    loop {
+        let Some(ids) = next_candidates(&shared, &mut changes, &mut tick, Status::Connected).await else { return };
+        if ids.is_empty() {
+            continue;
+        }
+        let plan = default_plan.clone();
+        let Ok(Ok(found)) = shared.store.call(move |n| n.calls_to_join(&ids, &plan)).await else { continue };
+        for (sid, call, side, plan) in found {
+            if !joined.insert(call.clone()) {
+                continue;
+            }
+            tracing::info!(session = %sid, %call, side = side.as_str(), "joining the call's audio");
+            if let Err(e) = run_call_audio(&shared, sid, &call, side, &plan).await {
+                tracing::warn!(session = %sid, %call, "call audio failed: {e}");
+            }
+        }
+    }
+}
+
+/// The longest silence from the other side before a leg counts as dropped: a blackout of up
+/// to 10 s (a tunnel, a cutting) is survived.
+pub(super) const DROP_AFTER: Duration = Duration::from_secs(12);
+/// Playout delay of the jitter buffer.
+pub(super) const JITTER_DELAY_MS: u32 = 60;
+
+/// Sends this party's audio every 20 ms, plays what arrives through the jitter buffer, and
+/// writes the leg's record (figures and estimated MOS) into the session when the call ends.
+pub(super) async fn run_call_audio(
+    shared: &Arc<Shared>,
+    sid: SessionId,
+    call: &str,
+    side: sync_protocol::vocab::Side,
+    plan: &crate::media::MediaPlan,
+) -> Result<(), String> {
+    let tag = call_tag(call);
+    let play = match &plan.play {
+        Some(p) => Some(crate::media::read_wav(p).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let requester = side == sync_protocol::vocab::Side::Requester;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    if let Ok(mut slot) = shared.voice_in.lock() {
+        *slot = Some((tag, tx));
+    }
+    let hang_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Ok(mut live) = shared.live_call.lock() {
+        *live = Some(LiveCall { session: sid, call: call.to_string(), hang_up: hang_up.clone() });
+    }
+    let hub_conn =
+        || shared.links.lock().ok().and_then(|l| l.values().find(|p| p.role == Role::Hub).map(|p| p.conn.clone()));
+    let started_ms = now_ms();
+    let started = Instant::now();
+    let mut enc = AdpcmState::default();
+    let mut jb = JitterBuffer::new(JITTER_DELAY_MS);
+    let mut recorded: Vec<i16> = Vec::new();
+    let mut last_heard = Instant::now();
+    let mut checked = Instant::now();
+    let mut sent = 0u64;
+    let mut rtt_samples: Vec<f64> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(u64::from(FRAME_MS)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut seq: u32 = 0;
+    let end = loop {
+        tick.tick().await;
+        // Send: the requester's file ends the call; a desk sends until the other side hangs up.
+        let from = seq as usize * FRAME_SAMPLES;
+        if hang_up.load(std::sync::atomic::Ordering::Acquire) {
+            break "hangup";
+        }
+        // A person's page, when one is open, is the microphone and the speaker.
+        let page = shared.voice_io.lock().ok().and_then(|v| v.clone());
+        let pcm: Vec<i16> = match (&page, &play) {
+            (Some(io), _) => io.next_mic_frame().unwrap_or_else(|| vec![0; FRAME_SAMPLES]),
+            (None, Some(p)) if from < p.len() => p[from..(from + FRAME_SAMPLES).min(p.len())].to_vec(),
+            (None, Some(_)) if requester => break "hangup",
+            _ => vec![0; FRAME_SAMPLES],
+        };
+        let frame = VoiceFrame {
+            call: tag,
+            seq,
+            ts_ms: seq.wrapping_mul(FRAME_MS),
+            codec: CODEC_ADPCM,
+            payload: encode(&mut enc, &pcm),
+        };
+        if let Some(conn) = hub_conn() {
+            if conn.send_datagram(frame.to_bytes().into()).is_ok() {
+                sent += 1;
+            }
+            if seq.is_multiple_of(50) {
+                rtt_samples.push(conn.rtt().as_secs_f64() * 1e3);
+            }
+        }
+        seq = seq.wrapping_add(1);
+        // Receive and play.
+        let mut hung_up = false;
+        while let Ok(msg) = rx.try_recv() {
+            match msg {
+                VoiceIn::Frame(f, at) if f.codec == CODEC_ADPCM => {
+                    if let Some(pcm) = decode(&f.payload) {
+                        last_heard = at;
+                        jb.push(f.seq, pcm, at.duration_since(started).as_secs_f64() * 1e3);
+                    }
+                }
+                VoiceIn::Frame(..) => {}
+                VoiceIn::Bye => hung_up = true,
+            }
+        }
+        if let Some(pcm) = jb.pop() {
+            if let Some(io) = &page {
+                // A page that cannot keep up loses audio, never holds the call back.
+                let _ = io.speaker.try_send(pcm.clone());
+            }
+            recorded.extend(pcm);
+        }
+        if hung_up {
+            break "other side hung up";
+        }
+        // Silence: the hang-up datagram may have been lost. The other side's leg record, synced
+        // like any change, says for sure whether it hung up.
+        if last_heard.elapsed() > Duration::from_secs(1) && checked.elapsed() > Duration::from_millis(500) {
+            checked = Instant::now();
+            let c = call.to_string();
+            if let Ok(Ok(Some(other))) = shared.store.call(move |n| n.other_leg_end(sid, &c)).await
+                && other == "hangup"
+            {
+                break "other side hung up";
+            }
+        }
+        if last_heard.elapsed() > DROP_AFTER {
+            break "dropped";
+        }
+        if started.elapsed() > Duration::from_secs(3600) {
+            break "longest call reached";
+        }
+    };
+    if end == "hangup"
+        && let Some(conn) = hub_conn()
+    {
+        // Spread over about a second so that one burst of loss does not take every copy; the
+        // leg record written below is the reliable word if all are lost.
+        tokio::spawn(async move {
+            for wait_ms in [0u64, 40, 120, 300, 700] {
+                tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                let _ = conn.send_datagram(bye(tag).into());
+            }
+        });
+    }
+    if let Ok(mut slot) = shared.voice_in.lock() {
+        *slot = None;
+    }
+    if let Ok(mut live) = shared.live_call.lock() {
+        *live = None;
+    }
+    if let Ok(mut people) = shared.call_people.lock() {
+        people.remove(&sid);
+    }
+    // Play out what is still buffered.
+    while let Some(pcm) = jb.pop() {
+        if jb.buffered() == 0 && pcm.iter().all(|s| *s == 0) {
+            break;
+        }
+        recorded.extend(pcm);
+        if jb.buffered() == 0 {
+            break;
+        }
+    }
+    if let Some(path) = &plan.record {
+        crate::media::write_wav(path, &recorded).map_err(|e| e.to_string())?;
+    }
+    let st = jb.stats;
+    let rtt = if rtt_samples.is_empty() { 0.0 } else { rtt_samples.iter().sum::<f64>() / rtt_samples.len() as f64 };
+    let q = PathQuality {
+        rtt_ms: rtt,
+        jitter_ms: st.jitter_ms,
+        loss: st.loss(),
+        burst_ratio: 1.0,
+        probes: (st.received + st.concealed) as u32,
+    };
+    let rating = rate(&q, &ADPCM_32K);
+    let duration_ms = started.elapsed().as_millis() as i64;
+    let fields: Vec<(&'static str, LogValue)> = vec![
+        ("call", LogValue::Str(call.to_string())),
+        ("node", LogValue::Str(shared.me.name.clone())),
+        ("side", LogValue::Str(side.as_str().to_string())),
+        ("started_ms", LogValue::Int(started_ms)),
+        ("duration_ms", LogValue::Int(duration_ms)),
+        ("codec", LogValue::Str(ADPCM_32K.name.to_string())),
+        ("frames_sent", LogValue::Int(sent as i64)),
+        ("frames_received", LogValue::Int(st.received as i64)),
+        ("frames_concealed", LogValue::Int(st.concealed as i64)),
+        ("frames_late", LogValue::Int(st.late as i64)),
+        ("loss", LogValue::Float((st.loss() * 10_000.0).round() / 10_000.0)),
+        ("jitter_ms", LogValue::Float((st.jitter_ms * 10.0).round() / 10.0)),
+        ("longest_gap_ms", LogValue::Int(st.longest_gap_ms as i64)),
+        ("rtt_ms", LogValue::Float((rtt * 10.0).round() / 10.0)),
+        ("mos", LogValue::Float((rating.mos * 100.0).round() / 100.0)),
+        ("end", LogValue::Str(end.to_string())),
+    ];
+    let dropped = end == "dropped";
+    let call_id = call.to_string();
+    let done = shared
+        .store
+        .call(move |n| -> Result<(), crate::node::NodeError> {
+            n.record_call_leg(sid, &fields, now_ms())?;
+            if dropped {
+                n.request_callback_after_drop(sid, &call_id, now_ms())?;
+            }
+            Ok(())
+        })
+        .await;
+    match done {
+        Ok(Ok(())) => {
+            shared.metrics.call_leg(end, rating.mos);
+            tracing::info!(session = %sid, %call, end, loss = st.loss(), mos = rating.mos, "call leg ended");
+            announce(shared, vec![sid.to_bytes()]);
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}

@@ -1,0 +1,462 @@
+//! One conversation with a peer: its two lanes read and written, the engine stepped on the
+//! store thread, budgets, refusals and revocations.
+
+use super::*;
+
+/// The environment variable naming a file where every byte received from peers is appended,
+/// as decoded from QUIC (diagnostics, and the scope tests' evidence).
+pub const FRAME_LOG_ENV: &str = "OUTPOST_FRAME_LOG";
+
+/// Bytes of received frames one connection may have waiting for the store (both lanes): what a
+/// peer can make this node hold in memory beyond the frame being read.
+pub(super) const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
+
+/// A received frame with its share of the connection's queue.
+pub(super) type Queued = (Frame, tokio::sync::OwnedSemaphorePermit);
+
+/// Reads one lane's frames and forwards them; a frame that cannot be decoded is reported on
+/// `bad` (the conversation then closes with the reason).
+pub(super) async fn read_lane(
+    recv: quinn::RecvStream,
+    out: mpsc::Sender<Queued>,
+    queue: Arc<tokio::sync::Semaphore>,
+    bad: mpsc::Sender<String>,
+) {
+    if let Err(e) = read_frames(recv, out, queue).await {
+        let _ = bad.send(e).await;
+    }
+}
+
+pub(super) async fn read_frames(
+    mut recv: quinn::RecvStream,
+    out: mpsc::Sender<Queued>,
+    queue: Arc<tokio::sync::Semaphore>,
+) -> Result<(), String> {
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut log = std::env::var_os(FRAME_LOG_ENV)
+        .and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
+    loop {
+        match recv.read(&mut buf).await {
+            Ok(Some(n)) => {
+                if let Some(f) = log.as_mut() {
+                    use std::io::Write as _;
+                    let _ = f.write_all(&buf[..n]);
+                }
+                decoder.feed(&buf[..n]);
+                loop {
+                    let before = decoder.buffered();
+                    match decoder.next_frame() {
+                        Ok(Some(f)) => {
+                            // Wait for room in the queue: a peer that sends faster than the store
+                            // takes its frames is slowed down, not buffered without bound.
+                            let size = (before - decoder.buffered()).clamp(1, MAX_QUEUED_BYTES) as u32;
+                            let Ok(permit) = queue.clone().acquire_many_owned(size).await else { return Ok(()) };
+                            if out.send((f, permit)).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => return Err(format!("an undecodable frame: {e}")),
+                    }
+                }
+            }
+            Ok(None) | Err(_) => return Ok(()),
+        }
+    }
+}
+
+/// Writes one lane's frames.
+pub(super) async fn write_lane(mut send: quinn::SendStream, mut frames: mpsc::UnboundedReceiver<Vec<u8>>) {
+    while let Some(bytes) = frames.recv().await {
+        if send.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+    // Until the peer has read everything (its last frame may be the Close that says why): the
+    // connection is closed after this, which would drop data still in flight. The caller bounds
+    // the wait.
+    let _ = send.stopped().await;
+}
+
+/// Runs the sync engine over one connection.
+pub(super) async fn converse(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    initiator: bool,
+    one_shot: bool,
+    deadline: Option<(tokio::time::Instant, Arc<tokio::sync::Notify>)>,
+) -> Result<SyncReport, NetError> {
+    let addr = conn.remote_address().to_string();
+    let conn_err = |detail: String| NetError::Connection { peer: addr.clone(), detail };
+    let (peer, serial, peer_cert) = peer_identity(&conn)?;
+    // A resumed TLS session skips the certificate checks of a full handshake: revocation and
+    // expiry are checked again here, for every conversation.
+    let crl = shared.crl.read().map(|c| c.clone()).unwrap_or_default();
+    if is_revoked(crl.as_deref(), &serial) {
+        shared.metrics.refused("revoked");
+        conn.close(quinn::VarInt::from_u32(3), b"revoked");
+        return Err(conn_err(format!("{} has been revoked", peer.name)));
+    }
+    let expired = x509_parser::parse_x509_certificate(peer_cert.as_ref())
+        .map(|(_, c)| c.validity().not_after.timestamp().saturating_mul(1000) < now_ms())
+        .unwrap_or(true);
+    if expired {
+        shared.metrics.refused("expired");
+        conn.close(quinn::VarInt::from_u32(3), b"certificate expired");
+        return Err(conn_err(format!("{}'s certificate has expired", peer.name)));
+    }
+    if peer.name == shared.me.name {
+        shared.metrics.refused("self");
+        conn.close(quinn::VarInt::from_u32(2), b"a node cannot sync with itself");
+        return Err(conn_err("the peer presented this node's own identity".into()));
+    }
+    let _slot = match Slot::take(&shared, &peer.name) {
+        Ok(slot) => slot,
+        Err(why) => {
+            shared.metrics.refused("connection_limit");
+            tracing::warn!(peer = %peer.name, %addr, "refused a connection: {why}");
+            conn.close(quinn::VarInt::from_u32(CloseCode::Unavailable as u32), why.as_bytes());
+            return Err(conn_err(why));
+        }
+    };
+    let id = shared.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _ = shared.changes.send(Notice::Link { peer: peer.name.clone(), up: true });
+    let _link = LinkNotice { shared: shared.clone(), peer: peer.name.clone() };
+    let base_stats = conn.stats();
+    let started = Instant::now();
+
+    // Two lanes, opened by the dialer; the first byte of each says which it is.
+    let ((sync_send, sync_recv), (blob_send, blob_recv)) = if initiator {
+        let (mut s1, r1) = conn.open_bi().await.map_err(|e| conn_err(refusal(&conn, e.to_string())))?;
+        let (mut s2, r2) = conn.open_bi().await.map_err(|e| conn_err(refusal(&conn, e.to_string())))?;
+        s1.write_all(&[LANE_SYNC]).await.map_err(|e| conn_err(refusal(&conn, e.to_string())))?;
+        s2.write_all(&[LANE_BLOB]).await.map_err(|e| conn_err(refusal(&conn, e.to_string())))?;
+        ((s1, r1), (s2, r2))
+    } else {
+        let mut lanes: [Option<(quinn::SendStream, quinn::RecvStream)>; 2] = [None, None];
+        for _ in 0..2 {
+            let (s, mut r) = conn.accept_bi().await.map_err(|e| conn_err(e.to_string()))?;
+            let mut tag = [0u8; 1];
+            r.read_exact(&mut tag).await.map_err(|e| conn_err(e.to_string()))?;
+            match tag[0] {
+                LANE_SYNC => lanes[0] = Some((s, r)),
+                LANE_BLOB => lanes[1] = Some((s, r)),
+                other => return Err(conn_err(format!("unknown lane {other}"))),
+            }
+        }
+        let [Some(a), Some(b)] = lanes else { return Err(conn_err("a lane is missing".into())) };
+        (a, b)
+    };
+    let _ = sync_send.set_priority(1);
+    let _ = blob_send.set_priority(0);
+
+    // The peer's certificate came through the TLS handshake: it is a fleet member whose
+    // signatures this node can check from now on.
+    if let Ok(member) = tls::member_of(&peer_cert) {
+        let der = peer_cert.as_ref().to_vec();
+        let added = shared.store.call(move |node| node.store.add_member(member, &der)).await?;
+        if let Err(e) = added {
+            tracing::warn!(peer = %peer.name, "cannot record the peer's certificate: {e}");
+        }
+    } else {
+        tracing::warn!(peer = %peer.name, "the peer's certificate names no author key: its changes will be refused");
+    }
+    let (frames_tx, mut frames_rx) = mpsc::channel::<Queued>(256);
+    let (bad_tx, mut bad_rx) = mpsc::channel::<String>(2);
+    let queue = Arc::new(tokio::sync::Semaphore::new(MAX_QUEUED_BYTES));
+    let readers = [
+        tokio::spawn(read_lane(sync_recv, frames_tx.clone(), queue.clone(), bad_tx.clone())),
+        tokio::spawn(read_lane(blob_recv, frames_tx, queue, bad_tx)),
+    ];
+    // The queue's share of the frames being processed, given back once the step is done.
+    let mut in_step: Vec<tokio::sync::OwnedSemaphorePermit> = Vec::new();
+    let (sync_out, sync_out_rx) = mpsc::unbounded_channel();
+    let (blob_out, blob_out_rx) = mpsc::unbounded_channel();
+    let writers = [tokio::spawn(write_lane(sync_send, sync_out_rx)), tokio::spawn(write_lane(blob_send, blob_out_rx))];
+
+    let mut changes = shared.changes.subscribe();
+    let me = shared.me.clone();
+    let ca = shared.identity.ca.clone();
+    let peer_for_engine = peer.clone();
+    let engine = Engine::new(peer_for_engine, EngineConfig::new(initiator));
+    // The photo chunk window follows the link (sync_protocol::blob::ChunkWindow: its rate
+    // times four round trips), updated before every step.
+    let mut chunk_window = sync_protocol::blob::ChunkWindow::new();
+    let opened = Instant::now();
+    let mut step = |mut engine: Engine, work: Work| {
+        let me = me.clone();
+        let ca = ca.clone();
+        let window = chunk_window.update(
+            opened.elapsed().as_millis() as u64,
+            conn.stats().udp_rx.bytes,
+            conn.rtt().as_secs_f64() * 1e3,
+        );
+        engine.set_blob_window(window);
+        shared.store.call(move |node| {
+            let ops_before = node.store.ops_admitted();
+            let bytes_before = engine.stats().bytes_received;
+            let mut replica = NodeReplica::new(&mut node.store, &me, Some(&ca));
+            let now = now_ms();
+            let result = match work {
+                Work::Start => engine.start(&mut replica, now),
+                Work::Frames(frames) => engine.handle(&mut replica, frames, now),
+                Work::Notify(docs) => engine.notify(&mut replica, &docs, now),
+            };
+            let mut out = Vec::new();
+            while let Some(f) = engine.poll_frame() {
+                out.push(f);
+            }
+            let log = engine.take_log();
+            let (changed, crl_updated) = (replica.changed, replica.revocations_updated);
+            let cost = (node.store.ops_admitted() - ops_before, engine.stats().bytes_received - bytes_before);
+            (engine, result.map_err(|e| e.to_string()), out, changed, crl_updated, log, cost)
+        })
+    };
+    tracing::info!(peer = %peer.name, role = %peer.role, %addr, "connected");
+    let echoes: EchoSlot = Arc::new(std::sync::Mutex::new(None));
+    if let Ok(mut links) = shared.links.lock() {
+        links.insert(peer.name.clone(), PeerLink { id, role: peer.role, conn: conn.clone(), echoes: echoes.clone() });
+    }
+    let _registered = Registered {
+        shared: shared.clone(),
+        name: peer.name.clone(),
+        id,
+        task: tokio::spawn(datagram_loop(conn.clone(), echoes, shared.clone(), peer.name.clone())),
+    };
+
+    let mut engine = Some(engine);
+    let mut budget = Budget::new();
+    let mut work = Some(Work::Start);
+    let mut failure: Option<String> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    // When this conversation last became quiescent (everything either side may send, sent
+    // and acknowledged), recorded for `status`: on each arrival at quiescence, at most every
+    // 10 s while it stays there.
+    let mut was_quiescent = false;
+    let mut recorded: Option<Instant> = None;
+    // Since when this conversation has had work outstanding (for the sync-round metric).
+    let mut busy_since = Instant::now();
+    let _wire = WireAccount { shared: shared.clone(), conn: conn.clone() };
+    loop {
+        if let Some(w) = work.take() {
+            let Some(e) = engine.take() else { break };
+            let (e, result, out, changed, crl_updated, log, (ops, bytes)) = step(e, w).await?;
+            in_step.clear();
+            if let Some(why) = budget.spend(ops, bytes, &shared.limits) {
+                shared.metrics.refused("budget");
+                tracing::warn!(peer = %peer.name, %addr, "closing: {why}");
+                let close = Frame::Close { code: CloseCode::Unavailable as u16, reason: why.clone() };
+                let _ = sync_out.send(close.to_bytes());
+                engine = Some(e);
+                failure = Some(why);
+                break;
+            }
+            for line in log {
+                tracing::info!(peer = %peer.name, "{line}");
+            }
+            for (lane, f) in out {
+                let bytes = f.to_bytes();
+                let _ = if lane == Lane::Sync { sync_out.send(bytes) } else { blob_out.send(bytes) };
+            }
+            if !changed.is_empty() {
+                let _ = shared.changes.send(Notice::Docs { from: id, docs: Arc::new(changed) });
+            }
+            if crl_updated {
+                install_revocations(&shared).await;
+            }
+            let quiescent = e.is_quiescent();
+            if quiescent && !was_quiescent {
+                shared.metrics.sync_round(&peer.name, busy_since.elapsed().as_secs_f64());
+            } else if !quiescent && was_quiescent {
+                busy_since = Instant::now();
+            }
+            if quiescent && (!was_quiescent || recorded.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))) {
+                let name = peer.name.clone();
+                let _ = shared.store.call(move |n| n.store.record_sync(&name, Ok(()), now_ms())).await;
+                recorded = Some(Instant::now());
+            }
+            was_quiescent = quiescent;
+            let done = one_shot && e.is_done();
+            let closed = e.is_closed();
+            tracing::debug!(peer = %peer.name, done, closed, quiescent = e.is_quiescent(), stats = ?e.stats(), "step");
+            engine = Some(e);
+            if let Err(msg) = result {
+                shared.metrics.refused("sync_error");
+                // Tell the peer why, so that it does not wait (and shows nothing as delivered).
+                let close = Frame::Close { code: CloseCode::Unavailable as u16, reason: msg.clone() };
+                let _ = sync_out.send(close.to_bytes());
+                failure = Some(msg);
+                break;
+            }
+            if done || closed {
+                break;
+            }
+        }
+        tokio::select! {
+            Some(detail) = bad_rx.recv() => {
+                shared.metrics.refused("protocol");
+                tracing::warn!(peer = %peer.name, %addr, "closing: {detail}");
+                let close = Frame::Close { code: CloseCode::ProtocolError as u16, reason: detail.clone() };
+                let _ = sync_out.send(close.to_bytes());
+                failure = Some(detail);
+                break;
+            }
+            frame = frames_rx.recv() => match frame {
+                Some((f, permit)) => {
+                    let mut batch = vec![f];
+                    in_step.push(permit);
+                    while batch.len() < MAX_FRAMES_PER_STEP
+                        && let Ok((more, permit)) = frames_rx.try_recv()
+                    {
+                        batch.push(more);
+                        in_step.push(permit);
+                    }
+                    work = Some(Work::Frames(batch));
+                }
+                None => {
+                    if one_shot && !engine.as_ref().is_some_and(Engine::is_done) {
+                        // The readers end when the connection does: say why, if the peer said.
+                        let why = match conn.close_reason() {
+                            Some(quinn::ConnectionError::ApplicationClosed(c)) => {
+                                format!(": {}", String::from_utf8_lossy(&c.reason))
+                            }
+                            Some(other) => format!(": {other}"),
+                            None => String::new(),
+                        };
+                        failure = Some(format!("the peer ended the conversation before the sync completed{why}"));
+                    }
+                    break;
+                }
+            },
+            notice = changes.recv() => match notice {
+                Ok(Notice::Docs { from, docs }) if from != id => work = Some(Work::Notify(docs.to_vec())),
+                Ok(Notice::Revocations) => {
+                    let crl = shared.crl.read().map(|c| c.clone()).unwrap_or_default();
+                    if is_revoked(crl.as_deref(), &serial) {
+                        failure = Some(format!("{} has been revoked", peer.name));
+                        conn.close(quinn::VarInt::from_u32(3), b"revoked");
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Too many notices missed: ask the engine to look at everything it was told of.
+                    work = Some(Work::Notify(Vec::new()));
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            _ = tick.tick() => work = Some(Work::Notify(Vec::new())),
+            _ = async {
+                match &deadline {
+                    Some((d, stop)) => tokio::select! {
+                        _ = tokio::time::sleep_until(*d) => {}
+                        _ = stop.notified() => {}
+                    },
+                    None => std::future::pending::<()>().await,
+                }
+            } => {
+                failure = Some("stopped before it finished (time limit)".into());
+                conn.close(quinn::VarInt::from_u32(5), b"time limit");
+                break;
+            }
+            reason = conn.closed() => {
+                let normal = matches!(&reason, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == quinn::VarInt::from_u32(0));
+                let finished = engine.as_ref().is_some_and(Engine::is_done);
+                // A one-shot sync succeeds only once it is done, however politely the peer left.
+                if one_shot && !finished {
+                    failure = Some(format!("the peer closed the connection before the sync completed: {reason}"));
+                } else if !normal && !finished {
+                    failure = Some(reason.to_string());
+                }
+                break;
+            }
+        }
+    }
+
+    // A one-shot initiator says goodbye once both sides are done.
+    if let Some(e) = engine.as_mut()
+        && one_shot
+        && e.is_done()
+    {
+        e.close();
+        while let Some((_, f)) = e.poll_frame() {
+            let _ = sync_out.send(f.to_bytes());
+        }
+    }
+    drop(sync_out);
+    drop(blob_out);
+    for w in writers {
+        let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
+    }
+    if one_shot {
+        conn.close(quinn::VarInt::from_u32(0), b"done");
+    }
+    for r in readers {
+        r.abort();
+    }
+    let end_stats = conn.stats();
+    let stats = engine.map(|e| e.stats().clone()).unwrap_or_default();
+    if let Some(f) = failure {
+        // Close with the reason, so the peer does not take our going for a normal end.
+        let reason: Vec<u8> = f.bytes().take(200).collect();
+        conn.close(quinn::VarInt::from_u32(CloseCode::Unavailable as u32), &reason);
+        tracing::info!(peer = %peer.name, "conversation ended: {f}");
+        let (name, why) = (peer.name.clone(), f.clone());
+        let _ = shared.store.call(move |n| n.store.record_sync(&name, Err(&why), now_ms())).await;
+        return Err(NetError::Sync { peer: peer.name.clone(), detail: f, partial: Some(Box::new(stats)) });
+    }
+    Ok(SyncReport {
+        peer: peer.name.clone(),
+        peer_role: peer.role.to_string(),
+        stats,
+        udp_bytes_sent: end_stats.udp_tx.bytes - base_stats.udp_tx.bytes,
+        udp_bytes_received: end_stats.udp_rx.bytes - base_stats.udp_rx.bytes,
+        handshake_ms: 0.0,
+        sync_ms: started.elapsed().as_secs_f64() * 1e3,
+        rtt_ms: conn.rtt().as_secs_f64() * 1e3,
+    })
+}
+
+/// Adds a connection's bytes on the wire to the metrics' closed total when its conversation ends.
+pub(super) struct WireAccount {
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+}
+
+impl Drop for WireAccount {
+    fn drop(&mut self) {
+        self.shared.metrics.connection_closed(&self.conn.stats());
+    }
+}
+
+pub(super) enum Work {
+    Start,
+    Frames(Vec<Frame>),
+    Notify(Vec<DocId>),
+}
+
+/// The reason a peer refused us, when the first stream operation fails.
+pub(super) fn refusal(conn: &quinn::Connection, fallback: String) -> String {
+    match conn.close_reason() {
+        Some(r) => format!("refused by the peer: {r}"),
+        None => fallback,
+    }
+}
+
+/// After a newer revocation list arrived: new handshakes use it, and connections with
+/// revoked peers are closed.
+pub(super) async fn install_revocations(shared: &Arc<Shared>) {
+    let Ok(Ok(Some((number, der)))) = shared.store.call(|n| n.store.revocations()).await else { return };
+    if let Ok(mut c) = shared.crl.write() {
+        *c = Some(der.clone());
+    }
+    if let Some(ep) = shared.endpoint.get()
+        && let Ok(cfg) = server_config(&shared.identity, Some(&der))
+    {
+        ep.set_server_config(Some(cfg));
+    }
+    tracing::info!("revocation list {number} installed");
+    let _ = shared.changes.send(Notice::Revocations);
+}
