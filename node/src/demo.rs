@@ -14,10 +14,10 @@ use sync_protocol::vocab::{
     Side, Status,
 };
 
-use crate::cli::{bytes, render_session, time};
 use crate::config::NodeDir;
 use crate::node::{InitParams, Node, NodeError, PhotoRequest, SessionRequest, now_ms};
 use crate::photo;
+use crate::render::{bytes, render_session, time};
 use crate::store::{ListFilter, wal_path};
 
 mod fleet;

@@ -24,6 +24,7 @@ pub mod media;
 pub mod net;
 pub mod node;
 pub mod photo;
+pub mod render;
 pub mod replica;
 pub mod service;
 pub mod settings;

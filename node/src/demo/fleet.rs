@@ -17,12 +17,12 @@ use sync_protocol::vocab::{
     ServiceLine, Side,
 };
 
-use crate::cli::bytes;
 use crate::config::NodeDir;
 use crate::linkem::{EmulatorOptions, LinkEmulator};
 use crate::net::{Daemon, RunOptions};
 use crate::node::{InitParams, Node, PhotoRequest, SessionRequest, now_ms};
 use crate::photo;
+use crate::render::bytes;
 use crate::store::people::{Credential, NewPerson, PersonRole};
 use crate::tls::CaDir;
 

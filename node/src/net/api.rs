@@ -45,8 +45,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{NetError, Notice, Shared};
-use crate::cli::DirectoryJson;
 use crate::node::{CallNow, CallbackOwed, Node, NodeError, NodeStatus, PhotoRequest, SessionRequest, now_ms};
+use crate::render::DirectoryJson;
 use crate::store::SessionCard;
 use crate::store::people::{Person, PersonRole};
 use crate::store::{ListFilter, StoreError};
