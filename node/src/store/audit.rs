@@ -1,0 +1,159 @@
+//! The audit chain: who did what, hash-linked, and its check.
+
+use super::*;
+
+impl Store {
+    /// The person acting through this store until cleared (the local API sets it around each
+    /// request): named, with role and registration, in every audit entry written meanwhile.
+    pub fn set_acting(&mut self, who: Option<&people::Person>) {
+        self.acting = who.map(people::person_json);
+    }
+
+    /// Records in the audit chain that a session was viewed or exported.
+    pub fn audit_access(&mut self, id: SessionId, action: &'static str, now: i64) -> Result<(), StoreError> {
+        let tx =
+            self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+        let row = session_row(&tx, &id.to_string())?;
+        append_audit(&tx, &self.sealer, &self.node, now, action, Some(row.sid), by(&self.acting, None))?;
+        tx.commit().map_err(sql("committing"))
+    }
+
+    /// Walks the audit chain and reports the first broken link.
+    pub fn verify_audit(&self) -> Result<AuditCheck, StoreError> {
+        let ctx = "reading the audit chain";
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, at_ms, node, action, sid, detail, hash FROM audit ORDER BY seq")
+            .map_err(sql(ctx))?;
+        let mut rows = stmt.query([]).map_err(sql(ctx))?;
+        let mut prev = [0u8; 32].to_vec();
+        let mut entries = 0;
+        while let Some(r) = rows.next().map_err(sql(ctx))? {
+            let row = AuditRow {
+                seq: r.get::<_, i64>(0).map_err(sql(ctx))? as u64,
+                at_ms: r.get(1).map_err(sql(ctx))?,
+                node: r.get(2).map_err(sql(ctx))?,
+                action: r.get(3).map_err(sql(ctx))?,
+                sid: r.get(4).map_err(sql(ctx))?,
+                detail: r.get(5).map_err(sql(ctx))?,
+            };
+            let hash: Vec<u8> = r.get(6).map_err(sql(ctx))?;
+            entries += 1;
+            if row.seq != entries || hash != row.hash(&prev) {
+                return Ok(AuditCheck { entries, broken_at: Some(row.seq) });
+            }
+            prev = hash;
+        }
+        Ok(AuditCheck { entries, broken_at: None })
+    }
+
+    /// The latest `limit` audit entries, opened, oldest first.
+    pub fn audit_tail(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let ctx = "reading the audit chain";
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT a.seq, a.at_ms, a.node, a.action, s.id, a.detail FROM audit a
+                 LEFT JOIN sessions s ON s.sid = a.sid ORDER BY a.seq DESC LIMIT ?1",
+            )
+            .map_err(sql(ctx))?;
+        let mut rows = stmt.query([limit as i64]).map_err(sql(ctx))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(sql(ctx))? {
+            let seq = r.get::<_, i64>(0).map_err(sql(ctx))? as u64;
+            let sealed: Option<Vec<u8>> = r.get(5).map_err(sql(ctx))?;
+            let detail = match sealed {
+                Some(s) => Some(
+                    serde_json::from_slice(&self.sealer.open("audit detail", &audit_aad(seq), &s)?).map_err(json)?,
+                ),
+                None => None,
+            };
+            out.push(AuditEntry {
+                seq,
+                at_ms: r.get(1).map_err(sql(ctx))?,
+                node: r.get(2).map_err(sql(ctx))?,
+                action: r.get(3).map_err(sql(ctx))?,
+                session: r.get(4).map_err(sql(ctx))?,
+                detail,
+            });
+        }
+        out.reverse();
+        Ok(out)
+    }
+}
+
+/// The fields of an audit entry that its hash covers.
+pub(super) struct AuditRow {
+    pub(super) seq: u64,
+    pub(super) at_ms: i64,
+    pub(super) node: String,
+    pub(super) action: String,
+    pub(super) sid: Option<i64>,
+    pub(super) detail: Option<Vec<u8>>,
+}
+
+impl AuditRow {
+    /// `hash = BLAKE3(domain || prev || seq || at || len-prefixed node, action || sid || sealed detail)`.
+    pub(super) fn hash(&self, prev: &[u8]) -> Vec<u8> {
+        let mut h = blake3::Hasher::new();
+        h.update(b"outpost audit v1");
+        h.update(prev);
+        h.update(&self.seq.to_be_bytes());
+        h.update(&self.at_ms.to_be_bytes());
+        for field in [self.node.as_bytes(), self.action.as_bytes()] {
+            h.update(&(field.len() as u64).to_be_bytes());
+            h.update(field);
+        }
+        h.update(&self.sid.unwrap_or(-1).to_be_bytes());
+        h.update(self.detail.as_deref().unwrap_or(&[]));
+        h.finalize().as_bytes().to_vec()
+    }
+}
+
+/// An audit entry's detail with the acting person, if any, as `by`.
+pub(crate) fn by(acting: &Option<serde_json::Value>, detail: Option<serde_json::Value>) -> Option<serde_json::Value> {
+    let Some(who) = acting else { return detail };
+    match detail {
+        Some(serde_json::Value::Object(mut m)) => {
+            m.insert("by".into(), who.clone());
+            Some(serde_json::Value::Object(m))
+        }
+        Some(other) => Some(serde_json::json!({ "by": who, "detail": other })),
+        None => Some(serde_json::json!({ "by": who })),
+    }
+}
+
+pub(crate) fn append_audit(
+    tx: &Transaction<'_>,
+    sealer: &Sealer,
+    node: &str,
+    now: i64,
+    action: &str,
+    sid: Option<i64>,
+    detail: Option<serde_json::Value>,
+) -> Result<(), StoreError> {
+    let last: Option<(i64, Vec<u8>)> = tx
+        .row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(sql("reading the audit chain"))?;
+    let (seq, prev) = match last {
+        Some((s, h)) => (s as u64 + 1, h),
+        None => (1, [0u8; 32].to_vec()),
+    };
+    let detail = match detail {
+        Some(d) => Some(sealer.seal(&audit_aad(seq), &serde_json::to_vec(&d).map_err(json)?)?),
+        None => None,
+    };
+    let row = AuditRow { seq, at_ms: now, node: node.to_string(), action: action.to_string(), sid, detail };
+    let hash = row.hash(&prev);
+    tx.exec(
+        "INSERT INTO audit (seq, at_ms, node, action, sid, detail, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![row.seq as i64, row.at_ms, row.node, row.action, row.sid, row.detail, hash],
+    )
+    .map_err(sql("appending to the audit chain"))?;
+    Ok(())
+}
+
+pub(super) fn audit_aad(seq: u64) -> Vec<u8> {
+    [b"outpost/audit/v1/".as_slice(), &seq.to_be_bytes()].concat()
+}

@@ -1,0 +1,154 @@
+//! Photos: content-addressed sealed chunks, thumbnails, and what the node holds.
+
+use super::*;
+
+impl Store {
+    /// Describes a stored blob.
+    pub fn blob_info(&self, hash: &str) -> Result<BlobInfo, StoreError> {
+        blob_info(&self.conn, hash)
+    }
+
+    /// Reads a whole blob, checking it against its hash.
+    pub fn read_blob(&self, hash: &str) -> Result<Vec<u8>, StoreError> {
+        let info = self.blob_info(hash)?;
+        if info.state == "offloaded" {
+            return Err(StoreError::BlobOffloaded(hash.to_string()));
+        }
+        if info.chunks_present < info.chunks {
+            return Err(StoreError::BlobIncomplete {
+                hash: hash.to_string(),
+                have: info.chunks_present,
+                total: info.chunks,
+            });
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT idx, sealed FROM blob_chunks WHERE hash = ?1 ORDER BY idx")
+            .map_err(sql("reading a photo"))?;
+        let mut rows = stmt.query([hash]).map_err(sql("reading a photo"))?;
+        let mut out = Vec::with_capacity(info.size as usize);
+        while let Some(row) = rows.next().map_err(sql("reading a photo"))? {
+            let idx = row.get::<_, i64>(0).map_err(sql("reading a photo"))? as u64;
+            let sealed: Vec<u8> = row.get(1).map_err(sql("reading a photo"))?;
+            out.extend_from_slice(&self.sealer.open("photo chunk", &chunk_aad(hash, idx), &sealed)?);
+        }
+        if blake3::hash(&out).to_hex().as_str() != hash {
+            return Err(StoreError::BlobCorrupt(hash.to_string()));
+        }
+        Ok(out)
+    }
+
+    /// A photo's thumbnail, if one was kept.
+    pub fn read_thumbnail(&self, hash: &str) -> Result<Vec<u8>, StoreError> {
+        let sealed: Option<Vec<u8>> = self
+            .conn
+            .row("SELECT thumbnail FROM blobs WHERE hash = ?1", [hash], |r| r.get(0))
+            .optional()
+            .map_err(sql("reading a thumbnail"))?
+            .flatten();
+        let sealed = sealed.ok_or_else(|| StoreError::NoSuchBlob(format!("{hash} (thumbnail)")))?;
+        Ok(self.sealer.open("thumbnail", &thumb_aad(hash), &sealed)?)
+    }
+
+    /// Sessions that reference a photo.
+    pub fn sessions_with_photo(&self, hash: &str) -> Result<Vec<SessionId>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT s.id FROM session_media m JOIN sessions s ON s.sid = m.sid WHERE m.hash = ?1")
+            .map_err(sql("finding a photo's sessions"))?;
+        let ids: Vec<String> = stmt
+            .query_map([hash], |r| r.get(0))
+            .map_err(sql("finding a photo's sessions"))?
+            .collect::<Result<_, _>>()
+            .map_err(sql("finding a photo's sessions"))?;
+        Ok(ids.iter().filter_map(|i| i.parse().ok()).collect())
+    }
+
+    /// Photos by what this node holds of them.
+    pub fn photo_holdings(&self) -> Result<PhotoHoldings, StoreError> {
+        let mut out = PhotoHoldings::default();
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT state, count(*), coalesce(sum(size), 0) FROM blobs GROUP BY state")
+            .map_err(sql("counting photos"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)))
+            .map_err(sql("counting photos"))?;
+        for row in rows {
+            let (state, n, bytes) = row.map_err(sql("counting photos"))?;
+            match state.as_str() {
+                "complete" => out.held = (n, bytes),
+                "partial" => out.partial = (n, bytes),
+                "offloaded" => out.offloaded = (n, bytes),
+                other => return Err(StoreError::Damaged(format!("a photo in an unknown state {other:?}"))),
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub(super) fn chunk_aad(hash: &str, idx: u64) -> Vec<u8> {
+    [b"outpost/chunk/v1/".as_slice(), hash.as_bytes(), b"/", &idx.to_be_bytes()].concat()
+}
+
+pub(super) fn thumb_aad(hash: &str) -> Vec<u8> {
+    [b"outpost/thumbnail/v1/".as_slice(), hash.as_bytes()].concat()
+}
+
+pub(super) fn blob_info(conn: &Connection, hash: &str) -> Result<BlobInfo, StoreError> {
+    conn.row(
+        "SELECT size, mime, chunks, (SELECT count(*) FROM blob_chunks c WHERE c.hash = b.hash), state FROM blobs b WHERE hash = ?1",
+        [hash],
+        |r| {
+            Ok(BlobInfo {
+                hash: hash.to_string(),
+                size: r.get::<_, i64>(0)? as u64,
+                mime: r.get(1)?,
+                chunks: r.get::<_, i64>(2)? as u64,
+                chunks_present: r.get::<_, i64>(3)? as u64,
+                state: r.get(4)?,
+            })
+        },
+    )
+    .optional()
+    .map_err(sql("reading a photo"))?
+    .ok_or_else(|| StoreError::NoSuchBlob(hash.to_string()))
+}
+
+pub(super) fn put_blob(
+    tx: &Transaction<'_>,
+    sealer: &Sealer,
+    bytes: &[u8],
+    mime: &str,
+    now: i64,
+) -> Result<BlobInfo, StoreError> {
+    let hash = blake3::hash(bytes).to_hex().to_string();
+    let chunk_size = blob::CHUNK_SIZE as usize;
+    let chunks = blob::chunk_count(bytes.len() as u64, blob::CHUNK_SIZE);
+    let manifest = blob::manifest(bytes, blob::CHUNK_SIZE)
+        .map_err(|e| StoreError::Damaged(format!("cannot describe a photo: {e}")))?;
+    tx.exec(
+        "INSERT INTO blobs (hash, size, mime, chunk_size, chunks, created_ms, manifest, state)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'complete')
+         ON CONFLICT (hash) DO UPDATE SET manifest = excluded.manifest, state = 'complete'",
+        params![hash, bytes.len() as i64, mime, chunk_size as i64, chunks as i64, now, manifest.cvs.concat()],
+    )
+    .map_err(sql("recording a photo"))?;
+    let mut insert = tx
+        .prepare_cached("INSERT INTO blob_chunks (hash, idx, sealed) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")
+        .map_err(sql("storing a photo"))?;
+    for (idx, chunk) in bytes.chunks(chunk_size).enumerate() {
+        let idx = idx as u64;
+        insert
+            .execute(params![hash, idx as i64, sealer.seal(&chunk_aad(&hash, idx), chunk)?])
+            .map_err(sql("storing a photo"))?;
+    }
+    Ok(BlobInfo {
+        hash,
+        size: bytes.len() as u64,
+        mime: mime.to_string(),
+        chunks,
+        chunks_present: chunks,
+        state: "complete".into(),
+    })
+}

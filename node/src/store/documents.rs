@@ -1,0 +1,534 @@
+//! Session documents: creating, editing, reading, listing; snapshots, change logs, cards and the
+//! reconciliation index.
+
+use super::*;
+
+impl Store {
+    /// Creates a session; returns once it is durable.
+    pub fn create_session(
+        &mut self,
+        new: &NewSession,
+        once: Option<&ClientKey<'_>>,
+        now: i64,
+    ) -> Result<SessionView, StoreError> {
+        self.check_space()?;
+        let mut doc = SessionDoc::create(new, self.actor.clone(), now).map_err(model(new.id))?;
+        let view = doc.view().map_err(model(new.id))?;
+        let id = new.id.to_string();
+        let card = seal_card(&self.sealer, &id, &view)?;
+        let bytes = doc.save_after(&[]);
+        let tx =
+            self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+        if let Some(key) = once {
+            if let Some(first) = key.recall(&tx)? {
+                drop(tx);
+                let first: SessionId = first
+                    .parse()
+                    .map_err(|_| StoreError::Damaged(format!("client key {:?} names no session", key.key)))?;
+                return self.view(first);
+            }
+            key.remember(&tx, &id, now)?;
+        }
+        tx.exec(
+            "INSERT INTO sessions (id, origin, icb, status, service_line, priority, created_ms, updated_ms, head_seq, card)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9)",
+            params![
+                id,
+                view.identity.origin,
+                view.identity.icb,
+                view.status.as_str(),
+                view.service.line.as_str(),
+                view.service.priority.as_str(),
+                view.identity.created_ms,
+                view.updated_ms(),
+                card
+            ],
+        )
+        .map_err(sql("recording the session"))?;
+        let sid = tx.last_insert_rowid();
+        let seq = append_change(&tx, &self.sealer, sid, &id, &bytes)?;
+        put_sigs(&tx, authorship::sign_new(&self.author, doc.automerge(), &[]))?;
+        index_doc(&tx, &self.sealer, &id, sid, &mut doc, &view)?;
+        append_audit(&tx, &self.sealer, &self.node, now, "session.create", Some(sid), by(&self.acting, None))?;
+        tx.commit().map_err(sql("committing"))?;
+        self.cache.put(new.id, Cached { doc, sid, upto: seq });
+        Ok(view)
+    }
+
+    /// Finds the session whose id is `text` or starts with it.
+    pub fn resolve(&self, text: &str) -> Result<SessionId, StoreError> {
+        let prefix = text.trim().to_ascii_uppercase();
+        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(StoreError::NoSuchSession(text.to_string()));
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id FROM sessions WHERE id >= ?1 AND id < ?1 || '~' ORDER BY id LIMIT 2")
+            .map_err(sql("finding a session"))?;
+        let ids: Vec<String> = stmt
+            .query_map([&prefix], |r| r.get(0))
+            .map_err(sql("finding a session"))?
+            .collect::<Result<_, _>>()
+            .map_err(sql("finding a session"))?;
+        match ids.as_slice() {
+            [one] => one.parse().map_err(|_| StoreError::Damaged(format!("stored session id {one:?} is not a ULID"))),
+            [] => Err(StoreError::NoSuchSession(text.to_string())),
+            _ => Err(StoreError::Ambiguous(text.to_string())),
+        }
+    }
+
+    /// Edits a session: `f` runs on the current document inside a write transaction, and the
+    /// change it makes is durable when this returns `Ok`. On any error nothing is written.
+    /// `detail` goes into the audit entry: ids and codes only, never patient data.
+    pub fn edit<T>(
+        &mut self,
+        id: SessionId,
+        action: &'static str,
+        detail: Option<serde_json::Value>,
+        now: i64,
+        f: impl FnOnce(&mut WriteCtx<'_>, &mut SessionDoc) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        // New content waits for space; small control writes (receipts, call steps, outcomes)
+        // go on within the space kept for reading and syncing.
+        if space::GROWING_ACTIONS.contains(&action) {
+            self.check_space()?;
+        }
+        let key = id.to_string();
+        let tx =
+            self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+        let mut cached = checkout(&mut self.cache, &tx, &self.sealer, &self.actor, id)?;
+        let before = cached.doc.heads();
+        let mut ctx = WriteCtx { tx: &tx, sealer: &self.sealer, now };
+        // On any error the checked-out copy is dropped (it may hold the failed edit), and the
+        // transaction rolls back when `tx` is dropped.
+        let out = f(&mut ctx, &mut cached.doc)?;
+        if cached.doc.heads() != before {
+            let bytes = cached.doc.save_after(&before);
+            let view = cached.doc.view().map_err(model(id))?;
+            let seq = append_change(&tx, &self.sealer, cached.sid, &key, &bytes)?;
+            put_sigs(&tx, authorship::sign_new(&self.author, cached.doc.automerge(), &before))?;
+            index_doc(&tx, &self.sealer, &key, cached.sid, &mut cached.doc, &view)?;
+            let counts = log_counts(&tx, cached.sid)?;
+            cached.upto = seq;
+            maybe_compact(&tx, &self.sealer, &self.opts, &key, &mut cached, counts)?;
+            append_audit(&tx, &self.sealer, &self.node, now, action, Some(cached.sid), by(&self.acting, detail))?;
+        }
+        tx.commit().map_err(sql("committing"))?;
+        self.cache.put(id, cached);
+        Ok(out)
+    }
+
+    /// A session's routing log, read without building its whole view.
+    pub fn routing_log(
+        &mut self,
+        id: SessionId,
+    ) -> Result<Vec<std::collections::BTreeMap<String, sync_protocol::session::LogValue>>, StoreError> {
+        self.with_doc(id, |d| d.routing_log())?.map_err(model(id))
+    }
+
+    /// The session's call log (each party's record of its legs).
+    pub fn call_log(
+        &mut self,
+        id: SessionId,
+    ) -> Result<Vec<std::collections::BTreeMap<String, sync_protocol::session::LogValue>>, StoreError> {
+        self.with_doc(id, |d| d.call_log())?.map_err(model(id))
+    }
+
+    pub(super) fn with_doc<T>(&mut self, id: SessionId, f: impl FnOnce(&mut SessionDoc) -> T) -> Result<T, StoreError> {
+        let tx = self.conn.transaction().map_err(sql("starting a read"))?;
+        let mut cached = checkout(&mut self.cache, &tx, &self.sealer, &self.actor, id)?;
+        drop(tx);
+        let out = f(&mut cached.doc);
+        self.cache.put(id, cached);
+        Ok(out)
+    }
+
+    /// The current view of a session.
+    pub fn view(&mut self, id: SessionId) -> Result<SessionView, StoreError> {
+        self.with_doc(id, |d| d.view())?.map_err(model(id))
+    }
+
+    /// The whole document as Automerge bytes.
+    pub fn export_automerge(&mut self, id: SessionId) -> Result<Vec<u8>, StoreError> {
+        self.with_doc(id, |d| d.save())
+    }
+
+    /// Lists sessions newest first, from their index rows and cards (no document is loaded).
+    pub fn list(&self, filter: &ListFilter) -> Result<Vec<SessionCard>, StoreError> {
+        // Only the filters given appear in the statement, so that SQLite can use the status
+        // index (a router asking for the sessions in routing reads those, not every session).
+        let mut wheres = Vec::new();
+        let mut args: Vec<&str> = Vec::new();
+        if let Some(st) = filter.status {
+            args.push(st.as_str());
+            wheres.push(format!("status = ?{}", args.len()));
+        }
+        if let Some(line) = filter.service_line {
+            args.push(line.as_str());
+            wheres.push(format!("service_line = ?{}", args.len()));
+        }
+        self.cards_where(&wheres, &args, filter.limit.map_or(-1, |l| l as i64))
+    }
+
+    /// One session's card (`None` if this node does not hold it).
+    pub fn card(&self, id: SessionId) -> Result<Option<SessionCard>, StoreError> {
+        let key = id.to_string();
+        Ok(self.cards_where(&["id = ?1".to_string()], &[key.as_str()], 1)?.pop())
+    }
+
+    pub(super) fn cards_where(
+        &self,
+        wheres: &[String],
+        args: &[&str],
+        limit: i64,
+    ) -> Result<Vec<SessionCard>, StoreError> {
+        let ctx = "listing sessions";
+        let query = format!(
+            "SELECT id, status, service_line, priority, origin, created_ms, updated_ms, card FROM sessions {} {}
+             ORDER BY updated_ms DESC, id DESC LIMIT {limit}",
+            if wheres.is_empty() { "" } else { "WHERE" },
+            wheres.join(" AND "),
+        );
+        let mut stmt = self.conn.prepare_cached(&query).map_err(sql(ctx))?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(args.iter())).map_err(sql(ctx))?;
+        let damaged = |what: &str, value: String| StoreError::Damaged(format!("a session's {what} reads {value:?}"));
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(sql(ctx))? {
+            let id: String = row.get(0).map_err(sql(ctx))?;
+            let text = |i: usize| row.get::<_, String>(i).map_err(sql(ctx));
+            let sealed: Vec<u8> = row.get(7).map_err(sql(ctx))?;
+            let secret: CardSecret =
+                serde_json::from_slice(&self.sealer.open("session card", &card_aad(&id), &sealed)?).map_err(json)?;
+            out.push(SessionCard {
+                id: id.parse().map_err(|_| damaged("id", id.clone()))?,
+                status: Status::parse(&text(1)?).map_err(|e| damaged("status", e.value))?,
+                service_line: ServiceLine::parse(&text(2)?).map_err(|e| damaged("service line", e.value))?,
+                priority: Priority::parse(&text(3)?).map_err(|e| damaged("priority", e.value))?,
+                channel: secret.channel,
+                summary: secret.summary,
+                nhs_number: secret.nhs_number,
+                origin: text(4)?,
+                created_ms: row.get(5).map_err(sql(ctx))?,
+                updated_ms: row.get(6).map_err(sql(ctx))?,
+                messages: secret.messages,
+                photos: secret.photos,
+                on_device_only: secret.on_device_only,
+                last_message_receipt: secret.last_message_receipt,
+                last_message_side: secret.last_message_side,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Number of sessions stored.
+    pub fn session_count(&self) -> Result<u64, StoreError> {
+        self.conn
+            .row("SELECT count(*) FROM sessions", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(sql("counting sessions"))
+    }
+}
+
+pub(super) fn change_aad(id: &str) -> Vec<u8> {
+    [b"outpost/change/v1/".as_slice(), id.as_bytes()].concat()
+}
+
+pub(super) fn snapshot_aad(id: &str) -> Vec<u8> {
+    [b"outpost/snapshot/v1/".as_slice(), id.as_bytes()].concat()
+}
+
+pub(super) fn card_aad(id: &str) -> Vec<u8> {
+    [b"outpost/card/v1/".as_slice(), id.as_bytes()].concat()
+}
+
+pub(super) fn seal_card(sealer: &Sealer, id: &str, view: &SessionView) -> Result<Vec<u8>, StoreError> {
+    let plain = serde_json::to_vec(&CardSecret::from_view(view)).map_err(json)?;
+    Ok(sealer.seal(&card_aad(id), &plain)?)
+}
+
+/// Heads as stored: sorted 32-byte hashes, concatenated.
+pub(super) fn heads_blob(heads: &[Hash]) -> Vec<u8> {
+    let mut sorted = heads.to_vec();
+    sorted.sort();
+    sorted.concat()
+}
+
+/// What a peer holds, from a row of `heads, shared` (per-peer knowledge of a document).
+pub(super) fn knowledge_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<sync_protocol::engine::Knowledge> {
+    Ok(sync_protocol::engine::Knowledge {
+        heads: heads_from_blob(&r.get::<_, Vec<u8>>(0)?),
+        shared: heads_from_blob(&r.get::<_, Vec<u8>>(1)?),
+    })
+}
+
+/// Heads from their stored form.
+pub(super) fn heads_from_blob(b: &[u8]) -> Vec<Hash> {
+    b.chunks_exact(32)
+        .map(|c| {
+            let mut h = [0u8; 32];
+            h.copy_from_slice(c);
+            h
+        })
+        .collect()
+}
+
+pub(super) fn doc_heads(doc: &mut SessionDoc) -> Vec<Hash> {
+    let mut h: Vec<Hash> = doc.heads().into_iter().map(|c| c.0).collect();
+    h.sort();
+    h
+}
+
+/// Brings a session's clear index columns and side tables up to date with its document:
+/// status, line, priority, times, the sealed card, heads and their digest, shares, media.
+pub(super) fn index_doc(
+    tx: &Transaction<'_>,
+    sealer: &Sealer,
+    key: &str,
+    sid: i64,
+    doc: &mut SessionDoc,
+    view: &SessionView,
+) -> Result<(), StoreError> {
+    let heads = doc_heads(doc);
+    let digest = recon::digest(&heads);
+    let card = seal_card(sealer, key, view)?;
+    let (origin, icb, old_line, old_digest): (String, String, String, Vec<u8>) = tx
+        .row("SELECT origin, icb, service_line, digest FROM sessions WHERE sid = ?1", [sid], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .map_err(sql("reading the session index"))?;
+    let line = view.service.line.as_str();
+    if old_line != line || old_digest[..] != digest[..] {
+        let id = SessionId::from_bytes(sid_bytes(key)?);
+        if let Ok(old) = <[u8; 16]>::try_from(&old_digest[..]) {
+            fp_group_change(
+                tx,
+                (&origin, &icb, &old_line),
+                -1,
+                &Fingerprint::of(&Item { id: id.to_bytes(), digest: old }),
+            )?;
+        }
+        fp_group_change(tx, (&origin, &icb, line), 1, &Fingerprint::of(&Item { id: id.to_bytes(), digest }))?;
+    }
+    tx.exec(
+        "UPDATE sessions SET status = ?2, service_line = ?3, priority = ?4, updated_ms = ?5, card = ?6,
+         heads = ?7, digest = ?8 WHERE sid = ?1",
+        params![
+            sid,
+            view.status.as_str(),
+            view.service.line.as_str(),
+            view.service.priority.as_str(),
+            view.updated_ms(),
+            card,
+            heads_blob(&heads),
+            digest.to_vec()
+        ],
+    )
+    .map_err(sql("updating the session index"))?;
+    for node in &view.shared_with {
+        tx.exec("INSERT OR IGNORE INTO session_shares (sid, node) VALUES (?1, ?2)", params![sid, node])
+            .map_err(sql("indexing shares"))?;
+    }
+    for m in &view.media {
+        let holders: Vec<&str> =
+            m.receipts.iter().filter(|r| r.level >= ReceiptLevel::Hub).map(|r| r.node.as_str()).collect();
+        tx.exec(
+            "INSERT INTO session_media (sid, hash, size, mime, added_by, holders, withdrawn) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (sid, hash) DO UPDATE SET holders = excluded.holders, withdrawn = excluded.withdrawn",
+            params![sid, m.hash, m.size as i64, m.mime, m.added_by, holders.join(","), m.consent_withdrawn],
+        )
+        .map_err(sql("indexing photos"))?;
+    }
+    Ok(())
+}
+
+pub(super) fn sid_bytes(key: &str) -> Result<DocId, StoreError> {
+    key.parse::<SessionId>().map(|s| s.to_bytes()).map_err(|_| StoreError::Damaged(format!("session id {key:?}")))
+}
+
+/// Adds (`n` = 1) or takes away (`n` = -1) one session's item in the fingerprint of its scope
+/// group (origin, ICB, service line): the sums a Summary needs, kept up to date per write.
+pub(super) fn fp_group_change(
+    tx: &Transaction<'_>,
+    (origin, icb, line): (&str, &str, &str),
+    n: i64,
+    item: &Fingerprint,
+) -> Result<(), StoreError> {
+    let ctx = "updating the reconciliation sums";
+    let old: Option<(i64, Vec<u8>)> = tx
+        .row("SELECT n, fp FROM fp_groups WHERE origin = ?1 AND icb = ?2 AND line = ?3", [origin, icb, line], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()
+        .map_err(sql(ctx))?;
+    let (count, fp) = match old {
+        Some((count, fp)) => {
+            let fp: [u8; 32] =
+                fp.try_into().map_err(|_| StoreError::Damaged("a reconciliation sum is damaged".into()))?;
+            (count, Fingerprint::from_bytes(&fp))
+        }
+        None => (0, Fingerprint::default()),
+    };
+    let fp = if n > 0 { fp.add(item) } else { fp.sub(item) };
+    tx.exec(
+        "INSERT INTO fp_groups (origin, icb, line, n, fp) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (origin, icb, line) DO UPDATE SET n = excluded.n, fp = excluded.fp",
+        params![origin, icb, line, count + n, fp.to_bytes().to_vec()],
+    )
+    .map_err(sql(ctx))?;
+    Ok(())
+}
+
+/// Rebuilds the per-group fingerprints from the index (once, when the table is new).
+pub(super) fn rebuild_fp_groups(conn: &mut Connection) -> Result<(), StoreError> {
+    let ctx = "building the reconciliation sums";
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql(ctx))?;
+    let built: bool =
+        tx.row("SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'fp_groups')", [], |r| r.get(0)).map_err(sql(ctx))?;
+    if built {
+        return Ok(());
+    }
+    let mut groups: HashMap<(String, String, String), (i64, Fingerprint)> = HashMap::new();
+    {
+        let mut stmt = tx
+            .prepare("SELECT id, origin, icb, service_line, digest FROM sessions WHERE length(digest) = 16")
+            .map_err(sql(ctx))?;
+        let mut rows = stmt.query([]).map_err(sql(ctx))?;
+        while let Some(r) = rows.next().map_err(sql(ctx))? {
+            let key: String = r.get(0).map_err(sql(ctx))?;
+            let digest: Vec<u8> = r.get(4).map_err(sql(ctx))?;
+            let Ok(digest) = <[u8; 16]>::try_from(&digest[..]) else { continue };
+            let g = groups
+                .entry((r.get(1).map_err(sql(ctx))?, r.get(2).map_err(sql(ctx))?, r.get(3).map_err(sql(ctx))?))
+                .or_default();
+            g.0 += 1;
+            g.1 = g.1.add(&Fingerprint::of(&Item { id: sid_bytes(&key)?, digest }));
+        }
+    }
+    tx.exec("DELETE FROM fp_groups", []).map_err(sql(ctx))?;
+    for ((origin, icb, line), (n, fp)) in groups {
+        tx.exec(
+            "INSERT INTO fp_groups (origin, icb, line, n, fp) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![origin, icb, line, n, fp.to_bytes().to_vec()],
+        )
+        .map_err(sql(ctx))?;
+    }
+    tx.exec("INSERT INTO meta (key, value) VALUES ('fp_groups', x'01')", []).map_err(sql(ctx))?;
+    tx.commit().map_err(sql(ctx))
+}
+
+pub(super) fn log_counts(tx: &Transaction<'_>, sid: i64) -> Result<(i64, i64, i64), StoreError> {
+    tx.row("SELECT log_count, log_bytes, snapshot_bytes FROM sessions WHERE sid = ?1", [sid], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
+    .map_err(sql("reading the session log size"))
+}
+
+/// Folds the log into a snapshot when it outgrows half the snapshot or holds too many changes.
+pub(super) fn maybe_compact(
+    tx: &Transaction<'_>,
+    sealer: &Sealer,
+    opts: &StoreOptions,
+    key: &str,
+    cached: &mut Cached,
+    (log_count, log_bytes, snapshot_bytes): (i64, i64, i64),
+) -> Result<(), StoreError> {
+    let log_bytes = log_bytes as u64;
+    if log_count >= i64::from(opts.compact_after)
+        || (log_bytes >= opts.compact_min_bytes && log_bytes >= snapshot_bytes as u64 / 2)
+    {
+        compact(tx, sealer, key, cached)?;
+    }
+    Ok(())
+}
+
+pub(super) fn session_row(tx: &Transaction<'_>, id: &str) -> Result<Row, StoreError> {
+    tx.row("SELECT sid, head_seq, snapshot_upto FROM sessions WHERE id = ?1", [id], |r| {
+        Ok(Row { sid: r.get(0)?, head: r.get(1)?, snapshot_upto: r.get(2)? })
+    })
+    .optional()
+    .map_err(sql("loading a session"))?
+    .ok_or_else(|| StoreError::NoSuchSession(id.to_string()))
+}
+
+/// Takes a session's document out of the cache (or loads it) and brings it up to date with
+/// what other processes have committed: their new changes, or the snapshot that folded them.
+pub(super) fn checkout(
+    cache: &mut DocCache,
+    tx: &Transaction<'_>,
+    sealer: &Sealer,
+    actor: &ActorId,
+    id: SessionId,
+) -> Result<Cached, StoreError> {
+    let key = id.to_string();
+    let row = session_row(tx, &key)?;
+    let mut bytes = Vec::new();
+    let mut cached = cache.pop(&id);
+    let upto = cached.as_ref().map_or(0, |c| c.upto);
+    if row.head <= upto
+        && let Some(c) = cached
+    {
+        return Ok(c);
+    }
+    if row.snapshot_upto > upto {
+        let sealed: Vec<u8> = tx
+            .row("SELECT sealed FROM doc_snapshots WHERE sid = ?1", [row.sid], |r| r.get(0))
+            .map_err(sql("loading a snapshot"))?;
+        bytes.extend(sealer.open("snapshot", &snapshot_aad(&key), &sealed)?);
+    }
+    let mut stmt = tx
+        .prepare_cached("SELECT sealed FROM doc_changes WHERE sid = ?1 AND seq > ?2 ORDER BY seq")
+        .map_err(sql("loading changes"))?;
+    let mut rows = stmt.query(params![row.sid, upto]).map_err(sql("loading changes"))?;
+    while let Some(r) = rows.next().map_err(sql("loading changes"))? {
+        let sealed: Vec<u8> = r.get(0).map_err(sql("loading changes"))?;
+        bytes.extend(sealer.open("document change", &change_aad(&key), &sealed)?);
+    }
+    match cached.as_mut() {
+        Some(c) => c.doc.apply_bytes(&bytes).map_err(model(id))?,
+        None => {
+            cached =
+                Some(Cached { doc: SessionDoc::load(&bytes, actor.clone()).map_err(model(id))?, sid: row.sid, upto: 0 })
+        }
+    }
+    let mut c = cached.ok_or_else(|| StoreError::Damaged(format!("session {key} has no document")))?;
+    c.upto = row.head;
+    Ok(c)
+}
+
+pub(super) fn append_change(
+    tx: &Transaction<'_>,
+    sealer: &Sealer,
+    sid: i64,
+    key: &str,
+    bytes: &[u8],
+) -> Result<i64, StoreError> {
+    let sealed = sealer.seal(&change_aad(key), bytes)?;
+    tx.exec("INSERT INTO doc_changes (sid, sealed) VALUES (?1, ?2)", params![sid, sealed])
+        .map_err(sql("appending a change"))?;
+    let seq = tx.last_insert_rowid();
+    tx.exec(
+        "UPDATE sessions SET head_seq = ?2, log_count = log_count + 1, log_bytes = log_bytes + ?3 WHERE sid = ?1",
+        params![sid, seq, sealed.len() as i64],
+    )
+    .map_err(sql("appending a change"))?;
+    Ok(seq)
+}
+
+/// Replaces a session's log with a snapshot of the whole document.
+pub(super) fn compact(tx: &Transaction<'_>, sealer: &Sealer, key: &str, cached: &mut Cached) -> Result<(), StoreError> {
+    let snapshot = sealer.seal(&snapshot_aad(key), &cached.doc.save())?;
+    tx.exec(
+        "INSERT INTO doc_snapshots (sid, upto, sealed) VALUES (?1, ?2, ?3)
+         ON CONFLICT (sid) DO UPDATE SET upto = excluded.upto, sealed = excluded.sealed",
+        params![cached.sid, cached.upto, snapshot],
+    )
+    .map_err(sql("writing a snapshot"))?;
+    tx.exec("DELETE FROM doc_changes WHERE sid = ?1 AND seq <= ?2", params![cached.sid, cached.upto])
+        .map_err(sql("folding the log"))?;
+    tx.exec(
+        "UPDATE sessions SET snapshot_upto = ?2, snapshot_bytes = ?3, log_count = 0, log_bytes = 0 WHERE sid = ?1",
+        params![cached.sid, cached.upto, snapshot.len() as i64],
+    )
+    .map_err(sql("folding the log"))?;
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! The file: its SQLite settings, migrations and key check.
+
+use super::*;
+
+/// The migrations, in order; entry `i` takes the schema from version `i` to `i + 1`.
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE sessions (
+    sid            INTEGER PRIMARY KEY,
+    id             TEXT NOT NULL UNIQUE,
+    origin         TEXT NOT NULL,
+    icb            TEXT NOT NULL,
+    status         TEXT NOT NULL,
+    service_line   TEXT NOT NULL,
+    priority       TEXT NOT NULL,
+    created_ms     INTEGER NOT NULL,
+    updated_ms     INTEGER NOT NULL,
+    head_seq       INTEGER NOT NULL,
+    snapshot_upto  INTEGER NOT NULL DEFAULT 0,
+    snapshot_bytes INTEGER NOT NULL DEFAULT 0,
+    log_count      INTEGER NOT NULL DEFAULT 0,
+    log_bytes      INTEGER NOT NULL DEFAULT 0,
+    card           BLOB NOT NULL
+);
+CREATE INDEX sessions_by_updated ON sessions (updated_ms);
+CREATE INDEX sessions_by_status ON sessions (status, service_line);
+CREATE TABLE doc_changes (
+    seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+    sid    INTEGER NOT NULL REFERENCES sessions (sid),
+    sealed BLOB NOT NULL
+);
+CREATE INDEX doc_changes_by_session ON doc_changes (sid, seq);
+CREATE TABLE doc_snapshots (
+    sid    INTEGER PRIMARY KEY REFERENCES sessions (sid),
+    upto   INTEGER NOT NULL,
+    sealed BLOB NOT NULL
+);
+CREATE TABLE blobs (
+    hash       TEXT PRIMARY KEY,
+    size       INTEGER NOT NULL,
+    mime       TEXT NOT NULL,
+    chunk_size INTEGER NOT NULL,
+    chunks     INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE blob_chunks (
+    hash   TEXT NOT NULL,
+    idx    INTEGER NOT NULL,
+    sealed BLOB NOT NULL,
+    PRIMARY KEY (hash, idx)
+);
+CREATE TABLE audit (
+    seq    INTEGER PRIMARY KEY,
+    at_ms  INTEGER NOT NULL,
+    node   TEXT NOT NULL,
+    action TEXT NOT NULL,
+    sid    INTEGER REFERENCES sessions (sid),
+    detail BLOB,
+    hash   BLOB NOT NULL
+);
+"#,
+    r#"
+ALTER TABLE sessions ADD COLUMN heads BLOB NOT NULL DEFAULT x'';
+ALTER TABLE sessions ADD COLUMN digest BLOB NOT NULL DEFAULT x'';
+CREATE INDEX sessions_by_head ON sessions (head_seq);
+CREATE TABLE session_shares (
+    sid  INTEGER NOT NULL REFERENCES sessions (sid),
+    node TEXT NOT NULL,
+    PRIMARY KEY (sid, node)
+) WITHOUT ROWID;
+CREATE TABLE session_media (
+    sid       INTEGER NOT NULL REFERENCES sessions (sid),
+    hash      TEXT NOT NULL,
+    size      INTEGER NOT NULL,
+    mime      TEXT NOT NULL,
+    added_by  TEXT NOT NULL,
+    holders   TEXT NOT NULL,
+    withdrawn INTEGER NOT NULL,
+    PRIMARY KEY (sid, hash)
+) WITHOUT ROWID;
+CREATE INDEX session_media_by_hash ON session_media (hash);
+CREATE TABLE peer_docs (
+    peer   TEXT NOT NULL,
+    sid    INTEGER NOT NULL REFERENCES sessions (sid),
+    digest BLOB NOT NULL,
+    heads  BLOB NOT NULL,
+    shared BLOB NOT NULL,
+    PRIMARY KEY (peer, sid)
+) WITHOUT ROWID;
+ALTER TABLE blobs ADD COLUMN manifest BLOB;
+ALTER TABLE blobs ADD COLUMN state TEXT NOT NULL DEFAULT 'complete';
+ALTER TABLE blobs ADD COLUMN thumbnail BLOB;
+"#,
+    r#"
+CREATE TABLE directory (
+    icb        TEXT PRIMARY KEY,
+    sealed     BLOB NOT NULL,
+    heads      BLOB NOT NULL,
+    digest     BLOB NOT NULL,
+    seq        INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE peer_directory (
+    peer   TEXT NOT NULL,
+    icb    TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    heads  BLOB NOT NULL,
+    shared BLOB NOT NULL,
+    PRIMARY KEY (peer, icb)
+) WITHOUT ROWID;
+"#,
+    r#"
+CREATE TABLE change_sigs (
+    hash BLOB PRIMARY KEY,
+    sig  BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE members (
+    prefix     BLOB PRIMARY KEY,
+    name       TEXT NOT NULL,
+    credential BLOB NOT NULL
+) WITHOUT ROWID;
+"#,
+    r#"
+CREATE TABLE fp_groups (
+    origin TEXT NOT NULL,
+    icb    TEXT NOT NULL,
+    line   TEXT NOT NULL,
+    n      INTEGER NOT NULL,
+    fp     BLOB NOT NULL,
+    PRIMARY KEY (origin, icb, line)
+) WITHOUT ROWID;
+CREATE TABLE peer_marks (
+    peer  TEXT PRIMARY KEY,
+    scope TEXT NOT NULL,
+    mark  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX session_shares_by_node ON session_shares (node);
+CREATE INDEX peer_docs_by_sid ON peer_docs (sid);
+"#,
+    r#"
+CREATE TABLE peer_syncs (
+    peer          TEXT PRIMARY KEY,
+    last_ok_ms    INTEGER,
+    last_error    TEXT,
+    last_error_ms INTEGER
+) WITHOUT ROWID;
+CREATE TABLE users (
+    id           INTEGER PRIMARY KEY,
+    name         TEXT NOT NULL UNIQUE,
+    role         TEXT NOT NULL,
+    registration TEXT,
+    secret       TEXT,
+    token_hash   BLOB UNIQUE,
+    created_ms   INTEGER NOT NULL,
+    disabled     INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE api_sessions (
+    token_hash BLOB PRIMARY KEY,
+    user_id    INTEGER NOT NULL REFERENCES users (id),
+    expires_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE client_keys (
+    kind    TEXT NOT NULL,
+    key     TEXT NOT NULL,
+    request BLOB NOT NULL,
+    result  TEXT NOT NULL,
+    at_ms   INTEGER NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+"#,
+];
+
+pub(super) const KEY_CHECK: &[u8] = b"outpost key check";
+
+/// Opens and configures the database connection; `alone`: exclusive locking, so that SQLite
+/// keeps the WAL index in this process's memory rather than in the `-shm` file beside the
+/// database (which a full disk cannot hold).
+pub(super) fn configure(path: &Path, alone: bool) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(sql("opening the database"))?;
+    conn.set_prepared_statement_cache_capacity(256);
+    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sql("setting the busy timeout"))?;
+    if alone {
+        conn.execute_batch("PRAGMA locking_mode = EXCLUSIVE").map_err(sql("opening the store alone"))?;
+    }
+    // Takes effect only on a new, empty database; freed pages (folded logs, photos deleted
+    // once the hub holds them) can then be returned to the file system.
+    if !alone {
+        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL").map_err(sql("configuring the database"))?;
+    }
+    let mode: String = conn.row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(sql("enabling WAL"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Damaged(format!("journal mode is {mode}, WAL is required")));
+    }
+    // FULL: the WAL is fsynced at every commit, so a returned write survives power loss.
+    // The WAL file is cut back to 8 MiB after each checkpoint, so it does not keep the
+    // high-water size of a burst of photos.
+    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA journal_size_limit=8388608;")
+        .map_err(sql("setting durability"))?;
+    Ok(conn)
+}
+
+pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a migration"))?;
+    let version: i64 = tx.row("PRAGMA user_version", [], |r| r.get(0)).map_err(sql("reading the schema"))?;
+    if version > DB_SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema { path: path.to_path_buf(), found: version });
+    }
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(step).map_err(sql("migrating the schema"))?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1)).map_err(sql("migrating the schema"))?;
+    }
+    tx.commit().map_err(sql("migrating the schema"))
+}
+
+pub(super) fn check_key(conn: &Connection, sealer: &Sealer) -> Result<(), StoreError> {
+    let stored: Option<Vec<u8>> = conn
+        .row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| r.get(0))
+        .optional()
+        .map_err(sql("checking the node key"))?;
+    match stored {
+        Some(sealed) => {
+            sealer.open("key check", b"meta", &sealed)?;
+        }
+        None => {
+            let sealed = sealer.seal(b"meta", KEY_CHECK)?;
+            conn.exec("INSERT INTO meta (key, value) VALUES ('key_check', ?1)", [sealed])
+                .map_err(sql("recording the key check"))?;
+        }
+    }
+    Ok(())
+}
