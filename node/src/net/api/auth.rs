@@ -1,0 +1,208 @@
+//! Who is calling: bearer tokens, signing in and out with lockout, the caller's status.
+
+use super::*;
+
+/// The person a request comes from: its bearer token checked, and their role one that works
+/// on this node.
+pub struct Caller(pub(super) Person);
+
+impl FromRequestParts<Arc<Shared>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Self, Self::Rejection> {
+        let token = bearer(&parts.headers, &parts.uri).ok_or_else(|| {
+            ApiError(StatusCode::UNAUTHORIZED, "sign in first: Authorization: Bearer TOKEN (POST /api/login)".into())
+        })?;
+        let person = shared.store.call(move |n| n.person_by_token(&token, now_ms())).await??.ok_or_else(|| {
+            ApiError(StatusCode::UNAUTHORIZED, "this token is unknown or has expired; sign in again".into())
+        })?;
+        if !person.role.works_on(shared.me.role) {
+            return Err(ApiError(
+                StatusCode::FORBIDDEN,
+                format!("a {} does not work on a {} node", person.role, shared.me.role),
+            ));
+        }
+        Ok(Caller(person))
+    }
+}
+
+/// The bearer token of a request: the `Authorization` header, or, on the event stream and the
+/// call audio socket alone (a browser's `EventSource` and `WebSocket` cannot set headers), a
+/// `token` query parameter.
+pub(super) fn bearer(headers: &axum::http::HeaderMap, uri: &axum::http::Uri) -> Option<String> {
+    if let Some(h) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        return h.strip_prefix("Bearer ").map(|t| t.trim().to_string());
+    }
+    if !matches!(uri.path(), "/api/events" | "/api/calls/audio") {
+        return None;
+    }
+    uri.query()?.split('&').find_map(|kv| kv.strip_prefix("token=").map(str::to_string))
+}
+
+// -------------------------------------------------------------------------------- handlers
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct Login {
+    /// The user's name, as `outpost user add` set it.
+    pub(super) name: String,
+    /// Their PIN or passphrase (or an integrating system's token).
+    pub(super) secret: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct LoggedIn {
+    /// The bearer token for every further call.
+    pub(super) token: String,
+    /// When it stops working (12 hours: a shift).
+    pub(super) expires_ms: i64,
+    /// Who signed in.
+    pub(super) user: Person,
+}
+
+/// What one daemon's API bounds: logins checked at once, failed sign-ins by name, and event
+/// streams open (kept per daemon, in its shared state).
+#[derive(Debug)]
+pub(crate) struct Guards {
+    /// Logins checked at once (each costs tens of milliseconds of one core, off the store thread).
+    pub(super) logins: tokio::sync::Semaphore,
+    /// Failed sign-ins by name: after 5 in a row, that name waits, 30 s doubling up to 15 min.
+    pub(super) lockouts: std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>>,
+    /// Event streams open.
+    pub(super) streams: Arc<std::sync::atomic::AtomicUsize>,
+    /// The last whole-chain audit check, when made, and its wall-clock time.
+    pub(super) audit: std::sync::Mutex<Option<(std::time::Instant, crate::store::AuditCheck, i64)>>,
+}
+
+impl Default for Guards {
+    fn default() -> Self {
+        Guards {
+            logins: tokio::sync::Semaphore::new(2),
+            lockouts: Default::default(),
+            streams: Default::default(),
+            audit: Default::default(),
+        }
+    }
+}
+
+pub(super) const FREE_TRIES: u32 = 5;
+
+pub(super) fn lockout_left(guards: &Guards, name: &str) -> Option<std::time::Duration> {
+    let map = guards.lockouts.lock().ok()?;
+    let (fails, until) = map.get(name)?;
+    (*fails >= FREE_TRIES).then(|| until.saturating_duration_since(std::time::Instant::now())).filter(|d| !d.is_zero())
+}
+
+pub(super) fn record_attempt(guards: &Guards, name: &str, ok: bool) {
+    let Ok(mut map) = guards.lockouts.lock() else { return };
+    if ok {
+        map.remove(name);
+        return;
+    }
+    if map.len() > 10_000 {
+        map.retain(|_, (_, until)| *until > std::time::Instant::now());
+    }
+    let e = map.entry(name.to_string()).or_insert((0, std::time::Instant::now()));
+    e.0 = e.0.saturating_add(1);
+    if e.0 >= FREE_TRIES {
+        let secs = (30u64 << (e.0 - FREE_TRIES).min(5)).min(900);
+        e.1 = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    }
+}
+
+#[utoipa::path(
+    post, path = "/api/login", tag = "people", security(()),
+    request_body = Login,
+    responses(
+        (status = 200, description = "Signed in for a shift", body = LoggedIn),
+        (status = 401, description = "Unknown name or wrong secret", body = ErrorBody),
+        (status = 403, description = "The person's role does not work on this kind of node", body = ErrorBody),
+        (status = 429, description = "Too many wrong attempts for this name", body = ErrorBody),
+    )
+)]
+pub(super) async fn login(
+    State(shared): State<Arc<Shared>>,
+    JsonBody(body): JsonBody<Login>,
+) -> Result<Json<LoggedIn>, ApiError> {
+    if let Some(left) = lockout_left(&shared.api, &body.name) {
+        return Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many wrong attempts for this name; try again in {} s", left.as_secs().max(1)),
+        ));
+    }
+    let name = body.name.clone();
+    let (person, phc) = shared.store.call(move |n| n.sign_in_material(&name)).await??;
+    let good = {
+        let _permit = shared
+            .api
+            .logins
+            .acquire()
+            .await
+            .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))?;
+        let secret = body.secret;
+        tokio::task::spawn_blocking(move || crate::store::people::verify_secret(&secret, &phc)).await.unwrap_or(false)
+    };
+    record_attempt(&shared.api, &body.name, good && person.is_some());
+    let Some(user) = person.filter(|_| good) else {
+        return Err(ApiError(StatusCode::UNAUTHORIZED, "unknown name or wrong PIN".into()));
+    };
+    if !user.role.works_on(shared.me.role) {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!("a {} does not work on a {} node", user.role, shared.me.role),
+        ));
+    }
+    let who = user.clone();
+    let (token, expires_ms) = shared.store.call(move |n| n.open_api_session(&who, now_ms())).await??;
+    Ok(Json(LoggedIn { token, expires_ms, user }))
+}
+
+#[utoipa::path(
+    post, path = "/api/logout", tag = "people",
+    responses(
+        (status = 204, description = "The token is ended"),
+        (status = 400, description = "Not a signed-in session (a system token)", body = ErrorBody),
+        (status = 401, description = "No token", body = ErrorBody),
+    )
+)]
+pub(super) async fn logout(
+    State(shared): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+) -> Result<StatusCode, ApiError> {
+    let token = bearer(&headers, &uri).ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "no token to end".into()))?;
+    if shared.store.call(move |n| n.sign_out(&token, now_ms())).await?? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(bad(
+            "this token is not a signed-in session (a system token ends when its user is disabled: `outpost user disable`)",
+        ))
+    }
+}
+
+#[utoipa::path(
+    get, path = "/api/me", tag = "people",
+    responses((status = 200, description = "Who the token is", body = Person), (status = 401, body = ErrorBody))
+)]
+pub(super) async fn me(Caller(who): Caller) -> Json<Person> {
+    Json(who)
+}
+
+#[utoipa::path(
+    get, path = "/api/status", tag = "node",
+    responses((status = 200, description = "The node's honest status", body = NodeStatus), (status = 401, body = ErrorBody))
+)]
+pub(super) async fn status(State(shared): State<Arc<Shared>>, Caller(_): Caller) -> Result<Response, ApiError> {
+    // The chain is checked whole at most once a minute; in between the last check is given,
+    // with its time (`audit_checked_ms`).
+    let recent = shared.api.audit.lock().ok().and_then(|c| c.clone()).filter(|(at, ..)| at.elapsed() < AUDIT_RECHECK);
+    let mut st = shared.store.call(move |n| n.status_with(recent.map(|(_, check, ms)| (check, ms)))).await??;
+    let mut connected: Vec<String> = shared.links.lock().map(|l| l.keys().cloned().collect()).unwrap_or_default();
+    connected.sort();
+    st.connected_peers = Some(connected);
+    if let Ok(mut c) = shared.api.audit.lock()
+        && c.as_ref().is_none_or(|(at, ..)| at.elapsed() >= AUDIT_RECHECK)
+    {
+        *c = Some((std::time::Instant::now(), st.audit.clone(), st.audit_checked_ms));
+    }
+    Ok(Json(st).into_response())
+}
