@@ -1,0 +1,488 @@
+//! Calls and routing: escalating, answering, what a desk sees ringing, callbacks owed, the
+//! ICB directory's lines, the hub's routing decision (`route_call`) and each party's legs.
+
+use super::*;
+
+/// What the hub's router did in one step for one session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routed {
+    /// The escalation.
+    pub call: String,
+    /// The node whose voice this hub relays to the desk: the requester (whose path is
+    /// measured), or for a call handed over from another ICB, the hub that handed it.
+    pub requester: String,
+    /// The step taken.
+    pub action: Action,
+    /// Whether this step wrote to the session (so that it is pushed to peers).
+    pub wrote: bool,
+}
+
+impl Node {
+    /// Escalates a session to a live call: records the request in the session's routing log
+    /// (the hub's router takes it from there). Returns the call's id once it is durable.
+    pub fn escalate(&mut self, id: SessionId, now: i64) -> Result<String, NodeError> {
+        self.require("escalating a session to a call", "edge", &[Role::Edge])?;
+        // Asking again while a call is still open (waiting, ringing) is the same request: a
+        // double tap, or an app that did not hear the answer, makes one call.
+        if let Some(open) = calls_in(&self.store.routing_log(id)?).into_iter().rev().find(CallState::is_open) {
+            return Ok(open.call);
+        }
+        let call = new_id(now)?;
+        let by = self.config.name.clone();
+        let detail = Some(serde_json::json!({ "call": call }));
+        self.store.edit(id, "call.escalate", detail, now, |_, doc| {
+            let model = |source| StoreError::Model { id: id.to_string(), source };
+            let fields = [("call", LogValue::Str(call.clone())), ("by", LogValue::Str(by.clone()))];
+            doc.append_log(LogName::Routing, "escalate", &fields, now).map_err(model)?;
+            if doc.view().map_err(model)?.status < Status::Routing {
+                doc.set_status(Status::Routing, now).map_err(model)?;
+            }
+            Ok(())
+        })?;
+        Ok(call)
+    }
+
+    /// Answers the call ringing at this desk in a session, if one is. Returns the call's id and
+    /// the attempt answered.
+    pub fn answer_call(&mut self, id: SessionId, now: i64) -> Result<Option<(String, u32)>, NodeError> {
+        self.require("answering a call", "desk", &[Role::Desk])?;
+        let me = self.config.name.clone();
+        let view = self.store.view(id)?;
+        let Some((call, attempt)) = calls_of(&view).into_iter().find_map(|c| {
+            let (desk, attempt, _, _) = c.ringing()?.clone();
+            let answered = c.answers.iter().any(|a| a.0 == attempt && a.1 == me);
+            (c.is_open() && desk == me && !answered).then_some((c.call.clone(), attempt))
+        }) else {
+            return Ok(None);
+        };
+        let detail = Some(serde_json::json!({ "call": call, "attempt": attempt }));
+        self.store.edit(id, "call.answer", detail, now, |_, doc| {
+            let fields = [
+                ("call", LogValue::Str(call.clone())),
+                ("desk", LogValue::Str(me.clone())),
+                ("attempt", LogValue::Int(i64::from(attempt))),
+            ];
+            doc.append_log(LogName::Routing, "answer", &fields, now)
+                .map_err(|source| StoreError::Model { id: id.to_string(), source })
+        })?;
+        Ok(Some((call, attempt)))
+    }
+
+    /// Where the latest call of each of these sessions stands (sessions with no call are left
+    /// out). Reads only the routing logs.
+    pub fn calls_now(&mut self, ids: &[SessionId]) -> Result<Vec<CallNow>, NodeError> {
+        let me = self.config.name.clone();
+        let mut out = Vec::new();
+        for id in ids {
+            let Ok(routing) = self.store.routing_log(*id) else { continue };
+            let Some(c) = calls_in(&routing).pop() else { continue };
+            let ringing = c.ringing().filter(|r| c.is_open() && !c.answers.iter().any(|a| a.0 == r.1)).cloned();
+            // A connected call has ended once either party (the requester's node or the desk
+            // connected) has written the record of its leg; no other node's record counts.
+            let ended = c.connected.as_ref().is_some_and(|(desk, _)| {
+                self.store.call_log(*id).is_ok_and(|log| {
+                    log.iter().any(|e| {
+                        let s = |k: &str| e.get(k).and_then(LogValue::as_str);
+                        let party = s("node").is_some_and(|n| n == c.by || n == desk.as_str());
+                        s("kind") == Some("leg") && s("call") == Some(c.call.as_str()) && s("end").is_some() && party
+                    })
+                })
+            });
+            let (state, desk) = match (&c.connected, &c.callback, &ringing) {
+                // A call that dropped is called back: the callback is the news.
+                (Some(_), Some(_), _) if ended => ("callback", None),
+                (Some((desk, _)), _, _) if ended => ("ended", Some(desk.clone())),
+                (Some((desk, _)), _, _) => ("connected", Some(desk.clone())),
+                (None, Some(_), _) => ("callback", None),
+                (None, None, Some((desk, ..))) => ("ringing", Some(desk.clone())),
+                (None, None, None) => ("waiting", None),
+            };
+            out.push(CallNow {
+                session: *id,
+                call: c.call.clone(),
+                state,
+                ringing_here: state == "ringing" && desk.as_deref() == Some(me.as_str()),
+                desk,
+                rung: ringing.map(|(_, _, at, secs)| (at, secs)),
+                callback_reason: c.callback.map(|(why, _)| why),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The callbacks owed: sessions whose latest escalation ended in a callback (no desk could
+    /// take the call, the link could not carry it, or it dropped) and that no later call, no
+    /// consultant's outcome and no closing has settled. On a desk, the consultant owes them; on
+    /// an edge, the crew waits for them. Oldest first: the longest wait is called back first.
+    ///
+    /// Bounded: it looks at the [`CALLBACK_CANDIDATES`] most recently changed sessions in each
+    /// status a callback can leave a session in (arranging one changes the session, so a
+    /// callback still owed is among the recent ones unless that many sessions changed since).
+    pub fn callbacks_owed(&mut self) -> Result<Vec<CallbackOwed>, NodeError> {
+        let mut candidates = Vec::new();
+        // A callback moves a session to awaiting_reply unless it is already beyond; a dropped
+        // call leaves it connected.
+        for status in [Status::Routing, Status::Connected, Status::AwaitingReply, Status::Responded] {
+            let filter = ListFilter { status: Some(status), limit: Some(CALLBACK_CANDIDATES), ..Default::default() };
+            candidates.extend(self.store.list(&filter)?);
+        }
+        let mut out = Vec::new();
+        for card in candidates {
+            let Ok(routing) = self.store.routing_log(card.id) else { continue };
+            let Some(c) = calls_in(&routing).pop() else { continue };
+            let Some((reason, since_ms)) = c.callback.clone() else { continue };
+            let view = self.store.view(card.id)?;
+            if view.outcome.responder.is_some() {
+                continue;
+            }
+            out.push(CallbackOwed {
+                session: card.id,
+                call: c.call,
+                service_line: card.service_line,
+                priority: card.priority,
+                summary: card.summary,
+                callback_number: view.requester.callback,
+                call_sign: view.requester.call_sign,
+                reason,
+                since_ms,
+            });
+        }
+        out.sort_by_key(|c| c.since_ms);
+        Ok(out)
+    }
+
+    /// This node's copy of its ICB's directory (service lines, hours, rotas): the hub's own, or
+    /// at an edge or desk what last arrived from the hub. `None` if it holds none yet.
+    pub fn directory(&self) -> Result<Option<DirectoryView>, NodeError> {
+        let Some(icb) = self.config.icb.as_deref() else { return Ok(None) };
+        Ok(self.store.directory(icb)?)
+    }
+
+    /// Sets one service line of the ICB's directory (its hours, channels and rota), durably;
+    /// it reaches the ICB's edges and desks at their next sync. Only the hub keeps the directory.
+    pub fn set_line(&mut self, entry: LineEntry, now: i64) -> Result<DirectoryView, NodeError> {
+        self.require("setting a service line or rota", "hub", &[Role::Hub])?;
+        let icb = self.icb()?;
+        let (_, view) = self.store.edit_directory(&icb, "directory.set", now, |d| d.set_line(&entry, now))?;
+        Ok(view)
+    }
+
+    /// Removes a service line from the ICB's directory; escalations on it then end in a callback.
+    pub fn remove_line(&mut self, line: ServiceLine, now: i64) -> Result<(bool, DirectoryView), NodeError> {
+        self.require("removing a service line", "hub", &[Role::Hub])?;
+        let icb = self.icb()?;
+        Ok(self.store.edit_directory(&icb, "directory.remove", now, |d| d.remove_line(line, now))?)
+    }
+
+    pub(super) fn icb(&self) -> Result<String, NodeError> {
+        self.config.icb.clone().ok_or_else(|| {
+            NodeError::Invalid(format!("node {} belongs to no ICB: it keeps no directory", self.config.name))
+        })
+    }
+
+    /// Sessions whose routing log holds an escalation still open.
+    pub fn open_escalations(&mut self, candidates: &[SessionId]) -> Result<Vec<SessionId>, NodeError> {
+        let mut out = Vec::new();
+        for id in candidates {
+            let Ok(routing) = self.store.routing_log(*id) else { continue };
+            if calls_in(&routing).iter().any(CallState::is_open) {
+                out.push(*id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One step of the hub's router for a session's first open escalation: decides with
+    /// [`next_action`] and records what it decided in the routing log (durably) before
+    /// returning it. `quality` is the requester's path as just measured, `seen_ms` when this
+    /// hub first saw the escalation.
+    pub fn route_call(
+        &mut self,
+        id: SessionId,
+        quality: Option<&PathQuality>,
+        seen_ms: i64,
+        now: i64,
+    ) -> Result<Option<Routed>, NodeError> {
+        self.require("routing calls", "hub", &[Role::Hub])?;
+        let view = self.store.view(id)?;
+        let Some(call) = calls_of(&view).into_iter().find(CallState::is_open) else { return Ok(None) };
+        let me = self.config.name.clone();
+        // Only this hub's directory decides who is rung.
+        let line = self.directory()?.and_then(|d| d.lines.get(&view.service.line).cloned());
+        let home = self.config.icb.as_deref() == Some(view.identity.icb.as_str());
+        let mut here = call.clone();
+        // Whose voice this hub relays to the desk: the requester's, or the handing hub's.
+        let mut requester = call.by.clone();
+        let mut wrote = false;
+        let first_ring_here = if home {
+            call.rings.is_empty()
+        } else {
+            // Another ICB's session: this hub routes it only if the call was handed to it.
+            let Some(fed) = call.federated.clone().filter(|f| f.hub == me) else { return Ok(None) };
+            here.federated = None;
+            requester = fed.from.clone();
+            // Its desks are outside the session's ICB: share it with them so that they may hold it.
+            let missing: Vec<String> = line
+                .iter()
+                .flat_map(|l| l.rota.iter().map(|d| d.desk.clone()))
+                .filter(|d| !view.shared_with.contains(d))
+                .collect();
+            if !missing.is_empty() {
+                let detail = Some(serde_json::json!({ "call": call.call, "shared_with": missing }));
+                self.store.edit(id, "call.share", detail, now, |_, doc| {
+                    for desk in &missing {
+                        doc.share_with(desk, now).map_err(|source| StoreError::Model { id: id.to_string(), source })?;
+                    }
+                    Ok(())
+                })?;
+                wrote = true;
+            }
+            !call.rings.iter().any(|r| r.2 >= fed.at)
+        };
+        let refusal = line.as_ref().filter(|_| first_ring_here).and_then(|l| l.call_refusal(now));
+        let fallback = line.as_ref().filter(|_| home).and_then(|l| l.fallback_hub.clone());
+        let holders = self.store.holders_of(&id.to_bytes())?;
+        let action = match (refusal, &fallback) {
+            // Closed here (or no calls here), and no other ICB's line to try.
+            (Some(reason), None) => Action::Callback { reason, rating: None },
+            // Closed here: straight to the federated hub's line, the link gate first.
+            (Some(_), Some(hub)) => next_action(&here, &[], &view, &holders, Some(hub), quality, seen_ms, now),
+            (None, _) => {
+                let rota = line.map(|l| l.rota).unwrap_or_default();
+                next_action(&here, &rota, &view, &holders, fallback.as_deref(), quality, seen_ms, now)
+            }
+        };
+        let c = LogValue::Str(call.call.clone());
+        let entry: Option<LogEntry> = match &action {
+            Action::Wait | Action::Measure => None,
+            Action::Federate { hub } => {
+                // Handed over with the share that lets the other hub hold the session, in one write.
+                let fields = [("call", c), ("hub", LogValue::Str(hub.clone())), ("from", LogValue::Str(me.clone()))];
+                let detail = Some(serde_json::json!({ "call": call.call, "federated_to": hub }));
+                self.store.edit(id, "call.federate", detail, now, |_, doc| {
+                    let model = |source| StoreError::Model { id: id.to_string(), source };
+                    doc.share_with(hub, now).map_err(model)?;
+                    doc.append_log(LogName::Routing, "federate", &fields, now).map_err(model)
+                })?;
+                wrote = true;
+                None
+            }
+            Action::GatePassed(r, q) => Some(("gate", gate_fields(c, "call", r, q, ""), None)),
+            Action::Ring { desk, attempt, ring_s } => Some((
+                "ring",
+                vec![
+                    ("call", c),
+                    ("desk", LogValue::Str(desk.clone())),
+                    ("attempt", LogValue::Int(i64::from(*attempt))),
+                    ("ring_s", LogValue::Int(i64::from(*ring_s))),
+                ],
+                None,
+            )),
+            Action::NoAnswer { desk, attempt } => Some((
+                "no_answer",
+                vec![
+                    ("call", c),
+                    ("desk", LogValue::Str(desk.clone())),
+                    ("attempt", LogValue::Int(i64::from(*attempt))),
+                ],
+                None,
+            )),
+            Action::Connected { desk, attempt, rung_ms } => Some((
+                "connected",
+                vec![
+                    ("call", c),
+                    ("desk", LogValue::Str(desk.clone())),
+                    ("attempt", LogValue::Int(i64::from(*attempt))),
+                    // Measured on this hub's clock from when it first saw the call: the request
+                    // (at the session's hub) or the hand-over (at a federated hub).
+                    (if home { "ms_from_escalate" } else { "ms_from_handover" }, LogValue::Int(now - seen_ms)),
+                    ("ms_from_ring", LogValue::Int(now - rung_ms)),
+                ],
+                Some(Status::Connected),
+            )),
+            Action::Callback { reason, rating } => {
+                let mut fields = vec![("call", c.clone()), ("reason", LogValue::Str(reason.clone()))];
+                if let Some((r, q)) = rating {
+                    // The gate's figures, so that the clinician sees why.
+                    let gate = gate_fields(c, "callback", r, q, reason);
+                    self.store.edit(id, "call.gate", None, now, |_, doc| {
+                        doc.append_log(LogName::Routing, "gate", &gate, now)
+                            .map_err(|source| StoreError::Model { id: id.to_string(), source })
+                    })?;
+                    fields.push(("mos", LogValue::Float(r.mos)));
+                }
+                Some(("callback", fields, Some(Status::AwaitingReply)))
+            }
+        };
+        if let Some((kind, fields, status)) = entry {
+            wrote = true;
+            let detail = Some(serde_json::json!({ "call": call.call, "step": kind }));
+            self.store.edit(id, "call.route", detail, now, |_, doc| {
+                let model = |source| StoreError::Model { id: id.to_string(), source };
+                doc.append_log(LogName::Routing, kind, &fields, now).map_err(model)?;
+                if let Some(st) = status
+                    && doc.view().map_err(model)?.status < st
+                {
+                    doc.set_status(st, now).map_err(model)?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(Some(Routed { call: call.call, requester, action, wrote }))
+    }
+
+    /// For a session whose latest escalation this hub handed to a federated hub, and which
+    /// that hub has since connected: (call, requester, federated hub), so that this hub relays
+    /// the requester's voice to the federated hub.
+    pub fn federated_connection(&mut self, id: SessionId) -> Result<Option<(String, String, String)>, NodeError> {
+        let view = self.store.view(id)?;
+        let me = self.config.name.as_str();
+        Ok(calls_of(&view).into_iter().rev().find_map(|c| {
+            let fed = c.federated.as_ref().filter(|f| f.from == me)?;
+            c.connected.as_ref().map(|_| (c.call.clone(), c.by.clone(), fed.hub.clone()))
+        }))
+    }
+}
+
+/// A routing-log entry to write: its kind, its fields, and the status it raises the session to.
+pub(super) type LogEntry = (&'static str, Vec<(&'static str, LogValue)>, Option<Status>);
+
+pub(super) fn gate_fields(
+    call: LogValue,
+    verdict: &str,
+    r: &Rating,
+    q: &PathQuality,
+    reason: &str,
+) -> Vec<(&'static str, LogValue)> {
+    let mut v = vec![
+        ("call", call),
+        ("verdict", LogValue::Str(verdict.into())),
+        ("mos", LogValue::Float((r.mos * 100.0).round() / 100.0)),
+        ("r", LogValue::Float((r.r * 10.0).round() / 10.0)),
+        ("rtt_ms", LogValue::Float((q.rtt_ms * 10.0).round() / 10.0)),
+        ("jitter_ms", LogValue::Float((q.jitter_ms * 10.0).round() / 10.0)),
+        ("loss", LogValue::Float((q.loss * 1000.0).round() / 1000.0)),
+        ("probes", LogValue::Int(i64::from(q.probes))),
+    ];
+    if !reason.is_empty() {
+        v.push(("reason", LogValue::Str(reason.into())));
+    }
+    v
+}
+
+impl Node {
+    /// Connected calls among `ids` that this node is a party of and has not yet recorded a leg
+    /// for, with the media plan of each: the requester's from its meta table (a requester
+    /// without one has no audio here), a desk's `default`.
+    pub fn calls_to_join(
+        &mut self,
+        ids: &[SessionId],
+        default: &crate::media::MediaPlan,
+    ) -> Result<Vec<(SessionId, String, Side, crate::media::MediaPlan)>, NodeError> {
+        let me = self.config.name.clone();
+        let mut out = Vec::new();
+        for id in ids {
+            let Ok(view) = self.store.view(*id) else { continue };
+            for c in calls_of(&view) {
+                let Some((desk, _)) = &c.connected else { continue };
+                let side = if c.by == me {
+                    Side::Requester
+                } else if *desk == me {
+                    Side::Responder
+                } else {
+                    continue;
+                };
+                let recorded = view.calls.iter().any(|e| {
+                    matches!(e.get("call"), Some(LogValue::Str(x)) if *x == c.call)
+                        && matches!(e.get("node"), Some(LogValue::Str(x)) if *x == me)
+                });
+                if recorded {
+                    continue;
+                }
+                let plan = match side {
+                    Side::Requester => match self.store.meta_get(&crate::media::plan_key(&c.call))? {
+                        Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+                        None => continue,
+                    },
+                    Side::Responder => default.clone(),
+                };
+                out.push((*id, c.call.clone(), side, plan));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keeps what a requester plays into and records from a call (local, never synced).
+    pub fn set_media_plan(&mut self, call: &str, plan: &crate::media::MediaPlan) -> Result<(), NodeError> {
+        let bytes = serde_json::to_vec(plan).map_err(|e| NodeError::Invalid(e.to_string()))?;
+        self.store.meta_put(&crate::media::plan_key(call), &bytes)?;
+        Ok(())
+    }
+
+    /// How the other party's leg of `call` ended, if its record has reached this node: the
+    /// reliable word that it hung up, for when its hang-up datagram was lost.
+    pub fn other_leg_end(&mut self, id: SessionId, call: &str) -> Result<Option<String>, NodeError> {
+        let me = self.config.name.as_str();
+        let view = self.store.view(id)?;
+        Ok(view.calls.iter().find_map(|e| {
+            let s = |k: &str| e.get(k).and_then(LogValue::as_str);
+            let theirs = s("kind") == Some("leg") && s("call") == Some(call) && s("node").is_some_and(|n| n != me);
+            if theirs { s("end").map(str::to_string) } else { None }
+        }))
+    }
+
+    /// Writes this party's record of a call leg into the session's call log (durably).
+    pub fn record_call_leg(&mut self, id: SessionId, fields: &[(&str, LogValue)], now: i64) -> Result<(), NodeError> {
+        self.require("recording a call", "edge or desk", &[Role::Edge, Role::Desk])?;
+        self.store.edit(id, "call.leg", None, now, |_, doc| {
+            doc.append_log(LogName::Calls, "leg", fields, now)
+                .map_err(|source| StoreError::Model { id: id.to_string(), source })
+        })?;
+        Ok(())
+    }
+}
+
+impl Node {
+    /// After a call, a side that has recorded no outcome in time is flagged `not_reported`
+    /// (by the hub). Returns the sides flagged.
+    pub fn flag_unreported(&mut self, id: SessionId, now: i64) -> Result<Vec<Side>, NodeError> {
+        self.require("flagging unreported outcomes", "hub", &[Role::Hub])?;
+        let view = self.store.view(id)?;
+        let mut missing = Vec::new();
+        if view.outcome.requester.is_none() {
+            missing.push(Side::Requester);
+        }
+        if view.outcome.responder.is_none() {
+            missing.push(Side::Responder);
+        }
+        if missing.is_empty() {
+            return Ok(missing);
+        }
+        let by = self.config.name.clone();
+        let sides = missing.clone();
+        self.store.edit(id, "outcome.not_reported", None, now, |_, doc| {
+            for side in &sides {
+                doc.set_outcome(*side, Outcome::NotReported, &by, now)
+                    .map_err(|source| StoreError::Model { id: id.to_string(), source })?;
+            }
+            Ok(())
+        })?;
+        Ok(missing)
+    }
+
+    /// A party's leg ended because the other side fell silent: the call is over, and a
+    /// callback is requested in the routing log so that the consultant calls back.
+    pub fn request_callback_after_drop(&mut self, id: SessionId, call: &str, now: i64) -> Result<(), NodeError> {
+        self.require("requesting a callback", "edge or desk", &[Role::Edge, Role::Desk])?;
+        let fields = [
+            ("call", LogValue::Str(call.to_string())),
+            ("reason", LogValue::Str("the call dropped (no audio for 10 s); a callback is requested".into())),
+            ("by", LogValue::Str(self.config.name.clone())),
+        ];
+        self.store.edit(id, "call.callback", None, now, |_, doc| {
+            doc.append_log(LogName::Routing, "callback", &fields, now)
+                .map_err(|source| StoreError::Model { id: id.to_string(), source })
+        })?;
+        Ok(())
+    }
+}
