@@ -40,6 +40,7 @@ use crate::crypto::{CryptoError, Sealer};
 
 mod audit;
 mod blobs;
+mod credentials;
 mod directory;
 mod documents;
 mod identity;
@@ -48,6 +49,7 @@ mod rekey;
 mod schema;
 pub mod space;
 mod sync;
+mod transfer;
 
 use audit::*;
 use blobs::*;

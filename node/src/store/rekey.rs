@@ -27,8 +27,8 @@ pub struct Resealed {
 const META: &[(&str, &[u8])] = &[
     ("key_check", b"meta"),
     ("author_seed", AUTHOR_AAD),
-    ("tls_key", super::sync::TLS_KEY_AAD),
-    ("tls_key_pending", super::sync::PENDING_KEY_AAD),
+    ("tls_key", super::credentials::TLS_KEY_AAD),
+    ("tls_key_pending", super::credentials::PENDING_KEY_AAD),
 ];
 
 const CTX: &str = "re-sealing the store";

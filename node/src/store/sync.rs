@@ -1,29 +1,22 @@
 //! What the sync engine needs from the store: scoped views of the sessions, per-peer
-//! knowledge, integration of received changes (validated, scoped, receipted, durable), blob
-//! chunks, the TLS identity and the revocation list.
+//! knowledge, integration of received changes (validated, scoped, receipted, durable). Photo
+//! transfer is in `transfer.rs`, the TLS identity and revocations in `credentials.rs`.
 
 use automerge::ChangeHash;
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
-use rustls::pki_types::pem::PemObject;
 use sync_protocol::authorship::{self, Signature};
-use sync_protocol::blob;
-use sync_protocol::engine::{Applied, BlobNeed, Incoming, Knowledge, Outgoing};
+use sync_protocol::engine::{Applied, Incoming, Knowledge, Outgoing};
 use sync_protocol::recon::{self, Fingerprint, Item};
 use sync_protocol::rules::{self, Admission};
 use sync_protocol::scope::{DocMeta, PeerInfo, may_accept, may_hold};
 use sync_protocol::session::{SessionDoc, SessionId, receipt_level};
 use sync_protocol::vocab::ServiceLine;
-use sync_protocol::wire::{BlobManifest, DocId, Hash, hash_hex};
+use sync_protocol::wire::{DocId, Hash};
 
 use super::{
-    Cached, CachedSql, Store, StoreError, append_audit, append_change, checkout, chunk_aad, doc_heads, heads_blob,
+    Cached, CachedSql, Store, StoreError, append_audit, append_change, checkout, doc_heads, heads_blob,
     heads_from_blob, index_doc, log_counts, maybe_compact, put_sigs, session_row, sql,
 };
-
-/// Associated data of a pending certificate request's sealed private key.
-pub(crate) const PENDING_KEY_AAD: &[u8] = b"outpost/tls-key-pending/v1";
-/// Associated data of the node's sealed TLS private key.
-pub(crate) const TLS_KEY_AAD: &[u8] = b"outpost/tls-key/v1";
 
 /// A session as scope decisions and reconciliation see it (clear index columns only).
 #[derive(Debug, Clone)]
@@ -61,114 +54,6 @@ fn scope_key(peer: &PeerInfo) -> String {
 }
 
 impl Store {
-    /// Reads a value of the meta table.
-    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.conn
-            .row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-            .optional()
-            .map_err(sql("reading node metadata"))
-    }
-
-    /// Writes a value of the meta table (durably).
-    pub fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.conn
-            .exec(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                params![key, value],
-            )
-            .map_err(sql("writing node metadata"))?;
-        Ok(())
-    }
-
-    /// Stores the node's TLS identity; the private key is sealed under the node key.
-    pub fn set_tls_identity(&mut self, cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<(), StoreError> {
-        let tx =
-            Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
-        for (k, v) in [("tls_cert", cert_pem.as_bytes().to_vec()), ("tls_ca", ca_pem.as_bytes().to_vec())] {
-            tx.exec(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                params![k, v],
-            )
-            .map_err(sql("storing the certificate"))?;
-        }
-        let sealed = self.sealer.seal(TLS_KEY_AAD, key_pem.as_bytes())?;
-        tx.exec(
-            "INSERT INTO meta (key, value) VALUES ('tls_key', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [sealed],
-        )
-        .map_err(sql("storing the private key"))?;
-        tx.commit().map_err(sql("committing"))?;
-        // This node is a member of its own roster: its changes may come back to it (a restore).
-        let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
-            .map_err(|e| StoreError::Damaged(format!("the node certificate does not parse: {e}")))?;
-        if let Ok(member) = crate::tls::member_of(&der) {
-            self.add_member(member, der.as_ref())?;
-        }
-        Ok(())
-    }
-
-    /// Keeps the private key of a certificate request (`outpost cert request`), sealed, until
-    /// its certificate is installed; a newer request replaces it.
-    pub fn set_pending_tls_key(&mut self, key_pem: &str) -> Result<(), StoreError> {
-        let sealed = self.sealer.seal(PENDING_KEY_AAD, key_pem.as_bytes())?;
-        self.conn
-            .exec(
-                "INSERT INTO meta (key, value) VALUES ('tls_key_pending', ?1)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [sealed],
-            )
-            .map_err(sql("storing the request's private key"))?;
-        Ok(())
-    }
-
-    /// The private key of the pending certificate request, if any.
-    pub fn pending_tls_key(&self) -> Result<Option<String>, StoreError> {
-        let Some(sealed) = self.meta_get("tls_key_pending")? else { return Ok(None) };
-        let key = self.sealer.open("pending TLS private key", PENDING_KEY_AAD, &sealed)?;
-        String::from_utf8(key).map(Some).map_err(|_| StoreError::Damaged("the pending key is not text".into()))
-    }
-
-    /// Installs the certificate signed for the pending request, with its key, then forgets the
-    /// request (a crash between the two leaves the same key pending, which is harmless: a new
-    /// request replaces it).
-    pub fn install_pending(&mut self, cert_pem: &str, ca_pem: &str) -> Result<(), StoreError> {
-        let key = self.pending_tls_key()?.ok_or_else(|| StoreError::Damaged("no pending request".into()))?;
-        self.set_tls_identity(cert_pem, &key, ca_pem)?;
-        self.conn.exec("DELETE FROM meta WHERE key = 'tls_key_pending'", []).map_err(sql("forgetting the request"))?;
-        Ok(())
-    }
-
-    /// The node's TLS identity as PEM texts (certificate, private key, CA), if issued.
-    pub fn tls_identity(&self) -> Result<Option<(String, String, String)>, StoreError> {
-        let (Some(cert), Some(key), Some(ca)) =
-            (self.meta_get("tls_cert")?, self.meta_get("tls_key")?, self.meta_get("tls_ca")?)
-        else {
-            return Ok(None);
-        };
-        let key = self.sealer.open("TLS private key", TLS_KEY_AAD, &key)?;
-        let text =
-            |b: Vec<u8>| String::from_utf8(b).map_err(|_| StoreError::Damaged("a stored PEM is not text".into()));
-        Ok(Some((text(cert)?, text(key)?, text(ca)?)))
-    }
-
-    /// The revocation list held, with its number.
-    pub fn revocations(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        let (Some(n), Some(der)) = (self.meta_get("crl_number")?, self.meta_get("crl_der")?) else { return Ok(None) };
-        let n = u64::from_be_bytes(n.try_into().map_err(|_| StoreError::Damaged("crl_number".into()))?);
-        Ok(Some((n, der)))
-    }
-
-    /// Stores a revocation list (the caller has verified it).
-    pub fn put_revocations(&self, number: u64, der: &[u8]) -> Result<(), StoreError> {
-        let tx =
-            Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
-        tx.exec("INSERT OR REPLACE INTO meta (key, value) VALUES ('crl_der', ?1)", [der])
-            .map_err(sql("storing revocations"))?;
-        tx.exec("INSERT OR REPLACE INTO meta (key, value) VALUES ('crl_number', ?1)", [number.to_be_bytes().to_vec()])
-            .map_err(sql("storing revocations"))?;
-        tx.commit().map_err(sql("committing"))
-    }
-
     /// Every session with its scope facts and heads.
     pub fn scope_rows(&self) -> Result<Vec<ScopeRow>, StoreError> {
         let ctx = "reading the session index";
@@ -266,7 +151,7 @@ impl Store {
     }
 
     /// Whether the peer may hold the session with row id `sid`.
-    fn sid_visible(&self, sid: i64, peer: &PeerInfo) -> Result<bool, StoreError> {
+    pub(super) fn sid_visible(&self, sid: i64, peer: &PeerInfo) -> Result<bool, StoreError> {
         let meta = self
             .conn
             .row("SELECT origin, icb, service_line FROM sessions WHERE sid = ?1", [sid], |r| Ok(group_meta(r, 0)))
@@ -613,234 +498,6 @@ impl Store {
         }
         tx.commit().map_err(sql("committing"))?;
         Ok((out, changed))
-    }
-
-    /// Blobs of sessions shared with `peer` that this node should fetch from it: photos
-    /// attached by others, not yet held whole here, that the peer attached or has confirmed holding.
-    pub fn blobs_wanted(&self, me: &PeerInfo, peer: &PeerInfo) -> Result<Vec<BlobNeed>, StoreError> {
-        let ctx = "listing photos to fetch";
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT m.sid, m.hash, m.size, m.added_by, m.holders, b.state, b.manifest FROM session_media m
-                 LEFT JOIN blobs b ON b.hash = m.hash
-                 WHERE m.withdrawn = 0 AND m.added_by != ?1 AND (b.state IS NULL OR b.state = 'partial')",
-            )
-            .map_err(sql(ctx))?;
-        let mut rows = stmt.query([&me.name]).map_err(sql(ctx))?;
-        let mut out: Vec<BlobNeed> = Vec::new();
-        let mut listed: std::collections::HashSet<Hash> = std::collections::HashSet::new();
-        while let Some(r) = rows.next().map_err(sql(ctx))? {
-            let sid: i64 = r.get(0).map_err(sql(ctx))?;
-            let hash_hex: String = r.get(1).map_err(sql(ctx))?;
-            let size = r.get::<_, i64>(2).map_err(sql(ctx))? as u64;
-            let added_by: String = r.get(3).map_err(sql(ctx))?;
-            let holders: String = r.get(4).map_err(sql(ctx))?;
-            let manifest: Option<Vec<u8>> = r.get(6).map_err(sql(ctx))?;
-            let peer_has = added_by == peer.name || holders.split(',').any(|h| h == peer.name);
-            let Ok(bytes) = hex::decode(&hash_hex) else { continue };
-            let Ok(hash) = <[u8; 32]>::try_from(bytes) else { continue };
-            if !peer_has || listed.contains(&hash) || !self.sid_visible(sid, peer)? {
-                continue;
-            }
-            listed.insert(hash);
-            let manifest = manifest.map(|cvs| BlobManifest {
-                hash,
-                size,
-                chunk_size: blob::CHUNK_SIZE,
-                cvs: cvs
-                    .chunks_exact(32)
-                    .map(|c| {
-                        let mut a = [0u8; 32];
-                        a.copy_from_slice(c);
-                        a
-                    })
-                    .collect(),
-            });
-            let present = self.chunks_present(&hash_hex)?;
-            let missing =
-                (0..blob::chunk_count(size, blob::CHUNK_SIZE) as u32).filter(|i| !present.contains(i)).collect();
-            out.push(BlobNeed { hash, size, manifest, missing });
-        }
-        Ok(out)
-    }
-
-    fn chunks_present(&self, hash: &str) -> Result<std::collections::HashSet<u32>, StoreError> {
-        let mut stmt =
-            self.conn.prepare_cached("SELECT idx FROM blob_chunks WHERE hash = ?1").map_err(sql("reading a photo"))?;
-        stmt.query_map([hash], |r| r.get::<_, i64>(0).map(|i| i as u32))
-            .map_err(sql("reading a photo"))?
-            .collect::<Result<_, _>>()
-            .map_err(sql("reading a photo"))
-    }
-
-    /// The manifest of a blob held whole, if a session the peer may see references it.
-    pub fn blob_manifest_for(&self, peer: &PeerInfo, hash: &Hash) -> Result<Option<BlobManifest>, StoreError> {
-        let hex = hash_hex(hash);
-        let row: Option<(i64, Option<Vec<u8>>)> = self
-            .conn
-            .row("SELECT size, manifest FROM blobs WHERE hash = ?1 AND state = 'complete'", [&hex], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()
-            .map_err(sql("reading a photo"))?;
-        let Some((size, Some(cvs))) = row else { return Ok(None) };
-        let sids: Vec<i64> = {
-            let mut stmt = self
-                .conn
-                .prepare_cached("SELECT sid FROM session_media WHERE hash = ?1")
-                .map_err(sql("reading a photo"))?;
-            stmt.query_map([&hex], |r| r.get(0))
-                .map_err(sql("reading a photo"))?
-                .collect::<Result<_, _>>()
-                .map_err(sql("reading a photo"))?
-        };
-        let mut visible = false;
-        for sid in sids {
-            visible |= self.sid_visible(sid, peer)?;
-        }
-        if !visible {
-            return Ok(None);
-        }
-        Ok(Some(BlobManifest {
-            hash: *hash,
-            size: size as u64,
-            chunk_size: blob::CHUNK_SIZE,
-            cvs: cvs
-                .chunks_exact(32)
-                .map(|c| {
-                    let mut a = [0u8; 32];
-                    a.copy_from_slice(c);
-                    a
-                })
-                .collect(),
-        }))
-    }
-
-    /// One chunk of a blob, opened.
-    pub fn blob_chunk(&self, hash: &Hash, index: u32) -> Result<Option<Vec<u8>>, StoreError> {
-        let hex = hash_hex(hash);
-        let sealed: Option<Vec<u8>> = self
-            .conn
-            .row("SELECT sealed FROM blob_chunks WHERE hash = ?1 AND idx = ?2", params![hex, i64::from(index)], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(sql("reading a photo"))?;
-        match sealed {
-            Some(s) => Ok(Some(self.sealer.open("photo chunk", &chunk_aad(&hex, u64::from(index)), &s)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// Records a verified manifest for a blob being received.
-    pub fn store_manifest(&self, m: &BlobManifest, now: i64) -> Result<(), StoreError> {
-        let hex = hash_hex(&m.hash);
-        let mime: String = self
-            .conn
-            .row("SELECT mime FROM session_media WHERE hash = ?1 LIMIT 1", [&hex], |r| r.get(0))
-            .optional()
-            .map_err(sql("recording a photo"))?
-            .unwrap_or_else(|| "application/octet-stream".into());
-        self.conn
-            .exec(
-                "INSERT INTO blobs (hash, size, mime, chunk_size, chunks, created_ms, manifest, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'partial')
-                 ON CONFLICT (hash) DO UPDATE SET manifest = excluded.manifest",
-                params![
-                    hex,
-                    m.size as i64,
-                    mime,
-                    i64::from(m.chunk_size),
-                    blob::chunk_count(m.size, m.chunk_size) as i64,
-                    now,
-                    m.cvs.concat()
-                ],
-            )
-            .map_err(sql("recording a photo"))?;
-        Ok(())
-    }
-
-    /// Stores verified chunks durably, in one transaction (one fsync for a batch of chunks, not
-    /// one per 16 KiB); returns the blobs that became whole.
-    pub fn store_chunks(&self, chunks: &[(Hash, u32, Vec<u8>)]) -> Result<Vec<Hash>, StoreError> {
-        let tx =
-            Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
-        let mut blobs: Vec<Hash> = Vec::new();
-        for (hash, index, data) in chunks {
-            let hex = hash_hex(hash);
-            let sealed = self.sealer.seal(&chunk_aad(&hex, u64::from(*index)), data)?;
-            tx.exec(
-                "INSERT INTO blob_chunks (hash, idx, sealed) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-                params![hex, i64::from(*index), sealed],
-            )
-            .map_err(sql("storing a photo"))?;
-            if !blobs.contains(hash) {
-                blobs.push(*hash);
-            }
-        }
-        let mut whole = Vec::new();
-        for hash in blobs {
-            let hex = hash_hex(&hash);
-            let (present, total, state): (i64, i64, String) = tx
-                .row(
-                    "SELECT (SELECT count(*) FROM blob_chunks WHERE hash = ?1), chunks, state FROM blobs WHERE hash = ?1",
-                    [&hex],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .map_err(sql("storing a photo"))?;
-            if present >= total {
-                if state != "complete" {
-                    tx.exec("UPDATE blobs SET state = 'complete' WHERE hash = ?1", [&hex])
-                        .map_err(sql("storing a photo"))?;
-                }
-                whole.push(hash);
-            }
-        }
-        tx.commit().map_err(sql("committing"))?;
-        Ok(whole)
-    }
-
-    /// After a blob became whole here: this node's receipts in every session that references it.
-    pub fn acknowledge_blob(&mut self, me: &PeerInfo, hash: &Hash, now: i64) -> Result<Vec<DocId>, StoreError> {
-        let Some(level) = receipt_level(me.role) else { return Ok(Vec::new()) };
-        let hex = hash_hex(hash);
-        let ids: Vec<String> = {
-            let mut stmt = self
-                .conn
-                .prepare_cached("SELECT s.id FROM session_media m JOIN sessions s ON s.sid = m.sid WHERE m.hash = ?1")
-                .map_err(sql("reading a photo"))?;
-            stmt.query_map([&hex], |r| r.get(0))
-                .map_err(sql("reading a photo"))?
-                .collect::<Result<_, _>>()
-                .map_err(sql("reading a photo"))?
-        };
-        let mut changed = Vec::new();
-        for key in ids {
-            let sid: SessionId = key.parse().map_err(|_| StoreError::Damaged(format!("session id {key:?}")))?;
-            let holds = self.complete_blobs()?;
-            let name = me.name.clone();
-            let detail = Some(serde_json::json!({ "photo": hex }));
-            let added = self.edit(sid, "photo.receive", detail, now, |_, doc| {
-                doc.acknowledge(level, &name, now, |h| holds.contains(h))
-                    .map_err(|source| StoreError::Model { id: sid.to_string(), source })
-            })?;
-            if added {
-                changed.push(sid.to_bytes());
-            }
-        }
-        Ok(changed)
-    }
-
-    fn complete_blobs(&self) -> Result<std::collections::HashSet<String>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT hash FROM blobs WHERE state = 'complete'")
-            .map_err(sql("reading photos"))?;
-        stmt.query_map([], |r| r.get(0))
-            .map_err(sql("reading photos"))?
-            .collect::<Result<_, _>>()
-            .map_err(sql("reading photos"))
     }
 
     /// Sessions whose documents changed after log position `seq`, and the newest position.

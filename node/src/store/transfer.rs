@@ -1,0 +1,241 @@
+//! Photos between peers: which to fetch, manifests and chunks served within scope, chunks
+//! stored in group commits, and the hub's receipt once a photo is whole.
+
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
+use sync_protocol::blob;
+use sync_protocol::engine::BlobNeed;
+use sync_protocol::scope::PeerInfo;
+use sync_protocol::session::{SessionId, receipt_level};
+use sync_protocol::wire::{BlobManifest, DocId, Hash, hash_hex};
+
+use super::{CachedSql, Store, StoreError, chunk_aad, sql};
+
+impl Store {
+    /// Blobs of sessions shared with `peer` that this node should fetch from it: photos
+    /// attached by others, not yet held whole here, that the peer attached or has confirmed holding.
+    pub fn blobs_wanted(&self, me: &PeerInfo, peer: &PeerInfo) -> Result<Vec<BlobNeed>, StoreError> {
+        let ctx = "listing photos to fetch";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT m.sid, m.hash, m.size, m.added_by, m.holders, b.state, b.manifest FROM session_media m
+                 LEFT JOIN blobs b ON b.hash = m.hash
+                 WHERE m.withdrawn = 0 AND m.added_by != ?1 AND (b.state IS NULL OR b.state = 'partial')",
+            )
+            .map_err(sql(ctx))?;
+        let mut rows = stmt.query([&me.name]).map_err(sql(ctx))?;
+        let mut out: Vec<BlobNeed> = Vec::new();
+        let mut listed: std::collections::HashSet<Hash> = std::collections::HashSet::new();
+        while let Some(r) = rows.next().map_err(sql(ctx))? {
+            let sid: i64 = r.get(0).map_err(sql(ctx))?;
+            let hash_hex: String = r.get(1).map_err(sql(ctx))?;
+            let size = r.get::<_, i64>(2).map_err(sql(ctx))? as u64;
+            let added_by: String = r.get(3).map_err(sql(ctx))?;
+            let holders: String = r.get(4).map_err(sql(ctx))?;
+            let manifest: Option<Vec<u8>> = r.get(6).map_err(sql(ctx))?;
+            let peer_has = added_by == peer.name || holders.split(',').any(|h| h == peer.name);
+            let Ok(bytes) = hex::decode(&hash_hex) else { continue };
+            let Ok(hash) = <[u8; 32]>::try_from(bytes) else { continue };
+            if !peer_has || listed.contains(&hash) || !self.sid_visible(sid, peer)? {
+                continue;
+            }
+            listed.insert(hash);
+            let manifest = manifest.map(|cvs| BlobManifest {
+                hash,
+                size,
+                chunk_size: blob::CHUNK_SIZE,
+                cvs: cvs
+                    .chunks_exact(32)
+                    .map(|c| {
+                        let mut a = [0u8; 32];
+                        a.copy_from_slice(c);
+                        a
+                    })
+                    .collect(),
+            });
+            let present = self.chunks_present(&hash_hex)?;
+            let missing =
+                (0..blob::chunk_count(size, blob::CHUNK_SIZE) as u32).filter(|i| !present.contains(i)).collect();
+            out.push(BlobNeed { hash, size, manifest, missing });
+        }
+        Ok(out)
+    }
+
+    pub(super) fn chunks_present(&self, hash: &str) -> Result<std::collections::HashSet<u32>, StoreError> {
+        let mut stmt =
+            self.conn.prepare_cached("SELECT idx FROM blob_chunks WHERE hash = ?1").map_err(sql("reading a photo"))?;
+        stmt.query_map([hash], |r| r.get::<_, i64>(0).map(|i| i as u32))
+            .map_err(sql("reading a photo"))?
+            .collect::<Result<_, _>>()
+            .map_err(sql("reading a photo"))
+    }
+
+    /// The manifest of a blob held whole, if a session the peer may see references it.
+    pub fn blob_manifest_for(&self, peer: &PeerInfo, hash: &Hash) -> Result<Option<BlobManifest>, StoreError> {
+        let hex = hash_hex(hash);
+        let row: Option<(i64, Option<Vec<u8>>)> = self
+            .conn
+            .row("SELECT size, manifest FROM blobs WHERE hash = ?1 AND state = 'complete'", [&hex], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(sql("reading a photo"))?;
+        let Some((size, Some(cvs))) = row else { return Ok(None) };
+        let sids: Vec<i64> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT sid FROM session_media WHERE hash = ?1")
+                .map_err(sql("reading a photo"))?;
+            stmt.query_map([&hex], |r| r.get(0))
+                .map_err(sql("reading a photo"))?
+                .collect::<Result<_, _>>()
+                .map_err(sql("reading a photo"))?
+        };
+        let mut visible = false;
+        for sid in sids {
+            visible |= self.sid_visible(sid, peer)?;
+        }
+        if !visible {
+            return Ok(None);
+        }
+        Ok(Some(BlobManifest {
+            hash: *hash,
+            size: size as u64,
+            chunk_size: blob::CHUNK_SIZE,
+            cvs: cvs
+                .chunks_exact(32)
+                .map(|c| {
+                    let mut a = [0u8; 32];
+                    a.copy_from_slice(c);
+                    a
+                })
+                .collect(),
+        }))
+    }
+
+    /// One chunk of a blob, opened.
+    pub fn blob_chunk(&self, hash: &Hash, index: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        let hex = hash_hex(hash);
+        let sealed: Option<Vec<u8>> = self
+            .conn
+            .row("SELECT sealed FROM blob_chunks WHERE hash = ?1 AND idx = ?2", params![hex, i64::from(index)], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(sql("reading a photo"))?;
+        match sealed {
+            Some(s) => Ok(Some(self.sealer.open("photo chunk", &chunk_aad(&hex, u64::from(index)), &s)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records a verified manifest for a blob being received.
+    pub fn store_manifest(&self, m: &BlobManifest, now: i64) -> Result<(), StoreError> {
+        let hex = hash_hex(&m.hash);
+        let mime: String = self
+            .conn
+            .row("SELECT mime FROM session_media WHERE hash = ?1 LIMIT 1", [&hex], |r| r.get(0))
+            .optional()
+            .map_err(sql("recording a photo"))?
+            .unwrap_or_else(|| "application/octet-stream".into());
+        self.conn
+            .exec(
+                "INSERT INTO blobs (hash, size, mime, chunk_size, chunks, created_ms, manifest, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'partial')
+                 ON CONFLICT (hash) DO UPDATE SET manifest = excluded.manifest",
+                params![
+                    hex,
+                    m.size as i64,
+                    mime,
+                    i64::from(m.chunk_size),
+                    blob::chunk_count(m.size, m.chunk_size) as i64,
+                    now,
+                    m.cvs.concat()
+                ],
+            )
+            .map_err(sql("recording a photo"))?;
+        Ok(())
+    }
+
+    /// Stores verified chunks durably, in one transaction (one fsync for a batch of chunks, not
+    /// one per 16 KiB); returns the blobs that became whole.
+    pub fn store_chunks(&self, chunks: &[(Hash, u32, Vec<u8>)]) -> Result<Vec<Hash>, StoreError> {
+        let tx =
+            Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+        let mut blobs: Vec<Hash> = Vec::new();
+        for (hash, index, data) in chunks {
+            let hex = hash_hex(hash);
+            let sealed = self.sealer.seal(&chunk_aad(&hex, u64::from(*index)), data)?;
+            tx.exec(
+                "INSERT INTO blob_chunks (hash, idx, sealed) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                params![hex, i64::from(*index), sealed],
+            )
+            .map_err(sql("storing a photo"))?;
+            if !blobs.contains(hash) {
+                blobs.push(*hash);
+            }
+        }
+        let mut whole = Vec::new();
+        for hash in blobs {
+            let hex = hash_hex(&hash);
+            let (present, total, state): (i64, i64, String) = tx
+                .row(
+                    "SELECT (SELECT count(*) FROM blob_chunks WHERE hash = ?1), chunks, state FROM blobs WHERE hash = ?1",
+                    [&hex],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .map_err(sql("storing a photo"))?;
+            if present >= total {
+                if state != "complete" {
+                    tx.exec("UPDATE blobs SET state = 'complete' WHERE hash = ?1", [&hex])
+                        .map_err(sql("storing a photo"))?;
+                }
+                whole.push(hash);
+            }
+        }
+        tx.commit().map_err(sql("committing"))?;
+        Ok(whole)
+    }
+
+    /// After a blob became whole here: this node's receipts in every session that references it.
+    pub fn acknowledge_blob(&mut self, me: &PeerInfo, hash: &Hash, now: i64) -> Result<Vec<DocId>, StoreError> {
+        let Some(level) = receipt_level(me.role) else { return Ok(Vec::new()) };
+        let hex = hash_hex(hash);
+        let ids: Vec<String> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT s.id FROM session_media m JOIN sessions s ON s.sid = m.sid WHERE m.hash = ?1")
+                .map_err(sql("reading a photo"))?;
+            stmt.query_map([&hex], |r| r.get(0))
+                .map_err(sql("reading a photo"))?
+                .collect::<Result<_, _>>()
+                .map_err(sql("reading a photo"))?
+        };
+        let mut changed = Vec::new();
+        for key in ids {
+            let sid: SessionId = key.parse().map_err(|_| StoreError::Damaged(format!("session id {key:?}")))?;
+            let holds = self.complete_blobs()?;
+            let name = me.name.clone();
+            let detail = Some(serde_json::json!({ "photo": hex }));
+            let added = self.edit(sid, "photo.receive", detail, now, |_, doc| {
+                doc.acknowledge(level, &name, now, |h| holds.contains(h))
+                    .map_err(|source| StoreError::Model { id: sid.to_string(), source })
+            })?;
+            if added {
+                changed.push(sid.to_bytes());
+            }
+        }
+        Ok(changed)
+    }
+
+    pub(super) fn complete_blobs(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT hash FROM blobs WHERE state = 'complete'")
+            .map_err(sql("reading photos"))?;
+        stmt.query_map([], |r| r.get(0))
+            .map_err(sql("reading photos"))?
+            .collect::<Result<_, _>>()
+            .map_err(sql("reading photos"))
+    }
+}
