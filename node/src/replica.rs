@@ -174,8 +174,8 @@ impl Replica for NodeReplica<'_> {
         self.store.blob_chunk(hash, index)
     }
 
-    fn store_manifest(&mut self, manifest: &BlobManifest) -> Result<(), StoreError> {
-        self.store.store_manifest(manifest, crate::node::now_ms())
+    fn store_manifest(&mut self, manifest: &BlobManifest, now: i64) -> Result<(), StoreError> {
+        self.store.store_manifest(manifest, now)
     }
 
     fn store_chunks(&mut self, chunks: &[(Hash, u32, Vec<u8>)], now: TimeMs) -> Result<Vec<DocId>, StoreError> {

@@ -185,7 +185,10 @@ enum Ev {
     Tx(usize, usize),
     Arrive { link: usize, conn: u64, to_hub: bool, frames: Vec<Frame> },
     Idle { link: usize, epoch: u64 },
+    /// A hostile node's next attack on the hub.
     Tick { link: usize, conn: u64 },
+    /// The connection's engines' timers (`Engine::poll_timeout`).
+    Timer { link: usize, conn: u64 },
     Fault { index: usize, start: bool, rep: u32 },
     Backup { index: usize },
     Sample,
@@ -207,6 +210,7 @@ impl Ev {
             Ev::Arrive { .. } => 6,
             Ev::Idle { .. } => 7,
             Ev::Tick { .. } => 8,
+            Ev::Timer { .. } => 17,
             Ev::Fault { .. } => 9,
             Ev::Backup { .. } => 16,
             Ev::Sample => 10,
@@ -646,8 +650,12 @@ impl World {
                     if self.nodes[self.links[link].node].hostile {
                         self.attack(link);
                     }
-                    self.notify_conn(link, &[]);
                     self.after(TICK, Ev::Tick { link, conn });
+                }
+            }
+            Ev::Timer { link, conn } => {
+                if self.links[link].conn.as_ref().is_some_and(|c| c.id == conn) {
+                    self.engine_timers(link);
                 }
             }
             Ev::Fault { index, start, rep } => self.fault(index, start, rep),

@@ -156,7 +156,7 @@ pub trait Replica {
     /// One chunk of a blob we hold.
     fn blob_chunk(&mut self, hash: &Hash, index: u32) -> Result<Option<Vec<u8>>, Self::Error>;
     /// Stores a verified manifest.
-    fn store_manifest(&mut self, manifest: &BlobManifest) -> Result<(), Self::Error>;
+    fn store_manifest(&mut self, manifest: &BlobManifest, now: TimeMs) -> Result<(), Self::Error>;
     /// Stores verified chunks (`(blob, index, bytes)`, those of one received batch) durably,
     /// in one write. For the blobs that became whole, returns the documents the replica changed
     /// in consequence (receipts), so that they can be pushed.
@@ -202,12 +202,30 @@ pub struct EngineConfig {
     pub blob_window: usize,
     /// Range reconciliation parameters.
     pub recon: RangeRecon,
+    /// Milliseconds between periodic nudges ([`Engine::handle_timeout`]): photos the peer did
+    /// not hold are asked for again, refused documents offered again.
+    pub nudge_ms: u64,
+    /// Milliseconds without any photo chunk arriving after which a transfer's outstanding
+    /// requests are taken for lost (a request or an answer damaged on the way and refused) and
+    /// made again.
+    pub stall_ms: u64,
 }
+
+/// The default nudge period.
+pub const NUDGE_MS: u64 = 5_000;
+/// The default stall limit: two nudges without progress.
+pub const STALL_MS: u64 = 10_000;
 
 impl EngineConfig {
     /// Defaults for one side.
     pub fn new(initiator: bool) -> Self {
-        EngineConfig { initiator, blob_window: 3, recon: RangeRecon::default() }
+        EngineConfig {
+            initiator,
+            blob_window: 3,
+            recon: RangeRecon::default(),
+            nudge_ms: NUDGE_MS,
+            stall_ms: STALL_MS,
+        }
     }
 }
 
@@ -278,10 +296,9 @@ struct Transfer {
     missing: VecDeque<u32>,
     requested: BTreeSet<u32>,
     manifest_requested: bool,
-    /// Whether a chunk or the manifest arrived since the last periodic nudge.
-    progressed: bool,
-    /// Periodic nudges in a row without progress.
-    stalls: u8,
+    /// When a chunk or the manifest of this blob last arrived (or it was last asked for
+    /// again).
+    last_progress: TimeMs,
 }
 
 /// One side of one conversation.
@@ -332,6 +349,12 @@ pub struct Engine {
     log: Vec<String>,
     /// Blob-lane frames that arrived before the peer's Hello.
     early: Vec<Frame>,
+    /// The time given by the latest call (start, handle, notify, handle_timeout).
+    now: TimeMs,
+    /// When the next periodic nudge is due.
+    next_nudge: Option<TimeMs>,
+    /// When any photo chunk or manifest last arrived.
+    last_blob_progress: TimeMs,
 }
 
 /// Times a refused document is offered again in one conversation (a refusal caused by damage
@@ -381,7 +404,82 @@ impl Engine {
             stats: Stats::default(),
             log: Vec::new(),
             early: Vec::new(),
+            now: 0,
+            next_nudge: None,
+            last_blob_progress: 0,
         }
+    }
+
+    /// Records the caller's time, and arms the nudge timer on the first call.
+    fn clock(&mut self, now: TimeMs) {
+        self.now = now;
+        if self.next_nudge.is_none() {
+            self.next_nudge = Some(now.saturating_add(self.cfg.nudge_ms as TimeMs));
+            self.last_blob_progress = now;
+        }
+    }
+
+    /// When [`Engine::handle_timeout`] next has work to do; none once the conversation is
+    /// closed (or before it began). The driver calls `handle_timeout` at (or after) this time.
+    pub fn poll_timeout(&self) -> Option<TimeMs> {
+        if self.closed { None } else { self.next_nudge }
+    }
+
+    /// The periodic nudge, if due at `now`: photos the peer did not hold are asked for again,
+    /// documents it refused are offered again (a few times), and a photo transfer that has
+    /// seen nothing arrive for [`EngineConfig::stall_ms`] asks again for what it is owed.
+    /// Nothing happens before [`Engine::poll_timeout`].
+    pub fn handle_timeout<R: Replica>(&mut self, replica: &mut R, now: TimeMs) -> Res<(), R> {
+        self.clock(now);
+        if self.version.is_none() || self.closed || self.next_nudge.is_some_and(|t| now < t) {
+            return Ok(());
+        }
+        self.next_nudge = Some(now.saturating_add(self.cfg.nudge_ms as TimeMs));
+        self.pushed_now.clear();
+        let out_before = self.out.len();
+        if !self.missing_at_peer.is_empty() {
+            self.missing_at_peer.clear();
+            self.blobs_dirty = true;
+        }
+        // Documents the peer refused are offered again, a few times.
+        let retry: Vec<DocId> = self
+            .docs
+            .iter_mut()
+            .filter(|(_, c)| c.refused && c.refusals <= MAX_RETRIES)
+            .map(|(id, c)| {
+                c.refused = false;
+                c.pushed = None;
+                *id
+            })
+            .collect();
+        for id in retry {
+            self.poke(replica, &id)?;
+        }
+        // A transfer owed chunks asks again once nothing at all has arrived for the stall
+        // limit: a request or an answer damaged on the way (and refused) must not hold a photo
+        // back for the rest of the connection. While any transfer moves, none is stalled: the
+        // chunks of one photo wait behind another's on the one blob lane, for long on a slow
+        // link with a full window.
+        let stall = self.cfg.stall_ms as TimeMs;
+        if now.saturating_sub(self.last_blob_progress) >= stall {
+            for t in self.transfers.values_mut() {
+                if now.saturating_sub(t.last_progress) < stall {
+                    continue;
+                }
+                t.last_progress = now;
+                let owed: Vec<u32> = std::mem::take(&mut t.requested).into_iter().collect();
+                for c in owed.into_iter().rev() {
+                    t.missing.push_front(c);
+                }
+                if t.manifest.is_none() {
+                    t.manifest_requested = false;
+                }
+            }
+        }
+        self.refresh_blobs(replica)?;
+        self.flush_knowledge(replica)?;
+        self.end_of_batch(out_before);
+        Ok(())
     }
 
     /// The peer.
@@ -458,7 +556,8 @@ impl Engine {
 
     /// Opens the conversation. The initiator sends its Hello, Summary and first pushes in one
     /// flight; the responder sends its Hello.
-    pub fn start<R: Replica>(&mut self, replica: &mut R, _now: TimeMs) -> Res<(), R> {
+    pub fn start<R: Replica>(&mut self, replica: &mut R, now: TimeMs) -> Res<(), R> {
+        self.clock(now);
         let crl_number = replica.revocations().map_err(EngineError::Replica)?.map_or(0, |(n, _)| n);
         self.send(Frame::Hello(Hello {
             min_version: MIN_VERSION,
@@ -498,7 +597,8 @@ impl Engine {
 
     /// Local writes (or writes received from another peer) to these documents: push them to
     /// this peer if it may see them, and fetch any new blobs.
-    pub fn notify<R: Replica>(&mut self, replica: &mut R, docs: &[DocId], _now: TimeMs) -> Res<(), R> {
+    pub fn notify<R: Replica>(&mut self, replica: &mut R, docs: &[DocId], now: TimeMs) -> Res<(), R> {
+        self.clock(now);
         if self.version.is_none() || self.closed {
             return Ok(());
         }
@@ -510,51 +610,6 @@ impl Engine {
                 self.blobs_dirty = true;
             }
         }
-        if docs.is_empty() && !self.missing_at_peer.is_empty() {
-            // A periodic nudge: ask again for photos the peer did not hold last time.
-            self.missing_at_peer.clear();
-            self.blobs_dirty = true;
-        }
-        if docs.is_empty() {
-            // Documents the peer refused are offered again, a few times.
-            let retry: Vec<DocId> = self
-                .docs
-                .iter_mut()
-                .filter(|(_, c)| c.refused && c.refusals <= MAX_RETRIES)
-                .map(|(id, c)| {
-                    c.refused = false;
-                    c.pushed = None;
-                    *id
-                })
-                .collect();
-            for id in retry {
-                self.poke(replica, &id)?;
-            }
-            // A transfer that made no progress since the last nudge asks again for what it
-            // is owed: a request or an answer damaged on the way (and refused) must not
-            // hold a photo back for the rest of the connection. While any transfer moves,
-            // none is stalled: the chunks of one photo wait behind another's on the one blob
-            // lane, for longer than two nudges on a slow link with a full window.
-            let moving = self.transfers.values().any(|t| t.progressed);
-            for t in self.transfers.values_mut() {
-                if std::mem::take(&mut t.progressed) || moving {
-                    t.stalls = 0;
-                    continue;
-                }
-                // Two nudges without progress (a slow link delivers something in between).
-                t.stalls += 1;
-                if t.stalls >= 2 {
-                    t.stalls = 0;
-                    let owed: Vec<u32> = std::mem::take(&mut t.requested).into_iter().collect();
-                    for c in owed.into_iter().rev() {
-                        t.missing.push_front(c);
-                    }
-                    if t.manifest.is_none() {
-                        t.manifest_requested = false;
-                    }
-                }
-            }
-        }
         self.refresh_blobs(replica)?;
         self.flush_knowledge(replica)?;
         self.end_of_batch(out_before);
@@ -564,6 +619,7 @@ impl Engine {
     /// Processes a batch of received frames. Changes in the batch are stored in one transaction
     /// before they are acknowledged.
     pub fn handle<R: Replica>(&mut self, replica: &mut R, frames: Vec<Frame>, now: TimeMs) -> Res<(), R> {
+        self.clock(now);
         let mut incoming: Vec<(Incoming, Vec<Hash>)> = Vec::new();
         let mut touched: Vec<DocId> = Vec::new();
         // Documents the peer holds and we do not: asked for unless this batch brings them.
@@ -1061,8 +1117,7 @@ impl Engine {
                     manifest: need.manifest,
                     missing: need.missing.into_iter().collect(),
                     requested: BTreeSet::new(),
-                    progressed: false,
-                    stalls: 0,
+                    last_progress: self.now,
                 },
             );
         }
@@ -1145,10 +1200,11 @@ impl Engine {
             self.missing_at_peer.insert(m.hash);
             return Ok(());
         }
-        replica.store_manifest(&m).map_err(EngineError::Replica)?;
+        replica.store_manifest(&m, self.now).map_err(EngineError::Replica)?;
+        self.last_blob_progress = self.now;
         if let Some(t) = self.transfers.get_mut(&m.hash) {
             t.manifest = Some(m);
-            t.progressed = true;
+            t.last_progress = self.now;
         }
         self.fill_window();
         Ok(())
@@ -1174,7 +1230,8 @@ impl Engine {
             self.fill_window();
             return Ok(());
         }
-        t.progressed = true;
+        t.last_progress = self.now;
+        self.last_blob_progress = self.now;
         self.chunks_in.push((hash, index, data));
         self.stats.chunks_received += 1;
         let done = self.transfers.get(&hash).is_some_and(|t| t.missing.is_empty() && t.requested.is_empty());

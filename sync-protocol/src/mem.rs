@@ -539,7 +539,7 @@ impl Replica for MemReplica {
         Ok(self.blobs.get(hash).and_then(|b| b.chunks.get(&index).map(|c| c.to_vec())))
     }
 
-    fn store_manifest(&mut self, manifest: &BlobManifest) -> Result<(), MemError> {
+    fn store_manifest(&mut self, manifest: &BlobManifest, _now: TimeMs) -> Result<(), MemError> {
         let b = self.blobs.entry(manifest.hash).or_default();
         b.size = manifest.size;
         b.manifest = Some(manifest.clone());

@@ -203,6 +203,7 @@ pub(super) async fn converse(
                 Work::Start => engine.start(&mut replica, now),
                 Work::Frames(frames) => engine.handle(&mut replica, frames, now),
                 Work::Notify(docs) => engine.notify(&mut replica, &docs, now),
+                Work::Timeout => engine.handle_timeout(&mut replica, now),
             };
             let mut out = Vec::new();
             while let Some(f) = engine.poll_frame() {
@@ -230,7 +231,12 @@ pub(super) async fn converse(
     let mut budget = Budget::new();
     let mut work = Some(Work::Start);
     let mut failure: Option<String> = None;
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    // The engine says when it next has timed work (its periodic nudge, stalled transfers);
+    // the wall clock is what it is given as time.
+    let wake_at = |engine: &Option<Engine>| {
+        let due = engine.as_ref().and_then(Engine::poll_timeout).unwrap_or_else(|| now_ms() + 5_000);
+        tokio::time::Instant::now() + Duration::from_millis(due.saturating_sub(now_ms()).clamp(0, 60_000) as u64)
+    };
     // When this conversation last became quiescent (everything either side may send, sent
     // and acknowledged), recorded for `status`: on each arrival at quiescence, at most every
     // 10 s while it stays there.
@@ -347,7 +353,7 @@ pub(super) async fn converse(
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             },
-            _ = tick.tick() => work = Some(Work::Notify(Vec::new())),
+            _ = tokio::time::sleep_until(wake_at(&engine)) => work = Some(Work::Timeout),
             _ = async {
                 match &deadline {
                     Some((d, stop)) => tokio::select! {
@@ -435,6 +441,8 @@ pub(super) enum Work {
     Start,
     Frames(Vec<Frame>),
     Notify(Vec<DocId>),
+    /// The engine's timer ([`Engine::poll_timeout`]) is due.
+    Timeout,
 }
 
 /// The reason a peer refused us, when the first stream operation fails.

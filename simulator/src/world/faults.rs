@@ -329,8 +329,8 @@ impl Replica for Blind<'_> {
     fn blob_chunk(&mut self, hash: &Hash, index: u32) -> Result<Option<Vec<u8>>, Self::Error> {
         self.0.blob_chunk(hash, index)
     }
-    fn store_manifest(&mut self, manifest: &sync_protocol::wire::BlobManifest) -> Result<(), Self::Error> {
-        self.0.store_manifest(manifest)
+    fn store_manifest(&mut self, manifest: &sync_protocol::wire::BlobManifest, now: TimeMs) -> Result<(), Self::Error> {
+        self.0.store_manifest(manifest, now)
     }
     fn store_chunks(&mut self, chunks: &[(Hash, u32, Vec<u8>)], now: TimeMs) -> Result<Vec<DocId>, Self::Error> {
         self.0.store_chunks(chunks, now)

@@ -93,6 +93,51 @@ impl World {
             self.flush(l, side, hs);
         }
         self.after(TICK, Ev::Tick { link: l, conn: id });
+        self.schedule_timer(l);
+    }
+
+    /// Schedules the connection's next timer event: the earlier of its two engines' deadlines,
+    /// each read on its own node's clock (at least a second ahead).
+    pub(super) fn schedule_timer(&mut self, l: usize) {
+        let Some(c) = self.links[l].conn.as_ref() else { return };
+        let mut wait: Option<Micros> = None;
+        for side in [0usize, 1] {
+            let owner = if side == 0 { self.links[l].node } else { self.hub };
+            if let Some(due) = c.engines[side].poll_timeout() {
+                let ms = due.saturating_sub(self.node_now(owner)).max(0) as Micros;
+                wait = Some(wait.map_or(ms * 1000, |w| w.min(ms * 1000)));
+            }
+        }
+        let id = c.id;
+        if let Some(w) = wait {
+            self.after(w.max(SECOND), Ev::Timer { link: l, conn: id });
+        }
+    }
+
+    /// Both engines of a connection handle their timers (each acts only once due).
+    pub(super) fn engine_timers(&mut self, l: usize) {
+        for side in [1usize, 0] {
+            let owner = if side == 0 { self.links[l].node } else { self.hub };
+            if !self.nodes[owner].up {
+                continue;
+            }
+            let now = self.node_now(owner);
+            let blind = self.opts.bugs.ignore_scope_at.as_deref() == Some(self.nodes[owner].name.as_str());
+            let Some(c) = self.links[l].conn.as_mut() else { return };
+            let replica = &mut self.nodes[owner].replica;
+            let r = if blind {
+                c.engines[side].handle_timeout(&mut Blind(replica), now).map_err(|e| e.to_string())
+            } else {
+                c.engines[side].handle_timeout(replica, now).map_err(|e| e.to_string())
+            };
+            self.flush(l, side, 0);
+            if let Err(e) = r {
+                self.drop_conn(l, &e);
+                return;
+            }
+            self.after_changes(owner, None);
+        }
+        self.schedule_timer(l);
     }
 
     pub(super) fn drop_conn(&mut self, l: usize, why: &str) {
@@ -283,10 +328,6 @@ impl World {
         self.flush(l, 1, 0);
         if let Err(e) = r {
             self.drop_conn(l, &e);
-        }
-        // A tick of the node side too (blob retries).
-        if docs.is_empty() {
-            self.notify_node_side(l, &[]);
         }
     }
 
