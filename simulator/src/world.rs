@@ -183,14 +183,34 @@ enum Ev {
     Leg(usize),
     Connect(usize),
     Tx(usize, usize),
-    Arrive { link: usize, conn: u64, to_hub: bool, frames: Vec<Frame> },
-    Idle { link: usize, epoch: u64 },
+    Arrive {
+        link: usize,
+        conn: u64,
+        to_hub: bool,
+        frames: Vec<Frame>,
+    },
+    Idle {
+        link: usize,
+        epoch: u64,
+    },
     /// A hostile node's next attack on the hub.
-    Tick { link: usize, conn: u64 },
+    Tick {
+        link: usize,
+        conn: u64,
+    },
     /// The connection's engines' timers (`Engine::poll_timeout`).
-    Timer { link: usize, conn: u64 },
-    Fault { index: usize, start: bool, rep: u32 },
-    Backup { index: usize },
+    Timer {
+        link: usize,
+        conn: u64,
+    },
+    Fault {
+        index: usize,
+        start: bool,
+        rep: u32,
+    },
+    Backup {
+        index: usize,
+    },
     Sample,
     Sweep,
     Converge,

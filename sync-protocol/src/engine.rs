@@ -219,13 +219,7 @@ pub const STALL_MS: u64 = 10_000;
 impl EngineConfig {
     /// Defaults for one side.
     pub fn new(initiator: bool) -> Self {
-        EngineConfig {
-            initiator,
-            blob_window: 3,
-            recon: RangeRecon::default(),
-            nudge_ms: NUDGE_MS,
-            stall_ms: STALL_MS,
-        }
+        EngineConfig { initiator, blob_window: 3, recon: RangeRecon::default(), nudge_ms: NUDGE_MS, stall_ms: STALL_MS }
     }
 }
 

@@ -70,41 +70,23 @@ fn copy_doc(src: &mut MemReplica, dst: &mut MemReplica, id: &DocId) {
     assert!(matches!(applied[0], sync_protocol::engine::Applied::Stored { .. }), "{applied:?}");
 }
 
+mod common;
+use common::Pair;
+
 struct Link {
     a_to_b: Vec<Vec<u8>>,
     b_to_a: Vec<Vec<u8>>,
 }
 
-/// Runs a conversation to its end; returns the frames each way (encoded), for inspection.
+/// Runs a conversation to its end over a perfect link (the shared [`Pair`] on a virtual
+/// clock); returns the engines and the frames each way (encoded), for inspection.
 fn converse(a: &mut MemReplica, b: &mut MemReplica, now: TimeMs) -> (Engine, Engine, Link) {
-    let mut ea = Engine::new(b.me().clone(), EngineConfig::new(true));
-    let mut eb = Engine::new(a.me().clone(), EngineConfig::new(false));
-    ea.start(a, now).unwrap();
-    eb.start(b, now).unwrap();
-    let mut link = Link { a_to_b: Vec::new(), b_to_a: Vec::new() };
-    for round in 0.. {
-        assert!(round < 200, "no convergence after 200 exchanges");
-        let mut to_b = Vec::new();
-        while let Some((_, f)) = ea.poll_frame() {
-            link.a_to_b.push(f.to_bytes());
-            to_b.push(f);
-        }
-        if !to_b.is_empty() {
-            eb.handle(b, to_b, now).unwrap();
-        }
-        let mut to_a = Vec::new();
-        while let Some((_, f)) = eb.poll_frame() {
-            link.b_to_a.push(f.to_bytes());
-            to_a.push(f);
-        }
-        if !to_a.is_empty() {
-            ea.handle(a, to_a, now).unwrap();
-        }
-        if ea.is_done() && !ea.has_output() {
-            break;
-        }
-    }
-    (ea, eb, link)
+    let mut p = Pair::new(a, b, now);
+    p.start(a, b);
+    p.run_to_end(a, b, 600_000);
+    let side = |from_a: bool| p.wire.iter().filter(|(f, _)| *f == from_a).map(|(_, b)| b.clone()).collect();
+    let link = Link { a_to_b: side(true), b_to_a: side(false) };
+    (p.a, p.b, link)
 }
 
 fn same_heads(a: &mut MemReplica, b: &mut MemReplica, ids: &[DocId]) {
@@ -547,4 +529,31 @@ fn after_range_reconciliation_a_reconnect_needs_no_new_reconciliation() {
     let bytes: usize = link.a_to_b.iter().chain(&link.b_to_a).map(Vec::len).sum();
     assert!(bytes < 4096, "{bytes} bytes for one new session");
     assert!(hub2.view(&fresh).is_some());
+}
+
+#[test]
+fn over_a_slow_lossy_link_a_lost_photo_request_is_made_again_at_the_stall_limit_by_the_engines_own_timer() {
+    for seed in 1..=5u64 {
+        let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+        let (mut edge, mut hub) = (replica(&edge_i, 1), replica(&hub_i, 2));
+        let hash = session_with_photo(&mut edge, 100_000);
+        // 60 ms each way, 5% of frames lost once and sent again (QUIC's recovery).
+        let mut p = Pair::new(&edge, &hub, T).link(60, 0.05, seed);
+        p.start(&mut edge, &mut hub);
+        // The hub's first requests for chunks are damaged on the way and refused (dropped).
+        let drop_wants =
+            |from_a: bool, f: &Frame| !from_a && matches!(f, Frame::BlobWant { chunks, .. } if !chunks.is_empty());
+        let done = p.run(&mut edge, &mut hub, 2_000, Some(&drop_wants), |_, _, hub| hub.holds_blob(&hash));
+        assert!(!done && p.dropped > 0, "seed {seed}: the requests were lost ({} dropped)", p.dropped);
+        let lost_at = p.now;
+        // From here the link delivers; only the engine's own timer can ask again.
+        let done = p.run(&mut edge, &mut hub, 60_000, None, |_, _, hub| hub.holds_blob(&hash));
+        assert!(done, "seed {seed}: the photo never completed ({} resent, stats {:?})", p.resent, p.b.stats());
+        let waited = p.now - T;
+        assert!(
+            (sync_protocol::engine::STALL_MS as i64..sync_protocol::engine::STALL_MS as i64 + 8_000).contains(&waited),
+            "seed {seed}: completed {waited} ms after the start (lost at {} ms); expected just after the stall limit",
+            lost_at - T
+        );
+    }
 }

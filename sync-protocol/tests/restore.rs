@@ -11,8 +11,11 @@
 
 use std::collections::BTreeSet;
 
+mod common;
+use common::Pair;
+
 use sync_protocol::authorship::{AuthorKey, Member, SharedRoster};
-use sync_protocol::engine::{Engine, EngineConfig, Replica};
+use sync_protocol::engine::Replica;
 use sync_protocol::mem::MemReplica;
 use sync_protocol::scope::{PeerInfo, may_hold};
 use sync_protocol::session::{NewMessage, NewSession, Patient, Requester, Service, SessionDoc};
@@ -165,24 +168,11 @@ impl Fleet {
         let now = self.tick();
         self.conversations += 1;
         let (ra, rb) = pair(&mut self.nodes, a, b);
-        let mut ea = Engine::new(rb.me().clone(), EngineConfig::new(true));
-        let mut eb = Engine::new(ra.me().clone(), EngineConfig::new(false));
-        ea.start(ra, now).unwrap();
-        eb.start(rb, now).unwrap();
-        for round in 0.. {
-            assert!(round < 100, "seed {seed}: no end to a conversation after 100 exchanges");
-            let to_b: Vec<_> = std::iter::from_fn(|| ea.poll_frame().map(|(_, f)| f)).collect();
-            if !to_b.is_empty() {
-                eb.handle(rb, to_b, now).unwrap();
-            }
-            let to_a: Vec<_> = std::iter::from_fn(|| eb.poll_frame().map(|(_, f)| f)).collect();
-            if !to_a.is_empty() {
-                ea.handle(ra, to_a, now).unwrap();
-            }
-            if ea.is_done() && !ea.has_output() {
-                break;
-            }
-        }
+        let mut p = Pair::new(ra, rb, now);
+        p.start(ra, rb);
+        let ended = p.run(ra, rb, 600_000, None, |p, _, _| p.a.is_done() && p.quiet());
+        assert!(ended, "seed {seed}: no end to a conversation");
+        let (ea, eb) = (&p.a, &p.b);
         assert_eq!(ea.stats().refused + eb.stats().refused, 0, "seed {seed}: a side refused honest changes");
         assert_same(ra, rb, seed);
         assert_receipts_true(ra, rb, seed);
