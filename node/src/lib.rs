@@ -1,8 +1,7 @@
 //! # outpost-node
 //!
-//! The outpost node: everything that touches the disk, the clock and (from issue 3) the
-//! network, around the sans-IO core in `sync-protocol`. The `outpost` binary is a thin shell
-//! over [`cli`].
+//! The outpost node: everything that touches the disk, the clock and the network, around the
+//! sans-IO core in `sync-protocol`. The `outpost` binary is a thin shell over [`cli`].
 //!
 //! - [`config`]: the node directory and `node.toml`; [`settings`]: how a daemon runs (`outpost.toml`,
 //!   `OUTPOST_*`, flags).
@@ -12,7 +11,11 @@
 //! - [`photo`]: checking photos before they are stored.
 //! - [`node`]: the clinical operations (create a session, send a message, attach a photo, ...).
 //! - [`backup`]: backup and restore of a node directory.
-//! - [`cli`]: the command line; [`demo`]: `outpost demo`.
+//! - [`cli`]: the command line; [`demo`]: `outpost demo`; [`render`]: text for people, shared
+//!   by both and by the local API.
+//! - [`net`]: QUIC with mutual TLS, conversations, the daemon, calls, the local API and metrics;
+//!   [`tls`]: the fleet CA and identities; [`replica`]: the store as the engine sees it.
+//! - [`media`]: call audio in and out; [`linkem`]: the user-space link emulator.
 
 pub mod backup;
 pub mod cli;

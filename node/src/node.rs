@@ -549,7 +549,7 @@ impl Node {
                 }
                 ctx.remember(key, &msg.id)?;
             }
-            doc.add_message(&msg, now).map_err(|source| StoreError::Model { id: id.to_string(), source })?;
+            doc.add_message(&msg, now).map_err(crate::store::model(id))?;
             Ok(msg.id.clone())
         })?)
     }
@@ -571,7 +571,7 @@ impl Node {
         let hash = blake3::hash(&photo.bytes).to_hex().to_string();
         let detail = Some(serde_json::json!({ "photo": hash }));
         let info = self.store.edit(id, "photo.attach", detail, now, |ctx, doc| {
-            let model = |source| StoreError::Model { id: id.to_string(), source };
+            let model = crate::store::model(id);
             let view = doc.view().map_err(model)?;
             // Reuse a standing consent of the same kind and scope; record a new one otherwise.
             let consent = match view
@@ -638,7 +638,7 @@ impl Node {
             scoped.as_deref().map(|k| client_key_of("outcome", k, &(id.to_string(), side, outcome))).transpose()?;
         let detail = Some(serde_json::json!({ "side": side, "outcome": outcome }));
         self.store.edit(id, "outcome.set", detail, now, |ctx, doc| {
-            let model = |source| StoreError::Model { id: id.to_string(), source };
+            let model = crate::store::model(id);
             if let Some(key) = &once {
                 if ctx.recall(key)?.is_some() {
                     return Ok(());
@@ -662,15 +662,15 @@ impl Node {
     pub fn set_status(&mut self, id: SessionId, status: Status, now: i64) -> Result<bool, NodeError> {
         let detail = Some(serde_json::json!({ "status": status }));
         Ok(self.store.edit(id, "status.set", detail, now, |_, doc| {
-            doc.set_status(status, now).map_err(|source| StoreError::Model { id: id.to_string(), source })
+            doc.set_status(status, now).map_err(crate::store::model(id))
         })?)
     }
 
     /// Reopens a closed or cancelled session.
     pub fn reopen(&mut self, id: SessionId, now: i64) -> Result<u32, NodeError> {
-        Ok(self.store.edit(id, "status.reopen", None, now, |_, doc| {
-            doc.reopen(now).map_err(|source| StoreError::Model { id: id.to_string(), source })
-        })?)
+        Ok(self
+            .store
+            .edit(id, "status.reopen", None, now, |_, doc| doc.reopen(now).map_err(crate::store::model(id)))?)
     }
 
     /// The node's state: what it holds, what has not left it, its peers and certificate.
@@ -718,8 +718,7 @@ impl Node {
     pub fn mark_read(&mut self, id: SessionId, now: i64) -> Result<bool, NodeError> {
         let name = self.config.name.clone();
         Ok(self.store.edit(id, "session.read", None, now, |_, doc| {
-            doc.acknowledge(ReceiptLevel::Read, &name, now, |_| false)
-                .map_err(|source| StoreError::Model { id: id.to_string(), source })
+            doc.acknowledge(ReceiptLevel::Read, &name, now, |_| false).map_err(crate::store::model(id))
         })?)
     }
 
@@ -744,8 +743,7 @@ impl Node {
         for id in &ids {
             let id = *id;
             self.store.edit(id, "photo.read", Some(serde_json::json!({ "photo": hash })), now, |_, doc| {
-                doc.add_receipt(hash, ReceiptLevel::Read, &name, now)
-                    .map_err(|source| StoreError::Model { id: id.to_string(), source })
+                doc.add_receipt(hash, ReceiptLevel::Read, &name, now).map_err(crate::store::model(id))
             })?;
         }
         Ok(ids)

@@ -171,7 +171,7 @@ pub enum StoreError {
     #[error("session {id}: {source}")]
     Model {
         /// The session.
-        id: String,
+        id: SessionId,
         /// What the model said.
         source: ModelError,
     },
@@ -225,8 +225,8 @@ fn sql(context: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
     }
 }
 
-fn model(id: SessionId) -> impl Fn(ModelError) -> StoreError {
-    move |source| StoreError::Model { id: id.to_string(), source }
+pub(crate) fn model(id: SessionId) -> impl Fn(ModelError) -> StoreError + Copy {
+    move |source| StoreError::Model { id, source }
 }
 
 /// What a session list shows without loading the document. The index columns give the id,

@@ -425,10 +425,16 @@ impl Engine {
     /// Nothing happens before [`Engine::poll_timeout`].
     pub fn handle_timeout<R: Replica>(&mut self, replica: &mut R, now: TimeMs) -> Res<(), R> {
         self.clock(now);
-        if self.version.is_none() || self.closed || self.next_nudge.is_some_and(|t| now < t) {
+        if self.closed || self.next_nudge.is_some_and(|t| now < t) {
             return Ok(());
         }
+        // The timer moves on even before the peer's Hello, so that a driver sleeping until
+        // `poll_timeout` never finds it in the past (a peer that never says Hello must not make
+        // this side spin).
         self.next_nudge = Some(now.saturating_add(self.cfg.nudge_ms as TimeMs));
+        if self.version.is_none() {
+            return Ok(());
+        }
         self.pushed_now.clear();
         let out_before = self.out.len();
         if !self.missing_at_peer.is_empty() {

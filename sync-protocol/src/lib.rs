@@ -12,7 +12,8 @@
 //! - [`session`]: one advice session as an Automerge document, its typed read view, and the
 //!   operations that edit it so that every merge obeys the rules in `docs/schema.md`
 //!   (status and receipts only move forward, a consent withdrawal always wins, logs only grow).
-//!
+//! - [`authorship`]: signed changes and the fleet roster; [`rules`]: who may write what, checked
+//!   on every received change.
 //! - [`wire`]: the framing (type byte, length, payload), every frame, and a decoder that never panics.
 //! - [`recon`]: fingerprints of document sets and range-based set reconciliation.
 //! - [`blob`]: verified chunked blob transfer over BLAKE3's tree.

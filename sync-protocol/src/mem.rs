@@ -21,10 +21,19 @@ use crate::scope::{DocMeta, PeerInfo, may_accept, may_hold};
 use crate::session::{SessionDoc, SessionId, SessionView, receipt_level};
 use crate::wire::{BlobManifest, DocId, Hash, hash_from_hex, hash_hex};
 
-/// Errors of the in-memory replica (only documents that are not sessions).
+/// Errors of the in-memory replica.
 #[derive(Debug, thiserror::Error)]
-#[error("in-memory replica: {0}")]
-pub struct MemError(pub String);
+pub enum MemError {
+    /// The session model refused a document or an edit.
+    #[error("in-memory replica: {0}")]
+    Model(#[from] crate::ModelError),
+    /// No document of that id is held.
+    #[error("in-memory replica: no such document")]
+    NoSuchDocument,
+    /// Another thread panicked while holding the fleet's roster.
+    #[error("in-memory replica: the shared roster is poisoned")]
+    RosterPoisoned,
+}
 
 /// A held session with what is read of it often, recomputed once per write.
 #[derive(Debug)]
@@ -177,7 +186,7 @@ impl MemReplica {
     /// Adds a session created (or edited) locally.
     pub fn put(&mut self, mut doc: SessionDoc) -> Result<DocId, MemError> {
         self.sign(&mut doc, &[]);
-        let d = Doc::new(doc).map_err(|e| MemError(e.to_string()))?;
+        let d = Doc::new(doc).map_err(MemError::from)?;
         let id = d.view.id.to_bytes();
         self.docs.insert(id, d);
         self.changed.push(id);
@@ -190,10 +199,10 @@ impl MemReplica {
         id: &DocId,
         f: impl FnOnce(&mut SessionDoc) -> Result<T, crate::ModelError>,
     ) -> Result<T, MemError> {
-        let d = self.docs.get_mut(id).ok_or_else(|| MemError("no such document".into()))?;
+        let d = self.docs.get_mut(id).ok_or(MemError::NoSuchDocument)?;
         let before = d.doc.heads();
-        let out = f(&mut d.doc).map_err(|e| MemError(e.to_string()))?;
-        d.refresh().map_err(|e| MemError(e.to_string()))?;
+        let out = f(&mut d.doc).map_err(MemError::from)?;
+        d.refresh().map_err(MemError::from)?;
         for (h, sig) in authorship::sign_new(&self.author, d.doc.automerge(), &before) {
             self.sigs.insert(h.0, sig);
         }
@@ -341,9 +350,9 @@ impl MemReplica {
                 .acknowledge(level, &me.name, now, |h| {
                     hash_from_hex(h).is_some_and(|h| blobs.get(&h).is_some_and(MemBlob::whole))
                 })
-                .map_err(|e| MemError(e.to_string()))?;
+                .map_err(MemError::from)?;
             if added {
-                d.refresh().map_err(|e| MemError(e.to_string()))?;
+                d.refresh().map_err(MemError::from)?;
                 for (h, sig) in authorship::sign_new(&self.author, d.doc.automerge(), &before) {
                     self.sigs.insert(h.0, sig);
                 }
@@ -370,7 +379,7 @@ impl MemReplica {
         };
         let admitted = match self.roster.read() {
             Ok(roster) => rules::admit(candidate.automerge(), &inc.bytes, &inc.sigs, &roster, &self.limits),
-            Err(_) => return Err(MemError("the shared roster is poisoned".into())),
+            Err(_) => return Err(MemError::RosterPoisoned),
         };
         let admitted = match admitted {
             Ok(Admission::Ready(c)) => c,
@@ -397,7 +406,7 @@ impl MemReplica {
         }
         // Keep the signatures: this node may relay the changes.
         self.sigs.extend(sigs);
-        let d = Doc::new(candidate).map_err(|e| MemError(e.to_string()))?;
+        let d = Doc::new(candidate).map_err(MemError::from)?;
         self.docs.insert(*id, d);
         self.after_store(id, now)?;
         self.changed.push(*id);

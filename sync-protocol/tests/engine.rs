@@ -557,3 +557,17 @@ fn over_a_slow_lossy_link_a_lost_photo_request_is_made_again_at_the_stall_limit_
         );
     }
 }
+
+#[test]
+fn the_timer_moves_on_while_a_peer_stays_silent_so_a_driver_never_spins() {
+    let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+    let mut hub = replica(&hub_i, 2);
+    // The hub's side of a connection whose peer never says Hello.
+    let mut eb = Engine::new(edge_i, EngineConfig::new(false));
+    eb.start(&mut hub, T).unwrap();
+    let first = eb.poll_timeout().expect("a timer once started");
+    assert_eq!(first, T + sync_protocol::engine::NUDGE_MS as i64);
+    eb.handle_timeout(&mut hub, first).unwrap();
+    let next = eb.poll_timeout().expect("still armed");
+    assert!(next > first, "the deadline stayed at {next} after it passed: a driver would wake at once, forever");
+}

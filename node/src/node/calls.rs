@@ -31,7 +31,7 @@ impl Node {
         let by = self.config.name.clone();
         let detail = Some(serde_json::json!({ "call": call }));
         self.store.edit(id, "call.escalate", detail, now, |_, doc| {
-            let model = |source| StoreError::Model { id: id.to_string(), source };
+            let model = crate::store::model(id);
             let fields = [("call", LogValue::Str(call.clone())), ("by", LogValue::Str(by.clone()))];
             doc.append_log(LogName::Routing, "escalate", &fields, now).map_err(model)?;
             if doc.view().map_err(model)?.status < Status::Routing {
@@ -62,8 +62,7 @@ impl Node {
                 ("desk", LogValue::Str(me.clone())),
                 ("attempt", LogValue::Int(i64::from(attempt))),
             ];
-            doc.append_log(LogName::Routing, "answer", &fields, now)
-                .map_err(|source| StoreError::Model { id: id.to_string(), source })
+            doc.append_log(LogName::Routing, "answer", &fields, now).map_err(crate::store::model(id))
         })?;
         Ok(Some((call, attempt)))
     }
@@ -231,7 +230,7 @@ impl Node {
                 let detail = Some(serde_json::json!({ "call": call.call, "shared_with": missing }));
                 self.store.edit(id, "call.share", detail, now, |_, doc| {
                     for desk in &missing {
-                        doc.share_with(desk, now).map_err(|source| StoreError::Model { id: id.to_string(), source })?;
+                        doc.share_with(desk, now).map_err(crate::store::model(id))?;
                     }
                     Ok(())
                 })?;
@@ -260,7 +259,7 @@ impl Node {
                 let fields = [("call", c), ("hub", LogValue::Str(hub.clone())), ("from", LogValue::Str(me.clone()))];
                 let detail = Some(serde_json::json!({ "call": call.call, "federated_to": hub }));
                 self.store.edit(id, "call.federate", detail, now, |_, doc| {
-                    let model = |source| StoreError::Model { id: id.to_string(), source };
+                    let model = crate::store::model(id);
                     doc.share_with(hub, now).map_err(model)?;
                     doc.append_log(LogName::Routing, "federate", &fields, now).map_err(model)
                 })?;
@@ -306,8 +305,7 @@ impl Node {
                     // The gate's figures, so that the clinician sees why.
                     let gate = gate_fields(c, "callback", r, q, reason);
                     self.store.edit(id, "call.gate", None, now, |_, doc| {
-                        doc.append_log(LogName::Routing, "gate", &gate, now)
-                            .map_err(|source| StoreError::Model { id: id.to_string(), source })
+                        doc.append_log(LogName::Routing, "gate", &gate, now).map_err(crate::store::model(id))
                     })?;
                     fields.push(("mos", LogValue::Float(r.mos)));
                 }
@@ -318,7 +316,7 @@ impl Node {
             wrote = true;
             let detail = Some(serde_json::json!({ "call": call.call, "step": kind }));
             self.store.edit(id, "call.route", detail, now, |_, doc| {
-                let model = |source| StoreError::Model { id: id.to_string(), source };
+                let model = crate::store::model(id);
                 doc.append_log(LogName::Routing, kind, &fields, now).map_err(model)?;
                 if let Some(st) = status
                     && doc.view().map_err(model)?.status < st
@@ -435,8 +433,7 @@ impl Node {
     pub fn record_call_leg(&mut self, id: SessionId, fields: &[(&str, LogValue)], now: i64) -> Result<(), NodeError> {
         self.require("recording a call", "edge or desk", &[Role::Edge, Role::Desk])?;
         self.store.edit(id, "call.leg", None, now, |_, doc| {
-            doc.append_log(LogName::Calls, "leg", fields, now)
-                .map_err(|source| StoreError::Model { id: id.to_string(), source })
+            doc.append_log(LogName::Calls, "leg", fields, now).map_err(crate::store::model(id))
         })?;
         Ok(())
     }
@@ -462,8 +459,7 @@ impl Node {
         let sides = missing.clone();
         self.store.edit(id, "outcome.not_reported", None, now, |_, doc| {
             for side in &sides {
-                doc.set_outcome(*side, Outcome::NotReported, &by, now)
-                    .map_err(|source| StoreError::Model { id: id.to_string(), source })?;
+                doc.set_outcome(*side, Outcome::NotReported, &by, now).map_err(crate::store::model(id))?;
             }
             Ok(())
         })?;
@@ -480,8 +476,7 @@ impl Node {
             ("by", LogValue::Str(self.config.name.clone())),
         ];
         self.store.edit(id, "call.callback", None, now, |_, doc| {
-            doc.append_log(LogName::Routing, "callback", &fields, now)
-                .map_err(|source| StoreError::Model { id: id.to_string(), source })
+            doc.append_log(LogName::Routing, "callback", &fields, now).map_err(crate::store::model(id))
         })?;
         Ok(())
     }

@@ -77,7 +77,7 @@ impl Node {
         crate::config::check_name(with)?;
         let detail = Some(serde_json::json!({ "node": with }));
         self.store.edit(id, "session.share", detail, now, |_, doc| {
-            doc.share_with(with, now).map_err(|source| StoreError::Model { id: id.to_string(), source })
+            doc.share_with(with, now).map_err(crate::store::model(id))
         })?;
         Ok(())
     }

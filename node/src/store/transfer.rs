@@ -218,8 +218,7 @@ impl Store {
             let name = me.name.clone();
             let detail = Some(serde_json::json!({ "photo": hex }));
             let added = self.edit(sid, "photo.receive", detail, now, |_, doc| {
-                doc.acknowledge(level, &name, now, |h| holds.contains(h))
-                    .map_err(|source| StoreError::Model { id: sid.to_string(), source })
+                doc.acknowledge(level, &name, now, |h| holds.contains(h)).map_err(crate::store::model(sid))
             })?;
             if added {
                 changed.push(sid.to_bytes());
