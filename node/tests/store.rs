@@ -216,8 +216,7 @@ fn kept_reconciliation_sums_and_deltas_equal_a_full_scan_after_every_write() {
                     let id = ids[i];
                     node.store
                         .edit(id, "session.share", None, now, |_, doc| {
-                            doc.share_with("surgery-40", now)
-                                .map_err(|source| StoreError::Model { id, source })
+                            doc.share_with("surgery-40", now).map_err(|source| StoreError::Model { id, source })
                         })
                         .unwrap();
                 }

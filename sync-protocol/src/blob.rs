@@ -138,6 +138,37 @@ pub fn verify_chunk(m: &BlobManifest, index: u32, data: &[u8]) -> Result<(), Blo
     }
 }
 
+/// How much of a photo a node holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// None of it.
+    Nothing,
+    /// Some chunks (a transfer under way or interrupted).
+    Partial,
+    /// Every chunk, verified.
+    Whole,
+    /// It held it whole and let it go once its hub confirmed holding it (a thumbnail stays).
+    Offloaded,
+}
+
+/// Whether node `me` should fetch a photo from `peer`, in a session both may see (the
+/// caller's scope check): photos others attached, whose consent stands, not already held
+/// whole (or let go) here, that the peer attached or has confirmed holding. The one rule the
+/// node's store and the in-memory replica both follow.
+pub fn should_fetch(
+    me: &str,
+    peer: &str,
+    added_by: &str,
+    consent_withdrawn: bool,
+    peer_holds: bool,
+    held: Held,
+) -> bool {
+    !consent_withdrawn
+        && added_by != me
+        && (added_by == peer || peer_holds)
+        && matches!(held, Held::Nothing | Held::Partial)
+}
+
 /// How many photo chunks a receiving side keeps requested: enough to keep the link busy for
 /// [`WINDOW_GAIN`] round trips at the rate chunks have been arriving, and at least
 /// [`MIN_CHUNKS`] (the engine's default). The rate is the highest seen over the last two
@@ -262,5 +293,21 @@ mod tests {
         // A rate falls only once the best one is two seconds old.
         assert_eq!(w.update(1_200, 550_000, 100.0), got, "a still moment keeps the best rate");
         assert_eq!(w.update(3_300, 551_000, 100.0), MIN_CHUNKS, "a stopped link shrinks it");
+    }
+
+    #[test]
+    fn a_photo_is_fetched_only_from_a_peer_that_holds_it_and_only_while_it_is_wanted_here() {
+        use Held::*;
+        // A hub fetching from the ambulance that attached it.
+        assert!(should_fetch("hub", "amb", "amb", false, false, Nothing));
+        assert!(should_fetch("hub", "amb", "amb", false, false, Partial), "an interrupted transfer resumes");
+        // A desk fetching from a hub that confirmed holding it, not from one that did not.
+        assert!(should_fetch("desk", "hub", "amb", false, true, Nothing));
+        assert!(!should_fetch("desk", "hub", "amb", false, false, Nothing));
+        // Never one's own, never after consent is withdrawn, never once held or let go.
+        assert!(!should_fetch("amb", "hub", "amb", false, true, Nothing));
+        assert!(!should_fetch("hub", "amb", "amb", true, false, Nothing));
+        assert!(!should_fetch("hub", "amb", "amb", false, false, Whole));
+        assert!(!should_fetch("amb", "hub", "desk", false, true, Offloaded));
     }
 }

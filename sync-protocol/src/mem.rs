@@ -515,12 +515,15 @@ impl Replica for MemReplica {
             let view = &d.view;
             for m in &view.media {
                 let Some(hash) = hash_from_hex(&m.hash) else { continue };
-                if m.added_by == self.me.name || m.consent_withdrawn {
-                    continue;
-                }
-                let peer_has = m.added_by == peer.name || m.receipts.iter().any(|r| r.node == peer.name);
+                let peer_holds = m.receipts.iter().any(|r| r.node == peer.name);
                 let b = self.blobs.get(&hash);
-                if !peer_has || b.is_some_and(|b| b.whole() || b.offloaded) {
+                let held = match b {
+                    None => blob::Held::Nothing,
+                    Some(b) if b.offloaded => blob::Held::Offloaded,
+                    Some(b) if b.whole() => blob::Held::Whole,
+                    Some(_) => blob::Held::Partial,
+                };
+                if !blob::should_fetch(&self.me.name, &peer.name, &m.added_by, m.consent_withdrawn, peer_holds, held) {
                     continue;
                 }
                 let missing = (0..blob::chunk_count(m.size, CHUNK_SIZE) as u32)

@@ -11,19 +11,19 @@ use sync_protocol::wire::{BlobManifest, DocId, Hash, hash_hex};
 use super::{CachedSql, Store, StoreError, chunk_aad, sql};
 
 impl Store {
-    /// Blobs of sessions shared with `peer` that this node should fetch from it: photos
-    /// attached by others, not yet held whole here, that the peer attached or has confirmed holding.
+    /// Blobs of sessions shared with `peer` that this node should fetch from it
+    /// ([`blob::should_fetch`]; the query reads only photos not held whole or let go here).
     pub fn blobs_wanted(&self, me: &PeerInfo, peer: &PeerInfo) -> Result<Vec<BlobNeed>, StoreError> {
         let ctx = "listing photos to fetch";
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT m.sid, m.hash, m.size, m.added_by, m.holders, b.state, b.manifest FROM session_media m
+                "SELECT m.sid, m.hash, m.size, m.added_by, m.holders, b.state, b.manifest, m.withdrawn FROM session_media m
                  LEFT JOIN blobs b ON b.hash = m.hash
-                 WHERE m.withdrawn = 0 AND m.added_by != ?1 AND (b.state IS NULL OR b.state = 'partial')",
+                 WHERE b.state IS NULL OR b.state = 'partial'",
             )
             .map_err(sql(ctx))?;
-        let mut rows = stmt.query([&me.name]).map_err(sql(ctx))?;
+        let mut rows = stmt.query([]).map_err(sql(ctx))?;
         let mut out: Vec<BlobNeed> = Vec::new();
         let mut listed: std::collections::HashSet<Hash> = std::collections::HashSet::new();
         while let Some(r) = rows.next().map_err(sql(ctx))? {
@@ -32,11 +32,15 @@ impl Store {
             let size = r.get::<_, i64>(2).map_err(sql(ctx))? as u64;
             let added_by: String = r.get(3).map_err(sql(ctx))?;
             let holders: String = r.get(4).map_err(sql(ctx))?;
+            let state: Option<String> = r.get(5).map_err(sql(ctx))?;
+            let withdrawn: bool = r.get(7).map_err(sql(ctx))?;
             let manifest: Option<Vec<u8>> = r.get(6).map_err(sql(ctx))?;
-            let peer_has = added_by == peer.name || holders.split(',').any(|h| h == peer.name);
+            let held = if state.is_some() { blob::Held::Partial } else { blob::Held::Nothing };
+            let peer_holds = holders.split(',').any(|h| h == peer.name);
+            let wanted = blob::should_fetch(&me.name, &peer.name, &added_by, withdrawn, peer_holds, held);
             let Ok(bytes) = hex::decode(&hash_hex) else { continue };
             let Ok(hash) = <[u8; 32]>::try_from(bytes) else { continue };
-            if !peer_has || listed.contains(&hash) || !self.sid_visible(sid, peer)? {
+            if !wanted || listed.contains(&hash) || !self.sid_visible(sid, peer)? {
                 continue;
             }
             listed.insert(hash);
