@@ -44,19 +44,7 @@ impl Store {
                 continue;
             }
             listed.insert(hash);
-            let manifest = manifest.map(|cvs| BlobManifest {
-                hash,
-                size,
-                chunk_size: blob::CHUNK_SIZE,
-                cvs: cvs
-                    .chunks_exact(32)
-                    .map(|c| {
-                        let mut a = [0u8; 32];
-                        a.copy_from_slice(c);
-                        a
-                    })
-                    .collect(),
-            });
+            let manifest = manifest.map(|cvs| stored_manifest(hash, size, &cvs));
             let present = self.chunks_present(&hash_hex)?;
             let missing =
                 (0..blob::chunk_count(size, blob::CHUNK_SIZE) as u32).filter(|i| !present.contains(i)).collect();
@@ -102,19 +90,7 @@ impl Store {
         if !visible {
             return Ok(None);
         }
-        Ok(Some(BlobManifest {
-            hash: *hash,
-            size: size as u64,
-            chunk_size: blob::CHUNK_SIZE,
-            cvs: cvs
-                .chunks_exact(32)
-                .map(|c| {
-                    let mut a = [0u8; 32];
-                    a.copy_from_slice(c);
-                    a
-                })
-                .collect(),
-        }))
+        Ok(Some(stored_manifest(*hash, size as u64, &cvs)))
     }
 
     /// One chunk of a blob, opened.
@@ -241,4 +217,18 @@ impl Store {
             .collect::<Result<_, _>>()
             .map_err(sql("reading photos"))
     }
+}
+
+/// A manifest as the `blobs` table keeps it: the chunks' chaining values, 32 bytes each, end
+/// to end.
+fn stored_manifest(hash: Hash, size: u64, cvs: &[u8]) -> BlobManifest {
+    let cvs = cvs
+        .chunks_exact(32)
+        .map(|c| {
+            let mut a = [0u8; 32];
+            a.copy_from_slice(c);
+            a
+        })
+        .collect();
+    BlobManifest { hash, size, chunk_size: blob::CHUNK_SIZE, cvs }
 }
