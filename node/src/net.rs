@@ -217,6 +217,38 @@ struct Shared {
 
 /// The app page's audio, 8 kHz mono in 20 ms frames: what its microphone sent (a short queue;
 /// the oldest frames go first when the page runs ahead) and where the call's audio goes.
+impl Shared {
+    /// What the tasks of one process share: its node (moved onto the store thread), identity,
+    /// revocation list and change channel (`changes` notices buffered), with these limits.
+    fn new(node: Node, changes: usize, limits: crate::settings::Limits) -> Result<Arc<Shared>, NetError> {
+        let identity = load_identity(&node)?;
+        let crl = node.store.revocations()?.map(|(_, d)| d);
+        let store = StoreHandle::spawn(node);
+        Ok(Arc::new(Shared {
+            store,
+            me: identity.info.clone(),
+            crl: std::sync::RwLock::new(crl),
+            identity,
+            changes: broadcast::channel(changes).0,
+            next_conn: std::sync::atomic::AtomicU64::new(1),
+            endpoint: std::sync::OnceLock::new(),
+            dial: std::sync::Mutex::new(None),
+            chains_checked: Arc::default(),
+            links: std::sync::Mutex::new(std::collections::HashMap::new()),
+            relay: std::sync::Mutex::new(std::collections::HashMap::new()),
+            voice_in: std::sync::Mutex::new(None),
+            live_call: std::sync::Mutex::new(None),
+            voice_io: std::sync::Mutex::new(None),
+            call_people: std::sync::Mutex::new(std::collections::HashMap::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            open: std::sync::Mutex::new(std::collections::HashMap::new()),
+            api: api::Guards::default(),
+            metrics: metrics::Metrics::new(),
+            limits,
+        }))
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct VoiceIo {
     /// Which socket it is (one page at a time carries a call's voice).
@@ -404,35 +436,12 @@ pub async fn sync_once_with(
     limit: Duration,
     stop: Arc<tokio::sync::Notify>,
 ) -> Result<SyncReport, NetError> {
-    let identity = load_identity(&node)?;
-    let crl = node.store.revocations()?.map(|(_, d)| d);
-    let store = StoreHandle::spawn(node);
-    let shared = Arc::new(Shared {
-        store,
-        me: identity.info.clone(),
-        crl: std::sync::RwLock::new(crl.clone()),
-        identity,
-        changes: broadcast::channel(64).0,
-        next_conn: std::sync::atomic::AtomicU64::new(1),
-        endpoint: std::sync::OnceLock::new(),
-        dial: std::sync::Mutex::new(None),
-        chains_checked: Arc::default(),
-        links: std::sync::Mutex::new(std::collections::HashMap::new()),
-        relay: std::sync::Mutex::new(std::collections::HashMap::new()),
-        voice_in: std::sync::Mutex::new(None),
-        live_call: std::sync::Mutex::new(None),
-        voice_io: std::sync::Mutex::new(None),
-        call_people: std::sync::Mutex::new(std::collections::HashMap::new()),
-        stopping: std::sync::atomic::AtomicBool::new(false),
-        open: std::sync::Mutex::new(std::collections::HashMap::new()),
-        api: api::Guards::default(),
-        metrics: metrics::Metrics::new(),
-        limits: crate::settings::Limits::default(),
-    });
+    let shared = Shared::new(node, 64, crate::settings::Limits::default())?;
     let bind: SocketAddr = if peer.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
         .parse()
         .map_err(|_| NetError::Bind { addr: peer, source: std::io::Error::other("bad bind address") })?;
     let endpoint = quinn::Endpoint::client(bind).map_err(|source| NetError::Bind { addr: bind, source })?;
+    let crl = shared.crl.read().map(|c| c.clone()).unwrap_or_default();
     let cfg = client_config(&shared.identity, crl.as_deref())?;
     let report = dial_and_converse(shared, &endpoint, cfg, peer, limit, stop).await?;
     endpoint.wait_idle().await;

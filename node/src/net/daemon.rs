@@ -55,31 +55,8 @@ pub struct Daemon {
 impl Daemon {
     /// Starts serving and dialling. Returns once the socket is bound.
     pub async fn start(node: Node, opts: RunOptions) -> Result<Daemon, NetError> {
-        let identity = load_identity(&node)?;
-        let crl = node.store.revocations()?.map(|(_, d)| d);
-        let store = StoreHandle::spawn(node);
-        let shared = Arc::new(Shared {
-            store,
-            me: identity.info.clone(),
-            crl: std::sync::RwLock::new(crl.clone()),
-            identity,
-            changes: broadcast::channel(1024).0,
-            links: std::sync::Mutex::new(std::collections::HashMap::new()),
-            relay: std::sync::Mutex::new(std::collections::HashMap::new()),
-            voice_in: std::sync::Mutex::new(None),
-            live_call: std::sync::Mutex::new(None),
-            voice_io: std::sync::Mutex::new(None),
-            call_people: std::sync::Mutex::new(std::collections::HashMap::new()),
-            stopping: std::sync::atomic::AtomicBool::new(false),
-            open: std::sync::Mutex::new(std::collections::HashMap::new()),
-            api: api::Guards::default(),
-            next_conn: std::sync::atomic::AtomicU64::new(1),
-            endpoint: std::sync::OnceLock::new(),
-            dial: std::sync::Mutex::new(None),
-            chains_checked: Arc::default(),
-            metrics: metrics::Metrics::new(),
-            limits: opts.limits,
-        });
+        let shared = Shared::new(node, 1024, opts.limits)?;
+        let crl = shared.crl.read().map(|c| c.clone()).unwrap_or_default();
         let endpoint = match opts.listen {
             Some(addr) => {
                 let cfg = server_config(&shared.identity, crl.as_deref())?;
