@@ -29,23 +29,7 @@ impl Store {
             }
             key.remember(&tx, &id, now)?;
         }
-        tx.exec(
-            "INSERT INTO sessions (id, origin, icb, status, service_line, priority, created_ms, updated_ms, head_seq, card)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9)",
-            params![
-                id,
-                view.identity.origin,
-                view.identity.icb,
-                view.status.as_str(),
-                view.service.line.as_str(),
-                view.service.priority.as_str(),
-                view.identity.created_ms,
-                view.updated_ms(),
-                card
-            ],
-        )
-        .map_err(sql("recording the session"))?;
-        let sid = tx.last_insert_rowid();
+        let sid = insert_session_row(&tx, &id, &view, &card, "recording the session")?;
         let seq = append_change(&tx, &self.sealer, sid, &id, &bytes)?;
         put_sigs(&tx, authorship::sign_new(&self.author, doc.automerge(), &[]))?;
         index_doc(&tx, &self.sealer, &id, sid, &mut doc, &view)?;
@@ -531,4 +515,32 @@ pub(super) fn compact(tx: &Transaction<'_>, sealer: &Sealer, key: &str, cached: 
     )
     .map_err(sql("folding the log"))?;
     Ok(())
+}
+
+/// A new session's index row (clear columns only; `card` is sealed, or empty until indexed);
+/// returns its row id.
+pub(super) fn insert_session_row(
+    tx: &Transaction<'_>,
+    key: &str,
+    view: &SessionView,
+    card: &[u8],
+    ctx: &'static str,
+) -> Result<i64, StoreError> {
+    tx.exec(
+        "INSERT INTO sessions (id, origin, icb, status, service_line, priority, created_ms, updated_ms, head_seq, card)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9)",
+        params![
+            key,
+            view.identity.origin,
+            view.identity.icb,
+            view.status.as_str(),
+            view.service.line.as_str(),
+            view.service.priority.as_str(),
+            view.identity.created_ms,
+            view.updated_ms(),
+            card
+        ],
+    )
+    .map_err(sql(ctx))?;
+    Ok(tx.last_insert_rowid())
 }

@@ -15,7 +15,7 @@ use sync_protocol::wire::{DocId, Hash};
 
 use super::{
     Cached, CachedSql, Store, StoreError, append_audit, append_change, checkout, doc_heads, heads_blob,
-    heads_from_blob, index_doc, log_counts, maybe_compact, put_sigs, session_row, sql,
+    heads_from_blob, index_doc, insert_session_row, log_counts, maybe_compact, put_sigs, session_row, sql,
 };
 
 /// A session as scope decisions and reconciliation see it (clear index columns only).
@@ -605,22 +605,7 @@ fn integrate(
             (row_sid, seq)
         }
         None => {
-            tx.exec(
-                "INSERT INTO sessions (id, origin, icb, status, service_line, priority, created_ms, updated_ms, head_seq, card)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, x'')",
-                params![
-                    key,
-                    view.identity.origin,
-                    view.identity.icb,
-                    view.status.as_str(),
-                    view.service.line.as_str(),
-                    view.service.priority.as_str(),
-                    view.identity.created_ms,
-                    view.updated_ms()
-                ],
-            )
-            .map_err(sql("recording a received session"))?;
-            let row_sid = tx.last_insert_rowid();
+            let row_sid = insert_session_row(tx, &key, &view, &[], "recording a received session")?;
             let seq = append_change(tx, sealer, row_sid, &key, &candidate.save())?;
             (row_sid, seq)
         }
