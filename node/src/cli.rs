@@ -144,6 +144,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", info.hash);
             }
         }
+        Command::Photo(PhotoCommand::WithdrawConsent { dir, id, photo }) => {
+            let mut node = open(&dir)?;
+            let sid = node.resolve(&id)?;
+            let (consent, photos) = node.withdraw_consent(sid, &photo, now_ms())?;
+            println!("consent {consent} withdrawn: {photos} photo(s) of {sid} now left out of exports and letters");
+        }
         Command::Photo(PhotoCommand::Get { dir, hash, out, thumbnail, read }) => {
             let mut node = open(&dir)?;
             let bytes = if thumbnail { node.thumbnail(&hash)? } else { node.open_photo(&hash, read, now_ms())? };

@@ -10,7 +10,8 @@
 //! - [`store`]: the durable SQLite store of documents, blobs and the audit chain.
 //! - [`photo`]: checking photos before they are stored.
 //! - [`node`]: the clinical operations (create a session, send a message, attach a photo, ...).
-//! - [`backup`]: backup and restore of a node directory.
+//! - [`backup`]: backup and restore of a node directory; [`export`]: a session as FHIR R4 (UK
+//!   Core) and as a letter, for other systems' records.
 //! - [`cli`]: the command line; [`demo`]: `outpost demo`; [`render`]: text for people, shared
 //!   by both and by the local API.
 //! - [`net`]: QUIC with mutual TLS, conversations, the daemon, calls, the local API and metrics;
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod demo;
+pub mod export;
 pub mod linkem;
 pub mod media;
 pub mod net;

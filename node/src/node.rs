@@ -48,6 +48,17 @@ pub enum NodeError {
     /// The node's certificate.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// A session held here that this node may no longer hold (its certificate's role, ICB or
+    /// service lines changed since it arrived): it does not leave this node.
+    #[error(
+        "session {id} is outside what {node} may hold (its role, ICB and service lines); it is not exported: ask the ICB hub, which keeps the record"
+    )]
+    OutOfScope {
+        /// The session.
+        id: SessionId,
+        /// This node.
+        node: String,
+    },
     /// An operation this node's role does not perform.
     #[error("{action} is done on {allowed} nodes; this node ({name}) is {} {role} node", if *role == Role::Edge { "an" } else { "a" })]
     Role {
@@ -552,6 +563,38 @@ impl Node {
             doc.add_message(&msg, now).map_err(crate::store::model(id))?;
             Ok(msg.id.clone())
         })?)
+    }
+
+    /// The patient withdraws the consent a photo was taken under (given by the photo's hash or
+    /// a unique prefix of it). Every photo taken under that consent is then left out of exports
+    /// and letters on every node (a withdrawal always wins a merge). On an edge, or the home hub.
+    /// Returns the consent's id and how many photos it covered.
+    pub fn withdraw_consent(&mut self, id: SessionId, photo: &str, now: i64) -> Result<(String, usize), NodeError> {
+        self.require("withdrawing a consent", "edge or hub", &[Role::Edge, Role::Hub])?;
+        let view = self.store.view(id)?;
+        let wanted = photo.trim().to_ascii_lowercase();
+        let matching: Vec<_> =
+            view.media.iter().filter(|m| !wanted.is_empty() && m.hash.starts_with(&wanted)).collect();
+        let consent = match matching.as_slice() {
+            [m] => m.consent.clone(),
+            [] => {
+                return Err(NodeError::Invalid(format!(
+                    "session {id} has no photo {photo}: see `outpost session show`"
+                )));
+            }
+            _ => {
+                return Err(NodeError::Invalid(format!(
+                    "{photo} names more than one photo of {id}: give more of its hash"
+                )));
+            }
+        };
+        let covered = view.media.iter().filter(|m| m.consent == consent).count();
+        let by = self.config.name.clone();
+        let detail = Some(serde_json::json!({ "consent": consent }));
+        self.store.edit(id, "consent.withdraw", detail, now, |_, doc| {
+            doc.withdraw_consent(&consent, &by, now).map_err(crate::store::model(id))
+        })?;
+        Ok((consent, covered))
     }
 
     /// Attaches a checked photo: its bytes (sealed, chunked) and its record commit together.

@@ -316,6 +316,40 @@ fn a_session_goes_from_the_ambulance_app_to_the_desk_app_and_the_reply_and_recei
         view["outcome"]["requester"]["clinician"]["registration"] == "HCPC-PA123456"
     });
 
+    // The record leaves for other systems: from the desk's API a FHIR bundle naming the
+    // consultant by GMC number, with the photo's bytes; a letter for people; an unknown format
+    // is a clear 400.
+    let export = |api: &Api, token: &str, format: &str| {
+        let (status, bytes) = api.get_bytes(&format!("/api/sessions/{id}/export?format={format}"), token);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+        bytes
+    };
+    let bundle: Value = serde_json::from_slice(&export(&desk_api, &ada, "fhir")).unwrap();
+    assert_eq!(bundle["resourceType"], "Bundle");
+    let text = bundle.to_string();
+    assert!(text.contains("https://fhir.hl7.org.uk/Id/gmc-number") && text.contains("\"7012345\""), "{text}");
+    let media = |b: &Value| {
+        b["entry"].as_array().unwrap().iter().find(|e| e["resource"]["resourceType"] == "Media").unwrap()["resource"]
+            ["content"]
+            .clone()
+    };
+    assert!(media(&bundle)["data"].is_string(), "the desk holds the photo");
+    let letter = String::from_utf8(export(&desk_api, &ada, "letter")).unwrap();
+    assert!(letter.contains("ADVICE GIVEN") && letter.contains("Dr Ada Okafor (consultant, GMC-7012345)"), "{letter}");
+    let (status, body) = desk_api.call("GET", &format!("/api/sessions/{id}/export?format=pdf"), Some(&ada), None);
+    assert_eq!(status, 400, "{body}");
+    // The patient withdraws consent for the photo, on the crew's app (a desk may not): the image
+    // leaves every export, the desk's too once the withdrawal reaches it.
+    let withdraw = format!("/api/sessions/{id}/photos/{}/withdraw-consent", &hash[..12]);
+    assert_eq!(desk_api.call("POST", &withdraw, Some(&ada), None).0, 403);
+    let (status, body) = amb_api.call("POST", &withdraw, Some(&sam), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["photos"], 1);
+    wait_until(LIMIT, "the withdrawal at the desk", || {
+        let bundle: Value = serde_json::from_slice(&export(&desk_api, &ada, "fhir")).unwrap();
+        media(&bundle).get("data").is_none()
+    });
+
     // The audit chain names the person, not only the node, and is intact.
     let audit = ok(&["audit", "show", "--dir", d(&amb), "--json"]);
     assert!(audit.contains("Sam Patel") && audit.contains("HCPC-PA123456"), "{audit}");

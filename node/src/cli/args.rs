@@ -357,14 +357,16 @@ pub(crate) enum SessionCommand {
         #[command(flatten)]
         json: JsonArg,
     },
-    /// Export a session as raw Automerge bytes or as its JSON view.
+    /// Export a session: raw Automerge bytes, its JSON view, a FHIR R4 bundle (UK Core) for the
+    /// GP record or the ambulance ePR, or a letter of the advice for people.
     Export {
         #[command(flatten)]
         dir: DirArg,
         /// Session id (or a unique prefix of it).
         id: String,
-        /// automerge (binary, for other Automerge implementations) or json.
-        #[arg(long, value_parser = ["automerge", "json"])]
+        /// automerge (binary, for other Automerge implementations), json, fhir (a FHIR R4
+        /// Bundle, docs/fhir.md) or letter (plain text).
+        #[arg(long, value_parser = ["automerge", "json", "fhir", "letter"])]
         format: String,
         /// Write to this file instead of standard output.
         #[arg(long)]
@@ -501,6 +503,16 @@ pub(crate) enum PhotoCommand {
         consent_scope: ConsentScope,
         #[command(flatten)]
         json: JsonArg,
+    },
+    /// The patient withdraws consent for a photo: every photo taken under the same consent
+    /// leaves FHIR exports and letters from now on, on every node.
+    WithdrawConsent {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Session id (or a unique prefix of it).
+        id: String,
+        /// The photo's BLAKE3 hash (or a unique prefix of it), as `session show` lists it.
+        photo: String,
     },
     /// Write a stored photo's bytes to a file (checked against its hash).
     Get {

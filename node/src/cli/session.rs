@@ -67,11 +67,9 @@ pub(crate) fn session(cmd: SessionCommand) -> anyhow::Result<()> {
         SessionCommand::Export { dir, id, format, out } => {
             let mut node = open(&dir)?;
             let sid = node.resolve(&id)?;
-            let as_format = if format == "automerge" {
-                crate::node::ExportFormat::Automerge
-            } else {
-                crate::node::ExportFormat::Json
-            };
+            let as_format = crate::node::ExportFormat::parse(&format).ok_or_else(|| {
+                InputError(format!("unknown export format {format}: use automerge, json, fhir or letter"))
+            })?;
             let bytes = node.export(sid, as_format, now_ms())?;
             match out {
                 Some(path) => write_file(&path, &bytes)?,

@@ -18,8 +18,10 @@
 //! | `POST /api/sessions` | a new session (edge); `client_key` makes a repeat return the first |
 //! | `GET /api/sessions/{id}` | one session (writes no receipt) |
 //! | `POST /api/sessions/{id}/read` | a person has read it: this node's read receipts |
+//! | `GET /api/sessions/{id}/export?format=` | the session as `fhir`, `letter`, `json` or `automerge` (audited) |
 //! | `POST /api/sessions/{id}/messages` `{text, reply_to?, client_key?}` | a message, once durable |
 //! | `POST /api/sessions/{id}/photos?view=&body_site=&consent=` (body: the image) | a photo |
+//! | `POST /api/sessions/{id}/photos/{hash}/withdraw-consent` | the patient withdraws a photo's consent |
 //! | `POST /api/sessions/{id}/outcome` `{side, outcome}` | this side's outcome |
 //! | `POST /api/sessions/{id}/escalate`, `.../answer`, `.../hangup`, `GET .../calls` | calls |
 //! | `GET /api/callbacks` | callbacks owed |
@@ -171,6 +173,8 @@ fn routes() -> OpenApiRouter<Arc<Shared>> {
         .routes(routes!(list_sessions, create_session))
         .routes(routes!(show_session))
         .routes(routes!(read_session))
+        .routes(routes!(export_session))
+        .routes(routes!(withdraw_consent))
         .routes(routes!(send_message))
         .routes((photo_schemas, photo_paths, photo_route.layer(photo_limit)))
         .routes(routes!(set_outcome))

@@ -24,6 +24,35 @@ pub enum ExportFormat {
     Automerge,
     /// The session as read, every merge rule applied (the API's session view).
     Json,
+    /// A FHIR R4 `Bundle` (UK Core), for the GP record and the ambulance ePR (`docs/fhir.md`).
+    Fhir,
+    /// The advice as a plain-text letter, for people.
+    Letter,
+}
+
+impl ExportFormat {
+    /// Every format, by the name the CLI and the API take.
+    pub const ALL: [(&'static str, ExportFormat); 4] = [
+        ("automerge", ExportFormat::Automerge),
+        ("json", ExportFormat::Json),
+        ("fhir", ExportFormat::Fhir),
+        ("letter", ExportFormat::Letter),
+    ];
+
+    /// The format named `name`.
+    pub fn parse(name: &str) -> Option<ExportFormat> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+    }
+
+    /// The media type of the export.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ExportFormat::Automerge => "application/octet-stream",
+            ExportFormat::Json => "application/json",
+            ExportFormat::Fhir => "application/fhir+json",
+            ExportFormat::Letter => "text/plain; charset=utf-8",
+        }
+    }
 }
 
 impl Node {
@@ -57,19 +86,55 @@ impl Node {
         Ok(self.store.view(id)?.service.line)
     }
 
-    /// The session exported whole, with an audit entry of the export.
+    /// The session exported whole, with an audit entry of the export. Only a session this node
+    /// may hold leaves it (scope is checked again here, not only when the session arrived), and
+    /// only photos held whole here go into a FHIR bundle (the rest as references; none whose
+    /// consent was withdrawn).
     pub fn export(&mut self, id: SessionId, format: ExportFormat, now: i64) -> Result<Vec<u8>, NodeError> {
+        let view: SessionView = self.store.view(id)?;
+        let meta = sync_protocol::scope::DocMeta {
+            origin: view.identity.origin.clone(),
+            icb: view.identity.icb.clone(),
+            line: view.service.line,
+            shares: view.shared_with.clone(),
+        };
+        if !sync_protocol::scope::may_hold(&self.config.peer_info(), &meta) {
+            return Err(NodeError::OutOfScope { id, node: self.config.name.clone() });
+        }
+        let pretty = |v: &serde_json::Value| -> Result<Vec<u8>, NodeError> {
+            let mut b = serde_json::to_vec_pretty(v).map_err(|e| NodeError::Invalid(e.to_string()))?;
+            b.push(b'\n');
+            Ok(b)
+        };
         let bytes = match format {
             ExportFormat::Automerge => self.store.export_automerge(id)?,
-            ExportFormat::Json => {
-                let view: SessionView = self.store.view(id)?;
-                let mut v = serde_json::to_vec_pretty(&view).map_err(|e| NodeError::Invalid(e.to_string()))?;
-                v.push(b'\n');
-                v
+            ExportFormat::Json => pretty(&serde_json::to_value(&view).map_err(|e| NodeError::Invalid(e.to_string()))?)?,
+            ExportFormat::Fhir => {
+                let photos = self.photos_held(&view)?;
+                pretty(&crate::export::fhir::bundle(&view, &photos, &self.config.name, now))?
+            }
+            ExportFormat::Letter => {
+                let photos = self.photos_held(&view)?;
+                crate::export::letter::letter(&view, &|h| photos.contains_key(h), &self.config.name, now).into_bytes()
             }
         };
         self.store.audit_access(id, "session.export", now)?;
         Ok(bytes)
+    }
+
+    /// The session's photos held whole on this node (consent standing), read and checked
+    /// against their hashes.
+    fn photos_held(&self, view: &SessionView) -> Result<crate::export::Photos, NodeError> {
+        let mut out = crate::export::Photos::new();
+        for hash in crate::export::photos_to_read(view) {
+            let whole =
+                matches!(self.store.blob_info(&hash), Ok(b) if b.state == "complete" && b.chunks_present == b.chunks);
+            if whole {
+                let bytes = self.store.read_blob(&hash)?;
+                out.insert(hash, bytes);
+            }
+        }
+        Ok(out)
     }
 
     /// Shares a session with a node beyond its default scope (grow-only).

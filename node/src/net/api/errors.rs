@@ -23,7 +23,7 @@ impl From<NodeError> for ApiError {
         let status = match &e {
             NodeError::Store(s) => return s.into(),
             NodeError::Photo(_) | NodeError::Invalid(_) => StatusCode::BAD_REQUEST,
-            NodeError::Role { .. } => StatusCode::FORBIDDEN,
+            NodeError::Role { .. } | NodeError::OutOfScope { .. } => StatusCode::FORBIDDEN,
             NodeError::Config(_) | NodeError::Crypto(_) | NodeError::Tls(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())

@@ -172,6 +172,76 @@ pub(super) async fn show_session(
     Ok(Json(view).into_response())
 }
 
+/// How to export a session.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ExportQuery {
+    /// `fhir` (a FHIR R4 Bundle following UK Core, `docs/fhir.md`), `letter` (the advice as
+    /// plain text), `json` (the session view) or `automerge` (the whole document).
+    pub(super) format: String,
+}
+
+#[utoipa::path(
+    get, path = "/api/sessions/{id}/export", tag = "sessions",
+    params(("id" = String, Path, description = "Session id"), ExportQuery),
+    responses(
+        (status = 200, description = "The session in that format; the export is written to the audit chain. Photos held whole here are in a FHIR bundle, the rest as references; none whose consent was withdrawn",
+            content(("application/fhir+json"), ("text/plain"), ("application/json"), ("application/octet-stream"))),
+        (status = 400, description = "An unknown format", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "The session is outside what this node may hold", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
+)]
+pub(super) async fn export_session(
+    State(shared): State<Arc<Shared>>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    QueryArgs(q): QueryArgs<ExportQuery>,
+) -> Result<Response, ApiError> {
+    let id = session_id(&id)?;
+    let format = crate::node::ExportFormat::parse(&q.format).ok_or_else(|| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("unknown export format {:?}: use fhir, letter, json or automerge", q.format),
+        )
+    })?;
+    let bytes = as_person(&shared, &who, move |n| Ok(n.export(id, format, now_ms())?)).await?;
+    Ok(([(header::CONTENT_TYPE, format.content_type())], bytes).into_response())
+}
+
+/// A consent withdrawn.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct Withdrawn {
+    /// The consent's id.
+    pub(super) consent: String,
+    /// How many of the session's photos were taken under it (all now left out of exports).
+    pub(super) photos: usize,
+}
+
+#[utoipa::path(
+    post, path = "/api/sessions/{id}/photos/{hash}/withdraw-consent", tag = "photos",
+    params(("id" = String, Path, description = "Session id"), ("hash" = String, Path, description = "The photo's BLAKE3 hash (or a unique prefix)")),
+    responses(
+        (status = 200, description = "The consent the photo was taken under is withdrawn, on this node's disk; every photo under it leaves exports", body = Withdrawn),
+        (status = 400, description = "No such photo in the session", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "Not an edge or hub, or not a person", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
+)]
+pub(super) async fn withdraw_consent(
+    State(shared): State<Arc<Shared>>,
+    Caller(who): Caller,
+    Path((id, hash)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let id = session_id(&id)?;
+    person_only(&who, "withdrawing a consent")?;
+    let (consent, photos) = as_person(&shared, &who, move |n| Ok(n.withdraw_consent(id, &hash, now_ms())?)).await?;
+    announce(&shared, id);
+    Ok(Json(Withdrawn { consent, photos }).into_response())
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct ReadBody {
     /// Whether anything was newly marked read (false when it had all been read already).

@@ -1,0 +1,827 @@
+//! A session as a FHIR R4 `Bundle` (type `collection`), following UK Core where it has a
+//! profile: what `docs/fhir.md` describes, resource by resource.
+//!
+//! Pure: the session's view, the photos this node holds whole, the exporting node's name and the
+//! time in; JSON out. Every reference points inside the bundle (`urn:uuid:` full URLs derived
+//! from the session id, so one session exports to the same ids every time).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use base64::Engine as _;
+use serde_json::{Map, Value, json};
+use sync_protocol::session::{Clinician, LogValue, MediaView, MessageView, OutcomeView, SessionView};
+use sync_protocol::vocab::{Priority, ReceiptLevel, Side, Status};
+
+use super::codes::{self, coding, id_system, profile};
+use super::{Photos, log_int, log_str};
+
+/// FHIR's `instant` for a time in milliseconds since the epoch (UTC).
+pub fn instant(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Builds the bundle of one session.
+pub fn bundle(view: &SessionView, photos: &Photos, exported_by: &str, now_ms: i64) -> Value {
+    let mut b = Builder { session: view.id.to_string(), entries: Vec::new(), keys: BTreeSet::new() };
+    b.build(view, photos, exported_by);
+    json!({
+        "resourceType": "Bundle",
+        "identifier": { "system": id_system("export"), "value": b.uuid(&format!("export/{exported_by}/{now_ms}")) },
+        "type": "collection",
+        "timestamp": instant(now_ms),
+        "entry": b.entries,
+    })
+}
+
+struct Builder {
+    session: String,
+    entries: Vec<Value>,
+    keys: BTreeSet<String>,
+}
+
+/// Who did something: a person (a `PractitionerRole`) or, when the session names no person, the
+/// node that wrote it (a `Device`).
+type Actor = String;
+
+impl Builder {
+    /// A stable `urn:uuid:` for something of this session (a version 8, name-based UUID).
+    fn uuid(&self, key: &str) -> String {
+        let h = blake3::hash(format!("outpost/{}/{key}", self.session).as_bytes());
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&h.as_bytes()[..16]);
+        b[6] = (b[6] & 0x0f) | 0x80;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        let x = hex::encode(b);
+        format!("urn:uuid:{}-{}-{}-{}-{}", &x[..8], &x[8..12], &x[12..16], &x[16..20], &x[20..])
+    }
+
+    /// Adds a resource once under `key`; returns its reference.
+    fn add(&mut self, key: &str, resource: impl FnOnce() -> Value) -> String {
+        let url = self.uuid(key);
+        if self.keys.insert(key.to_string()) {
+            let r = resource();
+            self.entries.push(json!({ "fullUrl": url, "resource": r }));
+        }
+        url
+    }
+
+    fn organisation(&mut self, ods: &str) -> String {
+        let ods = ods.trim().to_ascii_uppercase();
+        self.add(&format!("org/{ods}"), || {
+            json!({
+                "resourceType": "Organization",
+                "meta": { "profile": [profile("Organization")] },
+                "identifier": [{ "system": codes::ODS_ORGANISATION, "value": ods }],
+            })
+        })
+    }
+
+    fn device(&mut self, node: &str) -> String {
+        self.add(&format!("device/{node}"), || {
+            json!({
+                "resourceType": "Device",
+                "identifier": [{ "system": id_system("node"), "value": node }],
+                "deviceName": [{ "name": node, "type": "user-friendly-name" }],
+                "type": { "text": "outpost node" },
+            })
+        })
+    }
+
+    /// A practitioner, known by registration when there is one, else by name.
+    fn practitioner(&mut self, name: Option<&str>, registration: Option<&str>) -> String {
+        let reg = registration.map(registration_identifier);
+        let key = match (&reg, name) {
+            (Some(r), _) => format!("practitioner/{}|{}", r["system"].as_str().unwrap_or(""), r["value"]),
+            (None, Some(n)) => format!("practitioner/name/{n}"),
+            (None, None) => "practitioner/unknown".to_string(),
+        };
+        let url = self.uuid(&key);
+        if let Some(i) = self.entries.iter().position(|e| e["fullUrl"] == url.as_str()) {
+            // Known by registration before, without a name: the name fills in.
+            if let (Some(n), Some(r)) = (name, self.entries[i]["resource"].as_object_mut())
+                && !r.contains_key("name")
+            {
+                r.insert("name".into(), json!([{ "text": n }]));
+            }
+            return url;
+        }
+        self.add(&key, || {
+            let mut r = Map::new();
+            r.insert("resourceType".into(), json!("Practitioner"));
+            r.insert("meta".into(), json!({ "profile": [profile("Practitioner")] }));
+            if let Some(i) = reg {
+                r.insert("identifier".into(), json!([i]));
+            }
+            if let Some(n) = name {
+                r.insert("name".into(), json!([{ "text": n }]));
+            }
+            Value::Object(r)
+        })
+    }
+
+    /// A person in a role: the practitioner, the role's words and their organisation.
+    fn role(&mut self, clinician: &Clinician, org: Option<&str>) -> String {
+        let p = self.practitioner(Some(&clinician.name), clinician.registration.as_deref());
+        let o = org.map(|o| self.organisation(o));
+        let key = format!("role/{p}/{}", clinician.role.to_lowercase());
+        self.add(&key, || {
+            let mut r = json!({
+                "resourceType": "PractitionerRole",
+                "meta": { "profile": [profile("PractitionerRole")] },
+                "practitioner": { "reference": p },
+                "code": [{ "text": clinician.role }],
+            });
+            if let Some(o) = o {
+                r["organization"] = json!({ "reference": o });
+            }
+            r
+        })
+    }
+
+    /// Who wrote something: the clinician named with it, else the node.
+    fn actor(&mut self, clinician: Option<&Clinician>, node: &str) -> Actor {
+        match clinician {
+            Some(c) => self.role(c, None),
+            None => self.device(node),
+        }
+    }
+
+    fn build(&mut self, v: &SessionView, photos: &Photos, exported_by: &str) {
+        let patient = self.patient(v);
+        let requester = self.requester(v);
+        let sr = self.uuid("service-request");
+        let task = self.uuid("task");
+
+        // Messages first: the service request names who answered.
+        let mut responders = Vec::new();
+        let mut by_id = BTreeMap::new();
+        for m in &v.messages {
+            by_id.insert(m.id.clone(), self.uuid(&format!("message/{}", m.id)));
+        }
+        let mut communications = Vec::new();
+        for m in &v.messages {
+            let sender = self.actor(m.clinician.as_ref(), &m.author);
+            if m.side == Side::Responder && !responders.contains(&sender) {
+                responders.push(sender.clone());
+            }
+            communications.push((m, sender));
+        }
+        for (m, sender) in communications {
+            let recipient = match m.side {
+                Side::Requester => responders.clone(),
+                Side::Responder => vec![requester.clone()],
+            };
+            self.communication(v, m, &sender, &recipient, &by_id, &patient, &sr, &task);
+        }
+        let media: Vec<String> = v.media.iter().map(|m| self.media(m, photos, &patient, &sr)).collect();
+        for c in &v.consents {
+            self.consent(v, c, &patient);
+        }
+        self.service_request(v, &patient, &requester, &responders, &media);
+        let outputs = self.outcomes(v, &patient, &sr);
+        self.task(v, &patient, &requester, &responders, &outputs);
+        self.calls(v, &patient, &sr, &task);
+        let _ = self.device(exported_by);
+    }
+
+    fn patient(&mut self, v: &SessionView) -> String {
+        let p = &v.patient;
+        self.add("patient", || {
+            let mut r = Map::new();
+            r.insert("resourceType".into(), json!("Patient"));
+            r.insert("meta".into(), json!({ "profile": [profile("Patient")] }));
+            if let Some(n) = &p.nhs_number {
+                r.insert(
+                    "identifier".into(),
+                    json!([{
+                        "extension": [{
+                            "url": codes::NHS_VERIFICATION_EXTENSION,
+                            "valueCodeableConcept": { "coding": [{
+                                "system": codes::NHS_VERIFICATION_ENGLAND,
+                                "code": p.verification.as_str(),
+                                "display": codes::verification_display(p.verification),
+                            }]},
+                        }],
+                        "system": codes::NHS_NUMBER,
+                        "value": n,
+                    }]),
+                );
+            }
+            if let Some(n) = &p.name {
+                r.insert("name".into(), json!([{ "text": n }]));
+            }
+            if let Some(g) = p.sex.as_deref().map(gender) {
+                r.insert("gender".into(), json!(g));
+            }
+            if let Some(d) = p.birth_date.as_deref().filter(|d| is_date(d)) {
+                r.insert("birthDate".into(), json!(d));
+            }
+            if let Some(pc) = &p.postcode {
+                r.insert("address".into(), json!([{ "postalCode": pc }]));
+            }
+            Value::Object(r)
+        })
+    }
+
+    /// The requester as a role: their registration, role, organisation, call-sign and number.
+    fn requester(&mut self, v: &SessionView) -> String {
+        let q = &v.requester;
+        if q.registration.is_none() && q.role.is_none() && q.org_ods.is_none() && q.call_sign.is_none() {
+            return self.device(&v.identity.origin);
+        }
+        let p = q.registration.as_deref().map(|r| self.practitioner(None, Some(r)));
+        let o = q.org_ods.as_deref().map(|o| self.organisation(o));
+        self.add("requester", || {
+            let mut r = Map::new();
+            r.insert("resourceType".into(), json!("PractitionerRole"));
+            r.insert("meta".into(), json!({ "profile": [profile("PractitionerRole")] }));
+            if let Some(cs) = &q.call_sign {
+                r.insert("identifier".into(), json!([{ "system": id_system("call-sign"), "value": cs }]));
+            }
+            if let Some(p) = p {
+                r.insert("practitioner".into(), json!({ "reference": p }));
+            }
+            if let Some(o) = o {
+                r.insert("organization".into(), json!({ "reference": o }));
+            }
+            if let Some(role) = &q.role {
+                r.insert("code".into(), json!([{ "text": role }]));
+            }
+            if let Some(n) = &q.callback {
+                r.insert("telecom".into(), json!([{ "system": "phone", "value": n, "use": "work" }]));
+            }
+            Value::Object(r)
+        })
+    }
+
+    fn service_request(
+        &mut self,
+        v: &SessionView,
+        patient: &str,
+        requester: &str,
+        responders: &[String],
+        media: &[String],
+    ) {
+        let icb = self.organisation(&v.identity.icb);
+        let channel = codes::channel();
+        let mut identifiers = vec![json!({ "system": id_system("session"), "value": v.id.to_string() })];
+        if let Some(i) = &v.requester.incident {
+            identifiers.push(json!({ "system": id_system("incident"), "value": i }));
+        }
+        let status = match v.status {
+            Status::Draft => "draft",
+            Status::Cancelled => "revoked",
+            Status::OutcomeRecorded | Status::Closed => "completed",
+            _ => "active",
+        };
+        let priority = match v.service.priority {
+            Priority::Routine => "routine",
+            Priority::Urgent | Priority::TwoWeekWait => "urgent",
+        };
+        let mut performers: Vec<Value> = responders.iter().map(|r| json!({ "reference": r })).collect();
+        if performers.is_empty() {
+            performers.push(json!({ "reference": icb }));
+        }
+        self.add("service-request", || {
+            let mut r = json!({
+                "resourceType": "ServiceRequest",
+                "meta": { "profile": [profile("ServiceRequest")] },
+                "identifier": identifiers,
+                "status": status,
+                "intent": "order",
+                "category": [codes::specialty(v.service.line)],
+                "priority": priority,
+                "code": {
+                    "coding": [coding(&channel, v.service.channel.as_str())],
+                    "text": format!("Request for {} advice by {}", v.service.line.as_str().replace('_', " "), v.service.channel),
+                },
+                "orderDetail": [
+                    { "coding": [coding(&codes::priority(), v.service.priority.as_str())] },
+                    { "coding": [coding(&codes::care_setting(), v.identity.care_setting.as_str())] },
+                ],
+                "subject": { "reference": patient },
+                "authoredOn": instant(v.identity.created_ms),
+                "requester": { "reference": requester },
+                "performer": performers,
+                "note": [{ "text": v.summary }],
+            });
+            if !media.is_empty() {
+                r["supportingInfo"] = media.iter().map(|m| json!({ "reference": m })).collect();
+            }
+            r
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn communication(
+        &mut self,
+        v: &SessionView,
+        m: &MessageView,
+        sender: &str,
+        recipients: &[String],
+        by_id: &BTreeMap<String, String>,
+        patient: &str,
+        sr: &str,
+        task: &str,
+    ) {
+        // Delivered only once the other side's node holds it: a message still on its device is
+        // in progress, never shown as sent further than it went.
+        let received = m
+            .receipts
+            .iter()
+            .filter(|r| match m.side {
+                Side::Requester => r.level >= ReceiptLevel::Desk,
+                Side::Responder => r.level >= ReceiptLevel::Requester,
+            })
+            .map(|r| r.at_ms)
+            .min();
+        let status = if m.receipt == ReceiptLevel::Device { "in-progress" } else { "completed" };
+        let mut r = json!({
+            "resourceType": "Communication",
+            "meta": { "profile": [profile("Communication")] },
+            "identifier": [{ "system": id_system("message"), "value": m.id }],
+            "basedOn": [{ "reference": sr }],
+            "partOf": [{ "reference": task }],
+            "status": status,
+            "subject": { "reference": patient },
+            "sent": instant(m.at_ms),
+            "sender": { "reference": sender },
+            "payload": [{ "contentString": m.text }],
+        });
+        if let Some(to) = m.reply_to.as_ref().and_then(|id| by_id.get(id)) {
+            r["inResponseTo"] = json!([{ "reference": to }]);
+        }
+        if !recipients.is_empty() {
+            r["recipient"] = recipients.iter().map(|x| json!({ "reference": x })).collect();
+        }
+        if let Some(at) = received {
+            r["received"] = json!(instant(at));
+        }
+        if v.service.priority != Priority::Routine {
+            r["priority"] = json!("urgent");
+        }
+        self.add(&format!("message/{}", m.id), || r);
+    }
+
+    fn media(&mut self, m: &MediaView, photos: &Photos, patient: &str, sr: &str) -> String {
+        let operator = self.actor(m.clinician.as_ref(), &m.added_by);
+        let mut content = json!({
+            "contentType": m.mime,
+            "size": m.size,
+            "creation": instant(m.at_ms),
+        });
+        // A withdrawn consent removes the image; a photo this node does not hold whole is a
+        // reference to where the record keeps it.
+        if m.consent_withdrawn {
+            content["title"] = json!("image withheld: the patient's consent was withdrawn");
+        } else if let Some(bytes) = photos.get(&m.hash) {
+            content["data"] = json!(base64::engine::general_purpose::STANDARD.encode(bytes));
+            content["title"] = json!(format!("{} of {}", m.view.as_str().replace('_', " "), m.body_site));
+        } else {
+            content["url"] = json!(format!("urn:outpost:photo:blake3:{}", m.hash));
+            content["title"] = json!(format!(
+                "{} of {}: not held by this node (the ICB hub keeps the record; BLAKE3 {})",
+                m.view.as_str().replace('_', " "),
+                m.body_site,
+                m.hash
+            ));
+        }
+        let mut r = json!({
+            "resourceType": "Media",
+            "identifier": [{ "system": id_system("photo-blake3"), "value": m.hash }],
+            "basedOn": [{ "reference": sr }],
+            "status": "completed",
+            "type": { "coding": [{ "system": codes::MEDIA_TYPE, "code": "image", "display": "Image" }] },
+            "modality": { "coding": [{ "system": codes::DICOM, "code": "XC", "display": "External-camera Photography" }] },
+            "view": { "coding": [coding(&codes::photo_view(), m.view.as_str())] },
+            "subject": { "reference": patient },
+            "createdDateTime": instant(m.at_ms),
+            "operator": { "reference": operator },
+            "bodySite": { "text": m.body_site },
+            "content": content,
+        });
+        if let (Some(w), Some(h)) = (m.width, m.height) {
+            r["width"] = json!(w);
+            r["height"] = json!(h);
+        }
+        self.add(&format!("photo/{}", m.hash), || r)
+    }
+
+    fn consent(&mut self, v: &SessionView, c: &sync_protocol::session::ConsentView, patient: &str) {
+        let covers: Vec<Value> = v
+            .media
+            .iter()
+            .filter(|m| m.consent == c.id)
+            .map(|m| json!({ "meaning": "instance", "reference": { "reference": self.uuid(&format!("photo/{}", m.hash)) } }))
+            .collect();
+        let org = v.requester.org_ods.as_deref().map(|o| self.organisation(o));
+        let mut period = json!({ "start": instant(c.at_ms) });
+        if let Some(w) = &c.withdrawn {
+            period["end"] = json!(instant(w.at_ms));
+        }
+        let mut r = json!({
+            "resourceType": "Consent",
+            "meta": { "profile": [profile("Consent")] },
+            "identifier": [{ "system": id_system("consent"), "value": c.id }],
+            "status": if c.withdrawn.is_some() { "inactive" } else { "active" },
+            "scope": { "coding": [{ "system": codes::CONSENT_SCOPE, "code": "patient-privacy", "display": "Privacy Consent" }] },
+            "category": [{
+                "coding": [coding(&codes::consent_kind(), c.kind.as_str())],
+                "text": "Consent to clinical photography",
+            }],
+            "patient": { "reference": patient },
+            "dateTime": instant(c.at_ms),
+            "performer": [{ "reference": patient }],
+            "policyRule": { "coding": [coding(&codes::consent_scope(), c.scope.as_str())] },
+            "provision": { "type": "permit", "period": period },
+        });
+        if !covers.is_empty() {
+            r["provision"]["data"] = json!(covers);
+        }
+        if let Some(o) = org {
+            r["organization"] = json!([{ "reference": o }]);
+        }
+        self.add(&format!("consent/{}", c.id), || r);
+    }
+
+    /// Each side's outcome as an `Observation` (who recorded it and when), referenced from the
+    /// task's outputs.
+    fn outcomes(&mut self, v: &SessionView, patient: &str, sr: &str) -> Vec<(Side, String)> {
+        let mut out = Vec::new();
+        for (side, o) in [(Side::Requester, &v.outcome.requester), (Side::Responder, &v.outcome.responder)] {
+            if let Some(o) = o {
+                out.push((side, self.outcome(side, o, patient, sr)));
+            }
+        }
+        out
+    }
+
+    fn outcome(&mut self, side: Side, o: &OutcomeView, patient: &str, sr: &str) -> String {
+        let by = self.actor(o.clinician.as_ref(), &o.by);
+        let mut value = vec![coding(&codes::outcome(), o.value.as_str())];
+        if let Some((code, display)) = codes::outcome_snomed(o.value) {
+            value.push(json!({ "system": codes::SNOMED, "code": code, "display": display }));
+        }
+        self.add(&format!("outcome/{side}"), || {
+            json!({
+                "resourceType": "Observation",
+                "basedOn": [{ "reference": sr }],
+                "status": "final",
+                "code": { "coding": [coding(&codes::outcome_side(), side.as_str())] },
+                "subject": { "reference": patient },
+                "effectiveDateTime": instant(o.at_ms),
+                "performer": [{ "reference": by }],
+                "valueCodeableConcept": { "coding": value, "text": codes::say(o.value.as_str()) },
+            })
+        })
+    }
+
+    fn task(
+        &mut self,
+        v: &SessionView,
+        patient: &str,
+        requester: &str,
+        responders: &[String],
+        outputs: &[(Side, String)],
+    ) {
+        let status = match v.status {
+            Status::Draft => "draft",
+            Status::Queued => "requested",
+            Status::OutcomeRecorded | Status::Closed => "completed",
+            Status::Cancelled => "cancelled",
+            _ => "in-progress",
+        };
+        let last = v.status_history.iter().map(|s| s.at_ms).max().unwrap_or(v.identity.created_ms);
+        let sr = self.uuid("service-request");
+        let mut r = json!({
+            "resourceType": "Task",
+            "meta": { "profile": [profile("Task")] },
+            "identifier": [{ "system": id_system("session"), "value": v.id.to_string() }],
+            "basedOn": [{ "reference": sr }],
+            "status": status,
+            "businessStatus": { "coding": [coding(&codes::session_status(), v.status.as_str())] },
+            "intent": "order",
+            "focus": { "reference": sr },
+            "for": { "reference": patient },
+            "authoredOn": instant(v.identity.created_ms),
+            "lastModified": instant(last.max(v.identity.created_ms)),
+            "requester": { "reference": requester },
+        });
+        if let Some(owner) = responders.first() {
+            r["owner"] = json!({ "reference": owner });
+        }
+        if v.reopened > 0 {
+            r["note"] = json!([{ "text": format!("reopened {} time(s)", v.reopened) }]);
+        }
+        if !outputs.is_empty() {
+            r["output"] = outputs
+                .iter()
+                .map(|(side, obs)| {
+                    json!({
+                        "type": { "coding": [coding(&codes::outcome_side(), side.as_str())] },
+                        "valueReference": { "reference": obs },
+                    })
+                })
+                .collect();
+        }
+        self.add("task", || r);
+    }
+
+    /// Each escalation is a `Task` (part of the session's), each ring of a desk a `Task` part of
+    /// the escalation's; a call that connected is an `Encounter` (virtual), each party's figures
+    /// an `Observation` of it.
+    fn calls(&mut self, v: &SessionView, patient: &str, sr: &str, task: &str) {
+        let mut order = Vec::new();
+        let mut steps: BTreeMap<String, Vec<&BTreeMap<String, LogValue>>> = BTreeMap::new();
+        for e in &v.routing {
+            let Some(call) = log_str(e, "call") else { continue };
+            if !steps.contains_key(call) {
+                order.push(call.to_string());
+            }
+            steps.entry(call.to_string()).or_default().push(e);
+        }
+        for call in order {
+            let entries = steps.remove(&call).unwrap_or_default();
+            self.escalation(v, &call, &entries, patient, sr, task);
+        }
+    }
+
+    fn escalation(
+        &mut self,
+        v: &SessionView,
+        call: &str,
+        entries: &[&BTreeMap<String, LogValue>],
+        patient: &str,
+        sr: &str,
+        task: &str,
+    ) {
+        let routing = codes::routing();
+        let esc_key = format!("escalation/{call}");
+        let esc = self.uuid(&esc_key);
+        let at = |e: &BTreeMap<String, LogValue>| log_int(e, "at_ms").unwrap_or(v.identity.created_ms);
+        let start = entries.iter().map(|e| at(e)).min().unwrap_or(v.identity.created_ms);
+        let end = entries.iter().map(|e| at(e)).max().unwrap_or(start);
+        let kind = |e: &BTreeMap<String, LogValue>| log_str(e, "kind").unwrap_or("").to_string();
+        let finished = entries.iter().find(|e| matches!(kind(e).as_str(), "connected" | "callback"));
+        let by = entries.iter().find(|e| kind(e) == "escalate").and_then(|e| log_str(e, "by")).map(str::to_string);
+        let requester = match by {
+            Some(node) => self.device(&node),
+            None => self.device(&v.identity.origin),
+        };
+        let mut outputs = Vec::new();
+        for e in entries {
+            let k = kind(e);
+            let detail: Vec<String> = e
+                .iter()
+                .filter(|(key, _)| !matches!(key.as_str(), "kind" | "call" | "at_ms"))
+                .map(|(key, val)| format!("{key}={}", log_text(val)))
+                .collect();
+            if routing.concepts.iter().any(|c| c.0 == k) {
+                outputs.push(json!({
+                    "type": { "coding": [coding(&routing, &k)] },
+                    "valueString": format!("{} {}", instant(at(e)), detail.join(" ")).trim().to_string(),
+                }));
+            }
+        }
+        // Ring attempts: each `ring` until the same desk's `answer` or `no_answer`.
+        let mut rings = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            if kind(e) != "ring" {
+                continue;
+            }
+            let desk = log_str(e, "desk").unwrap_or("").to_string();
+            let attempt = log_int(e, "attempt");
+            let reply = entries[i + 1..].iter().find(|x| {
+                matches!(kind(x).as_str(), "answer" | "no_answer")
+                    && log_str(x, "desk") == Some(desk.as_str())
+                    && log_int(x, "attempt") == attempt
+            });
+            rings.push((desk, attempt, at(e), log_int(e, "ring_s"), reply.map(|x| (kind(x), at(x)))));
+        }
+        let (status, business) = match finished.map(|e| kind(e)) {
+            Some(k) if k == "connected" => ("completed", k),
+            Some(k) => ("completed", k),
+            None => ("in-progress", entries.last().map(|e| kind(e)).unwrap_or_default()),
+        };
+        let reason = finished.and_then(|e| log_str(e, "reason")).map(str::to_string);
+        let mut r = json!({
+            "resourceType": "Task",
+            "meta": { "profile": [profile("Task")] },
+            "identifier": [{ "system": id_system("call"), "value": call }],
+            "basedOn": [{ "reference": sr }],
+            "partOf": [{ "reference": task }],
+            "status": status,
+            "intent": "order",
+            "code": { "coding": [coding(&routing, "escalation")] },
+            "for": { "reference": patient },
+            "executionPeriod": { "start": instant(start), "end": instant(end) },
+            "authoredOn": instant(start),
+            "lastModified": instant(end),
+            "requester": { "reference": requester },
+        });
+        if !outputs.is_empty() {
+            r["output"] = json!(outputs);
+        }
+        if routing.concepts.iter().any(|c| c.0 == business) {
+            r["businessStatus"] = json!({ "coding": [coding(&routing, &business)] });
+        }
+        if let Some(reason) = reason {
+            r["statusReason"] = json!({ "text": reason });
+        }
+        self.add(&esc_key, || r);
+        for (desk, attempt, rang, ring_s, reply) in rings {
+            let owner = self.device(&desk);
+            let n = attempt.unwrap_or(0);
+            let (status, business, end) = match &reply {
+                Some((k, t)) if k == "answer" => ("completed", "answer", Some(*t)),
+                Some((_, t)) => ("failed", "no_answer", Some(*t)),
+                None => ("in-progress", "ring", None),
+            };
+            let mut period = json!({ "start": instant(rang) });
+            if let Some(t) = end {
+                period["end"] = json!(instant(t));
+            }
+            let mut ring = json!({
+                "resourceType": "Task",
+                "meta": { "profile": [profile("Task")] },
+                "partOf": [{ "reference": esc }],
+                "status": status,
+                "businessStatus": { "coding": [coding(&routing, business)] },
+                "intent": "order",
+                "code": { "coding": [coding(&routing, "ring")], "text": format!("attempt {n}") },
+                "for": { "reference": patient },
+                "executionPeriod": period,
+                "owner": { "reference": owner },
+            });
+            if let Some(s) = ring_s {
+                ring["restriction"] = json!({ "period": { "start": instant(rang), "end": instant(rang + s * 1000) } });
+            }
+            self.add(&format!("ring/{call}/{desk}/{n}"), || ring);
+        }
+        self.encounter(v, call, esc.as_str(), patient, sr);
+    }
+
+    fn encounter(&mut self, v: &SessionView, call: &str, escalation: &str, patient: &str, sr: &str) {
+        let legs: Vec<&BTreeMap<String, LogValue>> =
+            v.calls.iter().filter(|e| log_str(e, "kind") == Some("leg") && log_str(e, "call") == Some(call)).collect();
+        if legs.is_empty() {
+            return;
+        }
+        let start = legs.iter().filter_map(|e| log_int(e, "started_ms")).min();
+        let end = legs.iter().filter_map(|e| Some(log_int(e, "started_ms")? + log_int(e, "duration_ms")?)).max();
+        let key = format!("call/{call}");
+        let enc = self.uuid(&key);
+        let mut period = Map::new();
+        if let Some(s) = start {
+            period.insert("start".into(), json!(instant(s)));
+        }
+        if let Some(e) = end {
+            period.insert("end".into(), json!(instant(e)));
+        }
+        let mut r = json!({
+            "resourceType": "Encounter",
+            "meta": { "profile": [profile("Encounter")] },
+            "identifier": [{ "system": id_system("call"), "value": call }],
+            "status": "finished",
+            "class": { "system": codes::ACT_CODE, "code": "VR", "display": "virtual" },
+            "type": [{ "coding": [{ "system": codes::SNOMED, "code": "386472008", "display": "Telephone consultation" }] }],
+            "subject": { "reference": patient },
+            "basedOn": [{ "reference": sr }],
+            "period": period,
+        });
+        if let (Some(s), Some(e)) = (start, end) {
+            r["length"] = json!({ "value": (e - s) as f64 / 1000.0, "unit": "s", "system": codes::UCUM, "code": "s" });
+        }
+        self.add(&key, || r);
+        let quality = codes::call_quality();
+        for leg in legs {
+            let node = log_str(leg, "node").unwrap_or("").to_string();
+            let device = self.device(&node);
+            let components: Vec<Value> = codes::CALL_FIGURES
+                .iter()
+                .filter_map(|(code, unit, _)| {
+                    let value = match leg.get(*code)? {
+                        LogValue::Int(i) => *i as f64,
+                        LogValue::Float(f) => *f,
+                        LogValue::Str(_) => return None,
+                    };
+                    Some(json!({
+                        "code": { "coding": [coding(&quality, code)] },
+                        "valueQuantity": { "value": value, "unit": unit, "system": codes::UCUM, "code": unit },
+                    }))
+                })
+                .collect();
+            let mut obs = json!({
+                "resourceType": "Observation",
+                "status": "final",
+                "code": { "coding": [coding(&quality, "call-leg")], "text": format!("call leg at {node}") },
+                "subject": { "reference": patient },
+                "encounter": { "reference": enc },
+                "device": { "reference": device },
+                "focus": [{ "reference": escalation }],
+            });
+            if let Some(s) = log_int(leg, "started_ms") {
+                obs["effectiveDateTime"] = json!(instant(s));
+            }
+            if let Some(e) = log_str(leg, "end") {
+                obs["note"] = json!([{ "text": format!("ended: {e}") }]);
+            }
+            if !components.is_empty() {
+                obs["component"] = json!(components);
+            }
+            self.add(&format!("leg/{call}/{node}"), || obs);
+        }
+    }
+}
+
+/// A registration number as an identifier of its register (GMC, NMC, HCPC), recognised by a
+/// prefix (`GMC-7012345`) or by its format (7 digits GMC; 2 letters and 6 digits HCPC; NMC's
+/// `NNANNNNA`). One that fits none is kept without a system.
+pub fn registration_identifier(reg: &str) -> Value {
+    let t = reg.trim().to_ascii_uppercase();
+    let strip = |p: &str| {
+        t.strip_prefix(p).map(|r| r.trim_start_matches([' ', '-', ':']).to_string()).filter(|r| !r.is_empty())
+    };
+    let (system, value) = if let Some(v) = strip("GMC") {
+        (Some(codes::GMC), v)
+    } else if let Some(v) = strip("NMC") {
+        (Some(codes::NMC), v)
+    } else if let Some(v) = strip("HCPC") {
+        (Some(codes::HCPC), v)
+    } else {
+        let b = t.as_bytes();
+        let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+        let letters = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_alphabetic);
+        let system = match b.len() {
+            7 if digits(0..7) => Some(codes::GMC),
+            8 if letters(0..2) && digits(2..8) => Some(codes::HCPC),
+            8 if digits(0..2) && letters(2..3) && digits(3..7) && letters(7..8) => Some(codes::NMC),
+            _ => None,
+        };
+        (system, reg.trim().to_string())
+    };
+    match system {
+        Some(s) => json!({ "system": s, "value": value }),
+        None => json!({ "type": { "text": "professional registration" }, "value": value }),
+    }
+}
+
+fn gender(sex: &str) -> &'static str {
+    match sex.trim().to_ascii_lowercase().as_str() {
+        "m" | "male" => "male",
+        "f" | "female" => "female",
+        "o" | "other" => "other",
+        _ => "unknown",
+    }
+}
+
+/// `YYYY-MM-DD` with a plausible month and day.
+fn is_date(d: &str) -> bool {
+    let b = d.as_bytes();
+    b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && [0, 1, 2, 3, 5, 6, 8, 9].iter().all(|&i| b[i].is_ascii_digit())
+        && matches!(d[5..7].parse::<u8>(), Ok(1..=12))
+        && matches!(d[8..10].parse::<u8>(), Ok(1..=31))
+}
+
+fn log_text(v: &LogValue) -> String {
+    match v {
+        LogValue::Str(s) => s.clone(),
+        LogValue::Int(i) => i.to_string(),
+        LogValue::Float(f) => format!("{f}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registration_numbers_find_their_register_by_prefix_or_by_format() {
+        assert_eq!(registration_identifier("GMC-7012345"), json!({ "system": codes::GMC, "value": "7012345" }));
+        assert_eq!(registration_identifier("7012345"), json!({ "system": codes::GMC, "value": "7012345" }));
+        assert_eq!(registration_identifier("HCPC-PA123456"), json!({ "system": codes::HCPC, "value": "PA123456" }));
+        assert_eq!(registration_identifier("PA123456"), json!({ "system": codes::HCPC, "value": "PA123456" }));
+        assert_eq!(registration_identifier("NMC 71A2998E"), json!({ "system": codes::NMC, "value": "71A2998E" }));
+        assert_eq!(registration_identifier("71A2998E"), json!({ "system": codes::NMC, "value": "71A2998E" }));
+        assert_eq!(
+            registration_identifier("staff 42"),
+            json!({ "type": { "text": "professional registration" }, "value": "staff 42" })
+        );
+    }
+
+    #[test]
+    fn instants_are_utc_with_milliseconds() {
+        assert_eq!(instant(1_796_360_400_123), "2026-12-04T05:00:00.123Z");
+    }
+
+    #[test]
+    fn only_real_calendar_dates_become_birth_dates() {
+        assert!(is_date("1944-03-09"));
+        assert!(!is_date("1944-13-09"));
+        assert!(!is_date("09/03/1944"));
+    }
+}
