@@ -18,6 +18,7 @@ const S = {
   keySeq: 0,
   myCalls: new Set(), // sessions whose call this person asked for or answered in this tab
   thumbs: new Map(), // photo hash -> object URL (fetched once)
+  letters: new Map(), // session id -> the letter last shown (a snapshot: it says when it was made)
   lastInput: 0, // when the person last touched or typed on this page
   autoOpened: null, // a session the page opened by itself (a ringing call), not yet looked at
 };
@@ -155,6 +156,22 @@ async function api(method, path, body) {
   const data = text ? JSON.parse(text) : null;
   if (!res.ok) throw new ApiError(res.status, (data && data.error) || `${res.status} ${res.statusText}`);
   return data;
+}
+
+// A non-JSON answer (a letter, an export kept as the node wrote it).
+async function apiText(path) {
+  const res = await fetch(path, { headers: { Authorization: `Bearer ${S.token}` } });
+  if (res.status === 401) {
+    signedOut('Your sign-in has ended. Sign in again.');
+    throw new ApiError(401, 'signed out');
+  }
+  const text = await res.text();
+  if (!res.ok) {
+    let message = `${res.status} ${res.statusText}`;
+    try { message = JSON.parse(text).error || message; } catch (_) { /* not JSON */ }
+    throw new ApiError(res.status, message);
+  }
+  return text;
 }
 
 const clientKey = () => `app-${Date.now().toString(36)}-${(++S.keySeq).toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
@@ -460,7 +477,10 @@ function paintSession(v) {
     else imageUrl(m.hash, true).then((u) => { if (u) { S.thumbs.set(m.hash, u); shown(u); } });
     return h('figure', {}, img, waiting, h('figcaption', {}, `${VIEWS[m.view] || m.view} · ${m.body_site} · `,
       m.consent_withdrawn ? 'consent withdrawn' : consentWords(v, m.consent), ' · ', chip(m.receipt, 'requester'),
-      isDesk() ? h('button', { type: 'button', class: 'secondary', onclick: () => openPhoto(m) }, 'Open full size') : null));
+      isDesk() ? h('button', { type: 'button', class: 'secondary', onclick: () => openPhoto(m) }, 'Open full size') : null,
+      !isDesk() && !m.consent_withdrawn
+        ? h('button', { type: 'button', class: 'secondary', 'data-withdraw': m.hash, onclick: (e) => withdrawConsent(e.currentTarget, v, m) }, 'Patient withdraws consent')
+        : null));
   }));
   show(
     h('h1', {}, v.summary),
@@ -476,7 +496,63 @@ function paintSession(v) {
       v.messages.length ? messages : h('p', {}, 'No messages yet.'), replyForm(v)),
     h('section', { class: 'panel', 'aria-labelledby': 'h-photos' }, h('h2', { id: 'h-photos' }, 'Photos'),
       v.media.length ? photos : h('p', {}, 'No photos.'), isDesk() ? null : photoForm(v)),
-    outcomePanel(v));
+    outcomePanel(v),
+    exportPanel(v));
+}
+
+// The patient withdraws consent for a photo: asked twice (a second tap confirms), then every
+// photo taken under that consent leaves the record's exports, on every node.
+async function withdrawConsent(button, v, m) {
+  if (!button.dataset.armed) {
+    button.dataset.armed = 'yes';
+    button.textContent = 'Tap again: remove from the record';
+    return;
+  }
+  try {
+    const r = await api('POST', `/api/sessions/${v.id}/photos/${m.hash}/withdraw-consent`);
+    toast(`Consent withdrawn: ${r.photos} photo${r.photos === 1 ? '' : 's'} left out of the record.`);
+    await refreshSession(v.id);
+  } catch (err) {
+    if (err.status !== 401) toast(err.message);
+  }
+}
+
+// The session for another record: a letter to read (and print), a FHIR R4 bundle to save.
+function exportPanel(v) {
+  const state = h('p', { class: 'meta', id: 'export-state', 'aria-live': 'polite' });
+  const letter = h('pre', { id: 'letter', class: 'letter', hidden: !S.letters.has(v.id) }, S.letters.get(v.id) || '');
+  const showLetter = async () => {
+    try {
+      const text = await apiText(`/api/sessions/${v.id}/export?format=letter`);
+      S.letters.set(v.id, text);
+      letter.textContent = text;
+      letter.hidden = false;
+    } catch (err) {
+      if (err.status !== 401) state.textContent = `No letter: ${err.message}`;
+    }
+  };
+  const saveFhir = async () => {
+    try {
+      const text = await apiText(`/api/sessions/${v.id}/export?format=fhir`);
+      const count = (JSON.parse(text).entry || []).length;
+      const name = `session-${v.id}.fhir.json`;
+      const url = URL.createObjectURL(new Blob([text], { type: 'application/fhir+json' }));
+      const link = h('a', { href: url, download: name, hidden: true }, name);
+      document.body.appendChild(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 60000);
+      state.textContent = `FHIR R4 bundle of ${count} resources saved as ${name}.`;
+    } catch (err) {
+      if (err.status !== 401) state.textContent = `No export: ${err.message}`;
+    }
+  };
+  return h('section', { class: 'panel', 'aria-labelledby': 'h-export' }, h('h2', { id: 'h-export' }, 'For the record'),
+    h('p', { class: 'meta' }, 'What this device holds of the session, for the GP record or the ambulance ePR.'),
+    h('div', { class: 'actions' },
+      h('button', { type: 'button', id: 'export-letter', class: 'secondary', onclick: showLetter }, 'Show letter'),
+      h('button', { type: 'button', id: 'export-fhir', class: 'secondary', onclick: saveFhir }, 'Save FHIR bundle')),
+    state, letter);
 }
 
 function consentWords(v, id) {

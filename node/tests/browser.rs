@@ -508,6 +508,22 @@ async fn a_paramedic_and_a_consultant_work_a_case_through_their_browsers() {
     desk.click("#outcome-form button[type=submit]").await;
     tablet.wait_for("#h-outcome + ul li", "Consultant: Advice only").await;
 
+    // For the record: the consultant's page shows the letter of the advice; the crew's page
+    // saves the FHIR bundle; the patient withdraws consent for the photo on the tablet (a
+    // second tap confirms) and the consultant's page says so.
+    desk.click("#export-letter").await;
+    desk.wait_for("#letter", "ADVICE GIVEN").await;
+    desk.wait_for("#letter", "erythema").await;
+    desk.screenshot_at("13-desk-letter", Some("#letter")).await;
+    tablet.click("#export-fhir").await;
+    tablet.wait_for("#export-state", "FHIR R4 bundle of").await;
+    tablet.click("[data-withdraw]").await;
+    tablet.wait_for("[data-withdraw]", "Tap again").await;
+    tablet.click("[data-withdraw]").await;
+    tablet.wait_for(".photos figcaption", "consent withdrawn").await;
+    desk.wait_for(".photos figcaption", "consent withdrawn").await;
+    tablet.assert_accessible("session with export").await;
+
     // Page weight and first render of the tablet's app (figures printed, weight bounded).
     let perf = tablet
         .eval(

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod common;
+mod fhir_check;
 
 use common::{fails, init_edge, json, new_session, ok, run};
 use std::path::Path;
@@ -365,6 +366,16 @@ fn demo_runs_an_offline_day_and_finds_no_plaintext_then_serves_the_apps_until_in
         let status = agent.post(&login).send_json(serde_json::json!({ "name": name, "secret": pin })).unwrap().status();
         assert_eq!(status, 200, "{name} signs in at {login}");
     }
+    // The dermatology session exported for the GP record, as the consultant's app fetched it,
+    // passes the independent FHIR model's checks.
+    let path = out.lines().find_map(|l| l.trim().strip_prefix("-> ").filter(|p| p.ends_with(".fhir.json"))).unwrap();
+    let bundle = json(&std::fs::read_to_string(path).unwrap());
+    fhir_check::check_bundle(&bundle);
+    let counts = fhir_check::counts(&bundle);
+    for (kind, n) in [("Patient", 1), ("ServiceRequest", 1), ("Media", 3), ("Consent", 1), ("Communication", 2)] {
+        assert_eq!(counts.get(kind), Some(&n), "{kind} in {counts:?}");
+    }
+    assert!(counts.contains_key("Encounter") || out.contains("no call over this link"), "{counts:?}");
     // Ctrl-C ends it cleanly.
     let interrupted = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(interrupted.success());

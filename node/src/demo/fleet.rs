@@ -492,6 +492,45 @@ pub async fn run(root: &Path, serve: bool) -> anyhow::Result<()> {
         .await?;
     clock.say("desk-derm-1", "both outcomes recorded: requester conveyance_avoided, responder referral_made");
 
+    // The record travels: the consultant's app exports the case for the GP record (FHIR R4,
+    // UK Core), the crew's app for the ambulance service's ePR. The desk holds the photos, so
+    // its bundle carries them; the tablet handed them to the hub, so its bundle refers to them.
+    let text = ada.text(&format!("/api/sessions/{id}/export?format=fhir")).await?;
+    let bundle: serde_json::Value = serde_json::from_str(&text)?;
+    let fhir_file = root.join("dermatology-session.fhir.json");
+    std::fs::write(&fhir_file, &text)?;
+    let (inline, referenced) = photo_forms(&bundle);
+    clock.say(
+        ada.who,
+        format!(
+            "app: exports the case for the GP record: a FHIR R4 bundle (UK Core), {}; {inline} photos inline ({})",
+            resource_counts(&bundle),
+            bytes(text.len() as u64)
+        ),
+    );
+    println!("{:>22}-> {}", "", fhir_file.display());
+    let crew =
+        serde_json::from_str::<serde_json::Value>(&sam.text(&format!("/api/sessions/{id}/export?format=fhir")).await?)?;
+    let (crew_inline, crew_refs) = photo_forms(&crew);
+    clock.say(
+        sam.who,
+        format!(
+            "app: exports it for the ambulance ePR: {} resources, its {crew_refs} photos as references to the \
+             hub's record ({crew_inline} inline: the tablet deleted them once the hub held them)",
+            crew["entry"].as_array().map_or(0, Vec::len)
+        ),
+    );
+    if referenced != 0 || crew_refs != 3 {
+        anyhow::bail!(
+            "the exports do not match what each node holds: desk {inline}/{referenced}, crew {crew_inline}/{crew_refs}"
+        );
+    }
+    let letter = ada.text(&format!("/api/sessions/{id}/export?format=letter")).await?;
+    clock.say(ada.who, "app: and as a letter for the practice (`--format letter`), its advice:");
+    for line in letter.lines().skip_while(|l| *l != "ADVICE GIVEN").skip(1).take_while(|l| !l.is_empty()) {
+        println!("{:>22}{line}", "");
+    }
+
     // Scope: the cardiology question reached the hub, never the dermatology desk.
     let hub_has = view(&hub, cardio).await.is_some();
     let desk_has = view(&desk, cardio).await.is_some();
@@ -611,6 +650,32 @@ pub async fn run(root: &Path, serve: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// "27 resources: Patient 1, ..." for a bundle.
+fn resource_counts(bundle: &serde_json::Value) -> String {
+    let mut counts = std::collections::BTreeMap::new();
+    let entries = bundle["entry"].as_array().map(Vec::as_slice).unwrap_or_default();
+    for e in entries {
+        *counts.entry(e["resource"]["resourceType"].as_str().unwrap_or("?")).or_insert(0) += 1;
+    }
+    let each: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    format!("{} resources ({})", entries.len(), each.join(", "))
+}
+
+/// How many of a bundle's photos carry their image, and how many refer to it elsewhere.
+fn photo_forms(bundle: &serde_json::Value) -> (usize, usize) {
+    let media: Vec<&serde_json::Value> = bundle["entry"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|r| r["resourceType"] == "Media")
+        .collect();
+    let inline = media.iter().filter(|m| m["content"]["data"].is_string()).count();
+    let referenced = media.iter().filter(|m| m["content"]["url"].is_string()).count();
+    (inline, referenced)
+}
+
 fn yes(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
@@ -671,6 +736,22 @@ impl App {
             let status = resp.status().as_u16();
             let text = resp.body_mut().read_to_string().unwrap_or_default();
             Ok((status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)))
+        })
+        .await?
+    }
+
+    /// A GET whose answer is not JSON (a letter), or is kept as text (an export).
+    async fn text(&self, path: &str) -> anyhow::Result<String> {
+        let (agent, url, auth) = (self.agent.clone(), format!("{}{path}", self.base), format!("Bearer {}", self.token));
+        let who = self.who;
+        tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+            let mut resp = agent.get(&url).header("Authorization", &auth).call()?;
+            let status = resp.status().as_u16();
+            let text = resp.body_mut().with_config().limit(64 << 20).read_to_string()?;
+            if status != 200 {
+                anyhow::bail!("{who}: GET {url} answered {status}: {text}");
+            }
+            Ok(text)
         })
         .await?
     }
