@@ -445,6 +445,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             dir,
             listen,
             peers,
+            congestion,
             auto_answer,
             play,
             record,
@@ -459,6 +460,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let one = |v: Option<String>| v.into_iter().collect::<Vec<_>>();
             flags.set("listen", one(listen));
             flags.set("peers", peers);
+            flags.set("congestion", one(congestion));
             flags.set("desk.auto_answer", if auto_answer { vec!["true".into()] } else { vec![] });
             flags.set("desk.play", one(play));
             flags.set("desk.record", one(record));
@@ -504,6 +506,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     metrics: settings.metrics,
                     limits: settings.limits,
                 };
+                crate::net::congestion::set_congestion(settings.congestion);
                 let daemon = crate::net::Daemon::start(node, opts).await?;
                 if let Some(addr) = daemon.local_addr {
                     println!("listening on {addr}");

@@ -5,8 +5,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sync_protocol::call::{Action, CallState, PathQuality, Rating, calls_in, calls_of, next_action};
+use sync_protocol::call::{Action, CallState, PathQuality, calls_in, calls_of};
 use sync_protocol::directory::{DirectoryView, LineEntry};
+use sync_protocol::router::{Hub, Write, route};
 use sync_protocol::session::{
     LogName, LogValue, ModelError, NewConsent, NewMedia, NewMessage, NewSession, Patient, Requester, Service,
     SessionId, SessionView, side_of,
@@ -768,6 +769,9 @@ impl Node {
     /// A photo's bytes. With `read` (a person opens it, not a download by a script), the photo
     /// is then marked read by this node in every session that holds it.
     pub fn open_photo(&mut self, hash: &str, read: bool, now: i64) -> Result<Vec<u8>, NodeError> {
+        if self.store.photo_withdrawn(hash)? {
+            return Err(StoreError::ConsentWithdrawn(hash.to_string()).into());
+        }
         let bytes = self.store.read_blob(hash)?;
         if read {
             self.mark_photo_read(hash, now)?;

@@ -109,6 +109,13 @@ const KEYS: &[Key] = &[
         help: "peers to dial and keep dialling, host:port (names resolved at every dial)",
     },
     Key {
+        name: "congestion",
+        flag: Some("--congestion"),
+        list: false,
+        default: "radio",
+        help: "QUIC congestion control: radio (loss-tolerant, for radio links), cubic or bbr",
+    },
+    Key {
         name: "api.listen",
         flag: Some("--api"),
         list: false,
@@ -253,6 +260,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Log filter.
     pub log_level: String,
+    /// QUIC congestion control of every connection this daemon makes or takes.
+    pub congestion: crate::net::congestion::Congestion,
     /// Desk: answer every call.
     pub auto_answer: bool,
     /// Desk: play file.
@@ -411,6 +420,9 @@ impl Settings {
             let key = if api_cert.is_some() { "api.key" } else { "api.cert" };
             return Err(bad(key, "api.cert and api.key go together: set both or neither".into()));
         }
+        let congestion_name = one("congestion").unwrap_or("radio");
+        let congestion = crate::net::congestion::Congestion::parse(congestion_name)
+            .ok_or_else(|| bad("congestion", format!("{congestion_name:?} is not radio, cubic or bbr")))?;
         let mib = number("limits.mib_per_peer_minute")?;
         let limits = Limits {
             connections: number("limits.connections")? as usize,
@@ -441,6 +453,7 @@ impl Settings {
             metrics: addr("metrics.listen")?,
             log_format,
             log_level,
+            congestion,
             auto_answer: boolean("desk.auto_answer")?,
             play: path("desk.play"),
             record: path("desk.record"),
@@ -558,6 +571,19 @@ mod tests {
         assert!(err.to_string().contains("go together"), "{err}");
         let err = load(Some("[log]\nformat = \"xml\"\n"), &[], &Flags::default()).unwrap_err();
         assert!(err.to_string().contains("text or json"), "{err}");
+    }
+
+    #[test]
+    fn the_congestion_controller_is_a_setting_like_any_other() {
+        let s = load(None, &[], &Flags::default()).unwrap();
+        assert_eq!(s.congestion, crate::net::congestion::Congestion::Radio);
+        let s = load(Some("congestion = \"bbr\"\n"), &[], &Flags::default()).unwrap();
+        assert_eq!(s.congestion, crate::net::congestion::Congestion::Bbr);
+        let s = load(Some("congestion = \"bbr\"\n"), &[("OUTPOST_CONGESTION", "cubic")], &Flags::default()).unwrap();
+        assert_eq!(s.congestion, crate::net::congestion::Congestion::Cubic);
+        assert_eq!(source_of(&s, "congestion"), Source::Env("OUTPOST_CONGESTION".into()));
+        let err = load(Some("congestion = \"reno\"\n"), &[], &Flags::default()).unwrap_err();
+        assert!(err.to_string().contains("radio, cubic or bbr"), "{err}");
     }
 
     #[test]

@@ -146,6 +146,9 @@ pub enum StoreError {
     /// No such blob.
     #[error("no photo {0} on this node")]
     NoSuchBlob(String),
+    /// A photo whose consent the patient withdrew: it is shown and exported nowhere.
+    #[error("photo {0} is withheld: the patient withdrew the consent it was taken under")]
+    ConsentWithdrawn(String),
     /// A photo this edge deleted once the hub confirmed holding it.
     #[error(
         "photo {0} is held at the hub; this device deleted its copy once the hub confirmed it (a thumbnail may remain: --thumbnail)"

@@ -349,6 +349,9 @@ fn a_session_goes_from_the_ambulance_app_to_the_desk_app_and_the_reply_and_recei
         let bundle: Value = serde_json::from_slice(&export(&desk_api, &ada, "fhir")).unwrap();
         media(&bundle).get("data").is_none()
     });
+    // Nor is it shown any more, whole or as a thumbnail, on either side.
+    assert_eq!(desk_api.get_bytes(&format!("/api/photos/{hash}"), &ada).0, 410);
+    assert_eq!(amb_api.get_bytes(&format!("/api/photos/{hash}?thumbnail=true"), &sam).0, 410);
 
     // The audit chain names the person, not only the node, and is intact.
     let audit = ok(&["audit", "show", "--dir", d(&amb), "--json"]);

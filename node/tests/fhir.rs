@@ -170,7 +170,14 @@ fn whole_case() -> (SessionDoc, BTreeMap<String, Vec<u8>>) {
     )
     .unwrap();
     doc.set_outcome_as(Side::Responder, Outcome::ReferralMade, "desk-derm-1", Some(&ada), T0 + 301_000).unwrap();
-    doc.set_outcome_as(Side::Requester, Outcome::ConveyanceAvoided, "amb-07", Some(&sam), T0 + 320_000).unwrap();
+    // The crew's outcome from the CLI: no person named.
+    doc.set_outcome(Side::Requester, Outcome::ConveyanceAvoided, "amb-07", T0 + 320_000).unwrap();
+    // A second desk opens the reply: that does not deliver it to the crew.
+    doc.add_receipt("m2", ReceiptLevel::Read, "desk-derm-2", T0 + 305_000).unwrap();
+    // A second escalation the hub could not put through: a callback.
+    doc.append_log(LogName::Routing, "escalate", &[("call", s("k2")), ("by", s("amb-07"))], T0 + 310_000).unwrap();
+    let reason = s("no consultant on the rota answered");
+    doc.append_log(LogName::Routing, "callback", &[("call", s("k2")), ("reason", reason)], T0 + 311_000).unwrap();
     doc.withdraw_consent("c2", "amb-07", T0 + 330_000).unwrap();
     (doc, photos)
 }
@@ -189,8 +196,8 @@ fn a_whole_case_exports_as_a_bundle_that_an_independent_fhir_model_parses_round_
         ("Communication", 2),
         ("Media", 3),
         ("Consent", 2),
-        // The session, its escalation and two rings.
-        ("Task", 4),
+        // The session, its two escalations and two rings.
+        ("Task", 5),
         ("Encounter", 1),
         // Two outcomes and two call legs.
         ("Observation", 4),
@@ -243,6 +250,11 @@ fn a_whole_case_exports_as_a_bundle_that_an_independent_fhir_model_parses_round_
     assert_eq!(outcomes.len(), 2);
     let referral = outcomes.iter().find(|o| o["valueCodeableConcept"]["text"] == "Referral made").unwrap();
     assert!(referral["valueCodeableConcept"]["coding"].to_string().contains("\"3457005\""));
+    assert!(referral["performer"][0]["reference"].is_string());
+    // Recorded with no person named: no performer (R4 allows no device there), the node in a note.
+    let crew = outcomes.iter().find(|o| o["valueCodeableConcept"]["text"] == "Conveyance avoided").unwrap();
+    assert!(crew.get("performer").is_none());
+    assert!(crew["note"][0]["text"].as_str().unwrap().contains("amb-07"));
 
     // Photos: held ones carry their bytes; the withdrawn consent's carries none.
     for m in of_type(&bundle, "Media") {
@@ -265,6 +277,12 @@ fn a_whole_case_exports_as_a_bundle_that_an_independent_fhir_model_parses_round_
         rings.iter().map(|t| t["status"].as_str().unwrap()).collect::<BTreeSet<_>>(),
         ["completed", "failed"].into()
     );
+    // The escalation that connected completed; the one that became a callback failed, and says why.
+    let escalations: Vec<_> = tasks.iter().filter(|t| t["code"]["coding"][0]["code"] == "escalation").collect();
+    let status_of =
+        |call: &str| escalations.iter().find(|t| t["identifier"][0]["value"] == call).unwrap()["status"].clone();
+    assert_eq!(status_of("k1"), "completed");
+    assert_eq!(status_of("k2"), "failed");
     let call = of_type(&bundle, "Encounter")[0];
     assert_eq!(call["class"]["code"], "VR");
     assert_eq!(call["length"]["value"], 240.0);

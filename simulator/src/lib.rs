@@ -189,7 +189,7 @@ impl Report {
             self.escalation_to_ring.p95
         );
         if self.violations.is_empty() {
-            let _ = writeln!(s, "\ninvariants: all held (durability, scope, receipts, status, convergence)");
+            let _ = writeln!(s, "\ninvariants: all held (durability, scope, receipts, status, routing, convergence)");
         } else {
             let _ = writeln!(s, "\ninvariants: {} VIOLATIONS (seed {}):", self.violations.len(), self.seed);
             for v in self.violations.iter().take(20) {

@@ -93,7 +93,8 @@ pub struct Escalation {
     pub gate_mos: Option<f64>,
     /// When the call was connected (s).
     pub connected_s: Option<f64>,
-    /// Why a callback was arranged instead: `link`, `no answer`, `case not delivered`.
+    /// Why a callback was arranged instead: `link`, `no answer`, `case not delivered`, `line
+    /// closed` (closed now, or taking no calls).
     pub callback: Option<String>,
 }
 

@@ -15,6 +15,10 @@
 //! open_hours = [8, 18]             # surgeries; absent: always open
 //! # lines = ["dermatology", "dermatology", "cardiology"]             # desks, one line each, cycled
 //!
+//! [[line]]                         # the hub's directory: hours and channels of a line
+//! line = "cardiology"              # (default 24/7, every channel; rota: the desks of that line)
+//! hours = "mon-fri 08:00-18:30"    # UK time
+//!
 //! [workload]                       # see `Workload`
 //!
 //! [[fault]]                        # see `Fault`
@@ -27,8 +31,9 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use sync_protocol::directory::Hours;
 use sync_protocol::links::{self, LinkProfile};
-use sync_protocol::vocab::ServiceLine;
+use sync_protocol::vocab::{Channel, ServiceLine};
 
 /// Why a scenario cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +87,10 @@ pub struct Scenario {
     /// What the clinicians do.
     #[serde(default)]
     pub workload: Workload,
+    /// The ICB directory's lines as the hub keeps them: hours and channels (a line not named
+    /// here is open 24/7 for every channel); the rota is the scenario's desks of that line.
+    #[serde(default, rename = "line")]
+    pub lines: Vec<LineSpec>,
     /// What goes wrong.
     #[serde(default, rename = "fault")]
     pub faults: Vec<Fault>,
@@ -150,6 +159,28 @@ pub struct Group {
     /// Desks: service lines, one per desk, cycled.
     #[serde(default)]
     pub lines: Vec<ServiceLine>,
+}
+
+/// One service line of the hub's directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineSpec {
+    /// The service line.
+    pub line: ServiceLine,
+    /// Opening hours in the directory's own form (UK time: `24/7`, `mon-fri 08:00-18:30`).
+    #[serde(default = "always")]
+    pub hours: String,
+    /// How it can be reached (default: call, photo and message).
+    #[serde(default = "all_channels")]
+    pub channels: Vec<Channel>,
+}
+
+fn always() -> String {
+    "24/7".into()
+}
+
+fn all_channels() -> Vec<Channel> {
+    Channel::ALL.to_vec()
 }
 
 /// The clinical workload.
@@ -347,6 +378,12 @@ impl Scenario {
             }
             if g.kind == Kind::Desk && g.lines.is_empty() {
                 return Err(bad("a desk group needs lines".into()));
+            }
+        }
+        for l in &self.lines {
+            Hours::parse(&l.hours).map_err(|e| bad(format!("line {}: {e}", l.line)))?;
+            if l.channels.is_empty() {
+                return Err(bad(format!("line {} needs at least one channel", l.line)));
             }
         }
         Ok(())

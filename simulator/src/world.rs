@@ -10,12 +10,12 @@ use rand_chacha::ChaCha8Rng;
 use sync_protocol::TimeMs;
 use sync_protocol::authorship::{AuthorKey, Member, SharedRoster};
 use sync_protocol::blob::ChunkWindow;
-use sync_protocol::call::{
-    Action, DEFAULT_RING_S, HOLD_WAIT_MS, PathQuality, RotaDesk, calls_of, next_action, quality_from_probes,
-};
+use sync_protocol::call::{Action, DEFAULT_RING_S, HOLD_WAIT_MS, PathQuality, RotaDesk, calls_of, quality_from_probes};
+use sync_protocol::directory::{Hours, LineEntry};
 use sync_protocol::engine::{Engine, EngineConfig, Replica};
 use sync_protocol::links::{self, LinkProfile, LinkState, Uniform};
 use sync_protocol::mem::{ChunkPool, MemReplica};
+use sync_protocol::router::{Hub, route};
 use sync_protocol::scope::{DocMeta, PeerInfo, may_hold};
 use sync_protocol::session::{
     LogName, LogValue, NewConsent, NewMedia, NewMessage, NewSession, Patient, Requester, Service, SessionDoc,
@@ -58,8 +58,10 @@ const HANDSHAKE_BYTES: u64 = 6_000;
 const PACKET_OVERHEAD: u64 = 60;
 /// Payload of a datagram.
 const PACKET_PAYLOAD: u64 = 1_200;
-/// Unix time of the simulated start (so that documents carry plausible dates).
-const EPOCH_MS: TimeMs = 1_790_000_000_000;
+/// Midnight UK time (BST) on Monday 21 September 2026: the simulated day's date, so that
+/// documents carry plausible dates and the directory's hours (UK time) line up with the
+/// scenario's `start_hour`.
+const UK_MIDNIGHT_MS: TimeMs = 1_789_945_200_000;
 
 /// Planted bugs, for proving that the checkers catch what they should.
 #[derive(Debug, Clone, Default)]
@@ -277,6 +279,10 @@ pub struct World {
     metas: BTreeMap<DocId, DocMeta>,
     /// Desks answering each line, in rota order.
     rota: BTreeMap<ServiceLine, Vec<usize>>,
+    /// The hub's ICB directory: each line's hours, channels and rota, as the router reads it.
+    directory: BTreeMap<ServiceLine, LineEntry>,
+    /// The nodes' clock at the start (UK time `start_hour` on the simulated day).
+    epoch_ms: TimeMs,
     /// Sessions each desk has started answering.
     replied: BTreeSet<DocId>,
     /// Status last seen per (node, doc).
@@ -455,6 +461,24 @@ impl World {
                 });
             }
         }
+        // The hub's directory: every line with desks or named by the scenario.
+        let mut directory = BTreeMap::new();
+        let named: BTreeSet<ServiceLine> = scenario.lines.iter().map(|l| l.line).chain(rota.keys().copied()).collect();
+        let epoch_ms = UK_MIDNIGHT_MS + (scenario.start_hour * 3_600_000.0) as TimeMs;
+        for line in named {
+            let spec = scenario.lines.iter().find(|l| l.line == line);
+            let desks = rota.get(&line).map(Vec::as_slice).unwrap_or_default();
+            let entry = LineEntry {
+                line,
+                // Checked when the scenario was parsed.
+                hours: spec.and_then(|s| Hours::parse(&s.hours).ok()).unwrap_or(Hours::Always),
+                channels: spec.map_or_else(|| Channel::ALL.to_vec(), |s| s.channels.clone()),
+                rota: desks.iter().map(|d| RotaDesk { desk: nodes[*d].name.clone(), ring_s: DEFAULT_RING_S }).collect(),
+                fallback_hub: None,
+                updated_ms: epoch_ms,
+            };
+            directory.insert(line, entry);
+        }
         let mut w = World {
             scenario,
             opts,
@@ -468,6 +492,8 @@ impl World {
             links,
             hub: 0,
             metas: BTreeMap::new(),
+            directory,
+            epoch_ms,
             rota,
             replied: BTreeSet::new(),
             statuses: BTreeMap::new(),
@@ -579,7 +605,7 @@ impl World {
     }
 
     fn node_now(&self, n: usize) -> TimeMs {
-        EPOCH_MS + (self.now / 1000) as TimeMs + self.nodes[n].skew_ms
+        self.epoch_ms + (self.now / 1000) as TimeMs + self.nodes[n].skew_ms
     }
 
     fn log(&mut self, code: u8, a: u64, b: u64) {

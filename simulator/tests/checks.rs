@@ -183,3 +183,54 @@ fn a_swarm_of_fresh_random_seeds_holds_every_invariant() {
         assert_eq!(r.never_delivered, 0, "swarm seed {seed}; rerun: {}\n{}", r.rerun, r.summary());
     }
 }
+
+/// The hub's directory at work in the simulator, through the node's own router: a line closed
+/// for the whole run and a line that takes no calls ring no one (the `routing` checker), and
+/// every escalation on them ends in a callback that says so; the open lines still connect.
+#[test]
+fn a_closed_line_and_a_line_taking_no_calls_ring_no_one_and_end_in_callbacks() {
+    let text = r#"
+name = "closed-lines"
+hours = 3
+start_hour = 9
+settle_minutes = 30
+
+[[group]]
+kind = "ambulance"
+count = 8
+link = "urban-4g"
+steady = true
+sessions_per_hour = 2.0
+
+[[group]]
+kind = "desk"
+count = 4
+link = "hospital"
+lines = ["emergency_medicine", "cardiology", "paediatrics", "dermatology"]
+
+[[line]]
+line = "emergency_medicine"
+hours = "daily 20:00-22:00"
+
+[[line]]
+line = "cardiology"
+channels = ["message", "photo"]
+
+[workload]
+ambulance_escalations = 1.0
+"#;
+    for seed in [7, 8] {
+        let sc = Scenario::parse(text, "closed-lines").unwrap();
+        let r = run(sc, Options { seed, hours: None, bugs: Bugs::default() }, |_, _| {});
+        assert!(r.passed(), "seed {seed}:\n{}", r.summary());
+        let closed = r.escalation_callbacks.get("line closed").copied().unwrap_or(0);
+        assert!(closed >= 5, "seed {seed}: {closed} callbacks for a closed line\n{}", r.summary());
+        assert!(r.escalations_connected >= 1, "seed {seed}: the open lines connected nothing\n{}", r.summary());
+        let rung_closed = r
+            .escalation_list
+            .iter()
+            .filter(|e| e.callback.as_deref() == Some("line closed"))
+            .any(|e| e.rung_s.is_some());
+        assert!(!rung_closed, "seed {seed}: a desk rang for a closed line\n{}", r.summary());
+    }
+}

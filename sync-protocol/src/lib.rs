@@ -35,6 +35,7 @@ pub mod links;
 pub mod mem;
 pub mod nhs;
 pub mod recon;
+pub mod router;
 pub mod rules;
 pub mod scope;
 pub mod session;

@@ -97,6 +97,10 @@ pub(crate) enum Command {
         /// resolved again at every dial. [setting peers]
         #[arg(long = "peer")]
         peers: Vec<String>,
+        /// QUIC congestion control: radio (the default: loss-tolerant, for radio links), cubic
+        /// or bbr. [setting congestion]
+        #[arg(long)]
+        congestion: Option<String>,
         /// On a desk: answer every call that rings here (for unattended test and demo desks).
         #[arg(long)]
         auto_answer: bool,

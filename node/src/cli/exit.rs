@@ -74,6 +74,7 @@ pub(crate) fn store_code(e: &StoreError) -> u8 {
         | StoreError::Ambiguous(_)
         | StoreError::NoSuchBlob(_)
         | StoreError::BlobOffloaded(_)
+        | StoreError::ConsentWithdrawn(_)
         | StoreError::BlobIncomplete { .. } => 4,
         StoreError::DiskFull { .. } => 5,
         StoreError::Model { .. }

@@ -27,7 +27,8 @@ pub fn bundle(view: &SessionView, photos: &Photos, exported_by: &str, now_ms: i6
     b.build(view, photos, exported_by);
     json!({
         "resourceType": "Bundle",
-        "identifier": { "system": id_system("export"), "value": b.uuid(&format!("export/{exported_by}/{now_ms}")) },
+        // An identifier that is itself a URI takes the URI system (R4 Identifier guidance).
+        "identifier": { "system": "urn:ietf:rfc:3986", "value": b.uuid(&format!("export/{exported_by}/{now_ms}")) },
         "type": "collection",
         "timestamp": instant(now_ms),
         "entry": b.entries,
@@ -325,14 +326,18 @@ impl Builder {
         sr: &str,
         task: &str,
     ) {
-        // Delivered only once the other side's node holds it: a message still on its device is
-        // in progress, never shown as sent further than it went.
+        // Received only once the other side holds it, by the view's own rule for whose receipt
+        // speaks for that side: for a question, a consultant's desk (or a read by a node other
+        // than the origin); for advice, the requester's own device (another desk opening a
+        // reply does not deliver it to the crew). A message still on its device is in progress
+        // and not yet sent.
+        let origin = v.identity.origin.as_str();
         let received = m
             .receipts
             .iter()
             .filter(|r| match m.side {
-                Side::Requester => r.level >= ReceiptLevel::Desk,
-                Side::Responder => r.level >= ReceiptLevel::Requester,
+                Side::Requester => r.level == ReceiptLevel::Desk || (r.level == ReceiptLevel::Read && r.node != origin),
+                Side::Responder => matches!(r.level, ReceiptLevel::Requester | ReceiptLevel::Read) && r.node == origin,
             })
             .map(|r| r.at_ms)
             .min();
@@ -345,7 +350,6 @@ impl Builder {
             "partOf": [{ "reference": task }],
             "status": status,
             "subject": { "reference": patient },
-            "sent": instant(m.at_ms),
             "sender": { "reference": sender },
             "payload": [{ "contentString": m.text }],
         });
@@ -354,6 +358,9 @@ impl Builder {
         }
         if !recipients.is_empty() {
             r["recipient"] = recipients.iter().map(|x| json!({ "reference": x })).collect();
+        }
+        if m.receipt != ReceiptLevel::Device {
+            r["sent"] = json!(instant(m.at_ms));
         }
         if let Some(at) = received {
             r["received"] = json!(instant(at));
@@ -458,22 +465,28 @@ impl Builder {
     }
 
     fn outcome(&mut self, side: Side, o: &OutcomeView, patient: &str, sr: &str) -> String {
-        let by = self.actor(o.clinician.as_ref(), &o.by);
+        // A performer is a person or an organisation in R4, never a device: an outcome recorded
+        // with no person named (a CLI write, an integrating system) names its node in a note.
+        let by = o.clinician.as_ref().map(|c| self.role(c, None));
         let mut value = vec![coding(&codes::outcome(), o.value.as_str())];
         if let Some((code, display)) = codes::outcome_snomed(o.value) {
             value.push(json!({ "system": codes::SNOMED, "code": code, "display": display }));
         }
         self.add(&format!("outcome/{side}"), || {
-            json!({
+            let mut r = json!({
                 "resourceType": "Observation",
                 "basedOn": [{ "reference": sr }],
                 "status": "final",
                 "code": { "coding": [coding(&codes::outcome_side(), side.as_str())] },
                 "subject": { "reference": patient },
                 "effectiveDateTime": instant(o.at_ms),
-                "performer": [{ "reference": by }],
                 "valueCodeableConcept": { "coding": value, "text": codes::say(o.value.as_str()) },
-            })
+            });
+            match by {
+                Some(by) => r["performer"] = json!([{ "reference": by }]),
+                None => r["note"] = json!([{ "text": format!("recorded on outpost node {} (no person named)", o.by) }]),
+            }
+            r
         })
     }
 
@@ -492,7 +505,8 @@ impl Builder {
             Status::Cancelled => "cancelled",
             _ => "in-progress",
         };
-        let last = v.status_history.iter().map(|s| s.at_ms).max().unwrap_or(v.identity.created_ms);
+        let outcomes = [&v.outcome.requester, &v.outcome.responder].into_iter().flatten().map(|o| o.at_ms);
+        let last = outcomes.fold(v.updated_ms(), i64::max);
         let sr = self.uuid("service-request");
         let mut r = json!({
             "resourceType": "Task",
@@ -599,9 +613,10 @@ impl Builder {
             });
             rings.push((desk, attempt, at(e), log_int(e, "ring_s"), reply.map(|x| (kind(x), at(x)))));
         }
+        // A callback instead of a call: the escalation failed (the reason says why).
         let (status, business) = match finished.map(|e| kind(e)) {
             Some(k) if k == "connected" => ("completed", k),
-            Some(k) => ("completed", k),
+            Some(k) => ("failed", k),
             None => ("in-progress", entries.last().map(|e| kind(e)).unwrap_or_default()),
         };
         let reason = finished.and_then(|e| log_str(e, "reason")).map(str::to_string);

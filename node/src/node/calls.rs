@@ -192,7 +192,7 @@ impl Node {
     }
 
     /// One step of the hub's router for a session's first open escalation: decides with
-    /// [`next_action`] and records what it decided in the routing log (durably) before
+    /// the shared router (`sync_protocol::router::route`) and records what it decided in the routing log (durably) before
     /// returning it. `quality` is the requester's path as just measured, `seen_ms` when this
     /// hub first saw the escalation.
     pub fn route_call(
@@ -204,129 +204,26 @@ impl Node {
     ) -> Result<Option<Routed>, NodeError> {
         self.require("routing calls", "hub", &[Role::Hub])?;
         let view = self.store.view(id)?;
-        let Some(call) = calls_of(&view).into_iter().find(CallState::is_open) else { return Ok(None) };
-        let me = self.config.name.clone();
         // Only this hub's directory decides who is rung.
         let line = self.directory()?.and_then(|d| d.lines.get(&view.service.line).cloned());
-        let home = self.config.icb.as_deref() == Some(view.identity.icb.as_str());
-        let mut here = call.clone();
-        // Whose voice this hub relays to the desk: the requester's, or the handing hub's.
-        let mut requester = call.by.clone();
-        let mut wrote = false;
-        let first_ring_here = if home {
-            call.rings.is_empty()
-        } else {
-            // Another ICB's session: this hub routes it only if the call was handed to it.
-            let Some(fed) = call.federated.clone().filter(|f| f.hub == me) else { return Ok(None) };
-            here.federated = None;
-            requester = fed.from.clone();
-            // Its desks are outside the session's ICB: share it with them so that they may hold it.
-            let missing: Vec<String> = line
-                .iter()
-                .flat_map(|l| l.rota.iter().map(|d| d.desk.clone()))
-                .filter(|d| !view.shared_with.contains(d))
-                .collect();
-            if !missing.is_empty() {
-                let detail = Some(serde_json::json!({ "call": call.call, "shared_with": missing }));
-                self.store.edit(id, "call.share", detail, now, |_, doc| {
-                    for desk in &missing {
-                        doc.share_with(desk, now).map_err(crate::store::model(id))?;
-                    }
-                    Ok(())
-                })?;
-                wrote = true;
-            }
-            !call.rings.iter().any(|r| r.2 >= fed.at)
-        };
-        let refusal = line.as_ref().filter(|_| first_ring_here).and_then(|l| l.call_refusal(now));
-        let fallback = line.as_ref().filter(|_| home).and_then(|l| l.fallback_hub.clone());
         let holders = self.store.holders_of(&id.to_bytes())?;
-        let action = match (refusal, &fallback) {
-            // Closed here (or no calls here), and no other ICB's line to try.
-            (Some(reason), None) => Action::Callback { reason, rating: None },
-            // Closed here: straight to the federated hub's line, the link gate first.
-            (Some(_), Some(hub)) => next_action(&here, &[], &view, &holders, Some(hub), quality, seen_ms, now),
-            (None, _) => {
-                let rota = line.map(|l| l.rota).unwrap_or_default();
-                next_action(&here, &rota, &view, &holders, fallback.as_deref(), quality, seen_ms, now)
-            }
+        let hub = Hub { name: &self.config.name, icb: self.config.icb.as_deref() };
+        let Some(decision) = route(hub, &view, line.as_ref(), &holders, quality, seen_ms, now) else {
+            return Ok(None);
         };
-        let c = LogValue::Str(call.call.clone());
-        let entry: Option<LogEntry> = match &action {
-            Action::Wait | Action::Measure => None,
-            Action::Federate { hub } => {
-                // Handed over with the share that lets the other hub hold the session, in one write.
-                let fields = [("call", c), ("hub", LogValue::Str(hub.clone())), ("from", LogValue::Str(me.clone()))];
-                let detail = Some(serde_json::json!({ "call": call.call, "federated_to": hub }));
-                self.store.edit(id, "call.federate", detail, now, |_, doc| {
-                    let model = crate::store::model(id);
-                    doc.share_with(hub, now).map_err(model)?;
-                    doc.append_log(LogName::Routing, "federate", &fields, now).map_err(model)
-                })?;
-                wrote = true;
-                None
-            }
-            Action::GatePassed(r, q) => Some(("gate", gate_fields(c, "call", r, q, ""), None)),
-            Action::Ring { desk, attempt, ring_s } => Some((
-                "ring",
-                vec![
-                    ("call", c),
-                    ("desk", LogValue::Str(desk.clone())),
-                    ("attempt", LogValue::Int(i64::from(*attempt))),
-                    ("ring_s", LogValue::Int(i64::from(*ring_s))),
-                ],
-                None,
-            )),
-            Action::NoAnswer { desk, attempt } => Some((
-                "no_answer",
-                vec![
-                    ("call", c),
-                    ("desk", LogValue::Str(desk.clone())),
-                    ("attempt", LogValue::Int(i64::from(*attempt))),
-                ],
-                None,
-            )),
-            Action::Connected { desk, attempt, rung_ms } => Some((
-                "connected",
-                vec![
-                    ("call", c),
-                    ("desk", LogValue::Str(desk.clone())),
-                    ("attempt", LogValue::Int(i64::from(*attempt))),
-                    // Measured on this hub's clock from when it first saw the call: the request
-                    // (at the session's hub) or the hand-over (at a federated hub).
-                    (if home { "ms_from_escalate" } else { "ms_from_handover" }, LogValue::Int(now - seen_ms)),
-                    ("ms_from_ring", LogValue::Int(now - rung_ms)),
-                ],
-                Some(Status::Connected),
-            )),
-            Action::Callback { reason, rating } => {
-                let mut fields = vec![("call", c.clone()), ("reason", LogValue::Str(reason.clone()))];
-                if let Some((r, q)) = rating {
-                    // The gate's figures, so that the clinician sees why.
-                    let gate = gate_fields(c, "callback", r, q, reason);
-                    self.store.edit(id, "call.gate", None, now, |_, doc| {
-                        doc.append_log(LogName::Routing, "gate", &gate, now).map_err(crate::store::model(id))
-                    })?;
-                    fields.push(("mos", LogValue::Float(r.mos)));
-                }
-                Some(("callback", fields, Some(Status::AwaitingReply)))
-            }
-        };
-        if let Some((kind, fields, status)) = entry {
-            wrote = true;
-            let detail = Some(serde_json::json!({ "call": call.call, "step": kind }));
-            self.store.edit(id, "call.route", detail, now, |_, doc| {
-                let model = crate::store::model(id);
-                doc.append_log(LogName::Routing, kind, &fields, now).map_err(model)?;
-                if let Some(st) = status
-                    && doc.view().map_err(model)?.status < st
-                {
-                    doc.set_status(st, now).map_err(model)?;
-                }
-                Ok(())
-            })?;
+        for w in &decision.writes {
+            let detail = match w {
+                Write::ShareWithRota { desks } => serde_json::json!({ "call": decision.call, "shared_with": desks }),
+                Write::Federate { hub, .. } => serde_json::json!({ "call": decision.call, "federated_to": hub }),
+                Write::Gate { .. } => serde_json::Value::Null,
+                Write::Step { entry, .. } => serde_json::json!({ "call": decision.call, "step": entry.kind }),
+            };
+            let detail = (!detail.is_null()).then_some(detail);
+            self.store
+                .edit(id, w.audit_action(), detail, now, |_, doc| w.apply(doc, now).map_err(crate::store::model(id)))?;
         }
-        Ok(Some(Routed { call: call.call, requester, action, wrote }))
+        let wrote = !decision.writes.is_empty();
+        Ok(Some(Routed { call: decision.call, requester: decision.requester, action: decision.action, wrote }))
     }
 
     /// For a session whose latest escalation this hub handed to a federated hub, and which
@@ -340,32 +237,6 @@ impl Node {
             c.connected.as_ref().map(|_| (c.call.clone(), c.by.clone(), fed.hub.clone()))
         }))
     }
-}
-
-/// A routing-log entry to write: its kind, its fields, and the status it raises the session to.
-pub(super) type LogEntry = (&'static str, Vec<(&'static str, LogValue)>, Option<Status>);
-
-pub(super) fn gate_fields(
-    call: LogValue,
-    verdict: &str,
-    r: &Rating,
-    q: &PathQuality,
-    reason: &str,
-) -> Vec<(&'static str, LogValue)> {
-    let mut v = vec![
-        ("call", call),
-        ("verdict", LogValue::Str(verdict.into())),
-        ("mos", LogValue::Float((r.mos * 100.0).round() / 100.0)),
-        ("r", LogValue::Float((r.r * 10.0).round() / 10.0)),
-        ("rtt_ms", LogValue::Float((q.rtt_ms * 10.0).round() / 10.0)),
-        ("jitter_ms", LogValue::Float((q.jitter_ms * 10.0).round() / 10.0)),
-        ("loss", LogValue::Float((q.loss * 1000.0).round() / 1000.0)),
-        ("probes", LogValue::Int(i64::from(q.probes))),
-    ];
-    if !reason.is_empty() {
-        v.push(("reason", LogValue::Str(reason.into())));
-    }
-    v
 }
 
 impl Node {

@@ -154,6 +154,9 @@ impl Node {
 
     /// A photo's JPEG thumbnail (an edge keeps it after handing the photo to the hub).
     pub fn thumbnail(&self, hash: &str) -> Result<Vec<u8>, NodeError> {
+        if self.store.photo_withdrawn(hash)? {
+            return Err(StoreError::ConsentWithdrawn(hash.to_string()).into());
+        }
         Ok(self.store.read_thumbnail(hash)?)
     }
 

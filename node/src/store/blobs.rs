@@ -8,6 +8,17 @@ impl Store {
         blob_info(&self.conn, hash)
     }
 
+    /// Whether a session held here says the patient withdrew the consent this photo was
+    /// taken under (a withdrawal wins every merge, so one such session is enough).
+    pub fn photo_withdrawn(&self, hash: &str) -> Result<bool, StoreError> {
+        let ctx = "reading a photo's consent";
+        self.conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM session_media WHERE hash = ?1 AND withdrawn)", [hash], |r| {
+                r.get(0)
+            })
+            .map_err(sql(ctx))
+    }
+
     /// Reads a whole blob, checking it against its hash.
     pub fn read_blob(&self, hash: &str) -> Result<Vec<u8>, StoreError> {
         let info = self.blob_info(hash)?;

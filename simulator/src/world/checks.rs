@@ -1,4 +1,4 @@
-//! Observation and the invariant checkers: durability, scope, receipts, status, delivery.
+//! Observation and the invariant checkers: durability, scope, receipts, status, routing, delivery.
 
 use super::*;
 

@@ -45,8 +45,9 @@ impl World {
         quality_from_probes(&probes)
     }
 
-    /// One or more steps of the hub's router for an escalation: the shared policy of
-    /// `sync_protocol::call::next_action`, its decisions written into the hub's copy.
+    /// One or more steps of the hub's router for an escalation: the node's router
+    /// (`sync_protocol::router::route`) reading the hub's directory, its writes applied to the
+    /// hub's copy; the simulator only measures the link and keeps its ledger.
     pub(super) fn route(&mut self, i: usize) {
         for _ in 0..8 {
             if self.calls[i].done || !self.nodes[self.hub].up {
@@ -55,20 +56,21 @@ impl World {
             let Some((_, seen_ms)) = self.calls[i].seen_at_hub else { return };
             let doc = self.calls[i].doc;
             let Some(view) = self.nodes[self.hub].replica.view(&doc) else { return };
-            let Some(call) = calls_of(&view).into_iter().find(|c| c.call == self.calls[i].call) else { return };
-            let rota: Vec<RotaDesk> = self
-                .rota
-                .get(&view.service.line)
-                .map(|r| {
-                    r.iter().map(|d| RotaDesk { desk: self.nodes[*d].name.clone(), ring_s: DEFAULT_RING_S }).collect()
-                })
-                .unwrap_or_default();
             let now = self.node_now(self.hub);
             let holders = self.nodes[self.hub].replica.holders(&doc);
-            let action = next_action(&call, &rota, &view, &holders, None, self.calls[i].quality.as_ref(), seen_ms, now);
-            let c = LogValue::Str(call.call.clone());
+            let line = self.directory.get(&view.service.line);
+            let hub_name = self.nodes[self.hub].name.clone();
+            let hub = Hub { name: &hub_name, icb: Some(&self.scenario.icb) };
+            let Some(decision) = route(hub, &view, line, &holders, self.calls[i].quality.as_ref(), seen_ms, now) else {
+                return;
+            };
+            if decision.call != self.calls[i].call {
+                return;
+            }
+            // The line's own hours: nobody is rung on a line that is closed or takes no calls.
+            let refusal = line.and_then(|l| l.call_refusal(now));
             let e = self.calls[i].esc_index;
-            let entry: (&str, Vec<(&str, LogValue)>) = match action {
+            match decision.action {
                 // The simulated region configures no federated hub, so nothing is handed over.
                 Action::Wait | Action::Federate { .. } => return,
                 Action::Measure => {
@@ -76,59 +78,39 @@ impl World {
                     self.calls[i].quality = Some(self.measure(node));
                     continue;
                 }
-                Action::GatePassed(r, _) => {
-                    self.escalations[e].gate_mos = Some(r.mos);
-                    (
-                        "gate",
-                        vec![("call", c), ("verdict", LogValue::Str("call".into())), ("mos", LogValue::Float(r.mos))],
-                    )
-                }
-                Action::Ring { desk, attempt, ring_s } => {
-                    let Some(d) = self.nodes.iter().position(|n| n.name == desk) else { return };
+                Action::GatePassed(r, _) => self.escalations[e].gate_mos = Some(r.mos),
+                Action::Ring { ref desk, attempt, ring_s } => {
+                    let Some(d) = self.nodes.iter().position(|n| &n.name == desk) else { return };
                     if attempt == 1 {
+                        if let Some(why) = &refusal {
+                            self.violate("routing", format!("the router rang {desk} although {why}"));
+                        }
                         self.first_ring(i, d);
                     }
                     self.after(i64::from(ring_s) as Micros * SECOND + SECOND / 10, Ev::Ring(i));
-                    (
-                        "ring",
-                        vec![
-                            ("call", c),
-                            ("desk", LogValue::Str(desk)),
-                            ("attempt", LogValue::Int(i64::from(attempt))),
-                            ("ring_s", LogValue::Int(i64::from(ring_s))),
-                        ],
-                    )
                 }
-                Action::NoAnswer { desk, attempt } => (
-                    "no_answer",
-                    vec![("call", c), ("desk", LogValue::Str(desk)), ("attempt", LogValue::Int(i64::from(attempt)))],
-                ),
-                Action::Connected { desk, attempt, .. } => {
+                Action::NoAnswer { .. } => {}
+                Action::Connected { .. } => {
                     self.calls[i].done = true;
                     self.escalations[e].connected_s = Some(secs(self.now));
-                    (
-                        "connected",
-                        vec![
-                            ("call", c),
-                            ("desk", LogValue::Str(desk)),
-                            ("attempt", LogValue::Int(i64::from(attempt))),
-                        ],
-                    )
                 }
-                Action::Callback { reason, rating } => {
+                Action::Callback { ref reason, ref rating } => {
                     self.calls[i].done = true;
-                    if let Some((r, _)) = rating {
+                    self.escalations[e].callback = Some(if let Some((r, _)) = rating {
                         self.escalations[e].gate_mos = Some(r.mos);
-                        self.escalations[e].callback = Some("link".into());
+                        "link".into()
+                    } else if refusal.is_some() {
+                        "line closed".into()
                     } else if reason.contains("answered") {
-                        self.escalations[e].callback = Some("no answer".into());
+                        "no answer".into()
                     } else {
-                        self.escalations[e].callback = Some("case not delivered".into());
-                    }
-                    ("callback", vec![("call", c), ("reason", LogValue::Str(reason))])
+                        "case not delivered".into()
+                    });
                 }
-            };
-            let _ = self.nodes[self.hub].replica.edit(&doc, |d| d.append_log(LogName::Routing, entry.0, &entry.1, now));
+            }
+            for w in &decision.writes {
+                let _ = self.nodes[self.hub].replica.edit(&doc, |d| w.apply(d, now));
+            }
             self.after_changes(self.hub, None);
         }
     }

@@ -40,7 +40,7 @@ impl From<&StoreError> for ApiError {
             StoreError::Model { .. } => StatusCode::BAD_REQUEST,
             StoreError::ClientKeyReused { .. } | StoreError::Duplicate(_) => StatusCode::CONFLICT,
             StoreError::DiskFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
-            StoreError::BlobOffloaded(_) => StatusCode::GONE,
+            StoreError::BlobOffloaded(_) | StoreError::ConsentWithdrawn(_) => StatusCode::GONE,
             StoreError::BlobIncomplete { .. } => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -407,7 +407,7 @@ pub(super) struct PhotoGet {
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, description = "Still being received", body = ErrorBody),
-        (status = 410, description = "Handed to the hub and deleted here (the thumbnail remains)", body = ErrorBody),
+        (status = 410, description = "Handed to the hub and deleted here (the thumbnail remains), or withheld: the patient withdrew its consent", body = ErrorBody),
     )
 )]
 pub(super) async fn get_photo(
