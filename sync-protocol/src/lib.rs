@@ -26,6 +26,7 @@
 //! - [`links`]: the named link profiles of the domain brief, shared by the simulator and the
 //!   node's link emulator.
 
+pub mod accept;
 pub mod authorship;
 pub mod blob;
 pub mod call;

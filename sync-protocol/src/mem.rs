@@ -12,12 +12,13 @@ use std::sync::{Arc, Mutex};
 use automerge::{ActorId, ChangeHash};
 
 use crate::TimeMs;
+use crate::accept::{self, Verdict};
 use crate::authorship::{self, ActorPrefix, AuthorKey, SharedRoster, Signature};
 use crate::blob::{self, CHUNK_SIZE};
 use crate::engine::{Applied, BlobNeed, Incoming, Knowledge, Outgoing, Replica};
 use crate::recon::{Item, digest};
 use crate::rules::{self, Admission, Limits};
-use crate::scope::{DocMeta, PeerInfo, may_accept, may_hold};
+use crate::scope::{DocMeta, PeerInfo, may_hold};
 use crate::session::{SessionDoc, SessionId, SessionView, receipt_level};
 use crate::wire::{BlobManifest, DocId, Hash, hash_from_hex, hash_hex};
 
@@ -369,8 +370,8 @@ impl MemReplica {
         Ok(())
     }
 
-    /// Checks and stores received changes of one document (the same checks as the node's store:
-    /// [`rules::admit`], then the session's shape, id and scope).
+    /// Checks and stores received changes of one document (the node's own checks:
+    /// [`rules::admit`], then [`accept::vet`]).
     fn receive(&mut self, peer: &PeerInfo, inc: &Incoming, now: TimeMs) -> Result<Applied, MemError> {
         let id = &inc.doc;
         let mut candidate = match self.docs.get_mut(id) {
@@ -390,15 +391,10 @@ impl MemReplica {
         if let Err(e) = candidate.apply_changes(admitted.into_iter().map(|(c, _)| c).collect()) {
             return Ok(Applied::Refused { reason: e.to_string() });
         }
-        let view = match candidate.view() {
-            Ok(v) => v,
-            Err(e) => return Ok(Applied::Refused { reason: e.to_string() }),
-        };
-        if view.id.to_bytes() != *id {
-            return Ok(Applied::Refused { reason: "the document's id does not match".into() });
-        }
-        if !may_accept(&self.me, peer, &view.meta()) {
-            return Ok(Applied::Refused { reason: format!("outside the scope of {} or {}", self.me.name, peer.name) });
+        match accept::vet(&self.me, peer, id, &mut candidate) {
+            Verdict::Accepted(_) => {}
+            Verdict::MissingDeps => return Ok(Applied::MissingDeps),
+            Verdict::Refused(why) => return Ok(Applied::Refused { reason: why.to_string() }),
         }
         if sigs.is_empty() && self.docs.contains_key(id) {
             let heads = self.heads(id).unwrap_or_default();

@@ -4,11 +4,12 @@
 
 use automerge::ChangeHash;
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
+use sync_protocol::accept::{self, Verdict};
 use sync_protocol::authorship::{self, Signature};
 use sync_protocol::engine::{Applied, Incoming, Knowledge, Outgoing};
 use sync_protocol::recon::{self, Fingerprint, Item};
 use sync_protocol::rules::{self, Admission};
-use sync_protocol::scope::{DocMeta, PeerInfo, may_accept, may_hold};
+use sync_protocol::scope::{DocMeta, PeerInfo, may_hold};
 use sync_protocol::session::{SessionDoc, SessionId, receipt_level};
 use sync_protocol::vocab::ServiceLine;
 use sync_protocol::wire::{DocId, Hash};
@@ -583,17 +584,12 @@ fn integrate(
         }
         own_sigs = authorship::sign_new(env.author, candidate.automerge(), &received);
     }
-    let view = match candidate.view() {
-        Ok(v) => v,
-        Err(e) => return Ok((Applied::Refused { reason: e.to_string() }, None)),
+    // The node's acceptance rule, shared with the simulator's replica.
+    let view = match accept::vet(me, from, &sid.to_bytes(), &mut candidate) {
+        Verdict::Accepted(view) => *view,
+        Verdict::MissingDeps => return Ok((Applied::MissingDeps, None)),
+        Verdict::Refused(why) => return Ok((Applied::Refused { reason: why.to_string() }, None)),
     };
-    if view.id != sid {
-        return Ok((Applied::Refused { reason: "the document's id does not match".into() }, None));
-    }
-    let meta = view.meta();
-    if !may_accept(me, from, &meta) {
-        return Ok((Applied::Refused { reason: format!("outside the scope of {} or {}", me.name, from.name) }, None));
-    }
     // The receipts are written in the same transaction as what they acknowledge, signed.
     put_sigs(tx, sigs)?;
     put_sigs(tx, own_sigs)?;
