@@ -5,7 +5,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sync_protocol::call::{Action, CallState, PathQuality, calls_in, calls_of};
+use sync_protocol::call::{Action, CallState, PathQuality, RoutingKind, calls_in, calls_of};
 use sync_protocol::directory::{DirectoryView, LineEntry};
 use sync_protocol::router::{Hub, Write, route};
 use sync_protocol::session::{

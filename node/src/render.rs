@@ -187,28 +187,29 @@ pub fn describe_step(e: &std::collections::BTreeMap<String, LogValue>) -> String
         Some(LogValue::Int(t)) => time(*t),
         _ => String::new(),
     };
-    let what = match s("kind").as_str() {
-        "escalate" => format!("{} asked for a call", s("by")),
-        "gate" if s("verdict") == "call" => format!(
+    use sync_protocol::call::RoutingKind as K;
+    let what = match K::of(e).unwrap_or(K::Other(String::new())) {
+        K::Escalate => format!("{} asked for a call", s("by")),
+        K::Gate if s("verdict") == "call" => format!(
             "link checked: estimated MOS {} (round trip {} ms, jitter {} ms, loss {}): a call is possible",
             s("mos"),
             s("rtt_ms"),
             s("jitter_ms"),
             s("loss")
         ),
-        "gate" => format!("link checked: {}", s("reason")),
-        "ring" => format!("ringing {} (attempt {}, {} s)", s("desk"), s("attempt"), s("ring_s")),
-        "answer" => format!("{} answered", s("desk")),
-        "no_answer" => format!("{} did not answer", s("desk")),
-        "connected" if e.contains_key("ms_from_handover") => {
+        K::Gate => format!("link checked: {}", s("reason")),
+        K::Ring => format!("ringing {} (attempt {}, {} s)", s("desk"), s("attempt"), s("ring_s")),
+        K::Answer => format!("{} answered", s("desk")),
+        K::NoAnswer => format!("{} did not answer", s("desk")),
+        K::Connected if e.contains_key("ms_from_handover") => {
             format!("connected to {} ({} ms after the hand-over reached its hub)", s("desk"), s("ms_from_handover"))
         }
-        "connected" => {
+        K::Connected => {
             format!("connected to {} ({} ms after the request reached the hub)", s("desk"), s("ms_from_escalate"))
         }
-        "callback" => format!("callback arranged: {}", s("reason")),
-        "federate" => format!("no answer in area: handed to {}'s line (out of area)", s("hub")),
-        other => other.to_string(),
+        K::Callback => format!("callback arranged: {}", s("reason")),
+        K::Federate => format!("no answer in area: handed to {}'s line (out of area)", s("hub")),
+        K::Other(kind) => kind,
     };
     format!("{at}  {what}")
 }

@@ -10,7 +10,9 @@ use rand_chacha::ChaCha8Rng;
 use sync_protocol::TimeMs;
 use sync_protocol::authorship::{AuthorKey, Member, SharedRoster};
 use sync_protocol::blob::ChunkWindow;
-use sync_protocol::call::{Action, DEFAULT_RING_S, HOLD_WAIT_MS, PathQuality, RotaDesk, calls_of, quality_from_probes};
+use sync_protocol::call::{
+    Action, DEFAULT_RING_S, HOLD_WAIT_MS, PathQuality, RotaDesk, RoutingKind, calls_of, quality_from_probes,
+};
 use sync_protocol::directory::{Hours, LineEntry};
 use sync_protocol::engine::{Engine, EngineConfig, Replica};
 use sync_protocol::links::{self, LinkProfile, LinkState, Uniform};

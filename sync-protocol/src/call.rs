@@ -244,6 +244,72 @@ fn f(e: &BTreeMap<String, LogValue>, k: &str) -> Option<f64> {
     }
 }
 
+/// The kind of a routing-log entry (`docs/schema.md`, "Routing-log entries"). A kind this
+/// version does not know (a newer node's) is kept as `Other` and ignored by the readers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RoutingKind {
+    /// The requester asked for a call.
+    Escalate,
+    /// The hub measured the requester's link before the first ring.
+    Gate,
+    /// The hub rang a desk.
+    Ring,
+    /// The desk answered.
+    Answer,
+    /// The desk did not answer in its ring time.
+    NoAnswer,
+    /// The call was handed to another ICB's hub.
+    Federate,
+    /// The call was connected.
+    Connected,
+    /// A callback was arranged instead.
+    Callback,
+    /// A kind this version does not know.
+    Other(String),
+}
+
+impl RoutingKind {
+    /// Every kind this version writes and reads, in the order a call goes through them.
+    pub const KNOWN: [RoutingKind; 8] = [
+        RoutingKind::Escalate,
+        RoutingKind::Gate,
+        RoutingKind::Ring,
+        RoutingKind::Answer,
+        RoutingKind::NoAnswer,
+        RoutingKind::Federate,
+        RoutingKind::Connected,
+        RoutingKind::Callback,
+    ];
+
+    /// The kind as the log stores it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            RoutingKind::Escalate => "escalate",
+            RoutingKind::Gate => "gate",
+            RoutingKind::Ring => "ring",
+            RoutingKind::Answer => "answer",
+            RoutingKind::NoAnswer => "no_answer",
+            RoutingKind::Federate => "federate",
+            RoutingKind::Connected => "connected",
+            RoutingKind::Callback => "callback",
+            RoutingKind::Other(k) => k,
+        }
+    }
+
+    /// The kind of a stored entry.
+    pub fn parse(text: &str) -> RoutingKind {
+        RoutingKind::KNOWN.into_iter().find(|k| k.as_str() == text).unwrap_or_else(|| RoutingKind::Other(text.into()))
+    }
+
+    /// The kind of a routing-log entry, if it has one.
+    pub fn of(entry: &BTreeMap<String, LogValue>) -> Option<RoutingKind> {
+        match entry.get("kind") {
+            Some(LogValue::Str(k)) => Some(RoutingKind::parse(k)),
+            _ => None,
+        }
+    }
+}
+
 /// Every escalation of a session, in the order asked. Entries of unknown kinds or calls are
 /// ignored (a newer version may log more).
 pub fn calls_of(view: &SessionView) -> Vec<CallState> {
@@ -254,9 +320,9 @@ pub fn calls_of(view: &SessionView) -> Vec<CallState> {
 pub fn calls_in(routing: &[BTreeMap<String, LogValue>]) -> Vec<CallState> {
     let mut calls: Vec<CallState> = Vec::new();
     for e in routing {
-        let (Some(kind), Some(call)) = (s(e, "kind"), s(e, "call")) else { continue };
+        let (Some(kind), Some(call)) = (RoutingKind::of(e), s(e, "call")) else { continue };
         let at = i(e, "at_ms").unwrap_or(0);
-        if kind == "escalate" {
+        if kind == RoutingKind::Escalate {
             if !calls.iter().any(|c| c.call == call) {
                 calls.push(CallState {
                     call,
@@ -270,16 +336,16 @@ pub fn calls_in(routing: &[BTreeMap<String, LogValue>]) -> Vec<CallState> {
         let Some(c) = calls.iter_mut().find(|c| c.call == call) else { continue };
         let attempt = i(e, "attempt").unwrap_or(0).max(0) as u32;
         let desk = s(e, "desk").unwrap_or_default();
-        match kind.as_str() {
-            "gate" => c.gate = Some((s(e, "verdict").unwrap_or_default(), f(e, "mos").unwrap_or(0.0))),
-            "ring" if !c.rings.iter().any(|r| r.1 == attempt) => {
+        match kind {
+            RoutingKind::Gate => c.gate = Some((s(e, "verdict").unwrap_or_default(), f(e, "mos").unwrap_or(0.0))),
+            RoutingKind::Ring if !c.rings.iter().any(|r| r.1 == attempt) => {
                 c.rings.push((desk, attempt, at, i(e, "ring_s").unwrap_or(i64::from(DEFAULT_RING_S)) as u32));
             }
-            "no_answer" => c.no_answer.push(attempt),
-            "answer" => c.answers.push((attempt, desk, at)),
-            "connected" => c.connected = Some((desk, at)),
-            "callback" => c.callback = Some((s(e, "reason").unwrap_or_default(), at)),
-            "federate" if c.federated.is_none() => {
+            RoutingKind::NoAnswer => c.no_answer.push(attempt),
+            RoutingKind::Answer => c.answers.push((attempt, desk, at)),
+            RoutingKind::Connected => c.connected = Some((desk, at)),
+            RoutingKind::Callback => c.callback = Some((s(e, "reason").unwrap_or_default(), at)),
+            RoutingKind::Federate if c.federated.is_none() => {
                 c.federated = Some(Federation {
                     hub: s(e, "hub").unwrap_or_default(),
                     from: s(e, "from").unwrap_or_default(),
@@ -492,6 +558,24 @@ fn judge(call: &CallState, quality: Option<&PathQuality>) -> Option<Action> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_routing_kind_this_version_does_not_know_is_kept_and_ignored() {
+        for k in RoutingKind::KNOWN {
+            assert_eq!(RoutingKind::parse(k.as_str()), k);
+        }
+        assert_eq!(RoutingKind::parse("transfer"), RoutingKind::Other("transfer".into()));
+        let entry = |kind: &str| {
+            BTreeMap::from([
+                ("kind".to_string(), LogValue::Str(kind.into())),
+                ("call".to_string(), LogValue::Str("k1".into())),
+                ("by".to_string(), LogValue::Str("amb-07".into())),
+            ])
+        };
+        let calls = calls_in(&[entry("escalate"), entry("transfer")]);
+        assert_eq!(calls.len(), 1);
+        assert!(calls[0].is_open(), "an unknown step neither ends nor changes the call");
+    }
 
     fn q(rtt: f64, jitter: f64, loss: f64) -> PathQuality {
         PathQuality { rtt_ms: rtt, jitter_ms: jitter, loss, burst_ratio: 1.0, probes: 50 }

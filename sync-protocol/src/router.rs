@@ -12,7 +12,7 @@
 //! rota's desks first so that they may hold it.
 
 use crate::TimeMs;
-use crate::call::{Action, PathQuality, Rating, calls_of, next_action};
+use crate::call::{Action, PathQuality, Rating, RoutingKind, calls_of, next_action};
 use crate::directory::LineEntry;
 use crate::session::{LogName, LogValue, ModelError, SessionDoc, SessionView};
 use crate::vocab::Status;
@@ -29,8 +29,8 @@ pub struct Hub<'a> {
 /// One routing-log entry: its kind and fields (`docs/schema.md`, "Routing-log entries").
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
-    /// `gate`, `ring`, `no_answer`, `connected`, `callback` or `federate`.
-    pub kind: &'static str,
+    /// What step it records.
+    pub kind: RoutingKind,
     /// The entry's other fields, `call` first.
     pub fields: Vec<(&'static str, LogValue)>,
 }
@@ -89,11 +89,11 @@ impl Write {
             }
             Write::Federate { hub, entry } => {
                 doc.share_with(hub, now)?;
-                doc.append_log(LogName::Routing, entry.kind, &entry.fields, now)
+                doc.append_log(LogName::Routing, entry.kind.as_str(), &entry.fields, now)
             }
-            Write::Gate { entry } => doc.append_log(LogName::Routing, entry.kind, &entry.fields, now),
+            Write::Gate { entry } => doc.append_log(LogName::Routing, entry.kind.as_str(), &entry.fields, now),
             Write::Step { entry, status } => {
-                doc.append_log(LogName::Routing, entry.kind, &entry.fields, now)?;
+                doc.append_log(LogName::Routing, entry.kind.as_str(), &entry.fields, now)?;
                 if let Some(st) = status
                     && doc.view()?.status < *st
                 {
@@ -201,7 +201,7 @@ pub fn route(
         Action::Federate { hub: other } => writes.push(Write::Federate {
             hub: other.clone(),
             entry: Entry {
-                kind: "federate",
+                kind: RoutingKind::Federate,
                 fields: vec![
                     ("call", c),
                     ("hub", LogValue::Str(other.clone())),
@@ -209,9 +209,9 @@ pub fn route(
                 ],
             },
         }),
-        Action::GatePassed(r, q) => writes.push(step("gate", gate_fields(c, "call", r, q, ""), None)),
+        Action::GatePassed(r, q) => writes.push(step(RoutingKind::Gate, gate_fields(c, "call", r, q, ""), None)),
         Action::Ring { desk, attempt, ring_s } => writes.push(step(
-            "ring",
+            RoutingKind::Ring,
             vec![
                 ("call", c),
                 ("desk", LogValue::Str(desk.clone())),
@@ -221,12 +221,12 @@ pub fn route(
             None,
         )),
         Action::NoAnswer { desk, attempt } => writes.push(step(
-            "no_answer",
+            RoutingKind::NoAnswer,
             vec![("call", c), ("desk", LogValue::Str(desk.clone())), ("attempt", int(*attempt))],
             None,
         )),
         Action::Connected { desk, attempt, rung_ms } => writes.push(step(
-            "connected",
+            RoutingKind::Connected,
             vec![
                 ("call", c),
                 ("desk", LogValue::Str(desk.clone())),
@@ -243,11 +243,11 @@ pub fn route(
             if let Some((r, q)) = rating {
                 // The gate's figures, so that the clinician sees why.
                 writes.push(Write::Gate {
-                    entry: Entry { kind: "gate", fields: gate_fields(c, "callback", r, q, reason) },
+                    entry: Entry { kind: RoutingKind::Gate, fields: gate_fields(c, "callback", r, q, reason) },
                 });
                 fields.push(("mos", LogValue::Float(r.mos)));
             }
-            writes.push(step("callback", fields, Some(Status::AwaitingReply)));
+            writes.push(step(RoutingKind::Callback, fields, Some(Status::AwaitingReply)));
         }
     }
     Some(Decision { call: call.call, requester, action, writes })

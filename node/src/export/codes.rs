@@ -8,6 +8,7 @@
 //! against the files).
 
 use serde_json::{Value, json};
+use sync_protocol::call::RoutingKind;
 use sync_protocol::vocab::{
     CareSetting, Channel, ConsentKind, ConsentScope, NhsVerification, Outcome, PhotoView, Priority, ServiceLine, Status,
 };
@@ -240,25 +241,38 @@ pub fn consent_scope() -> CodeSystem {
     }
 }
 
-/// The steps of escalating a session to a live call (the routing log's kinds).
-pub const ROUTING_STEPS: &[(&str, &str)] = &[
-    ("escalation", "A request to speak to a consultant now."),
-    ("escalate", "The requester asked for a call."),
-    ("gate", "The hub measured the requester's link before ringing anyone."),
-    ("ring", "The hub rang a consultant's desk."),
-    ("answer", "The desk answered."),
-    ("no_answer", "The desk did not answer in its ring time."),
-    ("federate", "No desk of the home ICB answered; the call was handed to a neighbouring ICB's hub."),
-    ("connected", "The call was connected."),
-    ("callback", "A callback was arranged instead of a call."),
-];
+/// What each step of the routing log means, in the record's words.
+fn routing_definition(kind: &RoutingKind) -> &'static str {
+    match kind {
+        RoutingKind::Escalate => "The requester asked for a call.",
+        RoutingKind::Gate => "The hub measured the requester's link before ringing anyone.",
+        RoutingKind::Ring => "The hub rang a consultant's desk.",
+        RoutingKind::Answer => "The desk answered.",
+        RoutingKind::NoAnswer => "The desk did not answer in its ring time.",
+        RoutingKind::Federate => "No desk of the home ICB answered; the call was handed to a neighbouring ICB's hub.",
+        RoutingKind::Connected => "The call was connected.",
+        RoutingKind::Callback => "A callback was arranged instead of a call.",
+        RoutingKind::Other(_) => "A step this version does not know.",
+    }
+}
 
+/// The escalation itself and every routing step this version writes (`RoutingKind::KNOWN`).
 pub fn routing() -> CodeSystem {
+    let mut concepts = vec![(
+        "escalation".to_string(),
+        "Escalation".to_string(),
+        "A request to speak to a consultant now.".to_string(),
+    )];
+    concepts.extend(
+        RoutingKind::KNOWN
+            .iter()
+            .map(|k| (k.as_str().to_string(), words(k.as_str()), routing_definition(k).to_string())),
+    );
     CodeSystem {
         name: "routing",
         title: "outpost call routing step",
         description: "The steps of escalating an advice session to a live call, as the routing log records them.",
-        concepts: ROUTING_STEPS.iter().map(|(c, d)| (c.to_string(), words(c), d.to_string())).collect(),
+        concepts,
     }
 }
 

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
+use sync_protocol::call::RoutingKind;
 use sync_protocol::session::{Clinician, LogValue, MediaView, MessageView, OutcomeView, SessionView};
 use sync_protocol::vocab::{Priority, ReceiptLevel, Side, Status};
 
@@ -576,9 +577,13 @@ impl Builder {
         let at = |e: &BTreeMap<String, LogValue>| log_int(e, "at_ms").unwrap_or(v.identity.created_ms);
         let start = entries.iter().map(|e| at(e)).min().unwrap_or(v.identity.created_ms);
         let end = entries.iter().map(|e| at(e)).max().unwrap_or(start);
-        let kind = |e: &BTreeMap<String, LogValue>| log_str(e, "kind").unwrap_or("").to_string();
-        let finished = entries.iter().find(|e| matches!(kind(e).as_str(), "connected" | "callback"));
-        let by = entries.iter().find(|e| kind(e) == "escalate").and_then(|e| log_str(e, "by")).map(str::to_string);
+        let kind = |e: &BTreeMap<String, LogValue>| RoutingKind::of(e).unwrap_or(RoutingKind::Other(String::new()));
+        let finished = entries.iter().find(|e| matches!(kind(e), RoutingKind::Connected | RoutingKind::Callback));
+        let by = entries
+            .iter()
+            .find(|e| kind(e) == RoutingKind::Escalate)
+            .and_then(|e| log_str(e, "by"))
+            .map(str::to_string);
         let requester = match by {
             Some(node) => self.device(&node),
             None => self.device(&v.identity.origin),
@@ -586,6 +591,7 @@ impl Builder {
         let mut outputs = Vec::new();
         for e in entries {
             let k = kind(e);
+            let k = k.as_str();
             let detail: Vec<String> = e
                 .iter()
                 .filter(|(key, _)| !matches!(key.as_str(), "kind" | "call" | "at_ms"))
@@ -593,7 +599,7 @@ impl Builder {
                 .collect();
             if routing.concepts.iter().any(|c| c.0 == k) {
                 outputs.push(json!({
-                    "type": { "coding": [coding(&routing, &k)] },
+                    "type": { "coding": [coding(&routing, k)] },
                     "valueString": format!("{} {}", instant(at(e)), detail.join(" ")).trim().to_string(),
                 }));
             }
@@ -601,13 +607,13 @@ impl Builder {
         // Ring attempts: each `ring` until the same desk's `answer` or `no_answer`.
         let mut rings = Vec::new();
         for (i, e) in entries.iter().enumerate() {
-            if kind(e) != "ring" {
+            if kind(e) != RoutingKind::Ring {
                 continue;
             }
             let desk = log_str(e, "desk").unwrap_or("").to_string();
             let attempt = log_int(e, "attempt");
             let reply = entries[i + 1..].iter().find(|x| {
-                matches!(kind(x).as_str(), "answer" | "no_answer")
+                matches!(kind(x), RoutingKind::Answer | RoutingKind::NoAnswer)
                     && log_str(x, "desk") == Some(desk.as_str())
                     && log_int(x, "attempt") == attempt
             });
@@ -615,10 +621,11 @@ impl Builder {
         }
         // A callback instead of a call: the escalation failed (the reason says why).
         let (status, business) = match finished.map(|e| kind(e)) {
-            Some(k) if k == "connected" => ("completed", k),
+            Some(RoutingKind::Connected) => ("completed", RoutingKind::Connected),
             Some(k) => ("failed", k),
-            None => ("in-progress", entries.last().map(|e| kind(e)).unwrap_or_default()),
+            None => ("in-progress", entries.last().map(|e| kind(e)).unwrap_or(RoutingKind::Other(String::new()))),
         };
+        let business = business.as_str();
         let reason = finished.and_then(|e| log_str(e, "reason")).map(str::to_string);
         let mut r = json!({
             "resourceType": "Task",
@@ -639,7 +646,7 @@ impl Builder {
             r["output"] = json!(outputs);
         }
         if routing.concepts.iter().any(|c| c.0 == business) {
-            r["businessStatus"] = json!({ "coding": [coding(&routing, &business)] });
+            r["businessStatus"] = json!({ "coding": [coding(&routing, business)] });
         }
         if let Some(reason) = reason {
             r["statusReason"] = json!({ "text": reason });
@@ -649,7 +656,7 @@ impl Builder {
             let owner = self.device(&desk);
             let n = attempt.unwrap_or(0);
             let (status, business, end) = match &reply {
-                Some((k, t)) if k == "answer" => ("completed", "answer", Some(*t)),
+                Some((RoutingKind::Answer, t)) => ("completed", "answer", Some(*t)),
                 Some((_, t)) => ("failed", "no_answer", Some(*t)),
                 None => ("in-progress", "ring", None),
             };

@@ -33,7 +33,7 @@ impl Node {
         self.store.edit(id, "call.escalate", detail, now, |_, doc| {
             let model = crate::store::model(id);
             let fields = [("call", LogValue::Str(call.clone())), ("by", LogValue::Str(by.clone()))];
-            doc.append_log(LogName::Routing, "escalate", &fields, now).map_err(model)?;
+            doc.append_log(LogName::Routing, RoutingKind::Escalate.as_str(), &fields, now).map_err(model)?;
             if doc.view().map_err(model)?.status < Status::Routing {
                 doc.set_status(Status::Routing, now).map_err(model)?;
             }
@@ -62,7 +62,8 @@ impl Node {
                 ("desk", LogValue::Str(me.clone())),
                 ("attempt", LogValue::Int(i64::from(attempt))),
             ];
-            doc.append_log(LogName::Routing, "answer", &fields, now).map_err(crate::store::model(id))
+            doc.append_log(LogName::Routing, RoutingKind::Answer.as_str(), &fields, now)
+                .map_err(crate::store::model(id))
         })?;
         Ok(Some((call, attempt)))
     }
@@ -216,7 +217,7 @@ impl Node {
                 Write::ShareWithRota { desks } => serde_json::json!({ "call": decision.call, "shared_with": desks }),
                 Write::Federate { hub, .. } => serde_json::json!({ "call": decision.call, "federated_to": hub }),
                 Write::Gate { .. } => serde_json::Value::Null,
-                Write::Step { entry, .. } => serde_json::json!({ "call": decision.call, "step": entry.kind }),
+                Write::Step { entry, .. } => serde_json::json!({ "call": decision.call, "step": entry.kind.as_str() }),
             };
             let detail = (!detail.is_null()).then_some(detail);
             self.store
@@ -347,7 +348,8 @@ impl Node {
             ("by", LogValue::Str(self.config.name.clone())),
         ];
         self.store.edit(id, "call.callback", None, now, |_, doc| {
-            doc.append_log(LogName::Routing, "callback", &fields, now).map_err(crate::store::model(id))
+            doc.append_log(LogName::Routing, RoutingKind::Callback.as_str(), &fields, now)
+                .map_err(crate::store::model(id))
         })?;
         Ok(())
     }

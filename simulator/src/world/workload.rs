@@ -129,7 +129,9 @@ impl World {
                 );
                 let call = format!("call-{}", self.calls.len() + 1);
                 let fields = [("call", LogValue::Str(call.clone())), ("by", LogValue::Str(name.clone()))];
-                let ok = self.local_write(node, &doc, |d| d.append_log(LogName::Routing, "escalate", &fields, now));
+                let ok = self.local_write(node, &doc, |d| {
+                    d.append_log(LogName::Routing, RoutingKind::Escalate.as_str(), &fields, now)
+                });
                 if ok.is_some() {
                     self.escalations.push(Escalation { node: name, asked_s: secs(self.now), ..Escalation::default() });
                     self.calls.push(SimCall {
@@ -159,7 +161,9 @@ impl World {
                         ("desk", LogValue::Str(name)),
                         ("attempt", LogValue::Int(i64::from(attempt))),
                     ];
-                    self.local_write(desk, &doc, |d| d.append_log(LogName::Routing, "answer", &fields, now));
+                    self.local_write(desk, &doc, |d| {
+                        d.append_log(LogName::Routing, RoutingKind::Answer.as_str(), &fields, now)
+                    });
                 }
             }
             Work::Reply { desk, doc } => {
