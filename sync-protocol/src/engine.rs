@@ -167,6 +167,44 @@ pub trait Replica {
     fn offer_revocations(&mut self, der: &[u8]) -> Result<bool, Self::Error>;
 }
 
+/// How a peer broke the protocol (the conversation is closed with it as the reason).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Violation {
+    /// The two sides share no protocol version.
+    #[error("no protocol version in common: we speak {MIN_VERSION}..={MAX_VERSION}, {peer} speaks {min}..={max}")]
+    NoCommonVersion {
+        /// The peer.
+        peer: String,
+        /// Its lowest version.
+        min: u16,
+        /// Its highest version.
+        max: u16,
+    },
+    /// A frame other than Hello came first.
+    #[error("{frame} before hello")]
+    BeforeHello {
+        /// The frame's name.
+        frame: &'static str,
+    },
+    /// A reconciliation round that cannot be processed.
+    #[error(transparent)]
+    Reconciliation(#[from] crate::recon::ReconError),
+    /// The responder sent the initiator a summary (only the initiator sends one).
+    #[error("a summary sent to the initiator")]
+    SummaryToInitiator,
+    /// A chunk asked for beyond the blob's end.
+    #[error("chunk {index} requested of a blob of {count} chunks")]
+    ChunkOutOfRange {
+        /// The chunk asked for.
+        index: u64,
+        /// The blob's chunks.
+        count: u64,
+    },
+    /// A blob chunk arrived before the blob's manifest.
+    #[error("a blob chunk before its manifest")]
+    ChunkBeforeManifest,
+}
+
 /// How a conversation ended badly.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError<E: std::error::Error + 'static> {
@@ -179,7 +217,7 @@ pub enum EngineError<E: std::error::Error + 'static> {
         /// The peer.
         peer: String,
         /// What it did.
-        detail: String,
+        detail: Violation,
     },
     /// The peer closed the conversation with an error.
     #[error("{peer} closed the conversation: {reason} (code {code})")]
@@ -644,7 +682,7 @@ impl Engine {
                     self.early.push(frame);
                     continue;
                 }
-                return Err(self.protocol(format!("{} before hello", frame.name())));
+                return Err(self.protocol(Violation::BeforeHello { frame: frame.name() }));
             }
             match frame {
                 Frame::Hello(h) => {
@@ -675,7 +713,7 @@ impl Engine {
                     self.recon_waiting = false;
                     let items = replica.items(&self.peer).map_err(EngineError::Replica)?;
                     let (reply, diffs) =
-                        self.cfg.recon.respond(&items, &ranges).map_err(|e| self.protocol(e.to_string()))?;
+                        self.cfg.recon.respond(&items, &ranges).map_err(|e| self.protocol(Violation::from(e)))?;
                     // Fingerprints and unanswered item lists call for an answer, even an empty
                     // one ("everything matched"); an answer calls for none.
                     let wants_answer = |rs: &[Range]| {
@@ -869,10 +907,10 @@ impl Engine {
         }
     }
 
-    fn protocol<E: std::error::Error>(&mut self, detail: String) -> EngineError<E> {
+    fn protocol<E: std::error::Error>(&mut self, detail: Violation) -> EngineError<E> {
         self.closed = true;
         self.out.clear();
-        self.out.push_back(Frame::Close { code: CloseCode::ProtocolError as u16, reason: detail.clone() });
+        self.out.push_back(Frame::Close { code: CloseCode::ProtocolError as u16, reason: detail.to_string() });
         EngineError::Protocol { peer: self.peer.name.clone(), detail }
     }
 
@@ -880,14 +918,12 @@ impl Engine {
         let high = MAX_VERSION.min(h.max_version);
         let low = MIN_VERSION.max(h.min_version);
         if high < low {
-            let reason = format!(
-                "no protocol version in common: we speak {MIN_VERSION}..={MAX_VERSION}, {} speaks {}..={}",
-                self.peer.name, h.min_version, h.max_version
-            );
+            let detail =
+                Violation::NoCommonVersion { peer: self.peer.name.clone(), min: h.min_version, max: h.max_version };
             self.closed = true;
             self.out.clear();
-            self.out.push_back(Frame::Close { code: CloseCode::NoCommonVersion as u16, reason: reason.clone() });
-            return Err(EngineError::Protocol { peer: self.peer.name.clone(), detail: reason });
+            self.out.push_back(Frame::Close { code: CloseCode::NoCommonVersion as u16, reason: detail.to_string() });
+            return Err(EngineError::Protocol { peer: self.peer.name.clone(), detail });
         }
         self.version = Some(high);
         if let Some((number, der)) = replica.revocations().map_err(EngineError::Replica)?
@@ -902,7 +938,7 @@ impl Engine {
     /// caller, after this batch's changes are stored) the pushes. Returns the documents to poke.
     fn on_summary<R: Replica>(&mut self, replica: &mut R, s: Summary) -> Res<Vec<DocId>, R> {
         if self.cfg.initiator {
-            return Err(self.protocol("a summary sent to the initiator".into()));
+            return Err(self.protocol(Violation::SummaryToInitiator));
         }
         let mine = if s.delta && replica.knows_peer(&self.peer).map_err(EngineError::Replica)? {
             replica.delta(&self.peer).map_err(EngineError::Replica)?
@@ -1165,7 +1201,7 @@ impl Engine {
         }
         for index in chunks {
             if u64::from(index) >= count {
-                return Err(self.protocol(format!("chunk {index} requested of a blob of {count} chunks")));
+                return Err(self.protocol(Violation::ChunkOutOfRange { index: u64::from(index), count }));
             }
             match replica.blob_chunk(&hash, index).map_err(EngineError::Replica)? {
                 Some(data) => self.send(Frame::BlobChunk { hash, index, data }),
@@ -1221,7 +1257,7 @@ impl Engine {
             return Ok(());
         }
         let Some(m) = &t.manifest else {
-            return Err(self.protocol("a blob chunk before its manifest".into()));
+            return Err(self.protocol(Violation::ChunkBeforeManifest));
         };
         if let Err(e) = blob::verify_chunk(m, index, &data) {
             self.stats.refused += 1;
