@@ -127,11 +127,14 @@ impl Node {
     fn photos_held(&self, view: &SessionView) -> Result<crate::export::Photos, NodeError> {
         let mut out = crate::export::Photos::new();
         for hash in crate::export::photos_to_read(view) {
-            let whole =
-                matches!(self.store.blob_info(&hash), Ok(b) if b.state == "complete" && b.chunks_present == b.chunks);
-            if whole {
-                let bytes = self.store.read_blob(&hash)?;
-                out.insert(hash, bytes);
+            // Not here (handed to the hub, still arriving, never received): a reference in the
+            // export. Any other failure (a damaged store) is an error, not a missing photo.
+            match self.store.read_blob(&hash) {
+                Ok(bytes) => {
+                    out.insert(hash, bytes);
+                }
+                Err(StoreError::BlobOffloaded(_) | StoreError::BlobIncomplete { .. } | StoreError::NoSuchBlob(_)) => {}
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(out)
