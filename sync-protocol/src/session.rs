@@ -705,26 +705,28 @@ impl SessionDoc {
             return Ok(false);
         }
         let key = format!("{}/{}", level.as_str(), node);
-        let r = Reader::new(&self.doc);
+        // Direct reads of the few keys needed: a `Reader` would copy every message's map
+        // (its text included) only to compare one field.
+        let doc = &self.doc;
         let mut targets = Vec::new();
-        let msgs = r.obj(&ROOT, "messages", ObjType::List)?;
-        for i in 0..self.doc.length(&msgs) {
-            if let Some((Value::Object(ObjType::Map), m)) = self.doc.get(&msgs, i)?
-                && r.str(&m, "author", "/messages/*/author")?.as_deref() != Some(node)
+        let msgs = child(doc, &ROOT, "messages", ObjType::List)?;
+        for i in 0..doc.length(&msgs) {
+            if let Some((Value::Object(ObjType::Map), m)) = doc.get(&msgs, i)?
+                && !text_is(doc, &m, "author", node)?
             {
                 targets.push(m);
             }
         }
-        let media = r.obj(&ROOT, "media", ObjType::Map)?;
-        for hash in self.doc.keys(&media) {
-            let m = r.obj(&media, &hash, ObjType::Map)?;
-            if r.str(&m, "added_by", "/media/*/added_by")?.as_deref() != Some(node) && holds_blob(&hash) {
+        let media = child(doc, &ROOT, "media", ObjType::Map)?;
+        for hash in doc.keys(&media) {
+            let m = child(doc, &media, &hash, ObjType::Map)?;
+            if !text_is(doc, &m, "added_by", node)? && holds_blob(&hash) {
                 targets.push(m);
             }
         }
         let mut added = false;
         for item in targets {
-            let receipts = Reader::new(&self.doc).obj(&item, "receipts", ObjType::Map)?;
+            let receipts = child(&self.doc, &item, "receipts", ObjType::Map)?;
             if self.doc.get(&receipts, key.as_str())?.is_none() {
                 self.doc.put(&receipts, key.as_str(), now)?;
                 added = true;
@@ -977,6 +979,23 @@ fn check_short(field: &'static str, text: &str) -> Result<(), ModelError> {
 
 fn malformed(path: &str, problem: impl Into<String>) -> ModelError {
     ModelError::Malformed { path: path.to_string(), problem: problem.into() }
+}
+
+/// The object of `kind` at `key` of a map, read directly (no [`Reader`] cache).
+fn child(doc: &AutoCommit, parent: &ObjId, key: &str, kind: ObjType) -> Result<ObjId, ModelError> {
+    match doc.get(parent, key)? {
+        Some((Value::Object(k), id)) if k == kind => Ok(id),
+        Some(_) => Err(malformed(key, format!("expected a {kind:?}"))),
+        None => Err(malformed(key, "missing")),
+    }
+}
+
+/// Whether the text at `key` of a map is `expected` (false when absent or not text).
+fn text_is(doc: &AutoCommit, obj: &ObjId, key: &str, expected: &str) -> Result<bool, ModelError> {
+    Ok(match doc.get(obj, key)? {
+        Some((Value::Scalar(s), _)) => matches!(s.as_ref(), automerge::ScalarValue::Str(v) if v.as_str() == expected),
+        _ => false,
+    })
 }
 
 /// Read helpers that turn a missing or mistyped field into [`ModelError::Malformed`].
