@@ -89,6 +89,8 @@ pub struct Report {
     pub escalations_connected: usize,
     /// Escalations that ended in a callback, by reason (`link`, `no answer`, `case not delivered`).
     pub escalation_callbacks: std::collections::BTreeMap<String, usize>,
+    /// Escalations handed to a federated hub, and of those, connected to its desk.
+    pub escalations_handed_over: (usize, usize),
     /// Invariant violations (none, for a pass).
     pub violations: Vec<Violation>,
     /// Samples over time.
@@ -188,6 +190,13 @@ impl Report {
             self.escalation_to_ring.p50,
             self.escalation_to_ring.p95
         );
+        if self.escalations_handed_over.0 > 0 {
+            let _ = writeln!(
+                s,
+                "handed to another ICB's hub: {}; connected there {}",
+                self.escalations_handed_over.0, self.escalations_handed_over.1
+            );
+        }
         if self.violations.is_empty() {
             let _ = writeln!(s, "\ninvariants: all held (durability, scope, receipts, status, routing, convergence)");
         } else {
@@ -314,6 +323,10 @@ fn report(w: &mut World, name: &str, seed: u64, rerun: String, wall: f64) -> Rep
             *m.entry(r).or_insert(0) += 1;
             m
         }),
+        escalations_handed_over: (
+            esc.iter().filter(|e| e.handed_to.is_some()).count(),
+            esc.iter().filter(|e| e.handed_to.is_some() && e.connected_s.is_some()).count(),
+        ),
         violations: w.violations.clone(),
         samples: w.samples.clone(),
         deliveries,

@@ -83,6 +83,8 @@ pub struct Escalation {
     pub asked_s: f64,
     /// When the hub learnt of it (s).
     pub seen_at_hub_s: Option<f64>,
+    /// The federated hub the call was handed to, when the home line could not take it.
+    pub handed_to: Option<String>,
     /// When a desk was rung (s).
     pub rung_s: Option<f64>,
     /// Which desk.

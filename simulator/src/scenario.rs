@@ -19,6 +19,11 @@
 //! line = "cardiology"              # (default 24/7, every channel; rota: the desks of that line)
 //! hours = "mon-fri 08:00-18:30"    # UK time
 //!
+//! [federation]                     # another ICB's hub, linked to this one, taking the calls
+//! icb = "QOX"                      # of some lines out of area (each home line's fallback);
+//! link = "hospital"                # it keeps one desk per line, on the same link profile
+//! lines = ["cardiology"]
+//!
 //! [workload]                       # see `Workload`
 //!
 //! [[fault]]                        # see `Fault`
@@ -65,6 +70,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("mast-failure", include_str!("../scenarios/mast-failure.toml")),
     ("storm-week", include_str!("../scenarios/storm-week.toml")),
     ("smoke", include_str!("../scenarios/smoke.toml")),
+    ("federation", include_str!("../scenarios/federation.toml")),
 ];
 
 /// A whole scenario.
@@ -91,6 +97,9 @@ pub struct Scenario {
     /// here is open 24/7 for every channel); the rota is the scenario's desks of that line.
     #[serde(default, rename = "line")]
     pub lines: Vec<LineSpec>,
+    /// Another ICB's hub taking some lines' calls out of area.
+    #[serde(default)]
+    pub federation: Option<Federation>,
     /// What goes wrong.
     #[serde(default, rename = "fault")]
     pub faults: Vec<Fault>,
@@ -173,6 +182,26 @@ pub struct LineSpec {
     /// How it can be reached (default: call, photo and message).
     #[serde(default = "all_channels")]
     pub channels: Vec<Channel>,
+}
+
+/// A federated hub: another ICB's, linked to the region's hub, named as the fallback of some
+/// of its lines; it keeps one desk for each of them (its own directory: open 24/7, that desk).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Federation {
+    /// Its ICB.
+    pub icb: String,
+    /// The link profile between the two hubs, and between it and its desks.
+    pub link: String,
+    /// The home lines whose calls it takes when the home line cannot.
+    pub lines: Vec<ServiceLine>,
+}
+
+impl Federation {
+    /// The name the federated hub goes by.
+    pub fn hub_name(&self) -> String {
+        format!("hub-{}", self.icb.to_lowercase())
+    }
 }
 
 fn always() -> String {
@@ -384,6 +413,17 @@ impl Scenario {
             Hours::parse(&l.hours).map_err(|e| bad(format!("line {}: {e}", l.line)))?;
             if l.channels.is_empty() {
                 return Err(bad(format!("line {} needs at least one channel", l.line)));
+            }
+        }
+        if let Some(f) = &self.federation {
+            if f.icb == self.icb {
+                return Err(bad("the federated hub belongs to another ICB".into()));
+            }
+            if links::profile(&f.link).is_none() {
+                return Err(bad(format!("unknown link profile {:?} for the federated hub", f.link)));
+            }
+            if f.lines.is_empty() {
+                return Err(bad("the federated hub needs lines to take".into()));
             }
         }
         Ok(())

@@ -34,6 +34,7 @@ use crate::scenario::{Fault, FaultKind, Kind, Scenario, parse_leg};
 
 mod checks;
 mod faults;
+mod federation;
 mod link;
 mod router;
 mod settle;
@@ -111,6 +112,26 @@ struct Node {
     seq: u64,
 }
 
+impl Node {
+    /// A node that writes no sessions of its own (a hub, a federated hub's desk).
+    fn new(name: String, kind: Kind, replica: MemReplica, info: PeerInfo, link: Option<usize>) -> Node {
+        Node {
+            name,
+            kind,
+            replica,
+            info,
+            up: true,
+            hostile: false,
+            skew_ms: 0,
+            link,
+            rate: 0.0,
+            open_hours: None,
+            undo: None,
+            seq: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Spec {
     Fixed(LinkProfile),
@@ -129,7 +150,10 @@ struct Dir {
 
 #[derive(Debug)]
 struct Link {
+    /// The dialling node (a desk, an edge, or a federated hub).
     node: usize,
+    /// The hub it dials (the region's hub, or the federated hub for its own desks).
+    hub: usize,
     spec: Spec,
     profile: LinkProfile,
     leg: usize,
@@ -152,6 +176,32 @@ struct Link {
 }
 
 impl Link {
+    fn new(node: usize, hub: usize, spec: Spec, profile: LinkProfile, leg: usize, delay_us: Micros) -> Link {
+        Link {
+            node,
+            hub,
+            spec,
+            profile,
+            leg,
+            natural_up: true,
+            forced_down: 0,
+            clog: 1.0,
+            corrupt: 0.0,
+            duplicate: 0.0,
+            up_since: 0,
+            down_since: None,
+            down_epoch: 0,
+            delay_us,
+            dirs: [Dir::default(), Dir::default()],
+            conn: None,
+            conn_seq: 0,
+            backoff: SECOND / 4,
+            connect_pending: false,
+            parked: Vec::new(),
+            flips: 0,
+        }
+    }
+
     fn up(&self) -> bool {
         self.natural_up && self.forced_down == 0
     }
@@ -256,11 +306,15 @@ struct SimCall {
     node: usize,
     /// When the hub first saw it: simulated time, and the hub's clock (ms).
     seen_at_hub: Option<(Micros, TimeMs)>,
+    /// When the federated hub first saw it handed over, and its clock (ms).
+    seen_at_fed: Option<(Micros, TimeMs)>,
     done: bool,
     /// Messages and photos of the session when the call was asked for.
     items: (Vec<String>, Vec<String>),
     /// The requester's path as the hub measured it.
     quality: Option<PathQuality>,
+    /// The path to the handing hub as the federated hub measured it.
+    fed_quality: Option<PathQuality>,
     esc_index: usize,
 }
 
@@ -283,6 +337,8 @@ pub struct World {
     rota: BTreeMap<ServiceLine, Vec<usize>>,
     /// The hub's ICB directory: each line's hours, channels and rota, as the router reads it.
     directory: BTreeMap<ServiceLine, LineEntry>,
+    /// The federated hub (another ICB's), if the scenario has one, and its own directory.
+    fed: Option<(usize, BTreeMap<ServiceLine, LineEntry>)>,
     /// The nodes' clock at the start (UK time `start_hour` on the simulated day).
     epoch_ms: TimeMs,
     /// Sessions each desk has started answering.
@@ -425,28 +481,7 @@ impl World {
                     }
                 };
                 let delay_us = (links::one_way_delay_ms(&profile, &mut U(&mut rng)) * 1000.0) as Micros;
-                links.push(Link {
-                    node: idx,
-                    spec,
-                    profile,
-                    leg,
-                    natural_up: true,
-                    forced_down: 0,
-                    clog: 1.0,
-                    corrupt: 0.0,
-                    duplicate: 0.0,
-                    up_since: 0,
-                    down_since: None,
-                    down_epoch: 0,
-                    delay_us,
-                    dirs: [Dir::default(), Dir::default()],
-                    conn: None,
-                    conn_seq: 0,
-                    backoff: SECOND / 4,
-                    connect_pending: false,
-                    parked: Vec::new(),
-                    flips: 0,
-                });
+                links.push(Link::new(idx, 0, spec, profile, leg, delay_us));
                 nodes.push(Node {
                     name,
                     kind: g.kind,
@@ -465,7 +500,14 @@ impl World {
         }
         // The hub's directory: every line with desks or named by the scenario.
         let mut directory = BTreeMap::new();
-        let named: BTreeSet<ServiceLine> = scenario.lines.iter().map(|l| l.line).chain(rota.keys().copied()).collect();
+        let fed_lines: Vec<ServiceLine> = scenario.federation.iter().flat_map(|f| f.lines.iter().copied()).collect();
+        let named: BTreeSet<ServiceLine> = scenario
+            .lines
+            .iter()
+            .map(|l| l.line)
+            .chain(rota.keys().copied())
+            .chain(fed_lines.iter().copied())
+            .collect();
         let epoch_ms = UK_MIDNIGHT_MS + (scenario.start_hour * 3_600_000.0) as TimeMs;
         for line in named {
             let spec = scenario.lines.iter().find(|l| l.line == line);
@@ -476,11 +518,21 @@ impl World {
                 hours: spec.and_then(|s| Hours::parse(&s.hours).ok()).unwrap_or(Hours::Always),
                 channels: spec.map_or_else(|| Channel::ALL.to_vec(), |s| s.channels.clone()),
                 rota: desks.iter().map(|d| RotaDesk { desk: nodes[*d].name.clone(), ring_s: DEFAULT_RING_S }).collect(),
-                fallback_hub: None,
+                fallback_hub: scenario.federation.as_ref().filter(|_| fed_lines.contains(&line)).map(|f| f.hub_name()),
                 updated_ms: epoch_ms,
             };
             directory.insert(line, entry);
         }
+        // Another ICB's hub, dialling this one, with a desk of its own for each line it takes.
+        let fed = scenario.federation.as_ref().map(|f| {
+            federation::build(
+                f,
+                &mut federation::Region { nodes: &mut nodes, links: &mut links, rng: &mut rng },
+                &enrol,
+                &pool,
+                epoch_ms,
+            )
+        });
         let mut w = World {
             scenario,
             opts,
@@ -495,6 +547,7 @@ impl World {
             hub: 0,
             metas: BTreeMap::new(),
             directory,
+            fed,
             epoch_ms,
             rota,
             replied: BTreeSet::new(),

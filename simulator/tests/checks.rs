@@ -234,3 +234,34 @@ ambulance_escalations = 1.0
         assert!(!rung_closed, "seed {seed}: a desk rang for a closed line\n{}", r.summary());
     }
 }
+
+/// Federation through the node's own router (`federation` scenario): the region's cardiology
+/// line is closed until 11:00 and names another ICB's hub as its fallback. Calls made before
+/// then are handed over, that hub shares the case with its own desk (outside the session's ICB)
+/// and rings it once the desk holds it whole; the handing hub rings none of its own desks. Every
+/// invariant holds with the second hub in the region (scope included: the shares widen it).
+#[test]
+fn a_line_closed_at_home_hands_its_calls_to_the_next_icbs_hub_whose_desk_answers() {
+    let seeds: Vec<u64> = match std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+        Some(s) => vec![s],
+        None => vec![7, 8],
+    };
+    for seed in seeds {
+        let sc = Scenario::load("federation").unwrap();
+        let r = run(sc, Options { seed, hours: None, bugs: Bugs::default() }, |_, _| {});
+        let summary = r.summary();
+        assert!(r.passed(), "seed {seed}; rerun: {}\n{summary}", r.rerun);
+        let (handed, connected) = r.escalations_handed_over;
+        assert!(handed >= 3, "seed {seed}: only {handed} calls handed over\n{summary}");
+        assert!(connected >= 1, "seed {seed}: no handed-over call connected at the other ICB\n{summary}");
+        // A call rings the home rota first while the line is open there, then goes out of area;
+        // before 11:00 it goes straight over, and the first desk it rings is the other ICB's.
+        let handed: Vec<_> = r.escalation_list.iter().filter(|e| e.handed_to.is_some()).collect();
+        assert!(handed.iter().all(|e| e.handed_to.as_deref() == Some("hub-qox")), "seed {seed}: {handed:?}");
+        let rung_there =
+            handed.iter().filter(|e| e.desk.as_deref().is_some_and(|d| d.starts_with("desk-qox-"))).count();
+        assert!(rung_there >= 1, "seed {seed}: no handed-over call rang the other ICB's desk first\n{summary}");
+        assert!(handed.iter().all(|e| e.rung_s.is_none() || e.desk_held_whole), "seed {seed}: {handed:?}");
+        assert!(r.escalations_connected > connected, "seed {seed}: the home lines connected nothing\n{summary}");
+    }
+}

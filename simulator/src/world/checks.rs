@@ -7,6 +7,17 @@ impl World {
         let kind = self.nodes[owner].kind;
         for doc in changed {
             let Some(view) = self.nodes[owner].replica.view(doc) else { continue };
+            // A hub's share (a call's router handing the case to a desk or to a federated
+            // hub) widens who may hold the session: the scope checks follow it.
+            if kind == Kind::Hub
+                && let Some(meta) = self.metas.get_mut(doc)
+            {
+                for name in &view.shared_with {
+                    if !meta.shares.contains(name) {
+                        meta.shares.push(name.clone());
+                    }
+                }
+            }
             // Status never moves backwards at any node.
             let key = (owner, *doc);
             let st = (view.reopened, view.status);
@@ -46,7 +57,7 @@ impl World {
                         continue;
                     }
                     if let Some(e) = self.ledger.get_mut(doc, &k) {
-                        if kind == Kind::Hub && e.at_hub.is_none() {
+                        if owner == self.hub && e.at_hub.is_none() {
                             e.at_hub = Some(now);
                         }
                         if kind == Kind::Desk && e.at_desk.is_none() {
@@ -178,7 +189,7 @@ impl World {
     /// hub must not hold it afterwards); what the hub sends back is checked for scope on
     /// arrival like every frame.
     pub(super) fn attack(&mut self, l: usize) {
-        let (n, hub) = (self.links[l].node, self.hub);
+        let (n, hub) = (self.links[l].node, self.links[l].hub);
         if !self.nodes[hub].up || !self.nodes[n].up {
             return;
         }

@@ -38,11 +38,7 @@ impl World {
         match f.kind {
             FaultKind::Outage | FaultKind::Partition => {
                 for n in &targets {
-                    let links: Vec<usize> = if *n == self.hub {
-                        (0..self.links.len()).collect()
-                    } else {
-                        self.nodes[*n].link.into_iter().collect()
-                    };
+                    let links = self.links_of(*n);
                     for l in links {
                         let was = self.links[l].up();
                         if start {
@@ -207,14 +203,19 @@ impl World {
         out
     }
 
+    /// The links a node's outage or crash takes down: its own, and a hub's to everyone
+    /// dialling it.
+    pub(super) fn links_of(&self, n: usize) -> Vec<usize> {
+        (0..self.links.len()).filter(|l| self.links[*l].hub == n || self.nodes[n].link == Some(*l)).collect()
+    }
+
     pub(super) fn crash(&mut self, n: usize) {
         if !self.nodes[n].up {
             return;
         }
         self.nodes[n].up = false;
         self.log(31, n as u64, 0);
-        let links: Vec<usize> =
-            if n == self.hub { (0..self.links.len()).collect() } else { self.nodes[n].link.into_iter().collect() };
+        let links = self.links_of(n);
         for l in links {
             self.drop_conn(l, "crash");
         }
@@ -237,8 +238,7 @@ impl World {
     }
 
     pub(super) fn reconnect(&mut self, n: usize) {
-        let links: Vec<usize> =
-            if n == self.hub { (0..self.links.len()).collect() } else { self.nodes[n].link.into_iter().collect() };
+        let links = self.links_of(n);
         for l in links {
             if !self.links[l].connect_pending {
                 self.links[l].connect_pending = true;

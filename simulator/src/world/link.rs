@@ -42,7 +42,8 @@ impl World {
         if self.links[l].conn.is_some() || !self.nodes[node].up {
             return;
         }
-        if !self.links[l].up() || !self.nodes[self.hub].up {
+        let hub = self.links[l].hub;
+        if !self.links[l].up() || !self.nodes[hub].up {
             // The dialer keeps trying with backoff and jitter.
             let b = self.links[l].backoff;
             self.links[l].backoff = (b * 2).min(30 * SECOND);
@@ -63,7 +64,7 @@ impl World {
         self.links[l].conn_seq += 1;
         let id = self.links[l].conn_seq;
         let node_info = self.nodes[node].info.clone();
-        let hub_info = self.nodes[self.hub].info.clone();
+        let hub_info = self.nodes[hub].info.clone();
         let engines =
             [Engine::new(hub_info, EngineConfig::new(true)), Engine::new(node_info, EngineConfig::new(false))];
         self.links[l].conn = Some(Conn { id, engines, windows: Default::default(), received: [0; 2] });
@@ -74,7 +75,7 @@ impl World {
         // The handshake takes a round trip and a half before the first frames move.
         let hs = self.links[l].delay_us * 3;
         for side in [1usize, 0] {
-            let owner = if side == 0 { node } else { self.hub };
+            let owner = if side == 0 { node } else { hub };
             let now = self.node_now(owner);
             let blind = self.opts.bugs.ignore_scope_at.as_deref() == Some(self.nodes[owner].name.as_str());
             let Some(conn) = self.links[l].conn.as_mut() else { return };
@@ -102,7 +103,7 @@ impl World {
         let Some(c) = self.links[l].conn.as_ref() else { return };
         let mut wait: Option<Micros> = None;
         for side in [0usize, 1] {
-            let owner = if side == 0 { self.links[l].node } else { self.hub };
+            let owner = if side == 0 { self.links[l].node } else { self.links[l].hub };
             if let Some(due) = c.engines[side].poll_timeout() {
                 let ms = due.saturating_sub(self.node_now(owner)).max(0) as Micros;
                 wait = Some(wait.map_or(ms * 1000, |w| w.min(ms * 1000)));
@@ -117,7 +118,7 @@ impl World {
     /// Both engines of a connection handle their timers (each acts only once due).
     pub(super) fn engine_timers(&mut self, l: usize) {
         for side in [1usize, 0] {
-            let owner = if side == 0 { self.links[l].node } else { self.hub };
+            let owner = if side == 0 { self.links[l].node } else { self.links[l].hub };
             if !self.nodes[owner].up {
                 continue;
             }
@@ -252,7 +253,7 @@ impl World {
             return;
         }
         let node = self.links[l].node;
-        let (side, owner) = if to_hub { (1usize, self.hub) } else { (0usize, node) };
+        let (side, owner) = if to_hub { (1usize, self.links[l].hub) } else { (0usize, node) };
         if !self.nodes[owner].up {
             return;
         }
@@ -288,18 +289,29 @@ impl World {
             return;
         }
         self.observe(owner, &changed);
-        if owner == self.hub {
+        if self.nodes[owner].kind == Kind::Hub {
             for l in 0..self.links.len() {
-                if Some(l) != except {
+                if self.links[l].hub == owner && Some(l) != except {
                     self.notify_conn(l, &changed);
                 }
             }
-            for i in 0..self.calls.len() {
-                if !self.calls[i].done && self.calls[i].seen_at_hub.is_some() && changed.contains(&self.calls[i].doc) {
-                    self.route(i);
+            if owner == self.hub {
+                for i in 0..self.calls.len() {
+                    if !self.calls[i].done
+                        && self.calls[i].seen_at_hub.is_some()
+                        && changed.contains(&self.calls[i].doc)
+                    {
+                        self.route(i);
+                    }
                 }
+                self.route_new_escalations(&changed);
+            } else {
+                self.route_handed_over(owner, &changed);
             }
-            self.route_new_escalations(&changed);
+            // A federated hub is also the dialling side of its link to the region's hub.
+            if let Some(l) = self.nodes[owner].link {
+                self.notify_node_side(l, &changed);
+            }
         } else {
             if self.nodes[owner].kind == Kind::Desk {
                 self.desk_hears_rings(owner, &changed);
@@ -312,7 +324,7 @@ impl World {
 
     pub(super) fn notify_conn(&mut self, l: usize, docs: &[DocId]) {
         // Hub side of link `l`.
-        let hub = self.hub;
+        let hub = self.links[l].hub;
         if !self.nodes[hub].up {
             return;
         }

@@ -45,23 +45,66 @@ impl World {
         quality_from_probes(&probes)
     }
 
-    /// One or more steps of the hub's router for an escalation: the node's router
-    /// (`sync_protocol::router::route`) reading the hub's directory, its writes applied to the
-    /// hub's copy; the simulator only measures the link and keeps its ledger.
+    /// A federated hub's router: an escalation handed to it (its `federate` entry names this
+    /// hub) is routed here from the moment its copy shows the hand-over.
+    pub(super) fn route_handed_over(&mut self, h: usize, changed: &[DocId]) {
+        let me = self.nodes[h].name.clone();
+        for i in 0..self.calls.len() {
+            if self.calls[i].done || !changed.contains(&self.calls[i].doc) {
+                continue;
+            }
+            if self.calls[i].seen_at_fed.is_none() {
+                let (doc, call) = (self.calls[i].doc, self.calls[i].call.clone());
+                let handed = self.nodes[h].replica.view_ref(&doc).is_some_and(|v| {
+                    calls_of(v).iter().any(|c| c.call == call && c.federated.as_ref().is_some_and(|f| f.hub == me))
+                });
+                if !handed {
+                    continue;
+                }
+                self.calls[i].seen_at_fed = Some((self.now, self.node_now(h)));
+                self.after((HOLD_WAIT_MS as Micros) * 1000 + SECOND, Ev::Ring(i));
+            }
+            self.route_at(i, h);
+        }
+    }
+
+    /// One or more steps of the home hub's router for an escalation (and of the federated
+    /// hub's, once it was handed over).
     pub(super) fn route(&mut self, i: usize) {
+        self.route_at(i, self.hub);
+        if let Some((h, _)) = self.fed
+            && self.calls[i].seen_at_fed.is_some()
+        {
+            self.route_at(i, h);
+        }
+    }
+
+    /// One or more steps of hub `h`'s router for an escalation: the node's router
+    /// (`sync_protocol::router::route`) reading that hub's directory, its writes applied to the
+    /// hub's copy; the simulator only measures the link and keeps its ledger.
+    fn route_at(&mut self, i: usize, h: usize) {
+        let home = h == self.hub;
         for _ in 0..8 {
-            if self.calls[i].done || !self.nodes[self.hub].up {
+            if self.calls[i].done || !self.nodes[h].up {
                 return;
             }
-            let Some((_, seen_ms)) = self.calls[i].seen_at_hub else { return };
+            let seen = if home { self.calls[i].seen_at_hub } else { self.calls[i].seen_at_fed };
+            let Some((_, seen_ms)) = seen else { return };
             let doc = self.calls[i].doc;
-            let Some(view) = self.nodes[self.hub].replica.view(&doc) else { return };
-            let now = self.node_now(self.hub);
-            let holders = self.nodes[self.hub].replica.holders(&doc);
-            let line = self.directory.get(&view.service.line);
-            let hub_name = self.nodes[self.hub].name.clone();
-            let hub = Hub { name: &hub_name, icb: Some(&self.scenario.icb) };
-            let Some(decision) = route(hub, &view, line, &holders, self.calls[i].quality.as_ref(), seen_ms, now) else {
+            let Some(view) = self.nodes[h].replica.view(&doc) else { return };
+            let now = self.node_now(h);
+            let holders = self.nodes[h].replica.holders(&doc);
+            let directory = match &self.fed {
+                Some((f, d)) if *f == h => d,
+                _ => &self.directory,
+            };
+            let line = directory.get(&view.service.line).cloned();
+            let line = line.as_ref();
+            let hub_name = self.nodes[h].name.clone();
+            let icb = self.nodes[h].info.icb.clone();
+            let hub = Hub { name: &hub_name, icb: icb.as_deref() };
+            let quality = if home { self.calls[i].quality.as_ref() } else { self.calls[i].fed_quality.as_ref() };
+            let Some(decision) = route(hub, &view, line, &holders, quality, seen_ms, now) else {
                 return;
             };
             if decision.call != self.calls[i].call {
@@ -71,11 +114,17 @@ impl World {
             let refusal = line.and_then(|l| l.call_refusal(now));
             let e = self.calls[i].esc_index;
             match decision.action {
-                // The simulated region configures no federated hub, so nothing is handed over.
-                Action::Wait | Action::Federate { .. } => return,
+                // A federated hub waiting for its desk shares the session with it first.
+                Action::Wait => {}
+                Action::Federate { ref hub } => self.escalations[e].handed_to = Some(hub.clone()),
                 Action::Measure => {
-                    let node = self.calls[i].node;
-                    self.calls[i].quality = Some(self.measure(node));
+                    if home {
+                        let node = self.calls[i].node;
+                        self.calls[i].quality = Some(self.measure(node));
+                    } else {
+                        // A federated hub relays the handing hub's voice: it measures that path.
+                        self.calls[i].fed_quality = Some(self.measure(h));
+                    }
                     continue;
                 }
                 Action::GatePassed(r, _) => self.escalations[e].gate_mos = Some(r.mos),
@@ -109,9 +158,12 @@ impl World {
                 }
             }
             for w in &decision.writes {
-                let _ = self.nodes[self.hub].replica.edit(&doc, |d| w.apply(d, now));
+                let _ = self.nodes[h].replica.edit(&doc, |d| w.apply(d, now));
             }
-            self.after_changes(self.hub, None);
+            self.after_changes(h, None);
+            if matches!(decision.action, Action::Wait) {
+                return;
+            }
         }
     }
 

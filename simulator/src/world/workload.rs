@@ -139,9 +139,11 @@ impl World {
                         call,
                         node,
                         seen_at_hub: None,
+                        seen_at_fed: None,
                         done: false,
                         items,
                         quality: None,
+                        fed_quality: None,
                         esc_index: self.escalations.len() - 1,
                     });
                 }
