@@ -27,13 +27,12 @@ use std::path::{Path, PathBuf};
 use automerge::{ActorId, ChangeHash};
 use lru::LruCache;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior, params};
-use serde::{Deserialize, Serialize};
 use sync_protocol::authorship::{self, AuthorKey, Member, PublicKey, Roster, Signature};
 use sync_protocol::blob;
 use sync_protocol::recon::{self, Fingerprint, Item};
 use sync_protocol::rules::Limits;
 use sync_protocol::session::{ModelError, NewSession, SessionDoc, SessionId, SessionView};
-use sync_protocol::vocab::{Channel, Priority, ReceiptLevel, ServiceLine, Side, Status};
+use sync_protocol::vocab::{Priority, ReceiptLevel, ServiceLine, Status};
 use sync_protocol::wire::{DocId, Hash};
 
 use crate::crypto::{CryptoError, Sealer};
@@ -50,6 +49,9 @@ mod schema;
 pub mod space;
 mod sync;
 mod transfer;
+mod types;
+
+pub use types::*;
 
 use audit::*;
 use blobs::*;
@@ -230,199 +232,6 @@ fn sql(context: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
 
 pub(crate) fn model(id: SessionId) -> impl Fn(ModelError) -> StoreError + Copy {
     move |source| StoreError::Model { id, source }
-}
-
-/// What a session list shows without loading the document. The index columns give the id,
-/// status, service line, priority, origin and times; the rest is sealed in the row's card.
-#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SessionCard {
-    /// Session id.
-    pub id: SessionId,
-    /// Current status.
-    pub status: Status,
-    /// Specialty.
-    pub service_line: ServiceLine,
-    /// Priority.
-    pub priority: Priority,
-    /// Channel.
-    pub channel: Channel,
-    /// The question.
-    pub summary: String,
-    /// NHS number, when known.
-    pub nhs_number: Option<String>,
-    /// Node that created it.
-    pub origin: String,
-    /// Creation time.
-    pub created_ms: i64,
-    /// Latest event.
-    pub updated_ms: i64,
-    /// Number of messages.
-    pub messages: usize,
-    /// Number of photos.
-    pub photos: usize,
-    /// Messages and photos that have not yet reached the hub.
-    pub on_device_only: usize,
-    /// How far the latest message has gone (a reply read by the crew shows `read`).
-    pub last_message_receipt: Option<ReceiptLevel>,
-    /// Which side wrote the latest message (so an app words its receipt: "at consultant" for
-    /// the crew's own message, "reply received" for the consultant's).
-    pub last_message_side: Option<Side>,
-}
-
-/// The sealed part of a card: what the index columns must not hold.
-#[derive(Debug, Serialize, Deserialize)]
-struct CardSecret {
-    #[serde(rename = "s")]
-    summary: String,
-    #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
-    nhs_number: Option<String>,
-    #[serde(rename = "c")]
-    channel: Channel,
-    #[serde(rename = "m")]
-    messages: usize,
-    #[serde(rename = "p")]
-    photos: usize,
-    #[serde(rename = "d")]
-    on_device_only: usize,
-    /// Cards written before schema 6 lack it; it is filled at the session's next write.
-    #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
-    last_message_receipt: Option<ReceiptLevel>,
-    /// Cards written before it was kept lack it; it is filled at the session's next write.
-    #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
-    last_message_side: Option<Side>,
-}
-
-impl CardSecret {
-    fn from_view(v: &SessionView) -> Self {
-        CardSecret {
-            summary: v.summary.clone(),
-            nhs_number: v.patient.nhs_number.clone(),
-            channel: v.service.channel,
-            messages: v.messages.len(),
-            photos: v.media.len(),
-            on_device_only: v.messages.iter().filter(|m| m.receipt == ReceiptLevel::Device).count()
-                + v.media.iter().filter(|m| m.receipt == ReceiptLevel::Device).count(),
-            last_message_receipt: v.messages.last().map(|m| m.receipt),
-            last_message_side: v.messages.last().map(|m| m.side),
-        }
-    }
-}
-
-/// A stored blob's description.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlobInfo {
-    /// BLAKE3 hash (hex).
-    pub hash: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// MIME type.
-    pub mime: String,
-    /// Chunks it is cut into.
-    pub chunks: u64,
-    /// Chunks present here.
-    pub chunks_present: u64,
-    /// `complete`, `partial` (being received) or `offloaded` (deleted here once a hub held it).
-    pub state: String,
-}
-
-/// Filters for [`Store::list`].
-#[derive(Debug, Clone, Default)]
-pub struct ListFilter {
-    /// Only this status.
-    pub status: Option<Status>,
-    /// Only this service line.
-    pub service_line: Option<ServiceLine>,
-    /// At most this many, newest first.
-    pub limit: Option<usize>,
-}
-
-/// Counts and sizes for `outpost status`.
-#[derive(utoipa::ToSchema, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoreStats {
-    /// Sessions stored.
-    pub sessions: u64,
-    /// Sessions per status.
-    pub by_status: Vec<(String, u64)>,
-    /// Document changes not yet folded into snapshots.
-    pub log_changes: u64,
-    /// Bytes of those changes (sealed).
-    pub log_bytes: u64,
-    /// Snapshots.
-    pub snapshots: u64,
-    /// Bytes of snapshots (sealed).
-    pub snapshot_bytes: u64,
-    /// Blobs (photos).
-    pub blobs: u64,
-    /// Bytes of blob content.
-    pub blob_bytes: u64,
-    /// Audit entries.
-    pub audit_entries: u64,
-    /// Size of the database file.
-    pub db_file_bytes: u64,
-    /// Size of its write-ahead log.
-    pub wal_file_bytes: u64,
-    /// Schema version.
-    pub schema_version: i64,
-}
-
-/// Photos by what this node holds of them.
-#[derive(utoipa::ToSchema, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PhotoHoldings {
-    /// Held whole here: count and bytes.
-    pub held: (u64, u64),
-    /// Being received: count, and bytes of the whole photos.
-    pub partial: (u64, u64),
-    /// Handed to the hub and deleted here (a thumbnail kept): count and bytes.
-    pub offloaded: (u64, u64),
-}
-
-/// What has not yet left this device: the crew's main question.
-#[derive(utoipa::ToSchema, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Backlog {
-    /// Messages and photos that no other node has confirmed holding.
-    pub items: u64,
-    /// Sessions holding them.
-    pub sessions: u64,
-    /// Bytes of this node's photos that no hub has confirmed holding yet.
-    pub photo_bytes: u64,
-}
-
-/// What this node last knew of its syncs with a peer.
-#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerSync {
-    /// The peer's name.
-    pub peer: String,
-    /// When a conversation last reached the point where everything either side may send had
-    /// been sent and acknowledged (ms since the epoch).
-    pub last_ok_ms: Option<i64>,
-    /// The last failure, and when.
-    pub last_error: Option<(i64, String)>,
-}
-
-/// The result of checking the audit chain.
-#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditCheck {
-    /// Entries checked.
-    pub entries: u64,
-    /// The first entry whose hash does not follow from its predecessor, if any.
-    pub broken_at: Option<u64>,
-}
-
-/// One audit entry, opened.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditEntry {
-    /// Position in the chain.
-    pub seq: u64,
-    /// When.
-    pub at_ms: i64,
-    /// Which node (device).
-    pub node: String,
-    /// What was done.
-    pub action: String,
-    /// To which session.
-    pub session: Option<String>,
-    /// Details (ids and codes, never patient data), when the action has any.
-    pub detail: Option<serde_json::Value>,
 }
 
 struct Cached {
