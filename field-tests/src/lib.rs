@@ -458,7 +458,7 @@ pub struct Intruder {
 
 impl std::fmt::Debug for Intruder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Intruder").field("node", &self.node.config.name).finish_non_exhaustive()
+        f.debug_struct("Intruder").field("node", &self.node.config().name).finish_non_exhaustive()
     }
 }
 
@@ -469,7 +469,7 @@ impl Intruder {
         use outpost_node::{config::NodeDir, net, node::Node};
         let node = Node::open(&NodeDir::new(dir)).unwrap_or_else(|e| panic!("intruder node: {e}"));
         let identity = net::load_identity(&node).unwrap_or_else(|e| panic!("intruder identity: {e}"));
-        let crl = node.store.revocations().ok().flatten().map(|(_, der)| der);
+        let crl = node.revocations().ok().flatten().map(|(_, der)| der);
         let cfg = net::client_config(&identity, crl.as_deref()).unwrap_or_else(|e| panic!("client config: {e}"));
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -519,7 +519,7 @@ impl Intruder {
         let hello = sync_protocol::wire::Frame::Hello(sync_protocol::wire::Hello {
             min_version: sync_protocol::wire::MIN_VERSION,
             max_version: sync_protocol::wire::MAX_VERSION,
-            node: me.node.config.name.clone(),
+            node: me.node.config().name.clone(),
             crl_number: 0,
         });
         me.send(&[hello]);
@@ -604,7 +604,7 @@ impl Intruder {
     ) -> (Vec<u8>, Vec<[u8; 64]>) {
         let changes = doc.automerge().get_changes(before);
         let bytes = changes.iter().flat_map(|c| c.raw_bytes().to_vec()).collect();
-        let sigs = changes.iter().map(|c| self.node.store.sign(&c.hash())).collect();
+        let sigs = changes.iter().map(|c| self.node.raw_store_ref().sign(&c.hash())).collect();
         (bytes, sigs)
     }
 }

@@ -36,8 +36,8 @@ fn main() {
         let ca = outpost_node::tls::CaDir::new(tmp.path().join("ca"));
         ca.init("bench").expect("ca");
         let mut node = Node::open(&dir).expect("open");
-        let issued = ca.issue(&node.config.peer_info(), &node.store.author_public(), 30, false).expect("issue");
-        node.store.set_tls_identity(&issued.cert_pem, &issued.key_pem, &issued.ca_pem).expect("identity");
+        let issued = ca.issue(&node.config().peer_info(), &node.raw_store().author_public(), 30, false).expect("issue");
+        node.raw_store().set_tls_identity(&issued.cert_pem, &issued.key_pem, &issued.ca_pem).expect("identity");
     }
     eprintln!("writing {n} sessions...");
     let mut ids: Vec<SessionId> = Vec::with_capacity(n);
@@ -59,7 +59,7 @@ fn main() {
             ids.push(node.new_session(req, now_ms()).expect("session").id);
         }
         let who = NewPerson { name: "EMIS bridge".into(), role: PersonRole::System, registration: None };
-        node.store.add_person(&who, &Credential::Token, now_ms()).expect("user").1.expect("token")
+        node.raw_store().add_person(&who, &Credential::Token, now_ms()).expect("user").1.expect("token")
     };
 
     // ---------------------------------------------------------------- baseline: in-process
@@ -67,12 +67,12 @@ fn main() {
     let t = Instant::now();
     let rounds = 10;
     for _ in 0..rounds {
-        assert_eq!(node.store.list(&ListFilter::default()).expect("list").len(), n);
+        assert_eq!(node.list(&ListFilter::default()).expect("list").len(), n);
     }
     let base_list_all = rounds as f64 / t.elapsed().as_secs_f64();
     let t = Instant::now();
     for _ in 0..200 {
-        node.store.list(&ListFilter { limit: Some(50), ..ListFilter::default() }).expect("list");
+        node.list(&ListFilter { limit: Some(50), ..ListFilter::default() }).expect("list");
     }
     let base_list_50 = 200.0 / t.elapsed().as_secs_f64();
     let writes = 300;

@@ -31,12 +31,12 @@ fn photo(seed: u64, size: usize) -> Vec<u8> {
 }
 
 /// Stores `photos` chunk by chunk in batches of `batch`; returns MB/s.
-fn run(node: &Node, photos: &[Vec<u8>], batch: usize) -> f64 {
+fn run(node: &mut Node, photos: &[Vec<u8>], batch: usize) -> f64 {
     let started = Instant::now();
     let mut bytes = 0usize;
     for data in photos {
         let m = blob::manifest(data, blob::CHUNK_SIZE).expect("manifest");
-        node.store.store_manifest(&m, 1_790_000_000_000).expect("manifest stored");
+        node.raw_store().store_manifest(&m, 1_790_000_000_000).expect("manifest stored");
         let chunks: Vec<(Hash, u32, Vec<u8>)> =
             data.chunks(blob::CHUNK_SIZE as usize).enumerate().map(|(i, c)| (m.hash, i as u32, c.to_vec())).collect();
         let mut whole = Vec::new();
@@ -44,7 +44,7 @@ fn run(node: &Node, photos: &[Vec<u8>], batch: usize) -> f64 {
             for (_, i, c) in group {
                 blob::verify_chunk(&m, *i, c).expect("chunk verifies");
             }
-            whole.extend(node.store.store_chunks(group).expect("chunks stored"));
+            whole.extend(node.raw_store().store_chunks(group).expect("chunks stored"));
             bytes += group.iter().map(|(_, _, c)| c.len()).sum::<usize>();
         }
         assert_eq!(whole, vec![m.hash], "the photo is whole once, after its last chunk");
@@ -72,9 +72,9 @@ fn main() {
         let params =
             InitParams { name: "hub-qhm".into(), role: Role::Hub, org: None, icb: Some("QHM".into()), lines: vec![] };
         Node::init(&dir, &params, 1_790_000_000_000).expect("init");
-        let node = Node::open(&dir).expect("open");
+        let mut node = Node::open(&dir).expect("open");
         let photos: Vec<Vec<u8>> = (0..n).map(|i| photo(batch as u64 * 1000 + i, 3_000_000)).collect();
-        let rate = run(&node, &photos, batch);
+        let rate = run(&mut node, &photos, batch);
         if batch == 1 {
             base = rate;
         }

@@ -164,7 +164,7 @@ fn main() {
     let mut list_rate = 0.0f64;
     for _ in 0..3 {
         let t = Instant::now();
-        let cards = node.store.list(&ListFilter::default()).expect("list");
+        let cards = node.list(&ListFilter::default()).expect("list");
         assert_eq!(cards.len(), n);
         list_rate = list_rate.max(n as f64 / t.elapsed().as_secs_f64());
     }
@@ -183,7 +183,7 @@ fn main() {
     let db = dir.db_path();
     let as_written = file_size(&db) + file_size(&wal_path(&db));
     let base_written = file_size(&base_path) + file_size(&wal_path(&base_path));
-    node.store.checkpoint().expect("checkpoint");
+    node.raw_store().checkpoint().expect("checkpoint");
     if std::env::var_os("BENCH_DBSTAT").is_some() {
         let conn = rusqlite::Connection::open(&db).expect("open for dbstat");
         let mut stmt = conn

@@ -215,16 +215,18 @@ async fn baseline(client: &mut Side, server: Side, client_id: &Identity, server_
 
 fn load_all(dir: &NodeDir) -> HashMap<DocId, AutoCommit> {
     let mut node = Node::open(dir).expect("open");
-    let ids: Vec<SessionId> = node.store.list(&Default::default()).expect("list").into_iter().map(|c| c.id).collect();
+    let ids: Vec<SessionId> = node.list(&Default::default()).expect("list").into_iter().map(|c| c.id).collect();
     ids.into_iter()
-        .map(|id| (id.to_bytes(), AutoCommit::load(&node.store.export_automerge(id).expect("export")).expect("load")))
+        .map(|id| {
+            (id.to_bytes(), AutoCommit::load(&node.raw_store().export_automerge(id).expect("export")).expect("load"))
+        })
         .collect()
 }
 
 fn reload(side: &mut Side, dir: &NodeDir, ids: &[SessionId]) {
     let mut node = Node::open(dir).expect("open");
     for id in ids {
-        let bytes = node.store.export_automerge(*id).expect("export");
+        let bytes = node.raw_store().export_automerge(*id).expect("export");
         let doc = side.docs.get_mut(&id.to_bytes()).expect("doc");
         doc.load_incremental(&bytes).expect("reload");
     }
@@ -296,9 +298,11 @@ fn start_hub(rt: &tokio::runtime::Runtime, dir: &NodeDir) -> (Daemon, SocketAddr
 
 fn hub_docs(rt: &tokio::runtime::Runtime, hub: &Daemon) -> HashMap<DocId, AutoCommit> {
     rt.block_on(hub.with_node(|n| {
-        let ids: Vec<SessionId> = n.store.list(&Default::default()).expect("list").into_iter().map(|c| c.id).collect();
+        let ids: Vec<SessionId> = n.list(&Default::default()).expect("list").into_iter().map(|c| c.id).collect();
         ids.into_iter()
-            .map(|id| (id.to_bytes(), AutoCommit::load(&n.store.export_automerge(id).expect("export")).expect("load")))
+            .map(|id| {
+                (id.to_bytes(), AutoCommit::load(&n.raw_store().export_automerge(id).expect("export")).expect("load"))
+            })
             .collect::<HashMap<_, _>>()
     }))
     .expect("hub docs")
@@ -478,8 +482,8 @@ fn main() {
     // Both sides hold every document but have lost what they knew of each other (restored from
     // backups, say): range reconciliation finds that nothing differs.
     eprintln!("no peer state on either side, documents equal...");
-    Node::open(&edge).expect("open").store.forget_peer("hub-qhm").expect("forget");
-    rt.block_on(hub.with_node(|n| n.store.forget_peer("amb-07"))).expect("hub").expect("forget");
+    Node::open(&edge).expect("open").raw_store().forget_peer("hub-qhm").expect("forget");
+    rt.block_on(hub.with_node(|n| n.raw_store().forget_peer("amb-07"))).expect("hub").expect("forget");
     let (lost, lost_cpu) = rt.block_on(ours(&edge, hub_addr));
     rows.push(Row {
         case: format!("no peer state, {n} equal sessions"),
@@ -534,9 +538,8 @@ fn main() {
     let h2 = hash.clone();
     loop {
         let h = h2.clone();
-        let have = rt
-            .block_on(hub.with_node(move |n| n.store.blob_info(&h).map(|b| b.chunks_present).unwrap_or(0)))
-            .expect("hub");
+        let have =
+            rt.block_on(hub.with_node(move |n| n.blob_info(&h).map(|b| b.chunks_present).unwrap_or(0))).expect("hub");
         if have >= half {
             break;
         }
@@ -551,9 +554,8 @@ fn main() {
         Ok(r) => r.stats.chunks_sent,
     };
     let h3 = hash.clone();
-    let stored_at_drop = rt
-        .block_on(hub.with_node(move |n| n.store.blob_info(&h3).map(|b| b.chunks_present).unwrap_or(0)))
-        .expect("hub");
+    let stored_at_drop =
+        rt.block_on(hub.with_node(move |n| n.blob_info(&h3).map(|b| b.chunks_present).unwrap_or(0))).expect("hub");
     link.set_up(true);
     let resumed = rt.block_on(async {
         let node = Node::open(&edge).expect("open");

@@ -80,9 +80,9 @@ pub fn backup(dir: &NodeDir, out: &Path, now: i64) -> Result<BackupReport, NodeE
     partial.push(".partial");
     let partial = PathBuf::from(partial);
     let _ = fs::remove_file(&partial);
-    node.store.backup_into(&partial)?;
-    let sessions = node.store.stats()?.sessions;
-    let key_id = node.config.key_id.clone();
+    node.backup_into(&partial)?;
+    let sessions = node.stats()?.sessions;
+    let key_id = node.config().key_id.clone();
     // The node stays open (its store lock shared) until the copy is whole: no key rotation can
     // run meanwhile, so the copy, its key id and the carried node.toml agree.
     let result = (|| {
@@ -272,7 +272,7 @@ pub fn restore(from: &Path, dir: &NodeDir, key_file: Option<&Path>) -> Result<Re
         created.push(dir.db_path());
         sync_parent(&dir.db_path())?;
         let node = Node::open(dir)?;
-        node.store.integrity_check()?;
+        node.integrity_check()?;
         Ok(())
     })();
     if let Err(e) = result {
@@ -283,6 +283,6 @@ pub fn restore(from: &Path, dir: &NodeDir, key_file: Option<&Path>) -> Result<Re
         return Err(e);
     }
     let node = Node::open(dir)?;
-    let sessions = node.store.stats()?.sessions;
+    let sessions = node.stats()?.sessions;
     Ok(RestoreReport { node: cfg.name, dir: dir.root().to_path_buf(), sessions, taken_ms })
 }

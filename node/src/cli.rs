@@ -176,7 +176,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if json.json {
                 print_json(&st)?;
             } else {
-                let c = &node.config;
+                let c = &node.config();
                 println!(
                     "{} ({} node{}{})",
                     c.name,
@@ -204,7 +204,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     bytes(photos.offloaded.1),
                     photos.partial.0
                 );
-                if node.config.role == Role::Edge {
+                if node.config().role == Role::Edge {
                     println!(
                         "not yet left this device: {} messages and photos in {} sessions, {} of photos",
                         backlog.items,
@@ -250,7 +250,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             // The whole file, page by page: a damaged store is said, and the exit is non-zero.
-            match node.store.integrity_check() {
+            match node.integrity_check() {
                 Ok(()) if !json.json => println!("store: SQLite integrity check passed"),
                 Ok(()) => {}
                 Err(e) => {
@@ -263,7 +263,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Audit(AuditCommand::Verify { dir, json }) => {
             let node = open(&dir)?;
-            node.store.integrity_check()?;
+            node.integrity_check()?;
             let check = node.verify_audit()?;
             if json.json {
                 print_json(&check)?;
@@ -350,7 +350,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cert(CertCommand::Request { dir, out }) => {
             let mut node = open(&dir)?;
             let (csr, fingerprint) = node.request_certificate()?;
-            let out = out.unwrap_or_else(|| dir.dir.join(format!("{}.csr", node.config.name)));
+            let out = out.unwrap_or_else(|| dir.dir.join(format!("{}.csr", node.config().name)));
             write_file(&out, csr.as_bytes())?;
             println!(
                 "certificate request for {} written to {}; its key stays in this node's store.\n\
@@ -358,7 +358,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                  install what it signs.\n\
                  On the CA's machine: outpost ca sign --ca CA_DIR {}\n\
                  Then here: outpost cert install --dir {} SIGNED.pem",
-                node.config.name,
+                node.config().name,
                 out.display(),
                 hex::encode(node.author_public()),
                 out.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
@@ -370,7 +370,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let chain = std::fs::read_to_string(&file)
                 .map_err(|e| InputError(format!("cannot read the signed certificate {}: {e}", file.display())))?;
             let until = node.install_signed(&chain)?;
-            if let Some((cert, _, ca)) = node.store.tls_identity()? {
+            if let Some((cert, _, ca)) = node.tls_identity()? {
                 let tls_dir = dir.dir.join("tls");
                 std::fs::create_dir_all(&tls_dir)?;
                 std::fs::write(tls_dir.join("node.crt"), cert)?;
@@ -378,7 +378,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             println!(
                 "certificate installed for {}: valid until {} (restart a running daemon to use it)",
-                node.config.name,
+                node.config().name,
                 time(until)
             );
         }
@@ -473,7 +473,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = crate::settings::Settings::load(&dir.dir, &flags)?;
             init_daemon_logging(&settings);
             let node = open(&dir)?;
-            if let Some((cert, _, _)) = node.store.tls_identity()? {
+            if let Some((cert, _, _)) = node.tls_identity()? {
                 let left = crate::tls::not_after_ms(&cert)? - now_ms();
                 if left < RENEW_AHEAD_MS {
                     tracing::warn!(

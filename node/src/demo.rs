@@ -299,15 +299,15 @@ fn offline_day(root: &Path) -> anyhow::Result<()> {
         println!("  {line}");
     }
 
-    let stats = day.node.store.stats()?;
+    let stats = day.node.stats()?;
     let files = [dir.db_path(), wal_path(&dir.db_path())];
     let mut needles: Vec<Vec<u8>> = day.nhs_numbers.iter().map(|n| n.as_bytes().to_vec()).collect();
     needles.extend(day.texts.iter().map(|t| t.as_bytes()[..t.len().min(24)].to_vec()));
     let refs: Vec<&[u8]> = needles.iter().map(Vec::as_slice).collect();
     let found: usize = scan_files(&files, &refs)?.iter().sum();
     let audit = day.node.verify_audit()?;
-    let automerge = day.node.store.export_automerge(skin.id)?;
-    let json = serde_json::to_vec(&day.node.store.view(skin.id)?)?;
+    let automerge = day.node.export(skin.id, crate::node::ExportFormat::Automerge, now_ms())?;
+    let json = serde_json::to_vec(&day.node.view(skin.id)?)?;
 
     let mut lat = day.latencies.clone();
     lat.sort_by(f64::total_cmp);

@@ -36,7 +36,6 @@ use sync_protocol::wire::{CloseCode, DocId, Frame, FrameDecoder, Lane};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::node::{Node, now_ms};
-use crate::replica::NodeReplica;
 use crate::store::{ListFilter, StoreError};
 use crate::tls::{self, Identity, SERVER_NAME, TlsError};
 pub use congestion::{CONGESTION_ENV, Congestion, set_congestion};
@@ -222,7 +221,7 @@ impl Shared {
     /// revocation list and change channel (`changes` notices buffered), with these limits.
     fn new(node: Node, changes: usize, limits: crate::settings::Limits) -> Result<Arc<Shared>, NetError> {
         let identity = load_identity(&node)?;
-        let crl = node.store.revocations()?.map(|(_, d)| d);
+        let crl = node.revocations()?.map(|(_, d)| d);
         let store = StoreHandle::spawn(node);
         Ok(Arc::new(Shared {
             store,

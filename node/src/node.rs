@@ -24,6 +24,7 @@ use crate::store::{BlobInfo, ClientKey, ListFilter, Store, StoreError, StoreOpti
 
 mod calls;
 mod facade;
+mod infra;
 mod requests;
 
 pub use calls::Routed;
@@ -124,11 +125,12 @@ fn sync_dir(dir: &NodeDir) -> Result<(), NodeError> {
 #[derive(Debug)]
 pub struct Node {
     /// Its directory.
-    pub dir: NodeDir,
+    dir: NodeDir,
     /// Its configuration.
-    pub config: NodeConfig,
-    /// Its store.
-    pub store: Store,
+    config: NodeConfig,
+    /// Its store: reached only through the node's methods (and [`Node::raw_store`], for the
+    /// store's own tests, benchmarks and attack tests).
+    store: Store,
     /// The person acting through this node now (the local API sets it around each request).
     acting: Option<crate::store::people::Person>,
     /// The store lock (`store.lock`), held while the node is open.

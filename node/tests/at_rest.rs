@@ -66,7 +66,7 @@ fn neither_the_database_nor_its_wal_holds_an_nhs_number_or_message_text_in_the_c
         scope: ConsentScope::RecordOnly,
     };
     node.attach_photo(ids[0], &photo, &req, 1_790_000_002_000).unwrap();
-    let stats = node.store.stats().unwrap();
+    let stats = node.stats().unwrap();
     assert!(stats.snapshots > 0, "compaction ran, so snapshots are checked too");
     assert!(stats.wal_file_bytes > 0, "the WAL is checked while it holds the writes");
 
@@ -77,7 +77,7 @@ fn neither_the_database_nor_its_wal_holds_an_nhs_number_or_message_text_in_the_c
     assert_eq!(scan_files(&files, &needles).unwrap(), vec![0; needles.len()], "open store, WAL present");
 
     // And once everything is checkpointed into the main file.
-    node.store.checkpoint().unwrap();
+    node.raw_store().checkpoint().unwrap();
     drop(node);
     assert_eq!(scan_files(&files, &needles).unwrap(), vec![0; needles.len()], "after checkpoint and close");
 

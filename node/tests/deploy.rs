@@ -250,7 +250,7 @@ fn a_rotation_stopped_at_each_step_is_finished_or_rolled_back_by_the_next_open()
             std::fs::set_permissions(dir.new_key_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
         }
         if matches!(stop_after, "store re-sealed" | "node.toml written") {
-            node.store.reseal(Sealer::new(&new), &old.id(), &new.id(), now_ms()).unwrap();
+            node.raw_store().reseal(Sealer::new(&new), &old.id(), &new.id(), now_ms()).unwrap();
         }
         if stop_after == "node.toml written" {
             let mut cfg = dir.read_config().unwrap();

@@ -34,8 +34,8 @@ fn dermatology(hours: &str, desks: &[&str]) -> LineEntry {
 }
 
 fn whole_directory(hub: &mut Node) -> Vec<u8> {
-    let me = hub.config.peer_info();
-    hub.store.directory_changes_since(&me, &directory_id("QHM"), &[]).unwrap()
+    let me = hub.config().peer_info();
+    hub.raw_store().directory_changes_since(&me, &directory_id("QHM"), &[]).unwrap()
 }
 
 #[test]
@@ -47,13 +47,13 @@ fn an_edge_and_a_desk_take_the_directory_from_their_hub_and_keep_it_across_resta
     hub.set_line(dermatology("mon-fri 08:00-18:30", &["desk-derm-1", "desk-derm-2"]), T).unwrap();
     let bytes = whole_directory(&mut hub);
     let id = directory_id("QHM");
-    let from = hub.config.peer_info();
+    let from = hub.config().peer_info();
     for n in [&mut amb, &mut desk] {
-        let me = n.config.peer_info();
-        let (applied, changed) = n.store.apply_directory(&me, &from, &id, &bytes, T).unwrap();
+        let me = n.config().peer_info();
+        let (applied, changed) = n.raw_store().apply_directory(&me, &from, &id, &bytes, T).unwrap();
         assert!(matches!(applied, Applied::Stored { .. }) && changed, "{applied:?}");
         // The same bytes again change nothing.
-        let (_, changed) = n.store.apply_directory(&me, &from, &id, &bytes, T).unwrap();
+        let (_, changed) = n.raw_store().apply_directory(&me, &from, &id, &bytes, T).unwrap();
         assert!(!changed);
     }
     drop(amb);
@@ -77,26 +77,31 @@ fn a_directory_from_anyone_but_the_icbs_hub_is_refused_and_nothing_is_stored() {
     let refused = |a: &Applied| matches!(a, Applied::Refused { .. });
 
     // An edge relaying (or forging) the directory to a desk.
-    let (a, _) = desk.store.apply_directory(&desk.config.peer_info(), &amb.config.peer_info(), &id, &bytes, T).unwrap();
+    let info_desk = desk.config().peer_info();
+    let info_amb = amb.config().peer_info();
+    let (a, _) = desk.raw_store().apply_directory(&info_desk, &info_amb, &id, &bytes, T).unwrap();
     assert!(refused(&a), "{a:?}");
     // Anyone sending it to the hub: the hub is its only author.
-    let hub_me = hub.config.peer_info();
-    let (a, _) = hub.store.apply_directory(&hub_me, &amb.config.peer_info(), &id, &bytes, T).unwrap();
+    let hub_me = hub.config().peer_info();
+    let (a, _) = hub.raw_store().apply_directory(&hub_me, &amb.config().peer_info(), &id, &bytes, T).unwrap();
     assert!(refused(&a), "{a:?}");
     // Another ICB's hub, or QHM's directory at an edge of another ICB.
-    let (a, _) =
-        amb.store.apply_directory(&amb.config.peer_info(), &far_hub.config.peer_info(), &id, &bytes, T).unwrap();
+    let info_amb = amb.config().peer_info();
+    let info_far_hub = far_hub.config().peer_info();
+    let (a, _) = amb.raw_store().apply_directory(&info_amb, &info_far_hub, &id, &bytes, T).unwrap();
     assert!(refused(&a), "{a:?}");
-    let (a, _) = far_edge.store.apply_directory(&far_edge.config.peer_info(), &hub_me, &id, &bytes, T).unwrap();
+    let info_far_edge = far_edge.config().peer_info();
+    let (a, _) = far_edge.raw_store().apply_directory(&info_far_edge, &hub_me, &id, &bytes, T).unwrap();
     assert!(refused(&a), "{a:?}");
     // A directory claiming another ICB under QHM's id.
     let mut forged = DirectoryDoc::create("QOX", automerge::ActorId::from(vec![9u8; 16]), T).unwrap();
     forged.set_line(&dermatology("24/7", &["desk-evil"]), T).unwrap();
-    let (a, _) = amb.store.apply_directory(&amb.config.peer_info(), &hub_me, &id, &forged.save(), T).unwrap();
+    let info_amb = amb.config().peer_info();
+    let (a, _) = amb.raw_store().apply_directory(&info_amb, &hub_me, &id, &forged.save(), T).unwrap();
     assert!(refused(&a), "{a:?}");
     // Garbage.
-    let (a, _) =
-        amb.store.apply_directory(&amb.config.peer_info(), &hub_me, &id, b"\x85o\x4a\x83 not automerge", T).unwrap();
+    let info_amb = amb.config().peer_info();
+    let (a, _) = amb.raw_store().apply_directory(&info_amb, &hub_me, &id, b"\x85o\x4a\x83 not automerge", T).unwrap();
     assert!(refused(&a), "{a:?}");
     assert!(desk.directory().unwrap().is_none());
     assert!(amb.directory().unwrap().is_none());
@@ -132,13 +137,13 @@ fn escalated_at_hub(amb: &mut Node, hub: &mut Node) -> sync_protocol::SessionId 
     };
     let id = amb.new_session(req, T).unwrap().id;
     amb.escalate(id, T + 1).unwrap();
-    let (me, from) = (hub.config.peer_info(), amb.config.peer_info());
-    let out = amb.store.changes_since(&me, &id.to_bytes(), &[]).unwrap().unwrap();
+    let (me, from) = (hub.config().peer_info(), amb.config().peer_info());
+    let out = amb.raw_store().changes_since(&me, &id.to_bytes(), &[]).unwrap().unwrap();
     // The hub knows the ambulance as a fleet member (here without a certificate).
-    let member = Member { info: from.clone(), key: amb.store.author_public() };
-    hub.store.add_member(member, b"test member").unwrap();
+    let member = Member { info: from.clone(), key: amb.raw_store().author_public() };
+    hub.raw_store().add_member(member, b"test member").unwrap();
     let inc = Incoming { doc: id.to_bytes(), bytes: out.bytes, sigs: out.sigs };
-    let (applied, _) = hub.store.apply_remote(&me, &from, &[inc], T + 2).unwrap();
+    let (applied, _) = hub.raw_store().apply_remote(&me, &from, &[inc], T + 2).unwrap();
     assert!(matches!(applied[0], Applied::Stored { .. }), "{applied:?}");
     id
 }
@@ -151,8 +156,8 @@ fn the_router_offers_a_callback_when_the_hubs_directory_says_the_line_is_closed(
     // The ambulance's copy says the line is open around the clock (stale): it does not count.
     hub.set_line(dermatology("24/7", &["desk-derm-1"]), T - 10_000).unwrap();
     let bytes = whole_directory(&mut hub);
-    let me = amb.config.peer_info();
-    amb.store.apply_directory(&me, &hub.config.peer_info(), &directory_id("QHM"), &bytes, T).unwrap();
+    let me = amb.config().peer_info();
+    amb.raw_store().apply_directory(&me, &hub.config().peer_info(), &directory_id("QHM"), &bytes, T).unwrap();
     // Since then the hub has closed the line at weekends and evenings; now is 13:00 BST Wednesday.
     hub.set_line(dermatology("sat,sun 09:00-17:00", &["desk-derm-1"]), T - 5_000).unwrap();
     let id = escalated_at_hub(&mut amb, &mut hub);
@@ -163,7 +168,7 @@ fn the_router_offers_a_callback_when_the_hubs_directory_says_the_line_is_closed(
         }
         other => panic!("expected a callback, got {other:?}"),
     }
-    let log = hub.store.view(id).unwrap().routing;
+    let log = hub.view(id).unwrap().routing;
     assert!(log.iter().any(|e| e.get("kind") == Some(&LogValue::Str("callback".into()))), "{log:?}");
 }
 
@@ -200,7 +205,7 @@ fn a_line_closed_here_hands_the_call_to_its_federated_hub_after_the_link_gate() 
     let routed = hub.route_call(id, Some(&good), T + 2, T + 5).unwrap().unwrap();
     assert_eq!(routed.action, Action::Federate { hub: "hub-qox".into() });
     assert!(routed.wrote);
-    let view = hub.store.view(id).unwrap();
+    let view = hub.view(id).unwrap();
     assert!(view.shared_with.contains(&"hub-qox".to_string()), "shared with the federated hub in the same write");
     assert!(view.routing.iter().any(|e| e.get("kind") == Some(&LogValue::Str("federate".into()))));
     // From now on the other hub routes it; this one waits.
@@ -220,8 +225,10 @@ fn one_step_of_a_peers_frames_is_bounded_and_what_is_left_is_taken_in_the_next()
     let limits = sync_protocol::rules::Limits { max_batch_ops: 100, ..Default::default() };
     let opts = outpost_node::store::StoreOptions { limits, ..Default::default() };
     let mut hub = Node::open_with(&dir, opts).unwrap();
-    let (me, from) = (hub.config.peer_info(), amb.config.peer_info());
-    hub.store.add_member(Member { info: from.clone(), key: amb.store.author_public() }, b"test member").unwrap();
+    let (me, from) = (hub.config().peer_info(), amb.config().peer_info());
+    hub.raw_store()
+        .add_member(Member { info: from.clone(), key: amb.raw_store().author_public() }, b"test member")
+        .unwrap();
     let mut batch = Vec::new();
     for i in 0..6 {
         let req = SessionRequest {
@@ -233,10 +240,10 @@ fn one_step_of_a_peers_frames_is_bounded_and_what_is_left_is_taken_in_the_next()
             draft: false,
         };
         let id = amb.new_session(req, T + i).unwrap().id;
-        let out = amb.store.changes_since(&me, &id.to_bytes(), &[]).unwrap().unwrap();
+        let out = amb.raw_store().changes_since(&me, &id.to_bytes(), &[]).unwrap().unwrap();
         batch.push(Incoming { doc: id.to_bytes(), bytes: out.bytes, sigs: out.sigs });
     }
-    let (applied, _) = hub.store.apply_remote(&me, &from, &batch, T + 10).unwrap();
+    let (applied, _) = hub.raw_store().apply_remote(&me, &from, &batch, T + 10).unwrap();
     let stored = applied.iter().filter(|a| matches!(a, Applied::Stored { .. })).count();
     let busy: Vec<&Incoming> = batch
         .iter()
@@ -247,6 +254,6 @@ fn one_step_of_a_peers_frames_is_bounded_and_what_is_left_is_taken_in_the_next()
     assert!(stored >= 1 && !busy.is_empty() && stored + busy.len() == 6, "{applied:?}");
     // The next step takes the rest.
     let rest: Vec<Incoming> = busy.into_iter().cloned().collect();
-    let (again, _) = hub.store.apply_remote(&me, &from, &rest, T + 20).unwrap();
+    let (again, _) = hub.raw_store().apply_remote(&me, &from, &rest, T + 20).unwrap();
     assert!(again.iter().any(|a| matches!(a, Applied::Stored { .. })), "{again:?}");
 }

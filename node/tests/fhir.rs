@@ -466,14 +466,20 @@ fn each_node_exports_only_what_it_holds_with_offloaded_photos_as_references() {
 
     // A session held here that this node may no longer hold (its lines changed since) does not
     // leave it, in any format.
-    let mut node = outpost_node::node::Node::open(&outpost_node::config::NodeDir::new(&desk)).unwrap();
-    node.config.lines = vec![ServiceLine::Cardiology];
+    let dir = outpost_node::config::NodeDir::new(&desk);
+    let config = std::fs::read_to_string(dir.config_path()).unwrap();
+    let moved = config.replace("\"dermatology\"", "\"cardiology\"");
+    assert_ne!(config, moved, "the desk's config names its line");
+    std::fs::write(dir.config_path(), &moved).unwrap();
+    let mut node = outpost_node::node::Node::open(&dir).unwrap();
+    assert_eq!(node.config().lines, vec![ServiceLine::Cardiology]);
     let id: SessionId = derm.parse().unwrap();
     for (_, format) in outpost_node::node::ExportFormat::ALL {
         let r = node.export(id, format, T0);
         assert!(matches!(r, Err(outpost_node::node::NodeError::OutOfScope { .. })), "{format:?}: {r:?}");
     }
     drop(node);
+    std::fs::write(dir.config_path(), &config).unwrap();
 
     // A letter for the practice, from the desk.
     let letter = ok(&["session", "export", "--dir", &d(&desk), &derm, "--format", "letter"]);

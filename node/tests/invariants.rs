@@ -3,6 +3,10 @@
 //! another process (the daemon and the CLI share a node) wrote between its read and its write.
 //! Deferred transactions are for reads only; single-statement writes are their own
 //! (autocommit) transaction.
+//!
+//! And the node's: `Node` is the only way in. Its store is a private field; the one way past
+//! it (`Node::raw_store`, for the store's own tests, benchmarks and attack tests) is called
+//! nowhere in the crate's source outside `node`, but in the demo's stolen-tablet scene.
 
 use std::path::Path;
 
@@ -44,4 +48,33 @@ fn every_multi_statement_store_write_begins_immediate() {
          TransactionBehavior::Immediate, or label a read-only one \"starting a read\"):\n{}",
         offences.join("\n")
     );
+}
+
+#[test]
+fn nothing_in_the_crate_reaches_past_the_node_to_its_store() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    // The stolen-tablet scene plays the attacker and the wire: it signs a forged change with
+    // the ambulance's own key and hands it straight to the hub's store.
+    let allowed = [src.join("node.rs"), src.join("node"), src.join("demo").join("fleet.rs")];
+    let mut offences = Vec::new();
+    let mut node_fields = 0;
+    for path in &files {
+        let text = std::fs::read_to_string(path).expect("readable");
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if path.ends_with("node.rs")
+                && (code.contains("    store: Store,") || code.contains("    config: NodeConfig,"))
+            {
+                node_fields += 1;
+                assert!(!code.contains("pub"), "{}:{}: a public field of Node: {line}", path.display(), n + 1);
+            }
+            if code.contains("raw_store") && !allowed.iter().any(|a| path.starts_with(a)) {
+                offences.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert_eq!(node_fields, 2, "Node's store and config fields were found (and are private)");
+    assert!(offences.is_empty(), "reaching past Node to its store:\n{}", offences.join("\n"));
 }

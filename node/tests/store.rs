@@ -48,13 +48,13 @@ fn compaction_folds_the_log_into_a_snapshot_without_losing_anything() {
     for i in 0..10 {
         node.send_message(id, &format!("message {i}"), None, T + i).unwrap();
     }
-    let stats = node.store.stats().unwrap();
+    let stats = node.stats().unwrap();
     assert_eq!(stats.snapshots, 1);
     assert!(stats.log_changes < 4, "log folded: {} changes left", stats.log_changes);
     drop(node);
     // A fresh process reads snapshot + log and sees every message in order.
     let mut node = Node::open(&dir).unwrap();
-    let texts: Vec<String> = node.store.view(id).unwrap().messages.into_iter().map(|m| m.text).collect();
+    let texts: Vec<String> = node.view(id).unwrap().messages.into_iter().map(|m| m.text).collect();
     assert_eq!(texts, (0..10).map(|i| format!("message {i}")).collect::<Vec<_>>());
 }
 
@@ -73,7 +73,7 @@ fn two_writers_on_one_node_see_each_others_changes() {
         w.send_message(id, &format!("{name}{i}"), None, T + i).unwrap();
     }
     for n in [&mut a, &mut b] {
-        let texts: Vec<String> = n.store.view(id).unwrap().messages.into_iter().map(|m| m.text).collect();
+        let texts: Vec<String> = n.view(id).unwrap().messages.into_iter().map(|m| m.text).collect();
         assert_eq!(texts, ["a0", "b1", "a2", "b3", "a4", "b5", "a6", "b7", "a8"]);
     }
 }
@@ -92,17 +92,17 @@ fn listing_reads_cards_not_documents_and_filters_by_index_columns() {
         ids.push(node.new_session(req, T + i).unwrap().id);
     }
     node.set_status(ids[4], Status::Closed, T + 100).unwrap();
-    let all = node.store.list(&ListFilter::default()).unwrap();
+    let all = node.list(&ListFilter::default()).unwrap();
     assert_eq!(all.len(), 30);
     assert_eq!(all[0].id, ids[4], "newest activity first");
     let cardio =
-        node.store.list(&ListFilter { service_line: Some(ServiceLine::Cardiology), ..ListFilter::default() }).unwrap();
+        node.list(&ListFilter { service_line: Some(ServiceLine::Cardiology), ..ListFilter::default() }).unwrap();
     assert_eq!(cardio.len(), 10);
-    let closed = node.store.list(&ListFilter { status: Some(Status::Closed), ..ListFilter::default() }).unwrap();
+    let closed = node.list(&ListFilter { status: Some(Status::Closed), ..ListFilter::default() }).unwrap();
     assert_eq!(closed.len(), 1);
     // Every document can still be read, through a cache of four.
     for (i, id) in ids.iter().enumerate() {
-        assert_eq!(node.store.view(*id).unwrap().summary, format!("session {i}"));
+        assert_eq!(node.view(*id).unwrap().summary, format!("session {i}"));
     }
 }
 
@@ -122,7 +122,7 @@ fn a_tampered_change_is_refused_not_silently_read() {
     assert!(changed > 0);
     drop(conn);
     let mut node = Node::open(&dir).unwrap();
-    let err = node.store.view(id).unwrap_err();
+    let err = node.view(id).unwrap_err();
     assert!(matches!(err, StoreError::Crypto(_)), "{err}");
     assert!(err.to_string().contains("failed to decrypt"), "{err}");
 }
@@ -158,10 +158,10 @@ fn a_failed_edit_leaves_the_document_as_it_was() {
     let err = node.send_message(id, "   ", None, T + 3).unwrap_err();
     assert!(err.to_string().contains("must not be empty"), "{err}");
     node.send_message(id, "fine", None, T + 4).unwrap();
-    let v = node.store.view(id).unwrap();
+    let v = node.view(id).unwrap();
     assert_eq!(v.status, Status::Responded);
     assert_eq!(v.messages.len(), 1);
-    assert_eq!(node.store.verify_audit().unwrap().broken_at, None);
+    assert_eq!(node.raw_store().verify_audit().unwrap().broken_at, None);
 }
 
 /// The sums a Summary sends and the delta a reconnect sends are kept up to date per write:
@@ -214,7 +214,7 @@ fn kept_reconciliation_sums_and_deltas_equal_a_full_scan_after_every_write() {
                 5 if !ids.is_empty() => {
                     let i = rng.random_range(0..ids.len());
                     let id = ids[i];
-                    node.store
+                    node.raw_store()
                         .edit(id, "session.share", None, now, |_, doc| {
                             doc.share_with("surgery-40", now).map_err(|source| StoreError::Model { id, source })
                         })
@@ -229,28 +229,31 @@ fn kept_reconciliation_sums_and_deltas_equal_a_full_scan_after_every_write() {
                         let heads = match rng.random_range(0..3) {
                             0 if !past[i].is_empty() => past[i][rng.random_range(0..past[i].len())].clone(),
                             1 => Vec::new(),
-                            _ => node.store.heads_of(&ids[i].to_bytes()).unwrap().unwrap(),
+                            _ => node.raw_store().heads_of(&ids[i].to_bytes()).unwrap().unwrap(),
                         };
                         updates.push((ids[i].to_bytes(), Knowledge { heads, shared: Vec::new() }));
                     }
-                    node.store.set_knowledge(p, &updates).unwrap();
+                    node.raw_store().set_knowledge(p, &updates).unwrap();
                 }
                 10 | 11 => {
                     // A whole sync: the peer confirms our heads of everything it may see.
                     let p = &peers[rng.random_range(0..peers.len())];
                     let updates: Vec<_> = node
-                        .store
+                        .raw_store()
                         .items_for(p)
                         .unwrap()
                         .iter()
                         .map(|i| {
                             (
                                 i.id,
-                                Knowledge { heads: node.store.heads_of(&i.id).unwrap().unwrap(), shared: Vec::new() },
+                                Knowledge {
+                                    heads: node.raw_store().heads_of(&i.id).unwrap().unwrap(),
+                                    shared: Vec::new(),
+                                },
                             )
                         })
                         .collect();
-                    node.store.set_knowledge(p, &updates).unwrap();
+                    node.raw_store().set_knowledge(p, &updates).unwrap();
                 }
                 9 => {
                     drop(node);
@@ -259,26 +262,31 @@ fn kept_reconciliation_sums_and_deltas_equal_a_full_scan_after_every_write() {
                 _ => {}
             }
             for (i, id) in ids.iter().enumerate() {
-                let heads = node.store.heads_of(&id.to_bytes()).unwrap().unwrap();
+                let heads = node.raw_store().heads_of(&id.to_bytes()).unwrap().unwrap();
                 if past[i].last() != Some(&heads) {
                     past[i].push(heads);
                 }
             }
             for p in &peers {
-                let items = node.store.items_for(p).unwrap();
+                let items = node.raw_store().items_for(p).unwrap();
                 let full = (items.len() as u64, Fingerprint::of_all(&items));
-                assert_eq!(node.store.summary_for(p).unwrap(), full, "seed {seed} step {step}: sums for {}", p.name);
+                assert_eq!(
+                    node.raw_store().summary_for(p).unwrap(),
+                    full,
+                    "seed {seed} step {step}: sums for {}",
+                    p.name
+                );
                 let mut want = Vec::new();
                 for item in &items {
-                    let known = node.store.knowledge(p, &item.id).unwrap().map(|k| digest(&k.heads));
+                    let known = node.raw_store().knowledge(p, &item.id).unwrap().map(|k| digest(&k.heads));
                     if known != Some(item.digest) {
-                        want.push((item.id, node.store.heads_of(&item.id).unwrap().unwrap()));
+                        want.push((item.id, node.raw_store().heads_of(&item.id).unwrap().unwrap()));
                     }
                 }
                 // Twice: the second call reads from the moved mark.
                 for round in 0..2 {
                     assert_eq!(
-                        node.store.delta_for(p).unwrap(),
+                        node.raw_store().delta_for(p).unwrap(),
                         want,
                         "seed {seed} step {step} round {round}: delta for {}",
                         p.name
@@ -301,7 +309,7 @@ fn known_changes_are_answered_from_the_index_and_the_document_alike() {
     let other = node.new_session(request("another"), T).unwrap().id;
     node.send_message(id, "first", None, T + 1).unwrap();
     node.send_message(id, "second", None, T + 2).unwrap();
-    let doc = automerge::AutoCommit::load(&node.store.export_automerge(id).unwrap()).unwrap();
+    let doc = automerge::AutoCommit::load(&node.raw_store().export_automerge(id).unwrap()).unwrap();
     let mut doc = doc;
     let heads: Vec<[u8; 32]> = doc.get_heads().iter().map(|h| h.0).collect();
     let all: Vec<[u8; 32]> = doc.get_changes(&[]).iter().map(|c| c.hash().0).collect();
@@ -309,7 +317,7 @@ fn known_changes_are_answered_from_the_index_and_the_document_alike() {
     assert!(!older.is_empty() && !heads.is_empty());
     let stranger = [7u8; 32];
     let key = id.to_bytes();
-    let ask = |node: &mut Node, hashes: &[[u8; 32]]| node.store.known_hashes(&hub, &key, hashes).unwrap();
+    let ask = |node: &mut Node, hashes: &[[u8; 32]]| node.raw_store().known_hashes(&hub, &key, hashes).unwrap();
     // Our heads (index), an older change (only the document knows it is held here), a change
     // held by no session (no signature recorded), and a change held by another session.
     assert_eq!(ask(&mut node, &heads), heads);
@@ -319,7 +327,7 @@ fn known_changes_are_answered_from_the_index_and_the_document_alike() {
     mixed.push(stranger);
     mixed.push(older[0]);
     assert_eq!(ask(&mut node, &mixed), [heads.clone(), vec![older[0]]].concat());
-    let theirs: Vec<[u8; 32]> = automerge::AutoCommit::load(&node.store.export_automerge(other).unwrap())
+    let theirs: Vec<[u8; 32]> = automerge::AutoCommit::load(&node.raw_store().export_automerge(other).unwrap())
         .unwrap()
         .get_heads()
         .iter()
@@ -328,7 +336,7 @@ fn known_changes_are_answered_from_the_index_and_the_document_alike() {
     assert_eq!(ask(&mut node, &theirs), Vec::<[u8; 32]>::new(), "another session's change is not this one's");
     // A peer that may not see the session learns nothing of it.
     let far = PeerInfo { name: "hub-far".into(), role: Role::Hub, org: None, icb: Some("QWE".into()), lines: vec![] };
-    assert!(node.store.known_hashes(&far, &key, &heads).unwrap().is_empty());
+    assert!(node.raw_store().known_hashes(&far, &key, &heads).unwrap().is_empty());
 }
 
 #[test]
@@ -343,7 +351,7 @@ fn a_document_cache_smaller_than_one_session_still_reads_and_writes_everything()
         }
     }
     for (i, id) in ids.iter().enumerate() {
-        let texts: Vec<String> = node.store.view(*id).unwrap().messages.into_iter().map(|m| m.text).collect();
+        let texts: Vec<String> = node.view(*id).unwrap().messages.into_iter().map(|m| m.text).collect();
         assert_eq!(texts, (0..3).map(|r| format!("m{r}-{i}")).collect::<Vec<_>>());
     }
 }

@@ -33,7 +33,7 @@ pub(crate) fn ca(cmd: CaCommand) -> anyhow::Result<()> {
         }
         CaCommand::Issue { ca, node, days, expired } => {
             let mut n = Node::open(&NodeDir::new(&node))?;
-            let info = n.config.peer_info();
+            let info = n.config().peer_info();
             let issued = CaDir::new(&ca).issue(&info, &n.author_public(), days, expired)?;
             n.install_certificate(&issued.cert_pem, &issued.key_pem, &issued.ca_pem)?;
             let tls_dir = node.join("tls");
@@ -70,7 +70,7 @@ pub(crate) fn install_crl(ca: &Path, node: &Path, number: u64, der: &[u8]) -> an
     let n = Node::open(&NodeDir::new(node))?;
     crate::tls::verify_crl(&crate::tls::CaDir::new(ca).cert()?, der)?;
     n.install_revocations(number, der)?;
-    println!("installed revocation list {number} in {}", n.config.name);
+    println!("installed revocation list {number} in {}", n.config().name);
     Ok(())
 }
 
@@ -125,13 +125,13 @@ pub(crate) fn run_user(cmd: UserCommand) -> anyhow::Result<()> {
     match cmd {
         UserCommand::Add { dir, name, role, registration, token, json } => {
             let mut node = open(&dir)?;
-            if !role.works_on(node.config.role) {
+            if !role.works_on(node.config().role) {
                 return Err(InputError(format!(
                     "a {role} does not work on a {} node; people on this node are {}",
-                    node.config.role,
+                    node.config().role,
                     crate::store::people::PersonRole::NAMES
                         .iter()
-                        .filter(|r| PersonRole::parse(r).is_ok_and(|r| r.works_on(node.config.role)))
+                        .filter(|r| PersonRole::parse(r).is_ok_and(|r| r.works_on(node.config().role)))
                         .copied()
                         .collect::<Vec<_>>()
                         .join(", ")

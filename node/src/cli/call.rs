@@ -49,7 +49,7 @@ pub(crate) fn run_call(cmd: CallCommand) -> anyhow::Result<()> {
                     .iter()
                     .find(|e| {
                         matches!(e.get("call"), Some(LogValue::Str(c)) if *c == call)
-                            && matches!(e.get("node"), Some(LogValue::Str(n)) if *n == node.config.name)
+                            && matches!(e.get("node"), Some(LogValue::Str(n)) if *n == node.config().name)
                     })
                     .cloned();
                 if let Some(c) =
@@ -193,7 +193,7 @@ pub(crate) fn run_rota(cmd: RotaCommand) -> anyhow::Result<()> {
         }
         RotaCommand::Show { dir, json } => {
             let node = open(&dir)?;
-            let own = node.config.role == Role::Hub;
+            let own = node.config().role == Role::Hub;
             match node.directory()? {
                 None if json.json => print_json(&serde_json::Value::Null)?,
                 None if own => println!(

@@ -61,7 +61,7 @@ pub(crate) fn session(cmd: SessionCommand) -> anyhow::Result<()> {
             if json.json {
                 print_json(&view)?;
             } else {
-                print!("{}", render_session(&view, &node.config.name));
+                print!("{}", render_session(&view, &node.config().name));
             }
         }
         SessionCommand::Export { dir, id, format, out } => {

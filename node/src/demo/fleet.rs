@@ -56,7 +56,7 @@ fn make_node(
     let params = InitParams { name: name.into(), role, org: Some(org.into()), icb: Some("QHM".into()), lines };
     Node::init(&dir, &params, now_ms())?;
     let mut node = Node::open(&dir)?;
-    let issued = ca.issue(&node.config.peer_info(), &node.author_public(), 365, false)?;
+    let issued = ca.issue(&node.config().peer_info(), &node.author_public(), 365, false)?;
     node.install_certificate(&issued.cert_pem, &issued.key_pem, &issued.ca_pem)?;
     let (n, der) = ca.crl()?;
     node.install_revocations(n, &der)?;
@@ -64,7 +64,7 @@ fn make_node(
 }
 
 async fn view(d: &Daemon, id: SessionId) -> Option<SessionView> {
-    d.with_node(move |n| n.store.view(id).ok()).await.ok().flatten()
+    d.with_node(move |n| n.view(id).ok()).await.ok().flatten()
 }
 
 /// Polls until `check` holds on the daemon's view of the session.
@@ -332,8 +332,8 @@ pub async fn run(root: &Path, serve: bool) -> anyhow::Result<()> {
     }
     let offloaded = amb
         .with_node(move |n| -> Result<Vec<String>, crate::store::StoreError> {
-            let v = n.store.view(id)?;
-            v.media.iter().map(|m| n.store.blob_info(&m.hash).map(|b| b.state)).collect()
+            let v = n.view(id)?;
+            v.media.iter().map(|m| n.blob_info(&m.hash).map(|b| b.state)).collect()
         })
         .await??;
     clock.say(
@@ -549,11 +549,13 @@ pub async fn run(root: &Path, serve: bool) -> anyhow::Result<()> {
     }
 
     // A stolen tablet: the ambulance's own key signs a reply written in the consultant's name.
-    // The hub checks what the change does against its signer before storing it.
+    // The hub checks what the change does against its signer before storing it. (The attacker
+    // and the wire are played here by reaching past both nodes to their stores.)
     let forged = amb
         .with_node(move |n| -> anyhow::Result<(Incoming, sync_protocol::scope::PeerInfo)> {
-            let bytes = n.store.export_automerge(id)?;
-            let mut doc = sync_protocol::SessionDoc::load(&bytes, n.store.actor().clone())?;
+            let store = n.raw_store();
+            let bytes = store.export_automerge(id)?;
+            let mut doc = sync_protocol::SessionDoc::load(&bytes, store.actor().clone())?;
             let before = doc.heads();
             let reply = sync_protocol::session::NewMessage {
                 clinician: None,
@@ -568,15 +570,15 @@ pub async fn run(root: &Path, serve: bool) -> anyhow::Result<()> {
             let inc = Incoming {
                 doc: id.to_bytes(),
                 bytes: changes.iter().flat_map(|c| c.raw_bytes().to_vec()).collect(),
-                sigs: changes.iter().map(|c| n.store.sign(&c.hash())).collect(),
+                sigs: changes.iter().map(|c| store.sign(&c.hash())).collect(),
             };
-            Ok((inc, n.config.peer_info()))
+            Ok((inc, n.config().peer_info()))
         })
         .await??;
     let answer = hub
         .with_node(move |n| {
-            let me = n.config.peer_info();
-            n.store.apply_remote(&me, &forged.1, &[forged.0], now_ms()).map(|(a, _)| a)
+            let me = n.config().peer_info();
+            n.raw_store().apply_remote(&me, &forged.1, &[forged.0], now_ms()).map(|(a, _)| a)
         })
         .await??;
     match answer.first() {

@@ -124,7 +124,7 @@ pub(super) async fn router_loop(shared: Arc<Shared>) {
     let start = shared
         .store
         .call(move |n| -> Result<Vec<SessionId>, crate::node::NodeError> {
-            let ids: Vec<SessionId> = n.store.list(&filter)?.into_iter().map(|c| c.id).collect();
+            let ids: Vec<SessionId> = n.list(&filter)?.into_iter().map(|c| c.id).collect();
             n.open_escalations(&ids)
         })
         .await;
@@ -137,10 +137,8 @@ pub(super) async fn router_loop(shared: Arc<Shared>) {
     let mut outcomes_due: std::collections::BTreeMap<SessionId, Instant> = std::collections::BTreeMap::new();
     let wait = outcome_wait();
     let connected = ListFilter { status: Some(Status::Connected), ..ListFilter::default() };
-    if let Ok(Ok(ids)) = shared
-        .store
-        .call(move |n| n.store.list(&connected).map(|c| c.into_iter().map(|c| c.id).collect::<Vec<_>>()))
-        .await
+    if let Ok(Ok(ids)) =
+        shared.store.call(move |n| n.list(&connected).map(|c| c.into_iter().map(|c| c.id).collect::<Vec<_>>())).await
     {
         for id in ids {
             outcomes_due.insert(id, Instant::now() + wait);
@@ -192,7 +190,7 @@ pub(super) async fn router_loop(shared: Arc<Shared>) {
                     let found = shared
                         .store
                         .call(move |n| -> Result<Vec<SessionId>, crate::node::NodeError> {
-                            let ids: Vec<SessionId> = n.store.list(&filter)?.into_iter().map(|c| c.id).collect();
+                            let ids: Vec<SessionId> = n.list(&filter)?.into_iter().map(|c| c.id).collect();
                             n.open_escalations(&ids)
                         })
                         .await;
@@ -309,11 +307,7 @@ pub(super) async fn next_candidates(
         _ = tick.tick() => {}
     }
     let filter = ListFilter { status: Some(status), ..ListFilter::default() };
-    match shared
-        .store
-        .call(move |n| n.store.list(&filter).map(|c| c.into_iter().map(|c| c.id).collect::<Vec<_>>()))
-        .await
-    {
+    match shared.store.call(move |n| n.list(&filter).map(|c| c.into_iter().map(|c| c.id).collect::<Vec<_>>())).await {
         Ok(Ok(ids)) => Some(ids),
         Ok(Err(e)) => {
             tracing::warn!("cannot list sessions: {e}");

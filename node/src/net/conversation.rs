@@ -156,7 +156,7 @@ pub(super) async fn converse(
     // signatures this node can check from now on.
     if let Ok(member) = tls::member_of(&peer_cert) {
         let der = peer_cert.as_ref().to_vec();
-        let added = shared.store.call(move |node| node.store.add_member(member, &der)).await?;
+        let added = shared.store.call(move |node| node.add_member(member, &der)).await?;
         if let Err(e) = added {
             tracing::warn!(peer = %peer.name, "cannot record the peer's certificate: {e}");
         }
@@ -195,9 +195,9 @@ pub(super) async fn converse(
         );
         engine.set_blob_window(window);
         shared.store.call(move |node| {
-            let ops_before = node.store.ops_admitted();
+            let ops_before = node.ops_admitted();
             let bytes_before = engine.stats().bytes_received;
-            let mut replica = NodeReplica::new(&mut node.store, &me, Some(&ca));
+            let mut replica = node.replica(&me, Some(&ca));
             let now = now_ms();
             let result = match work {
                 Work::Start => engine.start(&mut replica, now),
@@ -211,7 +211,7 @@ pub(super) async fn converse(
             }
             let log = engine.take_log();
             let (changed, crl_updated) = (replica.changed, replica.revocations_updated);
-            let cost = (node.store.ops_admitted() - ops_before, engine.stats().bytes_received - bytes_before);
+            let cost = (node.ops_admitted() - ops_before, engine.stats().bytes_received - bytes_before);
             (engine, result.map_err(|e| e.to_string()), out, changed, crl_updated, log, cost)
         })
     };
@@ -280,7 +280,7 @@ pub(super) async fn converse(
             }
             if quiescent && (!was_quiescent || recorded.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))) {
                 let name = peer.name.clone();
-                let _ = shared.store.call(move |n| n.store.record_sync(&name, Ok(()), now_ms())).await;
+                let _ = shared.store.call(move |n| n.record_sync(&name, Ok(()), now_ms())).await;
                 recorded = Some(Instant::now());
             }
             was_quiescent = quiescent;
@@ -410,7 +410,7 @@ pub(super) async fn converse(
         conn.close(quinn::VarInt::from_u32(CloseCode::Unavailable as u32), &reason);
         tracing::info!(peer = %peer.name, "conversation ended: {f}");
         let (name, why) = (peer.name.clone(), f.clone());
-        let _ = shared.store.call(move |n| n.store.record_sync(&name, Err(&why), now_ms())).await;
+        let _ = shared.store.call(move |n| n.record_sync(&name, Err(&why), now_ms())).await;
         return Err(NetError::Sync { peer: peer.name.clone(), detail: f, partial: Some(Box::new(stats)) });
     }
     Ok(SyncReport {
@@ -456,7 +456,7 @@ pub(super) fn refusal(conn: &quinn::Connection, fallback: String) -> String {
 /// After a newer revocation list arrived: new handshakes use it, and connections with
 /// revoked peers are closed.
 pub(super) async fn install_revocations(shared: &Arc<Shared>) {
-    let Ok(Ok(Some((number, der)))) = shared.store.call(|n| n.store.revocations()).await else { return };
+    let Ok(Ok(Some((number, der)))) = shared.store.call(|n| n.revocations()).await else { return };
     if let Ok(mut c) = shared.crl.write() {
         *c = Some(der.clone());
     }

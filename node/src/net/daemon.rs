@@ -236,22 +236,21 @@ pub(super) async fn dial_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, pe
 pub(super) async fn watch_local_writes(shared: Arc<Shared>) {
     let start = shared
         .store
-        .call(|n| -> Result<(i64, i64), StoreError> { Ok((n.store.data_version()?, n.store.changed_since(0)?.1)) })
+        .call(|n| -> Result<(i64, i64), StoreError> { Ok((n.data_version()?, n.changed_since(0)?.1)) })
         .await;
     let Ok(Ok((mut version, mut seq))) = start else { return };
-    let mut crl_number =
-        shared.store.call(|n| n.store.revocations().ok().flatten().map_or(0, |(n, _)| n)).await.unwrap_or(0);
+    let mut crl_number = shared.store.call(|n| n.revocations().ok().flatten().map_or(0, |(n, _)| n)).await.unwrap_or(0);
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
         tick.tick().await;
         let polled = shared
             .store
             .call(move |n| -> Result<Option<(i64, Vec<DocId>, i64)>, StoreError> {
-                let v = n.store.data_version()?;
+                let v = n.data_version()?;
                 if v == version {
                     return Ok(None);
                 }
-                let (docs, top) = n.store.changed_since(seq)?;
+                let (docs, top) = n.changed_since(seq)?;
                 Ok(Some((v, docs, top)))
             })
             .await;
@@ -263,11 +262,7 @@ pub(super) async fn watch_local_writes(shared: Arc<Shared>) {
                     let _ = shared.changes.send(Notice::Docs { from: 0, docs: Arc::new(docs) });
                 }
                 // A revocation list installed by another process (`outpost ca publish`).
-                let n = shared
-                    .store
-                    .call(|n| n.store.revocations().ok().flatten().map_or(0, |(n, _)| n))
-                    .await
-                    .unwrap_or(0);
+                let n = shared.store.call(|n| n.revocations().ok().flatten().map_or(0, |(n, _)| n)).await.unwrap_or(0);
                 if n > crl_number {
                     crl_number = n;
                     install_revocations(&shared).await;

@@ -237,15 +237,15 @@ async fn scrape(axum::extract::State(shared): axum::extract::State<Arc<Shared>>)
     let facts = shared
         .store
         .call(|node| -> Result<StoreFacts, crate::node::NodeError> {
-            let cert_until_ms = match node.store.tls_identity()? {
+            let cert_until_ms = match node.tls_identity()? {
                 Some((cert, _, _)) => Some(crate::tls::not_after_ms(&cert)?),
                 None => None,
             };
             Ok(StoreFacts {
-                backlog: node.store.backlog(&node.config.name)?,
-                peers: node.store.peer_syncs()?,
+                backlog: node.backlog()?,
+                peers: node.peer_syncs()?,
                 cert_until_ms,
-                store_bytes: node.store.file_bytes(),
+                store_bytes: node.file_bytes(),
             })
         })
         .await;

@@ -43,13 +43,12 @@ pub fn client_config(identity: &Identity, crl: Option<&[u8]>) -> Result<quinn::C
 
 /// Loads the node's TLS identity, with a clear error if it has none.
 pub fn load_identity(node: &Node) -> Result<Identity, NetError> {
-    let (cert, key, ca) =
-        node.store.tls_identity()?.ok_or_else(|| TlsError::NoCertificate(node.config.name.clone()))?;
+    let (cert, key, ca) = node.tls_identity()?.ok_or_else(|| TlsError::NoCertificate(node.config().name.clone()))?;
     let id = Identity::from_pem(&cert, &key, &ca)?;
-    if id.info.name != node.config.name {
+    if id.info.name != node.config().name {
         return Err(TlsError::Invalid {
             what: "node certificate",
-            detail: format!("it names {}, but this node is {}", id.info.name, node.config.name),
+            detail: format!("it names {}, but this node is {}", id.info.name, node.config().name),
         }
         .into());
     }
