@@ -25,8 +25,9 @@ use serde::Serialize;
 use sync_protocol::call::{ADPCM_32K, Action, PathQuality, quality_from_probes, rate};
 use sync_protocol::directory::is_directory_id;
 use sync_protocol::engine::{Engine, EngineConfig, Stats};
+use sync_protocol::leg::{Leg, LegEnd};
 use sync_protocol::scope::PeerInfo;
-use sync_protocol::session::{LogValue, SessionId};
+use sync_protocol::session::SessionId;
 use sync_protocol::vocab::{Role, Status};
 use sync_protocol::voice::{
     AdpcmState, CODEC_ADPCM, DG_BYE, DG_VOICE, FRAME_MS, FRAME_SAMPLES, JitterBuffer, VoiceFrame, bye, call_tag,

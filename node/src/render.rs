@@ -154,24 +154,18 @@ pub fn render_session(v: &SessionView, this_node: &str) -> String {
 }
 
 /// A call leg's record as a line.
-pub fn describe_leg(e: &std::collections::BTreeMap<String, LogValue>) -> String {
-    let s = |k: &str| match e.get(k) {
-        Some(LogValue::Str(v)) => v.clone(),
-        Some(LogValue::Int(i)) => i.to_string(),
-        Some(LogValue::Float(f)) => format!("{f:.3}"),
-        None => String::new(),
-    };
+pub fn describe_leg(l: &sync_protocol::leg::Leg) -> String {
     format!(
-        "call ended ({}): {} ms; frames sent {}, received {}, concealed {}; loss {}, jitter {} ms, round trip {} ms; estimated MOS {}",
-        s("end"),
-        s("duration_ms"),
-        s("frames_sent"),
-        s("frames_received"),
-        s("frames_concealed"),
-        s("loss"),
-        s("jitter_ms"),
-        s("rtt_ms"),
-        s("mos")
+        "call ended ({}): {} ms; frames sent {}, received {}, concealed {}; loss {:.3}, jitter {:.3} ms, round trip {:.3} ms; estimated MOS {:.3}",
+        l.end.as_str(),
+        l.duration_ms,
+        l.frames_sent,
+        l.frames_received,
+        l.frames_concealed,
+        l.loss,
+        l.jitter_ms,
+        l.rtt_ms,
+        l.mos
     )
 }
 

@@ -32,6 +32,7 @@ pub mod blob;
 pub mod call;
 pub mod directory;
 pub mod engine;
+pub mod leg;
 pub mod links;
 pub mod mem;
 pub mod nhs;

@@ -45,13 +45,7 @@ pub(crate) fn run_call(cmd: CallCommand) -> anyhow::Result<()> {
                 shown = steps.len();
                 let state = calls_in(&routing).into_iter().find(|c| c.call == call);
                 // With audio, the call is over once this device has recorded its leg.
-                let leg = legs
-                    .iter()
-                    .find(|e| {
-                        matches!(e.get("call"), Some(LogValue::Str(c)) if *c == call)
-                            && matches!(e.get("node"), Some(LogValue::Str(n)) if *n == node.config().name)
-                    })
-                    .cloned();
+                let leg = legs.iter().find(|l| l.call == call && l.node == node.config().name).cloned();
                 if let Some(c) =
                     state.filter(|c| !c.is_open() && (!with_audio || c.callback.is_some() || leg.is_some()))
                 {
@@ -105,15 +99,8 @@ pub(crate) fn run_call(cmd: CallCommand) -> anyhow::Result<()> {
                 for e in &routing {
                     println!("{}", describe_step(e));
                 }
-                for e in &calls {
-                    println!(
-                        "{}: {}",
-                        match e.get("node") {
-                            Some(LogValue::Str(n)) => n.as_str(),
-                            _ => "?",
-                        },
-                        describe_leg(e)
-                    );
+                for l in &calls {
+                    println!("{}: {}", l.node, describe_leg(l));
                 }
             }
         }

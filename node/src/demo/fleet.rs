@@ -11,6 +11,7 @@ use sync_protocol::NhsNumber;
 use sync_protocol::call::{RotaDesk, calls_of};
 use sync_protocol::directory::{Hours, LineEntry};
 use sync_protocol::engine::{Applied, Incoming};
+use sync_protocol::leg::legs_of;
 use sync_protocol::session::{LogValue, Patient, Requester, Service, SessionId, SessionView};
 use sync_protocol::vocab::{
     CareSetting, Channel, ConsentKind, ConsentScope, NhsVerification, Outcome, PhotoView, Priority, ReceiptLevel, Role,
@@ -417,29 +418,23 @@ pub async fn run(root: &Path, serve: bool) -> anyhow::Result<()> {
         );
     }
     let call_id = call.clone();
-    let both = move |v: &SessionView| {
-        !connected || v.calls.iter().filter(|e| e.get("call") == Some(&LogValue::Str(call_id.clone()))).count() >= 2
-    };
+    let both = move |v: &SessionView| !connected || legs_of(v).iter().filter(|l| l.call == call_id).count() >= 2;
     let v = until(&amb, id, "both legs' call records", both).await?;
-    for e in v.calls.iter().filter(|e| e.get("call") == Some(&LogValue::Str(call.clone()))) {
-        let at = match e.get("at_ms") {
-            Some(LogValue::Int(t)) => clock.at(*t),
-            _ => 0.0,
-        };
+    for l in legs_of(&v).into_iter().filter(|l| l.call == call) {
         println!(
-            "  t={at:>6.2}s  {:<12} call ended ({}): {} s of audio, {} of {} frames heard (loss {:.1}%), jitter {} ms, round trip {} ms, \
-             estimated MOS {} [{}]",
-            field(e, "node"),
-            field(e, "end"),
-            field(e, "duration_ms").parse::<f64>().map(|ms| format!("{:.1}", ms / 1000.0)).unwrap_or_default(),
-            field(e, "frames_received"),
-            field(e, "frames_received").parse::<i64>().unwrap_or(0)
-                + field(e, "frames_concealed").parse::<i64>().unwrap_or(0),
-            field(e, "loss").parse::<f64>().unwrap_or(0.0) * 100.0,
-            field(e, "jitter_ms"),
-            field(e, "rtt_ms"),
-            field(e, "mos"),
-            field(e, "codec"),
+            "  t={:>6.2}s  {:<12} call ended ({}): {:.1} s of audio, {} of {} frames heard (loss {:.1}%), jitter {} ms, \
+             round trip {} ms, estimated MOS {} [{}]",
+            clock.at(l.at_ms),
+            l.node,
+            l.end.as_str(),
+            l.duration_ms as f64 / 1000.0,
+            l.frames_received,
+            l.frames_received + l.frames_concealed,
+            l.loss * 100.0,
+            l.jitter_ms,
+            l.rtt_ms,
+            l.mos,
+            l.codec,
         );
     }
     println!();

@@ -411,14 +411,14 @@ pub(super) async fn run_call_audio(
         // Send: the requester's file ends the call; a desk sends until the other side hangs up.
         let from = seq as usize * FRAME_SAMPLES;
         if hang_up.load(std::sync::atomic::Ordering::Acquire) {
-            break "hangup";
+            break LegEnd::Hangup;
         }
         // A person's page, when one is open, is the microphone and the speaker.
         let page = shared.voice_io.lock().ok().and_then(|v| v.clone());
         let pcm: Vec<i16> = match (&page, &play) {
             (Some(io), _) => io.next_mic_frame().unwrap_or_else(|| vec![0; FRAME_SAMPLES]),
             (None, Some(p)) if from < p.len() => p[from..(from + FRAME_SAMPLES).min(p.len())].to_vec(),
-            (None, Some(_)) if requester => break "hangup",
+            (None, Some(_)) if requester => break LegEnd::Hangup,
             _ => vec![0; FRAME_SAMPLES],
         };
         let frame = VoiceFrame {
@@ -459,7 +459,7 @@ pub(super) async fn run_call_audio(
             recorded.extend(pcm);
         }
         if hung_up {
-            break "other side hung up";
+            break LegEnd::OtherHungUp;
         }
         // Silence: the hang-up datagram may have been lost. The other side's leg record, synced
         // like any change, says for sure whether it hung up.
@@ -467,19 +467,19 @@ pub(super) async fn run_call_audio(
             checked = Instant::now();
             let c = call.to_string();
             if let Ok(Ok(Some(other))) = shared.store.call(move |n| n.other_leg_end(sid, &c)).await
-                && other == "hangup"
+                && other == LegEnd::Hangup
             {
-                break "other side hung up";
+                break LegEnd::OtherHungUp;
             }
         }
         if last_heard.elapsed() > DROP_AFTER {
-            break "dropped";
+            break LegEnd::Dropped;
         }
         if started.elapsed() > Duration::from_secs(3600) {
-            break "longest call reached";
+            break LegEnd::LongestCall;
         }
     };
-    if end == "hangup"
+    if end == LegEnd::Hangup
         && let Some(conn) = hub_conn()
     {
         // Spread over about a second so that one burst of loss does not take every copy; the
@@ -524,30 +524,31 @@ pub(super) async fn run_call_audio(
     };
     let rating = rate(&q, &ADPCM_32K);
     let duration_ms = started.elapsed().as_millis() as i64;
-    let fields: Vec<(&'static str, LogValue)> = vec![
-        ("call", LogValue::Str(call.to_string())),
-        ("node", LogValue::Str(shared.me.name.clone())),
-        ("side", LogValue::Str(side.as_str().to_string())),
-        ("started_ms", LogValue::Int(started_ms)),
-        ("duration_ms", LogValue::Int(duration_ms)),
-        ("codec", LogValue::Str(ADPCM_32K.name.to_string())),
-        ("frames_sent", LogValue::Int(sent as i64)),
-        ("frames_received", LogValue::Int(st.received as i64)),
-        ("frames_concealed", LogValue::Int(st.concealed as i64)),
-        ("frames_late", LogValue::Int(st.late as i64)),
-        ("loss", LogValue::Float((st.loss() * 10_000.0).round() / 10_000.0)),
-        ("jitter_ms", LogValue::Float((st.jitter_ms * 10.0).round() / 10.0)),
-        ("longest_gap_ms", LogValue::Int(st.longest_gap_ms as i64)),
-        ("rtt_ms", LogValue::Float((rtt * 10.0).round() / 10.0)),
-        ("mos", LogValue::Float((rating.mos * 100.0).round() / 100.0)),
-        ("end", LogValue::Str(end.to_string())),
-    ];
-    let dropped = end == "dropped";
+    let leg = Leg {
+        call: call.to_string(),
+        node: shared.me.name.clone(),
+        side: Some(side),
+        started_ms,
+        duration_ms,
+        codec: ADPCM_32K.name.to_string(),
+        frames_sent: sent as i64,
+        frames_received: st.received as i64,
+        frames_concealed: st.concealed as i64,
+        frames_late: st.late as i64,
+        loss: st.loss(),
+        jitter_ms: st.jitter_ms,
+        longest_gap_ms: st.longest_gap_ms as i64,
+        rtt_ms: rtt,
+        mos: rating.mos,
+        end: end.clone(),
+        at_ms: 0,
+    };
+    let dropped = end == LegEnd::Dropped;
     let call_id = call.to_string();
     let done = shared
         .store
         .call(move |n| -> Result<(), crate::node::NodeError> {
-            n.record_call_leg(sid, &fields, now_ms())?;
+            n.record_call_leg(sid, &leg, now_ms())?;
             if dropped {
                 n.request_callback_after_drop(sid, &call_id, now_ms())?;
             }
@@ -556,8 +557,8 @@ pub(super) async fn run_call_audio(
         .await;
     match done {
         Ok(Ok(())) => {
-            shared.metrics.call_leg(end, rating.mos);
-            tracing::info!(session = %sid, %call, end, loss = st.loss(), mos = rating.mos, "call leg ended");
+            shared.metrics.call_leg(end.as_str(), rating.mos);
+            tracing::info!(session = %sid, %call, end = end.as_str(), loss = st.loss(), mos = rating.mos, "call leg ended");
             announce(shared, vec![sid.to_bytes()]);
             Ok(())
         }

@@ -2,6 +2,7 @@
 //! ICB directory's lines, the hub's routing decision (`route_call`) and each party's legs.
 
 use super::*;
+use sync_protocol::leg::{LEG_KIND, Leg, LegEnd, legs_in, legs_of};
 
 /// What the hub's router did in one step for one session.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,11 +82,7 @@ impl Node {
             // connected) has written the record of its leg; no other node's record counts.
             let ended = c.connected.as_ref().is_some_and(|(desk, _)| {
                 self.store.call_log(*id).is_ok_and(|log| {
-                    log.iter().any(|e| {
-                        let s = |k: &str| e.get(k).and_then(LogValue::as_str);
-                        let party = s("node").is_some_and(|n| n == c.by || n == desk.as_str());
-                        s("kind") == Some("leg") && s("call") == Some(c.call.as_str()) && s("end").is_some() && party
-                    })
+                    legs_in(&log).iter().any(|l| l.call == c.call && (l.node == c.by || l.node == *desk))
                 })
             });
             let (state, desk) = match (&c.connected, &c.callback, &ringing) {
@@ -262,10 +259,7 @@ impl Node {
                 } else {
                     continue;
                 };
-                let recorded = view.calls.iter().any(|e| {
-                    matches!(e.get("call"), Some(LogValue::Str(x)) if *x == c.call)
-                        && matches!(e.get("node"), Some(LogValue::Str(x)) if *x == me)
-                });
+                let recorded = legs_of(&view).iter().any(|l| l.call == c.call && l.node == me);
                 if recorded {
                     continue;
                 }
@@ -291,21 +285,18 @@ impl Node {
 
     /// How the other party's leg of `call` ended, if its record has reached this node: the
     /// reliable word that it hung up, for when its hang-up datagram was lost.
-    pub fn other_leg_end(&mut self, id: SessionId, call: &str) -> Result<Option<String>, NodeError> {
+    pub fn other_leg_end(&mut self, id: SessionId, call: &str) -> Result<Option<LegEnd>, NodeError> {
         let me = self.config.name.as_str();
         let view = self.store.view(id)?;
-        Ok(view.calls.iter().find_map(|e| {
-            let s = |k: &str| e.get(k).and_then(LogValue::as_str);
-            let theirs = s("kind") == Some("leg") && s("call") == Some(call) && s("node").is_some_and(|n| n != me);
-            if theirs { s("end").map(str::to_string) } else { None }
-        }))
+        Ok(legs_of(&view).into_iter().find(|l| l.call == call && l.node != me).map(|l| l.end))
     }
 
     /// Writes this party's record of a call leg into the session's call log (durably).
-    pub fn record_call_leg(&mut self, id: SessionId, fields: &[(&str, LogValue)], now: i64) -> Result<(), NodeError> {
+    pub fn record_call_leg(&mut self, id: SessionId, leg: &Leg, now: i64) -> Result<(), NodeError> {
         self.require("recording a call", "edge or desk", &[Role::Edge, Role::Desk])?;
+        let fields = leg.fields();
         self.store.edit(id, "call.leg", None, now, |_, doc| {
-            doc.append_log(LogName::Calls, "leg", fields, now).map_err(crate::store::model(id))
+            doc.append_log(LogName::Calls, LEG_KIND, &fields, now).map_err(crate::store::model(id))
         })?;
         Ok(())
     }

@@ -15,7 +15,7 @@ use crate::store::people::{Credential, NewPerson, Person};
 use crate::store::{AuditCheck, AuditEntry, BlobInfo, ListFilter, SessionCard, StoreError};
 
 /// A session's two logs: escalations (routing) and call legs.
-pub type CallLogs = (Vec<BTreeMap<String, LogValue>>, Vec<BTreeMap<String, LogValue>>);
+pub type CallLogs = (Vec<BTreeMap<String, LogValue>>, Vec<sync_protocol::leg::Leg>);
 
 /// How a session is exported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +78,7 @@ impl Node {
 
     /// The escalations and call legs of a session (no patient data).
     pub fn call_logs(&mut self, id: SessionId) -> Result<CallLogs, NodeError> {
-        Ok((self.store.routing_log(id)?, self.store.call_log(id)?))
+        Ok((self.store.routing_log(id)?, sync_protocol::leg::legs_in(&self.store.call_log(id)?)))
     }
 
     /// The session's service line.

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 use sync_protocol::call::RoutingKind;
+use sync_protocol::leg::{Leg, legs_of};
 use sync_protocol::session::{LogValue, SessionView};
 
 use super::super::codes::{self, coding, id_system, profile};
@@ -155,13 +156,12 @@ impl Builder {
     }
 
     fn encounter(&mut self, v: &SessionView, call: &str, escalation: &str, patient: &str, sr: &str) {
-        let legs: Vec<&BTreeMap<String, LogValue>> =
-            v.calls.iter().filter(|e| log_str(e, "kind") == Some("leg") && log_str(e, "call") == Some(call)).collect();
+        let legs: Vec<Leg> = legs_of(v).into_iter().filter(|l| l.call == call).collect();
         if legs.is_empty() {
             return;
         }
-        let start = legs.iter().filter_map(|e| log_int(e, "started_ms")).min();
-        let end = legs.iter().filter_map(|e| Some(log_int(e, "started_ms")? + log_int(e, "duration_ms")?)).max();
+        let start = legs.iter().map(|l| l.started_ms).min();
+        let end = legs.iter().map(|l| l.started_ms + l.duration_ms).max();
         let key = format!("call/{call}");
         let enc = self.uuid(&key);
         let mut period = Map::new();
@@ -188,16 +188,12 @@ impl Builder {
         self.add(&key, || r);
         let quality = codes::call_quality();
         for leg in legs {
-            let node = log_str(leg, "node").unwrap_or("").to_string();
+            let node = leg.node.clone();
             let device = self.device(&node);
             let components: Vec<Value> = codes::CALL_FIGURES
                 .iter()
                 .filter_map(|(code, unit, _)| {
-                    let value = match leg.get(*code)? {
-                        LogValue::Int(i) => *i as f64,
-                        LogValue::Float(f) => *f,
-                        LogValue::Str(_) => return None,
-                    };
+                    let value = leg.figure(code)?;
                     Some(json!({
                         "code": { "coding": [coding(&quality, code)] },
                         "valueQuantity": { "value": value, "unit": unit, "system": codes::UCUM, "code": unit },
@@ -213,12 +209,10 @@ impl Builder {
                 "device": { "reference": device },
                 "focus": [{ "reference": escalation }],
             });
-            if let Some(s) = log_int(leg, "started_ms") {
-                obs["effectiveDateTime"] = json!(instant(s));
+            if leg.started_ms > 0 {
+                obs["effectiveDateTime"] = json!(instant(leg.started_ms));
             }
-            if let Some(e) = log_str(leg, "end") {
-                obs["note"] = json!([{ "text": format!("ended: {e}") }]);
-            }
+            obs["note"] = json!([{ "text": format!("ended: {}", leg.end.as_str()) }]);
             if !components.is_empty() {
                 obs["component"] = json!(components);
             }
