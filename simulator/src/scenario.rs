@@ -390,6 +390,12 @@ impl Scenario {
         if self.hours <= 0.0 {
             return Err(bad("hours must be positive".into()));
         }
+        let icbs = std::iter::once(&self.icb).chain(self.federation.iter().map(|f| &f.icb));
+        for icb in icbs {
+            if icb.is_empty() || icb.len() > 16 {
+                return Err(bad(format!("ICB code {icb:?} must be 1 to 16 characters")));
+            }
+        }
         for g in &self.groups {
             if g.kind == Kind::Hub {
                 return Err(bad("the hub is implicit; groups are surgeries, ambulances and desks".into()));

@@ -13,7 +13,7 @@ use sync_protocol::blob::ChunkWindow;
 use sync_protocol::call::{
     Action, DEFAULT_RING_S, HOLD_WAIT_MS, PathQuality, RotaDesk, RoutingKind, calls_of, quality_from_probes,
 };
-use sync_protocol::directory::{Hours, LineEntry};
+use sync_protocol::directory::{DirectoryDoc, Hours, LineEntry};
 use sync_protocol::engine::{Engine, EngineConfig, Replica};
 use sync_protocol::links::{self, LinkProfile, LinkState, Uniform};
 use sync_protocol::mem::{ChunkPool, MemReplica};
@@ -110,6 +110,19 @@ struct Node {
     /// The last local write and the document before it (planted bug only).
     undo: Option<(DocId, Option<SessionDoc>)>,
     seq: u64,
+}
+
+/// Writes an ICB's directory as its hub's document (the hub is its only author).
+fn install_directory(hub: &mut Node, icb: &str, lines: &BTreeMap<ServiceLine, LineEntry>, now: TimeMs) {
+    let actor = hub.replica.actor().clone();
+    let Ok(mut doc) = DirectoryDoc::create(icb, actor, now) else {
+        unreachable!("the scenario's ICB code was checked")
+    };
+    for entry in lines.values() {
+        // Every entry is built from a checked scenario: hours parsed, channels known.
+        let _ = doc.set_line(entry, now);
+    }
+    hub.replica.set_directory(doc);
 }
 
 impl Node {
@@ -335,10 +348,8 @@ pub struct World {
     metas: BTreeMap<DocId, DocMeta>,
     /// Desks answering each line, in rota order.
     rota: BTreeMap<ServiceLine, Vec<usize>>,
-    /// The hub's ICB directory: each line's hours, channels and rota, as the router reads it.
-    directory: BTreeMap<ServiceLine, LineEntry>,
-    /// The federated hub (another ICB's), if the scenario has one, and its own directory.
-    fed: Option<(usize, BTreeMap<ServiceLine, LineEntry>)>,
+    /// The federated hub (another ICB's), if the scenario has one.
+    fed: Option<usize>,
     /// The nodes' clock at the start (UK time `start_hour` on the simulated day).
     epoch_ms: TimeMs,
     /// Sessions each desk has started answering.
@@ -533,6 +544,12 @@ impl World {
                 epoch_ms,
             )
         });
+        // Each hub holds its directory as a document of its own, as a node does, and the engine
+        // carries it to the ICB's edges and desks; the router reads the hub's copy.
+        install_directory(&mut nodes[0], &icb, &directory, epoch_ms);
+        if let (Some((h, fed_directory)), Some(f)) = (&fed, &scenario.federation) {
+            install_directory(&mut nodes[*h], &f.icb, fed_directory, epoch_ms);
+        }
         let mut w = World {
             scenario,
             opts,
@@ -546,8 +563,7 @@ impl World {
             links,
             hub: 0,
             metas: BTreeMap::new(),
-            directory,
-            fed,
+            fed: fed.map(|(h, _)| h),
             epoch_ms,
             rota,
             replied: BTreeSet::new(),

@@ -15,12 +15,15 @@ use crate::TimeMs;
 use crate::accept::{self, Verdict};
 use crate::authorship::{self, ActorPrefix, AuthorKey, SharedRoster, Signature};
 use crate::blob::{self, CHUNK_SIZE};
+use crate::directory::is_directory_id;
 use crate::engine::{Applied, BlobNeed, Incoming, Knowledge, Outgoing, Replica};
 use crate::recon::{Item, digest};
 use crate::rules::{self, Admission, Limits};
 use crate::scope::{DocMeta, PeerInfo, may_hold};
 use crate::session::{SessionDoc, SessionId, SessionView, receipt_level};
 use crate::wire::{BlobManifest, DocId, Hash, hash_from_hex, hash_hex};
+
+mod directory;
 
 /// Errors of the in-memory replica.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +116,8 @@ pub struct MemReplica {
     /// Blobs by hash.
     pub blobs: HashMap<Hash, MemBlob>,
     revocations: Option<(u64, Vec<u8>)>,
+    /// The ICB directory: written by a hub, received by its edges and desks.
+    directory: Option<directory::MemDirectory>,
     /// Every document written by `apply`, `am_receive`, `store_chunk` or a local edit, in order,
     /// since the last [`MemReplica::take_changed`]: what a node pushes to its other peers.
     changed: Vec<DocId>,
@@ -144,6 +149,7 @@ impl MemReplica {
             knowledge: HashMap::new(),
             blobs: HashMap::new(),
             revocations: None,
+            directory: None,
             changed: Vec::new(),
             pool: None,
         }
@@ -277,6 +283,7 @@ impl MemReplica {
                 docs.insert(*id, copy);
             }
         }
+        let directory = self.directory_backup(actor.clone());
         MemReplica {
             me: self.me.clone(),
             author: self.author.clone(),
@@ -288,6 +295,7 @@ impl MemReplica {
             knowledge: self.knowledge.clone(),
             blobs: self.blobs.clone(),
             revocations: self.revocations.clone(),
+            directory,
             changed: Vec::new(),
             pool: self.pool.clone(),
         }
@@ -303,6 +311,7 @@ impl MemReplica {
         for d in restored.docs.values_mut() {
             d.doc = d.doc.fork_as(restored.actor.clone());
         }
+        restored.directory = restored.directory_backup(restored.actor.clone());
         *self = restored;
     }
 
@@ -336,6 +345,9 @@ impl MemReplica {
     }
 
     fn visible(&self, peer: &PeerInfo, id: &DocId) -> bool {
+        if is_directory_id(id) {
+            return self.directory_for(peer).is_some_and(|(d, _)| &d == id);
+        }
         self.docs.get(id).is_some_and(|d| may_hold(peer, &d.meta))
     }
 
@@ -373,6 +385,9 @@ impl MemReplica {
     /// Checks and stores received changes of one document (the node's own checks:
     /// [`rules::admit`], then [`accept::vet`]).
     fn receive(&mut self, peer: &PeerInfo, inc: &Incoming, now: TimeMs) -> Result<Applied, MemError> {
+        if is_directory_id(&inc.doc) {
+            return Ok(self.receive_directory(peer, inc));
+        }
         let id = &inc.doc;
         let mut candidate = match self.docs.get_mut(id) {
             Some(d) => d.doc.fork_as(self.actor.clone()),
@@ -425,6 +440,7 @@ impl Replica for MemReplica {
                 out.push(Item { id: *id, digest: digest(&d.heads) });
             }
         }
+        out.extend(self.directory_item(peer));
         Ok(out)
     }
 
@@ -440,6 +456,11 @@ impl Replica for MemReplica {
                 out.push((*id, heads));
             }
         }
+        if let Some((id, heads)) = self.directory_for(peer)
+            && known.and_then(|k| k.get(&id)).map(|k| &k.heads) != Some(&heads)
+        {
+            out.push((id, heads));
+        }
         Ok(out)
     }
 
@@ -451,12 +472,18 @@ impl Replica for MemReplica {
         if !self.visible(peer, id) {
             return Ok(None);
         }
+        if is_directory_id(id) {
+            return Ok(self.directory_for(peer).map(|(_, heads)| heads));
+        }
         Ok(self.heads(id))
     }
 
     fn known_hashes(&mut self, peer: &PeerInfo, id: &DocId, hashes_in: &[Hash]) -> Result<Vec<Hash>, MemError> {
         if !self.visible(peer, id) {
             return Ok(Vec::new());
+        }
+        if is_directory_id(id) {
+            return Ok(self.directory_known_hashes(peer, hashes_in));
         }
         let Some(d) = self.docs.get_mut(id) else { return Ok(Vec::new()) };
         let doc = d.doc.automerge();
@@ -482,6 +509,9 @@ impl Replica for MemReplica {
     fn changes_since(&mut self, peer: &PeerInfo, id: &DocId, base: &[Hash]) -> Result<Option<Outgoing>, MemError> {
         if !self.visible(peer, id) {
             return Ok(None);
+        }
+        if is_directory_id(id) {
+            return Ok(self.directory_changes_since(peer, base));
         }
         let Some(d) = self.docs.get_mut(id) else { return Ok(None) };
         let sigs = &self.sigs;

@@ -571,3 +571,45 @@ fn the_timer_moves_on_while_a_peer_stays_silent_so_a_driver_never_spins() {
     let next = eb.poll_timeout().expect("still armed");
     assert!(next > first, "the deadline stayed at {next} after it passed: a driver would wake at once, forever");
 }
+
+/// The ICB directory in the in-memory replica travels as the node's does: from the hub to its
+/// ICB's edges and desks in an ordinary conversation, and nobody but the hub is believed (an edge relaying it to a desk, anyone sending it to a hub).
+#[test]
+fn the_hubs_directory_reaches_its_edges_and_desks_and_is_taken_from_no_one_else() {
+    use sync_protocol::directory::{DirectoryDoc, Hours, LineEntry, directory_id};
+    let (edge_i, hub_i, desk_i) = (
+        info("amb-07", Role::Edge, &[]),
+        info("hub-qhm", Role::Hub, &[]),
+        info("desk-derm-1", Role::Desk, &[ServiceLine::Dermatology]),
+    );
+    let (mut edge, mut hub, mut desk) = (replica(&edge_i, 1), replica(&hub_i, 2), replica(&desk_i, 3));
+    let entry = |hours: Hours| LineEntry {
+        line: ServiceLine::Dermatology,
+        hours,
+        channels: vec![Channel::Message, Channel::Call],
+        rota: vec![sync_protocol::call::RotaDesk { desk: "desk-derm-1".into(), ring_s: 20 }],
+        fallback_hub: None,
+        updated_ms: T,
+    };
+    let mut doc = DirectoryDoc::create("QHM", hub.actor().clone(), T).unwrap();
+    doc.set_line(&entry(Hours::Always), T).unwrap();
+    hub.set_directory(doc);
+    converse(&mut edge, &mut hub, T + 10);
+    converse(&mut desk, &mut hub, T + 20);
+    let want = hub.directory_heads();
+    assert!(want.is_some());
+    assert_eq!(edge.directory_heads(), want, "the edge holds the hub's directory");
+    assert_eq!(desk.directory_heads(), want, "the desk holds the hub's directory");
+    assert_eq!(desk.directory_view().unwrap().lines[&ServiceLine::Dermatology].rota[0].desk, "desk-derm-1");
+
+    // An edge's copy offered to a desk or to the hub: refused, whatever it holds.
+    let id = directory_id("QHM");
+    let out = edge.changes_since(&hub_i, &id, &[]).unwrap().unwrap();
+    let inc = Incoming { doc: id, bytes: out.bytes, sigs: vec![] };
+    for (to, from) in [(&mut desk, &edge_i), (&mut hub, &edge_i)] {
+        let applied = to.apply(from, std::slice::from_ref(&inc), T + 30).unwrap();
+        assert!(matches!(applied[0], sync_protocol::engine::Applied::Refused { .. }), "{applied:?}");
+    }
+    assert_eq!(edge.changes_since(&desk_i, &id, &[]).unwrap(), None, "an edge gives the directory to no desk");
+    assert_eq!(desk.heads_for(&edge_i, &id).unwrap(), None, "nor does a desk to an edge");
+}

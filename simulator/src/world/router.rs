@@ -72,7 +72,7 @@ impl World {
     /// hub's, once it was handed over).
     pub(super) fn route(&mut self, i: usize) {
         self.route_at(i, self.hub);
-        if let Some((h, _)) = self.fed
+        if let Some(h) = self.fed
             && self.calls[i].seen_at_fed.is_some()
         {
             self.route_at(i, h);
@@ -94,11 +94,8 @@ impl World {
             let Some(view) = self.nodes[h].replica.view(&doc) else { return };
             let now = self.node_now(h);
             let holders = self.nodes[h].replica.holders(&doc);
-            let directory = match &self.fed {
-                Some((f, d)) if *f == h => d,
-                _ => &self.directory,
-            };
-            let line = directory.get(&view.service.line).cloned();
+            // The hub's own copy of its ICB's directory, as the node's router reads it.
+            let line = self.nodes[h].replica.directory_view().and_then(|d| d.lines.get(&view.service.line).cloned());
             let line = line.as_ref();
             let hub_name = self.nodes[h].name.clone();
             let icb = self.nodes[h].info.icb.clone();

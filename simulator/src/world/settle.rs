@@ -76,6 +76,9 @@ impl World {
                 }
             }
         }
+        if self.directory_divergence().is_some() {
+            return false;
+        }
         for e in self.ledger.entries.iter().filter(|e| e.what == What::Photo && !self.lost_in_restore.contains(&e.key))
         {
             let Some(h) = hash_from_hex(&e.key) else { continue };
@@ -118,7 +121,24 @@ impl World {
         }
     }
 
+    /// A node whose copy of its ICB's directory differs from its hub's, if any.
+    pub(super) fn directory_divergence(&self) -> Option<String> {
+        for h in (0..self.nodes.len()).filter(|h| self.nodes[*h].kind == Kind::Hub) {
+            let Some(heads) = self.nodes[h].replica.directory_heads() else { continue };
+            let icb = self.nodes[h].info.icb.clone();
+            for n in &self.nodes {
+                if n.kind != Kind::Hub && n.info.icb == icb && n.replica.directory_heads().as_ref() != Some(&heads) {
+                    return Some(format!("{} does not hold {}'s directory as it is", n.name, self.nodes[h].name));
+                }
+            }
+        }
+        None
+    }
+
     pub(super) fn divergence(&mut self) -> String {
+        if let Some(d) = self.directory_divergence() {
+            return d;
+        }
         let hub = self.hub;
         let hub_ids = self.nodes[hub].replica.ids();
         for id in self.metas.keys() {
