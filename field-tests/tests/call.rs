@@ -17,6 +17,17 @@ const BIN: &str = env!("CARGO_BIN_EXE_outpost-field-node");
 const LIMIT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(200);
 
+/// Calls whose audio figures are asserted (loss, MOS, gap lengths) run one at a time: on this
+/// 2-core machine ten parallel calls of four node processes each starve the audio threads of
+/// CPU, and the frames they play late are counted as concealed, which is the machine's load, not
+/// the link's (a desk leg measured 1.2% loss on urban-4g under that load, 0% on its own, same
+/// seed). The other call tests still run beside them.
+static AUDIO_MEASURED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn measuring_audio() -> std::sync::MutexGuard<'static, ()> {
+    AUDIO_MEASURED.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 struct CallFleet {
     f: Field,
     hub: PathBuf,
@@ -261,6 +272,7 @@ fn leg_of(f: &Field, node: &Path, id: &str, name: &str) -> Option<Value> {
 
 #[test]
 fn over_urban_4g_speech_crosses_with_an_estimated_mos_of_four_and_under_one_percent_loss() {
+    let _alone = measuring_audio();
     let c = fleet("call-audio-urban-4g", "urban-4g", 20, [true, true]);
     let f = &c.f;
     let (said, sent, id) = ready_to_call(&c, 12.0, "Rash; need to talk it through");
@@ -306,6 +318,7 @@ fn over_urban_4g_speech_crosses_with_an_estimated_mos_of_four_and_under_one_perc
 /// the longest gap in what the consultant heard, in ms. The speech lasts `speech_s` and its
 /// last 2.5 s must come through after the blackout.
 fn blackout_call(name: &str, blackout: Duration, speech_s: f64) -> i64 {
+    let _alone = measuring_audio();
     let c = fleet(name, "urban-4g", 20, [true, true]);
     let f = &c.f;
     let (said, sent, id) = ready_to_call(&c, speech_s, "Rash; tunnel ahead");
@@ -405,6 +418,7 @@ fn an_outcome_not_recorded_after_a_call_is_flagged_not_reported() {
 
 #[test]
 fn when_no_desk_in_area_answers_the_federated_hubs_line_takes_the_call_and_speech_crosses_both_hubs() {
+    let _alone = measuring_audio();
     let mut f = Field::new(BIN, "call-out-of-area");
     let hub = f.node("hub-qhm", "hub", &[]);
     let desk_a = f.node("desk-a", "desk", &["--org", "RTH", "--service-line", "dermatology"]);
