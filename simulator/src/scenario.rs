@@ -396,6 +396,19 @@ impl Scenario {
                 return Err(bad(format!("ICB code {icb:?} must be 1 to 16 characters")));
             }
         }
+        // Each line's rota is its desks: the directory holds at most MAX_ROTA.
+        let mut per_line: std::collections::BTreeMap<ServiceLine, usize> = Default::default();
+        for g in self.groups.iter().filter(|g| g.kind == Kind::Desk && !g.lines.is_empty()) {
+            for i in 0..g.count {
+                *per_line.entry(g.lines[i % g.lines.len()]).or_default() += 1;
+            }
+        }
+        if let Some((line, n)) = per_line.iter().find(|(_, n)| **n > sync_protocol::directory::MAX_ROTA) {
+            return Err(bad(format!(
+                "{n} desks answer {line}: a line's rota holds at most {}",
+                sync_protocol::directory::MAX_ROTA
+            )));
+        }
         for g in &self.groups {
             if g.kind == Kind::Hub {
                 return Err(bad("the hub is implicit; groups are surgeries, ambulances and desks".into()));
@@ -422,7 +435,7 @@ impl Scenario {
             }
         }
         if let Some(f) = &self.federation {
-            if f.icb == self.icb {
+            if f.icb.eq_ignore_ascii_case(&self.icb) {
                 return Err(bad("the federated hub belongs to another ICB".into()));
             }
             if links::profile(&f.link).is_none() {

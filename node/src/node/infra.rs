@@ -3,7 +3,7 @@
 //! of it gives a person more than the clinical operations do. `Node::raw_store` is the one way
 //! past the node to its store, for the store's own tests, benchmarks and attack tests; nothing in
 //! this crate outside `node` calls it but the demo's stolen-tablet scene (held by
-//! `node/tests/architecture.rs`).
+//! `node/tests/invariants.rs`).
 
 use std::path::Path;
 

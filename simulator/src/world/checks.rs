@@ -1,21 +1,36 @@
 //! Observation and the invariant checkers: durability, scope, receipts, status, routing, delivery.
 
 use super::*;
+use sync_protocol::directory::{directory_id, is_directory_id};
 
 impl World {
     pub(super) fn observe(&mut self, owner: usize, changed: &[DocId]) {
         let kind = self.nodes[owner].kind;
         for doc in changed {
             let Some(view) = self.nodes[owner].replica.view(doc) else { continue };
-            // A hub's share (a call's router handing the case to a desk or to a federated
-            // hub) widens who may hold the session: the scope checks follow it.
-            if kind == Kind::Hub
-                && let Some(meta) = self.metas.get_mut(doc)
-            {
-                for name in &view.shared_with {
-                    if !meta.shares.contains(name) {
-                        meta.shares.push(name.clone());
-                    }
+            // A hub's share widens who may hold the session, when it is one a router makes:
+            // to another hub (a hand-over), or to a desk on this hub's own rota for the line.
+            // Any other share stays outside the scope checks' truth, and is caught by them.
+            let new_shares: Vec<String> = match self.metas.get(doc) {
+                Some(meta) if kind == Kind::Hub => {
+                    view.shared_with.iter().filter(|n| !meta.shares.contains(n)).cloned().collect()
+                }
+                _ => Vec::new(),
+            };
+            if !new_shares.is_empty() {
+                let rota: Vec<String> = self.nodes[owner]
+                    .replica
+                    .directory_view()
+                    .and_then(|d| {
+                        d.lines.get(&view.service.line).map(|l| l.rota.iter().map(|r| r.desk.clone()).collect())
+                    })
+                    .unwrap_or_default();
+                let hubs: Vec<&str> =
+                    self.nodes.iter().filter(|n| n.kind == Kind::Hub).map(|n| n.name.as_str()).collect();
+                let justified: Vec<String> =
+                    new_shares.into_iter().filter(|n| rota.contains(n) || hubs.contains(&n.as_str())).collect();
+                if let Some(meta) = self.metas.get_mut(doc) {
+                    meta.shares.extend(justified);
                 }
             }
             // Status never moves backwards at any node.
@@ -165,6 +180,12 @@ impl World {
         let nothing = matches!(f, Frame::Refused { .. }) || matches!(f, Frame::Heads { heads, .. } if heads.is_empty());
         for id in ids {
             if nothing && self.named.contains(&(receiver, id)) {
+                continue;
+            }
+            // A directory goes only to its own ICB's nodes.
+            if is_directory_id(&id) && info.icb.as_deref().map(directory_id) != Some(id) && !nothing {
+                let what = f.name();
+                self.violate("scope", format!("{} was sent {what} about another ICB's directory", info.name));
                 continue;
             }
             // A receiver may be told of documents it asked about; what matters is that nothing
