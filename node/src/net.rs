@@ -396,6 +396,9 @@ impl Drop for Registered {
 enum Notice {
     /// These documents changed (by connection `from`, 0 for local writes).
     Docs { from: u64, docs: Arc<Vec<DocId>> },
+    /// A hub confirmed holding these sessions (at the heads it told): their cards may now
+    /// show this node's messages "at hub". No document changed.
+    Held { docs: Arc<Vec<DocId>> },
     /// A newer revocation list was installed.
     Revocations,
     /// A conversation with a peer began or ended (for the local API's event stream).

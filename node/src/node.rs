@@ -253,6 +253,7 @@ impl Node {
         if key.id() != config.key_id {
             return Err(CryptoError::WrongKey { origin, found: key.id(), expected: config.key_id.clone() }.into());
         }
+        let opts = StoreOptions { hub: config.role == Role::Hub, ..opts };
         let store = Store::open(&dir.db_path(), Sealer::new(&key), &config.name, opts)?;
         Ok(Node { dir: dir.clone(), config, store, acting: None, _store_lock: lock })
     }

@@ -20,6 +20,9 @@ pub struct NodeReplica<'a> {
     ca: Option<&'a CertificateDer<'static>>,
     /// Documents written during this borrow (to be pushed to other peers).
     pub changed: Vec<DocId>,
+    /// Sessions a hub has confirmed holding during this borrow (what it holds of this node's
+    /// messages may have changed: an app's cards say so).
+    pub held: Vec<DocId>,
     /// Set when a newer revocation list was installed during this borrow.
     pub revocations_updated: bool,
 }
@@ -27,7 +30,7 @@ pub struct NodeReplica<'a> {
 impl<'a> NodeReplica<'a> {
     /// Wraps `store` for node `me`; `ca` checks revocation lists offered by peers.
     pub fn new(store: &'a mut Store, me: &'a PeerInfo, ca: Option<&'a CertificateDer<'static>>) -> Self {
-        NodeReplica { store, me, ca, changed: Vec::new(), revocations_updated: false }
+        NodeReplica { store, me, ca, changed: Vec::new(), held: Vec::new(), revocations_updated: false }
     }
 }
 
@@ -94,7 +97,11 @@ impl Replica for NodeReplica<'_> {
         for (id, k) in updates.iter().filter(|(id, _)| is_directory_id(id)) {
             self.store.set_directory_knowledge(self.me, peer, id, k)?;
         }
-        self.store.set_knowledge(peer, updates)
+        self.store.set_knowledge(peer, updates)?;
+        if peer.role == sync_protocol::vocab::Role::Hub {
+            self.held.extend(updates.iter().map(|(id, _)| *id).filter(|id| !is_directory_id(id)));
+        }
+        Ok(())
     }
 
     fn changes_since(&mut self, peer: &PeerInfo, id: &DocId, base: &[Hash]) -> Result<Option<Outgoing>, StoreError> {

@@ -95,7 +95,7 @@ impl CachedSql for Connection {
 pub const MAX_PAGES_ENV: &str = "OUTPOST_MAX_DB_PAGES";
 
 /// Database schema version this build writes (`PRAGMA user_version`).
-pub const DB_SCHEMA_VERSION: i64 = 6;
+pub const DB_SCHEMA_VERSION: i64 = 7;
 
 /// Tunables of the store.
 #[derive(Debug, Clone, Copy)]
@@ -109,6 +109,8 @@ pub struct StoreOptions {
     pub compact_min_bytes: u64,
     /// Bounds on what a peer may make this store check and apply.
     pub limits: Limits,
+    /// This node is a hub: what it holds is at a hub (see [`sync_protocol::session::localize`]).
+    pub hub: bool,
 }
 
 impl Default for StoreOptions {
@@ -118,7 +120,13 @@ impl Default for StoreOptions {
         // session with many messages takes more and leaves room for fewer. A log is folded once
         // it holds 64 changes or 8 KiB and half the snapshot: folding re-encodes and compresses
         // the whole document, so it must not follow every message.
-        StoreOptions { cache_bytes: 256 << 20, compact_after: 64, compact_min_bytes: 8192, limits: Limits::default() }
+        StoreOptions {
+            cache_bytes: 256 << 20,
+            compact_after: 64,
+            compact_min_bytes: 8192,
+            limits: Limits::default(),
+            hub: false,
+        }
     }
 }
 
@@ -473,8 +481,9 @@ impl Store {
             let tx =
                 self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
             let mut cached = checkout(&mut self.cache, &tx, &self.sealer, &self.actor, id)?;
-            let view = cached.doc.view().map_err(model(id))?;
-            index_doc(&tx, &self.sealer, &key, cached.sid, &mut cached.doc, &view)?;
+            let mut view = cached.doc.view().map_err(model(id))?;
+            let viewer = Viewer { node: &self.node, hub: self.opts.hub };
+            index_doc(&tx, &self.sealer, viewer, (&key, cached.sid), &mut cached.doc, &mut view)?;
             tx.commit().map_err(sql("committing"))?;
             self.cache.put(id, cached);
         }

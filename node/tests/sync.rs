@@ -263,7 +263,15 @@ fn a_message_shows_at_hub_only_once_the_hub_has_stored_it() {
     let text = format!("must be durable at the hub. {noise}");
     ok(&["message", "send", "--dir", d(&amb), &id, &text]);
     let receipt = || view(&amb, &id)["messages"][0]["receipt"].as_str().unwrap().to_string();
+    // The session list's card says the same (the hub writes no receipt on messages: the card
+    // reads the hub's acknowledged heads beside it).
+    let card = || {
+        let list = common::json(&ok(&["session", "list", "--dir", d(&amb), "--json"]));
+        let card = list.as_array().unwrap().iter().find(|c| c["id"] == id.as_str()).cloned().unwrap();
+        (card["on_device_only"].as_u64().unwrap(), card["last_message_receipt"].as_str().unwrap().to_string())
+    };
     assert_eq!(receipt(), "device");
+    assert_eq!(card(), (1, "device".to_string()));
     {
         // The hub's disk is full: it cannot store the session, so it must not acknowledge it.
         // No free pages left inside the file, and no room to grow it.
@@ -277,10 +285,12 @@ fn a_message_shows_at_hub_only_once_the_hub_has_stored_it() {
         wait_until(LIMIT, "the hub to listen", || full.log_text().contains("outpost daemon started"));
         fails(&["sync", "--dir", d(&amb), "--peer", &addr, "--timeout", "10"], 6);
         assert_eq!(receipt(), "device", "the hub could not store it, so it is not 'at hub'");
+        assert_eq!(card(), (1, "device".to_string()));
     }
     let mut hubd = daemon(&hub, &["--listen", &addr], &[]);
     wait_until(LIMIT, "a sync", || run(&["sync", "--dir", d(&amb), "--peer", &addr]).status.success());
     assert_eq!(receipt(), "hub");
+    assert_eq!(card(), (0, "hub".to_string()));
     // Kill the hub without warning: what it acknowledged is on its disk.
     hubd.child.kill().unwrap();
     hubd.child.wait().unwrap();

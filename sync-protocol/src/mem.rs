@@ -113,6 +113,9 @@ pub struct MemReplica {
     sigs: HashMap<Hash, Signature>,
     docs: BTreeMap<DocId, Doc>,
     knowledge: HashMap<String, BTreeMap<DocId, Knowledge>>,
+    /// The peers among those that are hubs (their acknowledged heads say which of this node's
+    /// messages are at a hub).
+    hubs: std::collections::BTreeSet<String>,
     /// Blobs by hash.
     pub blobs: HashMap<Hash, MemBlob>,
     revocations: Option<(u64, Vec<u8>)>,
@@ -147,6 +150,7 @@ impl MemReplica {
             sigs: HashMap::new(),
             docs: BTreeMap::new(),
             knowledge: HashMap::new(),
+            hubs: Default::default(),
             blobs: HashMap::new(),
             revocations: None,
             directory: None,
@@ -237,6 +241,44 @@ impl MemReplica {
         self.docs.get(id).map(|d| d.view.clone())
     }
 
+    /// The session as this node sees it, with its own messages "at hub" once a hub has
+    /// acknowledged heads that hold them (the node's own rule: [`crate::session::localize`]).
+    pub fn view_seen(&mut self, id: &DocId) -> Option<SessionView> {
+        let (hubs, knowledge) = (&self.hubs, &self.knowledge);
+        let d = self.docs.get_mut(id)?;
+        let mut view = d.view.clone();
+        let heads = || -> Result<_, crate::ModelError> {
+            Ok(hubs.iter().filter_map(|h| knowledge.get(h)?.get(id)).map(|k| k.heads.clone()).collect())
+        };
+        crate::session::localize(&mut d.doc, &mut view, &self.me.name, self.me.role == crate::vocab::Role::Hub, heads)
+            .ok()?;
+        Some(view)
+    }
+
+    /// This node's messages in a session that it shows "at hub" without a receipt, each with
+    /// the hubs whose acknowledged heads hold it: what a checker holds against the truth.
+    pub fn messages_vouched_by_hubs(&mut self, id: &DocId) -> Vec<(String, Vec<String>)> {
+        let Some(d) = self.docs.get_mut(id) else { return Vec::new() };
+        let mut view = d.view.clone();
+        let pending = view.raise_held(&self.me.name, self.me.role == crate::vocab::Role::Hub);
+        if pending.is_empty() {
+            return Vec::new();
+        }
+        let mut out: Vec<(String, Vec<String>)> =
+            pending.iter().filter_map(|&i| view.messages.get(i)).map(|m| (m.id.clone(), Vec::new())).collect();
+        for hub in &self.hubs {
+            let Some(k) = self.knowledge.get(hub).and_then(|k| k.get(id)) else { continue };
+            let Ok(held) = d.doc.message_ids_at(&hashes(&k.heads)) else { continue };
+            for (m, by) in &mut out {
+                if held.contains(m) {
+                    by.push(hub.clone());
+                }
+            }
+        }
+        out.retain(|(_, by)| !by.is_empty());
+        out
+    }
+
     /// Ids of every held session.
     pub fn ids(&self) -> Vec<DocId> {
         self.docs.keys().copied().collect()
@@ -293,6 +335,7 @@ impl MemReplica {
             sigs: self.sigs.clone(),
             docs,
             knowledge: self.knowledge.clone(),
+            hubs: self.hubs.clone(),
             blobs: self.blobs.clone(),
             revocations: self.revocations.clone(),
             directory,
@@ -497,6 +540,9 @@ impl Replica for MemReplica {
     fn set_knowledge(&mut self, peer: &PeerInfo, updates: &[(DocId, Knowledge)]) -> Result<(), MemError> {
         // What a peer says of a session it may not see is not recorded.
         let visible: Vec<bool> = updates.iter().map(|(id, _)| self.visible(peer, id)).collect();
+        if peer.role == crate::vocab::Role::Hub {
+            self.hubs.insert(peer.name.clone());
+        }
         let k = self.knowledge.entry(peer.name.clone()).or_default();
         for ((id, kn), ok) in updates.iter().zip(visible) {
             if ok {

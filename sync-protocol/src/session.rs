@@ -14,7 +14,7 @@
 //!   string, not collaborative `Text`: it never changes, and a string costs one op, not one per character.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::rc::Rc;
 use std::str::FromStr;
@@ -694,6 +694,11 @@ impl SessionDoc {
     /// every photo written by another node whose bytes `holds_blob` says are here. One change
     /// for all of them; returns whether anything was added. Called by a hub or desk after it
     /// has stored what it received, so a receipt never claims more than is true.
+    ///
+    /// A hub writes no receipt on messages: that a message is at a hub is known to its writer
+    /// from the hub's acknowledgement of the heads that hold it (see [`Self::message_ids_at`]
+    /// and [`SessionView::raise_held`]), which saves a round trip and a change per session.
+    /// Photos keep theirs: "whole at the hub" is what lets an edge delete its copy.
     pub fn acknowledge(
         &mut self,
         level: ReceiptLevel,
@@ -710,7 +715,8 @@ impl SessionDoc {
         let doc = &self.doc;
         let mut targets = Vec::new();
         let msgs = child(doc, &ROOT, "messages", ObjType::List)?;
-        for i in 0..doc.length(&msgs) {
+        let messages = if level == ReceiptLevel::Hub { 0 } else { doc.length(&msgs) };
+        for i in 0..messages {
             if let Some((Value::Object(ObjType::Map), m)) = doc.get(&msgs, i)?
                 && !text_is(doc, &m, "author", node)?
             {
@@ -736,6 +742,31 @@ impl SessionDoc {
             self.commit("receipts", now);
         }
         Ok(added)
+    }
+
+    /// The ids of the messages a replica whose heads are `heads` holds. Heads this document
+    /// does not know are left out (their history is unknown here), so the answer never claims
+    /// more than the history held here shows.
+    pub fn message_ids_at(&mut self, heads: &[ChangeHash]) -> Result<BTreeSet<String>, ModelError> {
+        let known: Vec<ChangeHash> =
+            heads.iter().copied().filter(|h| self.doc.get_change_by_hash(h).is_some()).collect();
+        let mut out = BTreeSet::new();
+        if known.is_empty() {
+            return Ok(out);
+        }
+        let doc = &self.doc;
+        let Some((Value::Object(ObjType::List), msgs)) = doc.get_at(&ROOT, "messages", &known)? else {
+            return Ok(out);
+        };
+        for i in 0..doc.length_at(&msgs, &known) {
+            if let Some((Value::Object(ObjType::Map), m)) = doc.get_at(&msgs, i, &known)?
+                && let Some((Value::Scalar(s), _)) = doc.get_at(&m, "id", &known)?
+                && let automerge::ScalarValue::Str(id) = s.as_ref()
+            {
+                out.insert(id.to_string());
+            }
+        }
+        Ok(out)
     }
 
     /// Records one side's outcome (last writer wins per side) and moves the session to
@@ -1594,6 +1625,39 @@ impl SessionView {
         }
     }
 
+    /// Raises the receipt levels to what the node viewing this session (`me`; `me_hub` when it
+    /// is a hub) knows without a receipt: a message another node wrote has left its device
+    /// through a hub (edges and desks exchange sessions only with hubs), and so has anything a
+    /// hub wrote. Returns the indices (in `messages`) of this node's own messages still below
+    /// "at hub": those are at a hub once a hub has acknowledged heads that hold them (see
+    /// [`Self::raise_at_hub`]).
+    pub fn raise_held(&mut self, me: &str, me_hub: bool) -> Vec<usize> {
+        let mut own = Vec::new();
+        for (i, m) in self.messages.iter_mut().enumerate() {
+            if m.receipt >= ReceiptLevel::Hub {
+                continue;
+            }
+            if me_hub || m.author != me {
+                m.receipt = ReceiptLevel::Hub;
+            } else {
+                own.push(i);
+            }
+        }
+        own
+    }
+
+    /// Marks `pending` messages (from [`Self::raise_held`]) "at hub" when their id is in `held`
+    /// (what a hub's acknowledged heads hold: [`SessionDoc::message_ids_at`]).
+    pub fn raise_at_hub(&mut self, pending: &[usize], held: &BTreeSet<String>) {
+        for &i in pending {
+            if let Some(m) = self.messages.get_mut(i)
+                && held.contains(&m.id)
+            {
+                m.receipt = m.receipt.max(ReceiptLevel::Hub);
+            }
+        }
+    }
+
     /// Photos this node attached whose bytes a hub has confirmed holding: the edge may delete
     /// its copy (the record lives at the hub).
     pub fn offloadable_media(&self, me: &str) -> Vec<String> {
@@ -1603,6 +1667,37 @@ impl SessionView {
             .map(|m| m.hash.clone())
             .collect()
     }
+}
+
+/// The view of a session as the node `me` (a hub when `me_hub`) sees it: its receipts raised
+/// by what the node knows without one ([`SessionView::raise_held`]), and its own messages "at
+/// hub" when one of `hub_heads` (the heads each hub peer has acknowledged holding, asked for
+/// only when some own message needs them) holds them. Heads equal to ours hold everything,
+/// without reading the document.
+pub fn localize<E: From<ModelError>>(
+    doc: &mut SessionDoc,
+    view: &mut SessionView,
+    me: &str,
+    me_hub: bool,
+    hub_heads: impl FnOnce() -> Result<Vec<Vec<crate::wire::Hash>>, E>,
+) -> Result<(), E> {
+    let pending = view.raise_held(me, me_hub);
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let mut ours: Vec<crate::wire::Hash> = doc.heads().into_iter().map(|h| h.0).collect();
+    ours.sort();
+    for mut theirs in hub_heads()? {
+        theirs.sort();
+        let held = if theirs == ours {
+            pending.iter().filter_map(|&i| view.messages.get(i).map(|m| m.id.clone())).collect()
+        } else {
+            let heads: Vec<ChangeHash> = theirs.into_iter().map(ChangeHash).collect();
+            doc.message_ids_at(&heads)?
+        };
+        view.raise_at_hub(&pending, &held);
+    }
+    Ok(())
 }
 
 /// The receipt a node of this role gives for what others wrote once it stores it: a hub says

@@ -210,9 +210,9 @@ pub(super) async fn converse(
                 out.push(f);
             }
             let log = engine.take_log();
-            let (changed, crl_updated) = (replica.changed, replica.revocations_updated);
+            let (changed, held, crl_updated) = (replica.changed, replica.held, replica.revocations_updated);
             let cost = (node.ops_admitted() - ops_before, engine.stats().bytes_received - bytes_before);
-            (engine, result.map_err(|e| e.to_string()), out, changed, crl_updated, log, cost)
+            (engine, result.map_err(|e| e.to_string()), out, (changed, held), crl_updated, log, cost)
         })
     };
     tracing::info!(peer = %peer.name, role = %peer.role, %addr, "connected");
@@ -248,7 +248,7 @@ pub(super) async fn converse(
     loop {
         if let Some(w) = work.take() {
             let Some(e) = engine.take() else { break };
-            let (e, result, out, changed, crl_updated, log, (ops, bytes)) = step(e, w).await?;
+            let (e, result, out, (changed, held), crl_updated, log, (ops, bytes)) = step(e, w).await?;
             in_step.clear();
             if let Some(why) = budget.spend(ops, bytes, &shared.limits) {
                 shared.metrics.refused("budget");
@@ -268,6 +268,9 @@ pub(super) async fn converse(
             }
             if !changed.is_empty() {
                 let _ = shared.changes.send(Notice::Docs { from: id, docs: Arc::new(changed) });
+            }
+            if !held.is_empty() {
+                let _ = shared.changes.send(Notice::Held { docs: Arc::new(held) });
             }
             if crl_updated {
                 install_revocations(&shared).await;

@@ -13,7 +13,7 @@ impl Store {
     ) -> Result<SessionView, StoreError> {
         self.check_space()?;
         let mut doc = SessionDoc::create(new, self.actor.clone(), now).map_err(model(new.id))?;
-        let view = doc.view().map_err(model(new.id))?;
+        let mut view = doc.view().map_err(model(new.id))?;
         let id = new.id.to_string();
         let card = seal_card(&self.sealer, &id, &view)?;
         let bytes = doc.save_after(&[]);
@@ -32,7 +32,8 @@ impl Store {
         let sid = insert_session_row(&tx, &id, &view, &card, "recording the session")?;
         let seq = append_change(&tx, &self.sealer, sid, &id, &bytes)?;
         put_sigs(&tx, authorship::sign_new(&self.author, doc.automerge(), &[]))?;
-        index_doc(&tx, &self.sealer, &id, sid, &mut doc, &view)?;
+        let viewer = Viewer { node: &self.node, hub: self.opts.hub };
+        index_doc(&tx, &self.sealer, viewer, (&id, sid), &mut doc, &mut view)?;
         append_audit(&tx, &self.sealer, &self.node, now, "session.create", Some(sid), by(&self.acting, None))?;
         tx.commit().map_err(sql("committing"))?;
         self.cache.put(new.id, Cached { doc, sid, upto: seq });
@@ -88,10 +89,11 @@ impl Store {
         let out = f(&mut ctx, &mut cached.doc)?;
         if cached.doc.heads() != before {
             let bytes = cached.doc.save_after(&before);
-            let view = cached.doc.view().map_err(model(id))?;
+            let mut view = cached.doc.view().map_err(model(id))?;
             let seq = append_change(&tx, &self.sealer, cached.sid, &key, &bytes)?;
             put_sigs(&tx, authorship::sign_new(&self.author, cached.doc.automerge(), &before))?;
-            index_doc(&tx, &self.sealer, &key, cached.sid, &mut cached.doc, &view)?;
+            let viewer = Viewer { node: &self.node, hub: self.opts.hub };
+            index_doc(&tx, &self.sealer, viewer, (&key, cached.sid), &mut cached.doc, &mut view)?;
             let counts = log_counts(&tx, cached.sid)?;
             cached.upto = seq;
             maybe_compact(&tx, &self.sealer, &self.opts, &key, &mut cached, counts)?;
@@ -129,7 +131,16 @@ impl Store {
 
     /// The current view of a session.
     pub fn view(&mut self, id: SessionId) -> Result<SessionView, StoreError> {
-        self.with_doc(id, |d| d.view())?.map_err(model(id))
+        let tx = self.conn.transaction().map_err(sql("starting a read"))?;
+        let mut cached = checkout(&mut self.cache, &tx, &self.sealer, &self.actor, id)?;
+        let viewer = Viewer { node: &self.node, hub: self.opts.hub };
+        let view = match cached.doc.view() {
+            Ok(mut view) => localize_view(&tx, viewer, cached.sid, &mut cached.doc, &mut view).map(|()| view),
+            Err(e) => Err(model(id)(e)),
+        };
+        drop(tx);
+        self.cache.put(id, cached);
+        view
     }
 
     /// The whole document as Automerge bytes.
@@ -168,7 +179,9 @@ impl Store {
     ) -> Result<Vec<SessionCard>, StoreError> {
         let ctx = "listing sessions";
         let query = format!(
-            "SELECT id, status, service_line, priority, origin, created_ms, updated_ms, card FROM sessions {} {}
+            "SELECT id, status, service_line, priority, origin, created_ms, updated_ms, card,
+             EXISTS (SELECT 1 FROM peer_docs p WHERE p.sid = sessions.sid AND p.hub = 1 AND p.digest = sessions.digest)
+             FROM sessions {} {}
              ORDER BY updated_ms DESC, id DESC LIMIT {limit}",
             if wheres.is_empty() { "" } else { "WHERE" },
             wheres.join(" AND "),
@@ -181,8 +194,15 @@ impl Store {
             let id: String = row.get(0).map_err(sql(ctx))?;
             let text = |i: usize| row.get::<_, String>(i).map_err(sql(ctx));
             let sealed: Vec<u8> = row.get(7).map_err(sql(ctx))?;
-            let secret: CardSecret =
+            let mut secret: CardSecret =
                 serde_json::from_slice(&self.sealer.open("session card", &card_aad(&id), &sealed)?).map_err(json)?;
+            // A hub has acknowledged the heads the card was written at: every message is there.
+            if row.get::<_, bool>(8).map_err(sql(ctx))? && secret.messages_on_device > 0 {
+                secret.on_device_only = secret.on_device_only.saturating_sub(secret.messages_on_device);
+                if secret.last_message_receipt == Some(ReceiptLevel::Device) {
+                    secret.last_message_receipt = Some(ReceiptLevel::Hub);
+                }
+            }
             out.push(SessionCard {
                 id: id.parse().map_err(|_| damaged("id", id.clone()))?,
                 status: Status::parse(&text(1)?).map_err(|e| damaged("status", e.value))?,
@@ -267,11 +287,12 @@ pub(super) fn doc_heads(doc: &mut SessionDoc) -> Vec<Hash> {
 pub(super) fn index_doc(
     tx: &Transaction<'_>,
     sealer: &Sealer,
-    key: &str,
-    sid: i64,
+    viewer: Viewer<'_>,
+    (key, sid): (&str, i64),
     doc: &mut SessionDoc,
-    view: &SessionView,
+    view: &mut SessionView,
 ) -> Result<(), StoreError> {
+    localize_view(tx, viewer, sid, doc, view)?;
     let heads = doc_heads(doc);
     let digest = recon::digest(&heads);
     let card = seal_card(sealer, key, view)?;
@@ -323,6 +344,51 @@ pub(super) fn index_doc(
         .map_err(sql("indexing photos"))?;
     }
     Ok(())
+}
+
+/// The node a store belongs to, as the one viewing its sessions: its name and whether it is a hub.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Viewer<'a> {
+    pub(super) node: &'a str,
+    pub(super) hub: bool,
+}
+
+/// A session's view as this node sees it: receipts raised by what it knows without one, and
+/// its own messages "at hub" once a hub has acknowledged heads that hold them (the hubs'
+/// acknowledged heads are read only when an own message needs them).
+pub(super) fn localize_view(
+    conn: &rusqlite::Connection,
+    viewer: Viewer<'_>,
+    sid: i64,
+    doc: &mut SessionDoc,
+    view: &mut SessionView,
+) -> Result<(), StoreError> {
+    enum Failed {
+        Doc(ModelError),
+        Store(StoreError),
+    }
+    impl From<ModelError> for Failed {
+        fn from(e: ModelError) -> Self {
+            Failed::Doc(e)
+        }
+    }
+    let ctx = "reading what the hubs hold";
+    let done = sync_protocol::session::localize(doc, view, viewer.node, viewer.hub, || {
+        let mut stmt = conn
+            .prepare_cached("SELECT heads FROM peer_docs WHERE sid = ?1 AND hub = 1")
+            .map_err(|e| Failed::Store(sql(ctx)(e)))?;
+        let rows = stmt.query_map([sid], |r| r.get::<_, Vec<u8>>(0)).map_err(|e| Failed::Store(sql(ctx)(e)))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(heads_from_blob(&r.map_err(|e| Failed::Store(sql(ctx)(e)))?));
+        }
+        Ok(out)
+    });
+    match done {
+        Ok(()) => Ok(()),
+        Err(Failed::Store(e)) => Err(e),
+        Err(Failed::Doc(e)) => Err(model(view.id)(e)),
+    }
 }
 
 pub(super) fn sid_bytes(key: &str) -> Result<DocId, StoreError> {

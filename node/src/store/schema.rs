@@ -172,6 +172,12 @@ CREATE TABLE client_keys (
     PRIMARY KEY (kind, key)
 ) WITHOUT ROWID;
 "#,
+    // Which peers are hubs: a hub's acknowledged heads say which of this node's messages are at
+    // a hub (hubs write no receipt on messages).
+    r#"
+ALTER TABLE peer_docs ADD COLUMN hub INTEGER NOT NULL DEFAULT 0;
+UPDATE peer_docs SET hub = 1 WHERE peer IN (SELECT peer FROM peer_marks WHERE scope LIKE 'Hub|%');
+"#,
 ];
 
 pub(super) const KEY_CHECK: &[u8] = b"outpost key check";

@@ -350,9 +350,17 @@ impl Store {
             self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
         for (sid, k) in rows {
             tx.exec(
-                "INSERT INTO peer_docs (peer, sid, digest, heads, shared) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (peer, sid) DO UPDATE SET digest = excluded.digest, heads = excluded.heads, shared = excluded.shared",
-                params![peer.name, sid, recon::digest(&k.heads).to_vec(), heads_blob(&k.heads), heads_blob(&k.shared)],
+                "INSERT INTO peer_docs (peer, sid, digest, heads, shared, hub) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (peer, sid) DO UPDATE SET digest = excluded.digest, heads = excluded.heads,
+                 shared = excluded.shared, hub = excluded.hub",
+                params![
+                    peer.name,
+                    sid,
+                    recon::digest(&k.heads).to_vec(),
+                    heads_blob(&k.heads),
+                    heads_blob(&k.shared),
+                    peer.role == sync_protocol::vocab::Role::Hub
+                ],
             )
             .map_err(sql("recording peer state"))?;
             // A confirmation of other heads than ours: the delta must look at this session again.
@@ -585,7 +593,7 @@ fn integrate(
         own_sigs = authorship::sign_new(env.author, candidate.automerge(), &received);
     }
     // The node's acceptance rule, shared with the simulator's replica.
-    let view = match accept::vet(me, from, &sid.to_bytes(), &mut candidate) {
+    let mut view = match accept::vet(me, from, &sid.to_bytes(), &mut candidate) {
         Verdict::Accepted(view) => *view,
         Verdict::MissingDeps => return Ok((Applied::MissingDeps, None)),
         Verdict::Refused(why) => return Ok((Applied::Refused { reason: why.to_string() }, None)),
@@ -606,7 +614,8 @@ fn integrate(
             (row_sid, seq)
         }
     };
-    index_doc(tx, sealer, &key, row_sid, &mut candidate, &view)?;
+    let viewer = super::documents::Viewer { node: &me.name, hub: opts.hub };
+    index_doc(tx, sealer, viewer, (&key, row_sid), &mut candidate, &mut view)?;
     // An edge keeps no copy of a photo a hub has confirmed holding (a thumbnail stays).
     for hash in view.offloadable_media(&me.name) {
         let n = tx

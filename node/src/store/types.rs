@@ -57,6 +57,10 @@ pub(super) struct CardSecret {
     pub(super) photos: usize,
     #[serde(rename = "d")]
     pub(super) on_device_only: usize,
+    /// Of those, this node's messages: at a hub as soon as a hub acknowledges the session's
+    /// current heads, which the card's listing reads beside it (cards written before lack it).
+    #[serde(rename = "u", default)]
+    pub(super) messages_on_device: usize,
     /// Cards written before schema 6 lack it; it is filled at the session's next write.
     #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
     pub(super) last_message_receipt: Option<ReceiptLevel>,
@@ -75,6 +79,7 @@ impl CardSecret {
             photos: v.media.len(),
             on_device_only: v.messages.iter().filter(|m| m.receipt == ReceiptLevel::Device).count()
                 + v.media.iter().filter(|m| m.receipt == ReceiptLevel::Device).count(),
+            messages_on_device: v.messages.iter().filter(|m| m.receipt == ReceiptLevel::Device).count(),
             last_message_receipt: v.messages.last().map(|m| m.receipt),
             last_message_side: v.messages.last().map(|m| m.side),
         }

@@ -150,6 +150,23 @@ impl World {
                 }
             }
         }
+        // Its own messages shown "at hub" from a hub's acknowledged heads (hubs write no
+        // receipt on messages): the hub must hold them.
+        let id = view.id.to_bytes();
+        for (m, hubs) in self.nodes[owner].replica.messages_vouched_by_hubs(&id) {
+            let true_of = |hub: &String| {
+                let Some(holder) = self.nodes.iter().position(|n| &n.name == hub) else { return false };
+                self.unvouched.contains_key(&(holder, m.clone()))
+                    || self.nodes[holder].replica.view(&id).is_some_and(|v| v.messages.iter().any(|x| x.id == m))
+            };
+            if !hubs.iter().any(true_of) {
+                bad.push(format!(
+                    "{} shows its message {m} at hub from what {} acknowledged, which does not hold it",
+                    self.nodes[owner].name,
+                    hubs.join(", ")
+                ));
+            }
+        }
         for b in bad {
             self.violate("receipts", b);
         }

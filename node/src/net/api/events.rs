@@ -103,7 +103,7 @@ pub(super) async fn events(
                             return None;
                         }
                     }
-                    Some(Ok(Notice::Docs { docs, .. })) => {
+                    Some(Ok(Notice::Docs { docs, .. } | Notice::Held { docs })) => {
                         let ids: Vec<SessionId> = docs.iter().map(|d| SessionId::from_bytes(*d)).collect();
                         let token = held.1.clone();
                         // The token is checked again with every change it would be told of.
