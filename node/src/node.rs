@@ -5,12 +5,13 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sync_protocol::call::{Action, CallState, PathQuality, RoutingKind, calls_in, calls_of};
+use sync_protocol::call::{Action, CallState, PathQuality, calls_in, calls_of};
 use sync_protocol::directory::{DirectoryView, LineEntry};
 use sync_protocol::router::{Hub, Write, route};
+use sync_protocol::routing::RoutingEntry;
 use sync_protocol::session::{
-    LogName, LogValue, ModelError, NewConsent, NewMedia, NewMessage, NewSession, Patient, Requester, Service,
-    SessionId, SessionView, side_of,
+    LogName, ModelError, NewConsent, NewMedia, NewMessage, NewSession, Patient, Requester, Service, SessionId,
+    SessionView, side_of,
 };
 use sync_protocol::vocab::{
     CareSetting, Channel, ConsentKind, ConsentScope, NhsVerification, Outcome, PhotoView, ReceiptLevel, Role,

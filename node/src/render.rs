@@ -171,39 +171,29 @@ pub fn describe_leg(l: &sync_protocol::leg::Leg) -> String {
 
 /// One routing-log entry as a line for a clinician.
 pub fn describe_step(e: &std::collections::BTreeMap<String, LogValue>) -> String {
-    let s = |k: &str| match e.get(k) {
-        Some(LogValue::Str(v)) => v.clone(),
-        Some(LogValue::Int(i)) => i.to_string(),
-        Some(LogValue::Float(f)) => format!("{f:.2}"),
-        None => String::new(),
-    };
-    let at = match e.get("at_ms") {
-        Some(LogValue::Int(t)) => time(*t),
-        _ => String::new(),
-    };
-    use sync_protocol::call::RoutingKind as K;
-    let what = match K::of(e).unwrap_or(K::Other(String::new())) {
-        K::Escalate => format!("{} asked for a call", s("by")),
-        K::Gate if s("verdict") == "call" => format!(
-            "link checked: estimated MOS {} (round trip {} ms, jitter {} ms, loss {}): a call is possible",
-            s("mos"),
-            s("rtt_ms"),
-            s("jitter_ms"),
-            s("loss")
+    use sync_protocol::routing::{RoutingEntry as E, Since, Verdict};
+    let Some((entry, at_ms)) = E::read(e) else { return String::new() };
+    let at = if e.contains_key("at_ms") { time(at_ms) } else { String::new() };
+    let what = match entry {
+        E::Escalate { by, .. } => format!("{by} asked for a call"),
+        E::Gate { figures: g, .. } if g.verdict == Verdict::Call => format!(
+            "link checked: estimated MOS {:.2} (round trip {:.2} ms, jitter {:.2} ms, loss {:.2}): a call is possible",
+            g.mos, g.rtt_ms, g.jitter_ms, g.loss
         ),
-        K::Gate => format!("link checked: {}", s("reason")),
-        K::Ring => format!("ringing {} (attempt {}, {} s)", s("desk"), s("attempt"), s("ring_s")),
-        K::Answer => format!("{} answered", s("desk")),
-        K::NoAnswer => format!("{} did not answer", s("desk")),
-        K::Connected if e.contains_key("ms_from_handover") => {
-            format!("connected to {} ({} ms after the hand-over reached its hub)", s("desk"), s("ms_from_handover"))
+        E::Gate { figures: g, .. } => format!("link checked: {}", g.reason),
+        E::Ring { desk, attempt, ring_s, .. } => format!("ringing {desk} (attempt {attempt}, {ring_s} s)"),
+        E::Answer { desk, .. } => format!("{desk} answered"),
+        E::NoAnswer { desk, .. } => format!("{desk} did not answer"),
+        E::Connected { desk, seen: Some((Since::Handover, ms)), .. } => {
+            format!("connected to {desk} ({ms} ms after the hand-over reached its hub)")
         }
-        K::Connected => {
-            format!("connected to {} ({} ms after the request reached the hub)", s("desk"), s("ms_from_escalate"))
-        }
-        K::Callback => format!("callback arranged: {}", s("reason")),
-        K::Federate => format!("no answer in area: handed to {}'s line (out of area)", s("hub")),
-        K::Other(kind) => kind,
+        E::Connected { desk, seen, .. } => format!(
+            "connected to {desk} ({} ms after the request reached the hub)",
+            seen.map(|(_, ms)| ms.to_string()).unwrap_or_default()
+        ),
+        E::Callback { reason, .. } => format!("callback arranged: {reason}"),
+        E::Federate { hub, .. } => format!("no answer in area: handed to {hub}'s line (out of area)"),
+        E::Other { kind, .. } => kind,
     };
     format!("{at}  {what}")
 }

@@ -10,18 +10,16 @@ use rand_chacha::ChaCha8Rng;
 use sync_protocol::TimeMs;
 use sync_protocol::authorship::{AuthorKey, Member, SharedRoster};
 use sync_protocol::blob::ChunkWindow;
-use sync_protocol::call::{
-    Action, DEFAULT_RING_S, HOLD_WAIT_MS, PathQuality, RotaDesk, RoutingKind, calls_of, quality_from_probes,
-};
+use sync_protocol::call::{Action, DEFAULT_RING_S, HOLD_WAIT_MS, PathQuality, RotaDesk, calls_of, quality_from_probes};
 use sync_protocol::directory::{DirectoryDoc, Hours, LineEntry};
 use sync_protocol::engine::{Engine, EngineConfig, Replica};
 use sync_protocol::links::{self, LinkProfile, LinkState, Uniform};
 use sync_protocol::mem::{ChunkPool, MemReplica};
 use sync_protocol::router::{Hub, route};
+use sync_protocol::routing::RoutingEntry;
 use sync_protocol::scope::{DocMeta, PeerInfo, may_hold};
 use sync_protocol::session::{
-    LogName, LogValue, NewConsent, NewMedia, NewMessage, NewSession, Patient, Requester, Service, SessionDoc,
-    SessionId, SessionView,
+    NewConsent, NewMedia, NewMessage, NewSession, Patient, Requester, Service, SessionDoc, SessionId, SessionView,
 };
 use sync_protocol::vocab::{
     CareSetting, Channel, ConsentKind, ConsentScope, NhsVerification, Outcome, PhotoView, Priority, ReceiptLevel, Role,

@@ -132,13 +132,18 @@ impl Member {
 /// Whether `sig` is `member`'s signature of `hash`.
 pub fn verify(member: &Member, hash: &ChangeHash, sig: &Signature) -> bool {
     let Ok(key) = VerifyingKey::from_bytes(&member.key) else { return false };
+    verify_with(&key, hash, sig)
+}
+
+fn verify_with(key: &VerifyingKey, hash: &ChangeHash, sig: &Signature) -> bool {
     key.verify_strict(&message(hash), &ed25519_dalek::Signature::from_bytes(sig)).is_ok()
 }
 
-/// The fleet members a node knows, by the actor prefix of their key.
+/// The fleet members a node knows, by the actor prefix of their key, each with its key
+/// decoded once (decoding a point is a good part of checking a signature).
 #[derive(Debug, Clone, Default)]
 pub struct Roster {
-    by_prefix: HashMap<ActorPrefix, Member>,
+    by_prefix: HashMap<ActorPrefix, (Member, Option<VerifyingKey>)>,
 }
 
 impl Roster {
@@ -149,17 +154,25 @@ impl Roster {
 
     /// Adds (or replaces) a member.
     pub fn insert(&mut self, member: Member) {
-        self.by_prefix.insert(member.prefix(), member);
+        let key = VerifyingKey::from_bytes(&member.key).ok();
+        self.by_prefix.insert(member.prefix(), (member, key));
     }
 
     /// The member whose key an actor id names.
     pub fn author_of(&self, actor: &ActorId) -> Option<&Member> {
-        self.by_prefix.get(&prefix_of(actor)?)
+        self.by_prefix.get(&prefix_of(actor)?).map(|(m, _)| m)
     }
 
     /// The member with this prefix.
     pub fn get(&self, prefix: &ActorPrefix) -> Option<&Member> {
-        self.by_prefix.get(prefix)
+        self.by_prefix.get(prefix).map(|(m, _)| m)
+    }
+
+    /// Whether `sig` is the signature of `hash` by the member whose key the actor id names
+    /// (`None` if no member known here has that key).
+    pub fn verify(&self, actor: &ActorId, hash: &ChangeHash, sig: &Signature) -> Option<bool> {
+        let (_, key) = self.by_prefix.get(&prefix_of(actor)?)?;
+        Some(key.as_ref().is_some_and(|k| verify_with(k, hash, sig)))
     }
 
     /// How many members are known.

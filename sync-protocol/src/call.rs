@@ -224,26 +224,6 @@ impl CallState {
     }
 }
 
-fn s(e: &BTreeMap<String, LogValue>, k: &str) -> Option<String> {
-    e.get(k).and_then(LogValue::as_str).map(str::to_string)
-}
-
-fn i(e: &BTreeMap<String, LogValue>, k: &str) -> Option<i64> {
-    match e.get(k) {
-        Some(LogValue::Int(v)) => Some(*v),
-        Some(LogValue::Float(f)) => Some(*f as i64),
-        _ => None,
-    }
-}
-
-fn f(e: &BTreeMap<String, LogValue>, k: &str) -> Option<f64> {
-    match e.get(k) {
-        Some(LogValue::Float(v)) => Some(*v),
-        Some(LogValue::Int(v)) => Some(*v as f64),
-        _ => None,
-    }
-}
-
 /// The kind of a routing-log entry (`docs/schema.md`, "Routing-log entries"). A kind this
 /// version does not know (a newer node's) is kept as `Other` and ignored by the readers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -318,39 +298,31 @@ pub fn calls_of(view: &SessionView) -> Vec<CallState> {
 
 /// The calls of a session, from its routing log alone.
 pub fn calls_in(routing: &[BTreeMap<String, LogValue>]) -> Vec<CallState> {
+    use crate::routing::RoutingEntry as E;
     let mut calls: Vec<CallState> = Vec::new();
     for e in routing {
-        let (Some(kind), Some(call)) = (RoutingKind::of(e), s(e, "call")) else { continue };
-        let at = i(e, "at_ms").unwrap_or(0);
-        if kind == RoutingKind::Escalate {
+        let Some((entry, at)) = E::read(e) else { continue };
+        if e.get("call").and_then(LogValue::as_str).is_none() {
+            continue;
+        }
+        if let E::Escalate { call, by } = entry {
             if !calls.iter().any(|c| c.call == call) {
-                calls.push(CallState {
-                    call,
-                    asked_ms: at,
-                    by: s(e, "by").unwrap_or_default(),
-                    ..CallState::default()
-                });
+                calls.push(CallState { call, asked_ms: at, by, ..CallState::default() });
             }
             continue;
         }
-        let Some(c) = calls.iter_mut().find(|c| c.call == call) else { continue };
-        let attempt = i(e, "attempt").unwrap_or(0).max(0) as u32;
-        let desk = s(e, "desk").unwrap_or_default();
-        match kind {
-            RoutingKind::Gate => c.gate = Some((s(e, "verdict").unwrap_or_default(), f(e, "mos").unwrap_or(0.0))),
-            RoutingKind::Ring if !c.rings.iter().any(|r| r.1 == attempt) => {
-                c.rings.push((desk, attempt, at, i(e, "ring_s").unwrap_or(i64::from(DEFAULT_RING_S)) as u32));
+        let Some(c) = entry.call().and_then(|call| calls.iter_mut().find(|c| c.call == call)) else { continue };
+        match entry {
+            E::Gate { figures, .. } => c.gate = Some((figures.verdict.as_str().to_string(), figures.mos)),
+            E::Ring { desk, attempt, ring_s, .. } if !c.rings.iter().any(|r| r.1 == attempt) => {
+                c.rings.push((desk, attempt, at, ring_s));
             }
-            RoutingKind::NoAnswer => c.no_answer.push(attempt),
-            RoutingKind::Answer => c.answers.push((attempt, desk, at)),
-            RoutingKind::Connected => c.connected = Some((desk, at)),
-            RoutingKind::Callback => c.callback = Some((s(e, "reason").unwrap_or_default(), at)),
-            RoutingKind::Federate if c.federated.is_none() => {
-                c.federated = Some(Federation {
-                    hub: s(e, "hub").unwrap_or_default(),
-                    from: s(e, "from").unwrap_or_default(),
-                    at,
-                });
+            E::NoAnswer { attempt, .. } => c.no_answer.push(attempt),
+            E::Answer { desk, attempt, .. } => c.answers.push((attempt, desk, at)),
+            E::Connected { desk, .. } => c.connected = Some((desk, at)),
+            E::Callback { reason, .. } => c.callback = Some((reason, at)),
+            E::Federate { hub, from, .. } if c.federated.is_none() => {
+                c.federated = Some(Federation { hub, from, at });
             }
             _ => {}
         }

@@ -38,6 +38,7 @@ pub mod mem;
 pub mod nhs;
 pub mod recon;
 pub mod router;
+pub mod routing;
 pub mod rules;
 pub mod scope;
 pub mod session;

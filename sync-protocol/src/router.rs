@@ -12,9 +12,10 @@
 //! rota's desks first so that they may hold it.
 
 use crate::TimeMs;
-use crate::call::{Action, PathQuality, Rating, RoutingKind, calls_of, next_action};
+use crate::call::{Action, PathQuality, calls_of, next_action};
 use crate::directory::LineEntry;
-use crate::session::{LogName, LogValue, ModelError, SessionDoc, SessionView};
+use crate::routing::{GateFigures, RoutingEntry, Since, Verdict};
+use crate::session::{ModelError, SessionDoc, SessionView};
 use crate::vocab::Status;
 
 /// The hub that routes.
@@ -24,15 +25,6 @@ pub struct Hub<'a> {
     pub name: &'a str,
     /// Its ICB.
     pub icb: Option<&'a str>,
-}
-
-/// One routing-log entry: its kind and fields (`docs/schema.md`, "Routing-log entries").
-#[derive(Debug, Clone, PartialEq)]
-pub struct Entry {
-    /// What step it records.
-    pub kind: RoutingKind,
-    /// The entry's other fields, `call` first.
-    pub fields: Vec<(&'static str, LogValue)>,
 }
 
 /// One change a routing step makes to the session, in order. Each is one durable write.
@@ -50,17 +42,17 @@ pub enum Write {
         /// The other ICB's hub.
         hub: String,
         /// The `federate` entry.
-        entry: Entry,
+        entry: RoutingEntry,
     },
     /// The link gate's figures, written before a callback the link was the reason for.
     Gate {
         /// The `gate` entry.
-        entry: Entry,
+        entry: RoutingEntry,
     },
     /// A routing step, and the status it moves the session to (never backwards).
     Step {
         /// The entry.
-        entry: Entry,
+        entry: RoutingEntry,
         /// `connected` after a connection, `awaiting_reply` after a callback.
         status: Option<Status>,
     },
@@ -89,11 +81,11 @@ impl Write {
             }
             Write::Federate { hub, entry } => {
                 doc.share_with(hub, now)?;
-                doc.append_log(LogName::Routing, entry.kind.as_str(), &entry.fields, now)
+                doc.append_routing(entry, now)
             }
-            Write::Gate { entry } => doc.append_log(LogName::Routing, entry.kind.as_str(), &entry.fields, now),
+            Write::Gate { entry } => doc.append_routing(entry, now),
             Write::Step { entry, status } => {
-                doc.append_log(LogName::Routing, entry.kind.as_str(), &entry.fields, now)?;
+                doc.append_routing(entry, now)?;
                 if let Some(st) = status
                     && doc.view()?.status < *st
                 {
@@ -117,30 +109,6 @@ pub struct Decision {
     pub action: Action,
     /// What to write to the session, in order (nothing for `Wait` and `Measure`).
     pub writes: Vec<Write>,
-}
-
-/// The `gate` entry's fields: the verdict and the figures behind it, rounded for people.
-pub fn gate_fields(
-    call: LogValue,
-    verdict: &str,
-    r: &Rating,
-    q: &PathQuality,
-    reason: &str,
-) -> Vec<(&'static str, LogValue)> {
-    let mut v = vec![
-        ("call", call),
-        ("verdict", LogValue::Str(verdict.into())),
-        ("mos", LogValue::Float((r.mos * 100.0).round() / 100.0)),
-        ("r", LogValue::Float((r.r * 10.0).round() / 10.0)),
-        ("rtt_ms", LogValue::Float((q.rtt_ms * 10.0).round() / 10.0)),
-        ("jitter_ms", LogValue::Float((q.jitter_ms * 10.0).round() / 10.0)),
-        ("loss", LogValue::Float((q.loss * 1000.0).round() / 1000.0)),
-        ("probes", LogValue::Int(i64::from(q.probes))),
-    ];
-    if !reason.is_empty() {
-        v.push(("reason", LogValue::Str(reason.into())));
-    }
-    v
 }
 
 /// One step of the hub's router for the session's first open escalation. `line` is this hub's
@@ -193,61 +161,46 @@ pub fn route(
             next_action(&here, rota, view, holders, fallback.as_deref(), quality, seen_ms, now)
         }
     };
-    let c = LogValue::Str(call.call.clone());
-    let int = |n: u32| LogValue::Int(i64::from(n));
-    let step = |kind, fields, status| Write::Step { entry: Entry { kind, fields }, status };
+    let c = || call.call.clone();
+    let step = |entry, status| Write::Step { entry, status };
     match &action {
         Action::Wait | Action::Measure => {}
         Action::Federate { hub: other } => writes.push(Write::Federate {
             hub: other.clone(),
-            entry: Entry {
-                kind: RoutingKind::Federate,
-                fields: vec![
-                    ("call", c),
-                    ("hub", LogValue::Str(other.clone())),
-                    ("from", LogValue::Str(hub.name.into())),
-                ],
-            },
+            entry: RoutingEntry::Federate { call: c(), hub: other.clone(), from: hub.name.into() },
         }),
-        Action::GatePassed(r, q) => writes.push(step(RoutingKind::Gate, gate_fields(c, "call", r, q, ""), None)),
-        Action::Ring { desk, attempt, ring_s } => writes.push(step(
-            RoutingKind::Ring,
-            vec![
-                ("call", c),
-                ("desk", LogValue::Str(desk.clone())),
-                ("attempt", int(*attempt)),
-                ("ring_s", int(*ring_s)),
-            ],
-            None,
-        )),
-        Action::NoAnswer { desk, attempt } => writes.push(step(
-            RoutingKind::NoAnswer,
-            vec![("call", c), ("desk", LogValue::Str(desk.clone())), ("attempt", int(*attempt))],
-            None,
-        )),
+        Action::GatePassed(r, q) => {
+            writes.push(step(RoutingEntry::Gate { call: c(), figures: GateFigures::of(Verdict::Call, r, q, "") }, None))
+        }
+        Action::Ring { desk, attempt, ring_s } => writes
+            .push(step(RoutingEntry::Ring { call: c(), desk: desk.clone(), attempt: *attempt, ring_s: *ring_s }, None)),
+        Action::NoAnswer { desk, attempt } => {
+            writes.push(step(RoutingEntry::NoAnswer { call: c(), desk: desk.clone(), attempt: *attempt }, None))
+        }
         Action::Connected { desk, attempt, rung_ms } => writes.push(step(
-            RoutingKind::Connected,
-            vec![
-                ("call", c),
-                ("desk", LogValue::Str(desk.clone())),
-                ("attempt", int(*attempt)),
+            RoutingEntry::Connected {
+                call: c(),
+                desk: desk.clone(),
+                attempt: *attempt,
                 // Measured on this hub's clock from when it first saw the call: the request (at
                 // the session's hub) or the hand-over (at a federated hub).
-                (if home { "ms_from_escalate" } else { "ms_from_handover" }, LogValue::Int(now - seen_ms)),
-                ("ms_from_ring", LogValue::Int(now - rung_ms)),
-            ],
+                seen: Some((if home { Since::Escalate } else { Since::Handover }, now - seen_ms)),
+                ms_from_ring: Some(now - rung_ms),
+            },
             Some(Status::Connected),
         )),
         Action::Callback { reason, rating } => {
-            let mut fields = vec![("call", c.clone()), ("reason", LogValue::Str(reason.clone()))];
             if let Some((r, q)) = rating {
                 // The gate's figures, so that the clinician sees why.
                 writes.push(Write::Gate {
-                    entry: Entry { kind: RoutingKind::Gate, fields: gate_fields(c, "callback", r, q, reason) },
+                    entry: RoutingEntry::Gate { call: c(), figures: GateFigures::of(Verdict::Callback, r, q, reason) },
                 });
-                fields.push(("mos", LogValue::Float(r.mos)));
             }
-            writes.push(step(RoutingKind::Callback, fields, Some(Status::AwaitingReply)));
+            let mos = rating.as_ref().map(|(r, _)| r.mos);
+            writes.push(step(
+                RoutingEntry::Callback { call: c(), reason: reason.clone(), mos, by: None },
+                Some(Status::AwaitingReply),
+            ));
         }
     }
     Some(Decision { call: call.call, requester, action, writes })
@@ -276,8 +229,8 @@ mod tests {
             draft: false,
         };
         let mut doc = SessionDoc::create(&new, automerge::ActorId::from(vec![2u8; 16]), T0).unwrap();
-        let fields = [("call", LogValue::Str("k1".into())), ("by", LogValue::Str("amb-07".into()))];
-        doc.append_log(LogName::Routing, "escalate", &fields, T0 + 1_000).unwrap();
+        let escalate = RoutingEntry::Escalate { call: "k1".into(), by: "amb-07".into() };
+        doc.append_routing(&escalate, T0 + 1_000).unwrap();
         doc
     }
 

@@ -164,7 +164,7 @@ pub fn admit(
         let member = roster
             .author_of(change.actor_id())
             .ok_or_else(|| Refusal::UnknownAuthor { change: short(&hash), actor: change.actor_id().to_hex_string() })?;
-        if !authorship::verify(member, &hash, sig) {
+        if roster.verify(change.actor_id(), &hash, sig) != Some(true) {
             return Err(Refusal::BadSignature { change: short(&hash), author: member.info.name.clone() });
         }
         new_ops += ops;

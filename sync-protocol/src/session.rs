@@ -843,6 +843,11 @@ impl SessionDoc {
         Ok(())
     }
 
+    /// Appends a typed entry to the routing log.
+    pub fn append_routing(&mut self, entry: &crate::routing::RoutingEntry, now: TimeMs) -> Result<(), ModelError> {
+        self.append_log(LogName::Routing, entry.kind().as_str(), &entry.fields(), now)
+    }
+
     /// Appends an entry to the routing log (`routing`) or the call log (`calls`).
     pub fn append_log(
         &mut self,

@@ -55,6 +55,11 @@ struct Fleet {
     conversations: u64,
     restores: u64,
     forgets: u64,
+    /// Messages checked "at hub" from a hub's acknowledgement (no receipt).
+    vouched: u64,
+    /// `stale[a][b]`: `b` was restored from a copy since `a` last talked to it, so what `a`
+    /// remembers of `b` may be more than `b` now holds (until they talk again).
+    stale: [[bool; 3]; 3],
 }
 
 fn infos() -> Vec<PeerInfo> {
@@ -92,6 +97,8 @@ impl Fleet {
             conversations: 0,
             restores: 0,
             forgets: 0,
+            vouched: 0,
+            stale: [[false; 3]; 3],
         }
     }
 
@@ -160,6 +167,9 @@ impl Fleet {
         let (nodes, backups) = (&mut self.nodes, &mut self.backups);
         nodes[n].restore(&mut backups[n][k], instance);
         self.restores += 1;
+        for row in &mut self.stale {
+            row[n] = true;
+        }
     }
 
     /// One conversation between `a` (initiating) and `b`, to its end; then the checks that one
@@ -175,8 +185,20 @@ impl Fleet {
         let (ea, eb) = (&p.a, &p.b);
         assert_eq!(ea.stats().refused + eb.stats().refused, 0, "seed {seed}: a side refused honest changes");
         assert_same(ra, rb, seed);
-        assert_receipts_true(ra, rb, seed);
-        assert_receipts_true(rb, ra, seed);
+        self.vouched += assert_receipts_true(ra, rb, seed);
+        self.vouched += assert_receipts_true(rb, ra, seed);
+        self.stale[a][b] = false;
+        self.stale[b][a] = false;
+        // What every node shows "at hub" from a hub's acknowledgement is true of every hub not
+        // restored since (a restored hub's lower heads correct it at their next conversation).
+        for x in 0..self.nodes.len() {
+            for y in 0..self.nodes.len() {
+                if x != y && self.nodes[y].me().role == Role::Hub && !self.stale[x][y] {
+                    let (rx, ry) = pair(&mut self.nodes, x, y);
+                    self.vouched += assert_vouched_true(rx, ry, seed);
+                }
+            }
+        }
     }
 }
 
@@ -206,8 +228,10 @@ fn assert_same(a: &mut MemReplica, b: &mut MemReplica, seed: u64) {
     }
 }
 
-/// Every receipt `a` holds that names `b` is true: `b` holds the message.
-fn assert_receipts_true(a: &MemReplica, b: &MemReplica, seed: u64) {
+/// Every receipt `a` holds that names `b` is true: `b` holds the message; and so is every
+/// message `a` shows "at hub" from what `b` (a hub) acknowledged, with no receipt.
+fn assert_receipts_true(a: &mut MemReplica, b: &MemReplica, seed: u64) -> u64 {
+    let vouched = assert_vouched_true(a, b, seed);
     for id in a.ids() {
         let view = a.view(&id).unwrap();
         for m in &view.messages {
@@ -224,6 +248,28 @@ fn assert_receipts_true(a: &MemReplica, b: &MemReplica, seed: u64) {
             }
         }
     }
+    vouched
+}
+
+/// Every message `a` shows "at hub" from what `b` (a hub) acknowledged, with no receipt, `b`
+/// holds; returns how many were checked.
+fn assert_vouched_true(a: &mut MemReplica, b: &MemReplica, seed: u64) -> u64 {
+    let mut vouched = 0;
+    for id in a.ids() {
+        for (m, hubs) in a.messages_vouched_by_hubs(&id) {
+            if hubs.contains(&b.me().name) {
+                vouched += 1;
+                let held = b.view(&id).is_some_and(|v| v.messages.iter().any(|x| x.id == m));
+                assert!(
+                    held,
+                    "seed {seed}: {} shows its message {m} at hub from what {} acknowledged, which does not hold it",
+                    a.me().name,
+                    b.me().name
+                );
+            }
+        }
+    }
+    vouched
 }
 
 fn run(seed: u64) -> Fleet {
@@ -278,13 +324,18 @@ fn restores_from_any_older_copy_and_forgotten_peers_converge_with_true_receipts(
         run(seed);
         return;
     }
-    let (mut conversations, mut restores, mut forgets) = (0, 0, 0);
+    let (mut conversations, mut restores, mut forgets, mut vouched) = (0, 0, 0, 0);
     for seed in 0..CASES {
         let f = run(seed);
         conversations += f.conversations;
         restores += f.restores;
         forgets += f.forgets;
+        vouched += f.vouched;
     }
-    println!("{CASES} histories: {conversations} conversations, {restores} restores, {forgets} forgotten peers");
+    println!(
+        "{CASES} histories: {conversations} conversations, {restores} restores, {forgets} forgotten peers, \
+         {vouched} messages checked 'at hub' from the hub's acknowledgement"
+    );
     assert!(restores > CASES, "the histories restore often enough to test it ({restores})");
+    assert!(vouched > CASES, "the histories check derived 'at hub' often enough ({vouched})");
 }

@@ -12,7 +12,8 @@ use sync_protocol::call::{RotaDesk, calls_of};
 use sync_protocol::directory::{Hours, LineEntry};
 use sync_protocol::engine::{Applied, Incoming};
 use sync_protocol::leg::legs_of;
-use sync_protocol::session::{LogValue, Patient, Requester, Service, SessionId, SessionView};
+use sync_protocol::routing::{RoutingEntry, Verdict};
+use sync_protocol::session::{Patient, Requester, Service, SessionId, SessionView};
 use sync_protocol::vocab::{
     CareSetting, Channel, ConsentKind, ConsentScope, NhsVerification, Outcome, PhotoView, Priority, ReceiptLevel, Role,
     ServiceLine, Side,
@@ -350,44 +351,36 @@ pub async fn run(root: &Path, serve: bool) -> anyhow::Result<()> {
     let v =
         until(&amb, id, "the call connected", move |v| calls_of(v).iter().any(|c| c.call == call_id && !c.is_open()))
             .await?;
-    let steps: Vec<_> = v.routing.iter().filter(|e| e.get("call") == Some(&LogValue::Str(call.clone()))).collect();
-    let field = |e: &std::collections::BTreeMap<String, LogValue>, k: &str| match e.get(k) {
-        Some(LogValue::Str(s)) => s.clone(),
-        Some(LogValue::Int(i)) => i.to_string(),
-        Some(LogValue::Float(f)) => format!("{f:.2}"),
-        None => String::new(),
-    };
+    let steps: Vec<_> =
+        v.routing.iter().filter_map(RoutingEntry::read).filter(|(e, _)| e.call() == Some(call.as_str())).collect();
     println!();
-    for e in &steps {
-        let at = match e.get("at_ms") {
-            Some(LogValue::Int(t)) => clock.at(*t),
-            _ => 0.0,
-        };
-        let (who, what) = match field(e, "kind").as_str() {
-            "escalate" => ("amb-07", "escalation asked".to_string()),
-            "gate" => (
+    for (e, at_ms) in &steps {
+        let at = clock.at(*at_ms);
+        let (who, what) = match e {
+            RoutingEntry::Escalate { .. } => ("amb-07", "escalation asked".to_string()),
+            RoutingEntry::Gate { figures: g, .. } => (
                 "hub-qhm",
                 format!(
-                    "link to amb-07 measured with voice-like probes: round trip {} ms, jitter {} ms, loss {}: E-model MOS {} -> {}",
-                    field(e, "rtt_ms"),
-                    field(e, "jitter_ms"),
-                    field(e, "loss"),
-                    field(e, "mos"),
-                    if field(e, "verdict") == "call" { "a call is possible" } else { "callback" }
+                    "link to amb-07 measured with voice-like probes: round trip {:.2} ms, jitter {:.2} ms, loss {:.2}: E-model MOS {:.2} -> {}",
+                    g.rtt_ms,
+                    g.jitter_ms,
+                    g.loss,
+                    g.mos,
+                    if g.verdict == Verdict::Call { "a call is possible" } else { "callback" }
                 ),
             ),
-            "ring" => ("hub-qhm", format!("rings {} (it holds every message and photo)", field(e, "desk"))),
-            "answer" => ("desk-derm-1", "answers".to_string()),
-            "connected" => (
+            RoutingEntry::Ring { desk, .. } => ("hub-qhm", format!("rings {desk} (it holds every message and photo)")),
+            RoutingEntry::Answer { .. } => ("desk-derm-1", "answers".to_string()),
+            RoutingEntry::Connected { seen, ms_from_ring, .. } => (
                 "hub-qhm",
                 format!(
                     "call connected: {} ms from the request reaching the hub, {} ms from the ring",
-                    field(e, "ms_from_escalate"),
-                    field(e, "ms_from_ring")
+                    seen.map(|(_, ms)| ms.to_string()).unwrap_or_default(),
+                    ms_from_ring.map(|ms| ms.to_string()).unwrap_or_default()
                 ),
             ),
-            "callback" => ("hub-qhm", format!("callback arranged: {}", field(e, "reason"))),
-            other => ("hub-qhm", other.to_string()),
+            RoutingEntry::Callback { reason, .. } => ("hub-qhm", format!("callback arranged: {reason}")),
+            other => ("hub-qhm", other.kind().as_str().to_string()),
         };
         println!("  t={at:>6.2}s  {who:<12} {what}");
     }
@@ -405,8 +398,8 @@ pub async fn run(root: &Path, serve: bool) -> anyhow::Result<()> {
         })
         .await?;
         let heard_ms = now_ms() - heard.elapsed().as_millis() as i64;
-        let rung = v.routing.iter().rev().find_map(|e| match (e.get("kind"), e.get("at_ms")) {
-            (Some(LogValue::Str(k)), Some(LogValue::Int(t))) if k == "ring" => Some(*t),
+        let rung = v.routing.iter().rev().filter_map(RoutingEntry::read).find_map(|(e, at)| match e {
+            RoutingEntry::Ring { .. } => Some(at),
             _ => None,
         });
         println!(

@@ -33,8 +33,7 @@ impl Node {
         let detail = Some(serde_json::json!({ "call": call }));
         self.store.edit(id, "call.escalate", detail, now, |_, doc| {
             let model = crate::store::model(id);
-            let fields = [("call", LogValue::Str(call.clone())), ("by", LogValue::Str(by.clone()))];
-            doc.append_log(LogName::Routing, RoutingKind::Escalate.as_str(), &fields, now).map_err(model)?;
+            doc.append_routing(&RoutingEntry::Escalate { call: call.clone(), by: by.clone() }, now).map_err(model)?;
             if doc.view().map_err(model)?.status < Status::Routing {
                 doc.set_status(Status::Routing, now).map_err(model)?;
             }
@@ -58,13 +57,8 @@ impl Node {
         };
         let detail = Some(serde_json::json!({ "call": call, "attempt": attempt }));
         self.store.edit(id, "call.answer", detail, now, |_, doc| {
-            let fields = [
-                ("call", LogValue::Str(call.clone())),
-                ("desk", LogValue::Str(me.clone())),
-                ("attempt", LogValue::Int(i64::from(attempt))),
-            ];
-            doc.append_log(LogName::Routing, RoutingKind::Answer.as_str(), &fields, now)
-                .map_err(crate::store::model(id))
+            let answer = RoutingEntry::Answer { call: call.clone(), desk: me.clone(), attempt };
+            doc.append_routing(&answer, now).map_err(crate::store::model(id))
         })?;
         Ok(Some((call, attempt)))
     }
@@ -214,7 +208,9 @@ impl Node {
                 Write::ShareWithRota { desks } => serde_json::json!({ "call": decision.call, "shared_with": desks }),
                 Write::Federate { hub, .. } => serde_json::json!({ "call": decision.call, "federated_to": hub }),
                 Write::Gate { .. } => serde_json::Value::Null,
-                Write::Step { entry, .. } => serde_json::json!({ "call": decision.call, "step": entry.kind.as_str() }),
+                Write::Step { entry, .. } => {
+                    serde_json::json!({ "call": decision.call, "step": entry.kind().as_str() })
+                }
             };
             let detail = (!detail.is_null()).then_some(detail);
             self.store
@@ -333,14 +329,14 @@ impl Node {
     /// callback is requested in the routing log so that the consultant calls back.
     pub fn request_callback_after_drop(&mut self, id: SessionId, call: &str, now: i64) -> Result<(), NodeError> {
         self.require("requesting a callback", "edge or desk", &[Role::Edge, Role::Desk])?;
-        let fields = [
-            ("call", LogValue::Str(call.to_string())),
-            ("reason", LogValue::Str("the call dropped (no audio for 10 s); a callback is requested".into())),
-            ("by", LogValue::Str(self.config.name.clone())),
-        ];
+        let callback = RoutingEntry::Callback {
+            call: call.to_string(),
+            reason: "the call dropped (no audio for 10 s); a callback is requested".into(),
+            mos: None,
+            by: Some(self.config.name.clone()),
+        };
         self.store.edit(id, "call.callback", None, now, |_, doc| {
-            doc.append_log(LogName::Routing, RoutingKind::Callback.as_str(), &fields, now)
-                .map_err(crate::store::model(id))
+            doc.append_routing(&callback, now).map_err(crate::store::model(id))
         })?;
         Ok(())
     }

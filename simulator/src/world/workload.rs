@@ -128,10 +128,8 @@ impl World {
                     view.media.iter().map(|m| m.hash.clone()).collect::<Vec<_>>(),
                 );
                 let call = format!("call-{}", self.calls.len() + 1);
-                let fields = [("call", LogValue::Str(call.clone())), ("by", LogValue::Str(name.clone()))];
-                let ok = self.local_write(node, &doc, |d| {
-                    d.append_log(LogName::Routing, RoutingKind::Escalate.as_str(), &fields, now)
-                });
+                let escalate = RoutingEntry::Escalate { call: call.clone(), by: name.clone() };
+                let ok = self.local_write(node, &doc, |d| d.append_routing(&escalate, now));
                 if ok.is_some() {
                     self.escalations.push(Escalation { node: name, asked_s: secs(self.now), ..Escalation::default() });
                     self.calls.push(SimCall {
@@ -158,14 +156,8 @@ impl World {
                 });
                 if ringing {
                     let now = self.node_now(desk);
-                    let fields = [
-                        ("call", LogValue::Str(call)),
-                        ("desk", LogValue::Str(name)),
-                        ("attempt", LogValue::Int(i64::from(attempt))),
-                    ];
-                    self.local_write(desk, &doc, |d| {
-                        d.append_log(LogName::Routing, RoutingKind::Answer.as_str(), &fields, now)
-                    });
+                    let answer = RoutingEntry::Answer { call, desk: name, attempt };
+                    self.local_write(desk, &doc, |d| d.append_routing(&answer, now));
                 }
             }
             Work::Reply { desk, doc } => {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value, json};
 use sync_protocol::call::RoutingKind;
 use sync_protocol::leg::{Leg, legs_of};
+use sync_protocol::routing::RoutingEntry;
 use sync_protocol::session::{LogValue, SessionView};
 
 use super::super::codes::{self, coding, id_system, profile};
@@ -76,19 +77,20 @@ impl Builder {
             }
         }
         // Ring attempts: each `ring` until the same desk's `answer` or `no_answer`.
+        let typed: Vec<Option<(RoutingEntry, i64)>> = entries.iter().map(|e| RoutingEntry::read(e)).collect();
         let mut rings = Vec::new();
-        for (i, e) in entries.iter().enumerate() {
-            if kind(e) != RoutingKind::Ring {
-                continue;
-            }
-            let desk = log_str(e, "desk").unwrap_or("").to_string();
-            let attempt = log_int(e, "attempt");
-            let reply = entries[i + 1..].iter().find(|x| {
-                matches!(kind(x), RoutingKind::Answer | RoutingKind::NoAnswer)
-                    && log_str(x, "desk") == Some(desk.as_str())
-                    && log_int(x, "attempt") == attempt
+        for (i, e) in typed.iter().enumerate() {
+            let Some((RoutingEntry::Ring { desk, attempt, ring_s, .. }, rang)) = e else { continue };
+            let reply = typed[i + 1..].iter().flatten().find_map(|(x, t)| match x {
+                RoutingEntry::Answer { desk: d, attempt: a, .. }
+                | RoutingEntry::NoAnswer { desk: d, attempt: a, .. }
+                    if d == desk && a == attempt =>
+                {
+                    Some((x.kind(), *t))
+                }
+                _ => None,
             });
-            rings.push((desk, attempt, at(e), log_int(e, "ring_s"), reply.map(|x| (kind(x), at(x)))));
+            rings.push((desk.clone(), *attempt, *rang, *ring_s, reply));
         }
         // A callback instead of a call: the escalation failed (the reason says why).
         let (status, business) = match finished.map(|e| kind(e)) {
@@ -125,7 +127,7 @@ impl Builder {
         self.add(&esc_key, || r);
         for (desk, attempt, rang, ring_s, reply) in rings {
             let owner = self.device(&desk);
-            let n = attempt.unwrap_or(0);
+            let n = attempt;
             let (status, business, end) = match &reply {
                 Some((RoutingKind::Answer, t)) => ("completed", "answer", Some(*t)),
                 Some((_, t)) => ("failed", "no_answer", Some(*t)),
@@ -147,7 +149,8 @@ impl Builder {
                 "executionPeriod": period,
                 "owner": { "reference": owner },
             });
-            if let Some(s) = ring_s {
+            {
+                let s = i64::from(ring_s);
                 ring["restriction"] = json!({ "period": { "start": instant(rang), "end": instant(rang + s * 1000) } });
             }
             self.add(&format!("ring/{call}/{desk}/{n}"), || ring);
