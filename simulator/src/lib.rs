@@ -77,6 +77,9 @@ pub struct Report {
     /// (which must come back by sync), and the writes they lost for good because no other node
     /// held them (not counted as undelivered).
     pub restores: (u64, u64, u64),
+    /// Directory edits the hub wrote during the run.
+    #[serde(default)]
+    pub directory_edits: u64,
     /// Seconds from the last link healing to every replica converging.
     pub convergence_seconds: Option<f64>,
     /// Call escalations.
@@ -167,6 +170,13 @@ impl Report {
                 s,
                 "restores from backups: {}; items they lost and got back from peers: {}; writes lost for good (no other node held them): {}",
                 self.restores.0, self.restores.1, self.restores.2
+            );
+        }
+        if self.directory_edits > 0 {
+            let _ = writeln!(
+                s,
+                "directory edits by the hub during the run: {} (every edge and desk held the last at the end, or convergence says so)",
+                self.directory_edits
             );
         }
         match self.convergence_seconds {
@@ -314,6 +324,7 @@ fn report(w: &mut World, name: &str, seed: u64, rerun: String, wall: f64) -> Rep
         connections: (w.connections, w.connections_lost),
         attacks: w.attacks,
         restores: w.restores,
+        directory_edits: w.directory_edits,
         convergence_seconds: w.convergence_seconds(),
         escalations: esc.len(),
         escalations_desk_held_whole: if rung.is_empty() { 0.0 } else { held as f64 / rung.len() as f64 },

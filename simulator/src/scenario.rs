@@ -100,6 +100,9 @@ pub struct Scenario {
     /// Another ICB's hub taking some lines' calls out of area.
     #[serde(default)]
     pub federation: Option<Federation>,
+    /// Edits of the hub's directory during the run (a deployer's `outpost rota set`).
+    #[serde(default, rename = "directory_edit")]
+    pub directory_edits: Vec<DirectoryEdit>,
     /// What goes wrong.
     #[serde(default, rename = "fault")]
     pub faults: Vec<Fault>,
@@ -182,6 +185,24 @@ pub struct LineSpec {
     /// How it can be reached (default: call, photo and message).
     #[serde(default = "all_channels")]
     pub channels: Vec<Channel>,
+}
+
+/// An edit of one line of the hub's directory during the run: its hours, its rota, or both.
+/// The hub writes it as one change; the engine carries it to the ICB's edges and desks, and the
+/// hub's router follows it from then on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryEdit {
+    /// When, in hours from the start.
+    pub at_hour: f64,
+    /// The line edited (added to the directory if it is not there).
+    pub line: ServiceLine,
+    /// Its new opening hours, in the directory's form.
+    #[serde(default)]
+    pub hours: Option<String>,
+    /// Its new rota: desks of the scenario that answer the line, in ring order.
+    #[serde(default)]
+    pub rota: Option<Vec<String>>,
 }
 
 /// A federated hub: another ICB's, linked to the region's hub, named as the fallback of some
@@ -385,6 +406,19 @@ impl Scenario {
         Err(ScenarioError::Unknown(name_or_path.into()))
     }
 
+    /// The names of the desks that answer a line (as the region names them).
+    fn desks_of(&self, line: ServiceLine) -> Vec<String> {
+        let mut out = Vec::new();
+        for g in self.groups.iter().filter(|g| g.kind == Kind::Desk && !g.lines.is_empty()) {
+            for i in 0..g.count {
+                if g.lines[i % g.lines.len()] == line {
+                    out.push(format!("{}-{:03}", g.kind.as_str(), i + 1));
+                }
+            }
+        }
+        out
+    }
+
     fn check(&self, origin: &str) -> Result<(), ScenarioError> {
         let bad = |detail: String| ScenarioError::Invalid { path: origin.into(), detail };
         if self.hours <= 0.0 {
@@ -426,6 +460,22 @@ impl Scenario {
             }
             if g.kind == Kind::Desk && g.lines.is_empty() {
                 return Err(bad("a desk group needs lines".into()));
+            }
+        }
+        for e in &self.directory_edits {
+            if !(0.0..=self.hours).contains(&e.at_hour) {
+                return Err(bad(format!("a directory edit at hour {} falls outside the run", e.at_hour)));
+            }
+            if let Some(h) = &e.hours {
+                Hours::parse(h).map_err(|err| bad(format!("directory edit of {}: {err}", e.line)))?;
+            }
+            for (k, desk) in e.rota.iter().flatten().enumerate() {
+                if !self.desks_of(e.line).contains(desk) {
+                    return Err(bad(format!("directory edit of {}: {desk:?} is not a desk of that line", e.line)));
+                }
+                if e.rota.iter().flatten().take(k).any(|d| d == desk) {
+                    return Err(bad(format!("directory edit of {}: {desk:?} named twice", e.line)));
+                }
             }
         }
         for l in &self.lines {

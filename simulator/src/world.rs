@@ -31,6 +31,7 @@ use crate::metrics::{Entry, Escalation, Ledger, Micros, Sample, Violation, What}
 use crate::scenario::{Fault, FaultKind, Kind, Scenario, parse_leg};
 
 mod checks;
+mod directory;
 mod faults;
 mod federation;
 mod link;
@@ -108,19 +109,6 @@ struct Node {
     /// The last local write and the document before it (planted bug only).
     undo: Option<(DocId, Option<SessionDoc>)>,
     seq: u64,
-}
-
-/// Writes an ICB's directory as its hub's document (the hub is its only author).
-fn install_directory(hub: &mut Node, icb: &str, lines: &BTreeMap<ServiceLine, LineEntry>, now: TimeMs) {
-    let actor = hub.replica.actor().clone();
-    let Ok(mut doc) = DirectoryDoc::create(icb, actor, now) else {
-        unreachable!("the scenario's ICB code was checked")
-    };
-    for entry in lines.values() {
-        // Every entry is built from a checked scenario: hours parsed, channels known.
-        let _ = doc.set_line(entry, now);
-    }
-    hub.replica.set_directory(doc);
 }
 
 impl Node {
@@ -280,6 +268,8 @@ enum Ev {
     Sweep,
     Converge,
     Ring(usize),
+    /// The scenario's directory edit of this index.
+    DirectoryEdit(usize),
     Settle,
     End,
 }
@@ -302,6 +292,7 @@ impl Ev {
             Ev::Sweep => 11,
             Ev::Converge => 15,
             Ev::Ring(_) => 12,
+            Ev::DirectoryEdit(_) => 18,
             Ev::Settle => 13,
             Ev::End => 14,
         }
@@ -394,6 +385,8 @@ pub struct World {
     /// Restores made, items they lost that a peer still held (to come back by sync), and
     /// writes they lost for good (held by no other node).
     pub restores: (u64, u64, u64),
+    /// Directory edits the hub wrote during the run (`[[directory_edit]]`).
+    pub directory_edits: u64,
     /// Items a restored node lost: (node, message id or photo hash), and whether for good.
     /// Receipts naming the node for them are not checked until it holds them again (those
     /// lost for good never are, and the run reports them).
@@ -544,9 +537,9 @@ impl World {
         });
         // Each hub holds its directory as a document of its own, as a node does, and the engine
         // carries it to the ICB's edges and desks; the router reads the hub's copy.
-        install_directory(&mut nodes[0], &icb, &directory, epoch_ms);
+        directory::install_directory(&mut nodes[0], &icb, &directory, epoch_ms);
         if let (Some((h, fed_directory)), Some(f)) = (&fed, &scenario.federation) {
-            install_directory(&mut nodes[*h], &f.icb, fed_directory, epoch_ms);
+            directory::install_directory(&mut nodes[*h], &f.icb, fed_directory, epoch_ms);
         }
         let mut w = World {
             scenario,
@@ -589,6 +582,7 @@ impl World {
             named: BTreeSet::new(),
             backups: BTreeMap::new(),
             restores: (0, 0, 0),
+            directory_edits: 0,
             unvouched: BTreeMap::new(),
             lost_in_restore: BTreeSet::new(),
             pool,
@@ -646,6 +640,12 @@ impl World {
             if t < end {
                 self.at(t, Ev::Fault { index: i, start: true, rep: 0 });
                 self.schedule_backup(i, t);
+            }
+        }
+        for i in 0..self.scenario.directory_edits.len() {
+            let t = (self.scenario.directory_edits[i].at_hour * HOUR as f64) as Micros;
+            if t < end {
+                self.at(t, Ev::DirectoryEdit(i));
             }
         }
         self.at(SAMPLE, Ev::Sample);
@@ -774,6 +774,7 @@ impl World {
                 }
             }
             Ev::Fault { index, start, rep } => self.fault(index, start, rep),
+            Ev::DirectoryEdit(i) => self.edit_directory(i),
             Ev::Backup { index } => self.backup(index),
             Ev::Sample => {
                 self.sample();

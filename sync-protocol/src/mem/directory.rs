@@ -5,7 +5,7 @@
 use automerge::ChangeHash;
 
 use super::{MemReplica, ids};
-use crate::directory::{DirectoryDoc, DirectoryView, directory_id, may_accept, may_exchange};
+use crate::directory::{DirectoryDoc, DirectoryError, DirectoryView, directory_id, may_accept, may_exchange};
 use crate::engine::{Applied, Incoming, Outgoing};
 use crate::recon::{Item, digest};
 use crate::scope::PeerInfo;
@@ -26,9 +26,30 @@ impl MemDirectory {
 }
 
 impl MemReplica {
-    /// Installs this hub's directory (the hub is its only author).
+    /// Installs this hub's directory (the hub is its only author), marked changed so that the
+    /// engine carries it to the ICB's edges and desks already connected.
     pub fn set_directory(&mut self, doc: DirectoryDoc) {
         self.directory = Some(MemDirectory::new(doc));
+        self.mark_directory_changed();
+    }
+
+    /// Edits the directory this hub keeps (as `outpost rota set` does on a node): one change,
+    /// marked changed so that the engine carries it on. `None` if no directory is held here.
+    pub fn edit_directory<T>(
+        &mut self,
+        f: impl FnOnce(&mut DirectoryDoc) -> Result<T, DirectoryError>,
+    ) -> Option<Result<T, DirectoryError>> {
+        let d = self.directory.as_mut()?;
+        let out = f(&mut d.doc);
+        d.heads = ids(d.doc.heads());
+        self.mark_directory_changed();
+        Some(out)
+    }
+
+    fn mark_directory_changed(&mut self) {
+        if let Some(icb) = self.me.icb.as_deref() {
+            self.changed.push(directory_id(icb));
+        }
     }
 
     /// The directory held here, read (none before it arrives, or if it is malformed).
