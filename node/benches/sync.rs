@@ -392,6 +392,9 @@ fn main() {
         let offset = usize::from(warm) * 2;
         let changed: Vec<SessionId> = ids.iter().skip(offset).step_by((n / k.max(1)).max(1)).take(k).copied().collect();
         let node = change(&edge, &changed, k + offset);
+        // The hub daemon runs in this process: let it finish what the last sync left it (its
+        // record of the sync, a checkpoint) so that the case measures its own work only.
+        std::thread::sleep(Duration::from_millis(500));
         eprintln!("  outpost sync {label}");
         let profiled = std::env::var("PERF_CASE").is_ok_and(|c| label.contains(c.as_str()) && (warm || !c.is_empty()));
         if profiled {
@@ -435,6 +438,7 @@ fn main() {
             .block_on(Daemon::start(Node::open(&edge).expect("open edge"), RunOptions::default()))
             .expect("edge daemon");
         let dial = || {
+            std::thread::sleep(Duration::from_millis(500));
             rt.block_on(async {
                 let cpu = cpu_now();
                 let report = daemon.sync_with(hub_addr, Duration::from_secs(900)).await.expect("daemon sync");
@@ -478,6 +482,7 @@ fn main() {
         std::fs::remove_dir_all(hub_dir.root()).expect("remove");
         copy_dir(backup.root(), hub_dir.root());
         (hub, hub_addr) = start_hub(&rt, &hub_dir);
+        std::thread::sleep(Duration::from_millis(500));
         let (report, cpu_ms) = rt.block_on(ours(&edge, hub_addr));
         assert_eq!(
             report.stats.docs_sent,
@@ -495,6 +500,7 @@ fn main() {
     eprintln!("no peer state on either side, documents equal...");
     Node::open(&edge).expect("open").raw_store().forget_peer("hub-qhm").expect("forget");
     rt.block_on(hub.with_node(|n| n.raw_store().forget_peer("amb-07"))).expect("hub").expect("forget");
+    std::thread::sleep(Duration::from_millis(500));
     let (lost, lost_cpu) = rt.block_on(ours(&edge, hub_addr));
     rows.push(Row {
         case: format!("no peer state, {n} equal sessions"),
