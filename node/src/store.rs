@@ -482,7 +482,7 @@ impl Store {
                 self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
             let mut cached = checkout(&mut self.cache, &tx, &self.sealer, &self.actor, id)?;
             let mut view = cached.doc.view().map_err(model(id))?;
-            let viewer = Viewer { node: &self.node, hub: self.opts.hub };
+            let viewer = Viewer { hub: self.opts.hub };
             index_doc(&tx, &self.sealer, viewer, (&key, cached.sid), &mut cached.doc, &mut view)?;
             tx.commit().map_err(sql("committing"))?;
             self.cache.put(id, cached);

@@ -108,6 +108,9 @@ struct Node {
     open_hours: Option<(f64, f64)>,
     /// The last local write and the document before it (planted bug only).
     undo: Option<(DocId, Option<SessionDoc>)>,
+    /// The document before the last local write of any kind (planted bug only): it becomes
+    /// `undo` when that write is one the ledger tracks (a message or a photo).
+    undo_last: Option<(DocId, Option<SessionDoc>)>,
     seq: u64,
 }
 
@@ -126,6 +129,7 @@ impl Node {
             rate: 0.0,
             open_hours: None,
             undo: None,
+            undo_last: None,
             seq: 0,
         }
     }
@@ -446,6 +450,7 @@ impl World {
             rate: 0.0,
             open_hours: None,
             undo: None,
+            undo_last: None,
             seq: 0,
         });
         let mut links = Vec::new();
@@ -496,6 +501,7 @@ impl World {
                     rate: g.sessions_per_hour,
                     open_hours: g.open_hours,
                     undo: None,
+                    undo_last: None,
                     seq: 0,
                 });
             }

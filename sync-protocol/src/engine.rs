@@ -310,6 +310,11 @@ struct DocConn {
     announced: Option<Vec<Hash>>,
     /// Waiting for an Ack of pushed changes.
     awaiting_ack: bool,
+    /// Our heads at each push not yet answered, oldest first. The peer answers pushes of a
+    /// document in order (an Ack, changes marked as the ack, Refused or Need), so an Ack without
+    /// heads ("I now hold what you sent") acknowledges the oldest: never a later push that is
+    /// still on its way, which the peer may yet fail to store.
+    in_flight: VecDeque<Vec<Hash>>,
     /// The peer refused this document: nothing more is pushed until the next periodic nudge.
     refused: bool,
     /// How many times the peer refused it in this conversation: after [`MAX_RETRIES`] it is
@@ -319,6 +324,34 @@ struct DocConn {
     /// (one side was restored from an older copy, or forgot): until its heads are known, we
     /// announce ours, so that whichever side holds more pushes what the other lacks.
     stale: bool,
+}
+
+impl Engine {
+    /// The items range reconciliation compares now, each document's digest noted (see
+    /// `recon_seen`).
+    fn recon_items<R: Replica>(&mut self, replica: &mut R) -> Res<Vec<crate::recon::Item>, R> {
+        let items = replica.items(&self.peer).map_err(EngineError::Replica)?;
+        for it in &items {
+            self.recon_seen
+                .entry(it.id)
+                .and_modify(|d| {
+                    if *d != Some(it.digest) {
+                        *d = None;
+                    }
+                })
+                .or_insert(Some(it.digest));
+        }
+        Ok(items)
+    }
+}
+
+impl DocConn {
+    /// The peer answered our oldest push in flight: returns its heads.
+    fn answered(&mut self) -> Option<Vec<Hash>> {
+        let oldest = self.in_flight.pop_front();
+        self.awaiting_ack = !self.in_flight.is_empty();
+        oldest
+    }
 }
 
 #[derive(Debug)]
@@ -359,6 +392,10 @@ pub struct Engine {
     blobs_dirty: bool,
     /// Documents range reconciliation found to differ.
     range_diffs: HashSet<DocId>,
+    /// The digest of each document as every round of range reconciliation saw it (`None` once
+    /// two rounds saw different heads: written during the exchange). Only a document seen the
+    /// same throughout may be recorded as held by the peer when the ranges all match.
+    recon_seen: HashMap<DocId, Option<[u8; 16]>>,
     knowledge_updates: Vec<(DocId, Knowledge)>,
     /// Authors whose credentials were sent (or found unavailable) in this conversation.
     credentials_sent: HashSet<ActorPrefix>,
@@ -423,6 +460,7 @@ impl Engine {
             missing_at_peer: HashSet::new(),
             blobs_dirty: true,
             range_diffs: HashSet::new(),
+            recon_seen: HashMap::new(),
             knowledge_updates: Vec::new(),
             credentials_sent: HashSet::new(),
             last_mark: None,
@@ -625,7 +663,7 @@ impl Engine {
             self.out.insert(mark, summary);
             self.summary_pending = true;
             if !delta {
-                let items = replica.items(&self.peer).map_err(EngineError::Replica)?;
+                let items = self.recon_items(replica)?;
                 self.send(Frame::Ranges(self.cfg.recon.initiate(&items)));
                 self.recon_waiting = true;
             }
@@ -711,7 +749,7 @@ impl Engine {
                 }
                 Frame::Ranges(ranges) => {
                     self.recon_waiting = false;
-                    let items = replica.items(&self.peer).map_err(EngineError::Replica)?;
+                    let items = self.recon_items(replica)?;
                     let (reply, diffs) =
                         self.cfg.recon.respond(&items, &ranges).map_err(|e| self.protocol(Violation::from(e)))?;
                     // Fingerprints and unanswered item lists call for an answer, even an empty
@@ -732,8 +770,12 @@ impl Engine {
                     if finished {
                         // Every document the exchange did not single out is the same on both
                         // sides: remember that, so that the next conversation starts from it.
+                        // Not a document written while the ranges were compared: the peer's
+                        // match was with the heads it had before.
+                        let seen = std::mem::take(&mut self.recon_seen);
                         for (id, heads) in replica.delta(&self.peer).map_err(EngineError::Replica)? {
-                            if !self.range_diffs.contains(&id) {
+                            let unchanged = seen.get(&id) == Some(&Some(crate::recon::digest(&heads)));
+                            if !self.range_diffs.contains(&id) && unchanged {
                                 self.knowledge_updates.push((id, Knowledge { shared: heads.clone(), heads }));
                             }
                         }
@@ -764,7 +806,7 @@ impl Engine {
                 Frame::Changes(Changes { doc, ack, heads, bytes, sigs }) => {
                     self.stats.change_bytes_received += bytes.len() as u64;
                     if ack {
-                        self.docs.entry(doc).or_default().awaiting_ack = false;
+                        self.docs.entry(doc).or_default().answered();
                     }
                     let heads = sorted(heads);
                     if let Some((mut s, left)) = self.summary_waiting.take() {
@@ -779,12 +821,17 @@ impl Engine {
                 }
                 Frame::Ack { doc, heads } => {
                     let conn = self.docs.entry(doc).or_default();
-                    let pushed = conn.pushed.clone();
-                    let heads = if heads.is_empty() { pushed.clone().unwrap_or_default() } else { sorted(heads) };
-                    conn.awaiting_ack = false;
+                    let acked = conn.answered();
+                    // Without heads: the peer's heads are those of the push it answers.
+                    let heads = match (heads.is_empty(), acked.clone()) {
+                        (false, _) => sorted(heads),
+                        (true, Some(pushed)) => pushed,
+                        // An Ack of no push of ours says nothing we can record.
+                        (true, None) => continue,
+                    };
                     conn.theirs = Some(heads.clone());
                     let known = replica.known_hashes(&self.peer, &doc, &heads).map_err(EngineError::Replica)?;
-                    let shared = if known.len() == heads.len() { heads.clone() } else { pushed.unwrap_or_default() };
+                    let shared = if known.len() == heads.len() { heads.clone() } else { acked.unwrap_or_default() };
                     self.knowledge_updates.push((doc, Knowledge { heads, shared }));
                     touched.push(doc);
                 }
@@ -792,10 +839,13 @@ impl Engine {
                     let conn = self.docs.entry(doc).or_default();
                     conn.refused = true;
                     conn.refusals = conn.refusals.saturating_add(1);
-                    conn.awaiting_ack = false;
+                    conn.answered();
                     self.log.push(format!("{} refused a document we sent", self.peer.name));
                 }
-                Frame::Need { doc } => self.resend_whole(replica, &doc)?,
+                Frame::Need { doc } => {
+                    self.docs.entry(doc).or_default().answered();
+                    self.resend_whole(replica, &doc)?
+                }
                 Frame::Member { credential } => {
                     if !replica.offer_credential(&credential).map_err(EngineError::Replica)? {
                         self.log.push(format!(
@@ -956,7 +1006,7 @@ impl Engine {
         self.reply_queued = true;
         if s.delta && !complete {
             self.log.push(format!("{}: deltas do not explain every difference; reconciling by ranges", self.peer.name));
-            let items = replica.items(&self.peer).map_err(EngineError::Replica)?;
+            let items = self.recon_items(replica)?;
             self.send(Frame::Ranges(self.cfg.recon.initiate(&items)));
             self.recon_waiting = true;
         }
@@ -1075,6 +1125,7 @@ impl Engine {
         conn.pushed = Some(mine.clone());
         conn.announced = Some(mine.clone());
         conn.awaiting_ack = true;
+        conn.in_flight.push_back(mine.clone());
         self.pushed_now.insert(*id);
         self.send(Frame::Changes(Changes { doc: *id, ack: false, heads: mine, bytes: out.bytes, sigs: out.sigs }));
         Ok(())

@@ -250,17 +250,16 @@ impl MemReplica {
         let heads = || -> Result<_, crate::ModelError> {
             Ok(hubs.iter().filter_map(|h| knowledge.get(h)?.get(id)).map(|k| k.heads.clone()).collect())
         };
-        crate::session::localize(&mut d.doc, &mut view, &self.me.name, self.me.role == crate::vocab::Role::Hub, heads)
-            .ok()?;
+        crate::session::localize(&mut d.doc, &mut view, self.me.role == crate::vocab::Role::Hub, heads).ok()?;
         Some(view)
     }
 
-    /// This node's messages in a session that it shows "at hub" without a receipt, each with
-    /// the hubs whose acknowledged heads hold it: what a checker holds against the truth.
+    /// The messages of a session that this node shows "at hub" without a receipt, each with the
+    /// hubs whose acknowledged heads hold it: what a checker holds against the truth.
     pub fn messages_vouched_by_hubs(&mut self, id: &DocId) -> Vec<(String, Vec<String>)> {
         let Some(d) = self.docs.get_mut(id) else { return Vec::new() };
         let mut view = d.view.clone();
-        let pending = view.raise_held(&self.me.name, self.me.role == crate::vocab::Role::Hub);
+        let pending = view.raise_held(self.me.role == crate::vocab::Role::Hub);
         if pending.is_empty() {
             return Vec::new();
         }

@@ -1630,25 +1630,25 @@ impl SessionView {
         }
     }
 
-    /// Raises the receipt levels to what the node viewing this session (`me`; `me_hub` when it
-    /// is a hub) knows without a receipt: a message another node wrote has left its device
-    /// through a hub (edges and desks exchange sessions only with hubs), and so has anything a
-    /// hub wrote. Returns the indices (in `messages`) of this node's own messages still below
-    /// "at hub": those are at a hub once a hub has acknowledged heads that hold them (see
-    /// [`Self::raise_at_hub`]).
-    pub fn raise_held(&mut self, me: &str, me_hub: bool) -> Vec<usize> {
-        let mut own = Vec::new();
+    /// Raises the receipt levels to what the node viewing this session knows without a
+    /// receipt when it is a hub (`me_hub`): every message it holds is at a hub. Returns the
+    /// indices (in `messages`) of the messages still below "at hub": those are at a hub once a
+    /// hub has acknowledged heads that hold them (see [`Self::raise_at_hub`]). A message another
+    /// node wrote is not taken to be at a hub for that alone: edges and desks normally exchange
+    /// sessions through hubs, but nothing stops two of them syncing directly.
+    pub fn raise_held(&mut self, me_hub: bool) -> Vec<usize> {
+        let mut pending = Vec::new();
         for (i, m) in self.messages.iter_mut().enumerate() {
             if m.receipt >= ReceiptLevel::Hub {
                 continue;
             }
-            if me_hub || m.author != me {
+            if me_hub {
                 m.receipt = ReceiptLevel::Hub;
             } else {
-                own.push(i);
+                pending.push(i);
             }
         }
-        own
+        pending
     }
 
     /// Marks `pending` messages (from [`Self::raise_held`]) "at hub" when their id is in `held`
@@ -1674,19 +1674,18 @@ impl SessionView {
     }
 }
 
-/// The view of a session as the node `me` (a hub when `me_hub`) sees it: its receipts raised
-/// by what the node knows without one ([`SessionView::raise_held`]), and its own messages "at
-/// hub" when one of `hub_heads` (the heads each hub peer has acknowledged holding, asked for
-/// only when some own message needs them) holds them. Heads equal to ours hold everything,
-/// without reading the document.
+/// The view of a session as a node (a hub when `me_hub`) sees it: its receipts raised by what
+/// the node knows without one ([`SessionView::raise_held`]), and its messages "at hub" when one
+/// of `hub_heads` (the heads each hub peer has acknowledged holding, asked for only when some
+/// message needs them) holds them. Heads equal to ours hold everything, without reading the
+/// document.
 pub fn localize<E: From<ModelError>>(
     doc: &mut SessionDoc,
     view: &mut SessionView,
-    me: &str,
     me_hub: bool,
     hub_heads: impl FnOnce() -> Result<Vec<Vec<crate::wire::Hash>>, E>,
 ) -> Result<(), E> {
-    let pending = view.raise_held(me, me_hub);
+    let pending = view.raise_held(me_hub);
     if pending.is_empty() {
         return Ok(());
     }

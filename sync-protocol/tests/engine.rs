@@ -616,3 +616,75 @@ fn the_hubs_directory_reaches_its_edges_and_desks_and_is_taken_from_no_one_else(
     assert_eq!(edge.changes_since(&desk_i, &id, &[]).unwrap(), None, "an edge gives the directory to no desk");
     assert_eq!(desk.heads_for(&edge_i, &id).unwrap(), None, "nor does a desk to an edge");
 }
+
+/// Two pushes of one session in flight: the hub stores the first and acknowledges it without
+/// heads ("I hold what you sent"); the second is lost with the link. The ack is of the first
+/// push only: the edge must not take it for the second, and so must not show the second
+/// message "at hub" (hubs write no receipt on messages: what they acknowledged is the proof).
+#[test]
+fn an_ack_without_heads_acknowledges_the_push_it_answers_not_a_later_one_still_in_flight() {
+    let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+    let (mut edge, mut hub) = (replica(&edge_i, 1), replica(&hub_i, 2));
+    let id = new_session(&mut edge, 1, ServiceLine::Dermatology);
+    let mut p = Pair::new(&edge, &hub, T);
+    p.start(&mut edge, &mut hub);
+    p.run_to_end(&mut edge, &mut hub, 600_000);
+    let (mut ea, mut eb) = (p.a, p.b);
+    let drain = |e: &mut Engine| -> Vec<Frame> { std::iter::from_fn(|| e.poll_frame()).map(|(_, f)| f).collect() };
+    drain(&mut ea);
+    drain(&mut eb);
+    message(&mut edge, &id, "first", T + 1_000);
+    ea.notify(&mut edge, &[id], T + 1_000).unwrap();
+    let first = drain(&mut ea);
+    message(&mut edge, &id, "second", T + 1_100);
+    ea.notify(&mut edge, &[id], T + 1_100).unwrap();
+    let second = drain(&mut ea);
+    assert!(second.iter().any(|f| matches!(f, Frame::Changes(_))), "the second push is on its way: {second:?}");
+    eb.handle(&mut hub, first, T + 1_200).unwrap();
+    let acks = drain(&mut eb);
+    assert!(acks.iter().any(|f| matches!(f, Frame::Ack { heads, .. } if heads.is_empty())), "{acks:?}");
+    ea.handle(&mut edge, acks, T + 1_300).unwrap();
+    // The link drops: the second push never arrives.
+    drop(second);
+    let v = edge.view_seen(&id).unwrap();
+    let level = |text: &str| v.messages.iter().find(|m| m.text == text).map(|m| m.receipt);
+    assert_eq!(level("first"), Some(ReceiptLevel::Hub), "the hub stored and acknowledged the first");
+    assert_eq!(level("second"), Some(ReceiptLevel::Device), "the hub never received the second");
+    assert!(!ea.is_quiescent(), "the second push is still unanswered");
+}
+
+/// Range reconciliation that finds every range equal records the peer as holding each
+/// session at our heads: not a session written here while the ranges were being compared
+/// (the peer matched the heads it had before). A message written in that window must not show
+/// "at hub".
+#[test]
+fn a_message_written_while_ranges_are_compared_is_not_taken_as_held_by_the_hub() {
+    let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+    let (mut edge, mut hub) = (replica(&edge_i, 1), replica(&hub_i, 2));
+    let steady = new_session(&mut edge, 1, ServiceLine::Dermatology);
+    message(&mut edge, &steady, "steady", T + 4);
+    let id = new_session(&mut edge, 2, ServiceLine::Dermatology);
+    message(&mut edge, &id, "before", T + 5);
+    converse(&mut edge, &mut hub, T + 10);
+    // Both forget each other (restored, say): the next conversation compares ranges.
+    edge.forget_peers();
+    hub.forget_peers();
+    let mut p = Pair::new(&edge, &hub, T + 1_000).link(50, 0.0, 1);
+    p.start(&mut edge, &mut hub);
+    let mut written = false;
+    p.run(&mut edge, &mut hub, 600_000, None, |p, e, _| {
+        // The hub has answered the edge's ranges; its answer is still on the way.
+        if !written && p.now > T + 1_000 {
+            message(e, &id, "during", p.now);
+            written = true;
+        }
+        p.a.is_done() && p.quiet()
+    });
+    assert!(written);
+    assert!(p.a.stats().range_differences == 0, "{:?}", p.a.stats());
+    let level = |e: &mut MemReplica, id: &DocId, text: &str| {
+        e.view_seen(id).unwrap().messages.iter().find(|m| m.text == text).map(|m| m.receipt)
+    };
+    assert_eq!(level(&mut edge, &steady, "steady"), Some(ReceiptLevel::Hub), "the ranges matched on it");
+    assert_eq!(level(&mut edge, &id, "during"), Some(ReceiptLevel::Device), "the hub never received it");
+}

@@ -32,7 +32,7 @@ impl Store {
         let sid = insert_session_row(&tx, &id, &view, &card, "recording the session")?;
         let seq = append_change(&tx, &self.sealer, sid, &id, &bytes)?;
         put_sigs(&tx, authorship::sign_new(&self.author, doc.automerge(), &[]))?;
-        let viewer = Viewer { node: &self.node, hub: self.opts.hub };
+        let viewer = Viewer { hub: self.opts.hub };
         index_doc(&tx, &self.sealer, viewer, (&id, sid), &mut doc, &mut view)?;
         append_audit(&tx, &self.sealer, &self.node, now, "session.create", Some(sid), by(&self.acting, None))?;
         tx.commit().map_err(sql("committing"))?;
@@ -92,7 +92,7 @@ impl Store {
             let mut view = cached.doc.view().map_err(model(id))?;
             let seq = append_change(&tx, &self.sealer, cached.sid, &key, &bytes)?;
             put_sigs(&tx, authorship::sign_new(&self.author, cached.doc.automerge(), &before))?;
-            let viewer = Viewer { node: &self.node, hub: self.opts.hub };
+            let viewer = Viewer { hub: self.opts.hub };
             index_doc(&tx, &self.sealer, viewer, (&key, cached.sid), &mut cached.doc, &mut view)?;
             let counts = log_counts(&tx, cached.sid)?;
             cached.upto = seq;
@@ -133,7 +133,7 @@ impl Store {
     pub fn view(&mut self, id: SessionId) -> Result<SessionView, StoreError> {
         let tx = self.conn.transaction().map_err(sql("starting a read"))?;
         let mut cached = checkout(&mut self.cache, &tx, &self.sealer, &self.actor, id)?;
-        let viewer = Viewer { node: &self.node, hub: self.opts.hub };
+        let viewer = Viewer { hub: self.opts.hub };
         let view = match cached.doc.view() {
             Ok(mut view) => localize_view(&tx, viewer, cached.sid, &mut cached.doc, &mut view).map(|()| view),
             Err(e) => Err(model(id)(e)),
@@ -287,12 +287,15 @@ pub(super) fn doc_heads(doc: &mut SessionDoc) -> Vec<Hash> {
 pub(super) fn index_doc(
     tx: &Transaction<'_>,
     sealer: &Sealer,
-    viewer: Viewer<'_>,
+    viewer: Viewer,
     (key, sid): (&str, i64),
     doc: &mut SessionDoc,
     view: &mut SessionView,
 ) -> Result<(), StoreError> {
-    localize_view(tx, viewer, sid, doc, view)?;
+    // The card keeps what the document itself says (and a hub's own view): whether a hub holds
+    // the session's current heads is read beside the card when it is listed, so a hub restored
+    // from an older copy lowers it at once instead of at the session's next write.
+    view.raise_held(viewer.hub);
     let heads = doc_heads(doc);
     let digest = recon::digest(&heads);
     let card = seal_card(sealer, key, view)?;
@@ -346,10 +349,9 @@ pub(super) fn index_doc(
     Ok(())
 }
 
-/// The node a store belongs to, as the one viewing its sessions: its name and whether it is a hub.
+/// The node a store belongs to, as the one viewing its sessions: whether it is a hub.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Viewer<'a> {
-    pub(super) node: &'a str,
+pub(super) struct Viewer {
     pub(super) hub: bool,
 }
 
@@ -358,7 +360,7 @@ pub(super) struct Viewer<'a> {
 /// acknowledged heads are read only when an own message needs them).
 pub(super) fn localize_view(
     conn: &rusqlite::Connection,
-    viewer: Viewer<'_>,
+    viewer: Viewer,
     sid: i64,
     doc: &mut SessionDoc,
     view: &mut SessionView,
@@ -373,7 +375,7 @@ pub(super) fn localize_view(
         }
     }
     let ctx = "reading what the hubs hold";
-    let done = sync_protocol::session::localize(doc, view, viewer.node, viewer.hub, || {
+    let done = sync_protocol::session::localize(doc, view, viewer.hub, || {
         let mut stmt = conn
             .prepare_cached("SELECT heads FROM peer_docs WHERE sid = ?1 AND hub = 1")
             .map_err(|e| Failed::Store(sql(ctx)(e)))?;

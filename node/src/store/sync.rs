@@ -614,7 +614,7 @@ fn integrate(
             (row_sid, seq)
         }
     };
-    let viewer = super::documents::Viewer { node: &me.name, hub: opts.hub };
+    let viewer = super::documents::Viewer { hub: opts.hub };
     index_doc(tx, sealer, viewer, (&key, row_sid), &mut candidate, &mut view)?;
     // An edge keeps no copy of a photo a hub has confirmed holding (a thumbnail stays).
     for hash in view.offloadable_media(&me.name) {

@@ -57,8 +57,8 @@ pub(super) struct CardSecret {
     pub(super) photos: usize,
     #[serde(rename = "d")]
     pub(super) on_device_only: usize,
-    /// Of those, this node's messages: at a hub as soon as a hub acknowledges the session's
-    /// current heads, which the card's listing reads beside it (cards written before lack it).
+    /// Of those, the messages: at a hub as soon as a hub acknowledges the session's current
+    /// heads, which the card's listing reads beside it (cards written before lack it).
     #[serde(rename = "u", default)]
     pub(super) messages_on_device: usize,
     /// Cards written before schema 6 lack it; it is filled at the session's next write.

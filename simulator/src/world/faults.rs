@@ -148,6 +148,7 @@ impl World {
         let Some(mut backup) = self.backups.remove(&(index, n)) else { return };
         self.crash(n);
         self.nodes[n].undo = None;
+        self.nodes[n].undo_last = None;
         let before = self.holdings(n);
         let instance: [u8; 8] = self.rng.random();
         self.nodes[n].replica.restore(&mut backup, instance);

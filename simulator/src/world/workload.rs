@@ -40,7 +40,7 @@ impl World {
         }
         if self.opts.bugs.lose_acked_writes_on_crash {
             let before = self.nodes[n].replica.copy_doc(doc);
-            self.nodes[n].undo = Some((*doc, before));
+            self.nodes[n].undo_last = Some((*doc, before));
         }
         let out = self.nodes[n].replica.edit(doc, f).ok();
         self.after_changes(n, None);
@@ -219,6 +219,12 @@ impl World {
     }
 
     pub(super) fn track(&mut self, node: usize, doc: DocId, key: String, what: What) {
+        // The planted bug loses the last write the ledger can miss, not a receipt after it.
+        if what != What::Session
+            && let Some(u) = self.nodes[node].undo_last.take()
+        {
+            self.nodes[node].undo = Some(u);
+        }
         self.ledger.write(Entry {
             node,
             kind: self.nodes[node].kind,
