@@ -461,7 +461,7 @@ fn when_no_desk_in_area_answers_the_federated_hubs_line_takes_the_call_and_speec
     let sent = speech(&said, 12.0);
     let out = f.ok(&["call", "escalate", "--dir", s(&amb), &id, "--wait", "120", "--json", "--play", s(&said)]);
     let result = json(&out);
-    assert_eq!(result["state"], "connected", "{result}");
+    assert_eq!(result["state"], "connected", "{result}; the emulated link: {:?}", link.stats());
     assert_eq!(result["desk"], "desk-x", "{result}");
 
     // The session's hub tells the whole story: its own desk first, then the hand-over.

@@ -97,7 +97,26 @@ pub struct Leg {
     pub end: LegEnd,
     /// When the record was written (the log's own time; 0 for a record not yet written).
     pub at_ms: TimeMs,
+    /// Figures the record lacked (a record written by another version): they read as 0 above,
+    /// and [`Leg::figure`] gives none for them, so that no export reports a 0 never measured.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub absent: Vec<&'static str>,
 }
+
+/// The figures of a leg record, by their keys.
+pub const FIGURES: [&str; 11] = [
+    "duration_ms",
+    "frames_sent",
+    "frames_received",
+    "frames_concealed",
+    "frames_late",
+    "loss",
+    "jitter_ms",
+    "longest_gap_ms",
+    "rtt_ms",
+    "mos",
+    "started_ms",
+];
 
 impl Leg {
     /// The log entry's fields (the log adds `kind` and `at_ms`), figures rounded for people.
@@ -129,7 +148,8 @@ impl Leg {
     }
 
     /// A call-log entry read as a leg record: `None` for an entry of another kind, or one
-    /// without the call, the node or how it ended. Figures missing from a record read as 0.
+    /// without the call, the node or how it ended. Figures missing from a record read as 0 and
+    /// are listed in `absent`.
     pub fn from_entry(e: &BTreeMap<String, LogValue>) -> Option<Leg> {
         let text = |k: &str| e.get(k).and_then(LogValue::as_str);
         if text("kind") != Some(LEG_KIND) {
@@ -163,12 +183,19 @@ impl Leg {
             mos: float("mos"),
             end: LegEnd::parse(text("end")?),
             at_ms: int("at_ms"),
+            absent: FIGURES
+                .into_iter()
+                .filter(|k| !matches!(e.get(*k), Some(LogValue::Int(_) | LogValue::Float(_))))
+                .collect(),
         })
     }
 
     /// A figure of the record by its code (`mos`, `loss`, `jitter_ms`, `rtt_ms`,
     /// `longest_gap_ms`, `duration_ms`, or a frame count), as a number.
     pub fn figure(&self, code: &str) -> Option<f64> {
+        if self.absent.contains(&code) {
+            return None;
+        }
         Some(match code {
             "mos" => self.mos,
             "loss" => self.loss,
@@ -218,6 +245,7 @@ mod tests {
             mos: 4.234,
             end: LegEnd::Hangup,
             at_ms: 0,
+            absent: Vec::new(),
         }
     }
 
@@ -235,6 +263,18 @@ mod tests {
         assert_eq!(read, expected);
         assert_eq!(read.figure("mos"), Some(4.23));
         assert_eq!(read.figure("colour"), None);
+    }
+
+    #[test]
+    fn a_figure_missing_from_a_record_is_none_not_zero() {
+        let mut fields = leg().fields();
+        fields.retain(|(k, _)| !matches!(*k, "mos" | "jitter_ms"));
+        let read = Leg::from_entry(&entry(&fields, 7)).expect("a leg");
+        assert_eq!(read.absent, ["jitter_ms", "mos"]);
+        assert_eq!(read.figure("mos"), None, "an export must not report a MOS of 0 never measured");
+        assert_eq!(read.figure("jitter_ms"), None);
+        assert_eq!(read.figure("rtt_ms"), Some(48.3));
+        assert!(Leg::from_entry(&entry(&leg().fields(), 7)).expect("a leg").absent.is_empty());
     }
 
     #[test]
