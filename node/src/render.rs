@@ -153,19 +153,23 @@ pub fn render_session(v: &SessionView, this_node: &str) -> String {
     s
 }
 
-/// A call leg's record as a line.
+/// A call leg's record as a line; a figure the record lacks reads "not recorded", never 0.
 pub fn describe_leg(l: &sync_protocol::leg::Leg) -> String {
+    let n = |code: &str, places: usize| match l.figure(code) {
+        Some(v) => format!("{v:.places$}"),
+        None => "not recorded".to_string(),
+    };
     format!(
-        "call ended ({}): {} ms; frames sent {}, received {}, concealed {}; loss {:.3}, jitter {:.3} ms, round trip {:.3} ms; estimated MOS {:.3}",
+        "call ended ({}): {} ms; frames sent {}, received {}, concealed {}; loss {}, jitter {} ms, round trip {} ms; estimated MOS {}",
         l.end.as_str(),
-        l.duration_ms,
-        l.frames_sent,
-        l.frames_received,
-        l.frames_concealed,
-        l.loss,
-        l.jitter_ms,
-        l.rtt_ms,
-        l.mos
+        n("duration_ms", 0),
+        n("frames_sent", 0),
+        n("frames_received", 0),
+        n("frames_concealed", 0),
+        n("loss", 3),
+        n("jitter_ms", 3),
+        n("rtt_ms", 3),
+        n("mos", 3)
     )
 }
 
@@ -252,5 +256,41 @@ pub fn print_directory(view: &DirectoryView, own: bool, now: i64) {
             list.push("none".into());
         }
         println!("{:<20} rota: {}", "", list.join(" -> "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sync_protocol::leg::{Leg, LegEnd};
+
+    #[test]
+    fn a_leg_record_lacking_its_mos_shows_not_recorded_rather_than_zero() {
+        let mut leg = Leg {
+            call: "c1".into(),
+            node: "desk-a".into(),
+            side: None,
+            started_ms: 0,
+            duration_ms: 61_000,
+            codec: "adpcm-32k".into(),
+            frames_sent: 3050,
+            frames_received: 3040,
+            frames_concealed: 10,
+            frames_late: 0,
+            loss: 0.0033,
+            jitter_ms: 2.5,
+            longest_gap_ms: 60,
+            rtt_ms: 48.3,
+            mos: 0.0,
+            end: LegEnd::Hangup,
+            at_ms: 0,
+            absent: vec!["mos"],
+        };
+        let line = describe_leg(&leg);
+        assert!(line.contains("estimated MOS not recorded"), "{line}");
+        assert!(line.contains("round trip 48.300 ms"), "{line}");
+        leg.absent.clear();
+        leg.mos = 4.2;
+        assert!(describe_leg(&leg).contains("estimated MOS 4.200"));
     }
 }
