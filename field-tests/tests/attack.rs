@@ -11,7 +11,7 @@ use automerge::transaction::Transactable;
 use automerge::{ObjType, ROOT, ReadDoc, ScalarValue, Value};
 use field_tests::{Field, Intruder, free_addr, photo_file, s};
 use sync_protocol::SessionDoc;
-use sync_protocol::wire::{Changes, Frame, Range, RangeMode};
+use sync_protocol::wire::{Changes, Frame, Hash, Range, RangeMode};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outpost-field-node");
 const LIMIT: Duration = Duration::from_secs(120);
@@ -47,7 +47,7 @@ fn forge(
     edit(doc.automerge());
     doc.automerge().commit();
     let (bytes, sigs) = intruder.signed(&mut doc, &before);
-    let heads = doc.heads().iter().map(|h| h.0).collect();
+    let heads = doc.heads().iter().map(|h| Hash::from(*h)).collect();
     send_changes(intruder, id, bytes, sigs, heads)
 }
 
@@ -56,7 +56,7 @@ fn send_changes(
     id: &str,
     bytes: Vec<u8>,
     sigs: Vec<[u8; 64]>,
-    heads: Vec<[u8; 32]>,
+    heads: Vec<Hash>,
 ) -> Vec<Frame> {
     let doc = doc_id(id);
     intruder.exchange(&[Frame::Changes(Changes { doc, ack: false, heads, bytes, sigs })], LIMIT)
@@ -118,16 +118,13 @@ fn a_stolen_tablet_can_neither_read_nor_forge_nor_stall_the_hub() {
     // of another line and an edge of another ICB. Each gets exactly what a session that does
     // not exist gets.
     let nowhere = sync_protocol::SessionId::from_parts(1_790_000_000_000, 12345).to_string();
-    let photo_hash: [u8; 32] = {
-        let v: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&photo[i * 2..i * 2 + 2], 16).unwrap()).collect();
-        v.try_into().unwrap()
-    };
+    let photo_hash = Hash::from_hex(&photo).expect("a photo hash is 64 hex characters");
     let probes = |target: &str| {
         let doc = doc_id(target);
         vec![
             Frame::Need { doc },
             Frame::Heads { doc, heads: Vec::new() },
-            Frame::Heads { doc, heads: vec![[7; 32]] },
+            Frame::Heads { doc, heads: vec![Hash([7; 32])] },
             Frame::Ack { doc, heads: Vec::new() },
             Frame::Ranges(vec![Range {
                 upper: None,

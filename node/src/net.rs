@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::CertificateDer;
 use serde::Serialize;
-use sync_protocol::call::{ADPCM_32K, Action, PathQuality, quality_from_probes, rate};
+use sync_protocol::call::{ADPCM_32K, Action, GateListen, Listen, PathQuality, quality_from_probes, rate};
 use sync_protocol::directory::is_directory_id;
 use sync_protocol::engine::{Engine, EngineConfig, Stats};
 use sync_protocol::leg::{Leg, LegEnd};

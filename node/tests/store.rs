@@ -7,6 +7,7 @@ use outpost_node::node::{InitParams, Node, NodeError, SessionRequest};
 use outpost_node::store::{ListFilter, StoreError, StoreOptions};
 use sync_protocol::session::{Patient, Requester, Service};
 use sync_protocol::vocab::{CareSetting, Channel, Priority, Role, ServiceLine, Status};
+use sync_protocol::wire::Hash;
 
 const T: i64 = 1_790_000_000_000;
 
@@ -197,7 +198,7 @@ fn kept_reconciliation_sums_and_deltas_equal_a_full_scan_after_every_write() {
         let mut node = Node::open(&dir).unwrap();
         let mut ids = Vec::new();
         // Heads of each session as they were after each write: what a peer may confirm later.
-        let mut past: Vec<Vec<Vec<[u8; 32]>>> = Vec::new();
+        let mut past: Vec<Vec<Vec<Hash>>> = Vec::new();
         for step in 0..120i64 {
             let now = T + step;
             match rng.random_range(0..12) {
@@ -311,29 +312,29 @@ fn known_changes_are_answered_from_the_index_and_the_document_alike() {
     node.send_message(id, "second", None, T + 2).unwrap();
     let doc = automerge::AutoCommit::load(&node.raw_store().export_automerge(id).unwrap()).unwrap();
     let mut doc = doc;
-    let heads: Vec<[u8; 32]> = doc.get_heads().iter().map(|h| h.0).collect();
-    let all: Vec<[u8; 32]> = doc.get_changes(&[]).iter().map(|c| c.hash().0).collect();
-    let older: Vec<[u8; 32]> = all.iter().filter(|h| !heads.contains(h)).copied().collect();
+    let heads: Vec<Hash> = doc.get_heads().iter().map(|h| Hash::from(*h)).collect();
+    let all: Vec<Hash> = doc.get_changes(&[]).iter().map(|c| Hash::from(c.hash())).collect();
+    let older: Vec<Hash> = all.iter().filter(|h| !heads.contains(h)).copied().collect();
     assert!(!older.is_empty() && !heads.is_empty());
-    let stranger = [7u8; 32];
+    let stranger = Hash([7u8; 32]);
     let key = id.to_bytes();
-    let ask = |node: &mut Node, hashes: &[[u8; 32]]| node.raw_store().known_hashes(&hub, &key, hashes).unwrap();
+    let ask = |node: &mut Node, hashes: &[Hash]| node.raw_store().known_hashes(&hub, &key, hashes).unwrap();
     // Our heads (index), an older change (only the document knows it is held here), a change
     // held by no session (no signature recorded), and a change held by another session.
     assert_eq!(ask(&mut node, &heads), heads);
     assert_eq!(ask(&mut node, &older), older);
-    assert_eq!(ask(&mut node, &[stranger]), Vec::<[u8; 32]>::new());
+    assert_eq!(ask(&mut node, &[stranger]), Vec::<Hash>::new());
     let mut mixed = heads.clone();
     mixed.push(stranger);
     mixed.push(older[0]);
     assert_eq!(ask(&mut node, &mixed), [heads.clone(), vec![older[0]]].concat());
-    let theirs: Vec<[u8; 32]> = automerge::AutoCommit::load(&node.raw_store().export_automerge(other).unwrap())
+    let theirs: Vec<Hash> = automerge::AutoCommit::load(&node.raw_store().export_automerge(other).unwrap())
         .unwrap()
         .get_heads()
         .iter()
-        .map(|h| h.0)
+        .map(|h| Hash::from(*h))
         .collect();
-    assert_eq!(ask(&mut node, &theirs), Vec::<[u8; 32]>::new(), "another session's change is not this one's");
+    assert_eq!(ask(&mut node, &theirs), Vec::<Hash>::new(), "another session's change is not this one's");
     // A peer that may not see the session learns nothing of it.
     let far = PeerInfo { name: "hub-far".into(), role: Role::Hub, org: None, icb: Some("QWE".into()), lines: vec![] };
     assert!(node.raw_store().known_hashes(&far, &key, &heads).unwrap().is_empty());

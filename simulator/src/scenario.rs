@@ -406,13 +406,21 @@ impl Scenario {
         Err(ScenarioError::Unknown(name_or_path.into()))
     }
 
+    /// The name of the `i`th node of group `group`: nodes of one kind are numbered on across
+    /// groups (two groups of ambulances on different links are ambulances 1-5 and 6-10).
+    pub fn node_name(&self, group: usize, i: usize) -> String {
+        let kind = self.groups[group].kind;
+        let before: usize = self.groups[..group].iter().filter(|g| g.kind == kind).map(|g| g.count).sum();
+        format!("{}-{:03}", kind.as_str(), before + i + 1)
+    }
+
     /// The names of the desks that answer a line (as the region names them).
     fn desks_of(&self, line: ServiceLine) -> Vec<String> {
         let mut out = Vec::new();
-        for g in self.groups.iter().filter(|g| g.kind == Kind::Desk && !g.lines.is_empty()) {
+        for (gi, g) in self.groups.iter().enumerate().filter(|(_, g)| g.kind == Kind::Desk && !g.lines.is_empty()) {
             for i in 0..g.count {
                 if g.lines[i % g.lines.len()] == line {
-                    out.push(format!("{}-{:03}", g.kind.as_str(), i + 1));
+                    out.push(self.node_name(gi, i));
                 }
             }
         }
@@ -517,6 +525,22 @@ mod tests {
             let s = Scenario::load(name).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(s.name, *name);
         }
+    }
+
+    #[test]
+    fn two_groups_of_one_kind_are_numbered_on_not_given_the_same_names() {
+        let text = "name='x'\nhours=1\n[[group]]\nkind='ambulance'\ncount=2\nlink='urban-4g'\n\
+                    [[group]]\nkind='surgery'\ncount=1\nlink='rural-surgery'\n\
+                    [[group]]\nkind='ambulance'\ncount=2\nlink='rural-a-road'\n";
+        let s = Scenario::parse(text, "t").unwrap();
+        let names: Vec<String> = s
+            .groups
+            .iter()
+            .enumerate()
+            .flat_map(|(gi, g)| (0..g.count).map(move |i| (gi, i)))
+            .map(|(gi, i)| s.node_name(gi, i))
+            .collect();
+        assert_eq!(names, ["ambulance-001", "ambulance-002", "surgery-001", "ambulance-003", "ambulance-004"]);
     }
 
     #[test]

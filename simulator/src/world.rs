@@ -10,7 +10,10 @@ use rand_chacha::ChaCha8Rng;
 use sync_protocol::TimeMs;
 use sync_protocol::authorship::{AuthorKey, Member, SharedRoster};
 use sync_protocol::blob::ChunkWindow;
-use sync_protocol::call::{Action, DEFAULT_RING_S, HOLD_WAIT_MS, PathQuality, RotaDesk, calls_of, quality_from_probes};
+use sync_protocol::call::{
+    ADPCM_32K, Action, DEFAULT_RING_S, GATE_WINDOWS, GateListen, HOLD_WAIT_MS, Listen, PathQuality, RotaDesk, calls_of,
+    gate, quality_from_probes,
+};
 use sync_protocol::directory::{DirectoryDoc, Hours, LineEntry};
 use sync_protocol::engine::{Engine, EngineConfig, Replica};
 use sync_protocol::links::{self, LinkProfile, LinkState, Uniform};
@@ -72,6 +75,8 @@ pub struct Bugs {
     pub lose_acked_writes_on_crash: bool,
     /// A store that ignores scope when it serves this node's peers (names a node).
     pub ignore_scope_at: Option<String>,
+    /// A hub that judges the link by its first second of probes, without listening again.
+    pub gate_hears_one_window: bool,
 }
 
 /// Run options.
@@ -321,6 +326,8 @@ struct SimCall {
     quality: Option<PathQuality>,
     /// The path to the handing hub as the federated hub measured it.
     fed_quality: Option<PathQuality>,
+    /// Every window of probes the gate heard at its latest measurement (for the gate's check).
+    heard: Vec<PathQuality>,
     esc_index: usize,
 }
 
@@ -455,9 +462,9 @@ impl World {
         });
         let mut links = Vec::new();
         let mut rota: BTreeMap<ServiceLine, Vec<usize>> = BTreeMap::new();
-        for g in &scenario.groups {
+        for (gi, g) in scenario.groups.iter().enumerate() {
             for i in 0..g.count {
-                let name = format!("{}-{:03}", g.kind.as_str(), i + 1);
+                let name = scenario.node_name(gi, i);
                 let (role, lines) = match g.kind {
                     Kind::Desk => (Role::Desk, vec![g.lines[i % g.lines.len()]]),
                     _ => (Role::Edge, vec![]),

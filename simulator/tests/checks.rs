@@ -11,6 +11,15 @@ fn smoke(seed: u64, hours: Option<f64>, bugs: Bugs) -> Report {
     run(sc, Options { seed, hours, bugs }, |_, _| {})
 }
 
+/// Four desks on hospital links, one for each line the workloads below ask about.
+const FOUR_DESKS: &str = r#"
+[[group]]
+kind = "desk"
+count = 4
+link = "hospital"
+lines = ["emergency_medicine", "cardiology", "paediatrics", "dermatology"]
+"#;
+
 fn checks(r: &Report) -> Vec<&str> {
     r.violations.iter().map(|v| v.check.as_str()).collect()
 }
@@ -189,7 +198,8 @@ fn a_swarm_of_fresh_random_seeds_holds_every_invariant() {
 /// every escalation on them ends in a callback that says so; the open lines still connect.
 #[test]
 fn a_closed_line_and_a_line_taking_no_calls_ring_no_one_and_end_in_callbacks() {
-    let text = r#"
+    let text = format!(
+        r#"
 name = "closed-lines"
 hours = 3
 start_hour = 9
@@ -201,13 +211,7 @@ count = 8
 link = "urban-4g"
 steady = true
 sessions_per_hour = 2.0
-
-[[group]]
-kind = "desk"
-count = 4
-link = "hospital"
-lines = ["emergency_medicine", "cardiology", "paediatrics", "dermatology"]
-
+{FOUR_DESKS}
 [[line]]
 line = "emergency_medicine"
 hours = "daily 20:00-22:00"
@@ -218,9 +222,10 @@ channels = ["message", "photo"]
 
 [workload]
 ambulance_escalations = 1.0
-"#;
+"#
+    );
     for seed in [7, 8] {
-        let sc = Scenario::parse(text, "closed-lines").unwrap();
+        let sc = Scenario::parse(&text, "closed-lines").unwrap();
         let r = run(sc, Options { seed, hours: None, bugs: Bugs::default() }, |_, _| {});
         assert!(r.passed(), "seed {seed}:\n{}", r.summary());
         let closed = r.escalation_callbacks.get("line closed").copied().unwrap_or(0);
@@ -304,6 +309,62 @@ fn a_directory_edited_during_the_run_reaches_every_edge_and_desk_and_the_router_
             closed_after_edit(&plain) > 0,
             "seed {seed}: without the edit no cardiology call found the line closed, so this checks nothing\n{}",
             plain.summary()
+        );
+    }
+}
+
+/// The link gate through the shared listening rule (`sync_protocol::call::GateListen`), as the
+/// node's router runs it: ambulances on rural roads and city 4G escalate, and every call refused for
+/// its link was refused only after the gate listened to all its windows and none passed (the
+/// `routing` checker). A hub that judges by its first second alone is caught.
+#[test]
+fn a_call_is_refused_for_its_link_only_after_every_second_the_gate_listens_to_fails() {
+    let text = format!(
+        r#"
+name = "lossy-calls"
+hours = 2
+start_hour = 9
+settle_minutes = 30
+
+[[group]]
+kind = "ambulance"
+count = 8
+link = "rural-a-road"
+steady = true
+sessions_per_hour = 2.0
+
+[[group]]
+kind = "ambulance"
+count = 4
+link = "urban-4g"
+steady = true
+sessions_per_hour = 2.0
+{FOUR_DESKS}
+[workload]
+ambulance_escalations = 1.0
+"#
+    );
+    for seed in [7, 8] {
+        let sc = || Scenario::parse(&text, "lossy-calls").unwrap();
+        let r = run(sc(), Options { seed, hours: None, bugs: Bugs::default() }, |_, _| {});
+        assert!(r.passed(), "seed {seed}:\n{}", r.summary());
+        let link = r.escalation_callbacks.get("link").copied().unwrap_or(0);
+        assert!(
+            link >= 1,
+            "seed {seed}: no call was refused for its link, so the gate went unchecked\n{}",
+            r.summary()
+        );
+        assert!(r.escalations_connected >= 1, "seed {seed}: no call connected\n{}", r.summary());
+        eprintln!(
+            "seed {seed}: {}",
+            r.summary().lines().find(|l| l.starts_with("call escalations")).unwrap_or_default()
+        );
+        let bugs = Bugs { gate_hears_one_window: true, ..Bugs::default() };
+        let planted = run(sc(), Options { seed, hours: None, bugs }, |_, _| {});
+        assert!(
+            checks(&planted).contains(&"routing"),
+            "seed {seed}: the one-second gate went unseen\n{}",
+            planted.summary()
         );
     }
 }

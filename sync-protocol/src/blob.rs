@@ -83,7 +83,7 @@ pub fn manifest(data: &[u8], chunk_size: u32) -> Result<BlobManifest, BlobError>
     } else {
         data.chunks(chunk_size as usize).enumerate().map(|(i, c)| chunk_cv(c, i as u32, chunk_size, false)).collect()
     };
-    Ok(BlobManifest { hash: *blake3::hash(data).as_bytes(), size, chunk_size, cvs })
+    Ok(BlobManifest { hash: Hash(*blake3::hash(data).as_bytes()), size, chunk_size, cvs })
 }
 
 /// Checks that a manifest describes the blob `hash`.
@@ -102,7 +102,7 @@ pub fn verify_manifest(m: &BlobManifest, hash: &Hash) -> Result<(), BlobError> {
         let (left, right) = split(m, 0, m.size);
         *merge_subtrees_root(&left, &right, Mode::Hash).as_bytes()
     };
-    if root == *hash { Ok(()) } else { Err(BlobError::Mismatch) }
+    if root == hash.0 { Ok(()) } else { Err(BlobError::Mismatch) }
 }
 
 /// The chaining values of the two children of the subtree covering `[offset, offset + len)`.
@@ -241,7 +241,7 @@ mod tests {
         for n in [0, 1, 1023, 4096, 4097, 8192, 8193, 12_288, 40_000, 65_536, 65_537, 300_001] {
             let d = data(n);
             let m = manifest(&d, cs).unwrap();
-            verify_manifest(&m, blake3::hash(&d).as_bytes()).unwrap_or_else(|e| panic!("size {n}: {e}"));
+            verify_manifest(&m, &Hash(*blake3::hash(&d).as_bytes())).unwrap_or_else(|e| panic!("size {n}: {e}"));
             for (i, c) in d.chunks(cs as usize).enumerate() {
                 verify_chunk(&m, i as u32, c).unwrap();
             }
@@ -252,7 +252,7 @@ mod tests {
     fn a_forged_chunk_or_manifest_is_refused() {
         let d = data(100_000);
         let mut m = manifest(&d, CHUNK_SIZE).unwrap();
-        let hash = *blake3::hash(&d).as_bytes();
+        let hash = Hash(*blake3::hash(&d).as_bytes());
         let mut bad = d[..CHUNK_SIZE as usize].to_vec();
         bad[7] ^= 1;
         assert_eq!(verify_chunk(&m, 0, &bad), Err(BlobError::Chunk(0)));
@@ -269,7 +269,7 @@ mod tests {
             let d = data(n);
             let cs = 1u32 << shift;
             let m = manifest(&d, cs).unwrap();
-            prop_assert!(verify_manifest(&m, blake3::hash(&d).as_bytes()).is_ok());
+            prop_assert!(verify_manifest(&m, &Hash(*blake3::hash(&d).as_bytes())).is_ok());
             if !d.is_empty() {
                 let last = (d.len() - 1) / cs as usize;
                 let start = last * cs as usize;

@@ -176,6 +176,53 @@ pub fn gate(q: &PathQuality, codec: &CodecModel) -> Result<Rating, (Rating, Stri
     Ok(rating)
 }
 
+/// One-second probe windows the link gate listens to before it refuses a call. A burst of loss
+/// in one second is not a bad link: a refused window is measured again, and the best is judged.
+pub const GATE_WINDOWS: u32 = 3;
+
+/// The link gate's listening, one window at a time: the hub measures a window of probes, hands
+/// it to [`GateListen::heard`], and either measures the window it names next or judges the
+/// best window heard. The node's router and the simulator's hub both listen through this.
+#[derive(Debug, Clone, Default)]
+pub struct GateListen {
+    best: Option<PathQuality>,
+    heard: u32,
+}
+
+/// What to do after a window, as [`GateListen::heard`] says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Listen {
+    /// Measure another window; its number (each window's probes carry their own sequence
+    /// numbers, so that a late echo of one window is not timed as a probe of the next).
+    Again(u32),
+    /// Judge the link by this measurement: the best window heard.
+    Judge(PathQuality),
+}
+
+impl GateListen {
+    /// Takes one window's measurement. Listening stops at a window that passes the gate, at a
+    /// window with no probes sent (the requester has no live link: there is nothing to wait
+    /// for), or after [`GATE_WINDOWS`] windows.
+    pub fn heard(&mut self, window: PathQuality, codec: &CodecModel) -> Listen {
+        self.heard += 1;
+        let best = match self.best.take() {
+            Some(b) if window.probes == 0 || rate(&b, codec).mos >= rate(&window, codec).mos => b,
+            _ => window,
+        };
+        let done = window.probes == 0 || gate(&best, codec).is_ok() || self.heard >= GATE_WINDOWS;
+        if done {
+            return Listen::Judge(best);
+        }
+        self.best = Some(best);
+        Listen::Again(self.heard)
+    }
+
+    /// Windows heard so far.
+    pub fn windows(&self) -> u32 {
+        self.heard
+    }
+}
+
 /// One escalation, as the routing log tells it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CallState {
@@ -551,6 +598,36 @@ mod tests {
 
     fn q(rtt: f64, jitter: f64, loss: f64) -> PathQuality {
         PathQuality { rtt_ms: rtt, jitter_ms: jitter, loss, burst_ratio: 1.0, probes: 50 }
+    }
+
+    #[test]
+    fn the_gate_listens_again_after_a_lossy_second_and_judges_the_best_window() {
+        let good = q(60.0, 5.0, 0.0);
+        let burst = q(60.0, 5.0, 0.12);
+        let worse = q(60.0, 5.0, 0.3);
+        assert!(gate(&burst, &ADPCM_32K).is_err() && gate(&good, &ADPCM_32K).is_ok());
+        // A good first second is judged at once.
+        let mut l = GateListen::default();
+        assert_eq!(l.heard(good, &ADPCM_32K), Listen::Judge(good));
+        assert_eq!(l.windows(), 1);
+        // A burst, then a good second: the good one is judged, after two windows.
+        let mut l = GateListen::default();
+        assert_eq!(l.heard(burst, &ADPCM_32K), Listen::Again(1));
+        assert_eq!(l.heard(good, &ADPCM_32K), Listen::Judge(good));
+        // Three bad seconds: refused on the best of them, never a worse one heard later.
+        let mut l = GateListen::default();
+        assert_eq!(l.heard(burst, &ADPCM_32K), Listen::Again(1));
+        assert_eq!(l.heard(worse, &ADPCM_32K), Listen::Again(2));
+        assert_eq!(l.heard(worse, &ADPCM_32K), Listen::Judge(burst));
+        assert_eq!(l.windows(), GATE_WINDOWS);
+        // The link went away while listening: judge what was heard, do not wait on.
+        let mut l = GateListen::default();
+        let gone = PathQuality { probes: 0, ..worse };
+        assert_eq!(l.heard(burst, &ADPCM_32K), Listen::Again(1));
+        assert_eq!(l.heard(gone, &ADPCM_32K), Listen::Judge(burst));
+        // No live link at all: nothing to listen for.
+        let mut l = GateListen::default();
+        assert_eq!(l.heard(gone, &ADPCM_32K), Listen::Judge(gone));
     }
 
     #[test]

@@ -46,21 +46,29 @@ struct Doc {
     meta: DocMeta,
     view: SessionView,
     heads: Vec<Hash>,
+    /// The view's media hashes, decoded (none for one that is not a hash), in the view's order.
+    media: Vec<Option<Hash>>,
 }
 
 impl Doc {
     fn new(mut doc: SessionDoc) -> Result<Doc, crate::ModelError> {
         let view = doc.view()?;
         let heads = ids(doc.heads());
-        Ok(Doc { meta: view.meta(), view, heads, doc })
+        let media = media_hashes(&view);
+        Ok(Doc { meta: view.meta(), view, heads, media, doc })
     }
 
     fn refresh(&mut self) -> Result<(), crate::ModelError> {
         self.view = self.doc.view()?;
         self.meta = self.view.meta();
         self.heads = ids(self.doc.heads());
+        self.media = media_hashes(&self.view);
         Ok(())
     }
+}
+
+fn media_hashes(view: &SessionView) -> Vec<Option<Hash>> {
+    view.media.iter().map(|m| hash_from_hex(&m.hash)).collect()
 }
 
 /// A blob held in memory.
@@ -128,13 +136,13 @@ pub struct MemReplica {
 }
 
 fn ids(heads: Vec<ChangeHash>) -> Vec<Hash> {
-    let mut v: Vec<Hash> = heads.into_iter().map(|h| h.0).collect();
+    let mut v: Vec<Hash> = heads.into_iter().map(Hash::from).collect();
     v.sort();
     v
 }
 
 fn hashes(h: &[Hash]) -> Vec<ChangeHash> {
-    h.iter().map(|x| ChangeHash(*x)).collect()
+    h.iter().map(|x| ChangeHash::from(*x)).collect()
 }
 
 impl MemReplica {
@@ -180,7 +188,7 @@ impl MemReplica {
     /// Signs this node's changes in `doc` not ancestors of `before`.
     fn sign(&mut self, doc: &mut SessionDoc, before: &[ChangeHash]) {
         for (h, sig) in authorship::sign_new(&self.author, doc.automerge(), before) {
-            self.sigs.insert(h.0, sig);
+            self.sigs.insert(Hash::from(h), sig);
         }
     }
 
@@ -215,7 +223,7 @@ impl MemReplica {
         let out = f(&mut d.doc).map_err(MemError::from)?;
         d.refresh().map_err(MemError::from)?;
         for (h, sig) in authorship::sign_new(&self.author, d.doc.automerge(), &before) {
-            self.sigs.insert(h.0, sig);
+            self.sigs.insert(Hash::from(h), sig);
         }
         self.changed.push(*id);
         Ok(out)
@@ -223,7 +231,7 @@ impl MemReplica {
 
     /// Stores the bytes of a photo attached locally.
     pub fn put_blob(&mut self, data: &[u8]) -> Hash {
-        let hash = *blake3::hash(data).as_bytes();
+        let hash = Hash(*blake3::hash(data).as_bytes());
         let mut b = MemBlob { size: data.len() as u64, ..MemBlob::default() };
         for (i, c) in data.chunks(CHUNK_SIZE as usize).enumerate() {
             b.chunks.insert(i as u32, self.chunk(c));
@@ -409,7 +417,7 @@ impl MemReplica {
             if added {
                 d.refresh().map_err(MemError::from)?;
                 for (h, sig) in authorship::sign_new(&self.author, d.doc.automerge(), &before) {
-                    self.sigs.insert(h.0, sig);
+                    self.sigs.insert(Hash::from(h), sig);
                 }
             }
         }
@@ -444,7 +452,7 @@ impl MemReplica {
             Ok(Admission::MissingDeps) => return Ok(Applied::MissingDeps),
             Err(e) => return Ok(Applied::Refused { reason: e.to_string() }),
         };
-        let sigs: Vec<(Hash, Signature)> = admitted.iter().map(|(c, sig)| (c.hash().0, *sig)).collect();
+        let sigs: Vec<(Hash, Signature)> = admitted.iter().map(|(c, sig)| (Hash::from(c.hash()), *sig)).collect();
         if let Err(e) = candidate.apply_changes(admitted.into_iter().map(|(c, _)| c).collect()) {
             return Ok(Applied::Refused { reason: e.to_string() });
         }
@@ -529,7 +537,11 @@ impl Replica for MemReplica {
         }
         let Some(d) = self.docs.get_mut(id) else { return Ok(Vec::new()) };
         let doc = d.doc.automerge();
-        Ok(hashes_in.iter().filter(|h| doc.get_change_meta_by_hash(&ChangeHash(**h)).is_some()).copied().collect())
+        Ok(hashes_in
+            .iter()
+            .filter(|h| doc.get_change_meta_by_hash(&ChangeHash::from(**h)).is_some())
+            .copied()
+            .collect())
     }
 
     fn knowledge(&mut self, peer: &PeerInfo, id: &DocId) -> Result<Option<Knowledge>, MemError> {
@@ -561,7 +573,7 @@ impl Replica for MemReplica {
         let Some(d) = self.docs.get_mut(id) else { return Ok(None) };
         let sigs = &self.sigs;
         let changes = d.doc.automerge().get_changes(&hashes(base));
-        authorship::outgoing(changes, |h| Ok(sigs.get(&h.0).copied())).map(Some)
+        authorship::outgoing(changes, |h| Ok(sigs.get(&Hash::from(*h)).copied())).map(Some)
     }
 
     fn apply(&mut self, peer: &PeerInfo, batch: &[Incoming], now: TimeMs) -> Result<Vec<Applied>, MemError> {
@@ -583,9 +595,8 @@ impl Replica for MemReplica {
             if !may_hold(peer, &d.meta) {
                 continue;
             }
-            let view = &d.view;
-            for m in &view.media {
-                let Some(hash) = hash_from_hex(&m.hash) else { continue };
+            for (m, hash) in d.view.media.iter().zip(&d.media) {
+                let Some(hash) = *hash else { continue };
                 let peer_holds = m.receipts.iter().any(|r| r.node == peer.name);
                 let b = self.blobs.get(&hash);
                 let held = match b {
@@ -609,9 +620,7 @@ impl Replica for MemReplica {
     }
 
     fn blob_manifest(&mut self, peer: &PeerInfo, hash: &Hash) -> Result<Option<BlobManifest>, MemError> {
-        let hex = hash_hex(hash);
-        let referenced =
-            self.docs.values().any(|d| may_hold(peer, &d.meta) && d.view.media.iter().any(|m| m.hash == hex));
+        let referenced = self.docs.values().any(|d| may_hold(peer, &d.meta) && d.media.contains(&Some(*hash)));
         Ok(match self.blobs.get(hash) {
             Some(b) if referenced && b.whole() => b.manifest.clone(),
             _ => None,

@@ -31,7 +31,7 @@ pub fn digest(heads: &[Hash]) -> [u8; 16] {
     let mut h = blake3::Hasher::new();
     h.update(b"outpost heads v1");
     for head in sorted {
-        h.update(head);
+        h.update(head.as_bytes());
     }
     let mut out = [0u8; 16];
     out.copy_from_slice(&h.finalize().as_bytes()[..16]);
@@ -274,7 +274,7 @@ mod tests {
     fn item(n: u32, version: u8) -> Item {
         let mut id = [0u8; 16];
         id[..4].copy_from_slice(&n.to_be_bytes());
-        Item { id, digest: digest(&[[version; 32]]) }
+        Item { id, digest: digest(&[Hash([version; 32])]) }
     }
 
     /// Runs rounds between two sets until both are done; returns the ids each side found and
@@ -321,7 +321,7 @@ mod tests {
         let a: Vec<Item> = (0..10_000).map(|n| item(n, 1)).collect();
         let mut b = a.clone();
         for k in 0..10 {
-            b[k * 997].digest = digest(&[[2; 32]]);
+            b[k * 997].digest = digest(&[Hash([2; 32])]);
         }
         let (fa, fb, rounds, bytes) = reconcile(&a, &b);
         let expected = truth(&a, &b);
@@ -356,7 +356,7 @@ mod tests {
                 for ix in changed {
                     let n = base[ix.index(base.len())];
                     if let Some(i) = b.iter_mut().find(|i| i.id == item(n, 1).id) {
-                        i.digest = digest(&[[9; 32]]);
+                        i.digest = digest(&[Hash([9; 32])]);
                     }
                 }
             }

@@ -1689,14 +1689,14 @@ pub fn localize<E: From<ModelError>>(
     if pending.is_empty() {
         return Ok(());
     }
-    let mut ours: Vec<crate::wire::Hash> = doc.heads().into_iter().map(|h| h.0).collect();
+    let mut ours: Vec<crate::wire::Hash> = doc.heads().into_iter().map(crate::wire::Hash::from).collect();
     ours.sort();
     for mut theirs in hub_heads()? {
         theirs.sort();
         let held = if theirs == ours {
             pending.iter().filter_map(|&i| view.messages.get(i).map(|m| m.id.clone())).collect()
         } else {
-            let heads: Vec<ChangeHash> = theirs.into_iter().map(ChangeHash).collect();
+            let heads: Vec<ChangeHash> = theirs.into_iter().map(ChangeHash::from).collect();
             doc.message_ids_at(&heads)?
         };
         view.raise_at_hub(&pending, &held);

@@ -27,19 +27,80 @@ pub const MAX_FRAME: usize = 8 * 1024 * 1024;
 
 /// A session id on the wire.
 pub type DocId = [u8; 16];
-/// An Automerge change hash.
-pub type Hash = [u8; 32];
+/// A 32-byte hash: an Automerge change hash (a document's heads) or a photo's BLAKE3 hash.
+/// Shown, stored in documents and named in the API as 64 lower-case hex characters.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Hash(pub [u8; 32]);
+
+impl Hash {
+    /// The hash's bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The hash as 64 lower-case hex characters.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// A hash back from its 64 hex characters; none if it is not one.
+    pub fn from_hex(s: &str) -> Option<Hash> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(Hash(out))
+    }
+}
+
+impl From<[u8; 32]> for Hash {
+    fn from(b: [u8; 32]) -> Self {
+        Hash(b)
+    }
+}
+
+impl From<Hash> for [u8; 32] {
+    fn from(h: Hash) -> Self {
+        h.0
+    }
+}
+
+impl From<automerge::ChangeHash> for Hash {
+    fn from(h: automerge::ChangeHash) -> Self {
+        Hash(h.0)
+    }
+}
+
+impl From<Hash> for automerge::ChangeHash {
+    fn from(h: Hash) -> Self {
+        automerge::ChangeHash(h.0)
+    }
+}
+
+impl AsRef<[u8]> for Hash {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Hash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl std::fmt::Debug for Hash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Hash({})", self.to_hex())
+    }
+}
 
 /// A hash as 64 lower-case hex characters, as documents, the store and the API name blobs.
 pub fn hash_hex(h: &Hash) -> String {
-    hex::encode(h)
+    h.to_hex()
 }
 
 /// A hash back from its 64 hex characters; none if it is not one.
 pub fn hash_from_hex(s: &str) -> Option<Hash> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(s, &mut out).ok()?;
-    Some(out)
+    Hash::from_hex(s)
 }
 
 /// Why bytes could not be decoded.
@@ -409,7 +470,7 @@ impl Frame {
             Frame::Need { doc } | Frame::Refused { doc } => p.extend_from_slice(doc),
             Frame::Member { credential } => put_bytes(&mut p, credential),
             Frame::BlobWant { hash, manifest, chunks } => {
-                p.extend_from_slice(hash);
+                p.extend_from_slice(hash.as_bytes());
                 p.push(u8::from(*manifest));
                 put_varint(&mut p, chunks.len() as u64);
                 for c in chunks {
@@ -417,7 +478,7 @@ impl Frame {
                 }
             }
             Frame::BlobManifest(m) => {
-                p.extend_from_slice(&m.hash);
+                p.extend_from_slice(m.hash.as_bytes());
                 put_varint(&mut p, m.size);
                 put_varint(&mut p, u64::from(m.chunk_size));
                 put_varint(&mut p, m.cvs.len() as u64);
@@ -426,11 +487,11 @@ impl Frame {
                 }
             }
             Frame::BlobChunk { hash, index, data } => {
-                p.extend_from_slice(hash);
+                p.extend_from_slice(hash.as_bytes());
                 put_varint(&mut p, u64::from(*index));
                 put_bytes(&mut p, data);
             }
-            Frame::BlobMissing { hash } => p.extend_from_slice(hash),
+            Frame::BlobMissing { hash } => p.extend_from_slice(hash.as_bytes()),
             Frame::Revocations { der } => put_bytes(&mut p, der),
             Frame::Mark { received, idle } => {
                 put_varint(&mut p, *received);
@@ -520,7 +581,7 @@ impl Frame {
             0x0A => Frame::Refused { doc: r.array("doc id")? },
             0x21 => Frame::Member { credential: r.bytes("member credential")? },
             0x10 => {
-                let hash = r.array("blob hash")?;
+                let hash = Hash(r.array("blob hash")?);
                 let manifest = r.bool("blob manifest flag")?;
                 let n = r.count("chunk list", 1)?;
                 let mut chunks = Vec::with_capacity(n);
@@ -530,7 +591,7 @@ impl Frame {
                 Frame::BlobWant { hash, manifest, chunks }
             }
             0x11 => {
-                let hash = r.array("blob hash")?;
+                let hash = Hash(r.array("blob hash")?);
                 let size = r.varint("blob size")?;
                 let chunk_size = r.u32_varint("chunk size")?;
                 let n = r.count("manifest", 32)?;
@@ -541,11 +602,11 @@ impl Frame {
                 Frame::BlobManifest(BlobManifest { hash, size, chunk_size, cvs })
             }
             0x12 => Frame::BlobChunk {
-                hash: r.array("blob hash")?,
+                hash: Hash(r.array("blob hash")?),
                 index: r.u32_varint("chunk index")?,
                 data: r.bytes("chunk data")?,
             },
-            0x13 => Frame::BlobMissing { hash: r.array("blob hash")? },
+            0x13 => Frame::BlobMissing { hash: Hash(r.array("blob hash")?) },
             0x20 => Frame::Revocations { der: r.bytes("revocation list")? },
             0x30 => Frame::Mark { received: r.varint("mark count")?, idle: r.bool("mark idle flag")? },
             0x3F => Frame::Close { code: r.u16("close code")?, reason: r.string("close reason")? },
@@ -641,7 +702,7 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 fn put_heads(out: &mut Vec<u8>, heads: &[Hash]) {
     put_varint(out, heads.len() as u64);
     for h in heads {
-        out.extend_from_slice(h);
+        out.extend_from_slice(h.as_bytes());
     }
 }
 
@@ -731,7 +792,7 @@ impl Reader<'_> {
 
     fn heads(&mut self) -> Result<Vec<Hash>, DecodeError> {
         let n = self.count("heads", 32)?;
-        (0..n).map(|_| self.array("change hash")).collect()
+        (0..n).map(|_| self.array("change hash").map(Hash)).collect()
     }
 
     fn entries(&mut self) -> Result<Vec<(DocId, Vec<Hash>)>, DecodeError> {
@@ -756,20 +817,23 @@ mod tests {
                 delta: true,
                 count: 10_000,
                 fingerprint: [9; 32],
-                entries: vec![([1; 16], vec![[2; 32]]), ([3; 16], vec![])],
+                entries: vec![([1; 16], vec![Hash([2; 32])]), ([3; 16], vec![])],
                 pushed: 4,
             }),
-            Frame::SummaryReply(SummaryReply { complete: false, entries: vec![([4; 16], vec![[5; 32], [6; 32]])] }),
+            Frame::SummaryReply(SummaryReply {
+                complete: false,
+                entries: vec![([4; 16], vec![Hash([5; 32]), Hash([6; 32])])],
+            }),
             Frame::Ranges(vec![
                 Range { upper: Some([7; 16]), mode: RangeMode::Skip },
                 Range { upper: Some([8; 16]), mode: RangeMode::Fingerprint { count: 3, fingerprint: [1; 32] } },
                 Range { upper: None, mode: RangeMode::Items { reply: true, items: vec![([9; 16], [1; 16])] } },
             ]),
-            Frame::Heads { doc: [1; 16], heads: vec![[2; 32]] },
+            Frame::Heads { doc: [1; 16], heads: vec![Hash([2; 32])] },
             Frame::Changes(Changes {
                 doc: [1; 16],
                 ack: true,
-                heads: vec![[3; 32]],
+                heads: vec![Hash([3; 32])],
                 bytes: vec![0x85, 0x6f, 1, 2, 3],
                 sigs: vec![[9; 64]],
             }),
@@ -777,10 +841,15 @@ mod tests {
             Frame::Need { doc: [2; 16] },
             Frame::Refused { doc: [3; 16] },
             Frame::Member { credential: vec![0x30, 0x82, 1] },
-            Frame::BlobWant { hash: [1; 32], manifest: true, chunks: vec![0, 1, 300] },
-            Frame::BlobManifest(BlobManifest { hash: [1; 32], size: 70_000, chunk_size: 16384, cvs: vec![[2; 32]; 5] }),
-            Frame::BlobChunk { hash: [1; 32], index: 4, data: vec![7; 100] },
-            Frame::BlobMissing { hash: [1; 32] },
+            Frame::BlobWant { hash: Hash([1; 32]), manifest: true, chunks: vec![0, 1, 300] },
+            Frame::BlobManifest(BlobManifest {
+                hash: Hash([1; 32]),
+                size: 70_000,
+                chunk_size: 16384,
+                cvs: vec![[2; 32]; 5],
+            }),
+            Frame::BlobChunk { hash: Hash([1; 32]), index: 4, data: vec![7; 100] },
+            Frame::BlobMissing { hash: Hash([1; 32]) },
             Frame::Revocations { der: vec![0x30, 0x82] },
             Frame::Mark { received: 12, idle: true },
             Frame::Close { code: 1, reason: "no common version".into() },

@@ -227,7 +227,7 @@ fn photos_reach_the_hub_verified_and_the_edge_then_drops_its_copy() {
     let id = new_session(&mut edge, 1, ServiceLine::Dermatology);
     let photo: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let hash = edge.put_blob(&photo);
-    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hash.to_hex();
     edge.edit(&id, |d| {
         d.add_consent(
             &NewConsent {
@@ -272,7 +272,7 @@ fn session_with_photo_in(edge: &mut MemReplica, seq: u64, size: u32) -> sync_pro
     let id = new_session(edge, seq, ServiceLine::Dermatology);
     let photo: Vec<u8> = (0..size).map(|i| (i.wrapping_mul(40503) >> 7) as u8).collect();
     let hash = edge.put_blob(&photo);
-    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hash.to_hex();
     edge.edit(&id, |d| {
         d.add_consent(
             &NewConsent {
@@ -501,7 +501,7 @@ fn a_blob_frame_that_overtakes_the_hello_on_the_other_lane_waits_for_it() {
     let mut edge = replica(&edge_i, 1);
     let mut ea = Engine::new(hub_i, EngineConfig::new(true));
     ea.start(&mut edge, T).unwrap();
-    let want = Frame::BlobWant { hash: [9; 32], manifest: true, chunks: vec![0] };
+    let want = Frame::BlobWant { hash: sync_protocol::wire::Hash([9; 32]), manifest: true, chunks: vec![0] };
     let hello = Frame::Hello(Hello { min_version: 2, max_version: 2, node: "hub-qhm".into(), crl_number: 0 });
     ea.handle(&mut edge, vec![want], T).unwrap();
     ea.handle(&mut edge, vec![hello], T).unwrap();

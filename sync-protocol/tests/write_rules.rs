@@ -12,7 +12,7 @@ use sync_protocol::mem::MemReplica;
 use sync_protocol::scope::PeerInfo;
 use sync_protocol::session::{NewMedia, NewMessage, NewSession, Patient, Requester, Service, SessionDoc};
 use sync_protocol::vocab::{CareSetting, Channel, PhotoView, Priority, ReceiptLevel, Role, ServiceLine, Side};
-use sync_protocol::wire::{DocId, Frame, Hello, MAX_VERSION, MIN_VERSION, Range, RangeMode};
+use sync_protocol::wire::{DocId, Frame, Hash, Hello, MAX_VERSION, MIN_VERSION, Range, RangeMode};
 use sync_protocol::{SessionId, TimeMs};
 
 const T: TimeMs = 1_790_000_000_000;
@@ -466,13 +466,13 @@ fn a_desk_of_another_line_and_an_edge_of_another_icb_are_sent_nothing_of_a_sessi
         let asks = vec![
             Frame::Need { doc: id },
             Frame::Heads { doc: id, heads: Vec::new() },
-            Frame::Heads { doc: id, heads: vec![[1; 32]] },
+            Frame::Heads { doc: id, heads: vec![Hash([1; 32])] },
             Frame::Ack { doc: id, heads: Vec::new() },
             Frame::Ranges(vec![Range {
                 upper: None,
                 mode: RangeMode::Items { reply: false, items: vec![(id, [0; 16])] },
             }]),
-            Frame::BlobWant { hash: [0xab; 32], manifest: true, chunks: vec![0] },
+            Frame::BlobWant { hash: Hash([0xab; 32]), manifest: true, chunks: vec![0] },
         ];
         for f in probe(&mut hub, &who, asks) {
             let bytes = f.to_bytes();
@@ -481,7 +481,11 @@ fn a_desk_of_another_line_and_an_edge_of_another_icb_are_sent_nothing_of_a_sessi
                 "{who:?} got {f}"
             );
             for h in &heads {
-                assert!(!bytes.windows(32).any(|w| w == h), "{} was told the session's heads in {f}", who.name);
+                assert!(
+                    !bytes.windows(32).any(|w| w == h.as_bytes()),
+                    "{} was told the session's heads in {f}",
+                    who.name
+                );
             }
             if let Frame::Ranges(r) = &f {
                 // The id the prober named may come back only as "not held" (a zero digest), the

@@ -10,9 +10,6 @@ pub(super) const DG_ECHO: u8 = 2;
 pub(super) const PROBE_BYTES: usize = 88;
 /// Probes per measurement, 20 ms apart: one second of voice-like traffic.
 pub(super) const PROBES: usize = 50;
-/// Seconds of listening before the gate refuses a call: a burst of loss in one second is not a
-/// bad link, so a refused measurement is repeated and the best one judged.
-pub(super) const GATE_WINDOWS: u32 = 3;
 
 /// Answers path probes, hands echoes to a running measurement, relays voice (on a hub) or
 /// hands it to the call in progress (on a party).
@@ -221,23 +218,17 @@ pub(super) async fn router_loop(shared: Arc<Shared>) {
                         }
                     }
                     Action::Measure => {
-                        let mut q = measure_path(&shared, &routed.requester, 0).await;
-                        // A burst of loss is not a bad link: before refusing, listen again
-                        // (up to GATE_WINDOWS seconds in all) and judge by the best second.
-                        let mut window = 1;
-                        while window < GATE_WINDOWS
-                            && q.probes > 0
-                            && sync_protocol::call::gate(&q, &ADPCM_32K).is_err()
-                        {
-                            let again = measure_path(&shared, &routed.requester, window).await;
-                            if again.probes == 0 {
-                                break;
+                        // A burst of loss is not a bad link: the shared gate rule says
+                        // whether to listen another second, and which second to judge.
+                        let mut listen = GateListen::default();
+                        let mut window = 0;
+                        let q = loop {
+                            let heard = measure_path(&shared, &routed.requester, window).await;
+                            match listen.heard(heard, &ADPCM_32K) {
+                                Listen::Again(next) => window = next,
+                                Listen::Judge(q) => break q,
                             }
-                            if rate(&again, &ADPCM_32K).mos > rate(&q, &ADPCM_32K).mos {
-                                q = again;
-                            }
-                            window += 1;
-                        }
+                        };
                         tracing::info!(session = %sid, requester = %routed.requester, rtt_ms = q.rtt_ms, jitter_ms = q.jitter_ms, loss = q.loss, "measured the requester's path");
                         measured.insert(sid, q);
                     }

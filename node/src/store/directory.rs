@@ -19,7 +19,7 @@ pub(super) fn aad(icb: &str) -> Vec<u8> {
 }
 
 fn sorted_heads(doc: &mut DirectoryDoc) -> Vec<Hash> {
-    let mut h: Vec<Hash> = doc.heads().into_iter().map(|c| c.0).collect();
+    let mut h: Vec<Hash> = doc.heads().into_iter().map(Hash::from).collect();
     h.sort();
     h
 }
@@ -146,7 +146,7 @@ impl Store {
     pub fn directory_known_hashes(&self, me: &PeerInfo, id: &DocId, hashes: &[Hash]) -> Result<Vec<Hash>, StoreError> {
         let Some(mut doc) = self.own_directory(me, id)? else { return Ok(Vec::new()) };
         let am = doc.automerge();
-        Ok(hashes.iter().filter(|h| am.get_change_meta_by_hash(&ChangeHash(**h)).is_some()).copied().collect())
+        Ok(hashes.iter().filter(|h| am.get_change_meta_by_hash(&ChangeHash::from(**h)).is_some()).copied().collect())
     }
 
     /// Our directory changes that are not ancestors of `base` (all of it when `base` is empty).
@@ -155,7 +155,7 @@ impl Store {
         if base.is_empty() {
             return Ok(doc.save());
         }
-        let base: Vec<ChangeHash> = base.iter().map(|h| ChangeHash(*h)).collect();
+        let base: Vec<ChangeHash> = base.iter().map(|h| ChangeHash::from(*h)).collect();
         Ok(doc.save_after(&base))
     }
 

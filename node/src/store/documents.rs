@@ -254,7 +254,7 @@ pub(super) fn seal_card(sealer: &Sealer, id: &str, view: &SessionView) -> Result
 pub(super) fn heads_blob(heads: &[Hash]) -> Vec<u8> {
     let mut sorted = heads.to_vec();
     sorted.sort();
-    sorted.concat()
+    sorted.iter().flat_map(|h| h.0).collect()
 }
 
 /// What a peer holds, from a row of `heads, shared` (per-peer knowledge of a document).
@@ -271,13 +271,13 @@ pub(super) fn heads_from_blob(b: &[u8]) -> Vec<Hash> {
         .map(|c| {
             let mut h = [0u8; 32];
             h.copy_from_slice(c);
-            h
+            Hash(h)
         })
         .collect()
 }
 
 pub(super) fn doc_heads(doc: &mut SessionDoc) -> Vec<Hash> {
-    let mut h: Vec<Hash> = doc.heads().into_iter().map(|c| c.0).collect();
+    let mut h: Vec<Hash> = doc.heads().into_iter().map(Hash::from).collect();
     h.sort();
     h
 }
@@ -300,22 +300,26 @@ pub(super) fn index_doc(
     let digest = recon::digest(&heads);
     let card = seal_card(sealer, key, view)?;
     let (origin, icb, old_line, old_digest): (String, String, String, Vec<u8>) = tx
-        .row("SELECT origin, icb, service_line, digest FROM sessions WHERE sid = ?1", [sid], |r| {
+        .row("SELECT origin, icb, service_line, digest FROM sessions WHERE id = ?1", [key], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })
         .map_err(sql("reading the session index"))?;
     let line = view.service.line.as_str();
     if old_line != line || old_digest[..] != digest[..] {
         let id = SessionId::from_bytes(sid_bytes(key)?);
-        if let Ok(old) = <[u8; 16]>::try_from(&old_digest[..]) {
-            fp_group_change(
-                tx,
-                (&origin, &icb, &old_line),
-                -1,
-                &Fingerprint::of(&Item { id: id.to_bytes(), digest: old }),
-            )?;
+        let new = Fingerprint::of(&Item { id: id.to_bytes(), digest });
+        let old =
+            <[u8; 16]>::try_from(&old_digest[..]).ok().map(|d| Fingerprint::of(&Item { id: id.to_bytes(), digest: d }));
+        match old {
+            // The usual case, a new version in the same group: one read and one write of its sum.
+            Some(old) if old_line == line => fp_group_change(tx, (&origin, &icb, line), Some(&old), Some(&new))?,
+            old => {
+                if let Some(old) = old {
+                    fp_group_change(tx, (&origin, &icb, &old_line), Some(&old), None)?;
+                }
+                fp_group_change(tx, (&origin, &icb, line), None, Some(&new))?;
+            }
         }
-        fp_group_change(tx, (&origin, &icb, line), 1, &Fingerprint::of(&Item { id: id.to_bytes(), digest }))?;
     }
     tx.exec(
         "UPDATE sessions SET status = ?2, service_line = ?3, priority = ?4, updated_ms = ?5, card = ?6,
@@ -397,13 +401,14 @@ pub(super) fn sid_bytes(key: &str) -> Result<DocId, StoreError> {
     key.parse::<SessionId>().map(|s| s.to_bytes()).map_err(|_| StoreError::Damaged(format!("session id {key:?}")))
 }
 
-/// Adds (`n` = 1) or takes away (`n` = -1) one session's item in the fingerprint of its scope
-/// group (origin, ICB, service line): the sums a Summary needs, kept up to date per write.
+/// Takes away one session's old item (`remove`) and adds its new one (`add`) in the fingerprint
+/// of its scope group (origin, ICB, service line): the sums a Summary needs, kept up to date
+/// per write.
 pub(super) fn fp_group_change(
     tx: &Transaction<'_>,
     (origin, icb, line): (&str, &str, &str),
-    n: i64,
-    item: &Fingerprint,
+    remove: Option<&Fingerprint>,
+    add: Option<&Fingerprint>,
 ) -> Result<(), StoreError> {
     let ctx = "updating the reconciliation sums";
     let old: Option<(i64, Vec<u8>)> = tx
@@ -420,7 +425,16 @@ pub(super) fn fp_group_change(
         }
         None => (0, Fingerprint::default()),
     };
-    let fp = if n > 0 { fp.add(item) } else { fp.sub(item) };
+    let mut fp = fp;
+    let mut n = 0;
+    if let Some(item) = remove {
+        fp = fp.sub(item);
+        n -= 1;
+    }
+    if let Some(item) = add {
+        fp = fp.add(item);
+        n += 1;
+    }
     tx.exec(
         "INSERT INTO fp_groups (origin, icb, line, n, fp) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (origin, icb, line) DO UPDATE SET n = excluded.n, fp = excluded.fp",

@@ -35,7 +35,7 @@ pub struct ScopeRow {
 }
 
 fn to_hashes(h: &[Hash]) -> Vec<ChangeHash> {
-    h.iter().map(|x| ChangeHash(*x)).collect()
+    h.iter().map(|x| ChangeHash::from(*x)).collect()
 }
 
 /// The scope facts of a row's (origin, ICB, service line) columns from `at` on, without shares.
@@ -392,7 +392,7 @@ impl Store {
         for h in hashes {
             if mine.contains(h) {
                 known.push(*h);
-            } else if self.signature(&ChangeHash(*h))?.is_some() {
+            } else if self.signature(&ChangeHash::from(*h))?.is_some() {
                 unsure = true;
                 break;
             }
@@ -402,7 +402,7 @@ impl Store {
         }
         self.with_doc(sid, |d| {
             let am = d.automerge();
-            hashes.iter().filter(|h| am.get_change_meta_by_hash(&ChangeHash(**h)).is_some()).copied().collect()
+            hashes.iter().filter(|h| am.get_change_meta_by_hash(&ChangeHash::from(**h)).is_some()).copied().collect()
         })
     }
 
@@ -457,13 +457,12 @@ impl Store {
                 Err(e) => return Err(e),
             };
             let before = existing.as_mut().map(|c| (c.sid, doc_heads(&mut c.doc)));
-            let mut empty = automerge::AutoCommit::new();
-            let admitted = {
-                let held = match existing.as_mut() {
-                    Some(c) => c.doc.automerge(),
-                    None => &mut empty,
-                };
-                rules::admit(held, &inc.bytes, &inc.sigs, &self.roster, &self.limits)
+            let admitted = match existing.as_mut() {
+                Some(c) => rules::admit(c.doc.automerge(), &inc.bytes, &inc.sigs, &self.roster, &self.limits),
+                None => {
+                    let mut empty = automerge::AutoCommit::new();
+                    rules::admit(&mut empty, &inc.bytes, &inc.sigs, &self.roster, &self.limits)
+                }
             };
             let outcome = match admitted {
                 Err(e) => Applied::Refused { reason: e.to_string() },

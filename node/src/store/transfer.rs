@@ -38,8 +38,7 @@ impl Store {
             let held = if state.is_some() { blob::Held::Partial } else { blob::Held::Nothing };
             let peer_holds = holders.split(',').any(|h| h == peer.name);
             let wanted = blob::should_fetch(&me.name, &peer.name, &added_by, withdrawn, peer_holds, held);
-            let Ok(bytes) = hex::decode(&hash_hex) else { continue };
-            let Ok(hash) = <[u8; 32]>::try_from(bytes) else { continue };
+            let Some(hash) = Hash::from_hex(&hash_hex) else { continue };
             if !wanted || listed.contains(&hash) || !self.sid_visible(sid, peer)? {
                 continue;
             }

@@ -280,13 +280,13 @@ impl World {
             let changes = am.get_changes(&before);
             let bytes: Vec<u8> = changes.iter().flat_map(|c| c.raw_bytes().to_vec()).collect();
             let sigs = changes.iter().map(|c| key.sign(&c.hash())).collect();
-            let hashes: Vec<Hash> = changes.iter().map(|c| c.hash().0).collect();
-            let heads = doc.heads().iter().map(|h| h.0).collect();
+            let hashes: Vec<Hash> = changes.iter().map(|c| Hash::from(c.hash())).collect();
+            let heads = doc.heads().iter().map(|h| Hash::from(*h)).collect();
             vec![(hashes, Frame::Changes(sync_protocol::wire::Changes { doc: victim, ack: false, heads, bytes, sigs }))]
         } else {
             vec![
                 (Vec::new(), Frame::Need { doc: victim }),
-                (Vec::new(), Frame::Heads { doc: victim, heads: vec![[7; 32]] }),
+                (Vec::new(), Frame::Heads { doc: victim, heads: vec![Hash([7; 32])] }),
             ]
         };
         let now = self.node_now(hub);

@@ -115,12 +115,26 @@ impl World {
                 Action::Wait => {}
                 Action::Federate { ref hub } => self.escalations[e].handed_to = Some(hub.clone()),
                 Action::Measure => {
+                    // Home: the requester's path; a federated hub relays the handing hub's
+                    // voice, so it measures that path. The gate listens as the node's does,
+                    // through the shared rule, one window of probes at a time.
+                    let node = if home { self.calls[i].node } else { h };
+                    let mut listen = GateListen::default();
+                    let mut heard = Vec::new();
+                    let q = loop {
+                        let window = self.measure(node);
+                        heard.push(window);
+                        match listen.heard(window, &ADPCM_32K) {
+                            Listen::Again(_) if !self.opts.bugs.gate_hears_one_window => {}
+                            Listen::Again(_) => break window,
+                            Listen::Judge(q) => break q,
+                        }
+                    };
+                    self.calls[i].heard = heard;
                     if home {
-                        let node = self.calls[i].node;
-                        self.calls[i].quality = Some(self.measure(node));
+                        self.calls[i].quality = Some(q);
                     } else {
-                        // A federated hub relays the handing hub's voice: it measures that path.
-                        self.calls[i].fed_quality = Some(self.measure(h));
+                        self.calls[i].fed_quality = Some(q);
                     }
                     continue;
                 }
@@ -142,6 +156,9 @@ impl World {
                 }
                 Action::Callback { ref reason, ref rating } => {
                     self.calls[i].done = true;
+                    if rating.is_some() {
+                        self.check_gate_refusal(i, &hub_name);
+                    }
                     self.escalations[e].callback = Some(if let Some((r, _)) = rating {
                         self.escalations[e].gate_mos = Some(r.mos);
                         "link".into()
@@ -161,6 +178,26 @@ impl World {
             if matches!(decision.action, Action::Wait) {
                 return;
             }
+        }
+    }
+
+    /// A call refused for its link: the gate must have listened to every window it may (unless
+    /// the link went away while it listened), and none of them may have been good enough.
+    fn check_gate_refusal(&mut self, i: usize, hub: &str) {
+        let heard = &self.calls[i].heard;
+        let passed = heard.iter().position(|w| gate(w, &ADPCM_32K).is_ok());
+        let cut = heard.last().is_some_and(|w| w.probes == 0);
+        let n = heard.len();
+        if let Some(k) = passed {
+            self.violate(
+                "routing",
+                format!("{hub} refused a call for its link although second {} of {n} passed", k + 1),
+            );
+        } else if !cut && n < GATE_WINDOWS as usize {
+            self.violate(
+                "routing",
+                format!("{hub} refused a call for its link after listening {n} s of {GATE_WINDOWS}"),
+            );
         }
     }
 

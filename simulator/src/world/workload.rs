@@ -81,7 +81,7 @@ impl World {
                 let size = (kb * 1024.0) as usize;
                 let seed: u64 = self.rng.random();
                 let bytes = photo_bytes(size, seed);
-                let hash = *blake3::hash(&bytes).as_bytes();
+                let hash = Hash(*blake3::hash(&bytes).as_bytes());
                 let hex_hash = hash_hex(&hash);
                 if !self.nodes[node].up {
                     return;
@@ -142,6 +142,7 @@ impl World {
                         items,
                         quality: None,
                         fed_quality: None,
+                        heard: Vec::new(),
                         esc_index: self.escalations.len() - 1,
                     });
                 }

@@ -79,7 +79,7 @@ impl MemReplica {
         }
         let Some(d) = self.directory.as_mut() else { return Vec::new() };
         let am = d.doc.automerge();
-        hashes.iter().filter(|h| am.get_change_meta_by_hash(&ChangeHash(**h)).is_some()).copied().collect()
+        hashes.iter().filter(|h| am.get_change_meta_by_hash(&ChangeHash::from(**h)).is_some()).copied().collect()
     }
 
     /// The directory goes over the authenticated connection without signatures, as the node's.
