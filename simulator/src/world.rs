@@ -28,7 +28,7 @@ use sync_protocol::vocab::{
     CareSetting, Channel, ConsentKind, ConsentScope, NhsVerification, Outcome, PhotoView, Priority, ReceiptLevel, Role,
     ServiceLine, Side, Status,
 };
-use sync_protocol::wire::{DocId, Frame, FrameDecoder, Hash, Lane, hash_from_hex, hash_hex};
+use sync_protocol::wire::{DocId, Frame, FrameDecoder, Hash, Lane};
 
 use crate::metrics::{Entry, Escalation, Ledger, Micros, Sample, Violation, What};
 use crate::scenario::{Fault, FaultKind, Kind, Scenario, parse_leg};

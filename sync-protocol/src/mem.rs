@@ -21,7 +21,7 @@ use crate::recon::{Item, digest};
 use crate::rules::{self, Admission, Limits};
 use crate::scope::{DocMeta, PeerInfo, may_hold};
 use crate::session::{SessionDoc, SessionId, SessionView, receipt_level};
-use crate::wire::{BlobManifest, DocId, Hash, hash_from_hex, hash_hex};
+use crate::wire::{BlobManifest, DocId, Hash};
 
 mod directory;
 
@@ -68,7 +68,7 @@ impl Doc {
 }
 
 fn media_hashes(view: &SessionView) -> Vec<Option<Hash>> {
-    view.media.iter().map(|m| hash_from_hex(&m.hash)).collect()
+    view.media.iter().map(|m| Hash::from_hex(&m.hash)).collect()
 }
 
 /// A blob held in memory.
@@ -411,7 +411,7 @@ impl MemReplica {
             let added = d
                 .doc
                 .acknowledge(level, &me.name, now, |h| {
-                    hash_from_hex(h).is_some_and(|h| blobs.get(&h).is_some_and(MemBlob::whole))
+                    Hash::from_hex(h).is_some_and(|h| blobs.get(&h).is_some_and(MemBlob::whole))
                 })
                 .map_err(MemError::from)?;
             if added {
@@ -422,7 +422,7 @@ impl MemReplica {
             }
         }
         for h in d.view.offloadable_media(&me.name) {
-            if let Some(b) = hash_from_hex(&h).and_then(|h| self.blobs.get_mut(&h))
+            if let Some(b) = Hash::from_hex(&h).and_then(|h| self.blobs.get_mut(&h))
                 && !b.offloaded
             {
                 b.chunks.clear();
@@ -648,7 +648,7 @@ impl Replica for MemReplica {
             if was_whole || !b.whole() {
                 continue;
             }
-            let hex = hash_hex(hash);
+            let hex = hash.to_hex();
             let referencing: Vec<DocId> = self
                 .docs
                 .iter()

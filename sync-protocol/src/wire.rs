@@ -93,16 +93,6 @@ impl std::fmt::Debug for Hash {
     }
 }
 
-/// A hash as 64 lower-case hex characters, as documents, the store and the API name blobs.
-pub fn hash_hex(h: &Hash) -> String {
-    h.to_hex()
-}
-
-/// A hash back from its 64 hex characters; none if it is not one.
-pub fn hash_from_hex(s: &str) -> Option<Hash> {
-    Hash::from_hex(s)
-}
-
 /// Why bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {

@@ -6,7 +6,7 @@ use sync_protocol::blob;
 use sync_protocol::engine::BlobNeed;
 use sync_protocol::scope::PeerInfo;
 use sync_protocol::session::{SessionId, receipt_level};
-use sync_protocol::wire::{BlobManifest, DocId, Hash, hash_hex};
+use sync_protocol::wire::{BlobManifest, DocId, Hash};
 
 use super::{CachedSql, Store, StoreError, chunk_aad, sql};
 
@@ -63,7 +63,7 @@ impl Store {
 
     /// The manifest of a blob held whole, if a session the peer may see references it.
     pub fn blob_manifest_for(&self, peer: &PeerInfo, hash: &Hash) -> Result<Option<BlobManifest>, StoreError> {
-        let hex = hash_hex(hash);
+        let hex = hash.to_hex();
         let row: Option<(i64, Option<Vec<u8>>)> = self
             .conn
             .row("SELECT size, manifest FROM blobs WHERE hash = ?1 AND state = 'complete'", [&hex], |r| {
@@ -94,7 +94,7 @@ impl Store {
 
     /// One chunk of a blob, opened.
     pub fn blob_chunk(&self, hash: &Hash, index: u32) -> Result<Option<Vec<u8>>, StoreError> {
-        let hex = hash_hex(hash);
+        let hex = hash.to_hex();
         let sealed: Option<Vec<u8>> = self
             .conn
             .row("SELECT sealed FROM blob_chunks WHERE hash = ?1 AND idx = ?2", params![hex, i64::from(index)], |r| {
@@ -110,7 +110,7 @@ impl Store {
 
     /// Records a verified manifest for a blob being received.
     pub fn store_manifest(&self, m: &BlobManifest, now: i64) -> Result<(), StoreError> {
-        let hex = hash_hex(&m.hash);
+        let hex = m.hash.to_hex();
         let mime: String = self
             .conn
             .row("SELECT mime FROM session_media WHERE hash = ?1 LIMIT 1", [&hex], |r| r.get(0))
@@ -143,7 +143,7 @@ impl Store {
             Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
         let mut blobs: Vec<Hash> = Vec::new();
         for (hash, index, data) in chunks {
-            let hex = hash_hex(hash);
+            let hex = hash.to_hex();
             let sealed = self.sealer.seal(&chunk_aad(&hex, u64::from(*index)), data)?;
             tx.exec(
                 "INSERT INTO blob_chunks (hash, idx, sealed) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
@@ -156,7 +156,7 @@ impl Store {
         }
         let mut whole = Vec::new();
         for hash in blobs {
-            let hex = hash_hex(&hash);
+            let hex = hash.to_hex();
             let (present, total, state): (i64, i64, String) = tx
                 .row(
                     "SELECT (SELECT count(*) FROM blob_chunks WHERE hash = ?1), chunks, state FROM blobs WHERE hash = ?1",
@@ -179,7 +179,7 @@ impl Store {
     /// After a blob became whole here: this node's receipts in every session that references it.
     pub fn acknowledge_blob(&mut self, me: &PeerInfo, hash: &Hash, now: i64) -> Result<Vec<DocId>, StoreError> {
         let Some(level) = receipt_level(me.role) else { return Ok(Vec::new()) };
-        let hex = hash_hex(hash);
+        let hex = hash.to_hex();
         let ids: Vec<String> = {
             let mut stmt = self
                 .conn

@@ -64,7 +64,7 @@ impl World {
                 let mut keys: Vec<(String, bool)> = vec![(view.id.to_string(), true)];
                 keys.extend(view.messages.iter().map(|m| (m.id.clone(), true)));
                 for m in &view.media {
-                    let whole = hash_from_hex(&m.hash).is_some_and(|h| self.nodes[owner].replica.holds_blob(&h));
+                    let whole = Hash::from_hex(&m.hash).is_some_and(|h| self.nodes[owner].replica.holds_blob(&h));
                     keys.push((m.hash.clone(), whole));
                 }
                 for (k, held) in keys {
@@ -134,7 +134,7 @@ impl World {
                     if self.unvouched.contains_key(&(holder, m.hash.clone())) {
                         continue;
                     }
-                    let held = hash_from_hex(&m.hash).is_some_and(|h| {
+                    let held = Hash::from_hex(&m.hash).is_some_and(|h| {
                         let rep = &self.nodes[holder].replica;
                         rep.holds_blob(&h) || rep.blobs.get(&h).is_some_and(|b| b.offloaded)
                     });

@@ -159,7 +159,7 @@ impl World {
             let elsewhere = (0..self.nodes.len()).filter(|o| *o != n).any(|o| {
                 let r = &self.nodes[o].replica;
                 if *photo {
-                    hash_from_hex(key).is_some_and(|h| r.holds_blob(&h))
+                    Hash::from_hex(key).is_some_and(|h| r.holds_blob(&h))
                 } else if key == &SessionId::from_bytes(*doc).to_string() {
                     r.view_ref(doc).is_some()
                 } else {
@@ -196,7 +196,7 @@ impl World {
                 out.insert((id, m.id.clone(), false));
             }
             for m in &v.media {
-                if hash_from_hex(&m.hash).is_some_and(|h| r.holds_blob(&h)) {
+                if Hash::from_hex(&m.hash).is_some_and(|h| r.holds_blob(&h)) {
                     out.insert((id, m.hash.clone(), true));
                 }
             }

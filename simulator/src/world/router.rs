@@ -210,7 +210,7 @@ impl World {
             msgs.iter().all(|m| v.messages.iter().any(|x| &x.id == m))
                 && media.iter().all(|h| {
                     v.media.iter().any(|x| &x.hash == h)
-                        && hash_from_hex(h).is_some_and(|hh| self.nodes[desk].replica.holds_blob(&hh))
+                        && Hash::from_hex(h).is_some_and(|hh| self.nodes[desk].replica.holds_blob(&hh))
                 })
         });
         let e = self.calls[i].esc_index;

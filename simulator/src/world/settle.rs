@@ -81,7 +81,7 @@ impl World {
         }
         for e in self.ledger.entries.iter().filter(|e| e.what == What::Photo && !self.lost_in_restore.contains(&e.key))
         {
-            let Some(h) = hash_from_hex(&e.key) else { continue };
+            let Some(h) = Hash::from_hex(&e.key) else { continue };
             if !self.nodes[hub].replica.holds_blob(&h) {
                 return false;
             }
@@ -164,7 +164,7 @@ impl World {
         }
         for e in self.ledger.entries.iter().filter(|e| e.what == What::Photo && !self.lost_in_restore.contains(&e.key))
         {
-            let Some(h) = hash_from_hex(&e.key) else { continue };
+            let Some(h) = Hash::from_hex(&e.key) else { continue };
             let Some(meta) = self.metas.get(&e.doc) else { continue };
             let short = &e.key[..12];
             let describe = |n: &Node| {

@@ -82,7 +82,7 @@ impl World {
                 let seed: u64 = self.rng.random();
                 let bytes = photo_bytes(size, seed);
                 let hash = Hash(*blake3::hash(&bytes).as_bytes());
-                let hex_hash = hash_hex(&hash);
+                let hex_hash = hash.to_hex();
                 if !self.nodes[node].up {
                     return;
                 }
