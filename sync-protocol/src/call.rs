@@ -216,11 +216,6 @@ impl GateListen {
         self.best = Some(best);
         Listen::Again(self.heard)
     }
-
-    /// Windows heard so far.
-    pub fn windows(&self) -> u32 {
-        self.heard
-    }
 }
 
 /// One escalation, as the routing log tells it.
@@ -609,7 +604,6 @@ mod tests {
         // A good first second is judged at once.
         let mut l = GateListen::default();
         assert_eq!(l.heard(good, &ADPCM_32K), Listen::Judge(good));
-        assert_eq!(l.windows(), 1);
         // A burst, then a good second: the good one is judged, after two windows.
         let mut l = GateListen::default();
         assert_eq!(l.heard(burst, &ADPCM_32K), Listen::Again(1));
@@ -618,8 +612,7 @@ mod tests {
         let mut l = GateListen::default();
         assert_eq!(l.heard(burst, &ADPCM_32K), Listen::Again(1));
         assert_eq!(l.heard(worse, &ADPCM_32K), Listen::Again(2));
-        assert_eq!(l.heard(worse, &ADPCM_32K), Listen::Judge(burst));
-        assert_eq!(l.windows(), GATE_WINDOWS);
+        assert_eq!(l.heard(worse, &ADPCM_32K), Listen::Judge(burst), "judged after {GATE_WINDOWS} windows");
         // The link went away while listening: judge what was heard, do not wait on.
         let mut l = GateListen::default();
         let gone = PathQuality { probes: 0, ..worse };

@@ -300,7 +300,7 @@ pub(super) fn index_doc(
     let digest = recon::digest(&heads);
     let card = seal_card(sealer, key, view)?;
     let (origin, icb, old_line, old_digest): (String, String, String, Vec<u8>) = tx
-        .row("SELECT origin, icb, service_line, digest FROM sessions WHERE id = ?1", [key], |r| {
+        .row("SELECT origin, icb, service_line, digest FROM sessions WHERE sid = ?1", [sid], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })
         .map_err(sql("reading the session index"))?;
