@@ -18,9 +18,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use sync_protocol::NhsNumber;
-use sync_protocol::call::{RotaDesk, calls_in};
+use sync_protocol::call::RotaDesk;
 use sync_protocol::directory::{DirectoryError, Hours, LineEntry};
-use sync_protocol::session::{LogValue, Patient, Requester, Service};
+use sync_protocol::session::{Patient, Requester, Service};
 use sync_protocol::vocab::{
     CareSetting, Channel, ConsentKind, ConsentScope, NhsVerification, Outcome, PhotoView, Priority, Role, ServiceLine,
     Side, Status,

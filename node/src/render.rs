@@ -5,7 +5,7 @@ use std::io::Write;
 
 use sync_protocol::NhsNumber;
 use sync_protocol::directory::{DirectoryView, LineJson};
-use sync_protocol::session::{LogValue, SessionView};
+use sync_protocol::session::SessionView;
 use sync_protocol::vocab::Channel;
 
 use crate::store::SessionCard;
@@ -174,11 +174,11 @@ pub fn describe_leg(l: &sync_protocol::leg::Leg) -> String {
 }
 
 /// One routing-log entry as a line for a clinician.
-pub fn describe_step(e: &std::collections::BTreeMap<String, LogValue>) -> String {
+pub fn describe_step(step: &sync_protocol::routing::RoutingStep) -> String {
     use sync_protocol::routing::{RoutingEntry as E, Since, Verdict};
-    let Some((entry, at_ms)) = E::read(e) else { return String::new() };
-    let at = if e.contains_key("at_ms") { time(at_ms) } else { String::new() };
-    let what = match entry {
+    // An entry stored without its time reads as 0: no time is shown for it.
+    let at = if step.at_ms > 0 { time(step.at_ms) } else { String::new() };
+    let what = match step.entry.clone() {
         E::Escalate { by, .. } => format!("{by} asked for a call"),
         E::Gate { figures: g, .. } if g.verdict == Verdict::Call => format!(
             "link checked: estimated MOS {:.2} (round trip {:.2} ms, jitter {:.2} ms, loss {:.2}): a call is possible",

@@ -505,3 +505,28 @@ fn a_repeated_create_with_the_same_client_key_makes_one_session_and_one_message(
     let texts: Vec<&str> = view["messages"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
     assert_eq!(texts, ["BP 150/90, pain 6/10", "BP 150/90, pain 6/10"], "one per key");
 }
+
+#[test]
+fn call_status_json_lists_typed_routing_steps_with_their_time_and_kind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    init_edge(&dir);
+    let id = new_session(&dir);
+    assert!(json(&ok(&["call", "status", "--dir", d(&dir), &id, "--json"]))["routing"].as_array().unwrap().is_empty());
+    // Offline: the request is recorded here and waits for the hub.
+    let asked = json(&ok(&["call", "escalate", "--dir", d(&dir), &id, "--json"]));
+    assert_eq!(asked["state"], "asked", "{asked}");
+    let call = asked["call"].as_str().unwrap();
+    let status = json(&ok(&["call", "status", "--dir", d(&dir), &id, "--json"]));
+    let steps = status["routing"].as_array().unwrap();
+    assert_eq!(steps.len(), 1, "{status}");
+    let step = steps[0].as_object().unwrap();
+    assert_eq!(step["kind"], "escalate");
+    assert_eq!(step["call"], call);
+    assert!(step["by"].as_str().is_some_and(|by| !by.is_empty()), "{status}");
+    assert!(step["at_ms"].as_i64().unwrap() > 1_700_000_000_000, "{status}");
+    assert_eq!(step.len(), 4, "only the kind's own fields: {status}");
+    assert!(status["calls"].as_array().unwrap().is_empty());
+    let text = ok(&["call", "status", "--dir", d(&dir), &id]);
+    assert!(text.contains("asked for a call"), "{text}");
+}

@@ -93,6 +93,9 @@ pub struct Escalation {
     pub desk_held_whole: bool,
     /// The E-model's estimate for the requester's path when the router judged it.
     pub gate_mos: Option<f64>,
+    /// When the hub's gate (the session's hub's, or a federated hub's) last judged the link, after
+    /// listening to its windows of probes (s).
+    pub gate_judged_s: Option<f64>,
     /// When the call was connected (s).
     pub connected_s: Option<f64>,
     /// Why a callback was arranged instead: `link`, `no answer`, `case not delivered`, `line

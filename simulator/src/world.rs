@@ -11,8 +11,8 @@ use sync_protocol::TimeMs;
 use sync_protocol::authorship::{AuthorKey, Member, SharedRoster};
 use sync_protocol::blob::ChunkWindow;
 use sync_protocol::call::{
-    ADPCM_32K, Action, DEFAULT_RING_S, GATE_WINDOWS, GateListen, HOLD_WAIT_MS, Listen, PathQuality, RotaDesk, calls_of,
-    gate, quality_from_probes,
+    ADPCM_32K, Action, DEFAULT_RING_S, GATE_PROBES, GATE_WINDOWS, GateListen, HOLD_WAIT_MS, Listen, PathQuality,
+    RotaDesk, calls_of, gate, gate_window_ms, quality_from_probes,
 };
 use sync_protocol::directory::{DirectoryDoc, Hours, LineEntry};
 use sync_protocol::engine::{Engine, EngineConfig, Replica};
@@ -277,6 +277,8 @@ enum Ev {
     Sweep,
     Converge,
     Ring(usize),
+    /// A window of the link gate's probes for this call has ended.
+    GateWindow(usize),
     /// The scenario's directory edit of this index.
     DirectoryEdit(usize),
     Settle,
@@ -302,6 +304,7 @@ impl Ev {
             Ev::Converge => 15,
             Ev::Ring(_) => 12,
             Ev::DirectoryEdit(_) => 18,
+            Ev::GateWindow(_) => 19,
             Ev::Settle => 13,
             Ev::End => 14,
         }
@@ -328,6 +331,10 @@ struct SimCall {
     fed_quality: Option<PathQuality>,
     /// Every window of probes the gate heard at its latest measurement (for the gate's check).
     heard: Vec<PathQuality>,
+    /// The gate listening: its hub and the shared rule's state, while a window is under way.
+    listening: Option<(usize, GateListen)>,
+    /// The window under way: what its probes are finding.
+    window: Option<PathQuality>,
     esc_index: usize,
 }
 
@@ -810,6 +817,7 @@ impl World {
                 }
             }
             Ev::Ring(i) => self.route(i),
+            Ev::GateWindow(i) => self.gate_window_heard(i),
             Ev::Settle => self.settle(),
             Ev::End => {
                 self.sample();

@@ -5,6 +5,7 @@
 use outpost_sim::scenario::{BUILT_IN, Scenario};
 use outpost_sim::world::{Bugs, Options};
 use outpost_sim::{Report, run};
+use sync_protocol::call::GATE_WINDOWS;
 
 fn smoke(seed: u64, hours: Option<f64>, bugs: Bugs) -> Report {
     let sc = Scenario::load("smoke").expect("the smoke scenario is built in");
@@ -355,6 +356,19 @@ ambulance_escalations = 1.0
             r.summary()
         );
         assert!(r.escalations_connected >= 1, "seed {seed}: no call connected\n{}", r.summary());
+        // The gate takes the node's time to listen: at least a second of probes per window, so
+        // a refusal for the link comes no sooner than every window's second after the hub saw
+        // the request (unless the link went while it listened), and no desk rings before one.
+        for e in &r.escalation_list {
+            let (Some(seen), Some(judged)) = (e.seen_at_hub_s, e.gate_judged_s) else { continue };
+            let listened = judged - seen;
+            if e.callback.as_deref() == Some("link") && e.gate_mos.is_some_and(|m| m > 1.0) {
+                assert!(listened >= f64::from(GATE_WINDOWS) - 1e-6, "seed {seed}: refused after {listened} s: {e:?}");
+            }
+            if let Some(rung) = e.rung_s {
+                assert!(rung >= seen + 1.0 - 1e-6, "seed {seed}: rung {} s after the hub saw it: {e:?}", rung - seen);
+            }
+        }
         eprintln!(
             "seed {seed}: {}",
             r.summary().lines().find(|l| l.starts_with("call escalations")).unwrap_or_default()

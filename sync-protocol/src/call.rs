@@ -180,6 +180,28 @@ pub fn gate(q: &PathQuality, codec: &CodecModel) -> Result<Rating, (Rating, Stri
 /// in one second is not a bad link: a refused window is measured again, and the best is judged.
 pub const GATE_WINDOWS: u32 = 3;
 
+/// Probes in one window, [`GATE_PROBE_GAP_MS`] apart: one second of voice-like traffic.
+pub const GATE_PROBES: usize = 50;
+/// The gap between a window's probes, ms.
+pub const GATE_PROBE_GAP_MS: u64 = 20;
+/// How long a window waits for its last echoes after its last probe, ms: a window whose probes
+/// all came back ends at the last echo, one that lost any ends at this wait.
+pub const GATE_ECHO_WAIT_MS: u64 = 1_500;
+
+/// How long the hub spends on one window that measured `q`, ms: the probes, then the wait for
+/// their echoes (a slower peer's, or the full wait when any was lost).
+pub fn gate_window_ms(q: &PathQuality) -> u64 {
+    if q.probes == 0 {
+        // No live link to the peer: nothing is sent and nothing awaited.
+        return 0;
+    }
+    let sending = GATE_PROBES as u64 * GATE_PROBE_GAP_MS;
+    let all_back = q.probes > 0 && q.loss == 0.0 && q.rtt_ms.is_finite();
+    let waiting =
+        if all_back { ((q.rtt_ms + q.jitter_ms).max(0.0) as u64).min(GATE_ECHO_WAIT_MS) } else { GATE_ECHO_WAIT_MS };
+    sending + waiting
+}
+
 /// The link gate's listening, one window at a time: the hub measures a window of probes, hands
 /// it to [`GateListen::heard`], and either measures the window it names next or judges the
 /// best window heard. The node's router and the simulator's hub both listen through this.
@@ -340,13 +362,25 @@ pub fn calls_of(view: &SessionView) -> Vec<CallState> {
 
 /// The calls of a session, from its routing log alone.
 pub fn calls_in(routing: &[BTreeMap<String, LogValue>]) -> Vec<CallState> {
+    let steps: Vec<(crate::routing::RoutingEntry, TimeMs)> = routing
+        .iter()
+        .filter(|e| e.get("call").and_then(LogValue::as_str).is_some())
+        .filter_map(crate::routing::RoutingEntry::read)
+        .collect();
+    calls_from(steps)
+}
+
+/// The calls of a session, from its typed routing steps (a step naming no call is ignored).
+pub fn calls_in_steps(steps: &[crate::routing::RoutingStep]) -> Vec<CallState> {
+    calls_from(
+        steps.iter().filter(|s| s.entry.call().is_some_and(|c| !c.is_empty())).map(|s| (s.entry.clone(), s.at_ms)),
+    )
+}
+
+fn calls_from(steps: impl IntoIterator<Item = (crate::routing::RoutingEntry, TimeMs)>) -> Vec<CallState> {
     use crate::routing::RoutingEntry as E;
     let mut calls: Vec<CallState> = Vec::new();
-    for e in routing {
-        let Some((entry, at)) = E::read(e) else { continue };
-        if e.get("call").and_then(LogValue::as_str).is_none() {
-            continue;
-        }
+    for (entry, at) in steps {
         if let E::Escalate { call, by } = entry {
             if !calls.iter().any(|c| c.call == call) {
                 calls.push(CallState { call, asked_ms: at, by, ..CallState::default() });
@@ -593,6 +627,15 @@ mod tests {
 
     fn q(rtt: f64, jitter: f64, loss: f64) -> PathQuality {
         PathQuality { rtt_ms: rtt, jitter_ms: jitter, loss, burst_ratio: 1.0, probes: 50 }
+    }
+
+    #[test]
+    fn a_window_lasts_its_probes_then_its_last_echo_or_the_full_wait_if_any_was_lost() {
+        assert_eq!(gate_window_ms(&q(60.0, 5.0, 0.0)), 1_065);
+        assert_eq!(gate_window_ms(&q(60.0, 5.0, 0.02)), 2_500);
+        assert_eq!(gate_window_ms(&q(4_000.0, 5.0, 0.0)), 2_500, "no echo is awaited past the wait");
+        let gone = PathQuality { rtt_ms: f64::INFINITY, jitter_ms: 0.0, loss: 1.0, burst_ratio: 1.0, probes: 0 };
+        assert_eq!(gate_window_ms(&gone), 0, "no link: nothing sent, nothing awaited");
     }
 
     #[test]

@@ -328,6 +328,39 @@ impl RoutingEntry {
     }
 }
 
+/// A routing-log entry with its time: what `call status --json` prints, one flat object per
+/// entry (`at_ms`, `kind`, then the kind's own fields as [`RoutingEntry::fields`] names them;
+/// docs/schema.md, "Routing-log entries"). A field the entry was stored without is written with
+/// the value it reads as.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutingStep {
+    /// When it was logged (ms since the epoch, the logging node's clock).
+    pub at_ms: TimeMs,
+    /// What happened.
+    pub entry: RoutingEntry,
+}
+
+impl RoutingStep {
+    /// The typed steps of a stored log, in its order (an entry with no kind is left out).
+    pub fn read_all(log: &[BTreeMap<String, LogValue>]) -> Vec<RoutingStep> {
+        log.iter().filter_map(RoutingEntry::read).map(|(entry, at_ms)| RoutingStep { at_ms, entry }).collect()
+    }
+}
+
+impl serde::Serialize for RoutingStep {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let fields = self.entry.fields();
+        let mut m = s.serialize_map(Some(fields.len() + 2))?;
+        m.serialize_entry("at_ms", &self.at_ms)?;
+        m.serialize_entry("kind", self.entry.kind().as_str())?;
+        for (k, v) in &fields {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,6 +407,27 @@ mod tests {
             assert_eq!(RoutingEntry::read(&stored(e, at)), Some((e.clone(), at)), "{e:?}");
             assert_eq!(e.call(), Some("c-1"));
         }
+    }
+
+    #[test]
+    fn a_step_prints_as_one_flat_object_with_its_time_kind_and_fields() {
+        let mut log =
+            vec![stored(&RoutingEntry::Ring { call: "c-1".into(), desk: "desk-1".into(), attempt: 2, ring_s: 25 }, 7)];
+        let mut bare = BTreeMap::new();
+        bare.insert("kind".to_string(), LogValue::Str("callback".into()));
+        bare.insert("call".to_string(), LogValue::Str("c-1".into()));
+        log.push(bare);
+        log.push(BTreeMap::new());
+        let steps = RoutingStep::read_all(&log);
+        assert_eq!(steps.len(), 2, "an entry with no kind is left out");
+        let json = serde_json::to_value(&steps).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {"at_ms": 7, "kind": "ring", "call": "c-1", "desk": "desk-1", "attempt": 2, "ring_s": 25},
+                {"at_ms": 0, "kind": "callback", "call": "c-1", "reason": ""},
+            ])
+        );
     }
 
     #[test]

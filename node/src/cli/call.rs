@@ -32,18 +32,14 @@ pub(crate) fn run_call(cmd: CallCommand) -> anyhow::Result<()> {
             let mut shown = 0usize;
             loop {
                 let (routing, legs) = node.call_logs(sid)?;
-                let steps: Vec<_> = routing
-                    .iter()
-                    .filter(|e| matches!(e.get("call"), Some(LogValue::Str(c)) if *c == call))
-                    .cloned()
-                    .collect();
+                let steps: Vec<_> = routing.iter().filter(|s| s.entry.call() == Some(call.as_str())).collect();
                 if !json.json {
                     for e in steps.iter().skip(shown) {
                         println!("{}", describe_step(e));
                     }
                 }
                 shown = steps.len();
-                let state = calls_in(&routing).into_iter().find(|c| c.call == call);
+                let state = sync_protocol::call::calls_in_steps(&routing).into_iter().find(|c| c.call == call);
                 // With audio, the call is over once this device has recorded its leg.
                 let leg = legs.iter().find(|l| l.call == call && l.node == node.config().name).cloned();
                 if let Some(c) =
@@ -96,8 +92,8 @@ pub(crate) fn run_call(cmd: CallCommand) -> anyhow::Result<()> {
             } else if routing.is_empty() {
                 println!("no escalation in session {sid}");
             } else {
-                for e in &routing {
-                    println!("{}", describe_step(e));
+                for step in &routing {
+                    println!("{}", describe_step(step));
                 }
                 for l in &calls {
                     println!("{}: {}", l.node, describe_leg(l));

@@ -8,6 +8,7 @@ use sync_protocol::session::{Clinician, OutcomeView, SessionView};
 use sync_protocol::vocab::{ReceiptLevel, Side};
 
 use crate::render::{describe_step, time};
+use sync_protocol::routing::RoutingStep;
 
 use super::codes::say;
 
@@ -121,8 +122,8 @@ pub fn letter(v: &SessionView, holds: &dyn Fn(&str) -> bool, exported_by: &str, 
     if !v.routing.is_empty() {
         let _ = writeln!(s);
         let _ = writeln!(s, "CALLS (times UTC)");
-        for e in &v.routing {
-            let _ = writeln!(s, "{}", describe_step(e));
+        for step in RoutingStep::read_all(&v.routing) {
+            let _ = writeln!(s, "{}", describe_step(&step));
         }
     }
 

@@ -9,7 +9,7 @@ pub(super) const DG_ECHO: u8 = 2;
 /// A probe is the size of a 20 ms voice frame at 32 kbit/s (80 bytes) with its header.
 pub(super) const PROBE_BYTES: usize = 88;
 /// Probes per measurement, 20 ms apart: one second of voice-like traffic.
-pub(super) const PROBES: usize = 50;
+pub(super) const PROBES: usize = sync_protocol::call::GATE_PROBES;
 
 /// Answers path probes, hands echoes to a running measurement, relays voice (on a hub) or
 /// hands it to the call in progress (on a party).
@@ -75,7 +75,7 @@ pub(super) async fn measure_path(shared: &Shared, peer: &str, window: u32) -> Pa
     }
     let base = window.wrapping_mul(PROBES as u32);
     let mut sent: Vec<Option<Instant>> = vec![None; PROBES];
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut tick = tokio::time::interval(Duration::from_millis(sync_protocol::call::GATE_PROBE_GAP_MS));
     for (seq, at) in sent.iter_mut().enumerate() {
         tick.tick().await;
         let mut probe = vec![0u8; PROBE_BYTES];
@@ -87,7 +87,7 @@ pub(super) async fn measure_path(shared: &Shared, peer: &str, window: u32) -> Pa
         }
     }
     let mut rtts: Vec<Option<f64>> = vec![None; PROBES];
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(sync_protocol::call::GATE_ECHO_WAIT_MS);
     loop {
         tokio::select! {
             echo = rx.recv() => match echo {

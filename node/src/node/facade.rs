@@ -5,9 +5,7 @@
 //! `node.rs`; this is the rest: finding and reading sessions, photos and the audit chain,
 //! exporting, sharing, users and their API sessions, certificates and revocation lists.
 
-use std::collections::BTreeMap;
-
-use sync_protocol::session::{LogValue, SessionId, SessionView};
+use sync_protocol::session::{SessionId, SessionView};
 use sync_protocol::vocab::{ReceiptLevel, Role};
 
 use super::{Node, NodeError};
@@ -15,7 +13,7 @@ use crate::store::people::{Credential, NewPerson, Person};
 use crate::store::{AuditCheck, AuditEntry, BlobInfo, ListFilter, SessionCard, StoreError};
 
 /// A session's two logs: escalations (routing) and call legs.
-pub type CallLogs = (Vec<BTreeMap<String, LogValue>>, Vec<sync_protocol::leg::Leg>);
+pub type CallLogs = (Vec<sync_protocol::routing::RoutingStep>, Vec<sync_protocol::leg::Leg>);
 
 /// How a session is exported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +76,8 @@ impl Node {
 
     /// The escalations and call legs of a session (no patient data).
     pub fn call_logs(&mut self, id: SessionId) -> Result<CallLogs, NodeError> {
-        Ok((self.store.routing_log(id)?, sync_protocol::leg::legs_in(&self.store.call_log(id)?)))
+        let routing = sync_protocol::routing::RoutingStep::read_all(&self.store.routing_log(id)?);
+        Ok((routing, sync_protocol::leg::legs_in(&self.store.call_log(id)?)))
     }
 
     /// The session's service line.

@@ -35,8 +35,8 @@ impl World {
         let rtt = 2.0 * self.links[l].delay_us as f64 / 1000.0;
         let spread = (p.rtt_ms.1 - p.rtt_ms.0) / 2.0;
         let mut ge = LinkState::default();
-        let mut probes = Vec::with_capacity(50);
-        for _ in 0..50 {
+        let mut probes = Vec::with_capacity(GATE_PROBES);
+        for _ in 0..GATE_PROBES {
             let lost_up = ge.lose(&p.loss, &mut U(&mut self.rng));
             let lost_down = ge.lose(&p.loss, &mut U(&mut self.rng));
             let jitter = spread * 0.05 * self.rng.random::<f64>();
@@ -117,26 +117,14 @@ impl World {
                 Action::Measure => {
                     // Home: the requester's path; a federated hub relays the handing hub's
                     // voice, so it measures that path. The gate listens as the node's does,
-                    // through the shared rule, one window of probes at a time.
-                    let node = if home { self.calls[i].node } else { h };
-                    let mut listen = GateListen::default();
-                    let mut heard = Vec::new();
-                    let q = loop {
-                        let window = self.measure(node);
-                        heard.push(window);
-                        match listen.heard(window, &ADPCM_32K) {
-                            Listen::Again(_) if !self.opts.bugs.gate_hears_one_window => {}
-                            Listen::Again(_) => break window,
-                            Listen::Judge(q) => break q,
-                        }
-                    };
-                    self.calls[i].heard = heard;
-                    if home {
-                        self.calls[i].quality = Some(q);
-                    } else {
-                        self.calls[i].fed_quality = Some(q);
+                    // through the shared rule, one window of probes at a time, each taking
+                    // as long as the node's would (`gate_window_ms`).
+                    if self.calls[i].listening.is_none() {
+                        self.calls[i].heard.clear();
+                        self.calls[i].listening = Some((h, GateListen::default()));
+                        self.next_gate_window(i, h);
                     }
-                    continue;
+                    return;
                 }
                 Action::GatePassed(r, _) => self.escalations[e].gate_mos = Some(r.mos),
                 Action::Ring { ref desk, attempt, ring_s } => {
@@ -179,6 +167,46 @@ impl World {
                 return;
             }
         }
+    }
+
+    /// The gate of hub `h` starts a window of probes for call `i`: measured on the path as it is
+    /// now, heard once the node's window would have ended.
+    fn next_gate_window(&mut self, i: usize, h: usize) {
+        let node = if h == self.hub { self.calls[i].node } else { h };
+        let window = self.measure(node);
+        self.calls[i].window = Some(window);
+        self.after(gate_window_ms(&window) as Micros * 1000, Ev::GateWindow(i));
+    }
+
+    /// A window of the gate's probes has ended: the shared rule says whether to listen again or
+    /// to judge, and the router goes on with the judgement.
+    pub(super) fn gate_window_heard(&mut self, i: usize) {
+        let (Some((h, mut listen)), Some(window)) = (self.calls[i].listening.take(), self.calls[i].window.take())
+        else {
+            return;
+        };
+        if !self.nodes[h].up {
+            // The hub went down while it listened: its router measures afresh when it is back.
+            return;
+        }
+        self.calls[i].heard.push(window);
+        let q = match listen.heard(window, &ADPCM_32K) {
+            Listen::Again(_) if !self.opts.bugs.gate_hears_one_window => {
+                self.calls[i].listening = Some((h, listen));
+                self.next_gate_window(i, h);
+                return;
+            }
+            Listen::Again(_) => window,
+            Listen::Judge(q) => q,
+        };
+        let e = self.calls[i].esc_index;
+        self.escalations[e].gate_judged_s = Some(secs(self.now));
+        if h == self.hub {
+            self.calls[i].quality = Some(q);
+        } else {
+            self.calls[i].fed_quality = Some(q);
+        }
+        self.route_at(i, h);
     }
 
     /// A call refused for its link: the gate must have listened to every window it may (unless

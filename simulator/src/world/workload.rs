@@ -143,6 +143,8 @@ impl World {
                         quality: None,
                         fed_quality: None,
                         heard: Vec::new(),
+                        listening: None,
+                        window: None,
                         esc_index: self.escalations.len() - 1,
                     });
                 }
