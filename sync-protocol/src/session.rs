@@ -13,6 +13,7 @@
 //! - Messages, media, consents, routing and calls only grow. A sent message body is a plain
 //!   string, not collaborative `Text`: it never changes, and a string costs one op, not one per character.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -20,7 +21,9 @@ use std::rc::Rc;
 use std::str::FromStr;
 
 use automerge::transaction::{CommitOptions, Transactable};
-use automerge::{ActorId, AutoCommit, AutomergeError, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, Value};
+use automerge::{
+    ActorId, AutoCommit, AutomergeError, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValueRef, Value, ValueRef,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::TimeMs;
@@ -484,9 +487,8 @@ impl SessionDoc {
         let r = Reader::new(&self.doc);
         let obj = r.obj(&ROOT, "status", ObjType::Map)?;
         let mut steps = Vec::new();
-        for key in self.doc.keys(&obj) {
+        for (key, at_ms) in r.times(&obj, "/status")? {
             let (epoch, status) = parse_status_key(&key)?;
-            let at_ms = r.earliest(&obj, &key, "/status")?;
             steps.push(StatusStep { epoch, status, at_ms });
         }
         steps.sort_by_key(|s| (s.epoch, s.status));
@@ -1038,41 +1040,87 @@ fn text_is(doc: &AutoCommit, obj: &ObjId, key: &str, expected: &str) -> Result<b
 ///
 /// A map's entries are read in one pass the first time one of its keys is asked for, and kept:
 /// a session's view asks for dozens of keys of each map, and one sequential pass over a map
-/// costs about what a single keyed lookup does in Automerge's columnar op set.
+/// costs about what a single keyed lookup does in Automerge's columnar op set. Keys and values
+/// are borrowed from the document (nothing is copied until a field is taken), and an entry's
+/// id is worked out only for an object, the one kind of value read further.
 struct Reader<'a> {
     doc: &'a AutoCommit,
-    maps: RefCell<HashMap<ObjId, Rc<MapEntries>>>,
+    maps: RefCell<HashMap<ObjId, Rc<MapEntries<'a>>>>,
+    /// The map read last: the next lookup is most often in it again.
+    last: RefCell<Option<(ObjId, Rc<MapEntries<'a>>)>>,
 }
 
-/// A map's keys with their winning values (and the value's id).
-type MapEntries = HashMap<String, (Value<'static>, ObjId)>;
+/// A map's keys, in order, with their winning values.
+type MapEntries<'a> = Vec<Entry<'a>>;
+
+/// One key of a map and its winning value.
+struct Entry<'a> {
+    key: Cow<'a, str>,
+    value: ValueRef<'a>,
+    /// The value's id, if it is an object.
+    id: Option<ObjId>,
+    /// Whether values written concurrently under the key lost to this one.
+    conflict: bool,
+}
+
+/// A number as the view reads one: any integer kind, or a float cut to an integer.
+fn scalar_i64(s: &ScalarValueRef<'_>) -> Option<i64> {
+    match s {
+        ScalarValueRef::Int(n) | ScalarValueRef::Counter(n) | ScalarValueRef::Timestamp(n) => Some(*n),
+        ScalarValueRef::Uint(n) => Some(*n as i64),
+        ScalarValueRef::F64(f) => Some(*f as i64),
+        _ => None,
+    }
+}
 
 impl<'a> Reader<'a> {
     fn new(doc: &'a AutoCommit) -> Reader<'a> {
-        Reader { doc, maps: RefCell::new(HashMap::new()) }
+        Reader { doc, maps: RefCell::new(HashMap::new()), last: RefCell::new(None) }
     }
 
-    /// The winning value of every key of a map (none for a list or a missing object).
-    fn entries(&self, obj: &ObjId) -> Rc<MapEntries> {
-        if let Some(m) = self.maps.borrow().get(obj) {
-            return m.clone();
-        }
-        let m: MapEntries = self
+    /// The winning value of every key of a map, read afresh (none for a list or a missing
+    /// object).
+    fn read_map(&self, obj: &ObjId) -> MapEntries<'a> {
+        let mut m: MapEntries<'a> = self
             .doc
             .map_range(obj, ..)
             .map(|item| {
-                let id = item.id();
-                (item.key.into_owned(), (item.value.into_value(), id))
+                let id = matches!(item.value, ValueRef::Object(_)).then(|| item.id());
+                Entry { key: item.key, value: item.value, id, conflict: item.conflict }
             })
             .collect();
-        let m = Rc::new(m);
-        self.maps.borrow_mut().insert(obj.clone(), m.clone());
+        // Automerge yields a map's keys in order; a lookup's binary search must not depend on it.
+        if !m.is_sorted_by(|a, b| a.key <= b.key) {
+            m.sort_by(|a, b| a.key.cmp(&b.key));
+        }
         m
     }
 
-    /// The winning value at a key of a map.
-    fn get(&self, obj: &ObjId, key: &str) -> Option<(Value<'static>, ObjId)> {
-        self.entries(obj).get(key).cloned()
+    /// The winning value of every key of a map, kept for the next lookups.
+    fn entries(&self, obj: &ObjId) -> Rc<MapEntries<'a>> {
+        if let Some((id, m)) = self.last.borrow().as_ref()
+            && id == obj
+        {
+            return m.clone();
+        }
+        let cached = self.maps.borrow().get(obj).cloned();
+        let m = match cached {
+            Some(m) => m,
+            None => {
+                let m = Rc::new(self.read_map(obj));
+                self.maps.borrow_mut().insert(obj.clone(), m.clone());
+                m
+            }
+        };
+        *self.last.borrow_mut() = Some((obj.clone(), m.clone()));
+        m
+    }
+
+    /// The winning value at a key of a map (and its id, if it is an object).
+    fn get(&self, obj: &ObjId, key: &str) -> Option<(ValueRef<'a>, Option<ObjId>)> {
+        let m = self.entries(obj);
+        let i = m.binary_search_by(|e| e.key.as_ref().cmp(key)).ok()?;
+        Some((m[i].value.clone(), m[i].id.clone()))
     }
 
     /// The winning values of a list, in order.
@@ -1082,7 +1130,7 @@ impl<'a> Reader<'a> {
 
     fn obj(&self, parent: &ObjId, key: &str, kind: ObjType) -> Result<ObjId, ModelError> {
         match self.get(parent, key) {
-            Some((Value::Object(k), id)) if k == kind => Ok(id),
+            Some((ValueRef::Object(k), Some(id))) if k == kind => Ok(id),
             Some(_) => Err(malformed(key, format!("expected a {kind:?}"))),
             None => Err(malformed(key, "missing")),
         }
@@ -1091,9 +1139,9 @@ impl<'a> Reader<'a> {
     fn str(&self, obj: &ObjId, key: &str, path: &str) -> Result<Option<String>, ModelError> {
         match self.get(obj, key) {
             None => Ok(None),
-            Some((Value::Scalar(s), _)) => match s.as_ref() {
-                automerge::ScalarValue::Str(v) => Ok(Some(v.to_string())),
-                automerge::ScalarValue::Null => Ok(None),
+            Some((ValueRef::Scalar(s), _)) => match s {
+                ScalarValueRef::Str(v) => Ok(Some(v.into_owned())),
+                ScalarValueRef::Null => Ok(None),
                 other => Err(malformed(path, format!("expected text, found {other}"))),
             },
             Some(_) => Err(malformed(path, "expected text, found an object")),
@@ -1117,9 +1165,28 @@ impl<'a> Reader<'a> {
     fn int(&self, obj: &ObjId, key: &str, path: &str) -> Result<Option<i64>, ModelError> {
         match self.get(obj, key) {
             None => Ok(None),
-            Some((v @ Value::Scalar(_), _)) => v.as_i64().map(Some).ok_or_else(|| malformed(path, "expected a number")),
+            Some((ValueRef::Scalar(s), _)) => {
+                scalar_i64(&s).map(Some).ok_or_else(|| malformed(path, "expected a number"))
+            }
             Some(_) => Err(malformed(path, "expected a number, found an object")),
         }
+    }
+
+    /// Every key of a grow-only map of times with its earliest time, in key order: the winning
+    /// value where no other was written concurrently, else the earliest of them all.
+    fn times(&self, obj: &ObjId, path: &str) -> Result<Vec<(Cow<'a, str>, TimeMs)>, ModelError> {
+        let mut out = Vec::new();
+        for e in self.read_map(obj) {
+            let at = match (&e.value, e.conflict) {
+                (_, true) => self.earliest(obj, &e.key, path)?,
+                (ValueRef::Scalar(v), false) => {
+                    scalar_i64(v).ok_or_else(|| malformed(path, "expected a time in ms"))?
+                }
+                (ValueRef::Object(_), false) => return Err(malformed(path, "expected a time in ms")),
+            };
+            out.push((e.key, at));
+        }
+        Ok(out)
     }
 
     /// The earliest of the times written concurrently under one key of a grow-only map
@@ -1154,7 +1221,7 @@ impl<'a> Reader<'a> {
         let obj = self.obj(item, "receipts", ObjType::Map)?;
         let mut level = ReceiptLevel::Device;
         let mut all = Vec::new();
-        for key in self.doc.keys(&obj) {
+        for (key, at_ms) in self.times(&obj, path)? {
             let Some((lvl, node)) = key.split_once('/') else {
                 return Err(malformed(path, format!("receipt key {key:?} is not <level>/<node>")));
             };
@@ -1168,7 +1235,7 @@ impl<'a> Reader<'a> {
             if counts {
                 level = level.max(lvl);
             }
-            all.push(Receipt { level: lvl, node: node.to_string(), at_ms: self.earliest(&obj, &key, path)? });
+            all.push(Receipt { level: lvl, node: node.to_string(), at_ms });
         }
         all.sort_by(|a, b| (a.level, a.at_ms, &a.node).cmp(&(b.level, b.at_ms, &b.node)));
         Ok((level, all))
@@ -1182,17 +1249,18 @@ impl<'a> Reader<'a> {
                 return Err(malformed(key, "log entries must be maps"));
             };
             let mut entry = BTreeMap::new();
-            for (k, (v, _)) in self.entries(&e).iter() {
-                if let Value::Scalar(s) = v {
-                    let v = match s.as_ref() {
-                        automerge::ScalarValue::Str(t) => LogValue::Str(t.to_string()),
-                        automerge::ScalarValue::F64(f) => LogValue::Float(*f),
-                        other => match other.as_i64() {
+            // Each entry is read once: not kept.
+            for Entry { key: k, value, .. } in self.read_map(&e) {
+                if let ValueRef::Scalar(s) = value {
+                    let v = match s {
+                        ScalarValueRef::Str(t) => LogValue::Str(t.into_owned()),
+                        ScalarValueRef::F64(f) => LogValue::Float(f),
+                        other => match scalar_i64(&other) {
                             Some(i) => LogValue::Int(i),
                             None => continue,
                         },
                     };
-                    entry.insert(k.clone(), v);
+                    entry.insert(k.into_owned(), v);
                 }
             }
             out.push(entry);
@@ -1492,9 +1560,9 @@ fn build_view(doc: &AutoCommit) -> Result<SessionView, ModelError> {
 
     let status_obj = r.obj(&ROOT, "status", ObjType::Map)?;
     let mut status_history = Vec::new();
-    for key in doc.keys(&status_obj) {
+    for (key, at_ms) in r.times(&status_obj, "/status")? {
         let (epoch, status) = parse_status_key(&key)?;
-        status_history.push(StatusStep { epoch, status, at_ms: r.earliest(&status_obj, &key, "/status")? });
+        status_history.push(StatusStep { epoch, status, at_ms });
     }
     status_history.sort_by_key(|s| (s.epoch, s.status));
     let last = *status_history.last().ok_or_else(|| malformed("/status", "no status recorded"))?;

@@ -75,6 +75,27 @@ fn concurrent_status_moves_keep_the_furthest() {
 }
 
 #[test]
+fn a_step_or_receipt_both_replicas_recorded_keeps_the_earliest_time_whichever_write_wins() {
+    let mut base = new_session();
+    // The later write comes from the lower actor and the earlier from the higher one, and
+    // the other way round: Automerge's winner differs, the time shown must not.
+    for (early, late) in [(actor(2), actor(3)), (actor(3), actor(2))] {
+        let mut a = base.fork_as(early);
+        let mut b = base.fork_as(late);
+        a.set_status(Status::Routing, T0 + 10).unwrap();
+        b.set_status(Status::Routing, T0 + 90).unwrap();
+        a.add_receipt("m0", ReceiptLevel::Hub, "hub-qox", T0 + 15).unwrap();
+        b.add_receipt("m0", ReceiptLevel::Hub, "hub-qox", T0 + 95).unwrap();
+        let (ab, ba) = merged(&mut a, &mut b);
+        assert_eq!(ab, ba);
+        let step = ab.status_history.iter().find(|s| s.status == Status::Routing).unwrap();
+        assert_eq!(step.at_ms, T0 + 10);
+        let r = ab.messages[0].receipts.iter().find(|r| r.level == ReceiptLevel::Hub).unwrap();
+        assert_eq!((r.node.as_str(), r.at_ms), ("hub-qox", T0 + 15));
+    }
+}
+
+#[test]
 fn an_explicit_backward_move_is_refused() {
     let mut doc = new_session();
     doc.set_status(Status::Responded, T0 + 1).unwrap();
