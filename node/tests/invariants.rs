@@ -78,3 +78,45 @@ fn nothing_in_the_crate_reaches_past_the_node_to_its_store() {
     assert_eq!(node_fields, 2, "Node's store and config fields were found (and are private)");
     assert!(offences.is_empty(), "reaching past Node to its store:\n{}", offences.join("\n"));
 }
+
+/// ARCHITECTURE.md: only `sync_protocol::session` writes session documents, and only
+/// `sync_protocol::directory` the ICB directory. Applying a peer's changes (a merge) is not a
+/// write of this kind; a test module may build documents by hand, and so may the simulator's
+/// hostile node, which forges changes on purpose.
+#[test]
+fn only_the_model_writes_documents() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let proto = root.join("sync-protocol").join("src");
+    let allowed = [proto.join("session.rs"), proto.join("directory.rs"), root.join("simulator/src/world/checks.rs")];
+    let writes = [".put(ROOT", ".put(&", "put_object(", "insert_object(", ".splice(", "splice_text(", ".increment("];
+    let mut files = Vec::new();
+    for dir in [proto.clone(), root.join("node").join("src"), root.join("simulator").join("src")] {
+        rust_files(&dir, &mut files);
+    }
+    assert!(files.len() > 60, "the sources were read ({} files)", files.len());
+    let mut seen_in_model = 0;
+    let mut offences = Vec::new();
+    for path in &files {
+        let text = std::fs::read_to_string(path).expect("readable");
+        let model = allowed.iter().any(|a| path == a);
+        for (n, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("#[cfg(test)]") {
+                break;
+            }
+            let code = line.split("//").next().unwrap_or("");
+            if writes.iter().any(|w| code.contains(w)) {
+                if model {
+                    seen_in_model += 1;
+                } else {
+                    offences.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(seen_in_model > 20, "the model's own writes were found ({seen_in_model})");
+    assert!(
+        offences.is_empty(),
+        "a document written outside sync_protocol::session or ::directory:\n{}",
+        offences.join("\n")
+    );
+}

@@ -1,10 +1,16 @@
 //! Accepting a received session, written once: after a peer's changes passed the write rules
 //! ([`crate::rules::admit`]: bounds, signatures, who may write what) and were applied to a
-//! candidate copy, [`vet`] decides whether the result may be kept. The node's store and
-//! `MemReplica` (the simulator's) both call it, then store what it accepts their own way.
+//! candidate copy, [`take`] adds this node's receipts and decides, through [`vet`], whether
+//! the result may be kept, and what keeping it entails (the receipts' signatures, the photos
+//! this node may now drop). The node's store and `MemReplica` (the simulator's) both call it,
+//! then store what it accepts their own way.
 
+use automerge::ChangeHash;
+
+use crate::TimeMs;
+use crate::authorship::{self, AuthorKey, Signature};
 use crate::scope::{PeerInfo, may_accept};
-use crate::session::{SessionDoc, SessionView};
+use crate::session::{SessionDoc, SessionView, receipt_level};
 use crate::wire::DocId;
 
 /// Why a received version of a session is not kept.
@@ -56,6 +62,64 @@ pub fn vet(me: &PeerInfo, from: &PeerInfo, id: &DocId, candidate: &mut SessionDo
     Verdict::Accepted(Box::new(view))
 }
 
+/// A received version of a session that may be kept, and what keeping it entails.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kept {
+    /// The session as it now reads, this node's receipts included.
+    pub view: SessionView,
+    /// This node's receipts on what it now holds, signed: stored with the document.
+    pub own_sigs: Vec<(ChangeHash, Signature)>,
+    /// Photos this node wrote that a hub now holds whole: an edge keeps no copy of them (a
+    /// thumbnail stays).
+    pub offload: Vec<String>,
+}
+
+/// What becomes of a received version of a session, receipts and offloads included.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Taken {
+    /// It depends on changes this node lacks: nothing is kept yet.
+    MissingDeps,
+    /// Not kept, and why.
+    Refused(Refusal),
+    /// Kept.
+    Kept(Box<Kept>),
+}
+
+/// What `me` does with `candidate`, received from `from` as session `id` (its changes passed
+/// the write rules): a hub or desk first records its receipts on what it now holds (messages
+/// it did not write; photos `holds_blob` says are whole here), signed by `author`, so the
+/// document is read into a view once; then [`vet`] decides; the photos to drop follow from
+/// the view. Nothing of a refused candidate may be kept, its receipts included.
+pub fn take(
+    me: &PeerInfo,
+    from: &PeerInfo,
+    id: &DocId,
+    candidate: &mut SessionDoc,
+    author: &AuthorKey,
+    now: TimeMs,
+    holds_blob: impl Fn(&str) -> bool,
+) -> Taken {
+    if !candidate.automerge().get_missing_deps(&[]).is_empty() {
+        return Taken::MissingDeps;
+    }
+    let mut own_sigs = Vec::new();
+    if let Some(level) = receipt_level(me.role) {
+        let received = candidate.heads();
+        if let Err(e) = candidate.acknowledge(level, &me.name, now, holds_blob) {
+            return Taken::Refused(Refusal::Malformed(e.to_string()));
+        }
+        own_sigs = authorship::sign_new(author, candidate.automerge(), &received);
+    }
+    match vet(me, from, id, candidate) {
+        Verdict::MissingDeps => Taken::MissingDeps,
+        Verdict::Refused(why) => Taken::Refused(why),
+        Verdict::Accepted(view) => {
+            let offload = view.offloadable_media(&me.name);
+            Taken::Kept(Box::new(Kept { view: *view, own_sigs, offload }))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +144,87 @@ mod tests {
             draft: false,
         };
         (id.to_bytes(), SessionDoc::create(&new, automerge::ActorId::from(vec![3u8; 16]), 1).unwrap())
+    }
+
+    #[test]
+    fn a_kept_session_carries_this_nodes_signed_receipts_and_the_photos_it_may_drop() {
+        use crate::session::{NewConsent, NewMedia, NewMessage};
+        use crate::vocab::{ConsentKind, ConsentScope, PhotoView, ReceiptLevel, Side};
+        let hub = node("hub-qhm", Role::Hub, &[]);
+        let surgery = node("surgery-12", Role::Edge, &[]);
+        let derm = node("desk-derm-1", Role::Desk, &[ServiceLine::Dermatology]);
+        let (id, mut doc) = session("surgery-12", ServiceLine::Dermatology);
+        let consent = NewConsent {
+            id: "c1".into(),
+            kind: ConsentKind::Verbal,
+            scope: ConsentScope::RecordOnly,
+            by: "surgery-12".into(),
+        };
+        doc.add_consent(&consent, 2).unwrap();
+        let text = "Lesion 14 mm";
+        let msg = NewMessage {
+            clinician: None,
+            id: "m1".into(),
+            author: "surgery-12".into(),
+            side: Side::Requester,
+            text: text.into(),
+            reply_to: None,
+        };
+        doc.add_message(&msg, 3).unwrap();
+        let hash = "ab".repeat(32);
+        let photo = NewMedia {
+            hash: hash.clone(),
+            mime: "image/jpeg".into(),
+            size: 10,
+            dimensions: None,
+            view: PhotoView::CloseUp,
+            body_site: "left forearm".into(),
+            consent_id: "c1".into(),
+            clinician: None,
+            added_by: "surgery-12".into(),
+        };
+        doc.add_media(&photo, 4).unwrap();
+
+        // The hub holds the photo whole: it records its receipt on it (none on the message),
+        // signed under its own key.
+        let hub_key = AuthorKey::from_seed(&[7; 32], [7; 8]);
+        let mut at_hub = doc.fork_as(hub_key.actor().clone());
+        let Taken::Kept(kept) = take(&hub, &surgery, &id, &mut at_hub, &hub_key, 10, |h| h == hash) else {
+            panic!("the hub keeps its own ICB's session")
+        };
+        assert_eq!(kept.own_sigs.len(), 1, "one change of receipts, signed");
+        let member = authorship::Member { info: hub.clone(), key: hub_key.public() };
+        assert!(kept.own_sigs.iter().all(|(h, sig)| authorship::verify(&member, h, sig)));
+        assert!(kept.view.media[0].receipts.iter().any(|r| r.level == ReceiptLevel::Hub && r.node == "hub-qhm"));
+        assert!(kept.view.messages[0].receipts.is_empty(), "a hub writes no receipt on messages");
+        assert!(kept.offload.is_empty(), "the hub drops nothing");
+
+        // The surgery gets the hub's receipt back: it may drop its copy of the photo.
+        let surgery_key = AuthorKey::from_seed(&[8; 32], [8; 8]);
+        let mut at_surgery = at_hub.fork_as(surgery_key.actor().clone());
+        let Taken::Kept(kept) = take(&surgery, &hub, &id, &mut at_surgery, &surgery_key, 11, |_| true) else {
+            panic!("the surgery keeps its own session")
+        };
+        assert!(kept.own_sigs.is_empty(), "an edge writes no receipts on what it receives");
+        assert_eq!(kept.offload, vec![hash.clone()]);
+
+        // A desk of the line records that it holds the message; the photo only once whole.
+        let desk_key = AuthorKey::from_seed(&[9; 32], [9; 8]);
+        let mut at_desk = at_hub.fork_as(desk_key.actor().clone());
+        let Taken::Kept(kept) = take(&derm, &hub, &id, &mut at_desk, &desk_key, 12, |_| false) else {
+            panic!("the dermatology desk keeps a dermatology session")
+        };
+        assert_eq!(kept.own_sigs.len(), 1);
+        assert!(
+            kept.view.messages[0].receipts.iter().any(|r| r.level == ReceiptLevel::Desk && r.node == "desk-derm-1")
+        );
+        assert!(!kept.view.media[0].receipts.iter().any(|r| r.node == "desk-derm-1"), "not whole at the desk yet");
+
+        // A desk of another line may not hold it: refused, whatever receipts it would have added.
+        let cardio = node("desk-cardio-1", Role::Desk, &[ServiceLine::Cardiology]);
+        let mut elsewhere = at_hub.fork_as(desk_key.actor().clone());
+        let taken = take(&cardio, &hub, &id, &mut elsewhere, &desk_key, 13, |_| true);
+        assert!(matches!(taken, Taken::Refused(Refusal::OutOfScope { .. })), "{taken:?}");
     }
 
     #[test]

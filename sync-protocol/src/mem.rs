@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use automerge::{ActorId, ChangeHash};
 
 use crate::TimeMs;
-use crate::accept::{self, Verdict};
+use crate::accept::{self, Taken};
 use crate::authorship::{self, ActorPrefix, AuthorKey, SharedRoster, Signature};
 use crate::blob::{self, CHUNK_SIZE};
 use crate::directory::is_directory_id;
@@ -51,11 +51,16 @@ struct Doc {
 }
 
 impl Doc {
-    fn new(mut doc: SessionDoc) -> Result<Doc, crate::ModelError> {
+    fn new(doc: SessionDoc) -> Result<Doc, crate::ModelError> {
         let view = doc.view()?;
+        Ok(Doc::with_view(doc, view))
+    }
+
+    /// A document whose view was just read.
+    fn with_view(mut doc: SessionDoc, view: SessionView) -> Doc {
         let heads = ids(doc.heads());
         let media = media_hashes(&view);
-        Ok(Doc { meta: view.meta(), view, heads, media, doc })
+        Doc { meta: view.meta(), view, heads, media, doc }
     }
 
     fn refresh(&mut self) -> Result<(), crate::ModelError> {
@@ -421,15 +426,21 @@ impl MemReplica {
                 }
             }
         }
-        for h in d.view.offloadable_media(&me.name) {
-            if let Some(b) = Hash::from_hex(&h).and_then(|h| self.blobs.get_mut(&h))
+        let offload = d.view.offloadable_media(&me.name);
+        self.offload(&offload);
+        Ok(())
+    }
+
+    /// Drops the bytes of photos a hub holds whole (this node wrote them).
+    fn offload(&mut self, hashes: &[String]) {
+        for h in hashes {
+            if let Some(b) = Hash::from_hex(h).and_then(|h| self.blobs.get_mut(&h))
                 && !b.offloaded
             {
                 b.chunks.clear();
                 b.offloaded = true;
             }
         }
-        Ok(())
     }
 
     /// Checks and stores received changes of one document (the node's own checks:
@@ -456,20 +467,23 @@ impl MemReplica {
         if let Err(e) = candidate.apply_changes(admitted.into_iter().map(|(c, _)| c).collect()) {
             return Ok(Applied::Refused { reason: e.to_string() });
         }
-        match accept::vet(&self.me, peer, id, &mut candidate) {
-            Verdict::Accepted(_) => {}
-            Verdict::MissingDeps => return Ok(Applied::MissingDeps),
-            Verdict::Refused(why) => return Ok(Applied::Refused { reason: why.to_string() }),
-        }
+        // The node's acceptance rule: this node's receipts, the verdict, the photos to drop.
+        let blobs = &self.blobs;
+        let holds = |h: &str| Hash::from_hex(h).is_some_and(|h| blobs.get(&h).is_some_and(MemBlob::whole));
+        let kept = match accept::take(&self.me, peer, id, &mut candidate, &self.author, now, holds) {
+            Taken::Kept(kept) => *kept,
+            Taken::MissingDeps => return Ok(Applied::MissingDeps),
+            Taken::Refused(why) => return Ok(Applied::Refused { reason: why.to_string() }),
+        };
         if sigs.is_empty() && self.docs.contains_key(id) {
             let heads = self.heads(id).unwrap_or_default();
             return Ok(Applied::Stored { heads });
         }
         // Keep the signatures: this node may relay the changes.
         self.sigs.extend(sigs);
-        let d = Doc::new(candidate).map_err(MemError::from)?;
-        self.docs.insert(*id, d);
-        self.after_store(id, now)?;
+        self.sigs.extend(kept.own_sigs.into_iter().map(|(h, sig)| (Hash::from(h), sig)));
+        self.docs.insert(*id, Doc::with_view(candidate, kept.view));
+        self.offload(&kept.offload);
         self.changed.push(*id);
         let heads = self.heads(id).unwrap_or_default();
         Ok(Applied::Stored { heads })

@@ -4,13 +4,13 @@
 
 use automerge::ChangeHash;
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
-use sync_protocol::accept::{self, Verdict};
+use sync_protocol::accept::{self, Kept, Taken};
 use sync_protocol::authorship::{self, Signature};
 use sync_protocol::engine::{Applied, Incoming, Knowledge, Outgoing};
 use sync_protocol::recon::{self, Fingerprint, Item};
 use sync_protocol::rules::{self, Admission};
 use sync_protocol::scope::{DocMeta, PeerInfo, may_hold};
-use sync_protocol::session::{SessionDoc, SessionId, receipt_level};
+use sync_protocol::session::{SessionDoc, SessionId};
 use sync_protocol::vocab::ServiceLine;
 use sync_protocol::wire::{DocId, Hash};
 
@@ -571,32 +571,21 @@ fn integrate(
 ) -> Result<(Applied, Option<Cached>), StoreError> {
     let Integration { me, from, sid, existing, sigs, now } = ctx;
     let (sealer, opts, node) = (env.sealer, env.opts, env.node);
-    if !candidate.automerge().get_missing_deps(&[]).is_empty() {
-        return Ok((Applied::MissingDeps, None));
-    }
-    // This node's receipts first, so that the document is read into a view once: if the
-    // result is not a valid session of this id in both scopes, nothing of it is kept.
-    let mut own_sigs = Vec::new();
-    if let Some(level) = receipt_level(me.role) {
-        let complete = |h: &str| {
-            tx.row("SELECT 1 FROM blobs WHERE hash = ?1 AND state = 'complete'", [h], |_| Ok(()))
-                .optional()
-                .ok()
-                .flatten()
-                .is_some()
-        };
-        let received = candidate.heads();
-        if let Err(e) = candidate.acknowledge(level, &me.name, now, complete) {
-            return Ok((Applied::Refused { reason: e.to_string() }, None));
-        }
-        own_sigs = authorship::sign_new(env.author, candidate.automerge(), &received);
-    }
-    // The node's acceptance rule, shared with the simulator's replica.
-    let mut view = match accept::vet(me, from, &sid.to_bytes(), &mut candidate) {
-        Verdict::Accepted(view) => *view,
-        Verdict::MissingDeps => return Ok((Applied::MissingDeps, None)),
-        Verdict::Refused(why) => return Ok((Applied::Refused { reason: why.to_string() }, None)),
+    // The node's acceptance rule, shared with the simulator's replica: this node's receipts
+    // first (the document is read into a view once), then whether the result may be kept.
+    let complete = |h: &str| {
+        tx.row("SELECT 1 FROM blobs WHERE hash = ?1 AND state = 'complete'", [h], |_| Ok(()))
+            .optional()
+            .ok()
+            .flatten()
+            .is_some()
     };
+    let kept = match accept::take(me, from, &sid.to_bytes(), &mut candidate, env.author, now, complete) {
+        Taken::Kept(kept) => *kept,
+        Taken::MissingDeps => return Ok((Applied::MissingDeps, None)),
+        Taken::Refused(why) => return Ok((Applied::Refused { reason: why.to_string() }, None)),
+    };
+    let Kept { mut view, own_sigs, offload } = kept;
     // The receipts are written in the same transaction as what they acknowledge, signed.
     put_sigs(tx, sigs)?;
     put_sigs(tx, own_sigs)?;
@@ -616,7 +605,7 @@ fn integrate(
     let viewer = super::documents::Viewer { hub: opts.hub };
     index_doc(tx, sealer, viewer, (&key, row_sid), &mut candidate, &mut view)?;
     // An edge keeps no copy of a photo a hub has confirmed holding (a thumbnail stays).
-    for hash in view.offloadable_media(&me.name) {
+    for hash in offload {
         let n = tx
             .exec("UPDATE blobs SET state = 'offloaded' WHERE hash = ?1 AND state = 'complete'", [&hash])
             .map_err(sql("offloading a photo"))?;
