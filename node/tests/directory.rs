@@ -163,7 +163,7 @@ fn the_router_offers_a_callback_when_the_hubs_directory_says_the_line_is_closed(
     let id = escalated_at_hub(&mut amb, &mut hub);
     let routed = hub.route_call(id, None, T + 2, T + 3).unwrap().unwrap();
     match routed.action {
-        Action::Callback { reason, rating: None } => {
+        Action::Callback { reason, rating: None, .. } => {
             assert!(reason.contains("closed") && reason.contains("sat-sun 09:00-17:00"), "{reason}")
         }
         other => panic!("expected a callback, got {other:?}"),

@@ -90,7 +90,7 @@ pub struct Report {
     pub escalation_to_ring: Percentiles,
     /// Escalations connected to a desk.
     pub escalations_connected: usize,
-    /// Escalations that ended in a callback, by reason (`link`, `no answer`, `case not delivered`).
+    /// Escalations that ended in a callback, by cause (`sync_protocol::call::CallbackCause::as_str`).
     pub escalation_callbacks: std::collections::BTreeMap<String, usize>,
     /// Escalations handed to a federated hub, and of those, connected to its desk.
     pub escalations_handed_over: (usize, usize),

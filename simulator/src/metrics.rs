@@ -98,8 +98,9 @@ pub struct Escalation {
     pub gate_judged_s: Option<f64>,
     /// When the call was connected (s).
     pub connected_s: Option<f64>,
-    /// Why a callback was arranged instead: `link`, `no answer`, `case not delivered`, `line
-    /// closed` (closed now, or taking no calls).
+    /// Why a callback was arranged instead, the router's cause
+    /// (`sync_protocol::call::CallbackCause::as_str`: `link`, `line closed` (closed now, or
+    /// taking no calls), `no rota`, `no answer`, `case not delivered`, `out-of-area hub silent`).
     pub callback: Option<String>,
 }
 

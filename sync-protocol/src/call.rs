@@ -459,6 +459,8 @@ pub enum Action {
     },
     /// No call: ask for a callback, for this reason.
     Callback {
+        /// Why, as a kind.
+        cause: CallbackCause,
         /// Why (shown to the clinician).
         reason: String,
         /// The gate's figures, when the link was the reason.
@@ -486,7 +488,7 @@ impl std::fmt::Display for Action {
             Action::NoAnswer { desk, attempt } => write!(f, "{desk} did not answer (attempt {attempt})"),
             Action::Connected { desk, attempt, .. } => write!(f, "connected to {desk} (attempt {attempt})"),
             Action::Federate { hub } => write!(f, "handed to {hub}, the next ICB's hub for this line"),
-            Action::Callback { reason, rating } => {
+            Action::Callback { reason, rating, .. } => {
                 write!(f, "callback arranged instead: {reason}")?;
                 if let Some((r, q)) = rating {
                     write!(
@@ -499,6 +501,37 @@ impl std::fmt::Display for Action {
                 }
                 Ok(())
             }
+        }
+    }
+}
+
+/// Why the router arranged a callback instead of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CallbackCause {
+    /// The requester's link cannot carry a call (the gate's figures say why).
+    Link,
+    /// The line is closed now, or takes no calls (the directory's hours and channels).
+    LineClosed,
+    /// This hub has no rota for the session's line.
+    NoRota,
+    /// Every desk of the rota was rung and none answered.
+    NoAnswer,
+    /// No desk of the rota held the whole case within [`HOLD_WAIT_MS`].
+    CaseNotDelivered,
+    /// The federated hub the call was handed to did not settle it within [`FEDERATE_WAIT_MS`].
+    OutOfAreaSilent,
+}
+
+impl CallbackCause {
+    /// A short name, for figures and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallbackCause::Link => "link",
+            CallbackCause::LineClosed => "line closed",
+            CallbackCause::NoRota => "no rota",
+            CallbackCause::NoAnswer => "no answer",
+            CallbackCause::CaseNotDelivered => "case not delivered",
+            CallbackCause::OutOfAreaSilent => "out-of-area hub silent",
         }
     }
 }
@@ -540,6 +573,7 @@ pub fn next_action(
     if let Some(fed) = &call.federated {
         if now - fed.at >= FEDERATE_WAIT_MS {
             return Action::Callback {
+                cause: CallbackCause::OutOfAreaSilent,
                 reason: format!("the out-of-area hub {} did not put the call through in time", fed.hub),
                 rating: None,
             };
@@ -567,16 +601,17 @@ pub fn next_action(
             }
             return Action::Federate { hub: hub.to_string() };
         }
-        let reason = if rota.is_empty() {
-            format!("no rota for {} at this hub", view.service.line)
+        let (cause, reason) = if rota.is_empty() {
+            (CallbackCause::NoRota, format!("no rota for {} at this hub", view.service.line))
         } else {
-            "no consultant on the rota answered".into()
+            (CallbackCause::NoAnswer, "no consultant on the rota answered".into())
         };
-        return Action::Callback { reason, rating: None };
+        return Action::Callback { cause, reason, rating: None };
     }
     let Some(next) = left.iter().find(|d| holders.contains(&d.desk) && desk_holds_whole(view, &d.desk)) else {
         if now - seen_ms >= HOLD_WAIT_MS {
             return Action::Callback {
+                cause: CallbackCause::CaseNotDelivered,
                 reason: "no consultant's desk received the whole case in time for a call".into(),
                 rating: None,
             };
@@ -599,7 +634,7 @@ fn judge(call: &CallState, quality: Option<&PathQuality>) -> Option<Action> {
     let Some(q) = quality else { return Some(Action::Measure) };
     Some(match gate(q, &ADPCM_32K) {
         Ok(rating) => Action::GatePassed(rating, *q),
-        Err((rating, reason)) => Action::Callback { reason, rating: Some((rating, *q)) },
+        Err((rating, reason)) => Action::Callback { cause: CallbackCause::Link, reason, rating: Some((rating, *q)) },
     })
 }
 

@@ -12,7 +12,7 @@
 //! rota's desks first so that they may hold it.
 
 use crate::TimeMs;
-use crate::call::{Action, PathQuality, calls_of, next_action};
+use crate::call::{Action, CallbackCause, PathQuality, calls_of, next_action};
 use crate::directory::LineEntry;
 use crate::routing::{GateFigures, RoutingEntry, Since, Verdict};
 use crate::session::{ModelError, SessionDoc, SessionView};
@@ -153,7 +153,7 @@ pub fn route(
     let fallback = line.filter(|_| home).and_then(|l| l.fallback_hub.clone());
     let action = match (refusal, &fallback) {
         // Closed here (or no calls here), and no other ICB's line to try.
-        (Some(reason), None) => Action::Callback { reason, rating: None },
+        (Some(reason), None) => Action::Callback { cause: CallbackCause::LineClosed, reason, rating: None },
         // Closed here: straight to the federated hub's line, the link gate first.
         (Some(_), Some(other)) => next_action(&here, &[], view, holders, Some(other), quality, seen_ms, now),
         (None, _) => {
@@ -189,7 +189,7 @@ pub fn route(
             },
             Some(Status::Connected),
         )),
-        Action::Callback { reason, rating } => {
+        Action::Callback { reason, rating, .. } => {
             if let Some((r, q)) = rating {
                 // The gate's figures, so that the clinician sees why.
                 writes.push(Write::Gate {
@@ -253,8 +253,9 @@ mod tests {
         // 05:00 UK time on a Friday: a line open 08:00-18:30 on weekdays is closed.
         let closed = line("mon-fri 08:00-18:30", &["desk-1"], None);
         let d = route(hub, &view, Some(&closed), &["desk-1".into()], None, T0, T0 + 2_000).unwrap();
-        let Action::Callback { reason, .. } = &d.action else { panic!("{:?}", d.action) };
+        let Action::Callback { reason, cause, .. } = &d.action else { panic!("{:?}", d.action) };
         assert!(reason.contains("closed"), "{reason}");
+        assert_eq!(*cause, CallbackCause::LineClosed);
         assert_eq!(d.writes.len(), 1);
         for w in &d.writes {
             w.apply(&mut doc, T0 + 2_000).unwrap();

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use automerge::ActorId;
-use sync_protocol::call::{Action, PathQuality, RotaDesk, calls_of, desk_holds_whole, next_action};
+use sync_protocol::call::{Action, CallbackCause, PathQuality, RotaDesk, calls_of, desk_holds_whole, next_action};
 use sync_protocol::session::{
     LogName, LogValue, NewConsent, NewMedia, NewMessage, NewSession, Patient, Requester, Service, SessionDoc,
 };
@@ -131,7 +131,8 @@ fn the_link_is_judged_once_a_desk_holds_the_case_and_before_any_desk_is_rung() {
     desk_receives(&mut doc, "desk-a", true, T0 + 1);
     assert_eq!(step(&doc, None, T0 + 2), Action::Measure);
     match step(&doc, Some(&BAD), T0 + 2) {
-        Action::Callback { reason, rating: Some((r, _)) } => {
+        Action::Callback { reason, rating: Some((r, _)), cause } => {
+            assert_eq!(cause, CallbackCause::Link);
             assert!(r.mos < 3.6);
             assert!(reason.contains("cannot carry a call"), "{reason}");
         }
@@ -170,7 +171,10 @@ fn an_unanswered_desk_falls_to_the_next_after_its_ring_time_then_to_a_callback()
     ring(&mut doc, "desk-b", 2, T0 + 20_004);
     desk_step(&mut doc, "no_answer", "desk-b", 2, T0 + 40_004);
     match step(&doc, Some(&GOOD), T0 + 40_005) {
-        Action::Callback { reason, rating: None } => assert!(reason.contains("no consultant")),
+        Action::Callback { reason, rating: None, cause } => {
+            assert!(reason.contains("no consultant"));
+            assert_eq!(cause, CallbackCause::NoAnswer);
+        }
         other => panic!("expected a callback, got {other:?}"),
     }
 }
@@ -252,7 +256,7 @@ fn when_every_desk_of_the_rota_was_tried_the_call_goes_to_the_federated_hubs_lin
     let late = now + sync_protocol::call::FEDERATE_WAIT_MS;
     assert!(matches!(
         next_action(&call, &rota(), &view, &holders(), Some("hub-qox"), None, T0, late),
-        Action::Callback { reason, .. } if reason.contains("hub-qox")
+        Action::Callback { reason, cause: CallbackCause::OutOfAreaSilent, .. } if reason.contains("hub-qox")
     ));
     // The federated hub routes it on its own rota once its desk holds the whole case.
     let mut theirs = call.clone();

@@ -142,21 +142,15 @@ impl World {
                     self.calls[i].done = true;
                     self.escalations[e].connected_s = Some(secs(self.now));
                 }
-                Action::Callback { ref reason, ref rating } => {
+                Action::Callback { cause, ref rating, .. } => {
                     self.calls[i].done = true;
                     if rating.is_some() {
                         self.check_gate_refusal(i, &hub_name);
                     }
-                    self.escalations[e].callback = Some(if let Some((r, _)) = rating {
+                    if let Some((r, _)) = rating {
                         self.escalations[e].gate_mos = Some(r.mos);
-                        "link".into()
-                    } else if refusal.is_some() {
-                        "line closed".into()
-                    } else if reason.contains("answered") {
-                        "no answer".into()
-                    } else {
-                        "case not delivered".into()
-                    });
+                    }
+                    self.escalations[e].callback = Some(cause.as_str().to_string());
                 }
             }
             for w in &decision.writes {
