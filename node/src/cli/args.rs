@@ -52,31 +52,11 @@ pub(crate) enum Command {
     #[command(subcommand)]
     Ca(CaCommand),
     /// Copy the node's store, still sealed, into one file, while the daemon runs.
-    Backup {
-        #[command(flatten)]
-        dir: DirArg,
-        /// The backup file to write (must not exist).
-        #[arg(long)]
-        out: PathBuf,
-        #[command(flatten)]
-        json: JsonArg,
-    },
+    Backup(BackupArgs),
     /// Restore a node from a backup: into a new directory (a replaced tablet), or into the
     /// node's own directory when its store is missing. Then run it: peers send back what the
     /// backup lacks.
-    Restore {
-        /// The backup file.
-        #[arg(long)]
-        from: PathBuf,
-        #[command(flatten)]
-        dir: DirArg,
-        /// The node's data key (a copy of its node.key; or set OUTPOST_NODE_KEY). Not needed
-        /// when restoring into the node's own directory.
-        #[arg(long)]
-        key_file: Option<PathBuf>,
-        #[command(flatten)]
-        json: JsonArg,
-    },
+    Restore(RestoreArgs),
     /// The node's data key (what seals its store at rest).
     #[command(subcommand)]
     Key(KeyCommand),
@@ -86,88 +66,15 @@ pub(crate) enum Command {
     Cert(CertCommand),
     /// Run the node: serve QUIC, dial peers, keep every replica in sync. Settings come from
     /// D/outpost.toml, then OUTPOST_* variables, then these flags (`outpost config show`).
-    Run {
-        #[command(flatten)]
-        dir: DirArg,
-        /// Address to listen on (for example 0.0.0.0:4433); hubs listen, edges usually do not.
-        /// [setting listen]
-        #[arg(long)]
-        listen: Option<String>,
-        /// A peer to dial and keep dialling, host:port (repeat for several); a name is
-        /// resolved again at every dial. [setting peers]
-        #[arg(long = "peer")]
-        peers: Vec<String>,
-        /// QUIC congestion control: radio (the default: loss-tolerant, for radio links), cubic
-        /// or bbr. [setting congestion]
-        #[arg(long)]
-        congestion: Option<String>,
-        /// On a desk: answer every call that rings here (for unattended test and demo desks).
-        #[arg(long)]
-        auto_answer: bool,
-        /// On a desk: a WAV file to play into every call it takes (default: silence).
-        #[arg(long)]
-        play: Option<String>,
-        /// On a desk: record every call it takes into this WAV file (8 kHz mono).
-        #[arg(long)]
-        record: Option<String>,
-        /// Serve the local HTTP API for the clinicians' apps on this address (for example
-        /// 127.0.0.1:8080). Users come from `outpost user add`. Beyond loopback (a surgery box
-        /// serving its LAN) it needs --api-cert and --api-key, and serves HTTPS. [setting api.listen]
-        #[arg(long)]
-        api: Option<String>,
-        /// Serve the API over TLS with this certificate (PEM; the certificate, then any
-        /// intermediates), from a PKI the clients trust. [setting api.cert]
-        #[arg(long)]
-        api_cert: Option<String>,
-        /// The private key of --api-cert (PEM). [setting api.key]
-        #[arg(long)]
-        api_key: Option<String>,
-        /// Serve Prometheus /metrics, /healthz and /readyz on this address, no token (keep it on
-        /// loopback or the management network). [setting metrics.listen]
-        #[arg(long)]
-        metrics: Option<String>,
-        /// Log lines as text (for people) or json (for a log collector). [setting log.format]
-        #[arg(long)]
-        log_format: Option<String>,
-        /// error, warn, info, debug or trace (or a tracing filter). [setting log.level]
-        #[arg(long)]
-        log_level: Option<String>,
-    },
+    Run(RunArgs),
     /// How this node runs: the settings in effect and where each came from.
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Reconcile once with a peer and report what it cost.
-    Sync {
-        #[command(flatten)]
-        dir: DirArg,
-        /// The peer's address, host:port (a name, an IPv4 address or a bracketed IPv6 one).
-        #[arg(long)]
-        peer: crate::net::PeerAddr,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 120)]
-        timeout: u64,
-        #[command(flatten)]
-        json: JsonArg,
-    },
+    Sync(SyncArgs),
     /// Relay UDP through an emulated link (delay, loss, bandwidth, blackouts), to try outpost
     /// over a bad link by hand. Type `down`, `up` or `down SECONDS` on its input.
-    Linkem {
-        /// Address to listen on (what the client dials).
-        #[arg(long)]
-        listen: std::net::SocketAddr,
-        /// Where to relay to (the real peer), host:port.
-        #[arg(long)]
-        to: crate::net::PeerAddr,
-        /// urban-4g, rural-a-road, cell-edge, 3g-fallback, remote-moor, rural-surgery or satellite.
-        #[arg(long, default_value = "rural-a-road")]
-        profile: String,
-        /// Also black out at random, following the profile's availability.
-        #[arg(long)]
-        outages: bool,
-        /// Seed of the random generator (0: random).
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-    },
+    Linkem(LinkemArgs),
     /// Create, list, show, export and move sessions.
     #[command(subcommand)]
     Session(SessionCommand),
@@ -190,12 +97,7 @@ pub(crate) enum Command {
     #[command(subcommand)]
     User(UserCommand),
     /// What the node holds: sessions, sizes, audit chain.
-    Status {
-        #[command(flatten)]
-        dir: DirArg,
-        #[command(flatten)]
-        json: JsonArg,
-    },
+    Status(StatusArgs),
     /// The audit chain: who did what, when, from which device.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -729,4 +631,126 @@ pub(crate) enum DebugCommand {
         #[arg(long, num_args = 2, value_names = ["ID", "TEXT"])]
         send: Vec<String>,
     },
+}
+
+/// The arguments of `outpost backup`.
+#[derive(Debug, Args)]
+pub(crate) struct BackupArgs {
+    #[command(flatten)]
+    pub(crate) dir: DirArg,
+    /// The backup file to write (must not exist).
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    #[command(flatten)]
+    pub(crate) json: JsonArg,
+}
+
+/// The arguments of `outpost restore`.
+#[derive(Debug, Args)]
+pub(crate) struct RestoreArgs {
+    /// The backup file.
+    #[arg(long)]
+    pub(crate) from: PathBuf,
+    #[command(flatten)]
+    pub(crate) dir: DirArg,
+    /// The node's data key (a copy of its node.key; or set OUTPOST_NODE_KEY). Not needed
+    /// when restoring into the node's own directory.
+    #[arg(long)]
+    pub(crate) key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) json: JsonArg,
+}
+
+/// The arguments of `outpost run`.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    #[command(flatten)]
+    pub(crate) dir: DirArg,
+    /// Address to listen on (for example 0.0.0.0:4433); hubs listen, edges usually do not.
+    /// [setting listen]
+    #[arg(long)]
+    pub(crate) listen: Option<String>,
+    /// A peer to dial and keep dialling, host:port (repeat for several); a name is
+    /// resolved again at every dial. [setting peers]
+    #[arg(long = "peer")]
+    pub(crate) peers: Vec<String>,
+    /// QUIC congestion control: radio (the default: loss-tolerant, for radio links), cubic
+    /// or bbr. [setting congestion]
+    #[arg(long)]
+    pub(crate) congestion: Option<String>,
+    /// On a desk: answer every call that rings here (for unattended test and demo desks).
+    #[arg(long)]
+    pub(crate) auto_answer: bool,
+    /// On a desk: a WAV file to play into every call it takes (default: silence).
+    #[arg(long)]
+    pub(crate) play: Option<String>,
+    /// On a desk: record every call it takes into this WAV file (8 kHz mono).
+    #[arg(long)]
+    pub(crate) record: Option<String>,
+    /// Serve the local HTTP API for the clinicians' apps on this address (for example
+    /// 127.0.0.1:8080). Users come from `outpost user add`. Beyond loopback (a surgery box
+    /// serving its LAN) it needs --api-cert and --api-key, and serves HTTPS. [setting api.listen]
+    #[arg(long)]
+    pub(crate) api: Option<String>,
+    /// Serve the API over TLS with this certificate (PEM; the certificate, then any
+    /// intermediates), from a PKI the clients trust. [setting api.cert]
+    #[arg(long)]
+    pub(crate) api_cert: Option<String>,
+    /// The private key of --api-cert (PEM). [setting api.key]
+    #[arg(long)]
+    pub(crate) api_key: Option<String>,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address, no token (keep it on
+    /// loopback or the management network). [setting metrics.listen]
+    #[arg(long)]
+    pub(crate) metrics: Option<String>,
+    /// Log lines as text (for people) or json (for a log collector). [setting log.format]
+    #[arg(long)]
+    pub(crate) log_format: Option<String>,
+    /// error, warn, info, debug or trace (or a tracing filter). [setting log.level]
+    #[arg(long)]
+    pub(crate) log_level: Option<String>,
+}
+
+/// The arguments of `outpost sync`.
+#[derive(Debug, Args)]
+pub(crate) struct SyncArgs {
+    #[command(flatten)]
+    pub(crate) dir: DirArg,
+    /// The peer's address, host:port (a name, an IPv4 address or a bracketed IPv6 one).
+    #[arg(long)]
+    pub(crate) peer: crate::net::PeerAddr,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    pub(crate) timeout: u64,
+    #[command(flatten)]
+    pub(crate) json: JsonArg,
+}
+
+/// The arguments of `outpost linkem`.
+#[derive(Debug, Args)]
+pub(crate) struct LinkemArgs {
+    /// Address to listen on (what the client dials).
+    #[arg(long)]
+    pub(crate) listen: std::net::SocketAddr,
+    /// Where to relay to (the real peer), host:port.
+    #[arg(long)]
+    pub(crate) to: crate::net::PeerAddr,
+    /// urban-4g, rural-a-road, cell-edge, 3g-fallback, remote-moor, rural-surgery or satellite.
+    #[arg(long, default_value = "rural-a-road")]
+    pub(crate) profile: String,
+    /// Also black out at random, following the profile's availability.
+    #[arg(long)]
+    pub(crate) outages: bool,
+    /// Seed of the random generator (0: random).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+}
+
+/// The arguments of `outpost status`.
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    pub(crate) dir: DirArg,
+    #[command(flatten)]
+    pub(crate) json: JsonArg,
 }

@@ -107,3 +107,66 @@ pub(crate) fn session(cmd: SessionCommand) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+pub(crate) fn run_message(cmd: MessageCommand) -> anyhow::Result<()> {
+    match cmd {
+        MessageCommand::Send { dir, id, text, reply_to, client_key, json } => {
+            let mut node = open(&dir)?;
+            let sid = node.resolve(&id)?;
+            let msg = node.send_message_once(sid, &text, reply_to, client_key.as_deref(), now_ms())?;
+            if json.json {
+                // A repeat answers with the first message, which may have travelled since.
+                let receipt = node.message_receipt(sid, &msg)?;
+                print_json(&serde_json::json!({ "session": sid, "message": msg, "receipt": receipt }))?;
+            } else {
+                println!("{msg}");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn run_photo(cmd: PhotoCommand) -> anyhow::Result<()> {
+    match cmd {
+        PhotoCommand::Attach { dir, id, file, view, body_site, consent, consent_scope, json } => {
+            // Check the photo before opening the node, so a bad file writes nothing.
+            let photo = photo::load_photo(&file).map_err(NodeError::from)?;
+            let mut node = open(&dir)?;
+            let sid = node.resolve(&id)?;
+            let req = PhotoRequest { view, body_site, consent, scope: consent_scope };
+            let info = node.attach_photo(sid, &photo, &req, now_ms())?;
+            if json.json {
+                print_json(&serde_json::json!({
+                    "session": sid, "hash": info.hash, "size": info.size, "mime": info.mime,
+                    "chunks": info.chunks, "width": photo.dimensions.0, "height": photo.dimensions.1,
+                }))?;
+            } else {
+                println!("{}", info.hash);
+            }
+        }
+        PhotoCommand::WithdrawConsent { dir, id, photo } => {
+            let mut node = open(&dir)?;
+            let sid = node.resolve(&id)?;
+            let (consent, photos) = node.withdraw_consent(sid, &photo, now_ms())?;
+            println!("consent {consent} withdrawn: {photos} photo(s) of {sid} now left out of exports and letters");
+        }
+        PhotoCommand::Get { dir, hash, out, thumbnail, read } => {
+            let mut node = open(&dir)?;
+            let bytes = if thumbnail { node.thumbnail(&hash)? } else { node.open_photo(&hash, read, now_ms())? };
+            write_file(&out, &bytes)?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn run_outcome(cmd: OutcomeCommand) -> anyhow::Result<()> {
+    match cmd {
+        OutcomeCommand::Set { dir, id, side, outcome, client_key } => {
+            let mut node = open(&dir)?;
+            let sid = node.resolve(&id)?;
+            node.set_outcome_once(sid, side, outcome, client_key.as_deref(), now_ms())?;
+            println!("{side} outcome of {sid}: {outcome}");
+        }
+    }
+    Ok(())
+}

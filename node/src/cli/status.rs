@@ -1,0 +1,96 @@
+//! `outpost status`: what the node holds, who it last synced with, its certificate, its store's
+//! health.
+
+use super::*;
+
+pub(crate) fn run_status(args: StatusArgs) -> anyhow::Result<()> {
+    let StatusArgs { dir, json } = args;
+    let node = open(&dir)?;
+    let st = node.status()?;
+    let (stats, audit, photos, backlog, peers, cert_until) =
+        (&st.store, &st.audit, &st.photos, &st.not_yet_left_this_device, &st.peers, st.certificate_valid_until_ms);
+    let now = now_ms();
+    if json.json {
+        print_json(&st)?;
+    } else {
+        let c = &node.config();
+        println!(
+            "{} ({} node{}{})",
+            c.name,
+            c.role,
+            c.org.as_deref().map(|o| format!(", organisation {o}")).unwrap_or_default(),
+            c.icb.as_deref().map(|i| format!(", ICB {i}")).unwrap_or_default()
+        );
+        print!("sessions: {}", stats.sessions);
+        for (status, n) in &stats.by_status {
+            print!("  {status} {n}");
+        }
+        println!();
+        println!(
+            "documents: {} snapshots ({}), {} logged changes ({})",
+            stats.snapshots,
+            bytes(stats.snapshot_bytes),
+            stats.log_changes,
+            bytes(stats.log_bytes)
+        );
+        println!(
+            "photos: {} held here ({}), {} handed to the hub (thumbnail kept, {}), {} being received",
+            photos.held.0,
+            bytes(photos.held.1),
+            photos.offloaded.0,
+            bytes(photos.offloaded.1),
+            photos.partial.0
+        );
+        if node.config().role == Role::Edge {
+            println!(
+                "not yet left this device: {} messages and photos in {} sessions, {} of photos",
+                backlog.items,
+                backlog.sessions,
+                bytes(backlog.photo_bytes)
+            );
+        }
+        if peers.is_empty() {
+            println!("peers: never synced");
+        }
+        for p in peers {
+            let ok = p.last_ok_ms.map_or("never".to_string(), |t| format!("{} ({} ago)", time(t), ago(now - t)));
+            print!("peer {}: last complete sync {ok}", p.peer);
+            match &p.last_error {
+                Some((t, why)) if p.last_ok_ms.is_none_or(|ok| *t > ok) => {
+                    println!("; since then failed {} ago: {why}", ago(now - t))
+                }
+                _ => println!(),
+            }
+        }
+        match cert_until {
+            Some(t) if t <= now => {
+                println!("certificate: EXPIRED at {}; ask for a new one (`outpost cert request`)", time(t))
+            }
+            Some(t) if t - now < RENEW_AHEAD_MS => println!(
+                "certificate: RENEW SOON: valid until {} (only {} left); run `outpost cert request --dir {}` and take the request to the fleet CA",
+                time(t),
+                ago(t - now),
+                dir.dir.display()
+            ),
+            Some(t) => println!("certificate: valid until {} ({} left)", time(t), ago(t - now)),
+            None => println!("certificate: none; this node cannot sync (`outpost cert request`)"),
+        }
+        println!("files: database {}, write-ahead log {}", bytes(stats.db_file_bytes), bytes(stats.wal_file_bytes));
+        match audit.broken_at {
+            None => println!("audit chain: {} entries, intact", audit.entries),
+            Some(seq) => println!("audit chain: BROKEN at entry {seq} of {}", audit.entries),
+        }
+    }
+    // The whole file, page by page: a damaged store is said, and the exit is non-zero.
+    match node.integrity_check() {
+        Ok(()) if !json.json => println!("store: SQLite integrity check passed"),
+        Ok(()) => {}
+        Err(e) => {
+            if !json.json {
+                println!("store: DAMAGED");
+            }
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}
