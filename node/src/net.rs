@@ -11,7 +11,8 @@
 //!   SQLite's data version, and pushes every change to every connected peer that may see it.
 //! - A **one-shot sync** (`outpost sync`) runs one conversation to its end and reports its cost.
 //!
-//! Rooms: `transport` (QUIC and TLS set-up), `conversation` (one connection's lanes and engine),
+//! Rooms: `transport` (QUIC and TLS set-up), `store_thread` (the thread that owns the store),
+//! `conversation` (one connection's lanes and engine),
 //! `daemon` (`outpost run`), `call` (probes, routing, answering, audio), `api` (the local HTTP
 //! API), `metrics` (Prometheus), `congestion` (the radio link controller).
 
@@ -34,7 +35,7 @@ use sync_protocol::voice::{
     decode, encode,
 };
 use sync_protocol::wire::{CloseCode, DocId, Frame, FrameDecoder, Lane};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc};
 
 use crate::node::{Node, now_ms};
 use crate::store::{ListFilter, StoreError};
@@ -101,74 +102,6 @@ pub enum NetError {
     /// The sync did not finish in time.
     #[error("sync with {0} did not finish within the time limit")]
     Timeout(String),
-}
-
-type Job = Box<dyn FnOnce(&mut Node) + Send>;
-
-enum StoreMsg {
-    Job(Job),
-    /// Close the store (drop the node) and end the thread; then answer.
-    Stop(oneshot::Sender<()>),
-}
-
-/// A handle to the thread that owns the node's store.
-#[derive(Clone)]
-pub struct StoreHandle {
-    jobs: std::sync::mpsc::Sender<StoreMsg>,
-}
-
-impl std::fmt::Debug for StoreHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoreHandle").finish_non_exhaustive()
-    }
-}
-
-impl StoreHandle {
-    /// Moves `node` onto its own thread.
-    pub fn spawn(node: Node) -> StoreHandle {
-        let (tx, rx) = std::sync::mpsc::channel::<StoreMsg>();
-        let mut node = node;
-        std::thread::Builder::new()
-            .name("outpost-store".into())
-            .spawn(move || {
-                while let Ok(msg) = rx.recv() {
-                    match msg {
-                        StoreMsg::Job(job) => job(&mut node),
-                        StoreMsg::Stop(done) => {
-                            drop(node);
-                            let _ = done.send(());
-                            return;
-                        }
-                    }
-                }
-            })
-            .map(|_| ())
-            .unwrap_or_else(|e| tracing::error!("cannot start the store thread: {e}"));
-        StoreHandle { jobs: tx }
-    }
-
-    /// Runs `f` on the store thread and returns its result.
-    pub async fn call<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Node) -> T + Send + 'static,
-    ) -> Result<T, NetError> {
-        let (tx, rx) = oneshot::channel();
-        self.jobs
-            .send(StoreMsg::Job(Box::new(move |node| {
-                let _ = tx.send(f(node));
-            })))
-            .map_err(|_| NetError::StoreGone)?;
-        rx.await.map_err(|_| NetError::StoreGone)
-    }
-
-    /// Finishes the jobs already sent, closes the store and ends its thread: when this
-    /// returns, the database is closed. Later calls fail with [`NetError::StoreGone`].
-    pub async fn stop(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.jobs.send(StoreMsg::Stop(tx)).is_ok() {
-            let _ = rx.await;
-        }
-    }
 }
 
 /// What a daemon shares between its connections.
@@ -579,6 +512,7 @@ pub mod congestion;
 mod conversation;
 mod daemon;
 mod metrics;
+mod store_thread;
 mod transport;
 
 pub use api::{ApiTls, openapi_json};
@@ -587,6 +521,7 @@ pub use conversation::FRAME_LOG_ENV;
 use conversation::*;
 use daemon::*;
 pub use daemon::{Daemon, RunOptions};
+pub use store_thread::StoreHandle;
 use transport::*;
 pub use transport::{client_config, load_identity, server_config};
 
