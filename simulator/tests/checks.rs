@@ -172,24 +172,31 @@ fn simulated_photo_times_come_within_a_fifth_of_the_real_transport_on_every_ladd
 }
 
 /// Fresh seeds every run (the fixed seeds above stay the same): `SIM_SWARM=N` seeds (default
-/// 16), each the smoke region, every fault, for two simulated hours and then settling. A
-/// failure names its seed and the command that reruns it.
+/// 16), each for two simulated hours and then settling: three in four the smoke region (every
+/// fault), one in four the `federation` region (two ICBs' hubs, calls handed between them). A
+/// failure names its scenario, its seed and the command that reruns it.
 #[test]
 fn a_swarm_of_fresh_random_seeds_holds_every_invariant() {
     let n: u64 = std::env::var("SIM_SWARM").ok().and_then(|s| s.parse().ok()).unwrap_or(16);
     let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let mut state = clock ^ u64::from(std::process::id()).rotate_left(32);
-    for _ in 0..n {
+    for i in 0..n {
         // splitmix64: well-spread seeds from one clock reading.
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         let seed = (z ^ (z >> 31)) % 1_000_000_007;
-        println!("swarm seed {seed}");
-        let r = smoke(seed, Some(2.0), Bugs::default());
-        assert!(r.passed(), "swarm seed {seed} broke an invariant; rerun: {}\n{}", r.rerun, r.summary());
-        assert!(r.writes.values().sum::<usize>() > 5, "swarm seed {seed} did too little:\n{}", r.summary());
+        let scenario = if i % 4 == 3 { "federation" } else { "smoke" };
+        println!("swarm seed {seed} ({scenario})");
+        let sc = Scenario::load(scenario).expect("a built-in scenario");
+        let r = run(sc, Options { seed, hours: Some(2.0), bugs: Bugs::default() }, |_, _| {});
+        assert!(r.passed(), "swarm seed {seed} ({scenario}) broke an invariant; rerun: {}\n{}", r.rerun, r.summary());
+        assert!(
+            r.writes.values().sum::<usize>() > 5,
+            "swarm seed {seed} ({scenario}) did too little:\n{}",
+            r.summary()
+        );
         assert_eq!(r.never_delivered, 0, "swarm seed {seed}; rerun: {}\n{}", r.rerun, r.summary());
     }
 }
