@@ -30,7 +30,7 @@ pub(crate) fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
     } else {
         println!(
             "{} restored into {}: {} sessions as of {}. Run it (outpost run): its peers send back what \
-                 the backup lacks.",
+             the backup lacks.",
             report.node,
             report.dir.display(),
             report.sessions,
