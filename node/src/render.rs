@@ -178,7 +178,7 @@ pub fn describe_step(step: &sync_protocol::routing::RoutingStep) -> String {
     use sync_protocol::routing::{RoutingEntry as E, Since, Verdict};
     // An entry stored without its time reads as 0: no time is shown for it.
     let at = if step.at_ms > 0 { time(step.at_ms) } else { String::new() };
-    let what = match step.entry.clone() {
+    let what = match &step.entry {
         E::Escalate { by, .. } => format!("{by} asked for a call"),
         E::Gate { figures: g, .. } if g.verdict == Verdict::Call => format!(
             "link checked: estimated MOS {:.2} (round trip {:.2} ms, jitter {:.2} ms, loss {:.2}): a call is possible",
@@ -197,7 +197,7 @@ pub fn describe_step(step: &sync_protocol::routing::RoutingStep) -> String {
         ),
         E::Callback { reason, .. } => format!("callback arranged: {reason}"),
         E::Federate { hub, .. } => format!("no answer in area: handed to {hub}'s line (out of area)"),
-        E::Other { kind, .. } => kind,
+        E::Other { kind, .. } => kind.clone(),
     };
     format!("{at}  {what}")
 }

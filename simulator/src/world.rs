@@ -261,10 +261,9 @@ struct SimCall {
     fed_quality: Option<PathQuality>,
     /// Every window of probes the gate heard at its latest measurement (for the gate's check).
     heard: Vec<PathQuality>,
-    /// The gate listening: its hub and the shared rule's state, while a window is under way.
-    listening: Option<(usize, GateListen)>,
-    /// The window under way: what its probes are finding.
-    window: Option<PathQuality>,
+    /// The gate listening, while a window is under way: its hub, the shared rule's state, and
+    /// what the window's probes are finding.
+    listening: Option<(usize, GateListen, PathQuality)>,
     esc_index: usize,
 }
 

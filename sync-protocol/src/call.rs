@@ -196,7 +196,7 @@ pub fn gate_window_ms(q: &PathQuality) -> u64 {
         return 0;
     }
     let sending = GATE_PROBES as u64 * GATE_PROBE_GAP_MS;
-    let all_back = q.probes > 0 && q.loss == 0.0 && q.rtt_ms.is_finite();
+    let all_back = q.loss == 0.0 && q.rtt_ms.is_finite();
     let waiting =
         if all_back { ((q.rtt_ms + q.jitter_ms).max(0.0) as u64).min(GATE_ECHO_WAIT_MS) } else { GATE_ECHO_WAIT_MS };
     sending + waiting
@@ -362,25 +362,22 @@ pub fn calls_of(view: &SessionView) -> Vec<CallState> {
 
 /// The calls of a session, from its routing log alone.
 pub fn calls_in(routing: &[BTreeMap<String, LogValue>]) -> Vec<CallState> {
-    let steps: Vec<(crate::routing::RoutingEntry, TimeMs)> = routing
-        .iter()
-        .filter(|e| e.get("call").and_then(LogValue::as_str).is_some())
-        .filter_map(crate::routing::RoutingEntry::read)
-        .collect();
-    calls_from(steps)
+    calls_from(crate::routing::RoutingStep::read_all(routing))
 }
 
-/// The calls of a session, from its typed routing steps (a step naming no call is ignored).
+/// The calls of a session, from its typed routing steps.
 pub fn calls_in_steps(steps: &[crate::routing::RoutingStep]) -> Vec<CallState> {
-    calls_from(
-        steps.iter().filter(|s| s.entry.call().is_some_and(|c| !c.is_empty())).map(|s| (s.entry.clone(), s.at_ms)),
-    )
+    calls_from(steps.iter().cloned())
 }
 
-fn calls_from(steps: impl IntoIterator<Item = (crate::routing::RoutingEntry, TimeMs)>) -> Vec<CallState> {
+/// The calls of typed steps, in order; a step naming no call is ignored.
+fn calls_from(steps: impl IntoIterator<Item = crate::routing::RoutingStep>) -> Vec<CallState> {
     use crate::routing::RoutingEntry as E;
     let mut calls: Vec<CallState> = Vec::new();
-    for (entry, at) in steps {
+    for crate::routing::RoutingStep { entry, at_ms: at } in steps {
+        if entry.call().is_none_or(str::is_empty) {
+            continue;
+        }
         if let E::Escalate { call, by } = entry {
             if !calls.iter().any(|c| c.call == call) {
                 calls.push(CallState { call, asked_ms: at, by, ..CallState::default() });

@@ -121,8 +121,7 @@ impl World {
                     // as long as the node's would (`gate_window_ms`).
                     if self.calls[i].listening.is_none() {
                         self.calls[i].heard.clear();
-                        self.calls[i].listening = Some((h, GateListen::default()));
-                        self.next_gate_window(i, h);
+                        self.next_gate_window(i, h, GateListen::default());
                     }
                     return;
                 }
@@ -165,20 +164,17 @@ impl World {
 
     /// The gate of hub `h` starts a window of probes for call `i`: measured on the path as it is
     /// now, heard once the node's window would have ended.
-    fn next_gate_window(&mut self, i: usize, h: usize) {
+    fn next_gate_window(&mut self, i: usize, h: usize, listen: GateListen) {
         let node = if h == self.hub { self.calls[i].node } else { h };
         let window = self.measure(node);
-        self.calls[i].window = Some(window);
+        self.calls[i].listening = Some((h, listen, window));
         self.after(gate_window_ms(&window) as Micros * 1000, Ev::GateWindow(i));
     }
 
     /// A window of the gate's probes has ended: the shared rule says whether to listen again or
     /// to judge, and the router goes on with the judgement.
     pub(super) fn gate_window_heard(&mut self, i: usize) {
-        let (Some((h, mut listen)), Some(window)) = (self.calls[i].listening.take(), self.calls[i].window.take())
-        else {
-            return;
-        };
+        let Some((h, mut listen, window)) = self.calls[i].listening.take() else { return };
         if !self.nodes[h].up {
             // The hub went down while it listened: its router measures afresh when it is back.
             return;
@@ -186,8 +182,7 @@ impl World {
         self.calls[i].heard.push(window);
         let q = match listen.heard(window, &ADPCM_32K) {
             Listen::Again(_) if !self.opts.bugs.gate_hears_one_window => {
-                self.calls[i].listening = Some((h, listen));
-                self.next_gate_window(i, h);
+                self.next_gate_window(i, h, listen);
                 return;
             }
             Listen::Again(_) => window,

@@ -144,7 +144,6 @@ impl World {
                         fed_quality: None,
                         heard: Vec::new(),
                         listening: None,
-                        window: None,
                         esc_index: self.escalations.len() - 1,
                     });
                 }
