@@ -607,44 +607,60 @@ fn a_key_rotation_never_lets_another_process_write_under_the_old_key() {
     let amb = tmp.path().join("amb-07");
     common::init_edge(&amb);
     let id = new_session(&amb);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // The crew writes on while rotations are attempted.
+    // The crew writes on while rotations are attempted. After every fourth message the crew
+    // pauses until told to go on, so some rotations are made in a known quiet moment (they must
+    // succeed) however slow a busy machine makes each write; the others race the writes.
+    const MESSAGES: usize = 16;
+    let (idle_tx, idle_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let writer = {
-        let (amb, id, stop) = (amb.clone(), id.clone(), stop.clone());
+        let (amb, id) = (amb.clone(), id.clone());
         std::thread::spawn(move || {
             let mut sent = Vec::new();
-            let mut i = 0;
-            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            for i in 0..MESSAGES {
                 let text = format!("note {i}");
                 ok(&["message", "send", "--dir", d(&amb), &id, &text]);
                 sent.push(text);
-                i += 1;
-                std::thread::sleep(Duration::from_millis(30));
+                if i % 4 == 3 {
+                    idle_tx.send(()).unwrap();
+                    go_rx.recv().unwrap();
+                } else {
+                    std::thread::sleep(Duration::from_millis(30));
+                }
             }
             sent
         })
     };
-    let (mut rotated, mut refused) = (0, 0);
-    for _ in 0..12 {
+    let (mut quiet, mut raced, mut refused) = (0, 0, 0);
+    while !writer.is_finished() {
+        let quiet_now = idle_rx.try_recv().is_ok();
         let out = common::run(&["key", "rotate", "--dir", d(&amb)]);
-        match out.status.code() {
-            Some(0) => rotated += 1,
-            Some(2) => {
+        match (quiet_now, out.status.code()) {
+            (true, Some(0)) => quiet += 1,
+            (false, Some(0)) => raced += 1,
+            (false, Some(2)) => {
                 let err = String::from_utf8_lossy(&out.stderr);
                 assert!(err.contains("another outpost process"), "{err}");
                 refused += 1;
             }
-            other => panic!("key rotate exited {other:?}: {}", String::from_utf8_lossy(&out.stderr)),
+            (_, other) => panic!(
+                "key rotate (writer {}) exited {other:?}: {}",
+                if quiet_now { "paused" } else { "writing" },
+                String::from_utf8_lossy(&out.stderr)
+            ),
         }
-        std::thread::sleep(Duration::from_millis(50));
+        if quiet_now {
+            let _ = go_tx.send(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    stop.store(true, std::sync::atomic::Ordering::Release);
     let sent = writer.join().unwrap();
     eprintln!(
-        "{rotated} rotations done, {refused} refused while another process had the store open; {} messages",
+        "{quiet} rotations while the crew paused, {raced} between writes, {refused} refused while another process \
+         had the store open; {} messages",
         sent.len()
     );
-    assert!(rotated >= 1, "some rotation found the store free");
+    assert_eq!(quiet, MESSAGES / 4, "every quiet moment rotated the key");
     // Every acknowledged message readable under the final key; the list, status and chain whole.
     assert_eq!(common::fleet::texts(&amb, &id).unwrap(), sent);
     assert!(ok(&["status", "--dir", d(&amb)]).contains("integrity check passed"));
