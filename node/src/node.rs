@@ -5,9 +5,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sync_protocol::call::{Action, CallState, PathQuality, calls_in, calls_of};
+use sync_protocol::call::{Action, CallState, calls_in, calls_of};
 use sync_protocol::directory::{DirectoryView, LineEntry};
-use sync_protocol::router::{Hub, Write, route};
+use sync_protocol::router::{Router, Step, Write, not_reported};
 use sync_protocol::routing::RoutingEntry;
 use sync_protocol::session::{
     LogName, ModelError, NewConsent, NewMedia, NewMessage, NewSession, Patient, Requester, Service, SessionId,

@@ -6,10 +6,11 @@
 use outpost_node::config::NodeDir;
 use outpost_node::node::{InitParams, Node, NodeError, SessionRequest};
 use sync_protocol::authorship::Member;
-use sync_protocol::call::{Action, PathQuality, RotaDesk};
+use sync_protocol::call::{Action, Listen, PathQuality, RotaDesk};
 use sync_protocol::directory::{DirectoryDoc, Hours, LineEntry, directory_id};
 use sync_protocol::engine::{Applied, Incoming};
-use sync_protocol::session::{LogValue, Patient, Requester, Service};
+use sync_protocol::router::Router;
+use sync_protocol::session::{LogValue, Patient, Requester, Service, SessionId};
 use sync_protocol::vocab::{CareSetting, Channel, Priority, Role, ServiceLine};
 
 /// Wednesday 2026-07-15 12:00 UTC (13:00 BST).
@@ -148,6 +149,13 @@ fn escalated_at_hub(amb: &mut Node, hub: &mut Node) -> sync_protocol::SessionId 
     id
 }
 
+/// The hub's router, following the session's escalation from `now`, as `outpost run` does.
+fn following(hub: &mut Node, id: SessionId, now: i64) -> Router {
+    let mut router = hub.call_router(24 * 3_600_000).unwrap();
+    assert_eq!(hub.follow_escalations(&mut router, &[id], false, now).unwrap(), 1, "an open escalation is followed");
+    router
+}
+
 #[test]
 fn the_router_offers_a_callback_when_the_hubs_directory_says_the_line_is_closed() {
     let tmp = tempfile::tempdir().unwrap();
@@ -161,9 +169,10 @@ fn the_router_offers_a_callback_when_the_hubs_directory_says_the_line_is_closed(
     // Since then the hub has closed the line at weekends and evenings; now is 13:00 BST Wednesday.
     hub.set_line(dermatology("sat,sun 09:00-17:00", &["desk-derm-1"]), T - 5_000).unwrap();
     let id = escalated_at_hub(&mut amb, &mut hub);
-    let routed = hub.route_call(id, None, T + 2, T + 3).unwrap().unwrap();
-    match routed.action {
-        Action::Callback { reason, rating: None, .. } => {
+    let mut router = following(&mut hub, id, T + 2);
+    let routed = hub.route_call(&mut router, id, T + 3).unwrap();
+    match routed.action().cloned() {
+        Some(Action::Callback { reason, rating: None, .. }) => {
             assert!(reason.contains("closed") && reason.contains("sat-sun 09:00-17:00"), "{reason}")
         }
         other => panic!("expected a callback, got {other:?}"),
@@ -180,12 +189,16 @@ fn the_router_waits_for_a_desk_when_the_hubs_directory_has_the_line_open() {
     hub.set_line(dermatology("mon-fri 08:00-18:30", &["desk-derm-1"]), T).unwrap();
     let id = escalated_at_hub(&mut amb, &mut hub);
     // No desk holds the session yet: the router waits rather than refusing.
-    let routed = hub.route_call(id, None, T + 2, T + 3).unwrap().unwrap();
-    assert_eq!(routed.action, Action::Wait);
+    let mut router = following(&mut hub, id, T + 2);
+    let routed = hub.route_call(&mut router, id, T + 3).unwrap();
+    assert_eq!(routed.action(), Some(&Action::Wait));
     // With no line in the directory at all, a callback that says so.
     hub.remove_line(ServiceLine::Dermatology, T + 4).unwrap();
-    let routed = hub.route_call(id, None, T + 2, T + 5).unwrap().unwrap();
-    assert!(matches!(&routed.action, Action::Callback { reason, .. } if reason.contains("no rota")), "{routed:?}");
+    let routed = hub.route_call(&mut router, id, T + 5).unwrap();
+    assert!(
+        matches!(routed.action(), Some(Action::Callback { reason, .. }) if reason.contains("no rota")),
+        "{routed:?}"
+    );
 }
 
 #[test]
@@ -197,20 +210,22 @@ fn a_line_closed_here_hands_the_call_to_its_federated_hub_after_the_link_gate() 
     closed.fallback_hub = Some("hub-qox".into());
     hub.set_line(closed, T).unwrap();
     let id = escalated_at_hub(&mut amb, &mut hub);
-    let routed = hub.route_call(id, None, T + 2, T + 3).unwrap().unwrap();
-    assert_eq!(routed.action, Action::Measure, "the link is judged before any hand-over");
+    let mut router = following(&mut hub, id, T + 2);
+    let routed = hub.route_call(&mut router, id, T + 3).unwrap();
+    assert_eq!(routed.action(), Some(&Action::Measure), "the link is judged before any hand-over");
     let good = PathQuality { rtt_ms: 40.0, jitter_ms: 3.0, loss: 0.0, burst_ratio: 1.0, probes: 50 };
-    let routed = hub.route_call(id, Some(&good), T + 2, T + 4).unwrap().unwrap();
-    assert!(matches!(routed.action, Action::GatePassed(..)), "{routed:?}");
-    let routed = hub.route_call(id, Some(&good), T + 2, T + 5).unwrap().unwrap();
-    assert_eq!(routed.action, Action::Federate { hub: "hub-qox".into() });
+    assert_eq!(router.heard(id.to_bytes(), good, T + 4), Some(Listen::Judge(good)));
+    let routed = hub.route_call(&mut router, id, T + 4).unwrap();
+    assert!(matches!(routed.action(), Some(Action::GatePassed(..))), "{routed:?}");
+    let routed = hub.route_call(&mut router, id, T + 5).unwrap();
+    assert_eq!(routed.action(), Some(&Action::Federate { hub: "hub-qox".into() }));
     assert!(routed.wrote);
     let view = hub.view(id).unwrap();
     assert!(view.shared_with.contains(&"hub-qox".to_string()), "shared with the federated hub in the same write");
     assert!(view.routing.iter().any(|e| e.get("kind") == Some(&LogValue::Str("federate".into()))));
     // From now on the other hub routes it; this one waits.
-    let routed = hub.route_call(id, Some(&good), T + 2, T + 6).unwrap().unwrap();
-    assert_eq!(routed.action, Action::Wait);
+    let routed = hub.route_call(&mut router, id, T + 6).unwrap();
+    assert_eq!(routed.action(), Some(&Action::Wait));
     assert!(!routed.wrote);
 }
 

@@ -84,6 +84,8 @@ pub struct Report {
     pub convergence_seconds: Option<f64>,
     /// Call escalations.
     pub escalations: usize,
+    /// Outcomes (sides) the hubs flagged `not_reported` after a call.
+    pub not_reported: u64,
     /// Share of escalations where the desk held the whole session when it rang.
     pub escalations_desk_held_whole: f64,
     /// Median seconds from the call being asked for to the desk ringing.
@@ -200,6 +202,9 @@ impl Report {
             self.escalation_to_ring.p50,
             self.escalation_to_ring.p95
         );
+        if self.not_reported > 0 {
+            let _ = writeln!(s, "outcomes flagged not reported after a call: {}", self.not_reported);
+        }
         if self.escalations_handed_over.0 > 0 {
             let _ = writeln!(
                 s,
@@ -208,7 +213,10 @@ impl Report {
             );
         }
         if self.violations.is_empty() {
-            let _ = writeln!(s, "\ninvariants: all held (durability, scope, receipts, status, routing, convergence)");
+            let _ = writeln!(
+                s,
+                "\ninvariants: all held (durability, scope, receipts, status, routing, outcomes, convergence)"
+            );
         } else {
             let _ = writeln!(s, "\ninvariants: {} VIOLATIONS (seed {}):", self.violations.len(), self.seed);
             for v in self.violations.iter().take(20) {
@@ -229,6 +237,12 @@ pub fn rerun_command(scenario: &str, opts: &Options) -> String {
     }
     if let Some(n) = &opts.bugs.ignore_scope_at {
         extra.push_str(&format!(" --plant ignore-scope-at={n}"));
+    }
+    if opts.bugs.gate_hears_one_window {
+        extra.push_str(" --plant gate-hears-one-window");
+    }
+    if opts.bugs.flags_outcomes_at_once {
+        extra.push_str(" --plant flags-outcomes-at-once");
     }
     format!(
         "SIM_SEED={seed} cargo run --release -p outpost-sim -- run --scenario {scenario}{extra} --out sim-out/{scenario}-{seed}"
@@ -327,6 +341,7 @@ fn report(w: &mut World, name: &str, seed: u64, rerun: String, wall: f64) -> Rep
         directory_edits: w.directory_edits,
         convergence_seconds: w.convergence_seconds(),
         escalations: esc.len(),
+        not_reported: w.not_reported,
         escalations_desk_held_whole: if rung.is_empty() { 0.0 } else { held as f64 / rung.len() as f64 },
         escalation_to_ring: Percentiles::of(rung.iter().filter_map(|e| Some(e.rung_s? - e.asked_s)).collect()),
         escalations_connected: esc.iter().filter(|e| e.connected_s.is_some()).count(),

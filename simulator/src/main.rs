@@ -139,11 +139,16 @@ fn main() -> ExitCode {
             for p in &plant {
                 match p.split_once('=') {
                     None if p == "lose-acked-writes" => bugs.lose_acked_writes_on_crash = true,
+                    None if p == "gate-hears-one-window" => bugs.gate_hears_one_window = true,
+                    None if p == "flags-outcomes-at-once" => bugs.flags_outcomes_at_once = true,
                     Some(("ignore-scope-at", node)) if !node.is_empty() => {
                         bugs.ignore_scope_at = Some(node.to_string())
                     }
                     _ => {
-                        eprintln!("error: unknown --plant {p:?}; use lose-acked-writes or ignore-scope-at=NODE");
+                        eprintln!(
+                            "error: unknown --plant {p:?}; use lose-acked-writes, ignore-scope-at=NODE, \
+                             gate-hears-one-window or flags-outcomes-at-once"
+                        );
                         return ExitCode::from(2);
                     }
                 }

@@ -265,6 +265,9 @@ pub struct Workload {
     pub desk_away: f64,
     /// Seconds a consultant takes to answer a ringing desk (uniform).
     pub answer_s: (f64, f64),
+    /// Hours after a call connects before the hub flags a missing outcome `not_reported`
+    /// (the node's `OUTPOST_OUTCOME_WAIT_S`; a day by default).
+    pub outcome_wait_hours: f64,
 }
 
 impl Default for Workload {
@@ -292,6 +295,7 @@ impl Default for Workload {
             outcome_share: 0.9,
             desk_away: 0.15,
             answer_s: (3.0, 15.0),
+            outcome_wait_hours: 24.0,
         }
     }
 }

@@ -11,14 +11,14 @@ use sync_protocol::TimeMs;
 use sync_protocol::authorship::{AuthorKey, Member, SharedRoster};
 use sync_protocol::blob::ChunkWindow;
 use sync_protocol::call::{
-    ADPCM_32K, Action, DEFAULT_RING_S, GATE_PROBES, GATE_WINDOWS, GateListen, HOLD_WAIT_MS, Listen, PathQuality,
-    RotaDesk, calls_of, gate, gate_window_ms, quality_from_probes,
+    ADPCM_32K, Action, DEFAULT_RING_S, GATE_PROBES, GATE_WINDOWS, Listen, PathQuality, RotaDesk, calls_of, gate,
+    gate_window_ms, quality_from_probes,
 };
 use sync_protocol::directory::{DirectoryDoc, Hours, LineEntry};
 use sync_protocol::engine::{Engine, EngineConfig, Replica};
 use sync_protocol::links::{self, LinkProfile, LinkState, Uniform};
 use sync_protocol::mem::{ChunkPool, MemReplica};
-use sync_protocol::router::{Hub, route};
+use sync_protocol::router::{Due, PlantedBug, Router, Step, Write, not_reported};
 use sync_protocol::routing::RoutingEntry;
 use sync_protocol::scope::{DocMeta, PeerInfo, may_hold};
 use sync_protocol::session::{
@@ -78,8 +78,10 @@ pub struct Bugs {
     pub lose_acked_writes_on_crash: bool,
     /// A store that ignores scope when it serves this node's peers (names a node).
     pub ignore_scope_at: Option<String>,
-    /// A hub that judges the link by its first second of probes, without listening again.
+    /// A hub whose router judges the link by its first second of probes, without listening again.
     pub gate_hears_one_window: bool,
+    /// A hub whose router flags outcomes `not_reported` as soon as a call connects.
+    pub flags_outcomes_at_once: bool,
 }
 
 /// Run options.
@@ -248,22 +250,17 @@ struct SimCall {
     call: String,
     /// The requester.
     node: usize,
-    /// When the hub first saw it: simulated time, and the hub's clock (ms).
-    seen_at_hub: Option<(Micros, TimeMs)>,
-    /// When the federated hub first saw it handed over, and its clock (ms).
-    seen_at_fed: Option<(Micros, TimeMs)>,
-    done: bool,
+    /// When the hub's router first followed it (simulated time).
+    seen_at_hub: Option<Micros>,
+    /// When the federated hub first saw it handed over (simulated time).
+    seen_at_fed: Option<Micros>,
     /// Messages and photos of the session when the call was asked for.
     items: (Vec<String>, Vec<String>),
-    /// The requester's path as the hub measured it.
-    quality: Option<PathQuality>,
-    /// The path to the handing hub as the federated hub measured it.
-    fed_quality: Option<PathQuality>,
     /// Every window of probes the gate heard at its latest measurement (for the gate's check).
     heard: Vec<PathQuality>,
-    /// The gate listening, while a window is under way: its hub, the shared rule's state, and
-    /// what the window's probes are finding.
-    listening: Option<(usize, GateListen, PathQuality)>,
+    /// A window of the gate's probes under way: its hub, what the probes are finding, and the
+    /// token of its event.
+    listening: Option<(usize, PathQuality, u64)>,
     esc_index: usize,
 }
 
@@ -284,8 +281,6 @@ pub struct World {
     metas: BTreeMap<DocId, DocMeta>,
     /// Desks answering each line, in rota order.
     rota: BTreeMap<ServiceLine, Vec<usize>>,
-    /// The federated hub (another ICB's), if the scenario has one.
-    fed: Option<usize>,
     /// The nodes' clock at the start (UK time `start_hour` on the simulated day).
     epoch_ms: TimeMs,
     /// Sessions each desk has started answering.
@@ -293,6 +288,14 @@ pub struct World {
     /// Status last seen per (node, doc).
     statuses: BTreeMap<(usize, DocId), (u32, Status)>,
     calls: Vec<SimCall>,
+    /// Each hub's router (the node's own, `sync_protocol::router::Router`).
+    routers: BTreeMap<usize, router::HubRouter>,
+    /// The last gate window's event token.
+    gate_token: u64,
+    /// Outcomes the clinicians recorded: (session, side).
+    recorded: BTreeSet<(DocId, Side)>,
+    /// Outcomes the hubs flagged `not_reported` (sides).
+    pub not_reported: u64,
     /// Rings each desk has heard: (desk, call, attempt).
     heard: BTreeSet<(usize, String, u32)>,
     /// Results.
@@ -503,12 +506,15 @@ impl World {
             links,
             hub: 0,
             metas: BTreeMap::new(),
-            fed: fed.map(|(h, _)| h),
             epoch_ms,
             rota,
             replied: BTreeSet::new(),
             statuses: BTreeMap::new(),
             calls: Vec::new(),
+            routers: BTreeMap::new(),
+            gate_token: 0,
+            recorded: BTreeSet::new(),
+            not_reported: 0,
             heard: BTreeSet::new(),
             ledger: Ledger::default(),
             escalations: Vec::new(),
@@ -668,8 +674,8 @@ impl World {
                     self.after(SECOND, Ev::Converge);
                 }
             }
-            Ev::Ring(i) => self.route(i),
-            Ev::GateWindow(i) => self.gate_window_heard(i),
+            Ev::RouterWake(h) => self.router_wakes(h),
+            Ev::GateWindow(i, token) => self.gate_window_heard(i, token),
             Ev::Settle => self.settle(),
             Ev::End => {
                 self.sample();

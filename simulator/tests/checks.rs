@@ -77,6 +77,18 @@ fn smoke_holds(seed: u64) {
 }
 
 #[test]
+fn a_router_that_flags_outcomes_not_reported_before_the_wait_is_caught() {
+    // The planted bug is in the shared router (`sync_protocol::router::Router`), the code the
+    // node's hub runs: the simulator drives it and its outcomes check sees the early flag.
+    let plain = smoke(7, None, Bugs::default());
+    assert!(plain.passed(), "{}", plain.summary());
+    assert!(plain.not_reported > 0, "the smoke region's hour-long wait runs out for some call\n{}", plain.summary());
+    let r = smoke(7, None, Bugs { flags_outcomes_at_once: true, ..Bugs::default() });
+    assert!(checks(&r).contains(&"outcomes"), "the early flag went unnoticed:\n{}", r.summary());
+    assert!(r.rerun.contains("--plant flags-outcomes-at-once"), "{}", r.rerun);
+}
+
+#[test]
 fn a_store_that_acknowledges_before_it_is_durable_is_caught() {
     let r = smoke(7, None, Bugs { lose_acked_writes_on_crash: true, ..Bugs::default() });
     let summary = r.summary();

@@ -623,6 +623,28 @@ pub fn next_action(
     Action::Ring { desk: next.desk.clone(), attempt: call.rings.len() as u32 + 1, ring_s: next.ring_s }
 }
 
+/// How often the router looks again at an escalation waiting for a desk to hold the whole case,
+/// ms: who holds a session is learnt from what desks acknowledge in sync, which changes no
+/// session, so no change to the session announces it.
+pub const HOLDERS_POLL_MS: TimeMs = 250;
+
+/// When [`next_action`], having answered [`Action::Wait`] for `call`, may answer otherwise
+/// although the session does not change: the end of the ring under way, the federated hub's
+/// time limit, or (while no desk holds the whole case) the next look at who holds it, at the
+/// latest the end of [`HOLD_WAIT_MS`]. `None` for a call no longer open.
+pub fn waits_until(call: &CallState, seen_ms: TimeMs, now: TimeMs) -> Option<TimeMs> {
+    if !call.is_open() {
+        return None;
+    }
+    if let Some(fed) = &call.federated {
+        return Some(fed.at + FEDERATE_WAIT_MS);
+    }
+    if let Some((_, _, rung, ring_s)) = call.ringing() {
+        return Some(rung + i64::from(*ring_s) * 1000);
+    }
+    Some((now + HOLDERS_POLL_MS).min(seen_ms + HOLD_WAIT_MS))
+}
+
 /// The link gate's step, if it has not judged yet: measure, or its verdict.
 fn judge(call: &CallState, quality: Option<&PathQuality>) -> Option<Action> {
     if call.gate.is_some() {

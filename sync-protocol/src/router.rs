@@ -11,12 +11,17 @@
 //! of another ICB only when the call was handed to it, and then shares the session with its own
 //! rota's desks first so that they may hold it.
 
+use std::collections::BTreeMap;
+
 use crate::TimeMs;
-use crate::call::{Action, CallbackCause, PathQuality, calls_of, next_action};
+use crate::call::{
+    ADPCM_32K, Action, CallState, CallbackCause, GateListen, Listen, PathQuality, calls_of, next_action, waits_until,
+};
 use crate::directory::LineEntry;
 use crate::routing::{GateFigures, RoutingEntry, Since, Verdict};
 use crate::session::{ModelError, SessionDoc, SessionView};
-use crate::vocab::Status;
+use crate::vocab::{Outcome, Side, Status};
+use crate::wire::DocId;
 
 /// The hub that routes.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +61,13 @@ pub enum Write {
         /// `connected` after a connection, `awaiting_reply` after a callback.
         status: Option<Status>,
     },
+    /// After a call, the sides that recorded no outcome in time, flagged `not_reported` by the hub.
+    NotReported {
+        /// The sides.
+        sides: Vec<Side>,
+        /// The hub that flags them.
+        by: String,
+    },
 }
 
 impl Write {
@@ -67,6 +79,7 @@ impl Write {
             Write::Federate { .. } => "call.federate",
             Write::Gate { .. } => "call.gate",
             Write::Step { .. } => "call.route",
+            Write::NotReported { .. } => "outcome.not_reported",
         }
     }
 
@@ -93,6 +106,12 @@ impl Write {
                 }
                 Ok(())
             }
+            Write::NotReported { sides, by } => {
+                for side in sides {
+                    doc.set_outcome(*side, Outcome::NotReported, by, now)?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -109,6 +128,9 @@ pub struct Decision {
     pub action: Action,
     /// What to write to the session, in order (nothing for `Wait` and `Measure`).
     pub writes: Vec<Write>,
+    /// For a `Wait`: when to look again although the session does not change
+    /// ([`waits_until`]).
+    pub wait_until: Option<TimeMs>,
 }
 
 /// One step of the hub's router for the session's first open escalation. `line` is this hub's
@@ -203,13 +225,270 @@ pub fn route(
             ));
         }
     }
-    Some(Decision { call: call.call, requester, action, writes })
+    let wait_until = if action == Action::Wait { waits_until(&here, seen_ms, now) } else { None };
+    Some(Decision { call: call.call, requester, action, writes, wait_until })
+}
+
+/// A call this hub handed to another ICB's hub, which has since connected it: this hub relays
+/// the requester's voice to that hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relay {
+    /// The escalation.
+    pub call: String,
+    /// The requester, whose voice this hub relays.
+    pub requester: String,
+    /// The federated hub that connected the call.
+    pub hub: String,
+}
+
+/// What one step of the [`Router`] came to for a session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// A decision: apply its writes, in order. After [`Action::Measure`] the router listens to
+    /// the requester's path: measure window 0 and report it with [`Router::heard`].
+    Decided(Decision),
+    /// A window of the gate's probes is under way: nothing to do until it is heard.
+    Listening,
+    /// Nothing left for this hub to route in the session: it is no longer followed. `relay`
+    /// names a call this hub handed over that the other hub has connected.
+    Done {
+        /// The voice this hub now relays, if any.
+        relay: Option<Relay>,
+    },
+    /// The router does not follow this session (see [`Router::follow`]).
+    NotFollowed,
+}
+
+/// What is due at a [`Router::handle_timeout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Due {
+    /// Step the session's escalation ([`Router::step`]).
+    Route(DocId),
+    /// The call connected long enough ago: flag the outcomes still missing ([`not_reported`]).
+    Outcomes(DocId),
+}
+
+/// A mistake planted in the router on purpose, to show that the simulator catches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// The link gate judges the first window of probes it hears, without listening again
+    /// after a lossy second.
+    GateHearsOneWindow,
+    /// Missing outcomes are flagged as soon as a call connects, not after the wait.
+    FlagsOutcomesAtOnce,
+}
+
+/// One escalation the router follows.
+#[derive(Debug, Clone)]
+struct Followed {
+    /// When this hub first saw it (or, after a restart, saw it again), its clock.
+    seen_ms: TimeMs,
+    /// The requester's path as the gate judged it.
+    quality: Option<PathQuality>,
+    /// The gate, while it listens.
+    listening: Option<GateListen>,
+    /// When to step it again without a change to the session.
+    wake_ms: Option<TimeMs>,
+}
+
+/// The hub's call router over time, in the manner of a sans-IO protocol state machine: which
+/// escalations it follows, when each first reached it, what the gate measured, and when it
+/// must look again (the end of a ring, of the wait for a desk to hold the case, of the wait
+/// for a federated hub, of the wait for outcomes after a call). It does no I/O and reads no
+/// clock: the driver (the node's `outpost run` on a hub, or the simulator's hub) tells it
+/// of changed sessions ([`Router::follow`]), steps what is due ([`Router::handle_timeout`],
+/// [`Router::step`]), measures paths when asked ([`Router::heard`]), applies the writes, and
+/// sleeps until [`Router::poll_timeout`] or the next change. State lives in memory only: a
+/// restarted hub follows every open escalation afresh.
+#[derive(Debug, Clone)]
+pub struct Router {
+    name: String,
+    icb: Option<String>,
+    outcome_wait_ms: TimeMs,
+    followed: BTreeMap<DocId, Followed>,
+    outcomes: BTreeMap<DocId, TimeMs>,
+    planted: Option<PlantedBug>,
+}
+
+impl Router {
+    /// The router of hub `name` (of `icb`), which flags outcomes still missing
+    /// `outcome_wait_ms` after a call connects.
+    pub fn new(name: &str, icb: Option<&str>, outcome_wait_ms: TimeMs) -> Router {
+        Router {
+            name: name.to_string(),
+            icb: icb.map(str::to_string),
+            outcome_wait_ms,
+            followed: BTreeMap::new(),
+            outcomes: BTreeMap::new(),
+            planted: None,
+        }
+    }
+
+    /// Plants a bug, for the simulator's planted-bug runs.
+    pub fn plant(&mut self, bug: PlantedBug) {
+        self.planted = Some(bug);
+    }
+
+    /// Whether a session with these calls has anything for a router to follow: an open escalation.
+    pub fn wants(calls: &[CallState]) -> bool {
+        calls.iter().any(CallState::is_open)
+    }
+
+    /// The session changed, or holds an open escalation (see [`Router::wants`]): follow it from
+    /// `now` if not yet followed, and step it at once (unless the gate is listening).
+    pub fn follow(&mut self, doc: DocId, now: TimeMs) {
+        let f = self.followed.entry(doc).or_insert(Followed {
+            seen_ms: now,
+            quality: None,
+            listening: None,
+            wake_ms: None,
+        });
+        if f.listening.is_none() {
+            f.wake_ms = Some(now);
+        }
+    }
+
+    /// Stops following the session (its steps fail: the driver reported why).
+    pub fn forget(&mut self, doc: &DocId) {
+        self.followed.remove(doc);
+    }
+
+    /// Whether the router follows the session.
+    pub fn follows(&self, doc: &DocId) -> bool {
+        self.followed.contains_key(doc)
+    }
+
+    /// The sessions followed, each with when this hub first saw its escalation.
+    pub fn followed(&self) -> impl Iterator<Item = (&DocId, TimeMs)> {
+        self.followed.iter().map(|(d, f)| (d, f.seen_ms))
+    }
+
+    /// A call connected in the session (found at a restart): flag its missing outcomes after the wait.
+    pub fn await_outcomes(&mut self, doc: DocId, now: TimeMs) {
+        let wait = if self.planted == Some(PlantedBug::FlagsOutcomesAtOnce) { 0 } else { self.outcome_wait_ms };
+        self.outcomes.entry(doc).or_insert(now + wait);
+    }
+
+    /// One step for a followed session's escalation, from this hub's copy of the session, its
+    /// own directory line for the session's service line, and the nodes known to hold it.
+    pub fn step(
+        &mut self,
+        doc: DocId,
+        view: &SessionView,
+        line: Option<&LineEntry>,
+        holders: &[String],
+        now: TimeMs,
+    ) -> Step {
+        let Some(f) = self.followed.get_mut(&doc) else { return Step::NotFollowed };
+        if f.listening.is_some() {
+            return Step::Listening;
+        }
+        let hub = Hub { name: &self.name, icb: self.icb.as_deref() };
+        let Some(decision) = route(hub, view, line, holders, f.quality.as_ref(), f.seen_ms, now) else {
+            self.followed.remove(&doc);
+            let relay = calls_of(view).into_iter().rev().find_map(|c| {
+                let fed = c.federated.as_ref().filter(|f| f.from == self.name)?;
+                c.connected.as_ref().map(|_| Relay {
+                    call: c.call.clone(),
+                    requester: c.by.clone(),
+                    hub: fed.hub.clone(),
+                })
+            });
+            if relay.is_some() {
+                self.await_outcomes(doc, now);
+            }
+            return Step::Done { relay };
+        };
+        match &decision.action {
+            Action::Measure => {
+                f.listening = Some(GateListen::default());
+                f.wake_ms = None;
+            }
+            Action::Connected { .. } => {
+                self.followed.remove(&doc);
+                self.await_outcomes(doc, now);
+            }
+            Action::Callback { .. } => {
+                self.followed.remove(&doc);
+            }
+            // At the end of the ring, of the wait for a desk or for the other hub.
+            Action::Wait => f.wake_ms = decision.wait_until.map(|w| w.max(now + 1)),
+            // The next step follows at once.
+            Action::GatePassed(..) | Action::Ring { .. } | Action::NoAnswer { .. } | Action::Federate { .. } => {
+                f.wake_ms = Some(now)
+            }
+        }
+        Step::Decided(decision)
+    }
+
+    /// A window of the gate's probes was heard for the session: the shared rule says whether to
+    /// listen again (measure that window next) or judge; after a judgement the session is
+    /// stepped at once. `None` when the gate was not listening for it.
+    pub fn heard(&mut self, doc: DocId, window: PathQuality, now: TimeMs) -> Option<Listen> {
+        let f = self.followed.get_mut(&doc)?;
+        let listen = f.listening.as_mut()?;
+        let verdict = match listen.heard(window, &ADPCM_32K) {
+            Listen::Again(_) if self.planted == Some(PlantedBug::GateHearsOneWindow) => Listen::Judge(window),
+            v => v,
+        };
+        if let Listen::Judge(q) = verdict {
+            f.quality = Some(q);
+            f.listening = None;
+            f.wake_ms = Some(now);
+        }
+        Some(verdict)
+    }
+
+    /// The gate stopped listening without a verdict (its measurement was cut off): measure
+    /// afresh at the next step.
+    pub fn unheard(&mut self, doc: DocId, now: TimeMs) {
+        if let Some(f) = self.followed.get_mut(&doc) {
+            f.listening = None;
+            f.wake_ms = Some(now);
+        }
+    }
+
+    /// When something is next due, if anything is (this hub's clock).
+    pub fn poll_timeout(&self) -> Option<TimeMs> {
+        let wakes = self.followed.values().filter_map(|f| f.wake_ms);
+        wakes.chain(self.outcomes.values().copied()).min()
+    }
+
+    /// What is due at `now`, in order: each is handed out once.
+    pub fn handle_timeout(&mut self, now: TimeMs) -> Vec<Due> {
+        let mut due = Vec::new();
+        for (doc, f) in self.followed.iter_mut() {
+            if f.wake_ms.is_some_and(|w| w <= now) {
+                f.wake_ms = None;
+                due.push(Due::Route(*doc));
+            }
+        }
+        let done: Vec<DocId> = self.outcomes.iter().filter(|(_, t)| **t <= now).map(|(d, _)| *d).collect();
+        for doc in done {
+            self.outcomes.remove(&doc);
+            due.push(Due::Outcomes(doc));
+        }
+        due
+    }
+}
+
+/// The write that flags each side of the session that has recorded no outcome `not_reported`
+/// (by the hub, after the wait that follows a call); `None` if both sides recorded one.
+pub fn not_reported(view: &SessionView, by: &str) -> Option<Write> {
+    let mut sides = Vec::new();
+    if view.outcome.requester.is_none() {
+        sides.push(Side::Requester);
+    }
+    if view.outcome.responder.is_none() {
+        sides.push(Side::Responder);
+    }
+    (!sides.is_empty()).then(|| Write::NotReported { sides, by: by.to_string() })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::call::RotaDesk;
+    use crate::call::{HOLD_WAIT_MS, HOLDERS_POLL_MS, RotaDesk};
     use crate::directory::Hours;
     use crate::session::{NewSession, Patient, Requester, Service, SessionId};
     use crate::vocab::{CareSetting, Channel, Priority, ServiceLine};
@@ -290,5 +569,155 @@ mod tests {
         let d = route(other, &view, Some(&theirs), &[], Some(&good), now, now).unwrap();
         assert_eq!(d.requester, "hub-qhm", "the federated hub relays the handing hub's voice");
         assert_eq!(d.writes.first(), Some(&Write::ShareWithRota { desks: vec!["desk-ox-1".into()] }));
+    }
+    /// Applies a decision's writes to the session, as a driver does.
+    fn apply(doc: &mut SessionDoc, step: &Step, now: TimeMs) -> Action {
+        let Step::Decided(d) = step else { panic!("no decision: {step:?}") };
+        for w in &d.writes {
+            w.apply(doc, now).unwrap();
+        }
+        d.action.clone()
+    }
+
+    /// Steps everything due at `now`, applying the writes; the actions taken, in order.
+    fn drive(
+        router: &mut Router,
+        doc: &mut SessionDoc,
+        line: &LineEntry,
+        holders: &[String],
+        now: TimeMs,
+    ) -> Vec<Action> {
+        let id = doc.view().unwrap().id.to_bytes();
+        let mut actions = Vec::new();
+        loop {
+            let due = router.handle_timeout(now);
+            if due.is_empty() {
+                return actions;
+            }
+            for d in due {
+                assert_eq!(d, Due::Route(id));
+                let step = router.step(id, &doc.view().unwrap(), Some(line), holders, now);
+                if matches!(step, Step::Decided(_)) {
+                    actions.push(apply(doc, &step, now));
+                }
+            }
+        }
+    }
+
+    const GOOD: PathQuality = PathQuality { rtt_ms: 60.0, jitter_ms: 5.0, loss: 0.0, burst_ratio: 1.0, probes: 50 };
+
+    #[test]
+    fn the_router_looks_again_at_the_end_of_a_ring_and_not_before() {
+        let mut doc = escalated();
+        let id = doc.view().unwrap().id.to_bytes();
+        let rota = line("24/7", &["desk-1", "desk-2"], None);
+        let holders = ["desk-1".to_string(), "desk-2".to_string()];
+        let mut router = Router::new("hub-qhm", Some("QHM"), 3_600_000);
+        let t = T0 + 2_000;
+        router.follow(id, t);
+        assert_eq!(drive(&mut router, &mut doc, &rota, &holders, t), vec![Action::Measure]);
+        assert_eq!(router.poll_timeout(), None, "nothing is due while the gate listens");
+        assert_eq!(router.step(id, &doc.view().unwrap(), Some(&rota), &holders, t), Step::Listening);
+        assert_eq!(router.heard(id, GOOD, t + 1_065), Some(Listen::Judge(GOOD)));
+        let t = t + 1_065;
+        let actions = drive(&mut router, &mut doc, &rota, &holders, t);
+        assert!(
+            matches!(actions[..], [Action::GatePassed(..), Action::Ring { attempt: 1, ring_s: 20, .. }, Action::Wait]),
+            "{actions:?}"
+        );
+        assert_eq!(router.poll_timeout(), Some(t + 20_000), "the ring's end");
+        assert!(router.handle_timeout(t + 19_999).is_empty());
+        let actions = drive(&mut router, &mut doc, &rota, &holders, t + 20_000);
+        assert!(
+            matches!(&actions[..], [Action::NoAnswer { attempt: 1, .. }, Action::Ring { desk, attempt: 2, .. }, Action::Wait] if desk == "desk-2"),
+            "{actions:?}"
+        );
+        // An answer is a change to the session: the driver says so, and the call connects at once.
+        let answer = RoutingEntry::Answer { call: "k1".into(), desk: "desk-2".into(), attempt: 2 };
+        doc.append_routing(&answer, t + 25_000).unwrap();
+        router.follow(id, t + 25_000);
+        let actions = drive(&mut router, &mut doc, &rota, &holders, t + 25_000);
+        assert!(matches!(actions[..], [Action::Connected { attempt: 2, .. }]), "{actions:?}");
+        assert!(!router.follows(&id), "a connected call is no longer followed");
+        assert_eq!(doc.view().unwrap().status, Status::Connected);
+    }
+
+    #[test]
+    fn a_call_waiting_for_a_desk_to_hold_the_case_is_looked_at_again_until_the_hold_wait_ends() {
+        let mut doc = escalated();
+        let id = doc.view().unwrap().id.to_bytes();
+        let rota = line("24/7", &["desk-1"], None);
+        let mut router = Router::new("hub-qhm", Some("QHM"), 3_600_000);
+        router.follow(id, T0);
+        assert_eq!(drive(&mut router, &mut doc, &rota, &[], T0), vec![Action::Wait]);
+        // Who holds a session changes no session: the router looks again shortly.
+        assert_eq!(router.poll_timeout(), Some(T0 + HOLDERS_POLL_MS));
+        let last = T0 + HOLD_WAIT_MS - 1;
+        assert_eq!(drive(&mut router, &mut doc, &rota, &[], last), vec![Action::Wait]);
+        assert_eq!(router.poll_timeout(), Some(T0 + HOLD_WAIT_MS), "never later than the hold wait's end");
+        let actions = drive(&mut router, &mut doc, &rota, &[], T0 + HOLD_WAIT_MS);
+        assert!(
+            matches!(&actions[..], [Action::Callback { cause: CallbackCause::CaseNotDelivered, .. }]),
+            "{actions:?}"
+        );
+        assert_eq!(router.poll_timeout(), None, "a call ended in a callback awaits no outcome here");
+    }
+
+    #[test]
+    fn missing_outcomes_are_flagged_once_the_wait_after_the_call_is_over_and_recorded_ones_are_kept() {
+        let mut doc = escalated();
+        let id = doc.view().unwrap().id.to_bytes();
+        let rota = line("24/7", &["desk-1"], None);
+        let holders = ["desk-1".to_string()];
+        let wait = 3_600_000;
+        let mut router = Router::new("hub-qhm", Some("QHM"), wait);
+        router.follow(id, T0);
+        drive(&mut router, &mut doc, &rota, &holders, T0);
+        router.heard(id, GOOD, T0 + 1_000);
+        drive(&mut router, &mut doc, &rota, &holders, T0 + 1_000);
+        let answer = RoutingEntry::Answer { call: "k1".into(), desk: "desk-1".into(), attempt: 1 };
+        doc.append_routing(&answer, T0 + 5_000).unwrap();
+        router.follow(id, T0 + 5_000);
+        assert!(matches!(drive(&mut router, &mut doc, &rota, &holders, T0 + 5_000)[..], [Action::Connected { .. }]));
+        assert_eq!(router.poll_timeout(), Some(T0 + 5_000 + wait));
+        // The consultant records an outcome; the requester does not.
+        doc.set_outcome(Side::Responder, Outcome::AdviceOnly, "desk-1", T0 + 60_000).unwrap();
+        assert!(router.handle_timeout(T0 + 5_000 + wait - 1).is_empty(), "not before the wait is over");
+        assert_eq!(router.handle_timeout(T0 + 5_000 + wait), vec![Due::Outcomes(id)]);
+        assert!(router.handle_timeout(T0 + 10 * wait).is_empty(), "handed out once");
+        let write = not_reported(&doc.view().unwrap(), "hub-qhm").unwrap();
+        assert_eq!(write, Write::NotReported { sides: vec![Side::Requester], by: "hub-qhm".into() });
+        write.apply(&mut doc, T0 + 5_000 + wait).unwrap();
+        let v = doc.view().unwrap();
+        assert_eq!(v.outcome.requester.as_ref().map(|o| o.value), Some(Outcome::NotReported));
+        assert_eq!(v.outcome.responder.as_ref().map(|o| o.value), Some(Outcome::AdviceOnly));
+        assert_eq!(not_reported(&v, "hub-qhm"), None, "nothing left to flag");
+    }
+    #[test]
+    fn an_outcome_recorded_offline_is_kept_over_the_hubs_not_reported_flag_made_meanwhile() {
+        // The requester records an outcome with no link; meanwhile the hub, its wait over,
+        // flags that side not reported. Whichever order the copies merge in, the clinician's
+        // outcome is what every copy shows.
+        for hub_first in [true, false] {
+            let mut hub = escalated();
+            let mut tablet = hub.fork_as(automerge::ActorId::from(vec![9u8; 16]));
+            // The hub has written more than the tablet (its counter is ahead), so a plain
+            // last-writer-wins would pick its flag.
+            for i in 0..20 {
+                hub.share_with(&format!("desk-{i}"), T0 + i).unwrap();
+            }
+            let flag = not_reported(&hub.view().unwrap(), "hub-qhm").unwrap();
+            flag.apply(&mut hub, T0 + 3_600_000).unwrap();
+            tablet.set_outcome(Side::Requester, Outcome::ConveyanceAvoided, "amb-07", T0 + 3_500_000).unwrap();
+            let (a, b) = if hub_first { (&mut hub, &mut tablet) } else { (&mut tablet, &mut hub) };
+            a.merge(b).unwrap();
+            b.merge(a).unwrap();
+            for copy in [&mut hub, &mut tablet] {
+                let v = copy.view().unwrap();
+                let shown = v.outcome.requester.as_ref().map(|o| (o.value, o.by.clone()));
+                assert_eq!(shown, Some((Outcome::ConveyanceAvoided, "amb-07".to_string())), "hub first: {hub_first}");
+                assert_eq!(v.outcome.responder.as_ref().map(|o| o.value), Some(Outcome::NotReported));
+            }
+        }
     }
 }

@@ -1200,6 +1200,48 @@ impl<'a> Reader<'a> {
         Ok(at.unwrap_or(0))
     }
 
+    /// A side's outcome whose winning value is `not_reported` while a clinician recorded a real
+    /// one concurrently (the hub flagged it, its wait over, before the clinician's write
+    /// reached it): the clinician's outcome, with the other keys of the same write (one writer
+    /// puts all six in one change, and two concurrent writers are two actors). `None` when no
+    /// real outcome was written concurrently.
+    fn outcome_over_flag(&self, o: &ObjId, path: &str) -> Result<Option<OutcomeView>, ModelError> {
+        let actor = |id: &ObjId| match id {
+            ObjId::Id(_, actor, _) => Some(actor.clone()),
+            ObjId::Root => None,
+        };
+        let values = self.doc.get_all(o, "value")?;
+        let Some((value, id)) = values.iter().rev().find(|(v, _)| v.as_str() != Some(Outcome::NotReported.as_str()))
+        else {
+            return Ok(None);
+        };
+        let writer = actor(id);
+        let same_write = |key: &str| -> Result<Option<Value<'a>>, ModelError> {
+            let all = self.doc.get_all(o, key)?;
+            Ok(all.into_iter().rev().find(|(_, i)| actor(i) == writer).map(|(v, _)| v).filter(|v| !v.is_null()))
+        };
+        let text = |key: &str| -> Result<Option<String>, ModelError> {
+            same_write(key)?
+                .map(|v| v.as_str().map(str::to_string).ok_or_else(|| malformed(path, "expected text")))
+                .transpose()
+        };
+        let value = value.as_str().ok_or_else(|| malformed(path, "expected text"))?;
+        let clinician = match text("by_name")? {
+            Some(name) => Some(Clinician {
+                name,
+                role: text("by_role")?.unwrap_or_default(),
+                registration: text("by_registration")?,
+            }),
+            None => None,
+        };
+        Ok(Some(OutcomeView {
+            value: Outcome::parse(value).map_err(|e| malformed(path, e.to_string()))?,
+            by: text("by")?.unwrap_or_default(),
+            at_ms: same_write("at_ms")?.and_then(|v| v.as_i64()).unwrap_or(0),
+            clinician,
+        }))
+    }
+
     fn vocab<T: FromStr<Err = VocabError>>(&self, obj: &ObjId, key: &str, path: &str) -> Result<T, ModelError> {
         let text = self.req_str(obj, key, path)?;
         T::from_str(&text).map_err(|e| malformed(path, e.to_string()))
@@ -1657,6 +1699,11 @@ fn build_view(doc: &AutoCommit) -> Result<SessionView, ModelError> {
         let o = r.obj(&out, s.as_str(), ObjType::Map)?;
         let path = format!("/outcome/{s}/value");
         let Some(value) = r.str(&o, "value", &path)? else { return Ok(None) };
+        if value == Outcome::NotReported.as_str()
+            && let Some(recorded) = r.outcome_over_flag(&o, &path)?
+        {
+            return Ok(Some(recorded));
+        }
         Ok(Some(OutcomeView {
             value: Outcome::parse(&value).map_err(|e| malformed(&path, e.to_string()))?,
             by: r.str(&o, "by", &path)?.unwrap_or_default(),

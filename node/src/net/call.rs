@@ -117,166 +117,171 @@ pub(super) fn announce(shared: &Shared, docs: Vec<DocId>) {
     let _ = shared.changes.send(Notice::Docs { from: 0, docs: Arc::new(docs) });
 }
 
-/// The hub's call router: follows every open escalation, measures the requester's path,
-/// rings the rota's desks once they hold the whole case, and records each step.
+/// The hub's call router: drives the shared [`Router`] (`sync_protocol::router`) on the wall
+/// clock. It tells the router of every changed session, steps what the router says is due,
+/// measures the requester's path when asked, and sleeps until the router's next deadline or
+/// the next change. The router's decisions are written by the store thread
+/// ([`crate::node::Node::route_call`]).
 pub(super) async fn router_loop(shared: Arc<Shared>) {
     let mut changes = shared.changes.subscribe();
-    // Open escalations: session -> when this hub first saw it (its clock).
-    let mut open: std::collections::BTreeMap<SessionId, i64> = std::collections::BTreeMap::new();
-    let mut measured: std::collections::HashMap<SessionId, PathQuality> = std::collections::HashMap::new();
-    let filter = ListFilter { status: Some(Status::Routing), ..ListFilter::default() };
-    let start = shared
-        .store
-        .call(move |n| -> Result<Vec<SessionId>, crate::node::NodeError> {
-            let ids: Vec<SessionId> = n.list(&filter)?.into_iter().map(|c| c.id).collect();
-            n.open_escalations(&ids)
-        })
-        .await;
-    if let Ok(Ok(ids)) = start {
-        for id in ids {
-            open.insert(id, now_ms());
-        }
-    }
-    // Calls connected here whose outcomes are due: session -> when.
-    let mut outcomes_due: std::collections::BTreeMap<SessionId, Instant> = std::collections::BTreeMap::new();
-    let wait = outcome_wait();
-    let connected = ListFilter { status: Some(Status::Connected), ..ListFilter::default() };
-    if let Ok(Ok(ids)) =
-        shared.store.call(move |n| n.list(&connected).map(|c| c.into_iter().map(|c| c.id).collect::<Vec<_>>())).await
-    {
-        for id in ids {
-            outcomes_due.insert(id, Instant::now() + wait);
-        }
-    }
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let wait_ms = i64::try_from(outcome_wait().as_millis()).unwrap_or(i64::MAX / 4);
+    let Ok(Ok(router)) = shared.store.call(move |n| n.call_router(wait_ms)).await else { return };
+    // At start: every open escalation, and every connected call still without outcomes.
+    let Some(mut router) = follow_listed(&shared, router, &[Status::Routing, Status::Connected], true).await else {
+        return;
+    };
     let mut last_rescan = Instant::now();
     loop {
-        let due: Vec<SessionId> = outcomes_due.iter().filter(|(_, t)| **t <= Instant::now()).map(|(k, _)| *k).collect();
-        for sid in due {
-            outcomes_due.remove(&sid);
-            match shared.store.call(move |n| n.flag_unreported(sid, now_ms())).await {
-                Ok(Ok(sides)) if !sides.is_empty() => {
-                    let sides: Vec<&str> = sides.iter().map(|s| s.as_str()).collect();
-                    tracing::info!(session = %sid, sides = %sides.join(", "), "no outcome recorded after the call: flagged not reported");
-                    announce(&shared, vec![sid.to_bytes()]);
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(session = %sid, "cannot flag unreported outcomes: {e}"),
-                Err(_) => return,
+        // Everything due, in turn, until nothing is (each step that moves a call on makes
+        // the next one due at once).
+        loop {
+            let due = router.handle_timeout(now_ms());
+            if due.is_empty() {
+                break;
+            }
+            for d in due {
+                let next = match d {
+                    Due::Route(doc) => route_step(&shared, router, SessionId::from_bytes(doc)).await,
+                    Due::Outcomes(doc) => flag_outcomes(&shared, router, SessionId::from_bytes(doc)).await,
+                };
+                let Some(next) = next else { return };
+                router = next;
             }
         }
+        let until_due = router.poll_timeout().map(|t| Duration::from_millis(u64::try_from(t - now_ms()).unwrap_or(0)));
+        let sleep = until_due.map_or(RESCAN, |d| d.min(RESCAN));
         tokio::select! {
             notice = changes.recv() => match notice {
                 Ok(Notice::Docs { docs, .. }) => {
-                    let ids: Vec<SessionId> = docs
-                        .iter()
-                        .filter(|d| !is_directory_id(d))
-                        .map(|d| SessionId::from_bytes(*d))
-                        .filter(|id| !open.contains_key(id))
-                        .collect();
-                    if !ids.is_empty()
-                        && let Ok(Ok(found)) = shared.store.call(move |n| n.open_escalations(&ids)).await
-                    {
-                        for id in found {
-                            open.entry(id).or_insert_with(now_ms);
-                        }
+                    let ids: Vec<SessionId> =
+                        docs.iter().filter(|d| !is_directory_id(d)).map(|d| SessionId::from_bytes(*d)).collect();
+                    if !ids.is_empty() {
+                        let Some(next) = follow(&shared, router, ids, false).await else { return };
+                        router = next;
                     }
                 }
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
             },
-            _ = tick.tick() => {
+            _ = tokio::time::sleep(sleep) => {
                 // Now and then, every escalation in progress, in case a notice was missed.
                 if last_rescan.elapsed() >= RESCAN {
                     last_rescan = Instant::now();
-                    let filter = ListFilter { status: Some(Status::Routing), ..ListFilter::default() };
-                    let found = shared
-                        .store
-                        .call(move |n| -> Result<Vec<SessionId>, crate::node::NodeError> {
-                            let ids: Vec<SessionId> = n.list(&filter)?.into_iter().map(|c| c.id).collect();
-                            n.open_escalations(&ids)
-                        })
-                        .await;
-                    if let Ok(Ok(found)) = found {
-                        for id in found {
-                            open.entry(id).or_insert_with(now_ms);
-                        }
-                    }
+                    let Some(next) = follow_listed(&shared, router, &[Status::Routing], false).await else { return };
+                    router = next;
                 }
-            }
-        }
-        let pending: Vec<(SessionId, i64)> = open.iter().map(|(k, v)| (*k, *v)).collect();
-        for (sid, seen) in pending {
-            let q = measured.get(&sid).copied();
-            let step = shared.store.call(move |n| n.route_call(sid, q.as_ref(), seen, now_ms())).await;
-            match step {
-                Ok(Ok(Some(routed))) => match &routed.action {
-                    Action::Wait => {
-                        if routed.wrote {
-                            announce(&shared, vec![sid.to_bytes()]);
-                        }
-                    }
-                    Action::Measure => {
-                        // A burst of loss is not a bad link: the shared gate rule says
-                        // whether to listen another second, and which second to judge.
-                        let mut listen = GateListen::default();
-                        let mut window = 0;
-                        let q = loop {
-                            let heard = measure_path(&shared, &routed.requester, window).await;
-                            match listen.heard(heard, &ADPCM_32K) {
-                                Listen::Again(next) => window = next,
-                                Listen::Judge(q) => break q,
-                            }
-                        };
-                        tracing::info!(session = %sid, requester = %routed.requester, rtt_ms = q.rtt_ms, jitter_ms = q.jitter_ms, loss = q.loss, "measured the requester's path");
-                        measured.insert(sid, q);
-                    }
-                    Action::Connected { desk, .. } => {
-                        // From now on the hub relays the call's voice between the two.
-                        if let Ok(mut relay) = shared.relay.lock() {
-                            relay.insert(call_tag(&routed.call), (routed.requester.clone(), desk.clone()));
-                        }
-                        tracing::info!(session = %sid, call = %routed.call, %desk, "call connected; relaying its voice");
-                        outcomes_due.insert(sid, Instant::now() + wait);
-                        open.remove(&sid);
-                        measured.remove(&sid);
-                        announce(&shared, vec![sid.to_bytes()]);
-                    }
-                    Action::Callback { .. } => {
-                        tracing::info!(session = %sid, call = %routed.call, "call routed: {}", routed.action);
-                        open.remove(&sid);
-                        measured.remove(&sid);
-                        announce(&shared, vec![sid.to_bytes()]);
-                    }
-                    other => {
-                        tracing::info!(session = %sid, call = %routed.call, "call routing: {other}");
-                        announce(&shared, vec![sid.to_bytes()]);
-                    }
-                },
-                Ok(Ok(None)) => {
-                    open.remove(&sid);
-                    measured.remove(&sid);
-                    // A call this hub handed to another ICB's hub, now connected there: relay
-                    // the requester's voice to that hub, which relays it to its desk.
-                    if let Ok(Ok(Some((call, requester, hub)))) =
-                        shared.store.call(move |n| n.federated_connection(sid)).await
-                    {
-                        if let Ok(mut relay) = shared.relay.lock() {
-                            relay.insert(call_tag(&call), (requester, hub.clone()));
-                        }
-                        tracing::info!(session = %sid, %call, %hub, "call connected out of area; relaying its voice");
-                        outcomes_due.insert(sid, Instant::now() + wait);
-                    }
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(session = %sid, "cannot route the call: {e}");
-                    open.remove(&sid);
-                }
-                Err(_) => return,
             }
         }
     }
+}
+
+/// Tells the router of the sessions in these statuses ([`crate::node::Node::follow_escalations`]).
+async fn follow_listed(shared: &Shared, router: Router, statuses: &[Status], resume: bool) -> Option<Router> {
+    let mut ids = Vec::new();
+    for status in statuses {
+        let filter = ListFilter { status: Some(*status), ..ListFilter::default() };
+        match shared.store.call(move |n| n.list(&filter)).await {
+            Ok(Ok(cards)) => ids.extend(cards.into_iter().map(|c| c.id)),
+            Ok(Err(e)) => tracing::warn!("cannot list the sessions in {status}: {e}"),
+            Err(_) => return None,
+        }
+    }
+    follow(shared, router, ids, resume).await
+}
+
+/// Tells the router of these changed sessions. `None` once the store is closed.
+async fn follow(shared: &Shared, mut router: Router, ids: Vec<SessionId>, resume: bool) -> Option<Router> {
+    let (router, result) = shared
+        .store
+        .call(move |n| {
+            let r = n.follow_escalations(&mut router, &ids, resume, now_ms());
+            (router, r)
+        })
+        .await
+        .ok()?;
+    if let Err(e) = result {
+        tracing::warn!("cannot look for escalations to route: {e}");
+    }
+    Some(router)
+}
+
+/// One step of the router for a session, and what follows from it: the path measured for
+/// the gate, the voice relayed once connected. `None` once the store is closed.
+async fn route_step(shared: &Shared, mut router: Router, sid: SessionId) -> Option<Router> {
+    let (mut router, step) = shared
+        .store
+        .call(move |n| {
+            let r = n.route_call(&mut router, sid, now_ms());
+            (router, r)
+        })
+        .await
+        .ok()?;
+    let routed = match step {
+        Ok(routed) => routed,
+        Err(e) => {
+            tracing::warn!(session = %sid, "cannot route the call: {e}");
+            router.forget(&sid.to_bytes());
+            return Some(router);
+        }
+    };
+    if routed.wrote {
+        announce(shared, vec![sid.to_bytes()]);
+    }
+    match routed.step {
+        Step::Decided(decision) => match &decision.action {
+            Action::Wait => {}
+            Action::Measure => {
+                // A burst of loss is not a bad link: the router's gate says whether to
+                // listen another second, and which second to judge.
+                let mut window = 0;
+                loop {
+                    let heard = measure_path(shared, &decision.requester, window).await;
+                    match router.heard(sid.to_bytes(), heard, now_ms()) {
+                        Some(Listen::Again(next)) => window = next,
+                        Some(Listen::Judge(q)) => {
+                            tracing::info!(session = %sid, requester = %decision.requester, rtt_ms = q.rtt_ms, jitter_ms = q.jitter_ms, loss = q.loss, "measured the requester's path");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            Action::Connected { desk, .. } => {
+                // From now on the hub relays the call's voice between the two.
+                if let Ok(mut relay) = shared.relay.lock() {
+                    relay.insert(call_tag(&decision.call), (decision.requester.clone(), desk.clone()));
+                }
+                tracing::info!(session = %sid, call = %decision.call, %desk, "call connected; relaying its voice");
+            }
+            other => tracing::info!(session = %sid, call = %decision.call, "call routing: {other}"),
+        },
+        // A call this hub handed to another ICB's hub, now connected there: relay the
+        // requester's voice to that hub, which relays it to its desk.
+        Step::Done { relay: Some(Relay { call, requester, hub }) } => {
+            if let Ok(mut relay) = shared.relay.lock() {
+                relay.insert(call_tag(&call), (requester, hub.clone()));
+            }
+            tracing::info!(session = %sid, %call, %hub, "call connected out of area; relaying its voice");
+        }
+        Step::Done { relay: None } | Step::Listening | Step::NotFollowed => {}
+    }
+    Some(router)
+}
+
+/// The outcomes of a call that connected a while ago: those still missing are flagged
+/// `not_reported`. `None` once the store is closed.
+async fn flag_outcomes(shared: &Shared, router: Router, sid: SessionId) -> Option<Router> {
+    match shared.store.call(move |n| n.flag_unreported(sid, now_ms())).await.ok()? {
+        Ok(sides) if !sides.is_empty() => {
+            let sides: Vec<&str> = sides.iter().map(|s| s.as_str()).collect();
+            tracing::info!(session = %sid, sides = %sides.join(", "), "no outcome recorded after the call: flagged not reported");
+            announce(shared, vec![sid.to_bytes()]);
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(session = %sid, "cannot flag unreported outcomes: {e}"),
+    }
+    Some(router)
 }
 
 /// How long after a call connects the hub waits for both outcomes before flagging a missing

@@ -4,18 +4,23 @@
 use super::*;
 use sync_protocol::leg::{LEG_KIND, Leg, LegEnd, legs_in, legs_of};
 
-/// What the hub's router did in one step for one session.
+/// What the hub's router did in one step for one session, its writes durable.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Routed {
-    /// The escalation.
-    pub call: String,
-    /// The node whose voice this hub relays to the desk: the requester (whose path is
-    /// measured), or for a call handed over from another ICB, the hub that handed it.
-    pub requester: String,
-    /// The step taken.
-    pub action: Action,
+    /// The step (a decision, the gate listening, or nothing left to route here).
+    pub step: Step,
     /// Whether this step wrote to the session (so that it is pushed to peers).
     pub wrote: bool,
+}
+
+impl Routed {
+    /// The action decided, if the step decided one.
+    pub fn action(&self) -> Option<&Action> {
+        match &self.step {
+            Step::Decided(d) => Some(&d.action),
+            _ => None,
+        }
+    }
 }
 
 impl Node {
@@ -171,65 +176,73 @@ impl Node {
         })
     }
 
-    /// Sessions whose routing log holds an escalation still open.
-    pub fn open_escalations(&mut self, candidates: &[SessionId]) -> Result<Vec<SessionId>, NodeError> {
-        let mut out = Vec::new();
-        for id in candidates {
-            let Ok(routing) = self.store.routing_log(*id) else { continue };
-            if calls_in(&routing).iter().any(CallState::is_open) {
-                out.push(*id);
-            }
-        }
-        Ok(out)
+    /// This hub's call router, following nothing yet (see [`Node::follow_escalations`]); it
+    /// flags outcomes still missing `outcome_wait_ms` after a call connects.
+    pub fn call_router(&self, outcome_wait_ms: i64) -> Result<Router, NodeError> {
+        self.require("routing calls", "hub", &[Role::Hub])?;
+        Ok(Router::new(&self.config.name, self.config.icb.as_deref(), outcome_wait_ms))
     }
 
-    /// One step of the hub's router for a session's first open escalation: decides with
-    /// the shared router (`sync_protocol::router::route`) and records what it decided in the routing log (durably) before
-    /// returning it. `quality` is the requester's path as just measured, `seen_ms` when this
-    /// hub first saw the escalation.
-    pub fn route_call(
+    /// Hands the router every session among `candidates` that it follows already or whose
+    /// routing log holds an open escalation; with `resume` (a router just started), also
+    /// every connected call among them, whose missing outcomes it flags after its wait.
+    /// Returns how many it now follows or awaits.
+    pub fn follow_escalations(
         &mut self,
-        id: SessionId,
-        quality: Option<&PathQuality>,
-        seen_ms: i64,
+        router: &mut Router,
+        candidates: &[SessionId],
+        resume: bool,
         now: i64,
-    ) -> Result<Option<Routed>, NodeError> {
+    ) -> Result<usize, NodeError> {
+        let mut n = 0;
+        for id in candidates {
+            let doc = id.to_bytes();
+            if router.follows(&doc) {
+                router.follow(doc, now);
+                n += 1;
+                continue;
+            }
+            let Ok(routing) = self.store.routing_log(*id) else { continue };
+            let calls = calls_in(&routing);
+            if Router::wants(&calls) {
+                router.follow(doc, now);
+                n += 1;
+            } else if resume && calls.last().is_some_and(|c| c.connected.is_some()) {
+                router.await_outcomes(doc, now);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// One step of the hub's router for a session it follows
+    /// ([`sync_protocol::router::Router::step`]), reading this hub's directory line and who
+    /// holds the session; what it decided is written to the session (durably, one change per
+    /// write, each audited) before it is returned.
+    pub fn route_call(&mut self, router: &mut Router, id: SessionId, now: i64) -> Result<Routed, NodeError> {
         self.require("routing calls", "hub", &[Role::Hub])?;
         let view = self.store.view(id)?;
         // Only this hub's directory decides who is rung.
         let line = self.directory()?.and_then(|d| d.lines.get(&view.service.line).cloned());
         let holders = self.store.holders_of(&id.to_bytes())?;
-        let hub = Hub { name: &self.config.name, icb: self.config.icb.as_deref() };
-        let Some(decision) = route(hub, &view, line.as_ref(), &holders, quality, seen_ms, now) else {
-            return Ok(None);
-        };
+        let step = router.step(id.to_bytes(), &view, line.as_ref(), &holders, now);
+        let Step::Decided(decision) = &step else { return Ok(Routed { step, wrote: false }) };
         for w in &decision.writes {
-            let detail = match w {
-                Write::ShareWithRota { desks } => serde_json::json!({ "call": decision.call, "shared_with": desks }),
-                Write::Federate { hub, .. } => serde_json::json!({ "call": decision.call, "federated_to": hub }),
-                Write::Gate { .. } => serde_json::Value::Null,
-                Write::Step { entry, .. } => {
-                    serde_json::json!({ "call": decision.call, "step": entry.kind().as_str() })
-                }
-            };
-            let detail = (!detail.is_null()).then_some(detail);
-            self.store
-                .edit(id, w.audit_action(), detail, now, |_, doc| w.apply(doc, now).map_err(crate::store::model(id)))?;
+            self.apply_routing_write(id, &decision.call, w, now)?;
         }
-        let wrote = !decision.writes.is_empty();
-        Ok(Some(Routed { call: decision.call, requester: decision.requester, action: decision.action, wrote }))
+        Ok(Routed { wrote: !decision.writes.is_empty(), step })
     }
 
-    /// For a session whose latest escalation this hub handed to a federated hub, and which
-    /// that hub has since connected: (call, requester, federated hub), so that this hub relays
-    /// the requester's voice to the federated hub.
-    pub fn federated_connection(&mut self, id: SessionId) -> Result<Option<(String, String, String)>, NodeError> {
-        let view = self.store.view(id)?;
-        let me = self.config.name.as_str();
-        Ok(calls_of(&view).into_iter().rev().find_map(|c| {
-            let fed = c.federated.as_ref().filter(|f| f.from == me)?;
-            c.connected.as_ref().map(|_| (c.call.clone(), c.by.clone(), fed.hub.clone()))
-        }))
+    fn apply_routing_write(&mut self, id: SessionId, call: &str, w: &Write, now: i64) -> Result<(), NodeError> {
+        let detail = match w {
+            Write::ShareWithRota { desks } => Some(serde_json::json!({ "call": call, "shared_with": desks })),
+            Write::Federate { hub, .. } => Some(serde_json::json!({ "call": call, "federated_to": hub })),
+            Write::Gate { .. } | Write::NotReported { .. } => None,
+            Write::Step { entry, .. } => Some(serde_json::json!({ "call": call, "step": entry.kind().as_str() })),
+        };
+        self.store
+            .edit(id, w.audit_action(), detail, now, |_, doc| w.apply(doc, now).map_err(crate::store::model(id)))?;
+        Ok(())
     }
 }
 
@@ -300,29 +313,17 @@ impl Node {
 
 impl Node {
     /// After a call, a side that has recorded no outcome in time is flagged `not_reported`
-    /// (by the hub). Returns the sides flagged.
+    /// (by the hub, [`sync_protocol::router::not_reported`]). Returns the sides flagged.
     pub fn flag_unreported(&mut self, id: SessionId, now: i64) -> Result<Vec<Side>, NodeError> {
         self.require("flagging unreported outcomes", "hub", &[Role::Hub])?;
         let view = self.store.view(id)?;
-        let mut missing = Vec::new();
-        if view.outcome.requester.is_none() {
-            missing.push(Side::Requester);
-        }
-        if view.outcome.responder.is_none() {
-            missing.push(Side::Responder);
-        }
-        if missing.is_empty() {
-            return Ok(missing);
-        }
-        let by = self.config.name.clone();
-        let sides = missing.clone();
-        self.store.edit(id, "outcome.not_reported", None, now, |_, doc| {
-            for side in &sides {
-                doc.set_outcome(*side, Outcome::NotReported, &by, now).map_err(crate::store::model(id))?;
-            }
-            Ok(())
+        let Some(write) = not_reported(&view, &self.config.name) else { return Ok(Vec::new()) };
+        let Write::NotReported { sides, .. } = &write else { return Ok(Vec::new()) };
+        let sides = sides.clone();
+        self.store.edit(id, write.audit_action(), None, now, |_, doc| {
+            write.apply(doc, now).map_err(crate::store::model(id))
         })?;
-        Ok(missing)
+        Ok(sides)
     }
 
     /// A party's leg ended because the other side fell silent: the call is over, and a

@@ -172,6 +172,47 @@ impl World {
         }
     }
 
+    /// Outcomes: an outcome a clinician recorded is never shown as `not_reported`, whatever
+    /// order the clinician's write and the hub's flag reached a replica in.
+    pub(super) fn check_outcomes(&mut self, n: usize, view: &SessionView) {
+        let doc = view.id.to_bytes();
+        for (side, shown) in [(Side::Requester, &view.outcome.requester), (Side::Responder, &view.outcome.responder)] {
+            if shown.as_ref().is_some_and(|o| o.value == Outcome::NotReported) && self.recorded.contains(&(doc, side)) {
+                let name = self.nodes[n].name.clone();
+                self.violate(
+                    "outcomes",
+                    format!("{name} shows the {side} outcome of {} as not reported, but it was recorded", view.id),
+                );
+            }
+        }
+    }
+
+    /// A hub flags a side `not_reported`: only once the outcome wait has passed since the call
+    /// connected (the hub's clock runs with virtual time, so the ledger's time is the hub's).
+    pub(super) fn check_flag_time(&mut self, h: usize, doc: DocId, side: Side) {
+        let wait_s = self.scenario.workload.outcome_wait_hours * 3600.0;
+        let connected = self
+            .calls
+            .iter()
+            .filter(|c| c.doc == doc)
+            .filter_map(|c| self.escalations[c.esc_index].connected_s)
+            .fold(None, |a: Option<f64>, t| Some(a.map_or(t, |a| a.max(t))));
+        let now = secs(self.now);
+        if let Some(t) = connected
+            && now - t < wait_s - 1.0
+        {
+            let hub = self.nodes[h].name.clone();
+            self.violate(
+                "outcomes",
+                format!(
+                    "{hub} flagged the {side} outcome not reported {:.0} s after the call connected (the wait is {:.0} s)",
+                    now - t,
+                    wait_s
+                ),
+            );
+        }
+    }
+
     pub(super) fn check_frame_scope(&mut self, receiver: usize, f: &Frame) {
         let ids: Vec<DocId> = match f {
             Frame::Summary(s) => s.entries.iter().map(|e| e.0).collect(),

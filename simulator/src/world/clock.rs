@@ -42,9 +42,10 @@ pub(super) enum Ev {
     Sample,
     Sweep,
     Converge,
-    Ring(usize),
-    /// A window of the link gate's probes for this call has ended.
-    GateWindow(usize),
+    /// A hub's router is due (`Router::poll_timeout`).
+    RouterWake(usize),
+    /// A window of the link gate's probes for this call has ended (with its token).
+    GateWindow(usize, u64),
     /// The scenario's directory edit of this index.
     DirectoryEdit(usize),
     Settle,
@@ -68,9 +69,9 @@ impl Ev {
             Ev::Sample => 10,
             Ev::Sweep => 11,
             Ev::Converge => 15,
-            Ev::Ring(_) => 12,
+            Ev::RouterWake(_) => 12,
             Ev::DirectoryEdit(_) => 18,
-            Ev::GateWindow(_) => 19,
+            Ev::GateWindow(..) => 19,
             Ev::Settle => 13,
             Ev::End => 14,
         }

@@ -182,6 +182,7 @@ impl World {
         self.statuses.retain(|(o, _), _| *o != n);
         self.nodes[n].up = true;
         self.log(32, n as u64, 0);
+        self.router_started(n);
         self.reconnect(n);
     }
 
@@ -216,6 +217,7 @@ impl World {
         }
         self.nodes[n].up = false;
         self.log(31, n as u64, 0);
+        self.router_lost(n);
         let links = self.links_of(n);
         for l in links {
             self.drop_conn(l, "crash");
@@ -235,6 +237,7 @@ impl World {
         self.nodes[n].up = true;
         self.log(32, n as u64, 0);
         self.check_durability(n);
+        self.router_started(n);
         self.reconnect(n);
     }
 

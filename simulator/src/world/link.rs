@@ -295,19 +295,7 @@ impl World {
                     self.notify_conn(l, &changed);
                 }
             }
-            if owner == self.hub {
-                for i in 0..self.calls.len() {
-                    if !self.calls[i].done
-                        && self.calls[i].seen_at_hub.is_some()
-                        && changed.contains(&self.calls[i].doc)
-                    {
-                        self.route(i);
-                    }
-                }
-                self.route_new_escalations(&changed);
-            } else {
-                self.route_handed_over(owner, &changed);
-            }
+            self.router_sees(owner, &changed);
             // A federated hub is also the dialling side of its link to the region's hub.
             if let Some(l) = self.nodes[owner].link {
                 self.notify_node_side(l, &changed);

@@ -1,26 +1,276 @@
-//! The hub's call router: the node's policy (`sync_protocol::call::next_action`) driven on virtual time.
+//! The hub's call router: the node's own [`Router`] (`sync_protocol::router`) driven on virtual
+//! time. The simulator tells it of changed sessions, steps what it says is due, measures the
+//! requester's path through the link model when it asks, applies its writes to the hub's
+//! replica, and keeps its ledger and checks; the policy (rota, ring times, the gate, the
+//! directory, federation, callbacks, outcomes not reported) is all the router's.
 
 use super::*;
 
+/// A hub's router and when its next wake-up is scheduled.
+#[derive(Debug)]
+pub(super) struct HubRouter {
+    router: Router,
+    /// The virtual time of the wake-up event scheduled, if one is.
+    wake_at: Option<Micros>,
+    /// Set while the router's due steps are being taken (they are taken in one go).
+    driving: bool,
+}
+
 impl World {
-    pub(super) fn route_new_escalations(&mut self, changed: &[DocId]) {
+    /// Hub `h`'s router, started (empty) on first use and after each restart.
+    fn hub_router(&mut self, h: usize) -> &mut HubRouter {
+        let wait = (self.scenario.workload.outcome_wait_hours * 3_600_000.0) as TimeMs;
+        let (name, icb, bugs) = (&self.nodes[h].name, self.nodes[h].info.icb.as_deref(), &self.opts.bugs);
+        self.routers.entry(h).or_insert_with(|| {
+            let mut router = Router::new(name, icb, wait);
+            if bugs.gate_hears_one_window {
+                router.plant(PlantedBug::GateHearsOneWindow);
+            }
+            if bugs.flags_outcomes_at_once {
+                router.plant(PlantedBug::FlagsOutcomesAtOnce);
+            }
+            HubRouter { router, wake_at: None, driving: false }
+        })
+    }
+
+    /// A hub crashed: its router's state (what it follows, what it measured, its deadlines)
+    /// is gone, as with a process.
+    pub(super) fn router_lost(&mut self, h: usize) {
+        self.routers.remove(&h);
+        for c in &mut self.calls {
+            if c.listening.is_some_and(|(hub, _, _)| hub == h) {
+                c.listening = None;
+            }
+        }
+    }
+
+    /// A hub (re)started: as the node's router does at start, it follows every open escalation
+    /// its replica holds and awaits the outcomes of every connected call still without them.
+    pub(super) fn router_started(&mut self, h: usize) {
+        if self.nodes[h].kind != Kind::Hub {
+            return;
+        }
+        let now = self.node_now(h);
+        let mut follow = Vec::new();
+        let mut await_outcomes = Vec::new();
+        for doc in self.nodes[h].replica.ids() {
+            let Some(v) = self.nodes[h].replica.view_ref(&doc) else { continue };
+            let calls = calls_of(v);
+            if Router::wants(&calls) {
+                follow.push(doc);
+            } else if v.status == Status::Connected && calls.last().is_some_and(|c| c.connected.is_some()) {
+                await_outcomes.push(doc);
+            }
+        }
+        let r = &mut self.hub_router(h).router;
+        for doc in follow {
+            r.follow(doc, now);
+        }
+        for doc in await_outcomes {
+            r.await_outcomes(doc, now);
+        }
+        self.wake_router(h);
+    }
+
+    /// Hub `h`'s replica changed: its router follows every changed session with an open
+    /// escalation (and looks again at those it follows), and the ledger notes when each
+    /// escalation first reached a hub.
+    pub(super) fn router_sees(&mut self, h: usize, changed: &[DocId]) {
+        if !self.nodes[h].up {
+            return;
+        }
+        let now = self.node_now(h);
+        let mut wanted = Vec::new();
+        for doc in changed {
+            let follows = self.routers.get(&h).is_some_and(|r| r.router.follows(doc));
+            if follows || self.nodes[h].replica.view_ref(doc).is_some_and(|v| Router::wants(&calls_of(v))) {
+                wanted.push(*doc);
+            }
+        }
+        if wanted.is_empty() {
+            return;
+        }
+        let r = self.hub_router(h);
+        for doc in &wanted {
+            r.router.follow(*doc, now);
+        }
+        let me = self.nodes[h].name.clone();
         for i in 0..self.calls.len() {
-            if self.calls[i].seen_at_hub.is_some() || !changed.contains(&self.calls[i].doc) {
+            if !wanted.contains(&self.calls[i].doc) {
                 continue;
             }
-            let doc = self.calls[i].doc;
-            let call = self.calls[i].call.clone();
-            let seen =
-                self.nodes[self.hub].replica.view_ref(&doc).is_some_and(|v| calls_of(v).iter().any(|c| c.call == call));
-            if seen {
-                let hub_now = self.node_now(self.hub);
-                self.calls[i].seen_at_hub = Some((self.now, hub_now));
-                let e = self.calls[i].esc_index;
+            let (doc, call) = (self.calls[i].doc, self.calls[i].call.clone());
+            let Some(c) =
+                self.nodes[h].replica.view_ref(&doc).and_then(|v| calls_of(v).into_iter().find(|c| c.call == call))
+            else {
+                continue;
+            };
+            let e = self.calls[i].esc_index;
+            if h == self.hub && self.calls[i].seen_at_hub.is_none() {
+                self.calls[i].seen_at_hub = Some(self.now);
                 self.escalations[e].seen_at_hub_s = Some(secs(self.now));
-                // The router's longest wait for a desk to hold the case.
-                self.after((HOLD_WAIT_MS as Micros) * 1000 + SECOND, Ev::Ring(i));
-                self.route(i);
             }
+            if h != self.hub && self.calls[i].seen_at_fed.is_none() && c.federated.is_some_and(|f| f.hub == me) {
+                self.calls[i].seen_at_fed = Some(self.now);
+            }
+        }
+        if !self.routers.get(&h).is_some_and(|r| r.driving) {
+            self.drive_router(h);
+        }
+    }
+
+    /// Takes every step hub `h`'s router says is due, then schedules its next wake-up.
+    pub(super) fn drive_router(&mut self, h: usize) {
+        if !self.nodes[h].up {
+            return;
+        }
+        self.hub_router(h).driving = true;
+        // Each step that moves a call on makes the next one due at once; a call takes a
+        // handful of such steps, so this bound is never reached by a sound router.
+        for _ in 0..64 {
+            let now = self.node_now(h);
+            let due = self.hub_router(h).router.handle_timeout(now);
+            if due.is_empty() {
+                break;
+            }
+            for d in due {
+                match d {
+                    Due::Route(doc) => self.route_step(h, doc),
+                    Due::Outcomes(doc) => self.flag_outcomes(h, doc),
+                }
+            }
+        }
+        self.hub_router(h).driving = false;
+        self.wake_router(h);
+    }
+
+    /// Schedules hub `h`'s router's next wake-up, converted from its clock to virtual time.
+    fn wake_router(&mut self, h: usize) {
+        let hub_now = self.node_now(h);
+        let now = self.now;
+        let r = self.hub_router(h);
+        let Some(t) = r.router.poll_timeout() else { return };
+        let at = now + u64::try_from(t - hub_now).unwrap_or(0) * 1000;
+        if r.wake_at.is_some_and(|w| w <= at && w >= now) {
+            return;
+        }
+        r.wake_at = Some(at);
+        self.at(at, Ev::RouterWake(h));
+    }
+
+    /// A router's wake-up event: stale ones (replaced by an earlier one) are ignored.
+    pub(super) fn router_wakes(&mut self, h: usize) {
+        let Some(r) = self.routers.get_mut(&h) else { return };
+        if r.wake_at != Some(self.now) {
+            return;
+        }
+        r.wake_at = None;
+        self.drive_router(h);
+    }
+
+    /// One step of hub `h`'s router for a session: the node's router reading that hub's copy
+    /// of the session and its own directory; its writes applied to the hub's replica.
+    fn route_step(&mut self, h: usize, doc: DocId) {
+        let Some(view) = self.nodes[h].replica.view(&doc) else {
+            self.hub_router(h).router.forget(&doc);
+            return;
+        };
+        let now = self.node_now(h);
+        let holders = self.nodes[h].replica.holders(&doc);
+        // The hub's own copy of its ICB's directory, as the node's router reads it.
+        let line = self.nodes[h].replica.directory_view().and_then(|d| d.lines.get(&view.service.line).cloned());
+        let step = self.hub_router(h).router.step(doc, &view, line.as_ref(), &holders, now);
+        let Step::Decided(decision) = step else { return };
+        let hub_name = self.nodes[h].name.clone();
+        if let Some(i) = self.calls.iter().position(|c| c.doc == doc && c.call == decision.call) {
+            let e = self.calls[i].esc_index;
+            match &decision.action {
+                Action::Wait | Action::NoAnswer { .. } => {}
+                Action::Federate { hub } => self.escalations[e].handed_to = Some(hub.clone()),
+                Action::Measure => {
+                    // Home: the requester's path; a federated hub relays the handing hub's
+                    // voice, so it measures that path. One window of probes at a time, each
+                    // taking as long as the node's would (`gate_window_ms`).
+                    self.calls[i].heard.clear();
+                    self.next_gate_window(i, h);
+                }
+                Action::GatePassed(r, _) => self.escalations[e].gate_mos = Some(r.mos),
+                Action::Ring { desk, attempt, .. } => {
+                    if *attempt == 1 {
+                        // The line's own hours: nobody is rung on a line closed or taking no calls.
+                        if let Some(why) = line.as_ref().and_then(|l| l.call_refusal(now)) {
+                            self.violate("routing", format!("the router rang {desk} although {why}"));
+                        }
+                        if let Some(d) = self.nodes.iter().position(|n| &n.name == desk) {
+                            self.first_ring(i, d);
+                        }
+                    }
+                }
+                Action::Connected { .. } => self.escalations[e].connected_s = Some(secs(self.now)),
+                Action::Callback { cause, rating, .. } => {
+                    if let Some((r, _)) = rating {
+                        self.check_gate_refusal(i, &hub_name);
+                        self.escalations[e].gate_mos = Some(r.mos);
+                    }
+                    self.escalations[e].callback = Some(cause.as_str().to_string());
+                }
+            }
+        }
+        if decision.writes.is_empty() {
+            return;
+        }
+        for w in &decision.writes {
+            let _ = self.nodes[h].replica.edit(&doc, |d| w.apply(d, now));
+        }
+        self.after_changes(h, None);
+    }
+
+    /// A call connected a while ago: hub `h` flags the outcomes still missing in its copy.
+    fn flag_outcomes(&mut self, h: usize, doc: DocId) {
+        let Some(view) = self.nodes[h].replica.view_ref(&doc) else { return };
+        let Some(write) = not_reported(view, &self.nodes[h].name) else { return };
+        let now = self.node_now(h);
+        if let Write::NotReported { sides, .. } = &write {
+            for side in sides {
+                self.not_reported += 1;
+                self.check_flag_time(h, doc, *side);
+            }
+        }
+        if self.nodes[h].replica.edit(&doc, |d| write.apply(d, now)).is_ok() {
+            self.after_changes(h, None);
+        }
+    }
+
+    /// The gate of hub `h` starts a window of probes for call `i`: measured on the path as it is
+    /// now, heard once the node's window would have ended.
+    fn next_gate_window(&mut self, i: usize, h: usize) {
+        let node = if h == self.hub { self.calls[i].node } else { h };
+        let window = self.measure(node);
+        self.gate_token += 1;
+        self.calls[i].listening = Some((h, window, self.gate_token));
+        self.after(gate_window_ms(&window) as Micros * 1000, Ev::GateWindow(i, self.gate_token));
+    }
+
+    /// A window of the gate's probes has ended: the router's gate says whether to listen again
+    /// or to judge, and the router goes on with the judgement.
+    pub(super) fn gate_window_heard(&mut self, i: usize, token: u64) {
+        let Some((h, window, t)) = self.calls[i].listening else { return };
+        if t != token || !self.nodes[h].up {
+            // A window of a gate the hub's crash cut off.
+            return;
+        }
+        self.calls[i].listening = None;
+        self.calls[i].heard.push(window);
+        let now = self.node_now(h);
+        let doc = self.calls[i].doc;
+        match self.hub_router(h).router.heard(doc, window, now) {
+            Some(Listen::Again(_)) => self.next_gate_window(i, h),
+            Some(Listen::Judge(_)) => {
+                let e = self.calls[i].esc_index;
+                self.escalations[e].gate_judged_s = Some(secs(self.now));
+                self.drive_router(h);
+            }
+            None => {}
         }
     }
 
@@ -43,159 +293,6 @@ impl World {
             probes.push((!lost_up && !lost_down).then_some(rtt + jitter));
         }
         quality_from_probes(&probes)
-    }
-
-    /// A federated hub's router: an escalation handed to it (its `federate` entry names this
-    /// hub) is routed here from the moment its copy shows the hand-over.
-    pub(super) fn route_handed_over(&mut self, h: usize, changed: &[DocId]) {
-        let me = self.nodes[h].name.clone();
-        for i in 0..self.calls.len() {
-            if self.calls[i].done || !changed.contains(&self.calls[i].doc) {
-                continue;
-            }
-            if self.calls[i].seen_at_fed.is_none() {
-                let (doc, call) = (self.calls[i].doc, self.calls[i].call.clone());
-                let handed = self.nodes[h].replica.view_ref(&doc).is_some_and(|v| {
-                    calls_of(v).iter().any(|c| c.call == call && c.federated.as_ref().is_some_and(|f| f.hub == me))
-                });
-                if !handed {
-                    continue;
-                }
-                self.calls[i].seen_at_fed = Some((self.now, self.node_now(h)));
-                self.after((HOLD_WAIT_MS as Micros) * 1000 + SECOND, Ev::Ring(i));
-            }
-            self.route_at(i, h);
-        }
-    }
-
-    /// One or more steps of the home hub's router for an escalation (and of the federated
-    /// hub's, once it was handed over).
-    pub(super) fn route(&mut self, i: usize) {
-        self.route_at(i, self.hub);
-        if let Some(h) = self.fed
-            && self.calls[i].seen_at_fed.is_some()
-        {
-            self.route_at(i, h);
-        }
-    }
-
-    /// One or more steps of hub `h`'s router for an escalation: the node's router
-    /// (`sync_protocol::router::route`) reading that hub's directory, its writes applied to the
-    /// hub's copy; the simulator only measures the link and keeps its ledger.
-    fn route_at(&mut self, i: usize, h: usize) {
-        let home = h == self.hub;
-        for _ in 0..8 {
-            if self.calls[i].done || !self.nodes[h].up {
-                return;
-            }
-            let seen = if home { self.calls[i].seen_at_hub } else { self.calls[i].seen_at_fed };
-            let Some((_, seen_ms)) = seen else { return };
-            let doc = self.calls[i].doc;
-            let Some(view) = self.nodes[h].replica.view(&doc) else { return };
-            let now = self.node_now(h);
-            let holders = self.nodes[h].replica.holders(&doc);
-            // The hub's own copy of its ICB's directory, as the node's router reads it.
-            let line = self.nodes[h].replica.directory_view().and_then(|d| d.lines.get(&view.service.line).cloned());
-            let line = line.as_ref();
-            let hub_name = self.nodes[h].name.clone();
-            let icb = self.nodes[h].info.icb.clone();
-            let hub = Hub { name: &hub_name, icb: icb.as_deref() };
-            let quality = if home { self.calls[i].quality.as_ref() } else { self.calls[i].fed_quality.as_ref() };
-            let Some(decision) = route(hub, &view, line, &holders, quality, seen_ms, now) else {
-                return;
-            };
-            if decision.call != self.calls[i].call {
-                return;
-            }
-            // The line's own hours: nobody is rung on a line that is closed or takes no calls.
-            let refusal = line.and_then(|l| l.call_refusal(now));
-            let e = self.calls[i].esc_index;
-            match decision.action {
-                // A federated hub waiting for its desk shares the session with it first.
-                Action::Wait => {}
-                Action::Federate { ref hub } => self.escalations[e].handed_to = Some(hub.clone()),
-                Action::Measure => {
-                    // Home: the requester's path; a federated hub relays the handing hub's
-                    // voice, so it measures that path. The gate listens as the node's does,
-                    // through the shared rule, one window of probes at a time, each taking
-                    // as long as the node's would (`gate_window_ms`).
-                    if self.calls[i].listening.is_none() {
-                        self.calls[i].heard.clear();
-                        self.next_gate_window(i, h, GateListen::default());
-                    }
-                    return;
-                }
-                Action::GatePassed(r, _) => self.escalations[e].gate_mos = Some(r.mos),
-                Action::Ring { ref desk, attempt, ring_s } => {
-                    let Some(d) = self.nodes.iter().position(|n| &n.name == desk) else { return };
-                    if attempt == 1 {
-                        if let Some(why) = &refusal {
-                            self.violate("routing", format!("the router rang {desk} although {why}"));
-                        }
-                        self.first_ring(i, d);
-                    }
-                    self.after(i64::from(ring_s) as Micros * SECOND + SECOND / 10, Ev::Ring(i));
-                }
-                Action::NoAnswer { .. } => {}
-                Action::Connected { .. } => {
-                    self.calls[i].done = true;
-                    self.escalations[e].connected_s = Some(secs(self.now));
-                }
-                Action::Callback { cause, ref rating, .. } => {
-                    self.calls[i].done = true;
-                    if rating.is_some() {
-                        self.check_gate_refusal(i, &hub_name);
-                    }
-                    if let Some((r, _)) = rating {
-                        self.escalations[e].gate_mos = Some(r.mos);
-                    }
-                    self.escalations[e].callback = Some(cause.as_str().to_string());
-                }
-            }
-            for w in &decision.writes {
-                let _ = self.nodes[h].replica.edit(&doc, |d| w.apply(d, now));
-            }
-            self.after_changes(h, None);
-            if matches!(decision.action, Action::Wait) {
-                return;
-            }
-        }
-    }
-
-    /// The gate of hub `h` starts a window of probes for call `i`: measured on the path as it is
-    /// now, heard once the node's window would have ended.
-    fn next_gate_window(&mut self, i: usize, h: usize, listen: GateListen) {
-        let node = if h == self.hub { self.calls[i].node } else { h };
-        let window = self.measure(node);
-        self.calls[i].listening = Some((h, listen, window));
-        self.after(gate_window_ms(&window) as Micros * 1000, Ev::GateWindow(i));
-    }
-
-    /// A window of the gate's probes has ended: the shared rule says whether to listen again or
-    /// to judge, and the router goes on with the judgement.
-    pub(super) fn gate_window_heard(&mut self, i: usize) {
-        let Some((h, mut listen, window)) = self.calls[i].listening.take() else { return };
-        if !self.nodes[h].up {
-            // The hub went down while it listened: its router measures afresh when it is back.
-            return;
-        }
-        self.calls[i].heard.push(window);
-        let q = match listen.heard(window, &ADPCM_32K) {
-            Listen::Again(_) if !self.opts.bugs.gate_hears_one_window => {
-                self.next_gate_window(i, h, listen);
-                return;
-            }
-            Listen::Again(_) => window,
-            Listen::Judge(q) => q,
-        };
-        let e = self.calls[i].esc_index;
-        self.escalations[e].gate_judged_s = Some(secs(self.now));
-        if h == self.hub {
-            self.calls[i].quality = Some(q);
-        } else {
-            self.calls[i].fed_quality = Some(q);
-        }
-        self.route_at(i, h);
     }
 
     /// A call refused for its link: the gate must have listened to every window it may (unless

@@ -108,6 +108,7 @@ impl World {
             for id in self.nodes[n].replica.ids() {
                 if let Some(view) = self.nodes[n].replica.view(&id) {
                     self.check_receipts(n, &view);
+                    self.check_outcomes(n, &view);
                 }
             }
         }

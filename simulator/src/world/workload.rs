@@ -138,10 +138,7 @@ impl World {
                         node,
                         seen_at_hub: None,
                         seen_at_fed: None,
-                        done: false,
                         items,
-                        quality: None,
-                        fed_quality: None,
                         heard: Vec::new(),
                         listening: None,
                         esc_index: self.escalations.len() - 1,
@@ -180,6 +177,9 @@ impl World {
                     d.add_message(&msg, now)?;
                     d.set_outcome(Side::Responder, outcome, &name, now)
                 });
+                if replied.is_some() {
+                    self.recorded.insert((doc, Side::Responder));
+                }
                 if replied.is_some() && self.rng.random::<f64>() < self.scenario.workload.outcome_share {
                     let origin = self.metas.get(&doc).map(|m| m.origin.clone());
                     if let Some(node) = origin.and_then(|o| self.nodes.iter().position(|n| n.name == o)) {
@@ -202,7 +202,9 @@ impl World {
                     .view(&doc)
                     .is_some_and(|v| v.messages.iter().any(|m| m.side == Side::Responder));
                 if replied {
-                    self.local_write(node, &doc, |d| d.set_outcome(Side::Requester, outcome, &name, now));
+                    if self.local_write(node, &doc, |d| d.set_outcome(Side::Requester, outcome, &name, now)).is_some() {
+                        self.recorded.insert((doc, Side::Requester));
+                    }
                 } else if self.settling.is_none() {
                     self.after(30 * MINUTE, Ev::Work(Work::Outcome { node, doc }));
                 }
