@@ -421,6 +421,14 @@ impl Link {
         }
     }
 
+    /// A NAT rebinding: the client's datagrams reach the peer from a new address from now on,
+    /// and replies to the old one are dropped ([`LinkEmulator::rebind`]).
+    pub fn rebind(&self) {
+        if let Some(e) = &self.emu {
+            e.rebind();
+        }
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> LinkStats {
         self.emu.as_ref().map(LinkEmulator::stats).unwrap_or_default()
