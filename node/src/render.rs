@@ -4,9 +4,8 @@
 use std::io::Write;
 
 use sync_protocol::NhsNumber;
-use sync_protocol::directory::{DirectoryView, LineJson};
+use sync_protocol::directory::{DirectoryView, LineJson, LineRefusal};
 use sync_protocol::session::SessionView;
-use sync_protocol::vocab::Channel;
 
 use crate::store::SessionCard;
 
@@ -237,9 +236,9 @@ pub fn print_directory(view: &DirectoryView, own: bool, now: i64) {
     for e in view.lines.values() {
         let channels: Vec<&str> = e.channels.iter().map(|c| c.as_str()).collect();
         let state = match e.call_refusal(now) {
-            None => "calls now".to_string(),
-            Some(_) if !e.channels.contains(&Channel::Call) => "no calls".to_string(),
-            Some(_) => "closed now".to_string(),
+            None => "calls now",
+            Some(LineRefusal::NoCalls { .. }) => "no calls",
+            Some(LineRefusal::Closed { .. }) => "closed now",
         };
         println!(
             "{:<20} SNOMED CT {:<10} hours {}  channels {}  ({state})",

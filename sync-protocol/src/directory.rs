@@ -356,15 +356,46 @@ impl LineEntry {
 
     /// Why a call on this line cannot be put through at `now`, if it cannot: the line takes no
     /// calls, or it is closed.
-    pub fn call_refusal(&self, now: TimeMs) -> Option<String> {
+    pub fn call_refusal(&self, now: TimeMs) -> Option<LineRefusal> {
         if !self.channels.contains(&Channel::Call) {
-            let ch: Vec<&str> = self.channels.iter().map(|c| c.as_str()).collect();
-            return Some(format!("the {} line takes no calls (it takes: {})", self.line, ch.join(", ")));
+            return Some(LineRefusal::NoCalls { line: self.line, channels: self.channels.clone() });
         }
         if !self.hours.is_open(now) {
-            return Some(format!("the {} line is closed now (open {}, UK time)", self.line, self.hours));
+            return Some(LineRefusal::Closed { line: self.line, hours: self.hours.clone() });
         }
         None
+    }
+}
+
+/// Why a line cannot put a call through now ([`LineEntry::call_refusal`]). Its text is what the
+/// clinician reads in the callback's reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineRefusal {
+    /// The line takes no calls (only the channels named).
+    NoCalls {
+        /// The line.
+        line: ServiceLine,
+        /// What it takes instead.
+        channels: Vec<Channel>,
+    },
+    /// The line is closed at this hour.
+    Closed {
+        /// The line.
+        line: ServiceLine,
+        /// When it is open.
+        hours: Hours,
+    },
+}
+
+impl std::fmt::Display for LineRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LineRefusal::NoCalls { line, channels } => {
+                let ch: Vec<&str> = channels.iter().map(|c| c.as_str()).collect();
+                write!(f, "the {line} line takes no calls (it takes: {})", ch.join(", "))
+            }
+            LineRefusal::Closed { line, hours } => write!(f, "the {line} line is closed now (open {hours}, UK time)"),
+        }
     }
 }
 
@@ -757,11 +788,14 @@ mod tests {
         let mut e = entry(ServiceLine::Dermatology, &[("desk-1", 20)]);
         assert_eq!(e.call_refusal(0), None);
         e.channels = vec![Channel::Photo];
-        assert!(e.call_refusal(0).unwrap().contains("takes no calls"));
+        let r = e.call_refusal(0).unwrap();
+        assert!(matches!(r, LineRefusal::NoCalls { .. }) && r.to_string().contains("takes no calls"), "{r}");
         e.channels = vec![Channel::Call];
         e.hours = Hours::parse("mon-fri 08:00-18:00").unwrap();
         let sunday = utc(2026, 1, 18, 12, 0);
         let r = e.call_refusal(sunday).unwrap();
+        assert!(matches!(r, LineRefusal::Closed { .. }), "{r}");
+        let r = r.to_string();
         assert!(r.contains("closed") && r.contains("mon-fri 08:00-18:00"), "{r}");
     }
 }

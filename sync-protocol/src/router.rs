@@ -175,7 +175,9 @@ pub fn route(
     let fallback = line.filter(|_| home).and_then(|l| l.fallback_hub.clone());
     let action = match (refusal, &fallback) {
         // Closed here (or no calls here), and no other ICB's line to try.
-        (Some(reason), None) => Action::Callback { cause: CallbackCause::LineClosed, reason, rating: None },
+        (Some(refusal), None) => {
+            Action::Callback { cause: CallbackCause::LineClosed, reason: refusal.to_string(), rating: None }
+        }
         // Closed here: straight to the federated hub's line, the link gate first.
         (Some(_), Some(other)) => next_action(&here, &[], view, holders, Some(other), quality, seen_ms, now),
         (None, _) => {
