@@ -251,6 +251,8 @@ pub struct CallState {
     pub by: String,
     /// The gate's verdict, if it judged: (`call` or `callback`, MOS).
     pub gate: Option<(String, f64)>,
+    /// Why the gate refused the call, if it did (its figures' reason).
+    pub gate_refused: Option<String>,
     /// Ring attempts in order: (desk, attempt, rung at, ring seconds).
     pub rings: Vec<(String, u32, TimeMs, u32)>,
     /// Attempts that ended without an answer.
@@ -386,7 +388,10 @@ fn calls_from(steps: impl IntoIterator<Item = crate::routing::RoutingStep>) -> V
         }
         let Some(c) = entry.call().and_then(|call| calls.iter_mut().find(|c| c.call == call)) else { continue };
         match entry {
-            E::Gate { figures, .. } => c.gate = Some((figures.verdict.as_str().to_string(), figures.mos)),
+            E::Gate { figures, .. } => {
+                c.gate = Some((figures.verdict.as_str().to_string(), figures.mos));
+                c.gate_refused = (figures.verdict == crate::routing::Verdict::Callback).then_some(figures.reason);
+            }
             E::Ring { desk, attempt, ring_s, .. } if !c.rings.iter().any(|r| r.1 == attempt) => {
                 c.rings.push((desk, attempt, at, ring_s));
             }
@@ -566,6 +571,11 @@ pub fn next_action(
 ) -> Action {
     if !call.is_open() {
         return Action::Wait;
+    }
+    // The gate refused the call but its callback was never written (the hub stopped between
+    // the two writes): the verdict stands, whoever would answer.
+    if let Some(reason) = &call.gate_refused {
+        return Action::Callback { cause: CallbackCause::Link, reason: reason.clone(), rating: None };
     }
     if let Some(fed) = &call.federated {
         if now - fed.at >= FEDERATE_WAIT_MS {

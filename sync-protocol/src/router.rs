@@ -722,4 +722,36 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_hub_stopped_between_the_gates_refusal_and_its_callback_arranges_the_callback_after_restart() {
+        // A call refused for its link is two writes: the gate's figures, then the callback.
+        // A hub killed between them restarts with a fresh router; the call must not ring.
+        let mut doc = escalated();
+        let id = doc.view().unwrap().id.to_bytes();
+        let rota = line("24/7", &["desk-1"], None);
+        let holders = ["desk-1".to_string()];
+        let mut router = Router::new("hub-qhm", Some("QHM"), 3_600_000);
+        router.follow(id, T0);
+        drive(&mut router, &mut doc, &rota, &holders, T0);
+        let bad = PathQuality { rtt_ms: 420.0, jitter_ms: 40.0, loss: 0.3, burst_ratio: 1.0, probes: 50 };
+        for t in 1..=3 {
+            router.heard(id, bad, T0 + t * 2_500);
+        }
+        let now = T0 + 7_500;
+        let Step::Decided(d) = router.step(id, &doc.view().unwrap(), Some(&rota), &holders, now) else { panic!() };
+        assert!(matches!(d.action, Action::Callback { cause: CallbackCause::Link, .. }), "{:?}", d.action);
+        assert!(matches!(d.writes[..], [Write::Gate { .. }, Write::Step { .. }]), "{:?}", d.writes);
+        // Only the first write reached the disk.
+        d.writes[0].apply(&mut doc, now).unwrap();
+        let mut restarted = Router::new("hub-qhm", Some("QHM"), 3_600_000);
+        restarted.follow(id, now + 60_000);
+        let actions = drive(&mut restarted, &mut doc, &rota, &holders, now + 60_000);
+        assert!(
+            matches!(&actions[..], [Action::Callback { cause: CallbackCause::Link, reason, .. }] if reason.contains("MOS")),
+            "{actions:?}"
+        );
+        let calls = calls_of(&doc.view().unwrap());
+        assert!(calls[0].rings.is_empty() && calls[0].callback.is_some(), "{calls:?}");
+    }
 }
