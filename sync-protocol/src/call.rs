@@ -573,8 +573,10 @@ pub fn next_action(
         return Action::Wait;
     }
     // The gate refused the call but its callback was never written (the hub stopped between
-    // the two writes): the verdict stands, whoever would answer.
-    if let Some(reason) = &call.gate_refused {
+    // the two writes): the verdict stands, whoever would answer. (A desk already rung means a
+    // gate passed it: a refusal merged in later, from a hub restored from an older copy that
+    // measured again, does not take back a ring.)
+    if let Some(reason) = call.gate_refused.as_ref().filter(|_| call.rings.is_empty()) {
         return Action::Callback { cause: CallbackCause::Link, reason: reason.clone(), rating: None };
     }
     if let Some(fed) = &call.federated {

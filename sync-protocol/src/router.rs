@@ -365,10 +365,23 @@ impl Router {
         self.followed.iter().map(|(d, f)| (d, f.seen_ms))
     }
 
-    /// A call connected in the session (found at a restart): flag its missing outcomes after the wait.
-    pub fn await_outcomes(&mut self, doc: DocId, now: TimeMs) {
+    /// A call connected in the session (found at a restart): flag its missing outcomes after the
+    /// wait. Only the session's own hub may write its outcomes (`docs/schema.md`): another ICB's
+    /// hub that connected a call handed to it leaves them to the session's hub.
+    pub fn await_outcomes(&mut self, doc: DocId, view: &SessionView, now: TimeMs) {
+        if self.icb.as_deref() != Some(view.identity.icb.as_str()) {
+            return;
+        }
         let wait = if self.planted == Some(PlantedBug::FlagsOutcomesAtOnce) { 0 } else { self.outcome_wait_ms };
         self.outcomes.entry(doc).or_insert(now + wait);
+    }
+
+    /// Looks again at once at every session followed (unless the gate listens for it): after
+    /// change notices were lost, and now and then in case one was.
+    pub fn wake_all(&mut self, now: TimeMs) {
+        for f in self.followed.values_mut().filter(|f| f.listening.is_none()) {
+            f.wake_ms = Some(now);
+        }
     }
 
     /// One step for a followed session's escalation, from this hub's copy of the session, its
@@ -397,7 +410,7 @@ impl Router {
                 })
             });
             if relay.is_some() {
-                self.await_outcomes(doc, now);
+                self.await_outcomes(doc, view, now);
             }
             return Step::Done { relay };
         };
@@ -408,7 +421,7 @@ impl Router {
             }
             Action::Connected { .. } => {
                 self.followed.remove(&doc);
-                self.await_outcomes(doc, now);
+                self.await_outcomes(doc, view, now);
             }
             Action::Callback { .. } => {
                 self.followed.remove(&doc);
@@ -753,5 +766,37 @@ mod tests {
         );
         let calls = calls_of(&doc.view().unwrap());
         assert!(calls[0].rings.is_empty() && calls[0].callback.is_some(), "{calls:?}");
+    }
+    #[test]
+    fn only_the_sessions_own_hub_awaits_its_outcomes_after_a_call_connected_out_of_area() {
+        // The session's hub (QHM) handed the call to another ICB's hub, whose desk answers.
+        let mut doc = escalated();
+        let id = doc.view().unwrap().id.to_bytes();
+        let handed = T0 + 1_500;
+        doc.share_with("hub-qox", handed).unwrap();
+        let federate = RoutingEntry::Federate { call: "k1".into(), hub: "hub-qox".into(), from: "hub-qhm".into() };
+        doc.append_routing(&federate, handed).unwrap();
+        let theirs = line("24/7", &["desk-ox-1"], None);
+        let holders = ["desk-ox-1".to_string()];
+        let mut fed = Router::new("hub-qox", Some("QOX"), 3_600_000);
+        fed.follow(id, T0 + 2_000);
+        assert_eq!(drive(&mut fed, &mut doc, &theirs, &holders, T0 + 2_000), vec![Action::Measure]);
+        fed.heard(id, GOOD, T0 + 3_000);
+        drive(&mut fed, &mut doc, &theirs, &holders, T0 + 3_000);
+        let answer = RoutingEntry::Answer { call: "k1".into(), desk: "desk-ox-1".into(), attempt: 1 };
+        doc.append_routing(&answer, T0 + 9_000).unwrap();
+        fed.follow(id, T0 + 9_000);
+        assert!(matches!(drive(&mut fed, &mut doc, &theirs, &holders, T0 + 9_000)[..], [Action::Connected { .. }]));
+        // Another ICB's hub may not write this session's outcomes: it awaits none.
+        assert_eq!(fed.poll_timeout(), None);
+        // The session's own hub, told of the connection, relays the voice and awaits them.
+        let ours = line("24/7", &[], Some("hub-qox"));
+        let mut home = Router::new("hub-qhm", Some("QHM"), 3_600_000);
+        home.follow(id, T0 + 10_000);
+        assert_eq!(home.handle_timeout(T0 + 10_000), vec![Due::Route(id)]);
+        let step = home.step(id, &doc.view().unwrap(), Some(&ours), &[], T0 + 10_000);
+        let relay = Relay { call: "k1".into(), requester: "amb-07".into(), hub: "hub-qox".into() };
+        assert_eq!(step, Step::Done { relay: Some(relay) });
+        assert_eq!(home.poll_timeout(), Some(T0 + 10_000 + 3_600_000));
     }
 }

@@ -1225,7 +1225,8 @@ impl<'a> Reader<'a> {
                 .map(|v| v.as_str().map(str::to_string).ok_or_else(|| malformed(path, "expected text")))
                 .transpose()
         };
-        let value = value.as_str().ok_or_else(|| malformed(path, "expected text"))?;
+        // A value this version cannot read (a newer node's outcome) leaves the flag shown.
+        let Some(value) = value.as_str().and_then(|v| Outcome::parse(v).ok()) else { return Ok(None) };
         let clinician = match text("by_name")? {
             Some(name) => Some(Clinician {
                 name,
@@ -1235,7 +1236,7 @@ impl<'a> Reader<'a> {
             None => None,
         };
         Ok(Some(OutcomeView {
-            value: Outcome::parse(value).map_err(|e| malformed(path, e.to_string()))?,
+            value,
             by: text("by")?.unwrap_or_default(),
             at_ms: same_write("at_ms")?.and_then(|v| v.as_i64()).unwrap_or(0),
             clinician,

@@ -130,7 +130,10 @@ pub(super) async fn router_loop(shared: Arc<Shared>) {
     let Some(mut router) = follow_listed(&shared, router, &[Status::Routing, Status::Connected], true).await else {
         return;
     };
-    let mut last_rescan = Instant::now();
+    // Now and then, every escalation in progress, in case a notice was missed (on its own
+    // schedule: a steady flow of notices must not put it off).
+    let mut rescan = tokio::time::interval(RESCAN);
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // Everything due, in turn, until nothing is (each step that moves a call on makes
         // the next one due at once).
@@ -149,7 +152,6 @@ pub(super) async fn router_loop(shared: Arc<Shared>) {
             }
         }
         let until_due = router.poll_timeout().map(|t| Duration::from_millis(u64::try_from(t - now_ms()).unwrap_or(0)));
-        let sleep = until_due.map_or(RESCAN, |d| d.min(RESCAN));
         tokio::select! {
             notice = changes.recv() => match notice {
                 Ok(Notice::Docs { docs, .. }) => {
@@ -161,17 +163,17 @@ pub(super) async fn router_loop(shared: Arc<Shared>) {
                     }
                 }
                 Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                // Notices were lost: look again at everything followed (a desk's answer, or
+                // another ICB's hub connecting a call handed to it, may be among them).
+                Err(broadcast::error::RecvError::Lagged(_)) => router.wake_all(now_ms()),
                 Err(broadcast::error::RecvError::Closed) => return,
             },
-            _ = tokio::time::sleep(sleep) => {
-                // Now and then, every escalation in progress, in case a notice was missed.
-                if last_rescan.elapsed() >= RESCAN {
-                    last_rescan = Instant::now();
-                    let Some(next) = follow_listed(&shared, router, &[Status::Routing], false).await else { return };
-                    router = next;
-                }
+            _ = rescan.tick() => {
+                router.wake_all(now_ms());
+                let Some(next) = follow_listed(&shared, router, &[Status::Routing], false).await else { return };
+                router = next;
             }
+            _ = tokio::time::sleep(until_due.unwrap_or(RESCAN)) => {}
         }
     }
 }

@@ -208,7 +208,8 @@ impl Node {
                 router.follow(doc, now);
                 n += 1;
             } else if resume && calls.last().is_some_and(|c| c.connected.is_some()) {
-                router.await_outcomes(doc, now);
+                let view = self.store.view(*id)?;
+                router.await_outcomes(doc, &view, now);
                 n += 1;
             }
         }

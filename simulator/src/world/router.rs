@@ -59,15 +59,15 @@ impl World {
             if Router::wants(&calls) {
                 follow.push(doc);
             } else if v.status == Status::Connected && calls.last().is_some_and(|c| c.connected.is_some()) {
-                await_outcomes.push(doc);
+                await_outcomes.push((doc, v.clone()));
             }
         }
         let r = &mut self.hub_router(h).router;
         for doc in follow {
             r.follow(doc, now);
         }
-        for doc in await_outcomes {
-            r.await_outcomes(doc, now);
+        for (doc, view) in await_outcomes {
+            r.await_outcomes(doc, &view, now);
         }
         self.wake_router(h);
     }
