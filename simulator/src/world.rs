@@ -250,10 +250,6 @@ struct SimCall {
     call: String,
     /// The requester.
     node: usize,
-    /// When the hub's router first followed it (simulated time).
-    seen_at_hub: Option<Micros>,
-    /// When the federated hub first saw it handed over (simulated time).
-    seen_at_fed: Option<Micros>,
     /// Messages and photos of the session when the call was asked for.
     items: (Vec<String>, Vec<String>),
     /// Every window of probes the gate heard at its latest measurement (for the gate's check).

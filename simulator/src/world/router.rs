@@ -74,7 +74,7 @@ impl World {
 
     /// Hub `h`'s replica changed: its router follows every changed session with an open
     /// escalation (and looks again at those it follows), and the ledger notes when each
-    /// escalation first reached a hub.
+    /// escalation first reached the region's hub.
     pub(super) fn router_sees(&mut self, h: usize, changed: &[DocId]) {
         if !self.nodes[h].up {
             return;
@@ -94,24 +94,16 @@ impl World {
         for doc in &wanted {
             r.router.follow(*doc, now);
         }
-        let me = self.nodes[h].name.clone();
-        for i in 0..self.calls.len() {
-            if !wanted.contains(&self.calls[i].doc) {
-                continue;
-            }
-            let (doc, call) = (self.calls[i].doc, self.calls[i].call.clone());
-            let Some(c) =
-                self.nodes[h].replica.view_ref(&doc).and_then(|v| calls_of(v).into_iter().find(|c| c.call == call))
-            else {
-                continue;
-            };
-            let e = self.calls[i].esc_index;
-            if h == self.hub && self.calls[i].seen_at_hub.is_none() {
-                self.calls[i].seen_at_hub = Some(self.now);
-                self.escalations[e].seen_at_hub_s = Some(secs(self.now));
-            }
-            if h != self.hub && self.calls[i].seen_at_fed.is_none() && c.federated.is_some_and(|f| f.hub == me) {
-                self.calls[i].seen_at_fed = Some(self.now);
+        if h == self.hub {
+            for i in 0..self.calls.len() {
+                let e = self.calls[i].esc_index;
+                if self.escalations[e].seen_at_hub_s.is_some() || !wanted.contains(&self.calls[i].doc) {
+                    continue;
+                }
+                let (doc, call) = (self.calls[i].doc, &self.calls[i].call);
+                if self.nodes[h].replica.view_ref(&doc).is_some_and(|v| calls_of(v).iter().any(|c| &c.call == call)) {
+                    self.escalations[e].seen_at_hub_s = Some(secs(self.now));
+                }
             }
         }
         if !self.routers.get(&h).is_some_and(|r| r.driving) {

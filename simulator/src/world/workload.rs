@@ -136,8 +136,6 @@ impl World {
                         doc,
                         call,
                         node,
-                        seen_at_hub: None,
-                        seen_at_fed: None,
                         items,
                         heard: Vec::new(),
                         listening: None,
