@@ -619,17 +619,26 @@ mod tests {
         }
     }
 
+    /// The outcome wait of the tests' routers: an hour.
+    const WAIT: TimeMs = 3_600_000;
+
+    /// An escalated session of ICB QHM, and the router of its hub following it from `now`.
+    fn escalated_and_followed(now: TimeMs) -> (SessionDoc, DocId, Router) {
+        let doc = escalated();
+        let id = doc.view().unwrap().id.to_bytes();
+        let mut router = Router::new("hub-qhm", Some("QHM"), WAIT);
+        router.follow(id, now);
+        (doc, id, router)
+    }
+
     const GOOD: PathQuality = PathQuality { rtt_ms: 60.0, jitter_ms: 5.0, loss: 0.0, burst_ratio: 1.0, probes: 50 };
 
     #[test]
     fn the_router_looks_again_at_the_end_of_a_ring_and_not_before() {
-        let mut doc = escalated();
-        let id = doc.view().unwrap().id.to_bytes();
+        let t = T0 + 2_000;
+        let (mut doc, id, mut router) = escalated_and_followed(t);
         let rota = line("24/7", &["desk-1", "desk-2"], None);
         let holders = ["desk-1".to_string(), "desk-2".to_string()];
-        let mut router = Router::new("hub-qhm", Some("QHM"), 3_600_000);
-        let t = T0 + 2_000;
-        router.follow(id, t);
         assert_eq!(drive(&mut router, &mut doc, &rota, &holders, t), vec![Action::Measure]);
         assert_eq!(router.poll_timeout(), None, "nothing is due while the gate listens");
         assert_eq!(router.step(id, &doc.view().unwrap(), Some(&rota), &holders, t), Step::Listening);
@@ -659,11 +668,8 @@ mod tests {
 
     #[test]
     fn a_call_waiting_for_a_desk_to_hold_the_case_is_looked_at_again_until_the_hold_wait_ends() {
-        let mut doc = escalated();
-        let id = doc.view().unwrap().id.to_bytes();
+        let (mut doc, _, mut router) = escalated_and_followed(T0);
         let rota = line("24/7", &["desk-1"], None);
-        let mut router = Router::new("hub-qhm", Some("QHM"), 3_600_000);
-        router.follow(id, T0);
         assert_eq!(drive(&mut router, &mut doc, &rota, &[], T0), vec![Action::Wait]);
         // Who holds a session changes no session: the router looks again shortly.
         assert_eq!(router.poll_timeout(), Some(T0 + HOLDERS_POLL_MS));
@@ -680,13 +686,10 @@ mod tests {
 
     #[test]
     fn missing_outcomes_are_flagged_once_the_wait_after_the_call_is_over_and_recorded_ones_are_kept() {
-        let mut doc = escalated();
-        let id = doc.view().unwrap().id.to_bytes();
+        let (mut doc, id, mut router) = escalated_and_followed(T0);
         let rota = line("24/7", &["desk-1"], None);
         let holders = ["desk-1".to_string()];
-        let wait = 3_600_000;
-        let mut router = Router::new("hub-qhm", Some("QHM"), wait);
-        router.follow(id, T0);
+        let wait = WAIT;
         drive(&mut router, &mut doc, &rota, &holders, T0);
         router.heard(id, GOOD, T0 + 1_000);
         drive(&mut router, &mut doc, &rota, &holders, T0 + 1_000);
@@ -740,12 +743,9 @@ mod tests {
     fn a_hub_stopped_between_the_gates_refusal_and_its_callback_arranges_the_callback_after_restart() {
         // A call refused for its link is two writes: the gate's figures, then the callback.
         // A hub killed between them restarts with a fresh router; the call must not ring.
-        let mut doc = escalated();
-        let id = doc.view().unwrap().id.to_bytes();
+        let (mut doc, id, mut router) = escalated_and_followed(T0);
         let rota = line("24/7", &["desk-1"], None);
         let holders = ["desk-1".to_string()];
-        let mut router = Router::new("hub-qhm", Some("QHM"), 3_600_000);
-        router.follow(id, T0);
         drive(&mut router, &mut doc, &rota, &holders, T0);
         let bad = PathQuality { rtt_ms: 420.0, jitter_ms: 40.0, loss: 0.3, burst_ratio: 1.0, probes: 50 };
         for t in 1..=3 {
@@ -757,7 +757,7 @@ mod tests {
         assert!(matches!(d.writes[..], [Write::Gate { .. }, Write::Step { .. }]), "{:?}", d.writes);
         // Only the first write reached the disk.
         d.writes[0].apply(&mut doc, now).unwrap();
-        let mut restarted = Router::new("hub-qhm", Some("QHM"), 3_600_000);
+        let mut restarted = Router::new("hub-qhm", Some("QHM"), WAIT);
         restarted.follow(id, now + 60_000);
         let actions = drive(&mut restarted, &mut doc, &rota, &holders, now + 60_000);
         assert!(
@@ -778,7 +778,7 @@ mod tests {
         doc.append_routing(&federate, handed).unwrap();
         let theirs = line("24/7", &["desk-ox-1"], None);
         let holders = ["desk-ox-1".to_string()];
-        let mut fed = Router::new("hub-qox", Some("QOX"), 3_600_000);
+        let mut fed = Router::new("hub-qox", Some("QOX"), WAIT);
         fed.follow(id, T0 + 2_000);
         assert_eq!(drive(&mut fed, &mut doc, &theirs, &holders, T0 + 2_000), vec![Action::Measure]);
         fed.heard(id, GOOD, T0 + 3_000);
@@ -791,12 +791,12 @@ mod tests {
         assert_eq!(fed.poll_timeout(), None);
         // The session's own hub, told of the connection, relays the voice and awaits them.
         let ours = line("24/7", &[], Some("hub-qox"));
-        let mut home = Router::new("hub-qhm", Some("QHM"), 3_600_000);
+        let mut home = Router::new("hub-qhm", Some("QHM"), WAIT);
         home.follow(id, T0 + 10_000);
         assert_eq!(home.handle_timeout(T0 + 10_000), vec![Due::Route(id)]);
         let step = home.step(id, &doc.view().unwrap(), Some(&ours), &[], T0 + 10_000);
         let relay = Relay { call: "k1".into(), requester: "amb-07".into(), hub: "hub-qox".into() };
         assert_eq!(step, Step::Done { relay: Some(relay) });
-        assert_eq!(home.poll_timeout(), Some(T0 + 10_000 + 3_600_000));
+        assert_eq!(home.poll_timeout(), Some(T0 + 10_000 + WAIT));
     }
 }
