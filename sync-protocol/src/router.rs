@@ -631,6 +631,21 @@ mod tests {
         (doc, id, router)
     }
 
+    /// Drives a followed call from its first step at `t` to connected at `desk` (the gate hears a
+    /// good path; the desk answers 5 s in); returns when it connected.
+    fn connect(router: &mut Router, doc: &mut SessionDoc, rota: &LineEntry, desk: &str, t: TimeMs) -> TimeMs {
+        let id = doc.view().unwrap().id.to_bytes();
+        let holders = [desk.to_string()];
+        assert_eq!(drive(router, doc, rota, &holders, t), vec![Action::Measure]);
+        router.heard(id, GOOD, t + 1_000);
+        drive(router, doc, rota, &holders, t + 1_000);
+        let answer = RoutingEntry::Answer { call: "k1".into(), desk: desk.into(), attempt: 1 };
+        doc.append_routing(&answer, t + 5_000).unwrap();
+        router.follow(id, t + 5_000);
+        assert!(matches!(drive(router, doc, rota, &holders, t + 5_000)[..], [Action::Connected { .. }]));
+        t + 5_000
+    }
+
     const GOOD: PathQuality = PathQuality { rtt_ms: 60.0, jitter_ms: 5.0, loss: 0.0, burst_ratio: 1.0, probes: 50 };
 
     #[test]
@@ -688,15 +703,8 @@ mod tests {
     fn missing_outcomes_are_flagged_once_the_wait_after_the_call_is_over_and_recorded_ones_are_kept() {
         let (mut doc, id, mut router) = escalated_and_followed(T0);
         let rota = line("24/7", &["desk-1"], None);
-        let holders = ["desk-1".to_string()];
         let wait = WAIT;
-        drive(&mut router, &mut doc, &rota, &holders, T0);
-        router.heard(id, GOOD, T0 + 1_000);
-        drive(&mut router, &mut doc, &rota, &holders, T0 + 1_000);
-        let answer = RoutingEntry::Answer { call: "k1".into(), desk: "desk-1".into(), attempt: 1 };
-        doc.append_routing(&answer, T0 + 5_000).unwrap();
-        router.follow(id, T0 + 5_000);
-        assert!(matches!(drive(&mut router, &mut doc, &rota, &holders, T0 + 5_000)[..], [Action::Connected { .. }]));
+        assert_eq!(connect(&mut router, &mut doc, &rota, "desk-1", T0), T0 + 5_000);
         assert_eq!(router.poll_timeout(), Some(T0 + 5_000 + wait));
         // The consultant records an outcome; the requester does not.
         doc.set_outcome(Side::Responder, Outcome::AdviceOnly, "desk-1", T0 + 60_000).unwrap();
@@ -777,16 +785,9 @@ mod tests {
         let federate = RoutingEntry::Federate { call: "k1".into(), hub: "hub-qox".into(), from: "hub-qhm".into() };
         doc.append_routing(&federate, handed).unwrap();
         let theirs = line("24/7", &["desk-ox-1"], None);
-        let holders = ["desk-ox-1".to_string()];
         let mut fed = Router::new("hub-qox", Some("QOX"), WAIT);
         fed.follow(id, T0 + 2_000);
-        assert_eq!(drive(&mut fed, &mut doc, &theirs, &holders, T0 + 2_000), vec![Action::Measure]);
-        fed.heard(id, GOOD, T0 + 3_000);
-        drive(&mut fed, &mut doc, &theirs, &holders, T0 + 3_000);
-        let answer = RoutingEntry::Answer { call: "k1".into(), desk: "desk-ox-1".into(), attempt: 1 };
-        doc.append_routing(&answer, T0 + 9_000).unwrap();
-        fed.follow(id, T0 + 9_000);
-        assert!(matches!(drive(&mut fed, &mut doc, &theirs, &holders, T0 + 9_000)[..], [Action::Connected { .. }]));
+        connect(&mut fed, &mut doc, &theirs, "desk-ox-1", T0 + 2_000);
         // Another ICB's hub may not write this session's outcomes: it awaits none.
         assert_eq!(fed.poll_timeout(), None);
         // The session's own hub, told of the connection, relays the voice and awaits them.
