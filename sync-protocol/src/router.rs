@@ -360,11 +360,6 @@ impl Router {
         self.followed.contains_key(doc)
     }
 
-    /// The sessions followed, each with when this hub first saw its escalation.
-    pub fn followed(&self) -> impl Iterator<Item = (&DocId, TimeMs)> {
-        self.followed.iter().map(|(d, f)| (d, f.seen_ms))
-    }
-
     /// A call connected in the session (found at a restart): flag its missing outcomes after the
     /// wait. Only the session's own hub may write its outcomes (`docs/schema.md`): another ICB's
     /// hub that connected a call handed to it leaves them to the session's hub.
@@ -452,15 +447,6 @@ impl Router {
             f.wake_ms = Some(now);
         }
         Some(verdict)
-    }
-
-    /// The gate stopped listening without a verdict (its measurement was cut off): measure
-    /// afresh at the next step.
-    pub fn unheard(&mut self, doc: DocId, now: TimeMs) {
-        if let Some(f) = self.followed.get_mut(&doc) {
-            f.listening = None;
-            f.wake_ms = Some(now);
-        }
     }
 
     /// When something is next due, if anything is (this hub's clock).

@@ -1123,6 +1123,12 @@ impl<'a> Reader<'a> {
         Some((m[i].value.clone(), m[i].id.clone()))
     }
 
+    /// Whether values written concurrently under a key of a map lost to the winning one.
+    fn conflicted(&self, obj: &ObjId, key: &str) -> bool {
+        let m = self.entries(obj);
+        m.binary_search_by(|e| e.key.as_ref().cmp(key)).is_ok_and(|i| m[i].conflict)
+    }
+
     /// The winning values of a list, in order.
     fn items(&self, list: &ObjId) -> Vec<(Value<'static>, ObjId)> {
         self.doc.list_range(list, ..).map(|item| (item.value.clone().into_value(), item.id())).collect()
@@ -1701,6 +1707,7 @@ fn build_view(doc: &AutoCommit) -> Result<SessionView, ModelError> {
         let path = format!("/outcome/{s}/value");
         let Some(value) = r.str(&o, "value", &path)? else { return Ok(None) };
         if value == Outcome::NotReported.as_str()
+            && r.conflicted(&o, "value")
             && let Some(recorded) = r.outcome_over_flag(&o, &path)?
         {
             return Ok(Some(recorded));

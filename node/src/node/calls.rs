@@ -208,7 +208,7 @@ impl Node {
                 router.follow(doc, now);
                 n += 1;
             } else if resume && calls.last().is_some_and(|c| c.connected.is_some()) {
-                let view = self.store.view(*id)?;
+                let Ok(view) = self.store.view(*id) else { continue };
                 router.await_outcomes(doc, &view, now);
                 n += 1;
             }
