@@ -285,6 +285,21 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// Bytes in the files under `dir`.
+fn dir_size(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => dir_size(&e.path()),
+                    _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 fn start_hub(rt: &tokio::runtime::Runtime, dir: &NodeDir) -> (Daemon, SocketAddr) {
     let hub = rt
         .block_on(Daemon::start(
@@ -357,7 +372,15 @@ fn main() {
 
     let mut rows = Vec::new();
     eprintln!("first sync (no state on either side: range reconciliation, every document sent)...");
+    let profiled = std::env::var("PERF_CASE").is_ok_and(|c| "first contact".contains(c.as_str()) && !c.is_empty());
+    if profiled {
+        perf_control(PERF_CASE_ON);
+    }
     let (first, first_cpu) = rt.block_on(ours(&edge, hub_addr));
+    if profiled {
+        perf_control(PERF_CASE_OFF);
+    }
+    let hub_disk = dir_size(hub_dir.root());
     // The hub's receipts come back in the first sync; a second settles the last acknowledgements.
     rt.block_on(ours(&edge, hub_addr));
     let new_bytes = first.stats.change_bytes_sent + first.stats.change_bytes_received;
@@ -646,6 +669,12 @@ fn main() {
             );
         }
     }
+    println!();
+    println!(
+        "the hub's directory after first contact: {:.1} MiB for {n} sessions ({:.1} KiB each, sealed at rest)",
+        hub_disk as f64 / (1024.0 * 1024.0),
+        kib(hub_disk) / n.max(1) as f64
+    );
     println!();
     println!("| photo over a link that drops halfway | value | target |");
     println!("|---|---|---|");

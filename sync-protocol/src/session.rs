@@ -432,9 +432,12 @@ impl SessionDoc {
         self.doc.get_heads()
     }
 
-    /// The whole document, compacted.
+    /// The whole document, compacted: Automerge's document format without DEFLATE. A session's
+    /// columns are small, and zlib's set-up for each one (hundreds of kilobytes zeroed) cost
+    /// more CPU than all else a hub does to store a new session; the store seals the bytes
+    /// anyway, and [`SessionDoc::load`] reads either form.
     pub fn save(&mut self) -> Vec<u8> {
-        self.doc.save()
+        self.doc.save_nocompress()
     }
 
     /// The changes made since `heads`, as bytes that [`SessionDoc::apply_bytes`] accepts.

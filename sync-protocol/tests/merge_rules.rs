@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-use automerge::ActorId;
+use automerge::{ActorId, ReadDoc};
 use proptest::prelude::*;
 use sync_protocol::session::{NewConsent, NewMedia, NewMessage, NewSession, Patient, Requester, Service, SessionDoc};
 use sync_protocol::vocab::{
@@ -209,12 +209,15 @@ fn a_closed_session_refuses_new_messages() {
 #[test]
 fn a_message_body_is_a_plain_string_not_text() {
     let mut doc = new_session();
-    let bytes = doc.save();
-    // One op per message body: the saved document stays small for a long body.
+    let ops = doc.automerge().stats().num_ops;
+    // One op per message body (a text object would hold one per character).
     let long = "x".repeat(4000);
     doc.add_message(&msg("m1", Side::Requester, &long), T0 + 1).unwrap();
-    let grown = doc.save().len() - bytes.len();
-    assert!(grown < 1500, "a 4000-byte body grew the document by {grown} bytes");
+    let grown = doc.automerge().stats().num_ops - ops;
+    assert!(grown < 30, "a 4000-byte body added {grown} operations");
+    let short = doc.automerge().stats().num_ops;
+    doc.add_message(&msg("m2", Side::Requester, "x"), T0 + 2).unwrap();
+    assert_eq!(doc.automerge().stats().num_ops - short, grown, "a long body costs the ops a short one does");
 }
 
 fn media(hash_byte: &str) -> NewMedia {
