@@ -353,7 +353,7 @@ fn report(w: &mut World, name: &str, seed: u64, rerun: String, wall: f64) -> Rep
             esc.iter().filter(|e| e.handed_to.is_some()).count(),
             esc.iter().filter(|e| e.handed_to.is_some() && e.connected_s.is_some()).count(),
         ),
-        violations: w.violations.clone(),
+        violations: w.violations().to_vec(),
         samples: w.samples.clone(),
         deliveries,
         escalation_list: esc.clone(),

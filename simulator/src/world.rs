@@ -39,6 +39,7 @@ mod directory;
 mod faults;
 mod federation;
 mod link;
+mod observe;
 mod router;
 mod settle;
 mod upload;
@@ -281,15 +282,11 @@ pub struct World {
     epoch_ms: TimeMs,
     /// Sessions each desk has started answering.
     replied: BTreeSet<DocId>,
-    /// Status last seen per (node, doc).
-    statuses: BTreeMap<(usize, DocId), (u32, Status)>,
     calls: Vec<SimCall>,
     /// Each hub's router (the node's own, `sync_protocol::router::Router`).
     routers: BTreeMap<usize, router::HubRouter>,
     /// The last gate window's event token.
     gate_token: u64,
-    /// Outcomes the clinicians recorded: (session, side).
-    recorded: BTreeSet<(DocId, Side)>,
     /// Outcomes the hubs flagged `not_reported` (sides).
     pub not_reported: u64,
     /// Rings each desk has heard: (desk, call, attempt).
@@ -300,8 +297,8 @@ pub struct World {
     pub escalations: Vec<Escalation>,
     /// Samples over time.
     pub samples: Vec<Sample>,
-    /// Invariant violations.
-    pub violations: Vec<Violation>,
+    /// The invariant checkers, and what they found.
+    checks: checks::Checks,
     wire_bucket: u64,
     payload_bucket: u64,
     /// Totals.
@@ -324,8 +321,6 @@ pub struct World {
     pub frames_delivered: u64,
     /// Attacks made by hostile nodes (`byzantine` faults), and how many the hub refused.
     pub attacks: (u64, u64),
-    /// Sessions a hostile node named in its attacks (node, session).
-    named: BTreeSet<(usize, DocId)>,
     /// Backups waiting for their `restore` fault: (fault, node).
     backups: BTreeMap<(usize, usize), MemReplica>,
     /// Restores made, items they lost that a peer still held (to come back by sync), and
@@ -505,17 +500,15 @@ impl World {
             epoch_ms,
             rota,
             replied: BTreeSet::new(),
-            statuses: BTreeMap::new(),
             calls: Vec::new(),
             routers: BTreeMap::new(),
             gate_token: 0,
-            recorded: BTreeSet::new(),
             not_reported: 0,
             heard: BTreeSet::new(),
             ledger: Ledger::default(),
             escalations: Vec::new(),
             samples: Vec::new(),
-            violations: Vec::new(),
+            checks: checks::Checks::default(),
             wire_bucket: 0,
             payload_bucket: 0,
             wire_total: 0,
@@ -530,7 +523,6 @@ impl World {
             ended: false,
             frames_delivered: 0,
             attacks: (0, 0),
-            named: BTreeSet::new(),
             backups: BTreeMap::new(),
             restores: (0, 0, 0),
             directory_edits: 0,
@@ -657,7 +649,7 @@ impl World {
                 }
             }
             Ev::Sweep => {
-                self.sweep();
+                self.check(checks::Observed::Sweep);
                 if self.settling.is_none() {
                     self.after(SWEEP, Ev::Sweep);
                 }

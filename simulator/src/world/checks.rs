@@ -1,124 +1,169 @@
-//! Observation and the invariant checkers: durability, scope, receipts, status, routing, delivery.
+//! The invariant checkers: durability, scope, receipts, status, routing, outcomes, the
+//! directory, hostile nodes, convergence.
+//!
+//! The world tells them what happened as [`Observed`] events ([`World::check`]); they judge each
+//! against the truth (what every replica really holds, the scope facts of every session, the
+//! ledger of acknowledged writes) and keep their own state. They never change the world, and
+//! draw nothing from its random generator, so a run's events are the same with or without
+//! them.
 
 use super::*;
-use sync_protocol::directory::{directory_id, is_directory_id};
+use sync_protocol::directory::{LineRefusal, directory_id, is_directory_id};
+
+/// Something the checkers judge.
+#[derive(Debug)]
+pub(super) enum Observed<'a> {
+    /// A node's copy of a session changed: it now shows `view`.
+    View { node: usize, view: &'a SessionView },
+    /// The run is over: what a node shows of a session in the end.
+    Final { node: usize, view: &'a SessionView },
+    /// A frame reached a node.
+    Frame { receiver: usize, frame: &'a Frame },
+    /// A node came back after a crash (or the run ended): what it acknowledged must be there.
+    Started { node: usize },
+    /// A node was restored from an older copy: what it showed before is not what it holds.
+    Restored { node: usize },
+    /// The hourly look at what every node holds.
+    Sweep,
+    /// A clinician recorded an outcome.
+    Recorded { doc: DocId, side: Side },
+    /// A hub flagged a side's outcome `not_reported`.
+    Flagged { hub: usize, doc: DocId, side: Side },
+    /// A hostile node named a session in a probe.
+    Probed { node: usize, doc: DocId },
+    /// A hostile node sent the hub changes it forged (`hashes`) in a session.
+    Forged { hub: usize, by: usize, doc: DocId, hashes: &'a [Hash] },
+    /// A router rang a desk for call `call` the first time, on a line whose directory entry said
+    /// `refusal` at that moment.
+    Rang { call: usize, desk: &'a str, refusal: Option<LineRefusal> },
+    /// A hub's router refused call `call` for its link.
+    GateRefused { call: usize, hub: usize },
+    /// The hub could not write a directory edit.
+    DirectoryEditFailed { line: ServiceLine },
+    /// The run ended without every replica converging.
+    Diverged { detail: String },
+}
+
+/// The checkers' own state, and what they found.
+#[derive(Debug, Default)]
+pub(super) struct Checks {
+    /// Status last seen per (node, session).
+    statuses: BTreeMap<(usize, DocId), (u32, Status)>,
+    /// Outcomes the clinicians recorded: (session, side).
+    recorded: BTreeSet<(DocId, Side)>,
+    /// Sessions a hostile node named in its probes: (node, session).
+    named: BTreeSet<(usize, DocId)>,
+    /// What they found.
+    pub(super) violations: Vec<Violation>,
+}
 
 impl World {
-    pub(super) fn observe(&mut self, owner: usize, changed: &[DocId]) {
-        let kind = self.nodes[owner].kind;
-        for doc in changed {
-            let Some(view) = self.nodes[owner].replica.view(doc) else { continue };
-            // A hub's share widens who may hold the session, when it is one a router makes:
-            // to another hub (a hand-over), or to a desk on this hub's own rota for the line.
-            // Any other share stays outside the scope checks' truth, and is caught by them.
-            let new_shares: Vec<String> = match self.metas.get(doc) {
-                Some(meta) if kind == Kind::Hub => {
-                    view.shared_with.iter().filter(|n| !meta.shares.contains(n)).cloned().collect()
-                }
-                _ => Vec::new(),
-            };
-            if !new_shares.is_empty() {
-                let rota: Vec<String> = self.nodes[owner]
-                    .replica
-                    .directory_view()
-                    .and_then(|d| {
-                        d.lines.get(&view.service.line).map(|l| l.rota.iter().map(|r| r.desk.clone()).collect())
-                    })
-                    .unwrap_or_default();
-                let hubs: Vec<&str> =
-                    self.nodes.iter().filter(|n| n.kind == Kind::Hub).map(|n| n.name.as_str()).collect();
-                let justified: Vec<String> =
-                    new_shares.into_iter().filter(|n| rota.contains(n) || hubs.contains(&n.as_str())).collect();
-                if let Some(meta) = self.metas.get_mut(doc) {
-                    meta.shares.extend(justified);
+    /// Hands an event to the checkers.
+    pub(super) fn check(&mut self, ev: Observed<'_>) {
+        let mut checks = std::mem::take(&mut self.checks);
+        checks.on(self, ev);
+        self.checks = checks;
+    }
+
+    /// Invariant violations found so far.
+    pub fn violations(&self) -> &[Violation] {
+        &self.checks.violations
+    }
+}
+
+impl Checks {
+    /// Judges one event. The world is lent mutably only because reading a replica's past
+    /// (a hub's acknowledged heads) closes Automerge's pending transaction; nothing is written.
+    fn on(&mut self, w: &mut World, ev: Observed<'_>) {
+        match ev {
+            Observed::View { node, view } => {
+                self.status(w, node, view);
+                self.receipts(w, node, view);
+            }
+            Observed::Final { node, view } => {
+                self.receipts(w, node, view);
+                self.outcomes(w, node, view);
+            }
+            Observed::Frame { receiver, frame } => self.frame_scope(w, receiver, frame),
+            Observed::Started { node } => self.durability(w, node),
+            Observed::Restored { node } => self.statuses.retain(|(o, _), _| *o != node),
+            Observed::Sweep => self.sweep(w),
+            Observed::Recorded { doc, side } => {
+                self.recorded.insert((doc, side));
+            }
+            Observed::Flagged { hub, doc, side } => self.flag_time(w, hub, doc, side),
+            Observed::Probed { node, doc } => {
+                self.named.insert((node, doc));
+            }
+            Observed::Forged { hub, by, doc, hashes } => {
+                let info = w.nodes[hub].info.clone();
+                let held = w.nodes[hub].replica.known_hashes(&info, &doc, hashes).unwrap_or_default();
+                if !held.is_empty() {
+                    let name = &w.nodes[by].name;
+                    self.violate(w, "byzantine", format!("the hub stored a change {name} forged in {name}'s name"));
                 }
             }
-            // Status never moves backwards at any node.
-            let key = (owner, *doc);
-            let st = (view.reopened, view.status);
-            if let Some(prev) = self.statuses.get(&key)
-                && st < *prev
-            {
-                self.violate(
-                    "status",
-                    format!(
-                        "{} saw {} go from {:?} back to {:?}",
-                        self.nodes[owner].name,
-                        SessionId::from_bytes(*doc),
-                        prev,
-                        st
-                    ),
-                );
-            }
-            self.statuses.insert(key, st);
-            // Delivery: first time the hub, or a desk of the line, holds each write.
-            if kind == Kind::Hub || kind == Kind::Desk {
-                let desk_line = self.nodes[owner].info.lines.first().copied();
-                if kind == Kind::Desk
-                    && desk_line != Some(view.service.line)
-                    && !view.shared_with.contains(&self.nodes[owner].name)
-                {
-                    continue;
+            Observed::Rang { call, desk, refusal } => {
+                // The line's own hours: nobody is rung on a line closed or taking no calls.
+                if let Some(why) = refusal {
+                    self.violate(w, "routing", format!("the router rang {desk} although {why}"));
                 }
-                let now = self.now;
-                let mut keys: Vec<(String, bool)> = vec![(view.id.to_string(), true)];
-                keys.extend(view.messages.iter().map(|m| (m.id.clone(), true)));
-                for m in &view.media {
-                    let whole = Hash::from_hex(&m.hash).is_some_and(|h| self.nodes[owner].replica.holds_blob(&h));
-                    keys.push((m.hash.clone(), whole));
-                }
-                for (k, held) in keys {
-                    if !held {
-                        continue;
-                    }
-                    if let Some(e) = self.ledger.get_mut(doc, &k) {
-                        if owner == self.hub && e.at_hub.is_none() {
-                            e.at_hub = Some(now);
-                        }
-                        if kind == Kind::Desk && e.at_desk.is_none() {
-                            e.at_desk = Some(now);
-                        }
-                    }
-                }
-                // The first desk of the rota answers once it holds the session.
-                if kind == Kind::Desk
-                    && !self.replied.contains(doc)
-                    && self.rota.get(&view.service.line).and_then(|r| r.first()) == Some(&owner)
-                {
-                    self.replied.insert(*doc);
-                    let urgent = view.service.priority != Priority::Routine || view.service.channel == Channel::Call;
-                    let wl = self.scenario.workload.clone();
-                    let delay = if urgent {
-                        self.uniform_minutes(wl.reply_urgent_minutes)
-                    } else {
-                        let (lo, hi) = wl.reply_routine_minutes;
-                        ((lo.ln() + (hi.ln() - lo.ln()) * self.rng.random::<f64>()).exp() * MINUTE as f64) as Micros
-                    };
-                    self.after(delay, Ev::Work(Work::Reply { desk: owner, doc: *doc }));
+                // A desk is rung only once its own store holds the session whole.
+                let whole = w.nodes.iter().position(|n| n.name == desk).is_some_and(|d| w.holds_whole(call, d));
+                if !whole {
+                    self.violate(
+                        w,
+                        "receipts",
+                        format!("the router rang {desk} for a session its store did not hold whole"),
+                    );
                 }
             }
-            // Receipts never claim more than is true.
-            self.check_receipts(owner, &view);
+            Observed::GateRefused { call, hub } => self.gate_refusal(w, call, hub),
+            Observed::DirectoryEditFailed { line } => {
+                self.violate(w, "directory", format!("the hub could not write its directory edit of {line}"));
+            }
+            Observed::Diverged { detail } => self.violate(w, "convergence", detail),
         }
     }
 
-    pub(super) fn check_receipts(&mut self, owner: usize, view: &SessionView) {
+    fn violate(&mut self, w: &World, check: &str, detail: String) {
+        if self.violations.len() < 1000 {
+            self.violations.push(Violation { check: check.into(), at_s: secs(w.now), detail });
+        }
+    }
+
+    /// Status never moves backwards at any node.
+    fn status(&mut self, w: &World, node: usize, view: &SessionView) {
+        let key = (node, view.id.to_bytes());
+        let st = (view.reopened, view.status);
+        if let Some(prev) = self.statuses.get(&key).copied()
+            && st < prev
+        {
+            let detail = format!("{} saw {} go from {:?} back to {:?}", w.nodes[node].name, view.id, prev, st);
+            self.violate(w, "status", detail);
+        }
+        self.statuses.insert(key, st);
+    }
+
+    /// Receipts never claim more than is true: a node shown holding a message or a photo holds
+    /// it (unless a restore took it and it has not come back yet).
+    fn receipts(&mut self, w: &mut World, owner: usize, view: &SessionView) {
         let mut bad = Vec::new();
         for m in &view.messages {
             for r in &m.receipts {
                 if matches!(r.level, ReceiptLevel::Hub | ReceiptLevel::Desk | ReceiptLevel::Requester) {
-                    let Some(holder) = self.nodes.iter().position(|n| n.name == r.node) else { continue };
-                    if self.unvouched.contains_key(&(holder, m.id.clone())) {
+                    let Some(holder) = w.nodes.iter().position(|n| n.name == r.node) else { continue };
+                    if w.unvouched.contains_key(&(holder, m.id.clone())) {
                         continue;
                     }
-                    let held = self.nodes[holder]
+                    let held = w.nodes[holder]
                         .replica
                         .view(&view.id.to_bytes())
                         .is_some_and(|v| v.messages.iter().any(|x| x.id == m.id));
                     if !held {
                         bad.push(format!(
                             "{} shows message {} {} at {}, which does not hold it",
-                            self.nodes[owner].name,
+                            w.nodes[owner].name,
                             m.id,
                             r.level.describe(),
                             r.node
@@ -130,18 +175,18 @@ impl World {
         for m in &view.media {
             for r in &m.receipts {
                 if matches!(r.level, ReceiptLevel::Hub | ReceiptLevel::Desk | ReceiptLevel::Requester) {
-                    let Some(holder) = self.nodes.iter().position(|n| n.name == r.node) else { continue };
-                    if self.unvouched.contains_key(&(holder, m.hash.clone())) {
+                    let Some(holder) = w.nodes.iter().position(|n| n.name == r.node) else { continue };
+                    if w.unvouched.contains_key(&(holder, m.hash.clone())) {
                         continue;
                     }
                     let held = Hash::from_hex(&m.hash).is_some_and(|h| {
-                        let rep = &self.nodes[holder].replica;
+                        let rep = &w.nodes[holder].replica;
                         rep.holds_blob(&h) || rep.blobs.get(&h).is_some_and(|b| b.offloaded)
                     });
                     if !held {
                         bad.push(format!(
                             "{} shows photo {} {} at {}, which does not hold its bytes",
-                            self.nodes[owner].name,
+                            w.nodes[owner].name,
                             &m.hash[..12],
                             r.level.describe(),
                             r.node
@@ -153,67 +198,82 @@ impl World {
         // Its own messages shown "at hub" from a hub's acknowledged heads (hubs write no
         // receipt on messages): the hub must hold them.
         let id = view.id.to_bytes();
-        for (m, hubs) in self.nodes[owner].replica.messages_vouched_by_hubs(&id) {
+        for (m, hubs) in w.nodes[owner].replica.messages_vouched_by_hubs(&id) {
             let true_of = |hub: &String| {
-                let Some(holder) = self.nodes.iter().position(|n| &n.name == hub) else { return false };
-                self.unvouched.contains_key(&(holder, m.clone()))
-                    || self.nodes[holder].replica.view(&id).is_some_and(|v| v.messages.iter().any(|x| x.id == m))
+                let Some(holder) = w.nodes.iter().position(|n| &n.name == hub) else { return false };
+                w.unvouched.contains_key(&(holder, m.clone()))
+                    || w.nodes[holder].replica.view(&id).is_some_and(|v| v.messages.iter().any(|x| x.id == m))
             };
             if !hubs.iter().any(true_of) {
                 bad.push(format!(
                     "{} shows its message {m} at hub from what {} acknowledged, which does not hold it",
-                    self.nodes[owner].name,
+                    w.nodes[owner].name,
                     hubs.join(", ")
                 ));
             }
         }
         for b in bad {
-            self.violate("receipts", b);
+            self.violate(w, "receipts", b);
         }
     }
 
     /// Outcomes: an outcome a clinician recorded is never shown as `not_reported`, whatever
     /// order the clinician's write and the hub's flag reached a replica in.
-    pub(super) fn check_outcomes(&mut self, n: usize, view: &SessionView) {
+    fn outcomes(&mut self, w: &World, n: usize, view: &SessionView) {
         let doc = view.id.to_bytes();
         for (side, shown) in [(Side::Requester, &view.outcome.requester), (Side::Responder, &view.outcome.responder)] {
             if shown.as_ref().is_some_and(|o| o.value == Outcome::NotReported) && self.recorded.contains(&(doc, side)) {
-                let name = self.nodes[n].name.clone();
-                self.violate(
-                    "outcomes",
-                    format!("{name} shows the {side} outcome of {} as not reported, but it was recorded", view.id),
-                );
+                let name = &w.nodes[n].name;
+                let detail =
+                    format!("{name} shows the {side} outcome of {} as not reported, but it was recorded", view.id);
+                self.violate(w, "outcomes", detail);
             }
         }
     }
 
-    /// A hub flags a side `not_reported`: only once the outcome wait has passed since the call
+    /// A hub flags a side `not_reported` only once the outcome wait has passed since the call
     /// connected (the hub's clock runs with virtual time, so the ledger's time is the hub's).
-    pub(super) fn check_flag_time(&mut self, h: usize, doc: DocId, side: Side) {
-        let wait_s = self.scenario.workload.outcome_wait_hours * 3600.0;
-        let connected = self
+    fn flag_time(&mut self, w: &World, h: usize, doc: DocId, side: Side) {
+        let wait_s = w.scenario.workload.outcome_wait_hours * 3600.0;
+        let connected = w
             .calls
             .iter()
             .filter(|c| c.doc == doc)
-            .filter_map(|c| self.escalations[c.esc_index].connected_s)
+            .filter_map(|c| w.escalations[c.esc_index].connected_s)
             .fold(None, |a: Option<f64>, t| Some(a.map_or(t, |a| a.max(t))));
-        let now = secs(self.now);
+        let now = secs(w.now);
         if let Some(t) = connected
             && now - t < wait_s - 1.0
         {
-            let hub = self.nodes[h].name.clone();
-            self.violate(
-                "outcomes",
-                format!(
-                    "{hub} flagged the {side} outcome not reported {:.0} s after the call connected (the wait is {:.0} s)",
-                    now - t,
-                    wait_s
-                ),
+            let hub = &w.nodes[h].name;
+            let detail = format!(
+                "{hub} flagged the {side} outcome not reported {:.0} s after the call connected (the wait is {:.0} s)",
+                now - t,
+                wait_s
             );
+            self.violate(w, "outcomes", detail);
         }
     }
 
-    pub(super) fn check_frame_scope(&mut self, receiver: usize, f: &Frame) {
+    /// A call refused for its link: the gate must have listened to every window it may (unless
+    /// the link went away while it listened), and none of them may have been good enough.
+    fn gate_refusal(&mut self, w: &World, i: usize, h: usize) {
+        let heard = &w.calls[i].heard;
+        let passed = heard.iter().position(|q| gate(q, &ADPCM_32K).is_ok());
+        let cut = heard.last().is_some_and(|q| q.probes == 0);
+        let n = heard.len();
+        let hub = &w.nodes[h].name;
+        if let Some(k) = passed {
+            let detail = format!("{hub} refused a call for its link although second {} of {n} passed", k + 1);
+            self.violate(w, "routing", detail);
+        } else if !cut && n < GATE_WINDOWS as usize {
+            let detail = format!("{hub} refused a call for its link after listening {n} s of {GATE_WINDOWS}");
+            self.violate(w, "routing", detail);
+        }
+    }
+
+    /// Nothing outside a node's scope is sent to it unasked.
+    fn frame_scope(&mut self, w: &World, receiver: usize, f: &Frame) {
         let ids: Vec<DocId> = match f {
             Frame::Summary(s) => s.entries.iter().map(|e| e.0).collect(),
             Frame::SummaryReply(r) => r.entries.iter().map(|e| e.0).collect(),
@@ -232,7 +292,7 @@ impl World {
             Frame::Changes(c) => vec![c.doc],
             _ => Vec::new(),
         };
-        let info = self.nodes[receiver].info.clone();
+        let info = &w.nodes[receiver].info;
         // "I hold nothing of it" and "I will not store it" about an id the receiver itself named
         // (a hostile node probing) say what they would say of a session that does not exist.
         let nothing = matches!(f, Frame::Refused { .. }) || matches!(f, Frame::Heads { heads, .. } if heads.is_empty());
@@ -242,127 +302,33 @@ impl World {
             }
             // A directory goes only to its own ICB's nodes.
             if is_directory_id(&id) && info.icb.as_deref().map(directory_id) != Some(id) && !nothing {
-                let what = f.name();
-                self.violate("scope", format!("{} was sent {what} about another ICB's directory", info.name));
+                let detail = format!("{} was sent {} about another ICB's directory", info.name, f.name());
+                self.violate(w, "scope", detail);
                 continue;
             }
             // A receiver may be told of documents it asked about; what matters is that nothing
             // outside its scope is sent to it unasked: documents it cannot hold.
-            if let Some(meta) = self.metas.get(&id)
-                && !may_hold(&info, meta)
-                && !self.nodes[receiver].replica.ids().contains(&id)
+            if let Some(meta) = w.metas.get(&id)
+                && !may_hold(info, meta)
+                && !w.nodes[receiver].replica.ids().contains(&id)
             {
-                let what = f.name();
-                self.violate(
-                    "scope",
-                    format!("{} was sent {what} about {}, outside its scope", info.name, SessionId::from_bytes(id)),
+                let detail = format!(
+                    "{} was sent {} about {}, outside its scope",
+                    info.name,
+                    f.name(),
+                    SessionId::from_bytes(id)
                 );
+                self.violate(w, "scope", detail);
             }
         }
     }
 
-    /// One round of attacks by the hostile node of link `l` on the hub, with the node's own valid
-    /// identity and key, on a session of someone else (a leaked copy): a self-share, a reply
-    /// forged in a consultant's name, a forged hub receipt, a change under another member's
-    /// actor, an operation bomb, and reads by id. Every forged change must be refused (the
-    /// hub must not hold it afterwards); what the hub sends back is checked for scope on
-    /// arrival like every frame.
-    pub(super) fn attack(&mut self, l: usize) {
-        let (n, hub) = (self.links[l].node, self.links[l].hub);
-        if !self.nodes[hub].up || !self.nodes[n].up {
-            return;
-        }
-        let me = self.nodes[n].info.clone();
-        let victim = self.nodes[hub].replica.ids().into_iter().find(|id| {
-            self.nodes[hub].replica.view_ref(id).is_some_and(|v| !may_hold(&me, &v.meta()) && !v.messages.is_empty())
-        });
-        let Some(victim) = victim else { return };
-        self.named.insert((n, victim));
-        let Some(mut leaked) = self.nodes[hub].replica.copy_doc(&victim) else { return };
-        let key = self.nodes[n].replica.author().clone();
-        let other = self.nodes.iter().find(|x| x.kind == Kind::Desk).map(|x| x.replica.actor().clone());
-        let round = self.attacks.0;
-        let mut doc = leaked.fork_as(match (round % 6, other) {
-            (3, Some(a)) => a,
-            _ => key.actor().clone(),
-        });
-        let before = doc.heads();
-        let am = doc.automerge();
-        let obj = |am: &automerge::AutoCommit, parent: &automerge::ObjId, k: &str| match am.get(parent, k) {
-            Ok(Some((automerge::Value::Object(_), o))) => Some(o),
-            _ => None,
-        };
-        use automerge::ReadDoc;
-        use automerge::transaction::Transactable;
-        let forged = match round % 6 {
-            0 => obj(am, &automerge::ROOT, "shares").map(|sh| am.put(&sh, me.name.as_str(), 1).is_ok()),
-            1 => obj(am, &automerge::ROOT, "messages").map(|m| {
-                let at = am.length(&m);
-                am.insert_object(&m, at, automerge::ObjType::Map)
-                    .and_then(|e| {
-                        am.put(&e, "author", "desk-001")?;
-                        am.put(&e, "side", "responder")?;
-                        am.put(&e, "text", "benign, discharge")
-                    })
-                    .is_ok()
-            }),
-            2 | 3 => obj(am, &automerge::ROOT, "messages").and_then(|m| match am.get(&m, 0) {
-                Ok(Some((automerge::Value::Object(_), first))) => {
-                    obj(am, &first, "receipts").map(|r| am.put(&r, format!("hub/{}", self.nodes[hub].name), 1).is_ok())
-                }
-                _ => None,
-            }),
-            4 => obj(am, &automerge::ROOT, "messages")
-                .map(|m| am.splice(&m, 0, 0, std::iter::repeat_n(automerge::ScalarValue::Null, 100_000)).is_ok()),
-            _ => None,
-        };
-        let frames = if forged == Some(true) {
-            am.commit();
-            let changes = am.get_changes(&before);
-            let bytes: Vec<u8> = changes.iter().flat_map(|c| c.raw_bytes().to_vec()).collect();
-            let sigs = changes.iter().map(|c| key.sign(&c.hash())).collect();
-            let hashes: Vec<Hash> = changes.iter().map(|c| Hash::from(c.hash())).collect();
-            let heads = doc.heads().iter().map(|h| Hash::from(*h)).collect();
-            vec![(hashes, Frame::Changes(sync_protocol::wire::Changes { doc: victim, ack: false, heads, bytes, sigs }))]
-        } else {
-            vec![
-                (Vec::new(), Frame::Need { doc: victim }),
-                (Vec::new(), Frame::Heads { doc: victim, heads: vec![Hash([7; 32])] }),
-            ]
-        };
-        let now = self.node_now(hub);
-        let hub_info = self.nodes[hub].info.clone();
-        for (hashes, frame) in frames {
-            self.attacks.0 += 1;
-            let Some(c) = self.links[l].conn.as_mut() else { return };
-            let result = c.engines[1].handle(&mut self.nodes[hub].replica, vec![frame], now);
-            self.flush(l, 1, 0);
-            if let Err(e) = result {
-                self.drop_conn(l, &e.to_string());
-                return;
-            }
-            let held = self.nodes[hub].replica.known_hashes(&hub_info, &victim, &hashes).unwrap_or_default();
-            if held.is_empty() {
-                self.attacks.1 += 1;
-            } else {
-                self.violate("byzantine", format!("the hub stored a change {} forged in {}'s name", me.name, me.name));
-            }
-        }
-        self.after_changes(hub, None);
-    }
-
-    pub(super) fn violate(&mut self, check: &str, detail: String) {
-        if self.violations.len() < 1000 {
-            self.violations.push(Violation { check: check.into(), at_s: secs(self.now), detail });
-        }
-    }
-
-    /// Periodic checks: scope of what every node holds.
-    pub(super) fn sweep(&mut self) {
+    /// No node holds a session outside its scope.
+    fn sweep(&mut self, w: &World) {
         let mut bad = Vec::new();
-        for n in &self.nodes {
+        for n in &w.nodes {
             for id in n.replica.ids() {
-                if let Some(meta) = self.metas.get(&id)
+                if let Some(meta) = w.metas.get(&id)
                     && !may_hold(&n.info, meta)
                 {
                     bad.push(format!("{} holds {}, outside its scope", n.name, SessionId::from_bytes(id)));
@@ -370,15 +336,15 @@ impl World {
             }
         }
         for b in bad {
-            self.violate("scope", b);
+            self.violate(w, "scope", b);
         }
     }
 
     /// Every write a node acknowledged is still in its store.
-    pub(super) fn check_durability(&mut self, n: usize) {
+    fn durability(&mut self, w: &World, n: usize) {
         let mut bad = Vec::new();
-        for e in self.ledger.entries.iter().filter(|e| e.node == n && !self.lost_in_restore.contains(&e.key)) {
-            let present = match self.nodes[n].replica.view(&e.doc) {
+        for e in w.ledger.entries.iter().filter(|e| e.node == n && !w.lost_in_restore.contains(&e.key)) {
+            let present = match w.nodes[n].replica.view(&e.doc) {
                 None => false,
                 Some(v) => match e.what {
                     What::Session => true,
@@ -387,11 +353,71 @@ impl World {
                 },
             };
             if !present {
-                bad.push(format!("{} lost its acknowledged {:?} {} after a crash", self.nodes[n].name, e.what, e.key));
+                bad.push(format!("{} lost its acknowledged {:?} {} after a crash", w.nodes[n].name, e.what, e.key));
             }
         }
         for b in bad {
-            self.violate("durability", b);
+            self.violate(w, "durability", b);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn world() -> World {
+        let scenario = Scenario::load("smoke").unwrap_or_else(|e| panic!("smoke scenario: {e}"));
+        World::new(scenario, Options { seed: 1, ..Options::default() })
+    }
+
+    #[test]
+    fn the_checkers_judge_the_events_they_are_told_of_against_the_truth() {
+        let mut w = world();
+        let edge = w.nodes.iter().position(|n| n.kind != Kind::Hub && n.kind != Kind::Desk).unwrap_or(1);
+        let doc = w.create_session(edge, ServiceLine::Cardiology, false).unwrap_or_else(|| panic!("a session"));
+        let mut view = w.nodes[edge].replica.view(&doc).unwrap_or_else(|| panic!("its view"));
+        assert!(w.violations().is_empty(), "{:?}", w.violations());
+
+        // The same view again is no news; a status that goes back is.
+        w.check(Observed::View { node: edge, view: &view });
+        assert!(w.violations().is_empty(), "{:?}", w.violations());
+        let seen = view.status;
+        view.reopened += 1;
+        w.check(Observed::View { node: edge, view: &view });
+        view.reopened -= 1;
+        w.check(Observed::View { node: edge, view: &view });
+        let found: Vec<&str> = w.violations().iter().map(|v| v.check.as_str()).collect();
+        assert_eq!(found, ["status"], "{:?} then reopened and back ({seen:?})", w.violations());
+
+        // A restore forgets what the node showed before: the same step back is no longer one.
+        w.check(Observed::Restored { node: edge });
+        view.reopened += 1;
+        w.check(Observed::View { node: edge, view: &view });
+        view.reopened -= 1;
+        w.check(Observed::Restored { node: edge });
+        w.check(Observed::View { node: edge, view: &view });
+        assert_eq!(w.violations().len(), 1, "{:?}", w.violations());
+
+        // A frame about this session reaching a desk of another line, unasked, is out of scope;
+        // the hub may be told of it.
+        let derm = w.nodes.iter().position(|n| n.kind == Kind::Desk && n.info.lines != [ServiceLine::Cardiology]);
+        let derm = derm.unwrap_or_else(|| panic!("a desk of another line"));
+        let frame = Frame::Need { doc };
+        w.check(Observed::Frame { receiver: w.hub, frame: &frame });
+        assert_eq!(w.violations().len(), 1, "{:?}", w.violations());
+        w.check(Observed::Frame { receiver: derm, frame: &frame });
+        assert_eq!(w.violations().last().map(|v| v.check.as_str()), Some("scope"), "{:?}", w.violations());
+
+        // What the node acknowledged is in its store; once it is not, the next start says so.
+        w.check(Observed::Started { node: edge });
+        assert_eq!(w.violations().len(), 2, "{:?}", w.violations());
+        w.nodes[edge].replica = MemReplica::new(
+            w.nodes[edge].info.clone(),
+            w.nodes[edge].replica.author().clone(),
+            SharedRoster::default(),
+        );
+        w.check(Observed::Started { node: edge });
+        assert_eq!(w.violations().last().map(|v| v.check.as_str()), Some("durability"), "{:?}", w.violations());
     }
 }

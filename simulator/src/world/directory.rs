@@ -2,6 +2,7 @@
 //! deployer's `outpost rota set` would (`[[directory_edit]]`); the engine carries each change
 //! to the ICB's edges and desks, and the hub's router reads its own copy.
 
+use super::checks::Observed;
 use super::*;
 
 /// Writes an ICB's directory as its hub's document (the hub is its only author).
@@ -42,7 +43,7 @@ impl World {
         entry.updated_ms = now;
         let written = self.nodes[hub].replica.edit_directory(|d| d.set_line(&entry, now));
         if !matches!(written, Some(Ok(()))) {
-            self.violate("directory", format!("the hub could not write its directory edit of {}", edit.line));
+            self.check(Observed::DirectoryEditFailed { line: edit.line });
             return;
         }
         self.directory_edits += 1;

@@ -1,5 +1,6 @@
 //! Links and connections: dialling, the on/off process, the sender's bottleneck, arrivals into the engines.
 
+use super::checks::Observed;
 use super::*;
 
 impl World {
@@ -259,7 +260,7 @@ impl World {
         }
         self.frames_delivered += frames.len() as u64;
         for f in &frames {
-            self.check_frame_scope(owner, f);
+            self.check(Observed::Frame { receiver: owner, frame: f });
         }
         let now = self.node_now(owner);
         let blind = self.opts.bugs.ignore_scope_at.as_deref() == Some(self.nodes[owner].name.as_str());

@@ -4,6 +4,7 @@
 //! replica, and keeps its ledger and checks; the policy (rota, ring times, the gate, the
 //! directory, federation, callbacks, outcomes not reported) is all the router's.
 
+use super::checks::Observed;
 use super::*;
 
 /// A hub's router and when its next wake-up is scheduled.
@@ -173,7 +174,6 @@ impl World {
         let line = self.nodes[h].replica.directory_view().and_then(|d| d.lines.get(&view.service.line).cloned());
         let step = self.hub_router(h).router.step(doc, &view, line.as_ref(), &holders, now);
         let Step::Decided(decision) = step else { return };
-        let hub_name = self.nodes[h].name.clone();
         if let Some(i) = self.calls.iter().position(|c| c.doc == doc && c.call == decision.call) {
             let e = self.calls[i].esc_index;
             match &decision.action {
@@ -189,19 +189,17 @@ impl World {
                 Action::GatePassed(r, _) => self.escalations[e].gate_mos = Some(r.mos),
                 Action::Ring { desk, attempt, .. } => {
                     if *attempt == 1 {
-                        // The line's own hours: nobody is rung on a line closed or taking no calls.
-                        if let Some(why) = line.as_ref().and_then(|l| l.call_refusal(now)) {
-                            self.violate("routing", format!("the router rang {desk} although {why}"));
-                        }
+                        let refusal = line.as_ref().and_then(|l| l.call_refusal(now));
                         if let Some(d) = self.nodes.iter().position(|n| &n.name == desk) {
                             self.first_ring(i, d);
                         }
+                        self.check(Observed::Rang { call: i, desk, refusal });
                     }
                 }
                 Action::Connected { .. } => self.escalations[e].connected_s = Some(secs(self.now)),
                 Action::Callback { cause, rating, .. } => {
                     if let Some((r, _)) = rating {
-                        self.check_gate_refusal(i, &hub_name);
+                        self.check(Observed::GateRefused { call: i, hub: h });
                         self.escalations[e].gate_mos = Some(r.mos);
                     }
                     self.escalations[e].callback = Some(cause.as_str().to_string());
@@ -225,7 +223,7 @@ impl World {
         if let Write::NotReported { sides, .. } = &write {
             for side in sides {
                 self.not_reported += 1;
-                self.check_flag_time(h, doc, *side);
+                self.check(Observed::Flagged { hub: h, doc, side: *side });
             }
         }
         if self.nodes[h].replica.edit(&doc, |d| write.apply(d, now)).is_ok() {
@@ -287,45 +285,27 @@ impl World {
         quality_from_probes(&probes)
     }
 
-    /// A call refused for its link: the gate must have listened to every window it may (unless
-    /// the link went away while it listened), and none of them may have been good enough.
-    fn check_gate_refusal(&mut self, i: usize, hub: &str) {
-        let heard = &self.calls[i].heard;
-        let passed = heard.iter().position(|w| gate(w, &ADPCM_32K).is_ok());
-        let cut = heard.last().is_some_and(|w| w.probes == 0);
-        let n = heard.len();
-        if let Some(k) = passed {
-            self.violate(
-                "routing",
-                format!("{hub} refused a call for its link although second {} of {n} passed", k + 1),
-            );
-        } else if !cut && n < GATE_WINDOWS as usize {
-            self.violate(
-                "routing",
-                format!("{hub} refused a call for its link after listening {n} s of {GATE_WINDOWS}"),
-            );
-        }
+    /// Records the first ring of an escalation, and whether the desk's own store held the
+    /// session whole (the checkers judge it: [`Observed::Rang`]).
+    pub(super) fn first_ring(&mut self, i: usize, desk: usize) {
+        let truly_held = self.holds_whole(i, desk);
+        let e = self.calls[i].esc_index;
+        self.escalations[e].rung_s = Some(secs(self.now));
+        self.escalations[e].desk = Some(self.nodes[desk].name.clone());
+        self.escalations[e].desk_held_whole = truly_held;
     }
 
-    /// Records the first ring of an escalation, and checks it against the desk's own store.
-    pub(super) fn first_ring(&mut self, i: usize, desk: usize) {
-        let doc = self.calls[i].doc;
-        let (msgs, media) = self.calls[i].items.clone();
-        let desk_name = self.nodes[desk].name.clone();
-        let truly_held = self.nodes[desk].replica.view_ref(&doc).is_some_and(|v| {
+    /// Whether a desk's own store holds call `i`'s session whole: every message and photo the
+    /// session had when the call was asked for, photos with their bytes.
+    pub(super) fn holds_whole(&self, i: usize, desk: usize) -> bool {
+        let (msgs, media) = &self.calls[i].items;
+        self.nodes[desk].replica.view_ref(&self.calls[i].doc).is_some_and(|v| {
             msgs.iter().all(|m| v.messages.iter().any(|x| &x.id == m))
                 && media.iter().all(|h| {
                     v.media.iter().any(|x| &x.hash == h)
                         && Hash::from_hex(h).is_some_and(|hh| self.nodes[desk].replica.holds_blob(&hh))
                 })
-        });
-        let e = self.calls[i].esc_index;
-        self.escalations[e].rung_s = Some(secs(self.now));
-        self.escalations[e].desk = Some(desk_name.clone());
-        self.escalations[e].desk_held_whole = truly_held;
-        if !truly_held {
-            self.violate("receipts", format!("the router rang {desk_name} for a session its store did not hold whole"));
-        }
+        })
     }
 
     /// A desk that holds a session ringing for it answers after a while, unless it is away.

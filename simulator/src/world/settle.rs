@@ -1,5 +1,6 @@
 //! Sampling, settling and convergence, and the end of the run.
 
+use super::checks::Observed;
 use super::*;
 
 impl World {
@@ -98,17 +99,16 @@ impl World {
     /// Final checks after the run.
     pub fn finish(&mut self) {
         for n in 0..self.nodes.len() {
-            self.check_durability(n);
+            self.check(Observed::Started { node: n });
         }
-        self.sweep();
+        self.check(Observed::Sweep);
         // What a restored node lost and a peer still held is back by now: every receipt is
         // checked again, but for items lost for good (reported, not hidden).
         self.unvouched.retain(|_, for_good| *for_good);
         for n in 0..self.nodes.len() {
             for id in self.nodes[n].replica.ids() {
                 if let Some(view) = self.nodes[n].replica.view(&id) {
-                    self.check_receipts(n, &view);
-                    self.check_outcomes(n, &view);
+                    self.check(Observed::Final { node: n, view: &view });
                 }
             }
         }
@@ -117,7 +117,7 @@ impl World {
                 self.converged_at = Some(self.now);
             } else {
                 let detail = self.divergence();
-                self.violate("convergence", detail);
+                self.check(Observed::Diverged { detail });
             }
         }
     }

@@ -1,5 +1,6 @@
 //! The workload: clinicians' sessions, messages, photos, escalations, replies and outcomes.
 
+use super::checks::Observed;
 use super::*;
 
 impl World {
@@ -176,7 +177,7 @@ impl World {
                     d.set_outcome(Side::Responder, outcome, &name, now)
                 });
                 if replied.is_some() {
-                    self.recorded.insert((doc, Side::Responder));
+                    self.check(Observed::Recorded { doc, side: Side::Responder });
                 }
                 if replied.is_some() && self.rng.random::<f64>() < self.scenario.workload.outcome_share {
                     let origin = self.metas.get(&doc).map(|m| m.origin.clone());
@@ -201,7 +202,7 @@ impl World {
                     .is_some_and(|v| v.messages.iter().any(|m| m.side == Side::Responder));
                 if replied {
                     if self.local_write(node, &doc, |d| d.set_outcome(Side::Requester, outcome, &name, now)).is_some() {
-                        self.recorded.insert((doc, Side::Requester));
+                        self.check(Observed::Recorded { doc, side: Side::Requester });
                     }
                 } else if self.settling.is_none() {
                     self.after(30 * MINUTE, Ev::Work(Work::Outcome { node, doc }));
