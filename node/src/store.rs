@@ -450,6 +450,11 @@ impl Store {
             ops_admitted: 0,
         };
         store.backfill_index()?;
+        if let Err(e) = store.ensure_audit_head(crate::node::now_ms()) {
+            // A full disk, say: the chain still verifies up to its last entry, and the head is
+            // written by the next open that can.
+            tracing::warn!("the audit chain has no sealed head and none could be written now: {e}");
+        }
         if let Some(pages) = std::env::var(MAX_PAGES_ENV).ok().and_then(|v| v.parse::<u64>().ok()) {
             store.limit_pages(pages)?;
         }

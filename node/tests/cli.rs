@@ -333,6 +333,64 @@ fn the_audit_chain_records_changes_and_views_and_detects_tampering() {
 }
 
 #[test]
+fn deleting_audit_entries_in_the_middle_or_at_the_end_is_detected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    init_edge(&dir);
+    let id = new_session(&dir);
+    for text in ["one", "two", "three"] {
+        ok(&["message", "send", "--dir", d(&dir), &id, text]);
+    }
+    ok(&["session", "show", "--dir", d(&dir), &id]);
+    ok(&["audit", "verify", "--dir", d(&dir)]);
+    let copy_of = |name: &str| {
+        let copy = tmp.path().join(name);
+        std::fs::create_dir_all(&copy).unwrap();
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+            }
+        }
+        copy
+    };
+    let (copy, headless) = (copy_of("copy"), copy_of("headless"));
+    // An entry taken out of the middle (the later ones renumbered would break every hash after).
+    let conn = rusqlite::Connection::open(dir.join("outpost.db")).unwrap();
+    conn.execute("DELETE FROM audit WHERE seq = 3", []).unwrap();
+    drop(conn);
+    let out = run(&["audit", "verify", "--dir", d(&dir)]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("broken at entry 4"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The newest entries cut off: what is left is a valid chain, but not the whole one.
+    let conn = rusqlite::Connection::open(copy.join("outpost.db")).unwrap();
+    let last: i64 = conn.query_row("SELECT max(seq) FROM audit", [], |r| r.get(0)).unwrap();
+    conn.execute("DELETE FROM audit WHERE seq >= ?1", [last - 1]).unwrap();
+    drop(conn);
+    let out = run(&["audit", "verify", "--dir", d(&copy)]);
+    assert!(!out.status.success(), "a chain cut short passed: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("broken at entry {}", last - 1)),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // A chain without its sealed head (as a store of an earlier version has) gets one at the
+    // next open, in an entry that says so: the chain itself records from where it is vouched.
+    let conn = rusqlite::Connection::open(headless.join("outpost.db")).unwrap();
+    conn.execute("DELETE FROM meta WHERE key = 'audit_head'", []).unwrap();
+    drop(conn);
+    ok(&["audit", "verify", "--dir", d(&headless)]);
+    let entries = json(&ok(&["audit", "show", "--dir", d(&headless), "--json"]));
+    let newest = entries.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(newest["action"], "audit.head", "{entries}");
+    assert_eq!(newest["detail"]["missing_after"], last, "{entries}");
+}
+
+#[test]
 fn demo_runs_an_offline_day_and_finds_no_plaintext_then_serves_the_apps_until_interrupted() {
     use std::io::{BufRead, Read};
     let mut child = std::process::Command::new(common::BIN)

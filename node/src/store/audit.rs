@@ -44,7 +44,34 @@ impl Store {
             }
             prev = hash;
         }
-        Ok(AuditCheck { entries, broken_at: None })
+        // The chain must end where the sealed head says: entries cut off its end leave a valid
+        // chain, but a shorter one than the head vouches for.
+        let broken_at = match read_head(&self.conn, &self.sealer)? {
+            Head::None if entries == 0 => None,
+            Head::None | Head::Unreadable => Some(entries.max(1)),
+            Head::At { seq, .. } if seq > entries => Some(entries + 1),
+            Head::At { seq, .. } if seq < entries => Some(seq + 1),
+            Head::At { hash, .. } if hash != prev => Some(entries),
+            Head::At { .. } => None,
+        };
+        Ok(AuditCheck { entries, broken_at })
+    }
+
+    /// Gives a chain without a sealed head (written by a version before the head, or with its
+    /// head removed) one at its end, in an `audit.head` entry that says where it was missing:
+    /// what the head vouches for starts there, and the chain itself records it.
+    pub(super) fn ensure_audit_head(&mut self, now: i64) -> Result<(), StoreError> {
+        let tx =
+            self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+        if !matches!(read_head(&tx, &self.sealer)?, Head::None) {
+            return Ok(());
+        }
+        let last: Option<i64> =
+            tx.row("SELECT max(seq) FROM audit", [], |r| r.get(0)).map_err(sql("reading the audit chain"))?;
+        let Some(last) = last else { return Ok(()) };
+        let detail = serde_json::json!({ "missing_after": last });
+        append_audit(&tx, &self.sealer, &self.node, now, "audit.head", None, Some(detail))?;
+        tx.commit().map_err(sql("committing"))
     }
 
     /// The latest `limit` audit entries, opened, oldest first.
@@ -151,6 +178,44 @@ pub(crate) fn append_audit(
         params![row.seq as i64, row.at_ms, row.node, row.action, row.sid, row.detail, hash],
     )
     .map_err(sql("appending to the audit chain"))?;
+    write_head(tx, sealer, seq, &hash)
+}
+
+/// Associated data of the sealed chain head.
+pub(super) const AUDIT_HEAD_AAD: &[u8] = b"outpost/audit-head/v1";
+
+/// What the sealed head of the audit chain says.
+enum Head {
+    /// No head is recorded.
+    None,
+    /// A head that does not open under this node's key: altered.
+    Unreadable,
+    /// The last entry's position and hash.
+    At { seq: u64, hash: Vec<u8> },
+}
+
+fn read_head(conn: &rusqlite::Connection, sealer: &Sealer) -> Result<Head, StoreError> {
+    let sealed: Option<Vec<u8>> = conn
+        .row("SELECT value FROM meta WHERE key = 'audit_head'", [], |r| r.get(0))
+        .optional()
+        .map_err(sql("reading the audit chain's head"))?;
+    let Some(sealed) = sealed else { return Ok(Head::None) };
+    let Ok(plain) = sealer.open("audit head", AUDIT_HEAD_AAD, &sealed) else { return Ok(Head::Unreadable) };
+    match plain.split_first_chunk::<8>() {
+        Some((seq, hash)) => Ok(Head::At { seq: u64::from_be_bytes(*seq), hash: hash.to_vec() }),
+        None => Ok(Head::Unreadable),
+    }
+}
+
+/// Records the chain's last entry, sealed (so that no one without the node key can move it
+/// back to vouch for a chain cut short), in the transaction that appends the entry.
+fn write_head(tx: &Transaction<'_>, sealer: &Sealer, seq: u64, hash: &[u8]) -> Result<(), StoreError> {
+    let sealed = sealer.seal(AUDIT_HEAD_AAD, &[seq.to_be_bytes().as_slice(), hash].concat())?;
+    tx.exec(
+        "INSERT INTO meta (key, value) VALUES ('audit_head', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [sealed],
+    )
+    .map_err(sql("recording the audit chain's head"))?;
     Ok(())
 }
 

@@ -29,6 +29,7 @@ const META: &[(&str, &[u8])] = &[
     ("author_seed", AUTHOR_AAD),
     ("tls_key", super::credentials::TLS_KEY_AAD),
     ("tls_key_pending", super::credentials::PENDING_KEY_AAD),
+    ("audit_head", super::audit::AUDIT_HEAD_AAD),
 ];
 
 const CTX: &str = "re-sealing the store";
