@@ -9,6 +9,8 @@
 //! peak memory (VmHWM, which the process reports on exit when OUTPOST_PEAK_MEMORY_FILE is set).
 //!
 //! Targets (issue 2): p99 durable write < 10 ms; peak memory < 64 MiB; store < 3x raw text.
+//! And the memory of `status`, `session show` and `message send` measured again at a tenth of
+//! the sessions: it must not grow with the store (ARCHITECTURE.md).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -126,6 +128,7 @@ fn main() {
     };
     let started = Instant::now();
     let mut ids = Vec::with_capacity(n);
+    let mut early: Option<(usize, [u64; 3])> = None;
     for i in 0..n {
         let now = 1_790_000_000_000 + (i as i64) * 60_000;
         let summary = format!("{} Please advise. (session {i})", rng.pick(OPENINGS));
@@ -153,6 +156,21 @@ fn main() {
             base_insert(&sid, &text, &mut theirs);
         }
         ids.push(id);
+        if i + 1 == n / 10 {
+            // The same commands on a tenth of the store: memory must not grow with the
+            // sessions stored (ARCHITECTURE's invariant), beyond what a command prints.
+            let d = dir.root().to_str().expect("utf-8 path");
+            let one = ids[i / 2].to_string();
+            let report = tmp.path().join("peak-early.txt");
+            early = Some((
+                i + 1,
+                [
+                    peak_rss_kib(&["status", "--dir", d], &report),
+                    peak_rss_kib(&["session", "show", "--dir", d, &one], &report),
+                    peak_rss_kib(&["message", "send", "--dir", d, &one, "benchmark write"], &report),
+                ],
+            ));
+        }
         if (i + 1) % 1000 == 0 {
             eprintln!("  {} sessions written ({:.0} s)", i + 1, started.elapsed().as_secs_f64());
         }
@@ -265,4 +283,19 @@ fn main() {
         peak as f64 / 1024.0,
         if peak < 64 * 1024 { "met" } else { "MISSED" }
     );
+    if let Some((small, kib)) = early {
+        println!();
+        println!("| peak memory by sessions stored | {small} sessions | {n} sessions | ratio | target |");
+        println!("|---|---|---|---|---|");
+        for (what, small_kib, k) in [("status", kib[0], 1), ("session show", kib[1], 2), ("message send", kib[2], 3)] {
+            let large_kib = peaks[k].1;
+            let ratio = large_kib as f64 / small_kib.max(1) as f64;
+            println!(
+                "| `outpost {what}` | {:.1} MiB | {:.1} MiB | {ratio:.2} | does not grow with the store (< 1.25x for 10x the sessions): {} |",
+                small_kib as f64 / 1024.0,
+                large_kib as f64 / 1024.0,
+                if ratio < 1.25 { "met" } else { "MISSED" }
+            );
+        }
+    }
 }
