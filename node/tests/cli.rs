@@ -333,6 +333,22 @@ fn the_audit_chain_records_changes_and_views_and_detects_tampering() {
 }
 
 #[test]
+fn reading_commands_work_while_another_process_holds_the_stores_write_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    init_edge(&dir);
+    let id = new_session(&dir);
+    // Another process in the middle of a long write (a daemon storing a batch, a key rotation).
+    let conn = rusqlite::Connection::open(dir.join("outpost.db")).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let listed = json(&ok(&["session", "list", "--dir", d(&dir), "--json"]));
+    assert_eq!(listed.as_array().map(|a| a.len()), Some(1), "{listed}");
+    assert!(listed.to_string().contains(&id), "{listed}");
+    ok(&["audit", "verify", "--dir", d(&dir)]);
+    conn.execute_batch("COMMIT").unwrap();
+}
+
+#[test]
 fn deleting_audit_entries_in_the_middle_or_at_the_end_is_detected() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("node");

@@ -61,6 +61,10 @@ impl Store {
     /// head removed) one at its end, in an `audit.head` entry that says where it was missing:
     /// what the head vouches for starts there, and the chain itself records it.
     pub(super) fn ensure_audit_head(&mut self, now: i64) -> Result<(), StoreError> {
+        // A read first: the write lock is taken only by the one open that finds no head.
+        if !matches!(read_head(&self.conn, &self.sealer)?, Head::None) {
+            return Ok(());
+        }
         let tx =
             self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
         if !matches!(read_head(&tx, &self.sealer)?, Head::None) {

@@ -447,10 +447,15 @@ pub(super) fn fp_group_change(
 /// Rebuilds the per-group fingerprints from the index (once, when the table is new).
 pub(super) fn rebuild_fp_groups(conn: &mut Connection) -> Result<(), StoreError> {
     let ctx = "building the reconciliation sums";
+    let built = |c: &Connection| -> Result<bool, StoreError> {
+        c.row("SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'fp_groups')", [], |r| r.get(0)).map_err(sql(ctx))
+    };
+    // Once built, every open only reads that it is (no write lock).
+    if built(conn)? {
+        return Ok(());
+    }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql(ctx))?;
-    let built: bool =
-        tx.row("SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'fp_groups')", [], |r| r.get(0)).map_err(sql(ctx))?;
-    if built {
+    if built(&tx)? {
         return Ok(());
     }
     let mut groups: HashMap<(String, String, String), (i64, Fingerprint)> = HashMap::new();

@@ -194,10 +194,16 @@ pub(super) fn configure(path: &Path, alone: bool) -> Result<Connection, StoreErr
     }
     // Takes effect only on a new, empty database; freed pages (folded logs, photos deleted
     // once the hub holds them) can then be returned to the file system.
-    if !alone {
+    // (Each is set only when it is not already: setting either takes a lock that another
+    // process's long write holds, and a reading command must not wait for it.)
+    let pages: i64 = conn.row("PRAGMA page_count", [], |r| r.get(0)).map_err(sql("configuring the database"))?;
+    if !alone && pages == 0 {
         conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL").map_err(sql("configuring the database"))?;
     }
-    let mode: String = conn.row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(sql("enabling WAL"))?;
+    let mut mode: String = conn.row("PRAGMA journal_mode", [], |r| r.get(0)).map_err(sql("enabling WAL"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        mode = conn.row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(sql("enabling WAL"))?;
+    }
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Damaged(format!("journal mode is {mode}, WAL is required")));
     }
@@ -210,6 +216,12 @@ pub(super) fn configure(path: &Path, alone: bool) -> Result<Connection, StoreErr
 }
 
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    // Read first: an open of a current store takes no write lock (it would wait behind a
+    // daemon's long write only to find nothing to do).
+    let current: i64 = conn.row("PRAGMA user_version", [], |r| r.get(0)).map_err(sql("reading the schema"))?;
+    if current == DB_SCHEMA_VERSION {
+        return Ok(());
+    }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a migration"))?;
     let version: i64 = tx.row("PRAGMA user_version", [], |r| r.get(0)).map_err(sql("reading the schema"))?;
     if version > DB_SCHEMA_VERSION {
