@@ -345,6 +345,8 @@ fn reading_commands_work_while_another_process_holds_the_stores_write_lock() {
     assert_eq!(listed.as_array().map(|a| a.len()), Some(1), "{listed}");
     assert!(listed.to_string().contains(&id), "{listed}");
     ok(&["audit", "verify", "--dir", d(&dir)]);
+    ok(&["status", "--dir", d(&dir)]);
+    ok(&["backup", "--dir", d(&dir), "--out", tmp.path().join("b.outpost").to_str().unwrap()]);
     conn.execute_batch("COMMIT").unwrap();
 }
 
