@@ -27,6 +27,83 @@ pub const BACKUP_FORMAT: i64 = 1;
 /// Files of a node directory a backup carries (never the key).
 const CARRIED: &[&str] = &["node.toml", "outpost.toml", "tls/node.crt", "tls/ca.crt"];
 
+/// Why a backup could not be taken or restored (each says what to do instead).
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// The file is not a backup SQLite can read.
+    #[error("{} is not a usable outpost backup: {detail}", path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// SQLite's error.
+        detail: String,
+    },
+    /// The file lacks something every backup holds.
+    #[error("{} is not an outpost backup (no {missing})", path.display())]
+    NotABackup {
+        /// The file.
+        path: PathBuf,
+        /// What it lacks.
+        missing: String,
+    },
+    /// A backup of a format this version does not know.
+    #[error("{} is a newer backup format ({format}); upgrade outpost", path.display())]
+    NewerFormat {
+        /// The file.
+        path: PathBuf,
+        /// Its format.
+        format: i64,
+    },
+    /// The backup's own configuration is missing or broken.
+    #[error("the backup's node.toml {0}")]
+    Config(String),
+    /// The file to write exists.
+    #[error("{} exists; give a new file name", path.display())]
+    Exists {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The copy made is damaged.
+    #[error("the copy failed its integrity check: {0}")]
+    Damaged(String),
+    /// The directory already holds a store (a restore never overwrites one).
+    #[error("{} {what}; restore into a new directory (a restore never overwrites a store)", dir.display())]
+    HoldsStore {
+        /// The directory.
+        dir: PathBuf,
+        /// What it holds.
+        what: &'static str,
+    },
+    /// The directory is another node's.
+    #[error("{} holds node {here}, the backup is of {backup}; restore into a new directory", dir.display())]
+    OtherNode {
+        /// The directory.
+        dir: PathBuf,
+        /// The node it holds.
+        here: String,
+        /// The node backed up.
+        backup: String,
+    },
+    /// The node's key was rotated since the backup.
+    #[error(
+        "the backup is sealed under key {backup}, and this node's key is now {now} (rotated since the backup?): restore into a new directory with --key-file and the key of that time"
+    )]
+    KeyRotatedSince {
+        /// The backup's key id.
+        backup: String,
+        /// The node's key id now.
+        now: String,
+    },
+    /// No key was given for a restore into a new directory.
+    #[error(
+        "give the node's data key: --key-file FILE (a copy of its node.key) or {KEY_ENV}; the backup is sealed under key {0}"
+    )]
+    KeyNeeded(String),
+    /// The store in the backup is not sealed under the key given.
+    #[error("the backup's store does not open under key {0}: it was sealed under another key")]
+    WrongKey(String),
+}
+
 /// What a backup holds.
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupReport {
@@ -62,7 +139,7 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> NodeError + '_ {
 }
 
 fn db(path: &Path) -> impl Fn(rusqlite::Error) -> NodeError + '_ {
-    move |e| NodeError::Invalid(format!("{} is not a usable outpost backup: {e}", path.display()))
+    move |e| BackupError::Unreadable { path: path.to_path_buf(), detail: e.to_string() }.into()
 }
 
 fn sync_parent(path: &Path) -> Result<(), NodeError> {
@@ -74,7 +151,7 @@ fn sync_parent(path: &Path) -> Result<(), NodeError> {
 pub fn backup(dir: &NodeDir, out: &Path, now: i64) -> Result<BackupReport, NodeError> {
     let node = Node::open(dir)?;
     if out.exists() {
-        return Err(NodeError::Invalid(format!("{} exists; give a new file name", out.display())));
+        return Err(BackupError::Exists { path: out.to_path_buf() }.into());
     }
     let mut partial = out.as_os_str().to_owned();
     partial.push(".partial");
@@ -111,7 +188,7 @@ pub fn backup(dir: &NodeDir, out: &Path, now: i64) -> Result<BackupReport, NodeE
         }
         let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(db(&partial))?;
         if check != "ok" {
-            return Err(NodeError::Invalid(format!("the copy failed its integrity check: {check}")));
+            return Err(BackupError::Damaged(check).into());
         }
         drop(conn);
         fs::File::open(&partial).and_then(|f| f.sync_all()).map_err(io(&partial))?;
@@ -140,14 +217,11 @@ pub fn restore(from: &Path, dir: &NodeDir, key_file: Option<&Path>) -> Result<Re
         src.query_row("SELECT value FROM backup_info WHERE key = ?1", [k], |r| r.get::<_, String>(0))
             .optional()
             .map_err(db(from))?
-            .ok_or_else(|| NodeError::Invalid(format!("{} is not an outpost backup (no {k})", from.display())))
+            .ok_or_else(|| BackupError::NotABackup { path: from.to_path_buf(), missing: k.to_string() }.into())
     };
     let format: i64 = info("format")?.parse().unwrap_or(i64::MAX);
     if format > BACKUP_FORMAT {
-        return Err(NodeError::Invalid(format!(
-            "{} is a newer backup format ({format}); upgrade outpost",
-            from.display()
-        )));
+        return Err(BackupError::NewerFormat { path: from.to_path_buf(), format }.into());
     }
     let taken_ms: i64 = info("taken_ms")?.parse().unwrap_or(0);
     let files: Vec<(String, Vec<u8>)> = {
@@ -158,44 +232,37 @@ pub fn restore(from: &Path, dir: &NodeDir, key_file: Option<&Path>) -> Result<Re
             .map_err(db(from))?
     };
     let file = |name: &str| files.iter().find(|(n, _)| n == name).map(|(_, b)| b.clone());
-    let cfg_text = file("node.toml").ok_or_else(|| NodeError::Invalid("the backup holds no node.toml".into()))?;
+    let cfg_text = file("node.toml").ok_or_else(|| BackupError::Config("is missing from it".into()))?;
     let cfg: NodeConfig = toml::from_str(&String::from_utf8_lossy(&cfg_text))
-        .map_err(|e| NodeError::Invalid(format!("the backup's node.toml does not parse: {e}")))?;
+        .map_err(|e| BackupError::Config(format!("does not parse: {e}")))?;
     drop(src);
 
     let existing = dir.config_path().exists();
     if !existing && dir.db_path().exists() {
-        return Err(NodeError::Invalid(format!(
-            "{} holds a store but no node.toml; restore into a new directory (a restore never overwrites a store)",
-            dir.root().display()
-        )));
+        return Err(
+            BackupError::HoldsStore { dir: dir.root().to_path_buf(), what: "holds a store but no node.toml" }.into()
+        );
     }
     let mut created: Vec<PathBuf> = Vec::new();
     let result = (|| -> Result<(), NodeError> {
         if existing {
             let here = dir.read_config()?;
             if here.name != cfg.name {
-                return Err(NodeError::Invalid(format!(
-                    "{} holds node {}, the backup is of {}; restore into a new directory",
-                    dir.root().display(),
-                    here.name,
-                    cfg.name
-                )));
+                return Err(BackupError::OtherNode {
+                    dir: dir.root().to_path_buf(),
+                    here: here.name,
+                    backup: cfg.name.clone(),
+                }
+                .into());
             }
             if dir.db_path().exists() {
-                return Err(NodeError::Invalid(format!(
-                    "{} already has a store; restore into a new directory (a restore never overwrites a store)",
-                    dir.root().display()
-                )));
+                return Err(
+                    BackupError::HoldsStore { dir: dir.root().to_path_buf(), what: "already has a store" }.into()
+                );
             }
             let (key, _) = NodeKey::load(&dir.key_path())?;
             if key.id() != cfg.key_id {
-                return Err(NodeError::Invalid(format!(
-                    "the backup is sealed under key {}, and this node's key is now {} (rotated since the backup?): \
-                     restore into a new directory with --key-file and the key of that time",
-                    cfg.key_id,
-                    key.id()
-                )));
+                return Err(BackupError::KeyRotatedSince { backup: cfg.key_id.clone(), now: key.id() }.into());
             }
         } else {
             fs::create_dir_all(dir.root()).map_err(io(dir.root()))?;
@@ -203,11 +270,7 @@ pub fn restore(from: &Path, dir: &NodeDir, key_file: Option<&Path>) -> Result<Re
                 (Some(path), _) => NodeKey::load_file(path)?.0,
                 (None, Ok(text)) => NodeKey::from_hex(&text, KEY_ENV)?,
                 (None, Err(_)) => {
-                    return Err(NodeError::Invalid(format!(
-                        "give the node's data key: --key-file FILE (a copy of its node.key) or {KEY_ENV}; the \\
-                         backup is sealed under key {}",
-                        cfg.key_id
-                    )));
+                    return Err(BackupError::KeyNeeded(cfg.key_id.clone()).into());
                 }
             };
             if key.id() != cfg.key_id {
@@ -251,10 +314,7 @@ pub fn restore(from: &Path, dir: &NodeDir, key_file: Option<&Path>) -> Result<Re
         fs::File::open(&staging).and_then(|f| f.sync_all()).map_err(io(&staging))?;
         let (key, _) = NodeKey::load(&dir.key_path())?;
         if !crate::store::sealed_under(&staging, &crate::crypto::Sealer::new(&key))? {
-            return Err(NodeError::Invalid(format!(
-                "the backup's store does not open under key {}: it was sealed under another key",
-                key.id()
-            )));
+            return Err(BackupError::WrongKey(key.id()).into());
         }
         // A log left by the lost store must not be replayed onto the restored one.
         for suffix in ["-wal", "-shm", "-journal"] {

@@ -50,6 +50,42 @@ pub enum NodeError {
     /// Input that cannot be used (named in the message); nothing was written.
     #[error("{0}")]
     Invalid(String),
+    /// A backup that cannot be taken or restored.
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
+    /// A key rotation that cannot be made or settled.
+    #[error(transparent)]
+    Rotation(#[from] RotationError),
+    /// A node outside any ICB asked for what only an ICB's nodes keep.
+    #[error("node {node} belongs to no ICB: it keeps no directory")]
+    NoIcb {
+        /// This node.
+        node: String,
+    },
+    /// A value of this node's own that could not be encoded (a bug, not bad input).
+    #[error("encoding {what}: {source}")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// The encoder's error.
+        source: serde_json::Error,
+    },
+    /// A session has no photo of that hash (or prefix).
+    #[error("session {session} has no photo {photo}: see `outpost session show`")]
+    NoSuchPhoto {
+        /// The session.
+        session: SessionId,
+        /// The hash or prefix given.
+        photo: String,
+    },
+    /// A hash prefix that names more than one photo of a session.
+    #[error("{photo} names more than one photo of {session}: give more of its hash")]
+    AmbiguousPhoto {
+        /// The session.
+        session: SessionId,
+        /// The prefix given.
+        photo: String,
+    },
     /// The node's certificate.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
@@ -86,6 +122,38 @@ impl NodeError {
             _ => None,
         }
     }
+}
+
+/// Why a key rotation was refused, or an interrupted one cannot be settled.
+#[derive(Debug, thiserror::Error)]
+pub enum RotationError {
+    /// The key comes from the environment, not a file this command can replace.
+    #[error(
+        "this node's key comes from {KEY_ENV}: rotate it in the key store that supplies it (outpost key rotate works on a key file)"
+    )]
+    KeyFromEnvironment,
+    /// Another process has the store open and could go on writing under the old key.
+    #[error("another outpost process has {} open ({detail}); let it finish or stop it, then rotate", dir.display())]
+    Busy {
+        /// The node directory.
+        dir: std::path::PathBuf,
+        /// The lock's error.
+        detail: String,
+    },
+    /// A rotation was interrupted and neither key can be shown to hold the store.
+    #[error(
+        "an interrupted key rotation cannot be settled: {why}. Keep {} and {} as they are, and restore from a backup if they cannot be made readable",
+        key.display(),
+        pending.display()
+    )]
+    Unsettled {
+        /// What was found.
+        why: String,
+        /// The key file.
+        key: std::path::PathBuf,
+        /// The new key's file.
+        pending: std::path::PathBuf,
+    },
 }
 
 /// The wall clock in milliseconds since the Unix epoch: the node's only clock.
@@ -268,19 +336,13 @@ impl Node {
     pub fn rotate_key(dir: &NodeDir, now: i64) -> Result<(crate::store::Resealed, String, String), NodeError> {
         let mut cfg = dir.read_config()?;
         if cfg.key_source == "env" || std::env::var(KEY_ENV).is_ok() {
-            return Err(NodeError::Invalid(format!(
-                "this node's key comes from {KEY_ENV}: rotate it in the key store that supplies it (outpost key \
-                 rotate works on a key file)"
-            )));
+            return Err(RotationError::KeyFromEnvironment.into());
         }
         // Alone: no other process may have the store open (it would go on writing under the
         // old key after the rotation committed).
         let lock = store_lock(dir)?;
         if let Err(e) = lock.try_lock() {
-            return Err(NodeError::Invalid(format!(
-                "another outpost process has {} open ({e}); let it finish or stop it, then rotate",
-                dir.root().display()
-            )));
+            return Err(RotationError::Busy { dir: dir.root().to_path_buf(), detail: e.to_string() }.into());
         }
         Node::recover_rotation(dir)?;
         let mut node = Node::open_locked(dir, StoreOptions::default(), lock)?;
@@ -310,13 +372,8 @@ impl Node {
             let path = path.to_path_buf();
             move |source| ConfigError::Io { path, source }
         };
-        let damaged = |why: String| {
-            NodeError::Invalid(format!(
-                "an interrupted key rotation cannot be settled: {why}. Keep {} and {} as they are, and restore from a \
-                 backup if they cannot be made readable",
-                dir.key_path().display(),
-                pending.display()
-            ))
+        let damaged = |why: String| -> NodeError {
+            RotationError::Unsettled { why, key: dir.key_path(), pending: pending.clone() }.into()
         };
         let old = NodeKey::load_file(&dir.key_path()).ok().map(|(k, _)| k);
         let under = |k: &NodeKey| crate::store::sealed_under(&dir.db_path(), &Sealer::new(k));
@@ -452,16 +509,8 @@ impl Node {
             view.media.iter().filter(|m| !wanted.is_empty() && m.hash.starts_with(&wanted)).collect();
         let consent = match matching.as_slice() {
             [m] => m.consent.clone(),
-            [] => {
-                return Err(NodeError::Invalid(format!(
-                    "session {id} has no photo {photo}: see `outpost session show`"
-                )));
-            }
-            _ => {
-                return Err(NodeError::Invalid(format!(
-                    "{photo} names more than one photo of {id}: give more of its hash"
-                )));
-            }
+            [] => return Err(NodeError::NoSuchPhoto { session: id, photo: photo.to_string() }),
+            _ => return Err(NodeError::AmbiguousPhoto { session: id, photo: photo.to_string() }),
         };
         let covered = view.media.iter().filter(|m| m.consent == consent).count();
         let by = self.config.name.clone();
@@ -685,6 +734,6 @@ fn client_key_of<'k>(
             "client key {key:?}: 1 to {MAX_CLIENT_KEY} printable ASCII characters, no spaces (a UUID will do)"
         )));
     }
-    let bytes = serde_json::to_vec(request).map_err(|e| NodeError::Invalid(format!("client key {key:?}: {e}")))?;
+    let bytes = serde_json::to_vec(request).map_err(|source| NodeError::Encode { what: "a request", source })?;
     Ok(ClientKey { kind, key, request: *blake3::hash(&bytes).as_bytes() })
 }

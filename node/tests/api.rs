@@ -342,6 +342,9 @@ fn a_session_goes_from_the_ambulance_app_to_the_desk_app_and_the_reply_and_recei
     // leaves every export, the desk's too once the withdrawal reaches it.
     let withdraw = format!("/api/sessions/{id}/photos/{}/withdraw-consent", &hash[..12]);
     assert_eq!(desk_api.call("POST", &withdraw, Some(&ada), None).0, 403);
+    let unknown = format!("/api/sessions/{id}/photos/00000000000000000000/withdraw-consent");
+    let (status, body) = amb_api.call("POST", &unknown, Some(&sam), None);
+    assert_eq!(status, 404, "a photo the session does not have: {body}");
     let (status, body) = amb_api.call("POST", &withdraw, Some(&sam), None);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["photos"], 1);

@@ -16,9 +16,16 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 NodeError::Crypto(CryptoError::Open { .. }) => 3,
                 NodeError::Crypto(_) => 3,
                 NodeError::Store(s) => store_code(s),
-                NodeError::Photo(_) | NodeError::Role { .. } | NodeError::OutOfScope { .. } | NodeError::Invalid(_) => {
-                    2
-                }
+                NodeError::Photo(_)
+                | NodeError::Role { .. }
+                | NodeError::OutOfScope { .. }
+                | NodeError::Invalid(_)
+                | NodeError::Backup(_)
+                | NodeError::NoSuchPhoto { .. }
+                | NodeError::AmbiguousPhoto { .. }
+                | NodeError::Rotation(_)
+                | NodeError::NoIcb { .. } => 2,
+                NodeError::Encode { .. } => 1,
                 NodeError::Tls(crate::tls::TlsError::Invalid { what: "signed certificate", .. }) => 2,
                 NodeError::Tls(_) => 3,
             };

@@ -171,9 +171,7 @@ impl Node {
     }
 
     pub(super) fn icb(&self) -> Result<String, NodeError> {
-        self.config.icb.clone().ok_or_else(|| {
-            NodeError::Invalid(format!("node {} belongs to no ICB: it keeps no directory", self.config.name))
-        })
+        self.config.icb.clone().ok_or_else(|| NodeError::NoIcb { node: self.config.name.clone() })
     }
 
     /// This hub's call router, following nothing yet (see [`Node::follow_escalations`]); it
@@ -288,7 +286,7 @@ impl Node {
 
     /// Keeps what a requester plays into and records from a call (local, never synced).
     pub fn set_media_plan(&mut self, call: &str, plan: &crate::media::MediaPlan) -> Result<(), NodeError> {
-        let bytes = serde_json::to_vec(plan).map_err(|e| NodeError::Invalid(e.to_string()))?;
+        let bytes = serde_json::to_vec(plan).map_err(|source| NodeError::Encode { what: "a media plan", source })?;
         self.store.meta_put(&crate::media::plan_key(call), &bytes)?;
         Ok(())
     }

@@ -101,13 +101,16 @@ impl Node {
             return Err(NodeError::OutOfScope { id, node: self.config.name.clone() });
         }
         let pretty = |v: &serde_json::Value| -> Result<Vec<u8>, NodeError> {
-            let mut b = serde_json::to_vec_pretty(v).map_err(|e| NodeError::Invalid(e.to_string()))?;
+            let mut b =
+                serde_json::to_vec_pretty(v).map_err(|source| NodeError::Encode { what: "an export", source })?;
             b.push(b'\n');
             Ok(b)
         };
         let bytes = match format {
             ExportFormat::Automerge => self.store.export_automerge(id)?,
-            ExportFormat::Json => pretty(&serde_json::to_value(&view).map_err(|e| NodeError::Invalid(e.to_string()))?)?,
+            ExportFormat::Json => {
+                pretty(&serde_json::to_value(&view).map_err(|source| NodeError::Encode { what: "an export", source })?)?
+            }
             ExportFormat::Fhir => {
                 let photos = self.photos_held(&view)?;
                 pretty(&crate::export::fhir::bundle(&view, &photos, &self.config.name, now))?

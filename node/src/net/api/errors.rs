@@ -22,7 +22,14 @@ impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> Self {
         let status = match &e {
             NodeError::Store(s) => return s.into(),
-            NodeError::Photo(_) | NodeError::Invalid(_) => StatusCode::BAD_REQUEST,
+            NodeError::Photo(_)
+            | NodeError::Invalid(_)
+            | NodeError::AmbiguousPhoto { .. }
+            | NodeError::Backup(_)
+            | NodeError::Rotation(_)
+            | NodeError::NoIcb { .. } => StatusCode::BAD_REQUEST,
+            NodeError::NoSuchPhoto { .. } => StatusCode::NOT_FOUND,
+            NodeError::Encode { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             NodeError::Role { .. } | NodeError::OutOfScope { .. } => StatusCode::FORBIDDEN,
             NodeError::Config(_) | NodeError::Crypto(_) | NodeError::Tls(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -224,10 +224,10 @@ pub(super) struct Withdrawn {
     params(("id" = String, Path, description = "Session id"), ("hash" = String, Path, description = "The photo's BLAKE3 hash (or a unique prefix)")),
     responses(
         (status = 200, description = "The consent the photo was taken under is withdrawn, on this node's disk; every photo under it leaves exports", body = Withdrawn),
-        (status = 400, description = "No such photo in the session", body = ErrorBody),
+        (status = 400, description = "A prefix that names more than one photo of the session", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 403, description = "Not an edge or hub, or not a person", body = ErrorBody),
-        (status = 404, body = ErrorBody),
+        (status = 404, description = "No such session here, or no such photo in it", body = ErrorBody),
     )
 )]
 pub(super) async fn withdraw_consent(
