@@ -33,6 +33,7 @@ use sync_protocol::wire::{DocId, Frame, FrameDecoder, Hash, Lane};
 use crate::metrics::{Entry, Escalation, Ledger, Micros, Sample, Violation, What};
 use crate::scenario::{Fault, FaultKind, Kind, Scenario, parse_leg};
 
+mod attack;
 mod checks;
 mod clock;
 mod directory;
