@@ -118,7 +118,7 @@ impl Default for StoreOptions {
         // 256 MiB of decoded documents: every session of a hub holding ten thousand short ones
         // (about 16 KiB each decoded, measured), so a reconnect finds what it touches decoded; a
         // session with many messages takes more and leaves room for fewer. A log is folded once
-        // it holds 64 changes or 8 KiB and half the snapshot: folding re-encodes and compresses
+        // it holds 64 changes or 8 KiB and half the snapshot: folding re-encodes
         // the whole document, so it must not follow every message.
         StoreOptions {
             cache_bytes: 256 << 20,
