@@ -214,7 +214,9 @@ fn main() {
 
 /// The photo upload (default controller) and a Cubic bulk flow share the rural link.
 fn fairness(rt: &tokio::runtime::Runtime, seed: u64) {
-    let profile = links::profile("rural-a-road").expect("profile");
+    // `LINK_FAIRNESS_PROFILE` runs it on another profile.
+    let name = std::env::var("LINK_FAIRNESS_PROFILE").unwrap_or_else(|_| "rural-a-road".to_string());
+    let profile = links::profile(&name).unwrap_or_else(|| panic!("unknown profile {name}"));
     eprintln!("fairness: a Cubic bulk flow alone on {}...", profile.name);
     let cubic_alone = rt.block_on(async {
         let (_, server_cfg) = competing_configs();
