@@ -95,7 +95,7 @@ impl CachedSql for Connection {
 pub const MAX_PAGES_ENV: &str = "OUTPOST_MAX_DB_PAGES";
 
 /// Database schema version this build writes (`PRAGMA user_version`).
-pub const DB_SCHEMA_VERSION: i64 = 7;
+pub const DB_SCHEMA_VERSION: i64 = 8;
 
 /// Tunables of the store.
 #[derive(Debug, Clone, Copy)]
@@ -430,7 +430,7 @@ impl Store {
             }
             Err(e) => return Err(e),
         };
-        migrate(&mut conn, path)?;
+        migrate(&mut conn, path, &sealer, node, crate::node::now_ms())?;
         rebuild_fp_groups(&mut conn)?;
         check_key(&conn, &sealer)?;
         let author = author_key(&conn, &sealer)?;
@@ -450,11 +450,6 @@ impl Store {
             ops_admitted: 0,
         };
         store.backfill_index()?;
-        if let Err(e) = store.ensure_audit_head(crate::node::now_ms()) {
-            // A full disk, say: the chain still verifies up to its last entry, and the head is
-            // written by the next open that can.
-            tracing::warn!("the audit chain has no sealed head and none could be written now: {e}");
-        }
         if let Some(pages) = std::env::var(MAX_PAGES_ENV).ok().and_then(|v| v.parse::<u64>().ok()) {
             store.limit_pages(pages)?;
         }

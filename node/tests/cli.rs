@@ -396,16 +396,30 @@ fn deleting_audit_entries_in_the_middle_or_at_the_end_is_detected() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    // A chain without its sealed head (as a store of an earlier version has) gets one at the
-    // next open, in an entry that says so: the chain itself records from where it is vouched.
-    let conn = rusqlite::Connection::open(headless.join("outpost.db")).unwrap();
+    // The head removed as well: a chain without its head is not vouched for.
+    let conn = rusqlite::Connection::open(copy.join("outpost.db")).unwrap();
     conn.execute("DELETE FROM meta WHERE key = 'audit_head'", []).unwrap();
     drop(conn);
+    let out = run(&["audit", "verify", "--dir", d(&copy)]);
+    assert!(!out.status.success(), "a chain without its head passed: {}", String::from_utf8_lossy(&out.stdout));
+    // A store written before the head existed (schema 7) gets one when it is migrated, in an
+    // entry that says so: the chain itself records from where the head vouches.
+    let wind_back = |dir: &Path| {
+        let conn = rusqlite::Connection::open(dir.join("outpost.db")).unwrap();
+        conn.execute("DELETE FROM meta WHERE key = 'audit_head'", []).unwrap();
+        conn.execute_batch("PRAGMA user_version = 7").unwrap();
+    };
+    wind_back(&headless);
     ok(&["audit", "verify", "--dir", d(&headless)]);
     let entries = json(&ok(&["audit", "show", "--dir", d(&headless), "--json"]));
     let newest = entries.as_array().unwrap().last().unwrap().clone();
     assert_eq!(newest["action"], "audit.head", "{entries}");
     assert_eq!(newest["detail"]["missing_after"], last, "{entries}");
+    // Winding it back again to have the head made anew (after cutting entries off, say) leaves
+    // a second such entry, which no migration makes.
+    wind_back(&headless);
+    let out = run(&["audit", "verify", "--dir", d(&headless)]);
+    assert!(!out.status.success(), "a second head made passed: {}", String::from_utf8_lossy(&out.stdout));
 }
 
 #[test]

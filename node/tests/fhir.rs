@@ -407,6 +407,9 @@ fn each_node_exports_only_what_it_holds_with_offloaded_photos_as_references() {
         ]);
         hashes.push(h.trim().to_string());
     }
+    // A photo the session does not have: exit 4, as for a session that is not here.
+    let out = common::run(&["photo", "withdraw-consent", "--dir", &d(&amb), &derm, "0000000000"]);
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
     // The patient withdraws the written consent (the dermoscopic photo).
     let said = ok(&["photo", "withdraw-consent", "--dir", &d(&amb), &derm, &hashes[2][..10]]);
     assert!(said.contains("1 photo(s)"), "{said}");

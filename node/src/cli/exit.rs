@@ -21,11 +21,11 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 | NodeError::OutOfScope { .. }
                 | NodeError::Invalid(_)
                 | NodeError::Backup(_)
-                | NodeError::NoSuchPhoto { .. }
                 | NodeError::AmbiguousPhoto { .. }
                 | NodeError::Rotation(_)
                 | NodeError::NoIcb { .. } => 2,
                 NodeError::Encode { .. } => 1,
+                NodeError::NoSuchPhoto { .. } => 4,
                 NodeError::Tls(crate::tls::TlsError::Invalid { what: "signed certificate", .. }) => 2,
                 NodeError::Tls(_) => 3,
             };

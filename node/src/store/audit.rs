@@ -18,16 +18,23 @@ impl Store {
         tx.commit().map_err(sql("committing"))
     }
 
-    /// Walks the audit chain and reports the first broken link.
+    /// Walks the audit chain and reports the first broken link: an entry edited or taken out
+    /// (its hash or position does not follow), a chain that ends short of its sealed head
+    /// (entries cut off the end), a chain without its head, or a second `audit.head` entry (the
+    /// head is made once, when a store written before it is migrated; another means someone
+    /// removed it and wound the schema back to have it made again).
     pub fn verify_audit(&self) -> Result<AuditCheck, StoreError> {
         let ctx = "reading the audit chain";
-        let mut stmt = self
-            .conn
+        // The chain and its head read from one snapshot: a daemon appending meanwhile is no
+        // break.
+        let tx = self.conn.unchecked_transaction().map_err(sql("starting a read"))?;
+        let mut stmt = tx
             .prepare("SELECT seq, at_ms, node, action, sid, detail, hash FROM audit ORDER BY seq")
             .map_err(sql(ctx))?;
         let mut rows = stmt.query([]).map_err(sql(ctx))?;
         let mut prev = [0u8; 32].to_vec();
         let mut entries = 0;
+        let mut heads_made = 0;
         while let Some(r) = rows.next().map_err(sql(ctx))? {
             let row = AuditRow {
                 seq: r.get::<_, i64>(0).map_err(sql(ctx))? as u64,
@@ -42,11 +49,19 @@ impl Store {
             if row.seq != entries || hash != row.hash(&prev) {
                 return Ok(AuditCheck { entries, broken_at: Some(row.seq) });
             }
+            if row.action == HEAD_MADE {
+                heads_made += 1;
+                if heads_made > 1 {
+                    return Ok(AuditCheck { entries, broken_at: Some(row.seq) });
+                }
+            }
             prev = hash;
         }
+        drop(rows);
+        drop(stmt);
         // The chain must end where the sealed head says: entries cut off its end leave a valid
         // chain, but a shorter one than the head vouches for.
-        let broken_at = match read_head(&self.conn, &self.sealer)? {
+        let broken_at = match read_head(&tx, &self.sealer)? {
             Head::None if entries == 0 => None,
             Head::None | Head::Unreadable => Some(entries.max(1)),
             Head::At { seq, .. } if seq > entries => Some(entries + 1),
@@ -55,27 +70,6 @@ impl Store {
             Head::At { .. } => None,
         };
         Ok(AuditCheck { entries, broken_at })
-    }
-
-    /// Gives a chain without a sealed head (written by a version before the head, or with its
-    /// head removed) one at its end, in an `audit.head` entry that says where it was missing:
-    /// what the head vouches for starts there, and the chain itself records it.
-    pub(super) fn ensure_audit_head(&mut self, now: i64) -> Result<(), StoreError> {
-        // A read first: the write lock is taken only by the one open that finds no head.
-        if !matches!(read_head(&self.conn, &self.sealer)?, Head::None) {
-            return Ok(());
-        }
-        let tx =
-            self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
-        if !matches!(read_head(&tx, &self.sealer)?, Head::None) {
-            return Ok(());
-        }
-        let last: Option<i64> =
-            tx.row("SELECT max(seq) FROM audit", [], |r| r.get(0)).map_err(sql("reading the audit chain"))?;
-        let Some(last) = last else { return Ok(()) };
-        let detail = serde_json::json!({ "missing_after": last });
-        append_audit(&tx, &self.sealer, &self.node, now, "audit.head", None, Some(detail))?;
-        tx.commit().map_err(sql("committing"))
     }
 
     /// The latest `limit` audit entries, opened, oldest first.
@@ -187,6 +181,26 @@ pub(crate) fn append_audit(
 
 /// Associated data of the sealed chain head.
 pub(super) const AUDIT_HEAD_AAD: &[u8] = b"outpost/audit-head/v1";
+
+/// The action of the entry that gives a chain written before schema 8 its sealed head.
+const HEAD_MADE: &str = "audit.head";
+
+/// Schema 8's step: a chain written before the head existed gets one, in an `audit.head` entry
+/// naming the last entry it found (so the chain itself records from where the head vouches).
+pub(super) fn seal_existing_chain(
+    tx: &Transaction<'_>,
+    sealer: &Sealer,
+    node: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    if !matches!(read_head(tx, sealer)?, Head::None) {
+        return Ok(());
+    }
+    let last: Option<i64> =
+        tx.row("SELECT max(seq) FROM audit", [], |r| r.get(0)).map_err(sql("reading the audit chain"))?;
+    let Some(last) = last else { return Ok(()) };
+    append_audit(tx, sealer, node, now, HEAD_MADE, None, Some(serde_json::json!({ "missing_after": last })))
+}
 
 /// What the sealed head of the audit chain says.
 enum Head {

@@ -178,7 +178,14 @@ CREATE TABLE client_keys (
 ALTER TABLE peer_docs ADD COLUMN hub INTEGER NOT NULL DEFAULT 0;
 UPDATE peer_docs SET hub = 1 WHERE peer IN (SELECT peer FROM peer_marks WHERE scope LIKE 'Hub|%');
 "#,
+    // Schema 8: the audit chain's head is kept sealed (`meta.audit_head`). A chain written
+    // before gets its head in this step's transaction (`audit::seal_existing_chain`), and an
+    // earlier outpost, which would append entries without moving the head, refuses the store.
+    "-- the audit chain's sealed head",
 ];
+
+/// The schema from which the audit chain's head is sealed.
+const AUDIT_HEAD_SCHEMA: i64 = 8;
 
 pub(super) const KEY_CHECK: &[u8] = b"outpost key check";
 
@@ -215,12 +222,24 @@ pub(super) fn configure(path: &Path, alone: bool) -> Result<Connection, StoreErr
     Ok(conn)
 }
 
-pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+/// Brings the database to [`DB_SCHEMA_VERSION`], in one transaction. `sealer` and `node` seal
+/// the head of an audit chain written before schema 8 (checked against the store's key first,
+/// so a wrong key migrates nothing).
+pub(super) fn migrate(
+    conn: &mut Connection,
+    path: &Path,
+    sealer: &Sealer,
+    node: &str,
+    now: i64,
+) -> Result<(), StoreError> {
     // Read first: an open of a current store takes no write lock (it would wait behind a
-    // daemon's long write only to find nothing to do).
+    // daemon's long write only to find nothing to do), nor does one of a newer store.
     let current: i64 = conn.row("PRAGMA user_version", [], |r| r.get(0)).map_err(sql("reading the schema"))?;
     if current == DB_SCHEMA_VERSION {
         return Ok(());
+    }
+    if current > DB_SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema { path: path.to_path_buf(), found: current });
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a migration"))?;
     let version: i64 = tx.row("PRAGMA user_version", [], |r| r.get(0)).map_err(sql("reading the schema"))?;
@@ -229,7 +248,12 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
     }
     for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         tx.execute_batch(step).map_err(sql("migrating the schema"))?;
-        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1)).map_err(sql("migrating the schema"))?;
+        let reached = i as i64 + 1;
+        if reached == AUDIT_HEAD_SCHEMA {
+            check_key(&tx, sealer)?;
+            super::audit::seal_existing_chain(&tx, sealer, node, now)?;
+        }
+        tx.execute_batch(&format!("PRAGMA user_version = {reached}")).map_err(sql("migrating the schema"))?;
     }
     tx.commit().map_err(sql("migrating the schema"))
 }
