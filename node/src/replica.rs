@@ -1,5 +1,7 @@
 //! The node's store as the sync engine's [`Replica`].
 
+use std::collections::HashMap;
+
 use rustls::pki_types::CertificateDer;
 use sync_protocol::TimeMs;
 use sync_protocol::authorship::ActorPrefix;
@@ -25,14 +27,54 @@ pub struct NodeReplica<'a> {
     pub held: Vec<DocId>,
     /// Set when a newer revocation list was installed during this borrow.
     pub revocations_updated: bool,
+    /// What [`Store::visible_row`] said of documents for the peer during this borrow, since
+    /// its last write: the engine asks of one document its heads, then what the peer knows
+    /// of it, then its changes, and each read of the index costs a read transaction.
+    visible: HashMap<DocId, Option<(i64, Vec<Hash>)>>,
+    /// The peer `visible` is about.
+    visible_to: String,
 }
 
 impl<'a> NodeReplica<'a> {
     /// Wraps `store` for node `me`; `ca` checks revocation lists offered by peers.
     pub fn new(store: &'a mut Store, me: &'a PeerInfo, ca: Option<&'a CertificateDer<'static>>) -> Self {
-        NodeReplica { store, me, ca, changed: Vec::new(), held: Vec::new(), revocations_updated: false }
+        NodeReplica {
+            store,
+            me,
+            ca,
+            changed: Vec::new(),
+            held: Vec::new(),
+            revocations_updated: false,
+            visible: HashMap::new(),
+            visible_to: String::new(),
+        }
+    }
+
+    /// [`Store::visible_row`], read once per document until the next write.
+    fn visible_row(&mut self, peer: &PeerInfo, id: &DocId) -> Result<Option<(i64, Vec<Hash>)>, StoreError> {
+        if self.visible_to != peer.name {
+            self.visible.clear();
+            self.visible_to.clone_from(&peer.name);
+        }
+        if let Some(row) = self.visible.get(id) {
+            return Ok(row.clone());
+        }
+        let row = self.store.visible_row(peer, id)?;
+        if self.visible.len() >= MAX_REMEMBERED {
+            self.visible.clear();
+        }
+        self.visible.insert(*id, row.clone());
+        Ok(row)
+    }
+
+    /// Forgets what was read of the index: the store is about to change.
+    fn writing(&mut self) {
+        self.visible.clear();
     }
 }
+
+/// Documents whose index rows a borrow remembers at most.
+const MAX_REMEMBERED: usize = 4096;
 
 impl Replica for NodeReplica<'_> {
     type Error = StoreError;
@@ -73,7 +115,7 @@ impl Replica for NodeReplica<'_> {
         if is_directory_id(id) {
             return self.store.directory_heads_for(self.me, peer, id);
         }
-        Ok(self.store.visible_row(peer, id)?.map(|(_, heads)| heads))
+        Ok(self.visible_row(peer, id)?.map(|(_, heads)| heads))
     }
 
     fn known_hashes(&mut self, peer: &PeerInfo, id: &DocId, hashes: &[Hash]) -> Result<Vec<Hash>, StoreError> {
@@ -83,7 +125,8 @@ impl Replica for NodeReplica<'_> {
             }
             return self.store.directory_known_hashes(self.me, id, hashes);
         }
-        self.store.known_hashes(peer, id, hashes)
+        let row = self.visible_row(peer, id)?;
+        self.store.known_hashes_of(row, id, hashes)
     }
 
     fn knowledge(&mut self, peer: &PeerInfo, id: &DocId) -> Result<Option<Knowledge>, StoreError> {
@@ -94,6 +137,7 @@ impl Replica for NodeReplica<'_> {
     }
 
     fn set_knowledge(&mut self, peer: &PeerInfo, updates: &[(DocId, Knowledge)]) -> Result<(), StoreError> {
+        self.writing();
         for (id, k) in updates.iter().filter(|(id, _)| is_directory_id(id)) {
             self.store.set_directory_knowledge(self.me, peer, id, k)?;
         }
@@ -114,10 +158,12 @@ impl Replica for NodeReplica<'_> {
             let bytes = self.store.directory_changes_since(self.me, id, base)?;
             return Ok(Some(Outgoing { bytes, sigs: Vec::new(), authors: Vec::new() }));
         }
-        self.store.changes_since(peer, id, base)
+        let visible = self.visible_row(peer, id)?.is_some();
+        self.store.changes_of(visible, id, base)
     }
 
     fn apply(&mut self, peer: &PeerInfo, batch: &[Incoming], now: TimeMs) -> Result<Vec<Applied>, StoreError> {
+        self.writing();
         if !batch.iter().any(|inc| is_directory_id(&inc.doc)) {
             let (out, changed) = self.store.apply_remote(self.me, peer, batch, now)?;
             self.changed.extend(changed);
@@ -155,6 +201,7 @@ impl Replica for NodeReplica<'_> {
     }
 
     fn offer_credential(&mut self, credential: &[u8]) -> Result<bool, StoreError> {
+        self.writing();
         let Some(ca) = self.ca else { return Ok(false) };
         let crl = self.store.revocations()?.map(|(_, der)| der);
         match tls::verify_member(ca, crl.as_deref(), credential) {
@@ -182,10 +229,12 @@ impl Replica for NodeReplica<'_> {
     }
 
     fn store_manifest(&mut self, manifest: &BlobManifest, now: i64) -> Result<(), StoreError> {
+        self.writing();
         self.store.store_manifest(manifest, now)
     }
 
     fn store_chunks(&mut self, chunks: &[(Hash, u32, Vec<u8>)], now: TimeMs) -> Result<Vec<DocId>, StoreError> {
+        self.writing();
         let mut out = Vec::new();
         for hash in self.store.store_chunks(chunks)? {
             let changed = self.store.acknowledge_blob(self.me, &hash, now)?;
@@ -200,6 +249,7 @@ impl Replica for NodeReplica<'_> {
     }
 
     fn offer_revocations(&mut self, der: &[u8]) -> Result<bool, StoreError> {
+        self.writing();
         let Some(ca) = self.ca else { return Ok(false) };
         let Ok(number) = tls::verify_crl(ca, der) else {
             tracing::warn!("refused a revocation list not signed by this fleet's CA");

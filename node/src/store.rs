@@ -269,7 +269,7 @@ impl DocCache {
 
     fn estimate(c: &Cached) -> usize {
         let ops = usize::try_from(c.doc.ops()).unwrap_or(usize::MAX);
-        Self::BASE.saturating_add(ops.saturating_mul(Self::PER_OP))
+        Self::BASE.saturating_add(ops.saturating_mul(Self::PER_OP)).saturating_add(c.doc.kept_bytes())
     }
 
     /// Takes a document out (to change it; [`DocCache::put`] it back).

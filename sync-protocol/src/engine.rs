@@ -602,7 +602,7 @@ impl Engine {
             Some(0)
         })?;
         let frame = self.out.remove(pos)?;
-        let len = frame.to_bytes().len() as u64;
+        let len = frame.encoded_len() as u64;
         self.stats.bytes_sent += len;
         self.stats.frames_sent += 1;
         match &frame {
@@ -708,7 +708,7 @@ impl Engine {
         let mut queue: VecDeque<Frame> = frames.into();
         while let Some(frame) = queue.pop_front() {
             self.stats.frames_received += 1;
-            self.stats.bytes_received += frame.to_bytes().len() as u64;
+            self.stats.bytes_received += frame.encoded_len() as u64;
             if self.closed {
                 continue;
             }
@@ -716,7 +716,7 @@ impl Engine {
                 // The two lanes are separate streams: a blob frame may overtake the Hello.
                 if frame.lane() == Lane::Blob && self.early.len() < MAX_EARLY {
                     self.stats.frames_received -= 1;
-                    self.stats.bytes_received -= frame.to_bytes().len() as u64;
+                    self.stats.bytes_received -= frame.encoded_len() as u64;
                     self.early.push(frame);
                     continue;
                 }

@@ -586,7 +586,7 @@ impl Replica for MemReplica {
         }
         let Some(d) = self.docs.get_mut(id) else { return Ok(None) };
         let sigs = &self.sigs;
-        let changes = d.doc.automerge().get_changes(&hashes(base));
+        let changes = d.doc.changes_after(&hashes(base));
         authorship::outgoing(changes, |h| Ok(sigs.get(&Hash::from(*h)).copied())).map(Some)
     }
 

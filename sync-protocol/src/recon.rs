@@ -282,7 +282,7 @@ mod tests {
     fn reconcile(a: &[Item], b: &[Item]) -> (BTreeSet<DocId>, BTreeSet<DocId>, usize, usize) {
         let r = RangeRecon::default();
         let mut msg = r.initiate(a);
-        let mut bytes = crate::wire::Frame::Ranges(msg.clone()).to_bytes().len();
+        let mut bytes = crate::wire::Frame::Ranges(msg.clone()).encoded_len();
         let (mut found_a, mut found_b) = (BTreeSet::new(), BTreeSet::new());
         let mut rounds = 1;
         let mut turn_b = true;
@@ -294,7 +294,7 @@ mod tests {
             msg = reply;
             if !msg.is_empty() {
                 rounds += 1;
-                bytes += crate::wire::Frame::Ranges(msg.clone()).to_bytes().len();
+                bytes += crate::wire::Frame::Ranges(msg.clone()).encoded_len();
             }
             turn_b = !turn_b;
         }

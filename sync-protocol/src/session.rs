@@ -26,6 +26,8 @@ use automerge::{
 };
 use serde::{Deserialize, Serialize};
 
+mod recent;
+
 use crate::TimeMs;
 use crate::nhs::NhsNumber;
 use crate::vocab::{
@@ -339,6 +341,8 @@ impl LogValue {
 #[derive(Debug)]
 pub struct SessionDoc {
     doc: AutoCommit,
+    /// The changes it gained lately, whole (see [`recent`]).
+    recent: recent::Recent,
 }
 
 impl SessionDoc {
@@ -379,7 +383,7 @@ impl SessionDoc {
         doc.put_object(ROOT, "routing", ObjType::List)?;
         doc.put_object(ROOT, "calls", ObjType::List)?;
 
-        let mut session = SessionDoc { doc };
+        let mut session = SessionDoc { doc, recent: Default::default() };
         session.commit("create", now);
         Ok(session)
     }
@@ -388,7 +392,7 @@ impl SessionDoc {
     /// that it has the shape of a session this version understands.
     pub fn load(bytes: &[u8], actor: ActorId) -> Result<Self, ModelError> {
         let doc = AutoCommit::load(bytes)?.with_actor(actor);
-        let session = SessionDoc { doc };
+        let session = SessionDoc { doc, recent: Default::default() };
         session.check_shape()?;
         Ok(session)
     }
@@ -396,7 +400,7 @@ impl SessionDoc {
     /// An empty document (no session yet) to receive a session into from a peer. It becomes a
     /// session only once received bytes give it the shape [`SessionDoc::view`] checks.
     pub fn empty(actor: ActorId) -> Self {
-        SessionDoc { doc: AutoCommit::new().with_actor(actor) }
+        SessionDoc { doc: AutoCommit::new().with_actor(actor), recent: Default::default() }
     }
 
     /// Applies more saved bytes (changes or a snapshot) to this document. Idempotent.
@@ -415,6 +419,11 @@ impl SessionDoc {
         let identity = r.obj(&ROOT, "identity", ObjType::Map)?;
         r.req_str(&identity, "id", "/identity/id")?;
         Ok(())
+    }
+
+    /// Bytes of the recent changes it keeps whole (beside the document itself).
+    pub fn kept_bytes(&self) -> usize {
+        self.recent.bytes()
     }
 
     /// Operations the document holds (every change's, summed).
@@ -442,18 +451,29 @@ impl SessionDoc {
 
     /// The changes made since `heads`, as bytes that [`SessionDoc::apply_bytes`] accepts.
     pub fn save_after(&mut self, heads: &[ChangeHash]) -> Vec<u8> {
-        self.doc.save_after(heads)
+        let mut bytes = Vec::new();
+        for c in self.changes_after(heads) {
+            bytes.extend_from_slice(c.raw_bytes());
+        }
+        bytes
+    }
+
+    /// The changes that are not ancestors of `heads`, in causal order (Automerge's
+    /// `get_changes`), answered from the changes kept whole where it can: a change is encoded
+    /// once, not again for the log and for each peer it goes to.
+    pub fn changes_after(&mut self, heads: &[ChangeHash]) -> Vec<automerge::Change> {
+        self.recent.changes_after(&mut self.doc, heads)
     }
 
     /// Applies changes that [`crate::rules::admit`] has checked, in the order it gave.
     pub fn apply_changes(&mut self, changes: Vec<automerge::Change>) -> Result<(), ModelError> {
-        self.doc.apply_changes(changes)?;
+        self.recent.apply(&mut self.doc, changes)?;
         Ok(())
     }
 
     /// A copy with another actor: a second replica for tests and the simulator.
     pub fn fork_as(&mut self, actor: ActorId) -> SessionDoc {
-        SessionDoc { doc: self.doc.fork().with_actor(actor) }
+        SessionDoc { doc: self.doc.fork().with_actor(actor), recent: Default::default() }
     }
 
     /// Merges another replica of the same session into this one.

@@ -396,27 +396,50 @@ impl Frame {
 
     /// Appends the encoded frame (header and payload) to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let mut p = Vec::new();
+        let len = self.payload_len();
+        out.reserve(len + 11);
+        out.push(self.type_byte());
+        put_varint(out, len as u64);
+        self.payload(out);
+    }
+
+    /// Bytes of the payload, counted without encoding it.
+    fn payload_len(&self) -> usize {
+        let mut n = Count(0);
+        self.payload(&mut n);
+        n.0
+    }
+
+    /// Bytes of the encoded frame (header and payload), as [`Frame::encode`] writes them.
+    pub fn encoded_len(&self) -> usize {
+        let len = self.payload_len();
+        let mut header = Count(1);
+        put_varint(&mut header, len as u64);
+        header.0 + len
+    }
+
+    /// Writes the payload to `p` (bytes, or a count of them).
+    fn payload<S: Sink>(&self, p: &mut S) {
         match self {
             Frame::Hello(h) => {
                 p.extend_from_slice(&h.min_version.to_be_bytes());
                 p.extend_from_slice(&h.max_version.to_be_bytes());
-                put_bytes(&mut p, h.node.as_bytes());
-                put_varint(&mut p, h.crl_number);
+                put_bytes(p, h.node.as_bytes());
+                put_varint(p, h.crl_number);
             }
             Frame::Summary(s) => {
                 p.push(u8::from(s.delta));
-                put_varint(&mut p, s.count);
+                put_varint(p, s.count);
                 p.extend_from_slice(&s.fingerprint);
-                put_entries(&mut p, &s.entries);
-                put_varint(&mut p, u64::from(s.pushed));
+                put_entries(p, &s.entries);
+                put_varint(p, u64::from(s.pushed));
             }
             Frame::SummaryReply(r) => {
                 p.push(u8::from(r.complete));
-                put_entries(&mut p, &r.entries);
+                put_entries(p, &r.entries);
             }
             Frame::Ranges(ranges) => {
-                put_varint(&mut p, ranges.len() as u64);
+                put_varint(p, ranges.len() as u64);
                 for r in ranges {
                     match &r.upper {
                         Some(id) => {
@@ -429,12 +452,12 @@ impl Frame {
                         RangeMode::Skip => p.push(0),
                         RangeMode::Fingerprint { count, fingerprint } => {
                             p.push(1);
-                            put_varint(&mut p, *count);
+                            put_varint(p, *count);
                             p.extend_from_slice(fingerprint);
                         }
                         RangeMode::Items { reply, items } => {
                             p.push(if *reply { 3 } else { 2 });
-                            put_varint(&mut p, items.len() as u64);
+                            put_varint(p, items.len() as u64);
                             for (id, digest) in items {
                                 p.extend_from_slice(id);
                                 p.extend_from_slice(digest);
@@ -445,56 +468,53 @@ impl Frame {
             }
             Frame::Heads { doc, heads } | Frame::Ack { doc, heads } => {
                 p.extend_from_slice(doc);
-                put_heads(&mut p, heads);
+                put_heads(p, heads);
             }
             Frame::Changes(c) => {
                 p.extend_from_slice(&c.doc);
                 p.push(u8::from(c.ack));
-                put_heads(&mut p, &c.heads);
-                put_bytes(&mut p, &c.bytes);
-                put_varint(&mut p, c.sigs.len() as u64);
+                put_heads(p, &c.heads);
+                put_bytes(p, &c.bytes);
+                put_varint(p, c.sigs.len() as u64);
                 for sig in &c.sigs {
                     p.extend_from_slice(sig);
                 }
             }
             Frame::Need { doc } | Frame::Refused { doc } => p.extend_from_slice(doc),
-            Frame::Member { credential } => put_bytes(&mut p, credential),
+            Frame::Member { credential } => put_bytes(p, credential),
             Frame::BlobWant { hash, manifest, chunks } => {
                 p.extend_from_slice(hash.as_bytes());
                 p.push(u8::from(*manifest));
-                put_varint(&mut p, chunks.len() as u64);
+                put_varint(p, chunks.len() as u64);
                 for c in chunks {
-                    put_varint(&mut p, u64::from(*c));
+                    put_varint(p, u64::from(*c));
                 }
             }
             Frame::BlobManifest(m) => {
                 p.extend_from_slice(m.hash.as_bytes());
-                put_varint(&mut p, m.size);
-                put_varint(&mut p, u64::from(m.chunk_size));
-                put_varint(&mut p, m.cvs.len() as u64);
+                put_varint(p, m.size);
+                put_varint(p, u64::from(m.chunk_size));
+                put_varint(p, m.cvs.len() as u64);
                 for cv in &m.cvs {
                     p.extend_from_slice(cv);
                 }
             }
             Frame::BlobChunk { hash, index, data } => {
                 p.extend_from_slice(hash.as_bytes());
-                put_varint(&mut p, u64::from(*index));
-                put_bytes(&mut p, data);
+                put_varint(p, u64::from(*index));
+                put_bytes(p, data);
             }
             Frame::BlobMissing { hash } => p.extend_from_slice(hash.as_bytes()),
-            Frame::Revocations { der } => put_bytes(&mut p, der),
+            Frame::Revocations { der } => put_bytes(p, der),
             Frame::Mark { received, idle } => {
-                put_varint(&mut p, *received);
+                put_varint(p, *received);
                 p.push(u8::from(*idle));
             }
             Frame::Close { code, reason } => {
                 p.extend_from_slice(&code.to_be_bytes());
-                put_bytes(&mut p, reason.as_bytes());
+                put_bytes(p, reason.as_bytes());
             }
         }
-        out.push(self.type_byte());
-        put_varint(out, p.len() as u64);
-        out.extend_from_slice(&p);
     }
 
     /// The encoded frame as a new vector.
@@ -672,7 +692,36 @@ impl FrameDecoder {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+/// Where a frame's bytes go: a buffer, or a count of them.
+trait Sink {
+    fn push(&mut self, b: u8);
+    fn extend_from_slice(&mut self, b: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    fn push(&mut self, b: u8) {
+        Vec::push(self, b);
+    }
+
+    fn extend_from_slice(&mut self, b: &[u8]) {
+        Vec::extend_from_slice(self, b);
+    }
+}
+
+/// Counts the bytes it is given.
+struct Count(usize);
+
+impl Sink for Count {
+    fn push(&mut self, _: u8) {
+        self.0 += 1;
+    }
+
+    fn extend_from_slice(&mut self, b: &[u8]) {
+        self.0 += b.len();
+    }
+}
+
+fn put_varint(out: &mut impl Sink, mut v: u64) {
     loop {
         let byte = (v & 0x7F) as u8;
         v >>= 7;
@@ -684,19 +733,19 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     }
 }
 
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+fn put_bytes(out: &mut impl Sink, b: &[u8]) {
     put_varint(out, b.len() as u64);
     out.extend_from_slice(b);
 }
 
-fn put_heads(out: &mut Vec<u8>, heads: &[Hash]) {
+fn put_heads(out: &mut impl Sink, heads: &[Hash]) {
     put_varint(out, heads.len() as u64);
     for h in heads {
         out.extend_from_slice(h.as_bytes());
     }
 }
 
-fn put_entries(out: &mut Vec<u8>, entries: &[(DocId, Vec<Hash>)]) {
+fn put_entries(out: &mut impl Sink, entries: &[(DocId, Vec<Hash>)]) {
     put_varint(out, entries.len() as u64);
     for (id, heads) in entries {
         out.extend_from_slice(id);
@@ -854,6 +903,17 @@ mod tests {
             d.feed(&bytes);
             assert_eq!(d.next_frame().unwrap(), Some(f.clone()), "{f}");
             assert_eq!(d.buffered(), 0);
+        }
+    }
+
+    #[test]
+    fn the_counted_length_of_every_frame_is_its_encoded_length() {
+        // Samples with payloads past one varint byte's reach too: a large chunk, many ranges.
+        let mut frames = samples();
+        frames.push(Frame::BlobChunk { hash: Hash([9; 32]), index: 300, data: vec![7; 20_000] });
+        frames.push(Frame::Ack { doc: [3; 16], heads: vec![Hash([1; 32]); 200] });
+        for f in frames {
+            assert_eq!(f.encoded_len(), f.to_bytes().len(), "{f}");
         }
     }
 

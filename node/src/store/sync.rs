@@ -381,8 +381,20 @@ impl Store {
 
     /// Which of `hashes` are changes we hold of a document `peer` may see.
     pub fn known_hashes(&mut self, peer: &PeerInfo, id: &DocId, hashes: &[Hash]) -> Result<Vec<Hash>, StoreError> {
+        let row = self.visible_row(peer, id)?;
+        self.known_hashes_of(row, id, hashes)
+    }
+
+    /// [`Store::known_hashes`] for a document whose [`Store::visible_row`] for the peer the
+    /// caller has just read (`None`: the peer may not see it).
+    pub fn known_hashes_of(
+        &mut self,
+        row: Option<(i64, Vec<Hash>)>,
+        id: &DocId,
+        hashes: &[Hash],
+    ) -> Result<Vec<Hash>, StoreError> {
         let sid = SessionId::from_bytes(*id);
-        let Some((_, mine)) = self.visible_row(peer, id)? else { return Ok(Vec::new()) };
+        let Some((_, mine)) = row else { return Ok(Vec::new()) };
         // Answered without decoding the document where the index can: our own heads are held,
         // and a change with no signature recorded is held by no session here (every change is
         // stored with its signature, in one transaction). Were one held without, the peer
@@ -414,11 +426,18 @@ impl Store {
         id: &DocId,
         base: &[Hash],
     ) -> Result<Option<Outgoing>, StoreError> {
-        if self.visible_row(peer, id)?.is_none() {
+        let visible = self.visible_row(peer, id)?.is_some();
+        self.changes_of(visible, id, base)
+    }
+
+    /// [`Store::changes_since`] for a document the caller has just found visible to the peer
+    /// (or not) with [`Store::visible_row`].
+    pub fn changes_of(&mut self, visible: bool, id: &DocId, base: &[Hash]) -> Result<Option<Outgoing>, StoreError> {
+        if !visible {
             return Ok(None);
         }
         let base = to_hashes(base);
-        let changes = self.with_doc(SessionId::from_bytes(*id), |d| d.automerge().get_changes(&base))?;
+        let changes = self.with_doc(SessionId::from_bytes(*id), |d| d.changes_after(&base))?;
         let total = changes.len();
         let out = authorship::outgoing(changes, |h| self.signature(h))?;
         if out.sigs.len() < total {
