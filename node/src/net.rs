@@ -35,7 +35,7 @@ use sync_protocol::voice::{
     AdpcmState, CODEC_ADPCM, DG_BYE, DG_VOICE, FRAME_MS, FRAME_SAMPLES, JitterBuffer, VoiceFrame, bye, call_tag,
     decode, encode,
 };
-use sync_protocol::wire::{CloseCode, DocId, Frame, FrameDecoder, Lane};
+use sync_protocol::wire::{CloseCode, DecodeError, DocId, Frame, FrameDecoder, Lane};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::node::{Node, now_ms};
@@ -64,38 +64,49 @@ pub enum NetError {
         source: std::io::Error,
     },
     /// A connection could not be made.
-    #[error("cannot connect to {addr}: {detail}")]
+    #[error("cannot connect to {addr}: {failure}")]
     Connect {
         /// The peer's address.
         addr: SocketAddr,
         /// Why.
-        detail: String,
+        #[source]
+        failure: DialFailure,
     },
     /// A peer's host name did not resolve.
-    #[error("cannot resolve {name}: {detail}; check the name (and the DNS of this network), or give an IP address")]
+    #[error("cannot resolve {name}: {source}; check the name (and the DNS of this network), or give an IP address")]
     Resolve {
         /// The name as given (`host:port`).
         name: String,
         /// Why.
-        detail: String,
+        source: std::io::Error,
     },
     /// The connection failed or the peer refused us.
-    #[error("connection with {peer} failed: {detail}")]
+    #[error("connection with {peer} failed: {failure}")]
     Connection {
         /// The peer (address or name).
         peer: String,
         /// Why.
-        detail: String,
+        #[source]
+        failure: ConnectionFailure,
     },
     /// The sync conversation failed.
-    #[error("sync with {peer} failed: {detail}")]
+    #[error("sync with {peer} failed: {failure}")]
     Sync {
         /// The peer.
         peer: String,
         /// Why.
-        detail: String,
+        #[source]
+        failure: SyncFailure,
         /// What the conversation had done until then.
         partial: Option<Box<Stats>>,
+    },
+    /// A call was asked for and neither an answer nor a callback reached this device in time.
+    #[error(
+        "no answer or callback reached this device within {waited_s} s; the escalation stands, and `outpost call status` shows it as it moves"
+    )]
+    NoAnswer {
+        /// Seconds waited.
+        waited_s: u64,
     },
     /// The store thread is gone.
     #[error("the store thread stopped")]
@@ -227,16 +238,20 @@ struct Slot {
 
 impl Slot {
     /// Takes a slot for `name`, or says why there is none.
-    fn take(shared: &Arc<Shared>, name: &str) -> Result<Slot, String> {
-        let mut open = shared.open.lock().map_err(|_| "the connection table is poisoned".to_string())?;
+    fn take(shared: &Arc<Shared>, name: &str) -> Result<Slot, ConnectionFailure> {
+        let mut open = shared.open.lock().map_err(|_| ConnectionFailure::ConfigLock)?;
         let total: usize = open.values().sum();
         let mine = open.get(name).copied().unwrap_or(0);
         let limits = shared.limits;
         if mine >= limits.connections_per_peer {
-            return Err(format!("{name} already holds {mine} connections (at most {})", limits.connections_per_peer));
+            return Err(ConnectionFailure::PeerLimit {
+                peer: name.to_string(),
+                held: mine,
+                max: limits.connections_per_peer,
+            });
         }
         if total >= limits.connections {
-            return Err(format!("this node is at its limit of {} connections", limits.connections));
+            return Err(ConnectionFailure::NodeLimit { max: limits.connections });
         }
         *open.entry(name.to_string()).or_default() += 1;
         Ok(Slot { shared: shared.clone(), name: name.to_string() })
@@ -271,17 +286,17 @@ impl Budget {
 
     /// Adds work; returns why the peer is over its budget, if it is.
     /// (A first contact of 10,000 sessions is about 600,000 operations.)
-    fn spend(&mut self, ops: u64, bytes: u64, limits: &crate::settings::Limits) -> Option<String> {
+    fn spend(&mut self, ops: u64, bytes: u64, limits: &crate::settings::Limits) -> Option<Overspent> {
         if self.since.elapsed() >= Duration::from_secs(60) {
             *self = Budget::new();
         }
         self.ops += ops;
         self.bytes += bytes;
         if self.ops > limits.ops_per_peer_minute {
-            return Some(format!("over the budget of {} operations a minute", limits.ops_per_peer_minute));
+            return Some(Overspent::Ops(limits.ops_per_peer_minute));
         }
         if self.bytes > limits.bytes_per_peer_minute {
-            return Some(format!("over the budget of {} MiB a minute", limits.bytes_per_peer_minute >> 20));
+            return Some(Overspent::Bytes(limits.bytes_per_peer_minute));
         }
         None
     }
@@ -398,11 +413,11 @@ async fn dial_and_converse(
     let started = Instant::now();
     let connecting = endpoint
         .connect_with(cfg, peer, SERVER_NAME)
-        .map_err(|e| NetError::Connect { addr: peer, detail: e.to_string() })?;
+        .map_err(|e| NetError::Connect { addr: peer, failure: e.into() })?;
     let conn = tokio::time::timeout(limit, connect_noting_silence(connecting, peer))
         .await
         .map_err(|_| NetError::Timeout(peer.to_string()))?
-        .map_err(|e| NetError::Connect { addr: peer, detail: e.to_string() })?;
+        .map_err(|e| NetError::Connect { addr: peer, failure: e.into() })?;
     let handshake = started.elapsed();
     let deadline = tokio::time::Instant::now() + limit.saturating_sub(handshake);
     let mut report = converse(shared, conn, true, true, Some((deadline, stop))).await?;
@@ -496,14 +511,12 @@ impl PeerAddr {
         let name = self.to_string();
         let found: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
             .await
-            .map_err(|e| NetError::Resolve { name: name.clone(), detail: e.to_string() })?
+            .map_err(|source| NetError::Resolve { name: name.clone(), source })?
             .collect();
-        found
-            .iter()
-            .find(|a| a.is_ipv4())
-            .or(found.first())
-            .copied()
-            .ok_or_else(|| NetError::Resolve { name, detail: "the name has no address".into() })
+        found.iter().find(|a| a.is_ipv4()).or(found.first()).copied().ok_or_else(|| NetError::Resolve {
+            name,
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "the name has no address"),
+        })
     }
 }
 
@@ -512,6 +525,7 @@ mod call;
 pub mod congestion;
 mod conversation;
 mod daemon;
+mod failure;
 mod metrics;
 mod store_thread;
 mod transport;
@@ -522,6 +536,7 @@ pub use conversation::FRAME_LOG_ENV;
 use conversation::*;
 use daemon::*;
 pub use daemon::{Daemon, RunOptions};
+pub use failure::{ConnectionFailure, DialFailure, Overspent, SyncFailure};
 pub use store_thread::StoreHandle;
 use transport::*;
 pub use transport::{client_config, load_identity, server_config};

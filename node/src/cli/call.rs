@@ -64,13 +64,7 @@ pub(crate) fn run_call(cmd: CallCommand) -> anyhow::Result<()> {
                     return Ok(());
                 }
                 if start.elapsed().as_secs() >= limit {
-                    return Err(anyhow::Error::new(crate::net::NetError::Connection {
-                        peer: "hub".into(),
-                        detail: format!(
-                            "no answer or callback reached this device within {limit} s; the escalation stands, \
-                             and `outpost call status` shows it as it moves"
-                        ),
-                    }));
+                    return Err(anyhow::Error::new(crate::net::NetError::NoAnswer { waited_s: limit }));
                 }
                 std::thread::sleep(std::time::Duration::from_millis(200));
             }

@@ -20,7 +20,7 @@ pub(super) async fn read_lane(
     recv: quinn::RecvStream,
     out: mpsc::Sender<Queued>,
     queue: Arc<tokio::sync::Semaphore>,
-    bad: mpsc::Sender<String>,
+    bad: mpsc::Sender<DecodeError>,
 ) {
     if let Err(e) = read_frames(recv, out, queue).await {
         let _ = bad.send(e).await;
@@ -31,7 +31,7 @@ pub(super) async fn read_frames(
     mut recv: quinn::RecvStream,
     out: mpsc::Sender<Queued>,
     queue: Arc<tokio::sync::Semaphore>,
-) -> Result<(), String> {
+) -> Result<(), DecodeError> {
     let mut decoder = FrameDecoder::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut log = std::env::var_os(FRAME_LOG_ENV)
@@ -57,7 +57,7 @@ pub(super) async fn read_frames(
                             }
                         }
                         Ok(None) => break,
-                        Err(e) => return Err(format!("an undecodable frame: {e}")),
+                        Err(e) => return Err(e),
                     }
                 }
             }
@@ -89,7 +89,7 @@ pub(super) async fn converse(
     deadline: Option<(tokio::time::Instant, Arc<tokio::sync::Notify>)>,
 ) -> Result<SyncReport, NetError> {
     let addr = conn.remote_address().to_string();
-    let conn_err = |detail: String| NetError::Connection { peer: addr.clone(), detail };
+    let conn_err = |failure: ConnectionFailure| NetError::Connection { peer: addr.clone(), failure };
     let (peer, serial, peer_cert) = peer_identity(&conn)?;
     // A resumed TLS session skips the certificate checks of a full handshake: revocation and
     // expiry are checked again here, for every conversation.
@@ -97,7 +97,7 @@ pub(super) async fn converse(
     if is_revoked(crl.as_deref(), &serial) {
         shared.metrics.refused("revoked");
         conn.close(quinn::VarInt::from_u32(3), b"revoked");
-        return Err(conn_err(format!("{} has been revoked", peer.name)));
+        return Err(conn_err(ConnectionFailure::Revoked { peer: peer.name.clone() }));
     }
     let expired = x509_parser::parse_x509_certificate(peer_cert.as_ref())
         .map(|(_, c)| c.validity().not_after.timestamp().saturating_mul(1000) < now_ms())
@@ -105,19 +105,19 @@ pub(super) async fn converse(
     if expired {
         shared.metrics.refused("expired");
         conn.close(quinn::VarInt::from_u32(3), b"certificate expired");
-        return Err(conn_err(format!("{}'s certificate has expired", peer.name)));
+        return Err(conn_err(ConnectionFailure::Expired { peer: peer.name.clone() }));
     }
     if peer.name == shared.me.name {
         shared.metrics.refused("self");
         conn.close(quinn::VarInt::from_u32(2), b"a node cannot sync with itself");
-        return Err(conn_err("the peer presented this node's own identity".into()));
+        return Err(conn_err(ConnectionFailure::OwnIdentity));
     }
     let _slot = match Slot::take(&shared, &peer.name) {
         Ok(slot) => slot,
         Err(why) => {
             shared.metrics.refused("connection_limit");
             tracing::warn!(peer = %peer.name, %addr, "refused a connection: {why}");
-            conn.close(quinn::VarInt::from_u32(CloseCode::Unavailable as u32), why.as_bytes());
+            conn.close(quinn::VarInt::from_u32(CloseCode::Unavailable as u32), why.to_string().as_bytes());
             return Err(conn_err(why));
         }
     };
@@ -129,24 +129,24 @@ pub(super) async fn converse(
 
     // Two lanes, opened by the dialer; the first byte of each says which it is.
     let ((sync_send, sync_recv), (blob_send, blob_recv)) = if initiator {
-        let (mut s1, r1) = conn.open_bi().await.map_err(|e| conn_err(refusal(&conn, e.to_string())))?;
-        let (mut s2, r2) = conn.open_bi().await.map_err(|e| conn_err(refusal(&conn, e.to_string())))?;
-        s1.write_all(&[LANE_SYNC]).await.map_err(|e| conn_err(refusal(&conn, e.to_string())))?;
-        s2.write_all(&[LANE_BLOB]).await.map_err(|e| conn_err(refusal(&conn, e.to_string())))?;
+        let (mut s1, r1) = conn.open_bi().await.map_err(|e| conn_err(refusal(&conn, e.into())))?;
+        let (mut s2, r2) = conn.open_bi().await.map_err(|e| conn_err(refusal(&conn, e.into())))?;
+        s1.write_all(&[LANE_SYNC]).await.map_err(|e| conn_err(refusal(&conn, e.into())))?;
+        s2.write_all(&[LANE_BLOB]).await.map_err(|e| conn_err(refusal(&conn, e.into())))?;
         ((s1, r1), (s2, r2))
     } else {
         let mut lanes: [Option<(quinn::SendStream, quinn::RecvStream)>; 2] = [None, None];
         for _ in 0..2 {
-            let (s, mut r) = conn.accept_bi().await.map_err(|e| conn_err(e.to_string()))?;
+            let (s, mut r) = conn.accept_bi().await.map_err(|e| conn_err(e.into()))?;
             let mut tag = [0u8; 1];
-            r.read_exact(&mut tag).await.map_err(|e| conn_err(e.to_string()))?;
+            r.read_exact(&mut tag).await.map_err(|e| conn_err(e.into()))?;
             match tag[0] {
                 LANE_SYNC => lanes[0] = Some((s, r)),
                 LANE_BLOB => lanes[1] = Some((s, r)),
-                other => return Err(conn_err(format!("unknown lane {other}"))),
+                other => return Err(conn_err(ConnectionFailure::UnknownLane(other))),
             }
         }
-        let [Some(a), Some(b)] = lanes else { return Err(conn_err("a lane is missing".into())) };
+        let [Some(a), Some(b)] = lanes else { return Err(conn_err(ConnectionFailure::MissingLane)) };
         (a, b)
     };
     let _ = sync_send.set_priority(1);
@@ -164,7 +164,7 @@ pub(super) async fn converse(
         tracing::warn!(peer = %peer.name, "the peer's certificate names no author key: its changes will be refused");
     }
     let (frames_tx, mut frames_rx) = mpsc::channel::<Queued>(256);
-    let (bad_tx, mut bad_rx) = mpsc::channel::<String>(2);
+    let (bad_tx, mut bad_rx) = mpsc::channel::<DecodeError>(2);
     let queue = Arc::new(tokio::sync::Semaphore::new(MAX_QUEUED_BYTES));
     let readers = [
         tokio::spawn(read_lane(sync_recv, frames_tx.clone(), queue.clone(), bad_tx.clone())),
@@ -212,7 +212,7 @@ pub(super) async fn converse(
             let log = engine.take_log();
             let (changed, held, crl_updated) = (replica.changed, replica.held, replica.revocations_updated);
             let cost = (node.ops_admitted() - ops_before, engine.stats().bytes_received - bytes_before);
-            (engine, result.map_err(|e| e.to_string()), out, (changed, held), crl_updated, log, cost)
+            (engine, result, out, (changed, held), crl_updated, log, cost)
         })
     };
     tracing::info!(peer = %peer.name, role = %peer.role, %addr, "connected");
@@ -230,7 +230,7 @@ pub(super) async fn converse(
     let mut engine = Some(engine);
     let mut budget = Budget::new();
     let mut work = Some(Work::Start);
-    let mut failure: Option<String> = None;
+    let mut failure: Option<SyncFailure> = None;
     // The engine says when it next has timed work (its periodic nudge, stalled transfers);
     // the wall clock is what it is given as time.
     let wake_at = |engine: &Option<Engine>| {
@@ -252,11 +252,12 @@ pub(super) async fn converse(
             in_step.clear();
             if let Some(why) = budget.spend(ops, bytes, &shared.limits) {
                 shared.metrics.refused("budget");
-                tracing::warn!(peer = %peer.name, %addr, "closing: {why}");
-                let close = Frame::Close { code: CloseCode::Unavailable as u16, reason: why.clone() };
+                tracing::warn!(peer = %peer.name, %addr, "closing: over the budget of {why}");
+                let close =
+                    Frame::Close { code: CloseCode::Unavailable as u16, reason: format!("over the budget of {why}") };
                 let _ = sync_out.send(close.to_bytes());
                 engine = Some(e);
-                failure = Some(why);
+                failure = Some(SyncFailure::OverBudget(why));
                 break;
             }
             for line in log {
@@ -291,12 +292,12 @@ pub(super) async fn converse(
             let closed = e.is_closed();
             tracing::debug!(peer = %peer.name, done, closed, quiescent = e.is_quiescent(), stats = ?e.stats(), "step");
             engine = Some(e);
-            if let Err(msg) = result {
+            if let Err(e) = result {
                 shared.metrics.refused("sync_error");
                 // Tell the peer why, so that it does not wait (and shows nothing as delivered).
-                let close = Frame::Close { code: CloseCode::Unavailable as u16, reason: msg.clone() };
+                let close = Frame::Close { code: CloseCode::Unavailable as u16, reason: e.to_string() };
                 let _ = sync_out.send(close.to_bytes());
-                failure = Some(msg);
+                failure = Some(SyncFailure::Engine(e));
                 break;
             }
             if done || closed {
@@ -304,12 +305,13 @@ pub(super) async fn converse(
             }
         }
         tokio::select! {
-            Some(detail) = bad_rx.recv() => {
+            Some(bad) = bad_rx.recv() => {
+                let bad = SyncFailure::BadFrame(bad);
                 shared.metrics.refused("protocol");
-                tracing::warn!(peer = %peer.name, %addr, "closing: {detail}");
-                let close = Frame::Close { code: CloseCode::ProtocolError as u16, reason: detail.clone() };
+                tracing::warn!(peer = %peer.name, %addr, "closing: {bad}");
+                let close = Frame::Close { code: CloseCode::ProtocolError as u16, reason: bad.to_string() };
                 let _ = sync_out.send(close.to_bytes());
-                failure = Some(detail);
+                failure = Some(bad);
                 break;
             }
             frame = frames_rx.recv() => match frame {
@@ -329,12 +331,12 @@ pub(super) async fn converse(
                         // The readers end when the connection does: say why, if the peer said.
                         let why = match conn.close_reason() {
                             Some(quinn::ConnectionError::ApplicationClosed(c)) => {
-                                format!(": {}", String::from_utf8_lossy(&c.reason))
+                                Some(String::from_utf8_lossy(&c.reason).into_owned())
                             }
-                            Some(other) => format!(": {other}"),
-                            None => String::new(),
+                            Some(other) => Some(other.to_string()),
+                            None => None,
                         };
-                        failure = Some(format!("the peer ended the conversation before the sync completed{why}"));
+                        failure = Some(SyncFailure::PeerEnded(why));
                     }
                     break;
                 }
@@ -344,7 +346,7 @@ pub(super) async fn converse(
                 Ok(Notice::Revocations) => {
                     let crl = shared.crl.read().map(|c| c.clone()).unwrap_or_default();
                     if is_revoked(crl.as_deref(), &serial) {
-                        failure = Some(format!("{} has been revoked", peer.name));
+                        failure = Some(SyncFailure::Revoked { peer: peer.name.clone() });
                         conn.close(quinn::VarInt::from_u32(3), b"revoked");
                         break;
                     }
@@ -366,7 +368,7 @@ pub(super) async fn converse(
                     None => std::future::pending::<()>().await,
                 }
             } => {
-                failure = Some("stopped before it finished (time limit)".into());
+                failure = Some(SyncFailure::TimeLimit);
                 conn.close(quinn::VarInt::from_u32(5), b"time limit");
                 break;
             }
@@ -375,9 +377,9 @@ pub(super) async fn converse(
                 let finished = engine.as_ref().is_some_and(Engine::is_done);
                 // A one-shot sync succeeds only once it is done, however politely the peer left.
                 if one_shot && !finished {
-                    failure = Some(format!("the peer closed the connection before the sync completed: {reason}"));
+                    failure = Some(SyncFailure::PeerClosed(reason));
                 } else if !normal && !finished {
-                    failure = Some(reason.to_string());
+                    failure = Some(SyncFailure::Lost(reason));
                 }
                 break;
             }
@@ -409,12 +411,12 @@ pub(super) async fn converse(
     let stats = engine.map(|e| e.stats().clone()).unwrap_or_default();
     if let Some(f) = failure {
         // Close with the reason, so the peer does not take our going for a normal end.
-        let reason: Vec<u8> = f.bytes().take(200).collect();
+        let reason: Vec<u8> = f.to_string().bytes().take(200).collect();
         conn.close(quinn::VarInt::from_u32(CloseCode::Unavailable as u32), &reason);
         tracing::info!(peer = %peer.name, "conversation ended: {f}");
-        let (name, why) = (peer.name.clone(), f.clone());
+        let (name, why) = (peer.name.clone(), f.to_string());
         let _ = shared.store.call(move |n| n.record_sync(&name, Err(&why), now_ms())).await;
-        return Err(NetError::Sync { peer: peer.name.clone(), detail: f, partial: Some(Box::new(stats)) });
+        return Err(NetError::Sync { peer: peer.name.clone(), failure: f, partial: Some(Box::new(stats)) });
     }
     Ok(SyncReport {
         peer: peer.name.clone(),
@@ -449,9 +451,9 @@ pub(super) enum Work {
 }
 
 /// The reason a peer refused us, when the first stream operation fails.
-pub(super) fn refusal(conn: &quinn::Connection, fallback: String) -> String {
+pub(super) fn refusal(conn: &quinn::Connection, fallback: ConnectionFailure) -> ConnectionFailure {
     match conn.close_reason() {
-        Some(r) => format!("refused by the peer: {r}"),
+        Some(r) => ConnectionFailure::RefusedByPeer(r),
         None => fallback,
     }
 }

@@ -126,11 +126,8 @@ impl Daemon {
     /// One conversation with `peer` to its end, from this daemon (its endpoint, its store with
     /// its documents decoded, its kept TLS sessions), as `outpost sync` has in a fresh process.
     pub async fn sync_with(&self, peer: SocketAddr, limit: Duration) -> Result<SyncReport, NetError> {
-        let endpoint = self
-            .shared
-            .endpoint
-            .get()
-            .ok_or_else(|| NetError::Connect { addr: peer, detail: "the daemon has no endpoint".into() })?;
+        let endpoint =
+            self.shared.endpoint.get().ok_or(NetError::Connect { addr: peer, failure: DialFailure::NoEndpoint })?;
         let crl = self.shared.crl.read().map(|c| c.clone()).unwrap_or_default();
         let cfg = dial_config(&self.shared, crl)?;
         let stop = Arc::new(tokio::sync::Notify::new());
@@ -185,10 +182,10 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) 
 
 /// The configuration to dial with: the kept one while the revocation list is the same.
 pub(super) fn dial_config(shared: &Shared, crl: Option<Vec<u8>>) -> Result<quinn::ClientConfig, NetError> {
-    let mut kept = shared.dial.lock().map_err(|_| NetError::Connection {
-        peer: String::new(),
-        detail: "the dialling configuration's lock was poisoned".into(),
-    })?;
+    let mut kept = shared
+        .dial
+        .lock()
+        .map_err(|_| NetError::Connection { peer: String::new(), failure: ConnectionFailure::ConfigLock })?;
     if let Some((for_crl, cfg)) = kept.as_ref()
         && *for_crl == crl
     {
@@ -212,10 +209,10 @@ pub(super) async fn dial_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, pe
             let cfg = dial_config(&shared, crl)?;
             let connecting = endpoint
                 .connect_with(cfg, peer, SERVER_NAME)
-                .map_err(|e| NetError::Connect { addr: peer, detail: e.to_string() })?;
+                .map_err(|e| NetError::Connect { addr: peer, failure: e.into() })?;
             let conn = connect_noting_silence(connecting, peer)
                 .await
-                .map_err(|e| NetError::Connect { addr: peer, detail: e.to_string() })?;
+                .map_err(|e| NetError::Connect { addr: peer, failure: e.into() })?;
             converse(shared.clone(), conn, true, false, None).await
         };
         match attempt.await {

@@ -60,11 +60,11 @@ pub(super) fn peer_identity(
 ) -> Result<(PeerInfo, Vec<u8>, CertificateDer<'static>), NetError> {
     let certs =
         conn.peer_identity().and_then(|a| a.downcast::<Vec<CertificateDer<'static>>>().ok()).ok_or_else(|| {
-            NetError::Connection { peer: conn.remote_address().to_string(), detail: "no certificate".into() }
+            NetError::Connection { peer: conn.remote_address().to_string(), failure: ConnectionFailure::NoCertificate }
         })?;
     let first = certs.first().ok_or_else(|| NetError::Connection {
         peer: conn.remote_address().to_string(),
-        detail: "no certificate".into(),
+        failure: ConnectionFailure::NoCertificate,
     })?;
     let serial =
         x509_parser::parse_x509_certificate(first.as_ref()).map(|(_, c)| c.raw_serial().to_vec()).unwrap_or_default();
