@@ -612,7 +612,7 @@ impl Intruder {
     ) -> (Vec<u8>, Vec<[u8; 64]>) {
         let changes = doc.automerge().get_changes(before);
         let bytes = changes.iter().flat_map(|c| c.raw_bytes().to_vec()).collect();
-        let sigs = changes.iter().map(|c| self.node.raw_store_ref().sign(&c.hash())).collect();
+        let sigs = changes.iter().map(|c| self.node.raw_store_ref().identity().sign(&c.hash())).collect();
         (bytes, sigs)
     }
 }

@@ -42,7 +42,7 @@ fn forge(
     id: &str,
     edit: impl FnOnce(&mut automerge::AutoCommit),
 ) -> Vec<Frame> {
-    let mut doc = SessionDoc::load(leaked, intruder.node.raw_store().actor().clone()).unwrap();
+    let mut doc = SessionDoc::load(leaked, intruder.node.raw_store().identity().actor().clone()).unwrap();
     let before = doc.heads();
     edit(doc.automerge());
     doc.automerge().commit();
@@ -230,7 +230,7 @@ fn a_stolen_tablet_can_neither_read_nor_forge_nor_stall_the_hub() {
     }
     // Unsigned, and signed by the thief under the desk's actor id.
     {
-        let mut doc = SessionDoc::load(&leaked, intruder.node.raw_store().actor().clone()).unwrap();
+        let mut doc = SessionDoc::load(&leaked, intruder.node.raw_store().identity().actor().clone()).unwrap();
         let before = doc.heads();
         let status = obj(doc.automerge(), &ROOT, "status");
         doc.automerge().put(&status, "0/closed", 1).unwrap();
@@ -244,7 +244,8 @@ fn a_stolen_tablet_can_neither_read_nor_forge_nor_stall_the_hub() {
     f.ok(&["sync", "--dir", s(&thief), "--peer", &addr]);
     {
         let mut doc =
-            SessionDoc::load(&leaked_copy(&f, &thief, &own), intruder.node.raw_store().actor().clone()).unwrap();
+            SessionDoc::load(&leaked_copy(&f, &thief, &own), intruder.node.raw_store().identity().actor().clone())
+                .unwrap();
         let (bytes, sigs) = intruder.signed(&mut doc, &[]);
         let answer = send_changes(&mut intruder, &id, bytes, sigs, Vec::new());
         refused(&answer, &id, "replayed changes of another session", &f);
@@ -276,7 +277,7 @@ fn a_stolen_tablet_can_neither_read_nor_forge_nor_stall_the_hub() {
     // The op bomb: one small change holding three million list inserts. It is refused before it
     // is expanded, while an honest edge syncs.
     let bomb_answer = {
-        let mut doc = SessionDoc::load(&leaked, intruder.node.raw_store().actor().clone()).unwrap();
+        let mut doc = SessionDoc::load(&leaked, intruder.node.raw_store().identity().actor().clone()).unwrap();
         let before = doc.heads();
         let msgs = obj(doc.automerge(), &ROOT, "messages");
         doc.automerge().splice(&msgs, 0, 0, std::iter::repeat_n(ScalarValue::Null, 3_000_000)).unwrap();

@@ -36,8 +36,13 @@ fn main() {
         let ca = outpost_node::tls::CaDir::new(tmp.path().join("ca"));
         ca.init("bench").expect("ca");
         let mut node = Node::open(&dir).expect("open");
-        let issued = ca.issue(&node.config().peer_info(), &node.raw_store().author_public(), 30, false).expect("issue");
-        node.raw_store().set_tls_identity(&issued.cert_pem, &issued.key_pem, &issued.ca_pem).expect("identity");
+        let issued = ca
+            .issue(&node.config().peer_info(), &node.raw_store().identity().author_public(), 30, false)
+            .expect("issue");
+        node.raw_store()
+            .identity_mut()
+            .set_tls_identity(&issued.cert_pem, &issued.key_pem, &issued.ca_pem)
+            .expect("identity");
     }
     eprintln!("writing {n} sessions...");
     let mut ids: Vec<SessionId> = Vec::with_capacity(n);
@@ -59,7 +64,7 @@ fn main() {
             ids.push(node.new_session(req, now_ms()).expect("session").id);
         }
         let who = NewPerson { name: "EMIS bridge".into(), role: PersonRole::System, registration: None };
-        node.raw_store().add_person(&who, &Credential::Token, now_ms()).expect("user").1.expect("token")
+        node.raw_store().people_mut().add_person(&who, &Credential::Token, now_ms()).expect("user").1.expect("token")
     };
 
     // ---------------------------------------------------------------- baseline: in-process

@@ -218,7 +218,10 @@ fn load_all(dir: &NodeDir) -> HashMap<DocId, AutoCommit> {
     let ids: Vec<SessionId> = node.list(&Default::default()).expect("list").into_iter().map(|c| c.id).collect();
     ids.into_iter()
         .map(|id| {
-            (id.to_bytes(), AutoCommit::load(&node.raw_store().export_automerge(id).expect("export")).expect("load"))
+            (
+                id.to_bytes(),
+                AutoCommit::load(&node.raw_store().sessions_mut().export_automerge(id).expect("export")).expect("load"),
+            )
         })
         .collect()
 }
@@ -226,7 +229,7 @@ fn load_all(dir: &NodeDir) -> HashMap<DocId, AutoCommit> {
 fn reload(side: &mut Side, dir: &NodeDir, ids: &[SessionId]) {
     let mut node = Node::open(dir).expect("open");
     for id in ids {
-        let bytes = node.raw_store().export_automerge(*id).expect("export");
+        let bytes = node.raw_store().sessions_mut().export_automerge(*id).expect("export");
         let doc = side.docs.get_mut(&id.to_bytes()).expect("doc");
         doc.load_incremental(&bytes).expect("reload");
     }
@@ -316,7 +319,11 @@ fn hub_docs(rt: &tokio::runtime::Runtime, hub: &Daemon) -> HashMap<DocId, AutoCo
         let ids: Vec<SessionId> = n.list(&Default::default()).expect("list").into_iter().map(|c| c.id).collect();
         ids.into_iter()
             .map(|id| {
-                (id.to_bytes(), AutoCommit::load(&n.raw_store().export_automerge(id).expect("export")).expect("load"))
+                (
+                    id.to_bytes(),
+                    AutoCommit::load(&n.raw_store().sessions_mut().export_automerge(id).expect("export"))
+                        .expect("load"),
+                )
             })
             .collect::<HashMap<_, _>>()
     }))
@@ -521,8 +528,8 @@ fn main() {
     // Both sides hold every document but have lost what they knew of each other (restored from
     // backups, say): range reconciliation finds that nothing differs.
     eprintln!("no peer state on either side, documents equal...");
-    Node::open(&edge).expect("open").raw_store().forget_peer("hub-qhm").expect("forget");
-    rt.block_on(hub.with_node(|n| n.raw_store().forget_peer("amb-07"))).expect("hub").expect("forget");
+    Node::open(&edge).expect("open").raw_store().peers().forget_peer("hub-qhm").expect("forget");
+    rt.block_on(hub.with_node(|n| n.raw_store().peers().forget_peer("amb-07"))).expect("hub").expect("forget");
     std::thread::sleep(Duration::from_millis(500));
     let (lost, lost_cpu) = rt.block_on(ours(&edge, hub_addr));
     rows.push(Row {

@@ -230,7 +230,7 @@ impl Node {
     /// Sets (or clears) the person acting: named in the audit chain, and in the document as
     /// the writer of each message, photo and outcome written meanwhile.
     pub fn set_acting(&mut self, who: Option<&crate::store::people::Person>) {
-        self.store.set_acting(who);
+        self.store.audit_mut().set_acting(who);
         self.acting = who.cloned();
     }
 
@@ -448,7 +448,7 @@ impl Node {
             summary: req.summary,
             draft: req.draft,
         };
-        Ok(self.store.create_session(&new, once.as_ref(), now)?)
+        Ok(self.store.sessions_mut().create_session(&new, once.as_ref(), now)?)
     }
 
     /// Sends a message in a session; returns its id once it is durable on this device.
@@ -485,7 +485,7 @@ impl Node {
             text: text.to_string(),
             reply_to,
         };
-        Ok(self.store.edit(id, "message.send", None, now, |ctx, doc| {
+        Ok(self.store.sessions_mut().edit(id, "message.send", None, now, |ctx, doc| {
             if let Some(key) = &once {
                 if let Some(first) = ctx.recall(key)? {
                     return Ok(first);
@@ -503,7 +503,7 @@ impl Node {
     /// Returns the consent's id and how many photos it covered.
     pub fn withdraw_consent(&mut self, id: SessionId, photo: &str, now: i64) -> Result<(String, usize), NodeError> {
         self.require("withdrawing a consent", "edge or hub", &[Role::Edge, Role::Hub])?;
-        let view = self.store.view(id)?;
+        let view = self.store.sessions_mut().view(id)?;
         let wanted = photo.trim().to_ascii_lowercase();
         let matching: Vec<_> =
             view.media.iter().filter(|m| !wanted.is_empty() && m.hash.starts_with(&wanted)).collect();
@@ -515,7 +515,7 @@ impl Node {
         let covered = view.media.iter().filter(|m| m.consent == consent).count();
         let by = self.config.name.clone();
         let detail = Some(serde_json::json!({ "consent": consent }));
-        self.store.edit(id, "consent.withdraw", detail, now, |_, doc| {
+        self.store.sessions_mut().edit(id, "consent.withdraw", detail, now, |_, doc| {
             doc.withdraw_consent(&consent, &by, now).map_err(crate::store::model(id))
         })?;
         Ok((consent, covered))
@@ -537,7 +537,7 @@ impl Node {
         let clinician = self.clinician();
         let hash = blake3::hash(&photo.bytes).to_hex().to_string();
         let detail = Some(serde_json::json!({ "photo": hash }));
-        let info = self.store.edit(id, "photo.attach", detail, now, |ctx, doc| {
+        let info = self.store.sessions_mut().edit(id, "photo.attach", detail, now, |ctx, doc| {
             let model = crate::store::model(id);
             let view = doc.view().map_err(model)?;
             // Reuse a standing consent of the same kind and scope; record a new one otherwise.
@@ -604,7 +604,7 @@ impl Node {
         let once =
             scoped.as_deref().map(|k| client_key_of("outcome", k, &(id.to_string(), side, outcome))).transpose()?;
         let detail = Some(serde_json::json!({ "side": side, "outcome": outcome }));
-        self.store.edit(id, "outcome.set", detail, now, |ctx, doc| {
+        self.store.sessions_mut().edit(id, "outcome.set", detail, now, |ctx, doc| {
             let model = crate::store::model(id);
             if let Some(key) = &once {
                 if ctx.recall(key)?.is_some() {
@@ -628,7 +628,7 @@ impl Node {
     /// Moves a session's status forward (close, cancel, submit a draft).
     pub fn set_status(&mut self, id: SessionId, status: Status, now: i64) -> Result<bool, NodeError> {
         let detail = Some(serde_json::json!({ "status": status }));
-        Ok(self.store.edit(id, "status.set", detail, now, |_, doc| {
+        Ok(self.store.sessions_mut().edit(id, "status.set", detail, now, |_, doc| {
             doc.set_status(status, now).map_err(crate::store::model(id))
         })?)
     }
@@ -637,6 +637,7 @@ impl Node {
     pub fn reopen(&mut self, id: SessionId, now: i64) -> Result<u32, NodeError> {
         Ok(self
             .store
+            .sessions_mut()
             .edit(id, "status.reopen", None, now, |_, doc| doc.reopen(now).map_err(crate::store::model(id)))?)
     }
 
@@ -651,18 +652,18 @@ impl Node {
     pub fn status_with(&self, audit: Option<(crate::store::AuditCheck, i64)>) -> Result<NodeStatus, NodeError> {
         let (audit, audit_checked_ms) = match audit {
             Some(done) => done,
-            None => (self.store.verify_audit()?, now_ms()),
+            None => (self.store.audit().verify_audit()?, now_ms()),
         };
-        let certificate_valid_until_ms = match self.store.tls_identity()? {
+        let certificate_valid_until_ms = match self.store.identity().tls_identity()? {
             Some((cert, _, _)) => Some(crate::tls::not_after_ms(&cert)?),
             None => None,
         };
         Ok(NodeStatus {
             node: self.config.clone(),
             store: self.store.stats()?,
-            photos: self.store.photo_holdings()?,
+            photos: self.store.blobs().photo_holdings()?,
             not_yet_left_this_device: self.store.backlog(&self.config.name)?,
-            peers: self.store.peer_syncs()?,
+            peers: self.store.peers().peer_syncs()?,
             certificate_valid_until_ms,
             audit,
             audit_checked_ms,
@@ -673,8 +674,8 @@ impl Node {
     /// The session's view, recording the access in the audit chain. Writes no receipt: a
     /// query is not a person reading (see [`Node::mark_read`]).
     pub fn show(&mut self, id: SessionId, now: i64) -> Result<SessionView, NodeError> {
-        let view = self.store.view(id)?;
-        self.store.audit_access(id, "session.view", now)?;
+        let view = self.store.sessions_mut().view(id)?;
+        self.store.audit_mut().audit_access(id, "session.view", now)?;
         Ok(view)
     }
 
@@ -684,7 +685,7 @@ impl Node {
     /// Returns whether any receipt was new.
     pub fn mark_read(&mut self, id: SessionId, now: i64) -> Result<bool, NodeError> {
         let name = self.config.name.clone();
-        Ok(self.store.edit(id, "session.read", None, now, |_, doc| {
+        Ok(self.store.sessions_mut().edit(id, "session.read", None, now, |_, doc| {
             doc.acknowledge(ReceiptLevel::Read, &name, now, |_| false).map_err(crate::store::model(id))
         })?)
     }
@@ -692,10 +693,10 @@ impl Node {
     /// A photo's bytes. With `read` (a person opens it, not a download by a script), the photo
     /// is then marked read by this node in every session that holds it.
     pub fn open_photo(&mut self, hash: &str, read: bool, now: i64) -> Result<Vec<u8>, NodeError> {
-        if self.store.photo_withdrawn(hash)? {
+        if self.store.blobs().photo_withdrawn(hash)? {
             return Err(StoreError::ConsentWithdrawn(hash.to_string()).into());
         }
-        let bytes = self.store.read_blob(hash)?;
+        let bytes = self.store.blobs().read_blob(hash)?;
         if read {
             self.mark_photo_read(hash, now)?;
         }
@@ -706,15 +707,19 @@ impl Node {
     /// node's read receipt on it in every session that references it. Returns those sessions.
     pub fn mark_photo_read(&mut self, hash: &str, now: i64) -> Result<Vec<SessionId>, NodeError> {
         let name = self.config.name.clone();
-        let ids = self.store.sessions_with_photo(hash)?;
+        let ids = self.store.blobs().sessions_with_photo(hash)?;
         if ids.is_empty() {
             return Err(StoreError::NoSuchBlob(hash.to_string()).into());
         }
         for id in &ids {
             let id = *id;
-            self.store.edit(id, "photo.read", Some(serde_json::json!({ "photo": hash })), now, |_, doc| {
-                doc.add_receipt(hash, ReceiptLevel::Read, &name, now).map_err(crate::store::model(id))
-            })?;
+            self.store.sessions_mut().edit(
+                id,
+                "photo.read",
+                Some(serde_json::json!({ "photo": hash })),
+                now,
+                |_, doc| doc.add_receipt(hash, ReceiptLevel::Read, &name, now).map_err(crate::store::model(id)),
+            )?;
         }
         Ok(ids)
     }

@@ -27,9 +27,10 @@ pub struct NodeReplica<'a> {
     pub held: Vec<DocId>,
     /// Set when a newer revocation list was installed during this borrow.
     pub revocations_updated: bool,
-    /// What [`Store::visible_row`] said of documents for the peer during this borrow, since
-    /// its last write: the engine asks of one document its heads, then what the peer knows
-    /// of it, then its changes, and each read of the index costs a read transaction.
+    /// What [`Peers::visible_row`](crate::store::Peers::visible_row) said of documents for the
+    /// peer during this borrow, since its last write: the engine asks of one document its heads,
+    /// then what the peer knows of it, then its changes, and each read of the index costs a read
+    /// transaction.
     visible: HashMap<DocId, Option<(i64, Vec<Hash>)>>,
     /// The peer `visible` is about.
     visible_to: String,
@@ -50,7 +51,8 @@ impl<'a> NodeReplica<'a> {
         }
     }
 
-    /// [`Store::visible_row`], read once per document until the next write.
+    /// [`Peers::visible_row`](crate::store::Peers::visible_row), read once per document until
+    /// the next write.
     fn visible_row(&mut self, peer: &PeerInfo, id: &DocId) -> Result<Option<(i64, Vec<Hash>)>, StoreError> {
         if self.visible_to != peer.name {
             self.visible.clear();
@@ -59,7 +61,7 @@ impl<'a> NodeReplica<'a> {
         if let Some(row) = self.visible.get(id) {
             return Ok(row.clone());
         }
-        let row = self.store.visible_row(peer, id)?;
+        let row = self.store.peers().visible_row(peer, id)?;
         if self.visible.len() >= MAX_REMEMBERED {
             self.visible.clear();
         }
@@ -84,8 +86,8 @@ impl Replica for NodeReplica<'_> {
     }
 
     fn items(&mut self, peer: &PeerInfo) -> Result<Vec<Item>, StoreError> {
-        let mut items = self.store.items_for(peer)?;
-        if let Some(dir) = self.store.directory_item(self.me, peer)? {
+        let mut items = self.store.peers().items_for(peer)?;
+        if let Some(dir) = self.store.directory().directory_item(self.me, peer)? {
             items.push(dir);
             items.sort_by_key(|i| i.id);
         }
@@ -93,8 +95,8 @@ impl Replica for NodeReplica<'_> {
     }
 
     fn summary(&mut self, peer: &PeerInfo) -> Result<(u64, Fingerprint), StoreError> {
-        let (mut count, mut fp) = self.store.summary_for(peer)?;
-        if let Some(dir) = self.store.directory_item(self.me, peer)? {
+        let (mut count, mut fp) = self.store.peers().summary_for(peer)?;
+        if let Some(dir) = self.store.directory().directory_item(self.me, peer)? {
             count += 1;
             fp = fp.add(&Fingerprint::of(&dir));
         }
@@ -102,46 +104,46 @@ impl Replica for NodeReplica<'_> {
     }
 
     fn delta(&mut self, peer: &PeerInfo) -> Result<Vec<(DocId, Vec<Hash>)>, StoreError> {
-        let mut delta = self.store.delta_for(peer)?;
-        delta.extend(self.store.directory_delta(self.me, peer)?);
+        let mut delta = self.store.peers().delta_for(peer)?;
+        delta.extend(self.store.directory().directory_delta(self.me, peer)?);
         Ok(delta)
     }
 
     fn knows_peer(&mut self, peer: &PeerInfo) -> Result<bool, StoreError> {
-        self.store.knows_peer(peer)
+        self.store.peers().knows_peer(peer)
     }
 
     fn heads_for(&mut self, peer: &PeerInfo, id: &DocId) -> Result<Option<Vec<Hash>>, StoreError> {
         if is_directory_id(id) {
-            return self.store.directory_heads_for(self.me, peer, id);
+            return self.store.directory().directory_heads_for(self.me, peer, id);
         }
         Ok(self.visible_row(peer, id)?.map(|(_, heads)| heads))
     }
 
     fn known_hashes(&mut self, peer: &PeerInfo, id: &DocId, hashes: &[Hash]) -> Result<Vec<Hash>, StoreError> {
         if is_directory_id(id) {
-            if self.store.directory_heads_for(self.me, peer, id)?.is_none() {
+            if self.store.directory().directory_heads_for(self.me, peer, id)?.is_none() {
                 return Ok(Vec::new());
             }
-            return self.store.directory_known_hashes(self.me, id, hashes);
+            return self.store.directory().directory_known_hashes(self.me, id, hashes);
         }
         let row = self.visible_row(peer, id)?;
-        self.store.known_hashes_of(row, id, hashes)
+        self.store.peers_mut().known_hashes_of(row, id, hashes)
     }
 
     fn knowledge(&mut self, peer: &PeerInfo, id: &DocId) -> Result<Option<Knowledge>, StoreError> {
         if is_directory_id(id) {
-            return self.store.directory_knowledge(self.me, peer, id);
+            return self.store.directory().directory_knowledge(self.me, peer, id);
         }
-        self.store.knowledge(peer, id)
+        self.store.peers().knowledge(peer, id)
     }
 
     fn set_knowledge(&mut self, peer: &PeerInfo, updates: &[(DocId, Knowledge)]) -> Result<(), StoreError> {
         self.writing();
         for (id, k) in updates.iter().filter(|(id, _)| is_directory_id(id)) {
-            self.store.set_directory_knowledge(self.me, peer, id, k)?;
+            self.store.directory().set_directory_knowledge(self.me, peer, id, k)?;
         }
-        self.store.set_knowledge(peer, updates)?;
+        self.store.peers_mut().set_knowledge(peer, updates)?;
         if peer.role == sync_protocol::vocab::Role::Hub {
             self.held.extend(updates.iter().map(|(id, _)| *id).filter(|id| !is_directory_id(id)));
         }
@@ -152,20 +154,20 @@ impl Replica for NodeReplica<'_> {
         if is_directory_id(id) {
             // The directory goes only to the ICB's own edges and desks, from its hub, over the
             // authenticated connection: it carries no signatures.
-            if self.store.directory_heads_for(self.me, peer, id)?.is_none() {
+            if self.store.directory().directory_heads_for(self.me, peer, id)?.is_none() {
                 return Ok(None);
             }
-            let bytes = self.store.directory_changes_since(self.me, id, base)?;
+            let bytes = self.store.directory().directory_changes_since(self.me, id, base)?;
             return Ok(Some(Outgoing { bytes, sigs: Vec::new(), authors: Vec::new() }));
         }
         let visible = self.visible_row(peer, id)?.is_some();
-        self.store.changes_of(visible, id, base)
+        self.store.peers_mut().changes_of(visible, id, base)
     }
 
     fn apply(&mut self, peer: &PeerInfo, batch: &[Incoming], now: TimeMs) -> Result<Vec<Applied>, StoreError> {
         self.writing();
         if !batch.iter().any(|inc| is_directory_id(&inc.doc)) {
-            let (out, changed) = self.store.apply_remote(self.me, peer, batch, now)?;
+            let (out, changed) = self.store.peers_mut().apply_remote(self.me, peer, batch, now)?;
             self.changed.extend(changed);
             return Ok(out);
         }
@@ -174,7 +176,8 @@ impl Replica for NodeReplica<'_> {
         let mut sessions = Vec::new();
         for (i, inc) in batch.iter().enumerate() {
             if is_directory_id(&inc.doc) {
-                let (applied, changed) = self.store.apply_directory(self.me, peer, &inc.doc, &inc.bytes, now)?;
+                let (applied, changed) =
+                    self.store.directory_mut().apply_directory(self.me, peer, &inc.doc, &inc.bytes, now)?;
                 if changed {
                     self.changed.push(inc.doc);
                 }
@@ -184,7 +187,7 @@ impl Replica for NodeReplica<'_> {
             }
         }
         let session_batch: Vec<Incoming> = sessions.iter().map(|(_, d)| d.clone()).collect();
-        let (applied, changed) = self.store.apply_remote(self.me, peer, &session_batch, now)?;
+        let (applied, changed) = self.store.peers_mut().apply_remote(self.me, peer, &session_batch, now)?;
         self.changed.extend(changed);
         for ((i, _), a) in sessions.iter().zip(applied) {
             out[*i] = Some(a);
@@ -195,6 +198,7 @@ impl Replica for NodeReplica<'_> {
     fn credential(&mut self, peer: &PeerInfo, author: &ActorPrefix) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .store
+            .identity()
             .credential(author)?
             .filter(|(name, _)| *name != peer.name && *name != self.me.name)
             .map(|(_, c)| c))
@@ -203,10 +207,10 @@ impl Replica for NodeReplica<'_> {
     fn offer_credential(&mut self, credential: &[u8]) -> Result<bool, StoreError> {
         self.writing();
         let Some(ca) = self.ca else { return Ok(false) };
-        let crl = self.store.revocations()?.map(|(_, der)| der);
+        let crl = self.store.identity().revocations()?.map(|(_, der)| der);
         match tls::verify_member(ca, crl.as_deref(), credential) {
             Ok(member) => {
-                self.store.add_member(member, credential)?;
+                self.store.identity_mut().add_member(member, credential)?;
                 Ok(true)
             }
             Err(e) => {
@@ -217,27 +221,27 @@ impl Replica for NodeReplica<'_> {
     }
 
     fn blobs_wanted(&mut self, peer: &PeerInfo) -> Result<Vec<BlobNeed>, StoreError> {
-        self.store.blobs_wanted(self.me, peer)
+        self.store.blobs().blobs_wanted(self.me, peer)
     }
 
     fn blob_manifest(&mut self, peer: &PeerInfo, hash: &Hash) -> Result<Option<BlobManifest>, StoreError> {
-        self.store.blob_manifest_for(peer, hash)
+        self.store.blobs().blob_manifest_for(peer, hash)
     }
 
     fn blob_chunk(&mut self, hash: &Hash, index: u32) -> Result<Option<Vec<u8>>, StoreError> {
-        self.store.blob_chunk(hash, index)
+        self.store.blobs().blob_chunk(hash, index)
     }
 
     fn store_manifest(&mut self, manifest: &BlobManifest, now: i64) -> Result<(), StoreError> {
         self.writing();
-        self.store.store_manifest(manifest, now)
+        self.store.blobs().store_manifest(manifest, now)
     }
 
     fn store_chunks(&mut self, chunks: &[(Hash, u32, Vec<u8>)], now: TimeMs) -> Result<Vec<DocId>, StoreError> {
         self.writing();
         let mut out = Vec::new();
-        for hash in self.store.store_chunks(chunks)? {
-            let changed = self.store.acknowledge_blob(self.me, &hash, now)?;
+        for hash in self.store.blobs().store_chunks(chunks)? {
+            let changed = self.store.blobs_mut().acknowledge_blob(self.me, &hash, now)?;
             self.changed.extend(changed.iter().copied());
             out.extend(changed);
         }
@@ -245,7 +249,7 @@ impl Replica for NodeReplica<'_> {
     }
 
     fn revocations(&mut self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        self.store.revocations()
+        self.store.identity().revocations()
     }
 
     fn offer_revocations(&mut self, der: &[u8]) -> Result<bool, StoreError> {
@@ -255,11 +259,11 @@ impl Replica for NodeReplica<'_> {
             tracing::warn!("refused a revocation list not signed by this fleet's CA");
             return Ok(false);
         };
-        let current = self.store.revocations()?.map_or(0, |(n, _)| n);
+        let current = self.store.identity().revocations()?.map_or(0, |(n, _)| n);
         if number <= current {
             return Ok(false);
         }
-        self.store.put_revocations(number, der)?;
+        self.store.identity().put_revocations(number, der)?;
         self.revocations_updated = true;
         Ok(true)
     }

@@ -18,8 +18,13 @@
 //! - Blobs (photos) live outside the documents, content-addressed by BLAKE3, in fixed-size
 //!   sealed chunks, so a transfer can resume at any chunk.
 //!
-//! Rooms by what they keep: `documents`, `blobs`, `audit`, `identity`, `schema`, `sync` (what the
-//! engine needs), `directory`, `people`, `rekey`, `space`.
+//! The public API is grouped into facets by what they keep, each a type in its room, reached
+//! through two accessors (as [`Store::blobs`] to read and [`Store::blobs_mut`] to write):
+//! [`Sessions`] (`documents`), [`Blobs`] (`blobs`, `transfer`), [`Audit`] (`audit`), [`Peers`]
+//! (`sync`: what the engine needs), [`Directory`] (`directory`), [`Identity`] (`identity`,
+//! `credentials`) and [`People`] (`people`). What concerns the database as a whole stays on
+//! `Store`: opening, size, statistics, compaction, integrity, backup, re-keying (`rekey`) and
+//! disk space (`space`); `schema` holds the migrations.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -59,8 +64,14 @@ use documents::*;
 use identity::*;
 use schema::*;
 
+pub use audit::Audit;
+pub use blobs::Blobs;
+pub use directory::Directory;
+pub use documents::Sessions;
+pub use identity::Identity;
+pub use people::People;
 pub use rekey::{Resealed, sealed_under};
-pub use sync::ScopeRow;
+pub use sync::{Peers, ScopeRow};
 
 /// `execute` and `query_row` through the connection's prepared-statement cache: the store runs
 /// the same few dozen statements for every document it writes, and parsing them again each
@@ -327,6 +338,80 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// The facets: each borrows the store, shared to read (`Blobs<&Store>`) or exclusive to write
+/// (`Blobs<&mut Store>`), and offers the methods of what it keeps.
+impl Store {
+    /// Session documents ([`Sessions`]), to read.
+    pub fn sessions(&self) -> Sessions<&Store> {
+        Sessions(self)
+    }
+
+    /// Session documents ([`Sessions`]), to write.
+    pub fn sessions_mut(&mut self) -> Sessions<&mut Store> {
+        Sessions(self)
+    }
+
+    /// Photos ([`Blobs`]), to read.
+    pub fn blobs(&self) -> Blobs<&Store> {
+        Blobs(self)
+    }
+
+    /// Photos ([`Blobs`]), to write.
+    pub fn blobs_mut(&mut self) -> Blobs<&mut Store> {
+        Blobs(self)
+    }
+
+    /// The audit chain ([`Audit`]), to read.
+    pub fn audit(&self) -> Audit<&Store> {
+        Audit(self)
+    }
+
+    /// The audit chain ([`Audit`]), to write.
+    pub fn audit_mut(&mut self) -> Audit<&mut Store> {
+        Audit(self)
+    }
+
+    /// What the store knows of its peers ([`Peers`]), to read.
+    pub fn peers(&self) -> Peers<&Store> {
+        Peers(self)
+    }
+
+    /// What the store knows of its peers ([`Peers`]), to write.
+    pub fn peers_mut(&mut self) -> Peers<&mut Store> {
+        Peers(self)
+    }
+
+    /// The ICB directory ([`Directory`]), to read.
+    pub fn directory(&self) -> Directory<&Store> {
+        Directory(self)
+    }
+
+    /// The ICB directory ([`Directory`]), to write.
+    pub fn directory_mut(&mut self) -> Directory<&mut Store> {
+        Directory(self)
+    }
+
+    /// The node's identity ([`Identity`]), to read.
+    pub fn identity(&self) -> Identity<&Store> {
+        Identity(self)
+    }
+
+    /// The node's identity ([`Identity`]), to write.
+    pub fn identity_mut(&mut self) -> Identity<&mut Store> {
+        Identity(self)
+    }
+
+    /// The node's users ([`People`]), to read.
+    pub fn people(&self) -> People<&Store> {
+        People(self)
+    }
+
+    /// The node's users ([`People`]), to write.
+    pub fn people_mut(&mut self) -> People<&mut Store> {
+        People(self)
+    }
+}
+
 /// Access to the write transaction for work that must commit together with a document edit.
 pub struct WriteCtx<'a> {
     tx: &'a Transaction<'a>,
@@ -463,7 +548,7 @@ impl Store {
     /// written by schema 1. Runs once: afterwards no row has an empty digest.
     fn backfill_index(&mut self) -> Result<(), StoreError> {
         // Once done, never again: the scan reads every session row, at every open.
-        if self.meta_get("index_filled")?.is_some() {
+        if self.identity().meta_get("index_filled")?.is_some() {
             return Ok(());
         }
         let ids: Vec<String> = {
@@ -487,7 +572,7 @@ impl Store {
             tx.commit().map_err(sql("committing"))?;
             self.cache.put(id, cached);
         }
-        self.meta_put("index_filled", b"1")
+        self.identity().meta_put("index_filled", b"1")
     }
 
     /// Operations of received changes checked and stored since the store was opened: what peers
@@ -548,7 +633,7 @@ impl Store {
     /// photo once a hub confirms holding it).
     pub fn backlog(&self, me: &str) -> Result<Backlog, StoreError> {
         let mut out = Backlog::default();
-        for card in self.list(&ListFilter::default())? {
+        for card in self.sessions().list(&ListFilter::default())? {
             if card.on_device_only > 0 {
                 out.items += card.on_device_only as u64;
                 out.sessions += 1;
@@ -565,43 +650,6 @@ impl Store {
             )
             .map_err(sql("measuring the backlog"))? as u64;
         Ok(out)
-    }
-
-    /// Records how a conversation with `peer` went: `Ok` once everything either side may send
-    /// has been sent and acknowledged, `Err` with why it failed.
-    pub fn record_sync(&self, peer: &str, outcome: Result<(), &str>, now: i64) -> Result<(), StoreError> {
-        let ctx = "recording a sync";
-        match outcome {
-            Ok(()) => self.conn.exec(
-                "INSERT INTO peer_syncs (peer, last_ok_ms) VALUES (?1, ?2)
-                 ON CONFLICT (peer) DO UPDATE SET last_ok_ms = excluded.last_ok_ms",
-                params![peer, now],
-            ),
-            Err(why) => self.conn.exec(
-                "INSERT INTO peer_syncs (peer, last_error, last_error_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (peer) DO UPDATE SET last_error = excluded.last_error, last_error_ms = excluded.last_error_ms",
-                params![peer, why, now],
-            ),
-        }
-        .map_err(sql(ctx))?;
-        Ok(())
-    }
-
-    /// What this node last knew of its syncs with each peer, by name.
-    pub fn peer_syncs(&self) -> Result<Vec<PeerSync>, StoreError> {
-        let ctx = "reading sync history";
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT peer, last_ok_ms, last_error, last_error_ms FROM peer_syncs ORDER BY peer")
-            .map_err(sql(ctx))?;
-        stmt.query_map([], |r| {
-            let error: Option<String> = r.get(2)?;
-            let error_ms: Option<i64> = r.get(3)?;
-            Ok(PeerSync { peer: r.get(0)?, last_ok_ms: r.get(1)?, last_error: error_ms.zip(error) })
-        })
-        .map_err(sql(ctx))?
-        .collect::<Result<_, _>>()
-        .map_err(sql(ctx))
     }
 
     /// Folds every session's log into a snapshot, checkpoints the WAL into the database file

@@ -36,7 +36,7 @@ fn dermatology(hours: &str, desks: &[&str]) -> LineEntry {
 
 fn whole_directory(hub: &mut Node) -> Vec<u8> {
     let me = hub.config().peer_info();
-    hub.raw_store().directory_changes_since(&me, &directory_id("QHM"), &[]).unwrap()
+    hub.raw_store().directory().directory_changes_since(&me, &directory_id("QHM"), &[]).unwrap()
 }
 
 #[test]
@@ -51,10 +51,10 @@ fn an_edge_and_a_desk_take_the_directory_from_their_hub_and_keep_it_across_resta
     let from = hub.config().peer_info();
     for n in [&mut amb, &mut desk] {
         let me = n.config().peer_info();
-        let (applied, changed) = n.raw_store().apply_directory(&me, &from, &id, &bytes, T).unwrap();
+        let (applied, changed) = n.raw_store().directory_mut().apply_directory(&me, &from, &id, &bytes, T).unwrap();
         assert!(matches!(applied, Applied::Stored { .. }) && changed, "{applied:?}");
         // The same bytes again change nothing.
-        let (_, changed) = n.raw_store().apply_directory(&me, &from, &id, &bytes, T).unwrap();
+        let (_, changed) = n.raw_store().directory_mut().apply_directory(&me, &from, &id, &bytes, T).unwrap();
         assert!(!changed);
     }
     drop(amb);
@@ -80,29 +80,34 @@ fn a_directory_from_anyone_but_the_icbs_hub_is_refused_and_nothing_is_stored() {
     // An edge relaying (or forging) the directory to a desk.
     let info_desk = desk.config().peer_info();
     let info_amb = amb.config().peer_info();
-    let (a, _) = desk.raw_store().apply_directory(&info_desk, &info_amb, &id, &bytes, T).unwrap();
+    let (a, _) = desk.raw_store().directory_mut().apply_directory(&info_desk, &info_amb, &id, &bytes, T).unwrap();
     assert!(refused(&a), "{a:?}");
     // Anyone sending it to the hub: the hub is its only author.
     let hub_me = hub.config().peer_info();
-    let (a, _) = hub.raw_store().apply_directory(&hub_me, &amb.config().peer_info(), &id, &bytes, T).unwrap();
+    let (a, _) =
+        hub.raw_store().directory_mut().apply_directory(&hub_me, &amb.config().peer_info(), &id, &bytes, T).unwrap();
     assert!(refused(&a), "{a:?}");
     // Another ICB's hub, or QHM's directory at an edge of another ICB.
     let info_amb = amb.config().peer_info();
     let info_far_hub = far_hub.config().peer_info();
-    let (a, _) = amb.raw_store().apply_directory(&info_amb, &info_far_hub, &id, &bytes, T).unwrap();
+    let (a, _) = amb.raw_store().directory_mut().apply_directory(&info_amb, &info_far_hub, &id, &bytes, T).unwrap();
     assert!(refused(&a), "{a:?}");
     let info_far_edge = far_edge.config().peer_info();
-    let (a, _) = far_edge.raw_store().apply_directory(&info_far_edge, &hub_me, &id, &bytes, T).unwrap();
+    let (a, _) = far_edge.raw_store().directory_mut().apply_directory(&info_far_edge, &hub_me, &id, &bytes, T).unwrap();
     assert!(refused(&a), "{a:?}");
     // A directory claiming another ICB under QHM's id.
     let mut forged = DirectoryDoc::create("QOX", automerge::ActorId::from(vec![9u8; 16]), T).unwrap();
     forged.set_line(&dermatology("24/7", &["desk-evil"]), T).unwrap();
     let info_amb = amb.config().peer_info();
-    let (a, _) = amb.raw_store().apply_directory(&info_amb, &hub_me, &id, &forged.save(), T).unwrap();
+    let (a, _) = amb.raw_store().directory_mut().apply_directory(&info_amb, &hub_me, &id, &forged.save(), T).unwrap();
     assert!(refused(&a), "{a:?}");
     // Garbage.
     let info_amb = amb.config().peer_info();
-    let (a, _) = amb.raw_store().apply_directory(&info_amb, &hub_me, &id, b"\x85o\x4a\x83 not automerge", T).unwrap();
+    let (a, _) = amb
+        .raw_store()
+        .directory_mut()
+        .apply_directory(&info_amb, &hub_me, &id, b"\x85o\x4a\x83 not automerge", T)
+        .unwrap();
     assert!(refused(&a), "{a:?}");
     assert!(desk.directory().unwrap().is_none());
     assert!(amb.directory().unwrap().is_none());
@@ -139,12 +144,12 @@ fn escalated_at_hub(amb: &mut Node, hub: &mut Node) -> sync_protocol::SessionId 
     let id = amb.new_session(req, T).unwrap().id;
     amb.escalate(id, T + 1).unwrap();
     let (me, from) = (hub.config().peer_info(), amb.config().peer_info());
-    let out = amb.raw_store().changes_since(&me, &id.to_bytes(), &[]).unwrap().unwrap();
+    let out = amb.raw_store().peers_mut().changes_since(&me, &id.to_bytes(), &[]).unwrap().unwrap();
     // The hub knows the ambulance as a fleet member (here without a certificate).
-    let member = Member { info: from.clone(), key: amb.raw_store().author_public() };
-    hub.raw_store().add_member(member, b"test member").unwrap();
+    let member = Member { info: from.clone(), key: amb.raw_store().identity().author_public() };
+    hub.raw_store().identity_mut().add_member(member, b"test member").unwrap();
     let inc = Incoming { doc: id.to_bytes(), bytes: out.bytes, sigs: out.sigs };
-    let (applied, _) = hub.raw_store().apply_remote(&me, &from, &[inc], T + 2).unwrap();
+    let (applied, _) = hub.raw_store().peers_mut().apply_remote(&me, &from, &[inc], T + 2).unwrap();
     assert!(matches!(applied[0], Applied::Stored { .. }), "{applied:?}");
     id
 }
@@ -165,7 +170,10 @@ fn the_router_offers_a_callback_when_the_hubs_directory_says_the_line_is_closed(
     hub.set_line(dermatology("24/7", &["desk-derm-1"]), T - 10_000).unwrap();
     let bytes = whole_directory(&mut hub);
     let me = amb.config().peer_info();
-    amb.raw_store().apply_directory(&me, &hub.config().peer_info(), &directory_id("QHM"), &bytes, T).unwrap();
+    amb.raw_store()
+        .directory_mut()
+        .apply_directory(&me, &hub.config().peer_info(), &directory_id("QHM"), &bytes, T)
+        .unwrap();
     // Since then the hub has closed the line at weekends and evenings; now is 13:00 BST Wednesday.
     hub.set_line(dermatology("sat,sun 09:00-17:00", &["desk-derm-1"]), T - 5_000).unwrap();
     let id = escalated_at_hub(&mut amb, &mut hub);
@@ -242,7 +250,8 @@ fn one_step_of_a_peers_frames_is_bounded_and_what_is_left_is_taken_in_the_next()
     let mut hub = Node::open_with(&dir, opts).unwrap();
     let (me, from) = (hub.config().peer_info(), amb.config().peer_info());
     hub.raw_store()
-        .add_member(Member { info: from.clone(), key: amb.raw_store().author_public() }, b"test member")
+        .identity_mut()
+        .add_member(Member { info: from.clone(), key: amb.raw_store().identity().author_public() }, b"test member")
         .unwrap();
     let mut batch = Vec::new();
     for i in 0..6 {
@@ -255,10 +264,10 @@ fn one_step_of_a_peers_frames_is_bounded_and_what_is_left_is_taken_in_the_next()
             draft: false,
         };
         let id = amb.new_session(req, T + i).unwrap().id;
-        let out = amb.raw_store().changes_since(&me, &id.to_bytes(), &[]).unwrap().unwrap();
+        let out = amb.raw_store().peers_mut().changes_since(&me, &id.to_bytes(), &[]).unwrap().unwrap();
         batch.push(Incoming { doc: id.to_bytes(), bytes: out.bytes, sigs: out.sigs });
     }
-    let (applied, _) = hub.raw_store().apply_remote(&me, &from, &batch, T + 10).unwrap();
+    let (applied, _) = hub.raw_store().peers_mut().apply_remote(&me, &from, &batch, T + 10).unwrap();
     let stored = applied.iter().filter(|a| matches!(a, Applied::Stored { .. })).count();
     let busy: Vec<&Incoming> = batch
         .iter()
@@ -269,6 +278,6 @@ fn one_step_of_a_peers_frames_is_bounded_and_what_is_left_is_taken_in_the_next()
     assert!(stored >= 1 && !busy.is_empty() && stored + busy.len() == 6, "{applied:?}");
     // The next step takes the rest.
     let rest: Vec<Incoming> = busy.into_iter().cloned().collect();
-    let (again, _) = hub.raw_store().apply_remote(&me, &from, &rest, T + 20).unwrap();
+    let (again, _) = hub.raw_store().peers_mut().apply_remote(&me, &from, &rest, T + 20).unwrap();
     assert!(again.iter().any(|a| matches!(a, Applied::Stored { .. })), "{again:?}");
 }

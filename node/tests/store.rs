@@ -162,7 +162,7 @@ fn a_failed_edit_leaves_the_document_as_it_was() {
     let v = node.view(id).unwrap();
     assert_eq!(v.status, Status::Responded);
     assert_eq!(v.messages.len(), 1);
-    assert_eq!(node.raw_store().verify_audit().unwrap().broken_at, None);
+    assert_eq!(node.raw_store().audit().verify_audit().unwrap().broken_at, None);
 }
 
 /// The sums a Summary sends and the delta a reconnect sends are kept up to date per write:
@@ -216,6 +216,7 @@ fn kept_reconciliation_sums_and_deltas_equal_a_full_scan_after_every_write() {
                     let i = rng.random_range(0..ids.len());
                     let id = ids[i];
                     node.raw_store()
+                        .sessions_mut()
                         .edit(id, "session.share", None, now, |_, doc| {
                             doc.share_with("surgery-40", now).map_err(|source| StoreError::Model { id, source })
                         })
@@ -230,17 +231,18 @@ fn kept_reconciliation_sums_and_deltas_equal_a_full_scan_after_every_write() {
                         let heads = match rng.random_range(0..3) {
                             0 if !past[i].is_empty() => past[i][rng.random_range(0..past[i].len())].clone(),
                             1 => Vec::new(),
-                            _ => node.raw_store().heads_of(&ids[i].to_bytes()).unwrap().unwrap(),
+                            _ => node.raw_store().peers().heads_of(&ids[i].to_bytes()).unwrap().unwrap(),
                         };
                         updates.push((ids[i].to_bytes(), Knowledge { heads, shared: Vec::new() }));
                     }
-                    node.raw_store().set_knowledge(p, &updates).unwrap();
+                    node.raw_store().peers_mut().set_knowledge(p, &updates).unwrap();
                 }
                 10 | 11 => {
                     // A whole sync: the peer confirms our heads of everything it may see.
                     let p = &peers[rng.random_range(0..peers.len())];
                     let updates: Vec<_> = node
                         .raw_store()
+                        .peers()
                         .items_for(p)
                         .unwrap()
                         .iter()
@@ -248,13 +250,13 @@ fn kept_reconciliation_sums_and_deltas_equal_a_full_scan_after_every_write() {
                             (
                                 i.id,
                                 Knowledge {
-                                    heads: node.raw_store().heads_of(&i.id).unwrap().unwrap(),
+                                    heads: node.raw_store().peers().heads_of(&i.id).unwrap().unwrap(),
                                     shared: Vec::new(),
                                 },
                             )
                         })
                         .collect();
-                    node.raw_store().set_knowledge(p, &updates).unwrap();
+                    node.raw_store().peers_mut().set_knowledge(p, &updates).unwrap();
                 }
                 9 => {
                     drop(node);
@@ -263,31 +265,31 @@ fn kept_reconciliation_sums_and_deltas_equal_a_full_scan_after_every_write() {
                 _ => {}
             }
             for (i, id) in ids.iter().enumerate() {
-                let heads = node.raw_store().heads_of(&id.to_bytes()).unwrap().unwrap();
+                let heads = node.raw_store().peers().heads_of(&id.to_bytes()).unwrap().unwrap();
                 if past[i].last() != Some(&heads) {
                     past[i].push(heads);
                 }
             }
             for p in &peers {
-                let items = node.raw_store().items_for(p).unwrap();
+                let items = node.raw_store().peers().items_for(p).unwrap();
                 let full = (items.len() as u64, Fingerprint::of_all(&items));
                 assert_eq!(
-                    node.raw_store().summary_for(p).unwrap(),
+                    node.raw_store().peers().summary_for(p).unwrap(),
                     full,
                     "seed {seed} step {step}: sums for {}",
                     p.name
                 );
                 let mut want = Vec::new();
                 for item in &items {
-                    let known = node.raw_store().knowledge(p, &item.id).unwrap().map(|k| digest(&k.heads));
+                    let known = node.raw_store().peers().knowledge(p, &item.id).unwrap().map(|k| digest(&k.heads));
                     if known != Some(item.digest) {
-                        want.push((item.id, node.raw_store().heads_of(&item.id).unwrap().unwrap()));
+                        want.push((item.id, node.raw_store().peers().heads_of(&item.id).unwrap().unwrap()));
                     }
                 }
                 // Twice: the second call reads from the moved mark.
                 for round in 0..2 {
                     assert_eq!(
-                        node.raw_store().delta_for(p).unwrap(),
+                        node.raw_store().peers().delta_for(p).unwrap(),
                         want,
                         "seed {seed} step {step} round {round}: delta for {}",
                         p.name
@@ -310,7 +312,7 @@ fn known_changes_are_answered_from_the_index_and_the_document_alike() {
     let other = node.new_session(request("another"), T).unwrap().id;
     node.send_message(id, "first", None, T + 1).unwrap();
     node.send_message(id, "second", None, T + 2).unwrap();
-    let doc = automerge::AutoCommit::load(&node.raw_store().export_automerge(id).unwrap()).unwrap();
+    let doc = automerge::AutoCommit::load(&node.raw_store().sessions_mut().export_automerge(id).unwrap()).unwrap();
     let mut doc = doc;
     let heads: Vec<Hash> = doc.get_heads().iter().map(|h| Hash::from(*h)).collect();
     let all: Vec<Hash> = doc.get_changes(&[]).iter().map(|c| Hash::from(c.hash())).collect();
@@ -318,7 +320,7 @@ fn known_changes_are_answered_from_the_index_and_the_document_alike() {
     assert!(!older.is_empty() && !heads.is_empty());
     let stranger = Hash([7u8; 32]);
     let key = id.to_bytes();
-    let ask = |node: &mut Node, hashes: &[Hash]| node.raw_store().known_hashes(&hub, &key, hashes).unwrap();
+    let ask = |node: &mut Node, hashes: &[Hash]| node.raw_store().peers_mut().known_hashes(&hub, &key, hashes).unwrap();
     // Our heads (index), an older change (only the document knows it is held here), a change
     // held by no session (no signature recorded), and a change held by another session.
     assert_eq!(ask(&mut node, &heads), heads);
@@ -328,16 +330,17 @@ fn known_changes_are_answered_from_the_index_and_the_document_alike() {
     mixed.push(stranger);
     mixed.push(older[0]);
     assert_eq!(ask(&mut node, &mixed), [heads.clone(), vec![older[0]]].concat());
-    let theirs: Vec<Hash> = automerge::AutoCommit::load(&node.raw_store().export_automerge(other).unwrap())
-        .unwrap()
-        .get_heads()
-        .iter()
-        .map(|h| Hash::from(*h))
-        .collect();
+    let theirs: Vec<Hash> =
+        automerge::AutoCommit::load(&node.raw_store().sessions_mut().export_automerge(other).unwrap())
+            .unwrap()
+            .get_heads()
+            .iter()
+            .map(|h| Hash::from(*h))
+            .collect();
     assert_eq!(ask(&mut node, &theirs), Vec::<Hash>::new(), "another session's change is not this one's");
     // A peer that may not see the session learns nothing of it.
     let far = PeerInfo { name: "hub-far".into(), role: Role::Hub, org: None, icb: Some("QWE".into()), lines: vec![] };
-    assert!(node.raw_store().known_hashes(&far, &key, &heads).unwrap().is_empty());
+    assert!(node.raw_store().peers_mut().known_hashes(&far, &key, &heads).unwrap().is_empty());
 }
 
 #[test]

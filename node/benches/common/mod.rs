@@ -11,7 +11,11 @@ pub fn make_node(root: &std::path::Path, ca: &CaDir, name: &str, role: Role) -> 
     let params = InitParams { name: name.into(), role, org: None, icb: Some("QHM".into()), lines: vec![] };
     Node::init(&dir, &params, now_ms()).expect("init");
     let mut node = Node::open(&dir).expect("open");
-    let issued = ca.issue(&node.config().peer_info(), &node.raw_store().author_public(), 30, false).expect("issue");
-    node.raw_store().set_tls_identity(&issued.cert_pem, &issued.key_pem, &issued.ca_pem).expect("identity");
+    let issued =
+        ca.issue(&node.config().peer_info(), &node.raw_store().identity().author_public(), 30, false).expect("issue");
+    node.raw_store()
+        .identity_mut()
+        .set_tls_identity(&issued.cert_pem, &issued.key_pem, &issued.ca_pem)
+        .expect("identity");
     dir
 }

@@ -542,8 +542,8 @@ pub async fn run(root: &Path, serve: bool) -> anyhow::Result<()> {
     let forged = amb
         .with_node(move |n| -> anyhow::Result<(Incoming, sync_protocol::scope::PeerInfo)> {
             let store = n.raw_store();
-            let bytes = store.export_automerge(id)?;
-            let mut doc = sync_protocol::SessionDoc::load(&bytes, store.actor().clone())?;
+            let bytes = store.sessions_mut().export_automerge(id)?;
+            let mut doc = sync_protocol::SessionDoc::load(&bytes, store.identity().actor().clone())?;
             let before = doc.heads();
             let reply = sync_protocol::session::NewMessage {
                 clinician: None,
@@ -558,7 +558,7 @@ pub async fn run(root: &Path, serve: bool) -> anyhow::Result<()> {
             let inc = Incoming {
                 doc: id.to_bytes(),
                 bytes: changes.iter().flat_map(|c| c.raw_bytes().to_vec()).collect(),
-                sigs: changes.iter().map(|c| store.sign(&c.hash())).collect(),
+                sigs: changes.iter().map(|c| store.identity().sign(&c.hash())).collect(),
             };
             Ok((inc, n.config().peer_info()))
         })
@@ -566,7 +566,7 @@ pub async fn run(root: &Path, serve: bool) -> anyhow::Result<()> {
     let answer = hub
         .with_node(move |n| {
             let me = n.config().peer_info();
-            n.raw_store().apply_remote(&me, &forged.1, &[forged.0], now_ms()).map(|(a, _)| a)
+            n.raw_store().peers_mut().apply_remote(&me, &forged.1, &[forged.0], now_ms()).map(|(a, _)| a)
         })
         .await??;
     match answer.first() {

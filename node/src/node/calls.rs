@@ -30,13 +30,15 @@ impl Node {
         self.require("escalating a session to a call", "edge", &[Role::Edge])?;
         // Asking again while a call is still open (waiting, ringing) is the same request: a
         // double tap, or an app that did not hear the answer, makes one call.
-        if let Some(open) = calls_in(&self.store.routing_log(id)?).into_iter().rev().find(CallState::is_open) {
+        if let Some(open) =
+            calls_in(&self.store.sessions_mut().routing_log(id)?).into_iter().rev().find(CallState::is_open)
+        {
             return Ok(open.call);
         }
         let call = new_id(now)?;
         let by = self.config.name.clone();
         let detail = Some(serde_json::json!({ "call": call }));
-        self.store.edit(id, "call.escalate", detail, now, |_, doc| {
+        self.store.sessions_mut().edit(id, "call.escalate", detail, now, |_, doc| {
             let model = crate::store::model(id);
             doc.append_routing(&RoutingEntry::Escalate { call: call.clone(), by: by.clone() }, now).map_err(model)?;
             if doc.view().map_err(model)?.status < Status::Routing {
@@ -52,7 +54,7 @@ impl Node {
     pub fn answer_call(&mut self, id: SessionId, now: i64) -> Result<Option<(String, u32)>, NodeError> {
         self.require("answering a call", "desk", &[Role::Desk])?;
         let me = self.config.name.clone();
-        let view = self.store.view(id)?;
+        let view = self.store.sessions_mut().view(id)?;
         let Some((call, attempt)) = calls_of(&view).into_iter().find_map(|c| {
             let (desk, attempt, _, _) = c.ringing()?.clone();
             let answered = c.answers.iter().any(|a| a.0 == attempt && a.1 == me);
@@ -61,7 +63,7 @@ impl Node {
             return Ok(None);
         };
         let detail = Some(serde_json::json!({ "call": call, "attempt": attempt }));
-        self.store.edit(id, "call.answer", detail, now, |_, doc| {
+        self.store.sessions_mut().edit(id, "call.answer", detail, now, |_, doc| {
             let answer = RoutingEntry::Answer { call: call.clone(), desk: me.clone(), attempt };
             doc.append_routing(&answer, now).map_err(crate::store::model(id))
         })?;
@@ -74,13 +76,13 @@ impl Node {
         let me = self.config.name.clone();
         let mut out = Vec::new();
         for id in ids {
-            let Ok(routing) = self.store.routing_log(*id) else { continue };
+            let Ok(routing) = self.store.sessions_mut().routing_log(*id) else { continue };
             let Some(c) = calls_in(&routing).pop() else { continue };
             let ringing = c.ringing().filter(|r| c.is_open() && !c.answers.iter().any(|a| a.0 == r.1)).cloned();
             // A connected call has ended once either party (the requester's node or the desk
             // connected) has written the record of its leg; no other node's record counts.
             let ended = c.connected.as_ref().is_some_and(|(desk, _)| {
-                self.store.call_log(*id).is_ok_and(|log| {
+                self.store.sessions_mut().call_log(*id).is_ok_and(|log| {
                     legs_in(&log).iter().any(|l| l.call == c.call && (l.node == c.by || l.node == *desk))
                 })
             });
@@ -120,14 +122,14 @@ impl Node {
         // call leaves it connected.
         for status in [Status::Routing, Status::Connected, Status::AwaitingReply, Status::Responded] {
             let filter = ListFilter { status: Some(status), limit: Some(CALLBACK_CANDIDATES), ..Default::default() };
-            candidates.extend(self.store.list(&filter)?);
+            candidates.extend(self.store.sessions().list(&filter)?);
         }
         let mut out = Vec::new();
         for card in candidates {
-            let Ok(routing) = self.store.routing_log(card.id) else { continue };
+            let Ok(routing) = self.store.sessions_mut().routing_log(card.id) else { continue };
             let Some(c) = calls_in(&routing).pop() else { continue };
             let Some((reason, since_ms)) = c.callback.clone() else { continue };
-            let view = self.store.view(card.id)?;
+            let view = self.store.sessions_mut().view(card.id)?;
             if view.outcome.responder.is_some() {
                 continue;
             }
@@ -151,7 +153,7 @@ impl Node {
     /// at an edge or desk what last arrived from the hub. `None` if it holds none yet.
     pub fn directory(&self) -> Result<Option<DirectoryView>, NodeError> {
         let Some(icb) = self.config.icb.as_deref() else { return Ok(None) };
-        Ok(self.store.directory(icb)?)
+        Ok(self.store.directory().directory(icb)?)
     }
 
     /// Sets one service line of the ICB's directory (its hours, channels and rota), durably;
@@ -159,7 +161,8 @@ impl Node {
     pub fn set_line(&mut self, entry: LineEntry, now: i64) -> Result<DirectoryView, NodeError> {
         self.require("setting a service line or rota", "hub", &[Role::Hub])?;
         let icb = self.icb()?;
-        let (_, view) = self.store.edit_directory(&icb, "directory.set", now, |d| d.set_line(&entry, now))?;
+        let (_, view) =
+            self.store.directory_mut().edit_directory(&icb, "directory.set", now, |d| d.set_line(&entry, now))?;
         Ok(view)
     }
 
@@ -167,7 +170,7 @@ impl Node {
     pub fn remove_line(&mut self, line: ServiceLine, now: i64) -> Result<(bool, DirectoryView), NodeError> {
         self.require("removing a service line", "hub", &[Role::Hub])?;
         let icb = self.icb()?;
-        Ok(self.store.edit_directory(&icb, "directory.remove", now, |d| d.remove_line(line, now))?)
+        Ok(self.store.directory_mut().edit_directory(&icb, "directory.remove", now, |d| d.remove_line(line, now))?)
     }
 
     pub(super) fn icb(&self) -> Result<String, NodeError> {
@@ -200,13 +203,13 @@ impl Node {
                 n += 1;
                 continue;
             }
-            let Ok(routing) = self.store.routing_log(*id) else { continue };
+            let Ok(routing) = self.store.sessions_mut().routing_log(*id) else { continue };
             let calls = calls_in(&routing);
             if Router::wants(&calls) {
                 router.follow(doc, now);
                 n += 1;
             } else if resume && calls.last().is_some_and(|c| c.connected.is_some()) {
-                let Ok(view) = self.store.view(*id) else { continue };
+                let Ok(view) = self.store.sessions_mut().view(*id) else { continue };
                 router.await_outcomes(doc, &view, now);
                 n += 1;
             }
@@ -220,10 +223,10 @@ impl Node {
     /// write, each audited) before it is returned.
     pub fn route_call(&mut self, router: &mut Router, id: SessionId, now: i64) -> Result<Routed, NodeError> {
         self.require("routing calls", "hub", &[Role::Hub])?;
-        let view = self.store.view(id)?;
+        let view = self.store.sessions_mut().view(id)?;
         // Only this hub's directory decides who is rung.
         let line = self.directory()?.and_then(|d| d.lines.get(&view.service.line).cloned());
-        let holders = self.store.holders_of(&id.to_bytes())?;
+        let holders = self.store.peers().holders_of(&id.to_bytes())?;
         let step = router.step(id.to_bytes(), &view, line.as_ref(), &holders, now);
         let Step::Decided(decision) = &step else { return Ok(Routed { step, wrote: false }) };
         for w in &decision.writes {
@@ -240,6 +243,7 @@ impl Node {
             Write::Step { entry, .. } => Some(serde_json::json!({ "call": call, "step": entry.kind().as_str() })),
         };
         self.store
+            .sessions_mut()
             .edit(id, w.audit_action(), detail, now, |_, doc| w.apply(doc, now).map_err(crate::store::model(id)))?;
         Ok(())
     }
@@ -257,7 +261,7 @@ impl Node {
         let me = self.config.name.clone();
         let mut out = Vec::new();
         for id in ids {
-            let Ok(view) = self.store.view(*id) else { continue };
+            let Ok(view) = self.store.sessions_mut().view(*id) else { continue };
             for c in calls_of(&view) {
                 let Some((desk, _)) = &c.connected else { continue };
                 let side = if c.by == me {
@@ -272,7 +276,7 @@ impl Node {
                     continue;
                 }
                 let plan = match side {
-                    Side::Requester => match self.store.meta_get(&crate::media::plan_key(&c.call))? {
+                    Side::Requester => match self.store.identity().meta_get(&crate::media::plan_key(&c.call))? {
                         Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
                         None => continue,
                     },
@@ -287,7 +291,7 @@ impl Node {
     /// Keeps what a requester plays into and records from a call (local, never synced).
     pub fn set_media_plan(&mut self, call: &str, plan: &crate::media::MediaPlan) -> Result<(), NodeError> {
         let bytes = serde_json::to_vec(plan).map_err(|source| NodeError::Encode { what: "a media plan", source })?;
-        self.store.meta_put(&crate::media::plan_key(call), &bytes)?;
+        self.store.identity().meta_put(&crate::media::plan_key(call), &bytes)?;
         Ok(())
     }
 
@@ -295,7 +299,7 @@ impl Node {
     /// reliable word that it hung up, for when its hang-up datagram was lost.
     pub fn other_leg_end(&mut self, id: SessionId, call: &str) -> Result<Option<LegEnd>, NodeError> {
         let me = self.config.name.as_str();
-        let view = self.store.view(id)?;
+        let view = self.store.sessions_mut().view(id)?;
         Ok(legs_of(&view).into_iter().find(|l| l.call == call && l.node != me).map(|l| l.end))
     }
 
@@ -303,7 +307,7 @@ impl Node {
     pub fn record_call_leg(&mut self, id: SessionId, leg: &Leg, now: i64) -> Result<(), NodeError> {
         self.require("recording a call", "edge or desk", &[Role::Edge, Role::Desk])?;
         let fields = leg.fields();
-        self.store.edit(id, "call.leg", None, now, |_, doc| {
+        self.store.sessions_mut().edit(id, "call.leg", None, now, |_, doc| {
             doc.append_log(LogName::Calls, LEG_KIND, &fields, now).map_err(crate::store::model(id))
         })?;
         Ok(())
@@ -315,11 +319,11 @@ impl Node {
     /// (by the hub, [`sync_protocol::router::not_reported`]). Returns the sides flagged.
     pub fn flag_unreported(&mut self, id: SessionId, now: i64) -> Result<Vec<Side>, NodeError> {
         self.require("flagging unreported outcomes", "hub", &[Role::Hub])?;
-        let view = self.store.view(id)?;
+        let view = self.store.sessions_mut().view(id)?;
         let Some(write) = not_reported(&view, &self.config.name) else { return Ok(Vec::new()) };
         let Write::NotReported { sides, .. } = &write else { return Ok(Vec::new()) };
         let sides = sides.clone();
-        self.store.edit(id, write.audit_action(), None, now, |_, doc| {
+        self.store.sessions_mut().edit(id, write.audit_action(), None, now, |_, doc| {
             write.apply(doc, now).map_err(crate::store::model(id))
         })?;
         Ok(sides)
@@ -335,7 +339,7 @@ impl Node {
             mos: None,
             by: Some(self.config.name.clone()),
         };
-        self.store.edit(id, "call.callback", None, now, |_, doc| {
+        self.store.sessions_mut().edit(id, "call.callback", None, now, |_, doc| {
             doc.append_routing(&callback, now).map_err(crate::store::model(id))
         })?;
         Ok(())

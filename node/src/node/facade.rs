@@ -56,33 +56,33 @@ impl ExportFormat {
 impl Node {
     /// The session named by an id or a unique prefix of one.
     pub fn resolve(&self, id_or_prefix: &str) -> Result<SessionId, NodeError> {
-        Ok(self.store.resolve(id_or_prefix)?)
+        Ok(self.store.sessions().resolve(id_or_prefix)?)
     }
 
     /// Session cards, newest first, read from the index (no document is opened).
     pub fn list(&self, filter: &ListFilter) -> Result<Vec<SessionCard>, NodeError> {
-        Ok(self.store.list(filter)?)
+        Ok(self.store.sessions().list(filter)?)
     }
 
     /// One session's card, if this node holds the session.
     pub fn card(&self, id: SessionId) -> Result<Option<SessionCard>, NodeError> {
-        Ok(self.store.card(id)?)
+        Ok(self.store.sessions().card(id)?)
     }
 
     /// How far one message of a session has travelled (after sending it, or a repeat of it).
     pub fn message_receipt(&mut self, id: SessionId, message: &str) -> Result<Option<ReceiptLevel>, NodeError> {
-        Ok(self.store.view(id)?.messages.into_iter().find(|m| m.id == message).map(|m| m.receipt))
+        Ok(self.store.sessions_mut().view(id)?.messages.into_iter().find(|m| m.id == message).map(|m| m.receipt))
     }
 
     /// The escalations and call legs of a session (no patient data).
     pub fn call_logs(&mut self, id: SessionId) -> Result<CallLogs, NodeError> {
-        let routing = sync_protocol::routing::RoutingStep::read_all(&self.store.routing_log(id)?);
-        Ok((routing, sync_protocol::leg::legs_in(&self.store.call_log(id)?)))
+        let routing = sync_protocol::routing::RoutingStep::read_all(&self.store.sessions_mut().routing_log(id)?);
+        Ok((routing, sync_protocol::leg::legs_in(&self.store.sessions_mut().call_log(id)?)))
     }
 
     /// The session's service line.
     pub fn service_line_of(&mut self, id: SessionId) -> Result<sync_protocol::vocab::ServiceLine, NodeError> {
-        Ok(self.store.view(id)?.service.line)
+        Ok(self.store.sessions_mut().view(id)?.service.line)
     }
 
     /// The session exported whole, with an audit entry of the export. Only a session this node
@@ -90,7 +90,7 @@ impl Node {
     /// only photos held whole here go into a FHIR bundle (the rest as references; none whose
     /// consent was withdrawn).
     pub fn export(&mut self, id: SessionId, format: ExportFormat, now: i64) -> Result<Vec<u8>, NodeError> {
-        let view: SessionView = self.store.view(id)?;
+        let view: SessionView = self.store.sessions_mut().view(id)?;
         let meta = sync_protocol::scope::DocMeta {
             origin: view.identity.origin.clone(),
             icb: view.identity.icb.clone(),
@@ -107,7 +107,7 @@ impl Node {
             Ok(b)
         };
         let bytes = match format {
-            ExportFormat::Automerge => self.store.export_automerge(id)?,
+            ExportFormat::Automerge => self.store.sessions_mut().export_automerge(id)?,
             ExportFormat::Json => {
                 pretty(&serde_json::to_value(&view).map_err(|source| NodeError::Encode { what: "an export", source })?)?
             }
@@ -120,7 +120,7 @@ impl Node {
                 crate::export::letter::letter(&view, &|h| photos.contains_key(h), &self.config.name, now).into_bytes()
             }
         };
-        self.store.audit_access(id, "session.export", now)?;
+        self.store.audit_mut().audit_access(id, "session.export", now)?;
         Ok(bytes)
     }
 
@@ -131,7 +131,7 @@ impl Node {
         for hash in crate::export::photos_to_read(view) {
             // Not here (handed to the hub, still arriving, never received): a reference in the
             // export. Any other failure (a damaged store) is an error, not a missing photo.
-            match self.store.read_blob(&hash) {
+            match self.store.blobs().read_blob(&hash) {
                 Ok(bytes) => {
                     out.insert(hash, bytes);
                 }
@@ -146,7 +146,7 @@ impl Node {
     pub fn share(&mut self, id: SessionId, with: &str, now: i64) -> Result<(), NodeError> {
         crate::config::check_name(with)?;
         let detail = Some(serde_json::json!({ "node": with }));
-        self.store.edit(id, "session.share", detail, now, |_, doc| {
+        self.store.sessions_mut().edit(id, "session.share", detail, now, |_, doc| {
             doc.share_with(with, now).map_err(crate::store::model(id))
         })?;
         Ok(())
@@ -154,35 +154,35 @@ impl Node {
 
     /// A photo's description as held here (complete, partial or offloaded).
     pub fn photo_info(&self, hash: &str) -> Result<BlobInfo, NodeError> {
-        Ok(self.store.blob_info(hash)?)
+        Ok(self.store.blobs().blob_info(hash)?)
     }
 
     /// A photo's JPEG thumbnail (an edge keeps it after handing the photo to the hub).
     pub fn thumbnail(&self, hash: &str) -> Result<Vec<u8>, NodeError> {
-        if self.store.photo_withdrawn(hash)? {
+        if self.store.blobs().photo_withdrawn(hash)? {
             return Err(StoreError::ConsentWithdrawn(hash.to_string()).into());
         }
-        Ok(self.store.read_thumbnail(hash)?)
+        Ok(self.store.blobs().read_thumbnail(hash)?)
     }
 
     /// Whether a call already has a media plan here (what this party plays and records).
     pub fn has_media_plan(&self, call: &str) -> Result<bool, NodeError> {
-        Ok(self.store.meta_get(&crate::media::plan_key(call))?.is_some())
+        Ok(self.store.identity().meta_get(&crate::media::plan_key(call))?.is_some())
     }
 
     /// Records in the audit chain that the person acting hung up the session's call.
     pub fn record_hang_up(&mut self, id: SessionId, now: i64) -> Result<(), NodeError> {
-        Ok(self.store.audit_access(id, "call.hangup", now)?)
+        Ok(self.store.audit_mut().audit_access(id, "call.hangup", now)?)
     }
 
     /// The audit chain checked end to end.
     pub fn verify_audit(&self) -> Result<AuditCheck, NodeError> {
-        Ok(self.store.verify_audit()?)
+        Ok(self.store.audit().verify_audit()?)
     }
 
     /// The latest audit entries, opened.
     pub fn audit_tail(&self, limit: usize) -> Result<Vec<AuditEntry>, NodeError> {
-        Ok(self.store.audit_tail(limit)?)
+        Ok(self.store.audit().audit_tail(limit)?)
     }
 
     // ------------------------------------------------------------------------------ people
@@ -200,12 +200,12 @@ impl Node {
                 new.role, self.config.role
             )));
         }
-        Ok(self.store.add_person(new, cred, now)?)
+        Ok(self.store.people_mut().add_person(new, cred, now)?)
     }
 
     /// Disables a user: their token and API sessions stop working at once.
     pub fn disable_person(&mut self, name: &str, now: i64) -> Result<(), NodeError> {
-        if self.store.disable_person(name, now)? {
+        if self.store.people_mut().disable_person(name, now)? {
             Ok(())
         } else {
             Err(StoreError::NoSuchUser(name.to_string()).into())
@@ -214,40 +214,40 @@ impl Node {
 
     /// The node's users.
     pub fn people(&self) -> Result<Vec<Person>, NodeError> {
-        Ok(self.store.people()?)
+        Ok(self.store.people().people()?)
     }
 
     /// A user by name and their credential's hash, for signing in (checked off the store
     /// thread by [`crate::store::people::verify_secret`]). An unknown name gives a decoy hash.
     pub fn sign_in_material(&self, name: &str) -> Result<(Option<Person>, String), NodeError> {
-        Ok(self.store.secret_of(name)?)
+        Ok(self.store.people().secret_of(name)?)
     }
 
     /// Opens an API session for a person signed in: a token and when it expires.
     pub fn open_api_session(&mut self, who: &Person, now: i64) -> Result<(String, i64), NodeError> {
-        Ok(self.store.open_api_session(who, now)?)
+        Ok(self.store.people_mut().open_api_session(who, now)?)
     }
 
     /// The person a token belongs to, if it is valid now.
     pub fn person_by_token(&self, token: &str, now: i64) -> Result<Option<Person>, NodeError> {
-        Ok(self.store.person_by_token(token, now)?)
+        Ok(self.store.people().person_by_token(token, now)?)
     }
 
     /// Ends a signed-in person's token; false if it was not one.
     pub fn sign_out(&mut self, token: &str, now: i64) -> Result<bool, NodeError> {
-        Ok(self.store.sign_out(token, now)?)
+        Ok(self.store.people_mut().sign_out(token, now)?)
     }
 
     // ------------------------------------------------------------------------- certificates
 
     /// The public half of this node's author key (certified by the fleet CA).
     pub fn author_public(&self) -> sync_protocol::authorship::PublicKey {
-        self.store.author_public()
+        self.store.identity().author_public()
     }
 
     /// Installs this node's certificate and key (sealed in the store) with its fleet's CA.
     pub fn install_certificate(&mut self, cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<(), NodeError> {
-        Ok(self.store.set_tls_identity(cert_pem, key_pem, ca_pem)?)
+        Ok(self.store.identity_mut().set_tls_identity(cert_pem, key_pem, ca_pem)?)
     }
 
     /// Makes a certificate request for this node (`outpost cert request`): a fresh TLS key,
@@ -257,7 +257,7 @@ impl Node {
     /// Returns the request and its key's fingerprint (what `ca sign` prints too).
     pub fn request_certificate(&mut self) -> Result<(String, String), NodeError> {
         let (csr, key, fingerprint) = crate::tls::certificate_request(&self.config.peer_info(), &self.author_public())?;
-        self.store.set_pending_tls_key(&key)?;
+        self.store.identity_mut().set_pending_tls_key(&key)?;
         Ok((csr, fingerprint))
     }
 
@@ -267,7 +267,7 @@ impl Node {
     /// node's identity and author key, and chains to the CA (which must be the one this node
     /// already trusts, if it has one). Returns the certificate's expiry (ms since the epoch).
     pub fn install_signed(&mut self, chain_pem: &str) -> Result<i64, NodeError> {
-        let key = self.store.pending_tls_key()?.ok_or_else(|| {
+        let key = self.store.identity().pending_tls_key()?.ok_or_else(|| {
             NodeError::Invalid(format!(
                 "node {} has no pending certificate request; make one with `outpost cert request --dir DIR`",
                 self.config.name
@@ -279,7 +279,7 @@ impl Node {
             .filter(|c| c.contains("-----BEGIN CERTIFICATE-----"))
             .map(|c| format!("{}\n", c.trim()))
             .collect();
-        let current_ca = self.store.tls_identity()?.map(|(_, _, ca)| ca);
+        let current_ca = self.store.identity().tls_identity()?.map(|(_, _, ca)| ca);
         let (cert, ca) = match (certs.first(), certs.get(1), current_ca.as_ref()) {
             (Some(cert), Some(ca), Some(current)) => {
                 let same = |a: &str, b: &str| {
@@ -306,13 +306,13 @@ impl Node {
         };
         crate::tls::check_signed(&cert, &key, &ca, &self.config.peer_info(), &self.author_public())?;
         let until = crate::tls::not_after_ms(&cert)?;
-        self.store.install_pending(&cert, &ca)?;
+        self.store.identity_mut().install_pending(&cert, &ca)?;
         Ok(until)
     }
 
     /// Installs a revocation list (already checked against the fleet CA by the caller).
     pub fn install_revocations(&self, number: u64, der: &[u8]) -> Result<(), NodeError> {
-        Ok(self.store.put_revocations(number, der)?)
+        Ok(self.store.identity().put_revocations(number, der)?)
     }
 
     /// Caps the database's size in pages (tests of a full disk).

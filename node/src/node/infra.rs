@@ -46,7 +46,7 @@ impl Node {
     /// loops, the demo's narration). What a person is shown goes through [`Node::show`] or
     /// [`Node::export`].
     pub fn view(&mut self, id: SessionId) -> Result<SessionView, StoreError> {
-        self.store.view(id)
+        self.store.sessions_mut().view(id)
     }
 
     /// What the store holds, in numbers.
@@ -56,17 +56,17 @@ impl Node {
 
     /// A photo's state here.
     pub fn blob_info(&self, hash: &str) -> Result<BlobInfo, StoreError> {
-        self.store.blob_info(hash)
+        self.store.blobs().blob_info(hash)
     }
 
     /// The node's certificate, key and CA certificate (PEM), once installed.
     pub fn tls_identity(&self) -> Result<Option<(String, String, String)>, StoreError> {
-        self.store.tls_identity()
+        self.store.identity().tls_identity()
     }
 
     /// The fleet's revocation list (its number and DER), once installed.
     pub fn revocations(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        self.store.revocations()
+        self.store.identity().revocations()
     }
 
     /// SQLite's integrity check of the store file.
@@ -91,27 +91,27 @@ impl Node {
 
     /// Each peer's last sync.
     pub fn peer_syncs(&self) -> Result<Vec<PeerSync>, StoreError> {
-        self.store.peer_syncs()
+        self.store.peers().peer_syncs()
     }
 
     /// Records how a sync with a peer ended.
     pub(crate) fn record_sync(&self, peer: &str, outcome: Result<(), &str>, now: i64) -> Result<(), StoreError> {
-        self.store.record_sync(peer, outcome, now)
+        self.store.peers().record_sync(peer, outcome, now)
     }
 
     /// SQLite's data version (changes when another connection commits).
     pub(crate) fn data_version(&self) -> Result<i64, StoreError> {
-        self.store.data_version()
+        self.store.peers().data_version()
     }
 
     /// Sessions changed after log position `seq`, and the newest position.
     pub(crate) fn changed_since(&self, seq: i64) -> Result<(Vec<DocId>, i64), StoreError> {
-        self.store.changed_since(seq)
+        self.store.peers().changed_since(seq)
     }
 
     /// Stores a fleet member's credential (a peer's author key, certified).
     pub(crate) fn add_member(&mut self, member: Member, credential: &[u8]) -> Result<(), StoreError> {
-        self.store.add_member(member, credential)
+        self.store.identity_mut().add_member(member, credential)
     }
 
     /// Operations admitted from peers so far (the cost meter of a conversation).

@@ -1,23 +1,15 @@
 //! The audit chain: who did what, hash-linked, and its check.
 
+use std::ops::{Deref, DerefMut};
+
 use super::*;
 
-impl Store {
-    /// The person acting through this store until cleared (the local API sets it around each
-    /// request): named, with role and registration, in every audit entry written meanwhile.
-    pub fn set_acting(&mut self, who: Option<&people::Person>) {
-        self.acting = who.map(people::person_json);
-    }
+/// The audit chain: who is acting, what was viewed, and the chain's check and latest entries.
+/// Reached through [`Store::audit`] and [`Store::audit_mut`].
+#[derive(Debug)]
+pub struct Audit<S>(pub(super) S);
 
-    /// Records in the audit chain that a session was viewed or exported.
-    pub fn audit_access(&mut self, id: SessionId, action: &'static str, now: i64) -> Result<(), StoreError> {
-        let tx =
-            self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
-        let row = session_row(&tx, &id.to_string())?;
-        append_audit(&tx, &self.sealer, &self.node, now, action, Some(row.sid), by(&self.acting, None))?;
-        tx.commit().map_err(sql("committing"))
-    }
-
+impl<S: Deref<Target = Store>> Audit<S> {
     /// Walks the audit chain and reports the first broken link: an entry edited or taken out
     /// (its hash or position does not follow), a chain that ends short of its sealed head
     /// (entries cut off the end), a chain without its head, or a second `audit.head` entry (the
@@ -27,7 +19,7 @@ impl Store {
         let ctx = "reading the audit chain";
         // The chain and its head read from one snapshot: a daemon appending meanwhile is no
         // break.
-        let tx = self.conn.unchecked_transaction().map_err(sql("starting a read"))?;
+        let tx = self.0.conn.unchecked_transaction().map_err(sql("starting a read"))?;
         let mut stmt = tx
             .prepare("SELECT seq, at_ms, node, action, sid, detail, hash FROM audit ORDER BY seq")
             .map_err(sql(ctx))?;
@@ -61,7 +53,7 @@ impl Store {
         drop(stmt);
         // The chain must end where the sealed head says: entries cut off its end leave a valid
         // chain, but a shorter one than the head vouches for.
-        let broken_at = match read_head(&tx, &self.sealer)? {
+        let broken_at = match read_head(&tx, &self.0.sealer)? {
             Head::None if entries == 0 => None,
             Head::None | Head::Unreadable => Some(entries.max(1)),
             Head::At { seq, .. } if seq > entries => Some(entries + 1),
@@ -76,6 +68,7 @@ impl Store {
     pub fn audit_tail(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         let ctx = "reading the audit chain";
         let mut stmt = self
+            .0
             .conn
             .prepare(
                 "SELECT a.seq, a.at_ms, a.node, a.action, s.id, a.detail FROM audit a
@@ -89,7 +82,7 @@ impl Store {
             let sealed: Option<Vec<u8>> = r.get(5).map_err(sql(ctx))?;
             let detail = match sealed {
                 Some(s) => Some(
-                    serde_json::from_slice(&self.sealer.open("audit detail", &audit_aad(seq), &s)?).map_err(json)?,
+                    serde_json::from_slice(&self.0.sealer.open("audit detail", &audit_aad(seq), &s)?).map_err(json)?,
                 ),
                 None => None,
             };
@@ -104,6 +97,24 @@ impl Store {
         }
         out.reverse();
         Ok(out)
+    }
+}
+
+impl<S: DerefMut<Target = Store>> Audit<S> {
+    /// The person acting through this store until cleared (the local API sets it around each
+    /// request): named, with role and registration, in every audit entry written meanwhile.
+    pub fn set_acting(&mut self, who: Option<&people::Person>) {
+        self.0.acting = who.map(people::person_json);
+    }
+
+    /// Records in the audit chain that a session was viewed or exported.
+    pub fn audit_access(&mut self, id: SessionId, action: &'static str, now: i64) -> Result<(), StoreError> {
+        let store = &mut *self.0;
+        let tx =
+            store.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+        let row = session_row(&tx, &id.to_string())?;
+        append_audit(&tx, &store.sealer, &store.node, now, action, Some(row.sid), by(&store.acting, None))?;
+        tx.commit().map_err(sql("committing"))
     }
 }
 

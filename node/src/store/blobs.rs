@@ -1,18 +1,27 @@
 //! Photos: content-addressed sealed chunks, thumbnails, and what the node holds.
 
+use std::ops::Deref;
+
 use super::*;
 
-impl Store {
+/// What the store keeps of photos: their sealed chunks and thumbnails, what this node holds of
+/// them, and their transfer between peers (`transfer.rs`).
+/// Reached through [`Store::blobs`] and [`Store::blobs_mut`].
+#[derive(Debug)]
+pub struct Blobs<S>(pub(super) S);
+
+impl<S: Deref<Target = Store>> Blobs<S> {
     /// Describes a stored blob.
     pub fn blob_info(&self, hash: &str) -> Result<BlobInfo, StoreError> {
-        blob_info(&self.conn, hash)
+        blob_info(&self.0.conn, hash)
     }
 
     /// Whether a session held here says the patient withdrew the consent this photo was
     /// taken under (a withdrawal wins every merge, so one such session is enough).
     pub fn photo_withdrawn(&self, hash: &str) -> Result<bool, StoreError> {
         let ctx = "reading a photo's consent";
-        self.conn
+        self.0
+            .conn
             .query_row("SELECT EXISTS (SELECT 1 FROM session_media WHERE hash = ?1 AND withdrawn)", [hash], |r| {
                 r.get(0)
             })
@@ -33,6 +42,7 @@ impl Store {
             });
         }
         let mut stmt = self
+            .0
             .conn
             .prepare_cached("SELECT idx, sealed FROM blob_chunks WHERE hash = ?1 ORDER BY idx")
             .map_err(sql("reading a photo"))?;
@@ -41,7 +51,7 @@ impl Store {
         while let Some(row) = rows.next().map_err(sql("reading a photo"))? {
             let idx = row.get::<_, i64>(0).map_err(sql("reading a photo"))? as u64;
             let sealed: Vec<u8> = row.get(1).map_err(sql("reading a photo"))?;
-            out.extend_from_slice(&self.sealer.open("photo chunk", &chunk_aad(hash, idx), &sealed)?);
+            out.extend_from_slice(&self.0.sealer.open("photo chunk", &chunk_aad(hash, idx), &sealed)?);
         }
         if blake3::hash(&out).to_hex().as_str() != hash {
             return Err(StoreError::BlobCorrupt(hash.to_string()));
@@ -52,18 +62,20 @@ impl Store {
     /// A photo's thumbnail, if one was kept.
     pub fn read_thumbnail(&self, hash: &str) -> Result<Vec<u8>, StoreError> {
         let sealed: Option<Vec<u8>> = self
+            .0
             .conn
             .row("SELECT thumbnail FROM blobs WHERE hash = ?1", [hash], |r| r.get(0))
             .optional()
             .map_err(sql("reading a thumbnail"))?
             .flatten();
         let sealed = sealed.ok_or_else(|| StoreError::NoSuchBlob(format!("{hash} (thumbnail)")))?;
-        Ok(self.sealer.open("thumbnail", &thumb_aad(hash), &sealed)?)
+        Ok(self.0.sealer.open("thumbnail", &thumb_aad(hash), &sealed)?)
     }
 
     /// Sessions that reference a photo.
     pub fn sessions_with_photo(&self, hash: &str) -> Result<Vec<SessionId>, StoreError> {
         let mut stmt = self
+            .0
             .conn
             .prepare_cached("SELECT s.id FROM session_media m JOIN sessions s ON s.sid = m.sid WHERE m.hash = ?1")
             .map_err(sql("finding a photo's sessions"))?;
@@ -79,6 +91,7 @@ impl Store {
     pub fn photo_holdings(&self) -> Result<PhotoHoldings, StoreError> {
         let mut out = PhotoHoldings::default();
         let mut stmt = self
+            .0
             .conn
             .prepare_cached("SELECT state, count(*), coalesce(sum(size), 0) FROM blobs GROUP BY state")
             .map_err(sql("counting photos"))?;

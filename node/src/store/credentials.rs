@@ -1,20 +1,23 @@
 //! The node's TLS identity (and a pending key awaiting its certificate), revocation lists,
 //! and small metadata.
 
+use std::ops::{Deref, DerefMut};
+
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 use rustls::pki_types::pem::PemObject;
 
-use super::{CachedSql, Store, StoreError, sql};
+use super::{CachedSql, Identity, Store, StoreError, sql};
 
 /// Associated data of a pending certificate request's sealed private key.
 pub(crate) const PENDING_KEY_AAD: &[u8] = b"outpost/tls-key-pending/v1";
 /// Associated data of the node's sealed TLS private key.
 pub(crate) const TLS_KEY_AAD: &[u8] = b"outpost/tls-key/v1";
 
-impl Store {
+impl<S: Deref<Target = Store>> Identity<S> {
     /// Reads a value of the meta table.
     pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.conn
+        self.0
+            .conn
             .row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
             .optional()
             .map_err(sql("reading node metadata"))
@@ -22,7 +25,8 @@ impl Store {
 
     /// Writes a value of the meta table (durably).
     pub fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.conn
+        self.0
+            .conn
             .exec(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 params![key, value],
@@ -31,10 +35,50 @@ impl Store {
         Ok(())
     }
 
+    /// The private key of the pending certificate request, if any.
+    pub fn pending_tls_key(&self) -> Result<Option<String>, StoreError> {
+        let Some(sealed) = self.meta_get("tls_key_pending")? else { return Ok(None) };
+        let key = self.0.sealer.open("pending TLS private key", PENDING_KEY_AAD, &sealed)?;
+        String::from_utf8(key).map(Some).map_err(|_| StoreError::Damaged("the pending key is not text".into()))
+    }
+
+    /// The node's TLS identity as PEM texts (certificate, private key, CA), if issued.
+    pub fn tls_identity(&self) -> Result<Option<(String, String, String)>, StoreError> {
+        let (Some(cert), Some(key), Some(ca)) =
+            (self.meta_get("tls_cert")?, self.meta_get("tls_key")?, self.meta_get("tls_ca")?)
+        else {
+            return Ok(None);
+        };
+        let key = self.0.sealer.open("TLS private key", TLS_KEY_AAD, &key)?;
+        let text =
+            |b: Vec<u8>| String::from_utf8(b).map_err(|_| StoreError::Damaged("a stored PEM is not text".into()));
+        Ok(Some((text(cert)?, text(key)?, text(ca)?)))
+    }
+
+    /// The revocation list held, with its number.
+    pub fn revocations(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let (Some(n), Some(der)) = (self.meta_get("crl_number")?, self.meta_get("crl_der")?) else { return Ok(None) };
+        let n = u64::from_be_bytes(n.try_into().map_err(|_| StoreError::Damaged("crl_number".into()))?);
+        Ok(Some((n, der)))
+    }
+
+    /// Stores a revocation list (the caller has verified it).
+    pub fn put_revocations(&self, number: u64, der: &[u8]) -> Result<(), StoreError> {
+        let tx = Transaction::new_unchecked(&self.0.conn, TransactionBehavior::Immediate)
+            .map_err(sql("starting a write"))?;
+        tx.exec("INSERT OR REPLACE INTO meta (key, value) VALUES ('crl_der', ?1)", [der])
+            .map_err(sql("storing revocations"))?;
+        tx.exec("INSERT OR REPLACE INTO meta (key, value) VALUES ('crl_number', ?1)", [number.to_be_bytes().to_vec()])
+            .map_err(sql("storing revocations"))?;
+        tx.commit().map_err(sql("committing"))
+    }
+}
+
+impl<S: DerefMut<Target = Store>> Identity<S> {
     /// Stores the node's TLS identity; the private key is sealed under the node key.
     pub fn set_tls_identity(&mut self, cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<(), StoreError> {
-        let tx =
-            Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+        let tx = Transaction::new_unchecked(&self.0.conn, TransactionBehavior::Immediate)
+            .map_err(sql("starting a write"))?;
         for (k, v) in [("tls_cert", cert_pem.as_bytes().to_vec()), ("tls_ca", ca_pem.as_bytes().to_vec())] {
             tx.exec(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -42,7 +86,7 @@ impl Store {
             )
             .map_err(sql("storing the certificate"))?;
         }
-        let sealed = self.sealer.seal(TLS_KEY_AAD, key_pem.as_bytes())?;
+        let sealed = self.0.sealer.seal(TLS_KEY_AAD, key_pem.as_bytes())?;
         tx.exec(
             "INSERT INTO meta (key, value) VALUES ('tls_key', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             [sealed],
@@ -61,8 +105,9 @@ impl Store {
     /// Keeps the private key of a certificate request (`outpost cert request`), sealed, until
     /// its certificate is installed; a newer request replaces it.
     pub fn set_pending_tls_key(&mut self, key_pem: &str) -> Result<(), StoreError> {
-        let sealed = self.sealer.seal(PENDING_KEY_AAD, key_pem.as_bytes())?;
-        self.conn
+        let sealed = self.0.sealer.seal(PENDING_KEY_AAD, key_pem.as_bytes())?;
+        self.0
+            .conn
             .exec(
                 "INSERT INTO meta (key, value) VALUES ('tls_key_pending', ?1)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -72,51 +117,16 @@ impl Store {
         Ok(())
     }
 
-    /// The private key of the pending certificate request, if any.
-    pub fn pending_tls_key(&self) -> Result<Option<String>, StoreError> {
-        let Some(sealed) = self.meta_get("tls_key_pending")? else { return Ok(None) };
-        let key = self.sealer.open("pending TLS private key", PENDING_KEY_AAD, &sealed)?;
-        String::from_utf8(key).map(Some).map_err(|_| StoreError::Damaged("the pending key is not text".into()))
-    }
-
     /// Installs the certificate signed for the pending request, with its key, then forgets the
     /// request (a crash between the two leaves the same key pending, which is harmless: a new
     /// request replaces it).
     pub fn install_pending(&mut self, cert_pem: &str, ca_pem: &str) -> Result<(), StoreError> {
         let key = self.pending_tls_key()?.ok_or_else(|| StoreError::Damaged("no pending request".into()))?;
         self.set_tls_identity(cert_pem, &key, ca_pem)?;
-        self.conn.exec("DELETE FROM meta WHERE key = 'tls_key_pending'", []).map_err(sql("forgetting the request"))?;
+        self.0
+            .conn
+            .exec("DELETE FROM meta WHERE key = 'tls_key_pending'", [])
+            .map_err(sql("forgetting the request"))?;
         Ok(())
-    }
-
-    /// The node's TLS identity as PEM texts (certificate, private key, CA), if issued.
-    pub fn tls_identity(&self) -> Result<Option<(String, String, String)>, StoreError> {
-        let (Some(cert), Some(key), Some(ca)) =
-            (self.meta_get("tls_cert")?, self.meta_get("tls_key")?, self.meta_get("tls_ca")?)
-        else {
-            return Ok(None);
-        };
-        let key = self.sealer.open("TLS private key", TLS_KEY_AAD, &key)?;
-        let text =
-            |b: Vec<u8>| String::from_utf8(b).map_err(|_| StoreError::Damaged("a stored PEM is not text".into()));
-        Ok(Some((text(cert)?, text(key)?, text(ca)?)))
-    }
-
-    /// The revocation list held, with its number.
-    pub fn revocations(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        let (Some(n), Some(der)) = (self.meta_get("crl_number")?, self.meta_get("crl_der")?) else { return Ok(None) };
-        let n = u64::from_be_bytes(n.try_into().map_err(|_| StoreError::Damaged("crl_number".into()))?);
-        Ok(Some((n, der)))
-    }
-
-    /// Stores a revocation list (the caller has verified it).
-    pub fn put_revocations(&self, number: u64, der: &[u8]) -> Result<(), StoreError> {
-        let tx =
-            Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
-        tx.exec("INSERT OR REPLACE INTO meta (key, value) VALUES ('crl_der', ?1)", [der])
-            .map_err(sql("storing revocations"))?;
-        tx.exec("INSERT OR REPLACE INTO meta (key, value) VALUES ('crl_number', ?1)", [number.to_be_bytes().to_vec()])
-            .map_err(sql("storing revocations"))?;
-        tx.commit().map_err(sql("committing"))
     }
 }

@@ -2,6 +2,8 @@
 //! most its own ICB's), what each peer is known to hold of it, and its integration when it
 //! arrives from the hub. The document is small (a few KiB), so it is kept whole, never as a log.
 
+use std::ops::{Deref, DerefMut};
+
 use automerge::{ActorId, ChangeHash};
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 use sync_protocol::directory::{self, DirectoryDoc, DirectoryError, DirectoryView};
@@ -32,10 +34,16 @@ struct DirRow {
     digest: [u8; 16],
 }
 
-impl Store {
+/// The ICB directory this node holds, and what each peer holds of it.
+/// Reached through [`Store::directory`] and [`Store::directory_mut`].
+#[derive(Debug)]
+pub struct Directory<S>(pub(super) S);
+
+impl<S: Deref<Target = Store>> Directory<S> {
     fn dir_row(&self, icb: &str) -> Result<Option<DirRow>, StoreError> {
         let ctx = "reading the ICB directory";
         let row: Option<(Vec<u8>, Vec<u8>)> = self
+            .0
             .conn
             .row("SELECT heads, digest FROM directory WHERE icb = ?1", [icb], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()
@@ -75,33 +83,10 @@ impl Store {
 
     /// The directory of `icb`, if this node holds it.
     pub fn directory(&self, icb: &str) -> Result<Option<DirectoryView>, StoreError> {
-        match Self::load_directory(&self.conn, &self.sealer, &self.actor, icb)? {
+        match Self::load_directory(&self.0.conn, &self.0.sealer, &self.0.actor, icb)? {
             Some(d) => Ok(Some(d.view()?)),
             None => Ok(None),
         }
-    }
-
-    /// Edits the directory of `icb` (creating it if this node has none) in one durable
-    /// transaction; returns what `edit` returned and the directory after it.
-    pub fn edit_directory<T>(
-        &mut self,
-        icb: &str,
-        action: &str,
-        now: i64,
-        edit: impl FnOnce(&mut DirectoryDoc) -> Result<T, DirectoryError>,
-    ) -> Result<(T, DirectoryView), StoreError> {
-        let tx =
-            self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
-        let mut doc = match Self::load_directory(&tx, &self.sealer, &self.actor, icb)? {
-            Some(d) => d,
-            None => DirectoryDoc::create(icb, self.actor.clone(), now)?,
-        };
-        let out = edit(&mut doc)?;
-        let view = doc.view()?;
-        write_directory(&tx, &self.sealer, icb, &mut doc, now)?;
-        append_audit(&tx, &self.sealer, &self.node, now, action, None, Some(serde_json::json!({ "icb": icb })))?;
-        tx.commit().map_err(sql("committing"))?;
-        Ok((out, view))
     }
 
     /// The directory item for a peer's reconciliation, if any.
@@ -113,6 +98,7 @@ impl Store {
     pub fn directory_delta(&self, me: &PeerInfo, peer: &PeerInfo) -> Result<Option<(DocId, Vec<Hash>)>, StoreError> {
         let Some(row) = self.dir_row_for(me, peer)? else { return Ok(None) };
         let known: Option<Vec<u8>> = self
+            .0
             .conn
             .row("SELECT digest FROM peer_directory WHERE peer = ?1 AND icb = ?2", [&peer.name, &row.icb], |r| r.get(0))
             .optional()
@@ -137,7 +123,7 @@ impl Store {
     /// The directory document `id`, if it is this node's ICB's and this node holds it.
     fn own_directory(&self, me: &PeerInfo, id: &DocId) -> Result<Option<DirectoryDoc>, StoreError> {
         match Self::own_icb_of(me, id) {
-            Some(icb) => Self::load_directory(&self.conn, &self.sealer, &self.actor, &icb),
+            Some(icb) => Self::load_directory(&self.0.conn, &self.0.sealer, &self.0.actor, &icb),
             None => Ok(None),
         }
     }
@@ -167,7 +153,8 @@ impl Store {
         id: &DocId,
     ) -> Result<Option<Knowledge>, StoreError> {
         let Some(icb) = Self::own_icb_of(me, id) else { return Ok(None) };
-        self.conn
+        self.0
+            .conn
             .row(
                 "SELECT heads, shared FROM peer_directory WHERE peer = ?1 AND icb = ?2",
                 [&peer.name, &icb],
@@ -186,7 +173,7 @@ impl Store {
         k: &Knowledge,
     ) -> Result<(), StoreError> {
         let Some(icb) = Self::own_icb_of(me, id) else { return Ok(()) };
-        self.conn
+        self.0.conn
             .exec(
                 "INSERT INTO peer_directory (peer, icb, digest, heads, shared) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (peer, icb) DO UPDATE SET digest = excluded.digest, heads = excluded.heads, shared = excluded.shared",
@@ -194,6 +181,32 @@ impl Store {
             )
             .map_err(sql("recording peer state"))?;
         Ok(())
+    }
+}
+
+impl<S: DerefMut<Target = Store>> Directory<S> {
+    /// Edits the directory of `icb` (creating it if this node has none) in one durable
+    /// transaction; returns what `edit` returned and the directory after it.
+    pub fn edit_directory<T>(
+        &mut self,
+        icb: &str,
+        action: &str,
+        now: i64,
+        edit: impl FnOnce(&mut DirectoryDoc) -> Result<T, DirectoryError>,
+    ) -> Result<(T, DirectoryView), StoreError> {
+        let store = &mut *self.0;
+        let tx =
+            store.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+        let mut doc = match Self::load_directory(&tx, &store.sealer, &store.actor, icb)? {
+            Some(d) => d,
+            None => DirectoryDoc::create(icb, store.actor.clone(), now)?,
+        };
+        let out = edit(&mut doc)?;
+        let view = doc.view()?;
+        write_directory(&tx, &store.sealer, icb, &mut doc, now)?;
+        append_audit(&tx, &store.sealer, &store.node, now, action, None, Some(serde_json::json!({ "icb": icb })))?;
+        tx.commit().map_err(sql("committing"))?;
+        Ok((out, view))
     }
 
     /// Integrates directory bytes received from `from`: only this node's ICB's directory, only
@@ -218,6 +231,7 @@ impl Store {
         now: i64,
         receive: impl FnOnce(&mut DirectoryDoc) -> Result<(), String>,
     ) -> Result<(Applied, bool), StoreError> {
+        let store = &mut *self.0;
         let refused = |reason: String| Ok((Applied::Refused { reason }, false));
         let Some(icb) = Self::own_icb_of(me, id) else {
             return refused("a directory of another ICB".into());
@@ -226,10 +240,10 @@ impl Store {
             return refused(format!("only {icb}'s hub may send its directory, and only to its edges and desks"));
         }
         let tx =
-            self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+            store.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
         // Loaded fresh inside the transaction: a refused candidate is simply dropped.
-        let mut doc = Self::load_directory(&tx, &self.sealer, &self.actor, &icb)?
-            .unwrap_or_else(|| DirectoryDoc::empty(self.actor.clone()));
+        let mut doc = Self::load_directory(&tx, &store.sealer, &store.actor, &icb)?
+            .unwrap_or_else(|| DirectoryDoc::empty(store.actor.clone()));
         let before = sorted_heads(&mut doc);
         if let Err(e) = receive(&mut doc) {
             return refused(e);
@@ -249,11 +263,11 @@ impl Store {
             Ok(v) => return refused(format!("a directory claiming ICB {} under {icb}'s id", v.icb)),
             Err(e) => return refused(e.to_string()),
         }
-        write_directory(&tx, &self.sealer, &icb, &mut doc, now)?;
+        write_directory(&tx, &store.sealer, &icb, &mut doc, now)?;
         append_audit(
             &tx,
-            &self.sealer,
-            &self.node,
+            &store.sealer,
+            &store.node,
             now,
             "directory.receive",
             None,

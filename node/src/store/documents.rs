@@ -1,45 +1,17 @@
 //! Session documents: creating, editing, reading, listing; snapshots, change logs, cards and the
 //! reconciliation index.
 
+use std::ops::{Deref, DerefMut};
+
 use super::*;
 
-impl Store {
-    /// Creates a session; returns once it is durable.
-    pub fn create_session(
-        &mut self,
-        new: &NewSession,
-        once: Option<&ClientKey<'_>>,
-        now: i64,
-    ) -> Result<SessionView, StoreError> {
-        self.check_space()?;
-        let mut doc = SessionDoc::create(new, self.actor.clone(), now).map_err(model(new.id))?;
-        let mut view = doc.view().map_err(model(new.id))?;
-        let id = new.id.to_string();
-        let card = seal_card(&self.sealer, &id, &view)?;
-        let bytes = doc.save_after(&[]);
-        let tx =
-            self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
-        if let Some(key) = once {
-            if let Some(first) = key.recall(&tx)? {
-                drop(tx);
-                let first: SessionId = first
-                    .parse()
-                    .map_err(|_| StoreError::Damaged(format!("client key {:?} names no session", key.key)))?;
-                return self.view(first);
-            }
-            key.remember(&tx, &id, now)?;
-        }
-        let sid = insert_session_row(&tx, &id, &view, &card, "recording the session")?;
-        let seq = append_change(&tx, &self.sealer, sid, &id, &bytes)?;
-        put_sigs(&tx, authorship::sign_new(&self.author, doc.automerge(), &[]))?;
-        let viewer = Viewer { hub: self.opts.hub };
-        index_doc(&tx, &self.sealer, viewer, (&id, sid), &mut doc, &mut view)?;
-        append_audit(&tx, &self.sealer, &self.node, now, "session.create", Some(sid), by(&self.acting, None))?;
-        tx.commit().map_err(sql("committing"))?;
-        self.cache.put(new.id, Cached { doc, sid, upto: seq });
-        Ok(view)
-    }
+/// What the store keeps of session documents: creating, editing and viewing them, and listing
+/// them from their cards.
+/// Reached through [`Store::sessions`] and [`Store::sessions_mut`].
+#[derive(Debug)]
+pub struct Sessions<S>(pub(super) S);
 
+impl<S: Deref<Target = Store>> Sessions<S> {
     /// Finds the session whose id is `text` or starts with it.
     pub fn resolve(&self, text: &str) -> Result<SessionId, StoreError> {
         let prefix = text.trim().to_ascii_uppercase();
@@ -47,6 +19,7 @@ impl Store {
             return Err(StoreError::NoSuchSession(text.to_string()));
         }
         let mut stmt = self
+            .0
             .conn
             .prepare_cached("SELECT id FROM sessions WHERE id >= ?1 AND id < ?1 || '~' ORDER BY id LIMIT 2")
             .map_err(sql("finding a session"))?;
@@ -60,92 +33,6 @@ impl Store {
             [] => Err(StoreError::NoSuchSession(text.to_string())),
             _ => Err(StoreError::Ambiguous(text.to_string())),
         }
-    }
-
-    /// Edits a session: `f` runs on the current document inside a write transaction, and the
-    /// change it makes is durable when this returns `Ok`. On any error nothing is written.
-    /// `detail` goes into the audit entry: ids and codes only, never patient data.
-    pub fn edit<T>(
-        &mut self,
-        id: SessionId,
-        action: &'static str,
-        detail: Option<serde_json::Value>,
-        now: i64,
-        f: impl FnOnce(&mut WriteCtx<'_>, &mut SessionDoc) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        // New content waits for space; small control writes (receipts, call steps, outcomes)
-        // go on within the space kept for reading and syncing.
-        if space::GROWING_ACTIONS.contains(&action) {
-            self.check_space()?;
-        }
-        let key = id.to_string();
-        let tx =
-            self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
-        let mut cached = checkout(&mut self.cache, &tx, &self.sealer, &self.actor, id)?;
-        let before = cached.doc.heads();
-        let mut ctx = WriteCtx { tx: &tx, sealer: &self.sealer, now };
-        // On any error the checked-out copy is dropped (it may hold the failed edit), and the
-        // transaction rolls back when `tx` is dropped.
-        let out = f(&mut ctx, &mut cached.doc)?;
-        if cached.doc.heads() != before {
-            let bytes = cached.doc.save_after(&before);
-            let mut view = cached.doc.view().map_err(model(id))?;
-            let seq = append_change(&tx, &self.sealer, cached.sid, &key, &bytes)?;
-            put_sigs(&tx, authorship::sign_new(&self.author, cached.doc.automerge(), &before))?;
-            let viewer = Viewer { hub: self.opts.hub };
-            index_doc(&tx, &self.sealer, viewer, (&key, cached.sid), &mut cached.doc, &mut view)?;
-            let counts = log_counts(&tx, cached.sid)?;
-            cached.upto = seq;
-            maybe_compact(&tx, &self.sealer, &self.opts, &key, &mut cached, counts)?;
-            append_audit(&tx, &self.sealer, &self.node, now, action, Some(cached.sid), by(&self.acting, detail))?;
-        }
-        tx.commit().map_err(sql("committing"))?;
-        self.cache.put(id, cached);
-        Ok(out)
-    }
-
-    /// A session's routing log, read without building its whole view.
-    pub fn routing_log(
-        &mut self,
-        id: SessionId,
-    ) -> Result<Vec<std::collections::BTreeMap<String, sync_protocol::session::LogValue>>, StoreError> {
-        self.with_doc(id, |d| d.routing_log())?.map_err(model(id))
-    }
-
-    /// The session's call log (each party's record of its legs).
-    pub fn call_log(
-        &mut self,
-        id: SessionId,
-    ) -> Result<Vec<std::collections::BTreeMap<String, sync_protocol::session::LogValue>>, StoreError> {
-        self.with_doc(id, |d| d.call_log())?.map_err(model(id))
-    }
-
-    pub(super) fn with_doc<T>(&mut self, id: SessionId, f: impl FnOnce(&mut SessionDoc) -> T) -> Result<T, StoreError> {
-        let tx = self.conn.transaction().map_err(sql("starting a read"))?;
-        let mut cached = checkout(&mut self.cache, &tx, &self.sealer, &self.actor, id)?;
-        drop(tx);
-        let out = f(&mut cached.doc);
-        self.cache.put(id, cached);
-        Ok(out)
-    }
-
-    /// The current view of a session.
-    pub fn view(&mut self, id: SessionId) -> Result<SessionView, StoreError> {
-        let tx = self.conn.transaction().map_err(sql("starting a read"))?;
-        let mut cached = checkout(&mut self.cache, &tx, &self.sealer, &self.actor, id)?;
-        let viewer = Viewer { hub: self.opts.hub };
-        let view = match cached.doc.view() {
-            Ok(mut view) => localize_view(&tx, viewer, cached.sid, &mut cached.doc, &mut view).map(|()| view),
-            Err(e) => Err(model(id)(e)),
-        };
-        drop(tx);
-        self.cache.put(id, cached);
-        view
-    }
-
-    /// The whole document as Automerge bytes.
-    pub fn export_automerge(&mut self, id: SessionId) -> Result<Vec<u8>, StoreError> {
-        self.with_doc(id, |d| d.save())
     }
 
     /// Lists sessions newest first, from their index rows and cards (no document is loaded).
@@ -171,12 +58,7 @@ impl Store {
         Ok(self.cards_where(&["id = ?1".to_string()], &[key.as_str()], 1)?.pop())
     }
 
-    pub(super) fn cards_where(
-        &self,
-        wheres: &[String],
-        args: &[&str],
-        limit: i64,
-    ) -> Result<Vec<SessionCard>, StoreError> {
+    fn cards_where(&self, wheres: &[String], args: &[&str], limit: i64) -> Result<Vec<SessionCard>, StoreError> {
         let ctx = "listing sessions";
         let query = format!(
             "SELECT id, status, service_line, priority, origin, created_ms, updated_ms, card,
@@ -186,7 +68,7 @@ impl Store {
             if wheres.is_empty() { "" } else { "WHERE" },
             wheres.join(" AND "),
         );
-        let mut stmt = self.conn.prepare_cached(&query).map_err(sql(ctx))?;
+        let mut stmt = self.0.conn.prepare_cached(&query).map_err(sql(ctx))?;
         let mut rows = stmt.query(rusqlite::params_from_iter(args.iter())).map_err(sql(ctx))?;
         let damaged = |what: &str, value: String| StoreError::Damaged(format!("a session's {what} reads {value:?}"));
         let mut out = Vec::new();
@@ -195,7 +77,7 @@ impl Store {
             let text = |i: usize| row.get::<_, String>(i).map_err(sql(ctx));
             let sealed: Vec<u8> = row.get(7).map_err(sql(ctx))?;
             let mut secret: CardSecret =
-                serde_json::from_slice(&self.sealer.open("session card", &card_aad(&id), &sealed)?).map_err(json)?;
+                serde_json::from_slice(&self.0.sealer.open("session card", &card_aad(&id), &sealed)?).map_err(json)?;
             // A hub has acknowledged the heads the card was written at: every message is there.
             if row.get::<_, bool>(8).map_err(sql(ctx))? && secret.messages_on_device > 0 {
                 secret.on_device_only = secret.on_device_only.saturating_sub(secret.messages_on_device);
@@ -226,10 +108,140 @@ impl Store {
 
     /// Number of sessions stored.
     pub fn session_count(&self) -> Result<u64, StoreError> {
-        self.conn
+        self.0
+            .conn
             .row("SELECT count(*) FROM sessions", [], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
             .map_err(sql("counting sessions"))
+    }
+}
+
+impl<S: DerefMut<Target = Store>> Sessions<S> {
+    /// Creates a session; returns once it is durable.
+    pub fn create_session(
+        &mut self,
+        new: &NewSession,
+        once: Option<&ClientKey<'_>>,
+        now: i64,
+    ) -> Result<SessionView, StoreError> {
+        let store = &mut *self.0;
+        store.check_space()?;
+        let mut doc = SessionDoc::create(new, store.actor.clone(), now).map_err(model(new.id))?;
+        let mut view = doc.view().map_err(model(new.id))?;
+        let id = new.id.to_string();
+        let card = seal_card(&store.sealer, &id, &view)?;
+        let bytes = doc.save_after(&[]);
+        let tx =
+            store.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+        if let Some(key) = once {
+            if let Some(first) = key.recall(&tx)? {
+                drop(tx);
+                let first: SessionId = first
+                    .parse()
+                    .map_err(|_| StoreError::Damaged(format!("client key {:?} names no session", key.key)))?;
+                return self.view(first);
+            }
+            key.remember(&tx, &id, now)?;
+        }
+        let sid = insert_session_row(&tx, &id, &view, &card, "recording the session")?;
+        let seq = append_change(&tx, &store.sealer, sid, &id, &bytes)?;
+        put_sigs(&tx, authorship::sign_new(&store.author, doc.automerge(), &[]))?;
+        let viewer = Viewer { hub: store.opts.hub };
+        index_doc(&tx, &store.sealer, viewer, (&id, sid), &mut doc, &mut view)?;
+        append_audit(&tx, &store.sealer, &store.node, now, "session.create", Some(sid), by(&store.acting, None))?;
+        tx.commit().map_err(sql("committing"))?;
+        store.cache.put(new.id, Cached { doc, sid, upto: seq });
+        Ok(view)
+    }
+
+    /// Edits a session: `f` runs on the current document inside a write transaction, and the
+    /// change it makes is durable when this returns `Ok`. On any error nothing is written.
+    /// `detail` goes into the audit entry: ids and codes only, never patient data.
+    pub fn edit<T>(
+        &mut self,
+        id: SessionId,
+        action: &'static str,
+        detail: Option<serde_json::Value>,
+        now: i64,
+        f: impl FnOnce(&mut WriteCtx<'_>, &mut SessionDoc) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let store = &mut *self.0;
+        // New content waits for space; small control writes (receipts, call steps, outcomes)
+        // go on within the space kept for reading and syncing.
+        if space::GROWING_ACTIONS.contains(&action) {
+            store.check_space()?;
+        }
+        let key = id.to_string();
+        let tx =
+            store.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+        let mut cached = checkout(&mut store.cache, &tx, &store.sealer, &store.actor, id)?;
+        let before = cached.doc.heads();
+        let mut ctx = WriteCtx { tx: &tx, sealer: &store.sealer, now };
+        // On any error the checked-out copy is dropped (it may hold the failed edit), and the
+        // transaction rolls back when `tx` is dropped.
+        let out = f(&mut ctx, &mut cached.doc)?;
+        if cached.doc.heads() != before {
+            let bytes = cached.doc.save_after(&before);
+            let mut view = cached.doc.view().map_err(model(id))?;
+            let seq = append_change(&tx, &store.sealer, cached.sid, &key, &bytes)?;
+            put_sigs(&tx, authorship::sign_new(&store.author, cached.doc.automerge(), &before))?;
+            let viewer = Viewer { hub: store.opts.hub };
+            index_doc(&tx, &store.sealer, viewer, (&key, cached.sid), &mut cached.doc, &mut view)?;
+            let counts = log_counts(&tx, cached.sid)?;
+            cached.upto = seq;
+            maybe_compact(&tx, &store.sealer, &store.opts, &key, &mut cached, counts)?;
+            append_audit(&tx, &store.sealer, &store.node, now, action, Some(cached.sid), by(&store.acting, detail))?;
+        }
+        tx.commit().map_err(sql("committing"))?;
+        store.cache.put(id, cached);
+        Ok(out)
+    }
+
+    /// A session's routing log, read without building its whole view.
+    pub fn routing_log(
+        &mut self,
+        id: SessionId,
+    ) -> Result<Vec<std::collections::BTreeMap<String, sync_protocol::session::LogValue>>, StoreError> {
+        self.0.with_doc(id, |d| d.routing_log())?.map_err(model(id))
+    }
+
+    /// The session's call log (each party's record of its legs).
+    pub fn call_log(
+        &mut self,
+        id: SessionId,
+    ) -> Result<Vec<std::collections::BTreeMap<String, sync_protocol::session::LogValue>>, StoreError> {
+        self.0.with_doc(id, |d| d.call_log())?.map_err(model(id))
+    }
+
+    /// The current view of a session.
+    pub fn view(&mut self, id: SessionId) -> Result<SessionView, StoreError> {
+        let store = &mut *self.0;
+        let tx = store.conn.transaction().map_err(sql("starting a read"))?;
+        let mut cached = checkout(&mut store.cache, &tx, &store.sealer, &store.actor, id)?;
+        let viewer = Viewer { hub: store.opts.hub };
+        let view = match cached.doc.view() {
+            Ok(mut view) => localize_view(&tx, viewer, cached.sid, &mut cached.doc, &mut view).map(|()| view),
+            Err(e) => Err(model(id)(e)),
+        };
+        drop(tx);
+        store.cache.put(id, cached);
+        view
+    }
+
+    /// The whole document as Automerge bytes.
+    pub fn export_automerge(&mut self, id: SessionId) -> Result<Vec<u8>, StoreError> {
+        self.0.with_doc(id, |d| d.save())
+    }
+}
+
+impl Store {
+    pub(super) fn with_doc<T>(&mut self, id: SessionId, f: impl FnOnce(&mut SessionDoc) -> T) -> Result<T, StoreError> {
+        let tx = self.conn.transaction().map_err(sql("starting a read"))?;
+        let mut cached = checkout(&mut self.cache, &tx, &self.sealer, &self.actor, id)?;
+        drop(tx);
+        let out = f(&mut cached.doc);
+        self.cache.put(id, cached);
+        Ok(out)
     }
 }
 

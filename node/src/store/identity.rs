@@ -1,43 +1,36 @@
 //! The node's author key, its signatures and the fleet roster.
 
+use std::ops::{Deref, DerefMut};
+
 use super::*;
 
-impl Store {
+/// Who this node is: its author key and signatures, the fleet members it knows, its TLS
+/// identity and revocation lists (`credentials.rs`), and small metadata.
+/// Reached through [`Store::identity`] and [`Store::identity_mut`].
+#[derive(Debug)]
+pub struct Identity<S>(pub(super) S);
+
+impl<S: Deref<Target = Store>> Identity<S> {
     /// The public half of this node's author key, for the fleet CA to certify.
     pub fn author_public(&self) -> PublicKey {
-        self.author.public()
+        self.0.author.public()
     }
 
     /// The actor id this node writes under.
     pub fn actor(&self) -> &ActorId {
-        &self.actor
+        &self.0.actor
     }
 
     /// Signs a change hash with this node's author key (what every local write does; exposed for
     /// tools and for the adversarial tests, which play a stolen tablet).
     pub fn sign(&self, hash: &ChangeHash) -> Signature {
-        self.author.sign(hash)
-    }
-
-    /// Records a fleet member whose credential was checked (its certificate came over TLS, or
-    /// was verified against the fleet CA).
-    pub fn add_member(&mut self, member: Member, credential: &[u8]) -> Result<(), StoreError> {
-        if self.roster.get(&member.prefix()).is_some_and(|m| *m == member) {
-            return Ok(());
-        }
-        self.conn
-            .exec(
-                "INSERT OR REPLACE INTO members (prefix, name, credential) VALUES (?1, ?2, ?3)",
-                params![member.prefix().to_vec(), member.info.name, credential],
-            )
-            .map_err(sql("recording a fleet member"))?;
-        self.roster.insert(member);
-        Ok(())
+        self.0.author.sign(hash)
     }
 
     /// The name and credential of the member whose changes carry this actor prefix.
     pub fn credential(&self, prefix: &authorship::ActorPrefix) -> Result<Option<(String, Vec<u8>)>, StoreError> {
-        self.conn
+        self.0
+            .conn
             .row("SELECT name, credential FROM members WHERE prefix = ?1", [prefix.to_vec()], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
@@ -48,11 +41,31 @@ impl Store {
     /// The signature held for a change.
     pub fn signature(&self, hash: &ChangeHash) -> Result<Option<Signature>, StoreError> {
         let sig: Option<Vec<u8>> = self
+            .0
             .conn
             .prepare_cached("SELECT sig FROM change_sigs WHERE hash = ?1")
             .and_then(|mut s| s.query_row([hash.0.to_vec()], |r| r.get(0)).optional())
             .map_err(sql("reading signatures"))?;
         Ok(sig.and_then(|s| s.try_into().ok()))
+    }
+}
+
+impl<S: DerefMut<Target = Store>> Identity<S> {
+    /// Records a fleet member whose credential was checked (its certificate came over TLS, or
+    /// was verified against the fleet CA).
+    pub fn add_member(&mut self, member: Member, credential: &[u8]) -> Result<(), StoreError> {
+        if self.0.roster.get(&member.prefix()).is_some_and(|m| *m == member) {
+            return Ok(());
+        }
+        self.0
+            .conn
+            .exec(
+                "INSERT OR REPLACE INTO members (prefix, name, credential) VALUES (?1, ?2, ?3)",
+                params![member.prefix().to_vec(), member.info.name, credential],
+            )
+            .map_err(sql("recording a fleet member"))?;
+        self.0.roster.insert(member);
+        Ok(())
     }
 }
 

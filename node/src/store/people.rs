@@ -7,6 +7,8 @@
 //! token instead, shown once when it is made. Only BLAKE3 hashes of tokens are stored, so a
 //! copied database gives no way in.
 
+use std::ops::{Deref, DerefMut};
+
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use rusqlite::{OptionalExtension, params};
@@ -160,7 +162,61 @@ fn person_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Person> {
     })
 }
 
-impl Store {
+/// The people who use this node's local API and the systems that integrate with it: users,
+/// their secrets and tokens, API sessions.
+/// Reached through [`Store::people`] and [`Store::people_mut`].
+#[derive(Debug)]
+pub struct People<S>(pub(super) S);
+
+impl<S: Deref<Target = Store>> People<S> {
+    /// The users of this node.
+    pub fn people(&self) -> Result<Vec<Person>, StoreError> {
+        let conn = &self.0.conn;
+        let mut stmt = conn
+            .prepare_cached("SELECT id, name, role, registration FROM users WHERE disabled = 0 ORDER BY name")
+            .map_err(sql("listing users"))?;
+        stmt.query_map([], person_of)
+            .map_err(sql("listing users"))?
+            .collect::<Result<_, _>>()
+            .map_err(sql("listing users"))
+    }
+
+    /// A person's stored secret hash, to check off the store thread ([`verify_secret`]); for
+    /// an unknown name, a disabled user or one with no secret, a decoy hash that never matches
+    /// anything sent, so that every answer takes as long.
+    pub fn secret_of(&self, name: &str) -> Result<(Option<Person>, String), StoreError> {
+        let row: Option<(Person, Option<String>)> = self
+            .0
+            .conn
+            .query_row(
+                "SELECT id, name, role, registration, secret FROM users WHERE name = ?1 AND disabled = 0",
+                [name],
+                |r| Ok((person_of(r)?, r.get(4)?)),
+            )
+            .optional()
+            .map_err(sql("signing in"))?;
+        Ok(match row {
+            Some((p, Some(phc))) => (Some(p), phc),
+            _ => (None, decoy().to_string()),
+        })
+    }
+
+    /// The person a bearer token stands for, if it is valid now.
+    pub fn person_by_token(&self, token: &str, now: i64) -> Result<Option<Person>, StoreError> {
+        let conn = &self.0.conn;
+        let h = hash_token(token);
+        conn.query_row(
+            "SELECT u.id, u.name, u.role, u.registration FROM users u WHERE u.disabled = 0 AND (u.token_hash = ?1
+               OR u.id = (SELECT user_id FROM api_sessions WHERE token_hash = ?1 AND expires_ms > ?2))",
+            params![h, now],
+            person_of,
+        )
+        .optional()
+        .map_err(sql("checking a token"))
+    }
+}
+
+impl<S: DerefMut<Target = Store>> People<S> {
     /// Adds a user; with [`Credential::Token`], returns the token (shown once, stored hashed).
     /// Audited (`user.add`, naming the user and who added them).
     pub fn add_person(
@@ -169,11 +225,12 @@ impl Store {
         cred: &Credential,
         now: i64,
     ) -> Result<(Person, Option<String>), StoreError> {
+        let store = &mut *self.0;
         let (secret, token) = match cred {
             Credential::Secret(s) => (Some(hash_secret(s)?), None),
             Credential::Token => (None, Some(new_token()?)),
         };
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("adding a user"))?;
+        let tx = store.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("adding a user"))?;
         tx.execute(
             "INSERT INTO users (name, role, registration, secret, token_hash, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![new.name, new.role.as_str(), new.registration, secret, token.as_deref().map(hash_token), now],
@@ -191,49 +248,19 @@ impl Store {
             registration: new.registration.clone(),
         };
         let detail = serde_json::json!({ "user": person_json(&person), "credential": if token.is_some() { "token" } else { "secret" } });
-        append_audit(&tx, &self.sealer, &self.node, now, "user.add", None, by(&self.acting, Some(detail)))?;
+        append_audit(&tx, &store.sealer, &store.node, now, "user.add", None, by(&store.acting, Some(detail)))?;
         tx.commit().map_err(sql("adding a user"))?;
         Ok((person, token))
-    }
-
-    /// The users of this node.
-    pub fn people(&self) -> Result<Vec<Person>, StoreError> {
-        let conn = &self.conn;
-        let mut stmt = conn
-            .prepare_cached("SELECT id, name, role, registration FROM users WHERE disabled = 0 ORDER BY name")
-            .map_err(sql("listing users"))?;
-        stmt.query_map([], person_of)
-            .map_err(sql("listing users"))?
-            .collect::<Result<_, _>>()
-            .map_err(sql("listing users"))
-    }
-
-    /// A person's stored secret hash, to check off the store thread ([`verify_secret`]); for
-    /// an unknown name, a disabled user or one with no secret, a decoy hash that never matches
-    /// anything sent, so that every answer takes as long.
-    pub fn secret_of(&self, name: &str) -> Result<(Option<Person>, String), StoreError> {
-        let row: Option<(Person, Option<String>)> = self
-            .conn
-            .query_row(
-                "SELECT id, name, role, registration, secret FROM users WHERE name = ?1 AND disabled = 0",
-                [name],
-                |r| Ok((person_of(r)?, r.get(4)?)),
-            )
-            .optional()
-            .map_err(sql("signing in"))?;
-        Ok(match row {
-            Some((p, Some(phc))) => (Some(p), phc),
-            _ => (None, decoy().to_string()),
-        })
     }
 
     /// Opens an API session for a person whose secret was checked: a token valid for
     /// [`SESSION_MS`]; expired sessions are cleared.
     /// Audited (`api.sign_in`, by the person).
     pub fn open_api_session(&mut self, person: &Person, now: i64) -> Result<(String, i64), StoreError> {
+        let store = &mut *self.0;
         let token = new_token()?;
         let expires = now.saturating_add(SESSION_MS);
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("signing in"))?;
+        let tx = store.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("signing in"))?;
         tx.execute(
             "INSERT INTO api_sessions (token_hash, user_id, expires_ms) VALUES (?1, ?2, ?3)",
             params![hash_token(&token), person.id, expires],
@@ -241,7 +268,7 @@ impl Store {
         .map_err(sql("signing in"))?;
         tx.execute("DELETE FROM api_sessions WHERE expires_ms < ?1", [now]).map_err(sql("signing in"))?;
         let detail = serde_json::json!({ "by": person_json(person), "expires_ms": expires });
-        append_audit(&tx, &self.sealer, &self.node, now, "api.sign_in", None, Some(detail))?;
+        append_audit(&tx, &store.sealer, &store.node, now, "api.sign_in", None, Some(detail))?;
         tx.commit().map_err(sql("signing in"))?;
         Ok((token, expires))
     }
@@ -249,8 +276,9 @@ impl Store {
     /// Disables a user: their token and every API session end now. Returns whether the user
     /// existed. Audited (`user.disable`).
     pub fn disable_person(&mut self, name: &str, now: i64) -> Result<bool, StoreError> {
+        let store = &mut *self.0;
         let ctx = "disabling a user";
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql(ctx))?;
+        let tx = store.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql(ctx))?;
         let id: Option<i64> =
             tx.query_row("SELECT id FROM users WHERE name = ?1", [name], |r| r.get(0)).optional().map_err(sql(ctx))?;
         let Some(id) = id else { return Ok(false) };
@@ -258,31 +286,18 @@ impl Store {
             .map_err(sql(ctx))?;
         tx.execute("DELETE FROM api_sessions WHERE user_id = ?1", [id]).map_err(sql(ctx))?;
         let detail = serde_json::json!({ "user": { "id": id, "name": name } });
-        append_audit(&tx, &self.sealer, &self.node, now, "user.disable", None, by(&self.acting, Some(detail)))?;
+        append_audit(&tx, &store.sealer, &store.node, now, "user.disable", None, by(&store.acting, Some(detail)))?;
         tx.commit().map_err(sql(ctx))?;
         Ok(true)
-    }
-
-    /// The person a bearer token stands for, if it is valid now.
-    pub fn person_by_token(&self, token: &str, now: i64) -> Result<Option<Person>, StoreError> {
-        let conn = &self.conn;
-        let h = hash_token(token);
-        conn.query_row(
-            "SELECT u.id, u.name, u.role, u.registration FROM users u WHERE u.disabled = 0 AND (u.token_hash = ?1
-               OR u.id = (SELECT user_id FROM api_sessions WHERE token_hash = ?1 AND expires_ms > ?2))",
-            params![h, now],
-            person_of,
-        )
-        .optional()
-        .map_err(sql("checking a token"))
     }
 
     /// Ends an API session (signing out). Returns whether there was one (a system token is
     /// not a session: it ends only when its user is disabled).
     /// Audited (`api.sign_out`, by the person).
     pub fn sign_out(&mut self, token: &str, now: i64) -> Result<bool, StoreError> {
+        let store = &mut *self.0;
         let ctx = "signing out";
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql(ctx))?;
+        let tx = store.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql(ctx))?;
         let h = hash_token(token);
         let who: Option<Person> = tx
             .query_row(
@@ -296,7 +311,7 @@ impl Store {
         let Some(who) = who else { return Ok(false) };
         tx.execute("DELETE FROM api_sessions WHERE token_hash = ?1", [&h]).map_err(sql(ctx))?;
         let detail = serde_json::json!({ "by": person_json(&who) });
-        append_audit(&tx, &self.sealer, &self.node, now, "api.sign_out", None, Some(detail))?;
+        append_audit(&tx, &store.sealer, &store.node, now, "api.sign_out", None, Some(detail))?;
         tx.commit().map_err(sql(ctx))?;
         Ok(true)
     }

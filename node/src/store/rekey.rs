@@ -76,7 +76,7 @@ impl Store {
     /// Re-seals every sealed value under `new` and uses it from then on. `old_id` and `new_id`
     /// (key ids, never keys) go into the `key.rotate` audit entry.
     pub fn reseal(&mut self, new: Sealer, old_id: &str, new_id: &str, now: i64) -> Result<Resealed, StoreError> {
-        let check = self.verify_audit()?;
+        let check = self.audit().verify_audit()?;
         if let Some(seq) = check.broken_at {
             return Err(StoreError::Damaged(format!(
                 "the audit chain is broken at entry {seq}; rotating the key would re-hash it and hide that, so \

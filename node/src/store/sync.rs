@@ -2,6 +2,8 @@
 //! knowledge, integration of received changes (validated, scoped, receipted, durable). Photo
 //! transfer is in `transfer.rs`, the TLS identity and revocations in `credentials.rs`.
 
+use std::ops::{Deref, DerefMut};
+
 use automerge::ChangeHash;
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 use sync_protocol::accept::{self, Kept, Taken};
@@ -15,7 +17,7 @@ use sync_protocol::vocab::ServiceLine;
 use sync_protocol::wire::{DocId, Hash};
 
 use super::{
-    Cached, CachedSql, Store, StoreError, append_audit, append_change, checkout, doc_heads, heads_blob,
+    Cached, CachedSql, PeerSync, Store, StoreError, append_audit, append_change, checkout, doc_heads, heads_blob,
     heads_from_blob, index_doc, insert_session_row, log_counts, maybe_compact, put_sigs, session_row, sql,
 };
 
@@ -54,19 +56,26 @@ fn scope_key(peer: &PeerInfo) -> String {
     format!("{:?}|{:?}|{:?}", peer.role, peer.icb, peer.lines)
 }
 
-impl Store {
+/// What the store knows of its peers and exchanges with them: scoped views of the sessions,
+/// what each peer holds, the changes sent and received, and how each conversation went.
+/// Reached through [`Store::peers`] and [`Store::peers_mut`].
+#[derive(Debug)]
+pub struct Peers<S>(pub(super) S);
+
+impl<S: Deref<Target = Store>> Peers<S> {
     /// Every session with its scope facts and heads.
     pub fn scope_rows(&self) -> Result<Vec<ScopeRow>, StoreError> {
         let ctx = "reading the session index";
         let mut shares: std::collections::HashMap<i64, Vec<String>> = std::collections::HashMap::new();
         {
-            let mut stmt = self.conn.prepare_cached("SELECT sid, node FROM session_shares").map_err(sql(ctx))?;
+            let mut stmt = self.0.conn.prepare_cached("SELECT sid, node FROM session_shares").map_err(sql(ctx))?;
             let mut rows = stmt.query([]).map_err(sql(ctx))?;
             while let Some(r) = rows.next().map_err(sql(ctx))? {
                 shares.entry(r.get(0).map_err(sql(ctx))?).or_default().push(r.get(1).map_err(sql(ctx))?);
             }
         }
         let mut stmt = self
+            .0
             .conn
             .prepare_cached("SELECT sid, id, origin, icb, service_line, heads, digest FROM sessions ORDER BY id")
             .map_err(sql(ctx))?;
@@ -100,6 +109,7 @@ impl Store {
         let key = SessionId::from_bytes(*id).to_string();
         let ctx = "reading the session index";
         let row = self
+            .0
             .conn
             .row("SELECT sid, origin, icb, service_line, heads, digest FROM sessions WHERE id = ?1", [&key], |r| {
                 Ok((
@@ -115,7 +125,8 @@ impl Store {
             .map_err(sql(ctx))?;
         let Some((sid, origin, icb, line, heads, digest)) = row else { return Ok(None) };
         let damaged = || StoreError::Damaged(format!("session {key} has a damaged index row"));
-        let mut stmt = self.conn.prepare_cached("SELECT node FROM session_shares WHERE sid = ?1").map_err(sql(ctx))?;
+        let mut stmt =
+            self.0.conn.prepare_cached("SELECT node FROM session_shares WHERE sid = ?1").map_err(sql(ctx))?;
         let shares = stmt
             .query_map([sid], |r| r.get(0))
             .map_err(sql(ctx))?
@@ -136,6 +147,7 @@ impl Store {
         let key = SessionId::from_bytes(*id).to_string();
         let ctx = "reading the session index";
         let row = self
+            .0
             .conn
             .row("SELECT sid, origin, icb, service_line, heads FROM sessions WHERE id = ?1", [&key], |r| {
                 Ok((r.get::<_, i64>(0)?, group_meta(r, 1), r.get::<_, Vec<u8>>(4)?))
@@ -144,27 +156,10 @@ impl Store {
             .map_err(sql(ctx))?;
         let Some((sid, meta, heads)) = row else { return Ok(None) };
         let meta = meta.map_err(|_| StoreError::Damaged(format!("session {key} has a damaged index row")))?;
-        if may_hold(peer, &meta) || self.shared_with(sid, &peer.name)? {
+        if may_hold(peer, &meta) || self.0.shared_with(sid, &peer.name)? {
             Ok(Some((sid, heads_from_blob(&heads))))
         } else {
             Ok(None)
-        }
-    }
-
-    /// Whether the peer may hold the session with row id `sid`.
-    pub(super) fn sid_visible(&self, sid: i64, peer: &PeerInfo) -> Result<bool, StoreError> {
-        let meta = self
-            .conn
-            .row("SELECT origin, icb, service_line FROM sessions WHERE sid = ?1", [sid], |r| Ok(group_meta(r, 0)))
-            .optional()
-            .map_err(sql("reading the session index"))?;
-        match meta {
-            None => Ok(false),
-            Some(meta) => {
-                let meta =
-                    meta.map_err(|_| StoreError::Damaged(format!("session row {sid} has a damaged index row")))?;
-                Ok(may_hold(peer, &meta) || self.shared_with(sid, &peer.name)?)
-            }
         }
     }
 
@@ -188,7 +183,7 @@ impl Store {
         let mut fp = Fingerprint::default();
         {
             let mut stmt =
-                self.conn.prepare_cached("SELECT origin, icb, line, n, fp FROM fp_groups").map_err(sql(ctx))?;
+                self.0.conn.prepare_cached("SELECT origin, icb, line, n, fp FROM fp_groups").map_err(sql(ctx))?;
             let mut rows = stmt.query([]).map_err(sql(ctx))?;
             while let Some(r) = rows.next().map_err(sql(ctx))? {
                 if may_hold(peer, &group_meta(r, 0).map_err(|_| damaged())?) {
@@ -200,6 +195,7 @@ impl Store {
             }
         }
         let mut stmt = self
+            .0
             .conn
             .prepare_cached(
                 "SELECT s.id, s.origin, s.icb, s.service_line, s.digest FROM session_shares h
@@ -232,6 +228,7 @@ impl Store {
         let ctx = "reading peer state";
         let scope = scope_key(peer);
         let stored: Option<i64> = self
+            .0
             .conn
             .row("SELECT mark FROM peer_marks WHERE peer = ?1 AND scope = ?2", [&peer.name, &scope], |r| r.get(0))
             .optional()
@@ -242,6 +239,7 @@ impl Store {
         let mut top = mark;
         {
             let mut stmt = self
+                .0
                 .conn
                 .prepare_cached(
                     "SELECT s.sid, s.id, s.origin, s.icb, s.service_line, s.heads, s.digest, s.head_seq, p.digest
@@ -259,7 +257,7 @@ impl Store {
                 top = top.max(seq);
                 let damaged = || StoreError::Damaged(format!("session {id} has a damaged index row"));
                 let meta = group_meta(r, 2).map_err(|_| damaged())?;
-                if !may_hold(peer, &meta) && !self.shared_with(sid, &peer.name)? {
+                if !may_hold(peer, &meta) && !self.0.shared_with(sid, &peer.name)? {
                     continue;
                 }
                 if known.as_deref() == Some(&digest[..]) {
@@ -272,7 +270,8 @@ impl Store {
         }
         let new_mark = lowest_differing.map_or(top, |l| l - 1).max(mark);
         if stored != Some(new_mark) {
-            self.conn
+            self.0
+                .conn
                 .exec(
                     "INSERT INTO peer_marks (peer, scope, mark) VALUES (?1, ?2, ?3)
                      ON CONFLICT (peer) DO UPDATE SET scope = excluded.scope, mark = excluded.mark",
@@ -284,18 +283,10 @@ impl Store {
         Ok(out)
     }
 
-    fn shared_with(&self, sid: i64, node: &str) -> Result<bool, StoreError> {
-        self.conn
-            .row("SELECT EXISTS (SELECT 1 FROM session_shares WHERE sid = ?1 AND node = ?2)", params![sid, node], |r| {
-                r.get(0)
-            })
-            .map_err(sql("reading the session index"))
-    }
-
     /// Forgets what this node knew of a peer: the next conversation reconciles from scratch.
     pub fn forget_peer(&self, peer: &str) -> Result<u64, StoreError> {
-        let tx =
-            Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+        let tx = Transaction::new_unchecked(&self.0.conn, TransactionBehavior::Immediate)
+            .map_err(sql("starting a write"))?;
         let n = tx.exec("DELETE FROM peer_docs WHERE peer = ?1", [peer]).map_err(sql("forgetting a peer"))?;
         let d = tx.exec("DELETE FROM peer_directory WHERE peer = ?1", [peer]).map_err(sql("forgetting a peer"))?;
         tx.exec("DELETE FROM peer_marks WHERE peer = ?1", [peer]).map_err(sql("forgetting a peer"))?;
@@ -305,7 +296,8 @@ impl Store {
 
     /// Whether this node has stored knowledge of the peer.
     pub fn knows_peer(&self, peer: &PeerInfo) -> Result<bool, StoreError> {
-        self.conn
+        self.0
+            .conn
             .row("SELECT EXISTS (SELECT 1 FROM peer_docs WHERE peer = ?1)", [&peer.name], |r| r.get(0))
             .map_err(sql("reading peer state"))
     }
@@ -313,7 +305,7 @@ impl Store {
     /// What the peer is known to hold of a document.
     pub fn knowledge(&self, peer: &PeerInfo, id: &DocId) -> Result<Option<Knowledge>, StoreError> {
         let key = SessionId::from_bytes(*id).to_string();
-        self.conn
+        self.0.conn
             .row(
                 "SELECT heads, shared FROM peer_docs WHERE peer = ?1 AND sid = (SELECT sid FROM sessions WHERE id = ?2)",
                 params![peer.name, key],
@@ -328,6 +320,7 @@ impl Store {
         let key = SessionId::from_bytes(*id).to_string();
         let ctx = "reading peer state";
         let mut stmt = self
+            .0
             .conn
             .prepare_cached(
                 "SELECT peer FROM peer_docs WHERE sid = (SELECT sid FROM sessions WHERE id = ?1) AND length(heads) > 0",
@@ -336,6 +329,82 @@ impl Store {
         stmt.query_map([&key], |r| r.get(0)).map_err(sql(ctx))?.collect::<Result<_, _>>().map_err(sql(ctx))
     }
 
+    /// Our heads of a document, if we hold it.
+    pub fn heads_of(&self, id: &DocId) -> Result<Option<Vec<Hash>>, StoreError> {
+        Ok(self.scope_row(id)?.map(|r| r.heads))
+    }
+
+    /// Sessions whose documents changed after log position `seq`, and the newest position.
+    pub fn changed_since(&self, seq: i64) -> Result<(Vec<DocId>, i64), StoreError> {
+        let ctx = "reading recent changes";
+        let mut stmt =
+            self.0.conn.prepare_cached("SELECT id, head_seq FROM sessions WHERE head_seq > ?1").map_err(sql(ctx))?;
+        let mut rows = stmt.query([seq]).map_err(sql(ctx))?;
+        let mut ids = Vec::new();
+        let mut top = seq;
+        while let Some(r) = rows.next().map_err(sql(ctx))? {
+            let id: String = r.get(0).map_err(sql(ctx))?;
+            top = top.max(r.get(1).map_err(sql(ctx))?);
+            if let Ok(s) = id.parse::<SessionId>() {
+                ids.push(s.to_bytes());
+            }
+        }
+        // The ICB directory draws its positions from the same sequence.
+        let mut stmt = self.0.conn.prepare_cached("SELECT icb, seq FROM directory WHERE seq > ?1").map_err(sql(ctx))?;
+        let mut rows = stmt.query([seq]).map_err(sql(ctx))?;
+        while let Some(r) = rows.next().map_err(sql(ctx))? {
+            let icb: String = r.get(0).map_err(sql(ctx))?;
+            top = top.max(r.get(1).map_err(sql(ctx))?);
+            ids.push(sync_protocol::directory::directory_id(&icb));
+        }
+        Ok((ids, top))
+    }
+
+    /// SQLite's data version: changes when another connection commits.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        self.0.conn.row("PRAGMA data_version", [], |r| r.get(0)).map_err(sql("polling for writes"))
+    }
+
+    /// Records how a conversation with `peer` went: `Ok` once everything either side may send
+    /// has been sent and acknowledged, `Err` with why it failed.
+    pub fn record_sync(&self, peer: &str, outcome: Result<(), &str>, now: i64) -> Result<(), StoreError> {
+        let ctx = "recording a sync";
+        match outcome {
+            Ok(()) => self.0.conn.exec(
+                "INSERT INTO peer_syncs (peer, last_ok_ms) VALUES (?1, ?2)
+                 ON CONFLICT (peer) DO UPDATE SET last_ok_ms = excluded.last_ok_ms",
+                params![peer, now],
+            ),
+            Err(why) => self.0.conn.exec(
+                "INSERT INTO peer_syncs (peer, last_error, last_error_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (peer) DO UPDATE SET last_error = excluded.last_error, last_error_ms = excluded.last_error_ms",
+                params![peer, why, now],
+            ),
+        }
+        .map_err(sql(ctx))?;
+        Ok(())
+    }
+
+    /// What this node last knew of its syncs with each peer, by name.
+    pub fn peer_syncs(&self) -> Result<Vec<PeerSync>, StoreError> {
+        let ctx = "reading sync history";
+        let mut stmt = self
+            .0
+            .conn
+            .prepare_cached("SELECT peer, last_ok_ms, last_error, last_error_ms FROM peer_syncs ORDER BY peer")
+            .map_err(sql(ctx))?;
+        stmt.query_map([], |r| {
+            let error: Option<String> = r.get(2)?;
+            let error_ms: Option<i64> = r.get(3)?;
+            Ok(PeerSync { peer: r.get(0)?, last_ok_ms: r.get(1)?, last_error: error_ms.zip(error) })
+        })
+        .map_err(sql(ctx))?
+        .collect::<Result<_, _>>()
+        .map_err(sql(ctx))
+    }
+}
+
+impl<S: DerefMut<Target = Store>> Peers<S> {
     /// Records what a peer holds (one transaction for the batch).
     pub fn set_knowledge(&mut self, peer: &PeerInfo, updates: &[(DocId, Knowledge)]) -> Result<(), StoreError> {
         // What a peer says of a session it may not see is not recorded: it would make it look
@@ -347,7 +416,7 @@ impl Store {
             }
         }
         let tx =
-            self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+            self.0.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
         for (sid, k) in rows {
             tx.exec(
                 "INSERT INTO peer_docs (peer, sid, digest, heads, shared, hub) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -374,18 +443,13 @@ impl Store {
         tx.commit().map_err(sql("committing"))
     }
 
-    /// Our heads of a document, if we hold it.
-    pub fn heads_of(&self, id: &DocId) -> Result<Option<Vec<Hash>>, StoreError> {
-        Ok(self.scope_row(id)?.map(|r| r.heads))
-    }
-
     /// Which of `hashes` are changes we hold of a document `peer` may see.
     pub fn known_hashes(&mut self, peer: &PeerInfo, id: &DocId, hashes: &[Hash]) -> Result<Vec<Hash>, StoreError> {
         let row = self.visible_row(peer, id)?;
         self.known_hashes_of(row, id, hashes)
     }
 
-    /// [`Store::known_hashes`] for a document whose [`Store::visible_row`] for the peer the
+    /// [`Peers::known_hashes`] for a document whose [`Peers::visible_row`] for the peer the
     /// caller has just read (`None`: the peer may not see it).
     pub fn known_hashes_of(
         &mut self,
@@ -404,7 +468,7 @@ impl Store {
         for h in hashes {
             if mine.contains(h) {
                 known.push(*h);
-            } else if self.signature(&ChangeHash::from(*h))?.is_some() {
+            } else if self.0.identity().signature(&ChangeHash::from(*h))?.is_some() {
                 unsure = true;
                 break;
             }
@@ -412,7 +476,7 @@ impl Store {
         if !unsure {
             return Ok(known);
         }
-        self.with_doc(sid, |d| {
+        self.0.with_doc(sid, |d| {
             let am = d.automerge();
             hashes.iter().filter(|h| am.get_change_meta_by_hash(&ChangeHash::from(**h)).is_some()).copied().collect()
         })
@@ -430,16 +494,16 @@ impl Store {
         self.changes_of(visible, id, base)
     }
 
-    /// [`Store::changes_since`] for a document the caller has just found visible to the peer
-    /// (or not) with [`Store::visible_row`].
+    /// [`Peers::changes_since`] for a document the caller has just found visible to the peer
+    /// (or not) with [`Peers::visible_row`].
     pub fn changes_of(&mut self, visible: bool, id: &DocId, base: &[Hash]) -> Result<Option<Outgoing>, StoreError> {
         if !visible {
             return Ok(None);
         }
         let base = to_hashes(base);
-        let changes = self.with_doc(SessionId::from_bytes(*id), |d| d.changes_after(&base))?;
+        let changes = self.0.with_doc(SessionId::from_bytes(*id), |d| d.changes_after(&base))?;
         let total = changes.len();
-        let out = authorship::outgoing(changes, |h| self.signature(h))?;
+        let out = authorship::outgoing(changes, |h| self.0.identity().signature(h))?;
         if out.sigs.len() < total {
             // None should exist: every write signs its changes in its own transaction.
             tracing::warn!(session = %SessionId::from_bytes(*id), "changes without a signature are held back");
@@ -458,29 +522,30 @@ impl Store {
         batch: &[Incoming],
         now: i64,
     ) -> Result<(Vec<Applied>, Vec<DocId>), StoreError> {
+        let store = &mut *self.0;
         let tx =
-            self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+            store.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
         let mut out = Vec::new();
         let mut changed = Vec::new();
         let mut spent = 0u64;
         for inc in batch {
             let id = &inc.doc;
-            if spent >= self.limits.max_batch_ops {
+            if spent >= store.limits.max_batch_ops {
                 out.push(Applied::Refused { reason: rules::Refusal::Busy { spent }.to_string() });
                 continue;
             }
             let sid = SessionId::from_bytes(*id);
             let mut existing = match session_row(&tx, &sid.to_string()) {
-                Ok(_) => Some(checkout(&mut self.cache, &tx, &self.sealer, &self.actor, sid)?),
+                Ok(_) => Some(checkout(&mut store.cache, &tx, &store.sealer, &store.actor, sid)?),
                 Err(StoreError::NoSuchSession(_)) => None,
                 Err(e) => return Err(e),
             };
             let before = existing.as_mut().map(|c| (c.sid, doc_heads(&mut c.doc)));
             let admitted = match existing.as_mut() {
-                Some(c) => rules::admit(c.doc.automerge(), &inc.bytes, &inc.sigs, &self.roster, &self.limits),
+                Some(c) => rules::admit(c.doc.automerge(), &inc.bytes, &inc.sigs, &store.roster, &store.limits),
                 None => {
                     let mut empty = automerge::AutoCommit::new();
-                    rules::admit(&mut empty, &inc.bytes, &inc.sigs, &self.roster, &self.limits)
+                    rules::admit(&mut empty, &inc.bytes, &inc.sigs, &store.roster, &store.limits)
                 }
             };
             let outcome = match admitted {
@@ -491,7 +556,7 @@ impl Store {
                 }
                 Ok(Admission::Ready(admitted)) => {
                     let ops = admitted.iter().map(|(c, _)| c.len() as u64).sum::<u64>();
-                    self.ops_admitted += ops;
+                    store.ops_admitted += ops;
                     spent += ops;
                     let sigs: Vec<(ChangeHash, Signature)> = admitted.iter().map(|(c, sig)| (c.hash(), *sig)).collect();
                     let changes: Vec<automerge::Change> = admitted.into_iter().map(|(c, _)| c).collect();
@@ -500,17 +565,21 @@ impl Store {
                     // from disk (where nothing of this batch is) when next needed.
                     let mut candidate = match existing.take() {
                         Some(c) => c.doc,
-                        None => SessionDoc::empty(self.actor.clone()),
+                        None => SessionDoc::empty(store.actor.clone()),
                     };
                     match candidate.apply_changes(changes) {
                         Err(e) => Applied::Refused { reason: e.to_string() },
                         Ok(()) => {
                             let ctx = Integration { me, from, sid, existing: before.clone(), sigs, now };
-                            let env =
-                                Env { sealer: &self.sealer, opts: &self.opts, node: &self.node, author: &self.author };
+                            let env = Env {
+                                sealer: &store.sealer,
+                                opts: &store.opts,
+                                node: &store.node,
+                                author: &store.author,
+                            };
                             let (applied, cached) = integrate(&tx, &env, candidate, ctx)?;
                             if let Some(c) = cached {
-                                self.cache.put(sid, c);
+                                store.cache.put(sid, c);
                                 changed.push(*id);
                             }
                             applied
@@ -519,43 +588,39 @@ impl Store {
                 }
             };
             if let Some(c) = existing {
-                self.cache.put(sid, c);
+                store.cache.put(sid, c);
             }
             out.push(outcome);
         }
         tx.commit().map_err(sql("committing"))?;
         Ok((out, changed))
     }
+}
 
-    /// Sessions whose documents changed after log position `seq`, and the newest position.
-    pub fn changed_since(&self, seq: i64) -> Result<(Vec<DocId>, i64), StoreError> {
-        let ctx = "reading recent changes";
-        let mut stmt =
-            self.conn.prepare_cached("SELECT id, head_seq FROM sessions WHERE head_seq > ?1").map_err(sql(ctx))?;
-        let mut rows = stmt.query([seq]).map_err(sql(ctx))?;
-        let mut ids = Vec::new();
-        let mut top = seq;
-        while let Some(r) = rows.next().map_err(sql(ctx))? {
-            let id: String = r.get(0).map_err(sql(ctx))?;
-            top = top.max(r.get(1).map_err(sql(ctx))?);
-            if let Ok(s) = id.parse::<SessionId>() {
-                ids.push(s.to_bytes());
+impl Store {
+    /// Whether the peer may hold the session with row id `sid`.
+    pub(super) fn sid_visible(&self, sid: i64, peer: &PeerInfo) -> Result<bool, StoreError> {
+        let meta = self
+            .conn
+            .row("SELECT origin, icb, service_line FROM sessions WHERE sid = ?1", [sid], |r| Ok(group_meta(r, 0)))
+            .optional()
+            .map_err(sql("reading the session index"))?;
+        match meta {
+            None => Ok(false),
+            Some(meta) => {
+                let meta =
+                    meta.map_err(|_| StoreError::Damaged(format!("session row {sid} has a damaged index row")))?;
+                Ok(may_hold(peer, &meta) || self.shared_with(sid, &peer.name)?)
             }
         }
-        // The ICB directory draws its positions from the same sequence.
-        let mut stmt = self.conn.prepare_cached("SELECT icb, seq FROM directory WHERE seq > ?1").map_err(sql(ctx))?;
-        let mut rows = stmt.query([seq]).map_err(sql(ctx))?;
-        while let Some(r) = rows.next().map_err(sql(ctx))? {
-            let icb: String = r.get(0).map_err(sql(ctx))?;
-            top = top.max(r.get(1).map_err(sql(ctx))?);
-            ids.push(sync_protocol::directory::directory_id(&icb));
-        }
-        Ok((ids, top))
     }
 
-    /// SQLite's data version: changes when another connection commits.
-    pub fn data_version(&self) -> Result<i64, StoreError> {
-        self.conn.row("PRAGMA data_version", [], |r| r.get(0)).map_err(sql("polling for writes"))
+    fn shared_with(&self, sid: i64, node: &str) -> Result<bool, StoreError> {
+        self.conn
+            .row("SELECT EXISTS (SELECT 1 FROM session_shares WHERE sid = ?1 AND node = ?2)", params![sid, node], |r| {
+                r.get(0)
+            })
+            .map_err(sql("reading the session index"))
     }
 }
 

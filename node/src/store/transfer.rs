@@ -1,6 +1,8 @@
 //! Photos between peers: which to fetch, manifests and chunks served within scope, chunks
 //! stored in group commits, and the hub's receipt once a photo is whole.
 
+use std::ops::{Deref, DerefMut};
+
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 use sync_protocol::blob;
 use sync_protocol::engine::BlobNeed;
@@ -8,14 +10,14 @@ use sync_protocol::scope::PeerInfo;
 use sync_protocol::session::{SessionId, receipt_level};
 use sync_protocol::wire::{BlobManifest, DocId, Hash};
 
-use super::{CachedSql, Store, StoreError, chunk_aad, sql};
+use super::{Blobs, CachedSql, Store, StoreError, chunk_aad, sql};
 
-impl Store {
+impl<S: Deref<Target = Store>> Blobs<S> {
     /// Blobs of sessions shared with `peer` that this node should fetch from it
     /// ([`blob::should_fetch`]; the query reads only photos not held whole or let go here).
     pub fn blobs_wanted(&self, me: &PeerInfo, peer: &PeerInfo) -> Result<Vec<BlobNeed>, StoreError> {
         let ctx = "listing photos to fetch";
-        let mut stmt = self
+        let mut stmt = self.0
             .conn
             .prepare_cached(
                 "SELECT m.sid, m.hash, m.size, m.added_by, m.holders, b.state, b.manifest, m.withdrawn FROM session_media m
@@ -39,7 +41,7 @@ impl Store {
             let peer_holds = holders.split(',').any(|h| h == peer.name);
             let wanted = blob::should_fetch(&me.name, &peer.name, &added_by, withdrawn, peer_holds, held);
             let Some(hash) = Hash::from_hex(&hash_hex) else { continue };
-            if !wanted || listed.contains(&hash) || !self.sid_visible(sid, peer)? {
+            if !wanted || listed.contains(&hash) || !self.0.sid_visible(sid, peer)? {
                 continue;
             }
             listed.insert(hash);
@@ -52,9 +54,12 @@ impl Store {
         Ok(out)
     }
 
-    pub(super) fn chunks_present(&self, hash: &str) -> Result<std::collections::HashSet<u32>, StoreError> {
-        let mut stmt =
-            self.conn.prepare_cached("SELECT idx FROM blob_chunks WHERE hash = ?1").map_err(sql("reading a photo"))?;
+    fn chunks_present(&self, hash: &str) -> Result<std::collections::HashSet<u32>, StoreError> {
+        let mut stmt = self
+            .0
+            .conn
+            .prepare_cached("SELECT idx FROM blob_chunks WHERE hash = ?1")
+            .map_err(sql("reading a photo"))?;
         stmt.query_map([hash], |r| r.get::<_, i64>(0).map(|i| i as u32))
             .map_err(sql("reading a photo"))?
             .collect::<Result<_, _>>()
@@ -65,6 +70,7 @@ impl Store {
     pub fn blob_manifest_for(&self, peer: &PeerInfo, hash: &Hash) -> Result<Option<BlobManifest>, StoreError> {
         let hex = hash.to_hex();
         let row: Option<(i64, Option<Vec<u8>>)> = self
+            .0
             .conn
             .row("SELECT size, manifest FROM blobs WHERE hash = ?1 AND state = 'complete'", [&hex], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -74,6 +80,7 @@ impl Store {
         let Some((size, Some(cvs))) = row else { return Ok(None) };
         let sids: Vec<i64> = {
             let mut stmt = self
+                .0
                 .conn
                 .prepare_cached("SELECT sid FROM session_media WHERE hash = ?1")
                 .map_err(sql("reading a photo"))?;
@@ -84,7 +91,7 @@ impl Store {
         };
         let mut visible = false;
         for sid in sids {
-            visible |= self.sid_visible(sid, peer)?;
+            visible |= self.0.sid_visible(sid, peer)?;
         }
         if !visible {
             return Ok(None);
@@ -96,6 +103,7 @@ impl Store {
     pub fn blob_chunk(&self, hash: &Hash, index: u32) -> Result<Option<Vec<u8>>, StoreError> {
         let hex = hash.to_hex();
         let sealed: Option<Vec<u8>> = self
+            .0
             .conn
             .row("SELECT sealed FROM blob_chunks WHERE hash = ?1 AND idx = ?2", params![hex, i64::from(index)], |r| {
                 r.get(0)
@@ -103,7 +111,7 @@ impl Store {
             .optional()
             .map_err(sql("reading a photo"))?;
         match sealed {
-            Some(s) => Ok(Some(self.sealer.open("photo chunk", &chunk_aad(&hex, u64::from(index)), &s)?)),
+            Some(s) => Ok(Some(self.0.sealer.open("photo chunk", &chunk_aad(&hex, u64::from(index)), &s)?)),
             None => Ok(None),
         }
     }
@@ -112,12 +120,14 @@ impl Store {
     pub fn store_manifest(&self, m: &BlobManifest, now: i64) -> Result<(), StoreError> {
         let hex = m.hash.to_hex();
         let mime: String = self
+            .0
             .conn
             .row("SELECT mime FROM session_media WHERE hash = ?1 LIMIT 1", [&hex], |r| r.get(0))
             .optional()
             .map_err(sql("recording a photo"))?
             .unwrap_or_else(|| "application/octet-stream".into());
-        self.conn
+        self.0
+            .conn
             .exec(
                 "INSERT INTO blobs (hash, size, mime, chunk_size, chunks, created_ms, manifest, state)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'partial')
@@ -139,12 +149,12 @@ impl Store {
     /// Stores verified chunks durably, in one transaction (one fsync for a batch of chunks, not
     /// one per 16 KiB); returns the blobs that became whole.
     pub fn store_chunks(&self, chunks: &[(Hash, u32, Vec<u8>)]) -> Result<Vec<Hash>, StoreError> {
-        let tx =
-            Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+        let tx = Transaction::new_unchecked(&self.0.conn, TransactionBehavior::Immediate)
+            .map_err(sql("starting a write"))?;
         let mut blobs: Vec<Hash> = Vec::new();
         for (hash, index, data) in chunks {
             let hex = hash.to_hex();
-            let sealed = self.sealer.seal(&chunk_aad(&hex, u64::from(*index)), data)?;
+            let sealed = self.0.sealer.seal(&chunk_aad(&hex, u64::from(*index)), data)?;
             tx.exec(
                 "INSERT INTO blob_chunks (hash, idx, sealed) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
                 params![hex, i64::from(*index), sealed],
@@ -176,12 +186,27 @@ impl Store {
         Ok(whole)
     }
 
+    fn complete_blobs(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut stmt = self
+            .0
+            .conn
+            .prepare_cached("SELECT hash FROM blobs WHERE state = 'complete'")
+            .map_err(sql("reading photos"))?;
+        stmt.query_map([], |r| r.get(0))
+            .map_err(sql("reading photos"))?
+            .collect::<Result<_, _>>()
+            .map_err(sql("reading photos"))
+    }
+}
+
+impl<S: DerefMut<Target = Store>> Blobs<S> {
     /// After a blob became whole here: this node's receipts in every session that references it.
     pub fn acknowledge_blob(&mut self, me: &PeerInfo, hash: &Hash, now: i64) -> Result<Vec<DocId>, StoreError> {
         let Some(level) = receipt_level(me.role) else { return Ok(Vec::new()) };
         let hex = hash.to_hex();
         let ids: Vec<String> = {
             let mut stmt = self
+                .0
                 .conn
                 .prepare_cached("SELECT s.id FROM session_media m JOIN sessions s ON s.sid = m.sid WHERE m.hash = ?1")
                 .map_err(sql("reading a photo"))?;
@@ -196,7 +221,7 @@ impl Store {
             let holds = self.complete_blobs()?;
             let name = me.name.clone();
             let detail = Some(serde_json::json!({ "photo": hex }));
-            let added = self.edit(sid, "photo.receive", detail, now, |_, doc| {
+            let added = self.0.sessions_mut().edit(sid, "photo.receive", detail, now, |_, doc| {
                 doc.acknowledge(level, &name, now, |h| holds.contains(h)).map_err(crate::store::model(sid))
             })?;
             if added {
@@ -204,17 +229,6 @@ impl Store {
             }
         }
         Ok(changed)
-    }
-
-    pub(super) fn complete_blobs(&self) -> Result<std::collections::HashSet<String>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT hash FROM blobs WHERE state = 'complete'")
-            .map_err(sql("reading photos"))?;
-        stmt.query_map([], |r| r.get(0))
-            .map_err(sql("reading photos"))?
-            .collect::<Result<_, _>>()
-            .map_err(sql("reading photos"))
     }
 }
 

@@ -103,7 +103,7 @@ pub struct BlobInfo {
     pub state: String,
 }
 
-/// Filters for [`Store::list`].
+/// Filters for [`Sessions::list`](super::Sessions::list).
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
     /// Only this status.
