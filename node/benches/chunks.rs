@@ -36,7 +36,7 @@ fn run(node: &mut Node, photos: &[Vec<u8>], batch: usize) -> f64 {
     let mut bytes = 0usize;
     for data in photos {
         let m = blob::manifest(data, blob::CHUNK_SIZE).expect("manifest");
-        node.raw_store().blobs().store_manifest(&m, 1_790_000_000_000).expect("manifest stored");
+        node.raw_store().blobs_mut().store_manifest(&m, 1_790_000_000_000).expect("manifest stored");
         let chunks: Vec<(Hash, u32, Vec<u8>)> =
             data.chunks(blob::CHUNK_SIZE as usize).enumerate().map(|(i, c)| (m.hash, i as u32, c.to_vec())).collect();
         let mut whole = Vec::new();
@@ -44,7 +44,7 @@ fn run(node: &mut Node, photos: &[Vec<u8>], batch: usize) -> f64 {
             for (_, i, c) in group {
                 blob::verify_chunk(&m, *i, c).expect("chunk verifies");
             }
-            whole.extend(node.raw_store().blobs().store_chunks(group).expect("chunks stored"));
+            whole.extend(node.raw_store().blobs_mut().store_chunks(group).expect("chunks stored"));
             bytes += group.iter().map(|(_, _, c)| c.len()).sum::<usize>();
         }
         assert_eq!(whole, vec![m.hash], "the photo is whole once, after its last chunk");

@@ -528,8 +528,8 @@ fn main() {
     // Both sides hold every document but have lost what they knew of each other (restored from
     // backups, say): range reconciliation finds that nothing differs.
     eprintln!("no peer state on either side, documents equal...");
-    Node::open(&edge).expect("open").raw_store().peers().forget_peer("hub-qhm").expect("forget");
-    rt.block_on(hub.with_node(|n| n.raw_store().peers().forget_peer("amb-07"))).expect("hub").expect("forget");
+    Node::open(&edge).expect("open").raw_store().peers_mut().forget_peer("hub-qhm").expect("forget");
+    rt.block_on(hub.with_node(|n| n.raw_store().peers_mut().forget_peer("amb-07"))).expect("hub").expect("forget");
     std::thread::sleep(Duration::from_millis(500));
     let (lost, lost_cpu) = rt.block_on(ours(&edge, hub_addr));
     rows.push(Row {

@@ -47,9 +47,24 @@ pub enum NodeError {
     /// A photo that cannot be stored.
     #[error(transparent)]
     Photo(#[from] PhotoError),
-    /// Input that cannot be used (named in the message); nothing was written.
-    #[error("{0}")]
-    Invalid(String),
+    /// A person added to a node of a role they do not work on; nothing was written.
+    #[error("a {person} does not work on a {node} node; add them where they work")]
+    WrongNodeForPerson {
+        /// The person's role.
+        person: crate::store::people::PersonRole,
+        /// The node's role.
+        node: Role,
+    },
+    /// A client key (for repeat-safe requests) that is not 1 to [`MAX_CLIENT_KEY`] printable
+    /// characters; nothing was written.
+    #[error("client key {key:?}: 1 to {MAX_CLIENT_KEY} printable ASCII characters, no spaces (a UUID will do)")]
+    ClientKey {
+        /// The key as given.
+        key: String,
+    },
+    /// A signed certificate that cannot be installed; nothing was written.
+    #[error(transparent)]
+    Install(#[from] InstallError),
     /// A backup that cannot be taken or restored.
     #[error(transparent)]
     Backup(#[from] crate::backup::BackupError),
@@ -112,6 +127,25 @@ pub enum NodeError {
         /// This node's role.
         role: Role,
     },
+}
+
+/// Why a certificate signed for this node's pending request cannot be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// The node made no certificate request.
+    #[error("node {node} has no pending certificate request; make one with `outpost cert request --dir DIR`")]
+    NoRequest {
+        /// The node.
+        node: String,
+    },
+    /// The certificate chains to another CA than the one the node trusts.
+    #[error(
+        "the certificate comes with another CA than the fleet CA this node trusts; a node changes fleets only by a new `outpost init`"
+    )]
+    ForeignCa,
+    /// The file holds no certificate, or a certificate without its CA on a node that has none.
+    #[error("the file holds no certificate and CA: give the file `outpost ca sign` wrote")]
+    NoCertificate,
 }
 
 impl NodeError {
@@ -735,9 +769,7 @@ fn client_key_of<'k>(
     request: &impl serde::Serialize,
 ) -> Result<ClientKey<'k>, NodeError> {
     if key.is_empty() || key.len() > MAX_CLIENT_KEY || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(NodeError::Invalid(format!(
-            "client key {key:?}: 1 to {MAX_CLIENT_KEY} printable ASCII characters, no spaces (a UUID will do)"
-        )));
+        return Err(NodeError::ClientKey { key: key.to_string() });
     }
     let bytes = serde_json::to_vec(request).map_err(|source| NodeError::Encode { what: "a request", source })?;
     Ok(ClientKey { kind, key, request: *blake3::hash(&bytes).as_bytes() })

@@ -234,13 +234,13 @@ impl Replica for NodeReplica<'_> {
 
     fn store_manifest(&mut self, manifest: &BlobManifest, now: i64) -> Result<(), StoreError> {
         self.writing();
-        self.store.blobs().store_manifest(manifest, now)
+        self.store.blobs_mut().store_manifest(manifest, now)
     }
 
     fn store_chunks(&mut self, chunks: &[(Hash, u32, Vec<u8>)], now: TimeMs) -> Result<Vec<DocId>, StoreError> {
         self.writing();
         let mut out = Vec::new();
-        for hash in self.store.blobs().store_chunks(chunks)? {
+        for hash in self.store.blobs_mut().store_chunks(chunks)? {
             let changed = self.store.blobs_mut().acknowledge_blob(self.me, &hash, now)?;
             self.changed.extend(changed.iter().copied());
             out.extend(changed);
@@ -263,7 +263,7 @@ impl Replica for NodeReplica<'_> {
         if number <= current {
             return Ok(false);
         }
-        self.store.identity().put_revocations(number, der)?;
+        self.store.identity_mut().put_revocations(number, der)?;
         self.revocations_updated = true;
         Ok(true)
     }

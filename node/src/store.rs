@@ -572,7 +572,7 @@ impl Store {
             tx.commit().map_err(sql("committing"))?;
             self.cache.put(id, cached);
         }
-        self.identity().meta_put("index_filled", b"1")
+        self.identity_mut().meta_put("index_filled", b"1")
     }
 
     /// Operations of received changes checked and stored since the store was opened: what peers

@@ -67,7 +67,7 @@ pub(crate) fn ca(cmd: CaCommand) -> anyhow::Result<()> {
 }
 
 pub(crate) fn install_crl(ca: &Path, node: &Path, number: u64, der: &[u8]) -> anyhow::Result<()> {
-    let n = Node::open(&NodeDir::new(node))?;
+    let mut n = Node::open(&NodeDir::new(node))?;
     crate::tls::verify_crl(&crate::tls::CaDir::new(ca).cert()?, der)?;
     n.install_revocations(number, der)?;
     println!("installed revocation list {number} in {}", n.config().name);

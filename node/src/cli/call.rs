@@ -119,13 +119,11 @@ pub(crate) fn line_note(node: &mut Node, sid: sync_protocol::SessionId, now: i64
     }))
 }
 
-pub(crate) fn parse_desk(text: &str, default_ring_s: u32) -> Result<RotaDesk, NodeError> {
+pub(crate) fn parse_desk(text: &str, default_ring_s: u32) -> Result<RotaDesk, InputError> {
     match text.rsplit_once(':') {
         Some((desk, secs)) => {
             let ring_s = secs.parse().map_err(|_| {
-                NodeError::Invalid(format!(
-                    "--desk {text:?}: the ring time after ':' must be whole seconds, like desk-a:30"
-                ))
+                InputError(format!("--desk {text:?}: the ring time after ':' must be whole seconds, like desk-a:30"))
             })?;
             Ok(RotaDesk { desk: desk.to_string(), ring_s })
         }
@@ -152,7 +150,7 @@ pub(crate) fn run_rota(cmd: RotaCommand) -> anyhow::Result<()> {
                 desks.iter().map(|d| parse_desk(d, ring_secs)).collect::<Result<_, _>>()?
             };
             let hours = match hours {
-                Some(h) => Hours::parse(&h).map_err(|e| NodeError::Invalid(format!("--hours: {e}")))?,
+                Some(h) => Hours::parse(&h).map_err(|e| InputError(format!("--hours: {e}")))?,
                 None => current.as_ref().map_or(Hours::Always, |c| c.hours.clone()),
             };
             let channels = channels

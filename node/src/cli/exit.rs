@@ -19,7 +19,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 NodeError::Photo(_)
                 | NodeError::Role { .. }
                 | NodeError::OutOfScope { .. }
-                | NodeError::Invalid(_)
+                | NodeError::WrongNodeForPerson { .. }
+                | NodeError::ClientKey { .. }
+                | NodeError::Install(_)
                 | NodeError::Backup(_)
                 | NodeError::AmbiguousPhoto { .. }
                 | NodeError::Rotation(_)

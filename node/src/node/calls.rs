@@ -291,7 +291,7 @@ impl Node {
     /// Keeps what a requester plays into and records from a call (local, never synced).
     pub fn set_media_plan(&mut self, call: &str, plan: &crate::media::MediaPlan) -> Result<(), NodeError> {
         let bytes = serde_json::to_vec(plan).map_err(|source| NodeError::Encode { what: "a media plan", source })?;
-        self.store.identity().meta_put(&crate::media::plan_key(call), &bytes)?;
+        self.store.identity_mut().meta_put(&crate::media::plan_key(call), &bytes)?;
         Ok(())
     }
 

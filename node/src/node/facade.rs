@@ -8,7 +8,7 @@
 use sync_protocol::session::{SessionId, SessionView};
 use sync_protocol::vocab::{ReceiptLevel, Role};
 
-use super::{Node, NodeError};
+use super::{InstallError, Node, NodeError};
 use crate::store::people::{Credential, NewPerson, Person};
 use crate::store::{AuditCheck, AuditEntry, BlobInfo, ListFilter, SessionCard, StoreError};
 
@@ -195,10 +195,7 @@ impl Node {
         now: i64,
     ) -> Result<(Person, Option<String>), NodeError> {
         if !new.role.works_on(self.config.role) {
-            return Err(NodeError::Invalid(format!(
-                "a {} does not work on a {} node; add them where they work",
-                new.role, self.config.role
-            )));
+            return Err(NodeError::WrongNodeForPerson { person: new.role, node: self.config.role });
         }
         Ok(self.store.people_mut().add_person(new, cred, now)?)
     }
@@ -267,12 +264,11 @@ impl Node {
     /// node's identity and author key, and chains to the CA (which must be the one this node
     /// already trusts, if it has one). Returns the certificate's expiry (ms since the epoch).
     pub fn install_signed(&mut self, chain_pem: &str) -> Result<i64, NodeError> {
-        let key = self.store.identity().pending_tls_key()?.ok_or_else(|| {
-            NodeError::Invalid(format!(
-                "node {} has no pending certificate request; make one with `outpost cert request --dir DIR`",
-                self.config.name
-            ))
-        })?;
+        let key = self
+            .store
+            .identity()
+            .pending_tls_key()?
+            .ok_or_else(|| InstallError::NoRequest { node: self.config.name.clone() })?;
         let end = "-----END CERTIFICATE-----";
         let certs: Vec<String> = chain_pem
             .split_inclusive(end)
@@ -288,20 +284,14 @@ impl Node {
                     der(a).is_some_and(|x| Some(x) == der(b))
                 };
                 if !same(ca, current) {
-                    return Err(NodeError::Invalid(
-                        "the certificate comes with another CA than the fleet CA this node trusts; a node \
-                         changes fleets only by a new `outpost init`"
-                            .into(),
-                    ));
+                    return Err(InstallError::ForeignCa.into());
                 }
                 (cert.clone(), ca.clone())
             }
             (Some(cert), Some(ca), None) => (cert.clone(), ca.clone()),
             (Some(cert), None, Some(current)) => (cert.clone(), current.clone()),
             _ => {
-                return Err(NodeError::Invalid(
-                    "the file holds no certificate and CA: give the file `outpost ca sign` wrote".into(),
-                ));
+                return Err(InstallError::NoCertificate.into());
             }
         };
         crate::tls::check_signed(&cert, &key, &ca, &self.config.peer_info(), &self.author_public())?;
@@ -311,8 +301,8 @@ impl Node {
     }
 
     /// Installs a revocation list (already checked against the fleet CA by the caller).
-    pub fn install_revocations(&self, number: u64, der: &[u8]) -> Result<(), NodeError> {
-        Ok(self.store.identity().put_revocations(number, der)?)
+    pub fn install_revocations(&mut self, number: u64, der: &[u8]) -> Result<(), NodeError> {
+        Ok(self.store.identity_mut().put_revocations(number, der)?)
     }
 
     /// Caps the database's size in pages (tests of a full disk).

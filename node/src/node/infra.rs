@@ -95,8 +95,8 @@ impl Node {
     }
 
     /// Records how a sync with a peer ended.
-    pub(crate) fn record_sync(&self, peer: &str, outcome: Result<(), &str>, now: i64) -> Result<(), StoreError> {
-        self.store.peers().record_sync(peer, outcome, now)
+    pub(crate) fn record_sync(&mut self, peer: &str, outcome: Result<(), &str>, now: i64) -> Result<(), StoreError> {
+        self.store.peers_mut().record_sync(peer, outcome, now)
     }
 
     /// SQLite's data version (changes when another connection commits).

@@ -23,18 +23,6 @@ impl<S: Deref<Target = Store>> Identity<S> {
             .map_err(sql("reading node metadata"))
     }
 
-    /// Writes a value of the meta table (durably).
-    pub fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.0
-            .conn
-            .exec(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                params![key, value],
-            )
-            .map_err(sql("writing node metadata"))?;
-        Ok(())
-    }
-
     /// The private key of the pending certificate request, if any.
     pub fn pending_tls_key(&self) -> Result<Option<String>, StoreError> {
         let Some(sealed) = self.meta_get("tls_key_pending")? else { return Ok(None) };
@@ -61,9 +49,11 @@ impl<S: Deref<Target = Store>> Identity<S> {
         let n = u64::from_be_bytes(n.try_into().map_err(|_| StoreError::Damaged("crl_number".into()))?);
         Ok(Some((n, der)))
     }
+}
 
+impl<S: DerefMut<Target = Store>> Identity<S> {
     /// Stores a revocation list (the caller has verified it).
-    pub fn put_revocations(&self, number: u64, der: &[u8]) -> Result<(), StoreError> {
+    pub fn put_revocations(&mut self, number: u64, der: &[u8]) -> Result<(), StoreError> {
         let tx = Transaction::new_unchecked(&self.0.conn, TransactionBehavior::Immediate)
             .map_err(sql("starting a write"))?;
         tx.exec("INSERT OR REPLACE INTO meta (key, value) VALUES ('crl_der', ?1)", [der])
@@ -72,9 +62,19 @@ impl<S: Deref<Target = Store>> Identity<S> {
             .map_err(sql("storing revocations"))?;
         tx.commit().map_err(sql("committing"))
     }
-}
 
-impl<S: DerefMut<Target = Store>> Identity<S> {
+    /// Writes a value of the meta table (durably).
+    pub fn meta_put(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.0
+            .conn
+            .exec(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map_err(sql("writing node metadata"))?;
+        Ok(())
+    }
+
     /// Stores the node's TLS identity; the private key is sealed under the node key.
     pub fn set_tls_identity(&mut self, cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<(), StoreError> {
         let tx = Transaction::new_unchecked(&self.0.conn, TransactionBehavior::Immediate)

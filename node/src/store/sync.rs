@@ -283,17 +283,6 @@ impl<S: Deref<Target = Store>> Peers<S> {
         Ok(out)
     }
 
-    /// Forgets what this node knew of a peer: the next conversation reconciles from scratch.
-    pub fn forget_peer(&self, peer: &str) -> Result<u64, StoreError> {
-        let tx = Transaction::new_unchecked(&self.0.conn, TransactionBehavior::Immediate)
-            .map_err(sql("starting a write"))?;
-        let n = tx.exec("DELETE FROM peer_docs WHERE peer = ?1", [peer]).map_err(sql("forgetting a peer"))?;
-        let d = tx.exec("DELETE FROM peer_directory WHERE peer = ?1", [peer]).map_err(sql("forgetting a peer"))?;
-        tx.exec("DELETE FROM peer_marks WHERE peer = ?1", [peer]).map_err(sql("forgetting a peer"))?;
-        tx.commit().map_err(sql("committing"))?;
-        Ok((n + d) as u64)
-    }
-
     /// Whether this node has stored knowledge of the peer.
     pub fn knows_peer(&self, peer: &PeerInfo) -> Result<bool, StoreError> {
         self.0
@@ -365,26 +354,6 @@ impl<S: Deref<Target = Store>> Peers<S> {
         self.0.conn.row("PRAGMA data_version", [], |r| r.get(0)).map_err(sql("polling for writes"))
     }
 
-    /// Records how a conversation with `peer` went: `Ok` once everything either side may send
-    /// has been sent and acknowledged, `Err` with why it failed.
-    pub fn record_sync(&self, peer: &str, outcome: Result<(), &str>, now: i64) -> Result<(), StoreError> {
-        let ctx = "recording a sync";
-        match outcome {
-            Ok(()) => self.0.conn.exec(
-                "INSERT INTO peer_syncs (peer, last_ok_ms) VALUES (?1, ?2)
-                 ON CONFLICT (peer) DO UPDATE SET last_ok_ms = excluded.last_ok_ms",
-                params![peer, now],
-            ),
-            Err(why) => self.0.conn.exec(
-                "INSERT INTO peer_syncs (peer, last_error, last_error_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (peer) DO UPDATE SET last_error = excluded.last_error, last_error_ms = excluded.last_error_ms",
-                params![peer, why, now],
-            ),
-        }
-        .map_err(sql(ctx))?;
-        Ok(())
-    }
-
     /// What this node last knew of its syncs with each peer, by name.
     pub fn peer_syncs(&self) -> Result<Vec<PeerSync>, StoreError> {
         let ctx = "reading sync history";
@@ -405,6 +374,37 @@ impl<S: Deref<Target = Store>> Peers<S> {
 }
 
 impl<S: DerefMut<Target = Store>> Peers<S> {
+    /// Records how a conversation with `peer` went: `Ok` once everything either side may send
+    /// has been sent and acknowledged, `Err` with why it failed.
+    pub fn record_sync(&mut self, peer: &str, outcome: Result<(), &str>, now: i64) -> Result<(), StoreError> {
+        let ctx = "recording a sync";
+        match outcome {
+            Ok(()) => self.0.conn.exec(
+                "INSERT INTO peer_syncs (peer, last_ok_ms) VALUES (?1, ?2)
+                 ON CONFLICT (peer) DO UPDATE SET last_ok_ms = excluded.last_ok_ms",
+                params![peer, now],
+            ),
+            Err(why) => self.0.conn.exec(
+                "INSERT INTO peer_syncs (peer, last_error, last_error_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (peer) DO UPDATE SET last_error = excluded.last_error, last_error_ms = excluded.last_error_ms",
+                params![peer, why, now],
+            ),
+        }
+        .map_err(sql(ctx))?;
+        Ok(())
+    }
+
+    /// Forgets what this node knew of a peer: the next conversation reconciles from scratch.
+    pub fn forget_peer(&mut self, peer: &str) -> Result<u64, StoreError> {
+        let tx = Transaction::new_unchecked(&self.0.conn, TransactionBehavior::Immediate)
+            .map_err(sql("starting a write"))?;
+        let n = tx.exec("DELETE FROM peer_docs WHERE peer = ?1", [peer]).map_err(sql("forgetting a peer"))?;
+        let d = tx.exec("DELETE FROM peer_directory WHERE peer = ?1", [peer]).map_err(sql("forgetting a peer"))?;
+        tx.exec("DELETE FROM peer_marks WHERE peer = ?1", [peer]).map_err(sql("forgetting a peer"))?;
+        tx.commit().map_err(sql("committing"))?;
+        Ok((n + d) as u64)
+    }
+
     /// Records what a peer holds (one transaction for the batch).
     pub fn set_knowledge(&mut self, peer: &PeerInfo, updates: &[(DocId, Knowledge)]) -> Result<(), StoreError> {
         // What a peer says of a session it may not see is not recorded: it would make it look

@@ -116,39 +116,23 @@ impl<S: Deref<Target = Store>> Blobs<S> {
         }
     }
 
-    /// Records a verified manifest for a blob being received.
-    pub fn store_manifest(&self, m: &BlobManifest, now: i64) -> Result<(), StoreError> {
-        let hex = m.hash.to_hex();
-        let mime: String = self
+    fn complete_blobs(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut stmt = self
             .0
             .conn
-            .row("SELECT mime FROM session_media WHERE hash = ?1 LIMIT 1", [&hex], |r| r.get(0))
-            .optional()
-            .map_err(sql("recording a photo"))?
-            .unwrap_or_else(|| "application/octet-stream".into());
-        self.0
-            .conn
-            .exec(
-                "INSERT INTO blobs (hash, size, mime, chunk_size, chunks, created_ms, manifest, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'partial')
-                 ON CONFLICT (hash) DO UPDATE SET manifest = excluded.manifest",
-                params![
-                    hex,
-                    m.size as i64,
-                    mime,
-                    i64::from(m.chunk_size),
-                    blob::chunk_count(m.size, m.chunk_size) as i64,
-                    now,
-                    m.cvs.concat()
-                ],
-            )
-            .map_err(sql("recording a photo"))?;
-        Ok(())
+            .prepare_cached("SELECT hash FROM blobs WHERE state = 'complete'")
+            .map_err(sql("reading photos"))?;
+        stmt.query_map([], |r| r.get(0))
+            .map_err(sql("reading photos"))?
+            .collect::<Result<_, _>>()
+            .map_err(sql("reading photos"))
     }
+}
 
+impl<S: DerefMut<Target = Store>> Blobs<S> {
     /// Stores verified chunks durably, in one transaction (one fsync for a batch of chunks, not
     /// one per 16 KiB); returns the blobs that became whole.
-    pub fn store_chunks(&self, chunks: &[(Hash, u32, Vec<u8>)]) -> Result<Vec<Hash>, StoreError> {
+    pub fn store_chunks(&mut self, chunks: &[(Hash, u32, Vec<u8>)]) -> Result<Vec<Hash>, StoreError> {
         let tx = Transaction::new_unchecked(&self.0.conn, TransactionBehavior::Immediate)
             .map_err(sql("starting a write"))?;
         let mut blobs: Vec<Hash> = Vec::new();
@@ -186,20 +170,36 @@ impl<S: Deref<Target = Store>> Blobs<S> {
         Ok(whole)
     }
 
-    fn complete_blobs(&self) -> Result<std::collections::HashSet<String>, StoreError> {
-        let mut stmt = self
+    /// Records a verified manifest for a blob being received.
+    pub fn store_manifest(&mut self, m: &BlobManifest, now: i64) -> Result<(), StoreError> {
+        let hex = m.hash.to_hex();
+        let mime: String = self
             .0
             .conn
-            .prepare_cached("SELECT hash FROM blobs WHERE state = 'complete'")
-            .map_err(sql("reading photos"))?;
-        stmt.query_map([], |r| r.get(0))
-            .map_err(sql("reading photos"))?
-            .collect::<Result<_, _>>()
-            .map_err(sql("reading photos"))
+            .row("SELECT mime FROM session_media WHERE hash = ?1 LIMIT 1", [&hex], |r| r.get(0))
+            .optional()
+            .map_err(sql("recording a photo"))?
+            .unwrap_or_else(|| "application/octet-stream".into());
+        self.0
+            .conn
+            .exec(
+                "INSERT INTO blobs (hash, size, mime, chunk_size, chunks, created_ms, manifest, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'partial')
+                 ON CONFLICT (hash) DO UPDATE SET manifest = excluded.manifest",
+                params![
+                    hex,
+                    m.size as i64,
+                    mime,
+                    i64::from(m.chunk_size),
+                    blob::chunk_count(m.size, m.chunk_size) as i64,
+                    now,
+                    m.cvs.concat()
+                ],
+            )
+            .map_err(sql("recording a photo"))?;
+        Ok(())
     }
-}
 
-impl<S: DerefMut<Target = Store>> Blobs<S> {
     /// After a blob became whole here: this node's receipts in every session that references it.
     pub fn acknowledge_blob(&mut self, me: &PeerInfo, hash: &Hash, now: i64) -> Result<Vec<DocId>, StoreError> {
         let Some(level) = receipt_level(me.role) else { return Ok(Vec::new()) };

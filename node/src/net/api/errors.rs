@@ -23,7 +23,9 @@ impl From<NodeError> for ApiError {
         let status = match &e {
             NodeError::Store(s) => return s.into(),
             NodeError::Photo(_)
-            | NodeError::Invalid(_)
+            | NodeError::WrongNodeForPerson { .. }
+            | NodeError::ClientKey { .. }
+            | NodeError::Install(_)
             | NodeError::AmbiguousPhoto { .. }
             | NodeError::Backup(_)
             | NodeError::Rotation(_)
