@@ -60,10 +60,24 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", describe(&err));
             ExitCode::from(exit_code(&err))
         }
     }
+}
+
+/// An error and its causes on one line, each cause left out where the message before it
+/// already says it (most of the node's errors name their cause in their own message).
+pub fn describe(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// How long before its certificate expires a node says to renew it (30 days).
@@ -199,4 +213,22 @@ fn install_logging(filter: tracing_subscriber::EnvFilter, format: crate::setting
             .with_ansi(std::io::stderr().is_terminal())
             .try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    #[test]
+    fn an_error_names_each_cause_once() {
+        let named = crate::net::NetError::Resolve {
+            name: "hub.example:4433".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such name"),
+        };
+        let text = describe(&anyhow::Error::new(named));
+        assert_eq!(text.matches("no such name").count(), 1, "{text}");
+        // A cause the message does not name is still told.
+        let wrapped = anyhow::Error::new(std::io::Error::other("disk full")).context("writing the backup");
+        assert_eq!(describe(&wrapped), "writing the backup: disk full");
+    }
 }

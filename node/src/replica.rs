@@ -104,7 +104,7 @@ impl Replica for NodeReplica<'_> {
     }
 
     fn delta(&mut self, peer: &PeerInfo) -> Result<Vec<(DocId, Vec<Hash>)>, StoreError> {
-        let mut delta = self.store.peers().delta_for(peer)?;
+        let mut delta = self.store.peers_mut().delta_for(peer)?;
         delta.extend(self.store.directory().directory_delta(self.me, peer)?);
         Ok(delta)
     }
@@ -141,7 +141,7 @@ impl Replica for NodeReplica<'_> {
     fn set_knowledge(&mut self, peer: &PeerInfo, updates: &[(DocId, Knowledge)]) -> Result<(), StoreError> {
         self.writing();
         for (id, k) in updates.iter().filter(|(id, _)| is_directory_id(id)) {
-            self.store.directory().set_directory_knowledge(self.me, peer, id, k)?;
+            self.store.directory_mut().set_directory_knowledge(self.me, peer, id, k)?;
         }
         self.store.peers_mut().set_knowledge(peer, updates)?;
         if peer.role == sync_protocol::vocab::Role::Hub {

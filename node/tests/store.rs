@@ -289,7 +289,7 @@ fn kept_reconciliation_sums_and_deltas_equal_a_full_scan_after_every_write() {
                 // Twice: the second call reads from the moved mark.
                 for round in 0..2 {
                     assert_eq!(
-                        node.raw_store().peers().delta_for(p).unwrap(),
+                        node.raw_store().peers_mut().delta_for(p).unwrap(),
                         want,
                         "seed {seed} step {step} round {round}: delta for {}",
                         p.name

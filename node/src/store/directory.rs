@@ -163,10 +163,12 @@ impl<S: Deref<Target = Store>> Directory<S> {
             .optional()
             .map_err(sql("reading peer state"))
     }
+}
 
+impl<S: DerefMut<Target = Store>> Directory<S> {
     /// Records what the peer holds of the directory.
     pub fn set_directory_knowledge(
-        &self,
+        &mut self,
         me: &PeerInfo,
         peer: &PeerInfo,
         id: &DocId,
@@ -182,9 +184,7 @@ impl<S: Deref<Target = Store>> Directory<S> {
             .map_err(sql("recording peer state"))?;
         Ok(())
     }
-}
 
-impl<S: DerefMut<Target = Store>> Directory<S> {
     /// Edits the directory of `icb` (creating it if this node has none) in one durable
     /// transaction; returns what `edit` returned and the directory after it.
     pub fn edit_directory<T>(

@@ -217,72 +217,6 @@ impl<S: Deref<Target = Store>> Peers<S> {
         Ok((count, fp))
     }
 
-    /// Documents the peer may see whose heads differ from what it last confirmed.
-    ///
-    /// Only sessions written after the peer's mark are read: every session the peer may see
-    /// and last written at or before the mark was confirmed by the peer at our current heads.
-    /// The mark moves up to just before the oldest session still differing; confirmations of
-    /// other heads than ours move it back (`set_knowledge`), and a change of the peer's scope
-    /// (a desk given another service line) starts it again from zero.
-    pub fn delta_for(&self, peer: &PeerInfo) -> Result<Vec<(DocId, Vec<Hash>)>, StoreError> {
-        let ctx = "reading peer state";
-        let scope = scope_key(peer);
-        let stored: Option<i64> = self
-            .0
-            .conn
-            .row("SELECT mark FROM peer_marks WHERE peer = ?1 AND scope = ?2", [&peer.name, &scope], |r| r.get(0))
-            .optional()
-            .map_err(sql(ctx))?;
-        let mark = stored.unwrap_or(0);
-        let mut out = Vec::new();
-        let mut lowest_differing: Option<i64> = None;
-        let mut top = mark;
-        {
-            let mut stmt = self
-                .0
-                .conn
-                .prepare_cached(
-                    "SELECT s.sid, s.id, s.origin, s.icb, s.service_line, s.heads, s.digest, s.head_seq, p.digest
-                     FROM sessions s LEFT JOIN peer_docs p ON p.peer = ?1 AND p.sid = s.sid
-                     WHERE s.head_seq > ?2",
-                )
-                .map_err(sql(ctx))?;
-            let mut rows = stmt.query(params![peer.name, mark]).map_err(sql(ctx))?;
-            while let Some(r) = rows.next().map_err(sql(ctx))? {
-                let sid: i64 = r.get(0).map_err(sql(ctx))?;
-                let id: String = r.get(1).map_err(sql(ctx))?;
-                let digest: Vec<u8> = r.get(6).map_err(sql(ctx))?;
-                let seq: i64 = r.get(7).map_err(sql(ctx))?;
-                let known: Option<Vec<u8>> = r.get(8).map_err(sql(ctx))?;
-                top = top.max(seq);
-                let damaged = || StoreError::Damaged(format!("session {id} has a damaged index row"));
-                let meta = group_meta(r, 2).map_err(|_| damaged())?;
-                if !may_hold(peer, &meta) && !self.0.shared_with(sid, &peer.name)? {
-                    continue;
-                }
-                if known.as_deref() == Some(&digest[..]) {
-                    continue;
-                }
-                lowest_differing = Some(lowest_differing.map_or(seq, |l| l.min(seq)));
-                let heads: Vec<u8> = r.get(5).map_err(sql(ctx))?;
-                out.push((id.parse::<SessionId>().map_err(|_| damaged())?.to_bytes(), heads_from_blob(&heads)));
-            }
-        }
-        let new_mark = lowest_differing.map_or(top, |l| l - 1).max(mark);
-        if stored != Some(new_mark) {
-            self.0
-                .conn
-                .exec(
-                    "INSERT INTO peer_marks (peer, scope, mark) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (peer) DO UPDATE SET scope = excluded.scope, mark = excluded.mark",
-                    params![peer.name, scope, new_mark],
-                )
-                .map_err(sql("recording peer state"))?;
-        }
-        out.sort_by_key(|e| e.0);
-        Ok(out)
-    }
-
     /// Whether this node has stored knowledge of the peer.
     pub fn knows_peer(&self, peer: &PeerInfo) -> Result<bool, StoreError> {
         self.0
@@ -374,6 +308,72 @@ impl<S: Deref<Target = Store>> Peers<S> {
 }
 
 impl<S: DerefMut<Target = Store>> Peers<S> {
+    /// Documents the peer may see whose heads differ from what it last confirmed.
+    ///
+    /// Only sessions written after the peer's mark are read: every session the peer may see
+    /// and last written at or before the mark was confirmed by the peer at our current heads.
+    /// The mark moves up to just before the oldest session still differing; confirmations of
+    /// other heads than ours move it back (`set_knowledge`), and a change of the peer's scope
+    /// (a desk given another service line) starts it again from zero.
+    pub fn delta_for(&mut self, peer: &PeerInfo) -> Result<Vec<(DocId, Vec<Hash>)>, StoreError> {
+        let ctx = "reading peer state";
+        let scope = scope_key(peer);
+        let stored: Option<i64> = self
+            .0
+            .conn
+            .row("SELECT mark FROM peer_marks WHERE peer = ?1 AND scope = ?2", [&peer.name, &scope], |r| r.get(0))
+            .optional()
+            .map_err(sql(ctx))?;
+        let mark = stored.unwrap_or(0);
+        let mut out = Vec::new();
+        let mut lowest_differing: Option<i64> = None;
+        let mut top = mark;
+        {
+            let mut stmt = self
+                .0
+                .conn
+                .prepare_cached(
+                    "SELECT s.sid, s.id, s.origin, s.icb, s.service_line, s.heads, s.digest, s.head_seq, p.digest
+                     FROM sessions s LEFT JOIN peer_docs p ON p.peer = ?1 AND p.sid = s.sid
+                     WHERE s.head_seq > ?2",
+                )
+                .map_err(sql(ctx))?;
+            let mut rows = stmt.query(params![peer.name, mark]).map_err(sql(ctx))?;
+            while let Some(r) = rows.next().map_err(sql(ctx))? {
+                let sid: i64 = r.get(0).map_err(sql(ctx))?;
+                let id: String = r.get(1).map_err(sql(ctx))?;
+                let digest: Vec<u8> = r.get(6).map_err(sql(ctx))?;
+                let seq: i64 = r.get(7).map_err(sql(ctx))?;
+                let known: Option<Vec<u8>> = r.get(8).map_err(sql(ctx))?;
+                top = top.max(seq);
+                let damaged = || StoreError::Damaged(format!("session {id} has a damaged index row"));
+                let meta = group_meta(r, 2).map_err(|_| damaged())?;
+                if !may_hold(peer, &meta) && !self.0.shared_with(sid, &peer.name)? {
+                    continue;
+                }
+                if known.as_deref() == Some(&digest[..]) {
+                    continue;
+                }
+                lowest_differing = Some(lowest_differing.map_or(seq, |l| l.min(seq)));
+                let heads: Vec<u8> = r.get(5).map_err(sql(ctx))?;
+                out.push((id.parse::<SessionId>().map_err(|_| damaged())?.to_bytes(), heads_from_blob(&heads)));
+            }
+        }
+        let new_mark = lowest_differing.map_or(top, |l| l - 1).max(mark);
+        if stored != Some(new_mark) {
+            self.0
+                .conn
+                .exec(
+                    "INSERT INTO peer_marks (peer, scope, mark) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (peer) DO UPDATE SET scope = excluded.scope, mark = excluded.mark",
+                    params![peer.name, scope, new_mark],
+                )
+                .map_err(sql("recording peer state"))?;
+        }
+        out.sort_by_key(|e| e.0);
+        Ok(out)
+    }
+
     /// Records how a conversation with `peer` went: `Ok` once everything either side may send
     /// has been sent and acknowledged, `Err` with why it failed.
     pub fn record_sync(&mut self, peer: &str, outcome: Result<(), &str>, now: i64) -> Result<(), StoreError> {
@@ -451,7 +451,7 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
 
     /// [`Peers::known_hashes`] for a document whose [`Peers::visible_row`] for the peer the
     /// caller has just read (`None`: the peer may not see it).
-    pub fn known_hashes_of(
+    pub(crate) fn known_hashes_of(
         &mut self,
         row: Option<(i64, Vec<Hash>)>,
         id: &DocId,
@@ -496,7 +496,12 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
 
     /// [`Peers::changes_since`] for a document the caller has just found visible to the peer
     /// (or not) with [`Peers::visible_row`].
-    pub fn changes_of(&mut self, visible: bool, id: &DocId, base: &[Hash]) -> Result<Option<Outgoing>, StoreError> {
+    pub(crate) fn changes_of(
+        &mut self,
+        visible: bool,
+        id: &DocId,
+        base: &[Hash],
+    ) -> Result<Option<Outgoing>, StoreError> {
         if !visible {
             return Ok(None);
         }

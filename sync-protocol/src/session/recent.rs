@@ -13,7 +13,7 @@
 //! heads with the changes it lacks (whatever path added them), and a batch of applied
 //! changes joins it only when the heads they give are the heads the document has.
 
-use automerge::{AutoCommit, Change, ChangeHash};
+use automerge::{AutoCommit, Change, ChangeHash, ReadDoc};
 
 /// Changes kept at most; older ones leave the chain from its start. A sync asks for the last
 /// one or two (a message and the receipt for it), and a hub keeps thousands of documents.
@@ -158,18 +158,20 @@ impl Recent {
             self.end = before.clone();
         }
         let kept = if self.end == before { changes.clone() } else { Vec::new() };
+        let held = doc.stats().num_changes;
         doc.apply_changes(changes)?;
         if kept.is_empty() {
             return Ok(());
         }
-        // A change already held (or twice in the batch) would stand twice in the expected
-        // heads, and one waiting for a dependency would be missing from the document's: either
-        // way they differ, and the chain starts again.
+        // Every change of the batch joined the document (none held already, none twice, none
+        // waiting for a dependency) only if the document gained as many changes as the batch
+        // holds, and then its heads are the ones the batch gives.
+        let gained = doc.stats().num_changes.saturating_sub(held);
         let mut expected = before;
         for c in &kept {
             advance(&mut expected, c);
         }
-        if expected == sorted(&doc.get_heads()) {
+        if gained == kept.len() as u64 && expected == sorted(&doc.get_heads()) {
             self.push(kept);
         } else {
             self.clear();
@@ -243,6 +245,24 @@ mod tests {
             agrees_with_automerge(&mut a, &mut ra, &[odd]);
         }
         assert!(ra.changes.len() <= MAX_CHANGES, "the chain stays bounded");
+    }
+
+    #[test]
+    fn a_change_already_held_never_joins_the_chain_again() {
+        let mut a = AutoCommit::new().with_actor(ActorId::from(b"aaaa".as_slice()));
+        let mut b = a.fork().with_actor(ActorId::from(b"bbbb".as_slice()));
+        let mut ra = Recent::default();
+        edit(&mut b, "y", 1);
+        let held = b.get_changes(&a.get_heads());
+        ra.apply(&mut a, held.clone()).expect("apply");
+        let base = a.get_heads();
+        ra.changes_after(&mut a, &base);
+        // The held change again, followed by one that depends on it.
+        edit(&mut b, "y", 2);
+        let mut batch = held;
+        batch.extend(b.get_changes(&base));
+        ra.apply(&mut a, batch).expect("apply");
+        agrees_with_automerge(&mut a, &mut ra, &[base, Vec::new()]);
     }
 
     #[test]
