@@ -239,7 +239,7 @@ struct Slot {
 impl Slot {
     /// Takes a slot for `name`, or says why there is none.
     fn take(shared: &Arc<Shared>, name: &str) -> Result<Slot, ConnectionFailure> {
-        let mut open = shared.open.lock().map_err(|_| ConnectionFailure::ConfigLock)?;
+        let mut open = shared.open.lock().map_err(|_| ConnectionFailure::Poisoned)?;
         let total: usize = open.values().sum();
         let mine = open.get(name).copied().unwrap_or(0);
         let limits = shared.limits;

@@ -250,14 +250,14 @@ pub(super) async fn converse(
             let Some(e) = engine.take() else { break };
             let (e, result, out, (changed, held), crl_updated, log, (ops, bytes)) = step(e, w).await?;
             in_step.clear();
-            if let Some(why) = budget.spend(ops, bytes, &shared.limits) {
+            if let Some(over) = budget.spend(ops, bytes, &shared.limits) {
+                let why = SyncFailure::OverBudget(over);
                 shared.metrics.refused("budget");
-                tracing::warn!(peer = %peer.name, %addr, "closing: over the budget of {why}");
-                let close =
-                    Frame::Close { code: CloseCode::Unavailable as u16, reason: format!("over the budget of {why}") };
+                tracing::warn!(peer = %peer.name, %addr, "closing: {why}");
+                let close = Frame::Close { code: CloseCode::Unavailable as u16, reason: why.to_string() };
                 let _ = sync_out.send(close.to_bytes());
                 engine = Some(e);
-                failure = Some(SyncFailure::OverBudget(why));
+                failure = Some(why);
                 break;
             }
             for line in log {

@@ -185,7 +185,7 @@ pub(super) fn dial_config(shared: &Shared, crl: Option<Vec<u8>>) -> Result<quinn
     let mut kept = shared
         .dial
         .lock()
-        .map_err(|_| NetError::Connection { peer: String::new(), failure: ConnectionFailure::ConfigLock })?;
+        .map_err(|_| NetError::Connection { peer: String::new(), failure: ConnectionFailure::Poisoned })?;
     if let Some((for_crl, cfg)) = kept.as_ref()
         && *for_crl == crl
     {

@@ -78,7 +78,7 @@ pub enum ConnectionFailure {
     /// A thread panicked while it held a table of the daemon's connections (or its dialling
     /// configuration).
     #[error("a table of the daemon's connections was poisoned by a panic")]
-    ConfigLock,
+    Poisoned,
 }
 
 /// Why a sync conversation ended before it completed.
