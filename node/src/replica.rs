@@ -61,6 +61,7 @@ impl<'a> NodeReplica<'a> {
         if let Some(row) = self.visible.get(id) {
             return Ok(row.clone());
         }
+        self.store.hold_reads()?;
         let row = self.store.peers().visible_row(peer, id)?;
         if self.visible.len() >= MAX_REMEMBERED {
             self.visible.clear();
@@ -69,9 +70,49 @@ impl<'a> NodeReplica<'a> {
         Ok(row)
     }
 
-    /// Forgets what was read of the index: the store is about to change.
-    fn writing(&mut self) {
+    /// Forgets what was read of the index and ends the borrow's read transaction: the store
+    /// is about to change.
+    fn writing(&mut self) -> Result<(), StoreError> {
         self.visible.clear();
+        self.store.release_reads()
+    }
+
+    /// The reads of this borrow share one read transaction until its next write (each read on
+    /// its own would take and release the database's locks).
+    fn reading(&mut self) -> Result<&mut Store, StoreError> {
+        self.store.hold_reads()?;
+        Ok(self.store)
+    }
+}
+
+/// What a borrow collected: the documents it wrote, the sessions a hub confirmed holding, and
+/// whether a newer revocation list was installed.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// [`NodeReplica::changed`].
+    pub changed: Vec<DocId>,
+    /// [`NodeReplica::held`].
+    pub held: Vec<DocId>,
+    /// [`NodeReplica::revocations_updated`].
+    pub revocations_updated: bool,
+}
+
+impl NodeReplica<'_> {
+    /// Ends the borrow (and its read transaction): what it collected.
+    pub fn finish(mut self) -> Collected {
+        Collected {
+            changed: std::mem::take(&mut self.changed),
+            held: std::mem::take(&mut self.held),
+            revocations_updated: self.revocations_updated,
+        }
+    }
+}
+
+impl Drop for NodeReplica<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.store.release_reads() {
+            tracing::warn!("cannot end a read transaction: {e}");
+        }
     }
 }
 
@@ -104,6 +145,8 @@ impl Replica for NodeReplica<'_> {
     }
 
     fn delta(&mut self, peer: &PeerInfo) -> Result<Vec<(DocId, Vec<Hash>)>, StoreError> {
+        // It moves the peer's delta mark: a write.
+        self.writing()?;
         let mut delta = self.store.peers_mut().delta_for(peer)?;
         delta.extend(self.store.directory().directory_delta(self.me, peer)?);
         Ok(delta)
@@ -128,18 +171,18 @@ impl Replica for NodeReplica<'_> {
             return self.store.directory().directory_known_hashes(self.me, id, hashes);
         }
         let row = self.visible_row(peer, id)?;
-        self.store.peers_mut().known_hashes_of(row, id, hashes)
+        self.reading()?.peers_mut().known_hashes_of(row, id, hashes)
     }
 
     fn knowledge(&mut self, peer: &PeerInfo, id: &DocId) -> Result<Option<Knowledge>, StoreError> {
         if is_directory_id(id) {
             return self.store.directory().directory_knowledge(self.me, peer, id);
         }
-        self.store.peers().knowledge(peer, id)
+        self.reading()?.peers().knowledge(peer, id)
     }
 
     fn set_knowledge(&mut self, peer: &PeerInfo, updates: &[(DocId, Knowledge)]) -> Result<(), StoreError> {
-        self.writing();
+        self.writing()?;
         for (id, k) in updates.iter().filter(|(id, _)| is_directory_id(id)) {
             self.store.directory_mut().set_directory_knowledge(self.me, peer, id, k)?;
         }
@@ -161,11 +204,11 @@ impl Replica for NodeReplica<'_> {
             return Ok(Some(Outgoing { bytes, sigs: Vec::new(), authors: Vec::new() }));
         }
         let visible = self.visible_row(peer, id)?.is_some();
-        self.store.peers_mut().changes_of(visible, id, base)
+        self.reading()?.peers_mut().changes_of(visible, id, base)
     }
 
     fn apply(&mut self, peer: &PeerInfo, batch: &[Incoming], now: TimeMs) -> Result<Vec<Applied>, StoreError> {
-        self.writing();
+        self.writing()?;
         if !batch.iter().any(|inc| is_directory_id(&inc.doc)) {
             let (out, changed) = self.store.peers_mut().apply_remote(self.me, peer, batch, now)?;
             self.changed.extend(changed);
@@ -205,7 +248,7 @@ impl Replica for NodeReplica<'_> {
     }
 
     fn offer_credential(&mut self, credential: &[u8]) -> Result<bool, StoreError> {
-        self.writing();
+        self.writing()?;
         let Some(ca) = self.ca else { return Ok(false) };
         let crl = self.store.identity().revocations()?.map(|(_, der)| der);
         match tls::verify_member(ca, crl.as_deref(), credential) {
@@ -233,12 +276,12 @@ impl Replica for NodeReplica<'_> {
     }
 
     fn store_manifest(&mut self, manifest: &BlobManifest, now: i64) -> Result<(), StoreError> {
-        self.writing();
+        self.writing()?;
         self.store.blobs_mut().store_manifest(manifest, now)
     }
 
     fn store_chunks(&mut self, chunks: &[(Hash, u32, Vec<u8>)], now: TimeMs) -> Result<Vec<DocId>, StoreError> {
-        self.writing();
+        self.writing()?;
         let mut out = Vec::new();
         for hash in self.store.blobs_mut().store_chunks(chunks)? {
             let changed = self.store.blobs_mut().acknowledge_blob(self.me, &hash, now)?;
@@ -253,7 +296,7 @@ impl Replica for NodeReplica<'_> {
     }
 
     fn offer_revocations(&mut self, der: &[u8]) -> Result<bool, StoreError> {
-        self.writing();
+        self.writing()?;
         let Some(ca) = self.ca else { return Ok(false) };
         let Ok(number) = tls::verify_crl(ca, der) else {
             tracing::warn!("refused a revocation list not signed by this fleet's CA");

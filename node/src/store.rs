@@ -4,7 +4,10 @@
 //!   mode: when a write method returns `Ok`, its bytes are in the WAL on disk. Nothing is
 //!   acknowledged earlier. Two processes writing one node (the daemon and the CLI) are
 //!   serialised by SQLite's write lock, and each refreshes its cached document from the log
-//!   inside the transaction before editing it, so their changes never conflict.
+//!   inside the transaction before editing it, so their changes never conflict. (The one
+//!   exception to `FULL` is `record_sync`, bookkeeping of when a sync last ran: see there.)
+//!   A sync step's many reads share one read transaction (`Store::hold_reads`), ended before
+//!   any write.
 //! - A session is a snapshot (`doc_snapshots`) plus the changes appended since (`doc_changes`).
 //!   When the log outgrows half the snapshot (or holds [`StoreOptions::compact_after`] changes),
 //!   the write that grew it also folds it into a new snapshot, in the same transaction: the log
@@ -67,7 +70,7 @@ use schema::*;
 pub use audit::Audit;
 pub use blobs::Blobs;
 pub use directory::Directory;
-pub use documents::Sessions;
+pub use documents::{LogEntries, Sessions};
 pub use identity::Identity;
 pub use people::People;
 pub use rekey::{Resealed, sealed_under};
@@ -330,11 +333,45 @@ pub struct Store {
     limits: Limits,
     /// Operations of received changes checked and stored, since the store was opened.
     ops_admitted: u64,
+    /// A read transaction is open that [`Store::hold_reads`] began.
+    reads_held: bool,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("path", &self.path).field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
+/// One read transaction across many reads.
+impl Store {
+    /// Opens a read transaction, if none is open, for the reads that follow: each read on its
+    /// own takes and releases the database's locks (a sync step reads the index of a thousand
+    /// sessions). It lasts until [`Store::release_reads`], which must come before any write.
+    pub(crate) fn hold_reads(&mut self) -> Result<(), StoreError> {
+        if !self.reads_held && self.conn.is_autocommit() {
+            self.conn.execute_batch("BEGIN DEFERRED").map_err(sql("starting a read"))?;
+            self.reads_held = true;
+        }
+        Ok(())
+    }
+
+    /// Ends the read transaction [`Store::hold_reads`] began, if any.
+    pub(crate) fn release_reads(&mut self) -> Result<(), StoreError> {
+        if std::mem::take(&mut self.reads_held) && !self.conn.is_autocommit() {
+            self.conn.execute_batch("COMMIT").map_err(sql("ending a read"))?;
+        }
+        Ok(())
+    }
+}
+
+/// A read transaction for the reads that follow, unless one is open already (one a replica's
+/// borrow holds: see [`Store::hold_reads`]).
+pub(super) fn reading(conn: &Connection) -> Result<Option<Transaction<'_>>, StoreError> {
+    if conn.is_autocommit() {
+        Ok(Some(conn.unchecked_transaction().map_err(sql("starting a read"))?))
+    } else {
+        Ok(None)
     }
 }
 
@@ -533,6 +570,7 @@ impl Store {
             roster,
             limits: opts.limits,
             ops_admitted: 0,
+            reads_held: false,
         };
         store.backfill_index()?;
         if let Some(pages) = std::env::var(MAX_PAGES_ENV).ok().and_then(|v| v.parse::<u64>().ok()) {

@@ -33,7 +33,9 @@ fn every_multi_statement_store_write_begins_immediate() {
         for (n, line) in text.lines().enumerate() {
             let code = line.split("//").next().unwrap_or("");
             immediate += code.matches("TransactionBehavior::Immediate").count();
-            let deferred_write = ((code.contains("unchecked_transaction(") || code.contains(".transaction()"))
+            let deferred_write = ((code.contains("unchecked_transaction(")
+                || code.contains(".transaction()")
+                || code.contains("\"BEGIN"))
                 && !code.contains("\"starting a read\""))
                 || code.contains("TransactionBehavior::Deferred");
             if deferred_write {

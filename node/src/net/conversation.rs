@@ -2,6 +2,7 @@
 //! store thread, budgets, refusals and revocations.
 
 use super::*;
+use crate::replica::Collected;
 
 /// The environment variable naming a file where every byte received from peers is appended,
 /// as decoded from QUIC (diagnostics, and the scope tests' evidence).
@@ -210,7 +211,7 @@ pub(super) async fn converse(
                 out.push(f);
             }
             let log = engine.take_log();
-            let (changed, held, crl_updated) = (replica.changed, replica.held, replica.revocations_updated);
+            let Collected { changed, held, revocations_updated: crl_updated } = replica.finish();
             let cost = (node.ops_admitted() - ops_before, engine.stats().bytes_received - bytes_before);
             (engine, result, out, (changed, held), crl_updated, log, cost)
         })

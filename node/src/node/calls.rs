@@ -196,14 +196,21 @@ impl Node {
         now: i64,
     ) -> Result<usize, NodeError> {
         let mut n = 0;
+        let mut unknown = Vec::new();
         for id in candidates {
             let doc = id.to_bytes();
             if router.follows(&doc) {
                 router.follow(doc, now);
                 n += 1;
-                continue;
+            } else {
+                unknown.push(*id);
             }
-            let Ok(routing) = self.store.sessions_mut().routing_log(*id) else { continue };
+        }
+        // The others' routing logs, read in one transaction.
+        let logs = self.store.sessions_mut().routing_logs(&unknown)?;
+        for (id, routing) in unknown.iter().zip(logs) {
+            let doc = id.to_bytes();
+            let Ok(routing) = routing else { continue };
             let calls = calls_in(&routing);
             if Router::wants(&calls) {
                 router.follow(doc, now);

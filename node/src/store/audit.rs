@@ -168,26 +168,76 @@ pub(crate) fn append_audit(
     sid: Option<i64>,
     detail: Option<serde_json::Value>,
 ) -> Result<(), StoreError> {
-    let last: Option<(i64, Vec<u8>)> = tx
-        .row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()
-        .map_err(sql("reading the audit chain"))?;
-    let (seq, prev) = match last {
-        Some((s, h)) => (s as u64 + 1, h),
-        None => (1, [0u8; 32].to_vec()),
-    };
-    let detail = match detail {
-        Some(d) => Some(sealer.seal(&audit_aad(seq), &serde_json::to_vec(&d).map_err(json)?)?),
-        None => None,
-    };
-    let row = AuditRow { seq, at_ms: now, node: node.to_string(), action: action.to_string(), sid, detail };
-    let hash = row.hash(&prev);
-    tx.exec(
-        "INSERT INTO audit (seq, at_ms, node, action, sid, detail, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![row.seq as i64, row.at_ms, row.node, row.action, row.sid, row.detail, hash],
-    )
-    .map_err(sql("appending to the audit chain"))?;
-    write_head(tx, sealer, seq, &hash)
+    let mut tail = AuditTail::read(tx)?;
+    tail.append(tx, sealer, NewEntry { node, at_ms: now, action, sid, detail })?;
+    tail.seal(tx, sealer)
+}
+
+/// An audit entry to append: who wrote it, when, what, about which session, and the detail
+/// (sealed when stored).
+#[derive(Debug)]
+pub(crate) struct NewEntry<'a> {
+    pub(crate) node: &'a str,
+    pub(crate) at_ms: i64,
+    pub(crate) action: &'a str,
+    pub(crate) sid: Option<i64>,
+    pub(crate) detail: Option<serde_json::Value>,
+}
+
+/// The end of the audit chain while a transaction extends it: a transaction that appends many
+/// entries (a sync storing a thousand sessions) reads the chain's end once and seals its head
+/// once, before it commits ([`AuditTail::seal`]).
+#[derive(Debug)]
+pub(crate) struct AuditTail {
+    seq: u64,
+    hash: Vec<u8>,
+    moved: bool,
+}
+
+impl AuditTail {
+    /// The chain's end as the transaction sees it.
+    pub(crate) fn read(tx: &Transaction<'_>) -> Result<AuditTail, StoreError> {
+        let last: Option<(i64, Vec<u8>)> = tx
+            .row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(sql("reading the audit chain"))?;
+        Ok(match last {
+            Some((s, h)) => AuditTail { seq: s as u64, hash: h, moved: false },
+            None => AuditTail { seq: 0, hash: [0u8; 32].to_vec(), moved: false },
+        })
+    }
+
+    /// Appends one entry after the end (the head is sealed by [`AuditTail::seal`]).
+    pub(crate) fn append(
+        &mut self,
+        tx: &Transaction<'_>,
+        sealer: &Sealer,
+        entry: NewEntry<'_>,
+    ) -> Result<(), StoreError> {
+        let NewEntry { node, at_ms, action, sid, detail } = entry;
+        let seq = self.seq + 1;
+        let detail = match detail {
+            Some(d) => Some(sealer.seal(&audit_aad(seq), &serde_json::to_vec(&d).map_err(json)?)?),
+            None => None,
+        };
+        let row = AuditRow { seq, at_ms, node: node.to_string(), action: action.to_string(), sid, detail };
+        let hash = row.hash(&self.hash);
+        tx.exec(
+            "INSERT INTO audit (seq, at_ms, node, action, sid, detail, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![row.seq as i64, row.at_ms, row.node, row.action, row.sid, row.detail, hash],
+        )
+        .map_err(sql("appending to the audit chain"))?;
+        self.seq = seq;
+        self.hash = hash;
+        self.moved = true;
+        Ok(())
+    }
+
+    /// Seals the chain's head over the last entry appended (nothing when none was): must come
+    /// before the transaction commits.
+    pub(crate) fn seal(self, tx: &Transaction<'_>, sealer: &Sealer) -> Result<(), StoreError> {
+        if self.moved { write_head(tx, sealer, self.seq, &self.hash) } else { Ok(()) }
+    }
 }
 
 /// Associated data of the sealed chain head.
@@ -250,4 +300,61 @@ fn write_head(tx: &Transaction<'_>, sealer: &Sealer, seq: u64, hash: &[u8]) -> R
 
 pub(super) fn audit_aad(seq: u64) -> Vec<u8> {
     [b"outpost/audit/v1/".as_slice(), &seq.to_be_bytes()].concat()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::NodeKey;
+    use crate::store::StoreOptions;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sealer = Sealer::new(&NodeKey::generate().expect("key"));
+        let store = Store::open(&dir.path().join("t.db"), sealer, "hub-1", StoreOptions::default()).expect("open");
+        (dir, store)
+    }
+
+    fn entries(n: u64) -> Vec<(&'static str, Option<serde_json::Value>)> {
+        (0..n).map(|i| ("sync.receive", Some(serde_json::json!({ "from": format!("edge-{i}") })))).collect()
+    }
+
+    #[test]
+    fn entries_appended_in_one_transaction_make_a_chain_that_verifies() {
+        let (_d, mut store) = store();
+        // One entry the usual way, then three through one tail, then one more the usual way.
+        let tx = store.conn.transaction_with_behavior(TransactionBehavior::Immediate).expect("tx");
+        append_audit(&tx, &store.sealer, "hub-1", 7, "session.create", None, None).expect("append");
+        tx.commit().expect("commit");
+        let tx = store.conn.transaction_with_behavior(TransactionBehavior::Immediate).expect("tx");
+        let mut tail = AuditTail::read(&tx).expect("tail");
+        for (action, detail) in entries(3) {
+            tail.append(&tx, &store.sealer, NewEntry { node: "hub-1", at_ms: 8, action, sid: None, detail })
+                .expect("append");
+        }
+        tail.seal(&tx, &store.sealer).expect("seal");
+        tx.commit().expect("commit");
+        let tx = store.conn.transaction_with_behavior(TransactionBehavior::Immediate).expect("tx");
+        append_audit(&tx, &store.sealer, "hub-1", 9, "session.view", None, None).expect("append");
+        tx.commit().expect("commit");
+        let check = store.audit().verify_audit().expect("verify");
+        assert_eq!((check.entries, check.broken_at), (5, None), "the chain and its head hold");
+        let tail = store.audit().audit_tail(10).expect("read back");
+        let actions: Vec<&str> = tail.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(actions.iter().filter(|a| **a == "sync.receive").count(), 3, "{actions:?}");
+    }
+
+    #[test]
+    fn a_chain_extended_without_sealing_its_head_reads_as_broken() {
+        let (_d, mut store) = store();
+        let tx = store.conn.transaction_with_behavior(TransactionBehavior::Immediate).expect("tx");
+        let mut tail = AuditTail::read(&tx).expect("tail");
+        for (action, detail) in entries(2) {
+            tail.append(&tx, &store.sealer, NewEntry { node: "hub-1", at_ms: 7, action, sid: None, detail })
+                .expect("append");
+        }
+        tx.commit().expect("commit");
+        let check = store.audit().verify_audit().expect("verify");
+        assert!(check.broken_at.is_some(), "the head must vouch for the last entry: {check:?}");
+    }
 }

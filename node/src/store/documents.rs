@@ -5,6 +5,9 @@ use std::ops::{Deref, DerefMut};
 
 use super::*;
 
+/// A session's log (routing or calls): its entries in order, each a map of its fields.
+pub type LogEntries = Vec<std::collections::BTreeMap<String, sync_protocol::session::LogValue>>;
+
 /// What the store keeps of session documents: creating, editing and viewing them, and listing
 /// them from their cards.
 /// Reached through [`Store::sessions`] and [`Store::sessions_mut`].
@@ -205,6 +208,12 @@ impl<S: DerefMut<Target = Store>> Sessions<S> {
         self.0.with_doc(id, |d| d.routing_log())?.map_err(model(id))
     }
 
+    /// The routing logs of many sessions, read in one transaction (a sync that changed a
+    /// thousand sessions asks for all of them): each session's log, or why it could not be read.
+    pub fn routing_logs(&mut self, ids: &[SessionId]) -> Result<Vec<Result<LogEntries, StoreError>>, StoreError> {
+        self.0.with_docs(ids, |id, d| d.routing_log().map_err(model(id)))
+    }
+
     /// The session's call log (each party's record of its legs).
     pub fn call_log(
         &mut self,
@@ -216,11 +225,11 @@ impl<S: DerefMut<Target = Store>> Sessions<S> {
     /// The current view of a session.
     pub fn view(&mut self, id: SessionId) -> Result<SessionView, StoreError> {
         let store = &mut *self.0;
-        let tx = store.conn.transaction().map_err(sql("starting a read"))?;
-        let mut cached = checkout(&mut store.cache, &tx, &store.sealer, &store.actor, id)?;
+        let tx = reading(&store.conn)?;
+        let mut cached = checkout(&mut store.cache, &store.conn, &store.sealer, &store.actor, id)?;
         let viewer = Viewer { hub: store.opts.hub };
         let view = match cached.doc.view() {
-            Ok(mut view) => localize_view(&tx, viewer, cached.sid, &mut cached.doc, &mut view).map(|()| view),
+            Ok(mut view) => localize_view(&store.conn, viewer, cached.sid, &mut cached.doc, &mut view).map(|()| view),
             Err(e) => Err(model(id)(e)),
         };
         drop(tx);
@@ -235,9 +244,31 @@ impl<S: DerefMut<Target = Store>> Sessions<S> {
 }
 
 impl Store {
+    /// [`Store::with_doc`] for many sessions in one read transaction: `f`'s answer for each, or
+    /// why the session could not be read.
+    pub(super) fn with_docs<T>(
+        &mut self,
+        ids: &[SessionId],
+        mut f: impl FnMut(SessionId, &mut SessionDoc) -> Result<T, StoreError>,
+    ) -> Result<Vec<Result<T, StoreError>>, StoreError> {
+        let tx = reading(&self.conn)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            match checkout(&mut self.cache, &self.conn, &self.sealer, &self.actor, id) {
+                Ok(mut cached) => {
+                    out.push(f(id, &mut cached.doc));
+                    self.cache.put(id, cached);
+                }
+                Err(e) => out.push(Err(e)),
+            }
+        }
+        drop(tx);
+        Ok(out)
+    }
+
     pub(super) fn with_doc<T>(&mut self, id: SessionId, f: impl FnOnce(&mut SessionDoc) -> T) -> Result<T, StoreError> {
-        let tx = self.conn.transaction().map_err(sql("starting a read"))?;
-        let mut cached = checkout(&mut self.cache, &tx, &self.sealer, &self.actor, id)?;
+        let tx = reading(&self.conn)?;
+        let mut cached = checkout(&mut self.cache, &self.conn, &self.sealer, &self.actor, id)?;
         drop(tx);
         let out = f(&mut cached.doc);
         self.cache.put(id, cached);
@@ -524,7 +555,7 @@ pub(super) fn maybe_compact(
     Ok(())
 }
 
-pub(super) fn session_row(tx: &Transaction<'_>, id: &str) -> Result<Row, StoreError> {
+pub(super) fn session_row(tx: &Connection, id: &str) -> Result<Row, StoreError> {
     tx.row("SELECT sid, head_seq, snapshot_upto FROM sessions WHERE id = ?1", [id], |r| {
         Ok(Row { sid: r.get(0)?, head: r.get(1)?, snapshot_upto: r.get(2)? })
     })
@@ -537,7 +568,7 @@ pub(super) fn session_row(tx: &Transaction<'_>, id: &str) -> Result<Row, StoreEr
 /// what other processes have committed: their new changes, or the snapshot that folded them.
 pub(super) fn checkout(
     cache: &mut DocCache,
-    tx: &Transaction<'_>,
+    tx: &Connection,
     sealer: &Sealer,
     actor: &ActorId,
     id: SessionId,

@@ -17,8 +17,8 @@ use sync_protocol::vocab::ServiceLine;
 use sync_protocol::wire::{DocId, Hash};
 
 use super::{
-    Cached, CachedSql, PeerSync, Store, StoreError, append_audit, append_change, checkout, doc_heads, heads_blob,
-    heads_from_blob, index_doc, insert_session_row, log_counts, maybe_compact, put_sigs, session_row, sql,
+    AuditTail, Cached, CachedSql, NewEntry, PeerSync, Store, StoreError, append_change, checkout, doc_heads,
+    heads_blob, heads_from_blob, index_doc, insert_session_row, log_counts, maybe_compact, put_sigs, sql,
 };
 
 /// A session as scope decisions and reconciliation see it (clear index columns only).
@@ -378,7 +378,12 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
     /// has been sent and acknowledged, `Err` with why it failed.
     pub fn record_sync(&mut self, peer: &str, outcome: Result<(), &str>, now: i64) -> Result<(), StoreError> {
         let ctx = "recording a sync";
-        match outcome {
+        // Bookkeeping, not a write anyone was told is safe: committed without waiting for the
+        // disk (`synchronous=NORMAL` for this one commit). A killed process keeps it (the
+        // operating system has it); a power cut may lose it until the next write's commit,
+        // which makes the log durable again, this record with it.
+        self.0.conn.execute_batch("PRAGMA synchronous=NORMAL").map_err(sql(ctx))?;
+        let written = match outcome {
             Ok(()) => self.0.conn.exec(
                 "INSERT INTO peer_syncs (peer, last_ok_ms) VALUES (?1, ?2)
                  ON CONFLICT (peer) DO UPDATE SET last_ok_ms = excluded.last_ok_ms",
@@ -389,8 +394,10 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
                  ON CONFLICT (peer) DO UPDATE SET last_error = excluded.last_error, last_error_ms = excluded.last_error_ms",
                 params![peer, why, now],
             ),
-        }
-        .map_err(sql(ctx))?;
+        };
+        let restored = self.0.conn.execute_batch("PRAGMA synchronous=FULL");
+        written.map_err(sql(ctx))?;
+        restored.map_err(sql(ctx))?;
         Ok(())
     }
 
@@ -409,14 +416,15 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
     pub fn set_knowledge(&mut self, peer: &PeerInfo, updates: &[(DocId, Knowledge)]) -> Result<(), StoreError> {
         // What a peer says of a session it may not see is not recorded: it would make it look
         // like a holder.
+        // The index rows are read inside the write: one lock for the batch, not one per read.
+        let tx = Transaction::new_unchecked(&self.0.conn, TransactionBehavior::Immediate)
+            .map_err(sql("starting a write"))?;
         let mut rows = Vec::with_capacity(updates.len());
         for (id, k) in updates {
             if let Some((sid, _)) = self.visible_row(peer, id)? {
                 rows.push((sid, k));
             }
         }
-        let tx =
-            self.0.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
         for (sid, k) in rows {
             tx.exec(
                 "INSERT INTO peer_docs (peer, sid, digest, heads, shared, hub) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -533,6 +541,8 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
         let mut out = Vec::new();
         let mut changed = Vec::new();
         let mut spent = 0u64;
+        // Each stored session is audited; the chain's head is sealed once, before the commit.
+        let mut audit: Option<AuditTail> = None;
         for inc in batch {
             let id = &inc.doc;
             if spent >= store.limits.max_batch_ops {
@@ -540,8 +550,8 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
                 continue;
             }
             let sid = SessionId::from_bytes(*id);
-            let mut existing = match session_row(&tx, &sid.to_string()) {
-                Ok(_) => Some(checkout(&mut store.cache, &tx, &store.sealer, &store.actor, sid)?),
+            let mut existing = match checkout(&mut store.cache, &tx, &store.sealer, &store.actor, sid) {
+                Ok(cached) => Some(cached),
                 Err(StoreError::NoSuchSession(_)) => None,
                 Err(e) => return Err(e),
             };
@@ -582,7 +592,7 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
                                 node: &store.node,
                                 author: &store.author,
                             };
-                            let (applied, cached) = integrate(&tx, &env, candidate, ctx)?;
+                            let (applied, cached) = integrate(&tx, &env, &mut audit, candidate, ctx)?;
                             if let Some(c) = cached {
                                 store.cache.put(sid, c);
                                 changed.push(*id);
@@ -596,6 +606,9 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
                 store.cache.put(sid, c);
             }
             out.push(outcome);
+        }
+        if let Some(tail) = audit {
+            tail.seal(&tx, &store.sealer)?;
         }
         tx.commit().map_err(sql("committing"))?;
         Ok((out, changed))
@@ -629,6 +642,15 @@ impl Store {
     }
 }
 
+/// The audit chain's end for a transaction, read at its first entry.
+fn tail<'t>(tx: &Transaction<'_>, audit: &'t mut Option<AuditTail>) -> Result<&'t mut AuditTail, StoreError> {
+    let t = match audit.take() {
+        Some(t) => t,
+        None => AuditTail::read(tx)?,
+    };
+    Ok(audit.insert(t))
+}
+
 /// The parts of the store [`integrate`] uses beside the transaction.
 struct Env<'a> {
     sealer: &'a crate::crypto::Sealer,
@@ -655,6 +677,7 @@ struct Integration<'a> {
 fn integrate(
     tx: &Transaction<'_>,
     env: &Env<'_>,
+    audit: &mut Option<AuditTail>,
     mut candidate: SessionDoc,
     ctx: Integration<'_>,
 ) -> Result<(Applied, Option<Cached>), StoreError> {
@@ -700,21 +723,45 @@ fn integrate(
             .map_err(sql("offloading a photo"))?;
         if n > 0 {
             tx.exec("DELETE FROM blob_chunks WHERE hash = ?1", [&hash]).map_err(sql("offloading a photo"))?;
-            append_audit(
-                tx,
-                sealer,
-                node,
-                now,
-                "photo.offload",
-                Some(row_sid),
-                Some(serde_json::json!({ "photo": hash })),
-            )?;
+            let detail = Some(serde_json::json!({ "photo": hash }));
+            let entry = NewEntry { node, at_ms: now, action: "photo.offload", sid: Some(row_sid), detail };
+            tail(tx, audit)?.append(tx, sealer, entry)?;
         }
     }
-    append_audit(tx, sealer, node, now, "sync.receive", Some(row_sid), Some(serde_json::json!({ "from": from.name })))?;
+    let detail = Some(serde_json::json!({ "from": from.name }));
+    let entry = NewEntry { node, at_ms: now, action: "sync.receive", sid: Some(row_sid), detail };
+    tail(tx, audit)?.append(tx, sealer, entry)?;
     let heads = doc_heads(&mut candidate);
     let mut cached = Cached { doc: candidate, sid: row_sid, upto: seq };
     let counts = log_counts(tx, row_sid)?;
     maybe_compact(tx, sealer, opts, &key, &mut cached, counts)?;
     Ok((Applied::Stored { heads }, Some(cached)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{NodeKey, Sealer};
+    use crate::store::StoreOptions;
+
+    fn synchronous(store: &Store) -> i64 {
+        store.conn.row("PRAGMA synchronous", [], |r| r.get(0)).expect("pragma")
+    }
+
+    #[test]
+    fn recording_a_sync_leaves_every_later_write_waiting_for_the_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sealer = Sealer::new(&NodeKey::generate().expect("key"));
+        let mut store = Store::open(&dir.path().join("t.db"), sealer, "edge-1", StoreOptions::default()).expect("open");
+        const FULL: i64 = 2;
+        assert_eq!(synchronous(&store), FULL);
+        store.peers_mut().record_sync("hub-1", Ok(()), 1_000).expect("ok recorded");
+        assert_eq!(synchronous(&store), FULL, "after a sync recorded");
+        store.peers_mut().record_sync("hub-1", Err("link down"), 2_000).expect("error recorded");
+        assert_eq!(synchronous(&store), FULL, "after a failure recorded");
+        let syncs = store.peers().peer_syncs().expect("read back");
+        assert_eq!(syncs.len(), 1);
+        assert_eq!(syncs[0].last_ok_ms, Some(1_000));
+        assert_eq!(syncs[0].last_error.as_ref().map(|(ms, why)| (*ms, why.as_str())), Some((2_000, "link down")));
+    }
 }
