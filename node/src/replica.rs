@@ -311,3 +311,44 @@ impl Replica for NodeReplica<'_> {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{NodeKey, Sealer};
+    use crate::store::StoreOptions;
+    use sync_protocol::vocab::Role;
+
+    fn node(name: &str, role: Role) -> PeerInfo {
+        PeerInfo { name: name.into(), role, org: None, icb: Some("QHM".into()), lines: Vec::new() }
+    }
+
+    #[test]
+    fn a_borrow_holds_one_read_transaction_until_it_writes_or_ends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sealer = Sealer::new(&NodeKey::generate().expect("key"));
+        let mut store = Store::open(&dir.path().join("t.db"), sealer, "hub-1", StoreOptions::default()).expect("open");
+        let (me, peer) = (node("hub-1", Role::Hub), node("amb-1", Role::Edge));
+        let doc = [7u8; 16];
+        {
+            let mut r = NodeReplica::new(&mut store, &me, None);
+            assert_eq!(r.heads_for(&peer, &doc).expect("read"), None);
+            assert!(r.store.in_transaction(), "the read keeps its transaction for the next");
+            assert_eq!(r.knowledge(&peer, &doc).expect("read"), None);
+            let k = Knowledge { heads: Vec::new(), shared: Vec::new() };
+            r.set_knowledge(&peer, &[(doc, k)]).expect("a write after reads");
+            assert!(!r.store.in_transaction(), "the write committed and nothing stays open");
+            r.heads_for(&peer, &doc).expect("read again");
+            assert!(r.store.in_transaction());
+            let collected = r.finish();
+            assert!(collected.changed.is_empty());
+        }
+        assert!(!store.in_transaction(), "the borrow's end ends its reads");
+        store.peers_mut().record_sync("amb-1", Ok(()), 5).expect("a write after the borrow");
+        {
+            let mut r = NodeReplica::new(&mut store, &me, None);
+            r.heads_for(&peer, &doc).expect("read");
+        }
+        assert!(!store.in_transaction(), "dropped without finish, the same");
+    }
+}

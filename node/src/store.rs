@@ -356,6 +356,12 @@ impl Store {
         Ok(())
     }
 
+    /// Whether a transaction is open on the connection.
+    #[cfg(test)]
+    pub(crate) fn in_transaction(&self) -> bool {
+        !self.conn.is_autocommit()
+    }
+
     /// Ends the read transaction [`Store::hold_reads`] began, if any.
     pub(crate) fn release_reads(&mut self) -> Result<(), StoreError> {
         if std::mem::take(&mut self.reads_held) && !self.conn.is_autocommit() {
