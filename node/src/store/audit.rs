@@ -186,7 +186,8 @@ pub(crate) struct NewEntry<'a> {
 
 /// The end of the audit chain while a transaction extends it: a transaction that appends many
 /// entries (a sync storing a thousand sessions) reads the chain's end once and seals its head
-/// once, before it commits ([`AuditTail::seal`]).
+/// once, before it commits ([`AuditTail::seal`]). While a tail is open, every entry of the
+/// transaction goes through it: [`append_audit`] beside it would reuse its next number.
 #[derive(Debug)]
 pub(crate) struct AuditTail {
     seq: u64,
