@@ -20,17 +20,11 @@ pub struct NodeReplica<'a> {
     store: &'a mut Store,
     me: &'a PeerInfo,
     ca: Option<&'a CertificateDer<'static>>,
-    /// Documents written during this borrow (to be pushed to other peers).
-    pub changed: Vec<DocId>,
-    /// Sessions a hub has confirmed holding during this borrow (what it holds of this node's
-    /// messages may have changed: an app's cards say so).
-    pub held: Vec<DocId>,
-    /// Set when a newer revocation list was installed during this borrow.
-    pub revocations_updated: bool,
+    /// What the borrow collects, handed over by [`NodeReplica::finish`].
+    collected: Collected,
     /// What [`Peers::visible_row`](crate::store::Peers::visible_row) said of documents for the
     /// peer during this borrow, since its last write: the engine asks of one document its heads,
-    /// then what the peer knows of it, then its changes, and each read of the index costs a read
-    /// transaction.
+    /// then what the peer knows of it, then its changes.
     visible: HashMap<DocId, Option<(i64, Vec<Hash>)>>,
     /// The peer `visible` is about.
     visible_to: String,
@@ -43,9 +37,7 @@ impl<'a> NodeReplica<'a> {
             store,
             me,
             ca,
-            changed: Vec::new(),
-            held: Vec::new(),
-            revocations_updated: false,
+            collected: Collected::default(),
             visible: HashMap::new(),
             visible_to: String::new(),
         }
@@ -85,26 +77,22 @@ impl<'a> NodeReplica<'a> {
     }
 }
 
-/// What a borrow collected: the documents it wrote, the sessions a hub confirmed holding, and
-/// whether a newer revocation list was installed.
+/// What a borrow of the store collected for the daemon.
 #[derive(Debug, Default)]
 pub struct Collected {
-    /// [`NodeReplica::changed`].
+    /// Documents written during the borrow (to be pushed to other peers).
     pub changed: Vec<DocId>,
-    /// [`NodeReplica::held`].
+    /// Sessions a hub has confirmed holding during the borrow (what it holds of this node's
+    /// messages may have changed: an app's cards say so).
     pub held: Vec<DocId>,
-    /// [`NodeReplica::revocations_updated`].
+    /// Set when a newer revocation list was installed during the borrow.
     pub revocations_updated: bool,
 }
 
 impl NodeReplica<'_> {
     /// Ends the borrow (and its read transaction): what it collected.
     pub fn finish(mut self) -> Collected {
-        Collected {
-            changed: std::mem::take(&mut self.changed),
-            held: std::mem::take(&mut self.held),
-            revocations_updated: self.revocations_updated,
-        }
+        std::mem::take(&mut self.collected)
     }
 }
 
@@ -188,7 +176,7 @@ impl Replica for NodeReplica<'_> {
         }
         self.store.peers_mut().set_knowledge(peer, updates)?;
         if peer.role == sync_protocol::vocab::Role::Hub {
-            self.held.extend(updates.iter().map(|(id, _)| *id).filter(|id| !is_directory_id(id)));
+            self.collected.held.extend(updates.iter().map(|(id, _)| *id).filter(|id| !is_directory_id(id)));
         }
         Ok(())
     }
@@ -211,7 +199,7 @@ impl Replica for NodeReplica<'_> {
         self.writing()?;
         if !batch.iter().any(|inc| is_directory_id(&inc.doc)) {
             let (out, changed) = self.store.peers_mut().apply_remote(self.me, peer, batch, now)?;
-            self.changed.extend(changed);
+            self.collected.changed.extend(changed);
             return Ok(out);
         }
         // The directory goes its own way; the sessions of the batch still share one transaction.
@@ -222,7 +210,7 @@ impl Replica for NodeReplica<'_> {
                 let (applied, changed) =
                     self.store.directory_mut().apply_directory(self.me, peer, &inc.doc, &inc.bytes, now)?;
                 if changed {
-                    self.changed.push(inc.doc);
+                    self.collected.changed.push(inc.doc);
                 }
                 out[i] = Some(applied);
             } else {
@@ -231,7 +219,7 @@ impl Replica for NodeReplica<'_> {
         }
         let session_batch: Vec<Incoming> = sessions.iter().map(|(_, d)| d.clone()).collect();
         let (applied, changed) = self.store.peers_mut().apply_remote(self.me, peer, &session_batch, now)?;
-        self.changed.extend(changed);
+        self.collected.changed.extend(changed);
         for ((i, _), a) in sessions.iter().zip(applied) {
             out[*i] = Some(a);
         }
@@ -285,7 +273,7 @@ impl Replica for NodeReplica<'_> {
         let mut out = Vec::new();
         for hash in self.store.blobs_mut().store_chunks(chunks)? {
             let changed = self.store.blobs_mut().acknowledge_blob(self.me, &hash, now)?;
-            self.changed.extend(changed.iter().copied());
+            self.collected.changed.extend(changed.iter().copied());
             out.extend(changed);
         }
         Ok(out)
@@ -307,7 +295,7 @@ impl Replica for NodeReplica<'_> {
             return Ok(false);
         }
         self.store.identity_mut().put_revocations(number, der)?;
-        self.revocations_updated = true;
+        self.collected.revocations_updated = true;
         Ok(true)
     }
 }
@@ -315,8 +303,6 @@ impl Replica for NodeReplica<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::{NodeKey, Sealer};
-    use crate::store::StoreOptions;
     use sync_protocol::vocab::Role;
 
     fn node(name: &str, role: Role) -> PeerInfo {
@@ -325,9 +311,7 @@ mod tests {
 
     #[test]
     fn a_borrow_holds_one_read_transaction_until_it_writes_or_ends() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sealer = Sealer::new(&NodeKey::generate().expect("key"));
-        let mut store = Store::open(&dir.path().join("t.db"), sealer, "hub-1", StoreOptions::default()).expect("open");
+        let (_dir, mut store) = Store::scratch("hub-1");
         let (me, peer) = (node("hub-1", Role::Hub), node("amb-1", Role::Edge));
         let doc = [7u8; 16];
         {

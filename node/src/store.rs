@@ -356,6 +356,15 @@ impl Store {
         Ok(())
     }
 
+    /// A store of its own in a temporary directory, for this crate's unit tests.
+    #[cfg(test)]
+    pub(crate) fn scratch(node: &str) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sealer = Sealer::new(&crate::crypto::NodeKey::generate().expect("key"));
+        let store = Store::open(&dir.path().join("t.db"), sealer, node, StoreOptions::default()).expect("open");
+        (dir, store)
+    }
+
     /// Whether a transaction is open on the connection.
     #[cfg(test)]
     pub(crate) fn in_transaction(&self) -> bool {

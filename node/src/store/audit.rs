@@ -306,14 +306,9 @@ pub(super) fn audit_aad(seq: u64) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::NodeKey;
-    use crate::store::StoreOptions;
 
     fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sealer = Sealer::new(&NodeKey::generate().expect("key"));
-        let store = Store::open(&dir.path().join("t.db"), sealer, "hub-1", StoreOptions::default()).expect("open");
-        (dir, store)
+        Store::scratch("hub-1")
     }
 
     fn entries(n: u64) -> Vec<(&'static str, Option<serde_json::Value>)> {

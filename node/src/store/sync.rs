@@ -741,8 +741,6 @@ fn integrate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::{NodeKey, Sealer};
-    use crate::store::StoreOptions;
 
     fn synchronous(store: &Store) -> i64 {
         store.conn.row("PRAGMA synchronous", [], |r| r.get(0)).expect("pragma")
@@ -750,9 +748,7 @@ mod tests {
 
     #[test]
     fn recording_a_sync_leaves_every_later_write_waiting_for_the_disk() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sealer = Sealer::new(&NodeKey::generate().expect("key"));
-        let mut store = Store::open(&dir.path().join("t.db"), sealer, "edge-1", StoreOptions::default()).expect("open");
+        let (_dir, mut store) = Store::scratch("edge-1");
         const FULL: i64 = 2;
         assert_eq!(synchronous(&store), FULL);
         store.peers_mut().record_sync("hub-1", Ok(()), 1_000).expect("ok recorded");
