@@ -201,10 +201,7 @@ impl<S: DerefMut<Target = Store>> Sessions<S> {
     }
 
     /// A session's routing log, read without building its whole view.
-    pub fn routing_log(
-        &mut self,
-        id: SessionId,
-    ) -> Result<Vec<std::collections::BTreeMap<String, sync_protocol::session::LogValue>>, StoreError> {
+    pub fn routing_log(&mut self, id: SessionId) -> Result<LogEntries, StoreError> {
         self.0.with_doc(id, |d| d.routing_log())?.map_err(model(id))
     }
 
@@ -215,10 +212,7 @@ impl<S: DerefMut<Target = Store>> Sessions<S> {
     }
 
     /// The session's call log (each party's record of its legs).
-    pub fn call_log(
-        &mut self,
-        id: SessionId,
-    ) -> Result<Vec<std::collections::BTreeMap<String, sync_protocol::session::LogValue>>, StoreError> {
+    pub fn call_log(&mut self, id: SessionId) -> Result<LogEntries, StoreError> {
         self.0.with_doc(id, |d| d.call_log())?.map_err(model(id))
     }
 
