@@ -442,6 +442,17 @@ fn main() {
             }
             rt.block_on(daemon.stop());
             measured
+        } else if k == 0 {
+            // A few milliseconds of CPU, in a process shared with the hub's daemon: the median
+            // of five fresh processes' syncs.
+            drop(node);
+            let mut runs: Vec<(SyncReport, f64)> = (0..5).map(|_| rt.block_on(ours(&edge, hub_addr))).collect();
+            runs.sort_by(|a, b| a.1.total_cmp(&b.1));
+            eprintln!(
+                "  CPU of the five: {:?} ms",
+                runs.iter().map(|r| (r.1 * 10.0).round() / 10.0).collect::<Vec<_>>()
+            );
+            runs.swap_remove(2)
         } else {
             drop(node);
             rt.block_on(ours(&edge, hub_addr))
@@ -453,7 +464,8 @@ fn main() {
         reload(&mut b_edge, &edge, &changed);
         let (b, side) = rt.block_on(baseline(&mut b_edge, b_hub, &edge_id, &hub_id));
         b_hub = side;
-        rows.push(Row::against(format!("{label} of {n}"), report, cpu_ms, b));
+        let case = if k == 0 { format!("{label} of {n} (median of 5)") } else { format!("{label} of {n}") };
+        rows.push(Row::against(case, report, cpu_ms, b));
         // Settle the hub's last receipts so the next case starts from converged replicas.
         rt.block_on(ours(&edge, hub_addr));
     }

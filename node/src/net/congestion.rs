@@ -16,6 +16,12 @@
 //!   round's bytes lost, is congestion: the window shrinks to 0.7 of itself, as Cubic's does, so
 //!   that a competing loss-based flow keeps its share;
 //! - while the queue is long the window does not grow, and slow start ends;
+//! - slow start also ends as soon as the last few acknowledgements show the queue past the
+//!   limit, not a round later: a window that doubles each round overfills the bottleneck's
+//!   buffer in that round (on an 8 Mbit/s link with a 256 KiB buffer, the window reached
+//!   600 KB and a fifth of a round's packets were dropped). The window then goes back to what
+//!   was in flight when those packets were sent (half of it), scaled down to put the queue at
+//!   the limit;
 //! - persistent congestion (a blackout) restarts from the minimum window, with the slow-start
 //!   threshold kept at 0.7 of the window before, so the link is refilled in a few round trips
 //!   once it returns;
@@ -175,6 +181,10 @@ pub struct Radio {
     last_ack: Instant,
     /// When a packet last went out.
     last_sent: Option<Instant>,
+    /// The last few round-trip samples, newest at `recent_at`.
+    recent: [Duration; RECENT],
+    recent_at: usize,
+    recent_len: usize,
     /// Bytes in flight at the last acknowledgement plus every packet sent since (an upper
     /// bound of quinn's count, which ack-only packets do not enter).
     in_flight: u64,
@@ -193,6 +203,9 @@ const BETA: f64 = 0.7;
 /// A round that lost more than this share of its bytes is congested, whatever the queue (a
 /// shallow buffer that drops before it delays). A cell edge's bad spells lose 20%.
 const HEAVY_LOSS: f64 = 0.3;
+/// How many of the last round-trip samples must all show the queue past the limit to end slow
+/// start (one late acknowledgement is not a queue).
+const RECENT: usize = 4;
 
 impl Radio {
     /// A controller for a path of this MTU.
@@ -214,6 +227,9 @@ impl Radio {
             radio_episodes: 0,
             last_ack: now,
             last_sent: None,
+            recent: [Duration::ZERO; RECENT],
+            recent_at: 0,
+            recent_len: 0,
             in_flight: 0,
             srtt: Duration::from_millis(333),
         }
@@ -257,6 +273,23 @@ impl Radio {
         }
     }
 
+    /// Slow start's window once the last few samples all show the queue past the limit: what
+    /// was in flight when they were sent (half of the window, which doubled since), scaled to
+    /// put the queue at the limit. `None` while the queue is within it.
+    fn slow_start_overshoot(&self) -> Option<u64> {
+        let base = self.base_rtt.get()?;
+        if self.recent_len < RECENT {
+            return None;
+        }
+        let recent = self.recent.iter().copied().min()?;
+        let limit = Radio::queue_limit(base);
+        if recent.saturating_sub(base) <= limit {
+            return None;
+        }
+        let aim = (base + limit).as_secs_f64() / recent.as_secs_f64();
+        Some(((self.window as f64 / 2.0 * aim) as u64).max(self.min_window()))
+    }
+
     /// Loss episodes answered as congestion, and as radio loss (the window kept).
     pub fn episodes(&self) -> (u64, u64) {
         (self.congested_episodes, self.radio_episodes)
@@ -272,6 +305,9 @@ impl Radio {
         if !sample.is_zero() {
             self.base_rtt.update(now, sample);
             self.round_min = Some(self.round_min.map_or(sample, |m| m.min(sample)));
+            self.recent_at = (self.recent_at + 1) % RECENT;
+            self.recent[self.recent_at] = sample;
+            self.recent_len = (self.recent_len + 1).min(RECENT);
         }
         self.round_acked += bytes;
         match self.round_end {
@@ -292,7 +328,11 @@ impl Radio {
         }
         let long = self.queue_long();
         if self.window < self.ssthresh {
-            if long {
+            if let Some(window) = self.slow_start_overshoot() {
+                // The buffer is filling within this round: leave slow start now.
+                self.window = window.min(self.window);
+                self.ssthresh = self.window;
+            } else if long {
                 // The queue is building: slow start is over.
                 self.ssthresh = self.window;
             } else {
@@ -454,6 +494,54 @@ mod tests {
         assert_eq!(c.window(), held, "no growth while the queue is long");
         assert_eq!(c.metrics().ssthresh, Some(c.ssthresh));
         let _ = t;
+    }
+
+    #[test]
+    fn slow_start_ends_within_the_round_the_queue_passes_the_limit() {
+        let t0 = Instant::now();
+        let mut c = Radio::new(t0, MTU);
+        let mut t = t0;
+        for _ in 0..3 {
+            t = round(&mut c, t, 20, ms(50));
+        }
+        assert_eq!(c.ssthresh, u64::MAX, "a short queue leaves slow start running");
+        // The next round's acknowledgements come back ever later: 50 ms of path plus a queue
+        // that grows by 10 ms a packet.
+        let mut exit = None;
+        for i in 0..30u32 {
+            let rtt = ms(50) + ms(10) * i;
+            let now = t + ms(50) + ms(5) * i;
+            let before = c.window;
+            c.acked(now, now - rtt, u64::from(MTU), false, ms(50));
+            if exit.is_none() && c.ssthresh != u64::MAX {
+                exit = Some((i, before, c.window));
+            }
+        }
+        // Limit 150 ms: the samples pass 200 ms from the 16th (210 ms); the fourth is the 19th.
+        let (i, before, after) = exit.expect("slow start ended");
+        assert_eq!(i, 19, "slow start ends as the fourth sample past the limit comes");
+        // Half the window (what was in flight when those packets went), times 200 ms over the
+        // smallest of the four (210 ms).
+        assert_eq!(after, (before as f64 / 2.0 * 200.0 / 210.0) as u64);
+        let held = c.window;
+        let _ = round(&mut c, t + ms(300), 10, ms(400));
+        assert_eq!(c.window, held, "no growth while the queue is long");
+    }
+
+    #[test]
+    fn one_late_acknowledgement_does_not_end_slow_start() {
+        let t0 = Instant::now();
+        let mut c = Radio::new(t0, MTU);
+        let mut t = t0;
+        for _ in 0..3 {
+            t = round(&mut c, t, 20, ms(50));
+        }
+        for i in 0..10u32 {
+            let rtt = if i == 4 { ms(600) } else { ms(50) };
+            let now = t + ms(50) + ms(5) * i;
+            c.acked(now, now - rtt, u64::from(MTU), false, ms(50));
+        }
+        assert_eq!(c.ssthresh, u64::MAX);
     }
 
     #[test]
