@@ -181,10 +181,9 @@ pub struct Radio {
     last_ack: Instant,
     /// When a packet last went out.
     last_sent: Option<Instant>,
-    /// The last few round-trip samples, newest at `recent_at`.
+    /// The last few round-trip samples, newest at `recent_at` (zero until as many came).
     recent: [Duration; RECENT],
     recent_at: usize,
-    recent_len: usize,
     /// Bytes in flight at the last acknowledgement plus every packet sent since (an upper
     /// bound of quinn's count, which ack-only packets do not enter).
     in_flight: u64,
@@ -229,7 +228,6 @@ impl Radio {
             last_sent: None,
             recent: [Duration::ZERO; RECENT],
             recent_at: 0,
-            recent_len: 0,
             in_flight: 0,
             srtt: Duration::from_millis(333),
         }
@@ -278,9 +276,7 @@ impl Radio {
     /// put the queue at the limit. `None` while the queue is within it.
     fn slow_start_overshoot(&self) -> Option<u64> {
         let base = self.base_rtt.get()?;
-        if self.recent_len < RECENT {
-            return None;
-        }
+        // Zero while fewer samples came: no queue.
         let recent = self.recent.iter().copied().min()?;
         let limit = Radio::queue_limit(base);
         if recent.saturating_sub(base) <= limit {
@@ -307,7 +303,6 @@ impl Radio {
             self.round_min = Some(self.round_min.map_or(sample, |m| m.min(sample)));
             self.recent_at = (self.recent_at + 1) % RECENT;
             self.recent[self.recent_at] = sample;
-            self.recent_len = (self.recent_len + 1).min(RECENT);
         }
         self.round_acked += bytes;
         match self.round_end {
