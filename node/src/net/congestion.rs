@@ -428,6 +428,17 @@ mod tests {
         t + rtt * 2
     }
 
+    /// A new controller after `rounds` rounds of `packets` packets at `rtt`, and the time then.
+    fn warmed(rounds: usize, packets: u64, rtt: Duration) -> (Radio, Instant) {
+        let t0 = Instant::now();
+        let mut c = Radio::new(t0, MTU);
+        let mut t = t0;
+        for _ in 0..rounds {
+            t = round(&mut c, t, packets, rtt);
+        }
+        (c, t)
+    }
+
     #[test]
     fn names_parse_back() {
         for c in Congestion::ALL {
@@ -439,12 +450,7 @@ mod tests {
 
     #[test]
     fn a_loss_with_a_short_queue_keeps_the_window() {
-        let t0 = Instant::now();
-        let mut c = Radio::new(t0, MTU);
-        let mut t = t0;
-        for _ in 0..4 {
-            t = round(&mut c, t, 20, ms(60));
-        }
+        let (mut c, t) = warmed(4, 20, ms(60));
         let before = c.window();
         c.on_congestion_event(t, t - ms(30), false, u64::from(MTU));
         assert_eq!(c.window(), before, "random radio loss is not congestion");
@@ -456,12 +462,7 @@ mod tests {
 
     #[test]
     fn a_loss_with_a_long_queue_shrinks_the_window_as_cubic_would() {
-        let t0 = Instant::now();
-        let mut c = Radio::new(t0, MTU);
-        let mut t = t0;
-        for _ in 0..4 {
-            t = round(&mut c, t, 20, ms(60));
-        }
+        let (mut c, mut t) = warmed(4, 20, ms(60));
         // The queue grows: round trips of 60 + 300 ms.
         for _ in 0..3 {
             t = round(&mut c, t, 20, ms(360));
@@ -493,12 +494,7 @@ mod tests {
 
     #[test]
     fn slow_start_ends_within_the_round_the_queue_passes_the_limit() {
-        let t0 = Instant::now();
-        let mut c = Radio::new(t0, MTU);
-        let mut t = t0;
-        for _ in 0..3 {
-            t = round(&mut c, t, 20, ms(50));
-        }
+        let (mut c, t) = warmed(3, 20, ms(50));
         assert_eq!(c.ssthresh, u64::MAX, "a short queue leaves slow start running");
         // The next round's acknowledgements come back ever later: 50 ms of path plus a queue
         // that grows by 10 ms a packet.
@@ -525,12 +521,7 @@ mod tests {
 
     #[test]
     fn one_late_acknowledgement_does_not_end_slow_start() {
-        let t0 = Instant::now();
-        let mut c = Radio::new(t0, MTU);
-        let mut t = t0;
-        for _ in 0..3 {
-            t = round(&mut c, t, 20, ms(50));
-        }
+        let (mut c, t) = warmed(3, 20, ms(50));
         for i in 0..10u32 {
             let rtt = if i == 4 { ms(600) } else { ms(50) };
             let now = t + ms(50) + ms(5) * i;
@@ -541,12 +532,7 @@ mod tests {
 
     #[test]
     fn heavy_loss_is_congestion_even_without_a_queue() {
-        let t0 = Instant::now();
-        let mut c = Radio::new(t0, MTU);
-        let mut t = t0;
-        for _ in 0..3 {
-            t = round(&mut c, t, 20, ms(60));
-        }
+        let (mut c, t) = warmed(3, 20, ms(60));
         // Half of a round's packets lost, no queue: the first loss is taken for the radio's...
         c.on_congestion_event(t, t - ms(1), false, 20 * u64::from(MTU));
         assert_eq!(c.episodes(), (0, 1));
@@ -559,12 +545,7 @@ mod tests {
 
     #[test]
     fn a_blackout_restarts_from_the_minimum_aiming_at_most_of_the_old_window() {
-        let t0 = Instant::now();
-        let mut c = Radio::new(t0, MTU);
-        let mut t = t0;
-        for _ in 0..5 {
-            t = round(&mut c, t, 30, ms(60));
-        }
+        let (mut c, t) = warmed(5, 30, ms(60));
         let before = c.window();
         c.on_congestion_event(t, t - ms(1), true, 0);
         assert_eq!(c.window(), 2 * u64::from(MTU));
@@ -573,12 +554,7 @@ mod tests {
 
     #[test]
     fn a_silent_link_gets_one_packet_every_100_ms_beyond_the_window() {
-        let t0 = Instant::now();
-        let mut c = Radio::new(t0, MTU);
-        let mut t = t0;
-        for _ in 0..3 {
-            t = round(&mut c, t, 10, ms(50));
-        }
+        let (mut c, t) = warmed(3, 10, ms(50));
         c.on_end_acks(t, 40_000, false, None);
         let cwnd = c.window;
         // The window is full and the link goes silent.
