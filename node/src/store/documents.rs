@@ -560,6 +560,9 @@ pub(super) fn session_row(tx: &Connection, id: &str) -> Result<Row, StoreError> 
 
 /// Takes a session's document out of the cache (or loads it) and brings it up to date with
 /// what other processes have committed: their new changes, or the snapshot that folded them.
+/// A session's change log past a sequence number, in order: read for every document loaded.
+const LOG_SINCE: &str = "SELECT sealed FROM doc_changes WHERE sid = ?1 AND seq > ?2 ORDER BY seq";
+
 pub(super) fn checkout(
     cache: &mut DocCache,
     tx: &Connection,
@@ -583,9 +586,7 @@ pub(super) fn checkout(
             .map_err(sql("loading a snapshot"))?;
         bytes.extend(sealer.open("snapshot", &snapshot_aad(&key), &sealed)?);
     }
-    let mut stmt = tx
-        .prepare_cached("SELECT sealed FROM doc_changes WHERE sid = ?1 AND seq > ?2 ORDER BY seq")
-        .map_err(sql("loading changes"))?;
+    let mut stmt = tx.prepare_cached(LOG_SINCE).map_err(sql("loading changes"))?;
     let mut rows = stmt.query(params![row.sid, upto]).map_err(sql("loading changes"))?;
     while let Some(r) = rows.next().map_err(sql("loading changes"))? {
         let sealed: Vec<u8> = r.get(0).map_err(sql("loading changes"))?;
@@ -667,4 +668,42 @@ pub(super) fn insert_session_row(
     )
     .map_err(sql(ctx))?;
     Ok(tx.last_insert_rowid())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sync_protocol::session::{NewSession, Patient, Requester, Service};
+    use sync_protocol::vocab::{CareSetting, Channel, Priority, ServiceLine};
+
+    fn new_session(n: u32) -> NewSession {
+        NewSession {
+            id: SessionId::from_parts(1_796_360_400_000, u128::from(n)),
+            origin: "amb-1".into(),
+            icb: "QHM".into(),
+            care_setting: CareSetting::GpUrgent,
+            requester: Requester::default(),
+            patient: Patient::default(),
+            service: Service { line: ServiceLine::Dermatology, channel: Channel::Message, priority: Priority::Routine },
+            summary: "question".into(),
+            draft: false,
+        }
+    }
+
+    #[test]
+    fn loading_documents_from_disk_plans_the_log_query_once() {
+        let (_dir, mut store) = Store::scratch("amb-1");
+        let ids: Vec<SessionId> = (1..=20)
+            .map(|n| store.sessions_mut().create_session(&new_session(n), None, 1_000).expect("create").id)
+            .collect();
+        store.cache = DocCache::new(store.opts.cache_bytes);
+        for id in &ids {
+            store.sessions_mut().view(*id).expect("read from disk");
+        }
+        let stmt = store.conn.prepare_cached(LOG_SINCE).expect("cached");
+        assert!(stmt.get_status(rusqlite::StatementStatus::Run) >= 20, "every document's log was read");
+        // SQLite may plan a statement again when a value bound to it changes (its planner can
+        // look at bound values): for this one, each time, which cost more than the read.
+        assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0, "planned again on a new binding");
+    }
 }
