@@ -28,7 +28,7 @@ use std::collections::{HashMap, HashSet};
 use automerge::legacy::{Key, ObjectId, OpId, OpType};
 use automerge::{ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
 
-use crate::authorship::{self, ChunkError, Member, Roster, Signature};
+use crate::authorship::{self, ChunkError, Member, Roster, Signature, SignedHash, Verified};
 use crate::scope::{DocMeta, may_hold};
 use crate::vocab::{Role, ServiceLine, Side, Status};
 
@@ -139,36 +139,74 @@ pub fn admit(
     roster: &Roster,
     limits: &Limits,
 ) -> Result<Admission, Refusal> {
+    admit_decoded(doc, decode(bytes, sigs, limits)?, roster, limits, &Verified::default())
+}
+
+/// One document's received changes, cut into chunks, bounded and decoded, each with the
+/// signature sent for it: the first half of [`admit`], which a receiver of many documents runs
+/// for all of them first, so that their signatures are checked together
+/// ([`Roster::verify_batch`]) before [`admit_decoded`] runs for each.
+#[derive(Debug)]
+pub struct Decoded(Vec<(Change, Signature, u64)>);
+
+impl Decoded {
+    /// Each change's actor, hash and signature, to check.
+    pub fn signed(&self) -> impl Iterator<Item = SignedHash> + '_ {
+        self.0.iter().map(|(c, sig, _)| (c.actor_id().clone(), c.hash(), *sig))
+    }
+}
+
+/// Cuts, bounds and decodes received change bytes (see [`Decoded`]).
+pub fn decode(bytes: &[u8], sigs: &[Signature], limits: &Limits) -> Result<Decoded, Refusal> {
     let chunks = authorship::split_changes(bytes, limits.max_changes)?;
     if chunks.len() != sigs.len() {
         return Err(Refusal::SignatureCount { changes: chunks.len(), signatures: sigs.len() });
     }
-    let mut fresh: Vec<(Change, Member, Signature)> = Vec::new();
-    let mut seen = HashSet::new();
-    let mut new_ops = 0u64;
+    let mut out = Vec::with_capacity(chunks.len());
     for (chunk, sig) in chunks.into_iter().zip(sigs) {
         let ops = authorship::count_ops(chunk, limits.max_ops_per_change)?;
         let change = Change::try_from(chunk).map_err(|e| Refusal::Undecodable(e.to_string()))?;
-        let hash = change.hash();
         let deps: HashSet<&ChangeHash> = change.deps().iter().collect();
         if deps.len() != change.deps().len() || deps.len() > MAX_DEPS {
             return Err(Refusal::Undecodable(format!(
                 "change {} names {} dependencies",
-                short(&hash),
+                short(&change.hash()),
                 change.deps().len()
             )));
         }
+        out.push((change, *sig, ops));
+    }
+    Ok(Decoded(out))
+}
+
+/// The second half of [`admit`]: checks decoded changes against `doc`. A signature is taken
+/// as valid if `verified` holds it (the batch it came in was checked together), and is checked
+/// here otherwise.
+pub fn admit_decoded(
+    doc: &mut AutoCommit,
+    decoded: Decoded,
+    roster: &Roster,
+    limits: &Limits,
+    verified: &Verified,
+) -> Result<Admission, Refusal> {
+    let mut fresh: Vec<(Change, Member, Signature)> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut new_ops = 0u64;
+    for (change, sig, ops) in decoded.0 {
+        let hash = change.hash();
         if doc.get_change_meta_by_hash(&hash).is_some() || !seen.insert(hash) {
             continue;
         }
         let member = roster
             .author_of(change.actor_id())
             .ok_or_else(|| Refusal::UnknownAuthor { change: short(&hash), actor: change.actor_id().to_hex_string() })?;
-        if roster.verify(change.actor_id(), &hash, sig) != Some(true) {
+        if !verified.contains(change.actor_id(), &hash, &sig)
+            && roster.verify(change.actor_id(), &hash, &sig) != Some(true)
+        {
             return Err(Refusal::BadSignature { change: short(&hash), author: member.info.name.clone() });
         }
         new_ops += ops;
-        fresh.push((change, member.clone(), *sig));
+        fresh.push((change, member.clone(), sig));
     }
     if fresh.is_empty() {
         return Ok(Admission::Ready(Vec::new()));
