@@ -286,6 +286,11 @@ impl DocCache {
         Self::BASE.saturating_add(ops.saturating_mul(Self::PER_OP)).saturating_add(c.doc.kept_bytes())
     }
 
+    /// Whether a document is held decoded.
+    fn contains(&self, id: &SessionId) -> bool {
+        self.docs.contains(id)
+    }
+
     /// Takes a document out (to change it; [`DocCache::put`] it back).
     fn pop(&mut self, id: &SessionId) -> Option<Cached> {
         let (c, size) = self.docs.pop(id)?;

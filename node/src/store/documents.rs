@@ -1,6 +1,7 @@
 //! Session documents: creating, editing, reading, listing; snapshots, change logs, cards and the
 //! reconciliation index.
 
+use std::collections::HashSet;
 use std::ops::{Deref, DerefMut};
 
 use super::*;
@@ -604,6 +605,96 @@ pub(super) fn checkout(
     Ok(c)
 }
 
+/// How many of a session's last log rows [`log_tail_since`] reads before it gives up.
+const TAIL_ROWS: i64 = 4;
+
+/// A session's last change-log rows, newest first, past its snapshot.
+const LOG_TAIL: &str = "SELECT sealed FROM doc_changes WHERE sid = ?1 AND seq > ?2 ORDER BY seq DESC LIMIT ?3";
+
+/// The changes of a session that are not ancestors of `base`, in causal order, read from the
+/// last rows of its change log without loading the document (decoding a document costs
+/// several times more than its last few changes): `None` when those rows may not hold all of
+/// them, or `base` names changes they do not account for (the caller loads the document).
+///
+/// The last `k` rows hold the changes `R` written last, so the document before them had heads
+/// among its heads now outside `R` and the dependencies of `R` outside `R` (the frontier).
+/// When every frontier change is in `base` or an ancestor of it, so is everything older, and
+/// the answer is `R` less what `base` already has of it. Each row is read only as needed, newest
+/// first, up to [`TAIL_ROWS`].
+pub(super) fn log_tail_since(
+    conn: &Connection,
+    sealer: &Sealer,
+    id: SessionId,
+    base: &[ChangeHash],
+) -> Result<Option<Vec<automerge::Change>>, StoreError> {
+    let key = id.to_string();
+    let ctx = "reading a session's last changes";
+    let (sid, upto, heads): (i64, i64, Vec<u8>) = match tx_row(conn, &key)? {
+        Some(r) => r,
+        None => return Ok(None),
+    };
+    let heads: Vec<ChangeHash> = heads_from_blob(&heads).into_iter().map(ChangeHash::from).collect();
+    let base: HashSet<ChangeHash> = base.iter().copied().collect();
+    let mut stmt = conn.prepare_cached(LOG_TAIL).map_err(sql(ctx))?;
+    let rows: Vec<Vec<u8>> = stmt
+        .query_map(params![sid, upto, TAIL_ROWS], |r| r.get(0))
+        .map_err(sql(ctx))?
+        .collect::<Result<_, _>>()
+        .map_err(sql(ctx))?;
+    // The changes of the rows read so far, oldest row first.
+    let mut tail: Vec<automerge::Change> = Vec::new();
+    for sealed in rows {
+        let Ok(bytes) = sealer.open("document change", &change_aad(&key), &sealed) else { return Ok(None) };
+        let Ok(chunks) = authorship::split_changes(&bytes, usize::MAX) else { return Ok(None) };
+        let mut row = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            let Ok(c) = automerge::Change::try_from(chunk) else { return Ok(None) };
+            row.push(c);
+        }
+        row.append(&mut tail);
+        tail = row;
+        let held: HashSet<ChangeHash> = tail.iter().map(|c| c.hash()).collect();
+        // The heads must show these rows (an index that did not would be older than them).
+        if !heads.iter().any(|h| held.contains(h)) {
+            return Ok(None);
+        }
+        let frontier: HashSet<ChangeHash> = heads
+            .iter()
+            .copied()
+            .chain(tail.iter().flat_map(|c| c.deps().iter().copied()))
+            .filter(|h| !held.contains(h))
+            .collect();
+        // `base` with its ancestors among the tail, and the frontier changes they name.
+        let by_hash: HashMap<ChangeHash, &automerge::Change> = tail.iter().map(|c| (c.hash(), c)).collect();
+        let mut known: HashSet<ChangeHash> = HashSet::new();
+        let mut walk: Vec<ChangeHash> = base.iter().filter(|h| held.contains(h)).copied().collect();
+        while let Some(h) = walk.pop() {
+            if known.insert(h)
+                && let Some(c) = by_hash.get(&h)
+            {
+                walk.extend(c.deps().iter().copied());
+            }
+        }
+        if !frontier.iter().all(|h| base.contains(h) || known.contains(h)) {
+            continue;
+        }
+        if !base.iter().all(|h| frontier.contains(h) || held.contains(h)) {
+            return Ok(None);
+        }
+        return Ok(Some(tail.into_iter().filter(|c| !known.contains(&c.hash())).collect()));
+    }
+    Ok(None)
+}
+
+/// A session's row id, snapshot point and heads, by its id.
+fn tx_row(conn: &Connection, key: &str) -> Result<Option<(i64, i64, Vec<u8>)>, StoreError> {
+    conn.row("SELECT sid, snapshot_upto, heads FROM sessions WHERE id = ?1", [key], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
+    .optional()
+    .map_err(sql("reading a session's last changes"))
+}
+
 pub(super) fn append_change(
     tx: &Transaction<'_>,
     sealer: &Sealer,
@@ -688,6 +779,50 @@ mod tests {
             summary: "question".into(),
             draft: false,
         }
+    }
+
+    #[test]
+    fn a_sessions_last_changes_come_from_its_log_exactly_as_the_document_gives_them() {
+        use sync_protocol::session::NewMessage;
+        use sync_protocol::vocab::Side;
+        let (_dir, mut store) = Store::scratch("amb-1");
+        let id = store.sessions_mut().create_session(&new_session(1), None, 1_000).expect("create").id;
+        let heads = |store: &mut Store| store.with_doc(id, |d| d.heads()).expect("heads");
+        let mut states = vec![heads(&mut store)];
+        for i in 0..6 {
+            let msg = NewMessage {
+                clinician: None,
+                id: format!("m{i}"),
+                author: "amb-1".into(),
+                side: Side::Requester,
+                text: format!("message {i}"),
+                reply_to: None,
+            };
+            store
+                .sessions_mut()
+                .edit(id, "message.send", None, 2_000 + i, |_, doc| doc.add_message(&msg, 2_000 + i).map_err(model(id)))
+                .expect("edit");
+            states.push(heads(&mut store));
+        }
+        let hashes = |changes: Vec<automerge::Change>| changes.iter().map(|c| c.hash()).collect::<Vec<_>>();
+        let mut bases = states.clone();
+        bases.push(Vec::new());
+        bases.push(vec![ChangeHash([9; 32])]);
+        bases.push(vec![states[6][0], ChangeHash([9; 32])]);
+        let mut answered = Vec::new();
+        for base in &bases {
+            let from_doc = hashes(store.with_doc(id, |d| d.changes_after(base)).expect("doc"));
+            let from_log = log_tail_since(&store.conn, &store.sealer, id, base).expect("read");
+            if let Some(changes) = from_log {
+                assert_eq!(hashes(changes), from_doc, "base {base:?}");
+                answered.push(true);
+            } else {
+                answered.push(false);
+            }
+        }
+        // The last four rows (the last four messages) answer from the log; older bases, the
+        // empty base (the creation is five rows back) and unknown changes need the document.
+        assert_eq!(answered, [false, false, true, true, true, true, true, false, false, false]);
     }
 
     #[test]

@@ -18,7 +18,8 @@ use sync_protocol::wire::{DocId, Hash};
 
 use super::{
     AuditTail, Cached, CachedSql, NewEntry, PeerSync, Store, StoreError, append_change, checkout, doc_heads,
-    heads_blob, heads_from_blob, index_doc, insert_session_row, log_counts, maybe_compact, put_sigs, sql,
+    heads_blob, heads_from_blob, index_doc, insert_session_row, log_counts, log_tail_since, maybe_compact, put_sigs,
+    reading, sql,
 };
 
 /// A session as scope decisions and reconciliation see it (clear index columns only).
@@ -514,7 +515,22 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
             return Ok(None);
         }
         let base = to_hashes(base);
-        let changes = self.0.with_doc(SessionId::from_bytes(*id), |d| d.changes_after(&base))?;
+        let sid = SessionId::from_bytes(*id);
+        // A document not decoded here (a fresh `outpost sync`) is not loaded only to send its
+        // last few changes: they are read from its log when that holds all that is owed.
+        let from_log = if self.0.cache.contains(&sid) {
+            None
+        } else {
+            let store = &*self.0;
+            let tx = reading(&store.conn)?;
+            let changes = log_tail_since(&store.conn, &store.sealer, sid, &base)?;
+            drop(tx);
+            changes
+        };
+        let changes = match from_log {
+            Some(changes) => changes,
+            None => self.0.with_doc(sid, |d| d.changes_after(&base))?,
+        };
         let total = changes.len();
         let out = authorship::outgoing(changes, |h| self.0.identity().signature(h))?;
         if out.sigs.len() < total {
@@ -800,6 +816,97 @@ mod tests {
         assert!(matches!(applied[2], Applied::Stored { .. }), "{applied:?}");
         assert_eq!(changed, vec![batch[0].doc, batch[2].doc]);
         assert_eq!(hub.sessions().session_count().expect("count"), 2);
+    }
+
+    #[test]
+    fn changes_owed_after_concurrent_edits_come_from_the_log_exactly_as_the_document_gives_them() {
+        use sync_protocol::authorship::Member;
+        use sync_protocol::session::{NewMessage, NewSession, Patient, Requester, Service};
+        use sync_protocol::vocab::{CareSetting, Channel, Priority, Role, ServiceLine, Side};
+        const T: i64 = 1_796_360_400_000;
+        let info = |name: &str, role, lines: Vec<ServiceLine>| PeerInfo {
+            name: name.into(),
+            role,
+            org: None,
+            icb: Some("QHM".into()),
+            lines,
+        };
+        let edge_info = info("amb-1", Role::Edge, vec![]);
+        let desk_info = info("desk-1", Role::Desk, vec![ServiceLine::Dermatology]);
+        let (_d1, mut edge) = Store::scratch("amb-1");
+        let (_d2, mut desk) = Store::scratch("desk-1");
+        let (edge_key, desk_key) = (edge.identity().author_public(), desk.identity().author_public());
+        edge.identity_mut().add_member(Member { info: desk_info.clone(), key: desk_key }, b"c").expect("member");
+        desk.identity_mut().add_member(Member { info: edge_info.clone(), key: edge_key }, b"c").expect("member");
+        let new = NewSession {
+            id: SessionId::from_parts(T, 1),
+            origin: "amb-1".into(),
+            icb: "QHM".into(),
+            care_setting: CareSetting::AmbulanceOnScene,
+            requester: Requester::default(),
+            patient: Patient::default(),
+            service: Service { line: ServiceLine::Dermatology, channel: Channel::Message, priority: Priority::Urgent },
+            summary: "rash".into(),
+            draft: false,
+        };
+        let id = edge.sessions_mut().create_session(&new, None, T).expect("create").id;
+        let doc = id.to_bytes();
+        let send = |from: &mut Store, to: &mut Store, from_info: &PeerInfo, to_info: &PeerInfo, base: &[Hash]| {
+            let out = from.peers_mut().changes_since(to_info, &doc, base).expect("read").expect("visible");
+            let inc = Incoming { doc, bytes: out.bytes, sigs: out.sigs };
+            let (applied, _) = to.peers_mut().apply_remote(to_info, from_info, &[inc], T).expect("apply");
+            assert!(matches!(applied[0], Applied::Stored { .. }), "{applied:?}");
+        };
+        let say = |store: &mut Store, who: &str, side, n: i64| {
+            let msg = NewMessage {
+                clinician: None,
+                id: format!("{who}-{n}"),
+                author: who.into(),
+                side,
+                text: format!("{who} {n}"),
+                reply_to: None,
+            };
+            store
+                .sessions_mut()
+                .edit(id, "message.send", None, T + n, |_, d| {
+                    d.add_message(&msg, T + n).map_err(crate::store::model(id))
+                })
+                .expect("edit");
+        };
+        let heads = |store: &mut Store| -> Vec<Hash> {
+            store.with_doc(id, |d| d.heads()).expect("heads").into_iter().map(Hash::from).collect()
+        };
+        send(&mut edge, &mut desk, &edge_info, &desk_info, &[]);
+        let created = heads(&mut edge);
+        // Both write at once, offline; the desk's reply reaches the edge; the edge writes again.
+        say(&mut edge, "amb-1", Side::Requester, 1);
+        say(&mut desk, "desk-1", Side::Responder, 2);
+        let desk_heads = heads(&mut desk);
+        send(&mut desk, &mut edge, &desk_info, &edge_info, &created);
+        let merged = heads(&mut edge);
+        say(&mut edge, "amb-1", Side::Requester, 3);
+        say(&mut edge, "amb-1", Side::Requester, 4);
+        let last = heads(&mut edge);
+        let edge_only: Vec<Hash> = merged.iter().filter(|h| !desk_heads.contains(h)).copied().collect();
+        let mut answered = Vec::new();
+        for base in [created.clone(), desk_heads.clone(), merged.clone(), last.clone(), edge_only, Vec::new()] {
+            let base = to_hashes(&base);
+            let from_doc: Vec<ChangeHash> =
+                edge.with_doc(id, |d| d.changes_after(&base)).expect("doc").iter().map(|c| c.hash()).collect();
+            let from_log = log_tail_since(&edge.conn, &edge.sealer, id, &base).expect("read");
+            answered.push(from_log.is_some());
+            if let Some(changes) = from_log {
+                let mut got: Vec<ChangeHash> = changes.iter().map(|c| c.hash()).collect();
+                let mut want = from_doc.clone();
+                got.sort();
+                want.sort();
+                assert_eq!(got, want, "base {base:?}");
+            }
+        }
+        // Every base the last four rows account for answers from them (the edge's own first
+        // message alone among them: what it owes is the desk's reply and what followed); the
+        // empty base needs the creation, five rows back, so the whole document.
+        assert_eq!(answered, [true, true, true, true, true, false]);
     }
 
     #[test]
