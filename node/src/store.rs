@@ -626,7 +626,7 @@ impl Store {
             let mut cached = checkout(&mut self.cache, &tx, &self.sealer, &self.actor, id)?;
             let mut view = cached.doc.view().map_err(model(id))?;
             let viewer = Viewer { hub: self.opts.hub };
-            index_doc(&tx, &self.sealer, viewer, (&key, cached.sid), &mut cached.doc, &mut view)?;
+            index_doc(&tx, &self.sealer, viewer, (&key, cached.sid), &mut cached.doc, &mut view, None)?;
             tx.commit().map_err(sql("committing"))?;
             self.cache.put(id, cached);
         }

@@ -148,13 +148,13 @@ impl<S: DerefMut<Target = Store>> Sessions<S> {
             key.remember(&tx, &id, now)?;
         }
         let sid = insert_session_row(&tx, &id, &view, &card, "recording the session")?;
-        let seq = append_change(&tx, &store.sealer, sid, &id, &bytes)?;
+        let log = append_change(&tx, &store.sealer, sid, &id, &bytes)?;
         put_sigs(&tx, authorship::sign_new(&store.author, doc.automerge(), &[]))?;
         let viewer = Viewer { hub: store.opts.hub };
-        index_doc(&tx, &store.sealer, viewer, (&id, sid), &mut doc, &mut view)?;
+        index_logged(&tx, &store.sealer, viewer, (&id, sid), &mut doc, &mut view, log)?;
         append_audit(&tx, &store.sealer, &store.node, now, "session.create", Some(sid), by(&store.acting, None))?;
         tx.commit().map_err(sql("committing"))?;
-        store.cache.put(new.id, Cached { doc, sid, upto: seq });
+        store.cache.put(new.id, Cached { doc, sid, upto: log.seq });
         Ok(view)
     }
 
@@ -187,12 +187,11 @@ impl<S: DerefMut<Target = Store>> Sessions<S> {
         if cached.doc.heads() != before {
             let bytes = cached.doc.save_after(&before);
             let mut view = cached.doc.view().map_err(model(id))?;
-            let seq = append_change(&tx, &store.sealer, cached.sid, &key, &bytes)?;
+            let log = append_change(&tx, &store.sealer, cached.sid, &key, &bytes)?;
             put_sigs(&tx, authorship::sign_new(&store.author, cached.doc.automerge(), &before))?;
             let viewer = Viewer { hub: store.opts.hub };
-            index_doc(&tx, &store.sealer, viewer, (&key, cached.sid), &mut cached.doc, &mut view)?;
-            let counts = log_counts(&tx, cached.sid)?;
-            cached.upto = seq;
+            let counts = index_logged(&tx, &store.sealer, viewer, (&key, cached.sid), &mut cached.doc, &mut view, log)?;
+            cached.upto = log.seq;
             maybe_compact(&tx, &store.sealer, &store.opts, &key, &mut cached, counts)?;
             append_audit(&tx, &store.sealer, &store.node, now, action, Some(cached.sid), by(&store.acting, detail))?;
         }
@@ -322,6 +321,9 @@ pub(super) fn doc_heads(doc: &mut SessionDoc) -> Vec<Hash> {
 
 /// Brings a session's clear index columns and side tables up to date with its document:
 /// status, line, priority, times, the sealed card, heads and their digest, shares, media.
+/// Writes a session's index row, card and reconciliation sums from its document and view, and
+/// counts `log` (the change just appended, if any) in the same statement. Returns the log's
+/// count, its bytes and the snapshot's bytes when a change was counted.
 pub(super) fn index_doc(
     tx: &Transaction<'_>,
     sealer: &Sealer,
@@ -329,7 +331,8 @@ pub(super) fn index_doc(
     (key, sid): (&str, i64),
     doc: &mut SessionDoc,
     view: &mut SessionView,
-) -> Result<(), StoreError> {
+    log: Option<Appended>,
+) -> Result<Option<(i64, i64, i64)>, StoreError> {
     // The card keeps what the document itself says (and a hub's own view): whether a hub holds
     // the session's current heads is read beside the card when it is listed, so a hub restored
     // from an older copy lowers it at once instead of at the session's next write.
@@ -359,21 +362,29 @@ pub(super) fn index_doc(
             }
         }
     }
-    tx.exec(
-        "UPDATE sessions SET status = ?2, service_line = ?3, priority = ?4, updated_ms = ?5, card = ?6,
-         heads = ?7, digest = ?8 WHERE sid = ?1",
-        params![
-            sid,
-            view.status.as_str(),
-            view.service.line.as_str(),
-            view.service.priority.as_str(),
-            view.updated_ms(),
-            card,
-            heads_blob(&heads),
-            digest.to_vec()
-        ],
-    )
-    .map_err(sql("updating the session index"))?;
+    let (status, line, priority) = (view.status.as_str(), view.service.line.as_str(), view.service.priority.as_str());
+    let (updated, heads) = (view.updated_ms(), heads_blob(&heads));
+    let counts = match log {
+        None => {
+            tx.exec(
+                "UPDATE sessions SET status = ?2, service_line = ?3, priority = ?4, updated_ms = ?5, card = ?6,
+                 heads = ?7, digest = ?8 WHERE sid = ?1",
+                params![sid, status, line, priority, updated, card, heads, digest.to_vec()],
+            )
+            .map_err(sql("updating the session index"))?;
+            None
+        }
+        Some(log) => Some(
+            tx.row(
+                "UPDATE sessions SET status = ?2, service_line = ?3, priority = ?4, updated_ms = ?5, card = ?6,
+                 heads = ?7, digest = ?8, head_seq = ?9, log_count = log_count + 1, log_bytes = log_bytes + ?10
+                 WHERE sid = ?1 RETURNING log_count, log_bytes, snapshot_bytes",
+                params![sid, status, line, priority, updated, card, heads, digest.to_vec(), log.seq, log.sealed_len],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .map_err(sql("updating the session index"))?,
+        ),
+    };
     for node in &view.shared_with {
         tx.exec("INSERT OR IGNORE INTO session_shares (sid, node) VALUES (?1, ?2)", params![sid, node])
             .map_err(sql("indexing shares"))?;
@@ -388,7 +399,22 @@ pub(super) fn index_doc(
         )
         .map_err(sql("indexing photos"))?;
     }
-    Ok(())
+    Ok(counts)
+}
+
+/// [`index_doc`] for a session whose change was just appended: the log's count, its bytes and
+/// the snapshot's bytes after it.
+pub(super) fn index_logged(
+    tx: &Transaction<'_>,
+    sealer: &Sealer,
+    viewer: Viewer,
+    row: (&str, i64),
+    doc: &mut SessionDoc,
+    view: &mut SessionView,
+    log: Appended,
+) -> Result<(i64, i64, i64), StoreError> {
+    index_doc(tx, sealer, viewer, row, doc, view, Some(log))?
+        .ok_or_else(|| StoreError::Damaged(format!("session {}: its new change was not counted", row.0)))
 }
 
 /// The node a store belongs to, as the one viewing its sessions: whether it is a hub.
@@ -523,13 +549,6 @@ pub(super) fn rebuild_fp_groups(conn: &mut Connection) -> Result<(), StoreError>
     }
     tx.exec("INSERT INTO meta (key, value) VALUES ('fp_groups', x'01')", []).map_err(sql(ctx))?;
     tx.commit().map_err(sql(ctx))
-}
-
-pub(super) fn log_counts(tx: &Transaction<'_>, sid: i64) -> Result<(i64, i64, i64), StoreError> {
-    tx.row("SELECT log_count, log_bytes, snapshot_bytes FROM sessions WHERE sid = ?1", [sid], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-    })
-    .map_err(sql("reading the session log size"))
 }
 
 /// Folds the log into a snapshot when it outgrows half the snapshot or holds too many changes.
@@ -695,23 +714,25 @@ fn tx_row(conn: &Connection, key: &str) -> Result<Option<(i64, i64, Vec<u8>)>, S
     .map_err(sql("reading a session's last changes"))
 }
 
+/// A change sealed and added to a session's log, not yet counted in the session's row:
+/// [`index_doc`] does that in the same statement as the rest of the row.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Appended {
+    pub(super) seq: i64,
+    sealed_len: i64,
+}
+
 pub(super) fn append_change(
     tx: &Transaction<'_>,
     sealer: &Sealer,
     sid: i64,
     key: &str,
     bytes: &[u8],
-) -> Result<i64, StoreError> {
+) -> Result<Appended, StoreError> {
     let sealed = sealer.seal(&change_aad(key), bytes)?;
     tx.exec("INSERT INTO doc_changes (sid, sealed) VALUES (?1, ?2)", params![sid, sealed])
         .map_err(sql("appending a change"))?;
-    let seq = tx.last_insert_rowid();
-    tx.exec(
-        "UPDATE sessions SET head_seq = ?2, log_count = log_count + 1, log_bytes = log_bytes + ?3 WHERE sid = ?1",
-        params![sid, seq, sealed.len() as i64],
-    )
-    .map_err(sql("appending a change"))?;
-    Ok(seq)
+    Ok(Appended { seq: tx.last_insert_rowid(), sealed_len: sealed.len() as i64 })
 }
 
 /// Replaces a session's log with a snapshot of the whole document.

@@ -18,8 +18,8 @@ use sync_protocol::wire::{DocId, Hash};
 
 use super::{
     AuditTail, Cached, CachedSql, NewEntry, PeerSync, Store, StoreError, append_change, checkout, doc_heads,
-    heads_blob, heads_from_blob, index_doc, insert_session_row, log_counts, log_tail_since, maybe_compact, put_sigs,
-    reading, sql,
+    heads_blob, heads_from_blob, index_logged, insert_session_row, log_tail_since, maybe_compact, put_sigs, reading,
+    sql,
 };
 
 /// A session as scope decisions and reconciliation see it (clear index columns only).
@@ -727,20 +727,18 @@ fn integrate(
     put_sigs(tx, sigs)?;
     put_sigs(tx, own_sigs)?;
     let key = sid.to_string();
-    let (row_sid, seq) = match existing {
+    let (row_sid, log) = match existing {
         Some((row_sid, before)) => {
             let bytes = candidate.save_after(&to_hashes(&before));
-            let seq = append_change(tx, sealer, row_sid, &key, &bytes)?;
-            (row_sid, seq)
+            (row_sid, append_change(tx, sealer, row_sid, &key, &bytes)?)
         }
         None => {
             let row_sid = insert_session_row(tx, &key, &view, &[], "recording a received session")?;
-            let seq = append_change(tx, sealer, row_sid, &key, &candidate.save())?;
-            (row_sid, seq)
+            (row_sid, append_change(tx, sealer, row_sid, &key, &candidate.save())?)
         }
     };
     let viewer = super::documents::Viewer { hub: opts.hub };
-    index_doc(tx, sealer, viewer, (&key, row_sid), &mut candidate, &mut view)?;
+    let counts = index_logged(tx, sealer, viewer, (&key, row_sid), &mut candidate, &mut view, log)?;
     // An edge keeps no copy of a photo a hub has confirmed holding (a thumbnail stays).
     for hash in offload {
         let n = tx
@@ -757,8 +755,7 @@ fn integrate(
     let entry = NewEntry { node, at_ms: now, action: "sync.receive", sid: Some(row_sid), detail };
     tail(tx, audit)?.append(tx, sealer, entry)?;
     let heads = doc_heads(&mut candidate);
-    let mut cached = Cached { doc: candidate, sid: row_sid, upto: seq };
-    let counts = log_counts(tx, row_sid)?;
+    let mut cached = Cached { doc: candidate, sid: row_sid, upto: log.seq };
     maybe_compact(tx, sealer, opts, &key, &mut cached, counts)?;
     Ok((Applied::Stored { heads }, Some(cached)))
 }
