@@ -377,23 +377,45 @@ impl<'a> State<'a> {
             max_epoch: 0,
             created: false,
         };
-        s.created = !objs_at(doc, &ROOT, "identity").is_empty();
-        for id in objs_at(doc, &ROOT, "status") {
-            for k in doc.keys(&id) {
-                if let Some((epoch, _)) = parse_status_key(&k) {
-                    s.max_epoch = s.max_epoch.max(epoch);
+        // One pass over the root's keys (each lookup by key costs about as much as the pass):
+        // for the keys the facts come from, every object written there (a key written
+        // concurrently holds several; only then are they looked up one by one) and the one
+        // every reader sees (the winner, as in the view).
+        let (mut identity, mut service) = (None, None);
+        for item in doc.map_range(ROOT, ..) {
+            let key = item.key.as_ref();
+            if !matches!(key, "identity" | "status" | "shares" | "service") {
+                continue;
+            }
+            let winner = matches!(item.value, automerge::ValueRef::Object(_)).then(|| item.id());
+            let all = if item.conflict { objs_at(doc, &ROOT, key) } else { winner.iter().cloned().collect() };
+            match key {
+                "identity" => {
+                    s.created = !all.is_empty();
+                    identity = winner;
                 }
+                "status" => {
+                    for id in all {
+                        for k in doc.keys(&id) {
+                            if let Some((epoch, _)) = parse_status_key(&k) {
+                                s.max_epoch = s.max_epoch.max(epoch);
+                            }
+                        }
+                    }
+                }
+                "shares" => {
+                    for id in all {
+                        s.shares.extend(doc.keys(&id));
+                    }
+                }
+                _ => service = winner,
             }
         }
-        for id in objs_at(doc, &ROOT, "shares") {
-            s.shares.extend(doc.keys(&id));
-        }
-        // The facts come from the values every reader sees (the winners), like the view's.
-        if let Some((Value::Object(_), identity)) = doc.get(ROOT, "identity").ok().flatten() {
+        if let Some(identity) = identity {
             s.origin = str_at(doc, &identity, "origin");
             s.icb = str_at(doc, &identity, "icb");
         }
-        if let Some((Value::Object(_), service)) = doc.get(ROOT, "service").ok().flatten() {
+        if let Some(service) = service {
             s.line = str_at(doc, &service, "line").and_then(|l| ServiceLine::parse(&l).ok());
         }
         s
@@ -912,6 +934,79 @@ mod tests {
         d.append_log(LogName::Routing, "escalate", &[("call", LogValue::Str("c-1".into()))], T).unwrap();
         d.append_log(LogName::Calls, "connected", &[("call", LogValue::Str("c-1".into()))], T).unwrap();
         d
+    }
+
+    /// The facts [`State::of`] reads, found one lookup at a time (as it did before it read the
+    /// root in one pass): the reference it must agree with.
+    fn facts_by_lookups(
+        doc: &AutoCommit,
+    ) -> (bool, Option<String>, Option<String>, Option<ServiceLine>, Vec<String>, u32) {
+        let created = !objs_at(doc, &ROOT, "identity").is_empty();
+        let mut max_epoch = 0;
+        for id in objs_at(doc, &ROOT, "status") {
+            for k in doc.keys(&id) {
+                if let Some((epoch, _)) = parse_status_key(&k) {
+                    max_epoch = max_epoch.max(epoch);
+                }
+            }
+        }
+        let mut shares = Vec::new();
+        for id in objs_at(doc, &ROOT, "shares") {
+            shares.extend(doc.keys(&id));
+        }
+        let (mut origin, mut icb, mut line) = (None, None, None);
+        if let Some((Value::Object(_), identity)) = doc.get(ROOT, "identity").ok().flatten() {
+            origin = str_at(doc, &identity, "origin");
+            icb = str_at(doc, &identity, "icb");
+        }
+        if let Some((Value::Object(_), service)) = doc.get(ROOT, "service").ok().flatten() {
+            line = str_at(doc, &service, "line").and_then(|l| ServiceLine::parse(&l).ok());
+        }
+        (created, origin, icb, line, shares, max_epoch)
+    }
+
+    fn facts(doc: &AutoCommit) -> (bool, Option<String>, Option<String>, Option<ServiceLine>, Vec<String>, u32) {
+        let s = State::of(doc);
+        (s.created, s.origin, s.icb, s.line, s.shares, s.max_epoch)
+    }
+
+    #[test]
+    fn the_held_facts_read_in_one_pass_are_those_read_key_by_key_conflicts_included() {
+        let mut held = session();
+        let mut plain = held.automerge().clone();
+        assert_eq!(facts(&plain), facts_by_lookups(&plain));
+        assert!(facts(&plain).0 && facts(&plain).1.as_deref() == Some("amb-07"));
+        // Two writers replace the objects the facts come from, at once: every key conflicts.
+        let mut a = held.automerge().fork().with_actor(ActorId::from(vec![2u8; 16]));
+        let mut b = held.automerge().fork().with_actor(ActorId::from(vec![3u8; 16]));
+        for (doc, n, line, share) in [(&mut a, 7, "cardiology", "desk-a"), (&mut b, 9, "dermatology", "desk-b")] {
+            for key in ["identity", "service", "status", "shares"] {
+                let obj = doc.put_object(ROOT, key, ObjType::Map).unwrap();
+                match key {
+                    "identity" => {
+                        doc.put(&obj, "origin", format!("amb-{n}")).unwrap();
+                        doc.put(&obj, "icb", "QHM").unwrap();
+                    }
+                    "service" => doc.put(&obj, "line", line).unwrap(),
+                    "status" => doc.put(&obj, format!("{n}/responded"), T).unwrap(),
+                    _ => doc.put(&obj, share, T).unwrap(),
+                }
+            }
+            doc.commit();
+        }
+        a.merge(&mut b).unwrap();
+        assert!(a.get_all(ROOT, "shares").unwrap().len() == 2, "the keys conflict");
+        assert_eq!(facts(&a), facts_by_lookups(&a));
+        assert_eq!(facts(&a).5, 9, "the status epochs of every conflicting object count");
+        // A key holding a value that is not an object, and an empty document.
+        let mut odd = plain.fork().with_actor(ActorId::from(vec![4u8; 16]));
+        odd.put(ROOT, "identity", "not an object").unwrap();
+        odd.put(ROOT, "service", 3).unwrap();
+        odd.commit();
+        assert_eq!(facts(&odd), facts_by_lookups(&odd));
+        let empty = AutoCommit::new();
+        assert_eq!(facts(&empty), facts_by_lookups(&empty));
+        assert!(!facts(&empty).0);
     }
 
     fn media(h: &str) -> NewMedia {
