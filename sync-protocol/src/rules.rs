@@ -150,6 +150,11 @@ pub fn admit(
 pub struct Decoded(Vec<(Change, Signature, u64)>);
 
 impl Decoded {
+    /// The operations of its changes (what they would cost of a step's work budget, if new).
+    pub fn ops(&self) -> u64 {
+        self.0.iter().map(|(_, _, ops)| *ops).fold(0, u64::saturating_add)
+    }
+
     /// Each change's actor, hash and signature, to check.
     pub fn signed(&self) -> impl Iterator<Item = SignedHash> + '_ {
         self.0.iter().map(|(c, sig, _)| (c.actor_id().clone(), c.hash(), *sig))

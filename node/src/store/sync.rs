@@ -552,19 +552,35 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
         now: i64,
     ) -> Result<(Vec<Applied>, Vec<DocId>), StoreError> {
         let store = &mut *self.0;
+        // Every document's changes are decoded first, before the write lock is taken, so that
+        // the batch's signatures are checked together (a fifth of the cost of checking each in
+        // turn): those of the documents the step's work budget can take, by their operations.
+        // A document past it is refused as busy below, or, if documents before it held changes
+        // already here (which do not count), has its signatures checked one at a time.
+        let decoded: Vec<Result<rules::Decoded, rules::Refusal>> =
+            batch.iter().map(|inc| rules::decode(&inc.bytes, &inc.sigs, &store.limits)).collect();
+        let mut budget = 0u64;
+        let signed: Vec<authorship::SignedHash> = decoded
+            .iter()
+            .flatten()
+            .take_while(|d| {
+                let fits = budget < store.limits.max_batch_ops;
+                budget = budget.saturating_add(d.ops());
+                fits
+            })
+            .flat_map(|d| d.signed())
+            .collect();
+        let verified = store.roster.verify_batch(&signed);
         let tx =
             store.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
         let mut out = Vec::new();
         let mut changed = Vec::new();
+        // Documents stored by this batch: cached once it is committed, never before (a batch
+        // that fails rolls back, and a cached copy would hold changes the disk does not).
+        let mut stored: Vec<(SessionId, Cached)> = Vec::new();
         let mut spent = 0u64;
         // Each stored session is audited; the chain's head is sealed once, before the commit.
         let mut audit: Option<AuditTail> = None;
-        // Every document's changes are decoded first, so that the batch's signatures are
-        // checked together (a fifth of the cost of checking each in turn).
-        let decoded: Vec<Result<rules::Decoded, rules::Refusal>> =
-            batch.iter().map(|inc| rules::decode(&inc.bytes, &inc.sigs, &store.limits)).collect();
-        let signed: Vec<authorship::SignedHash> = decoded.iter().flatten().flat_map(|d| d.signed()).collect();
-        let verified = store.roster.verify_batch(&signed);
         for (inc, decoded) in batch.iter().zip(decoded) {
             let id = &inc.doc;
             if spent >= store.limits.max_batch_ops {
@@ -619,7 +635,7 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
                             };
                             let (applied, cached) = integrate(&tx, &env, &mut audit, candidate, ctx)?;
                             if let Some(c) = cached {
-                                store.cache.put(sid, c);
+                                stored.push((sid, c));
                                 changed.push(*id);
                             }
                             applied
@@ -636,6 +652,9 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
             tail.seal(&tx, &store.sealer)?;
         }
         tx.commit().map_err(sql("committing"))?;
+        for (sid, c) in stored {
+            store.cache.put(sid, c);
+        }
         Ok((out, changed))
     }
 }
@@ -770,44 +789,13 @@ mod tests {
 
     #[test]
     fn a_batch_with_one_forged_signature_refuses_that_session_and_keeps_the_others() {
-        use sync_protocol::authorship::{AuthorKey, Member};
-        use sync_protocol::session::{NewSession, Patient, Requester, Service};
-        use sync_protocol::vocab::{CareSetting, Channel, Priority, Role, ServiceLine};
-        const T: i64 = 1_796_360_400_000;
-        let (_dir, mut hub) = Store::scratch("hub-1");
-        let peer =
-            |name: &str, role| PeerInfo { name: name.into(), role, org: None, icb: Some("QHM".into()), lines: vec![] };
-        let (me, edge) = (peer("hub-1", Role::Hub), peer("amb-1", Role::Edge));
-        let key = AuthorKey::from_seed(&[5; 32], [1; 8]);
-        hub.identity_mut()
-            .add_member(Member { info: edge.clone(), key: key.public() }, b"certificate")
-            .expect("member");
-        let mut batch: Vec<Incoming> = (1..=3u128)
-            .map(|n| {
-                let new = NewSession {
-                    id: SessionId::from_parts(T, n),
-                    origin: "amb-1".into(),
-                    icb: "QHM".into(),
-                    care_setting: CareSetting::AmbulanceOnScene,
-                    requester: Requester::default(),
-                    patient: Patient::default(),
-                    service: Service {
-                        line: ServiceLine::Dermatology,
-                        channel: Channel::Message,
-                        priority: Priority::Urgent,
-                    },
-                    summary: "rash".into(),
-                    draft: false,
-                };
-                let mut doc = SessionDoc::create(&new, key.actor().clone(), T).expect("create");
-                let changes = doc.automerge().get_changes(&[]);
-                let bytes = changes.iter().flat_map(|c| c.raw_bytes().to_vec()).collect();
-                let sigs = changes.iter().map(|c| key.sign(&c.hash())).collect();
-                Incoming { doc: new.id.to_bytes(), bytes, sigs }
-            })
-            .collect();
+        use sync_protocol::vocab::Role;
+        let (amb, hub_info) = (info("amb-1", Role::Edge, vec![]), info("hub-1", Role::Hub, vec![]));
+        let ((_d1, mut edge), (_d2, mut hub)) = two_nodes(&amb, &hub_info);
+        let ids: Vec<SessionId> = (1..=3).map(|n| create(&mut edge, n)).collect();
+        let mut batch: Vec<Incoming> = ids.iter().map(|id| owed(&mut edge, &hub_info, *id, &[])).collect();
         batch[1].sigs[0][40] ^= 1;
-        let (applied, changed) = hub.peers_mut().apply_remote(&me, &edge, &batch, T).expect("applied");
+        let (applied, changed) = hub.peers_mut().apply_remote(&hub_info, &amb, &batch, T).expect("applied");
         assert!(matches!(applied[0], Applied::Stored { .. }), "{applied:?}");
         assert!(matches!(&applied[1], Applied::Refused { reason } if reason.contains("signature")), "{applied:?}");
         assert!(matches!(applied[2], Applied::Stored { .. }), "{applied:?}");
@@ -815,28 +803,29 @@ mod tests {
         assert_eq!(hub.sessions().session_count().expect("count"), 2);
     }
 
-    #[test]
-    fn changes_owed_after_concurrent_edits_come_from_the_log_exactly_as_the_document_gives_them() {
+    const T: i64 = 1_796_360_400_000;
+
+    fn info(name: &str, role: sync_protocol::vocab::Role, lines: Vec<ServiceLine>) -> PeerInfo {
+        PeerInfo { name: name.into(), role, org: None, icb: Some("QHM".into()), lines }
+    }
+
+    /// Two scratch stores whose nodes know each other as fleet members.
+    fn two_nodes(a: &PeerInfo, b: &PeerInfo) -> ((tempfile::TempDir, Store), (tempfile::TempDir, Store)) {
         use sync_protocol::authorship::Member;
-        use sync_protocol::session::{NewMessage, NewSession, Patient, Requester, Service};
-        use sync_protocol::vocab::{CareSetting, Channel, Priority, Role, ServiceLine, Side};
-        const T: i64 = 1_796_360_400_000;
-        let info = |name: &str, role, lines: Vec<ServiceLine>| PeerInfo {
-            name: name.into(),
-            role,
-            org: None,
-            icb: Some("QHM".into()),
-            lines,
-        };
-        let edge_info = info("amb-1", Role::Edge, vec![]);
-        let desk_info = info("desk-1", Role::Desk, vec![ServiceLine::Dermatology]);
-        let (_d1, mut edge) = Store::scratch("amb-1");
-        let (_d2, mut desk) = Store::scratch("desk-1");
-        let (edge_key, desk_key) = (edge.identity().author_public(), desk.identity().author_public());
-        edge.identity_mut().add_member(Member { info: desk_info.clone(), key: desk_key }, b"c").expect("member");
-        desk.identity_mut().add_member(Member { info: edge_info.clone(), key: edge_key }, b"c").expect("member");
+        let (da, mut sa) = Store::scratch(&a.name);
+        let (db, mut sb) = Store::scratch(&b.name);
+        let (ka, kb) = (sa.identity().author_public(), sb.identity().author_public());
+        sa.identity_mut().add_member(Member { info: b.clone(), key: kb }, b"c").expect("member");
+        sb.identity_mut().add_member(Member { info: a.clone(), key: ka }, b"c").expect("member");
+        ((da, sa), (db, sb))
+    }
+
+    /// A new dermatology session written by `amb-1`.
+    fn create(store: &mut Store, n: u128) -> SessionId {
+        use sync_protocol::session::{NewSession, Patient, Requester, Service};
+        use sync_protocol::vocab::{CareSetting, Channel, Priority};
         let new = NewSession {
-            id: SessionId::from_parts(T, 1),
+            id: SessionId::from_parts(T, n),
             origin: "amb-1".into(),
             icb: "QHM".into(),
             care_setting: CareSetting::AmbulanceOnScene,
@@ -846,33 +835,88 @@ mod tests {
             summary: "rash".into(),
             draft: false,
         };
-        let id = edge.sessions_mut().create_session(&new, None, T).expect("create").id;
+        store.sessions_mut().create_session(&new, None, T).expect("create").id
+    }
+
+    /// A message written by `who` in session `id`.
+    fn say(store: &mut Store, id: SessionId, who: &str, side: sync_protocol::vocab::Side, n: i64) {
+        let msg = sync_protocol::session::NewMessage {
+            clinician: None,
+            id: format!("{who}-{n}"),
+            author: who.into(),
+            side,
+            text: format!("{who} {n}"),
+            reply_to: None,
+        };
+        store
+            .sessions_mut()
+            .edit(id, "message.send", None, T + n, |_, d| d.add_message(&msg, T + n).map_err(crate::store::model(id)))
+            .expect("edit");
+    }
+
+    /// What `from` owes `to` of session `id` past `base`, as one received document.
+    fn owed(from: &mut Store, to: &PeerInfo, id: SessionId, base: &[Hash]) -> Incoming {
         let doc = id.to_bytes();
+        let out = from.peers_mut().changes_since(to, &doc, base).expect("read").expect("visible");
+        Incoming { doc, bytes: out.bytes, sigs: out.sigs }
+    }
+
+    fn heads_of(store: &mut Store, id: SessionId) -> Vec<Hash> {
+        store.with_doc(id, |d| d.heads()).expect("heads").into_iter().map(Hash::from).collect()
+    }
+
+    #[test]
+    fn a_batch_that_fails_part_way_leaves_nothing_of_it_in_memory() {
+        use sync_protocol::vocab::{Role, Side};
+        let (amb, hub_info) = (info("amb-1", Role::Edge, vec![]), info("hub-1", Role::Hub, vec![]));
+        let ((_d1, mut edge), (_d2, mut hub)) = two_nodes(&amb, &hub_info);
+        let (a, b) = (create(&mut edge, 1), create(&mut edge, 2));
+        let first = [owed(&mut edge, &hub_info, a, &[]), owed(&mut edge, &hub_info, b, &[])];
+        let (applied, _) = hub.peers_mut().apply_remote(&hub_info, &amb, &first, T).expect("first batch");
+        assert!(applied.iter().all(|o| matches!(o, Applied::Stored { .. })), "{applied:?}");
+        let (held_a, held_b) = (heads_of(&mut edge, a), heads_of(&mut edge, b));
+        assert_eq!(heads_of(&mut hub, a), held_a);
+        say(&mut edge, a, "amb-1", Side::Requester, 1);
+        say(&mut edge, b, "amb-1", Side::Requester, 2);
+        let second = [owed(&mut edge, &hub_info, a, &held_a), owed(&mut edge, &hub_info, b, &held_b)];
+        // The hub's copy of the second session is damaged on disk: storing the batch fails
+        // after the first session was integrated, and the whole batch rolls back.
+        hub.conn
+            .execute(
+                "UPDATE doc_changes SET sealed = x'00' WHERE sid = (SELECT sid FROM sessions WHERE id = ?1)",
+                [b.to_string()],
+            )
+            .expect("damage");
+        hub.cache = super::super::DocCache::new(hub.opts.cache_bytes);
+        assert!(
+            hub.peers_mut().apply_remote(&hub_info, &amb, &second, T).is_err(),
+            "a damaged session fails the batch"
+        );
+        assert_eq!(
+            heads_of(&mut hub, a),
+            held_a,
+            "the first session as the disk holds it, without the rolled-back change"
+        );
+        // And a new batch stores it for real.
+        let (applied, _) = hub.peers_mut().apply_remote(&hub_info, &amb, &second[..1], T).expect("again");
+        assert!(matches!(applied[0], Applied::Stored { .. }), "{applied:?}");
+        assert_eq!(heads_of(&mut hub, a), heads_of(&mut edge, a));
+    }
+
+    #[test]
+    fn changes_owed_after_concurrent_edits_come_from_the_log_exactly_as_the_document_gives_them() {
+        use sync_protocol::vocab::{Role, Side};
+        let edge_info = info("amb-1", Role::Edge, vec![]);
+        let desk_info = info("desk-1", Role::Desk, vec![ServiceLine::Dermatology]);
+        let ((_d1, mut edge), (_d2, mut desk)) = two_nodes(&edge_info, &desk_info);
+        let id = create(&mut edge, 1);
         let send = |from: &mut Store, to: &mut Store, from_info: &PeerInfo, to_info: &PeerInfo, base: &[Hash]| {
-            let out = from.peers_mut().changes_since(to_info, &doc, base).expect("read").expect("visible");
-            let inc = Incoming { doc, bytes: out.bytes, sigs: out.sigs };
+            let inc = owed(from, to_info, id, base);
             let (applied, _) = to.peers_mut().apply_remote(to_info, from_info, &[inc], T).expect("apply");
             assert!(matches!(applied[0], Applied::Stored { .. }), "{applied:?}");
         };
-        let say = |store: &mut Store, who: &str, side, n: i64| {
-            let msg = NewMessage {
-                clinician: None,
-                id: format!("{who}-{n}"),
-                author: who.into(),
-                side,
-                text: format!("{who} {n}"),
-                reply_to: None,
-            };
-            store
-                .sessions_mut()
-                .edit(id, "message.send", None, T + n, |_, d| {
-                    d.add_message(&msg, T + n).map_err(crate::store::model(id))
-                })
-                .expect("edit");
-        };
-        let heads = |store: &mut Store| -> Vec<Hash> {
-            store.with_doc(id, |d| d.heads()).expect("heads").into_iter().map(Hash::from).collect()
-        };
+        let say = |store: &mut Store, who: &str, side, n: i64| say(store, id, who, side, n);
+        let heads = |store: &mut Store| heads_of(store, id);
         send(&mut edge, &mut desk, &edge_info, &desk_info, &[]);
         let created = heads(&mut edge);
         // Both write at once, offline; the desk's reply reaches the edge; the edge writes again.
