@@ -320,10 +320,9 @@ pub(super) fn doc_heads(doc: &mut SessionDoc) -> Vec<Hash> {
 }
 
 /// Brings a session's clear index columns and side tables up to date with its document:
-/// status, line, priority, times, the sealed card, heads and their digest, shares, media.
-/// Writes a session's index row, card and reconciliation sums from its document and view, and
-/// counts `log` (the change just appended, if any) in the same statement. Returns the log's
-/// count, its bytes and the snapshot's bytes when a change was counted.
+/// status, line, priority, times, the sealed card, heads and their digest, shares, media. A
+/// change just appended (`log`) is counted in the same statement as the rest of the row; the
+/// log's count, its bytes and the snapshot's bytes after it are returned then.
 pub(super) fn index_doc(
     tx: &Transaction<'_>,
     sealer: &Sealer,
@@ -578,11 +577,11 @@ pub(super) fn session_row(tx: &Connection, id: &str) -> Result<Row, StoreError> 
     .ok_or_else(|| StoreError::NoSuchSession(id.to_string()))
 }
 
-/// Takes a session's document out of the cache (or loads it) and brings it up to date with
-/// what other processes have committed: their new changes, or the snapshot that folded them.
 /// A session's change log past a sequence number, in order: read for every document loaded.
 const LOG_SINCE: &str = "SELECT sealed FROM doc_changes WHERE sid = ?1 AND seq > ?2 ORDER BY seq";
 
+/// Takes a session's document out of the cache (or loads it) and brings it up to date with
+/// what other processes have committed: their new changes, or the snapshot that folded them.
 pub(super) fn checkout(
     cache: &mut DocCache,
     tx: &Connection,
@@ -638,8 +637,8 @@ const LOG_TAIL: &str = "SELECT sealed FROM doc_changes WHERE sid = ?1 AND seq > 
 /// The last `k` rows hold the changes `R` written last, so the document before them had heads
 /// among its heads now outside `R` and the dependencies of `R` outside `R` (the frontier).
 /// When every frontier change is in `base` or an ancestor of it, so is everything older, and
-/// the answer is `R` less what `base` already has of it. Each row is read only as needed, newest
-/// first, up to [`TAIL_ROWS`].
+/// the answer is `R` less what `base` already has of it. The last [`TAIL_ROWS`] rows are
+/// fetched together, then opened and decoded one at a time, newest first, only as far as needed.
 pub(super) fn log_tail_since(
     conn: &Connection,
     sealer: &Sealer,
@@ -648,7 +647,7 @@ pub(super) fn log_tail_since(
 ) -> Result<Option<Vec<automerge::Change>>, StoreError> {
     let key = id.to_string();
     let ctx = "reading a session's last changes";
-    let (sid, upto, heads): (i64, i64, Vec<u8>) = match tx_row(conn, &key)? {
+    let (sid, upto, heads): (i64, i64, Vec<u8>) = match log_position(conn, &key)? {
         Some(r) => r,
         None => return Ok(None),
     };
@@ -706,7 +705,7 @@ pub(super) fn log_tail_since(
 }
 
 /// A session's row id, snapshot point and heads, by its id.
-fn tx_row(conn: &Connection, key: &str) -> Result<Option<(i64, i64, Vec<u8>)>, StoreError> {
+fn log_position(conn: &Connection, key: &str) -> Result<Option<(i64, i64, Vec<u8>)>, StoreError> {
     conn.row("SELECT sid, snapshot_upto, heads FROM sessions WHERE id = ?1", [key], |r| {
         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
     })
