@@ -144,7 +144,9 @@ fn verifying_key(key: &PublicKey) -> Option<VerificationKey> {
 
 /// Signatures are checked by the rules of ZIP 215 (cofactored, as RFC 8032 allows): one at a
 /// time and in a batch they accept exactly the same signatures, so a change a hub accepted in
-/// a batch is accepted by every desk it relays it to, whichever way the desk checks it.
+/// a batch is accepted by every desk of this version it relays it to, whichever way the desk
+/// checks it. (Builds before 5 December 2026 used the stricter `verify_strict`: see the
+/// upgrade order in `docs/protocol.md`.)
 fn verify_with(key: &VerificationKey, hash: &ChangeHash, sig: &Signature) -> bool {
     key.verify(&ed25519_zebra::Signature::from_bytes(sig), &message(hash)).is_ok()
 }
