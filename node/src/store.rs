@@ -370,6 +370,41 @@ impl Store {
         (dir, store)
     }
 
+    /// A new dermatology session of `amb-1` (ICB QHM), numbered `n`: for this crate's unit tests.
+    #[cfg(test)]
+    pub(crate) fn scratch_session(&mut self, n: u128) -> SessionId {
+        use sync_protocol::session::{Patient, Requester, Service};
+        use sync_protocol::vocab::{CareSetting, Channel};
+        let new = NewSession {
+            id: SessionId::from_parts(1_796_360_400_000, n),
+            origin: "amb-1".into(),
+            icb: "QHM".into(),
+            care_setting: CareSetting::AmbulanceOnScene,
+            requester: Requester::default(),
+            patient: Patient::default(),
+            service: Service { line: ServiceLine::Dermatology, channel: Channel::Message, priority: Priority::Urgent },
+            summary: "rash".into(),
+            draft: false,
+        };
+        self.sessions_mut().create_session(&new, None, 1_796_360_400_000).expect("create").id
+    }
+
+    /// A message by `who` in session `id` at `now`, written as the app writes one: for unit tests.
+    #[cfg(test)]
+    pub(crate) fn scratch_message(&mut self, id: SessionId, who: &str, side: sync_protocol::vocab::Side, now: i64) {
+        let msg = sync_protocol::session::NewMessage {
+            clinician: None,
+            id: format!("{who}-{now}"),
+            author: who.into(),
+            side,
+            text: format!("{who} at {now}"),
+            reply_to: None,
+        };
+        self.sessions_mut()
+            .edit(id, "message.send", None, now, |_, d| d.add_message(&msg, now).map_err(model(id)))
+            .expect("edit");
+    }
+
     /// Whether a transaction is open on the connection.
     #[cfg(test)]
     pub(crate) fn in_transaction(&self) -> bool {

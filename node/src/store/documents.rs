@@ -784,44 +784,15 @@ pub(super) fn insert_session_row(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sync_protocol::session::{NewSession, Patient, Requester, Service};
-    use sync_protocol::vocab::{CareSetting, Channel, Priority, ServiceLine};
-
-    fn new_session(n: u32) -> NewSession {
-        NewSession {
-            id: SessionId::from_parts(1_796_360_400_000, u128::from(n)),
-            origin: "amb-1".into(),
-            icb: "QHM".into(),
-            care_setting: CareSetting::GpUrgent,
-            requester: Requester::default(),
-            patient: Patient::default(),
-            service: Service { line: ServiceLine::Dermatology, channel: Channel::Message, priority: Priority::Routine },
-            summary: "question".into(),
-            draft: false,
-        }
-    }
 
     #[test]
     fn a_sessions_last_changes_come_from_its_log_exactly_as_the_document_gives_them() {
-        use sync_protocol::session::NewMessage;
-        use sync_protocol::vocab::Side;
         let (_dir, mut store) = Store::scratch("amb-1");
-        let id = store.sessions_mut().create_session(&new_session(1), None, 1_000).expect("create").id;
+        let id = store.scratch_session(1);
         let heads = |store: &mut Store| store.with_doc(id, |d| d.heads()).expect("heads");
         let mut states = vec![heads(&mut store)];
         for i in 0..6 {
-            let msg = NewMessage {
-                clinician: None,
-                id: format!("m{i}"),
-                author: "amb-1".into(),
-                side: Side::Requester,
-                text: format!("message {i}"),
-                reply_to: None,
-            };
-            store
-                .sessions_mut()
-                .edit(id, "message.send", None, 2_000 + i, |_, doc| doc.add_message(&msg, 2_000 + i).map_err(model(id)))
-                .expect("edit");
+            store.scratch_message(id, "amb-1", sync_protocol::vocab::Side::Requester, 1_796_360_402_000 + i);
             states.push(heads(&mut store));
         }
         let hashes = |changes: Vec<automerge::Change>| changes.iter().map(|c| c.hash()).collect::<Vec<_>>();
@@ -848,9 +819,7 @@ mod tests {
     #[test]
     fn loading_documents_from_disk_plans_the_log_query_once() {
         let (_dir, mut store) = Store::scratch("amb-1");
-        let ids: Vec<SessionId> = (1..=20)
-            .map(|n| store.sessions_mut().create_session(&new_session(n), None, 1_000).expect("create").id)
-            .collect();
+        let ids: Vec<SessionId> = (1..=20).map(|n| store.scratch_session(n)).collect();
         store.cache = DocCache::new(store.opts.cache_bytes);
         for id in &ids {
             store.sessions_mut().view(*id).expect("read from disk");

@@ -792,7 +792,7 @@ mod tests {
         use sync_protocol::vocab::Role;
         let (amb, hub_info) = (info("amb-1", Role::Edge, vec![]), info("hub-1", Role::Hub, vec![]));
         let ((_d1, mut edge), (_d2, mut hub)) = two_nodes(&amb, &hub_info);
-        let ids: Vec<SessionId> = (1..=3).map(|n| create(&mut edge, n)).collect();
+        let ids: Vec<SessionId> = (1..=3).map(|n| edge.scratch_session(n)).collect();
         let mut batch: Vec<Incoming> = ids.iter().map(|id| owed(&mut edge, &hub_info, *id, &[])).collect();
         batch[1].sigs[0][40] ^= 1;
         let (applied, changed) = hub.peers_mut().apply_remote(&hub_info, &amb, &batch, T).expect("applied");
@@ -820,40 +820,6 @@ mod tests {
         ((da, sa), (db, sb))
     }
 
-    /// A new dermatology session written by `amb-1`.
-    fn create(store: &mut Store, n: u128) -> SessionId {
-        use sync_protocol::session::{NewSession, Patient, Requester, Service};
-        use sync_protocol::vocab::{CareSetting, Channel, Priority};
-        let new = NewSession {
-            id: SessionId::from_parts(T, n),
-            origin: "amb-1".into(),
-            icb: "QHM".into(),
-            care_setting: CareSetting::AmbulanceOnScene,
-            requester: Requester::default(),
-            patient: Patient::default(),
-            service: Service { line: ServiceLine::Dermatology, channel: Channel::Message, priority: Priority::Urgent },
-            summary: "rash".into(),
-            draft: false,
-        };
-        store.sessions_mut().create_session(&new, None, T).expect("create").id
-    }
-
-    /// A message written by `who` in session `id`.
-    fn say(store: &mut Store, id: SessionId, who: &str, side: sync_protocol::vocab::Side, n: i64) {
-        let msg = sync_protocol::session::NewMessage {
-            clinician: None,
-            id: format!("{who}-{n}"),
-            author: who.into(),
-            side,
-            text: format!("{who} {n}"),
-            reply_to: None,
-        };
-        store
-            .sessions_mut()
-            .edit(id, "message.send", None, T + n, |_, d| d.add_message(&msg, T + n).map_err(crate::store::model(id)))
-            .expect("edit");
-    }
-
     /// What `from` owes `to` of session `id` past `base`, as one received document.
     fn owed(from: &mut Store, to: &PeerInfo, id: SessionId, base: &[Hash]) -> Incoming {
         let doc = id.to_bytes();
@@ -870,14 +836,14 @@ mod tests {
         use sync_protocol::vocab::{Role, Side};
         let (amb, hub_info) = (info("amb-1", Role::Edge, vec![]), info("hub-1", Role::Hub, vec![]));
         let ((_d1, mut edge), (_d2, mut hub)) = two_nodes(&amb, &hub_info);
-        let (a, b) = (create(&mut edge, 1), create(&mut edge, 2));
+        let (a, b) = (edge.scratch_session(1), edge.scratch_session(2));
         let first = [owed(&mut edge, &hub_info, a, &[]), owed(&mut edge, &hub_info, b, &[])];
         let (applied, _) = hub.peers_mut().apply_remote(&hub_info, &amb, &first, T).expect("first batch");
         assert!(applied.iter().all(|o| matches!(o, Applied::Stored { .. })), "{applied:?}");
         let (held_a, held_b) = (heads_of(&mut edge, a), heads_of(&mut edge, b));
         assert_eq!(heads_of(&mut hub, a), held_a);
-        say(&mut edge, a, "amb-1", Side::Requester, 1);
-        say(&mut edge, b, "amb-1", Side::Requester, 2);
+        edge.scratch_message(a, "amb-1", Side::Requester, T + 1);
+        edge.scratch_message(b, "amb-1", Side::Requester, T + 2);
         let second = [owed(&mut edge, &hub_info, a, &held_a), owed(&mut edge, &hub_info, b, &held_b)];
         // The hub's copy of the second session is damaged on disk: storing the batch fails
         // after the first session was integrated, and the whole batch rolls back.
@@ -909,13 +875,13 @@ mod tests {
         let edge_info = info("amb-1", Role::Edge, vec![]);
         let desk_info = info("desk-1", Role::Desk, vec![ServiceLine::Dermatology]);
         let ((_d1, mut edge), (_d2, mut desk)) = two_nodes(&edge_info, &desk_info);
-        let id = create(&mut edge, 1);
+        let id = edge.scratch_session(1);
         let send = |from: &mut Store, to: &mut Store, from_info: &PeerInfo, to_info: &PeerInfo, base: &[Hash]| {
             let inc = owed(from, to_info, id, base);
             let (applied, _) = to.peers_mut().apply_remote(to_info, from_info, &[inc], T).expect("apply");
             assert!(matches!(applied[0], Applied::Stored { .. }), "{applied:?}");
         };
-        let say = |store: &mut Store, who: &str, side, n: i64| say(store, id, who, side, n);
+        let say = |store: &mut Store, who: &str, side, n: i64| store.scratch_message(id, who, side, T + n);
         let heads = |store: &mut Store| heads_of(store, id);
         send(&mut edge, &mut desk, &edge_info, &desk_info, &[]);
         let created = heads(&mut edge);
