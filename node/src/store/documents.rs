@@ -151,7 +151,7 @@ impl<S: DerefMut<Target = Store>> Sessions<S> {
         let log = append_change(&tx, &store.sealer, sid, &id, &bytes)?;
         put_sigs(&tx, authorship::sign_new(&store.author, doc.automerge(), &[]))?;
         let viewer = Viewer { hub: store.opts.hub };
-        index_logged(&tx, &store.sealer, viewer, (&id, sid), &mut doc, &mut view, log)?;
+        index_doc(&tx, &store.sealer, viewer, (&id, sid), &mut doc, &mut view, Some(log))?;
         append_audit(&tx, &store.sealer, &store.node, now, "session.create", Some(sid), by(&store.acting, None))?;
         tx.commit().map_err(sql("committing"))?;
         store.cache.put(new.id, Cached { doc, sid, upto: log.seq });
@@ -190,7 +190,8 @@ impl<S: DerefMut<Target = Store>> Sessions<S> {
             let log = append_change(&tx, &store.sealer, cached.sid, &key, &bytes)?;
             put_sigs(&tx, authorship::sign_new(&store.author, cached.doc.automerge(), &before))?;
             let viewer = Viewer { hub: store.opts.hub };
-            let counts = index_logged(&tx, &store.sealer, viewer, (&key, cached.sid), &mut cached.doc, &mut view, log)?;
+            let counts =
+                index_doc(&tx, &store.sealer, viewer, (&key, cached.sid), &mut cached.doc, &mut view, Some(log))?;
             cached.upto = log.seq;
             maybe_compact(&tx, &store.sealer, &store.opts, &key, &mut cached, counts)?;
             append_audit(&tx, &store.sealer, &store.node, now, action, Some(cached.sid), by(&store.acting, detail))?;
@@ -321,8 +322,8 @@ pub(super) fn doc_heads(doc: &mut SessionDoc) -> Vec<Hash> {
 
 /// Brings a session's clear index columns and side tables up to date with its document:
 /// status, line, priority, times, the sealed card, heads and their digest, shares, media. A
-/// change just appended (`log`) is counted in the same statement as the rest of the row; the
-/// log's count, its bytes and the snapshot's bytes after it are returned then.
+/// change just appended (`log`) is counted in the same statement as the rest of the row.
+/// Returns the log's count, its bytes and the snapshot's bytes after it.
 pub(super) fn index_doc(
     tx: &Transaction<'_>,
     sealer: &Sealer,
@@ -331,7 +332,7 @@ pub(super) fn index_doc(
     doc: &mut SessionDoc,
     view: &mut SessionView,
     log: Option<Appended>,
-) -> Result<Option<(i64, i64, i64)>, StoreError> {
+) -> Result<(i64, i64, i64), StoreError> {
     // The card keeps what the document itself says (and a hub's own view): whether a hub holds
     // the session's current heads is read beside the card when it is listed, so a hub restored
     // from an older copy lowers it at once instead of at the session's next write.
@@ -363,27 +364,17 @@ pub(super) fn index_doc(
     }
     let (status, line, priority) = (view.status.as_str(), view.service.line.as_str(), view.service.priority.as_str());
     let (updated, heads) = (view.updated_ms(), heads_blob(&heads));
-    let counts = match log {
-        None => {
-            tx.exec(
-                "UPDATE sessions SET status = ?2, service_line = ?3, priority = ?4, updated_ms = ?5, card = ?6,
-                 heads = ?7, digest = ?8 WHERE sid = ?1",
-                params![sid, status, line, priority, updated, card, heads, digest.to_vec()],
-            )
-            .map_err(sql("updating the session index"))?;
-            None
-        }
-        Some(log) => Some(
-            tx.row(
-                "UPDATE sessions SET status = ?2, service_line = ?3, priority = ?4, updated_ms = ?5, card = ?6,
-                 heads = ?7, digest = ?8, head_seq = ?9, log_count = log_count + 1, log_bytes = log_bytes + ?10
-                 WHERE sid = ?1 RETURNING log_count, log_bytes, snapshot_bytes",
-                params![sid, status, line, priority, updated, card, heads, digest.to_vec(), log.seq, log.sealed_len],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .map_err(sql("updating the session index"))?,
-        ),
-    };
+    // Without a new change, the log's columns stay as they are (NULL keeps `head_seq`).
+    let (seq, added, sealed_len) = log.map_or((None, 0, 0), |l| (Some(l.seq), 1, l.sealed_len));
+    let counts = tx
+        .row(
+            "UPDATE sessions SET status = ?2, service_line = ?3, priority = ?4, updated_ms = ?5, card = ?6,
+             heads = ?7, digest = ?8, head_seq = coalesce(?9, head_seq), log_count = log_count + ?10,
+             log_bytes = log_bytes + ?11 WHERE sid = ?1 RETURNING log_count, log_bytes, snapshot_bytes",
+            params![sid, status, line, priority, updated, card, heads, digest.to_vec(), seq, added, sealed_len],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .map_err(sql("updating the session index"))?;
     for node in &view.shared_with {
         tx.exec("INSERT OR IGNORE INTO session_shares (sid, node) VALUES (?1, ?2)", params![sid, node])
             .map_err(sql("indexing shares"))?;
@@ -399,21 +390,6 @@ pub(super) fn index_doc(
         .map_err(sql("indexing photos"))?;
     }
     Ok(counts)
-}
-
-/// [`index_doc`] for a session whose change was just appended: the log's count, its bytes and
-/// the snapshot's bytes after it.
-pub(super) fn index_logged(
-    tx: &Transaction<'_>,
-    sealer: &Sealer,
-    viewer: Viewer,
-    row: (&str, i64),
-    doc: &mut SessionDoc,
-    view: &mut SessionView,
-    log: Appended,
-) -> Result<(i64, i64, i64), StoreError> {
-    index_doc(tx, sealer, viewer, row, doc, view, Some(log))?
-        .ok_or_else(|| StoreError::Damaged(format!("session {}: its new change was not counted", row.0)))
 }
 
 /// The node a store belongs to, as the one viewing its sessions: whether it is a hub.

@@ -18,8 +18,7 @@ use sync_protocol::wire::{DocId, Hash};
 
 use super::{
     AuditTail, Cached, CachedSql, NewEntry, PeerSync, Store, StoreError, append_change, checkout, doc_heads,
-    heads_blob, heads_from_blob, index_logged, insert_session_row, log_tail_since, maybe_compact, put_sigs, reading,
-    sql,
+    heads_blob, heads_from_blob, index_doc, insert_session_row, log_tail_since, maybe_compact, put_sigs, reading, sql,
 };
 
 /// A session as scope decisions and reconciliation see it (clear index columns only).
@@ -757,7 +756,7 @@ fn integrate(
         }
     };
     let viewer = super::documents::Viewer { hub: opts.hub };
-    let counts = index_logged(tx, sealer, viewer, (&key, row_sid), &mut candidate, &mut view, log)?;
+    let counts = index_doc(tx, sealer, viewer, (&key, row_sid), &mut candidate, &mut view, Some(log))?;
     // An edge keeps no copy of a photo a hub has confirmed holding (a thumbnail stays).
     for hash in offload {
         let n = tx
