@@ -323,7 +323,11 @@ impl Node {
 
     /// Opens with explicit store options.
     pub fn open_with(dir: &NodeDir, opts: StoreOptions) -> Result<Node, NodeError> {
-        dir.read_config()?;
+        // Not a node directory: said before a lock file is made in it. (The file is read, and
+        // checked, once, under the lock.)
+        if !dir.config_path().exists() {
+            return Err(ConfigError::NotANode { dir: dir.root().to_path_buf() }.into());
+        }
         // Shared with every other process that has the store open; waits while a key rotation
         // (which holds it alone) runs, so this process reads the key the store is under.
         let lock = store_lock(dir)?;
@@ -333,7 +337,7 @@ impl Node {
 
     /// Opens holding `lock` (the store lock, shared or exclusive).
     fn open_locked(dir: &NodeDir, opts: StoreOptions, lock: std::fs::File) -> Result<Node, NodeError> {
-        let config = dir.read_config()?;
+        let mut config = dir.read_config()?;
         if !dir.db_path().exists() {
             return Err(ConfigError::StoreMissing {
                 name: config.name,
@@ -350,8 +354,9 @@ impl Node {
             && let Some(how) = Node::recover_rotation(dir)?
         {
             tracing::warn!("an interrupted key rotation was found and {how}");
+            // Finishing it named the new key in the file.
+            config = dir.read_config()?;
         }
-        let config = dir.read_config()?;
         let (key, origin) = NodeKey::load(&dir.key_path())?;
         if key.id() != config.key_id {
             return Err(CryptoError::WrongKey { origin, found: key.id(), expected: config.key_id.clone() }.into());

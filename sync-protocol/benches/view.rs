@@ -1,7 +1,8 @@
 //! What reading a session's view costs: `SessionDoc::view` (every field the node shows, checked
-//! and typed) against Automerge's own `hydrate` of the same documents (every value, untyped,
-//! unchecked) as the baseline, in the same run. A hub reads the view of every session it
-//! receives, so this is a share of the sync benchmark's hub CPU.
+//! and typed, the document read in one pass) against the same view read object by object (as
+//! before the one pass) and against Automerge's own `hydrate` of the same documents (every
+//! value, untyped, unchecked) as the baseline, in the same run. A hub reads the view of every
+//! session it receives, so this is a share of the sync benchmark's hub CPU.
 //!
 //! `cargo bench -p sync-protocol --bench view`
 
@@ -89,13 +90,18 @@ fn per_doc_us(rounds: usize, n: usize, mut pass: impl FnMut() -> usize) -> f64 {
 
 fn main() {
     let n = 1_000;
-    println!("| session | view (us per session) | hydrate, the baseline (us per session) | ratio |");
-    println!("|---|---|---|---|");
+    println!(
+        "| session | view, one pass (us per session) | view, object by object (us) | hydrate, the baseline (us) | one pass / by object | one pass / hydrate |"
+    );
+    println!("|---|---|---|---|---|---|");
     for messages in [1usize, 4, 16] {
         let mut docs: Vec<SessionDoc> = (0..n as u64).map(|i| session(i, messages)).collect();
         let raw: Vec<AutoCommit> = docs.iter_mut().map(|d| AutoCommit::load(&d.save()).unwrap()).collect();
         let view = per_doc_us(5, n, || {
             docs.iter().map(|d| d.view().unwrap()).filter(|v| v.messages.len() == messages).count()
+        });
+        let by_object = per_doc_us(5, n, || {
+            docs.iter().map(|d| d.view_object_by_object().unwrap()).filter(|v| v.messages.len() == messages).count()
         });
         let hydrate = per_doc_us(5, n, || {
             raw.iter()
@@ -103,6 +109,10 @@ fn main() {
                 .filter(|v| matches!(v, automerge::hydrate::Value::Map(_)))
                 .count()
         });
-        println!("| {messages} message(s), a connected call | {view:.1} | {hydrate:.1} | {:.2} |", view / hydrate);
+        println!(
+            "| {messages} message(s), a connected call | {view:.1} | {by_object:.1} | {hydrate:.1} | {:.2} | {:.2} |",
+            view / by_object,
+            view / hydrate
+        );
     }
 }

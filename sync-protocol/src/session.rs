@@ -900,7 +900,14 @@ impl SessionDoc {
 
     /// The typed view of the whole session, with every merge rule applied.
     pub fn view(&self) -> Result<SessionView, ModelError> {
-        build_view(&self.doc)
+        build_view(&Reader::whole(&self.doc))
+    }
+
+    /// [`SessionDoc::view`] with each object read by itself, as it was read before the one
+    /// pass: the reference the one pass is tested and measured against. Not for use.
+    #[doc(hidden)]
+    pub fn view_object_by_object(&self) -> Result<SessionView, ModelError> {
+        build_view(&Reader::new(&self.doc))
     }
 
     /// The routing log alone (what [`SessionView::routing`] holds), read without building the
@@ -1069,6 +1076,8 @@ fn text_is(doc: &AutoCommit, obj: &ObjId, key: &str, expected: &str) -> Result<b
 struct Reader<'a> {
     doc: &'a AutoCommit,
     maps: RefCell<HashMap<ObjId, Rc<MapEntries<'a>>>>,
+    /// Lists read in the one pass of [`Reader::whole`].
+    lists: HashMap<ObjId, Vec<(ValueRef<'a>, ObjId)>>,
     /// The map read last: the next lookup is most often in it again.
     last: RefCell<Option<(ObjId, Rc<MapEntries<'a>>)>>,
 }
@@ -1077,6 +1086,7 @@ struct Reader<'a> {
 type MapEntries<'a> = Vec<Entry<'a>>;
 
 /// One key of a map and its winning value.
+#[derive(Clone)]
 struct Entry<'a> {
     key: Cow<'a, str>,
     value: ValueRef<'a>,
@@ -1098,12 +1108,50 @@ fn scalar_i64(s: &ScalarValueRef<'_>) -> Option<i64> {
 
 impl<'a> Reader<'a> {
     fn new(doc: &'a AutoCommit) -> Reader<'a> {
-        Reader { doc, maps: RefCell::new(HashMap::new()), last: RefCell::new(None) }
+        Reader { doc, maps: RefCell::new(HashMap::new()), lists: HashMap::new(), last: RefCell::new(None) }
     }
 
-    /// The winning value of every key of a map, read afresh (none for a list or a missing
-    /// object).
+    /// A reader of the whole document: every object reachable from the root read in one pass
+    /// (Automerge seeks each object's operations afresh when it is read by itself, which costs
+    /// more than reading it).
+    fn whole(doc: &'a AutoCommit) -> Reader<'a> {
+        use automerge::iter::DocItem;
+        let mut maps: HashMap<ObjId, MapEntries<'a>> = HashMap::new();
+        let mut lists: HashMap<ObjId, Vec<(ValueRef<'a>, ObjId)>> = HashMap::new();
+        // Automerge yields an object's items together, objects one after another.
+        for item in doc.iter() {
+            match item.item {
+                DocItem::Map(m) => {
+                    let id = matches!(m.value, ValueRef::Object(_)).then(|| m.id());
+                    let entry = Entry { key: m.key, value: m.value, id, conflict: m.conflict };
+                    maps.entry((*item.obj).clone()).or_default().push(entry);
+                }
+                DocItem::List(l) => {
+                    let id = l.id();
+                    lists.entry((*item.obj).clone()).or_default().push((l.value, id));
+                }
+                // A session holds no text objects (the write rules refuse them).
+                DocItem::Text(_) => {}
+            }
+        }
+        let maps = maps
+            .into_iter()
+            .map(|(k, mut m)| {
+                if !m.is_sorted_by(|a, b| a.key <= b.key) {
+                    m.sort_by(|a, b| a.key.cmp(&b.key));
+                }
+                (k, Rc::new(m))
+            })
+            .collect();
+        Reader { doc, maps: RefCell::new(maps), lists, last: RefCell::new(None) }
+    }
+
+    /// The winning value of every key of a map (none for a list or a missing object): as
+    /// read in [`Reader::whole`]'s pass, or read now.
     fn read_map(&self, obj: &ObjId) -> MapEntries<'a> {
+        if let Some(m) = self.maps.borrow().get(obj) {
+            return m.iter().map(Entry::clone).collect();
+        }
         let mut m: MapEntries<'a> = self
             .doc
             .map_range(obj, ..)
@@ -1146,6 +1194,22 @@ impl<'a> Reader<'a> {
         Some((m[i].value.clone(), m[i].id.clone()))
     }
 
+    /// The keys of a map, in order.
+    fn keys(&self, obj: &ObjId) -> Vec<String> {
+        self.entries(obj).iter().map(|e| e.key.to_string()).collect()
+    }
+
+    /// Every value written concurrently under a key of a map (the winner alone, unless others
+    /// were).
+    fn all(&self, obj: &ObjId, key: &str) -> Result<Vec<Value<'a>>, ModelError> {
+        let m = self.entries(obj);
+        match m.binary_search_by(|e| e.key.as_ref().cmp(key)) {
+            Err(_) => Ok(Vec::new()),
+            Ok(i) if !m[i].conflict => Ok(vec![m[i].value.clone().into_value()]),
+            Ok(_) => Ok(self.doc.get_all(obj, key)?.into_iter().map(|(v, _)| v).collect()),
+        }
+    }
+
     /// Whether values written concurrently under a key of a map lost to the winning one.
     fn conflicted(&self, obj: &ObjId, key: &str) -> bool {
         let m = self.entries(obj);
@@ -1154,6 +1218,9 @@ impl<'a> Reader<'a> {
 
     /// The winning values of a list, in order.
     fn items(&self, list: &ObjId) -> Vec<(Value<'static>, ObjId)> {
+        if let Some(l) = self.lists.get(list) {
+            return l.iter().map(|(v, id)| (v.clone().into_value(), id.clone())).collect();
+        }
         self.doc.list_range(list, ..).map(|item| (item.value.clone().into_value(), item.id())).collect()
     }
 
@@ -1577,8 +1644,7 @@ impl SessionView {
     }
 }
 
-fn build_view(doc: &AutoCommit) -> Result<SessionView, ModelError> {
-    let r = Reader::new(doc);
+fn build_view(r: &Reader<'_>) -> Result<SessionView, ModelError> {
     let schema = r.int(&ROOT, "schema", "/schema")?.ok_or_else(|| malformed("/schema", "missing"))?;
     if schema > SCHEMA_VERSION {
         return Err(ModelError::SchemaVersion(schema));
@@ -1640,15 +1706,15 @@ fn build_view(doc: &AutoCommit) -> Result<SessionView, ModelError> {
     let last = *status_history.last().ok_or_else(|| malformed("/status", "no status recorded"))?;
 
     let shares = r.obj(&ROOT, "shares", ObjType::Map)?;
-    let shared_with: Vec<String> = doc.keys(&shares).collect();
+    let shared_with: Vec<String> = r.keys(&shares);
 
     let consents_obj = r.obj(&ROOT, "consents", ObjType::Map)?;
     let mut consents = Vec::new();
-    for cid in doc.keys(&consents_obj) {
+    for cid in r.keys(&consents_obj) {
         let c = r.obj(&consents_obj, &cid, ObjType::Map)?;
         // A withdrawal wins over every concurrent write to the same key: look at all of them.
         let mut withdrawn_at: Option<TimeMs> = None;
-        for (v, _) in doc.get_all(&c, "withdrawn_at")? {
+        for v in r.all(&c, "withdrawn_at")? {
             if let Some(t) = v.as_i64() {
                 withdrawn_at = Some(withdrawn_at.map_or(t, |w| w.min(t)));
             }
@@ -1694,7 +1760,7 @@ fn build_view(doc: &AutoCommit) -> Result<SessionView, ModelError> {
 
     let media_obj = r.obj(&ROOT, "media", ObjType::Map)?;
     let mut media = Vec::new();
-    for hash in doc.keys(&media_obj) {
+    for hash in r.keys(&media_obj) {
         let m = r.obj(&media_obj, &hash, ObjType::Map)?;
         let added_by = r.req_str(&m, "added_by", "/media/*/added_by")?;
         // A photo is the requester's unless a node other than the origin added it.

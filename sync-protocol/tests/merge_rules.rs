@@ -6,6 +6,7 @@
 
 use automerge::{ActorId, ReadDoc};
 use proptest::prelude::*;
+use sync_protocol::routing::RoutingEntry;
 use sync_protocol::session::{NewConsent, NewMedia, NewMessage, NewSession, Patient, Requester, Service, SessionDoc};
 use sync_protocol::vocab::{
     CareSetting, Channel, ConsentKind, ConsentScope, NhsVerification, Outcome, PhotoView, Priority, ReceiptLevel,
@@ -146,6 +147,26 @@ fn a_withdrawal_wins_over_concurrent_edits_of_the_same_consent() {
 }
 
 #[test]
+fn two_concurrent_withdrawals_of_one_consent_keep_the_earlier() {
+    let mut base = new_session();
+    let mut a = base.fork_as(actor(2));
+    let mut b = base.fork_as(actor(3));
+    // The later withdrawal is written by the actor whose write wins the key.
+    a.withdraw_consent("c0", "amb-07", T0 + 9).unwrap();
+    b.withdraw_consent("c0", "desk-derm-1", T0 + 5).unwrap();
+    let (ab, ba) = merged(&mut a, &mut b);
+    assert_eq!(ab.consents[0].withdrawn.as_ref().map(|w| w.at_ms), Some(T0 + 5));
+    assert_eq!(ab, ba);
+    // And the other way round.
+    let mut a = base.fork_as(actor(2));
+    let mut b = base.fork_as(actor(3));
+    a.withdraw_consent("c0", "amb-07", T0 + 5).unwrap();
+    b.withdraw_consent("c0", "desk-derm-1", T0 + 9).unwrap();
+    let (ab, _) = merged(&mut a, &mut b);
+    assert_eq!(ab.consents[0].withdrawn.as_ref().map(|w| w.at_ms), Some(T0 + 5));
+}
+
+#[test]
 fn concurrent_messages_both_appear_in_one_agreed_order() {
     let mut base = new_session();
     let mut a = base.fork_as(actor(2));
@@ -245,6 +266,9 @@ enum Edit {
     Withdraw(usize),
     Outcome(bool, Outcome),
     Media(u8),
+    Share(u8),
+    Requester(u8),
+    Escalate(u8),
 }
 
 fn edit() -> impl Strategy<Value = Edit> {
@@ -257,6 +281,9 @@ fn edit() -> impl Strategy<Value = Edit> {
         (0usize..4).prop_map(Edit::Withdraw),
         (any::<bool>(), prop::sample::select(Outcome::ALL.to_vec())).prop_map(|(s, o)| Edit::Outcome(s, o)),
         (0u8..6).prop_map(Edit::Media),
+        (0u8..3).prop_map(Edit::Share),
+        (0u8..3).prop_map(Edit::Requester),
+        (0u8..2).prop_map(Edit::Escalate),
     ]
 }
 
@@ -292,6 +319,15 @@ fn apply(doc: &mut SessionDoc, who: &str, n: usize, e: &Edit, now: i64) {
             doc.set_outcome(side, *o, who, now)
         }
         Edit::Media(h) => doc.add_media(&media(&format!("{h:02x}")), now).map(|_| ()),
+        Edit::Share(d) => doc.share_with(&format!("desk-derm-{d}"), now),
+        Edit::Requester(r) => {
+            let requester = Requester { role: Some(format!("role {r} of {who}")), ..Requester::default() };
+            doc.set_requester(&requester, now)
+        }
+        Edit::Escalate(c) => {
+            let entry = RoutingEntry::Escalate { call: format!("call-{c}"), by: who.into() };
+            doc.append_routing(&entry, now)
+        }
     };
 }
 
@@ -350,6 +386,12 @@ proptest! {
         let vb = b.view().unwrap();
         let (ab, ba) = merged(&mut a, &mut b);
         prop_assert_eq!(&ab, &ba, "replicas did not converge");
+        // The view read in one pass over the document is the one read object by object.
+        let mut m = a.fork_as(actor(13));
+        m.merge(&mut b).unwrap();
+        for doc in [&a, &b, &m] {
+            prop_assert_eq!(doc.view().unwrap(), doc.view_object_by_object().unwrap());
+        }
         check_dominates(&ab, &va)?;
         check_dominates(&ab, &vb)?;
         prop_assert_eq!(ab.messages.len(), {
