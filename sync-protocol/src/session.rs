@@ -1134,6 +1134,21 @@ impl<'a> Reader<'a> {
                 DocItem::Text(_) => {}
             }
         }
+        // An object the pass met as a value but not as a container of items is empty (most
+        // receipts, shares and photos of a session): known so, not read again.
+        let mut empty_maps = Vec::new();
+        let mut empty_lists = Vec::new();
+        let values = maps.values().flat_map(|m| m.iter().map(|e| (&e.value, e.id.as_ref())));
+        let items = lists.values().flat_map(|l| l.iter().map(|(v, id)| (v, Some(id))));
+        for (value, id) in values.chain(items) {
+            match (value, id) {
+                (ValueRef::Object(ObjType::Map), Some(id)) if !maps.contains_key(id) => empty_maps.push(id.clone()),
+                (ValueRef::Object(ObjType::List), Some(id)) if !lists.contains_key(id) => empty_lists.push(id.clone()),
+                _ => {}
+            }
+        }
+        maps.extend(empty_maps.into_iter().map(|id| (id, Vec::new())));
+        lists.extend(empty_lists.into_iter().map(|id| (id, Vec::new())));
         let maps = maps
             .into_iter()
             .map(|(k, mut m)| {
