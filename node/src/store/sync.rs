@@ -378,27 +378,22 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
     /// has been sent and acknowledged, `Err` with why it failed.
     pub fn record_sync(&mut self, peer: &str, outcome: Result<(), &str>, now: i64) -> Result<(), StoreError> {
         let ctx = "recording a sync";
-        // Bookkeeping, not a write anyone was told is safe: committed without waiting for the
-        // disk (`synchronous=NORMAL` for this one commit). A killed process keeps it (the
-        // operating system has it); a power cut may lose it until the next write's commit,
-        // which makes the log durable again, this record with it.
-        self.0.conn.execute_batch("PRAGMA synchronous=NORMAL").map_err(sql(ctx))?;
-        let written = match outcome {
-            Ok(()) => self.0.conn.exec(
-                "INSERT INTO peer_syncs (peer, last_ok_ms) VALUES (?1, ?2)
-                 ON CONFLICT (peer) DO UPDATE SET last_ok_ms = excluded.last_ok_ms",
-                params![peer, now],
-            ),
-            Err(why) => self.0.conn.exec(
-                "INSERT INTO peer_syncs (peer, last_error, last_error_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (peer) DO UPDATE SET last_error = excluded.last_error, last_error_ms = excluded.last_error_ms",
-                params![peer, why, now],
-            ),
-        };
-        let restored = self.0.conn.execute_batch("PRAGMA synchronous=FULL");
-        written.map_err(sql(ctx))?;
-        restored.map_err(sql(ctx))?;
-        Ok(())
+        bookkeeping(&self.0.conn, ctx, |conn| {
+            match outcome {
+                Ok(()) => conn.exec(
+                    "INSERT INTO peer_syncs (peer, last_ok_ms) VALUES (?1, ?2)
+                     ON CONFLICT (peer) DO UPDATE SET last_ok_ms = excluded.last_ok_ms",
+                    params![peer, now],
+                ),
+                Err(why) => conn.exec(
+                    "INSERT INTO peer_syncs (peer, last_error, last_error_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (peer) DO UPDATE SET last_error = excluded.last_error, last_error_ms = excluded.last_error_ms",
+                    params![peer, why, now],
+                ),
+            }
+            .map_err(sql(ctx))?;
+            Ok(())
+        })
     }
 
     /// Forgets what this node knew of a peer: the next conversation reconciles from scratch.
@@ -414,6 +409,13 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
 
     /// Records what a peer holds (one transaction for the batch).
     pub fn set_knowledge(&mut self, peer: &PeerInfo, updates: &[(DocId, Knowledge)]) -> Result<(), StoreError> {
+        // What a peer holds is bookkeeping: lost, it is learnt again at the next reconnect, and
+        // the losing side claims less of the peer than is true, never more.
+        let conn = &self.0.conn;
+        bookkeeping(conn, "recording peer state", |_| self.write_knowledge(peer, updates))
+    }
+
+    fn write_knowledge(&self, peer: &PeerInfo, updates: &[(DocId, Knowledge)]) -> Result<(), StoreError> {
         // What a peer says of a session it may not see is not recorded: it would make it look
         // like a holder.
         // The index rows are read inside the write: one lock for the batch, not one per read.
@@ -685,6 +687,23 @@ impl Store {
     }
 }
 
+/// Runs a write of bookkeeping (not a write anyone was told is safe) committed without waiting
+/// for the disk: `synchronous=NORMAL` for its commits alone. A killed process keeps it (the
+/// operating system has it); a power cut may lose it until the next write's commit, which makes
+/// the log durable again, this write with it. Every later write waits for the disk again.
+fn bookkeeping<T>(
+    conn: &rusqlite::Connection,
+    ctx: &'static str,
+    write: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("PRAGMA synchronous=NORMAL").map_err(sql(ctx))?;
+    let written = write(conn);
+    let restored = conn.execute_batch("PRAGMA synchronous=FULL");
+    let out = written?;
+    restored.map_err(sql(ctx))?;
+    Ok(out)
+}
+
 /// The audit chain's end for a transaction, read at its first entry.
 fn tail<'t>(tx: &Transaction<'_>, audit: &'t mut Option<AuditTail>) -> Result<&'t mut AuditTail, StoreError> {
     let t = match audit.take() {
@@ -916,14 +935,31 @@ mod tests {
     }
 
     #[test]
-    fn recording_a_sync_leaves_every_later_write_waiting_for_the_disk() {
-        let (_dir, mut store) = Store::scratch("edge-1");
+    fn bookkeeping_leaves_every_later_write_waiting_for_the_disk() {
+        use sync_protocol::engine::Knowledge;
+        use sync_protocol::vocab::Role;
+        let (dir, mut store) = Store::scratch("edge-1");
         const FULL: i64 = 2;
         assert_eq!(synchronous(&store), FULL);
         store.peers_mut().record_sync("hub-1", Ok(()), 1_000).expect("ok recorded");
         assert_eq!(synchronous(&store), FULL, "after a sync recorded");
         store.peers_mut().record_sync("hub-1", Err("link down"), 2_000).expect("error recorded");
         assert_eq!(synchronous(&store), FULL, "after a failure recorded");
+        // What a peer holds, recorded the same way; a refused record as well.
+        let hub = info("hub-1", Role::Hub, vec![]);
+        let id = store.scratch_session(1).to_bytes();
+        let heads = store.peers().heads_of(&id).expect("read").expect("held");
+        let k = Knowledge { heads: heads.clone(), shared: heads.clone() };
+        store.peers_mut().set_knowledge(&hub, &[(id, k.clone())]).expect("recorded");
+        assert_eq!(synchronous(&store), FULL, "after what the hub holds was recorded");
+        assert_eq!(store.peers().knowledge(&hub, &id).expect("read"), Some(k.clone()));
+        // Another process holds the write lock, and this one does not wait for it.
+        let other = rusqlite::Connection::open(dir.path().join("t.db")).expect("second connection");
+        other.execute_batch("BEGIN IMMEDIATE").expect("begin");
+        store.conn.busy_timeout(std::time::Duration::ZERO).expect("no wait");
+        assert!(store.peers_mut().set_knowledge(&hub, &[(id, k)]).is_err(), "the write lock is held elsewhere");
+        other.execute_batch("ROLLBACK").expect("rollback");
+        assert_eq!(synchronous(&store), FULL, "after a failed record");
         let syncs = store.peers().peer_syncs().expect("read back");
         assert_eq!(syncs.len(), 1);
         assert_eq!(syncs[0].last_ok_ms, Some(1_000));
