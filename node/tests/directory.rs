@@ -133,6 +133,11 @@ fn only_the_hub_edits_the_directory() {
 
 /// An ambulance's escalated dermatology session, as the hub receives it.
 fn escalated_at_hub(amb: &mut Node, hub: &mut Node) -> sync_protocol::SessionId {
+    received_at_hub(amb, hub, true)
+}
+
+/// An ambulance's dermatology session, escalated or not, as the hub receives it.
+fn received_at_hub(amb: &mut Node, hub: &mut Node, escalated: bool) -> sync_protocol::SessionId {
     let req = SessionRequest {
         care_setting: CareSetting::AmbulanceOnScene,
         requester: Requester::default(),
@@ -142,7 +147,9 @@ fn escalated_at_hub(amb: &mut Node, hub: &mut Node) -> sync_protocol::SessionId 
         draft: false,
     };
     let id = amb.new_session(req, T).unwrap().id;
-    amb.escalate(id, T + 1).unwrap();
+    if escalated {
+        amb.escalate(id, T + 1).unwrap();
+    }
     let (me, from) = (hub.config().peer_info(), amb.config().peer_info());
     let out = amb.raw_store().peers_mut().changes_since(&me, &id.to_bytes(), &[]).unwrap().unwrap();
     // The hub knows the ambulance as a fleet member (here without a certificate).
@@ -159,6 +166,36 @@ fn following(hub: &mut Node, id: SessionId, now: i64) -> Router {
     let mut router = hub.call_router(24 * 3_600_000).unwrap();
     assert_eq!(hub.follow_escalations(&mut router, &[id], false, now).unwrap(), 1, "an open escalation is followed");
     router
+}
+
+#[test]
+fn the_router_follows_open_escalations_by_the_index_and_reads_sessions_indexed_before_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut hub = node(&tmp, "hub-qhm", Role::Hub, "QHM", vec![]);
+    let mut amb = node(&tmp, "amb-07", Role::Edge, "QHM", vec![]);
+    hub.set_line(dermatology("sat,sun 09:00-17:00", &["desk-derm-1"]), T - 5_000).unwrap();
+    let open = escalated_at_hub(&mut amb, &mut hub);
+    let quiet = received_at_hub(&mut amb, &mut hub, false);
+    let followed = |hub: &mut Node, ids: &[SessionId]| {
+        let mut router = hub.call_router(24 * 3_600_000).unwrap();
+        hub.follow_escalations(&mut router, ids, false, T + 2).unwrap()
+    };
+    assert_eq!(followed(&mut hub, &[open, quiet]), 1, "the escalated session alone");
+    // The line is closed: the router offers a callback, and the escalation is answered.
+    let mut router = following(&mut hub, open, T + 2);
+    let routed = hub.route_call(&mut router, open, T + 3).unwrap();
+    assert!(matches!(routed.action(), Some(Action::Callback { .. })), "{routed:?}");
+    assert_eq!(followed(&mut hub, &[open, quiet]), 0, "an answered escalation is not followed again");
+
+    // A session indexed before the index said (schema 8): read from its document.
+    let reopened = received_at_hub(&mut amb, &mut hub, true);
+    let dir = NodeDir::new(tmp.path().join("hub-qhm"));
+    drop(hub);
+    let db = rusqlite::Connection::open(dir.db_path()).unwrap();
+    assert_eq!(db.execute("UPDATE sessions SET escalating = NULL", []).unwrap(), 3);
+    drop(db);
+    let mut hub = Node::open(&dir).unwrap();
+    assert_eq!(followed(&mut hub, &[open, quiet, reopened]), 1, "the open escalation, read from its document");
 }
 
 #[test]

@@ -185,7 +185,8 @@ impl Node {
     }
 
     /// Hands the router every session among `candidates` that it follows already or whose
-    /// routing log holds an open escalation; with `resume` (a router just started), also
+    /// routing log holds an open escalation (as the session index says, where it says; the
+    /// log itself otherwise); with `resume` (a router just started), also
     /// every connected call among them, whose missing outcomes it flags after its wait.
     /// Returns how many it now follows or awaits.
     pub fn follow_escalations(
@@ -206,7 +207,24 @@ impl Node {
                 unknown.push(*id);
             }
         }
-        // The others' routing logs, read in one transaction.
+        // The others: those indexed without an open escalation are left; a router just started
+        // also looks for connected calls, and reads them all.
+        if !resume {
+            let escalating = self.store.sessions_mut().escalating(&unknown)?;
+            let mut read = Vec::new();
+            for (id, open) in unknown.iter().zip(escalating) {
+                match open {
+                    Some(true) => {
+                        router.follow(id.to_bytes(), now);
+                        n += 1;
+                    }
+                    Some(false) => {}
+                    None => read.push(*id),
+                }
+            }
+            unknown = read;
+        }
+        // The rest's routing logs, read in one transaction.
         let logs = self.store.sessions_mut().routing_logs(&unknown)?;
         for (id, routing) in unknown.iter().zip(logs) {
             let doc = id.to_bytes();

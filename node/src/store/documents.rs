@@ -212,6 +212,22 @@ impl<S: DerefMut<Target = Store>> Sessions<S> {
         self.0.with_docs(ids, |id, d| d.routing_log().map_err(model(id)))
     }
 
+    /// Whether each session holds an open escalation, as indexed with its current version:
+    /// `None` where that is not known (a session indexed before schema 9, or none such).
+    pub fn escalating(&self, ids: &[SessionId]) -> Result<Vec<Option<bool>>, StoreError> {
+        let ctx = "reading the session index";
+        let _tx = reading(&self.0.conn)?;
+        let mut stmt = self.0.conn.prepare_cached("SELECT escalating FROM sessions WHERE id = ?1").map_err(sql(ctx))?;
+        ids.iter()
+            .map(|id| {
+                stmt.query_row([id.to_string()], |r| r.get::<_, Option<bool>>(0))
+                    .optional()
+                    .map(Option::flatten)
+                    .map_err(sql(ctx))
+            })
+            .collect()
+    }
+
     /// The session's call log (each party's record of its legs).
     pub fn call_log(&mut self, id: SessionId) -> Result<LogEntries, StoreError> {
         self.0.with_doc(id, |d| d.call_log())?.map_err(model(id))
@@ -364,14 +380,29 @@ pub(super) fn index_doc(
     }
     let (status, line, priority) = (view.status.as_str(), view.service.line.as_str(), view.service.priority.as_str());
     let (updated, heads) = (view.updated_ms(), heads_blob(&heads));
+    let escalating = sync_protocol::router::Router::wants(&sync_protocol::call::calls_in(&view.routing));
     // Without a new change, the log's columns stay as they are (NULL keeps `head_seq`).
     let (seq, added, sealed_len) = log.map_or((None, 0, 0), |l| (Some(l.seq), 1, l.sealed_len));
     let counts = tx
         .row(
             "UPDATE sessions SET status = ?2, service_line = ?3, priority = ?4, updated_ms = ?5, card = ?6,
              heads = ?7, digest = ?8, head_seq = coalesce(?9, head_seq), log_count = log_count + ?10,
-             log_bytes = log_bytes + ?11 WHERE sid = ?1 RETURNING log_count, log_bytes, snapshot_bytes",
-            params![sid, status, line, priority, updated, card, heads, digest.to_vec(), seq, added, sealed_len],
+             log_bytes = log_bytes + ?11, escalating = ?12 WHERE sid = ?1
+             RETURNING log_count, log_bytes, snapshot_bytes",
+            params![
+                sid,
+                status,
+                line,
+                priority,
+                updated,
+                card,
+                heads,
+                digest.to_vec(),
+                seq,
+                added,
+                sealed_len,
+                escalating
+            ],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .map_err(sql("updating the session index"))?;

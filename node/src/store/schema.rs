@@ -183,6 +183,12 @@ UPDATE peer_docs SET hub = 1 WHERE peer IN (SELECT peer FROM peer_marks WHERE sc
     // before gets its head in this step's transaction (`audit::seal_existing_chain`), and an
     // earlier outpost, which would append entries without moving the head, refuses the store.
     "-- the audit chain's sealed head",
+    // Schema 9: whether a session holds an open escalation, kept with each version indexed, so
+    // that a hub's call router does not read every changed session to find out. NULL (a row
+    // indexed before) is not known: the router reads the session.
+    r#"
+ALTER TABLE sessions ADD COLUMN escalating INTEGER;
+"#,
 ];
 
 /// The schema from which the audit chain's head is sealed.
