@@ -253,6 +253,14 @@ impl Row {
     }
 }
 
+/// Milliseconds to a tenth, for the log.
+fn tenths(ms: impl Iterator<Item = f64>) -> Vec<f64> {
+    ms.map(|c| (c * 10.0).round() / 10.0).collect()
+}
+
+/// Rounds of each case with changes (each side's median round is reported).
+const CHANGED_ROUNDS: usize = 3;
+
 /// One sync of the edge with the hub, with the CPU time it took (both sides).
 async fn ours(edge: &NodeDir, hub: SocketAddr) -> (SyncReport, f64) {
     ours_with(Node::open(edge).expect("open edge"), hub).await
@@ -421,53 +429,81 @@ fn main() {
         eprintln!("{label}...");
         let offset = usize::from(warm) * 2;
         let changed: Vec<SessionId> = ids.iter().skip(offset).step_by((n / k.max(1)).max(1)).take(k).copied().collect();
-        let node = change(&edge, &changed, k + offset);
-        // The hub daemon runs in this process: let it finish what the last sync left it (its
-        // record of the sync, a checkpoint) so that the case measures its own work only.
-        std::thread::sleep(Duration::from_millis(500));
-        eprintln!("  outpost sync {label}");
-        let profiled = std::env::var("PERF_CASE").is_ok_and(|c| label.contains(c.as_str()) && (warm || !c.is_empty()));
-        if profiled {
-            perf_control(PERF_CASE_ON);
-        }
-        let (report, cpu_ms) = if warm {
-            let daemon = rt.block_on(Daemon::start(node, RunOptions::default())).expect("edge daemon");
-            let measured = rt.block_on(async {
-                let cpu = cpu_now();
-                let report = daemon.sync_with(hub_addr, Duration::from_secs(900)).await.expect("daemon sync");
-                (report, cpu_now() - cpu)
-            });
+        // A case with changes runs in rounds, each with new changes to the same sessions, on
+        // both sides: the row is each side's median round by CPU (this machine's other load
+        // moves one round by 10-20%). Nothing changed is a median of its own (below).
+        let rounds = if k == 0 { 1 } else { CHANGED_ROUNDS };
+        let mut our_rounds: Vec<(SyncReport, f64)> = Vec::new();
+        let mut base_rounds: Vec<BaselineRun> = Vec::new();
+        for round in 0..rounds {
+            let node = change(&edge, &changed, k + offset + 5_000 * round);
+            // The hub daemon runs in this process: let it finish what the last sync left it (its
+            // record of the sync, a checkpoint) so that the case measures its own work only.
+            std::thread::sleep(Duration::from_millis(500));
+            eprintln!("  outpost sync {label}");
+            let profiled =
+                std::env::var("PERF_CASE").is_ok_and(|c| label.contains(c.as_str()) && (warm || !c.is_empty()));
+            if profiled {
+                perf_control(PERF_CASE_ON);
+            }
+            let (report, cpu_ms) = if warm {
+                let daemon = rt.block_on(Daemon::start(node, RunOptions::default())).expect("edge daemon");
+                let measured = rt.block_on(async {
+                    let cpu = cpu_now();
+                    let report = daemon.sync_with(hub_addr, Duration::from_secs(900)).await.expect("daemon sync");
+                    (report, cpu_now() - cpu)
+                });
+                if profiled {
+                    perf_control(PERF_CASE_OFF);
+                }
+                rt.block_on(daemon.stop());
+                measured
+            } else if k == 0 {
+                // A few milliseconds of CPU, in a process shared with the hub's daemon: the median
+                // of five fresh processes' syncs.
+                drop(node);
+                let mut runs: Vec<(SyncReport, f64)> = (0..5).map(|_| rt.block_on(ours(&edge, hub_addr))).collect();
+                runs.sort_by(|a, b| a.1.total_cmp(&b.1));
+                eprintln!(
+                    "  CPU of the five: {:?} ms",
+                    runs.iter().map(|r| (r.1 * 10.0).round() / 10.0).collect::<Vec<_>>()
+                );
+                runs.swap_remove(2)
+            } else {
+                drop(node);
+                rt.block_on(ours(&edge, hub_addr))
+            };
             if profiled {
                 perf_control(PERF_CASE_OFF);
             }
-            rt.block_on(daemon.stop());
-            measured
-        } else if k == 0 {
-            // A few milliseconds of CPU, in a process shared with the hub's daemon: the median
-            // of five fresh processes' syncs.
-            drop(node);
-            let mut runs: Vec<(SyncReport, f64)> = (0..5).map(|_| rt.block_on(ours(&edge, hub_addr))).collect();
-            runs.sort_by(|a, b| a.1.total_cmp(&b.1));
-            eprintln!(
-                "  CPU of the five: {:?} ms",
-                runs.iter().map(|r| (r.1 * 10.0).round() / 10.0).collect::<Vec<_>>()
-            );
-            runs.swap_remove(2)
-        } else {
-            drop(node);
-            rt.block_on(ours(&edge, hub_addr))
-        };
-        if profiled {
-            perf_control(PERF_CASE_OFF);
+            eprintln!("  baseline sync {label}");
+            reload(&mut b_edge, &edge, &changed);
+            let (b, side) = rt.block_on(baseline(&mut b_edge, b_hub, &edge_id, &hub_id));
+            b_hub = side;
+            our_rounds.push((report, cpu_ms));
+            base_rounds.push(b);
+            // Settle the hub's last receipts so the next round starts from converged replicas.
+            rt.block_on(ours(&edge, hub_addr));
         }
-        eprintln!("  baseline sync {label}");
-        reload(&mut b_edge, &edge, &changed);
-        let (b, side) = rt.block_on(baseline(&mut b_edge, b_hub, &edge_id, &hub_id));
-        b_hub = side;
-        let case = if k == 0 { format!("{label} of {n} (median of 5)") } else { format!("{label} of {n}") };
+        let (report, cpu_ms, b) = if rounds == 1 {
+            let (report, cpu_ms) = our_rounds.swap_remove(0);
+            (report, cpu_ms, base_rounds.swap_remove(0))
+        } else {
+            eprintln!(
+                "  CPU of the {rounds} rounds: outpost {:?} ms, baseline {:?} ms",
+                tenths(our_rounds.iter().map(|r| r.1)),
+                tenths(base_rounds.iter().map(|b| b.cpu_ms))
+            );
+            our_rounds.sort_by(|a, b| a.1.total_cmp(&b.1));
+            base_rounds.sort_by(|a, b| a.cpu_ms.total_cmp(&b.cpu_ms));
+            let (report, cpu_ms) = our_rounds.swap_remove(rounds / 2);
+            (report, cpu_ms, base_rounds.swap_remove(rounds / 2))
+        };
+        let case = match rounds {
+            1 => format!("{label} of {n} (median of 5)"),
+            r => format!("{label} of {n} (median of {r} rounds)"),
+        };
         rows.push(Row::against(case, report, cpu_ms, b));
-        // Settle the hub's last receipts so the next case starts from converged replicas.
-        rt.block_on(ours(&edge, hub_addr));
     }
 
     // Nothing changed, with the edge as its daemon (`outpost run`) holds it: its endpoint and
