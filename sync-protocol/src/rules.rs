@@ -417,8 +417,18 @@ impl<'a> State<'a> {
             }
         }
         if let Some(identity) = identity {
-            s.origin = str_at(doc, &identity, "origin");
-            s.icb = str_at(doc, &identity, "icb");
+            // Both keys in one pass over the identity (a lookup by key costs about as much).
+            for item in doc.map_range(&identity, ..) {
+                let text = match &item.value {
+                    automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(v)) => Some(v.to_string()),
+                    _ => None,
+                };
+                match item.key.as_ref() {
+                    "origin" => s.origin = text,
+                    "icb" => s.icb = text,
+                    _ => {}
+                }
+            }
         }
         if let Some(service) = service {
             s.line = str_at(doc, &service, "line").and_then(|l| ServiceLine::parse(&l).ok());
@@ -1009,6 +1019,21 @@ mod tests {
         odd.put(ROOT, "service", 3).unwrap();
         odd.commit();
         assert_eq!(facts(&odd), facts_by_lookups(&odd));
+        // An identity whose origin is not text, and whose ICB two writers set at once.
+        let identity = match plain.get(ROOT, "identity").unwrap() {
+            Some((Value::Object(_), id)) => id,
+            other => panic!("no identity: {other:?}"),
+        };
+        let mut c = plain.fork().with_actor(ActorId::from(vec![5u8; 16]));
+        c.put(&identity, "origin", 5).unwrap();
+        c.put(&identity, "icb", "QOX").unwrap();
+        c.commit();
+        plain.put(&identity, "icb", "QKK").unwrap();
+        plain.commit();
+        plain.merge(&mut c).unwrap();
+        assert!(plain.get_all(&identity, "icb").unwrap().len() == 2, "the ICB conflicts");
+        assert_eq!(facts(&plain), facts_by_lookups(&plain));
+        assert_eq!(facts(&plain).1, None, "an origin that is not text is none");
         let empty = AutoCommit::new();
         assert_eq!(facts(&empty), facts_by_lookups(&empty));
         assert!(!facts(&empty).0);

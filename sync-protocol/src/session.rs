@@ -739,13 +739,15 @@ impl SessionDoc {
         // (its text included) only to compare one field.
         let doc = &self.doc;
         let mut targets = Vec::new();
-        let msgs = child(doc, &ROOT, "messages", ObjType::List)?;
-        let messages = if level == ReceiptLevel::Hub { 0 } else { doc.length(&msgs) };
-        for i in 0..messages {
-            if let Some((Value::Object(ObjType::Map), m)) = doc.get(&msgs, i)?
-                && !text_is(doc, &m, "author", node)?
-            {
-                targets.push(m);
+        // A hub writes none on messages: it does not look them up.
+        if level != ReceiptLevel::Hub {
+            let msgs = child(doc, &ROOT, "messages", ObjType::List)?;
+            for i in 0..doc.length(&msgs) {
+                if let Some((Value::Object(ObjType::Map), m)) = doc.get(&msgs, i)?
+                    && !text_is(doc, &m, "author", node)?
+                {
+                    targets.push(m);
+                }
             }
         }
         let media = child(doc, &ROOT, "media", ObjType::Map)?;
