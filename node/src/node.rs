@@ -349,12 +349,16 @@ impl Node {
         // A key rotation killed part way is finished or rolled back before anything else, unless
         // another process holds the directory (a daemon, which did this when it started, or the
         // rotation itself).
-        if dir.new_key_path().exists()
+        let pending = dir.new_key_path().exists();
+        if pending
             && let Ok(_lock) = crate::service::DaemonLock::acquire(dir.root())
             && let Some(how) = Node::recover_rotation(dir)?
         {
             tracing::warn!("an interrupted key rotation was found and {how}");
-            // Finishing it named the new key in the file.
+        }
+        if pending {
+            // Finishing the rotation (here, or in a daemon starting meanwhile) names the new
+            // key in the file.
             config = dir.read_config()?;
         }
         let (key, origin) = NodeKey::load(&dir.key_path())?;

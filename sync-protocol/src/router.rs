@@ -332,6 +332,9 @@ impl Router {
     }
 
     /// Whether a session with these calls has anything for a router to follow: an open escalation.
+    /// A node's session index keeps this answer for each session it holds (its schema 9): a
+    /// change to what it answers (here, in [`CallState::is_open`] or in how the calls are read
+    /// from the routing log) needs a store migration that forgets the kept answers.
     pub fn wants(calls: &[CallState]) -> bool {
         calls.iter().any(CallState::is_open)
     }

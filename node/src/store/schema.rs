@@ -185,7 +185,8 @@ UPDATE peer_docs SET hub = 1 WHERE peer IN (SELECT peer FROM peer_marks WHERE sc
     "-- the audit chain's sealed head",
     // Schema 9: whether a session holds an open escalation, kept with each version indexed, so
     // that a hub's call router does not read every changed session to find out. NULL (a row
-    // indexed before) is not known: the router reads the session.
+    // indexed before) is not known: the router reads the session. Should what counts as open
+    // change (`Router::wants`), a later step sets the column to NULL again.
     r#"
 ALTER TABLE sessions ADD COLUMN escalating INTEGER;
 "#,

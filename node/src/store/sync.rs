@@ -409,25 +409,34 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
 
     /// Records what a peer holds (one transaction for the batch).
     pub fn set_knowledge(&mut self, peer: &PeerInfo, updates: &[(DocId, Knowledge)]) -> Result<(), StoreError> {
-        // What a peer holds is bookkeeping: lost, it is learnt again at the next reconnect, and
-        // the losing side claims less of the peer than is true, never more.
-        let conn = &self.0.conn;
-        bookkeeping(conn, "recording peer state", |_| self.write_knowledge(peer, updates))
+        // What a peer says of a session it may not see is not recorded: it would make it look
+        // like a holder. The index rows are read in one read transaction, not one per row.
+        let rows = {
+            let _read = reading(&self.0.conn)?;
+            let mut rows = Vec::with_capacity(updates.len());
+            for (id, k) in updates {
+                if let Some((sid, ours)) = self.visible_row(peer, id)? {
+                    rows.push((sid, k, holds_ours(&ours, k)));
+                }
+            }
+            rows
+        };
+        // That a peer holds exactly what this node holds is bookkeeping: lost to a power cut,
+        // the record before it (of no more of this node's history) stands until the next
+        // reconnect learns it again. Any other record (a peer holding less than before: a hub
+        // restored from an older copy) waits for the disk: a lost write must never leave the
+        // node claiming more of the peer than it holds.
+        if rows.iter().all(|(_, _, ours)| *ours) {
+            bookkeeping(&self.0.conn, "recording peer state", |_| self.write_knowledge(peer, &rows))
+        } else {
+            self.write_knowledge(peer, &rows)
+        }
     }
 
-    fn write_knowledge(&self, peer: &PeerInfo, updates: &[(DocId, Knowledge)]) -> Result<(), StoreError> {
-        // What a peer says of a session it may not see is not recorded: it would make it look
-        // like a holder.
-        // The index rows are read inside the write: one lock for the batch, not one per read.
+    fn write_knowledge(&self, peer: &PeerInfo, rows: &[(i64, &Knowledge, bool)]) -> Result<(), StoreError> {
         let tx = Transaction::new_unchecked(&self.0.conn, TransactionBehavior::Immediate)
             .map_err(sql("starting a write"))?;
-        let mut rows = Vec::with_capacity(updates.len());
-        for (id, k) in updates {
-            if let Some((sid, _)) = self.visible_row(peer, id)? {
-                rows.push((sid, k));
-            }
-        }
-        for (sid, k) in rows {
+        for &(sid, k, _) in rows {
             tx.exec(
                 "INSERT INTO peer_docs (peer, sid, digest, heads, shared, hub) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (peer, sid) DO UPDATE SET digest = excluded.digest, heads = excluded.heads,
@@ -687,6 +696,15 @@ impl Store {
     }
 }
 
+/// Whether a record of what a peer holds says it holds exactly this node's heads `ours`.
+fn holds_ours(ours: &[Hash], k: &Knowledge) -> bool {
+    let mut theirs = k.heads.clone();
+    theirs.sort();
+    let mut ours = ours.to_vec();
+    ours.sort();
+    theirs == ours
+}
+
 /// Runs a write of bookkeeping (not a write anyone was told is safe) committed without waiting
 /// for the disk: `synchronous=NORMAL` for its commits alone. A killed process keeps it (the
 /// operating system has it); a power cut may lose it until the next write's commit, which makes
@@ -935,6 +953,18 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_holds_ours_only_with_exactly_our_heads_in_any_order() {
+        use sync_protocol::engine::Knowledge;
+        let (a, b, c) = (Hash([1; 32]), Hash([2; 32]), Hash([3; 32]));
+        let k = |heads: Vec<Hash>| Knowledge { heads, shared: Vec::new() };
+        assert!(holds_ours(&[a, b], &k(vec![b, a])));
+        assert!(!holds_ours(&[a, b], &k(vec![a])), "less than ours");
+        assert!(!holds_ours(&[a], &k(vec![a, c])), "more than ours");
+        assert!(!holds_ours(&[a], &k(vec![c])), "other heads");
+        assert!(holds_ours(&[], &k(vec![])));
+    }
+
+    #[test]
     fn bookkeeping_leaves_every_later_write_waiting_for_the_disk() {
         use sync_protocol::engine::Knowledge;
         use sync_protocol::vocab::Role;
@@ -953,12 +983,19 @@ mod tests {
         store.peers_mut().set_knowledge(&hub, &[(id, k.clone())]).expect("recorded");
         assert_eq!(synchronous(&store), FULL, "after what the hub holds was recorded");
         assert_eq!(store.peers().knowledge(&hub, &id).expect("read"), Some(k.clone()));
+        // A record of less than this node holds (a hub restored from an older copy) is written
+        // the same, waiting for the disk.
+        let less = Knowledge { heads: Vec::new(), shared: Vec::new() };
+        assert!(holds_ours(&heads, &k) && !holds_ours(&heads, &less));
+        store.peers_mut().set_knowledge(&hub, &[(id, less.clone())]).expect("recorded");
+        assert_eq!(store.peers().knowledge(&hub, &id).expect("read"), Some(less));
+        assert_eq!(synchronous(&store), FULL, "after a record of less");
         // Another process holds the write lock, and this one does not wait for it.
         let other = rusqlite::Connection::open(dir.path().join("t.db")).expect("second connection");
-        other.execute_batch("BEGIN IMMEDIATE").expect("begin");
+        let lock = Transaction::new_unchecked(&other, TransactionBehavior::Immediate).expect("lock");
         store.conn.busy_timeout(std::time::Duration::ZERO).expect("no wait");
         assert!(store.peers_mut().set_knowledge(&hub, &[(id, k)]).is_err(), "the write lock is held elsewhere");
-        other.execute_batch("ROLLBACK").expect("rollback");
+        drop(lock);
         assert_eq!(synchronous(&store), FULL, "after a failed record");
         let syncs = store.peers().peer_syncs().expect("read back");
         assert_eq!(syncs.len(), 1);
