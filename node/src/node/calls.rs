@@ -210,7 +210,7 @@ impl Node {
         // The others: those indexed without an open escalation are left; a router just started
         // also looks for connected calls, and reads them all.
         if !resume {
-            let escalating = self.store.sessions_mut().escalating(&unknown)?;
+            let escalating = self.store.sessions().escalating(&unknown)?;
             let mut read = Vec::new();
             for (id, open) in unknown.iter().zip(escalating) {
                 match open {

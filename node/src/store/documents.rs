@@ -16,6 +16,22 @@ pub type LogEntries = Vec<std::collections::BTreeMap<String, sync_protocol::sess
 pub struct Sessions<S>(pub(super) S);
 
 impl<S: Deref<Target = Store>> Sessions<S> {
+    /// Whether each session holds an open escalation, as indexed with its current version:
+    /// `None` where that is not known (a session indexed before schema 9, or none such).
+    pub fn escalating(&self, ids: &[SessionId]) -> Result<Vec<Option<bool>>, StoreError> {
+        let ctx = "reading the session index";
+        let _tx = reading(&self.0.conn)?;
+        let mut stmt = self.0.conn.prepare_cached("SELECT escalating FROM sessions WHERE id = ?1").map_err(sql(ctx))?;
+        ids.iter()
+            .map(|id| {
+                stmt.query_row([id.to_string()], |r| r.get::<_, Option<bool>>(0))
+                    .optional()
+                    .map(Option::flatten)
+                    .map_err(sql(ctx))
+            })
+            .collect()
+    }
+
     /// Finds the session whose id is `text` or starts with it.
     pub fn resolve(&self, text: &str) -> Result<SessionId, StoreError> {
         let prefix = text.trim().to_ascii_uppercase();
@@ -210,22 +226,6 @@ impl<S: DerefMut<Target = Store>> Sessions<S> {
     /// thousand sessions asks for all of them): each session's log, or why it could not be read.
     pub fn routing_logs(&mut self, ids: &[SessionId]) -> Result<Vec<Result<LogEntries, StoreError>>, StoreError> {
         self.0.with_docs(ids, |id, d| d.routing_log().map_err(model(id)))
-    }
-
-    /// Whether each session holds an open escalation, as indexed with its current version:
-    /// `None` where that is not known (a session indexed before schema 9, or none such).
-    pub fn escalating(&self, ids: &[SessionId]) -> Result<Vec<Option<bool>>, StoreError> {
-        let ctx = "reading the session index";
-        let _tx = reading(&self.0.conn)?;
-        let mut stmt = self.0.conn.prepare_cached("SELECT escalating FROM sessions WHERE id = ?1").map_err(sql(ctx))?;
-        ids.iter()
-            .map(|id| {
-                stmt.query_row([id.to_string()], |r| r.get::<_, Option<bool>>(0))
-                    .optional()
-                    .map(Option::flatten)
-                    .map_err(sql(ctx))
-            })
-            .collect()
     }
 
     /// The session's call log (each party's record of its legs).
