@@ -260,6 +260,9 @@ struct Cached {
     doc: SessionDoc,
     sid: i64,
     upto: i64,
+    /// The write rules' facts of the document at these heads, as the reading of it that
+    /// accepted them found them (`None`: read them from the document when needed).
+    facts: Option<(Vec<automerge::ChangeHash>, sync_protocol::rules::HeldFacts)>,
 }
 
 /// Decoded documents kept in memory, least recently used dropped first, within a byte budget.

@@ -9,6 +9,7 @@ use automerge::ChangeHash;
 
 use crate::TimeMs;
 use crate::authorship::{self, AuthorKey, Signature};
+use crate::rules::HeldFacts;
 use crate::scope::{PeerInfo, may_accept};
 use crate::session::{SessionDoc, SessionView, receipt_level};
 use crate::wire::DocId;
@@ -46,10 +47,20 @@ pub enum Verdict {
 /// Whether `me` may keep `candidate`, received from `from` as session `id`: complete, a valid
 /// session, the one it was sent as, and in the scope of both sides.
 pub fn vet(me: &PeerInfo, from: &PeerInfo, id: &DocId, candidate: &mut SessionDoc) -> Verdict {
+    vet_reading(me, from, id, candidate).0
+}
+
+/// [`vet`], and the write rules' facts found in the same reading of the candidate.
+fn vet_reading(me: &PeerInfo, from: &PeerInfo, id: &DocId, candidate: &mut SessionDoc) -> (Verdict, Option<HeldFacts>) {
     if !candidate.automerge().get_missing_deps(&[]).is_empty() {
-        return Verdict::MissingDeps;
+        return (Verdict::MissingDeps, None);
     }
-    let view = match candidate.view() {
+    let (view, facts) = candidate.view_and_facts();
+    (vet_view(me, from, id, view), facts)
+}
+
+fn vet_view(me: &PeerInfo, from: &PeerInfo, id: &DocId, view: Result<SessionView, crate::ModelError>) -> Verdict {
+    let view = match view {
         Ok(v) => v,
         Err(e) => return Verdict::Refused(Refusal::Malformed(e.to_string())),
     };
@@ -72,6 +83,10 @@ pub struct Kept {
     /// Photos this node wrote that a hub now holds whole: an edge keeps no copy of them (a
     /// thumbnail stays).
     pub offload: Vec<String>,
+    /// The write rules' facts of the kept document as it now is (its receipts included), when
+    /// the reading found them ([`SessionDoc::view_and_facts`]): the next changes of the session
+    /// can start from them instead of reading the document again.
+    pub facts: Option<HeldFacts>,
 }
 
 /// What becomes of a received version of a session, receipts and offloads included.
@@ -110,12 +125,12 @@ pub fn take(
         }
         own_sigs = authorship::sign_new(author, candidate.automerge(), &received);
     }
-    match vet(me, from, id, candidate) {
-        Verdict::MissingDeps => Taken::MissingDeps,
-        Verdict::Refused(why) => Taken::Refused(why),
-        Verdict::Accepted(view) => {
+    match vet_reading(me, from, id, candidate) {
+        (Verdict::MissingDeps, _) => Taken::MissingDeps,
+        (Verdict::Refused(why), _) => Taken::Refused(why),
+        (Verdict::Accepted(view), facts) => {
             let offload = view.offloadable_media(&me.name);
-            Taken::Kept(Box::new(Kept { view: *view, own_sigs, offload }))
+            Taken::Kept(Box::new(Kept { view: *view, own_sigs, offload, facts }))
         }
     }
 }

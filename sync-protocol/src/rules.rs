@@ -194,6 +194,20 @@ pub fn admit_decoded(
     limits: &Limits,
     verified: &Verified,
 ) -> Result<Admission, Refusal> {
+    admit_decoded_with(doc, decoded, roster, limits, verified, None)
+}
+
+/// [`admit_decoded`], given the held document's facts if they are known already ([`HeldFacts`],
+/// as the last reading of the whole document found them at its current heads): they are then
+/// not read from the document again.
+pub fn admit_decoded_with(
+    doc: &mut AutoCommit,
+    decoded: Decoded,
+    roster: &Roster,
+    limits: &Limits,
+    verified: &Verified,
+    held: Option<&HeldFacts>,
+) -> Result<Admission, Refusal> {
     let mut fresh: Vec<(Change, Member, Signature)> = Vec::new();
     let mut seen = HashSet::new();
     let mut new_ops = 0u64;
@@ -221,7 +235,14 @@ pub fn admit_decoded(
         return Err(Refusal::TooLarge { found: held_ops + new_ops, max: limits.max_doc_ops });
     }
     let Some(ordered) = causal_order(doc, fresh) else { return Ok(Admission::MissingDeps) };
-    let mut state = State::of(doc);
+    let mut state = match held {
+        Some(facts) => {
+            // Every test run holds the reading's facts to the rules' own.
+            debug_assert_eq!(facts, &State::of(doc).facts(), "facts kept with the document are stale");
+            State::with(doc, facts.clone())
+        }
+        None => State::of(doc),
+    };
     for (change, member, _) in &ordered {
         state.check_change(change, member)?;
     }
@@ -295,6 +316,30 @@ enum Obj {
 }
 
 type ObjKey = (u64, ActorId);
+
+/// The facts of a held session that the write rules start from: whether it was created, its
+/// origin, ICB and service line, whom it is shared with and its highest status epoch. Read
+/// from the document by the rules themselves ([`held_facts`]), or taken from a reading of the
+/// whole document (`SessionDoc::view_and_facts`), which must find the same.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeldFacts {
+    pub(crate) created: bool,
+    pub(crate) origin: Option<String>,
+    pub(crate) icb: Option<String>,
+    pub(crate) line: Option<ServiceLine>,
+    pub(crate) shares: Vec<String>,
+    pub(crate) max_epoch: u32,
+}
+
+/// The facts the write rules read of a held document.
+pub fn held_facts(doc: &AutoCommit) -> HeldFacts {
+    State::of(doc).facts()
+}
+
+/// The epoch of a status key (`<epoch>/<status>`), if it is one.
+pub(crate) fn status_epoch(key: &str) -> Option<u32> {
+    parse_status_key(key).map(|(epoch, _)| epoch)
+}
 
 /// The facts the rules read, kept up to date as changes are checked. They only ever grow.
 ///
@@ -434,6 +479,31 @@ impl<'a> State<'a> {
             s.line = str_at(doc, &service, "line").and_then(|l| ServiceLine::parse(&l).ok());
         }
         s
+    }
+
+    /// The facts of a held document, known already.
+    fn with(doc: &'a AutoCommit, f: HeldFacts) -> State<'a> {
+        State {
+            doc,
+            objects: HashMap::new(),
+            origin: f.origin,
+            icb: f.icb,
+            line: f.line,
+            shares: f.shares,
+            max_epoch: f.max_epoch,
+            created: f.created,
+        }
+    }
+
+    fn facts(self) -> HeldFacts {
+        HeldFacts {
+            created: self.created,
+            origin: self.origin,
+            icb: self.icb,
+            line: self.line,
+            shares: self.shares,
+            max_epoch: self.max_epoch,
+        }
     }
 
     /// What a held object is (see [`State`]), remembered once found.
@@ -1034,6 +1104,16 @@ mod tests {
         assert!(plain.get_all(&identity, "icb").unwrap().len() == 2, "the ICB conflicts");
         assert_eq!(facts(&plain), facts_by_lookups(&plain));
         assert_eq!(facts(&plain).1, None, "an origin that is not text is none");
+        // A reading of the whole document finds the same facts, or, where a key they come from
+        // is conflicted (the first merge above), none: the rules then read them themselves.
+        let found = |doc: &AutoCommit| {
+            let mut d = SessionDoc::empty(ActorId::from(vec![6u8; 16]));
+            d.apply_bytes(&doc.clone().save()).unwrap();
+            d.view_and_facts().1
+        };
+        assert_eq!(found(&plain), Some(held_facts(&plain)));
+        assert_eq!(found(held.automerge()), Some(held_facts(held.automerge())));
+        assert_eq!(found(&a), None, "conflicted keys");
         let empty = AutoCommit::new();
         assert_eq!(facts(&empty), facts_by_lookups(&empty));
         assert!(!facts(&empty).0);

@@ -905,6 +905,15 @@ impl SessionDoc {
         build_view(&Reader::whole(&self.doc))
     }
 
+    /// [`SessionDoc::view`], and the facts the write rules start from
+    /// ([`crate::rules::HeldFacts`]) found in the same reading, when it finds them plainly: `None`
+    /// when a key they come from was written concurrently, or holds another kind of object
+    /// (the rules then read the document themselves).
+    pub fn view_and_facts(&self) -> (Result<SessionView, ModelError>, Option<crate::rules::HeldFacts>) {
+        let r = Reader::whole(&self.doc);
+        (build_view(&r), r.held_facts())
+    }
+
     /// [`SessionDoc::view`] with each object read by itself, as it was read before the one
     /// pass: the reference the one pass is tested and measured against. Not for use.
     #[doc(hidden)]
@@ -1209,6 +1218,45 @@ impl<'a> Reader<'a> {
         let m = self.entries(obj);
         let i = m.binary_search_by(|e| e.key.as_ref().cmp(key)).ok()?;
         Some((m[i].value.clone(), m[i].id.clone()))
+    }
+
+    /// The write rules' facts of the document ([`crate::rules::held_facts`] reads the same from
+    /// the document), from the maps read: `None` when a key they come from is conflicted or
+    /// holds an object that is not a map.
+    fn held_facts(&self) -> Option<crate::rules::HeldFacts> {
+        let root = self.entries(&ROOT);
+        let map_at = |key: &str| -> Option<Option<ObjId>> {
+            let Ok(i) = root.binary_search_by(|e| e.key.as_ref().cmp(key)) else { return Some(None) };
+            let e = &root[i];
+            match (&e.value, &e.id) {
+                _ if e.conflict => None,
+                (ValueRef::Object(ObjType::Map), Some(id)) => Some(Some(id.clone())),
+                (ValueRef::Object(_), _) => None,
+                _ => Some(None),
+            }
+        };
+        let (identity, status, shares, service) =
+            (map_at("identity")?, map_at("status")?, map_at("shares")?, map_at("service")?);
+        let text = |obj: &ObjId, key: &str| match self.get(obj, key) {
+            Some((ValueRef::Scalar(ScalarValueRef::Str(v)), _)) => Some(v.into_owned()),
+            _ => None,
+        };
+        let mut facts = crate::rules::HeldFacts { created: identity.is_some(), ..Default::default() };
+        if let Some(id) = &identity {
+            facts.origin = text(id, "origin");
+            facts.icb = text(id, "icb");
+        }
+        if let Some(id) = &status {
+            facts.max_epoch =
+                self.entries(id).iter().filter_map(|e| crate::rules::status_epoch(&e.key)).max().unwrap_or(0);
+        }
+        if let Some(id) = &shares {
+            facts.shares = self.keys(id);
+        }
+        if let Some(id) = &service {
+            facts.line = text(id, "line").and_then(|l| ServiceLine::parse(&l).ok());
+        }
+        Some(facts)
     }
 
     /// The keys of a map, in order.

@@ -389,8 +389,12 @@ proptest! {
         // The view read in one pass over the document is the one read object by object.
         let mut m = a.fork_as(actor(13));
         m.merge(&mut b).unwrap();
-        for doc in [&a, &b, &m] {
+        for doc in [&mut a, &mut b, &mut m] {
             prop_assert_eq!(doc.view().unwrap(), doc.view_object_by_object().unwrap());
+            // And the write rules' facts found in that reading are those the rules read.
+            let (view, facts) = doc.view_and_facts();
+            prop_assert_eq!(view.unwrap(), doc.view().unwrap());
+            prop_assert_eq!(facts, Some(sync_protocol::rules::held_facts(doc.automerge())));
         }
         check_dominates(&ab, &va)?;
         check_dominates(&ab, &vb)?;

@@ -170,7 +170,7 @@ impl<S: DerefMut<Target = Store>> Sessions<S> {
         index_doc(&tx, &store.sealer, viewer, (&id, sid), &mut doc, &mut view, Some(log))?;
         append_audit(&tx, &store.sealer, &store.node, now, "session.create", Some(sid), by(&store.acting, None))?;
         tx.commit().map_err(sql("committing"))?;
-        store.cache.put(new.id, Cached { doc, sid, upto: log.seq });
+        store.cache.put(new.id, Cached { doc, sid, upto: log.seq, facts: None });
         Ok(view)
     }
 
@@ -621,8 +621,12 @@ pub(super) fn checkout(
     match cached.as_mut() {
         Some(c) => c.doc.apply_bytes(&bytes).map_err(model(id))?,
         None => {
-            cached =
-                Some(Cached { doc: SessionDoc::load(&bytes, actor.clone()).map_err(model(id))?, sid: row.sid, upto: 0 })
+            cached = Some(Cached {
+                doc: SessionDoc::load(&bytes, actor.clone()).map_err(model(id))?,
+                sid: row.sid,
+                upto: 0,
+                facts: None,
+            })
         }
     }
     let mut c = cached.ok_or_else(|| StoreError::Damaged(format!("session {key} has no document")))?;

@@ -604,10 +604,23 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
                 Err(e) => return Err(e),
             };
             let before = existing.as_mut().map(|c| (c.sid, doc_heads(&mut c.doc)));
+            // The held document's facts, if the reading that accepted its current version found
+            // them (its heads unchanged since).
+            let held = existing.as_mut().and_then(|c| {
+                let heads = c.doc.heads();
+                c.facts.take().filter(|(at, _)| *at == heads).map(|(_, f)| f)
+            });
             let admitted = match decoded {
                 Err(e) => Err(e),
                 Ok(d) => match existing.as_mut() {
-                    Some(c) => rules::admit_decoded(c.doc.automerge(), d, &store.roster, &store.limits, &verified),
+                    Some(c) => rules::admit_decoded_with(
+                        c.doc.automerge(),
+                        d,
+                        &store.roster,
+                        &store.limits,
+                        &verified,
+                        held.as_ref(),
+                    ),
                     None => {
                         let mut empty = automerge::AutoCommit::new();
                         rules::admit_decoded(&mut empty, d, &store.roster, &store.limits, &verified)
@@ -777,7 +790,9 @@ fn integrate(
         Taken::MissingDeps => return Ok((Applied::MissingDeps, None)),
         Taken::Refused(why) => return Ok((Applied::Refused { reason: why.to_string() }, None)),
     };
-    let Kept { mut view, own_sigs, offload } = kept;
+    let Kept { mut view, own_sigs, offload, facts } = kept;
+    // The facts are those of the document as it is now: kept with these heads.
+    let facts = facts.map(|f| (candidate.heads(), f));
     // The receipts are written in the same transaction as what they acknowledge, signed.
     put_sigs(tx, sigs)?;
     put_sigs(tx, own_sigs)?;
@@ -810,7 +825,7 @@ fn integrate(
     let entry = NewEntry { node, at_ms: now, action: "sync.receive", sid: Some(row_sid), detail };
     tail(tx, audit)?.append(tx, sealer, entry)?;
     let heads = doc_heads(&mut candidate);
-    let mut cached = Cached { doc: candidate, sid: row_sid, upto: log.seq };
+    let mut cached = Cached { doc: candidate, sid: row_sid, upto: log.seq, facts };
     maybe_compact(tx, sealer, opts, &key, &mut cached, counts)?;
     Ok((Applied::Stored { heads }, Some(cached)))
 }
@@ -865,6 +880,34 @@ mod tests {
 
     fn heads_of(store: &mut Store, id: SessionId) -> Vec<Hash> {
         store.with_doc(id, |d| d.heads()).expect("heads").into_iter().map(Hash::from).collect()
+    }
+
+    #[test]
+    fn a_stored_session_keeps_the_write_rules_facts_for_its_next_changes() {
+        use sync_protocol::vocab::{Role, Side};
+        let (amb, hub_info) = (info("amb-1", Role::Edge, vec![]), info("hub-1", Role::Hub, vec![]));
+        let ((_d1, mut edge), (_d2, mut hub)) = two_nodes(&amb, &hub_info);
+        let id = edge.scratch_session(1);
+        let first = owed(&mut edge, &hub_info, id, &[]);
+        let (applied, _) = hub.peers_mut().apply_remote(&hub_info, &amb, &[first], T).expect("applied");
+        assert!(matches!(applied[0], Applied::Stored { .. }), "{applied:?}");
+        let kept = |hub: &mut Store| {
+            let mut c = hub.cache.pop(&id).expect("cached");
+            let out = (c.facts.clone(), c.doc.heads(), sync_protocol::rules::held_facts(c.doc.automerge()));
+            hub.cache.put(id, c);
+            out
+        };
+        let (facts, heads, truth) = kept(&mut hub);
+        assert_eq!(facts, Some((heads, truth)), "the facts of the stored version, at its heads");
+        // The next message starts from them (test builds check them against the document's own)
+        // and keeps the new version's.
+        let base = heads_of(&mut hub, id);
+        edge.scratch_message(id, "amb-1", Side::Requester, T + 1);
+        let next = owed(&mut edge, &hub_info, id, &base);
+        let (applied, _) = hub.peers_mut().apply_remote(&hub_info, &amb, &[next], T + 1).expect("applied");
+        assert!(matches!(applied[0], Applied::Stored { .. }), "{applied:?}");
+        let (facts, heads, truth) = kept(&mut hub);
+        assert_eq!(facts, Some((heads, truth)));
     }
 
     #[test]
