@@ -1129,7 +1129,7 @@ impl<'a> Reader<'a> {
         use automerge::iter::DocItem;
         let mut maps: HashMap<ObjId, MapEntries<'a>> = HashMap::new();
         let mut lists: HashMap<ObjId, Vec<(ValueRef<'a>, ObjId)>> = HashMap::new();
-        // Automerge yields an object's items together, objects one after another.
+        // Every reachable object's visible items, each filed under its object.
         for item in doc.iter() {
             match item.item {
                 DocItem::Map(m) => {
