@@ -260,9 +260,10 @@ struct Cached {
     doc: SessionDoc,
     sid: i64,
     upto: i64,
-    /// The write rules' facts of the document at these heads, as the reading of it that
-    /// accepted them found them (`None`: read them from the document when needed).
-    facts: Option<(Vec<automerge::ChangeHash>, sync_protocol::rules::HeldFacts)>,
+    /// The view the reading that accepted the document found, with the write rules' facts,
+    /// kept with the heads it was read at (`None`, or other heads than the document's: read
+    /// the document again when needed).
+    basis: Option<sync_protocol::session::ViewBasis>,
 }
 
 /// Decoded documents kept in memory, least recently used dropped first, within a byte budget.
@@ -286,7 +287,11 @@ impl DocCache {
 
     fn estimate(c: &Cached) -> usize {
         let ops = usize::try_from(c.doc.ops()).unwrap_or(usize::MAX);
-        Self::BASE.saturating_add(ops.saturating_mul(Self::PER_OP)).saturating_add(c.doc.kept_bytes())
+        let view = c.basis.as_ref().map_or(0, sync_protocol::session::ViewBasis::approx_bytes);
+        Self::BASE
+            .saturating_add(ops.saturating_mul(Self::PER_OP))
+            .saturating_add(c.doc.kept_bytes())
+            .saturating_add(view)
     }
 
     /// Whether a document is held decoded.

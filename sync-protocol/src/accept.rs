@@ -9,9 +9,8 @@ use automerge::ChangeHash;
 
 use crate::TimeMs;
 use crate::authorship::{self, AuthorKey, Signature};
-use crate::rules::HeldFacts;
 use crate::scope::{PeerInfo, may_accept};
-use crate::session::{SessionDoc, SessionView, receipt_level};
+use crate::session::{SessionDoc, SessionView, Touched, ViewBasis, receipt_level};
 use crate::wire::DocId;
 
 /// Why a received version of a session is not kept.
@@ -47,30 +46,27 @@ pub enum Verdict {
 /// Whether `me` may keep `candidate`, received from `from` as session `id`: complete, a valid
 /// session, the one it was sent as, and in the scope of both sides.
 pub fn vet(me: &PeerInfo, from: &PeerInfo, id: &DocId, candidate: &mut SessionDoc) -> Verdict {
-    vet_reading(me, from, id, candidate).0
-}
-
-/// [`vet`], and the write rules' facts found in the same reading of the candidate.
-fn vet_reading(me: &PeerInfo, from: &PeerInfo, id: &DocId, candidate: &mut SessionDoc) -> (Verdict, Option<HeldFacts>) {
     if !candidate.automerge().get_missing_deps(&[]).is_empty() {
-        return (Verdict::MissingDeps, None);
+        return Verdict::MissingDeps;
     }
-    let (view, facts) = candidate.view_and_facts();
-    (vet_view(me, from, id, view), facts)
+    match candidate.view() {
+        Err(e) => Verdict::Refused(Refusal::Malformed(e.to_string())),
+        Ok(view) => match refusal(me, from, id, &view) {
+            Some(why) => Verdict::Refused(why),
+            None => Verdict::Accepted(Box::new(view)),
+        },
+    }
 }
 
-fn vet_view(me: &PeerInfo, from: &PeerInfo, id: &DocId, view: Result<SessionView, crate::ModelError>) -> Verdict {
-    let view = match view {
-        Ok(v) => v,
-        Err(e) => return Verdict::Refused(Refusal::Malformed(e.to_string())),
-    };
+/// Why `me` may not keep a session that reads as `view`, received from `from` as `id`.
+fn refusal(me: &PeerInfo, from: &PeerInfo, id: &DocId, view: &SessionView) -> Option<Refusal> {
     if view.id.to_bytes() != *id {
-        return Verdict::Refused(Refusal::WrongId);
+        return Some(Refusal::WrongId);
     }
     if !may_accept(me, from, &view.meta()) {
-        return Verdict::Refused(Refusal::OutOfScope { me: me.name.clone(), from: from.name.clone() });
+        return Some(Refusal::OutOfScope { me: me.name.clone(), from: from.name.clone() });
     }
-    Verdict::Accepted(Box::new(view))
+    None
 }
 
 /// A received version of a session that may be kept, and what keeping it entails.
@@ -83,10 +79,10 @@ pub struct Kept {
     /// Photos this node wrote that a hub now holds whole: an edge keeps no copy of them (a
     /// thumbnail stays).
     pub offload: Vec<String>,
-    /// The write rules' facts of the kept document as it now is (its receipts included), when
-    /// the reading found them ([`SessionDoc::view_and_facts`]): the next changes of the session
-    /// can start from them instead of reading the document again.
-    pub facts: Option<HeldFacts>,
+    /// The same view kept with the heads it was read at, and the write rules' facts found in
+    /// that reading: the session's next changes start from them instead of reading the whole
+    /// document again ([`SessionDoc::read_basis_since`], [`ViewBasis::facts`]).
+    pub basis: ViewBasis,
 }
 
 /// What becomes of a received version of a session, receipts and offloads included.
@@ -114,25 +110,55 @@ pub fn take(
     now: TimeMs,
     holds_blob: impl Fn(&str) -> bool,
 ) -> Taken {
+    take_since(me, from, id, candidate, author, now, holds_blob, None)
+}
+
+/// [`take`], given the view kept of the session as it was before the received changes and
+/// what they write (`prior`): only the parts of the session they (and this node's receipts)
+/// write are read again ([`SessionDoc::read_basis_since`]).
+#[allow(clippy::too_many_arguments)]
+pub fn take_since(
+    me: &PeerInfo,
+    from: &PeerInfo,
+    id: &DocId,
+    candidate: &mut SessionDoc,
+    author: &AuthorKey,
+    now: TimeMs,
+    holds_blob: impl Fn(&str) -> bool,
+    prior: Option<(ViewBasis, Touched)>,
+) -> Taken {
     if !candidate.automerge().get_missing_deps(&[]).is_empty() {
         return Taken::MissingDeps;
     }
     let mut own_sigs = Vec::new();
+    let mut prior = prior;
     if let Some(level) = receipt_level(me.role) {
         let received = candidate.heads();
         if let Err(e) = candidate.acknowledge(level, &me.name, now, holds_blob) {
             return Taken::Refused(Refusal::Malformed(e.to_string()));
         }
         own_sigs = authorship::sign_new(author, candidate.automerge(), &received);
-    }
-    match vet_reading(me, from, id, candidate) {
-        (Verdict::MissingDeps, _) => Taken::MissingDeps,
-        (Verdict::Refused(why), _) => Taken::Refused(why),
-        (Verdict::Accepted(view), facts) => {
-            let offload = view.offloadable_media(&me.name);
-            Taken::Kept(Box::new(Kept { view: *view, own_sigs, offload, facts }))
+        // This node's receipts are written too.
+        if let Some((_, touched)) = prior.as_mut()
+            && !own_sigs.is_empty()
+        {
+            touched.extend(Touched::of_changes(&candidate.changes_after(&received)));
         }
     }
+    let basis = match prior {
+        Some((basis, touched)) => candidate.read_basis_since(basis, &touched),
+        None => candidate.read_basis(),
+    };
+    let basis = match basis {
+        Ok(b) => b,
+        Err(e) => return Taken::Refused(Refusal::Malformed(e.to_string())),
+    };
+    if let Some(why) = refusal(me, from, id, basis.view()) {
+        return Taken::Refused(why);
+    }
+    let view = basis.view().clone();
+    let offload = view.offloadable_media(&me.name);
+    Taken::Kept(Box::new(Kept { view, own_sigs, offload, basis }))
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ use automerge::{ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, ROOT, R
 
 use crate::authorship::{self, ChunkError, Member, Roster, Signature, SignedHash, Verified};
 use crate::scope::{DocMeta, may_hold};
+use crate::session::Touched;
 use crate::vocab::{Role, ServiceLine, Side, Status};
 
 /// Bounds on what one peer may make a node parse and apply.
@@ -194,12 +195,14 @@ pub fn admit_decoded(
     limits: &Limits,
     verified: &Verified,
 ) -> Result<Admission, Refusal> {
-    admit_decoded_with(doc, decoded, roster, limits, verified, None)
+    admit_decoded_with(doc, decoded, roster, limits, verified, None, None)
 }
 
 /// [`admit_decoded`], given the held document's facts if they are known already ([`HeldFacts`],
 /// as the last reading of the whole document found them at its current heads): they are then
-/// not read from the document again.
+/// not read from the document again. What the admitted changes write is noted in `touched`
+/// (left as it is when none is new): a view kept of the document reads only that again
+/// ([`crate::session::SessionDoc::read_basis_since`]).
 pub fn admit_decoded_with(
     doc: &mut AutoCommit,
     decoded: Decoded,
@@ -207,6 +210,7 @@ pub fn admit_decoded_with(
     limits: &Limits,
     verified: &Verified,
     held: Option<&HeldFacts>,
+    touched: Option<&mut Touched>,
 ) -> Result<Admission, Refusal> {
     let mut fresh: Vec<(Change, Member, Signature)> = Vec::new();
     let mut seen = HashSet::new();
@@ -243,8 +247,12 @@ pub fn admit_decoded_with(
         }
         None => State::of(doc),
     };
+    let mut written = Touched::default();
     for (change, member, _) in &ordered {
-        state.check_change(change, member)?;
+        state.check_change(change, member, &mut written)?;
+    }
+    if let Some(t) = touched {
+        *t = written;
     }
     Ok(Admission::Ready(ordered.into_iter().map(|(c, _, sig)| (c, sig)).collect()))
 }
@@ -541,7 +549,7 @@ impl<'a> State<'a> {
         })
     }
 
-    fn check_change(&mut self, change: &Change, member: &Member) -> Result<(), Refusal> {
+    fn check_change(&mut self, change: &Change, member: &Member, touched: &mut Touched) -> Result<(), Refusal> {
         let refuse =
             |rule: String| Refusal::Rule { change: short(&change.hash()), author: member.info.name.clone(), rule };
         let creating = !self.created;
@@ -564,6 +572,7 @@ impl<'a> State<'a> {
         // (object, key) pairs this change wrote: a creation writes each once.
         let mut written: HashSet<(Obj, String)> = HashSet::new();
         for (i, op) in expanded.operations.iter().enumerate() {
+            touched.note(op);
             let id: ObjKey = (start + i as u64, actor.clone());
             let target = match &op.obj {
                 ObjectId::Root => Obj::Root,

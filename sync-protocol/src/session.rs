@@ -26,7 +26,10 @@ use automerge::{
 };
 use serde::{Deserialize, Serialize};
 
+mod basis;
 mod recent;
+
+pub use basis::{Touched, ViewBasis};
 
 use crate::TimeMs;
 use crate::nhs::NhsNumber;
@@ -1710,11 +1713,58 @@ impl SessionView {
 }
 
 fn build_view(r: &Reader<'_>) -> Result<SessionView, ModelError> {
+    Ok(build_view_with_objects(r)?.0)
+}
+
+/// The view, and the object each of its messages was read from (in order): what
+/// [`basis::ViewBasis`] keeps to read a message again only when a change touches it.
+fn build_view_with_objects(r: &Reader<'_>) -> Result<(SessionView, Vec<ObjId>), ModelError> {
+    // The sections are read in this order, here and in `basis::update` (the first malformed
+    // section is the one reported).
+    let schema = read_schema(r)?;
+    let (id, identity) = read_identity(r)?;
+    let requester = read_requester(r)?;
+    let patient = read_patient(r)?;
+    let service = read_service(r)?;
+    let summary = read_summary(r)?;
+    let status_history = read_status(r)?;
+    let shared_with = read_shares(r)?;
+    let consents = read_consents(r)?;
+    let (messages, objects) = read_messages(r, &identity.origin, |_| None)?;
+    let media = read_media(r, &identity.origin, &consents)?;
+    let outcome = read_outcome(r)?;
+    let last = last_status(&status_history)?;
+    let view = SessionView {
+        id,
+        schema,
+        identity,
+        requester,
+        patient,
+        service,
+        summary,
+        status: last.status,
+        reopened: last.epoch,
+        status_history,
+        shared_with,
+        messages,
+        media,
+        consents,
+        outcome,
+        routing: r.log("routing")?,
+        calls: r.log("calls")?,
+    };
+    Ok((view, objects))
+}
+
+fn read_schema(r: &Reader<'_>) -> Result<i64, ModelError> {
     let schema = r.int(&ROOT, "schema", "/schema")?.ok_or_else(|| malformed("/schema", "missing"))?;
     if schema > SCHEMA_VERSION {
         return Err(ModelError::SchemaVersion(schema));
     }
+    Ok(schema)
+}
 
+fn read_identity(r: &Reader<'_>) -> Result<(SessionId, IdentityView), ModelError> {
     let identity_obj = r.obj(&ROOT, "identity", ObjType::Map)?;
     let id: SessionId = r
         .req_str(&identity_obj, "id", "/identity/id")?
@@ -1726,20 +1776,25 @@ fn build_view(r: &Reader<'_>) -> Result<SessionView, ModelError> {
         created_ms: r.int(&identity_obj, "created_ms", "/identity/created_ms")?.unwrap_or(0),
         care_setting: r.vocab(&identity_obj, "care_setting", "/identity/care_setting")?,
     };
+    Ok((id, identity))
+}
 
+fn read_requester(r: &Reader<'_>) -> Result<Requester, ModelError> {
     let req = r.obj(&ROOT, "requester", ObjType::Map)?;
-    let requester = Requester {
+    Ok(Requester {
         registration: r.str(&req, "registration", "/requester/registration")?,
         role: r.str(&req, "role", "/requester/role")?,
         org_ods: r.str(&req, "org_ods", "/requester/org_ods")?,
         call_sign: r.str(&req, "call_sign", "/requester/call_sign")?,
         incident: r.str(&req, "incident", "/requester/incident")?,
         callback: r.str(&req, "callback", "/requester/callback")?,
-    };
+    })
+}
 
+fn read_patient(r: &Reader<'_>) -> Result<PatientView, ModelError> {
     let pat = r.obj(&ROOT, "patient", ObjType::Map)?;
     let verification: NhsVerification = r.vocab(&pat, "verification", "/patient/verification")?;
-    let patient = PatientView {
+    Ok(PatientView {
         nhs_number: r.str(&pat, "nhs_number", "/patient/nhs_number")?,
         verification,
         verified: verification.is_trusted(),
@@ -1747,20 +1802,27 @@ fn build_view(r: &Reader<'_>) -> Result<SessionView, ModelError> {
         birth_date: r.str(&pat, "birth_date", "/patient/birth_date")?,
         sex: r.str(&pat, "sex", "/patient/sex")?,
         postcode: r.str(&pat, "postcode", "/patient/postcode")?,
-    };
+    })
+}
 
+fn read_service(r: &Reader<'_>) -> Result<ServiceView, ModelError> {
     let svc = r.obj(&ROOT, "service", ObjType::Map)?;
     let line: ServiceLine = r.vocab(&svc, "line", "/service/line")?;
-    let service = ServiceView {
+    Ok(ServiceView {
         line,
         snomed: r.str(&svc, "snomed", "/service/snomed")?.unwrap_or_else(|| line.snomed().to_string()),
         channel: r.vocab(&svc, "channel", "/service/channel")?,
         priority: r.vocab(&svc, "priority", "/service/priority")?,
-    };
+    })
+}
 
+fn read_summary(r: &Reader<'_>) -> Result<String, ModelError> {
     let request = r.obj(&ROOT, "request", ObjType::Map)?;
-    let summary = r.str(&request, "summary", "/request/summary")?.unwrap_or_default();
+    Ok(r.str(&request, "summary", "/request/summary")?.unwrap_or_default())
+}
 
+/// Every status reached, in order (never empty: see [`last_status`]).
+fn read_status(r: &Reader<'_>) -> Result<Vec<StatusStep>, ModelError> {
     let status_obj = r.obj(&ROOT, "status", ObjType::Map)?;
     let mut status_history = Vec::new();
     for (key, at_ms) in r.times(&status_obj, "/status")? {
@@ -1768,11 +1830,20 @@ fn build_view(r: &Reader<'_>) -> Result<SessionView, ModelError> {
         status_history.push(StatusStep { epoch, status, at_ms });
     }
     status_history.sort_by_key(|s| (s.epoch, s.status));
-    let last = *status_history.last().ok_or_else(|| malformed("/status", "no status recorded"))?;
+    last_status(&status_history)?;
+    Ok(status_history)
+}
 
+fn last_status(history: &[StatusStep]) -> Result<StatusStep, ModelError> {
+    history.last().copied().ok_or_else(|| malformed("/status", "no status recorded"))
+}
+
+fn read_shares(r: &Reader<'_>) -> Result<Vec<String>, ModelError> {
     let shares = r.obj(&ROOT, "shares", ObjType::Map)?;
-    let shared_with: Vec<String> = r.keys(&shares);
+    Ok(r.keys(&shares))
+}
 
+fn read_consents(r: &Reader<'_>) -> Result<Vec<ConsentView>, ModelError> {
     let consents_obj = r.obj(&ROOT, "consents", ObjType::Map)?;
     let mut consents = Vec::new();
     for cid in r.keys(&consents_obj) {
@@ -1801,36 +1872,57 @@ fn build_view(r: &Reader<'_>) -> Result<SessionView, ModelError> {
         });
     }
     consents.sort_by(|a, b| (a.at_ms, &a.id).cmp(&(b.at_ms, &b.id)));
+    Ok(consents)
+}
 
+/// The messages in order, and the object each was read from; `known` gives the view of a
+/// message already read (and untouched since), which is then not read again.
+fn read_messages(
+    r: &Reader<'_>,
+    origin: &str,
+    mut known: impl FnMut(&ObjId) -> Option<MessageView>,
+) -> Result<(Vec<MessageView>, Vec<ObjId>), ModelError> {
     let msgs = r.obj(&ROOT, "messages", ObjType::List)?;
-    let mut messages = Vec::new();
+    let (mut messages, mut objects) = (Vec::new(), Vec::new());
     for (v, m) in r.items(&msgs) {
         let Value::Object(ObjType::Map) = v else {
             return Err(malformed("/messages", "entries must be maps"));
         };
-        let side: Side = r.vocab(&m, "side", "/messages/*/side")?;
-        let (receipt, receipts) = r.receipts(&m, "/messages/*/receipts", side, &identity.origin)?;
-        messages.push(MessageView {
-            id: r.req_str(&m, "id", "/messages/*/id")?,
-            author: r.req_str(&m, "author", "/messages/*/author")?,
-            side,
-            at_ms: r.int(&m, "at_ms", "/messages/*/at_ms")?.unwrap_or(0),
-            text: r.req_str(&m, "text", "/messages/*/text")?,
-            reply_to: r.str(&m, "reply_to", "/messages/*/reply_to")?,
-            receipt,
-            receipts,
-            clinician: r.clinician(&m, "/messages/*")?,
-        });
+        let message = match known(&m) {
+            Some(message) => message,
+            None => read_message(r, &m, origin)?,
+        };
+        messages.push(message);
+        objects.push(m);
     }
+    Ok((messages, objects))
+}
 
+fn read_message(r: &Reader<'_>, m: &ObjId, origin: &str) -> Result<MessageView, ModelError> {
+    let side: Side = r.vocab(m, "side", "/messages/*/side")?;
+    let (receipt, receipts) = r.receipts(m, "/messages/*/receipts", side, origin)?;
+    Ok(MessageView {
+        id: r.req_str(m, "id", "/messages/*/id")?,
+        author: r.req_str(m, "author", "/messages/*/author")?,
+        side,
+        at_ms: r.int(m, "at_ms", "/messages/*/at_ms")?.unwrap_or(0),
+        text: r.req_str(m, "text", "/messages/*/text")?,
+        reply_to: r.str(m, "reply_to", "/messages/*/reply_to")?,
+        receipt,
+        receipts,
+        clinician: r.clinician(m, "/messages/*")?,
+    })
+}
+
+fn read_media(r: &Reader<'_>, origin: &str, consents: &[ConsentView]) -> Result<Vec<MediaView>, ModelError> {
     let media_obj = r.obj(&ROOT, "media", ObjType::Map)?;
     let mut media = Vec::new();
     for hash in r.keys(&media_obj) {
         let m = r.obj(&media_obj, &hash, ObjType::Map)?;
         let added_by = r.req_str(&m, "added_by", "/media/*/added_by")?;
         // A photo is the requester's unless a node other than the origin added it.
-        let side = if added_by == identity.origin { Side::Requester } else { Side::Responder };
-        let (receipt, receipts) = r.receipts(&m, "/media/*/receipts", side, &identity.origin)?;
+        let side = if added_by == origin { Side::Requester } else { Side::Responder };
+        let (receipt, receipts) = r.receipts(&m, "/media/*/receipts", side, origin)?;
         let consent = r.req_str(&m, "consent", "/media/*/consent")?;
         let consent_withdrawn = consents.iter().any(|c| c.id == consent && c.withdrawn.is_some());
         let dim = |k: &str| -> Result<Option<u32>, ModelError> {
@@ -1854,7 +1946,10 @@ fn build_view(r: &Reader<'_>) -> Result<SessionView, ModelError> {
         });
     }
     media.sort_by(|a, b| (a.at_ms, &a.hash).cmp(&(b.at_ms, &b.hash)));
+    Ok(media)
+}
 
+fn read_outcome(r: &Reader<'_>) -> Result<OutcomesView, ModelError> {
     let out = r.obj(&ROOT, "outcome", ObjType::Map)?;
     let side = |s: Side| -> Result<Option<OutcomeView>, ModelError> {
         let o = r.obj(&out, s.as_str(), ObjType::Map)?;
@@ -1873,27 +1968,7 @@ fn build_view(r: &Reader<'_>) -> Result<SessionView, ModelError> {
             clinician: r.clinician(&o, &format!("/outcome/{s}"))?,
         }))
     };
-    let outcome = OutcomesView { requester: side(Side::Requester)?, responder: side(Side::Responder)? };
-
-    Ok(SessionView {
-        id,
-        schema,
-        identity,
-        requester,
-        patient,
-        service,
-        summary,
-        status: last.status,
-        reopened: last.epoch,
-        status_history,
-        shared_with,
-        messages,
-        media,
-        consents,
-        outcome,
-        routing: r.log("routing")?,
-        calls: r.log("calls")?,
-    })
+    Ok(OutcomesView { requester: side(Side::Requester)?, responder: side(Side::Responder)? })
 }
 
 impl SessionView {

@@ -7,7 +7,9 @@
 use automerge::{ActorId, ReadDoc};
 use proptest::prelude::*;
 use sync_protocol::routing::RoutingEntry;
-use sync_protocol::session::{NewConsent, NewMedia, NewMessage, NewSession, Patient, Requester, Service, SessionDoc};
+use sync_protocol::session::{
+    NewConsent, NewMedia, NewMessage, NewSession, Patient, Requester, Service, SessionDoc, Touched,
+};
 use sync_protocol::vocab::{
     CareSetting, Channel, ConsentKind, ConsentScope, NhsVerification, Outcome, PhotoView, Priority, ReceiptLevel,
     ServiceLine, Side, Status,
@@ -376,8 +378,13 @@ proptest! {
         }
         let mut a = base.fork_as(actor(2));
         let mut b = base.fork_as(actor(3));
+        // A view kept and updated from what each edit wrote reads as the whole document does.
+        let mut basis = a.read_basis().unwrap();
         for (n, e) in left.iter().enumerate() {
             apply(&mut a, "a", n, e, T0 + 100 + n as i64);
+            let touched = Touched::of_changes(&a.changes_after(basis.heads()));
+            basis = a.read_basis_since(basis, &touched).unwrap();
+            prop_assert_eq!(&basis, &a.read_basis().unwrap(), "after edit {} ({:?})", n, e);
         }
         for (n, e) in right.iter().enumerate() {
             apply(&mut b, "b", n, e, T0 + 100 + n as i64);
@@ -389,6 +396,10 @@ proptest! {
         // The view read in one pass over the document is the one read object by object.
         let mut m = a.fork_as(actor(13));
         m.merge(&mut b).unwrap();
+        // And so does a's view updated from what b's concurrent edits wrote.
+        let touched = Touched::of_changes(&m.changes_after(basis.heads()));
+        let merged_basis = m.read_basis_since(basis.clone(), &touched).unwrap();
+        prop_assert_eq!(&merged_basis, &m.read_basis().unwrap(), "a's view after the merge");
         for doc in [&mut a, &mut b, &mut m] {
             prop_assert_eq!(doc.view().unwrap(), doc.view_object_by_object().unwrap());
             // And the write rules' facts found in that reading are those the rules read.

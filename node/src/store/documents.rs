@@ -170,7 +170,7 @@ impl<S: DerefMut<Target = Store>> Sessions<S> {
         index_doc(&tx, &store.sealer, viewer, (&id, sid), &mut doc, &mut view, Some(log))?;
         append_audit(&tx, &store.sealer, &store.node, now, "session.create", Some(sid), by(&store.acting, None))?;
         tx.commit().map_err(sql("committing"))?;
-        store.cache.put(new.id, Cached { doc, sid, upto: log.seq, facts: None });
+        store.cache.put(new.id, Cached { doc, sid, upto: log.seq, basis: None });
         Ok(view)
     }
 
@@ -625,7 +625,7 @@ pub(super) fn checkout(
                 doc: SessionDoc::load(&bytes, actor.clone()).map_err(model(id))?,
                 sid: row.sid,
                 upto: 0,
-                facts: None,
+                basis: None,
             })
         }
     }

@@ -12,7 +12,7 @@ use sync_protocol::engine::{Applied, Incoming, Knowledge, Outgoing};
 use sync_protocol::recon::{self, Fingerprint, Item};
 use sync_protocol::rules::{self, Admission};
 use sync_protocol::scope::{DocMeta, PeerInfo, may_hold};
-use sync_protocol::session::{SessionDoc, SessionId};
+use sync_protocol::session::{SessionDoc, SessionId, Touched, ViewBasis};
 use sync_protocol::vocab::ServiceLine;
 use sync_protocol::wire::{DocId, Hash};
 
@@ -604,12 +604,14 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
                 Err(e) => return Err(e),
             };
             let before = existing.as_mut().map(|c| (c.sid, doc_heads(&mut c.doc)));
-            // The held document's facts, if the reading that accepted its current version found
-            // them (its heads unchanged since).
-            let held = existing.as_mut().and_then(|c| {
+            // The view the reading that accepted the held version found, with the write rules'
+            // facts (if its heads are unchanged since): the rules start from those facts, and
+            // only what the new changes write is read again.
+            let mut basis = existing.as_mut().and_then(|c| {
                 let heads = c.doc.heads();
-                c.facts.take().filter(|(at, _)| *at == heads).map(|(_, f)| f)
+                c.basis.take().filter(|b| b.heads() == heads)
             });
+            let mut touched = Touched::default();
             let admitted = match decoded {
                 Err(e) => Err(e),
                 Ok(d) => match existing.as_mut() {
@@ -619,7 +621,8 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
                         &store.roster,
                         &store.limits,
                         &verified,
-                        held.as_ref(),
+                        basis.as_ref().and_then(ViewBasis::facts),
+                        Some(&mut touched),
                     ),
                     None => {
                         let mut empty = automerge::AutoCommit::new();
@@ -649,7 +652,8 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
                     match candidate.apply_changes(changes) {
                         Err(e) => Applied::Refused { reason: e.to_string() },
                         Ok(()) => {
-                            let ctx = Integration { me, from, sid, existing: before.clone(), sigs, now };
+                            let prior = basis.take().map(|b| (b, std::mem::take(&mut touched)));
+                            let ctx = Integration { me, from, sid, existing: before.clone(), sigs, now, prior };
                             let env = Env {
                                 sealer: &store.sealer,
                                 opts: &store.opts,
@@ -666,7 +670,9 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
                     }
                 }
             };
-            if let Some(c) = existing {
+            if let Some(mut c) = existing {
+                // Nothing new was stored: the view read before still holds.
+                c.basis = basis;
                 store.cache.put(sid, c);
             }
             out.push(outcome);
@@ -762,6 +768,8 @@ struct Integration<'a> {
     /// Signatures of the received changes.
     sigs: Vec<(ChangeHash, Signature)>,
     now: i64,
+    /// The view of the version held before, and what the received changes write.
+    prior: Option<(ViewBasis, Touched)>,
 }
 
 /// Checks a received version of a session (whose changes passed the write rules) and stores it
@@ -774,7 +782,7 @@ fn integrate(
     mut candidate: SessionDoc,
     ctx: Integration<'_>,
 ) -> Result<(Applied, Option<Cached>), StoreError> {
-    let Integration { me, from, sid, existing, sigs, now } = ctx;
+    let Integration { me, from, sid, existing, sigs, now, prior } = ctx;
     let (sealer, opts, node) = (env.sealer, env.opts, env.node);
     // The node's acceptance rule, shared with the simulator's replica: this node's receipts
     // first (the document is read into a view once), then whether the result may be kept.
@@ -785,14 +793,12 @@ fn integrate(
             .flatten()
             .is_some()
     };
-    let kept = match accept::take(me, from, &sid.to_bytes(), &mut candidate, env.author, now, complete) {
+    let kept = match accept::take_since(me, from, &sid.to_bytes(), &mut candidate, env.author, now, complete, prior) {
         Taken::Kept(kept) => *kept,
         Taken::MissingDeps => return Ok((Applied::MissingDeps, None)),
         Taken::Refused(why) => return Ok((Applied::Refused { reason: why.to_string() }, None)),
     };
-    let Kept { mut view, own_sigs, offload, facts } = kept;
-    // The facts are those of the document as it is now: kept with these heads.
-    let facts = facts.map(|f| (candidate.heads(), f));
+    let Kept { mut view, own_sigs, offload, basis } = kept;
     // The receipts are written in the same transaction as what they acknowledge, signed.
     put_sigs(tx, sigs)?;
     put_sigs(tx, own_sigs)?;
@@ -825,7 +831,7 @@ fn integrate(
     let entry = NewEntry { node, at_ms: now, action: "sync.receive", sid: Some(row_sid), detail };
     tail(tx, audit)?.append(tx, sealer, entry)?;
     let heads = doc_heads(&mut candidate);
-    let mut cached = Cached { doc: candidate, sid: row_sid, upto: log.seq, facts };
+    let mut cached = Cached { doc: candidate, sid: row_sid, upto: log.seq, basis: Some(basis) };
     maybe_compact(tx, sealer, opts, &key, &mut cached, counts)?;
     Ok((Applied::Stored { heads }, Some(cached)))
 }
@@ -883,7 +889,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stored_session_keeps_the_write_rules_facts_for_its_next_changes() {
+    fn a_stored_session_keeps_its_view_and_the_write_rules_facts_for_its_next_changes() {
         use sync_protocol::vocab::{Role, Side};
         let (amb, hub_info) = (info("amb-1", Role::Edge, vec![]), info("hub-1", Role::Hub, vec![]));
         let ((_d1, mut edge), (_d2, mut hub)) = two_nodes(&amb, &hub_info);
@@ -891,23 +897,31 @@ mod tests {
         let first = owed(&mut edge, &hub_info, id, &[]);
         let (applied, _) = hub.peers_mut().apply_remote(&hub_info, &amb, &[first], T).expect("applied");
         assert!(matches!(applied[0], Applied::Stored { .. }), "{applied:?}");
+        // What the cache keeps, beside the document's own heads, facts and view.
         let kept = |hub: &mut Store| {
             let mut c = hub.cache.pop(&id).expect("cached");
-            let out = (c.facts.clone(), c.doc.heads(), sync_protocol::rules::held_facts(c.doc.automerge()));
+            let basis = c.basis.clone().expect("a view kept");
+            let truth =
+                (c.doc.heads(), sync_protocol::rules::held_facts(c.doc.automerge()), c.doc.view().expect("view"));
             hub.cache.put(id, c);
-            out
+            ((basis.heads().to_vec(), basis.facts().cloned(), basis.view().clone()), truth)
         };
-        let (facts, heads, truth) = kept(&mut hub);
-        assert_eq!(facts, Some((heads, truth)), "the facts of the stored version, at its heads");
-        // The next message starts from them (test builds check them against the document's own)
-        // and keeps the new version's.
-        let base = heads_of(&mut hub, id);
-        edge.scratch_message(id, "amb-1", Side::Requester, T + 1);
-        let next = owed(&mut edge, &hub_info, id, &base);
-        let (applied, _) = hub.peers_mut().apply_remote(&hub_info, &amb, &[next], T + 1).expect("applied");
-        assert!(matches!(applied[0], Applied::Stored { .. }), "{applied:?}");
-        let (facts, heads, truth) = kept(&mut hub);
-        assert_eq!(facts, Some((heads, truth)));
+        let ((heads, facts, view), (doc_heads, truth, doc_view)) = kept(&mut hub);
+        assert_eq!((heads, facts), (doc_heads, Some(truth)), "the facts of the stored version, at its heads");
+        assert_eq!(view, doc_view, "the view of the stored version");
+        // The next messages start from them (test builds check the facts and each view updated
+        // from what the changes wrote against the document's own) and keep the new version's.
+        for n in 1..=3 {
+            let base = heads_of(&mut hub, id);
+            edge.scratch_message(id, "amb-1", Side::Requester, T + n);
+            let next = owed(&mut edge, &hub_info, id, &base);
+            let (applied, _) = hub.peers_mut().apply_remote(&hub_info, &amb, &[next], T + n).expect("applied");
+            assert!(matches!(applied[0], Applied::Stored { .. }), "{applied:?}");
+            let ((heads, facts, view), (doc_heads, truth, doc_view)) = kept(&mut hub);
+            assert_eq!((heads, facts), (doc_heads, Some(truth)));
+            assert_eq!(view, doc_view);
+            assert_eq!(view.messages.len(), n as usize, "one message a round");
+        }
     }
 
     #[test]

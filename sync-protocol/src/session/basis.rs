@@ -1,0 +1,353 @@
+//! A session's view kept with the heads it was read at, and brought up to date after later
+//! changes by reading again only the parts of the document they wrote.
+//!
+//! Every Automerge operation names the one object it writes (a map, a list, the root): what
+//! an object holds changes only through operations on it. So once a view was read at some
+//! heads, the view after more changes differs only in the sections (the root's keys) holding an
+//! object those changes wrote, and within the messages only in the messages written (or in
+//! the list's order, when the list itself was written). [`update`] reads those again, in the
+//! order [`super::build_view_with_objects`] reads them, and keeps the rest; anything it cannot
+//! place (the identity or schema written, an object no longer visible, a root key no view
+//! reads) makes it give up, and the caller reads the whole document.
+//!
+//! A hub storing a message in a session it holds reads one message, not the whole session.
+//! Test builds check every update against a whole reading ([`SessionDoc::read_basis_since`]).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use automerge::{AutoCommit, Change, ChangeHash, ObjId, Prop, ReadDoc};
+
+use super::{
+    ModelError, Reader, SessionDoc, SessionView, build_view_with_objects, last_status, read_consents, read_media,
+    read_messages, read_outcome, read_patient, read_requester, read_service, read_shares, read_status, read_summary,
+};
+use crate::rules::HeldFacts;
+
+/// A session's view as read at `heads`, with what [`update`] needs to bring it up to date.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewBasis {
+    heads: Vec<ChangeHash>,
+    view: SessionView,
+    /// The object each of `view.messages` was read from, in order.
+    messages: Vec<ObjId>,
+    /// The write rules' facts found in the reading (see [`SessionDoc::view_and_facts`]).
+    facts: Option<HeldFacts>,
+}
+
+impl ViewBasis {
+    /// The heads the view was read at (as Automerge gives them, sorted).
+    pub fn heads(&self) -> &[ChangeHash] {
+        &self.heads
+    }
+
+    /// The view.
+    pub fn view(&self) -> &SessionView {
+        &self.view
+    }
+
+    /// The write rules' facts found in the same reading, if found plainly.
+    pub fn facts(&self) -> Option<&HeldFacts> {
+        self.facts.as_ref()
+    }
+
+    /// Roughly the memory the kept view takes, in bytes (for a cache's budget).
+    pub fn approx_bytes(&self) -> usize {
+        let v = &self.view;
+        let texts: usize = v.messages.iter().map(|m| m.text.len() + 256 + m.receipts.len() * 48).sum();
+        1024 + v.summary.len() + texts + v.media.len() * 512 + (v.routing.len() + v.calls.len()) * 256
+    }
+}
+
+/// The objects and root keys some changes wrote: what [`update`] reads again.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Touched {
+    root_keys: BTreeSet<String>,
+    objects: HashSet<ObjId>,
+}
+
+impl Touched {
+    /// What `changes` write, read from their operations.
+    pub fn of_changes<'c>(changes: impl IntoIterator<Item = &'c Change>) -> Touched {
+        let mut t = Touched::default();
+        for c in changes {
+            for op in &c.decode().operations {
+                t.note(op);
+            }
+        }
+        t
+    }
+
+    /// Notes what one operation writes.
+    pub fn note(&mut self, op: &automerge::legacy::Op) {
+        use automerge::legacy::{Key, ObjectId, OpId};
+        match (&op.obj, &op.key) {
+            (ObjectId::Root, Key::Map(k)) => {
+                if !self.root_keys.contains(k.as_str()) {
+                    self.root_keys.insert(k.to_string());
+                }
+            }
+            // The root is a map: an operation on it with a list key writes nothing a view reads
+            // plainly, so it is noted as a key no view reads.
+            (ObjectId::Root, Key::Seq(_)) => {
+                self.root_keys.insert(String::new());
+            }
+            // The index an id carries is only a hint (ids compare by counter and actor).
+            (ObjectId::Id(OpId(counter, actor)), _) => {
+                self.objects.insert(ObjId::Id(*counter, actor.clone(), 0));
+            }
+        }
+    }
+
+    /// Adds what `other` wrote.
+    pub fn extend(&mut self, other: Touched) {
+        self.root_keys.extend(other.root_keys);
+        self.objects.extend(other.objects);
+    }
+}
+
+/// The root keys a view reads section by section. `schema` and `identity` are not among
+/// them: every other section is read in their light, so writing either reads everything.
+const SECTIONS: &[&str] = &[
+    "requester",
+    "patient",
+    "service",
+    "request",
+    "status",
+    "shares",
+    "consents",
+    "messages",
+    "media",
+    "outcome",
+    "routing",
+    "calls",
+];
+
+/// The sections the write rules' facts come from (besides the identity).
+const FACT_SECTIONS: &[&str] = &["status", "shares", "service"];
+
+/// Reads a whole document into a basis.
+pub(super) fn read(doc: &AutoCommit, heads: Vec<ChangeHash>) -> Result<ViewBasis, ModelError> {
+    let r = Reader::whole(doc);
+    let (view, messages) = build_view_with_objects(&r)?;
+    Ok(ViewBasis { heads, view, messages, facts: r.held_facts() })
+}
+
+/// `prior` brought up to `doc` at `heads`, when `touched` is everything the changes since
+/// `prior.heads` wrote; `None` when the changes cannot be placed section by section (the
+/// caller reads the whole document).
+pub(super) fn update(
+    doc: &AutoCommit,
+    prior: ViewBasis,
+    touched: &Touched,
+    heads: Vec<ChangeHash>,
+) -> Option<Result<ViewBasis, ModelError>> {
+    let mut keys: BTreeSet<String> = touched.root_keys.clone();
+    // The messages written below the list (an entry, its receipts): read again.
+    let mut messages_written: HashSet<ObjId> = HashSet::new();
+    for obj in &touched.objects {
+        let path = doc.parents(obj).ok()?.visible_path()?;
+        let (_, Prop::Map(key)) = path.first()? else { return None };
+        if key == "messages" {
+            match path.get(2) {
+                Some((message, _)) => {
+                    messages_written.insert(message.clone());
+                }
+                None if path.len() == 2 => {
+                    messages_written.insert(obj.clone());
+                }
+                None => {}
+            }
+        }
+        if !keys.contains(key) {
+            keys.insert(key.clone());
+        }
+    }
+    if keys.iter().any(|k| !SECTIONS.contains(&k.as_str())) {
+        return None;
+    }
+    let has = |k: &str| keys.contains(k);
+    let r = Reader::new(doc);
+    let ViewBasis { view: mut v, messages: mut objects, facts, .. } = prior;
+    let read = (|| {
+        // The order of `build_view_with_objects`.
+        if has("requester") {
+            v.requester = read_requester(&r)?;
+        }
+        if has("patient") {
+            v.patient = read_patient(&r)?;
+        }
+        if has("service") {
+            v.service = read_service(&r)?;
+        }
+        if has("request") {
+            v.summary = read_summary(&r)?;
+        }
+        if has("status") {
+            v.status_history = read_status(&r)?;
+            let last = last_status(&v.status_history)?;
+            (v.status, v.reopened) = (last.status, last.epoch);
+        }
+        if has("shares") {
+            v.shared_with = read_shares(&r)?;
+        }
+        if has("consents") {
+            v.consents = read_consents(&r)?;
+        }
+        if has("messages") {
+            let mut kept: HashMap<ObjId, super::MessageView> = objects
+                .drain(..)
+                .zip(std::mem::take(&mut v.messages))
+                .filter(|(o, _)| !messages_written.contains(o))
+                .collect();
+            (v.messages, objects) = read_messages(&r, &v.identity.origin, |m| kept.remove(m))?;
+        }
+        // A photo shows whether its consent was withdrawn.
+        if has("media") || has("consents") {
+            v.media = read_media(&r, &v.identity.origin, &v.consents)?;
+        }
+        if has("outcome") {
+            v.outcome = read_outcome(&r)?;
+        }
+        if has("routing") {
+            v.routing = r.log("routing")?;
+        }
+        if has("calls") {
+            v.calls = r.log("calls")?;
+        }
+        Ok::<_, ModelError>(())
+    })();
+    if let Err(e) = read {
+        return Some(Err(e));
+    }
+    let facts = if FACT_SECTIONS.iter().any(|k| has(k)) { r.held_facts() } else { facts };
+    Some(Ok(ViewBasis { heads, view: v, messages: objects, facts }))
+}
+
+impl SessionDoc {
+    /// The view read in one pass, kept with the heads it was read at: see [`ViewBasis`].
+    pub fn read_basis(&mut self) -> Result<ViewBasis, ModelError> {
+        let heads = self.doc.get_heads();
+        read(&self.doc, heads)
+    }
+
+    /// The view of this document, from `prior` (a view read at earlier heads) and `touched`
+    /// (everything the changes since then wrote: [`Touched::of_changes`], or the write rules'
+    /// reading of them): only what those changes wrote is read again, where it can be placed;
+    /// otherwise the whole document is read. A `touched` that leaves out a change gives a stale
+    /// view: test builds compare every answer with a whole reading.
+    pub fn read_basis_since(&mut self, prior: ViewBasis, touched: &Touched) -> Result<ViewBasis, ModelError> {
+        let heads = self.doc.get_heads();
+        if prior.heads == heads {
+            return Ok(prior);
+        }
+        let updated = update(&self.doc, prior, touched, heads.clone());
+        #[cfg(debug_assertions)]
+        if let Some(u) = &updated {
+            let whole = read(&self.doc, heads.clone());
+            match (u, &whole) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "a view updated from the objects written differs from the whole"),
+                (a, b) => assert_eq!(
+                    a.as_ref().err().map(ToString::to_string),
+                    b.as_ref().err().map(ToString::to_string),
+                    "an updated view's verdict differs from the whole reading's"
+                ),
+            }
+        }
+        updated.unwrap_or_else(|| read(&self.doc, heads))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::{NewMessage, NewSession, Patient, Requester, Service, SessionId};
+    use crate::vocab::{CareSetting, Channel, Priority, ReceiptLevel, ServiceLine, Side, Status};
+    use automerge::transaction::Transactable;
+    use automerge::{ActorId, ObjType, ROOT};
+
+    const T: i64 = 1_796_360_400_000;
+
+    fn session() -> SessionDoc {
+        let new = NewSession {
+            id: SessionId::from_parts(T, 9),
+            origin: "amb-07".into(),
+            icb: "QHM".into(),
+            care_setting: CareSetting::AmbulanceOnScene,
+            requester: Requester::default(),
+            patient: Patient::default(),
+            service: Service { line: ServiceLine::Cardiology, channel: Channel::Message, priority: Priority::Urgent },
+            summary: "chest pain".into(),
+            draft: false,
+        };
+        SessionDoc::create(&new, ActorId::from([1u8; 16]), T).unwrap()
+    }
+
+    fn message(doc: &mut SessionDoc, n: u32) {
+        let msg = NewMessage {
+            clinician: None,
+            id: format!("m{n}"),
+            author: "amb-07".into(),
+            side: Side::Requester,
+            text: format!("observations {n}"),
+            reply_to: None,
+        };
+        doc.add_message(&msg, T + i64::from(n)).unwrap();
+    }
+
+    /// `prior` updated by what the changes since it wrote, by the sections alone (`None`
+    /// when it gave up).
+    fn updated(doc: &mut SessionDoc, prior: &ViewBasis) -> Option<ViewBasis> {
+        let touched = Touched::of_changes(&doc.changes_after(prior.heads()));
+        let heads = doc.heads();
+        update(doc.automerge(), prior.clone(), &touched, heads).map(Result::unwrap)
+    }
+
+    #[test]
+    fn a_new_message_and_a_receipt_are_read_alone_and_the_rest_is_kept() {
+        let mut doc = session();
+        message(&mut doc, 1);
+        let prior = doc.read_basis().unwrap();
+        message(&mut doc, 2);
+        let after_message = updated(&mut doc, &prior).expect("placed in the messages");
+        assert_eq!(after_message, doc.read_basis().unwrap());
+        assert_eq!(after_message.view().messages.len(), 2);
+        // A desk's receipt on the first message: that message alone is read again.
+        doc.acknowledge(ReceiptLevel::Desk, "desk-cardio-1", T + 3, |_| false).unwrap();
+        let after_receipt = updated(&mut doc, &after_message).expect("placed in one message");
+        assert_eq!(after_receipt, doc.read_basis().unwrap());
+        assert_eq!(after_receipt.view().messages[0].receipt, ReceiptLevel::Desk);
+        // A status move: the status section and the facts are read again.
+        doc.set_status(Status::Closed, T + 4).unwrap();
+        let after_status = updated(&mut doc, &after_receipt).expect("placed in the status");
+        assert_eq!(after_status, doc.read_basis().unwrap());
+    }
+
+    #[test]
+    fn a_write_to_the_identity_or_an_unknown_root_key_reads_the_whole_session() {
+        let mut doc = session();
+        let prior = doc.read_basis().unwrap();
+        let identity = match doc.automerge().get(ROOT, "identity").unwrap() {
+            Some((_, id)) => id,
+            None => panic!("no identity"),
+        };
+        doc.automerge().put(&identity, "icb", "QOX").unwrap();
+        doc.automerge().commit();
+        assert_eq!(updated(&mut doc, &prior), None, "the identity: everything is read again");
+        let touched = Touched::of_changes(&doc.changes_after(prior.heads()));
+        let whole = doc.read_basis_since(prior.clone(), &touched).unwrap();
+        assert_eq!(whole.view().identity.icb, "QOX");
+
+        let prior = doc.read_basis().unwrap();
+        doc.automerge().put_object(ROOT, "extra", ObjType::Map).unwrap();
+        doc.automerge().commit();
+        assert_eq!(updated(&mut doc, &prior), None, "a key no view reads");
+    }
+
+    #[test]
+    fn a_basis_at_the_documents_heads_is_kept_as_it_is() {
+        let mut doc = session();
+        let prior = doc.read_basis().unwrap();
+        let same = doc.read_basis_since(prior.clone(), &Touched::default()).unwrap();
+        assert_eq!(same, prior);
+    }
+}
