@@ -572,7 +572,7 @@ impl<'a> State<'a> {
         // (object, key) pairs this change wrote: a creation writes each once.
         let mut written: HashSet<(Obj, String)> = HashSet::new();
         for (i, op) in expanded.operations.iter().enumerate() {
-            touched.note(op);
+            touched.note(op, start + i as u64, &actor);
             let id: ObjKey = (start + i as u64, actor.clone());
             let target = match &op.obj {
                 ObjectId::Root => Obj::Root,

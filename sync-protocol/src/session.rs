@@ -1716,9 +1716,9 @@ fn build_view(r: &Reader<'_>) -> Result<SessionView, ModelError> {
     Ok(build_view_with_objects(r)?.0)
 }
 
-/// The view, and the object each of its messages was read from (in order): what
-/// [`basis::ViewBasis`] keeps to read a message again only when a change touches it.
-fn build_view_with_objects(r: &Reader<'_>) -> Result<(SessionView, Vec<ObjId>), ModelError> {
+/// The view, the object each of its messages was read from (in order) and the messages' list:
+/// what [`basis::ViewBasis`] keeps to read a message again only when a change touches it.
+fn build_view_with_objects(r: &Reader<'_>) -> Result<(SessionView, Vec<ObjId>, ObjId), ModelError> {
     // The sections are read in this order, here and in `basis::update` (the first malformed
     // section is the one reported).
     let schema = read_schema(r)?;
@@ -1730,7 +1730,8 @@ fn build_view_with_objects(r: &Reader<'_>) -> Result<(SessionView, Vec<ObjId>), 
     let status_history = read_status(r)?;
     let shared_with = read_shares(r)?;
     let consents = read_consents(r)?;
-    let (messages, objects) = read_messages(r, &identity.origin, |_| None)?;
+    let list = r.obj(&ROOT, "messages", ObjType::List)?;
+    let (messages, objects) = read_messages(r, &list, &identity.origin, |_| None)?;
     let media = read_media(r, &identity.origin, &consents)?;
     let outcome = read_outcome(r)?;
     let last = last_status(&status_history)?;
@@ -1753,7 +1754,7 @@ fn build_view_with_objects(r: &Reader<'_>) -> Result<(SessionView, Vec<ObjId>), 
         routing: r.log("routing")?,
         calls: r.log("calls")?,
     };
-    Ok((view, objects))
+    Ok((view, objects, list))
 }
 
 fn read_schema(r: &Reader<'_>) -> Result<i64, ModelError> {
@@ -1875,16 +1876,16 @@ fn read_consents(r: &Reader<'_>) -> Result<Vec<ConsentView>, ModelError> {
     Ok(consents)
 }
 
-/// The messages in order, and the object each was read from; `known` gives the view of a
-/// message already read (and untouched since), which is then not read again.
+/// The messages of `list` in order, and the object each was read from; `known` gives the view
+/// of a message already read (and untouched since), which is then not read again.
 fn read_messages(
     r: &Reader<'_>,
+    list: &ObjId,
     origin: &str,
     mut known: impl FnMut(&ObjId) -> Option<MessageView>,
 ) -> Result<(Vec<MessageView>, Vec<ObjId>), ModelError> {
-    let msgs = r.obj(&ROOT, "messages", ObjType::List)?;
     let (mut messages, mut objects) = (Vec::new(), Vec::new());
-    for (v, m) in r.items(&msgs) {
+    for (v, m) in r.items(list) {
         let Value::Object(ObjType::Map) = v else {
             return Err(malformed("/messages", "entries must be maps"));
         };

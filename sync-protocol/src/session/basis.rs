@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use automerge::{AutoCommit, Change, ChangeHash, ObjId, Prop, ReadDoc};
+use automerge::{AutoCommit, Change, ChangeHash, ObjId, ObjType, Prop, ROOT, ReadDoc};
 
 use super::{
     ModelError, Reader, SessionDoc, SessionView, build_view_with_objects, last_status, read_consents, read_media,
@@ -30,6 +30,8 @@ pub struct ViewBasis {
     view: SessionView,
     /// The object each of `view.messages` was read from, in order.
     messages: Vec<ObjId>,
+    /// The messages' list.
+    list: ObjId,
     /// The write rules' facts found in the reading (see [`SessionDoc::view_and_facts`]).
     facts: Option<HeldFacts>,
 }
@@ -63,6 +65,16 @@ impl ViewBasis {
 pub struct Touched {
     root_keys: BTreeSet<String>,
     objects: HashSet<ObjId>,
+    /// The objects the changes made, and where: their place is known without asking the
+    /// document (a new message's map is in the messages' list).
+    made: HashMap<ObjId, Place>,
+}
+
+/// Where an object was made: under a key of the root, or in another object.
+#[derive(Debug, Clone, PartialEq)]
+enum Place {
+    Root(String),
+    In(ObjId),
 }
 
 impl Touched {
@@ -70,31 +82,39 @@ impl Touched {
     pub fn of_changes<'c>(changes: impl IntoIterator<Item = &'c Change>) -> Touched {
         let mut t = Touched::default();
         for c in changes {
-            for op in &c.decode().operations {
-                t.note(op);
+            let start = c.start_op().get();
+            for (i, op) in c.decode().operations.iter().enumerate() {
+                t.note(op, start + i as u64, c.actor_id());
             }
         }
         t
     }
 
-    /// Notes what one operation writes.
-    pub fn note(&mut self, op: &automerge::legacy::Op) {
-        use automerge::legacy::{Key, ObjectId, OpId};
-        match (&op.obj, &op.key) {
+    /// Notes what one operation, whose id is `counter`@`actor`, writes.
+    pub fn note(&mut self, op: &automerge::legacy::Op, counter: u64, actor: &automerge::ActorId) {
+        use automerge::legacy::{Key, ObjectId, OpId, OpType};
+        let place = match (&op.obj, &op.key) {
             (ObjectId::Root, Key::Map(k)) => {
                 if !self.root_keys.contains(k.as_str()) {
                     self.root_keys.insert(k.to_string());
                 }
+                Place::Root(k.to_string())
             }
             // The root is a map: an operation on it with a list key writes nothing a view reads
             // plainly, so it is noted as a key no view reads.
             (ObjectId::Root, Key::Seq(_)) => {
                 self.root_keys.insert(String::new());
+                Place::Root(String::new())
             }
             // The index an id carries is only a hint (ids compare by counter and actor).
-            (ObjectId::Id(OpId(counter, actor)), _) => {
-                self.objects.insert(ObjId::Id(*counter, actor.clone(), 0));
+            (ObjectId::Id(OpId(c, a)), _) => {
+                let obj = ObjId::Id(*c, a.clone(), 0);
+                self.objects.insert(obj.clone());
+                Place::In(obj)
             }
+        };
+        if let OpType::Make(_) = op.action {
+            self.made.insert(ObjId::Id(counter, actor.clone(), 0), place);
         }
     }
 
@@ -102,6 +122,36 @@ impl Touched {
     pub fn extend(&mut self, other: Touched) {
         self.root_keys.extend(other.root_keys);
         self.objects.extend(other.objects);
+        self.made.extend(other.made);
+    }
+
+    /// The root key `obj` is under, and the objects from the root's value there down to `obj`;
+    /// `None` when an object held before is no longer visible. Only the objects held before
+    /// these changes are looked up in the document.
+    fn locate(&self, doc: &AutoCommit, obj: &ObjId) -> Option<(String, Vec<ObjId>)> {
+        let mut below = vec![obj.clone()];
+        loop {
+            let last = below.last()?;
+            match self.made.get(last) {
+                Some(Place::Root(key)) => {
+                    below.reverse();
+                    return Some((key.clone(), below));
+                }
+                // Objects are made after the object they are in: no chain is longer than the
+                // operations noted.
+                Some(Place::In(parent)) if below.len() <= self.made.len() => below.push(parent.clone()),
+                Some(Place::In(_)) => return None,
+                None => break,
+            }
+        }
+        below.reverse();
+        let held = below.first()?;
+        let path = doc.parents(held).ok()?.visible_path()?;
+        let (_, Prop::Map(key)) = path.first()? else { return None };
+        let key = key.clone();
+        let mut chain: Vec<ObjId> = path.into_iter().skip(1).map(|(o, _)| o).collect();
+        chain.extend(below);
+        Some((key, chain))
     }
 }
 
@@ -128,8 +178,8 @@ const FACT_SECTIONS: &[&str] = &["status", "shares", "service"];
 /// Reads a whole document into a basis.
 pub(super) fn read(doc: &AutoCommit, heads: Vec<ChangeHash>) -> Result<ViewBasis, ModelError> {
     let r = Reader::whole(doc);
-    let (view, messages) = build_view_with_objects(&r)?;
-    Ok(ViewBasis { heads, view, messages, facts: r.held_facts() })
+    let (view, messages, list) = build_view_with_objects(&r)?;
+    Ok(ViewBasis { heads, view, messages, list, facts: r.held_facts() })
 }
 
 /// `prior` brought up to `doc` at `heads`, when `touched` is everything the changes since
@@ -145,21 +195,15 @@ pub(super) fn update(
     // The messages written below the list (an entry, its receipts): read again.
     let mut messages_written: HashSet<ObjId> = HashSet::new();
     for obj in &touched.objects {
-        let path = doc.parents(obj).ok()?.visible_path()?;
-        let (_, Prop::Map(key)) = path.first()? else { return None };
-        if key == "messages" {
-            match path.get(2) {
-                Some((message, _)) => {
-                    messages_written.insert(message.clone());
-                }
-                None if path.len() == 2 => {
-                    messages_written.insert(obj.clone());
-                }
-                None => {}
-            }
+        let (key, chain) = touched.locate(doc, obj)?;
+        // The list, then a message, then what is in it.
+        if key == "messages"
+            && let Some(message) = chain.get(1)
+        {
+            messages_written.insert(message.clone());
         }
-        if !keys.contains(key) {
-            keys.insert(key.clone());
+        if !keys.contains(&key) {
+            keys.insert(key);
         }
     }
     if keys.iter().any(|k| !SECTIONS.contains(&k.as_str())) {
@@ -167,7 +211,9 @@ pub(super) fn update(
     }
     let has = |k: &str| keys.contains(k);
     let r = Reader::new(doc);
-    let ViewBasis { view: mut v, messages: mut objects, facts, .. } = prior;
+    let ViewBasis { view: mut v, messages: mut objects, mut list, facts, .. } = prior;
+    // The list the messages were read from, unless the root's key for it was written.
+    let list_written = touched.root_keys.contains("messages");
     let read = (|| {
         // The order of `build_view_with_objects`.
         if has("requester") {
@@ -194,12 +240,15 @@ pub(super) fn update(
             v.consents = read_consents(&r)?;
         }
         if has("messages") {
+            if list_written {
+                list = r.obj(&ROOT, "messages", ObjType::List)?;
+            }
             let mut kept: HashMap<ObjId, super::MessageView> = objects
                 .drain(..)
                 .zip(std::mem::take(&mut v.messages))
                 .filter(|(o, _)| !messages_written.contains(o))
                 .collect();
-            (v.messages, objects) = read_messages(&r, &v.identity.origin, |m| kept.remove(m))?;
+            (v.messages, objects) = read_messages(&r, &list, &v.identity.origin, |m| kept.remove(m))?;
         }
         // A photo shows whether its consent was withdrawn.
         if has("media") || has("consents") {
@@ -220,7 +269,7 @@ pub(super) fn update(
         return Some(Err(e));
     }
     let facts = if FACT_SECTIONS.iter().any(|k| has(k)) { r.held_facts() } else { facts };
-    Some(Ok(ViewBasis { heads, view: v, messages: objects, facts }))
+    Some(Ok(ViewBasis { heads, view: v, messages: objects, list, facts }))
 }
 
 impl SessionDoc {
