@@ -62,6 +62,31 @@ impl<'a> NodeReplica<'a> {
         Ok(row)
     }
 
+    /// Notes the sessions `peer` just sent and this node stored: changed, and visible to that
+    /// peer at their new heads (it may hold each, or it could not have sent it), so the pushes
+    /// and acknowledgements that follow need not read their index rows again.
+    fn stored(&mut self, peer: &PeerInfo, stored: Vec<crate::store::Stored>) -> Result<(), StoreError> {
+        if self.visible_to != peer.name {
+            self.visible.clear();
+            self.visible_to.clone_from(&peer.name);
+        }
+        for s in stored {
+            self.collected.changed.push(s.doc);
+            if self.visible.len() >= MAX_REMEMBERED {
+                self.visible.clear();
+            }
+            // Test builds hold the note to the index.
+            #[cfg(debug_assertions)]
+            {
+                self.store.hold_reads()?;
+                let read = self.store.peers().visible_row(peer, &s.doc)?;
+                assert_eq!(read, Some((s.sid, s.heads.clone())), "a stored session's index row as noted");
+            }
+            self.visible.insert(s.doc, Some((s.sid, s.heads)));
+        }
+        Ok(())
+    }
+
     /// Forgets what was read of the index and ends the borrow's read transaction: the store
     /// is about to change.
     fn writing(&mut self) -> Result<(), StoreError> {
@@ -198,8 +223,8 @@ impl Replica for NodeReplica<'_> {
     fn apply(&mut self, peer: &PeerInfo, batch: &[Incoming], now: TimeMs) -> Result<Vec<Applied>, StoreError> {
         self.writing()?;
         if !batch.iter().any(|inc| is_directory_id(&inc.doc)) {
-            let (out, changed) = self.store.peers_mut().apply_remote(self.me, peer, batch, now)?;
-            self.collected.changed.extend(changed);
+            let (out, stored) = self.store.peers_mut().apply_remote(self.me, peer, batch, now)?;
+            self.stored(peer, stored)?;
             return Ok(out);
         }
         // The directory goes its own way; the sessions of the batch still share one transaction.
@@ -218,8 +243,8 @@ impl Replica for NodeReplica<'_> {
             }
         }
         let session_batch: Vec<Incoming> = sessions.iter().map(|(_, d)| d.clone()).collect();
-        let (applied, changed) = self.store.peers_mut().apply_remote(self.me, peer, &session_batch, now)?;
-        self.collected.changed.extend(changed);
+        let (applied, stored) = self.store.peers_mut().apply_remote(self.me, peer, &session_batch, now)?;
+        self.stored(peer, stored)?;
         for ((i, _), a) in sessions.iter().zip(applied) {
             out[*i] = Some(a);
         }

@@ -74,7 +74,7 @@ pub use documents::{LogEntries, Sessions};
 pub use identity::Identity;
 pub use people::People;
 pub use rekey::{Resealed, sealed_under};
-pub use sync::{Peers, ScopeRow};
+pub use sync::{Peers, ScopeRow, Stored};
 
 /// `execute` and `query_row` through the connection's prepared-statement cache: the store runs
 /// the same few dozen statements for every document it writes, and parsing them again each

@@ -553,14 +553,15 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
     /// Integrates received changes from `from`, in one durable transaction: each document's
     /// changes are checked ([`rules::admit`]: bounds, signatures, write rules), then the result
     /// (a session, its own id, in the scope of both sides) is stored with this node's receipts
-    /// and the signatures, so that it can be relayed.
+    /// and the signatures, so that it can be relayed. Returns each document's outcome, and the
+    /// documents stored with their index rows and new heads ([`Stored`]).
     pub fn apply_remote(
         &mut self,
         me: &PeerInfo,
         from: &PeerInfo,
         batch: &[Incoming],
         now: i64,
-    ) -> Result<(Vec<Applied>, Vec<DocId>), StoreError> {
+    ) -> Result<(Vec<Applied>, Vec<Stored>), StoreError> {
         let store = &mut *self.0;
         // Every document's changes are decoded first, before the write lock is taken, so that
         // the batch's signatures are checked together (a fifth of the cost of checking each in
@@ -662,8 +663,10 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
                             };
                             let (applied, cached) = integrate(&tx, &env, &mut audit, candidate, ctx)?;
                             if let Some(c) = cached {
+                                if let Applied::Stored { heads } = &applied {
+                                    changed.push(Stored { doc: *id, sid: c.sid, heads: heads.clone() });
+                                }
                                 stored.push((sid, c));
-                                changed.push(*id);
                             }
                             applied
                         }
@@ -713,6 +716,18 @@ impl Store {
             })
             .map_err(sql("reading the session index"))
     }
+}
+
+/// A document [`Peers::apply_remote`] stored: what the peer that sent it may now be told of
+/// it without reading the index again (it holds the session, or it could not have sent it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The session.
+    pub doc: DocId,
+    /// Its index row.
+    pub sid: i64,
+    /// Its heads now, sorted.
+    pub heads: Vec<Hash>,
 }
 
 /// Whether a record of what a peer holds says it holds exactly this node's heads `ours`.
@@ -856,7 +871,7 @@ mod tests {
         assert!(matches!(applied[0], Applied::Stored { .. }), "{applied:?}");
         assert!(matches!(&applied[1], Applied::Refused { reason } if reason.contains("signature")), "{applied:?}");
         assert!(matches!(applied[2], Applied::Stored { .. }), "{applied:?}");
-        assert_eq!(changed, vec![batch[0].doc, batch[2].doc]);
+        assert_eq!(changed.iter().map(|c| c.doc).collect::<Vec<_>>(), vec![batch[0].doc, batch[2].doc]);
         assert_eq!(hub.sessions().session_count().expect("count"), 2);
     }
 
