@@ -9,8 +9,9 @@
 //!   (a) nothing changed, (b) 10 sessions changed, (c) 1,000 sessions changed (once by a fresh
 //!   edge process, once by the edge node that wrote them, as its daemon would), and the hub
 //!   restored from a backup taken before 10, then 1,000, sessions changed.
-//! CPU time is the process's (both sides run in it: the hub daemon and the edge's sync), over
-//! the sync alone, beside wall time.
+//! CPU time is both sides', over the sync alone, beside wall time: the hub daemon runs in this
+//! process; a fresh edge process is this bench started again (`--fresh-sync`), and reports
+//! its own; the edge's daemon runs in this process too.
 //! Then a 3 MB photo goes up a link (emulated, 8 Mbit/s) that drops halfway; the chunks served
 //! twice are counted, and the bytes the tablet sent twice over the air (against the same kind
 //! of photo sent undisturbed over the same link just before).
@@ -262,15 +263,40 @@ fn tenths(ms: impl Iterator<Item = f64>) -> Vec<f64> {
 const CHANGED_ROUNDS: usize = 3;
 
 /// One sync of the edge with the hub, with the CPU time it took (both sides).
-async fn ours(edge: &NodeDir, hub: SocketAddr) -> (SyncReport, f64) {
-    ours_with(Node::open(edge).expect("open edge"), hub).await
+/// One sync by a fresh edge process: this bench binary started again as `--fresh-sync DIR
+/// ADDR` ([`fresh_sync_child`]), with a heap of its own as `outpost sync` has. The CPU is the
+/// child's over the sync (its own measure, the store's opening left out as before) plus this
+/// process's over the child's whole life: the hub daemon's side, and the spawn.
+fn ours(edge: &NodeDir, hub: SocketAddr) -> (SyncReport, f64) {
+    let exe = std::env::current_exe().expect("this bench's path");
+    let before = cpu_now();
+    let out = std::process::Command::new(exe)
+        .arg(FRESH_SYNC)
+        .arg(edge.root())
+        .arg(hub.to_string())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("start a fresh edge process");
+    let hub_cpu = cpu_now() - before;
+    assert!(out.status.success(), "the fresh edge process failed: {}", out.status);
+    let (report, edge_cpu): (SyncReport, f64) =
+        serde_json::from_slice(&out.stdout).expect("the fresh process's report");
+    (report, edge_cpu + hub_cpu)
 }
 
-/// [`ours`] by a node already open (its documents still decoded, as in the edge's daemon).
-async fn ours_with(node: Node, hub: SocketAddr) -> (SyncReport, f64) {
+/// The argument that makes this bench a fresh edge process ([`ours`]).
+const FRESH_SYNC: &str = "--fresh-sync";
+
+/// The fresh edge process: opens the edge at `dir`, syncs once with the hub at `addr`, and
+/// prints its report and its CPU over the sync as JSON.
+fn fresh_sync_child(dir: &str, addr: &str) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let hub: SocketAddr = addr.parse().expect("hub address");
+    let node = Node::open(&NodeDir::new(dir)).expect("open edge");
     let cpu = cpu_now();
-    let report = net::sync_once(node, hub, Duration::from_secs(900)).await.expect("sync");
-    (report, cpu_now() - cpu)
+    let report = rt.block_on(net::sync_once(node, hub, Duration::from_secs(900))).expect("sync");
+    let cpu = cpu_now() - cpu;
+    println!("{}", serde_json::to_string(&(report, cpu)).expect("report"));
 }
 
 const PERF_CASE_ON: &str = "enable";
@@ -348,6 +374,12 @@ fn change(edge: &NodeDir, ids: &[SessionId], round: usize) -> Node {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, dir, addr] = &args[..]
+        && flag == FRESH_SYNC
+    {
+        return fresh_sync_child(dir, addr);
+    }
     let n: usize = std::env::var("BENCH_SESSIONS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let tmp = tempfile::Builder::new().prefix("outpost-sync-bench-").tempdir().expect("tempdir");
@@ -391,13 +423,13 @@ fn main() {
     if profiled {
         perf_control(PERF_CASE_ON);
     }
-    let (first, first_cpu) = rt.block_on(ours(&edge, hub_addr));
+    let (first, first_cpu) = ours(&edge, hub_addr);
     if profiled {
         perf_control(PERF_CASE_OFF);
     }
     let hub_disk = dir_size(hub_dir.root());
     // The hub's receipts come back in the first sync; a second settles the last acknowledgements.
-    rt.block_on(ours(&edge, hub_addr));
+    ours(&edge, hub_addr);
     let new_bytes = first.stats.change_bytes_sent + first.stats.change_bytes_received;
     rows.push(Row {
         case: format!("first contact, {n} sessions new at the hub"),
@@ -462,7 +494,7 @@ fn main() {
                 // A few milliseconds of CPU, in a process shared with the hub's daemon: the median
                 // of five fresh processes' syncs.
                 drop(node);
-                let mut runs: Vec<(SyncReport, f64)> = (0..5).map(|_| rt.block_on(ours(&edge, hub_addr))).collect();
+                let mut runs: Vec<(SyncReport, f64)> = (0..5).map(|_| ours(&edge, hub_addr)).collect();
                 runs.sort_by(|a, b| a.1.total_cmp(&b.1));
                 eprintln!(
                     "  CPU of the five: {:?} ms",
@@ -471,7 +503,7 @@ fn main() {
                 runs.swap_remove(2)
             } else {
                 drop(node);
-                rt.block_on(ours(&edge, hub_addr))
+                ours(&edge, hub_addr)
             };
             if profiled {
                 perf_control(PERF_CASE_OFF);
@@ -483,7 +515,7 @@ fn main() {
             our_rounds.push((report, cpu_ms));
             base_rounds.push(b);
             // Settle the hub's last receipts so the next round starts from converged replicas.
-            rt.block_on(ours(&edge, hub_addr));
+            ours(&edge, hub_addr);
         }
         let (report, cpu_ms, b) = if rounds == 1 {
             let (report, cpu_ms) = our_rounds.swap_remove(0);
@@ -551,8 +583,8 @@ fn main() {
         let b_backup = Side { docs: b_hub.docs.clone(), states: b_hub.states.clone() };
         let changed: Vec<SessionId> = ids.iter().skip(1).step_by((n / k.max(1)).max(1)).take(k).copied().collect();
         drop(change(&edge, &changed, 7 + k));
-        rt.block_on(ours(&edge, hub_addr));
-        rt.block_on(ours(&edge, hub_addr));
+        ours(&edge, hub_addr);
+        ours(&edge, hub_addr);
         reload(&mut b_edge, &edge, &changed);
         let (_, side) = rt.block_on(baseline(&mut b_edge, b_hub, &edge_id, &hub_id));
         drop(side);
@@ -561,7 +593,7 @@ fn main() {
         copy_dir(backup.root(), hub_dir.root());
         (hub, hub_addr) = start_hub(&rt, &hub_dir);
         std::thread::sleep(Duration::from_millis(500));
-        let (report, cpu_ms) = rt.block_on(ours(&edge, hub_addr));
+        let (report, cpu_ms) = ours(&edge, hub_addr);
         assert_eq!(
             report.stats.docs_sent,
             changed.len() as u64,
@@ -570,7 +602,7 @@ fn main() {
         let (b, side) = rt.block_on(baseline(&mut b_edge, b_backup, &edge_id, &hub_id));
         b_hub = side;
         rows.push(Row::against(format!("{label} of {n}"), report, cpu_ms, b));
-        rt.block_on(ours(&edge, hub_addr));
+        ours(&edge, hub_addr);
     }
 
     // Both sides hold every document but have lost what they knew of each other (restored from
@@ -579,7 +611,7 @@ fn main() {
     Node::open(&edge).expect("open").raw_store().peers_mut().forget_peer("hub-qhm").expect("forget");
     rt.block_on(hub.with_node(|n| n.raw_store().peers_mut().forget_peer("amb-07"))).expect("hub").expect("forget");
     std::thread::sleep(Duration::from_millis(500));
-    let (lost, lost_cpu) = rt.block_on(ours(&edge, hub_addr));
+    let (lost, lost_cpu) = ours(&edge, hub_addr);
     rows.push(Row {
         case: format!("no peer state, {n} equal sessions"),
         ours: lost,

@@ -355,7 +355,7 @@ enum Notice {
 }
 
 /// What a finished conversation cost.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SyncReport {
     /// The peer.
     pub peer: String,

@@ -262,7 +262,7 @@ impl EngineConfig {
 }
 
 /// What a conversation cost and carried.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     /// Flights the initiator sent (a flight follows the receipt of the peer's previous one).
     pub round_trips: u64,
