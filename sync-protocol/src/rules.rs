@@ -571,6 +571,7 @@ impl<'a> State<'a> {
         let mut made: HashSet<ObjKey> = HashSet::new();
         // (object, key) pairs this change wrote: a creation writes each once.
         let mut written: HashSet<(Obj, String)> = HashSet::new();
+        touched.note_change(change.hash());
         for (i, op) in expanded.operations.iter().enumerate() {
             touched.note(op, start + i as u64, &actor);
             let id: ObjKey = (start + i as u64, actor.clone());

@@ -34,6 +34,8 @@ pub struct ViewBasis {
     list: ObjId,
     /// The write rules' facts found in the reading (see [`SessionDoc::view_and_facts`]).
     facts: Option<HeldFacts>,
+    /// The changes the document held.
+    changes: u64,
 }
 
 impl ViewBasis {
@@ -63,6 +65,8 @@ impl ViewBasis {
 /// The objects and root keys some changes wrote: what [`update`] reads again.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Touched {
+    /// The changes noted: an update is made only when they are all the document gained.
+    changes: HashSet<ChangeHash>,
     root_keys: BTreeSet<String>,
     objects: HashSet<ObjId>,
     /// The objects the changes made, and where: their place is known without asking the
@@ -82,12 +86,18 @@ impl Touched {
     pub fn of_changes<'c>(changes: impl IntoIterator<Item = &'c Change>) -> Touched {
         let mut t = Touched::default();
         for c in changes {
+            t.note_change(c.hash());
             let start = c.start_op().get();
             for (i, op) in c.decode().operations.iter().enumerate() {
                 t.note(op, start + i as u64, c.actor_id());
             }
         }
         t
+    }
+
+    /// Notes a change whose operations are noted ([`Touched::note`]).
+    pub fn note_change(&mut self, hash: ChangeHash) {
+        self.changes.insert(hash);
     }
 
     /// Notes what one operation, whose id is `counter`@`actor`, writes.
@@ -120,6 +130,7 @@ impl Touched {
 
     /// Adds what `other` wrote.
     pub fn extend(&mut self, other: Touched) {
+        self.changes.extend(other.changes);
         self.root_keys.extend(other.root_keys);
         self.objects.extend(other.objects);
         self.made.extend(other.made);
@@ -179,12 +190,12 @@ const FACT_SECTIONS: &[&str] = &["status", "shares", "service"];
 pub(super) fn read(doc: &AutoCommit, heads: Vec<ChangeHash>) -> Result<ViewBasis, ModelError> {
     let r = Reader::whole(doc);
     let (view, messages, list) = build_view_with_objects(&r)?;
-    Ok(ViewBasis { heads, view, messages, list, facts: r.held_facts() })
+    Ok(ViewBasis { heads, view, messages, list, facts: r.held_facts(), changes: doc.stats().num_changes })
 }
 
 /// `prior` brought up to `doc` at `heads`, when `touched` is everything the changes since
-/// `prior.heads` wrote; `None` when the changes cannot be placed section by section (the
-/// caller reads the whole document).
+/// `prior.heads` wrote; `None` when the changes cannot be placed section by section, or the
+/// document gained changes `touched` does not note (the caller reads the whole document).
 pub(super) fn update(
     doc: &AutoCommit,
     prior: ViewBasis,
@@ -211,6 +222,11 @@ pub(super) fn update(
     }
     let has = |k: &str| keys.contains(k);
     let r = Reader::new(doc);
+    // Only when the changes noted are all the document gained since.
+    let changes = doc.stats().num_changes;
+    if changes != prior.changes + touched.changes.len() as u64 {
+        return None;
+    }
     let ViewBasis { view: mut v, messages: mut objects, mut list, facts, .. } = prior;
     // The list the messages were read from, unless the root's key for it was written.
     let list_written = touched.root_keys.contains("messages");
@@ -269,7 +285,7 @@ pub(super) fn update(
         return Some(Err(e));
     }
     let facts = if FACT_SECTIONS.iter().any(|k| has(k)) { r.held_facts() } else { facts };
-    Some(Ok(ViewBasis { heads, view: v, messages: objects, list, facts }))
+    Some(Ok(ViewBasis { heads, view: v, messages: objects, list, facts, changes }))
 }
 
 impl SessionDoc {
@@ -282,8 +298,9 @@ impl SessionDoc {
     /// The view of this document, from `prior` (a view read at earlier heads) and `touched`
     /// (everything the changes since then wrote: [`Touched::of_changes`], or the write rules'
     /// reading of them): only what those changes wrote is read again, where it can be placed;
-    /// otherwise the whole document is read. A `touched` that leaves out a change gives a stale
-    /// view: test builds compare every answer with a whole reading.
+    /// otherwise the whole document is read. So is it when the document gained more changes
+    /// than `touched` notes (counted: `prior` must be of an earlier version of this document).
+    /// Test builds compare every answer with a whole reading.
     pub fn read_basis_since(&mut self, prior: ViewBasis, touched: &Touched) -> Result<ViewBasis, ModelError> {
         let heads = self.doc.get_heads();
         if prior.heads == heads {
@@ -390,6 +407,20 @@ mod tests {
         doc.automerge().put_object(ROOT, "extra", ObjType::Map).unwrap();
         doc.automerge().commit();
         assert_eq!(updated(&mut doc, &prior), None, "a key no view reads");
+    }
+
+    #[test]
+    fn a_touched_set_that_misses_a_change_reads_the_whole_session() {
+        let mut doc = session();
+        let prior = doc.read_basis().unwrap();
+        message(&mut doc, 1);
+        let first = Touched::of_changes(&doc.changes_after(prior.heads()));
+        message(&mut doc, 2);
+        let heads = doc.heads();
+        assert_eq!(update(doc.automerge(), prior.clone(), &first, heads).map(|_| ()), None, "not placed");
+        let read = doc.read_basis_since(prior, &first).unwrap();
+        assert_eq!(read.view().messages.len(), 2, "the second message is read too");
+        assert_eq!(read, doc.read_basis().unwrap());
     }
 
     #[test]
