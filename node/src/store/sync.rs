@@ -860,6 +860,34 @@ mod tests {
     }
 
     #[test]
+    fn what_a_batch_stored_is_what_the_index_shows_its_sender() {
+        use sync_protocol::vocab::{Role, Side};
+        let (amb, hub_info) = (info("amb-1", Role::Edge, vec![]), info("hub-1", Role::Hub, vec![]));
+        let ((_d1, mut edge), (_d2, mut hub)) = two_nodes(&amb, &hub_info);
+        let ids: Vec<SessionId> = (1..=3).map(|n| edge.scratch_session(n)).collect();
+        let batch: Vec<Incoming> = ids.iter().map(|id| owed(&mut edge, &hub_info, *id, &[])).collect();
+        let (_, stored) = hub.peers_mut().apply_remote(&hub_info, &amb, &batch, T).expect("applied");
+        assert_eq!(stored.len(), 3);
+        for s in stored {
+            let row = hub.peers().visible_row(&amb, &s.doc).expect("read");
+            assert_eq!(row, Some((s.sid, s.heads)), "the sender sees the new session at its heads");
+        }
+        // A second batch: new messages in sessions the hub holds.
+        let bases: Vec<Vec<Hash>> = ids.iter().map(|id| heads_of(&mut hub, *id)).collect();
+        for id in &ids[..2] {
+            edge.scratch_message(*id, "amb-1", Side::Requester, T + 1);
+        }
+        let next: Vec<Incoming> =
+            ids[..2].iter().zip(&bases).map(|(id, b)| owed(&mut edge, &hub_info, *id, b)).collect();
+        let (_, stored_next) = hub.peers_mut().apply_remote(&hub_info, &amb, &next, T + 1).expect("applied");
+        assert_eq!(stored_next.len(), 2);
+        for s in stored_next {
+            let row = hub.peers().visible_row(&amb, &s.doc).expect("read");
+            assert_eq!(row, Some((s.sid, s.heads)), "the sender sees the session at its new heads");
+        }
+    }
+
+    #[test]
     fn a_batch_with_one_forged_signature_refuses_that_session_and_keeps_the_others() {
         use sync_protocol::vocab::Role;
         let (amb, hub_info) = (info("amb-1", Role::Edge, vec![]), info("hub-1", Role::Hub, vec![]));
