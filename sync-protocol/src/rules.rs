@@ -25,7 +25,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use automerge::legacy::{Key, ObjectId, OpId, OpType};
+use automerge::legacy::{ElementId, Key, ObjectId, OpId, OpType};
 use automerge::{ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
 
 use crate::authorship::{self, ChunkError, Member, Roster, Signature, SignedHash, Verified};
@@ -247,6 +247,7 @@ pub fn admit_decoded_with(
         }
         None => State::of(doc),
     };
+    state.batch_deps = ordered.iter().map(|(c, _, _)| (c.hash(), c.deps().to_vec())).collect();
     let mut written = Touched::default();
     for (change, member, _) in &ordered {
         state.check_change(change, member, &mut written)?;
@@ -359,6 +360,12 @@ pub(crate) fn status_epoch(key: &str) -> Option<u32> {
 struct State<'a> {
     doc: &'a AutoCommit,
     objects: HashMap<ObjKey, Option<Obj>>,
+    /// Where each operation of the batch checked so far is: its object, its key, and whether
+    /// it is an insert (for the operations after it that name it).
+    placed: HashMap<ObjKey, (ObjectId, Key, bool)>,
+    /// The dependencies of the batch's changes (a change's base in the document is found
+    /// through them).
+    batch_deps: HashMap<ChangeHash, Vec<ChangeHash>>,
     origin: Option<String>,
     icb: Option<String>,
     line: Option<ServiceLine>,
@@ -428,6 +435,8 @@ impl<'a> State<'a> {
         let mut s = State {
             doc,
             objects: HashMap::new(),
+            placed: HashMap::new(),
+            batch_deps: HashMap::new(),
             origin: None,
             icb: None,
             line: None,
@@ -494,6 +503,8 @@ impl<'a> State<'a> {
         State {
             doc,
             objects: HashMap::new(),
+            placed: HashMap::new(),
+            batch_deps: HashMap::new(),
             origin: f.origin,
             icb: f.icb,
             line: f.line,
@@ -538,6 +549,57 @@ impl<'a> State<'a> {
             kind = child_kind(kind, &step.prop)?;
         }
         (kind != Obj::Root).then_some(kind)
+    }
+
+    /// Whether the operation `pred` is at `key` of `obj`: an operation of the batch placed
+    /// there, or one the document holds there now or held at the base `change` was written on
+    /// (what its writer saw: a concurrent write may have overwritten it here since).
+    fn pred_at(&self, change: &Change, obj: &ObjectId, key: &str, pred: &OpId) -> bool {
+        if let Some((o, k, _)) = self.placed.get(&(pred.0, pred.1.clone())) {
+            return o == obj && matches!(k, Key::Map(at) if at.as_str() == key);
+        }
+        let target = match obj {
+            ObjectId::Root => ROOT,
+            // The actor's index in the document is looked up from the actor itself.
+            ObjectId::Id(OpId(c, a)) => ObjId::Id(*c, a.clone(), usize::MAX),
+        };
+        let names_pred = |ops: Vec<(Value<'_>, ObjId)>| {
+            ops.iter().any(|(_, id)| matches!(id, ObjId::Id(c, a, _) if *c == pred.0 && *a == pred.1))
+        };
+        if self.doc.get_all(&target, key).is_ok_and(names_pred) {
+            return true;
+        }
+        let base = self.base_of(change);
+        !base.is_empty() && self.doc.get_all_at(&target, key, &base).is_ok_and(names_pred)
+    }
+
+    /// The heads in the document that `change` was written on: its dependencies, through the
+    /// batch's changes to the ones the document holds.
+    fn base_of(&self, change: &Change) -> Vec<ChangeHash> {
+        let (mut out, mut seen) = (Vec::new(), HashSet::new());
+        let mut walk: Vec<ChangeHash> = change.deps().to_vec();
+        while let Some(h) = walk.pop() {
+            if !seen.insert(h) {
+                continue;
+            }
+            match self.batch_deps.get(&h) {
+                Some(deps) => walk.extend(deps.iter().copied()),
+                None => out.push(h),
+            }
+        }
+        out
+    }
+
+    /// Whether `list` holds the entry `element`: inserted into it earlier in the batch, or in
+    /// the document.
+    fn holds_element(&self, list: &ObjectId, element: &ObjKey) -> bool {
+        if let Some((o, _, insert)) = self.placed.get(element) {
+            return *insert && o == list;
+        }
+        let ObjectId::Id(OpId(c, a)) = list else { return false };
+        let target = ObjId::Id(element.0, element.1.clone(), usize::MAX);
+        let parent = self.doc.parents(&target).ok().and_then(|mut p| p.next());
+        parent.is_some_and(|p| matches!(p.prop, automerge::Prop::Seq(_)) && p.obj == ObjId::Id(*c, a.clone(), 0))
     }
 
     fn meta(&self) -> Option<DocMeta> {
@@ -595,6 +657,25 @@ impl<'a> State<'a> {
             {
                 return Err(refuse(format!("{k:?} written twice in a creation")));
             }
+            // An operation overwrites only what is at its own object and key: Automerge applies
+            // a predecessor wherever it is, so one named elsewhere would delete a value there.
+            for pred in op.pred.iter() {
+                let here = match key {
+                    Some(k) => self.pred_at(change, &op.obj, k, pred),
+                    None => false,
+                };
+                if !here {
+                    return Err(refuse("an operation overwrites a value that is not at its own key".into()));
+                }
+            }
+            // An entry goes after the head of its list or after an entry of the same list
+            // (Automerge panics on an element it does not hold).
+            if let Key::Seq(ElementId::Id(OpId(c, a))) = &op.key
+                && !self.holds_element(&op.obj, &(*c, a.clone()))
+            {
+                return Err(refuse("an entry is inserted after one its list does not hold".into()));
+            }
+            self.placed.insert(id.clone(), (op.obj.clone(), op.key.clone(), op.insert));
             let made_kind = self.check_op(member, target, fresh, creating, key, op).map_err(refuse)?;
             if let Some(kind) = made_kind {
                 made.insert(id.clone());

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use automerge::transaction::Transactable;
-use automerge::{ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use automerge::{ObjType, ROOT, ReadDoc, ScalarValue, Value, legacy};
 use proptest::prelude::*;
 use sync_protocol::authorship::{AuthorKey, Member, SharedRoster, sign_new};
 use sync_protocol::engine::{Applied, Engine, EngineConfig, Incoming, Replica};
@@ -139,6 +139,68 @@ fn forged(
     let bytes: Vec<u8> = am.get_changes(&before).iter().flat_map(|c| c.raw_bytes().to_vec()).collect();
     let sigs: Vec<[u8; 64]> = am.get_changes(&before).iter().map(|c| signer.sign(&c.hash())).collect();
     (bytes, sigs)
+}
+
+/// A change built by hand from raw operations on top of `doc`, as a tampered client could send
+/// one (Automerge's own API never writes these), by a fresh actor of `writer`'s key, signed.
+/// Operation `i` has the id `CRAFTED_START + i` of that actor.
+fn crafted(doc: &mut SessionDoc, writer: &AuthorKey, ops: Vec<legacy::Op>) -> (Vec<u8>, Vec<[u8; 64]>) {
+    let author = writer.with_instance([0xee; 8]);
+    let change = automerge::ExpandedChange {
+        operations: ops,
+        actor_id: author.actor().clone(),
+        hash: None,
+        seq: 1,
+        start_op: std::num::NonZeroU64::new(CRAFTED_START).unwrap(),
+        time: 0,
+        message: None,
+        deps: doc.heads(),
+        extra_bytes: Vec::new(),
+        author: None,
+    };
+    let change = automerge::Change::from(change);
+    (change.raw_bytes().to_vec(), vec![writer.sign(&change.hash())])
+}
+
+const CRAFTED_START: u64 = 10_000;
+
+/// The id of operation `i` of a [`crafted`] change by `writer`.
+fn crafted_id(writer: &AuthorKey, i: u64) -> legacy::OpId {
+    legacy::OpId(CRAFTED_START + i, writer.with_instance([0xee; 8]).actor().clone())
+}
+
+fn legacy_id(id: &automerge::ObjId) -> legacy::OpId {
+    match id {
+        automerge::ObjId::Id(counter, actor, _) => legacy::OpId(*counter, actor.clone()),
+        automerge::ObjId::Root => panic!("the root has no op id"),
+    }
+}
+
+/// A raw operation on object `on`.
+fn raw_op(on: legacy::OpId, key: legacy::Key, action: legacy::OpType, pred: Vec<legacy::OpId>) -> legacy::Op {
+    let insert = matches!(key, legacy::Key::Seq(_));
+    legacy::Op { action, obj: legacy::ObjectId::Id(on), key, pred: pred.into_iter().collect(), insert }
+}
+
+/// A new message's map, inserted into `list` after `after`, with the fields a message needs,
+/// by `who`: operations `at` to `at + 5` of a [`crafted`] change (its map is operation `at`).
+fn raw_message(
+    list: &automerge::ObjId,
+    after: legacy::ElementId,
+    writer: &AuthorKey,
+    who: &str,
+    at: u64,
+) -> Vec<legacy::Op> {
+    let text = |t: &str| legacy::OpType::Put(ScalarValue::Str(t.into()));
+    let m = crafted_id(writer, at);
+    vec![
+        raw_op(legacy_id(list), legacy::Key::Seq(after), legacy::OpType::Make(ObjType::Map), vec![]),
+        raw_op(m.clone(), legacy::Key::Map("id".into()), text("m-crafted"), vec![]),
+        raw_op(m.clone(), legacy::Key::Map("author".into()), text(who), vec![]),
+        raw_op(m.clone(), legacy::Key::Map("side".into()), text("requester"), vec![]),
+        raw_op(m.clone(), legacy::Key::Map("text".into()), text("hello"), vec![]),
+        raw_op(m, legacy::Key::Map("receipts".into()), legacy::OpType::Make(ObjType::Map), vec![]),
+    ]
 }
 
 fn obj(doc: &automerge::AutoCommit, parent: &automerge::ObjId, key: &str) -> automerge::ObjId {
@@ -645,6 +707,86 @@ proptest! {
             }
         }
     }
+}
+
+/// Reported by a review: a change whose operation names as its predecessor an operation in
+/// another object deleted that operation there (Automerge applies a predecessor wherever it
+/// is). The origin's own stolen tablet, writing a field it may write, made the first message
+/// vanish and left a document whose saved form no longer loads.
+#[test]
+fn an_operation_that_overwrites_a_value_in_another_object_is_refused() {
+    let fleet = Fleet::new();
+    let mut hub = fleet.replica("hub-qhm");
+    let (id, mut doc) = victim_session(&fleet, &mut hub);
+    let (amb, key) = fleet.who("amb-07");
+    let am = doc.automerge();
+    let list = obj(am, &ROOT, "messages");
+    let first = match am.get(&list, 0).unwrap() {
+        Some((_, m1)) => m1,
+        None => panic!("the victim's message"),
+    };
+    let requester = obj(am, &ROOT, "requester");
+    let mut ops = vec![raw_op(
+        legacy_id(&requester),
+        legacy::Key::Map("callback".into()),
+        legacy::OpType::Put(ScalarValue::Str("01632 960000".into())),
+        vec![legacy_id(&first)],
+    )];
+    ops.extend(raw_message(&list, legacy::ElementId::Head, &key, "amb-07", 1));
+    let (bytes, sigs) = crafted(&mut doc, &key, ops);
+    let why = refused_at_hub(&mut hub, &amb, id, bytes, sigs);
+    assert!(why.contains("overwrites"), "{why}");
+    assert_eq!(hub.view(&id).unwrap().messages.len(), 1, "the first message is still there");
+}
+
+/// Reported by a review: an entry inserted after an element the list does not hold passed the
+/// rules and made Automerge panic as it applied the change (no panic on input from a peer).
+#[test]
+fn an_entry_inserted_after_an_element_the_list_does_not_hold_is_refused_without_a_panic() {
+    let fleet = Fleet::new();
+    let mut hub = fleet.replica("hub-qhm");
+    let (id, mut doc) = victim_session(&fleet, &mut hub);
+    let (amb, key) = fleet.who("amb-07");
+    let list = obj(doc.automerge(), &ROOT, "messages");
+    let ghost = legacy::ElementId::Id(legacy::OpId(9_999, key.actor().clone()));
+    let (bytes, sigs) = crafted(&mut doc, &key, raw_message(&list, ghost, &key, "amb-07", 0));
+    let why = refused_at_hub(&mut hub, &amb, id, bytes, sigs);
+    assert!(why.contains("inserted after"), "{why}");
+    // The same entry after the list's head is a plain new message, and is kept.
+    let (bytes, sigs) = crafted(&mut doc, &key, raw_message(&list, legacy::ElementId::Head, &key, "amb-07", 0));
+    let out = hub.apply(&amb, &[Incoming { doc: id, bytes, sigs }], T + 11).unwrap();
+    assert!(matches!(out[0], Applied::Stored { .. }), "{out:?}");
+    assert_eq!(hub.view(&id).unwrap().messages.len(), 2);
+}
+
+/// A field written over a value that a concurrent write has already replaced here names a
+/// predecessor the receiver no longer shows: it is found where its writer saw it (at the
+/// change's dependencies), and the write is kept.
+#[test]
+fn a_write_over_a_value_a_concurrent_write_replaced_here_is_kept() {
+    let fleet = Fleet::new();
+    let mut hub = fleet.replica("hub-qhm");
+    let (id, mut doc) = victim_session(&fleet, &mut hub);
+    let (amb, key) = fleet.who("amb-07");
+    let callback = |n: &str| Requester { callback: Some(n.into()), ..Requester::default() };
+    let send = |hub: &mut MemReplica, doc: &mut SessionDoc, at: TimeMs| {
+        let held: Vec<automerge::ChangeHash> =
+            hub.heads(&id).unwrap().into_iter().map(automerge::ChangeHash::from).collect();
+        let known: Vec<automerge::ChangeHash> =
+            held.into_iter().filter(|h| doc.automerge().get_change_by_hash(h).is_some()).collect();
+        let changes = doc.automerge().get_changes(&known);
+        let bytes: Vec<u8> = changes.iter().flat_map(|c| c.raw_bytes().to_vec()).collect();
+        let sigs: Vec<[u8; 64]> = changes.iter().map(|c| key.sign(&c.hash())).collect();
+        hub.apply(&amb, &[Incoming { doc: id, bytes, sigs }], at).unwrap()
+    };
+    doc.set_requester(&callback("01632 960001"), T + 5).unwrap();
+    let out = send(&mut hub, &mut doc, T + 5);
+    assert!(matches!(out[0], Applied::Stored { .. }), "{out:?}");
+    // The hub writes the field; the crew, not having seen that, writes it too.
+    hub.edit(&id, |d| d.set_requester(&callback("01632 960002"), T + 6)).unwrap();
+    doc.set_requester(&callback("01632 960003"), T + 7).unwrap();
+    let out = send(&mut hub, &mut doc, T + 7);
+    assert!(matches!(out[0], Applied::Stored { .. }), "{out:?}");
 }
 
 #[test]
