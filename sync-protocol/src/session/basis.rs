@@ -1,14 +1,16 @@
 //! A session's view kept with the heads it was read at, and brought up to date after later
 //! changes by reading again only the parts of the document they wrote.
 //!
-//! Every Automerge operation names the one object it writes (a map, a list, the root): what
-//! an object holds changes only through operations on it. So once a view was read at some
-//! heads, the view after more changes differs only in the sections (the root's keys) holding an
-//! object those changes wrote, and within the messages only in the messages written (or in
-//! the list's order, when the list itself was written). [`update`] reads those again, in the
-//! order [`super::build_view_with_objects`] reads them, and keeps the rest; anything it cannot
-//! place (the identity or schema written, an object no longer visible, a root key no view
-//! reads) makes it give up, and the caller reads the whole document.
+//! Every Automerge operation names the one object it writes (a map, a list, the root). What an
+//! object holds changes only through operations on it, as long as an operation's predecessors
+//! are at its own object and key: Automerge would apply one named elsewhere there, and the
+//! write rules refuse that ([`crate::rules`]). So once a view was read at some heads, the view
+//! after more changes differs only in the sections (the root's keys) holding an object those
+//! changes wrote, and within the messages only in the messages written (or in the list's
+//! order, when the list itself was written). [`update`] reads those again, in the order
+//! [`super::build_view_with_objects`] reads them, and keeps the rest; anything it cannot place
+//! (the identity or schema written, an object no longer visible, a root key no view reads, a
+//! change it was not told of) makes it give up, and the caller reads the whole document.
 //!
 //! A hub storing a message in a session it holds reads one message, not the whole session.
 //! Test builds check every update against a whole reading ([`SessionDoc::read_basis_since`]).
