@@ -125,13 +125,12 @@ pub fn take_since(
     author: &AuthorKey,
     now: TimeMs,
     holds_blob: impl Fn(&str) -> bool,
-    prior: Option<(ViewBasis, Touched)>,
+    mut prior: Option<(ViewBasis, Touched)>,
 ) -> Taken {
     if !candidate.automerge().get_missing_deps(&[]).is_empty() {
         return Taken::MissingDeps;
     }
     let mut own_sigs = Vec::new();
-    let mut prior = prior;
     if let Some(level) = receipt_level(me.role) {
         let received = candidate.heads();
         if let Err(e) = candidate.acknowledge(level, &me.name, now, holds_blob) {

@@ -59,8 +59,30 @@ impl ViewBasis {
     /// Roughly the memory the kept view takes, in bytes (for a cache's budget).
     pub fn approx_bytes(&self) -> usize {
         let v = &self.view;
-        let texts: usize = v.messages.iter().map(|m| m.text.len() + 256 + m.receipts.len() * 48).sum();
-        1024 + v.summary.len() + texts + v.media.len() * 512 + (v.routing.len() + v.calls.len()) * 256
+        let receipt = |r: &super::Receipt| 48 + r.node.len();
+        let messages: usize = v
+            .messages
+            .iter()
+            .map(|m| 256 + m.id.len() + m.author.len() + m.text.len() + m.receipts.iter().map(receipt).sum::<usize>())
+            .sum();
+        let media: usize = v.media.iter().map(|m| 512 + m.receipts.iter().map(receipt).sum::<usize>()).sum();
+        let consents: usize = v.consents.iter().map(|c| 128 + c.id.len() + c.by.len()).sum();
+        let log = |entries: &[std::collections::BTreeMap<String, super::LogValue>]| -> usize {
+            let value = |v: &super::LogValue| match v {
+                super::LogValue::Str(t) => 32 + t.len(),
+                super::LogValue::Int(_) | super::LogValue::Float(_) => 32,
+            };
+            entries.iter().map(|e| 64 + e.iter().map(|(k, v)| 32 + k.len() + value(v)).sum::<usize>()).sum()
+        };
+        1024 + v.summary.len()
+            + messages
+            + media
+            + consents
+            + v.status_history.len() * 24
+            + v.shared_with.iter().map(|s| 32 + s.len()).sum::<usize>()
+            + self.messages.len() * 32
+            + log(&v.routing)
+            + log(&v.calls)
     }
 }
 
@@ -84,14 +106,23 @@ enum Place {
 }
 
 impl Touched {
-    /// What `changes` write, read from their operations.
+    /// What `changes` write, read from their operations. A change that Automerge cannot
+    /// expand (its decoder panics on operations naming actors the change does not list) is
+    /// noted as writing a root key no view reads, so a view is then read whole.
     pub fn of_changes<'c>(changes: impl IntoIterator<Item = &'c Change>) -> Touched {
         let mut t = Touched::default();
         for c in changes {
             t.note_change(c.hash());
             let start = c.start_op().get();
-            for (i, op) in c.decode().operations.iter().enumerate() {
-                t.note(op, start + i as u64, c.actor_id());
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.decode())) {
+                Ok(expanded) => {
+                    for (i, op) in expanded.operations.iter().enumerate() {
+                        t.note(op, start + i as u64, c.actor_id());
+                    }
+                }
+                Err(_) => {
+                    t.root_keys.insert(String::new());
+                }
             }
         }
         t
@@ -423,6 +454,28 @@ mod tests {
         let read = doc.read_basis_since(prior, &first).unwrap();
         assert_eq!(read.view().messages.len(), 2, "the second message is read too");
         assert_eq!(read, doc.read_basis().unwrap());
+    }
+
+    #[test]
+    fn a_kept_views_estimated_memory_counts_consents_and_log_entries() {
+        use crate::routing::RoutingEntry;
+        use crate::session::NewConsent;
+        use crate::vocab::{ConsentKind, ConsentScope};
+        let mut doc = session();
+        let small = doc.read_basis().unwrap().approx_bytes();
+        let consent = NewConsent {
+            id: "c1".into(),
+            kind: ConsentKind::Verbal,
+            scope: ConsentScope::RecordOnly,
+            by: "amb-07".into(),
+        };
+        doc.add_consent(&consent, T + 1).unwrap();
+        let with_consent = doc.read_basis().unwrap().approx_bytes();
+        assert!(with_consent > small, "{with_consent} <= {small}");
+        let entry = RoutingEntry::Escalate { call: "call-1".into(), by: "amb-07".into() };
+        doc.append_routing(&entry, T + 2).unwrap();
+        let with_entry = doc.read_basis().unwrap().approx_bytes();
+        assert!(with_entry > with_consent + 64, "{with_entry} against {with_consent}");
     }
 
     #[test]
