@@ -287,10 +287,10 @@ fn ours(edge: &NodeDir, hub: SocketAddr) -> (SyncReport, f64) {
 /// The argument that makes this bench a fresh edge process ([`ours`]).
 const FRESH_SYNC: &str = "--fresh-sync";
 
-/// The fresh edge process: opens the edge at `dir`, syncs once with the hub at `addr`, and
-/// prints its report and its CPU over the sync as JSON.
+/// The fresh edge process: opens the edge at `dir`, syncs once with the hub at `addr` on the
+/// runtime `outpost sync` uses, and prints its report and its CPU over the sync as JSON.
 fn fresh_sync_child(dir: &str, addr: &str) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = net::one_shot_runtime().expect("runtime");
     let hub: SocketAddr = addr.parse().expect("hub address");
     let node = Node::open(&NodeDir::new(dir)).expect("open edge");
     let cpu = cpu_now();

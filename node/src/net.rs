@@ -376,6 +376,15 @@ pub struct SyncReport {
     pub rtt_ms: f64,
 }
 
+/// The runtime for [`sync_once`] in a process of its own (`outpost sync`): one thread. A
+/// conversation is a chain of awaits, so worker threads would only hand each packet from one
+/// thread to another: with two workers a fresh sync with nothing to send cost 6.5 ms of CPU,
+/// with one thread 5.7 ms (medians of 30 `outpost sync` processes each, 5 December 2026). The
+/// store keeps its own thread either way.
+pub fn one_shot_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
+
 /// Runs one conversation with `peer` to its end and returns its report.
 pub async fn sync_once(node: Node, peer: SocketAddr, limit: Duration) -> Result<SyncReport, NetError> {
     sync_once_with(node, peer, limit, Arc::new(tokio::sync::Notify::new())).await

@@ -93,7 +93,7 @@ pub(crate) fn run_sync(args: SyncArgs) -> anyhow::Result<()> {
     let SyncArgs { dir, peer, timeout, json } = args;
     init_logging("warn");
     let node = open(&dir)?;
-    let rt = runtime()?;
+    let rt = crate::net::one_shot_runtime()?;
     let report = rt.block_on(async {
         let addr = peer.resolve().await?;
         crate::net::sync_once(node, addr, std::time::Duration::from_secs(timeout)).await
