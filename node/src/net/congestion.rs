@@ -15,6 +15,10 @@
 //! - a loss while the queue is long (over [`Radio::queue_limit`]), or more than a fifth of a
 //!   round's bytes lost, is congestion: the window shrinks to 0.7 of itself, as Cubic's does, so
 //!   that a competing loss-based flow keeps its share;
+//! - a buffer can hold less than the limit (42 ms at 50 Mbit/s with 256 KiB: a hospital
+//!   network), and then the queue never passes it: once past slow start, a loss while the
+//!   queue is within a fifth of its longest of the last ten seconds, when that is 10-50 ms
+//!   (a radio link's round trip wanders by more), is the buffer overflowing, and congestion;
 //! - while the queue is long the window does not grow, and slow start ends;
 //! - slow start also ends as soon as the last few acknowledgements show the queue past the
 //!   limit, not a round later: a window that doubles each round overfills the bottleneck's
@@ -123,26 +127,35 @@ impl ControllerFactory for RadioConfig {
     }
 }
 
-/// The smallest round trip over a sliding window, kept in two halves.
+/// The smallest (or largest) duration over a sliding window, kept in two halves.
 #[derive(Debug, Clone, Copy)]
-struct WindowedMin {
+struct Windowed {
     span: Duration,
+    largest: bool,
     current: Option<(Instant, Duration)>,
     previous: Option<Duration>,
 }
 
-impl WindowedMin {
-    fn new(span: Duration) -> Self {
-        WindowedMin { span, current: None, previous: None }
+impl Windowed {
+    fn min(span: Duration) -> Self {
+        Windowed { span, largest: false, current: None, previous: None }
+    }
+
+    fn max(span: Duration) -> Self {
+        Windowed { span, largest: true, current: None, previous: None }
+    }
+
+    fn pick(&self, a: Duration, b: Duration) -> Duration {
+        if self.largest { a.max(b) } else { a.min(b) }
     }
 
     fn update(&mut self, now: Instant, sample: Duration) {
         match self.current {
-            Some((start, min)) if now.saturating_duration_since(start) < self.span / 2 => {
-                self.current = Some((start, min.min(sample)));
+            Some((start, kept)) if now.saturating_duration_since(start) < self.span / 2 => {
+                self.current = Some((start, self.pick(kept, sample)));
             }
-            Some((_, min)) => {
-                self.previous = Some(min);
+            Some((_, kept)) => {
+                self.previous = Some(kept);
                 self.current = Some((now, sample));
             }
             None => self.current = Some((now, sample)),
@@ -151,7 +164,7 @@ impl WindowedMin {
 
     fn get(&self) -> Option<Duration> {
         match (self.current, self.previous) {
-            (Some((_, a)), Some(b)) => Some(a.min(b)),
+            (Some((_, a)), Some(b)) => Some(self.pick(a, b)),
             (Some((_, a)), None) => Some(a),
             (None, b) => b,
         }
@@ -166,12 +179,15 @@ pub struct Radio {
     ssthresh: u64,
     /// Packets sent before this belong to the loss episode already answered.
     recovery_start: Option<Instant>,
-    base_rtt: WindowedMin,
+    base_rtt: Windowed,
     /// The smallest sample of the round under way, and when the round ends.
     round_min: Option<Duration>,
     round_end: Option<Instant>,
     /// The smallest sample of the last complete round.
     standing_rtt: Option<Duration>,
+    /// The longest queue of a complete round (its smallest sample less the base) over ten
+    /// seconds: the bottleneck's buffer, when that is what holds the queue down.
+    ceiling: Windowed,
     round_acked: u64,
     round_lost: u64,
     last_round_loss: f64,
@@ -205,6 +221,12 @@ const HEAVY_LOSS: f64 = 0.3;
 /// How many of the last round-trip samples must all show the queue past the limit to end slow
 /// start (one late acknowledgement is not a queue).
 const RECENT: usize = 4;
+/// The shortest queue taken for a buffer's ceiling ([`Radio::at_buffer_ceiling`]): less is a
+/// round trip's own jitter.
+const MIN_CEILING: Duration = Duration::from_millis(10);
+/// The longest: a radio link's round trip wanders by more than this (an A-road's 40-150 ms, a
+/// cell edge's 150-500 ms), and the peaks of its wander are no buffer's ceiling.
+const MAX_CEILING: Duration = Duration::from_millis(50);
 
 impl Radio {
     /// A controller for a path of this MTU.
@@ -215,10 +237,11 @@ impl Radio {
             window: INITIAL_PACKETS * mtu,
             ssthresh: u64::MAX,
             recovery_start: None,
-            base_rtt: WindowedMin::new(Duration::from_secs(10)),
+            base_rtt: Windowed::min(Duration::from_secs(10)),
             round_min: None,
             round_end: None,
             standing_rtt: None,
+            ceiling: Windowed::max(Duration::from_secs(10)),
             round_acked: 0,
             round_lost: 0,
             last_round_loss: 0.0,
@@ -271,6 +294,24 @@ impl Radio {
         }
     }
 
+    /// Whether the queue is at a ceiling that the bottleneck's buffer sets below the limit: the
+    /// longest queue of the last ten seconds is 10-50 ms and under half the limit, and the
+    /// queue is within a fifth of it. A buffer that holds less than the limit (42 ms on a
+    /// 50 Mbit/s hospital network with 256 KiB of buffer) drops packets before the queue can
+    /// pass the limit, so without this every loss there would be read as the radio's and a
+    /// loss-based flow beside the photos would be the only one to yield. On the radio links
+    /// the photos' own queue reaches the limit in congestion avoidance, the longest queue is
+    /// then over half of it, and this never holds.
+    fn at_buffer_ceiling(&self) -> bool {
+        let (Some(q), Some(base), Some(ceiling)) = (self.queue_delay(), self.base_rtt.get(), self.ceiling.get()) else {
+            return false;
+        };
+        self.window >= self.ssthresh
+            && ceiling >= MIN_CEILING
+            && ceiling < (Radio::queue_limit(base) / 2).min(MAX_CEILING)
+            && q.as_secs_f64() >= 0.8 * ceiling.as_secs_f64()
+    }
+
     /// Slow start's window once the last few samples all show the queue past the limit: what
     /// was in flight when they were sent (half of the window, which doubled since), scaled to
     /// put the queue at the limit. `None` while the queue is within it.
@@ -310,6 +351,9 @@ impl Radio {
             _ => {
                 if self.round_end.is_some() {
                     self.standing_rtt = self.round_min.take();
+                    if let (Some(standing), Some(base)) = (self.standing_rtt, self.base_rtt.get()) {
+                        self.ceiling.update(now, standing.saturating_sub(base));
+                    }
                     let total = self.round_acked + self.round_lost;
                     self.last_round_loss = if total == 0 { 0.0 } else { self.round_lost as f64 / total as f64 };
                     self.round_acked = 0;
@@ -370,7 +414,7 @@ impl Controller for Radio {
             return;
         }
         self.recovery_start = Some(now);
-        if self.queue_long() || self.last_round_loss > HEAVY_LOSS {
+        if self.queue_long() || self.last_round_loss > HEAVY_LOSS || self.at_buffer_ceiling() {
             self.window = ((self.window as f64 * BETA) as u64).max(self.min_window());
             self.ssthresh = self.window;
             self.congested_episodes += 1;
@@ -550,6 +594,51 @@ mod tests {
         c.on_congestion_event(t, t - ms(1), true, 0);
         assert_eq!(c.window(), 2 * u64::from(MTU));
         assert_eq!(c.ssthresh, (before as f64 * BETA) as u64);
+    }
+
+    /// A controller past slow start on a path of `base`, then `rounds` rounds at `rtt` (every
+    /// twentieth at the base: the queue drains now and then).
+    fn settled(base: u64, rounds: usize, rtt: u64) -> (Radio, Instant) {
+        let (mut c, mut t) = warmed(3, 20, ms(base));
+        // A queue past the limit ends slow start.
+        for _ in 0..2 {
+            t = round(&mut c, t, 20, ms(base + 400));
+        }
+        assert_ne!(c.ssthresh, u64::MAX, "slow start is over");
+        for i in 0..rounds {
+            t = round(&mut c, t, 20, ms(if i % 20 == 10 { base } else { rtt }));
+        }
+        (c, t)
+    }
+
+    #[test]
+    fn a_loss_at_a_shallow_buffers_ceiling_is_congestion() {
+        // A 10 ms wired path whose buffer holds 42 ms: the queue can never pass the 150 ms
+        // limit. Ten seconds on, slow start's long queue is forgotten and the queue sits at the
+        // buffer's ceiling.
+        let (mut c, t) = settled(10, 120, 52);
+        assert!(!c.queue_long(), "the queue is under the limit");
+        let before = c.window();
+        c.on_congestion_event(t, t - ms(1), false, u64::from(MTU));
+        assert_eq!(c.window(), (before as f64 * BETA) as u64, "{:?}", c.episodes());
+        assert_eq!(c.episodes(), (1, 0));
+        // Below the ceiling a loss is the link's again.
+        let t = round(&mut c, t, 20, ms(30));
+        let t = round(&mut c, t, 20, ms(30));
+        let before = c.window();
+        c.on_congestion_event(t, t - ms(1), false, u64::from(MTU));
+        assert_eq!(c.window(), before);
+        assert_eq!(c.episodes(), (1, 1));
+    }
+
+    #[test]
+    fn a_loss_at_the_longest_queue_of_a_radio_link_is_still_the_radios() {
+        // A 40 ms radio path: the photos' own queue reaches 100 ms, two thirds of the limit.
+        let (mut c, t) = settled(40, 120, 140);
+        let before = c.window();
+        c.on_congestion_event(t, t - ms(1), false, u64::from(MTU));
+        assert_eq!(c.window(), before, "{:?}", c.episodes());
+        assert_eq!(c.episodes(), (0, 1));
     }
 
     #[test]
