@@ -642,6 +642,18 @@ mod tests {
     }
 
     #[test]
+    fn a_loss_at_the_peak_of_a_cell_edges_wander_is_still_the_radios() {
+        // A 150 ms path whose round trip swings to 250 ms: its peaks are 100 ms over the base,
+        // under half the 300 ms limit, but more than a buffer's ceiling is taken to be.
+        let (mut c, t) = settled(150, 120, 250);
+        assert!(!c.queue_long());
+        let before = c.window();
+        c.on_congestion_event(t, t - ms(1), false, u64::from(MTU));
+        assert_eq!(c.window(), before, "{:?}", c.episodes());
+        assert_eq!(c.episodes(), (0, 1));
+    }
+
+    #[test]
     fn a_silent_link_gets_one_packet_every_100_ms_beyond_the_window() {
         let (mut c, t) = warmed(3, 10, ms(50));
         c.on_end_acks(t, 40_000, false, None);
