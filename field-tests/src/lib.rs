@@ -16,7 +16,8 @@
 //! whole ladder, the long crash loop, the 200-edge herd) is marked `#[ignore]` and runs with
 //! `cargo test --release -p field-tests -- --include-ignored`. Every run keeps its JSON summary
 //! in `target/field-results/NAME.json`; a failed run keeps its node directories and daemon logs
-//! in `target/field-runs/NAME/` and says so, with its seed (`FIELD_SEED` reruns it).
+//! in `target/field-runs/NAME-failed-SEED/` (where a rerun does not clear them) and says so,
+//! with its seed (`FIELD_SEED` reruns it).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -43,12 +44,18 @@ pub struct Field {
 impl Drop for Field {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            // Moved aside, so that a rerun (which starts by clearing `field-runs/NAME`) does not
+            // take the only record of the failure with it. Daemons still running keep writing
+            // to their open logs there.
+            let kept = self.dir.with_file_name(format!("{}-failed-{}", self.name, self.seed));
+            let _ = std::fs::remove_dir_all(&kept);
+            let kept = if std::fs::rename(&self.dir, &kept).is_ok() { kept } else { self.dir.clone() };
             eprintln!(
                 "field test {} FAILED (seed {}; rerun with FIELD_SEED={}): node directories and daemon logs kept in {}",
                 self.name,
                 self.seed,
                 self.seed,
-                self.dir.display()
+                kept.display()
             );
         } else if std::env::var_os("FIELD_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);

@@ -224,24 +224,50 @@ fn read(path: &Path) -> Vec<i16> {
 }
 
 /// The best normalised correlation of `heard` with `sent` over delays of up to 6 s, on `range`
-/// of `sent` (samples).
+/// of `sent` (samples). A recording can also run up to a second ahead of the speech: the
+/// receiver's jitter buffer starts playing (and recording) at the first frame that arrives, so
+/// when the link loses a call's first frames the recording begins with the frames after them.
 fn similarity(sent: &[i16], heard: &[i16], range: std::ops::Range<usize>) -> f64 {
+    best_match(sent, heard, range, -8_000..48_000).0
+}
+
+/// The best normalised correlation of `heard` with `sent` on `range` of `sent`, over delays
+/// `lags` (samples, every eighth; negative: `heard` runs ahead), and the delay where it was.
+fn best_match(sent: &[i16], heard: &[i16], range: std::ops::Range<usize>, lags: std::ops::Range<i64>) -> (f64, i64) {
     let a = &sent[range.clone()];
     let ea: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum();
-    let mut best: f64 = 0.0;
-    for lag in (0..48_000).step_by(8) {
-        let start = range.start + lag;
+    let mut best = (0.0f64, 0i64);
+    for lag in lags.step_by(8) {
+        let Ok(start) = usize::try_from(range.start as i64 + lag) else { continue };
         if start + a.len() > heard.len() {
             break;
         }
         let b = &heard[start..start + a.len()];
         let eb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum();
         let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
-        if ea > 0.0 && eb > 0.0 {
-            best = best.max(dot / (ea * eb).sqrt());
+        if ea > 0.0 && eb > 0.0 && dot / (ea * eb).sqrt() > best.0 {
+            best = (dot / (ea * eb).sqrt(), lag);
         }
     }
     best
+}
+
+/// What a failed match shows: where the best match was, whether the recording holds the speech
+/// earlier than it was said (it began late), and how loud each second of the recording is.
+fn match_report(sent: &[i16], heard: &[i16], range: std::ops::Range<usize>) -> String {
+    let (late, lag) = best_match(sent, heard, range.clone(), 0..48_000);
+    let (early, early_lag) = best_match(sent, heard, range, -48_000..0);
+    let loudness: Vec<String> = heard
+        .chunks(8_000)
+        .map(|s| format!("{:.0}", (s.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / s.len() as f64).sqrt()))
+        .collect();
+    format!(
+        "best {late:.3} at a delay of {} ms; {early:.3} at {} ms (the recording ahead of the speech); \
+         the recording's loudness (RMS) second by second: {}",
+        lag / 8,
+        early_lag / 8,
+        loudness.join(" ")
+    )
 }
 
 /// Waits until the hub has connected the session's call.
@@ -321,7 +347,11 @@ fn over_urban_4g_speech_crosses_with_an_estimated_mos_of_four_and_under_one_perc
     let heard = read(&c.desks[0].join("heard.wav"));
     assert!(heard.len() >= sent.len() * 9 / 10, "the desk recorded {} of {} samples", heard.len(), sent.len());
     let sim = similarity(&sent, &heard, 4_000..40_000);
-    assert!(sim > 0.9, "the desk's recording resembles what was said: correlation {sim:.3}");
+    assert!(
+        sim > 0.9,
+        "the desk's recording resembles what was said: correlation {sim:.3}\n{}",
+        match_report(&sent, &heard, 4_000..40_000)
+    );
     assert!(read(&heard_back).len() > 8_000 * 4, "the ambulance recorded the desk's side too");
 }
 
@@ -532,4 +562,35 @@ fn a_hang_up_lost_on_the_link_is_read_from_the_call_record_not_taken_for_a_drop(
         !steps(f, &c.hub, &id).iter().any(|e| e["kind"] == "callback"),
         "no callback is requested for a call that ended normally"
     );
+}
+
+/// A noise-like test signal (a linear congruential generator's top bits).
+fn noise(len: usize, seed: u64) -> Vec<i16> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (x >> 52) as i16 - 2048
+        })
+        .collect()
+}
+
+#[test]
+fn a_recording_that_lost_the_calls_first_frame_still_matches_the_speech() {
+    let sent = noise(48_000, 7);
+    // The first 20 ms frame (160 samples) never arrived: playout began with the second.
+    let heard = &sent[160..];
+    assert!(similarity(&sent, heard, 4_000..40_000) > 0.99);
+    // Before, only delays from zero up were tried, and this recording did not match at all.
+    assert!(best_match(&sent, heard, 4_000..40_000, 0..48_000).0 < 0.2);
+}
+
+#[test]
+fn a_recording_delayed_by_the_network_matches_the_speech() {
+    let sent = noise(48_000, 11);
+    let mut heard = vec![0i16; 800];
+    heard.extend_from_slice(&sent);
+    let (sim, lag) = best_match(&sent, &heard, 4_000..40_000, -8_000..48_000);
+    assert!(sim > 0.999 && lag == 800, "{sim} at {lag}");
+    assert!(similarity(&sent, &noise(48_000, 12), 4_000..40_000) < 0.2, "unrelated audio does not match");
 }
