@@ -19,7 +19,8 @@
 //! Then the fairness run: on the rural link, a photo upload with the default controller and a
 //! bulk QUIC upload with Cubic (quinn's default, as any other application would use) share the
 //! emulator's bottleneck; each flow's rate while both run is printed, with each flow's rate
-//! alone.
+//! alone. `LINK_FAIRNESS_PROFILE=urban-4g` runs it on another link, `LINK_FAIRNESS_PHOTOS=N`
+//! with N photos (default 3; a longer upload shows what the photos' queue does over time).
 
 mod common;
 
@@ -236,13 +237,14 @@ fn fairness(rt: &tokio::runtime::Runtime, seed: u64) {
         arrivals.iter().filter(|(t, _)| (5.0..=25.0).contains(t)).map(|(_, n)| n).sum::<u64>() as f64 / 20.0
     });
     eprintln!("fairness: photos alone...");
-    let alone = upload(rt, &profile, Congestion::Radio, 3, seed);
+    let photos: usize = std::env::var("LINK_FAIRNESS_PHOTOS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let alone = upload(rt, &profile, Congestion::Radio, photos, seed);
     let photos_alone = alone.payload as f64 / alone.secs;
     eprintln!("fairness: both at once...");
-    let (cubic_shared, photos_shared) = shared_link(rt, &profile, seed);
+    let (cubic_shared, photos_shared) = shared_link(rt, &profile, photos, seed);
     println!();
     println!(
-        "fairness on {} ({:.1} Mbit/s up, one bottleneck queue): rates in kbit/s",
+        "fairness on {} ({:.1} Mbit/s up, one bottleneck queue, {photos} photos): rates in kbit/s",
         profile.name,
         profile.uplink_bps as f64 / 1e6
     );
@@ -269,9 +271,9 @@ fn fairness(rt: &tokio::runtime::Runtime, seed: u64) {
 /// Both flows through one emulator (two entrances, one bottleneck): the photo upload starts
 /// once the Cubic flow has run for 5 s, and the Cubic flow is measured while the photos go up.
 /// Returns (Cubic's rate, the photos' rate) in bytes per second.
-fn shared_link(rt: &tokio::runtime::Runtime, profile: &LinkProfile, seed: u64) -> (f64, f64) {
+fn shared_link(rt: &tokio::runtime::Runtime, profile: &LinkProfile, photos: usize, seed: u64) -> (f64, f64) {
     net::set_congestion(Congestion::Radio);
-    let Rig { _tmp, edge, hub, mut link, payload } = rig(rt, profile, 3, seed);
+    let Rig { _tmp, edge, hub, mut link, payload } = rig(rt, profile, photos, seed);
     let (_, server_cfg) = competing_configs();
     let sink =
         rt.block_on(async { quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().expect("addr")) }).expect("sink");
@@ -285,7 +287,7 @@ fn shared_link(rt: &tokio::runtime::Runtime, profile: &LinkProfile, seed: u64) -
         let window = window.clone();
         async move {
             // Measured afterwards over the photos' window: bytes counted per arrival time.
-            competing_flow_timed(cubic_entrance, sink, 90.0, start, window).await
+            competing_flow_timed(cubic_entrance, sink, 1800.0, start, window).await
         }
     });
     std::thread::sleep(Duration::from_secs(5));
