@@ -282,16 +282,15 @@ impl Radio {
 
     /// The window at `now`: [`Controller::window`] reads the clock.
     fn window_at(&self, now: Instant) -> u64 {
-        if self.drain.is_some() {
-            return self.window.min(DRAIN_PACKETS * self.mtu);
-        }
+        let window = if self.drain.is_some() { self.window.min(DRAIN_PACKETS * self.mtu) } else { self.window };
         let silence = now.saturating_duration_since(self.last_ack);
         let probe_due = self.last_sent.is_none_or(|t| now.saturating_duration_since(t) >= PROBE_EVERY);
         if silence > (self.srtt * 2).max(MIN_SILENCE) && probe_due {
-            // quinn sends while in flight + packet < window: room for one more full packet.
-            self.window.max(self.in_flight + 2 * self.mtu + 1)
+            // quinn sends while in flight + packet < window: room for one more full packet (a
+            // drain's four packets may be what the blackout took).
+            window.max(self.in_flight + 2 * self.mtu + 1)
         } else {
-            self.window
+            window
         }
     }
 
@@ -454,7 +453,10 @@ impl Controller for Radio {
     fn on_congestion_event(&mut self, now: Instant, sent: Instant, is_persistent_congestion: bool, lost_bytes: u64) {
         self.round_lost += lost_bytes;
         if is_persistent_congestion {
-            // A blackout: start again from the minimum, but aim for most of where we were.
+            // A blackout: start again from the minimum, but aim for most of where we were. Slow
+            // start after it shows the path afresh: no drain needed.
+            self.drain = None;
+            self.base_seen = now;
             self.ssthresh = ((self.window as f64 * BETA) as u64).max(self.min_window());
             self.window = self.min_window();
             self.recovery_start = Some(now);
@@ -753,6 +755,22 @@ mod tests {
         // A link whose queue empties now and then needs no drain.
         let (_, drains) = hold_queue(&mut c, t, t + ms(120_000), 40, 40);
         assert_eq!(drains, 0);
+    }
+
+    #[test]
+    fn a_blackout_during_a_drain_still_gets_a_packet_every_100_ms() {
+        let (mut c, t) = settled(40, 0, 40);
+        let mut t = t;
+        while c.drain.is_none() {
+            t = round(&mut c, t, 20, ms(200));
+        }
+        // The drain's four packets go out, and the link goes dark.
+        c.on_end_acks(t, 4 * u64::from(MTU), false, None);
+        c.on_sent(t, 1200, 1);
+        assert!(c.window_at(t + ms(50)) <= c.in_flight, "a drain sends nothing more at first");
+        assert!(c.window_at(t + ms(500)) > c.in_flight + u64::from(MTU), "but probes a silent link");
+        c.on_congestion_event(t + ms(2_000), t, true, 4 * u64::from(MTU));
+        assert!(c.drain.is_none(), "a blackout's restart ends the drain");
     }
 
     #[test]
