@@ -9,12 +9,12 @@
 //!
 //! [`Radio`] keeps NewReno's shape (slow start, additive increase, multiplicative decrease)
 //! but decides from the queue whether a loss means congestion:
-//! - the **queueing delay** is the smallest round trip of the last round less the smallest of
-//!   the last ten seconds;
+//! - the **queueing delay** is the smallest round trip of the last round less the base (the
+//!   smallest of the last 45-90 s, below);
 //! - a loss while the queue is short is the radio's: the window stays;
-//! - a loss while the queue is long (over [`Radio::queue_limit`]), or more than a fifth of a
-//!   round's bytes lost, is congestion: the window shrinks to 0.7 of itself, as Cubic's does, so
-//!   that a competing loss-based flow keeps its share;
+//! - a loss while the queue is long (over [`Radio::queue_limit`]), or more than 30% of a
+//!   round's bytes lost (`HEAVY_LOSS`), is congestion: the window shrinks to 0.7 of itself, as
+//!   Cubic's does, so that a competing loss-based flow keeps its share;
 //! - a buffer can hold less than the limit (42 ms at 50 Mbit/s with 256 KiB: a hospital
 //!   network), and then the queue never passes it: once past slow start, a loss while the
 //!   queue is within a fifth of its longest of the last ten seconds, when that is 10-50 ms
@@ -212,8 +212,8 @@ pub struct Radio {
     srtt: Duration,
     /// When a sample last came within [`BASE_SLACK`] of the base round trip.
     base_seen: Instant,
-    /// A drain under way: when it began, and the packets sent from when on show the path
-    /// without the photos' queue.
+    /// A drain under way: when it began, and from when the packets sent go out behind an
+    /// empty queue (their round trips are the path's).
     drain: Option<(Instant, Instant)>,
 }
 
