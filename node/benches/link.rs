@@ -21,6 +21,10 @@
 //! emulator's bottleneck; each flow's rate while both run is printed, with each flow's rate
 //! alone. `LINK_FAIRNESS_PROFILE=urban-4g` runs it on another link, `LINK_FAIRNESS_PHOTOS=N`
 //! with N photos (default 3; a longer upload shows what the photos' queue does over time).
+//! The baseline follows in the same run: the same photos sent with Cubic beside the same bulk
+//! flow, and the ratio of what the bulk flow keeps beside each (`LINK_FAIRNESS_BASELINE=0`
+//! leaves it out). The harm a controller does is the share of the bulk flow's rate alone that
+//! it takes away; Cubic's harm to Cubic is the bar.
 
 mod common;
 
@@ -241,38 +245,77 @@ fn fairness(rt: &tokio::runtime::Runtime, seed: u64) {
     let alone = upload(rt, &profile, Congestion::Radio, photos, seed);
     let photos_alone = alone.payload as f64 / alone.secs;
     eprintln!("fairness: both at once...");
-    let (cubic_shared, photos_shared) = shared_link(rt, &profile, photos, seed);
+    let (cubic_shared, photos_shared) = shared_link(rt, &profile, Congestion::Radio, photos, seed);
+    // The baseline: the same photos sent with Cubic, as any other application's upload would
+    // be. A controller is no worse a neighbour than Cubic if it harms the bulk flow no more
+    // than Cubic itself does (Ware et al., "Beyond Jain's fairness index", HotNets 2019).
+    let baseline = std::env::var("LINK_FAIRNESS_BASELINE").map_or(true, |v| v != "0");
+    let cubic_beside_cubic = baseline.then(|| {
+        eprintln!("fairness: both at once, the photos on Cubic (the baseline)...");
+        shared_link(rt, &profile, Congestion::Cubic, photos, seed)
+    });
     println!();
     println!(
-        "fairness on {} ({:.1} Mbit/s up, one bottleneck queue, {photos} photos): rates in kbit/s",
+        "fairness on {} ({:.1} Mbit/s up, one bottleneck queue, {photos} photos, seed {seed}): rates in kbit/s",
         profile.name,
         profile.uplink_bps as f64 / 1e6
     );
     println!();
-    println!("| flow | alone | sharing the link | share of the link while sharing |");
-    println!("|---|---|---|---|");
+    println!(
+        "| flow | alone | beside the photos on {} | share of the link | harm (rate lost) |",
+        Congestion::Radio.as_str()
+    );
+    println!("|---|---|---|---|---|");
     let kbit = |b: f64| b * 8.0 / 1e3;
     let link = profile.uplink_bps as f64 / 8.0;
+    let harm = |shared: f64| (1.0 - shared / cubic_alone).max(0.0) * 100.0;
     println!(
-        "| another application's bulk upload (QUIC, Cubic) | {:.0} | {:.0} | {:.0}% |",
+        "| another application's bulk upload (QUIC, Cubic) | {:.0} | {:.0} | {:.0}% | {:.0}% |",
         kbit(cubic_alone),
         kbit(cubic_shared),
-        cubic_shared / link * 100.0
+        cubic_shared / link * 100.0,
+        harm(cubic_shared)
     );
     println!(
-        "| outpost photos ({}) | {:.0} | {:.0} | {:.0}% |",
+        "| outpost photos ({}) | {:.0} | {:.0} | {:.0}% | |",
         Congestion::Radio.as_str(),
         kbit(photos_alone),
         kbit(photos_shared),
         photos_shared / link * 100.0
     );
+    if let Some((bulk, photos_cubic)) = cubic_beside_cubic {
+        println!();
+        println!("baseline: the same photos on Cubic beside the same bulk flow");
+        println!();
+        println!("| flow | beside the photos on cubic | share of the link | harm (rate lost) |");
+        println!("|---|---|---|---|");
+        println!(
+            "| another application's bulk upload (QUIC, Cubic) | {:.0} | {:.0}% | {:.0}% |",
+            kbit(bulk),
+            bulk / link * 100.0,
+            harm(bulk)
+        );
+        println!("| outpost photos (cubic) | {:.0} | {:.0}% | |", kbit(photos_cubic), photos_cubic / link * 100.0);
+        println!();
+        println!(
+            "the bulk flow beside the photos on {} keeps {:.2}x what it keeps beside the photos on Cubic",
+            Congestion::Radio.as_str(),
+            cubic_shared / bulk.max(1.0)
+        );
+    }
 }
 
-/// Both flows through one emulator (two entrances, one bottleneck): the photo upload starts
+/// Both flows through one emulator (two entrances, one bottleneck): the photo upload (with `cc`) starts
 /// once the Cubic flow has run for 5 s, and the Cubic flow is measured while the photos go up.
 /// Returns (Cubic's rate, the photos' rate) in bytes per second.
-fn shared_link(rt: &tokio::runtime::Runtime, profile: &LinkProfile, photos: usize, seed: u64) -> (f64, f64) {
-    net::set_congestion(Congestion::Radio);
+fn shared_link(
+    rt: &tokio::runtime::Runtime,
+    profile: &LinkProfile,
+    cc: Congestion,
+    photos: usize,
+    seed: u64,
+) -> (f64, f64) {
+    net::set_congestion(cc);
     let Rig { _tmp, edge, hub, mut link, payload } = rig(rt, profile, photos, seed);
     let (_, server_cfg) = competing_configs();
     let sink =
