@@ -192,14 +192,24 @@ pub struct LegStats {
     pub jitter_ms: f64,
     /// The longest run of frames concealed in a row, ms (a drop and its recovery).
     pub longest_gap_ms: u64,
+    /// Frames sent before the first that arrived, lost on the way: every leg's sequence starts
+    /// at 0, and playout starts at the first frame that arrives (so these are never concealed).
+    pub missed_at_start: u64,
     gap: u64,
 }
 
 impl LegStats {
-    /// Share of frames that were not there to play (lost or late).
+    /// Share of frames that were not there to play (lost or late), the call's first frames
+    /// included.
     pub fn loss(&self) -> f64 {
-        let total = self.received + self.concealed;
-        if total == 0 { 0.0 } else { self.concealed as f64 / total as f64 }
+        let missing = self.concealed + self.missed_at_start;
+        let total = self.received + missing;
+        if total == 0 { 0.0 } else { missing as f64 / total as f64 }
+    }
+
+    /// Frames the sender sent that reached their turn or should have.
+    pub fn frames(&self) -> u64 {
+        self.received + self.concealed + self.missed_at_start
     }
 }
 
@@ -216,6 +226,8 @@ pub struct JitterBuffer {
     fade: u32,
     transit: Option<f64>,
     late_run: u32,
+    /// Whether playout has ever started (a re-anchor starts it again).
+    ever_started: bool,
     /// What happened so far.
     pub stats: LegStats,
 }
@@ -223,6 +235,9 @@ pub struct JitterBuffer {
 /// Late frames in a row after which the buffer re-anchors on the sender's sequence (the
 /// sender's clock and ours drifted apart, or a stall delayed everything behind it).
 const RESYNC_AFTER_LATE: u32 = 3;
+/// The first frame to arrive is taken to show how many were lost before it only if it is
+/// within this many of the start (a second): a later one is a stream joined under way.
+const MISSED_AT_START_MAX: u32 = 50;
 
 impl JitterBuffer {
     /// A buffer holding `delay_ms` of audio before it starts playing.
@@ -236,6 +251,7 @@ impl JitterBuffer {
             fade: 0,
             transit: None,
             late_run: 0,
+            ever_started: false,
             stats: LegStats::default(),
         }
     }
@@ -285,6 +301,12 @@ impl JitterBuffer {
             }
             self.started = true;
             self.next = self.pending.keys().next().copied();
+            if !self.ever_started {
+                self.ever_started = true;
+                if let Some(first) = self.next.filter(|f| *f <= MISSED_AT_START_MAX) {
+                    self.stats.missed_at_start = u64::from(first);
+                }
+            }
         }
         let n = self.next?;
         self.next = Some(n.wrapping_add(1));
@@ -397,6 +419,29 @@ mod tests {
     }
 
     #[test]
+    fn frames_lost_before_the_first_that_arrived_count_as_lost() {
+        let mut jb = JitterBuffer::new(40);
+        let frame = |v: i16| vec![v; FRAME_SAMPLES];
+        // The call's first two frames never arrive.
+        for s in 2..12 {
+            jb.push(s, frame(1), f64::from(s) * 20.0);
+            let _ = jb.pop();
+        }
+        assert_eq!(jb.stats.missed_at_start, 2);
+        assert_eq!(jb.stats.concealed, 0, "playout starts at the first frame that came");
+        let received = jb.stats.received;
+        assert!((jb.stats.loss() - 2.0 / (received + 2) as f64).abs() < 1e-9, "{:?}", jb.stats);
+        assert_eq!(jb.stats.frames(), received + 2);
+        // A stream joined a minute in is no loss of its first frames.
+        let mut late = JitterBuffer::new(40);
+        for s in 3_000..3_010 {
+            late.push(s, frame(1), f64::from(s) * 20.0);
+            let _ = late.pop();
+        }
+        assert_eq!((late.stats.missed_at_start, late.stats.loss()), (0, 0.0));
+    }
+
+    #[test]
     fn the_jitter_buffer_reorders_conceals_and_counts() {
         let mut jb = JitterBuffer::new(60);
         let frame = |v: i16| vec![v; FRAME_SAMPLES];
@@ -415,6 +460,7 @@ mod tests {
         assert_eq!(jb.stats.late, 1);
         assert_eq!(jb.stats.concealed, 1);
         assert_eq!(jb.stats.received, 5);
+        assert_eq!(jb.stats.missed_at_start, 0, "frame 0 came");
         assert!((jb.stats.loss() - 1.0 / 6.0).abs() < 1e-9);
     }
 }

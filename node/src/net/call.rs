@@ -533,7 +533,7 @@ pub(super) async fn run_call_audio(
         jitter_ms: st.jitter_ms,
         loss: st.loss(),
         burst_ratio: 1.0,
-        probes: (st.received + st.concealed) as u32,
+        probes: st.frames() as u32,
     };
     let rating = rate(&q, &ADPCM_32K);
     let duration_ms = started.elapsed().as_millis() as i64;
