@@ -19,7 +19,7 @@
 //!   are found one acknowledgement after another: slow start's last doubling overflowing a
 //!   short buffer. Its first losses looked like the radio's, and the rest of the episode used
 //!   to go unanswered: on a hospital network a Cubic flow beside three photos kept 35-38% of
-//!   the link, and 43-50% since (49-52% beside Cubic photos). A radio's scattered losses
+//!   the link, and 41-50% since (49-53% beside Cubic photos). A radio's scattered losses
 //!   never come near a third of a window in one episode, and what a dropout took (found lost
 //!   just after acknowledgements come back from a silence) is no overflow;
 //! - a buffer can hold less than the limit (42 ms at 50 Mbit/s with 256 KiB: a hospital
