@@ -217,7 +217,8 @@ fn main() {
     let _ = std::io::stdout().flush();
 }
 
-/// The photo upload (default controller) and a Cubic bulk flow share the rural link.
+/// The photo upload (default controller) and a Cubic bulk flow share the rural link; then, as
+/// the baseline, the same photos on Cubic beside the same bulk flow.
 fn fairness(rt: &tokio::runtime::Runtime, seed: u64) {
     // `LINK_FAIRNESS_PROFILE` runs it on another profile.
     let name = std::env::var("LINK_FAIRNESS_PROFILE").unwrap_or_else(|_| "rural-a-road".to_string());
@@ -305,8 +306,9 @@ fn fairness(rt: &tokio::runtime::Runtime, seed: u64) {
     }
 }
 
-/// Both flows through one emulator (two entrances, one bottleneck): the photo upload (with `cc`) starts
-/// once the Cubic flow has run for 5 s, and the Cubic flow is measured while the photos go up.
+/// Both flows through one emulator (two entrances, one bottleneck): the photo upload (with
+/// `cc`) starts once the Cubic flow has run for 5 s, and the Cubic flow is measured while the
+/// photos go up.
 /// Returns (Cubic's rate, the photos' rate) in bytes per second.
 fn shared_link(
     rt: &tokio::runtime::Runtime,
@@ -323,7 +325,8 @@ fn shared_link(
     let sink_addr = sink.local_addr().expect("addr");
     let cubic_entrance =
         rt.block_on(link.add_entrance("127.0.0.1:0".parse().expect("addr"), sink_addr)).expect("entrance");
-    // The photos take about 15-30 s on this link; the Cubic flow runs 5 s before and past it.
+    // The photos take 2-60 s (Cubic's on the A-road the longest); the Cubic flow runs 5 s
+    // before and past them.
     let start = Instant::now();
     let window = Arc::new(std::sync::Mutex::new((f64::MAX, 0.0f64)));
     let cubic = rt.spawn({
