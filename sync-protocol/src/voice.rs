@@ -397,14 +397,20 @@ mod tests {
         assert_eq!(VoiceFrame::parse(&f.to_bytes()), Some(f));
     }
 
+    /// Frames `seqs` at level 1, each arriving on time (20 ms apart) with one played per
+    /// arrival.
+    fn feed_in_time(jb: &mut JitterBuffer, seqs: std::ops::Range<u32>) {
+        for s in seqs {
+            jb.push(s, vec![1; FRAME_SAMPLES], f64::from(s) * 20.0);
+            let _ = jb.pop();
+        }
+    }
+
     #[test]
     fn a_stream_that_falls_behind_is_re_anchored_instead_of_dropped_for_ever() {
         let mut jb = JitterBuffer::new(40);
         let frame = |v: i16| vec![v; FRAME_SAMPLES];
-        for s in 0..4 {
-            jb.push(s, frame(1), f64::from(s) * 20.0);
-            let _ = jb.pop();
-        }
+        feed_in_time(&mut jb, 0..4);
         // A stall: the player moves on 50 frames while nothing arrives...
         for _ in 0..50 {
             let _ = jb.pop();
@@ -421,12 +427,8 @@ mod tests {
     #[test]
     fn frames_lost_before_the_first_that_arrived_count_as_lost() {
         let mut jb = JitterBuffer::new(40);
-        let frame = |v: i16| vec![v; FRAME_SAMPLES];
         // The call's first two frames never arrive.
-        for s in 2..12 {
-            jb.push(s, frame(1), f64::from(s) * 20.0);
-            let _ = jb.pop();
-        }
+        feed_in_time(&mut jb, 2..12);
         assert_eq!(jb.stats.missed_at_start, 2);
         assert_eq!(jb.stats.concealed, 0, "playout starts at the first frame that came");
         let received = jb.stats.received;
@@ -434,10 +436,7 @@ mod tests {
         assert_eq!(jb.stats.frames(), received + 2);
         // A stream joined a minute in is no loss of its first frames.
         let mut late = JitterBuffer::new(40);
-        for s in 3_000..3_010 {
-            late.push(s, frame(1), f64::from(s) * 20.0);
-            let _ = late.pop();
-        }
+        feed_in_time(&mut late, 3_000..3_010);
         assert_eq!((late.stats.missed_at_start, late.stats.loss()), (0, 0.0));
     }
 
