@@ -289,6 +289,21 @@ pub fn has_receipt(item: &Value, level: &str, node: &str) -> bool {
         .is_some_and(|rs| rs.iter().any(|r| r["level"].as_str() == Some(level) && r["node"].as_str() == Some(node)))
 }
 
+/// One scrape of a daemon's `/metrics` (served at `addr`), as text; `None` while it does not
+/// answer.
+pub fn scrape(addr: &str) -> Option<String> {
+    let mut resp = ureq::get(&format!("http://{addr}/metrics")).call().ok()?;
+    resp.body_mut().read_to_string().ok()
+}
+
+/// The value of the sample `name` (with its labels as written, if any) in a scrape.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (n, v) = l.rsplit_once(' ')?;
+        (n == name).then(|| v.parse().ok()).flatten()
+    })
+}
+
 /// A UDP port free on loopback now.
 pub fn free_addr() -> String {
     let port =

@@ -8,24 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use field_tests::{Field, Link, free_addr, photo_file, s};
+use field_tests::{Field, Link, free_addr, photo_file, s, sample, scrape};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_outpost-field-node");
-
-/// One scrape: the value of each unlabelled sample named, and the labelled ones whole.
-fn scrape(addr: &str) -> Option<String> {
-    let mut resp = ureq::get(&format!("http://{addr}/metrics")).call().ok()?;
-    resp.body_mut().read_to_string().ok()
-}
-
-/// The value of the sample `name` (with its labels as written, if any) in a scrape.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        let (n, v) = l.rsplit_once(' ')?;
-        (n == name).then(|| v.parse().ok()).flatten()
-    })
-}
 
 #[test]
 fn metrics_follow_an_ambulances_backlog_down_to_zero_as_it_drains_over_a_rural_link() {

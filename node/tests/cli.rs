@@ -447,6 +447,11 @@ fn demo_runs_an_offline_day_and_finds_no_plaintext_then_serves_the_apps_until_in
             break;
         }
     }
+    // The hub's monitoring counts the photos' chunks it took in.
+    let received = out.lines().find_map(|l| {
+        l.trim().strip_prefix("outpost_photo_chunks_total{event=\"received\"} ").and_then(|v| v.parse::<f64>().ok())
+    });
+    assert!(received.is_some_and(|n| n > 0.0), "{out}");
     // Both apps are up, and the demo's users sign in to them.
     assert_eq!(apps.len(), 2, "{out}");
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();

@@ -594,6 +594,7 @@ pub async fn run(root: &Path, serve: bool) -> anyhow::Result<()> {
         for name in [
             "outpost_peers_connected ",
             "outpost_refusals_total",
+            "outpost_photo_chunks_total",
             "outpost_certificate_days_left",
             "outpost_store_bytes",
         ] {

@@ -245,11 +245,21 @@ pub(super) async fn converse(
     let mut recorded: Option<Instant> = None;
     // Since when this conversation has had work outstanding (for the sync-round metric).
     let mut busy_since = Instant::now();
+    // The engine's photo chunk counts as the metrics last heard them (sent, stored, duplicate).
+    let mut chunks_told = (0u64, 0u64, 0u64);
     let _wire = WireAccount { shared: shared.clone(), conn: conn.clone() };
     loop {
         if let Some(w) = work.take() {
             let Some(e) = engine.take() else { break };
             let (e, result, out, (changed, held), crl_updated, log, (ops, bytes)) = step(e, w).await?;
+            let st = e.stats();
+            let chunks = (st.chunks_sent, st.chunks_received, st.chunks_duplicate);
+            shared.metrics.photo_chunks(
+                chunks.0.saturating_sub(chunks_told.0),
+                chunks.1.saturating_sub(chunks_told.1),
+                chunks.2.saturating_sub(chunks_told.2),
+            );
+            chunks_told = chunks;
             in_step.clear();
             if let Some(over) = budget.spend(ops, bytes, &shared.limits) {
                 let why = SyncFailure::OverBudget(over);

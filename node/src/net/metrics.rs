@@ -39,6 +39,11 @@ struct DirectionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabel {
+    event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndLabel {
     end: String,
 }
@@ -69,6 +74,7 @@ pub(crate) struct Metrics {
     shown_wire: std::sync::Mutex<(u64, u64)>,
     sync_seconds: Family<PeerLabel, Histogram>,
     refusals: Family<ReasonLabel, Counter>,
+    photo_chunks: Family<EventLabel, Counter>,
     calls: Family<EndLabel, Counter>,
     call_mos: Histogram,
     cert_days: FloatGauge,
@@ -110,6 +116,7 @@ impl Metrics {
             shown_wire: std::sync::Mutex::new((0, 0)),
             sync_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.005, 2.0, 16))),
             refusals: Family::default(),
+            photo_chunks: Family::default(),
             calls: Family::default(),
             call_mos: Histogram::new([1.5, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4]),
             cert_days: FloatGauge::default(),
@@ -156,6 +163,11 @@ impl Metrics {
             "Connections, conversations and changes refused, by reason",
             m.refusals.clone(),
         );
+        m.registry.register(
+            "photo_chunks",
+            "Photo chunks sent, received and stored, and received again though already held",
+            m.photo_chunks.clone(),
+        );
         m.registry.register("call_legs", "Call legs carried by this node, by how they ended", m.calls.clone());
         m.registry.register("call_mos", "Estimated quality of each call leg (MOS, 1 to 4.5)", m.call_mos.clone());
         m.registry.register(
@@ -176,6 +188,17 @@ impl Metrics {
     /// `protocol`, `sync_error`, ...).
     pub(crate) fn refused(&self, reason: &str) {
         self.refusals.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc();
+    }
+
+    /// Photo chunks a conversation sent, stored, and received though already held, since it
+    /// last said: on a lossy link, what is sent twice shows as `duplicate` at the receiver or
+    /// as `sent` beyond the chunks of the photos.
+    pub(crate) fn photo_chunks(&self, sent: u64, received: u64, duplicate: u64) {
+        for (event, n) in [("sent", sent), ("received", received), ("duplicate", duplicate)] {
+            if n > 0 {
+                self.photo_chunks.get_or_create(&EventLabel { event }).inc_by(n);
+            }
+        }
     }
 
     /// A conversation with `peer` reached quiescence after `seconds` of work.
