@@ -54,7 +54,7 @@ fn upload(f: &Field, amb: &Path, hub: &Path, link: &Link, round: u64, during: im
 }
 
 /// Photo chunks the daemon whose metrics are at `addr` has sent so far. A scrape reads the
-/// store at most once a second, so this waits that long first: the figure is then today's.
+/// store at most once a second, so this waits that long first: the figure is then current.
 fn chunks_sent(f: &Field, addr: &str) -> u64 {
     std::thread::sleep(Duration::from_millis(1_100));
     let text = scrape(addr).unwrap_or_else(|| f.fail(format!("no metrics at {addr}")));
