@@ -194,6 +194,9 @@ pub struct LegStats {
     pub longest_gap_ms: u64,
     /// Frames sent before the first that arrived, lost on the way: every leg's sequence starts
     /// at 0, and playout starts at the first frame that arrives (so these are never concealed).
+    /// Only frames due after this leg began listening count: those the other side sent before
+    /// (it answered first, and its frames came before this side knew of the answer) are the
+    /// call's setup, not the path's loss.
     pub missed_at_start: u64,
     gap: u64,
 }
@@ -228,6 +231,9 @@ pub struct JitterBuffer {
     late_run: u32,
     /// Whether playout has ever started (a re-anchor starts it again).
     ever_started: bool,
+    /// The first frame's transit (its arrival less its place in the stream, ms): where in this
+    /// leg's time the other side's frame 0 was due.
+    first_transit: Option<f64>,
     /// What happened so far.
     pub stats: LegStats,
 }
@@ -252,6 +258,7 @@ impl JitterBuffer {
             transit: None,
             late_run: 0,
             ever_started: false,
+            first_transit: None,
             stats: LegStats::default(),
         }
     }
@@ -265,6 +272,7 @@ impl JitterBuffer {
             self.stats.jitter_ms += (d - self.stats.jitter_ms) / 16.0;
         }
         self.transit = Some(transit);
+        self.first_transit.get_or_insert(transit);
         if self.next.is_some_and(|n| seq < n) {
             self.stats.late += 1;
             self.late_run += 1;
@@ -304,7 +312,10 @@ impl JitterBuffer {
             if !self.ever_started {
                 self.ever_started = true;
                 if let Some(first) = self.next.filter(|f| *f <= MISSED_AT_START_MAX) {
-                    self.stats.missed_at_start = u64::from(first);
+                    // Frames due before this leg listened (arrival times count from its start)
+                    // could not be heard.
+                    let due_before = self.first_transit.map_or(0.0, |t| (-t / f64::from(FRAME_MS)).ceil().max(0.0));
+                    self.stats.missed_at_start = u64::from(first).saturating_sub(due_before as u64);
                 }
             }
         }
@@ -434,10 +445,38 @@ mod tests {
         let received = jb.stats.received;
         assert!((jb.stats.loss() - 2.0 / (received + 2) as f64).abs() < 1e-9, "{:?}", jb.stats);
         assert_eq!(jb.stats.frames(), received + 2);
+        // The same with the sender's frames due 5 ms after this leg began listening: frame 0
+        // could have been heard.
+        let mut jb = JitterBuffer::new(40);
+        for s in 2..12 {
+            jb.push(s, vec![1; FRAME_SAMPLES], 5.0 + f64::from(s) * 20.0);
+            let _ = jb.pop();
+        }
+        assert_eq!(jb.stats.missed_at_start, 2);
         // A stream joined a minute in is no loss of its first frames.
         let mut late = JitterBuffer::new(40);
         feed_in_time(&mut late, 3_000..3_010);
         assert_eq!((late.stats.missed_at_start, late.stats.loss()), (0, 0.0));
+    }
+
+    #[test]
+    fn frames_sent_before_this_leg_listened_are_not_counted_as_lost() {
+        // The other side answered and began sending 95 ms before this leg began listening:
+        // frames 0-4 were due before it (arrival times count from this leg's start).
+        let mut jb = JitterBuffer::new(40);
+        for s in 5..15 {
+            jb.push(s, vec![1; FRAME_SAMPLES], f64::from(s) * 20.0 - 95.0);
+            let _ = jb.pop();
+        }
+        assert_eq!(jb.stats.missed_at_start, 0, "{:?}", jb.stats);
+        assert_eq!(jb.stats.loss(), 0.0);
+        // The same start, and frames 5 and 6 lost on the way: those two count.
+        let mut jb = JitterBuffer::new(40);
+        for s in 7..17 {
+            jb.push(s, vec![1; FRAME_SAMPLES], f64::from(s) * 20.0 - 95.0);
+            let _ = jb.pop();
+        }
+        assert_eq!(jb.stats.missed_at_start, 2, "{:?}", jb.stats);
     }
 
     #[test]
