@@ -263,7 +263,8 @@ impl JitterBuffer {
         }
     }
 
-    /// A decoded frame arrived at `arrival_ms` (receiver's clock).
+    /// A decoded frame arrived at `arrival_ms`: milliseconds since this leg began listening
+    /// (the receiver's clock), so that frames due before it are not counted as lost.
     pub fn push(&mut self, seq: u32, pcm: Vec<i16>, arrival_ms: f64) {
         // RFC 3550: jitter from the variation of transit time.
         let transit = arrival_ms - f64::from(seq) * f64::from(FRAME_MS);
@@ -408,13 +409,18 @@ mod tests {
         assert_eq!(VoiceFrame::parse(&f.to_bytes()), Some(f));
     }
 
-    /// Frames `seqs` at level 1, each arriving on time (20 ms apart) with one played per
-    /// arrival.
-    fn feed_in_time(jb: &mut JitterBuffer, seqs: std::ops::Range<u32>) {
+    /// Frames `seqs` at level 1, each arriving on time (20 ms apart, frame 0 due at
+    /// `transit_ms` in the leg's time) with one played per arrival.
+    fn feed_with_transit(jb: &mut JitterBuffer, seqs: std::ops::Range<u32>, transit_ms: f64) {
         for s in seqs {
-            jb.push(s, vec![1; FRAME_SAMPLES], f64::from(s) * 20.0);
+            jb.push(s, vec![1; FRAME_SAMPLES], transit_ms + f64::from(s) * 20.0);
             let _ = jb.pop();
         }
+    }
+
+    /// [`feed_with_transit`] with frame 0 due as the leg began listening.
+    fn feed_in_time(jb: &mut JitterBuffer, seqs: std::ops::Range<u32>) {
+        feed_with_transit(jb, seqs, 0.0);
     }
 
     #[test]
@@ -448,10 +454,7 @@ mod tests {
         // The same with the sender's frames due 5 ms after this leg began listening: frame 0
         // could have been heard.
         let mut jb = JitterBuffer::new(40);
-        for s in 2..12 {
-            jb.push(s, vec![1; FRAME_SAMPLES], 5.0 + f64::from(s) * 20.0);
-            let _ = jb.pop();
-        }
+        feed_with_transit(&mut jb, 2..12, 5.0);
         assert_eq!(jb.stats.missed_at_start, 2);
         // A stream joined a minute in is no loss of its first frames.
         let mut late = JitterBuffer::new(40);
@@ -464,18 +467,12 @@ mod tests {
         // The other side answered and began sending 95 ms before this leg began listening:
         // frames 0-4 were due before it (arrival times count from this leg's start).
         let mut jb = JitterBuffer::new(40);
-        for s in 5..15 {
-            jb.push(s, vec![1; FRAME_SAMPLES], f64::from(s) * 20.0 - 95.0);
-            let _ = jb.pop();
-        }
+        feed_with_transit(&mut jb, 5..15, -95.0);
         assert_eq!(jb.stats.missed_at_start, 0, "{:?}", jb.stats);
         assert_eq!(jb.stats.loss(), 0.0);
         // The same start, and frames 5 and 6 lost on the way: those two count.
         let mut jb = JitterBuffer::new(40);
-        for s in 7..17 {
-            jb.push(s, vec![1; FRAME_SAMPLES], f64::from(s) * 20.0 - 95.0);
-            let _ = jb.pop();
-        }
+        feed_with_transit(&mut jb, 7..17, -95.0);
         assert_eq!(jb.stats.missed_at_start, 2, "{:?}", jb.stats);
     }
 
