@@ -374,6 +374,8 @@ pub struct SyncReport {
     pub sync_ms: f64,
     /// Round-trip time measured by QUIC, in milliseconds.
     pub rtt_ms: f64,
+    /// The congestion controller this process's connections use (`radio`, `cubic`, `bbr`).
+    pub congestion: String,
 }
 
 /// The runtime for [`sync_once`] in a process of its own (`outpost sync`): one thread. A

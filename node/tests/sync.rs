@@ -548,3 +548,32 @@ fn peers_are_dialled_by_host_name_and_an_unknown_name_is_a_clear_error() {
     let err = fails(&["sync", "--dir", d(&amb), "--peer", "hub_qhm:4433"], 2);
     assert!(err.contains("host:port"), "{err}");
 }
+
+#[test]
+fn a_one_shot_sync_uses_the_congestion_control_its_settings_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let amb = fleet.node("amb-07", "edge", &[]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _hub = daemon(&hub, &["--listen", &addr], &[]);
+    wait_until(LIMIT, "the hub to listen", || run(&["sync", "--dir", d(&amb), "--peer", &addr]).status.success());
+    assert_eq!(sync(&amb, &addr)["congestion"], "radio", "the default");
+    // `outpost.toml` names another controller, as it does for the daemon.
+    let settings = amb.join("outpost.toml");
+    std::fs::write(&settings, "congestion = \"cubic\"\n").unwrap();
+    assert_eq!(sync(&amb, &addr)["congestion"], "cubic");
+    // The environment overrides the file.
+    let out = std::process::Command::new(common::BIN)
+        .args(["sync", "--dir", d(&amb), "--peer", &addr, "--json", "--timeout", "60"])
+        .env("OUTPOST_CONGESTION", "bbr")
+        .env_remove("OUTPOST_NODE_KEY")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(common::json(&String::from_utf8_lossy(&out.stdout))["congestion"], "bbr");
+    // A name it does not know is a bad setting (exit 2), not a silent fallback.
+    std::fs::write(&settings, "congestion = \"reno\"\n").unwrap();
+    let err = fails(&["sync", "--dir", d(&amb), "--peer", &addr, "--timeout", "10"], 2);
+    assert!(err.contains("congestion") && err.contains("\"reno\""), "{err}");
+}

@@ -92,6 +92,10 @@ pub(crate) fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
 pub(crate) fn run_sync(args: SyncArgs) -> anyhow::Result<()> {
     let SyncArgs { dir, peer, timeout, json } = args;
     init_logging("warn");
+    // The settings the daemon would use (`outpost.toml`, then `OUTPOST_*`): a one-shot sync
+    // sends over the same congestion control.
+    let settings = crate::settings::Settings::load(&dir.dir, &crate::settings::Flags::default())?;
+    crate::net::congestion::set_congestion(settings.congestion);
     let node = open(&dir)?;
     let rt = crate::net::one_shot_runtime()?;
     let report = rt.block_on(async {

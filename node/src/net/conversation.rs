@@ -438,6 +438,7 @@ pub(super) async fn converse(
         handshake_ms: 0.0,
         sync_ms: started.elapsed().as_secs_f64() * 1e3,
         rtt_ms: conn.rtt().as_secs_f64() * 1e3,
+        congestion: super::congestion::congestion().as_str().to_string(),
     })
 }
 
