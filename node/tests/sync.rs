@@ -34,6 +34,16 @@ fn new_session(dir: &std::path::Path, line: &str, summary: &str) -> String {
     .to_string()
 }
 
+/// A hub daemon listening on loopback, and an edge of its fleet: the daemon (stopped when
+/// dropped), the edge's directory and the hub's address.
+fn hub_and_edge(root: &std::path::Path) -> (common::fleet::Daemon, std::path::PathBuf, String) {
+    let fleet = Fleet::new(root);
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let amb = fleet.node("amb-07", "edge", &[]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    (daemon(&hub, &["--listen", &addr], &[]), amb, addr)
+}
+
 #[test]
 fn daemons_converge_after_concurrent_offline_edits() {
     let tmp = tempfile::tempdir().unwrap();
@@ -319,11 +329,7 @@ fn a_message_shows_at_hub_only_once_the_hub_has_stored_it() {
 #[test]
 fn a_one_shot_sync_reports_its_cost() {
     let tmp = tempfile::tempdir().unwrap();
-    let fleet = Fleet::new(tmp.path());
-    let hub = fleet.node("hub-qhm", "hub", &[]);
-    let amb = fleet.node("amb-07", "edge", &[]);
-    let addr = format!("127.0.0.1:{}", free_port());
-    let _hub = daemon(&hub, &["--listen", &addr], &[]);
+    let (_hub, amb, addr) = hub_and_edge(tmp.path());
     for i in 0..20 {
         new_session(&amb, "paediatrics", &format!("child {i}"));
     }
@@ -552,11 +558,7 @@ fn peers_are_dialled_by_host_name_and_an_unknown_name_is_a_clear_error() {
 #[test]
 fn a_one_shot_sync_uses_the_congestion_control_its_settings_name() {
     let tmp = tempfile::tempdir().unwrap();
-    let fleet = Fleet::new(tmp.path());
-    let hub = fleet.node("hub-qhm", "hub", &[]);
-    let amb = fleet.node("amb-07", "edge", &[]);
-    let addr = format!("127.0.0.1:{}", free_port());
-    let _hub = daemon(&hub, &["--listen", &addr], &[]);
+    let (_hub, amb, addr) = hub_and_edge(tmp.path());
     wait_until(LIMIT, "the hub to listen", || run(&["sync", "--dir", d(&amb), "--peer", &addr]).status.success());
     assert_eq!(sync(&amb, &addr)["congestion"], "radio", "the default");
     // `outpost.toml` names another controller, as it does for the daemon.
