@@ -24,7 +24,8 @@
 //! The baseline follows in the same run: the same photos sent with Cubic beside the same bulk
 //! flow, and the ratio of what the bulk flow keeps beside each (`LINK_FAIRNESS_BASELINE=0`
 //! leaves it out). The harm a controller does is the share of the bulk flow's rate alone that
-//! it takes away; Cubic's harm to Cubic is the bar.
+//! it takes away; Cubic's harm to Cubic is the bar. Below each table, the queue at the
+//! emulator's bottleneck while both ran (what the bulk flow's packets waited behind).
 
 mod common;
 
@@ -246,7 +247,7 @@ fn fairness(rt: &tokio::runtime::Runtime, seed: u64) {
     let alone = upload(rt, &profile, Congestion::Radio, photos, seed);
     let photos_alone = alone.payload as f64 / alone.secs;
     eprintln!("fairness: both at once...");
-    let (cubic_shared, photos_shared) = shared_link(rt, &profile, Congestion::Radio, photos, seed);
+    let (cubic_shared, photos_shared, queue_shared) = shared_link(rt, &profile, Congestion::Radio, photos, seed);
     // The baseline: the same photos sent with Cubic, as any other application's upload would
     // be. A controller is no worse a neighbour than Cubic if it harms the bulk flow no more
     // than Cubic itself does (Ware et al., "Beyond Jain's fairness index", HotNets 2019).
@@ -284,7 +285,17 @@ fn fairness(rt: &tokio::runtime::Runtime, seed: u64) {
         kbit(photos_shared),
         photos_shared / link * 100.0
     );
-    if let Some((bulk, photos_cubic)) = cubic_beside_cubic {
+    let queue_line = |q: Queue, cc: Congestion| {
+        println!();
+        println!(
+            "the queue at the bottleneck while both ran, the photos on {} (sampled every 20 ms): mean {:.0} ms, 90th percentile {:.0} ms",
+            cc.as_str(),
+            q.mean_ms,
+            q.p90_ms
+        );
+    };
+    queue_line(queue_shared, Congestion::Radio);
+    if let Some((bulk, photos_cubic, queue_cubic)) = cubic_beside_cubic {
         println!();
         println!("baseline: the same photos on Cubic beside the same bulk flow");
         println!();
@@ -297,6 +308,7 @@ fn fairness(rt: &tokio::runtime::Runtime, seed: u64) {
             harm(bulk)
         );
         println!("| outpost photos (cubic) | {:.0} | {:.0}% | |", kbit(photos_cubic), photos_cubic / link * 100.0);
+        queue_line(queue_cubic, Congestion::Cubic);
         println!();
         println!(
             "the bulk flow beside the photos on {} keeps {:.2}x what it keeps beside the photos on Cubic",
@@ -309,14 +321,15 @@ fn fairness(rt: &tokio::runtime::Runtime, seed: u64) {
 /// Both flows through one emulator (two entrances, one bottleneck): the photo upload (with
 /// `cc`) starts once the Cubic flow has run for 5 s, and the Cubic flow is measured while the
 /// photos go up.
-/// Returns (Cubic's rate, the photos' rate) in bytes per second.
+/// Returns Cubic's rate and the photos' rate in bytes per second, and the queue at the
+/// bottleneck meanwhile.
 fn shared_link(
     rt: &tokio::runtime::Runtime,
     profile: &LinkProfile,
     cc: Congestion,
     photos: usize,
     seed: u64,
-) -> (f64, f64) {
+) -> (f64, f64, Queue) {
     net::set_congestion(cc);
     let Rig { _tmp, edge, hub, mut link, payload } = rig(rt, profile, photos, seed);
     let (_, server_cfg) = competing_configs();
@@ -338,10 +351,25 @@ fn shared_link(
     });
     std::thread::sleep(Duration::from_secs(5));
     let t0 = start.elapsed().as_secs_f64();
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = std::thread::spawn({
+        let gauge = link.uplink_queue();
+        let sampling = sampling.clone();
+        move || {
+            let mut samples = Vec::new();
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                samples.push(gauge.delay());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            samples
+        }
+    });
     let report = rt
         .block_on(net::sync_once(Node::open(&edge).expect("open"), link.local_addr, Duration::from_secs(1800)))
         .expect("sync");
     let t1 = start.elapsed().as_secs_f64();
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let queue = Queue::of(sampler.join().expect("sampler"));
     if let Ok(mut w) = window.lock() {
         *w = (t0, t1);
     }
@@ -349,7 +377,28 @@ fn shared_link(
     rt.block_on(hub.stop());
     let inside: u64 = arrivals.iter().filter(|(t, _)| *t >= t0 && *t <= t1).map(|(_, n)| n).sum();
     let _ = report;
-    (inside as f64 / (t1 - t0), payload as f64 / (t1 - t0))
+    (inside as f64 / (t1 - t0), payload as f64 / (t1 - t0), queue)
+}
+
+/// The uplink's queue at the bottleneck, sampled every 20 ms while the photos went up: what
+/// every flow on the link waited behind.
+#[derive(Debug, Clone, Copy)]
+struct Queue {
+    mean_ms: f64,
+    p90_ms: f64,
+}
+
+impl Queue {
+    fn of(mut samples: Vec<Duration>) -> Queue {
+        if samples.is_empty() {
+            return Queue { mean_ms: 0.0, p90_ms: 0.0 };
+        }
+        samples.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let mean_ms = samples.iter().map(|d| ms(*d)).sum::<f64>() / samples.len() as f64;
+        let p90_ms = ms(samples[(samples.len() * 9 / 10).min(samples.len() - 1)]);
+        Queue { mean_ms, p90_ms }
+    }
 }
 
 /// A Cubic bulk upload through `relay` until `stop` (set once the photos are up, with the

@@ -80,6 +80,10 @@ struct Control {
     counters: Counters,
     /// Bumped by [`LinkEmulator::rebind`]: every client gets a new outside address.
     rebinds: AtomicU64,
+    /// When the emulator started: [`Control::up_free_us`] counts from it.
+    origin: Instant,
+    /// When the uplink's bottleneck has sent all it holds, in microseconds from `origin`.
+    up_free_us: AtomicU64,
 }
 
 impl Control {
@@ -144,6 +148,8 @@ impl LinkEmulator {
             scheduled_up: AtomicBool::new(true),
             counters: Counters::default(),
             rebinds: AtomicU64::new(0),
+            origin: Instant::now(),
+            up_free_us: AtomicU64::new(0),
         });
         let base = seed(opts.seed);
         let mut tasks = Vec::new();
@@ -194,6 +200,13 @@ impl LinkEmulator {
         self.control.rebinds.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A gauge of the uplink's queue, to read while traffic flows (benchmarks sample it to
+    /// show the queue a congestion controller keeps, which every flow sharing the link waits
+    /// behind).
+    pub fn uplink_queue(&self) -> UplinkQueue {
+        UplinkQueue { control: self.control.clone() }
+    }
+
     /// Whether the link is up now.
     pub fn is_up(&self) -> bool {
         self.control.up()
@@ -212,6 +225,21 @@ impl LinkEmulator {
             queue_drops: c.queue_drops.load(Ordering::Relaxed),
             mappings: c.mappings.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// The uplink's queue of one emulator: see [`LinkEmulator::uplink_queue`].
+#[derive(Debug, Clone)]
+pub struct UplinkQueue {
+    control: Arc<Control>,
+}
+
+impl UplinkQueue {
+    /// How long a datagram arriving now would wait at the bottleneck before its turn: what the
+    /// queue holds, in time at the link's rate (zero when the link is idle).
+    pub fn delay(&self) -> Duration {
+        let free = self.control.origin + Duration::from_micros(self.control.up_free_us.load(Ordering::Relaxed));
+        free.saturating_duration_since(Instant::now())
     }
 }
 
@@ -357,6 +385,10 @@ async fn pipe(
                 }
                 let serialise = Duration::from_secs_f64(packet.data.len() as f64 * 8.0 / bps);
                 bottleneck_free = bottleneck_free.max(now) + serialise;
+                if dir == Direction::Up {
+                    let free = bottleneck_free.saturating_duration_since(control.origin).as_micros();
+                    control.up_free_us.store(u64::try_from(free).unwrap_or(u64::MAX), Ordering::Relaxed);
+                }
                 if now >= next_wander {
                     base_delay = links::one_way_delay_ms(&profile, &mut rng);
                     next_wander = now + Duration::from_millis(500);
@@ -457,19 +489,30 @@ mod tests {
         assert!(em.stats().blacked_out >= 1);
     }
 
-    #[tokio::test]
-    async fn the_bandwidth_cap_paces_a_burst() {
+    /// A sink behind a 1 Mbit/s (125 kB/s) uplink, and the emulator in front of it.
+    async fn one_megabit_link() -> (UdpSocket, LinkEmulator) {
         let sink = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let sink_addr = sink.local_addr().unwrap();
         let mut p = fast();
-        p.uplink_bps = 1_000_000; // 125 kB/s
+        p.uplink_bps = 1_000_000;
         let em = LinkEmulator::start("127.0.0.1:0".parse().unwrap(), sink_addr, p, EmulatorOptions::default())
             .await
             .unwrap();
+        (sink, em)
+    }
+
+    /// Fifty datagrams of 1,000 bytes into the emulator at once.
+    async fn send_burst(em: &LinkEmulator) {
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         for _ in 0..50 {
             client.send_to(&[7u8; 1000], em.local_addr).await.unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn the_bandwidth_cap_paces_a_burst() {
+        let (sink, em) = one_megabit_link().await;
+        send_burst(&em).await;
         let start = Instant::now();
         let mut got = 0;
         let mut b = [0u8; 2000];
@@ -479,5 +522,31 @@ mod tests {
         }
         // 50 kB at 125 kB/s: about 400 ms. The pacing, not the exact figure, is what is checked.
         assert!(start.elapsed() >= Duration::from_millis(250), "{:?}", start.elapsed());
+    }
+
+    #[tokio::test]
+    async fn the_uplink_queue_gauge_reads_what_waits_at_the_bottleneck() {
+        let (sink, em) = one_megabit_link().await;
+        let gauge = em.uplink_queue();
+        assert_eq!(gauge.delay(), Duration::ZERO, "an idle link holds nothing");
+        send_burst(&em).await;
+        // The first datagram through means the burst has reached the bottleneck's queue.
+        let mut b = [0u8; 2000];
+        tokio::time::timeout(Duration::from_secs(3), sink.recv_from(&mut b)).await.unwrap().unwrap();
+        let read_at = Instant::now();
+        let queued = gauge.delay();
+        let mut got = 1;
+        while got < 50 {
+            tokio::time::timeout(Duration::from_secs(3), sink.recv_from(&mut b)).await.unwrap().unwrap();
+            got += 1;
+        }
+        let drained_after = read_at.elapsed();
+        // 50 kB at 125 kB/s is 400 ms; the first datagram took 8 ms of it and 10 ms of path.
+        assert!(queued >= Duration::from_millis(100), "the burst waits at the bottleneck: {queued:?}");
+        assert!(
+            drained_after >= queued,
+            "the last datagram left no sooner than the gauge said: {drained_after:?} < {queued:?}"
+        );
+        assert_eq!(gauge.delay(), Duration::ZERO, "once all is delivered the queue is empty");
     }
 }
