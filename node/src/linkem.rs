@@ -238,8 +238,11 @@ impl UplinkQueue {
     /// How long a datagram arriving now would wait at the bottleneck before its turn: what the
     /// queue holds, in time at the link's rate (zero when the link is idle).
     pub fn delay(&self) -> Duration {
-        let free = self.control.origin + Duration::from_micros(self.control.up_free_us.load(Ordering::Relaxed));
-        free.saturating_duration_since(Instant::now())
+        let held = Duration::from_micros(self.control.up_free_us.load(Ordering::Relaxed));
+        self.control
+            .origin
+            .checked_add(held)
+            .map_or(Duration::MAX, |free| free.saturating_duration_since(Instant::now()))
     }
 }
 
