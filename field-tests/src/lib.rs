@@ -478,6 +478,8 @@ pub struct Intruder {
     conn: quinn::Connection,
     sync: quinn::SendStream,
     _blob: quinn::SendStream,
+    /// The lanes from the other side, when they are never read.
+    _unread: Vec<quinn::RecvStream>,
     frames: std::sync::Arc<std::sync::Mutex<Vec<sync_protocol::wire::Frame>>>,
     raw: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     /// Frames sent so far (the other side's Marks count them).
@@ -496,6 +498,16 @@ impl Intruder {
     /// Connects as the node in `dir` (its real certificate) to `addr`, opens both lanes and says
     /// Hello.
     pub fn connect(dir: &Path, addr: &str) -> Intruder {
+        Intruder::connect_with(dir, addr, true)
+    }
+
+    /// [`Intruder::connect`], reading nothing the other side sends: its answers wait in its own
+    /// memory, and then in the streams' windows.
+    pub fn connect_deaf(dir: &Path, addr: &str) -> Intruder {
+        Intruder::connect_with(dir, addr, false)
+    }
+
+    fn connect_with(dir: &Path, addr: &str, listen: bool) -> Intruder {
         use outpost_node::{config::NodeDir, net, node::Node};
         let node = Node::open(&NodeDir::new(dir)).unwrap_or_else(|e| panic!("intruder node: {e}"));
         let identity = net::load_identity(&node).unwrap_or_else(|e| panic!("intruder identity: {e}"));
@@ -509,7 +521,7 @@ impl Intruder {
         let frames = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let raw = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let addr: std::net::SocketAddr = addr.parse().unwrap_or_else(|e| panic!("{addr}: {e}"));
-        let (conn, sync, blob) = rt.block_on(async {
+        let (conn, sync, blob, unread) = rt.block_on(async {
             let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")))
                 .unwrap_or_else(|e| panic!("endpoint: {e}"));
             ep.set_default_client_config(cfg);
@@ -518,10 +530,15 @@ impl Intruder {
                 .unwrap_or_else(|e| panic!("connect: {e}"))
                 .await
                 .unwrap_or_else(|e| panic!("handshake: {e}"));
-            let mut lanes = Vec::new();
+            let (mut lanes, mut unread) = (Vec::new(), Vec::new());
             for lane in [1u8, 2u8] {
                 let (mut send, recv) = conn.open_bi().await.unwrap_or_else(|e| panic!("open lane: {e}"));
                 send.write_all(&[lane]).await.unwrap_or_else(|e| panic!("lane tag: {e}"));
+                lanes.push(send);
+                if !listen {
+                    unread.push(recv);
+                    continue;
+                }
                 let (frames, raw) = (frames.clone(), raw.clone());
                 tokio::spawn(async move {
                     let mut recv = recv;
@@ -539,13 +556,12 @@ impl Intruder {
                         }
                     }
                 });
-                lanes.push(send);
             }
             let blob = lanes.pop().unwrap_or_else(|| panic!("no blob lane"));
             let sync = lanes.pop().unwrap_or_else(|| panic!("no sync lane"));
-            (conn, sync, blob)
+            (conn, sync, blob, unread)
         });
-        let mut me = Intruder { rt, conn, sync, _blob: blob, frames, raw, sent: 0, node };
+        let mut me = Intruder { rt, conn, sync, _blob: blob, _unread: unread, frames, raw, sent: 0, node };
         let hello = sync_protocol::wire::Frame::Hello(sync_protocol::wire::Hello {
             min_version: sync_protocol::wire::MIN_VERSION,
             max_version: sync_protocol::wire::MAX_VERSION,
@@ -564,6 +580,22 @@ impl Intruder {
             f.encode(&mut bytes);
         }
         self.send_raw(&bytes);
+    }
+
+    /// Sends frames on the sync lane unless the other side takes none of them within `limit`
+    /// (its stream's window full); whether they were all taken.
+    pub fn try_send(&mut self, frames: &[sync_protocol::wire::Frame], limit: Duration) -> bool {
+        let mut bytes = Vec::new();
+        for f in frames {
+            f.encode(&mut bytes);
+        }
+        let sync = &mut self.sync;
+        let write = async { tokio::time::timeout(limit, sync.write_all(&bytes)).await };
+        let taken = matches!(self.rt.block_on(write), Ok(Ok(())));
+        if taken {
+            self.sent += frames.len() as u64;
+        }
+        taken
     }
 
     /// Sends raw bytes on the sync lane (garbage, oversized headers).

@@ -353,3 +353,64 @@ fn a_stolen_tablet_can_neither_read_nor_forge_nor_stall_the_hub() {
     eprintln!("{summary}");
     f.record(&summary);
 }
+
+/// A stolen tablet asks for its own session (a few hundred kilobytes) a thousand times a write,
+/// for as long as the hub takes the asks, and never reads an answer. The hub stops taking its
+/// frames once what it owes that connection passes a bound (so the tablet's writes stall),
+/// its memory stays within that bound, and an honest surgery syncs meanwhile.
+#[test]
+fn a_tablet_that_asks_and_never_reads_holds_no_more_of_the_hub_than_a_bound() {
+    let mut f = Field::new(BIN, "deaf");
+    let hub = f.node("hub-qhm", "hub", &[]);
+    let thief = f.node("amb-66", "edge", &[]);
+    let honest = f.node("surgery-12", "edge", &["--org", "B82005"]);
+    let addr = free_addr();
+    let hubd = f.daemon(&hub, &["--listen", &addr]);
+    f.wait(LIMIT, POLL, "the hub to listen", || hubd.log_text().contains("outpost daemon started"));
+    let id = f.new_session(&thief, "cardiology", "ambulance_on_scene", "chest pain at rest");
+    let long = "ECG and observations as recorded on scene; ".repeat(350);
+    for k in 0..20 {
+        f.message(&thief, &id, &format!("{long}({k})"));
+    }
+    f.ok(&["sync", "--dir", s(&thief), "--peer", &addr]);
+    let before = hubd.rss_kib().unwrap_or_else(|| f.fail("no hub RSS"));
+
+    let mut deaf = Intruder::connect_deaf(&thief, &addr);
+    let asks: Vec<Frame> = (0..1_000).map(|_| Frame::Need { doc: doc_id(&id) }).collect();
+    let started = Instant::now();
+    let mut taken = 0u64;
+    while started.elapsed() < Duration::from_secs(30) && taken < 2_000 && deaf.try_send(&asks, Duration::from_secs(3)) {
+        taken += 1;
+    }
+    // What the hub took in is answered (or waits to be) by now.
+    std::thread::sleep(Duration::from_secs(3));
+    let during = hubd.rss_kib().unwrap_or_else(|| f.fail("the hub is gone"));
+    let grown_mib = (during.saturating_sub(before)) as f64 / 1024.0;
+    eprintln!(
+        "{} asks taken in {:?}; hub RSS {before} KiB before, {during} KiB with the tablet not reading (+{grown_mib:.1} MiB)",
+        taken * 1_000,
+        started.elapsed()
+    );
+    if taken >= 2_000 {
+        f.fail("the hub took two million asks from a tablet that read none of the answers");
+    }
+    if grown_mib > 96.0 {
+        f.fail(format!("the hub grew by {grown_mib:.1} MiB for a tablet that reads nothing"));
+    }
+
+    let honest_id = f.new_session(&honest, "dermatology", "gp_urgent", "rash, spreading");
+    let t = Instant::now();
+    f.ok(&["sync", "--dir", s(&honest), "--peer", &addr]);
+    eprintln!("an honest surgery's sync meanwhile: {:?}", t.elapsed());
+    if f.export(&hub, &honest_id).is_none() {
+        f.fail("the honest surgery's session did not reach the hub");
+    }
+    f.record(&serde_json::json!({
+        "seed": f.seed,
+        "asks_taken": taken * 1_000,
+        "hub_rss_kib_before": before,
+        "hub_rss_kib_during": during,
+        "honest_sync_ms": t.elapsed().as_millis() as u64,
+    }));
+    drop(deaf);
+}

@@ -47,7 +47,7 @@ pub use args::Cli;
 use args::*;
 use call::*;
 use care::*;
-pub use exit::{InputError, exit_code};
+pub use exit::{InputError, OutputError, exit_code};
 use network::*;
 use session::*;
 use status::*;

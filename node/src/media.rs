@@ -45,6 +45,12 @@ pub fn plan_key(call: &str) -> String {
     format!("media/{call}")
 }
 
+/// The sample rates a WAV file to play may have (it is resampled to 8 kHz).
+const MIN_WAV_RATE: u32 = 4_000;
+const MAX_WAV_RATE: u32 = 192_000;
+/// The longest file a call plays: an hour, as long as a call lasts.
+const MAX_WAV_SECONDS: u64 = 3_600;
+
 /// Reads a PCM WAV file as 8 kHz mono samples.
 pub fn read_wav(path: &Path) -> Result<Vec<i16>, MediaError> {
     let err = |detail: String| MediaError::Read { path: path.to_path_buf(), detail };
@@ -56,7 +62,17 @@ pub fn read_wav(path: &Path) -> Result<Vec<i16>, MediaError> {
             spec.bits_per_sample, spec.sample_format
         )));
     }
+    if !(MIN_WAV_RATE..=MAX_WAV_RATE).contains(&spec.sample_rate) {
+        return Err(err(format!(
+            "a sample rate of {} Hz; {MIN_WAV_RATE} to {MAX_WAV_RATE} Hz is needed",
+            spec.sample_rate
+        )));
+    }
     let channels = usize::from(spec.channels.max(1));
+    let seconds = u64::from(reader.duration()) / u64::from(spec.sample_rate);
+    if seconds > MAX_WAV_SECONDS {
+        return Err(err(format!("{seconds} s of audio; a call plays at most {MAX_WAV_SECONDS} s")));
+    }
     let raw: Vec<i16> = reader.samples::<i16>().collect::<Result<_, _>>().map_err(|e| err(e.to_string()))?;
     let mono: Vec<f32> =
         raw.chunks(channels).map(|c| c.iter().map(|s| f32::from(*s)).sum::<f32>() / c.len() as f32).collect();

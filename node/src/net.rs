@@ -145,9 +145,10 @@ struct Shared {
     /// A person's microphone and speaker, from the app's page (`/api/calls/audio`): when
     /// present, a call this node carries speaks from it and plays into it.
     voice_io: std::sync::Mutex<Option<Arc<VoiceIo>>>,
-    /// Who speaks in each session's call from this node: the person who asked for it (edge) or
-    /// answered it (desk) through the API. Only their page may carry its voice.
-    call_people: std::sync::Mutex<std::collections::HashMap<SessionId, i64>>,
+    /// Who speaks in each session's call from this node, by call: the person who first asked
+    /// for it (edge) or answered it (desk) through the API. Only their page may carry its voice
+    /// (asking again for a call already asked for does not move it to the one who asks).
+    call_people: std::sync::Mutex<std::collections::HashMap<SessionId, (String, i64)>>,
     /// Set when the daemon begins to stop (`/readyz` says so).
     stopping: std::sync::atomic::AtomicBool,
     /// Conversations open, by peer name: bounded per certificate and in all.

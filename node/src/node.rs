@@ -57,6 +57,8 @@ pub enum NodeError {
     },
     /// A client key (for repeat-safe requests) that is not 1 to [`MAX_CLIENT_KEY`] printable
     /// characters; nothing was written.
+    #[error("{0}; nothing was written")]
+    Person(sync_protocol::session::ModelError),
     #[error("client key {key:?}: 1 to {MAX_CLIENT_KEY} printable ASCII characters, no spaces (a UUID will do)")]
     ClientKey {
         /// The key as given.
@@ -366,7 +368,8 @@ impl Node {
             return Err(CryptoError::WrongKey { origin, found: key.id(), expected: config.key_id.clone() }.into());
         }
         let opts = StoreOptions { hub: config.role == Role::Hub, ..opts };
-        let store = Store::open(&dir.db_path(), Sealer::new(&key), &config.name, opts)?;
+        let mut store = Store::open(&dir.db_path(), Sealer::new(&key), &config.name, opts)?;
+        store.judge_own_writes_as(config.peer_info());
         Ok(Node { dir: dir.clone(), config, store, acting: None, _store_lock: lock })
     }
 

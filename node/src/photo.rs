@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 /// Largest photo accepted (a phone JPEG is 2 to 4 MB).
-pub const MAX_PHOTO_BYTES: usize = 25 * 1024 * 1024;
+pub const MAX_PHOTO_BYTES: usize = sync_protocol::blob::MAX_BLOB_BYTES as usize;
 
 /// Most pixels accepted (a 48-megapixel phone camera's full frame): a small file claiming more
 /// would take seconds and gigabytes to decode for its thumbnail.
@@ -133,9 +133,19 @@ pub fn check_photo(path: &Path, bytes: Vec<u8>) -> Result<Photo, PhotoError> {
 /// Largest side of a thumbnail, in pixels.
 pub const THUMBNAIL_PX: u32 = 256;
 
-/// A small JPEG preview of a photo (about 10 KB), or `None` if it cannot be decoded.
+/// Memory a photo's decoding for its preview may take: a 48-megapixel phone frame (8 bits a
+/// channel, 144 MB) fits; 50 megapixels of 16-bit RGBA (400 MB, from a PNG of a few hundred
+/// KB) does not, and gets no preview.
+const MAX_DECODE_BYTES: u64 = 192 * 1024 * 1024;
+
+/// A small JPEG preview of a photo (about 10 KB), or `None` if it cannot be decoded (within
+/// [`MAX_DECODE_BYTES`]).
 pub fn thumbnail(photo: &Photo) -> Option<Vec<u8>> {
-    let img = image::load_from_memory(&photo.bytes).ok()?;
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(&photo.bytes)).with_guessed_format().ok()?;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
+    let img = reader.decode().ok()?;
     let small = img.thumbnail(THUMBNAIL_PX, THUMBNAIL_PX).to_rgb8();
     let mut out = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80).encode_image(&small).ok()?;

@@ -38,7 +38,8 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, Transactio
 use sync_protocol::authorship::{self, AuthorKey, Member, PublicKey, Roster, Signature};
 use sync_protocol::blob;
 use sync_protocol::recon::{self, Fingerprint, Item};
-use sync_protocol::rules::Limits;
+use sync_protocol::rules::{self, Limits};
+use sync_protocol::scope::PeerInfo;
 use sync_protocol::session::{ModelError, NewSession, SessionDoc, SessionId, SessionView};
 use sync_protocol::vocab::{Priority, ReceiptLevel, ServiceLine, Status};
 use sync_protocol::wire::{DocId, Hash};
@@ -194,6 +195,15 @@ pub enum StoreError {
     /// Sealing or opening failed.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// An edit that every peer would refuse by the write rules (so would every later change of
+    /// this node to the session, which depends on it): not stored.
+    #[error("session {id}: this node may not write that ({reason}); nothing was written")]
+    NotYours {
+        /// The session.
+        id: SessionId,
+        /// The write rule it breaks.
+        reason: String,
+    },
     /// The session model refused an edit, or a stored document is not a session.
     #[error("session {id}: {source}")]
     Model {
@@ -348,6 +358,9 @@ pub struct Store {
     ops_admitted: u64,
     /// A read transaction is open that [`Store::hold_reads`] began.
     reads_held: bool,
+    /// Who this node is to its peers: when known, each edit is checked against the write rules
+    /// they will apply to it before it is stored ([`Store::judge_own_writes_as`]).
+    writer: Option<PeerInfo>,
 }
 
 impl std::fmt::Debug for Store {
@@ -441,6 +454,13 @@ pub(super) fn reading(conn: &Connection) -> Result<Option<Transaction<'_>>, Stor
 /// The facets: each borrows the store, shared to read (`Blobs<&Store>`) or exclusive to write
 /// (`Blobs<&mut Store>`), and offers the methods of what it keeps.
 impl Store {
+    /// From now on, each edit is checked against the write rules as `me` (this node, as its
+    /// peers know it) before it is stored: one they would refuse is refused here
+    /// ([`StoreError::NotYours`]).
+    pub fn judge_own_writes_as(&mut self, me: PeerInfo) {
+        self.writer = Some(me);
+    }
+
     /// Session documents ([`Sessions`]), to read.
     pub fn sessions(&self) -> Sessions<&Store> {
         Sessions(self)
@@ -634,6 +654,7 @@ impl Store {
             limits: opts.limits,
             ops_admitted: 0,
             reads_held: false,
+            writer: None,
         };
         store.backfill_index()?;
         if let Some(pages) = std::env::var(MAX_PAGES_ENV).ok().and_then(|v| v.parse::<u64>().ok()) {

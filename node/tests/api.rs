@@ -751,11 +751,23 @@ fn the_api_refuses_what_it_must_and_ends_what_was_revoked() {
     ok(&["user", "disable", "--dir", d(&amb), "--name", "ePR bridge"]);
     assert_eq!(api.call("GET", "/api/me", Some(&system), None).0, 401);
 
-    // Guessing a PIN: after five wrong tries the name waits, even for the right PIN.
-    for _ in 0..5 {
-        let (status, _) = api.call("POST", "/api/login", None, Some(json!({ "name": "Jo Reyes", "secret": "000000" })));
-        assert_eq!(status, 401);
-    }
+    // Guessing a PIN: after five wrong tries the name waits, even for the right PIN; guesses
+    // sent all at once count from the moment each is let through, so a burst of thirty has five
+    // judged and the rest told to wait.
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let guesses: Vec<_> = (0..30)
+            .map(|i| {
+                let api = &api;
+                scope.spawn(move || {
+                    let guess = json!({ "name": "Jo Reyes", "secret": format!("{i:06}") });
+                    api.call("POST", "/api/login", None, Some(guess)).0
+                })
+            })
+            .collect();
+        guesses.into_iter().map(|g| g.join().unwrap()).collect()
+    });
+    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 5, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 401 || *s == 429), "{statuses:?}");
     let (status, body) =
         api.call("POST", "/api/login", None, Some(json!({ "name": "Jo Reyes", "secret": "jo-pin-7733" })));
     assert_eq!(status, 429, "{body}");

@@ -626,3 +626,138 @@ fn call_status_json_lists_typed_routing_steps_with_their_time_and_kind() {
     let text = ok(&["call", "status", "--dir", d(&dir), &id]);
     assert!(text.contains("asked for a call"), "{text}");
 }
+
+/// Input that once crashed a command or left it failing in the wrong way: each is refused with
+/// its documented exit code, saying what to do, and leaves nothing behind.
+mod refused_cleanly {
+    use super::common::{BIN, init_edge, json, new_session, ok, run};
+    use super::d;
+    use std::process::{Command, Stdio};
+
+    /// A PCM WAV (16-bit mono) with the given sample rate and `n` samples of silence.
+    fn wav(rate: u32, n: u32) -> Vec<u8> {
+        let data = n * 2;
+        let mut b = Vec::new();
+        b.extend_from_slice(b"RIFF");
+        b.extend_from_slice(&(36 + data).to_le_bytes());
+        b.extend_from_slice(b"WAVEfmt ");
+        b.extend_from_slice(&16u32.to_le_bytes());
+        b.extend_from_slice(&1u16.to_le_bytes()); // PCM
+        b.extend_from_slice(&1u16.to_le_bytes()); // mono
+        b.extend_from_slice(&rate.to_le_bytes());
+        b.extend_from_slice(&(rate * 2).to_le_bytes()); // bytes per second
+        b.extend_from_slice(&2u16.to_le_bytes()); // block align
+        b.extend_from_slice(&16u16.to_le_bytes());
+        b.extend_from_slice(b"data");
+        b.extend_from_slice(&data.to_le_bytes());
+        b.resize(b.len() + data as usize, 0);
+        b
+    }
+
+    #[test]
+    fn a_wav_at_a_sample_rate_no_call_can_play_is_bad_input() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("amb");
+        init_edge(&dir);
+        let id = new_session(&dir);
+        for rate in [0, 1] {
+            let play = tmp.path().join(format!("rate-{rate}.wav"));
+            std::fs::write(&play, wav(rate, 160)).unwrap();
+            let out = run(&["call", "escalate", "--dir", d(&dir), &id, "--play", play.to_str().unwrap()]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{stderr}");
+            assert!(stderr.contains("sample rate"), "{stderr}");
+        }
+    }
+
+    #[test]
+    fn an_export_that_cannot_be_written_names_the_file_and_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("amb");
+        init_edge(&dir);
+        let id = new_session(&dir);
+        let out = run(&["session", "export", "--dir", d(&dir), &id, "--format", "fhir", "--out", "/dev/full"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "a full disk: {stderr}");
+        assert!(stderr.contains("/dev/full") && stderr.contains("Free space"), "{stderr}");
+        // A directory that does not exist: an I/O failure, and no file.
+        let missing = tmp.path().join("no-such-dir").join("letter.txt");
+        let out = run(&[
+            "session",
+            "export",
+            "--dir",
+            d(&dir),
+            &id,
+            "--format",
+            "letter",
+            "--out",
+            missing.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!missing.exists());
+        // Written, the file is whole and only its owner's to read.
+        let good = tmp.path().join("record.json");
+        ok(&["session", "export", "--dir", d(&dir), &id, "--format", "json", "--out", good.to_str().unwrap()]);
+        assert_eq!(json(&std::fs::read_to_string(&good).unwrap())["id"], id.as_str());
+        let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(leftovers.len(), 2, "only the node and the export: {leftovers:?}");
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&good).unwrap().permissions().mode() & 0o077, 0);
+    }
+
+    #[test]
+    fn a_person_whose_records_would_be_refused_is_not_added() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("amb");
+        init_edge(&dir);
+        for registration in ["", "   ", &"X".repeat(4096)] {
+            let mut child = Command::new(BIN)
+                .args(["user", "add", "--dir", d(&dir), "--name", "Sam Patel", "--role", "paramedic"])
+                .args(["--registration", registration])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write as _;
+            writeln!(child.stdin.take().unwrap(), "amb-pin-4821").unwrap();
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{stderr}");
+            assert!(stderr.contains("registration"), "{stderr}");
+        }
+        let people = json(&ok(&["user", "list", "--dir", d(&dir), "--json"]));
+        assert_eq!(people.as_array().map(Vec::len), Some(0), "{people}");
+    }
+
+    /// A photo's hash is the key of its record in the session, written by the edge that took
+    /// it; the letter shows its first twelve characters, whatever they are.
+    #[test]
+    fn the_letter_shows_a_photos_hash_whatever_its_characters() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("amb");
+        init_edge(&dir);
+        let id = new_session(&dir);
+        let photo = tmp.path().join("p.jpg");
+        std::fs::write(&photo, outpost_node::photo::synthetic_jpeg(64, 48, 1).unwrap().bytes).unwrap();
+        ok(&[
+            "photo",
+            "attach",
+            "--dir",
+            d(&dir),
+            &id,
+            photo.to_str().unwrap(),
+            "--view",
+            "site",
+            "--body-site",
+            "left forearm",
+            "--consent",
+            "verbal",
+        ]);
+        let text = ok(&["session", "export", "--dir", d(&dir), &id, "--format", "json"]);
+        let mut view: sync_protocol::session::SessionView = serde_json::from_value(json(&text)).unwrap();
+        view.media[0].hash = format!("a{}", "é".repeat(31));
+        let letter = outpost_node::export::letter::letter(&view, &|_| false, "amb-07", 0);
+        assert!(letter.contains(&format!("a{}…", "é".repeat(11))), "{letter}");
+    }
+}

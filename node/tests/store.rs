@@ -154,13 +154,16 @@ fn a_failed_edit_leaves_the_document_as_it_was() {
     let (_tmp, dir) = node_dir();
     let mut node = Node::open(&dir).unwrap();
     let id = node.new_session(request("refusals"), T).unwrap().id;
-    node.set_status(id, Status::Responded, T + 1).unwrap();
+    node.set_status(id, Status::AwaitingReply, T + 1).unwrap();
     assert!(node.set_status(id, Status::Queued, T + 2).is_err());
     let err = node.send_message(id, "   ", None, T + 3).unwrap_err();
     assert!(err.to_string().contains("must not be empty"), "{err}");
+    // Only a desk says the consultant has responded: every peer would refuse it from an edge.
+    let err = node.set_status(id, Status::Responded, T + 3).unwrap_err();
+    assert!(matches!(err, NodeError::Store(StoreError::NotYours { .. })), "{err}");
     node.send_message(id, "fine", None, T + 4).unwrap();
     let v = node.view(id).unwrap();
-    assert_eq!(v.status, Status::Responded);
+    assert_eq!(v.status, Status::AwaitingReply);
     assert_eq!(v.messages.len(), 1);
     assert_eq!(node.raw_store().audit().verify_audit().unwrap().broken_at, None);
 }

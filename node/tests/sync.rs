@@ -579,3 +579,124 @@ fn a_one_shot_sync_uses_the_congestion_control_its_settings_name() {
     let err = fails(&["sync", "--dir", d(&amb), "--peer", &addr, "--timeout", "10"], 2);
     assert!(err.contains("congestion") && err.contains("\"reno\""), "{err}");
 }
+
+/// A surgery a crew shared its session with may not record the requester's outcome (the crew's
+/// edge or its hub does): every peer would refuse that change, and with it everything the
+/// surgery writes to the session after it. The write is refused at once, nothing is written,
+/// and the surgery's next message reaches the hub.
+#[test]
+fn a_write_the_peers_would_refuse_is_refused_at_once_and_the_next_still_travels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let amb = fleet.node("amb-07", "edge", &[]);
+    let gp = fleet.node("surgery-12", "edge", &[]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let hub_daemon = daemon(&hub, &["--listen", &addr], &[]);
+    let id = new_session(&amb, "cardiology", "Syncope, handed to the GP");
+    ok(&["session", "share", "--dir", d(&amb), &id, "surgery-12"]);
+    wait_until(LIMIT, "the hub", || run(&["sync", "--dir", d(&amb), "--peer", &addr]).status.success());
+    ok(&["sync", "--dir", d(&gp), "--peer", &addr, "--timeout", "30"]);
+    assert!(texts(&gp, &id).is_some(), "the surgery holds the shared session");
+
+    let out = run(&["outcome", "set", "--dir", d(&gp), &id, "--side", "requester", "referral_avoided"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("may not write") && stderr.contains("nothing was written"), "{stderr}");
+    assert!(!view(&gp, &id)["outcome"]["requester"].is_object(), "the surgery kept the refused outcome");
+    ok(&["message", "send", "--dir", d(&gp), &id, "Seen in surgery, ECG normal"]);
+    ok(&["sync", "--dir", d(&gp), "--peer", &addr, "--timeout", "30"]);
+    drop(hub_daemon);
+    let at_hub = texts(&hub, &id).unwrap();
+    assert!(at_hub.iter().any(|t| t.contains("ECG normal")), "{at_hub:?}");
+}
+
+/// The hub's store judging an empty batch, from the origin and from a peer out of scope.
+mod an_empty_batch {
+    use outpost_node::config::NodeDir;
+    use outpost_node::node::{InitParams, Node, SessionRequest};
+    use outpost_node::replica::NodeReplica;
+    use sync_protocol::authorship::Member;
+    use sync_protocol::engine::{Applied, Engine, EngineConfig, Incoming};
+    use sync_protocol::scope::PeerInfo;
+    use sync_protocol::session::{Patient, Requester, Service, SessionId};
+    use sync_protocol::vocab::{CareSetting, Channel, Priority, Role, ServiceLine};
+    use sync_protocol::wire::{Changes, Frame, Hello, MAX_VERSION, MIN_VERSION};
+
+    const T: i64 = 1_784_116_800_000;
+
+    fn node(tmp: &tempfile::TempDir, name: &str, role: Role) -> Node {
+        let dir = NodeDir::new(tmp.path().join(name));
+        let params =
+            InitParams { name: name.into(), role, org: Some("RX6".into()), icb: Some("QHM".into()), lines: vec![] };
+        Node::init(&dir, &params, T).unwrap();
+        Node::open(&dir).unwrap()
+    }
+
+    /// What the hub answers `attacker` for these frames.
+    fn probe(hub: &mut Node, attacker: &PeerInfo, frames: Vec<Frame>) -> Vec<Frame> {
+        let me = hub.config().peer_info();
+        let mut replica = NodeReplica::new(hub.raw_store(), &me, None);
+        let mut e = Engine::new(attacker.clone(), EngineConfig::new(false));
+        e.start(&mut replica, T).unwrap();
+        let hello = Frame::Hello(Hello {
+            min_version: MIN_VERSION,
+            max_version: MAX_VERSION,
+            node: attacker.name.clone(),
+            crl_number: 0,
+        });
+        let mut all = vec![hello];
+        all.extend(frames);
+        let _ = e.handle(&mut replica, all, T + 5);
+        std::iter::from_fn(|| e.poll_frame().map(|x| x.1)).collect()
+    }
+
+    fn empty_changes(doc: [u8; 16]) -> Frame {
+        Frame::Changes(Changes { doc, ack: false, heads: vec![], bytes: vec![], sigs: vec![] })
+    }
+
+    /// A stolen tablet of the same ICB sends an empty batch for another crew's session: the hub
+    /// answers it as for a session that does not exist, neither acknowledging it nor telling its
+    /// heads (a batch with changes is refused the same way).
+    #[test]
+    fn an_empty_batch_for_a_session_out_of_the_senders_scope_is_answered_as_for_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut hub = node(&tmp, "hub-qhm", Role::Hub);
+        let mut amb = node(&tmp, "amb-07", Role::Edge);
+        let req = SessionRequest {
+            care_setting: CareSetting::AmbulanceOnScene,
+            requester: Requester::default(),
+            patient: Patient::default(),
+            service: Service { line: ServiceLine::Dermatology, channel: Channel::Message, priority: Priority::Urgent },
+            summary: "Spreading rash".into(),
+            draft: false,
+        };
+        let id = amb.new_session(req, T).unwrap().id;
+        let (me, from) = (hub.config().peer_info(), amb.config().peer_info());
+        let out = amb.raw_store().peers_mut().changes_since(&me, &id.to_bytes(), &[]).unwrap().unwrap();
+        let member = Member { info: from.clone(), key: amb.raw_store().identity().author_public() };
+        hub.raw_store().identity_mut().add_member(member, b"test member").unwrap();
+        let inc = Incoming { doc: id.to_bytes(), bytes: out.bytes, sigs: out.sigs };
+        let (applied, _) = hub.raw_store().peers_mut().apply_remote(&me, &from, &[inc], T + 2).unwrap();
+        assert!(matches!(applied[0], Applied::Stored { .. }), "{applied:?}");
+        let empty = |doc: [u8; 16]| Incoming { doc, bytes: vec![], sigs: vec![] };
+        // The origin itself is told the heads it already has.
+        let (applied, _) =
+            hub.raw_store().peers_mut().apply_remote(&me, &from, &[empty(id.to_bytes())], T + 3).unwrap();
+        assert!(matches!(&applied[0], Applied::Stored { heads } if !heads.is_empty()), "{applied:?}");
+
+        let thief =
+            PeerInfo { name: "amb-66".into(), role: Role::Edge, org: None, icb: Some("QHM".into()), lines: vec![] };
+        assert!(hub.raw_store().peers().visible_row(&thief, &id.to_bytes()).unwrap().is_none());
+        let (applied, _) =
+            hub.raw_store().peers_mut().apply_remote(&me, &thief, &[empty(id.to_bytes())], T + 3).unwrap();
+        assert!(matches!(&applied[0], Applied::Refused { .. }), "{applied:?}");
+
+        // Over the protocol, the replies to the held session and to an unknown one are the same.
+        let held = probe(&mut hub, &thief, vec![empty_changes(id.to_bytes())]);
+        let unknown = probe(&mut hub, &thief, vec![empty_changes(SessionId::from_parts(T, 12345).to_bytes())]);
+        let names = |fs: &[Frame]| fs.iter().map(|f| f.name().to_string()).collect::<Vec<_>>();
+        assert_eq!(names(&held), names(&unknown));
+        assert!(held.iter().any(|f| matches!(f, Frame::Refused { .. })), "{:?}", names(&held));
+    }
+}

@@ -15,6 +15,10 @@ use crate::wire::{BlobManifest, Hash};
 /// Chunk size used by outpost for blobs.
 pub const CHUNK_SIZE: u32 = 16 * 1024;
 
+/// The largest photo a session may record (a phone JPEG is 2 to 4 MB): a record declaring more
+/// is refused by the write rules, and a receiver fetches no more than this of any photo.
+pub const MAX_BLOB_BYTES: u64 = 25 * 1024 * 1024;
+
 /// Why a manifest or chunk is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BlobError {

@@ -580,7 +580,7 @@ pub fn next_action(
         return Action::Callback { cause: CallbackCause::Link, reason: reason.clone(), rating: None };
     }
     if let Some(fed) = &call.federated {
-        if now - fed.at >= FEDERATE_WAIT_MS {
+        if now.saturating_sub(fed.at) >= FEDERATE_WAIT_MS {
             return Action::Callback {
                 cause: CallbackCause::OutOfAreaSilent,
                 reason: format!("the out-of-area hub {} did not put the call through in time", fed.hub),
@@ -594,7 +594,7 @@ pub fn next_action(
             return Action::Connected { desk: desk.clone(), attempt: *attempt, rung_ms: *rung };
         }
         let ring_s = call.ringing().map_or(DEFAULT_RING_S, |r| r.3);
-        if now - rung >= i64::from(ring_s) * 1000 {
+        if now.saturating_sub(*rung) >= i64::from(ring_s) * 1000 {
             return Action::NoAnswer { desk: desk.clone(), attempt: *attempt };
         }
         return Action::Wait;
@@ -618,7 +618,7 @@ pub fn next_action(
         return Action::Callback { cause, reason, rating: None };
     }
     let Some(next) = left.iter().find(|d| holders.contains(&d.desk) && desk_holds_whole(view, &d.desk)) else {
-        if now - seen_ms >= HOLD_WAIT_MS {
+        if now.saturating_sub(seen_ms) >= HOLD_WAIT_MS {
             return Action::Callback {
                 cause: CallbackCause::CaseNotDelivered,
                 reason: "no consultant's desk received the whole case in time for a call".into(),
@@ -649,12 +649,12 @@ pub fn waits_until(call: &CallState, seen_ms: TimeMs, now: TimeMs) -> Option<Tim
         return None;
     }
     if let Some(fed) = &call.federated {
-        return Some(fed.at + FEDERATE_WAIT_MS);
+        return Some(fed.at.saturating_add(FEDERATE_WAIT_MS));
     }
     if let Some((_, _, rung, ring_s)) = call.ringing() {
-        return Some(rung + i64::from(*ring_s) * 1000);
+        return Some(rung.saturating_add(i64::from(*ring_s) * 1000));
     }
-    Some((now + HOLDERS_POLL_MS).min(seen_ms + HOLD_WAIT_MS))
+    Some(now.saturating_add(HOLDERS_POLL_MS).min(seen_ms.saturating_add(HOLD_WAIT_MS)))
 }
 
 /// The link gate's step, if it has not judged yet: measure, or its verdict.

@@ -203,6 +203,27 @@ pub enum Violation {
     /// A blob chunk arrived before the blob's manifest.
     #[error("a blob chunk before its manifest")]
     ChunkBeforeManifest,
+    /// Photo chunks asked for beyond any receiver's window: a chunk listed twice in one
+    /// request, more chunks in one request or one step than a window holds.
+    #[error("{asked} photo chunks asked for at once (a window holds at most {window}, each once)")]
+    TooManyChunks {
+        /// The chunks asked for.
+        asked: usize,
+        /// The most a receiver's window holds.
+        window: usize,
+    },
+    /// More summaries or reconciliation rounds at once than a peer waiting for answers sends.
+    #[error("{frames} summaries or reconciliation rounds at once")]
+    TooManyRounds {
+        /// How many arrived in one step.
+        frames: usize,
+    },
+    /// Frames of the photo lane that overtook the Hello, past what one window of them is.
+    #[error("{bytes} bytes of photo frames before hello")]
+    EarlyBytes {
+        /// Their bytes.
+        bytes: usize,
+    },
 }
 
 /// How a conversation ended badly.
@@ -381,6 +402,12 @@ pub struct Engine {
     reply_queued: bool,
     /// Documents whose changes were queued during the current call.
     pushed_now: HashSet<DocId>,
+    /// Photo chunks served during the current call.
+    served_now: usize,
+    /// Summaries and reconciliation rounds received during the current call.
+    recon_now: usize,
+    /// Bytes of the frames in `early`.
+    early_bytes: usize,
     /// Stored changes to acknowledge at the end of the current call: (doc, our heads, theirs).
     pending_acks: Vec<(DocId, Vec<Hash>, Vec<Hash>)>,
     recon_waiting: bool,
@@ -432,6 +459,14 @@ const MAX_RETRIES: u8 = 3;
 
 /// Blob-lane frames held while waiting for the Hello on the other lane.
 const MAX_EARLY: usize = 64;
+/// ... and their bytes: a window of chunks (a receiver asks for no more before it has them).
+const MAX_EARLY_BYTES: usize = crate::blob::MAX_CHUNKS * (crate::blob::CHUNK_SIZE as usize + 64);
+/// Photo chunks served in one step: a peer keeps at most a window of them asked for (a chunk
+/// asked for again after a stall is within twice that).
+const MAX_SERVED_PER_STEP: usize = 2 * crate::blob::MAX_CHUNKS;
+/// Summaries and reconciliation rounds taken in one step. Each reads every document the peer
+/// may see; a peer sends one and waits for the answer (its own opening round may cross ours).
+const MAX_RECON_PER_STEP: usize = 4;
 
 type Res<T, R> = Result<T, EngineError<<R as Replica>::Error>>;
 
@@ -453,6 +488,9 @@ impl Engine {
             summary_waiting: None,
             reply_queued: false,
             pushed_now: HashSet::new(),
+            served_now: 0,
+            recon_now: 0,
+            early_bytes: 0,
             pending_acks: Vec::new(),
             recon_waiting: false,
             transfers: BTreeMap::new(),
@@ -568,6 +606,12 @@ impl Engine {
     /// request, a smaller one as chunks arrive.
     pub fn set_blob_window(&mut self, chunks: usize) {
         self.cfg.blob_window = chunks.max(1);
+    }
+
+    /// How many documents this conversation keeps state for (what it pushed, what the peer
+    /// said it holds): diagnostics, and the bound tests hold it to.
+    pub fn docs_tracked(&self) -> usize {
+        self.docs.len()
     }
 
     /// Counters so far.
@@ -701,6 +745,8 @@ impl Engine {
         // Documents the peer holds and we do not: asked for unless this batch brings them.
         let mut wanted: Vec<DocId> = Vec::new();
         self.pushed_now.clear();
+        self.served_now = 0;
+        self.recon_now = 0;
         self.reply_queued = false;
         let out_before = self.out.len();
         // Causal depth of the peer's frames in this batch, from its marks.
@@ -717,6 +763,10 @@ impl Engine {
                 if frame.lane() == Lane::Blob && self.early.len() < MAX_EARLY {
                     self.stats.frames_received -= 1;
                     self.stats.bytes_received -= frame.encoded_len() as u64;
+                    self.early_bytes += frame.encoded_len();
+                    if self.early_bytes > MAX_EARLY_BYTES {
+                        return Err(self.protocol(Violation::EarlyBytes { bytes: self.early_bytes }));
+                    }
                     self.early.push(frame);
                     continue;
                 }
@@ -726,11 +776,16 @@ impl Engine {
                 Frame::Hello(h) => {
                     self.on_hello(replica, h)?;
                     // Frames that overtook the Hello on the other lane come next.
+                    self.early_bytes = 0;
                     for f in std::mem::take(&mut self.early).into_iter().rev() {
                         queue.push_front(f);
                     }
                 }
                 Frame::Summary(s) => {
+                    self.recon_now += 1;
+                    if self.recon_now > MAX_RECON_PER_STEP {
+                        return Err(self.protocol(Violation::TooManyRounds { frames: self.recon_now }));
+                    }
                     if s.pushed > 0 {
                         let n = s.pushed;
                         self.summary_waiting = Some((s, n));
@@ -748,6 +803,10 @@ impl Engine {
                     // same flight; its Ranges frame follows.
                 }
                 Frame::Ranges(ranges) => {
+                    self.recon_now += 1;
+                    if self.recon_now > MAX_RECON_PER_STEP {
+                        return Err(self.protocol(Violation::TooManyRounds { frames: self.recon_now }));
+                    }
                     self.recon_waiting = false;
                     let items = self.recon_items(replica)?;
                     let (reply, diffs) =
@@ -820,7 +879,8 @@ impl Engine {
                     incoming.push((Incoming { doc, bytes, sigs }, heads));
                 }
                 Frame::Ack { doc, heads } => {
-                    let conn = self.docs.entry(doc).or_default();
+                    // An Ack answers a push of ours: of a document never pushed, nothing is kept.
+                    let Some(conn) = self.docs.get_mut(&doc) else { continue };
                     let acked = conn.answered();
                     // Without heads: the peer's heads are those of the push it answers.
                     let heads = match (heads.is_empty(), acked.clone()) {
@@ -836,15 +896,20 @@ impl Engine {
                     touched.push(doc);
                 }
                 Frame::Refused { doc } => {
-                    let conn = self.docs.entry(doc).or_default();
+                    let Some(conn) = self.docs.get_mut(&doc) else { continue };
                     conn.refused = true;
                     conn.refusals = conn.refusals.saturating_add(1);
                     conn.answered();
                     self.log.push(format!("{} refused a document we sent", self.peer.name));
                 }
                 Frame::Need { doc } => {
-                    self.docs.entry(doc).or_default().answered();
-                    self.resend_whole(replica, &doc)?
+                    if let Some(conn) = self.docs.get_mut(&doc) {
+                        conn.answered();
+                    }
+                    // Once a step: the whole document is on its way.
+                    if !self.pushed_now.contains(&doc) {
+                        self.resend_whole(replica, &doc)?;
+                    }
                 }
                 Frame::Member { credential } => {
                     if !replica.offer_credential(&credential).map_err(EngineError::Replica)? {
@@ -1247,6 +1312,12 @@ impl Engine {
             return Ok(());
         };
         let count = blob::chunk_count(m.size, m.chunk_size);
+        self.served_now = self.served_now.saturating_add(chunks.len());
+        let distinct = chunks.iter().collect::<HashSet<_>>().len();
+        if chunks.len() > blob::MAX_CHUNKS || distinct < chunks.len() || self.served_now > MAX_SERVED_PER_STEP {
+            let asked = chunks.len().max(self.served_now);
+            return Err(self.protocol(Violation::TooManyChunks { asked, window: blob::MAX_CHUNKS }));
+        }
         if manifest {
             self.send(Frame::BlobManifest(m));
         }

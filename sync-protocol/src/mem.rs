@@ -619,7 +619,9 @@ impl Replica for MemReplica {
                     Some(b) if b.whole() => blob::Held::Whole,
                     Some(_) => blob::Held::Partial,
                 };
-                if !blob::should_fetch(&self.me.name, &peer.name, &m.added_by, m.consent_withdrawn, peer_holds, held) {
+                if !blob::should_fetch(&self.me.name, &peer.name, &m.added_by, m.consent_withdrawn, peer_holds, held)
+                    || m.size > blob::MAX_BLOB_BYTES
+                {
                     continue;
                 }
                 let missing = (0..blob::chunk_count(m.size, CHUNK_SIZE) as u32)

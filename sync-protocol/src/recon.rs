@@ -12,6 +12,7 @@
 //! ranges of ids, splits the ranges that differ, and lists items once a range is small.
 
 use std::cmp::Ordering;
+use std::collections::{HashMap, HashSet};
 
 use crate::wire::{DocId, Hash, Range, RangeMode};
 
@@ -203,8 +204,9 @@ impl RangeRecon {
                     let found = compare(mine, theirs);
                     if *reply {
                         // Their differences, with their digests (zeros: they lack it).
+                        let by_id: HashMap<&DocId, &[u8; 16]> = mine.iter().map(|i| (&i.id, &i.digest)).collect();
                         for (id, d) in theirs {
-                            let ours = mine.iter().find(|i| i.id == *id).map(|i| i.digest);
+                            let ours = by_id.get(id).map(|d| **d);
                             let theirs = (*d != NO_DIGEST).then_some(*d);
                             if ours != theirs {
                                 diffs.push(Difference { id: *id, ours, theirs });
@@ -247,18 +249,21 @@ fn push(out: &mut Vec<Range>, upper: Option<DocId>, mode: RangeMode) {
     out.push(Range { upper, mode });
 }
 
-/// Differences between our items and their listed items of the same range.
+/// Differences between our items and their listed items of the same range (in time linear in
+/// both lists: a peer's list may be long).
 fn compare(mine: &[Item], theirs: &[(DocId, [u8; 16])]) -> Vec<Difference> {
+    let by_id: HashMap<&DocId, &[u8; 16]> = mine.iter().map(|i| (&i.id, &i.digest)).collect();
+    let listed: HashSet<&DocId> = theirs.iter().map(|(id, _)| id).collect();
     let mut out = Vec::new();
     for (id, d) in theirs {
-        match mine.iter().find(|i| i.id == *id) {
-            Some(i) if i.digest == *d => {}
-            Some(i) => out.push(Difference { id: *id, ours: Some(i.digest), theirs: Some(*d) }),
+        match by_id.get(id) {
+            Some(ours) if *ours == d => {}
+            Some(ours) => out.push(Difference { id: *id, ours: Some(**ours), theirs: Some(*d) }),
             None => out.push(Difference { id: *id, ours: None, theirs: Some(*d) }),
         }
     }
     for i in mine {
-        if !theirs.iter().any(|(id, _)| *id == i.id) {
+        if !listed.contains(&i.id) {
             out.push(Difference { id: i.id, ours: Some(i.digest), theirs: None });
         }
     }

@@ -208,8 +208,8 @@ pub fn route(
                 attempt: *attempt,
                 // Measured on this hub's clock from when it first saw the call: the request (at
                 // the session's hub) or the hand-over (at a federated hub).
-                seen: Some((if home { Since::Escalate } else { Since::Handover }, now - seen_ms)),
-                ms_from_ring: Some(now - rung_ms),
+                seen: Some((if home { Since::Escalate } else { Since::Handover }, now.saturating_sub(seen_ms))),
+                ms_from_ring: Some(now.saturating_sub(*rung_ms)),
             },
             Some(Status::Connected),
         )),

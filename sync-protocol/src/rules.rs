@@ -28,8 +28,8 @@ use std::collections::{HashMap, HashSet};
 use automerge::legacy::{ElementId, Key, ObjectId, OpId, OpType};
 use automerge::{ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
 
-use crate::authorship::{self, ChunkError, Member, Roster, Signature, SignedHash, Verified};
-use crate::scope::{DocMeta, may_hold};
+use crate::authorship::{self, ChunkError, Member, PublicKey, Roster, Signature, SignedHash, Verified};
+use crate::scope::{DocMeta, PeerInfo, may_hold};
 use crate::session::Touched;
 use crate::vocab::{Role, ServiceLine, Side, Status};
 
@@ -258,6 +258,22 @@ pub fn admit_decoded_with(
     Ok(Admission::Ready(ordered.into_iter().map(|(c, _, sig)| (c, sig)).collect()))
 }
 
+/// Checks changes a node has just made itself, on `prior` (the session before them), against
+/// the write rules its peers will apply to them, as `me` writing with `key`. A local write the
+/// rules refuse must not be stored: every peer would refuse it, and with it every later change
+/// of this node to the session (each depends on it). Signatures are not checked (the node has
+/// just made them).
+pub fn check_own(prior: &AutoCommit, changes: &[Change], me: &PeerInfo, key: PublicKey) -> Result<(), Refusal> {
+    let member = Member { info: me.clone(), key };
+    let mut state = State::of(prior);
+    state.batch_deps = changes.iter().map(|c| (c.hash(), c.deps().to_vec())).collect();
+    let mut written = Touched::default();
+    for change in changes {
+        state.check_change(change, &member, &mut written)?;
+    }
+    Ok(())
+}
+
 /// Operations held in a document (each change's count, summed).
 fn doc_ops(doc: &AutoCommit) -> u64 {
     doc.stats().num_ops
@@ -366,6 +382,8 @@ struct State<'a> {
     /// The dependencies of the batch's changes (a change's base in the document is found
     /// through them).
     batch_deps: HashMap<ChangeHash, Vec<ChangeHash>>,
+    /// The keys of `/media` and `/consents` at which the batch has made a record.
+    records: HashSet<(ObjectId, String)>,
     origin: Option<String>,
     icb: Option<String>,
     line: Option<ServiceLine>,
@@ -437,6 +455,7 @@ impl<'a> State<'a> {
             objects: HashMap::new(),
             placed: HashMap::new(),
             batch_deps: HashMap::new(),
+            records: HashSet::new(),
             origin: None,
             icb: None,
             line: None,
@@ -505,6 +524,7 @@ impl<'a> State<'a> {
             objects: HashMap::new(),
             placed: HashMap::new(),
             batch_deps: HashMap::new(),
+            records: HashSet::new(),
             origin: f.origin,
             icb: f.icb,
             line: f.line,
@@ -571,6 +591,20 @@ impl<'a> State<'a> {
         }
         let base = self.base_of(change);
         !base.is_empty() && self.doc.get_all_at(&target, key, &base).is_ok_and(names_pred)
+    }
+
+    /// Claims `key` of the record map `obj` for a new record: false if the document or an
+    /// earlier operation of the batch holds one there.
+    fn claim_record(&mut self, obj: &ObjectId, key: &str) -> bool {
+        let held = match obj {
+            ObjectId::Root => ROOT,
+            // The actor's index in the document is looked up from the actor itself.
+            ObjectId::Id(OpId(c, a)) => ObjId::Id(*c, a.clone(), usize::MAX),
+        };
+        if self.doc.get_all(&held, key).is_ok_and(|values| !values.is_empty()) {
+            return false;
+        }
+        self.records.insert((obj.clone(), key.to_string()))
     }
 
     /// The heads in the document that `change` was written on: its dependencies, through the
@@ -674,6 +708,16 @@ impl<'a> State<'a> {
                 && !self.holds_element(&op.obj, &(*c, a.clone()))
             {
                 return Err(refuse("an entry is inserted after one its list does not hold".into()));
+            }
+            // A photo's record and a consent are made once at their key: a second object made
+            // there with no predecessor would stand beside the first as a conflict, and the one
+            // with the higher operation id is what every reader sees (a withdrawal hidden,
+            // another node's photo record replaced).
+            if let (Some(k), Obj::Media | Obj::Consents) = (key, target)
+                && matches!(op.action, OpType::Make(_))
+                && !self.claim_record(&op.obj, k)
+            {
+                return Err(refuse(format!("a record is already made at {k:?}")));
             }
             self.placed.insert(id.clone(), (op.obj.clone(), op.key.clone(), op.insert));
             let made_kind = self.check_op(member, target, fresh, creating, key, op).map_err(refuse)?;
@@ -870,6 +914,10 @@ impl<'a> State<'a> {
                 if who.role != Role::Edge || !make(ObjType::Map) {
                     return Err("photos are attached by an edge, each once".into());
                 }
+                let k = map_key()?;
+                if k.len() != 64 || !k.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                    return Err(format!("a photo is recorded under its hash, not {k:?}"));
+                }
                 Ok(Some(Obj::MediaItem))
             }
             Obj::MediaItem => {
@@ -884,6 +932,10 @@ impl<'a> State<'a> {
                     }
                     "by_role" if !person_fits(text(value).as_deref(), who.role) => {
                         return Err(format!("a {} node's writer is no {:?}", who.role, text(value)));
+                    }
+                    "size" if !matches!(value, Some(ScalarValue::Uint(n)) if (1..=crate::blob::MAX_BLOB_BYTES).contains(n)) =>
+                    {
+                        return Err(format!("a photo's size is 1 to {} bytes", crate::blob::MAX_BLOB_BYTES));
                     }
                     "hash" | "mime" | "size" | "width" | "height" | "view" | "body_site" | "consent" | "added_by"
                     | "at_ms" | "by_name" | "by_role" | "by_registration" => {}

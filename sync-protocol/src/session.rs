@@ -875,6 +875,11 @@ impl SessionDoc {
 
     /// Appends a typed entry to the routing log.
     pub fn append_routing(&mut self, entry: &crate::routing::RoutingEntry, now: TimeMs) -> Result<(), ModelError> {
+        // A closed or cancelled case is not escalated (the router would ring a desk for it):
+        // it is reopened first. Other entries (a ring ending, a callback) close what was open.
+        if matches!(entry, crate::routing::RoutingEntry::Escalate { .. }) {
+            self.ensure_open()?;
+        }
         self.append_log(LogName::Routing, entry.kind().as_str(), &entry.fields(), now)
     }
 
@@ -1032,6 +1037,13 @@ fn check_text(field: &'static str, text: &str, max: usize) -> Result<(), ModelEr
         return Err(ModelError::TooLong { field, len: text.len(), max });
     }
     Ok(())
+}
+
+impl Clinician {
+    /// Whether a record would take these fields (each present, none too long).
+    pub fn check(&self) -> Result<(), ModelError> {
+        check_clinician(self)
+    }
 }
 
 /// Checks a person's fields before they are written.
@@ -1414,8 +1426,8 @@ impl<'a> Reader<'a> {
 
     /// Every receipt recorded on an item, and the level they add up to for the item's writer:
     /// `hub` and `desk` from any node (only hubs and desks may write them); for an item of the
-    /// requester's side, `read` only from a node other than the session's origin (the
-    /// consultant's side) and no `requester` level; for the responder's side, `requester` and
+    /// requester's side, `read` only from a desk that received it (the consultant's side) and
+    /// no `requester` level; for the responder's side, `requester` and
     /// `read` only from the origin (the crew's device). Another desk opening a reply does not
     /// make it "read by the requester".
     fn receipts(
@@ -1427,16 +1439,27 @@ impl<'a> Reader<'a> {
     ) -> Result<(ReceiptLevel, Vec<Receipt>), ModelError> {
         let obj = self.obj(item, "receipts", ObjType::Map)?;
         let mut level = ReceiptLevel::Device;
-        let mut all = Vec::new();
+        let mut parsed = Vec::new();
         for (key, at_ms) in self.times(&obj, path)? {
             let Some((lvl, node)) = key.split_once('/') else {
                 return Err(malformed(path, format!("receipt key {key:?} is not <level>/<node>")));
             };
             let lvl = ReceiptLevel::parse(lvl).map_err(|e| malformed(path, e.to_string()))?;
+            parsed.push((lvl, node.to_string(), at_ms));
+        }
+        // The consultant's side: the desks that received the item (only a desk may write a
+        // `desk` receipt, and only its own). Any holder may write its own `read`, so a read of
+        // the requester's item counts only from one of them: a surgery the session is shared
+        // with, or a hub, opening it is not the consultant reading it.
+        let desks: Vec<&str> =
+            parsed.iter().filter(|(l, ..)| *l == ReceiptLevel::Desk).map(|(_, n, _)| n.as_str()).collect();
+        let mut all = Vec::new();
+        for (lvl, node, at_ms) in &parsed {
+            let (lvl, node, at_ms) = (*lvl, node.as_str(), *at_ms);
             let counts = match (lvl, side) {
                 (ReceiptLevel::Device | ReceiptLevel::Hub | ReceiptLevel::Desk, _) => true,
                 (ReceiptLevel::Requester, Side::Requester) => false,
-                (ReceiptLevel::Read, Side::Requester) => node != origin,
+                (ReceiptLevel::Read, Side::Requester) => node != origin && desks.contains(&node),
                 (ReceiptLevel::Requester | ReceiptLevel::Read, Side::Responder) => node == origin,
             };
             if counts {

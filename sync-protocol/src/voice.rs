@@ -240,6 +240,8 @@ pub struct JitterBuffer {
 
 /// Late frames in a row after which the buffer re-anchors on the sender's sequence (the
 /// sender's clock and ours drifted apart, or a stall delayed everything behind it).
+/// Frames held ahead of playout at most: a minute of speech.
+const MAX_AHEAD: u32 = 60_000 / FRAME_MS;
 const RESYNC_AFTER_LATE: u32 = 3;
 /// The first frame to arrive is taken to show how many were lost before it only if it is
 /// within this many of the start (a second): a later one is a stream joined under way.
@@ -288,8 +290,17 @@ impl JitterBuffer {
             return;
         }
         self.late_run = 0;
+        // A frame due more than a minute after the one to play next is no frame of this call's
+        // (the sender's clock runs with ours): kept, such frames would fill memory unplayed.
+        if self.next.is_some_and(|n| seq > n.saturating_add(MAX_AHEAD)) {
+            self.stats.late += 1;
+            return;
+        }
         if self.pending.insert(seq, pcm).is_some() {
             self.stats.duplicate += 1;
+        }
+        while self.pending.len() > MAX_AHEAD as usize {
+            self.pending.pop_last();
         }
         if self.next.is_none() {
             self.next = self.pending.keys().next().copied();

@@ -688,3 +688,186 @@ fn a_message_written_while_ranges_are_compared_is_not_taken_as_held_by_the_hub()
     assert_eq!(level(&mut edge, &steady, "steady"), Some(ReceiptLevel::Hub), "the ranges matched on it");
     assert_eq!(level(&mut edge, &id, "during"), Some(ReceiptLevel::Device), "the hub never received it");
 }
+
+/// What one peer's frames may cost this side: each is bounded whatever the peer sends (a
+/// stolen tablet speaks the protocol by hand).
+mod a_peers_frames_cost_bounded_work {
+    use super::*;
+    use sync_protocol::engine::{EngineError, Violation};
+    use sync_protocol::wire::Hash;
+
+    fn hello(name: &str) -> Frame {
+        Frame::Hello(Hello { min_version: 2, max_version: 2, node: name.into(), crl_number: 0 })
+    }
+
+    fn drain(e: &mut Engine) -> Vec<Frame> {
+        std::iter::from_fn(|| e.poll_frame().map(|x| x.1)).collect()
+    }
+
+    /// A hub holding the edge's session with a 100 kB photo, and the edge's conversation with
+    /// it, past the Hellos.
+    fn hub_with_photo() -> (MemReplica, Engine, Hash) {
+        let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+        let (mut edge, mut hub) = (replica(&edge_i, 1), replica(&hub_i, 2));
+        let hash = session_with_photo(&mut edge, 100_000);
+        converse(&mut edge, &mut hub, T);
+        assert!(hub.holds_blob(&hash));
+        let mut e = Engine::new(edge_i, EngineConfig::new(false));
+        e.start(&mut hub, T).unwrap();
+        e.handle(&mut hub, vec![hello("amb-07")], T).unwrap();
+        drain(&mut e);
+        (hub, e, hash)
+    }
+
+    fn violation<E: std::error::Error>(r: Result<(), EngineError<E>>) -> Violation {
+        match r {
+            Err(EngineError::Protocol { detail, .. }) => detail,
+            Err(other) => panic!("not a protocol violation: {other}"),
+            Ok(()) => panic!("accepted"),
+        }
+    }
+
+    #[test]
+    fn a_request_for_one_photo_chunk_many_times_over_is_a_violation_and_serves_nothing() {
+        let (mut hub, mut e, hash) = hub_with_photo();
+        // Each chunk once, as a receiver asks: served.
+        let want = Frame::BlobWant { hash, manifest: false, chunks: (0..7).collect() };
+        e.handle(&mut hub, vec![want], T + 1).unwrap();
+        assert_eq!(drain(&mut e).iter().filter(|f| matches!(f, Frame::BlobChunk { .. })).count(), 7);
+        // One index four thousand times: 4 kB asking for 64 MB.
+        let want = Frame::BlobWant { hash, manifest: false, chunks: vec![0; 4_000] };
+        let why = violation(e.handle(&mut hub, vec![want], T + 2));
+        assert!(matches!(why, Violation::TooManyChunks { .. }), "{why}");
+        assert!(!drain(&mut e).iter().any(|f| matches!(f, Frame::BlobChunk { .. })));
+
+        // Requests of distinct chunks, each within a window, but more of them in one step
+        // than two windows.
+        let (mut hub, mut e, hash) = hub_with_photo();
+        let wants: Vec<Frame> =
+            (0..40).map(|_| Frame::BlobWant { hash, manifest: false, chunks: (0..7).collect() }).collect();
+        let why = violation(e.handle(&mut hub, wants, T + 1));
+        assert!(matches!(why, Violation::TooManyChunks { .. }), "{why}");
+    }
+
+    #[test]
+    fn a_document_asked_for_again_and_again_in_one_step_is_sent_once() {
+        let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+        let (mut edge, mut hub) = (replica(&edge_i, 1), replica(&hub_i, 2));
+        let id = new_session(&mut edge, 1, ServiceLine::Cardiology);
+        let out = edge.changes_since(&hub_i, &id, &[]).unwrap().unwrap();
+        hub.apply(&edge_i, &[Incoming { doc: id, bytes: out.bytes, sigs: out.sigs }], T).unwrap();
+        let mut e = Engine::new(edge_i, EngineConfig::new(false));
+        e.start(&mut hub, T).unwrap();
+        e.handle(&mut hub, vec![hello("amb-07")], T).unwrap();
+        drain(&mut e);
+        e.handle(&mut hub, (0..256).map(|_| Frame::Need { doc: id }).collect(), T + 1).unwrap();
+        assert_eq!(drain(&mut e).iter().filter(|f| matches!(f, Frame::Changes(_))).count(), 1);
+    }
+
+    #[test]
+    fn answers_about_documents_never_sent_leave_no_state() {
+        let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+        let mut hub = replica(&hub_i, 2);
+        let mut e = Engine::new(edge_i, EngineConfig::new(false));
+        e.start(&mut hub, T).unwrap();
+        e.handle(&mut hub, vec![hello("amb-07")], T).unwrap();
+        drain(&mut e);
+        let tracked = e.docs_tracked();
+        let doc = |n: u64| -> DocId {
+            let mut id = [0xEE; 16];
+            id[..8].copy_from_slice(&n.to_be_bytes());
+            id
+        };
+        for round in 0..20u64 {
+            let frames = (0..256u64)
+                .flat_map(|k| {
+                    let d = doc(round * 256 + k);
+                    [
+                        Frame::Refused { doc: d },
+                        Frame::Ack { doc: d, heads: vec![Hash([1; 32])] },
+                        Frame::Need { doc: d },
+                    ]
+                })
+                .collect();
+            e.handle(&mut hub, frames, T + 1 + round as i64).unwrap();
+            drain(&mut e);
+        }
+        assert_eq!(e.docs_tracked(), tracked, "state kept for documents this side never sent");
+    }
+
+    #[test]
+    fn photo_frames_that_overtake_the_hello_are_bounded_by_a_window() {
+        let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+        let mut hub = replica(&hub_i, 2);
+        let mut e = Engine::new(edge_i, EngineConfig::new(false));
+        e.start(&mut hub, T).unwrap();
+        drain(&mut e);
+        // A window of chunks is held for the Hello ...
+        for k in 0..8u32 {
+            let f = Frame::BlobChunk { hash: Hash([1; 32]), index: k, data: vec![0xAB; 16 * 1024] };
+            e.handle(&mut hub, vec![f], T + 1).unwrap();
+        }
+        // ... but not megabytes of them.
+        let mut last = Ok(());
+        for k in 0..4u32 {
+            let f = Frame::BlobChunk { hash: Hash([1; 32]), index: 100 + k, data: vec![0xAB; 2 << 20] };
+            last = e.handle(&mut hub, vec![f], T + 2);
+            if last.is_err() {
+                break;
+            }
+        }
+        let why = violation(last);
+        assert!(matches!(why, Violation::EarlyBytes { .. }), "{why}");
+    }
+
+    #[test]
+    fn voice_frames_far_ahead_of_playout_are_not_kept() {
+        use sync_protocol::voice::{FRAME_SAMPLES, JitterBuffer};
+        let mut jb = JitterBuffer::new(60);
+        for s in 0..5 {
+            jb.push(s, vec![1; FRAME_SAMPLES], f64::from(s) * 20.0);
+            let _ = jb.pop();
+        }
+        for k in 0..100_000u32 {
+            jb.push(1_000_000 + k, vec![0; FRAME_SAMPLES], 100.0 + f64::from(k) * 0.01);
+        }
+        assert!(jb.buffered() <= 3_000, "{} frames held", jb.buffered());
+        // The call's own next frames still play.
+        jb.push(5, vec![7; FRAME_SAMPLES], 100.0);
+        jb.push(6, vec![7; FRAME_SAMPLES], 120.0);
+        assert!(std::iter::from_fn(|| jb.pop()).take(3).any(|pcm| pcm[0] == 7));
+    }
+}
+
+mod reconciliation_rounds {
+    use super::*;
+    use sync_protocol::engine::{EngineError, Violation};
+    use sync_protocol::wire::{Range, RangeMode};
+
+    /// Each round reads every document the peer may see: a batch of them, tiny on the wire, is
+    /// refused rather than answered round by round.
+    #[test]
+    fn a_burst_of_reconciliation_rounds_is_refused() {
+        let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+        let (mut edge, mut hub) = (replica(&edge_i, 1), replica(&hub_i, 2));
+        for s in 0..20 {
+            let id = new_session(&mut edge, s, ServiceLine::Cardiology);
+            let out = edge.changes_since(&hub_i, &id, &[]).unwrap().unwrap();
+            hub.apply(&edge_i, &[Incoming { doc: id, bytes: out.bytes, sigs: out.sigs }], T).unwrap();
+        }
+        let mut e = Engine::new(edge_i, EngineConfig::new(false));
+        e.start(&mut hub, T).unwrap();
+        let hello = Frame::Hello(Hello { min_version: 2, max_version: 2, node: "amb-07".into(), crl_number: 0 });
+        e.handle(&mut hub, vec![hello], T).unwrap();
+        let round = || {
+            Frame::Ranges(vec![Range { upper: None, mode: RangeMode::Fingerprint { count: 0, fingerprint: [0; 32] } }])
+        };
+        // One round, as a peer sends it: answered.
+        e.handle(&mut hub, vec![round()], T + 1).unwrap();
+        assert!(std::iter::from_fn(|| e.poll_frame()).any(|(_, f)| matches!(f, Frame::Ranges(_))));
+        match e.handle(&mut hub, (0..256).map(|_| round()).collect(), T + 2) {
+            Err(EngineError::Protocol { detail: Violation::TooManyRounds { .. }, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -127,10 +127,11 @@ fn receipts_from_both_replicas_survive_and_the_level_is_the_highest() {
     let mut hub = base.fork_as(actor(2));
     let mut desk = base.fork_as(actor(3));
     hub.add_receipt("m0", ReceiptLevel::Hub, "hub-qox", T0 + 5).unwrap();
-    desk.add_receipt("m0", ReceiptLevel::Read, "desk-derm-1", T0 + 6).unwrap();
+    desk.add_receipt("m0", ReceiptLevel::Desk, "desk-derm-1", T0 + 6).unwrap();
+    desk.add_receipt("m0", ReceiptLevel::Read, "desk-derm-1", T0 + 7).unwrap();
     let (ab, ba) = merged(&mut hub, &mut desk);
     assert_eq!(ab.messages[0].receipt, ReceiptLevel::Read);
-    assert_eq!(ab.messages[0].receipts.len(), 2);
+    assert_eq!(ab.messages[0].receipts.len(), 3);
     assert_eq!(ab, ba);
 }
 
@@ -227,6 +228,20 @@ fn a_closed_session_refuses_new_messages() {
     doc.set_status(Status::Closed, T0 + 1).unwrap();
     let err = doc.add_message(&msg("m1", Side::Requester, "late"), T0 + 2).unwrap_err();
     assert!(err.to_string().contains("reopen"), "{err}");
+}
+
+#[test]
+fn a_closed_or_cancelled_session_is_not_escalated_until_reopened() {
+    use sync_protocol::routing::RoutingEntry;
+    for end in [Status::Closed, Status::Cancelled] {
+        let mut doc = new_session();
+        doc.set_status(end, T0 + 1).unwrap();
+        let ask = RoutingEntry::Escalate { call: "c1".into(), by: "amb-07".into() };
+        let err = doc.append_routing(&ask, T0 + 2).unwrap_err();
+        assert!(err.to_string().contains("reopen"), "{err}");
+        doc.reopen(T0 + 3).unwrap();
+        doc.append_routing(&ask, T0 + 4).unwrap();
+    }
 }
 
 #[test]

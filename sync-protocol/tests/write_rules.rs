@@ -813,3 +813,115 @@ fn a_creation_that_writes_its_identity_twice_is_refused() {
     assert!(matches!(&out[0], Applied::Refused { reason } if reason.contains("twice")), "{out:?}");
     assert!(hub.view(&id.to_bytes()).is_none());
 }
+
+/// A change made by hand that makes a second record at the key of a consent or a photo, with
+/// no predecessor, as a tablet the session is shared with could send: with a higher operation
+/// id it would be the record every reader sees (the withdrawal of a consent hidden, another
+/// node's photo record replaced). Refused, and the hub keeps what it held.
+#[test]
+fn a_second_record_at_a_consents_or_a_photos_key_is_refused() {
+    let fleet = Fleet::new();
+    let mut hub = fleet.replica("hub-qhm");
+    let (id, _) = victim_session(&fleet, &mut hub);
+    hub.edit(&id, |d| {
+        d.withdraw_consent("c1", "hub-qhm", T + 4)?;
+        d.share_with("amb-66", T + 4)
+    })
+    .unwrap();
+    let (thief, key) = fleet.who("amb-66");
+    let text = |t: &str| legacy::OpType::Put(ScalarValue::Str(t.into()));
+    let field =
+        |on: &legacy::OpId, k: &str, v: legacy::OpType| raw_op(on.clone(), legacy::Key::Map(k.into()), v, vec![]);
+    let make = legacy::OpType::Make(ObjType::Map);
+
+    let mut doc = hub.copy_doc(&id).unwrap();
+    let consents = legacy_id(&obj(doc.automerge(), &ROOT, "consents"));
+    let c = crafted_id(&key, 0);
+    let ops = vec![
+        raw_op(consents, legacy::Key::Map("c1".into()), make.clone(), vec![]),
+        field(&c, "kind", text("written")),
+        field(&c, "scope", text("teaching")),
+        field(&c, "by", text("amb-66")),
+        field(&c, "at_ms", legacy::OpType::Put(ScalarValue::Int(T))),
+    ];
+    let (bytes, sigs) = crafted(&mut doc, &key, ops);
+    let reason = refused_at_hub(&mut hub, &thief, id, bytes, sigs);
+    assert!(reason.contains("already made"), "{reason}");
+    assert!(hub.view(&id).unwrap().media[0].consent_withdrawn, "the withdrawal still wins");
+
+    let photo = "ab".repeat(32);
+    let media = legacy_id(&obj(doc.automerge(), &ROOT, "media"));
+    let m = crafted_id(&key, 0);
+    let mut ops = vec![raw_op(media, legacy::Key::Map(photo.as_str().into()), make.clone(), vec![])];
+    for (k, v) in [("hash", photo.as_str()), ("mime", "image/jpeg"), ("view", "site"), ("body_site", "right foot")] {
+        ops.push(field(&m, k, text(v)));
+    }
+    ops.push(field(&m, "added_by", text("amb-66")));
+    let (bytes, sigs) = crafted(&mut doc, &key, ops);
+    let reason = refused_at_hub(&mut hub, &thief, id, bytes, sigs);
+    assert!(reason.contains("already made"), "{reason}");
+    assert_eq!(hub.view(&id).unwrap().media[0].added_by, "amb-07");
+
+    // Two records at one new key in one change are refused too.
+    let fresh = "cd".repeat(32);
+    let media = legacy_id(&obj(doc.automerge(), &ROOT, "media"));
+    let ops = vec![
+        raw_op(media.clone(), legacy::Key::Map(fresh.as_str().into()), make.clone(), vec![]),
+        raw_op(media, legacy::Key::Map(fresh.as_str().into()), make, vec![]),
+    ];
+    let (bytes, sigs) = crafted(&mut doc, &key, ops);
+    let reason = refused_at_hub(&mut hub, &thief, id, bytes, sigs);
+    assert!(reason.contains("already made"), "{reason}");
+}
+
+/// A photo's record is kept under the photo's hash and declares a photo's size: a record under
+/// other text (which exports cut and show), or declaring a terabyte (which would size the
+/// list of chunks a receiver asks for), is refused.
+#[test]
+fn a_photo_record_is_kept_under_its_hash_and_declares_a_photos_size() {
+    let fleet = Fleet::new();
+    let mut hub = fleet.replica("hub-qhm");
+    let (id, mut doc) = victim_session(&fleet, &mut hub);
+    let (amb, key) = fleet.who("amb-07");
+    let cases =
+        [("cd".repeat(32), 1u64 << 40, "size"), ("é".repeat(32), 300_000, "hash"), ("CD".repeat(32), 300_000, "hash")];
+    for (hash, size, says) in cases {
+        let (bytes, sigs) = forged(&mut doc, &key, &key, |d| {
+            let media = obj(d, &ROOT, "media");
+            let m = d.put_object(&media, hash.as_str(), ObjType::Map).unwrap();
+            d.put(&m, "hash", hash.as_str()).unwrap();
+            d.put(&m, "size", ScalarValue::Uint(size)).unwrap();
+        });
+        let reason = refused_at_hub(&mut hub, &amb, id, bytes, sigs);
+        assert!(reason.contains(says), "{hash} of {size} bytes: {reason}");
+    }
+}
+
+/// Any node holding a session may record that it read an item, but only the consultant's side
+/// reading the crew's message makes it "read": a tablet the session is shared with (or a
+/// hub) opening it does not, a desk that received it does.
+#[test]
+fn the_crews_message_shows_read_only_once_a_desk_that_received_it_reads_it() {
+    let fleet = Fleet::new();
+    let mut hub = fleet.replica("hub-qhm");
+    let (id, _) = victim_session(&fleet, &mut hub);
+    hub.edit(&id, |d| d.share_with("amb-66", T + 4)).unwrap();
+    let level = |hub: &MemReplica| hub.view(&id).unwrap().messages.into_iter().find(|m| m.id == "m1").unwrap().receipt;
+    let read_by = |hub: &mut MemReplica, name: &str, levels: &[ReceiptLevel]| {
+        let (who, key) = fleet.who(name);
+        let mut mine = hub.copy_doc(&id).unwrap().fork_as(key.actor().clone());
+        let before = mine.heads();
+        for l in levels {
+            mine.add_receipt("m1", *l, name, T + 7).unwrap();
+        }
+        let sigs = sign_new(&key, mine.automerge(), &before).into_iter().map(|(_, s)| s).collect();
+        let got = hub.apply(&who, &[Incoming { doc: id, bytes: mine.save_after(&before), sigs }], T + 8).unwrap();
+        assert!(matches!(got[0], Applied::Stored { .. }), "{name}: {got:?}");
+    };
+    let start = level(&hub);
+    assert!(start < ReceiptLevel::Desk, "{start:?}");
+    read_by(&mut hub, "amb-66", &[ReceiptLevel::Read]);
+    assert_eq!(level(&hub), start, "a shared tablet's read shown as the consultant's");
+    read_by(&mut hub, "desk-derm-1", &[ReceiptLevel::Desk, ReceiptLevel::Read]);
+    assert_eq!(level(&hub), ReceiptLevel::Read);
+}

@@ -113,11 +113,19 @@ pub(crate) fn debug(cmd: DebugCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes `bytes` to `path` on disk before returning: a regular file whole or not at all (written
+/// beside it, readable by this user only, and moved into place), a device or pipe as it goes.
 pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut f =
-        std::fs::File::create(path).map_err(|e| InputError(format!("cannot create {}: {e}", path.display())))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
+    let fail = |source: std::io::Error| OutputError { path: path.to_path_buf(), source };
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        let mut f = std::fs::OpenOptions::new().write(true).open(path).map_err(fail)?;
+        f.write_all(bytes).and_then(|()| f.flush()).map_err(fail)?;
+        return Ok(());
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(fail)?;
+    tmp.write_all(bytes).and_then(|()| tmp.as_file().sync_all()).map_err(fail)?;
+    tmp.persist(path).map_err(|e| fail(e.error))?;
     Ok(())
 }
 

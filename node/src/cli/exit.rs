@@ -20,6 +20,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 | NodeError::Role { .. }
                 | NodeError::OutOfScope { .. }
                 | NodeError::WrongNodeForPerson { .. }
+                | NodeError::Person(_)
                 | NodeError::ClientKey { .. }
                 | NodeError::Install(_)
                 | NodeError::Backup(_)
@@ -37,6 +38,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         }
         if cause.downcast_ref::<InputError>().is_some() {
             return 2;
+        }
+        if let Some(e) = cause.downcast_ref::<OutputError>() {
+            return if e.source.kind() == std::io::ErrorKind::StorageFull { 5 } else { 1 };
         }
         if let Some(e) = cause.downcast_ref::<crate::media::MediaError>() {
             return match e {
@@ -87,6 +91,7 @@ pub(crate) fn store_code(e: &StoreError) -> u8 {
         | StoreError::BlobIncomplete { .. } => 4,
         StoreError::DiskFull { .. } => 5,
         StoreError::Model { .. }
+        | StoreError::NotYours { .. }
         | StoreError::Directory(DirectoryError::Invalid(_))
         | StoreError::ClientKeyReused { .. }
         | StoreError::Duplicate(_) => 2,
@@ -99,3 +104,20 @@ pub(crate) fn store_code(e: &StoreError) -> u8 {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct InputError(pub String);
+
+/// A file the CLI was asked to write (`--out`) could not be written; nothing was left at its
+/// path (a regular file is written aside and moved into place whole).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write {}: {source}; nothing was left there. {}", path.display(), output_hint(source))]
+pub struct OutputError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+fn output_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        "Free space on that disk (or give another --out) and retry"
+    } else {
+        "Check the path and its permissions (or give another --out) and retry"
+    }
+}

@@ -114,7 +114,7 @@ pub fn letter(v: &SessionView, holds: &dyn Fn(&str) -> bool, exported_by: &str, 
                 time(m.at_ms),
                 say(m.view.as_str()),
                 m.body_site,
-                &m.hash[..m.hash.len().min(12)]
+                m.hash.chars().take(12).collect::<String>()
             );
         }
     }

@@ -19,11 +19,9 @@ pub(super) async fn datagram_loop(conn: quinn::Connection, echoes: EchoSlot, sha
             Some(&(DG_VOICE | DG_BYE)) if d.len() >= 5 => {
                 let tag = u32::from_le_bytes([d[1], d[2], d[3], d[4]]);
                 if shared.me.role == Role::Hub {
-                    let other = shared
-                        .relay
-                        .lock()
-                        .ok()
-                        .and_then(|r| r.get(&tag).map(|(a, b)| if *a == peer { b.clone() } else { a.clone() }));
+                    let other = shared.relay.lock().ok().and_then(|r| {
+                        r.get(&tag).and_then(|(a, b)| relay_to((a.as_str(), b.as_str()), &peer)).map(str::to_string)
+                    });
                     let link = other.and_then(|o| shared.links.lock().ok().and_then(|l| l.get(&o).cloned()));
                     if let Some(link) = link {
                         let _ = link.conn.send_datagram(d);
@@ -57,6 +55,18 @@ pub(super) async fn datagram_loop(conn: quinn::Connection, echoes: EchoSlot, sha
             }
             _ => {}
         }
+    }
+}
+
+/// Where a hub relays a call's voice from `from`: to the other party, and nowhere if `from` is
+/// not a party (a fleet member that learnt the call's tag must not speak into it or end it).
+fn relay_to<'a>((a, b): (&'a str, &'a str), from: &str) -> Option<&'a str> {
+    if a == from {
+        Some(b)
+    } else if b == from {
+        Some(a)
+    } else {
+        None
     }
 }
 
@@ -578,5 +588,19 @@ pub(super) async fn run_call_audio(
         }
         Ok(Err(e)) => Err(e.to_string()),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hub_relays_a_calls_voice_between_its_parties_only() {
+        let parties = ("amb-07", "desk-derm-1");
+        assert_eq!(relay_to(parties, "amb-07"), Some("desk-derm-1"));
+        assert_eq!(relay_to(parties, "desk-derm-1"), Some("amb-07"));
+        // A stolen tablet that learnt the call's tag from a shared session's routing log.
+        assert_eq!(relay_to(parties, "amb-66"), None);
     }
 }

@@ -11,6 +11,37 @@ pub const FRAME_LOG_ENV: &str = "OUTPOST_FRAME_LOG";
 /// Bytes of received frames one connection may have waiting for the store (both lanes): what a
 /// peer can make this node hold in memory beyond the frame being read.
 pub(super) const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
+/// Bytes of frames made for the peer and not yet written to its streams, past which no more of
+/// its frames are taken until it has read some: a peer may ask faster than it reads (a
+/// document asked for step after step, a photo's chunks), and what it has not read waits in
+/// this node's memory.
+pub(super) const MAX_UNSENT_BYTES: usize = 32 * 1024 * 1024;
+
+/// The bytes made for a peer and not yet written to its streams, and a wake-up each time some
+/// are written.
+#[derive(Debug, Default)]
+pub(super) struct Unsent {
+    bytes: std::sync::atomic::AtomicUsize,
+    written: tokio::sync::Notify,
+}
+
+impl Unsent {
+    fn add(&self, n: usize) {
+        self.bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn written(&self, n: usize) {
+        let _ =
+            self.bytes.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(n))
+            });
+        self.written.notify_one();
+    }
+
+    fn over(&self) -> bool {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed) > MAX_UNSENT_BYTES
+    }
+}
 
 /// A received frame with its share of the connection's queue.
 pub(super) type Queued = (Frame, tokio::sync::OwnedSemaphorePermit);
@@ -67,12 +98,17 @@ pub(super) async fn read_frames(
     }
 }
 
-/// Writes one lane's frames.
-pub(super) async fn write_lane(mut send: quinn::SendStream, mut frames: mpsc::UnboundedReceiver<Vec<u8>>) {
+/// Writes one lane's frames, counting them off `unsent` as the stream takes them.
+pub(super) async fn write_lane(
+    mut send: quinn::SendStream,
+    mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
+    unsent: Arc<Unsent>,
+) {
     while let Some(bytes) = frames.recv().await {
         if send.write_all(&bytes).await.is_err() {
             return;
         }
+        unsent.written(bytes.len());
     }
     let _ = send.finish();
     // Until the peer has read everything (its last frame may be the Close that says why): the
@@ -175,7 +211,11 @@ pub(super) async fn converse(
     let mut in_step: Vec<tokio::sync::OwnedSemaphorePermit> = Vec::new();
     let (sync_out, sync_out_rx) = mpsc::unbounded_channel();
     let (blob_out, blob_out_rx) = mpsc::unbounded_channel();
-    let writers = [tokio::spawn(write_lane(sync_send, sync_out_rx)), tokio::spawn(write_lane(blob_send, blob_out_rx))];
+    let unsent = Arc::new(Unsent::default());
+    let writers = [
+        tokio::spawn(write_lane(sync_send, sync_out_rx, unsent.clone())),
+        tokio::spawn(write_lane(blob_send, blob_out_rx, unsent.clone())),
+    ];
 
     let mut changes = shared.changes.subscribe();
     let me = shared.me.clone();
@@ -276,6 +316,7 @@ pub(super) async fn converse(
             }
             for (lane, f) in out {
                 let bytes = f.to_bytes();
+                unsent.add(bytes.len());
                 let _ = if lane == Lane::Sync { sync_out.send(bytes) } else { blob_out.send(bytes) };
             }
             if !changed.is_empty() {
@@ -325,7 +366,10 @@ pub(super) async fn converse(
                 failure = Some(bad);
                 break;
             }
-            frame = frames_rx.recv() => match frame {
+            // While the peer has not read what it was sent, its next frames wait (and, its
+            // stream's window full, so does the peer).
+            _ = unsent.written.notified(), if unsent.over() => {}
+            frame = frames_rx.recv(), if !unsent.over() => match frame {
                 Some((f, permit)) => {
                     let mut batch = vec![f];
                     in_step.push(permit);

@@ -197,6 +197,17 @@ impl Node {
         if !new.role.works_on(self.config.role) {
             return Err(NodeError::WrongNodeForPerson { person: new.role, node: self.config.role });
         }
+        // What the person writes carries their name, role and registration: fields a record
+        // refuses (an empty registration, one too long) are refused here, before anyone signs
+        // in and finds every write refused.
+        let clinician = sync_protocol::session::Clinician {
+            name: new.name.clone(),
+            role: new.role.as_str().to_string(),
+            registration: new.registration.clone(),
+        };
+        if new.role != crate::store::people::PersonRole::System {
+            clinician.check().map_err(NodeError::Person)?;
+        }
         Ok(self.store.people_mut().add_person(new, cred, now)?)
     }
 

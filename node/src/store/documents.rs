@@ -196,11 +196,18 @@ impl<S: DerefMut<Target = Store>> Sessions<S> {
             store.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
         let mut cached = checkout(&mut store.cache, &tx, &store.sealer, &store.actor, id)?;
         let before = cached.doc.heads();
+        // The session as it was, for the write rules to judge the edit from.
+        let prior = store.writer.is_some().then(|| cached.doc.automerge().clone());
         let mut ctx = WriteCtx { tx: &tx, sealer: &store.sealer, now };
         // On any error the checked-out copy is dropped (it may hold the failed edit), and the
         // transaction rolls back when `tx` is dropped.
         let out = f(&mut ctx, &mut cached.doc)?;
         if cached.doc.heads() != before {
+            if let (Some(me), Some(prior)) = (&store.writer, &prior) {
+                let changes = cached.doc.changes_after(&before);
+                rules::check_own(prior, &changes, me, store.author.public())
+                    .map_err(|e| StoreError::NotYours { id, reason: e.to_string() })?;
+            }
             let bytes = cached.doc.save_after(&before);
             let mut view = cached.doc.view().map_err(model(id))?;
             let log = append_change(&tx, &store.sealer, cached.sid, &key, &bytes)?;

@@ -11,7 +11,7 @@ use sync_protocol::authorship::{self, Signature};
 use sync_protocol::engine::{Applied, Incoming, Knowledge, Outgoing};
 use sync_protocol::recon::{self, Fingerprint, Item};
 use sync_protocol::rules::{self, Admission};
-use sync_protocol::scope::{DocMeta, PeerInfo, may_hold};
+use sync_protocol::scope::{self, DocMeta, PeerInfo, may_hold};
 use sync_protocol::session::{SessionDoc, SessionId, Touched, ViewBasis};
 use sync_protocol::vocab::ServiceLine;
 use sync_protocol::wire::{DocId, Hash};
@@ -635,7 +635,20 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
                 Err(e) => Applied::Refused { reason: e.to_string() },
                 Ok(Admission::MissingDeps) => Applied::MissingDeps,
                 Ok(Admission::Ready(changes)) if changes.is_empty() && before.is_some() => {
-                    Applied::Stored { heads: before.as_ref().map(|b| b.1.clone()).unwrap_or_default() }
+                    // Nothing new: the sender is told the heads held only if the session is in
+                    // its scope, as a batch with changes would be (`accept::take`); an empty
+                    // batch must not tell a peer out of scope that the session exists.
+                    let meta = match (basis.as_ref(), existing.as_mut()) {
+                        (Some(b), _) => Some(b.view().meta()),
+                        (None, Some(c)) => c.doc.view().ok().map(|v| v.meta()),
+                        (None, None) => None,
+                    };
+                    if meta.is_some_and(|m| scope::may_accept(me, from, &m)) {
+                        Applied::Stored { heads: before.as_ref().map(|b| b.1.clone()).unwrap_or_default() }
+                    } else {
+                        let why = accept::Refusal::OutOfScope { me: me.name.clone(), from: from.name.clone() };
+                        Applied::Refused { reason: why.to_string() }
+                    }
                 }
                 Ok(Admission::Ready(admitted)) => {
                     let ops = admitted.iter().map(|(c, _)| c.len() as u64).sum::<u64>();

@@ -41,7 +41,9 @@ impl<S: Deref<Target = Store>> Blobs<S> {
             let peer_holds = holders.split(',').any(|h| h == peer.name);
             let wanted = blob::should_fetch(&me.name, &peer.name, &added_by, withdrawn, peer_holds, held);
             let Some(hash) = Hash::from_hex(&hash_hex) else { continue };
-            if !wanted || listed.contains(&hash) || !self.0.sid_visible(sid, peer)? {
+            // A size past any photo's (a record written before the rules refused one) is not
+            // fetched: it would only size the list of chunks to ask for.
+            if !wanted || size > blob::MAX_BLOB_BYTES || listed.contains(&hash) || !self.0.sid_visible(sid, peer)? {
                 continue;
             }
             listed.insert(hash);

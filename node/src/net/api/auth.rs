@@ -65,8 +65,9 @@ pub(super) struct LoggedIn {
 pub(crate) struct Guards {
     /// Logins checked at once (each costs tens of milliseconds of one core, off the store thread).
     pub(super) logins: tokio::sync::Semaphore,
-    /// Failed sign-ins by name: after 5 in a row, that name waits, 30 s doubling up to 15 min.
-    pub(super) lockouts: std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>>,
+    /// Sign-ins by name: failures in a row and guesses being judged. After 5 failures that
+    /// name waits, 30 s doubling up to 15 min, and then has one guess judged at a time.
+    pub(super) lockouts: std::sync::Mutex<std::collections::HashMap<String, Attempts>>,
     /// Event streams open.
     pub(super) streams: Arc<std::sync::atomic::AtomicUsize>,
     /// The last whole-chain audit check, when made, and its wall-clock time.
@@ -86,26 +87,84 @@ impl Default for Guards {
 
 pub(super) const FREE_TRIES: u32 = 5;
 
-pub(super) fn lockout_left(guards: &Guards, name: &str) -> Option<std::time::Duration> {
-    let map = guards.lockouts.lock().ok()?;
-    let (fails, until) = map.get(name)?;
-    (*fails >= FREE_TRIES).then(|| until.saturating_duration_since(std::time::Instant::now())).filter(|d| !d.is_zero())
+/// One name's sign-ins: wrong ones in a row, when it may try again, and guesses being judged.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Attempts {
+    fails: u32,
+    until: std::time::Instant,
+    judging: u32,
 }
 
-pub(super) fn record_attempt(guards: &Guards, name: &str, ok: bool) {
-    let Ok(mut map) = guards.lockouts.lock() else { return };
-    if ok {
-        map.remove(name);
-        return;
-    }
+/// A guess let through to be judged: it counts against the name's free tries from the moment
+/// it is let through, so that guesses sent at once cannot all pass a check made before any
+/// is judged. [`Guess::judged`] records the verdict; a guess dropped unjudged (its client went
+/// away) frees its place and counts as nothing, its verdict never having been told.
+pub(super) struct Guess<'a> {
+    guards: &'a Guards,
+    name: String,
+    done: bool,
+}
+
+/// Lets a guess for `name` be judged, or says how long the name must wait: while it is locked
+/// out, and while the guesses already being judged would use up its free tries (after a
+/// lockout, one at a time).
+pub(super) fn admit_guess<'a>(guards: &'a Guards, name: &str) -> Result<Guess<'a>, std::time::Duration> {
+    let now = std::time::Instant::now();
+    let Ok(mut map) = guards.lockouts.lock() else { return Err(std::time::Duration::from_secs(1)) };
     if map.len() > 10_000 {
-        map.retain(|_, (_, until)| *until > std::time::Instant::now());
+        map.retain(|_, a| a.judging > 0 || a.until > now);
     }
-    let e = map.entry(name.to_string()).or_insert((0, std::time::Instant::now()));
-    e.0 = e.0.saturating_add(1);
-    if e.0 >= FREE_TRIES {
-        let secs = (30u64 << (e.0 - FREE_TRIES).min(5)).min(900);
-        e.1 = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let a = map.entry(name.to_string()).or_insert(Attempts { fails: 0, until: now, judging: 0 });
+    if a.fails >= FREE_TRIES {
+        let left = a.until.saturating_duration_since(now);
+        if !left.is_zero() {
+            return Err(left);
+        }
+        if a.judging > 0 {
+            return Err(std::time::Duration::from_secs(1));
+        }
+    } else if a.fails + a.judging >= FREE_TRIES {
+        return Err(std::time::Duration::from_secs(1));
+    }
+    a.judging += 1;
+    Ok(Guess { guards, name: name.to_string(), done: false })
+}
+
+impl Guess<'_> {
+    /// Records the verdict: a right one clears the name's failures, a wrong one adds to them.
+    pub(super) fn judged(mut self, ok: bool) {
+        self.done = true;
+        let Ok(mut map) = self.guards.lockouts.lock() else { return };
+        let Some(a) = map.get_mut(&self.name) else { return };
+        a.judging = a.judging.saturating_sub(1);
+        if ok {
+            a.fails = 0;
+        } else {
+            a.fails = a.fails.saturating_add(1);
+            if a.fails >= FREE_TRIES {
+                let secs = (30u64 << (a.fails - FREE_TRIES).min(5)).min(900);
+                a.until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+            }
+        }
+        if a.fails == 0 && a.judging == 0 {
+            map.remove(&self.name);
+        }
+    }
+}
+
+impl Drop for Guess<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Ok(mut map) = self.guards.lockouts.lock()
+            && let Some(a) = map.get_mut(&self.name)
+        {
+            a.judging = a.judging.saturating_sub(1);
+            if a.fails == 0 && a.judging == 0 {
+                map.remove(&self.name);
+            }
+        }
     }
 }
 
@@ -123,12 +182,12 @@ pub(super) async fn login(
     State(shared): State<Arc<Shared>>,
     JsonBody(body): JsonBody<Login>,
 ) -> Result<Json<LoggedIn>, ApiError> {
-    if let Some(left) = lockout_left(&shared.api, &body.name) {
-        return Err(ApiError(
+    let guess = admit_guess(&shared.api, &body.name).map_err(|left| {
+        ApiError(
             StatusCode::TOO_MANY_REQUESTS,
             format!("too many wrong attempts for this name; try again in {} s", left.as_secs().max(1)),
-        ));
-    }
+        )
+    })?;
     let name = body.name.clone();
     let (person, phc) = shared.store.call(move |n| n.sign_in_material(&name)).await??;
     let good = {
@@ -141,7 +200,7 @@ pub(super) async fn login(
         let secret = body.secret;
         tokio::task::spawn_blocking(move || crate::store::people::verify_secret(&secret, &phc)).await.unwrap_or(false)
     };
-    record_attempt(&shared.api, &body.name, good && person.is_some());
+    guess.judged(good && person.is_some());
     let Some(user) = person.filter(|_| good) else {
         return Err(ApiError(StatusCode::UNAUTHORIZED, "unknown name or wrong PIN".into()));
     };

@@ -45,8 +45,10 @@ pub(super) async fn escalate(
         Ok(call)
     })
     .await?;
-    if let Ok(mut people) = shared.call_people.lock() {
-        people.insert(id, who.id);
+    if let Ok(mut people) = shared.call_people.lock()
+        && people.get(&id).is_none_or(|(asked, _)| *asked != call)
+    {
+        people.insert(id, (call.clone(), who.id));
     }
     announce(&shared, id);
     Ok((StatusCode::ACCEPTED, Json(Escalated { session: id, call })).into_response())
@@ -75,7 +77,7 @@ pub(super) async fn answer(
     match as_person(&shared, &who, move |n| Ok(n.answer_call(id, now_ms())?)).await? {
         Some((call, attempt)) => {
             if let Ok(mut people) = shared.call_people.lock() {
-                people.insert(id, who.id);
+                people.insert(id, (call.clone(), who.id));
             }
             announce(&shared, id);
             Ok(Json(Answered { session: id, call, attempt }).into_response())
@@ -172,7 +174,7 @@ pub(super) async fn call_audio(
     if live.is_none() {
         return Err(ApiError(StatusCode::CONFLICT, "no call of this session is live on this node".into()));
     }
-    let speaker = shared.call_people.lock().ok().and_then(|p| p.get(&id).copied());
+    let speaker = shared.call_people.lock().ok().and_then(|p| p.get(&id).map(|(_, person)| *person));
     if speaker != Some(who.id) {
         return Err(ApiError(
             StatusCode::FORBIDDEN,

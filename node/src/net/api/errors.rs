@@ -24,6 +24,7 @@ impl From<NodeError> for ApiError {
             NodeError::Store(s) => return s.into(),
             NodeError::Photo(_)
             | NodeError::WrongNodeForPerson { .. }
+            | NodeError::Person(_)
             | NodeError::ClientKey { .. }
             | NodeError::Install(_)
             | NodeError::AmbiguousPhoto { .. }
@@ -47,6 +48,7 @@ impl From<&StoreError> for ApiError {
             | StoreError::NoSuchBlob(_)
             | StoreError::NoSuchUser(_) => StatusCode::NOT_FOUND,
             StoreError::Model { .. } => StatusCode::BAD_REQUEST,
+            StoreError::NotYours { .. } => StatusCode::FORBIDDEN,
             StoreError::ClientKeyReused { .. } | StoreError::Duplicate(_) => StatusCode::CONFLICT,
             StoreError::DiskFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
             StoreError::BlobOffloaded(_) | StoreError::ConsentWithdrawn(_) => StatusCode::GONE,
