@@ -55,10 +55,12 @@ pub enum NodeError {
         /// The node's role.
         node: Role,
     },
-    /// A client key (for repeat-safe requests) that is not 1 to [`MAX_CLIENT_KEY`] printable
-    /// characters; nothing was written.
+    /// A person's name, role or registration that no record would take (an empty or
+    /// over-long registration); nothing was written.
     #[error("{0}; nothing was written")]
     Person(sync_protocol::session::ModelError),
+    /// A client key (for repeat-safe requests) that is not 1 to [`MAX_CLIENT_KEY`] printable
+    /// characters; nothing was written.
     #[error("client key {key:?}: 1 to {MAX_CLIENT_KEY} printable ASCII characters, no spaces (a UUID will do)")]
     ClientKey {
         /// The key as given.

@@ -274,6 +274,15 @@ pub fn check_own(prior: &AutoCommit, changes: &[Change], me: &PeerInfo, key: Pub
     Ok(())
 }
 
+/// The document's id of an object a change names.
+fn held_id(obj: &ObjectId) -> ObjId {
+    match obj {
+        ObjectId::Root => ROOT,
+        // The actor's index in the document is looked up from the actor itself.
+        ObjectId::Id(OpId(c, a)) => ObjId::Id(*c, a.clone(), usize::MAX),
+    }
+}
+
 /// Operations held in a document (each change's count, summed).
 fn doc_ops(doc: &AutoCommit) -> u64 {
     doc.stats().num_ops
@@ -578,11 +587,7 @@ impl<'a> State<'a> {
         if let Some((o, k, _)) = self.placed.get(&(pred.0, pred.1.clone())) {
             return o == obj && matches!(k, Key::Map(at) if at.as_str() == key);
         }
-        let target = match obj {
-            ObjectId::Root => ROOT,
-            // The actor's index in the document is looked up from the actor itself.
-            ObjectId::Id(OpId(c, a)) => ObjId::Id(*c, a.clone(), usize::MAX),
-        };
+        let target = held_id(obj);
         let names_pred = |ops: Vec<(Value<'_>, ObjId)>| {
             ops.iter().any(|(_, id)| matches!(id, ObjId::Id(c, a, _) if *c == pred.0 && *a == pred.1))
         };
@@ -596,12 +601,7 @@ impl<'a> State<'a> {
     /// Claims `key` of the record map `obj` for a new record: false if the document or an
     /// earlier operation of the batch holds one there.
     fn claim_record(&mut self, obj: &ObjectId, key: &str) -> bool {
-        let held = match obj {
-            ObjectId::Root => ROOT,
-            // The actor's index in the document is looked up from the actor itself.
-            ObjectId::Id(OpId(c, a)) => ObjId::Id(*c, a.clone(), usize::MAX),
-        };
-        if self.doc.get_all(&held, key).is_ok_and(|values| !values.is_empty()) {
+        if self.doc.get_all(held_id(obj), key).is_ok_and(|values| !values.is_empty()) {
             return false;
         }
         self.records.insert((obj.clone(), key.to_string()))

@@ -110,7 +110,9 @@ pub struct InputError(pub String);
 #[derive(Debug, thiserror::Error)]
 #[error("cannot write {}: {source}; nothing was left there. {}", path.display(), output_hint(source))]
 pub struct OutputError {
+    /// The file asked for.
     pub path: PathBuf,
+    /// Why it could not be written.
     pub source: std::io::Error,
 }
 
