@@ -212,6 +212,12 @@ pub enum Violation {
         /// The most a receiver's window holds.
         window: usize,
     },
+    /// A version of a document with more heads than any session has.
+    #[error("a version of {heads} heads")]
+    TooManyHeads {
+        /// How many.
+        heads: usize,
+    },
     /// More summaries or reconciliation rounds at once than a peer waiting for answers sends.
     #[error("{frames} summaries or reconciliation rounds at once")]
     TooManyRounds {
@@ -464,6 +470,10 @@ const MAX_EARLY_BYTES: usize = crate::blob::MAX_CHUNKS * (crate::blob::CHUNK_SIZ
 /// Photo chunks served in one step: a peer keeps at most a window of them asked for (a chunk
 /// asked for again after a stall is within twice that).
 const MAX_SERVED_PER_STEP: usize = 2 * crate::blob::MAX_CHUNKS;
+/// Heads one document's version may have in a frame: each is a change no other follows, and a
+/// session merging a thousand concurrent writers is far beyond what one sees (what a peer says
+/// it holds is kept, per document, for the next conversation).
+const MAX_HEADS: usize = 1024;
 /// Summaries and reconciliation rounds taken in one step. Each reads every document the peer
 /// may see; a peer sends one and waits for the answer (its own opening round may cross ours).
 const MAX_RECON_PER_STEP: usize = 4;
@@ -757,6 +767,17 @@ impl Engine {
             self.stats.bytes_received += frame.encoded_len() as u64;
             if self.closed {
                 continue;
+            }
+            let most_heads = match &frame {
+                Frame::Heads { heads, .. } | Frame::Ack { heads, .. } => heads.len(),
+                Frame::Changes(c) => c.heads.len(),
+                Frame::Summary(Summary { entries, .. }) | Frame::SummaryReply(SummaryReply { entries, .. }) => {
+                    entries.iter().map(|(_, h)| h.len()).max().unwrap_or(0)
+                }
+                _ => 0,
+            };
+            if most_heads > MAX_HEADS {
+                return Err(self.protocol(Violation::TooManyHeads { heads: most_heads }));
             }
             if self.version.is_none() && !matches!(frame, Frame::Hello(_) | Frame::Close { .. }) {
                 // The two lanes are separate streams: a blob frame may overtake the Hello.

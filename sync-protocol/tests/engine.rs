@@ -795,6 +795,18 @@ mod a_peers_frames_cost_bounded_work {
         assert_eq!(e.docs_tracked(), tracked, "state kept for documents this side never sent");
     }
 
+    /// What a peer says it holds of a document is kept for the next conversation: a version of
+    /// a quarter of a million heads (8 MB, within one frame) is refused, not stored.
+    #[test]
+    fn a_version_with_more_heads_than_any_session_has_is_refused() {
+        let (mut hub, mut e, _) = hub_with_photo();
+        let doc = hub.items(&info("amb-07", Role::Edge, &[])).unwrap()[0].id;
+        let heads = |n: usize| (0..n).map(|i| Hash(*blake3::hash(&i.to_le_bytes()).as_bytes())).collect::<Vec<_>>();
+        e.handle(&mut hub, vec![Frame::Heads { doc, heads: heads(3) }], T + 1).unwrap();
+        let why = violation(e.handle(&mut hub, vec![Frame::Ack { doc, heads: heads(262_000) }], T + 2));
+        assert!(matches!(why, Violation::TooManyHeads { heads: 262_000 }), "{why}");
+    }
+
     #[test]
     fn photo_frames_that_overtake_the_hello_are_bounded_by_a_window() {
         let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
