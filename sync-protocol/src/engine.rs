@@ -803,10 +803,7 @@ impl Engine {
                     }
                 }
                 Frame::Summary(s) => {
-                    self.recon_now += 1;
-                    if self.recon_now > MAX_RECON_PER_STEP {
-                        return Err(self.protocol(Violation::TooManyRounds { frames: self.recon_now }));
-                    }
+                    self.count_round()?;
                     if s.pushed > 0 {
                         let n = s.pushed;
                         self.summary_waiting = Some((s, n));
@@ -824,10 +821,7 @@ impl Engine {
                     // same flight; its Ranges frame follows.
                 }
                 Frame::Ranges(ranges) => {
-                    self.recon_now += 1;
-                    if self.recon_now > MAX_RECON_PER_STEP {
-                        return Err(self.protocol(Violation::TooManyRounds { frames: self.recon_now }));
-                    }
+                    self.count_round()?;
                     self.recon_waiting = false;
                     let items = self.recon_items(replica)?;
                     let (reply, diffs) =
@@ -1325,6 +1319,16 @@ impl Engine {
         for w in wants {
             self.send(w);
         }
+    }
+
+    /// Counts a summary or reconciliation round of the peer's in this step: past
+    /// [`MAX_RECON_PER_STEP`], a violation.
+    fn count_round<E: std::error::Error + 'static>(&mut self) -> Result<(), EngineError<E>> {
+        self.recon_now += 1;
+        if self.recon_now > MAX_RECON_PER_STEP {
+            return Err(self.protocol(Violation::TooManyRounds { frames: self.recon_now }));
+        }
+        Ok(())
     }
 
     fn serve_blob<R: Replica>(&mut self, replica: &mut R, hash: Hash, manifest: bool, chunks: Vec<u32>) -> Res<(), R> {
