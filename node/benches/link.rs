@@ -9,7 +9,10 @@
 //!
 //! `LINK_PROFILES=rural-a-road,cell-edge` picks profiles (default: all six),
 //! `LINK_CONTROLLERS=radio,cubic` picks controllers (default: all), `LINK_SEED=N` the
-//! emulator's seed (default 7), `LINK_PHOTOS=N` the number of photos (default 3).
+//! emulator's seed (default 7), `LINK_PHOTOS=N` the number of photos (default 3),
+//! `LINK_AQM=codel` gives every link's bottleneck CoDel (RFC 8289, marking ECN-capable
+//! datagrams) and `LINK_AQM=step:<ms>` a step threshold (as an L4S cell marks), rather than a
+//! drop-tail queue alone.
 //! Goal (issue 17): >= 90% of the ideal on every profile with the default controller.
 //!
 //! Each row also shows the simulator's time for the same upload (`outpost_sim`'s
@@ -35,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use common::make_node;
 use outpost_node::config::NodeDir;
-use outpost_node::linkem::{EmulatorOptions, LinkEmulator};
+use outpost_node::linkem::{Aqm, EmulatorOptions, LinkEmulator};
 use outpost_node::net::{self, Congestion, Daemon, RunOptions};
 use outpost_node::node::{Node, PhotoRequest, SessionRequest, now_ms};
 use outpost_node::tls::CaDir;
@@ -59,7 +62,22 @@ struct Run {
     wire_up: u64,
     lost: u64,
     queue_drops: u64,
+    ce_marked: u64,
     chunks: u64,
+}
+
+/// `LINK_AQM=codel` (or `step:<ms>`): every emulated link's bottleneck manages its queue so,
+/// instead of dropping at a full buffer only.
+fn aqm() -> Aqm {
+    match std::env::var("LINK_AQM") {
+        Ok(v) => Aqm::parse(&v).unwrap_or_else(|| panic!("LINK_AQM={v}: droptail, codel or step:<ms>")),
+        Err(_) => Aqm::DropTail,
+    }
+}
+
+/// The bottleneck's kind, for the tables' titles.
+fn bottleneck() -> String {
+    format!("a {} bottleneck", aqm())
 }
 
 /// An ambulance with `photos` photos attached, a hub daemon, and the emulated link between.
@@ -90,7 +108,7 @@ fn rig(rt: &tokio::runtime::Runtime, profile: &LinkProfile, photos: usize, seed:
             "127.0.0.1:0".parse().expect("addr"),
             hub_addr,
             profile.clone(),
-            EmulatorOptions { seed, ..EmulatorOptions::default() },
+            EmulatorOptions { seed, aqm: aqm(), ..EmulatorOptions::default() },
         ))
         .expect("link");
     Rig { _tmp: tmp, edge, hub, link, payload }
@@ -116,6 +134,7 @@ fn upload(rt: &tokio::runtime::Runtime, profile: &LinkProfile, cc: Congestion, p
         wire_up: st.up_bytes_out,
         lost: st.lost,
         queue_drops: st.queue_drops,
+        ce_marked: st.ce_marked,
         chunks: report.stats.chunks_sent,
     }
 }
@@ -173,13 +192,14 @@ fn main() {
     }
     println!();
     println!(
-        "photos over emulated links: {photos} JPEGs of ~2 MB, one sync edge -> hub, QUIC + mutual TLS, seed {seed}"
+        "photos over emulated links: {photos} JPEGs of ~2 MB, one sync edge -> hub, QUIC + mutual TLS, seed {seed}, {}",
+        bottleneck()
     );
     println!();
     println!(
-        "| profile | uplink | mean loss | controller | ideal | time | share of the link | wire / payload | datagrams lost | queue drops | chunks sent | goal (>= 90%) | simulator | simulator / real |"
+        "| profile | uplink | mean loss | controller | ideal | time | share of the link | wire / payload | datagrams lost | queue drops | CE marks | chunks sent | goal (>= 90%) | simulator | simulator / real |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (p, cc, r) in &rows {
         let loss = p.loss.mean_loss();
         let ideal = r.payload as f64 * 8.0 / p.uplink_bps as f64 / (1.0 - loss);
@@ -187,7 +207,7 @@ fn main() {
         let sizes = vec![(r.payload / photos.max(1) as u64) as usize; photos];
         let sim = outpost_sim::world::World::photo_upload(&p.name, &sizes, seed).ok().and_then(|u| u.seconds);
         println!(
-            "| {} | {:.2} Mbit/s | {:.1}% | {} | {:.1} s | {:.1} s | {:.0}% | {:.2} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {:.2} Mbit/s | {:.1}% | {} | {:.1} s | {:.1} s | {:.0}% | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
             p.name,
             p.uplink_bps as f64 / 1e6,
             loss * 100.0,
@@ -198,6 +218,7 @@ fn main() {
             r.wire_up as f64 / r.payload as f64,
             r.lost,
             r.queue_drops,
+            r.ce_marked,
             r.chunks,
             if *cc != net::congestion::Congestion::Radio {
                 ""
@@ -232,7 +253,7 @@ fn fairness(rt: &tokio::runtime::Runtime, seed: u64) {
             "127.0.0.1:0".parse().expect("addr"),
             sink.local_addr().expect("addr"),
             profile.clone(),
-            EmulatorOptions { seed, ..EmulatorOptions::default() },
+            EmulatorOptions { seed, aqm: aqm(), ..EmulatorOptions::default() },
         )
         .await
         .expect("link");
@@ -258,9 +279,10 @@ fn fairness(rt: &tokio::runtime::Runtime, seed: u64) {
     });
     println!();
     println!(
-        "fairness on {} ({:.1} Mbit/s up, one bottleneck queue, {photos} photos, seed {seed}): rates in kbit/s",
+        "fairness on {} ({:.1} Mbit/s up, one bottleneck queue, {}, {photos} photos, seed {seed}): rates in kbit/s",
         profile.name,
-        profile.uplink_bps as f64 / 1e6
+        profile.uplink_bps as f64 / 1e6,
+        bottleneck()
     );
     println!();
     println!(

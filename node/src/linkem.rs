@@ -8,15 +8,25 @@
 //!
 //! Blackouts come from the profile's availability process (`outages`), or on command
 //! ([`LinkEmulator::set_up`], or `down`/`up` lines on the `outpost linkem` command's input).
+//!
+//! Each datagram keeps its ECN codepoint across the relay (read and written with quinn's
+//! UDP layer), as a router does, so QUIC's ECN works through it. The bottleneck's queue is
+//! drop-tail by default, as most cellular links' are; it can instead be managed
+//! ([`EmulatorOptions::aqm`]): CoDel (RFC 8289), as a home or hospital router running
+//! fq_codel or cake has, or a step threshold on the waiting time, as an L4S-capable cell
+//! marks. Either marks ECN-capable datagrams Congestion Experienced rather than dropping them.
 
 use std::collections::{BinaryHeap, HashMap};
+use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use quinn::udp::{EcnCodepoint, RecvMeta, Transmit, UdpSocketState};
 use serde::Serialize;
 use sync_protocol::links::{self, LinkProfile, LinkState, Uniform};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -32,11 +42,138 @@ pub struct EmulatorOptions {
     pub reorder: f64,
     /// Seed of the random generator (0: from the system).
     pub seed: u64,
+    /// How the bottleneck manages its queue (beyond dropping at a full buffer).
+    pub aqm: Aqm,
 }
 
 impl Default for EmulatorOptions {
     fn default() -> Self {
-        EmulatorOptions { outages: false, duplicate: 0.0, reorder: 0.0, seed: 0 }
+        EmulatorOptions { outages: false, duplicate: 0.0, reorder: 0.0, seed: 0, aqm: Aqm::DropTail }
+    }
+}
+
+/// The bottleneck's queue management.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Aqm {
+    /// A datagram is dropped only when the buffer is full: most cellular links today.
+    #[default]
+    DropTail,
+    /// CoDel (RFC 8289): once datagrams have waited longer than `target` for a whole
+    /// `interval`, one is marked (ECN-capable) or dropped (not), then more often (the
+    /// interval over the square root of the count) until the waiting falls under the target.
+    CoDel {
+        /// The waiting time the queue is held to (RFC 8289: 5 ms).
+        target: Duration,
+        /// How long the waiting must stay over it (RFC 8289: 100 ms, a round trip).
+        interval: Duration,
+    },
+    /// Every ECN-capable datagram that would wait longer than this is marked (an L4S step
+    /// threshold); the others are dropped at a full buffer only.
+    Step(Duration),
+}
+
+impl Aqm {
+    /// CoDel with RFC 8289's defaults (5 ms, 100 ms).
+    pub const CODEL: Aqm = Aqm::CoDel { target: Duration::from_millis(5), interval: Duration::from_millis(100) };
+
+    /// Parses `droptail`, `codel` or `step:<ms>`.
+    pub fn parse(s: &str) -> Option<Aqm> {
+        match s.trim() {
+            "droptail" | "drop-tail" => Some(Aqm::DropTail),
+            "codel" => Some(Aqm::CODEL),
+            other => {
+                let ms: u64 = other.strip_prefix("step:")?.parse().ok()?;
+                Some(Aqm::Step(Duration::from_millis(ms)))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Aqm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Aqm::DropTail => write!(f, "drop-tail"),
+            Aqm::CoDel { target, interval } => {
+                write!(f, "CoDel ({} ms, {} ms; ECN marks)", target.as_millis(), interval.as_millis())
+            }
+            Aqm::Step(above) => write!(f, "step-marking (CE past {} ms of queue)", above.as_millis()),
+        }
+    }
+}
+
+/// The largest datagram, for CoDel's one-packet rule (RFC 8289's MAXPACKET).
+const MAX_PACKET: f64 = 1_500.0;
+
+/// CoDel's state (RFC 8289, section 5), run for each datagram as it reaches the head of the
+/// queue: the emulator knows at arrival when that will be, and datagrams leave in order.
+#[derive(Debug)]
+struct CoDel {
+    target: Duration,
+    interval: Duration,
+    /// When the waiting, over the target since, will have been so for an interval.
+    first_above: Option<Instant>,
+    dropping: bool,
+    drop_next: Instant,
+    count: u32,
+    last_count: u32,
+}
+
+impl CoDel {
+    fn new(target: Duration, interval: Duration) -> CoDel {
+        CoDel {
+            target,
+            interval,
+            first_above: None,
+            dropping: false,
+            drop_next: Instant::now(),
+            count: 0,
+            last_count: 0,
+        }
+    }
+
+    fn control_law(&self, t: Instant) -> Instant {
+        t + self.interval.div_f64(f64::from(self.count.max(1)).sqrt())
+    }
+
+    /// Whether the datagram leaving the queue at `at`, after waiting `waited` behind `ahead`
+    /// bytes, is marked (or dropped). As RFC 8289 does not act on a queue of one packet
+    /// (on a slow link one packet takes longer than the target to send), neither does this,
+    /// judged by what was ahead of the datagram when it came.
+    fn judge(&mut self, at: Instant, waited: Duration, ahead: f64) -> bool {
+        let ok_to_drop = if waited < self.target || ahead <= MAX_PACKET {
+            self.first_above = None;
+            false
+        } else {
+            match self.first_above {
+                None => {
+                    self.first_above = Some(at + self.interval);
+                    false
+                }
+                Some(t) => at >= t,
+            }
+        };
+        if self.dropping {
+            if !ok_to_drop {
+                self.dropping = false;
+                return false;
+            }
+            if at >= self.drop_next {
+                self.count = self.count.saturating_add(1);
+                self.drop_next = self.control_law(self.drop_next);
+                return true;
+            }
+            false
+        } else if ok_to_drop {
+            self.dropping = true;
+            let delta = self.count.saturating_sub(self.last_count);
+            let recent = at.saturating_duration_since(self.drop_next) < self.interval * 16;
+            self.count = if delta > 1 && recent { delta } else { 1 };
+            self.drop_next = self.control_law(at);
+            self.last_count = self.count;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -55,10 +192,14 @@ pub struct LinkStats {
     pub lost: u64,
     /// Datagrams dropped because the link was down.
     pub blacked_out: u64,
-    /// Datagrams dropped at a full queue.
+    /// Datagrams dropped at a full queue, or by CoDel (those not ECN-capable).
     pub queue_drops: u64,
     /// Outside addresses given to clients (one per client, and one more per rebinding).
     pub mappings: u64,
+    /// Datagrams marked Congestion Experienced at an ECN-marking bottleneck.
+    pub ce_marked: u64,
+    /// Datagrams that came in ECN-capable (ECT(0), ECT(1) or already CE).
+    pub ecn_capable: u64,
 }
 
 #[derive(Debug, Default)]
@@ -71,6 +212,8 @@ struct Counters {
     blacked_out: AtomicU64,
     queue_drops: AtomicU64,
     mappings: AtomicU64,
+    ce_marked: AtomicU64,
+    ecn_capable: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -141,8 +284,8 @@ impl LinkEmulator {
         profile: LinkProfile,
         opts: EmulatorOptions,
     ) -> std::io::Result<LinkEmulator> {
-        let front = Arc::new(UdpSocket::bind(listen).await?);
-        let local_addr = front.local_addr()?;
+        let front = Arc::new(Relay::bind(listen).await?);
+        let local_addr = front.io.local_addr()?;
         let control = Arc::new(Control {
             manual_up: AtomicBool::new(true),
             scheduled_up: AtomicBool::new(true),
@@ -175,8 +318,8 @@ impl LinkEmulator {
     /// bottleneck, queue, loss and blackouts with every other (two applications on one
     /// tablet's radio). Returns the address its clients send to.
     pub async fn add_entrance(&mut self, listen: SocketAddr, target: SocketAddr) -> std::io::Result<SocketAddr> {
-        let front = Arc::new(UdpSocket::bind(listen).await?);
-        let addr = front.local_addr()?;
+        let front = Arc::new(Relay::bind(listen).await?);
+        let addr = front.io.local_addr()?;
         self.tasks.push(tokio::spawn(front_loop(
             front,
             target,
@@ -224,6 +367,8 @@ impl LinkEmulator {
             blacked_out: c.blacked_out.load(Ordering::Relaxed),
             queue_drops: c.queue_drops.load(Ordering::Relaxed),
             mappings: c.mappings.load(Ordering::Relaxed),
+            ce_marked: c.ce_marked.load(Ordering::Relaxed),
+            ecn_capable: c.ecn_capable.load(Ordering::Relaxed),
         }
     }
 }
@@ -249,8 +394,60 @@ impl UplinkQueue {
 #[derive(Debug)]
 struct Packet {
     data: Vec<u8>,
-    socket: Arc<UdpSocket>,
+    socket: Arc<Relay>,
     to: SocketAddr,
+    ecn: Option<EcnCodepoint>,
+}
+
+/// One of the relay's sockets, read and written with quinn's UDP layer so that each
+/// datagram's ECN codepoint is seen and passed on (a plain socket sends every datagram
+/// Not-ECT, and QUIC then turns ECN off).
+#[derive(Debug)]
+struct Relay {
+    io: UdpSocket,
+    state: UdpSocketState,
+}
+
+impl Relay {
+    async fn bind(addr: SocketAddr) -> std::io::Result<Relay> {
+        let io = UdpSocket::bind(addr).await?;
+        let state = UdpSocketState::new((&io).into())?;
+        Ok(Relay { io, state })
+    }
+
+    /// A buffer for one read: with generic receive offload, up to the kernel's batch of
+    /// datagrams of one size (the senders' MTU here is at most 1,500 bytes).
+    fn buffer(&self) -> Vec<u8> {
+        vec![0u8; (self.state.gro_segments() * 1_500).max(65_536)]
+    }
+
+    /// Reads what came: the datagrams (one, or a batch of one sender's datagrams of one
+    /// size), each by its range in `buf`, with their sender and ECN codepoint.
+    async fn recv(&self, buf: &mut [u8]) -> std::io::Result<(RecvMeta, Vec<std::ops::Range<usize>>)> {
+        loop {
+            self.io.readable().await?;
+            let mut meta = [RecvMeta::default()];
+            let read = self.io.try_io(Interest::READABLE, || {
+                self.state.recv((&self.io).into(), &mut [IoSliceMut::new(&mut *buf)], &mut meta)
+            });
+            match read {
+                Ok(_) => {
+                    let m = meta[0];
+                    let len = m.len.min(buf.len());
+                    let stride = if m.stride == 0 { len.max(1) } else { m.stride };
+                    let ranges = (0..len).step_by(stride).map(|at| at..(at + stride).min(len)).collect();
+                    return Ok((m, ranges));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn send(&self, data: &[u8], to: SocketAddr, ecn: Option<EcnCodepoint>) -> std::io::Result<()> {
+        let t = Transmit { destination: to, ecn, contents: data, segment_size: None, src_ip: None };
+        self.io.async_io(Interest::WRITABLE, || self.state.send((&self.io).into(), &t)).await
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,18 +457,19 @@ enum Direction {
 }
 
 async fn front_loop(
-    front: Arc<UdpSocket>,
+    front: Arc<Relay>,
     target: SocketAddr,
     up: mpsc::Sender<Packet>,
     down: mpsc::Sender<Packet>,
     control: Arc<Control>,
 ) {
-    let mut backs: HashMap<SocketAddr, (Arc<UdpSocket>, tokio::task::JoinHandle<()>)> = HashMap::new();
+    let mut backs: HashMap<SocketAddr, (Arc<Relay>, tokio::task::JoinHandle<()>)> = HashMap::new();
     let mut generation = 0u64;
-    let mut buf = vec![0u8; 65_536];
+    let mut buf = front.buffer();
     loop {
-        let Ok((n, client)) = front.recv_from(&mut buf).await else { return };
-        control.counters.up_in.fetch_add(n as u64, Ordering::Relaxed);
+        let Ok((meta, datagrams)) = front.recv(&mut buf).await else { return };
+        let client = meta.addr;
+        control.counters.up_in.fetch_add(meta.len as u64, Ordering::Relaxed);
         let now = control.rebinds.load(Ordering::Relaxed);
         if now != generation {
             // The old mappings are gone: replies to them go nowhere.
@@ -286,7 +484,7 @@ async fn front_loop(
                 let bind: SocketAddr = if target.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" }
                     .parse()
                     .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
-                let Ok(sock) = UdpSocket::bind(bind).await else { continue };
+                let Ok(sock) = Relay::bind(bind).await else { continue };
                 let sock = Arc::new(sock);
                 control.counters.mappings.fetch_add(1, Ordering::Relaxed);
                 let task = tokio::spawn(back_loop(sock.clone(), front.clone(), client, down.clone(), control.clone()));
@@ -294,25 +492,31 @@ async fn front_loop(
                 sock
             }
         };
-        if up.try_send(Packet { data: buf[..n].to_vec(), socket: back, to: target }).is_err() {
-            control.counters.queue_drops.fetch_add(1, Ordering::Relaxed);
+        for range in datagrams {
+            let packet = Packet { data: buf[range].to_vec(), socket: back.clone(), to: target, ecn: meta.ecn };
+            if up.try_send(packet).is_err() {
+                control.counters.queue_drops.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }
 
 async fn back_loop(
-    back: Arc<UdpSocket>,
-    front: Arc<UdpSocket>,
+    back: Arc<Relay>,
+    front: Arc<Relay>,
     client: SocketAddr,
     down: mpsc::Sender<Packet>,
     control: Arc<Control>,
 ) {
-    let mut buf = vec![0u8; 65_536];
+    let mut buf = back.buffer();
     loop {
-        let Ok((n, _)) = back.recv_from(&mut buf).await else { return };
-        control.counters.down_in.fetch_add(n as u64, Ordering::Relaxed);
-        if down.try_send(Packet { data: buf[..n].to_vec(), socket: front.clone(), to: client }).is_err() {
-            control.counters.queue_drops.fetch_add(1, Ordering::Relaxed);
+        let Ok((meta, datagrams)) = back.recv(&mut buf).await else { return };
+        control.counters.down_in.fetch_add(meta.len as u64, Ordering::Relaxed);
+        for range in datagrams {
+            let packet = Packet { data: buf[range].to_vec(), socket: front.clone(), to: client, ecn: meta.ecn };
+            if down.try_send(packet).is_err() {
+                control.counters.queue_drops.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -344,7 +548,7 @@ impl Ord for Scheduled {
 /// One direction: loss, a serialising bottleneck with a bounded queue, a propagation delay that
 /// wanders within the profile's range (a new target every half second, as cells and load
 /// change) with a little per-packet jitter, delivery in order unless reordering is asked for,
-/// duplication; packets are delivered at their computed times.
+/// duplication, ECN marking if asked for; packets are delivered at their computed times.
 async fn pipe(
     mut rx: mpsc::Receiver<Packet>,
     dir: Direction,
@@ -366,12 +570,19 @@ async fn pipe(
     let mut next_wander = Instant::now() + Duration::from_millis(500);
     let mut last_at = Instant::now();
     let spread = (profile.rtt_ms.1 - profile.rtt_ms.0) / 2.0;
+    let mut codel = match opts.aqm {
+        Aqm::CoDel { target, interval } => Some(CoDel::new(target, interval)),
+        _ => None,
+    };
     loop {
         let next = heap.peek().map(|s| s.at);
         tokio::select! {
             incoming = rx.recv() => {
-                let Some(packet) = incoming else { return };
+                let Some(mut packet) = incoming else { return };
                 let now = Instant::now();
+                if packet.ecn.is_some() {
+                    control.counters.ecn_capable.fetch_add(1, Ordering::Relaxed);
+                }
                 if !control.up() {
                     control.counters.blacked_out.fetch_add(1, Ordering::Relaxed);
                     continue;
@@ -385,6 +596,19 @@ async fn pipe(
                 if queued_bytes > profile.queue_bytes as f64 {
                     control.counters.queue_drops.fetch_add(1, Ordering::Relaxed);
                     continue;
+                }
+                let congested = match (&mut codel, opts.aqm) {
+                    (Some(c), _) => c.judge(bottleneck_free.max(now), queued, queued_bytes),
+                    (None, Aqm::Step(above)) => queued > above && packet.ecn.is_some(),
+                    _ => false,
+                };
+                if congested {
+                    if packet.ecn.is_none() {
+                        control.counters.queue_drops.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    packet.ecn = Some(EcnCodepoint::Ce);
+                    control.counters.ce_marked.fetch_add(1, Ordering::Relaxed);
                 }
                 let serialise = Duration::from_secs_f64(packet.data.len() as f64 * 8.0 / bps);
                 bottleneck_free = bottleneck_free.max(now) + serialise;
@@ -408,7 +632,12 @@ async fn pipe(
                 }
                 if opts.duplicate > 0.0 && rng.next_f64() < opts.duplicate {
                     seq += 1;
-                    let copy = Packet { data: packet.data.clone(), socket: packet.socket.clone(), to: packet.to };
+                    let copy = Packet {
+                        data: packet.data.clone(),
+                        socket: packet.socket.clone(),
+                        to: packet.to,
+                        ecn: packet.ecn,
+                    };
                     heap.push(Scheduled { at: at + Duration::from_millis(1), seq, packet: copy });
                 }
                 seq += 1;
@@ -428,7 +657,7 @@ async fn pipe(
                         control.counters.blacked_out.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    if s.packet.socket.send_to(&s.packet.data, s.packet.to).await.is_ok() {
+                    if s.packet.socket.send(&s.packet.data, s.packet.to, s.packet.ecn).await.is_ok() {
                         let n = s.packet.data.len() as u64;
                         match dir {
                             Direction::Up => control.counters.up_out.fetch_add(n, Ordering::Relaxed),
@@ -525,6 +754,95 @@ mod tests {
         }
         // 50 kB at 125 kB/s: about 400 ms. The pacing, not the exact figure, is what is checked.
         assert!(start.elapsed() >= Duration::from_millis(250), "{:?}", start.elapsed());
+    }
+
+    /// Sends `n` 1,000-byte datagrams numbered 0..n at once through a 1 Mbit/s link with `aqm`,
+    /// the even ones ECT(0) and the odd ones not ECN-capable; returns each one's codepoint as
+    /// the sink received it (`None` inside for not ECN-capable, outside for not received), by
+    /// number, and the emulator's counters.
+    async fn ecn_burst(aqm: Aqm, n: u8) -> (Vec<Option<Option<EcnCodepoint>>>, LinkStats) {
+        let sink = Relay::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let mut p = fast();
+        p.uplink_bps = 1_000_000;
+        let opts = EmulatorOptions { aqm, ..EmulatorOptions::default() };
+        let em =
+            LinkEmulator::start("127.0.0.1:0".parse().unwrap(), sink.io.local_addr().unwrap(), p, opts).await.unwrap();
+        let client = Relay::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        for i in 0..n {
+            let ecn = (i % 2 == 0).then_some(EcnCodepoint::Ect0);
+            client.send(&[i; 1000], em.local_addr, ecn).await.unwrap();
+            if i % 10 == 9 {
+                // Let the relay read (the test's runtime has one thread): a socket's buffer
+                // holds about ninety such datagrams.
+                tokio::task::yield_now().await;
+            }
+        }
+        let mut got = vec![None; usize::from(n)];
+        let mut seen = 0;
+        let mut buf = sink.buffer();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while seen + em.stats().queue_drops < u64::from(n) && Instant::now() < deadline {
+            let Ok(read) = tokio::time::timeout(Duration::from_millis(200), sink.recv(&mut buf)).await else {
+                continue;
+            };
+            let (meta, datagrams) = read.unwrap();
+            for r in datagrams {
+                got[usize::from(buf[r.start])] = Some(meta.ecn);
+                seen += 1;
+            }
+        }
+        (got, em.stats())
+    }
+
+    #[tokio::test]
+    async fn a_datagrams_ecn_codepoint_crosses_the_relay() {
+        let (got, stats) = ecn_burst(Aqm::DropTail, 50).await;
+        for (i, ecn) in got.iter().enumerate() {
+            let sent = (i % 2 == 0).then_some(EcnCodepoint::Ect0);
+            assert_eq!(*ecn, Some(sent), "datagram {i} arrives as it was sent");
+        }
+        assert_eq!((stats.ecn_capable, stats.ce_marked), (25, 0));
+    }
+
+    #[tokio::test]
+    async fn a_marking_bottleneck_marks_the_ecn_capable_datagrams_that_would_wait_past_its_threshold() {
+        // 20 ms at 125 kB/s is 2,500 bytes: the first three datagrams wait less.
+        let (got, stats) = ecn_burst(Aqm::Step(Duration::from_millis(20)), 50).await;
+        for (i, ecn) in got.iter().enumerate() {
+            let expected = match (i % 2 == 0, i < 3) {
+                (false, _) => None,
+                (true, true) => Some(EcnCodepoint::Ect0),
+                (true, false) => Some(EcnCodepoint::Ce),
+            };
+            assert_eq!(*ecn, Some(expected), "datagram {i}");
+        }
+        assert_eq!(stats.ce_marked, 23, "every ECN-capable datagram past the threshold, and only those");
+        assert_eq!(stats.queue_drops, 0, "marked, not dropped");
+    }
+
+    #[tokio::test]
+    async fn codel_lets_a_burst_wait_an_interval_then_marks_or_drops_ever_more_often() {
+        // 100 kB at once on a 125 kB/s link: the last waits 800 ms. One datagram leaves every
+        // 8 ms, so the waiting passes 5 ms at the second and CoDel acts from about the 14th.
+        let (got, stats) = ecn_burst(Aqm::CODEL, 100).await;
+        let signalled: Vec<usize> = got
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| matches!(e, None | Some(Some(EcnCodepoint::Ce))))
+            .map(|(i, _)| i)
+            .collect();
+        assert!(signalled.first().is_some_and(|&i| i >= 12), "nothing within the first interval: {signalled:?}");
+        for &i in &signalled {
+            let expected = if i % 2 == 0 { Some(Some(EcnCodepoint::Ce)) } else { None };
+            assert_eq!(got[i], expected, "datagram {i}: an ECN-capable one is marked, another dropped");
+        }
+        let marked = signalled.iter().filter(|&&i| i % 2 == 0).count() as u64;
+        assert_eq!((stats.ce_marked, stats.queue_drops), (marked, signalled.len() as u64 - marked));
+        // The control law: the interval over the square root of the count, so the gaps shrink
+        // (100 ms, 71, 58, 50, ...): about eighteen signals in 800 ms, not one per interval.
+        assert!((12..=24).contains(&signalled.len()), "{signalled:?}");
+        let gaps: Vec<usize> = signalled.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.first() > gaps.last(), "the signals come closer together: {gaps:?}");
     }
 
     #[tokio::test]

@@ -655,6 +655,14 @@ mod refused_cleanly {
     }
 
     #[test]
+    fn an_unknown_queue_for_the_link_emulator_is_bad_input() {
+        let out = run(&["linkem", "--listen", "127.0.0.1:0", "--to", "127.0.0.1:9", "--aqm", "red"]);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{said}");
+        assert!(said.contains("droptail, codel or step:<ms>"), "it says what it takes: {said}");
+    }
+
+    #[test]
     fn a_wav_at_a_sample_rate_no_call_can_play_is_bad_input() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("amb");

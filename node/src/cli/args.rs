@@ -744,6 +744,10 @@ pub(crate) struct LinkemArgs {
     /// Seed of the random generator (0: random).
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
+    /// The bottleneck's queue: `droptail` (a full buffer drops), `codel` (RFC 8289: marks
+    /// ECN-capable datagrams, drops others) or `step:<ms>` (marks past that much queue).
+    #[arg(long, default_value = "droptail")]
+    pub(crate) aqm: String,
 }
 
 /// The arguments of `outpost status`.

@@ -126,8 +126,10 @@ pub(crate) fn run_sync(args: SyncArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) fn run_linkem(args: LinkemArgs) -> anyhow::Result<()> {
-    let LinkemArgs { listen, to, profile, outages, seed } = args;
+    let LinkemArgs { listen, to, profile, outages, seed, aqm } = args;
     init_logging("info");
+    let aqm = crate::linkem::Aqm::parse(&aqm)
+        .ok_or_else(|| InputError(format!("unknown queue {aqm:?}; expected droptail, codel or step:<ms>")))?;
     let p = sync_protocol::links::profile(&profile).ok_or_else(|| {
         InputError(format!(
             "unknown link profile {profile:?}; expected one of: {}",
@@ -136,11 +138,11 @@ pub(crate) fn run_linkem(args: LinkemArgs) -> anyhow::Result<()> {
     })?;
     let rt = runtime()?;
     rt.block_on(async move {
-        let opts = crate::linkem::EmulatorOptions { outages, seed, ..Default::default() };
+        let opts = crate::linkem::EmulatorOptions { outages, seed, aqm, ..Default::default() };
         let to = to.resolve().await?;
         let em = crate::linkem::LinkEmulator::start(listen, to, p.clone(), opts).await?;
         println!(
-            "relaying {} -> {to} as {} ({} kbit/s up, {:.0}-{:.0} ms RTT, {:.1}% loss{})",
+            "relaying {} -> {to} as {} ({} kbit/s up, {:.0}-{:.0} ms RTT, {:.1}% loss{}, {aqm} queue)",
             em.local_addr,
             p.name,
             p.uplink_bps / 1000,

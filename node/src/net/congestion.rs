@@ -26,6 +26,15 @@
 //!   network), and then the queue never passes it: once past slow start, a loss while the
 //!   queue is within a fifth of its longest of the last ten seconds, when that is 10-50 ms
 //!   (a radio link's round trip wanders by more), is the buffer overflowing, and congestion;
+//! - a round whose acknowledgements report datagrams marked Congestion Experienced (ECN, from
+//!   a router running CoDel, PIE or cake) is congestion whatever the queue looks like, as
+//!   RFC 9002 asks of a sender that marks its packets ECN-capable (quinn always does): the
+//!   window shrinks to 0.7 of itself, once a round, as Cubic's does, and for 30 s after a mark
+//!   it grows as Cubic's does in its Reno-friendly region (0.53 packets a round trip, not 2).
+//!   Unanswered, a CoDel queue's marks fell on the photos' neighbours alone: a Cubic flow
+//!   beside them on the A-road kept 0.28x of what it keeps beside Cubic photos. Answered but
+//!   regrown at 2 packets a round trip, the photos took twice the neighbour's share on urban
+//!   4G (0.56x); regrown as Cubic's, 0.82x. Random loss stays the radio's on such a path;
 //! - while the queue is long the window does not grow, and slow start ends;
 //! - slow start also ends as soon as the last few acknowledgements show the queue past the
 //!   limit, not a round later: a window that doubles each round overfills the bottleneck's
@@ -227,6 +236,8 @@ pub struct Radio {
     /// A drain under way: when it began, and from when the packets sent go out behind an
     /// empty queue (their round trips are the path's).
     drain: Option<(Instant, Instant)>,
+    /// When an acknowledgement last reported marks.
+    marked_at: Option<Instant>,
 }
 
 /// How often a packet may go out beyond the window while the link is silent.
@@ -238,6 +249,12 @@ const INITIAL_PACKETS: u64 = 10;
 const MIN_PACKETS: u64 = 2;
 /// The window after congestion, as a share of the window before (Cubic's beta).
 const BETA: f64 = 0.7;
+/// Packets a round trip that a window shrinking to [`BETA`] of itself must grow by to share a
+/// link with NewReno (Cubic's "TCP-friendly" rate): 3 (1 - beta) / (1 + beta).
+const FRIENDLY: f64 = 3.0 * (1.0 - BETA) / (1.0 + BETA);
+/// How long after its last mark a path is taken to be a marking one.
+const MARKING_PATH: Duration = Duration::from_secs(30);
+
 /// A round that lost more than this share of its bytes, or a loss episode more than this share
 /// of the window, is congested, whatever the queue (a shallow buffer that drops before it
 /// delays). A cell edge's bad spells lose 20%.
@@ -292,6 +309,7 @@ impl Radio {
             srtt: Duration::from_millis(333),
             base_seen: now,
             drain: None,
+            marked_at: None,
         }
     }
 
@@ -385,6 +403,20 @@ impl Radio {
         self.congested_episodes += 1;
     }
 
+    /// An acknowledgement reported datagrams sent up to `sent` marked Congestion Experienced:
+    /// the bottleneck's own word that its queue is long, whatever the round trip shows. It is
+    /// answered as Cubic answers it (RFC 9002, section 7: as a loss), once a round, so that a
+    /// neighbour marked by the same queue does not yield alone.
+    /// A loss episode answered as the radio's does not cover marks: they are answered within it.
+    fn ecn_marked(&mut self, now: Instant, sent: Instant) {
+        self.marked_at = Some(now);
+        let answered = self.recovery_start.is_some_and(|r| sent <= r) && self.radio_episode.is_none();
+        if !answered {
+            self.radio_episode = None;
+            self.congested(now);
+        }
+    }
+
     /// Loss episodes answered as congestion, and as radio loss (the window kept).
     pub fn episodes(&self) -> (u64, u64) {
         (self.congested_episodes, self.radio_episodes)
@@ -460,6 +492,10 @@ impl Radio {
             } else {
                 self.window += bytes;
             }
+        } else if self.marked_at.is_some_and(|t| now.saturating_duration_since(t) < MARKING_PATH) {
+            // The bottleneck's marks share it out: grow as Cubic does in its Reno-friendly
+            // region, as a neighbour marked by the same queue grows.
+            self.window += ((FRIENDLY * (self.mtu * bytes) as f64 / self.window.max(1) as f64) as u64).max(1);
         } else if !long {
             // Two packets per round trip: a radio link's window is refilled twice as fast as
             // NewReno's after a decrease (the decreases here are the rarer, congestion ones).
@@ -484,6 +520,12 @@ impl Controller for Radio {
     }
 
     fn on_congestion_event(&mut self, now: Instant, sent: Instant, is_persistent_congestion: bool, lost_bytes: u64) {
+        if lost_bytes == 0 && !is_persistent_congestion {
+            // quinn's sign of an acknowledgement reporting datagrams marked Congestion
+            // Experienced: the bottleneck's own word that its queue is long.
+            self.ecn_marked(now, sent);
+            return;
+        }
         self.round_lost += lost_bytes;
         if is_persistent_congestion {
             // A blackout: start again from the minimum, but aim for most of where we were. Slow
@@ -605,6 +647,54 @@ mod tests {
         let t = round(&mut c, t, 20, ms(60));
         assert!(c.window() > before, "and the window keeps growing");
         let _ = t;
+    }
+
+    #[test]
+    fn a_round_with_marks_is_congestion_though_the_queue_looks_short() {
+        // Before: a mark (quinn reports one as a congestion event that lost no bytes) was read
+        // as a radio's loss with the queue short, and a CoDel router's marks went unanswered
+        // (the Cubic flow beside the photos kept 0.28x of its share on the A-road).
+        let (mut c, t) = warmed(4, 20, ms(60));
+        let before = c.window();
+        c.on_congestion_event(t, t - ms(30), false, 0);
+        assert_eq!(c.window(), (before as f64 * BETA) as u64, "answered as Cubic answers it");
+        assert_eq!(c.episodes(), (1, 0));
+        // More marks on packets sent before the decrease: the same round, answered already.
+        c.on_congestion_event(t + ms(10), t - ms(5), false, 0);
+        assert_eq!(c.window(), (before as f64 * BETA) as u64, "once a round");
+        // A mark on a packet sent after it: the queue is still long, a round later.
+        let after = c.window();
+        c.on_congestion_event(t + ms(70), t + ms(5), false, 0);
+        assert_eq!(c.window(), (after as f64 * BETA) as u64);
+        assert_eq!(c.episodes(), (2, 0));
+    }
+
+    #[test]
+    fn after_a_mark_the_window_grows_as_cubics_does() {
+        let (mut c, t) = warmed(4, 20, ms(60));
+        let w0 = c.window();
+        let t = round(&mut c, t, 20, ms(60));
+        let unmarked = c.window() - w0;
+        assert!(unmarked >= 2 * u64::from(MTU) * 9 / 10, "two packets a round: {unmarked}");
+        c.on_congestion_event(t, t - ms(30), false, 0);
+        let w1 = c.window();
+        // A round of packets sent after the decrease.
+        let t = round(&mut c, t + ms(1), 20, ms(60));
+        let marked = c.window() - w1;
+        let friendly = (FRIENDLY * f64::from(MTU) * 20.0 * 1200.0 / w1 as f64) as u64;
+        assert!(marked <= friendly + 20 && marked + 20 >= friendly, "{marked} against {friendly}");
+        assert!(marked * 3 < unmarked, "a quarter of the growth: {marked} against {unmarked}");
+        let _ = t;
+    }
+
+    #[test]
+    fn a_mark_within_a_radio_loss_episode_is_still_answered() {
+        let (mut c, t) = warmed(4, 20, ms(60));
+        let before = c.window();
+        c.on_congestion_event(t, t - ms(30), false, u64::from(MTU));
+        assert_eq!(c.window(), before, "a radio's loss keeps the window");
+        c.on_congestion_event(t + ms(10), t - ms(20), false, 0);
+        assert_eq!(c.window(), (before as f64 * BETA) as u64, "the mark of a packet of that round is not");
     }
 
     #[test]
