@@ -407,6 +407,7 @@ impl Radio {
     /// the bottleneck's own word that its queue is long, whatever the round trip shows. It is
     /// answered as Cubic answers it (RFC 9002, section 7: as a loss), once a round, so that a
     /// neighbour marked by the same queue does not yield alone.
+    ///
     /// A loss episode answered as the radio's does not cover marks: they are answered within it.
     fn ecn_marked(&mut self, now: Instant, sent: Instant) {
         self.marked_at = Some(now);
