@@ -715,6 +715,10 @@ fn the_api_refuses_what_it_must_and_ends_what_was_revoked() {
     let status = resp.status().as_u16();
     let body: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
     assert!((400..500).contains(&status) && body["error"].is_string(), "{status} {body}");
+    // So does a path segment that is not text once decoded (axum's own answer was plain text).
+    let (status, body) = api.call("GET", "/api/sessions/%FF", Some(&sam), None);
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
 
     // An integrating system cannot say a person read something.
     let new = json!({ "service_line": "cardiology", "care_setting": "ambulance_on_scene", "summary": "Syncope" });

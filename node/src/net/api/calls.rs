@@ -32,7 +32,7 @@ pub(super) struct Answered {
 pub(super) async fn escalate(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
-    Path(id): Path<String>,
+    PathArgs(id): PathArgs<String>,
 ) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
     let call = as_person(&shared, &who, move |n| {
@@ -68,7 +68,7 @@ pub(super) async fn escalate(
 pub(super) async fn answer(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
-    Path(id): Path<String>,
+    PathArgs(id): PathArgs<String>,
 ) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
     if who.role != PersonRole::Consultant {
@@ -97,7 +97,7 @@ pub(super) async fn answer(
 pub(super) async fn session_calls(
     State(shared): State<Arc<Shared>>,
     Caller(_): Caller,
-    Path(id): Path<String>,
+    PathArgs(id): PathArgs<String>,
 ) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
     let now = shared.store.call(move |n| n.calls_now(&[id])).await??;
@@ -120,7 +120,7 @@ pub(super) async fn session_calls(
 pub(super) async fn hang_up(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
-    Path(id): Path<String>,
+    PathArgs(id): PathArgs<String>,
 ) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
     person_only(&who, "hanging up")?;

@@ -165,7 +165,7 @@ pub(super) fn session_id(id: &str) -> Result<SessionId, ApiError> {
 pub(super) async fn show_session(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
-    Path(id): Path<String>,
+    PathArgs(id): PathArgs<String>,
 ) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
     let view = as_person(&shared, &who, move |n| Ok(n.show(id, now_ms())?)).await?;
@@ -196,7 +196,7 @@ pub(super) struct ExportQuery {
 pub(super) async fn export_session(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
-    Path(id): Path<String>,
+    PathArgs(id): PathArgs<String>,
     QueryArgs(q): QueryArgs<ExportQuery>,
 ) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
@@ -233,7 +233,7 @@ pub(super) struct Withdrawn {
 pub(super) async fn withdraw_consent(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
-    Path((id, hash)): Path<(String, String)>,
+    PathArgs((id, hash)): PathArgs<(String, String)>,
 ) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
     person_only(&who, "withdrawing a consent")?;
@@ -260,7 +260,7 @@ pub(super) struct ReadBody {
 pub(super) async fn read_session(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
-    Path(id): Path<String>,
+    PathArgs(id): PathArgs<String>,
 ) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
     person_only(&who, "reading")?;
@@ -306,7 +306,7 @@ pub(super) struct Sent {
 pub(super) async fn send_message(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
-    Path(id): Path<String>,
+    PathArgs(id): PathArgs<String>,
     JsonBody(b): JsonBody<MessageBody>,
 ) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
@@ -369,7 +369,7 @@ pub(super) struct PhotoStored {
 pub(super) async fn attach_photo(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
-    Path(id): Path<String>,
+    PathArgs(id): PathArgs<String>,
     QueryArgs(q): QueryArgs<PhotoQuery>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
@@ -413,7 +413,7 @@ pub(super) struct PhotoGet {
 pub(super) async fn get_photo(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
-    Path(hash): Path<String>,
+    PathArgs(hash): PathArgs<String>,
     QueryArgs(q): QueryArgs<PhotoGet>,
 ) -> Result<Response, ApiError> {
     let (bytes, mime) = as_person(&shared, &who, move |n| {
@@ -448,7 +448,7 @@ pub(super) async fn get_photo(
 pub(super) async fn read_photo(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
-    Path(hash): Path<String>,
+    PathArgs(hash): PathArgs<String>,
 ) -> Result<StatusCode, ApiError> {
     person_only(&who, "opening a photo")?;
     let ids = as_person(&shared, &who, move |n| Ok(n.mark_photo_read(&hash, now_ms())?)).await?;
@@ -484,7 +484,7 @@ pub(super) struct OutcomeBody {
 pub(super) async fn set_outcome(
     State(shared): State<Arc<Shared>>,
     Caller(who): Caller,
-    Path(id): Path<String>,
+    PathArgs(id): PathArgs<String>,
     JsonBody(b): JsonBody<OutcomeBody>,
 ) -> Result<StatusCode, ApiError> {
     let id = session_id(&id)?;
