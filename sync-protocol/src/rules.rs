@@ -393,6 +393,9 @@ struct State<'a> {
     batch_deps: HashMap<ChangeHash, Vec<ChangeHash>>,
     /// The keys of `/media` and `/consents` at which the batch has made a record.
     records: HashSet<(ObjectId, String)>,
+    /// (call, node) for each party the batch's routing entries name: who asked for a call
+    /// (`escalate`'s `by`), which desk answered or was connected (`desk`).
+    parties: Vec<(String, String)>,
     origin: Option<String>,
     icb: Option<String>,
     line: Option<ServiceLine>,
@@ -465,6 +468,7 @@ impl<'a> State<'a> {
             placed: HashMap::new(),
             batch_deps: HashMap::new(),
             records: HashSet::new(),
+            parties: Vec::new(),
             origin: None,
             icb: None,
             line: None,
@@ -534,6 +538,7 @@ impl<'a> State<'a> {
             placed: HashMap::new(),
             batch_deps: HashMap::new(),
             records: HashSet::new(),
+            parties: Vec::new(),
             origin: f.origin,
             icb: f.icb,
             line: f.line,
@@ -600,6 +605,27 @@ impl<'a> State<'a> {
 
     /// Claims `key` of the record map `obj` for a new record: false if the document or an
     /// earlier operation of the batch holds one there.
+    /// Whether `node` is a party to `call`: named so by a routing entry the document holds or
+    /// the batch has added.
+    fn is_party(&self, call: &str, node: &str) -> bool {
+        if self.parties.iter().any(|(c, n)| c == call && n == node) {
+            return true;
+        }
+        let Some(routing) = objs_at(self.doc, &ROOT, "routing").into_iter().next() else { return false };
+        (0..self.doc.length(&routing)).any(|i| {
+            objs_at(self.doc, &routing, i).iter().any(|e| {
+                str_at(self.doc, e, "call").as_deref() == Some(call)
+                    && party_of(
+                        str_at(self.doc, e, "kind").as_deref(),
+                        || str_at(self.doc, e, "by"),
+                        || str_at(self.doc, e, "desk"),
+                    )
+                    .as_deref()
+                        == Some(node)
+            })
+        })
+    }
+
     fn claim_record(&mut self, obj: &ObjectId, key: &str) -> bool {
         if self.doc.get_all(held_id(obj), key).is_ok_and(|values| !values.is_empty()) {
             return false;
@@ -667,6 +693,8 @@ impl<'a> State<'a> {
         let mut made: HashSet<ObjKey> = HashSet::new();
         // (object, key) pairs this change wrote: a creation writes each once.
         let mut written: HashSet<(Obj, String)> = HashSet::new();
+        // The routing entries this change makes: each one's text fields.
+        let mut entries: HashMap<ObjKey, HashMap<String, String>> = HashMap::new();
         touched.note_change(change.hash());
         for (i, op) in expanded.operations.iter().enumerate() {
             touched.note(op, start + i as u64, &actor);
@@ -719,11 +747,37 @@ impl<'a> State<'a> {
             {
                 return Err(refuse(format!("a record is already made at {k:?}")));
             }
+            if let (Obj::RoutingEntry, true, Some(k), ObjectId::Id(OpId(c, a)), OpType::Put(ScalarValue::Str(v))) =
+                (target, fresh, key, &op.obj, &op.action)
+            {
+                entries.entry((*c, a.clone())).or_default().insert(k.to_string(), v.to_string());
+            }
             self.placed.insert(id.clone(), (op.obj.clone(), op.key.clone(), op.insert));
             let made_kind = self.check_op(member, target, fresh, creating, key, op).map_err(refuse)?;
             if let Some(kind) = made_kind {
                 made.insert(id.clone());
                 self.objects.insert(id, Some(kind));
+            }
+        }
+        // A callback ends the call's escalation: only a party to the call asks for one (a tablet
+        // the session is shared with, or another desk, could otherwise end the crew's call).
+        // Hubs route calls, and arrange callbacks for any.
+        for fields in entries.values() {
+            let field = |k: &str| fields.get(k).cloned();
+            if let (Some(call), Some(party)) =
+                (field("call"), party_of(field("kind").as_deref(), || field("by"), || field("desk")))
+            {
+                self.parties.push((call, party));
+            }
+        }
+        if member.info.role != Role::Hub {
+            for fields in entries.values() {
+                if fields.get("kind").map(String::as_str) == Some("callback") {
+                    let call = fields.get("call").map_or("", String::as_str);
+                    if !self.is_party(call, &member.info.name) {
+                        return Err(refuse(format!("a callback for call {call:?} is asked for only by a party to it")));
+                    }
+                }
             }
         }
         if creating {
@@ -1026,6 +1080,20 @@ impl<'a> State<'a> {
                 Ok(None)
             }
         }
+    }
+}
+
+/// The party a routing entry of this kind names: who asked for the call (`escalate`'s `by`),
+/// or the desk that answered or was connected (`desk`).
+fn party_of(
+    kind: Option<&str>,
+    by: impl FnOnce() -> Option<String>,
+    desk: impl FnOnce() -> Option<String>,
+) -> Option<String> {
+    match kind? {
+        "escalate" => by(),
+        "answer" | "connected" => desk(),
+        _ => None,
     }
 }
 

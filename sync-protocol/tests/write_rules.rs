@@ -925,3 +925,41 @@ fn the_crews_message_shows_read_only_once_a_desk_that_received_it_reads_it() {
     read_by(&mut hub, "desk-derm-1", &[ReceiptLevel::Desk, ReceiptLevel::Read]);
     assert_eq!(level(&hub), ReceiptLevel::Read);
 }
+
+/// Reported by a review: any edge holding a session could write a `callback` routing entry
+/// for a call it did not ask for, which ends the requester's escalation (the hub stops routing
+/// it). A callback is asked for only by a party to the call.
+#[test]
+fn a_callback_is_asked_for_only_by_a_party_to_its_call() {
+    use sync_protocol::routing::RoutingEntry;
+    let fleet = Fleet::new();
+    let mut hub = fleet.replica("hub-qhm");
+    let (id, _) = victim_session(&fleet, &mut hub);
+    hub.edit(&id, |d| d.share_with("amb-66", T + 4)).unwrap();
+    let write = |hub: &mut MemReplica, name: &str, entry: RoutingEntry| -> Applied {
+        let (who, key) = fleet.who(name);
+        let mut mine = hub.copy_doc(&id).unwrap().fork_as(key.actor().clone());
+        let before = mine.heads();
+        mine.append_routing(&entry, T + 7).unwrap();
+        let sigs = sign_new(&key, mine.automerge(), &before).into_iter().map(|(_, s)| s).collect();
+        hub.apply(&who, &[Incoming { doc: id, bytes: mine.save_after(&before), sigs }], T + 8).unwrap().remove(0)
+    };
+    let callback = |by: &str| RoutingEntry::Callback {
+        call: "k1".into(),
+        reason: "no signal".into(),
+        mos: None,
+        by: Some(by.into()),
+    };
+    let asked = write(&mut hub, "amb-07", RoutingEntry::Escalate { call: "k1".into(), by: "amb-07".into() });
+    assert!(matches!(asked, Applied::Stored { .. }), "{asked:?}");
+    let got = write(&mut hub, "amb-66", callback("amb-66"));
+    assert!(matches!(&got, Applied::Refused { reason } if reason.contains("party")), "the shared tablet: {got:?}");
+    let got = write(&mut hub, "desk-derm-1", callback("desk-derm-1"));
+    assert!(matches!(&got, Applied::Refused { .. }), "a desk that never answered: {got:?}");
+    let answered = RoutingEntry::Answer { call: "k1".into(), desk: "desk-derm-1".into(), attempt: 1 };
+    assert!(matches!(write(&mut hub, "desk-derm-1", answered), Applied::Stored { .. }));
+    let got = write(&mut hub, "desk-derm-1", callback("desk-derm-1"));
+    assert!(matches!(got, Applied::Stored { .. }), "the desk that answered: {got:?}");
+    let got = write(&mut hub, "amb-07", callback("amb-07"));
+    assert!(matches!(got, Applied::Stored { .. }), "the crew that asked: {got:?}");
+}
