@@ -897,6 +897,17 @@ fn a_photo_record_is_kept_under_its_hash_and_declares_a_photos_size() {
     }
 }
 
+/// `name` edits the hub's copy of session `id` with `f` on its own actor, signs it with its
+/// own key and sends the change to the hub: what the hub answers.
+fn sent_by(fleet: &Fleet, hub: &mut MemReplica, id: DocId, name: &str, f: impl FnOnce(&mut SessionDoc)) -> Applied {
+    let (who, key) = fleet.who(name);
+    let mut mine = hub.copy_doc(&id).unwrap().fork_as(key.actor().clone());
+    let before = mine.heads();
+    f(&mut mine);
+    let sigs = sign_new(&key, mine.automerge(), &before).into_iter().map(|(_, s)| s).collect();
+    hub.apply(&who, &[Incoming { doc: id, bytes: mine.save_after(&before), sigs }], T + 8).unwrap().remove(0)
+}
+
 /// Any node holding a session may record that it read an item, but only the consultant's side
 /// reading the crew's message makes it "read": a tablet the session is shared with (or a
 /// hub) opening it does not, a desk that received it does.
@@ -908,15 +919,12 @@ fn the_crews_message_shows_read_only_once_a_desk_that_received_it_reads_it() {
     hub.edit(&id, |d| d.share_with("amb-66", T + 4)).unwrap();
     let level = |hub: &MemReplica| hub.view(&id).unwrap().messages.into_iter().find(|m| m.id == "m1").unwrap().receipt;
     let read_by = |hub: &mut MemReplica, name: &str, levels: &[ReceiptLevel]| {
-        let (who, key) = fleet.who(name);
-        let mut mine = hub.copy_doc(&id).unwrap().fork_as(key.actor().clone());
-        let before = mine.heads();
-        for l in levels {
-            mine.add_receipt("m1", *l, name, T + 7).unwrap();
-        }
-        let sigs = sign_new(&key, mine.automerge(), &before).into_iter().map(|(_, s)| s).collect();
-        let got = hub.apply(&who, &[Incoming { doc: id, bytes: mine.save_after(&before), sigs }], T + 8).unwrap();
-        assert!(matches!(got[0], Applied::Stored { .. }), "{name}: {got:?}");
+        let got = sent_by(&fleet, hub, id, name, |mine| {
+            for l in levels {
+                mine.add_receipt("m1", *l, name, T + 7).unwrap();
+            }
+        });
+        assert!(matches!(got, Applied::Stored { .. }), "{name}: {got:?}");
     };
     let start = level(&hub);
     assert!(start < ReceiptLevel::Desk, "{start:?}");
@@ -936,13 +944,10 @@ fn a_callback_is_asked_for_only_by_a_party_to_its_call() {
     let mut hub = fleet.replica("hub-qhm");
     let (id, _) = victim_session(&fleet, &mut hub);
     hub.edit(&id, |d| d.share_with("amb-66", T + 4)).unwrap();
-    let write = |hub: &mut MemReplica, name: &str, entry: RoutingEntry| -> Applied {
-        let (who, key) = fleet.who(name);
-        let mut mine = hub.copy_doc(&id).unwrap().fork_as(key.actor().clone());
-        let before = mine.heads();
-        mine.append_routing(&entry, T + 7).unwrap();
-        let sigs = sign_new(&key, mine.automerge(), &before).into_iter().map(|(_, s)| s).collect();
-        hub.apply(&who, &[Incoming { doc: id, bytes: mine.save_after(&before), sigs }], T + 8).unwrap().remove(0)
+    let write = |hub: &mut MemReplica, name: &str, entry: RoutingEntry| {
+        sent_by(&fleet, hub, id, name, |mine| {
+            mine.append_routing(&entry, T + 7).unwrap();
+        })
     };
     let callback = |by: &str| RoutingEntry::Callback {
         call: "k1".into(),
