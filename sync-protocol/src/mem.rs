@@ -269,18 +269,18 @@ impl MemReplica {
 
     /// The messages of a session that this node shows "at hub" without a receipt, each with the
     /// hubs whose acknowledged heads hold it: what a checker holds against the truth.
-    pub fn messages_vouched_by_hubs(&mut self, id: &DocId) -> Vec<(String, Vec<String>)> {
+    pub fn messages_vouched_by_hubs(&mut self, id: &DocId) -> Vec<(crate::session::MessageKey, Vec<String>)> {
         let Some(d) = self.docs.get_mut(id) else { return Vec::new() };
         let mut view = d.view.clone();
         let pending = view.raise_held(self.me.role == crate::vocab::Role::Hub);
         if pending.is_empty() {
             return Vec::new();
         }
-        let mut out: Vec<(String, Vec<String>)> =
-            pending.iter().filter_map(|&i| view.messages.get(i)).map(|m| (m.id.clone(), Vec::new())).collect();
+        let mut out: Vec<(crate::session::MessageKey, Vec<String>)> =
+            pending.iter().filter_map(|&i| view.messages.get(i)).map(|m| (m.key(), Vec::new())).collect();
         for hub in &self.hubs {
             let Some(k) = self.knowledge.get(hub).and_then(|k| k.get(id)) else { continue };
-            let Ok(held) = d.doc.message_ids_at(&hashes(&k.heads)) else { continue };
+            let Ok(held) = d.doc.message_keys_at(&hashes(&k.heads)) else { continue };
             for (m, by) in &mut out {
                 if held.contains(m) {
                     by.push(hub.clone());

@@ -724,7 +724,7 @@ impl SessionDoc {
     /// has stored what it received, so a receipt never claims more than is true.
     ///
     /// A hub writes no receipt on messages: that a message is at a hub is known to its writer
-    /// from the hub's acknowledgement of the heads that hold it (see [`Self::message_ids_at`]
+    /// from the hub's acknowledgement of the heads that hold it (see [`Self::message_keys_at`]
     /// and [`SessionView::raise_held`]), which saves a round trip and a change per session.
     /// Photos keep theirs: "whole at the hub" is what lets an edge delete its copy.
     pub fn acknowledge(
@@ -774,10 +774,10 @@ impl SessionDoc {
         Ok(added)
     }
 
-    /// The ids of the messages a replica whose heads are `heads` holds. Heads this document
-    /// does not know are left out (their history is unknown here), so the answer never claims
-    /// more than the history held here shows.
-    pub fn message_ids_at(&mut self, heads: &[ChangeHash]) -> Result<BTreeSet<String>, ModelError> {
+    /// The messages a replica whose heads are `heads` holds, each as its author and id ([`MessageKey`]).
+    /// Heads this document does not know are left out (their history is unknown here), so the
+    /// answer never claims more than the history held here shows.
+    pub fn message_keys_at(&mut self, heads: &[ChangeHash]) -> Result<BTreeSet<MessageKey>, ModelError> {
         let known: Vec<ChangeHash> =
             heads.iter().copied().filter(|h| self.doc.get_change_by_hash(h).is_some()).collect();
         let mut out = BTreeSet::new();
@@ -788,12 +788,20 @@ impl SessionDoc {
         let Some((Value::Object(ObjType::List), msgs)) = doc.get_at(&ROOT, "messages", &known)? else {
             return Ok(out);
         };
+        let text_at = |m: &ObjId, key: &str| -> Result<Option<String>, ModelError> {
+            Ok(match doc.get_at(m, key, &known)? {
+                Some((Value::Scalar(s), _)) => match s.as_ref() {
+                    automerge::ScalarValue::Str(t) => Some(t.to_string()),
+                    _ => None,
+                },
+                _ => None,
+            })
+        };
         for i in 0..doc.length_at(&msgs, &known) {
             if let Some((Value::Object(ObjType::Map), m)) = doc.get_at(&msgs, i, &known)?
-                && let Some((Value::Scalar(s), _)) = doc.get_at(&m, "id", &known)?
-                && let automerge::ScalarValue::Str(id) = s.as_ref()
+                && let (Some(author), Some(id)) = (text_at(&m, "author")?, text_at(&m, "id")?)
             {
-                out.insert(id.to_string());
+                out.insert((author, id));
             }
         }
         Ok(out)
@@ -1596,6 +1604,18 @@ pub struct MessageView {
     pub clinician: Option<Clinician>,
 }
 
+impl MessageView {
+    /// Its author and id: what names a message across replicas ([`MessageKey`]).
+    pub fn key(&self) -> MessageKey {
+        (self.author.clone(), self.id.clone())
+    }
+}
+
+/// A message's author (the node that wrote it, held to its verified writer by the write rules)
+/// and its id. Ids are chosen by their writers, so only the pair names one message: another
+/// member can write a message under an id it has seen.
+pub type MessageKey = (String, String);
+
 /// A photo or other media reference with its receipts.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -2027,12 +2047,14 @@ impl SessionView {
         pending
     }
 
-    /// Marks `pending` messages (from [`Self::raise_held`]) "at hub" when their id is in `held`
-    /// (what a hub's acknowledged heads hold: [`SessionDoc::message_ids_at`]).
-    pub fn raise_at_hub(&mut self, pending: &[usize], held: &BTreeSet<String>) {
+    /// Marks `pending` messages (from [`Self::raise_held`]) "at hub" when their author and id
+    /// are in `held` (what a hub's acknowledged heads hold: [`SessionDoc::message_keys_at`]).
+    /// The id alone would not do: ids are chosen by their writers, and another member can
+    /// reuse one (the write rules hold a message's author to its verified writer).
+    pub fn raise_at_hub(&mut self, pending: &[usize], held: &BTreeSet<MessageKey>) {
         for &i in pending {
             if let Some(m) = self.messages.get_mut(i)
-                && held.contains(&m.id)
+                && held.contains(&m.key())
             {
                 m.receipt = m.receipt.max(ReceiptLevel::Hub);
             }
@@ -2070,10 +2092,10 @@ pub fn localize<E: From<ModelError>>(
     for mut theirs in hub_heads()? {
         theirs.sort();
         let held = if theirs == ours {
-            pending.iter().filter_map(|&i| view.messages.get(i).map(|m| m.id.clone())).collect()
+            pending.iter().filter_map(|&i| view.messages.get(i).map(MessageView::key)).collect()
         } else {
             let heads: Vec<ChangeHash> = theirs.into_iter().map(ChangeHash::from).collect();
-            doc.message_ids_at(&heads)?
+            doc.message_keys_at(&heads)?
         };
         view.raise_at_hub(&pending, &held);
     }

@@ -465,3 +465,33 @@ fn a_receipt_counts_only_from_the_side_it_speaks_for() {
     // Every receipt is still listed, counted or not.
     assert_eq!(doc.view().unwrap().messages[1].receipts.len(), 4);
 }
+
+/// A message is "at hub" only when the hub holds that message: another member's message that
+/// reuses its id does not count. A tablet that synced with the crew directly knows the id of
+/// a message still on its way to the hub; it can write one of its own under that id on a
+/// history without the crew's, and send it to the hub first. The crew's device must not then
+/// show its message at the hub from the hub's heads.
+#[test]
+fn a_message_is_at_hub_only_when_the_hub_holds_that_message_not_one_reusing_its_id() {
+    let mut crew = new_session();
+    let mut tablet = crew.fork_as(actor(4));
+    // The crew's message, still on its way to the hub.
+    crew.add_message(&msg("m1", Side::Requester, "BP 82/50 after fluids: transfer or treat here?"), T0 + 10).unwrap();
+    // The tablet's message under the same id, on the history the hub holds.
+    let mut forged = msg("m1", Side::Requester, "Stable now, no advice needed");
+    forged.author = "amb-99".into();
+    tablet.add_message(&forged, T0 + 11).unwrap();
+    let hub_heads: Vec<sync_protocol::wire::Hash> =
+        tablet.heads().into_iter().map(sync_protocol::wire::Hash::from).collect();
+    // The crew's device holds the tablet's message too (it came back through a sync).
+    crew.merge(&mut tablet).unwrap();
+
+    let mut view = crew.view().unwrap();
+    sync_protocol::session::localize::<sync_protocol::ModelError>(&mut crew, &mut view, false, || {
+        Ok(vec![hub_heads.clone()])
+    })
+    .unwrap();
+    let level = |author: &str| view.messages.iter().find(|m| m.id == "m1" && m.author == author).unwrap().receipt;
+    assert_eq!(level("amb-99"), ReceiptLevel::Hub, "the hub holds the tablet's message");
+    assert_eq!(level("amb-07"), ReceiptLevel::Device, "the hub does not hold the crew's message");
+}

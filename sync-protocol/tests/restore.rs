@@ -259,11 +259,12 @@ fn assert_vouched_true(a: &mut MemReplica, b: &MemReplica, seed: u64) -> u64 {
         for (m, hubs) in a.messages_vouched_by_hubs(&id) {
             if hubs.contains(&b.me().name) {
                 vouched += 1;
-                let held = b.view(&id).is_some_and(|v| v.messages.iter().any(|x| x.id == m));
+                let held = b.view(&id).is_some_and(|v| v.messages.iter().any(|x| x.key() == m));
                 assert!(
                     held,
-                    "seed {seed}: {} shows its message {m} at hub from what {} acknowledged, which does not hold it",
+                    "seed {seed}: {} shows its message {} at hub from what {} acknowledged, which does not hold it",
                     a.me().name,
+                    m.1,
                     b.me().name
                 );
             }

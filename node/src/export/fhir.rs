@@ -158,9 +158,16 @@ impl Builder {
 
         // Messages first: the service request names who answered.
         let mut responders = Vec::new();
-        let mut by_id = BTreeMap::new();
-        for m in &v.messages {
-            by_id.insert(m.id.clone(), self.uuid(&format!("message/{}", m.id)));
+        // Each message's identifier in the record: its id, and for a later message under an id
+        // already used (ids are chosen by their writers, so another member can reuse one) the id
+        // and its place in the session. Every message goes into the record under its own
+        // identifier; keyed by the id alone, the second would be left out.
+        let mut idents: Vec<String> = Vec::with_capacity(v.messages.len());
+        let mut by_id: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (i, m) in v.messages.iter().enumerate() {
+            let ident = if by_id.contains_key(&m.id) { format!("{}/{i}", m.id) } else { m.id.clone() };
+            by_id.entry(m.id.clone()).or_default().push(self.uuid(&format!("message/{ident}")));
+            idents.push(ident);
         }
         let mut communications = Vec::new();
         for m in &v.messages {
@@ -170,12 +177,12 @@ impl Builder {
             }
             communications.push((m, sender));
         }
-        for (m, sender) in communications {
+        for ((m, sender), ident) in communications.into_iter().zip(&idents) {
             let recipient = match m.side {
                 Side::Requester => responders.clone(),
                 Side::Responder => vec![requester.clone()],
             };
-            self.communication(v, m, &sender, &recipient, &by_id, &patient, &sr, &task);
+            self.communication(v, m, ident, &sender, &recipient, &by_id, &patient, &sr, &task);
         }
         let media: Vec<String> = v.media.iter().map(|m| self.media(m, photos, &patient, &sr)).collect();
         for c in &v.consents {
@@ -321,9 +328,10 @@ impl Builder {
         &mut self,
         v: &SessionView,
         m: &MessageView,
+        ident: &str,
         sender: &str,
         recipients: &[String],
-        by_id: &BTreeMap<String, String>,
+        by_id: &BTreeMap<String, Vec<String>>,
         patient: &str,
         sr: &str,
         task: &str,
@@ -347,7 +355,7 @@ impl Builder {
         let mut r = json!({
             "resourceType": "Communication",
             "meta": { "profile": [profile("Communication")] },
-            "identifier": [{ "system": id_system("message"), "value": m.id }],
+            "identifier": [{ "system": id_system("message"), "value": ident }],
             "basedOn": [{ "reference": sr }],
             "partOf": [{ "reference": task }],
             "status": status,
@@ -355,8 +363,14 @@ impl Builder {
             "sender": { "reference": sender },
             "payload": [{ "contentString": m.text }],
         });
+        // A reply names the id it answers; every message under that id is linked (one, unless
+        // another member reused it), never the reply itself.
+        let me = self.uuid(&format!("message/{ident}"));
         if let Some(to) = m.reply_to.as_ref().and_then(|id| by_id.get(id)) {
-            r["inResponseTo"] = json!([{ "reference": to }]);
+            let to: Vec<Value> = to.iter().filter(|u| **u != me).map(|u| json!({ "reference": u })).collect();
+            if !to.is_empty() {
+                r["inResponseTo"] = Value::Array(to);
+            }
         }
         if !recipients.is_empty() {
             r["recipient"] = recipients.iter().map(|x| json!({ "reference": x })).collect();
@@ -370,7 +384,7 @@ impl Builder {
         if v.service.priority != Priority::Routine {
             r["priority"] = json!("urgent");
         }
-        self.add(&format!("message/{}", m.id), || r);
+        self.add(&format!("message/{ident}"), || r);
     }
 
     fn media(&mut self, m: &MediaView, photos: &Photos, patient: &str, sr: &str) -> String {
@@ -621,6 +635,60 @@ mod tests {
             registration_identifier("staff 42"),
             json!({ "type": { "text": "professional registration" }, "value": "staff 42" })
         );
+    }
+
+    /// A message whose id another member reused is in the record, as is the other: neither
+    /// replaces the other, each keeps its own sender and identifier, and a reply to the id is
+    /// linked to both.
+    #[test]
+    fn a_message_under_a_reused_id_does_not_push_another_out_of_the_record() {
+        use sync_protocol::session::{NewMessage, NewSession, Patient, Requester, Service, SessionDoc};
+        use sync_protocol::vocab::{CareSetting, Channel, NhsVerification, ServiceLine};
+        const T0: i64 = 1_796_360_400_000;
+        let new = NewSession {
+            id: sync_protocol::SessionId::from_parts(T0, 7),
+            origin: "amb-07".into(),
+            icb: "QOX".into(),
+            care_setting: CareSetting::AmbulanceOnScene,
+            requester: Requester { role: Some("paramedic".into()), ..Requester::default() },
+            patient: Patient { verification: NhsVerification::NotTraced, ..Patient::default() },
+            service: Service { line: ServiceLine::Dermatology, channel: Channel::Message, priority: Priority::Urgent },
+            summary: "Spreading rash on left forearm".into(),
+            draft: false,
+        };
+        let mut doc = SessionDoc::create(&new, automerge::ActorId::from([1u8; 16]), T0).expect("session");
+        let msg = |author: &str, side: Side, text: &str, reply_to: Option<&str>| NewMessage {
+            clinician: None,
+            id: "m1".into(),
+            author: author.into(),
+            side,
+            text: text.into(),
+            reply_to: reply_to.map(str::to_string),
+        };
+        doc.add_message(&msg("amb-07", Side::Requester, "Rash spreading past the elbow", None), T0 + 1).expect("crew");
+        doc.add_message(&msg("amb-99", Side::Requester, "Rash settled, no advice needed", None), T0 + 2)
+            .expect("reuse");
+        let mut reply = msg("desk-derm-1", Side::Responder, "Start flucloxacillin", Some("m1"));
+        reply.id = "r1".into();
+        doc.add_message(&reply, T0 + 3).expect("reply");
+        let view = doc.view().expect("view");
+
+        let b = bundle(&view, &Photos::new(), "desk-derm-1", T0 + 10);
+        let comms: Vec<&Value> = b["entry"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .map(|e| &e["resource"])
+            .filter(|r| r["resourceType"] == "Communication")
+            .collect();
+        let texts: Vec<&str> = comms.iter().filter_map(|c| c["payload"][0]["contentString"].as_str()).collect();
+        assert_eq!(comms.len(), 3, "{texts:?}");
+        assert!(texts.contains(&"Rash spreading past the elbow"), "{texts:?}");
+        assert!(texts.contains(&"Rash settled, no advice needed"), "{texts:?}");
+        let idents: BTreeSet<&str> = comms.iter().filter_map(|c| c["identifier"][0]["value"].as_str()).collect();
+        assert_eq!(idents.len(), 3, "each message has its own identifier: {idents:?}");
+        let answer = comms.iter().find(|c| c["payload"][0]["contentString"] == "Start flucloxacillin").expect("reply");
+        assert_eq!(answer["inResponseTo"].as_array().map(Vec::len), Some(2), "{answer}");
     }
 
     #[test]

@@ -201,13 +201,14 @@ impl Checks {
         for (m, hubs) in w.nodes[owner].replica.messages_vouched_by_hubs(&id) {
             let true_of = |hub: &String| {
                 let Some(holder) = w.nodes.iter().position(|n| &n.name == hub) else { return false };
-                w.unvouched.contains_key(&(holder, m.clone()))
-                    || w.nodes[holder].replica.view(&id).is_some_and(|v| v.messages.iter().any(|x| x.id == m))
+                w.unvouched.contains_key(&(holder, m.1.clone()))
+                    || w.nodes[holder].replica.view(&id).is_some_and(|v| v.messages.iter().any(|x| x.key() == m))
             };
             if !hubs.iter().any(true_of) {
                 bad.push(format!(
-                    "{} shows its message {m} at hub from what {} acknowledged, which does not hold it",
+                    "{} shows its message {} at hub from what {} acknowledged, which does not hold it",
                     w.nodes[owner].name,
+                    m.1,
                     hubs.join(", ")
                 ));
             }
