@@ -488,6 +488,55 @@ pub struct Intruder {
     pub node: outpost_node::node::Node,
 }
 
+/// Connections made with a fleet member's real certificate that complete their handshakes and
+/// then say nothing, kept alive by QUIC pings: a tablet holding a node's connection slots.
+pub struct Silent {
+    _rt: tokio::runtime::Runtime,
+    conns: Vec<quinn::Connection>,
+}
+
+impl std::fmt::Debug for Silent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Silent").field("connections", &self.conns.len()).finish_non_exhaustive()
+    }
+}
+
+impl Silent {
+    /// Makes `n` such connections as the node in `dir` to `addr`.
+    pub fn connect(dir: &Path, addr: &str, n: usize) -> Silent {
+        use outpost_node::{config::NodeDir, net, node::Node};
+        let node = Node::open(&NodeDir::new(dir)).unwrap_or_else(|e| panic!("silent node: {e}"));
+        let identity = net::load_identity(&node).unwrap_or_else(|e| panic!("silent identity: {e}"));
+        let mut cfg = net::client_config(&identity, None).unwrap_or_else(|e| panic!("client config: {e}"));
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(Duration::from_secs(1)));
+        cfg.transport_config(std::sync::Arc::new(transport));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("runtime: {e}"));
+        let addr: std::net::SocketAddr = addr.parse().unwrap_or_else(|e| panic!("{addr}: {e}"));
+        let conns = rt.block_on(async {
+            let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")))
+                .unwrap_or_else(|e| panic!("endpoint: {e}"));
+            ep.set_default_client_config(cfg);
+            let mut conns = Vec::new();
+            for _ in 0..n {
+                let c = ep.connect(addr, outpost_node::tls::SERVER_NAME).unwrap_or_else(|e| panic!("connect: {e}"));
+                conns.push(c.await.unwrap_or_else(|e| panic!("handshake: {e}")));
+            }
+            conns
+        });
+        Silent { _rt: rt, conns }
+    }
+
+    /// How many of them the other side has closed.
+    pub fn closed(&self) -> usize {
+        self.conns.iter().filter(|c| c.close_reason().is_some()).count()
+    }
+}
+
 impl std::fmt::Debug for Intruder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Intruder").field("node", &self.node.config().name).finish_non_exhaustive()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use automerge::transaction::Transactable;
 use automerge::{ObjType, ROOT, ReadDoc, ScalarValue, Value};
-use field_tests::{Field, Intruder, free_addr, photo_file, s};
+use field_tests::{Field, Intruder, Silent, free_addr, photo_file, s};
 use sync_protocol::SessionDoc;
 use sync_protocol::wire::{Changes, Frame, Hash, Range, RangeMode};
 
@@ -413,4 +413,29 @@ fn a_tablet_that_asks_and_never_reads_holds_no_more_of_the_hub_than_a_bound() {
         "honest_sync_ms": t.elapsed().as_millis() as u64,
     }));
     drop(deaf);
+}
+
+/// A tablet completes as many handshakes as one peer may hold connections (four), then opens
+/// no lanes and says nothing, keeping each connection alive. The hub closes them once the time
+/// a dialler has to open its lanes is up, and the tablet's node syncs again.
+#[test]
+fn a_tablet_that_connects_and_opens_no_lanes_holds_its_slots_only_for_a_while() {
+    let mut f = Field::new(BIN, "silent");
+    let hub = f.node("hub-qhm", "hub", &[]);
+    let tablet = f.node("amb-66", "edge", &[]);
+    let addr = free_addr();
+    let hubd = f.daemon(&hub, &["--listen", &addr]);
+    f.wait(LIMIT, POLL, "the hub to listen", || hubd.log_text().contains("outpost daemon started"));
+    let silent = Silent::connect(&tablet, &addr, 4);
+    // The handshakes are done: the hub is taking their slots.
+    std::thread::sleep(Duration::from_millis(500));
+    f.fails(&["sync", "--dir", s(&tablet), "--peer", &addr, "--timeout", "10"], 6);
+    if !hubd.log_text().contains("already holds 4 connections") {
+        f.fail(format!("a fifth connection was refused, but not for the limit: {}", hubd.log_text()));
+    }
+    f.wait(LIMIT, POLL, "the hub to close the silent connections", || silent.closed() == 4);
+    if !hubd.log_text().contains("opened no lanes") {
+        f.fail(format!("the hub did not say why it closed them: {}", hubd.log_text()));
+    }
+    f.ok(&["sync", "--dir", s(&tablet), "--peer", &addr]);
 }

@@ -261,7 +261,10 @@ impl Replica for NodeReplica<'_> {
         let crl = self.store.identity().revocations()?.map(|(_, der)| der);
         match tls::verify_member(ca, crl.as_deref(), credential) {
             Ok(member) => {
-                self.store.identity_mut().add_member(member, credential)?;
+                let name = member.info.name.clone();
+                if !self.store.identity_mut().add_member(member, credential)? {
+                    tracing::info!("kept a newer certificate of {name}'s author key over an older one offered");
+                }
                 Ok(true)
             }
             Err(e) => {

@@ -80,6 +80,16 @@ pub enum TlsError {
     /// A peer certificate without an outpost identity.
     #[error("the peer's certificate names no outpost node ({0})")]
     NoIdentity(String),
+    /// A certificate for an author key the CA certified before under another name or role.
+    #[error(
+        "this author key was certified as {name} ({role}): an author key keeps one name and role, since every change it signed is judged by them; a node under another name or role needs its own directory (`outpost init`)"
+    )]
+    AuthorKeyTaken {
+        /// The name certified before.
+        name: String,
+        /// The role certified before.
+        role: Role,
+    },
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> TlsError + '_ {
@@ -110,6 +120,9 @@ pub struct Issued {
     pub role: Role,
     /// Expiry (Unix seconds).
     pub not_after: i64,
+    /// The author key certified (hex); absent in records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
 }
 
 /// One revoked certificate.
@@ -299,6 +312,14 @@ impl CaDir {
         expired: bool,
     ) -> Result<String, TlsError> {
         let mut record = self.record()?;
+        let author_hex = hex::encode(author);
+        if let Some(before) = record
+            .issued
+            .iter()
+            .find(|i| i.author.as_deref() == Some(author_hex.as_str()) && (i.name != info.name || i.role != info.role))
+        {
+            return Err(TlsError::AuthorKeyTaken { name: before.name.clone(), role: before.role });
+        }
         let issuer = self.issuer()?;
         let mut params = request_params(info, author)?;
         params.use_authority_key_identifier_extension = true;
@@ -318,6 +339,7 @@ impl CaDir {
             serial: hex::encode(serial.to_bytes()),
             role: info.role,
             not_after: params.not_after.unix_timestamp(),
+            author: Some(author_hex),
         });
         self.write_record(&record)?;
         Ok(cert.pem())
@@ -790,5 +812,25 @@ mod tests {
         assert!(matches!(verify_crl(&other.cert().unwrap(), &der), Err(TlsError::ForeignRevocations)));
         assert!(verify_member(&other.cert().unwrap(), None, id.certs[0].as_ref()).is_err(), "another fleet");
         assert!(matches!(ca.revoke("nobody"), Err(TlsError::UnknownNode(_))));
+    }
+
+    /// Every change an author key signed is judged by the name and role its certificate states,
+    /// so the CA certifies a key under one name and role only; a renewal may change its lines.
+    #[test]
+    fn an_author_key_is_certified_under_one_name_and_role() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = CaDir::new(tmp.path().join("ca"));
+        ca.init("test").unwrap();
+        ca.issue(&desk(), &[5; 32], 30, false).unwrap();
+        let renewed = PeerInfo { lines: vec![ServiceLine::Dermatology], ..desk() };
+        ca.issue(&renewed, &[5; 32], 30, false).expect("a renewal with fewer lines");
+        let as_edge = PeerInfo { role: Role::Edge, lines: vec![], ..desk() };
+        let err = ca.issue(&as_edge, &[5; 32], 30, false).unwrap_err();
+        assert!(matches!(&err, TlsError::AuthorKeyTaken { name, role: Role::Desk } if name == "desk-derm-1"), "{err}");
+        let renamed = PeerInfo { name: "desk-derm-9".into(), ..desk() };
+        assert!(matches!(ca.issue(&renamed, &[5; 32], 30, false), Err(TlsError::AuthorKeyTaken { .. })));
+        // Another key may take either.
+        ca.issue(&as_edge, &[6; 32], 30, false).expect("another key");
+        assert_eq!(ca.record().unwrap().issued.len(), 3, "a refusal issues nothing");
     }
 }

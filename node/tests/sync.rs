@@ -144,6 +144,42 @@ fn an_expired_certificate_is_refused() {
     assert!(hubd.log_text().to_lowercase().contains("expired"), "{}", hubd.log_text());
 }
 
+/// A consultant's desk answered cardiology and dermatology; its certificate was renewed for
+/// cardiology alone (the renewal made from a copy of its directory: the same author key). Once
+/// the hub has seen the renewed certificate, the old one is refused: presenting it would bring
+/// dermatology's sessions back into the desk's scope.
+#[test]
+fn an_older_certificate_of_an_author_key_is_refused_once_a_newer_one_is_known() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let desk = fleet.node("desk-cardio-1", "desk", &["--service-line", "cardiology", "--service-line", "dermatology"]);
+    let renewed = tmp.path().join("renewed");
+    std::fs::create_dir(&renewed).unwrap();
+    for entry in std::fs::read_dir(&desk).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), renewed.join(entry.file_name())).unwrap();
+        }
+    }
+    let mut config: toml::Table = std::fs::read_to_string(renewed.join("node.toml")).unwrap().parse().unwrap();
+    assert_eq!(config["lines"].as_array().map(Vec::len), Some(2), "{config}");
+    config.insert("lines".into(), toml::Value::Array(vec!["cardiology".into()]));
+    std::fs::write(renewed.join("node.toml"), toml::to_string(&config).unwrap()).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    ok(&["ca", "issue", "--ca", d(&fleet.ca), "--node", d(&renewed)]);
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let hubd = daemon(&hub, &["--listen", &addr], &[]);
+    wait_until(LIMIT, "the hub to listen", || hubd.log_text().contains("outpost daemon started"));
+    sync(&desk, &addr);
+    sync(&renewed, &addr);
+    let err = fails(&["sync", "--dir", d(&desk), "--peer", &addr, "--timeout", "10"], 6);
+    assert!(err.contains("superseded"), "{err}");
+    wait_until(LIMIT, "the hub to log the refusal", || hubd.log_text().contains("certificate is superseded"));
+    sync(&renewed, &addr);
+}
+
 #[test]
 fn a_revoked_node_is_refused_and_dropped_if_connected() {
     let tmp = tempfile::tempdir().unwrap();

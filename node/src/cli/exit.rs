@@ -72,7 +72,8 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             return match e {
                 crate::tls::TlsError::NotACa(_) | crate::tls::TlsError::AlreadyACa(_) => 3,
                 crate::tls::TlsError::UnknownNode(_) => 4,
-                crate::tls::TlsError::Invalid { what: "certificate request", .. } => 2,
+                crate::tls::TlsError::Invalid { what: "certificate request", .. }
+                | crate::tls::TlsError::AuthorKeyTaken { .. } => 2,
                 _ => 1,
             };
         }

@@ -11,6 +11,9 @@ pub const FRAME_LOG_ENV: &str = "OUTPOST_FRAME_LOG";
 /// Bytes of received frames one connection may have waiting for the store (both lanes): what a
 /// peer can make this node hold in memory beyond the frame being read.
 pub(super) const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
+/// How long a dialled node waits for the dialler to open its two lanes once the handshake is
+/// done (a dialler opens them at once; a long round trip takes a second or two).
+pub(super) const LANE_WAIT: Duration = Duration::from_secs(10);
 /// Bytes of frames made for the peer and not yet written to its streams, past which no more of
 /// its frames are taken until it has read some: a peer may ask faster than it reads (a
 /// document asked for step after step, a photo's chunks), and what it has not read waits in
@@ -149,6 +152,24 @@ pub(super) async fn converse(
         conn.close(quinn::VarInt::from_u32(2), b"a node cannot sync with itself");
         return Err(conn_err(ConnectionFailure::OwnIdentity));
     }
+    // The peer's certificate came through the TLS handshake: it is a fleet member whose
+    // signatures this node can check from now on, unless a newer certificate of its author key
+    // states another identity (a tablet keeping a desk's old certificate would otherwise be
+    // read, and written, as that desk).
+    if let Ok(member) = tls::member_of(&peer_cert) {
+        let der = peer_cert.as_ref().to_vec();
+        match shared.store.call(move |node| node.add_member(member, &der)).await? {
+            Ok(true) => {}
+            Ok(false) => {
+                shared.metrics.refused("superseded");
+                conn.close(quinn::VarInt::from_u32(3), b"certificate superseded by a newer one");
+                return Err(conn_err(ConnectionFailure::Superseded { peer: peer.name.clone() }));
+            }
+            Err(e) => tracing::warn!(peer = %peer.name, "cannot record the peer's certificate: {e}"),
+        }
+    } else {
+        tracing::warn!(peer = %peer.name, "the peer's certificate names no author key: its changes will be refused");
+    }
     let _slot = match Slot::take(&shared, &peer.name) {
         Ok(slot) => slot,
         Err(why) => {
@@ -172,34 +193,36 @@ pub(super) async fn converse(
         s2.write_all(&[LANE_BLOB]).await.map_err(|e| conn_err(refusal(&conn, e.into())))?;
         ((s1, r1), (s2, r2))
     } else {
-        let mut lanes: [Option<(quinn::SendStream, quinn::RecvStream)>; 2] = [None, None];
-        for _ in 0..2 {
-            let (s, mut r) = conn.accept_bi().await.map_err(|e| conn_err(e.into()))?;
-            let mut tag = [0u8; 1];
-            r.read_exact(&mut tag).await.map_err(|e| conn_err(e.into()))?;
-            match tag[0] {
-                LANE_SYNC => lanes[0] = Some((s, r)),
-                LANE_BLOB => lanes[1] = Some((s, r)),
-                other => return Err(conn_err(ConnectionFailure::UnknownLane(other))),
+        // The dialler opens both at once; a peer that has not within `LANE_WAIT` (keeping the
+        // connection alive, but silent) would hold one of its slots for nothing, for ever.
+        let accept = async {
+            let mut lanes: [Option<(quinn::SendStream, quinn::RecvStream)>; 2] = [None, None];
+            for _ in 0..2 {
+                let (s, mut r) = conn.accept_bi().await.map_err(|e| conn_err(e.into()))?;
+                let mut tag = [0u8; 1];
+                r.read_exact(&mut tag).await.map_err(|e| conn_err(e.into()))?;
+                match tag[0] {
+                    LANE_SYNC => lanes[0] = Some((s, r)),
+                    LANE_BLOB => lanes[1] = Some((s, r)),
+                    other => return Err(conn_err(ConnectionFailure::UnknownLane(other))),
+                }
+            }
+            let [Some(a), Some(b)] = lanes else { return Err(conn_err(ConnectionFailure::MissingLane)) };
+            Ok((a, b))
+        };
+        match tokio::time::timeout(LANE_WAIT, accept).await {
+            Ok(lanes) => lanes?,
+            Err(_) => {
+                shared.metrics.refused("no_lanes");
+                tracing::warn!(peer = %peer.name, %addr, "closed a connection that opened no lanes within {LANE_WAIT:?}");
+                conn.close(quinn::VarInt::from_u32(CloseCode::ProtocolError as u32), b"no lanes opened");
+                return Err(conn_err(ConnectionFailure::NoLanes { within: LANE_WAIT }));
             }
         }
-        let [Some(a), Some(b)] = lanes else { return Err(conn_err(ConnectionFailure::MissingLane)) };
-        (a, b)
     };
     let _ = sync_send.set_priority(1);
     let _ = blob_send.set_priority(0);
 
-    // The peer's certificate came through the TLS handshake: it is a fleet member whose
-    // signatures this node can check from now on.
-    if let Ok(member) = tls::member_of(&peer_cert) {
-        let der = peer_cert.as_ref().to_vec();
-        let added = shared.store.call(move |node| node.add_member(member, &der)).await?;
-        if let Err(e) = added {
-            tracing::warn!(peer = %peer.name, "cannot record the peer's certificate: {e}");
-        }
-    } else {
-        tracing::warn!(peer = %peer.name, "the peer's certificate names no author key: its changes will be refused");
-    }
     let (frames_tx, mut frames_rx) = mpsc::channel::<Queued>(256);
     let (bad_tx, mut bad_rx) = mpsc::channel::<DecodeError>(2);
     let queue = Arc::new(tokio::sync::Semaphore::new(MAX_QUEUED_BYTES));

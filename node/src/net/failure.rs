@@ -38,6 +38,15 @@ pub enum ConnectionFailure {
         /// The peer.
         peer: String,
     },
+    /// The peer presented a certificate older than one this node holds for the same author
+    /// key, stating another identity.
+    #[error(
+        "{peer}'s certificate is superseded: its author key has a newer certificate of another identity; install the newer certificate"
+    )]
+    Superseded {
+        /// The peer.
+        peer: String,
+    },
     /// The peer presented this node's own identity.
     #[error("the peer presented this node's own identity")]
     OwnIdentity,
@@ -72,6 +81,12 @@ pub enum ConnectionFailure {
     /// A lane opened with a kind this version does not know.
     #[error("unknown lane {0}")]
     UnknownLane(u8),
+    /// The peer opened no lanes (or only one) within the time allowed after its handshake.
+    #[error("the peer opened no lanes within {within:?} of its handshake")]
+    NoLanes {
+        /// The time allowed.
+        within: std::time::Duration,
+    },
     /// The peer opened fewer than two lanes.
     #[error("a lane is missing")]
     MissingLane,

@@ -109,8 +109,10 @@ impl Node {
         self.store.peers().changed_since(seq)
     }
 
-    /// Stores a fleet member's credential (a peer's author key, certified).
-    pub(crate) fn add_member(&mut self, member: Member, credential: &[u8]) -> Result<(), StoreError> {
+    /// Stores a fleet member's credential (a peer's author key, certified); `false` when a newer
+    /// certificate of the same author key states another identity (see
+    /// [`crate::store::Identity::add_member`]).
+    pub(crate) fn add_member(&mut self, member: Member, credential: &[u8]) -> Result<bool, StoreError> {
         self.store.identity_mut().add_member(member, credential)
     }
 

@@ -52,21 +52,42 @@ impl<S: Deref<Target = Store>> Identity<S> {
 
 impl<S: DerefMut<Target = Store>> Identity<S> {
     /// Records a fleet member whose credential was checked (its certificate came over TLS, or
-    /// was verified against the fleet CA).
-    pub fn add_member(&mut self, member: Member, credential: &[u8]) -> Result<(), StoreError> {
-        if self.0.roster.get(&member.prefix()).is_some_and(|m| *m == member) {
-            return Ok(());
+    /// was verified against the fleet CA). An author key speaks for the identity of its newest
+    /// certificate (the latest `notBefore`): a credential older than the one held for its key,
+    /// stating another identity, is not recorded, and this returns `false` (superseded). A
+    /// tablet that once held a desk's certificate, or an expired one of another role, cannot
+    /// choose which identity its changes are judged under by presenting the older one.
+    pub fn add_member(&mut self, member: Member, credential: &[u8]) -> Result<bool, StoreError> {
+        let prefix = member.prefix();
+        if let Some(held) = self.0.roster.get(&prefix) {
+            if *held == member {
+                return Ok(true);
+            }
+            // Two certificates of one second are ordered by their bytes, so that every node
+            // keeps the same one.
+            let stored = self.credential(&prefix)?.map(|(_, c)| c);
+            if let Some(stored) = stored
+                && let (Some(new), Some(old)) = (not_before(credential), not_before(&stored))
+                && (new, credential) <= (old, stored.as_slice())
+            {
+                return Ok(false);
+            }
         }
         self.0
             .conn
             .exec(
                 "INSERT OR REPLACE INTO members (prefix, name, credential) VALUES (?1, ?2, ?3)",
-                params![member.prefix().to_vec(), member.info.name, credential],
+                params![prefix.to_vec(), member.info.name, credential],
             )
             .map_err(sql("recording a fleet member"))?;
         self.0.roster.insert(member);
-        Ok(())
+        Ok(true)
     }
+}
+
+/// When a certificate (DER) began to be valid, in seconds since the epoch.
+fn not_before(der: &[u8]) -> Option<i64> {
+    x509_parser::parse_x509_certificate(der).ok().map(|(_, c)| c.validity().not_before.timestamp())
 }
 
 pub(super) const AUTHOR_AAD: &[u8] = b"outpost/author-key/v1";
@@ -129,4 +150,57 @@ pub(super) fn put_sigs(
         stmt.execute(params![h.0.to_vec(), sig.to_vec()]).map_err(sql("recording signatures"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use sync_protocol::vocab::{Role, ServiceLine};
+
+    use super::*;
+    use crate::tls::{CaDir, verify_member};
+
+    /// A consultant's desk answered dermatology and paediatrics; its certificate was renewed
+    /// for dermatology alone. Whichever certificate the desk presents afterwards (the old one has
+    /// since expired, and an expired credential still verifies, for the changes it signed), and
+    /// in whichever order a node learns of them, the key is the renewed desk's: the old one
+    /// cannot bring paediatrics back.
+    #[test]
+    fn an_author_key_is_the_identity_of_its_newest_certificate() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ca = CaDir::new(tmp.path().join("ca"));
+        ca.init("test").expect("ca");
+        let key = [7u8; 32];
+        let both = PeerInfo {
+            name: "desk-derm-1".into(),
+            role: Role::Desk,
+            org: None,
+            icb: Some("QHM".into()),
+            lines: vec![ServiceLine::Dermatology, ServiceLine::Paediatrics],
+        };
+        let derm = PeerInfo { lines: vec![ServiceLine::Dermatology], ..both.clone() };
+        let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).expect("pem").as_ref().to_vec();
+        let older = der(&ca.issue(&both, &key, 30, true).expect("both lines").cert_pem);
+        let newer = der(&ca.issue(&derm, &key, 30, false).expect("renewed").cert_pem);
+        let ca_cert = ca.cert().expect("ca cert");
+        let (as_before, as_renewed) = (
+            verify_member(&ca_cert, None, &older).expect("an expired credential still verifies"),
+            verify_member(&ca_cert, None, &newer).expect("verifies"),
+        );
+        let prefix = as_renewed.prefix();
+
+        let (_d1, mut hub) = Store::scratch("hub-1");
+        assert!(hub.identity_mut().add_member(as_renewed.clone(), &newer).expect("newer"));
+        assert!(!hub.identity_mut().add_member(as_before.clone(), &older).expect("older"), "superseded");
+        assert_eq!(hub.roster.get(&prefix), Some(&as_renewed));
+        assert_eq!(hub.identity().credential(&prefix).expect("read").map(|(_, c)| c), Some(newer.clone()));
+
+        let (_d2, mut other) = Store::scratch("hub-2");
+        assert!(other.identity_mut().add_member(as_before, &older).expect("older first"));
+        assert!(other.identity_mut().add_member(as_renewed.clone(), &newer).expect("newer replaces"));
+        assert_eq!(other.roster.get(&prefix), Some(&as_renewed));
+        // The same identity again is current.
+        assert!(other.identity_mut().add_member(as_renewed, &newer).expect("again"));
+    }
 }
