@@ -5,7 +5,7 @@
 mod common;
 mod fhir_check;
 
-use common::{fails, init_edge, json, new_session, ok, run};
+use common::{fails, init_edge, json, new_session, ok, run, session_new_args};
 use std::path::Path;
 
 fn d(p: &Path) -> &str {
@@ -130,6 +130,29 @@ fn an_invalid_nhs_number_is_refused_by_name_and_nothing_is_written() {
     assert!(err.contains("check digit"), "says why: {err}");
     assert_eq!(session_count(&dir), 0);
     assert_eq!(audit_entries(&dir), before);
+}
+
+#[test]
+fn a_birth_date_that_is_no_calendar_date_is_refused_and_nothing_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    init_edge(&dir);
+    let before = audit_entries(&dir);
+    for (date, why) in
+        [("09/03/1944", "not a calendar date"), ("1944-02-30", "not a calendar date"), ("2999-01-01", "after today")]
+    {
+        let mut args = session_new_args(&dir);
+        args.extend(["--birth-date", date]);
+        let err = fails(&args, 2);
+        assert!(err.contains(date) && err.contains(why) && err.contains("YYYY-MM-DD"), "{date}: {err}");
+    }
+    assert_eq!(session_count(&dir), 0);
+    assert_eq!(audit_entries(&dir), before);
+    let mut args = session_new_args(&dir);
+    args.extend(["--birth-date", "1944-03-09"]);
+    let id = ok(&args).trim().to_string();
+    let view = json(&ok(&["session", "export", "--dir", d(&dir), &id, "--format", "json"]));
+    assert_eq!(view["patient"]["birth_date"], "1944-03-09");
 }
 
 #[test]

@@ -871,6 +871,13 @@ impl<'a> State<'a> {
                 if group == "service" && k == "line" {
                     self.line = text(value).and_then(|l| ServiceLine::parse(&l).ok());
                 }
+                if group == "patient"
+                    && k == "birth_date"
+                    && value.is_some()
+                    && text(value).as_deref().and_then(crate::session::calendar_date).is_none()
+                {
+                    return Err("a birth date is a calendar date written YYYY-MM-DD".into());
+                }
                 match op.action {
                     OpType::Put(_) | OpType::Delete => Ok(None),
                     _ => Err(format!("/{group} holds values only")),

@@ -100,6 +100,14 @@ pub enum ModelError {
     /// A value outside its vocabulary.
     #[error(transparent)]
     Vocab(#[from] VocabError),
+    /// A birth date that is not a real calendar date written YYYY-MM-DD, or is after today.
+    #[error("birth date {value:?} {why}: write it as YYYY-MM-DD, for example 1944-03-09")]
+    BirthDate {
+        /// What was given.
+        value: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
 }
 
 /// A session identifier: a ULID, so ids sort by creation time and never collide across nodes.
@@ -196,7 +204,7 @@ pub struct Patient {
     pub verification: NhsVerification,
     /// Fallback demographics, for when there is no verified number.
     pub name: Option<String>,
-    /// Date of birth as written (ISO 8601 preferred).
+    /// Date of birth: a calendar date written YYYY-MM-DD ([`check_birth_date`]).
     pub birth_date: Option<String>,
     /// Sex as recorded.
     pub sex: Option<String>,
@@ -367,7 +375,7 @@ impl SessionDoc {
         let requester = doc.put_object(ROOT, "requester", ObjType::Map)?;
         write_requester(&mut doc, &requester, &new.requester)?;
         let patient = doc.put_object(ROOT, "patient", ObjType::Map)?;
-        write_patient(&mut doc, &patient, &new.patient)?;
+        write_patient(&mut doc, &patient, &new.patient, now)?;
         let service = doc.put_object(ROOT, "service", ObjType::Map)?;
         write_service(&mut doc, &service, new.service)?;
         let request = doc.put_object(ROOT, "request", ObjType::Map)?;
@@ -865,7 +873,7 @@ impl SessionDoc {
     pub fn set_patient(&mut self, patient: &Patient, now: TimeMs) -> Result<(), ModelError> {
         self.ensure_open()?;
         let obj = self.root_obj("patient", ObjType::Map)?;
-        write_patient(&mut self.doc, &obj, patient)?;
+        write_patient(&mut self.doc, &obj, patient, now)?;
         self.commit("patient", now);
         Ok(())
     }
@@ -1019,7 +1027,10 @@ fn write_requester(doc: &mut AutoCommit, obj: &ObjId, r: &Requester) -> Result<(
     Ok(())
 }
 
-fn write_patient(doc: &mut AutoCommit, obj: &ObjId, p: &Patient) -> Result<(), ModelError> {
+fn write_patient(doc: &mut AutoCommit, obj: &ObjId, p: &Patient, now: TimeMs) -> Result<(), ModelError> {
+    if let Some(d) = &p.birth_date {
+        check_birth_date(d, now)?;
+    }
     write_opt(doc, obj, "nhs_number", &p.nhs_number.map(|n| n.digits()))?;
     doc.put(obj, "verification", p.verification.as_str())?;
     write_opt(doc, obj, "name", &p.name)?;
@@ -1073,6 +1084,66 @@ fn put_clinician(doc: &mut AutoCommit, obj: &ObjId, c: &Clinician) -> Result<(),
         doc.put(obj, "by_registration", reg.as_str())?;
     }
     Ok(())
+}
+
+/// Checks a birth date as a clinician enters it: a real calendar date written YYYY-MM-DD (the
+/// form FHIR and the NHS's services take), no earlier than 1870 and not after the day of `now`
+/// (UTC). A slip such as `09/03/1944`, `1944-02-30` or a year in the future is refused here,
+/// not carried to the consultant and the record.
+pub fn check_birth_date(d: &str, now: TimeMs) -> Result<(), ModelError> {
+    let bad = |why| ModelError::BirthDate { value: d.to_string(), why };
+    let (y, m, day) = calendar_date(d).ok_or_else(|| bad("is not a calendar date"))?;
+    if y < 1870 {
+        return Err(bad("is before 1870"));
+    }
+    if (y, m, day) > civil_date(now) {
+        return Err(bad("is after today"));
+    }
+    Ok(())
+}
+
+/// The year, month and day of a real calendar date written YYYY-MM-DD.
+pub fn calendar_date(d: &str) -> Option<(i64, u32, u32)> {
+    let b = d.as_bytes();
+    let digits = [0, 1, 2, 3, 5, 6, 8, 9].iter().all(|&i| b.get(i).is_some_and(u8::is_ascii_digit));
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' || !digits {
+        return None;
+    }
+    let (y, m, day) = (d[..4].parse::<i64>().ok()?, d[5..7].parse::<u32>().ok()?, d[8..10].parse::<u32>().ok()?);
+    ((1..=12).contains(&m) && (1..=month_days(y, m)).contains(&day)).then_some((y, m, day))
+}
+
+fn leap_year(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+fn month_days(y: i64, m: u32) -> u32 {
+    match m {
+        2 if leap_year(y) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// The UTC calendar date of a time (from 1970 on), counted out year by year and month by month.
+fn civil_date(t: TimeMs) -> (i64, u32, u32) {
+    let mut days = t.max(0) / 86_400_000;
+    let mut y = 1970;
+    loop {
+        let len = if leap_year(y) { 366 } else { 365 };
+        if days < len {
+            break;
+        }
+        days -= len;
+        y += 1;
+    }
+    let mut m = 1;
+    while days >= i64::from(month_days(y, m)) {
+        days -= i64::from(month_days(y, m));
+        m += 1;
+    }
+    (y, m, days as u32 + 1)
 }
 
 fn check_short(field: &'static str, text: &str) -> Result<(), ModelError> {

@@ -495,3 +495,47 @@ fn a_message_is_at_hub_only_when_the_hub_holds_that_message_not_one_reusing_its_
     assert_eq!(level("amb-99"), ReceiptLevel::Hub, "the hub holds the tablet's message");
     assert_eq!(level("amb-07"), ReceiptLevel::Device, "the hub does not hold the crew's message");
 }
+
+/// A birth date is a real calendar date written YYYY-MM-DD, from 1870 and no later than the
+/// day it is entered (UTC): the slips a form on a moving tablet invites are refused with what to
+/// write instead, whether the session is being made or its patient corrected.
+#[test]
+fn a_birth_date_is_a_real_calendar_date_no_later_than_today() {
+    use sync_protocol::session::check_birth_date;
+    // 2026-12-04T05:00:00.123Z
+    let now = 1_796_360_400_123;
+    for good in ["1944-03-09", "2024-02-29", "2000-02-29", "1870-01-01", "2026-12-04", "2026-01-31"] {
+        assert!(check_birth_date(good, now).is_ok(), "{good}");
+    }
+    for bad in [
+        "09/03/1944",
+        "1944-3-9",
+        "1944-02-30",
+        "2023-02-29",
+        "1900-02-29",
+        "1944-13-01",
+        "1944-00-10",
+        "1944-04-31",
+        "2026-12-05",
+        "2031-01-01",
+        "1869-12-31",
+        "",
+        "１９４４-03-09",
+    ] {
+        let err = check_birth_date(bad, now).expect_err(bad);
+        assert!(err.to_string().contains("YYYY-MM-DD"), "{bad}: {err}");
+    }
+    // The first day of the epoch and a leap day are counted out right.
+    assert!(check_birth_date("1970-01-01", 0).is_ok());
+    assert!(check_birth_date("1970-01-02", 0).is_err());
+    assert!(check_birth_date("2000-02-29", 951_782_400_000).is_ok());
+    assert!(check_birth_date("2000-03-01", 951_782_400_000).is_err());
+
+    let mut doc = new_session();
+    let patient = Patient { birth_date: Some("31/02/1950".into()), ..Patient::default() };
+    assert!(doc.set_patient(&patient, T0 + 1).is_err());
+    assert_eq!(doc.view().unwrap().patient.birth_date, None, "nothing written");
+    let patient = Patient { birth_date: Some("1950-02-28".into()), ..Patient::default() };
+    doc.set_patient(&patient, T0 + 2).unwrap();
+    assert_eq!(doc.view().unwrap().patient.birth_date.as_deref(), Some("1950-02-28"));
+}

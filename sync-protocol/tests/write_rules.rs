@@ -968,3 +968,29 @@ fn a_callback_is_asked_for_only_by_a_party_to_its_call() {
     let got = write(&mut hub, "amb-07", callback("amb-07"));
     assert!(matches!(got, Applied::Stored { .. }), "the crew that asked: {got:?}");
 }
+
+/// A birth date travels only as a calendar date: the crew's edge (the origin, which may correct
+/// the patient's details) writing free text there, as a tampered client could, is refused; a
+/// real date is taken.
+#[test]
+fn a_birth_date_from_a_peer_is_a_calendar_date_or_refused() {
+    let fleet = Fleet::new();
+    let mut hub = fleet.replica("hub-qhm");
+    let (id, _) = victim_session(&fleet, &mut hub);
+    for bad in ["09/03/1944", "1944-02-30", "about 80", ""] {
+        let answer = sent_by(&fleet, &mut hub, id, "amb-07", |d| {
+            let patient = obj(d.automerge(), &ROOT, "patient");
+            d.automerge().put(&patient, "birth_date", bad).unwrap();
+        });
+        assert!(
+            matches!(&answer, Applied::Refused { reason } if reason.contains("calendar date")),
+            "{bad:?}: {answer:?}"
+        );
+    }
+    let answer = sent_by(&fleet, &mut hub, id, "amb-07", |d| {
+        let patient = obj(d.automerge(), &ROOT, "patient");
+        d.automerge().put(&patient, "birth_date", "1944-03-09").unwrap();
+    });
+    assert!(matches!(answer, Applied::Stored { .. }), "{answer:?}");
+    assert_eq!(hub.view(&id).unwrap().patient.birth_date.as_deref(), Some("1944-03-09"));
+}

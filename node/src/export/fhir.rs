@@ -224,7 +224,7 @@ impl Builder {
             if let Some(g) = p.sex.as_deref().map(gender) {
                 r.insert("gender".into(), json!(g));
             }
-            if let Some(d) = p.birth_date.as_deref().filter(|d| is_date(d)) {
+            if let Some(d) = p.birth_date.as_deref().filter(|d| sync_protocol::session::calendar_date(d).is_some()) {
                 r.insert("birthDate".into(), json!(d));
             }
             if let Some(pc) = &p.postcode {
@@ -601,16 +601,6 @@ fn gender(sex: &str) -> &'static str {
 }
 
 /// `YYYY-MM-DD` with a plausible month and day.
-fn is_date(d: &str) -> bool {
-    let b = d.as_bytes();
-    b.len() == 10
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && [0, 1, 2, 3, 5, 6, 8, 9].iter().all(|&i| b[i].is_ascii_digit())
-        && matches!(d[5..7].parse::<u8>(), Ok(1..=12))
-        && matches!(d[8..10].parse::<u8>(), Ok(1..=31))
-}
-
 fn log_text(v: &LogValue) -> String {
     match v {
         LogValue::Str(s) => s.clone(),
@@ -694,12 +684,5 @@ mod tests {
     #[test]
     fn instants_are_utc_with_milliseconds() {
         assert_eq!(instant(1_796_360_400_123), "2026-12-04T05:00:00.123Z");
-    }
-
-    #[test]
-    fn only_real_calendar_dates_become_birth_dates() {
-        assert!(is_date("1944-03-09"));
-        assert!(!is_date("1944-13-09"));
-        assert!(!is_date("09/03/1944"));
     }
 }
