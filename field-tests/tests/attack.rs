@@ -439,3 +439,93 @@ fn a_tablet_that_connects_and_opens_no_lanes_holds_its_slots_only_for_a_while() 
     }
     f.ok(&["sync", "--dir", s(&tablet), "--peer", &addr]);
 }
+
+/// A photo's hash is no key to its bytes. A stolen tablet that learnt the hash of another
+/// patient's photo (an exported record names the photos it does not embed by their hash)
+/// records it in a session of its own. The hub stores the record (it is only words), but sends
+/// the tablet neither the photo's manifest nor a chunk of it, says in that session that the
+/// photo is not at the hub, and the desk of that session's line is not given it either.
+#[test]
+fn a_photo_hash_recorded_in_a_tablets_own_session_opens_nothing() {
+    let mut f = Field::new(BIN, "hash-key");
+    let hub = f.node("hub-qhm", "hub", &[]);
+    let victim = f.node("amb-07", "edge", &[]);
+    let thief = f.node("amb-66", "edge", &[]);
+    let desk = f.node("desk-derm-1", "desk", &["--org", "RTH", "--service-line", "dermatology"]);
+    let addr = free_addr();
+    let hubd = f.daemon(&hub, &["--listen", &addr]);
+    f.wait(LIMIT, POLL, "the hub to listen", || hubd.log_text().contains("outpost daemon started"));
+
+    let id = f.new_session(&victim, "dermatology", "ambulance_on_scene", "spreading rash");
+    let jpeg = f.dir.join("rash.jpg");
+    photo_file(&jpeg, f.seed, 300_000);
+    let photo = f.photo(&victim, &id, &jpeg, "close-up");
+    f.ok(&["sync", "--dir", s(&victim), "--peer", &addr]);
+    let size = hub_view(&f, &hub, &id)["media"][0]["size"].as_u64().unwrap();
+
+    // The tablet's own case, with a photo of its own (and so a consent to point at).
+    let own_id = f.new_session(&thief, "dermatology", "ambulance_on_scene", "a case of its own");
+    let own_jpeg = f.dir.join("own.jpg");
+    photo_file(&own_jpeg, f.seed.wrapping_add(1), 50_000);
+    f.photo(&thief, &own_id, &own_jpeg, "close-up");
+    f.ok(&["sync", "--dir", s(&thief), "--peer", &addr]);
+    let leaked = leaked_copy(&f, &thief, &own_id);
+    let mut intruder = join(&thief, &addr);
+    let victim_photo = photo.clone();
+    let answer = forge(&mut intruder, &leaked, &own_id, move |d| {
+        let media = obj(d, &ROOT, "media");
+        let own = d.keys(&media).next().unwrap();
+        let own = obj(d, &media, &own);
+        let keys: Vec<String> = d.keys(&own).collect();
+        let mut fields: Vec<(String, ScalarValue)> = Vec::new();
+        for k in keys {
+            if let Some((Value::Scalar(v), _)) = d.get(&own, k.as_str()).unwrap() {
+                fields.push((k, v.into_owned()));
+            }
+        }
+        let m = d.put_object(&media, victim_photo.as_str(), ObjType::Map).unwrap();
+        for (k, v) in fields {
+            let v = match k.as_str() {
+                "hash" => ScalarValue::Str(victim_photo.clone().into()),
+                "size" => ScalarValue::Uint(size),
+                _ => v,
+            };
+            d.put(&m, k.as_str(), v).unwrap();
+        }
+        d.put_object(&m, "receipts", ObjType::Map).unwrap();
+    });
+    if answer.iter().any(|fr| matches!(fr, Frame::Refused { .. })) {
+        f.fail(format!("the hub refused the record itself (the test wants it stored): {answer:?}"));
+    }
+    f.wait(LIMIT, POLL, "the hub to store the tablet's record", || {
+        hub_view(&f, &hub, &own_id)["media"].as_array().is_some_and(|m| m.len() == 2)
+    });
+
+    let hash = Hash::from_hex(&photo).unwrap();
+    let start = intruder.settle(Duration::ZERO).len();
+    intruder.exchange(&[Frame::BlobWant { hash, manifest: true, chunks: vec![0, 1] }], LIMIT);
+    let got = intruder.wait_for(LIMIT, |fr| matches!(fr, Frame::BlobMissing { .. })).split_off(start);
+    let leaked_photo = got.iter().any(|fr| match fr {
+        Frame::BlobManifest(m) => m.hash == hash,
+        Frame::BlobChunk { hash: h, .. } => *h == hash,
+        _ => false,
+    });
+    if leaked_photo {
+        let names: Vec<&str> = got.iter().map(Frame::name).collect();
+        f.fail(format!("the tablet was sent the other patient's photo: {names:?}"));
+    }
+    drop(intruder);
+    let view = hub_view(&f, &hub, &own_id);
+    let record = view["media"].as_array().unwrap().iter().find(|m| m["hash"] == photo.as_str()).unwrap().clone();
+    if record["receipts"].as_array().is_some_and(|r| !r.is_empty()) {
+        f.fail(format!("the hub says the photo is at the hub in the tablet's session: {record}"));
+    }
+    // The dermatology desk holds both sessions; it is given the photo for the victim's case
+    // only, and its record of the tablet's case shows no photo held.
+    f.ok(&["sync", "--dir", s(&desk), "--peer", &addr]);
+    let at_desk = f.export(&desk, &own_id).unwrap_or_else(|| f.fail("the desk lacks the tablet's case"));
+    let record = at_desk["media"].as_array().unwrap().iter().find(|m| m["hash"] == photo.as_str()).unwrap().clone();
+    if record["receipts"].as_array().is_some_and(|r| r.iter().any(|x| x["level"] == "desk")) {
+        f.fail(format!("the desk says it holds the photo in the tablet's session: {record}"));
+    }
+}

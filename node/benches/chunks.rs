@@ -32,6 +32,13 @@ fn photo(seed: u64, size: usize) -> Vec<u8> {
 
 /// Stores `photos` chunk by chunk in batches of `batch`; returns MB/s.
 fn run(node: &mut Node, photos: &[Vec<u8>], batch: usize) -> f64 {
+    let sender = sync_protocol::scope::PeerInfo {
+        name: "amb-07".into(),
+        role: Role::Edge,
+        org: None,
+        icb: Some("QHM".into()),
+        lines: vec![],
+    };
     let started = Instant::now();
     let mut bytes = 0usize;
     for data in photos {
@@ -44,7 +51,7 @@ fn run(node: &mut Node, photos: &[Vec<u8>], batch: usize) -> f64 {
             for (_, i, c) in group {
                 blob::verify_chunk(&m, *i, c).expect("chunk verifies");
             }
-            whole.extend(node.raw_store().blobs_mut().store_chunks(group).expect("chunks stored"));
+            whole.extend(node.raw_store().blobs_mut().store_chunks(&sender, group).expect("chunks stored"));
             bytes += group.iter().map(|(_, _, c)| c.len()).sum::<usize>();
         }
         assert_eq!(whole, vec![m.hash], "the photo is whole once, after its last chunk");

@@ -582,6 +582,7 @@ impl Node {
         let thumbnail = crate::photo::thumbnail(photo);
         let consent_id = new_id(now)?;
         let by = self.config.name.clone();
+        let me = by.clone();
         let clinician = self.clinician();
         let hash = blake3::hash(&photo.bytes).to_hex().to_string();
         let detail = Some(serde_json::json!({ "photo": hash }));
@@ -613,7 +614,7 @@ impl Node {
                 clinician: clinician.clone(),
             };
             doc.add_media(&media, now).map_err(model)?;
-            let info = ctx.put_blob(&photo.bytes, photo.mime)?;
+            let info = ctx.put_blob(&photo.bytes, photo.mime, &me)?;
             if let Some(t) = &thumbnail {
                 ctx.put_thumbnail(&info.hash, t)?;
             }

@@ -291,10 +291,15 @@ impl Replica for NodeReplica<'_> {
         self.store.blobs_mut().store_manifest(manifest, now)
     }
 
-    fn store_chunks(&mut self, chunks: &[(Hash, u32, Vec<u8>)], now: TimeMs) -> Result<Vec<DocId>, StoreError> {
+    fn store_chunks(
+        &mut self,
+        from: &PeerInfo,
+        chunks: &[(Hash, u32, Vec<u8>)],
+        now: TimeMs,
+    ) -> Result<Vec<DocId>, StoreError> {
         self.writing()?;
         let mut out = Vec::new();
-        for hash in self.store.blobs_mut().store_chunks(chunks)? {
+        for hash in self.store.blobs_mut().store_chunks(from, chunks)? {
             let changed = self.store.blobs_mut().acknowledge_blob(self.me, &hash, now)?;
             self.collected.changed.extend(changed.iter().copied());
             out.extend(changed);

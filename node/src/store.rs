@@ -110,7 +110,7 @@ impl CachedSql for Connection {
 pub const MAX_PAGES_ENV: &str = "OUTPOST_MAX_DB_PAGES";
 
 /// Database schema version this build writes (`PRAGMA user_version`).
-pub const DB_SCHEMA_VERSION: i64 = 9;
+pub const DB_SCHEMA_VERSION: i64 = 10;
 
 /// Tunables of the store.
 #[derive(Debug, Clone, Copy)]
@@ -600,9 +600,15 @@ impl WriteCtx<'_> {
         key.remember(self.tx, result, self.now)
     }
 
-    /// Stores a blob (if not already stored) in the same transaction as the edit.
-    pub fn put_blob(&self, bytes: &[u8], mime: &str) -> Result<BlobInfo, StoreError> {
-        put_blob(self.tx, self.sealer, bytes, mime, self.now)
+    /// Stores a blob (if not already stored) in the same transaction as the edit, with `holder`
+    /// (the node attaching it) known to have its bytes.
+    pub fn put_blob(&self, bytes: &[u8], mime: &str, holder: &str) -> Result<BlobInfo, StoreError> {
+        put_blob(self.tx, self.sealer, bytes, mime, self.now, holder)
+    }
+
+    /// Whether this node holds a photo whole for this record of it (see `blobs::holds_photo_for`).
+    pub fn holds_photo_for(&self, p: sync_protocol::session::PhotoRecord<'_>) -> Result<bool, StoreError> {
+        blobs::holds_photo_for(self.tx, p.hash, p.added_by, p.at_hub)
     }
 
     /// Stores a photo's thumbnail (sealed), kept after the photo itself is offloaded.

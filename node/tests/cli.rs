@@ -430,8 +430,12 @@ fn deleting_audit_entries_in_the_middle_or_at_the_end_is_detected() {
     let wind_back = |dir: &Path| {
         let conn = rusqlite::Connection::open(dir.join("outpost.db")).unwrap();
         conn.execute("DELETE FROM meta WHERE key = 'audit_head'", []).unwrap();
-        // And without what schema 9 added.
-        conn.execute_batch("ALTER TABLE sessions DROP COLUMN escalating; PRAGMA user_version = 7").unwrap();
+        // And without what schemas 9 and 10 added.
+        conn.execute_batch(
+            "ALTER TABLE sessions DROP COLUMN escalating; DROP TABLE blob_possessors;
+             ALTER TABLE session_media DROP COLUMN at_hub; PRAGMA user_version = 7",
+        )
+        .unwrap();
     };
     wind_back(&headless);
     ok(&["audit", "verify", "--dir", d(&headless)]);

@@ -98,7 +98,7 @@ pub enum Taken {
 
 /// What `me` does with `candidate`, received from `from` as session `id` (its changes passed
 /// the write rules): a hub or desk first records its receipts on what it now holds (messages
-/// it did not write; photos `holds_blob` says are whole here), signed by `author`, so the
+/// it did not write; photo records `holds_photo` says this node holds the bytes for), signed by `author`, so the
 /// document is read into a view once; then [`vet`] decides; the photos to drop follow from
 /// the view. Nothing of a refused candidate may be kept, its receipts included.
 pub fn take(
@@ -108,9 +108,9 @@ pub fn take(
     candidate: &mut SessionDoc,
     author: &AuthorKey,
     now: TimeMs,
-    holds_blob: impl Fn(&str) -> bool,
+    holds_photo: impl Fn(crate::session::PhotoRecord<'_>) -> bool,
 ) -> Taken {
-    take_since(me, from, id, candidate, author, now, holds_blob, None)
+    take_since(me, from, id, candidate, author, now, holds_photo, None)
 }
 
 /// [`take`], given the view kept of the session as it was before the received changes and
@@ -124,7 +124,7 @@ pub fn take_since(
     candidate: &mut SessionDoc,
     author: &AuthorKey,
     now: TimeMs,
-    holds_blob: impl Fn(&str) -> bool,
+    holds_photo: impl Fn(crate::session::PhotoRecord<'_>) -> bool,
     mut prior: Option<(ViewBasis, Touched)>,
 ) -> Taken {
     if !candidate.automerge().get_missing_deps(&[]).is_empty() {
@@ -133,7 +133,7 @@ pub fn take_since(
     let mut own_sigs = Vec::new();
     if let Some(level) = receipt_level(me.role) {
         let received = candidate.heads();
-        if let Err(e) = candidate.acknowledge(level, &me.name, now, holds_blob) {
+        if let Err(e) = candidate.acknowledge(level, &me.name, now, holds_photo) {
             return Taken::Refused(Refusal::Malformed(e.to_string()));
         }
         own_sigs = authorship::sign_new(author, candidate.automerge(), &received);
@@ -229,7 +229,7 @@ mod tests {
         // signed under its own key.
         let hub_key = AuthorKey::from_seed(&[7; 32], [7; 8]);
         let mut at_hub = doc.fork_as(hub_key.actor().clone());
-        let Taken::Kept(kept) = take(&hub, &surgery, &id, &mut at_hub, &hub_key, 10, |h| h == hash) else {
+        let Taken::Kept(kept) = take(&hub, &surgery, &id, &mut at_hub, &hub_key, 10, |p| p.hash == hash) else {
             panic!("the hub keeps its own ICB's session")
         };
         assert_eq!(kept.own_sigs.len(), 1, "one change of receipts, signed");

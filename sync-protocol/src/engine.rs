@@ -157,10 +157,15 @@ pub trait Replica {
     fn blob_chunk(&mut self, hash: &Hash, index: u32) -> Result<Option<Vec<u8>>, Self::Error>;
     /// Stores a verified manifest.
     fn store_manifest(&mut self, manifest: &BlobManifest, now: TimeMs) -> Result<(), Self::Error>;
-    /// Stores verified chunks (`(blob, index, bytes)`, those of one received batch) durably,
-    /// in one write. For the blobs that became whole, returns the documents the replica changed
+    /// Stores verified chunks (`(blob, index, bytes)`, those of one received batch from the peer
+    /// `from`, which thereby had those bytes) durably, in one write. For the blobs that became whole, returns the documents the replica changed
     /// in consequence (receipts), so that they can be pushed.
-    fn store_chunks(&mut self, chunks: &[(Hash, u32, Vec<u8>)], now: TimeMs) -> Result<Vec<DocId>, Self::Error>;
+    fn store_chunks(
+        &mut self,
+        from: &PeerInfo,
+        chunks: &[(Hash, u32, Vec<u8>)],
+        now: TimeMs,
+    ) -> Result<Vec<DocId>, Self::Error>;
     /// The newest revocation list held: its number and DER bytes.
     fn revocations(&mut self) -> Result<Option<(u64, Vec<u8>)>, Self::Error>;
     /// Offers a revocation list received from a peer; returns whether it was newer and valid.
@@ -964,7 +969,7 @@ impl Engine {
         if !self.chunks_in.is_empty() {
             // The batch's chunks in one durable write, before anything reads what is held.
             let chunks = std::mem::take(&mut self.chunks_in);
-            touched.extend(replica.store_chunks(&chunks, now).map_err(EngineError::Replica)?);
+            touched.extend(replica.store_chunks(&self.peer, &chunks, now).map_err(EngineError::Replica)?);
         }
         if !incoming.is_empty() {
             // New documents may reference blobs the peer did not hold when we last asked.

@@ -415,8 +415,8 @@ impl MemReplica {
             let before = d.doc.heads();
             let added = d
                 .doc
-                .acknowledge(level, &me.name, now, |h| {
-                    Hash::from_hex(h).is_some_and(|h| blobs.get(&h).is_some_and(MemBlob::whole))
+                .acknowledge(level, &me.name, now, |p| {
+                    Hash::from_hex(p.hash).is_some_and(|h| blobs.get(&h).is_some_and(MemBlob::whole))
                 })
                 .map_err(MemError::from)?;
             if added {
@@ -469,7 +469,11 @@ impl MemReplica {
         }
         // The node's acceptance rule: this node's receipts, the verdict, the photos to drop.
         let blobs = &self.blobs;
-        let holds = |h: &str| Hash::from_hex(h).is_some_and(|h| blobs.get(&h).is_some_and(MemBlob::whole));
+        // The simulator's replicas hold a photo for any record of its hash (the node also asks
+        // that the record's writer, or a hub, vouched for the bytes: `docs/protocol.md`).
+        let holds = |p: crate::session::PhotoRecord<'_>| {
+            Hash::from_hex(p.hash).is_some_and(|h| blobs.get(&h).is_some_and(MemBlob::whole))
+        };
         let kept = match accept::take(&self.me, peer, id, &mut candidate, &self.author, now, holds) {
             Taken::Kept(kept) => *kept,
             Taken::MissingDeps => return Ok(Applied::MissingDeps),
@@ -654,7 +658,12 @@ impl Replica for MemReplica {
         Ok(())
     }
 
-    fn store_chunks(&mut self, chunks: &[(Hash, u32, Vec<u8>)], now: TimeMs) -> Result<Vec<DocId>, MemError> {
+    fn store_chunks(
+        &mut self,
+        _from: &PeerInfo,
+        chunks: &[(Hash, u32, Vec<u8>)],
+        now: TimeMs,
+    ) -> Result<Vec<DocId>, MemError> {
         let mut out = Vec::new();
         for (hash, index, data) in chunks {
             let shared = self.chunk(data);

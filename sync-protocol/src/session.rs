@@ -727,9 +727,11 @@ impl SessionDoc {
     }
 
     /// Records that `node` now holds (at `level`) every message written by another node and
-    /// every photo written by another node whose bytes `holds_blob` says are here. One change
-    /// for all of them; returns whether anything was added. Called by a hub or desk after it
-    /// has stored what it received, so a receipt never claims more than is true.
+    /// every photo record written by another node for which `holds_photo` says the bytes are
+    /// here (it is given the record: a node holds a photo for a record only when the record's
+    /// writer is known to have had the bytes, not for a hash alone). One change for all of them;
+    /// returns whether anything was added. Called by a hub or desk after it has stored what it
+    /// received, so a receipt never claims more than is true.
     ///
     /// A hub writes no receipt on messages: that a message is at a hub is known to its writer
     /// from the hub's acknowledgement of the heads that hold it (see [`Self::message_keys_at`]
@@ -740,7 +742,7 @@ impl SessionDoc {
         level: ReceiptLevel,
         node: &str,
         now: TimeMs,
-        holds_blob: impl Fn(&str) -> bool,
+        holds_photo: impl Fn(PhotoRecord<'_>) -> bool,
     ) -> Result<bool, ModelError> {
         if level == ReceiptLevel::Device {
             return Ok(false);
@@ -764,7 +766,19 @@ impl SessionDoc {
         let media = child(doc, &ROOT, "media", ObjType::Map)?;
         for hash in doc.keys(&media) {
             let m = child(doc, &media, &hash, ObjType::Map)?;
-            if !text_is(doc, &m, "added_by", node)? && holds_blob(&hash) {
+            let added_by = match doc.get(&m, "added_by")? {
+                Some((Value::Scalar(s), _)) => match s.as_ref() {
+                    automerge::ScalarValue::Str(v) => v.to_string(),
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            if added_by == node {
+                continue;
+            }
+            let receipts = child(doc, &m, "receipts", ObjType::Map)?;
+            let at_hub = doc.keys(&receipts).any(|k| k.starts_with("hub/"));
+            if holds_photo(PhotoRecord { hash: &hash, added_by: &added_by, at_hub }) {
                 targets.push(m);
             }
         }
@@ -1680,6 +1694,18 @@ impl MessageView {
     pub fn key(&self) -> MessageKey {
         (self.author.clone(), self.id.clone())
     }
+}
+
+/// A photo record as a node about to write its receipt on it sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct PhotoRecord<'a> {
+    /// The photo's hash (hex).
+    pub hash: &'a str,
+    /// The edge that recorded it (the record's writer, by the write rules).
+    pub added_by: &'a str,
+    /// Whether a hub has written its receipt on this record: it holds the bytes for it, which
+    /// it says only for a record whose writer gave them (`docs/protocol.md`, "Blobs").
+    pub at_hub: bool,
 }
 
 /// A message's author (the node that wrote it, held to its verified writer by the write rules)

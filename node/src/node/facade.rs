@@ -129,6 +129,15 @@ impl Node {
     fn photos_held(&self, view: &SessionView) -> Result<crate::export::Photos, NodeError> {
         let mut out = crate::export::Photos::new();
         for hash in crate::export::photos_to_read(view) {
+            // Only for a record this node holds the photo for: a record made from another
+            // patient's photo's hash exports as a reference, never with that photo's bytes.
+            let vouched = view.media.iter().filter(|m| m.hash == hash).try_fold(false, |any, m| {
+                let at_hub = m.receipts.iter().any(|r| r.level == sync_protocol::vocab::ReceiptLevel::Hub);
+                Ok::<bool, StoreError>(any || self.store.blobs().holds_photo_for(&hash, &m.added_by, at_hub)?)
+            })?;
+            if !vouched {
+                continue;
+            }
             // Not here (handed to the hub, still arriving, never received): a reference in the
             // export. Any other failure (a damaged store) is an error, not a missing photo.
             match self.store.blobs().read_blob(&hash) {

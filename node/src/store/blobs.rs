@@ -28,6 +28,12 @@ impl<S: Deref<Target = Store>> Blobs<S> {
             .map_err(sql(ctx))
     }
 
+    /// Whether this node holds a photo whole for a record of it written by `added_by`, with a
+    /// hub's receipt on it or not (see [`holds_photo_for`]).
+    pub fn holds_photo_for(&self, hash: &str, added_by: &str, at_hub: bool) -> Result<bool, StoreError> {
+        holds_photo_for(&self.0.conn, hash, added_by, at_hub)
+    }
+
     /// Reads a whole blob, checking it against its hash.
     pub fn read_blob(&self, hash: &str) -> Result<Vec<u8>, StoreError> {
         let info = self.blob_info(hash)?;
@@ -111,6 +117,29 @@ impl<S: Deref<Target = Store>> Blobs<S> {
     }
 }
 
+/// Records that `node` is known to have had a photo's bytes (it attached them here, or sent
+/// them whole).
+pub(super) fn add_possessor(conn: &Connection, hash: &str, node: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("INSERT OR IGNORE INTO blob_possessors (hash, node) VALUES (?1, ?2)")
+        .and_then(|mut s| s.execute(params![hash, node]))
+        .map_err(sql("recording who had a photo"))?;
+    Ok(())
+}
+
+/// Whether this node holds a photo whole for a record of it written by `added_by`: the bytes
+/// are here, and the record's writer is known to have had them (it attached them here or sent
+/// them), or a hub has written that it holds them for this record (`at_hub`). A record made
+/// from a hash alone (another patient's photo, its hash read off an export) is held for by no
+/// one: its bytes are not sent, acknowledged or exported for it.
+pub(super) fn holds_photo_for(conn: &Connection, hash: &str, added_by: &str, at_hub: bool) -> Result<bool, StoreError> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM blobs WHERE hash = ?1 AND state = 'complete')
+            AND (?3 OR EXISTS (SELECT 1 FROM blob_possessors WHERE hash = ?1 AND node = ?2))",
+    )
+    .and_then(|mut s| s.query_row(params![hash, added_by, at_hub], |r| r.get(0)))
+    .map_err(sql("reading who had a photo"))
+}
+
 pub(super) fn chunk_aad(hash: &str, idx: u64) -> Vec<u8> {
     [b"outpost/chunk/v1/".as_slice(), hash.as_bytes(), b"/", &idx.to_be_bytes()].concat()
 }
@@ -145,8 +174,10 @@ pub(super) fn put_blob(
     bytes: &[u8],
     mime: &str,
     now: i64,
+    holder: &str,
 ) -> Result<BlobInfo, StoreError> {
     let hash = blake3::hash(bytes).to_hex().to_string();
+    add_possessor(tx, &hash, holder)?;
     let chunk_size = blob::CHUNK_SIZE as usize;
     let chunks = blob::chunk_count(bytes.len() as u64, blob::CHUNK_SIZE);
     let manifest = blob::manifest(bytes, blob::CHUNK_SIZE)

@@ -190,6 +190,21 @@ UPDATE peer_docs SET hub = 1 WHERE peer IN (SELECT peer FROM peer_marks WHERE sc
     r#"
 ALTER TABLE sessions ADD COLUMN escalating INTEGER;
 "#,
+    // Schema 10: who is known to have had a photo's bytes (this node when it attached it, each
+    // peer that sent it whole), and whether a hub has said it holds a photo for a record. A
+    // photo is served, acknowledged and exported for a record only when its writer had the
+    // bytes or a hub vouches for it: a hash alone opens nothing. What was held before is
+    // trusted as it stood: every record of a held photo counts as vouched for.
+    r#"
+CREATE TABLE blob_possessors (
+    hash TEXT NOT NULL,
+    node TEXT NOT NULL,
+    PRIMARY KEY (hash, node)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO blob_possessors (hash, node)
+    SELECT m.hash, m.added_by FROM session_media m JOIN blobs b ON b.hash = m.hash;
+ALTER TABLE session_media ADD COLUMN at_hub INTEGER NOT NULL DEFAULT 1;
+"#,
 ];
 
 /// The schema from which the audit chain's head is sealed.

@@ -814,12 +814,8 @@ fn integrate(
     let (sealer, opts, node) = (env.sealer, env.opts, env.node);
     // The node's acceptance rule, shared with the simulator's replica: this node's receipts
     // first (the document is read into a view once), then whether the result may be kept.
-    let complete = |h: &str| {
-        tx.row("SELECT 1 FROM blobs WHERE hash = ?1 AND state = 'complete'", [h], |_| Ok(()))
-            .optional()
-            .ok()
-            .flatten()
-            .is_some()
+    let complete = |p: sync_protocol::session::PhotoRecord<'_>| {
+        super::blobs::holds_photo_for(tx, p.hash, p.added_by, p.at_hub).unwrap_or(false)
     };
     let kept = match accept::take_since(me, from, &sid.to_bytes(), &mut candidate, env.author, now, complete, prior) {
         Taken::Kept(kept) => *kept,

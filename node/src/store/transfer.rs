@@ -80,11 +80,17 @@ impl<S: Deref<Target = Store>> Blobs<S> {
             .optional()
             .map_err(sql("reading a photo"))?;
         let Some((size, Some(cvs))) = row else { return Ok(None) };
+        // The sessions whose record of the photo this node holds it for (its writer had the
+        // bytes, or a hub says it holds them for that record): a record made from the hash
+        // alone, in a session the peer may see, opens nothing.
         let sids: Vec<i64> = {
             let mut stmt = self
                 .0
                 .conn
-                .prepare_cached("SELECT sid FROM session_media WHERE hash = ?1")
+                .prepare_cached(
+                    "SELECT sid FROM session_media m WHERE hash = ?1
+                     AND (at_hub OR EXISTS (SELECT 1 FROM blob_possessors p WHERE p.hash = m.hash AND p.node = m.added_by))",
+                )
                 .map_err(sql("reading a photo"))?;
             stmt.query_map([&hex], |r| r.get(0))
                 .map_err(sql("reading a photo"))?
@@ -117,24 +123,12 @@ impl<S: Deref<Target = Store>> Blobs<S> {
             None => Ok(None),
         }
     }
-
-    fn complete_blobs(&self) -> Result<std::collections::HashSet<String>, StoreError> {
-        let mut stmt = self
-            .0
-            .conn
-            .prepare_cached("SELECT hash FROM blobs WHERE state = 'complete'")
-            .map_err(sql("reading photos"))?;
-        stmt.query_map([], |r| r.get(0))
-            .map_err(sql("reading photos"))?
-            .collect::<Result<_, _>>()
-            .map_err(sql("reading photos"))
-    }
 }
 
 impl<S: DerefMut<Target = Store>> Blobs<S> {
     /// Stores verified chunks durably, in one transaction (one fsync for a batch of chunks, not
     /// one per 16 KiB); returns the blobs that became whole.
-    pub fn store_chunks(&mut self, chunks: &[(Hash, u32, Vec<u8>)]) -> Result<Vec<Hash>, StoreError> {
+    pub fn store_chunks(&mut self, from: &PeerInfo, chunks: &[(Hash, u32, Vec<u8>)]) -> Result<Vec<Hash>, StoreError> {
         let tx = Transaction::new_unchecked(&self.0.conn, TransactionBehavior::Immediate)
             .map_err(sql("starting a write"))?;
         let mut blobs: Vec<Hash> = Vec::new();
@@ -165,6 +159,9 @@ impl<S: DerefMut<Target = Store>> Blobs<S> {
                     tx.exec("UPDATE blobs SET state = 'complete' WHERE hash = ?1", [&hex])
                         .map_err(sql("storing a photo"))?;
                 }
+                // The sender had the bytes: a record it wrote of them is one this node holds
+                // the photo for.
+                super::blobs::add_possessor(&tx, &hex, &from.name)?;
                 whole.push(hash);
             }
         }
@@ -220,11 +217,11 @@ impl<S: DerefMut<Target = Store>> Blobs<S> {
         let mut changed = Vec::new();
         for key in ids {
             let sid: SessionId = key.parse().map_err(|_| StoreError::Damaged(format!("session id {key:?}")))?;
-            let holds = self.complete_blobs()?;
             let name = me.name.clone();
             let detail = Some(serde_json::json!({ "photo": hex }));
-            let added = self.0.sessions_mut().edit(sid, "photo.receive", detail, now, |_, doc| {
-                doc.acknowledge(level, &name, now, |h| holds.contains(h)).map_err(crate::store::model(sid))
+            let added = self.0.sessions_mut().edit(sid, "photo.receive", detail, now, |ctx, doc| {
+                let holds = |p: sync_protocol::session::PhotoRecord<'_>| ctx.holds_photo_for(p).unwrap_or(false);
+                doc.acknowledge(level, &name, now, holds).map_err(crate::store::model(sid))
             })?;
             if added {
                 changed.push(sid.to_bytes());

@@ -336,8 +336,13 @@ impl Replica for Blind<'_> {
     fn store_manifest(&mut self, manifest: &sync_protocol::wire::BlobManifest, now: TimeMs) -> Result<(), Self::Error> {
         self.0.store_manifest(manifest, now)
     }
-    fn store_chunks(&mut self, chunks: &[(Hash, u32, Vec<u8>)], now: TimeMs) -> Result<Vec<DocId>, Self::Error> {
-        self.0.store_chunks(chunks, now)
+    fn store_chunks(
+        &mut self,
+        from: &PeerInfo,
+        chunks: &[(Hash, u32, Vec<u8>)],
+        now: TimeMs,
+    ) -> Result<Vec<DocId>, Self::Error> {
+        self.0.store_chunks(from, chunks, now)
     }
     fn revocations(&mut self) -> Result<Option<(u64, Vec<u8>)>, Self::Error> {
         self.0.revocations()
