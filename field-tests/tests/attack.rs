@@ -520,6 +520,16 @@ fn a_photo_hash_recorded_in_a_tablets_own_session_opens_nothing() {
     if record["receipts"].as_array().is_some_and(|r| !r.is_empty()) {
         f.fail(format!("the hub says the photo is at the hub in the tablet's session: {record}"));
     }
+    // An honest surgery attaching the same file in a case of its own proves it has the bytes
+    // (the hub asks it for two chunks) and its record is then held at the hub like any other.
+    let honest = f.node("surgery-12", "edge", &["--org", "B82005"]);
+    let honest_id = f.new_session(&honest, "dermatology", "gp_urgent", "the same photo, sent by the patient");
+    f.photo(&honest, &honest_id, &jpeg, "close-up");
+    f.ok(&["sync", "--dir", s(&honest), "--peer", &addr]);
+    f.wait(LIMIT, POLL, "the hub to hold the surgery's copy", || {
+        let v = hub_view(&f, &hub, &honest_id);
+        v["media"][0]["receipts"].as_array().is_some_and(|r| r.iter().any(|x| x["level"] == "hub"))
+    });
     // The dermatology desk holds both sessions; it is given the photo for the victim's case
     // only, and its record of the tablet's case shows no photo held.
     f.ok(&["sync", "--dir", s(&desk), "--peer", &addr]);

@@ -176,8 +176,10 @@ async function apiText(path) {
 
 const clientKey = () => `app-${Date.now().toString(36)}-${(++S.keySeq).toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
 
-async function imageUrl(hash, thumbnail) {
-  const res = await fetch(`/api/photos/${hash}${thumbnail ? '?thumbnail=true' : ''}`, {
+// A photo as session `session` records it: the node gives it only for a record that came with
+// its bytes (another session's record of the same hash opens nothing).
+async function imageUrl(session, hash, thumbnail) {
+  const res = await fetch(`/api/photos/${hash}?session=${session}${thumbnail ? '&thumbnail=true' : ''}`, {
     headers: { Authorization: `Bearer ${S.token}` },
   });
   if (!res.ok) return null;
@@ -473,11 +475,12 @@ function paintSession(v) {
     const img = h('img', { alt: `${VIEWS[m.view] || m.view} photo of ${m.body_site}`, hidden: true });
     const waiting = h('p', { class: 'meta' }, 'Photo on its way to this device');
     const shown = (u) => { img.src = u; img.hidden = false; waiting.remove(); };
-    if (S.thumbs.has(m.hash)) shown(S.thumbs.get(m.hash));
-    else imageUrl(m.hash, true).then((u) => { if (u) { S.thumbs.set(m.hash, u); shown(u); } });
+    const key = `${v.id}/${m.hash}`;
+    if (S.thumbs.has(key)) shown(S.thumbs.get(key));
+    else imageUrl(v.id, m.hash, true).then((u) => { if (u) { S.thumbs.set(key, u); shown(u); } });
     return h('figure', {}, img, waiting, h('figcaption', {}, `${VIEWS[m.view] || m.view} · ${m.body_site} · `,
       m.consent_withdrawn ? 'consent withdrawn' : consentWords(v, m.consent), ' · ', chip(m.receipt, 'requester'),
-      isDesk() ? h('button', { type: 'button', class: 'secondary', onclick: () => openPhoto(m) }, 'Open full size') : null,
+      isDesk() ? h('button', { type: 'button', class: 'secondary', onclick: () => openPhoto(v, m) }, 'Open full size') : null,
       !isDesk() && !m.consent_withdrawn
         ? h('button', { type: 'button', class: 'secondary', 'data-withdraw': m.hash, onclick: (e) => withdrawConsent(e.currentTarget, v, m) }, 'Patient withdraws consent')
         : null));
@@ -561,8 +564,8 @@ function consentWords(v, id) {
   return `${CONSENTS[c.kind] || c.kind}${c.scope === 'teaching' ? ', teaching too' : ''}`;
 }
 
-async function openPhoto(m) {
-  const u = await imageUrl(m.hash, false);
+async function openPhoto(v, m) {
+  const u = await imageUrl(v.id, m.hash, false);
   if (!u) { toast('The full photo is not held here yet.'); return; }
   window.open(u, '_blank', 'noopener');
   setTimeout(() => URL.revokeObjectURL(u), 60000);

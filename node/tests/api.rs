@@ -237,6 +237,12 @@ fn a_session_goes_from_the_ambulance_app_to_the_desk_app_and_the_reply_and_recei
     wait_until(LIMIT, "the photo at the desk", || {
         desk_api.get_bytes(&format!("/api/photos/{hash}"), &ada) == (200, photo.clone())
     });
+    // Named with the session it is shown in (as the app asks), the photo is given for a session
+    // that records it, and for no other.
+    assert_eq!(desk_api.get_bytes(&format!("/api/photos/{hash}?session={id}"), &ada), (200, photo.clone()));
+    let elsewhere = sync_protocol::SessionId::from_parts(1_790_000_000_000, 4242).to_string();
+    assert_eq!(desk_api.get_bytes(&format!("/api/photos/{hash}?session={elsewhere}"), &ada).0, 404);
+    assert_eq!(desk_api.get_bytes(&format!("/api/photos/{hash}?session=not-a-session"), &ada).0, 404);
     assert_eq!(desk_api.call("POST", &format!("/api/photos/{hash}/read"), Some(&ada), None).0, 204);
     let (status, view) = desk_api.call("GET", &format!("/api/sessions/{id}"), Some(&ada), None);
     assert_eq!(status, 200);

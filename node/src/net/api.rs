@@ -25,7 +25,7 @@
 //! | `POST /api/sessions/{id}/outcome` `{side, outcome}` | this side's outcome |
 //! | `POST /api/sessions/{id}/escalate`, `.../answer`, `.../hangup`, `GET .../calls` | calls |
 //! | `GET /api/callbacks` | callbacks owed |
-//! | `GET /api/photos/{hash}[?thumbnail=true]`, `POST /api/photos/{hash}/read` | photos |
+//! | `GET /api/photos/{hash}[?session=ID][&thumbnail=true]`, `POST /api/photos/{hash}/read` | photos |
 //! | `GET /api/directory` | the ICB's service lines, hours and rotas |
 //! | `GET /api/events` | Server-Sent Events: `hello`, `session` (a card), `call`, `link`, `resync` |
 //! | `GET /api/openapi.json` | the OpenAPI document ([`openapi_json`]), generated from these routes |

@@ -166,6 +166,23 @@ impl Node {
         Ok(self.store.blobs().blob_info(hash)?)
     }
 
+    /// Checks that session `id` records photo `hash` and that this node keeps the photo for
+    /// that record (its writer had the bytes, or a hub vouches for it): a record made from
+    /// another patient's photo's hash must not show that photo under this session.
+    pub fn photo_in_session(&mut self, id: SessionId, hash: &str) -> Result<(), NodeError> {
+        let view = self.view(id)?;
+        let mut recorded = false;
+        for m in view.media.iter().filter(|m| m.hash == hash) {
+            recorded = true;
+            let at_hub = m.receipts.iter().any(|r| r.level == sync_protocol::vocab::ReceiptLevel::Hub);
+            if self.store.blobs().vouched_for(hash, &m.added_by, at_hub)? {
+                return Ok(());
+            }
+        }
+        let why = if recorded { "its record came without the photo's bytes" } else { "it records no such photo" };
+        Err(StoreError::NoSuchBlob(format!("{hash} for session {id} ({why})")).into())
+    }
+
     /// A photo's JPEG thumbnail (an edge keeps it after handing the photo to the hub).
     pub fn thumbnail(&self, hash: &str) -> Result<Vec<u8>, NodeError> {
         if self.store.blobs().photo_withdrawn(hash)? {

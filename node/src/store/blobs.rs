@@ -34,6 +34,20 @@ impl<S: Deref<Target = Store>> Blobs<S> {
         holds_photo_for(&self.0.conn, hash, added_by, at_hub)
     }
 
+    /// Whether a record of a photo written by `added_by` is one this node keeps the photo for,
+    /// held whole yet or not: its writer is known to have had the bytes, or a hub vouches for
+    /// it (`at_hub`).
+    pub fn vouched_for(&self, hash: &str, added_by: &str, at_hub: bool) -> Result<bool, StoreError> {
+        if at_hub {
+            return Ok(true);
+        }
+        self.0
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM blob_possessors WHERE hash = ?1 AND node = ?2)")
+            .and_then(|mut s| s.query_row(params![hash, added_by], |r| r.get(0)))
+            .map_err(sql("reading who had a photo"))
+    }
+
     /// Reads a whole blob, checking it against its hash.
     pub fn read_blob(&self, hash: &str) -> Result<Vec<u8>, StoreError> {
         let info = self.blob_info(hash)?;

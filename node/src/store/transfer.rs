@@ -20,12 +20,14 @@ impl<S: Deref<Target = Store>> Blobs<S> {
         let mut stmt = self.0
             .conn
             .prepare_cached(
-                "SELECT m.sid, m.hash, m.size, m.added_by, m.holders, b.state, b.manifest, m.withdrawn FROM session_media m
-                 LEFT JOIN blobs b ON b.hash = m.hash
-                 WHERE b.state IS NULL OR b.state = 'partial'",
+                "SELECT m.sid, m.hash, m.size, m.added_by, m.holders, b.state, b.manifest, m.withdrawn, b.size
+                 FROM session_media m LEFT JOIN blobs b ON b.hash = m.hash
+                 WHERE b.state IS NULL OR b.state = 'partial'
+                    OR (b.state = 'complete' AND m.added_by = ?1 AND NOT m.at_hub
+                        AND NOT EXISTS (SELECT 1 FROM blob_possessors p WHERE p.hash = m.hash AND p.node = m.added_by))",
             )
             .map_err(sql(ctx))?;
-        let mut rows = stmt.query([]).map_err(sql(ctx))?;
+        let mut rows = stmt.query([&peer.name]).map_err(sql(ctx))?;
         let mut out: Vec<BlobNeed> = Vec::new();
         let mut listed: std::collections::HashSet<Hash> = std::collections::HashSet::new();
         while let Some(r) = rows.next().map_err(sql(ctx))? {
@@ -37,6 +39,28 @@ impl<S: Deref<Target = Store>> Blobs<S> {
             let state: Option<String> = r.get(5).map_err(sql(ctx))?;
             let withdrawn: bool = r.get(7).map_err(sql(ctx))?;
             let manifest: Option<Vec<u8>> = r.get(6).map_err(sql(ctx))?;
+            if state.as_deref() == Some("complete") {
+                // Held whole here, for another writer's record: the peer wrote one of its own
+                // of the same photo (two devices attaching one file). Two of its chunks, checked
+                // against the photo's manifest, show it had the bytes; a record made from the
+                // hash alone cannot answer, and stays one this node holds nothing for.
+                let held_size = r.get::<_, Option<i64>>(8).map_err(sql(ctx))?.unwrap_or(-1) as u64;
+                let Some(hash) = Hash::from_hex(&hash_hex) else { continue };
+                if withdrawn
+                    || added_by == me.name
+                    || held_size != size
+                    || listed.contains(&hash)
+                    || !self.0.sid_visible(sid, peer)?
+                {
+                    continue;
+                }
+                let Some(cvs) = manifest else { continue };
+                listed.insert(hash);
+                let last = blob::chunk_count(size, blob::CHUNK_SIZE).saturating_sub(1) as u32;
+                let missing = if last == 0 { vec![0] } else { vec![0, last] };
+                out.push(BlobNeed { hash, size, manifest: Some(stored_manifest(hash, size, &cvs)), missing });
+                continue;
+            }
             let held = if state.is_some() { blob::Held::Partial } else { blob::Held::Nothing };
             let peer_holds = holders.split(',').any(|h| h == peer.name);
             let wanted = blob::should_fetch(&me.name, &peer.name, &added_by, withdrawn, peer_holds, held);
@@ -243,4 +267,39 @@ fn stored_manifest(hash: Hash, size: u64, cvs: &[u8]) -> BlobManifest {
         })
         .collect();
     BlobManifest { hash, size, chunk_size: blob::CHUNK_SIZE, cvs }
+}
+
+#[cfg(test)]
+mod tests {
+    use sync_protocol::vocab::Role;
+
+    use super::*;
+
+    /// A photo is held for a record only when the record's writer had the bytes (here: the
+    /// peer that sent them whole) or a hub vouches for that record; the hash alone is nothing.
+    #[test]
+    fn a_photo_is_held_for_a_record_whose_writer_had_it_or_that_a_hub_vouches_for() {
+        let (_d, mut store) = Store::scratch("desk-1");
+        let bytes: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        let m = blob::manifest(&bytes, blob::CHUNK_SIZE).expect("manifest");
+        let hex = m.hash.to_hex();
+        let sender =
+            PeerInfo { name: "amb-07".into(), role: Role::Edge, org: None, icb: Some("QHM".into()), lines: vec![] };
+        store.blobs_mut().store_manifest(&m, 1).expect("manifest stored");
+        let chunks: Vec<(Hash, u32, Vec<u8>)> =
+            bytes.chunks(blob::CHUNK_SIZE as usize).enumerate().map(|(i, c)| (m.hash, i as u32, c.to_vec())).collect();
+        let (last, first) = chunks.split_last().expect("chunks");
+        store.blobs_mut().store_chunks(&sender, first).expect("stored");
+        assert!(!store.blobs().vouched_for(&hex, "amb-07", false).expect("read"), "not whole yet: not sent whole");
+        assert_eq!(store.blobs_mut().store_chunks(&sender, std::slice::from_ref(last)).expect("stored"), vec![m.hash]);
+
+        let blobs = store.blobs();
+        assert!(blobs.vouched_for(&hex, "amb-07", false).expect("read"), "its sender had it");
+        assert!(blobs.holds_photo_for(&hex, "amb-07", false).expect("read"));
+        assert!(!blobs.vouched_for(&hex, "amb-66", false).expect("read"), "another writer never had it");
+        assert!(!blobs.holds_photo_for(&hex, "amb-66", false).expect("read"));
+        assert!(blobs.holds_photo_for(&hex, "amb-66", true).expect("read"), "a hub vouches for that record");
+        let other = "ab".repeat(32);
+        assert!(!blobs.holds_photo_for(&other, "amb-07", true).expect("read"), "not held at all");
+    }
 }

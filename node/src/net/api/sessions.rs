@@ -396,6 +396,10 @@ pub(super) struct PhotoGet {
     /// The JPEG thumbnail instead of the photo (kept after the photo is handed on).
     #[serde(default)]
     pub(super) thumbnail: bool,
+    /// The session it is shown in: the photo is given only if that session records it and its
+    /// record came with the bytes (404 otherwise). The app always names it.
+    #[serde(default)]
+    pub(super) session: Option<String>,
 }
 
 /// A photo's bytes as this node holds them (or its thumbnail). Writes no receipt.
@@ -416,7 +420,11 @@ pub(super) async fn get_photo(
     PathArgs(hash): PathArgs<String>,
     QueryArgs(q): QueryArgs<PhotoGet>,
 ) -> Result<Response, ApiError> {
+    let session = q.session.as_deref().map(session_id).transpose()?;
     let (bytes, mime) = as_person(&shared, &who, move |n| {
+        if let Some(id) = session {
+            n.photo_in_session(id, &hash)?;
+        }
         if q.thumbnail {
             Ok((n.thumbnail(&hash)?, "image/jpeg".to_string()))
         } else {
