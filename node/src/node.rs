@@ -756,7 +756,9 @@ impl Node {
     /// node's read receipt on it in every session that references it. Returns those sessions.
     pub fn mark_photo_read(&mut self, hash: &str, now: i64) -> Result<Vec<SessionId>, NodeError> {
         let name = self.config.name.clone();
-        let ids = self.store.blobs().sessions_with_photo(hash)?;
+        // Only where this node keeps the photo for the session's record: a record made from
+        // the hash alone is told nothing, not even when the photo was opened.
+        let ids = self.store.blobs().sessions_holding_photo(hash)?;
         if ids.is_empty() {
             return Err(StoreError::NoSuchBlob(hash.to_string()).into());
         }

@@ -69,7 +69,7 @@ use identity::*;
 use schema::*;
 
 pub use audit::Audit;
-pub use blobs::Blobs;
+pub use blobs::{Blobs, vouched};
 pub use directory::Directory;
 pub use documents::{LogEntries, Sessions};
 pub use identity::Identity;
@@ -608,7 +608,7 @@ impl WriteCtx<'_> {
 
     /// Whether this node holds a photo whole for this record of it (see `blobs::holds_photo_for`).
     pub fn holds_photo_for(&self, p: sync_protocol::session::PhotoRecord<'_>) -> Result<bool, StoreError> {
-        blobs::holds_photo_for(self.tx, p.hash, p.added_by, p.at_hub)
+        blobs::holds_photo_for(self.tx, p.hash, p.added_by, p.vouched)
     }
 
     /// Stores a photo's thumbnail (sealed), kept after the photo itself is offloaded.

@@ -433,7 +433,7 @@ fn deleting_audit_entries_in_the_middle_or_at_the_end_is_detected() {
         // And without what schemas 9 and 10 added.
         conn.execute_batch(
             "ALTER TABLE sessions DROP COLUMN escalating; DROP TABLE blob_possessors;
-             ALTER TABLE session_media DROP COLUMN at_hub; PRAGMA user_version = 7",
+             ALTER TABLE session_media DROP COLUMN vouched; PRAGMA user_version = 7",
         )
         .unwrap();
     };

@@ -777,8 +777,8 @@ impl SessionDoc {
                 continue;
             }
             let receipts = child(doc, &m, "receipts", ObjType::Map)?;
-            let at_hub = doc.keys(&receipts).any(|k| k.starts_with("hub/"));
-            if holds_photo(PhotoRecord { hash: &hash, added_by: &added_by, at_hub }) {
+            let vouched = doc.keys(&receipts).any(|k| k.starts_with("hub/") || k.starts_with("desk/"));
+            if holds_photo(PhotoRecord { hash: &hash, added_by: &added_by, vouched }) {
                 targets.push(m);
             }
         }
@@ -1703,9 +1703,9 @@ pub struct PhotoRecord<'a> {
     pub hash: &'a str,
     /// The edge that recorded it (the record's writer, by the write rules).
     pub added_by: &'a str,
-    /// Whether a hub has written its receipt on this record: it holds the bytes for it, which
-    /// it says only for a record whose writer gave them (`docs/protocol.md`, "Blobs").
-    pub at_hub: bool,
+    /// Whether a hub or a desk has written its receipt on this record: it holds the bytes for
+    /// it, which it says only for a record whose writer had them (`docs/protocol.md`, "Blobs").
+    pub vouched: bool,
 }
 
 /// A message's author (the node that wrote it, held to its verified writer by the write rules)

@@ -132,8 +132,9 @@ impl Node {
             // Only for a record this node holds the photo for: a record made from another
             // patient's photo's hash exports as a reference, never with that photo's bytes.
             let vouched = view.media.iter().filter(|m| m.hash == hash).try_fold(false, |any, m| {
-                let at_hub = m.receipts.iter().any(|r| r.level == sync_protocol::vocab::ReceiptLevel::Hub);
-                Ok::<bool, StoreError>(any || self.store.blobs().holds_photo_for(&hash, &m.added_by, at_hub)?)
+                Ok::<bool, StoreError>(
+                    any || self.store.blobs().holds_photo_for(&hash, &m.added_by, crate::store::vouched(m))?,
+                )
             })?;
             if !vouched {
                 continue;
@@ -167,15 +168,14 @@ impl Node {
     }
 
     /// Checks that session `id` records photo `hash` and that this node keeps the photo for
-    /// that record (its writer had the bytes, or a hub vouches for it): a record made from
+    /// that record (its writer had the bytes, or a hub or desk vouches for it): a record made from
     /// another patient's photo's hash must not show that photo under this session.
     pub fn photo_in_session(&mut self, id: SessionId, hash: &str) -> Result<(), NodeError> {
         let view = self.view(id)?;
         let mut recorded = false;
         for m in view.media.iter().filter(|m| m.hash == hash) {
             recorded = true;
-            let at_hub = m.receipts.iter().any(|r| r.level == sync_protocol::vocab::ReceiptLevel::Hub);
-            if self.store.blobs().vouched_for(hash, &m.added_by, at_hub)? {
+            if self.store.blobs().vouched_for(hash, &m.added_by, crate::store::vouched(m))? {
                 return Ok(());
             }
         }

@@ -29,16 +29,16 @@ impl<S: Deref<Target = Store>> Blobs<S> {
     }
 
     /// Whether this node holds a photo whole for a record of it written by `added_by`, with a
-    /// hub's receipt on it or not (see [`holds_photo_for`]).
-    pub fn holds_photo_for(&self, hash: &str, added_by: &str, at_hub: bool) -> Result<bool, StoreError> {
-        holds_photo_for(&self.0.conn, hash, added_by, at_hub)
+    /// hub's or desk's receipt on it or not (see [`holds_photo_for`]).
+    pub fn holds_photo_for(&self, hash: &str, added_by: &str, vouched: bool) -> Result<bool, StoreError> {
+        holds_photo_for(&self.0.conn, hash, added_by, vouched)
     }
 
     /// Whether a record of a photo written by `added_by` is one this node keeps the photo for,
     /// held whole yet or not: its writer is known to have had the bytes, or a hub vouches for
-    /// it (`at_hub`).
-    pub fn vouched_for(&self, hash: &str, added_by: &str, at_hub: bool) -> Result<bool, StoreError> {
-        if at_hub {
+    /// it (`vouched`: a hub's or desk's receipt is on the record).
+    pub fn vouched_for(&self, hash: &str, added_by: &str, vouched: bool) -> Result<bool, StoreError> {
+        if vouched {
             return Ok(true);
         }
         self.0
@@ -92,18 +92,20 @@ impl<S: Deref<Target = Store>> Blobs<S> {
         Ok(self.0.sealer.open("thumbnail", &thumb_aad(hash), &sealed)?)
     }
 
-    /// Sessions that reference a photo.
-    pub fn sessions_with_photo(&self, hash: &str) -> Result<Vec<SessionId>, StoreError> {
+    /// Sessions whose record of a photo is one this node keeps the photo for: its writer had
+    /// the bytes, or a hub or desk vouches for the record.
+    pub fn sessions_holding_photo(&self, hash: &str) -> Result<Vec<SessionId>, StoreError> {
+        let ctx = "finding a photo's sessions";
         let mut stmt = self
             .0
             .conn
-            .prepare_cached("SELECT s.id FROM session_media m JOIN sessions s ON s.sid = m.sid WHERE m.hash = ?1")
-            .map_err(sql("finding a photo's sessions"))?;
-        let ids: Vec<String> = stmt
-            .query_map([hash], |r| r.get(0))
-            .map_err(sql("finding a photo's sessions"))?
-            .collect::<Result<_, _>>()
-            .map_err(sql("finding a photo's sessions"))?;
+            .prepare_cached(
+                "SELECT s.id FROM session_media m JOIN sessions s ON s.sid = m.sid WHERE m.hash = ?1
+                 AND (m.vouched OR EXISTS (SELECT 1 FROM blob_possessors p WHERE p.hash = m.hash AND p.node = m.added_by))",
+            )
+            .map_err(sql(ctx))?;
+        let ids: Vec<String> =
+            stmt.query_map([hash], |r| r.get(0)).map_err(sql(ctx))?.collect::<Result<_, _>>().map_err(sql(ctx))?;
         Ok(ids.iter().filter_map(|i| i.parse().ok()).collect())
     }
 
@@ -142,15 +144,20 @@ pub(super) fn add_possessor(conn: &Connection, hash: &str, node: &str) -> Result
 
 /// Whether this node holds a photo whole for a record of it written by `added_by`: the bytes
 /// are here, and the record's writer is known to have had them (it attached them here or sent
-/// them), or a hub has written that it holds them for this record (`at_hub`). A record made
+/// them), or a hub or desk has written that it holds them for this record (`vouched`). A record made
 /// from a hash alone (another patient's photo, its hash read off an export) is held for by no
 /// one: its bytes are not sent, acknowledged or exported for it.
-pub(super) fn holds_photo_for(conn: &Connection, hash: &str, added_by: &str, at_hub: bool) -> Result<bool, StoreError> {
+pub(super) fn holds_photo_for(
+    conn: &Connection,
+    hash: &str,
+    added_by: &str,
+    vouched: bool,
+) -> Result<bool, StoreError> {
     conn.prepare_cached(
         "SELECT EXISTS (SELECT 1 FROM blobs WHERE hash = ?1 AND state = 'complete')
             AND (?3 OR EXISTS (SELECT 1 FROM blob_possessors WHERE hash = ?1 AND node = ?2))",
     )
-    .and_then(|mut s| s.query_row(params![hash, added_by, at_hub], |r| r.get(0)))
+    .and_then(|mut s| s.query_row(params![hash, added_by, vouched], |r| r.get(0)))
     .map_err(sql("reading who had a photo"))
 }
 
@@ -220,4 +227,11 @@ pub(super) fn put_blob(
         chunks_present: chunks,
         state: "complete".into(),
     })
+}
+
+/// Whether a hub or a desk has written its receipt on a photo record: it holds the photo for
+/// that record, which it says only when the record's writer had the bytes.
+pub fn vouched(m: &sync_protocol::session::MediaView) -> bool {
+    use sync_protocol::vocab::ReceiptLevel;
+    m.receipts.iter().any(|r| matches!(r.level, ReceiptLevel::Hub | ReceiptLevel::Desk))
 }

@@ -420,13 +420,13 @@ pub(super) fn index_doc(
     for m in &view.media {
         let holders: Vec<&str> =
             m.receipts.iter().filter(|r| r.level >= ReceiptLevel::Hub).map(|r| r.node.as_str()).collect();
-        let at_hub = m.receipts.iter().any(|r| r.level == ReceiptLevel::Hub);
+        let vouched = super::vouched(m);
         tx.exec(
-            "INSERT INTO session_media (sid, hash, size, mime, added_by, holders, withdrawn, at_hub)
+            "INSERT INTO session_media (sid, hash, size, mime, added_by, holders, withdrawn, vouched)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (sid, hash) DO UPDATE SET holders = excluded.holders, withdrawn = excluded.withdrawn,
-                 at_hub = excluded.at_hub",
-            params![sid, m.hash, m.size as i64, m.mime, m.added_by, holders.join(","), m.consent_withdrawn, at_hub],
+                 vouched = excluded.vouched",
+            params![sid, m.hash, m.size as i64, m.mime, m.added_by, holders.join(","), m.consent_withdrawn, vouched],
         )
         .map_err(sql("indexing photos"))?;
     }

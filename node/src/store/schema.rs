@@ -190,11 +190,13 @@ UPDATE peer_docs SET hub = 1 WHERE peer IN (SELECT peer FROM peer_marks WHERE sc
     r#"
 ALTER TABLE sessions ADD COLUMN escalating INTEGER;
 "#,
-    // Schema 10: who is known to have had a photo's bytes (this node when it attached it, each
-    // peer that sent it whole), and whether a hub has said it holds a photo for a record. A
-    // photo is served, acknowledged and exported for a record only when its writer had the
-    // bytes or a hub vouches for it: a hash alone opens nothing. What was held before is
-    // trusted as it stood: every record of a held photo counts as vouched for.
+    // Schema 10: who is known to have had a photo's bytes (this node when it attached it, a
+    // peer that sent a whole chunk of it), and whether a hub or desk has said it holds a photo
+    // for a record. A photo is served, acknowledged and exported for a record only when its
+    // writer had the bytes or a hub or desk vouches for it: a hash alone opens nothing. What
+    // was held before is trusted as it stood: every record of a photo held whole (or handed
+    // on) counts as its writer's. A record is vouched for where a known hub or desk is among
+    // its holders (the index is brought up to date whenever its session changes).
     r#"
 CREATE TABLE blob_possessors (
     hash TEXT NOT NULL,
@@ -202,8 +204,11 @@ CREATE TABLE blob_possessors (
     PRIMARY KEY (hash, node)
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO blob_possessors (hash, node)
-    SELECT m.hash, m.added_by FROM session_media m JOIN blobs b ON b.hash = m.hash;
-ALTER TABLE session_media ADD COLUMN at_hub INTEGER NOT NULL DEFAULT 1;
+    SELECT m.hash, m.added_by FROM session_media m JOIN blobs b ON b.hash = m.hash
+    WHERE b.state IN ('complete', 'offloaded');
+ALTER TABLE session_media ADD COLUMN vouched INTEGER NOT NULL DEFAULT 0;
+UPDATE session_media SET vouched = 1 WHERE holders != '' AND EXISTS (
+    SELECT 1 FROM peer_docs d WHERE d.hub = 1 AND (',' || session_media.holders || ',') LIKE ('%,' || d.peer || ',%'));
 "#,
 ];
 

@@ -815,7 +815,7 @@ fn integrate(
     // The node's acceptance rule, shared with the simulator's replica: this node's receipts
     // first (the document is read into a view once), then whether the result may be kept.
     let complete = |p: sync_protocol::session::PhotoRecord<'_>| {
-        super::blobs::holds_photo_for(tx, p.hash, p.added_by, p.at_hub).unwrap_or(false)
+        super::blobs::holds_photo_for(tx, p.hash, p.added_by, p.vouched).unwrap_or(false)
     };
     let kept = match accept::take_since(me, from, &sid.to_bytes(), &mut candidate, env.author, now, complete, prior) {
         Taken::Kept(kept) => *kept,

@@ -23,7 +23,7 @@ impl<S: Deref<Target = Store>> Blobs<S> {
                 "SELECT m.sid, m.hash, m.size, m.added_by, m.holders, b.state, b.manifest, m.withdrawn, b.size
                  FROM session_media m LEFT JOIN blobs b ON b.hash = m.hash
                  WHERE b.state IS NULL OR b.state = 'partial'
-                    OR (b.state = 'complete' AND m.added_by = ?1 AND NOT m.at_hub
+                    OR (b.state = 'complete' AND m.added_by = ?1 AND NOT m.vouched
                         AND NOT EXISTS (SELECT 1 FROM blob_possessors p WHERE p.hash = m.hash AND p.node = m.added_by))",
             )
             .map_err(sql(ctx))?;
@@ -41,9 +41,10 @@ impl<S: Deref<Target = Store>> Blobs<S> {
             let manifest: Option<Vec<u8>> = r.get(6).map_err(sql(ctx))?;
             if state.as_deref() == Some("complete") {
                 // Held whole here, for another writer's record: the peer wrote one of its own
-                // of the same photo (two devices attaching one file). Two of its chunks, checked
-                // against the photo's manifest, show it had the bytes; a record made from the
-                // hash alone cannot answer, and stays one this node holds nothing for.
+                // of the same photo (two devices attaching one file). One whole chunk, chosen
+                // here at random and checked against the photo's manifest, shows it had the
+                // bytes; a record made from the hash alone cannot answer, and stays one this
+                // node holds nothing for.
                 let held_size = r.get::<_, Option<i64>>(8).map_err(sql(ctx))?.unwrap_or(-1) as u64;
                 let Some(hash) = Hash::from_hex(&hash_hex) else { continue };
                 if withdrawn
@@ -56,8 +57,12 @@ impl<S: Deref<Target = Store>> Blobs<S> {
                 }
                 let Some(cvs) = manifest else { continue };
                 listed.insert(hash);
-                let last = blob::chunk_count(size, blob::CHUNK_SIZE).saturating_sub(1) as u32;
-                let missing = if last == 0 { vec![0] } else { vec![0, last] };
+                let count = blob::chunk_count(size, blob::CHUNK_SIZE);
+                let whole_chunks =
+                    if size.is_multiple_of(u64::from(blob::CHUNK_SIZE)) { count } else { count.saturating_sub(1) };
+                let mut r = [0u8; 8];
+                crate::crypto::random_bytes(&mut r)?;
+                let missing = vec![(u64::from_le_bytes(r) % whole_chunks.max(1)) as u32];
                 out.push(BlobNeed { hash, size, manifest: Some(stored_manifest(hash, size, &cvs)), missing });
                 continue;
             }
@@ -113,7 +118,7 @@ impl<S: Deref<Target = Store>> Blobs<S> {
                 .conn
                 .prepare_cached(
                     "SELECT sid FROM session_media m WHERE hash = ?1
-                     AND (at_hub OR EXISTS (SELECT 1 FROM blob_possessors p WHERE p.hash = m.hash AND p.node = m.added_by))",
+                     AND (vouched OR EXISTS (SELECT 1 FROM blob_possessors p WHERE p.hash = m.hash AND p.node = m.added_by))",
                 )
                 .map_err(sql("reading a photo"))?;
             stmt.query_map([&hex], |r| r.get(0))
@@ -164,6 +169,17 @@ impl<S: DerefMut<Target = Store>> Blobs<S> {
                 params![hex, i64::from(*index), sealed],
             )
             .map_err(sql("storing a photo"))?;
+            // A whole 16 KiB chunk of a photo (checked against its manifest before it came
+            // here) cannot be guessed: its sender had the bytes. A photo's short last chunk
+            // (a JPEG's last two bytes, say) proves nothing, unless it is the whole photo.
+            let single: bool = tx
+                .row("SELECT chunks = 1 FROM blobs WHERE hash = ?1", [&hex], |r| r.get(0))
+                .optional()
+                .map_err(sql("storing a photo"))?
+                .unwrap_or(false);
+            if data.len() == blob::CHUNK_SIZE as usize || single {
+                super::blobs::add_possessor(&tx, &hex, &from.name)?;
+            }
             if !blobs.contains(hash) {
                 blobs.push(*hash);
             }
@@ -183,9 +199,6 @@ impl<S: DerefMut<Target = Store>> Blobs<S> {
                     tx.exec("UPDATE blobs SET state = 'complete' WHERE hash = ?1", [&hex])
                         .map_err(sql("storing a photo"))?;
                 }
-                // The sender had the bytes: a record it wrote of them is one this node holds
-                // the photo for.
-                super::blobs::add_possessor(&tx, &hex, &from.name)?;
                 whole.push(hash);
             }
         }
@@ -275,8 +288,9 @@ mod tests {
 
     use super::*;
 
-    /// A photo is held for a record only when the record's writer had the bytes (here: the
-    /// peer that sent them whole) or a hub vouches for that record; the hash alone is nothing.
+    /// A photo is held for a record only when the record's writer had the bytes (here: a peer
+    /// that sent a whole chunk of it) or a hub or desk vouches for that record; the hash alone
+    /// is nothing, and neither is a photo's short last chunk.
     #[test]
     fn a_photo_is_held_for_a_record_whose_writer_had_it_or_that_a_hub_vouches_for() {
         let (_d, mut store) = Store::scratch("desk-1");
@@ -289,9 +303,11 @@ mod tests {
         let chunks: Vec<(Hash, u32, Vec<u8>)> =
             bytes.chunks(blob::CHUNK_SIZE as usize).enumerate().map(|(i, c)| (m.hash, i as u32, c.to_vec())).collect();
         let (last, first) = chunks.split_last().expect("chunks");
-        store.blobs_mut().store_chunks(&sender, first).expect("stored");
-        assert!(!store.blobs().vouched_for(&hex, "amb-07", false).expect("read"), "not whole yet: not sent whole");
-        assert_eq!(store.blobs_mut().store_chunks(&sender, std::slice::from_ref(last)).expect("stored"), vec![m.hash]);
+        // The short last chunk (7,232 bytes here), even genuine, proves nothing of its sender.
+        let thief = PeerInfo { name: "amb-66".into(), ..sender.clone() };
+        assert!(store.blobs_mut().store_chunks(&thief, std::slice::from_ref(last)).expect("stored").is_empty());
+        assert!(!store.blobs().vouched_for(&hex, "amb-66", false).expect("read"), "a short chunk is no proof");
+        assert_eq!(store.blobs_mut().store_chunks(&sender, first).expect("stored"), vec![m.hash], "now whole");
 
         let blobs = store.blobs();
         assert!(blobs.vouched_for(&hex, "amb-07", false).expect("read"), "its sender had it");
