@@ -160,7 +160,11 @@ impl<S: DerefMut<Target = Store>> Blobs<S> {
     pub fn store_chunks(&mut self, from: &PeerInfo, chunks: &[(Hash, u32, Vec<u8>)]) -> Result<Vec<Hash>, StoreError> {
         let tx = Transaction::new_unchecked(&self.0.conn, TransactionBehavior::Immediate)
             .map_err(sql("starting a write"))?;
-        let mut blobs: Vec<Hash> = Vec::new();
+        // Each blob of the batch, and whether the batch proves its sender had the bytes: a
+        // whole 16 KiB chunk (checked against the manifest before it came here) cannot be
+        // guessed, where a photo's short last chunk (a JPEG's last two bytes, say) could be,
+        // unless it is the whole photo.
+        let mut blobs: Vec<(Hash, bool)> = Vec::new();
         for (hash, index, data) in chunks {
             let hex = hash.to_hex();
             let sealed = self.0.sealer.seal(&chunk_aad(&hex, u64::from(*index)), data)?;
@@ -169,24 +173,23 @@ impl<S: DerefMut<Target = Store>> Blobs<S> {
                 params![hex, i64::from(*index), sealed],
             )
             .map_err(sql("storing a photo"))?;
-            // A whole 16 KiB chunk of a photo (checked against its manifest before it came
-            // here) cannot be guessed: its sender had the bytes. A photo's short last chunk
-            // (a JPEG's last two bytes, say) proves nothing, unless it is the whole photo.
+            let whole_chunk = data.len() == blob::CHUNK_SIZE as usize;
+            match blobs.iter_mut().find(|(h, _)| h == hash) {
+                Some((_, proved)) => *proved |= whole_chunk,
+                None => blobs.push((*hash, whole_chunk)),
+            }
+        }
+        let mut whole = Vec::new();
+        for (hash, proved) in blobs {
+            let hex = hash.to_hex();
             let single: bool = tx
                 .row("SELECT chunks = 1 FROM blobs WHERE hash = ?1", [&hex], |r| r.get(0))
                 .optional()
                 .map_err(sql("storing a photo"))?
                 .unwrap_or(false);
-            if data.len() == blob::CHUNK_SIZE as usize || single {
+            if proved || single {
                 super::blobs::add_possessor(&tx, &hex, &from.name)?;
             }
-            if !blobs.contains(hash) {
-                blobs.push(*hash);
-            }
-        }
-        let mut whole = Vec::new();
-        for hash in blobs {
-            let hex = hash.to_hex();
             let (present, total, state): (i64, i64, String) = tx
                 .row(
                     "SELECT (SELECT count(*) FROM blob_chunks WHERE hash = ?1), chunks, state FROM blobs WHERE hash = ?1",
