@@ -200,6 +200,20 @@ const KEYS: &[Key] = &[
         default: "512",
         help: "MiB of frames (photos included) one peer may send in a minute",
     },
+    Key {
+        name: "limits.mib_unread_per_peer",
+        flag: None,
+        list: false,
+        default: "16",
+        help: "MiB of one peer's frames held received and not yet stored",
+    },
+    Key {
+        name: "limits.mib_unsent_per_peer",
+        flag: None,
+        list: false,
+        default: "32",
+        help: "MiB made for one peer and not yet read by it, past which its requests wait",
+    },
 ];
 
 /// The environment variable of a key.
@@ -228,6 +242,11 @@ pub struct Limits {
     pub ops_per_peer_minute: u64,
     /// Frame bytes one peer may send in a minute.
     pub bytes_per_peer_minute: u64,
+    /// Bytes of one peer's frames this node holds received and not yet taken by the store.
+    pub unread_bytes_per_peer: usize,
+    /// Bytes of frames made for one peer and not yet written to its streams, past which no
+    /// more of its requests are answered until it reads.
+    pub unsent_bytes_per_peer: usize,
 }
 
 impl Default for Limits {
@@ -237,6 +256,8 @@ impl Default for Limits {
             connections_per_peer: 4,
             ops_per_peer_minute: 4_000_000,
             bytes_per_peer_minute: 512 * 1024 * 1024,
+            unread_bytes_per_peer: 16 * 1024 * 1024,
+            unsent_bytes_per_peer: 32 * 1024 * 1024,
         }
     }
 }
@@ -393,6 +414,14 @@ impl Settings {
                 _ => Err(bad(key, format!("{s:?} is not a whole number above 0"))),
             }
         };
+        // A bound of memory in MiB, held per peer (at most 4 GiB: the queue counts in u32).
+        let mib_bytes = |key: &'static str| -> Result<usize, SettingsError> {
+            let n = number(key)?;
+            if n > 4095 {
+                return Err(bad(key, format!("{n} MiB is more than a peer may hold (4095 at most)")));
+            }
+            Ok(n as usize * 1024 * 1024)
+        };
         let boolean = |key: &'static str| -> Result<bool, SettingsError> {
             match one(key).unwrap_or("false") {
                 "true" | "1" | "yes" => Ok(true),
@@ -429,6 +458,8 @@ impl Settings {
             connections_per_peer: number("limits.connections_per_peer")? as usize,
             ops_per_peer_minute: number("limits.ops_per_peer_minute")?,
             bytes_per_peer_minute: mib.saturating_mul(1024 * 1024),
+            unread_bytes_per_peer: mib_bytes("limits.mib_unread_per_peer")?,
+            unsent_bytes_per_peer: mib_bytes("limits.mib_unsent_per_peer")?,
         };
         let origins = KEYS
             .iter()
@@ -571,6 +602,10 @@ mod tests {
         assert!(err.to_string().contains("go together"), "{err}");
         let err = load(Some("[log]\nformat = \"xml\"\n"), &[], &Flags::default()).unwrap_err();
         assert!(err.to_string().contains("text or json"), "{err}");
+        let err = load(Some("[limits]\nmib_unsent_per_peer = 5000\n"), &[], &Flags::default()).unwrap_err();
+        assert!(err.to_string().contains("`limits.mib_unsent_per_peer`") && err.to_string().contains("4095"), "{err}");
+        let s = load(None, &[("OUTPOST_LIMITS_MIB_UNREAD_PER_PEER", "2")], &Flags::default()).unwrap();
+        assert_eq!(s.limits.unread_bytes_per_peer, 2 * 1024 * 1024, "a bound of memory is given in MiB");
     }
 
     #[test]

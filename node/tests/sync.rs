@@ -736,3 +736,82 @@ mod an_empty_batch {
         assert!(held.iter().any(|f| matches!(f, Frame::Refused { .. })), "{:?}", names(&held));
     }
 }
+
+/// Writes `n` sessions of about 2.5 KB each (a long first message) on the node in `dir`.
+fn write_sessions(dir: &std::path::Path, n: usize, what: &str) {
+    use outpost_node::config::NodeDir;
+    use outpost_node::node::{Node, SessionRequest, now_ms};
+    use sync_protocol::session::{Patient, Requester, Service};
+    use sync_protocol::vocab::{CareSetting, Channel, Priority, ServiceLine};
+
+    let mut node = Node::open(&NodeDir::new(dir.to_path_buf())).unwrap();
+    let note = "Obs on arrival: HR 96 regular, BP 142/88, SpO2 95% on air, RR 20, temp 37.9. ".repeat(25);
+    for i in 0..n {
+        let req = SessionRequest {
+            care_setting: CareSetting::AmbulanceOnScene,
+            requester: Requester::default(),
+            patient: Patient::default(),
+            service: Service { line: ServiceLine::ALL[i % 7], channel: Channel::Message, priority: Priority::Urgent },
+            summary: format!("{what} {i}: chest pain, settled; advice on conveyance"),
+            draft: false,
+        };
+        let id = node.new_session(req, now_ms()).unwrap().id;
+        node.send_message(id, &format!("{note}({what} {i})"), None, now_ms()).unwrap();
+    }
+}
+
+/// Each side of a conversation stops taking the other's frames while more than a bound of
+/// what it made for the other is unwritten (a peer that asks and never reads). Two honest
+/// nodes that each hold megabytes the other lacks (a tablet restored from an old backup that
+/// has written since, and its hub holding what the backup lacks) both pass that bound at
+/// once: neither may wait for the other to read first, or the sync never ends.
+#[test]
+fn two_nodes_each_holding_more_for_the_other_than_their_output_bound_finish_their_sync() {
+    use outpost_node::config::NodeDir;
+    use outpost_node::net::{Daemon, RunOptions};
+    use outpost_node::node::Node;
+    use outpost_node::settings::Limits;
+
+    const N: usize = 1000;
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let amb = fleet.node("amb-13", "edge", &[]);
+    let backup = tmp.path().join("amb-backup");
+    copy_dir(&amb, &backup);
+    write_sessions(&amb, N, "before the restore");
+
+    // Bounds far below what each side holds for the other (2.5 MB), as a daemon's 32 MiB are
+    // below what two hubs or a restored tablet can hold for each other.
+    let limits = Limits { unread_bytes_per_peer: 64 * 1024, unsent_bytes_per_peer: 64 * 1024, ..Limits::default() };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let open = |p: &std::path::Path| Node::open(&NodeDir::new(p.to_path_buf())).unwrap();
+    let hubd = rt
+        .block_on(Daemon::start(
+            open(&hub),
+            RunOptions { listen: Some("127.0.0.1:0".parse().unwrap()), limits, ..RunOptions::default() },
+        ))
+        .unwrap();
+    let addr = hubd.local_addr.unwrap();
+    let ambd = rt.block_on(Daemon::start(open(&amb), RunOptions { limits, ..RunOptions::default() })).unwrap();
+    let first = rt.block_on(ambd.sync_with(addr, LIMIT)).unwrap();
+    assert_eq!(first.stats.docs_sent, N as u64, "{first:?}");
+    rt.block_on(ambd.stop());
+
+    // The tablet's disk is replaced by the backup, and it goes on writing.
+    std::fs::remove_dir_all(&amb).unwrap();
+    copy_dir(&backup, &amb);
+    write_sessions(&amb, N, "after the restore");
+    let ambd = rt.block_on(Daemon::start(open(&amb), RunOptions { limits, ..RunOptions::default() })).unwrap();
+    let both = rt.block_on(ambd.sync_with(addr, Duration::from_secs(120)));
+    let both = both.unwrap_or_else(|e| panic!("the sync did not finish: {e}"));
+    assert_eq!(both.stats.docs_sent, N as u64, "{both:?}");
+    assert_eq!(both.stats.docs_received, N as u64, "{both:?}");
+    rt.block_on(ambd.stop());
+    rt.block_on(hubd.stop());
+    let listed = |dir: &std::path::Path| {
+        common::json(&ok(&["session", "list", "--dir", d(dir), "--json"])).as_array().map(|a| a.len()).unwrap_or(0)
+    };
+    assert_eq!(listed(&amb), 2 * N, "the tablet holds its sessions from before and after the restore");
+    assert_eq!(listed(&hub), 2 * N, "and so does the hub");
+}

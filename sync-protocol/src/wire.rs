@@ -349,6 +349,30 @@ impl Frame {
         }
     }
 
+    /// Whether this frame asks the receiver for something, or orders what follows it: a
+    /// reconciliation step, a version to push against, a request for a document or a photo's
+    /// chunks, a batch's mark, a hello or a close. The others carry what the sender sends
+    /// (changes, acknowledgements, credentials, manifests, chunks, refusals, revocations), and
+    /// answering one costs the receiver a small frame or a share of what it was sent.
+    ///
+    /// A node that owes its peer much it has not yet read holds the asks back (in order) and
+    /// still takes what the peer carries, so that two nodes that each owe the other cannot
+    /// wait for each other. Carried frames may overtake held asks (the receiver may then push
+    /// again what the peer already holds, which it skips).
+    pub fn asks(&self) -> bool {
+        !matches!(
+            self,
+            Frame::Changes(_)
+                | Frame::Ack { .. }
+                | Frame::Refused { .. }
+                | Frame::Member { .. }
+                | Frame::BlobManifest(_)
+                | Frame::BlobChunk { .. }
+                | Frame::BlobMissing { .. }
+                | Frame::Revocations { .. }
+        )
+    }
+
     fn type_byte(&self) -> u8 {
         match self {
             Frame::Hello(_) => 0x01,

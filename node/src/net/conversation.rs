@@ -8,27 +8,31 @@ use crate::replica::Collected;
 /// as decoded from QUIC (diagnostics, and the scope tests' evidence).
 pub const FRAME_LOG_ENV: &str = "OUTPOST_FRAME_LOG";
 
-/// Bytes of received frames one connection may have waiting for the store (both lanes): what a
-/// peer can make this node hold in memory beyond the frame being read.
-pub(super) const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
 /// How long a dialled node waits for the dialler to open its two lanes once the handshake is
 /// done (a dialler opens them at once; a long round trip takes a second or two).
 pub(super) const LANE_WAIT: Duration = Duration::from_secs(10);
-/// Bytes of frames made for the peer and not yet written to its streams, past which no more of
-/// its frames are taken until it has read some: a peer may ask faster than it reads (a
-/// document asked for step after step, a photo's chunks), and what it has not read waits in
-/// this node's memory.
-pub(super) const MAX_UNSENT_BYTES: usize = 32 * 1024 * 1024;
-
 /// The bytes made for a peer and not yet written to its streams, and a wake-up each time some
 /// are written.
-#[derive(Debug, Default)]
+///
+/// A peer may ask faster than it reads (a document asked for step after step, a photo's
+/// chunks), and what it has not read waits in this node's memory. Past `limit`
+/// (`limits.unsent_bytes_per_peer`) the peer's asks ([`Frame::asks`]) wait until it reads,
+/// and only what it carries is taken (answered with small frames), until the answers made
+/// meanwhile pass the limit too: then nothing more is taken. Two nodes that each owe the other more than the limit (a tablet
+/// restored from an old backup and its hub) then still read each other's changes, and so
+/// both drain; were every frame held at the limit, each would wait for the other for ever.
+#[derive(Debug)]
 pub(super) struct Unsent {
     bytes: std::sync::atomic::AtomicUsize,
     written: tokio::sync::Notify,
+    limit: usize,
 }
 
 impl Unsent {
+    fn new(limit: usize) -> Self {
+        Unsent { bytes: Default::default(), written: Default::default(), limit }
+    }
+
     fn add(&self, n: usize) {
         self.bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
@@ -42,7 +46,7 @@ impl Unsent {
     }
 
     fn over(&self) -> bool {
-        self.bytes.load(std::sync::atomic::Ordering::Relaxed) > MAX_UNSENT_BYTES
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed) > self.limit
     }
 }
 
@@ -54,7 +58,7 @@ pub(super) type Queued = (Frame, tokio::sync::OwnedSemaphorePermit);
 pub(super) async fn read_lane(
     recv: quinn::RecvStream,
     out: mpsc::Sender<Queued>,
-    queue: Arc<tokio::sync::Semaphore>,
+    queue: (Arc<tokio::sync::Semaphore>, usize),
     bad: mpsc::Sender<DecodeError>,
 ) {
     if let Err(e) = read_frames(recv, out, queue).await {
@@ -62,10 +66,12 @@ pub(super) async fn read_lane(
     }
 }
 
+/// Reads frames into the connection's queue of `queue.1` bytes at most (a frame larger than
+/// that takes all of it).
 pub(super) async fn read_frames(
     mut recv: quinn::RecvStream,
     out: mpsc::Sender<Queued>,
-    queue: Arc<tokio::sync::Semaphore>,
+    (queue, queue_bytes): (Arc<tokio::sync::Semaphore>, usize),
 ) -> Result<(), DecodeError> {
     let mut decoder = FrameDecoder::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -85,7 +91,7 @@ pub(super) async fn read_frames(
                         Ok(Some(f)) => {
                             // Wait for room in the queue: a peer that sends faster than the store
                             // takes its frames is slowed down, not buffered without bound.
-                            let size = (before - decoder.buffered()).clamp(1, MAX_QUEUED_BYTES) as u32;
+                            let size = (before - decoder.buffered()).clamp(1, queue_bytes) as u32;
                             let Ok(permit) = queue.clone().acquire_many_owned(size).await else { return Ok(()) };
                             if out.send((f, permit)).await.is_err() {
                                 return Ok(());
@@ -225,16 +231,19 @@ pub(super) async fn converse(
 
     let (frames_tx, mut frames_rx) = mpsc::channel::<Queued>(256);
     let (bad_tx, mut bad_rx) = mpsc::channel::<DecodeError>(2);
-    let queue = Arc::new(tokio::sync::Semaphore::new(MAX_QUEUED_BYTES));
+    // Received frames waiting for the store, both lanes together: what a peer can make this
+    // node hold in memory beyond the frame being read.
+    let queue_bytes = shared.limits.unread_bytes_per_peer.clamp(1, u32::MAX as usize);
+    let queue = Arc::new(tokio::sync::Semaphore::new(queue_bytes));
     let readers = [
-        tokio::spawn(read_lane(sync_recv, frames_tx.clone(), queue.clone(), bad_tx.clone())),
-        tokio::spawn(read_lane(blob_recv, frames_tx, queue, bad_tx)),
+        tokio::spawn(read_lane(sync_recv, frames_tx.clone(), (queue.clone(), queue_bytes), bad_tx.clone())),
+        tokio::spawn(read_lane(blob_recv, frames_tx, (queue, queue_bytes), bad_tx)),
     ];
     // The queue's share of the frames being processed, given back once the step is done.
     let mut in_step: Vec<tokio::sync::OwnedSemaphorePermit> = Vec::new();
     let (sync_out, sync_out_rx) = mpsc::unbounded_channel();
     let (blob_out, blob_out_rx) = mpsc::unbounded_channel();
-    let unsent = Arc::new(Unsent::default());
+    let unsent = Arc::new(Unsent::new(shared.limits.unsent_bytes_per_peer));
     let writers = [
         tokio::spawn(write_lane(sync_send, sync_out_rx, unsent.clone())),
         tokio::spawn(write_lane(blob_send, blob_out_rx, unsent.clone())),
@@ -311,7 +320,24 @@ pub(super) async fn converse(
     // The engine's photo chunk counts as the metrics last heard them (sent, stored, duplicate).
     let mut chunks_told = (0u64, 0u64, 0u64);
     let _wire = WireAccount { shared: shared.clone(), conn: conn.clone() };
+    // The peer's asks held while it owes this node's output more than the bound, in order,
+    // each with its share of the queue.
+    let mut held: std::collections::VecDeque<Queued> = std::collections::VecDeque::new();
+    // Bytes made for the peer by steps taken while it owed more than the bound.
+    let mut made_while_over = 0usize;
     loop {
+        if !unsent.over() {
+            made_while_over = 0;
+        }
+        if work.is_none() && !held.is_empty() && !unsent.over() {
+            let n = held.len().min(MAX_FRAMES_PER_STEP);
+            let mut batch = Vec::with_capacity(n);
+            for (f, permit) in held.drain(..n) {
+                batch.push(f);
+                in_step.push(permit);
+            }
+            work = Some(Work::Frames(batch));
+        }
         if let Some(w) = work.take() {
             let Some(e) = engine.take() else { break };
             let (e, result, out, (changed, held), crl_updated, log, (ops, bytes)) = step(e, w).await?;
@@ -337,8 +363,12 @@ pub(super) async fn converse(
             for line in log {
                 tracing::info!(peer = %peer.name, "{line}");
             }
+            let over = unsent.over();
             for (lane, f) in out {
                 let bytes = f.to_bytes();
+                if over {
+                    made_while_over += bytes.len();
+                }
                 unsent.add(bytes.len());
                 let _ = if lane == Lane::Sync { sync_out.send(bytes) } else { blob_out.send(bytes) };
             }
@@ -389,20 +419,30 @@ pub(super) async fn converse(
                 failure = Some(bad);
                 break;
             }
-            // While the peer has not read what it was sent, its next frames wait (and, its
-            // stream's window full, so does the peer).
+            // While the peer has not read what it was sent, its asks wait; once enough wait, or
+            // the answers to what it carried meanwhile pass the bound too, so do its other
+            // frames (its stream's window full, the peer waits too).
             _ = unsent.written.notified(), if unsent.over() => {}
-            frame = frames_rx.recv(), if !unsent.over() => match frame {
-                Some((f, permit)) => {
-                    let mut batch = vec![f];
-                    in_step.push(permit);
-                    while batch.len() < MAX_FRAMES_PER_STEP
-                        && let Ok((more, permit)) = frames_rx.try_recv()
-                    {
-                        batch.push(more);
-                        in_step.push(permit);
+            frame = frames_rx.recv(), if made_while_over <= unsent.limit && held.len() < MAX_FRAMES_PER_STEP => match frame {
+                Some(first) => {
+                    let over = unsent.over();
+                    let mut batch = Vec::new();
+                    let mut next = Some(first);
+                    while let Some((f, permit)) = next.take() {
+                        if f.asks() && (over || !held.is_empty()) {
+                            // Behind the asks already held: they are answered in order.
+                            held.push_back((f, permit));
+                        } else {
+                            batch.push(f);
+                            in_step.push(permit);
+                        }
+                        if batch.len() < MAX_FRAMES_PER_STEP && held.len() < MAX_FRAMES_PER_STEP {
+                            next = frames_rx.try_recv().ok();
+                        }
                     }
-                    work = Some(Work::Frames(batch));
+                    if !batch.is_empty() {
+                        work = Some(Work::Frames(batch));
+                    }
                 }
                 None => {
                     if one_shot && !engine.as_ref().is_some_and(Engine::is_done) {
