@@ -13,6 +13,8 @@ const S = {
   peers: new Map(), // peer name -> up
   view: null, // the session on screen
   events: null,
+  eventsLost: false, // the event stream was refused: retrying
+  eventsRetry: 0,
   ringTimer: null,
   audio: null,
   keySeq: 0,
@@ -264,9 +266,12 @@ function renderNav() {
 function renderLink() {
   const up = [...S.peers.values()].some(Boolean);
   const el = document.getElementById('link');
-  el.replaceChildren(up
+  const link = up
     ? h('span', { class: 'online' }, 'Connected')
-    : h('span', { class: 'offline' }, 'No connection: working on this device'));
+    : h('span', { class: 'offline' }, 'No connection: working on this device');
+  el.replaceChildren(S.eventsLost
+    ? h('span', { class: 'offline' }, 'Live updates paused: trying again')
+    : link);
 }
 
 // ------------------------------------------------------------------ live events
@@ -295,9 +300,27 @@ function connectEvents() {
     await loadCards();
     route();
   });
+  es.addEventListener('hello', () => {
+    S.eventsRetry = 0;
+    if (S.eventsLost) {
+      // Back after a refusal: what changed meanwhile was missed.
+      S.eventsLost = false;
+      renderLink();
+      loadCards().then(route).catch(() => {});
+    }
+  });
   es.onerror = async () => {
     // The stream reconnects by itself; a token that has ended is found here.
-    try { await api('GET', '/api/me'); } catch (_) { /* signedOut already ran on 401 */ }
+    try { await api('GET', '/api/me'); } catch (_) { return; /* signedOut already ran on 401 */ }
+    if (es.readyState === EventSource.CLOSED && S.events === es) {
+      // Refused (this person has too many pages open, or the node is busy): the browser does
+      // not try again, so this page does, less often each time, and says so meanwhile.
+      S.eventsLost = true;
+      renderLink();
+      const wait = Math.min(60, 5 * 2 ** (S.eventsRetry || 0));
+      S.eventsRetry = (S.eventsRetry || 0) + 1;
+      setTimeout(() => { if (S.events === es && S.token) connectEvents(); }, wait * 1000);
+    }
   };
 }
 

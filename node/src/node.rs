@@ -580,6 +580,20 @@ impl Node {
         self.require("attaching a photo", "edge", &[Role::Edge])?;
         // A small preview stays on the device after the photo itself is handed to the hub.
         let thumbnail = crate::photo::thumbnail(photo);
+        self.attach_photo_with_preview(id, photo, thumbnail, req, now)
+    }
+
+    /// [`Node::attach_photo`] with its preview already made ([`crate::photo::thumbnail`]), so
+    /// that a daemon makes it off its store thread.
+    pub fn attach_photo_with_preview(
+        &mut self,
+        id: SessionId,
+        photo: &Photo,
+        thumbnail: Option<Vec<u8>>,
+        req: &PhotoRequest,
+        now: i64,
+    ) -> Result<BlobInfo, NodeError> {
+        self.require("attaching a photo", "edge", &[Role::Edge])?;
         let consent_id = new_id(now)?;
         let by = self.config.name.clone();
         let me = by.clone();

@@ -324,6 +324,31 @@ mod tests {
     }
 
     #[test]
+    fn a_photo_too_large_to_decode_within_the_bound_is_kept_without_a_preview() {
+        // 5,200 x 5,000 of 16-bit RGBA: 26 megapixels (within the pixel limit), a small PNG,
+        // 208 MB decoded, past the 192 MiB a preview may take.
+        let img = image::ImageBuffer::<image::Rgba<u16>, _>::from_pixel(
+            5_200,
+            5_000,
+            image::Rgba([40_000, 30_000, 20_000, 65_535]),
+        );
+        let mut bytes = Vec::new();
+        image::DynamicImage::ImageRgba16(img)
+            .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+            .unwrap();
+        let photo = check_photo(Path::new("deep.png"), bytes).unwrap();
+        assert_eq!(photo.dimensions, (5_200, 5_000));
+        assert!(thumbnail(&photo).is_none(), "decoded past the bound for a preview");
+        // A phone's frame of the same size, 8 bits a channel, gets its preview.
+        let img = image::RgbImage::from_pixel(5_200, 5_000, image::Rgb([200, 150, 120]));
+        let mut bytes = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
+        let preview = thumbnail(&check_photo(Path::new("frame.png"), bytes).unwrap()).expect("a preview");
+        let small = image::load_from_memory(&preview).unwrap();
+        assert!(small.width() <= THUMBNAIL_PX && small.height() <= THUMBNAIL_PX);
+    }
+
+    #[test]
     fn whole_jpeg_and_png_are_accepted_with_dimensions() {
         let p = check_photo(Path::new("a.jpg"), jpeg(320, 200)).unwrap();
         assert_eq!((p.mime, p.dimensions), ("image/jpeg", (320, 200)));

@@ -139,6 +139,19 @@ impl Api {
     }
 }
 
+impl Api {
+    /// Asks for an event stream expected to be refused: its status and error text.
+    fn events_refused(&self, token: &str) -> (u16, String) {
+        let resp = self
+            .agent
+            .get(&format!("{}/api/events", self.base))
+            .header("Authorization", format!("Bearer {token}"))
+            .call();
+        let mut resp = resp.unwrap();
+        (resp.status().as_u16(), resp.body_mut().read_to_string().unwrap_or_default())
+    }
+}
+
 /// Waits for an event that satisfies `check`, skipping others.
 fn expect_event(rx: &mpsc::Receiver<(String, Value)>, what: &str, check: impl Fn(&str, &Value) -> bool) -> Value {
     let start = Instant::now();
@@ -197,6 +210,13 @@ fn a_session_goes_from_the_ambulance_app_to_the_desk_app_and_the_reply_and_recei
     let desk_events = desk_api.events(&ada);
     expect_event(&desk_events, "hello", |n, _| n == "hello");
     let amb_events = amb_api.events(&sam);
+    // One person holds at most four event streams (a page on each of a few devices or tabs):
+    // one token cannot take every stream the node serves.
+    let more: Vec<_> = (0..3).map(|_| desk_api.events(&ada)).collect();
+    let (status, refused) = desk_api.events_refused(&ada);
+    assert_eq!(status, 429, "{refused}");
+    assert!(refused.contains("Dr Ada Okafor") && refused.contains("close a page"), "{refused}");
+    drop(more);
 
     // The paramedic opens the session; a double tap makes one.
     let (status, first) = amb_api.call("POST", "/api/sessions", Some(&sam), Some(new_session.clone()));
@@ -235,8 +255,10 @@ fn a_session_goes_from_the_ambulance_app_to_the_desk_app_and_the_reply_and_recei
         n == "session" && v["card"]["id"] == id.as_str() && v["card"]["messages"] == 1 && v["card"]["photos"] == 1
     });
     wait_until(LIMIT, "the photo at the desk", || {
-        desk_api.get_bytes(&format!("/api/photos/{hash}"), &ada) == (200, photo.clone())
+        desk_api.get_bytes(&format!("/api/photos/{hash}?session={id}"), &ada) == (200, photo.clone())
     });
+    // A photo is shown under a session, never by its hash alone.
+    assert_eq!(desk_api.get_bytes(&format!("/api/photos/{hash}"), &ada).0, 400);
     // Named with the session it is shown in (as the app asks), the photo is given for a session
     // that records it, and for no other.
     assert_eq!(desk_api.get_bytes(&format!("/api/photos/{hash}?session={id}"), &ada), (200, photo.clone()));
@@ -359,12 +381,17 @@ fn a_session_goes_from_the_ambulance_app_to_the_desk_app_and_the_reply_and_recei
         media(&bundle).get("data").is_none()
     });
     // Nor is it shown any more, whole or as a thumbnail, on either side.
-    assert_eq!(desk_api.get_bytes(&format!("/api/photos/{hash}"), &ada).0, 410);
-    assert_eq!(amb_api.get_bytes(&format!("/api/photos/{hash}?thumbnail=true"), &sam).0, 410);
+    assert_eq!(desk_api.get_bytes(&format!("/api/photos/{hash}?session={id}"), &ada).0, 410);
+    assert_eq!(amb_api.get_bytes(&format!("/api/photos/{hash}?session={id}&thumbnail=true"), &sam).0, 410);
 
     // The audit chain names the person, not only the node, and is intact.
     let audit = ok(&["audit", "show", "--dir", d(&amb), "--json"]);
     assert!(audit.contains("Sam Patel") && audit.contains("HCPC-PA123456"), "{audit}");
+    // Each look at a photo is in the desk's chain, naming the consultant.
+    let desk_audit = json(&ok(&["audit", "show", "--dir", d(&desk), "--limit", "1000", "--json"]));
+    let looked = desk_audit.as_array().unwrap().iter().filter(|e| e["action"] == "photo.view").collect::<Vec<_>>();
+    assert!(!looked.is_empty(), "{desk_audit}");
+    assert!(looked.iter().all(|e| e.to_string().contains("Dr Ada Okafor")), "{looked:?}");
     let verify = json(&ok(&["audit", "verify", "--dir", d(&amb), "--json"]));
     assert!(verify["broken_at"].is_null(), "{verify}");
 
@@ -526,6 +553,13 @@ fn a_desk_app_hears_its_call_ring_from_the_event_stream() {
     assert_eq!(audio_upgrade(port, &id, &ada).0, 409);
     let (status, asked) = amb_api.call("POST", &format!("/api/sessions/{id}/escalate"), Some(&sam), None);
     assert_eq!(status, 202, "{asked}");
+    // A second crew member asking again joins the same call, but its voice stays with the
+    // first to ask.
+    add_user(&amb, "Kim Lee", "paramedic", "HCPC-PA654321", "amb-pin-7350");
+    let kim = amb_api.login("Kim Lee", "amb-pin-7350");
+    let (status, again) = amb_api.call("POST", &format!("/api/sessions/{id}/escalate"), Some(&kim), None);
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again["call"], asked["call"], "one call per session at a time");
 
     let ring = expect_event(&events, "the call ringing at this desk", |n, v| {
         n == "call" && v["call"]["session"] == id.as_str() && v["call"]["ringing_here"] == true
@@ -548,6 +582,14 @@ fn a_desk_app_hears_its_call_ring_from_the_event_stream() {
     wait_until(LIMIT, "the call connected at the ambulance", || {
         amb_api.call("GET", &format!("/api/sessions/{id}/calls"), Some(&sam), None).1[0]["state"] == "connected"
     });
+    let mut crew_page = None;
+    wait_until(LIMIT, "the ambulance's audio to take a page", || {
+        let (status, stream) = audio_upgrade(amb_port, &id, &sam);
+        crew_page = stream;
+        status == 101
+    });
+    assert_eq!(audio_upgrade(amb_port, &id, &kim).0, 403, "the voice is the first asker's");
+    drop(crew_page);
     // An integrating system does not hang up a person's call.
     let out =
         json(&ok(&["user", "add", "--dir", d(&desk), "--name", "EPR link", "--role", "system", "--token", "--json"]));
@@ -564,6 +606,12 @@ fn a_desk_app_hears_its_call_ring_from_the_event_stream() {
     add_user(&desk, "Dr Ben Shah", "consultant", "GMC-7000001", "desk-pass-5512");
     let ben = api.login("Dr Ben Shah", "desk-pass-5512");
     assert_eq!(audio_upgrade(port, &id, &ben).0, 403);
+    assert_eq!(
+        api.call("POST", &format!("/api/sessions/{id}/hangup"), Some(&ben), None).0,
+        403,
+        "another consultant signed in here does not end Dr Okafor's call"
+    );
+    assert_eq!(amb_api.call("POST", &format!("/api/sessions/{id}/hangup"), Some(&kim), None).0, 403, "nor Kim Sam's");
     assert_eq!(audio_upgrade(port, &id, &ada).0, 409, "a second page");
     assert_eq!(audio_upgrade(port, &id, &system).0, 403, "an integrating system");
     drop(page);
@@ -783,18 +831,13 @@ fn the_api_refuses_what_it_must_and_ends_what_was_revoked() {
     assert_eq!(status, 429, "{body}");
 }
 
-/// One HTTP/1.1 request over TLS to 127.0.0.1:`port`, the server named `host`, trusting only
-/// the certificate `trust` (DER). The status and the JSON body, or why it failed.
-fn https(
+/// A TLS client connection to 127.0.0.1:`port`, the server named `host`, trusting only the
+/// certificate `trust` (DER); reads wait at most 20 s.
+fn tls_client(
     port: u16,
     trust: &[u8],
     host: &str,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> Result<(u16, Value), String> {
-    use std::io::Read;
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>, String> {
     use std::sync::Arc;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls::pki_types::CertificateDer::from(trust.to_vec())).map_err(|e| e.to_string())?;
@@ -807,7 +850,22 @@ fn https(
     let conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(|e| e.to_string())?;
     let sock = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, sock);
+    Ok(rustls::StreamOwned::new(conn, sock))
+}
+
+/// One HTTP/1.1 request over TLS to 127.0.0.1:`port`, the server named `host`, trusting only
+/// the certificate `trust` (DER). The status and the JSON body, or why it failed.
+fn https(
+    port: u16,
+    trust: &[u8],
+    host: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Result<(u16, Value), String> {
+    use std::io::Read;
+    let mut tls = tls_client(port, trust, host)?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let request = format!(
@@ -879,4 +937,47 @@ fn a_surgery_box_serves_its_api_over_tls_with_the_deployers_certificate() {
     let refused = https(port, stranger.cert.der(), "surgery-box.local", "GET", "/api/me", None, None);
     assert!(refused.is_err(), "{refused:?}");
     assert!(Api::new(port).agent.get(&format!("http://127.0.0.1:{port}/api/me")).call().is_err());
+
+    // A client sending a request's head a byte every few seconds (each byte would put off an
+    // idle limit) is closed once the head has taken 20 s, well before the two minutes it kept
+    // a slot before.
+    {
+        use std::io::Read;
+        let mut slow = tls_client(port, &trusted, "surgery-box.local").unwrap();
+        let started = Instant::now();
+        let mut closed = None;
+        for b in b"GET /api/me HTTP/1.1\r\nHost: surgery-box.local\r\nX-Slow: ".iter().cycle().take(30) {
+            if slow.write_all(&[*b]).and_then(|_| slow.flush()).is_err() {
+                closed = Some(started.elapsed());
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        let closed = closed.or_else(|| {
+            // The last write may have gone into the socket's buffer: the close shows on reading.
+            slow.sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 64];
+            (!matches!(slow.read(&mut buf), Ok(n) if n > 0)).then(|| started.elapsed())
+        });
+        let closed = closed.expect("the slow client was answered");
+        assert!(closed < Duration::from_secs(40), "closed after {closed:?}");
+    }
+    // One address holds at most 32 connections: its next is closed at once, and the address
+    // is served again once it lets go.
+    let held: Vec<_> = (0..32).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 8];
+    let started = Instant::now();
+    let read = std::io::Read::read(&mut extra, &mut buf);
+    assert!(
+        matches!(read, Ok(0) | Err(_)) && started.elapsed() < Duration::from_secs(4),
+        "{read:?} after {:?}",
+        started.elapsed()
+    );
+    drop(held);
+    wait_until(LIMIT, "the address served again", || {
+        call("GET", "/api/me", Some(&token), None).is_ok_and(|(s, _)| s == 200)
+    });
 }

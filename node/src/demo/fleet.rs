@@ -438,7 +438,7 @@ pub async fn run(root: &Path, serve: bool) -> anyhow::Result<()> {
     ok(ada.call("POST", &format!("/api/sessions/{id}/read"), None).await?, 200, "reading the case")?;
     for m in shown["media"].as_array().into_iter().flatten() {
         let hash = m["hash"].as_str().unwrap_or_default();
-        ok(ada.call("GET", &format!("/api/photos/{hash}"), None).await?, 200, "opening a photo").ok();
+        ok(ada.call("GET", &format!("/api/photos/{hash}?session={id}"), None).await?, 200, "opening a photo").ok();
         ok(ada.call("POST", &format!("/api/photos/{hash}/read"), None).await?, 204, "a photo read")?;
     }
     clock.say(ada.who, "app: reads the case and opens the three photos (explicit reads: receipts written only now)");

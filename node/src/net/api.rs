@@ -100,11 +100,7 @@ pub(super) async fn serve(
     let task = match tls {
         Some(cfg) => {
             let listener = tls::TlsListener::new(listener, cfg).map_err(|source| NetError::Bind { addr, source })?;
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!("the local API stopped: {e}");
-                }
-            })
+            tokio::spawn(tls::serve(listener, app))
         }
         None => tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -120,6 +116,10 @@ pub(super) async fn serve(
 const MAX_JSON_BODY: usize = 64 * 1024;
 /// Event streams open at once, every user together.
 const MAX_STREAMS: usize = 64;
+/// Event streams one person (or integrating system) may hold open at once: a page on each of
+/// a few devices or tabs. One token could otherwise take every stream, and every other page
+/// would stop hearing of changes.
+const MAX_STREAMS_PER_PERSON: usize = 4;
 
 /// The API's description: every route below is registered with its OpenAPI path, so the
 /// document and the router cannot disagree.

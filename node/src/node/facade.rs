@@ -183,6 +183,12 @@ impl Node {
         Err(StoreError::NoSuchBlob(format!("{hash} for session {id} ({why})")).into())
     }
 
+    /// Someone on this node was shown a photo of the session: recorded in the audit chain, as
+    /// a view of the session is.
+    pub fn audit_photo_view(&mut self, id: SessionId, now: i64) -> Result<(), NodeError> {
+        Ok(self.store.audit_mut().audit_access(id, "photo.view", now)?)
+    }
+
     /// A photo's JPEG thumbnail (an edge keeps it after handing the photo to the hub).
     pub fn thumbnail(&self, hash: &str) -> Result<Vec<u8>, NodeError> {
         if self.store.blobs().photo_withdrawn(hash)? {

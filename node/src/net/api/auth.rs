@@ -65,11 +65,16 @@ pub(super) struct LoggedIn {
 pub(crate) struct Guards {
     /// Logins checked at once (each costs tens of milliseconds of one core, off the store thread).
     pub(super) logins: tokio::sync::Semaphore,
-    /// Sign-ins by name: failures in a row and guesses being judged. After 5 failures that
-    /// name waits, 30 s doubling up to 15 min, and then has one guess judged at a time.
-    pub(super) lockouts: std::sync::Mutex<std::collections::HashMap<String, Attempts>>,
-    /// Event streams open.
-    pub(super) streams: Arc<std::sync::atomic::AtomicUsize>,
+    /// Sign-ins by name (its BLAKE3 hash: a name sent may be 64 KiB long): failures in a row
+    /// and guesses being judged. After 5 failures that name waits, 30 s doubling up to 15 min,
+    /// and then has one guess judged at a time.
+    pub(super) lockouts: std::sync::Mutex<std::collections::HashMap<[u8; 32], Attempts>>,
+    /// Photo uploads held in memory at once (each up to 25 MB).
+    pub(super) uploads: tokio::sync::Semaphore,
+    /// Photo previews being made at once (each a core for up to a fifth of a second).
+    pub(super) previews: tokio::sync::Semaphore,
+    /// Event streams open, in all and by person.
+    pub(super) streams: Arc<std::sync::Mutex<super::events::Streams>>,
     /// The last whole-chain audit check, when made, and its wall-clock time.
     pub(super) audit: std::sync::Mutex<Option<(std::time::Instant, crate::store::AuditCheck, i64)>>,
 }
@@ -79,6 +84,8 @@ impl Default for Guards {
         Guards {
             logins: tokio::sync::Semaphore::new(2),
             lockouts: Default::default(),
+            uploads: tokio::sync::Semaphore::new(4),
+            previews: tokio::sync::Semaphore::new(1),
             streams: Default::default(),
             audit: Default::default(),
         }
@@ -86,6 +93,13 @@ impl Default for Guards {
 }
 
 pub(super) const FREE_TRIES: u32 = 5;
+/// Names with failures kept track of before the oldest are looked at for forgetting.
+const TRACKED_NAMES: usize = 10_000;
+/// How long a name's failures are remembered once it is no longer locked out, when
+/// [`TRACKED_NAMES`] are tracked: forgetting sooner would let a flood of made-up names wipe a
+/// real name's failures and lockout (guesses are judged about 90 a second, so an hour of them
+/// is some 30 MB of this map).
+const FAILURES_KEPT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// One name's sign-ins: wrong ones in a row, when it may try again, and guesses being judged.
 #[derive(Debug, Clone, Copy)]
@@ -93,6 +107,8 @@ pub(super) struct Attempts {
     fails: u32,
     until: std::time::Instant,
     judging: u32,
+    /// When it last failed.
+    last: std::time::Instant,
 }
 
 /// A guess let through to be judged: it counts against the name's free tries from the moment
@@ -101,7 +117,7 @@ pub(super) struct Attempts {
 /// away) frees its place and counts as nothing, its verdict never having been told.
 pub(super) struct Guess<'a> {
     guards: &'a Guards,
-    name: String,
+    name: [u8; 32],
     done: bool,
 }
 
@@ -110,11 +126,12 @@ pub(super) struct Guess<'a> {
 /// lockout, one at a time).
 pub(super) fn admit_guess<'a>(guards: &'a Guards, name: &str) -> Result<Guess<'a>, std::time::Duration> {
     let now = std::time::Instant::now();
+    let key = *blake3::hash(name.as_bytes()).as_bytes();
     let Ok(mut map) = guards.lockouts.lock() else { return Err(std::time::Duration::from_secs(1)) };
-    if map.len() > 10_000 {
-        map.retain(|_, a| a.judging > 0 || a.until > now);
+    if map.len() > TRACKED_NAMES {
+        map.retain(|_, a| a.judging > 0 || a.until > now || now.saturating_duration_since(a.last) < FAILURES_KEPT);
     }
-    let a = map.entry(name.to_string()).or_insert(Attempts { fails: 0, until: now, judging: 0 });
+    let a = map.entry(key).or_insert(Attempts { fails: 0, until: now, judging: 0, last: now });
     if a.fails >= FREE_TRIES {
         let left = a.until.saturating_duration_since(now);
         if !left.is_zero() {
@@ -127,7 +144,7 @@ pub(super) fn admit_guess<'a>(guards: &'a Guards, name: &str) -> Result<Guess<'a
         return Err(std::time::Duration::from_secs(1));
     }
     a.judging += 1;
-    Ok(Guess { guards, name: name.to_string(), done: false })
+    Ok(Guess { guards, name: key, done: false })
 }
 
 impl Guess<'_> {
@@ -141,6 +158,7 @@ impl Guess<'_> {
             a.fails = 0;
         } else {
             a.fails = a.fails.saturating_add(1);
+            a.last = std::time::Instant::now();
             if a.fails >= FREE_TRIES {
                 let secs = (30u64 << (a.fails - FREE_TRIES).min(5)).min(900);
                 a.until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
@@ -264,4 +282,30 @@ pub(super) async fn status(State(shared): State<Arc<Shared>>, Caller(_): Caller)
         *c = Some((std::time::Instant::now(), st.audit.clone(), st.audit_checked_ms));
     }
     Ok(Json(st).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fail(guards: &Guards, name: &str) {
+        admit_guess(guards, name).unwrap_or_else(|_| panic!("{name} may guess")).judged(false);
+    }
+
+    #[test]
+    fn a_flood_of_made_up_names_does_not_wipe_a_real_names_failures() {
+        let guards = Guards::default();
+        for _ in 0..FREE_TRIES - 1 {
+            fail(&guards, "Dr Ada Okafor");
+        }
+        // Made-up names, long ones, past what is tracked.
+        for i in 0..=TRACKED_NAMES {
+            fail(&guards, &format!("{}{i}", "x".repeat(1024)));
+        }
+        assert!(guards.lockouts.lock().unwrap().len() > TRACKED_NAMES, "recent failures are all kept");
+        // One free try left, then the lockout.
+        fail(&guards, "Dr Ada Okafor");
+        let left = admit_guess(&guards, "Dr Ada Okafor").err().expect("locked out after five failures in all");
+        assert!(left > std::time::Duration::from_secs(20), "{left:?}");
+    }
 }

@@ -112,7 +112,7 @@ pub(super) async fn session_calls(
     responses(
         (status = 202, description = "Hanging up", body = Escalated),
         (status = 401, body = ErrorBody),
-        (status = 403, description = "An integrating system does not hang up a person's call", body = ErrorBody),
+        (status = 403, description = "Not the person who asked for or answered this call here, or an integrating system", body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, description = "No call of this session is live on this node", body = ErrorBody),
     )
@@ -134,6 +134,14 @@ pub(super) async fn hang_up(
             .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no session {id} on this node")))?;
         return Err(ApiError(StatusCode::CONFLICT, "no call of this session is live on this node".into()));
     };
+    // A person's call is theirs to end: on a surgery box another GP signed in does not end it.
+    let party = shared.call_people.lock().ok().and_then(|p| p.get(&id).map(|(_, person)| *person));
+    if party.is_some_and(|p| p != who.id) {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "this call is hung up by the person who asked for it or answered it here".into(),
+        ));
+    }
     // Named in the audit chain before the call ends (the leg record follows).
     as_person(&shared, &who, move |n| Ok(n.record_hang_up(id, now_ms())?)).await?;
     live.hang_up.store(true, std::sync::atomic::Ordering::Release);

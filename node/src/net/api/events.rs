@@ -38,20 +38,55 @@ impl ApiEvent {
 /// A call's id, state and current ring: what the event stream has said of it.
 pub(super) type CallMark = (String, &'static str, Option<(i64, u32)>);
 
-/// An open event stream's place among [`MAX_STREAMS`], given back when the stream ends.
-pub(super) struct StreamSlot(pub(super) Arc<std::sync::atomic::AtomicUsize>);
+/// Event streams open: how many in all, and by person.
+#[derive(Debug, Default)]
+pub(crate) struct Streams {
+    open: usize,
+    by_person: std::collections::HashMap<i64, usize>,
+}
+
+/// An open event stream's place among [`MAX_STREAMS`] and its person's
+/// [`MAX_STREAMS_PER_PERSON`], given back when the stream ends.
+pub(super) struct StreamSlot {
+    streams: Arc<std::sync::Mutex<Streams>>,
+    person: i64,
+}
+
+/// Why a stream was not opened.
+pub(super) enum NoSlot {
+    /// Every stream the node serves is open.
+    Node,
+    /// This person's are.
+    Person,
+}
 
 impl StreamSlot {
-    fn take(open: &Arc<std::sync::atomic::AtomicUsize>) -> Option<StreamSlot> {
-        use std::sync::atomic::Ordering;
-        let taken = open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_STREAMS).then_some(n + 1));
-        taken.is_ok().then(|| StreamSlot(open.clone()))
+    fn take(streams: &Arc<std::sync::Mutex<Streams>>, person: i64) -> Result<StreamSlot, NoSlot> {
+        let Ok(mut s) = streams.lock() else { return Err(NoSlot::Node) };
+        if s.open >= MAX_STREAMS {
+            return Err(NoSlot::Node);
+        }
+        let mine = s.by_person.entry(person).or_default();
+        if *mine >= MAX_STREAMS_PER_PERSON {
+            return Err(NoSlot::Person);
+        }
+        *mine += 1;
+        s.open += 1;
+        Ok(StreamSlot { streams: streams.clone(), person })
     }
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        if let Ok(mut s) = self.streams.lock() {
+            s.open = s.open.saturating_sub(1);
+            if let Some(mine) = s.by_person.get_mut(&self.person) {
+                *mine = mine.saturating_sub(1);
+                if *mine == 0 {
+                    s.by_person.remove(&self.person);
+                }
+            }
+        }
     }
 }
 
@@ -69,17 +104,23 @@ pub(super) const RECHECK: std::time::Duration = std::time::Duration::from_secs(3
     responses(
         (status = 200, description = "Server-Sent Events; each event's name is its `type`", content_type = "text/event-stream", body = ApiEvent),
         (status = 401, body = ErrorBody),
+        (status = 429, description = "This person has as many streams open as one may (a page per device or tab): close one", body = ErrorBody),
         (status = 503, description = "Too many streams are open", body = ErrorBody),
     )
 )]
 pub(super) async fn events(
     State(shared): State<Arc<Shared>>,
-    Caller(_): Caller,
+    Caller(who): Caller,
     parts: axum::http::HeaderMap,
     uri: axum::http::Uri,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let slot = StreamSlot::take(&shared.api.streams)
-        .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "too many event streams are open".into()))?;
+    let slot = StreamSlot::take(&shared.api.streams, who.id).map_err(|why| match why {
+        NoSlot::Node => ApiError(StatusCode::SERVICE_UNAVAILABLE, "too many event streams are open".into()),
+        NoSlot::Person => ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{} has {MAX_STREAMS_PER_PERSON} event streams open already: close a page first", who.name),
+        ),
+    })?;
     let token = bearer(&parts, &uri).unwrap_or_default();
     let rx = shared.changes.subscribe();
     let hello = ApiEvent::Hello { node: shared.me.name.clone(), role: shared.me.role };

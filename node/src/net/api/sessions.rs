@@ -364,6 +364,7 @@ pub(super) struct PhotoStored {
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 413, description = "Larger than 25 MB", body = ErrorBody),
+        (status = 503, description = "The node is stopping", body = ErrorBody),
     )
 )]
 pub(super) async fn attach_photo(
@@ -371,11 +372,32 @@ pub(super) async fn attach_photo(
     Caller(who): Caller,
     PathArgs(id): PathArgs<String>,
     QueryArgs(q): QueryArgs<PhotoQuery>,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
-    let photo = crate::photo::check_photo(std::path::Path::new("the uploaded photo"), body.to_vec())
+    // A few uploads at a time are held in memory (each up to 25 MB), every user together.
+    let _upload = shared.api.uploads.acquire().await.map_err(|_| unavailable())?;
+    let limit = crate::photo::MAX_PHOTO_BYTES + 4096;
+    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a photo is at most {} MB", crate::photo::MAX_PHOTO_BYTES >> 20),
+        )
+    })?;
+    let photo = crate::photo::check_photo(std::path::Path::new("the uploaded photo"), Vec::from(body))
         .map_err(|e| bad(e.to_string()))?;
+    // Its preview is made off the store thread, one at a time: decoding a large photo takes a
+    // core for a fifth of a second, and the store thread serves sync and every page.
+    let preview = {
+        let _one = shared.api.previews.acquire().await.map_err(|_| unavailable())?;
+        tokio::task::spawn_blocking(move || {
+            let thumbnail = crate::photo::thumbnail(&photo);
+            (photo, thumbnail)
+        })
+        .await
+        .map_err(|_| unavailable())?
+    };
+    let (photo, thumbnail) = preview;
     let req = PhotoRequest {
         view: q.view,
         body_site: q.body_site,
@@ -383,7 +405,9 @@ pub(super) async fn attach_photo(
         scope: q.consent_scope.unwrap_or(ConsentScope::RecordOnly),
     };
     let (width, height) = photo.dimensions;
-    let info = as_person(&shared, &who, move |n| Ok(n.attach_photo(id, &photo, &req, now_ms())?)).await?;
+    let info =
+        as_person(&shared, &who, move |n| Ok(n.attach_photo_with_preview(id, &photo, thumbnail, &req, now_ms())?))
+            .await?;
     announce(&shared, id);
     let body = PhotoStored { session: id, hash: info.hash, size: info.size, mime: info.mime, width, height };
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -397,19 +421,20 @@ pub(super) struct PhotoGet {
     #[serde(default)]
     pub(super) thumbnail: bool,
     /// The session it is shown in: the photo is given only if that session records it and its
-    /// record came with the bytes (404 otherwise). The app always names it.
-    #[serde(default)]
-    pub(super) session: Option<String>,
+    /// record came with the bytes (404 otherwise), and the look is audited under it.
+    pub(super) session: String,
 }
 
-/// A photo's bytes as this node holds them (or its thumbnail). Writes no receipt.
+/// A photo's bytes as this node holds them (or its thumbnail), shown in a session that records
+/// it: audited (`photo.view`), but no receipt.
 #[utoipa::path(
     get, path = "/api/photos/{hash}", tag = "photos",
     params(("hash" = String, Path, description = "The photo's BLAKE3 hash (hex)"), PhotoGet),
     responses(
-        (status = 200, description = "The photo's bytes (or its JPEG thumbnail); writes no receipt", content(("image/jpeg"), ("image/png"))),
+        (status = 200, description = "The photo's bytes (or its JPEG thumbnail); audited, writes no receipt", content(("image/jpeg"), ("image/png"))),
+        (status = 400, description = "No session named", body = ErrorBody),
         (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody),
+        (status = 404, description = "The session does not record the photo, or its record came without the bytes", body = ErrorBody),
         (status = 409, description = "Still being received", body = ErrorBody),
         (status = 410, description = "Handed to the hub and deleted here (the thumbnail remains), or withheld: the patient withdrew its consent", body = ErrorBody),
     )
@@ -420,17 +445,17 @@ pub(super) async fn get_photo(
     PathArgs(hash): PathArgs<String>,
     QueryArgs(q): QueryArgs<PhotoGet>,
 ) -> Result<Response, ApiError> {
-    let session = q.session.as_deref().map(session_id).transpose()?;
+    let session = session_id(&q.session)?;
     let (bytes, mime) = as_person(&shared, &who, move |n| {
-        if let Some(id) = session {
-            n.photo_in_session(id, &hash)?;
-        }
-        if q.thumbnail {
-            Ok((n.thumbnail(&hash)?, "image/jpeg".to_string()))
+        n.photo_in_session(session, &hash)?;
+        let shown = if q.thumbnail {
+            (n.thumbnail(&hash)?, "image/jpeg".to_string())
         } else {
             let mime = n.photo_info(&hash)?.mime;
-            Ok((n.open_photo(&hash, false, now_ms())?, mime))
-        }
+            (n.open_photo(&hash, false, now_ms())?, mime)
+        };
+        n.audit_photo_view(session, now_ms())?;
+        Ok(shown)
     })
     .await?;
     // The type comes from the session, which another node wrote: only the two image types a
@@ -502,4 +527,8 @@ pub(super) async fn set_outcome(
     .await?;
     announce(&shared, id);
     Ok(StatusCode::NO_CONTENT)
+}
+
+fn unavailable() -> ApiError {
+    ApiError(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping".into())
 }

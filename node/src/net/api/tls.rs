@@ -4,11 +4,17 @@
 //!
 //! Handshakes run beside the server, each bounded in time ([`HANDSHAKE_LIMIT`]). At most
 //! [`MAX_CONNECTIONS`] connections are held at once, handshakes included; more wait in the
-//! kernel's queue, never dropped. A connection on which nothing moves either way for
-//! [`IDLE_LIMIT`] is closed (an open event stream sends a keep-alive every 15 s), so a client
-//! that opens connections and says nothing holds slots for seconds, not for ever.
+//! kernel's queue, never dropped. One address holds at most [`MAX_PER_ADDRESS`] of them (a
+//! desktop's browser opens six or so); its next are closed at once. A request's head must come
+//! whole within [`HEADER_LIMIT`] of the connection opening or of the last answer (hyper's
+//! header timeout, which needs hyper's timer: `axum::serve` sets none, so this module serves
+//! its connections itself). A connection on which nothing moves either way for [`IDLE_LIMIT`]
+//! is closed (an open event stream sends a keep-alive every 15 s). So a client that opens
+//! connections and says nothing, or sends a head a byte at a time, holds a few slots for
+//! seconds, not every slot for ever.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +48,11 @@ const MAX_CONNECTIONS: usize = 256;
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 /// The longest a connection may sit with nothing read or written.
 const IDLE_LIMIT: Duration = Duration::from_secs(120);
+/// Connections one address may hold at once.
+const MAX_PER_ADDRESS: usize = 32;
+/// The longest a request's head may take to come whole, from the connection's opening or the
+/// last answer on it.
+const HEADER_LIMIT: Duration = Duration::from_secs(20);
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Io { path: path.to_path_buf(), source })
@@ -82,6 +93,7 @@ impl TlsListener {
         let tls = TlsAcceptor::from(Arc::new(cfg));
         let (tx, ready) = mpsc::channel(16);
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let by_address: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>> = Default::default();
         let acceptor = tokio::spawn(async move {
             loop {
                 // A free slot first: while none is, connections wait in the kernel's queue.
@@ -95,12 +107,16 @@ impl TlsListener {
                         continue;
                     }
                 };
+                let Some(address) = AddressSlot::take(&by_address, peer.ip()) else {
+                    tracing::debug!(%peer, "closed an API connection: its address holds {MAX_PER_ADDRESS} already");
+                    continue;
+                };
                 let (tls, tx) = (tls.clone(), tx.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_LIMIT, tls.accept(stream)).await {
                         Ok(Ok(io)) => {
                             let idle = Box::pin(tokio::time::sleep(IDLE_LIMIT));
-                            let _ = tx.send((Held { io, idle, _slot: slot }, peer)).await;
+                            let _ = tx.send((Held { io, idle, _slot: slot, _address: address }, peer)).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, "API TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%peer, "API TLS handshake timed out"),
@@ -125,6 +141,57 @@ pub(super) struct Held {
     io: TlsStream<TcpStream>,
     idle: Pin<Box<tokio::time::Sleep>>,
     _slot: OwnedSemaphorePermit,
+    _address: AddressSlot,
+}
+
+/// A connection's place among its address's [`MAX_PER_ADDRESS`], given back when it closes.
+#[derive(Debug)]
+struct AddressSlot {
+    held: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl AddressSlot {
+    fn take(held: &Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<AddressSlot> {
+        let mut map = held.lock().ok()?;
+        let n = map.entry(ip).or_default();
+        if *n >= MAX_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot { held: held.clone(), ip })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.held.lock()
+            && let Some(n) = map.get_mut(&self.ip)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Serves the API's router on the connections the listener hands over, each with hyper's
+/// header timeout ([`HEADER_LIMIT`]) and WebSocket upgrades, until the listener is dropped.
+pub(super) async fn serve(mut listener: TlsListener, app: axum::Router) {
+    use axum::serve::Listener as _;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_LIMIT);
+    loop {
+        let (io, peer) = listener.accept().await;
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(io), service).with_upgrades();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "API connection ended: {e}");
+            }
+        });
+    }
 }
 
 impl Held {
