@@ -737,15 +737,31 @@ mod an_empty_batch {
     }
 }
 
+/// A long message (about 2 KB), tagged.
+fn long_note(what: &str, i: usize) -> String {
+    let note = "Obs on arrival: HR 96 regular, BP 142/88, SpO2 95% on air, RR 20, temp 37.9. ".repeat(25);
+    format!("{note}({what} {i})")
+}
+
+/// Adds a long message to each of these sessions on the node in `dir`.
+fn write_messages(dir: &std::path::Path, ids: &[sync_protocol::SessionId], what: &str) {
+    use outpost_node::config::NodeDir;
+    use outpost_node::node::{Node, now_ms};
+    let mut node = Node::open(&NodeDir::new(dir.to_path_buf())).unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        node.send_message(*id, &long_note(what, i), None, now_ms()).unwrap();
+    }
+}
+
 /// Writes `n` sessions of about 2.5 KB each (a long first message) on the node in `dir`.
-fn write_sessions(dir: &std::path::Path, n: usize, what: &str) {
+fn write_sessions(dir: &std::path::Path, n: usize, what: &str) -> Vec<sync_protocol::SessionId> {
     use outpost_node::config::NodeDir;
     use outpost_node::node::{Node, SessionRequest, now_ms};
     use sync_protocol::session::{Patient, Requester, Service};
     use sync_protocol::vocab::{CareSetting, Channel, Priority, ServiceLine};
 
     let mut node = Node::open(&NodeDir::new(dir.to_path_buf())).unwrap();
-    let note = "Obs on arrival: HR 96 regular, BP 142/88, SpO2 95% on air, RR 20, temp 37.9. ".repeat(25);
+    let mut ids = Vec::new();
     for i in 0..n {
         let req = SessionRequest {
             care_setting: CareSetting::AmbulanceOnScene,
@@ -756,8 +772,32 @@ fn write_sessions(dir: &std::path::Path, n: usize, what: &str) {
             draft: false,
         };
         let id = node.new_session(req, now_ms()).unwrap().id;
-        node.send_message(id, &format!("{note}({what} {i})"), None, now_ms()).unwrap();
+        node.send_message(id, &long_note(what, i), None, now_ms()).unwrap();
+        ids.push(id);
     }
+    ids
+}
+
+/// Bounds far below what each side holds for the other in the tests below (megabytes), as a
+/// daemon's 32 MiB are below what two hubs or a restored tablet can hold for each other.
+fn small_bounds() -> outpost_node::settings::Limits {
+    outpost_node::settings::Limits {
+        unread_bytes_per_peer: 64 * 1024,
+        unsent_bytes_per_peer: 64 * 1024,
+        ..Default::default()
+    }
+}
+
+/// The node in `dir` as a daemon in this process, listening on loopback, with these limits.
+fn listening(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    limits: outpost_node::settings::Limits,
+) -> outpost_node::net::Daemon {
+    use outpost_node::net::{Daemon, RunOptions};
+    let node = outpost_node::node::Node::open(&outpost_node::config::NodeDir::new(dir.to_path_buf())).unwrap();
+    let opts = RunOptions { listen: Some("127.0.0.1:0".parse().unwrap()), limits, ..RunOptions::default() };
+    rt.block_on(Daemon::start(node, opts)).unwrap()
 }
 
 /// Each side of a conversation stops taking the other's frames while more than a bound of
@@ -770,7 +810,6 @@ fn two_nodes_each_holding_more_for_the_other_than_their_output_bound_finish_thei
     use outpost_node::config::NodeDir;
     use outpost_node::net::{Daemon, RunOptions};
     use outpost_node::node::Node;
-    use outpost_node::settings::Limits;
 
     const N: usize = 1000;
     let tmp = tempfile::tempdir().unwrap();
@@ -779,19 +818,12 @@ fn two_nodes_each_holding_more_for_the_other_than_their_output_bound_finish_thei
     let amb = fleet.node("amb-13", "edge", &[]);
     let backup = tmp.path().join("amb-backup");
     copy_dir(&amb, &backup);
-    write_sessions(&amb, N, "before the restore");
+    let _ = write_sessions(&amb, N, "before the restore");
 
-    // Bounds far below what each side holds for the other (2.5 MB), as a daemon's 32 MiB are
-    // below what two hubs or a restored tablet can hold for each other.
-    let limits = Limits { unread_bytes_per_peer: 64 * 1024, unsent_bytes_per_peer: 64 * 1024, ..Limits::default() };
+    let limits = small_bounds();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let open = |p: &std::path::Path| Node::open(&NodeDir::new(p.to_path_buf())).unwrap();
-    let hubd = rt
-        .block_on(Daemon::start(
-            open(&hub),
-            RunOptions { listen: Some("127.0.0.1:0".parse().unwrap()), limits, ..RunOptions::default() },
-        ))
-        .unwrap();
+    let hubd = listening(&rt, &hub, limits);
     let addr = hubd.local_addr.unwrap();
     let ambd = rt.block_on(Daemon::start(open(&amb), RunOptions { limits, ..RunOptions::default() })).unwrap();
     let first = rt.block_on(ambd.sync_with(addr, LIMIT)).unwrap();
@@ -801,7 +833,7 @@ fn two_nodes_each_holding_more_for_the_other_than_their_output_bound_finish_thei
     // The tablet's disk is replaced by the backup, and it goes on writing.
     std::fs::remove_dir_all(&amb).unwrap();
     copy_dir(&backup, &amb);
-    write_sessions(&amb, N, "after the restore");
+    let _ = write_sessions(&amb, N, "after the restore");
     let ambd = rt.block_on(Daemon::start(open(&amb), RunOptions { limits, ..RunOptions::default() })).unwrap();
     let both = rt.block_on(ambd.sync_with(addr, Duration::from_secs(120)));
     let both = both.unwrap_or_else(|e| panic!("the sync did not finish: {e}"));
@@ -814,4 +846,58 @@ fn two_nodes_each_holding_more_for_the_other_than_their_output_bound_finish_thei
     };
     assert_eq!(listed(&amb), 2 * N, "the tablet holds its sessions from before and after the restore");
     assert_eq!(listed(&hub), 2 * N, "and so does the hub");
+}
+
+/// The same, with both sides' changes to the same sessions, and a tablet that knows its hub: a
+/// tablet restored from a backup taken after a sync, its hub holding a message in each session
+/// written after the backup, the tablet another. The tablet pushes its own at once, before the
+/// hub's hello comes (it was taken for an ask and held: the hub's next frames then came before
+/// any hello, a protocol error); and each side's answer to the other's changes in a session is
+/// more of its own, which must wait rather than stop both sides reading.
+#[test]
+fn a_restored_tablet_and_its_hub_each_owing_the_other_changes_to_the_same_sessions_converge() {
+    use outpost_node::config::NodeDir;
+    use outpost_node::net::{Daemon, RunOptions};
+    use outpost_node::node::Node;
+
+    const N: usize = 600;
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let amb = fleet.node("amb-13", "edge", &[]);
+    let ids = write_sessions(&amb, N, "first");
+    let limits = small_bounds();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let open = |p: &std::path::Path| Node::open(&NodeDir::new(p.to_path_buf())).unwrap();
+    let hubd = listening(&rt, &hub, limits);
+    let addr = hubd.local_addr.unwrap();
+    let sync_once = |what: &str| {
+        let ambd = rt.block_on(Daemon::start(open(&amb), RunOptions { limits, ..RunOptions::default() })).unwrap();
+        let report = rt.block_on(ambd.sync_with(addr, Duration::from_secs(120)));
+        rt.block_on(ambd.stop());
+        report.unwrap_or_else(|e| panic!("{what}: the sync did not finish: {e}"))
+    };
+    sync_once("the first sync");
+    let backup = tmp.path().join("amb-backup");
+    copy_dir(&amb, &backup);
+    write_messages(&amb, &ids, "lost");
+    sync_once("the sync after the backup");
+
+    std::fs::remove_dir_all(&amb).unwrap();
+    copy_dir(&backup, &amb);
+    write_messages(&amb, &ids, "after the restore");
+    let both = sync_once("the restored tablet's sync");
+    assert!(both.stats.docs_sent >= N as u64, "{both:?}");
+    assert!(both.stats.docs_received >= N as u64, "{both:?}");
+    rt.block_on(hubd.stop());
+    for id in [ids[0], ids[N / 2], ids[N - 1]] {
+        for (who, dir) in [("the tablet", &amb), ("the hub", &hub)] {
+            let texts = texts(dir, &id.to_string()).unwrap();
+            assert_eq!(
+                texts.len(),
+                3,
+                "{who} holds the first message, the one lost with the restore and the one after"
+            );
+        }
+    }
 }

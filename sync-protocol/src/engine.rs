@@ -462,6 +462,11 @@ pub struct Engine {
     next_nudge: Option<TimeMs>,
     /// When any photo chunk or manifest last arrived.
     last_blob_progress: TimeMs,
+    /// Whether the driver asked that no document be pushed for now (the peer has much of our
+    /// output still to read): what would be pushed waits in `deferred`.
+    output_paused: bool,
+    /// Documents to push once output is no longer paused.
+    deferred: BTreeSet<DocId>,
 }
 
 /// Times a refused document is offered again in one conversation (a refusal caused by damage
@@ -530,6 +535,8 @@ impl Engine {
             now: 0,
             next_nudge: None,
             last_blob_progress: 0,
+            output_paused: false,
+            deferred: BTreeSet::new(),
         }
     }
 
@@ -608,6 +615,33 @@ impl Engine {
         self.refresh_blobs(replica)?;
         self.flush_knowledge(replica)?;
         self.end_of_batch(out_before);
+        Ok(())
+    }
+
+    /// Holds back (or lets go) pushes of documents: a driver whose peer has not yet read much
+    /// of what it was sent pauses them, so that the changes the peer sends meanwhile are still
+    /// taken and acknowledged with small frames, while what this side would push back waits.
+    /// Two nodes that each owe the other more than they will hold unread, with changes to the
+    /// same documents, would otherwise each answer the other's changes with more of their own
+    /// and both stop reading. Documents held back are pushed by the next [`Engine::notify`]
+    /// once output is no longer paused (with no documents, if the driver has none to tell).
+    pub fn set_output_paused(&mut self, paused: bool) {
+        self.output_paused = paused;
+    }
+
+    /// Whether documents wait to be pushed until output is no longer paused.
+    pub fn has_deferred(&self) -> bool {
+        !self.deferred.is_empty()
+    }
+
+    /// Pushes what was held back while output was paused, if it no longer is.
+    fn flush_deferred<R: Replica>(&mut self, replica: &mut R) -> Res<(), R> {
+        if self.output_paused || self.deferred.is_empty() {
+            return Ok(());
+        }
+        for id in std::mem::take(&mut self.deferred) {
+            self.poke(replica, &id)?;
+        }
         Ok(())
     }
 
@@ -738,6 +772,7 @@ impl Engine {
             return Ok(());
         }
         self.pushed_now.clear();
+        self.flush_deferred(replica)?;
         let out_before = self.out.len();
         for id in docs {
             // Only documents the peer may see can bring new photos to fetch from it.
@@ -1188,6 +1223,10 @@ impl Engine {
         // every change goes: the peer skips what it already holds.
         let out = replica.changes_since(&self.peer, id, &base).map_err(EngineError::Replica)?.unwrap_or_default();
         if !out.bytes.is_empty() {
+            if self.output_paused {
+                self.deferred.insert(*id);
+                return Ok(false);
+            }
             self.push(replica, id, mine, out)?;
             return Ok(true);
         } else if they_have_more {
@@ -1445,6 +1484,7 @@ impl Engine {
             && !self.recon_waiting
             && self.transfers.is_empty()
             && self.docs.values().all(|d| !d.awaiting_ack)
+            && self.deferred.is_empty()
     }
 
     /// A mark arrived answering frames of depth `d`: frames we sent in answer to the unmarked

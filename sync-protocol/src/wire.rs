@@ -351,9 +351,11 @@ impl Frame {
 
     /// Whether this frame asks the receiver for something, or orders what follows it: a
     /// reconciliation step, a version to push against, a request for a document or a photo's
-    /// chunks, a batch's mark, a hello or a close. The others carry what the sender sends
-    /// (changes, acknowledgements, credentials, manifests, chunks, refusals, revocations), and
-    /// answering one costs the receiver a small frame or a share of what it was sent.
+    /// chunks, a batch's mark or a close. The others carry what the sender sends (its hello,
+    /// changes, acknowledgements, credentials, manifests, chunks, refusals, revocations), and
+    /// answering one costs the receiver a small frame or a share of what it was sent (a driver
+    /// holds back the pushes they would prompt: [`crate::engine::Engine::set_output_paused`]).
+    /// A hello is never held: every frame after it needs it first.
     ///
     /// A node that owes its peer much it has not yet read holds the asks back (in order) and
     /// still takes what the peer carries, so that two nodes that each owe the other cannot
@@ -362,7 +364,8 @@ impl Frame {
     pub fn asks(&self) -> bool {
         !matches!(
             self,
-            Frame::Changes(_)
+            Frame::Hello(_)
+                | Frame::Changes(_)
                 | Frame::Ack { .. }
                 | Frame::Refused { .. }
                 | Frame::Member { .. }

@@ -617,6 +617,23 @@ fn the_hubs_directory_reaches_its_edges_and_desks_and_is_taken_from_no_one_else(
     assert_eq!(desk.heads_for(&edge_i, &id).unwrap(), None, "nor does a desk to an edge");
 }
 
+/// Every frame the engine has to send, taken.
+fn drain(e: &mut Engine) -> Vec<Frame> {
+    std::iter::from_fn(|| e.poll_frame()).map(|(_, f)| f).collect()
+}
+
+/// The two engines of a conversation run to its end, with nothing left to send: the tests go
+/// on by hand from there.
+fn settled(a: &mut MemReplica, b: &mut MemReplica) -> (Engine, Engine) {
+    let mut p = Pair::new(a, b, T);
+    p.start(a, b);
+    p.run_to_end(a, b, 600_000);
+    let (mut ea, mut eb) = (p.a, p.b);
+    drain(&mut ea);
+    drain(&mut eb);
+    (ea, eb)
+}
+
 /// Two pushes of one session in flight: the hub stores the first and acknowledges it without
 /// heads ("I hold what you sent"); the second is lost with the link. The ack is of the first
 /// push only: the edge must not take it for the second, and so must not show the second
@@ -626,13 +643,7 @@ fn an_ack_without_heads_acknowledges_the_push_it_answers_not_a_later_one_still_i
     let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
     let (mut edge, mut hub) = (replica(&edge_i, 1), replica(&hub_i, 2));
     let id = new_session(&mut edge, 1, ServiceLine::Dermatology);
-    let mut p = Pair::new(&edge, &hub, T);
-    p.start(&mut edge, &mut hub);
-    p.run_to_end(&mut edge, &mut hub, 600_000);
-    let (mut ea, mut eb) = (p.a, p.b);
-    let drain = |e: &mut Engine| -> Vec<Frame> { std::iter::from_fn(|| e.poll_frame()).map(|(_, f)| f).collect() };
-    drain(&mut ea);
-    drain(&mut eb);
+    let (mut ea, mut eb) = settled(&mut edge, &mut hub);
     message(&mut edge, &id, "first", T + 1_000);
     ea.notify(&mut edge, &[id], T + 1_000).unwrap();
     let first = drain(&mut ea);
@@ -651,6 +662,43 @@ fn an_ack_without_heads_acknowledges_the_push_it_answers_not_a_later_one_still_i
     assert_eq!(level("first"), Some(ReceiptLevel::Hub), "the hub stored and acknowledged the first");
     assert_eq!(level("second"), Some(ReceiptLevel::Device), "the hub never received the second");
     assert!(!ea.is_quiescent(), "the second push is still unanswered");
+}
+
+/// A driver whose peer has much of its output still unread pauses pushes: changes the peer
+/// sends to a session this side holds more of are still stored and acknowledged with a small
+/// frame, and this side's own changes wait, to go once output is let go (a notify with no
+/// documents). Two nodes each answering the other's changes with more of their own would
+/// otherwise both stop reading.
+#[test]
+fn while_output_is_paused_changes_are_acknowledged_and_the_push_back_waits_for_the_release() {
+    let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+    let (mut edge, mut hub) = (replica(&edge_i, 1), replica(&hub_i, 2));
+    let id = new_session(&mut edge, 1, ServiceLine::Dermatology);
+    let (mut ea, mut eb) = settled(&mut edge, &mut hub);
+    // Both sides write to the session: the crew a message, the hub a share.
+    message(&mut edge, &id, "from the ambulance", T + 1_000);
+    ea.notify(&mut edge, &[id], T + 1_000).unwrap();
+    let pushed = drain(&mut ea);
+    hub.edit(&id, |d| d.share_with("desk-derm-1", T + 1_001)).unwrap();
+
+    eb.set_output_paused(true);
+    eb.handle(&mut hub, pushed, T + 1_100).unwrap();
+    let answer = drain(&mut eb);
+    assert!(answer.iter().any(|f| matches!(f, Frame::Ack { doc, .. } if *doc == id)), "acknowledged: {answer:?}");
+    assert!(!answer.iter().any(|f| matches!(f, Frame::Changes(_))), "nothing pushed while paused: {answer:?}");
+    assert!(eb.has_deferred() && !eb.is_quiescent(), "the share waits to be pushed");
+    assert_eq!(hub.view(&id).unwrap().messages.len(), 1, "the crew's message is stored at the hub all the same");
+    eb.notify(&mut hub, &[], T + 1_150).unwrap();
+    assert!(drain(&mut eb).iter().all(|f| !matches!(f, Frame::Changes(_))), "still paused");
+
+    eb.set_output_paused(false);
+    eb.notify(&mut hub, &[], T + 1_200).unwrap();
+    let released = drain(&mut eb);
+    assert!(released.iter().any(|f| matches!(f, Frame::Changes(c) if c.doc == id)), "{released:?}");
+    assert!(!eb.has_deferred());
+    ea.handle(&mut edge, released, T + 1_300).unwrap();
+    same_heads(&mut edge, &mut hub, &[id]);
+    assert_eq!(edge.view(&id).unwrap().shared_with, vec!["desk-derm-1".to_string()]);
 }
 
 /// Range reconciliation that finds every range equal records the peer as holding each

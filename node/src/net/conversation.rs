@@ -17,8 +17,9 @@ pub(super) const LANE_WAIT: Duration = Duration::from_secs(10);
 /// A peer may ask faster than it reads (a document asked for step after step, a photo's
 /// chunks), and what it has not read waits in this node's memory. Past `limit`
 /// (`limits.unsent_bytes_per_peer`) the peer's asks ([`Frame::asks`]) wait until it reads,
-/// and only what it carries is taken (answered with small frames), until the answers made
-/// meanwhile pass the limit too: then nothing more is taken. Two nodes that each owe the other more than the limit (a tablet
+/// and only what it carries is taken, answered with small frames (the pushes it would prompt
+/// wait: `Engine::set_output_paused`), until the answers made meanwhile pass the limit too:
+/// then nothing more is taken. Two nodes that each owe the other more than the limit (a tablet
 /// restored from an old backup and its hub) then still read each other's changes, and so
 /// both drain; were every frame held at the limit, each would wait for the other for ever.
 #[derive(Debug)]
@@ -326,20 +327,10 @@ pub(super) async fn converse(
     // Bytes made for the peer by steps taken while it owed more than the bound.
     let mut made_while_over = 0usize;
     loop {
-        if !unsent.over() {
-            made_while_over = 0;
-        }
-        if work.is_none() && !held.is_empty() && !unsent.over() {
-            let n = held.len().min(MAX_FRAMES_PER_STEP);
-            let mut batch = Vec::with_capacity(n);
-            for (f, permit) in held.drain(..n) {
-                batch.push(f);
-                in_step.push(permit);
-            }
-            work = Some(Work::Frames(batch));
-        }
         if let Some(w) = work.take() {
-            let Some(e) = engine.take() else { break };
+            let Some(mut e) = engine.take() else { break };
+            // While the peer owes much, what its changes would prompt this side to push waits.
+            e.set_output_paused(unsent.over());
             let (e, result, out, (changed, held), crl_updated, log, (ops, bytes)) = step(e, w).await?;
             let st = e.stats();
             let chunks = (st.chunks_sent, st.chunks_received, st.chunks_duplicate);
@@ -409,7 +400,27 @@ pub(super) async fn converse(
                 break;
             }
         }
+        if !unsent.over() {
+            made_while_over = 0;
+        }
+        let owed = unsent.over();
+        let deferred = engine.as_ref().is_some_and(Engine::has_deferred);
         tokio::select! {
+            // The peer has read enough: its held asks are answered, in order, then what this
+            // side held back is pushed.
+            _ = std::future::ready(()), if !owed && (!held.is_empty() || deferred) => {
+                if held.is_empty() {
+                    work = Some(Work::Notify(Vec::new()));
+                } else {
+                    let n = held.len().min(MAX_FRAMES_PER_STEP);
+                    let mut batch = Vec::with_capacity(n);
+                    for (f, permit) in held.drain(..n) {
+                        batch.push(f);
+                        in_step.push(permit);
+                    }
+                    work = Some(Work::Frames(batch));
+                }
+            }
             Some(bad) = bad_rx.recv() => {
                 let bad = SyncFailure::BadFrame(bad);
                 shared.metrics.refused("protocol");
@@ -422,7 +433,7 @@ pub(super) async fn converse(
             // While the peer has not read what it was sent, its asks wait; once enough wait, or
             // the answers to what it carried meanwhile pass the bound too, so do its other
             // frames (its stream's window full, the peer waits too).
-            _ = unsent.written.notified(), if unsent.over() => {}
+            _ = unsent.written.notified(), if owed => {}
             frame = frames_rx.recv(), if made_while_over <= unsent.limit && held.len() < MAX_FRAMES_PER_STEP => match frame {
                 Some(first) => {
                     let over = unsent.over();
