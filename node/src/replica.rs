@@ -258,8 +258,11 @@ impl Replica for NodeReplica<'_> {
     fn offer_credential(&mut self, credential: &[u8]) -> Result<bool, StoreError> {
         self.writing()?;
         let Some(ca) = self.ca else { return Ok(false) };
-        let crl = self.store.identity().revocations()?.map(|(_, der)| der);
-        match tls::verify_member(ca, crl.as_deref(), credential) {
+        // A revoked member is recorded too: the changes it signed before its device was lost
+        // stay verifiable (a desk that joins later still gets those sessions from its hub),
+        // and the revocation is applied to its changes instead (`Store::revoked_members`: a
+        // change of it not held yet is taken only from a hub, by a node that is none).
+        match tls::verify_member(ca, None, credential) {
             Ok(member) => {
                 let name = member.info.name.clone();
                 if !self.store.identity_mut().add_member(member, credential)? {

@@ -353,6 +353,9 @@ pub struct Store {
     acting: Option<serde_json::Value>,
     /// The fleet members this node knows (from certificates), by actor prefix.
     roster: Roster,
+    /// The members whose certificate the revocation list held names, with that list's number
+    /// and the roster's size when they were found (found again when either changes).
+    revoked: Option<(u64, usize, std::collections::HashSet<sync_protocol::authorship::ActorPrefix>)>,
     limits: Limits,
     /// Operations of received changes checked and stored, since the store was opened.
     ops_admitted: u64,
@@ -657,6 +660,7 @@ impl Store {
             cache: DocCache::new(opts.cache_bytes),
             acting: None,
             roster,
+            revoked: None,
             limits: opts.limits,
             ops_admitted: 0,
             reads_held: false,

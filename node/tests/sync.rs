@@ -901,3 +901,49 @@ fn a_restored_tablet_and_its_hub_each_owing_the_other_changes_to_the_same_sessio
         }
     }
 }
+
+/// A stolen tablet, revoked at its hub, writes on and syncs with a desk that has not yet heard
+/// of the revocation (a desk listening on its LAN). The desk passes the change on to the hub,
+/// which refuses it: a revoked member's changes it does not hold yet are taken from no one.
+/// A desk that joins after the revocation still gets the session from the hub, with what the
+/// tablet wrote before it was lost.
+#[test]
+fn a_revoked_tablets_new_changes_do_not_reach_the_hub_through_a_peer_that_has_not_heard_yet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let amb = fleet.node("amb-13", "edge", &[]);
+    let desk = fleet.node("desk-cardio-1", "desk", &["--service-line", "cardiology"]);
+    let hub_addr = format!("127.0.0.1:{}", free_port());
+    let hubd = daemon(&hub, &["--listen", &hub_addr], &[]);
+    let id = new_session(&amb, "cardiology", "chest pain at rest");
+    ok(&["message", "send", "--dir", d(&amb), &id, "before the theft"]);
+    wait_until(LIMIT, "the tablet's first sync", || {
+        run(&["sync", "--dir", d(&amb), "--peer", &hub_addr, "--timeout", "5"]).status.success()
+    });
+    sync(&desk, &hub_addr);
+    assert_eq!(texts(&desk, &id).unwrap(), vec!["before the theft"]);
+
+    ok(&["ca", "revoke", "--ca", d(&fleet.ca), "amb-13", "--publish", d(&hub)]);
+    wait_until(LIMIT, "the hub to load the revocation list", || hubd.log_text().contains("revocation list"));
+
+    // The thief (offline since, so it has not heard either) writes on, and reaches the desk,
+    // which has not heard of the revocation.
+    ok(&["message", "send", "--dir", d(&amb), &id, "after the theft"]);
+    let desk_addr = format!("127.0.0.1:{}", free_port());
+    {
+        let _deskd = daemon(&desk, &["--listen", &desk_addr], &[]);
+        wait_until(LIMIT, "the desk to take the thief's sync", || {
+            run(&["sync", "--dir", d(&amb), "--peer", &desk_addr, "--timeout", "5"]).status.success()
+        });
+    }
+    assert_eq!(texts(&desk, &id).unwrap(), vec!["before the theft", "after the theft"]);
+    // The desk passes it on; the hub refuses it.
+    let _ = run(&["sync", "--dir", d(&desk), "--peer", &hub_addr, "--timeout", "20"]);
+    assert_eq!(texts(&hub, &id).unwrap(), vec!["before the theft"], "the hub took a revoked member's new change");
+
+    // A desk that joins now still gets the session with what the tablet wrote before.
+    let late = fleet.node("desk-cardio-2", "desk", &["--service-line", "cardiology"]);
+    sync(&late, &hub_addr);
+    assert_eq!(texts(&late, &id).unwrap(), vec!["before the theft"]);
+}

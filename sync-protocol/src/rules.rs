@@ -79,6 +79,16 @@ pub enum Refusal {
         /// Its actor id.
         actor: String,
     },
+    /// The change's author's certificate is revoked, and the change was not held before (it
+    /// may be the thief's, written since): refused unless it comes from a hub to a node that is
+    /// none, a hub having held it before it learnt of the revocation.
+    #[error("change {change} is by {author}, whose certificate is revoked")]
+    RevokedAuthor {
+        /// Short hash of the change.
+        change: String,
+        /// The member its actor names.
+        author: String,
+    },
     /// The signature is not the named member's.
     #[error("change {change} does not carry {author}'s signature")]
     BadSignature {

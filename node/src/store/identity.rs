@@ -121,14 +121,20 @@ pub(super) fn author_key(conn: &Connection, sealer: &Sealer) -> Result<AuthorKey
     Ok(AuthorKey::from_seed(&seed, instance))
 }
 
-pub(super) fn load_roster(conn: &Connection) -> Result<Roster, StoreError> {
-    let mut roster = Roster::new();
+/// Every member's certificate held (DER).
+fn member_credentials(conn: &Connection) -> Result<Vec<Vec<u8>>, StoreError> {
     let mut stmt = conn.prepare("SELECT credential FROM members").map_err(sql("reading fleet members"))?;
-    let creds: Vec<Vec<u8>> = stmt
+    let creds = stmt
         .query_map([], |r| r.get(0))
         .map_err(sql("reading fleet members"))?
         .collect::<Result<_, _>>()
         .map_err(sql("reading fleet members"))?;
+    Ok(creds)
+}
+
+pub(super) fn load_roster(conn: &Connection) -> Result<Roster, StoreError> {
+    let mut roster = Roster::new();
+    let creds = member_credentials(conn)?;
     for der in creds {
         // Stored only after it was checked; a damaged row is skipped, not trusted.
         if let Ok(m) = crate::tls::member_of(&rustls::pki_types::CertificateDer::from(der)) {
@@ -136,6 +142,48 @@ pub(super) fn load_roster(conn: &Connection) -> Result<Roster, StoreError> {
         }
     }
     Ok(roster)
+}
+
+/// The members whose certificate (the newest held for each author key) the revocation list
+/// `crl` names: their keys may be in a thief's hands.
+pub(super) fn revoked_authors(
+    conn: &Connection,
+    crl: &[u8],
+) -> Result<std::collections::HashSet<authorship::ActorPrefix>, StoreError> {
+    let mut out = std::collections::HashSet::new();
+    let Ok((_, list)) = x509_parser::parse_x509_crl(crl) else { return Ok(out) };
+    let serials: std::collections::HashSet<&[u8]> = list.iter_revoked_certificates().map(|r| r.raw_serial()).collect();
+    if serials.is_empty() {
+        return Ok(out);
+    }
+    let creds = member_credentials(conn)?;
+    for der in creds {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else { continue };
+        if serials.contains(cert.raw_serial())
+            && let Ok(m) = crate::tls::member_of(&rustls::pki_types::CertificateDer::from(der.clone()))
+        {
+            out.insert(m.prefix());
+        }
+    }
+    Ok(out)
+}
+
+impl Store {
+    /// The members whose certificate is revoked, found again if the revocation list or the
+    /// roster changed since they were last found.
+    pub(super) fn revoked_members(&mut self) -> Result<std::collections::HashSet<authorship::ActorPrefix>, StoreError> {
+        let crl = Identity(&*self).revocations()?;
+        let number = crl.as_ref().map_or(0, |(n, _)| *n);
+        let size = self.roster.len();
+        if !self.revoked.as_ref().is_some_and(|(n, s, _)| *n == number && *s == size) {
+            let set = match &crl {
+                Some((_, der)) => revoked_authors(&self.conn, der)?,
+                None => Default::default(),
+            };
+            self.revoked = Some((number, size, set));
+        }
+        Ok(self.revoked.as_ref().map(|(_, _, set)| set.clone()).unwrap_or_default())
+    }
 }
 
 /// Records signatures of changes (this node's own, or received and checked).

@@ -13,7 +13,7 @@ use sync_protocol::recon::{self, Fingerprint, Item};
 use sync_protocol::rules::{self, Admission};
 use sync_protocol::scope::{self, DocMeta, PeerInfo, may_hold};
 use sync_protocol::session::{SessionDoc, SessionId, Touched, ViewBasis};
-use sync_protocol::vocab::ServiceLine;
+use sync_protocol::vocab::{Role, ServiceLine};
 use sync_protocol::wire::{DocId, Hash};
 
 use super::{
@@ -582,6 +582,14 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
             .flat_map(|d| d.signed())
             .collect();
         let verified = store.roster.verify_batch(&signed);
+        // A revoked member's changes not held here yet may be a thief's, written since: taken
+        // only from a hub, by a node that is none (a hub refuses them once it knows, so what
+        // it sends on it held before).
+        let revoked = if from.role == Role::Hub && me.role != Role::Hub {
+            Default::default()
+        } else {
+            store.revoked_members()?
+        };
         let tx =
             store.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
         let mut out = Vec::new();
@@ -630,6 +638,24 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
                         rules::admit_decoded(&mut empty, d, &store.roster, &store.limits, &verified)
                     }
                 },
+            };
+            let admitted = match admitted {
+                Ok(Admission::Ready(changes)) if !revoked.is_empty() => {
+                    let by_revoked = changes
+                        .iter()
+                        .find(|(c, _)| authorship::prefix_of(c.actor_id()).is_some_and(|p| revoked.contains(&p)));
+                    match by_revoked {
+                        Some((c, _)) => Err(rules::Refusal::RevokedAuthor {
+                            change: c.hash().to_string().chars().take(12).collect(),
+                            author: store
+                                .roster
+                                .author_of(c.actor_id())
+                                .map_or_else(|| c.actor_id().to_hex_string(), |m| m.info.name.clone()),
+                        }),
+                        None => Ok(Admission::Ready(changes)),
+                    }
+                }
+                other => other,
             };
             let outcome = match admitted {
                 Err(e) => Applied::Refused { reason: e.to_string() },
