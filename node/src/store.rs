@@ -354,8 +354,11 @@ pub struct Store {
     /// The fleet members this node knows (from certificates), by actor prefix.
     roster: Roster,
     /// The members whose certificate the revocation list held names, with that list's number
-    /// and the roster's size when they were found (found again when either changes).
-    revoked: Option<(u64, usize, std::collections::HashSet<sync_protocol::authorship::ActorPrefix>)>,
+    /// and the roster's generation when they were found (found again when either changes).
+    revoked: Option<(u64, u64, std::collections::HashSet<sync_protocol::authorship::ActorPrefix>)>,
+    /// Bumped whenever a member's certificate is recorded or replaced: the revoked set is
+    /// found again then (a replaced certificate leaves the roster's size as it was).
+    roster_gen: u64,
     limits: Limits,
     /// Operations of received changes checked and stored, since the store was opened.
     ops_admitted: u64,
@@ -661,6 +664,7 @@ impl Store {
             acting: None,
             roster,
             revoked: None,
+            roster_gen: 0,
             limits: opts.limits,
             ops_admitted: 0,
             reads_held: false,

@@ -90,6 +90,14 @@ pub enum TlsError {
         /// The role certified before.
         role: Role,
     },
+    /// A certificate for an author key whose earlier certificate was revoked.
+    #[error(
+        "this author key was {name}'s, whose certificate is revoked: a lost device's key may be in other hands, and its changes are refused; give the replacement a key of its own (`outpost init` under the same name: its sessions come back from the hub)"
+    )]
+    AuthorKeyRevoked {
+        /// The name it was certified as.
+        name: String,
+    },
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> TlsError + '_ {
@@ -319,6 +327,13 @@ impl CaDir {
             .find(|i| i.author.as_deref() == Some(author_hex.as_str()) && (i.name != info.name || i.role != info.role))
         {
             return Err(TlsError::AuthorKeyTaken { name: before.name.clone(), role: before.role });
+        }
+        // A key whose certificate was revoked is never certified again: a backup restored onto
+        // a replacement carries the lost device's key, which the thief has too.
+        if let Some(lost) = record.issued.iter().find(|i| {
+            i.author.as_deref() == Some(author_hex.as_str()) && record.revoked.iter().any(|r| r.serial == i.serial)
+        }) {
+            return Err(TlsError::AuthorKeyRevoked { name: lost.name.clone() });
         }
         let issuer = self.issuer()?;
         let mut params = request_params(info, author)?;
@@ -832,5 +847,21 @@ mod tests {
         // Another key may take either.
         ca.issue(&as_edge, &[6; 32], 30, false).expect("another key");
         assert_eq!(ca.record().unwrap().issued.len(), 3, "a refusal issues nothing");
+    }
+
+    /// A lost device's key is never certified again: a backup of it restored onto the
+    /// replacement carries the key the thief holds too. The replacement gets a key of its own,
+    /// under the same name.
+    #[test]
+    fn a_revoked_author_key_is_not_certified_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = CaDir::new(tmp.path().join("ca"));
+        ca.init("test").unwrap();
+        ca.issue(&desk(), &[5; 32], 30, false).unwrap();
+        ca.revoke("desk-derm-1").unwrap();
+        let err = ca.issue(&desk(), &[5; 32], 30, false).unwrap_err();
+        assert!(matches!(&err, TlsError::AuthorKeyRevoked { name } if name == "desk-derm-1"), "{err}");
+        assert!(err.to_string().contains("outpost init"), "{err}");
+        ca.issue(&desk(), &[7; 32], 30, false).expect("the replacement, with a key of its own");
     }
 }

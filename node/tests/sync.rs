@@ -904,7 +904,7 @@ fn a_restored_tablet_and_its_hub_each_owing_the_other_changes_to_the_same_sessio
 
 /// A stolen tablet, revoked at its hub, writes on and syncs with a desk that has not yet heard
 /// of the revocation (a desk listening on its LAN). The desk passes the change on to the hub,
-/// which refuses it: a revoked member's changes it does not hold yet are taken from no one.
+/// which refuses it: a revoked member's changes it does not hold yet are taken from hubs alone.
 /// A desk that joins after the revocation still gets the session from the hub, with what the
 /// tablet wrote before it was lost.
 #[test]

@@ -80,8 +80,8 @@ pub enum Refusal {
         actor: String,
     },
     /// The change's author's certificate is revoked, and the change was not held before (it
-    /// may be the thief's, written since): refused unless it comes from a hub to a node that is
-    /// none, a hub having held it before it learnt of the revocation.
+    /// may be the thief's, written since): refused unless it comes from a hub, which takes such
+    /// changes from no one else once it knows.
     #[error("change {change} is by {author}, whose certificate is revoked")]
     RevokedAuthor {
         /// Short hash of the change.

@@ -73,7 +73,8 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 crate::tls::TlsError::NotACa(_) | crate::tls::TlsError::AlreadyACa(_) => 3,
                 crate::tls::TlsError::UnknownNode(_) => 4,
                 crate::tls::TlsError::Invalid { what: "certificate request", .. }
-                | crate::tls::TlsError::AuthorKeyTaken { .. } => 2,
+                | crate::tls::TlsError::AuthorKeyTaken { .. }
+                | crate::tls::TlsError::AuthorKeyRevoked { .. } => 2,
                 _ => 1,
             };
         }

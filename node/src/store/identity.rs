@@ -81,6 +81,7 @@ impl<S: DerefMut<Target = Store>> Identity<S> {
             )
             .map_err(sql("recording a fleet member"))?;
         self.0.roster.insert(member);
+        self.0.roster_gen += 1;
         Ok(true)
     }
 }
@@ -170,11 +171,11 @@ pub(super) fn revoked_authors(
 
 impl Store {
     /// The members whose certificate is revoked, found again if the revocation list or the
-    /// roster changed since they were last found.
+    /// roster changed since they were last found (a certificate recorded or replaced).
     pub(super) fn revoked_members(&mut self) -> Result<std::collections::HashSet<authorship::ActorPrefix>, StoreError> {
         let crl = Identity(&*self).revocations()?;
         let number = crl.as_ref().map_or(0, |(n, _)| *n);
-        let size = self.roster.len();
+        let size = self.roster_gen;
         if !self.revoked.as_ref().is_some_and(|(n, s, _)| *n == number && *s == size) {
             let set = match &crl {
                 Some((_, der)) => revoked_authors(&self.conn, der)?,

@@ -583,13 +583,10 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
             .collect();
         let verified = store.roster.verify_batch(&signed);
         // A revoked member's changes not held here yet may be a thief's, written since: taken
-        // only from a hub, by a node that is none (a hub refuses them once it knows, so what
-        // it sends on it held before).
-        let revoked = if from.role == Role::Hub && me.role != Role::Hub {
-            Default::default()
-        } else {
-            store.revoked_members()?
-        };
+        // only from a hub (a hub refuses them from anyone else once it knows, so what it sends
+        // on it held before, or took from another hub; a hub restored from a backup, or a hub
+        // of another ICB, takes back the member's earlier changes from its fellow hubs).
+        let revoked = if from.role == Role::Hub { Default::default() } else { store.revoked_members()? };
         let tx =
             store.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
         let mut out = Vec::new();
