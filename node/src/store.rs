@@ -355,7 +355,7 @@ pub struct Store {
     roster: Roster,
     /// The members whose certificate the revocation list held names, with that list's number
     /// and the roster's generation when they were found (found again when either changes).
-    revoked: Option<(u64, u64, std::collections::HashSet<sync_protocol::authorship::ActorPrefix>)>,
+    revoked: Option<(u64, u64, std::sync::Arc<std::collections::HashSet<sync_protocol::authorship::ActorPrefix>>)>,
     /// Bumped whenever a member's certificate is recorded or replaced: the revoked set is
     /// found again then (a replaced certificate leaves the roster's size as it was).
     roster_gen: u64,

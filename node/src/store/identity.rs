@@ -171,19 +171,29 @@ pub(super) fn revoked_authors(
 
 impl Store {
     /// The members whose certificate is revoked, found again if the revocation list or the
-    /// roster changed since they were last found (a certificate recorded or replaced).
-    pub(super) fn revoked_members(&mut self) -> Result<std::collections::HashSet<authorship::ActorPrefix>, StoreError> {
-        let crl = Identity(&*self).revocations()?;
-        let number = crl.as_ref().map_or(0, |(n, _)| *n);
-        let size = self.roster_gen;
-        if !self.revoked.as_ref().is_some_and(|(n, s, _)| *n == number && *s == size) {
-            let set = match &crl {
-                Some((_, der)) => revoked_authors(&self.conn, der)?,
-                None => Default::default(),
-            };
-            self.revoked = Some((number, size, set));
+    /// roster changed since they were last found (a certificate recorded or replaced). Each
+    /// received batch asks: it reads the list's number alone, and the list only when that moved.
+    pub(super) fn revoked_members(
+        &mut self,
+    ) -> Result<std::sync::Arc<std::collections::HashSet<authorship::ActorPrefix>>, StoreError> {
+        let number = match Identity(&*self).meta_get("crl_number")? {
+            Some(n) => u64::from_be_bytes(n.try_into().map_err(|_| StoreError::Damaged("crl_number".into()))?),
+            None => 0,
+        };
+        let generation = self.roster_gen;
+        if let Some((n, g, set)) = &self.revoked
+            && *n == number
+            && *g == generation
+        {
+            return Ok(set.clone());
         }
-        Ok(self.revoked.as_ref().map(|(_, _, set)| set.clone()).unwrap_or_default())
+        let set = match Identity(&*self).revocations()? {
+            Some((_, der)) => revoked_authors(&self.conn, &der)?,
+            None => Default::default(),
+        };
+        let set = std::sync::Arc::new(set);
+        self.revoked = Some((number, generation, set.clone()));
+        Ok(set)
     }
 }
 
