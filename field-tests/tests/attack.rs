@@ -539,3 +539,72 @@ fn a_photo_hash_recorded_in_a_tablets_own_session_opens_nothing() {
         f.fail(format!("the desk says it holds the photo in the tablet's session: {record}"));
     }
 }
+
+/// A tablet asks for a call and never echoes the hub's probes of its link, so the gate listens
+/// to it for its longest (three windows of a second and a half's wait). Meanwhile a crew
+/// escalates another session: its link is measured and its consultant rung while the tablet's
+/// gate still listens. One requester's link is no queue for every other call in the ICB.
+#[test]
+fn a_requester_that_never_echoes_does_not_hold_up_another_crews_call() {
+    let mut f = Field::new(BIN, "deaf-requester");
+    let hub = f.node("hub-qhm", "hub", &[]);
+    let desk = f.node("desk-a", "desk", &["--org", "RTH", "--service-line", "dermatology"]);
+    let crew = f.node("amb-07", "edge", &["--org", "RX6"]);
+    let thief = f.node("amb-66", "edge", &["--org", "RX6"]);
+    f.ok(&["rota", "set", "--dir", s(&hub), "--line", "dermatology", "--desk", "desk-a", "--ring-secs", "20"]);
+    let addr = free_addr();
+    let hubd = f.daemon(&hub, &["--listen", &addr]);
+    f.wait(LIMIT, POLL, "the hub to listen", || hubd.log_text().contains("outpost daemon started"));
+    let _desk = f.daemon(&desk, &["--peer", &addr, "--auto-answer"]);
+    let _crew = f.daemon(&crew, &["--peer", &addr]);
+
+    // The tablet's escalation, recorded offline, goes up by hand; nothing echoes its probes.
+    let theirs = f.new_session(&thief, "dermatology", "ambulance_on_scene", "rash; asks for a call");
+    f.ok(&["call", "escalate", "--dir", s(&thief), &theirs]);
+    let copy = leaked_copy(&f, &thief, &theirs);
+    let mut intruder = join(&thief, &addr);
+    let mut doc = SessionDoc::load(&copy, intruder.node.raw_store().identity().actor().clone()).unwrap();
+    let (bytes, sigs) = intruder.signed(&mut doc, &[]);
+    let heads = doc.heads().iter().map(|h| Hash::from(*h)).collect();
+    let answer = send_changes(&mut intruder, &theirs, bytes, sigs, heads);
+    if !answer.iter().any(|fr| matches!(fr, Frame::Ack { doc, .. } if *doc == doc_id(&theirs))) {
+        f.fail(format!("the hub did not take the tablet's escalation: {answer:?}"));
+    }
+    // Once the desk holds that case the hub starts listening to the tablet's link.
+    f.wait(LIMIT, POLL, "the desk to hold the tablet's case", || f.export(&desk, &theirs).is_some());
+    std::thread::sleep(Duration::from_millis(300));
+
+    let ours = f.new_session(&crew, "dermatology", "ambulance_on_scene", "anaphylaxis; call now");
+    let asked = Instant::now();
+    let out = f.ok(&["call", "escalate", "--dir", s(&crew), &ours, "--wait", "120", "--json"]);
+    let connected_after = asked.elapsed();
+    let result: serde_json::Value = serde_json::from_str(&out).unwrap();
+    if result["state"] != "connected" {
+        f.fail(format!("the crew's call: {result}"));
+    }
+    let routing = |id: &str| -> Vec<serde_json::Value> {
+        let out = f.ok(&["call", "status", "--dir", s(&hub), id, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["routing"].as_array().cloned().unwrap_or_default()
+    };
+    let at = |steps: &[serde_json::Value], kind: &str| {
+        steps.iter().find(|e| e["kind"] == kind).and_then(|e| e["at_ms"].as_i64())
+    };
+    let mut their_gate = None;
+    f.wait(LIMIT, POLL, "the tablet's gate to be judged", || {
+        their_gate = at(&routing(&theirs), "gate");
+        their_gate.is_some()
+    });
+    let (their_gate, our_ring) = (their_gate.unwrap(), at(&routing(&ours), "ring").unwrap());
+    eprintln!(
+        "the crew's call connected {:.1} s after it was asked for; its desk rung {} ms before the tablet's gate was judged",
+        connected_after.as_secs_f64(),
+        their_gate - our_ring
+    );
+    if our_ring >= their_gate {
+        f.fail(format!(
+            "the crew's consultant was rung {} ms after the tablet's deaf link was judged: the gate held every call",
+            our_ring - their_gate
+        ));
+    }
+}

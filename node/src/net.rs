@@ -135,8 +135,8 @@ struct Shared {
     chains_checked: Arc<std::sync::atomic::AtomicU64>,
     /// Live connections by peer name, for the call router's path measurements.
     links: std::sync::Mutex<std::collections::HashMap<String, PeerLink>>,
-    /// On a hub: calls whose voice it relays, by call tag: (requester, desk).
-    relay: std::sync::Mutex<std::collections::HashMap<u32, (String, String)>>,
+    /// On a hub: calls whose voice it relays, by call tag: the session, and (requester, desk).
+    relay: std::sync::Mutex<std::collections::HashMap<u32, Relayed>>,
     /// On a party of a call: where the call's voice datagrams go (call tag, receiver).
     voice_in: std::sync::Mutex<Option<(u32, mpsc::UnboundedSender<VoiceIn>)>>,
     /// The call whose audio this party carries now, if any, and its hang-up switch (set by the
@@ -215,6 +215,9 @@ impl VoiceIo {
         self.mic.lock().ok()?.pop_front()
     }
 }
+
+/// A call whose voice a hub relays: its session, and its two parties (requester, desk).
+type Relayed = (SessionId, (String, String));
 
 /// A call this party is in: its session, id, and whether a person asked to hang up.
 #[derive(Debug, Clone)]

@@ -288,6 +288,44 @@ fn a_whole_case_exports_as_a_bundle_that_an_independent_fhir_model_parses_round_
     assert_eq!(call["length"]["value"], 240.0);
 }
 
+/// A telephone consultation is a call that connected, as its two parties recorded it. A node
+/// the session was shared with may write a leg record of its own, and a call that never
+/// connected may have one (the crew's leg of a call that rang out): neither is an encounter,
+/// nor a party's figures.
+#[test]
+fn only_a_connected_call_is_an_encounter_and_only_its_parties_legs_are_its_figures() {
+    let (mut doc, photos) = whole_case();
+    let s = |v: &str| LogValue::Str(v.into());
+    let leg = |call: &str, node: &str| {
+        vec![
+            ("call", s(call)),
+            ("node", s(node)),
+            ("side", s("requester")),
+            ("started_ms", LogValue::Int(T0 + 500_000)),
+            ("duration_ms", LogValue::Int(60_000)),
+            ("codec", s("opus")),
+            ("loss", LogValue::Float(0.0)),
+            ("jitter_ms", LogValue::Float(1.0)),
+            ("rtt_ms", LogValue::Int(40)),
+            ("mos", LogValue::Float(4.3)),
+            ("end", s("hangup")),
+        ]
+    };
+    // A second call, asked for and never connected, with the crew's leg of it; and a leg of the
+    // first call written by a tablet that was no party to it.
+    doc.append_log(LogName::Routing, "escalate", &[("call", s("k2")), ("by", s("amb-07"))], T0 + 490_000).unwrap();
+    doc.append_log(LogName::Calls, "leg", &leg("k2", "amb-07"), T0 + 560_000).unwrap();
+    doc.append_log(LogName::Calls, "leg", &leg("k1", "amb-66"), T0 + 560_000).unwrap();
+    let bundle = fhir::bundle(&doc.view().unwrap(), &photos, "desk-derm-1", T0 + 600_000);
+    check_bundle(&bundle);
+    let c = counts(&bundle);
+    assert_eq!(c.get("Encounter").copied(), Some(1), "{c:?}");
+    let encounter = of_type(&bundle, "Encounter")[0];
+    assert_eq!(encounter["identifier"][0]["value"], "k1");
+    assert_eq!(c.get("Observation").copied(), Some(4), "two outcomes and the two parties' legs: {c:?}");
+    assert!(!bundle.to_string().contains("amb-66"), "the non-party's leg is in the record");
+}
+
 #[test]
 fn a_photo_this_node_does_not_hold_is_a_reference_never_missing_and_the_same_export_is_stable() {
     let (doc, _) = whole_case();

@@ -362,3 +362,27 @@ fn a_document_cache_smaller_than_one_session_still_reads_and_writes_everything()
         assert_eq!(texts, (0..3).map(|r| format!("m{r}-{i}")).collect::<Vec<_>>());
     }
 }
+
+/// The person who asked for a call through the local API is on it until it ends: only they
+/// speak in it and hang it up. The daemon keeps that in memory; after a restart it is read back
+/// from the audit chain, which names the person in the escalation. A call asked for from the
+/// command line names nobody.
+#[test]
+fn the_person_who_asked_for_a_call_is_known_again_after_a_restart() {
+    use outpost_node::store::people::{Credential, NewPerson, PersonRole};
+    let (_t, dir) = node_dir();
+    let mut node = Node::open(&dir).unwrap();
+    let gp = NewPerson { name: "Dr Kim Lee".into(), role: PersonRole::Gp, registration: Some("GMC-7654321".into()) };
+    let (gp, _) = node.raw_store().people_mut().add_person(&gp, &Credential::Secret("482913".into()), T).unwrap();
+    let asked = node.new_session(request("chest pain on exertion"), T).unwrap().id;
+    let by_hand = node.new_session(request("abdominal pain"), T).unwrap().id;
+    node.set_acting(Some(&gp));
+    let call = node.escalate(asked, T + 1_000).unwrap();
+    node.set_acting(None);
+    let other = node.escalate(by_hand, T + 2_000).unwrap();
+    drop(node);
+    let node = Node::open(&dir).unwrap();
+    assert_eq!(node.call_person(asked, &call).unwrap(), Some(gp.id));
+    assert_eq!(node.call_person(asked, &other).unwrap(), None, "another call of the same person's session");
+    assert_eq!(node.call_person(by_hand, &other).unwrap(), None, "asked for from the command line");
+}

@@ -92,6 +92,11 @@ pub const MIN_CALL_MOS: f64 = 3.6;
 /// impairment Id from the one-way mouth-to-ear delay (network, jitter buffer of twice the
 /// jitter, codec), effective equipment impairment Ie,eff from loss and burstiness.
 pub fn rate(q: &PathQuality, codec: &CodecModel) -> Rating {
+    if !(q.rtt_ms.is_finite() && q.jitter_ms.is_finite() && q.loss.is_finite()) {
+        // No probe came back (an infinite round trip): the worst rating. The E-model's
+        // arithmetic on infinity gives NaN, which was logged as the gate's MOS.
+        return Rating { r: 0.0, mos: mos_of(0.0) };
+    }
     let ta = q.rtt_ms / 2.0 + 2.0 * q.jitter_ms + codec.codec_delay_ms + 10.0;
     let idd = if ta <= 100.0 {
         0.0
@@ -287,6 +292,13 @@ impl CallState {
     /// The attempt ringing now, if any: (desk, attempt, rung at, ring seconds).
     pub fn ringing(&self) -> Option<&(String, u32, TimeMs, u32)> {
         self.rings.last().filter(|r| !self.no_answer.contains(&r.1))
+    }
+
+    /// The ring under way that the desk rung has not answered: what that desk shows as
+    /// ringing. Another desk's answer naming the same ring is no answer to it (a desk of the
+    /// line could otherwise silence every other desk's ring in turn).
+    pub fn ring_unanswered(&self) -> Option<&(String, u32, TimeMs, u32)> {
+        self.ringing().filter(|r| self.is_open() && !self.answers.iter().any(|a| a.0 == r.1 && a.1 == r.0))
     }
 }
 
@@ -674,6 +686,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn another_desks_answer_does_not_silence_the_ring() {
+        use crate::routing::{RoutingEntry as E, RoutingStep};
+        let step = |entry, at_ms| RoutingStep { entry, at_ms };
+        let mut steps = vec![
+            step(E::Escalate { call: "k1".into(), by: "amb-07".into() }, 1),
+            step(E::Ring { call: "k1".into(), desk: "desk-a".into(), attempt: 1, ring_s: 30 }, 2),
+            step(E::Answer { call: "k1".into(), desk: "desk-b".into(), attempt: 1 }, 3),
+        ];
+        let ring = calls_in_steps(&steps)[0].ring_unanswered().cloned();
+        assert_eq!(
+            ring.map(|r| (r.0, r.1)),
+            Some(("desk-a".to_string(), 1)),
+            "desk-b's answer is no answer to desk-a's ring"
+        );
+        steps.push(step(E::Answer { call: "k1".into(), desk: "desk-a".into(), attempt: 1 }, 4));
+        assert!(calls_in_steps(&steps)[0].ring_unanswered().is_none(), "answered by the desk rung");
+    }
+
+    #[test]
     fn a_routing_kind_this_version_does_not_know_is_kept_and_ignored() {
         for k in RoutingKind::KNOWN {
             assert_eq!(RoutingKind::parse(k.as_str()), k);
@@ -730,6 +761,18 @@ mod tests {
         // No live link at all: nothing to listen for.
         let mut l = GateListen::default();
         assert_eq!(l.heard(gone, &ADPCM_32K), Listen::Judge(gone));
+    }
+
+    #[test]
+    fn a_path_that_echoed_nothing_rates_the_worst_not_nan() {
+        let silent = PathQuality { rtt_ms: f64::INFINITY, jitter_ms: 0.0, loss: 1.0, burst_ratio: 1.0, probes: 50 };
+        let r = rate(&silent, &ADPCM_32K);
+        assert_eq!((r.r, r.mos), (0.0, 1.0));
+        assert_eq!(
+            quality_from_probes(&[None; 50]).rtt_ms,
+            f64::INFINITY,
+            "the case above is what nothing heard gives"
+        );
     }
 
     #[test]

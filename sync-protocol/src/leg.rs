@@ -222,6 +222,22 @@ pub fn legs_of(view: &SessionView) -> Vec<Leg> {
     legs_in(&view.calls)
 }
 
+/// The record of `call`'s leg written by the party other than `me`: the desk connected if `me`
+/// asked for the call, else the node that asked for it. Another node the session is shared
+/// with may write a leg record of its own (the rules hold it to its own name), but it is no
+/// party's word: taken for the other party's, a leg saying "hung up" ended the call here and
+/// kept the callback a dropped call owes from being asked for.
+pub fn other_party_leg(
+    routing: &[BTreeMap<String, LogValue>],
+    calls: &[BTreeMap<String, LogValue>],
+    call: &str,
+    me: &str,
+) -> Option<Leg> {
+    let c = crate::call::calls_in(routing).into_iter().find(|c| c.call == call)?;
+    let other = if c.by == me { c.connected.map(|(desk, _)| desk)? } else { c.by };
+    legs_in(calls).into_iter().find(|l| l.call == call && l.node == other)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +270,40 @@ mod tests {
         e.insert("kind".into(), LogValue::Str(LEG_KIND.into()));
         e.insert("at_ms".into(), LogValue::Int(at_ms));
         e
+    }
+
+    #[test]
+    fn only_the_other_partys_leg_record_is_its_word() {
+        use crate::routing::RoutingEntry as E;
+        let step = |e: E, at_ms: i64| {
+            let mut m: BTreeMap<String, LogValue> = e.fields().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            m.insert("kind".into(), LogValue::Str(e.kind().as_str().to_string()));
+            m.insert("at_ms".into(), LogValue::Int(at_ms));
+            m
+        };
+        let routing = vec![
+            step(E::Escalate { call: "call-1".into(), by: "amb-07".into() }, 1),
+            step(
+                E::Connected {
+                    call: "call-1".into(),
+                    desk: "desk-a".into(),
+                    attempt: 1,
+                    seen: None,
+                    ms_from_ring: None,
+                },
+                2,
+            ),
+        ];
+        let by = |node: &str, end: LegEnd| entry(&Leg { node: node.into(), end, ..leg() }.fields(), 3);
+        // A tablet the session is shared with writes that the call was hung up.
+        let mut calls = vec![by("amb-66", LegEnd::Hangup)];
+        assert_eq!(other_party_leg(&routing, &calls, "call-1", "amb-07"), None, "the crew's other party is the desk");
+        assert_eq!(other_party_leg(&routing, &calls, "call-1", "desk-a"), None, "the desk's other party is the crew");
+        calls.push(by("desk-a", LegEnd::Dropped));
+        calls.push(by("amb-07", LegEnd::Hangup));
+        let end = |me| other_party_leg(&routing, &calls, "call-1", me).map(|l| (l.node, l.end));
+        assert_eq!(end("amb-07"), Some(("desk-a".to_string(), LegEnd::Dropped)));
+        assert_eq!(end("desk-a"), Some(("amb-07".to_string(), LegEnd::Hangup)));
     }
 
     #[test]

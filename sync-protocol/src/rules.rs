@@ -405,7 +405,7 @@ struct State<'a> {
     records: HashSet<(ObjectId, String)>,
     /// (call, node) for each party the batch's routing entries name: who asked for a call
     /// (`escalate`'s `by`), which desk answered or was connected (`desk`).
-    parties: Vec<(String, String)>,
+    parties: Vec<(String, Party)>,
     origin: Option<String>,
     icb: Option<String>,
     line: Option<ServiceLine>,
@@ -613,29 +613,45 @@ impl<'a> State<'a> {
         !base.is_empty() && self.doc.get_all_at(&target, key, &base).is_ok_and(names_pred)
     }
 
-    /// Claims `key` of the record map `obj` for a new record: false if the document or an
-    /// earlier operation of the batch holds one there.
-    /// Whether `node` is a party to `call`: named so by a routing entry the document holds or
-    /// the batch has added.
+    /// Whether `node` is a party to `call`: its requester (the `by` of the call's first
+    /// escalation, held or in this batch; a later one, which anyone the session is shared with
+    /// may append, names no party), or a desk the hub rang for it or connected to it. An answer
+    /// is the desk's own word and makes no party: a desk the hub never rang could otherwise
+    /// answer and ask for a callback in one change, and end the crew's call.
     fn is_party(&self, call: &str, node: &str) -> bool {
-        if self.parties.iter().any(|(c, n)| c == call && n == node) {
-            return true;
+        let mut requester: Option<String> = None;
+        let mut desks: Vec<String> = Vec::new();
+        let mut take = |party: Party| match party {
+            Party::Requester(by) => {
+                requester.get_or_insert(by);
+            }
+            Party::Desk(desk) => desks.push(desk),
+        };
+        if let Some(routing) = objs_at(self.doc, &ROOT, "routing").into_iter().next() {
+            for i in 0..self.doc.length(&routing) {
+                for e in objs_at(self.doc, &routing, i) {
+                    if str_at(self.doc, &e, "call").as_deref() != Some(call) {
+                        continue;
+                    }
+                    let kind = str_at(self.doc, &e, "kind");
+                    if let Some(p) =
+                        party_of(kind.as_deref(), || str_at(self.doc, &e, "by"), || str_at(self.doc, &e, "desk"))
+                    {
+                        take(p);
+                    }
+                }
+            }
         }
-        let Some(routing) = objs_at(self.doc, &ROOT, "routing").into_iter().next() else { return false };
-        (0..self.doc.length(&routing)).any(|i| {
-            objs_at(self.doc, &routing, i).iter().any(|e| {
-                str_at(self.doc, e, "call").as_deref() == Some(call)
-                    && party_of(
-                        str_at(self.doc, e, "kind").as_deref(),
-                        || str_at(self.doc, e, "by"),
-                        || str_at(self.doc, e, "desk"),
-                    )
-                    .as_deref()
-                        == Some(node)
-            })
-        })
+        for (c, p) in &self.parties {
+            if c == call {
+                take(p.clone());
+            }
+        }
+        requester.as_deref() == Some(node) || desks.iter().any(|d| d == node)
     }
 
+    /// Claims `key` of the record map `obj` for a new record: false if the document or an
+    /// earlier operation of the batch holds one there.
     fn claim_record(&mut self, obj: &ObjectId, key: &str) -> bool {
         if self.doc.get_all(held_id(obj), key).is_ok_and(|values| !values.is_empty()) {
             return false;
@@ -703,8 +719,9 @@ impl<'a> State<'a> {
         let mut made: HashSet<ObjKey> = HashSet::new();
         // (object, key) pairs this change wrote: a creation writes each once.
         let mut written: HashSet<(Obj, String)> = HashSet::new();
-        // The routing entries this change makes: each one's text fields.
-        let mut entries: HashMap<ObjKey, HashMap<String, String>> = HashMap::new();
+        // The routing entries this change makes, in the order it made them: each one's text
+        // fields (the first escalation of a call names its requester).
+        let mut entries: std::collections::BTreeMap<ObjKey, HashMap<String, String>> = Default::default();
         touched.note_change(change.hash());
         for (i, op) in expanded.operations.iter().enumerate() {
             touched.note(op, start + i as u64, &actor);
@@ -834,6 +851,11 @@ impl<'a> State<'a> {
             return Err("only requester, patient, service, request and outcome fields are overwritten".into());
         }
         let map_key = || key.ok_or_else(|| "a list operation on a map".to_string());
+        if matches!(value, Some(ScalarValue::F64(x)) if x.is_nan()) {
+            // No field of a session holds one, and a NaN is unequal to itself: every comparison
+            // of a view holding it (a test build's check of each incremental reading) fails.
+            return Err("a number that is not a number".into());
+        }
         match op.action {
             OpType::Increment(_) | OpType::MarkBegin(_) | OpType::MarkEnd(_) => {
                 return Err("counters and marks are not part of a session".into());
@@ -1100,16 +1122,26 @@ impl<'a> State<'a> {
     }
 }
 
+/// A party to a call, as a routing entry names it.
+#[derive(Debug, Clone)]
+enum Party {
+    /// Who asked for the call (an escalation's `by`; the call's first escalation counts).
+    Requester(String),
+    /// A desk the hub rang for the call or connected to it.
+    Desk(String),
+}
+
 /// The party a routing entry of this kind names: who asked for the call (`escalate`'s `by`),
-/// or the desk that answered or was connected (`desk`).
+/// or the desk the hub rang or connected (`ring`'s or `connected`'s `desk`: entries only a hub
+/// writes).
 fn party_of(
     kind: Option<&str>,
     by: impl FnOnce() -> Option<String>,
     desk: impl FnOnce() -> Option<String>,
-) -> Option<String> {
+) -> Option<Party> {
     match kind? {
-        "escalate" => by(),
-        "answer" | "connected" => desk(),
+        "escalate" => by().map(Party::Requester),
+        "ring" | "connected" => desk().map(Party::Desk),
         _ => None,
     }
 }

@@ -356,6 +356,18 @@ impl JitterBuffer {
         self.stats.longest_gap_ms = self.stats.longest_gap_ms.max(self.stats.gap * u64::from(FRAME_MS));
     }
 
+    /// The call is over: the frames still held, in order, to be played out (gaps between them
+    /// are not concealed: nothing more will come). Empties the buffer whether or not playout
+    /// had started (a re-anchor stops it until a delay's worth is held again, and popping
+    /// until the buffer was empty then never ended).
+    pub fn drain(&mut self) -> Vec<Vec<i16>> {
+        let held = std::mem::take(&mut self.pending);
+        self.stats.received += held.len() as u64;
+        self.next = None;
+        self.started = false;
+        held.into_values().collect()
+    }
+
     /// Frames waiting.
     pub fn buffered(&self) -> usize {
         self.pending.len()
@@ -450,6 +462,28 @@ mod tests {
         let played: Vec<i16> = (0..6).filter_map(|_| jb.pop()).map(|f| f[0]).collect();
         assert!(played.contains(&2), "playing again after the stall: {played:?}");
         assert!(jb.stats.late <= u64::from(RESYNC_AFTER_LATE));
+    }
+
+    #[test]
+    fn a_buffer_stopped_by_a_re_anchor_plays_out_what_it_holds_when_the_call_ends() {
+        let mut jb = JitterBuffer::new(60);
+        let frame = |v: i16| vec![v; FRAME_SAMPLES];
+        feed_in_time(&mut jb, 0..10);
+        for _ in 0..5 {
+            let _ = jb.pop();
+        }
+        // Three frames from behind the playout point: the buffer re-anchors on the last and
+        // waits for its delay's worth before it plays again, holding one frame...
+        for s in [1, 2, 3] {
+            jb.push(s, frame(7), 500.0);
+        }
+        assert!(jb.buffered() > 0);
+        // ...and then the call ends. What it holds is played once, and nothing more.
+        let received = jb.stats.received;
+        let rest = jb.drain();
+        assert_eq!(jb.buffered(), 0, "the play-out ends with nothing held");
+        assert_eq!(jb.stats.received, received + rest.len() as u64);
+        assert!(rest.iter().any(|f| f[0] == 7), "the held frame was played");
     }
 
     #[test]

@@ -960,11 +960,42 @@ fn a_callback_is_asked_for_only_by_a_party_to_its_call() {
     let got = write(&mut hub, "amb-66", callback("amb-66"));
     assert!(matches!(&got, Applied::Refused { reason } if reason.contains("party")), "the shared tablet: {got:?}");
     let got = write(&mut hub, "desk-derm-1", callback("desk-derm-1"));
-    assert!(matches!(&got, Applied::Refused { .. }), "a desk that never answered: {got:?}");
-    let answered = RoutingEntry::Answer { call: "k1".into(), desk: "desk-derm-1".into(), attempt: 1 };
-    assert!(matches!(write(&mut hub, "desk-derm-1", answered), Applied::Stored { .. }));
+    assert!(matches!(&got, Applied::Refused { .. }), "a desk that was never rung: {got:?}");
+    // Naming oneself a party in the same change makes no party: a second escalation of the
+    // crew's call by the shared tablet, or an answer by a desk the hub never rang.
+    let both = |hub: &mut MemReplica, name: &str, first: RoutingEntry| {
+        sent_by(&fleet, hub, id, name, |mine| {
+            mine.append_routing(&first, T + 7).unwrap();
+            mine.append_routing(&callback(name), T + 8).unwrap();
+        })
+    };
+    let got = both(&mut hub, "amb-66", RoutingEntry::Escalate { call: "k1".into(), by: "amb-66".into() });
+    assert!(
+        matches!(&got, Applied::Refused { reason } if reason.contains("party")),
+        "self-declared requester: {got:?}"
+    );
+    let answer = || RoutingEntry::Answer { call: "k1".into(), desk: "desk-derm-1".into(), attempt: 1 };
+    let got = both(&mut hub, "desk-derm-1", answer());
+    assert!(matches!(&got, Applied::Refused { reason } if reason.contains("party")), "self-declared desk: {got:?}");
+    let got = write(&mut hub, "desk-derm-1", answer());
+    assert!(matches!(got, Applied::Stored { .. }), "an answer alone is taken (the router ignores one not rung)");
     let got = write(&mut hub, "desk-derm-1", callback("desk-derm-1"));
-    assert!(matches!(got, Applied::Stored { .. }), "the desk that answered: {got:?}");
+    assert!(matches!(&got, Applied::Refused { .. }), "a desk that answered a ring it never had: {got:?}");
+    hub.edit(&id, |d| {
+        let ring = RoutingEntry::Ring { call: "k1".into(), desk: "desk-derm-1".into(), attempt: 1, ring_s: 30 };
+        d.append_routing(&ring, T + 9)
+    })
+    .unwrap();
+    let got = write(&mut hub, "desk-derm-1", callback("desk-derm-1"));
+    assert!(matches!(got, Applied::Stored { .. }), "the desk the hub rang: {got:?}");
+    let not_a_number = RoutingEntry::Callback {
+        call: "k1".into(),
+        reason: "dropped".into(),
+        mos: Some(f64::NAN),
+        by: Some("amb-07".into()),
+    };
+    let got = write(&mut hub, "amb-07", not_a_number);
+    assert!(matches!(&got, Applied::Refused { reason } if reason.contains("not a number")), "a NaN: {got:?}");
     let got = write(&mut hub, "amb-07", callback("amb-07"));
     assert!(matches!(got, Applied::Stored { .. }), "the crew that asked: {got:?}");
 }

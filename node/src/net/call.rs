@@ -1,6 +1,8 @@
 //! Calls: path probes and their echoes, the hub's router loop, a desk's answer, media, and a
 //! party's audio over QUIC datagrams.
 
+use std::collections::HashMap;
+
 use super::*;
 
 /// Datagram types: a path probe, and its echo.
@@ -13,19 +15,33 @@ pub(super) const PROBES: usize = sync_protocol::call::GATE_PROBES;
 
 /// Answers path probes, hands echoes to a running measurement, relays voice (on a hub) or
 /// hands it to the call in progress (on a party).
-pub(super) async fn datagram_loop(conn: quinn::Connection, echoes: EchoSlot, shared: Arc<Shared>, peer: String) {
+pub(super) async fn datagram_loop(
+    conn: quinn::Connection,
+    echoes: EchoSlot,
+    shared: Arc<Shared>,
+    peer: String,
+    role: Role,
+) {
     while let Ok(d) = conn.read_datagram().await {
         match d.first() {
             Some(&(DG_VOICE | DG_BYE)) if d.len() >= 5 => {
                 let tag = u32::from_le_bytes([d[1], d[2], d[3], d[4]]);
                 if shared.me.role == Role::Hub {
                     let other = shared.relay.lock().ok().and_then(|r| {
-                        r.get(&tag).and_then(|(a, b)| relay_to((a.as_str(), b.as_str()), &peer)).map(str::to_string)
+                        r.get(&tag)
+                            .and_then(|(_, (a, b))| relay_to((a.as_str(), b.as_str()), &peer))
+                            .map(str::to_string)
                     });
                     let link = other.and_then(|o| shared.links.lock().ok().and_then(|l| l.get(&o).cloned()));
                     if let Some(link) = link {
                         let _ = link.conn.send_datagram(d);
                     }
+                    continue;
+                }
+                if role != Role::Hub {
+                    // A party's call is carried by its hub: a desk or tablet that dials this node
+                    // (a desk listens on its LAN) and learnt the call's tag must not speak into
+                    // the call, re-anchor its playout, or end it.
                     continue;
                 }
                 let msg = if d[0] == DG_BYE {
@@ -54,6 +70,26 @@ pub(super) async fn datagram_loop(conn: quinn::Connection, echoes: EchoSlot, sha
                 }
             }
             _ => {}
+        }
+    }
+}
+
+/// From now on the hub relays the voice of `call` (in session `sid`) between `parties`. Voice
+/// datagrams name a call by its tag alone, and a call's id is chosen by whoever asks for it: a
+/// call connected in another session under an id (or tag) already relayed does not take over
+/// that relay (a tablet reusing the id of a call it learnt would otherwise cut its audio, or
+/// be sent the desk's voice).
+fn relay_call(shared: &Shared, sid: SessionId, call: &str, parties: (String, String)) {
+    let Ok(mut relay) = shared.relay.lock() else { return };
+    match relay.entry(call_tag(call)) {
+        std::collections::hash_map::Entry::Occupied(mut held) if held.get().0 == sid => {
+            held.insert((sid, parties));
+        }
+        std::collections::hash_map::Entry::Occupied(held) => {
+            tracing::warn!(session = %sid, %call, other = %held.get().0, "a call of another session already has this tag: its voice is not relayed");
+        }
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert((sid, parties));
         }
     }
 }
@@ -144,6 +180,8 @@ pub(super) async fn router_loop(shared: Arc<Shared>) {
     // schedule: a steady flow of notices must not put it off).
     let mut rescan = tokio::time::interval(RESCAN);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (heard_tx, mut heard_rx) = mpsc::unbounded_channel();
+    let mut gauges = Gauges { heard: heard_tx, per_requester: HashMap::new() };
     loop {
         // Everything due, in turn, until nothing is (each step that moves a call on makes
         // the next one due at once).
@@ -154,7 +192,7 @@ pub(super) async fn router_loop(shared: Arc<Shared>) {
             }
             for d in due {
                 let next = match d {
-                    Due::Route(doc) => route_step(&shared, router, SessionId::from_bytes(doc)).await,
+                    Due::Route(doc) => route_step(&shared, &mut gauges, router, SessionId::from_bytes(doc)).await,
                     Due::Outcomes(doc) => flag_outcomes(&shared, router, SessionId::from_bytes(doc)).await,
                 };
                 let Some(next) = next else { return };
@@ -178,6 +216,15 @@ pub(super) async fn router_loop(shared: Arc<Shared>) {
                 Err(broadcast::error::RecvError::Lagged(_)) => router.wake_all(now_ms()),
                 Err(broadcast::error::RecvError::Closed) => return,
             },
+            Some((sid, requester, heard)) = heard_rx.recv() => {
+                match router.heard(sid.to_bytes(), heard, now_ms()) {
+                    Some(Listen::Again(next)) => gauges.start(&shared, sid, requester, next),
+                    Some(Listen::Judge(q)) => {
+                        tracing::info!(session = %sid, %requester, rtt_ms = q.rtt_ms, jitter_ms = q.jitter_ms, loss = q.loss, "measured the requester's path");
+                    }
+                    None => {}
+                }
+            }
             _ = rescan.tick() => {
                 router.wake_all(now_ms());
                 let Some(next) = follow_listed(&shared, router, &[Status::Routing], false).await else { return };
@@ -218,9 +265,36 @@ async fn follow(shared: &Shared, mut router: Router, ids: Vec<SessionId>, resume
     Some(router)
 }
 
+/// The gate's measurements under way. Each runs on its own task and reports to the router
+/// loop, which meanwhile routes every other call: a requester whose link never echoes holds
+/// the gate for three windows (7.5 s), and measured in the loop itself it held every other
+/// call in the ICB as long (and an escalation a change, for hours). Measurements of one
+/// requester go one at a time: its probes' echoes come back on its one link.
+struct Gauges {
+    heard: mpsc::UnboundedSender<(SessionId, String, PathQuality)>,
+    per_requester: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl Gauges {
+    /// Measures window `window` of `requester`'s path for the session, once its earlier
+    /// measurements are done.
+    fn start(&mut self, shared: &Arc<Shared>, sid: SessionId, requester: String, window: u32) {
+        // Forget the requesters no measurement holds or waits for.
+        self.per_requester.retain(|_, turn| Arc::strong_count(turn) > 1);
+        let turn = self.per_requester.entry(requester.clone()).or_default().clone();
+        let (shared, heard) = (shared.clone(), self.heard.clone());
+        tokio::spawn(async move {
+            let _turn = turn.lock().await;
+            let q = measure_path(&shared, &requester, window).await;
+            let _ = heard.send((sid, requester, q));
+        });
+    }
+}
+
 /// One step of the router for a session, and what follows from it: the path measured for
-/// the gate, the voice relayed once connected. `None` once the store is closed.
-async fn route_step(shared: &Shared, mut router: Router, sid: SessionId) -> Option<Router> {
+/// the gate (on its own task), the voice relayed once connected. `None` once the store is
+/// closed.
+async fn route_step(shared: &Arc<Shared>, gauges: &mut Gauges, mut router: Router, sid: SessionId) -> Option<Router> {
     let (mut router, step) = shared
         .store
         .call(move |n| {
@@ -244,26 +318,13 @@ async fn route_step(shared: &Shared, mut router: Router, sid: SessionId) -> Opti
         Step::Decided(decision) => match &decision.action {
             Action::Wait => {}
             Action::Measure => {
-                // A burst of loss is not a bad link: the router's gate says whether to
-                // listen another second, and which second to judge.
-                let mut window = 0;
-                loop {
-                    let heard = measure_path(shared, &decision.requester, window).await;
-                    match router.heard(sid.to_bytes(), heard, now_ms()) {
-                        Some(Listen::Again(next)) => window = next,
-                        Some(Listen::Judge(q)) => {
-                            tracing::info!(session = %sid, requester = %decision.requester, rtt_ms = q.rtt_ms, jitter_ms = q.jitter_ms, loss = q.loss, "measured the requester's path");
-                            break;
-                        }
-                        None => break,
-                    }
-                }
+                // A burst of loss is not a bad link: the router's gate says, as each window is
+                // heard, whether to listen another second, and which second to judge.
+                gauges.start(shared, sid, decision.requester.clone(), 0);
             }
             Action::Connected { desk, .. } => {
                 // From now on the hub relays the call's voice between the two.
-                if let Ok(mut relay) = shared.relay.lock() {
-                    relay.insert(call_tag(&decision.call), (decision.requester.clone(), desk.clone()));
-                }
+                relay_call(shared, sid, &decision.call, (decision.requester.clone(), desk.clone()));
                 tracing::info!(session = %sid, call = %decision.call, %desk, "call connected; relaying its voice");
             }
             other => tracing::info!(session = %sid, call = %decision.call, "call routing: {other}"),
@@ -271,9 +332,7 @@ async fn route_step(shared: &Shared, mut router: Router, sid: SessionId) -> Opti
         // A call this hub handed to another ICB's hub, now connected there: relay the
         // requester's voice to that hub, which relays it to its desk.
         Step::Done { relay: Some(Relay { call, requester, hub }) } => {
-            if let Ok(mut relay) = shared.relay.lock() {
-                relay.insert(call_tag(&call), (requester, hub.clone()));
-            }
+            relay_call(shared, sid, &call, (requester, hub.clone()));
             tracing::info!(session = %sid, %call, %hub, "call connected out of area; relaying its voice");
         }
         Step::Done { relay: None } | Step::Listening | Step::NotFollowed => {}
@@ -347,6 +406,11 @@ pub(super) async fn answer_loop(shared: Arc<Shared>) {
     loop {
         let Some(ids) = next_candidates(&shared, &mut changes, &mut tick, Status::Routing).await else { return };
         for sid in ids {
+            if shared.live_call.lock().is_ok_and(|l| l.as_ref().is_some_and(|l| l.session != sid)) {
+                // On a call already: this desk carries one call's audio at a time, and the
+                // ring passes to the next desk once its time is up.
+                continue;
+            }
             match shared.store.call(move |n| n.answer_call(sid, now_ms())).await {
                 Ok(Ok(Some((call, attempt)))) => {
                     tracing::info!(session = %sid, %call, attempt, "answered the call");
@@ -524,14 +588,8 @@ pub(super) async fn run_call_audio(
         people.remove(&sid);
     }
     // Play out what is still buffered.
-    while let Some(pcm) = jb.pop() {
-        if jb.buffered() == 0 && pcm.iter().all(|s| *s == 0) {
-            break;
-        }
+    for pcm in jb.drain() {
         recorded.extend(pcm);
-        if jb.buffered() == 0 {
-            break;
-        }
     }
     if let Some(path) = &plan.record {
         crate::media::write_wav(path, &recorded).map_err(|e| e.to_string())?;

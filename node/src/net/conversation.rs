@@ -298,7 +298,7 @@ pub(super) async fn converse(
         shared: shared.clone(),
         name: peer.name.clone(),
         id,
-        task: tokio::spawn(datagram_loop(conn.clone(), echoes, shared.clone(), peer.name.clone())),
+        task: tokio::spawn(datagram_loop(conn.clone(), echoes, shared.clone(), peer.name.clone(), peer.role)),
     };
 
     let mut engine = Some(engine);

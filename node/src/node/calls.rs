@@ -78,7 +78,7 @@ impl Node {
         for id in ids {
             let Ok(routing) = self.store.sessions_mut().routing_log(*id) else { continue };
             let Some(c) = calls_in(&routing).pop() else { continue };
-            let ringing = c.ringing().filter(|r| c.is_open() && !c.answers.iter().any(|a| a.0 == r.1)).cloned();
+            let ringing = c.ring_unanswered().cloned();
             // A connected call has ended once either party (the requester's node or the desk
             // connected) has written the record of its leg; no other node's record counts.
             let ended = c.connected.as_ref().is_some_and(|(desk, _)| {
@@ -320,12 +320,21 @@ impl Node {
         Ok(())
     }
 
+    /// The person who asked for `call` in the session, or answered it, through this node's API
+    /// (from the audit chain: it outlives a restart). `None` if no person did (the command
+    /// line, a desk answering by itself).
+    pub fn call_person(&self, id: SessionId, call: &str) -> Result<Option<i64>, NodeError> {
+        Ok(self.store.audit().call_person(id, call)?)
+    }
+
     /// How the other party's leg of `call` ended, if its record has reached this node: the
-    /// reliable word that it hung up, for when its hang-up datagram was lost.
+    /// reliable word that it hung up, for when its hang-up datagram was lost. Only the other
+    /// party's record counts (the requester's node, or the desk connected): another node the
+    /// session is shared with could otherwise write a leg "hung up" and end the call here.
     pub fn other_leg_end(&mut self, id: SessionId, call: &str) -> Result<Option<LegEnd>, NodeError> {
         let me = self.config.name.as_str();
         let view = self.store.sessions_mut().view(id)?;
-        Ok(legs_of(&view).into_iter().find(|l| l.call == call && l.node != me).map(|l| l.end))
+        Ok(sync_protocol::leg::other_party_leg(&view.routing, &view.calls, call, me).map(|l| l.end))
     }
 
     /// Writes this party's record of a call leg into the session's call log (durably).

@@ -100,6 +100,36 @@ impl<S: Deref<Target = Store>> Audit<S> {
     }
 }
 
+impl<S: Deref<Target = Store>> Audit<S> {
+    /// The person who asked for `call` in session `id`, or answered it, through this node's
+    /// local API: the person the audit chain names in the escalation or the answer (the newest
+    /// such entry among the session's last few). `None` if a node acted with no person (the
+    /// command line, a desk answering by itself).
+    pub fn call_person(&self, id: SessionId, call: &str) -> Result<Option<i64>, StoreError> {
+        let ctx = "reading who is on a call";
+        let mut stmt = self
+            .0
+            .conn
+            .prepare(
+                "SELECT a.seq, a.detail FROM audit a JOIN sessions s ON s.sid = a.sid
+                 WHERE s.id = ?1 AND a.action IN ('call.escalate', 'call.answer')
+                 ORDER BY a.seq DESC LIMIT 64",
+            )
+            .map_err(sql(ctx))?;
+        let mut rows = stmt.query([id.to_string()]).map_err(sql(ctx))?;
+        while let Some(r) = rows.next().map_err(sql(ctx))? {
+            let seq = r.get::<_, i64>(0).map_err(sql(ctx))? as u64;
+            let Some(sealed) = r.get::<_, Option<Vec<u8>>>(1).map_err(sql(ctx))? else { continue };
+            let detail: serde_json::Value =
+                serde_json::from_slice(&self.0.sealer.open("audit detail", &audit_aad(seq), &sealed)?).map_err(json)?;
+            if detail["call"].as_str() == Some(call) {
+                return Ok(detail["by"]["id"].as_i64());
+            }
+        }
+        Ok(None)
+    }
+}
+
 impl<S: DerefMut<Target = Store>> Audit<S> {
     /// The person acting through this store until cleared (the local API sets it around each
     /// request): named, with role and registration, in every audit entry written meanwhile.

@@ -317,8 +317,8 @@ impl World {
                 .into_iter()
                 .filter(|c| c.is_open())
                 .filter_map(|c| {
-                    let r = c.ringing()?;
-                    (r.0 == name && !c.answers.iter().any(|a| a.0 == r.1)).then(|| (c.call.clone(), r.1))
+                    let r = c.ring_unanswered()?;
+                    (r.0 == name).then(|| (c.call.clone(), r.1))
                 })
                 .collect();
             for (call, attempt) in ringing {

@@ -155,11 +155,26 @@ impl Builder {
             }
             self.add(&format!("ring/{call}/{desk}/{n}"), || ring);
         }
-        self.encounter(v, call, esc.as_str(), patient, sr);
+        // A call that connected is an encounter, as its two parties recorded it: a leg record
+        // of a call never connected, or of a node that was no party to it, is no consultation.
+        let connected = entries.iter().find(|e| kind(e) == RoutingKind::Connected).and_then(|e| log_str(e, "desk"));
+        let requester_node = entries.iter().find(|e| kind(e) == RoutingKind::Escalate).and_then(|e| log_str(e, "by"));
+        if let (Some(desk), Some(by)) = (connected, requester_node) {
+            self.encounter(v, call, [by, desk], esc.as_str(), patient, sr);
+        }
     }
 
-    fn encounter(&mut self, v: &SessionView, call: &str, escalation: &str, patient: &str, sr: &str) {
-        let legs: Vec<Leg> = legs_of(v).into_iter().filter(|l| l.call == call).collect();
+    fn encounter(
+        &mut self,
+        v: &SessionView,
+        call: &str,
+        parties: [&str; 2],
+        escalation: &str,
+        patient: &str,
+        sr: &str,
+    ) {
+        let legs: Vec<Leg> =
+            legs_of(v).into_iter().filter(|l| l.call == call && parties.contains(&l.node.as_str())).collect();
         if legs.is_empty() {
             return;
         }

@@ -27,6 +27,7 @@ pub(super) struct Answered {
         (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
+        (status = 409, description = "This device is on a call in another session", body = ErrorBody),
     )
 )]
 pub(super) async fn escalate(
@@ -35,6 +36,7 @@ pub(super) async fn escalate(
     PathArgs(id): PathArgs<String>,
 ) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
+    busy(&shared, id)?;
     let call = as_person(&shared, &who, move |n| {
         let call = n.escalate(id, now_ms())?;
         // The app's person is on the call: this node joins its audio once it connects (a
@@ -54,6 +56,38 @@ pub(super) async fn escalate(
     Ok((StatusCode::ACCEPTED, Json(Escalated { session: id, call })).into_response())
 }
 
+/// Who asked for or answered the session's `call` here: kept in memory from the request, and
+/// otherwise (after a restart) read from the audit chain, which names the person in the
+/// escalation or the answer. Without that, after a restart any person signed in could end
+/// the call, and its own clinician could not take its voice.
+async fn call_person(shared: &Shared, id: SessionId, call: &str) -> Result<Option<i64>, ApiError> {
+    let held = shared.call_people.lock().ok().and_then(|p| p.get(&id).filter(|(c, _)| c == call).map(|(_, who)| *who));
+    if held.is_some() {
+        return Ok(held);
+    }
+    let asked = call.to_string();
+    let found = shared.store.call(move |n| n.call_person(id, &asked)).await??;
+    if let (Some(who), Ok(mut people)) = (found, shared.call_people.lock()) {
+        people.insert(id, (call.to_string(), who));
+    }
+    Ok(found)
+}
+
+/// This node carries one call's audio at a time: while it carries one in another session, a
+/// second call is neither asked for nor answered here (it would show as connected with no
+/// audio, and the other party would hear nothing until the call dropped).
+fn busy(shared: &Shared, id: SessionId) -> Result<(), ApiError> {
+    match shared.live_call.lock().ok().and_then(|l| l.as_ref().map(|l| l.session)) {
+        Some(on) if on != id => Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "this device is on a call in session {on}: hang up there first (a ring passes to the next desk on the rota)"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Answers the call ringing at this desk in the session (409 when none rings here).
 #[utoipa::path(
     post, path = "/api/sessions/{id}/answer", tag = "calls", params(("id" = String, Path, description = "Session id")),
@@ -62,7 +96,7 @@ pub(super) async fn escalate(
         (status = 401, body = ErrorBody),
         (status = 403, description = "Only a consultant answers", body = ErrorBody),
         (status = 404, body = ErrorBody),
-        (status = 409, description = "No call rings at this desk in this session", body = ErrorBody),
+        (status = 409, description = "No call rings at this desk in this session, or this desk is on a call in another", body = ErrorBody),
     )
 )]
 pub(super) async fn answer(
@@ -74,6 +108,7 @@ pub(super) async fn answer(
     if who.role != PersonRole::Consultant {
         return Err(ApiError(StatusCode::FORBIDDEN, format!("a {} does not answer a desk's calls", who.role)));
     }
+    busy(&shared, id)?;
     match as_person(&shared, &who, move |n| Ok(n.answer_call(id, now_ms())?)).await? {
         Some((call, attempt)) => {
             if let Ok(mut people) = shared.call_people.lock() {
@@ -135,7 +170,7 @@ pub(super) async fn hang_up(
         return Err(ApiError(StatusCode::CONFLICT, "no call of this session is live on this node".into()));
     };
     // A person's call is theirs to end: on a surgery box another GP signed in does not end it.
-    let party = shared.call_people.lock().ok().and_then(|p| p.get(&id).map(|(_, person)| *person));
+    let party = call_person(&shared, id, &live.call).await?;
     if party.is_some_and(|p| p != who.id) {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
@@ -179,10 +214,10 @@ pub(super) async fn call_audio(
     person_only(&who, "speaking in a call")?;
     let id = session_id(&q.session)?;
     let live = shared.live_call.lock().ok().and_then(|l| l.clone()).filter(|l| l.session == id);
-    if live.is_none() {
+    let Some(live) = live else {
         return Err(ApiError(StatusCode::CONFLICT, "no call of this session is live on this node".into()));
-    }
-    let speaker = shared.call_people.lock().ok().and_then(|p| p.get(&id).map(|(_, person)| *person));
+    };
+    let speaker = call_person(&shared, id, &live.call).await?;
     if speaker != Some(who.id) {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
