@@ -654,6 +654,12 @@ impl Intruder {
         let _ = self.rt.block_on(sync.write_all(bytes));
     }
 
+    /// Sends one QUIC datagram (a call's voice or hang-up, a probe); false if the connection
+    /// cannot carry it.
+    pub fn send_datagram(&self, bytes: &[u8]) -> bool {
+        self.conn.send_datagram(bytes.to_vec().into()).is_ok()
+    }
+
     /// Waits `d`, then returns every frame received so far.
     pub fn settle(&self, d: Duration) -> Vec<sync_protocol::wire::Frame> {
         std::thread::sleep(d);

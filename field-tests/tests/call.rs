@@ -35,12 +35,18 @@ struct CallFleet {
     desks: [PathBuf; 2],
     _daemons: Vec<Daemon>,
     link: Link,
+    hub_addr: String,
 }
 
 /// A hub with a dermatology rota of desk-a then desk-b (`ring_s` each), the desks on the
 /// hospital network (`answering`: which of them answer by themselves), the ambulance behind
 /// `profile`.
 fn fleet(name: &str, profile: &str, ring_s: u32, answering: [bool; 2]) -> CallFleet {
+    fleet_with(name, profile, ring_s, answering, None)
+}
+
+/// [`fleet`], with desk-a also listening on `desk_listen` (a desk takes connections on its LAN).
+fn fleet_with(name: &str, profile: &str, ring_s: u32, answering: [bool; 2], desk_listen: Option<&str>) -> CallFleet {
     let mut f = Field::new(BIN, name);
     let hub = f.node("hub-qhm", "hub", &[]);
     let desks = [
@@ -73,11 +79,14 @@ fn fleet(name: &str, profile: &str, ring_s: u32, answering: [bool; 2]) -> CallFl
         if auto {
             args.push("--auto-answer");
         }
+        if let Some(addr) = desk_listen.filter(|_| d.ends_with("desk-a")) {
+            args.extend(["--listen", addr]);
+        }
         daemons.push(f.daemon(d, &args));
     }
     let link = Link::start(profile, &hub_addr, f.seed);
     daemons.push(f.daemon(&amb, &["--peer", &link.addr]));
-    CallFleet { f, hub, amb, desks, _daemons: daemons, link }
+    CallFleet { f, hub, amb, desks, _daemons: daemons, link, hub_addr }
 }
 
 /// The routing log entries of a session at a node, by kind.
@@ -593,4 +602,71 @@ fn a_recording_delayed_by_the_network_matches_the_speech() {
     let (sim, lag) = best_match(&sent, &heard, 4_000..40_000, -8_000..48_000);
     assert!(sim > 0.999 && lag == 800, "{sim} at {lag}");
     assert!(similarity(&sent, &noise(48_000, 12), 4_000..40_000) < 0.2, "unrelated audio does not match");
+}
+
+/// A desk carries one call's audio at a time. While desk-a is on a call with one crew, a second
+/// crew's escalation rings desk-a first (the rota's first desk), but desk-a does not answer it:
+/// the ring passes to desk-b after its time, desk-b answers, and the second crew is connected
+/// to a desk that carries its voice, not to one that would show "connected" and stay silent.
+#[test]
+fn a_desk_already_on_a_call_lets_a_second_crews_ring_pass_to_the_next_desk() {
+    let _alone = measuring_audio();
+    let mut c = fleet("call-busy-desk", "urban-4g", 3, [true, true]);
+    let second = c.f.node("amb-08", "edge", &["--org", "RX6"]);
+    let hub_addr = c.hub_addr.clone();
+    c._daemons.push(c.f.daemon(&second, &["--peer", &hub_addr]));
+    let c = c;
+    let f = &c.f;
+    let (said, _sent, first) = ready_to_call(&c, 20.0, "first crew: spreading rash");
+    let theirs = f.new_session(&second, "dermatology", "ambulance_on_scene", "second crew: burn on the forearm");
+    std::thread::scope(|scope| {
+        let call = scope.spawn(|| escalate_speaking(&c, &first, &said));
+        wait_connected(f, &c.hub, &first);
+        let connected_to =
+            |id: &str| steps(f, &c.hub, id).iter().find(|e| e["kind"] == "connected").map(|e| e["desk"].clone());
+        assert_eq!(connected_to(&first), Some(Value::from("desk-a")));
+        let out = f.ok(&["call", "escalate", "--dir", s(&second), &theirs, "--wait", "60", "--json"]);
+        let result = json(&out);
+        assert_eq!(result["state"], "connected", "{result}");
+        assert_eq!(result["desk"], "desk-b", "the desk on a call answered a second one: {result}");
+        let log = steps(f, &c.hub, &theirs);
+        let rung: Vec<&Value> = of_kind(&log, "ring").iter().map(|r| &r["desk"]).collect();
+        assert_eq!(rung, ["desk-a", "desk-b"], "{log:?}");
+        assert!(of_kind(&log, "answer").iter().all(|a| a["desk"] == "desk-b"), "{log:?}");
+        // The first call carried on meanwhile, to its end.
+        let first_result = json(&String::from_utf8_lossy(&call.join().unwrap().stdout));
+        assert_eq!(first_result["leg"]["end"], "hangup", "{first_result}");
+    });
+}
+
+/// A party's call is carried by its hub. Another fleet member that dials the desk directly (a
+/// desk listens on its LAN) and learnt the call's id (it is in the session's routing log)
+/// sends the call's hang-up datagram at the desk: the desk does not take it, and the call goes
+/// on until the crew hangs up.
+#[test]
+fn a_desk_takes_a_calls_voice_and_hang_up_only_from_its_hub() {
+    let _alone = measuring_audio();
+    let desk_addr = free_addr();
+    let mut c = fleet_with("call-voice-intruder", "urban-4g", 20, [true, true], Some(&desk_addr));
+    let rogue = c.f.node("amb-66", "edge", &["--org", "RX6"]);
+    let c = c;
+    let f = &c.f;
+    let (said, _sent, id) = ready_to_call(&c, 12.0, "Rash; need to talk it through");
+    std::thread::scope(|scope| {
+        let call = scope.spawn(|| escalate_speaking(&c, &id, &said));
+        wait_connected(f, &c.hub, &id);
+        let log = steps(f, &c.hub, &id);
+        let call_id = of_kind(&log, "escalate")[0]["call"].as_str().unwrap().to_string();
+        let intruder = field_tests::Intruder::connect(&rogue, &desk_addr);
+        let bye = sync_protocol::voice::bye(sync_protocol::voice::call_tag(&call_id));
+        for _ in 0..10 {
+            assert!(intruder.send_datagram(&bye), "the desk's connection carries datagrams");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let result = json(&String::from_utf8_lossy(&call.join().unwrap().stdout));
+        assert_eq!(result["leg"]["end"], "hangup", "the crew hung up at the end of what it said: {result}");
+        let desk_leg = wait_for_leg(f, &c.desks[0], &id, "desk-a");
+        let lasted = desk_leg["duration_ms"].as_i64().unwrap();
+        assert!(lasted > 9_000, "the desk's leg ended after {lasted} ms, at the intruder's hang-up: {desk_leg}");
+    });
 }

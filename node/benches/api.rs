@@ -6,7 +6,11 @@
 //! and the store thread add):
 //!   - listing every session (the whole list as JSON), and the first screen of 50;
 //!   - creating messages, one after another, each durable before it is answered;
-//!   - the latency from a message's POST to its `session` event on the event stream, p50/p99.
+//!   - the latency from a message's POST to its `session` event on the event stream, p50/p99;
+//!   - another person's first screen of 50 while one token loops the expensive reads (every
+//!     session, the callbacks owed) on eight connections, beside the same reads made quiet:
+//!     what one stolen or runaway token can do to everyone else's pages (and to sync, which
+//!     shares the store thread).
 
 use std::io::BufReader;
 use std::sync::mpsc;
@@ -46,7 +50,7 @@ fn main() {
     }
     eprintln!("writing {n} sessions...");
     let mut ids: Vec<SessionId> = Vec::with_capacity(n);
-    let token = {
+    let (token, other) = {
         let mut node = Node::open(&dir).expect("open");
         for i in 0..n {
             let req = SessionRequest {
@@ -64,7 +68,22 @@ fn main() {
             ids.push(node.new_session(req, now_ms()).expect("session").id);
         }
         let who = NewPerson { name: "EMIS bridge".into(), role: PersonRole::System, registration: None };
-        node.raw_store().people_mut().add_person(&who, &Credential::Token, now_ms()).expect("user").1.expect("token")
+        let token = node
+            .raw_store()
+            .people_mut()
+            .add_person(&who, &Credential::Token, now_ms())
+            .expect("user")
+            .1
+            .expect("token");
+        let them = NewPerson { name: "Audit dashboard".into(), role: PersonRole::System, registration: None };
+        let other = node
+            .raw_store()
+            .people_mut()
+            .add_person(&them, &Credential::Token, now_ms())
+            .expect("user")
+            .1
+            .expect("token");
+        (token, other)
     };
 
     // ---------------------------------------------------------------- baseline: in-process
@@ -174,6 +193,61 @@ fn main() {
         }
     }
     latencies.sort_by(f64::total_cmp);
+
+    // Another person's first screen, quiet and then while one token floods the expensive reads.
+    let other_auth = format!("Bearer {other}");
+    let screen = |agent: &ureq::Agent| -> f64 {
+        let t = Instant::now();
+        let resp = agent.get(&format!("{base}/api/sessions?limit=50")).header("Authorization", &other_auth).call();
+        let mut resp = resp.expect("first screen");
+        resp.body_mut().read_to_vec().expect("body");
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    let screens = 60;
+    let mut quiet: Vec<f64> = (0..screens).map(|_| screen(&agent)).collect();
+    quiet.sort_by(f64::total_cmp);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood_reads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let flood_refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let flooders: Vec<_> = (0..8)
+        .map(|k| {
+            let (stop, reads, refused) = (stop.clone(), flood_reads.clone(), flood_refused.clone());
+            let (base, auth) = (base.clone(), auth.clone());
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .timeout_global(Some(Duration::from_secs(120)))
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                let paths = ["/api/sessions?limit=10000", "/api/callbacks"];
+                let mut i = k;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut resp = agent
+                        .get(&format!("{base}{}", paths[i % 2]))
+                        .header("Authorization", &auth)
+                        .call()
+                        .expect("flood");
+                    let _ = resp.body_mut().with_config().limit(1 << 30).read_to_vec();
+                    if resp.status().as_u16() == 200 {
+                        reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    } else {
+                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let flood_start = Instant::now();
+    let mut flooded: Vec<f64> = (0..screens).map(|_| screen(&agent)).collect();
+    let flood_secs = flood_start.elapsed().as_secs_f64();
+    let reads_done = flood_reads.load(std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for f in flooders {
+        let _ = f.join();
+    }
+    flooded.sort_by(f64::total_cmp);
     rt.block_on(daemon.stop());
 
     println!();
@@ -200,5 +274,15 @@ fn main() {
         pct(&latencies, 0.99),
         pct(&latencies, 1.0),
         latencies.len()
+    );
+    println!(
+        "| another person's first 50, while one token loops every session and the callbacks on 8 connections ({} reads answered, {} refused, in {flood_secs:.1} s) | p50 {:.1} ms, p99 {:.1} ms | quiet: p50 {:.1} ms, p99 {:.1} ms | p99 {:.1}x |",
+        reads_done,
+        flood_refused.load(std::sync::atomic::Ordering::Relaxed),
+        pct(&flooded, 0.5),
+        pct(&flooded, 0.99),
+        pct(&quiet, 0.5),
+        pct(&quiet, 0.99),
+        pct(&flooded, 0.99) / pct(&quiet, 0.99)
     );
 }

@@ -54,6 +54,16 @@ pub enum BackupError {
         /// Its format.
         format: i64,
     },
+    /// The backup's audit chain does not verify.
+    #[error(
+        "the backup's audit chain is broken at entry {seq} of {entries}: it was changed after it was taken; restore an older backup, and keep this one for investigation"
+    )]
+    AuditBroken {
+        /// The first entry that does not follow.
+        seq: u64,
+        /// Entries in the chain.
+        entries: u64,
+    },
     /// The backup's own configuration is missing or broken.
     #[error("the backup's node.toml {0}")]
     Config(String),
@@ -231,6 +241,17 @@ pub fn restore(from: &Path, dir: &NodeDir, key_file: Option<&Path>) -> Result<Re
             .collect::<Result<_, _>>()
             .map_err(db(from))?
     };
+    // A backup is a plain SQLite file: whoever can edit one can list any name here. Only the
+    // files a backup carries are written back, each at its own place in the node's directory
+    // (a name such as "../../.ssh/authorized_keys" or an absolute path would otherwise be
+    // written wherever the operator can write, and removed again if the restore failed).
+    if let Some((name, _)) = files.iter().find(|(n, _)| !CARRIED.contains(&n.as_str())) {
+        return Err(BackupError::NotABackup {
+            path: from.to_path_buf(),
+            missing: format!("place for a file named {name:?}: a backup carries only {}", CARRIED.join(", ")),
+        }
+        .into());
+    }
     let file = |name: &str| files.iter().find(|(n, _)| n == name).map(|(_, b)| b.clone());
     let cfg_text = file("node.toml").ok_or_else(|| BackupError::Config("is missing from it".into()))?;
     let cfg: NodeConfig = toml::from_str(&String::from_utf8_lossy(&cfg_text))
@@ -266,6 +287,7 @@ pub fn restore(from: &Path, dir: &NodeDir, key_file: Option<&Path>) -> Result<Re
             }
         } else {
             fs::create_dir_all(dir.root()).map_err(io(dir.root()))?;
+            crate::node::owner_only_dir(dir.root())?;
             let key = match (key_file, std::env::var(KEY_ENV)) {
                 (Some(path), _) => NodeKey::load_file(path)?.0,
                 (None, Ok(text)) => NodeKey::from_hex(&text, KEY_ENV)?,
@@ -333,6 +355,13 @@ pub fn restore(from: &Path, dir: &NodeDir, key_file: Option<&Path>) -> Result<Re
         sync_parent(&dir.db_path())?;
         let node = Node::open(dir)?;
         node.integrity_check()?;
+        // A backup whose audit chain is broken is no record to restore: the chain must be
+        // whole in the store brought back, or the break would be laid at the restored node's
+        // door.
+        let chain = node.verify_audit()?;
+        if let Some(seq) = chain.broken_at {
+            return Err(BackupError::AuditBroken { seq, entries: chain.entries }.into());
+        }
         Ok(())
     })();
     if let Err(e) = result {

@@ -286,6 +286,7 @@ impl Node {
         }
         std::fs::create_dir_all(dir.root())
             .map_err(|source| ConfigError::Io { path: dir.root().to_path_buf(), source })?;
+        owner_only_dir(dir.root())?;
         let (key, key_source) = match std::env::var(KEY_ENV) {
             Ok(text) => (NodeKey::from_hex(&text, KEY_ENV)?, "env"),
             Err(_) => {
@@ -804,4 +805,18 @@ fn client_key_of<'k>(
     }
     let bytes = serde_json::to_vec(request).map_err(|source| NodeError::Encode { what: "a request", source })?;
     Ok(ClientKey { kind, key, request: *blake3::hash(&bytes).as_bytes() })
+}
+
+/// Keeps a node's directory to its owner: what it holds (the store, its key, its certificates)
+/// is no one else's to list or read.
+pub(crate) fn owner_only_dir(path: &std::path::Path) -> Result<(), ConfigError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+            .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }

@@ -156,6 +156,14 @@ pub enum StoreError {
         /// The SQLite error.
         source: rusqlite::Error,
     },
+    /// A file of the store could not be kept to its owner alone.
+    #[error("cannot make {} readable by its owner alone: {source}", path.display())]
+    Permissions {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The disk (or the database's size limit) is full.
     #[error("the disk is full while {context}; nothing was written: free some space and try again")]
     DiskFull {
@@ -632,6 +640,14 @@ impl Store {
     /// checking that `sealer` holds this node's key.
     pub fn open(path: &Path, sealer: Sealer, node: &str, opts: StoreOptions) -> Result<Store, StoreError> {
         let low_space = path.exists() && space::release_if_low(path);
+        // The database and the log and index SQLite makes beside it (with the database's own
+        // mode) are the owner's alone: sealed or not, staff names and PIN hashes are in it.
+        owner_only(path)?;
+        for beside in [wal_path(path), shm_path(path)] {
+            if beside.exists() {
+                owner_only(&beside)?;
+            }
+        }
         let mut conn = match configure(path, false) {
             Ok(conn) => conn,
             // A full disk: the shared-memory index beside the database cannot be made, so this
@@ -850,6 +866,8 @@ impl Store {
     /// transaction, so a daemon writing meanwhile neither waits long nor tears the copy.
     pub fn backup_into(&self, path: &Path) -> Result<(), StoreError> {
         let target = path.to_str().ok_or_else(|| StoreError::Damaged(format!("{} is not UTF-8", path.display())))?;
+        // Made empty and the owner's alone first: SQLite copies into an empty file as it finds it.
+        owner_only(path)?;
         self.conn.execute("VACUUM INTO ?1", [target]).map_err(sql("copying the store"))?;
         Ok(())
     }
@@ -859,10 +877,38 @@ fn json(e: serde_json::Error) -> StoreError {
     StoreError::Damaged(format!("a stored record is not valid JSON: {e}"))
 }
 
+/// Makes `path` readable and writable by its owner alone, creating it empty if it does not
+/// exist (SQLite takes an empty file for a new database).
+pub(crate) fn owner_only(path: &Path) -> Result<(), StoreError> {
+    let fail = |source| StoreError::Permissions { path: path.to_path_buf(), source };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        if !path.exists() {
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(fail)?;
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(fail)
+    }
+    #[cfg(not(unix))]
+    {
+        if !path.exists() {
+            std::fs::File::create(path).map_err(fail)?;
+        }
+        Ok(())
+    }
+}
+
 /// The WAL beside a database file.
 pub fn wal_path(db: &Path) -> PathBuf {
     let mut p = db.as_os_str().to_owned();
     p.push("-wal");
+    PathBuf::from(p)
+}
+
+/// The shared-memory index beside a database file.
+fn shm_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push("-shm");
     PathBuf::from(p)
 }
 

@@ -86,3 +86,92 @@ fn neither_the_database_nor_its_wal_holds_an_nhs_number_or_message_text_in_the_c
     std::fs::write(&plain, format!("{NHS} {SUMMARY}")).unwrap();
     assert_eq!(scan_files(&[plain], &needles[..2]).unwrap(), vec![1, 1]);
 }
+
+fn edge(tmp: &std::path::Path) -> NodeDir {
+    let dir = NodeDir::new(tmp.join("node"));
+    let params =
+        InitParams { name: "amb-07".into(), role: Role::Edge, org: None, icb: Some("QHM".into()), lines: vec![] };
+    Node::init(&dir, &params, 1_790_000_000_000).unwrap();
+    dir
+}
+
+/// Sealed or not, a store holds staff names and the hashes of their PINs: the node's directory,
+/// its database, the log and index SQLite makes beside it, and a backup are the owner's alone,
+/// whatever the umask of the shell that made them.
+#[cfg(unix)]
+#[test]
+fn the_store_its_directory_and_a_backup_are_readable_by_their_owner_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = edge(tmp.path());
+    let mut node = Node::open(&dir).unwrap();
+    node.new_session(
+        SessionRequest {
+            care_setting: CareSetting::AmbulanceOnScene,
+            requester: Requester::default(),
+            patient: Patient::default(),
+            service: Service { line: ServiceLine::Dermatology, channel: Channel::Photo, priority: Priority::Urgent },
+            summary: SUMMARY.into(),
+            draft: false,
+        },
+        1_790_000_000_001,
+    )
+    .unwrap();
+    let backup = tmp.path().join("amb-07.backup");
+    outpost_node::backup::backup(&dir, &backup, 1_790_000_000_002).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir.root()), 0o700, "the node's directory");
+    for file in [dir.db_path(), wal_path(&dir.db_path()), backup] {
+        assert_eq!(mode(&file) & 0o077, 0, "{} is {:o}", file.display(), mode(&file));
+    }
+    // A store made before this rule is tightened when it is next opened.
+    drop(node);
+    std::fs::set_permissions(dir.db_path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    drop(Node::open(&dir).unwrap());
+    assert_eq!(mode(&dir.db_path()), 0o600);
+}
+
+/// A photo's size in the index is a number on disk like any other: a damaged one (negative, or
+/// past any photo) is no reason to panic. The photo is read from its sealed chunks and checked
+/// against its hash as always.
+#[test]
+fn a_damaged_photo_size_on_disk_does_not_panic_the_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = edge(tmp.path());
+    let mut node = Node::open(&dir).unwrap();
+    let id = node
+        .new_session(
+            SessionRequest {
+                care_setting: CareSetting::AmbulanceOnScene,
+                requester: Requester::default(),
+                patient: Patient::default(),
+                service: Service {
+                    line: ServiceLine::Dermatology,
+                    channel: Channel::Photo,
+                    priority: Priority::Urgent,
+                },
+                summary: SUMMARY.into(),
+                draft: false,
+            },
+            1_790_000_000_001,
+        )
+        .unwrap()
+        .id;
+    let photo = synthetic_jpeg(640, 480, 3).unwrap();
+    let req = PhotoRequest {
+        view: PhotoView::CloseUp,
+        body_site: "left forearm".into(),
+        consent: ConsentKind::Verbal,
+        scope: ConsentScope::RecordOnly,
+    };
+    let hash = node.attach_photo(id, &photo, &req, 1_790_000_000_002).unwrap().hash;
+    drop(node);
+    for size in [-1i64, i64::MAX] {
+        let conn = rusqlite::Connection::open(dir.db_path()).unwrap();
+        conn.execute("UPDATE blobs SET size = ?1", [size]).unwrap();
+        drop(conn);
+        let node = Node::open(&dir).unwrap();
+        let read = node.raw_store_ref().blobs().read_blob(&hash);
+        assert_eq!(read.unwrap(), photo.bytes, "size {size}: the photo is its chunks, checked by its hash");
+    }
+}

@@ -425,6 +425,13 @@ fn deleting_audit_entries_in_the_middle_or_at_the_end_is_detected() {
     drop(conn);
     let out = run(&["audit", "verify", "--dir", d(&copy)]);
     assert!(!out.status.success(), "a chain without its head passed: {}", String::from_utf8_lossy(&out.stdout));
+    // The whole chain deleted with its head: an empty chain is a new store's, but this one
+    // holds sessions made here, each of which wrote an entry.
+    let conn = rusqlite::Connection::open(copy.join("outpost.db")).unwrap();
+    conn.execute("DELETE FROM audit", []).unwrap();
+    drop(conn);
+    let out = run(&["audit", "verify", "--dir", d(&copy)]);
+    assert!(!out.status.success(), "a wiped chain passed: {}", String::from_utf8_lossy(&out.stdout));
     // A store written before the head existed (schema 7) gets one when it is migrated, in an
     // entry that says so: the chain itself records from where the head vouches.
     let wind_back = |dir: &Path| {

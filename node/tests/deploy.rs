@@ -361,6 +361,51 @@ fn a_backup_taken_while_the_daemon_writes_restores_on_a_new_tablet_and_resyncs_w
     assert!(ok(&["audit", "verify", "--dir", d(&new_tablet)]).contains("intact"));
 }
 
+/// A backup is a plain SQLite file: whoever holds one can edit it. A restore writes back only
+/// the files a backup carries, each in its place in the node's directory (a name reaching
+/// outside it is refused before anything is written), and refuses a backup whose audit chain
+/// was changed after it was taken; the untouched backup restores.
+#[test]
+fn a_tampered_backup_is_refused_by_restore_and_nothing_is_written_outside_its_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let amb = fleet.node("amb-07", "edge", &[]);
+    let id = new_session(&amb);
+    ok(&["message", "send", "--dir", d(&amb), &id, "Observation 1"]);
+    let bak = tmp.path().join("amb-07.backup");
+    ok(&["backup", "--dir", d(&amb), "--out", d(&bak)]);
+    let key = amb.join("node.key");
+    let tampered = |name: &str, sql: &str| {
+        let copy = tmp.path().join(name);
+        std::fs::copy(&bak, &copy).unwrap();
+        rusqlite::Connection::open(&copy).unwrap().execute_batch(sql).unwrap();
+        copy
+    };
+    let restore =
+        |from: &Path, into: &Path| fails(&["restore", "--from", d(from), "--dir", d(into), "--key-file", d(&key)], 2);
+
+    let planted = tmp.path().join("planted");
+    let escaping = tampered("escaping.backup", "INSERT INTO backup_files (name, bytes) VALUES ('../planted', x'41');");
+    let into = tmp.path().join("restored-1");
+    let said = restore(&escaping, &into);
+    assert!(said.contains("carries only"), "{said}");
+    assert!(!planted.exists(), "a file was written outside the node's directory");
+    assert!(!into.join("outpost.db").exists());
+    let absolute = format!("INSERT INTO backup_files (name, bytes) VALUES ('{}', x'41');", planted.display());
+    let said = restore(&tampered("absolute.backup", &absolute), &into);
+    assert!(said.contains("carries only") && !planted.exists(), "{said}");
+
+    let cut = tampered("cut.backup", "DELETE FROM audit WHERE seq = (SELECT MIN(seq) + 1 FROM audit);");
+    let into = tmp.path().join("restored-2");
+    let said = restore(&cut, &into);
+    assert!(said.contains("audit chain is broken"), "{said}");
+    assert!(!into.join("outpost.db").exists(), "a refused restore leaves no store");
+
+    let into = tmp.path().join("restored-3");
+    ok(&["restore", "--from", d(&bak), "--dir", d(&into), "--key-file", d(&key)]);
+    assert!(ok(&["audit", "verify", "--dir", d(&into)]).contains("intact"));
+}
+
 #[test]
 fn a_missing_store_refuses_to_start_and_a_corrupt_one_is_reported_each_with_what_to_do() {
     let tmp = tempfile::tempdir().unwrap();

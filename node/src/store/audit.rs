@@ -53,8 +53,19 @@ impl<S: Deref<Target = Store>> Audit<S> {
         drop(stmt);
         // The chain must end where the sealed head says: entries cut off its end leave a valid
         // chain, but a shorter one than the head vouches for.
+        // An empty chain without a head is a store nothing audited has happened in yet. One
+        // that holds a user, or a session made here, wrote entries for them (`user.add`,
+        // `session.create`): its chain and head were deleted whole.
+        let audited_before = || -> Result<bool, StoreError> {
+            tx.row(
+                "SELECT EXISTS (SELECT 1 FROM users) OR EXISTS (SELECT 1 FROM sessions WHERE origin = ?1)",
+                [&self.0.node],
+                |r| r.get(0),
+            )
+            .map_err(sql(ctx))
+        };
         let broken_at = match read_head(&tx, &self.0.sealer)? {
-            Head::None if entries == 0 => None,
+            Head::None if entries == 0 && !audited_before()? => None,
             Head::None | Head::Unreadable => Some(entries.max(1)),
             Head::At { seq, .. } if seq > entries => Some(entries + 1),
             Head::At { seq, .. } if seq < entries => Some(seq + 1),

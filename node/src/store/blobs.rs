@@ -67,7 +67,9 @@ impl<S: Deref<Target = Store>> Blobs<S> {
             .prepare_cached("SELECT idx, sealed FROM blob_chunks WHERE hash = ?1 ORDER BY idx")
             .map_err(sql("reading a photo"))?;
         let mut rows = stmt.query([hash]).map_err(sql("reading a photo"))?;
-        let mut out = Vec::with_capacity(info.size as usize);
+        // The size is the index's word, not the sealed bytes': a damaged one (negative, or
+        // beyond any photo) must not size the buffer (a capacity overflow panicked).
+        let mut out = Vec::with_capacity(usize::try_from(info.size).unwrap_or(0).min(crate::photo::MAX_PHOTO_BYTES));
         while let Some(row) = rows.next().map_err(sql("reading a photo"))? {
             let idx = row.get::<_, i64>(0).map_err(sql("reading a photo"))? as u64;
             let sealed: Vec<u8> = row.get(1).map_err(sql("reading a photo"))?;

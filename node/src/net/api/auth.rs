@@ -77,6 +77,8 @@ pub(crate) struct Guards {
     pub(super) streams: Arc<std::sync::Mutex<super::events::Streams>>,
     /// The last whole-chain audit check, when made, and its wall-clock time.
     pub(super) audit: std::sync::Mutex<Option<(std::time::Instant, crate::store::AuditCheck, i64)>>,
+    /// Each person's turn at the store thread ([`super::errors::turn`]), by person.
+    pub(super) turns: std::sync::Mutex<std::collections::HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Default for Guards {
@@ -88,6 +90,7 @@ impl Default for Guards {
             previews: tokio::sync::Semaphore::new(1),
             streams: Default::default(),
             audit: Default::default(),
+            turns: Default::default(),
         }
     }
 }

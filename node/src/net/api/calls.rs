@@ -131,10 +131,11 @@ pub(super) async fn answer(
 )]
 pub(super) async fn session_calls(
     State(shared): State<Arc<Shared>>,
-    Caller(_): Caller,
+    Caller(who): Caller,
     PathArgs(id): PathArgs<String>,
 ) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
+    let _turn = turn(&shared, &who).await;
     let now = shared.store.call(move |n| n.calls_now(&[id])).await??;
     Ok(Json(now).into_response())
 }
@@ -330,7 +331,8 @@ pub(super) async fn voice_socket(
         (status = 401, body = ErrorBody),
     )
 )]
-pub(super) async fn callbacks(State(shared): State<Arc<Shared>>, Caller(_): Caller) -> Result<Response, ApiError> {
+pub(super) async fn callbacks(State(shared): State<Arc<Shared>>, Caller(who): Caller) -> Result<Response, ApiError> {
+    let _turn = turn(&shared, &who).await;
     let owed = shared.store.call(|n| n.callbacks_owed()).await??;
     Ok(Json(owed).into_response())
 }
@@ -343,8 +345,9 @@ pub(super) async fn callbacks(State(shared): State<Arc<Shared>>, Caller(_): Call
         (status = 401, body = ErrorBody),
     )
 )]
-pub(super) async fn directory(State(shared): State<Arc<Shared>>, Caller(_): Caller) -> Result<Response, ApiError> {
+pub(super) async fn directory(State(shared): State<Arc<Shared>>, Caller(who): Caller) -> Result<Response, ApiError> {
     let own = shared.me.role == Role::Hub;
+    let _turn = turn(&shared, &who).await;
     let dir = shared.store.call(|n| n.directory()).await??;
     Ok(Json(dir.map(|v| DirectoryJson::of(&v, own))).into_response())
 }

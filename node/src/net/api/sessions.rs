@@ -32,11 +32,12 @@ pub(super) const MAX_LIST: usize = 10_000;
 )]
 pub(super) async fn list_sessions(
     State(shared): State<Arc<Shared>>,
-    Caller(_): Caller,
+    Caller(who): Caller,
     QueryArgs(q): QueryArgs<ListQuery>,
 ) -> Result<Response, ApiError> {
     let limit = Some(q.limit.unwrap_or(DEFAULT_LIST).min(MAX_LIST));
     let filter = ListFilter { status: q.status, service_line: q.service_line, limit };
+    let _turn = turn(&shared, &who).await;
     let cards = shared.store.call(move |n| n.list(&filter)).await??;
     Ok(Json(cards).into_response())
 }
