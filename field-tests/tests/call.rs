@@ -151,6 +151,10 @@ fn over_urban_4g_the_first_desk_is_rung_once_it_holds_every_photo_and_answers() 
     // The ambulance's own copy tells the same story, and the session is connected.
     let amb_view = f.export(&c.amb, &id).unwrap();
     assert_eq!(amb_view["status"], "connected", "{}", amb_view["status"]);
+    // Asked for from the command line with no audio, the call is not carried here: the crew
+    // may ask for another at once (a device carrying a call would be refused, exit 2).
+    let next = f.new_session(&c.amb, "dermatology", "ambulance_on_scene", "Second patient: burn");
+    f.ok(&["call", "escalate", "--dir", s(&c.amb), &next]);
     eprintln!(
         "urban-4g: MOS {} (rtt {} ms, jitter {} ms, loss {}); connected {} ms after the escalation reached the hub, {} ms after the ring",
         gate[0]["mos"],
@@ -669,4 +673,48 @@ fn a_desk_takes_a_calls_voice_and_hang_up_only_from_its_hub() {
         let lasted = desk_leg["duration_ms"].as_i64().unwrap();
         assert!(lasted > 9_000, "the desk's leg ended after {lasted} ms, at the intruder's hang-up: {desk_leg}");
     });
+}
+
+/// Two crews escalate at the same moment and the hub rings desk-a (the rota's first) for
+/// both. desk-a answers one; the other ring passes to desk-b after its time, and each crew is
+/// connected to a desk of its own.
+#[test]
+fn two_crews_escalating_at_once_are_connected_to_two_desks() {
+    let _alone = measuring_audio();
+    let mut c = fleet("call-two-at-once", "urban-4g", 3, [true, true]);
+    let second = c.f.node("amb-08", "edge", &["--org", "RX6"]);
+    let hub_addr = c.hub_addr.clone();
+    c._daemons.push(c.f.daemon(&second, &["--peer", &hub_addr]));
+    let c = c;
+    let f = &c.f;
+    let (said, _sent, first) = ready_to_call(&c, 8.0, "first crew: spreading rash");
+    let theirs = f.new_session(&second, "dermatology", "ambulance_on_scene", "second crew: burn on the forearm");
+    let (one, two) = std::thread::scope(|scope| {
+        let one = scope.spawn(|| escalate_speaking(&c, &first, &said));
+        let two = scope.spawn(|| {
+            f.outpost(&[
+                "call",
+                "escalate",
+                "--dir",
+                s(&second),
+                &theirs,
+                "--wait",
+                "120",
+                "--json",
+                "--play",
+                s(&said),
+            ])
+        });
+        (one.join().unwrap(), two.join().unwrap())
+    });
+    let (one, two) = (json(&String::from_utf8_lossy(&one.stdout)), json(&String::from_utf8_lossy(&two.stdout)));
+    assert_eq!((&one["state"], &two["state"]), (&Value::from("connected"), &Value::from("connected")), "{one}\n{two}");
+    let mut desks = [one["desk"].as_str().unwrap_or(""), two["desk"].as_str().unwrap_or("")];
+    desks.sort();
+    assert_eq!(desks, ["desk-a", "desk-b"], "each crew to a desk of its own: {one}\n{two}");
+    let answered_by_a: usize = [&first, &theirs]
+        .iter()
+        .map(|id| of_kind(&steps(f, &c.hub, id), "answer").iter().filter(|a| a["desk"] == "desk-a").count())
+        .sum();
+    assert_eq!(answered_by_a, 1, "desk-a answered both rings");
 }

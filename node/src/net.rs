@@ -216,8 +216,9 @@ impl VoiceIo {
     }
 }
 
-/// A call whose voice a hub relays: its session, and its two parties (requester, desk).
-type Relayed = (SessionId, (String, String));
+/// A call whose voice a hub relays: its session, its two parties (requester, desk), and when
+/// it connected.
+type Relayed = (SessionId, (String, String), Instant);
 
 /// A call this party is in: its session, id, and whether a person asked to hang up.
 #[derive(Debug, Clone)]

@@ -75,6 +75,15 @@ pub enum NodeError {
     /// A key rotation that cannot be made or settled.
     #[error(transparent)]
     Rotation(#[from] RotationError),
+    /// A second call on a node already in one (a node carries one call's audio at a time);
+    /// nothing was written.
+    #[error(
+        "this device is on a call in session {session}: end it first (a device carries one call at a time; a ring passes to the next desk on the rota)"
+    )]
+    OnACall {
+        /// The session of the call under way.
+        session: SessionId,
+    },
     /// A node outside any ICB asked for what only an ICB's nodes keep.
     #[error("node {node} belongs to no ICB: it keeps no directory")]
     NoIcb {

@@ -345,6 +345,8 @@ struct Row {
     sid: i64,
     head: i64,
     snapshot_upto: i64,
+    /// The heads the index says the session's log holds (`heads_blob`).
+    heads: Vec<u8>,
 }
 
 /// The store of one node.
@@ -687,6 +689,7 @@ impl Store {
             writer: None,
         };
         store.backfill_index()?;
+        store.bind_tls_key();
         if let Some(pages) = std::env::var(MAX_PAGES_ENV).ok().and_then(|v| v.parse::<u64>().ok()) {
             store.limit_pages(pages)?;
         }

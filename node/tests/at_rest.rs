@@ -87,6 +87,19 @@ fn neither_the_database_nor_its_wal_holds_an_nhs_number_or_message_text_in_the_c
     assert_eq!(scan_files(&[plain], &needles[..2]).unwrap(), vec![1, 1]);
 }
 
+/// A session with no patient details, for the tests of the files themselves.
+fn plain_session(node: &mut Node) -> sync_protocol::SessionId {
+    let req = SessionRequest {
+        care_setting: CareSetting::AmbulanceOnScene,
+        requester: Requester::default(),
+        patient: Patient::default(),
+        service: Service { line: ServiceLine::Dermatology, channel: Channel::Photo, priority: Priority::Urgent },
+        summary: SUMMARY.into(),
+        draft: false,
+    };
+    node.new_session(req, 1_790_000_000_001).unwrap().id
+}
+
 fn edge(tmp: &std::path::Path) -> NodeDir {
     let dir = NodeDir::new(tmp.join("node"));
     let params =
@@ -105,18 +118,7 @@ fn the_store_its_directory_and_a_backup_are_readable_by_their_owner_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = edge(tmp.path());
     let mut node = Node::open(&dir).unwrap();
-    node.new_session(
-        SessionRequest {
-            care_setting: CareSetting::AmbulanceOnScene,
-            requester: Requester::default(),
-            patient: Patient::default(),
-            service: Service { line: ServiceLine::Dermatology, channel: Channel::Photo, priority: Priority::Urgent },
-            summary: SUMMARY.into(),
-            draft: false,
-        },
-        1_790_000_000_001,
-    )
-    .unwrap();
+    plain_session(&mut node);
     let backup = tmp.path().join("amb-07.backup");
     outpost_node::backup::backup(&dir, &backup, 1_790_000_000_002).unwrap();
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -139,24 +141,7 @@ fn a_damaged_photo_size_on_disk_does_not_panic_the_read() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = edge(tmp.path());
     let mut node = Node::open(&dir).unwrap();
-    let id = node
-        .new_session(
-            SessionRequest {
-                care_setting: CareSetting::AmbulanceOnScene,
-                requester: Requester::default(),
-                patient: Patient::default(),
-                service: Service {
-                    line: ServiceLine::Dermatology,
-                    channel: Channel::Photo,
-                    priority: Priority::Urgent,
-                },
-                summary: SUMMARY.into(),
-                draft: false,
-            },
-            1_790_000_000_001,
-        )
-        .unwrap()
-        .id;
+    let id = plain_session(&mut node);
     let photo = synthetic_jpeg(640, 480, 3).unwrap();
     let req = PhotoRequest {
         view: PhotoView::CloseUp,
@@ -174,4 +159,47 @@ fn a_damaged_photo_size_on_disk_does_not_panic_the_read() {
         let read = node.raw_store_ref().blobs().read_blob(&hash);
         assert_eq!(read.unwrap(), photo.bytes, "size {size}: the photo is its chunks, checked by its hash");
     }
+}
+
+/// The node's certificate and the fleet CA it trusts are public and kept in the clear, but not
+/// unguarded: whoever can write the database (or a backup) could put a CA of their own there,
+/// with a certificate it issued for this node's key, and the node would trust an impostor hub.
+/// The private key is sealed bound to both, so the identity is refused once either changes,
+/// with what to do; put back, it is taken again, and a key rotation keeps the binding.
+#[test]
+fn a_fleet_ca_swapped_in_the_database_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = edge(tmp.path());
+    let issue = |ca_dir: &str, node: &mut Node| {
+        let ca = outpost_node::tls::CaDir::new(tmp.path().join(ca_dir));
+        ca.init(ca_dir).unwrap();
+        ca.issue(&node.config().peer_info(), &node.raw_store().identity().author_public(), 30, false).unwrap()
+    };
+    let mut node = Node::open(&dir).unwrap();
+    let fleet = issue("fleet-ca", &mut node);
+    let rogue = issue("rogue-ca", &mut node);
+    node.raw_store().identity_mut().set_tls_identity(&fleet.cert_pem, &fleet.key_pem, &fleet.ca_pem).unwrap();
+    assert!(node.tls_identity().unwrap().is_some());
+    drop(node);
+    let swap = |cert: &str, ca: &str| {
+        let conn = rusqlite::Connection::open(dir.db_path()).unwrap();
+        conn.execute("UPDATE meta SET value = ?1 WHERE key = 'tls_cert'", [cert.as_bytes()]).unwrap();
+        conn.execute("UPDATE meta SET value = ?1 WHERE key = 'tls_ca'", [ca.as_bytes()]).unwrap();
+    };
+    let refused = |what: &str| {
+        let err = Node::open(&dir).unwrap().tls_identity().map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("changed outside outpost"), "{what}: {err}");
+    };
+    swap(&rogue.cert_pem, &rogue.ca_pem);
+    refused("both swapped");
+    swap(&fleet.cert_pem, &rogue.ca_pem);
+    refused("the CA alone");
+    swap(&fleet.cert_pem, &fleet.ca_pem);
+    let (cert, _, ca) = Node::open(&dir).unwrap().tls_identity().unwrap().unwrap();
+    assert_eq!((cert, ca), (fleet.cert_pem.clone(), fleet.ca_pem.clone()));
+    // A key rotation seals the key again, bound as before.
+    Node::rotate_key(&dir, 1_790_000_000_009).unwrap();
+    assert!(Node::open(&dir).unwrap().tls_identity().unwrap().is_some());
+    swap(&rogue.cert_pem, &rogue.ca_pem);
+    refused("after a rotation");
 }

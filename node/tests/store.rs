@@ -128,6 +128,36 @@ fn a_tampered_change_is_refused_not_silently_read() {
     assert!(err.to_string().contains("failed to decrypt"), "{err}");
 }
 
+/// A row taken out of a session's change log is damage, not an older version of the session.
+/// The newest (a consent withdrawal, say: the photo would be exported again) left a valid
+/// older log that read as the session, and the index still named the change, so no peer would
+/// send it back: now the read says the store is damaged and what to do. One in the middle
+/// (the changes after it depend on it) is refused by Automerge's own load.
+#[test]
+fn a_change_row_taken_out_of_the_log_is_damage_not_an_older_session() {
+    for (which, pick) in [("the newest", "MAX(seq)"), ("one in the middle", "MIN(seq) + 1")] {
+        let (_tmp, dir) = node_dir();
+        let mut node = Node::open(&dir).unwrap();
+        let id = node.new_session(request("rollback"), T).unwrap().id;
+        for i in 0..3 {
+            node.send_message(id, &format!("observation {i}"), None, T + 1 + i).unwrap();
+        }
+        assert_eq!(node.view(id).unwrap().messages.len(), 3);
+        drop(node);
+        let conn = rusqlite::Connection::open(dir.db_path()).unwrap();
+        let gone =
+            conn.execute(&format!("DELETE FROM doc_changes WHERE seq = (SELECT {pick} FROM doc_changes)"), []).unwrap();
+        assert_eq!(gone, 1, "{which}: no snapshot folded the log yet");
+        drop(conn);
+        let mut node = Node::open(&dir).unwrap();
+        let err = node.view(id).map(|v| v.messages.len()).unwrap_err();
+        if which == "the newest" {
+            assert!(matches!(err, StoreError::Damaged(_)), "{which}: {err}");
+            assert!(err.to_string().contains("restore the node from its latest backup"), "{which}: {err}");
+        }
+    }
+}
+
 #[test]
 fn a_database_from_a_newer_outpost_is_refused() {
     let (_tmp, dir) = node_dir();

@@ -613,12 +613,23 @@ impl<'a> State<'a> {
         !base.is_empty() && self.doc.get_all_at(&target, key, &base).is_ok_and(names_pred)
     }
 
-    /// Whether `node` is a party to `call`: its requester (the `by` of the call's first
-    /// escalation, held or in this batch; a later one, which anyone the session is shared with
-    /// may append, names no party), or a desk the hub rang for it or connected to it. An answer
-    /// is the desk's own word and makes no party: a desk the hub never rang could otherwise
-    /// answer and ask for a callback in one change, and end the crew's call.
+    /// The requester of `call`, if the document or the batch holds its escalation.
+    fn requester_of(&self, call: &str) -> Option<String> {
+        self.parties_of(call).0
+    }
+
+    /// Whether `node` is a party to `call`: its requester (the `by` of the call's escalation,
+    /// held or in this batch; a second is refused), or a desk the hub rang for it or connected
+    /// to it. An answer is the desk's own word and makes no party: a desk the hub never rang
+    /// could otherwise answer and ask for a callback in one change, and end the crew's call.
     fn is_party(&self, call: &str, node: &str) -> bool {
+        let (requester, desks) = self.parties_of(call);
+        requester.as_deref() == Some(node) || desks.iter().any(|d| d == node)
+    }
+
+    /// The parties of `call` the document and the batch name: its requester (the `by` of its
+    /// first escalation), and the desks a hub rang for it or connected.
+    fn parties_of(&self, call: &str) -> (Option<String>, Vec<String>) {
         let mut requester: Option<String> = None;
         let mut desks: Vec<String> = Vec::new();
         let mut take = |party: Party| match party {
@@ -647,7 +658,7 @@ impl<'a> State<'a> {
                 take(p.clone());
             }
         }
-        requester.as_deref() == Some(node) || desks.iter().any(|d| d == node)
+        (requester, desks)
     }
 
     /// Claims `key` of the record map `obj` for a new record: false if the document or an
@@ -791,9 +802,22 @@ impl<'a> State<'a> {
         // Hubs route calls, and arrange callbacks for any.
         for fields in entries.values() {
             let field = |k: &str| fields.get(k).cloned();
+            if field("kind").as_deref() == Some("escalate") && (field("by").is_none() || field("call").is_none()) {
+                // Readers take a call's first escalation for the one naming its requester: one
+                // naming none would leave the call with no requester to relay to.
+                return Err(refuse("an escalation names its call and its requester".into()));
+            }
             if let (Some(call), Some(party)) =
                 (field("call"), party_of(field("kind").as_deref(), || field("by"), || field("desk")))
             {
+                // A call is asked for once. Readers take its first escalation for the one that
+                // names the requester, and "first" is a place in a list a writer chooses (an
+                // entry inserted at the list's head comes first): a second escalation of a held
+                // call would let a tablet the session is shared with become its requester
+                // (callbacks, its voice relayed to the tablet, its leg believed).
+                if matches!(party, Party::Requester(_)) && self.requester_of(&call).is_some() {
+                    return Err(refuse(format!("call {call:?} was already asked for")));
+                }
                 self.parties.push((call, party));
             }
         }
@@ -851,9 +875,12 @@ impl<'a> State<'a> {
             return Err("only requester, patient, service, request and outcome fields are overwritten".into());
         }
         let map_key = || key.ok_or_else(|| "a list operation on a map".to_string());
-        if matches!(value, Some(ScalarValue::F64(x)) if x.is_nan()) {
-            // No field of a session holds one, and a NaN is unequal to itself: every comparison
-            // of a view holding it (a test build's check of each incremental reading) fails.
+        if who.role != Role::Hub && matches!(value, Some(ScalarValue::F64(x)) if x.is_nan()) {
+            // No field an edge or a desk writes holds one, and a NaN is unequal to itself:
+            // every comparison of a view holding it fails. (Hubs before this version wrote the
+            // gate's figures for a link that echoed nothing as NaN: those changes are in the
+            // fleet's documents, and refusing them would keep such a session from every node
+            // that does not hold it yet.)
             return Err("a number that is not a number".into());
         }
         match op.action {

@@ -971,9 +971,29 @@ fn a_callback_is_asked_for_only_by_a_party_to_its_call() {
     };
     let got = both(&mut hub, "amb-66", RoutingEntry::Escalate { call: "k1".into(), by: "amb-66".into() });
     assert!(
-        matches!(&got, Applied::Refused { reason } if reason.contains("party")),
+        matches!(&got, Applied::Refused { reason } if reason.contains("already asked for")),
         "self-declared requester: {got:?}"
     );
+    // Nor does a second escalation placed at the head of the log, where a reader taking the
+    // first as the requester's would find it: a call is asked for once. One naming no
+    // requester is refused too (read first, it left the call none).
+    let at_head = |hub: &mut MemReplica, by: Option<&str>| {
+        sent_by(&fleet, hub, id, "amb-66", |mine| {
+            let d = mine.automerge();
+            let routing = obj(d, &ROOT, "routing");
+            let e = d.insert_object(&routing, 0, ObjType::Map).unwrap();
+            d.put(&e, "kind", "escalate").unwrap();
+            d.put(&e, "call", "k1").unwrap();
+            if let Some(by) = by {
+                d.put(&e, "by", by).unwrap();
+            }
+            d.put(&e, "at_ms", T + 7).unwrap();
+        })
+    };
+    for (by, why) in [(Some("amb-66"), "already asked for"), (None, "names its call and its requester")] {
+        let got = at_head(&mut hub, by);
+        assert!(matches!(&got, Applied::Refused { reason } if reason.contains(why)), "at the head, by {by:?}: {got:?}");
+    }
     let answer = || RoutingEntry::Answer { call: "k1".into(), desk: "desk-derm-1".into(), attempt: 1 };
     let got = both(&mut hub, "desk-derm-1", answer());
     assert!(matches!(&got, Applied::Refused { reason } if reason.contains("party")), "self-declared desk: {got:?}");
@@ -998,6 +1018,24 @@ fn a_callback_is_asked_for_only_by_a_party_to_its_call() {
     assert!(matches!(&got, Applied::Refused { reason } if reason.contains("not a number")), "a NaN: {got:?}");
     let got = write(&mut hub, "amb-07", callback("amb-07"));
     assert!(matches!(got, Applied::Stored { .. }), "the crew that asked: {got:?}");
+    // Hubs before this version logged the gate of a link that echoed nothing with a NaN MOS:
+    // such a change is taken, or the session would never reach a node that lacks it.
+    let gate = RoutingEntry::Gate { call: "k1".into(), figures: nan_gate() };
+    let got = write(&mut hub, "hub-qhm", gate);
+    assert!(matches!(got, Applied::Stored { .. }), "an older hub's gate: {got:?}");
+}
+
+fn nan_gate() -> sync_protocol::routing::GateFigures {
+    sync_protocol::routing::GateFigures {
+        verdict: sync_protocol::routing::Verdict::Callback,
+        mos: f64::NAN,
+        r: f64::NAN,
+        rtt_ms: f64::INFINITY,
+        jitter_ms: 0.0,
+        loss: 1.0,
+        probes: 50,
+        reason: "the requester's link carried none of the test packets".into(),
+    }
 }
 
 /// A birth date travels only as a calendar date: the crew's edge (the origin, which may correct

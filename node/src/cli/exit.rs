@@ -26,7 +26,8 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 | NodeError::Backup(_)
                 | NodeError::AmbiguousPhoto { .. }
                 | NodeError::Rotation(_)
-                | NodeError::NoIcb { .. } => 2,
+                | NodeError::NoIcb { .. }
+                | NodeError::OnACall { .. } => 2,
                 NodeError::Encode { .. } => 1,
                 NodeError::NoSuchPhoto { .. } => 4,
                 NodeError::Tls(crate::tls::TlsError::Invalid { what: "signed certificate", .. }) => 2,

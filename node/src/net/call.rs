@@ -29,7 +29,7 @@ pub(super) async fn datagram_loop(
                 if shared.me.role == Role::Hub {
                     let other = shared.relay.lock().ok().and_then(|r| {
                         r.get(&tag)
-                            .and_then(|(_, (a, b))| relay_to((a.as_str(), b.as_str()), &peer))
+                            .and_then(|(_, (a, b), _)| relay_to((a.as_str(), b.as_str()), &peer))
                             .map(str::to_string)
                     });
                     let link = other.and_then(|o| shared.links.lock().ok().and_then(|l| l.get(&o).cloned()));
@@ -76,23 +76,32 @@ pub(super) async fn datagram_loop(
 
 /// From now on the hub relays the voice of `call` (in session `sid`) between `parties`. Voice
 /// datagrams name a call by its tag alone, and a call's id is chosen by whoever asks for it: a
-/// call connected in another session under an id (or tag) already relayed does not take over
-/// that relay (a tablet reusing the id of a call it learnt would otherwise cut its audio, or
-/// be sent the desk's voice).
+/// call connected in another session under a tag a call still under way holds does not take
+/// that relay over (a tablet reusing the id of a call it learnt would otherwise cut its audio,
+/// or be sent the desk's voice). A relay is kept as long as a call can last, then forgotten:
+/// the table stays bounded, and a tag two calls share by chance (32 bits) is free again.
 fn relay_call(shared: &Shared, sid: SessionId, call: &str, parties: (String, String)) {
     let Ok(mut relay) = shared.relay.lock() else { return };
+    relay.retain(|_, (_, _, at)| at.elapsed() < RELAY_KEPT);
     match relay.entry(call_tag(call)) {
-        std::collections::hash_map::Entry::Occupied(mut held) if held.get().0 == sid => {
-            held.insert((sid, parties));
+        std::collections::hash_map::Entry::Occupied(held) if held.get().0 != sid => {
+            tracing::warn!(session = %sid, %call, other = %held.get().0, "a call under way in another session has this tag: its voice is not relayed");
         }
-        std::collections::hash_map::Entry::Occupied(held) => {
-            tracing::warn!(session = %sid, %call, other = %held.get().0, "a call of another session already has this tag: its voice is not relayed");
+        std::collections::hash_map::Entry::Occupied(mut held) => {
+            held.insert((sid, parties, Instant::now()));
         }
         std::collections::hash_map::Entry::Vacant(v) => {
-            v.insert((sid, parties));
+            v.insert((sid, parties, Instant::now()));
         }
     }
 }
+
+/// How long a hub keeps relaying a call: the longest a call lasts ([`LONGEST_CALL`]), and a
+/// minute for its setup.
+const RELAY_KEPT: Duration = Duration::from_secs(LONGEST_CALL.as_secs() + 60);
+
+/// The longest call a leg carries.
+pub(super) const LONGEST_CALL: Duration = Duration::from_secs(3600);
 
 /// Where a hub relays a call's voice from `from`: to the other party, and nowhere if `from` is
 /// not a party (a fleet member that learnt the call's tag must not speak into it or end it).
@@ -562,7 +571,7 @@ pub(super) async fn run_call_audio(
         if last_heard.elapsed() > DROP_AFTER {
             break LegEnd::Dropped;
         }
-        if started.elapsed() > Duration::from_secs(3600) {
+        if started.elapsed() > LONGEST_CALL {
             break LegEnd::LongestCall;
         }
     };

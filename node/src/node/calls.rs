@@ -23,6 +23,10 @@ impl Routed {
     }
 }
 
+/// How many of the most recently changed sessions in each status a call in progress leaves a
+/// session in are looked at for a call under way ([`Node::call_under_way`]).
+const CALLS_UNDER_WAY_SCAN: usize = 200;
+
 impl Node {
     /// Escalates a session to a live call: records the request in the session's routing log
     /// (the hub's router takes it from there). Returns the call's id once it is durable.
@@ -34,6 +38,9 @@ impl Node {
             calls_in(&self.store.sessions_mut().routing_log(id)?).into_iter().rev().find(CallState::is_open)
         {
             return Ok(open.call);
+        }
+        if let Some(session) = self.call_under_way(id, now)? {
+            return Err(NodeError::OnACall { session });
         }
         let call = new_id(now)?;
         let by = self.config.name.clone();
@@ -62,12 +69,66 @@ impl Node {
         }) else {
             return Ok(None);
         };
+        // Checked here, where answers are written one at a time: two rings at once (two crews
+        // escalating together), or a ring while an answered call is still connecting, would
+        // otherwise both be answered, and one crew connected to a desk that carries no voice
+        // for it.
+        if let Some(session) = self.call_under_way(id, now)? {
+            return Err(NodeError::OnACall { session });
+        }
         let detail = Some(serde_json::json!({ "call": call, "attempt": attempt }));
         self.store.sessions_mut().edit(id, "call.answer", detail, now, |_, doc| {
             let answer = RoutingEntry::Answer { call: call.clone(), desk: me.clone(), attempt };
             doc.append_routing(&answer, now).map_err(crate::store::model(id))
         })?;
         Ok(Some((call, attempt)))
+    }
+
+    /// The session of a call this node is in, other than in `except`: a call it asked for or
+    /// was connected to that has not ended here (no leg record of this node's yet), or one it
+    /// answered that is still connecting. A call connected longer ago than the longest call
+    /// lasts, or answered over a minute ago and never connected, no longer counts (a leg the
+    /// process did not live to record). Looks at the sessions most recently changed in the
+    /// statuses a call in progress leaves them in.
+    pub fn call_under_way(&mut self, except: SessionId, now: i64) -> Result<Option<SessionId>, NodeError> {
+        const LONGEST_CALL_MS: i64 = 3_600_000;
+        const CONNECTING_MS: i64 = 60_000;
+        let me = self.config.name.clone();
+        let mut candidates = Vec::new();
+        for status in [Status::Routing, Status::Connected] {
+            let filter = ListFilter { status: Some(status), limit: Some(CALLS_UNDER_WAY_SCAN), ..Default::default() };
+            candidates.extend(self.store.sessions().list(&filter)?.into_iter().map(|c| c.id));
+        }
+        for sid in candidates.into_iter().filter(|s| *s != except) {
+            let Ok(routing) = self.store.sessions_mut().routing_log(sid) else { continue };
+            let Some(c) = calls_in(&routing).pop() else { continue };
+            // A requester carries a call's audio only when it has a plan for it (the app's
+            // escalations have one; `call escalate` without --play or --record does not, and
+            // writes no leg).
+            let carried = c.by != me || self.has_media_plan(&c.call)?;
+            let mine_connected = c.connected.as_ref().filter(|(desk, _)| *desk == me || (c.by == me && carried));
+            let answered_here = c.is_open() && c.answers.iter().any(|a| a.1 == me && now - a.2 < CONNECTING_MS);
+            let live = match mine_connected {
+                // A callback after the connection means the call dropped.
+                Some((_, at)) => now - at < LONGEST_CALL_MS && c.callback.is_none(),
+                None => answered_here,
+            };
+            if !live {
+                continue;
+            }
+            // Over once either party has recorded its leg: this node's, or the other party's
+            // (which also ends a call whose audio failed here before a leg was written).
+            let ended = self.store.sessions_mut().call_log(sid).is_ok_and(|log| {
+                legs_in(&log).iter().any(|l| {
+                    l.call == c.call
+                        && (l.node == me || l.node == c.by || c.connected.as_ref().is_some_and(|(d, _)| *d == l.node))
+                })
+            });
+            if !ended {
+                return Ok(Some(sid));
+            }
+        }
+        Ok(None)
     }
 
     /// Where the latest call of each of these sessions stands (sessions with no call are left

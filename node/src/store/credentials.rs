@@ -12,6 +12,23 @@ use super::{CachedSql, Identity, Store, StoreError, sql};
 pub(crate) const PENDING_KEY_AAD: &[u8] = b"outpost/tls-key-pending/v1";
 /// Associated data of the node's sealed TLS private key.
 pub(crate) const TLS_KEY_AAD: &[u8] = b"outpost/tls-key/v1";
+/// Associated data of the node's sealed TLS private key since 7 December 2026, followed by
+/// the digest of its certificate and fleet CA ([`tls_key_aad`]).
+const TLS_KEY_AAD_V2: &[u8] = b"outpost/tls-key/v2/";
+
+/// The associated data the node's TLS private key is sealed with: it names the certificate and
+/// the fleet CA stored beside it. They are public, so they are kept in the clear; but whoever
+/// could write the database (or a backup) could otherwise put a CA of their own there, with a
+/// certificate it issued for this node's key, and the node would trust an impostor hub with its
+/// sessions. Bound to them, the key no longer opens once either is changed, and no one without
+/// the node key can seal it again.
+pub(crate) fn tls_key_aad(cert: &[u8], ca: &[u8]) -> Vec<u8> {
+    let mut h = blake3::Hasher::new();
+    h.update(&(cert.len() as u64).to_le_bytes());
+    h.update(cert);
+    h.update(ca);
+    [TLS_KEY_AAD_V2, h.finalize().as_bytes()].concat()
+}
 
 impl<S: Deref<Target = Store>> Identity<S> {
     /// Reads a value of the meta table.
@@ -37,7 +54,21 @@ impl<S: Deref<Target = Store>> Identity<S> {
         else {
             return Ok(None);
         };
-        let key = self.0.sealer.open("TLS private key", TLS_KEY_AAD, &key)?;
+        let key = match self.0.sealer.open("TLS private key", &tls_key_aad(&cert, &ca), &key) {
+            Ok(key) => key,
+            // A store whose key was sealed before it was bound (upgraded at its next open).
+            Err(_) if self.0.sealer.open("TLS private key", TLS_KEY_AAD, &key).is_ok() => {
+                self.0.sealer.open("TLS private key", TLS_KEY_AAD, &key)?
+            }
+            Err(_) => {
+                return Err(StoreError::Damaged(
+                    "the node's certificate or the fleet CA it trusts was changed outside outpost (its private key \
+                     no longer opens with them). Keep this directory as evidence, and restore the node from its \
+                     latest backup into a new directory (`outpost restore`)"
+                        .into(),
+                ));
+            }
+        };
         let text =
             |b: Vec<u8>| String::from_utf8(b).map_err(|_| StoreError::Damaged("a stored PEM is not text".into()));
         Ok(Some((text(cert)?, text(key)?, text(ca)?)))
@@ -86,7 +117,7 @@ impl<S: DerefMut<Target = Store>> Identity<S> {
             )
             .map_err(sql("storing the certificate"))?;
         }
-        let sealed = self.0.sealer.seal(TLS_KEY_AAD, key_pem.as_bytes())?;
+        let sealed = self.0.sealer.seal(&tls_key_aad(cert_pem.as_bytes(), ca_pem.as_bytes()), key_pem.as_bytes())?;
         tx.exec(
             "INSERT INTO meta (key, value) VALUES ('tls_key', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             [sealed],
@@ -128,5 +159,28 @@ impl<S: DerefMut<Target = Store>> Identity<S> {
             .exec("DELETE FROM meta WHERE key = 'tls_key_pending'", [])
             .map_err(sql("forgetting the request"))?;
         Ok(())
+    }
+}
+
+impl Store {
+    /// Binds the TLS private key of a store sealed before keys were bound to their certificate
+    /// and CA (trusting what it holds when this version first opens it). Best effort: a store
+    /// opened on a full disk tries again at its next open.
+    pub(super) fn bind_tls_key(&self) {
+        let id = self.identity();
+        let (Ok(Some(cert)), Ok(Some(ca)), Ok(Some(sealed))) =
+            (id.meta_get("tls_cert"), id.meta_get("tls_ca"), id.meta_get("tls_key"))
+        else {
+            return;
+        };
+        let aad = tls_key_aad(&cert, &ca);
+        if self.sealer.open("TLS private key", &aad, &sealed).is_ok() {
+            return;
+        }
+        let Ok(key) = self.sealer.open("TLS private key", TLS_KEY_AAD, &sealed) else { return };
+        let Ok(bound) = self.sealer.seal(&aad, &key) else { return };
+        if let Err(e) = self.conn.exec("UPDATE meta SET value = ?1 WHERE key = 'tls_key'", [bound]) {
+            tracing::warn!("cannot bind the TLS key to its certificate yet: {e}");
+        }
     }
 }

@@ -586,8 +586,8 @@ pub(super) fn maybe_compact(
 }
 
 pub(super) fn session_row(tx: &Connection, id: &str) -> Result<Row, StoreError> {
-    tx.row("SELECT sid, head_seq, snapshot_upto FROM sessions WHERE id = ?1", [id], |r| {
-        Ok(Row { sid: r.get(0)?, head: r.get(1)?, snapshot_upto: r.get(2)? })
+    tx.row("SELECT sid, head_seq, snapshot_upto, heads FROM sessions WHERE id = ?1", [id], |r| {
+        Ok(Row { sid: r.get(0)?, head: r.get(1)?, snapshot_upto: r.get(2)?, heads: r.get(3)? })
     })
     .optional()
     .map_err(sql("loading a session"))?
@@ -641,7 +641,37 @@ pub(super) fn checkout(
     }
     let mut c = cached.ok_or_else(|| StoreError::Damaged(format!("session {key} has no document")))?;
     c.upto = row.head;
+    lacks_nothing_indexed(&mut c.doc, &row.heads, &key)?;
     Ok(c)
+}
+
+/// A document read from its log must hold everything its index row says it holds. Automerge
+/// loads a log with a row taken out without a word: a change whose dependency is gone waits
+/// unapplied, and the newest change gone leaves an older version. Either read as the session
+/// (a consent withdrawal gone, a photo exported again), and since the index still named the
+/// missing change, no peer would ever send it back. A store never keeps a change whose
+/// dependencies it lacks, and writes a session's heads with its log in one transaction, so
+/// either is damage. (A document read in the middle of a write may be ahead of its index row,
+/// never behind it.)
+fn lacks_nothing_indexed(doc: &mut SessionDoc, indexed: &[u8], key: &str) -> Result<(), StoreError> {
+    let damaged = |what: &str| {
+        Err(StoreError::Damaged(format!(
+            "session {key}: {what}: a row of its change log was removed or replaced. Keep this directory as it is, and \
+             restore the node from its latest backup into a new directory; the hub sends back what the backup lacks"
+        )))
+    };
+    if !doc.automerge().get_missing_deps(&[]).is_empty() {
+        return damaged("a stored change depends on one the log no longer holds");
+    }
+    let indexed = heads_from_blob(indexed);
+    if indexed.is_empty() || doc_heads(doc) == indexed {
+        return Ok(());
+    }
+    let am = doc.automerge();
+    if indexed.iter().any(|h| am.get_change_by_hash(&automerge::ChangeHash(h.0)).is_none()) {
+        return damaged("its log lacks a change its index says it holds");
+    }
+    Ok(())
 }
 
 /// How many of a session's last log rows [`log_tail_since`] reads before it gives up.

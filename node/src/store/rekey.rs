@@ -4,7 +4,7 @@
 //! the chain is checked intact first, its hashes recomputed over the re-sealed details, and a
 //! `key.rotate` entry records the old chain's head.
 
-use rusqlite::{Transaction, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::{
     AUTHOR_AAD, AuditRow, Store, StoreError, append_audit, audit_aad, card_aad, change_aad, chunk_aad, snapshot_aad,
@@ -27,7 +27,6 @@ pub struct Resealed {
 const META: &[(&str, &[u8])] = &[
     ("key_check", b"meta"),
     ("author_seed", AUTHOR_AAD),
-    ("tls_key", super::credentials::TLS_KEY_AAD),
     ("tls_key_pending", super::credentials::PENDING_KEY_AAD),
     ("audit_head", super::audit::AUDIT_HEAD_AAD),
 ];
@@ -91,6 +90,16 @@ impl Store {
             let found = rows(&tx, &format!("SELECT rowid FROM meta WHERE key = '{key}'"), |_| Ok(aad.to_vec()))?;
             reseal_column(&tx, old, &new, "metadata", "meta", "value", found, &mut done)?;
         }
+        // The TLS private key's associated data names the certificate and CA beside it.
+        let pem = |k: &str| -> Result<Vec<u8>, StoreError> {
+            tx.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
+                .optional()
+                .map_err(sql(CTX))
+                .map(Option::unwrap_or_default)
+        };
+        let tls_aad = super::credentials::tls_key_aad(&pem("tls_cert")?, &pem("tls_ca")?);
+        let found = rows(&tx, "SELECT rowid FROM meta WHERE key = 'tls_key'", |_| Ok(tls_aad.clone()))?;
+        reseal_column(&tx, old, &new, "metadata", "meta", "value", found, &mut done)?;
         let id_aad = |f: fn(&str) -> Vec<u8>| move |r: &rusqlite::Row<'_>| Ok(f(&r.get::<_, String>(1)?));
         let cards = rows(&tx, "SELECT sid, id FROM sessions", id_aad(card_aad))?;
         reseal_column(&tx, old, &new, "session card", "sessions", "card", cards, &mut done)?;

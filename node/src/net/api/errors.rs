@@ -31,6 +31,7 @@ impl From<NodeError> for ApiError {
             | NodeError::Backup(_)
             | NodeError::Rotation(_)
             | NodeError::NoIcb { .. } => StatusCode::BAD_REQUEST,
+            NodeError::OnACall { .. } => StatusCode::CONFLICT,
             NodeError::NoSuchPhoto { .. } => StatusCode::NOT_FOUND,
             NodeError::Encode { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             NodeError::Role { .. } | NodeError::OutOfScope { .. } => StatusCode::FORBIDDEN,
