@@ -408,18 +408,14 @@ pub(super) async fn next_candidates(
     }
 }
 
-/// A desk's automatic answer: every call that rings here is answered.
+/// A desk's automatic answer: every call that rings here is answered, unless the desk is in
+/// another call ([`crate::node::Node::answer_call`] refuses; the ring passes to the next desk).
 pub(super) async fn answer_loop(shared: Arc<Shared>) {
     let mut changes = shared.changes.subscribe();
     let mut tick = tokio::time::interval(RESCAN);
     loop {
         let Some(ids) = next_candidates(&shared, &mut changes, &mut tick, Status::Routing).await else { return };
         for sid in ids {
-            if shared.live_call.lock().is_ok_and(|l| l.as_ref().is_some_and(|l| l.session != sid)) {
-                // On a call already: this desk carries one call's audio at a time, and the
-                // ring passes to the next desk once its time is up.
-                continue;
-            }
             match shared.store.call(move |n| n.answer_call(sid, now_ms())).await {
                 Ok(Ok(Some((call, attempt)))) => {
                     tracing::info!(session = %sid, %call, attempt, "answered the call");

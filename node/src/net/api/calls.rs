@@ -36,7 +36,6 @@ pub(super) async fn escalate(
     PathArgs(id): PathArgs<String>,
 ) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
-    busy(&shared, id)?;
     let call = as_person(&shared, &who, move |n| {
         let call = n.escalate(id, now_ms())?;
         // The app's person is on the call: this node joins its audio once it connects (a
@@ -73,21 +72,6 @@ async fn call_person(shared: &Shared, id: SessionId, call: &str) -> Result<Optio
     Ok(found)
 }
 
-/// This node carries one call's audio at a time: while it carries one in another session, a
-/// second call is neither asked for nor answered here (it would show as connected with no
-/// audio, and the other party would hear nothing until the call dropped).
-fn busy(shared: &Shared, id: SessionId) -> Result<(), ApiError> {
-    match shared.live_call.lock().ok().and_then(|l| l.as_ref().map(|l| l.session)) {
-        Some(on) if on != id => Err(ApiError(
-            StatusCode::CONFLICT,
-            format!(
-                "this device is on a call in session {on}: hang up there first (a ring passes to the next desk on the rota)"
-            ),
-        )),
-        _ => Ok(()),
-    }
-}
-
 /// Answers the call ringing at this desk in the session (409 when none rings here).
 #[utoipa::path(
     post, path = "/api/sessions/{id}/answer", tag = "calls", params(("id" = String, Path, description = "Session id")),
@@ -108,7 +92,6 @@ pub(super) async fn answer(
     if who.role != PersonRole::Consultant {
         return Err(ApiError(StatusCode::FORBIDDEN, format!("a {} does not answer a desk's calls", who.role)));
     }
-    busy(&shared, id)?;
     match as_person(&shared, &who, move |n| Ok(n.answer_call(id, now_ms())?)).await? {
         Some((call, attempt)) => {
             if let Ok(mut people) = shared.call_people.lock() {
