@@ -371,7 +371,8 @@ pub fn restore(from: &Path, dir: &NodeDir, key_file: Option<&Path>) -> Result<Re
         }
         return Err(e);
     }
-    let node = Node::open(dir)?;
+    let mut node = Node::open(dir)?;
     let sessions = node.stats()?.sessions;
+    node.record_restore(from, taken_ms, sessions, crate::node::now_ms())?;
     Ok(RestoreReport { node: cfg.name, dir: dir.root().to_path_buf(), sessions, taken_ms })
 }

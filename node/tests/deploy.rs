@@ -404,6 +404,12 @@ fn a_tampered_backup_is_refused_by_restore_and_nothing_is_written_outside_its_di
     let into = tmp.path().join("restored-3");
     ok(&["restore", "--from", d(&bak), "--dir", d(&into), "--key-file", d(&key)]);
     assert!(ok(&["audit", "verify", "--dir", d(&into)]).contains("intact"));
+    // The chain says where it was brought back from: what was written after the backup stops
+    // there.
+    let entries = json(&ok(&["audit", "show", "--dir", d(&into), "--json"]));
+    let newest = entries.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(newest["action"], "store.restore", "{entries}");
+    assert_eq!(newest["detail"]["from"], d(&bak), "{newest}");
 }
 
 #[test]

@@ -202,6 +202,21 @@ impl Node {
         Ok(self.store.identity().meta_get(&crate::media::plan_key(call))?.is_some())
     }
 
+    /// Records in the audit chain that this store was brought back from a backup (`from`, taken
+    /// at `taken_ms`): entries written after the backup are not in the chain, and this is where
+    /// they stop.
+    pub fn record_restore(
+        &mut self,
+        from: &std::path::Path,
+        taken_ms: i64,
+        sessions: u64,
+        now: i64,
+    ) -> Result<(), NodeError> {
+        let detail =
+            serde_json::json!({ "from": from.display().to_string(), "taken_ms": taken_ms, "sessions": sessions });
+        Ok(self.store.audit_mut().audit_event("store.restore", detail, now)?)
+    }
+
     /// Records in the audit chain that the person acting hung up the session's call.
     pub fn record_hang_up(&mut self, id: SessionId, now: i64) -> Result<(), NodeError> {
         Ok(self.store.audit_mut().audit_access(id, "call.hangup", now)?)

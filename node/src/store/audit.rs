@@ -148,6 +148,15 @@ impl<S: DerefMut<Target = Store>> Audit<S> {
         self.0.acting = who.map(people::person_json);
     }
 
+    /// Records an event of the node itself (no session) in the audit chain, with its detail.
+    pub fn audit_event(&mut self, action: &'static str, detail: serde_json::Value, now: i64) -> Result<(), StoreError> {
+        let store = &mut *self.0;
+        let tx =
+            store.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+        append_audit(&tx, &store.sealer, &store.node, now, action, None, by(&store.acting, Some(detail)))?;
+        tx.commit().map_err(sql("committing"))
+    }
+
     /// Records in the audit chain that a session was viewed or exported.
     pub fn audit_access(&mut self, id: SessionId, action: &'static str, now: i64) -> Result<(), StoreError> {
         let store = &mut *self.0;
