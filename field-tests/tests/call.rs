@@ -608,6 +608,14 @@ fn a_recording_delayed_by_the_network_matches_the_speech() {
     assert!(similarity(&sent, &noise(48_000, 12), 4_000..40_000) < 0.2, "unrelated audio does not match");
 }
 
+/// `c` with a second ambulance, amb-08, connected to the hub directly.
+fn with_second_crew(mut c: CallFleet) -> (CallFleet, PathBuf) {
+    let second = c.f.node("amb-08", "edge", &["--org", "RX6"]);
+    let daemon = c.f.daemon(&second, &["--peer", &c.hub_addr]);
+    c._daemons.push(daemon);
+    (c, second)
+}
+
 /// A desk carries one call's audio at a time. While desk-a is on a call with one crew, a second
 /// crew's escalation rings desk-a first (the rota's first desk), but desk-a does not answer it:
 /// the ring passes to desk-b after its time, desk-b answers, and the second crew is connected
@@ -615,11 +623,7 @@ fn a_recording_delayed_by_the_network_matches_the_speech() {
 #[test]
 fn a_desk_already_on_a_call_lets_a_second_crews_ring_pass_to_the_next_desk() {
     let _alone = measuring_audio();
-    let mut c = fleet("call-busy-desk", "urban-4g", 3, [true, true]);
-    let second = c.f.node("amb-08", "edge", &["--org", "RX6"]);
-    let hub_addr = c.hub_addr.clone();
-    c._daemons.push(c.f.daemon(&second, &["--peer", &hub_addr]));
-    let c = c;
+    let (c, second) = with_second_crew(fleet("call-busy-desk", "urban-4g", 3, [true, true]));
     let f = &c.f;
     let (said, _sent, first) = ready_to_call(&c, 20.0, "first crew: spreading rash");
     let theirs = f.new_session(&second, "dermatology", "ambulance_on_scene", "second crew: burn on the forearm");
@@ -681,11 +685,7 @@ fn a_desk_takes_a_calls_voice_and_hang_up_only_from_its_hub() {
 #[test]
 fn two_crews_escalating_at_once_are_connected_to_two_desks() {
     let _alone = measuring_audio();
-    let mut c = fleet("call-two-at-once", "urban-4g", 3, [true, true]);
-    let second = c.f.node("amb-08", "edge", &["--org", "RX6"]);
-    let hub_addr = c.hub_addr.clone();
-    c._daemons.push(c.f.daemon(&second, &["--peer", &hub_addr]));
-    let c = c;
+    let (c, second) = with_second_crew(fleet("call-two-at-once", "urban-4g", 3, [true, true]));
     let f = &c.f;
     let (said, _sent, first) = ready_to_call(&c, 8.0, "first crew: spreading rash");
     let theirs = f.new_session(&second, "dermatology", "ambulance_on_scene", "second crew: burn on the forearm");

@@ -28,7 +28,7 @@ mod facade;
 mod infra;
 mod requests;
 
-pub use calls::Routed;
+pub use calls::{LONGEST_CALL, Routed};
 pub use facade::{CallLogs, ExportFormat};
 pub use requests::*;
 

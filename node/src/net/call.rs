@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use crate::node::LONGEST_CALL;
+
 use super::*;
 
 /// Datagram types: a path probe, and its echo.
@@ -99,9 +101,6 @@ fn relay_call(shared: &Shared, sid: SessionId, call: &str, parties: (String, Str
 /// How long a hub keeps relaying a call: the longest a call lasts ([`LONGEST_CALL`]), and a
 /// minute for its setup.
 const RELAY_KEPT: Duration = Duration::from_secs(LONGEST_CALL.as_secs() + 60);
-
-/// The longest call a leg carries.
-pub(super) const LONGEST_CALL: Duration = Duration::from_secs(3600);
 
 /// Where a hub relays a call's voice from `from`: to the other party, and nowhere if `from` is
 /// not a party (a fleet member that learnt the call's tag must not speak into it or end it).

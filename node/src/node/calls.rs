@@ -23,6 +23,9 @@ impl Routed {
     }
 }
 
+/// The longest call a leg carries (it then ends as `LongestCall`).
+pub const LONGEST_CALL: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// How many of the most recently changed sessions in each status a call in progress leaves a
 /// session in are looked at for a call under way ([`Node::call_under_way`]).
 const CALLS_UNDER_WAY_SCAN: usize = 200;
@@ -91,7 +94,7 @@ impl Node {
     /// process did not live to record). Looks at the sessions most recently changed in the
     /// statuses a call in progress leaves them in.
     pub fn call_under_way(&mut self, except: SessionId, now: i64) -> Result<Option<SessionId>, NodeError> {
-        const LONGEST_CALL_MS: i64 = 3_600_000;
+        let longest_ms = i64::try_from(LONGEST_CALL.as_millis()).unwrap_or(i64::MAX);
         const CONNECTING_MS: i64 = 60_000;
         let me = self.config.name.clone();
         let mut candidates = Vec::new();
@@ -110,7 +113,7 @@ impl Node {
             let answered_here = c.is_open() && c.answers.iter().any(|a| a.1 == me && now - a.2 < CONNECTING_MS);
             let live = match mine_connected {
                 // A callback after the connection means the call dropped.
-                Some((_, at)) => now - at < LONGEST_CALL_MS && c.callback.is_none(),
+                Some((_, at)) => now - at < longest_ms && c.callback.is_none(),
                 None => answered_here,
             };
             if !live {

@@ -54,12 +54,15 @@ impl<S: Deref<Target = Store>> Identity<S> {
         else {
             return Ok(None);
         };
-        let key = match self.0.sealer.open("TLS private key", &tls_key_aad(&cert, &ca), &key) {
+        // Or, in a store whose key was sealed before it was bound, the old way (bound at its next
+        // open).
+        let opened = self
+            .0
+            .sealer
+            .open("TLS private key", &tls_key_aad(&cert, &ca), &key)
+            .or_else(|_| self.0.sealer.open("TLS private key", TLS_KEY_AAD, &key));
+        let key = match opened {
             Ok(key) => key,
-            // A store whose key was sealed before it was bound (upgraded at its next open).
-            Err(_) if self.0.sealer.open("TLS private key", TLS_KEY_AAD, &key).is_ok() => {
-                self.0.sealer.open("TLS private key", TLS_KEY_AAD, &key)?
-            }
             Err(_) => {
                 return Err(StoreError::Damaged(
                     "the node's certificate or the fleet CA it trusts was changed outside outpost (its private key \
