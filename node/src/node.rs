@@ -249,6 +249,9 @@ pub struct Node {
     store: Store,
     /// The person acting through this node now (the local API sets it around each request).
     acting: Option<crate::store::people::Person>,
+    /// When each session's card was last recorded in the audit chain as shown to each person
+    /// (by person id; `None` for the command line): see [`Node::record_shown`].
+    shown: std::collections::HashMap<Option<i64>, std::collections::HashMap<SessionId, i64>>,
     /// The store lock (`store.lock`), held while the node is open.
     _store_lock: std::fs::File,
 }
@@ -382,7 +385,7 @@ impl Node {
         let opts = StoreOptions { hub: config.role == Role::Hub, ..opts };
         let mut store = Store::open(&dir.db_path(), Sealer::new(&key), &config.name, opts)?;
         store.judge_own_writes_as(config.peer_info());
-        Ok(Node { dir: dir.clone(), config, store, acting: None, _store_lock: lock })
+        Ok(Node { dir: dir.clone(), config, store, acting: None, shown: Default::default(), _store_lock: lock })
     }
 
     /// Re-seals the whole store under a new data key (`outpost key rotate`). Safe against a

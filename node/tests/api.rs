@@ -831,6 +831,69 @@ fn the_api_refuses_what_it_must_and_ends_what_was_revoked() {
     assert_eq!(status, 429, "{body}");
 }
 
+/// The `session.list` entries of `dir`'s audit chain naming `person`: the sessions each named.
+fn lists_shown_to(dir: &Path, person: &str) -> Vec<Vec<String>> {
+    let entries = json(&ok(&["audit", "show", "--dir", d(dir), "--limit", "1000", "--json"]));
+    let mut out = Vec::new();
+    for e in entries.as_array().unwrap() {
+        if e["action"] == "session.list" && e["detail"]["by"]["name"] == person {
+            let ids = e["detail"]["sessions"].as_array().unwrap().iter().map(|i| i.as_str().unwrap().to_string());
+            out.push(ids.collect());
+        }
+    }
+    out
+}
+
+#[test]
+fn the_patients_a_person_is_shown_in_a_list_or_an_event_stream_are_in_the_audit_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let amb = fleet.node("amb-07", "edge", &[]);
+    add_user(&amb, "Sam Patel", "paramedic", "HCPC-PA123456", "amb-pin-4821");
+    add_user(&amb, "Jo Reyes", "paramedic", "HCPC-PA654321", "jo-pin-7733");
+    let port = tcp_port();
+    let _node = daemon(&amb, &["--api", &format!("127.0.0.1:{port}")], &[]);
+    let api = Api::new(port);
+    api.wait_up();
+    let (sam, jo) = (api.login("Sam Patel", "amb-pin-4821"), api.login("Jo Reyes", "jo-pin-7733"));
+    let new = json!({ "service_line": "cardiology", "care_setting": "ambulance_on_scene", "summary": "Syncope",
+        "nhs_number": "943 476 5919", "nhs_verification": "01" });
+    let create =
+        || api.call("POST", "/api/sessions", Some(&sam), Some(new.clone())).1["id"].as_str().unwrap().to_string();
+    let (a, b) = (create(), create());
+    let list = |token: &str| {
+        let (status, body) = api.call("GET", "/api/sessions", Some(token), None);
+        assert_eq!(status, 200, "{body}");
+        body.as_array().unwrap().len()
+    };
+
+    // The list shows two patients' NHS numbers: who saw them, and which, is recorded.
+    assert_eq!(list(&sam), 2);
+    let shown = lists_shown_to(&amb, "Sam Patel");
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    assert!(shown[0].contains(&a) && shown[0].contains(&b), "{shown:?}");
+    // The app lists again at every screen: within a quarter of an hour that adds nothing.
+    assert_eq!(list(&sam), 2);
+    assert_eq!(lists_shown_to(&amb, "Sam Patel").len(), 1);
+    // Another person's look is theirs.
+    assert_eq!(list(&jo), 2);
+    assert_eq!(lists_shown_to(&amb, "Jo Reyes").len(), 1);
+
+    // A card the event stream brings Jo is shown to Jo; the list then records only what is new.
+    let events = api.events(&jo);
+    expect_event(&events, "hello", |n, _| n == "hello");
+    let c = create();
+    expect_event(&events, "the new session's card", |n, e| n == "session" && e["card"]["id"] == c.as_str());
+    wait_until(LIMIT, "Jo's stream card in the audit chain", || {
+        lists_shown_to(&amb, "Jo Reyes").last().is_some_and(|ids| ids == std::slice::from_ref(&c))
+    });
+    assert_eq!(lists_shown_to(&amb, "Jo Reyes").len(), 2, "one entry for the list, one for the card");
+    assert_eq!(list(&sam), 3);
+    assert_eq!(lists_shown_to(&amb, "Sam Patel").last().unwrap(), std::slice::from_ref(&c));
+    let verify = json(&ok(&["audit", "verify", "--dir", d(&amb), "--json"]));
+    assert!(verify["broken_at"].is_null(), "{verify}");
+}
+
 /// A TLS client connection to 127.0.0.1:`port`, the server named `host`, trusting only the
 /// certificate `trust` (DER); reads wait at most 20 s.
 fn tls_client(

@@ -80,6 +80,15 @@ fn a_session_is_created_worked_on_and_shown_with_receipts() {
     let out = tmp.path().join("back.jpg");
     ok(&["photo", "get", "--dir", d(&dir), &hash, "--out", d(&out)]);
     assert_eq!(std::fs::read(&out).unwrap(), bytes, "the photo comes back byte for byte");
+
+    // The list and the photo showed the patient: both are in the audit chain, with the session.
+    let entries = json(&ok(&["audit", "show", "--dir", d(&dir), "--json"]));
+    let entries = entries.as_array().unwrap();
+    let listed = entries.iter().find(|e| e["action"] == "session.list").expect("the list is recorded");
+    assert_eq!(listed["detail"]["sessions"], serde_json::json!([id]), "{listed}");
+    assert_eq!(listed["detail"]["via"], "cli", "{listed}");
+    let looked = entries.iter().find(|e| e["action"] == "photo.view").expect("the photo's view is recorded");
+    assert_eq!(looked["session"], id.as_str(), "{looked}");
 }
 
 #[test]
@@ -346,6 +355,12 @@ fn the_audit_chain_records_changes_and_views_and_detects_tampering() {
     let actions: Vec<_> =
         entries.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap().to_string()).collect();
     assert_eq!(actions, ["session.create", "message.send", "session.view"]);
+    // A list on the command line is recorded each time (a process remembers nothing).
+    ok(&["session", "list", "--dir", d(&dir)]);
+    ok(&["session", "list", "--dir", d(&dir)]);
+    let entries = json(&ok(&["audit", "show", "--dir", d(&dir), "--json"]));
+    let lists = entries.as_array().unwrap().iter().filter(|e| e["action"] == "session.list").count();
+    assert_eq!(lists, 2, "{entries}");
     ok(&["audit", "verify", "--dir", d(&dir)]);
     let conn = rusqlite::Connection::open(dir.join("outpost.db")).unwrap();
     conn.execute("UPDATE audit SET action = 'nothing' WHERE seq = 2", []).unwrap();
@@ -364,13 +379,18 @@ fn reading_commands_work_while_another_process_holds_the_stores_write_lock() {
     // Another process in the middle of a long write (a daemon storing a batch, a key rotation).
     let conn = rusqlite::Connection::open(dir.join("outpost.db")).unwrap();
     conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let listed = json(&ok(&["session", "list", "--dir", d(&dir), "--json"]));
-    assert_eq!(listed.as_array().map(|a| a.len()), Some(1), "{listed}");
-    assert!(listed.to_string().contains(&id), "{listed}");
     ok(&["audit", "verify", "--dir", d(&dir)]);
     ok(&["status", "--dir", d(&dir)]);
     ok(&["backup", "--dir", d(&dir), "--out", tmp.path().join("b.outpost").to_str().unwrap()]);
-    conn.execute_batch("COMMIT").unwrap();
+    // A list is recorded in the audit chain, a write: it waits for the other one to end.
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        conn.execute_batch("COMMIT").unwrap();
+    });
+    let listed = json(&ok(&["session", "list", "--dir", d(&dir), "--json"]));
+    assert_eq!(listed.as_array().map(|a| a.len()), Some(1), "{listed}");
+    assert!(listed.to_string().contains(&id), "{listed}");
+    writer.join().unwrap();
 }
 
 #[test]

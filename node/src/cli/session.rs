@@ -43,8 +43,8 @@ pub(crate) fn session(cmd: SessionCommand) -> anyhow::Result<()> {
             }
         }
         SessionCommand::List { dir, status, service_line, limit, json } => {
-            let node = open(&dir)?;
-            let cards = node.list(&ListFilter { status, service_line, limit })?;
+            let mut node = open(&dir)?;
+            let cards = node.list_shown(&ListFilter { status, service_line, limit }, "cli", now_ms())?;
             if json.json {
                 print_json(&cards)?;
             } else {
@@ -153,6 +153,7 @@ pub(crate) fn run_photo(cmd: PhotoCommand) -> anyhow::Result<()> {
         PhotoCommand::Get { dir, hash, out, thumbnail, read } => {
             let mut node = open(&dir)?;
             let bytes = if thumbnail { node.thumbnail(&hash)? } else { node.open_photo(&hash, read, now_ms())? };
+            node.audit_photo_view_anywhere(&hash, now_ms())?;
             write_file(&out, &bytes)?;
         }
     }

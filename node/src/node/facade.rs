@@ -12,6 +12,9 @@ use super::{InstallError, Node, NodeError};
 use crate::store::people::{Credential, NewPerson, Person};
 use crate::store::{AuditCheck, AuditEntry, BlobInfo, ListFilter, SessionCard, StoreError};
 
+/// How long a session shown to a person in a list is not recorded again as shown to them.
+pub const SHOWN_AGAIN_AFTER_MS: i64 = 15 * 60 * 1000;
+
 /// A session's two logs: escalations (routing) and call legs.
 pub type CallLogs = (Vec<sync_protocol::routing::RoutingStep>, Vec<sync_protocol::leg::Leg>);
 
@@ -62,6 +65,53 @@ impl Node {
     /// Session cards, newest first, read from the index (no document is opened).
     pub fn list(&self, filter: &ListFilter) -> Result<Vec<SessionCard>, NodeError> {
         Ok(self.store.sessions().list(filter)?)
+    }
+
+    /// Session cards as a person is shown them (the app's list, `outpost session list`):
+    /// listed, and recorded in the audit chain ([`Node::record_shown`]). `via` names where.
+    pub fn list_shown(
+        &mut self,
+        filter: &ListFilter,
+        via: &'static str,
+        now: i64,
+    ) -> Result<Vec<SessionCard>, NodeError> {
+        let cards = self.list(filter)?;
+        self.record_shown(cards.iter().map(|c| c.id), via, now)?;
+        Ok(cards)
+    }
+
+    /// Records in the audit chain that the person acting (the API's, or the command line's
+    /// operator) was shown these sessions' cards: a list, the event stream's cards, the
+    /// callbacks owed. A card carries the patient's NHS number and the question, so each is a
+    /// look at the record ("who viewed what, when"). One `session.list` entry names the
+    /// sessions shown that were not recorded as shown to this person in the last
+    /// [`SHOWN_AGAIN_AFTER_MS`]: the app lists again at every screen, and one entry per list
+    /// would be thousands a day per person. Nothing new, no entry. The memory is this
+    /// process's: a command-line list is recorded each time. Returns how many were recorded.
+    pub fn record_shown(
+        &mut self,
+        ids: impl IntoIterator<Item = SessionId>,
+        via: &'static str,
+        now: i64,
+    ) -> Result<usize, NodeError> {
+        let person = self.acting.as_ref().map(|p| p.id);
+        let seen = self.shown.entry(person).or_default();
+        seen.retain(|_, at| now.saturating_sub(*at) < SHOWN_AGAIN_AFTER_MS && *at <= now);
+        let mut new: Vec<SessionId> = ids.into_iter().filter(|id| !seen.contains_key(id)).collect();
+        new.sort_unstable();
+        new.dedup();
+        if new.is_empty() {
+            return Ok(0);
+        }
+        let detail = serde_json::json!({
+            "sessions": new.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "via": via,
+        });
+        self.store.audit_mut().audit_event("session.list", detail, now)?;
+        // Remembered only once the entry is on disk: a failed write is tried again next time.
+        let seen = self.shown.entry(person).or_default();
+        seen.extend(new.iter().map(|id| (*id, now)));
+        Ok(new.len())
     }
 
     /// One session's card, if this node holds the session.
@@ -187,6 +237,19 @@ impl Node {
     /// a view of the session is.
     pub fn audit_photo_view(&mut self, id: SessionId, now: i64) -> Result<(), NodeError> {
         Ok(self.store.audit_mut().audit_access(id, "photo.view", now)?)
+    }
+
+    /// Someone at the command line was shown a photo, named by its hash alone: recorded as a
+    /// view of each session that holds it here (or, held by none, of the photo itself).
+    pub fn audit_photo_view_anywhere(&mut self, hash: &str, now: i64) -> Result<(), NodeError> {
+        let ids = self.store.blobs().sessions_holding_photo(hash)?;
+        if ids.is_empty() {
+            self.store.audit_mut().audit_event("photo.view", serde_json::json!({ "photo": hash }), now)?;
+        }
+        for id in ids {
+            self.store.audit_mut().audit_access(id, "photo.view", now)?;
+        }
+        Ok(())
     }
 
     /// A photo's JPEG thumbnail (an edge keeps it after handing the photo to the hub).

@@ -315,8 +315,12 @@ pub(super) async fn voice_socket(
     )
 )]
 pub(super) async fn callbacks(State(shared): State<Arc<Shared>>, Caller(who): Caller) -> Result<Response, ApiError> {
-    let _turn = turn(&shared, &who).await;
-    let owed = shared.store.call(|n| n.callbacks_owed()).await??;
+    let owed = as_person(&shared, &who, |n| {
+        let owed = n.callbacks_owed()?;
+        n.record_shown(owed.iter().map(|c| c.session), "callbacks", now_ms())?;
+        Ok(owed)
+    })
+    .await?;
     Ok(Json(owed).into_response())
 }
 

@@ -151,10 +151,15 @@ pub(super) async fn events(
                         let found = shared
                             .store
                             .call(move |n| {
-                                if !token_holds(n, &token) {
-                                    return None;
-                                }
+                                let who = n.person_by_token(&token, now_ms()).ok().flatten()?;
                                 let cards: Vec<_> = ids.iter().filter_map(|id| n.card(*id).ok().flatten()).collect();
+                                // Each card shows its patient to the stream's person: recorded
+                                // as a list is. A card that cannot be recorded is not shown:
+                                // the stream ends, and the app reconnects and lists again.
+                                n.set_acting(Some(&who));
+                                let recorded = n.record_shown(cards.iter().map(|c| c.id), "events", now_ms());
+                                n.set_acting(None);
+                                recorded.ok()?;
                                 Some((cards, n.calls_now(&ids).unwrap_or_default()))
                             })
                             .await

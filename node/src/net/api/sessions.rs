@@ -37,8 +37,7 @@ pub(super) async fn list_sessions(
 ) -> Result<Response, ApiError> {
     let limit = Some(q.limit.unwrap_or(DEFAULT_LIST).min(MAX_LIST));
     let filter = ListFilter { status: q.status, service_line: q.service_line, limit };
-    let _turn = turn(&shared, &who).await;
-    let cards = shared.store.call(move |n| n.list(&filter)).await??;
+    let cards = as_person(&shared, &who, move |n| Ok(n.list_shown(&filter, "api", now_ms())?)).await?;
     Ok(Json(cards).into_response())
 }
 
