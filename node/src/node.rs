@@ -29,7 +29,7 @@ mod infra;
 mod requests;
 
 pub use calls::{LONGEST_CALL, Routed};
-pub use facade::{CallLogs, ExportFormat};
+pub use facade::{CallLogs, ExportFormat, SHOWN_AGAIN_AFTER_MS};
 pub use requests::*;
 
 /// Why a node operation failed.
@@ -59,6 +59,10 @@ pub enum NodeError {
     /// over-long registration); nothing was written.
     #[error("{0}; nothing was written")]
     Person(sync_protocol::session::ModelError),
+    /// A new PIN that cannot be set: too short, or for an integrating system (which has a
+    /// token); nothing was written.
+    #[error("{0}; nothing was written")]
+    Pin(String),
     /// A client key (for repeat-safe requests) that is not 1 to [`MAX_CLIENT_KEY`] printable
     /// characters; nothing was written.
     #[error("client key {key:?}: 1 to {MAX_CLIENT_KEY} printable ASCII characters, no spaces (a UUID will do)")]
@@ -250,8 +254,10 @@ pub struct Node {
     /// The person acting through this node now (the local API sets it around each request).
     acting: Option<crate::store::people::Person>,
     /// When each session's card was last recorded in the audit chain as shown to each person
-    /// (by person id; `None` for the command line): see [`Node::record_shown`].
-    shown: std::collections::HashMap<Option<i64>, std::collections::HashMap<SessionId, i64>>,
+    /// (by person id, `None` for the command line, and how): see [`Node::record_shown`].
+    shown: std::collections::HashMap<(Option<i64>, &'static str), std::collections::HashMap<SessionId, i64>>,
+    /// When every person's part of `shown` was last pruned.
+    shown_pruned_ms: i64,
     /// The store lock (`store.lock`), held while the node is open.
     _store_lock: std::fs::File,
 }
@@ -282,6 +288,15 @@ impl Node {
     pub fn set_acting(&mut self, who: Option<&crate::store::people::Person>) {
         self.store.audit_mut().set_acting(who);
         self.acting = who.cloned();
+    }
+
+    /// Runs `f` with `who` acting, and clears it however `f` ends, a panic included (which is
+    /// then passed on).
+    pub fn acting_as<T>(&mut self, who: &crate::store::people::Person, f: impl FnOnce(&mut Node) -> T) -> T {
+        self.set_acting(Some(who));
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
+        self.set_acting(None);
+        out.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 
     /// Creates a node directory: configuration, key (unless supplied by `OUTPOST_NODE_KEY`), empty store.
@@ -385,7 +400,15 @@ impl Node {
         let opts = StoreOptions { hub: config.role == Role::Hub, ..opts };
         let mut store = Store::open(&dir.db_path(), Sealer::new(&key), &config.name, opts)?;
         store.judge_own_writes_as(config.peer_info());
-        Ok(Node { dir: dir.clone(), config, store, acting: None, shown: Default::default(), _store_lock: lock })
+        Ok(Node {
+            dir: dir.clone(),
+            config,
+            store,
+            acting: None,
+            shown: Default::default(),
+            shown_pruned_ms: 0,
+            _store_lock: lock,
+        })
     }
 
     /// Re-seals the whole store under a new data key (`outpost key rotate`). Safe against a
@@ -482,7 +505,8 @@ impl Node {
     }
 
     /// [`Node::new_session`] under a client key: a repeat with the same key and request
-    /// returns the first session and writes nothing (a double tap makes one session).
+    /// returns the first session and creates nothing (a double tap makes one session); the
+    /// session returned is then a view, audited as one.
     pub fn new_session_once(
         &mut self,
         req: SessionRequest,
@@ -509,7 +533,13 @@ impl Node {
             summary: req.summary,
             draft: req.draft,
         };
-        Ok(self.store.sessions_mut().create_session(&new, once.as_ref(), now)?)
+        let view = self.store.sessions_mut().create_session(&new, once.as_ref(), now)?;
+        // A repeat of the create (its client key) is answered with the session as it stands
+        // now, messages and advice included: a look at the record like any other.
+        if view.id != new.id {
+            self.store.audit_mut().audit_access(view.id, "session.view", now)?;
+        }
+        Ok(view)
     }
 
     /// Sends a message in a session; returns its id once it is durable on this device.
@@ -743,6 +773,7 @@ impl Node {
             certificate_valid_until_ms,
             audit,
             audit_checked_ms,
+            audit_losses: self.store.audit().losses()?,
             connected_peers: None,
         })
     }

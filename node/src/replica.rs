@@ -6,9 +6,10 @@ use rustls::pki_types::CertificateDer;
 use sync_protocol::TimeMs;
 use sync_protocol::authorship::ActorPrefix;
 use sync_protocol::directory::is_directory_id;
-use sync_protocol::engine::{Applied, BlobNeed, Incoming, Knowledge, Outgoing, Replica};
+use sync_protocol::engine::{Applied, AuditHeads, BlobNeed, Incoming, Knowledge, Outgoing, Replica};
 use sync_protocol::recon::{Fingerprint, Item};
 use sync_protocol::scope::PeerInfo;
+use sync_protocol::vocab::Role;
 use sync_protocol::wire::{BlobManifest, DocId, Hash};
 
 use crate::store::{Store, StoreError};
@@ -328,6 +329,46 @@ impl Replica for NodeReplica<'_> {
         self.store.identity_mut().put_revocations(number, der)?;
         self.collected.revocations_updated = true;
         Ok(true)
+    }
+
+    fn audit_heads(&mut self, peer: &PeerInfo) -> Result<Option<AuditHeads>, StoreError> {
+        // Told between a hub and its members only: another edge or desk has no use for how
+        // much this node has audited.
+        if self.me.role != Role::Hub && peer.role != Role::Hub {
+            return Ok(None);
+        }
+        let store = self.reading()?;
+        let audit = store.audit();
+        let (seen_chain, seen) = audit.their_head(&peer.name)?;
+        Ok(Some(AuditHeads { chain: audit.chain_id()?, head: audit.head_seq()?, seen_chain, seen }))
+    }
+
+    fn offer_audit_head(&mut self, peer: &PeerInfo, heads: AuditHeads, now: TimeMs) -> Result<(), StoreError> {
+        if self.me.role != Role::Hub && peer.role != Role::Hub {
+            return Ok(());
+        }
+        self.writing()?;
+        // Only a hub's word that our chain was longer is taken (a hub keeps the record; any
+        // other member could make us write an entry each time it connects).
+        let believed = peer.role == Role::Hub;
+        let found = self.store.audit_mut().note_audit_head(&peer.name, heads, believed, now)?;
+        if found.ours_cut {
+            tracing::warn!(
+                "{} had seen this node's audit chain up to entry {}, and it is shorter now: entries were lost \
+                 since (restored from a backup, or cut back); recorded in the chain as audit.behind",
+                peer.name,
+                heads.seen
+            );
+        }
+        if found.theirs_cut {
+            tracing::warn!(
+                "{}'s audit chain ends at entry {}, before where it had told us it reached: entries were lost \
+                 there (restored from a backup, or cut back); recorded here as peer.audit_behind",
+                peer.name,
+                heads.head
+            );
+        }
+        Ok(())
     }
 }
 

@@ -872,7 +872,7 @@ fn the_patients_a_person_is_shown_in_a_list_or_an_event_stream_are_in_the_audit_
     let shown = lists_shown_to(&amb, "Sam Patel");
     assert_eq!(shown.len(), 1, "{shown:?}");
     assert!(shown[0].contains(&a) && shown[0].contains(&b), "{shown:?}");
-    // The app lists again at every screen: within a quarter of an hour that adds nothing.
+    // The app lists again at every screen: within the hour that adds nothing.
     assert_eq!(list(&sam), 2);
     assert_eq!(lists_shown_to(&amb, "Sam Patel").len(), 1);
     // Another person's look is theirs.

@@ -203,3 +203,106 @@ fn a_fleet_ca_swapped_in_the_database_is_refused() {
     swap(&rogue.cert_pem, &rogue.ca_pem);
     refused("after a rotation");
 }
+
+/// A staff PIN is six digits: its argon2 hash, copied with the database (a backup, a disk
+/// image), falls to an offline search in hours. The hash is sealed under the node's key, bound
+/// to whose it is: a copy holds no hash in the clear, and a hash moved to another person's row,
+/// or one in the clear, signs no one in (refused as a wrong PIN is, the log saying what to do).
+/// `outpost user set-pin` mends it; a key rotation clears what does not open rather than stop.
+#[test]
+fn a_staff_pin_hash_is_sealed_and_one_moved_or_in_the_clear_signs_no_one_in() {
+    use outpost_node::store::people::{Credential, NewPerson, PersonRole, verify_secret};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = edge(tmp.path());
+    let mut node = Node::open(&dir).unwrap();
+    let add = |node: &mut Node, name: &str, pin: &str| {
+        let who =
+            NewPerson { name: name.into(), role: PersonRole::Paramedic, registration: Some(format!("HCPC-{name}")) };
+        node.add_person(&who, &Credential::Secret(pin.into()), 1_790_000_000_001).unwrap();
+    };
+    add(&mut node, "Sam Patel", "482193");
+    add(&mut node, "Mallory", "000000");
+    add(&mut node, "Jo Reyes", "771234");
+    let signs_in = |dir: &NodeDir, name: &str, pin: &str| {
+        let (who, phc) = Node::open(dir).unwrap().sign_in_material(name).unwrap();
+        who.is_some() && verify_secret(pin, &phc)
+    };
+    assert!(signs_in(&dir, "Sam Patel", "482193"));
+    assert!(!signs_in(&dir, "Sam Patel", "000000"));
+    node.raw_store().checkpoint().unwrap();
+    drop(node);
+    let files = [dir.db_path(), wal_path(&dir.db_path())];
+    assert_eq!(scan_files(&files, &[b"$argon2"]).unwrap(), vec![0], "no PIN hash in the clear");
+
+    // Mallory's sealed hash copied into Sam's row opens for no one.
+    let conn = rusqlite::Connection::open(dir.db_path()).unwrap();
+    let copy = "UPDATE users SET secret = (SELECT secret FROM users WHERE name = 'Mallory') WHERE name = ?1";
+    conn.execute(copy, ["Sam Patel"]).unwrap();
+    assert!(!signs_in(&dir, "Sam Patel", "000000"));
+    assert!(!signs_in(&dir, "Sam Patel", "482193"));
+    // Nor does a hash of Mallory's PIN in the clear.
+    let (_, mallorys) = Node::open(&dir).unwrap().sign_in_material("Mallory").unwrap();
+    conn.execute("UPDATE users SET secret = ?1 WHERE name = 'Sam Patel'", [&mallorys]).unwrap();
+    assert!(!signs_in(&dir, "Sam Patel", "000000"));
+    // Nor Jo's own, once her role is changed by hand; put back, it opens again.
+    conn.execute("UPDATE users SET role = 'consultant' WHERE name = 'Jo Reyes'", []).unwrap();
+    assert!(!signs_in(&dir, "Jo Reyes", "771234"), "a role changed by hand");
+    conn.execute("UPDATE users SET role = 'paramedic' WHERE name = 'Jo Reyes'", []).unwrap();
+    assert!(signs_in(&dir, "Jo Reyes", "771234"));
+    // A new PIN mends Sam's record.
+    Node::open(&dir).unwrap().set_pin("Sam Patel", "905511", 1_790_000_000_005).unwrap();
+    assert!(signs_in(&dir, "Sam Patel", "905511"));
+
+    // A key rotation with a moved hash still in place clears it, names whose, and goes on.
+    conn.execute(copy, ["Jo Reyes"]).unwrap();
+    let (done, _, _) = Node::rotate_key(&dir, 1_790_000_000_009).unwrap();
+    assert_eq!(done.pins_cleared, ["Jo Reyes"]);
+    assert!(signs_in(&dir, "Mallory", "000000"));
+    assert!(signs_in(&dir, "Sam Patel", "905511"));
+    assert!(!signs_in(&dir, "Jo Reyes", "000000"));
+    let node = Node::open(&dir).unwrap();
+    let rotated = node.audit_tail(1).unwrap().pop().unwrap();
+    assert_eq!(rotated.action, "key.rotate");
+    assert_eq!(rotated.detail.unwrap()["pins_cleared"], serde_json::json!(["Jo Reyes"]));
+    let cleared: Option<Vec<u8>> =
+        conn.query_row("SELECT secret FROM users WHERE name = 'Jo Reyes'", [], |r| r.get(0)).unwrap();
+    assert_eq!(cleared, None);
+}
+
+/// A store from before schema 11 kept the PIN hashes in the clear: its next open seals them,
+/// they still sign their people in, and no piece of one is left in the file or its log.
+#[test]
+fn a_store_from_before_schema_11_has_its_pin_hashes_sealed_and_none_left_in_the_file() {
+    use outpost_node::store::people::{Credential, NewPerson, PersonRole, verify_secret};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = edge(tmp.path());
+    let mut node = Node::open(&dir).unwrap();
+    let people = [("Sam Patel", "482193"), ("Jo Reyes", "771234")];
+    for (name, pin) in people {
+        let who = NewPerson { name: name.into(), role: PersonRole::Paramedic, registration: None };
+        node.add_person(&who, &Credential::Secret(pin.into()), 1_790_000_000_001).unwrap();
+    }
+    plain_session(&mut node);
+    // The store as an older outpost left it: each hash in the clear, schema 10.
+    let clear: Vec<(String, String)> =
+        people.iter().map(|(n, _)| (n.to_string(), node.sign_in_material(n).unwrap().1)).collect();
+    drop(node);
+    let conn = rusqlite::Connection::open(dir.db_path()).unwrap();
+    for (name, phc) in &clear {
+        conn.execute("UPDATE users SET secret = ?2 WHERE name = ?1", [name, phc]).unwrap();
+    }
+    conn.execute_batch("PRAGMA user_version = 10").unwrap();
+    drop(conn);
+    // Each hash's own part (after its parameters and salt), as an offline search would need it.
+    let hashes: Vec<&[u8]> = clear.iter().map(|(_, phc)| phc.rsplit('$').next().unwrap().as_bytes()).collect();
+    let files = [dir.db_path(), wal_path(&dir.db_path())];
+    let before = scan_files(&files, &hashes).unwrap();
+    assert!(before.iter().all(|n| *n >= 1), "the older store's hashes, in the clear: {before:?}");
+
+    let node = Node::open(&dir).unwrap();
+    assert_eq!(scan_files(&files, &hashes).unwrap(), vec![0; 2], "nothing in the clear, the store open");
+    for (name, pin) in &people {
+        let (who, phc) = node.sign_in_material(name).unwrap();
+        assert!(who.is_some() && verify_secret(pin, &phc), "{name}");
+    }
+}

@@ -82,7 +82,7 @@ fn a_session_is_created_worked_on_and_shown_with_receipts() {
     assert_eq!(std::fs::read(&out).unwrap(), bytes, "the photo comes back byte for byte");
 
     // The list and the photo showed the patient: both are in the audit chain, with the session.
-    let entries = json(&ok(&["audit", "show", "--dir", d(&dir), "--json"]));
+    let entries = json(&ok(&["audit", "show", "--dir", d(&dir), "--limit", "1000", "--json"]));
     let entries = entries.as_array().unwrap();
     let listed = entries.iter().find(|e| e["action"] == "session.list").expect("the list is recorded");
     assert_eq!(listed["detail"]["sessions"], serde_json::json!([id]), "{listed}");
@@ -358,7 +358,7 @@ fn the_audit_chain_records_changes_and_views_and_detects_tampering() {
     // A list on the command line is recorded each time (a process remembers nothing).
     ok(&["session", "list", "--dir", d(&dir)]);
     ok(&["session", "list", "--dir", d(&dir)]);
-    let entries = json(&ok(&["audit", "show", "--dir", d(&dir), "--json"]));
+    let entries = json(&ok(&["audit", "show", "--dir", d(&dir), "--limit", "1000", "--json"]));
     let lists = entries.as_array().unwrap().iter().filter(|e| e["action"] == "session.list").count();
     assert_eq!(lists, 2, "{entries}");
     ok(&["audit", "verify", "--dir", d(&dir)]);
@@ -822,4 +822,43 @@ mod refused_cleanly {
         let letter = outpost_node::export::letter::letter(&view, &|_| false, "amb-07", 0);
         assert!(letter.contains(&format!("a{}…", "é".repeat(11))), "{letter}");
     }
+}
+
+/// Runs `outpost user set-pin` with `pin` on standard input.
+fn set_pin(dir: &Path, name: &str, pin: &str) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["user", "set-pin", "--dir", d(dir), "--name", name])
+        .env_remove("OUTPOST_NODE_KEY")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{pin}").unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_new_pin_is_set_from_standard_input_audited_and_refused_for_what_has_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    init_edge(&dir);
+    common::fleet::add_user(&dir, "Sam Patel", "paramedic", "HCPC-PA123456", "482193");
+    ok(&["user", "add", "--dir", d(&dir), "--name", "ePR bridge", "--role", "system", "--token"]);
+    let code = |o: &std::process::Output| (o.status.code(), String::from_utf8_lossy(&o.stderr).to_string());
+    let (status, err) = code(&set_pin(&dir, "Sam Patel", "123"));
+    assert_eq!(status, Some(2), "too short: {err}");
+    let (status, err) = code(&set_pin(&dir, "Nobody", "905511"));
+    assert_eq!(status, Some(4), "{err}");
+    let (status, err) = code(&set_pin(&dir, "ePR bridge", "905511"));
+    assert_eq!(status, Some(2), "{err}");
+    assert!(err.contains("integrating system"), "{err}");
+    let before = audit_entries(&dir);
+    let (status, err) = code(&set_pin(&dir, "Sam Patel", "905511"));
+    assert_eq!(status, Some(0), "{err}");
+    assert_eq!(audit_entries(&dir), before + 1);
+    let entries = json(&ok(&["audit", "show", "--dir", d(&dir), "--limit", "1", "--json"]));
+    assert_eq!(entries[0]["action"], "user.set_pin", "{entries}");
+    assert_eq!(entries[0]["detail"]["user"]["name"], "Sam Patel", "{entries}");
 }

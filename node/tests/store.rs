@@ -416,3 +416,72 @@ fn the_person_who_asked_for_a_call_is_known_again_after_a_restart() {
     assert_eq!(node.call_person(asked, &other).unwrap(), None, "another call of the same person's session");
     assert_eq!(node.call_person(by_hand, &other).unwrap(), None, "asked for from the command line");
 }
+
+/// A list shown again and again (the app lists at every screen) is recorded once an hour per
+/// person and kind of list: not again within the hour, again after it, and at once for another
+/// person or another kind of list (a callback's card carries its number, a list's does not).
+/// A repeated create, answered with the session as it stands, is a view.
+#[test]
+fn a_session_shown_in_a_list_is_recorded_once_an_hour_per_person_and_kind_of_list() {
+    use outpost_node::store::people::{Credential, NewPerson, PersonRole};
+    let (_t, dir) = node_dir();
+    let mut node = Node::open(&dir).unwrap();
+    let add = |node: &mut Node, name: &str| {
+        let who = NewPerson { name: name.into(), role: PersonRole::Gp, registration: None };
+        node.raw_store().people_mut().add_person(&who, &Credential::Secret("482913".into()), T).unwrap().0
+    };
+    let (kim, ann) = (add(&mut node, "Dr Kim Lee"), add(&mut node, "Dr Ann Shah"));
+    let a = node.new_session(request("chest pain on exertion"), T).unwrap().id;
+    let b = node.new_session(request("abdominal pain"), T).unwrap().id;
+    let shown = |node: &mut Node, who, ids: &[_], via, at| {
+        node.acting_as(who, |n| n.record_shown(ids.iter().copied(), via, at).unwrap())
+    };
+    assert_eq!(shown(&mut node, &kim, &[a, b], "api", T), 2);
+    assert_eq!(shown(&mut node, &kim, &[a, b, a], "api", T + 3_599_999), 0, "within the hour");
+    assert_eq!(shown(&mut node, &ann, &[a], "api", T + 1), 1, "another person");
+    assert_eq!(shown(&mut node, &kim, &[a], "callbacks", T + 2), 1, "another kind of list");
+    assert_eq!(shown(&mut node, &kim, &[a, b], "api", T + 3_600_000), 2, "an hour on");
+    let entries = node.audit_tail(100).unwrap();
+    let lists: Vec<_> = entries.iter().filter(|e| e.action == "session.list").collect();
+    assert_eq!(lists.len(), 4);
+    assert_eq!(lists[0].detail.as_ref().unwrap()["by"]["name"], "Dr Kim Lee");
+    assert_eq!(lists[1].detail.as_ref().unwrap()["by"]["name"], "Dr Ann Shah");
+    assert_eq!(lists[2].detail.as_ref().unwrap()["via"], "callbacks");
+
+    // The same create sent again returns the first session, which is then a look at it.
+    let views = |node: &Node| node.audit_tail(100).unwrap().iter().filter(|e| e.action == "session.view").count();
+    let first = node.new_session_once(request("syncope"), Some("tap-1"), T + 5).unwrap().id;
+    assert_eq!(views(&node), 0);
+    assert_eq!(node.new_session_once(request("syncope"), Some("tap-1"), T + 6).unwrap().id, first);
+    assert_eq!(views(&node), 1);
+}
+
+/// A node set up anew under a name the hub knew (a replacement tablet) has another audit chain:
+/// it is compared with nothing, and what the hub had seen of the old one is no loss.
+#[test]
+fn a_node_set_up_anew_under_a_known_name_is_not_taken_for_a_cut_back_chain() {
+    use sync_protocol::engine::AuditHeads;
+    let (_t, dir) = node_dir();
+    let mut node = Node::open(&dir).unwrap();
+    node.new_session(request("chest pain"), T).unwrap();
+    let store = node.raw_store();
+    let (mine, head) = (store.audit().chain_id().unwrap(), store.audit().head_seq().unwrap());
+    assert_ne!(mine, 0, "a chain id is made with the store");
+    let heads = |seen_chain, seen| AuditHeads { chain: 9, head: 5, seen_chain, seen };
+    // The hub had seen a longer chain, but another one: nothing is lost here.
+    let found = store.audit_mut().note_audit_head("hub-qhm", heads(mine ^ 1, head + 40), true, T).unwrap();
+    assert!(!found.ours_cut);
+    // This very chain, seen longer by a hub: lost. Seen longer by an edge: not its word to take.
+    assert!(store.audit_mut().note_audit_head("hub-qhm", heads(mine, head + 40), true, T).unwrap().ours_cut);
+    assert!(!store.audit_mut().note_audit_head("amb-09", heads(mine, head + 70), false, T).unwrap().ours_cut);
+    // A peer's own chain: the furthest end told is kept; an end before it is its loss, once;
+    // another chain under the same name starts afresh.
+    let theirs = |chain, head| AuditHeads { chain, head, seen_chain: 0, seen: 0 };
+    let audit = |s: &mut outpost_node::store::Store, h| s.audit_mut().note_audit_head("amb-09", h, false, T).unwrap();
+    assert!(!audit(store, theirs(7, 100)).theirs_cut);
+    assert!(audit(store, theirs(7, 60)).theirs_cut);
+    assert!(!audit(store, theirs(7, 60)).theirs_cut);
+    assert_eq!(store.audit().their_head("amb-09").unwrap(), (7, 100));
+    assert!(!audit(store, theirs(8, 3)).theirs_cut, "a new tablet under the name");
+    assert_eq!(store.audit().their_head("amb-09").unwrap(), (8, 3));
+}

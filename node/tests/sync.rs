@@ -947,3 +947,61 @@ fn a_revoked_tablets_new_changes_do_not_reach_the_hub_through_a_peer_that_has_no
     sync(&late, &hub_addr);
     assert_eq!(texts(&late, &id).unwrap(), vec!["before the theft"]);
 }
+
+/// A tablet's store put back to an older copy of itself (a restore, or someone hiding what was
+/// looked at: the copy's chain and its sealed head verify on their own) is found out at its
+/// next sync: the hub had been told where the chain ended, says so, and the tablet records the
+/// loss in its chain and its status, once; the hub records it in its own. The hub never
+/// forgets how far the chain reached, so the same copy put back again is found again.
+#[test]
+fn a_tablet_whose_audit_chain_was_cut_back_hears_it_from_its_hub() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_hub, amb, addr) = hub_and_edge(tmp.path());
+    let id = new_session(&amb, "cardiology", "chest pain on exertion");
+    wait_until(LIMIT, "a first sync", || run(&["sync", "--dir", d(&amb), "--peer", &addr]).status.success());
+    let older = tmp.path().join("amb-older");
+    copy_dir(&amb, &older);
+    // Looks at the patient, the entries someone would rather were not there.
+    for _ in 0..3 {
+        ok(&["session", "show", "--dir", d(&amb), &id]);
+    }
+    let status = |dir: &std::path::Path| common::json(&ok(&["status", "--dir", d(dir), "--json"]));
+    let seen = status(&amb)["audit"]["entries"].as_u64().unwrap();
+    sync(&amb, &addr);
+
+    std::fs::remove_dir_all(&amb).unwrap();
+    copy_dir(&older, &amb);
+    ok(&["audit", "verify", "--dir", d(&amb)]);
+    assert_eq!(status(&amb)["audit_losses"], serde_json::json!([]), "the copy alone looks whole");
+    sync(&amb, &addr);
+    assert_eq!(status(&amb)["audit_losses"], serde_json::json!([{ "peer": "hub-qhm", "seen": seen }]));
+    let text = ok(&["status", "--dir", d(&amb)]);
+    assert!(text.contains("SHORTER than hub-qhm had seen (entry"), "{text}");
+    let behind = |dir: &std::path::Path| {
+        let entries = common::json(&ok(&["audit", "show", "--dir", d(dir), "--limit", "1000", "--json"]));
+        entries.as_array().unwrap().iter().filter(|e| e["action"] == "audit.behind").cloned().collect::<Vec<_>>()
+    };
+    let found = behind(&amb);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["detail"]["seen"], seen);
+    assert_eq!(found[0]["detail"]["peer"], "hub-qhm");
+    ok(&["audit", "verify", "--dir", d(&amb)]);
+    // Once.
+    sync(&amb, &addr);
+    assert_eq!(behind(&amb).len(), 1);
+    let hub = tmp.path().join("hub-qhm");
+    let hub_entries = common::json(&ok(&["audit", "show", "--dir", d(&hub), "--limit", "1000", "--json"]));
+    let at_hub: Vec<_> =
+        hub_entries.as_array().unwrap().iter().filter(|e| e["action"] == "peer.audit_behind").cloned().collect();
+    assert_eq!(at_hub.len(), 1, "{at_hub:?}");
+    assert_eq!(
+        (at_hub[0]["detail"]["peer"].as_str(), at_hub[0]["detail"]["seen"].as_u64()),
+        (Some("amb-07"), Some(seen))
+    );
+    // The copy put back a second time (which undoes the tablet's own record) is found again.
+    std::fs::remove_dir_all(&amb).unwrap();
+    copy_dir(&older, &amb);
+    sync(&amb, &addr);
+    assert_eq!(status(&amb)["audit_losses"], serde_json::json!([{ "peer": "hub-qhm", "seen": seen }]));
+    assert_eq!(behind(&amb).len(), 1);
+}

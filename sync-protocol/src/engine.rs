@@ -108,6 +108,19 @@ pub struct BlobNeed {
     pub missing: Vec<u32>,
 }
 
+/// The content of a [`Frame::AuditHead`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditHeads {
+    /// The sender's audit chain.
+    pub chain: u64,
+    /// Its newest entry.
+    pub head: u64,
+    /// The receiver's chain the sender was told of.
+    pub seen_chain: u64,
+    /// The furthest end of that chain the sender was told of (0: never).
+    pub seen: u64,
+}
+
 /// Storage as the engine sees it. Every method that writes must be durable when it returns.
 pub trait Replica {
     /// The replica's error.
@@ -170,6 +183,16 @@ pub trait Replica {
     fn revocations(&mut self) -> Result<Option<(u64, Vec<u8>)>, Self::Error>;
     /// Offers a revocation list received from a peer; returns whether it was newer and valid.
     fn offer_revocations(&mut self, der: &[u8]) -> Result<bool, Self::Error>;
+    /// What to tell the peer in [`Frame::AuditHead`]: this node's chain and where it ends, and
+    /// the peer's chain and the furthest end of it we were told of; `None` to send nothing (a
+    /// replica that keeps no audit chain, or a peer it does not tell).
+    fn audit_heads(&mut self, _peer: &PeerInfo) -> Result<Option<AuditHeads>, Self::Error> {
+        Ok(None)
+    }
+    /// The peer's [`Frame::AuditHead`].
+    fn offer_audit_head(&mut self, _peer: &PeerInfo, _heads: AuditHeads, _now: TimeMs) -> Result<(), Self::Error> {
+        Ok(())
+    }
 }
 
 /// How a peer broke the protocol (the conversation is closed with it as the reason).
@@ -216,6 +239,14 @@ pub enum Violation {
         asked: usize,
         /// The most a receiver's window holds.
         window: usize,
+    },
+    /// A frame of a later protocol version than the one agreed, or sent more often than once.
+    #[error("{frame} not expected here (version {version}, or a second one)")]
+    Unexpected {
+        /// The frame's name.
+        frame: &'static str,
+        /// The version agreed.
+        version: u16,
     },
     /// A version of a document with more heads than any session has.
     #[error("a version of {heads} heads")]
@@ -419,6 +450,8 @@ pub struct Engine {
     recon_now: usize,
     /// Bytes of the frames in `early`.
     early_bytes: usize,
+    /// Whether the peer's audit head has come (one per conversation).
+    audit_head_received: bool,
     /// Stored changes to acknowledge at the end of the current call: (doc, our heads, theirs).
     pending_acks: Vec<(DocId, Vec<Hash>, Vec<Hash>)>,
     recon_waiting: bool,
@@ -511,6 +544,7 @@ impl Engine {
             served_now: 0,
             recon_now: 0,
             early_bytes: 0,
+            audit_head_received: false,
             pending_acks: Vec::new(),
             recon_waiting: false,
             transfers: BTreeMap::new(),
@@ -697,6 +731,10 @@ impl Engine {
         let frame = self.out.remove(pos)?;
         let len = frame.encoded_len() as u64;
         self.stats.bytes_sent += len;
+        // An audit head asks for nothing: left out of what marks count and of round trips.
+        if matches!(frame, Frame::AuditHead { .. }) {
+            return Some((frame.lane(), frame));
+        }
         self.stats.frames_sent += 1;
         match &frame {
             Frame::Changes(c) => {
@@ -803,7 +841,10 @@ impl Engine {
         let mut batch_depth: Option<u32> = None;
         let mut queue: VecDeque<Frame> = frames.into();
         while let Some(frame) = queue.pop_front() {
-            self.stats.frames_received += 1;
+            // An audit head asks for nothing: left out of what marks count (as it is sent).
+            if !matches!(frame, Frame::AuditHead { .. }) {
+                self.stats.frames_received += 1;
+            }
             self.stats.bytes_received += frame.encoded_len() as u64;
             if self.closed {
                 continue;
@@ -986,6 +1027,15 @@ impl Engine {
                         self.log.push(format!("{}: installed a newer revocation list", self.peer.name));
                     }
                 }
+                Frame::AuditHead { chain, head, seen_chain, seen } => {
+                    let version = self.version.unwrap_or(0);
+                    if version < 3 || self.audit_head_received {
+                        return Err(self.protocol(Violation::Unexpected { frame: "audit-head", version }));
+                    }
+                    self.audit_head_received = true;
+                    let heads = AuditHeads { chain, head, seen_chain, seen };
+                    replica.offer_audit_head(&self.peer, heads, self.now).map_err(EngineError::Replica)?;
+                }
                 Frame::Mark { received, idle } => {
                     self.last_mark = Some((received, idle));
                     let d =
@@ -1096,6 +1146,11 @@ impl Engine {
             return Err(EngineError::Protocol { peer: self.peer.name.clone(), detail });
         }
         self.version = Some(high);
+        if high >= 3
+            && let Some(h) = replica.audit_heads(&self.peer).map_err(EngineError::Replica)?
+        {
+            self.send(Frame::AuditHead { chain: h.chain, head: h.head, seen_chain: h.seen_chain, seen: h.seen });
+        }
         if let Some((number, der)) = replica.revocations().map_err(EngineError::Replica)?
             && number > h.crl_number
         {

@@ -11,8 +11,9 @@
 //! A frame longer than [`MAX_FRAME`] is refused before its payload is read. Decoding never
 //! panics: every read is bounds-checked and every count is checked against the bytes left, so a
 //! hostile length cannot make the decoder allocate more than the frame it was given.
-//! The protocol version is negotiated in [`Hello`]; version 2 is described here (version 1
-//! carried unsigned changes and Automerge sync messages; it is no longer spoken).
+//! The protocol version is negotiated in [`Hello`]; versions 2 and 3 are described here (3 adds
+//! [`Frame::AuditHead`]; version 1 carried unsigned changes and Automerge sync messages; it is
+//! no longer spoken).
 
 use std::fmt;
 
@@ -20,8 +21,9 @@ use std::fmt;
 pub const ALPN: &[u8] = b"outpost/1";
 /// Oldest protocol version this build speaks.
 pub const MIN_VERSION: u16 = 2;
-/// Newest protocol version this build speaks.
-pub const MAX_VERSION: u16 = 2;
+/// Newest protocol version this build speaks. Version 3 adds [`Frame::AuditHead`], sent only
+/// once both sides have said they speak it.
+pub const MAX_VERSION: u16 = 3;
 /// Largest frame accepted, header excluded.
 pub const MAX_FRAME: usize = 8 * 1024 * 1024;
 
@@ -295,6 +297,24 @@ pub enum Frame {
         /// DER bytes.
         der: Vec<u8>,
     },
+    /// Which audit chain the sender keeps (`chain`: an id made with its store, kept by its
+    /// backups) and where it ends (`head`: its newest entry's number), and the furthest end of
+    /// the receiver's chain `seen_chain` the sender was told of (`seen`, 0: never). A receiver
+    /// whose chain is `seen_chain` and ends before `seen` has lost entries since (restored from
+    /// a backup, or cut back); a node set up anew under the same name has another chain, and
+    /// is compared with nothing. Sent once by each side, after the Hellos, when both speak
+    /// version 3 and one of them is a hub; it asks for nothing and is left out of the frame
+    /// counts that marks answer, so it costs no round trip.
+    AuditHead {
+        /// The sender's audit chain.
+        chain: u64,
+        /// The sender's newest audit entry.
+        head: u64,
+        /// The receiver's chain the sender was told of.
+        seen_chain: u64,
+        /// The furthest end of that chain the sender was told of.
+        seen: u64,
+    },
     /// Ends each batch of the responder's frames: they answer the first `received` frames of the
     /// peer (which lets the initiator count round trips exactly), and `idle` says whether the
     /// sender then waits for nothing.
@@ -373,6 +393,7 @@ impl Frame {
                 | Frame::BlobChunk { .. }
                 | Frame::BlobMissing { .. }
                 | Frame::Revocations { .. }
+                | Frame::AuditHead { .. }
         )
     }
 
@@ -393,6 +414,7 @@ impl Frame {
             Frame::BlobChunk { .. } => 0x12,
             Frame::BlobMissing { .. } => 0x13,
             Frame::Revocations { .. } => 0x20,
+            Frame::AuditHead { .. } => 0x22,
             Frame::Mark { .. } => 0x30,
             Frame::Close { .. } => 0x3F,
         }
@@ -416,6 +438,7 @@ impl Frame {
             Frame::BlobChunk { .. } => "blob-chunk",
             Frame::BlobMissing { .. } => "blob-missing",
             Frame::Revocations { .. } => "revocations",
+            Frame::AuditHead { .. } => "audit-head",
             Frame::Mark { .. } => "mark",
             Frame::Close { .. } => "close",
         }
@@ -533,6 +556,12 @@ impl Frame {
             }
             Frame::BlobMissing { hash } => p.extend_from_slice(hash.as_bytes()),
             Frame::Revocations { der } => put_bytes(p, der),
+            Frame::AuditHead { chain, head, seen_chain, seen } => {
+                p.extend_from_slice(&chain.to_be_bytes());
+                put_varint(p, *head);
+                p.extend_from_slice(&seen_chain.to_be_bytes());
+                put_varint(p, *seen);
+            }
             Frame::Mark { received, idle } => {
                 put_varint(p, *received);
                 p.push(u8::from(*idle));
@@ -645,6 +674,12 @@ impl Frame {
             },
             0x13 => Frame::BlobMissing { hash: Hash(r.array("blob hash")?) },
             0x20 => Frame::Revocations { der: r.bytes("revocation list")? },
+            0x22 => Frame::AuditHead {
+                chain: u64::from_be_bytes(r.array("audit chain")?),
+                head: r.varint("audit head")?,
+                seen_chain: u64::from_be_bytes(r.array("audit chain seen")?),
+                seen: r.varint("audit head seen")?,
+            },
             0x30 => Frame::Mark { received: r.varint("mark count")?, idle: r.bool("mark idle flag")? },
             0x3F => Frame::Close { code: r.u16("close code")?, reason: r.string("close reason")? },
             other => return Err(DecodeError::UnknownType(other)),
@@ -917,6 +952,7 @@ mod tests {
             Frame::BlobChunk { hash: Hash([1; 32]), index: 4, data: vec![7; 100] },
             Frame::BlobMissing { hash: Hash([1; 32]) },
             Frame::Revocations { der: vec![0x30, 0x82] },
+            Frame::AuditHead { chain: 0x1234_5678_9abc_def0, head: 4_812, seen_chain: 7, seen: 4_700 },
             Frame::Mark { received: 12, idle: true },
             Frame::Close { code: 1, reason: "no common version".into() },
         ]

@@ -449,6 +449,21 @@ fn a_peer_speaking_a_range_of_versions_is_met_at_the_highest_common_one() {
 }
 
 #[test]
+fn an_audit_head_is_refused_in_version_2_and_a_second_one_in_version_3() {
+    let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+    let head = Frame::AuditHead { chain: 1, head: 12, seen_chain: 2, seen: 40 };
+    for (max_version, frames) in [(2, vec![head.clone()]), (3, vec![head.clone(), head.clone()])] {
+        let mut hub = replica(&hub_i, 2);
+        let mut eb = Engine::new(edge_i.clone(), EngineConfig::new(false));
+        eb.start(&mut hub, T).unwrap();
+        let hello = Frame::Hello(Hello { min_version: 2, max_version, node: "amb-07".into(), crl_number: 0 });
+        eb.handle(&mut hub, vec![hello], T).unwrap();
+        let err = eb.handle(&mut hub, frames, T).unwrap_err();
+        assert!(err.to_string().contains("audit-head not expected"), "version {max_version}: {err}");
+    }
+}
+
+#[test]
 fn changes_with_missing_dependencies_are_answered_with_the_whole_document() {
     let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
     let (mut edge, mut hub) = (replica(&edge_i, 1), replica(&hub_i, 2));

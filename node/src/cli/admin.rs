@@ -149,21 +149,7 @@ pub(crate) fn run_user(cmd: UserCommand) -> anyhow::Result<()> {
             if name.trim().is_empty() || name.len() > 100 {
                 return Err(InputError("--name: 1 to 100 characters".into()).into());
             }
-            let cred = if token {
-                Credential::Token
-            } else {
-                let mut line = String::new();
-                std::io::stdin().read_line(&mut line)?;
-                let secret = line.trim_end_matches(['\r', '\n']).to_string();
-                if secret.chars().count() < crate::store::people::MIN_SECRET {
-                    return Err(InputError(format!(
-                        "the PIN or passphrase (first line of standard input) needs at least {} characters; nothing was written",
-                        crate::store::people::MIN_SECRET
-                    ))
-                    .into());
-                }
-                Credential::Secret(secret)
-            };
+            let cred = if token { Credential::Token } else { Credential::Secret(read_secret()?) };
             let new = NewPerson { name, role, registration };
             let (person, token) = node.add_person(&new, &cred, now_ms())?;
             if json.json {
@@ -174,6 +160,12 @@ pub(crate) fn run_user(cmd: UserCommand) -> anyhow::Result<()> {
                     println!("token (shown once; keep it in the integrating system's secret store): {t}");
                 }
             }
+        }
+        UserCommand::SetPin { dir, name } => {
+            let mut node = open(&dir)?;
+            let secret = read_secret()?;
+            node.set_pin(&name, &secret, now_ms())?;
+            println!("new PIN set for {name}: their API sessions have ended; they sign in with it");
         }
         UserCommand::Disable { dir, name } => {
             let mut node = open(&dir)?;
@@ -195,4 +187,20 @@ pub(crate) fn run_user(cmd: UserCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A PIN or passphrase from the first line of standard input (so that it appears in no process
+/// list or shell history), checked for length before anything is written.
+fn read_secret() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let secret = line.trim_end_matches(['\r', '\n']).to_string();
+    if secret.chars().count() < crate::store::people::MIN_SECRET {
+        return Err(InputError(format!(
+            "the PIN or passphrase (first line of standard input) needs at least {} characters; nothing was written",
+            crate::store::people::MIN_SECRET
+        ))
+        .into());
+    }
+    Ok(secret)
 }

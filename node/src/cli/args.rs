@@ -547,6 +547,15 @@ pub(crate) enum UserCommand {
         #[command(flatten)]
         json: JsonArg,
     },
+    /// Set a person's new PIN or passphrase, read from the first line of standard input (a
+    /// forgotten one, or one refused as changed outside outpost): their API sessions end.
+    SetPin {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The person's name.
+        #[arg(long)]
+        name: String,
+    },
     /// Disable a user: their token and every API session end at once (a lost tablet PIN, a
     /// leaked integration token, someone who left).
     Disable {

@@ -58,6 +58,13 @@ pub(crate) fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                     done.audit_entries,
                     nd.key_path().display()
                 );
+                if !done.pins_cleared.is_empty() {
+                    println!(
+                        "PINs cleared (they did not open as their person's: changed outside outpost); set new ones with \
+                         `outpost user set-pin`: {}",
+                        done.pins_cleared.join(", ")
+                    );
+                }
             }
         }
     }

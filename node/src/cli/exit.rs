@@ -21,6 +21,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 | NodeError::OutOfScope { .. }
                 | NodeError::WrongNodeForPerson { .. }
                 | NodeError::Person(_)
+                | NodeError::Pin(_)
                 | NodeError::ClientKey { .. }
                 | NodeError::Install(_)
                 | NodeError::Backup(_)

@@ -80,6 +80,13 @@ pub(crate) fn run_status(args: StatusArgs) -> anyhow::Result<()> {
             None => println!("audit chain: {} entries, intact", audit.entries),
             Some(seq) => println!("audit chain: BROKEN at entry {seq} of {}", audit.entries),
         }
+        for loss in &st.audit_losses {
+            println!(
+                "audit chain: SHORTER than {} had seen (entry {}): entries were lost since, by a restore from a \
+                 backup or a chain cut back (`outpost audit show` lists the audit.behind entry)",
+                loss.peer, loss.seen
+            );
+        }
     }
     // The whole file, page by page: a damaged store is said, and the exit is non-zero.
     match node.integrity_check() {

@@ -12,8 +12,9 @@ use super::{InstallError, Node, NodeError};
 use crate::store::people::{Credential, NewPerson, Person};
 use crate::store::{AuditCheck, AuditEntry, BlobInfo, ListFilter, SessionCard, StoreError};
 
-/// How long a session shown to a person in a list is not recorded again as shown to them.
-pub const SHOWN_AGAIN_AFTER_MS: i64 = 15 * 60 * 1000;
+/// How long a session shown to a person in one kind of list is not recorded again as shown
+/// to them there.
+pub const SHOWN_AGAIN_AFTER_MS: i64 = 60 * 60 * 1000;
 
 /// A session's two logs: escalations (routing) and call legs.
 pub type CallLogs = (Vec<sync_protocol::routing::RoutingStep>, Vec<sync_protocol::leg::Leg>);
@@ -84,30 +85,38 @@ impl Node {
     /// operator) was shown these sessions' cards: a list, the event stream's cards, the
     /// callbacks owed. A card carries the patient's NHS number and the question, so each is a
     /// look at the record ("who viewed what, when"). One `session.list` entry names the
-    /// sessions shown that were not recorded as shown to this person in the last
+    /// sessions shown that were not recorded as shown to this person the same way (`via`: a
+    /// callback's card carries its number, a list's does not) in the last
     /// [`SHOWN_AGAIN_AFTER_MS`]: the app lists again at every screen, and one entry per list
-    /// would be thousands a day per person. Nothing new, no entry. The memory is this
-    /// process's: a command-line list is recorded each time. Returns how many were recorded.
+    /// would be thousands a day per person, each the size of the list. Nothing new, no entry.
+    /// The memory is this process's: a command-line list is recorded each time. Returns how
+    /// many were recorded.
     pub fn record_shown(
         &mut self,
         ids: impl IntoIterator<Item = SessionId>,
         via: &'static str,
         now: i64,
     ) -> Result<usize, NodeError> {
-        let person = self.acting.as_ref().map(|p| p.id);
+        let person = (self.acting.as_ref().map(|p| p.id), via);
+        let fresh = |at: &i64| now.saturating_sub(*at) < SHOWN_AGAIN_AFTER_MS && *at <= now;
+        // What has aged out is forgotten, everyone's (a person signed out keeps nothing long),
+        // at most once a minute: each pass reads every entry.
+        if now.saturating_sub(self.shown_pruned_ms) >= 60_000 || now < self.shown_pruned_ms {
+            for seen in self.shown.values_mut() {
+                seen.retain(|_, at| fresh(at));
+            }
+            self.shown.retain(|_, seen| !seen.is_empty());
+            self.shown_pruned_ms = now;
+        }
         let seen = self.shown.entry(person).or_default();
-        seen.retain(|_, at| now.saturating_sub(*at) < SHOWN_AGAIN_AFTER_MS && *at <= now);
+        seen.retain(|_, at| fresh(at));
         let mut new: Vec<SessionId> = ids.into_iter().filter(|id| !seen.contains_key(id)).collect();
         new.sort_unstable();
         new.dedup();
         if new.is_empty() {
             return Ok(0);
         }
-        let detail = serde_json::json!({
-            "sessions": new.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "via": via,
-        });
-        self.store.audit_mut().audit_event("session.list", detail, now)?;
+        self.store.audit_mut().audit_shown(&new, via, now)?;
         // Remembered only once the entry is on disk: a failed write is tried again next time.
         let seen = self.shown.entry(person).or_default();
         seen.extend(new.iter().map(|id| (*id, now)));
@@ -240,9 +249,9 @@ impl Node {
     }
 
     /// Someone at the command line was shown a photo, named by its hash alone: recorded as a
-    /// view of each session that holds it here (or, held by none, of the photo itself).
+    /// view of each session whose record names it (or, named by none, of the photo itself).
     pub fn audit_photo_view_anywhere(&mut self, hash: &str, now: i64) -> Result<(), NodeError> {
-        let ids = self.store.blobs().sessions_holding_photo(hash)?;
+        let ids = self.store.blobs().sessions_naming_photo(hash)?;
         if ids.is_empty() {
             self.store.audit_mut().audit_event("photo.view", serde_json::json!({ "photo": hash }), now)?;
         }
@@ -319,6 +328,29 @@ impl Node {
             clinician.check().map_err(NodeError::Person)?;
         }
         Ok(self.store.people_mut().add_person(new, cred, now)?)
+    }
+
+    /// Sets a person's new PIN or passphrase; their API sessions end (`user.set_pin`).
+    pub fn set_pin(&mut self, name: &str, secret: &str, now: i64) -> Result<(), NodeError> {
+        use crate::store::people::{MIN_SECRET, PersonRole};
+        let who = self.people()?.into_iter().find(|p| p.name == name);
+        match who {
+            None => return Err(StoreError::NoSuchUser(name.to_string()).into()),
+            Some(p) if p.role == PersonRole::System => {
+                return Err(NodeError::Pin(format!(
+                    "{name} is an integrating system: it has a token, not a PIN (disable it and add a new one)"
+                )));
+            }
+            Some(_) => {}
+        }
+        if secret.chars().count() < MIN_SECRET {
+            return Err(NodeError::Pin(format!("a PIN or passphrase needs at least {MIN_SECRET} characters")));
+        }
+        if self.store.people_mut().set_secret(name, secret, now)? {
+            Ok(())
+        } else {
+            Err(StoreError::NoSuchUser(name.to_string()).into())
+        }
     }
 
     /// Disables a user: their token and API sessions stop working at once.

@@ -37,6 +37,9 @@ pub struct NodeStatus {
     pub audit: crate::store::AuditCheck,
     /// When that check was made (ms since the epoch).
     pub audit_checked_ms: i64,
+    /// Hubs that had seen this node's audit chain longer than it later was: entries lost since
+    /// (restored from a backup, or cut back), each also an `audit.behind` entry in the chain.
+    pub audit_losses: Vec<crate::store::AuditLoss>,
     /// The peers connected now (only a running daemon knows: `GET /api/status`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connected_peers: Option<Vec<String>>,

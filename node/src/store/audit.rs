@@ -86,17 +86,32 @@ impl<S: Deref<Target = Store>> Audit<S> {
                  LEFT JOIN sessions s ON s.sid = a.sid ORDER BY a.seq DESC LIMIT ?1",
             )
             .map_err(sql(ctx))?;
+        let mut by_sid = self.0.conn.prepare_cached("SELECT id FROM sessions WHERE sid = ?1").map_err(sql(ctx))?;
         let mut rows = stmt.query([limit as i64]).map_err(sql(ctx))?;
         let mut out = Vec::new();
         while let Some(r) = rows.next().map_err(sql(ctx))? {
             let seq = r.get::<_, i64>(0).map_err(sql(ctx))? as u64;
             let sealed: Option<Vec<u8>> = r.get(5).map_err(sql(ctx))?;
-            let detail = match sealed {
+            let mut detail: Option<serde_json::Value> = match sealed {
                 Some(s) => Some(
                     serde_json::from_slice(&self.0.sealer.open("audit detail", &audit_aad(seq), &s)?).map_err(json)?,
                 ),
                 None => None,
             };
+            // Sessions named by row number (a list shown) are shown by id.
+            if let Some(serde_json::Value::Object(m)) = detail.as_mut()
+                && let Some(serde_json::Value::Array(sids)) = m.remove("sids")
+            {
+                let mut ids = Vec::with_capacity(sids.len());
+                for sid in sids {
+                    let id: Option<String> = match sid.as_i64() {
+                        Some(sid) => by_sid.query_row([sid], |r| r.get(0)).optional().map_err(sql(ctx))?,
+                        None => None,
+                    };
+                    ids.push(id.map_or(serde_json::Value::Null, serde_json::Value::String));
+                }
+                m.insert("sessions".into(), serde_json::Value::Array(ids));
+            }
             out.push(AuditEntry {
                 seq,
                 at_ms: r.get(1).map_err(sql(ctx))?,
@@ -141,6 +156,130 @@ impl<S: Deref<Target = Store>> Audit<S> {
     }
 }
 
+impl<S: Deref<Target = Store>> Audit<S> {
+    /// The newest entry's number (0: none yet).
+    pub fn head_seq(&self) -> Result<u64, StoreError> {
+        head_seq(&self.0.conn)
+    }
+
+    /// This store's audit chain id (made with the store at schema 12, kept by its backups).
+    pub fn chain_id(&self) -> Result<u64, StoreError> {
+        chain_id(&self.0.conn)
+    }
+
+    /// What `peer` last told of its audit chain: the chain, and the furthest end of it told.
+    pub fn their_head(&self, peer: &str) -> Result<(u64, u64), StoreError> {
+        let row: Option<(i64, i64)> = self
+            .0
+            .conn
+            .row("SELECT their_chain, their_head FROM audit_anchors WHERE peer = ?1", [peer], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(sql("reading audit anchors"))?;
+        Ok(row.map_or((0, 0), |(c, h)| (c as u64, h as u64)))
+    }
+
+    /// The hubs that had seen this node's chain longer than it was when they next spoke.
+    pub fn losses(&self) -> Result<Vec<AuditLoss>, StoreError> {
+        let ctx = "reading audit anchors";
+        let mut stmt = self
+            .0
+            .conn
+            .prepare_cached("SELECT peer, lost FROM audit_anchors WHERE lost > 0 ORDER BY peer")
+            .map_err(sql(ctx))?;
+        stmt.query_map([], |r| Ok(AuditLoss { peer: r.get(0)?, seen: r.get::<_, i64>(1)? as u64 }))
+            .map_err(sql(ctx))?
+            .collect::<Result<_, _>>()
+            .map_err(sql(ctx))
+    }
+}
+
+fn head_seq(conn: &rusqlite::Connection) -> Result<u64, StoreError> {
+    let seq: i64 = conn
+        .row("SELECT COALESCE(MAX(seq), 0) FROM audit", [], |r| r.get(0))
+        .map_err(sql("reading the audit chain"))?;
+    Ok(seq as u64)
+}
+
+fn chain_id(conn: &rusqlite::Connection) -> Result<u64, StoreError> {
+    let id: Option<Vec<u8>> = conn
+        .row("SELECT value FROM meta WHERE key = 'audit_chain'", [], |r| r.get(0))
+        .optional()
+        .map_err(sql("reading the audit chain id"))?;
+    Ok(id.and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok()).map_or(0, u64::from_be_bytes))
+}
+
+/// What a [`Audit::note_audit_head`] found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeadsFound {
+    /// This node's chain is shorter than the hub had seen (recorded as `audit.behind`).
+    pub ours_cut: bool,
+    /// The peer's chain is shorter than it had told before (recorded as `peer.audit_behind`).
+    pub theirs_cut: bool,
+}
+
+impl<S: DerefMut<Target = Store>> Audit<S> {
+    /// A peer's [`sync_protocol::wire::Frame::AuditHead`].
+    /// - Its chain: the furthest end told is kept (never lowered, so that putting an older
+    ///   copy back twice is seen twice); an end before it is a loss on the peer, recorded here
+    ///   as `peer.audit_behind` once for each end it had reached. Another chain (a node set up
+    ///   anew under the name) starts afresh.
+    /// - Ours: from a hub (`believed`), an end of this very chain past where it ends now means
+    ///   entries were lost here since (a restore from a backup, or a chain cut back): recorded
+    ///   as `audit.behind`, once for each end a hub saw, and in `outpost status`.
+    pub fn note_audit_head(
+        &mut self,
+        peer: &str,
+        heads: sync_protocol::engine::AuditHeads,
+        believed: bool,
+        now: i64,
+    ) -> Result<HeadsFound, StoreError> {
+        let store = &mut *self.0;
+        let ctx = "recording an audit anchor";
+        let tx = store.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql(ctx))?;
+        let (my_chain, my_head) = (chain_id(&tx)?, head_seq(&tx)?);
+        let row: Option<(i64, i64, i64, i64)> = tx
+            .row("SELECT their_chain, their_head, their_lost, lost FROM audit_anchors WHERE peer = ?1", [peer], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()
+            .map_err(sql(ctx))?;
+        let as_i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let (chain, head) = (heads.chain as i64, as_i(heads.head));
+        let (mut their_head, mut their_lost, mut lost) = (head, 0, 0);
+        let mut found = HeadsFound::default();
+        if let Some((c, h, tl, l)) = row {
+            lost = l;
+            if c == chain {
+                their_head = h.max(head);
+                their_lost = tl;
+                if head < h && tl != h {
+                    found.theirs_cut = true;
+                    their_lost = h;
+                    let detail = serde_json::json!({ "peer": peer, "seen": h, "head": head });
+                    append_audit(&tx, &store.sealer, &store.node, now, "peer.audit_behind", None, Some(detail))?;
+                }
+            }
+        }
+        let seen = as_i(heads.seen);
+        if believed && my_chain != 0 && heads.seen_chain == my_chain && seen > my_head as i64 && seen != lost {
+            found.ours_cut = true;
+            lost = seen;
+            let detail = serde_json::json!({ "peer": peer, "seen": seen, "head": my_head });
+            append_audit(&tx, &store.sealer, &store.node, now, "audit.behind", None, Some(detail))?;
+        }
+        tx.execute(
+            "INSERT INTO audit_anchors (peer, their_chain, their_head, their_lost, lost) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (peer) DO UPDATE SET their_chain = ?2, their_head = ?3, their_lost = ?4, lost = ?5",
+            params![peer, chain, their_head, their_lost, lost],
+        )
+        .map_err(sql(ctx))?;
+        tx.commit().map_err(sql(ctx))?;
+        Ok(found)
+    }
+}
+
 impl<S: DerefMut<Target = Store>> Audit<S> {
     /// The person acting through this store until cleared (the local API sets it around each
     /// request): named, with role and registration, in every audit entry written meanwhile.
@@ -154,6 +293,21 @@ impl<S: DerefMut<Target = Store>> Audit<S> {
         let tx =
             store.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
         append_audit(&tx, &store.sealer, &store.node, now, action, None, by(&store.acting, Some(detail)))?;
+        tx.commit().map_err(sql("committing"))
+    }
+
+    /// Records in the audit chain that the person acting was shown these sessions' cards
+    /// (`session.list`, with `via`). The sessions are named by their row numbers in this store
+    /// (`sids`, as the chain's `sid` column names one session): a list of 500 costs about 3 KB,
+    /// not 15 KB of ids; [`Audit::audit_tail`] shows them as ids again.
+    pub fn audit_shown(&mut self, ids: &[SessionId], via: &'static str, now: i64) -> Result<(), StoreError> {
+        let store = &mut *self.0;
+        let tx =
+            store.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("starting a write"))?;
+        let sids =
+            ids.iter().map(|id| session_row(&tx, &id.to_string()).map(|r| r.sid)).collect::<Result<Vec<_>, _>>()?;
+        let detail = serde_json::json!({ "sids": sids, "via": via });
+        append_audit(&tx, &store.sealer, &store.node, now, "session.list", None, by(&store.acting, Some(detail)))?;
         tx.commit().map_err(sql("committing"))
     }
 

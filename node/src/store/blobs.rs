@@ -111,6 +111,21 @@ impl<S: Deref<Target = Store>> Blobs<S> {
         Ok(ids.iter().filter_map(|i| i.parse().ok()).collect())
     }
 
+    /// Sessions whose record names a photo, whether or not this node keeps the photo for it.
+    pub fn sessions_naming_photo(&self, hash: &str) -> Result<Vec<SessionId>, StoreError> {
+        let ctx = "finding a photo's sessions";
+        let mut stmt = self
+            .0
+            .conn
+            .prepare_cached(
+                "SELECT DISTINCT s.id FROM session_media m JOIN sessions s ON s.sid = m.sid WHERE m.hash = ?1",
+            )
+            .map_err(sql(ctx))?;
+        let ids: Vec<String> =
+            stmt.query_map([hash], |r| r.get(0)).map_err(sql(ctx))?.collect::<Result<_, _>>().map_err(sql(ctx))?;
+        Ok(ids.iter().filter_map(|i| i.parse().ok()).collect())
+    }
+
     /// Photos by what this node holds of them.
     pub fn photo_holdings(&self) -> Result<PhotoHoldings, StoreError> {
         let mut out = PhotoHoldings::default();

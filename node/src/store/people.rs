@@ -2,10 +2,15 @@
 //! integrate with it.
 //!
 //! A person has a role (paramedic, GP, nurse, consultant), a professional registration and a
-//! secret (a PIN or passphrase) kept only as an argon2id hash. Signing in with it gives a
-//! short-lived API token. An integrating system (a GP record system, an ePR) gets a long-lived
-//! token instead, shown once when it is made. Only BLAKE3 hashes of tokens are stored, so a
-//! copied database gives no way in.
+//! secret (a PIN or passphrase) kept only as an argon2id hash, sealed under the node's key with
+//! the person's id, name, role and registration as its associated data: a copied database (a
+//! backup, a disk image) gives no hash to search offline for a six-digit PIN, and a hash moved
+//! to another row opens for no one. (Someone who can write the database file is not guarded
+//! against here: API session rows are not sealed. The node's key and the files' 0600 are what
+//! keep them out.) Signing in with it gives a short-lived API token.
+//! An integrating system (a GP record system, an ePR) gets a long-lived token instead, shown
+//! once when it is made. Only BLAKE3 hashes of tokens are stored, so a copied database gives
+//! no way in.
 
 use std::ops::{Deref, DerefMut};
 
@@ -144,6 +149,30 @@ fn hash_secret(secret: &str) -> Result<String, StoreError> {
         .map_err(|e| StoreError::Damaged(format!("hashing a secret: {e}")))
 }
 
+/// The associated data of a person's sealed secret hash: whose it is.
+pub(super) fn secret_aad(id: i64, name: &str, role: &str, registration: Option<&str>) -> Vec<u8> {
+    let mut aad = b"outpost user secret v1".to_vec();
+    aad.extend_from_slice(&id.to_be_bytes());
+    for field in [name, role] {
+        aad.extend_from_slice(&(field.len() as u64).to_be_bytes());
+        aad.extend_from_slice(field.as_bytes());
+    }
+    match registration {
+        Some(r) => {
+            aad.push(1);
+            aad.extend_from_slice(&(r.len() as u64).to_be_bytes());
+            aad.extend_from_slice(r.as_bytes());
+        }
+        None => aad.push(0),
+    }
+    aad
+}
+
+/// Seals the secret hash of person `p` for the `users.secret` column.
+pub(super) fn seal_secret(sealer: &crate::crypto::Sealer, p: &Person, phc: &str) -> Result<Vec<u8>, StoreError> {
+    Ok(sealer.seal(&secret_aad(p.id, &p.name, p.role.as_str(), p.registration.as_deref()), phc.as_bytes())?)
+}
+
 /// A fixed hash checked when the name is unknown, so that a wrong name takes as long as a
 /// wrong secret.
 fn decoy() -> &'static str {
@@ -185,7 +214,7 @@ impl<S: Deref<Target = Store>> People<S> {
     /// an unknown name, a disabled user or one with no secret, a decoy hash that never matches
     /// anything sent, so that every answer takes as long.
     pub fn secret_of(&self, name: &str) -> Result<(Option<Person>, String), StoreError> {
-        let row: Option<(Person, Option<String>)> = self
+        let row: Option<(Person, rusqlite::types::Value)> = self
             .0
             .conn
             .query_row(
@@ -195,10 +224,34 @@ impl<S: Deref<Target = Store>> People<S> {
             )
             .optional()
             .map_err(sql("signing in"))?;
-        Ok(match row {
-            Some((p, Some(phc))) => (Some(p), phc),
-            _ => (None, decoy().to_string()),
-        })
+        let decoyed = || (None, decoy().to_string());
+        let (p, sealed) = match row {
+            Some((p, rusqlite::types::Value::Blob(sealed))) => (p, sealed),
+            // A person whose PIN a key rotation cleared (it did not open as theirs).
+            Some((p, rusqlite::types::Value::Null)) if p.role != PersonRole::System => {
+                tracing::warn!(
+                    "user {:?} has no PIN (cleared by a key rotation: it had been changed outside outpost): set one \
+                     with `outpost user set-pin --name {:?}`",
+                    p.name,
+                    p.name
+                );
+                return Ok(decoyed());
+            }
+            Some((_, rusqlite::types::Value::Null)) | None => return Ok(decoyed()),
+            // Since schema 11 every secret is sealed: one in the clear was written by hand.
+            Some((p, _)) => {
+                tampered_secret(&p);
+                return Ok(decoyed());
+            }
+        };
+        let aad = secret_aad(p.id, &p.name, p.role.as_str(), p.registration.as_deref());
+        match self.0.sealer.open("user secret", &aad, &sealed).ok().and_then(|phc| String::from_utf8(phc).ok()) {
+            Some(phc) => Ok((Some(p), phc)),
+            None => {
+                tampered_secret(&p);
+                Ok(decoyed())
+            }
+        }
     }
 
     /// The person a bearer token stands for, if it is valid now.
@@ -231,9 +284,10 @@ impl<S: DerefMut<Target = Store>> People<S> {
             Credential::Token => (None, Some(new_token()?)),
         };
         let tx = store.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql("adding a user"))?;
+        // The row first, then its secret sealed with the row's id (in the same transaction).
         tx.execute(
-            "INSERT INTO users (name, role, registration, secret, token_hash, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![new.name, new.role.as_str(), new.registration, secret, token.as_deref().map(hash_token), now],
+            "INSERT INTO users (name, role, registration, secret, token_hash, created_ms) VALUES (?1, ?2, ?3, NULL, ?4, ?5)",
+            params![new.name, new.role.as_str(), new.registration, token.as_deref().map(hash_token), now],
         )
         .map_err(|e| match e {
             rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
@@ -247,6 +301,13 @@ impl<S: DerefMut<Target = Store>> People<S> {
             role: new.role,
             registration: new.registration.clone(),
         };
+        if let Some(phc) = &secret {
+            tx.execute(
+                "UPDATE users SET secret = ?2 WHERE id = ?1",
+                params![person.id, seal_secret(&store.sealer, &person, phc)?],
+            )
+            .map_err(sql("adding a user"))?;
+        }
         let detail = serde_json::json!({ "user": person_json(&person), "credential": if token.is_some() { "token" } else { "secret" } });
         append_audit(&tx, &store.sealer, &store.node, now, "user.add", None, by(&store.acting, Some(detail)))?;
         tx.commit().map_err(sql("adding a user"))?;
@@ -271,6 +332,35 @@ impl<S: DerefMut<Target = Store>> People<S> {
         append_audit(&tx, &store.sealer, &store.node, now, "api.sign_in", None, Some(detail))?;
         tx.commit().map_err(sql("signing in"))?;
         Ok((token, expires))
+    }
+
+    /// Sets a person's new PIN or passphrase (a forgotten one, or one refused as changed outside
+    /// outpost); their API sessions end. Returns whether an enabled person of that name exists
+    /// (an integrating system has a token, not a secret). Audited (`user.set_pin`).
+    pub fn set_secret(&mut self, name: &str, secret: &str, now: i64) -> Result<bool, StoreError> {
+        let phc = hash_secret(secret)?;
+        let store = &mut *self.0;
+        let ctx = "setting a PIN";
+        let tx = store.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql(ctx))?;
+        let who: Option<Person> = tx
+            .query_row(
+                "SELECT id, name, role, registration FROM users WHERE name = ?1 AND disabled = 0 AND role != 'system'",
+                [name],
+                person_of,
+            )
+            .optional()
+            .map_err(sql(ctx))?;
+        let Some(who) = who else { return Ok(false) };
+        tx.execute(
+            "UPDATE users SET secret = ?2 WHERE id = ?1",
+            params![who.id, seal_secret(&store.sealer, &who, &phc)?],
+        )
+        .map_err(sql(ctx))?;
+        tx.execute("DELETE FROM api_sessions WHERE user_id = ?1", [who.id]).map_err(sql(ctx))?;
+        let detail = serde_json::json!({ "user": person_json(&who) });
+        append_audit(&tx, &store.sealer, &store.node, now, "user.set_pin", None, by(&store.acting, Some(detail)))?;
+        tx.commit().map_err(sql(ctx))?;
+        Ok(true)
     }
 
     /// Disables a user: their token and every API session end now. Returns whether the user
@@ -315,6 +405,42 @@ impl<S: DerefMut<Target = Store>> People<S> {
         tx.commit().map_err(sql(ctx))?;
         Ok(true)
     }
+}
+
+/// A person's sealed secret does not open as theirs: moved from another row, written by hand,
+/// or their name, role or registration changed outside outpost. Signing in is refused as for a
+/// wrong PIN (the caller learns nothing more); the log tells the deployer what to do.
+fn tampered_secret(p: &Person) {
+    tracing::warn!(
+        "the PIN record of user {:?} was changed outside outpost (it does not open as theirs under this node's \
+         key), so no PIN signs them in: set a new one with `outpost user set-pin --name {:?}`",
+        p.name,
+        p.name
+    );
+}
+
+/// Seals, in a migration, every secret hash kept in the clear before schema 11.
+pub(super) fn seal_clear_secrets(
+    tx: &rusqlite::Transaction<'_>,
+    sealer: &crate::crypto::Sealer,
+) -> Result<u64, StoreError> {
+    let ctx = "sealing the staff's secrets";
+    // The columns as stored (a role no longer known is sealed as it stands, not refused).
+    type Row = (i64, String, String, Option<String>, String);
+    let clear: Vec<Row> = {
+        let mut stmt = tx
+            .prepare("SELECT id, name, role, registration, secret FROM users WHERE typeof(secret) = 'text'")
+            .map_err(sql(ctx))?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .map_err(sql(ctx))?
+            .collect::<Result<_, _>>()
+            .map_err(sql(ctx))?
+    };
+    for (id, name, role, registration, phc) in &clear {
+        let sealed = sealer.seal(&secret_aad(*id, name, role, registration.as_deref()), phc.as_bytes())?;
+        tx.execute("UPDATE users SET secret = ?2 WHERE id = ?1", params![id, sealed]).map_err(sql(ctx))?;
+    }
+    Ok(clear.len() as u64)
 }
 
 /// Checks a secret against a stored argon2id hash (tens of milliseconds of CPU: run it off the

@@ -21,6 +21,9 @@ pub struct Resealed {
     pub bytes: u64,
     /// Audit entries whose chain hash was recomputed.
     pub audit_entries: u64,
+    /// People whose PIN was cleared: its sealed hash did not open as theirs (moved, or written
+    /// by hand). Each needs `outpost user set-pin`.
+    pub pins_cleared: Vec<String>,
 }
 
 /// Sealed metadata values and their associated data.
@@ -118,6 +121,47 @@ impl Store {
         reseal_column(&tx, old, &new, "photo chunk", "blob_chunks", "sealed", chunks, &mut done)?;
         let thumbs = rows(&tx, "SELECT rowid, hash FROM blobs WHERE thumbnail IS NOT NULL", id_aad(thumb_aad))?;
         reseal_column(&tx, old, &new, "thumbnail", "blobs", "thumbnail", thumbs, &mut done)?;
+        // A secret that does not open as its person's (moved, or written by hand) signs no one
+        // in: it is cleared rather than stop the rotation, and named in its entry.
+        let mut cleared = Vec::new();
+        let all: Vec<(i64, String, Vec<u8>)> = {
+            let mut stmt = tx
+                .prepare("SELECT id, name, role, registration FROM users WHERE secret IS NOT NULL")
+                .map_err(sql(CTX))?;
+            stmt.query_map([], |r| {
+                let aad = super::people::secret_aad(
+                    r.get(0)?,
+                    &r.get::<_, String>(1)?,
+                    &r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?.as_deref(),
+                );
+                Ok((r.get(0)?, r.get(1)?, aad))
+            })
+            .map_err(sql(CTX))?
+            .collect::<Result<_, _>>()
+            .map_err(sql(CTX))?
+        };
+        for (id, name, aad) in &all {
+            let value: rusqlite::types::Value =
+                tx.query_row("SELECT secret FROM users WHERE id = ?1", [id], |r| r.get(0)).map_err(sql(CTX))?;
+            let opens = match &value {
+                rusqlite::types::Value::Blob(sealed) => old.open("user secret", aad, sealed).is_ok(),
+                _ => false,
+            };
+            if !opens {
+                tx.execute("UPDATE users SET secret = NULL WHERE id = ?1", [id]).map_err(sql(CTX))?;
+                cleared.push(name.clone());
+            }
+        }
+        let secrets = rows(&tx, "SELECT id, name, role, registration FROM users WHERE typeof(secret) = 'blob'", |r| {
+            Ok(super::people::secret_aad(
+                r.get(0)?,
+                &r.get::<_, String>(1)?,
+                &r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?.as_deref(),
+            ))
+        })?;
+        reseal_column(&tx, old, &new, "user secret", "users", "secret", secrets, &mut done)?;
         let dirs = rows(&tx, "SELECT rowid, icb FROM directory", id_aad(super::directory::aad))?;
         reseal_column(&tx, old, &new, "ICB directory", "directory", "sealed", dirs, &mut done)?;
         let details =
@@ -156,7 +200,9 @@ impl Store {
             "new_key_id": new_id,
             "values_resealed": done.values,
             "previous_chain_head": old_head.map(hex::encode),
+            "pins_cleared": cleared,
         });
+        done.pins_cleared = cleared;
         append_audit(&tx, &new, &self.node, now, "key.rotate", None, Some(detail))?;
         tx.commit().map_err(sql("committing the new key"))?;
         self.sealer = new;

@@ -210,7 +210,29 @@ ALTER TABLE session_media ADD COLUMN vouched INTEGER NOT NULL DEFAULT 0;
 UPDATE session_media SET vouched = 1 WHERE holders != '' AND EXISTS (
     SELECT 1 FROM peer_docs d WHERE d.hub = 1 AND (',' || session_media.holders || ',') LIKE ('%,' || d.peer || ',%'));
 "#,
+    // Schema 11: the staff's PIN hashes are sealed under the node's key, bound to whose they
+    // are (`people::seal_clear_secrets`, in this step's transaction): a copied store gives no
+    // hash to search offline. An earlier outpost, which reads them in the clear, refuses it.
+    "-- the staff's secrets sealed",
+    // Schema 12: this store's audit chain id (`meta.audit_chain`, made in this step and kept
+    // by backups), and for each peer its chain and the furthest end of it told
+    // (`Frame::AuditHead`), the end of theirs found cut back (`their_lost`), and the end of ours
+    // a hub had seen that ours was found short of (`lost`).
+    r#"
+CREATE TABLE IF NOT EXISTS audit_anchors (
+    peer        TEXT PRIMARY KEY,
+    their_chain INTEGER NOT NULL,
+    their_head  INTEGER NOT NULL,
+    their_lost  INTEGER NOT NULL DEFAULT 0,
+    lost        INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+"#,
 ];
+
+/// The schema from which the staff's secrets are sealed.
+const SEALED_SECRETS_SCHEMA: i64 = 11;
+/// The schema from which a store has an audit chain id.
+const AUDIT_CHAIN_SCHEMA: i64 = 12;
 
 /// The schema from which the audit chain's head is sealed.
 const AUDIT_HEAD_SCHEMA: i64 = 8;
@@ -285,6 +307,7 @@ pub(super) fn migrate(
     if version > DB_SCHEMA_VERSION {
         return Err(StoreError::NewerSchema { path: path.to_path_buf(), found: version });
     }
+    let mut sealed_secrets = 0;
     for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         tx.execute_batch(step).map_err(sql("migrating the schema"))?;
         let reached = i as i64 + 1;
@@ -292,9 +315,51 @@ pub(super) fn migrate(
             check_key(&tx, sealer)?;
             super::audit::seal_existing_chain(&tx, sealer, node, now)?;
         }
+        if reached == SEALED_SECRETS_SCHEMA {
+            check_key(&tx, sealer)?;
+            // The hashes in the clear are overwritten where they lay, not only freed (a freed
+            // cell keeps its bytes in the file until the page is reused).
+            tx.execute_batch("PRAGMA secure_delete = ON").map_err(sql("migrating the schema"))?;
+            sealed_secrets = super::people::seal_clear_secrets(&tx, sealer)?;
+        }
+        if reached == AUDIT_CHAIN_SCHEMA {
+            let mut id = [0u8; 8];
+            crate::crypto::random_bytes(&mut id).map_err(|e| StoreError::Damaged(format!("no randomness: {e}")))?;
+            tx.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('audit_chain', ?1)", [id.to_vec()])
+                .map_err(sql("migrating the schema"))?;
+        }
         tx.execute_batch(&format!("PRAGMA user_version = {reached}")).map_err(sql("migrating the schema"))?;
     }
-    tx.commit().map_err(sql("migrating the schema"))
+    tx.commit().map_err(sql("migrating the schema"))?;
+    conn.execute_batch("PRAGMA secure_delete = OFF").map_err(sql("migrating the schema"))?;
+    if sealed_secrets > 0 {
+        scrub_after_sealing(conn);
+    }
+    Ok(())
+}
+
+/// After the staff's hashes were sealed: the file is rebuilt (`VACUUM`), so that no piece of a
+/// hash freed before (a disabled user's, a row moved when a page split) is left in its free
+/// space, and the log, which held the pages with the hashes, is written back and emptied.
+/// Either can be stopped by another process with the store open (an older daemon): the store
+/// is sealed all the same, and the log says what is left to do.
+fn scrub_after_sealing(conn: &Connection) {
+    if let Err(e) = conn.execute_batch("VACUUM") {
+        tracing::warn!(
+            "the staff's PIN hashes are sealed, but the store could not be rebuilt ({e}): pieces of the old \
+             hashes may stay in its free space until SQLite reuses it"
+        );
+    }
+    let done = conn.row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    });
+    match done {
+        Ok((0, log, written)) if log == written => {}
+        Ok(_) | Err(_) => tracing::warn!(
+            "the staff's PIN hashes are sealed, but the store's log could not be written back and emptied \
+             (another process has it open): it may hold the old hashes until the next checkpoint"
+        ),
+    }
 }
 
 pub(super) fn check_key(conn: &Connection, sealer: &Sealer) -> Result<(), StoreError> {

@@ -186,6 +186,16 @@ pub struct AuditCheck {
     pub broken_at: Option<u64>,
 }
 
+/// A hub had seen this node's audit chain longer than it is now: entries were lost since
+/// (restored from a backup, or cut back). Recorded in the chain as `audit.behind`.
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditLoss {
+    /// The hub.
+    pub peer: String,
+    /// The newest entry of this node's chain that hub had been told of.
+    pub seen: u64,
+}
+
 /// One audit entry, opened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {

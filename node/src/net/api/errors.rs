@@ -25,6 +25,7 @@ impl From<NodeError> for ApiError {
             NodeError::Photo(_)
             | NodeError::WrongNodeForPerson { .. }
             | NodeError::Person(_)
+            | NodeError::Pin(_)
             | NodeError::ClientKey { .. }
             | NodeError::Install(_)
             | NodeError::AmbiguousPhoto { .. }
@@ -130,11 +131,9 @@ pub(super) async fn as_person<T: Send + 'static>(
     shared
         .store
         .call(move |n| {
-            n.set_acting(Some(&who));
             // The person is cleared however the operation ends, a panic included.
-            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(n)));
-            n.set_acting(None);
-            out.unwrap_or_else(|_| Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, "the operation failed".into())))
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| n.acting_as(&who, f)))
+                .unwrap_or_else(|_| Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, "the operation failed".into())))
         })
         .await?
 }

@@ -156,10 +156,8 @@ pub(super) async fn events(
                                 // Each card shows its patient to the stream's person: recorded
                                 // as a list is. A card that cannot be recorded is not shown:
                                 // the stream ends, and the app reconnects and lists again.
-                                n.set_acting(Some(&who));
-                                let recorded = n.record_shown(cards.iter().map(|c| c.id), "events", now_ms());
-                                n.set_acting(None);
-                                recorded.ok()?;
+                                n.acting_as(&who, |n| n.record_shown(cards.iter().map(|c| c.id), "events", now_ms()))
+                                    .ok()?;
                                 Some((cards, n.calls_now(&ids).unwrap_or_default()))
                             })
                             .await
