@@ -331,27 +331,34 @@ impl Replica for NodeReplica<'_> {
         Ok(true)
     }
 
-    fn audit_heads(&mut self, peer: &PeerInfo) -> Result<Option<AuditHeads>, StoreError> {
-        // Told between a hub and its members only: another edge or desk has no use for how
-        // much this node has audited.
-        if self.me.role != Role::Hub && peer.role != Role::Hub {
+    fn audit_heads(&mut self, peer: &PeerInfo, proof_at: Option<u64>) -> Result<Option<AuditHeads>, StoreError> {
+        // Told between a hub and its own ICB's members only: another edge or desk, or another
+        // ICB's hub, has no use for how much this node has audited.
+        if !audit_partners(self.me, peer) {
             return Ok(None);
         }
         let store = self.reading()?;
-        let audit = store.audit();
-        let (seen_chain, seen) = audit.their_head(&peer.name)?;
-        Ok(Some(AuditHeads { chain: audit.chain_id()?, head: audit.head_seq()?, seen_chain, seen }))
+        Ok(Some(store.audit().audit_heads_for(&peer.name, proof_at)?))
     }
 
     fn offer_audit_head(&mut self, peer: &PeerInfo, heads: AuditHeads, now: TimeMs) -> Result<(), StoreError> {
-        if self.me.role != Role::Hub && peer.role != Role::Hub {
+        if !audit_partners(self.me, peer) {
             return Ok(());
         }
         self.writing()?;
-        // Only a hub's word that our chain was longer is taken (a hub keeps the record; any
-        // other member could make us write an entry each time it connects).
-        let believed = peer.role == Role::Hub;
-        let found = self.store.audit_mut().note_audit_head(&peer.name, heads, believed, now)?;
+        // Only our own ICB's hub's word that our chain was longer is taken (a hub keeps the
+        // record; any other member, or another ICB's hub, could make us write an entry and
+        // raise a lasting alarm in `status` each time it connects).
+        let believed = peer.role == Role::Hub && peer.icb.is_some() && peer.icb == self.me.icb;
+        // Advisory: a failure to record an anchor (a busy or full disk) must not end the sync
+        // that would free the disk.
+        let found = match self.store.audit_mut().note_audit_head(&peer.name, heads, believed, now) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!("could not record {}'s audit head: {e}", peer.name);
+                return Ok(());
+            }
+        };
         if found.ours_cut {
             tracing::warn!(
                 "{} had seen this node's audit chain up to entry {}, and it is shorter now: entries were lost \
@@ -370,6 +377,12 @@ impl Replica for NodeReplica<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether `me` and `peer` tell each other their audit heads: a hub and a member of its own
+/// ICB (or two hubs of one ICB).
+fn audit_partners(me: &PeerInfo, peer: &PeerInfo) -> bool {
+    (me.role == Role::Hub || peer.role == Role::Hub) && me.icb.is_some() && me.icb == peer.icb
 }
 
 #[cfg(test)]

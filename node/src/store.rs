@@ -68,7 +68,7 @@ use documents::*;
 use identity::*;
 use schema::*;
 
-pub use audit::Audit;
+pub use audit::{Audit, HeadsFound};
 pub use blobs::{Blobs, vouched};
 pub use directory::Directory;
 pub use documents::{LogEntries, Sessions};
@@ -650,6 +650,7 @@ impl Store {
                 owner_only(&beside)?;
             }
         }
+        let mut alone = false;
         let mut conn = match configure(path, false) {
             Ok(conn) => conn,
             // A full disk: the shared-memory index beside the database cannot be made, so this
@@ -661,6 +662,7 @@ impl Store {
                     && space::free_bytes(path).is_some_and(|f| f < space::LOW_SPACE_BYTES) =>
             {
                 tracing::warn!("the disk is full: opening the store for this process alone ({e})");
+                alone = true;
                 configure(path, true)?
             }
             Err(e) => return Err(e),
@@ -668,6 +670,9 @@ impl Store {
         migrate(&mut conn, path, &sealer, node, crate::node::now_ms())?;
         rebuild_fp_groups(&mut conn)?;
         check_key(&conn, &sealer)?;
+        if !alone && !low_space {
+            scrub_if_pending(&conn);
+        }
         let author = author_key(&conn, &sealer)?;
         let roster = load_roster(&conn)?;
         let mut store = Store {

@@ -291,7 +291,13 @@ fn a_store_from_before_schema_11_has_its_pin_hashes_sealed_and_none_left_in_the_
     for (name, phc) in &clear {
         conn.execute("UPDATE users SET secret = ?2 WHERE name = ?1", [name, phc]).unwrap();
     }
-    conn.execute_batch("PRAGMA user_version = 10").unwrap();
+    // What schemas 11 and 12 add is taken out again, as a schema-10 store never had it.
+    conn.execute_batch(
+        "ALTER TABLE audit DROP COLUMN anchor; DROP TABLE audit_anchors;
+         DELETE FROM meta WHERE key IN ('audit_chain', 'audit_anchor_salt', 'scrub_pending');
+         PRAGMA user_version = 10",
+    )
+    .unwrap();
     drop(conn);
     // Each hash's own part (after its parameters and salt), as an offline search would need it.
     let hashes: Vec<&[u8]> = clear.iter().map(|(_, phc)| phc.rsplit('$').next().unwrap().as_bytes()).collect();

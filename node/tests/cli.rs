@@ -457,10 +457,12 @@ fn deleting_audit_entries_in_the_middle_or_at_the_end_is_detected() {
     let wind_back = |dir: &Path| {
         let conn = rusqlite::Connection::open(dir.join("outpost.db")).unwrap();
         conn.execute("DELETE FROM meta WHERE key = 'audit_head'", []).unwrap();
-        // And without what schemas 9 and 10 added.
+        // And without what schemas 9, 10 and 12 added.
         conn.execute_batch(
             "ALTER TABLE sessions DROP COLUMN escalating; DROP TABLE blob_possessors;
-             ALTER TABLE session_media DROP COLUMN vouched; PRAGMA user_version = 7",
+             ALTER TABLE session_media DROP COLUMN vouched; ALTER TABLE audit DROP COLUMN anchor;
+             DROP TABLE audit_anchors; DELETE FROM meta WHERE key IN ('audit_chain', 'audit_anchor_salt');
+             PRAGMA user_version = 7",
         )
         .unwrap();
     };

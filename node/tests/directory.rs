@@ -8,7 +8,7 @@ use outpost_node::node::{InitParams, Node, NodeError, SessionRequest};
 use sync_protocol::authorship::Member;
 use sync_protocol::call::{Action, Listen, PathQuality, RotaDesk};
 use sync_protocol::directory::{DirectoryDoc, Hours, LineEntry, directory_id};
-use sync_protocol::engine::{Applied, Incoming};
+use sync_protocol::engine::{Applied, Incoming, Knowledge};
 use sync_protocol::router::Router;
 use sync_protocol::session::{LogValue, Patient, Requester, Service, SessionId};
 use sync_protocol::vocab::{CareSetting, Channel, Priority, Role, ServiceLine};
@@ -317,4 +317,66 @@ fn one_step_of_a_peers_frames_is_bounded_and_what_is_left_is_taken_in_the_next()
     let rest: Vec<Incoming> = busy.into_iter().cloned().collect();
     let (again, _) = hub.raw_store().peers_mut().apply_remote(&me, &from, &rest, T + 20).unwrap();
     assert!(again.iter().any(|a| matches!(a, Applied::Stored { .. })), "{again:?}");
+}
+
+/// A session as `sender` holds it, taken by `to` (which learns `sender` and `authors` as fleet
+/// members, here without certificates).
+fn carried(sender: &mut Node, to: &mut Node, authors: &[&mut Node], id: SessionId, now: i64) {
+    let (me, from) = (to.config().peer_info(), sender.config().peer_info());
+    for a in authors.iter().map(|n| &**n).chain([&*sender]) {
+        let member = Member { info: a.config().peer_info(), key: a.author_public() };
+        to.raw_store().identity_mut().add_member(member, b"test member").unwrap();
+    }
+    let out = sender.raw_store().peers_mut().changes_since(&me, &id.to_bytes(), &[]).unwrap().unwrap();
+    let inc = Incoming { doc: id.to_bytes(), bytes: out.bytes, sigs: out.sigs };
+    let (applied, _) = to.raw_store().peers_mut().apply_remote(&me, &from, &[inc], now).unwrap();
+    assert!(matches!(applied[0], Applied::Stored { .. }), "{applied:?}");
+}
+
+#[test]
+fn a_desk_rung_by_two_crews_at_the_same_moment_answers_one_and_the_other_ring_passes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut hub = node(&tmp, "hub-qhm", Role::Hub, "QHM", vec![]);
+    let mut first = node(&tmp, "amb-07", Role::Edge, "QHM", vec![]);
+    let mut second = node(&tmp, "amb-08", Role::Edge, "QHM", vec![]);
+    let mut desk = node(&tmp, "desk-derm-1", Role::Desk, "QHM", vec![ServiceLine::Dermatology]);
+    hub.set_line(dermatology("mon-fri 08:00-18:30", &["desk-derm-1", "desk-derm-2"]), T).unwrap();
+    let ids = [escalated_at_hub(&mut first, &mut hub), escalated_at_hub(&mut second, &mut hub)];
+    // Both cases are at the desk (as far as the hub knows), both crews' links pass the gate,
+    // and the desk is rung for both before it has answered either.
+    let desk_info = desk.config().peer_info();
+    let good = PathQuality { rtt_ms: 40.0, jitter_ms: 3.0, loss: 0.0, burst_ratio: 1.0, probes: 50 };
+    let mut router = hub.call_router(24 * 3_600_000).unwrap();
+    assert_eq!(hub.follow_escalations(&mut router, &ids, false, T + 2).unwrap(), 2);
+    for id in ids {
+        let heads = hub.raw_store().peers().heads_of(&id.to_bytes()).unwrap().unwrap();
+        let known = Knowledge { heads: heads.clone(), shared: heads };
+        hub.raw_store().peers_mut().set_knowledge(&desk_info, &[(id.to_bytes(), known)]).unwrap();
+        assert_eq!(hub.route_call(&mut router, id, T + 3).unwrap().action(), Some(&Action::Measure));
+        router.heard(id.to_bytes(), good, T + 4);
+        assert!(matches!(hub.route_call(&mut router, id, T + 4).unwrap().action(), Some(Action::GatePassed(..))));
+        let routed = hub.route_call(&mut router, id, T + 5).unwrap();
+        assert!(matches!(routed.action(), Some(Action::Ring { desk, .. }) if desk == "desk-derm-1"), "{routed:?}");
+    }
+    for id in ids {
+        carried(&mut hub, &mut desk, &[&mut first, &mut second], id, T + 6);
+    }
+    // The consultant answers both rings in the same moment (the app's two cards, or two
+    // taps): the desk carries one call's voice, so only the first is answered.
+    assert!(desk.answer_call(ids[0], T + 7).unwrap().is_some(), "the first ring is answered");
+    match desk.answer_call(ids[1], T + 7) {
+        Err(NodeError::OnACall { session }) => assert_eq!(session, ids[0]),
+        other => panic!("the second ring must be refused while the first call connects, got {other:?}"),
+    }
+    // The hub connects the first crew, and the second crew's ring passes to the next desk
+    // once its ring time is over, rather than to a desk that answered and carries no voice.
+    carried(&mut desk, &mut hub, &[&mut first, &mut second], ids[0], T + 8);
+    let routed = hub.route_call(&mut router, ids[0], T + 8).unwrap();
+    assert!(matches!(routed.action(), Some(Action::Connected { desk, .. }) if desk == "desk-derm-1"), "{routed:?}");
+    // The desk's copy of the second crew's session, carried back, holds no answer to connect.
+    carried(&mut desk, &mut hub, &[&mut first, &mut second], ids[1], T + 8);
+    let routed = hub.route_call(&mut router, ids[1], T + 9).unwrap();
+    assert_eq!(routed.action(), Some(&Action::Wait), "still ringing, not connected");
+    let routed = hub.route_call(&mut router, ids[1], T + 5 + 20_000).unwrap();
+    assert!(matches!(routed.action(), Some(Action::NoAnswer { desk, .. }) if desk == "desk-derm-1"), "{routed:?}");
 }

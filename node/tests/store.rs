@@ -467,7 +467,7 @@ fn a_node_set_up_anew_under_a_known_name_is_not_taken_for_a_cut_back_chain() {
     let store = node.raw_store();
     let (mine, head) = (store.audit().chain_id().unwrap(), store.audit().head_seq().unwrap());
     assert_ne!(mine, 0, "a chain id is made with the store");
-    let heads = |seen_chain, seen| AuditHeads { chain: 9, head: 5, seen_chain, seen };
+    let heads = |seen_chain, seen| AuditHeads { chain: 9, head: 5, seen_chain, seen, ..Default::default() };
     // The hub had seen a longer chain, but another one: nothing is lost here.
     let found = store.audit_mut().note_audit_head("hub-qhm", heads(mine ^ 1, head + 40), true, T).unwrap();
     assert!(!found.ours_cut);
@@ -476,12 +476,87 @@ fn a_node_set_up_anew_under_a_known_name_is_not_taken_for_a_cut_back_chain() {
     assert!(!store.audit_mut().note_audit_head("amb-09", heads(mine, head + 70), false, T).unwrap().ours_cut);
     // A peer's own chain: the furthest end told is kept; an end before it is its loss, once;
     // another chain under the same name starts afresh.
-    let theirs = |chain, head| AuditHeads { chain, head, seen_chain: 0, seen: 0 };
+    // Each answering for entry 100, the end kept once it was told.
+    let theirs = |chain, head| AuditHeads { chain, head, proof: 100, ..Default::default() };
     let audit = |s: &mut outpost_node::store::Store, h| s.audit_mut().note_audit_head("amb-09", h, false, T).unwrap();
     assert!(!audit(store, theirs(7, 100)).theirs_cut);
+    // An older answer overtaken by another conversation's (it vouches for an end before the
+    // one kept) is no loss: a daemon's and a one-shot sync's, side by side.
+    let overtaken = AuditHeads { chain: 7, head: 99, proof: 98, ..Default::default() };
+    assert!(!audit(store, overtaken).theirs_cut);
+    assert_eq!(store.audit().their_head("amb-09").unwrap(), (7, 100));
     assert!(audit(store, theirs(7, 60)).theirs_cut);
     assert!(!audit(store, theirs(7, 60)).theirs_cut);
     assert_eq!(store.audit().their_head("amb-09").unwrap(), (7, 100));
     assert!(!audit(store, theirs(8, 3)).theirs_cut, "a new tablet under the name");
     assert_eq!(store.audit().their_head("amb-09").unwrap(), (8, 3));
+}
+
+/// One sync's audit heads between a tablet and its hub, as the engine exchanges them: the hub
+/// (the responder) tells first, the tablet answers vouching for the end the hub had seen.
+/// Returns what the tablet found, then what the hub found.
+fn exchange_audit_heads(
+    tablet: &mut Node,
+    hub: &mut Node,
+    now: i64,
+) -> (outpost_node::store::HeadsFound, outpost_node::store::HeadsFound) {
+    let from_hub = hub.raw_store().audit().audit_heads_for("amb-07", None).unwrap();
+    let ours = tablet.raw_store().audit_mut().note_audit_head("hub-qhm", from_hub, true, now).unwrap();
+    let from_tablet = tablet.raw_store().audit().audit_heads_for("hub-qhm", Some(from_hub.seen)).unwrap();
+    let theirs = hub.raw_store().audit_mut().note_audit_head("amb-07", from_tablet, false, now).unwrap();
+    (ours, theirs)
+}
+
+fn audit_actions(node: &mut Node) -> Vec<String> {
+    node.raw_store().audit().audit_tail(10_000).unwrap().into_iter().map(|e| e.action).collect()
+}
+
+/// An older copy of a tablet's store put back, then written past where the hub had seen its
+/// chain end (a shift's offline work, or entries written on purpose to pad it): the entry the
+/// hub had seen is another one now, and both sides find it; an honest sync after finds nothing.
+#[test]
+fn an_older_copy_written_past_where_the_hub_had_seen_it_is_found_by_both_sides() {
+    let (_t, dir) = node_dir();
+    let (_t2, hub_dir) = node_dir();
+    let mut hub = Node::open(&hub_dir).unwrap();
+    let mut tablet = Node::open(&dir).unwrap();
+    tablet.new_session(request("chest pain"), T).unwrap();
+    // The copy, taken while the tablet is closed.
+    drop(tablet);
+    let copy = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(dir.root()).unwrap() {
+        let f = f.unwrap();
+        if f.file_type().unwrap().is_file() {
+            std::fs::copy(f.path(), copy.path().join(f.file_name())).unwrap();
+        }
+    }
+    let mut tablet = Node::open(&dir).unwrap();
+    let id = tablet.new_session(request("syncope"), T + 1).unwrap().id;
+    for i in 0..40 {
+        tablet.view(id).unwrap();
+        tablet.raw_store().audit_mut().audit_event("test.view", serde_json::json!({ "i": i }), T + 2).unwrap();
+    }
+    let seen = tablet.raw_store().audit().head_seq().unwrap();
+    assert_eq!(exchange_audit_heads(&mut tablet, &mut hub, T + 3), Default::default(), "first contact");
+    assert_eq!(exchange_audit_heads(&mut tablet, &mut hub, T + 4), Default::default(), "nothing moved");
+    // The older copy is put back and written past where the hub had seen the chain end.
+    drop(tablet);
+    for f in std::fs::read_dir(copy.path()).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), dir.root().join(f.file_name())).unwrap();
+    }
+    let _ = std::fs::remove_file(dir.root().join("outpost.db-wal"));
+    let mut tablet = Node::open(&dir).unwrap();
+    for i in 0..60 {
+        tablet.raw_store().audit_mut().audit_event("test.pad", serde_json::json!({ "i": i }), T + 5).unwrap();
+    }
+    assert!(tablet.raw_store().audit().head_seq().unwrap() > seen, "padded past the end the hub saw");
+    assert!(tablet.raw_store().audit().verify_audit().unwrap().broken_at.is_none(), "the chain itself verifies");
+    let (ours, theirs) = exchange_audit_heads(&mut tablet, &mut hub, T + 6);
+    assert!(ours.ours_cut, "the tablet finds its chain is not the one its hub saw");
+    assert!(theirs.theirs_cut, "the hub finds the tablet's chain rewritten where it had seen it end");
+    assert!(audit_actions(&mut tablet).contains(&"audit.behind".to_string()));
+    assert!(audit_actions(&mut hub).contains(&"peer.audit_behind".to_string()));
+    // Found once: the next sync, with nothing lost since, finds nothing.
+    assert_eq!(exchange_audit_heads(&mut tablet, &mut hub, T + 7), Default::default());
 }

@@ -952,7 +952,8 @@ fn a_revoked_tablets_new_changes_do_not_reach_the_hub_through_a_peer_that_has_no
 /// looked at: the copy's chain and its sealed head verify on their own) is found out at its
 /// next sync: the hub had been told where the chain ended, says so, and the tablet records the
 /// loss in its chain and its status, once; the hub records it in its own. The hub never
-/// forgets how far the chain reached, so the same copy put back again is found again.
+/// forgets how far the chain reached, so the same copy put back again is found again, and so
+/// is the copy written past that point before it syncs.
 #[test]
 fn a_tablet_whose_audit_chain_was_cut_back_hears_it_from_its_hub() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1004,4 +1005,14 @@ fn a_tablet_whose_audit_chain_was_cut_back_hears_it_from_its_hub() {
     sync(&amb, &addr);
     assert_eq!(status(&amb)["audit_losses"], serde_json::json!([{ "peer": "hub-qhm", "seen": seen }]));
     assert_eq!(behind(&amb).len(), 1);
+    // And a third time, written past where the hub had seen the chain end before it syncs:
+    // longer than the hub saw, but entry `seen` is another one.
+    std::fs::remove_dir_all(&amb).unwrap();
+    copy_dir(&older, &amb);
+    while status(&amb)["audit"]["entries"].as_u64().unwrap() <= seen + 2 {
+        ok(&["session", "show", "--dir", d(&amb), &id]);
+    }
+    sync(&amb, &addr);
+    assert_eq!(status(&amb)["audit_losses"], serde_json::json!([{ "peer": "hub-qhm", "seen": seen }]));
+    assert_eq!(behind(&amb).len(), 1, "the padded copy's loss recorded");
 }

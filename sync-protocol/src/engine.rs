@@ -108,18 +108,7 @@ pub struct BlobNeed {
     pub missing: Vec<u32>,
 }
 
-/// The content of a [`Frame::AuditHead`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AuditHeads {
-    /// The sender's audit chain.
-    pub chain: u64,
-    /// Its newest entry.
-    pub head: u64,
-    /// The receiver's chain the sender was told of.
-    pub seen_chain: u64,
-    /// The furthest end of that chain the sender was told of (0: never).
-    pub seen: u64,
-}
+pub use crate::wire::AuditHeads;
 
 /// Storage as the engine sees it. Every method that writes must be durable when it returns.
 pub trait Replica {
@@ -183,10 +172,12 @@ pub trait Replica {
     fn revocations(&mut self) -> Result<Option<(u64, Vec<u8>)>, Self::Error>;
     /// Offers a revocation list received from a peer; returns whether it was newer and valid.
     fn offer_revocations(&mut self, der: &[u8]) -> Result<bool, Self::Error>;
-    /// What to tell the peer in [`Frame::AuditHead`]: this node's chain and where it ends, and
-    /// the peer's chain and the furthest end of it we were told of; `None` to send nothing (a
-    /// replica that keeps no audit chain, or a peer it does not tell).
-    fn audit_heads(&mut self, _peer: &PeerInfo) -> Result<Option<AuditHeads>, Self::Error> {
+    /// What to tell the peer in [`Frame::AuditHead`]: this node's chain and where it ends, the
+    /// peer's chain and the furthest end of it we were told of, and our anchor of the entry
+    /// `proof_at` (the end of our chain the peer has just said it had seen; `None`: the one it
+    /// said last time); `None` to send nothing (a replica that keeps no audit chain, or a peer
+    /// it does not tell).
+    fn audit_heads(&mut self, _peer: &PeerInfo, _proof_at: Option<u64>) -> Result<Option<AuditHeads>, Self::Error> {
         Ok(None)
     }
     /// The peer's [`Frame::AuditHead`].
@@ -732,7 +723,7 @@ impl Engine {
         let len = frame.encoded_len() as u64;
         self.stats.bytes_sent += len;
         // An audit head asks for nothing: left out of what marks count and of round trips.
-        if matches!(frame, Frame::AuditHead { .. }) {
+        if matches!(frame, Frame::AuditHead(..)) {
             return Some((frame.lane(), frame));
         }
         self.stats.frames_sent += 1;
@@ -842,7 +833,7 @@ impl Engine {
         let mut queue: VecDeque<Frame> = frames.into();
         while let Some(frame) = queue.pop_front() {
             // An audit head asks for nothing: left out of what marks count (as it is sent).
-            if !matches!(frame, Frame::AuditHead { .. }) {
+            if !matches!(frame, Frame::AuditHead(..)) {
                 self.stats.frames_received += 1;
             }
             self.stats.bytes_received += frame.encoded_len() as u64;
@@ -876,6 +867,12 @@ impl Engine {
             }
             match frame {
                 Frame::Hello(h) => {
+                    // One per conversation: a second (a duplicate, or a peer's repetition) would
+                    // renegotiate the version and make this side send its audit head and
+                    // revocation list again, once per Hello. It is let go, as a duplicate is.
+                    if self.version.is_some() {
+                        continue;
+                    }
                     self.on_hello(replica, h)?;
                     // Frames that overtook the Hello on the other lane come next.
                     self.early_bytes = 0;
@@ -1027,14 +1024,19 @@ impl Engine {
                         self.log.push(format!("{}: installed a newer revocation list", self.peer.name));
                     }
                 }
-                Frame::AuditHead { chain, head, seen_chain, seen } => {
+                Frame::AuditHead(heads) => {
                     let version = self.version.unwrap_or(0);
                     if version < 3 || self.audit_head_received {
                         return Err(self.protocol(Violation::Unexpected { frame: "audit-head", version }));
                     }
                     self.audit_head_received = true;
-                    let heads = AuditHeads { chain, head, seen_chain, seen };
                     replica.offer_audit_head(&self.peer, heads, self.now).map_err(EngineError::Replica)?;
+                    if self.cfg.initiator
+                        && let Some(h) =
+                            replica.audit_heads(&self.peer, Some(heads.seen)).map_err(EngineError::Replica)?
+                    {
+                        self.send(Frame::AuditHead(h));
+                    }
                 }
                 Frame::Mark { received, idle } => {
                     self.last_mark = Some((received, idle));
@@ -1146,10 +1148,13 @@ impl Engine {
             return Err(EngineError::Protocol { peer: self.peer.name.clone(), detail });
         }
         self.version = Some(high);
+        // The responder tells its audit head at once; the initiator answers the responder's,
+        // so that it can vouch for the end of its chain the responder says it had seen.
         if high >= 3
-            && let Some(h) = replica.audit_heads(&self.peer).map_err(EngineError::Replica)?
+            && !self.cfg.initiator
+            && let Some(h) = replica.audit_heads(&self.peer, None).map_err(EngineError::Replica)?
         {
-            self.send(Frame::AuditHead { chain: h.chain, head: h.head, seen_chain: h.seen_chain, seen: h.seen });
+            self.send(Frame::AuditHead(h));
         }
         if let Some((number, der)) = replica.revocations().map_err(EngineError::Replica)?
             && number > h.crl_number

@@ -222,6 +222,41 @@ pub struct BlobManifest {
     pub cvs: Vec<[u8; 32]>,
 }
 
+/// The content of a [`Frame::AuditHead`]: which audit chain the sender keeps (`chain`: an id
+/// made with its store, kept by its backups), where it ends (`head`: its newest entry's number)
+/// and that entry's anchor (`anchor`), and what it was told of the receiver's chain
+/// `seen_chain`: the furthest end (`seen`, 0: never) with its anchor.
+///
+/// An entry's anchor is a keyed digest over the entry and the anchor before it (a chain of its
+/// own beside the audit hashes, which a key rotation does not change; its key never leaves the
+/// node, so the digests say nothing of what the entries hold). A receiver whose chain is
+/// `seen_chain` and ends before `seen`, or whose entry `seen` has another anchor, has lost
+/// entries since (restored from an older copy, or cut back and written again); a node set up
+/// anew under the same name has another chain, and is compared with nothing. `proof` is the
+/// end of the sender's own chain that the receiver said it had seen (the initiator answers the
+/// `seen` just received; the responder gives the one it was told last time), with the
+/// sender's anchor of that entry now, so that the receiver, which kept the anchor it was told,
+/// finds a chain that was cut and then written past where it had been.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AuditHeads {
+    /// The sender's audit chain.
+    pub chain: u64,
+    /// Its newest entry.
+    pub head: u64,
+    /// The anchor of that entry (zeros for an empty chain).
+    pub anchor: [u8; 32],
+    /// The receiver's chain the sender was told of.
+    pub seen_chain: u64,
+    /// The furthest end of that chain the sender was told of (0: never).
+    pub seen: u64,
+    /// The anchor it was told with `seen`.
+    pub seen_anchor: [u8; 32],
+    /// The end of the sender's chain the receiver last said it had seen (0: none).
+    pub proof: u64,
+    /// The sender's anchor of entry `proof`, as its chain holds it now.
+    pub proof_anchor: [u8; 32],
+}
+
 /// A frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -297,24 +332,12 @@ pub enum Frame {
         /// DER bytes.
         der: Vec<u8>,
     },
-    /// Which audit chain the sender keeps (`chain`: an id made with its store, kept by its
-    /// backups) and where it ends (`head`: its newest entry's number), and the furthest end of
-    /// the receiver's chain `seen_chain` the sender was told of (`seen`, 0: never). A receiver
-    /// whose chain is `seen_chain` and ends before `seen` has lost entries since (restored from
-    /// a backup, or cut back); a node set up anew under the same name has another chain, and
-    /// is compared with nothing. Sent once by each side, after the Hellos, when both speak
-    /// version 3 and one of them is a hub; it asks for nothing and is left out of the frame
-    /// counts that marks answer, so it costs no round trip.
-    AuditHead {
-        /// The sender's audit chain.
-        chain: u64,
-        /// The sender's newest audit entry.
-        head: u64,
-        /// The receiver's chain the sender was told of.
-        seen_chain: u64,
-        /// The furthest end of that chain the sender was told of.
-        seen: u64,
-    },
+    /// Where the sender's audit chain ends and what it was told of the receiver's
+    /// ([`AuditHeads`]). Sent once by each side when both speak version 3 and they are a hub
+    /// and a member of its ICB: by the responder after the Hellos, by the initiator in answer
+    /// to the responder's. It asks for nothing and is left out of the frame counts that marks
+    /// answer, so it costs no round trip.
+    AuditHead(AuditHeads),
     /// Ends each batch of the responder's frames: they answer the first `received` frames of the
     /// peer (which lets the initiator count round trips exactly), and `idle` says whether the
     /// sender then waits for nothing.
@@ -393,7 +416,7 @@ impl Frame {
                 | Frame::BlobChunk { .. }
                 | Frame::BlobMissing { .. }
                 | Frame::Revocations { .. }
-                | Frame::AuditHead { .. }
+                | Frame::AuditHead(..)
         )
     }
 
@@ -414,7 +437,7 @@ impl Frame {
             Frame::BlobChunk { .. } => 0x12,
             Frame::BlobMissing { .. } => 0x13,
             Frame::Revocations { .. } => 0x20,
-            Frame::AuditHead { .. } => 0x22,
+            Frame::AuditHead(..) => 0x22,
             Frame::Mark { .. } => 0x30,
             Frame::Close { .. } => 0x3F,
         }
@@ -438,7 +461,7 @@ impl Frame {
             Frame::BlobChunk { .. } => "blob-chunk",
             Frame::BlobMissing { .. } => "blob-missing",
             Frame::Revocations { .. } => "revocations",
-            Frame::AuditHead { .. } => "audit-head",
+            Frame::AuditHead(..) => "audit-head",
             Frame::Mark { .. } => "mark",
             Frame::Close { .. } => "close",
         }
@@ -556,11 +579,15 @@ impl Frame {
             }
             Frame::BlobMissing { hash } => p.extend_from_slice(hash.as_bytes()),
             Frame::Revocations { der } => put_bytes(p, der),
-            Frame::AuditHead { chain, head, seen_chain, seen } => {
-                p.extend_from_slice(&chain.to_be_bytes());
-                put_varint(p, *head);
-                p.extend_from_slice(&seen_chain.to_be_bytes());
-                put_varint(p, *seen);
+            Frame::AuditHead(h) => {
+                p.extend_from_slice(&h.chain.to_be_bytes());
+                put_varint(p, h.head);
+                p.extend_from_slice(&h.anchor);
+                p.extend_from_slice(&h.seen_chain.to_be_bytes());
+                put_varint(p, h.seen);
+                p.extend_from_slice(&h.seen_anchor);
+                put_varint(p, h.proof);
+                p.extend_from_slice(&h.proof_anchor);
             }
             Frame::Mark { received, idle } => {
                 put_varint(p, *received);
@@ -674,12 +701,16 @@ impl Frame {
             },
             0x13 => Frame::BlobMissing { hash: Hash(r.array("blob hash")?) },
             0x20 => Frame::Revocations { der: r.bytes("revocation list")? },
-            0x22 => Frame::AuditHead {
+            0x22 => Frame::AuditHead(AuditHeads {
                 chain: u64::from_be_bytes(r.array("audit chain")?),
                 head: r.varint("audit head")?,
+                anchor: r.array("audit anchor")?,
                 seen_chain: u64::from_be_bytes(r.array("audit chain seen")?),
                 seen: r.varint("audit head seen")?,
-            },
+                seen_anchor: r.array("audit anchor seen")?,
+                proof: r.varint("audit proof")?,
+                proof_anchor: r.array("audit proof anchor")?,
+            }),
             0x30 => Frame::Mark { received: r.varint("mark count")?, idle: r.bool("mark idle flag")? },
             0x3F => Frame::Close { code: r.u16("close code")?, reason: r.string("close reason")? },
             other => return Err(DecodeError::UnknownType(other)),
@@ -952,7 +983,16 @@ mod tests {
             Frame::BlobChunk { hash: Hash([1; 32]), index: 4, data: vec![7; 100] },
             Frame::BlobMissing { hash: Hash([1; 32]) },
             Frame::Revocations { der: vec![0x30, 0x82] },
-            Frame::AuditHead { chain: 0x1234_5678_9abc_def0, head: 4_812, seen_chain: 7, seen: 4_700 },
+            Frame::AuditHead(AuditHeads {
+                chain: 0x1234_5678_9abc_def0,
+                head: 4_812,
+                anchor: [3; 32],
+                seen_chain: 7,
+                seen: 4_700,
+                seen_anchor: [4; 32],
+                proof: 4_690,
+                proof_anchor: [5; 32],
+            }),
             Frame::Mark { received: 12, idle: true },
             Frame::Close { code: 1, reason: "no common version".into() },
         ]

@@ -82,8 +82,9 @@ pub(crate) fn run_status(args: StatusArgs) -> anyhow::Result<()> {
         }
         for loss in &st.audit_losses {
             println!(
-                "audit chain: SHORTER than {} had seen (entry {}): entries were lost since, by a restore from a \
-                 backup or a chain cut back (`outpost audit show` lists the audit.behind entry)",
+                "audit chain: SHORTER than {} had seen (entry {}), or holding another entry there: entries were \
+                 lost since, by a restore from a backup or a chain cut back, perhaps written again (`outpost audit \
+                 show` lists the audit.behind entry)",
                 loss.peer, loss.seen
             );
         }

@@ -213,21 +213,31 @@ fn chain_id(conn: &rusqlite::Connection) -> Result<u64, StoreError> {
 /// What a [`Audit::note_audit_head`] found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HeadsFound {
-    /// This node's chain is shorter than the hub had seen (recorded as `audit.behind`).
+    /// This node's chain is shorter than the hub had seen, or differs where it had seen it
+    /// end (recorded as `audit.behind`).
     pub ours_cut: bool,
-    /// The peer's chain is shorter than it had told before (recorded as `peer.audit_behind`).
+    /// The peer's chain is shorter than it had told before, or differs at the end it had
+    /// told (recorded as `peer.audit_behind`).
     pub theirs_cut: bool,
+    /// The peer keeps another chain than the one it had told of (its chain and end before;
+    /// recorded as `peer.audit_chain_changed`).
+    pub chain_changed: Option<(u64, u64)>,
 }
 
 impl<S: DerefMut<Target = Store>> Audit<S> {
     /// A peer's [`sync_protocol::wire::Frame::AuditHead`].
-    /// - Its chain: the furthest end told is kept (never lowered, so that putting an older
-    ///   copy back twice is seen twice); an end before it is a loss on the peer, recorded here
-    ///   as `peer.audit_behind` once for each end it had reached. Another chain (a node set up
-    ///   anew under the name) starts afresh.
-    /// - Ours: from a hub (`believed`), an end of this very chain past where it ends now means
-    ///   entries were lost here since (a restore from a backup, or a chain cut back): recorded
-    ///   as `audit.behind`, once for each end a hub saw, and in `outpost status`.
+    /// - Its chain: the furthest end told is kept with that entry's anchor (never lowered, so
+    ///   that putting an older copy back twice is seen twice); an end before it, the same end
+    ///   with another anchor, or another anchor now for the entry it was kept at (`proof`), is
+    ///   a loss on the peer (cut back, or cut and written again): recorded here as
+    ///   `peer.audit_behind` once for each end it had reached. Another chain (a node set up
+    ///   anew under the name) starts afresh, recorded as `peer.audit_chain_changed`.
+    /// - Ours: from a hub (`believed`), an end of this very chain past where it ends now, or an
+    ///   anchor other than our entry's there, means entries were lost here since (a restore
+    ///   from a backup, or a chain cut back): recorded as `audit.behind`, once for each end a
+    ///   hub saw, and in `outpost status`.
+    ///
+    /// Numbers past `i64::MAX` are no chain's: such a frame is ignored.
     pub fn note_audit_head(
         &mut self,
         peer: &str,
@@ -235,49 +245,181 @@ impl<S: DerefMut<Target = Store>> Audit<S> {
         believed: bool,
         now: i64,
     ) -> Result<HeadsFound, StoreError> {
-        let store = &mut *self.0;
         let ctx = "recording an audit anchor";
+        // Planned on a read first: a sync in which neither chain moved writes nothing (it
+        // would cost each side a durable write; `cargo bench --bench sync`, case (a)).
+        let Some((_, _, true)) = plan_audit_head(&self.0.conn, &self.0.sealer, peer, heads, believed)? else {
+            return Ok(HeadsFound::default());
+        };
+        let store = &mut *self.0;
         let tx = store.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql(ctx))?;
-        let (my_chain, my_head) = (chain_id(&tx)?, head_seq(&tx)?);
-        let row: Option<(i64, i64, i64, i64)> = tx
-            .row("SELECT their_chain, their_head, their_lost, lost FROM audit_anchors WHERE peer = ?1", [peer], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
-            .optional()
-            .map_err(sql(ctx))?;
-        let as_i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        let (chain, head) = (heads.chain as i64, as_i(heads.head));
-        let (mut their_head, mut their_lost, mut lost) = (head, 0, 0);
-        let mut found = HeadsFound::default();
-        if let Some((c, h, tl, l)) = row {
-            lost = l;
-            if c == chain {
-                their_head = h.max(head);
-                their_lost = tl;
-                if head < h && tl != h {
-                    found.theirs_cut = true;
-                    their_lost = h;
-                    let detail = serde_json::json!({ "peer": peer, "seen": h, "head": head });
-                    append_audit(&tx, &store.sealer, &store.node, now, "peer.audit_behind", None, Some(detail))?;
-                }
-            }
+        let Some((found, row, _)) = plan_audit_head(&tx, &store.sealer, peer, heads, believed)? else {
+            return Ok(HeadsFound::default());
+        };
+        let my_head = head_seq(&tx)?;
+        if let Some((chain_was, head_was)) = found.chain_changed {
+            let detail = serde_json::json!({ "peer": peer, "chain_was": chain_was, "head_was": head_was,
+                "chain": heads.chain, "head": heads.head });
+            append_audit(&tx, &store.sealer, &store.node, now, "peer.audit_chain_changed", None, Some(detail))?;
         }
-        let seen = as_i(heads.seen);
-        if believed && my_chain != 0 && heads.seen_chain == my_chain && seen > my_head as i64 && seen != lost {
-            found.ours_cut = true;
-            lost = seen;
-            let detail = serde_json::json!({ "peer": peer, "seen": seen, "head": my_head });
+        if found.theirs_cut {
+            let detail = serde_json::json!({ "peer": peer, "seen": row.their_lost, "head": heads.head });
+            append_audit(&tx, &store.sealer, &store.node, now, "peer.audit_behind", None, Some(detail))?;
+        }
+        if found.ours_cut {
+            let detail = serde_json::json!({ "peer": peer, "seen": row.lost, "head": my_head });
             append_audit(&tx, &store.sealer, &store.node, now, "audit.behind", None, Some(detail))?;
         }
         tx.execute(
-            "INSERT INTO audit_anchors (peer, their_chain, their_head, their_lost, lost) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (peer) DO UPDATE SET their_chain = ?2, their_head = ?3, their_lost = ?4, lost = ?5",
-            params![peer, chain, their_head, their_lost, lost],
+            "INSERT INTO audit_anchors (peer, their_chain, their_head, their_anchor, their_lost, lost, told)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (peer) DO UPDATE SET their_chain = ?2, their_head = ?3, their_anchor = ?4,
+                 their_lost = ?5, lost = ?6, told = ?7",
+            params![peer, row.chain, row.head, row.anchor.to_vec(), row.their_lost, row.lost, row.told],
         )
         .map_err(sql(ctx))?;
         tx.commit().map_err(sql(ctx))?;
         Ok(found)
     }
+}
+
+impl<S: Deref<Target = Store>> Audit<S> {
+    /// What to tell `peer` in a [`sync_protocol::wire::Frame::AuditHead`]: this chain, its end
+    /// and that entry's anchor; the peer's chain and furthest end as last told, with its
+    /// anchor; and the end of ours `proof_at` (or, without it, the one the peer last said it
+    /// had seen), with our anchor there now.
+    pub fn audit_heads_for(
+        &self,
+        peer: &str,
+        proof_at: Option<u64>,
+    ) -> Result<sync_protocol::engine::AuditHeads, StoreError> {
+        let conn = &self.0.conn;
+        let _read = reading(conn)?;
+        let kept = anchor_row(conn, peer)?;
+        let head = head_seq(conn)?;
+        let told = proof_at.unwrap_or_else(|| kept.as_ref().map_or(0, |k| k.told as u64));
+        Ok(sync_protocol::engine::AuditHeads {
+            chain: chain_id(conn)?,
+            head,
+            anchor: told_anchor(conn, &self.0.sealer, head)?.unwrap_or_default(),
+            seen_chain: kept.as_ref().map_or(0, |k| k.chain as u64),
+            seen: kept.as_ref().map_or(0, |k| k.head as u64),
+            seen_anchor: kept.as_ref().map_or([0; 32], |k| k.anchor),
+            proof: told,
+            proof_anchor: if told == 0 {
+                [0; 32]
+            } else {
+                told_anchor(conn, &self.0.sealer, told)?.unwrap_or_default()
+            },
+        })
+    }
+}
+
+/// What is kept of a peer's audit chain and of ours as it told ([`Audit::note_audit_head`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AnchorRow {
+    /// Their chain.
+    chain: i64,
+    /// The furthest end of it told.
+    head: i64,
+    /// Their anchor of that entry.
+    anchor: [u8; 32],
+    /// The end of theirs last found cut back or rewritten.
+    their_lost: i64,
+    /// The end of ours a hub had seen that ours was last found short of, or different at.
+    lost: i64,
+    /// The end of ours the peer last said it had seen.
+    told: i64,
+}
+
+fn anchor_row(conn: &rusqlite::Connection, peer: &str) -> Result<Option<AnchorRow>, StoreError> {
+    conn.row(
+        "SELECT their_chain, their_head, their_anchor, their_lost, lost, told FROM audit_anchors WHERE peer = ?1",
+        [peer],
+        |r| {
+            Ok(AnchorRow {
+                chain: r.get(0)?,
+                head: r.get(1)?,
+                anchor: as_anchor(r.get(2)?),
+                their_lost: r.get(3)?,
+                lost: r.get(4)?,
+                told: r.get(5)?,
+            })
+        },
+    )
+    .optional()
+    .map_err(sql("reading audit anchors"))
+}
+
+/// What [`Audit::note_audit_head`] finds and the anchor row it leaves, and whether that row
+/// differs from the one kept; `None` for a frame whose numbers no chain reaches.
+fn plan_audit_head(
+    conn: &rusqlite::Connection,
+    sealer: &Sealer,
+    peer: &str,
+    heads: sync_protocol::engine::AuditHeads,
+    believed: bool,
+) -> Result<Option<(HeadsFound, AnchorRow, bool)>, StoreError> {
+    let as_i = |v: u64| i64::try_from(v).ok();
+    let (Some(head), Some(seen), Some(proof)) = (as_i(heads.head), as_i(heads.seen), as_i(heads.proof)) else {
+        return Ok(None);
+    };
+    let (my_chain, my_head) = (chain_id(conn)?, head_seq(conn)?);
+    let kept = anchor_row(conn, peer)?;
+    let chain = heads.chain as i64;
+    let mut found = HeadsFound::default();
+    let mut row = AnchorRow {
+        chain,
+        head,
+        anchor: heads.anchor,
+        their_lost: 0,
+        lost: kept.map_or(0, |k| k.lost),
+        told: kept.map_or(0, |k| k.told),
+    };
+    match kept {
+        Some(k) if k.chain == chain => {
+            row.their_lost = k.their_lost;
+            // Cut back: it ends before where it had reached. Rewritten: the entry it had
+            // reached is another now (it ends there with another anchor, or it gives another
+            // for that entry).
+            // A cut is judged only from a frame that vouches for the end kept (`proof`): one
+            // that does not is an older answer overtaken by another conversation of the same
+            // peer (a daemon's and a one-shot sync's), or a responder whose own record is
+            // stale; the end kept is told back, and judged at the next conversation.
+            let cut = head < k.head && proof == k.head;
+            let rewritten = k.head > 0
+                && ((head == k.head && heads.anchor != k.anchor)
+                    || (proof == k.head && heads.proof_anchor != k.anchor));
+            // Moved on only past an end the sender vouched for. A responder's `proof` is its
+            // own `told`, which an older copy of its store put back holds stale: taking its
+            // new end without proof would forget the anchor it must be checked against (and
+            // tell it back as `seen`, so that it finds nothing either). Kept, that end is told
+            // back in our answer, becomes its `told`, and is proven or found rewritten at the
+            // next conversation.
+            let proven = k.head == 0
+                || (head == k.head && heads.anchor == k.anchor)
+                || (proof == k.head && heads.proof_anchor == k.anchor);
+            if cut || (!proven && !rewritten) {
+                (row.head, row.anchor) = (k.head, k.anchor);
+            }
+            if (cut || rewritten) && k.their_lost != k.head {
+                found.theirs_cut = true;
+                row.their_lost = k.head;
+            }
+        }
+        Some(k) if k.head > 0 => found.chain_changed = Some((k.chain as u64, k.head as u64)),
+        _ => {}
+    }
+    if my_chain != 0 && heads.seen_chain == my_chain && seen > 0 {
+        row.told = seen;
+        let differs = seen > as_i(my_head).unwrap_or(i64::MAX)
+            || told_anchor(conn, sealer, heads.seen)? != Some(heads.seen_anchor);
+        if believed && differs && seen != row.lost {
+            found.ours_cut = true;
+            row.lost = seen;
+        }
+    }
+    Ok(Some((found, row, kept != Some(row))))
 }
 
 impl<S: DerefMut<Target = Store>> Audit<S> {
@@ -337,6 +479,13 @@ impl AuditRow {
     pub(super) fn hash(&self, prev: &[u8]) -> Vec<u8> {
         let mut h = blake3::Hasher::new();
         h.update(b"outpost audit v1");
+        self.feed(&mut h, prev);
+        h.update(self.detail.as_deref().unwrap_or(&[]));
+        h.finalize().as_bytes().to_vec()
+    }
+
+    /// What the hash and the anchor share: the one before, then every field but the detail.
+    fn feed(&self, h: &mut blake3::Hasher, prev: &[u8]) {
         h.update(prev);
         h.update(&self.seq.to_be_bytes());
         h.update(&self.at_ms.to_be_bytes());
@@ -345,9 +494,156 @@ impl AuditRow {
             h.update(field);
         }
         h.update(&self.sid.unwrap_or(-1).to_be_bytes());
-        h.update(self.detail.as_deref().unwrap_or(&[]));
-        h.finalize().as_bytes().to_vec()
     }
+
+    /// An entry read by `SELECT seq, at_ms, node, action, sid, detail`.
+    pub(super) fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
+        Ok(AuditRow {
+            seq: r.get::<_, i64>(0)? as u64,
+            at_ms: r.get(1)?,
+            node: r.get(2)?,
+            action: r.get(3)?,
+            sid: r.get(4)?,
+            detail: r.get(5)?,
+        })
+    }
+
+    /// The entry's anchor: `BLAKE3-keyed(salt, domain || prev || seq || at || len-prefixed
+    /// node, action || sid || detail in the clear)`. Unlike [`AuditRow::hash`] it does not
+    /// change when the key is rotated (the details are sealed anew), so a hub can hold it across
+    /// rotations; keyed by a salt that never leaves the node, it says nothing of the entry.
+    pub(super) fn anchor(&self, salt: &[u8; 32], prev: &[u8; 32], plain_detail: Option<&[u8]>) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(salt);
+        h.update(b"outpost audit anchor v1");
+        self.feed(&mut h, prev);
+        match plain_detail {
+            Some(d) => {
+                h.update(&[1]);
+                h.update(d);
+            }
+            None => {
+                h.update(&[0]);
+            }
+        }
+        *h.finalize().as_bytes()
+    }
+}
+
+/// Associated data of the sealed key of the audit anchors.
+pub(super) const AUDIT_ANCHOR_SALT_AAD: &[u8] = b"outpost/audit-anchor-salt/v1";
+
+/// An anchor as stored (zeros for none: an empty chain, or a damaged cell).
+fn as_anchor(stored: Option<Vec<u8>>) -> [u8; 32] {
+    stored.and_then(|a| <[u8; 32]>::try_from(a.as_slice()).ok()).unwrap_or([0; 32])
+}
+
+/// The key of this chain's anchors (made at schema 12, sealed, kept by backups, never sent).
+/// One that does not open (the store's metadata altered) gives anchors no hub was told of,
+/// which is what it should see: a chain that is not the one it knew.
+fn anchor_salt(conn: &rusqlite::Connection, sealer: &Sealer) -> Result<[u8; 32], StoreError> {
+    let sealed: Option<Vec<u8>> = conn
+        .row("SELECT value FROM meta WHERE key = 'audit_anchor_salt'", [], |r| r.get(0))
+        .optional()
+        .map_err(sql("reading the audit anchors' key"))?;
+    let opened = sealed.and_then(|s| sealer.open("audit anchors' key", AUDIT_ANCHOR_SALT_AAD, &s).ok());
+    match opened.and_then(|p| <[u8; 32]>::try_from(p.as_slice()).ok()) {
+        Some(salt) => Ok(salt),
+        None => {
+            tracing::warn!(
+                "the audit anchors' key is missing or does not open: its anchors will match none a hub holds"
+            );
+            Ok([0; 32])
+        }
+    }
+}
+
+/// Schema 12's step: the anchors' key is made, and each entry of the chain written before gets
+/// its anchor, in order (a detail that does not open is taken as sealed: the anchor still
+/// follows the chain).
+pub(super) fn anchor_existing_chain(tx: &Transaction<'_>, sealer: &Sealer) -> Result<(), StoreError> {
+    let ctx = "anchoring the audit chain";
+    let mut salt = [0u8; 32];
+    crate::crypto::random_bytes(&mut salt).map_err(|e| StoreError::Damaged(format!("no randomness: {e}")))?;
+    let sealed = sealer.seal(AUDIT_ANCHOR_SALT_AAD, &salt)?;
+    tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('audit_anchor_salt', ?1)", [sealed])
+        .map_err(sql(ctx))?;
+    // In pages of the chain, not all of it at once: a hub's chain of millions of entries (a
+    // `session.list` detail is kilobytes) would otherwise be held in memory whole.
+    let mut prev = [0u8; 32];
+    let mut after = 0i64;
+    loop {
+        let page: Vec<AuditRow> = {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT seq, at_ms, node, action, sid, detail FROM audit WHERE seq > ?1 ORDER BY seq LIMIT 4096",
+                )
+                .map_err(sql(ctx))?;
+            stmt.query_map([after], AuditRow::from_row)
+                .map_err(sql(ctx))?
+                .collect::<Result<_, _>>()
+                .map_err(sql(ctx))?
+        };
+        let Some(last) = page.last() else { break };
+        after = last.seq as i64;
+        for row in page {
+            let plain = row
+                .detail
+                .as_ref()
+                .map(|d| sealer.open("audit detail", &audit_aad(row.seq), d).unwrap_or_else(|_| d.clone()));
+            prev = row.anchor(&salt, &prev, plain.as_deref());
+            tx.execute("UPDATE audit SET anchor = ?2 WHERE seq = ?1", params![row.seq as i64, prev.to_vec()])
+                .map_err(sql(ctx))?;
+        }
+    }
+    Ok(())
+}
+
+/// The anchor of entry `seq` (`None`: no such entry).
+fn anchor_at(conn: &rusqlite::Connection, seq: u64) -> Result<Option<[u8; 32]>, StoreError> {
+    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    let stored: Option<Option<Vec<u8>>> = conn
+        .row("SELECT anchor FROM audit WHERE seq = ?1", [seq], |r| r.get(0))
+        .optional()
+        .map_err(sql("reading the audit chain"))?;
+    Ok(stored.map(as_anchor))
+}
+
+/// The anchor of entry `seq` as told to a peer: computed again from the entry itself and the
+/// anchor before it, not read from its cell. The cell is plain and bound to nothing a check
+/// reads: an older copy put back and written past the end a hub saw could otherwise be given,
+/// by hand, the anchor the newer copy held there, and pass. Recomputed, it matches only when
+/// the entry is the one the hub was told of (or the hash chain, which `outpost audit verify`
+/// checks, is broken where it was spliced). A cell left empty (written beside by an earlier
+/// version) is told as before, as zeros.
+fn told_anchor(conn: &rusqlite::Connection, sealer: &Sealer, seq: u64) -> Result<Option<[u8; 32]>, StoreError> {
+    let ctx = "reading the audit chain";
+    let Ok(at) = i64::try_from(seq) else { return Ok(None) };
+    let found: Option<(AuditRow, Option<Vec<u8>>)> = conn
+        .row("SELECT at_ms, node, action, sid, detail, anchor FROM audit WHERE seq = ?1", [at], |r| {
+            Ok((
+                AuditRow {
+                    seq,
+                    at_ms: r.get(0)?,
+                    node: r.get(1)?,
+                    action: r.get(2)?,
+                    sid: r.get(3)?,
+                    detail: r.get(4)?,
+                },
+                r.get(5)?,
+            ))
+        })
+        .optional()
+        .map_err(sql(ctx))?;
+    let Some((row, stored)) = found else { return Ok(None) };
+    let Some(stored) = stored else { return Ok(Some([0; 32])) };
+    let prev = if seq > 1 { anchor_at(conn, seq - 1)?.unwrap_or_default() } else { [0; 32] };
+    let plain =
+        row.detail.as_ref().map(|d| sealer.open("audit detail", &audit_aad(seq), d).unwrap_or_else(|_| d.clone()));
+    let again = row.anchor(&anchor_salt(conn, sealer)?, &prev, plain.as_deref());
+    if again.as_slice() != stored.as_slice() {
+        tracing::warn!("audit entry {seq}'s anchor is not its own: the entry, or its anchor, was altered");
+    }
+    Ok(Some(again))
 }
 
 /// An audit entry's detail with the acting person, if any, as `by`.
@@ -396,20 +692,47 @@ pub(crate) struct NewEntry<'a> {
 pub(crate) struct AuditTail {
     seq: u64,
     hash: Vec<u8>,
+    anchor: [u8; 32],
+    /// The anchors' key, read at the first append.
+    salt: Option<[u8; 32]>,
     moved: bool,
+    /// Whether the table has its `anchor` column (schema 12): not yet in the schema-8 step of a
+    /// store migrated across both, whose entries schema 12's step anchors.
+    anchored: bool,
 }
 
 impl AuditTail {
     /// The chain's end as the transaction sees it.
     pub(crate) fn read(tx: &Transaction<'_>) -> Result<AuditTail, StoreError> {
+        let last: Option<(i64, Vec<u8>, Option<Vec<u8>>)> = tx
+            .row("SELECT seq, hash, anchor FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()
+            .map_err(sql("reading the audit chain"))?;
+        Ok(match last {
+            Some((s, h, a)) => {
+                AuditTail { seq: s as u64, hash: h, anchor: as_anchor(a), salt: None, moved: false, anchored: true }
+            }
+            None => AuditTail {
+                seq: 0,
+                hash: [0u8; 32].to_vec(),
+                anchor: [0; 32],
+                salt: None,
+                moved: false,
+                anchored: true,
+            },
+        })
+    }
+
+    /// The chain's end before schema 12 added the `anchor` column (the schema-8 step only).
+    fn read_unanchored(tx: &Transaction<'_>) -> Result<AuditTail, StoreError> {
         let last: Option<(i64, Vec<u8>)> = tx
             .row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()
             .map_err(sql("reading the audit chain"))?;
-        Ok(match last {
-            Some((s, h)) => AuditTail { seq: s as u64, hash: h, moved: false },
-            None => AuditTail { seq: 0, hash: [0u8; 32].to_vec(), moved: false },
-        })
+        let (seq, hash) = last.map_or((0, [0u8; 32].to_vec()), |(s, h)| (s as u64, h));
+        Ok(AuditTail { seq, hash, anchor: [0; 32], salt: None, moved: false, anchored: false })
     }
 
     /// Appends one entry after the end (the head is sealed by [`AuditTail::seal`]).
@@ -421,19 +744,39 @@ impl AuditTail {
     ) -> Result<(), StoreError> {
         let NewEntry { node, at_ms, action, sid, detail } = entry;
         let seq = self.seq + 1;
-        let detail = match detail {
-            Some(d) => Some(sealer.seal(&audit_aad(seq), &serde_json::to_vec(&d).map_err(json)?)?),
+        let plain = match detail {
+            Some(d) => Some(serde_json::to_vec(&d).map_err(json)?),
+            None => None,
+        };
+        let detail = match &plain {
+            Some(p) => Some(sealer.seal(&audit_aad(seq), p)?),
             None => None,
         };
         let row = AuditRow { seq, at_ms, node: node.to_string(), action: action.to_string(), sid, detail };
         let hash = row.hash(&self.hash);
+        if !self.anchored {
+            tx.exec(
+                "INSERT INTO audit (seq, at_ms, node, action, sid, detail, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![row.seq as i64, row.at_ms, row.node, row.action, row.sid, row.detail, hash],
+            )
+            .map_err(sql("appending to the audit chain"))?;
+            (self.seq, self.hash, self.moved) = (seq, hash, true);
+            return Ok(());
+        }
+        let salt = match self.salt {
+            Some(salt) => salt,
+            None => *self.salt.insert(anchor_salt(tx, sealer)?),
+        };
+        let anchor = row.anchor(&salt, &self.anchor, plain.as_deref());
         tx.exec(
-            "INSERT INTO audit (seq, at_ms, node, action, sid, detail, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![row.seq as i64, row.at_ms, row.node, row.action, row.sid, row.detail, hash],
+            "INSERT INTO audit (seq, at_ms, node, action, sid, detail, hash, anchor) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![row.seq as i64, row.at_ms, row.node, row.action, row.sid, row.detail, hash, anchor.to_vec()],
         )
         .map_err(sql("appending to the audit chain"))?;
         self.seq = seq;
         self.hash = hash;
+        self.anchor = anchor;
         self.moved = true;
         Ok(())
     }
@@ -465,7 +808,11 @@ pub(super) fn seal_existing_chain(
     let last: Option<i64> =
         tx.row("SELECT max(seq) FROM audit", [], |r| r.get(0)).map_err(sql("reading the audit chain"))?;
     let Some(last) = last else { return Ok(()) };
-    append_audit(tx, sealer, node, now, HEAD_MADE, None, Some(serde_json::json!({ "missing_after": last })))
+    // The `anchor` column comes with schema 12, whose step then anchors this entry too.
+    let mut tail = AuditTail::read_unanchored(tx)?;
+    let detail = Some(serde_json::json!({ "missing_after": last }));
+    tail.append(tx, sealer, NewEntry { node, at_ms: now, action: HEAD_MADE, sid: None, detail })?;
+    tail.seal(tx, sealer)
 }
 
 /// What the sealed head of the audit chain says.

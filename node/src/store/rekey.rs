@@ -32,6 +32,7 @@ const META: &[(&str, &[u8])] = &[
     ("author_seed", AUTHOR_AAD),
     ("tls_key_pending", super::credentials::PENDING_KEY_AAD),
     ("audit_head", super::audit::AUDIT_HEAD_AAD),
+    ("audit_anchor_salt", super::audit::AUDIT_ANCHOR_SALT_AAD),
 ];
 
 const CTX: &str = "re-sealing the store";
@@ -172,19 +173,7 @@ impl Store {
         let entries: Vec<AuditRow> = {
             let mut stmt =
                 tx.prepare("SELECT seq, at_ms, node, action, sid, detail FROM audit ORDER BY seq").map_err(sql(CTX))?;
-            stmt.query_map([], |r| {
-                Ok(AuditRow {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    at_ms: r.get(1)?,
-                    node: r.get(2)?,
-                    action: r.get(3)?,
-                    sid: r.get(4)?,
-                    detail: r.get(5)?,
-                })
-            })
-            .map_err(sql(CTX))?
-            .collect::<Result<_, _>>()
-            .map_err(sql(CTX))?
+            stmt.query_map([], AuditRow::from_row).map_err(sql(CTX))?.collect::<Result<_, _>>().map_err(sql(CTX))?
         };
         let old_head: Option<Vec<u8>> =
             tx.query_row("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| r.get(0)).map_err(sql(CTX)).ok();

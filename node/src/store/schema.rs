@@ -215,16 +215,21 @@ UPDATE session_media SET vouched = 1 WHERE holders != '' AND EXISTS (
     // hash to search offline. An earlier outpost, which reads them in the clear, refuses it.
     "-- the staff's secrets sealed",
     // Schema 12: this store's audit chain id (`meta.audit_chain`, made in this step and kept
-    // by backups), and for each peer its chain and the furthest end of it told
-    // (`Frame::AuditHead`), the end of theirs found cut back (`their_lost`), and the end of ours
-    // a hub had seen that ours was found short of (`lost`).
+    // by backups) and each entry's anchor (`audit.anchor`, keyed by `meta.audit_anchor_salt`,
+    // both made in this step); for each peer its chain, the furthest end of it told and that
+    // entry's anchor (`Frame::AuditHead`), the end of theirs found cut back or rewritten
+    // (`their_lost`), the end of ours a hub had seen that ours was found short of or different
+    // at (`lost`), and the end of ours it last said it had seen (`told`).
     r#"
-CREATE TABLE IF NOT EXISTS audit_anchors (
-    peer        TEXT PRIMARY KEY,
-    their_chain INTEGER NOT NULL,
-    their_head  INTEGER NOT NULL,
-    their_lost  INTEGER NOT NULL DEFAULT 0,
-    lost        INTEGER NOT NULL DEFAULT 0
+ALTER TABLE audit ADD COLUMN anchor BLOB;
+CREATE TABLE audit_anchors (
+    peer         TEXT PRIMARY KEY,
+    their_chain  INTEGER NOT NULL,
+    their_head   INTEGER NOT NULL,
+    their_anchor BLOB NOT NULL,
+    their_lost   INTEGER NOT NULL DEFAULT 0,
+    lost         INTEGER NOT NULL DEFAULT 0,
+    told         INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 "#,
 ];
@@ -239,13 +244,16 @@ const AUDIT_HEAD_SCHEMA: i64 = 8;
 
 pub(super) const KEY_CHECK: &[u8] = b"outpost key check";
 
+/// How long a statement waits for another process's lock.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Opens and configures the database connection; `alone`: exclusive locking, so that SQLite
 /// keeps the WAL index in this process's memory rather than in the `-shm` file beside the
 /// database (which a full disk cannot hold).
 pub(super) fn configure(path: &Path, alone: bool) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(sql("opening the database"))?;
     conn.set_prepared_statement_cache_capacity(256);
-    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sql("setting the busy timeout"))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sql("setting the busy timeout"))?;
     // One plan per statement, whatever values are bound to it. Without this, SQLite (built with
     // STAT4, as rusqlite's bundled copy is) plans a cached statement such as "a session's log
     // past N, in order" again each time new values are bound: a fresh `outpost sync` planned
@@ -307,7 +315,6 @@ pub(super) fn migrate(
     if version > DB_SCHEMA_VERSION {
         return Err(StoreError::NewerSchema { path: path.to_path_buf(), found: version });
     }
-    let mut sealed_secrets = 0;
     for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         tx.execute_batch(step).map_err(sql("migrating the schema"))?;
         let reached = i as i64 + 1;
@@ -320,11 +327,40 @@ pub(super) fn migrate(
             // The hashes in the clear are overwritten where they lay, not only freed (a freed
             // cell keeps its bytes in the file until the page is reused).
             tx.execute_batch("PRAGMA secure_delete = ON").map_err(sql("migrating the schema"))?;
-            sealed_secrets = super::people::seal_clear_secrets(&tx, sealer)?;
+            super::people::seal_clear_secrets(&tx, sealer)?;
+            // Remembered in the same transaction: a process killed before the rebuild below (or
+            // a rebuild stopped by another process) is finished at the next open, not forgotten.
+            // Any user row at all may have left a hash in free space (a disabled user's).
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) SELECT 'scrub_pending', X'01' WHERE EXISTS (SELECT 1 FROM users)",
+                [],
+            )
+            .map_err(sql("migrating the schema"))?;
         }
         if reached == AUDIT_CHAIN_SCHEMA {
+            check_key(&tx, sealer)?;
+            super::audit::anchor_existing_chain(&tx, sealer)?;
+            // A chain written before has an id every copy of it derives alike (its first
+            // entry's time and this node's name, which no key rotation changes): a pre-upgrade
+            // backup restored later is then the same chain, not "a node set up anew" whose cut
+            // the hub would not see. A new store's chain gets a random id.
+            let first: Option<i64> = tx
+                .row("SELECT at_ms FROM audit WHERE seq = 1", [], |r| r.get(0))
+                .optional()
+                .map_err(sql("migrating the schema"))?;
             let mut id = [0u8; 8];
-            crate::crypto::random_bytes(&mut id).map_err(|e| StoreError::Damaged(format!("no randomness: {e}")))?;
+            match first {
+                Some(at) => {
+                    let mut h = blake3::Hasher::new();
+                    h.update(b"outpost audit chain id v1");
+                    h.update(&(node.len() as u64).to_be_bytes());
+                    h.update(node.as_bytes());
+                    h.update(&at.to_be_bytes());
+                    id.copy_from_slice(&h.finalize().as_bytes()[..8]);
+                }
+                None => crate::crypto::random_bytes(&mut id)
+                    .map_err(|e| StoreError::Damaged(format!("no randomness: {e}")))?,
+            }
             tx.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('audit_chain', ?1)", [id.to_vec()])
                 .map_err(sql("migrating the schema"))?;
         }
@@ -332,33 +368,58 @@ pub(super) fn migrate(
     }
     tx.commit().map_err(sql("migrating the schema"))?;
     conn.execute_batch("PRAGMA secure_delete = OFF").map_err(sql("migrating the schema"))?;
-    if sealed_secrets > 0 {
-        scrub_after_sealing(conn);
-    }
     Ok(())
 }
 
-/// After the staff's hashes were sealed: the file is rebuilt (`VACUUM`), so that no piece of a
+/// Runs [`scrub_rebuild`] and [`scrub_checkpoint`] while `meta.scrub_pending` says the staff's old hashes may still
+/// lie in free space (`01`: the rebuild is owed) or only in the log (`02`: the rebuild was made,
+/// the checkpoint is owed), and clears it once both are done. Called by [`Store::open`] after
+/// the key check (a wrong key rebuilds nothing), and not when the store was opened alone on a
+/// full disk (a rebuild needs as much room again as the store). A rebuild made once is not made
+/// again: beside a daemon that holds reads, only the checkpoint is retried, at each open.
+pub(super) fn scrub_if_pending(conn: &Connection) {
+    let pending: Option<Vec<u8>> =
+        conn.row("SELECT value FROM meta WHERE key = 'scrub_pending'", [], |r| r.get(0)).optional().ok().flatten();
+    let Some(pending) = pending else { return };
+    let _ = conn.busy_timeout(std::time::Duration::ZERO);
+    let rebuilt = pending.as_slice() == [2] || scrub_rebuild(conn);
+    let emptied = rebuilt && scrub_checkpoint(conn);
+    let _ = match (rebuilt, emptied) {
+        (true, true) => conn.execute("DELETE FROM meta WHERE key = 'scrub_pending'", []),
+        (true, false) => conn.execute("UPDATE meta SET value = X'02' WHERE key = 'scrub_pending'", []),
+        (false, _) => Ok(0),
+    };
+    let _ = conn.busy_timeout(BUSY_TIMEOUT);
+}
+
+/// After the staff's hashes were sealed, the file is rebuilt (`VACUUM`), so that no piece of a
 /// hash freed before (a disabled user's, a row moved when a page split) is left in its free
-/// space, and the log, which held the pages with the hashes, is written back and emptied.
-/// Either can be stopped by another process with the store open (an older daemon): the store
-/// is sealed all the same, and the log says what is left to do.
-fn scrub_after_sealing(conn: &Connection) {
-    if let Err(e) = conn.execute_batch("VACUUM") {
-        tracing::warn!(
-            "the staff's PIN hashes are sealed, but the store could not be rebuilt ({e}): pieces of the old \
-             hashes may stay in its free space until SQLite reuses it"
-        );
+/// space. Another process with the store open (an older daemon) can stop it.
+fn scrub_rebuild(conn: &Connection) -> bool {
+    match conn.execute_batch("VACUUM") {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(
+                "the staff's PIN hashes are sealed, but the store could not be rebuilt ({e}): pieces of the old \
+                 hashes may stay in its free space; tried again at the next open"
+            );
+            false
+        }
     }
+}
+
+/// The log, which held the pages with the hashes, written back and emptied. A reader in another
+/// process stops it (retried at each open, quietly).
+fn scrub_checkpoint(conn: &Connection) -> bool {
     let done = conn.row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
         Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
     });
     match done {
-        Ok((0, log, written)) if log == written => {}
-        Ok(_) | Err(_) => tracing::warn!(
-            "the staff's PIN hashes are sealed, but the store's log could not be written back and emptied \
-             (another process has it open): it may hold the old hashes until the next checkpoint"
-        ),
+        Ok((0, log, written)) if log == written => true,
+        Ok(_) | Err(_) => {
+            tracing::debug!("the store's log still holds pages written before the PIN hashes were sealed");
+            false
+        }
     }
 }
 
