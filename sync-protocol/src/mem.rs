@@ -16,7 +16,7 @@ use crate::accept::{self, Taken};
 use crate::authorship::{self, ActorPrefix, AuthorKey, SharedRoster, Signature};
 use crate::blob::{self, CHUNK_SIZE};
 use crate::directory::is_directory_id;
-use crate::engine::{Applied, BlobNeed, Incoming, Knowledge, Outgoing, Replica};
+use crate::engine::{Applied, AuditHeads, BlobNeed, Incoming, Knowledge, Outgoing, Replica};
 use crate::recon::{Item, digest};
 use crate::rules::{self, Admission, Limits};
 use crate::scope::{DocMeta, PeerInfo, may_hold};
@@ -138,6 +138,11 @@ pub struct MemReplica {
     /// since the last [`MemReplica::take_changed`]: what a node pushes to its other peers.
     changed: Vec<DocId>,
     pool: Option<ChunkPool>,
+    /// What this replica tells in a [`crate::wire::Frame::AuditHead`] (`None`: it keeps no
+    /// audit chain), `proof` set to the end a peer asks it to vouch for.
+    pub audit_heads: Option<AuditHeads>,
+    /// Every audit head a peer told, in order, with the peer's name.
+    pub audit_heads_told: Vec<(String, AuditHeads)>,
 }
 
 fn ids(heads: Vec<ChangeHash>) -> Vec<Hash> {
@@ -169,6 +174,8 @@ impl MemReplica {
             directory: None,
             changed: Vec::new(),
             pool: None,
+            audit_heads: None,
+            audit_heads_told: Vec::new(),
         }
     }
 
@@ -353,6 +360,8 @@ impl MemReplica {
             directory,
             changed: Vec::new(),
             pool: self.pool.clone(),
+            audit_heads: self.audit_heads,
+            audit_heads_told: self.audit_heads_told.clone(),
         }
     }
 
@@ -696,6 +705,15 @@ impl Replica for MemReplica {
     fn offer_revocations(&mut self, _der: &[u8]) -> Result<bool, MemError> {
         // The in-memory replica has no certificate authority to check a list against.
         Ok(false)
+    }
+
+    fn audit_heads(&mut self, _peer: &PeerInfo, proof_at: Option<u64>) -> Result<Option<AuditHeads>, MemError> {
+        Ok(self.audit_heads.map(|h| AuditHeads { proof: proof_at.unwrap_or(h.proof), ..h }))
+    }
+
+    fn offer_audit_head(&mut self, peer: &PeerInfo, heads: AuditHeads, _now: TimeMs) -> Result<(), MemError> {
+        self.audit_heads_told.push((peer.name.clone(), heads));
+        Ok(())
     }
 }
 

@@ -468,6 +468,41 @@ fn an_audit_head_is_refused_in_version_2_and_a_second_one_in_version_3() {
     }
 }
 
+/// The responder tells its audit head after the Hellos; the initiator answers it once,
+/// vouching for the end of its chain the responder said it had seen, and neither costs a
+/// round trip.
+#[test]
+fn the_initiator_answers_the_responders_audit_head_once_vouching_for_the_end_it_was_told() {
+    let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+    let (mut edge, mut hub) = (replica(&edge_i, 1), replica(&hub_i, 2));
+    new_session(&mut edge, 1, ServiceLine::Cardiology);
+    converse(&mut edge, &mut hub, T + 10);
+    edge.audit_heads = Some(AuditHeads { chain: 7, head: 120, anchor: [7; 32], proof: 3, ..Default::default() });
+    hub.audit_heads =
+        Some(AuditHeads { chain: 9, head: 800, seen_chain: 7, seen: 110, seen_anchor: [1; 32], ..Default::default() });
+    let (ea, _, link) = converse(&mut edge, &mut hub, T + 20);
+    assert_eq!(ea.stats().round_trips, 1, "{:?}", ea.stats());
+    let heads_in = |frames: &[Vec<u8>]| -> Vec<AuditHeads> {
+        let mut decoder = sync_protocol::wire::FrameDecoder::new();
+        let mut found = Vec::new();
+        for bytes in frames {
+            decoder.feed(bytes);
+            while let Some(frame) = decoder.next_frame().unwrap() {
+                if let Frame::AuditHead(h) = frame {
+                    found.push(h);
+                }
+            }
+        }
+        found
+    };
+    let (from_edge, from_hub) = (heads_in(&link.a_to_b), heads_in(&link.b_to_a));
+    assert_eq!(from_hub.len(), 1, "the responder tells once");
+    assert_eq!(from_edge.len(), 1, "the initiator answers once");
+    assert_eq!(from_edge[0].proof, 110, "vouching for the end the hub had seen, not its own record (3)");
+    assert_eq!(hub.audit_heads_told, vec![("amb-07".to_string(), from_edge[0])]);
+    assert_eq!(edge.audit_heads_told, vec![("hub-qhm".to_string(), from_hub[0])]);
+}
+
 #[test]
 fn changes_with_missing_dependencies_are_answered_with_the_whole_document() {
     let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
