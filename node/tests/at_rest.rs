@@ -294,7 +294,7 @@ fn a_store_from_before_schema_11_has_its_pin_hashes_sealed_and_none_left_in_the_
     // What schemas 11 and 12 add is taken out again, as a schema-10 store never had it.
     conn.execute_batch(
         "ALTER TABLE audit DROP COLUMN anchor; DROP TABLE audit_anchors;
-         DELETE FROM meta WHERE key IN ('audit_chain', 'audit_anchor_salt', 'scrub_pending');
+         DELETE FROM meta WHERE key IN ('audit_chain', 'scrub_pending');
          PRAGMA user_version = 10",
     )
     .unwrap();

@@ -461,7 +461,7 @@ fn deleting_audit_entries_in_the_middle_or_at_the_end_is_detected() {
         conn.execute_batch(
             "ALTER TABLE sessions DROP COLUMN escalating; DROP TABLE blob_possessors;
              ALTER TABLE session_media DROP COLUMN vouched; ALTER TABLE audit DROP COLUMN anchor;
-             DROP TABLE audit_anchors; DELETE FROM meta WHERE key IN ('audit_chain', 'audit_anchor_salt');
+             DROP TABLE audit_anchors; DELETE FROM meta WHERE key = 'audit_chain';
              PRAGMA user_version = 7",
         )
         .unwrap();

@@ -560,3 +560,36 @@ fn an_older_copy_written_past_where_the_hub_had_seen_it_is_found_by_both_sides()
     // Found once: the next sync, with nothing lost since, finds nothing.
     assert_eq!(exchange_audit_heads(&mut tablet, &mut hub, T + 7), Default::default());
 }
+
+/// A copy of a store taken before the upgrade to schema 12 and restored after it is the same
+/// chain as the store it was copied from: migrated apart, both get the same chain id and the
+/// same anchors, so a hub that had seen the chain up to the copy's end finds nothing lost.
+#[test]
+fn two_copies_of_a_store_migrated_apart_get_the_same_chain_id_and_anchors() {
+    let (_t, dir) = node_dir();
+    let mut node = Node::open(&dir).unwrap();
+    node.new_session(request("chest pain"), T).unwrap();
+    drop(node);
+    // The store as schema 11 left it.
+    let conn = rusqlite::Connection::open(dir.db_path()).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE audit DROP COLUMN anchor; DROP TABLE audit_anchors;
+         DELETE FROM meta WHERE key = 'audit_chain'; PRAGMA user_version = 11",
+    )
+    .unwrap();
+    drop(conn);
+    let copy = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(dir.root()).unwrap() {
+        let f = f.unwrap();
+        if f.file_type().unwrap().is_file() {
+            std::fs::copy(f.path(), copy.path().join(f.file_name())).unwrap();
+        }
+    }
+    let heads = |root: &std::path::Path| {
+        let mut n = Node::open(&NodeDir::new(root.to_path_buf())).unwrap();
+        n.raw_store().audit().audit_heads_for("hub-qhm", None).unwrap()
+    };
+    let (one, other) = (heads(dir.root()), heads(copy.path()));
+    assert_ne!(one.anchor, [0; 32]);
+    assert_eq!((one.chain, one.head, one.anchor), (other.chain, other.head, other.anchor));
+}

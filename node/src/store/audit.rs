@@ -529,44 +529,25 @@ impl AuditRow {
     }
 }
 
-/// Associated data of the sealed key of the audit anchors.
-pub(super) const AUDIT_ANCHOR_SALT_AAD: &[u8] = b"outpost/audit-anchor-salt/v1";
-
 /// An anchor as stored (zeros for none: an empty chain, or a damaged cell).
 fn as_anchor(stored: Option<Vec<u8>>) -> [u8; 32] {
     stored.and_then(|a| <[u8; 32]>::try_from(a.as_slice()).ok()).unwrap_or([0; 32])
 }
 
-/// The key of this chain's anchors (made at schema 12, sealed, kept by backups, never sent).
-/// One that does not open (the store's metadata altered) gives anchors no hub was told of,
-/// which is what it should see: a chain that is not the one it knew.
+/// The key of this node's audit anchors, derived from its author seed (sealed, kept by
+/// backups, never sent, unchanged by a key rotation): every copy of the store, whenever it was
+/// migrated, computes the same anchors, and a node set up anew under a known name other ones.
 fn anchor_salt(conn: &rusqlite::Connection, sealer: &Sealer) -> Result<[u8; 32], StoreError> {
-    let sealed: Option<Vec<u8>> = conn
-        .row("SELECT value FROM meta WHERE key = 'audit_anchor_salt'", [], |r| r.get(0))
-        .optional()
-        .map_err(sql("reading the audit anchors' key"))?;
-    let opened = sealed.and_then(|s| sealer.open("audit anchors' key", AUDIT_ANCHOR_SALT_AAD, &s).ok());
-    match opened.and_then(|p| <[u8; 32]>::try_from(p.as_slice()).ok()) {
-        Some(salt) => Ok(salt),
-        None => {
-            tracing::warn!(
-                "the audit anchors' key is missing or does not open: its anchors will match none a hub holds"
-            );
-            Ok([0; 32])
-        }
-    }
+    let seed = super::identity::author_seed(conn, sealer)?;
+    Ok(blake3::derive_key("outpost audit anchor key v1", &seed))
 }
 
-/// Schema 12's step: the anchors' key is made, and each entry of the chain written before gets
+/// Schema 12's step: each entry of the chain written before gets
 /// its anchor, in order (a detail that does not open is taken as sealed: the anchor still
 /// follows the chain).
 pub(super) fn anchor_existing_chain(tx: &Transaction<'_>, sealer: &Sealer) -> Result<(), StoreError> {
     let ctx = "anchoring the audit chain";
-    let mut salt = [0u8; 32];
-    crate::crypto::random_bytes(&mut salt).map_err(|e| StoreError::Damaged(format!("no randomness: {e}")))?;
-    let sealed = sealer.seal(AUDIT_ANCHOR_SALT_AAD, &salt)?;
-    tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('audit_anchor_salt', ?1)", [sealed])
-        .map_err(sql(ctx))?;
+    let salt = anchor_salt(tx, sealer)?;
     // In pages of the chain, not all of it at once: a hub's chain of millions of entries (a
     // `session.list` detail is kilobytes) would otherwise be held in memory whole.
     let mut prev = [0u8; 32];

@@ -99,14 +99,22 @@ pub(super) const AUTHOR_AAD: &[u8] = b"outpost/author-key/v1";
 /// which its peers still hold and would refuse to merge with a different change of the same
 /// number.
 pub(super) fn author_key(conn: &Connection, sealer: &Sealer) -> Result<AuthorKey, StoreError> {
+    let seed = author_seed(conn, sealer)?;
+    let mut instance = [0u8; 8];
+    crate::crypto::random_bytes(&mut instance)?;
+    Ok(AuthorKey::from_seed(&seed, instance))
+}
+
+/// This node's author seed, made (and sealed) at its first use.
+pub(super) fn author_seed(conn: &Connection, sealer: &Sealer) -> Result<[u8; 32], StoreError> {
     let sealed: Option<Vec<u8>> = conn
         .row("SELECT value FROM meta WHERE key = 'author_seed'", [], |r| r.get(0))
         .optional()
         .map_err(sql("reading the author key"))?;
-    let seed = match sealed {
+    match sealed {
         Some(sealed) => {
             let seed = sealer.open("author key", AUTHOR_AAD, &sealed)?;
-            seed.try_into().map_err(|_| StoreError::Damaged("the author key has the wrong length".into()))?
+            seed.try_into().map_err(|_| StoreError::Damaged("the author key has the wrong length".into()))
         }
         None => {
             let mut seed = [0u8; 32];
@@ -114,12 +122,9 @@ pub(super) fn author_key(conn: &Connection, sealer: &Sealer) -> Result<AuthorKey
             let sealed = sealer.seal(AUTHOR_AAD, &seed)?;
             conn.exec("INSERT OR REPLACE INTO meta (key, value) VALUES ('author_seed', ?1)", params![sealed])
                 .map_err(sql("recording the author key"))?;
-            seed
+            Ok(seed)
         }
-    };
-    let mut instance = [0u8; 8];
-    crate::crypto::random_bytes(&mut instance)?;
-    Ok(AuthorKey::from_seed(&seed, instance))
+    }
 }
 
 /// Every member's certificate held (DER).

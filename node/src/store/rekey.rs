@@ -32,7 +32,6 @@ const META: &[(&str, &[u8])] = &[
     ("author_seed", AUTHOR_AAD),
     ("tls_key_pending", super::credentials::PENDING_KEY_AAD),
     ("audit_head", super::audit::AUDIT_HEAD_AAD),
-    ("audit_anchor_salt", super::audit::AUDIT_ANCHOR_SALT_AAD),
 ];
 
 const CTX: &str = "re-sealing the store";

@@ -215,8 +215,8 @@ UPDATE session_media SET vouched = 1 WHERE holders != '' AND EXISTS (
     // hash to search offline. An earlier outpost, which reads them in the clear, refuses it.
     "-- the staff's secrets sealed",
     // Schema 12: this store's audit chain id (`meta.audit_chain`, made in this step and kept
-    // by backups) and each entry's anchor (`audit.anchor`, keyed by `meta.audit_anchor_salt`,
-    // both made in this step); for each peer its chain, the furthest end of it told and that
+    // by backups) and each entry's anchor (`audit.anchor`, keyed by a key derived from the
+    // node's author seed, made in this step); for each peer its chain, the furthest end of it told and that
     // entry's anchor (`Frame::AuditHead`), the end of theirs found cut back or rewritten
     // (`their_lost`), the end of ours a hub had seen that ours was found short of or different
     // at (`lost`), and the end of ours it last said it had seen (`told`).
