@@ -142,6 +142,9 @@ pub struct RestoreReport {
     pub sessions: u64,
     /// When the backup was taken.
     pub taken_ms: i64,
+    /// The staff who can sign in as of the backup (integrating systems apart): anyone disabled
+    /// since it was taken can sign in again, until disabled anew.
+    pub staff: Vec<String>,
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> NodeError + '_ {
@@ -374,5 +377,11 @@ pub fn restore(from: &Path, dir: &NodeDir, key_file: Option<&Path>) -> Result<Re
     let mut node = Node::open(dir)?;
     let sessions = node.stats()?.sessions;
     node.record_restore(from, taken_ms, sessions, crate::node::now_ms())?;
-    Ok(RestoreReport { node: cfg.name, dir: dir.root().to_path_buf(), sessions, taken_ms })
+    let staff = node
+        .people()?
+        .into_iter()
+        .filter(|p| p.role != crate::store::people::PersonRole::System)
+        .map(|p| p.name)
+        .collect();
+    Ok(RestoreReport { node: cfg.name, dir: dir.root().to_path_buf(), sessions, taken_ms, staff })
 }

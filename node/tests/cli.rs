@@ -864,3 +864,27 @@ fn a_new_pin_is_set_from_standard_input_audited_and_refused_for_what_has_none() 
     assert_eq!(entries[0]["action"], "user.set_pin", "{entries}");
     assert_eq!(entries[0]["detail"]["user"]["name"], "Sam Patel", "{entries}");
 }
+
+/// A restore brings back the staff as the backup had them: whoever was disabled since can sign
+/// in again, so the command names who can, and says how to disable who has left.
+#[test]
+fn a_restore_names_the_staff_who_can_sign_in_as_of_the_backup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    init_edge(&dir);
+    common::fleet::add_user(&dir, "Sam Patel", "paramedic", "HCPC-PA123456", "482193");
+    common::fleet::add_user(&dir, "Jo Reyes", "paramedic", "HCPC-PA654321", "771234");
+    ok(&["user", "add", "--dir", d(&dir), "--name", "ePR bridge", "--role", "system", "--token"]);
+    let bak = tmp.path().join("node.bak");
+    ok(&["backup", "--dir", d(&dir), "--out", d(&bak)]);
+    // Jo leaves after the backup.
+    ok(&["user", "disable", "--dir", d(&dir), "--name", "Jo Reyes"]);
+    let key = dir.join("node.key");
+    let into = tmp.path().join("restored");
+    let text = ok(&["restore", "--from", d(&bak), "--dir", d(&into), "--key-file", d(&key)]);
+    assert!(text.contains("Staff who can sign in as of the backup: Jo Reyes, Sam Patel."), "{text}");
+    assert!(text.contains("outpost user disable"), "{text}");
+    let into2 = tmp.path().join("restored-json");
+    let said = json(&ok(&["restore", "--from", d(&bak), "--dir", d(&into2), "--key-file", d(&key), "--json"]));
+    assert_eq!(said["staff"], serde_json::json!(["Jo Reyes", "Sam Patel"]), "{said}");
+}

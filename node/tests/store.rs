@@ -524,12 +524,7 @@ fn an_older_copy_written_past_where_the_hub_had_seen_it_is_found_by_both_sides()
     // The copy, taken while the tablet is closed.
     drop(tablet);
     let copy = tempfile::tempdir().unwrap();
-    for f in std::fs::read_dir(dir.root()).unwrap() {
-        let f = f.unwrap();
-        if f.file_type().unwrap().is_file() {
-            std::fs::copy(f.path(), copy.path().join(f.file_name())).unwrap();
-        }
-    }
+    copy_files(dir.root(), copy.path());
     let mut tablet = Node::open(&dir).unwrap();
     let id = tablet.new_session(request("syncope"), T + 1).unwrap().id;
     for i in 0..40 {
@@ -579,12 +574,7 @@ fn two_copies_of_a_store_migrated_apart_get_the_same_chain_id_and_anchors() {
     .unwrap();
     drop(conn);
     let copy = tempfile::tempdir().unwrap();
-    for f in std::fs::read_dir(dir.root()).unwrap() {
-        let f = f.unwrap();
-        if f.file_type().unwrap().is_file() {
-            std::fs::copy(f.path(), copy.path().join(f.file_name())).unwrap();
-        }
-    }
+    copy_files(dir.root(), copy.path());
     let heads = |root: &std::path::Path| {
         let mut n = Node::open(&NodeDir::new(root.to_path_buf())).unwrap();
         n.raw_store().audit().audit_heads_for("hub-qhm", None).unwrap()
@@ -592,4 +582,14 @@ fn two_copies_of_a_store_migrated_apart_get_the_same_chain_id_and_anchors() {
     let (one, other) = (heads(dir.root()), heads(copy.path()));
     assert_ne!(one.anchor, [0; 32]);
     assert_eq!((one.chain, one.head, one.anchor), (other.chain, other.head, other.anchor));
+}
+
+/// The files of a node's directory (its store, key and configuration, not its photos), copied.
+fn copy_files(from: &std::path::Path, to: &std::path::Path) {
+    for f in std::fs::read_dir(from).unwrap() {
+        let f = f.unwrap();
+        if f.file_type().unwrap().is_file() {
+            std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+        }
+    }
 }

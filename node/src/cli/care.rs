@@ -36,6 +36,15 @@ pub(crate) fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
             report.sessions,
             time(report.taken_ms)
         );
+        if !report.staff.is_empty() {
+            println!(
+                "Staff who can sign in as of the backup: {}. Anyone disabled since it was taken can sign in again: \
+                 check them against today's staff list and disable who has left (outpost user disable --dir {} \
+                 --name NAME).",
+                report.staff.join(", "),
+                report.dir.display()
+            );
+        }
     }
     Ok(())
 }
