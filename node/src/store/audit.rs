@@ -169,15 +169,7 @@ impl<S: Deref<Target = Store>> Audit<S> {
 
     /// What `peer` last told of its audit chain: the chain, and the furthest end of it told.
     pub fn their_head(&self, peer: &str) -> Result<(u64, u64), StoreError> {
-        let row: Option<(i64, i64)> = self
-            .0
-            .conn
-            .row("SELECT their_chain, their_head FROM audit_anchors WHERE peer = ?1", [peer], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()
-            .map_err(sql("reading audit anchors"))?;
-        Ok(row.map_or((0, 0), |(c, h)| (c as u64, h as u64)))
+        Ok(anchor_row(&self.0.conn, peer)?.map_or((0, 0), |k| (k.chain as u64, k.head as u64)))
     }
 
     /// The hubs that had seen this node's chain longer than it was when they next spoke.
