@@ -4,12 +4,12 @@ use std::collections::HashMap;
 
 use rustls::pki_types::CertificateDer;
 use sync_protocol::TimeMs;
+use sync_protocol::audit;
 use sync_protocol::authorship::ActorPrefix;
 use sync_protocol::directory::is_directory_id;
 use sync_protocol::engine::{Applied, AuditHeads, BlobNeed, Incoming, Knowledge, Outgoing, Replica};
 use sync_protocol::recon::{Fingerprint, Item};
 use sync_protocol::scope::PeerInfo;
-use sync_protocol::vocab::Role;
 use sync_protocol::wire::{BlobManifest, DocId, Hash};
 
 use crate::store::{Store, StoreError};
@@ -334,7 +334,7 @@ impl Replica for NodeReplica<'_> {
     fn audit_heads(&mut self, peer: &PeerInfo, proof_at: Option<u64>) -> Result<Option<AuditHeads>, StoreError> {
         // Told between a hub and its own ICB's members only: another edge or desk, or another
         // ICB's hub, has no use for how much this node has audited.
-        if !audit_partners(self.me, peer) {
+        if !audit::partners(self.me, peer) {
             return Ok(None);
         }
         let store = self.reading()?;
@@ -342,14 +342,11 @@ impl Replica for NodeReplica<'_> {
     }
 
     fn offer_audit_head(&mut self, peer: &PeerInfo, heads: AuditHeads, now: TimeMs) -> Result<(), StoreError> {
-        if !audit_partners(self.me, peer) {
+        if !audit::partners(self.me, peer) {
             return Ok(());
         }
         self.writing()?;
-        // Only our own ICB's hub's word that our chain was longer is taken (a hub keeps the
-        // record; any other member, or another ICB's hub, could make us write an entry and
-        // raise a lasting alarm in `status` each time it connects).
-        let believed = peer.role == Role::Hub && peer.icb.is_some() && peer.icb == self.me.icb;
+        let believed = audit::believed(self.me, peer);
         // Advisory: a failure to record an anchor (a busy or full disk) must not end the sync
         // that would free the disk.
         let found = match self.store.audit_mut().note_audit_head(&peer.name, heads, believed, now) {
@@ -377,12 +374,6 @@ impl Replica for NodeReplica<'_> {
         }
         Ok(())
     }
-}
-
-/// Whether `me` and `peer` tell each other their audit heads: a hub and a member of its own
-/// ICB (or two hubs of one ICB).
-fn audit_partners(me: &PeerInfo, peer: &PeerInfo) -> bool {
-    (me.role == Role::Hub || peer.role == Role::Hub) && me.icb.is_some() && me.icb == peer.icb
 }
 
 #[cfg(test)]

@@ -77,6 +77,12 @@ pub struct Report {
     /// (which must come back by sync), and the writes they lost for good because no other node
     /// held them (not counted as undelivered).
     pub restores: (u64, u64, u64),
+    /// Audit chains: findings the restores made due and the checker judged (a hub had kept an
+    /// end of a restored member's chain the backup does not hold, and the two spoke since: a
+    /// finding by the hub and one by the member), and findings of a chain cut back or changed
+    /// held in every chain at the end.
+    #[serde(default)]
+    pub audit_findings: (u64, u64),
     /// Directory edits the hub wrote during the run.
     #[serde(default)]
     pub directory_edits: u64,
@@ -173,6 +179,11 @@ impl Report {
                 "restores from backups: {}; items they lost and got back from peers: {}; writes lost for good (no other node held them): {}",
                 self.restores.0, self.restores.1, self.restores.2
             );
+            let _ = writeln!(
+                s,
+                "audit chains cut back by the restores: {} findings due and checked; {} held in the chains (peer.audit_behind, audit.behind, peer.audit_chain_changed)",
+                self.audit_findings.0, self.audit_findings.1
+            );
         }
         if self.directory_edits > 0 {
             let _ = writeln!(
@@ -215,7 +226,7 @@ impl Report {
         if self.violations.is_empty() {
             let _ = writeln!(
                 s,
-                "\ninvariants: all held (durability, scope, receipts, status, routing, outcomes, convergence)"
+                "\ninvariants: all held (durability, scope, receipts, status, routing, outcomes, audit chains, convergence)"
             );
         } else {
             let _ = writeln!(s, "\ninvariants: {} VIOLATIONS (seed {}):", self.violations.len(), self.seed);
@@ -338,6 +349,7 @@ fn report(w: &mut World, name: &str, seed: u64, rerun: String, wall: f64) -> Rep
         connections: (w.connections, w.connections_lost),
         attacks: w.attacks,
         restores: w.restores,
+        audit_findings: w.audit_findings(),
         directory_edits: w.directory_edits,
         convergence_seconds: w.convergence_seconds(),
         escalations: esc.len(),

@@ -372,7 +372,11 @@ impl World {
             if let Ok(mut r) = roster.write() {
                 r.insert(Member { info: info.clone(), key: key.public() });
             }
-            MemReplica::new(info.clone(), key, roster.clone())
+            // An audit chain, as every node keeps one: its id and anchor key from the same draw
+            // (nothing more drawn).
+            let audit_key = blake3::derive_key("outpost simulator audit anchors", &draw);
+            let chain = u64::from_be_bytes(blake3::hash(&audit_key).as_bytes()[..8].try_into().unwrap_or([1; 8])) | 1;
+            MemReplica::new(info.clone(), key, roster.clone()).with_audit(chain, audit_key)
         };
         let hub_info =
             PeerInfo { name: scenario.hub_name(), role: Role::Hub, org: None, icb: Some(icb.clone()), lines: vec![] };

@@ -27,6 +27,7 @@
 //!   node's link emulator.
 
 pub mod accept;
+pub mod audit;
 pub mod authorship;
 pub mod blob;
 pub mod call;

@@ -141,8 +141,117 @@ pub struct MemReplica {
     /// What this replica tells in a [`crate::wire::Frame::AuditHead`] (`None`: it keeps no
     /// audit chain), `proof` set to the end a peer asks it to vouch for.
     pub audit_heads: Option<AuditHeads>,
-    /// Every audit head a peer told, in order, with the peer's name.
+    /// Every audit head a peer told, in order, with the peer's name (without `audit`).
     pub audit_heads_told: Vec<(String, AuditHeads)>,
+    /// An audit chain kept as a node keeps one ([`MemAudit`]): when set, it is what this
+    /// replica tells and judges by, in place of `audit_heads`.
+    pub audit: Option<MemAudit>,
+}
+
+/// An audit chain in memory, a model of a node's: an entry for each local write and each
+/// finding only (a node's store also records syncs, views and offloads), each with an anchor
+/// (a BLAKE3 chain keyed by a key of the node's), and what was kept of each partner's chain. What a peer's frame shows is decided by
+/// [`crate::audit::judge`], as on a node. A backup copies it, so a restore from an older backup
+/// cuts the chain back, as it does a node's.
+#[derive(Debug, Clone)]
+pub struct MemAudit {
+    chain: u64,
+    key: [u8; 32],
+    /// Who writes now (the replica's actor): in every anchor, so that a chain put back and
+    /// written again differs from the one lost, as a node's entries differ by time and detail.
+    writer: Vec<u8>,
+    /// Each entry: what it records and, for a finding, the peer it names; its anchor.
+    entries: Vec<(String, Option<String>, [u8; 32])>,
+    kept: BTreeMap<String, crate::audit::KeptHeads>,
+}
+
+impl MemAudit {
+    /// An empty chain with this id, anchored under `key`, written by `writer`.
+    pub fn new(chain: u64, key: [u8; 32], writer: &[u8]) -> Self {
+        MemAudit { chain, key, writer: writer.to_vec(), entries: Vec::new(), kept: BTreeMap::new() }
+    }
+
+    /// This chain's id.
+    pub fn chain(&self) -> u64 {
+        self.chain
+    }
+
+    /// Its newest entry's number (0: none yet).
+    pub fn head(&self) -> u64 {
+        self.entries.len() as u64
+    }
+
+    /// Appends an entry recording `action` (naming `peer` for a finding about one).
+    pub fn append(&mut self, action: &str, peer: Option<&str>) {
+        let prev = self.entries.last().map_or([0; 32], |e| e.2);
+        let mut h = blake3::Hasher::new_keyed(&self.key);
+        h.update(&prev);
+        h.update(&(self.entries.len() as u64 + 1).to_be_bytes());
+        h.update(&self.writer);
+        h.update(action.as_bytes());
+        h.update(peer.unwrap_or("").as_bytes());
+        self.entries.push((action.to_string(), peer.map(String::from), *h.finalize().as_bytes()));
+    }
+
+    /// The anchor of entry `n` (1-based), if the chain reaches it.
+    pub fn anchor(&self, n: u64) -> Option<[u8; 32]> {
+        let i = usize::try_from(n).ok()?.checked_sub(1)?;
+        self.entries.get(i).map(|e| e.2)
+    }
+
+    /// The entries recording `action`, from entry `from` (1-based) on: the peer each names.
+    pub fn found(&self, action: &str, from: u64) -> Vec<Option<String>> {
+        let skip = usize::try_from(from.saturating_sub(1)).unwrap_or(usize::MAX);
+        self.entries.iter().skip(skip).filter(|e| e.0 == action).map(|e| e.1.clone()).collect()
+    }
+
+    /// What is kept of `peer`'s chain.
+    pub fn kept(&self, peer: &str) -> Option<crate::audit::KeptHeads> {
+        self.kept.get(peer).copied()
+    }
+
+    /// What to tell `peer` (as a node's store does): this chain, its end and anchor, the
+    /// peer's chain and furthest end as kept, and the end of ours `proof_at` (or the one the
+    /// peer last said it had seen) with our anchor there now.
+    fn heads_for(&self, peer: &str, proof_at: Option<u64>) -> AuditHeads {
+        let kept = self.kept(peer);
+        let head = self.head();
+        let proof = proof_at.unwrap_or_else(|| kept.map_or(0, |k| k.told));
+        AuditHeads {
+            chain: self.chain,
+            head,
+            anchor: self.anchor(head).unwrap_or_default(),
+            seen_chain: kept.map_or(0, |k| k.chain),
+            seen: kept.map_or(0, |k| k.head),
+            seen_anchor: kept.map_or([0; 32], |k| k.anchor),
+            proof,
+            proof_anchor: self.anchor(proof).unwrap_or_default(),
+        }
+    }
+
+    /// A peer's frame, judged and recorded as a node records it.
+    fn told(&mut self, peer: &str, heads: &AuditHeads, believed: bool) -> crate::audit::HeadsFound {
+        let judged = crate::audit::judge::<std::convert::Infallible>(
+            self.kept(peer),
+            heads,
+            self.chain,
+            self.head(),
+            believed,
+            |n| Ok(self.anchor(n)),
+        );
+        let Ok(Some((found, row))) = judged else { return Default::default() };
+        if found.chain_changed.is_some() {
+            self.append("peer.audit_chain_changed", Some(peer));
+        }
+        if found.theirs_cut {
+            self.append("peer.audit_behind", Some(peer));
+        }
+        if found.ours_cut {
+            self.append("audit.behind", Some(peer));
+        }
+        self.kept.insert(peer.to_string(), row);
+        found
+    }
 }
 
 fn ids(heads: Vec<ChangeHash>) -> Vec<Hash> {
@@ -176,7 +285,14 @@ impl MemReplica {
             pool: None,
             audit_heads: None,
             audit_heads_told: Vec::new(),
+            audit: None,
         }
+    }
+
+    /// Keeps an audit chain ([`MemAudit`]) with this id, anchored under `key`.
+    pub fn with_audit(mut self, chain: u64, key: [u8; 32]) -> Self {
+        self.audit = Some(MemAudit::new(chain, key, self.actor.to_bytes()));
+        self
     }
 
     /// Shares chunk bytes through `pool`.
@@ -221,6 +337,9 @@ impl MemReplica {
         let id = d.view.id.to_bytes();
         self.docs.insert(id, d);
         self.changed.push(id);
+        if let Some(a) = self.audit.as_mut() {
+            a.append("session.write", None);
+        }
         Ok(id)
     }
 
@@ -238,6 +357,9 @@ impl MemReplica {
             self.sigs.insert(Hash::from(h), sig);
         }
         self.changed.push(*id);
+        if let Some(a) = self.audit.as_mut() {
+            a.append("session.write", None);
+        }
         Ok(out)
     }
 
@@ -362,6 +484,7 @@ impl MemReplica {
             pool: self.pool.clone(),
             audit_heads: self.audit_heads,
             audit_heads_told: self.audit_heads_told.clone(),
+            audit: self.audit.clone(),
         }
     }
 
@@ -376,6 +499,9 @@ impl MemReplica {
             d.doc = d.doc.fork_as(restored.actor.clone());
         }
         restored.directory = restored.directory_backup(restored.actor.clone());
+        if let Some(a) = restored.audit.as_mut() {
+            a.writer = restored.actor.to_bytes().to_vec();
+        }
         *self = restored;
     }
 
@@ -707,12 +833,22 @@ impl Replica for MemReplica {
         Ok(false)
     }
 
-    fn audit_heads(&mut self, _peer: &PeerInfo, proof_at: Option<u64>) -> Result<Option<AuditHeads>, MemError> {
+    fn audit_heads(&mut self, peer: &PeerInfo, proof_at: Option<u64>) -> Result<Option<AuditHeads>, MemError> {
+        if let Some(a) = &self.audit {
+            return Ok(crate::audit::partners(&self.me, peer).then(|| a.heads_for(&peer.name, proof_at)));
+        }
         Ok(self.audit_heads.map(|h| AuditHeads { proof: proof_at.unwrap_or(h.proof), ..h }))
     }
 
     fn offer_audit_head(&mut self, peer: &PeerInfo, heads: AuditHeads, _now: TimeMs) -> Result<(), MemError> {
-        self.audit_heads_told.push((peer.name.clone(), heads));
+        match self.audit.as_mut() {
+            Some(a) => {
+                if crate::audit::partners(&self.me, peer) {
+                    a.told(&peer.name, &heads, crate::audit::believed(&self.me, peer));
+                }
+            }
+            None => self.audit_heads_told.push((peer.name.clone(), heads)),
+        }
         Ok(())
     }
 }

@@ -503,6 +503,63 @@ fn the_initiator_answers_the_responders_audit_head_once_vouching_for_the_end_it_
     assert_eq!(edge.audit_heads_told, vec![("hub-qhm".to_string(), from_hub[0])]);
 }
 
+/// The in-memory replicas keep audit chains as nodes do (`MemReplica::with_audit`), judged by
+/// the same rule (`sync_protocol::audit::judge`): conversations between a hub and its member
+/// find nothing while nothing is lost; the member restored from an older backup is found by
+/// its hub, and finds it itself, at their next conversation, once; then a restore written past
+/// where the hub had seen is found too.
+#[test]
+fn a_member_restored_from_an_older_backup_is_found_by_its_hub_and_finds_it_itself() {
+    let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));
+    let mut edge = replica(&edge_i, 1).with_audit(7, [1; 32]);
+    let mut hub = replica(&hub_i, 2).with_audit(9, [2; 32]);
+    let found = |r: &MemReplica, what: &str| r.audit.as_ref().unwrap().found(what, 1);
+    let id = new_session(&mut edge, 1, ServiceLine::Cardiology);
+    converse(&mut edge, &mut hub, T + 10);
+    let mut backup = edge.backup();
+    for i in 0..5 {
+        message(&mut edge, &id, &format!("after the backup {i}"), T + 20 + i);
+    }
+    converse(&mut edge, &mut hub, T + 30);
+    converse(&mut edge, &mut hub, T + 31);
+    for what in ["peer.audit_behind", "audit.behind", "peer.audit_chain_changed"] {
+        assert!(found(&hub, what).is_empty() && found(&edge, what).is_empty(), "nothing lost, yet {what}");
+    }
+    let seen = hub.audit.as_ref().unwrap().kept("amb-07").unwrap().head;
+    assert!(seen > backup.audit.as_ref().unwrap().head(), "the hub saw past the backup");
+
+    edge.restore(&mut backup, [9; 8]);
+    converse(&mut edge, &mut hub, T + 40);
+    assert_eq!(found(&hub, "peer.audit_behind"), vec![Some("amb-07".to_string())]);
+    assert_eq!(found(&edge, "audit.behind"), vec![Some("hub-qhm".to_string())]);
+    converse(&mut edge, &mut hub, T + 41);
+    assert_eq!(found(&hub, "peer.audit_behind").len(), 1, "once for each end reached");
+
+    // The crew works on past the end lost and syncs twice (the hub keeps the end it had seen
+    // until the chain passes it, and takes the new end once it is vouched for), then the
+    // tablet is put back to the same backup and written past that end before they speak: the
+    // entry the hub kept is another now, and both sides find it again.
+    let (lost_end, now_at) =
+        (hub.audit.as_ref().unwrap().kept("amb-07").unwrap().head, edge.audit.as_ref().unwrap().head());
+    for i in 0..(lost_end - now_at + 2) {
+        message(&mut edge, &id, &format!("after the restore {i}"), T + 50 + i as i64);
+    }
+    converse(&mut edge, &mut hub, T + 60);
+    converse(&mut edge, &mut hub, T + 61);
+    let seen = hub.audit.as_ref().unwrap().kept("amb-07").unwrap().head;
+    assert_eq!(seen, edge.audit.as_ref().unwrap().head(), "the hub follows the chain again");
+    edge.restore(&mut backup, [10; 8]);
+    for i in 0..(seen + 3) {
+        message(&mut edge, &id, &format!("past the end seen {i}"), T + 70 + i as i64);
+    }
+    assert!(edge.audit.as_ref().unwrap().head() > seen);
+    converse(&mut edge, &mut hub, T + 200);
+    assert_eq!(found(&hub, "peer.audit_behind").len(), 2);
+    // The tablet's first finding went with the chain it was written to: the backup is older.
+    assert_eq!(found(&edge, "audit.behind").len(), 1);
+    assert!(found(&hub, "peer.audit_chain_changed").is_empty());
+}
+
 #[test]
 fn changes_with_missing_dependencies_are_answered_with_the_whole_document() {
     let (edge_i, hub_i) = (info("amb-07", Role::Edge, &[]), info("hub-qhm", Role::Hub, &[]));

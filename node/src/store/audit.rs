@@ -2,6 +2,8 @@
 
 use std::ops::{Deref, DerefMut};
 
+use sync_protocol::audit::{self, KeptHeads};
+
 use super::*;
 
 /// The audit chain: who is acting, what was viewed, and the chain's check and latest entries.
@@ -169,7 +171,7 @@ impl<S: Deref<Target = Store>> Audit<S> {
 
     /// What `peer` last told of its audit chain: the chain, and the furthest end of it told.
     pub fn their_head(&self, peer: &str) -> Result<(u64, u64), StoreError> {
-        Ok(anchor_row(&self.0.conn, peer)?.map_or((0, 0), |k| (k.chain as u64, k.head as u64)))
+        Ok(anchor_row(&self.0.conn, peer)?.map_or((0, 0), |k| (k.chain, k.head)))
     }
 
     /// The hubs that had seen this node's chain longer than it was when they next spoke.
@@ -202,34 +204,14 @@ fn chain_id(conn: &rusqlite::Connection) -> Result<u64, StoreError> {
     Ok(id.and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok()).map_or(0, u64::from_be_bytes))
 }
 
-/// What a [`Audit::note_audit_head`] found.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HeadsFound {
-    /// This node's chain is shorter than the hub had seen, or differs where it had seen it
-    /// end (recorded as `audit.behind`).
-    pub ours_cut: bool,
-    /// The peer's chain is shorter than it had told before, or differs at the end it had
-    /// told (recorded as `peer.audit_behind`).
-    pub theirs_cut: bool,
-    /// The peer keeps another chain than the one it had told of (its chain and end before;
-    /// recorded as `peer.audit_chain_changed`).
-    pub chain_changed: Option<(u64, u64)>,
-}
+pub use sync_protocol::audit::HeadsFound;
 
 impl<S: DerefMut<Target = Store>> Audit<S> {
-    /// A peer's [`sync_protocol::wire::Frame::AuditHead`].
-    /// - Its chain: the furthest end told is kept with that entry's anchor (never lowered, so
-    ///   that putting an older copy back twice is seen twice); an end before it, the same end
-    ///   with another anchor, or another anchor now for the entry it was kept at (`proof`), is
-    ///   a loss on the peer (cut back, or cut and written again): recorded here as
-    ///   `peer.audit_behind` once for each end it had reached. Another chain (a node set up
-    ///   anew under the name) starts afresh, recorded as `peer.audit_chain_changed`.
-    /// - Ours: from a hub (`believed`), an end of this very chain past where it ends now, or an
-    ///   anchor other than our entry's there, means entries were lost here since (a restore
-    ///   from a backup, or a chain cut back): recorded as `audit.behind`, once for each end a
-    ///   hub saw, and in `outpost status`.
-    ///
-    /// Numbers past `i64::MAX` are no chain's: such a frame is ignored.
+    /// A peer's [`sync_protocol::wire::Frame::AuditHead`], judged by
+    /// [`sync_protocol::audit::judge`] against what was kept of this peer: what it found is
+    /// recorded in this chain (`peer.audit_chain_changed`, `peer.audit_behind`, and from a
+    /// `believed` hub `audit.behind`, which `outpost status` shows), in the same transaction as
+    /// the row kept for the peer. A frame whose numbers no chain reaches is ignored.
     pub fn note_audit_head(
         &mut self,
         peer: &str,
@@ -267,7 +249,15 @@ impl<S: DerefMut<Target = Store>> Audit<S> {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (peer) DO UPDATE SET their_chain = ?2, their_head = ?3, their_anchor = ?4,
                  their_lost = ?5, lost = ?6, told = ?7",
-            params![peer, row.chain, row.head, row.anchor.to_vec(), row.their_lost, row.lost, row.told],
+            params![
+                peer,
+                row.chain as i64,
+                row.head as i64,
+                row.anchor.to_vec(),
+                row.their_lost as i64,
+                row.lost as i64,
+                row.told as i64
+            ],
         )
         .map_err(sql(ctx))?;
         tx.commit().map_err(sql(ctx))?;
@@ -289,13 +279,13 @@ impl<S: Deref<Target = Store>> Audit<S> {
         let _read = reading(conn)?;
         let kept = anchor_row(conn, peer)?;
         let head = head_seq(conn)?;
-        let told = proof_at.unwrap_or_else(|| kept.as_ref().map_or(0, |k| k.told as u64));
+        let told = proof_at.unwrap_or_else(|| kept.as_ref().map_or(0, |k| k.told));
         Ok(sync_protocol::engine::AuditHeads {
             chain: chain_id(conn)?,
             head,
             anchor: told_anchor(conn, &self.0.sealer, head)?.unwrap_or_default(),
-            seen_chain: kept.as_ref().map_or(0, |k| k.chain as u64),
-            seen: kept.as_ref().map_or(0, |k| k.head as u64),
+            seen_chain: kept.as_ref().map_or(0, |k| k.chain),
+            seen: kept.as_ref().map_or(0, |k| k.head),
             seen_anchor: kept.as_ref().map_or([0; 32], |k| k.anchor),
             proof: told,
             proof_anchor: if told == 0 {
@@ -307,35 +297,20 @@ impl<S: Deref<Target = Store>> Audit<S> {
     }
 }
 
-/// What is kept of a peer's audit chain and of ours as it told ([`Audit::note_audit_head`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct AnchorRow {
-    /// Their chain.
-    chain: i64,
-    /// The furthest end of it told.
-    head: i64,
-    /// Their anchor of that entry.
-    anchor: [u8; 32],
-    /// The end of theirs last found cut back or rewritten.
-    their_lost: i64,
-    /// The end of ours a hub had seen that ours was last found short of, or different at.
-    lost: i64,
-    /// The end of ours the peer last said it had seen.
-    told: i64,
-}
-
-fn anchor_row(conn: &rusqlite::Connection, peer: &str) -> Result<Option<AnchorRow>, StoreError> {
+/// What is kept of `peer`'s audit chain and of ours as it told ([`Audit::note_audit_head`]);
+/// numbers are kept as SQLite's signed integers (a chain id bit for bit).
+fn anchor_row(conn: &rusqlite::Connection, peer: &str) -> Result<Option<KeptHeads>, StoreError> {
     conn.row(
         "SELECT their_chain, their_head, their_anchor, their_lost, lost, told FROM audit_anchors WHERE peer = ?1",
         [peer],
         |r| {
-            Ok(AnchorRow {
-                chain: r.get(0)?,
-                head: r.get(1)?,
+            Ok(KeptHeads {
+                chain: r.get::<_, i64>(0)? as u64,
+                head: r.get::<_, i64>(1)? as u64,
                 anchor: as_anchor(r.get(2)?),
-                their_lost: r.get(3)?,
-                lost: r.get(4)?,
-                told: r.get(5)?,
+                their_lost: r.get::<_, i64>(3)? as u64,
+                lost: r.get::<_, i64>(4)? as u64,
+                told: r.get::<_, i64>(5)? as u64,
             })
         },
     )
@@ -343,75 +318,19 @@ fn anchor_row(conn: &rusqlite::Connection, peer: &str) -> Result<Option<AnchorRo
     .map_err(sql("reading audit anchors"))
 }
 
-/// What [`Audit::note_audit_head`] finds and the anchor row it leaves, and whether that row
-/// differs from the one kept; `None` for a frame whose numbers no chain reaches.
+/// What [`Audit::note_audit_head`] finds and the row it leaves for the peer, and whether that
+/// row differs from the one kept; `None` for a frame whose numbers no chain reaches.
 fn plan_audit_head(
     conn: &rusqlite::Connection,
     sealer: &Sealer,
     peer: &str,
     heads: sync_protocol::engine::AuditHeads,
     believed: bool,
-) -> Result<Option<(HeadsFound, AnchorRow, bool)>, StoreError> {
-    let as_i = |v: u64| i64::try_from(v).ok();
-    let (Some(head), Some(seen), Some(proof)) = (as_i(heads.head), as_i(heads.seen), as_i(heads.proof)) else {
-        return Ok(None);
-    };
+) -> Result<Option<(HeadsFound, KeptHeads, bool)>, StoreError> {
     let (my_chain, my_head) = (chain_id(conn)?, head_seq(conn)?);
     let kept = anchor_row(conn, peer)?;
-    let chain = heads.chain as i64;
-    let mut found = HeadsFound::default();
-    let mut row = AnchorRow {
-        chain,
-        head,
-        anchor: heads.anchor,
-        their_lost: 0,
-        lost: kept.map_or(0, |k| k.lost),
-        told: kept.map_or(0, |k| k.told),
-    };
-    match kept {
-        Some(k) if k.chain == chain => {
-            row.their_lost = k.their_lost;
-            // Cut back: it ends before where it had reached. Rewritten: the entry it had
-            // reached is another now (it ends there with another anchor, or it gives another
-            // for that entry).
-            // A cut is judged only from a frame that vouches for the end kept (`proof`): one
-            // that does not is an older answer overtaken by another conversation of the same
-            // peer (a daemon's and a one-shot sync's), or a responder whose own record is
-            // stale; the end kept is told back, and judged at the next conversation.
-            let cut = head < k.head && proof == k.head;
-            let rewritten = k.head > 0
-                && ((head == k.head && heads.anchor != k.anchor)
-                    || (proof == k.head && heads.proof_anchor != k.anchor));
-            // Moved on only past an end the sender vouched for. A responder's `proof` is its
-            // own `told`, which an older copy of its store put back holds stale: taking its
-            // new end without proof would forget the anchor it must be checked against (and
-            // tell it back as `seen`, so that it finds nothing either). Kept, that end is told
-            // back in our answer, becomes its `told`, and is proven or found rewritten at the
-            // next conversation.
-            let proven = k.head == 0
-                || (head == k.head && heads.anchor == k.anchor)
-                || (proof == k.head && heads.proof_anchor == k.anchor);
-            if cut || (!proven && !rewritten) {
-                (row.head, row.anchor) = (k.head, k.anchor);
-            }
-            if (cut || rewritten) && k.their_lost != k.head {
-                found.theirs_cut = true;
-                row.their_lost = k.head;
-            }
-        }
-        Some(k) if k.head > 0 => found.chain_changed = Some((k.chain as u64, k.head as u64)),
-        _ => {}
-    }
-    if my_chain != 0 && heads.seen_chain == my_chain && seen > 0 {
-        row.told = seen;
-        let differs = seen > as_i(my_head).unwrap_or(i64::MAX)
-            || told_anchor(conn, sealer, heads.seen)? != Some(heads.seen_anchor);
-        if believed && differs && seen != row.lost {
-            found.ours_cut = true;
-            row.lost = seen;
-        }
-    }
-    Ok(Some((found, row, kept != Some(row))))
+    let judged = audit::judge(kept, &heads, my_chain, my_head, believed, |seq| told_anchor(conn, sealer, seq))?;
+    Ok(judged.map(|(found, row)| (found, row, kept != Some(row))))
 }
 
 impl<S: DerefMut<Target = Store>> Audit<S> {

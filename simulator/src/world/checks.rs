@@ -1,5 +1,5 @@
 //! The invariant checkers: durability, scope, receipts, status, routing, outcomes, the
-//! directory, hostile nodes, convergence.
+//! directory, hostile nodes, audit chains cut back, convergence.
 //!
 //! The world tells them what happened as [`Observed`] events ([`World::check`]); they judge each
 //! against the truth (what every replica really holds, the scope facts of every session, the
@@ -8,6 +8,7 @@
 //! them.
 
 use super::*;
+use sync_protocol::audit;
 use sync_protocol::directory::{LineRefusal, directory_id, is_directory_id};
 
 /// Something the checkers judge.
@@ -21,6 +22,8 @@ pub(super) enum Observed<'a> {
     Frame { receiver: usize, frame: &'a Frame },
     /// A node came back after a crash (or the run ended): what it acknowledged must be there.
     Started { node: usize },
+    /// A node is about to be put back to an older copy (it still holds what it held).
+    Restoring { node: usize },
     /// A node was restored from an older copy: what it showed before is not what it holds.
     Restored { node: usize },
     /// The hourly look at what every node holds.
@@ -42,6 +45,27 @@ pub(super) enum Observed<'a> {
     DirectoryEditFailed { line: ServiceLine },
     /// The run ended without every replica converging.
     Diverged { detail: String },
+    /// `receiver` took an audit head from `sender` (its engine handled it without error).
+    AuditHeard { receiver: usize, sender: usize },
+    /// A corrupted frame between `a` and `b` decoded as an audit head.
+    AuditCorrupted { a: usize, b: usize },
+    /// The run is over (after every other final check).
+    Ended,
+}
+
+/// A finding an audit chain must come to hold: `finder` records `action` naming `about`, in
+/// its entry `from` or a later one.
+#[derive(Debug)]
+struct AuditExpected {
+    finder: usize,
+    about: usize,
+    action: &'static str,
+    from: u64,
+    /// When the restore that calls for it was made.
+    at_s: f64,
+    /// Whether the finder has taken an audit head from the other since: the finding is due
+    /// only then (the settling ends once the replicas converge, which may come first).
+    heard: bool,
 }
 
 /// The checkers' own state, and what they found.
@@ -53,6 +77,16 @@ pub(super) struct Checks {
     recorded: BTreeSet<(DocId, Side)>,
     /// Sessions a hostile node named in its probes: (node, session).
     named: BTreeSet<(usize, DocId)>,
+    /// Recorded outcomes the node being restored showed just before ([`Observed::Restoring`]).
+    restoring: BTreeSet<(DocId, Side)>,
+    /// (finder, node whose chain was cut): the finder's chain end when that node was first
+    /// restored (lowered to its own restored end if the finder is put back since). A finding
+    /// of that cut is justified only in a later entry.
+    audit_since: BTreeMap<(usize, usize), u64>,
+    /// Pairs of nodes between which a corrupted audit head was delivered (lower index first).
+    audit_tainted: BTreeSet<(usize, usize)>,
+    /// Findings audit chains must come to hold ([`Checks::audit_restored`]).
+    audit_expected: Vec<AuditExpected>,
     /// What they found.
     pub(super) violations: Vec<Violation>,
 }
@@ -68,6 +102,24 @@ impl World {
     /// Invariant violations found so far.
     pub fn violations(&self) -> &[Violation] {
         &self.checks.violations
+    }
+
+    /// Findings the restores made due (each checked at the end: the finder has heard from
+    /// the node since), and findings of a chain cut back or changed held in every chain now.
+    pub fn audit_findings(&self) -> (u64, u64) {
+        let held = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.replica.audit.as_ref())
+            .map(|a| {
+                ["peer.audit_behind", "audit.behind", "peer.audit_chain_changed"]
+                    .iter()
+                    .map(|what| a.found(what, 1).len() as u64)
+                    .sum::<u64>()
+            })
+            .sum();
+        let due = self.checks.audit_expected.iter().filter(|e| e.heard).count() as u64;
+        (due, held)
     }
 }
 
@@ -86,7 +138,15 @@ impl Checks {
             }
             Observed::Frame { receiver, frame } => self.frame_scope(w, receiver, frame),
             Observed::Started { node } => self.durability(w, node),
-            Observed::Restored { node } => self.statuses.retain(|(o, _), _| *o != node),
+            Observed::Restoring { node } => {
+                self.restoring =
+                    self.recorded.iter().filter(|(doc, side)| shows_outcome(w, node, doc, *side)).copied().collect();
+            }
+            Observed::Restored { node } => {
+                self.statuses.retain(|(o, _), _| *o != node);
+                self.outcomes_lost(w);
+                self.audit_restored(w, node);
+            }
             Observed::Sweep => self.sweep(w),
             Observed::Recorded { doc, side } => {
                 self.recorded.insert((doc, side));
@@ -123,6 +183,148 @@ impl Checks {
                 self.violate(w, "directory", format!("the hub could not write its directory edit of {line}"));
             }
             Observed::Diverged { detail } => self.violate(w, "convergence", detail),
+            Observed::AuditCorrupted { a, b } => {
+                self.audit_tainted.insert((a.min(b), a.max(b)));
+            }
+            Observed::AuditHeard { receiver, sender } => {
+                for e in self.audit_expected.iter_mut().filter(|e| e.finder == receiver && e.about == sender) {
+                    e.heard = true;
+                }
+            }
+            Observed::Ended => self.audit_end(w),
+        }
+    }
+
+    /// A member `x` was restored from a backup (the replica holds it now): each hub of its ICB
+    /// that had been told of an entry the restored chain does not hold, and had not found that
+    /// end lost already, must find it (`peer.audit_behind`) at their next conversation, and the
+    /// member, told so by its own hub, must find it too (`audit.behind`), unless the end is
+    /// one it had already found. Findings the restored node was to record went with its chain;
+    /// a hub put back is found by its members only at their second conversation (the first
+    /// gives it the proof it asks for), so it is not expected of the settling.
+    fn audit_restored(&mut self, w: &World, x: usize) {
+        for (y, node) in w.nodes.iter().enumerate() {
+            if let Some(ya) = node.replica.audit.as_ref() {
+                self.audit_since.entry((y, x)).or_insert(ya.head());
+            }
+        }
+        if let Some(xa) = w.nodes[x].replica.audit.as_ref() {
+            for ((finder, _), mark) in self.audit_since.iter_mut() {
+                if *finder == x {
+                    *mark = (*mark).min(xa.head());
+                }
+            }
+        }
+        // What x was to find went with its chain; what was to be found of x (or told x by a
+        // hub now put back) and is not found yet is judged afresh below from what is kept now.
+        let made = |e: &AuditExpected| {
+            let about = w.nodes[e.about].name.as_str();
+            w.nodes[e.finder]
+                .replica
+                .audit
+                .as_ref()
+                .is_some_and(|a| a.found(e.action, e.from).iter().any(|p| p.as_deref() == Some(about)))
+        };
+        self.audit_expected.retain(|e| e.finder != x && (e.about != x || made(e)));
+        let Some(xa) = w.nodes[x].replica.audit.as_ref() else { return };
+        if w.nodes[x].kind == Kind::Hub || w.nodes[x].hostile {
+            return;
+        }
+        for y in 0..w.nodes.len() {
+            let (xi, yi) = (&w.nodes[x].info, &w.nodes[y].info);
+            if y == x || w.nodes[y].hostile || !audit::partners(xi, yi) {
+                continue;
+            }
+            let Some(ya) = w.nodes[y].replica.audit.as_ref() else { continue };
+            let Some(k) = ya.kept(&xi.name) else { continue };
+            if k.chain != xa.chain() || k.head == 0 || xa.anchor(k.head) == Some(k.anchor) {
+                continue;
+            }
+            let at_s = secs(w.now);
+            if k.their_lost != k.head {
+                let from = ya.head() + 1;
+                self.audit_expected.push(AuditExpected {
+                    finder: y,
+                    about: x,
+                    action: "peer.audit_behind",
+                    from,
+                    at_s,
+                    heard: false,
+                });
+            }
+            if audit::believed(xi, yi) && xa.kept(&yi.name).map_or(0, |m| m.lost) != k.head {
+                let from = xa.head() + 1;
+                self.audit_expected.push(AuditExpected {
+                    finder: x,
+                    about: y,
+                    action: "audit.behind",
+                    from,
+                    at_s,
+                    heard: false,
+                });
+            }
+        }
+    }
+
+    /// At the end: every finding in every audit chain is of a node that was restored (no
+    /// false alarm), and every finding expected of a restore was made.
+    fn audit_end(&mut self, w: &World) {
+        let tainted = |a: usize, b: usize| self.audit_tainted.contains(&(a.min(b), a.max(b)));
+        let index = |name: &str| w.nodes.iter().position(|n| n.name == name);
+        let mut found = Vec::new();
+        for (y, node) in w.nodes.iter().enumerate() {
+            let Some(ya) = node.replica.audit.as_ref() else { continue };
+            for (action, whose) in
+                [("peer.audit_behind", false), ("audit.behind", true), ("peer.audit_chain_changed", false)]
+            {
+                let mut named: BTreeMap<Option<String>, usize> = BTreeMap::new();
+                for peer in ya.found(action, 1) {
+                    *named.entry(peer).or_default() += 1;
+                }
+                for (peer, total) in named {
+                    let Some(p) = peer.as_deref().and_then(index) else {
+                        found.push(format!("{} recorded {action} naming no node of the region ({peer:?})", node.name));
+                        continue;
+                    };
+                    let cut = if whose { y } else { p };
+                    // Only entries written after `cut` was first restored may find it cut.
+                    let justified = match self.audit_since.get(&(y, cut)) {
+                        Some(mark) if action != "peer.audit_chain_changed" => ya
+                            .found(action, mark + 1)
+                            .iter()
+                            .filter(|q| q.as_deref() == Some(w.nodes[p].name.as_str()))
+                            .count(),
+                        _ => 0,
+                    };
+                    if justified < total && !tainted(y, p) && !w.nodes[p].hostile {
+                        found.push(format!(
+                            "{} recorded {action} about {} though {} had not been restored then",
+                            node.name, w.nodes[p].name, w.nodes[cut].name
+                        ));
+                    }
+                }
+            }
+        }
+        for e in &self.audit_expected {
+            if tainted(e.finder, e.about) || !e.heard {
+                continue;
+            }
+            let (finder, about) = (&w.nodes[e.finder], &w.nodes[e.about]);
+            let made =
+                finder.replica.audit.as_ref().is_some_and(|a| {
+                    a.found(e.action, e.from).iter().any(|p| p.as_deref() == Some(about.name.as_str()))
+                });
+            if !made {
+                let restored = if e.action == "audit.behind" { finder } else { about };
+                found.push(format!(
+                    "{} was restored at {:.0} s from a backup that no longer holds the end of its audit chain {} had kept, and {} never recorded {}",
+                    restored.name, e.at_s, if e.action == "audit.behind" { &about.name } else { &finder.name },
+                    finder.name, e.action
+                ));
+            }
+        }
+        for detail in found {
+            self.violate(w, "audit", detail);
         }
     }
 
@@ -230,6 +432,18 @@ impl Checks {
                 self.violate(w, "outcomes", detail);
             }
         }
+    }
+
+    /// After a restore: an outcome recorded on the restored node alone, not yet sent anywhere,
+    /// is lost for good with the writes after its backup, and a hub then rightly flags that
+    /// side not reported. What no replica shows any more is no longer held against the flag.
+    /// Only an outcome the restored node showed just before, and no replica shows now: one a
+    /// flag overwrote everywhere (the bug the check is for) is still held against it.
+    fn outcomes_lost(&mut self, w: &World) {
+        let lost = std::mem::take(&mut self.restoring);
+        self.recorded.retain(|(doc, side)| {
+            !lost.contains(&(*doc, *side)) || (0..w.nodes.len()).any(|n| shows_outcome(w, n, doc, *side))
+        });
     }
 
     /// A hub flags a side `not_reported` only once the outcome wait has passed since the call
@@ -361,6 +575,14 @@ impl Checks {
             self.violate(w, "durability", b);
         }
     }
+}
+
+/// Whether node `n` shows `side`'s outcome of `doc` as recorded (set, and not `not_reported`).
+fn shows_outcome(w: &World, n: usize, doc: &DocId, side: Side) -> bool {
+    w.nodes[n].replica.view_ref(doc).is_some_and(|v| {
+        let o = if side == Side::Requester { &v.outcome.requester } else { &v.outcome.responder };
+        o.as_ref().is_some_and(|o| o.value != Outcome::NotReported)
+    })
 }
 
 #[cfg(test)]

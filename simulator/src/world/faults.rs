@@ -152,6 +152,7 @@ impl World {
         self.nodes[n].undo_last = None;
         let before = self.holdings(n);
         let instance: [u8; 8] = self.rng.random();
+        self.check(Observed::Restoring { node: n });
         self.nodes[n].replica.restore(&mut backup, instance);
         let after = self.holdings(n);
         self.restores.0 += 1;
@@ -349,5 +350,20 @@ impl Replica for Blind<'_> {
     }
     fn offer_revocations(&mut self, der: &[u8]) -> Result<bool, Self::Error> {
         self.0.offer_revocations(der)
+    }
+    fn audit_heads(
+        &mut self,
+        peer: &PeerInfo,
+        proof_at: Option<u64>,
+    ) -> Result<Option<sync_protocol::engine::AuditHeads>, Self::Error> {
+        self.0.audit_heads(peer, proof_at)
+    }
+    fn offer_audit_head(
+        &mut self,
+        peer: &PeerInfo,
+        heads: sync_protocol::engine::AuditHeads,
+        now: TimeMs,
+    ) -> Result<(), Self::Error> {
+        self.0.offer_audit_head(peer, heads, now)
     }
 }

@@ -228,6 +228,13 @@ impl World {
         }
         if self.links[l].corrupt > 0.0 && self.rng.random::<f64>() < self.links[l].corrupt {
             frames = frames.into_iter().filter_map(|f| corrupt(&f, &mut self.rng)).collect();
+            if frames.iter().any(|f| matches!(f, Frame::AuditHead(_))) {
+                // What a bit flipped in an audit head says is not the peer's word (QUIC's
+                // integrity check stops this in the field): the two ends' findings about each
+                // other are not judged.
+                let (a, b) = (self.links[l].node, self.links[l].hub);
+                self.check(Observed::AuditCorrupted { a, b });
+            }
             if frames.is_empty() {
                 // The receiver's decoder could not make sense of it: the stream is broken.
                 self.drop_conn(l, "corrupted frame");
@@ -265,6 +272,7 @@ impl World {
         let now = self.node_now(owner);
         let blind = self.opts.bugs.ignore_scope_at.as_deref() == Some(self.nodes[owner].name.as_str());
         let rtt_ms = (2 * self.links[l].delay_us) as f64 / 1e3;
+        let heard_audit = frames.iter().any(|f| matches!(f, Frame::AuditHead(_)));
         let Some(c) = self.links[l].conn.as_mut() else { return };
         c.received[side] += frames.iter().map(|f| f.to_bytes().len() as u64).sum::<u64>();
         let window = c.windows[side].update(self.now / 1000, c.received[side], rtt_ms);
@@ -277,8 +285,13 @@ impl World {
         };
         self.log(23, l as u64, side as u64);
         self.flush(l, side, 0);
-        if let Err(e) = result {
-            self.drop_conn(l, &e);
+        match result {
+            Err(e) => self.drop_conn(l, &e),
+            Ok(()) if heard_audit => {
+                let sender = if to_hub { node } else { self.links[l].hub };
+                self.check(Observed::AuditHeard { receiver: owner, sender });
+            }
+            Ok(()) => {}
         }
         self.after_changes(owner, Some(l));
     }

@@ -120,6 +120,7 @@ impl World {
                 self.check(Observed::Diverged { detail });
             }
         }
+        self.check(Observed::Ended);
     }
 
     /// A node whose copy of its ICB's directory differs from its hub's, if any.
