@@ -113,8 +113,53 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The operating-system account running this process, as the audit chain names it: the
+/// kernel's real user id (`/proc/self/status`) and that account's name in `/etc/passwd`; the
+/// login uid the kernel keeps for the login session (`/proc/self/loginuid`, set by
+/// pam_loginuid, unchanged by `su` and `sudo` and not settable by an unprivileged process), when
+/// one is set; and `SUDO_USER` from the environment, as given (sudo sets it, but any process
+/// can: a claim beside the ids, cut to 64 characters).
+fn os_account() -> serde_json::Value {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse::<u64>().ok());
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let name_of = |uid: u64| {
+        passwd.lines().find_map(|l| {
+            let mut fields = l.split(':');
+            let name = fields.next()?;
+            let id = fields.nth(1)?.parse::<u64>().ok()?;
+            (id == uid).then(|| name.to_string())
+        })
+    };
+    let mut by = serde_json::json!({ "via": "command line", "uid": uid, "account": uid.and_then(&name_of) });
+    // 4294967295: no login uid set (a service, a container).
+    let login_uid = std::fs::read_to_string("/proc/self/loginuid")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|u| *u != u64::from(u32::MAX));
+    if let Some(login) = login_uid {
+        by["login_uid"] = login.into();
+        by["login_account"] = name_of(login).into();
+    }
+    if let Ok(sudo) = std::env::var("SUDO_USER")
+        && !sudo.is_empty()
+    {
+        by["sudo_user"] = sudo.chars().take(64).collect::<String>().into();
+    }
+    by
+}
+
 /// Runs one parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // What a command reads or changes is audited under the account that ran it; the daemon's
+    // entries name the person each API request acts for, or none (its own work).
+    if !matches!(cli.command, Command::Run(_) | Command::Demo { .. }) {
+        crate::store::name_operator(os_account());
+    }
     match cli.command {
         Command::Init { dir, name, role, org, icb, lines, json } => {
             if role != Role::Desk && !lines.is_empty() {

@@ -349,6 +349,22 @@ struct Row {
     heads: Vec<u8>,
 }
 
+/// The operating-system account running this process's `outpost` command (not the daemon's
+/// nor the demo's), set once at its start: named (`by`) in every audit entry its stores write
+/// while no person acts, so that what was read or changed on the command line says who ran it.
+static OPERATOR: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+
+/// Names the account running this process's command in the audit entries of every store it
+/// opens from now on ([`OPERATOR`]); the first call wins.
+pub fn name_operator(who: serde_json::Value) {
+    let _ = OPERATOR.set(who);
+}
+
+/// The account named by [`name_operator`], if any.
+pub(crate) fn operator() -> Option<serde_json::Value> {
+    OPERATOR.get().cloned()
+}
+
 /// The store of one node.
 pub struct Store {
     conn: Connection,
@@ -359,7 +375,8 @@ pub struct Store {
     node: String,
     opts: StoreOptions,
     cache: DocCache,
-    /// The person acting through the local API, for the audit chain.
+    /// The person acting through the local API, for the audit chain (otherwise the account
+    /// running this process's command, [`name_operator`]).
     acting: Option<serde_json::Value>,
     /// The fleet members this node knows (from certificates), by actor prefix.
     roster: Roster,
@@ -684,7 +701,7 @@ impl Store {
             node: node.to_string(),
             opts,
             cache: DocCache::new(opts.cache_bytes),
-            acting: None,
+            acting: operator(),
             roster,
             revoked: None,
             roster_gen: 0,

@@ -91,6 +91,65 @@ fn a_session_is_created_worked_on_and_shown_with_receipts() {
     assert_eq!(looked["session"], id.as_str(), "{looked}");
 }
 
+/// The real user id of this process (the tests run the binary as the same account).
+fn my_uid() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:")).expect("a Uid line");
+    line.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// This process's account name in /etc/passwd (the third field is the uid), if it is there.
+fn my_account() -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let uid = my_uid().to_string();
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.get(2) == Some(&uid.as_str())).then(|| f[0].to_string())
+    })
+}
+
+/// Who read or changed what on the command line is in the audit chain: every entry a command
+/// writes names the operating-system account that ran it (the kernel's real user id, its name
+/// from the system's accounts), as the local API's entries name the person signed in.
+#[test]
+fn the_entries_a_command_writes_name_the_account_that_ran_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    init_edge(&dir);
+    let id = new_session(&dir);
+    ok(&["message", "send", "--dir", d(&dir), &id, "seen on the command line"]);
+    ok(&["session", "show", "--dir", d(&dir), &id]);
+    ok(&["session", "list", "--dir", d(&dir)]);
+    ok(&["session", "export", "--dir", d(&dir), &id, "--format", "letter"]);
+    let entries = json(&ok(&["audit", "show", "--dir", d(&dir), "--limit", "1000", "--json"]));
+    let entries = entries.as_array().unwrap();
+    for action in ["session.create", "message.send", "session.view", "session.list", "session.export"] {
+        let entry =
+            entries.iter().find(|e| e["action"] == action).unwrap_or_else(|| panic!("no {action}: {entries:?}"));
+        let by = &entry["detail"]["by"];
+        assert_eq!(by["via"], "command line", "{action}: {entry}");
+        assert_eq!(by["uid"].as_u64(), Some(my_uid()), "{action}: {entry}");
+        assert!(by["id"].is_null(), "an account is no person signed in: {entry}");
+        assert_eq!(by["account"].as_str(), my_account().as_deref(), "{action}: {entry}");
+    }
+    // The administrator's commands too: the data key's rotation, a hub's rota.
+    ok(&["key", "rotate", "--dir", d(&dir)]);
+    let hub = tmp.path().join("hub");
+    ok(&["init", "--dir", d(&hub), "--name", "hub-qhm", "--role", "hub", "--icb", "QHM"]);
+    ok(&["rota", "set", "--dir", d(&hub), "--line", "dermatology", "--desk", "desk-1"]);
+    for (node, action) in [(&dir, "key.rotate"), (&hub, "directory.set")] {
+        let entries = json(&ok(&["audit", "show", "--dir", d(node), "--limit", "1000", "--json"]));
+        let entry = entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["action"] == action)
+            .unwrap_or_else(|| panic!("no {action}: {entries}"));
+        assert_eq!(entry["detail"]["by"]["via"], "command line", "{action}: {entry}");
+        assert_eq!(entry["detail"]["by"]["uid"].as_u64(), Some(my_uid()), "{action}: {entry}");
+    }
+}
+
 #[test]
 fn an_export_is_a_plain_automerge_document_and_a_json_view() {
     let tmp = tempfile::tempdir().unwrap();

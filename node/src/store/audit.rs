@@ -151,6 +151,11 @@ impl<S: Deref<Target = Store>> Audit<S> {
             let detail: serde_json::Value =
                 serde_json::from_slice(&self.0.sealer.open("audit detail", &audit_aad(seq), &sealed)?).map_err(json)?;
             if detail["call"].as_str() == Some(call) {
+                // An operating-system account (a command's entry) is no person signed in,
+                // whatever its fields.
+                if detail["by"]["via"] == "command line" {
+                    return Ok(None);
+                }
                 return Ok(detail["by"]["id"].as_i64());
             }
         }
@@ -336,8 +341,10 @@ fn plan_audit_head(
 impl<S: DerefMut<Target = Store>> Audit<S> {
     /// The person acting through this store until cleared (the local API sets it around each
     /// request): named, with role and registration, in every audit entry written meanwhile.
+    /// Cleared, entries name the account running this command again, if one is named
+    /// ([`super::name_operator`]).
     pub fn set_acting(&mut self, who: Option<&people::Person>) {
-        self.0.acting = who.map(people::person_json);
+        self.0.acting = who.map(people::person_json).or_else(super::operator);
     }
 
     /// Records an event of the node itself (no session) in the audit chain, with its detail.

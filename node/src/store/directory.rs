@@ -14,7 +14,7 @@ use sync_protocol::wire::{DocId, Hash};
 
 use crate::crypto::Sealer;
 
-use super::{CachedSql, Store, StoreError, append_audit, heads_blob, heads_from_blob, knowledge_row, sql};
+use super::{CachedSql, Store, StoreError, append_audit, by, heads_blob, heads_from_blob, knowledge_row, sql};
 
 pub(super) fn aad(icb: &str) -> Vec<u8> {
     format!("outpost/directory/v1/{icb}").into_bytes()
@@ -204,7 +204,8 @@ impl<S: DerefMut<Target = Store>> Directory<S> {
         let out = edit(&mut doc)?;
         let view = doc.view()?;
         write_directory(&tx, &store.sealer, icb, &mut doc, now)?;
-        append_audit(&tx, &store.sealer, &store.node, now, action, None, Some(serde_json::json!({ "icb": icb })))?;
+        let detail = by(&store.acting, Some(serde_json::json!({ "icb": icb })));
+        append_audit(&tx, &store.sealer, &store.node, now, action, None, detail)?;
         tx.commit().map_err(sql("committing"))?;
         Ok((out, view))
     }

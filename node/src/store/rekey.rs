@@ -7,8 +7,8 @@
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::{
-    AUTHOR_AAD, AuditRow, Store, StoreError, append_audit, audit_aad, card_aad, change_aad, chunk_aad, snapshot_aad,
-    sql, thumb_aad,
+    AUTHOR_AAD, AuditRow, Store, StoreError, append_audit, audit_aad, by, card_aad, change_aad, chunk_aad,
+    snapshot_aad, sql, thumb_aad,
 };
 use crate::crypto::Sealer;
 
@@ -191,7 +191,7 @@ impl Store {
             "pins_cleared": cleared,
         });
         done.pins_cleared = cleared;
-        append_audit(&tx, &new, &self.node, now, "key.rotate", None, Some(detail))?;
+        append_audit(&tx, &new, &self.node, now, "key.rotate", None, by(&self.acting, Some(detail)))?;
         tx.commit().map_err(sql("committing the new key"))?;
         self.sealer = new;
         Ok(done)
