@@ -132,6 +132,10 @@ fn the_entries_a_command_writes_name_the_account_that_ran_it() {
         assert!(by["id"].is_null(), "an account is no person signed in: {entry}");
         assert_eq!(by["account"].as_str(), my_account().as_deref(), "{action}: {entry}");
     }
+    // And on screen: each line says who.
+    let text = ok(&["audit", "show", "--dir", d(&dir), "--limit", "1000"]);
+    let line = text.lines().find(|l| l.contains("session.view")).expect("the view is listed");
+    assert!(line.contains(&format!("uid {}", my_uid())), "{line}");
     // The administrator's commands too: the data key's rotation, a hub's rota.
     ok(&["key", "rotate", "--dir", d(&dir)]);
     let hub = tmp.path().join("hub");

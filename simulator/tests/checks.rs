@@ -192,6 +192,28 @@ fn members_restored_from_older_backups_are_found_by_their_hub_and_no_chain_raise
     }
 }
 
+/// A hub put back to an older backup (a VM restored from a snapshot) is found by its members:
+/// the first conversation after gives the hub the end it must vouch for, the next its proof,
+/// and each member whose kept end the hub no longer holds records `peer.audit_behind`.
+#[test]
+fn a_hub_restored_from_an_older_backup_is_found_by_its_members() {
+    use outpost_sim::scenario::Fault;
+    let seeds: Vec<u64> = match std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+        Some(s) => vec![s],
+        None => vec![7, 1, 2],
+    };
+    for seed in seeds {
+        let mut sc = Scenario::load("smoke").expect("built in");
+        // `--fault restore=hub@3.5:2`
+        sc.faults.push(Fault::restore("hub", 3.5, 2.0));
+        let r = run(sc, Options { seed, hours: None, bugs: Bugs::default() }, |_, _| {});
+        let summary = r.summary();
+        assert_eq!(r.restores.0, 1, "seed {seed}: {summary}");
+        assert!(r.audit_findings.0 > 0, "seed {seed}: no member's finding came due\n{summary}");
+        assert!(r.passed(), "seed {seed}: {summary}");
+    }
+}
+
 #[test]
 fn simulated_photo_times_come_within_a_fifth_of_the_real_transport_on_every_ladder_profile() {
     let seed: u64 = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);

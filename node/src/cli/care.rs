@@ -146,17 +146,50 @@ pub(crate) fn run_audit(cmd: AuditCommand) -> anyhow::Result<()> {
                 print_json(&entries)?;
             } else {
                 for e in entries {
+                    let who = who(e.detail.as_ref());
                     println!(
-                        "{:>6}  {}  {:<14} {:<16} {}",
+                        "{:>6}  {}  {:<14} {:<16} {:<26} {}",
                         e.seq,
                         time(e.at_ms),
                         e.node,
                         e.action,
-                        e.session.unwrap_or_default()
+                        e.session.unwrap_or_default(),
+                        who
                     );
                 }
             }
         }
     }
     Ok(())
+}
+
+/// Who an audit entry names, for a screen: the person the local API acted for (name, role,
+/// registration), or the operating-system account that ran a command (`account (uid N)`, the
+/// login account and a `sudo` claim when there), or nothing (the node's own work).
+fn who(detail: Option<&serde_json::Value>) -> String {
+    let Some(by) = detail.map(|d| &d["by"]).filter(|b| b.is_object()) else { return String::new() };
+    if by["via"] == "command line" {
+        let mut s = match (by["account"].as_str(), by["uid"].as_u64()) {
+            (Some(name), Some(uid)) => format!("{name} (uid {uid})"),
+            (None, Some(uid)) => format!("uid {uid}"),
+            _ => "an unknown account".to_string(),
+        };
+        match (by["login_account"].as_str(), by["login_uid"].as_u64()) {
+            (Some(name), _) => s.push_str(&format!(", logged in as {name}")),
+            (None, Some(uid)) => s.push_str(&format!(", logged in as uid {uid}")),
+            _ => {}
+        }
+        if let Some(sudo) = by["sudo_user"].as_str() {
+            s.push_str(&format!(", sudo by {sudo} (claimed)"));
+        }
+        return format!("by {s} on the command line");
+    }
+    match (by["name"].as_str(), by["role"].as_str()) {
+        (Some(name), Some(role)) => match by["registration"].as_str() {
+            Some(reg) => format!("by {name} ({role}, {reg})"),
+            None => format!("by {name} ({role})"),
+        },
+        (Some(name), None) => format!("by {name}"),
+        _ => String::new(),
+    }
 }

@@ -63,9 +63,10 @@ struct AuditExpected {
     from: u64,
     /// When the restore that calls for it was made.
     at_s: f64,
-    /// Whether the finder has taken an audit head from the other since: the finding is due
-    /// only then (the settling ends once the replicas converge, which may come first).
-    heard: bool,
+    /// The hearings (receiver, sender: a node taking the other's audit head) still to come, in
+    /// order, before the finding is due (the settling ends once the replicas converge, which
+    /// may come first).
+    need: Vec<(usize, usize)>,
 }
 
 /// The checkers' own state, and what they found.
@@ -118,7 +119,7 @@ impl World {
                     .sum::<u64>()
             })
             .sum();
-        let due = self.checks.audit_expected.iter().filter(|e| e.heard).count() as u64;
+        let due = self.checks.audit_expected.iter().filter(|e| e.need.is_empty()).count() as u64;
         (due, held)
     }
 }
@@ -187,21 +188,24 @@ impl Checks {
                 self.audit_tainted.insert((a.min(b), a.max(b)));
             }
             Observed::AuditHeard { receiver, sender } => {
-                for e in self.audit_expected.iter_mut().filter(|e| e.finder == receiver && e.about == sender) {
-                    e.heard = true;
+                for e in self.audit_expected.iter_mut() {
+                    if e.need.first() == Some(&(receiver, sender)) {
+                        e.need.remove(0);
+                    }
                 }
             }
             Observed::Ended => self.audit_end(w),
         }
     }
 
-    /// A member `x` was restored from a backup (the replica holds it now): each hub of its ICB
-    /// that had been told of an entry the restored chain does not hold, and had not found that
-    /// end lost already, must find it (`peer.audit_behind`) at their next conversation, and the
-    /// member, told so by its own hub, must find it too (`audit.behind`), unless the end is
-    /// one it had already found. Findings the restored node was to record went with its chain;
-    /// a hub put back is found by its members only at their second conversation (the first
-    /// gives it the proof it asks for), so it is not expected of the settling.
+    /// A node `x` was restored from a backup (the replica holds it now): each partner that
+    /// had kept an end of its chain the restored chain does not hold, and had not found that end
+    /// lost already, must find it (`peer.audit_behind`); a member restored, at the hub's next
+    /// hearing of it, and told so by its own hub, the member must find it too (`audit.behind`)
+    /// at its next hearing of the hub, unless the end is one it had already found; a hub
+    /// restored, by each member once the hub has heard the member and the member then the hub
+    /// (the first conversation gives the hub the end it must vouch for, the next the proof).
+    /// Findings the restored node was to record went with its chain.
     fn audit_restored(&mut self, w: &World, x: usize) {
         for (y, node) in w.nodes.iter().enumerate() {
             if let Some(ya) = node.replica.audit.as_ref() {
@@ -227,9 +231,10 @@ impl Checks {
         };
         self.audit_expected.retain(|e| e.finder != x && (e.about != x || made(e)));
         let Some(xa) = w.nodes[x].replica.audit.as_ref() else { return };
-        if w.nodes[x].kind == Kind::Hub || w.nodes[x].hostile {
+        if w.nodes[x].hostile {
             return;
         }
+        let hub_restored = w.nodes[x].kind == Kind::Hub;
         for y in 0..w.nodes.len() {
             let (xi, yi) = (&w.nodes[x].info, &w.nodes[y].info);
             if y == x || w.nodes[y].hostile || !audit::partners(xi, yi) {
@@ -243,13 +248,14 @@ impl Checks {
             let at_s = secs(w.now);
             if k.their_lost != k.head {
                 let from = ya.head() + 1;
+                let need = if hub_restored { vec![(x, y), (y, x)] } else { vec![(y, x)] };
                 self.audit_expected.push(AuditExpected {
                     finder: y,
                     about: x,
                     action: "peer.audit_behind",
                     from,
                     at_s,
-                    heard: false,
+                    need,
                 });
             }
             if audit::believed(xi, yi) && xa.kept(&yi.name).map_or(0, |m| m.lost) != k.head {
@@ -260,7 +266,7 @@ impl Checks {
                     action: "audit.behind",
                     from,
                     at_s,
-                    heard: false,
+                    need: vec![(x, y)],
                 });
             }
         }
@@ -306,7 +312,7 @@ impl Checks {
             }
         }
         for e in &self.audit_expected {
-            if tainted(e.finder, e.about) || !e.heard {
+            if tainted(e.finder, e.about) || !e.need.is_empty() {
                 continue;
             }
             let (finder, about) = (&w.nodes[e.finder], &w.nodes[e.about]);
