@@ -774,6 +774,7 @@ impl Node {
             audit,
             audit_checked_ms,
             audit_losses: self.store.audit().losses()?,
+            audit_peer_losses: self.store.audit().peer_losses()?,
             connected_peers: None,
         })
     }

@@ -957,7 +957,16 @@ fn a_revoked_tablets_new_changes_do_not_reach_the_hub_through_a_peer_that_has_no
 #[test]
 fn a_tablet_whose_audit_chain_was_cut_back_hears_it_from_its_hub() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_hub, amb, addr) = hub_and_edge(tmp.path());
+    let fleet = Fleet::new(tmp.path());
+    let hub_dir = fleet.node("hub-qhm", "hub", &[]);
+    let amb = fleet.node("amb-07", "edge", &[]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let _hub = daemon(&hub_dir, &["--listen", &addr, "--metrics", &metrics], &[]);
+    let gauge = |name: &str| -> Option<f64> {
+        let text = ureq::get(&format!("http://{metrics}/metrics")).call().ok()?.body_mut().read_to_string().ok()?;
+        text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.trim().parse().ok())
+    };
     let id = new_session(&amb, "cardiology", "chest pain on exertion");
     wait_until(LIMIT, "a first sync", || run(&["sync", "--dir", d(&amb), "--peer", &addr]).status.success());
     let older = tmp.path().join("amb-older");
@@ -999,6 +1008,13 @@ fn a_tablet_whose_audit_chain_was_cut_back_hears_it_from_its_hub() {
         (at_hub[0]["detail"]["peer"].as_str(), at_hub[0]["detail"]["seen"].as_u64()),
         (Some("amb-07"), Some(seen))
     );
+    // The hub's deployer sees it without reading the chain: in status, and in its JSON.
+    assert_eq!(status(&hub)["audit_peer_losses"], serde_json::json!([{ "peer": "amb-07", "seen": seen }]));
+    let text = ok(&["status", "--dir", d(&hub)]);
+    assert!(text.contains(&format!("audit chain of amb-07: SHORTER than it had told (entry {seen})")), "{text}");
+    // And its monitoring: the scrape is cached for a few seconds, so wait for the new figure.
+    wait_until(LIMIT, "the hub's metrics to count the cut chain", || gauge("outpost_audit_peer_losses") == Some(1.0));
+    assert_eq!(gauge("outpost_audit_losses"), Some(0.0), "the hub's own chain is whole");
     // The copy put back a second time (which undoes the tablet's own record) is found again.
     std::fs::remove_dir_all(&amb).unwrap();
     copy_dir(&older, &amb);

@@ -25,6 +25,14 @@ fn checks(r: &Report) -> Vec<&str> {
     r.violations.iter().map(|v| v.check.as_str()).collect()
 }
 
+/// `SIM_SEED` alone if set (to rerun a failure), else these seeds.
+fn seeds_or(default: &[u64]) -> Vec<u64> {
+    match std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+        Some(s) => vec![s],
+        None => default.to_vec(),
+    }
+}
+
 #[test]
 fn one_seed_run_twice_gives_the_same_event_log_hash() {
     let a = smoke(11, Some(1.5), Bugs::default());
@@ -51,10 +59,7 @@ fn every_built_in_scenario_loads() {
 
 #[test]
 fn the_smoke_region_holds_every_invariant_through_every_fault() {
-    let seeds: Vec<u64> = match std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
-        Some(s) => vec![s],
-        None => vec![7, 1, 2, 3, 4],
-    };
+    let seeds = seeds_or(&[7, 1, 2, 3, 4]);
     for seed in seeds {
         smoke_holds(seed);
     }
@@ -143,10 +148,7 @@ fn a_hostile_fleet_member_is_refused_every_time_and_the_region_still_holds() {
 #[test]
 fn a_hub_and_desks_restored_from_older_backups_get_back_everything_a_peer_holds() {
     use outpost_sim::scenario::Fault;
-    let seeds: Vec<u64> = match std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
-        Some(s) => vec![s],
-        None => vec![7, 1, 2],
-    };
+    let seeds = seeds_or(&[7, 1, 2]);
     for seed in seeds {
         let mut sc = Scenario::load("smoke").expect("built in");
         // Rerun one case with `--fault restore=hub@3.5:2 --fault restore=desk:all@2.5:1`.
@@ -174,10 +176,7 @@ fn a_hub_and_desks_restored_from_older_backups_get_back_everything_a_peer_holds(
 #[test]
 fn members_restored_from_older_backups_are_found_by_their_hub_and_no_chain_raises_a_false_alarm() {
     use outpost_sim::scenario::Fault;
-    let seeds: Vec<u64> = match std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
-        Some(s) => vec![s],
-        None => vec![7, 1, 2],
-    };
+    let seeds = seeds_or(&[7, 1, 2]);
     for seed in seeds {
         let mut sc = Scenario::load("smoke").expect("built in");
         // `--fault restore=ambulance:all@2.5:1 --fault restore=surgery:all@3:1 --fault restore=desk:all@3.5:2`
@@ -198,10 +197,7 @@ fn members_restored_from_older_backups_are_found_by_their_hub_and_no_chain_raise
 #[test]
 fn a_hub_restored_from_an_older_backup_is_found_by_its_members() {
     use outpost_sim::scenario::Fault;
-    let seeds: Vec<u64> = match std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
-        Some(s) => vec![s],
-        None => vec![7, 1, 2],
-    };
+    let seeds = seeds_or(&[7, 1, 2]);
     for seed in seeds {
         let mut sc = Scenario::load("smoke").expect("built in");
         // `--fault restore=hub@3.5:2`
@@ -317,10 +313,7 @@ ambulance_escalations = 1.0
 /// invariant holds with the second hub in the region (scope included: the shares widen it).
 #[test]
 fn a_line_closed_at_home_hands_its_calls_to_the_next_icbs_hub_whose_desk_answers() {
-    let seeds: Vec<u64> = match std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
-        Some(s) => vec![s],
-        None => vec![7, 8],
-    };
+    let seeds = seeds_or(&[7, 8]);
     for seed in seeds {
         let sc = Scenario::load("federation").unwrap();
         let r = run(sc, Options { seed, hours: None, bugs: Bugs::default() }, |_, _| {});
@@ -350,10 +343,7 @@ fn a_line_closed_at_home_hands_its_calls_to_the_next_icbs_hub_whose_desk_answers
 fn a_directory_edited_during_the_run_reaches_every_edge_and_desk_and_the_router_follows_it() {
     // Seeds whose plain run has a cardiology call find the line closed after the edit's hour
     // (seed 7's no longer does since the nodes tell each other their audit heads).
-    let seeds: Vec<u64> = match std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
-        Some(s) => vec![s],
-        None => vec![11, 1],
-    };
+    let seeds = seeds_or(&[11, 1]);
     let at_hour = 0.5;
     let closed_after_edit = |r: &outpost_sim::Report| {
         r.escalation_list

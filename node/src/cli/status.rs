@@ -88,6 +88,16 @@ pub(crate) fn run_status(args: StatusArgs) -> anyhow::Result<()> {
                 loss.peer, loss.seen
             );
         }
+        for loss in &st.audit_peer_losses {
+            println!(
+                "audit chain of {peer}: SHORTER than it had told (entry {seen}), or holding another entry there: \
+                 entries were lost on {peer} since, by a restore from a backup or a chain cut back; what was done \
+                 there is no longer all on record: find out why (`outpost audit show` lists the peer.audit_behind \
+                 entry)",
+                peer = loss.peer,
+                seen = loss.seen
+            );
+        }
     }
     // The whole file, page by page: a damaged store is said, and the exit is non-zero.
     match node.integrity_check() {

@@ -4,7 +4,8 @@
 //! short fixed words.
 //!
 //! Counters are kept as things happen (refusals, calls, sync rounds); gauges (peers connected,
-//! backlog, last sync, certificate days, store size, bytes on the wire) are read at each scrape.
+//! backlog, last sync, certificate days, store size, bytes on the wire, audit chains found cut
+//! back) are read at each scrape.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,6 +80,8 @@ pub(crate) struct Metrics {
     call_mos: Histogram,
     cert_days: FloatGauge,
     store_bytes: Gauge,
+    audit_losses: Gauge,
+    audit_peer_losses: Gauge,
     /// The last scrape's text and when it was made: scrapes (tokenless) come one at a time and
     /// at most one every [`SCRAPE_EVERY`] reaches the store, so that no one who can reach the
     /// port can keep the store thread from syncing.
@@ -121,6 +124,8 @@ impl Metrics {
             call_mos: Histogram::new([1.5, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4]),
             cert_days: FloatGauge::default(),
             store_bytes: Gauge::default(),
+            audit_losses: Gauge::default(),
+            audit_peer_losses: Gauge::default(),
             last: tokio::sync::Mutex::new(None),
             registry: Registry::with_prefix("outpost"),
         };
@@ -180,6 +185,16 @@ impl Metrics {
             "Size of the SQLite store with its write-ahead log",
             Unit::Bytes,
             m.store_bytes.clone(),
+        );
+        m.registry.register(
+            "audit_losses",
+            "Hubs that had seen this node's audit chain longer than it now is: entries lost here (a restore from a backup, or a chain cut back)",
+            m.audit_losses.clone(),
+        );
+        m.registry.register(
+            "audit_peer_losses",
+            "Peers whose audit chains were found shorter than they had told this node: entries lost there",
+            m.audit_peer_losses.clone(),
         );
         m
     }
@@ -248,6 +263,7 @@ struct StoreFacts {
     peers: Vec<crate::store::PeerSync>,
     cert_until_ms: Option<i64>,
     store_bytes: u64,
+    audit_losses: (usize, usize),
 }
 
 async fn scrape(axum::extract::State(shared): axum::extract::State<Arc<Shared>>) -> Response {
@@ -269,6 +285,7 @@ async fn scrape(axum::extract::State(shared): axum::extract::State<Arc<Shared>>)
                 peers: node.peer_syncs()?,
                 cert_until_ms,
                 store_bytes: node.file_bytes(),
+                audit_losses: node.audit_losses().map(|(own, peers)| (own.len(), peers.len()))?,
             })
         })
         .await;
@@ -323,6 +340,8 @@ async fn scrape(axum::extract::State(shared): axum::extract::State<Arc<Shared>>)
         m.cert_days.set((until - crate::node::now_ms()) as f64 / 86_400_000.0);
     }
     m.store_bytes.set(facts.store_bytes as i64);
+    m.audit_losses.set(facts.audit_losses.0 as i64);
+    m.audit_peer_losses.set(facts.audit_losses.1 as i64);
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &m.registry) {
         return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the metrics: {e}\n")).into_response();

@@ -10,7 +10,7 @@ use sync_protocol::vocab::{ReceiptLevel, Role};
 
 use super::{InstallError, Node, NodeError};
 use crate::store::people::{Credential, NewPerson, Person};
-use crate::store::{AuditCheck, AuditEntry, BlobInfo, ListFilter, SessionCard, StoreError};
+use crate::store::{AuditCheck, AuditEntry, AuditLoss, BlobInfo, ListFilter, SessionCard, StoreError};
 
 /// How long a session shown to a person in one kind of list is not recorded again as shown
 /// to them there.
@@ -302,6 +302,13 @@ impl Node {
     /// The latest audit entries, opened.
     pub fn audit_tail(&self, limit: usize) -> Result<Vec<AuditEntry>, NodeError> {
         Ok(self.store.audit().audit_tail(limit)?)
+    }
+
+    /// Audit chains found cut back: this node's (by the hubs that had seen it longer), and its
+    /// peers' (those found shorter than they had told this node).
+    pub fn audit_losses(&self) -> Result<(Vec<AuditLoss>, Vec<AuditLoss>), NodeError> {
+        let audit = self.store.audit();
+        Ok((audit.losses()?, audit.peer_losses()?))
     }
 
     // ------------------------------------------------------------------------------ people

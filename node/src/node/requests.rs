@@ -40,6 +40,11 @@ pub struct NodeStatus {
     /// Hubs that had seen this node's audit chain longer than it later was: entries lost since
     /// (restored from a backup, or cut back), each also an `audit.behind` entry in the chain.
     pub audit_losses: Vec<crate::store::AuditLoss>,
+    /// Peers (on a hub: its members) whose audit chains were found shorter than they had told
+    /// this node, or holding another entry there (`seen`: the furthest end told): entries were
+    /// lost on that device since (restored from a backup, or cut back), each also a
+    /// `peer.audit_behind` entry in this node's chain.
+    pub audit_peer_losses: Vec<crate::store::AuditLoss>,
     /// The peers connected now (only a running daemon knows: `GET /api/status`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connected_peers: Option<Vec<String>>,

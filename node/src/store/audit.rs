@@ -179,19 +179,26 @@ impl<S: Deref<Target = Store>> Audit<S> {
         Ok(anchor_row(&self.0.conn, peer)?.map_or((0, 0), |k| (k.chain, k.head)))
     }
 
+    /// The peers whose chains were found shorter than they had told this node, or holding
+    /// another entry there (`peer.audit_behind`): each with the furthest end it had told.
+    pub fn peer_losses(&self) -> Result<Vec<AuditLoss>, StoreError> {
+        anchor_losses(&self.0.conn, "SELECT peer, their_lost FROM audit_anchors WHERE their_lost > 0 ORDER BY peer")
+    }
+
     /// The hubs that had seen this node's chain longer than it was when they next spoke.
     pub fn losses(&self) -> Result<Vec<AuditLoss>, StoreError> {
-        let ctx = "reading audit anchors";
-        let mut stmt = self
-            .0
-            .conn
-            .prepare_cached("SELECT peer, lost FROM audit_anchors WHERE lost > 0 ORDER BY peer")
-            .map_err(sql(ctx))?;
-        stmt.query_map([], |r| Ok(AuditLoss { peer: r.get(0)?, seen: r.get::<_, i64>(1)? as u64 }))
-            .map_err(sql(ctx))?
-            .collect::<Result<_, _>>()
-            .map_err(sql(ctx))
+        anchor_losses(&self.0.conn, "SELECT peer, lost FROM audit_anchors WHERE lost > 0 ORDER BY peer")
     }
+}
+
+/// The losses an `audit_anchors` query (peer, end) finds.
+fn anchor_losses(conn: &rusqlite::Connection, query: &str) -> Result<Vec<AuditLoss>, StoreError> {
+    let ctx = "reading audit anchors";
+    let mut stmt = conn.prepare_cached(query).map_err(sql(ctx))?;
+    stmt.query_map([], |r| Ok(AuditLoss { peer: r.get(0)?, seen: r.get::<_, i64>(1)? as u64 }))
+        .map_err(sql(ctx))?
+        .collect::<Result<_, _>>()
+        .map_err(sql(ctx))
 }
 
 fn head_seq(conn: &rusqlite::Connection) -> Result<u64, StoreError> {

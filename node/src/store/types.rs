@@ -190,9 +190,10 @@ pub struct AuditCheck {
 /// (restored from a backup, or cut back). Recorded in the chain as `audit.behind`.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditLoss {
-    /// The hub.
+    /// The other node: the hub that had seen this node's chain longer, or (a hub's record)
+    /// the member whose chain was found shorter.
     pub peer: String,
-    /// The newest entry of this node's chain that hub had been told of.
+    /// The furthest entry of the chain found cut that the hub had been told of.
     pub seen: u64,
 }
 
