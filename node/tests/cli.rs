@@ -456,6 +456,28 @@ fn reading_commands_work_while_another_process_holds_the_stores_write_lock() {
     writer.join().unwrap();
 }
 
+/// The anchors beside the audit entries (what a hub is told of the chain) are checked too: one
+/// written over by hand, which needs no key, makes `audit verify` fail at that entry.
+#[test]
+fn an_audit_anchor_altered_by_hand_is_found_by_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    init_edge(&dir);
+    let id = new_session(&dir);
+    for text in ["one", "two"] {
+        ok(&["message", "send", "--dir", d(&dir), &id, text]);
+    }
+    ok(&["audit", "verify", "--dir", d(&dir)]);
+    let conn = rusqlite::Connection::open(dir.join("outpost.db")).unwrap();
+    let anchor: Vec<u8> = conn.query_row("SELECT anchor FROM audit WHERE seq = 3", [], |r| r.get(0)).unwrap();
+    conn.execute("UPDATE audit SET anchor = ?1 WHERE seq = 2", [anchor]).unwrap();
+    drop(conn);
+    let out = run(&["audit", "verify", "--dir", d(&dir)]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("broken at entry 2"), "{text}");
+}
+
 #[test]
 fn deleting_audit_entries_in_the_middle_or_at_the_end_is_detected() {
     let tmp = tempfile::tempdir().unwrap();

@@ -23,8 +23,12 @@ impl<S: Deref<Target = Store>> Audit<S> {
         // break.
         let tx = self.0.conn.unchecked_transaction().map_err(sql("starting a read"))?;
         let mut stmt = tx
-            .prepare("SELECT seq, at_ms, node, action, sid, detail, hash FROM audit ORDER BY seq")
+            .prepare("SELECT seq, at_ms, node, action, sid, detail, hash, anchor FROM audit ORDER BY seq")
             .map_err(sql(ctx))?;
+        // Each anchor is checked as it would be told to a hub: computed again from its entry
+        // and the anchor before it. An anchor cell needs no key to write over.
+        let salt = anchor_salt(&tx, &self.0.sealer).ok();
+        let mut prev_anchor = [0u8; 32];
         let mut rows = stmt.query([]).map_err(sql(ctx))?;
         let mut prev = [0u8; 32].to_vec();
         let mut entries = 0;
@@ -39,10 +43,21 @@ impl<S: Deref<Target = Store>> Audit<S> {
                 detail: r.get(5).map_err(sql(ctx))?,
             };
             let hash: Vec<u8> = r.get(6).map_err(sql(ctx))?;
+            let anchor: Option<Vec<u8>> = r.get(7).map_err(sql(ctx))?;
             entries += 1;
             if row.seq != entries || hash != row.hash(&prev) {
                 return Ok(AuditCheck { entries, broken_at: Some(row.seq) });
             }
+            if let (Some(salt), Some(stored)) = (salt.as_ref(), anchor.as_ref()) {
+                let plain = row
+                    .detail
+                    .as_ref()
+                    .map(|d| self.0.sealer.open("audit detail", &audit_aad(row.seq), d).unwrap_or_else(|_| d.clone()));
+                if row.anchor(salt, &prev_anchor, plain.as_deref()).as_slice() != stored.as_slice() {
+                    return Ok(AuditCheck { entries, broken_at: Some(row.seq) });
+                }
+            }
+            prev_anchor = as_anchor(anchor);
             if row.action == HEAD_MADE {
                 heads_made += 1;
                 if heads_made > 1 {
@@ -515,12 +530,12 @@ fn anchor_at(conn: &rusqlite::Connection, seq: u64) -> Result<Option<[u8; 32]>, 
 }
 
 /// The anchor of entry `seq` as told to a peer: computed again from the entry itself and the
-/// anchor before it, not read from its cell. The cell is plain and bound to nothing a check
-/// reads: an older copy put back and written past the end a hub saw could otherwise be given,
-/// by hand, the anchor the newer copy held there, and pass. Recomputed, it matches only when
-/// the entry is the one the hub was told of (or the hash chain, which `outpost audit verify`
-/// checks, is broken where it was spliced). A cell left empty (written beside by an earlier
-/// version) is told as before, as zeros.
+/// anchor before it, not read from its cell. The cell is plain (no key writes it): an older
+/// copy put back and written past the end a hub saw could otherwise be given, by hand, the
+/// anchor the newer copy held there, and pass. Recomputed, it matches only when the entry is
+/// the one the hub was told of (or the hash chain is broken where it was spliced); `outpost
+/// audit verify` checks every cell against the same computation. A cell left empty (written
+/// beside by an earlier version) is told as before, as zeros.
 fn told_anchor(conn: &rusqlite::Connection, sealer: &Sealer, seq: u64) -> Result<Option<[u8; 32]>, StoreError> {
     let ctx = "reading the audit chain";
     let Ok(at) = i64::try_from(seq) else { return Ok(None) };
