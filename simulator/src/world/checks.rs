@@ -69,6 +69,18 @@ struct AuditExpected {
     need: Vec<(usize, usize)>,
 }
 
+impl AuditExpected {
+    /// Whether the finder's chain holds the finding, in entry `from` or a later one.
+    fn made(&self, w: &World) -> bool {
+        let about = w.nodes[self.about].name.as_str();
+        w.nodes[self.finder]
+            .replica
+            .audit
+            .as_ref()
+            .is_some_and(|a| a.found(self.action, self.from).iter().any(|p| p.as_deref() == Some(about)))
+    }
+}
+
 /// The checkers' own state, and what they found.
 #[derive(Debug, Default)]
 pub(super) struct Checks {
@@ -221,15 +233,7 @@ impl Checks {
         }
         // What x was to find went with its chain; what was to be found of x (or told x by a
         // hub now put back) and is not found yet is judged afresh below from what is kept now.
-        let made = |e: &AuditExpected| {
-            let about = w.nodes[e.about].name.as_str();
-            w.nodes[e.finder]
-                .replica
-                .audit
-                .as_ref()
-                .is_some_and(|a| a.found(e.action, e.from).iter().any(|p| p.as_deref() == Some(about)))
-        };
-        self.audit_expected.retain(|e| e.finder != x && (e.about != x || made(e)));
+        self.audit_expected.retain(|e| e.finder != x && (e.about != x || e.made(w)));
         let Some(xa) = w.nodes[x].replica.audit.as_ref() else { return };
         if w.nodes[x].hostile {
             return;
@@ -272,8 +276,8 @@ impl Checks {
         }
     }
 
-    /// At the end: every finding in every audit chain is of a node that was restored (no
-    /// false alarm), and every finding expected of a restore was made.
+    /// At the end: every finding in every audit chain is of a node restored before it was
+    /// written (no false alarm), and every finding a restore made due was made.
     fn audit_end(&mut self, w: &World) {
         let tainted = |a: usize, b: usize| self.audit_tainted.contains(&(a.min(b), a.max(b)));
         let index = |name: &str| w.nodes.iter().position(|n| n.name == name);
@@ -316,11 +320,7 @@ impl Checks {
                 continue;
             }
             let (finder, about) = (&w.nodes[e.finder], &w.nodes[e.about]);
-            let made =
-                finder.replica.audit.as_ref().is_some_and(|a| {
-                    a.found(e.action, e.from).iter().any(|p| p.as_deref() == Some(about.name.as_str()))
-                });
-            if !made {
+            if !e.made(w) {
                 let restored = if e.action == "audit.behind" { finder } else { about };
                 found.push(format!(
                     "{} was restored at {:.0} s from a backup that no longer holds the end of its audit chain {} had kept, and {} never recorded {}",
