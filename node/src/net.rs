@@ -166,7 +166,8 @@ struct Shared {
 impl Shared {
     /// What the tasks of one process share: its node (moved onto the store thread), identity,
     /// revocation list and change channel (`changes` notices buffered), with these limits.
-    fn new(node: Node, changes: usize, limits: crate::settings::Limits) -> Result<Arc<Shared>, NetError> {
+    fn new(mut node: Node, changes: usize, limits: crate::settings::Limits) -> Result<Arc<Shared>, NetError> {
+        node.set_record_limits(limits.records);
         let identity = load_identity(&node)?;
         let crl = node.revocations()?.map(|(_, d)| d);
         let store = StoreHandle::spawn(node);

@@ -23,11 +23,13 @@ use crate::crypto::{self, CryptoError, KEY_ENV, NodeKey, Sealer};
 use crate::photo::{Photo, PhotoError};
 use crate::store::{BlobInfo, ClientKey, ListFilter, Store, StoreError, StoreOptions};
 
+mod access;
 mod calls;
 mod facade;
 mod infra;
 mod requests;
 
+pub use access::{AccessLimits, RecordLimits};
 pub use calls::{LONGEST_CALL, Routed};
 pub use facade::{CallLogs, ExportFormat, SHOWN_AGAIN_AFTER_MS};
 pub use requests::*;
@@ -93,6 +95,22 @@ pub enum NodeError {
     NoIcb {
         /// This node.
         node: String,
+    },
+    /// A person (or integrating system) has opened as many different records through the
+    /// local API in the last hour as this node allows ([`AccessLimits`]); nothing of this one
+    /// was shown.
+    #[error(
+        "you have opened {opened} different records in the last hour, the most this node allows {who}; the records you opened this hour still open, and another may be opened in {minutes} min. If your work needs more, ask the node's deployer (limits.records_per_{kind}_hour)",
+        who = if *system { "an integrating system" } else { "one person" },
+        kind = if *system { "system" } else { "person" }
+    )]
+    TooManyRecords {
+        /// Different records opened in the hour.
+        opened: usize,
+        /// Minutes until another may be opened.
+        minutes: i64,
+        /// The caller is an integrating system.
+        system: bool,
     },
     /// A value of this node's own that could not be encoded (a bug, not bad input).
     #[error("encoding {what}: {source}")]
@@ -219,6 +237,11 @@ pub fn new_id(now: i64) -> Result<String, CryptoError> {
     Ok(SessionId::from_parts(now, u128::from_le_bytes(r)).to_string())
 }
 
+/// How long a person flagged for unusual access is shown in the status.
+pub const UNUSUAL_ACCESS_SHOWN_MS: i64 = 24 * 3600 * 1000;
+/// The most such entries read (each is written at most once an hour per person).
+const UNUSUAL_ACCESS_SCAN: usize = 10_000;
+
 /// The store lock in a node directory.
 const STORE_LOCK: &str = "store.lock";
 
@@ -258,6 +281,8 @@ pub struct Node {
     shown: std::collections::HashMap<(Option<i64>, &'static str), std::collections::HashMap<SessionId, i64>>,
     /// When every person's part of `shown` was last pruned.
     shown_pruned_ms: i64,
+    /// How many different records each person has opened through the API in the last hour.
+    access: access::AccessWatch,
     /// The store lock (`store.lock`), held while the node is open.
     _store_lock: std::fs::File,
 }
@@ -407,6 +432,7 @@ impl Node {
             acting: None,
             shown: Default::default(),
             shown_pruned_ms: 0,
+            access: access::AccessWatch::default(),
             _store_lock: lock,
         })
     }
@@ -534,10 +560,16 @@ impl Node {
             draft: req.draft,
         };
         let view = self.store.sessions_mut().create_session(&new, once.as_ref(), now)?;
+        // The record is its maker's to open again this hour, past any limit (a repeat's key is
+        // this person's own: it names no one else's record).
+        if let Some(who) = &self.acting {
+            let system = who.role == crate::store::people::PersonRole::System;
+            self.access.created(who.id, system, view.id, now);
+        }
         // A repeat of the create (its client key) is answered with the session as it stands
         // now, messages and advice included: a look at the record like any other.
         if view.id != new.id {
-            self.store.audit_mut().audit_access(view.id, "session.view", now)?;
+            self.open_record(view.id, "session.view", now)?;
         }
         Ok(view)
     }
@@ -775,6 +807,7 @@ impl Node {
             audit_checked_ms,
             audit_losses: self.store.audit().losses()?,
             audit_peer_losses: self.store.audit().peer_losses()?,
+            unusual_access: self.unusual_access(now_ms())?,
             connected_peers: None,
         })
     }
@@ -783,8 +816,79 @@ impl Node {
     /// query is not a person reading (see [`Node::mark_read`]).
     pub fn show(&mut self, id: SessionId, now: i64) -> Result<SessionView, NodeError> {
         let view = self.store.sessions_mut().view(id)?;
-        self.store.audit_mut().audit_access(id, "session.view", now)?;
+        self.open_record(id, "session.view", now)?;
         Ok(view)
+    }
+
+    /// The people flagged for unusual access in the last day ([`NodeStatus::unusual_access`]).
+    pub fn unusual_access(&self, now: i64) -> Result<Vec<crate::store::UnusualAccess>, NodeError> {
+        Ok(self.store.audit().unusual_access(now - UNUSUAL_ACCESS_SHOWN_MS, UNUSUAL_ACCESS_SCAN)?)
+    }
+
+    /// Sets how many different records a person may open through the API in an hour.
+    pub fn set_record_limits(&mut self, limits: AccessLimits) {
+        self.access = access::AccessWatch::new(limits);
+    }
+
+    /// The person acting opens session `id`'s record (`action`: a view, an export, a photo),
+    /// recorded in the audit chain; called before anything of it leaves the node. Through the
+    /// local API, a person (or system) who has opened as many different records in the last
+    /// hour as [`AccessLimits`] allows is refused a new one (`access.refused`, recorded once
+    /// an hour), and one who reaches the alarm is recorded (`access.unusual`) for the
+    /// deployer, who sees it in the status. The command line and the node's own work are not
+    /// counted: an account that runs `outpost` can read the store whole.
+    fn open_record(&mut self, id: SessionId, action: &'static str, now: i64) -> Result<(), NodeError> {
+        if let Some(who) = &self.acting {
+            let system = who.role == crate::store::people::PersonRole::System;
+            let limits = self.access.limits();
+            let limits = if system { limits.system } else { limits.person };
+            let (who_id, who_name) = (who.id, who.name.clone());
+            let verdict = self.access.open(who_id, system, id, now);
+            match verdict {
+                access::Verdict::Open => {}
+                access::Verdict::Alarm { opened } => {
+                    let detail = serde_json::json!({
+                        "records": opened, "alarm": limits.alarm, "limit": limits.limit, "window_s": access::WINDOW_MS / 1000,
+                    });
+                    // Not written (a full disk): owed again at the next record, not lost for an hour.
+                    if let Err(e) = self.store.audit_mut().audit_event("access.unusual", detail, now) {
+                        self.access.unrecorded(who_id, verdict);
+                        return Err(e.into());
+                    }
+                    tracing::warn!(person = %who_name, records = opened, "unusual access: more different records opened in an hour than the alarm");
+                }
+                access::Verdict::Refused { opened, until_ms, first } => {
+                    if first {
+                        let detail = serde_json::json!({
+                            "records": opened, "alarm": limits.alarm, "limit": limits.limit,
+                            "window_s": access::WINDOW_MS / 1000, "session": id.to_string(),
+                        });
+                        if let Err(e) = self.store.audit_mut().audit_event("access.refused", detail, now) {
+                            self.access.unrecorded(who_id, verdict);
+                            return Err(e.into());
+                        }
+                        tracing::warn!(person = %who_name, records = opened, "unusual access: a new record refused past the limit");
+                    }
+                    let minutes = ((until_ms - now).max(0) + 59_999) / 60_000;
+                    return Err(NodeError::TooManyRecords { opened, minutes, system });
+                }
+            }
+        }
+        Ok(self.store.audit_mut().audit_access(id, action, now)?)
+    }
+
+    /// Refuses, as [`Node::open_record`] would, a person past the limit acting on record `id`
+    /// they have not opened this hour (a "read" receipt says a person read it: not one that
+    /// could not open it). Counts nothing and writes nothing.
+    fn may_open(&self, id: SessionId, now: i64) -> Result<(), NodeError> {
+        let Some(who) = &self.acting else { return Ok(()) };
+        let system = who.role == crate::store::people::PersonRole::System;
+        match self.access.refuses(who.id, system, id, now) {
+            None => Ok(()),
+            Some((opened, until_ms)) => {
+                Err(NodeError::TooManyRecords { opened, minutes: ((until_ms - now).max(0) + 59_999) / 60_000, system })
+            }
+        }
     }
 
     /// A person on this node has read the session: every message written on another node gets
@@ -792,6 +896,7 @@ impl Node {
     /// Photos are marked read when a person opens them ([`Node::open_photo`] with `read`).
     /// Returns whether any receipt was new.
     pub fn mark_read(&mut self, id: SessionId, now: i64) -> Result<bool, NodeError> {
+        self.may_open(id, now)?;
         let name = self.config.name.clone();
         Ok(self.store.sessions_mut().edit(id, "session.read", None, now, |_, doc| {
             doc.acknowledge(ReceiptLevel::Read, &name, now, |_| false).map_err(crate::store::model(id))
@@ -820,6 +925,9 @@ impl Node {
         let ids = self.store.blobs().sessions_holding_photo(hash)?;
         if ids.is_empty() {
             return Err(StoreError::NoSuchBlob(hash.to_string()).into());
+        }
+        for id in &ids {
+            self.may_open(*id, now)?;
         }
         for id in &ids {
             let id = *id;

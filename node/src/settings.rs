@@ -214,6 +214,34 @@ const KEYS: &[Key] = &[
         default: "32",
         help: "MiB made for one peer and not yet read by it, past which its requests wait",
     },
+    Key {
+        name: "limits.records_alarm_per_person_hour",
+        flag: None,
+        list: false,
+        default: "60",
+        help: "different patients' records one person may open through the API in an hour before the deployer is told (0: never)",
+    },
+    Key {
+        name: "limits.records_per_person_hour",
+        flag: None,
+        list: false,
+        default: "200",
+        help: "different records one person may open through the API in an hour; past it, new ones are refused (0: no limit)",
+    },
+    Key {
+        name: "limits.records_alarm_per_system_hour",
+        flag: None,
+        list: false,
+        default: "2000",
+        help: "as limits.records_alarm_per_person_hour, for an integrating system's token",
+    },
+    Key {
+        name: "limits.records_per_system_hour",
+        flag: None,
+        list: false,
+        default: "5000",
+        help: "as limits.records_per_person_hour, for an integrating system's token",
+    },
 ];
 
 /// The environment variable of a key.
@@ -247,6 +275,9 @@ pub struct Limits {
     /// Bytes of frames made for one peer and not yet written to its streams, past which no
     /// more of its requests are answered until it reads.
     pub unsent_bytes_per_peer: usize,
+    /// Different patients' records a person (or integrating system) may open through the
+    /// local API in an hour: when the deployer is told, and when new ones are refused.
+    pub records: crate::node::AccessLimits,
 }
 
 impl Default for Limits {
@@ -258,6 +289,7 @@ impl Default for Limits {
             bytes_per_peer_minute: 512 * 1024 * 1024,
             unread_bytes_per_peer: 16 * 1024 * 1024,
             unsent_bytes_per_peer: 32 * 1024 * 1024,
+            records: crate::node::AccessLimits::default(),
         }
     }
 }
@@ -414,6 +446,13 @@ impl Settings {
                 _ => Err(bad(key, format!("{s:?} is not a whole number above 0"))),
             }
         };
+        // A threshold that 0 turns off.
+        // An empty value (`OUTPOST_LIMITS_RECORDS_PER_PERSON_HOUR=` in a unit file) is an
+        // error, not 0: a protection is turned off only by saying so.
+        let count = |key: &'static str| -> Result<usize, SettingsError> {
+            let s = one(key).ok_or_else(|| bad(key, "no value: a whole number (0 turns it off)".into()))?;
+            s.parse::<usize>().map_err(|_| bad(key, format!("{s:?} is not a whole number (0 turns it off)")))
+        };
         // A bound of memory in MiB, held per peer (at most 4 GiB: the queue counts in u32).
         let mib_bytes = |key: &'static str| -> Result<usize, SettingsError> {
             let n = number(key)?;
@@ -460,6 +499,16 @@ impl Settings {
             bytes_per_peer_minute: mib.saturating_mul(1024 * 1024),
             unread_bytes_per_peer: mib_bytes("limits.mib_unread_per_peer")?,
             unsent_bytes_per_peer: mib_bytes("limits.mib_unsent_per_peer")?,
+            records: crate::node::AccessLimits {
+                person: crate::node::RecordLimits {
+                    alarm: count("limits.records_alarm_per_person_hour")?,
+                    limit: count("limits.records_per_person_hour")?,
+                },
+                system: crate::node::RecordLimits {
+                    alarm: count("limits.records_alarm_per_system_hour")?,
+                    limit: count("limits.records_per_system_hour")?,
+                },
+            },
         };
         let origins = KEYS
             .iter()

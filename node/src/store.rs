@@ -110,7 +110,7 @@ impl CachedSql for Connection {
 pub const MAX_PAGES_ENV: &str = "OUTPOST_MAX_DB_PAGES";
 
 /// Database schema version this build writes (`PRAGMA user_version`).
-pub const DB_SCHEMA_VERSION: i64 = 12;
+pub const DB_SCHEMA_VERSION: i64 = 13;
 
 /// Tunables of the store.
 #[derive(Debug, Clone, Copy)]

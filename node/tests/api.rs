@@ -1044,3 +1044,121 @@ fn a_surgery_box_serves_its_api_over_tls_with_the_deployers_certificate() {
         call("GET", "/api/me", Some(&token), None).is_ok_and(|(s, _)| s == 200)
     });
 }
+
+/// A stolen shift token (or a curious colleague's) would otherwise read every record the node
+/// holds as fast as the store answers, and nobody would hear of it until someone read the chain.
+#[test]
+fn a_person_opening_more_records_in_an_hour_than_anyone_at_work_is_flagged_then_refused_new_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let amb = fleet.node("amb-07", "edge", &[]);
+    add_user(&amb, "Sam Patel", "paramedic", "HCPC-PA123456", "amb-pin-4821");
+    add_user(&amb, "Jo Reyes", "paramedic", "HCPC-PA654321", "jo-pin-7733");
+    let port = tcp_port();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let _node = daemon(
+        &amb,
+        &["--api", &format!("127.0.0.1:{port}"), "--metrics", &metrics],
+        &[("OUTPOST_LIMITS_RECORDS_ALARM_PER_PERSON_HOUR", "3"), ("OUTPOST_LIMITS_RECORDS_PER_PERSON_HOUR", "5")],
+    );
+    let gauge = |name: &str| -> Option<f64> {
+        let text = ureq::get(&format!("http://{metrics}/metrics")).call().ok()?.body_mut().read_to_string().ok()?;
+        text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.trim().parse().ok())
+    };
+    let api = Api::new(port);
+    api.wait_up();
+    let (sam, jo) = (api.login("Sam Patel", "amb-pin-4821"), api.login("Jo Reyes", "jo-pin-7733"));
+    let new = json!({ "service_line": "cardiology", "care_setting": "ambulance_on_scene", "summary": "Syncope",
+        "nhs_number": "943 476 5919", "nhs_verification": "01" });
+    // Writing records is not reading other people's: seven sessions opened by the crew.
+    let ids: Vec<String> = (0..7)
+        .map(|_| {
+            let (status, body) = api.call("POST", "/api/sessions", Some(&sam), Some(new.clone()));
+            assert_eq!(status, 201, "{body}");
+            body["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    // A photo in the seventh, which Jo never opens.
+    let photo = outpost_node::photo::synthetic_jpeg(64, 48, 1).unwrap().bytes;
+    let (status, attached) = api.post_bytes(
+        &format!("/api/sessions/{}/photos?view=close-up&body_site=left%20forearm&consent=verbal", ids[6]),
+        &sam,
+        &photo,
+    );
+    assert_eq!(status, 201, "{attached}");
+    let hash = attached["hash"].as_str().unwrap().to_string();
+    let open = |token: &str, id: &str| api.call("GET", &format!("/api/sessions/{id}"), Some(token), None);
+    let entries = |action: &str| -> Vec<Value> {
+        let all = json(&ok(&["audit", "show", "--dir", d(&amb), "--limit", "1000", "--json"]));
+        all.as_array().unwrap().iter().filter(|e| e["action"] == action).cloned().collect()
+    };
+
+    for (n, id) in ids[..5].iter().enumerate() {
+        let (status, body) = open(&jo, id);
+        assert_eq!(status, 200, "record {n}: {body}");
+    }
+    // The third different record in the hour raised the alarm, once, naming who.
+    let unusual = entries("access.unusual");
+    assert_eq!(unusual.len(), 1, "{unusual:?}");
+    assert_eq!(unusual[0]["detail"]["by"]["name"], "Jo Reyes");
+    assert_eq!(unusual[0]["detail"]["records"], 3);
+
+    // The sixth is refused, its export too, with what to do; nothing of it is shown.
+    let (status, body) = open(&jo, &ids[5]);
+    assert_eq!(status, 429, "{body}");
+    let why = body["error"].as_str().unwrap();
+    assert!(why.contains("5 different records in the last hour") && why.contains("deployer"), "{why}");
+    assert!(!body.to_string().contains("Syncope"), "{body}");
+    let (status, _) = api.call("GET", &format!("/api/sessions/{}/export?format=fhir", ids[5]), Some(&jo), None);
+    assert_eq!(status, 429);
+    // Counted by person, not by token: signing in again opens nothing new.
+    let jo_again = api.login("Jo Reyes", "jo-pin-7733");
+    assert_eq!(open(&jo_again, &ids[6]).0, 429);
+    // Nor a photo of a record not opened this hour, whole or as a thumbnail, nor a "read"
+    // receipt on one.
+    for thumb in ["", "&thumbnail=true"] {
+        let (status, bytes) = api.get_bytes(&format!("/api/photos/{hash}?session={}{thumb}", ids[6]), &jo);
+        assert_eq!(status, 429, "photo{thumb}");
+        assert!(!bytes.starts_with(&[0xFF, 0xD8]), "no image bytes");
+    }
+    assert_eq!(api.call("POST", &format!("/api/sessions/{}/read", ids[6]), Some(&jo), None).0, 429);
+    assert_eq!(api.call("POST", &format!("/api/photos/{hash}/read"), Some(&jo), None).0, 429);
+    // What Jo was refused left no entry of a look at it.
+    let refused_ids = [ids[5].as_str(), ids[6].as_str()];
+    let looks: Vec<Value> = ["session.view", "session.export", "photo.view"]
+        .into_iter()
+        .flat_map(&entries)
+        .filter(|e| e["detail"]["by"]["name"] == "Jo Reyes" && refused_ids.iter().any(|id| e["session"] == *id))
+        .collect();
+    assert!(looks.is_empty(), "{looks:?}");
+    // A record Jo makes is Jo's to open, past the limit.
+    let (status, made) = api.call("POST", "/api/sessions", Some(&jo), Some(new.clone()));
+    assert_eq!(status, 201, "{made}");
+    assert_eq!(open(&jo, made["id"].as_str().unwrap()).0, 200);
+    let refused = entries("access.refused");
+    assert_eq!(refused.len(), 1, "recorded once an hour, not at every attempt: {refused:?}");
+    assert_eq!(refused[0]["detail"]["by"]["name"], "Jo Reyes");
+    assert_eq!(refused[0]["detail"]["limit"], 5);
+    // Work under way goes on: a record already opened this hour still opens.
+    assert_eq!(open(&jo, &ids[0]).0, 200);
+    // And nobody else is held back.
+    assert_eq!(open(&sam, &ids[5]).0, 200);
+
+    // The deployer hears of it without reading the chain: status (CLI, JSON) and metrics; a
+    // colleague signed in (or Jo's token) does not.
+    for token in [&sam, &jo] {
+        let (status, st) = api.call("GET", "/api/status", Some(token), None);
+        assert_eq!(status, 200, "{st}");
+        assert_eq!(st["unusual_access"], json!([]), "{st}");
+    }
+    let st = json(&ok(&["status", "--dir", d(&amb), "--json"]));
+    let flagged = st["unusual_access"].as_array().unwrap();
+    assert_eq!(flagged.len(), 1, "{st}");
+    assert_eq!(flagged[0]["person"], "Jo Reyes");
+    assert_eq!((flagged[0]["refused"].as_bool(), flagged[0]["records"].as_u64()), (Some(true), Some(5)));
+    let text = ok(&["status", "--dir", d(&amb)]);
+    assert!(text.contains("unusual access: Jo Reyes"), "{text}");
+    wait_until(LIMIT, "the metrics to count the person flagged", || gauge("outpost_unusual_access") == Some(1.0));
+    let verify = json(&ok(&["audit", "verify", "--dir", d(&amb), "--json"]));
+    assert!(verify["broken_at"].is_null(), "{verify}");
+}

@@ -28,7 +28,8 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 | NodeError::AmbiguousPhoto { .. }
                 | NodeError::Rotation(_)
                 | NodeError::NoIcb { .. }
-                | NodeError::OnACall { .. } => 2,
+                | NodeError::OnACall { .. }
+                | NodeError::TooManyRecords { .. } => 2,
                 NodeError::Encode { .. } => 1,
                 NodeError::NoSuchPhoto { .. } => 4,
                 NodeError::Tls(crate::tls::TlsError::Invalid { what: "signed certificate", .. }) => 2,

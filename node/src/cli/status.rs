@@ -98,6 +98,18 @@ pub(crate) fn run_status(args: StatusArgs) -> anyhow::Result<()> {
                 seen = loss.seen
             );
         }
+        for u in &st.unusual_access {
+            println!(
+                "unusual access: {person}{role} opened {records} different patients' records within an hour{refused} \
+                 ({ago} ago): find out whether that was their work; if their token may have been taken, `outpost \
+                 user disable` ends it (`outpost audit show` lists the access entries and what they opened)",
+                person = u.person,
+                role = u.role.as_deref().map(|r| format!(" ({r})")).unwrap_or_default(),
+                records = u.records,
+                refused = if u.refused { ", and new ones were refused past the limit" } else { "" },
+                ago = ago(now - u.at_ms),
+            );
+        }
     }
     // The whole file, page by page: a damaged store is said, and the exit is non-zero.
     match node.integrity_check() {

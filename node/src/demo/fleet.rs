@@ -22,9 +22,10 @@ use sync_protocol::vocab::{
 use crate::config::NodeDir;
 use crate::linkem::{EmulatorOptions, LinkEmulator};
 use crate::net::{Daemon, RunOptions};
-use crate::node::{InitParams, Node, PhotoRequest, SessionRequest, now_ms};
+use crate::node::{AccessLimits, InitParams, Node, PhotoRequest, RecordLimits, SessionRequest, now_ms};
 use crate::photo;
 use crate::render::bytes;
+use crate::settings::Limits;
 use crate::store::people::{Credential, NewPerson, PersonRole};
 use crate::tls::CaDir;
 
@@ -162,7 +163,15 @@ pub async fn run(root: &Path, serve: bool) -> anyhow::Result<()> {
     link.set_up(false);
     clock.say("amb-07", "on the moor road, in a not-spot: no link");
     let loopback = Some("127.0.0.1:0".parse()?);
-    let amb_opts = RunOptions { peers: vec![link.local_addr.into()], api: loopback, ..RunOptions::default() };
+    // The tablet flags a person who opens the 3rd different record in an hour and refuses one
+    // past the 5th, so that the demo can show it (a deployed node: 60 and 200).
+    let records = AccessLimits { person: RecordLimits { alarm: 3, limit: 5 }, ..AccessLimits::default() };
+    let amb_opts = RunOptions {
+        peers: vec![link.local_addr.into()],
+        api: loopback,
+        limits: Limits { records, ..Limits::default() },
+        ..RunOptions::default()
+    };
     let amb = Daemon::start(amb, amb_opts).await?;
     // The consultant's desk answers calls by itself in the demo (`outpost run --auto-answer`).
     // It says a few words into the call and records what it hears.
@@ -575,6 +584,48 @@ pub async fn run(root: &Path, serve: bool) -> anyhow::Result<()> {
         }
         other => anyhow::bail!("the hub did not refuse a forged reply: {other:?}"),
     }
+
+    // A shift's PIN in the wrong hands: someone who saw Sam type it reads case after case on
+    // the tablet. The other cases were written earlier in the shift by the tablet's other crew.
+    for n in 0..5u8 {
+        let req = SessionRequest {
+            care_setting: CareSetting::AmbulanceOnScene,
+            requester: Requester { role: Some("paramedic".into()), ..Requester::default() },
+            patient: Patient::default(),
+            service: Service { line: ServiceLine::Cardiology, channel: Channel::Message, priority: Priority::Urgent },
+            summary: format!("Earlier job {}: chest pain, ECG sent", n + 1),
+            draft: false,
+        };
+        amb.with_node(move |node| node.new_session(req, now_ms())).await??;
+    }
+    let cases = amb.with_node(|n| n.list(&crate::store::ListFilter::default())).await??;
+    let prying = App::sign_in("amb-07", amb_api, "Sam Patel", AMB_PIN).await?;
+    let (mut opened, mut refusal) = (0, None);
+    for card in &cases {
+        match prying.call("GET", &format!("/api/sessions/{}", card.id), None).await? {
+            (200, _) => opened += 1,
+            (429, body) => {
+                refusal = body["error"].as_str().map(str::to_string);
+                break;
+            }
+            (status, body) => anyhow::bail!("opening case after case: the API answered {status}: {body}"),
+        }
+    }
+    let flagged = amb.with_node(|n| n.unusual_access(now_ms())).await??;
+    let Some(refusal) = refusal else { anyhow::bail!("{opened} cases opened one after another, none refused") };
+    if flagged.first().is_none_or(|u| u.person != "Sam Patel" || !u.refused) {
+        anyhow::bail!("the tablet did not flag the reading: {flagged:?}");
+    }
+    clock.say(
+        "amb-07",
+        format!(
+            "someone with Sam Patel's PIN opens case after case ({} on the tablet): {opened} open, the person's 3rd \
+             different record this hour flagged (access.unusual), the next refused (429, access.refused): \"{}\"",
+            cases.len(),
+            refusal.split(';').next().unwrap_or_default()
+        ),
+    );
+    clock.say("amb-07", "`outpost status` and outpost_unusual_access show the deployer who");
 
     let s = link.stats();
     println!(

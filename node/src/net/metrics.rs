@@ -82,6 +82,7 @@ pub(crate) struct Metrics {
     store_bytes: Gauge,
     audit_losses: Gauge,
     audit_peer_losses: Gauge,
+    unusual_access: Gauge,
     /// The last scrape's text and when it was made: scrapes (tokenless) come one at a time and
     /// at most one every [`SCRAPE_EVERY`] reaches the store, so that no one who can reach the
     /// port can keep the store thread from syncing.
@@ -126,6 +127,7 @@ impl Metrics {
             store_bytes: Gauge::default(),
             audit_losses: Gauge::default(),
             audit_peer_losses: Gauge::default(),
+            unusual_access: Gauge::default(),
             last: tokio::sync::Mutex::new(None),
             registry: Registry::with_prefix("outpost"),
         };
@@ -196,6 +198,11 @@ impl Metrics {
             "Peers whose audit chains were found shorter than they had told this node: entries lost there",
             m.audit_peer_losses.clone(),
         );
+        m.registry.register(
+            "unusual_access",
+            "People (or integrating systems) who opened more different patients' records through the local API in an hour than the alarm, in the last day",
+            m.unusual_access.clone(),
+        );
         m
     }
 
@@ -264,6 +271,7 @@ struct StoreFacts {
     cert_until_ms: Option<i64>,
     store_bytes: u64,
     audit_losses: (usize, usize),
+    unusual_access: usize,
 }
 
 async fn scrape(axum::extract::State(shared): axum::extract::State<Arc<Shared>>) -> Response {
@@ -286,6 +294,7 @@ async fn scrape(axum::extract::State(shared): axum::extract::State<Arc<Shared>>)
                 cert_until_ms,
                 store_bytes: node.file_bytes(),
                 audit_losses: node.audit_losses().map(|(own, peers)| (own.len(), peers.len()))?,
+                unusual_access: node.unusual_access(crate::node::now_ms())?.len(),
             })
         })
         .await;
@@ -342,6 +351,7 @@ async fn scrape(axum::extract::State(shared): axum::extract::State<Arc<Shared>>)
     m.store_bytes.set(facts.store_bytes as i64);
     m.audit_losses.set(facts.audit_losses.0 as i64);
     m.audit_peer_losses.set(facts.audit_losses.1 as i64);
+    m.unusual_access.set(facts.unusual_access as i64);
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &m.registry) {
         return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the metrics: {e}\n")).into_response();

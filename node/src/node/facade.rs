@@ -179,7 +179,7 @@ impl Node {
                 crate::export::letter::letter(&view, &|h| photos.contains_key(h), &self.config.name, now).into_bytes()
             }
         };
-        self.store.audit_mut().audit_access(id, "session.export", now)?;
+        self.open_record(id, "session.export", now)?;
         Ok(bytes)
     }
 
@@ -245,7 +245,7 @@ impl Node {
     /// Someone on this node was shown a photo of the session: recorded in the audit chain, as
     /// a view of the session is.
     pub fn audit_photo_view(&mut self, id: SessionId, now: i64) -> Result<(), NodeError> {
-        Ok(self.store.audit_mut().audit_access(id, "photo.view", now)?)
+        self.open_record(id, "photo.view", now)
     }
 
     /// Someone at the command line was shown a photo, named by its hash alone: recorded as a
@@ -256,7 +256,7 @@ impl Node {
             self.store.audit_mut().audit_event("photo.view", serde_json::json!({ "photo": hash }), now)?;
         }
         for id in ids {
-            self.store.audit_mut().audit_access(id, "photo.view", now)?;
+            self.open_record(id, "photo.view", now)?;
         }
         Ok(())
     }

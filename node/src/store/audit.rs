@@ -200,6 +200,50 @@ impl<S: Deref<Target = Store>> Audit<S> {
         anchor_losses(&self.0.conn, "SELECT peer, their_lost FROM audit_anchors WHERE their_lost > 0 ORDER BY peer")
     }
 
+    /// The people flagged for unusual access (`access.unusual`, `access.refused`) in entries
+    /// written at or after `since_ms` (by their time), newest first, at most `most` entries
+    /// read (each is written at most once an hour per person).
+    pub fn unusual_access(&self, since_ms: i64, most: usize) -> Result<Vec<UnusualAccess>, StoreError> {
+        let ctx = "reading the audit chain";
+        let mut stmt = self
+            .0
+            .conn
+            .prepare_cached(
+                "SELECT seq, at_ms, action, detail FROM audit
+                 WHERE action IN ('access.unusual', 'access.refused') AND at_ms >= ?1
+                 ORDER BY at_ms DESC, seq DESC LIMIT ?2",
+            )
+            .map_err(sql(ctx))?;
+        let mut rows = stmt.query(rusqlite::params![since_ms, most as i64]).map_err(sql(ctx))?;
+        let mut out: Vec<UnusualAccess> = Vec::new();
+        while let Some(r) = rows.next().map_err(sql(ctx))? {
+            let at_ms: i64 = r.get(1).map_err(sql(ctx))?;
+            let action: String = r.get(2).map_err(sql(ctx))?;
+            let seq = r.get::<_, i64>(0).map_err(sql(ctx))? as u64;
+            let Some(sealed) = r.get::<_, Option<Vec<u8>>>(3).map_err(sql(ctx))? else { continue };
+            let detail: serde_json::Value =
+                serde_json::from_slice(&self.0.sealer.open("audit detail", &audit_aad(seq), &sealed)?).map_err(json)?;
+            let by = &detail["by"];
+            let person = by["name"].as_str().or(by["account"].as_str()).unwrap_or("someone unnamed").to_string();
+            let records = detail["records"].as_u64().unwrap_or(0);
+            let refused = action == "access.refused";
+            match out.iter_mut().find(|u| u.person == person) {
+                Some(u) => {
+                    u.records = u.records.max(records);
+                    u.refused |= refused;
+                }
+                None => out.push(UnusualAccess {
+                    person,
+                    role: by["role"].as_str().map(str::to_string),
+                    records,
+                    refused,
+                    at_ms,
+                }),
+            }
+        }
+        Ok(out)
+    }
+
     /// The hubs that had seen this node's chain longer than it was when they next spoke.
     pub fn losses(&self) -> Result<Vec<AuditLoss>, StoreError> {
         anchor_losses(&self.0.conn, "SELECT peer, lost FROM audit_anchors WHERE lost > 0 ORDER BY peer")

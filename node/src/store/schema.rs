@@ -232,6 +232,13 @@ CREATE TABLE audit_anchors (
     told         INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 "#,
+    // Schema 13: the audit chain's entries found by action and time (the people flagged for
+    // unusual access in the last day, read at every status and metrics scrape). `IF NOT
+    // EXISTS`: a store whose user_version was wound back (the migration tests in at_rest.rs,
+    // cli.rs and store.rs do) keeps the index, and the step must not fail on it.
+    r#"
+CREATE INDEX IF NOT EXISTS audit_by_action ON audit (action, at_ms);
+"#,
 ];
 
 /// The schema from which the staff's secrets are sealed.

@@ -197,6 +197,23 @@ pub struct AuditLoss {
     pub seen: u64,
 }
 
+/// A person (or integrating system) who opened more different patients' records through
+/// the local API in an hour than the node's alarm, from the audit chain's `access.unusual` and
+/// `access.refused` entries of the last day.
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnusualAccess {
+    /// Who, as the chain names them.
+    pub person: String,
+    /// Their role.
+    pub role: Option<String>,
+    /// The most different records they had opened in an hour when an entry was written.
+    pub records: u64,
+    /// Whether new records were refused them (the limit reached).
+    pub refused: bool,
+    /// When the latest such entry was written.
+    pub at_ms: i64,
+}
+
 /// One audit entry, opened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {

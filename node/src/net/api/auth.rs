@@ -279,6 +279,9 @@ pub(super) async fn status(State(shared): State<Arc<Shared>>, Caller(_): Caller)
     let mut connected: Vec<String> = shared.links.lock().map(|l| l.keys().cloned().collect()).unwrap_or_default();
     connected.sort();
     st.connected_peers = Some(connected);
+    // Who was flagged is for the deployer (`outpost status`, the metrics' count), not for every
+    // colleague signed in, nor for a stolen token to learn that it has been noticed.
+    st.unusual_access.clear();
     if let Ok(mut c) = shared.api.audit.lock()
         && c.as_ref().is_none_or(|(at, ..)| at.elapsed() >= AUDIT_RECHECK)
     {

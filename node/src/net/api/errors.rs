@@ -33,6 +33,7 @@ impl From<NodeError> for ApiError {
             | NodeError::Rotation(_)
             | NodeError::NoIcb { .. } => StatusCode::BAD_REQUEST,
             NodeError::OnACall { .. } => StatusCode::CONFLICT,
+            NodeError::TooManyRecords { .. } => StatusCode::TOO_MANY_REQUESTS,
             NodeError::NoSuchPhoto { .. } => StatusCode::NOT_FOUND,
             NodeError::Encode { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             NodeError::Role { .. } | NodeError::OutOfScope { .. } => StatusCode::FORBIDDEN,

@@ -160,6 +160,7 @@ pub(super) fn session_id(id: &str) -> Result<SessionId, ApiError> {
         (status = 200, description = "The session; showing it writes no receipt", body = SessionView),
         (status = 401, body = ErrorBody),
         (status = 404, description = "No such session on this node", body = ErrorBody),
+        (status = 429, description = "This person (or system) has opened as many different records in the last hour as this node allows; the ones opened this hour still open", body = ErrorBody),
     )
 )]
 pub(super) async fn show_session(
@@ -191,6 +192,7 @@ pub(super) struct ExportQuery {
         (status = 401, body = ErrorBody),
         (status = 403, description = "The session is outside what this node may hold", body = ErrorBody),
         (status = 404, body = ErrorBody),
+        (status = 429, description = "This person (or system) has opened as many different records in the last hour as this node allows; the ones opened this hour still open", body = ErrorBody),
     )
 )]
 pub(super) async fn export_session(
@@ -255,6 +257,7 @@ pub(super) struct ReadBody {
         (status = 401, body = ErrorBody),
         (status = 403, description = "An integrating system does not read", body = ErrorBody),
         (status = 404, body = ErrorBody),
+        (status = 429, description = "A person past the limit of different records an hour, for a record they have not opened this hour: nothing is marked read", body = ErrorBody),
     )
 )]
 pub(super) async fn read_session(
@@ -437,6 +440,7 @@ pub(super) struct PhotoGet {
         (status = 404, description = "The session does not record the photo, or its record came without the bytes", body = ErrorBody),
         (status = 409, description = "Still being received", body = ErrorBody),
         (status = 410, description = "Handed to the hub and deleted here (the thumbnail remains), or withheld: the patient withdrew its consent", body = ErrorBody),
+        (status = 429, description = "This person (or system) has opened as many different records in the last hour as this node allows; the ones opened this hour still open", body = ErrorBody),
     )
 )]
 pub(super) async fn get_photo(
@@ -476,6 +480,7 @@ pub(super) async fn get_photo(
         (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
+        (status = 429, description = "A person past the limit of different records an hour, for a record they have not opened this hour: nothing is marked read", body = ErrorBody),
     )
 )]
 pub(super) async fn read_photo(

@@ -1,0 +1,311 @@
+//! How many patients' records each person opens through the local API: a person who opens
+//! more different records in an hour than anyone at work does is flagged to the deployer, and
+//! past a limit is refused new ones (a stolen shift token, or an integrating system's, would
+//! otherwise read every record the node holds as fast as the store answers).
+//!
+//! No I/O and no clock: the node passes the time in, records what this finds in the audit
+//! chain, and shows it in its status.
+
+use std::collections::HashMap;
+
+use sync_protocol::session::SessionId;
+
+/// The window counted: different records opened in the last hour.
+pub const WINDOW_MS: i64 = 60 * 60 * 1000;
+
+/// The thresholds for one kind of caller. Zero turns a threshold off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RecordLimits {
+    /// Different records opened in an hour at which the person is flagged (once an hour).
+    pub alarm: usize,
+    /// Different records in an hour past which a record not already opened in that hour is
+    /// refused.
+    pub limit: usize,
+}
+
+/// The thresholds for people and for integrating systems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct AccessLimits {
+    /// A person signed in (paramedic, GP, nurse, consultant).
+    pub person: RecordLimits,
+    /// An integrating system (a GP record system, an ambulance ePR), which reads for many.
+    pub system: RecordLimits,
+}
+
+impl Default for AccessLimits {
+    /// A consultant working through a list opens a few dozen records in a busy hour; 60 is
+    /// more than a shift's work in an hour, 200 is three a minute for the whole hour.
+    fn default() -> Self {
+        AccessLimits {
+            person: RecordLimits { alarm: 60, limit: 200 },
+            system: RecordLimits { alarm: 2_000, limit: 5_000 },
+        }
+    }
+}
+
+/// What one more record opened comes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Open it.
+    Open,
+    /// Open it; this person has just reached the alarm (`opened` different records this
+    /// hour): record it once.
+    Alarm {
+        /// Different records in the hour, this one included.
+        opened: usize,
+    },
+    /// Refuse it: `opened` different records this hour already, at the limit.
+    Refused {
+        /// Different records opened in the hour.
+        opened: usize,
+        /// When the oldest of them leaves the hour (one more may then be opened).
+        until_ms: i64,
+        /// The first refusal in an hour for this person (record it once an hour).
+        first: bool,
+    },
+}
+
+/// One caller's last hour.
+#[derive(Debug, Default)]
+struct Hour {
+    /// Each record opened in the hour, with when it was last opened.
+    opened: HashMap<SessionId, i64>,
+    /// When the alarm was last raised.
+    alarmed_ms: Option<i64>,
+    /// When a refusal was last recorded.
+    refusal_recorded_ms: Option<i64>,
+}
+
+impl Hour {
+    fn prune(&mut self, now: i64) {
+        self.opened.retain(|_, at| now - *at < WINDOW_MS && *at <= now + WINDOW_MS);
+    }
+
+    fn recent(at: Option<i64>, now: i64) -> bool {
+        at.is_some_and(|t| now - t < WINDOW_MS && t <= now + WINDOW_MS)
+    }
+}
+
+/// Every caller's last hour (by person id), kept in memory by the daemon's node: a restart
+/// forgets it, the audit chain does not.
+#[derive(Debug, Default)]
+pub struct AccessWatch {
+    limits: AccessLimits,
+    hours: HashMap<i64, Hour>,
+}
+
+impl AccessWatch {
+    /// A watch with these thresholds.
+    pub fn new(limits: AccessLimits) -> Self {
+        AccessWatch { limits, hours: HashMap::new() }
+    }
+
+    /// The thresholds.
+    pub fn limits(&self) -> AccessLimits {
+        self.limits
+    }
+
+    /// Person `who` (an integrating system if `system`) opens record `id` at `now`.
+    pub fn open(&mut self, who: i64, system: bool, id: SessionId, now: i64) -> Verdict {
+        let limits = if system { self.limits.system } else { self.limits.person };
+        if limits.alarm == 0 && limits.limit == 0 {
+            return Verdict::Open;
+        }
+        if self.hours.len() > 4096 {
+            // Forget the callers with nothing in the last hour (a node has few people).
+            self.hours.retain(|_, h| {
+                h.prune(now);
+                !h.opened.is_empty()
+            });
+        }
+        let hour = self.hours.entry(who).or_default();
+        hour.prune(now);
+        if let Some(at) = hour.opened.get_mut(&id) {
+            // A record already opened this hour: work under way is never cut off.
+            *at = now;
+            return Verdict::Open;
+        }
+        let opened = hour.opened.len();
+        if limits.limit > 0 && opened >= limits.limit {
+            let oldest = hour.opened.values().copied().min().unwrap_or(now);
+            let first = !Hour::recent(hour.refusal_recorded_ms, now);
+            if first {
+                hour.refusal_recorded_ms = Some(now);
+            }
+            return Verdict::Refused { opened, until_ms: oldest + WINDOW_MS, first };
+        }
+        // With no limit (the alarm alone), no more records are kept than the alarm needs: the
+        // count stops there, and so does the memory a caller walking every record costs.
+        if limits.limit > 0 || opened < limits.alarm {
+            hour.opened.insert(id, now);
+        }
+        let opened = hour.opened.len();
+        if limits.alarm > 0 && opened >= limits.alarm && !Hour::recent(hour.alarmed_ms, now) {
+            hour.alarmed_ms = Some(now);
+            return Verdict::Alarm { opened };
+        }
+        Verdict::Open
+    }
+
+    /// Whether `who` would be refused record `id` at `now`, without counting it: `Some` with
+    /// the records opened this hour and when one leaves it (a read receipt is written only for
+    /// a record its person may open).
+    pub fn refuses(&self, who: i64, system: bool, id: SessionId, now: i64) -> Option<(usize, i64)> {
+        let limit = if system { self.limits.system.limit } else { self.limits.person.limit };
+        let hour = self.hours.get(&who)?;
+        let live = |at: &i64| now - *at < WINDOW_MS && *at <= now + WINDOW_MS;
+        if limit == 0 || hour.opened.get(&id).is_some_and(live) {
+            return None;
+        }
+        let times: Vec<i64> = hour.opened.values().copied().filter(live).collect();
+        (times.len() >= limit).then(|| (times.len(), times.iter().min().copied().unwrap_or(now) + WINDOW_MS))
+    }
+
+    /// `who` made record `id` (a new session): theirs to open again this hour, whatever the
+    /// limit (a crew never loses sight of the request it just sent).
+    pub fn created(&mut self, who: i64, system: bool, id: SessionId, now: i64) {
+        let limits = if system { self.limits.system } else { self.limits.person };
+        if limits.alarm == 0 && limits.limit == 0 {
+            return;
+        }
+        let hour = self.hours.entry(who).or_default();
+        hour.prune(now);
+        hour.opened.insert(id, now);
+    }
+
+    /// The entry `verdict` called for could not be written: it is owed again at the next
+    /// record opened, not forgotten for an hour.
+    pub fn unrecorded(&mut self, who: i64, verdict: Verdict) {
+        let Some(hour) = self.hours.get_mut(&who) else { return };
+        match verdict {
+            Verdict::Alarm { .. } => hour.alarmed_ms = None,
+            Verdict::Refused { first: true, .. } => hour.refusal_recorded_ms = None,
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_796_360_400_000;
+    const LOW: AccessLimits =
+        AccessLimits { person: RecordLimits { alarm: 3, limit: 5 }, system: RecordLimits { alarm: 0, limit: 8 } };
+
+    fn id(n: u128) -> SessionId {
+        SessionId::from_parts(T0, n)
+    }
+
+    #[test]
+    fn a_person_is_flagged_once_at_the_alarm_then_refused_new_records_past_the_limit() {
+        let mut w = AccessWatch::new(LOW);
+        assert_eq!(w.open(1, false, id(1), T0), Verdict::Open);
+        assert_eq!(w.open(1, false, id(2), T0 + 1), Verdict::Open);
+        assert_eq!(w.open(1, false, id(3), T0 + 2), Verdict::Alarm { opened: 3 });
+        assert_eq!(w.open(1, false, id(4), T0 + 3), Verdict::Open, "the alarm is raised once an hour");
+        assert_eq!(w.open(1, false, id(5), T0 + 4), Verdict::Open);
+        assert_eq!(
+            w.open(1, false, id(6), T0 + 5),
+            Verdict::Refused { opened: 5, until_ms: T0 + WINDOW_MS, first: true }
+        );
+        assert_eq!(
+            w.open(1, false, id(7), T0 + 6),
+            Verdict::Refused { opened: 5, until_ms: T0 + WINDOW_MS, first: false },
+            "a refusal is recorded once an hour"
+        );
+    }
+
+    #[test]
+    fn records_already_opened_in_the_hour_still_open_at_the_limit() {
+        let mut w = AccessWatch::new(LOW);
+        for n in 1..=5 {
+            w.open(1, false, id(n), T0 + n as i64);
+        }
+        assert!(matches!(w.open(1, false, id(6), T0 + 10), Verdict::Refused { .. }));
+        assert_eq!(w.open(1, false, id(2), T0 + 11), Verdict::Open);
+        assert_eq!(w.open(1, false, id(2), T0 + 12), Verdict::Open);
+    }
+
+    #[test]
+    fn the_hour_slides_and_each_caller_has_their_own() {
+        let mut w = AccessWatch::new(LOW);
+        for n in 1..=5 {
+            w.open(1, false, id(n), T0 + n as i64 * 1000);
+        }
+        // Someone else is not held back by this person's hour.
+        assert_eq!(w.open(2, false, id(6), T0 + 6000), Verdict::Open);
+        assert!(
+            matches!(w.open(1, false, id(6), T0 + WINDOW_MS), Verdict::Refused { until_ms, .. } if until_ms == T0 + 1000 + WINDOW_MS)
+        );
+        // An hour after the first was opened, one more may be.
+        assert_eq!(w.open(1, false, id(6), T0 + 1000 + WINDOW_MS), Verdict::Open);
+        assert!(matches!(w.open(1, false, id(7), T0 + 1000 + WINDOW_MS), Verdict::Refused { .. }));
+        // A day later the hour is empty, and the alarm may be raised again.
+        let day = T0 + 24 * WINDOW_MS;
+        assert_eq!(w.open(1, false, id(10), day), Verdict::Open);
+        assert_eq!(w.open(1, false, id(11), day), Verdict::Open);
+        assert_eq!(w.open(1, false, id(12), day), Verdict::Alarm { opened: 3 });
+    }
+
+    #[test]
+    fn an_integrating_system_has_its_own_thresholds_and_zero_turns_one_off() {
+        let mut w = AccessWatch::new(LOW);
+        for n in 1..=8 {
+            assert_eq!(w.open(9, true, id(n), T0), Verdict::Open, "record {n}: no alarm for systems here");
+        }
+        assert!(matches!(w.open(9, true, id(9), T0), Verdict::Refused { opened: 8, .. }));
+        let mut off = AccessWatch::new(AccessLimits {
+            person: RecordLimits { alarm: 0, limit: 0 },
+            system: RecordLimits { alarm: 0, limit: 0 },
+        });
+        for n in 1..=1000 {
+            assert_eq!(off.open(1, false, id(n), T0), Verdict::Open);
+        }
+    }
+
+    #[test]
+    fn with_the_alarm_alone_no_more_records_are_kept_than_the_alarm() {
+        let alarm_only = RecordLimits { alarm: 3, limit: 0 };
+        let mut w = AccessWatch::new(AccessLimits { person: alarm_only, system: alarm_only });
+        for n in 1..=1000 {
+            let v = w.open(1, false, id(n), T0 + n as i64);
+            assert_eq!(v == Verdict::Alarm { opened: 3 }, n == 3, "record {n}: {v:?}");
+        }
+        assert_eq!(w.hours[&1].opened.len(), 3);
+        // An hour on, the alarm is raised again for one still reading.
+        let later = T0 + WINDOW_MS + 2000;
+        for n in 1001..=1003 {
+            w.open(1, false, id(n), later + n as i64);
+        }
+        assert_eq!(w.hours[&1].alarmed_ms, Some(later + 1003));
+    }
+
+    #[test]
+    fn an_entry_not_written_is_owed_again_and_a_record_made_is_its_makers() {
+        let mut w = AccessWatch::new(LOW);
+        for n in 1..=2 {
+            w.open(1, false, id(n), T0);
+        }
+        let v = w.open(1, false, id(3), T0);
+        assert_eq!(v, Verdict::Alarm { opened: 3 });
+        w.unrecorded(1, v);
+        assert_eq!(w.open(1, false, id(4), T0), Verdict::Alarm { opened: 4 });
+        w.open(1, false, id(5), T0);
+        assert_eq!(w.refuses(1, false, id(6), T0), Some((5, T0 + WINDOW_MS)));
+        assert_eq!(w.refuses(1, false, id(5), T0), None, "opened this hour");
+        assert_eq!(w.refuses(2, false, id(6), T0), None, "someone else");
+        w.created(1, false, id(7), T0 + 1);
+        assert_eq!(w.open(1, false, id(7), T0 + 2), Verdict::Open, "their own new record");
+    }
+
+    #[test]
+    fn a_clock_set_back_does_not_lock_a_person_out_for_ever() {
+        let mut w = AccessWatch::new(LOW);
+        // Opened with the clock a day ahead, then the clock put right.
+        for n in 1..=5 {
+            w.open(1, false, id(n), T0 + 24 * WINDOW_MS);
+        }
+        assert_eq!(w.open(1, false, id(6), T0), Verdict::Open);
+    }
+}
