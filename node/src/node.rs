@@ -846,16 +846,30 @@ impl Node {
             let verdict = self.access.open(who_id, system, id, now);
             match verdict {
                 access::Verdict::Open => {}
-                access::Verdict::Alarm { opened } => {
-                    let detail = serde_json::json!({
+                access::Verdict::Alarm { opened, day } => {
+                    let mut detail = serde_json::json!({
                         "records": opened, "alarm": limits.alarm, "limit": limits.limit, "window_s": access::WINDOW_MS / 1000,
                     });
+                    if let Some(day) = day {
+                        detail["records_day"] = day.into();
+                        detail["day_alarm"] = limits.day_alarm.into();
+                    }
                     // Not written (a full disk): owed again at the next record, not lost for an hour.
                     if let Err(e) = self.store.audit_mut().audit_event("access.unusual", detail, now) {
-                        self.access.unrecorded(who_id, verdict);
+                        self.access.unrecorded(who_id, Some(verdict));
                         return Err(e.into());
                     }
                     tracing::warn!(person = %who_name, records = opened, "unusual access: more different records opened in an hour than the alarm");
+                }
+                access::Verdict::DayAlarm { opened } => {
+                    let detail = serde_json::json!({
+                        "records_day": opened, "day_alarm": limits.day_alarm, "window_s": access::DAY_MS / 1000,
+                    });
+                    if let Err(e) = self.store.audit_mut().audit_event("access.unusual", detail, now) {
+                        self.access.unrecorded(who_id, Some(verdict));
+                        return Err(e.into());
+                    }
+                    tracing::warn!(person = %who_name, records = opened, "unusual access: more different records opened in a day than the alarm");
                 }
                 access::Verdict::Refused { opened, until_ms, first } => {
                     if first {
@@ -864,7 +878,7 @@ impl Node {
                             "window_s": access::WINDOW_MS / 1000, "session": id.to_string(),
                         });
                         if let Err(e) = self.store.audit_mut().audit_event("access.refused", detail, now) {
-                            self.access.unrecorded(who_id, verdict);
+                            self.access.unrecorded(who_id, Some(verdict));
                             return Err(e.into());
                         }
                         tracing::warn!(person = %who_name, records = opened, "unusual access: a new record refused past the limit");

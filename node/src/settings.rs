@@ -242,6 +242,34 @@ const KEYS: &[Key] = &[
         default: "5000",
         help: "as limits.records_per_person_hour, for an integrating system's token",
     },
+    Key {
+        name: "limits.cards_alarm_per_person_hour",
+        flag: None,
+        list: false,
+        default: "2000",
+        help: "different patients one person may be shown on session cards (a list, the callbacks owed) in an hour before the deployer is told (0: never)",
+    },
+    Key {
+        name: "limits.cards_alarm_per_system_hour",
+        flag: None,
+        list: false,
+        default: "20000",
+        help: "as limits.cards_alarm_per_person_hour, for an integrating system's token",
+    },
+    Key {
+        name: "limits.records_alarm_per_person_day",
+        flag: None,
+        list: false,
+        default: "300",
+        help: "different patients' records one person may open through the API in a day before the deployer is told (0: never)",
+    },
+    Key {
+        name: "limits.records_alarm_per_system_day",
+        flag: None,
+        list: false,
+        default: "40000",
+        help: "as limits.records_alarm_per_person_day, for an integrating system's token",
+    },
 ];
 
 /// The environment variable of a key.
@@ -503,10 +531,14 @@ impl Settings {
                 person: crate::node::RecordLimits {
                     alarm: count("limits.records_alarm_per_person_hour")?,
                     limit: count("limits.records_per_person_hour")?,
+                    cards_alarm: count("limits.cards_alarm_per_person_hour")?,
+                    day_alarm: count("limits.records_alarm_per_person_day")?,
                 },
                 system: crate::node::RecordLimits {
                     alarm: count("limits.records_alarm_per_system_hour")?,
                     limit: count("limits.records_per_system_hour")?,
+                    cards_alarm: count("limits.cards_alarm_per_system_hour")?,
+                    day_alarm: count("limits.records_alarm_per_system_day")?,
                 },
             },
         };

@@ -1059,7 +1059,12 @@ fn a_person_opening_more_records_in_an_hour_than_anyone_at_work_is_flagged_then_
     let _node = daemon(
         &amb,
         &["--api", &format!("127.0.0.1:{port}"), "--metrics", &metrics],
-        &[("OUTPOST_LIMITS_RECORDS_ALARM_PER_PERSON_HOUR", "3"), ("OUTPOST_LIMITS_RECORDS_PER_PERSON_HOUR", "5")],
+        &[
+            ("OUTPOST_LIMITS_RECORDS_ALARM_PER_PERSON_HOUR", "3"),
+            ("OUTPOST_LIMITS_RECORDS_PER_PERSON_HOUR", "5"),
+            ("OUTPOST_LIMITS_CARDS_ALARM_PER_PERSON_HOUR", "8"),
+            ("OUTPOST_LIMITS_RECORDS_ALARM_PER_PERSON_DAY", "4"),
+        ],
     );
     let gauge = |name: &str| -> Option<f64> {
         let text = ureq::get(&format!("http://{metrics}/metrics")).call().ok()?.body_mut().read_to_string().ok()?;
@@ -1097,11 +1102,15 @@ fn a_person_opening_more_records_in_an_hour_than_anyone_at_work_is_flagged_then_
         let (status, body) = open(&jo, id);
         assert_eq!(status, 200, "record {n}: {body}");
     }
-    // The third different record in the hour raised the alarm, once, naming who.
+    // The third different record in the hour raised the alarm, once, naming who; the fourth in
+    // the day the day's alarm (one reading a few an hour all day long is flagged too).
     let unusual = entries("access.unusual");
-    assert_eq!(unusual.len(), 1, "{unusual:?}");
-    assert_eq!(unusual[0]["detail"]["by"]["name"], "Jo Reyes");
-    assert_eq!(unusual[0]["detail"]["records"], 3);
+    assert_eq!(unusual.len(), 2, "{unusual:?}");
+    assert!(unusual.iter().all(|e| e["detail"]["by"]["name"] == "Jo Reyes"), "{unusual:?}");
+    assert_eq!(
+        (unusual[0]["detail"]["records"].as_u64(), unusual[1]["detail"]["records_day"].as_u64()),
+        (Some(3), Some(4))
+    );
 
     // The sixth is refused, its export too, with what to do; nothing of it is shown.
     let (status, body) = open(&jo, &ids[5]);
@@ -1143,6 +1152,20 @@ fn a_person_opening_more_records_in_an_hour_than_anyone_at_work_is_flagged_then_
     assert_eq!(open(&jo, &ids[0]).0, 200);
     // And nobody else is held back.
     assert_eq!(open(&sam, &ids[5]).0, 200);
+    // A list shows every card's patient at once: the different patients a person is shown on
+    // cards in an hour have an alarm of their own (8 here; a list is never refused: it is the
+    // worklist).
+    let (status, cards) = api.call("GET", "/api/sessions?limit=10000", Some(&sam), None);
+    assert_eq!((status, cards.as_array().map(Vec::len)), (200, Some(8)), "{cards}");
+    let by_sam: Vec<Value> =
+        entries("access.unusual").into_iter().filter(|e| e["detail"]["by"]["name"] == "Sam Patel").collect();
+    assert_eq!(by_sam.len(), 1, "{by_sam:?}");
+    assert_eq!((by_sam[0]["detail"]["cards"].as_u64(), by_sam[0]["detail"]["via"].as_str()), (Some(8), Some("api")));
+    // Once an hour: a list with a new card (a ninth patient) raises it no more.
+    assert_eq!(api.call("POST", "/api/sessions", Some(&sam), Some(new.clone())).0, 201);
+    let (status, cards) = api.call("GET", "/api/sessions?limit=10000", Some(&sam), None);
+    assert_eq!((status, cards.as_array().map(Vec::len)), (200, Some(9)), "{cards}");
+    assert_eq!(entries("access.unusual").len(), 3, "once an hour");
 
     // The deployer hears of it without reading the chain: status (CLI, JSON) and metrics; a
     // colleague signed in (or Jo's token) does not.
@@ -1153,12 +1176,18 @@ fn a_person_opening_more_records_in_an_hour_than_anyone_at_work_is_flagged_then_
     }
     let st = json(&ok(&["status", "--dir", d(&amb), "--json"]));
     let flagged = st["unusual_access"].as_array().unwrap();
-    assert_eq!(flagged.len(), 1, "{st}");
-    assert_eq!(flagged[0]["person"], "Jo Reyes");
-    assert_eq!((flagged[0]["refused"].as_bool(), flagged[0]["records"].as_u64()), (Some(true), Some(5)));
+    assert_eq!(flagged.len(), 2, "{st}");
+    let of = |name: &str| flagged.iter().find(|f| f["person"] == name).unwrap_or_else(|| panic!("{name}: {st}"));
+    let jo = of("Jo Reyes");
+    let jo_flag = (jo["refused"].as_bool(), jo["records"].as_u64(), jo["records_day"].as_u64());
+    assert_eq!(jo_flag, (Some(true), Some(5), Some(4)));
+    let sam_flag = (of("Sam Patel")["refused"].as_bool(), of("Sam Patel")["cards"].as_u64());
+    assert_eq!(sam_flag, (Some(false), Some(8)));
     let text = ok(&["status", "--dir", d(&amb)]);
-    assert!(text.contains("unusual access: Jo Reyes"), "{text}");
-    wait_until(LIMIT, "the metrics to count the person flagged", || gauge("outpost_unusual_access") == Some(1.0));
+    assert!(text.contains("unusual access: Jo Reyes (paramedic) opened 5 different"), "{text}");
+    assert!(text.contains("and opened 4 different patients' records within a day"), "{text}");
+    assert!(text.contains("unusual access: Sam Patel (paramedic) was shown 8 different patients"), "{text}");
+    wait_until(LIMIT, "the metrics to count the people flagged", || gauge("outpost_unusual_access") == Some(2.0));
     let verify = json(&ok(&["audit", "verify", "--dir", d(&amb), "--json"]));
     assert!(verify["broken_at"].is_null(), "{verify}");
 }

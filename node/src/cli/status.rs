@@ -99,14 +99,24 @@ pub(crate) fn run_status(args: StatusArgs) -> anyhow::Result<()> {
             );
         }
         for u in &st.unusual_access {
+            let mut what = Vec::new();
+            if u.records > 0 {
+                let refused = if u.refused { ", and new ones were refused past the limit" } else { "" };
+                what.push(format!("opened {} different patients' records within an hour{refused}", u.records));
+            }
+            if u.records_day > 0 {
+                what.push(format!("opened {} different patients' records within a day", u.records_day));
+            }
+            if u.cards > 0 {
+                what.push(format!("was shown {} different patients on session cards within an hour", u.cards));
+            }
             println!(
-                "unusual access: {person}{role} opened {records} different patients' records within an hour{refused} \
-                 ({ago} ago): find out whether that was their work; if their token may have been taken, `outpost \
-                 user disable` ends it (`outpost audit show` lists the access entries and what they opened)",
+                "unusual access: {person}{role} {what} ({ago} ago): find out whether that was their work; if their \
+                 token may have been taken, `outpost user disable` ends it (`outpost audit show` lists the access \
+                 entries and what they opened)",
                 person = u.person,
                 role = u.role.as_deref().map(|r| format!(" ({r})")).unwrap_or_default(),
-                records = u.records,
-                refused = if u.refused { ", and new ones were refused past the limit" } else { "" },
+                what = what.join(", and "),
                 ago = ago(now - u.at_ms),
             );
         }

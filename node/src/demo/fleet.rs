@@ -165,7 +165,10 @@ pub async fn run(root: &Path, serve: bool) -> anyhow::Result<()> {
     let loopback = Some("127.0.0.1:0".parse()?);
     // The tablet flags a person who opens the 3rd different record in an hour and refuses one
     // past the 5th, so that the demo can show it (a deployed node: 60 and 200).
-    let records = AccessLimits { person: RecordLimits { alarm: 3, limit: 5 }, ..AccessLimits::default() };
+    let records = AccessLimits {
+        person: RecordLimits { alarm: 3, limit: 5, cards_alarm: 2_000, day_alarm: 300 },
+        ..AccessLimits::default()
+    };
     let amb_opts = RunOptions {
         peers: vec![link.local_addr.into()],
         api: loopback,

@@ -12,6 +12,9 @@ use sync_protocol::session::SessionId;
 
 /// The window counted: different records opened in the last hour.
 pub const WINDOW_MS: i64 = 60 * 60 * 1000;
+/// The longer window: different records opened in the last day (someone who stays under the
+/// hour's alarm all day long).
+pub const DAY_MS: i64 = 24 * WINDOW_MS;
 
 /// The thresholds for one kind of caller. Zero turns a threshold off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -21,6 +24,12 @@ pub struct RecordLimits {
     /// Different records in an hour past which a record not already opened in that hour is
     /// refused.
     pub limit: usize,
+    /// Different patients' cards shown in one kind of list (the app's list, the callbacks
+    /// owed; not the event stream, which pushes every change to everyone) in an hour at which
+    /// the person is flagged. A list is the worklist: it is never refused.
+    pub cards_alarm: usize,
+    /// Different records opened in a day at which the person is flagged (once a day).
+    pub day_alarm: usize,
 }
 
 /// The thresholds for people and for integrating systems.
@@ -34,11 +43,14 @@ pub struct AccessLimits {
 
 impl Default for AccessLimits {
     /// A consultant working through a list opens a few dozen records in a busy hour; 60 is
-    /// more than a shift's work in an hour, 200 is three a minute for the whole hour.
+    /// more than a shift's work in an hour, 200 is three a minute for the whole hour. The app
+    /// lists 500 sessions a screen, a few hundred of them open work: 2,000 different patients
+    /// on cards in an hour is four such screens of different patients. A consultant's full day
+    /// of advice and guidance is a hundred or so records; 300 in a day is flagged.
     fn default() -> Self {
         AccessLimits {
-            person: RecordLimits { alarm: 60, limit: 200 },
-            system: RecordLimits { alarm: 2_000, limit: 5_000 },
+            person: RecordLimits { alarm: 60, limit: 200, cards_alarm: 2_000, day_alarm: 300 },
+            system: RecordLimits { alarm: 2_000, limit: 5_000, cards_alarm: 20_000, day_alarm: 40_000 },
         }
     }
 }
@@ -52,6 +64,14 @@ pub enum Verdict {
     /// hour): record it once.
     Alarm {
         /// Different records in the hour, this one included.
+        opened: usize,
+        /// The day's alarm, due on the same record (`opened` in the day): one entry says both.
+        day: Option<usize>,
+    },
+    /// Open it; this person has just reached the day's alarm (`opened` different records in
+    /// the last day): record it once a day.
+    DayAlarm {
+        /// Different records in the day, this one included.
         opened: usize,
     },
     /// Refuse it: `opened` different records this hour already, at the limit.
@@ -74,6 +94,14 @@ struct Hour {
     alarmed_ms: Option<i64>,
     /// When a refusal was last recorded.
     refusal_recorded_ms: Option<i64>,
+    /// When the alarm for cards shown was last raised.
+    cards_alarmed_ms: Option<i64>,
+    /// Each record opened in the last day (counted, not refused), with when it was last.
+    day: HashMap<SessionId, i64>,
+    /// When `day` was last pruned.
+    day_pruned_ms: i64,
+    /// When the day's alarm was last raised.
+    day_alarmed_ms: Option<i64>,
 }
 
 impl Hour {
@@ -83,6 +111,29 @@ impl Hour {
 
     fn recent(at: Option<i64>, now: i64) -> bool {
         at.is_some_and(|t| now - t < WINDOW_MS && t <= now + WINDOW_MS)
+    }
+
+    /// A record counted today: whether the day's alarm is due (once a day).
+    fn count_day(&mut self, id: SessionId, limits: RecordLimits, now: i64) -> Option<usize> {
+        if limits.day_alarm == 0 {
+            return None;
+        }
+        if now - self.day_pruned_ms >= 60_000 || now < self.day_pruned_ms {
+            self.day.retain(|_, at| now - *at < DAY_MS && *at <= now + WINDOW_MS);
+            self.day_pruned_ms = now;
+        }
+        // With no hourly limit, no more are kept than the alarm needs (the hour's limit bounds
+        // a day to 24 hours' worth otherwise).
+        if limits.limit > 0 || self.day.len() < limits.day_alarm || self.day.contains_key(&id) {
+            self.day.insert(id, now);
+        }
+        let opened = self.day.len();
+        let alarmed = self.day_alarmed_ms.is_some_and(|t| now - t < DAY_MS && t <= now + WINDOW_MS);
+        if opened >= limits.day_alarm && !alarmed {
+            self.day_alarmed_ms = Some(now);
+            return Some(opened);
+        }
+        None
     }
 }
 
@@ -108,14 +159,14 @@ impl AccessWatch {
     /// Person `who` (an integrating system if `system`) opens record `id` at `now`.
     pub fn open(&mut self, who: i64, system: bool, id: SessionId, now: i64) -> Verdict {
         let limits = if system { self.limits.system } else { self.limits.person };
-        if limits.alarm == 0 && limits.limit == 0 {
+        if limits.alarm == 0 && limits.limit == 0 && limits.day_alarm == 0 {
             return Verdict::Open;
         }
         if self.hours.len() > 4096 {
             // Forget the callers with nothing in the last hour (a node has few people).
             self.hours.retain(|_, h| {
                 h.prune(now);
-                !h.opened.is_empty()
+                !h.opened.is_empty() || !h.day.is_empty()
             });
         }
         let hour = self.hours.entry(who).or_default();
@@ -123,7 +174,12 @@ impl AccessWatch {
         if let Some(at) = hour.opened.get_mut(&id) {
             // A record already opened this hour: work under way is never cut off.
             *at = now;
-            return Verdict::Open;
+            // Counted in the day too (a record they created is counted at its first opening),
+            // and a day's alarm owed (its entry not written) is due here as at a new record.
+            return match hour.count_day(id, limits, now) {
+                Some(opened) => Verdict::DayAlarm { opened },
+                None => Verdict::Open,
+            };
         }
         let opened = hour.opened.len();
         if limits.limit > 0 && opened >= limits.limit {
@@ -140,11 +196,16 @@ impl AccessWatch {
             hour.opened.insert(id, now);
         }
         let opened = hour.opened.len();
+        let day = hour.count_day(id, limits, now);
         if limits.alarm > 0 && opened >= limits.alarm && !Hour::recent(hour.alarmed_ms, now) {
             hour.alarmed_ms = Some(now);
-            return Verdict::Alarm { opened };
+            // Both at once (rare): one entry says both, so neither waits on a next record.
+            return Verdict::Alarm { opened, day };
         }
-        Verdict::Open
+        match day {
+            Some(opened) => Verdict::DayAlarm { opened },
+            None => Verdict::Open,
+        }
     }
 
     /// Whether `who` would be refused record `id` at `now`, without counting it: `Some` with
@@ -161,11 +222,27 @@ impl AccessWatch {
         (times.len() >= limit).then(|| (times.len(), times.iter().min().copied().unwrap_or(now) + WINDOW_MS))
     }
 
+    /// `who` (an integrating system if `system`) has now been shown `cards` different
+    /// patients' cards in one kind of list within the hour: whether that raises the alarm
+    /// (once an hour; [`AccessWatch::unrecorded`] with `None` if its entry is not written).
+    pub fn shown(&mut self, who: i64, system: bool, cards: usize, now: i64) -> bool {
+        let alarm = if system { self.limits.system.cards_alarm } else { self.limits.person.cards_alarm };
+        if alarm == 0 || cards < alarm {
+            return false;
+        }
+        let hour = self.hours.entry(who).or_default();
+        if Hour::recent(hour.cards_alarmed_ms, now) {
+            return false;
+        }
+        hour.cards_alarmed_ms = Some(now);
+        true
+    }
+
     /// `who` made record `id` (a new session): theirs to open again this hour, whatever the
     /// limit (a crew never loses sight of the request it just sent).
     pub fn created(&mut self, who: i64, system: bool, id: SessionId, now: i64) {
         let limits = if system { self.limits.system } else { self.limits.person };
-        if limits.alarm == 0 && limits.limit == 0 {
+        if limits.alarm == 0 && limits.limit == 0 && limits.day_alarm == 0 {
             return;
         }
         let hour = self.hours.entry(who).or_default();
@@ -175,12 +252,20 @@ impl AccessWatch {
 
     /// The entry `verdict` called for could not be written: it is owed again at the next
     /// record opened, not forgotten for an hour.
-    pub fn unrecorded(&mut self, who: i64, verdict: Verdict) {
+    /// (`None`: the alarm for cards shown.)
+    pub fn unrecorded(&mut self, who: i64, verdict: Option<Verdict>) {
         let Some(hour) = self.hours.get_mut(&who) else { return };
         match verdict {
-            Verdict::Alarm { .. } => hour.alarmed_ms = None,
-            Verdict::Refused { first: true, .. } => hour.refusal_recorded_ms = None,
-            _ => {}
+            None => hour.cards_alarmed_ms = None,
+            Some(Verdict::Alarm { day, .. }) => {
+                hour.alarmed_ms = None;
+                if day.is_some() {
+                    hour.day_alarmed_ms = None;
+                }
+            }
+            Some(Verdict::DayAlarm { .. }) => hour.day_alarmed_ms = None,
+            Some(Verdict::Refused { first: true, .. }) => hour.refusal_recorded_ms = None,
+            Some(_) => {}
         }
     }
 }
@@ -190,8 +275,10 @@ mod tests {
     use super::*;
 
     const T0: i64 = 1_796_360_400_000;
-    const LOW: AccessLimits =
-        AccessLimits { person: RecordLimits { alarm: 3, limit: 5 }, system: RecordLimits { alarm: 0, limit: 8 } };
+    const LOW: AccessLimits = AccessLimits {
+        person: RecordLimits { alarm: 3, limit: 5, cards_alarm: 10, day_alarm: 0 },
+        system: RecordLimits { alarm: 0, limit: 8, cards_alarm: 0, day_alarm: 0 },
+    };
 
     fn id(n: u128) -> SessionId {
         SessionId::from_parts(T0, n)
@@ -202,7 +289,7 @@ mod tests {
         let mut w = AccessWatch::new(LOW);
         assert_eq!(w.open(1, false, id(1), T0), Verdict::Open);
         assert_eq!(w.open(1, false, id(2), T0 + 1), Verdict::Open);
-        assert_eq!(w.open(1, false, id(3), T0 + 2), Verdict::Alarm { opened: 3 });
+        assert_eq!(w.open(1, false, id(3), T0 + 2), Verdict::Alarm { opened: 3, day: None });
         assert_eq!(w.open(1, false, id(4), T0 + 3), Verdict::Open, "the alarm is raised once an hour");
         assert_eq!(w.open(1, false, id(5), T0 + 4), Verdict::Open);
         assert_eq!(
@@ -245,7 +332,7 @@ mod tests {
         let day = T0 + 24 * WINDOW_MS;
         assert_eq!(w.open(1, false, id(10), day), Verdict::Open);
         assert_eq!(w.open(1, false, id(11), day), Verdict::Open);
-        assert_eq!(w.open(1, false, id(12), day), Verdict::Alarm { opened: 3 });
+        assert_eq!(w.open(1, false, id(12), day), Verdict::Alarm { opened: 3, day: None });
     }
 
     #[test]
@@ -256,8 +343,8 @@ mod tests {
         }
         assert!(matches!(w.open(9, true, id(9), T0), Verdict::Refused { opened: 8, .. }));
         let mut off = AccessWatch::new(AccessLimits {
-            person: RecordLimits { alarm: 0, limit: 0 },
-            system: RecordLimits { alarm: 0, limit: 0 },
+            person: RecordLimits { alarm: 0, limit: 0, cards_alarm: 0, day_alarm: 0 },
+            system: RecordLimits { alarm: 0, limit: 0, cards_alarm: 0, day_alarm: 0 },
         });
         for n in 1..=1000 {
             assert_eq!(off.open(1, false, id(n), T0), Verdict::Open);
@@ -266,11 +353,11 @@ mod tests {
 
     #[test]
     fn with_the_alarm_alone_no_more_records_are_kept_than_the_alarm() {
-        let alarm_only = RecordLimits { alarm: 3, limit: 0 };
+        let alarm_only = RecordLimits { alarm: 3, limit: 0, cards_alarm: 0, day_alarm: 0 };
         let mut w = AccessWatch::new(AccessLimits { person: alarm_only, system: alarm_only });
         for n in 1..=1000 {
             let v = w.open(1, false, id(n), T0 + n as i64);
-            assert_eq!(v == Verdict::Alarm { opened: 3 }, n == 3, "record {n}: {v:?}");
+            assert_eq!(v == Verdict::Alarm { opened: 3, day: None }, n == 3, "record {n}: {v:?}");
         }
         assert_eq!(w.hours[&1].opened.len(), 3);
         // An hour on, the alarm is raised again for one still reading.
@@ -288,15 +375,88 @@ mod tests {
             w.open(1, false, id(n), T0);
         }
         let v = w.open(1, false, id(3), T0);
-        assert_eq!(v, Verdict::Alarm { opened: 3 });
-        w.unrecorded(1, v);
-        assert_eq!(w.open(1, false, id(4), T0), Verdict::Alarm { opened: 4 });
+        assert_eq!(v, Verdict::Alarm { opened: 3, day: None });
+        w.unrecorded(1, Some(v));
+        assert_eq!(w.open(1, false, id(4), T0), Verdict::Alarm { opened: 4, day: None });
         w.open(1, false, id(5), T0);
         assert_eq!(w.refuses(1, false, id(6), T0), Some((5, T0 + WINDOW_MS)));
         assert_eq!(w.refuses(1, false, id(5), T0), None, "opened this hour");
         assert_eq!(w.refuses(2, false, id(6), T0), None, "someone else");
         w.created(1, false, id(7), T0 + 1);
         assert_eq!(w.open(1, false, id(7), T0 + 2), Verdict::Open, "their own new record");
+    }
+
+    #[test]
+    fn cards_shown_raise_their_own_alarm_once_an_hour() {
+        let mut w = AccessWatch::new(LOW);
+        assert!(!w.shown(1, false, 9, T0));
+        assert!(w.shown(1, false, 10, T0 + 1));
+        assert!(!w.shown(1, false, 500, T0 + 2), "once an hour");
+        assert!(!w.shown(9, true, 10_000, T0), "off for systems here");
+        w.unrecorded(1, None);
+        assert!(w.shown(1, false, 11, T0 + 3), "owed again when its entry was not written");
+        assert!(w.shown(1, false, 10, T0 + 3 + WINDOW_MS), "an hour on");
+        // The records' alarm is apart.
+        for n in 1..=2 {
+            assert_eq!(w.open(1, false, id(n), T0 + 4), Verdict::Open);
+        }
+        assert_eq!(w.open(1, false, id(3), T0 + 4), Verdict::Alarm { opened: 3, day: None });
+    }
+
+    #[test]
+    fn one_who_stays_under_the_hours_alarm_all_day_is_flagged_once_a_day() {
+        let slow = RecordLimits { alarm: 60, limit: 200, cards_alarm: 0, day_alarm: 300 };
+        let mut w = AccessWatch::new(AccessLimits { person: slow, system: slow });
+        let mut flagged = Vec::new();
+        // 50 different records an hour, every hour, for two days.
+        for n in 0..2400u128 {
+            let at = T0 + (n as i64) * (WINDOW_MS / 50);
+            match w.open(1, false, id(n), at) {
+                Verdict::Open => {}
+                Verdict::DayAlarm { opened } => flagged.push((n, opened)),
+                other => panic!("record {n}: {other:?}"),
+            }
+        }
+        // The 300th record of the first day, then a day later again.
+        assert_eq!(flagged.first(), Some(&(299, 300)), "{flagged:?}");
+        assert_eq!(flagged.len(), 2, "{flagged:?}");
+        assert!(flagged[1].0 >= 299 + 1200, "{flagged:?}");
+        // Memory: a day's records at most.
+        assert!(w.hours[&1].day.len() <= 1200 + 1, "{}", w.hours[&1].day.len());
+    }
+
+    #[test]
+    fn the_hours_and_the_days_alarm_due_on_one_record_are_both_told() {
+        let both = RecordLimits { alarm: 3, limit: 5, cards_alarm: 0, day_alarm: 3 };
+        let mut w = AccessWatch::new(AccessLimits { person: both, system: both });
+        for n in 1..=2 {
+            assert_eq!(w.open(1, false, id(n), T0), Verdict::Open);
+        }
+        let v = w.open(1, false, id(3), T0);
+        assert_eq!(v, Verdict::Alarm { opened: 3, day: Some(3) });
+        // Not written: both owed again, at the next record, even one opened before.
+        w.unrecorded(1, Some(v));
+        assert_eq!(w.open(1, false, id(1), T0 + 1), Verdict::DayAlarm { opened: 3 });
+        assert_eq!(w.open(1, false, id(4), T0 + 2), Verdict::Alarm { opened: 4, day: None });
+    }
+
+    #[test]
+    fn with_the_days_alarm_alone_no_more_records_are_kept_than_it_needs() {
+        let day_only = RecordLimits { alarm: 0, limit: 0, cards_alarm: 0, day_alarm: 5 };
+        let mut w = AccessWatch::new(AccessLimits { person: day_only, system: day_only });
+        let mut flagged = 0;
+        for n in 1..=10_000u128 {
+            match w.open(1, false, id(n), T0 + n as i64) {
+                Verdict::Open => {}
+                Verdict::DayAlarm { opened: 5 } => flagged += 1,
+                other => panic!("record {n}: {other:?}"),
+            }
+        }
+        assert_eq!(flagged, 1);
+        assert!(w.hours[&1].day.len() <= 5 && w.hours[&1].opened.is_empty());
+        // A clock set back more than an hour starts the day again, not for ever locked.
+        assert_eq!(w.open(1, false, id(1), T0 - 2 * WINDOW_MS), Verdict::Open);
+        assert_eq!(w.hours[&1].day.len(), 1);
     }
 
     #[test]

@@ -113,13 +113,38 @@ impl Node {
         let mut new: Vec<SessionId> = ids.into_iter().filter(|id| !seen.contains_key(id)).collect();
         new.sort_unstable();
         new.dedup();
-        if new.is_empty() {
-            return Ok(0);
+        if !new.is_empty() {
+            self.store.audit_mut().audit_shown(&new, via, now)?;
+            // Remembered only once the entry is on disk: a failed write is tried again next time.
+            let seen = self.shown.entry(person).or_default();
+            seen.extend(new.iter().map(|id| (*id, now)));
         }
-        self.store.audit_mut().audit_shown(&new, via, now)?;
-        // Remembered only once the entry is on disk: a failed write is tried again next time.
-        let seen = self.shown.entry(person).or_default();
-        seen.extend(new.iter().map(|id| (*id, now)));
+        let cards = self.shown.get(&person).map_or(0, |seen| seen.len());
+        // So many different patients in an hour is flagged for the deployer (the list itself
+        // is never refused: it is the worklist). Checked at every list, not only one with a
+        // new card, so that an alarm whose entry was not written is owed at the next list. Not
+        // the event stream's cards: every change is pushed to everyone signed in, asked for or
+        // not, and it shows no more than changes.
+        if let Some(who) = self.acting.as_ref().filter(|_| via != "events") {
+            let (id, system) = (who.id, who.role == crate::store::people::PersonRole::System);
+            if self.access.shown(id, system, cards, now) {
+                let limits = self.access.limits();
+                let alarm = if system { limits.system.cards_alarm } else { limits.person.cards_alarm };
+                let detail = serde_json::json!({
+                    "cards": cards, "via": via, "cards_alarm": alarm, "window_s": super::access::WINDOW_MS / 1000,
+                });
+                match self.store.audit_mut().audit_event("access.unusual", detail, now) {
+                    Ok(_) => {
+                        tracing::warn!(person = %who.name, cards, via, "unusual access: more different patients shown on cards in an hour than the alarm");
+                    }
+                    // The cards were recorded as shown: the list is not withheld for the alarm.
+                    Err(e) => {
+                        self.access.unrecorded(id, None);
+                        tracing::error!(person = %who.name, cards, via, "unusual access not recorded (owed at the next list): {e}");
+                    }
+                }
+            }
+        }
         Ok(new.len())
     }
 

@@ -45,11 +45,13 @@ pub struct NodeStatus {
     /// lost on that device since (restored from a backup, or cut back), each also a
     /// `peer.audit_behind` entry in this node's chain.
     pub audit_peer_losses: Vec<crate::store::AuditLoss>,
-    /// People (or integrating systems) who opened more different patients' records through
-    /// the local API in an hour than the alarm (`limits.records_alarm_per_person_hour`) in the
-    /// last day, and whether new records were refused them: each also an `access.unusual` or
-    /// `access.refused` entry in the audit chain, naming them. For the deployer (`outpost
-    /// status`): always empty through the API, whose callers include the person flagged.
+    /// People (or integrating systems) flagged in the last day: more different patients'
+    /// records opened through the local API in an hour (`limits.records_alarm_per_person_hour`)
+    /// or in a day (`limits.records_alarm_per_person_day`), or more different patients shown on
+    /// cards in an hour (`limits.cards_alarm_per_person_hour`), and whether new records were
+    /// refused them: each also an `access.unusual` or `access.refused` entry in the audit
+    /// chain, naming them. For the deployer (`outpost status`): always empty through the API,
+    /// whose callers include the person flagged.
     pub unusual_access: Vec<crate::store::UnusualAccess>,
     /// The peers connected now (only a running daemon knows: `GET /api/status`).
     #[serde(skip_serializing_if = "Option::is_none")]

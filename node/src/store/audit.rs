@@ -202,7 +202,8 @@ impl<S: Deref<Target = Store>> Audit<S> {
 
     /// The people flagged for unusual access (`access.unusual`, `access.refused`) in entries
     /// written at or after `since_ms` (by their time), newest first, at most `most` entries
-    /// read (each is written at most once an hour per person).
+    /// read (a few an hour per person at most: the hour's, the cards' and a refusal once an
+    /// hour each, the day's once a day).
     pub fn unusual_access(&self, since_ms: i64, most: usize) -> Result<Vec<UnusualAccess>, StoreError> {
         let ctx = "reading the audit chain";
         let mut stmt = self
@@ -226,16 +227,22 @@ impl<S: Deref<Target = Store>> Audit<S> {
             let by = &detail["by"];
             let person = by["name"].as_str().or(by["account"].as_str()).unwrap_or("someone unnamed").to_string();
             let records = detail["records"].as_u64().unwrap_or(0);
+            let cards = detail["cards"].as_u64().unwrap_or(0);
+            let records_day = detail["records_day"].as_u64().unwrap_or(0);
             let refused = action == "access.refused";
             match out.iter_mut().find(|u| u.person == person) {
                 Some(u) => {
                     u.records = u.records.max(records);
+                    u.cards = u.cards.max(cards);
+                    u.records_day = u.records_day.max(records_day);
                     u.refused |= refused;
                 }
                 None => out.push(UnusualAccess {
                     person,
                     role: by["role"].as_str().map(str::to_string),
                     records,
+                    cards,
+                    records_day,
                     refused,
                     at_ms,
                 }),

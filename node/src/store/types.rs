@@ -197,8 +197,9 @@ pub struct AuditLoss {
     pub seen: u64,
 }
 
-/// A person (or integrating system) who opened more different patients' records through
-/// the local API in an hour than the node's alarm, from the audit chain's `access.unusual` and
+/// A person (or integrating system) flagged for unusual access through the local API: more
+/// different patients' records opened in an hour or in a day, or more different patients shown
+/// on cards in an hour, than the node's alarms; from the audit chain's `access.unusual` and
 /// `access.refused` entries of the last day.
 #[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnusualAccess {
@@ -208,6 +209,12 @@ pub struct UnusualAccess {
     pub role: Option<String>,
     /// The most different records they had opened in an hour when an entry was written.
     pub records: u64,
+    /// The most different patients they had been shown on cards in one kind of list in an
+    /// hour when an entry was written (0: none flagged).
+    pub cards: u64,
+    /// The most different records they had opened in a day when an entry was written (0:
+    /// none flagged).
+    pub records_day: u64,
     /// Whether new records were refused them (the limit reached).
     pub refused: bool,
     /// When the latest such entry was written.
