@@ -100,7 +100,8 @@ pub struct Escalation {
     pub connected_s: Option<f64>,
     /// Why a callback was arranged instead, the router's cause
     /// (`sync_protocol::call::CallbackCause::as_str`: `link`, `line closed` (closed now, or
-    /// taking no calls), `no rota`, `no answer`, `case not delivered`, `out-of-area hub silent`).
+    /// taking no calls), `no rota`, `no answer`, `case not delivered`, `out-of-area hub silent`,
+    /// `too many calls`).
     pub callback: Option<String>,
 }
 

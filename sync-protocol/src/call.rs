@@ -534,6 +534,10 @@ pub enum CallbackCause {
     CaseNotDelivered,
     /// The federated hub the call was handed to did not settle it within [`FEDERATE_WAIT_MS`].
     OutOfAreaSilent,
+    /// The requesting device already had as many calls being put through, or had asked for as
+    /// many in the last hour, as one device may ([`MAX_LIVE_CALLS_PER_REQUESTER`],
+    /// [`MAX_CALLS_PER_REQUESTER_HOUR`]).
+    TooManyCalls,
 }
 
 impl CallbackCause {
@@ -546,9 +550,20 @@ impl CallbackCause {
             CallbackCause::NoAnswer => "no answer",
             CallbackCause::CaseNotDelivered => "case not delivered",
             CallbackCause::OutOfAreaSilent => "out-of-area hub silent",
+            CallbackCause::TooManyCalls => "too many calls",
         }
     }
 }
+
+/// Calls one requesting device may have being put through at once (from its first step at
+/// the hub until it connects or ends): a crew asks for one, a surgery's GPs for a few. Past
+/// it, the escalation ends at once in a callback that says why: consultants are not rung by
+/// one device's flood (a stolen tablet asking for a call in every session it can make).
+pub const MAX_LIVE_CALLS_PER_REQUESTER: usize = 4;
+
+/// Calls one requesting device may start in an hour (a whole ICB's ambulances ask for 10 to
+/// 15 calls a day). Past it, the escalation ends at once in a callback that says why.
+pub const MAX_CALLS_PER_REQUESTER_HOUR: usize = 20;
 
 /// How long the router waits for some desk of the rota to hold the whole session before it
 /// offers a callback instead, ms.

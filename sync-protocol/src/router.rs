@@ -11,11 +11,12 @@
 //! of another ICB only when the call was handed to it, and then shares the session with its own
 //! rota's desks first so that they may hold it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::TimeMs;
 use crate::call::{
-    ADPCM_32K, Action, CallState, CallbackCause, GateListen, Listen, PathQuality, calls_of, next_action, waits_until,
+    ADPCM_32K, Action, CallState, CallbackCause, GateListen, Listen, MAX_CALLS_PER_REQUESTER_HOUR,
+    MAX_LIVE_CALLS_PER_REQUESTER, PathQuality, calls_of, next_action, waits_until,
 };
 use crate::directory::LineEntry;
 use crate::routing::{GateFigures, RoutingEntry, Since, Verdict};
@@ -280,6 +281,34 @@ pub enum PlantedBug {
     FlagsOutcomesAtOnce,
 }
 
+impl Followed {
+    /// Followed from `now`, nothing done for it yet.
+    fn from(now: TimeMs) -> Followed {
+        Followed {
+            seen_ms: now,
+            quality: None,
+            listening: None,
+            wake_ms: None,
+            requester: None,
+            waiting: None,
+            call: None,
+        }
+    }
+}
+
+/// How often a call waiting behind its device's others is looked at again, ms.
+const TURN_POLL_MS: TimeMs = 5_000;
+
+/// What [`Router::take_on`] came to.
+enum TakeOn {
+    /// Counted: route it.
+    Taken,
+    /// Past the hour's calls for its device: this callback ends it.
+    Refused(Decision),
+    /// Its device has as many calls being put through as it may: it waits its turn.
+    Wait(Decision),
+}
+
 /// One escalation the router follows.
 #[derive(Debug, Clone)]
 struct Followed {
@@ -291,6 +320,14 @@ struct Followed {
     listening: Option<GateListen>,
     /// When to step it again without a change to the session.
     wake_ms: Option<TimeMs>,
+    /// The device that asked for it, once the call is counted against it
+    /// ([`Router::take_on`]).
+    requester: Option<String>,
+    /// The device whose calls this one waits behind ([`MAX_LIVE_CALLS_PER_REQUESTER`]).
+    waiting: Option<String>,
+    /// The call counted ([`Router::take_on`]): the session's first open escalation then. Another
+    /// call of the session becoming the open one is a call of its own, counted afresh.
+    call: Option<String>,
 }
 
 /// The hub's call router over time, in the manner of a sans-IO protocol state machine: which
@@ -309,6 +346,8 @@ pub struct Router {
     outcome_wait_ms: TimeMs,
     followed: BTreeMap<DocId, Followed>,
     outcomes: BTreeMap<DocId, TimeMs>,
+    /// When each requesting device's calls were taken on, in the last hour.
+    taken: BTreeMap<String, VecDeque<TimeMs>>,
     planted: Option<PlantedBug>,
 }
 
@@ -322,6 +361,7 @@ impl Router {
             outcome_wait_ms,
             followed: BTreeMap::new(),
             outcomes: BTreeMap::new(),
+            taken: BTreeMap::new(),
             planted: None,
         }
     }
@@ -342,12 +382,7 @@ impl Router {
     /// The session changed, or holds an open escalation (see [`Router::wants`]): follow it from
     /// `now` if not yet followed, and step it at once (unless the gate is listening).
     pub fn follow(&mut self, doc: DocId, now: TimeMs) {
-        let f = self.followed.entry(doc).or_insert(Followed {
-            seen_ms: now,
-            quality: None,
-            listening: None,
-            wake_ms: None,
-        });
+        let f = self.followed.entry(doc).or_insert_with(|| Followed::from(now));
         if f.listening.is_none() {
             f.wake_ms = Some(now);
         }
@@ -392,10 +427,34 @@ impl Router {
         holders: &[String],
         now: TimeMs,
     ) -> Step {
+        let open = calls_of(view).into_iter().find(|c| c.is_open()).map(|c| c.call);
         let Some(f) = self.followed.get_mut(&doc) else { return Step::NotFollowed };
         if f.listening.is_some() {
             return Step::Listening;
         }
+        if (f.requester.is_some() || f.waiting.is_some()) && f.call != open {
+            // The call counted ended without this router deciding it (its requester, or a desk,
+            // asked for a callback) and another of the session's escalations is open: a tablet
+            // ending each call it asked for, with the next already asked, would otherwise have
+            // every one rung on one count. It is counted, measured and waited for afresh.
+            *f = Followed::from(now);
+        }
+        if f.requester.is_none() {
+            match self.take_on(doc, view, now) {
+                TakeOn::Taken => {}
+                TakeOn::Refused(refused) => {
+                    self.followed.remove(&doc);
+                    return Step::Decided(refused);
+                }
+                TakeOn::Wait(wait) => {
+                    if let Some(f) = self.followed.get_mut(&doc) {
+                        f.wake_ms = wait.wait_until;
+                    }
+                    return Step::Decided(wait);
+                }
+            }
+        }
+        let Some(f) = self.followed.get_mut(&doc) else { return Step::NotFollowed };
         let hub = Hub { name: &self.name, icb: self.icb.as_deref() };
         let Some(decision) = route(hub, view, line, holders, f.quality.as_ref(), f.seen_ms, now) else {
             self.followed.remove(&doc);
@@ -432,6 +491,80 @@ impl Router {
             }
         }
         Step::Decided(decision)
+    }
+
+    /// The first step for a followed session's escalation: counted against its requesting
+    /// device; refused with a callback that says why when that device has had
+    /// [`MAX_CALLS_PER_REQUESTER_HOUR`] calls taken on (or waiting to be) in the last hour;
+    /// made to wait its turn, ringing no one, while the device has
+    /// [`MAX_LIVE_CALLS_PER_REQUESTER`] calls being put through. Only a call of this hub's own
+    /// ICB that nothing has been done for yet is checked: one already measured or rung (found
+    /// again after a restart) or handed over by another hub is counted as it stands.
+    fn take_on(&mut self, doc: DocId, view: &SessionView, now: TimeMs) -> TakeOn {
+        let Some(call) = calls_of(view).into_iter().find(|c| c.is_open()) else { return TakeOn::Taken };
+        let home = self.icb.as_deref() == Some(view.identity.icb.as_str());
+        let by = call.by.clone();
+        let fresh = home && call.rings.is_empty() && call.gate.is_none() && call.gate_refused.is_none();
+        if fresh && call.federated.is_none() {
+            const HOUR: TimeMs = 3_600_000;
+            let mine = |f: &Option<String>| f.as_deref() == Some(by.as_str());
+            let live = self.followed.values().filter(|f| mine(&f.requester)).count();
+            let waiting = self.followed.iter().filter(|(d, f)| **d != doc && mine(&f.waiting)).count();
+            // The device's calls waiting that were asked for before this one go first: a call
+            // asked later (stepped at once on its change) must not take a freed place from a
+            // waiter looked at again only every TURN_POLL_MS.
+            let since = self.followed.get(&doc).map_or(now, |f| f.seen_ms);
+            let ahead = self
+                .followed
+                .iter()
+                .filter(|(d, f)| **d != doc && mine(&f.waiting) && (f.seen_ms, **d) < (since, doc))
+                .count();
+            if self.taken.len() > 4096 {
+                self.taken.retain(|_, t| t.back().is_some_and(|last| now - *last < HOUR));
+            }
+            let taken = self.taken.entry(by.clone()).or_default();
+            taken.retain(|t| now - *t < HOUR && *t <= now + HOUR);
+            // The hour's calls: those taken on, and those waiting to be.
+            let asked = taken.len() + waiting;
+            if asked >= MAX_CALLS_PER_REQUESTER_HOUR {
+                let reason = format!(
+                    "{by} has asked for {asked} calls in the last hour, the most one device may: a consultant will \
+                     call back"
+                );
+                let entry =
+                    RoutingEntry::Callback { call: call.call.clone(), reason: reason.clone(), mos: None, by: None };
+                return TakeOn::Refused(Decision {
+                    call: call.call.clone(),
+                    requester: by,
+                    action: Action::Callback { cause: CallbackCause::TooManyCalls, reason, rating: None },
+                    writes: vec![Write::Step { entry, status: Some(Status::AwaitingReply) }],
+                    wait_until: None,
+                });
+            }
+            if live + ahead >= MAX_LIVE_CALLS_PER_REQUESTER {
+                // Not refused: it waits its turn (a crew back in coverage with calls asked for
+                // offline, the newest perhaps the patient in front of them), and rings no one
+                // until one of the device's calls connects or ends.
+                if let Some(f) = self.followed.get_mut(&doc) {
+                    f.waiting = Some(by.clone());
+                    f.call = Some(call.call.clone());
+                }
+                return TakeOn::Wait(Decision {
+                    call: call.call.clone(),
+                    requester: by,
+                    action: Action::Wait,
+                    writes: Vec::new(),
+                    wait_until: Some(now + TURN_POLL_MS),
+                });
+            }
+            taken.push_back(now);
+        }
+        if let Some(f) = self.followed.get_mut(&doc) {
+            f.requester = Some(by);
+            f.waiting = None;
+            f.call = Some(call.call.clone());
+        }
+        TakeOn::Taken
     }
 
     /// A window of the gate's probes was heard for the session: the shared rule says whether to
@@ -500,21 +633,7 @@ mod tests {
     const T0: TimeMs = 1_796_360_400_000;
 
     fn escalated() -> SessionDoc {
-        let new = NewSession {
-            id: SessionId::from_parts(T0, 1),
-            origin: "amb-07".into(),
-            icb: "QHM".into(),
-            care_setting: CareSetting::AmbulanceOnScene,
-            requester: Requester::default(),
-            patient: Patient::default(),
-            service: Service { line: ServiceLine::Cardiology, channel: Channel::Call, priority: Priority::Urgent },
-            summary: "chest pain".into(),
-            draft: false,
-        };
-        let mut doc = SessionDoc::create(&new, automerge::ActorId::from(vec![2u8; 16]), T0).unwrap();
-        let escalate = RoutingEntry::Escalate { call: "k1".into(), by: "amb-07".into() };
-        doc.append_routing(&escalate, T0 + 1_000).unwrap();
-        doc
+        escalated_by(1, "amb-07").0
     }
 
     fn line(hours: &str, rota: &[&str], fallback: Option<&str>) -> LineEntry {
@@ -636,6 +755,173 @@ mod tests {
     }
 
     const GOOD: PathQuality = PathQuality { rtt_ms: 60.0, jitter_ms: 5.0, loss: 0.0, burst_ratio: 1.0, probes: 50 };
+
+    /// Session `n` of ICB QHM, escalated by device `by`, with its id.
+    fn escalated_by(n: u128, by: &str) -> (SessionDoc, DocId) {
+        let new = NewSession {
+            id: SessionId::from_parts(T0, n),
+            origin: by.into(),
+            icb: "QHM".into(),
+            care_setting: CareSetting::AmbulanceOnScene,
+            requester: Requester::default(),
+            patient: Patient::default(),
+            service: Service { line: ServiceLine::Cardiology, channel: Channel::Call, priority: Priority::Urgent },
+            summary: "chest pain".into(),
+            draft: false,
+        };
+        let mut doc = SessionDoc::create(&new, automerge::ActorId::from(vec![2u8; 16]), T0).unwrap();
+        doc.append_routing(&RoutingEntry::Escalate { call: format!("k{n}"), by: by.into() }, T0 + 1_000).unwrap();
+        let id = doc.view().unwrap().id.to_bytes();
+        (doc, id)
+    }
+
+    #[test]
+    fn one_device_has_four_calls_put_through_at_once_the_next_waiting_and_twenty_an_hour_the_rest_called_back() {
+        let rota = line("24/7", &["desk-1"], None);
+        let holders = ["desk-1".to_string()];
+        let mut router = Router::new("hub-qhm", Some("QHM"), WAIT);
+        let first = |doc: &mut SessionDoc, id: DocId, now: TimeMs, router: &mut Router| {
+            router.follow(id, now);
+            let step = router.step(id, &doc.view().unwrap(), Some(&rota), &holders, now);
+            let Step::Decided(d) = step else { panic!("{step:?}") };
+            for w in &d.writes {
+                w.apply(doc, now).unwrap();
+            }
+            d.action
+        };
+        let t = T0 + 2_000;
+        let mut docs: Vec<(SessionDoc, DocId)> = (1..=5).map(|n| escalated_by(n, "amb-07")).collect();
+        for (n, (doc, id)) in docs.iter_mut().enumerate().take(4) {
+            assert_eq!(first(doc, *id, t, &mut router), Action::Measure, "call {n}");
+        }
+        // A fifth at once from the same tablet rings no one yet: it waits its turn (it may be
+        // the patient in front of the crew: not refused), and nothing is written.
+        let (doc, id) = &mut docs[4];
+        let before = doc.view().unwrap();
+        assert_eq!(first(doc, *id, t, &mut router), Action::Wait);
+        assert_eq!(doc.view().unwrap(), before);
+        assert!(router.follows(id));
+        assert_eq!(router.poll_timeout(), Some(t + 5_000), "looked at again");
+        // Another device is not held back by it.
+        let (mut other, other_id) = escalated_by(6, "amb-09");
+        assert_eq!(first(&mut other, other_id, t, &mut router), Action::Measure);
+        // Still four under way: it waits again. One ends: it is taken on.
+        let step = router.step(*id, &doc.view().unwrap(), Some(&rota), &holders, t + 5_000);
+        assert!(matches!(step, Step::Decided(Decision { action: Action::Wait, .. })), "{step:?}");
+        router.forget(&docs[0].1);
+        let (doc, id) = &mut docs[4];
+        assert_eq!(first(doc, *id, t + 10_000, &mut router), Action::Measure);
+        // As calls end, more are taken on, up to twenty in an hour.
+        for (_, id) in &docs[1..] {
+            router.forget(id);
+        }
+        for n in 7..=21u128 {
+            let (mut doc, id) = escalated_by(n, "amb-07");
+            assert_eq!(first(&mut doc, id, t + n as i64, &mut router), Action::Measure, "call {n}");
+            router.forget(&id);
+        }
+        let (mut doc, id) = escalated_by(23, "amb-07");
+        let action = first(&mut doc, id, t + 100, &mut router);
+        assert!(
+            matches!(&action, Action::Callback { cause: CallbackCause::TooManyCalls, reason, .. }
+                if reason.contains("asked for 20 calls in the last hour")),
+            "{action:?}"
+        );
+        // An hour on, the tablet may ask again.
+        let (mut doc, id) = escalated_by(24, "amb-07");
+        assert_eq!(first(&mut doc, id, t + 3_600_000 + 100, &mut router), Action::Measure);
+        // A flood at once: four taken on, sixteen waiting, and the rest of the hour's asking
+        // called back at once (the waiting count against the hour: a flood cannot pile up).
+        let mut flooded = Router::new("hub-qhm", Some("QHM"), WAIT);
+        let actions: Vec<Action> = (100..=121u128)
+            .map(|n| {
+                let (mut doc, id) = escalated_by(n, "amb-07");
+                first(&mut doc, id, t, &mut flooded)
+            })
+            .collect();
+        assert!(actions[..4].iter().all(|a| *a == Action::Measure), "{actions:?}");
+        assert!(actions[4..20].iter().all(|a| *a == Action::Wait), "{actions:?}");
+        assert!(
+            actions[20..].iter().all(|a| matches!(a, Action::Callback { cause: CallbackCause::TooManyCalls, .. })),
+            "{actions:?}"
+        );
+        // Waiting its turn means its turn: a place freed goes to the call waiting longest, not
+        // to one asked for since (stepped at once on its change).
+        let mut queue = Router::new("hub-qhm", Some("QHM"), WAIT);
+        let mut calls: Vec<(SessionDoc, DocId)> = (200..=205u128).map(|n| escalated_by(n, "amb-07")).collect();
+        for (i, (doc, id)) in calls.iter_mut().enumerate() {
+            let at = t + i as i64;
+            let want = if i < 4 { Action::Measure } else { Action::Wait };
+            assert_eq!(first(doc, *id, at, &mut queue), want, "call {i}");
+        }
+        queue.forget(&calls[0].1);
+        let (mut late, late_id) = escalated_by(199, "amb-07");
+        assert_eq!(first(&mut late, late_id, t + 100, &mut queue), Action::Wait, "asked last, it waits");
+        let (doc, id) = &mut calls[4];
+        assert_eq!(first(doc, *id, t + 5_000, &mut queue), Action::Measure, "the longest waiting goes first");
+        // A call found again after a restart, already rung, is counted as it stands.
+        let mut restarted = Router::new("hub-qhm", Some("QHM"), WAIT);
+        for n in 30..=34u128 {
+            let (mut doc, id) = escalated_by(n, "amb-07");
+            let ring = RoutingEntry::Ring { call: format!("k{n}"), desk: "desk-1".into(), attempt: 1, ring_s: 20 };
+            doc.append_routing(&ring, t).unwrap();
+            restarted.follow(id, t);
+            let step = restarted.step(id, &doc.view().unwrap(), Some(&rota), &holders, t);
+            assert!(matches!(step, Step::Decided(Decision { action: Action::Wait, .. })), "call {n}: {step:?}");
+        }
+        // ... so a fresh sixth waits its turn, writing nothing.
+        let (mut doc, id) = escalated_by(35, "amb-07");
+        restarted.follow(id, t);
+        let step = restarted.step(id, &doc.view().unwrap(), Some(&rota), &holders, t);
+        assert!(
+            matches!(&step, Step::Decided(Decision { action: Action::Wait, writes, wait_until: Some(w), .. })
+                if writes.is_empty() && *w == t + 5_000),
+            "{step:?}"
+        );
+        // The tablet cancels it: it is no longer followed, nor counted.
+        let cancel = RoutingEntry::Callback {
+            call: "k35".into(),
+            reason: "cancel".into(),
+            mos: None,
+            by: Some("amb-07".into()),
+        };
+        doc.append_routing(&cancel, t + 1).unwrap();
+        restarted.follow(id, t + 1);
+        assert!(matches!(restarted.step(id, &doc.view().unwrap(), Some(&rota), &holders, t + 1), Step::Done { .. }));
+        assert!(!restarted.follows(&id));
+    }
+
+    #[test]
+    fn a_tablet_that_ends_each_call_it_asked_for_and_asks_again_in_the_same_session_has_each_counted() {
+        let rota = line("24/7", &["desk-1"], None);
+        let holders = ["desk-1".to_string()];
+        let (mut doc, id) = escalated_by(1, "amb-07");
+        let mut router = Router::new("hub-qhm", Some("QHM"), WAIT);
+        let mut refused = None;
+        for n in 1..=MAX_CALLS_PER_REQUESTER_HOUR as i64 + 1 {
+            let now = T0 + 2_000 + n * 60_000;
+            router.follow(id, now);
+            let actions = drive(&mut router, &mut doc, &rota, &holders, now);
+            if matches!(&actions[..], [Action::Callback { cause: CallbackCause::TooManyCalls, .. }]) {
+                refused = Some(n);
+                break;
+            }
+            // Each call is measured for itself: none rings on the last one's count.
+            assert_eq!(actions, vec![Action::Measure], "call {n}");
+            router.heard(id, GOOD, now);
+            let actions = drive(&mut router, &mut doc, &rota, &holders, now);
+            assert!(matches!(actions[..], [Action::GatePassed(..), Action::Ring { .. }, Action::Wait]), "{actions:?}");
+            // The tablet ends the call ringing and asks for the next, in one change.
+            let open = calls_of(&doc.view().unwrap()).into_iter().find(|c| c.is_open()).unwrap().call;
+            let cancel =
+                RoutingEntry::Callback { call: open, reason: "cancel".into(), mos: None, by: Some("amb-07".into()) };
+            doc.append_routing(&cancel, now + 1_000).unwrap();
+            let next = RoutingEntry::Escalate { call: format!("k{}", n + 1), by: "amb-07".into() };
+            doc.append_routing(&next, now + 1_000).unwrap();
+        }
+        assert_eq!(refused, Some(MAX_CALLS_PER_REQUESTER_HOUR as i64 + 1));
+        assert_eq!(doc.view().unwrap().status, Status::AwaitingReply);
+    }
 
     #[test]
     fn the_router_looks_again_at_the_end_of_a_ring_and_not_before() {
