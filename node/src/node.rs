@@ -562,9 +562,8 @@ impl Node {
         let view = self.store.sessions_mut().create_session(&new, once.as_ref(), now)?;
         // The record is its maker's to open again this hour, past any limit (a repeat's key is
         // this person's own: it names no one else's record).
-        if let Some(who) = &self.acting {
-            let system = who.role == crate::store::people::PersonRole::System;
-            self.access.created(who.id, system, view.id, now);
+        if let Some((who, system)) = self.acting_caller() {
+            self.access.created(who, system, view.id, now);
         }
         // A repeat of the create (its client key) is answered with the session as it stands
         // now, messages and advice included: a look at the record like any other.
@@ -838,14 +837,15 @@ impl Node {
     /// deployer, who sees it in the status. The command line and the node's own work are not
     /// counted: an account that runs `outpost` can read the store whole.
     fn open_record(&mut self, id: SessionId, action: &'static str, now: i64) -> Result<(), NodeError> {
-        if let Some(who) = &self.acting {
-            let system = who.role == crate::store::people::PersonRole::System;
+        if let Some((who, system)) = self.acting_caller() {
             let limits = self.access.limits();
             let limits = if system { limits.system } else { limits.person };
-            let (who_id, who_name) = (who.id, who.name.clone());
-            let verdict = self.access.open(who_id, system, id, now);
-            match verdict {
-                access::Verdict::Open => {}
+            let verdict = self.access.open(who, system, id, now);
+            // What to record, if anything: one entry at most per record opened.
+            let (entry, detail) = match verdict {
+                access::Verdict::Open | access::Verdict::Refused { first: false, .. } => {
+                    (None, serde_json::Value::Null)
+                }
                 access::Verdict::Alarm { opened, day } => {
                     let mut detail = serde_json::json!({
                         "records": opened, "alarm": limits.alarm, "limit": limits.limit, "window_s": access::WINDOW_MS / 1000,
@@ -854,53 +854,56 @@ impl Node {
                         detail["records_day"] = day.into();
                         detail["day_alarm"] = limits.day_alarm.into();
                     }
-                    // Not written (a full disk): owed again at the next record, not lost for an hour.
-                    if let Err(e) = self.store.audit_mut().audit_event("access.unusual", detail, now) {
-                        self.access.unrecorded(who_id, Some(verdict));
-                        return Err(e.into());
-                    }
-                    tracing::warn!(person = %who_name, records = opened, "unusual access: more different records opened in an hour than the alarm");
+                    (Some("access.unusual"), detail)
                 }
-                access::Verdict::DayAlarm { opened } => {
-                    let detail = serde_json::json!({
+                access::Verdict::DayAlarm { opened } => (
+                    Some("access.unusual"),
+                    serde_json::json!({
                         "records_day": opened, "day_alarm": limits.day_alarm, "window_s": access::DAY_MS / 1000,
-                    });
-                    if let Err(e) = self.store.audit_mut().audit_event("access.unusual", detail, now) {
-                        self.access.unrecorded(who_id, Some(verdict));
-                        return Err(e.into());
-                    }
-                    tracing::warn!(person = %who_name, records = opened, "unusual access: more different records opened in a day than the alarm");
+                    }),
+                ),
+                access::Verdict::Refused { opened, first: true, .. } => (
+                    Some("access.refused"),
+                    serde_json::json!({
+                        "records": opened, "alarm": limits.alarm, "limit": limits.limit,
+                        "window_s": access::WINDOW_MS / 1000, "session": id.to_string(),
+                    }),
+                ),
+            };
+            if let Some(entry) = entry {
+                // Not written (a full disk): owed again at the next record, not lost for an hour.
+                if let Err(e) = self.store.audit_mut().audit_event(entry, detail.clone(), now) {
+                    self.access.unrecorded(who, Some(verdict));
+                    return Err(e.into());
                 }
-                access::Verdict::Refused { opened, until_ms, first } => {
-                    if first {
-                        let detail = serde_json::json!({
-                            "records": opened, "alarm": limits.alarm, "limit": limits.limit,
-                            "window_s": access::WINDOW_MS / 1000, "session": id.to_string(),
-                        });
-                        if let Err(e) = self.store.audit_mut().audit_event("access.refused", detail, now) {
-                            self.access.unrecorded(who_id, Some(verdict));
-                            return Err(e.into());
-                        }
-                        tracing::warn!(person = %who_name, records = opened, "unusual access: a new record refused past the limit");
-                    }
-                    let minutes = ((until_ms - now).max(0) + 59_999) / 60_000;
-                    return Err(NodeError::TooManyRecords { opened, minutes, system });
-                }
+                let name = self.acting.as_ref().map_or("", |p| p.name.as_str());
+                tracing::warn!(person = %name, %detail, "{entry}: more different records opened than this node's alarm or limit");
+            }
+            if let access::Verdict::Refused { opened, until_ms, .. } = verdict {
+                return Err(NodeError::TooManyRecords {
+                    opened,
+                    minutes: access::minutes_until(until_ms, now),
+                    system,
+                });
             }
         }
         Ok(self.store.audit_mut().audit_access(id, action, now)?)
+    }
+
+    /// The person acting through the API, by id, and whether an integrating system.
+    fn acting_caller(&self) -> Option<(i64, bool)> {
+        self.acting.as_ref().map(|who| (who.id, who.role == crate::store::people::PersonRole::System))
     }
 
     /// Refuses, as [`Node::open_record`] would, a person past the limit acting on record `id`
     /// they have not opened this hour (a "read" receipt says a person read it: not one that
     /// could not open it). Counts nothing and writes nothing.
     fn may_open(&self, id: SessionId, now: i64) -> Result<(), NodeError> {
-        let Some(who) = &self.acting else { return Ok(()) };
-        let system = who.role == crate::store::people::PersonRole::System;
-        match self.access.refuses(who.id, system, id, now) {
+        let Some((who, system)) = self.acting_caller() else { return Ok(()) };
+        match self.access.refuses(who, system, id, now) {
             None => Ok(()),
             Some((opened, until_ms)) => {
-                Err(NodeError::TooManyRecords { opened, minutes: ((until_ms - now).max(0) + 59_999) / 60_000, system })
+                Err(NodeError::TooManyRecords { opened, minutes: access::minutes_until(until_ms, now), system })
             }
         }
     }

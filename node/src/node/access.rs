@@ -16,6 +16,11 @@ pub const WINDOW_MS: i64 = 60 * 60 * 1000;
 /// hour's alarm all day long).
 pub const DAY_MS: i64 = 24 * WINDOW_MS;
 
+/// Whole minutes from `now` until `until_ms` (at least 1 while any time is left).
+pub fn minutes_until(until_ms: i64, now: i64) -> i64 {
+    ((until_ms - now).max(0) + 59_999) / 60_000
+}
+
 /// The thresholds for one kind of caller. Zero turns a threshold off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct RecordLimits {

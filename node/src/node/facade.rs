@@ -125,23 +125,24 @@ impl Node {
         // new card, so that an alarm whose entry was not written is owed at the next list. Not
         // the event stream's cards: every change is pushed to everyone signed in, asked for or
         // not, and it shows no more than changes.
-        if let Some(who) = self.acting.as_ref().filter(|_| via != "events") {
-            let (id, system) = (who.id, who.role == crate::store::people::PersonRole::System);
-            if self.access.shown(id, system, cards, now) {
-                let limits = self.access.limits();
-                let alarm = if system { limits.system.cards_alarm } else { limits.person.cards_alarm };
-                let detail = serde_json::json!({
-                    "cards": cards, "via": via, "cards_alarm": alarm, "window_s": super::access::WINDOW_MS / 1000,
-                });
-                match self.store.audit_mut().audit_event("access.unusual", detail, now) {
-                    Ok(_) => {
-                        tracing::warn!(person = %who.name, cards, via, "unusual access: more different patients shown on cards in an hour than the alarm");
-                    }
-                    // The cards were recorded as shown: the list is not withheld for the alarm.
-                    Err(e) => {
-                        self.access.unrecorded(id, None);
-                        tracing::error!(person = %who.name, cards, via, "unusual access not recorded (owed at the next list): {e}");
-                    }
+        if let Some((id, system)) = self.acting_caller().filter(|_| via != "events")
+            && self.access.shown(id, system, cards, now)
+        {
+            let limits = self.access.limits();
+            let alarm = if system { limits.system.cards_alarm } else { limits.person.cards_alarm };
+            let detail = serde_json::json!({
+                "cards": cards, "via": via, "cards_alarm": alarm, "window_s": super::access::WINDOW_MS / 1000,
+            });
+            let written = self.store.audit_mut().audit_event("access.unusual", detail, now);
+            let name = self.acting.as_ref().map_or("", |p| p.name.as_str());
+            match written {
+                Ok(()) => {
+                    tracing::warn!(person = %name, cards, via, "unusual access: more different patients shown on cards in an hour than the alarm");
+                }
+                // The cards were recorded as shown: the list is not withheld for the alarm.
+                Err(e) => {
+                    tracing::error!(person = %name, cards, via, "unusual access not recorded (owed at the next list): {e}");
+                    self.access.unrecorded(id, None);
                 }
             }
         }
