@@ -270,6 +270,20 @@ const KEYS: &[Key] = &[
         default: "40000",
         help: "as limits.records_alarm_per_person_day, for an integrating system's token",
     },
+    Key {
+        name: "limits.calls_at_once_per_device",
+        flag: None,
+        list: false,
+        default: "4",
+        help: "on a hub: calls one requesting device may have being put through at once; the next waits its turn (0: no limit)",
+    },
+    Key {
+        name: "limits.calls_per_device_hour",
+        flag: None,
+        list: false,
+        default: "20",
+        help: "on a hub: calls one requesting device may have taken on (or waiting) in an hour; past it, a callback (0: no limit)",
+    },
 ];
 
 /// The environment variable of a key.
@@ -306,6 +320,9 @@ pub struct Limits {
     /// Different patients' records a person (or integrating system) may open through the
     /// local API in an hour: when the deployer is told, and when new ones are refused.
     pub records: crate::node::AccessLimits,
+    /// On a hub: calls one requesting device may have put through at once, and taken on in
+    /// an hour (0: no limit).
+    pub calls_per_device: (usize, usize),
 }
 
 impl Default for Limits {
@@ -318,6 +335,10 @@ impl Default for Limits {
             unread_bytes_per_peer: 16 * 1024 * 1024,
             unsent_bytes_per_peer: 32 * 1024 * 1024,
             records: crate::node::AccessLimits::default(),
+            calls_per_device: (
+                sync_protocol::call::MAX_LIVE_CALLS_PER_REQUESTER,
+                sync_protocol::call::MAX_CALLS_PER_REQUESTER_HOUR,
+            ),
         }
     }
 }
@@ -541,6 +562,7 @@ impl Settings {
                     day_alarm: count("limits.records_alarm_per_system_day")?,
                 },
             },
+            calls_per_device: (count("limits.calls_at_once_per_device")?, count("limits.calls_per_device_hour")?),
         };
         let origins = KEYS
             .iter()
@@ -700,6 +722,17 @@ mod tests {
         assert_eq!(source_of(&s, "congestion"), Source::Env("OUTPOST_CONGESTION".into()));
         let err = load(Some("congestion = \"reno\"\n"), &[], &Flags::default()).unwrap_err();
         assert!(err.to_string().contains("radio, cubic or bbr"), "{err}");
+    }
+
+    #[test]
+    fn a_hubs_calls_per_device_are_settings_and_zero_turns_one_off() {
+        let s = load(None, &[], &Flags::default()).unwrap();
+        assert_eq!(s.limits.calls_per_device, (4, 20));
+        let file = "[limits]\ncalls_at_once_per_device = 2\ncalls_per_device_hour = 0\n";
+        let s = load(Some(file), &[], &Flags::default()).unwrap();
+        assert_eq!(s.limits.calls_per_device, (2, 0));
+        let err = load(None, &[("OUTPOST_LIMITS_CALLS_PER_DEVICE_HOUR", "")], &Flags::default()).unwrap_err();
+        assert!(err.to_string().contains("`limits.calls_per_device_hour`"), "{err}");
     }
 
     #[test]

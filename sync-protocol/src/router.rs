@@ -348,6 +348,8 @@ pub struct Router {
     outcomes: BTreeMap<DocId, TimeMs>,
     /// When each requesting device's calls were taken on, in the last hour.
     taken: BTreeMap<String, VecDeque<TimeMs>>,
+    /// Calls of one device under way at once, and taken on in an hour (0: no limit).
+    call_limits: (usize, usize),
     planted: Option<PlantedBug>,
 }
 
@@ -362,8 +364,17 @@ impl Router {
             followed: BTreeMap::new(),
             outcomes: BTreeMap::new(),
             taken: BTreeMap::new(),
+            call_limits: (MAX_LIVE_CALLS_PER_REQUESTER, MAX_CALLS_PER_REQUESTER_HOUR),
             planted: None,
         }
+    }
+
+    /// With other limits than [`MAX_LIVE_CALLS_PER_REQUESTER`] calls of one device under way
+    /// at once and [`MAX_CALLS_PER_REQUESTER_HOUR`] taken on in an hour (a deployer's
+    /// settings; 0 turns one off).
+    pub fn with_call_limits(mut self, at_once: usize, per_hour: usize) -> Router {
+        self.call_limits = (at_once, per_hour);
+        self
     }
 
     /// Plants a bug, for the simulator's planted-bug runs.
@@ -526,7 +537,8 @@ impl Router {
             taken.retain(|t| now - *t < HOUR && *t <= now + HOUR);
             // The hour's calls: those taken on, and those waiting to be.
             let asked = taken.len() + waiting;
-            if asked >= MAX_CALLS_PER_REQUESTER_HOUR {
+            let (at_once, per_hour) = self.call_limits;
+            if per_hour > 0 && asked >= per_hour {
                 let reason = format!(
                     "{by} has asked for {asked} calls in the last hour, the most one device may: a consultant will \
                      call back"
@@ -541,7 +553,7 @@ impl Router {
                     wait_until: None,
                 });
             }
-            if live + ahead >= MAX_LIVE_CALLS_PER_REQUESTER {
+            if at_once > 0 && live + ahead >= at_once {
                 // Not refused: it waits its turn (a crew back in coverage with calls asked for
                 // offline, the newest perhaps the patient in front of them), and rings no one
                 // until one of the device's calls connects or ends.
@@ -889,6 +901,34 @@ mod tests {
         restarted.follow(id, t + 1);
         assert!(matches!(restarted.step(id, &doc.view().unwrap(), Some(&rota), &holders, t + 1), Step::Done { .. }));
         assert!(!restarted.follows(&id));
+    }
+
+    #[test]
+    fn a_deployers_call_limits_replace_the_defaults_and_zero_turns_them_off() {
+        let rota = line("24/7", &["desk-1"], None);
+        let holders = ["desk-1".to_string()];
+        let step = |router: &mut Router, n: u128, now: TimeMs| {
+            let (doc, id) = escalated_by(n, "amb-07");
+            router.follow(id, now);
+            match router.step(id, &doc.view().unwrap(), Some(&rota), &holders, now) {
+                Step::Decided(d) => (d.action, id),
+                other => panic!("{other:?}"),
+            }
+        };
+        let t = T0 + 2_000;
+        let mut strict = Router::new("hub-qhm", Some("QHM"), WAIT).with_call_limits(1, 2);
+        let (first, first_id) = step(&mut strict, 1, t);
+        assert_eq!(first, Action::Measure);
+        assert_eq!(step(&mut strict, 2, t).0, Action::Wait, "one at once");
+        assert!(
+            matches!(step(&mut strict, 3, t).0, Action::Callback { cause: CallbackCause::TooManyCalls, .. }),
+            "two an hour, the waiting one counted"
+        );
+        strict.forget(&first_id);
+        let mut open = Router::new("hub-qhm", Some("QHM"), WAIT).with_call_limits(0, 0);
+        for n in 1..=30 {
+            assert_eq!(step(&mut open, n, t).0, Action::Measure, "call {n}");
+        }
     }
 
     #[test]

@@ -179,7 +179,9 @@ pub(super) fn announce(shared: &Shared, docs: Vec<DocId>) {
 pub(super) async fn router_loop(shared: Arc<Shared>) {
     let mut changes = shared.changes.subscribe();
     let wait_ms = i64::try_from(outcome_wait().as_millis()).unwrap_or(i64::MAX / 4);
-    let Ok(Ok(router)) = shared.store.call(move |n| n.call_router(wait_ms)).await else { return };
+    let (at_once, per_hour) = shared.limits.calls_per_device;
+    let made = shared.store.call(move |n| n.call_router(wait_ms).map(|r| r.with_call_limits(at_once, per_hour))).await;
+    let Ok(Ok(router)) = made else { return };
     // At start: every open escalation, and every connected call still without outcomes.
     let Some(mut router) = follow_listed(&shared, router, &[Status::Routing, Status::Connected], true).await else {
         return;
