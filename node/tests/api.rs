@@ -730,13 +730,19 @@ fn the_served_api_document_is_the_checked_in_one_and_every_operation_in_it_is_gu
     }
 }
 
+/// An ambulance tablet of a new fleet under `root`, with two paramedics who may sign in to
+/// its API: Sam Patel (PIN amb-pin-4821) and Jo Reyes (jo-pin-7733).
+fn ambulance_with_two_crew(root: &Path) -> std::path::PathBuf {
+    let amb = Fleet::new(root).node("amb-07", "edge", &[]);
+    add_user(&amb, "Sam Patel", "paramedic", "HCPC-PA123456", "amb-pin-4821");
+    add_user(&amb, "Jo Reyes", "paramedic", "HCPC-PA654321", "jo-pin-7733");
+    amb
+}
+
 #[test]
 fn the_api_refuses_what_it_must_and_ends_what_was_revoked() {
     let tmp = tempfile::tempdir().unwrap();
-    let fleet = Fleet::new(tmp.path());
-    let amb = fleet.node("amb-07", "edge", &[]);
-    add_user(&amb, "Sam Patel", "paramedic", "HCPC-PA123456", "amb-pin-4821");
-    add_user(&amb, "Jo Reyes", "paramedic", "HCPC-PA654321", "jo-pin-7733");
+    let amb = ambulance_with_two_crew(tmp.path());
     let out =
         json(&ok(&["user", "add", "--dir", d(&amb), "--name", "ePR bridge", "--role", "system", "--token", "--json"]));
     let system = out["token"].as_str().unwrap().to_string();
@@ -847,10 +853,7 @@ fn lists_shown_to(dir: &Path, person: &str) -> Vec<Vec<String>> {
 #[test]
 fn the_patients_a_person_is_shown_in_a_list_or_an_event_stream_are_in_the_audit_chain() {
     let tmp = tempfile::tempdir().unwrap();
-    let fleet = Fleet::new(tmp.path());
-    let amb = fleet.node("amb-07", "edge", &[]);
-    add_user(&amb, "Sam Patel", "paramedic", "HCPC-PA123456", "amb-pin-4821");
-    add_user(&amb, "Jo Reyes", "paramedic", "HCPC-PA654321", "jo-pin-7733");
+    let amb = ambulance_with_two_crew(tmp.path());
     let port = tcp_port();
     let _node = daemon(&amb, &["--api", &format!("127.0.0.1:{port}")], &[]);
     let api = Api::new(port);
@@ -1050,10 +1053,7 @@ fn a_surgery_box_serves_its_api_over_tls_with_the_deployers_certificate() {
 #[test]
 fn a_person_opening_more_records_in_an_hour_than_anyone_at_work_is_flagged_then_refused_new_ones() {
     let tmp = tempfile::tempdir().unwrap();
-    let fleet = Fleet::new(tmp.path());
-    let amb = fleet.node("amb-07", "edge", &[]);
-    add_user(&amb, "Sam Patel", "paramedic", "HCPC-PA123456", "amb-pin-4821");
-    add_user(&amb, "Jo Reyes", "paramedic", "HCPC-PA654321", "jo-pin-7733");
+    let amb = ambulance_with_two_crew(tmp.path());
     let port = tcp_port();
     let metrics = format!("127.0.0.1:{}", free_port());
     let _node = daemon(
