@@ -312,7 +312,9 @@ enum TakeOn {
 /// One escalation the router follows.
 #[derive(Debug, Clone)]
 struct Followed {
-    /// When this hub first saw it (or, after a restart, saw it again), its clock.
+    /// When this hub first saw it (or, after a restart, saw it again), its clock; for a call
+    /// that waited its turn ([`Router::take_on`]), when it was taken on. The waits for a desk
+    /// to hold the case and for a federated hub count from it.
     seen_ms: TimeMs,
     /// The requester's path as the gate judged it.
     quality: Option<PathQuality>,
@@ -572,6 +574,11 @@ impl Router {
             taken.push_back(now);
         }
         if let Some(f) = self.followed.get_mut(&doc) {
+            if f.waiting.is_some() {
+                // Nothing was done for it while it waited (no desk asked to hold its case):
+                // the waits for a desk count from now.
+                f.seen_ms = now;
+            }
             f.requester = Some(by);
             f.waiting = None;
             f.call = Some(call.call.clone());
@@ -901,6 +908,37 @@ mod tests {
         restarted.follow(id, t + 1);
         assert!(matches!(restarted.step(id, &doc.view().unwrap(), Some(&rota), &holders, t + 1), Step::Done { .. }));
         assert!(!restarted.follows(&id));
+    }
+
+    #[test]
+    fn a_call_that_waited_its_turn_has_the_whole_wait_for_a_desk_to_hold_the_case_once_taken_on() {
+        // Four of the tablet's calls wait for a desk to hold their cases; its fifth waits its
+        // turn behind them until they end, the hold wait over. No desk was asked to hold the
+        // fifth's case while it waited: once taken on, it has the whole hold wait.
+        let rota = line("24/7", &["desk-1"], None);
+        let mut router = Router::new("hub-qhm", Some("QHM"), WAIT);
+        let t = T0 + 2_000;
+        let at = |doc: &mut SessionDoc, now: TimeMs, router: &mut Router| {
+            let id = doc.view().unwrap().id.to_bytes();
+            router.follow(id, now);
+            let step = router.step(id, &doc.view().unwrap(), Some(&rota), &[], now);
+            apply(doc, &step, now)
+        };
+        let mut docs: Vec<SessionDoc> = (1..=5).map(|n| escalated_by(n, "amb-07").0).collect();
+        for doc in docs.iter_mut() {
+            assert_eq!(at(doc, t, &mut router), Action::Wait);
+        }
+        for doc in docs.iter_mut().take(4) {
+            let action = at(doc, t + HOLD_WAIT_MS, &mut router);
+            assert!(matches!(action, Action::Callback { cause: CallbackCause::CaseNotDelivered, .. }), "{action:?}");
+        }
+        let taken = t + HOLD_WAIT_MS + 1;
+        let fifth = &mut docs[4];
+        assert_eq!(at(fifth, taken, &mut router), Action::Wait, "taken on: its case is not held yet");
+        assert_eq!(router.poll_timeout(), Some(taken + HOLDERS_POLL_MS));
+        assert_eq!(at(fifth, taken + HOLD_WAIT_MS - 1, &mut router), Action::Wait);
+        let action = at(fifth, taken + HOLD_WAIT_MS, &mut router);
+        assert!(matches!(action, Action::Callback { cause: CallbackCause::CaseNotDelivered, .. }), "{action:?}");
     }
 
     #[test]
