@@ -167,7 +167,7 @@ impl Shared {
     /// What the tasks of one process share: its node (moved onto the store thread), identity,
     /// revocation list and change channel (`changes` notices buffered), with these limits.
     fn new(mut node: Node, changes: usize, limits: crate::settings::Limits) -> Result<Arc<Shared>, NetError> {
-        node.set_record_limits(limits.records);
+        node.set_record_limits(limits.records, now_ms());
         let identity = load_identity(&node)?;
         let crl = node.revocations()?.map(|(_, d)| d);
         let store = StoreHandle::spawn(node);

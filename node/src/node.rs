@@ -241,6 +241,10 @@ pub fn new_id(now: i64) -> Result<String, CryptoError> {
 pub const UNUSUAL_ACCESS_SHOWN_MS: i64 = 24 * 3600 * 1000;
 /// The most such entries read (each is written at most once an hour per person).
 const UNUSUAL_ACCESS_SCAN: usize = 10_000;
+/// The most audit entries a starting daemon reads back into its access watch (the newest of
+/// the last day): a busy desk writes a few thousand a day; reading this many takes about a
+/// second.
+const ACCESS_REPLAYED: usize = 100_000;
 
 /// The store lock in a node directory.
 const STORE_LOCK: &str = "store.lock";
@@ -824,9 +828,35 @@ impl Node {
         Ok(self.store.audit().unusual_access(now - UNUSUAL_ACCESS_SHOWN_MS, UNUSUAL_ACCESS_SCAN)?)
     }
 
-    /// Sets how many different records a person may open through the API in an hour.
-    pub fn set_record_limits(&mut self, limits: AccessLimits) {
+    /// Sets how many different records a person may open through the API in an hour, and
+    /// counts again what the audit chain holds of the last day's looks at records, records made
+    /// and findings: a restarted daemon gives no one a fresh hour. (A chain that cannot be read
+    /// here is reported, and the count starts afresh: the daemon still starts.)
+    pub fn set_record_limits(&mut self, limits: AccessLimits, now: i64) {
         self.access = access::AccessWatch::new(limits);
+        let seen = match self.store.audit().access_since(now - access::DAY_MS, ACCESS_REPLAYED) {
+            Ok(seen) => seen,
+            Err(e) => {
+                tracing::warn!(
+                    "the last day's looks at records could not be read from the audit chain ({e}): each person's count starts afresh"
+                );
+                return;
+            }
+        };
+        for s in seen {
+            let (who, system) = s.person;
+            let what = match (s.action.as_str(), s.session) {
+                ("session.create", Some(id)) => access::Replayed::Created(id),
+                ("access.unusual", _) => {
+                    let (records, day, cards) = s.flagged;
+                    access::Replayed::Alarm { hour: records > 0, day: day > 0, cards: cards > 0 }
+                }
+                ("access.refused", _) => access::Replayed::Refused,
+                (_, Some(id)) => access::Replayed::Opened(id),
+                (_, None) => continue,
+            };
+            self.access.replay(who, system, what, s.at_ms, now);
+        }
     }
 
     /// The person acting opens session `id`'s record (`action`: a view, an export, a photo),

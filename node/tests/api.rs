@@ -1051,6 +1051,55 @@ fn a_surgery_box_serves_its_api_over_tls_with_the_deployers_certificate() {
 /// A stolen shift token (or a curious colleague's) would otherwise read every record the node
 /// holds as fast as the store answers, and nobody would hear of it until someone read the chain.
 #[test]
+fn a_restarted_daemon_gives_no_one_a_fresh_hour_of_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let amb = ambulance_with_two_crew(tmp.path());
+    let port = tcp_port();
+    let api_at = format!("127.0.0.1:{port}");
+    let args = ["--api", api_at.as_str()];
+    let env = [("OUTPOST_LIMITS_RECORDS_ALARM_PER_PERSON_HOUR", "3"), ("OUTPOST_LIMITS_RECORDS_PER_PERSON_HOUR", "5")];
+    let node = daemon(&amb, &args, &env);
+    let api = Api::new(port);
+    api.wait_up();
+    let (sam, jo) = (api.login("Sam Patel", "amb-pin-4821"), api.login("Jo Reyes", "jo-pin-7733"));
+    let new = json!({ "service_line": "cardiology", "care_setting": "ambulance_on_scene", "summary": "Syncope",
+        "nhs_number": "943 476 5919", "nhs_verification": "01" });
+    let make = |token: &str| {
+        let (status, body) = api.call("POST", "/api/sessions", Some(token), Some(new.clone()));
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().unwrap().to_string()
+    };
+    let ids: Vec<String> = (0..7).map(|_| make(&sam)).collect();
+    let open = |token: &str, id: &str| api.call("GET", &format!("/api/sessions/{id}"), Some(token), None).0;
+    let entries = |action: &str| -> usize {
+        let all = json(&ok(&["audit", "show", "--dir", d(&amb), "--limit", "1000", "--json"]));
+        all.as_array().unwrap().iter().filter(|e| e["action"] == action).count()
+    };
+    for id in &ids[..5] {
+        assert_eq!(open(&jo, id), 200);
+    }
+    let mine = make(&jo);
+    assert_eq!(open(&jo, &ids[5]), 429);
+    let recorded = (entries("access.unusual"), entries("access.refused"));
+    assert_eq!(recorded, (1, 1));
+
+    // The daemon restarts (an update, a crash): Jo's hour goes on where it was.
+    drop(node);
+    let _node = daemon(&amb, &args, &env);
+    api.wait_up();
+    let jo = api.login("Jo Reyes", "jo-pin-7733");
+    assert_eq!(open(&jo, &ids[6]), 429, "a restart gives no one a fresh hour");
+    assert_eq!(open(&jo, &ids[0]), 200, "what Jo had opened this hour still opens");
+    assert_eq!(open(&jo, &mine), 200, "and what Jo made");
+    assert_eq!(open(&sam, &ids[6]), 200, "nobody else is held back");
+    assert_eq!(
+        (entries("access.unusual"), entries("access.refused")),
+        recorded,
+        "neither recorded again within the hour"
+    );
+}
+
+#[test]
 fn a_person_opening_more_records_in_an_hour_than_anyone_at_work_is_flagged_then_refused_new_ones() {
     let tmp = tempfile::tempdir().unwrap();
     let amb = ambulance_with_two_crew(tmp.path());

@@ -90,6 +90,27 @@ pub enum Verdict {
     },
 }
 
+/// What the audit chain holds of a caller's last day, given back to a restarted daemon's watch
+/// ([`AccessWatch::replay`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replayed {
+    /// A record opened.
+    Opened(SessionId),
+    /// A record made: its maker's to open again within the hour.
+    Created(SessionId),
+    /// An alarm recorded: for the hour's records, the day's, the cards shown.
+    Alarm {
+        /// The hour's records.
+        hour: bool,
+        /// The day's records.
+        day: bool,
+        /// Cards shown in an hour.
+        cards: bool,
+    },
+    /// A refusal recorded.
+    Refused,
+}
+
 /// One caller's last hour.
 #[derive(Debug, Default)]
 struct Hour {
@@ -255,6 +276,51 @@ impl AccessWatch {
         hour.opened.insert(id, now);
     }
 
+    /// What the audit chain holds of `who`'s last day, counted again by a restarted daemon
+    /// (oldest first, `at` each one's time, `now` the daemon's): the records opened or made in
+    /// the hour and the day, and when each alarm and refusal was last recorded. A restart then
+    /// neither gives anyone a fresh hour nor raises an alarm again within it.
+    pub fn replay(&mut self, who: i64, system: bool, what: Replayed, at: i64, now: i64) {
+        let limits = if system { self.limits.system } else { self.limits.person };
+        let off = limits.alarm == 0 && limits.limit == 0 && limits.day_alarm == 0;
+        if (off && limits.cards_alarm == 0) || at > now || now - at >= DAY_MS {
+            return;
+        }
+        let in_hour = now - at < WINDOW_MS;
+        let hour = self.hours.entry(who).or_default();
+        match what {
+            // As [`AccessWatch::open`] keeps them: with no limit, no more than the alarms need.
+            Replayed::Opened(id) => {
+                let keep = |kept: &HashMap<SessionId, i64>, most: usize| {
+                    limits.limit > 0 || kept.len() < most || kept.contains_key(&id)
+                };
+                if in_hour && keep(&hour.opened, limits.alarm) {
+                    hour.opened.insert(id, at);
+                }
+                if limits.day_alarm > 0 && keep(&hour.day, limits.day_alarm) {
+                    hour.day.insert(id, at);
+                }
+            }
+            Replayed::Created(id) if in_hour && !off => {
+                hour.opened.insert(id, at);
+            }
+            Replayed::Created(_) => {}
+            Replayed::Alarm { hour: records, day, cards } => {
+                if records && in_hour {
+                    hour.alarmed_ms = Some(at);
+                }
+                if day {
+                    hour.day_alarmed_ms = Some(at);
+                }
+                if cards && in_hour {
+                    hour.cards_alarmed_ms = Some(at);
+                }
+            }
+            Replayed::Refused if in_hour => hour.refusal_recorded_ms = Some(at),
+            Replayed::Refused => {}
+        }
+    }
+
     /// The entry `verdict` called for could not be written: it is owed again at the next
     /// record opened, not forgotten for an hour.
     /// (`None`: the alarm for cards shown.)
@@ -317,6 +383,43 @@ mod tests {
         assert!(matches!(w.open(1, false, id(6), T0 + 10), Verdict::Refused { .. }));
         assert_eq!(w.open(1, false, id(2), T0 + 11), Verdict::Open);
         assert_eq!(w.open(1, false, id(2), T0 + 12), Verdict::Open);
+    }
+
+    #[test]
+    fn a_watch_given_the_chains_last_day_counts_on_where_the_last_one_stopped() {
+        let limits = AccessLimits { person: RecordLimits { day_alarm: 8, ..LOW.person }, ..LOW };
+        let mut w = AccessWatch::new(limits);
+        let now = T0 + DAY_MS;
+        // Yesterday's records count in the day only; this hour's in both.
+        for n in 1..=3 {
+            w.replay(1, false, Replayed::Opened(id(n)), T0 + n as i64, now);
+        }
+        for n in 4..=8 {
+            w.replay(1, false, Replayed::Opened(id(n)), now - 10_000 + n as i64, now);
+        }
+        w.replay(1, false, Replayed::Created(id(20)), now - 5_000, now);
+        w.replay(1, false, Replayed::Alarm { hour: true, day: false, cards: false }, now - 9_000, now);
+        w.replay(1, false, Replayed::Refused, now - 2_000, now);
+        // The hour's five: a new record is refused, and the refusal is not recorded again.
+        assert_eq!(
+            w.open(1, false, id(9), now),
+            Verdict::Refused { opened: 6, until_ms: now - 10_000 + 4 + WINDOW_MS, first: false }
+        );
+        // What was opened or made this hour still opens. The day's eight were not flagged
+        // before the restart: the day's alarm is due at the next (the hour's was raised).
+        assert_eq!(w.open(1, false, id(20), now), Verdict::DayAlarm { opened: 9 });
+        assert_eq!(w.open(1, false, id(5), now), Verdict::Open);
+        // Entries from before the day, from the future or of callers not counted change nothing.
+        let mut fresh = AccessWatch::new(LOW);
+        fresh.replay(2, false, Replayed::Opened(id(1)), now - DAY_MS, now);
+        fresh.replay(2, false, Replayed::Opened(id(2)), now + 1, now);
+        assert_eq!(fresh.open(2, false, id(3), now), Verdict::Open);
+        assert_eq!(fresh.open(2, false, id(4), now), Verdict::Open);
+        assert_eq!(fresh.open(2, false, id(5), now), Verdict::Alarm { opened: 3, day: None });
+        let none = RecordLimits { alarm: 0, limit: 0, cards_alarm: 0, day_alarm: 0 };
+        let mut off = AccessWatch::new(AccessLimits { person: none, system: none });
+        off.replay(3, false, Replayed::Opened(id(1)), now - 1, now);
+        assert!(off.hours.is_empty(), "nothing kept for a watch that counts nothing");
     }
 
     #[test]

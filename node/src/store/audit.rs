@@ -251,6 +251,45 @@ impl<S: Deref<Target = Store>> Audit<S> {
         Ok(out)
     }
 
+    /// The looks at records through the local API (views, exports, photos opened), the records
+    /// made there, and the access watch's findings since `since_ms`, oldest first: the newest
+    /// `most` of them. Entries that name no person (the command line, the node's own work) are
+    /// left out.
+    pub fn access_since(&self, since_ms: i64, most: usize) -> Result<Vec<AccessSeen>, StoreError> {
+        let ctx = "reading the audit chain";
+        let mut stmt = self
+            .0
+            .conn
+            .prepare_cached(
+                "SELECT a.seq, a.at_ms, a.action, s.id, a.detail FROM audit a
+                 LEFT JOIN sessions s ON s.sid = a.sid
+                 WHERE a.action IN ('session.view', 'session.export', 'photo.view', 'session.create',
+                                    'access.unusual', 'access.refused')
+                   AND a.at_ms >= ?1
+                 ORDER BY a.at_ms DESC, a.seq DESC LIMIT ?2",
+            )
+            .map_err(sql(ctx))?;
+        let mut rows = stmt.query(rusqlite::params![since_ms, most as i64]).map_err(sql(ctx))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(sql(ctx))? {
+            let seq = r.get::<_, i64>(0).map_err(sql(ctx))? as u64;
+            let at_ms: i64 = r.get(1).map_err(sql(ctx))?;
+            let action: String = r.get(2).map_err(sql(ctx))?;
+            let session = r.get::<_, Option<String>>(3).map_err(sql(ctx))?.and_then(|id| id.parse::<SessionId>().ok());
+            let Some(sealed) = r.get::<_, Option<Vec<u8>>>(4).map_err(sql(ctx))? else { continue };
+            let detail: serde_json::Value =
+                serde_json::from_slice(&self.0.sealer.open("audit detail", &audit_aad(seq), &sealed)?).map_err(json)?;
+            let by = &detail["by"];
+            let Some(id) = by["id"].as_i64() else { continue };
+            let system = by["role"] == "system";
+            let n = |key: &str| detail[key].as_u64().unwrap_or(0);
+            let flagged = (n("records"), n("records_day"), n("cards"));
+            out.push(AccessSeen { at_ms, action, person: (id, system), session, flagged });
+        }
+        out.reverse();
+        Ok(out)
+    }
+
     /// The hubs that had seen this node's chain longer than it was when they next spoke.
     pub fn losses(&self) -> Result<Vec<AuditLoss>, StoreError> {
         anchor_losses(&self.0.conn, "SELECT peer, lost FROM audit_anchors WHERE lost > 0 ORDER BY peer")

@@ -221,6 +221,24 @@ pub struct UnusualAccess {
     pub at_ms: i64,
 }
 
+/// A look at a record through the local API, a record made, or a finding of the node's access
+/// watch, as the audit chain holds it ([`Audit::access_since`]): what a restarted daemon counts
+/// again, so that a restart forgets no one's hour.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessSeen {
+    /// When.
+    pub at_ms: i64,
+    /// `session.view`, `session.export`, `photo.view`, `session.create`, `access.unusual` or
+    /// `access.refused`.
+    pub action: String,
+    /// The person who acted (their id), and whether an integrating system.
+    pub person: (i64, bool),
+    /// The record, for a look or a record made.
+    pub session: Option<SessionId>,
+    /// For a finding: the hour's records, the day's, the cards shown (0 where not said).
+    pub flagged: (u64, u64, u64),
+}
+
 /// One audit entry, opened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
