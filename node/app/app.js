@@ -213,7 +213,8 @@ function signedOut(message) {
 
 function renderLogin(message) {
   const name = h('input', { name: 'name', autocomplete: 'username', required: true, autocapitalize: 'words' });
-  const secret = h('input', { name: 'secret', type: 'password', inputmode: 'numeric', autocomplete: 'current-password', required: true });
+  // No numeric keypad: a passphrase has letters.
+  const secret = h('input', { name: 'secret', type: 'password', autocomplete: 'current-password', required: true });
   const error = h('p', { class: 'error', role: 'alert' }, message || '');
   const form = h('form', { class: 'login panel', id: 'login' },
     h('h1', {}, 'Sign in to outpost'),
@@ -362,7 +363,8 @@ const OPEN = new Set(['draft', 'queued', 'routing', 'connected', 'awaiting_reply
 function renderList() {
   let cards = [...S.cards.values()];
   if (isDesk()) {
-    cards.sort((a, b) => (RANK[a.priority] - RANK[b.priority]) || (b.created_ms - a.created_ms));
+    // Urgent first; within a priority, the longest waiting first.
+    cards.sort((a, b) => (RANK[a.priority] - RANK[b.priority]) || (a.created_ms - b.created_ms));
   } else {
     cards.sort((a, b) => b.updated_ms - a.updated_ms);
   }
@@ -465,15 +467,27 @@ async function refreshSession(id) {
   const view = await api('GET', `/api/sessions/${id}`);
   if (!S.view || S.view.id !== id) return;
   S.view = view;
-  // Keep what is being typed.
-  const typing = document.getElementById('reply');
-  const draft = typing ? typing.value : '';
-  const focused = document.activeElement && document.activeElement.id;
+  // A form being filled in (a reply typed, a photo chosen with its body site and consent, an
+  // outcome picked but not saved, an upload under way) is kept as it stands, the very
+  // elements, where the redrawn page has the same form; focus stays where it was.
+  const kept = [...document.querySelectorAll('form[data-dirty]')];
+  const focused = document.activeElement;
   paintSession(view);
-  const again = document.getElementById('reply');
-  if (again) again.value = draft;
-  if (focused && document.getElementById(focused)) document.getElementById(focused).focus({ preventScroll: true });
+  for (const form of kept) {
+    const fresh = document.getElementById(form.id);
+    if (fresh && fresh !== form) fresh.replaceWith(form);
+  }
+  if (focused && focused !== document.body && document.contains(focused)) focused.focus({ preventScroll: true });
   markRead(view);
+}
+
+// Marks a form as being filled in once anything in it changes (see refreshSession); `done`
+// clears the mark once what it holds was saved.
+function tracked(form) {
+  const dirty = () => { form.dataset.dirty = '1'; };
+  form.addEventListener('input', dirty);
+  form.addEventListener('change', dirty);
+  return { form, done: () => { delete form.dataset.dirty; } };
 }
 
 // A person has the session on screen and is at the device: this node's read receipts for what
@@ -599,17 +613,21 @@ function replyForm(v) {
   const text = h('textarea', { id: 'reply', name: 'text', required: true, maxlength: 4000 });
   const error = h('p', { class: 'error', role: 'alert' });
   const send = h('button', { type: 'submit' }, isDesk() ? 'Send reply' : 'Send message');
-  const form = h('form', { id: 'message-form' }, field(isDesk() ? 'Your advice' : 'Message', text), error, h('div', { class: 'actions' }, send));
+  const { form, done } = tracked(h('form', { id: 'message-form' }, field(isDesk() ? 'Your advice' : 'Message', text), error, h('div', { class: 'actions' }, send)));
   let key = clientKey();
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
     send.disabled = true;
     error.textContent = '';
     try {
-      const last = [...v.messages].reverse().find((m) => m.side !== mySide());
+      // The form may have been kept across redraws: the other side's latest message is the
+      // session's as it stands now.
+      const now = S.view && S.view.id === v.id ? S.view : v;
+      const last = [...now.messages].reverse().find((m) => m.side !== mySide());
       await api('POST', `/api/sessions/${v.id}/messages`, { text: text.value.trim(), reply_to: last ? last.id : null, client_key: key });
       key = clientKey();
       text.value = '';
+      done();
       await refreshSession(v.id);
     } catch (err) {
       if (err.status !== 401) error.textContent = err.message;
@@ -633,11 +651,11 @@ function photoForm(v) {
     S.photoNote && S.photoNote.session === v.id ? S.photoNote.text : '');
   const note = (text) => { S.photoNote = { session: v.id, text }; state.textContent = text; };
   const send = h('button', { type: 'submit' }, 'Add photo');
-  const form = h('form', { id: 'photo-form' },
+  const { form, done } = tracked(h('form', { id: 'photo-form' },
     field('Photo', file, 'Opens the camera on a tablet'),
     h('div', { class: 'row' }, field('View', view), field('Body site', site, 'For example: left forearm')),
     h('div', { class: 'row' }, field('Consent', consent), field('Use', scope)),
-    bar, state, h('div', { class: 'actions' }, send));
+    bar, state, h('div', { class: 'actions' }, send)));
   form.addEventListener('submit', (e) => {
     e.preventDefault();
     if (!file.files[0]) return;
@@ -658,6 +676,7 @@ function photoForm(v) {
       send.disabled = false;
       if (xhr.status === 201) {
         note(`Saved on this device (${Math.round(file.files[0].size / 1024)} KB). It goes to the hub with the next sync.`);
+        done();
         await refreshSession(v.id);
       } else if (xhr.status === 401) {
         signedOut('Your sign-in has ended. Sign in again.');
@@ -756,17 +775,22 @@ function outcomePanel(v) {
   const had = v.outcome[side];
   const pick = select('outcome', { '': 'Choose…', ...OUTCOMES }, had ? had.value : '');
   const save = h('button', { type: 'submit' }, 'Record outcome');
-  const form = h('form', { id: 'outcome-form' }, field(isDesk() ? 'Your outcome' : 'Outcome for the patient', pick), h('div', { class: 'actions' }, save));
+  // Stays until the next try: an outcome not recorded must not look recorded.
+  const error = h('p', { class: 'error', role: 'alert' });
+  const { form, done } = tracked(h('form', { id: 'outcome-form' },
+    field(isDesk() ? 'Your outcome' : 'Outcome for the patient', pick), error, h('div', { class: 'actions' }, save)));
   const key = clientKey();
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
-    if (!pick.value) return;
+    error.textContent = '';
+    if (!pick.value) { error.textContent = 'Choose an outcome first.'; return; }
     try {
       await api('POST', `/api/sessions/${v.id}/outcome`, { side, outcome: pick.value, client_key: `${key}-${pick.value}` });
       toast('Outcome recorded.');
+      done();
       await refreshSession(v.id);
     } catch (err) {
-      if (err.status !== 401) toast(err.message);
+      if (err.status !== 401) error.textContent = `Not recorded: ${err.message}`;
     }
   });
   const both = ['requester', 'responder'].filter((s) => v.outcome[s]).map((s) =>

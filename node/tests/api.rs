@@ -662,6 +662,13 @@ fn a_desk_app_hears_its_call_ring_from_the_event_stream() {
     assert!(!owed[0]["reason"].as_str().unwrap().is_empty(), "{owed}");
     // The desk's list answers too (the cardiology desk holds no haematology session).
     assert_eq!(api.call("GET", "/api/callbacks", Some(&ada), None).1, json!([]));
+    // The crew records its own outcome (conveyed): the consultant's call back is still owed,
+    // and only the consultant's outcome settles it.
+    let outcome = json!({ "side": "requester", "outcome": "conveyed_ed" });
+    let (status, body) = amb_api.call("POST", &format!("/api/sessions/{haem}/outcome"), Some(&sam), Some(outcome));
+    assert_eq!(status, 204, "{body}");
+    let owed = amb_api.call("GET", "/api/callbacks", Some(&sam), None).1;
+    assert_eq!(owed.as_array().map(|o| o.iter().map(|c| c["session"].clone()).collect()), Some(vec![json!(haem)]));
     // Closed, it is owed no more.
     ok(&["session", "set-status", "--dir", d(&amb), &haem, "closed"]);
     assert_eq!(amb_api.call("GET", "/api/callbacks", Some(&sam), None).1, json!([]));

@@ -500,11 +500,14 @@ async fn a_paramedic_and_a_consultant_work_a_case_through_their_browsers() {
     tablet.screenshot_at("07-tablet-reply-received", Some("#messages")).await;
     desk.screenshot_at("08-desk-reply-read", Some("#messages")).await;
 
-    // Outcomes from both sides.
+    // Outcomes from both sides. The consultant has picked theirs, not yet saved, when the
+    // crew's arrives and the page redraws: what was picked stays picked.
+    desk.choose("#outcome-form select[name=outcome]", "advice_only").await;
     tablet.choose("#outcome-form select[name=outcome]", "conveyance_avoided").await;
     tablet.click("#outcome-form button[type=submit]").await;
     desk.wait_for("#h-outcome + ul li", "Requester: Conveyance avoided").await;
-    desk.choose("#outcome-form select[name=outcome]", "advice_only").await;
+    let picked = desk.eval("return document.querySelector('#outcome-form select[name=outcome]').value;").await;
+    assert_eq!(picked, "advice_only", "a live update wiped the outcome being chosen");
     desk.click("#outcome-form button[type=submit]").await;
     tablet.wait_for("#h-outcome + ul li", "Consultant: Advice only").await;
 

@@ -183,8 +183,11 @@ impl Node {
     pub fn callbacks_owed(&mut self) -> Result<Vec<CallbackOwed>, NodeError> {
         let mut candidates = Vec::new();
         // A callback moves a session to awaiting_reply unless it is already beyond; a dropped
-        // call leaves it connected.
-        for status in [Status::Routing, Status::Connected, Status::AwaitingReply, Status::Responded] {
+        // call leaves it connected. The crew's outcome moves it on to outcome_recorded, and the
+        // consultant's call back is still owed then: only the consultant's outcome settles it.
+        let owing =
+            [Status::Routing, Status::Connected, Status::AwaitingReply, Status::Responded, Status::OutcomeRecorded];
+        for status in owing {
             let filter = ListFilter { status: Some(status), limit: Some(CALLBACK_CANDIDATES), ..Default::default() };
             candidates.extend(self.store.sessions().list(&filter)?);
         }
