@@ -95,7 +95,7 @@ const nhsFormat = (n) => (n && n.length === 10 ? `${n.slice(0, 3)} ${n.slice(3, 
 
 // The NHS number's modulus 11 check digit (NHS Data Dictionary).
 function nhsCheck(raw) {
-  const n = raw.replace(/\s+/g, '');
+  const n = raw.replace(/[\s-]+/g, '');
   if (n === '') return { ok: null, text: '' };
   if (!/^\d{10}$/.test(n)) return { ok: false, text: `${n.length} of 10 digits` };
   let sum = 0;
@@ -149,7 +149,13 @@ async function api(method, path, body) {
   const headers = {};
   if (S.token) headers.Authorization = `Bearer ${S.token}`;
   if (body !== undefined) headers['Content-Type'] = 'application/json';
-  const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  let res;
+  try {
+    res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (_) {
+    // No answer at all (its status stays undefined: the live stream's handler tells by that).
+    throw new ApiError(undefined, 'This device’s outpost node did not answer: nothing was saved. Try again in a moment.');
+  }
   if (res.status === 401 && path !== '/api/login') {
     signedOut('Your sign-in has ended. Sign in again.');
     throw new ApiError(401, 'signed out');
@@ -179,16 +185,29 @@ async function apiText(path) {
 const clientKey = () => `app-${Date.now().toString(36)}-${(++S.keySeq).toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
 
 // A photo as session `session` records it: the node gives it only for a record that came with
-// its bytes (another session's record of the same hash opens nothing).
+// its bytes (another session's record of the same hash opens nothing). `{ url }`, or `{ why }`
+// in words for the screen when the node gives none: not here yet (404), or the node's own
+// reason (consent withdrawn, deleted here once the hub held it, too many records opened).
+const NOT_HERE = 'Photo on its way to this device';
 async function imageUrl(session, hash, thumbnail) {
-  const res = await fetch(`/api/photos/${hash}?session=${session}${thumbnail ? '&thumbnail=true' : ''}`, {
-    headers: { Authorization: `Bearer ${S.token}` },
-  });
-  if (!res.ok) return null;
+  let res;
+  try {
+    res = await fetch(`/api/photos/${hash}?session=${session}${thumbnail ? '&thumbnail=true' : ''}`, {
+      headers: { Authorization: `Bearer ${S.token}` },
+    });
+  } catch (_) {
+    return { why: 'Photo not shown: this device’s outpost node did not answer' };
+  }
+  if (!res.ok) {
+    if (res.status === 404) return { why: NOT_HERE };
+    let why = `Photo not shown (${res.status})`;
+    try { why = `Photo not shown: ${(await res.json()).error}`; } catch (_) { /* keep the status */ }
+    return { why };
+  }
   const blob = await res.blob();
   // Only a photo is shown as one (the type comes from another node's record).
-  if (blob.type !== 'image/jpeg' && blob.type !== 'image/png') return null;
-  return URL.createObjectURL(blob);
+  if (blob.type !== 'image/jpeg' && blob.type !== 'image/png') return { why: 'Not shown: the record does not hold it as a photo' };
+  return { url: URL.createObjectURL(blob) };
 }
 
 function show(...children) {
@@ -206,6 +225,8 @@ function signedOut(message) {
   if (S.events) S.events.close();
   S.events = null;
   stopRinging();
+  // Signed out mid-call: the microphone stops now, not when the call ends.
+  if (S.voice) stopVoice();
   document.getElementById('bar').hidden = true;
   document.getElementById('ring').hidden = true;
   renderLogin(message);
@@ -270,9 +291,27 @@ function renderLink() {
   const link = up
     ? h('span', { class: 'online' }, 'Connected')
     : h('span', { class: 'offline' }, 'No connection: working on this device');
-  el.replaceChildren(S.eventsLost
-    ? h('span', { class: 'offline' }, 'Live updates paused: trying again')
-    : link);
+  el.replaceChildren(S.nodeLost
+    ? h('span', { class: 'offline' }, 'Can’t reach this device’s outpost node: nothing can be saved until it answers')
+    : S.eventsLost
+      ? h('span', { class: 'offline' }, 'Live updates paused: trying again')
+      : link);
+}
+
+// After events were missed (the stream dropped, the node restarted or was out of reach, a
+// burst too large to send): what the page shows is fetched again and redrawn in place, a form
+// being filled in kept as it stands (a new session's form is not redrawn at all).
+async function catchUp() {
+  try {
+    const status = await api('GET', '/api/status');
+    S.peers.clear();
+    for (const p of status.connected_peers || []) S.peers.set(p, true);
+    await loadCards();
+  } catch (_) { return; /* still out of reach: the next hello tries again */ }
+  renderLink();
+  if (S.view && location.hash === `#/s/${S.view.id}`) await refreshSession(S.view.id);
+  else if (isListScreen()) renderList();
+  else if (location.hash === '#/callbacks') route();
 }
 
 // ------------------------------------------------------------------ live events
@@ -297,22 +336,29 @@ function connectEvents() {
     S.peers.set(peer, up);
     renderLink();
   });
-  es.addEventListener('resync', async () => {
-    await loadCards();
-    route();
-  });
+  es.addEventListener('resync', () => { catchUp().catch(() => {}); });
   es.addEventListener('hello', () => {
     S.eventsRetry = 0;
-    if (S.eventsLost) {
-      // Back after a refusal: what changed meanwhile was missed.
+    if (S.eventsLost || S.nodeLost || S.eventsDropped) {
+      // Back after a refusal, a restart or a spell out of reach: what changed meanwhile was
+      // missed.
       S.eventsLost = false;
+      S.nodeLost = false;
+      S.eventsDropped = false;
       renderLink();
-      loadCards().then(route).catch(() => {});
+      catchUp().catch(() => {});
     }
   });
   es.onerror = async () => {
-    // The stream reconnects by itself; a token that has ended is found here.
-    try { await api('GET', '/api/me'); } catch (_) { return; /* signedOut already ran on 401 */ }
+    S.eventsDropped = true;
+    // The stream reconnects by itself; a token that has ended is found here, and a node that
+    // does not answer at all is said so (the link chip would otherwise still say "Connected").
+    try {
+      await api('GET', '/api/me');
+    } catch (err) {
+      if (err.status === undefined && S.events === es) { S.nodeLost = true; renderLink(); }
+      return; /* signedOut already ran on 401 */
+    }
     if (es.readyState === EventSource.CLOSED && S.events === es) {
       // Refused (this person has too many pages open, or the node is busy): the browser does
       // not try again, so this page does, less often each time, and says so meanwhile.
@@ -360,6 +406,13 @@ window.addEventListener('hashchange', route);
 const RANK = { urgent: 0, two_week_wait: 1, routine: 2 };
 const OPEN = new Set(['draft', 'queued', 'routing', 'connected', 'awaiting_reply', 'responded']);
 
+// Open for this side: its status is, or the other side's outcome is in and this side's is not
+// (the consultant still owes theirs once the crew has recorded its own, and the other way round).
+function stillOpen(c) {
+  if (OPEN.has(c.status)) return true;
+  return c.status === 'outcome_recorded' && Array.isArray(c.outcomes) && !c.outcomes.includes(mySide());
+}
+
 function renderList() {
   let cards = [...S.cards.values()];
   if (isDesk()) {
@@ -368,8 +421,9 @@ function renderList() {
   } else {
     cards.sort((a, b) => b.updated_ms - a.updated_ms);
   }
-  const open = cards.filter((c) => OPEN.has(c.status));
-  const done = cards.filter((c) => !OPEN.has(c.status));
+  const open = cards.filter(stillOpen);
+  // Finished: the latest first, on every screen.
+  const done = cards.filter((c) => !stillOpen(c)).sort((a, b) => b.updated_ms - a.updated_ms);
   const list = (cs) => h('ul', { class: 'cards' }, cs.map((c) => h('li', {}, h('a', {
     href: `#/s/${c.id}`, class: c.priority === 'urgent' ? 'urgent' : null, 'data-session': c.id,
   },
@@ -380,7 +434,7 @@ function renderList() {
   h('span', { class: 'meta' }, `${c.messages} message${c.messages === 1 ? '' : 's'}, ${c.photos} photo${c.photos === 1 ? '' : 's'}`,
     !isDesk() && c.on_device_only ? ` · ${c.on_device_only} not yet sent` : '')))));
   show(
-    h('h1', {}, isDesk() ? 'Queue: newest urgent first' : 'Advice sessions'),
+    h('h1', {}, isDesk() ? 'Queue: urgent first, the longest waiting first' : 'Advice sessions'),
     open.length ? list(open) : h('p', {}, isDesk() ? 'Nothing waiting for your service lines.' : 'No open sessions. Start one with “New session”.'),
     done.length ? h('h2', {}, 'Finished') : null,
     done.length ? list(done) : null,
@@ -423,7 +477,7 @@ function renderNew() {
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
     error.textContent = '';
-    const n = nhs.value.replace(/\s+/g, '');
+    const n = nhs.value.replace(/[\s-]+/g, '');
     if (n && !nhsCheck(n).ok) {
       error.textContent = 'The NHS number is not valid. Correct it or leave it empty.';
       nhs.focus();
@@ -477,7 +531,11 @@ async function refreshSession(id) {
     const fresh = document.getElementById(form.id);
     if (fresh && fresh !== form) fresh.replaceWith(form);
   }
-  if (focused && focused !== document.body && document.contains(focused)) focused.focus({ preventScroll: true });
+  // Focus stays on the very element if it was kept, else on its like in the redrawn page (the
+  // reply box tapped into but not yet typed in: the keyboard must not close at every update).
+  const again = focused && focused !== document.body && (document.contains(focused) ? focused
+    : focused.id ? document.getElementById(focused.id) : null);
+  if (again) again.focus({ preventScroll: true });
   markRead(view);
 }
 
@@ -510,16 +568,21 @@ function paintSession(v) {
   h('div', {}, m.text))));
   const photos = h('div', { class: 'photos' }, v.media.map((m) => {
     const img = h('img', { alt: `${VIEWS[m.view] || m.view} photo of ${m.body_site}`, hidden: true });
-    const waiting = h('p', { class: 'meta' }, 'Photo on its way to this device');
+    const waiting = h('p', { class: 'meta' }, m.consent_withdrawn ? 'Consent withdrawn: not shown' : NOT_HERE);
     const shown = (u) => { img.src = u; img.hidden = false; waiting.remove(); };
     const key = `${v.id}/${m.hash}`;
-    if (S.thumbs.has(key)) shown(S.thumbs.get(key));
-    else imageUrl(v.id, m.hash, true).then((u) => { if (u) { S.thumbs.set(key, u); shown(u); } });
+    if (m.consent_withdrawn) {
+      // Not even the copy this page already fetched.
+      if (S.thumbs.has(key)) { URL.revokeObjectURL(S.thumbs.get(key)); S.thumbs.delete(key); }
+    } else if (S.thumbs.has(key)) shown(S.thumbs.get(key));
+    else imageUrl(v.id, m.hash, true).then((r) => { if (r.url) { S.thumbs.set(key, r.url); shown(r.url); } else waiting.textContent = r.why; });
     return h('figure', {}, img, waiting, h('figcaption', {}, `${VIEWS[m.view] || m.view} · ${m.body_site} · `,
       m.consent_withdrawn ? 'consent withdrawn' : consentWords(v, m.consent), ' · ', chip(m.receipt, 'requester'),
-      isDesk() ? h('button', { type: 'button', class: 'secondary', onclick: () => openPhoto(v, m) }, 'Open full size') : null,
+      isDesk() && !m.consent_withdrawn
+        ? h('button', { type: 'button', class: 'secondary', 'aria-label': `Open full size: ${m.body_site}`, onclick: () => openPhoto(v, m) }, 'Open full size')
+        : null,
       !isDesk() && !m.consent_withdrawn
-        ? h('button', { type: 'button', class: 'secondary', 'data-withdraw': m.hash, onclick: (e) => withdrawConsent(e.currentTarget, v, m) }, 'Patient withdraws consent')
+        ? h('button', { type: 'button', class: 'secondary', 'aria-label': `Patient withdraws consent: ${m.body_site}`, 'data-withdraw': m.hash, onclick: (e) => withdrawConsent(e.currentTarget, v, m) }, 'Patient withdraws consent')
         : null));
   }));
   show(
@@ -602,10 +665,13 @@ function consentWords(v, id) {
 }
 
 async function openPhoto(v, m) {
-  const u = await imageUrl(v.id, m.hash, false);
-  if (!u) { toast('The full photo is not held here yet.'); return; }
-  window.open(u, '_blank', 'noopener');
-  setTimeout(() => URL.revokeObjectURL(u), 60000);
+  const r = await imageUrl(v.id, m.hash, false);
+  if (!r.url) { toast(r.why === NOT_HERE ? 'The full photo is not held here yet.' : r.why); return; }
+  // Read only once it is on screen: a window the browser blocked shows nothing.
+  const w = window.open(r.url, '_blank');
+  setTimeout(() => URL.revokeObjectURL(r.url), 60000);
+  if (!w) { toast('The photo’s window was blocked: allow pop-ups for this page and open it again.'); return; }
+  w.opener = null;
   try { await api('POST', `/api/photos/${m.hash}/read`); } catch (_) { /* shown later */ }
 }
 
@@ -727,7 +793,11 @@ function callPanel(v) {
     if (call.state === 'connected') now = h('p', { class: 'call-live', id: 'call-state' }, `${words} to ${call.desk}`);
     else if (call.state === 'callback') now = h('p', { class: 'callback', id: 'call-state' }, `${words}: ${call.callback_reason || 'no reason given'}`);
     else if (call.state === 'waiting' && ![...S.peers.values()].some(Boolean)) {
-      now = h('p', { id: 'call-state' }, 'Waiting for a connection to ask the hub');
+      now = h('p', { id: 'call-state' }, isDesk() ? 'Waiting for a connection to the hub' : 'Waiting for a connection to ask the hub');
+    } else if (call.state === 'waiting' && isDesk()) {
+      // On the desk the hub is putting a call through (this desk's answer on its way, or the
+      // crew's link being checked): the desk is not asking for a consultant.
+      now = h('p', { id: 'call-state' }, 'The hub is putting the call through…');
     } else now = h('p', { id: 'call-state' }, words, call.desk && call.state === 'ringing' ? ` ${call.desk}` : '');
   }
   const buttons = [];
@@ -923,6 +993,13 @@ function startRinging() {
   const beep = () => {
     try {
       S.audio = S.audio || new AudioContext();
+      if (S.audio.state === 'suspended') {
+        // A page reloaded (its sign-in restored) may not make a sound until it is touched.
+        S.audio.resume().catch(() => {});
+        const ring = document.getElementById('ring');
+        if (ring && !ring.querySelector('.ring-muted')) ring.append(h('p', { class: 'ring-muted' }, 'Tap anywhere to turn the ring sound on.'));
+        document.addEventListener('pointerdown', () => S.audio.resume().catch(() => {}), { once: true });
+      }
       const o = S.audio.createOscillator();
       const g = S.audio.createGain();
       o.frequency.value = 880;

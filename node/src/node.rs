@@ -241,9 +241,10 @@ pub fn new_id(now: i64) -> Result<String, CryptoError> {
 pub const UNUSUAL_ACCESS_SHOWN_MS: i64 = 24 * 3600 * 1000;
 /// The most such entries read (each is written at most once an hour per person).
 const UNUSUAL_ACCESS_SCAN: usize = 10_000;
-/// The most audit entries a starting daemon reads back into its access watch (the newest of
-/// the last day): a busy desk writes a few thousand a day; reading this many takes about a
-/// second.
+/// The most looks at records (different person and record) a starting daemon reads back into
+/// its access watch (the newest of the last day): a busy desk opens a few thousand a day.
+/// Repeats of one look are read past, up to ten times as many entries in all (about ten
+/// seconds, only after a flood of repeats).
 const ACCESS_REPLAYED: usize = 100_000;
 
 /// The store lock in a node directory.
@@ -834,7 +835,8 @@ impl Node {
     /// here is reported, and the count starts afresh: the daemon still starts.)
     pub fn set_record_limits(&mut self, limits: AccessLimits, now: i64) {
         self.access = access::AccessWatch::new(limits);
-        let seen = match self.store.audit().access_since(now - access::DAY_MS, ACCESS_REPLAYED) {
+        let (since, until) = (now - access::DAY_MS, now + access::WINDOW_MS);
+        let seen = match self.store.audit().access_since(since, until, ACCESS_REPLAYED) {
             Ok(seen) => seen,
             Err(e) => {
                 tracing::warn!(

@@ -500,12 +500,30 @@ async fn a_paramedic_and_a_consultant_work_a_case_through_their_browsers() {
     tablet.screenshot_at("07-tablet-reply-received", Some("#messages")).await;
     desk.screenshot_at("08-desk-reply-read", Some("#messages")).await;
 
-    // Outcomes from both sides. The consultant has picked theirs, not yet saved, when the
-    // crew's arrives and the page redraws: what was picked stays picked.
-    desk.choose("#outcome-form select[name=outcome]", "advice_only").await;
+    // Outcomes from both sides. The crew records its own first: the consultant's queue still
+    // has the case open (the consultant owes theirs).
     tablet.choose("#outcome-form select[name=outcome]", "conveyance_avoided").await;
     tablet.click("#outcome-form button[type=submit]").await;
     desk.wait_for("#h-outcome + ul li", "Requester: Conveyance avoided").await;
+    // The cards above the "Finished" heading, and those under it.
+    let lists = "const fin = [...document.querySelectorAll('main h2')].find((e) => e.textContent === 'Finished'); \
+                 const above = (u) => !fin || (u.compareDocumentPosition(fin) & Node.DOCUMENT_POSITION_FOLLOWING); \
+                 const all = [...document.querySelectorAll('main ul.cards')]; \
+                 return { open: all.filter(above).map((u) => u.textContent).join(' | '), \
+                          finished: all.filter((u) => !above(u)).map((u) => u.textContent).join(' | ') };";
+    desk.eval("location.hash = '#/'; return null;").await;
+    desk.wait_for("main ul.cards a", summary).await;
+    let shown = desk.eval(lists).await;
+    assert!(shown["open"].as_str().is_some_and(|open| open.contains(summary)), "not among the open cases: {shown}");
+    assert!(!shown["finished"].as_str().unwrap_or_default().contains(summary), "among the finished: {shown}");
+    desk.click("main ul.cards a").await;
+    desk.wait_for("main h1", summary).await;
+    // The consultant has picked theirs, not yet saved, when a message from the crew arrives and
+    // the page redraws: what was picked stays picked.
+    desk.choose("#outcome-form select[name=outcome]", "advice_only").await;
+    tablet.type_into("#reply", "Thank you, patient left at home with the leaflet").await;
+    tablet.click("#message-form button[type=submit]").await;
+    desk.wait_for("#messages li.theirs", "left at home").await;
     let picked = desk.eval("return document.querySelector('#outcome-form select[name=outcome]').value;").await;
     assert_eq!(picked, "advice_only", "a live update wiped the outcome being chosen");
     desk.click("#outcome-form button[type=submit]").await;
@@ -525,6 +543,11 @@ async fn a_paramedic_and_a_consultant_work_a_case_through_their_browsers() {
     tablet.click("[data-withdraw]").await;
     tablet.wait_for(".photos figcaption", "consent withdrawn").await;
     desk.wait_for(".photos figcaption", "consent withdrawn").await;
+    // Nor is the copy the consultant's page had already fetched shown any more.
+    desk.wait_for(".photos figure p", "Consent withdrawn: not shown").await;
+    let visible =
+        desk.eval("return [...document.querySelectorAll('.photos img')].filter((i) => !i.hidden).length;").await;
+    assert_eq!(visible, 0, "a photo whose consent was withdrawn is still shown");
     tablet.assert_accessible("session with export").await;
 
     // Page weight and first render of the tablet's app (figures printed, weight bounded).
@@ -547,7 +570,7 @@ async fn a_paramedic_and_a_consultant_work_a_case_through_their_browsers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tablet_page_keeps_working_offline_and_moves_up_the_ladder_live_when_the_link_returns() {
     let _one_at_a_time = SERIAL.lock().await;
-    let f = fleetwide(false, None, "60");
+    let mut f = fleetwide(false, None, "60");
     let tablet = Browser::start("tablet-offline", 1280, 800, None).await;
     tablet.sign_in(&f.amb_api, "Sam Patel", "482193").await;
     tablet.wait_for("#link", "No connection").await;
@@ -558,6 +581,15 @@ async fn the_tablet_page_keeps_working_offline_and_moves_up_the_ladder_live_when
     tablet.type_into("#new-session textarea[name=details]", "No network on the moor; crew waiting").await;
     tablet.click("#new-session button[type=submit]").await;
     tablet.wait_for("#messages li", "On this device only").await;
+    // The tablet's own node restarts (an update) while a message is being typed: the page says
+    // it cannot reach it, then picks up again by itself, the message still there.
+    tablet.type_into("#reply", "Pain 2/10 now").await;
+    let amb_api_addr = f.amb_api.trim_start_matches("http://").to_string();
+    drop(f._daemons.remove(0));
+    tablet.wait_for("#link", "Can’t reach this device’s outpost node").await;
+    f._daemons.insert(0, daemon(&f.amb, &["--peer", &f.hub_quic, "--api", &amb_api_addr], &[]));
+    tablet.wait_for("#link", "No connection").await;
+    assert_eq!(tablet.eval("return document.getElementById('reply').value;").await, json!("Pain 2/10 now"));
     tablet.click("a[href='#/']").await;
     tablet.wait_for("ul.cards a", "On this device only").await;
     tablet.screenshot("09-tablet-offline").await;

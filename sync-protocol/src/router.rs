@@ -137,8 +137,11 @@ pub struct Decision {
 /// One step of the hub's router for the session's first open escalation. `line` is this hub's
 /// own directory entry for the session's service line (only the hub's copy decides who is
 /// rung), `holders` the nodes known to hold the session, `quality` the requester's path as just
-/// measured, `seen_ms` when this hub first saw the escalation (or the hand-over). `None` when
-/// there is nothing for this hub to route.
+/// measured, `seen_ms` when this hub first saw the escalation (or the hand-over: the
+/// connection's set-up time counts from it, the patient's whole wait), `wait_from_ms` when the
+/// wait for a desk to hold the case began (`seen_ms`, or for a call that waited its turn behind
+/// its device's others, when it was taken on). `None` when there is nothing for this hub to
+/// route.
 #[allow(clippy::too_many_arguments)]
 pub fn route(
     hub: Hub<'_>,
@@ -147,6 +150,7 @@ pub fn route(
     holders: &[String],
     quality: Option<&PathQuality>,
     seen_ms: TimeMs,
+    wait_from_ms: TimeMs,
     now: TimeMs,
 ) -> Option<Decision> {
     let call = calls_of(view).into_iter().find(|c| c.is_open())?;
@@ -180,10 +184,10 @@ pub fn route(
             Action::Callback { cause: CallbackCause::LineClosed, reason: refusal.to_string(), rating: None }
         }
         // Closed here: straight to the federated hub's line, the link gate first.
-        (Some(_), Some(other)) => next_action(&here, &[], view, holders, Some(other), quality, seen_ms, now),
+        (Some(_), Some(other)) => next_action(&here, &[], view, holders, Some(other), quality, wait_from_ms, now),
         (None, _) => {
             let rota = line.map(|l| l.rota.as_slice()).unwrap_or_default();
-            next_action(&here, rota, view, holders, fallback.as_deref(), quality, seen_ms, now)
+            next_action(&here, rota, view, holders, fallback.as_deref(), quality, wait_from_ms, now)
         }
     };
     let c = || call.call.clone();
@@ -228,7 +232,7 @@ pub fn route(
             ));
         }
     }
-    let wait_until = if action == Action::Wait { waits_until(&here, seen_ms, now) } else { None };
+    let wait_until = if action == Action::Wait { waits_until(&here, wait_from_ms, now) } else { None };
     Some(Decision { call: call.call, requester, action, writes, wait_until })
 }
 
@@ -286,6 +290,7 @@ impl Followed {
     fn from(now: TimeMs) -> Followed {
         Followed {
             seen_ms: now,
+            taken_ms: None,
             quality: None,
             listening: None,
             wake_ms: None,
@@ -312,10 +317,12 @@ enum TakeOn {
 /// One escalation the router follows.
 #[derive(Debug, Clone)]
 struct Followed {
-    /// When this hub first saw it (or, after a restart, saw it again), its clock; for a call
-    /// that waited its turn ([`Router::take_on`]), when it was taken on. The waits for a desk
-    /// to hold the case and for a federated hub count from it.
+    /// When this hub first saw it (or, after a restart, saw it again), its clock: the
+    /// connection's `ms_from_escalate` counts from it.
     seen_ms: TimeMs,
+    /// For a call that waited its turn ([`Router::take_on`]), when it was taken on: the wait for
+    /// a desk to hold the case counts from it (from `seen_ms` otherwise).
+    taken_ms: Option<TimeMs>,
     /// The requester's path as the gate judged it.
     quality: Option<PathQuality>,
     /// The gate, while it listens.
@@ -469,7 +476,8 @@ impl Router {
         }
         let Some(f) = self.followed.get_mut(&doc) else { return Step::NotFollowed };
         let hub = Hub { name: &self.name, icb: self.icb.as_deref() };
-        let Some(decision) = route(hub, view, line, holders, f.quality.as_ref(), f.seen_ms, now) else {
+        let wait_from = f.taken_ms.unwrap_or(f.seen_ms);
+        let Some(decision) = route(hub, view, line, holders, f.quality.as_ref(), f.seen_ms, wait_from, now) else {
             self.followed.remove(&doc);
             let relay = calls_of(view).into_iter().rev().find_map(|c| {
                 let fed = c.federated.as_ref().filter(|f| f.from == self.name)?;
@@ -576,8 +584,8 @@ impl Router {
         if let Some(f) = self.followed.get_mut(&doc) {
             if f.waiting.is_some() {
                 // Nothing was done for it while it waited (no desk asked to hold its case):
-                // the waits for a desk count from now.
-                f.seen_ms = now;
+                // the wait for a desk counts from now; its set-up time still from its request.
+                f.taken_ms = Some(now);
             }
             f.requester = Some(by);
             f.waiting = None;
@@ -646,7 +654,7 @@ mod tests {
     use super::*;
     use crate::call::{HOLD_WAIT_MS, HOLDERS_POLL_MS, RotaDesk};
     use crate::directory::Hours;
-    use crate::session::{NewSession, Patient, Requester, Service, SessionId};
+    use crate::session::{LogValue, NewSession, Patient, Requester, Service, SessionId};
     use crate::vocab::{CareSetting, Channel, Priority, ServiceLine};
 
     const T0: TimeMs = 1_796_360_400_000;
@@ -673,7 +681,7 @@ mod tests {
         let hub = Hub { name: "hub-qhm", icb: Some("QHM") };
         // 05:00 UK time on a Friday: a line open 08:00-18:30 on weekdays is closed.
         let closed = line("mon-fri 08:00-18:30", &["desk-1"], None);
-        let d = route(hub, &view, Some(&closed), &["desk-1".into()], None, T0, T0 + 2_000).unwrap();
+        let d = route(hub, &view, Some(&closed), &["desk-1".into()], None, T0, T0, T0 + 2_000).unwrap();
         let Action::Callback { reason, cause, .. } = &d.action else { panic!("{:?}", d.action) };
         assert!(reason.contains("closed"), "{reason}");
         assert_eq!(*cause, CallbackCause::LineClosed);
@@ -690,14 +698,14 @@ mod tests {
         let view = doc.view().unwrap();
         let other = Hub { name: "hub-qox", icb: Some("QOX") };
         let theirs = line("24/7", &["desk-ox-1"], None);
-        assert!(route(other, &view, Some(&theirs), &[], None, T0, T0 + 2_000).is_none(), "not handed over yet");
+        assert!(route(other, &view, Some(&theirs), &[], None, T0, T0, T0 + 2_000).is_none(), "not handed over yet");
         // The home hub, with no desk of its own, hands the call over (after the link gate).
         let home = Hub { name: "hub-qhm", icb: Some("QHM") };
         let ours = line("24/7", &[], Some("hub-qox"));
         let good = PathQuality { rtt_ms: 60.0, jitter_ms: 5.0, loss: 0.0, burst_ratio: 1.0, probes: 50 };
         let mut now = T0 + 2_000;
         for _ in 0..3 {
-            let d = route(home, &doc.view().unwrap(), Some(&ours), &[], Some(&good), T0, now).unwrap();
+            let d = route(home, &doc.view().unwrap(), Some(&ours), &[], Some(&good), T0, T0, now).unwrap();
             for w in &d.writes {
                 w.apply(&mut doc, now).unwrap();
             }
@@ -708,7 +716,7 @@ mod tests {
         }
         let view = doc.view().unwrap();
         assert!(view.shared_with.contains(&"hub-qox".to_string()));
-        let d = route(other, &view, Some(&theirs), &[], Some(&good), now, now).unwrap();
+        let d = route(other, &view, Some(&theirs), &[], Some(&good), now, now, now).unwrap();
         assert_eq!(d.requester, "hub-qhm", "the federated hub relays the handing hub's voice");
         assert_eq!(d.writes.first(), Some(&Write::ShareWithRota { desks: vec!["desk-ox-1".into()] }));
     }
@@ -939,6 +947,28 @@ mod tests {
         assert_eq!(at(fifth, taken + HOLD_WAIT_MS - 1, &mut router), Action::Wait);
         let action = at(fifth, taken + HOLD_WAIT_MS, &mut router);
         assert!(matches!(action, Action::Callback { cause: CallbackCause::CaseNotDelivered, .. }), "{action:?}");
+    }
+
+    #[test]
+    fn a_call_that_waited_its_turn_counts_its_set_up_time_from_its_request() {
+        // The patient's wait is from the request: the turn waited behind the tablet's other
+        // call is part of it.
+        let rota = line("24/7", &["desk-1"], None);
+        let holders = ["desk-1".to_string()];
+        let mut router = Router::new("hub-qhm", Some("QHM"), WAIT).with_call_limits(1, 0);
+        let t = T0 + 2_000;
+        let (mut ahead, ahead_id) = escalated_by(3, "amb-07");
+        router.follow(ahead_id, t);
+        assert_eq!(drive(&mut router, &mut ahead, &rota, &holders, t), vec![Action::Measure]);
+        let (mut waiting, waiting_id) = escalated_by(1, "amb-07");
+        router.follow(waiting_id, t);
+        let step = router.step(waiting_id, &waiting.view().unwrap(), Some(&rota), &holders, t);
+        assert!(matches!(step, Step::Decided(Decision { action: Action::Wait, .. })), "{step:?}");
+        router.forget(&ahead_id);
+        let connected = connect(&mut router, &mut waiting, &rota, "desk-1", t + 60_000);
+        let log = waiting.routing_log().unwrap();
+        let entry = log.iter().find(|e| e.get("kind") == Some(&LogValue::Str("connected".into()))).unwrap();
+        assert_eq!(entry.get("ms_from_escalate"), Some(&LogValue::Int(connected - t)), "{entry:?}");
     }
 
     #[test]

@@ -279,11 +279,13 @@ impl AccessWatch {
     /// What the audit chain holds of `who`'s last day, counted again by a restarted daemon
     /// (oldest first, `at` each one's time, `now` the daemon's): the records opened or made in
     /// the hour and the day, and when each alarm and refusal was last recorded. A restart then
-    /// neither gives anyone a fresh hour nor raises an alarm again within it.
+    /// neither gives anyone a fresh hour nor raises an alarm again within it. An entry up to an
+    /// hour ahead of `now` (a clock set back since it was written) counts as the live watch
+    /// counts it ([`Hour::prune`]): in the hour.
     pub fn replay(&mut self, who: i64, system: bool, what: Replayed, at: i64, now: i64) {
         let limits = if system { self.limits.system } else { self.limits.person };
         let off = limits.alarm == 0 && limits.limit == 0 && limits.day_alarm == 0;
-        if (off && limits.cards_alarm == 0) || at > now || now - at >= DAY_MS {
+        if (off && limits.cards_alarm == 0) || at > now + WINDOW_MS || now - at >= DAY_MS {
             return;
         }
         let in_hour = now - at < WINDOW_MS;
@@ -409,10 +411,11 @@ mod tests {
         // before the restart: the day's alarm is due at the next (the hour's was raised).
         assert_eq!(w.open(1, false, id(20), now), Verdict::DayAlarm { opened: 9 });
         assert_eq!(w.open(1, false, id(5), now), Verdict::Open);
-        // Entries from before the day, from the future or of callers not counted change nothing.
+        // Entries from before the day, from more than an hour ahead or of callers not counted
+        // change nothing.
         let mut fresh = AccessWatch::new(LOW);
         fresh.replay(2, false, Replayed::Opened(id(1)), now - DAY_MS, now);
-        fresh.replay(2, false, Replayed::Opened(id(2)), now + 1, now);
+        fresh.replay(2, false, Replayed::Opened(id(2)), now + WINDOW_MS + 1, now);
         assert_eq!(fresh.open(2, false, id(3), now), Verdict::Open);
         assert_eq!(fresh.open(2, false, id(4), now), Verdict::Open);
         assert_eq!(fresh.open(2, false, id(5), now), Verdict::Alarm { opened: 3, day: None });
@@ -420,6 +423,13 @@ mod tests {
         let mut off = AccessWatch::new(AccessLimits { person: none, system: none });
         off.replay(3, false, Replayed::Opened(id(1)), now - 1, now);
         assert!(off.hours.is_empty(), "nothing kept for a watch that counts nothing");
+        // A clock set back a few minutes since the last entries: they are still this hour's,
+        // as the live watch keeps them.
+        let mut behind = AccessWatch::new(LOW);
+        for n in 1..=5 {
+            behind.replay(4, false, Replayed::Opened(id(n)), now + 120_000, now);
+        }
+        assert!(matches!(behind.open(4, false, id(6), now), Verdict::Refused { opened: 5, .. }));
     }
 
     #[test]

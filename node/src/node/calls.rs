@@ -197,7 +197,14 @@ impl Node {
             let Some(c) = calls_in(&routing).pop() else { continue };
             let Some((reason, since_ms)) = c.callback.clone() else { continue };
             let view = self.store.sessions_mut().view(card.id)?;
-            if view.outcome.responder.is_some() {
+            // Settled by the consultant's own outcome recorded since the callback was arranged:
+            // not by the hub's "not reported" flag, nor by an outcome of an earlier call.
+            let settled = view
+                .outcome
+                .responder
+                .as_ref()
+                .is_some_and(|o| o.value != sync_protocol::vocab::Outcome::NotReported && o.at_ms >= since_ms);
+            if settled {
                 continue;
             }
             out.push(CallbackOwed {

@@ -252,10 +252,13 @@ impl<S: Deref<Target = Store>> Audit<S> {
     }
 
     /// The looks at records through the local API (views, exports, photos opened), the records
-    /// made there, and the access watch's findings since `since_ms`, oldest first: the newest
-    /// `most` of them. Entries that name no person (the command line, the node's own work) are
-    /// left out.
-    pub fn access_since(&self, since_ms: i64, most: usize) -> Result<Vec<AccessSeen>, StoreError> {
+    /// made there, and the access watch's findings written between `since_ms` and `until_ms`,
+    /// oldest first. Of the looks and records made, only the newest of each person's at each
+    /// record (what the watch keeps), and the newest `most` of those: a person opening one
+    /// record over and over crowds no one's (nor their own) other records out. The findings
+    /// are all kept. At most ten times `most` entries are read. Entries that name no person
+    /// (the command line, the node's own work) are left out.
+    pub fn access_since(&self, since_ms: i64, until_ms: i64, most: usize) -> Result<Vec<AccessSeen>, StoreError> {
         let ctx = "reading the audit chain";
         let mut stmt = self
             .0
@@ -265,26 +268,47 @@ impl<S: Deref<Target = Store>> Audit<S> {
                  LEFT JOIN sessions s ON s.sid = a.sid
                  WHERE a.action IN ('session.view', 'session.export', 'photo.view', 'session.create',
                                     'access.unusual', 'access.refused')
-                   AND a.at_ms >= ?1
-                 ORDER BY a.at_ms DESC, a.seq DESC LIMIT ?2",
+                   AND a.at_ms >= ?1 AND a.at_ms <= ?2
+                 ORDER BY a.at_ms DESC, a.seq DESC LIMIT ?3",
             )
             .map_err(sql(ctx))?;
-        let mut rows = stmt.query(rusqlite::params![since_ms, most as i64]).map_err(sql(ctx))?;
+        let scanned = most.saturating_mul(10).min(i64::MAX as usize) as i64;
+        let mut rows = stmt.query(rusqlite::params![since_ms, until_ms, scanned]).map_err(sql(ctx))?;
         let mut out = Vec::new();
+        let mut looks = std::collections::HashSet::new();
+        let mut unopened = 0usize;
         while let Some(r) = rows.next().map_err(sql(ctx))? {
             let seq = r.get::<_, i64>(0).map_err(sql(ctx))? as u64;
             let at_ms: i64 = r.get(1).map_err(sql(ctx))?;
             let action: String = r.get(2).map_err(sql(ctx))?;
             let session = r.get::<_, Option<String>>(3).map_err(sql(ctx))?.and_then(|id| id.parse::<SessionId>().ok());
             let Some(sealed) = r.get::<_, Option<Vec<u8>>>(4).map_err(sql(ctx))? else { continue };
-            let detail: serde_json::Value =
-                serde_json::from_slice(&self.0.sealer.open("audit detail", &audit_aad(seq), &sealed)?).map_err(json)?;
+            // An entry that does not open (a damaged row, which `outpost audit verify` reports)
+            // is passed over: it must not make the watch forget everyone else's.
+            let opened = self.0.sealer.open("audit detail", &audit_aad(seq), &sealed).ok();
+            let Some(detail) = opened.and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok()) else {
+                unopened += 1;
+                continue;
+            };
             let by = &detail["by"];
             let Some(id) = by["id"].as_i64() else { continue };
             let system = by["role"] == "system";
             let n = |key: &str| detail[key].as_u64().unwrap_or(0);
             let flagged = (n("records"), n("records_day"), n("cards"));
+            if !action.starts_with("access.") {
+                // A look (or the record made) older than this person's newest at this record
+                // changes nothing the watch keeps; past `most` of them, the older are left.
+                let made = action == "session.create";
+                if looks.len() >= most || !looks.insert((id, made, session)) {
+                    continue;
+                }
+            }
             out.push(AccessSeen { at_ms, action, person: (id, system), session, flagged });
+        }
+        if unopened > 0 {
+            tracing::warn!(
+                "{unopened} audit entries could not be opened (`outpost audit verify` says where); the access watch passed over them"
+            );
         }
         out.reverse();
         Ok(out)

@@ -121,6 +121,7 @@ impl<S: Deref<Target = Store>> Sessions<S> {
                 on_device_only: secret.on_device_only,
                 last_message_receipt: secret.last_message_receipt,
                 last_message_side: secret.last_message_side,
+                outcomes: secret.outcomes,
             });
         }
         Ok(out)

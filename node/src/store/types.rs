@@ -40,6 +40,12 @@ pub struct SessionCard {
     /// Which side wrote the latest message (so an app words its receipt: "at consultant" for
     /// the crew's own message, "reply received" for the consultant's).
     pub last_message_side: Option<Side>,
+    /// The sides whose outcome is in: a clinician's, or the hub's `not_reported` flag. The
+    /// session's status becomes `outcome_recorded` at the first side's, so an app tells by this
+    /// whether its own side still owes one (a consultant's queue keeps the case open until
+    /// theirs is in). Absent from cards written before it was kept (until the session's next
+    /// write).
+    pub outcomes: Option<Vec<Side>>,
 }
 
 /// The sealed part of a card: what the index columns must not hold.
@@ -67,6 +73,9 @@ pub(super) struct CardSecret {
     /// Cards written before it was kept lack it; it is filled at the session's next write.
     #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
     pub(super) last_message_side: Option<Side>,
+    /// Cards written before it was kept lack it; it is filled at the session's next write.
+    #[serde(rename = "o", default, skip_serializing_if = "Option::is_none")]
+    pub(super) outcomes: Option<Vec<Side>>,
 }
 
 impl CardSecret {
@@ -82,6 +91,13 @@ impl CardSecret {
             messages_on_device: v.messages.iter().filter(|m| m.receipt == ReceiptLevel::Device).count(),
             last_message_receipt: v.messages.last().map(|m| m.receipt),
             last_message_side: v.messages.last().map(|m| m.side),
+            outcomes: Some(
+                [(Side::Requester, &v.outcome.requester), (Side::Responder, &v.outcome.responder)]
+                    .into_iter()
+                    .filter(|(_, o)| o.is_some())
+                    .map(|(side, _)| side)
+                    .collect(),
+            ),
         }
     }
 }
