@@ -154,7 +154,11 @@ async function api(method, path, body) {
     res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   } catch (_) {
     // No answer at all (its status stays undefined: the live stream's handler tells by that).
-    throw new ApiError(undefined, 'This device’s outpost node did not answer: nothing was saved. Try again in a moment.');
+    // A write may have been saved before the answer was lost (the node stopping): say only
+    // what is known (a retry under the same client key makes nothing twice).
+    throw new ApiError(undefined, method === 'GET'
+      ? 'This device’s outpost node did not answer. Try again in a moment.'
+      : 'This device’s outpost node did not answer: this may not have been saved. Try again in a moment.');
   }
   if (res.status === 401 && path !== '/api/login') {
     signedOut('Your sign-in has ended. Sign in again.');
@@ -225,8 +229,13 @@ function signedOut(message) {
   if (S.events) S.events.close();
   S.events = null;
   stopRinging();
-  // Signed out mid-call: the microphone stops now, not when the call ends.
+  // Signed out mid-call: the microphone stops now, not when the call ends, and the next
+  // person signed in on this page does not take the call's voice over (nor see the photos).
   if (S.voice) stopVoice();
+  S.myCalls.clear();
+  for (const u of S.thumbs.values()) URL.revokeObjectURL(u);
+  S.thumbs.clear();
+  S.letters.clear();
   document.getElementById('bar').hidden = true;
   document.getElementById('ring').hidden = true;
   renderLogin(message);
@@ -303,15 +312,26 @@ function renderLink() {
 // being filled in kept as it stands (a new session's form is not redrawn at all).
 async function catchUp() {
   try {
+    const links = S.linkSeq;
     const status = await api('GET', '/api/status');
-    S.peers.clear();
-    for (const p of status.connected_peers || []) S.peers.set(p, true);
+    // A `link` event heard while this was asked is newer than the status: keep what it said.
+    if (S.linkSeq === links) {
+      S.peers.clear();
+      for (const p of status.connected_peers || []) S.peers.set(p, true);
+    }
     await loadCards();
   } catch (_) { return; /* still out of reach: the next hello tries again */ }
   renderLink();
-  if (S.view && location.hash === `#/s/${S.view.id}`) await refreshSession(S.view.id);
-  else if (isListScreen()) renderList();
-  else if (location.hash === '#/callbacks') route();
+  if (S.view && location.hash === `#/s/${S.view.id}`) {
+    // The call may have moved (or ended with the node's restart) without an event for it.
+    try {
+      const [call] = await api('GET', `/api/sessions/${S.view.id}/calls`);
+      if (call && S.view) { S.calls.set(call.session, call); onCall(call); return; /* redraws */ }
+    } catch (_) { /* shown when it changes */ }
+    await refreshSession(S.view.id);
+  } else if (isListScreen()) renderList();
+  // A session page that could not be drawn while the node was away, or the callbacks owed.
+  else if (location.hash.startsWith('#/s/') || location.hash === '#/callbacks') route();
 }
 
 // ------------------------------------------------------------------ live events
@@ -333,6 +353,7 @@ function connectEvents() {
   });
   es.addEventListener('link', (e) => {
     const { peer, up } = JSON.parse(e.data);
+    S.linkSeq = (S.linkSeq || 0) + 1;
     S.peers.set(peer, up);
     renderLink();
   });
@@ -356,8 +377,14 @@ function connectEvents() {
     try {
       await api('GET', '/api/me');
     } catch (err) {
-      if (err.status === undefined && S.events === es) { S.nodeLost = true; renderLink(); }
-      return; /* signedOut already ran on 401 */
+      if (err.status === 401) return; /* signedOut already ran */
+      // (Not if the stream came back, its hello said, while this asked.)
+      if (err.status === undefined && S.events === es && es.readyState !== EventSource.OPEN) {
+        S.nodeLost = true;
+        renderLink();
+      }
+      // A stream refused while the node stops (503) or is gone is not tried again by the
+      // browser: fall through, so that this page does.
     }
     if (es.readyState === EventSource.CLOSED && S.events === es) {
       // Refused (this person has too many pages open, or the node is busy): the browser does
@@ -413,6 +440,14 @@ function stillOpen(c) {
   return c.status === 'outcome_recorded' && Array.isArray(c.outcomes) && !c.outcomes.includes(mySide());
 }
 
+// Whose outcomes a card's session has (docs/app.md: "each card says whose outcomes are in"):
+// a case open only because this side's is owed says so, not just "Outcome recorded".
+function outcomesIn(c) {
+  if (c.status !== 'outcome_recorded' || !Array.isArray(c.outcomes) || !c.outcomes.length) return '';
+  const names = c.outcomes.map((s) => (s === 'requester' ? 'requester' : 'consultant')).join(' and ');
+  return ` (${names})${c.outcomes.includes(mySide()) ? '' : ' · yours still owed'}`;
+}
+
 function renderList() {
   let cards = [...S.cards.values()];
   if (isDesk()) {
@@ -429,7 +464,7 @@ function renderList() {
   },
   h('span', { class: 'card-title' }, c.summary),
   chip(c.last_message_receipt, c.last_message_side),
-  h('span', { class: 'meta' }, `${LINES[c.service_line]} · ${PRIORITIES[c.priority]} · ${STATUSES[c.status]}`,
+  h('span', { class: 'meta' }, `${LINES[c.service_line]} · ${PRIORITIES[c.priority]} · ${STATUSES[c.status]}${outcomesIn(c)}`,
     c.nhs_number ? ` · NHS ${nhsFormat(c.nhs_number)}` : '', ` · ${when(c.updated_ms)}`),
   h('span', { class: 'meta' }, `${c.messages} message${c.messages === 1 ? '' : 's'}, ${c.photos} photo${c.photos === 1 ? '' : 's'}`,
     !isDesk() && c.on_device_only ? ` · ${c.on_device_only} not yet sent` : '')))));
@@ -596,11 +631,41 @@ function paintSession(v) {
         v.requester.callback ? h('p', {}, `Callback ${v.requester.callback}`) : null),
       callPanel(v)),
     h('section', { class: 'panel', 'aria-labelledby': 'h-messages' }, h('h2', { id: 'h-messages' }, 'Messages'),
-      v.messages.length ? messages : h('p', {}, 'No messages yet.'), replyForm(v)),
+      v.messages.length ? messages : h('p', {}, 'No messages yet.'), ended(v) ? null : replyForm(v)),
     h('section', { class: 'panel', 'aria-labelledby': 'h-photos' }, h('h2', { id: 'h-photos' }, 'Photos'),
-      v.media.length ? photos : h('p', {}, 'No photos.'), isDesk() ? null : photoForm(v)),
+      v.media.length ? photos : h('p', {}, 'No photos.'), isDesk() || ended(v) ? null : photoForm(v)),
     outcomePanel(v),
+    statusPanel(v),
     exportPanel(v));
+}
+
+// Closed or cancelled: nothing more is written to it until it is reopened.
+const ended = (v) => v.status === 'closed' || v.status === 'cancelled';
+
+// Closing a session when the work is done, cancelling one made by mistake (a second tap
+// confirms), and reopening one to go on with it.
+function statusPanel(v) {
+  const error = h('p', { class: 'error', role: 'alert' });
+  const act = async (what, button) => {
+    if (what === 'cancel' && !button.dataset.armed) {
+      button.dataset.armed = 'yes';
+      button.textContent = 'Tap again: cancel this session';
+      return;
+    }
+    error.textContent = '';
+    try {
+      await api('POST', `/api/sessions/${v.id}/status`, { act: what });
+      await refreshSession(v.id);
+    } catch (err) {
+      if (err.status !== 401) error.textContent = err.message;
+    }
+  };
+  const button = (what, text, id) => h('button', { type: 'button', class: 'secondary', id, onclick: (e) => act(what, e.currentTarget) }, text);
+  const body = ended(v)
+    ? [h('p', {}, `This session is ${STATUSES[v.status].toLowerCase()}: reopen it to write to it again.`), button('reopen', 'Reopen session', 'reopen')]
+    : [h('p', { class: 'meta' }, isDesk() ? 'Close it once your advice and outcome are in.' : 'Close it when the work is done; cancel it if it was made by mistake.'),
+      h('div', { class: 'actions' }, button('close', 'Close session', 'close-session'), isDesk() ? null : button('cancel', 'Cancel session', 'cancel-session'))];
+  return h('section', { class: 'panel', 'aria-labelledby': 'h-status' }, h('h2', { id: 'h-status' }, 'Session'), ...body, error);
 }
 
 // The patient withdraws consent for a photo: asked twice (a second tap confirms), then every
@@ -801,7 +866,7 @@ function callPanel(v) {
     } else now = h('p', { id: 'call-state' }, words, call.desk && call.state === 'ringing' ? ` ${call.desk}` : '');
   }
   const buttons = [];
-  if (!isDesk() && !open) buttons.push(h('button', { type: 'button', id: 'escalate', onclick: () => escalate(v) }, 'Ask for a call'));
+  if (!isDesk() && !open && !ended(v)) buttons.push(h('button', { type: 'button', id: 'escalate', onclick: () => escalate(v) }, 'Ask for a call'));
   if (isDesk() && call && call.ringing_here) buttons.push(h('button', { type: 'button', onclick: () => answer(v.id) }, 'Answer'));
   if (call && call.state === 'connected') buttons.push(h('button', { type: 'button', class: 'danger', id: 'hangup', onclick: () => hangUp(v.id) }, 'Hang up'));
   return h('section', { class: 'panel', 'aria-labelledby': 'h-call' }, h('h2', { id: 'h-call' }, 'Call'),
@@ -993,13 +1058,18 @@ function startRinging() {
   const beep = () => {
     try {
       S.audio = S.audio || new AudioContext();
+      const ring = document.getElementById('ring');
+      const muted = ring && ring.querySelector('.ring-muted');
       if (S.audio.state === 'suspended') {
-        // A page reloaded (its sign-in restored) may not make a sound until it is touched.
+        // A page reloaded (its sign-in restored) may not make a sound until it is touched:
+        // said once, and one listener for the tap (not one more at every beep).
         S.audio.resume().catch(() => {});
-        const ring = document.getElementById('ring');
-        if (ring && !ring.querySelector('.ring-muted')) ring.append(h('p', { class: 'ring-muted' }, 'Tap anywhere to turn the ring sound on.'));
-        document.addEventListener('pointerdown', () => S.audio.resume().catch(() => {}), { once: true });
-      }
+        if (ring && !muted) ring.append(h('p', { class: 'ring-muted' }, 'Tap anywhere to turn the ring sound on.'));
+        if (!S.audioTap) {
+          S.audioTap = () => { S.audioTap = null; S.audio.resume().catch(() => {}); };
+          document.addEventListener('pointerdown', S.audioTap, { once: true, capture: true });
+        }
+      } else if (muted) muted.remove(); // it sounds now: the note would be wrong
       const o = S.audio.createOscillator();
       const g = S.audio.createGain();
       o.frequency.value = 880;

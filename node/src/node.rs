@@ -754,12 +754,20 @@ impl Node {
                 }
                 ctx.remember(key, outcome.as_str())?;
             }
-            let outcomes = doc.view().map_err(model)?.outcome;
+            let view = doc.view().map_err(model)?;
+            // A callback arranged since this side's outcome (a call that dropped after the
+            // consultant recorded theirs): only an outcome recorded after it settles it
+            // (`callbacks_owed`), so the same outcome recorded again is written again.
+            let callback_at = calls_of(&view).pop().and_then(|c| c.callback).map(|(_, at)| at);
             let current = match side {
-                Side::Requester => outcomes.requester,
-                Side::Responder => outcomes.responder,
+                Side::Requester => view.outcome.requester,
+                Side::Responder => view.outcome.responder,
             };
-            if current.is_some_and(|c| c.value == outcome && c.by == by && c.clinician == clinician) {
+            let settles_callback = matches!(side, Side::Responder)
+                && current.as_ref().zip(callback_at).is_some_and(|(c, at)| c.at_ms < at);
+            if !settles_callback
+                && current.is_some_and(|c| c.value == outcome && c.by == by && c.clinician == clinician)
+            {
                 return Ok(());
             }
             doc.set_outcome_as(side, outcome, &by, clinician.as_ref(), now).map_err(model)

@@ -683,6 +683,45 @@ fn a_desk_app_hears_its_call_ring_from_the_event_stream() {
     assert_eq!(amb_api.call("GET", "/api/callbacks", Some(&sam), None).1, json!([]));
 }
 
+#[test]
+fn a_session_is_closed_cancelled_and_reopened_through_the_api_by_the_person_acting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (amb, _node, api) = ambulance_serving_its_api(tmp.path());
+    let sam = api.login("Sam Patel", "amb-pin-4821");
+    let new = json!({ "service_line": "cardiology", "care_setting": "ambulance_on_scene", "summary": "Palpitations" });
+    let (status, body) = api.call("POST", "/api/sessions", Some(&sam), Some(new));
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+    let act =
+        |what: &str| api.call("POST", &format!("/api/sessions/{id}/status"), Some(&sam), Some(json!({ "act": what })));
+    let now = || api.call("GET", &format!("/api/sessions/{id}"), Some(&sam), None).1["status"].clone();
+    assert_eq!(act("close").0, 204);
+    assert_eq!(now(), "closed");
+    assert_eq!(act("close").0, 204, "already closed: nothing to do");
+    let message = json!({ "text": "One more thing" });
+    let (status, body) = api.call("POST", &format!("/api/sessions/{id}/messages"), Some(&sam), Some(message));
+    assert_eq!(status, 400, "a closed session takes no message: {body}");
+    assert_eq!(act("reopen").0, 204);
+    assert_eq!(now(), "awaiting_reply");
+    let (status, body) = act("reopen");
+    assert_eq!(status, 400, "an open session is not reopened: {body}");
+    assert_eq!(act("cancel").0, 204);
+    assert_eq!(now(), "cancelled");
+    assert_eq!(act("close").0, 400, "a cancelled session is not closed");
+    assert_eq!(act("archive").0, 422, "no such act");
+    assert_eq!(api.call("POST", &format!("/api/sessions/{id}/status"), None, Some(json!({ "act": "reopen" }))).0, 401);
+    // Each change names who made it in the audit chain.
+    let audit = json(&ok(&["audit", "show", "--dir", d(&amb), "--limit", "100", "--json"]));
+    let changes: Vec<&Value> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "status.set" || e["action"] == "status.reopen")
+        .collect();
+    assert_eq!(changes.len(), 3, "{changes:?}");
+    assert!(changes.iter().all(|e| e["detail"]["by"]["name"] == "Sam Patel"), "{changes:?}");
+}
+
 /// Every path and method with its parameters replaced by something real.
 fn concrete(path: &str, id: &str) -> String {
     path.replace("{id}", id).replace("{hash}", &"0".repeat(64))
@@ -753,6 +792,16 @@ fn ambulance_with_two_crew(root: &Path) -> std::path::PathBuf {
     add_user(&amb, "Sam Patel", "paramedic", "HCPC-PA123456", "amb-pin-4821");
     add_user(&amb, "Jo Reyes", "paramedic", "HCPC-PA654321", "jo-pin-7733");
     amb
+}
+
+/// The ambulance with two paramedics, its daemon serving the API on loopback, and that API up.
+fn ambulance_serving_its_api(root: &Path) -> (std::path::PathBuf, common::fleet::Daemon, Api) {
+    let amb = ambulance_with_two_crew(root);
+    let port = tcp_port();
+    let node = daemon(&amb, &["--api", &format!("127.0.0.1:{port}")], &[]);
+    let api = Api::new(port);
+    api.wait_up();
+    (amb, node, api)
 }
 
 #[test]
@@ -869,11 +918,7 @@ fn lists_shown_to(dir: &Path, person: &str) -> Vec<Vec<String>> {
 #[test]
 fn the_patients_a_person_is_shown_in_a_list_or_an_event_stream_are_in_the_audit_chain() {
     let tmp = tempfile::tempdir().unwrap();
-    let amb = ambulance_with_two_crew(tmp.path());
-    let port = tcp_port();
-    let _node = daemon(&amb, &["--api", &format!("127.0.0.1:{port}")], &[]);
-    let api = Api::new(port);
-    api.wait_up();
+    let (amb, _node, api) = ambulance_serving_its_api(tmp.path());
     let (sam, jo) = (api.login("Sam Patel", "amb-pin-4821"), api.login("Jo Reyes", "jo-pin-7733"));
     let new = json!({ "service_line": "cardiology", "care_setting": "ambulance_on_scene", "summary": "Syncope",
         "nhs_number": "943 476 5919", "nhs_verification": "01" });

@@ -638,6 +638,15 @@ async fn a_call_no_one_answers_becomes_a_callback_that_both_pages_show_with_its_
     desk.wait_for("ul.cards a", "ring 07700 900456").await;
     desk.assert_accessible("callbacks owed").await;
     desk.screenshot("12-desk-callbacks-owed").await;
+    // The crew closes the session from its page: nothing more can be written to it (no message
+    // form, no call to ask for) until it is reopened.
+    tablet.click("#close-session").await;
+    tablet.wait_for("#h-status + p", "This session is closed").await;
+    let gone =
+        "return document.getElementById('message-form') === null && document.getElementById('escalate') === null;";
+    assert_eq!(tablet.eval(gone).await, json!(true), "forms shown on a closed session");
+    tablet.click("#reopen").await;
+    tablet.wait_for("#message-form button", "Send message").await;
     tablet.close().await;
     desk.close().await;
 }

@@ -23,6 +23,7 @@
 //! | `POST /api/sessions/{id}/photos?view=&body_site=&consent=` (body: the image) | a photo |
 //! | `POST /api/sessions/{id}/photos/{hash}/withdraw-consent` | the patient withdraws a photo's consent |
 //! | `POST /api/sessions/{id}/outcome` `{side, outcome}` | this side's outcome |
+//! | `POST /api/sessions/{id}/status` `{act}` | `close`, `cancel` or `reopen` the session |
 //! | `POST /api/sessions/{id}/escalate`, `.../answer`, `.../hangup`, `GET .../calls` | calls |
 //! | `GET /api/callbacks` | callbacks owed |
 //! | `GET /api/photos/{hash}[?session=ID][&thumbnail=true]`, `POST /api/photos/{hash}/read` | photos |
@@ -178,6 +179,7 @@ fn routes() -> OpenApiRouter<Arc<Shared>> {
         .routes(routes!(send_message))
         .routes((photo_schemas, photo_paths, photo_route.layer(photo_limit)))
         .routes(routes!(set_outcome))
+        .routes(routes!(set_session_status))
         .routes(routes!(escalate))
         .routes(routes!(answer))
         .routes(routes!(hang_up))

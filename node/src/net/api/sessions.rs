@@ -534,6 +534,56 @@ pub(super) async fn set_outcome(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// What to do with a session's status.
+#[derive(Deserialize, utoipa::ToSchema, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum StatusAct {
+    /// The work is done.
+    Close,
+    /// Made by mistake (a duplicate), or no longer needed.
+    Cancel,
+    /// A closed or cancelled session, to go on with it.
+    Reopen,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct StatusBody {
+    /// `close`, `cancel` or `reopen`.
+    pub(super) act: StatusAct,
+}
+
+#[utoipa::path(
+    post, path = "/api/sessions/{id}/status", tag = "sessions", params(("id" = String, Path, description = "Session id")),
+    request_body = StatusBody,
+    responses(
+        (status = 204, description = "Done (or already so)"),
+        (status = 400, description = "Not from its status: a cancelled session cannot be closed, an open one cannot be reopened", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "This node may not (an edge that did not make the session)", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
+)]
+pub(super) async fn set_session_status(
+    State(shared): State<Arc<Shared>>,
+    Caller(who): Caller,
+    PathArgs(id): PathArgs<String>,
+    JsonBody(b): JsonBody<StatusBody>,
+) -> Result<StatusCode, ApiError> {
+    let id = session_id(&id)?;
+    as_person(&shared, &who, move |n| {
+        let now = now_ms();
+        match b.act {
+            StatusAct::Close => n.set_status(id, Status::Closed, now).map(drop),
+            StatusAct::Cancel => n.set_status(id, Status::Cancelled, now).map(drop),
+            StatusAct::Reopen => n.reopen(id, now).map(drop),
+        }
+        .map_err(ApiError::from)
+    })
+    .await?;
+    announce(&shared, id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
 fn unavailable() -> ApiError {
     ApiError(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping".into())
 }
