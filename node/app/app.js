@@ -222,6 +222,9 @@ function show(...children) {
 // ------------------------------------------------------------------ signing in and out
 
 function signedOut(message) {
+  // Whose calls these are: the same person signing in again (a sign-in that ended mid-call)
+  // takes their call's voice up again; anyone else starts with none (start()).
+  if (S.me) S.callsOf = S.me.id;
   S.token = null;
   S.me = null;
   sessionStorage.removeItem('outpost.token');
@@ -232,7 +235,6 @@ function signedOut(message) {
   // Signed out mid-call: the microphone stops now, not when the call ends, and the next
   // person signed in on this page does not take the call's voice over (nor see the photos).
   if (S.voice) stopVoice();
-  S.myCalls.clear();
   for (const u of S.thumbs.values()) URL.revokeObjectURL(u);
   S.thumbs.clear();
   S.letters.clear();
@@ -273,6 +275,8 @@ function renderLogin(message) {
 }
 
 async function start() {
+  if (S.callsOf !== undefined && S.callsOf !== S.me.id) S.myCalls.clear();
+  S.callsOf = S.me.id;
   const status = await api('GET', '/api/status');
   S.node = { name: status.node.name, role: status.node.role };
   for (const p of status.connected_peers || []) S.peers.set(p, true);
@@ -646,12 +650,24 @@ const ended = (v) => v.status === 'closed' || v.status === 'cancelled';
 // confirms), and reopening one to go on with it.
 function statusPanel(v) {
   const error = h('p', { class: 'error', role: 'alert' });
+  // Closed, the session takes no outcome until it is reopened: closing before the other side's
+  // is in (the crew's, on a desk; the consultant's, on the tablet) asks a second tap too.
+  const other = isDesk() ? 'requester' : 'responder';
+  const owed = !v.outcome[other];
+  const confirm = {
+    cancel: 'Tap again: cancel this session',
+    close: owed ? `Tap again: close before the ${isDesk() ? 'crew' : 'consultant'}’s outcome is in` : null,
+  };
+  // A first tap arms the button for ten seconds, through the live redraws (a receipt, a call's
+  // step): the second tap lands on a redrawn button.
+  const armed = (what) => !!S.armed && S.armed.key === `${v.id}/${what}` && Date.now() < S.armed.until;
   const act = async (what, button) => {
-    if (what === 'cancel' && !button.dataset.armed) {
-      button.dataset.armed = 'yes';
-      button.textContent = 'Tap again: cancel this session';
+    if (confirm[what] && !armed(what)) {
+      S.armed = { key: `${v.id}/${what}`, until: Date.now() + 10000 };
+      button.textContent = confirm[what];
       return;
     }
+    S.armed = null;
     error.textContent = '';
     try {
       await api('POST', `/api/sessions/${v.id}/status`, { act: what });
@@ -660,10 +676,11 @@ function statusPanel(v) {
       if (err.status !== 401) error.textContent = err.message;
     }
   };
-  const button = (what, text, id) => h('button', { type: 'button', class: 'secondary', id, onclick: (e) => act(what, e.currentTarget) }, text);
+  const button = (what, text, id) => h('button', { type: 'button', class: 'secondary', id, onclick: (e) => act(what, e.currentTarget) },
+    confirm[what] && armed(what) ? confirm[what] : text);
   const body = ended(v)
     ? [h('p', {}, `This session is ${STATUSES[v.status].toLowerCase()}: reopen it to write to it again.`), button('reopen', 'Reopen session', 'reopen')]
-    : [h('p', { class: 'meta' }, isDesk() ? 'Close it once your advice and outcome are in.' : 'Close it when the work is done; cancel it if it was made by mistake.'),
+    : [h('p', { class: 'meta' }, isDesk() ? 'Close it once both outcomes are in: a closed session takes no outcome, message or photo until it is reopened.' : 'Close it when the work is done; cancel it if it was made by mistake.'),
       h('div', { class: 'actions' }, button('close', 'Close session', 'close-session'), isDesk() ? null : button('cancel', 'Cancel session', 'cancel-session'))];
   return h('section', { class: 'panel', 'aria-labelledby': 'h-status' }, h('h2', { id: 'h-status' }, 'Session'), ...body, error);
 }
@@ -908,6 +925,17 @@ async function hangUp(id) {
 function outcomePanel(v) {
   const side = mySide();
   const had = v.outcome[side];
+  const both = ['requester', 'responder'].filter((s) => v.outcome[s]).map((s) =>
+    h('li', {}, `${s === 'requester' ? 'Requester' : 'Consultant'}: ${OUTCOMES[v.outcome[s].value]}`,
+      v.outcome[s].clinician ? ` (${v.outcome[s].clinician.name})` : ''));
+  // Closed or cancelled: no outcome is recorded until it is reopened (the node refuses it), so
+  // no form, and none kept from before the close is put back (refreshSession keeps a form only
+  // where the redrawn page has one of its id).
+  if (ended(v)) {
+    return h('section', { class: 'panel', 'aria-labelledby': 'h-outcome' }, h('h2', { id: 'h-outcome' }, 'Outcome'),
+      both.length ? h('ul', {}, both) : h('p', {}, 'No outcome recorded.'),
+      h('p', { class: 'meta' }, 'Reopen the session to record or change an outcome.'));
+  }
   const pick = select('outcome', { '': 'Choose…', ...OUTCOMES }, had ? had.value : '');
   const save = h('button', { type: 'submit' }, 'Record outcome');
   // Stays until the next try: an outcome not recorded must not look recorded.
@@ -928,9 +956,6 @@ function outcomePanel(v) {
       if (err.status !== 401) error.textContent = `Not recorded: ${err.message}`;
     }
   });
-  const both = ['requester', 'responder'].filter((s) => v.outcome[s]).map((s) =>
-    h('li', {}, `${s === 'requester' ? 'Requester' : 'Consultant'}: ${OUTCOMES[v.outcome[s].value]}`,
-      v.outcome[s].clinician ? ` (${v.outcome[s].clinician.name})` : ''));
   return h('section', { class: 'panel', 'aria-labelledby': 'h-outcome' }, h('h2', { id: 'h-outcome' }, 'Outcome'),
     both.length ? h('ul', {}, both) : null, form);
 }

@@ -90,6 +90,19 @@ pub enum NodeError {
         /// The session of the call under way.
         session: SessionId,
     },
+    /// A session closed or cancelled while its call is connected, or being put through at
+    /// another node's request; nothing was written.
+    #[error("session {session} {what}; nothing was written", what = if *connected {
+        "has a call connected: hang up first, then close it"
+    } else {
+        "has a call being put through that this device did not ask for: close it once the call is answered or ends in a callback"
+    })]
+    CallInTheWay {
+        /// The session.
+        session: SessionId,
+        /// The call is connected (else: being put through).
+        connected: bool,
+    },
     /// A node outside any ICB asked for what only an ICB's nodes keep.
     #[error("node {node} belongs to no ICB: it keeps no directory")]
     NoIcb {
@@ -775,11 +788,19 @@ impl Node {
         Ok(())
     }
 
-    /// Moves a session's status forward (close, cancel, submit a draft).
+    /// Moves a session's status forward (close, cancel, submit a draft). Closing or cancelling
+    /// settles its call first (`call_before_closing`): this node's own escalation still
+    /// being put through is withdrawn in the same change (no desk rings for a case that is
+    /// over); a call connected, or asked for by another node and not yet put through, refuses.
     pub fn set_status(&mut self, id: SessionId, status: Status, now: i64) -> Result<bool, NodeError> {
+        let withdraw = if status.is_terminal() { self.call_before_closing(id, status, now)? } else { None };
         let detail = Some(serde_json::json!({ "status": status }));
         Ok(self.store.sessions_mut().edit(id, "status.set", detail, now, |_, doc| {
-            doc.set_status(status, now).map_err(crate::store::model(id))
+            let model = crate::store::model(id);
+            if let Some(entry) = &withdraw {
+                doc.append_routing(entry, now).map_err(model)?;
+            }
+            doc.set_status(status, now).map_err(model)
         })?)
     }
 
@@ -937,8 +958,9 @@ impl Node {
 
     /// Refuses, as [`Node::open_record`] would, a person past the limit acting on record `id`
     /// they have not opened this hour (a "read" receipt says a person read it: not one that
-    /// could not open it). Counts nothing and writes nothing.
-    fn may_open(&self, id: SessionId, now: i64) -> Result<(), NodeError> {
+    /// could not open it; a session's status changed, or asked to change, by one who could not
+    /// look at it). Counts nothing and writes nothing.
+    pub(crate) fn may_open(&self, id: SessionId, now: i64) -> Result<(), NodeError> {
         let Some((who, system)) = self.acting_caller() else { return Ok(()) };
         match self.access.refuses(who, system, id, now) {
             None => Ok(()),

@@ -695,8 +695,15 @@ fn a_session_is_closed_cancelled_and_reopened_through_the_api_by_the_person_acti
     let act =
         |what: &str| api.call("POST", &format!("/api/sessions/{id}/status"), Some(&sam), Some(json!({ "act": what })));
     let now = || api.call("GET", &format!("/api/sessions/{id}"), Some(&sam), None).1["status"].clone();
+    // A call asked for and not yet put through (no hub in reach) is withdrawn as the session
+    // closes: nothing rings for a case that is over, and no callback is owed for it.
+    assert_eq!(api.call("POST", &format!("/api/sessions/{id}/escalate"), Some(&sam), None).0, 202);
     assert_eq!(act("close").0, 204);
     assert_eq!(now(), "closed");
+    let calls = api.call("GET", &format!("/api/sessions/{id}/calls"), Some(&sam), None).1;
+    assert_eq!(calls[0]["state"], "callback", "{calls}");
+    assert!(calls[0]["callback_reason"].as_str().is_some_and(|r| r.contains("closed")), "{calls}");
+    assert_eq!(api.call("GET", "/api/callbacks", Some(&sam), None).1, json!([]));
     assert_eq!(act("close").0, 204, "already closed: nothing to do");
     let message = json!({ "text": "One more thing" });
     let (status, body) = api.call("POST", &format!("/api/sessions/{id}/messages"), Some(&sam), Some(message));

@@ -639,7 +639,10 @@ async fn a_call_no_one_answers_becomes_a_callback_that_both_pages_show_with_its_
     desk.assert_accessible("callbacks owed").await;
     desk.screenshot("12-desk-callbacks-owed").await;
     // The crew closes the session from its page: nothing more can be written to it (no message
-    // form, no call to ask for) until it is reopened.
+    // form, no call to ask for) until it is reopened. The consultant's outcome is not in: a
+    // second tap confirms.
+    tablet.click("#close-session").await;
+    tablet.wait_for("#close-session", "Tap again").await;
     tablet.click("#close-session").await;
     tablet.wait_for("#h-status + p", "This session is closed").await;
     let gone =

@@ -29,6 +29,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 | NodeError::Rotation(_)
                 | NodeError::NoIcb { .. }
                 | NodeError::OnACall { .. }
+                | NodeError::CallInTheWay { .. }
                 | NodeError::TooManyRecords { .. } => 2,
                 NodeError::Encode { .. } => 1,
                 NodeError::NoSuchPhoto { .. } => 4,

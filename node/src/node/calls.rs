@@ -172,6 +172,47 @@ impl Node {
         Ok(out)
     }
 
+    /// Before session `id` is closed or cancelled (`status`) here: the routing entry that
+    /// withdraws its call still being put through, if this node asked for it (the hub's router
+    /// then stops, and the desk rung stops ringing). A call being put through for another
+    /// node, or one connected that neither party has ended, is in the way: a closed session
+    /// is out of [`Node::call_under_way`]'s sight, and its call would ring on, connect, or go
+    /// on with a device free to take a second.
+    pub(super) fn call_before_closing(
+        &mut self,
+        id: SessionId,
+        status: Status,
+        now: i64,
+    ) -> Result<Option<RoutingEntry>, NodeError> {
+        let view = self.store.sessions_mut().view(id)?;
+        if view.status.is_terminal() {
+            // Already over (closed, now cancelled): no call of it is followed any more.
+            return Ok(None);
+        }
+        let Some(c) = calls_of(&view).pop() else { return Ok(None) };
+        let me = self.config.name.clone();
+        if c.is_open() {
+            if c.by != me {
+                return Err(NodeError::CallInTheWay { session: id, connected: false });
+            }
+            let word = if status == Status::Cancelled { "cancelled" } else { "closed" };
+            return Ok(Some(RoutingEntry::Callback {
+                call: c.call.clone(),
+                reason: format!("the session was {word} before the call was put through"),
+                mos: None,
+                by: Some(me),
+            }));
+        }
+        let longest_ms = i64::try_from(LONGEST_CALL.as_millis()).unwrap_or(i64::MAX);
+        if let Some((desk, at)) = &c.connected {
+            let ended = legs_of(&view).iter().any(|l| l.call == c.call && (l.node == c.by || l.node == *desk));
+            if c.callback.is_none() && !ended && now - at < longest_ms {
+                return Err(NodeError::CallInTheWay { session: id, connected: true });
+            }
+        }
+        Ok(None)
+    }
+
     /// The callbacks owed: sessions whose latest escalation ended in a callback (no desk could
     /// take the call, the link could not carry it, or it dropped) and that no later call, no
     /// consultant's outcome and no closing has settled. On a desk, the consultant owes them; on
@@ -204,7 +245,10 @@ impl Node {
                 .responder
                 .as_ref()
                 .is_some_and(|o| o.value != sync_protocol::vocab::Outcome::NotReported && o.at_ms >= since_ms);
-            if settled {
+            // Or by closing (or cancelling) the session since: a session reopened later does
+            // not owe again the callback its closing settled.
+            let closed_since = view.status_history.iter().any(|s| s.status.is_terminal() && s.at_ms >= since_ms);
+            if settled || closed_since {
                 continue;
             }
             out.push(CallbackOwed {

@@ -32,7 +32,7 @@ impl From<NodeError> for ApiError {
             | NodeError::Backup(_)
             | NodeError::Rotation(_)
             | NodeError::NoIcb { .. } => StatusCode::BAD_REQUEST,
-            NodeError::OnACall { .. } => StatusCode::CONFLICT,
+            NodeError::OnACall { .. } | NodeError::CallInTheWay { .. } => StatusCode::CONFLICT,
             NodeError::TooManyRecords { .. } => StatusCode::TOO_MANY_REQUESTS,
             NodeError::NoSuchPhoto { .. } => StatusCode::NOT_FOUND,
             NodeError::Encode { .. } => StatusCode::INTERNAL_SERVER_ERROR,

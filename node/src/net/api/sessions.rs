@@ -559,8 +559,10 @@ pub(super) struct StatusBody {
         (status = 204, description = "Done (or already so)"),
         (status = 400, description = "Not from its status: a cancelled session cannot be closed, an open one cannot be reopened", body = ErrorBody),
         (status = 401, body = ErrorBody),
-        (status = 403, description = "This node may not (an edge that did not make the session)", body = ErrorBody),
+        (status = 403, description = "This node may not (an edge that did not make the session, or a desk cancelling)", body = ErrorBody),
         (status = 404, body = ErrorBody),
+        (status = 409, description = "A call is connected in the session (hang up first), or being put through for another node", body = ErrorBody),
+        (status = 429, description = "A person past the limit of different records an hour, for a record they have not opened this hour: nothing is changed", body = ErrorBody),
     )
 )]
 pub(super) async fn set_session_status(
@@ -571,7 +573,18 @@ pub(super) async fn set_session_status(
 ) -> Result<StatusCode, ApiError> {
     let id = session_id(&id)?;
     as_person(&shared, &who, move |n| {
+        // A request made by mistake is withdrawn by the side that made it. A desk holds every
+        // session of its lines, rung for it or not: one cancelled there takes the crew's
+        // messages, photos, outcome and calls away and leaves the record saying it was never
+        // needed (a desk closes a session; the write rules alone would let it cancel).
+        if matches!(b.act, StatusAct::Cancel) && n.config().role == Role::Desk {
+            return Err(ApiError(StatusCode::FORBIDDEN, "a session is cancelled by the side that asked for it".into()));
+        }
         let now = now_ms();
+        // Past the person's hourly limit, a record they have not opened this hour is not acted
+        // on: its answer (204 for one already so, 400 naming its status, 404) would tell what
+        // opening it would have (429 alike for every id, held here or not).
+        n.may_open(id, now)?;
         match b.act {
             StatusAct::Close => n.set_status(id, Status::Closed, now).map(drop),
             StatusAct::Cancel => n.set_status(id, Status::Cancelled, now).map(drop),
