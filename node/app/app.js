@@ -499,6 +499,11 @@ function renderNew() {
   const summary = h('input', { name: 'summary', required: true, maxlength: 200 });
   const details = h('textarea', { name: 'details', required: true, maxlength: 4000 });
   const callSign = h('input', { name: 'call_sign', autocomplete: 'off' });
+  // Who the patient is when there is no verified NHS number (an unconscious patient, a
+  // visitor): the consultant must know whom the advice is for.
+  const name = h('input', { name: 'patient_name', autocomplete: 'off', maxlength: 100 });
+  const born = h('input', { name: 'birth_date', type: 'date', autocomplete: 'off' });
+  const incident = h('input', { name: 'incident', autocomplete: 'off', maxlength: 40 });
   const callback = h('input', { name: 'callback', type: 'tel', autocomplete: 'off' });
   const error = h('p', { class: 'error', role: 'alert' });
   const submit = h('button', { type: 'submit' }, 'Create session');
@@ -507,9 +512,10 @@ function renderNew() {
     h('div', { class: 'row' }, field('Service line', line), field('Priority', priority), field('Care setting', setting)),
     h('div', { class: 'row' }, field('NHS number', nhs, 'Checked as you type'), field('NHS number status', trace)),
     nhsOut,
+    h('div', { class: 'row' }, field('Patient’s name', name, 'When there is no verified NHS number'), field('Date of birth', born)),
     field('Question in one line', summary, 'What you need from the consultant'),
     field('Details for the consultant', details, 'History, observations, what you have done'),
-    h('div', { class: 'row' }, field('Call sign', callSign, 'Ambulance crews'), field('Callback number', callback)),
+    h('div', { class: 'row' }, field('Call sign', callSign, 'Ambulance crews'), field('Incident number', incident, 'Ambulance crews'), field('Callback number', callback)),
     error,
     h('div', { class: 'actions' }, submit));
   const key = clientKey();
@@ -530,6 +536,9 @@ function renderNew() {
       };
       if (n) { body.nhs_number = n; body.nhs_verification = trace.value; }
       if (callSign.value.trim()) body.call_sign = callSign.value.trim();
+      if (name.value.trim()) body.patient_name = name.value.trim();
+      if (born.value) body.birth_date = born.value;
+      if (incident.value.trim()) body.incident = incident.value.trim();
       if (callback.value.trim()) body.callback = callback.value.trim();
       const view = await api('POST', '/api/sessions', body);
       await api('POST', `/api/sessions/${view.id}/messages`, { text: details.value.trim(), client_key: `${key}-m` });
@@ -632,6 +641,7 @@ function paintSession(v) {
         h('p', {}, p.nhs_number ? `NHS ${nhsFormat(p.nhs_number)} (${p.verified ? 'verified' : 'not verified'})` : 'No NHS number given',
           p.name ? ` · ${p.name}` : '', p.birth_date ? ` · born ${p.birth_date}` : ''),
         v.requester.call_sign ? h('p', {}, `Call sign ${v.requester.call_sign}`) : null,
+        v.requester.incident ? h('p', {}, `Incident ${v.requester.incident}`) : null,
         v.requester.callback ? h('p', {}, `Callback ${v.requester.callback}`) : null),
       callPanel(v)),
     h('section', { class: 'panel', 'aria-labelledby': 'h-messages' }, h('h2', { id: 'h-messages' }, 'Messages'),

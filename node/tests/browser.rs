@@ -579,8 +579,16 @@ async fn the_tablet_page_keeps_working_offline_and_moves_up_the_ladder_live_when
     tablet.choose("#new-session select[name=service_line]", "cardiology").await;
     tablet.type_into("#new-session input[name=summary]", summary).await;
     tablet.type_into("#new-session textarea[name=details]", "No network on the moor; crew waiting").await;
+    // No NHS number to hand: the patient named, with a date of birth and the incident.
+    tablet.type_into("#new-session input[name=patient_name]", "Ann Example").await;
+    tablet
+        .eval("document.querySelector('#new-session input[name=birth_date]').value = '1948-03-14'; return null;")
+        .await;
+    tablet.type_into("#new-session input[name=incident]", "INC-4471").await;
     tablet.click("#new-session button[type=submit]").await;
     tablet.wait_for("#messages li", "On this device only").await;
+    tablet.wait_for("#h-patient + p", "Ann Example · born 1948-03-14").await;
+    tablet.wait_for("#h-patient ~ p", "Incident INC-4471").await;
     // The tablet's own node restarts (an update) while a message is being typed: the page says
     // it cannot reach it, then picks up again by itself, the message still there.
     tablet.type_into("#reply", "Pain 2/10 now").await;
