@@ -793,6 +793,15 @@ impl Node {
     /// being put through is withdrawn in the same change (no desk rings for a case that is
     /// over); a call connected, or asked for by another node and not yet put through, refuses.
     pub fn set_status(&mut self, id: SessionId, status: Status, now: i64) -> Result<bool, NodeError> {
+        if status == Status::Cancelled {
+            // A request made by mistake is withdrawn by the side that made it (or its hub). A
+            // desk holds every session of its lines, rung for it or not: one cancelled there
+            // would take the crew's messages, photos, outcome and calls away and leave the
+            // record saying it was never needed. A desk closes a session; the write rules
+            // alone would let it cancel one, so the node refuses it here, for the API and the
+            // command line alike.
+            self.require("cancelling a session", "edge (the side that asked) or hub", &[Role::Edge, Role::Hub])?;
+        }
         let withdraw = if status.is_terminal() { self.call_before_closing(id, status, now)? } else { None };
         let detail = Some(serde_json::json!({ "status": status }));
         Ok(self.store.sessions_mut().edit(id, "status.set", detail, now, |_, doc| {

@@ -344,6 +344,10 @@ fn a_session_goes_from_the_ambulance_app_to_the_desk_app_and_the_reply_and_recei
     let outcome = json!({ "side": "responder", "outcome": "advice_only" });
     let (status, body) = desk_api.call("POST", &format!("/api/sessions/{id}/outcome"), Some(&ada), Some(outcome));
     assert_eq!(status, 204, "{body}");
+    // A desk closes a session, but does not cancel the crew's (the side that asked does).
+    let cancel = json!({ "act": "cancel" });
+    let (status, body) = desk_api.call("POST", &format!("/api/sessions/{id}/status"), Some(&ada), Some(cancel));
+    assert_eq!(status, 403, "{body}");
     wait_until(LIMIT, "the consultant's outcome at the ambulance", || {
         let view = amb_api.call("GET", &format!("/api/sessions/{id}"), Some(&sam), None).1;
         view["outcome"]["responder"]["clinician"]["name"] == "Dr Ada Okafor"

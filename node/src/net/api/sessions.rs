@@ -573,13 +573,6 @@ pub(super) async fn set_session_status(
 ) -> Result<StatusCode, ApiError> {
     let id = session_id(&id)?;
     as_person(&shared, &who, move |n| {
-        // A request made by mistake is withdrawn by the side that made it. A desk holds every
-        // session of its lines, rung for it or not: one cancelled there takes the crew's
-        // messages, photos, outcome and calls away and leaves the record saying it was never
-        // needed (a desk closes a session; the write rules alone would let it cancel).
-        if matches!(b.act, StatusAct::Cancel) && n.config().role == Role::Desk {
-            return Err(ApiError(StatusCode::FORBIDDEN, "a session is cancelled by the side that asked for it".into()));
-        }
         let now = now_ms();
         // Past the person's hourly limit, a record they have not opened this hour is not acted
         // on: its answer (204 for one already so, 400 naming its status, 404) would tell what
