@@ -18,7 +18,11 @@ const S = {
   ringTimer: null,
   audio: null,
   keySeq: 0,
-  myCalls: new Set(), // sessions whose call this person asked for or answered in this tab
+  // Sessions whose call this person asked for or answered in this tab, kept in the tab's
+  // storage with whose they are: a page reloaded mid-call (by the person, or by a tablet's
+  // browser short of memory) still knows the call is theirs and can take its voice up again.
+  myCalls: new Set(JSON.parse(sessionStorage.getItem('outpost.calls') || '{"sessions":[]}').sessions),
+  callsOf: JSON.parse(sessionStorage.getItem('outpost.calls') || '{}').who,
   thumbs: new Map(), // photo hash -> object URL (fetched once)
   letters: new Map(), // session id -> the letter last shown (a snapshot: it says when it was made)
   lastInput: 0, // when the person last touched or typed on this page
@@ -238,6 +242,8 @@ function signedOut(message) {
   for (const u of S.thumbs.values()) URL.revokeObjectURL(u);
   S.thumbs.clear();
   S.letters.clear();
+  S.owed = undefined;
+  S.unsent = null;
   document.getElementById('bar').hidden = true;
   document.getElementById('ring').hidden = true;
   renderLogin(message);
@@ -277,6 +283,7 @@ function renderLogin(message) {
 async function start() {
   if (S.callsOf !== undefined && S.callsOf !== S.me.id) S.myCalls.clear();
   S.callsOf = S.me.id;
+  keepMyCalls();
   const status = await api('GET', '/api/status');
   S.node = { name: status.node.name, role: status.node.role };
   for (const p of status.connected_peers || []) S.peers.set(p, true);
@@ -287,12 +294,16 @@ async function start() {
   await loadCards();
   connectEvents();
   route();
+  countOwed();
 }
 
 function renderNav() {
+  // How many callbacks are owed, on the link to them: a consultant must see one arrive while
+  // working the queue, and a crew that a callback is still to come.
+  const owed = S.owed && S.owed.length ? ` (${S.owed.length})` : '';
   const links = isDesk()
-    ? [['#/', 'Queue'], ['#/callbacks', 'Callbacks owed']]
-    : [['#/', 'Sessions'], ['#/new', 'New session'], ['#/callbacks', 'Callbacks']];
+    ? [['#/', 'Queue'], ['#/callbacks', `Callbacks owed${owed}`]]
+    : [['#/', 'Sessions'], ['#/new', 'New session'], ['#/callbacks', `Callbacks${owed}`]];
   const here = location.hash || '#/';
   document.getElementById('nav').replaceChildren(
     ...links.map(([href, text]) => h('a', { href, 'aria-current': here === href ? 'page' : null }, text)));
@@ -326,6 +337,7 @@ async function catchUp() {
     await loadCards();
   } catch (_) { return; /* still out of reach: the next hello tries again */ }
   renderLink();
+  countOwed();
   if (S.view && location.hash === `#/s/${S.view.id}`) {
     // The call may have moved (or ended with the node's restart) without an event for it.
     try {
@@ -349,11 +361,13 @@ function connectEvents() {
     S.cards.set(card.id, card);
     if (S.view && S.view.id === card.id) refreshSession(card.id);
     else if (isListScreen()) renderList();
+    countOwed();
   });
   es.addEventListener('call', (e) => {
     const { call } = JSON.parse(e.data);
     S.calls.set(call.session, call);
     onCall(call);
+    countOwed();
   });
   es.addEventListener('link', (e) => {
     const { peer, up } = JSON.parse(e.data);
@@ -504,7 +518,9 @@ function renderNew() {
   const name = h('input', { name: 'patient_name', autocomplete: 'off', maxlength: 100 });
   const born = h('input', { name: 'birth_date', type: 'date', autocomplete: 'off' });
   const incident = h('input', { name: 'incident', autocomplete: 'off', maxlength: 40 });
-  const callback = h('input', { name: 'callback', type: 'tel', autocomplete: 'off' });
+  // The number a consultant rings when no call can be put through (a callback is arranged
+  // then): without it the crew or the GP can only be answered by message.
+  const callback = h('input', { name: 'callback', type: 'tel', autocomplete: 'tel', required: true, maxlength: 30 });
   const error = h('p', { class: 'error', role: 'alert' });
   const submit = h('button', { type: 'submit' }, 'Create session');
   form.append(
@@ -515,7 +531,7 @@ function renderNew() {
     h('div', { class: 'row' }, field('Patient’s name', name, 'When there is no verified NHS number'), field('Date of birth', born)),
     field('Question in one line', summary, 'What you need from the consultant'),
     field('Details for the consultant', details, 'History, observations, what you have done'),
-    h('div', { class: 'row' }, field('Call sign', callSign, 'Ambulance crews'), field('Incident number', incident, 'Ambulance crews'), field('Callback number', callback)),
+    h('div', { class: 'row' }, field('Call sign', callSign, 'Ambulance crews'), field('Incident number', incident, 'Ambulance crews'), field('Callback number', callback, 'Where the consultant rings you back')),
     error,
     h('div', { class: 'actions' }, submit));
   const key = clientKey();
@@ -526,6 +542,11 @@ function renderNew() {
     if (n && !nhsCheck(n).ok) {
       error.textContent = 'The NHS number is not valid. Correct it or leave it empty.';
       nhs.focus();
+      return;
+    }
+    if ((callback.value.match(/[0-9]/g) || []).length < 6 || /[^0-9 +()-]/.test(callback.value.trim())) {
+      error.textContent = 'Give a callback number the consultant can ring (digits, spaces and + only).';
+      callback.focus();
       return;
     }
     submit.disabled = true;
@@ -574,6 +595,12 @@ async function refreshSession(id) {
   // elements, where the redrawn page has the same form; focus stays where it was.
   const kept = [...document.querySelectorAll('form[data-dirty]')];
   const focused = document.activeElement;
+  // A message being typed when the session is closed or cancelled (from the other side, or
+  // another of this node's pages) has no form left to stay in: it is kept on the page, and
+  // put back in the box when the session is reopened.
+  const typing = kept.find((f) => f.id === 'message-form');
+  const typed = typing && typing.querySelector('#reply') ? typing.querySelector('#reply').value.trim() : '';
+  if (typed && ended(view)) S.unsent = { session: view.id, text: typed };
   paintSession(view);
   for (const form of kept) {
     const fresh = document.getElementById(form.id);
@@ -645,7 +672,7 @@ function paintSession(v) {
         v.requester.callback ? h('p', {}, `Callback ${v.requester.callback}`) : null),
       callPanel(v)),
     h('section', { class: 'panel', 'aria-labelledby': 'h-messages' }, h('h2', { id: 'h-messages' }, 'Messages'),
-      v.messages.length ? messages : h('p', {}, 'No messages yet.'), ended(v) ? null : replyForm(v)),
+      v.messages.length ? messages : h('p', {}, 'No messages yet.'), ended(v) ? unsentNote(v) : replyForm(v)),
     h('section', { class: 'panel', 'aria-labelledby': 'h-photos' }, h('h2', { id: 'h-photos' }, 'Photos'),
       v.media.length ? photos : h('p', {}, 'No photos.'), isDesk() || ended(v) ? null : photoForm(v)),
     outcomePanel(v),
@@ -767,11 +794,25 @@ async function openPhoto(v, m) {
   try { await api('POST', `/api/photos/${m.hash}/read`); } catch (_) { /* shown later */ }
 }
 
+// The message that was being typed when the session was closed, not sent.
+function unsentNote(v) {
+  if (!S.unsent || S.unsent.session !== v.id) return null;
+  return h('div', { id: 'unsent' },
+    h('p', { class: 'error', role: 'alert' }, `Not sent: this session was ${STATUSES[v.status].toLowerCase()} while you were typing. Reopen it to send your message, kept here:`),
+    h('blockquote', {}, S.unsent.text));
+}
+
 function replyForm(v) {
   const text = h('textarea', { id: 'reply', name: 'text', required: true, maxlength: 4000 });
   const error = h('p', { class: 'error', role: 'alert' });
   const send = h('button', { type: 'submit' }, isDesk() ? 'Send reply' : 'Send message');
   const { form, done } = tracked(h('form', { id: 'message-form' }, field(isDesk() ? 'Your advice' : 'Message', text), error, h('div', { class: 'actions' }, send)));
+  if (S.unsent && S.unsent.session === v.id) {
+    // Reopened: the message typed before the close is back in the box, still to be sent.
+    text.value = S.unsent.text;
+    form.dataset.dirty = '1';
+    S.unsent = null;
+  }
   let key = clientKey();
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
@@ -895,6 +936,11 @@ function callPanel(v) {
   const buttons = [];
   if (!isDesk() && !open && !ended(v)) buttons.push(h('button', { type: 'button', id: 'escalate', onclick: () => escalate(v) }, 'Ask for a call'));
   if (isDesk() && call && call.ringing_here) buttons.push(h('button', { type: 'button', onclick: () => answer(v.id) }, 'Answer'));
+  // The voice is off in this tab though the call is this person's: the page was reloaded, or
+  // the microphone was refused or lost. A tap turns it on again.
+  if (myLiveCall(call) && !S.voice) {
+    buttons.push(h('button', { type: 'button', id: 'voice-on', onclick: () => { startVoice(v.id); refreshSession(v.id); } }, 'Turn on my microphone and speaker'));
+  }
   if (call && call.state === 'connected') buttons.push(h('button', { type: 'button', class: 'danger', id: 'hangup', onclick: () => hangUp(v.id) }, 'Hang up'));
   return h('section', { class: 'panel', 'aria-labelledby': 'h-call' }, h('h2', { id: 'h-call' }, 'Call'),
     now || h('p', {}, 'No call yet.'),
@@ -909,6 +955,7 @@ async function escalate(v) {
   try {
     const r = await api('POST', `/api/sessions/${v.id}/escalate`);
     S.myCalls.add(v.id);
+    keepMyCalls();
     S.calls.set(v.id, { session: v.id, call: r.call, state: 'waiting', ringing_here: false });
     await refreshSession(v.id);
   } catch (err) {
@@ -920,6 +967,7 @@ async function answer(id) {
   try {
     await api('POST', `/api/sessions/${id}/answer`);
     S.myCalls.add(id);
+    keepMyCalls();
     S.autoOpened = null;
     stopRinging();
     if (!S.view || S.view.id !== id) location.hash = `#/s/${id}`;
@@ -1007,9 +1055,24 @@ function isParty(call) {
   return !!card && card.origin === S.node.name;
 }
 
+function keepMyCalls() {
+  sessionStorage.setItem('outpost.calls', JSON.stringify({ who: S.callsOf, sessions: [...S.myCalls].slice(-20) }));
+}
+
+// Whether this tab may carry the call's voice: the person asked for it or answered it here.
+function myLiveCall(call) {
+  return !!call && call.state === 'connected' && isParty(call) && S.myCalls.has(call.session);
+}
+
 function voiceFor(call) {
-  if (call.state === 'connected' && isParty(call) && S.myCalls.has(call.session)) startVoice(call.session);
-  else if (S.voice && S.voice.session === call.session) stopVoice();
+  if (myLiveCall(call)) {
+    if (S.voice) return;
+    // A browser opens the speaker only after a tap on the page: a page reloaded mid-call has
+    // had none, so it asks for one (the call panel's button) rather than stay silent.
+    if (navigator.userActivation && !navigator.userActivation.hasBeenActive) {
+      voiceStatus('Your call is still connected, but this page was reloaded: tap “Turn on my microphone and speaker” to speak and hear again.');
+    } else startVoice(call.session);
+  } else if (S.voice && S.voice.session === call.session) stopVoice();
 }
 
 // The microphone and speaker carry the call: 20 ms frames of 8 kHz audio over a WebSocket to
@@ -1055,6 +1118,7 @@ async function startVoice(session) {
         } else {
           stopVoice();
           if (call && call.state === 'connected') voiceStatus(`No voice from this device: ${e.reason || 'the node refused it'}`);
+          if (S.view && S.view.id === session) refreshSession(session); // offers to try again
         }
       };
     };
@@ -1071,7 +1135,9 @@ async function startVoice(session) {
     voiceStatus('Connecting the microphone and speaker…');
     connect();
   } catch (err) {
+    if (S.voice === v) S.voice = null;
     voiceStatus(`No microphone or speaker here (${err.message}): the call carries no voice from this device.`);
+    if (S.view && S.view.id === session) refreshSession(session); // offers to try again
   }
 }
 
@@ -1126,14 +1192,37 @@ function stopRinging() {
 
 // ------------------------------------------------------------------ callbacks owed
 
+// The callbacks owed, asked of the node again after sessions or calls change (at most once a
+// second): the count on the menu, and the screen itself when it is shown.
+function countOwed() {
+  if (S.owedTimer) return;
+  S.owedTimer = setTimeout(async () => {
+    S.owedTimer = null;
+    if (!S.token) return;
+    let owed;
+    try { owed = await api('GET', '/api/callbacks'); } catch (_) { return; /* the next change asks again */ }
+    const before = JSON.stringify(S.owed);
+    S.owed = owed;
+    if (JSON.stringify(owed) === before) return;
+    renderNav();
+    if (location.hash === '#/callbacks') paintCallbacks(owed);
+  }, S.owed === undefined ? 0 : 1000);
+}
+
 async function renderCallbacks() {
   const owed = await api('GET', '/api/callbacks');
+  S.owed = owed;
+  renderNav();
+  paintCallbacks(owed);
+}
+
+function paintCallbacks(owed) {
   show(h('h1', {}, isDesk() ? 'Callbacks owed' : 'Callbacks you are waiting for'),
     owed.length ? h('ul', { class: 'cards' }, owed.map((c) => h('li', {}, h('a', { href: `#/s/${c.session}` },
       h('span', { class: 'card-title' }, c.summary),
       h('span', { class: 'chip device' }, PRIORITIES[c.priority]),
       h('span', { class: 'meta' }, `${LINES[c.service_line]} · ${c.reason} · since ${when(c.since_ms)}`,
-        c.callback_number ? ` · ring ${c.callback_number}` : '', c.call_sign ? ` · ${c.call_sign}` : '')))))
+        c.callback_number ? ` · ring ${c.callback_number}` : ' · no number given: answer by message', c.call_sign ? ` · ${c.call_sign}` : '')))))
       : h('p', {}, 'None owed.'));
 }
 

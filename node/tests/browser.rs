@@ -200,10 +200,21 @@ impl Browser {
             .unwrap_or_else(|e| panic!("{}: no {css}: {e}", self.name))
     }
 
+    /// Types into `css`, finding it again if a live update replaced it before the typing began.
     async fn type_into(&self, css: &str, text: &str) {
-        let el = self.element(css).await;
-        el.clear().await.unwrap();
-        el.send_keys(text).await.unwrap();
+        let mut tries = 0;
+        loop {
+            let el = self.element(css).await;
+            let typed = match el.clear().await {
+                Ok(()) => el.send_keys(text).await,
+                Err(e) => Err(e),
+            };
+            match typed {
+                Ok(()) => break,
+                Err(e) if tries < 20 && e.to_string().contains("stale element") => tries += 1,
+                Err(e) => panic!("{}: type into {css}: {e}", self.name),
+            }
+        }
     }
 
     async fn choose(&self, css: &str, value: &str) {
@@ -462,6 +473,23 @@ async fn a_paramedic_and_a_consultant_work_a_case_through_their_browsers() {
     }
     let heard_js = "return window.outpostVoice.heard.flatMap((f) => Array.from(f));";
     let tablet_heard: Vec<i16> = serde_json::from_value(tablet.eval(heard_js).await).unwrap();
+    // The tablet's page is reloaded mid-call (a browser short of memory does it unasked): the
+    // call is still the crew's, and a tap takes its voice up again (a browser opens the speaker
+    // only after a tap on the page).
+    tablet.client.refresh().await.unwrap();
+    tablet.wait_for("#call-state", "Connected to desk-derm-1").await;
+    tablet.wait_for("#voice", "this page was reloaded").await;
+    tablet.click("#voice-on").await;
+    tablet.wait_for("#voice", "Microphone and speaker on").await;
+    let started = Instant::now();
+    while tablet.eval(played).await.as_u64().unwrap_or(0) < 100 {
+        assert!(
+            started.elapsed() < LIMIT,
+            "the call's audio did not come back after the reload: {}",
+            tablet.eval(played).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     tablet.click("#hangup").await;
     tablet.wait_for("#call-state", "Call ended").await;
     desk.wait_for("#call-state", "Call ended").await;
@@ -585,6 +613,12 @@ async fn the_tablet_page_keeps_working_offline_and_moves_up_the_ladder_live_when
         .eval("document.querySelector('#new-session input[name=birth_date]').value = '1948-03-14'; return null;")
         .await;
     tablet.type_into("#new-session input[name=incident]", "INC-4471").await;
+    // A callback number that no one could ring is refused before anything is written.
+    tablet.type_into("#new-session input[name=callback]", "call me").await;
+    tablet.click("#new-session button[type=submit]").await;
+    tablet.wait_for("#new-session .error", "Give a callback number").await;
+    tablet.eval("document.querySelector('#new-session input[name=callback]').value = ''; return null;").await;
+    tablet.type_into("#new-session input[name=callback]", "01632 960 001").await;
     tablet.click("#new-session button[type=submit]").await;
     tablet.wait_for("#messages li", "On this device only").await;
     tablet.wait_for("#h-patient + p", "Ann Example · born 1948-03-14").await;
@@ -641,6 +675,9 @@ async fn a_call_no_one_answers_becomes_a_callback_that_both_pages_show_with_its_
     assert!(story.contains("did not answer"), "{story}");
     tablet.screenshot("11-tablet-callback-arranged").await;
     assert!(desk.eval("return document.getElementById('ring').hidden;").await == json!(true), "the ringing stopped");
+    // The menu counts it at once, wherever the consultant is in the app.
+    desk.wait_for("#nav a[href='#/callbacks']", "Callbacks owed (1)").await;
+    tablet.wait_for("#nav a[href='#/callbacks']", "Callbacks (1)").await;
     desk.click("a[href='#/callbacks']").await;
     desk.wait_for("ul.cards a", summary).await;
     desk.wait_for("ul.cards a", "ring 07700 900456").await;
@@ -653,11 +690,31 @@ async fn a_call_no_one_answers_becomes_a_callback_that_both_pages_show_with_its_
     tablet.wait_for("#close-session", "Tap again").await;
     tablet.click("#close-session").await;
     tablet.wait_for("#h-status + p", "This session is closed").await;
+    // Closing settles the callback: the consultant's screen says so as it happens.
+    desk.wait_for("main p", "None owed").await;
+    let menu = "return document.querySelector(\"#nav a[href='#/callbacks']\").textContent;";
+    assert_eq!(desk.eval(menu).await, json!("Callbacks owed"), "the count stays after the close");
     let gone =
         "return document.getElementById('message-form') === null && document.getElementById('escalate') === null;";
     assert_eq!(tablet.eval(gone).await, json!(true), "forms shown on a closed session");
     tablet.click("#reopen").await;
     tablet.wait_for("#message-form button", "Send message").await;
+    // The consultant is typing advice when the crew closes the session again: the words are
+    // not lost with the form, and are back in the box when the session is reopened.
+    let words = "Ringing you on 07700 900456 now";
+    let page = tablet.eval("return location.hash;").await;
+    desk.eval(&format!("location.hash = {page}; return null;")).await;
+    desk.wait_for("main h1", summary).await;
+    desk.type_into("#reply", words).await;
+    tablet.click("#close-session").await;
+    tablet.wait_for("#close-session", "Tap again").await;
+    tablet.click("#close-session").await;
+    tablet.wait_for("#h-status + p", "This session is closed").await;
+    desk.wait_for("#unsent p", "Not sent: this session was closed while you were typing").await;
+    desk.wait_for("#unsent blockquote", words).await;
+    tablet.click("#reopen").await;
+    desk.wait_for("#message-form button", "Send reply").await;
+    assert_eq!(desk.eval("return document.getElementById('reply').value;").await, json!(words));
     tablet.close().await;
     desk.close().await;
 }
