@@ -18,10 +18,12 @@ const S = {
   ringTimer: null,
   audio: null,
   keySeq: 0,
-  // Sessions whose call this person asked for or answered in this tab, kept in the tab's
-  // storage with whose they are: a page reloaded mid-call (by the person, or by a tablet's
-  // browser short of memory) still knows the call is theirs and can take its voice up again.
-  myCalls: new Set(JSON.parse(sessionStorage.getItem('outpost.calls') || '{"sessions":[]}').sessions),
+  // The calls (by call id, not session: a later call of the same session, asked for or
+  // answered by someone else, is not this person's) this person asked for or answered in this
+  // tab, kept in the tab's storage with whose they are: a page reloaded mid-call (by the
+  // person, or by a tablet's browser short of memory) still knows the call is theirs and can
+  // take its voice up again.
+  myCalls: new Set(JSON.parse(sessionStorage.getItem('outpost.calls') || '{"calls":[]}').calls || []),
   callsOf: JSON.parse(sessionStorage.getItem('outpost.calls') || '{}').who,
   thumbs: new Map(), // photo hash -> object URL (fetched once)
   letters: new Map(), // session id -> the letter last shown (a snapshot: it says when it was made)
@@ -239,10 +241,15 @@ function signedOut(message) {
   // Signed out mid-call: the microphone stops now, not when the call ends, and the next
   // person signed in on this page does not take the call's voice over (nor see the photos).
   if (S.voice) stopVoice();
+  voiceStatus(''); // a note about the last person's call is not shown to the next
   for (const u of S.thumbs.values()) URL.revokeObjectURL(u);
   S.thumbs.clear();
   S.letters.clear();
   S.owed = undefined;
+  clearTimeout(S.owedTimer);
+  S.owedTimer = null;
+  S.owedAgain = false;
+  S.owedTried = false;
   S.unsent = null;
   document.getElementById('bar').hidden = true;
   document.getElementById('ring').hidden = true;
@@ -305,7 +312,18 @@ function renderNav() {
     ? [['#/', 'Queue'], ['#/callbacks', `Callbacks owed${owed}`]]
     : [['#/', 'Sessions'], ['#/new', 'New session'], ['#/callbacks', `Callbacks${owed}`]];
   const here = location.hash || '#/';
-  document.getElementById('nav').replaceChildren(
+  const nav = document.getElementById('nav');
+  const have = [...nav.children];
+  if (have.length === links.length && have.every((a, i) => a.getAttribute('href') === links[i][0])) {
+    // The same links (a count changed): updated in place, so a link focused keeps its focus.
+    have.forEach((a, i) => {
+      if (a.textContent !== links[i][1]) a.textContent = links[i][1];
+      if (here === links[i][0]) a.setAttribute('aria-current', 'page');
+      else a.removeAttribute('aria-current');
+    });
+    return;
+  }
+  nav.replaceChildren(
     ...links.map(([href, text]) => h('a', { href, 'aria-current': here === href ? 'page' : null }, text)));
 }
 
@@ -358,10 +376,15 @@ function connectEvents() {
   S.events = es;
   es.addEventListener('session', (e) => {
     const { card } = JSON.parse(e.data);
+    const was = S.cards.get(card.id);
     S.cards.set(card.id, card);
     if (S.view && S.view.id === card.id) refreshSession(card.id);
     else if (isListScreen()) renderList();
-    countOwed();
+    // The callbacks owed are an expensive read on the node's one store thread: asked again
+    // when a session comes, moves status or takes an outcome, or is one owed (its settling),
+    // not at every receipt. A callback arranged comes with its `call` event.
+    if (!was || was.status !== card.status || String(was.outcomes) !== String(card.outcomes)
+      || (S.owed && S.owed.some((c) => c.session === card.id))) countOwed();
   });
   es.addEventListener('call', (e) => {
     const { call } = JSON.parse(e.data);
@@ -441,10 +464,22 @@ async function route() {
   } catch (err) {
     if (err.status !== 401) show(h('p', { class: 'error', role: 'alert' }, err.message));
   }
-  document.getElementById('main').focus({ preventScroll: true });
+  if (!ringFocus()) document.getElementById('main').focus({ preventScroll: true });
 }
 
 window.addEventListener('hashchange', route);
+
+// A ringing call takes the keyboard's focus (its Answer button: Enter answers), unless the
+// person is typing somewhere: their keys must not go astray.
+function ringFocus() {
+  const ring = document.getElementById('ring');
+  const answer = ring.hidden ? null : ring.querySelector('#answer');
+  const a = document.activeElement;
+  const typing = a && ['INPUT', 'TEXTAREA', 'SELECT'].includes(a.tagName);
+  if (!answer || typing) return false;
+  answer.focus({ preventScroll: true });
+  return true;
+}
 
 // ------------------------------------------------------------------ session list / queue
 
@@ -520,7 +555,8 @@ function renderNew() {
   const incident = h('input', { name: 'incident', autocomplete: 'off', maxlength: 40 });
   // The number a consultant rings when no call can be put through (a callback is arranged
   // then): without it the crew or the GP can only be answered by message.
-  const callback = h('input', { name: 'callback', type: 'tel', autocomplete: 'tel', required: true, maxlength: 30 });
+  // No autofill: on a shared tablet the browser would offer the numbers of whoever used it before.
+  const callback = h('input', { name: 'callback', type: 'tel', autocomplete: 'off', required: true, maxlength: 30 });
   const error = h('p', { class: 'error', role: 'alert' });
   const submit = h('button', { type: 'submit' }, 'Create session');
   form.append(
@@ -545,7 +581,7 @@ function renderNew() {
       return;
     }
     if ((callback.value.match(/[0-9]/g) || []).length < 6 || /[^0-9 +()-]/.test(callback.value.trim())) {
-      error.textContent = 'Give a callback number the consultant can ring (digits, spaces and + only).';
+      error.textContent = 'Give a callback number the consultant can ring: at least 6 digits (spaces, +, brackets and dashes allowed).';
       callback.focus();
       return;
     }
@@ -593,7 +629,8 @@ async function refreshSession(id) {
   // A form being filled in (a reply typed, a photo chosen with its body site and consent, an
   // outcome picked but not saved, an upload under way) is kept as it stands, the very
   // elements, where the redrawn page has the same form; focus stays where it was.
-  const kept = [...document.querySelectorAll('form[data-dirty]')];
+  // Only this session's forms: the page may still show another session's (a route under way).
+  const kept = [...document.querySelectorAll('form[data-dirty]')].filter((f) => f.dataset.session === id);
   const focused = document.activeElement;
   // A message being typed when the session is closed or cancelled (from the other side, or
   // another of this node's pages) has no form left to stay in: it is kept on the page, and
@@ -707,7 +744,10 @@ function statusPanel(v) {
     S.armed = null;
     error.textContent = '';
     try {
-      await api('POST', `/api/sessions/${v.id}/status`, { act: what });
+      // A reopen is keyed to the close it undoes (the status steps so far): tried again after
+      // an answer lost on the way, it opens nothing more and is not refused.
+      const body = what === 'reopen' ? { act: what, client_key: `reopen-${v.id}-${(v.status_history || []).length}` } : { act: what };
+      await api('POST', `/api/sessions/${v.id}/status`, body);
       await refreshSession(v.id);
     } catch (err) {
       if (err.status !== 401) error.textContent = err.message;
@@ -797,8 +837,12 @@ async function openPhoto(v, m) {
 // The message that was being typed when the session was closed, not sent.
 function unsentNote(v) {
   if (!S.unsent || S.unsent.session !== v.id) return null;
+  // Announced once: an alert put in again at every live redraw (a receipt, a call's step) would
+  // be read out again each time.
+  const first = !S.unsent.told;
+  S.unsent.told = true;
   return h('div', { id: 'unsent' },
-    h('p', { class: 'error', role: 'alert' }, `Not sent: this session was ${STATUSES[v.status].toLowerCase()} while you were typing. Reopen it to send your message, kept here:`),
+    h('p', { class: 'error', role: first ? 'alert' : null }, `Not sent: this session was ${STATUSES[v.status].toLowerCase()} while you were typing. Reopen it to send your message, kept here:`),
     h('blockquote', {}, S.unsent.text));
 }
 
@@ -806,13 +850,19 @@ function replyForm(v) {
   const text = h('textarea', { id: 'reply', name: 'text', required: true, maxlength: 4000 });
   const error = h('p', { class: 'error', role: 'alert' });
   const send = h('button', { type: 'submit' }, isDesk() ? 'Send reply' : 'Send message');
-  const { form, done } = tracked(h('form', { id: 'message-form' }, field(isDesk() ? 'Your advice' : 'Message', text), error, h('div', { class: 'actions' }, send)));
+  const { form, done } = tracked(h('form', { id: 'message-form', 'data-session': v.id }, field(isDesk() ? 'Your advice' : 'Message', text), error, h('div', { class: 'actions' }, send)));
   if (S.unsent && S.unsent.session === v.id) {
-    // Reopened: the message typed before the close is back in the box, still to be sent.
+    // Reopened: the message typed before the close is back in the box, still to be sent. It
+    // stays kept until it is sent or cleared: a redraw that does not keep this form (the
+    // session opened anew while a live update drew it) puts it back again.
     text.value = S.unsent.text;
     form.dataset.dirty = '1';
-    S.unsent = null;
   }
+  text.addEventListener('input', () => {
+    if (!S.unsent || S.unsent.session !== v.id) return;
+    if (text.value.trim()) S.unsent.text = text.value.trim();
+    else S.unsent = null;
+  });
   let key = clientKey();
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
@@ -826,6 +876,8 @@ function replyForm(v) {
       await api('POST', `/api/sessions/${v.id}/messages`, { text: text.value.trim(), reply_to: last ? last.id : null, client_key: key });
       key = clientKey();
       text.value = '';
+      // Sent (the session closed only after it was saved): not "Not sent", and not put back.
+      if (S.unsent && S.unsent.session === v.id) S.unsent = null;
       done();
       await refreshSession(v.id);
     } catch (err) {
@@ -850,7 +902,7 @@ function photoForm(v) {
     S.photoNote && S.photoNote.session === v.id ? S.photoNote.text : '');
   const note = (text) => { S.photoNote = { session: v.id, text }; state.textContent = text; };
   const send = h('button', { type: 'submit' }, 'Add photo');
-  const { form, done } = tracked(h('form', { id: 'photo-form' },
+  const { form, done } = tracked(h('form', { id: 'photo-form', 'data-session': v.id },
     field('Photo', file, 'Opens the camera on a tablet'),
     h('div', { class: 'row' }, field('View', view), field('Body site', site, 'For example: left forearm')),
     h('div', { class: 'row' }, field('Consent', consent), field('Use', scope)),
@@ -939,12 +991,18 @@ function callPanel(v) {
   // The voice is off in this tab though the call is this person's: the page was reloaded, or
   // the microphone was refused or lost. A tap turns it on again.
   if (myLiveCall(call) && !S.voice) {
-    buttons.push(h('button', { type: 'button', id: 'voice-on', onclick: () => { startVoice(v.id); refreshSession(v.id); } }, 'Turn on my microphone and speaker'));
+    buttons.push(h('button', { type: 'button', id: 'voice-on', onclick: async () => {
+      startVoice(v.id);
+      await refreshSession(v.id);
+      // The button is gone with the voice on: focus goes to the call's other button, not the page.
+      const hang = document.getElementById('hangup');
+      if (hang && (!document.activeElement || document.activeElement === document.body)) hang.focus({ preventScroll: true });
+    } }, 'Turn on my microphone and speaker'));
   }
   if (call && call.state === 'connected') buttons.push(h('button', { type: 'button', class: 'danger', id: 'hangup', onclick: () => hangUp(v.id) }, 'Hang up'));
   return h('section', { class: 'panel', 'aria-labelledby': 'h-call' }, h('h2', { id: 'h-call' }, 'Call'),
     now || h('p', {}, 'No call yet.'),
-    h('p', { id: 'voice', class: 'meta', 'aria-live': 'polite' }, S.voiceText || ''),
+    h('p', { id: 'voice', class: 'meta', 'aria-live': 'polite' }, voiceNoteFor(v.id)),
     v.routing.length ? h('ol', { class: 'story', 'aria-label': 'What the hub decided' }, v.routing.map((e) => h('li', {}, storyLine(e)))) : null,
     v.calls.length ? h('ul', { class: 'story', 'aria-label': 'Call records' }, v.calls.filter((c) => c.mos !== undefined).map((c) =>
       h('li', {}, `${c.node}: ${Math.round((c.duration_ms || 0) / 1000)} s, quality ${Number(c.mos).toFixed(2)} of 5, ${(100 * (c.loss || 0)).toFixed(1)}% lost, ended: ${c.end}`))) : null,
@@ -954,7 +1012,7 @@ function callPanel(v) {
 async function escalate(v) {
   try {
     const r = await api('POST', `/api/sessions/${v.id}/escalate`);
-    S.myCalls.add(v.id);
+    S.myCalls.add(r.call);
     keepMyCalls();
     S.calls.set(v.id, { session: v.id, call: r.call, state: 'waiting', ringing_here: false });
     await refreshSession(v.id);
@@ -965,8 +1023,8 @@ async function escalate(v) {
 
 async function answer(id) {
   try {
-    await api('POST', `/api/sessions/${id}/answer`);
-    S.myCalls.add(id);
+    const r = await api('POST', `/api/sessions/${id}/answer`);
+    S.myCalls.add(r.call);
     keepMyCalls();
     S.autoOpened = null;
     stopRinging();
@@ -998,7 +1056,7 @@ function outcomePanel(v) {
   const save = h('button', { type: 'submit' }, 'Record outcome');
   // Stays until the next try: an outcome not recorded must not look recorded.
   const error = h('p', { class: 'error', role: 'alert' });
-  const { form, done } = tracked(h('form', { id: 'outcome-form' },
+  const { form, done } = tracked(h('form', { id: 'outcome-form', 'data-session': v.id },
     field(isDesk() ? 'Your outcome' : 'Outcome for the patient', pick), error, h('div', { class: 'actions' }, save)));
   const key = clientKey();
   form.addEventListener('submit', async (e) => {
@@ -1030,6 +1088,7 @@ function onCall(call) {
       h('button', { type: 'button', id: 'answer', onclick: () => answer(call.session) }, 'Answer'));
     ring.hidden = false;
     startRinging();
+    ringFocus();
     // The case on screen before the consultant speaks, unless a reply is being typed elsewhere
     // (the banner's Answer opens it).
     const typing = document.getElementById('reply');
@@ -1056,23 +1115,28 @@ function isParty(call) {
 }
 
 function keepMyCalls() {
-  sessionStorage.setItem('outpost.calls', JSON.stringify({ who: S.callsOf, sessions: [...S.myCalls].slice(-20) }));
+  sessionStorage.setItem('outpost.calls', JSON.stringify({ who: S.callsOf, calls: [...S.myCalls].slice(-20) }));
 }
 
 // Whether this tab may carry the call's voice: the person asked for it or answered it here.
 function myLiveCall(call) {
-  return !!call && call.state === 'connected' && isParty(call) && S.myCalls.has(call.session);
+  return !!call && call.state === 'connected' && isParty(call) && S.myCalls.has(call.call);
 }
 
 function voiceFor(call) {
   if (myLiveCall(call)) {
     if (S.voice) return;
     // A browser opens the speaker only after a tap on the page: a page reloaded mid-call has
-    // had none, so it asks for one (the call panel's button) rather than stay silent.
-    if (navigator.userActivation && !navigator.userActivation.hasBeenActive) {
-      voiceStatus('Your call is still connected, but this page was reloaded: tap “Turn on my microphone and speaker” to speak and hear again.');
+    // had none, so it asks for one (the call panel's button) rather than stay silent. (Where
+    // the browser cannot say, a touch or key seen by this page stands for it: an AudioContext
+    // started without one waits for ever.)
+    const tapped = navigator.userActivation ? navigator.userActivation.hasBeenActive : S.lastInput > 0;
+    if (!tapped) {
+      voiceStatus('Your call is still connected, but this page was reloaded: tap “Turn on my microphone and speaker” to speak and hear again.', call.session);
     } else startVoice(call.session);
   } else if (S.voice && S.voice.session === call.session) stopVoice();
+  // The call is over (or not this person's): no note about its voice stays ("still connected").
+  else if (S.voiceNote && S.voiceNote.session === call.session) voiceStatus('');
 }
 
 // The microphone and speaker carry the call: 20 ms frames of 8 kHz audio over a WebSocket to
@@ -1082,11 +1146,13 @@ async function startVoice(session) {
   const v = { session, sent: 0, played: 0, heard: [], stop: () => {} };
   S.voice = v;
   window.outpostVoice = v;
+  let stream = null;
+  let ctx = null;
   try {
-    const stream = await navigator.mediaDevices.getUserMedia({
+    stream = await navigator.mediaDevices.getUserMedia({
       audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
     });
-    const ctx = new AudioContext({ sampleRate: 8000, latencyHint: 'interactive' });
+    ctx = new AudioContext({ sampleRate: 8000, latencyHint: 'interactive' });
     await ctx.audioWorklet.addModule('/app/voice-worklet.js');
     const node = new AudioWorkletNode(ctx, 'outpost-voice', { numberOfInputs: 1, numberOfOutputs: 1, outputChannelCount: [1] });
     ctx.createMediaStreamSource(stream).connect(node);
@@ -1099,7 +1165,7 @@ async function startVoice(session) {
       ws = new WebSocket(url);
       ws.binaryType = 'arraybuffer';
       let opened = false;
-      ws.onopen = () => { opened = true; tries = 0; voiceStatus('Microphone and speaker on'); };
+      ws.onopen = () => { opened = true; tries = 0; voiceStatus('Microphone and speaker on', session); };
       ws.onmessage = (e) => {
         v.played++;
         v.heard.push(new Int16Array(e.data.slice(0)));
@@ -1113,11 +1179,11 @@ async function startVoice(session) {
         // try again while the call lasts, and say so.
         if (call && call.state === 'connected' && tries < 40) {
           tries += 1;
-          if (opened) voiceStatus(`Voice lost (${e.reason || 'connection closed'}): reconnecting…`);
+          if (opened) voiceStatus(`Voice lost (${e.reason || 'connection closed'}): reconnecting…`, session);
           setTimeout(() => { if (S.voice === v) connect(); }, 500);
         } else {
           stopVoice();
-          if (call && call.state === 'connected') voiceStatus(`No voice from this device: ${e.reason || 'the node refused it'}`);
+          if (call && call.state === 'connected') voiceStatus(`No voice from this device: ${e.reason || 'the node refused it'}`, session);
           if (S.view && S.view.id === session) refreshSession(session); // offers to try again
         }
       };
@@ -1132,11 +1198,16 @@ async function startVoice(session) {
     };
     if (S.voice !== v) { v.stop(); return; }
     await ctx.resume();
-    voiceStatus('Connecting the microphone and speaker…');
+    voiceStatus('Connecting the microphone and speaker…', session);
     connect();
   } catch (err) {
-    if (S.voice === v) S.voice = null;
-    voiceStatus(`No microphone or speaker here (${err.message}): the call carries no voice from this device.`);
+    // The microphone is let go (its indicator off), not left open behind a failed start that
+    // the button may now try again and again.
+    if (stream) stream.getTracks().forEach((t) => t.stop());
+    if (ctx) ctx.close().catch(() => {});
+    if (S.voice !== v) return; // stopped meanwhile (the call ended, a sign-out): nothing to say
+    S.voice = null;
+    voiceStatus(`No microphone or speaker here (${err.message}): the call carries no voice from this device.`, session);
     if (S.view && S.view.id === session) refreshSession(session); // offers to try again
   }
 }
@@ -1148,11 +1219,15 @@ function stopVoice() {
   voiceStatus('');
 }
 
-function voiceStatus(text) {
+// What this page's voice is doing, for the session it is about: shown on that session's call
+// panel only, never on another session's.
+function voiceStatus(text, session) {
+  S.voiceNote = text ? { session, text } : null;
   const el = document.getElementById('voice');
-  if (el) el.textContent = text;
-  S.voiceText = text;
+  if (el) el.textContent = voiceNoteFor(S.view && S.view.id);
 }
+
+const voiceNoteFor = (id) => (S.voiceNote && S.voiceNote.session === id ? S.voiceNote.text : '');
 
 function startRinging() {
   if (S.ringTimer) return;
@@ -1194,36 +1269,59 @@ function stopRinging() {
 
 // The callbacks owed, asked of the node again after sessions or calls change (at most once a
 // second): the count on the menu, and the screen itself when it is shown.
+// One request at a time: a change heard while one is under way asks again after it, and a
+// failed request is not tried again at once (a node failing it would be asked at every event).
+// The answer is for whoever was signed in when it was asked: it is not shown to the next
+// person, nor drawn over the sign-in form.
 function countOwed() {
-  if (S.owedTimer) return;
-  S.owedTimer = setTimeout(async () => {
-    S.owedTimer = null;
-    if (!S.token) return;
+  if (!S.token) return;
+  if (S.owedTimer) { S.owedAgain = true; return; }
+  const token = S.token;
+  const timer = setTimeout(async () => {
+    S.owedAgain = false;
+    S.owedTried = true;
     let owed;
-    try { owed = await api('GET', '/api/callbacks'); } catch (_) { return; /* the next change asks again */ }
-    const before = JSON.stringify(S.owed);
-    S.owed = owed;
-    if (JSON.stringify(owed) === before) return;
-    renderNav();
-    if (location.hash === '#/callbacks') paintCallbacks(owed);
-  }, S.owed === undefined ? 0 : 1000);
+    try { owed = await api('GET', '/api/callbacks'); } catch (_) { /* the next change asks again */ }
+    if (S.owedTimer === timer) S.owedTimer = null;
+    if (S.token !== token) return;
+    if (owed !== undefined) {
+      const before = JSON.stringify(S.owed);
+      S.owed = owed;
+      if (JSON.stringify(owed) !== before) {
+        renderNav();
+        if (location.hash === '#/callbacks') paintCallbacks(owed);
+      }
+    }
+    if (S.owedAgain) countOwed();
+  }, S.owed === undefined && !S.owedTried ? 0 : 1000);
+  S.owedTimer = timer;
 }
 
 async function renderCallbacks() {
+  const token = S.token;
   const owed = await api('GET', '/api/callbacks');
+  if (S.token !== token) return;
   S.owed = owed;
   renderNav();
   paintCallbacks(owed);
 }
 
 function paintCallbacks(owed) {
+  // Redrawn live: a link focused (by keyboard) stays focused if it is still listed.
+  const main = document.getElementById('main');
+  const focused = document.activeElement && main.contains(document.activeElement) && document.activeElement !== main
+    ? document.activeElement.getAttribute('href') : null;
   show(h('h1', {}, isDesk() ? 'Callbacks owed' : 'Callbacks you are waiting for'),
     owed.length ? h('ul', { class: 'cards' }, owed.map((c) => h('li', {}, h('a', { href: `#/s/${c.session}` },
       h('span', { class: 'card-title' }, c.summary),
       h('span', { class: 'chip device' }, PRIORITIES[c.priority]),
       h('span', { class: 'meta' }, `${LINES[c.service_line]} · ${c.reason} · since ${when(c.since_ms)}`,
-        c.callback_number ? ` · ring ${c.callback_number}` : ' · no number given: answer by message', c.call_sign ? ` · ${c.call_sign}` : '')))))
+        c.callback_number ? ` · ring ${c.callback_number}`
+          : isDesk() ? ' · no number given: answer by message' : ' · no callback number given: the consultant can answer only by message',
+        c.call_sign ? ` · ${c.call_sign}` : '')))))
       : h('p', {}, 'None owed.'));
+  const again = focused && [...main.querySelectorAll('a')].find((a) => a.getAttribute('href') === focused);
+  if (again) again.focus({ preventScroll: true });
 }
 
 // ------------------------------------------------------------------ start

@@ -797,9 +797,9 @@ impl Node {
             // A request made by mistake is withdrawn by the side that made it (or its hub). A
             // desk holds every session of its lines, rung for it or not: one cancelled there
             // would take the crew's messages, photos, outcome and calls away and leave the
-            // record saying it was never needed. A desk closes a session; the write rules
-            // alone would let it cancel one, so the node refuses it here, for the API and the
-            // command line alike.
+            // record saying it was never needed. A desk closes a session. The write rules
+            // refuse a desk's cancel too (at every peer, and here before it is stored), but
+            // this says why in the desk's own words, for the API and the command line alike.
             self.require("cancelling a session", "edge (the side that asked) or hub", &[Role::Edge, Role::Hub])?;
         }
         let withdraw = if status.is_terminal() { self.call_before_closing(id, status, now)? } else { None };
@@ -815,10 +815,27 @@ impl Node {
 
     /// Reopens a closed or cancelled session.
     pub fn reopen(&mut self, id: SessionId, now: i64) -> Result<u32, NodeError> {
-        Ok(self
-            .store
-            .sessions_mut()
-            .edit(id, "status.reopen", None, now, |_, doc| doc.reopen(now).map_err(crate::store::model(id)))?)
+        self.reopen_once(id, None, now)
+    }
+
+    /// [`Node::reopen`] under a client key: a repeat with the same key (a page's answer lost on
+    /// the way back, tried again) reopens nothing more and answers the epoch the first one
+    /// opened, where without a key it is refused (the session is open already).
+    pub fn reopen_once(&mut self, id: SessionId, client_key: Option<&str>, now: i64) -> Result<u32, NodeError> {
+        let scoped = client_key.map(|k| self.scoped_key(k));
+        let once = scoped.as_deref().map(|k| client_key_of("reopen", k, &id.to_string())).transpose()?;
+        Ok(self.store.sessions_mut().edit(id, "status.reopen", None, now, |ctx, doc| {
+            if let Some(key) = &once
+                && let Some(epoch) = ctx.recall(key)?
+            {
+                return Ok(epoch.parse().unwrap_or_default());
+            }
+            let epoch = doc.reopen(now).map_err(crate::store::model(id))?;
+            if let Some(key) = &once {
+                ctx.remember(key, &epoch.to_string())?;
+            }
+            Ok(epoch)
+        })?)
     }
 
     /// The node's state: what it holds, what has not left it, its peers and certificate.

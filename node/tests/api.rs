@@ -731,6 +731,22 @@ fn a_session_is_closed_cancelled_and_reopened_through_the_api_by_the_person_acti
         .collect();
     assert_eq!(changes.len(), 3, "{changes:?}");
     assert!(changes.iter().all(|e| e["detail"]["by"]["name"] == "Sam Patel"), "{changes:?}");
+    // A reopen under a client key, sent again (its answer lost on the way back): it opens the
+    // session once and is not refused; another key is a new reopen, refused as above.
+    let reopen = |key: &str| {
+        let body = json!({ "act": "reopen", "client_key": key });
+        api.call("POST", &format!("/api/sessions/{id}/status"), Some(&sam), Some(body))
+    };
+    let steps = || {
+        api.call("GET", &format!("/api/sessions/{id}"), Some(&sam), None).1["status_history"].as_array().unwrap().len()
+    };
+    let before = steps();
+    assert_eq!(reopen("reopen-after-cancel").0, 204);
+    let (status, body) = reopen("reopen-after-cancel");
+    assert_eq!(status, 204, "the same reopen again: {body}");
+    assert_eq!(now(), "awaiting_reply");
+    assert_eq!(steps(), before + 1, "reopened once");
+    assert_eq!(reopen("another-reopen").0, 400, "an open session is not reopened");
 }
 
 /// Every path and method with its parameters replaced by something real.

@@ -450,6 +450,13 @@ async fn a_paramedic_and_a_consultant_work_a_case_through_their_browsers() {
     tablet.click("#escalate").await;
     desk.wait_for("#ring h2", summary).await;
     desk.wait_for("main h1", summary).await;
+    // The keyboard's focus is on the ring's Answer button (Enter answers).
+    let focused = "return document.activeElement && document.activeElement.id;";
+    let started = Instant::now();
+    while desk.eval(focused).await != json!("answer") {
+        assert!(started.elapsed() < LIMIT, "the ring does not take the focus: {}", desk.eval(focused).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     desk.assert_accessible("ringing").await;
     desk.screenshot("05-desk-ringing").await;
     desk.click("#ring #answer").await;

@@ -1188,9 +1188,11 @@ fn status_allowed(role: Role, is_origin: bool, is_home_hub: bool, status: Status
         Status::Queued => role == Role::Edge,
         Status::Connected => false,
         Status::Responded => role == Role::Desk,
-        Status::AwaitingReply | Status::OutcomeRecorded | Status::Closed | Status::Cancelled => {
-            is_origin || role == Role::Desk
-        }
+        Status::AwaitingReply | Status::OutcomeRecorded | Status::Closed => is_origin || role == Role::Desk,
+        // Withdrawing the request is the requester's (or its hub's): a consultant who has no
+        // more to add closes the session, and a desk running altered software must not be able
+        // to make a crew's open case vanish from the desks' queues as withdrawn.
+        Status::Cancelled => is_origin,
     }
 }
 

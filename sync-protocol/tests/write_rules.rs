@@ -11,7 +11,7 @@ use sync_protocol::engine::{Applied, Engine, EngineConfig, Incoming, Replica};
 use sync_protocol::mem::MemReplica;
 use sync_protocol::scope::PeerInfo;
 use sync_protocol::session::{NewMedia, NewMessage, NewSession, Patient, Requester, Service, SessionDoc};
-use sync_protocol::vocab::{CareSetting, Channel, PhotoView, Priority, ReceiptLevel, Role, ServiceLine, Side};
+use sync_protocol::vocab::{CareSetting, Channel, PhotoView, Priority, ReceiptLevel, Role, ServiceLine, Side, Status};
 use sync_protocol::wire::{DocId, Frame, Hash, Hello, MAX_VERSION, MIN_VERSION, Range, RangeMode};
 use sync_protocol::{SessionId, TimeMs};
 
@@ -932,6 +932,29 @@ fn the_crews_message_shows_read_only_once_a_desk_that_received_it_reads_it() {
     assert_eq!(level(&hub), start, "a shared tablet's read shown as the consultant's");
     read_by(&mut hub, "desk-derm-1", &[ReceiptLevel::Desk, ReceiptLevel::Read]);
     assert_eq!(level(&hub), ReceiptLevel::Read);
+}
+
+/// A crew's session is withdrawn (cancelled) by the crew or its hub, never by a consultant's
+/// desk: the node's own API and command line refuse a desk's cancel, and a desk running
+/// altered software that writes `cancelled` itself is refused at the hub.
+#[test]
+fn a_desk_cannot_cancel_a_crews_session_the_crew_can() {
+    let fleet = Fleet::new();
+    let mut hub = fleet.replica("hub-qhm");
+    let (id, _) = victim_session(&fleet, &mut hub);
+    let by_desk = sent_by(&fleet, &mut hub, id, "desk-derm-1", |mine| {
+        mine.set_status(Status::Cancelled, T + 7).unwrap();
+    });
+    match &by_desk {
+        Applied::Refused { reason } => assert!(reason.contains("may not set the status cancelled"), "{reason}"),
+        other => panic!("a desk's cancel was not refused: {other:?}"),
+    }
+    assert_ne!(hub.view(&id).unwrap().status, Status::Cancelled);
+    let by_crew = sent_by(&fleet, &mut hub, id, "amb-07", |mine| {
+        mine.set_status(Status::Cancelled, T + 7).unwrap();
+    });
+    assert!(matches!(by_crew, Applied::Stored { .. }), "{by_crew:?}");
+    assert_eq!(hub.view(&id).unwrap().status, Status::Cancelled);
 }
 
 /// Reported by a review: any edge holding a session could write a `callback` routing entry

@@ -550,6 +550,11 @@ pub(super) enum StatusAct {
 pub(super) struct StatusBody {
     /// `close`, `cancel` or `reopen`.
     pub(super) act: StatusAct,
+    /// Makes a reopen safe to retry: the same key again (an answer lost on the way back)
+    /// reopens nothing more and answers 204. (Closing and cancelling need none: one already
+    /// so answers 204.)
+    #[serde(default)]
+    pub(super) client_key: Option<String>,
 }
 
 #[utoipa::path(
@@ -581,7 +586,7 @@ pub(super) async fn set_session_status(
         match b.act {
             StatusAct::Close => n.set_status(id, Status::Closed, now).map(drop),
             StatusAct::Cancel => n.set_status(id, Status::Cancelled, now).map(drop),
-            StatusAct::Reopen => n.reopen(id, now).map(drop),
+            StatusAct::Reopen => n.reopen_once(id, b.client_key.as_deref(), now).map(drop),
         }
         .map_err(ApiError::from)
     })
