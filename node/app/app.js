@@ -152,8 +152,9 @@ class ApiError extends Error {
 }
 
 async function api(method, path, body) {
+  const token = S.token;
   const headers = {};
-  if (S.token) headers.Authorization = `Bearer ${S.token}`;
+  if (token) headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   let res;
   try {
@@ -167,7 +168,10 @@ async function api(method, path, body) {
       : 'This device’s outpost node did not answer: this may not have been saved. Try again in a moment.');
   }
   if (res.status === 401 && path !== '/api/login') {
-    signedOut('Your sign-in has ended. Sign in again.');
+    // Only the sign-in this was asked under has ended: the answer to a request of the last
+    // person (or of no one), come after a sign-out, neither signs the next person out nor
+    // clears the sign-in form they are filling in.
+    if (token && token === S.token) signedOut('Your sign-in has ended. Sign in again.');
     throw new ApiError(401, 'signed out');
   }
   const text = await res.text();
@@ -178,9 +182,10 @@ async function api(method, path, body) {
 
 // A non-JSON answer (a letter, an export kept as the node wrote it).
 async function apiText(path) {
-  const res = await fetch(path, { headers: { Authorization: `Bearer ${S.token}` } });
+  const token = S.token;
+  const res = await fetch(path, { headers: { Authorization: `Bearer ${token}` } });
   if (res.status === 401) {
-    signedOut('Your sign-in has ended. Sign in again.');
+    if (token && token === S.token) signedOut('Your sign-in has ended. Sign in again.');
     throw new ApiError(401, 'signed out');
   }
   const text = await res.text();
@@ -251,6 +256,16 @@ function signedOut(message) {
   S.owedAgain = false;
   S.owedTried = false;
   S.unsent = null;
+  // The session on screen is forgotten: an answer to a request made before the sign-out (a
+  // live redraw, a route under way) finds no session to draw, and does not put the patient's
+  // record back over the sign-in form for whoever comes to the device next.
+  S.view = null;
+  S.autoOpened = null;
+  S.armed = null;
+  S.ringFor = null;
+  S.photoNote = null;
+  S.calls.clear();
+  S.cards.clear();
   document.getElementById('bar').hidden = true;
   document.getElementById('ring').hidden = true;
   renderLogin(message);
@@ -464,19 +479,25 @@ async function route() {
   } catch (err) {
     if (err.status !== 401) show(h('p', { class: 'error', role: 'alert' }, err.message));
   }
-  if (!ringFocus()) document.getElementById('main').focus({ preventScroll: true });
+  // The keyboard's focus goes to the screen drawn (where the person navigated to), unless it
+  // is on a ringing call's Answer already (the ring took it, and opened this case itself).
+  const ring = document.getElementById('ring');
+  if (ring.hidden || !ring.contains(document.activeElement)) document.getElementById('main').focus({ preventScroll: true });
 }
 
 window.addEventListener('hashchange', route);
 
-// A ringing call takes the keyboard's focus (its Answer button: Enter answers), unless the
-// person is typing somewhere: their keys must not go astray.
+// A ringing call takes the keyboard's focus (its Answer button: Enter answers) only from
+// nowhere in particular: the page itself, or a screen just drawn. A box being typed in, a list
+// open, a button or link the person reached keeps it: their next Space or Enter must not
+// answer a call they did not mean to take.
 function ringFocus() {
   const ring = document.getElementById('ring');
   const answer = ring.hidden ? null : ring.querySelector('#answer');
+  if (!answer) return false;
   const a = document.activeElement;
-  const typing = a && ['INPUT', 'TEXTAREA', 'SELECT'].includes(a.tagName);
-  if (!answer || typing) return false;
+  const idle = !a || a === document.body || a === document.getElementById('main') || ring.contains(a);
+  if (!idle) return false;
   answer.focus({ preventScroll: true });
   return true;
 }
@@ -611,12 +632,18 @@ function renderNew() {
 // ------------------------------------------------------------------ one session
 
 async function renderSession(id) {
+  const token = S.token;
+  // Drawn only for the person who asked, on the screen they asked it for: signed out meanwhile,
+  // or moved on to another screen, the answer is dropped.
+  const current = () => S.token === token && location.hash.startsWith('#/s/') && decodeURIComponent(location.hash.slice(4)) === id;
   const view = await api('GET', `/api/sessions/${id}`);
+  if (!current()) return;
   S.view = view;
   try {
     const [call] = await api('GET', `/api/sessions/${view.id}/calls`);
-    if (call) { S.calls.set(view.id, call); voiceFor(call); }
+    if (call && current()) { S.calls.set(view.id, call); voiceFor(call); }
   } catch (_) { /* shown when it changes */ }
+  if (!current() || S.view !== view) return;
   paintSession(view);
   markRead(view);
 }
@@ -784,8 +811,10 @@ function exportPanel(v) {
   const state = h('p', { class: 'meta', id: 'export-state', 'aria-live': 'polite' });
   const letter = h('pre', { id: 'letter', class: 'letter', hidden: !S.letters.has(v.id) }, S.letters.get(v.id) || '');
   const showLetter = async () => {
+    const token = S.token;
     try {
       const text = await apiText(`/api/sessions/${v.id}/export?format=letter`);
+      if (S.token !== token) return; // signed out meanwhile: not kept for the next person
       S.letters.set(v.id, text);
       letter.textContent = text;
       letter.hidden = false;
@@ -1028,6 +1057,9 @@ async function answer(id) {
     keepMyCalls();
     S.autoOpened = null;
     stopRinging();
+    // Answered: the keyboard's focus goes to the case, so that a second Enter (the banner stays
+    // until the call's own event) answers nothing more.
+    if (document.getElementById('ring').contains(document.activeElement)) document.getElementById('main').focus({ preventScroll: true });
     if (!S.view || S.view.id !== id) location.hash = `#/s/${id}`;
   } catch (err) {
     if (err.status !== 401) toast(err.message);
@@ -1083,12 +1115,17 @@ function onCall(call) {
   const ring = document.getElementById('ring');
   if (call.ringing_here && call.state === 'ringing') {
     const card = S.cards.get(call.session);
+    // The ring takes the focus once, as it starts for this call (a person who moved on from it
+    // keeps their place at its later steps), or back on its own button, replaced here.
+    const fresh = S.ringFor !== call.call;
+    const hadFocus = !ring.hidden && ring.contains(document.activeElement);
+    S.ringFor = call.call;
     ring.replaceChildren(
       h('h2', { id: 'ring-title' }, 'Incoming call: ', card ? `${LINES[card.service_line]} · ${PRIORITIES[card.priority]} · ${card.summary}` : call.session),
       h('button', { type: 'button', id: 'answer', onclick: () => answer(call.session) }, 'Answer'));
     ring.hidden = false;
     startRinging();
-    ringFocus();
+    if (fresh || hadFocus) ringFocus();
     // The case on screen before the consultant speaks, unless a reply is being typed elsewhere
     // (the banner's Answer opens it).
     const typing = document.getElementById('reply');
@@ -1098,8 +1135,12 @@ function onCall(call) {
       location.hash = `#/s/${call.session}`;
     }
   } else if (!ring.hidden && (!call.ringing_here || call.state !== 'ringing')) {
+    // The Answer button had the focus: it goes to the page (the case), not to nowhere.
+    const hadFocus = ring.contains(document.activeElement);
     ring.hidden = true;
+    S.ringFor = null;
     stopRinging();
+    if (hadFocus) document.getElementById('main').focus({ preventScroll: true });
   }
   if (S.view && S.view.id === call.session) refreshSession(call.session);
 }

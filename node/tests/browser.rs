@@ -347,6 +347,7 @@ fn fleetwide(start_hub: bool, desk_record: Option<&Path>, ring_secs: &str) -> Fl
     ok(&["rota", "set", "--dir", d(&hub), "--line", "dermatology", "--desk", "desk-derm-1", "--ring-secs", ring_secs]);
     add_user(&amb, "Sam Patel", "paramedic", "HCPC-PA123456", "482193");
     add_user(&desk, "Dr Ada Okafor", "consultant", "GMC-7012345", "447126");
+    add_user(&desk, "Dr Ben Hale", "consultant", "GMC-7054321", "903184");
     let quic = format!("127.0.0.1:{}", free_port());
     let (amb_port, desk_port) = (tcp_port(), tcp_port());
     let mut daemons = Vec::new();
@@ -722,6 +723,17 @@ async fn a_call_no_one_answers_becomes_a_callback_that_both_pages_show_with_its_
     tablet.click("#reopen").await;
     desk.wait_for("#message-form button", "Send reply").await;
     assert_eq!(desk.eval("return document.getElementById('reply').value;").await, json!(words));
+    // The consultant signs out and a colleague signs in on the same page: nothing of the first
+    // one's work is shown to them (the words kept, the count asked for the first).
+    desk.click("#signout").await;
+    desk.type_into("#login input[name=name]", "Dr Ben Hale").await;
+    desk.type_into("#login input[name=secret]", "903184").await;
+    desk.click("#login button[type=submit]").await;
+    desk.wait_for("header#bar:not([hidden]) #who", "Dr Ben Hale").await;
+    desk.eval(&format!("location.hash = {page}; return null;")).await;
+    desk.wait_for("#message-form button", "Send reply").await;
+    let left = "return [document.getElementById('reply').value, document.getElementById('unsent') === null];";
+    assert_eq!(desk.eval(left).await, json!(["", true]), "the last consultant's words shown to the next");
     tablet.close().await;
     desk.close().await;
 }

@@ -412,7 +412,17 @@ struct State<'a> {
     shares: Vec<String>,
     max_epoch: u32,
     created: bool,
+    /// The session's creation time, once read (from the batch's identity, or from the held
+    /// document when a rule needs it).
+    created_ms: Option<i64>,
 }
+
+/// Desks could write `cancelled` until this build (the command line from a1724fe, the API
+/// between 1386186 and 3c69b15, the node's check only from e4969e7): a session created before
+/// 8 December 2026 (UTC) may hold a desk's cancel. Refusing those would keep such a session
+/// (and every later change of it: a reopen, its messages, its outcomes) from every node that
+/// does not hold it yet. The creation time is the origin's (or its hub's), which no desk writes.
+const DESK_CANCELS_BEFORE_MS: i64 = 1_796_688_000_000;
 
 fn root_kind(key: &str) -> Option<Obj> {
     Some(match key {
@@ -485,6 +495,7 @@ impl<'a> State<'a> {
             shares: Vec::new(),
             max_epoch: 0,
             created: false,
+            created_ms: None,
         };
         // One pass over the root's keys (each lookup by key costs about as much as the pass):
         // for the keys the facts come from, every object written there (a key written
@@ -555,7 +566,25 @@ impl<'a> State<'a> {
             shares: f.shares,
             max_epoch: f.max_epoch,
             created: f.created,
+            created_ms: None,
         }
+    }
+
+    /// When the session was created: read from the held document's identity unless the batch
+    /// being checked wrote it.
+    fn created_ms(&self) -> Option<i64> {
+        self.created_ms.or_else(|| {
+            let identity = objs_at(self.doc, &ROOT, "identity").into_iter().next()?;
+            match self.doc.get(&identity, "created_ms").ok().flatten() {
+                Some((Value::Scalar(v), _)) => match v.as_ref() {
+                    ScalarValue::Int(t) => Some(*t),
+                    ScalarValue::Uint(t) => i64::try_from(*t).ok(),
+                    ScalarValue::Timestamp(t) => Some(*t),
+                    _ => None,
+                },
+                _ => None,
+            }
+        })
     }
 
     fn facts(self) -> HeldFacts {
@@ -917,7 +946,13 @@ impl<'a> State<'a> {
                 match k {
                     "origin" => self.origin = text(value),
                     "icb" => self.icb = text(value),
-                    "id" | "created_ms" | "care_setting" => {}
+                    "created_ms" => {
+                        self.created_ms = match value {
+                            Some(ScalarValue::Int(t)) => Some(*t),
+                            _ => None,
+                        }
+                    }
+                    "id" | "care_setting" => {}
                     _ => return Err(format!("unknown identity field {k:?}")),
                 }
                 value.map(|_| None).ok_or_else(|| "identity fields are values".into())
@@ -951,7 +986,10 @@ impl<'a> State<'a> {
                 if epoch > self.max_epoch.saturating_add(1) {
                     return Err(format!("status epoch {epoch} skips ahead of {}", self.max_epoch));
                 }
-                if !(creating || status_allowed(who.role, is_origin, is_home_hub, status)) {
+                let grandfathered = status == Status::Cancelled
+                    && who.role == Role::Desk
+                    && self.created_ms().is_some_and(|t| t < DESK_CANCELS_BEFORE_MS);
+                if !(creating || grandfathered || status_allowed(who.role, is_origin, is_home_hub, status)) {
                     return Err(format!("a {} may not set the status {}", who.role, status.as_str()));
                 }
                 self.max_epoch = self.max_epoch.max(epoch);

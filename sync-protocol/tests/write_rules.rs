@@ -59,9 +59,14 @@ impl Fleet {
 
 /// The victim's dermatology session with a message and a photo, held by the hub.
 fn victim_session(fleet: &Fleet, hub: &mut MemReplica) -> (DocId, SessionDoc) {
+    victim_session_at(fleet, hub, T)
+}
+
+/// [`victim_session`], created at `created` (its later writes as at `T`).
+fn victim_session_at(fleet: &Fleet, hub: &mut MemReplica, created: TimeMs) -> (DocId, SessionDoc) {
     let mut amb = fleet.replica("amb-07");
     let new = NewSession {
-        id: SessionId::from_parts(T, 77),
+        id: SessionId::from_parts(created, 77),
         origin: "amb-07".into(),
         icb: "QHM".into(),
         care_setting: CareSetting::AmbulanceOnScene,
@@ -71,7 +76,7 @@ fn victim_session(fleet: &Fleet, hub: &mut MemReplica) -> (DocId, SessionDoc) {
         summary: "spreading rash".into(),
         draft: false,
     };
-    let doc = SessionDoc::create(&new, amb.actor().clone(), T).unwrap();
+    let doc = SessionDoc::create(&new, amb.actor().clone(), created).unwrap();
     let id = amb.put(doc).unwrap();
     amb.edit(&id, |d| {
         d.add_consent(
@@ -941,7 +946,8 @@ fn the_crews_message_shows_read_only_once_a_desk_that_received_it_reads_it() {
 fn a_desk_cannot_cancel_a_crews_session_the_crew_can() {
     let fleet = Fleet::new();
     let mut hub = fleet.replica("hub-qhm");
-    let (id, _) = victim_session(&fleet, &mut hub);
+    // Created on 1 January 2027: after the builds whose desks could cancel.
+    let (id, _) = victim_session_at(&fleet, &mut hub, 1_798_761_600_000);
     let by_desk = sent_by(&fleet, &mut hub, id, "desk-derm-1", |mine| {
         mine.set_status(Status::Cancelled, T + 7).unwrap();
     });
@@ -954,6 +960,24 @@ fn a_desk_cannot_cancel_a_crews_session_the_crew_can() {
         mine.set_status(Status::Cancelled, T + 7).unwrap();
     });
     assert!(matches!(by_crew, Applied::Stored { .. }), "{by_crew:?}");
+    assert_eq!(hub.view(&id).unwrap().status, Status::Cancelled);
+}
+
+/// Reported by a review: desks could cancel until 8 December 2026 (the command line, and the
+/// API for a while), and such a change is in the documents of any fleet that ran those builds.
+/// Refused, it would keep the session, and everything written to it after, from every node
+/// that does not hold it yet (a new desk of the line, a replacement tablet): a session created
+/// before then keeps a desk's cancel.
+#[test]
+fn a_desks_cancel_of_a_session_made_before_the_rule_still_travels() {
+    let fleet = Fleet::new();
+    let mut hub = fleet.replica("hub-qhm");
+    // Created in September 2026.
+    let (id, _) = victim_session(&fleet, &mut hub);
+    let by_desk = sent_by(&fleet, &mut hub, id, "desk-derm-1", |mine| {
+        mine.set_status(Status::Cancelled, T + 7).unwrap();
+    });
+    assert!(matches!(by_desk, Applied::Stored { .. }), "{by_desk:?}");
     assert_eq!(hub.view(&id).unwrap().status, Status::Cancelled);
 }
 

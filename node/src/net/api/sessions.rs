@@ -566,7 +566,7 @@ pub(super) struct StatusBody {
         (status = 401, body = ErrorBody),
         (status = 403, description = "This node may not (an edge that did not make the session, or a desk cancelling)", body = ErrorBody),
         (status = 404, body = ErrorBody),
-        (status = 409, description = "A call is connected in the session (hang up first), or being put through for another node", body = ErrorBody),
+        (status = 409, description = "A call is connected in the session (hang up first), or being put through for another node; or the client key was used to reopen another session", body = ErrorBody),
         (status = 429, description = "A person past the limit of different records an hour, for a record they have not opened this hour: nothing is changed", body = ErrorBody),
     )
 )]
