@@ -24,6 +24,9 @@ const S = {
   // person, or by a tablet's browser short of memory) still knows the call is theirs and can
   // take its voice up again.
   myCalls: new Set(JSON.parse(sessionStorage.getItem('outpost.calls') || '{"calls":[]}').calls || []),
+  // The sessions of those calls: a page (re)loaded asks for their calls' state, which no event
+  // repeats until a call moves.
+  myCallSessions: new Set(JSON.parse(sessionStorage.getItem('outpost.calls') || '{}').sessions || []),
   callsOf: JSON.parse(sessionStorage.getItem('outpost.calls') || '{}').who,
   thumbs: new Map(), // photo hash -> object URL (fetched once)
   letters: new Map(), // session id -> the letter last shown (a snapshot: it says when it was made)
@@ -303,7 +306,7 @@ function renderLogin(message) {
 }
 
 async function start() {
-  if (S.callsOf !== undefined && S.callsOf !== S.me.id) S.myCalls.clear();
+  if (S.callsOf !== undefined && S.callsOf !== S.me.id) { S.myCalls.clear(); S.myCallSessions.clear(); }
   S.callsOf = S.me.id;
   keepMyCalls();
   const status = await api('GET', '/api/status');
@@ -317,6 +320,13 @@ async function start() {
   connectEvents();
   route();
   countOwed();
+  // A call of this person's under way as the page loads (reloaded mid-call): its state now.
+  const token = S.token;
+  for (const id of S.myCallSessions) {
+    api('GET', `/api/sessions/${encodeURIComponent(id)}/calls`).then(([call]) => {
+      if (call && S.token === token && !S.calls.has(call.session)) { S.calls.set(call.session, call); onCall(call); }
+    }).catch(() => { /* shown when it moves */ });
+  }
 }
 
 function renderNav() {
@@ -326,6 +336,10 @@ function renderNav() {
   const links = isDesk()
     ? [['#/', 'Queue'], ['#/callbacks', `Callbacks owed${owed}`]]
     : [['#/', 'Sessions'], ['#/new', 'New session'], ['#/callbacks', `Callbacks${owed}`]];
+  // This person's call connected with no sound on this page (reloaded on another screen): the
+  // way to it is first on the menu, wherever they are, until its voice is on.
+  const silent = silentCall();
+  if (silent) links.unshift([`#/s/${encodeURIComponent(silent)}`, 'Your call: no sound on this page']);
   const here = location.hash || '#/';
   const nav = document.getElementById('nav');
   const have = [...nav.children];
@@ -481,6 +495,7 @@ async function route() {
   }
   // The keyboard's focus goes to the screen drawn (where the person navigated to), unless it
   // is on a ringing call's Answer already (the ring took it, and opened this case itself).
+  renderNav(); // the session now on screen may be the one whose call was silent
   const ring = document.getElementById('ring');
   if (ring.hidden || !ring.contains(document.activeElement)) document.getElementById('main').focus({ preventScroll: true });
 }
@@ -1042,6 +1057,7 @@ async function escalate(v) {
   try {
     const r = await api('POST', `/api/sessions/${v.id}/escalate`);
     S.myCalls.add(r.call);
+    S.myCallSessions.add(v.id);
     keepMyCalls();
     S.calls.set(v.id, { session: v.id, call: r.call, state: 'waiting', ringing_here: false });
     await refreshSession(v.id);
@@ -1054,6 +1070,7 @@ async function answer(id) {
   try {
     const r = await api('POST', `/api/sessions/${id}/answer`);
     S.myCalls.add(r.call);
+    S.myCallSessions.add(id);
     keepMyCalls();
     S.autoOpened = null;
     stopRinging();
@@ -1112,6 +1129,7 @@ function outcomePanel(v) {
 
 function onCall(call) {
   voiceFor(call);
+  renderNav();
   const ring = document.getElementById('ring');
   if (call.ringing_here && call.state === 'ringing') {
     const card = S.cards.get(call.session);
@@ -1156,7 +1174,9 @@ function isParty(call) {
 }
 
 function keepMyCalls() {
-  sessionStorage.setItem('outpost.calls', JSON.stringify({ who: S.callsOf, calls: [...S.myCalls].slice(-20) }));
+  sessionStorage.setItem('outpost.calls', JSON.stringify({
+    who: S.callsOf, calls: [...S.myCalls].slice(-20), sessions: [...S.myCallSessions].slice(-5),
+  }));
 }
 
 // Whether this tab may carry the call's voice: the person asked for it or answered it here.
@@ -1187,6 +1207,7 @@ async function startVoice(session) {
   const v = { session, sent: 0, played: 0, heard: [], stop: () => {} };
   S.voice = v;
   window.outpostVoice = v;
+  renderNav();
   let stream = null;
   let ctx = null;
   try {
@@ -1258,6 +1279,16 @@ function stopVoice() {
   S.voice = null;
   if (v) v.stop();
   voiceStatus('');
+  if (S.token) renderNav();
+}
+
+// The session of this person's call connected with no voice in this tab, when it is not the
+// session on screen (whose call panel says so itself).
+function silentCall() {
+  for (const call of S.calls.values()) {
+    if (myLiveCall(call) && !(S.voice && S.voice.session === call.session) && !(S.view && S.view.id === call.session)) return call.session;
+  }
+  return null;
 }
 
 // What this page's voice is doing, for the session it is about: shown on that session's call

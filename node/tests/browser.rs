@@ -484,20 +484,33 @@ async fn a_paramedic_and_a_consultant_work_a_case_through_their_browsers() {
     // The tablet's page is reloaded mid-call (a browser short of memory does it unasked): the
     // call is still the crew's, and a tap takes its voice up again (a browser opens the speaker
     // only after a tap on the page).
+    let audio_back = |what: &'static str| {
+        let tablet = &tablet;
+        async move {
+            let started = Instant::now();
+            while tablet.eval(played).await.as_u64().unwrap_or(0) < 100 {
+                assert!(started.elapsed() < LIMIT, "no audio after {what}: {}", tablet.eval(played).await);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
     tablet.client.refresh().await.unwrap();
     tablet.wait_for("#call-state", "Connected to desk-derm-1").await;
     tablet.wait_for("#voice", "this page was reloaded").await;
     tablet.click("#voice-on").await;
     tablet.wait_for("#voice", "Microphone and speaker on").await;
-    let started = Instant::now();
-    while tablet.eval(played).await.as_u64().unwrap_or(0) < 100 {
-        assert!(
-            started.elapsed() < LIMIT,
-            "the call's audio did not come back after the reload: {}",
-            tablet.eval(played).await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    audio_back("the reload on the session").await;
+    // Reloaded on the list of sessions, the menu leads back to the silent call, and the tap on
+    // it turns the voice on.
+    tablet.eval("location.hash = '#/'; return null;").await;
+    tablet.client.refresh().await.unwrap();
+    tablet.wait_for("#nav a", "Your call: no sound on this page").await;
+    tablet.click("#nav a:first-child").await;
+    tablet.wait_for("#call-state", "Connected to desk-derm-1").await;
+    tablet.wait_for("#voice", "Microphone and speaker on").await;
+    let menu = "return document.getElementById('nav').textContent.includes('no sound');";
+    assert_eq!(tablet.eval(menu).await, json!(false), "the menu still says the call has no sound");
+    audio_back("the reload on the list").await;
     tablet.click("#hangup").await;
     tablet.wait_for("#call-state", "Call ended").await;
     desk.wait_for("#call-state", "Call ended").await;
