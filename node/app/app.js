@@ -321,10 +321,23 @@ async function start() {
   route();
   countOwed();
   // A call of this person's under way as the page loads (reloaded mid-call): its state now.
+  recheckMyCalls(S.myCallSessions);
+}
+
+// The calls of sessions `ids` asked of the node again (no event repeats a call until it
+// moves): one still under way is handed on, unless an event (or the session's own page) said
+// newer of it meanwhile, or the person signed out. An ended one is not: onCall would take down
+// a ring of another session.
+function recheckMyCalls(ids) {
   const token = S.token;
-  for (const id of S.myCallSessions) {
-    api('GET', `/api/sessions/${encodeURIComponent(id)}/calls`).then(([call]) => {
-      if (call && S.token === token && !S.calls.has(call.session)) { S.calls.set(call.session, call); onCall(call); }
+  for (const id of ids) {
+    const before = S.calls.get(id);
+    api('GET', `/api/sessions/${encodeURIComponent(id)}/calls`).then((calls) => {
+      const call = calls && calls[0];
+      if (!call || S.token !== token || S.calls.get(id) !== before) return;
+      if (!before && !['waiting', 'ringing', 'connected'].includes(call.state)) return;
+      S.calls.set(call.session, call);
+      onCall(call);
     }).catch(() => { /* shown when it moves */ });
   }
 }
@@ -339,7 +352,10 @@ function renderNav() {
   // This person's call connected with no sound on this page (reloaded on another screen): the
   // way to it is first on the menu, wherever they are, until its voice is on.
   const silent = silentCall();
-  if (silent) links.unshift([`#/s/${encodeURIComponent(silent)}`, 'Your call: no sound on this page']);
+  if (silent) links.unshift([`#/s/${encodeURIComponent(silent)}`, 'Your call: no sound on this page', 'silent']);
+  // Said once as it appears (a link added to the menu is not announced by itself).
+  if (silent && S.silentSaid !== silent) toast('Your call is still connected, with no sound on this page: “Your call” on the menu leads to it.');
+  S.silentSaid = silent;
   const here = location.hash || '#/';
   const nav = document.getElementById('nav');
   const have = [...nav.children];
@@ -352,8 +368,15 @@ function renderNav() {
     });
     return;
   }
+  // Links added or taken away: a link focused keeps its focus if it is still there, or it
+  // goes to the screen (not to nowhere).
+  const focused = nav.contains(document.activeElement) ? document.activeElement.getAttribute('href') : null;
   nav.replaceChildren(
-    ...links.map(([href, text]) => h('a', { href, 'aria-current': here === href ? 'page' : null }, text)));
+    ...links.map(([href, text, cls]) => h('a', { href, class: cls, 'aria-current': here === href ? 'page' : null }, text)));
+  if (focused !== null) {
+    const again = [...nav.children].find((a) => a.getAttribute('href') === focused);
+    (again || document.getElementById('main')).focus({ preventScroll: true });
+  }
 }
 
 function renderLink() {
@@ -385,6 +408,12 @@ async function catchUp() {
   } catch (_) { return; /* still out of reach: the next hello tries again */ }
   renderLink();
   countOwed();
+  // This person's calls under way elsewhere than on screen may have ended (or connected)
+  // unheard: the menu's "no sound" link must not outlive its call.
+  recheckMyCalls([...S.calls.values()]
+    .filter((c) => S.myCalls.has(c.call) && ['waiting', 'ringing', 'connected'].includes(c.state)
+      && !(S.view && S.view.id === c.session))
+    .map((c) => c.session));
   if (S.view && location.hash === `#/s/${S.view.id}`) {
     // The call may have moved (or ended with the node's restart) without an event for it.
     try {
@@ -493,9 +522,9 @@ async function route() {
   } catch (err) {
     if (err.status !== 401) show(h('p', { class: 'error', role: 'alert' }, err.message));
   }
+  renderNav(); // the session now on screen may be the one whose call was silent
   // The keyboard's focus goes to the screen drawn (where the person navigated to), unless it
   // is on a ringing call's Answer already (the ring took it, and opened this case itself).
-  renderNav(); // the session now on screen may be the one whose call was silent
   const ring = document.getElementById('ring');
   if (ring.hidden || !ring.contains(document.activeElement)) document.getElementById('main').focus({ preventScroll: true });
 }
@@ -1057,6 +1086,7 @@ async function escalate(v) {
   try {
     const r = await api('POST', `/api/sessions/${v.id}/escalate`);
     S.myCalls.add(r.call);
+    S.myCallSessions.delete(v.id); // the latest last: the tab keeps the last 5
     S.myCallSessions.add(v.id);
     keepMyCalls();
     S.calls.set(v.id, { session: v.id, call: r.call, state: 'waiting', ringing_here: false });
@@ -1070,6 +1100,7 @@ async function answer(id) {
   try {
     const r = await api('POST', `/api/sessions/${id}/answer`);
     S.myCalls.add(r.call);
+    S.myCallSessions.delete(id); // the latest last: the tab keeps the last 5
     S.myCallSessions.add(id);
     keepMyCalls();
     S.autoOpened = null;
@@ -1269,6 +1300,7 @@ async function startVoice(session) {
     if (ctx) ctx.close().catch(() => {});
     if (S.voice !== v) return; // stopped meanwhile (the call ended, a sign-out): nothing to say
     S.voice = null;
+    renderNav(); // no sound here after all: the menu says so on another screen
     voiceStatus(`No microphone or speaker here (${err.message}): the call carries no voice from this device.`, session);
     if (S.view && S.view.id === session) refreshSession(session); // offers to try again
   }
@@ -1283,10 +1315,13 @@ function stopVoice() {
 }
 
 // The session of this person's call connected with no voice in this tab, when it is not the
-// session on screen (whose call panel says so itself).
+// session on screen or being drawn (whose call panel says so itself: S.view is null until
+// the session's answer comes).
 function silentCall() {
+  const shown = location.hash.startsWith('#/s/') ? decodeURIComponent(location.hash.slice(4)) : null;
   for (const call of S.calls.values()) {
-    if (myLiveCall(call) && !(S.voice && S.voice.session === call.session) && !(S.view && S.view.id === call.session)) return call.session;
+    if (myLiveCall(call) && !(S.voice && S.voice.session === call.session) && !(S.view && S.view.id === call.session)
+      && shown !== call.session) return call.session;
   }
   return null;
 }
