@@ -348,7 +348,7 @@ function renderNav() {
   const owed = S.owed && S.owed.length ? ` (${S.owed.length})` : '';
   const links = isDesk()
     ? [['#/', 'Queue'], ['#/callbacks', `Callbacks owed${owed}`]]
-    : [['#/', 'Sessions'], ['#/new', 'New session'], ['#/callbacks', `Callbacks${owed}`]];
+    : [['#/', 'Sessions'], ['#/new', 'New session'], ['#/callbacks', `Awaiting callback${owed}`]];
   // This person's call connected with no sound on this page (reloaded on another screen): the
   // way to it is first on the menu, wherever they are, until its voice is on.
   const silent = silentCall();

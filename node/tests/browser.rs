@@ -698,7 +698,7 @@ async fn a_call_no_one_answers_becomes_a_callback_that_both_pages_show_with_its_
     assert!(desk.eval("return document.getElementById('ring').hidden;").await == json!(true), "the ringing stopped");
     // The menu counts it at once, wherever the consultant is in the app.
     desk.wait_for("#nav a[href='#/callbacks']", "Callbacks owed (1)").await;
-    tablet.wait_for("#nav a[href='#/callbacks']", "Callbacks (1)").await;
+    tablet.wait_for("#nav a[href='#/callbacks']", "Awaiting callback (1)").await;
     desk.click("a[href='#/callbacks']").await;
     desk.wait_for("ul.cards a", summary).await;
     desk.wait_for("ul.cards a", "ring 07700 900456").await;
