@@ -538,12 +538,9 @@ window.addEventListener('hashchange', route);
 function ringFocus() {
   const ring = document.getElementById('ring');
   const answer = ring.hidden ? null : ring.querySelector('#answer');
-  if (!answer) return false;
   const a = document.activeElement;
   const idle = !a || a === document.body || a === document.getElementById('main') || ring.contains(a);
-  if (!idle) return false;
-  answer.focus({ preventScroll: true });
-  return true;
+  if (answer && idle) answer.focus({ preventScroll: true });
 }
 
 // ------------------------------------------------------------------ session list / queue

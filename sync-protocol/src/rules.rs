@@ -468,6 +468,15 @@ fn objs_at(doc: &AutoCommit, obj: &ObjId, prop: impl Into<automerge::Prop>) -> V
         .collect()
 }
 
+/// A time in milliseconds, as a session writes one (an integer).
+fn time_ms(v: &ScalarValue) -> Option<i64> {
+    match v {
+        ScalarValue::Int(t) | ScalarValue::Timestamp(t) => Some(*t),
+        ScalarValue::Uint(t) => i64::try_from(*t).ok(),
+        _ => None,
+    }
+}
+
 fn str_at(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<String> {
     match doc.get(obj, key).ok().flatten() {
         Some((Value::Scalar(s), _)) => match s.as_ref() {
@@ -576,12 +585,7 @@ impl<'a> State<'a> {
         self.created_ms.or_else(|| {
             let identity = objs_at(self.doc, &ROOT, "identity").into_iter().next()?;
             match self.doc.get(&identity, "created_ms").ok().flatten() {
-                Some((Value::Scalar(v), _)) => match v.as_ref() {
-                    ScalarValue::Int(t) => Some(*t),
-                    ScalarValue::Uint(t) => i64::try_from(*t).ok(),
-                    ScalarValue::Timestamp(t) => Some(*t),
-                    _ => None,
-                },
+                Some((Value::Scalar(v), _)) => time_ms(v.as_ref()),
                 _ => None,
             }
         })
@@ -946,12 +950,7 @@ impl<'a> State<'a> {
                 match k {
                     "origin" => self.origin = text(value),
                     "icb" => self.icb = text(value),
-                    "created_ms" => {
-                        self.created_ms = match value {
-                            Some(ScalarValue::Int(t)) => Some(*t),
-                            _ => None,
-                        }
-                    }
+                    "created_ms" => self.created_ms = value.and_then(time_ms),
                     "id" | "care_setting" => {}
                     _ => return Err(format!("unknown identity field {k:?}")),
                 }
