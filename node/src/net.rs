@@ -133,6 +133,9 @@ struct Shared {
     /// Peers' certificate chains this node checked as a dialler (full handshakes; a resumed
     /// session checks none).
     chains_checked: Arc<std::sync::atomic::AtomicU64>,
+    /// Whether the file system tells this process of other processes' writes to its store
+    /// (else the daemon looks every 50 ms).
+    store_watched: std::sync::atomic::AtomicBool,
     /// Live connections by peer name, for the call router's path measurements.
     links: std::sync::Mutex<std::collections::HashMap<String, PeerLink>>,
     /// On a hub: calls whose voice it relays, by call tag: the session, and (requester, desk).
@@ -166,8 +169,9 @@ struct Shared {
 impl Shared {
     /// What the tasks of one process share: its node (moved onto the store thread), identity,
     /// revocation list and change channel (`changes` notices buffered), with these limits.
-    fn new(mut node: Node, changes: usize, limits: crate::settings::Limits) -> Result<Arc<Shared>, NetError> {
-        node.set_record_limits(limits.records, now_ms());
+    /// The daemon sets the node's access watch first (`Node::set_record_limits`, which
+    /// replays the last day's looks at records): a one-shot sync serves no one's looks.
+    fn new(node: Node, changes: usize, limits: crate::settings::Limits) -> Result<Arc<Shared>, NetError> {
         let identity = load_identity(&node)?;
         let crl = node.revocations()?.map(|(_, d)| d);
         let store = StoreHandle::spawn(node);
@@ -181,6 +185,7 @@ impl Shared {
             endpoint: std::sync::OnceLock::new(),
             dial: std::sync::Mutex::new(None),
             chains_checked: Arc::default(),
+            store_watched: std::sync::atomic::AtomicBool::new(false),
             links: std::sync::Mutex::new(std::collections::HashMap::new()),
             relay: std::sync::Mutex::new(std::collections::HashMap::new()),
             voice_in: std::sync::Mutex::new(None),
@@ -552,7 +557,7 @@ use call::*;
 pub use conversation::FRAME_LOG_ENV;
 use conversation::*;
 use daemon::*;
-pub use daemon::{Daemon, RunOptions};
+pub use daemon::{Daemon, LOCAL_WRITE_RECHECK, RunOptions};
 pub use failure::{ConnectionFailure, DialFailure, Overspent, SyncFailure};
 pub use store_thread::StoreHandle;
 use transport::*;

@@ -214,6 +214,50 @@ fn a_revoked_node_is_refused_and_dropped_if_connected() {
     assert_eq!(crl, 1);
 }
 
+/// Another process's write (`outpost message send`) reaches a connected peer because the file
+/// system told the daemon, not because a poll came round.
+#[test]
+fn a_write_by_another_process_is_pushed_when_the_file_system_tells_not_when_a_poll_comes_round() {
+    use outpost_node::config::NodeDir;
+    use outpost_node::net::{Daemon, RunOptions};
+    use outpost_node::node::Node;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let amb = fleet.node("amb-07", "edge", &[]);
+    let id = new_session(&amb, "cardiology", "Palpitations");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let open = |p: &std::path::Path| Node::open(&NodeDir::new(p.to_path_buf())).unwrap();
+    let listen = RunOptions { listen: Some("127.0.0.1:0".parse().unwrap()), ..RunOptions::default() };
+    let hubd = rt.block_on(Daemon::start(open(&hub), listen)).unwrap();
+    // The ambulance's daemon, connected to the hub, looks for other processes' writes on its
+    // own only once an hour: only the file system's word can wake it in this test.
+    let ambd = rt
+        .block_on(Daemon::start(
+            open(&amb),
+            RunOptions {
+                peers: vec![hubd.local_addr.unwrap().into()],
+                local_write_recheck: Some(Duration::from_secs(3600)),
+                ..RunOptions::default()
+            },
+        ))
+        .unwrap();
+    wait_until(LIMIT, "the session to reach the hub", || texts(&hub, &id).is_some());
+    wait_until(LIMIT, "the file system to be telling the daemon of its store's changes", || ambd.store_watched());
+    // `outpost message send` is another process writing the ambulance's store.
+    ok(&["message", "send", "--dir", d(&amb), &id, "written beside the running daemon"]);
+    wait_until(LIMIT, "the message at the hub", || {
+        texts(&hub, &id).is_some_and(|t| t == ["written beside the running daemon"])
+    });
+    // And again, once the daemon has gone back to sleep.
+    std::thread::sleep(Duration::from_millis(300));
+    ok(&["message", "send", "--dir", d(&amb), &id, "and a second one"]);
+    wait_until(LIMIT, "the second message at the hub", || texts(&hub, &id).is_some_and(|t| t.len() == 2));
+    rt.block_on(ambd.stop());
+    rt.block_on(hubd.stop());
+}
+
 /// A daemon keeps its dialling configuration, so a reconnect resumes the TLS session of the
 /// dial before: no certificate chain is sent or checked again (less CPU on both sides). A revocation published to the hub still ends such a tablet's syncs.
 #[test]

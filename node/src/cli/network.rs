@@ -68,6 +68,7 @@ pub(crate) fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
             api_tls,
             metrics: settings.metrics,
             limits: settings.limits,
+            local_write_recheck: None,
         };
         crate::net::congestion::set_congestion(settings.congestion);
         let daemon = crate::net::Daemon::start(node, opts).await?;

@@ -2,6 +2,7 @@
 //! writes by other processes, and the link events.
 
 use super::*;
+use std::path::{Path, PathBuf};
 
 /// Says "link down" on the event channel when a conversation ends, however it ends.
 pub(super) struct LinkNotice {
@@ -37,7 +38,28 @@ pub struct RunOptions {
     pub metrics: Option<SocketAddr>,
     /// Bounds on connections and per-peer work.
     pub limits: crate::settings::Limits,
+    /// How often the daemon looks at its store for writes by other processes (`outpost`
+    /// commands beside it) when the file system has told it of none ([`LOCAL_WRITE_RECHECK`]
+    /// if not given). The file system's word (inotify) is what normally wakes it; where there
+    /// is no file watcher it looks every 50 ms.
+    pub local_write_recheck: Option<Duration>,
 }
+
+/// How often a daemon that the file system tells of writes to its store still looks for
+/// writes by other processes: in case a change went untold (a watch lost, a file system
+/// that reports nothing). An idle daemon otherwise wakes for nothing.
+pub const LOCAL_WRITE_RECHECK: Duration = Duration::from_secs(10);
+
+/// How often a daemon looks for other processes' writes where it cannot watch its files, and
+/// how long it lets a burst of told writes settle before it looks once for them all.
+const LOCAL_WRITE_POLL: Duration = Duration::from_millis(50);
+
+/// After a told write that a look did not yet see, the waits before each look again (a second
+/// in all). The log is written (and told) before it is fsynced, and the commit marked in the
+/// mmap'd `-shm` (never told) after that, so a slow fsync can outlast the first look. Few
+/// looks, not one every 50 ms: the daemon's own writes are told too (one every 10 s on each
+/// live connection), and each would start them.
+const TOLD_LOOKS_AGAIN: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(750)];
 
 /// A running daemon (in this process).
 #[derive(Debug)]
@@ -54,7 +76,8 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts serving and dialling. Returns once the socket is bound.
-    pub async fn start(node: Node, opts: RunOptions) -> Result<Daemon, NetError> {
+    pub async fn start(mut node: Node, opts: RunOptions) -> Result<Daemon, NetError> {
+        node.set_record_limits(opts.limits.records, now_ms());
         let shared = Shared::new(node, 1024, opts.limits)?;
         let crl = shared.crl.read().map(|c| c.clone()).unwrap_or_default();
         let endpoint = match opts.listen {
@@ -76,7 +99,10 @@ impl Daemon {
         for peer in opts.peers {
             tasks.push(tokio::spawn(dial_loop(shared.clone(), endpoint.clone(), peer)));
         }
-        tasks.push(tokio::spawn(watch_local_writes(shared.clone())));
+        tasks.push(tokio::spawn(watch_local_writes(
+            shared.clone(),
+            opts.local_write_recheck.unwrap_or(LOCAL_WRITE_RECHECK),
+        )));
         if shared.me.role == Role::Hub {
             tasks.push(tokio::spawn(router_loop(shared.clone())));
         }
@@ -138,6 +164,13 @@ impl Daemon {
     /// handshake; a reconnect that resumes its TLS session adds none.
     pub fn chains_checked(&self) -> u64 {
         self.shared.chains_checked.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the file system tells this daemon of other processes' writes to its store
+    /// (inotify), so that it sleeps between them; false until it has set the watch up, and
+    /// where it cannot (it then looks every 50 ms).
+    pub fn store_watched(&self) -> bool {
+        self.shared.store_watched.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Tells connected peers that these documents changed (for writes made through [`Daemon::with_node`]).
@@ -230,16 +263,49 @@ pub(super) async fn dial_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, pe
     }
 }
 
-pub(super) async fn watch_local_writes(shared: Arc<Shared>) {
+pub(super) async fn watch_local_writes(shared: Arc<Shared>, recheck: Duration) {
     let start = shared
         .store
-        .call(|n| -> Result<(i64, i64), StoreError> { Ok((n.data_version()?, n.changed_since(0)?.1)) })
+        .call(|n| -> Result<(i64, i64, PathBuf), StoreError> {
+            Ok((n.data_version()?, n.changed_since(0)?.1, n.dir().db_path()))
+        })
         .await;
-    let Ok(Ok((mut version, mut seq))) = start else { return };
+    let Ok(Ok((mut version, mut seq, db))) = start else { return };
     let mut crl_number = shared.store.call(|n| n.revocations().ok().flatten().map_or(0, |(n, _)| n)).await.unwrap_or(0);
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    // Told by the file system when the store's files change (another process's commit lands
+    // in the write-ahead log), the daemon sleeps between writes; without a watcher it polls.
+    let (told_tx, mut told) = mpsc::channel::<()>(1);
+    let mut watcher = watch_store_files(&db, told_tx);
+    let mut listening = watcher.is_some();
+    shared.store_watched.store(listening, std::sync::atomic::Ordering::Relaxed);
+    let mut tick = tokio::time::interval(if listening { recheck.max(LOCAL_WRITE_POLL) } else { LOCAL_WRITE_POLL });
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Which of `TOLD_LOOKS_AGAIN` comes next (none past its end).
+    let mut again = TOLD_LOOKS_AGAIN.len();
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::time::sleep(TOLD_LOOKS_AGAIN.get(again).copied().unwrap_or_default()),
+                if again < TOLD_LOOKS_AGAIN.len() => again += 1,
+            heard = told.recv(), if listening => {
+                if heard.is_none() {
+                    // The watcher's thread ended: poll from now on.
+                    tracing::warn!("the store's file watch ended: looking for local writes every 50 ms");
+                    listening = false;
+                    shared.store_watched.store(false, std::sync::atomic::Ordering::Relaxed);
+                    // Its drop would tell the dead thread to stop, and panic on the way.
+                    std::mem::forget(watcher.take());
+                    tick = tokio::time::interval(LOCAL_WRITE_POLL);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    continue;
+                }
+                // A commit writes the log more than once, and the daemon's own writes are
+                // told too: one look for a burst.
+                tokio::time::sleep(LOCAL_WRITE_POLL).await;
+                while told.try_recv().is_ok() {}
+                again = 0;
+            }
+        }
         let polled = shared
             .store
             .call(move |n| -> Result<Option<(i64, Vec<DocId>, i64)>, StoreError> {
@@ -253,6 +319,7 @@ pub(super) async fn watch_local_writes(shared: Arc<Shared>) {
             .await;
         match polled {
             Ok(Ok(Some((v, docs, top)))) => {
+                again = TOLD_LOOKS_AGAIN.len();
                 version = v;
                 seq = top;
                 if !docs.is_empty() {
@@ -268,6 +335,49 @@ pub(super) async fn watch_local_writes(shared: Arc<Shared>) {
             Ok(Ok(None)) => {}
             Ok(Err(e)) => tracing::warn!("cannot poll for local writes: {e}"),
             Err(_) => return,
+        }
+    }
+}
+
+/// Watches the directory of the store at `db` for changes to its files (the database and its
+/// write-ahead log), each a word on `told`. None where the platform gives no watcher (the
+/// caller then polls). The watcher's thread sleeps until the kernel has news.
+fn watch_store_files(db: &Path, told: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::{EventKindMask, Watcher as _};
+    // SQLite puts the -wal and -shm beside the database's real file: follow a symlink.
+    let db = std::fs::canonicalize(db).unwrap_or_else(|_| db.to_path_buf());
+    let dir = db.parent()?.to_path_buf();
+    let name = db.file_name()?.to_os_string();
+    let ours = move |p: &Path| p.file_name().is_some_and(|f| f.as_encoded_bytes().starts_with(name.as_encoded_bytes()));
+    let handler = move |event: notify::Result<notify::Event>| {
+        // A lost event (queue overflow: a Rescan with no paths) or an error: look anyway.
+        let look = match &event {
+            Ok(event) => event.need_rescan() || event.paths.iter().any(|p| ours(p)),
+            Err(_) => true,
+        };
+        if look {
+            // Full: a word is already waiting, which is all this says.
+            let _ = told.try_send(());
+        }
+    };
+    let config = notify::Config::default()
+        // ACCESS_CLOSE (IN_CLOSE_WRITE): an `outpost` command closes the store's files when it
+        // exits, after its last commit is in the -shm; the WAL's IN_MODIFY comes before it.
+        .with_event_kinds(
+            EventKindMask::CREATE
+                | EventKindMask::MODIFY_DATA
+                | EventKindMask::MODIFY_NAME
+                | EventKindMask::ACCESS_CLOSE,
+        );
+    let made = notify::RecommendedWatcher::new(handler, config).and_then(|mut w| {
+        w.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+        Ok(w)
+    });
+    match made {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), "cannot watch the store's files ({e}): looking for local writes every 50 ms");
+            None
         }
     }
 }
