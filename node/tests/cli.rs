@@ -5,7 +5,7 @@
 mod common;
 mod fhir_check;
 
-use common::{fails, init_edge, json, new_session, ok, run, session_new_args};
+use common::{fails, init_edge, json, my_uid, new_session, ok, run, session_new_args};
 use std::path::Path;
 
 fn d(p: &Path) -> &str {
@@ -89,13 +89,6 @@ fn a_session_is_created_worked_on_and_shown_with_receipts() {
     assert_eq!(listed["detail"]["via"], "cli", "{listed}");
     let looked = entries.iter().find(|e| e["action"] == "photo.view").expect("the photo's view is recorded");
     assert_eq!(looked["session"], id.as_str(), "{looked}");
-}
-
-/// The real user id of this process (the tests run the binary as the same account).
-fn my_uid() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find_map(|l| l.strip_prefix("Uid:")).expect("a Uid line");
-    line.split_whitespace().next().unwrap().parse().unwrap()
 }
 
 /// This process's account name in /etc/passwd (the third field is the uid), if it is there.

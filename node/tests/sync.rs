@@ -105,6 +105,42 @@ fn a_local_write_reaches_connected_peers_without_a_new_sync() {
     wait_until(LIMIT, "the hub's receipt back at the ambulance", || view(&amb, &id)["messages"][0]["receipt"] == "hub");
 }
 
+/// What a one-shot `outpost sync` receives is recorded under the account that ran it, as every
+/// other command's entries are; what a daemon receives on its own names no one.
+#[test]
+fn the_entries_a_one_shot_sync_writes_for_what_it_receives_name_the_account_that_ran_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fleet = Fleet::new(tmp.path());
+    let hub = fleet.node("hub-qhm", "hub", &[]);
+    let amb = fleet.node("amb-07", "edge", &[]);
+    let desk = fleet.node("desk-derm-1", "desk", &["--service-line", "dermatology"]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    new_session(&amb, "dermatology", "Pigmented lesion, left forearm");
+    let _hub = daemon(&hub, &["--listen", &addr], &[]);
+    wait_until(LIMIT, "the hub to listen", || run(&["sync", "--dir", d(&amb), "--peer", &addr]).status.success());
+    sync(&desk, &addr);
+    let uid = common::my_uid();
+    let received = |node: &std::path::Path| {
+        let entries = common::json(&ok(&["audit", "show", "--dir", d(node), "--limit", "1000", "--json"]));
+        entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["action"] == "sync.receive")
+            .cloned()
+            .unwrap_or_else(|| panic!("no sync.receive at {}: {entries}", node.display()))
+    };
+    // The consultant's desk took the session in by `outpost sync`.
+    let at_desk = received(&desk);
+    assert_eq!(at_desk["detail"]["from"], "hub-qhm", "{at_desk}");
+    assert_eq!(at_desk["detail"]["by"]["via"], "command line", "{at_desk}");
+    assert_eq!(at_desk["detail"]["by"]["uid"].as_u64(), Some(uid), "{at_desk}");
+    // The hub's daemon took it from the ambulance on its own.
+    let at_hub = received(&hub);
+    assert_eq!(at_hub["detail"]["from"], "amb-07", "{at_hub}");
+    assert!(at_hub["detail"]["by"].is_null(), "a daemon's own work names no one: {at_hub}");
+}
+
 #[test]
 fn a_node_of_another_fleet_is_refused_during_the_handshake() {
     let tmp = tempfile::tempdir().unwrap();

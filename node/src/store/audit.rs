@@ -375,15 +375,31 @@ impl<S: DerefMut<Target = Store>> Audit<S> {
         if let Some((chain_was, head_was)) = found.chain_changed {
             let detail = serde_json::json!({ "peer": peer, "chain_was": chain_was, "head_was": head_was,
                 "chain": heads.chain, "head": heads.head });
-            append_audit(&tx, &store.sealer, &store.node, now, "peer.audit_chain_changed", None, Some(detail))?;
+            append_audit(
+                &tx,
+                &store.sealer,
+                &store.node,
+                now,
+                "peer.audit_chain_changed",
+                None,
+                by(&store.acting, Some(detail)),
+            )?;
         }
         if found.theirs_cut {
             let detail = serde_json::json!({ "peer": peer, "seen": row.their_lost, "head": heads.head });
-            append_audit(&tx, &store.sealer, &store.node, now, "peer.audit_behind", None, Some(detail))?;
+            append_audit(
+                &tx,
+                &store.sealer,
+                &store.node,
+                now,
+                "peer.audit_behind",
+                None,
+                by(&store.acting, Some(detail)),
+            )?;
         }
         if found.ours_cut {
             let detail = serde_json::json!({ "peer": peer, "seen": row.lost, "head": my_head });
-            append_audit(&tx, &store.sealer, &store.node, now, "audit.behind", None, Some(detail))?;
+            append_audit(&tx, &store.sealer, &store.node, now, "audit.behind", None, by(&store.acting, Some(detail)))?;
         }
         tx.execute(
             "INSERT INTO audit_anchors (peer, their_chain, their_head, their_anchor, their_lost, lost, told)

@@ -272,7 +272,7 @@ impl<S: DerefMut<Target = Store>> Directory<S> {
             now,
             "directory.receive",
             None,
-            Some(serde_json::json!({ "icb": icb, "from": from.name })),
+            by(&store.acting, Some(serde_json::json!({ "icb": icb, "from": from.name }))),
         )?;
         tx.commit().map_err(sql("committing"))?;
         Ok((Applied::Stored { heads: after }, true))

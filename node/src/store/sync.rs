@@ -696,6 +696,7 @@ impl<S: DerefMut<Target = Store>> Peers<S> {
                                 opts: &store.opts,
                                 node: &store.node,
                                 author: &store.author,
+                                acting: &store.acting,
                             };
                             let (applied, cached) = integrate(&tx, &env, &mut audit, candidate, ctx)?;
                             if let Some(c) = cached {
@@ -807,6 +808,9 @@ struct Env<'a> {
     opts: &'a super::StoreOptions,
     node: &'a str,
     author: &'a authorship::AuthorKey,
+    /// Who the entries name: the account that ran a one-shot `outpost sync`; a daemon's own
+    /// work names no one.
+    acting: &'a Option<serde_json::Value>,
 }
 
 /// What [`integrate`] needs to know of one received document.
@@ -869,12 +873,12 @@ fn integrate(
             .map_err(sql("offloading a photo"))?;
         if n > 0 {
             tx.exec("DELETE FROM blob_chunks WHERE hash = ?1", [&hash]).map_err(sql("offloading a photo"))?;
-            let detail = Some(serde_json::json!({ "photo": hash }));
+            let detail = super::audit::by(env.acting, Some(serde_json::json!({ "photo": hash })));
             let entry = NewEntry { node, at_ms: now, action: "photo.offload", sid: Some(row_sid), detail };
             tail(tx, audit)?.append(tx, sealer, entry)?;
         }
     }
-    let detail = Some(serde_json::json!({ "from": from.name }));
+    let detail = super::audit::by(env.acting, Some(serde_json::json!({ "from": from.name })));
     let entry = NewEntry { node, at_ms: now, action: "sync.receive", sid: Some(row_sid), detail };
     tail(tx, audit)?.append(tx, sealer, entry)?;
     let heads = doc_heads(&mut candidate);

@@ -8,6 +8,13 @@ pub mod fleet;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_outpost");
 
+/// The real user id of this process (the tests run the binary as the same account).
+pub fn my_uid() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:")).expect("a Uid line");
+    line.split_whitespace().next().unwrap().parse().unwrap()
+}
+
 /// Runs `outpost` with `args` (without the key from the environment of the test runner).
 pub fn run(args: &[&str]) -> Output {
     Command::new(BIN).args(args).env_remove("OUTPOST_NODE_KEY").env_remove("OUTPOST_DIR").output().expect("run outpost")
