@@ -93,6 +93,7 @@ fn metrics_follow_an_ambulances_backlog_down_to_zero_as_it_drains_over_a_rural_l
     let after = scrape(&amb_metrics).unwrap();
     assert!(sample(&after, "outpost_wire_bytes_total{direction=\"sent\"}").unwrap() > bytes0, "{after}");
     assert_eq!(sample(&after, "outpost_peers_connected"), Some(1.0));
+    assert_eq!(sample(&after, "outpost_store_watched"), Some(1.0), "the daemon sleeps between writes:\n{after}");
     assert_eq!(sample(&after, "outpost_peer_connected{peer=\"hub-qhm\"}"), Some(1.0), "{after}");
     assert!(sample(&after, "outpost_peer_last_sync_timestamp_seconds{peer=\"hub-qhm\"}").is_some(), "{after}");
     assert!(

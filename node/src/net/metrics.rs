@@ -83,6 +83,8 @@ pub(crate) struct Metrics {
     audit_losses: Gauge,
     audit_peer_losses: Gauge,
     unusual_access: Gauge,
+    /// 1 while the file system tells the daemon of other processes' writes to its store.
+    store_watched: Gauge,
     /// The last scrape's text and when it was made: scrapes (tokenless) come one at a time and
     /// at most one every [`SCRAPE_EVERY`] reaches the store, so that no one who can reach the
     /// port can keep the store thread from syncing.
@@ -128,6 +130,7 @@ impl Metrics {
             audit_losses: Gauge::default(),
             audit_peer_losses: Gauge::default(),
             unusual_access: Gauge::default(),
+            store_watched: Gauge::default(),
             last: tokio::sync::Mutex::new(None),
             registry: Registry::with_prefix("outpost"),
         };
@@ -202,6 +205,11 @@ impl Metrics {
             "unusual_access",
             "People (or integrating systems) who opened more different patients' records through the local API in an hour than the alarm, in the last day",
             m.unusual_access.clone(),
+        );
+        m.registry.register(
+            "store_watched",
+            "1 while the file system tells the daemon of other processes' writes to its store (0: it looks every 50 ms)",
+            m.store_watched.clone(),
         );
         m
     }
@@ -352,6 +360,7 @@ async fn scrape(axum::extract::State(shared): axum::extract::State<Arc<Shared>>)
     m.audit_losses.set(facts.audit_losses.0 as i64);
     m.audit_peer_losses.set(facts.audit_losses.1 as i64);
     m.unusual_access.set(facts.unusual_access as i64);
+    m.store_watched.set(i64::from(shared.store_watched.load(std::sync::atomic::Ordering::Relaxed)));
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &m.registry) {
         return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the metrics: {e}\n")).into_response();
