@@ -1,6 +1,7 @@
 //! The thundering herd: many edge processes, each with new sessions written while a mast was
 //! down, reconnect to one hub at once when it comes back. Everything must reach the hub and
-//! every edge must learn that it has; the time it takes and the hub's peak memory go into
+//! every edge must learn that it has; the time it takes, the hub's peak memory and the hub's
+//! CPU with every edge connected and nothing to send (10 s; 3 s in the fast tier) go into
 //! `target/field-results/herd-N.json`.
 //!
 //! Fast tier: 20 edges. Full tier (`--include-ignored`, in release): 200 edges, each its own
@@ -42,6 +43,16 @@ impl Drop for Host {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// CPU time (user and system) a process has used so far, in clock ticks of 10 ms.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in brackets and may hold spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are the 14th and 15th fields of the line, the 12th and 13th here.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
 /// One `outpost sync` of the honest desk with the hub: its wall time in ms, if it succeeded.
@@ -211,6 +222,15 @@ fn herd(edges: usize, hosted: bool) {
     });
     let mut during = during.into_inner().unwrap();
     assert!(!during.is_empty(), "the honest desk synced during the herd");
+    // Then every edge connected and nothing to do: what the hub spends on idle connections.
+    std::thread::sleep(Duration::from_secs(3));
+    // 10 s in the full tier; the fast tier's 20 edges, 3 s.
+    let idle_s = if edges >= 200 { 10.0 } else { 3.0 };
+    let hub_pid = hubd.pid().expect("the hub runs");
+    let idle_before = cpu_ticks(hub_pid).expect("the hub's CPU");
+    std::thread::sleep(Duration::from_secs_f64(idle_s));
+    let idle_hub_ms = cpu_ticks(hub_pid).expect("the hub's CPU").saturating_sub(idle_before) as f64 * 10.0;
+    let still = hubd.log_text().matches("connected peer=edge-").count();
     let hub_peak = hubd.peak_rss_kib().unwrap_or(0).max(peak);
     let connected = hubd.log_text().matches("connected peer=edge-").count();
     let summary = json!({
@@ -225,6 +245,9 @@ fn herd(edges: usize, hosted: bool) {
         "hub_peak_per_edge_kib": hub_peak.saturating_sub(hub_rss_before) as f64 / edges as f64,
         "edges_rss_total_mib": edge_rss as f64 / 1024.0,
         "connections_logged_at_hub": connected,
+        "hub_idle_cpu_percent": idle_hub_ms / (idle_s * 1000.0) * 100.0,
+        "hub_idle_cpu_us_per_edge_per_s": idle_hub_ms * 1000.0 / idle_s / edges as f64,
+        "connections_logged_at_hub_after_idle": still,
         "wire_bytes": link.wire_bytes(),
         "edges_hosted_per_process": if hosted { PER_HOST } else { 1 },
         "honest_desk_sync_ms_mast_down_median": percentile(&mut quiet, 0.5),
