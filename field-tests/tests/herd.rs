@@ -222,7 +222,10 @@ fn herd(edges: usize, hosted: bool) {
     });
     let mut during = during.into_inner().unwrap();
     assert!(!during.is_empty(), "the honest desk synced during the herd");
-    // Then every edge connected and nothing to do: what the hub spends on idle connections.
+    let hub_peak = hubd.peak_rss_kib().unwrap_or(0).max(peak);
+    let connected = hubd.log_text().matches("connected peer=edge-").count();
+    // Then every edge connected and nothing to do: what the hub spends on idle connections
+    // (and whether any connection is made again meanwhile).
     std::thread::sleep(Duration::from_secs(3));
     // 10 s in the full tier; the fast tier's 20 edges, 3 s.
     let idle_s = if edges >= 200 { 10.0 } else { 3.0 };
@@ -231,8 +234,6 @@ fn herd(edges: usize, hosted: bool) {
     std::thread::sleep(Duration::from_secs_f64(idle_s));
     let idle_hub_ms = cpu_ticks(hub_pid).expect("the hub's CPU").saturating_sub(idle_before) as f64 * 10.0;
     let still = hubd.log_text().matches("connected peer=edge-").count();
-    let hub_peak = hubd.peak_rss_kib().unwrap_or(0).max(peak);
-    let connected = hubd.log_text().matches("connected peer=edge-").count();
     let summary = json!({
         "seed": f.seed,
         "edges": edges,

@@ -39,9 +39,9 @@ pub struct RunOptions {
     /// Bounds on connections and per-peer work.
     pub limits: crate::settings::Limits,
     /// How often the daemon looks at its store for writes by other processes (`outpost`
-    /// commands beside it) when the file system has told it of none ([`LOCAL_WRITE_RECHECK`]
-    /// if not given). The file system's word (inotify) is what normally wakes it; where there
-    /// is no file watcher it looks every 50 ms.
+    /// commands beside it) regardless of what the file system tells it ([`LOCAL_WRITE_RECHECK`]
+    /// if not given; at least 50 ms). The file system's word (inotify) is what normally wakes
+    /// it; where no watch can be set up it looks every 50 ms.
     pub local_write_recheck: Option<Duration>,
 }
 
@@ -167,8 +167,8 @@ impl Daemon {
     }
 
     /// Whether the file system tells this daemon of other processes' writes to its store
-    /// (inotify), so that it sleeps between them; false until it has set the watch up, and
-    /// where it cannot (it then looks every 50 ms).
+    /// (inotify), so that it sleeps between them; false until it has set the watch up, where
+    /// it cannot, and once the watch has ended (it then looks every 50 ms).
     pub fn store_watched(&self) -> bool {
         self.shared.store_watched.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -340,8 +340,8 @@ pub(super) async fn watch_local_writes(shared: Arc<Shared>, recheck: Duration) {
 }
 
 /// Watches the directory of the store at `db` for changes to its files (the database and its
-/// write-ahead log), each a word on `told`. None where the platform gives no watcher (the
-/// caller then polls). The watcher's thread sleeps until the kernel has news.
+/// write-ahead log), each a word on `told`. None where no watch can be set up (inotify's
+/// limits reached; logged): the caller then polls. The watcher's thread sleeps until the kernel has news.
 fn watch_store_files(db: &Path, told: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
     use notify::{EventKindMask, Watcher as _};
     // SQLite puts the -wal and -shm beside the database's real file: follow a symlink.
