@@ -341,9 +341,7 @@ struct Fleetwide {
 fn fleetwide(start_hub: bool, desk_record: Option<&Path>, ring_secs: &str) -> Fleetwide {
     let tmp = tempfile::tempdir().unwrap();
     let fleet = Fleet::new(tmp.path());
-    let hub = fleet.node("hub-qhm", "hub", &[]);
-    let amb = fleet.node("amb-07", "edge", &[]);
-    let desk = fleet.node("desk-derm-1", "desk", &["--service-line", "dermatology"]);
+    let (hub, amb, desk) = fleet.hub_amb_derm_desk();
     ok(&["rota", "set", "--dir", d(&hub), "--line", "dermatology", "--desk", "desk-derm-1", "--ring-secs", ring_secs]);
     add_user(&amb, "Sam Patel", "paramedic", "HCPC-PA123456", "482193");
     add_user(&desk, "Dr Ada Okafor", "consultant", "GMC-7012345", "447126");

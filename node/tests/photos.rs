@@ -112,9 +112,7 @@ fn slow_upload(w: u32, h: u32, seed: u64) -> SlowUpload {
 fn photos_reach_hub_and_desk_verified_and_the_edge_keeps_only_a_thumbnail() {
     let tmp = tempfile::tempdir().unwrap();
     let fleet = Fleet::new(tmp.path());
-    let hub = fleet.node("hub-qhm", "hub", &[]);
-    let amb = fleet.node("amb-07", "edge", &[]);
-    let desk = fleet.node("desk-derm-1", "desk", &["--service-line", "dermatology"]);
+    let (hub, amb, desk) = fleet.hub_amb_derm_desk();
     let addr = format!("127.0.0.1:{}", free_port());
     let _hub = daemon(&hub, &["--listen", &addr], &[]);
     let id = new_session(&amb);

@@ -48,9 +48,7 @@ fn hub_and_edge(root: &std::path::Path) -> (common::fleet::Daemon, std::path::Pa
 fn daemons_converge_after_concurrent_offline_edits() {
     let tmp = tempfile::tempdir().unwrap();
     let fleet = Fleet::new(tmp.path());
-    let hub = fleet.node("hub-qhm", "hub", &[]);
-    let amb = fleet.node("amb-07", "edge", &[]);
-    let desk = fleet.node("desk-derm-1", "desk", &["--service-line", "dermatology"]);
+    let (hub, amb, desk) = fleet.hub_amb_derm_desk();
     let port = free_port().to_string();
     let addr = format!("127.0.0.1:{port}");
     let id = new_session(&amb, "dermatology", "Pigmented lesion, left forearm");
@@ -111,9 +109,7 @@ fn a_local_write_reaches_connected_peers_without_a_new_sync() {
 fn the_entries_a_one_shot_sync_writes_for_what_it_receives_name_the_account_that_ran_it() {
     let tmp = tempfile::tempdir().unwrap();
     let fleet = Fleet::new(tmp.path());
-    let hub = fleet.node("hub-qhm", "hub", &[]);
-    let amb = fleet.node("amb-07", "edge", &[]);
-    let desk = fleet.node("desk-derm-1", "desk", &["--service-line", "dermatology"]);
+    let (hub, amb, desk) = fleet.hub_amb_derm_desk();
     let addr = format!("127.0.0.1:{}", free_port());
     new_session(&amb, "dermatology", "Pigmented lesion, left forearm");
     let _hub = daemon(&hub, &["--listen", &addr], &[]);
@@ -464,9 +460,7 @@ fn a_one_shot_sync_reports_its_cost() {
 fn the_icb_directory_reaches_edges_and_desks_and_stays_readable_offline() {
     let tmp = tempfile::tempdir().unwrap();
     let fleet = Fleet::new(tmp.path());
-    let hub = fleet.node("hub-qhm", "hub", &[]);
-    let amb = fleet.node("amb-07", "edge", &[]);
-    let desk = fleet.node("desk-derm-1", "desk", &["--service-line", "dermatology"]);
+    let (hub, amb, desk) = fleet.hub_amb_derm_desk();
     let show = |n: &std::path::Path| common::json(&ok(&["rota", "show", "--dir", d(n), "--json"]));
     assert!(show(&amb).is_null(), "nothing before the first sync");
     ok(&[
@@ -605,9 +599,7 @@ fn a_hub_restored_from_an_older_backup_gets_back_what_it_lost_in_one_sync() {
 fn reading_is_an_explicit_act_on_both_sides_never_a_side_effect_of_showing() {
     let tmp = tempfile::tempdir().unwrap();
     let fleet = Fleet::new(tmp.path());
-    let hub = fleet.node("hub-qhm", "hub", &[]);
-    let amb = fleet.node("amb-07", "edge", &[]);
-    let desk = fleet.node("desk-derm-1", "desk", &["--service-line", "dermatology"]);
+    let (hub, amb, desk) = fleet.hub_amb_derm_desk();
     let addr = format!("127.0.0.1:{}", free_port());
     let _hub = daemon(&hub, &["--listen", &addr], &[]);
     let id = new_session(&amb, "dermatology", "Rash after a new antibiotic");

@@ -96,6 +96,15 @@ impl Fleet {
         ok(&["ca", "issue", "--ca", self.ca.to_str().unwrap(), "--node", dir.to_str().unwrap()]);
         dir
     }
+
+    /// The three most tests need, initialised and certified: the hub `hub-qhm`, the
+    /// ambulance `amb-07` and the dermatology desk `desk-derm-1` (their directories).
+    pub fn hub_amb_derm_desk(&self) -> (PathBuf, PathBuf, PathBuf) {
+        let hub = self.node("hub-qhm", "hub", &[]);
+        let amb = self.node("amb-07", "edge", &[]);
+        let desk = self.node("desk-derm-1", "desk", &["--service-line", "dermatology"]);
+        (hub, amb, desk)
+    }
 }
 
 /// The session as JSON.
