@@ -276,9 +276,9 @@ pub(super) async fn watch_local_writes(shared: Arc<Shared>, recheck: Duration) {
     // in the write-ahead log), the daemon sleeps between writes; without a watcher it polls.
     let (told_tx, mut told) = mpsc::channel::<()>(1);
     let mut watcher = watch_store_files(&db, told_tx);
-    let mut listening = watcher.is_some();
-    shared.store_watched.store(listening, std::sync::atomic::Ordering::Relaxed);
-    let mut tick = tokio::time::interval(if listening { recheck.max(LOCAL_WRITE_POLL) } else { LOCAL_WRITE_POLL });
+    shared.store_watched.store(watcher.is_some(), std::sync::atomic::Ordering::Relaxed);
+    let mut tick =
+        tokio::time::interval(if watcher.is_some() { recheck.max(LOCAL_WRITE_POLL) } else { LOCAL_WRITE_POLL });
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Which of `TOLD_LOOKS_AGAIN` comes next (none past its end).
     let mut again = TOLD_LOOKS_AGAIN.len();
@@ -287,11 +287,10 @@ pub(super) async fn watch_local_writes(shared: Arc<Shared>, recheck: Duration) {
             _ = tick.tick() => {}
             _ = tokio::time::sleep(TOLD_LOOKS_AGAIN.get(again).copied().unwrap_or_default()),
                 if again < TOLD_LOOKS_AGAIN.len() => again += 1,
-            heard = told.recv(), if listening => {
+            heard = told.recv(), if watcher.is_some() => {
                 if heard.is_none() {
                     // The watcher's thread ended: poll from now on.
                     tracing::warn!("the store's file watch ended: looking for local writes every 50 ms");
-                    listening = false;
                     shared.store_watched.store(false, std::sync::atomic::Ordering::Relaxed);
                     // Its drop would tell the dead thread to stop, and panic on the way.
                     std::mem::forget(watcher.take());
@@ -341,7 +340,8 @@ pub(super) async fn watch_local_writes(shared: Arc<Shared>, recheck: Duration) {
 
 /// Watches the directory of the store at `db` for changes to its files (the database and its
 /// write-ahead log), each a word on `told`. None where no watch can be set up (inotify's
-/// limits reached; logged): the caller then polls. The watcher's thread sleeps until the kernel has news.
+/// limits reached; logged): the caller then polls. The watcher's thread sleeps until the
+/// kernel has news.
 fn watch_store_files(db: &Path, told: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
     use notify::{EventKindMask, Watcher as _};
     // SQLite puts the -wal and -shm beside the database's real file: follow a symlink.
