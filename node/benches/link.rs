@@ -23,7 +23,8 @@
 //! bulk QUIC upload with Cubic (quinn's default, as any other application would use) share the
 //! emulator's bottleneck; each flow's rate while both run is printed, with each flow's rate
 //! alone. `LINK_FAIRNESS_PROFILE=urban-4g` runs it on another link, `LINK_FAIRNESS_PHOTOS=N`
-//! with N photos (default 3; a longer upload shows what the photos' queue does over time).
+//! with N photos (default 3; a longer upload shows what the photos' queue does over time),
+//! `LINK_FAIRNESS_CONTROLLER=bbr` with the photos on another controller than the default.
 //! The baseline follows in the same run: the same photos sent with Cubic beside the same bulk
 //! flow, and the ratio of what the bulk flow keeps beside each (`LINK_FAIRNESS_BASELINE=0`
 //! leaves it out). The harm a controller does is the share of the bulk flow's rate alone that
@@ -265,10 +266,14 @@ fn fairness(rt: &tokio::runtime::Runtime, seed: u64) {
     });
     eprintln!("fairness: photos alone...");
     let photos: usize = std::env::var("LINK_FAIRNESS_PHOTOS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
-    let alone = upload(rt, &profile, Congestion::Radio, photos, seed);
+    let cc = std::env::var("LINK_FAIRNESS_CONTROLLER")
+        .ok()
+        .map(|v| Congestion::parse(&v).unwrap_or_else(|| panic!("LINK_FAIRNESS_CONTROLLER={v}: radio, cubic or bbr")))
+        .unwrap_or(Congestion::Radio);
+    let alone = upload(rt, &profile, cc, photos, seed);
     let photos_alone = alone.payload as f64 / alone.secs;
     eprintln!("fairness: both at once...");
-    let (cubic_shared, photos_shared, queue_shared) = shared_link(rt, &profile, Congestion::Radio, photos, seed);
+    let (cubic_shared, photos_shared, queue_shared) = shared_link(rt, &profile, cc, photos, seed);
     // The baseline: the same photos sent with Cubic, as any other application's upload would
     // be. A controller is no worse a neighbour than Cubic if it harms the bulk flow no more
     // than Cubic itself does (Ware et al., "Beyond Jain's fairness index", HotNets 2019).
@@ -285,10 +290,7 @@ fn fairness(rt: &tokio::runtime::Runtime, seed: u64) {
         bottleneck()
     );
     println!();
-    println!(
-        "| flow | alone | beside the photos on {} | share of the link | harm (rate lost) |",
-        Congestion::Radio.as_str()
-    );
+    println!("| flow | alone | beside the photos on {} | share of the link | harm (rate lost) |", cc.as_str());
     println!("|---|---|---|---|---|");
     let kbit = |b: f64| b * 8.0 / 1e3;
     let link = profile.uplink_bps as f64 / 8.0;
@@ -302,7 +304,7 @@ fn fairness(rt: &tokio::runtime::Runtime, seed: u64) {
     );
     println!(
         "| outpost photos ({}) | {:.0} | {:.0} | {:.0}% | |",
-        Congestion::Radio.as_str(),
+        cc.as_str(),
         kbit(photos_alone),
         kbit(photos_shared),
         photos_shared / link * 100.0
@@ -316,7 +318,7 @@ fn fairness(rt: &tokio::runtime::Runtime, seed: u64) {
             q.p90_ms
         );
     };
-    queue_line(queue_shared, Congestion::Radio);
+    queue_line(queue_shared, cc);
     if let Some((bulk, photos_cubic, queue_cubic)) = cubic_beside_cubic {
         println!();
         println!("baseline: the same photos on Cubic beside the same bulk flow");
@@ -334,7 +336,7 @@ fn fairness(rt: &tokio::runtime::Runtime, seed: u64) {
         println!();
         println!(
             "the bulk flow beside the photos on {} keeps {:.2}x what it keeps beside the photos on Cubic",
-            Congestion::Radio.as_str(),
+            cc.as_str(),
             cubic_shared / bulk.max(1.0)
         );
     }

@@ -477,6 +477,8 @@ pub(super) async fn run_call_audio(
         None => None,
     };
     let requester = side == sync_protocol::vocab::Side::Requester;
+    // Until this returns, every connection keeps its queue short in front of the audio.
+    let _carried = super::congestion::CallAudio::start();
     let (tx, mut rx) = mpsc::unbounded_channel();
     if let Ok(mut slot) = shared.voice_in.lock() {
         *slot = Some((tag, tx));
