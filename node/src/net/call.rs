@@ -477,8 +477,8 @@ pub(super) async fn run_call_audio(
         None => None,
     };
     let requester = side == sync_protocol::vocab::Side::Requester;
-    // Until this returns, every connection keeps its queue short in front of the audio.
-    let _carried = super::congestion::CallAudio::start();
+    // Until the call ends, every connection keeps its queue short in front of the audio.
+    let carried = super::congestion::CallAudio::start(&shared.calls_carried);
     let (tx, mut rx) = mpsc::unbounded_channel();
     if let Ok(mut slot) = shared.voice_in.lock() {
         *slot = Some((tag, tx));
@@ -574,6 +574,7 @@ pub(super) async fn run_call_audio(
             break LegEnd::LongestCall;
         }
     };
+    drop(carried);
     if end == LegEnd::Hangup
         && let Some(conn) = hub_conn()
     {

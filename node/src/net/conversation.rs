@@ -596,7 +596,7 @@ pub(super) async fn install_revocations(shared: &Arc<Shared>) {
         *c = Some(der.clone());
     }
     if let Some(ep) = shared.endpoint.get()
-        && let Ok(cfg) = server_config(&shared.identity, Some(&der))
+        && let Ok(cfg) = server_config_counting(&shared.identity, Some(&der), shared.calls_carried.clone())
     {
         ep.set_server_config(Some(cfg));
     }

@@ -82,7 +82,7 @@ impl Daemon {
         let crl = shared.crl.read().map(|c| c.clone()).unwrap_or_default();
         let endpoint = match opts.listen {
             Some(addr) => {
-                let cfg = server_config(&shared.identity, crl.as_deref())?;
+                let cfg = server_config_counting(&shared.identity, crl.as_deref(), shared.calls_carried.clone())?;
                 quinn::Endpoint::server(cfg, addr).map_err(|source| NetError::Bind { addr, source })?
             }
             None => {
@@ -228,7 +228,7 @@ pub(super) fn dial_config(shared: &Shared, crl: Option<Vec<u8>>) -> Result<quinn
     let quic = QuicClientConfig::try_from(tls)
         .map_err(|e| TlsError::Invalid { what: "QUIC client configuration", detail: e.to_string() })?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(transport());
+    cfg.transport_config(transport(shared.calls_carried.clone()));
     *kept = Some((crl, cfg.clone()));
     Ok(cfg)
 }

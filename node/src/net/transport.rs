@@ -3,7 +3,9 @@
 
 use super::*;
 
-pub(super) fn transport() -> Arc<quinn::TransportConfig> {
+/// The transport of every connection of a daemon that counts the calls it carries in `calls`
+/// (congestion control keeps the queue short in front of them).
+pub(super) fn transport(calls: congestion::CallsCarried) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_secs(5)));
     t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(30_000))));
@@ -17,27 +19,38 @@ pub(super) fn transport() -> Arc<quinn::TransportConfig> {
     t.datagram_send_buffer_size(2 * 1024);
     // Congestion control for radio links (congestion.rs) unless OUTPOST_CONGESTION says
     // otherwise.
-    t.congestion_controller_factory(congestion::congestion().factory());
+    t.congestion_controller_factory(congestion::congestion().factory(calls));
     Arc::new(t)
 }
 
-/// QUIC server configuration for this identity (and revocation list).
+/// QUIC server configuration for this identity (and revocation list), for a process that
+/// carries no calls.
 pub fn server_config(identity: &Identity, crl: Option<&[u8]>) -> Result<quinn::ServerConfig, NetError> {
+    server_config_counting(identity, crl, congestion::CallsCarried::default())
+}
+
+/// [`server_config`] for a daemon that counts the calls it carries in `calls`.
+pub(super) fn server_config_counting(
+    identity: &Identity,
+    crl: Option<&[u8]>,
+    calls: congestion::CallsCarried,
+) -> Result<quinn::ServerConfig, NetError> {
     let tls = identity.server_config(crl)?;
     let quic = QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::Invalid { what: "QUIC server configuration", detail: e.to_string() })?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    cfg.transport_config(transport());
+    cfg.transport_config(transport(calls));
     Ok(cfg)
 }
 
-/// QUIC client configuration for this identity (and revocation list).
+/// QUIC client configuration for this identity (and revocation list), for a process that
+/// carries no calls.
 pub fn client_config(identity: &Identity, crl: Option<&[u8]>) -> Result<quinn::ClientConfig, NetError> {
     let tls = identity.client_config(crl)?;
     let quic = QuicClientConfig::try_from(tls)
         .map_err(|e| TlsError::Invalid { what: "QUIC client configuration", detail: e.to_string() })?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(transport());
+    cfg.transport_config(transport(congestion::CallsCarried::default()));
     Ok(cfg)
 }
 
