@@ -391,9 +391,9 @@ impl Radio {
         self.calls.load(Ordering::Relaxed) > 0
     }
 
-    /// The queueing delay beyond which the queue is long: [`Radio::queue_limit`], or
-    /// [`CALL_QUEUE`] while a call's audio is carried.
-    fn limit(&self, base: Duration) -> Duration {
+    /// The queueing delay at which slow start ends: [`Radio::queue_limit`], or [`CALL_QUEUE`]
+    /// while a call's audio is carried (whether a loss is congestion stays with the limit).
+    fn slow_start_limit(&self, base: Duration) -> Duration {
         if self.call_carried() { CALL_QUEUE } else { Radio::queue_limit(base) }
     }
 
@@ -475,7 +475,7 @@ impl Radio {
         let base = self.base_rtt.get()?;
         // Zero while fewer samples came: no queue.
         let recent = self.recent.iter().copied().min()?;
-        let limit = self.limit(base);
+        let limit = self.slow_start_limit(base);
         if recent.saturating_sub(base) <= limit {
             return None;
         }
@@ -1149,8 +1149,8 @@ mod tests {
     }
 
     /// One round of a window-limited sender on a path of `rtt` with no queue: the window's
-    /// worth of packets acknowledged over the round trip.
-    /// Acknowledgements come without a break, each packet's a round trip after it was sent.
+    /// worth of packets acknowledged over the round trip, without a break, each a round trip
+    /// after it was sent.
     fn limited_round(c: &mut Radio, t: Instant, rtt: Duration) -> Instant {
         let packets = (c.window / u64::from(MTU)).max(1);
         for i in 0..packets {
